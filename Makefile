@@ -1,0 +1,114 @@
+# minfer build. `make` = release library + tools into build/, `make test` = whole suite.
+# Variants: DEBUG=1 (-O0 -g), SANITIZE=1 (ASan + UBSan). CUDA=1 adds the CUDA backend.
+# Each variant keeps its own object folder so switching never mixes objects.
+
+BUILD    ?= build
+CXX      ?= g++
+ARCH     ?= -march=native
+OPENBLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
+
+ifeq ($(SANITIZE),1)
+  VARIANT := sanitize
+  OPT     := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+  LDOPT   := -fsanitize=address,undefined
+else ifeq ($(DEBUG),1)
+  VARIANT := debug
+  OPT     := -O0 -g
+  LDOPT   :=
+else
+  VARIANT := release
+  OPT     := -O3 -DNDEBUG
+  LDOPT   :=
+endif
+
+ifeq ($(VARIANT),release)
+  BINDIR := $(BUILD)/bin
+else
+  BINDIR := $(BUILD)/$(VARIANT)/bin
+endif
+OBJDIR := $(BUILD)/obj-$(VARIANT)
+
+CPPFLAGS += -I. -MMD -MP
+CXXFLAGS += -std=c++20 $(OPT) $(ARCH) -fopenmp -Wall -Wextra -Wno-unused-parameter -Wno-maybe-uninitialized
+LDFLAGS  += $(LDOPT) -fopenmp -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR)
+LDLIBS   += -lopenblas -llapacke -lutf8proc -lfmt -lpthread
+
+LIB_SRC  := $(wildcard engine/*.cpp engine/*/*.cpp kernels/cpu/*.cpp kernels/common/*.cpp tokenizer/*.cpp models/*.cpp)
+TOOL_SRC := $(wildcard tools/*.cpp)
+TEST_SRC := $(wildcard tests/*.cpp)
+BENCH_SRC:= $(wildcard bench/*.cpp)
+
+LIB_OBJ  := $(LIB_SRC:%.cpp=$(OBJDIR)/%.o)
+TOOL_OBJ := $(TOOL_SRC:%.cpp=$(OBJDIR)/%.o)
+TEST_OBJ := $(TEST_SRC:%.cpp=$(OBJDIR)/%.o)
+BENCH_OBJ:= $(BENCH_SRC:%.cpp=$(OBJDIR)/%.o)
+LIB      := $(OBJDIR)/libminfer.a
+TOOLS    := $(TOOL_SRC:tools/%.cpp=$(BINDIR)/%)
+TESTBIN  := $(BINDIR)/minfer-tests
+BENCHBIN := $(BENCH_SRC:bench/%.cpp=$(BINDIR)/%)
+
+ifeq ($(CUDA),1)
+  NVCC      ?= nvcc
+  CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell which $(NVCC)))
+  CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+  CU_SRC    := $(wildcard kernels/cuda/*.cu)
+  CU_OBJ    := $(CU_SRC:%.cu=$(OBJDIR)/cuda/%.o)
+  LIB_OBJ   += $(CU_OBJ)
+  CPPFLAGS  += -DMINFER_CUDA=1 -I$(CUDA_HOME)/include
+  LDFLAGS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64
+  LDLIBS    += -lcublasLt -lcublas -lcudart
+endif
+
+.PHONY: all lib tools tests test bench deps models clean format
+all: tools tests $(BENCHBIN)
+lib: $(LIB)
+tools: $(TOOLS)
+tests: $(TESTBIN)
+
+$(OBJDIR)/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -c $< -o $@
+
+$(OBJDIR)/cuda/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) -std=c++20 -O3 $(CUDA_ARCH) -I. -DMINFER_CUDA=1 -MMD -MP -Xcompiler -fopenmp -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BINDIR)/%: $(OBJDIR)/tools/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) $< $(LIB) $(LDLIBS) -o $@
+
+$(BINDIR)/%: $(OBJDIR)/bench/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) $< $(LIB) $(LDLIBS) -o $@
+
+$(TESTBIN): $(TEST_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) $(TEST_OBJ) $(LIB) $(LDLIBS) -o $@
+
+# Tests run from the repository root (fixtures are found by relative path).
+# TEST_ARGS passes doctest flags, e.g. make test TEST_ARGS='-tc="*gguf*"'.
+test: $(TESTBIN) $(TOOLS)
+	MINFER_BIN=$(BINDIR) $(TESTBIN) $(TEST_ARGS)
+
+bench: $(BENCHBIN) $(TOOLS)
+	@for b in $(BENCHBIN); do echo "== $$b"; $$b || exit 1; done
+
+deps:
+	bash scripts/install-deps.sh
+
+models: $(BINDIR)/fetch-model
+	$(BINDIR)/fetch-model smollm2
+	$(BINDIR)/fetch-model minilm
+
+format:
+	clang-format -i $$(git ls-files '*.cpp' '*.h' '*.cu' '*.cuh')
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BENCH_OBJ:.o=.d)

@@ -1,0 +1,80 @@
+// Backend: the ops the models need. Models call these and nothing else, so a device backend
+// (CUDA) runs the same model code with device-resident tensors.
+//
+// Conventions: activations are F32, 2-D [rows, cols] with unit column stride; a row stride larger
+// than cols is honoured where noted (views into a fused QKV output). Outputs may alias inputs for
+// element-wise ops. Legend: T tokens, C width, H heads, Hkv kv heads, D head dim, S key positions.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "engine/linear.h"
+#include "engine/tensor.h"
+
+namespace minfer {
+
+struct AttentionArgs {
+  int64_t n_heads = 0;     // H
+  int64_t n_kv_heads = 0;  // Hkv; query head h reads kv head h / (H / Hkv)
+  int64_t head_dim = 0;    // D
+  int64_t batch = 1;       // B sequences; q is [B*T, H*D], k/v are [B*S, Hkv*D]
+  int64_t pos0 = 0;        // position of the first query row (keys before it come from a cache)
+  bool causal = true;      // query at position p sees keys 0..p
+  const int32_t* key_mask = nullptr;  // [B, S] host array, 0 = padding (BERT); nullptr = all keys
+  float scale = 0.f;                  // 0 = 1/sqrt(D)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  // Threads for every kernel of this backend (BLAS included); n <= 0 means the default.
+  virtual void set_threads(int n) = 0;
+  virtual int threads() const = 0;
+
+  // Memory. Activation buffers live where the backend computes.
+  virtual Tensor alloc(std::initializer_list<int64_t> shape, DType dtype = DType::F32) = 0;
+  // A host tensor made usable by this backend (uploaded once for devices; identity on CPU).
+  virtual Tensor upload(const Tensor& host) = 0;
+  virtual void upload(Linear& w) = 0;
+  // Copy a [rows, cols] F32 tensor (row stride honoured) to a host array.
+  virtual void to_host(const Tensor& src, float* dst) = 0;
+  virtual void synchronize() {}
+
+  // y[T, out] = x[T, in] · Wᵀ (+ bias). x may have a row stride.
+  virtual void linear(Tensor& y, const Tensor& x, const Linear& w) = 0;
+  // y[T, C] = table[ids[t]] (+= when accumulate). table is [V, C], F32/F16/BF16. ids on host.
+  virtual void embedding(Tensor& y, const Tensor& table, const int32_t* ids, int64_t n,
+                         bool accumulate = false) = 0;
+  // dst = src (row strides honoured on both sides).
+  virtual void copy(Tensor& dst, const Tensor& src) = 0;
+  virtual void add(Tensor& y, const Tensor& a, const Tensor& b) = 0;  // element-wise
+  virtual void mul(Tensor& y, const Tensor& a, const Tensor& b) = 0;  // element-wise
+  // Per row: (x - mean) / sqrt(var + eps) * w + b. w, b are [C] f32.
+  virtual void layernorm(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b,
+                         float eps) = 0;
+  // Per row: x / sqrt(mean(x²) + eps) * w.
+  virtual void rmsnorm(Tensor& y, const Tensor& x, const Tensor& w, float eps) = 0;
+  virtual void gelu(Tensor& y, const Tensor& x, bool tanh_approx) = 0;
+  virtual void silu(Tensor& y, const Tensor& x) = 0;
+  // y = silu(gate) * up (the LLaMA MLP's gating).
+  virtual void swiglu(Tensor& y, const Tensor& gate, const Tensor& up) = 0;
+  virtual void softmax(Tensor& y, const Tensor& x) = 0;  // over the last dim of each row
+  // Rotary embedding in place (HF rotate_half layout: pairs (i, i + D/2)) on x [T, n_heads*D]
+  // for positions pos0 .. pos0+T-1. x may have a row stride.
+  virtual void rope(Tensor& x, int64_t pos0, int64_t n_heads, int64_t head_dim, float theta) = 0;
+  // out[B*T, H*D] = softmax(q kᵀ · scale + mask) v per head. q, k, v may have row strides.
+  virtual void attention(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v,
+                         const AttentionArgs& a) = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend(int threads = 0);
+// "cpu" or "cuda"; throws a clear error for a backend that is not built or has no device.
+std::unique_ptr<Backend> make_backend(const std::string& name, int threads = 0, int device = 0);
+
+// Default thread count: OMP_NUM_THREADS if set, else the number of cores.
+int default_threads();
+
+}  // namespace minfer

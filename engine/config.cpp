@@ -1,0 +1,150 @@
+#include "engine/config.h"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "engine/error.h"
+
+namespace minfer {
+
+std::string_view arch_name(Arch a) {
+  switch (a) {
+    case Arch::GPT2: return "gpt2";
+    case Arch::Llama: return "llama";
+    case Arch::Bert: return "bert";
+  }
+  return "?";
+}
+
+namespace {
+
+using json = nlohmann::json;
+
+struct Reader {
+  const std::string& path;
+  const json& j;
+
+  template <typename T>
+  T req(const char* key) const {
+    auto it = j.find(key);
+    MINFER_CHECK(it != j.end() && !it->is_null(), "{}: missing field '{}'", path, key);
+    try {
+      return it->get<T>();
+    } catch (const json::exception&) {
+      MINFER_FAIL("{}: field '{}' has the wrong type ({})", path, key, it->type_name());
+    }
+  }
+  template <typename T>
+  T opt(const char* key, T def) const {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) return def;
+    try {
+      return it->get<T>();
+    } catch (const json::exception&) {
+      MINFER_FAIL("{}: field '{}' has the wrong type ({})", path, key, it->type_name());
+    }
+  }
+  int64_t id(const char* key) const {
+    auto it = j.find(key);
+    if (it == j.end() || !it->is_number_integer()) return -1;  // may be null or a list
+    return it->get<int64_t>();
+  }
+};
+
+Act parse_act(const std::string& path, const std::string& s) {
+  if (s == "gelu" || s == "gelu_python") return Act::GeluErf;
+  if (s == "gelu_new" || s == "gelu_pytorch_tanh" || s == "gelu_fast") return Act::GeluTanh;
+  if (s == "silu" || s == "swish") return Act::Silu;
+  MINFER_FAIL("{}: unsupported activation '{}'", path, s);
+}
+
+}  // namespace
+
+ModelConfig load_config(const std::string& path) {
+  std::ifstream f(path);
+  MINFER_CHECK(f.good(), "{}: cannot open config", path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  json j = json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
+  MINFER_CHECK(!j.is_discarded() && j.is_object(), "{}: not a JSON object", path);
+  Reader r{path, j};
+  ModelConfig c;
+  c.model_type = r.req<std::string>("model_type");
+  if (c.model_type == "gpt2") {
+    c.arch = Arch::GPT2;
+    c.vocab_size = r.req<int64_t>("vocab_size");
+    c.hidden = r.req<int64_t>("n_embd");
+    c.n_layers = r.req<int64_t>("n_layer");
+    c.n_heads = r.req<int64_t>("n_head");
+    c.n_kv_heads = c.n_heads;
+    c.ffn = r.opt<int64_t>("n_inner", 4 * c.hidden);
+    c.max_pos = r.req<int64_t>("n_positions");
+    c.act = parse_act(path, r.opt<std::string>("activation_function", "gelu_new"));
+    c.norm = Norm::LayerNorm;
+    c.norm_eps = r.opt<float>("layer_norm_epsilon", 1e-5f);
+    c.tie_embeddings = r.opt<bool>("tie_word_embeddings", true);
+    c.attn_bias = c.mlp_bias = true;
+    c.bos_id = r.id("bos_token_id");
+    c.eos_id = r.id("eos_token_id");
+  } else if (c.model_type == "llama" || c.model_type == "qwen2" || c.model_type == "mistral") {
+    c.arch = Arch::Llama;
+    c.vocab_size = r.req<int64_t>("vocab_size");
+    c.hidden = r.req<int64_t>("hidden_size");
+    c.n_layers = r.req<int64_t>("num_hidden_layers");
+    c.n_heads = r.req<int64_t>("num_attention_heads");
+    c.n_kv_heads = r.opt<int64_t>("num_key_value_heads", c.n_heads);
+    c.ffn = r.req<int64_t>("intermediate_size");
+    c.max_pos = r.opt<int64_t>("max_position_embeddings", 2048);
+    c.act = parse_act(path, r.opt<std::string>("hidden_act", "silu"));
+    c.norm = Norm::RmsNorm;
+    c.norm_eps = r.opt<float>("rms_norm_eps", 1e-6f);
+    c.rope_theta = r.opt<float>("rope_theta", 10000.f);
+    auto rs = j.find("rope_scaling");
+    if (rs != j.end() && !rs->is_null()) {
+      std::string t = rs->value("rope_type", rs->value("type", std::string("default")));
+      MINFER_CHECK(t == "default", "{}: rope_scaling type '{}' not supported", path, t);
+    }
+    c.tie_embeddings = r.opt<bool>("tie_word_embeddings", false);
+    c.attn_bias = r.opt<bool>("attention_bias", c.model_type == "qwen2");
+    c.mlp_bias = r.opt<bool>("mlp_bias", false);
+    c.head_dim = r.opt<int64_t>("head_dim", 0);
+    c.bos_id = r.id("bos_token_id");
+    c.eos_id = r.id("eos_token_id");
+    c.pad_id = r.id("pad_token_id");
+  } else if (c.model_type == "bert") {
+    c.arch = Arch::Bert;
+    c.vocab_size = r.req<int64_t>("vocab_size");
+    c.hidden = r.req<int64_t>("hidden_size");
+    c.n_layers = r.req<int64_t>("num_hidden_layers");
+    c.n_heads = r.req<int64_t>("num_attention_heads");
+    c.n_kv_heads = c.n_heads;
+    c.ffn = r.req<int64_t>("intermediate_size");
+    c.max_pos = r.req<int64_t>("max_position_embeddings");
+    c.type_vocab = r.opt<int64_t>("type_vocab_size", 2);
+    c.act = parse_act(path, r.opt<std::string>("hidden_act", "gelu"));
+    c.norm = Norm::LayerNorm;
+    c.norm_eps = r.opt<float>("layer_norm_eps", 1e-12f);
+    std::string pe = r.opt<std::string>("position_embedding_type", "absolute");
+    MINFER_CHECK(pe == "absolute", "{}: position_embedding_type '{}' not supported", path, pe);
+    c.attn_bias = c.mlp_bias = true;
+    c.pad_id = r.id("pad_token_id");
+  } else {
+    MINFER_FAIL("{}: unknown model_type '{}' (supported: gpt2, llama, qwen2, mistral, bert)", path,
+                c.model_type);
+  }
+  if (c.head_dim == 0) {
+    MINFER_CHECK(c.n_heads > 0 && c.hidden % c.n_heads == 0,
+                 "{}: hidden size {} is not divisible by the number of heads {}", path, c.hidden,
+                 c.n_heads);
+    c.head_dim = c.hidden / c.n_heads;
+  }
+  MINFER_CHECK(c.vocab_size > 0 && c.hidden > 0 && c.n_layers > 0 && c.ffn > 0,
+               "{}: sizes must be positive", path);
+  MINFER_CHECK(c.n_kv_heads > 0 && c.n_heads % c.n_kv_heads == 0,
+               "{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", path,
+               c.n_heads, c.n_kv_heads);
+  return c;
+}
+
+}  // namespace minfer

@@ -1,0 +1,43 @@
+// Typed model configuration, read from a Hugging Face config.json (or filled from GGUF metadata).
+// Architecture variants are fields, not subclasses.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace minfer {
+
+enum class Arch { GPT2, Llama, Bert };
+enum class Act { GeluErf, GeluTanh, Silu };
+enum class Norm { LayerNorm, RmsNorm };
+
+std::string_view arch_name(Arch a);
+
+struct ModelConfig {
+  Arch arch = Arch::Llama;
+  std::string model_type;  // as written in config.json
+  int64_t vocab_size = 0;  // V
+  int64_t hidden = 0;      // C
+  int64_t n_layers = 0;    // L
+  int64_t n_heads = 0;     // H
+  int64_t n_kv_heads = 0;  // Hkv (== H without GQA)
+  int64_t head_dim = 0;    // D
+  int64_t ffn = 0;         // F
+  int64_t max_pos = 0;     // context length the model was trained for
+  Act act = Act::Silu;
+  Norm norm = Norm::RmsNorm;
+  float norm_eps = 1e-5f;
+  float rope_theta = 10000.f;
+  bool tie_embeddings = false;
+  bool attn_bias = false;  // bias on q/k/v (and o for gpt2/bert)
+  bool mlp_bias = false;
+  int64_t type_vocab = 0;  // BERT token types
+  int64_t bos_id = -1, eos_id = -1, pad_id = -1;
+
+  bool causal() const { return arch != Arch::Bert; }
+};
+
+// Reads and validates config.json. Unknown model_type or a missing/mistyped field throws naming
+// the file and the field.
+ModelConfig load_config(const std::string& path);
+
+}  // namespace minfer

@@ -1,0 +1,338 @@
+// CpuBackend: OpenBLAS for dense float GEMM, OpenMP loops for everything else. OpenBLAS is the
+// OpenMP build, so BLAS and our loops share one thread pool and one thread count.
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/half.h"
+#include "kernels/cpu/dense.h"
+
+namespace minfer {
+
+int default_threads() {
+  if (const char* s = std::getenv("OMP_NUM_THREADS")) {
+    int n = std::atoi(s);
+    if (n > 0) return n;
+  }
+  return std::max(1, omp_get_num_procs());
+}
+
+namespace {
+
+// A 2-D f32 view: rows, cols, row stride (in floats), data.
+struct Mat {
+  float* p;
+  int64_t rows, cols, ld;
+};
+
+Mat mat(const Tensor& t, const char* what) {
+  MINFER_CHECK(t.dtype() == DType::F32, "{}: expected an F32 activation, found {}", what,
+               dtype_name(t.dtype()));
+  MINFER_CHECK(t.ndim() >= 1 && t.stride(-1) == 1, "{}: last dim must be contiguous", what);
+  if (t.ndim() == 1) return {t.data<float>(), 1, t.dim(0), t.dim(0)};
+  MINFER_CHECK(t.ndim() == 2 || t.is_contiguous(), "{}: {} must be 2-D or contiguous", what,
+               t.shape_str());
+  const int64_t cols = t.dim(-1);
+  const int64_t rows = t.numel() / std::max<int64_t>(cols, 1);
+  const int64_t ld = t.ndim() == 2 ? t.stride(0) : cols;
+  return {t.data<float>(), rows, cols, ld};
+}
+
+void check_same(const Mat& a, const Mat& b, const char* op) {
+  MINFER_CHECK(a.rows == b.rows && a.cols == b.cols, "{}: shape mismatch [{}, {}] vs [{}, {}]", op,
+               a.rows, a.cols, b.rows, b.cols);
+}
+
+// Parallelise only when the work pays for waking the pool.
+inline bool worth_threads(int64_t n) { return n >= 32768; }
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int threads) { set_threads(threads); }
+
+  std::string name() const override { return "cpu"; }
+
+  void set_threads(int n) override {
+    threads_ = n > 0 ? n : default_threads();
+    omp_set_num_threads(threads_);
+    openblas_set_num_threads(threads_);
+  }
+  int threads() const override { return threads_; }
+
+  Tensor alloc(std::initializer_list<int64_t> shape, DType dtype) override {
+    return Tensor::empty(dtype, shape);
+  }
+  Tensor upload(const Tensor& host) override { return host; }
+  void upload(Linear&) override {}
+  void to_host(const Tensor& src, float* dst) override {
+    Mat s = mat(src, "to_host");
+    for (int64_t r = 0; r < s.rows; ++r)
+      std::memcpy(dst + r * s.cols, s.p + r * s.ld, size_t(s.cols) * 4);
+  }
+
+  void linear(Tensor& y, const Tensor& x, const Linear& w) override {
+    Mat X = mat(x, "linear input"), Y = mat(y, "linear output");
+    MINFER_CHECK(X.cols == w.in, "linear '{}': input has {} features, weight expects {}", w.name,
+                 X.cols, w.in);
+    MINFER_CHECK(Y.cols == w.out && Y.rows == X.rows,
+                 "linear '{}': output is [{}, {}], expected [{}, {}]", w.name, Y.rows, Y.cols,
+                 X.rows, w.out);
+    std::visit(
+        [&](const auto& r) {
+          using R = std::decay_t<decltype(r)>;
+          if constexpr (std::is_same_v<R, Dense>) {
+            dense_linear(r.w, r.transposed, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out, scratch_);
+          }
+        },
+        w.repr);
+    if (w.bias.defined()) {
+      const float* b = w.bias.data<float>();
+#pragma omp parallel for if (worth_threads(Y.rows * Y.cols))
+      for (int64_t r = 0; r < Y.rows; ++r) {
+        float* yr = Y.p + r * Y.ld;
+        for (int64_t c = 0; c < Y.cols; ++c) yr[c] += b[c];
+      }
+    }
+  }
+
+  void embedding(Tensor& y, const Tensor& table, const int32_t* ids, int64_t n,
+                 bool accumulate) override {
+    Mat Y = mat(y, "embedding output");
+    MINFER_CHECK(table.ndim() == 2 && table.is_contiguous(), "embedding table must be 2-D");
+    const int64_t V = table.dim(0), C = table.dim(1);
+    MINFER_CHECK(Y.rows == n && Y.cols == C, "embedding: output [{}, {}], expected [{}, {}]",
+                 Y.rows, Y.cols, n, C);
+    for (int64_t t = 0; t < n; ++t)
+      MINFER_CHECK(ids[t] >= 0 && ids[t] < V, "token id {} at position {} out of range [0, {})",
+                   ids[t], t, V);
+    std::vector<float> tmp(accumulate || table.dtype() != DType::F32 ? size_t(C) : 0);
+    for (int64_t t = 0; t < n; ++t) {
+      float* yr = Y.p + t * Y.ld;
+      float* dst = accumulate ? tmp.data() : yr;
+      const size_t off = size_t(ids[t]) * size_t(C);
+      switch (table.dtype()) {
+        case DType::F32: std::memcpy(dst, table.data<float>() + off, size_t(C) * 4); break;
+        case DType::F16: f16_to_f32_n(table.data<uint16_t>() + off, dst, size_t(C)); break;
+        case DType::BF16: bf16_to_f32_n(table.data<uint16_t>() + off, dst, size_t(C)); break;
+        default: MINFER_FAIL("embedding table dtype {} not supported", dtype_name(table.dtype()));
+      }
+      if (accumulate)
+        for (int64_t c = 0; c < C; ++c) yr[c] += dst[c];
+    }
+  }
+
+  void copy(Tensor& dst, const Tensor& src) override {
+    Mat D = mat(dst, "copy dst"), S = mat(src, "copy src");
+    check_same(D, S, "copy");
+    for (int64_t r = 0; r < D.rows; ++r)
+      std::memcpy(D.p + r * D.ld, S.p + r * S.ld, size_t(D.cols) * 4);
+  }
+
+  template <typename F>
+  void binary(Tensor& y, const Tensor& a, const Tensor& b, const char* op, F f) {
+    Mat Y = mat(y, op), A = mat(a, op), B = mat(b, op);
+    check_same(Y, A, op);
+    check_same(Y, B, op);
+#pragma omp parallel for if (worth_threads(Y.rows * Y.cols))
+    for (int64_t r = 0; r < Y.rows; ++r)
+      for (int64_t c = 0; c < Y.cols; ++c)
+        Y.p[r * Y.ld + c] = f(A.p[r * A.ld + c], B.p[r * B.ld + c]);
+  }
+  void add(Tensor& y, const Tensor& a, const Tensor& b) override {
+    binary(y, a, b, "add", [](float u, float v) { return u + v; });
+  }
+  void mul(Tensor& y, const Tensor& a, const Tensor& b) override {
+    binary(y, a, b, "mul", [](float u, float v) { return u * v; });
+  }
+  void swiglu(Tensor& y, const Tensor& gate, const Tensor& up) override {
+    binary(y, gate, up, "swiglu", [](float g, float u) { return g / (1.f + std::exp(-g)) * u; });
+  }
+
+  template <typename F>
+  void unary(Tensor& y, const Tensor& x, const char* op, F f) {
+    Mat Y = mat(y, op), X = mat(x, op);
+    check_same(Y, X, op);
+#pragma omp parallel for if (worth_threads(Y.rows * Y.cols))
+    for (int64_t r = 0; r < Y.rows; ++r)
+      for (int64_t c = 0; c < Y.cols; ++c) Y.p[r * Y.ld + c] = f(X.p[r * X.ld + c]);
+  }
+  void gelu(Tensor& y, const Tensor& x, bool tanh_approx) override {
+    if (tanh_approx) {
+      // GPT-2's gelu_new: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+      unary(y, x, "gelu", [](float v) {
+        return 0.5f * v * (1.f + std::tanh(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+      });
+    } else {
+      unary(y, x, "gelu", [](float v) { return 0.5f * v * (1.f + std::erf(v * 0.70710678f)); });
+    }
+  }
+  void silu(Tensor& y, const Tensor& x) override {
+    unary(y, x, "silu", [](float v) { return v / (1.f + std::exp(-v)); });
+  }
+
+  void layernorm(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b,
+                 float eps) override {
+    Mat Y = mat(y, "layernorm"), X = mat(x, "layernorm");
+    check_same(Y, X, "layernorm");
+    MINFER_CHECK(w.numel() == X.cols && b.numel() == X.cols, "layernorm: weight size mismatch");
+    const float *pw = w.data<float>(), *pb = b.data<float>();
+#pragma omp parallel for if (worth_threads(Y.rows * Y.cols))
+    for (int64_t r = 0; r < X.rows; ++r) {
+      const float* xr = X.p + r * X.ld;
+      float* yr = Y.p + r * Y.ld;
+      double mean = 0, var = 0;
+      for (int64_t c = 0; c < X.cols; ++c) mean += xr[c];
+      mean /= double(X.cols);
+      for (int64_t c = 0; c < X.cols; ++c) var += (xr[c] - mean) * (xr[c] - mean);
+      var /= double(X.cols);
+      const float inv = float(1.0 / std::sqrt(var + double(eps)));
+      const float m = float(mean);
+      for (int64_t c = 0; c < X.cols; ++c) yr[c] = (xr[c] - m) * inv * pw[c] + pb[c];
+    }
+  }
+
+  void rmsnorm(Tensor& y, const Tensor& x, const Tensor& w, float eps) override {
+    Mat Y = mat(y, "rmsnorm"), X = mat(x, "rmsnorm");
+    check_same(Y, X, "rmsnorm");
+    MINFER_CHECK(w.numel() == X.cols, "rmsnorm: weight has {} values, rows have {}", w.numel(),
+                 X.cols);
+    const float* pw = w.data<float>();
+#pragma omp parallel for if (worth_threads(Y.rows * Y.cols))
+    for (int64_t r = 0; r < X.rows; ++r) {
+      const float* xr = X.p + r * X.ld;
+      float* yr = Y.p + r * Y.ld;
+      double ss = 0;
+      for (int64_t c = 0; c < X.cols; ++c) ss += double(xr[c]) * xr[c];
+      const float inv = float(1.0 / std::sqrt(ss / double(X.cols) + double(eps)));
+      for (int64_t c = 0; c < X.cols; ++c) yr[c] = xr[c] * inv * pw[c];
+    }
+  }
+
+  void softmax(Tensor& y, const Tensor& x) override {
+    Mat Y = mat(y, "softmax"), X = mat(x, "softmax");
+    check_same(Y, X, "softmax");
+#pragma omp parallel for if (worth_threads(Y.rows * Y.cols))
+    for (int64_t r = 0; r < X.rows; ++r) softmax_row(X.p + r * X.ld, Y.p + r * Y.ld, X.cols);
+  }
+
+  static void softmax_row(const float* x, float* y, int64_t n) {
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x[i]);
+    if (mx == -INFINITY) {  // every key masked: attend to nothing
+      std::fill(y, y + n, 0.f);
+      return;
+    }
+    float sum = 0;
+    for (int64_t i = 0; i < n; ++i) sum += (y[i] = std::exp(x[i] - mx));
+    const float inv = 1.f / sum;
+    for (int64_t i = 0; i < n; ++i) y[i] *= inv;
+  }
+
+  void rope(Tensor& x, int64_t pos0, int64_t n_heads, int64_t head_dim, float theta) override {
+    Mat X = mat(x, "rope");
+    MINFER_CHECK(X.cols == n_heads * head_dim && head_dim % 2 == 0,
+                 "rope: row of {} values, expected {} heads x {} (even) dims", X.cols, n_heads,
+                 head_dim);
+    const int64_t half = head_dim / 2;
+    // Same float32 arithmetic as HF's LlamaRotaryEmbedding: inv_freq = 1 / theta^(2i/D),
+    // angle = pos * inv_freq.
+    rope_cs_.resize(size_t(X.rows * half * 2));
+    for (int64_t t = 0; t < X.rows; ++t)
+      for (int64_t i = 0; i < half; ++i) {
+        const float inv_freq = 1.0f / std::pow(theta, float(2 * i) / float(head_dim));
+        const float ang = float(pos0 + t) * inv_freq;
+        rope_cs_[size_t((t * half + i) * 2)] = std::cos(ang);
+        rope_cs_[size_t((t * half + i) * 2 + 1)] = std::sin(ang);
+      }
+#pragma omp parallel for if (worth_threads(X.rows * X.cols))
+    for (int64_t t = 0; t < X.rows; ++t) {
+      const float* cs = rope_cs_.data() + t * half * 2;
+      for (int64_t h = 0; h < n_heads; ++h) {
+        float* p = X.p + t * X.ld + h * head_dim;
+        for (int64_t i = 0; i < half; ++i) {
+          const float c = cs[2 * i], s = cs[2 * i + 1];
+          const float a = p[i], b = p[i + half];
+          p[i] = a * c - b * s;
+          p[i + half] = b * c + a * s;
+        }
+      }
+    }
+  }
+
+  void attention(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v,
+                 const AttentionArgs& a) override {
+    Mat O = mat(out, "attention out"), Q = mat(q, "attention q"), K = mat(k, "attention k"),
+        Vm = mat(v, "attention v");
+    const int64_t H = a.n_heads, Hkv = a.n_kv_heads, D = a.head_dim, B = a.batch;
+    MINFER_CHECK(H > 0 && Hkv > 0 && H % Hkv == 0 && B > 0, "attention: bad head counts {}/{}",
+                 H, Hkv);
+    MINFER_CHECK(Q.cols == H * D && O.cols == H * D && K.cols == Hkv * D && Vm.cols == Hkv * D,
+                 "attention: q/k/v widths {}/{}/{} do not match {} heads, {} kv heads, dim {}",
+                 Q.cols, K.cols, Vm.cols, H, Hkv, D);
+    MINFER_CHECK(Q.rows % B == 0 && K.rows % B == 0 && K.rows == Vm.rows && O.rows == Q.rows,
+                 "attention: rows do not split into batch {}", B);
+    const int64_t T = Q.rows / B, S = K.rows / B;
+    MINFER_CHECK(!a.causal || a.pos0 + T <= S, "attention: {} queries at position {} need {} keys, "
+                 "have {}", T, a.pos0, a.pos0 + T, S);
+    const float scale = a.scale > 0 ? a.scale : 1.f / std::sqrt(float(D));
+    const int64_t group = H / Hkv;
+    const int nt = threads_;
+    attn_scratch_.resize(size_t(nt) * size_t(T * S));
+#pragma omp parallel for collapse(2) schedule(dynamic) if (B * H > 1 && T * S * D >= 4096)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h) {
+        float* sc = attn_scratch_.data() + size_t(omp_get_thread_num()) * size_t(T * S);
+        const int64_t kh = h / group;
+        const float* qp = Q.p + b * T * Q.ld + h * D;
+        const float* kp = K.p + b * S * K.ld + kh * D;
+        const float* vp = Vm.p + b * S * Vm.ld + kh * D;
+        float* op = O.p + b * T * O.ld + h * D;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(S), int(D), scale, qp,
+                    int(Q.ld), kp, int(K.ld), 0.f, sc, int(S));
+        for (int64_t t = 0; t < T; ++t) {
+          float* row = sc + t * S;
+          const int64_t limit = a.causal ? a.pos0 + t + 1 : S;
+          for (int64_t j = limit; j < S; ++j) row[j] = -INFINITY;
+          if (a.key_mask)
+            for (int64_t j = 0; j < limit; ++j)
+              if (a.key_mask[b * S + j] == 0) row[j] = -INFINITY;
+          softmax_row(row, row, S);
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(T), int(D), int(S), 1.f, sc,
+                    int(S), vp, int(Vm.ld), 0.f, op, int(O.ld));
+      }
+  }
+
+ private:
+  int threads_ = 1;
+  std::vector<float> scratch_;
+  std::vector<float> attn_scratch_;
+  std::vector<float> rope_cs_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int threads) {
+  return std::make_unique<CpuBackend>(threads);
+}
+
+std::unique_ptr<Backend> make_backend(const std::string& name, int threads, int device) {
+  if (name == "cpu") return make_cpu_backend(threads);
+  if (name == "cuda") {
+#ifdef MINFER_CUDA
+    extern std::unique_ptr<Backend> make_cuda_backend(int device);
+    return make_cuda_backend(device);
+#else
+    MINFER_FAIL("backend 'cuda' is not built into this binary: rebuild with `make CUDA=1`");
+#endif
+  }
+  MINFER_FAIL("unknown backend '{}' (expected cpu or cuda)", name);
+}
+
+}  // namespace minfer

@@ -1,0 +1,137 @@
+#include "kernels/cpu/dense.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+
+#include "engine/half.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace minfer {
+
+namespace {
+
+// Element e of a half-precision weight array as f32.
+inline float half_at(DType dt, const uint16_t* p, int64_t e) {
+  return dt == DType::F16 ? f16_to_f32(p[e]) : bf16_to_f32(p[e]);
+}
+
+void convert_rows(DType dt, const uint16_t* src, float* dst, size_t n) {
+  if (dt == DType::F16)
+    f16_to_f32_n(src, dst, n);
+  else
+    bf16_to_f32_n(src, dst, n);
+}
+
+#if defined(__AVX512F__)
+inline __m512 load16(DType dt, const uint16_t* p) {
+  __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  if (dt == DType::F16) return _mm512_cvtph_ps(h);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+#endif
+
+// Few rows of x against a half-precision [N, K] matrix: each weight row is read once and
+// dotted with every x row.
+template <int kMaxT>
+void half_gemv(DType dt, const uint16_t* w, const float* x, int64_t T, int64_t ldx, float* y,
+               int64_t ldy, int64_t K, int64_t N) {
+  const bool par = N * K >= 65536;
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t n = 0; n < N; ++n) {
+    const uint16_t* wr = w + n * K;
+    float acc[kMaxT] = {};
+    int64_t k = 0;
+#if defined(__AVX512F__)
+    __m512 vacc[kMaxT];
+    for (int t = 0; t < T; ++t) vacc[t] = _mm512_setzero_ps();
+    for (; k + 16 <= K; k += 16) {
+      const __m512 wv = load16(dt, wr + k);
+      for (int t = 0; t < T; ++t)
+        vacc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + t * ldx + k), vacc[t]);
+    }
+    for (int t = 0; t < T; ++t) acc[t] = _mm512_reduce_add_ps(vacc[t]);
+#endif
+    for (; k < K; ++k) {
+      const float wv = half_at(dt, wr, k);
+      for (int t = 0; t < T; ++t) acc[t] += wv * x[t * ldx + k];
+    }
+    for (int t = 0; t < T; ++t) y[t * ldy + n] = acc[t];
+  }
+}
+
+}  // namespace
+
+void dense_linear(const Tensor& w, bool transposed, const float* x, int64_t T, int64_t ldx,
+                  float* y, int64_t ldy, int64_t K, int64_t N, std::vector<float>& scratch) {
+  const DType dt = w.dtype();
+  if (dt == DType::F32) {
+    const float* W = w.data<float>();
+    if (T == 1) {
+      if (transposed)
+        cblas_sgemv(CblasRowMajor, CblasTrans, int(K), int(N), 1.f, W, int(N), x, 1, 0.f, y, 1);
+      else
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, int(N), int(K), 1.f, W, int(K), x, 1, 0.f, y, 1);
+    } else {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, transposed ? CblasNoTrans : CblasTrans, int(T),
+                  int(N), int(K), 1.f, x, int(ldx), W, transposed ? int(N) : int(K), 0.f, y,
+                  int(ldy));
+    }
+    return;
+  }
+  MINFER_CHECK(dt == DType::F16 || dt == DType::BF16, "dense linear: unsupported dtype {}",
+               dtype_name(dt));
+  const uint16_t* W = w.data<uint16_t>();
+  constexpr int64_t kGemvRows = 4;
+  if (!transposed && T <= kGemvRows) {
+    half_gemv<kGemvRows>(dt, W, x, T, ldx, y, ldy, K, N);
+    return;
+  }
+  // Tiled: convert ~1M weights at a time and multiply with sgemm.
+  const int64_t tile_elems = int64_t(1) << 20;
+  if (!transposed) {
+    const int64_t rows = std::max<int64_t>(16, tile_elems / K);
+    scratch.resize(size_t(std::min(rows, N) * K));
+    for (int64_t n0 = 0; n0 < N; n0 += rows) {
+      const int64_t nr = std::min(rows, N - n0);
+#pragma omp parallel for if (nr * K >= 65536)
+      for (int64_t r = 0; r < nr; ++r)
+        convert_rows(dt, W + (n0 + r) * K, scratch.data() + r * K, size_t(K));
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(nr), int(K), 1.f, x,
+                  int(ldx), scratch.data(), int(K), 0.f, y + n0, int(ldy));
+    }
+  } else {
+    const int64_t rows = std::max<int64_t>(16, tile_elems / N);
+    scratch.resize(size_t(std::min(rows, K) * N));
+    for (int64_t k0 = 0; k0 < K; k0 += rows) {
+      const int64_t kr = std::min(rows, K - k0);
+#pragma omp parallel for if (kr * N >= 65536)
+      for (int64_t r = 0; r < kr; ++r)
+        convert_rows(dt, W + (k0 + r) * N, scratch.data() + r * N, size_t(N));
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(T), int(N), int(kr), 1.f,
+                  x + k0, int(ldx), scratch.data(), int(N), k0 == 0 ? 0.f : 1.f, y, int(ldy));
+    }
+  }
+}
+
+void dense_linear_ref(const Tensor& w, bool transposed, const float* x, int64_t T, float* y,
+                      int64_t K, int64_t N) {
+  const DType dt = w.dtype();
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = 0; n < N; ++n) {
+      double acc = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t e = transposed ? k * N + n : n * K + k;
+        const float wv =
+            dt == DType::F32 ? w.data<float>()[e] : half_at(dt, w.data<uint16_t>(), e);
+        acc += double(wv) * x[t * K + k];
+      }
+      y[t * N + n] = float(acc);
+    }
+}
+
+}  // namespace minfer

@@ -1,0 +1,127 @@
+// LLaMA family (SmolLM2, TinyLlama, Qwen2-style biases): pre-norm RMSNorm blocks, rotary
+// positions, grouped-query attention, SwiGLU MLP, optional tied embeddings.
+#include "models/model.h"
+
+namespace minfer {
+
+namespace {
+
+struct LlamaLayer {
+  Tensor attn_norm;  // [C]
+  Linear wq;         // [H*D, C]
+  Linear wk;         // [Hkv*D, C]
+  Linear wv;         // [Hkv*D, C]
+  Linear wo;         // [C, H*D]
+  Tensor ffn_norm;   // [C]
+  Linear gate;       // [F, C]
+  Linear up;         // [F, C]
+  Linear down;       // [C, F]
+};
+
+class Llama final : public Model {
+ public:
+  Llama(const ModelConfig& c, const WeightSource& src, Backend& be) : Model(c, be) {
+    const int64_t C = c.hidden, qd = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim;
+    tok_emb_ = be.upload(src.tensor("model.embed_tokens.weight", {c.vocab_size, C}));
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      LlamaLayer L;
+      L.attn_norm = be.upload(src.vec(p + "input_layernorm.weight", C));
+      L.wq = src.linear(p + "self_attn.q_proj", C, qd, c.attn_bias);
+      L.wk = src.linear(p + "self_attn.k_proj", C, kvd, c.attn_bias);
+      L.wv = src.linear(p + "self_attn.v_proj", C, kvd, c.attn_bias);
+      L.wo = src.linear(p + "self_attn.o_proj", qd, C, c.attn_bias && src.has(p + "self_attn.o_proj.bias"));
+      L.ffn_norm = be.upload(src.vec(p + "post_attention_layernorm.weight", C));
+      L.gate = src.linear(p + "mlp.gate_proj", C, c.ffn, c.mlp_bias);
+      L.up = src.linear(p + "mlp.up_proj", C, c.ffn, c.mlp_bias);
+      L.down = src.linear(p + "mlp.down_proj", c.ffn, C, c.mlp_bias);
+      layers_.push_back(std::move(L));
+    }
+    final_norm_ = be.upload(src.vec("model.norm.weight", C));
+    if (c.tie_embeddings && !src.has("lm_head.weight"))
+      lm_head_ = make_dense("model.embed_tokens.weight", tok_emb_, C, c.vocab_size);
+    else
+      lm_head_ = src.linear("lm_head", C, c.vocab_size, false);
+    for (Linear* w : linears()) be.upload(*w);
+  }
+
+  Tensor forward(RunState& s, const int32_t* ids, int64_t T, bool all_logits) override {
+    const ModelConfig& c = cfg_;
+    Backend& be = *be_;
+    MINFER_CHECK(T > 0 && T <= s.max_tokens, "forward: {} tokens, state holds at most {}", T,
+                 s.max_tokens);
+    MINFER_CHECK(s.n_past + T <= s.max_ctx, "forward: context full ({} + {} > {} positions)",
+                 s.n_past, T, s.max_ctx);
+    const int64_t pos0 = s.n_past, S = pos0 + T;
+    const int64_t qd = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim;
+    Tensor x = s.x.slice(0, 0, T), xn = s.xn.slice(0, 0, T), qkv = s.qkv.slice(0, 0, T);
+    Tensor q = qkv.slice(1, 0, qd), k = qkv.slice(1, qd, kvd), v = qkv.slice(1, qd + kvd, kvd);
+    Tensor att = s.att.slice(0, 0, T), proj = s.proj.slice(0, 0, T);
+    Tensor ga = s.ff_a.slice(0, 0, T), up = s.ff_b.slice(0, 0, T);
+    AttentionArgs aa{c.n_heads, c.n_kv_heads, c.head_dim, 1, pos0, true, nullptr, 0.f};
+
+    be.embedding(x, tok_emb_, ids, T);
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      LlamaLayer& L = layers_[size_t(l)];
+      Tensor kc = s.k_cache[size_t(l)], vc = s.v_cache[size_t(l)];
+      Tensor k_new = kc.slice(0, pos0, T), v_new = vc.slice(0, pos0, T);
+      be.rmsnorm(xn, x, L.attn_norm, c.norm_eps);
+      be.linear(q, xn, L.wq);
+      be.linear(k, xn, L.wk);
+      be.linear(v, xn, L.wv);
+      be.rope(q, pos0, c.n_heads, c.head_dim, c.rope_theta);
+      be.rope(k, pos0, c.n_kv_heads, c.head_dim, c.rope_theta);
+      be.copy(k_new, k);
+      be.copy(v_new, v);
+      be.attention(att, q, kc.slice(0, 0, S), vc.slice(0, 0, S), aa);
+      be.linear(proj, att, L.wo);
+      be.add(x, x, proj);
+      be.rmsnorm(xn, x, L.ffn_norm, c.norm_eps);
+      be.linear(ga, xn, L.gate);
+      be.linear(up, xn, L.up);
+      be.swiglu(ga, ga, up);
+      be.linear(proj, ga, L.down);
+      be.add(x, x, proj);
+    }
+    s.n_past = S;
+    const int64_t first = all_logits ? 0 : T - 1, n = T - first;
+    Tensor xl = x.slice(0, first, n), xnl = xn.slice(0, 0, n), logits = s.logits.slice(0, 0, n);
+    be.rmsnorm(xnl, xl, final_norm_, c.norm_eps);
+    be.linear(logits, xnl, lm_head_);
+    return logits;
+  }
+
+  std::vector<Linear*> linears() override {
+    std::vector<Linear*> v;
+    for (auto& L : layers_)
+      for (Linear* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.gate, &L.up, &L.down}) v.push_back(w);
+    v.push_back(&lm_head_);
+    return v;
+  }
+
+  size_t weight_bytes() const override {
+    size_t b = tok_emb_.nbytes() + final_norm_.nbytes();
+    for (auto& L : layers_) {
+      b += L.attn_norm.nbytes() + L.ffn_norm.nbytes();
+      for (const Linear* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.gate, &L.up, &L.down})
+        b += w->weight_bytes() + (w->bias.defined() ? w->bias.nbytes() : 0);
+    }
+    if (!cfg_.tie_embeddings || lm_head_.name != "model.embed_tokens.weight")
+      b += lm_head_.weight_bytes();
+    return b;
+  }
+
+ private:
+  Tensor tok_emb_;  // [V, C]
+  std::vector<LlamaLayer> layers_;
+  Tensor final_norm_;  // [C]
+  Linear lm_head_;     // [V, C] (shares tok_emb_ when tied)
+};
+
+}  // namespace
+
+std::unique_ptr<Model> make_llama(const ModelConfig& cfg, const WeightSource& src, Backend& be) {
+  return std::make_unique<Llama>(cfg, src, be);
+}
+
+}  // namespace minfer

@@ -1,0 +1,61 @@
+#include "models/model.h"
+
+#include <filesystem>
+
+namespace minfer {
+
+RunState Model::new_state(int64_t max_ctx, int64_t max_tokens) const {
+  const ModelConfig& c = cfg_;
+  MINFER_CHECK(max_tokens > 0 && max_ctx >= 0, "new_state: bad sizes ctx {} tokens {}", max_ctx,
+               max_tokens);
+  RunState s;
+  s.max_ctx = max_ctx;
+  s.max_tokens = max_tokens;
+  const int64_t kv = c.n_kv_heads * c.head_dim, qd = c.n_heads * c.head_dim;
+  if (c.causal())
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      s.k_cache.push_back(be_->alloc({max_ctx, kv}));
+      s.v_cache.push_back(be_->alloc({max_ctx, kv}));
+    }
+  s.x = be_->alloc({max_tokens, c.hidden});
+  s.xn = be_->alloc({max_tokens, c.hidden});
+  s.qkv = be_->alloc({max_tokens, qd + 2 * kv});
+  s.att = be_->alloc({max_tokens, qd});
+  s.proj = be_->alloc({max_tokens, c.hidden});
+  s.ff_a = be_->alloc({max_tokens, c.ffn});
+  s.ff_b = be_->alloc({max_tokens, c.ffn});
+  if (c.causal()) s.logits = be_->alloc({max_tokens, c.vocab_size});
+  s.ids.resize(size_t(max_tokens));
+  return s;
+}
+
+Tensor Model::forward(RunState&, const int32_t*, int64_t, bool) {
+  MINFER_FAIL("model '{}' is an encoder: it has no causal forward (use encode)", cfg_.model_type);
+}
+
+Tensor Model::encode(RunState&, const int32_t*, int64_t, int64_t, const int32_t*,
+                     const int32_t*) {
+  MINFER_FAIL("model '{}' is a causal LM: use forward, not encode", cfg_.model_type);
+}
+
+std::unique_ptr<Model> build_model(const ModelConfig& cfg, const WeightSource& src, Backend& be) {
+  switch (cfg.arch) {
+    case Arch::GPT2: return make_gpt2(cfg, src, be);
+    case Arch::Llama: return make_llama(cfg, src, be);
+    case Arch::Bert: return make_bert(cfg, src, be);
+  }
+  MINFER_FAIL("unknown architecture");
+}
+
+std::unique_ptr<Model> load_model(const std::string& path, Backend& be) {
+  namespace fs = std::filesystem;
+  MINFER_CHECK(fs::is_directory(path), "{}: not a model folder (expected config.json + "
+               "*.safetensors)", path);
+  const std::string cfg_path = (fs::path(path) / "config.json").string();
+  MINFER_CHECK(fs::exists(cfg_path), "{}: missing config.json", path);
+  ModelConfig cfg = load_config(cfg_path);
+  SafetensorsSource src(WeightStore::open(path));
+  return build_model(cfg, src, be);
+}
+
+}  // namespace minfer

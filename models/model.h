@@ -1,0 +1,73 @@
+// A model: config -> weights by name -> forward as a straight list of Backend ops.
+// Causal LMs (gpt2, llama) run `forward` over a KV cache; encoders (bert) run `encode`.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/config.h"
+#include "engine/weights.h"
+
+namespace minfer {
+
+// Everything one sequence (or one encoder batch) needs while running: the KV cache and every
+// activation buffer, allocated once by Model::new_state. Nothing is allocated inside forward.
+struct RunState {
+  int64_t n_past = 0;      // tokens already in the KV cache
+  int64_t max_ctx = 0;     // KV cache capacity (positions)
+  int64_t max_tokens = 0;  // rows one forward call may process (B*T for encoders)
+  std::vector<Tensor> k_cache, v_cache;  // [L] x [max_ctx, Hkv*D]
+  Tensor x;       // [max_tokens, C] residual stream
+  Tensor xn;      // [max_tokens, C] normed input of a sub-layer
+  Tensor qkv;     // [max_tokens, (H + 2 Hkv) D] q | k | v
+  Tensor att;     // [max_tokens, H*D] attention output
+  Tensor proj;    // [max_tokens, C] output projections
+  Tensor ff_a;    // [max_tokens, F]
+  Tensor ff_b;    // [max_tokens, F]
+  Tensor logits;  // [max_tokens, V] (causal LMs)
+  std::vector<int32_t> ids;  // positions / token types scratch, [max_tokens]
+
+  void reset() { n_past = 0; }
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  const ModelConfig& config() const { return cfg_; }
+  Backend& backend() const { return *be_; }
+
+  // max_ctx: KV positions; max_tokens: rows per call (prefill chunk, or B*T for encoders).
+  RunState new_state(int64_t max_ctx, int64_t max_tokens) const;
+
+  // Causal LM: runs T new tokens at positions n_past.. and appends them to the KV cache.
+  // Returns logits [T, V] (all_logits) or [1, V] for the last token, valid until the next call.
+  virtual Tensor forward(RunState& s, const int32_t* ids, int64_t T, bool all_logits);
+  // Encoder: B sequences of T tokens (padded), mask [B, T] (1 = token, 0 = padding; nullptr = no
+  // padding), token types [B, T] (nullptr = zeros). Returns last hidden states [B*T, C].
+  virtual Tensor encode(RunState& s, const int32_t* ids, int64_t B, int64_t T,
+                        const int32_t* mask = nullptr, const int32_t* type_ids = nullptr);
+
+  // Every projection, for compression transforms and size accounting.
+  virtual std::vector<Linear*> linears() = 0;
+  // Bytes of all weights (projections, embeddings, norms).
+  virtual size_t weight_bytes() const = 0;
+
+ protected:
+  Model(ModelConfig cfg, Backend& be) : cfg_(std::move(cfg)), be_(&be) {}
+  ModelConfig cfg_;
+  Backend* be_;
+};
+
+// Builds the model for cfg.arch from a weight source on a backend (weights uploaded once).
+std::unique_ptr<Model> build_model(const ModelConfig& cfg, const WeightSource& src, Backend& be);
+
+// Loads a model from a Hugging Face-style folder (config.json + *.safetensors).
+std::unique_ptr<Model> load_model(const std::string& path, Backend& be);
+
+// Per-architecture constructors (models/gpt2.cpp, llama.cpp, bert.cpp).
+std::unique_ptr<Model> make_gpt2(const ModelConfig& cfg, const WeightSource& src, Backend& be);
+std::unique_ptr<Model> make_llama(const ModelConfig& cfg, const WeightSource& src, Backend& be);
+std::unique_ptr<Model> make_bert(const ModelConfig& cfg, const WeightSource& src, Backend& be);
+
+}  // namespace minfer

@@ -1,0 +1,234 @@
+// CPU backend ops against naive double-precision references written here, on odd sizes.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/half.h"
+#include "kernels/cpu/dense.h"
+
+using namespace minfer;
+
+namespace {
+
+Tensor randn(std::initializer_list<int64_t> shape, uint64_t seed, float std = 1.f,
+             DType dt = DType::F32) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.f, std);
+  Tensor t = Tensor::empty(dt, shape);
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    float v = nd(rng);
+    if (dt == DType::F32) t.data<float>()[i] = v;
+    if (dt == DType::F16) t.data<uint16_t>()[i] = f32_to_f16(v);
+    if (dt == DType::BF16) t.data<uint16_t>()[i] = f32_to_bf16(v);
+  }
+  return t;
+}
+
+float max_abs_diff(const float* a, const float* b, int64_t n) {
+  float m = 0;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("half: f16 and bf16 conversions are exact and the bulk paths agree with scalar") {
+  // Every f16 bit pattern round-trips through f32 (NaNs stay NaN).
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = f16_to_f32(uint16_t(h));
+    if (std::isnan(f)) {
+      CHECK(std::isnan(f16_to_f32(f32_to_f16(f))));
+      continue;
+    }
+    REQUIRE(f32_to_f16(f) == h);
+  }
+  CHECK(f16_to_f32(0x3c00) == 1.0f);
+  CHECK(f16_to_f32(0xc000) == -2.0f);
+  CHECK(f16_to_f32(0x0001) == std::ldexp(1.0f, -24));  // smallest subnormal
+  CHECK(f32_to_f16(65520.f) == 0x7c00);                // rounds to inf
+  CHECK(f32_to_f16(1.0f + std::ldexp(1.0f, -11)) == 0x3c00);  // tie -> even
+  CHECK(f32_to_bf16(1.0f) == 0x3f80);
+  CHECK(bf16_to_f32(0xc040) == -3.0f);
+  CHECK(f32_to_bf16(bits_to_f32(0x3f808000u)) == 0x3f80);  // tie -> even
+  CHECK(f32_to_bf16(bits_to_f32(0x3f818000u)) == 0x3f82);
+
+  std::vector<float> src(1003), a(1003), b(1003);
+  std::vector<uint16_t> h(1003), h2(1003);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd(0, 100);
+  for (auto& v : src) v = nd(rng);
+  src[5] = 0.f;
+  src[6] = -0.f;
+  src[7] = 1e-7f;  // f16 subnormal
+  f32_to_f16_n(src.data(), h.data(), src.size());
+  for (size_t i = 0; i < src.size(); ++i) CHECK(h[i] == f32_to_f16(src[i]));
+  f16_to_f32_n(h.data(), a.data(), h.size());
+  for (size_t i = 0; i < src.size(); ++i) CHECK(a[i] == f16_to_f32(h[i]));
+  f32_to_bf16_n(src.data(), h2.data(), src.size());
+  bf16_to_f32_n(h2.data(), b.data(), h2.size());
+  for (size_t i = 0; i < src.size(); ++i) CHECK(b[i] == bf16_to_f32(f32_to_bf16(src[i])));
+}
+
+TEST_CASE("ops: dense linear f32/f16/bf16, both layouts, matches the scalar reference") {
+  auto be = make_cpu_backend(2);
+  for (DType dt : {DType::F32, DType::F16, DType::BF16})
+    for (bool tr : {false, true})
+      for (int64_t T : {1, 3, 5, 17})
+        for (auto [K, N] : {std::pair<int64_t, int64_t>{37, 29}, {64, 96}, {129, 7}}) {
+          CAPTURE(dtype_name(dt));
+          CAPTURE(tr);
+          CAPTURE(T);
+          CAPTURE(K);
+          CAPTURE(N);
+          Tensor w = tr ? randn({K, N}, 7, 0.5f, dt) : randn({N, K}, 7, 0.5f, dt);
+          Tensor bias = randn({N}, 8);
+          Linear lin = make_dense("w", w, K, N, tr, bias);
+          Tensor x = randn({T, K}, 9);
+          Tensor y = Tensor::empty(DType::F32, {T, N});
+          be->linear(y, x, lin);
+          std::vector<float> ref(size_t(T * N));
+          dense_linear_ref(w, tr, x.data<float>(), T, ref.data(), K, N);
+          for (int64_t t = 0; t < T; ++t)
+            for (int64_t n = 0; n < N; ++n) ref[size_t(t * N + n)] += bias.data<float>()[n];
+          CHECK(max_abs_diff(y.data<float>(), ref.data(), T * N) < 1e-4f);
+        }
+}
+
+TEST_CASE("ops: linear rejects mismatched shapes with a clear message") {
+  auto be = make_cpu_backend(1);
+  Linear lin = make_dense("blk.w", randn({4, 6}, 1), 6, 4);
+  Tensor x = randn({2, 5}, 2), y = Tensor::empty(DType::F32, {2, 4});
+  CHECK_THROWS_WITH_AS(be->linear(y, x, lin), doctest::Contains("input has 5 features"), Error);
+  CHECK_THROWS_WITH_AS(make_dense("w", randn({4, 6}, 1), 4, 6), doctest::Contains("expected shape [6, 4]"), Error);
+}
+
+TEST_CASE("ops: norms, activations and softmax match their formulas") {
+  auto be = make_cpu_backend(2);
+  const int64_t R = 3, C = 45;
+  Tensor x = randn({R, C}, 3, 2.f), w = randn({C}, 4), b = randn({C}, 5);
+  Tensor y = Tensor::empty(DType::F32, {R, C});
+  const float* px = x.data<float>();
+  be->layernorm(y, x, w, b, 1e-5f);
+  for (int64_t r = 0; r < R; ++r) {
+    double m = 0, v = 0;
+    for (int64_t c = 0; c < C; ++c) m += px[r * C + c];
+    m /= C;
+    for (int64_t c = 0; c < C; ++c) v += (px[r * C + c] - m) * (px[r * C + c] - m);
+    v /= C;
+    for (int64_t c = 0; c < C; ++c) {
+      double e = (px[r * C + c] - m) / std::sqrt(v + 1e-5) * w.data<float>()[c] + b.data<float>()[c];
+      CHECK(y.data<float>()[r * C + c] == doctest::Approx(e).epsilon(1e-5));
+    }
+  }
+  be->rmsnorm(y, x, w, 1e-6f);
+  for (int64_t r = 0; r < R; ++r) {
+    double ss = 0;
+    for (int64_t c = 0; c < C; ++c) ss += double(px[r * C + c]) * px[r * C + c];
+    for (int64_t c = 0; c < C; ++c) {
+      double e = px[r * C + c] / std::sqrt(ss / C + 1e-6) * w.data<float>()[c];
+      CHECK(y.data<float>()[r * C + c] == doctest::Approx(e).epsilon(1e-5));
+    }
+  }
+  be->gelu(y, x, false);
+  for (int64_t i = 0; i < R * C; ++i)
+    CHECK(y.data<float>()[i] ==
+          doctest::Approx(0.5 * px[i] * (1 + std::erf(px[i] / std::sqrt(2.0)))).epsilon(1e-5));
+  be->gelu(y, x, true);
+  for (int64_t i = 0; i < R * C; ++i) {
+    double v = px[i];
+    double e = 0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
+    CHECK(y.data<float>()[i] == doctest::Approx(e).epsilon(1e-5));
+  }
+  be->silu(y, x);
+  for (int64_t i = 0; i < R * C; ++i)
+    CHECK(y.data<float>()[i] == doctest::Approx(px[i] / (1 + std::exp(-double(px[i])))).epsilon(1e-5));
+  be->softmax(y, x);
+  for (int64_t r = 0; r < R; ++r) {
+    double mx = -1e30, s = 0;
+    for (int64_t c = 0; c < C; ++c) mx = std::max(mx, double(px[r * C + c]));
+    for (int64_t c = 0; c < C; ++c) s += std::exp(px[r * C + c] - mx);
+    for (int64_t c = 0; c < C; ++c)
+      CHECK(y.data<float>()[r * C + c] == doctest::Approx(std::exp(px[r * C + c] - mx) / s).epsilon(1e-5));
+  }
+}
+
+TEST_CASE("ops: rope rotates pairs (i, i + D/2) by pos * theta^(-2i/D)") {
+  auto be = make_cpu_backend(1);
+  const int64_t T = 4, H = 3, D = 8, pos0 = 5;
+  const float theta = 500000.f;
+  Tensor x = randn({T, H * D}, 11), ref = x.clone();
+  be->rope(x, pos0, H, D, theta);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < D / 2; ++i) {
+        const double ang = double(pos0 + t) * std::pow(double(theta), -2.0 * double(i) / D);
+        const float* r = ref.data<float>() + t * H * D + h * D;
+        const double a = r[i], b = r[i + D / 2];
+        const float* o = x.data<float>() + t * H * D + h * D;
+        CHECK(o[i] == doctest::Approx(a * std::cos(ang) - b * std::sin(ang)).epsilon(1e-4));
+        CHECK(o[i + D / 2] == doctest::Approx(b * std::cos(ang) + a * std::sin(ang)).epsilon(1e-4));
+      }
+}
+
+namespace {
+// Naive attention in double: out[b, t, h] = Σ_j softmax_j(q·k_j * scale + mask) v_j.
+std::vector<float> naive_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                                   const AttentionArgs& a) {
+  const int64_t H = a.n_heads, Hkv = a.n_kv_heads, D = a.head_dim, B = a.batch;
+  const int64_t T = q.dim(0) / B, S = k.dim(0) / B;
+  std::vector<float> out(size_t(q.dim(0) * H * D));
+  const float* Q = q.data<float>();
+  const float* K = k.data<float>();
+  const float* V = v.data<float>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t kh = h / (H / Hkv);
+        std::vector<double> s(size_t(S), -INFINITY);
+        double mx = -INFINITY;
+        for (int64_t j = 0; j < S; ++j) {
+          if (a.causal && j > a.pos0 + t) continue;
+          if (a.key_mask && a.key_mask[b * S + j] == 0) continue;
+          double d = 0;
+          for (int64_t e = 0; e < D; ++e)
+            d += double(Q[(b * T + t) * H * D + h * D + e]) * K[(b * S + j) * Hkv * D + kh * D + e];
+          s[size_t(j)] = d / std::sqrt(double(D));
+          mx = std::max(mx, s[size_t(j)]);
+        }
+        double z = 0;
+        for (auto& e : s) z += (e = std::isinf(e) ? 0 : std::exp(e - mx));
+        for (int64_t e = 0; e < D; ++e) {
+          double acc = 0;
+          for (int64_t j = 0; j < S; ++j) acc += s[size_t(j)] / z * V[(b * S + j) * Hkv * D + kh * D + e];
+          out[size_t((b * T + t) * H * D + h * D + e)] = float(acc);
+        }
+      }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("ops: attention (causal + cache offset + GQA, and bidirectional with padding)") {
+  auto be = make_cpu_backend(2);
+  SUBCASE("causal GQA with earlier positions in the cache") {
+    const int64_t H = 6, Hkv = 2, D = 5, T = 3, pos0 = 4, S = pos0 + T;
+    AttentionArgs a{H, Hkv, D, 1, pos0, true, nullptr, 0.f};
+    Tensor q = randn({T, H * D}, 1), k = randn({S, Hkv * D}, 2), v = randn({S, Hkv * D}, 3);
+    Tensor out = Tensor::empty(DType::F32, {T, H * D});
+    be->attention(out, q, k, v, a);
+    auto ref = naive_attention(q, k, v, a);
+    CHECK(max_abs_diff(out.data<float>(), ref.data(), T * H * D) < 1e-5f);
+  }
+  SUBCASE("bidirectional batch with a padding mask") {
+    const int64_t H = 4, D = 7, B = 3, T = 5;
+    std::vector<int32_t> mask = {1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 0};
+    AttentionArgs a{H, H, D, B, 0, false, mask.data(), 0.f};
+    Tensor q = randn({B * T, H * D}, 4), k = randn({B * T, H * D}, 5), v = randn({B * T, H * D}, 6);
+    Tensor out = Tensor::empty(DType::F32, {B * T, H * D});
+    be->attention(out, q, k, v, a);
+    auto ref = naive_attention(q, k, v, a);
+    CHECK(max_abs_diff(out.data<float>(), ref.data(), B * T * H * D) < 1e-5f);
+  }
+}
