@@ -100,10 +100,15 @@ ModelConfig load_config(const std::string& path) {
     c.norm = Norm::RmsNorm;
     c.norm_eps = r.opt<float>("rms_norm_eps", 1e-6f);
     c.rope_theta = r.opt<float>("rope_theta", 10000.f);
-    auto rs = j.find("rope_scaling");
-    if (rs != j.end() && !rs->is_null()) {
+    // transformers >= 5 nests RoPE settings in "rope_parameters"; older files use "rope_theta"
+    // and "rope_scaling" at the top level.
+    for (const char* key : {"rope_scaling", "rope_parameters"}) {
+      auto rs = j.find(key);
+      if (rs == j.end() || !rs->is_object()) continue;
+      if (rs->contains("rope_theta")) c.rope_theta = Reader{path, *rs}.req<float>("rope_theta");
       std::string t = rs->value("rope_type", rs->value("type", std::string("default")));
-      MINFER_CHECK(t == "default", "{}: rope_scaling type '{}' not supported", path, t);
+      MINFER_CHECK(t == "default", "{}: {} type '{}' not supported (only default RoPE)", path, key,
+                   t);
     }
     c.tie_embeddings = r.opt<bool>("tie_word_embeddings", false);
     c.attn_bias = r.opt<bool>("attention_bias", c.model_type == "qwen2");

@@ -1,0 +1,127 @@
+#include "models/eval.h"
+
+#include <chrono>
+#include <cmath>
+
+#include "engine/progress.h"
+
+namespace minfer {
+
+namespace {
+
+// -log softmax(row)[target], in double.
+double nll(const float* row, int64_t V, int32_t target) {
+  float mx = row[0];
+  for (int64_t i = 1; i < V; ++i) mx = std::max(mx, row[i]);
+  double z = 0;
+  for (int64_t i = 0; i < V; ++i) z += std::exp(double(row[i]) - mx);
+  return std::log(z) + mx - double(row[target]);
+}
+
+}  // namespace
+
+PerplexityResult perplexity(Model& m, const std::vector<int32_t>& ids, int64_t ctx,
+                            int64_t stride, PplMethod method, bool progress) {
+  MINFER_CHECK(m.config().causal(), "perplexity needs a causal LM, '{}' is an encoder",
+               m.config().model_type);
+  MINFER_CHECK(ctx >= 2, "perplexity: --ctx must be at least 2, got {}", ctx);
+  const int64_t N = int64_t(ids.size());
+  const int64_t V = m.config().vocab_size;
+  MINFER_CHECK(N >= 2, "perplexity: the text has {} tokens, need at least 2", N);
+  Backend& be = m.backend();
+  RunState s = m.new_state(ctx, ctx);
+  std::vector<float> logits;
+  std::vector<int32_t> window;
+  PerplexityResult r;
+  double nll_sum = 0;
+  int64_t forwarded = 0;
+  auto t0 = std::chrono::steady_clock::now();
+
+  // Each entry: [begin, end) of the window and the first target index scored in it.
+  struct Win {
+    int64_t begin, end, first_scored;
+  };
+  std::vector<Win> wins;
+  if (method == PplMethod::HfSlidingWindow) {
+    MINFER_CHECK(stride >= 1 && stride <= ctx, "perplexity: --stride must be in [1, ctx={}], "
+                 "got {}", ctx, stride);
+    int64_t prev_end = 0;
+    for (int64_t begin = 0; begin < N; begin += stride) {
+      const int64_t end = std::min(begin + ctx, N);
+      const int64_t trg = end - prev_end;  // new tokens this window scores
+      wins.push_back({begin, end, std::max<int64_t>(begin + 1, end - trg)});
+      prev_end = end;
+      if (end == N) break;
+    }
+  } else {
+    MINFER_CHECK(N >= ctx, "perplexity --method llama: need at least ctx={} tokens, have {}", ctx,
+                 N);
+    for (int64_t c = 0; c + ctx <= N; c += ctx) wins.push_back({c, c + ctx, c + ctx / 2 + 1});
+  }
+
+  Progress bar("perplexity", int64_t(wins.size()), progress);
+  for (size_t w = 0; w < wins.size(); ++w) {
+    const Win& W = wins[w];
+    const int64_t T = W.end - W.begin;
+    window.assign(ids.begin() + W.begin, ids.begin() + W.end);
+    if (method == PplMethod::Llama && m.config().bos_id >= 0) window[0] = int32_t(m.config().bos_id);
+    s.reset();
+    Tensor lg = m.forward(s, window.data(), T, true);
+    logits.resize(size_t(T * V));
+    be.to_host(lg, logits.data());
+    for (int64_t j = W.first_scored; j < W.end; ++j) {
+      const int64_t row = j - 1 - W.begin;  // logits at j-1 predict token j
+      nll_sum += nll(logits.data() + row * V, V, ids[size_t(j)]);
+      ++r.tokens_scored;
+    }
+    forwarded += T;
+    char note[64];
+    std::snprintf(note, sizeof note, "ppl %.4f", std::exp(nll_sum / double(r.tokens_scored)));
+    bar.update(int64_t(w + 1), note);
+  }
+  bar.finish();
+  r.windows = int64_t(wins.size());
+  r.mean_nll = nll_sum / double(r.tokens_scored);
+  r.ppl = std::exp(r.mean_nll);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.tokens_per_s = double(forwarded) / r.seconds;
+  return r;
+}
+
+std::vector<std::vector<float>> mean_pool_normalize(const Tensor& hidden, int64_t B, int64_t T,
+                                                    const int32_t* mask) {
+  const int64_t C = hidden.dim(1);
+  std::vector<float> h(size_t(B * T * C));
+  hidden.storage();  // (host tensor expected; device backends copy out first)
+  for (int64_t r = 0; r < B * T; ++r)
+    for (int64_t c = 0; c < C; ++c)
+      h[size_t(r * C + c)] = hidden.data<float>()[r * hidden.stride(0) + c];
+  std::vector<std::vector<float>> out(size_t(B), std::vector<float>(size_t(C), 0.f));
+  for (int64_t b = 0; b < B; ++b) {
+    double cnt = 0;
+    std::vector<double> acc(size_t(C), 0.0);
+    for (int64_t t = 0; t < T; ++t) {
+      if (mask && !mask[b * T + t]) continue;
+      cnt += 1;
+      for (int64_t c = 0; c < C; ++c) acc[size_t(c)] += h[size_t((b * T + t) * C + c)];
+    }
+    // sentence-transformers: sum / clamp(count, 1e-9), then normalize with eps 1e-12.
+    double norm = 0;
+    for (auto& v : acc) norm += (v /= std::max(cnt, 1e-9)) * v;
+    norm = std::max(std::sqrt(norm), 1e-12);
+    for (int64_t c = 0; c < C; ++c) out[size_t(b)][size_t(c)] = float(acc[size_t(c)] / norm);
+  }
+  return out;
+}
+
+double cosine(const std::vector<float>& a, const std::vector<float>& b) {
+  double d = 0, na = 0, nb = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    d += double(a[i]) * b[i];
+    na += double(a[i]) * a[i];
+    nb += double(b[i]) * b[i];
+  }
+  return d / std::max(std::sqrt(na * nb), 1e-30);
+}
+
+}  // namespace minfer
