@@ -31,7 +31,7 @@ OBJDIR := $(BUILD)/obj-$(VARIANT)
 CPPFLAGS += -I. -MMD -MP
 CXXFLAGS += -std=c++20 $(OPT) $(ARCH) -fopenmp -Wall -Wextra -Wno-unused-parameter -Wno-maybe-uninitialized
 LDFLAGS  += $(LDOPT) -fopenmp -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR)
-LDLIBS   += -lopenblas -llapacke -lutf8proc -lfmt -lpthread
+LDLIBS   += -lopenblas -llapacke -lutf8proc -lfmt -lpthread -lzip -lcrypto
 
 LIB_SRC  := $(wildcard engine/*.cpp engine/*/*.cpp kernels/cpu/*.cpp kernels/common/*.cpp tokenizer/*.cpp models/*.cpp)
 TOOL_SRC := $(wildcard tools/*.cpp)
@@ -59,7 +59,7 @@ ifeq ($(CUDA),1)
   LDLIBS    += -lcublasLt -lcublas -lcudart
 endif
 
-.PHONY: all lib tools tests test bench deps models clean format
+.PHONY: all lib tools tests test bench deps models demo clean format
 all: tools tests $(BENCHBIN)
 lib: $(LIB)
 tools: $(TOOLS)
@@ -104,6 +104,10 @@ deps:
 models: $(BINDIR)/fetch-model
 	$(BINDIR)/fetch-model smollm2
 	$(BINDIR)/fetch-model minilm
+
+# The README's main job: build, fetch the default models, generate, measure, compare.
+demo: all models
+	BIN=$(BINDIR) bash scripts/demo.sh
 
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.h' '*.cu' '*.cuh')
