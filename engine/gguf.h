@@ -15,29 +15,56 @@ namespace minfer {
 
 // GGML tensor types that appear in GGUF files (values are ggml's enum ggml_type).
 enum class GgmlType : uint32_t {
-  F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9,
-  Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15,
-  I8 = 24, I16 = 25, I32 = 26, I64 = 27, F64 = 28, BF16 = 30,
+  F32 = 0,
+  F16 = 1,
+  Q4_0 = 2,
+  Q4_1 = 3,
+  Q5_0 = 6,
+  Q5_1 = 7,
+  Q8_0 = 8,
+  Q8_1 = 9,
+  Q2_K = 10,
+  Q3_K = 11,
+  Q4_K = 12,
+  Q5_K = 13,
+  Q6_K = 14,
+  Q8_K = 15,
+  I8 = 24,
+  I16 = 25,
+  I32 = 26,
+  I64 = 27,
+  F64 = 28,
+  BF16 = 30,
 };
 std::string ggml_type_name(uint32_t t);  // "Q4_K", or "type 99" when unknown
 
 // GGUF metadata value types (gguf_type in ggml's gguf.h).
 enum class GgufType : uint32_t {
-  UINT8 = 0, INT8 = 1, UINT16 = 2, INT16 = 3, UINT32 = 4, INT32 = 5, FLOAT32 = 6, BOOL = 7,
-  STRING = 8, ARRAY = 9, UINT64 = 10, INT64 = 11, FLOAT64 = 12,
+  UINT8 = 0,
+  INT8 = 1,
+  UINT16 = 2,
+  INT16 = 3,
+  UINT32 = 4,
+  INT32 = 5,
+  FLOAT32 = 6,
+  BOOL = 7,
+  STRING = 8,
+  ARRAY = 9,
+  UINT64 = 10,
+  INT64 = 11,
+  FLOAT64 = 12,
 };
 std::string gguf_type_name(uint32_t t);  // "UINT32", or "type 99" when unknown
 
 // A metadata value. Arrays are vectors of one element type.
-using GgufValue = std::variant<uint64_t, int64_t, double, bool, std::string,
-                               std::vector<int64_t>, std::vector<double>,
-                               std::vector<std::string>>;
+using GgufValue = std::variant<uint64_t, int64_t, double, bool, std::string, std::vector<int64_t>,
+                               std::vector<double>, std::vector<std::string>>;
 
 struct GgufTensorInfo {
   std::string name;
-  uint32_t type = 0;              // GgmlType value
-  std::vector<int64_t> ne;        // ggml order: ne[0] is the contiguous (innermost) dimension
-  uint64_t offset = 0;            // absolute file offset of the data
+  uint32_t type = 0;        // GgmlType value
+  std::vector<int64_t> ne;  // ggml order: ne[0] is the contiguous (innermost) dimension
+  uint64_t offset = 0;      // absolute file offset of the data
   uint64_t nbytes = 0;
 };
 
@@ -55,11 +82,11 @@ class GgufFile {
   std::string type_of(const std::string& key) const;
   // Typed getters; throw "<file>: metadata '<key>' missing" / "... has type X, expected Y".
   std::string get_str(const std::string& key) const;
-  int64_t get_int(const std::string& key) const;  // any integer type
-  double get_float(const std::string& key) const; // any numeric type
+  int64_t get_int(const std::string& key) const;   // any integer type
+  double get_float(const std::string& key) const;  // any numeric type
   bool get_bool(const std::string& key) const;
   const std::vector<std::string>& get_str_array(const std::string& key) const;
-  std::vector<int64_t> get_int_array(const std::string& key) const;  // integer or bool arrays
+  std::vector<int64_t> get_int_array(const std::string& key) const;   // integer or bool arrays
   std::vector<double> get_float_array(const std::string& key) const;  // any numeric array
   int64_t get_int_or(const std::string& key, int64_t def) const;
   double get_float_or(const std::string& key, double def) const;
@@ -93,9 +120,9 @@ class GgufFile {
 
 // Block dequantization (bit-exact with the GGML block definitions). `n` is the number of
 // weights, a multiple of the type's block size. Throws for unsupported types.
-size_t ggml_block_size(uint32_t type);   // weights per block (0 when the type is unknown)
-size_t ggml_type_size(uint32_t type);    // bytes per block (0 when the type is unknown)
-bool ggml_can_dequantize(uint32_t type); // dequantize_row supports it
+size_t ggml_block_size(uint32_t type);    // weights per block (0 when the type is unknown)
+size_t ggml_type_size(uint32_t type);     // bytes per block (0 when the type is unknown)
+bool ggml_can_dequantize(uint32_t type);  // dequantize_row supports it
 void dequantize_row(uint32_t type, const void* src, float* dst, int64_t n);
 
 // llama-family GGUF tensor name -> Hugging Face transformers name:
