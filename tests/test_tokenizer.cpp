@@ -1,0 +1,443 @@
+// Tokenizer parity with Hugging Face `tokenizers`: fixtures from
+// tests/fixtures/tokenizers/make_tokenizer_fixtures.py (ids, decodes, per-line WikiText-2 counts
+// and FNV-1a hashes), plus unit tests of the pieces with hand-computed expectations.
+#include <doctest/doctest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "engine/error.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
+
+using minfer::Tokenizer;
+using nlohmann::json;
+
+namespace {
+
+const char* kFixtures = "tests/fixtures/tokenizers/";
+const char* kWiki = "../shared/data/wikitext-2-raw/wiki.test.raw";
+
+#if defined(__SANITIZE_ADDRESS__) || defined(MINFER_SANITIZE)
+constexpr size_t kMaxWikiLines = 500;  // sanitizer builds: a prefix of the sweep keeps it fast
+#else
+constexpr size_t kMaxWikiLines = SIZE_MAX;
+#endif
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  REQUIRE_MESSAGE(f.good(), "cannot open ", path);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+std::string minfer_home() {
+  const char* h = std::getenv("MINFER_HOME");
+  if (h && *h) return h;
+  const char* home = std::getenv("HOME");
+  return std::string(home ? home : "") + "/.cache/minfer";
+}
+
+std::string fnv1a64(const std::vector<int32_t>& ids) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (int32_t id : ids) {
+    uint32_t u = static_cast<uint32_t>(id);
+    for (int b = 0; b < 4; ++b) {
+      h ^= (u >> (8 * b)) & 0xff;
+      h *= 0x100000001b3ull;
+    }
+  }
+  return fmt::format("{:016x}", h);
+}
+
+std::string fnv1a64_bytes(const std::string& s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 0x100000001b3ull;
+  }
+  return fmt::format("{:016x}", h);
+}
+
+std::string show(const std::string& s) {  // printable form of a test string
+  std::string o;
+  for (unsigned char c : s) {
+    if (c == '\n')
+      o += "\\n";
+    else if (c == '\t')
+      o += "\\t";
+    else if (c == '\r')
+      o += "\\r";
+    else if (c < 0x20 || c == 0x7f)
+      o += fmt::format("\\x{:02x}", c);
+    else
+      o.push_back(static_cast<char>(c));
+  }
+  return o.size() > 160 ? o.substr(0, 160) + "..." : o;
+}
+
+std::string show_ids(const std::vector<int32_t>& v) {
+  return fmt::format("[{}]", fmt::join(v, ", "));
+}
+
+std::string unhex(const std::string& h) {
+  std::string out;
+  for (size_t i = 0; i + 1 < h.size(); i += 2)
+    out.push_back(static_cast<char>(std::stoi(h.substr(i, 2), nullptr, 16)));
+  return out;
+}
+
+std::vector<std::string> wiki_lines(const std::string& text) {
+  std::vector<std::string> lines;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t nl = text.find('\n', pos);
+    if (nl == std::string::npos) nl = text.size();
+    lines.push_back(text.substr(pos, nl - pos));
+    pos = nl + 1;
+  }
+  return lines;
+}
+
+// Streams ids one at a time; every chunk must be valid UTF-8 and the chunks must add up to
+// decode().
+void check_stream(const Tokenizer& tok, const std::vector<int32_t>& ids, const std::string& text) {
+  minfer::StreamDecoder sd(tok);
+  std::string all;
+  for (int32_t id : ids) {
+    std::string piece = sd.push(id);
+    CHECK_MESSAGE(minfer::unicode::find_invalid_utf8(piece) == std::string::npos,
+                  "stream chunk not UTF-8 for '", show(text), "'");
+    all += piece;
+  }
+  all += sd.flush();
+  CHECK_MESSAGE(all == tok.decode(ids), "stream decode of '", show(text), "' gave '", show(all),
+                "'");
+}
+
+// Everything a <name>.expected.json records, checked against `tok`.
+void check_expected(const Tokenizer& tok, const std::string& name, bool lossless) {
+  json exp = json::parse(read_file(std::string(kFixtures) + name + ".expected.json"));
+  INFO("tokenizer ", name, " (", tok.describe(), ")");
+
+  for (const json& h : exp["hard"]) {
+    const std::string text = h["text"].get<std::string>();
+    auto ids = tok.encode(text);
+    auto want = h["ids"].get<std::vector<int32_t>>();
+    CHECK_MESSAGE(ids == want, "encode('", show(text), "')\n  got  ", show_ids(ids), "\n  want ",
+                  show_ids(want));
+    auto plain = tok.encode(text, false);
+    auto want_plain = h["ids_plain"].get<std::vector<int32_t>>();
+    CHECK_MESSAGE(plain == want_plain, "encode('", show(text), "', no special)\n  got  ",
+                  show_ids(plain), "\n  want ", show_ids(want_plain));
+    if (ids != want) continue;
+    CHECK_MESSAGE(tok.decode(ids) == h["decoded"].get<std::string>(), "decode of '", show(text),
+                  "' gave '", show(tok.decode(ids)), "'");
+    CHECK_MESSAGE(tok.decode(ids, false) == h["decoded_special"].get<std::string>(),
+                  "decode(keep special) of '", show(text), "' gave '", show(tok.decode(ids, false)),
+                  "'");
+    check_stream(tok, ids, text);
+  }
+
+  for (const json& c : exp["invalid_utf8"]) {
+    const std::string raw = unhex(c["hex"].get<std::string>());
+    CHECK_THROWS_WITH_AS(tok.encode(raw), doctest::Contains("not valid UTF-8 at byte offset"),
+                         minfer::Error);
+    const std::string rep = minfer::unicode::replace_invalid_utf8(raw);
+    CHECK_MESSAGE(rep == c["replaced"].get<std::string>(), "replacement of ",
+                  c["hex"].get<std::string>());
+    CHECK(tok.encode(rep, false) == c["ids"].get<std::vector<int32_t>>());
+  }
+
+  if (!std::filesystem::exists(kWiki)) {
+    MESSAGE("WikiText-2 absent (", kWiki, "): per-line sweep skipped");
+    return;
+  }
+  const std::string text = read_file(kWiki);
+  const auto lines = wiki_lines(text);
+  const json& w = exp["wiki"];
+  REQUIRE(lines.size() == w["lines"].get<size_t>());
+  const auto& counts = w["count"];
+  const auto& hashes = w["fnv"];
+  const auto& full = w["full"];
+  int bad = 0, roundtrip_bad = 0;
+  const size_t n = std::min(lines.size(), kMaxWikiLines);
+  for (size_t i = 0; i < n; ++i) {
+    auto ids = tok.encode(lines[i]);
+    bool ok = ids.size() == counts[i].get<size_t>() && fnv1a64(ids) == hashes[i].get<std::string>();
+    if (ok && i < full.size()) ok = ids == full[i].get<std::vector<int32_t>>();
+    if (!ok && ++bad <= 5) {
+      std::string detail =
+          i < full.size() ? "\n  want " + show_ids(full[i].get<std::vector<int32_t>>()) : "";
+      FAIL_CHECK("WikiText line ", i + 1, " '", show(lines[i]), "'\n  got ", ids.size(), " ids ",
+                 show_ids(ids), "\n  want ", counts[i].get<size_t>(), " ids, fnv ",
+                 hashes[i].get<std::string>(), detail);
+    }
+    if (lossless && tok.decode(ids) != lines[i] && ++roundtrip_bad <= 5)
+      FAIL_CHECK("decode(encode(x)) != x for WikiText line ", i + 1, " '", show(lines[i]), "'");
+  }
+  CHECK_MESSAGE(bad == 0, bad, " of ", n, " WikiText lines differ from HF");
+  CHECK(roundtrip_bad == 0);
+
+  // The whole file as one text (what perplexity encodes).
+  auto ids = tok.encode(text);
+  CHECK(ids.size() == exp["whole"]["count"].get<size_t>());
+  CHECK(fnv1a64(ids) == exp["whole"]["fnv"].get<std::string>());
+  if (lossless) CHECK(tok.decode(ids) == text);
+}
+
+std::string smollm2_gguf() {
+  return minfer_home() + "/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+TEST_CASE("tokenizer: unicode helpers") {
+  using namespace minfer::unicode;
+  // GPT-2 bytes_to_unicode: space -> U+0120 'Ġ', newline -> U+010A 'Ċ', 'a' -> 'a', 0xAD -> U+0143.
+  CHECK(byte_to_cp()[' '] == 0x120);
+  CHECK(byte_to_cp()['\n'] == 0x10A);
+  CHECK(byte_to_cp()['a'] == 'a');
+  CHECK(byte_to_cp()[0xAD] == 0x143);
+  for (int b = 0; b < 256; ++b) CHECK(cp_to_byte(byte_to_cp()[b]) == b);
+  std::string enc;
+  byte_level_encode(" a\n", enc);
+  CHECK(enc ==
+        "\xC4\xA0"
+        "a"
+        "\xC4\x8A");
+
+  CHECK(find_invalid_utf8("plain ascii") == std::string::npos);
+  CHECK(find_invalid_utf8("caf\xC3\xA9 \xE4\xB8\xAD \xF0\x9F\x98\x80") == std::string::npos);
+  CHECK(find_invalid_utf8("ab\xC3") == 2);                       // truncated
+  CHECK(find_invalid_utf8("\xC0\xAF") == 0);                     // overlong
+  CHECK(find_invalid_utf8("x\xED\xA0\x80") == 1);                // surrogate
+  CHECK(find_invalid_utf8("0123456789\xF4\x90\x80\x80") == 10);  // > U+10FFFF
+  // Maximal subparts: "\xE4\xB8" is one U+FFFD, "\x80\x80" two.
+  CHECK(replace_invalid_utf8("a\xE4\xB8"
+                             "b\x80\x80") ==
+        "a\xEF\xBF\xBD"
+        "b\xEF\xBF\xBD\xEF\xBF\xBD");
+
+  CHECK(is_letter(U'é'));
+  CHECK(is_number(U'٣'));
+  CHECK(is_number(U'½'));
+  CHECK(is_space(0x3000));
+  CHECK(is_space(0x85));
+  CHECK_FALSE(is_space(0x200B));  // zero width space is Cf, not whitespace
+  CHECK(is_bert_punct('$'));      // ASCII symbol counts as punctuation for BERT
+  CHECK(is_punct(U'。'));
+  CHECK(is_chinese_char(U'中'));
+  CHECK_FALSE(is_chinese_char(U'カ'));
+  CHECK(nfd("\xC3\xA9") == "e\xCC\x81");
+  CHECK(nfc("e\xCC\x81") == "\xC3\xA9");
+  CHECK(nfkc("\xEF\xAC\x81") == "fi");
+  CHECK(lowercase("\xC4\xB0Stanbul \xC3\x89") == "i\xCC\x87stanbul \xC3\xA9");
+}
+
+TEST_CASE("tokenizer: hand-built byte-level BPE, merges in both JSON forms") {
+  // Vocabulary: the bytes of "hello world", merges h+e, l+l, he+ll, hell+o, Ġ+w.
+  auto make = [](bool pair_form) {
+    json vocab = json::object();
+    int id = 0;
+    for (const char* t :
+         {"h", "e", "l", "o", "w", "r", "d", "\xC4\xA0", "he", "ll", "hell", "hello", "\xC4\xA0w"})
+      vocab[t] = id++;
+    std::vector<std::pair<std::string, std::string>> m = {
+        {"h", "e"}, {"l", "l"}, {"he", "ll"}, {"hell", "o"}, {"\xC4\xA0", "w"}};
+    json merges = json::array();
+    for (auto& [a, b] : m) merges.push_back(pair_form ? json::array({a, b}) : json(a + " " + b));
+    json j = {
+        {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", merges}}},
+        {"pre_tokenizer",
+         {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
+        {"decoder", {{"type", "ByteLevel"}}},
+        {"added_tokens", json::array({{{"id", 13}, {"content", "<|eos|>"}, {"special", true}}})}};
+    return Tokenizer::from_json_string(j.dump(), pair_form ? "pairs" : "strings");
+  };
+  auto a = make(false), b = make(true);
+  // "hello world": words "hello", "Ġworld" -> [hello] [Ġw, o, r, l, d]
+  const std::vector<int32_t> want = {11, 12, 3, 5, 2, 6};
+  CHECK(a->encode("hello world") == want);
+  CHECK(b->encode("hello world") == want);
+  CHECK(a->decode(want) == "hello world");
+  // The special token is matched before splitting and skipped on decode unless asked for.
+  CHECK(a->encode("hello<|eos|>") == std::vector<int32_t>{11, 13});
+  CHECK(a->decode(std::vector<int32_t>{11, 13}) == "hello");
+  CHECK(a->decode(std::vector<int32_t>{11, 13}, false) == "hello<|eos|>");
+  CHECK(a->is_special(13));
+  CHECK(a->token_to_id("hell") == 10);
+  CHECK(a->token_to_id("nope") == -1);
+  CHECK(a->vocab_size() == 14);
+  CHECK_THROWS_WITH_AS(a->decode(std::vector<int32_t>{14}),
+                       doctest::Contains("token id 14 is out of range"), minfer::Error);
+}
+
+TEST_CASE("tokenizer: stream decoder emits whole UTF-8 characters only") {
+  // Byte-level vocabulary of single bytes: '中' (E4 B8 AD) is three tokens.
+  json vocab = json::object();
+  for (int b = 0; b < 256; ++b) {
+    std::string s;
+    minfer::unicode::append_utf8(s, minfer::unicode::byte_to_cp()[b]);
+    vocab[s] = b;
+  }
+  json j = {{"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", json::array()}}},
+            {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}}},
+            {"decoder", {{"type", "ByteLevel"}}}};
+  auto tok = Tokenizer::from_json_string(j.dump(), "bytes");
+  auto ids = tok->encode("a\xE4\xB8\xAD!");
+  REQUIRE(ids == std::vector<int32_t>{'a', 0xE4, 0xB8, 0xAD, '!'});
+  minfer::StreamDecoder sd(*tok);
+  CHECK(sd.push(ids[0]) == "a");
+  CHECK(sd.push(ids[1]) == "");
+  CHECK(sd.push(ids[2]) == "");
+  CHECK(sd.push(ids[3]) == "\xE4\xB8\xAD");
+  CHECK(sd.push(ids[4]) == "!");
+  CHECK(sd.push(0xE4) == "");
+  CHECK(sd.flush() == "\xEF\xBF\xBD");  // an incomplete character at the end becomes U+FFFD
+  CHECK(tok->decode(std::vector<int32_t>{0xE4}) == "\xEF\xBF\xBD");
+}
+
+TEST_CASE("tokenizer: unsupported components and bad files give clear errors") {
+  auto load = [](const json& j) { return Tokenizer::from_json_string(j.dump(), "t.json"); };
+  json base = {{"model", {{"type", "WordLevel"}, {"vocab", {{"a", 0}}}, {"unk_token", "a"}}}};
+  json j = base;
+  j["normalizer"] = {{"type", "Precompiled"}, {"precompiled_charsmap", "AA=="}};
+  CHECK_THROWS_WITH_AS(load(j), doctest::Contains("normalizer type 'Precompiled' is not supported"),
+                       minfer::Error);
+  j = base;
+  j["pre_tokenizer"] = {{"type", "UnicodeScripts"}};
+  CHECK_THROWS_WITH_AS(load(j),
+                       doctest::Contains("pre_tokenizer type 'UnicodeScripts' is not supported"),
+                       minfer::Error);
+  j = base;
+  j["pre_tokenizer"] = {
+      {"type", "Split"}, {"pattern", {{"Regex", "[a-z]+"}}}, {"behavior", "Isolated"}};
+  CHECK_THROWS_WITH_AS(load(j),
+                       doctest::Contains("Split pre_tokenizer regex '[a-z]+' is not supported"),
+                       minfer::Error);
+  j = base;
+  j["decoder"] = {{"type", "CTC"}};
+  CHECK_THROWS_WITH_AS(load(j), doctest::Contains("decoder type 'CTC' is not supported"),
+                       minfer::Error);
+  j = base;
+  j["model"] = {{"type", "Unigram"}, {"vocab", json::array()}};
+  CHECK_THROWS_WITH_AS(load(j), doctest::Contains("model type 'Unigram' is not supported"),
+                       minfer::Error);
+  j = {{"model",
+        {{"type", "BPE"}, {"vocab", {{"a", 0}, {"b", 1}}}, {"merges", json::array({"a b"})}}}};
+  CHECK_THROWS_WITH_AS(load(j), doctest::Contains("produces 'ab', which is not in the vocabulary"),
+                       minfer::Error);
+  j = {{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}}}, {"merges", json::array({"a"})}}}};
+  CHECK_THROWS_WITH_AS(load(j), doctest::Contains("model.merges[0] = 'a' should be two tokens"),
+                       minfer::Error);
+  CHECK_THROWS_WITH_AS(Tokenizer::from_json_string("{not json", "x.json"),
+                       doctest::Contains("x.json: invalid JSON"), minfer::Error);
+  CHECK_THROWS_WITH_AS(Tokenizer::load("/nonexistent/tokenizer.json"),
+                       doctest::Contains("does not exist"), minfer::Error);
+}
+
+TEST_CASE("tokenizer: pre-tokenizers match HF pre_tokenize_str") {
+  json exp = json::parse(read_file(std::string(kFixtures) + "pretokenizers.expected.json"));
+  const bool have_wiki = std::filesystem::exists(kWiki);
+  const std::string wiki = have_wiki ? read_file(kWiki) : std::string();
+  for (auto it = exp.begin(); it != exp.end(); ++it) {
+    INFO("pre-tokenizer ", it.key(), " ", it.value()["json"].dump());
+    const std::string pj = it.value()["json"].dump();
+    for (const json& h : it.value()["hard"]) {
+      const std::string text = h["text"].get<std::string>();
+      auto got = minfer::pre_tokenize(pj, text);
+      auto want = h["pieces"].get<std::vector<std::string>>();
+      CHECK_MESSAGE(got == want, "'", show(text), "': got ", got.size(), " pieces, want ",
+                    want.size());
+    }
+    if (have_wiki) {
+      auto pieces = minfer::pre_tokenize(pj, wiki);
+      std::string joined;
+      for (size_t i = 0; i < pieces.size(); ++i) {
+        if (i) joined.push_back('\0');
+        joined += pieces[i];
+      }
+      CHECK(pieces.size() == it.value()["whole"]["count"].get<size_t>());
+      CHECK(fnv1a64_bytes(joined) == it.value()["whole"]["fnv"].get<std::string>());
+    }
+  }
+}
+
+TEST_CASE("tokenizer: synthetic SentencePiece-style BPE with byte fallback") {
+  auto tok = Tokenizer::load(std::string(kFixtures) + "synth-spm.tokenizer.json");
+  CHECK(tok->bos_id() == 1);
+  CHECK(tok->special_prefix() == std::vector<int32_t>{1});
+  check_expected(*tok, "synth-spm", false);
+}
+
+TEST_CASE("tokenizer: synthetic WordPiece") {
+  auto tok = Tokenizer::load(std::string(kFixtures) + "synth-wordpiece.tokenizer.json");
+  check_expected(*tok, "synth-wordpiece", false);
+}
+
+TEST_CASE("tokenizer: synthetic LLaMA-3 style byte-level BPE") {
+  auto tok = Tokenizer::load(std::string(kFixtures) + "synth-llama3.tokenizer.json");
+  check_expected(*tok, "synth-llama3", true);
+}
+
+TEST_CASE("tokenizer: synthetic Qwen2 style byte-level BPE") {
+  auto tok = Tokenizer::load(std::string(kFixtures) + "synth-qwen2.tokenizer.json");
+  check_expected(*tok, "synth-qwen2", true);
+}
+
+TEST_CASE("tokenizer: synthetic Metaspace BPE") {
+  auto tok = Tokenizer::load(std::string(kFixtures) + "synth-metaspace.tokenizer.json");
+  check_expected(*tok, "synth-metaspace", false);
+}
+
+TEST_CASE("tokenizer: all-MiniLM-L6-v2 tokenizer.json (WordPiece)") {
+  const std::string dir = minfer_home() + "/minilm";
+  if (!std::filesystem::exists(dir + "/tokenizer.json")) {
+    MESSAGE("MiniLM not installed in ", dir, ": run `make models`; skipped");
+    return;
+  }
+  auto tok = Tokenizer::load(dir);
+  CHECK(tok->vocab_size() == 30522);
+  CHECK(tok->special_prefix() == std::vector<int32_t>{101});
+  CHECK(tok->special_suffix() == std::vector<int32_t>{102});
+  CHECK(tok->bos_id() == -1);
+  check_expected(*tok, "minilm", false);
+}
+
+TEST_CASE("tokenizer: SmolLM2 from GGUF matches the HF reference") {
+  const std::string path = smollm2_gguf();
+  if (!std::filesystem::exists(path)) {
+    MESSAGE("SmolLM2 not installed (", path, "): run `make models`; skipped");
+    return;
+  }
+  auto tok = Tokenizer::load(path);
+  CHECK(tok->vocab_size() == 49152);
+  CHECK(tok->bos_id() == 1);  // <|im_start|>, not added by encode (add_bos_token = false)
+  CHECK(tok->eos_id() == 2);  // <|im_end|>
+  CHECK(tok->special_prefix().empty());
+  CHECK(tok->id_to_token(0) == "<|endoftext|>");
+  CHECK(tok->is_special(16));
+  CHECK_FALSE(tok->is_special(17));
+  CHECK(tok->chat_template().find("<|im_start|>") != std::string::npos);
+  check_expected(*tok, "smollm2", true);
+
+  SUBCASE("to_hf_json round trip") {
+    json j = json::parse(tok->to_hf_json());
+    CHECK(j["pre_tokenizer"] ==
+          json::parse(
+              R"({"type":"Sequence","pretokenizers":[{"type":"Digits","individual_digits":true},
+                         {"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true}]})"));
+    CHECK(j["model"]["merges"].size() == 48900);
+    CHECK(j["added_tokens"].size() == 17);
+    auto again = Tokenizer::from_json_string(j.dump(), "to_hf_json");
+    json exp = json::parse(read_file(std::string(kFixtures) + "smollm2.expected.json"));
+    for (const json& h : exp["hard"])
+      CHECK(again->encode(h["text"].get<std::string>()) == h["ids"].get<std::vector<int32_t>>());
+  }
+}
