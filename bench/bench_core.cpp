@@ -107,7 +107,7 @@ void bench_model(const char* title, ModelConfig c, int threads) {
   const int64_t P = 512, ndec = 32;
   std::vector<int32_t> ids(size_t(P + ndec));
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t((i * 7919) % size_t(c.vocab_size));
-  RunState s = m->new_state(P + ndec, P);
+  RunState s = m->new_state(P + ndec, P, 1);
   // Prefill: best of 3.
   const double tp = best_time(2, [&] {
     s.reset();

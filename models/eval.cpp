@@ -88,14 +88,8 @@ PerplexityResult perplexity(Model& m, const std::vector<int32_t>& ids, int64_t c
   return r;
 }
 
-std::vector<std::vector<float>> mean_pool_normalize(const Tensor& hidden, int64_t B, int64_t T,
-                                                    const int32_t* mask) {
-  const int64_t C = hidden.dim(1);
-  std::vector<float> h(size_t(B * T * C));
-  hidden.storage();  // (host tensor expected; device backends copy out first)
-  for (int64_t r = 0; r < B * T; ++r)
-    for (int64_t c = 0; c < C; ++c)
-      h[size_t(r * C + c)] = hidden.data<float>()[r * hidden.stride(0) + c];
+std::vector<std::vector<float>> mean_pool_normalize(const float* h, int64_t B, int64_t T,
+                                                    int64_t C, const int32_t* mask) {
   std::vector<std::vector<float>> out(size_t(B), std::vector<float>(size_t(C), 0.f));
   for (int64_t b = 0; b < B; ++b) {
     double cnt = 0;
@@ -103,13 +97,54 @@ std::vector<std::vector<float>> mean_pool_normalize(const Tensor& hidden, int64_
     for (int64_t t = 0; t < T; ++t) {
       if (mask && !mask[b * T + t]) continue;
       cnt += 1;
-      for (int64_t c = 0; c < C; ++c) acc[size_t(c)] += h[size_t((b * T + t) * C + c)];
+      for (int64_t c = 0; c < C; ++c) acc[size_t(c)] += h[(b * T + t) * C + c];
     }
     // sentence-transformers: sum / clamp(count, 1e-9), then normalize with eps 1e-12.
     double norm = 0;
     for (auto& v : acc) norm += (v /= std::max(cnt, 1e-9)) * v;
     norm = std::max(std::sqrt(norm), 1e-12);
     for (int64_t c = 0; c < C; ++c) out[size_t(b)][size_t(c)] = float(acc[size_t(c)] / norm);
+  }
+  return out;
+}
+
+std::vector<std::vector<float>> embed_texts(Model& m, const Tokenizer& tok,
+                                            const std::vector<std::string>& texts, int batch,
+                                            int64_t max_len) {
+  max_len = std::min(max_len, m.config().max_pos);
+  std::vector<std::vector<int32_t>> enc;
+  int64_t longest = 1;
+  for (auto& t : texts) {
+    auto ids = tok.encode(t, true);
+    if (int64_t(ids.size()) > max_len) {
+      const int32_t last = ids.back();
+      ids.resize(size_t(max_len));
+      ids.back() = last;
+    }
+    longest = std::max<int64_t>(longest, int64_t(ids.size()));
+    enc.push_back(std::move(ids));
+  }
+  RunState s = m.new_state(0, int64_t(batch) * longest);
+  std::vector<std::vector<float>> out;
+  std::vector<int32_t> ids, mask;
+  std::vector<float> hidden;
+  const int32_t pad = m.config().pad_id >= 0 ? int32_t(m.config().pad_id) : 0;
+  for (size_t b0 = 0; b0 < enc.size(); b0 += size_t(batch)) {
+    const size_t nb = std::min(enc.size() - b0, size_t(batch));
+    int64_t T = 1;
+    for (size_t i = 0; i < nb; ++i) T = std::max<int64_t>(T, int64_t(enc[b0 + i].size()));
+    ids.assign(nb * size_t(T), pad);
+    mask.assign(nb * size_t(T), 0);
+    for (size_t i = 0; i < nb; ++i)
+      for (size_t t = 0; t < enc[b0 + i].size(); ++t) {
+        ids[i * size_t(T) + t] = enc[b0 + i][t];
+        mask[i * size_t(T) + t] = 1;
+      }
+    Tensor h = m.encode(s, ids.data(), int64_t(nb), T, mask.data());
+    hidden.resize(size_t(h.numel()));
+    m.backend().to_host(h, hidden.data());
+    for (auto& e : mean_pool_normalize(hidden.data(), int64_t(nb), T, h.dim(1), mask.data()))
+      out.push_back(std::move(e));
   }
   return out;
 }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "models/model.h"
+#include "tokenizer/tokenizer.h"
 
 namespace minfer {
 
@@ -32,9 +33,16 @@ PerplexityResult perplexity(Model& m, const std::vector<int32_t>& ids, int64_t c
                             int64_t stride, PplMethod method = PplMethod::HfSlidingWindow,
                             bool progress = true);
 
-// [B*T, C] hidden states -> B L2-normalised mean-pooled embeddings (mask: 1 = token).
-std::vector<std::vector<float>> mean_pool_normalize(const Tensor& hidden, int64_t B, int64_t T,
-                                                    const int32_t* mask);
+// Host hidden states [B*T, C] -> B L2-normalised mean-pooled embeddings (mask: 1 = token).
+std::vector<std::vector<float>> mean_pool_normalize(const float* hidden, int64_t B, int64_t T,
+                                                    int64_t C, const int32_t* mask);
+
+// Encodes texts in batches of `batch` (padded, with an attention mask) and returns one
+// embedding per text. Sequences longer than max_len keep their first max_len - 1 tokens and the
+// final special token, as HF truncation does ([CLS] ... [SEP]).
+std::vector<std::vector<float>> embed_texts(Model& m, const Tokenizer& tok,
+                                            const std::vector<std::string>& texts, int batch = 32,
+                                            int64_t max_len = 256);
 
 double cosine(const std::vector<float>& a, const std::vector<float>& b);
 

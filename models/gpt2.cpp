@@ -83,6 +83,8 @@ class Gpt2 final : public Model {
     }
     s.n_past = S;
     const int64_t first = all_logits ? 0 : T - 1, n = T - first;
+    MINFER_CHECK(n <= s.logits.dim(0), "forward: {} rows of logits asked, the state holds {}", n,
+                 s.logits.dim(0));
     Tensor xl = x.slice(0, first, n), xnl = xn.slice(0, 0, n), logits = s.logits.slice(0, 0, n);
     be.layernorm(xnl, xl, lnf_w_, lnf_b_, c.norm_eps);
     be.linear(logits, xnl, lm_head_);

@@ -4,7 +4,7 @@
 
 namespace minfer {
 
-RunState Model::new_state(int64_t max_ctx, int64_t max_tokens) const {
+RunState Model::new_state(int64_t max_ctx, int64_t max_tokens, int64_t logit_rows) const {
   const ModelConfig& c = cfg_;
   MINFER_CHECK(max_tokens > 0 && max_ctx >= 0, "new_state: bad sizes ctx {} tokens {}", max_ctx,
                max_tokens);
@@ -24,7 +24,8 @@ RunState Model::new_state(int64_t max_ctx, int64_t max_tokens) const {
   s.proj = be_->alloc({max_tokens, c.hidden});
   s.ff_a = be_->alloc({max_tokens, c.ffn});
   s.ff_b = be_->alloc({max_tokens, c.ffn});
-  if (c.causal()) s.logits = be_->alloc({max_tokens, c.vocab_size});
+  if (logit_rows < 0 || logit_rows > max_tokens) logit_rows = max_tokens;
+  if (c.causal()) s.logits = be_->alloc({std::max<int64_t>(logit_rows, 1), c.vocab_size});
   s.ids.resize(size_t(max_tokens));
   return s;
 }

@@ -25,7 +25,7 @@ struct RunState {
   Tensor proj;    // [max_tokens, C] output projections
   Tensor ff_a;    // [max_tokens, F]
   Tensor ff_b;    // [max_tokens, F]
-  Tensor logits;  // [max_tokens, V] (causal LMs)
+  Tensor logits;  // [logit_rows, V] (causal LMs)
   std::vector<int32_t> ids;  // positions / token types scratch, [max_tokens]
 
   void reset() { n_past = 0; }
@@ -37,8 +37,10 @@ class Model {
   const ModelConfig& config() const { return cfg_; }
   Backend& backend() const { return *be_; }
 
-  // max_ctx: KV positions; max_tokens: rows per call (prefill chunk, or B*T for encoders).
-  RunState new_state(int64_t max_ctx, int64_t max_tokens) const;
+  // max_ctx: KV positions; max_tokens: rows per call (prefill chunk, or B*T for encoders);
+  // logit_rows: rows of logits one call may return (-1 = max_tokens; 1 is enough when only the
+  // last token's logits are asked for, and saves max_tokens x V floats).
+  RunState new_state(int64_t max_ctx, int64_t max_tokens, int64_t logit_rows = -1) const;
 
   // Causal LM: runs T new tokens at positions n_past.. and appends them to the KV cache.
   // Returns logits [T, V] (all_logits) or [1, V] for the last token, valid until the next call.

@@ -1,0 +1,49 @@
+#include "models/loader.h"
+
+#include <chrono>
+#include <filesystem>
+
+#include "engine/gguf_source.h"
+#include "engine/model_hub.h"
+
+namespace minfer {
+
+namespace fs = std::filesystem;
+
+size_t model_file_bytes(const std::string& path) {
+  if (fs::is_regular_file(path)) return size_t(fs::file_size(path));
+  size_t n = 0;
+  for (auto& e : fs::directory_iterator(path))
+    if (e.is_regular_file() && e.path().extension() == ".safetensors") n += size_t(e.file_size());
+  return n;
+}
+
+LoadedModel open_model(const std::string& spec, Backend& be, bool with_tokenizer) {
+  auto t0 = std::chrono::steady_clock::now();
+  LoadedModel lm;
+  lm.path = resolve_model(spec);
+  if (fs::is_regular_file(lm.path) && fs::path(lm.path).extension() == ".gguf") {
+    auto f = GgufFile::open(lm.path);
+    ModelConfig cfg = config_from_gguf(*f);
+    GgufSource src(f, cfg);
+    lm.model = build_model(cfg, src, be);
+    if (with_tokenizer) lm.tokenizer = Tokenizer::from_gguf(*f);
+  } else {
+    MINFER_CHECK(fs::is_directory(lm.path),
+                 "{}: not a model (expected a folder with config.json + *.safetensors, or a .gguf "
+                 "file)", lm.path);
+    lm.model = load_model(lm.path, be);
+    if (with_tokenizer) {
+      const fs::path tj = fs::path(lm.path) / "tokenizer.json";
+      MINFER_CHECK(fs::exists(tj), "{}: missing tokenizer.json (the model folder needs one to "
+                   "turn text into ids)", lm.path);
+      lm.tokenizer = Tokenizer::from_json_file(tj.string());
+    }
+  }
+  lm.file_bytes = model_file_bytes(lm.path);
+  lm.load_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return lm;
+}
+
+}  // namespace minfer

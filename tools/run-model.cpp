@@ -1,0 +1,111 @@
+// run-model: generate text from a causal LM, streaming tokens as they are produced.
+#include <nlohmann/json.hpp>
+
+#include "engine/sampler.h"
+#include "models/loader.h"
+#include "tools/common.h"
+
+using namespace minfer;
+
+namespace {
+
+// ChatML, the template of SmolLM2-Instruct and Qwen2. When the model's own template carries a
+// default system message (SmolLM2's does), it is kept, as the template would render it.
+std::string apply_chatml(const std::string& tmpl, const std::string& user) {
+  MINFER_CHECK(tmpl.empty() || tmpl.find("<|im_start|>") != std::string::npos,
+               "--chat: the model's chat template is not ChatML; only ChatML is supported");
+  std::string system;
+  const std::string open = "<|im_start|>system\n";
+  if (auto a = tmpl.find(open); a != std::string::npos) {
+    auto b = tmpl.find("<|im_end|>", a);
+    std::string cand = tmpl.substr(a + open.size(), b - a - open.size());
+    if (b != std::string::npos && cand.find_first_of("{}'") == std::string::npos) system = cand;
+  }
+  std::string s;
+  if (!system.empty()) s += open + system + "<|im_end|>\n";
+  return s + "<|im_start|>user\n" + user + "<|im_end|>\n<|im_start|>assistant\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Generate text with a causal language model.", "run-model"};
+  std::string model, prompt, backend = "cpu";
+  int n = 64, top_k = 40, threads = 0, device = 0;
+  float temp = 0.8f, top_p = 0.95f;
+  uint64_t seed = 0;
+  bool chat = false, json = false;
+  app.add_option("--model,-m", model, "smollm2 | HF folder | compressed folder | .gguf")->required();
+  app.add_option("--prompt,-p", prompt, "prompt text")->required();
+  app.add_option("-n,--n-predict", n, "tokens to generate")->check(CLI::Range(1, 1 << 20));
+  app.add_option("--temp", temp, "temperature (0 = greedy)")->check(CLI::Range(0.f, 100.f));
+  app.add_option("--top-k", top_k, "keep the k most likely tokens (0 = all)")->check(CLI::NonNegativeNumber);
+  app.add_option("--top-p", top_p, "nucleus sampling mass")->check(CLI::Range(0.f, 1.f));
+  app.add_option("--seed", seed, "sampling seed");
+  app.add_flag("--chat", chat, "wrap the prompt in the model's chat template (ChatML)");
+  app.add_option("--threads,-t", threads, "threads (default: OMP_NUM_THREADS or all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--backend", backend, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--device", device, "GPU index for --backend cuda")->check(CLI::NonNegativeNumber);
+  app.add_flag("--json", json, "print one JSON object instead of streaming text");
+  return tool::run(app, argc, argv, [&] {
+    auto be = make_backend(backend, threads, device);
+    LoadedModel lm = open_model(model, *be);
+    Model& m = *lm.model;
+    const ModelConfig& c = m.config();
+    MINFER_CHECK(c.causal(), "{}: '{}' is an encoder, run-model needs a causal LM (try embed)",
+                 lm.path, c.model_type);
+    const std::string text = chat ? apply_chatml(lm.tokenizer->chat_template(), prompt) : prompt;
+    std::vector<int32_t> ids = lm.tokenizer->encode(text, true);
+    MINFER_CHECK(!ids.empty(), "the prompt encodes to no tokens");
+    const int64_t ctx = std::min<int64_t>(c.max_pos, int64_t(ids.size()) + n);
+    MINFER_CHECK(int64_t(ids.size()) < ctx, "prompt of {} tokens does not fit the model's {} "
+                 "positions", ids.size(), c.max_pos);
+    RunState s = m.new_state(ctx, int64_t(ids.size()), 1);
+    Sampler sampler({temp, top_k, top_p, seed});
+    StreamDecoder dec(*lm.tokenizer);
+    std::vector<float> logits(size_t(c.vocab_size));
+    std::vector<int32_t> out;
+    std::string generated;
+
+    double t0 = tool::now_s();
+    Tensor lg = m.forward(s, ids.data(), int64_t(ids.size()), false);
+    be->to_host(lg, logits.data());
+    const double t_prompt = tool::now_s() - t0;
+    t0 = tool::now_s();
+    const int32_t eos = lm.tokenizer->eos_id() >= 0 ? lm.tokenizer->eos_id() : int32_t(c.eos_id);
+    while (int64_t(out.size()) < n) {
+      const int32_t next = sampler.sample(logits.data(), c.vocab_size);
+      if (next == eos || (chat && lm.tokenizer->id_to_token(next) == "<|im_end|>")) break;
+      out.push_back(next);
+      const std::string piece = dec.push(next);
+      generated += piece;
+      if (!json) {
+        std::fputs(piece.c_str(), stdout);
+        std::fflush(stdout);
+      }
+      if (s.n_past >= ctx) break;
+      lg = m.forward(s, &next, 1, false);
+      be->to_host(lg, logits.data());
+    }
+    const std::string tail = dec.flush();
+    generated += tail;
+    const double t_gen = tool::now_s() - t0;
+    const double prompt_tps = double(ids.size()) / t_prompt;
+    const double gen_tps = out.empty() ? 0.0 : double(out.size()) / t_gen;
+    if (json) {
+      nlohmann::json j = {{"model", lm.path},        {"prompt_tokens", ids.size()},
+                          {"generated_tokens", out.size()}, {"text", generated},
+                          {"ids", out},              {"load_s", lm.load_seconds},
+                          {"prompt_tok_per_s", prompt_tps}, {"gen_tok_per_s", gen_tps},
+                          {"peak_rss_mb", tool::peak_rss_mb()}};
+      std::printf("%s\n", j.dump(2).c_str());
+    } else {
+      std::printf("%s\n", tail.c_str());
+    }
+    std::fprintf(stderr,
+                 "load %.2f s | prompt %zu tokens %.1f tok/s | generated %zu tokens %.1f tok/s | "
+                 "peak RSS %.1f MB\n",
+                 lm.load_seconds, ids.size(), prompt_tps, out.size(), gen_tps, tool::peak_rss_mb());
+    return 0;
+  });
+}
