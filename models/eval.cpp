@@ -101,7 +101,10 @@ std::vector<std::vector<float>> mean_pool_normalize(const float* h, int64_t B, i
     }
     // sentence-transformers: sum / clamp(count, 1e-9), then normalize with eps 1e-12.
     double norm = 0;
-    for (auto& v : acc) norm += (v /= std::max(cnt, 1e-9)) * v;
+    for (auto& v : acc) {
+      v /= std::max(cnt, 1e-9);  // separate statement: `(v /= n) * v` reads v unsequenced
+      norm += v * v;
+    }
     norm = std::max(std::sqrt(norm), 1e-12);
     for (int64_t c = 0; c < C; ++c) out[size_t(b)][size_t(c)] = float(acc[size_t(c)] / norm);
   }

@@ -27,7 +27,12 @@ LoadedModel open_model(const std::string& spec, Backend& be, bool with_tokenizer
     ModelConfig cfg = config_from_gguf(*f);
     GgufSource src(f, cfg);
     lm.model = build_model(cfg, src, be);
-    if (with_tokenizer) lm.tokenizer = Tokenizer::from_gguf(*f);
+    if (with_tokenizer) {
+      MINFER_CHECK(f->has("tokenizer.ggml.model"),
+                   "{}: no tokenizer in the GGUF metadata (tokenizer.ggml.model missing)",
+                   lm.path);
+      lm.tokenizer = Tokenizer::from_gguf(*f);
+    }
   } else {
     MINFER_CHECK(fs::is_directory(lm.path),
                  "{}: not a model (expected a folder with config.json + *.safetensors, or a .gguf "
