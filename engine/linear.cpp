@@ -3,7 +3,16 @@
 namespace minfer {
 
 size_t Linear::weight_bytes() const {
-  return std::visit([](const auto& r) -> size_t { return r.w.nbytes(); }, repr);
+  return std::visit(
+      [](const auto& r) -> size_t {
+        using R = std::decay_t<decltype(r)>;
+        if constexpr (std::is_same_v<R, Dense>)
+          return r.w.nbytes();
+        else
+          return r.codes.nbytes() + r.scales.nbytes() + r.zeros.nbytes() + r.scale_codes.nbytes() +
+                 r.scale_scales.nbytes() + (r.scale_codes.defined() ? sizeof(float) : 0);
+      },
+      repr);
 }
 
 Linear make_dense(const std::string& name, Tensor w, int64_t in, int64_t out, bool transposed,

@@ -19,7 +19,35 @@ struct Dense {
   bool transposed = false;
 };
 
-using LinearRepr = std::variant<Dense>;
+// Weight-only quantization schemes (issue: quantization). Encoders: engine/quantize.h; packing,
+// code values and the dequantization rule: kernels/common/quant_math.h; kernels:
+// kernels/cpu/quant.h.
+enum class QScheme : uint8_t {
+  Int8,     // absmax, scale = max|w| / 127 per tensor, per output row or per group
+  Int4,     // group-wise, symmetric (absmax, codes -7..7) or asymmetric (min/max, zero point)
+  NF4,      // NormalFloat-4 code book (QLoRA), absmax per block, optional double-quant scales
+  Binary,   // sign(w) * mean|w| per row, 8 codes per byte
+  Ternary,  // BitNet b1.58 absmean: round(w / mean|w|) clipped to {-1, 0, 1}, 4 codes per byte
+};
+
+// Legend: Kp = in rounded up to 64, groups = ceil(in / group) scales per row.
+struct Quantized {
+  QScheme scheme = QScheme::Int8;
+  int64_t group = 0;        // weights sharing one scale along a row (== in: one scale per row)
+  bool per_tensor = false;  // one scale for the whole matrix, scales is [1] (Int8, Ternary)
+  bool asymmetric = false;  // Int4 with integer zero points
+  // U8 [out, Kp * bits / 8] packed codes, row by row; the padding codes dequantize to 0.
+  Tensor codes;
+  Tensor scales;  // F32 [out, groups] or [1] when per_tensor (absent when double-quantized)
+  Tensor zeros;   // U8 [out, groups] integer zero points 0..15 (asymmetric Int4)
+  // NF4 double quantization (QLoRA): the out * groups block scales, minus their mean
+  // scale_offset, stored as int8 codes in blocks of 256 with one f32 scale per block.
+  Tensor scale_codes;   // I8 [out * groups]
+  Tensor scale_scales;  // F32 [ceil(out * groups / 256)]
+  float scale_offset = 0.f;
+};
+
+using LinearRepr = std::variant<Dense, Quantized>;
 
 struct Linear {
   std::string name;  // HF tensor name of the weight, for messages and per-layer overrides

@@ -12,6 +12,7 @@
 #include "engine/backend.h"
 #include "engine/half.h"
 #include "kernels/cpu/dense.h"
+#include "kernels/cpu/quant.h"
 
 namespace minfer {
 
@@ -88,6 +89,8 @@ class CpuBackend final : public Backend {
           using R = std::decay_t<decltype(r)>;
           if constexpr (std::is_same_v<R, Dense>) {
             dense_linear(r.w, r.transposed, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out, scratch_);
+          } else if constexpr (std::is_same_v<R, Quantized>) {
+            quantized_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out);
           }
         },
         w.repr);

@@ -1,0 +1,58 @@
+// Weight-only quantization: Dense Linear -> Quantized Linear (or a half-precision Dense), the way
+// back to f32 for tests and fallbacks, exact storage cost, and distortion statistics.
+//
+// Formats (storage layout and rounding rules: kernels/common/quant_math.h):
+//   method    options                                   bits/weight (K multiple of group)
+//   "int8"    per_channel (default) | per tensor | group  8 + 32/K (per row), 8 + 32/G (group)
+//   "int4"    group 32/64/128 (default 128), asymmetric   4 + 32/G, + 8/G with zero points
+//   "nf4"     group (block) 64 default, double_quant      4 + 32/G, or 4 + 8/G + 32/(256 G)
+//   "binary"  per-row scale mean|w|                       1 + 32/K
+//   "ternary" per-tensor mean|w| (or ternary_per_row)     2 (+ 32/K per row)
+//   "f16", "bf16", "f32"  Dense conversions (compute in f32)  16 / 16 / 32
+//
+// K (in features) not a multiple of the group: the last group of a row is partial and its scale
+// (and zero point) come from the weights it does have. Code rows are padded to a multiple of 64
+// weights with the code of 0; the padding bytes are stored, so bits_per_weight counts them.
+#pragma once
+#include <string>
+
+#include "engine/linear.h"
+
+namespace minfer {
+
+struct QuantSpec {
+  std::string method = "int8";   // int8 | int4 | nf4 | binary | ternary | f16 | bf16 | f32
+  int group = 0;                 // 0 = the method's default (int8: none, int4: 128, nf4: 64)
+  bool per_channel = true;       // int8 without a group: one scale per output row (else tensor)
+  bool asymmetric = false;       // int4: min/max with an integer zero point
+  bool double_quant = false;     // nf4: 8-bit, block-256, mean-offset block scales (QLoRA)
+  bool ternary_per_row = false;  // ternary: mean|w| per output row instead of per tensor
+};
+
+// `dense` must be a Dense F32/F16/BF16 Linear ([out, in], or [in, out] when transposed, which is
+// transposed first). Bias and name carry over. Non-finite weights are rejected with their
+// position.
+Linear quantize_linear(const Linear& dense, const QuantSpec& spec);
+
+// f32 [out, in] weights of any Linear (Dense converted / transposed, Quantized dequantized).
+Tensor dequantize_weight(const Linear& l);
+
+// Stored weight bytes * 8 / (in * out): codes (with row padding), scales, zero points and the
+// double-quantization data, exactly.
+double bits_per_weight(const Linear& l);
+
+// Distortion of q against ref (same shape): mean squared error, max |w - ŵ|, and
+// ||W - Ŵ||_F / ||W||_F.
+struct Distortion {
+  double mse = 0, max_abs = 0, rel_fro = 0;
+};
+Distortion measure(const Linear& ref, const Linear& q);
+
+// Checks a Quantized representation against (in, out): tensor dtypes and shapes, group and scheme
+// options. Throws naming `name` and the offending field. Kernels call it on every use (O(1)).
+void check_quantized(const Quantized& q, int64_t in, int64_t out, const std::string& name);
+
+const char* qscheme_name(QScheme s);  // "int8", "int4", "nf4", "binary", "ternary"
+int qscheme_bits(QScheme s);          // code bits per weight: 8, 4, 4, 1, 2
+
+}  // namespace minfer

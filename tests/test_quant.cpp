@@ -1,0 +1,735 @@
+// Weight-only quantization: encoders against their definitions (error bounds, code choice, scale
+// formulas recomputed here), exact storage cost, code packing layouts, and every CPU kernel
+// against "dequantize, then f64 matmul" with a tolerance derived from the int8 activation
+// quantization, plus the SIMD path against the scalar path. Odd sizes (K not a multiple of the
+// group or of 64, N not a multiple of the tile) and adversarial data throughout.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/half.h"
+#include "engine/quantize.h"
+#include "kernels/common/quant_math.h"
+#include "kernels/cpu/quant.h"
+
+using namespace minfer;
+
+namespace {
+
+Linear dense_of(const std::vector<float>& w, int64_t N, int64_t K, bool transposed = false) {
+  Tensor t = Tensor::empty(DType::F32, {transposed ? K : N, transposed ? N : K});
+  std::memcpy(t.data<float>(), w.data(), w.size() * 4);
+  return make_dense("test.weight", t, K, N, transposed);
+}
+
+std::vector<float> randn(int64_t n, uint64_t seed, float std = 1.f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.f, std);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+// Fills runs of 32 values (the smallest group / activation block) with a rotating adversarial
+// pattern: plain N(0,1), all zero, one huge outlier, ±0 mixed with small values, subnormals only,
+// a wide dynamic range, all equal positive.
+std::vector<float> adversarial(int64_t n, uint64_t seed) {
+  std::vector<float> v = randn(n, seed);
+  std::mt19937_64 rng(seed ^ 0x9e3779b97f4a7c15ull);
+  for (int64_t b = 0; b * 32 < n; ++b) {
+    const int64_t k0 = b * 32, k1 = std::min(n, k0 + 32);
+    switch ((b + int64_t(seed)) % 7) {
+      case 0:
+        break;
+      case 1:
+        for (int64_t k = k0; k < k1; ++k) v[size_t(k)] = 0.f;
+        break;
+      case 2:
+        v[size_t(k0 + int64_t(rng() % uint64_t(k1 - k0)))] = (rng() & 1) ? 3e4f : -3e4f;
+        break;
+      case 3:
+        for (int64_t k = k0; k < k1; ++k)
+          v[size_t(k)] = (k % 3 == 0) ? 0.f : (k % 3 == 1) ? -0.f : v[size_t(k)] * 1e-3f;
+        break;
+      case 4:
+        for (int64_t k = k0; k < k1; ++k) v[size_t(k)] *= 1e-39f;  // subnormal f32
+        break;
+      case 5:
+        for (int64_t k = k0; k < k1; ++k) v[size_t(k)] *= std::ldexp(1.f, int(k % 40) - 20);
+        break;
+      case 6:
+        for (int64_t k = k0; k < k1; ++k) v[size_t(k)] = 0.75f;
+        break;
+    }
+  }
+  return v;
+}
+
+// Scale of group g of row n, read from the representation (double-quantized: decoded here).
+float stored_scale(const Quantized& q, int64_t n, int64_t g, int64_t groups) {
+  if (q.per_tensor) return q.scales.data<float>()[0];
+  const int64_t i = n * groups + g;
+  if (q.scale_codes.defined())
+    return q.scale_scales.data<float>()[i / 256] * float(q.scale_codes.data<int8_t>()[i]) +
+           q.scale_offset;
+  return q.scales.data<float>()[i];
+}
+
+struct Fmt {
+  std::string label;
+  QuantSpec spec;
+};
+
+std::vector<Fmt> all_formats() {
+  auto s = [](std::string m, int g = 0) {
+    QuantSpec q;
+    q.method = std::move(m);
+    q.group = g;
+    return q;
+  };
+  std::vector<Fmt> f;
+  f.push_back({"int8 per-channel", s("int8")});
+  QuantSpec pt = s("int8");
+  pt.per_channel = false;
+  f.push_back({"int8 per-tensor", pt});
+  f.push_back({"int8 g32", s("int8", 32)});
+  f.push_back({"int8 g64", s("int8", 64)});
+  f.push_back({"int4 g32", s("int4", 32)});
+  f.push_back({"int4 g64", s("int4", 64)});
+  f.push_back({"int4 g96", s("int4", 96)});
+  f.push_back({"int4 g128", s("int4", 128)});
+  QuantSpec a32 = s("int4", 32), a128 = s("int4", 128);
+  a32.asymmetric = a128.asymmetric = true;
+  f.push_back({"int4 g32 asym", a32});
+  f.push_back({"int4 g128 asym", a128});
+  f.push_back({"nf4 b64", s("nf4", 64)});
+  f.push_back({"nf4 b128", s("nf4", 128)});
+  QuantSpec dq = s("nf4", 64);
+  dq.double_quant = true;
+  f.push_back({"nf4 b64 double-quant", dq});
+  f.push_back({"binary", s("binary")});
+  f.push_back({"ternary per-tensor", s("ternary")});
+  QuantSpec tr = s("ternary");
+  tr.ternary_per_row = true;
+  f.push_back({"ternary per-row", tr});
+  return f;
+}
+
+// y[t, n] = Σ_k ŵ[n, k] x[t, k] in double, with Σ |ŵ x| for rounding bounds.
+void matmul_f64(const float* W, const float* x, int64_t T, int64_t ldx, int64_t K, int64_t N,
+                std::vector<double>& y, std::vector<double>& mag) {
+  y.assign(size_t(T * N), 0);
+  mag.assign(size_t(T * N), 0);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = 0; n < N; ++n) {
+      double s = 0, m = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const double p = double(W[n * K + k]) * double(x[t * ldx + k]);
+        s += p;
+        m += std::fabs(p);
+      }
+      y[size_t(t * N + n)] = s;
+      mag[size_t(t * N + n)] = m;
+    }
+}
+
+// Bound on |Σ ŵ x - Σ ŵ x̂| where x̂ is x quantized to int8 per block of QA (d = max|x| / 127,
+// |x - x̂| <= d / 2), plus f32 rounding of the kernel's block products and sums.
+double act_quant_bound(const float* W, const float* xr, int64_t K, int QA, int64_t n) {
+  double b = 0;
+  for (int64_t k0 = 0; k0 < K; k0 += QA) {
+    double amax = 0, wsum = 0, wx = 0;
+    for (int64_t k = k0; k < std::min(K, k0 + QA); ++k) {
+      amax = std::max(amax, std::fabs(double(xr[k])));
+      wsum += std::fabs(double(W[n * K + k]));
+      wx += std::fabs(double(W[n * K + k]) * double(xr[k]));
+    }
+    const double d = amax / 127;
+    // d / 2 per element (+0.1% for the f32 rounding of d and 127 / amax), subnormal d's absolute
+    // rounding (2^-149 per code step), and f32 accumulation over blocks and lanes.
+    b += wsum * (d / 2 * 1.001 + 128 * std::ldexp(1.0, -149)) +
+         (K + 64) * std::ldexp(1.0, -24) * (wx + wsum * d);
+  }
+  return b + 1e-35;
+}
+
+bool is_integer_format(const Linear& l) {
+  const Quantized* q = std::get_if<Quantized>(&l.repr);
+  return q && q->scheme != QScheme::NF4;
+}
+
+}  // namespace
+
+TEST_CASE("quant: NF4 table, code packing layouts and the activation quantizer") {
+  // The 16 NF4 values of bitsandbytes (functional.py get_4bit_type("nf4")), typed in here.
+  const float nf4[16] = {-1.0f,
+                         -0.6961928009986877f,
+                         -0.5250730514526367f,
+                         -0.39491748809814453f,
+                         -0.28444138169288635f,
+                         -0.18477343022823334f,
+                         -0.09105003625154495f,
+                         0.0f,
+                         0.07958029955625534f,
+                         0.16093020141124725f,
+                         0.24611230194568634f,
+                         0.33791524171829224f,
+                         0.44070982933044434f,
+                         0.5626170039176941f,
+                         0.7229568362236023f,
+                         1.0f};
+  for (int i = 0; i < 16; ++i) CHECK(qm::nf4_value(i) == nf4[i]);
+  // Nearest-value rounding, midpoints included.
+  CHECK(qm::nf4_nearest(0.f) == 7);
+  CHECK(qm::nf4_nearest(0.03f) == 7);
+  CHECK(qm::nf4_nearest(0.05f) == 8);
+  CHECK(qm::nf4_nearest(-1.f) == 0);
+  CHECK(qm::nf4_nearest(0.99f) == 15);
+  CHECK(qm::nf4_nearest(-0.8f) == 1);
+  CHECK(qm::nf4_nearest(-0.9f) == 0);
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> ud(-1.2f, 1.2f);
+  for (int i = 0; i < 2000; ++i) {
+    const float v = ud(rng);
+    float best = 1e9f;
+    for (int j = 0; j < 16; ++j) best = std::min(best, std::fabs(v - nf4[j]));
+    CHECK(std::fabs(v - nf4[qm::nf4_nearest(v)]) == best);
+  }
+
+  // Layouts, byte by byte.
+  uint8_t r4[64] = {};
+  qm::set_q4(r4, 0, 0x3);
+  qm::set_q4(r4, 32, 0xa);
+  qm::set_q4(r4, 31, 0x5);
+  qm::set_q4(r4, 64 + 33, 0xf);
+  CHECK(r4[0] == 0xa3);
+  CHECK(r4[31] == 0x05);
+  CHECK(r4[32 + 1] == 0xf0);
+  uint8_t r2[32] = {};
+  qm::set_q2(r2, 0, 2);
+  qm::set_q2(r2, 16, 1);
+  qm::set_q2(r2, 63, 3);
+  qm::set_q2(r2, 64 + 5, 1);
+  CHECK(r2[0] == 0x06);
+  CHECK(r2[15] == 0xc0);
+  CHECK(r2[16 + 5] == 0x01);
+  uint8_t r1[16] = {};
+  qm::set_q1(r1, 0, 1);
+  qm::set_q1(r1, 9, 1);
+  qm::set_q1(r1, 127, 1);
+  CHECK(r1[0] == 0x01);
+  CHECK(r1[1] == 0x02);
+  CHECK(r1[15] == 0x80);
+  // Round trips of random codes.
+  std::vector<uint8_t> p4(96), p2(48), p1(24);
+  std::vector<int> c4(192), c2(192), c1(192);
+  for (int k = 0; k < 192; ++k) {
+    c4[k] = int(rng() % 16);
+    c2[k] = int(rng() % 4);
+    c1[k] = int(rng() % 2);
+    qm::set_q4(p4.data(), k, c4[k]);
+    qm::set_q2(p2.data(), k, c2[k]);
+    qm::set_q1(p1.data(), k, c1[k]);
+  }
+  for (int k = 0; k < 192; ++k) {
+    CHECK(qm::get_q4(p4.data(), k) == c4[k]);
+    CHECK(qm::get_q2(p2.data(), k) == c2[k]);
+    CHECK(qm::get_q1(p1.data(), k) == c1[k]);
+  }
+
+  // Activation quantizer: hand-checked block, then SIMD == scalar definition on adversarial rows.
+  {
+    const float x[4] = {1.f, -0.5f, 0.25f, 2.f};
+    int8_t q[32];
+    float d;
+    int32_t s;
+    qm::quantize_act_block(x, 4, 32, q, &d, &s);
+    CHECK(d == 2.f / 127.f);
+    CHECK(q[0] == 64);   // 63.5 -> 64 (half to even)
+    CHECK(q[1] == -32);  // -31.75
+    CHECK(q[2] == 16);   // 15.875
+    CHECK(q[3] == 127);
+    CHECK(q[4] == 0);
+    CHECK(s == 64 - 32 + 16 + 127);
+    const float bad[2] = {1.f, std::numeric_limits<float>::infinity()};
+    qm::quantize_act_block(bad, 2, 32, q, &d, &s);
+    CHECK(std::isnan(d));
+  }
+  for (int QA : {32, 64, 128})
+    for (int64_t K : {int64_t(31), int64_t(200), int64_t(576)}) {
+      const int64_t T = 5, ldx = K + 3, Kp = qm::padded_k(K), nb = qm::ceil_div(Kp, QA);
+      std::vector<float> x = adversarial(T * ldx, uint64_t(K + QA));
+      x[size_t(ldx + 7)] = std::numeric_limits<float>::quiet_NaN();  // one NaN block in row 1
+      std::vector<int8_t> q(size_t(T * Kp));
+      std::vector<float> d(size_t(T * nb));
+      std::vector<int32_t> s(size_t(T * nb));
+      quantize_activations(x.data(), T, ldx, K, QA, q.data(), d.data(), s.data());
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t b = 0; b < nb; ++b) {
+          const int64_t k0 = b * QA, len = std::min<int64_t>(QA, Kp - k0);
+          int8_t q2[128];
+          float d2;
+          int32_t s2;
+          qm::quantize_act_block(x.data() + t * ldx + k0, int(std::clamp<int64_t>(K - k0, 0, len)),
+                                 int(len), q2, &d2, &s2);
+          CHECK(std::memcmp(q2, q.data() + t * Kp + k0, size_t(len)) == 0);
+          CHECK(((d2 == d[size_t(t * nb + b)]) ||
+                 (std::isnan(d2) && std::isnan(d[size_t(t * nb + b)]))));
+          CHECK(s2 == s[size_t(t * nb + b)]);
+        }
+    }
+}
+
+TEST_CASE("quant: int8 round trip, scales and error bound |w - ŵ| <= scale / 2") {
+  const int64_t N = 23, K = 200;
+  for (uint64_t seed : {1ull, 2ull, 3ull}) {
+    const std::vector<float> w = seed == 1 ? randn(N * K, 7) : adversarial(N * K, seed);
+    const Linear d = dense_of(w, N, K);
+    for (int mode = 0; mode < 3; ++mode) {
+      QuantSpec spec;
+      spec.method = "int8";
+      spec.per_channel = mode != 1;
+      spec.group = mode == 2 ? 64 : 0;
+      const Linear l = quantize_linear(d, spec);
+      const Quantized& q = std::get<Quantized>(l.repr);
+      const int64_t G = mode == 2 ? 64 : K, groups = qm::ceil_div(K, G);
+      CHECK(q.group == G);
+      CHECK(q.per_tensor == (mode == 1));
+      const Tensor wh = dequantize_weight(l);
+      float tmax = 0;
+      for (float v : w) tmax = std::max(tmax, std::fabs(v));
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t g = 0; g < groups; ++g) {
+          float amax = 0;
+          for (int64_t k = g * G; k < std::min(K, (g + 1) * G); ++k)
+            amax = std::max(amax, std::fabs(w[size_t(n * K + k)]));
+          const float s = stored_scale(q, n, g, groups);
+          REQUIRE(s == (mode == 1 ? tmax : amax) / 127.f);
+          for (int64_t k = g * G; k < std::min(K, (g + 1) * G); ++k) {
+            const float e = std::fabs(w[size_t(n * K + k)] - wh.data<float>()[n * K + k]);
+            const uint8_t u = q.codes.data<uint8_t>()[n * q.codes.dim(1) + k];
+            CHECK(u >= 1);  // codes -127..127 (+128)
+            CHECK(e <= s / 2 * 1.0001f + 127 * std::ldexp(1.f, -149));
+          }
+        }
+      // Padding codes are the code of 0.
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = K; k < qm::padded_k(K); ++k)
+          CHECK(q.codes.data<uint8_t>()[n * q.codes.dim(1) + k] == 128);
+    }
+  }
+}
+
+TEST_CASE("quant: int4 symmetric / asymmetric round trip and error bound |w - ŵ| <= scale / 2") {
+  const int64_t N = 11, K = 200;
+  for (uint64_t seed : {1ull, 4ull, 5ull})
+    for (int G : {32, 64, 128})
+      for (bool asym : {false, true}) {
+        CAPTURE(seed);
+        CAPTURE(G);
+        CAPTURE(asym);
+        const std::vector<float> w = seed == 1 ? randn(N * K, 9) : adversarial(N * K, seed);
+        QuantSpec spec;
+        spec.method = "int4";
+        spec.group = G;
+        spec.asymmetric = asym;
+        const Linear l = quantize_linear(dense_of(w, N, K), spec);
+        const Quantized& q = std::get<Quantized>(l.repr);
+        const int64_t groups = qm::ceil_div(K, G);
+        REQUIRE(q.scales.numel() == N * groups);
+        const Tensor wh = dequantize_weight(l);
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t g = 0; g < groups; ++g) {
+            float amax = 0, mn = 0, mx = 0;
+            for (int64_t k = g * G; k < std::min<int64_t>(K, (g + 1) * G); ++k) {
+              const float v = w[size_t(n * K + k)];
+              amax = std::max(amax, std::fabs(v));
+              mn = std::min(mn, v);
+              mx = std::max(mx, v);
+            }
+            const float s = stored_scale(q, n, g, groups);
+            if (asym) {
+              CHECK(s == float((double(mx) - double(mn)) / 15));
+              const int z = q.zeros.data<uint8_t>()[n * groups + g];
+              if (s > 0) CHECK(z == int(std::nearbyint(-double(mn) / s)));
+            } else {
+              CHECK(s == amax / 7.f);
+            }
+            for (int64_t k = g * G; k < std::min<int64_t>(K, (g + 1) * G); ++k) {
+              const float e = std::fabs(w[size_t(n * K + k)] - wh.data<float>()[n * K + k]);
+              CHECK(e <= s / 2 * 1.0001f + 16 * std::ldexp(1.f, -149));
+            }
+          }
+      }
+}
+
+TEST_CASE("quant: nf4 picks the nearest code; double-quantized scales within c / 2") {
+  const int64_t N = 37, K = 200;
+  for (bool dq : {false, true})
+    for (uint64_t seed : {1ull, 6ull}) {
+      const std::vector<float> w = seed == 1 ? randn(N * K, 11) : adversarial(N * K, seed);
+      QuantSpec spec;
+      spec.method = "nf4";
+      spec.double_quant = dq;
+      const Linear l = quantize_linear(dense_of(w, N, K), spec);
+      const Quantized& q = std::get<Quantized>(l.repr);
+      const int64_t G = 64, groups = qm::ceil_div(K, G);
+      CHECK(q.group == 64);
+      CHECK(q.scales.defined() == !dq);
+      std::vector<float> absmax(size_t(N * groups));
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t g = 0; g < groups; ++g)
+          for (int64_t k = g * G; k < std::min(K, (g + 1) * G); ++k)
+            absmax[size_t(n * groups + g)] =
+                std::max(absmax[size_t(n * groups + g)], std::fabs(w[size_t(n * K + k)]));
+      if (dq) {
+        double mean = 0;
+        for (float a : absmax) mean += a;
+        mean /= double(absmax.size());
+        CHECK(q.scale_offset == doctest::Approx(mean).epsilon(1e-6));
+        for (size_t i = 0; i < absmax.size(); ++i) {
+          const float c = q.scale_scales.data<float>()[i / 256];
+          const float dec = stored_scale(q, int64_t(i) / groups, int64_t(i) % groups, groups);
+          CHECK(std::fabs(dec - absmax[i]) <= c / 2 * 1.0001f + 1e-6f * std::fabs(absmax[i]));
+        }
+      } else {
+        for (size_t i = 0; i < absmax.size(); ++i) CHECK(q.scales.data<float>()[i] == absmax[i]);
+      }
+      const Tensor wh = dequantize_weight(l);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k) {
+          const float a = stored_scale(q, n, k / G, groups);
+          const float v = w[size_t(n * K + k)];
+          const float got = wh.data<float>()[n * K + k];
+          float best = std::numeric_limits<float>::infinity();
+          for (int j = 0; j < 16; ++j) best = std::min(best, std::fabs(v - a * qm::nf4_value(j)));
+          // Nearest up to near-ties: the encoder compares the rounded w / a with rounded midpoints.
+          CHECK(std::fabs(v - got) <= best + std::ldexp(std::fabs(a), -20) + 1e-30f);
+          if (!dq) CHECK(std::fabs(v - got) <= a * (1.f - 0.6961928f) / 2 * 1.0001f);
+        }
+    }
+}
+
+TEST_CASE("quant: binary and ternary follow their definitions") {
+  const int64_t N = 9, K = 200;
+  std::vector<float> w = randn(N * K, 13);
+  w[0] = 0.f;
+  w[1] = -0.f;
+  {
+    QuantSpec spec;
+    spec.method = "binary";
+    const Linear l = quantize_linear(dense_of(w, N, K), spec);
+    const Tensor wh = dequantize_weight(l);
+    for (int64_t n = 0; n < N; ++n) {
+      double m = 0;
+      for (int64_t k = 0; k < K; ++k) m += std::fabs(double(w[size_t(n * K + k)]));
+      const float alpha = float(m / K);
+      for (int64_t k = 0; k < K; ++k) {
+        const float v = w[size_t(n * K + k)];
+        CHECK(wh.data<float>()[n * K + k] == (v >= 0.f ? alpha : -alpha));
+      }
+    }
+    CHECK(wh.data<float>()[1] > 0.f);  // sign(-0) = +1
+  }
+  for (bool per_row : {false, true}) {
+    QuantSpec spec;
+    spec.method = "ternary";
+    spec.ternary_per_row = per_row;
+    const Linear l = quantize_linear(dense_of(w, N, K), spec);
+    const Quantized& q = std::get<Quantized>(l.repr);
+    CHECK(q.per_tensor == !per_row);
+    const Tensor wh = dequantize_weight(l);
+    double all = 0;
+    for (float v : w) all += std::fabs(double(v));
+    for (int64_t n = 0; n < N; ++n) {
+      double m = 0;
+      for (int64_t k = 0; k < K; ++k) m += std::fabs(double(w[size_t(n * K + k)]));
+      const float gamma = float(per_row ? m / K : all / double(N * K));
+      for (int64_t k = 0; k < K; ++k) {
+        const double r = std::nearbyint(double(w[size_t(n * K + k)]) / gamma);
+        const float expect = gamma * float(std::clamp(r, -1.0, 1.0));
+        CHECK(wh.data<float>()[n * K + k] == expect);
+      }
+    }
+  }
+  // An all-zero matrix: ternary's scale floor (1e-5) keeps it finite, every code is 0.
+  QuantSpec t;
+  t.method = "ternary";
+  const Linear z = quantize_linear(dense_of(std::vector<float>(size_t(N * K), 0.f), N, K), t);
+  CHECK(std::get<Quantized>(z.repr).scales.data<float>()[0] == 1e-5f);
+  const Tensor zh = dequantize_weight(z);
+  for (int64_t i = 0; i < N * K; ++i) CHECK(zh.data<float>()[i] == 0.f);
+}
+
+TEST_CASE("quant: bits per weight are exact") {
+  auto bpw = [](const std::string& m, int64_t N, int64_t K, int g = 0, bool asym = false,
+                bool dq = false, bool per_channel = true) {
+    QuantSpec s;
+    s.method = m;
+    s.group = g;
+    s.asymmetric = asym;
+    s.double_quant = dq;
+    s.per_channel = per_channel;
+    return bits_per_weight(quantize_linear(dense_of(randn(N * K, 1), N, K), s));
+  };
+  CHECK(bpw("int8", 64, 256) == 8.0 + 32.0 / 256);
+  CHECK(bpw("int8", 64, 256, 0, false, false, false) == doctest::Approx(8.0 + 32.0 / (64 * 256)));
+  CHECK(bpw("int4", 64, 256, 128) == 4.25);
+  CHECK(bpw("int4", 64, 256, 32) == 5.0);
+  CHECK(bpw("int4", 64, 256, 128, true) == 4.0 + 32.0 / 128 + 8.0 / 128);
+  CHECK(bpw("nf4", 256, 256) == 4.5);
+  // QLoRA: 4 + 8/64 + 32/(64*256) ≈ 4.127, plus our one f32 mean offset per tensor.
+  CHECK(bpw("nf4", 256, 256, 0, false, true) ==
+        doctest::Approx(4.0 + 8.0 / 64 + 32.0 / (64 * 256) + 32.0 / (256 * 256)).epsilon(1e-12));
+  CHECK(bpw("binary", 16, 256) == 1.0 + 32.0 / 256);
+  CHECK(bpw("ternary", 16, 256) == doctest::Approx(2.0 + 32.0 / (16 * 256)));
+  CHECK(bpw("f16", 16, 256) == 16.0);
+  CHECK(bpw("bf16", 16, 256) == 16.0);
+  // K = 200: rows padded to 256 codes, last group partial: int4 g64 = (128 + 4 * 4) * 8 / 200.
+  CHECK(bpw("int4", 8, 200, 64) == doctest::Approx((128.0 + 16.0) * 8 / 200));
+  // SmolLM2's 576 = 4.5 groups of 128: 5 scales per row.
+  CHECK(bpw("int4", 8, 576, 128) == doctest::Approx((288.0 + 20.0) * 8 / 576));
+}
+
+TEST_CASE("quant: f16 / bf16 conversions and transposed (Conv1D) inputs") {
+  const int64_t N = 7, K = 45;
+  const std::vector<float> w = randn(N * K, 21);
+  std::vector<float> wt(size_t(N * K));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) wt[size_t(k * N + n)] = w[size_t(n * K + k)];
+  const Linear d = dense_of(w, N, K), dt = dense_of(wt, N, K, true);
+  for (const char* m : {"f16", "bf16"}) {
+    QuantSpec s;
+    s.method = m;
+    const Linear h = quantize_linear(dt, s);
+    const Dense& hd = std::get<Dense>(h.repr);
+    CHECK(!hd.transposed);
+    CHECK(hd.w.dtype() == (std::string(m) == "f16" ? DType::F16 : DType::BF16));
+    for (int64_t i = 0; i < N * K; ++i) {
+      const uint16_t v = hd.w.data<uint16_t>()[i];
+      CHECK(v == (std::string(m) == "f16" ? f32_to_f16(w[size_t(i)]) : f32_to_bf16(w[size_t(i)])));
+    }
+  }
+  for (const Fmt& f : all_formats()) {
+    CAPTURE(f.label);
+    const Linear a = quantize_linear(d, f.spec), b = quantize_linear(dt, f.spec);
+    const Tensor wa = dequantize_weight(a), wb = dequantize_weight(b);
+    CHECK(std::memcmp(wa.raw(), wb.raw(), wa.nbytes()) == 0);
+  }
+}
+
+TEST_CASE("quant: bad inputs give clear errors") {
+  std::vector<float> w = randn(4 * 64, 2);
+  w[70] = std::numeric_limits<float>::quiet_NaN();
+  QuantSpec s;
+  s.method = "int4";
+  CHECK_THROWS_WITH_AS(quantize_linear(dense_of(w, 4, 64), s),
+                       doctest::Contains("weight [1, 6] is nan"), Error);
+  w[70] = 0;
+  s.group = 48;
+  CHECK_THROWS_WITH_AS(quantize_linear(dense_of(w, 4, 64), s), doctest::Contains("multiple of 32"),
+                       Error);
+  s.method = "int3";
+  CHECK_THROWS_WITH_AS(quantize_linear(dense_of(w, 4, 64), s),
+                       doctest::Contains("unknown method 'int3'"), Error);
+  s.method = "nf4";
+  s.group = 0;
+  s.asymmetric = true;
+  CHECK_THROWS_AS(quantize_linear(dense_of(w, 4, 64), s), Error);
+
+  s = QuantSpec();
+  s.method = "int4";
+  Linear l = quantize_linear(dense_of(w, 4, 64), s);
+  Quantized q = std::get<Quantized>(l.repr);
+  std::vector<float> x(64, 1.f), y(4);
+  q.scales = Tensor::empty(DType::F32, {3});
+  CHECK_THROWS_WITH_AS(quantized_linear(q, x.data(), 1, 64, y.data(), 4, 64, 4),
+                       doctest::Contains("scales must be F32 with 4 values"), Error);
+  q = std::get<Quantized>(l.repr);
+  CHECK_THROWS_WITH_AS(quantized_linear(q, x.data(), 1, 64, y.data(), 4, 64, 5),
+                       doctest::Contains("codes must be contiguous U8 [5, 32]"), Error);
+  q.zeros = Tensor::empty(DType::U8, {4, 1});
+  CHECK_THROWS_AS(quantized_linear(q, x.data(), 1, 64, y.data(), 4, 64, 4), Error);
+  Linear already = l;
+  CHECK_THROWS_WITH_AS(quantize_linear(already, s), doctest::Contains("expected a Dense"), Error);
+}
+
+TEST_CASE("quant: kernels match dequantize + f64 matmul (T 1/3/17, odd K and N, adversarial)") {
+  struct Shape {
+    int64_t K, N;
+  };
+  for (const Shape sh : {Shape{200, 37}, Shape{576, 19}, Shape{31, 5}, Shape{64, 16}})
+    for (const Fmt& f : all_formats())
+      for (int data = 0; data < 2; ++data) {
+        const int64_t K = sh.K, N = sh.N;
+        const std::vector<float> w =
+            data == 0 ? randn(N * K, uint64_t(K * 31 + N)) : adversarial(N * K, uint64_t(K + N));
+        const Linear l = quantize_linear(dense_of(w, N, K), f.spec);
+        const Quantized& q = std::get<Quantized>(l.repr);
+        const Tensor wh = dequantize_weight(l);
+        const float* W = wh.data<float>();
+        for (int64_t T : {1, 3, 17}) {
+          CAPTURE(f.label);
+          CAPTURE(K);
+          CAPTURE(N);
+          CAPTURE(T);
+          CAPTURE(data);
+          const int64_t ldx = K + 5, ldy = N + 2;
+          const std::vector<float> x = data == 0 ? randn(T * ldx, uint64_t(T * 7 + K))
+                                                 : adversarial(T * ldx, uint64_t(T + 3));
+          std::vector<float> y(size_t(T * ldy), -1.f), yr(size_t(T * ldy), -2.f);
+          quantized_linear(q, x.data(), T, ldx, y.data(), ldy, K, N);
+          quantized_linear_ref(q, x.data(), T, ldx, yr.data(), ldy, K, N);
+          std::vector<double> exact, mag;
+          matmul_f64(W, x.data(), T, ldx, K, N, exact, mag);
+          const int QA = qm::act_block(q.group, K);
+          int bad = 0;
+          for (int64_t t = 0; t < T; ++t)
+            for (int64_t n = 0; n < N; ++n) {
+              const double e = exact[size_t(t * N + n)], m = mag[size_t(t * N + n)];
+              const double bound = is_integer_format(l)
+                                       ? act_quant_bound(W, x.data() + t * ldx, K, QA, n)
+                                       : (K + 8) * std::ldexp(1.0, -24) * m + 1e-35;
+              const double got = y[size_t(t * ldy + n)], ref = yr[size_t(t * ldy + n)];
+              if (!(std::fabs(got - e) <= bound) || !(std::fabs(ref - e) <= bound)) {
+                if (bad++ < 3)
+                  MESSAGE("t ", t, " n ", n, ": kernel ", got, " scalar ", ref, " exact ", e,
+                          " bound ", bound);
+              }
+            }
+          CHECK(bad == 0);
+          // Row strides: untouched padding columns of y.
+          for (int64_t t = 0; t < T; ++t) CHECK(y[size_t(t * ldy + N)] == -1.f);
+        }
+      }
+}
+
+TEST_CASE("quant: SIMD path agrees with the scalar path") {
+  const std::string isa = quantized_linear_isa();
+  MESSAGE("quantized_linear path in this build: ", isa);
+  const int64_t K = 1536, N = 70;
+  for (const Fmt& f : all_formats()) {
+    const Linear l = quantize_linear(dense_of(randn(N * K, 5), N, K), f.spec);
+    const Quantized& q = std::get<Quantized>(l.repr);
+    const Tensor wh = dequantize_weight(l);
+    for (int64_t T : {1, 2, 4, 9}) {
+      CAPTURE(f.label);
+      CAPTURE(T);
+      const std::vector<float> x = randn(T * K, uint64_t(T));
+      std::vector<float> y(size_t(T * N)), yr(size_t(T * N));
+      quantized_linear(q, x.data(), T, K, y.data(), N, K, N);
+      quantized_linear_ref(q, x.data(), T, K, yr.data(), N, K, N);
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t n = 0; n < N; ++n) {
+          // Same integer block sums; only the order of f32 additions differs.
+          double m = 0;
+          for (int64_t k = 0; k < K; ++k)
+            m += std::fabs(double(wh.data<float>()[n * K + k])) *
+                 (std::fabs(double(x[size_t(t * K + k)])) + 0.05);
+          CHECK(std::fabs(double(y[size_t(t * N + n)]) - double(yr[size_t(t * N + n)])) <=
+                (K / 8 + 32) * std::ldexp(1.0, -24) * m);
+        }
+    }
+  }
+}
+
+TEST_CASE("quant: non-finite activations poison only their own row") {
+  const int64_t K = 200, N = 8, T = 3;
+  for (const Fmt& f : all_formats()) {
+    CAPTURE(f.label);
+    const Linear l = quantize_linear(dense_of(randn(N * K, 3), N, K), f.spec);
+    const Quantized& q = std::get<Quantized>(l.repr);
+    std::vector<float> x = randn(T * K, 4);
+    x[size_t(K + 150)] = std::numeric_limits<float>::infinity();
+    std::vector<float> y(size_t(T * N));
+    quantized_linear(q, x.data(), T, K, y.data(), N, K, N);
+    for (int64_t n = 0; n < N; ++n) {
+      CHECK(std::isfinite(y[size_t(n)]));
+      CHECK(!std::isfinite(y[size_t(N + n)]));
+      CHECK(std::isfinite(y[size_t(2 * N + n)]));
+    }
+  }
+}
+
+TEST_CASE("quant: the CPU backend runs quantized linears with bias") {
+  const int64_t K = 96, N = 10, T = 2;
+  std::vector<float> w = randn(N * K, 8);
+  Tensor bias = Tensor::empty(DType::F32, {N});
+  for (int64_t n = 0; n < N; ++n) bias.data<float>()[n] = float(n);
+  Linear d = dense_of(w, N, K);
+  d.bias = bias;
+  QuantSpec s;
+  s.method = "int4";
+  s.group = 32;
+  const Linear l = quantize_linear(d, s);
+  CHECK(l.bias.defined());
+  auto be = make_cpu_backend(2);
+  Tensor x = Tensor::empty(DType::F32, {T, K}), y = Tensor::empty(DType::F32, {T, N});
+  const std::vector<float> xv = randn(T * K, 9);
+  std::memcpy(x.data<float>(), xv.data(), xv.size() * 4);
+  be->linear(y, x, l);
+  std::vector<float> yr(size_t(T * N));
+  quantized_linear_ref(std::get<Quantized>(l.repr), xv.data(), T, K, yr.data(), N, K, N);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = 0; n < N; ++n)
+      CHECK(y.data<float>()[t * N + n] ==
+            doctest::Approx(yr[size_t(t * N + n)] + float(n)).epsilon(1e-5));
+}
+
+TEST_CASE("quant: distortion on N(0,1) weights") {
+  // Expected relative Frobenius errors, from the quantizers' definitions: uniform rounding noise
+  // s² / 12 with s = max / 127 (int8: max of 1024 normals ≈ 3.2 -> ~0.7%) or max / 7 (int4 g128:
+  // max of 128 ≈ 2.6 -> ~11%); NF4 block 64 ≈ 9-10% (QLoRA's motivation: below int4 at the same
+  // block size); binary: sqrt(1 - 2/π) = 0.603 exactly in the limit; ternary absmean ≈ 0.5.
+  const int64_t N = 256, K = 1024;
+  const Linear d = dense_of(randn(N * K, 77), N, K);
+  struct Expect {
+    const char* label;
+    double lo, hi;
+  };
+  const Expect ex[] = {{"int8 per-channel", 0.004, 0.010},
+                       {"int8 per-tensor", 0.006, 0.016},
+                       {"int8 g32", 0.002, 0.008},
+                       {"int8 g64", 0.002, 0.009},
+                       {"int4 g32", 0.06, 0.10},
+                       {"int4 g64", 0.07, 0.115},
+                       {"int4 g96", 0.08, 0.12},
+                       {"int4 g128", 0.08, 0.125},
+                       {"int4 g32 asym", 0.05, 0.10},
+                       {"int4 g128 asym", 0.07, 0.12},
+                       {"nf4 b64", 0.07, 0.11},
+                       {"nf4 b128", 0.075, 0.12},
+                       {"nf4 b64 double-quant", 0.07, 0.11},
+                       {"binary", 0.595, 0.61},
+                       {"ternary per-tensor", 0.4, 0.6},
+                       {"ternary per-row", 0.4, 0.6}};
+  for (const Fmt& f : all_formats()) {
+    const Linear q = quantize_linear(d, f.spec);
+    const Distortion m = measure(d, q);
+    MESSAGE(f.label, ": rel Frobenius ", m.rel_fro * 100, "%, mse ", m.mse, ", max |err| ",
+            m.max_abs, ", ", bits_per_weight(q), " bits/weight");
+    for (const Expect& e : ex)
+      if (f.label == e.label) {
+        CAPTURE(f.label);
+        CHECK(m.rel_fro >= e.lo);
+        CHECK(m.rel_fro <= e.hi);
+      }
+  }
+  // More scales never hurt: int4 g32 < g64 < g128, int8 per-channel < per-tensor.
+  auto rel = [&](const std::string& label) {
+    for (const Fmt& f : all_formats())
+      if (f.label == label) return measure(d, quantize_linear(d, f.spec)).rel_fro;
+    return -1.0;
+  };
+  CHECK(rel("int4 g32") < rel("int4 g64"));
+  CHECK(rel("int4 g64") < rel("int4 g128"));
+  CHECK(rel("int8 per-channel") < rel("int8 per-tensor"));
+  CHECK(rel("nf4 b64") < rel("int4 g64"));
+}
