@@ -63,12 +63,13 @@ void run_child(const char* title, const std::function<void()>& body) {
 void bench_linear(int threads) {
   auto be = make_cpu_backend(threads);
   std::printf("dense f32 linear vs raw OpenBLAS sgemm, T=512 rows, %d threads\n", threads);
-  std::printf("| shape (in x out) | ours GFLOP/s | sgemm GFLOP/s | ratio |\n|---|---:|---:|---:|\n");
+  std::printf(
+      "| shape (in x out) | ours GFLOP/s | sgemm GFLOP/s | ratio |\n|---|---:|---:|---:|\n");
   std::mt19937 rng(0);
   std::normal_distribution<float> nd(0, 0.02f);
   const int64_t T = 512;
-  for (auto [K, N] : {std::pair<int64_t, int64_t>{768, 768}, {768, 3072}, {3072, 768},
-                      {768, 50257}}) {
+  for (auto [K, N] :
+       {std::pair<int64_t, int64_t>{768, 768}, {768, 3072}, {3072, 768}, {768, 50257}}) {
     Tensor w = Tensor::empty(DType::F32, {N, K});
     for (int64_t i = 0; i < w.numel(); ++i) w.data<float>()[i] = nd(rng);
     Tensor x = Tensor::empty(DType::F32, {T, K}), y = Tensor::empty(DType::F32, {T, N});
@@ -121,8 +122,7 @@ void bench_real(int threads) {
   }
   auto be = make_cpu_backend(threads);
   LoadedModel lm = open_model(path, *be, /*with_tokenizer=*/false);
-  time_model("SmolLM2-135M-Instruct (GGUF Q4_1 -> f32)", lm.model.get(), lm.load_seconds,
-             threads);
+  time_model("SmolLM2-135M-Instruct (GGUF Q4_1 -> f32)", lm.model.get(), lm.load_seconds, threads);
 }
 
 void time_model(const char* title, Model* m, double load, int threads) {
@@ -178,12 +178,13 @@ int main(int argc, char** argv) {
   std::printf("# minfer core benchmark (%d threads)\n\n", threads);
   run_child("bandwidth", [&] { bench_bandwidth(threads); });
   run_child("linear", [&] { bench_linear(threads); });
-  run_child("gpt2-124m", [&] { bench_model("GPT-2 124M (random init, f32)", gpt2_124m(), threads); });
-  run_child("smollm2-135m shape", [&] {
-    bench_model("SmolLM2-135M shape (random init, f32)", smollm2_135m(), threads);
-  });
+  run_child("gpt2-124m",
+            [&] { bench_model("GPT-2 124M (random init, f32)", gpt2_124m(), threads); });
+  run_child("smollm2-135m shape",
+            [&] { bench_model("SmolLM2-135M shape (random init, f32)", smollm2_135m(), threads); });
   run_child("smollm2-135m real", [&] { bench_real(threads); });
-  std::printf("reference on this 2-core machine (llama.cpp, SmolLM2-135M shape, f32): "
-              "prefill 371 tok/s, decode 60 tok/s\n");
+  std::printf(
+      "reference on this 2-core machine (llama.cpp, SmolLM2-135M shape, f32): "
+      "prefill 371 tok/s, decode 60 tok/s\n");
   return 0;
 }

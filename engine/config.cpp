@@ -10,9 +10,12 @@ namespace minfer {
 
 std::string_view arch_name(Arch a) {
   switch (a) {
-    case Arch::GPT2: return "gpt2";
-    case Arch::Llama: return "llama";
-    case Arch::Bert: return "bert";
+    case Arch::GPT2:
+      return "gpt2";
+    case Arch::Llama:
+      return "llama";
+    case Arch::Bert:
+      return "bert";
   }
   return "?";
 }

@@ -24,10 +24,10 @@ class NotImplemented : public Error {
 }  // namespace minfer
 
 // MINFER_CHECK(cond, "fmt {}", args...): throws minfer::Error "msg (file:line)" when cond is false.
-#define MINFER_CHECK(cond, ...)                                                     \
-  do {                                                                              \
-    if (!(cond)) [[unlikely]]                                                       \
-      ::minfer::throw_error(__FILE__, __LINE__, ::fmt::format(__VA_ARGS__));        \
+#define MINFER_CHECK(cond, ...)                                              \
+  do {                                                                       \
+    if (!(cond)) [[unlikely]]                                                \
+      ::minfer::throw_error(__FILE__, __LINE__, ::fmt::format(__VA_ARGS__)); \
   } while (0)
 
 #define MINFER_FAIL(...) ::minfer::throw_error(__FILE__, __LINE__, ::fmt::format(__VA_ARGS__))

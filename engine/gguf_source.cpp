@@ -56,8 +56,10 @@ Tensor GgufSource::tensor(const std::string& name, std::initializer_list<int64_t
   // GGUF lists dimensions innermost first; row-major shape is the reverse.
   std::vector<int64_t> rm(t.ne.rbegin(), t.ne.rend());
   std::vector<int64_t> want(shape);
-  MINFER_CHECK(rm == want, "{}: tensor '{}' ({}): expected shape {} (from the GGUF metadata), "
-               "found {}", file_->path(), t.name, name, fmt::format("[{}]", fmt::join(want, ", ")),
+  MINFER_CHECK(rm == want,
+               "{}: tensor '{}' ({}): expected shape {} (from the GGUF metadata), "
+               "found {}",
+               file_->path(), t.name, name, fmt::format("[{}]", fmt::join(want, ", ")),
                fmt::format("[{}]", fmt::join(rm, ", ")));
   const bool q = name.find("self_attn.q_proj.weight") != std::string::npos;
   const bool k = name.find("self_attn.k_proj.weight") != std::string::npos;

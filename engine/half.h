@@ -18,7 +18,9 @@ inline uint32_t f32_to_bits(float f) {
   return u;
 }
 
-inline float bf16_to_f32(uint16_t h) { return bits_to_f32(uint32_t(h) << 16); }
+inline float bf16_to_f32(uint16_t h) {
+  return bits_to_f32(uint32_t(h) << 16);
+}
 
 inline uint16_t f32_to_bf16(float f) {
   uint32_t u = f32_to_bits(f);
@@ -45,7 +47,7 @@ inline uint16_t f32_to_f16(float f) {
   uint32_t u = f32_to_bits(f);
   const uint32_t sign = (u >> 16) & 0x8000;
   u &= 0x7fffffffu;
-  if (u > 0x7f800000u) return uint16_t(sign | 0x7e00);  // NaN
+  if (u > 0x7f800000u) return uint16_t(sign | 0x7e00);   // NaN
   if (u >= 0x477ff000u) return uint16_t(sign | 0x7c00);  // overflow -> inf (>= 65520)
   if (u < 0x38800000u) {                                 // subnormal or zero in f16
     // value * 2^24 rounded to nearest even gives the subnormal mantissa

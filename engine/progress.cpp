@@ -48,9 +48,9 @@ void Progress::update(int64_t done, const std::string& note) {
     const int decile = int(frac * 10);
     if (decile == last_decile_) return;
     last_decile_ = decile;
-    std::fprintf(stderr, "%s: %3.0f%% %lld/%lld elapsed %s ETA %s %s\n", label_.c_str(),
-                 frac * 100, (long long)done, (long long)total_, fmt_secs(el).c_str(),
-                 fmt_secs(eta).c_str(), note.c_str());
+    std::fprintf(stderr, "%s: %3.0f%% %lld/%lld elapsed %s ETA %s %s\n", label_.c_str(), frac * 100,
+                 (long long)done, (long long)total_, fmt_secs(el).c_str(), fmt_secs(eta).c_str(),
+                 note.c_str());
   }
   std::fflush(stderr);
 }

@@ -8,9 +8,9 @@
 namespace minfer {
 
 struct SamplerParams {
-  float temp = 0.f;    // <= 0: greedy
-  int top_k = 40;      // <= 0: all tokens
-  float top_p = 0.95f; // >= 1: no nucleus cut
+  float temp = 0.f;     // <= 0: greedy
+  int top_k = 40;       // <= 0: all tokens
+  float top_p = 0.95f;  // >= 1: no nucleus cut
   uint64_t seed = 0;
 };
 

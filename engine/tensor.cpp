@@ -15,24 +15,34 @@ namespace minfer {
 
 size_t dtype_size(DType t) {
   switch (t) {
-    case DType::F32: return 4;
-    case DType::F16: return 2;
-    case DType::BF16: return 2;
-    case DType::F64: return 8;
-    case DType::I8: return 1;
-    case DType::U8: return 1;
-    case DType::I16: return 2;
-    case DType::I32: return 4;
-    case DType::I64: return 8;
-    case DType::BOOL: return 1;
+    case DType::F32:
+      return 4;
+    case DType::F16:
+      return 2;
+    case DType::BF16:
+      return 2;
+    case DType::F64:
+      return 8;
+    case DType::I8:
+      return 1;
+    case DType::U8:
+      return 1;
+    case DType::I16:
+      return 2;
+    case DType::I32:
+      return 4;
+    case DType::I64:
+      return 8;
+    case DType::BOOL:
+      return 1;
   }
   return 0;
 }
 
 namespace {
 constexpr std::pair<DType, std::string_view> kNames[] = {
-    {DType::F32, "F32"}, {DType::F16, "F16"}, {DType::BF16, "BF16"}, {DType::F64, "F64"},
-    {DType::I8, "I8"},   {DType::U8, "U8"},   {DType::I16, "I16"},   {DType::I32, "I32"},
+    {DType::F32, "F32"}, {DType::F16, "F16"},   {DType::BF16, "BF16"}, {DType::F64, "F64"},
+    {DType::I8, "I8"},   {DType::U8, "U8"},     {DType::I16, "I16"},   {DType::I32, "I32"},
     {DType::I64, "I64"}, {DType::BOOL, "BOOL"},
 };
 }  // namespace
@@ -199,13 +209,20 @@ Tensor Tensor::to_f32() const {
   const size_t n = size_t(numel());
   float* out = t.data<float>();
   switch (dtype_) {
-    case DType::F32: std::memcpy(out, raw(), n * 4); break;
-    case DType::F16: f16_to_f32_n(data<uint16_t>(), out, n); break;
-    case DType::BF16: bf16_to_f32_n(data<uint16_t>(), out, n); break;
+    case DType::F32:
+      std::memcpy(out, raw(), n * 4);
+      break;
+    case DType::F16:
+      f16_to_f32_n(data<uint16_t>(), out, n);
+      break;
+    case DType::BF16:
+      bf16_to_f32_n(data<uint16_t>(), out, n);
+      break;
     case DType::F64:
       for (size_t i = 0; i < n; ++i) out[i] = float(data<double>()[i]);
       break;
-    default: MINFER_FAIL("to_f32: unsupported dtype {}", dtype_name(dtype_));
+    default:
+      MINFER_FAIL("to_f32: unsupported dtype {}", dtype_name(dtype_));
   }
   return t;
 }

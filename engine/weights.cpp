@@ -34,8 +34,7 @@ namespace minfer {
 
 bool RandomSource::has(const std::string& name) const {
   // Untied heads are opt-in: a random model ties its LM head like the configs it mimics.
-  return name.rfind("lm_head", 0) != 0 && name.find("transformer.") != 0 &&
-         name.find("bert.") != 0;
+  return name.rfind("lm_head", 0) != 0 && name.find("transformer.") != 0 && name.find("bert.") != 0;
 }
 
 Tensor RandomSource::tensor(const std::string& name, std::initializer_list<int64_t> shape) const {

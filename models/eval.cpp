@@ -20,8 +20,8 @@ double nll(const float* row, int64_t V, int32_t target) {
 
 }  // namespace
 
-PerplexityResult perplexity(Model& m, const std::vector<int32_t>& ids, int64_t ctx,
-                            int64_t stride, PplMethod method, bool progress) {
+PerplexityResult perplexity(Model& m, const std::vector<int32_t>& ids, int64_t ctx, int64_t stride,
+                            PplMethod method, bool progress) {
   MINFER_CHECK(m.config().causal(), "perplexity needs a causal LM, '{}' is an encoder",
                m.config().model_type);
   MINFER_CHECK(ctx >= 2, "perplexity: --ctx must be at least 2, got {}", ctx);
@@ -43,8 +43,10 @@ PerplexityResult perplexity(Model& m, const std::vector<int32_t>& ids, int64_t c
   };
   std::vector<Win> wins;
   if (method == PplMethod::HfSlidingWindow) {
-    MINFER_CHECK(stride >= 1 && stride <= ctx, "perplexity: --stride must be in [1, ctx={}], "
-                 "got {}", ctx, stride);
+    MINFER_CHECK(stride >= 1 && stride <= ctx,
+                 "perplexity: --stride must be in [1, ctx={}], "
+                 "got {}",
+                 ctx, stride);
     int64_t prev_end = 0;
     for (int64_t begin = 0; begin < N; begin += stride) {
       const int64_t end = std::min(begin + ctx, N);
@@ -64,7 +66,8 @@ PerplexityResult perplexity(Model& m, const std::vector<int32_t>& ids, int64_t c
     const Win& W = wins[w];
     const int64_t T = W.end - W.begin;
     window.assign(ids.begin() + W.begin, ids.begin() + W.end);
-    if (method == PplMethod::Llama && m.config().bos_id >= 0) window[0] = int32_t(m.config().bos_id);
+    if (method == PplMethod::Llama && m.config().bos_id >= 0)
+      window[0] = int32_t(m.config().bos_id);
     s.reset();
     Tensor lg = m.forward(s, window.data(), T, true);
     logits.resize(size_t(T * V));
@@ -88,8 +91,8 @@ PerplexityResult perplexity(Model& m, const std::vector<int32_t>& ids, int64_t c
   return r;
 }
 
-std::vector<std::vector<float>> mean_pool_normalize(const float* h, int64_t B, int64_t T,
-                                                    int64_t C, const int32_t* mask) {
+std::vector<std::vector<float>> mean_pool_normalize(const float* h, int64_t B, int64_t T, int64_t C,
+                                                    const int32_t* mask) {
   std::vector<std::vector<float>> out(size_t(B), std::vector<float>(size_t(C), 0.f));
   for (int64_t b = 0; b < B; ++b) {
     double cnt = 0;

@@ -29,9 +29,8 @@ enum class PplMethod {
   Llama,
 };
 
-PerplexityResult perplexity(Model& m, const std::vector<int32_t>& ids, int64_t ctx,
-                            int64_t stride, PplMethod method = PplMethod::HfSlidingWindow,
-                            bool progress = true);
+PerplexityResult perplexity(Model& m, const std::vector<int32_t>& ids, int64_t ctx, int64_t stride,
+                            PplMethod method = PplMethod::HfSlidingWindow, bool progress = true);
 
 // Host hidden states [B*T, C] -> B L2-normalised mean-pooled embeddings (mask: 1 = token).
 std::vector<std::vector<float>> mean_pool_normalize(const float* hidden, int64_t B, int64_t T,

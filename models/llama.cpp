@@ -30,7 +30,8 @@ class Llama final : public Model {
       L.wq = src.linear(p + "self_attn.q_proj", C, qd, c.attn_bias);
       L.wk = src.linear(p + "self_attn.k_proj", C, kvd, c.attn_bias);
       L.wv = src.linear(p + "self_attn.v_proj", C, kvd, c.attn_bias);
-      L.wo = src.linear(p + "self_attn.o_proj", qd, C, c.attn_bias && src.has(p + "self_attn.o_proj.bias"));
+      L.wo = src.linear(p + "self_attn.o_proj", qd, C,
+                        c.attn_bias && src.has(p + "self_attn.o_proj.bias"));
       L.ffn_norm = be.upload(src.vec(p + "post_attention_layernorm.weight", C));
       L.gate = src.linear(p + "mlp.gate_proj", C, c.ffn, c.mlp_bias);
       L.up = src.linear(p + "mlp.up_proj", C, c.ffn, c.mlp_bias);

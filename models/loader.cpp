@@ -29,25 +29,26 @@ LoadedModel open_model(const std::string& spec, Backend& be, bool with_tokenizer
     lm.model = build_model(cfg, src, be);
     if (with_tokenizer) {
       MINFER_CHECK(f->has("tokenizer.ggml.model"),
-                   "{}: no tokenizer in the GGUF metadata (tokenizer.ggml.model missing)",
-                   lm.path);
+                   "{}: no tokenizer in the GGUF metadata (tokenizer.ggml.model missing)", lm.path);
       lm.tokenizer = Tokenizer::from_gguf(*f);
     }
   } else {
     MINFER_CHECK(fs::is_directory(lm.path),
                  "{}: not a model (expected a folder with config.json + *.safetensors, or a .gguf "
-                 "file)", lm.path);
+                 "file)",
+                 lm.path);
     lm.model = load_model(lm.path, be);
     if (with_tokenizer) {
       const fs::path tj = fs::path(lm.path) / "tokenizer.json";
-      MINFER_CHECK(fs::exists(tj), "{}: missing tokenizer.json (the model folder needs one to "
-                   "turn text into ids)", lm.path);
+      MINFER_CHECK(fs::exists(tj),
+                   "{}: missing tokenizer.json (the model folder needs one to "
+                   "turn text into ids)",
+                   lm.path);
       lm.tokenizer = Tokenizer::from_json_file(tj.string());
     }
   }
   lm.file_bytes = model_file_bytes(lm.path);
-  lm.load_seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  lm.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return lm;
 }
 

@@ -34,24 +34,28 @@ Tensor Model::forward(RunState&, const int32_t*, int64_t, bool) {
   MINFER_FAIL("model '{}' is an encoder: it has no causal forward (use encode)", cfg_.model_type);
 }
 
-Tensor Model::encode(RunState&, const int32_t*, int64_t, int64_t, const int32_t*,
-                     const int32_t*) {
+Tensor Model::encode(RunState&, const int32_t*, int64_t, int64_t, const int32_t*, const int32_t*) {
   MINFER_FAIL("model '{}' is a causal LM: use forward, not encode", cfg_.model_type);
 }
 
 std::unique_ptr<Model> build_model(const ModelConfig& cfg, const WeightSource& src, Backend& be) {
   switch (cfg.arch) {
-    case Arch::GPT2: return make_gpt2(cfg, src, be);
-    case Arch::Llama: return make_llama(cfg, src, be);
-    case Arch::Bert: return make_bert(cfg, src, be);
+    case Arch::GPT2:
+      return make_gpt2(cfg, src, be);
+    case Arch::Llama:
+      return make_llama(cfg, src, be);
+    case Arch::Bert:
+      return make_bert(cfg, src, be);
   }
   MINFER_FAIL("unknown architecture");
 }
 
 std::unique_ptr<Model> load_model(const std::string& path, Backend& be) {
   namespace fs = std::filesystem;
-  MINFER_CHECK(fs::is_directory(path), "{}: not a model folder (expected config.json + "
-               "*.safetensors)", path);
+  MINFER_CHECK(fs::is_directory(path),
+               "{}: not a model folder (expected config.json + "
+               "*.safetensors)",
+               path);
   const std::string cfg_path = (fs::path(path) / "config.json").string();
   MINFER_CHECK(fs::exists(cfg_path), "{}: missing config.json", path);
   ModelConfig cfg = load_config(cfg_path);

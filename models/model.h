@@ -14,19 +14,19 @@ namespace minfer {
 // Everything one sequence (or one encoder batch) needs while running: the KV cache and every
 // activation buffer, allocated once by Model::new_state. Nothing is allocated inside forward.
 struct RunState {
-  int64_t n_past = 0;      // tokens already in the KV cache
-  int64_t max_ctx = 0;     // KV cache capacity (positions)
-  int64_t max_tokens = 0;  // rows one forward call may process (B*T for encoders)
+  int64_t n_past = 0;                    // tokens already in the KV cache
+  int64_t max_ctx = 0;                   // KV cache capacity (positions)
+  int64_t max_tokens = 0;                // rows one forward call may process (B*T for encoders)
   std::vector<Tensor> k_cache, v_cache;  // [L] x [max_ctx, Hkv*D]
-  Tensor x;       // [max_tokens, C] residual stream
-  Tensor xn;      // [max_tokens, C] normed input of a sub-layer
-  Tensor qkv;     // [max_tokens, (H + 2 Hkv) D] q | k | v
-  Tensor att;     // [max_tokens, H*D] attention output
-  Tensor proj;    // [max_tokens, C] output projections
-  Tensor ff_a;    // [max_tokens, F]
-  Tensor ff_b;    // [max_tokens, F]
-  Tensor logits;  // [logit_rows, V] (causal LMs)
-  std::vector<int32_t> ids;  // positions / token types scratch, [max_tokens]
+  Tensor x;                              // [max_tokens, C] residual stream
+  Tensor xn;                             // [max_tokens, C] normed input of a sub-layer
+  Tensor qkv;                            // [max_tokens, (H + 2 Hkv) D] q | k | v
+  Tensor att;                            // [max_tokens, H*D] attention output
+  Tensor proj;                           // [max_tokens, C] output projections
+  Tensor ff_a;                           // [max_tokens, F]
+  Tensor ff_b;                           // [max_tokens, F]
+  Tensor logits;                         // [logit_rows, V] (causal LMs)
+  std::vector<int32_t> ids;              // positions / token types scratch, [max_tokens]
 
   void reset() { n_past = 0; }
 };

@@ -146,7 +146,8 @@ TEST_CASE("models: BERT last hidden states equal HF, single sequences and a padd
   for (int64_t r = 0; r < B * T; ++r)
     if (mask.data<int32_t>()[r])
       for (int64_t c = 0; c < C; ++c)
-        worst = std::max(worst, std::fabs(h.data<float>()[r * C + c] - ref.data<float>()[r * C + c]));
+        worst =
+            std::max(worst, std::fabs(h.data<float>()[r * C + c] - ref.data<float>()[r * C + c]));
   MESSAGE("bert padded batch: max |diff| = " << worst);
   CHECK(worst <= 1e-4f);
 }
@@ -182,10 +183,11 @@ TEST_CASE("models: load errors name the file, the tensor or field, expected and 
     fs::remove_all(dir);
   }
   SUBCASE("missing tensor") {
-    auto dir = edited_copy("llama", "miss", [](auto&) {}, "model.layers.1.self_attn.k_proj.weight");
-    CHECK_THROWS_WITH_AS(load_model(dir.string(), *be),
-                         doctest::Contains("missing tensor 'model.layers.1.self_attn.k_proj.weight'"),
-                         Error);
+    auto dir = edited_copy(
+        "llama", "miss", [](auto&) {}, "model.layers.1.self_attn.k_proj.weight");
+    CHECK_THROWS_WITH_AS(
+        load_model(dir.string(), *be),
+        doctest::Contains("missing tensor 'model.layers.1.self_attn.k_proj.weight'"), Error);
     fs::remove_all(dir);
   }
   SUBCASE("unknown architecture") {
@@ -197,7 +199,8 @@ TEST_CASE("models: load errors name the file, the tensor or field, expected and 
   SUBCASE("missing config field") {
     auto dir = edited_copy("bert", "field", [](auto& c) { c.erase("num_hidden_layers"); });
     CHECK_THROWS_WITH_AS(load_model(dir.string(), *be),
-                         doctest::Contains("config.json: missing field 'num_hidden_layers'"), Error);
+                         doctest::Contains("config.json: missing field 'num_hidden_layers'"),
+                         Error);
     fs::remove_all(dir);
   }
   SUBCASE("token id out of range") {

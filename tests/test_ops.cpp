@@ -47,8 +47,8 @@ TEST_CASE("half: f16 and bf16 conversions are exact and the bulk paths agree wit
   }
   CHECK(f16_to_f32(0x3c00) == 1.0f);
   CHECK(f16_to_f32(0xc000) == -2.0f);
-  CHECK(f16_to_f32(0x0001) == std::ldexp(1.0f, -24));  // smallest subnormal
-  CHECK(f32_to_f16(65520.f) == 0x7c00);                // rounds to inf
+  CHECK(f16_to_f32(0x0001) == std::ldexp(1.0f, -24));         // smallest subnormal
+  CHECK(f32_to_f16(65520.f) == 0x7c00);                       // rounds to inf
   CHECK(f32_to_f16(1.0f + std::ldexp(1.0f, -11)) == 0x3c00);  // tie -> even
   CHECK(f32_to_bf16(1.0f) == 0x3f80);
   CHECK(bf16_to_f32(0xc040) == -3.0f);
@@ -102,7 +102,8 @@ TEST_CASE("ops: linear rejects mismatched shapes with a clear message") {
   Linear lin = make_dense("blk.w", randn({4, 6}, 1), 6, 4);
   Tensor x = randn({2, 5}, 2), y = Tensor::empty(DType::F32, {2, 4});
   CHECK_THROWS_WITH_AS(be->linear(y, x, lin), doctest::Contains("input has 5 features"), Error);
-  CHECK_THROWS_WITH_AS(make_dense("w", randn({4, 6}, 1), 4, 6), doctest::Contains("expected shape [6, 4]"), Error);
+  CHECK_THROWS_WITH_AS(make_dense("w", randn({4, 6}, 1), 4, 6),
+                       doctest::Contains("expected shape [6, 4]"), Error);
 }
 
 TEST_CASE("ops: norms, activations and softmax match their formulas") {
@@ -119,7 +120,8 @@ TEST_CASE("ops: norms, activations and softmax match their formulas") {
     for (int64_t c = 0; c < C; ++c) v += (px[r * C + c] - m) * (px[r * C + c] - m);
     v /= C;
     for (int64_t c = 0; c < C; ++c) {
-      double e = (px[r * C + c] - m) / std::sqrt(v + 1e-5) * w.data<float>()[c] + b.data<float>()[c];
+      double e =
+          (px[r * C + c] - m) / std::sqrt(v + 1e-5) * w.data<float>()[c] + b.data<float>()[c];
       CHECK(y.data<float>()[r * C + c] == doctest::Approx(e).epsilon(1e-5));
     }
   }
@@ -144,14 +146,16 @@ TEST_CASE("ops: norms, activations and softmax match their formulas") {
   }
   be->silu(y, x);
   for (int64_t i = 0; i < R * C; ++i)
-    CHECK(y.data<float>()[i] == doctest::Approx(px[i] / (1 + std::exp(-double(px[i])))).epsilon(1e-5));
+    CHECK(y.data<float>()[i] ==
+          doctest::Approx(px[i] / (1 + std::exp(-double(px[i])))).epsilon(1e-5));
   be->softmax(y, x);
   for (int64_t r = 0; r < R; ++r) {
     double mx = -1e30, s = 0;
     for (int64_t c = 0; c < C; ++c) mx = std::max(mx, double(px[r * C + c]));
     for (int64_t c = 0; c < C; ++c) s += std::exp(px[r * C + c] - mx);
     for (int64_t c = 0; c < C; ++c)
-      CHECK(y.data<float>()[r * C + c] == doctest::Approx(std::exp(px[r * C + c] - mx) / s).epsilon(1e-5));
+      CHECK(y.data<float>()[r * C + c] ==
+            doctest::Approx(std::exp(px[r * C + c] - mx) / s).epsilon(1e-5));
   }
 }
 
@@ -202,7 +206,8 @@ std::vector<float> naive_attention(const Tensor& q, const Tensor& k, const Tenso
         for (auto& e : s) z += (e = std::isinf(e) ? 0 : std::exp(e - mx));
         for (int64_t e = 0; e < D; ++e) {
           double acc = 0;
-          for (int64_t j = 0; j < S; ++j) acc += s[size_t(j)] / z * V[(b * S + j) * Hkv * D + kh * D + e];
+          for (int64_t j = 0; j < S; ++j)
+            acc += s[size_t(j)] / z * V[(b * S + j) * Hkv * D + kh * D + e];
           out[size_t((b * T + t) * H * D + h * D + e)] = float(acc);
         }
       }

@@ -18,8 +18,7 @@ inline double peak_rss_mb() {
 }
 
 inline double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 // Runs a tool body: CLI parse errors print help/usage, library errors print one line, exit 1.

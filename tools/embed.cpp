@@ -15,7 +15,7 @@ int main(int argc, char** argv) {
   std::string model = "minilm", text_path = "-", backend = "cpu";
   int threads = 0, device = 0, batch = 32;
   bool similarity = false, json = false;
-  app.add_option("--model,-m", model, "minilm | HF folder | compressed folder");
+  app.add_option("--model,-m", model, "minilm | HF folder (config.json + *.safetensors)");
   app.add_option("--text,-f", text_path, "input file, one sentence per line (- = stdin)");
   app.add_flag("--similarity", similarity, "print the cosine similarity matrix instead");
   app.add_option("--batch", batch, "sentences per forward pass")->check(CLI::Range(1, 4096));

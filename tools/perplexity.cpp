@@ -18,12 +18,19 @@ int main(int argc, char** argv) {
   int64_t ctx = 512, stride = -1, max_tokens = 0;
   int threads = 0, device = 0;
   bool json = false, quiet = false;
-  app.add_option("--model,-m", model, "smollm2 | HF folder | compressed folder | .gguf")->required();
-  app.add_option("--text,-f", text_path, "text file (default: ../shared/data/wikitext-2-raw/wiki.test.raw when present)");
-  app.add_option("--ctx,-c", ctx, "window length in tokens")->check(CLI::Range(int64_t(2), int64_t(1) << 20));
-  app.add_option("--stride", stride, "window advance (default: ctx, i.e. non-overlapping)")->check(CLI::PositiveNumber);
-  app.add_option("--max-tokens", max_tokens, "only the first N tokens of the text (0 = all)")->check(CLI::NonNegativeNumber);
-  app.add_option("--method", method, "hf (sliding window) | llama (llama.cpp's chunks, second half scored)")->check(CLI::IsMember({"hf", "llama"}));
+  app.add_option("--model,-m", model, "smollm2 | HF folder (config.json + *.safetensors) | .gguf")
+      ->required();
+  app.add_option("--text,-f", text_path,
+                 "text file (default: ../shared/data/wikitext-2-raw/wiki.test.raw when present)");
+  app.add_option("--ctx,-c", ctx, "window length in tokens")
+      ->check(CLI::Range(int64_t(2), int64_t(1) << 20));
+  app.add_option("--stride", stride, "window advance (default: ctx, i.e. non-overlapping)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-tokens", max_tokens, "only the first N tokens of the text (0 = all)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--method", method,
+                 "hf (sliding window) | llama (llama.cpp's chunks, second half scored)")
+      ->check(CLI::IsMember({"hf", "llama"}));
   app.add_option("--threads,-t", threads, "threads")->check(CLI::NonNegativeNumber);
   app.add_option("--backend", backend, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--device", device, "GPU index")->check(CLI::NonNegativeNumber);
@@ -34,7 +41,8 @@ int main(int argc, char** argv) {
       for (const char* p : {"../shared/data/wikitext-2-raw/wiki.test.raw",
                             "shared/data/wikitext-2-raw/wiki.test.raw"})
         if (std::filesystem::exists(p)) text_path = p;
-      MINFER_CHECK(!text_path.empty(), "no --text given and WikiText-2 "
+      MINFER_CHECK(!text_path.empty(),
+                   "no --text given and WikiText-2 "
                    "(../shared/data/wikitext-2-raw/wiki.test.raw) is not present");
     }
     std::ifstream f(text_path, std::ios::binary);
@@ -47,22 +55,31 @@ int main(int argc, char** argv) {
     const size_t all = ids.size();
     if (max_tokens > 0 && size_t(max_tokens) < ids.size()) ids.resize(size_t(max_tokens));
     if (stride < 0) stride = ctx;
-    PerplexityResult r = perplexity(*lm.model, ids, ctx, stride,
-                                    method == "llama" ? PplMethod::Llama : PplMethod::HfSlidingWindow,
-                                    !quiet);
+    PerplexityResult r =
+        perplexity(*lm.model, ids, ctx, stride,
+                   method == "llama" ? PplMethod::Llama : PplMethod::HfSlidingWindow, !quiet);
     if (json) {
-      nlohmann::json j = {{"model", lm.path}, {"text", text_path}, {"method", method},
-                          {"ctx", ctx}, {"stride", stride}, {"text_tokens", all},
-                          {"tokens", ids.size()}, {"tokens_scored", r.tokens_scored},
-                          {"ppl", r.ppl}, {"mean_nll", r.mean_nll}, {"seconds", r.seconds},
-                          {"tokens_per_s", r.tokens_per_s}, {"peak_rss_mb", tool::peak_rss_mb()}};
+      nlohmann::json j = {{"model", lm.path},
+                          {"text", text_path},
+                          {"method", method},
+                          {"ctx", ctx},
+                          {"stride", stride},
+                          {"text_tokens", all},
+                          {"tokens", ids.size()},
+                          {"tokens_scored", r.tokens_scored},
+                          {"ppl", r.ppl},
+                          {"mean_nll", r.mean_nll},
+                          {"seconds", r.seconds},
+                          {"tokens_per_s", r.tokens_per_s},
+                          {"peak_rss_mb", tool::peak_rss_mb()}};
       std::printf("%s\n", j.dump(2).c_str());
     } else {
-      std::printf("model %s\ntext %s (%zu tokens, using %zu)\nmethod %s ctx %lld stride %lld\n"
-                  "ppl %.4f\nmean NLL %.6f\ntokens scored %lld\ntokens/s %.1f\npeak RSS %.1f MB\n",
-                  lm.path.c_str(), text_path.c_str(), all, ids.size(), method.c_str(),
-                  (long long)ctx, (long long)stride, r.ppl, r.mean_nll,
-                  (long long)r.tokens_scored, r.tokens_per_s, tool::peak_rss_mb());
+      std::printf(
+          "model %s\ntext %s (%zu tokens, using %zu)\nmethod %s ctx %lld stride %lld\n"
+          "ppl %.4f\nmean NLL %.6f\ntokens scored %lld\ntokens/s %.1f\npeak RSS %.1f MB\n",
+          lm.path.c_str(), text_path.c_str(), all, ids.size(), method.c_str(), (long long)ctx,
+          (long long)stride, r.ppl, r.mean_nll, (long long)r.tokens_scored, r.tokens_per_s,
+          tool::peak_rss_mb());
     }
     return 0;
   });

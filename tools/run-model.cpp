@@ -35,15 +35,18 @@ int main(int argc, char** argv) {
   float temp = 0.8f, top_p = 0.95f;
   uint64_t seed = 0;
   bool chat = false, json = false;
-  app.add_option("--model,-m", model, "smollm2 | HF folder | compressed folder | .gguf")->required();
+  app.add_option("--model,-m", model, "smollm2 | HF folder (config.json + *.safetensors) | .gguf")
+      ->required();
   app.add_option("--prompt,-p", prompt, "prompt text")->required();
   app.add_option("-n,--n-predict", n, "tokens to generate")->check(CLI::Range(1, 1 << 20));
   app.add_option("--temp", temp, "temperature (0 = greedy)")->check(CLI::Range(0.f, 100.f));
-  app.add_option("--top-k", top_k, "keep the k most likely tokens (0 = all)")->check(CLI::NonNegativeNumber);
+  app.add_option("--top-k", top_k, "keep the k most likely tokens (0 = all)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--top-p", top_p, "nucleus sampling mass")->check(CLI::Range(0.f, 1.f));
   app.add_option("--seed", seed, "sampling seed");
   app.add_flag("--chat", chat, "wrap the prompt in the model's chat template (ChatML)");
-  app.add_option("--threads,-t", threads, "threads (default: OMP_NUM_THREADS or all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads,-t", threads, "threads (default: OMP_NUM_THREADS or all cores)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--backend", backend, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--device", device, "GPU index for --backend cuda")->check(CLI::NonNegativeNumber);
   app.add_flag("--json", json, "print one JSON object instead of streaming text");
@@ -58,8 +61,10 @@ int main(int argc, char** argv) {
     std::vector<int32_t> ids = lm.tokenizer->encode(text, true);
     MINFER_CHECK(!ids.empty(), "the prompt encodes to no tokens");
     const int64_t ctx = std::min<int64_t>(c.max_pos, int64_t(ids.size()) + n);
-    MINFER_CHECK(int64_t(ids.size()) < ctx, "prompt of {} tokens does not fit the model's {} "
-                 "positions", ids.size(), c.max_pos);
+    MINFER_CHECK(int64_t(ids.size()) < ctx,
+                 "prompt of {} tokens does not fit the model's {} "
+                 "positions",
+                 ids.size(), c.max_pos);
     RunState s = m.new_state(ctx, int64_t(ids.size()), 1);
     Sampler sampler({temp, top_k, top_p, seed});
     StreamDecoder dec(*lm.tokenizer);
@@ -93,10 +98,14 @@ int main(int argc, char** argv) {
     const double prompt_tps = double(ids.size()) / t_prompt;
     const double gen_tps = out.empty() ? 0.0 : double(out.size()) / t_gen;
     if (json) {
-      nlohmann::json j = {{"model", lm.path},        {"prompt_tokens", ids.size()},
-                          {"generated_tokens", out.size()}, {"text", generated},
-                          {"ids", out},              {"load_s", lm.load_seconds},
-                          {"prompt_tok_per_s", prompt_tps}, {"gen_tok_per_s", gen_tps},
+      nlohmann::json j = {{"model", lm.path},
+                          {"prompt_tokens", ids.size()},
+                          {"generated_tokens", out.size()},
+                          {"text", generated},
+                          {"ids", out},
+                          {"load_s", lm.load_seconds},
+                          {"prompt_tok_per_s", prompt_tps},
+                          {"gen_tok_per_s", gen_tps},
                           {"peak_rss_mb", tool::peak_rss_mb()}};
       std::printf("%s\n", j.dump(2).c_str());
     } else {

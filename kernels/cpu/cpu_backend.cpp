@@ -51,7 +51,9 @@ void check_same(const Mat& a, const Mat& b, const char* op) {
 }
 
 // Parallelise only when the work pays for waking the pool.
-inline bool worth_threads(int64_t n) { return n >= 32768; }
+inline bool worth_threads(int64_t n) {
+  return n >= 32768;
+}
 
 class CpuBackend final : public Backend {
  public:
@@ -120,10 +122,17 @@ class CpuBackend final : public Backend {
       float* dst = accumulate ? tmp.data() : yr;
       const size_t off = size_t(ids[t]) * size_t(C);
       switch (table.dtype()) {
-        case DType::F32: std::memcpy(dst, table.data<float>() + off, size_t(C) * 4); break;
-        case DType::F16: f16_to_f32_n(table.data<uint16_t>() + off, dst, size_t(C)); break;
-        case DType::BF16: bf16_to_f32_n(table.data<uint16_t>() + off, dst, size_t(C)); break;
-        default: MINFER_FAIL("embedding table dtype {} not supported", dtype_name(table.dtype()));
+        case DType::F32:
+          std::memcpy(dst, table.data<float>() + off, size_t(C) * 4);
+          break;
+        case DType::F16:
+          f16_to_f32_n(table.data<uint16_t>() + off, dst, size_t(C));
+          break;
+        case DType::BF16:
+          bf16_to_f32_n(table.data<uint16_t>() + off, dst, size_t(C));
+          break;
+        default:
+          MINFER_FAIL("embedding table dtype {} not supported", dtype_name(table.dtype()));
       }
       if (accumulate)
         for (int64_t c = 0; c < C; ++c) yr[c] += dst[c];
@@ -179,8 +188,7 @@ class CpuBackend final : public Backend {
     unary(y, x, "silu", [](float v) { return v / (1.f + std::exp(-v)); });
   }
 
-  void layernorm(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b,
-                 float eps) override {
+  void layernorm(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b, float eps) override {
     Mat Y = mat(y, "layernorm"), X = mat(x, "layernorm");
     check_same(Y, X, "layernorm");
     MINFER_CHECK(w.numel() == X.cols && b.numel() == X.cols, "layernorm: weight size mismatch");
@@ -273,16 +281,18 @@ class CpuBackend final : public Backend {
     Mat O = mat(out, "attention out"), Q = mat(q, "attention q"), K = mat(k, "attention k"),
         Vm = mat(v, "attention v");
     const int64_t H = a.n_heads, Hkv = a.n_kv_heads, D = a.head_dim, B = a.batch;
-    MINFER_CHECK(H > 0 && Hkv > 0 && H % Hkv == 0 && B > 0, "attention: bad head counts {}/{}",
-                 H, Hkv);
+    MINFER_CHECK(H > 0 && Hkv > 0 && H % Hkv == 0 && B > 0, "attention: bad head counts {}/{}", H,
+                 Hkv);
     MINFER_CHECK(Q.cols == H * D && O.cols == H * D && K.cols == Hkv * D && Vm.cols == Hkv * D,
                  "attention: q/k/v widths {}/{}/{} do not match {} heads, {} kv heads, dim {}",
                  Q.cols, K.cols, Vm.cols, H, Hkv, D);
     MINFER_CHECK(Q.rows % B == 0 && K.rows % B == 0 && K.rows == Vm.rows && O.rows == Q.rows,
                  "attention: rows do not split into batch {}", B);
     const int64_t T = Q.rows / B, S = K.rows / B;
-    MINFER_CHECK(!a.causal || a.pos0 + T <= S, "attention: {} queries at position {} need {} keys, "
-                 "have {}", T, a.pos0, a.pos0 + T, S);
+    MINFER_CHECK(!a.causal || a.pos0 + T <= S,
+                 "attention: {} queries at position {} need {} keys, "
+                 "have {}",
+                 T, a.pos0, a.pos0 + T, S);
     const float scale = a.scale > 0 ? a.scale : 1.f / std::sqrt(float(D));
     const int64_t group = H / Hkv;
     const int nt = threads_;

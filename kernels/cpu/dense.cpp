@@ -112,8 +112,8 @@ void dense_linear(const Tensor& w, bool transposed, const float* x, int64_t T, i
 #pragma omp parallel for if (kr * N >= 65536)
       for (int64_t r = 0; r < kr; ++r)
         convert_rows(dt, W + (k0 + r) * N, scratch.data() + r * N, size_t(N));
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(T), int(N), int(kr), 1.f,
-                  x + k0, int(ldx), scratch.data(), int(N), k0 == 0 ? 0.f : 1.f, y, int(ldy));
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(T), int(N), int(kr), 1.f, x + k0,
+                  int(ldx), scratch.data(), int(N), k0 == 0 ? 0.f : 1.f, y, int(ldy));
     }
   }
 }
@@ -126,8 +126,7 @@ void dense_linear_ref(const Tensor& w, bool transposed, const float* x, int64_t 
       double acc = 0;
       for (int64_t k = 0; k < K; ++k) {
         const int64_t e = transposed ? k * N + n : n * K + k;
-        const float wv =
-            dt == DType::F32 ? w.data<float>()[e] : half_at(dt, w.data<uint16_t>(), e);
+        const float wv = dt == DType::F32 ? w.data<float>()[e] : half_at(dt, w.data<uint16_t>(), e);
         acc += double(wv) * x[t * K + k];
       }
       y[t * N + n] = float(acc);
