@@ -111,6 +111,7 @@ int main(int argc, char** argv) {
     } else {
       std::printf("%s\n", tail.c_str());
     }
+    std::fflush(stdout);  // the text ends before the stats line on a shared terminal
     std::fprintf(stderr,
                  "load %.2f s | prompt %zu tokens %.1f tok/s | generated %zu tokens %.1f tok/s | "
                  "peak RSS %.1f MB\n",

@@ -64,6 +64,32 @@ void half_gemv(DType dt, const uint16_t* w, const float* x, int64_t T, int64_t l
   }
 }
 
+// Few rows of x against an f32 [N, K] matrix: one streaming pass over W (decode is bound by
+// memory bandwidth), rows split statically across threads.
+void f32_gemv(const float* w, const float* x, int64_t T, int64_t ldx, float* y, int64_t ldy,
+              int64_t K, int64_t N) {
+  constexpr int kMaxT = 4;
+#pragma omp parallel for schedule(static) if (N * K >= 65536)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* wr = w + n * K;
+    float acc[kMaxT] = {};
+    int64_t k = 0;
+#if defined(__AVX512F__)
+    __m512 vacc[kMaxT];
+    for (int t = 0; t < T; ++t) vacc[t] = _mm512_setzero_ps();
+    for (; k + 16 <= K; k += 16) {
+      const __m512 wv = _mm512_loadu_ps(wr + k);
+      for (int t = 0; t < T; ++t)
+        vacc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + t * ldx + k), vacc[t]);
+    }
+    for (int t = 0; t < T; ++t) acc[t] = _mm512_reduce_add_ps(vacc[t]);
+#endif
+    for (; k < K; ++k)
+      for (int t = 0; t < T; ++t) acc[t] += wr[k] * x[t * ldx + k];
+    for (int t = 0; t < T; ++t) y[t * ldy + n] = acc[t];
+  }
+}
+
 }  // namespace
 
 void dense_linear(const Tensor& w, bool transposed, const float* x, int64_t T, int64_t ldx,
@@ -71,6 +97,10 @@ void dense_linear(const Tensor& w, bool transposed, const float* x, int64_t T, i
   const DType dt = w.dtype();
   if (dt == DType::F32) {
     const float* W = w.data<float>();
+    if (T <= 4 && !transposed) {
+      f32_gemv(W, x, T, ldx, y, ldy, K, N);
+      return;
+    }
     if (T == 1) {
       if (transposed)
         cblas_sgemv(CblasRowMajor, CblasTrans, int(K), int(N), 1.f, W, int(N), x, 1, 0.f, y, 1);
