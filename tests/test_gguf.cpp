@@ -24,6 +24,7 @@
 #include "engine/error.h"
 #include "engine/gguf.h"
 #include "engine/safetensors.h"
+#include "tests/test_util.h"
 
 namespace {
 
@@ -34,19 +35,7 @@ using minfer::Tensor;
 
 const std::string kFixtures = "tests/fixtures/gguf/";
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string t = (fs::temp_directory_path() / "minfer-gguf-XXXXXX").string();
-    REQUIRE(::mkdtemp(t.data()) != nullptr);
-    path = t;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
+using TempDir = minfer::test::TempDir;
 
 void write_file(const std::string& path, const std::vector<uint8_t>& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);

@@ -19,6 +19,7 @@
 
 #include "engine/error.h"
 #include "engine/model_hub.h"
+#include "tests/test_util.h"
 
 namespace {
 
@@ -32,19 +33,7 @@ const char* kShaAbc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f
 const char* kShaEmpty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 const char* kShaMillionA = "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0";
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string t = (fs::temp_directory_path() / "minfer-hub-XXXXXX").string();
-    REQUIRE(::mkdtemp(t.data()) != nullptr);
-    path = t;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
+using TempDir = minfer::test::TempDir;
 
 // Sets (or unsets, with nullopt) an environment variable for one scope.
 class EnvGuard {

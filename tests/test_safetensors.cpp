@@ -14,6 +14,7 @@
 
 #include "engine/error.h"
 #include "engine/safetensors.h"
+#include "tests/test_util.h"
 
 namespace {
 
@@ -24,20 +25,7 @@ using minfer::Storage;
 using minfer::Tensor;
 using minfer::WeightStore;
 
-// A fresh folder under the system temp dir, removed with everything in it at scope exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string t = (fs::temp_directory_path() / "minfer-st-XXXXXX").string();
-    REQUIRE(::mkdtemp(t.data()) != nullptr);
-    path = t;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
+using TempDir = minfer::test::TempDir;
 
 void write_file(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);

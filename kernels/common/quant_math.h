@@ -21,13 +21,7 @@
 #include <cmath>
 #include <cstdint>
 
-#ifndef MINFER_HD
-#ifdef __CUDACC__
-#define MINFER_HD __host__ __device__
-#else
-#define MINFER_HD
-#endif
-#endif
+#include "kernels/common/hd.h"
 
 namespace minfer::qm {
 
