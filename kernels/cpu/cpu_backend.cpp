@@ -116,10 +116,10 @@ class CpuBackend final : public Backend {
     for (int64_t t = 0; t < n; ++t)
       MINFER_CHECK(ids[t] >= 0 && ids[t] < V, "token id {} at position {} out of range [0, {})",
                    ids[t], t, V);
-    std::vector<float> tmp(accumulate || table.dtype() != DType::F32 ? size_t(C) : 0);
+    emb_row_.resize(size_t(C));  // reused: no allocation per forward
     for (int64_t t = 0; t < n; ++t) {
       float* yr = Y.p + t * Y.ld;
-      float* dst = accumulate ? tmp.data() : yr;
+      float* dst = accumulate ? emb_row_.data() : yr;
       const size_t off = size_t(ids[t]) * size_t(C);
       switch (table.dtype()) {
         case DType::F32:
@@ -327,6 +327,7 @@ class CpuBackend final : public Backend {
   std::vector<float> scratch_;
   std::vector<float> attn_scratch_;
   std::vector<float> rope_cs_;
+  std::vector<float> emb_row_;
 };
 
 }  // namespace
