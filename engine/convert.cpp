@@ -13,6 +13,7 @@
 
 #include "engine/gguf_source.h"
 #include "engine/half.h"
+#include "engine/model_folder.h"
 #include "engine/safetensors.h"
 #include "tokenizer/tokenizer.h"
 
@@ -49,51 +50,6 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> hf_llama_tensors(const
   return t;
 }
 
-// Copy of `src` (F32/F16/BF16) in `dtype`.
-Tensor cast_to(const Tensor& src, DType dtype) {
-  if (src.dtype() == dtype) return src.clone();
-  Tensor f = src.dtype() == DType::F32 && src.is_contiguous() ? src : src.to_f32();
-  if (dtype == DType::F32) return f.storage() == src.storage() ? f.clone() : f;
-  Tensor out = Tensor::empty(dtype, f.shape(), f.ndim());
-  if (dtype == DType::F16)
-    f32_to_f16_n(f.data<float>(), out.data<uint16_t>(), size_t(f.numel()));
-  else
-    f32_to_bf16_n(f.data<float>(), out.data<uint16_t>(), size_t(f.numel()));
-  return out;
-}
-
-std::string torch_dtype_name(DType d) {
-  return d == DType::F32 ? "float32" : d == DType::F16 ? "float16" : "bfloat16";
-}
-
-void write_json(const fs::path& path, const json& j) {
-  std::ofstream f(path, std::ios::binary);
-  MINFER_CHECK(f.good(), "{}: cannot create file", path.string());
-  f << j.dump(2) << "\n";
-  f.close();
-  MINFER_CHECK(f.good(), "{}: write failed", path.string());
-}
-
-json token_or_null(const Tokenizer& tok, int64_t id) {
-  if (id < 0 || id >= tok.vocab_size()) return nullptr;
-  return tok.id_to_token(int32_t(id));
-}
-
-json id_or_null(int64_t id) {
-  return id < 0 ? json(nullptr) : json(id);
-}
-
-// Removes a temporary folder unless released (nothing half-written stays behind on error).
-struct TmpDir {
-  fs::path path;
-  bool keep = false;
-  ~TmpDir() {
-    if (keep || path.empty()) return;
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
-
 }  // namespace
 
 DType parse_export_dtype(const std::string& s) {
@@ -109,17 +65,7 @@ void export_hf_folder(const std::string& gguf_path, const std::string& out_dir,
                       const ConvertOptions& opt) {
   MINFER_CHECK(opt.dtype == DType::F32 || opt.dtype == DType::F16 || opt.dtype == DType::BF16,
                "export dtype must be F32, F16 or BF16, got {}", dtype_name(opt.dtype));
-  MINFER_CHECK(!out_dir.empty(), "convert: empty output path");
-  fs::path out = fs::path(out_dir);
-  if (out.filename().empty()) out = out.parent_path();  // "dir/" -> "dir"
-  const bool exists = fs::exists(fs::symlink_status(out));
-  MINFER_CHECK(!exists || opt.force, "{}: output already exists (pass --force to replace it)",
-               out.string());
-  if (exists && fs::is_directory(out) && !fs::is_empty(out))
-    MINFER_CHECK(fs::exists(out / "config.json"),
-                 "{}: refusing to replace a non-empty folder that is not a model folder (no "
-                 "config.json)",
-                 out.string());
+  StagingDir tmp(out_dir, opt.force);  // checks the destination first
 
   // Everything that can fail on bad input is checked before anything is written.
   auto f = GgufFile::open(gguf_path);
@@ -139,12 +85,6 @@ void export_hf_folder(const std::string& gguf_path, const std::string& out_dir,
   for (const auto& [name, shape] : names)
     MINFER_CHECK(src.has(name), "{}: missing tensor for '{}'", f->path(), name);
 
-  // Temporary folder next to the destination, so the final rename stays on one file system.
-  if (!out.parent_path().empty()) fs::create_directories(out.parent_path());
-  std::string tmpl = out.string() + ".tmp-XXXXXX";
-  MINFER_CHECK(mkdtemp(tmpl.data()) != nullptr, "{}: cannot create a temporary folder", tmpl);
-  TmpDir tmp{fs::path(tmpl)};
-
   // Weights, one at a time into the output dtype (dequantized f32 copies are dropped at once).
   std::vector<std::pair<std::string, Tensor>> tensors;
   tensors.reserve(names.size());
@@ -156,65 +96,17 @@ void export_hf_folder(const std::string& gguf_path, const std::string& out_dir,
       t = src.tensor(name, {shape[0], shape[1]});
     tensors.emplace_back(name, cast_to(t, opt.dtype));
   }
-  save_safetensors((tmp.path / "model.safetensors").string(), tensors, {{"format", "pt"}});
+  save_safetensors((tmp.path() / "model.safetensors").string(), tensors, {{"format", "pt"}});
   tensors.clear();
 
-  const std::string dt = torch_dtype_name(opt.dtype);
-  json config = {{"architectures", {"LlamaForCausalLM"}},
-                 {"model_type", "llama"},
-                 {"hidden_size", cfg.hidden},
-                 {"intermediate_size", cfg.ffn},
-                 {"num_hidden_layers", cfg.n_layers},
-                 {"num_attention_heads", cfg.n_heads},
-                 {"num_key_value_heads", cfg.n_kv_heads},
-                 {"head_dim", cfg.head_dim},
-                 {"max_position_embeddings", cfg.max_pos},
-                 {"rms_norm_eps", cfg.norm_eps},
-                 {"rope_theta", cfg.rope_theta},
-                 {"rope_scaling", nullptr},
-                 {"tie_word_embeddings", cfg.tie_embeddings},
-                 {"vocab_size", cfg.vocab_size},
-                 {"bos_token_id", id_or_null(cfg.bos_id)},
-                 {"eos_token_id", id_or_null(cfg.eos_id)},
-                 {"pad_token_id", id_or_null(cfg.pad_id)},
-                 {"hidden_act", "silu"},
-                 {"attention_bias", cfg.attn_bias},
-                 {"mlp_bias", false},
-                 {"attention_dropout", 0.0},
-                 {"initializer_range", 0.02},
-                 {"pretraining_tp", 1},
-                 {"use_cache", true},
-                 {"torch_dtype", dt}};
-  write_json(tmp.path / "config.json", config);
+  write_json_file(tmp.path() / "config.json", llama_config_json(cfg, torch_dtype_name(opt.dtype)));
 
-  json gen = {{"bos_token_id", id_or_null(cfg.bos_id)},
-              {"eos_token_id", id_or_null(cfg.eos_id)},
-              {"pad_token_id", id_or_null(cfg.pad_id)}};
-  write_json(tmp.path / "generation_config.json", gen);
+  write_tokenizer_files(
+      tmp.path(), *tok, cfg,
+      f->has("tokenizer.ggml.add_bos_token") && f->get_bool("tokenizer.ggml.add_bos_token"),
+      f->has("tokenizer.ggml.add_eos_token") && f->get_bool("tokenizer.ggml.add_eos_token"));
 
-  {
-    std::ofstream tj(tmp.path / "tokenizer.json", std::ios::binary);
-    MINFER_CHECK(tj.good(), "{}: cannot create file", (tmp.path / "tokenizer.json").string());
-    tj << tok->to_hf_json();
-    tj.close();
-    MINFER_CHECK(tj.good(), "{}: write failed", (tmp.path / "tokenizer.json").string());
-  }
-  json tc = {{"tokenizer_class", "PreTrainedTokenizerFast"},
-             {"bos_token", token_or_null(*tok, cfg.bos_id)},
-             {"eos_token", token_or_null(*tok, cfg.eos_id)},
-             {"pad_token", token_or_null(*tok, cfg.pad_id)},
-             {"add_bos_token", f->has("tokenizer.ggml.add_bos_token") &&
-                                   f->get_bool("tokenizer.ggml.add_bos_token")},
-             {"add_eos_token", f->has("tokenizer.ggml.add_eos_token") &&
-                                   f->get_bool("tokenizer.ggml.add_eos_token")},
-             {"clean_up_tokenization_spaces", false},
-             {"model_max_length", cfg.max_pos}};
-  if (!tok->chat_template().empty()) tc["chat_template"] = tok->chat_template();
-  write_json(tmp.path / "tokenizer_config.json", tc);
-
-  if (exists) fs::remove_all(out);
-  fs::rename(tmp.path, out);
-  tmp.keep = true;
+  tmp.commit();
 }
 
 }  // namespace minfer

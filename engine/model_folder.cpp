@@ -1,0 +1,139 @@
+#include "engine/model_folder.h"
+
+#include <stdlib.h>
+
+#include <fstream>
+
+#include "engine/error.h"
+#include "engine/half.h"
+#include "tokenizer/tokenizer.h"
+
+namespace minfer {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+json token_or_null(const Tokenizer& tok, int64_t id) {
+  if (id < 0 || id >= tok.vocab_size()) return nullptr;
+  return tok.id_to_token(int32_t(id));
+}
+
+json id_or_null(int64_t id) {
+  return id < 0 ? json(nullptr) : json(id);
+}
+
+}  // namespace
+
+StagingDir::StagingDir(const std::string& out_dir, bool force) {
+  MINFER_CHECK(!out_dir.empty(), "empty output path");
+  out_ = fs::path(out_dir);
+  if (out_.filename().empty()) out_ = out_.parent_path();  // "dir/" -> "dir"
+  const bool exists = fs::exists(fs::symlink_status(out_));
+  MINFER_CHECK(!exists || force, "{}: output already exists (pass --force to replace it)",
+               out_.string());
+  if (exists && fs::is_directory(out_) && !fs::is_empty(out_))
+    MINFER_CHECK(fs::exists(out_ / "config.json"),
+                 "{}: refusing to replace a non-empty folder that is not a model folder (no "
+                 "config.json)",
+                 out_.string());
+  // Next to the destination, so the final rename stays on one file system.
+  if (!out_.parent_path().empty()) fs::create_directories(out_.parent_path());
+  std::string tmpl = out_.string() + ".tmp-XXXXXX";
+  MINFER_CHECK(mkdtemp(tmpl.data()) != nullptr, "{}: cannot create a temporary folder", tmpl);
+  tmp_ = fs::path(tmpl);
+}
+
+StagingDir::~StagingDir() {
+  if (committed_ || tmp_.empty()) return;
+  std::error_code ec;
+  fs::remove_all(tmp_, ec);
+}
+
+void StagingDir::commit() {
+  if (fs::exists(fs::symlink_status(out_))) fs::remove_all(out_);
+  fs::rename(tmp_, out_);
+  committed_ = true;
+}
+
+void write_json_file(const fs::path& path, const json& j) {
+  std::ofstream f(path, std::ios::binary);
+  MINFER_CHECK(f.good(), "{}: cannot create file", path.string());
+  f << j.dump(2) << "\n";
+  f.close();
+  MINFER_CHECK(f.good(), "{}: write failed", path.string());
+}
+
+std::string torch_dtype_name(DType d) {
+  return d == DType::F32 ? "float32" : d == DType::F16 ? "float16" : "bfloat16";
+}
+
+json llama_config_json(const ModelConfig& cfg, const std::string& torch_dtype) {
+  return json{{"architectures", {"LlamaForCausalLM"}},
+              {"model_type", "llama"},
+              {"hidden_size", cfg.hidden},
+              {"intermediate_size", cfg.ffn},
+              {"num_hidden_layers", cfg.n_layers},
+              {"num_attention_heads", cfg.n_heads},
+              {"num_key_value_heads", cfg.n_kv_heads},
+              {"head_dim", cfg.head_dim},
+              {"max_position_embeddings", cfg.max_pos},
+              {"rms_norm_eps", cfg.norm_eps},
+              {"rope_theta", cfg.rope_theta},
+              {"rope_scaling", nullptr},
+              {"tie_word_embeddings", cfg.tie_embeddings},
+              {"vocab_size", cfg.vocab_size},
+              {"bos_token_id", id_or_null(cfg.bos_id)},
+              {"eos_token_id", id_or_null(cfg.eos_id)},
+              {"pad_token_id", id_or_null(cfg.pad_id)},
+              {"hidden_act", "silu"},
+              {"attention_bias", cfg.attn_bias},
+              {"mlp_bias", false},
+              {"attention_dropout", 0.0},
+              {"initializer_range", 0.02},
+              {"pretraining_tp", 1},
+              {"use_cache", true},
+              {"torch_dtype", torch_dtype}};
+}
+
+void write_tokenizer_files(const fs::path& dir, const Tokenizer& tok, const ModelConfig& cfg,
+                           bool add_bos, bool add_eos) {
+  json gen = {{"bos_token_id", id_or_null(cfg.bos_id)},
+              {"eos_token_id", id_or_null(cfg.eos_id)},
+              {"pad_token_id", id_or_null(cfg.pad_id)}};
+  write_json_file(dir / "generation_config.json", gen);
+
+  {
+    std::ofstream tj(dir / "tokenizer.json", std::ios::binary);
+    MINFER_CHECK(tj.good(), "{}: cannot create file", (dir / "tokenizer.json").string());
+    tj << tok.to_hf_json();
+    tj.close();
+    MINFER_CHECK(tj.good(), "{}: write failed", (dir / "tokenizer.json").string());
+  }
+  json tc = {{"tokenizer_class", "PreTrainedTokenizerFast"},
+             {"bos_token", token_or_null(tok, cfg.bos_id)},
+             {"eos_token", token_or_null(tok, cfg.eos_id)},
+             {"pad_token", token_or_null(tok, cfg.pad_id)},
+             {"add_bos_token", add_bos},
+             {"add_eos_token", add_eos},
+             {"clean_up_tokenization_spaces", false},
+             {"model_max_length", cfg.max_pos}};
+  if (!tok.chat_template().empty()) tc["chat_template"] = tok.chat_template();
+  write_json_file(dir / "tokenizer_config.json", tc);
+}
+
+// Copy of `src` (F32/F16/BF16) in `dtype`.
+Tensor cast_to(const Tensor& src, DType dtype) {
+  if (src.dtype() == dtype) return src.clone();
+  Tensor f = src.dtype() == DType::F32 && src.is_contiguous() ? src : src.to_f32();
+  if (dtype == DType::F32) return f.storage() == src.storage() ? f.clone() : f;
+  Tensor out = Tensor::empty(dtype, f.shape(), f.ndim());
+  if (dtype == DType::F16)
+    f32_to_f16_n(f.data<float>(), out.data<uint16_t>(), size_t(f.numel()));
+  else
+    f32_to_bf16_n(f.data<float>(), out.data<uint16_t>(), size_t(f.numel()));
+  return out;
+}
+
+}  // namespace minfer
