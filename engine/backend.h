@@ -25,6 +25,14 @@ struct AttentionArgs {
   float scale = 0.f;                  // 0 = 1/sqrt(D)
 };
 
+// Sees the input of every Backend::linear call before it runs (calibration statistics).
+// x: rows x w.in host f32 values with row stride ld.
+class LinearObserver {
+ public:
+  virtual ~LinearObserver() = default;
+  virtual void observe(const Linear& w, const float* x, int64_t rows, int64_t ld) = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -42,6 +50,8 @@ class Backend {
   // Copy a [rows, cols] F32 tensor (row stride honoured) to a host array.
   virtual void to_host(const Tensor& src, float* dst) = 0;
   virtual void synchronize() {}
+  // Installs (or with nullptr removes) an observer of linear inputs. Host backends only.
+  virtual void set_observer(LinearObserver* o) { observer_ = o; }
 
   // y[T, out] = x[T, in] · Wᵀ (+ bias). x may have a row stride.
   virtual void linear(Tensor& y, const Tensor& x, const Linear& w) = 0;
@@ -68,6 +78,9 @@ class Backend {
   // out[B*T, H*D] = softmax(q kᵀ · scale + mask) v per head. q, k, v may have row strides.
   virtual void attention(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v,
                          const AttentionArgs& a) = 0;
+
+ protected:
+  LinearObserver* observer_ = nullptr;
 };
 
 std::unique_ptr<Backend> make_cpu_backend(int threads = 0);

@@ -73,6 +73,7 @@ ModelConfig load_config(const std::string& path) {
   MINFER_CHECK(!j.is_discarded() && j.is_object(), "{}: not a JSON object", path);
   Reader r{path, j};
   ModelConfig c;
+  c.source_json = ss.str();
   c.model_type = r.req<std::string>("model_type");
   if (c.model_type == "gpt2") {
     c.arch = Arch::GPT2;

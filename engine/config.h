@@ -32,6 +32,7 @@ struct ModelConfig {
   bool mlp_bias = false;
   int64_t type_vocab = 0;  // BERT token types
   int64_t bos_id = -1, eos_id = -1, pad_id = -1;
+  std::string source_json;  // the config.json text this was read from ("" when from GGUF)
 
   bool causal() const { return arch != Arch::Bert; }
 };

@@ -2,15 +2,25 @@
 
 namespace minfer {
 
+namespace {
+size_t quantized_bytes(const Quantized& q) {
+  return q.codes.nbytes() + q.scales.nbytes() + q.zeros.nbytes() + q.scale_codes.nbytes() +
+         q.scale_scales.nbytes() + (q.scale_codes.defined() ? sizeof(float) : 0);
+}
+}  // namespace
+
 size_t Linear::weight_bytes() const {
   return std::visit(
       [](const auto& r) -> size_t {
         using R = std::decay_t<decltype(r)>;
         if constexpr (std::is_same_v<R, Dense>)
           return r.w.nbytes();
+        else if constexpr (std::is_same_v<R, Quantized>)
+          return quantized_bytes(r);
+        else if constexpr (std::is_same_v<R, Int8WithOutliers>)
+          return quantized_bytes(r.w) + r.outlier_cols.nbytes() + r.outlier_w.nbytes();
         else
-          return r.codes.nbytes() + r.scales.nbytes() + r.zeros.nbytes() + r.scale_codes.nbytes() +
-                 r.scale_scales.nbytes() + (r.scale_codes.defined() ? sizeof(float) : 0);
+          return quantized_bytes(r.w);
       },
       repr);
 }

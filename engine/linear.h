@@ -47,7 +47,31 @@ struct Quantized {
   float scale_offset = 0.f;
 };
 
-using LinearRepr = std::variant<Dense, Quantized>;
+// LLM.int8() (Dettmers et al., 2022, arXiv:2208.07339): W is int8 absmax per output row
+// (`w`: Quantized, scheme Int8, group == in). At run time the input features whose |x| >=
+// threshold in any row of the batch are outliers: those columns of X times the matching columns
+// of W are computed in f32 (from the f16 copy in `outlier_w` when the feature is listed in
+// `outlier_cols`, else from W's int8 column dequantized, as bitsandbytes does for int8-only
+// weights); the other columns: X row-wise absmax int8, int8 x int8 -> int32, scaled by the outer
+// product of the row and the output scales, plus the outlier part.
+struct Int8WithOutliers {
+  Quantized w;              // Int8, per output row
+  float threshold = 6.f;    // the paper's default
+  Tensor outlier_cols;      // I32 [n] ascending input features kept in f16 (from calibration)
+  Tensor outlier_w;         // F16 [out, n] those columns of the original W
+};
+
+// W8A8: int8 weights (absmax per output row) times int8 activations, integer GEMM with int32
+// accumulation. Activation scale: dynamic = absmax per token row at run time; static = one
+// per-tensor scale (max|x| / 127 over a calibration pass), x clamped to ±127 codes.
+enum class ActScale : uint8_t { Dynamic, Static };
+struct W8A8 {
+  Quantized w;  // Int8, per output row
+  ActScale act = ActScale::Dynamic;
+  float act_scale = 0.f;  // Static: x ≈ act_scale * code
+};
+
+using LinearRepr = std::variant<Dense, Quantized, Int8WithOutliers, W8A8>;
 
 struct Linear {
   std::string name;  // HF tensor name of the weight, for messages and per-layer overrides

@@ -318,6 +318,109 @@ Linear quantize_linear(const Linear& dense, const QuantSpec& spec) {
   return with_repr(dense, quantize_matrix(W, N, K, spec, dense.name));
 }
 
+namespace {
+
+// Int8 absmax per output row, the weight of both activation-quantized representations.
+Quantized int8_per_row(const Linear& dense) {
+  QuantSpec spec;
+  spec.method = "int8";
+  return std::get<Quantized>(quantize_linear(dense, spec).repr);
+}
+
+void check_int8_rows(const Quantized& q, int64_t in, int64_t out, const std::string& name,
+                     const char* what) {
+  MINFER_CHECK(q.scheme == QScheme::Int8 && !q.per_tensor && q.group == in,
+               "{} '{}': weight must be int8 with one scale per output row (group = in = {}), "
+               "found {}{} group {}",
+               what, name, in, qscheme_name(q.scheme), q.per_tensor ? " per tensor" : "", q.group);
+  check_quantized(q, in, out, name);
+}
+
+}  // namespace
+
+Linear quantize_llm_int8(const Linear& dense, float threshold,
+                         const std::vector<float>* act_absmax) {
+  MINFER_CHECK(std::isfinite(threshold) && threshold > 0.f,
+               "quantize llm-int8 '{}': threshold must be finite and > 0, found {}", dense.name,
+               threshold);
+  Int8WithOutliers r;
+  r.w = int8_per_row(dense);  // checks the Dense input and rejects non-finite weights
+  r.threshold = threshold;
+  std::vector<int32_t> cols;
+  if (act_absmax) {
+    MINFER_CHECK(int64_t(act_absmax->size()) == dense.in,
+                 "quantize llm-int8 '{}': act_absmax has {} values, expected in = {}", dense.name,
+                 act_absmax->size(), dense.in);
+    for (int64_t k = 0; k < dense.in; ++k)
+      if ((*act_absmax)[size_t(k)] >= threshold) cols.push_back(int32_t(k));
+  }
+  const int64_t n = int64_t(cols.size()), N = dense.out, K = dense.in;
+  r.outlier_cols = Tensor::empty(DType::I32, {n});
+  r.outlier_w = Tensor::empty(DType::F16, {N, n});
+  if (n > 0) {
+    std::memcpy(r.outlier_cols.data<int32_t>(), cols.data(), size_t(n) * 4);
+    const Tensor w = dense_to_f32(dense, std::get<Dense>(dense.repr));
+    const float* W = w.data<float>();
+    uint16_t* ow = r.outlier_w.data<uint16_t>();
+    for (int64_t o = 0; o < N; ++o)
+      for (int64_t j = 0; j < n; ++j) {
+        const float v = W[o * K + cols[size_t(j)]];
+        MINFER_CHECK(std::fabs(v) <= 65504.f,
+                     "quantize llm-int8 '{}': outlier weight [{}, {}] = {} does not fit in f16",
+                     dense.name, o, cols[size_t(j)], v);
+        ow[o * n + j] = f32_to_f16(v);
+      }
+  }
+  return with_repr(dense, std::move(r));
+}
+
+Linear quantize_w8a8(const Linear& dense, ActScale mode, float act_scale) {
+  W8A8 r;
+  r.act = mode;
+  if (mode == ActScale::Static)
+    MINFER_CHECK(std::isfinite(act_scale) && act_scale > 0.f,
+                 "quantize w8a8 '{}': static activation scale must be finite and > 0, found {}",
+                 dense.name, act_scale);
+  r.act_scale = mode == ActScale::Static ? act_scale : 0.f;
+  r.w = int8_per_row(dense);
+  return with_repr(dense, std::move(r));
+}
+
+void check_llm_int8(const Int8WithOutliers& w, int64_t in, int64_t out, const std::string& name) {
+  check_int8_rows(w.w, in, out, name, "llm-int8");
+  MINFER_CHECK(std::isfinite(w.threshold) && w.threshold > 0.f,
+               "llm-int8 '{}': threshold must be finite and > 0, found {}", name, w.threshold);
+  const int64_t n = w.outlier_cols.defined() ? w.outlier_cols.numel() : 0;
+  MINFER_CHECK(
+      !w.outlier_cols.defined() || (w.outlier_cols.dtype() == DType::I32 &&
+                                    w.outlier_cols.ndim() == 1 && w.outlier_cols.is_contiguous()),
+      "llm-int8 '{}': outlier_cols must be contiguous I32 [n], found {} {}", name,
+      dtype_name(w.outlier_cols.dtype()), w.outlier_cols.shape_str());
+  if (n > 0) {
+    MINFER_CHECK(w.outlier_w.defined() && w.outlier_w.dtype() == DType::F16 &&
+                     w.outlier_w.ndim() == 2 && w.outlier_w.dim(0) == out &&
+                     w.outlier_w.dim(1) == n && w.outlier_w.is_contiguous(),
+                 "llm-int8 '{}': outlier_w must be contiguous F16 [{}, {}], found {} {}", name, out,
+                 n, w.outlier_w.defined() ? dtype_name(w.outlier_w.dtype()) : "undefined",
+                 w.outlier_w.defined() ? w.outlier_w.shape_str() : "");
+    const int32_t* c = w.outlier_cols.data<int32_t>();
+    for (int64_t j = 0; j < n; ++j)
+      MINFER_CHECK(c[j] >= 0 && c[j] < in && (j == 0 || c[j] > c[j - 1]),
+                   "llm-int8 '{}': outlier_cols must be ascending features in [0, {}), found {} "
+                   "at position {}",
+                   name, in, c[j], j);
+  }
+}
+
+void check_w8a8(const W8A8& w, int64_t in, int64_t out, const std::string& name) {
+  check_int8_rows(w.w, in, out, name, "w8a8");
+  MINFER_CHECK(std::isfinite(w.act_scale) && w.act_scale >= 0.f &&
+                   (w.act == ActScale::Dynamic || w.act_scale > 0.f),
+               "w8a8 '{}': {} activation scale must be finite and {}, found {}", name,
+               w.act == ActScale::Static ? "static" : "dynamic",
+               w.act == ActScale::Static ? "> 0" : ">= 0", w.act_scale);
+}
+
 void check_quantized(const Quantized& q, int64_t in, int64_t out, const std::string& name) {
   MINFER_CHECK(in > 0 && out > 0, "quantized '{}': empty shape [{}, {}]", name, out, in);
   const char* s = qscheme_name(q.scheme);
@@ -383,9 +486,9 @@ void check_quantized(const Quantized& q, int64_t in, int64_t out, const std::str
                  name, s);
 }
 
-Tensor dequantize_weight(const Linear& l) {
-  if (const Dense* d = std::get_if<Dense>(&l.repr)) return dense_to_f32(l, *d);
-  const Quantized& q = std::get<Quantized>(l.repr);
+namespace {
+
+Tensor dequantize_codes(const Linear& l, const Quantized& q) {
   check_quantized(q, l.in, l.out, l.name);
   const int64_t N = l.out, K = l.in, G = q.group, groups = qm::ceil_div(K, G);
   const int64_t rb = q.codes.dim(1);
@@ -426,6 +529,27 @@ Tensor dequantize_weight(const Linear& l) {
     }
   }
   return out;
+}
+
+}  // namespace
+
+Tensor dequantize_weight(const Linear& l) {
+  if (const Dense* d = std::get_if<Dense>(&l.repr)) return dense_to_f32(l, *d);
+  if (const Quantized* q = std::get_if<Quantized>(&l.repr)) return dequantize_codes(l, *q);
+  if (const W8A8* a = std::get_if<W8A8>(&l.repr)) {
+    check_w8a8(*a, l.in, l.out, l.name);
+    return dequantize_codes(l, a->w);
+  }
+  const Int8WithOutliers& o = std::get<Int8WithOutliers>(l.repr);
+  check_llm_int8(o, l.in, l.out, l.name);
+  Tensor w = dequantize_codes(l, o.w);
+  const int64_t n = o.outlier_cols.defined() ? o.outlier_cols.numel() : 0;
+  const int32_t* cols = n > 0 ? o.outlier_cols.data<int32_t>() : nullptr;
+  const uint16_t* ow = n > 0 ? o.outlier_w.data<uint16_t>() : nullptr;
+  float* W = w.data<float>();
+  for (int64_t r = 0; r < l.out; ++r)
+    for (int64_t j = 0; j < n; ++j) W[r * l.in + cols[j]] = f16_to_f32(ow[r * n + j]);
+  return w;
 }
 
 double bits_per_weight(const Linear& l) {

@@ -15,6 +15,7 @@
 // weights with the code of 0; the padding bytes are stored, so bits_per_weight counts them.
 #pragma once
 #include <string>
+#include <vector>
 
 #include "engine/linear.h"
 
@@ -34,7 +35,25 @@ struct QuantSpec {
 // position.
 Linear quantize_linear(const Linear& dense, const QuantSpec& spec);
 
+// LLM.int8() (Dettmers et al. 2022, arXiv:2208.07339; struct: engine/linear.h). W becomes int8
+// absmax per output row, quantized from all of W. `act_absmax` (optional, [in]: max |x| per
+// input feature over a calibration pass) lists the features with act_absmax >= threshold in
+// outlier_cols and keeps their columns of the original W in f16 (outlier_w); without statistics
+// outlier_cols is empty. Kernels treat a listed feature as an outlier in every batch (its f16
+// column is always used, never its int8 one) and any other feature as an outlier in a batch where
+// some |x| >= threshold (its int8 column, dequantized, times x in f32). threshold: 6.0, the
+// paper's value (section 3.2), must be finite and > 0.
+Linear quantize_llm_int8(const Linear& dense, float threshold = 6.f,
+                         const std::vector<float>* act_absmax = nullptr);
+
+// W8A8 (struct: engine/linear.h): W int8 absmax per output row; activations int8 per token at run
+// time (ActScale::Dynamic, act_scale ignored and stored as 0) or with one calibrated per-tensor
+// scale (ActScale::Static: act_scale = max|x| / 127 from calibration, finite and > 0).
+Linear quantize_w8a8(const Linear& dense, ActScale mode, float act_scale = 0.f);
+
 // f32 [out, in] weights of any Linear (Dense converted / transposed, Quantized dequantized).
+// Int8WithOutliers and W8A8: the weight as their kernels use it: int8 codes dequantized, and the
+// outlier_cols columns of an Int8WithOutliers from outlier_w.
 Tensor dequantize_weight(const Linear& l);
 
 // Stored weight bytes * 8 / (in * out): codes (with row padding), scales, zero points and the
@@ -51,6 +70,12 @@ Distortion measure(const Linear& ref, const Linear& q);
 // Checks a Quantized representation against (in, out): tensor dtypes and shapes, group and scheme
 // options. Throws naming `name` and the offending field. Kernels call it on every use (O(1)).
 void check_quantized(const Quantized& q, int64_t in, int64_t out, const std::string& name);
+
+// The same for the activation-quantized representations: their int8 weight (scheme Int8, one
+// scale per output row), threshold > 0 / outlier_cols (I32 [n], ascending, in range) and
+// outlier_w (F16 [out, n]); act_scale finite, and > 0 when static.
+void check_llm_int8(const Int8WithOutliers& w, int64_t in, int64_t out, const std::string& name);
+void check_w8a8(const W8A8& w, int64_t in, int64_t out, const std::string& name);
 
 const char* qscheme_name(QScheme s);  // "int8", "int4", "nf4", "binary", "ternary"
 int qscheme_bits(QScheme s);          // code bits per weight: 8, 4, 4, 1, 2

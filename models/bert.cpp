@@ -20,7 +20,8 @@ class Bert final : public Model {
   Bert(const ModelConfig& c, const WeightSource& src, Backend& be) : Model(c, be) {
     const int64_t C = c.hidden;
     // BertModel saves bare names; BertFor* heads save "bert.*".
-    const std::string p = src.has("bert.embeddings.word_embeddings.weight") ? "bert." : "";
+    p_ = src.has("bert.embeddings.word_embeddings.weight") ? "bert." : "";
+    const std::string& p = p_;
     word_ = be.upload(src.tensor(p + "embeddings.word_embeddings.weight", {c.vocab_size, C}));
     pos_ = be.upload(src.tensor(p + "embeddings.position_embeddings.weight", {c.max_pos, C}));
     type_ = be.upload(src.tensor(p + "embeddings.token_type_embeddings.weight", {c.type_vocab, C}));
@@ -88,20 +89,29 @@ class Bert final : public Model {
     return v;
   }
 
-  size_t weight_bytes() const override {
-    size_t b = word_.nbytes() + pos_.nbytes() + type_.nbytes() + 2 * emb_ln_w_.nbytes();
-    for (auto& L : layers_) {
-      b += 4 * L.ln_att_w.nbytes();
-      for (const Linear* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.fc, &L.proj})
-        b += w->weight_bytes() + w->bias.nbytes();
+  std::vector<NamedTensor> tensors() override {
+    const std::string e = p_ + "embeddings.";
+    std::vector<NamedTensor> v{{e + "word_embeddings.weight", &word_, true},
+                               {e + "position_embeddings.weight", &pos_, true},
+                               {e + "token_type_embeddings.weight", &type_, true},
+                               {e + "LayerNorm.weight", &emb_ln_w_},
+                               {e + "LayerNorm.bias", &emb_ln_b_}};
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      const std::string q = p_ + "encoder.layer." + std::to_string(l) + ".";
+      BertLayer& L = layers_[l];
+      v.push_back({q + "attention.output.LayerNorm.weight", &L.ln_att_w});
+      v.push_back({q + "attention.output.LayerNorm.bias", &L.ln_att_b});
+      v.push_back({q + "output.LayerNorm.weight", &L.ln_out_w});
+      v.push_back({q + "output.LayerNorm.bias", &L.ln_out_b});
     }
-    return b;
+    return v;
   }
 
  private:
-  Tensor word_;  // [V, C]
-  Tensor pos_;   // [max_pos, C]
-  Tensor type_;  // [type_vocab, C]
+  std::string p_;  // "bert." (BertFor* heads) or "" (BertModel)
+  Tensor word_;    // [V, C]
+  Tensor pos_;     // [max_pos, C]
+  Tensor type_;    // [type_vocab, C]
   Tensor emb_ln_w_, emb_ln_b_;
   std::vector<BertLayer> layers_;
 };

@@ -20,7 +20,8 @@ class Gpt2 final : public Model {
   Gpt2(const ModelConfig& c, const WeightSource& src, Backend& be) : Model(c, be) {
     const int64_t C = c.hidden;
     // GPT2LMHeadModel saves "transformer.*"; GPT2Model saves bare names.
-    const std::string p = src.has("transformer.wte.weight") ? "transformer." : "";
+    p_ = src.has("transformer.wte.weight") ? "transformer." : "";
+    const std::string& p = p_;
     wte_ = be.upload(src.tensor(p + "wte.weight", {c.vocab_size, C}));
     wpe_ = be.upload(src.tensor(p + "wpe.weight", {c.max_pos, C}));
     for (int64_t l = 0; l < c.n_layers; ++l) {
@@ -38,7 +39,7 @@ class Gpt2 final : public Model {
     }
     lnf_w_ = be.upload(src.vec(p + "ln_f.weight", C));
     lnf_b_ = be.upload(src.vec(p + "ln_f.bias", C));
-    if (src.has("lm_head.weight") && !c.tie_embeddings)
+    if (src.has("lm_head.weight"))
       lm_head_ = src.linear("lm_head", C, c.vocab_size, false);
     else
       lm_head_ = make_dense(p + "wte.weight", wte_, C, c.vocab_size);
@@ -99,19 +100,25 @@ class Gpt2 final : public Model {
     return v;
   }
 
-  size_t weight_bytes() const override {
-    size_t b = wte_.nbytes() + wpe_.nbytes() + 2 * lnf_w_.nbytes();
-    for (auto& L : layers_) {
-      b += 4 * L.ln1_w.nbytes();
-      for (const Linear* w : {&L.c_attn, &L.c_proj, &L.fc, &L.proj})
-        b += w->weight_bytes() + w->bias.nbytes();
+  std::vector<NamedTensor> tensors() override {
+    std::vector<NamedTensor> v{{p_ + "wte.weight", &wte_, true}, {p_ + "wpe.weight", &wpe_, true}};
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      const std::string q = p_ + "h." + std::to_string(l) + ".";
+      Gpt2Layer& L = layers_[l];
+      v.push_back({q + "ln_1.weight", &L.ln1_w});
+      v.push_back({q + "ln_1.bias", &L.ln1_b});
+      v.push_back({q + "ln_2.weight", &L.ln2_w});
+      v.push_back({q + "ln_2.bias", &L.ln2_b});
     }
-    return b;
+    v.push_back({p_ + "ln_f.weight", &lnf_w_});
+    v.push_back({p_ + "ln_f.bias", &lnf_b_});
+    return v;
   }
 
  private:
-  Tensor wte_;  // [V, C]
-  Tensor wpe_;  // [max_pos, C]
+  std::string p_;  // "transformer." (GPT2LMHeadModel) or "" (GPT2Model)
+  Tensor wte_;     // [V, C]
+  Tensor wpe_;     // [max_pos, C]
   std::vector<Gpt2Layer> layers_;
   Tensor lnf_w_, lnf_b_;  // [C]
   Linear lm_head_;        // [V, C], tied to wte_

@@ -102,16 +102,15 @@ class Llama final : public Model {
     return v;
   }
 
-  size_t weight_bytes() const override {
-    size_t b = tok_emb_.nbytes() + final_norm_.nbytes();
-    for (auto& L : layers_) {
-      b += L.attn_norm.nbytes() + L.ffn_norm.nbytes();
-      for (const Linear* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.gate, &L.up, &L.down})
-        b += w->weight_bytes() + (w->bias.defined() ? w->bias.nbytes() : 0);
+  std::vector<NamedTensor> tensors() override {
+    std::vector<NamedTensor> v{{"model.embed_tokens.weight", &tok_emb_, true}};
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      v.push_back({p + "input_layernorm.weight", &layers_[l].attn_norm});
+      v.push_back({p + "post_attention_layernorm.weight", &layers_[l].ffn_norm});
     }
-    if (!cfg_.tie_embeddings || lm_head_.name != "model.embed_tokens.weight")
-      b += lm_head_.weight_bytes();
-    return b;
+    v.push_back({"model.norm.weight", &final_norm_});
+    return v;
   }
 
  private:

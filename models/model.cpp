@@ -1,6 +1,9 @@
 #include "models/model.h"
 
+#include <algorithm>
 #include <filesystem>
+
+#include "engine/compress.h"
 
 namespace minfer {
 
@@ -28,6 +31,23 @@ RunState Model::new_state(int64_t max_ctx, int64_t max_tokens, int64_t logit_row
   if (c.causal()) s.logits = be_->alloc({std::max<int64_t>(logit_rows, 1), c.vocab_size});
   s.ids.resize(size_t(max_tokens));
   return s;
+}
+
+size_t Model::weight_bytes() const {
+  Model& m = const_cast<Model&>(*this);  // tensors() / linears() hand out mutable pointers
+  size_t b = 0;
+  std::vector<const void*> tables;
+  for (const NamedTensor& t : m.tensors()) {
+    b += t.t->nbytes();
+    if (t.embedding) tables.push_back(t.t->raw());
+  }
+  for (const Linear* w : m.linears()) {
+    const Dense* d = std::get_if<Dense>(&w->repr);
+    const bool tied = d && std::find(tables.begin(), tables.end(), d->w.raw()) != tables.end();
+    if (!tied) b += w->weight_bytes();
+    b += w->bias.defined() ? w->bias.nbytes() : 0;
+  }
+  return b;
 }
 
 Tensor Model::forward(RunState&, const int32_t*, int64_t, bool) {
@@ -59,6 +79,10 @@ std::unique_ptr<Model> load_model(const std::string& path, Backend& be) {
   const std::string cfg_path = (fs::path(path) / "config.json").string();
   MINFER_CHECK(fs::exists(cfg_path), "{}: missing config.json", path);
   ModelConfig cfg = load_config(cfg_path);
+  if (is_compressed_folder(path)) {
+    CompressedSource src(path);
+    return build_model(cfg, src, be);
+  }
   SafetensorsSource src(WeightStore::open(path));
   return build_model(cfg, src, be);
 }

@@ -52,8 +52,17 @@ class Model {
 
   // Every projection, for compression transforms and size accounting.
   virtual std::vector<Linear*> linears() = 0;
-  // Bytes of all weights (projections, embeddings, norms).
-  virtual size_t weight_bytes() const = 0;
+  // Every other weight by its HF name (embedding tables, position embeddings, norms); biases
+  // belong to their Linear. `embedding` marks lookup tables (compression may change their dtype).
+  struct NamedTensor {
+    std::string name;
+    Tensor* t;
+    bool embedding = false;
+  };
+  virtual std::vector<NamedTensor> tensors() = 0;
+  // Bytes of all weights (projections with biases, embeddings, norms); a head tied to the
+  // embedding table is counted once.
+  size_t weight_bytes() const;
 
  protected:
   Model(ModelConfig cfg, Backend& be) : cfg_(std::move(cfg)), be_(&be) {}

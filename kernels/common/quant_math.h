@@ -227,6 +227,26 @@ MINFER_HD inline void quantize_act_block(const float* x, int n, int block, int8_
   *sum = s;
 }
 
+// Static activation scale (W8A8 with a calibrated per-tensor scale, e.g. SmoothQuant's static
+// mode, Xiao et al. 2023, arXiv:2211.10438): code = clamp(round_half_even(x / scale), -127, 127)
+// with an f32 division, so values beyond 127 * scale saturate. A block with an inf or NaN gets
+// d = NaN and q = 0, as in quantize_act_block; otherwise d = scale.
+MINFER_HD inline void quantize_act_static(const float* x, int n, int block, float scale, int8_t* q,
+                                          float* d, int32_t* sum) {
+  bool finite = true;
+  for (int i = 0; i < n; ++i) finite = finite && (fabsf(x[i]) <= 3.4028234663852886e38f);
+  int32_t s = 0;
+  for (int i = 0; i < block; ++i) {
+    float v = i < n && finite ? x[i] / scale : 0.f;
+    v = v > 127.f ? 127.f : v < -127.f ? -127.f : v;
+    const int c = int(nearbyintf(v));
+    q[i] = int8_t(c);
+    s += c;
+  }
+  *d = finite ? scale : NAN;
+  *sum = s;
+}
+
 // Activation block size for an integer weight format with group G over K inputs: the largest of
 // 128 / 64 / 32 that divides G (G >= K: one scale per row, 128). Each activation block then lies
 // inside one weight group, so one f32 scale product s_w * d_x covers its integer dot product.

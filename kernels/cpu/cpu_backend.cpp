@@ -13,6 +13,7 @@
 #include "engine/half.h"
 #include "kernels/cpu/dense.h"
 #include "kernels/cpu/quant.h"
+#include "kernels/cpu/quant_act.h"
 
 namespace minfer {
 
@@ -86,6 +87,7 @@ class CpuBackend final : public Backend {
     MINFER_CHECK(Y.cols == w.out && Y.rows == X.rows,
                  "linear '{}': output is [{}, {}], expected [{}, {}]", w.name, Y.rows, Y.cols,
                  X.rows, w.out);
+    if (observer_) observer_->observe(w, X.p, X.rows, X.ld);
     std::visit(
         [&](const auto& r) {
           using R = std::decay_t<decltype(r)>;
@@ -93,6 +95,10 @@ class CpuBackend final : public Backend {
             dense_linear(r.w, r.transposed, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out, scratch_);
           } else if constexpr (std::is_same_v<R, Quantized>) {
             quantized_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out);
+          } else if constexpr (std::is_same_v<R, W8A8>) {
+            w8a8_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out);
+          } else {
+            llm_int8_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out);
           }
         },
         w.repr);

@@ -1,0 +1,32 @@
+// Internals shared by kernels/cpu/quant_act.cpp (checks, dispatch, scalar reference) and its SIMD
+// sibling quant_act_avx512.cpp, compiled to code only where AVX-512 VNNI is the target.
+// Legend: T rows of x, Kp = K padded to 64, N = out features.
+#pragma once
+#include <cstdint>
+
+#include "kernels/cpu/quant_impl.h"
+
+namespace minfer::qcpu {
+
+// Where the integer core writes: exact int32 sums (c), or f32 y = float(sum) * (d[t] * sw[n]).
+struct I8Out {
+  int32_t* c = nullptr;  // [T, ldc] int32 output, or null for the f32 epilogue
+  int64_t ldc = 0;
+  float* y = nullptr;  // [T, ldy]
+  int64_t ldy = 0;
+  const float* d = nullptr;   // [T] token scales
+  const float* sw = nullptr;  // [N] weight row scales
+};
+
+#if defined(MINFER_Q_AVX512)
+#define MINFER_QACT_SIMD 1
+// q [T, Kp] codes, d [T], s [T]: identical to qm::quantize_act_block / quantize_act_static over
+// the whole row (block = Kp). scale == 0: dynamic.
+void simd_quantize_act_rows(const float* x, int64_t T, int64_t ldx, int64_t K, float scale,
+                            int8_t* q, float* d, int32_t* s);
+// Σ_k xq[t, k] (codes[n, k] - 128) for all t < T, n < N; sx[t] = Σ_k xq[t, k].
+void simd_matmul_i8(const int8_t* xq, const int32_t* sx, int64_t T, int64_t Kp,
+                    const uint8_t* codes, int64_t rb, int64_t N, const I8Out& out);
+#endif
+
+}  // namespace minfer::qcpu
