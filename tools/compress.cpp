@@ -1,0 +1,164 @@
+// compress: converts a model's weights to a compressed format and writes a minfer model folder
+// that run-model, perplexity, embed and bench load directly.
+#include "engine/compress.h"
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "engine/model_hub.h"
+#include "models/loader.h"
+#include "tools/common.h"
+
+using namespace minfer;
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "Compress a model (every Linear to one format, embeddings kept in half precision) and "
+      "write a model folder that run-model / perplexity / embed / bench load.",
+      "compress"};
+  std::string model, method, out, calib_path, embed_format, head_format;
+  std::vector<std::string> keep;
+  int group = 0, calib_samples = 32, threads = 0;
+  int64_t calib_len = 512;
+  float threshold = 6.f;
+  bool per_tensor = false, asym = false, dq = false, ternary_row = false, force = false,
+       json_out = false, quiet = false;
+  app.add_option("--model,-m", model, "smollm2 | minilm | HF folder | .gguf | minfer folder")
+      ->required();
+  app.add_option("--method", method,
+                 "f32 | fp16 | bf16 | int8 | int4 | nf4 | binary | ternary | llm-int8 | w8a8 "
+                 "(options may be folded in: int4-g64, nf4-dq, w8a8-static, ...)")
+      ->required();
+  app.add_option("--group", group, "weights per scale along a row (int8, int4: 32/64/128; nf4)")
+      ->check(CLI::Range(1, 1 << 20));
+  bool per_channel = false;
+  app.add_flag("--per-channel", per_channel, "int8: one scale per output row (the default)");
+  app.add_flag("--per-tensor", per_tensor, "int8: one scale for the whole matrix");
+  app.add_flag("--asym", asym, "int4: min/max with an integer zero point");
+  app.add_flag("--double-quant", dq, "nf4: 8-bit block-256 scales (QLoRA), ~4.127 bits/weight");
+  app.add_flag("--ternary-per-row", ternary_row, "ternary: mean|w| per row instead of per tensor");
+  app.add_option("--threshold", threshold, "llm-int8: |x| outlier threshold")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--calibrate", calib_path,
+                 "calibration text (e.g. ../shared/data/wikitext-2-raw/wiki.valid.raw): needed "
+                 "by w8a8-static; llm-int8 keeps f16 weight columns for its outlier features");
+  app.add_option("--calib-samples", calib_samples, "calibration windows")
+      ->check(CLI::Range(1, 100000));
+  app.add_option("--calib-len", calib_len, "tokens per calibration window")
+      ->check(CLI::Range(int64_t(2), int64_t(1) << 20));
+  app.add_option("--keep", keep,
+                 "PATTERN=FORMAT override by HF weight name glob, e.g. "
+                 "'*.mlp.down_proj.weight=int8' or 'lm_head.weight=fp16' (repeatable)");
+  app.add_option("--embed-format", embed_format, "embedding tables: f32 | fp16 | bf16")
+      ->check(CLI::IsMember({"f32", "fp16", "bf16"}));
+  app.add_option("--head-format", head_format,
+                 "LM head format (default int8 for integer methods; any method name)");
+  app.add_option("--out,-o", out, "output folder")->required();
+  app.add_flag("--force", force, "replace an existing output folder");
+  app.add_option("--threads,-t", threads, "threads")->check(CLI::NonNegativeNumber);
+  app.add_flag("--json", json_out, "print the report as JSON");
+  app.add_flag("--quiet,-q", quiet, "no progress bars");
+  return tool::run(app, argc, argv, [&] {
+    const double t0 = tool::now_s();
+    CompressSpec spec = compress_spec_from_name(method);
+    if (group) spec.quant.group = group;
+    MINFER_CHECK(!(per_channel && per_tensor), "--per-channel and --per-tensor exclude each other");
+    if (per_tensor) spec.quant.per_channel = false;
+    if (asym) spec.quant.asymmetric = true;
+    if (dq) spec.quant.double_quant = true;
+    if (ternary_row) spec.quant.ternary_per_row = true;
+    spec.threshold = threshold;
+    spec.embed_format = embed_format;
+    spec.head_format = head_format;
+    for (const std::string& k : keep) {
+      const size_t eq = k.rfind('=');
+      MINFER_CHECK(eq != std::string::npos && eq > 0 && eq + 1 < k.size(),
+                   "--keep '{}': expected PATTERN=FORMAT", k);
+      spec.keep.emplace_back(k.substr(0, eq), k.substr(eq + 1));
+      compress_spec_from_name(spec.keep.back().second);  // validate before loading anything
+    }
+    validate_compress_spec(spec);  // before loading anything
+    MINFER_CHECK(!(spec.static_act && calib_path.empty()),
+                 "w8a8-static needs --calibrate FILE (activation scales come from a "
+                 "calibration pass)");
+    if (!force)
+      MINFER_CHECK(!std::filesystem::exists(out),
+                   "{}: output already exists (pass --force to replace it)", out);
+
+    auto be = make_backend("cpu", threads);
+    // A folder without tokenizer.json (e.g. a bare checkpoint) compresses too, unless calibration
+    // needs text turned into ids.
+    const std::string resolved = resolve_model(model);
+    const bool has_tok =
+        !std::filesystem::is_directory(resolved) ||
+        std::filesystem::exists(std::filesystem::path(resolved) / "tokenizer.json");
+    MINFER_CHECK(has_tok || calib_path.empty(), "{}: --calibrate needs the model's tokenizer.json",
+                 resolved);
+    LoadedModel lm = open_model(resolved, *be, has_tok);
+    ActStats stats;
+    const ActStats* sp = nullptr;
+    if (!calib_path.empty()) {
+      std::ifstream f(calib_path, std::ios::binary);
+      MINFER_CHECK(f.good(), "{}: cannot open calibration text", calib_path);
+      std::stringstream ss;
+      ss << f.rdbuf();
+      std::vector<int32_t> ids = lm.tokenizer->encode(ss.str(), true);
+      stats = calibrate(*lm.model, ids, calib_samples, calib_len, !quiet);
+      sp = &stats;
+    }
+    CompressReport r = compress_model(*lm.model, spec, sp, !quiet);
+    save_compressed(*lm.model, lm.tokenizer.get(), out, spec, force);
+    const size_t file_bytes = model_file_bytes(out);
+    const double secs = tool::now_s() - t0;
+
+    std::map<std::string, std::pair<int, size_t>> by_format;
+    for (const TensorReport& t : r.tensors) {
+      by_format[t.format].first += 1;
+      by_format[t.format].second += t.bytes;
+    }
+    if (json_out) {
+      nlohmann::json j = {{"model", lm.path},
+                          {"method", compress_spec_name(spec)},
+                          {"out", out},
+                          {"bytes_before", r.bytes_before},
+                          {"bytes_after", r.bytes_after},
+                          {"file_bytes", file_bytes},
+                          {"params", r.params},
+                          {"bits_per_weight", r.bits_per_weight},
+                          {"linear_bits_per_weight", r.linear_bpw},
+                          {"calibration_tokens", stats.tokens},
+                          {"seconds", secs},
+                          {"peak_rss_mb", tool::peak_rss_mb()}};
+      nlohmann::json ts = nlohmann::json::array();
+      for (const TensorReport& t : r.tensors)
+        ts.push_back({{"name", t.name},
+                      {"format", t.format},
+                      {"params", t.params},
+                      {"bytes", t.bytes},
+                      {"rel_err", t.rel_err}});
+      j["tensors"] = ts;
+      std::printf("%s\n", j.dump(2).c_str());
+      return 0;
+    }
+    std::printf("%s -> %s (%s)\n", lm.path.c_str(), out.c_str(), compress_spec_name(spec).c_str());
+    std::printf("weights: %.1f MB -> %.1f MB (%.2fx), file %.1f MB\n", r.bytes_before / 1e6,
+                r.bytes_after / 1e6, double(r.bytes_before) / double(r.bytes_after),
+                file_bytes / 1e6);
+    std::printf("bits/weight: %.3f over all %lld parameters, %.3f over the block linears\n",
+                r.bits_per_weight, (long long)r.params, r.linear_bpw);
+    for (const auto& [f, c] : by_format)
+      std::printf("  %-14s %4d tensors %9.1f MB\n", f.c_str(), c.first, c.second / 1e6);
+    double worst = 0;
+    std::string worst_name;
+    for (const TensorReport& t : r.tensors)
+      if (t.rel_err > worst) worst = t.rel_err, worst_name = t.name;
+    if (!worst_name.empty())
+      std::printf("largest relative error ||W - W'||/||W||: %.4f (%s)\n", worst,
+                  worst_name.c_str());
+    std::printf("%.1f s, peak RSS %.0f MB\n", secs, tool::peak_rss_mb());
+    return 0;
+  });
+}
