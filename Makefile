@@ -45,6 +45,10 @@ BENCH_OBJ:= $(BENCH_SRC:%.cpp=$(OBJDIR)/%.o)
 LIB      := $(OBJDIR)/libminfer.a
 TOOLS    := $(TOOL_SRC:tools/%.cpp=$(BINDIR)/%)
 TESTBIN  := $(BINDIR)/minfer-tests
+# The CUDA backend's sources compiled as C++ against the CPU emulation of CUDA (kernels/cuda/emu/),
+# linked into the test binary only: `make test` runs every CUDA kernel without a GPU.
+CUEMU_SRC:= $(wildcard kernels/cuda/*.cu kernels/cuda/*.cpp kernels/cuda/emu/*.cpp)
+CUEMU_OBJ:= $(CUEMU_SRC:%=$(OBJDIR)/cuda-emu/%.o)
 BENCHBIN := $(BENCH_SRC:bench/%.cpp=$(BINDIR)/%)
 
 ifeq ($(CUDA),1)
@@ -53,7 +57,7 @@ ifeq ($(CUDA),1)
   CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
   CU_SRC    := $(wildcard kernels/cuda/*.cu)
   CU_OBJ    := $(CU_SRC:%.cu=$(OBJDIR)/cuda/%.o)
-  LIB_OBJ   += $(CU_OBJ)
+  LIB_OBJ   += $(CU_OBJ) $(patsubst %.cpp,$(OBJDIR)/%.o,$(wildcard kernels/cuda/*.cpp))
   CPPFLAGS  += -DMINFER_CUDA=1 -I$(CUDA_HOME)/include
   LDFLAGS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64
   LDLIBS    += -lcublasLt -lcublas -lcudart
@@ -68,6 +72,10 @@ tests: $(TESTBIN)
 $(OBJDIR)/%.o: %.cpp
 	@mkdir -p $(dir $@)
 	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -c $< -o $@
+
+$(OBJDIR)/cuda-emu/%.o: %
+	@mkdir -p $(dir $@)
+	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -DMINFER_CUDA_EMULATION -x c++ -c $< -o $@
 
 $(OBJDIR)/cuda/%.o: %.cu
 	@mkdir -p $(dir $@)
@@ -86,9 +94,9 @@ $(BINDIR)/%: $(OBJDIR)/bench/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CXX) $(LDFLAGS) $< $(LIB) $(LDLIBS) -o $@
 
-$(TESTBIN): $(TEST_OBJ) $(LIB)
+$(TESTBIN): $(TEST_OBJ) $(CUEMU_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CXX) $(LDFLAGS) $(TEST_OBJ) $(LIB) $(LDLIBS) -o $@
+	$(CXX) $(LDFLAGS) $(TEST_OBJ) $(CUEMU_OBJ) $(LIB) $(LDLIBS) -o $@
 
 # Tests run from the repository root (fixtures are found by relative path).
 # TEST_ARGS passes doctest flags, e.g. make test TEST_ARGS='-tc="*gguf*"'.
@@ -115,4 +123,4 @@ format:
 clean:
 	rm -rf $(BUILD)
 
--include $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BENCH_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BENCH_OBJ:.o=.d) $(CUEMU_OBJ:.o=.d)

@@ -1,0 +1,99 @@
+// CUDA kernels of the CudaBackend, as host functions that launch them on a stream (kernels.cu).
+// Plain C++ with no engine types, so that nvcc never parses the engine headers; the backend
+// (cuda_backend.cpp) checks shapes and arguments before calling these.
+// Legend: T rows of x (tokens), K in features, N out features, C row width, Kp = K padded to 64,
+// QA activation block, nb = ceil(Kp / QA), H heads, Hkv kv heads, D head dim, S key positions.
+// Every pointer is device memory; ld = row stride in elements.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cuda/cuda_compat.h"
+
+namespace minfer::MINFER_CUDA_NS {
+
+// A device f32 matrix view.
+struct DMat {
+  float* p = nullptr;
+  int64_t rows = 0, cols = 0, ld = 0;
+};
+
+enum class BinOp { Add, Mul, SwiGLU };
+enum class UnOp { GeluErf, GeluTanh, Silu };
+enum class HalfType { F16, BF16 };
+
+void launch_binary(BinOp op, DMat y, DMat a, DMat b, cudaStream_t s);
+void launch_unary(UnOp op, DMat y, DMat x, cudaStream_t s);
+void launch_copy(DMat y, DMat x, cudaStream_t s);
+void launch_add_bias(DMat y, const float* bias, cudaStream_t s);
+void launch_layernorm(DMat y, DMat x, const float* w, const float* b, float eps, cudaStream_t s);
+void launch_rmsnorm(DMat y, DMat x, const float* w, float eps, cudaStream_t s);
+void launch_softmax(DMat y, DMat x, cudaStream_t s);
+// cs: [rows, D/2, 2] (cos, sin) per position and frequency, computed on the host.
+void launch_rope(DMat x, const float* cs, int64_t n_heads, int64_t head_dim, cudaStream_t s);
+// table [V, C] of dtype 0 = F32, 1 = F16, 2 = BF16; ids [y.rows] (checked by the caller).
+void launch_embedding(DMat y, const void* table, int dtype, const int32_t* ids, bool accumulate,
+                      cudaStream_t s);
+
+struct AttnParams {
+  const float *q, *k, *v;
+  float* out;
+  int64_t ldq, ldk, ldv, ldo;
+  int64_t H, Hkv, D, B, T, S, pos0;
+  bool causal;
+  const int32_t* key_mask;  // device [B, S] or nullptr
+  float scale;
+};
+// Dynamic shared memory one attention block needs (the caller checks it against the device).
+size_t attention_shared_bytes(int64_t D, int64_t S);
+void launch_attention(const AttnParams& a, cudaStream_t s);
+
+// Dense F16/BF16 weights, few rows: W [N, K] (or [K, N] when transposed) read as stored.
+void launch_dense_half_gemv(HalfType ht, const uint16_t* w, bool transposed, const float* x,
+                            int64_t T, int64_t ldx, float* y, int64_t ldy, int64_t K, int64_t N,
+                            cudaStream_t s);
+// x [T, K] (row stride ldx) -> out [T, K] contiguous 16-bit, for the cuBLAS tensor-core GEMM.
+void launch_to_half(HalfType ht, const float* x, int64_t T, int64_t ldx, int64_t K, uint16_t* out,
+                    cudaStream_t s);
+
+// A Quantized weight on the device (fields as engine/linear.h).
+struct QWeight {
+  int scheme = 0;                  // QScheme: 0 Int8, 1 Int4, 2 NF4, 3 Binary, 4 Ternary
+  const uint8_t* codes = nullptr;  // [N, rb]
+  int64_t rb = 0;
+  const float* scales = nullptr;        // [N, groups] or [1]
+  const uint8_t* zeros = nullptr;       // [N, groups] (asymmetric int4)
+  const int8_t* scale_codes = nullptr;  // NF4 double quantization
+  const float* scale_scales = nullptr;
+  float scale_offset = 0.f;
+  int64_t group = 0, groups = 0, K = 0, N = 0;
+  bool per_tensor = false;
+};
+
+// Activations -> int8 codes q [T, Kp], scales d [T, nb], code sums s [T, nb]:
+// qm::quantize_act_block per block of QA values (QA = Kp: one scale per row).
+void launch_quantize_act(const float* x, int64_t T, int64_t ldx, int64_t K, int64_t QA, int8_t* q,
+                         float* d, int32_t* sums, cudaStream_t s);
+// One scale per row, static (qm::quantize_act_static with `scale`): q [T, Kp], d/sums [T].
+void launch_quantize_act_static(const float* x, int64_t T, int64_t ldx, int64_t K, float scale,
+                                int8_t* q, float* d, int32_t* sums, cudaStream_t s);
+// Int8 codes against int8 activations (W8A8, LLM.int8()): y[t, n] = Σ float(Σ (u - z) q) * s_w *
+// d_x.
+void launch_int_linear(const QWeight& w, const int8_t* q, const float* d, int64_t QA, int64_t T,
+                       float* y, int64_t ldy, cudaStream_t s);
+// Weight-only formats (every scheme): f32 activations times the weights dequantized in
+// registers (the CPU kernels' semantics, kernels/cpu/quant.h).
+void launch_wq_linear(const QWeight& w, const float* x, int64_t T, int64_t ldx, float* y,
+                      int64_t ldy, cudaStream_t s);
+
+// LLM.int8(): flags[k] = 1 for the outlier features of this call (listed in col_index >= 0, or
+// |x[t, k]| >= threshold for some t); xm = x with those columns set to 0 (contiguous [T, K]).
+void launch_outlier_split(const float* x, int64_t T, int64_t ldx, int64_t K, float threshold,
+                          const int32_t* col_index, uint8_t* flags, float* xm, cudaStream_t s);
+// y[t, n] += Σ_{k flagged} x[t, k] w(n, k): w from outlier_w [N, m] F16 where col_index[k] >= 0,
+// else the int8 column dequantized.
+void launch_outlier_add(const QWeight& w, const float* x, int64_t T, int64_t ldx,
+                        const uint8_t* flags, const int32_t* col_index, const uint16_t* outlier_w,
+                        int64_t m, float* y, int64_t ldy, cudaStream_t s);
+
+}  // namespace minfer::MINFER_CUDA_NS
