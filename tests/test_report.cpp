@@ -1,0 +1,416 @@
+// The bench report (engine/report.h): the Markdown table lines up and shows the right cells, Δppl
+// comes from the f32 row, JSON round-trips through nlohmann, the SVG is well-formed with one point
+// per measured row placed by its size and quality, and files are written atomically; and the
+// bench tool itself on MiniLM when it is installed.
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/model_hub.h"
+#include "engine/report.h"
+#include "tests/test_util.h"
+
+using namespace minfer;
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+BenchRow row(const std::string& method, double bpw, double mb, double ppl, double dec) {
+  BenchRow r;
+  r.method = method;
+  r.bits_per_weight = bpw;
+  r.linear_bpw = bpw;
+  r.file_mb = mb;
+  r.peak_rss_mb = mb + 100;
+  r.eval_rss_mb = mb + 300;
+  r.compress_rss_mb = 700;
+  r.compress_s = 3.5;
+  r.eval_s = 30;
+  r.ppl = ppl;
+  r.cosine = kNaN;
+  r.cosine_min = kNaN;
+  r.prefill_tps = 400;
+  r.decode_tps = dec;
+  r.weight_bytes_per_token = mb * 1e6 * 0.8;
+  r.decode_gbps = r.weight_bytes_per_token * dec / 1e9;
+  return r;
+}
+
+BenchReport causal_report() {
+  BenchReport r;
+  r.model = "smollm2";
+  r.arch = "llama";
+  r.backend = "cpu";
+  r.threads = 2;
+  r.cpu = "Test CPU @ 1 GHz";
+  r.date = "2025-01-01T00:00:00Z";
+  r.load_avg = 0.5;
+  r.text = "wiki.test.raw";
+  r.eval_tokens = 16384;
+  r.ctx = 512;
+  r.prefill_tokens = 512;
+  r.decode_tokens = 64;
+  r.rows = {row("f32", 32, 538.1, 28.5218, 31.2), row("int8", 8.6, 150.2, 28.61, 60.4),
+            row("int4", 4.9, 90.0, 31.077, 70.0), row("binary", 1.9, 40.5, 123456.7, 95.0)};
+  BenchRow bad;
+  bad.method = "w8a8-static";
+  bad.status = "skipped";
+  bad.note = "calibration runs causal LMs only";
+  for (double* v :
+       {&bad.bits_per_weight, &bad.linear_bpw, &bad.file_mb, &bad.peak_rss_mb, &bad.eval_rss_mb,
+        &bad.compress_rss_mb, &bad.compress_s, &bad.eval_s, &bad.ppl, &bad.cosine, &bad.cosine_min,
+        &bad.prefill_tps, &bad.decode_tps, &bad.weight_bytes_per_token, &bad.decode_gbps})
+    *v = kNaN;
+  r.rows.push_back(bad);
+  bench_fill_baseline(r);
+  return r;
+}
+
+// Display width of UTF-8 text (code points).
+size_t width(const std::string& s) {
+  size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+std::vector<std::string> lines_of(const std::string& s) {
+  std::vector<std::string> v;
+  std::istringstream in(s);
+  for (std::string l; std::getline(in, l);) v.push_back(l);
+  return v;
+}
+
+// Display columns of every '|' in a line.
+std::vector<size_t> bars_at(const std::string& l) {
+  std::vector<size_t> v;
+  size_t col = 0;
+  for (unsigned char c : l) {
+    if ((c & 0xC0) == 0x80) continue;
+    if (c == '|') v.push_back(col);
+    ++col;
+  }
+  return v;
+}
+
+// Cells of a table line, trimmed.
+std::vector<std::string> cells_of(const std::string& l) {
+  std::vector<std::string> v;
+  size_t a = l.find('|');
+  while (a != std::string::npos) {
+    size_t b = l.find('|', a + 1);
+    if (b == std::string::npos) break;
+    std::string c = l.substr(a + 1, b - a - 1);
+    c.erase(0, c.find_first_not_of(' '));
+    c.erase(c.find_last_not_of(' ') + 1);
+    v.push_back(c);
+    a = b;
+  }
+  return v;
+}
+
+// Minimal XML well-formedness: balanced and properly nested tags, quoted attributes, no stray
+// '<' or unknown entities in text. Returns "" when fine, else what is wrong.
+std::string xml_problem(const std::string& s) {
+  std::vector<std::string> stack;
+  size_t i = 0;
+  int roots = 0;
+  while (i < s.size()) {
+    if (s[i] == '&') {
+      bool known = false;
+      for (const char* e : {"&amp;", "&lt;", "&gt;", "&quot;", "&apos;"})
+        if (s.compare(i, std::strlen(e), e) == 0) known = true;
+      if (!known) return "unknown entity at " + std::to_string(i);
+      ++i;
+      continue;
+    }
+    if (s[i] != '<') {
+      ++i;
+      continue;
+    }
+    if (s.compare(i, 2, "<?") == 0) {
+      size_t e = s.find("?>", i);
+      if (e == std::string::npos) return "unterminated <?";
+      i = e + 2;
+      continue;
+    }
+    size_t e = i + 1;
+    bool in_quote = false;
+    while (e < s.size() && (in_quote || s[e] != '>')) {
+      if (s[e] == '"') in_quote = !in_quote;
+      if (in_quote && s[e] == '<') return "'<' inside an attribute at " + std::to_string(e);
+      ++e;
+    }
+    if (e >= s.size()) return "unterminated tag at " + std::to_string(i);
+    std::string tag = s.substr(i + 1, e - i - 1);
+    if (tag.empty()) return "empty tag";
+    if (tag[0] == '/') {
+      if (stack.empty() || stack.back() != tag.substr(1)) return "mismatched </" + tag + ">";
+      stack.pop_back();
+    } else {
+      const bool self = tag.back() == '/';
+      const std::string name = tag.substr(0, tag.find_first_of(" /\n"));
+      if (stack.empty()) ++roots;
+      if (!self) stack.push_back(name);
+    }
+    i = e + 1;
+  }
+  if (!stack.empty()) return "unclosed <" + stack.back() + ">";
+  if (roots != 1) return "expected one root element, found " + std::to_string(roots);
+  return "";
+}
+
+size_t count(const std::string& s, const std::string& what) {
+  size_t n = 0;
+  for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) ++n;
+  return n;
+}
+
+// Attribute value after `key="` starting at or after `from`.
+double attr(const std::string& s, size_t from, const std::string& key) {
+  size_t p = s.find(key + "=\"", from);
+  REQUIRE(p != std::string::npos);
+  return std::stod(s.substr(p + key.size() + 2));
+}
+
+bool same(double a, double b) {
+  return (std::isnan(a) && std::isnan(b)) || a == b;
+}
+
+}  // namespace
+
+TEST_CASE("report: Δppl comes from the f32 row, NaN without one") {
+  BenchReport r = causal_report();
+  CHECK(r.rows[0].delta_ppl == doctest::Approx(0.0));
+  CHECK(r.rows[1].delta_ppl == doctest::Approx(28.61 - 28.5218));
+  CHECK(r.rows[2].delta_ppl == doctest::Approx(31.077 - 28.5218));
+  CHECK(std::isnan(r.rows[4].delta_ppl));  // skipped row
+  r.rows.erase(r.rows.begin());
+  bench_fill_baseline(r);
+  for (auto& x : r.rows) CHECK(std::isnan(x.delta_ppl));
+}
+
+TEST_CASE("report: the Markdown table lines up and shows each row's values") {
+  const BenchReport r = causal_report();
+  const auto lines = lines_of(bench_table(r));
+  REQUIRE(lines.size() == 2 + r.rows.size());
+  const auto ref = bars_at(lines[0]);
+  CHECK(ref.size() == 10);  // 9 columns
+  for (auto& l : lines) CHECK(bars_at(l) == ref);
+  for (auto& l : lines) CHECK(width(l) == width(lines[0]));
+  CHECK(cells_of(lines[0]) == std::vector<std::string>{"method", "bits/w", "file MB", "peak RSS MB",
+                                                       "ppl", "Δppl", "prefill tok/s",
+                                                       "decode tok/s", "decode GB/s"});
+  CHECK(cells_of(lines[1])[0].find_first_not_of(":-") == std::string::npos);
+  CHECK(cells_of(lines[1])[4].back() == ':');  // numbers right-aligned
+  CHECK(cells_of(lines[2]) == std::vector<std::string>{"f32", "32.00", "538.1", "638", "28.522",
+                                                       "+0.000", "400.0", "31.2", "13.4"});
+  CHECK(cells_of(lines[3])[4] == "28.610");
+  CHECK(cells_of(lines[3])[5] == "+0.088");
+  CHECK(cells_of(lines[5])[4] == "123457");  // large perplexities without decimals
+  const auto skipped = cells_of(lines[6]);
+  CHECK(skipped[0] == "w8a8-static (skipped)");
+  for (size_t c = 1; c < skipped.size(); ++c) CHECK(skipped[c] == "-");
+
+  const std::string md = bench_markdown(r);
+  CHECK(md.find("Test CPU @ 1 GHz") != std::string::npos);
+  CHECK(md.find("2 threads") != std::string::npos);
+  CHECK(md.find("- w8a8-static: calibration runs causal LMs only") != std::string::npos);
+
+  BenchReport e = r;
+  e.encoder = true;
+  e.arch = "bert";
+  for (auto& x : e.rows) {
+    x.cosine = 0.99;
+    x.cosine_min = 0.9;
+  }
+  const auto el = lines_of(bench_table(e));
+  CHECK(cells_of(el[0]) == std::vector<std::string>{"method", "bits/w", "file MB", "peak RSS MB",
+                                                    "cos vs f32", "min cos", "encode tok/s"});
+  CHECK(cells_of(el[3])[4] == "0.99000");
+  for (auto& l : el) CHECK(bars_at(l) == bars_at(el[0]));
+}
+
+TEST_CASE("report: JSON round-trips through nlohmann, NaN as null") {
+  const BenchReport r = causal_report();
+  const std::string text = bench_json(r);
+  const nlohmann::json j = nlohmann::json::parse(text);
+  REQUIRE(j["rows"].size() == r.rows.size());
+  CHECK(j["threads"] == 2);
+  CHECK(j["quality_metric"] == "perplexity");
+  CHECK(j["rows"][1]["method"] == "int8");
+  CHECK(j["rows"][1]["ppl"].get<double>() == r.rows[1].ppl);
+  CHECK(j["rows"][4]["ppl"].is_null());
+  CHECK(j["rows"][4]["status"] == "skipped");
+
+  const BenchReport b = bench_from_json(text);
+  CHECK(b.model == r.model);
+  CHECK(b.arch == r.arch);
+  CHECK(b.cpu == r.cpu);
+  CHECK(b.date == r.date);
+  CHECK(b.threads == r.threads);
+  CHECK(b.eval_tokens == r.eval_tokens);
+  CHECK(b.ctx == r.ctx);
+  CHECK(b.encoder == r.encoder);
+  REQUIRE(b.rows.size() == r.rows.size());
+  for (size_t i = 0; i < r.rows.size(); ++i) {
+    const BenchRow &x = r.rows[i], &y = b.rows[i];
+    CHECK(x.method == y.method);
+    CHECK(x.status == y.status);
+    CHECK(x.note == y.note);
+    CHECK(same(x.bits_per_weight, y.bits_per_weight));
+    CHECK(same(x.file_mb, y.file_mb));
+    CHECK(same(x.peak_rss_mb, y.peak_rss_mb));
+    CHECK(same(x.ppl, y.ppl));
+    CHECK(same(x.delta_ppl, y.delta_ppl));
+    CHECK(same(x.cosine, y.cosine));
+    CHECK(same(x.decode_tps, y.decode_tps));
+    CHECK(same(x.decode_gbps, y.decode_gbps));
+    CHECK(same(x.weight_bytes_per_token, y.weight_bytes_per_token));
+    // One row alone (what the measuring process sends back) round-trips too.
+    const BenchRow z = bench_row_from_json(bench_row_json(x));
+    CHECK(z.method == x.method);
+    CHECK(same(z.prefill_tps, x.prefill_tps));
+    CHECK(same(z.compress_s, x.compress_s));
+  }
+  CHECK(bench_json(b) == text);
+  CHECK_THROWS(bench_from_json("{\"rows\": 3}"));
+  CHECK_THROWS(bench_row_from_json("{\"method\": \"int8\", \"ppl\": \"high\"}"));
+  CHECK_THROWS(bench_row_from_json("not json"));
+}
+
+TEST_CASE("report: the SVG is well-formed, one point per measured row, placed by size/quality") {
+  BenchReport r = causal_report();
+  r.model = "a<b&\"c\"";  // escaped in the title
+  const std::string svg = bench_svg(r);
+  CHECK(xml_problem(svg) == "");
+  CHECK(svg.rfind("<svg", 200) != std::string::npos);
+  CHECK(count(svg, "class=\"point\"") == 4);  // the skipped row has no point
+  CHECK(count(svg, "class=\"label\"") == 4);
+  CHECK(count(svg, "class=\"bar\"") == 4);
+  CHECK(svg.find("a&lt;b&amp;&quot;c&quot;") != std::string::npos);
+  CHECK(svg.find("(log)") != std::string::npos);  // ppl spans 28 .. 1e5
+  // Points in row order: a smaller file is further left; a lower perplexity is further down (SVG y
+  // grows downwards).
+  std::vector<double> cx, cy;
+  for (size_t p = svg.find("class=\"point\""); p != std::string::npos;
+       p = svg.find("class=\"point\"", p + 1)) {
+    cx.push_back(attr(svg, p, "cx"));
+    cy.push_back(attr(svg, p, "cy"));
+  }
+  REQUIRE(cx.size() == 4);
+  CHECK(cx[0] > cx[1]);
+  CHECK(cx[1] > cx[2]);
+  CHECK(cx[2] > cx[3]);
+  CHECK(cy[0] > cy[1]);  // 28.52 below 28.61
+  CHECK(cy[1] > cy[2]);
+  CHECK(cy[2] > cy[3]);
+  // Bars: a faster method is a taller bar.
+  std::vector<double> bh;
+  for (size_t p = svg.find("class=\"bar\""); p != std::string::npos;
+       p = svg.find("class=\"bar\"", p + 1))
+    bh.push_back(attr(svg, p, "height"));
+  REQUIRE(bh.size() == 4);
+  CHECK(bh[0] < bh[1]);
+  CHECK(bh[1] < bh[2]);
+  CHECK(bh[2] < bh[3]);
+
+  // Encoder: 1 - cosine, with the lossless row (cosine 1) still drawn.
+  BenchReport e = causal_report();
+  e.encoder = true;
+  e.arch = "bert";
+  const double cos[] = {1.0, 0.9999, 0.99, 0.5};
+  for (size_t i = 0; i < 4; ++i) e.rows[i].cosine = e.rows[i].cosine_min = cos[i];
+  const std::string esvg = bench_svg(e);
+  CHECK(xml_problem(esvg) == "");
+  CHECK(count(esvg, "class=\"point\"") == 4);
+  CHECK(esvg.find("1 - cosine") != std::string::npos);
+
+  BenchReport none = causal_report();
+  none.rows.resize(0);
+  CHECK(xml_problem(bench_svg(none)) == "");
+}
+
+TEST_CASE("report: write_file_atomic replaces the file and leaves no temporary") {
+  test::TempDir dir("report");
+  const std::string p = dir / "out.json";
+  write_file_atomic(p, "first");
+  write_file_atomic(p, "second, longer");
+  std::ifstream f(p);
+  std::string got((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  CHECK(got == "second, longer");
+  CHECK_FALSE(std::filesystem::exists(p + ".tmp"));
+  CHECK_THROWS(write_file_atomic(dir / "no-such-dir/out.json", "x"));
+}
+
+// The tool end to end on the small encoder: forked compress + measure processes, the JSON file,
+// the table. Needs the built tools (`make test` sets MINFER_BIN) and MiniLM installed; the f32
+// row must reproduce the reference embeddings and int8 must stay close but not identical.
+TEST_CASE("real: bench tool on MiniLM f32 and int8") {
+  const char* bin = std::getenv("MINFER_BIN");
+  if (!bin || !*bin) {
+    MESSAGE("skipping: MINFER_BIN is not set (run through `make test`)");
+    return;
+  }
+  try {
+    resolve_model("minilm", false);
+  } catch (const std::exception& e) {
+    MESSAGE("skipping: minilm is not installed (" << std::string(e.what()) << ")");
+    return;
+  }
+  if (!std::filesystem::exists("../shared/data/wikitext-2-raw/wiki.test.raw")) {
+    MESSAGE("skipping: WikiText-2 test text not found");
+    return;
+  }
+  test::TempDir dir("bench");
+  const std::string js = dir / "out.json", svg = dir / "out.svg";
+  const std::string cmd = fmt::format(
+      "{}/bench -m minilm --methods f32,int8 --lines 8 --prefill 32 --reps 1 -t 2 -q --work {} "
+      "--json {} --plot {} 2>&1",
+      bin, dir / "work", js, svg);
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  const int rc = pclose(p);
+  INFO(out);
+  REQUIRE(rc == 0);
+  CHECK(out.find("| f32 ") != std::string::npos);
+  CHECK(out.find("| int8 ") != std::string::npos);
+  std::ifstream f(js);
+  const BenchReport r = bench_from_json(
+      std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()));
+  CHECK(r.encoder);
+  CHECK(r.arch == "bert");
+  CHECK(r.eval_tokens == 8);
+  REQUIRE(r.rows.size() == 2);
+  const BenchRow &a = r.rows[0], &b = r.rows[1];
+  CHECK(a.status == "ok");
+  CHECK(b.status == "ok");
+  CHECK(a.bits_per_weight == doctest::Approx(32.0));
+  CHECK(a.cosine > 0.999999);
+  CHECK(b.cosine > 0.99);
+  CHECK(b.cosine < 0.999999);
+  CHECK(b.cosine_min <= b.cosine);
+  CHECK(b.file_mb < a.file_mb / 2.5);
+  CHECK(b.bits_per_weight < 16);
+  CHECK(a.prefill_tps > 0);
+  CHECK(a.peak_rss_mb > 0);
+  CHECK(std::isnan(a.decode_tps));
+  // The compressed folders are removed afterwards; the plot is there.
+  CHECK_FALSE(std::filesystem::exists(dir / "work/f32"));
+  CHECK_FALSE(std::filesystem::exists(dir / "work/int8"));
+  CHECK(std::filesystem::exists(svg));
+}

@@ -1,0 +1,601 @@
+// bench: every compression method on one model, one row each: bits/weight, file size, peak RSS,
+// quality (WikiText-2 perplexity and Δ against f32 for causal LMs; mean cosine of the sentence
+// embeddings to the f32 model's for encoders), prefill and decode speed, and the GB/s of weight
+// reads decode achieves. Prints a Markdown table; --json and --plot write the same rows.
+//
+// Each method runs in two forked processes, so every measurement has its own peak RSS and no
+// method inherits another's memory: one loads the f32 model, compresses it (calibrating on
+// WikiText-2 *validation* text when the method needs activation statistics) and saves a
+// compressed folder; the other opens that folder the way any user would (open_model) and
+// measures it. Results come back through a pipe as JSON. The parent never runs a model, so it
+// stays small and never starts an OpenMP thread pool before forking.
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "engine/compress.h"
+#include "engine/progress.h"
+#include "engine/report.h"
+#include "models/eval.h"
+#include "models/loader.h"
+#include "tools/common.h"
+
+using namespace minfer;
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+const char* kDefaultMethods =
+    "f32,fp16,bf16,int8,int4,int4-g64,nf4,nf4-dq,binary,ternary,llm-int8,w8a8,w8a8-static";
+
+struct Options {
+  std::string model, methods, work, json_path, plot_path, backend = "cpu", test_text, calib_text;
+  int64_t max_tokens = 16384, ctx = 512, prefill = 512, decode = 64;
+  int lines = 200, reps = 2, calib_samples = 4, threads = 0, device = 0;
+  int64_t calib_len = 512;
+  bool keep_files = false, quiet = false;
+};
+
+// ---- small helpers ----
+
+std::string find_text(const std::string& given, const char* file) {
+  if (!given.empty()) return given;
+  for (std::string p : {std::string("../shared/data/wikitext-2-raw/") + file,
+                        std::string("shared/data/wikitext-2-raw/") + file})
+    if (fs::exists(p)) return p;
+  MINFER_FAIL("WikiText-2 {} not found under ../shared/data/wikitext-2-raw/ (pass --{}-text)", file,
+              std::string(file) == "wiki.test.raw" ? "test" : "calib");
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  MINFER_CHECK(f.good(), "{}: cannot open text", path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+template <class T>
+void write_vec(const std::string& path, const std::vector<T>& v) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(reinterpret_cast<const char*>(v.data()), std::streamsize(v.size() * sizeof(T)));
+  MINFER_CHECK(f.good(), "{}: write failed", path);
+}
+
+template <class T>
+std::vector<T> read_vec(const std::string& path) {
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  MINFER_CHECK(f.good(), "{}: cannot open", path);
+  const auto n = size_t(f.tellg());
+  MINFER_CHECK(n % sizeof(T) == 0, "{}: {} bytes is not a whole number of elements", path, n);
+  std::vector<T> v(n / sizeof(T));
+  f.seekg(0);
+  f.read(reinterpret_cast<char*>(v.data()), std::streamsize(n));
+  MINFER_CHECK(f.good(), "{}: read failed", path);
+  return v;
+}
+
+// The first `n` non-blank lines of WikiText (headings included), trimmed, ordered by length:
+// embed_texts pads each batch to its longest text, and WikiText paragraphs run from 3 to 250+
+// tokens, so batching similar lengths together halves the work. Every child uses this one order.
+std::vector<std::string> wiki_lines(const std::string& path, int n) {
+  std::ifstream f(path);
+  MINFER_CHECK(f.good(), "{}: cannot open text", path);
+  std::vector<std::string> out;
+  for (std::string l; int(out.size()) < n && std::getline(f, l);) {
+    const auto a = l.find_first_not_of(" \t\r");
+    if (a == std::string::npos) continue;
+    out.push_back(l.substr(a, l.find_last_not_of(" \t\r") - a + 1));
+  }
+  MINFER_CHECK(!out.empty(), "{}: no non-blank lines", path);
+  std::stable_sort(out.begin(), out.end(),
+                   [](const std::string& a, const std::string& b) { return a.size() < b.size(); });
+  return out;
+}
+
+std::string cpu_model() {
+  std::ifstream f("/proc/cpuinfo");
+  for (std::string l; std::getline(f, l);)
+    if (l.rfind("model name", 0) == 0) {
+      const auto c = l.find(':');
+      if (c != std::string::npos) return l.substr(l.find_first_not_of(" \t", c + 1));
+    }
+  return "";
+}
+
+std::string utc_now() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char b[32];
+  std::strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return b;
+}
+
+// ---- forked children ----
+
+struct ChildResult {
+  json out;             // what the child sent (an object; {"error": ...} on failure)
+  double rss_mb = 0;    // the child's peak RSS
+  std::string failure;  // "" when it exited 0
+};
+
+// Runs `body` in a forked child and returns what it printed to the pipe as JSON.
+ChildResult run_child(const std::function<json()>& body) {
+  int fds[2];
+  MINFER_CHECK(pipe(fds) == 0, "pipe() failed: {}", std::strerror(errno));
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t pid = fork();
+  MINFER_CHECK(pid >= 0, "fork() failed: {}", std::strerror(errno));
+  if (pid == 0) {
+    close(fds[0]);
+    int code = 0;
+    std::string out;
+    try {
+      out = body().dump();
+    } catch (const std::exception& e) {
+      out = json{{"error", e.what()}}.dump();
+      code = 1;
+    }
+    for (size_t off = 0; off < out.size();) {
+      const ssize_t n = write(fds[1], out.data() + off, out.size() - off);
+      if (n <= 0) break;
+      off += size_t(n);
+    }
+    close(fds[1]);
+    std::fflush(stderr);
+    _exit(code);  // no atexit handlers or static destructors of the parent's state
+  }
+  close(fds[1]);
+  std::string text;
+  char buf[4096];
+  for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) != 0;) {
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) break;
+    text.append(buf, size_t(n));
+  }
+  close(fds[0]);
+  int status = 0;
+  struct rusage ru {};
+  while (wait4(pid, &status, 0, &ru) < 0 && errno == EINTR) {
+  }
+  ChildResult r;
+  r.rss_mb = double(ru.ru_maxrss) / 1024.0;
+  try {
+    r.out = text.empty() ? json::object() : json::parse(text);
+  } catch (const json::exception&) {
+    r.out = json::object();
+  }
+  if (WIFSIGNALED(status))
+    r.failure = fmt::format("crashed ({})", strsignal(WTERMSIG(status)));
+  else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    r.failure = r.out.contains("error") ? r.out["error"].get<std::string>()
+                                        : fmt::format("exit status {}", WEXITSTATUS(status));
+  return r;
+}
+
+double self_peak_rss_mb() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return double(ru.ru_maxrss) / 1024.0;
+}
+
+double best_of(int reps, const std::function<void()>& f) {
+  double best = 1e300;
+  for (int i = 0; i < std::max(reps, 1); ++i) {
+    const double t0 = tool::now_s();
+    f();
+    best = std::min(best, tool::now_s() - t0);
+  }
+  return best;
+}
+
+bool needs_calibration(const CompressSpec& s) {
+  return s.static_act || s.method == "llm-int8";
+}
+
+// Child 0: everything every method shares, computed once from the original model: the token ids
+// of the test text (speed + perplexity), the calibration ids, and for encoders the f32 reference
+// embeddings.
+json prepare(const Options& o, const std::string& work, bool any_calib) {
+  auto be = make_backend(o.backend, o.threads, o.device);
+  LoadedModel lm = open_model(o.model, *be);
+  const ModelConfig& c = lm.model->config();
+  const std::string test = find_text(o.test_text, "wiki.test.raw");
+  json info = {{"arch", std::string(arch_name(c.arch))},
+               {"causal", c.causal()},
+               {"threads", be->threads()},
+               {"backend", be->name()},
+               {"test_text", test},
+               {"max_pos", c.max_pos}};
+  std::vector<int32_t> ids = lm.tokenizer->encode(read_text(test), true);
+  info["text_tokens"] = ids.size();
+  if (c.causal()) {
+    const size_t keep = o.max_tokens > 0 ? size_t(o.max_tokens) : ids.size();
+    MINFER_CHECK(ids.size() >= 2, "{}: the text encodes to {} tokens", test, ids.size());
+    info["eval_tokens"] = std::min(keep, ids.size());
+    ids.resize(std::min(ids.size(), std::max(keep, size_t(o.prefill + o.decode))));
+    write_vec(work + "/test_ids.bin", ids);
+  } else {
+    ids.resize(std::min(ids.size(), size_t(std::min(o.prefill, c.max_pos))));
+    write_vec(work + "/test_ids.bin", ids);
+    const auto texts = wiki_lines(test, o.lines);
+    info["eval_tokens"] = texts.size();
+    std::vector<float> flat;
+    for (auto& e : embed_texts(*lm.model, *lm.tokenizer, texts))
+      flat.insert(flat.end(), e.begin(), e.end());
+    write_vec(work + "/ref_emb.bin", flat);
+  }
+  if (any_calib) {
+    const std::string valid = find_text(o.calib_text, "wiki.valid.raw");
+    write_vec(work + "/calib_ids.bin", lm.tokenizer->encode(read_text(valid), true));
+    info["calib_text"] = valid;
+  }
+  return info;
+}
+
+// Child 1 per method: f32 model -> (calibrate) -> compress -> save to `dir`.
+json compress_child(const Options& o, const std::string& work, const std::string& method,
+                    const std::string& dir) {
+  auto be = make_backend(o.backend, o.threads, o.device);
+  LoadedModel lm = open_model(o.model, *be);
+  Model& m = *lm.model;
+  const CompressSpec spec = compress_spec_from_name(method);
+  const double t0 = tool::now_s();
+  json out = json::object();
+  ActStats stats;
+  const ActStats* sp = nullptr;
+  if (needs_calibration(spec)) {
+    const auto ids = read_vec<int32_t>(work + "/calib_ids.bin");
+    try {
+      stats = calibrate(m, ids, o.calib_samples, std::min(o.calib_len, m.config().max_pos), false);
+      sp = &stats;
+    } catch (const std::exception& e) {
+      // Static activation scales cannot exist without calibration; LLM.int8() can still find
+      // its outliers at run time.
+      if (spec.static_act) return {{"skip", fmt::format("calibration failed: {}", e.what())}};
+      out["note"] = fmt::format("no calibration ({}): outliers found at run time only", e.what());
+    }
+  }
+  const CompressReport rep = compress_model(m, spec, sp, false);
+  save_compressed(m, lm.tokenizer.get(), dir, spec, /*force=*/true);
+  out["bits_per_weight"] = rep.bits_per_weight;
+  out["linear_bpw"] = rep.linear_bpw;
+  out["seconds"] = tool::now_s() - t0;
+  return out;
+}
+
+// Child 2 per method: open the saved folder and measure it.
+json measure_child(const Options& o, const std::string& work, const std::string& dir) {
+  auto be = make_backend(o.backend, o.threads, o.device);
+  const std::vector<int32_t> ids = read_vec<int32_t>(work + "/test_ids.bin");
+  MINFER_CHECK(!ids.empty(), "{}/test_ids.bin is empty", work);
+  LoadedModel lm = open_model(dir, *be, /*with_tokenizer=*/false);
+  Model& m = *lm.model;
+  const ModelConfig& c = m.config();
+  double wbytes = 0;
+  for (const Linear* l : m.linears())
+    wbytes += double(l->weight_bytes() + (l->bias.defined() ? l->bias.nbytes() : 0));
+  json out = {{"weight_bytes_per_token", wbytes}, {"load_s", lm.load_seconds}};
+  // The speed tokens: real text, repeated if the text is shorter than prefill + decode.
+  auto tok = [&](int64_t i) { return ids[size_t(i) % ids.size()]; };
+
+  if (c.causal()) {
+    const int64_t P = o.prefill, D = o.decode;
+    MINFER_CHECK(P + D <= c.max_pos, "--prefill {} + --decode {} exceed the model's {} positions",
+                 P, D, c.max_pos);
+    std::vector<int32_t> sp(size_t(P + D));
+    for (int64_t i = 0; i < P + D; ++i) sp[size_t(i)] = tok(i);
+    std::vector<float> logits(size_t(c.vocab_size));
+    {
+      RunState s = m.new_state(P + D, P, 1);
+      // to_host after each call: the work is done (and a GPU synchronised) before the clock stops.
+      const double tp = best_of(o.reps, [&] {
+        s.reset();
+        be->to_host(m.forward(s, sp.data(), P, false), logits.data());
+      });
+      const double t0 = tool::now_s();
+      for (int64_t i = 0; i < D; ++i)
+        be->to_host(m.forward(s, sp.data() + P + i, 1, false), logits.data());
+      const double td = tool::now_s() - t0;
+      out["prefill_tps"] = double(P) / tp;
+      out["decode_tps"] = D > 0 ? double(D) / td : kNaN;
+    }
+    out["peak_rss_mb"] = self_peak_rss_mb();
+    const double t1 = tool::now_s();
+    const int64_t n = o.max_tokens > 0 ? std::min<int64_t>(o.max_tokens, int64_t(ids.size()))
+                                       : int64_t(ids.size());
+    const std::vector<int32_t> eval(ids.begin(), ids.begin() + n);
+    const PerplexityResult r =
+        perplexity(m, eval, std::min(o.ctx, c.max_pos), std::min(o.ctx, c.max_pos),
+                   PplMethod::HfSlidingWindow, false);
+    out["ppl"] = r.ppl;
+    out["eval_s"] = tool::now_s() - t1;
+  } else {
+    const int64_t T = std::min<int64_t>(int64_t(ids.size()), std::min(o.prefill, c.max_pos));
+    {
+      RunState s = m.new_state(0, T);
+      std::vector<float> hidden(size_t(T * c.hidden));
+      const double te =
+          best_of(o.reps, [&] { be->to_host(m.encode(s, ids.data(), 1, T), hidden.data()); });
+      out["prefill_tps"] = double(T) / te;
+    }
+    out["peak_rss_mb"] = self_peak_rss_mb();
+    const double t1 = tool::now_s();
+    const std::string test = find_text(o.test_text, "wiki.test.raw");
+    const auto texts = wiki_lines(test, o.lines);
+    const auto tokzr = Tokenizer::from_json_file((fs::path(dir) / "tokenizer.json").string());
+    const auto emb = embed_texts(m, *tokzr, texts);
+    const auto ref = read_vec<float>(work + "/ref_emb.bin");
+    MINFER_CHECK(!emb.empty() && ref.size() == emb.size() * emb[0].size(),
+                 "reference embeddings: {} floats for {} x {} embeddings", ref.size(), emb.size(),
+                 emb.empty() ? 0 : emb[0].size());
+    double sum = 0, mn = 1e300;
+    const size_t C = emb[0].size();
+    for (size_t i = 0; i < emb.size(); ++i) {
+      const std::vector<float> r(ref.begin() + i * C, ref.begin() + (i + 1) * C);
+      const double cs = cosine(emb[i], r);
+      sum += cs;
+      mn = std::min(mn, cs);
+    }
+    out["cosine"] = sum / double(emb.size());
+    out["cosine_min"] = mn;
+    out["eval_s"] = tool::now_s() - t1;
+  }
+  out["eval_rss_mb"] = self_peak_rss_mb();
+  return out;
+}
+
+double num(const json& j, const char* k) {
+  auto it = j.find(k);
+  return it != j.end() && it->is_number() ? it->get<double>() : kNaN;
+}
+
+BenchRow empty_row(const std::string& method) {
+  BenchRow r;
+  r.method = method;
+  for (double* v :
+       {&r.bits_per_weight, &r.linear_bpw, &r.file_mb, &r.peak_rss_mb, &r.eval_rss_mb,
+        &r.compress_rss_mb, &r.compress_s, &r.eval_s, &r.ppl, &r.delta_ppl, &r.cosine,
+        &r.cosine_min, &r.prefill_tps, &r.decode_tps, &r.weight_bytes_per_token, &r.decode_gbps})
+    *v = kNaN;
+  return r;
+}
+
+std::vector<std::string> split_methods(const std::string& list) {
+  std::vector<std::string> v;
+  std::stringstream ss(list);
+  for (std::string m; std::getline(ss, m, ',');) {
+    m.erase(0, m.find_first_not_of(' '));
+    m.erase(m.find_last_not_of(' ') + 1);
+    if (!m.empty()) v.push_back(m);
+  }
+  return v;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "Compress one model with each method and measure it: bits/weight, file MB, peak RSS, "
+      "WikiText-2 perplexity and Δ vs f32 (encoders: mean cosine of the embeddings to the f32 "
+      "model's), prefill / decode tok/s and decode GB/s of weight reads. Prints a Markdown "
+      "table; --json / --plot write the rows.",
+      "bench"};
+  Options o;
+  app.option_defaults()->always_capture_default();
+  app.add_option("--model,-m", o.model, "smollm2 | minilm | HF folder | .gguf (the f32 baseline)")
+      ->required();
+  app.add_option("--methods", o.methods,
+                 std::string("comma list of compression methods (compress_spec_from_name "
+                             "spelling, e.g. int4-g64, nf4-dq, w8a8-static); default: ") +
+                     kDefaultMethods);
+  app.add_option("--max-tokens", o.max_tokens,
+                 "perplexity over the first N tokens of the test text (0 = all)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--lines", o.lines, "encoders: non-blank WikiText lines for the cosine")
+      ->check(CLI::Range(1, 1 << 20));
+  app.add_option("--ctx", o.ctx, "perplexity window (non-overlapping windows)")
+      ->check(CLI::Range(int64_t(2), int64_t(1) << 20));
+  app.add_option("--prefill", o.prefill, "tokens in the prefill timing (encoders: sequence length)")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+  app.add_option("--decode", o.decode, "tokens decoded one at a time after the prefill")
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 20));
+  app.add_option("--reps", o.reps, "prefill timing: best of N")->check(CLI::Range(1, 100));
+  app.add_option("--calib-samples", o.calib_samples,
+                 "calibration windows (w8a8-static, llm-int8) from WikiText-2 validation")
+      ->check(CLI::Range(1, 4096));
+  app.add_option("--calib-len", o.calib_len, "tokens per calibration window")
+      ->check(CLI::Range(int64_t(2), int64_t(1) << 20));
+  app.add_option("--test-text", o.test_text,
+                 "evaluation text (default: ../shared/data/wikitext-2-raw/wiki.test.raw)");
+  app.add_option("--calib-text", o.calib_text,
+                 "calibration text (default: ../shared/data/wikitext-2-raw/wiki.valid.raw)");
+  app.add_option("--json", o.json_path, "also write the rows as JSON to FILE");
+  app.add_option("--plot", o.plot_path,
+                 "also write a plot to FILE.svg (quality vs file size, decode speed bars)");
+  app.add_option("--work", o.work,
+                 "folder for the compressed models (default: a new folder under $TMPDIR)");
+  app.add_flag("--keep-files", o.keep_files, "keep the compressed folders");
+  app.add_option("--threads,-t", o.threads, "threads (default: OMP_NUM_THREADS or all cores)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--backend", o.backend, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--device", o.device, "GPU index for --backend cuda")
+      ->check(CLI::NonNegativeNumber);
+  app.add_flag("--quiet,-q", o.quiet, "no progress on stderr");
+  return tool::run(app, argc, argv, [&] {
+    // Everything that can be wrong with the arguments fails here, before minutes of work.
+    if (!o.plot_path.empty()) {
+      const std::string ext = fs::path(o.plot_path).extension().string();
+      if (ext == ".png" || ext == ".PNG") throw NotImplemented("PNG plots; use --plot FILE.svg");
+      MINFER_CHECK(ext == ".svg" || ext == ".SVG", "--plot {}: expected a .svg file name",
+                   o.plot_path);
+    }
+    std::vector<std::string> methods;
+    if (!o.methods.empty()) {
+      methods = split_methods(o.methods);
+      MINFER_CHECK(!methods.empty(), "--methods '{}' names no method", o.methods);
+    }
+    bool user_work = !o.work.empty();
+    std::string work = o.work;
+    if (user_work) {
+      fs::create_directories(work);
+    } else {
+      std::string t = (fs::temp_directory_path() / "minfer-bench-XXXXXX").string();
+      MINFER_CHECK(mkdtemp(t.data()) != nullptr, "cannot create a folder under {}: {}",
+                   fs::temp_directory_path().string(), std::strerror(errno));
+      work = t;
+    }
+    // Our own files only: with --work the folder itself may hold other things.
+    std::vector<std::string> created;
+    auto cleanup = [&] {
+      if (o.keep_files) return;
+      std::error_code ec;
+      for (auto& p : created) fs::remove_all(p, ec);
+      if (!user_work) fs::remove_all(work, ec);
+    };
+    const bool tty = isatty(2);
+    auto say = [&](const std::string& line) {
+      if (o.quiet) return;
+      std::fprintf(stderr, "%s%s\n", tty ? "\r\033[K" : "", line.c_str());
+    };
+
+    struct Cleanup {
+      std::function<void()> f;
+      ~Cleanup() { f(); }
+    } guard{cleanup};
+
+    for (auto f : {"test_ids.bin", "calib_ids.bin", "ref_emb.bin"})
+      created.push_back(work + "/" + f);
+    bool any_calib = methods.empty();  // the default list has w8a8-static and llm-int8
+    for (auto& m : methods) {
+      if (needs_calibration(compress_spec_from_name(m))) any_calib = true;  // also validates
+    }
+    {
+      std::set<std::string> seen;
+      for (auto& m : methods) MINFER_CHECK(seen.insert(m).second, "--methods: '{}' twice", m);
+    }
+
+    const double t_start = tool::now_s();
+    say(fmt::format("bench: preparing {} (tokenizing the texts{})", o.model,
+                    any_calib ? ", calibration ids" : ""));
+    ChildResult prep = run_child([&] { return prepare(o, work, any_calib); });
+    MINFER_CHECK(prep.failure.empty(), "{}: {}", o.model, prep.failure);
+    const json& info = prep.out;
+    BenchReport rep;
+    rep.model = o.model;
+    rep.arch = info.value("arch", "");
+    rep.encoder = !info.value("causal", true);
+    rep.backend = info.value("backend", o.backend);
+    rep.threads = info.value("threads", 0);
+    rep.cpu = cpu_model();
+    rep.date = utc_now();
+    double la[1] = {0};
+    rep.load_avg = getloadavg(la, 1) == 1 ? la[0] : kNaN;
+    rep.text = info.value("test_text", "");
+    rep.eval_tokens = info.value("eval_tokens", int64_t(0));
+    rep.ctx = rep.encoder ? 0 : std::min(o.ctx, info.value("max_pos", o.ctx));
+    rep.prefill_tokens =
+        rep.encoder ? std::min(o.prefill, info.value("max_pos", o.prefill)) : o.prefill;
+    rep.decode_tokens = rep.encoder ? 0 : o.decode;
+    if (methods.empty()) methods = split_methods(kDefaultMethods);
+
+    Progress bar("bench", int64_t(methods.size()) * 2, !o.quiet);
+    for (size_t i = 0; i < methods.size(); ++i) {
+      const std::string& method = methods[i];
+      BenchRow row = empty_row(method);
+      const std::string dir = work + "/" + method;
+      created.push_back(dir);
+      const double t0 = tool::now_s();
+      bar.update(int64_t(2 * i), method + ": compressing");
+      ChildResult cr = run_child([&] { return compress_child(o, work, method, dir); });
+      row.compress_rss_mb = cr.rss_mb;
+      if (!cr.failure.empty()) {
+        row.status = "failed";
+        row.note = "compress: " + cr.failure;
+      } else if (cr.out.contains("skip")) {
+        row.status = "skipped";
+        row.note = cr.out["skip"].get<std::string>();
+      } else {
+        row.bits_per_weight = num(cr.out, "bits_per_weight");
+        row.linear_bpw = num(cr.out, "linear_bpw");
+        row.compress_s = num(cr.out, "seconds");
+        row.note = cr.out.value("note", "");
+        row.file_mb = double(model_file_bytes(dir)) / 1e6;
+        bar.update(int64_t(2 * i + 1), method + ": measuring");
+        ChildResult mr = run_child([&] { return measure_child(o, work, dir); });
+        if (!mr.failure.empty()) {
+          row.status = "failed";
+          row.note = "measure: " + mr.failure;
+        } else {
+          const json& j = mr.out;
+          row.peak_rss_mb = num(j, "peak_rss_mb");
+          row.eval_rss_mb = mr.rss_mb;
+          row.eval_s = num(j, "eval_s");
+          row.prefill_tps = num(j, "prefill_tps");
+          row.weight_bytes_per_token = num(j, "weight_bytes_per_token");
+          if (rep.encoder) {
+            row.cosine = num(j, "cosine");
+            row.cosine_min = num(j, "cosine_min");
+          } else {
+            row.ppl = num(j, "ppl");
+            row.decode_tps = num(j, "decode_tps");
+            row.decode_gbps = row.weight_bytes_per_token * row.decode_tps / 1e9;
+          }
+        }
+      }
+      if (!o.keep_files) {
+        std::error_code ec;
+        fs::remove_all(dir, ec);
+      }
+      if (row.status == "ok")
+        say(fmt::format("{}: {:.2f} bits/w, {:.1f} MB, {}, prefill {:.1f} tok/s{} ({:.0f} s)",
+                        method, row.bits_per_weight, row.file_mb,
+                        rep.encoder ? fmt::format("cos {:.5f}", row.cosine)
+                                    : fmt::format("ppl {:.4f}", row.ppl),
+                        row.prefill_tps,
+                        rep.encoder ? "" : fmt::format(", decode {:.1f} tok/s", row.decode_tps),
+                        tool::now_s() - t0));
+      else
+        say(fmt::format("{}: {}: {}", method, row.status, row.note));
+      rep.rows.push_back(std::move(row));
+    }
+    bar.finish();
+    bench_fill_baseline(rep);
+
+    std::printf("%s", bench_markdown(rep).c_str());
+    std::fflush(stdout);
+    if (!o.json_path.empty()) {
+      write_file_atomic(o.json_path, bench_json(rep));
+      say("bench: wrote " + o.json_path);
+    }
+    if (!o.plot_path.empty()) {
+      write_file_atomic(o.plot_path, bench_svg(rep));
+      say("bench: wrote " + o.plot_path);
+    }
+    if (o.keep_files) say("bench: compressed models kept in " + work);
+    say(fmt::format("bench: {:.0f} s", tool::now_s() - t_start));
+    bool any_ok = false;
+    for (auto& r : rep.rows) any_ok = any_ok || r.status == "ok";
+    return any_ok ? 0 : 1;
+  });
+}
