@@ -1,19 +1,24 @@
-// Quantized linear kernels for AVX-512 with VNNI (AVX512F + BW + VNNI; e.g. Zen 4, Ice Lake and
-// later). Compiled to nothing on other targets. Legend: T rows of x, K = in features,
-// N = out features, Kp = K padded to 64, QA = activation block, RW weight rows x R x rows per call.
+// Quantized linear kernels for AVX-512 (built where the target has AVX512F + BW + VNNI, the gate
+// quant_act_avx512.cpp shares; e.g. Zen 4, Ice Lake and later). Compiled to nothing elsewhere.
+// Legend: T rows of x, K = in features, N = out features, Kp = K padded to 64, G = weight group, RW
+// weight rows x R x rows per kernel call.
 //
-// Integer formats: per 64-weight chunk one unpack to 64 code bytes u (shift + mask, or a mask
-// move for binary) and one _mm512_dpbusd_epi32(acc, u, x codes) per x row. dpbusd multiplies
-// unsigned by signed bytes, which is why every format stores u = q + z with z >= 0 and the zero
-// point comes back out through the per-lane activation sums (quant_impl.h, ActQ::nls). Per
-// activation block: one int32 -> f32 conversion and one FMA by s_w * d_x.
-// NF4: the 16 table values times the block absmax sit in one register and
-// _mm512_permutexvar_ps looks up 16 weights at a time for f32 activations.
+// Weight-only: x stays f32 and every weight is dequantized in registers, 16 at a time, from
+// bytes read once (W is never dequantized as a whole in decode).
+//   int8:     vpmovzxbd (16 codes u -> int32), - 128, vcvtdq2ps, FMA with x; the products of a
+//             group accumulate unscaled and its scale multiplies once per group.
+//   int4/NF4: vpmovzxbd of 16 bytes gives 32 nibbles in 16 lanes; _mm512_permutexvar_ps looks up
+//             the low nibble (it reads index bits 0..3 only) and, after a shift by 4, the high one
+//             in a 16-entry table of the dequantized values s * (u - z) (int4) or s * nf4[u],
+//             rebuilt once per group and row.
+//   ternary:  the same lookup with the table s * ((j & 3) - 1) on the byte shifted by 0/2/4/6.
+//   binary:   16 mask bits select +s or -s (vblendmps).
+// Several independent accumulators per output keep the FMA latency hidden.
 #include "kernels/cpu/quant_impl.h"
 
 #if defined(MINFER_Q_AVX512)
 
-#include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cstring>
@@ -27,36 +32,20 @@
 
 namespace minfer::qcpu {
 
-const char* const kSimdIsa = "avx512-vnni";
+const char* const kSimdIsa = "avx512";
 
 namespace {
 
 #define MINFER_INLINE inline __attribute__((always_inline))
+#define MINFER_INLINE_LAMBDA __attribute__((always_inline))
 
-// Horizontal sum / max by lane shuffles (GCC 12's _mm512_reduce_* trip the warning above).
-MINFER_INLINE __m128 fold512(__m512 v, bool max) {
-  auto op = [max](__m512 a, __m512 b) { return max ? _mm512_max_ps(a, b) : _mm512_add_ps(a, b); };
-  v = op(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
-  v = op(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm512_castps512_ps128(v);
-}
+// Horizontal sum by lane shuffles (GCC 12's _mm512_reduce_* trip the warning above).
 MINFER_INLINE float hsum512(__m512 v) {
-  __m128 x = fold512(v, false);
+  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  __m128 x = _mm512_castps512_ps128(v);
   x = _mm_add_ps(x, _mm_movehl_ps(x, x));
   return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
-}
-MINFER_INLINE float hmax512(__m512 v) {
-  __m128 x = fold512(v, true);
-  x = _mm_max_ps(x, _mm_movehl_ps(x, x));
-  return _mm_cvtss_f32(_mm_max_ss(x, _mm_movehdup_ps(x)));
-}
-MINFER_INLINE int32_t hsum512i(__m512i v) {
-  v = _mm512_add_epi32(v, _mm512_shuffle_i32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
-  v = _mm512_add_epi32(v, _mm512_shuffle_i32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
-  __m128i x = _mm512_castsi512_si128(v);
-  x = _mm_add_epi32(x, _mm_shuffle_epi32(x, _MM_SHUFFLE(1, 0, 3, 2)));
-  x = _mm_add_epi32(x, _mm_shuffle_epi32(x, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm_cvtsi128_si32(x);
 }
 // The four horizontal sums of a, b, c, d.
 MINFER_INLINE __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
@@ -86,358 +75,256 @@ MINFER_INLINE __mmask16 tail_mask(int64_t valid) {
   return valid >= 16 ? __mmask16(0xffff) : valid <= 0 ? __mmask16(0) : __mmask16((1u << valid) - 1);
 }
 
-// ---- Integer formats
-// -----------------------------------------------------------------------------
+MINFER_INLINE __m512i zext16(const uint8_t* p) {
+  return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p));
+}
 
-// 64 codes u of one chunk, in weight order, as bytes.
+// The per-span dequantization state of one weight row: the 16-entry table of dequantized values
+// (int4, NF4, ternary), +s / -s (binary) or the scale (int8, applied when the span is flushed).
 template <QScheme S>
-MINFER_INLINE __m512i unpack64(const uint8_t* p) {
+struct RowDq {
+  __m512 t, neg;
+  float s;
+  MINFER_INLINE void set(const QArgs& a, int64_t n, int64_t g) {
+    s = a.scale(n, g);
+    const __m512 sv = _mm512_set1_ps(s);
+    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    if constexpr (S == QScheme::Int4) {
+      t = _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(float(a.zero(n, g)))), sv);
+    } else if constexpr (S == QScheme::NF4) {
+      t = _mm512_mul_ps(
+          _mm512_setr_ps(qm::nf4_value(0), qm::nf4_value(1), qm::nf4_value(2), qm::nf4_value(3),
+                         qm::nf4_value(4), qm::nf4_value(5), qm::nf4_value(6), qm::nf4_value(7),
+                         qm::nf4_value(8), qm::nf4_value(9), qm::nf4_value(10), qm::nf4_value(11),
+                         qm::nf4_value(12), qm::nf4_value(13), qm::nf4_value(14),
+                         qm::nf4_value(15)),
+          sv);
+    } else if constexpr (S == QScheme::Ternary) {
+      // u = bits 0..1 of the index; the permute sees 4 bits, so entry j = s * ((j & 3) - 1).
+      t = _mm512_mul_ps(_mm512_setr_ps(-1, 0, 1, 2, -1, 0, 1, 2, -1, 0, 1, 2, -1, 0, 1, 2), sv);
+    } else if constexpr (S == QScheme::Binary) {
+      t = sv;
+      neg = _mm512_sub_ps(_mm512_setzero_ps(), sv);
+    }
+  }
+};
+
+// The 64 dequantized weights (unscaled q = u - 128 for int8) of the chunk at k (k % 64 == 0) of
+// code row c, 16 per vector in weight order.
+template <QScheme S>
+MINFER_INLINE void chunk64(const uint8_t* c, int64_t k, const RowDq<S>& d, __m512 (&w)[4]) {
   if constexpr (S == QScheme::Int8) {
-    return _mm512_loadu_si512(p);
-  } else if constexpr (S == QScheme::Int4) {
-    // The 32 bytes in both halves; the upper half shifted right by 4 gives the high nibbles.
-    const __m512i b = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)p));
-    return _mm512_and_si512(_mm512_srlv_epi64(b, _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0)),
-                            _mm512_set1_epi8(0x0f));
+    for (int j = 0; j < 4; ++j)
+      w[j] = _mm512_cvtepi32_ps(_mm512_sub_epi32(zext16(c + k + 16 * j), _mm512_set1_epi32(128)));
+  } else if constexpr (S == QScheme::Int4 || S == QScheme::NF4) {
+    const __m512i b0 = zext16(c + k / 2), b1 = zext16(c + k / 2 + 16);
+    w[0] = _mm512_permutexvar_ps(b0, d.t);  // index bits 0..3: the low nibble
+    w[1] = _mm512_permutexvar_ps(b1, d.t);
+    w[2] = _mm512_permutexvar_ps(_mm512_srli_epi32(b0, 4), d.t);
+    w[3] = _mm512_permutexvar_ps(_mm512_srli_epi32(b1, 4), d.t);
   } else if constexpr (S == QScheme::Ternary) {
-    // The 16 bytes in all four 128-bit lanes; lane i shifted by 2i gives weights 16i..16i+15.
-    const __m512i b = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)p));
-    return _mm512_and_si512(_mm512_srlv_epi64(b, _mm512_set_epi64(6, 6, 4, 4, 2, 2, 0, 0)),
-                            _mm512_set1_epi8(3));
-  } else {  // Binary: the 64 bits are a byte mask; u = 2 where set.
+    const __m512i b = zext16(c + k / 4);
+    w[0] = _mm512_permutexvar_ps(b, d.t);
+    w[1] = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 2), d.t);
+    w[2] = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), d.t);
+    w[3] = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 6), d.t);
+  } else {
     uint64_t m;
-    std::memcpy(&m, p, 8);
-    return _mm512_maskz_mov_epi8(_cvtu64_mask64(m), _mm512_set1_epi8(2));
+    std::memcpy(&m, c + k / 8, 8);
+    for (int j = 0; j < 4; ++j) w[j] = _mm512_mask_blend_ps(__mmask16(m >> (16 * j)), d.neg, d.t);
   }
 }
 
-// acc[i][r] += codes of row i, chunk at k  ·  x codes of row r, chunk at k.
-template <QScheme S, int RW, int R>
-MINFER_INLINE void dot_chunk(__m512i (&acc)[RW][R], const uint8_t* const (&wr)[RW],
-                             const int8_t* const (&xq)[R], uint64_t k) {
-  constexpr uint64_t bits = uint64_t(code_bits(S));
-  __m512i xv[R];
-  for (int r = 0; r < R; ++r) xv[r] = _mm512_loadu_si512(xq[r] + k);
-  for (int i = 0; i < RW; ++i) {
-    const __m512i w = unpack64<S>(wr[i] + k * bits / 8);
-    for (int r = 0; r < R; ++r) acc[i][r] = _mm512_dpbusd_epi32(acc[i][r], w, xv[r]);
+// The 32 weights k..k+31 (k % 32 == 0) of code row c: half a chunk, where a group boundary
+// splits one (groups that are an odd multiple of 32; int8 and 4-bit formats only).
+template <QScheme S>
+MINFER_INLINE void half32(const uint8_t* c, int64_t k, const RowDq<S>& d, __m512 (&w)[4]) {
+  if constexpr (S == QScheme::Int8) {
+    for (int j = 0; j < 2; ++j)
+      w[j] = _mm512_cvtepi32_ps(_mm512_sub_epi32(zext16(c + k + 16 * j), _mm512_set1_epi32(128)));
+  } else if constexpr (S == QScheme::Int4 || S == QScheme::NF4) {
+    const uint8_t* p = c + (k & ~int64_t(63)) / 2;
+    __m512i b0 = zext16(p), b1 = zext16(p + 16);
+    if (k & 32) b0 = _mm512_srli_epi32(b0, 4), b1 = _mm512_srli_epi32(b1, 4);
+    w[0] = _mm512_permutexvar_ps(b0, d.t);
+    w[1] = _mm512_permutexvar_ps(b1, d.t);
   }
 }
 
-// One unit = one activation block (QA = 64 / 128) or one 64-chunk holding two 32-blocks, whose
-// int32 sums are lanes 0..7 and 8..15 (QA = 32). ROWSCALE: one weight scale per row (per-row or
-// per-tensor formats, QA = 128): f accumulates acc * d_x and the row scale multiplies the sum.
-// Decode is limited by how many cache lines are in flight, i.e. by instructions per weight byte,
-// so the per-unit work is kept minimal: the zero point arrives pre-multiplied in nls.
-template <QScheme S, bool ASYM, int QA, bool ROWSCALE>
-struct IntTile {
+// One tile: weight rows n0..n0+RW against x rows t0..t0+R, reading a.xp.
+template <QScheme S>
+struct Fused {
   template <int RW, int R>
   struct K {
-    static void run(int64_t n0, int64_t t0, const UArgs& u, float* y, int64_t ldy) {
-      constexpr uint64_t unit = QA < 64 ? 64 : QA;
-      const ActQ& a = *u.a;
+    // Independent accumulators per output: enough chains to cover the FMA latency.
+    static constexpr int NA = RW * R >= 4 ? 1 : RW * R == 1 ? 4 : 2;
+    static void run(int64_t n0, int64_t t0, const QArgs& a, float* y, int64_t ldy) {
       const uint8_t* wr[RW];
-      const float* sr[RW];
-      const uint8_t* zr[RW];
-      for (int i = 0; i < RW; ++i) {
-        wr[i] = u.codes + (n0 + i) * u.rb;
-        sr[i] = u.scales + (n0 + i) * u.groups;
-        zr[i] = ASYM ? u.zeros + (n0 + i) * u.groups : nullptr;
-      }
-      const int8_t* xq[R];
-      const float* xd[R];
-      const int32_t* nl[R];
-      const float* dv[R];
-      for (int r = 0; r < R; ++r) {
-        xq[r] = a.q.data() + (t0 + r) * a.Kp;
-        xd[r] = a.d.data() + (t0 + r) * a.nb;
-        nl[r] = a.nls.data() + (t0 + r) * a.units * 16;
-        dv[r] = QA == 32 ? a.dv.data() + (t0 + r) * a.units * 16 : nullptr;
-      }
-      __m512 f[RW][R];
-      for (int i = 0; i < RW; ++i)
-        for (int r = 0; r < R; ++r) f[i][r] = _mm512_setzero_ps();
-      const uint64_t Kp = uint64_t(a.Kp);
-      for (int64_t b = 0; b < a.units; ++b) {
-        const uint64_t k0 = uint64_t(b) * unit;
-        const int64_t g0 = ROWSCALE ? 0 : u.gidx[QA == 32 ? 2 * b : b];
-        const int64_t g1 = QA == 32 ? u.gidx[2 * b + 1] : g0;
-        // acc = -z * lane sums of the x codes.
-        __m512i acc[RW][R];
-        if constexpr (ASYM) {
-          __m512i zv[RW];
-          for (int i = 0; i < RW; ++i)
-            zv[i] = QA == 32 ? _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(zr[i][g0]),
-                                                       _mm512_set1_epi32(zr[i][g1]))
-                             : _mm512_set1_epi32(zr[i][g0]);
-          for (int r = 0; r < R; ++r) {
-            const __m512i l = _mm512_loadu_si512(nl[r] + b * 16);
-            for (int i = 0; i < RW; ++i) acc[i][r] = _mm512_mullo_epi32(l, zv[i]);
-          }
-        } else {
-          for (int r = 0; r < R; ++r) {
-            const __m512i l = _mm512_loadu_si512(nl[r] + b * 16);
-            for (int i = 0; i < RW; ++i) acc[i][r] = l;
-          }
-        }
-        dot_chunk<S, RW, R>(acc, wr, xq, k0);
-        if constexpr (QA == 128)
-          if (k0 + 64 < Kp) dot_chunk<S, RW, R>(acc, wr, xq, k0 + 64);
-        // f += acc * s_w * d_x  (ROWSCALE: f += acc * d_x).
-        if constexpr (QA == 32) {
-          __m512 sw[RW];
-          for (int i = 0; i < RW; ++i)
-            sw[i] =
-                _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(sr[i][g0]), _mm512_set1_ps(sr[i][g1]));
-          for (int r = 0; r < R; ++r) {
-            const __m512 d = _mm512_loadu_ps(dv[r] + b * 16);
-            for (int i = 0; i < RW; ++i)
-              f[i][r] =
-                  _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][r]), _mm512_mul_ps(sw[i], d), f[i][r]);
-          }
-        } else if constexpr (ROWSCALE) {
-          for (int r = 0; r < R; ++r) {
-            const __m512 d = _mm512_set1_ps(xd[r][b]);
-            for (int i = 0; i < RW; ++i)
-              f[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][r]), d, f[i][r]);
-          }
-        } else {
-          __m512 sw[RW];
-          for (int i = 0; i < RW; ++i) sw[i] = _mm512_set1_ps(sr[i][g0]);
-          for (int r = 0; r < R; ++r) {
-            const __m512 d = _mm512_set1_ps(xd[r][b]);
-            for (int i = 0; i < RW; ++i)
-              f[i][r] =
-                  _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][r]), _mm512_mul_ps(sw[i], d), f[i][r]);
-          }
-        }
-      }
-      if constexpr (ROWSCALE)
-        for (int i = 0; i < RW; ++i)
-          for (int r = 0; r < R; ++r) f[i][r] = _mm512_mul_ps(f[i][r], _mm512_set1_ps(sr[i][0]));
-      store_tile<RW, R>(f, y, ldy, n0, t0);
-    }
-  };
-};
-
-template <QScheme S, bool ASYM>
-void int_linear(const UArgs& u, bool rowscale, int64_t N, int64_t T, float* y, int64_t ldy) {
-  const int64_t Kp = u.a->Kp;
-  switch (u.a->QA) {
-    case 32:
-      run_all<IntTile<S, ASYM, 32, false>::template K>(N, T, Kp, u, y, ldy);
-      break;
-    case 64:
-      run_all<IntTile<S, ASYM, 64, false>::template K>(N, T, Kp, u, y, ldy);
-      break;
-    default:
-      if (rowscale)
-        run_all<IntTile<S, ASYM, 128, true>::template K>(N, T, Kp, u, y, ldy);
-      else
-        run_all<IntTile<S, ASYM, 128, false>::template K>(N, T, Kp, u, y, ldy);
-      break;
-  }
-}
-
-// ---- NF4
-// -----------------------------------------------------------------------------------------
-
-MINFER_INLINE __m512 nf4_table() {
-  alignas(64) float tv[16];
-  for (int i = 0; i < 16; ++i) tv[i] = qm::nf4_value(i);
-  return _mm512_load_ps(tv);
-}
-
-struct Nf4Tile {
-  template <int RW, int R>
-  struct K {
-    static void run(int64_t n0, int64_t t0, const NArgs& w, const float* x, int64_t ldx, float* y,
-                    int64_t ldy) {
-      const __m512 table = nf4_table();
-      const uint8_t* wr[RW];
-      for (int i = 0; i < RW; ++i) wr[i] = w.codes + (n0 + i) * w.rb;
+      for (int i = 0; i < RW; ++i) wr[i] = a.codes + (n0 + i) * a.rb;
       const float* xr[R];
-      for (int r = 0; r < R; ++r) xr[r] = x + (t0 + r) * ldx;
-      __m512 f[RW][R];
+      for (int r = 0; r < R; ++r) xr[r] = a.xp + (t0 + r) * a.Kp;
+      __m512 f[RW][R], acc[RW][R][NA];
       for (int i = 0; i < RW; ++i)
-        for (int r = 0; r < R; ++r) f[i][r] = _mm512_setzero_ps();
-      for (int64_t g = 0; g < w.groups; ++g) {
-        __m512 tb[RW];
-        for (int i = 0; i < RW; ++i)
-          tb[i] = _mm512_mul_ps(table, _mm512_set1_ps(w.scale(n0 + i, g)));
-        const int64_t k1 = g == w.groups - 1 ? w.Kp : (g + 1) * w.G;
-        for (int64_t k = g * w.G; k < k1; k += 64) {
-          const bool full = k + 64 <= w.K;
-          for (int h = 0; h < 2; ++h) {
-            // Bytes 16h..16h+15 of the chunk: weights k+16h.. (low nibbles), k+32+16h.. (high).
-            const int64_t kl = k + 16 * h, kh = k + 32 + 16 * h;
-            __m512 xl[R], xh[R];
-            if (full) {
-              for (int r = 0; r < R; ++r) {
-                xl[r] = _mm512_loadu_ps(xr[r] + kl);
-                xh[r] = _mm512_loadu_ps(xr[r] + kh);
-              }
-            } else {  // never read x past K
-              const __mmask16 ml = tail_mask(w.K - kl), mh = tail_mask(w.K - kh);
-              for (int r = 0; r < R; ++r) {
-                xl[r] = _mm512_maskz_loadu_ps(ml, xr[r] + kl);
-                xh[r] = _mm512_maskz_loadu_ps(mh, xr[r] + kh);
-              }
-            }
-            for (int i = 0; i < RW; ++i) {
-              const __m512i idx =
-                  _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(wr[i] + k / 2 + 16 * h)));
-              const __m512 wl = _mm512_permutexvar_ps(idx, tb[i]);  // low 4 bits index
-              const __m512 wh = _mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), tb[i]);
-              for (int r = 0; r < R; ++r) {
-                f[i][r] = _mm512_fmadd_ps(wl, xl[r], f[i][r]);
-                f[i][r] = _mm512_fmadd_ps(wh, xh[r], f[i][r]);
-              }
+        for (int r = 0; r < R; ++r) {
+          f[i][r] = _mm512_setzero_ps();
+          for (int j = 0; j < NA; ++j) acc[i][r][j] = _mm512_setzero_ps();
+        }
+      RowDq<S> dq[RW];
+      for (int64_t si = 0; si < a.nspans; ++si) {
+        const Span sp = a.spans[si];
+        for (int i = 0; i < RW; ++i) dq[i].set(a, n0 + i, sp.g);
+        // The vectors of a chunk go to different accumulators.
+        auto fma = [&](const __m512(&w)[RW][4], int64_t k, int nv) MINFER_INLINE_LAMBDA {
+          for (int j = 0; j < nv; ++j) {
+            __m512 xv[R];
+            for (int r = 0; r < R; ++r) xv[r] = _mm512_loadu_ps(xr[r] + k + 16 * j);
+            for (int i = 0; i < RW; ++i)
+              for (int r = 0; r < R; ++r)
+                acc[i][r][j % NA] = _mm512_fmadd_ps(w[i][j], xv[r], acc[i][r][j % NA]);
+          }
+        };
+        __m512 w[RW][4];
+        int64_t k = sp.k0;
+        if constexpr (S == QScheme::Int8 || S == QScheme::Int4 || S == QScheme::NF4) {
+          if (k & 32) {
+            for (int i = 0; i < RW; ++i) half32<S>(wr[i], k, dq[i], w[i]);
+            fma(w, k, 2);
+            k += 32;
+          }
+        }
+        for (; k + 64 <= sp.k1; k += 64) {
+          for (int i = 0; i < RW; ++i) chunk64<S>(wr[i], k, dq[i], w[i]);
+          fma(w, k, 4);
+        }
+        if constexpr (S == QScheme::Int8 || S == QScheme::Int4 || S == QScheme::NF4) {
+          if (k < sp.k1) {
+            for (int i = 0; i < RW; ++i) half32<S>(wr[i], k, dq[i], w[i]);
+            fma(w, k, 2);
+          }
+        }
+        if constexpr (S == QScheme::Int8) {  // the group's scale, once
+          for (int i = 0; i < RW; ++i) {
+            const __m512 s = _mm512_set1_ps(dq[i].s);
+            for (int r = 0; r < R; ++r) {
+              __m512 v = acc[i][r][0];
+              for (int j = 1; j < NA; ++j) v = _mm512_add_ps(v, acc[i][r][j]);
+              f[i][r] = _mm512_fmadd_ps(v, s, f[i][r]);
+              for (int j = 0; j < NA; ++j) acc[i][r][j] = _mm512_setzero_ps();
             }
           }
         }
       }
+      if constexpr (S != QScheme::Int8)
+        for (int i = 0; i < RW; ++i)
+          for (int r = 0; r < R; ++r) {
+            f[i][r] = acc[i][r][0];
+            for (int j = 1; j < NA; ++j) f[i][r] = _mm512_add_ps(f[i][r], acc[i][r][j]);
+          }
       store_tile<RW, R>(f, y, ldy, n0, t0);
     }
   };
 };
 
-// Rows n0..n0+nr of the NF4 matrix as f32 [nr, K] (for the prefill path).
-void nf4_dequant_rows(const NArgs& w, int64_t n0, int64_t nr, float* dst) {
-  const __m512 table = nf4_table();
-#pragma omp parallel for if (nr * w.K >= (1 << 15))
-  for (int64_t i = 0; i < nr; ++i) {
-    const uint8_t* row = w.codes + (n0 + i) * w.rb;
-    float* o = dst + i * w.K;
-    for (int64_t g = 0; g < w.groups; ++g) {
-      const __m512 tb = _mm512_mul_ps(table, _mm512_set1_ps(w.scale(n0 + i, g)));
-      const int64_t k1 = std::min(w.K, (g + 1) * w.G);
-      for (int64_t k = g * w.G; k < k1; k += 64)
-        for (int h = 0; h < 2; ++h) {
-          const __m512i idx =
-              _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(row + k / 2 + 16 * h)));
-          const int64_t kl = k + 16 * h, kh = k + 32 + 16 * h;
-          _mm512_mask_storeu_ps(o + kl, tail_mask(w.K - kl), _mm512_permutexvar_ps(idx, tb));
-          _mm512_mask_storeu_ps(o + kh, tail_mask(w.K - kh),
-                                _mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), tb));
-        }
-    }
+// Decode: every thread on one contiguous block of rows, one weight row at a time, so that its
+// reads stream through memory in order (interleaving rows costs DRAM bandwidth: on the shared
+// 2-core Zen 4 box, 2 or 4 rows per call ran the int8 LM head at ~7 GB/s against ~15 for one);
+// one thread below 64K weights, where the fork/join costs more than the second thread saves.
+template <QScheme S, int R>
+void decode(const QArgs& a, float* y, int64_t ldy, int64_t N) {
+  const int nt = worth_threads(N, a.Kp) ? omp_get_max_threads() : 1;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const int64_t id = omp_get_thread_num(), nth = omp_get_num_threads();
+    const int64_t n0 = N * id / nth, n1 = N * (id + 1) / nth;
+    for (int64_t n = n0; n < n1; ++n) Fused<S>::template K<1, R>::run(n, 0, a, y, ldy);
   }
 }
 
-// ---- Activations
-// ---------------------------------------------------------------------------------
+template <QScheme S>
+void fused(const QArgs& a, int64_t T, float* y, int64_t ldy, int64_t N) {
+  switch (T) {
+    case 1:
+      return decode<S, 1>(a, y, ldy, N);
+    case 2:
+      return decode<S, 2>(a, y, ldy, N);
+    case 3:
+      return decode<S, 3>(a, y, ldy, N);
+    case 4:
+      return decode<S, 4>(a, y, ldy, N);
+    default:
+      run_all<Fused<S>::template K>(N, T, a.Kp, a, y, ldy);
+  }
+}
 
-// One block: absmax, then x * (127 / absmax) rounded half-even by cvtps_epi32. Blocks needing
-// special handling (zero, tiny, inf / NaN) go to the scalar quantizer, which is the definition.
-void quantize_block(const float* x, int64_t n, int64_t len, int8_t* q, float* d, int32_t* s) {
-  __m512 vmax = _mm512_setzero_ps();
-  __mmask16 bad = 0;
-  for (int64_t i = 0; i < len; i += 16) {
-    const __m512 v = _mm512_maskz_loadu_ps(tail_mask(n - i), x + i);
-    bad |= _mm512_fpclass_ps_mask(v, 0x99);  // QNaN | SNaN | +inf | -inf
-    vmax = _mm512_max_ps(vmax, _mm512_abs_ps(v));
+template <QScheme S>
+void dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst) {
+  for (int64_t i = 0; i < nr; ++i) {
+    const uint8_t* c = a.codes + (n0 + i) * a.rb;
+    float* o = dst + i * a.K;
+    RowDq<S> dq;
+    for (int64_t si = 0; si < a.nspans; ++si) {
+      const Span sp = a.spans[si];
+      dq.set(a, n0 + i, sp.g);
+      const __m512 s = _mm512_set1_ps(dq.s);
+      auto put = [&](__m512(&w)[4], int64_t k, int nv) MINFER_INLINE_LAMBDA {
+        for (int j = 0; j < nv; ++j) {
+          if constexpr (S == QScheme::Int8) w[j] = _mm512_mul_ps(w[j], s);  // s * (u - 128)
+          _mm512_mask_storeu_ps(o + k + 16 * j, tail_mask(a.K - k - 16 * j), w[j]);
+        }
+      };
+      __m512 w[4];
+      int64_t k = sp.k0;
+      const int64_t k1 = std::min(sp.k1, qm::padded_k(a.K));
+      if constexpr (S == QScheme::Int8 || S == QScheme::Int4 || S == QScheme::NF4) {
+        if (k & 32) {
+          half32<S>(c, k, dq, w);
+          put(w, k, 2);
+          k += 32;
+        }
+      }
+      for (; k + 64 <= k1 && k < a.K; k += 64) {
+        chunk64<S>(c, k, dq, w);
+        put(w, k, 4);
+      }
+      if constexpr (S == QScheme::Int8 || S == QScheme::Int4 || S == QScheme::NF4) {
+        if (k < k1 && k < a.K) {
+          half32<S>(c, k, dq, w);
+          put(w, k, 2);
+        }
+      }
+    }
   }
-  const float amax = hmax512(vmax);
-  if (bad || !(amax >= qm::kActTiny)) {
-    qm::quantize_act_block(x, int(n), int(len), q, d, s);
-    return;
-  }
-  const __m512 id = _mm512_set1_ps(127.f / amax);
-  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
-  __m512i sum = _mm512_setzero_si512();
-  for (int64_t i = 0; i < len; i += 16) {
-    const __m512 v = _mm512_maskz_loadu_ps(tail_mask(n - i), x + i);
-    __m512i c = _mm512_cvtps_epi32(_mm512_mul_ps(v, id));
-    c = _mm512_min_epi32(_mm512_max_epi32(c, lo), hi);
-    sum = _mm512_add_epi32(sum, c);
-    _mm_storeu_si128((__m128i*)(q + i), _mm512_cvtepi32_epi8(c));
-  }
-  *d = amax / 127.f;
-  *s = hsum512i(sum);
 }
 
 }  // namespace
 
-void simd_quantize_activations(const float* x, int64_t T, int64_t ldx, int64_t K, int QA, int8_t* q,
-                               float* d, int32_t* s) {
-  const int64_t Kp = qm::padded_k(K), nb = qm::ceil_div(Kp, QA);
-#pragma omp parallel for if (T * K >= (1 << 16))
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t b = 0; b < nb; ++b) {
-      const int64_t k0 = b * QA, len = std::min<int64_t>(QA, Kp - k0);
-      quantize_block(x + t * ldx + k0, std::clamp<int64_t>(K - k0, 0, len), len, q + t * Kp + k0,
-                     d + t * nb + b, s + t * nb + b);
-    }
-}
-
-void simd_lane_sums(ActQ& a, int64_t T, int zshift) {
-  a.zshift = zshift;
-  a.unit = std::max<int64_t>(a.QA, 64);
-  a.units = qm::ceil_div(a.Kp, a.unit);
-  a.lanes = 16;
-  a.nls.resize(size_t(T * a.units * 16));
-  if (a.QA == 32) a.dv.resize(size_t(T * a.units * 16));
-  const __m512i ones = _mm512_set1_epi8(1);
-#pragma omp parallel for if (T * a.Kp >= (1 << 16))
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t u = 0; u < a.units; ++u) {
-      __m512i acc = _mm512_setzero_si512();
-      for (int64_t k = u * a.unit; k < std::min(a.Kp, (u + 1) * a.unit); k += 64)
-        acc = _mm512_dpbusd_epi32(acc, ones, _mm512_loadu_si512(a.q.data() + t * a.Kp + k));
-      _mm512_storeu_si512(a.nls.data() + (t * a.units + u) * 16,
-                          _mm512_slli_epi32(_mm512_sub_epi32(_mm512_setzero_si512(), acc), zshift));
-      if (a.QA == 32) {
-        const float* d = a.d.data() + t * a.nb + 2 * u;
-        _mm512_storeu_ps(a.dv.data() + (t * a.units + u) * 16,
-                         _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(d[0]), _mm512_set1_ps(d[1])));
-      }
-    }
-}
-
-void simd_int_linear(QScheme scheme, bool asym, const UArgs& u, int64_t N, int64_t T, float* y,
-                     int64_t ldy) {
-  const bool rs = u.groups <= 1;  // one scale per row (or per tensor)
-  switch (scheme) {
+void simd_linear_fused(const QArgs& a, int64_t T, float* y, int64_t ldy, int64_t N) {
+  switch (a.scheme) {
     case QScheme::Int8:
-      int_linear<QScheme::Int8, false>(u, rs, N, T, y, ldy);
-      break;
+      return fused<QScheme::Int8>(a, T, y, ldy, N);
     case QScheme::Int4:
-      if (asym)
-        int_linear<QScheme::Int4, true>(u, rs, N, T, y, ldy);
-      else
-        int_linear<QScheme::Int4, false>(u, rs, N, T, y, ldy);
-      break;
-    case QScheme::Ternary:
-      int_linear<QScheme::Ternary, false>(u, rs, N, T, y, ldy);
-      break;
-    case QScheme::Binary:
-      int_linear<QScheme::Binary, false>(u, rs, N, T, y, ldy);
-      break;
+      return fused<QScheme::Int4>(a, T, y, ldy, N);
     case QScheme::NF4:
-      break;
+      return fused<QScheme::NF4>(a, T, y, ldy, N);
+    case QScheme::Ternary:
+      return fused<QScheme::Ternary>(a, T, y, ldy, N);
+    case QScheme::Binary:
+      return fused<QScheme::Binary>(a, T, y, ldy, N);
   }
 }
 
-// NF4 prefill (T >= kNf4GemmRows): rows of W dequantized a tile at a time (512 KB of f32, L2
-// sized) and multiplied by sgemm: the lookups then cost once per tile instead of once per group
-// of x rows (measured 1 thread, 512 x 576 x 1536: ~88 GFLOP/s this way, ~50 fused).
-constexpr int64_t kNf4GemmRows = 16;
-
-void simd_nf4_linear(const NArgs& w, const float* x, int64_t T, int64_t ldx, float* y, int64_t ldy,
-                     int64_t N) {
-  if (T < kNf4GemmRows) {
-    run_all<Nf4Tile::K>(N, T, w.Kp, w, x, ldx, y, ldy);
-    return;
-  }
-  thread_local std::vector<float> tile;
-  const int64_t rows = std::min(N, std::max<int64_t>(16, (int64_t(1) << 17) / w.K));
-  tile.resize(size_t(rows * w.K));
-  for (int64_t n0 = 0; n0 < N; n0 += rows) {
-    const int64_t nr = std::min(rows, N - n0);
-    nf4_dequant_rows(w, n0, nr, tile.data());
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(nr), int(w.K), 1.f, x,
-                int(ldx), tile.data(), int(w.K), 0.f, y + n0, int(ldy));
+void simd_dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst) {
+  switch (a.scheme) {
+    case QScheme::Int8:
+      return dequant_rows<QScheme::Int8>(a, n0, nr, dst);
+    case QScheme::Int4:
+      return dequant_rows<QScheme::Int4>(a, n0, nr, dst);
+    case QScheme::NF4:
+      return dequant_rows<QScheme::NF4>(a, n0, nr, dst);
+    case QScheme::Ternary:
+      return dequant_rows<QScheme::Ternary>(a, n0, nr, dst);
+    case QScheme::Binary:
+      return dequant_rows<QScheme::Binary>(a, n0, nr, dst);
   }
 }
 

@@ -1,8 +1,9 @@
-// Internals shared by the quantized linear kernels: kernels/cpu/quant.cpp (dispatch, activation
-// quantization, scalar reference) and its SIMD siblings quant_avx512.cpp / quant_avx2.cpp, of
-// which the build's target ISA compiles exactly one (or none: the scalar path then runs).
-// Legend: T rows of x, K = in features, N = out features, Kp = K padded to 64, QA = activation
-// block, nb = ceil(Kp / QA), RW = weight rows and R = x rows one kernel call computes.
+// Internals shared by the quantized linear kernels: kernels/cpu/quant.cpp (dispatch, scalar
+// reference, the prefill path) and its SIMD siblings quant_avx512.cpp / quant_avx2.cpp, of which
+// the build's target ISA compiles exactly one (or none: the scalar path then runs). The row
+// tiling at the bottom (run_all) is also used by kernels/cpu/quant_act*.cpp.
+// Legend: T rows of x, K = in features, N = out features, Kp = K padded to 64, G = weight group,
+// RW = weight rows and R = x rows one kernel call computes.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -19,51 +20,42 @@
 
 namespace minfer::qcpu {
 
-// Quantized activations of one call: [T, Kp] codes, [T, nb] block scales and code sums.
-// SIMD kernels also use `nls`: per x row, per unit of `unit` weights, the negated code sums of
-// each int32 lane of the kernel's dot product (lane i of a chunk covers bytes 4i..4i+3). A weight
-// zero point z is removed lane by lane (acc = -z * lane sum, then += u * q), so every lane holds
-// a true partial dot product: putting all of -z Σ q into one lane instead makes lanes up to 128x
-// larger than the result, and their f32 sum loses digits to cancellation.
-struct ActQ {
-  int64_t Kp = 0, QA = 0, nb = 0;
-  std::vector<int8_t> q;   // [T, Kp]
-  std::vector<float> d;    // [T, nb]
-  std::vector<int32_t> s;  // [T, nb]
-  int64_t unit = 0, units = 0, lanes = 0;
-  int zshift = 0;            // nls holds -(lane sums) << zshift (z = 1 << zshift), 0 for asym
-  std::vector<int32_t> nls;  // [T, units, lanes]
-  std::vector<float> dv;     // AVX-512, QA = 32: [T, Kp / 64, 16] = d(2c) x8, d(2c+1) x8
+// A run of weights [k0, k1) of every row that shares one scale (and zero point): k0 and k1 are
+// multiples of 32 (groups are multiples of 32, or one group per row), k1 <= Kp. The last span
+// also covers the row padding K..Kp, whose codes dequantize to 0 (binary: to +-s, met by x = 0).
+struct Span {
+  int64_t k0, k1, g;
 };
 
-// Everything an integer-format kernel reads about the weight matrix.
-struct UArgs {
+// Everything a kernel reads about one call: the weight matrix and the prepared activations.
+struct QArgs {
+  QScheme scheme = QScheme::Int8;
   const uint8_t* codes = nullptr;  // [N, rb]
-  int64_t rb = 0;
-  const float* scales = nullptr;   // [N, groups] or [1] (per tensor)
-  int64_t groups = 0;              // scales per row (0 when per tensor)
+  int64_t rb = 0, K = 0, Kp = 0, G = 0, groups = 0;
+  bool per_tensor = false;
+  const float* scales = nullptr;   // [N, groups] or [1] (per tensor); null when double-quantized
   const uint8_t* zeros = nullptr;  // [N, groups] (asymmetric int4) or null
-  const int32_t* gidx = nullptr;   // [nb] weight group of each activation block
-  const ActQ* a = nullptr;
-};
-
-// NF4 weight matrix: codes, block absmax (direct or double-quantized).
-struct NArgs {
-  const uint8_t* codes = nullptr;  // [N, rb]
-  int64_t rb = 0, G = 0, groups = 0, K = 0, Kp = 0;
-  const float* scales = nullptr;  // [N, groups]
-  const int8_t* sc = nullptr;     // double quant: [N * groups] codes
-  const float* ss = nullptr;      // double quant: [ceil(N * groups / 256)] scales
+  const int8_t* sc = nullptr;      // NF4 double quant: [N * groups] codes
+  const float* ss = nullptr;       // NF4 double quant: [ceil(N * groups / 256)] scales
   float offset = 0;
+  const Span* spans = nullptr;  // [nspans] in order, covering [0, Kp)
+  int64_t nspans = 0;
+  const float* xp = nullptr;  // [T, Kp] x copied, zero padded past K (decode kernels only)
+
   float scale(int64_t n, int64_t g) const {
+    if (per_tensor) return scales[0];
     const int64_t i = n * groups + g;
     return sc ? qm::dq_block_scale(sc[i], ss[i / qm::kDqBlock], offset) : scales[i];
   }
+  int zero(int64_t n, int64_t g) const;
 };
 
-// Zero point of the stored code u (asymmetric int4 reads its table instead).
+// Zero point of the stored code u (asymmetric int4 reads `zeros` instead; NF4 has none).
 constexpr int zero_code(QScheme s) {
   return s == QScheme::Int8 ? 128 : s == QScheme::Int4 ? 8 : 1;
+}
+inline int QArgs::zero(int64_t n, int64_t g) const {
+  return zeros ? zeros[n * groups + g] : zero_code(scheme);
 }
 constexpr int code_bits(QScheme s) {
   return s == QScheme::Int8 ? 8 : s == QScheme::Int4 ? 4 : s == QScheme::Ternary ? 2 : 1;
@@ -147,16 +139,10 @@ void run_all(int64_t N, int64_t T, int64_t Kp, const A&... args) {
 // ---- Implemented by the one SIMD file of this build.
 #if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
 extern const char* const kSimdIsa;
-void simd_quantize_activations(const float* x, int64_t T, int64_t ldx, int64_t K, int QA, int8_t* q,
-                               float* d, int32_t* s);
-// Fills a.unit / units / lanes / nls (and dv where used) from a.q and a.d: the negated lane sums
-// times 2^zshift, i.e. -z * lane sums ready to use for a format with the fixed zero point
-// z = 2^zshift (asymmetric int4 passes 0 and multiplies by its zero points).
-void simd_lane_sums(ActQ& a, int64_t T, int zshift);
-void simd_int_linear(QScheme scheme, bool asym, const UArgs& u, int64_t N, int64_t T, float* y,
-                     int64_t ldy);
-void simd_nf4_linear(const NArgs& w, const float* x, int64_t T, int64_t ldx, float* y, int64_t ldy,
-                     int64_t N);
+// y[T, N] for T <= 15 from a.xp (T <= 4: one pass over W; more: tiles of W kept in cache).
+void simd_linear_fused(const QArgs& a, int64_t T, float* y, int64_t ldy, int64_t N);
+// Rows n0..n0+nr of W as f32 [nr, K] (row stride K), single-threaded.
+void simd_dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst);
 #endif
 
 }  // namespace minfer::qcpu
