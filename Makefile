@@ -42,6 +42,9 @@ LIB_OBJ  := $(LIB_SRC:%.cpp=$(OBJDIR)/%.o)
 TOOL_OBJ := $(TOOL_SRC:%.cpp=$(OBJDIR)/%.o)
 TEST_OBJ := $(TEST_SRC:%.cpp=$(OBJDIR)/%.o)
 BENCH_OBJ:= $(BENCH_SRC:%.cpp=$(OBJDIR)/%.o)
+# Tool and bench objects are built through pattern rules; keep them (make would delete them as
+# intermediates and rebuild them on every later make invocation).
+.SECONDARY: $(TOOL_OBJ) $(BENCH_OBJ)
 LIB      := $(OBJDIR)/libminfer.a
 TOOLS    := $(TOOL_SRC:tools/%.cpp=$(BINDIR)/%)
 TESTBIN  := $(BINDIR)/minfer-tests
