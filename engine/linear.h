@@ -55,10 +55,10 @@ struct Quantized {
 // weights); the other columns: X row-wise absmax int8, int8 x int8 -> int32, scaled by the outer
 // product of the row and the output scales, plus the outlier part.
 struct Int8WithOutliers {
-  Quantized w;              // Int8, per output row
-  float threshold = 6.f;    // the paper's default
-  Tensor outlier_cols;      // I32 [n] ascending input features kept in f16 (from calibration)
-  Tensor outlier_w;         // F16 [out, n] those columns of the original W
+  Quantized w;            // Int8, per output row
+  float threshold = 6.f;  // the paper's default
+  Tensor outlier_cols;    // I32 [n] ascending input features kept in f16 (from calibration)
+  Tensor outlier_w;       // F16 [out, n] those columns of the original W
 };
 
 // W8A8: int8 weights (absmax per output row) times int8 activations, integer GEMM with int32
