@@ -9,6 +9,7 @@
 #include <cstring>
 #include <vector>
 
+#include "engine/attention_check.h"
 #include "engine/backend.h"
 #include "engine/half.h"
 #include "kernels/cpu/dense.h"
@@ -287,18 +288,9 @@ class CpuBackend final : public Backend {
     Mat O = mat(out, "attention out"), Q = mat(q, "attention q"), K = mat(k, "attention k"),
         Vm = mat(v, "attention v");
     const int64_t H = a.n_heads, Hkv = a.n_kv_heads, D = a.head_dim, B = a.batch;
-    MINFER_CHECK(H > 0 && Hkv > 0 && H % Hkv == 0 && B > 0, "attention: bad head counts {}/{}", H,
-                 Hkv);
-    MINFER_CHECK(Q.cols == H * D && O.cols == H * D && K.cols == Hkv * D && Vm.cols == Hkv * D,
-                 "attention: q/k/v widths {}/{}/{} do not match {} heads, {} kv heads, dim {}",
-                 Q.cols, K.cols, Vm.cols, H, Hkv, D);
-    MINFER_CHECK(Q.rows % B == 0 && K.rows % B == 0 && K.rows == Vm.rows && O.rows == Q.rows,
-                 "attention: rows do not split into batch {}", B);
-    const int64_t T = Q.rows / B, S = K.rows / B;
-    MINFER_CHECK(!a.causal || a.pos0 + T <= S,
-                 "attention: {} queries at position {} need {} keys, "
-                 "have {}",
-                 T, a.pos0, a.pos0 + T, S);
+    const std::pair<int64_t, int64_t> ts =
+        check_attention_args(O.rows, O.cols, Q.rows, Q.cols, K.rows, K.cols, Vm.rows, Vm.cols, a);
+    const int64_t T = ts.first, S = ts.second;
     const float scale = a.scale > 0 ? a.scale : 1.f / std::sqrt(float(D));
     const int64_t group = H / Hkv;
     const int nt = threads_;

@@ -16,6 +16,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "engine/attention_check.h"
 #include "engine/backend.h"
 #include "engine/quantize.h"
 #include "kernels/common/quant_math.h"
@@ -509,17 +510,9 @@ class CudaBackend final : public Backend {
     DMat O = dmat(out, "attention out"), Q = dmat(q, "attention q"), K = dmat(k, "attention k"),
          Vm = dmat(v, "attention v");
     const int64_t H = a.n_heads, Hkv = a.n_kv_heads, D = a.head_dim, B = a.batch;
-    MINFER_CHECK(H > 0 && Hkv > 0 && H % Hkv == 0 && B > 0, "attention: bad head counts {}/{}", H,
-                 Hkv);
-    MINFER_CHECK(Q.cols == H * D && O.cols == H * D && K.cols == Hkv * D && Vm.cols == Hkv * D,
-                 "attention: q/k/v widths {}/{}/{} do not match {} heads, {} kv heads, dim {}",
-                 Q.cols, K.cols, Vm.cols, H, Hkv, D);
-    MINFER_CHECK(Q.rows % B == 0 && K.rows % B == 0 && K.rows == Vm.rows && O.rows == Q.rows,
-                 "attention: rows do not split into batch {}", B);
-    const int64_t T = Q.rows / B, S = K.rows / B;
-    MINFER_CHECK(!a.causal || a.pos0 + T <= S,
-                 "attention: {} queries at position {} need {} keys, have {}", T, a.pos0,
-                 a.pos0 + T, S);
+    const std::pair<int64_t, int64_t> ts =
+        check_attention_args(O.rows, O.cols, Q.rows, Q.cols, K.rows, K.cols, Vm.rows, Vm.cols, a);
+    const int64_t T = ts.first, S = ts.second;
     MINFER_CHECK(H <= 65535 && B <= 65535,
                  "cuda attention: {} heads x {} sequences exceed the grid", H, B);
     if (T == 0) return;
