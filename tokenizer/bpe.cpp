@@ -1,3 +1,5 @@
+// Pipeline stage 4, the model: BPE (HF models/bpe/model.rs and word.rs): the merge table, the
+// word cache, and merging a word's characters by rank.
 #include "tokenizer/bpe.h"
 
 #include <algorithm>
@@ -300,53 +302,6 @@ void BpeModel::merge_heap(std::vector<int32_t>& ids) const {
   }
   ids.clear();
   for (int32_t k = 0; k >= 0; k = sym[k].next) ids.push_back(sym[k].id);
-}
-
-// ---- WordPieceModel ----
-WordPieceModel::WordPieceModel(Vocab vocab, std::string unk_token, std::string prefix,
-                               size_t max_chars, const std::string& origin)
-    : vocab_(std::move(vocab)), prefix_(std::move(prefix)), max_chars_(max_chars) {
-  auto it = vocab_.find(unk_token);
-  MINFER_CHECK(it != vocab_.end(), "{}: WordPiece unk_token '{}' is not in the vocabulary", origin,
-               unk_token);
-  unk_id_ = it->second;
-  for (const auto& [tok, id] : vocab_) max_token_bytes_ = std::max(max_token_bytes_, tok.size());
-}
-
-void WordPieceModel::tokenize(std::string_view w, std::vector<int32_t>& out) const {
-  if (w.empty()) return;
-  if (unicode::count_chars(w) > max_chars_) {
-    out.push_back(unk_id_);
-    return;
-  }
-  size_t mark = out.size();
-  std::string key;
-  size_t start = 0;
-  while (start < w.size()) {
-    size_t end = std::min(w.size(), start + max_token_bytes_);
-    while (end > start && end < w.size() && (static_cast<uint8_t>(w[end]) & 0xC0) == 0x80)
-      --end;  // back to a character boundary
-    int32_t found = -1;
-    while (end > start) {
-      key.clear();
-      if (start > 0) key += prefix_;
-      key.append(w.substr(start, end - start));
-      auto it = vocab_.find(key);
-      if (it != vocab_.end()) {
-        found = it->second;
-        break;
-      }
-      do --end;
-      while (end > start && (static_cast<uint8_t>(w[end]) & 0xC0) == 0x80);
-    }
-    if (found < 0) {
-      out.resize(mark);
-      out.push_back(unk_id_);
-      return;
-    }
-    out.push_back(found);
-    start = end;
-  }
 }
 
 }  // namespace minfer

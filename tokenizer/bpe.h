@@ -1,6 +1,7 @@
-// The tokenization models: BPE (byte-level and SentencePiece-style) and WordPiece, with the
-// semantics of Hugging Face `tokenizers` (models/bpe/model.rs, models/bpe/word.rs,
-// models/wordpiece/mod.rs).
+// Pipeline stage 4, the model: BPE, byte-level (GPT-2, LLaMA-3) and SentencePiece-style (byte
+// fallback to <0xNN>, fuse_unk), with the semantics of Hugging Face `tokenizers`
+// (models/bpe/model.rs, models/bpe/word.rs). Also the vocabulary map every model uses.
+// WordPiece, WordLevel and the choice between models are in models.h.
 #pragma once
 #include <array>
 #include <cstdint>
@@ -140,21 +141,6 @@ class BpeModel {
   // Word cache: word -> ids. Guarded by a mutex; encode() is const and may run concurrently.
   mutable std::mutex cache_mu_;
   mutable WordCache cache_;
-};
-
-class WordPieceModel {
- public:
-  WordPieceModel(Vocab vocab, std::string unk_token, std::string prefix, size_t max_chars,
-                 const std::string& origin);
-  void tokenize(std::string_view word, std::vector<int32_t>& out) const;
-  const Vocab& vocab() const { return vocab_; }
-
- private:
-  Vocab vocab_;
-  std::string prefix_;
-  size_t max_chars_;
-  int32_t unk_id_;
-  size_t max_token_bytes_ = 0;
 };
 
 }  // namespace minfer

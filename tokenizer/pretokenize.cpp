@@ -1,8 +1,14 @@
+// Pipeline stage 3, the pre-tokenizer: the split-regex matchers and split behaviours (namespace
+// pretok), then each pre-tokenizer component, its tokenizer.json parsing and the chain that runs
+// them (HF tokenizers/src/pre_tokenizers/*.rs).
 #include "tokenizer/pretokenize.h"
 
+#include <algorithm>
 #include <array>
+#include <cctype>
 #include <string>
 
+#include "tokenizer/normalizers.h"
 #include "tokenizer/unicode.h"
 
 namespace minfer::pretok {
@@ -359,3 +365,223 @@ void split_by(uint32_t n, const Spans& matches, bool invert, Behavior b, Spans& 
 }
 
 }  // namespace minfer::pretok
+
+namespace minfer {
+
+using nlohmann::json;
+using pretok::Behavior;
+using pretok::Span;
+using pretok::Spans;
+
+namespace {
+
+// Matches of a char predicate, one span per matching character (HF's Pattern for Fn(char)->bool).
+template <class F>
+void find_chars(std::string_view s, F pred, Spans& out) {
+  for (size_t i = 0; i < s.size();) {
+    int l;
+    uint32_t cp = unicode::decode_at(s, i, &l);
+    if (pred(cp))
+      out.emplace_back(static_cast<uint32_t>(i), static_cast<uint32_t>(i + static_cast<size_t>(l)));
+    i += static_cast<size_t>(l);
+  }
+}
+
+Behavior parse_behavior(const json& o, const JsonReader& r, const std::string& where) {
+  std::string b = r.str_or(o, "behavior", "Isolated");
+  std::string l = b;
+  std::transform(l.begin(), l.end(), l.begin(),
+                 [](char c) { return static_cast<char>(std::tolower(c)); });
+  std::erase(l, '_');
+  if (l == "removed") return Behavior::Removed;
+  if (l == "isolated") return Behavior::Isolated;
+  if (l == "mergedwithprevious") return Behavior::MergedWithPrevious;
+  if (l == "mergedwithnext") return Behavior::MergedWithNext;
+  if (l == "contiguous") return Behavior::Contiguous;
+  r.fail(fmt::format("{}: unknown split behavior '{}'", where, b));
+}
+
+// Runs steps[k..] on `piece`: step k splits it and hands each part to step k + 1; the parts
+// that leave the last step are the words.
+void run_from(const std::vector<PreTokenizer>& steps, size_t k, std::string_view piece, bool first,
+              PreTokScratch& ctx, WordSink sink) {
+  if (piece.empty()) return;
+  if (k == steps.size()) return sink(piece);
+  const PreTokenizer& p = steps[k];
+  Spans& sp = ctx.spans[k];
+  sp.clear();
+  Spans& tmp = ctx.tmp;
+  tmp.clear();
+  const uint32_t n = static_cast<uint32_t>(piece.size());
+  auto recurse_spans = [&](std::string_view src) {
+    for (const Span& s : sp)
+      run_from(steps, k + 1, src.substr(s.first, s.second - s.first), first && s.first == 0, ctx,
+               sink);
+  };
+  switch (p.kind) {
+    case PreTokenizer::Kind::ByteLevel: {  // pre_tokenizers/byte_level.rs
+      std::string_view src = piece;
+      if (p.add_prefix_space && piece[0] != ' ') {
+        ctx.pre[k].assign(1, ' ');
+        ctx.pre[k].append(piece);
+        src = ctx.pre[k];
+      }
+      if (p.use_regex)
+        pretok::find_gpt2(src, sp);
+      else
+        sp.emplace_back(0u, static_cast<uint32_t>(src.size()));
+      std::string& buf = ctx.bufs[k];
+      for (const Span& s : sp) {
+        buf.clear();
+        unicode::byte_level_encode(src.substr(s.first, s.second - s.first), buf);
+        run_from(steps, k + 1, buf, first && s.first == 0, ctx, sink);
+      }
+      return;
+    }
+    case PreTokenizer::Kind::Split:
+      if (p.pattern >= 0)
+        pretok::find_pattern(static_cast<pretok::Pattern>(p.pattern), piece, tmp);
+      else
+        pretok::find_literal(piece, p.literal, tmp);
+      pretok::split_by(n, tmp, p.invert, p.behavior, sp);
+      return recurse_spans(piece);
+    case PreTokenizer::Kind::Digits:
+      find_chars(piece, unicode::is_number, tmp);
+      pretok::split_by(n, tmp, false, p.individual ? Behavior::Isolated : Behavior::Contiguous, sp);
+      return recurse_spans(piece);
+    case PreTokenizer::Kind::Whitespace:
+      pretok::find_words_and_symbols(piece, tmp);
+      pretok::split_by(n, tmp, true, Behavior::Removed, sp);
+      return recurse_spans(piece);
+    case PreTokenizer::Kind::WhitespaceSplit:
+      find_chars(piece, unicode::is_space, tmp);
+      pretok::split_by(n, tmp, false, Behavior::Removed, sp);
+      return recurse_spans(piece);
+    case PreTokenizer::Kind::Punctuation:
+      find_chars(piece, unicode::is_bert_punct, tmp);
+      pretok::split_by(n, tmp, false, p.behavior, sp);
+      return recurse_spans(piece);
+    case PreTokenizer::Kind::CharDelimiter:
+      find_chars(
+          piece, [&](uint32_t c) { return c == p.delimiter; }, tmp);
+      pretok::split_by(n, tmp, false, Behavior::Removed, sp);
+      return recurse_spans(piece);
+    case PreTokenizer::Kind::Bert: {  // whitespace removed, then punctuation isolated
+      Spans words_sp;
+      find_chars(piece, unicode::is_space, tmp);
+      pretok::split_by(n, tmp, false, Behavior::Removed, words_sp);
+      for (const Span& w : words_sp) {
+        std::string_view word = piece.substr(w.first, w.second - w.first);
+        tmp.clear();
+        find_chars(word, unicode::is_bert_punct, tmp);
+        Spans parts;
+        pretok::split_by(static_cast<uint32_t>(word.size()), tmp, false, Behavior::Isolated, parts);
+        for (const Span& s : parts)
+          run_from(steps, k + 1, word.substr(s.first, s.second - s.first),
+                   first && w.first == 0 && s.first == 0, ctx, sink);
+      }
+      return;
+    }
+    case PreTokenizer::Kind::Metaspace: {  // pre_tokenizers/metaspace.rs
+      std::string& buf = ctx.bufs[k];
+      buf = replace_all(piece, " ", p.replacement);
+      bool starts = buf.compare(0, p.replacement.size(), p.replacement) == 0;
+      if (!starts && (p.prepend == Prepend::Always || (p.prepend == Prepend::First && first)))
+        buf.insert(0, p.replacement);
+      if (p.split) {
+        pretok::find_literal(buf, p.replacement, tmp);
+        pretok::split_by(static_cast<uint32_t>(buf.size()), tmp, false, Behavior::MergedWithNext,
+                         sp);
+      } else {
+        sp.emplace_back(0u, static_cast<uint32_t>(buf.size()));
+      }
+      // buf must survive the recursion: move it to a local.
+      std::string local = std::move(buf);
+      for (const Span& s : sp)
+        run_from(steps, k + 1, std::string_view(local).substr(s.first, s.second - s.first),
+                 first && s.first == 0, ctx, sink);
+      return;
+    }
+  }
+}
+
+}  // namespace
+
+void run_pre_tokenizers(const std::vector<PreTokenizer>& steps, std::string_view text, bool first,
+                        PreTokScratch& scratch, WordSink sink) {
+  run_from(steps, 0, text, first, scratch, sink);
+}
+
+Prepend parse_prepend_scheme(const json& o, const JsonReader& r) {
+  if (o.contains("prepend_scheme") && !o.at("prepend_scheme").is_null()) {
+    std::string s = o.at("prepend_scheme").get<std::string>();
+    if (s == "always") return Prepend::Always;
+    if (s == "first") return Prepend::First;
+    if (s == "never") return Prepend::Never;
+    r.fail(fmt::format("Metaspace prepend_scheme '{}' is unknown (always, first, never)", s));
+  }
+  return r.boolean(o, "add_prefix_space", true) ? Prepend::Always : Prepend::Never;
+}
+
+void parse_pre_tokenizer(const json& o, const JsonReader& r, std::vector<PreTokenizer>& out) {
+  if (o.is_null()) return;
+  std::string t = r.type(o, "pre_tokenizer");
+  using K = PreTokenizer::Kind;
+  PreTokenizer p;
+  if (t == "Sequence") {
+    for (const json& c : r.field(o, "pretokenizers", "Sequence pre_tokenizer"))
+      parse_pre_tokenizer(c, r, out);
+    return;
+  } else if (t == "ByteLevel") {
+    p.kind = K::ByteLevel;
+    p.add_prefix_space = r.boolean(o, "add_prefix_space", true);
+    p.use_regex = r.boolean(o, "use_regex", true);
+  } else if (t == "Split") {
+    p.kind = K::Split;
+    auto [is_regex, pat] = r.pattern(o, "Split pre_tokenizer");
+    if (is_regex) {
+      p.pattern = pretok::pattern_from_regex(pat);
+      if (p.pattern < 0)
+        r.fail(
+            fmt::format("Split pre_tokenizer regex '{}' is not supported (supported: the GPT-2, "
+                        "LLaMA-3 and Qwen2 split patterns, \\p{{N}}, \\p{{N}}{{1,3}}, \\p{{N}}+, "
+                        "\\w+|[^\\w\\s]+)",
+                        pat));
+    } else {
+      p.literal = pat;
+    }
+    p.behavior = parse_behavior(o, r, "Split pre_tokenizer");
+    p.invert = r.boolean(o, "invert", false);
+  } else if (t == "Digits") {
+    p.kind = K::Digits;
+    p.individual = r.boolean(o, "individual_digits", false);
+  } else if (t == "Whitespace") {
+    p.kind = K::Whitespace;
+  } else if (t == "WhitespaceSplit") {
+    p.kind = K::WhitespaceSplit;
+  } else if (t == "BertPreTokenizer") {
+    p.kind = K::Bert;
+  } else if (t == "Punctuation") {
+    p.kind = K::Punctuation;
+    p.behavior = parse_behavior(o, r, "Punctuation pre_tokenizer");
+  } else if (t == "CharDelimiterSplit") {
+    p.kind = K::CharDelimiter;
+    std::string d = r.one_char(o, "delimiter", "CharDelimiterSplit");
+    int l;
+    p.delimiter = unicode::decode_at(d, 0, &l);
+  } else if (t == "Metaspace") {
+    p.kind = K::Metaspace;
+    p.replacement = r.one_char(o, "replacement", "Metaspace pre_tokenizer");
+    p.prepend = parse_prepend_scheme(o, r);
+    p.split = r.boolean(o, "split", true);
+  } else {
+    r.fail(
+        fmt::format("pre_tokenizer type '{}' is not supported (supported: Sequence, ByteLevel, "
+                    "Split, Digits, Whitespace, WhitespaceSplit, BertPreTokenizer, Punctuation, "
+                    "CharDelimiterSplit, Metaspace)",
+                    t));
+  }
+  out.push_back(std::move(p));
+}
+
+}  // namespace minfer

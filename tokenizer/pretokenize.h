@@ -1,14 +1,22 @@
-// Pre-tokenizer building blocks: hand-written matchers equivalent to the split regexes that
-// byte-level BPE tokenizers use (no regex engine at run time), and Hugging Face's
-// SplitDelimiterBehavior applied to a list of matches.
+// Pipeline stage 3, the pre-tokenizer (HF tokenizers/src/pre_tokenizers/*.rs): splits the
+// normalized text into the words the model tokenizes one at a time.
 //
-// Each matcher returns the non-overlapping, leftmost-first matches that Oniguruma (the regex
-// engine behind HF `tokenizers`) finds for the pattern, as byte spans of the input.
+// The components (ByteLevel, Split, Digits, Whitespace, BertPreTokenizer, Metaspace, ...) run as
+// a chain: each piece one pre-tokenizer produces goes through the next, and what leaves the last
+// is a word. Their building blocks, in namespace pretok: hand-written matchers equivalent to the
+// split regexes that byte-level BPE tokenizers use (no regex engine at run time), and Hugging
+// Face's SplitDelimiterBehavior applied to a list of matches. Each matcher returns the
+// non-overlapping, leftmost-first matches that Oniguruma (the regex engine behind HF
+// `tokenizers`) finds for the pattern, as byte spans of the input.
 #pragma once
 #include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
+
+#include "tokenizer/json_reader.h"
 
 namespace minfer::pretok {
 
@@ -45,3 +53,72 @@ enum class Behavior { Removed, Isolated, MergedWithPrevious, MergedWithNext, Con
 void split_by(uint32_t n, const Spans& matches, bool invert, Behavior b, Spans& pieces);
 
 }  // namespace minfer::pretok
+
+namespace minfer {
+
+// Metaspace's prepend_scheme: where "▁" goes in front of a word (the decoder reads it too).
+enum class Prepend { Always, First, Never };
+
+struct PreTokenizer {
+  enum class Kind {
+    ByteLevel,
+    Split,
+    Digits,
+    Whitespace,
+    WhitespaceSplit,
+    Bert,
+    Metaspace,
+    Punctuation,
+    CharDelimiter
+  };
+  Kind kind = Kind::Bert;
+  bool add_prefix_space = false, use_regex = true;         // ByteLevel
+  int pattern = -1;                                        // Split: pretok::Pattern, -1 = literal
+  std::string literal;                                     // Split literal
+  pretok::Behavior behavior = pretok::Behavior::Isolated;  // Split, Punctuation
+  bool invert = false;                                     // Split
+  bool individual = false;                                 // Digits
+  std::string replacement;                                 // Metaspace (UTF-8 of one char)
+  Prepend prepend = Prepend::Always;                       // Metaspace
+  bool split = true;                                       // Metaspace
+  uint32_t delimiter = 0;                                  // CharDelimiter
+};
+
+// Appends the pre-tokenizers that tokenizer.json's "pre_tokenizer" object `o` describes (a
+// Sequence is flattened; null adds none). Throws naming the type or regex if not supported.
+void parse_pre_tokenizer(const nlohmann::json& o, const JsonReader& r,
+                         std::vector<PreTokenizer>& out);
+// "prepend_scheme" of a Metaspace object, or the older "add_prefix_space" when it is absent.
+Prepend parse_prepend_scheme(const nlohmann::json& o, const JsonReader& r);
+
+// Buffers reused across the words of one encode call, one slot per pre-tokenizer in the chain.
+struct PreTokScratch {
+  std::vector<pretok::Spans> spans;
+  std::vector<std::string> bufs, pre;
+  pretok::Spans tmp;
+  void resize(size_t n) {
+    spans.resize(n);
+    bufs.resize(n);
+    pre.resize(n);
+  }
+};
+
+// Receives each word, a view valid only during the call. Holds a reference to the callable.
+class WordSink {
+ public:
+  template <class F>
+  explicit WordSink(F& f)
+      : obj_(&f), call_([](void* o, std::string_view w) { (*static_cast<F*>(o))(w); }) {}
+  void operator()(std::string_view w) const { call_(obj_, w); }
+
+ private:
+  void* obj_;
+  void (*call_)(void*, std::string_view);
+};
+
+// Runs the chain on `text` and hands every non-empty word to `sink`, in order. `first` says that
+// `text` starts the input (Metaspace's prepend_scheme "first"). `scratch` holds steps.size() slots.
+void run_pre_tokenizers(const std::vector<PreTokenizer>& steps, std::string_view text, bool first,
+                        PreTokScratch& scratch, WordSink sink);
+
+}  // namespace minfer

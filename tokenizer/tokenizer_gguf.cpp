@@ -1,14 +1,14 @@
-// Tokenizers stored in GGUF metadata (llama.cpp's tokenizer.ggml.* keys), turned into the
-// equivalent tokenizer.json object so that one pipeline serves both (and to_hf_json() can hand
-// the same object to HF `tokenizers`).
+// Loading, GGUF: tokenizers stored in GGUF metadata (llama.cpp's tokenizer.ggml.* keys), turned
+// into the equivalent tokenizer.json object so that one loader and one pipeline serve both
+// (loader_json.h), and to_hf_json() can hand the same object to HF `tokenizers`.
 #include <filesystem>
 #include <fstream>
 
 #include "engine/error.h"
 #include "engine/gguf.h"
+#include "tokenizer/loader_json.h"
 #include "tokenizer/pretokenize.h"
 #include "tokenizer/tokenizer.h"
-#include "tokenizer/tokenizer_internal.h"
 
 namespace minfer {
 

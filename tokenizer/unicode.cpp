@@ -1,3 +1,5 @@
+// Shared by every pipeline stage: UTF-8 decoding and validation, the code-point class table
+// (utf8proc), normalization forms, lowercasing and the GPT-2 byte<->unicode map (see unicode.h).
 #include "tokenizer/unicode.h"
 
 #include <utf8proc.h>

@@ -1,6 +1,7 @@
-// Internal: shared between tokenizer.cpp (the pipeline and tokenizer.json loading) and
-// tokenizer_gguf.cpp (GGUF metadata -> an equivalent tokenizer.json object).
+// Internal: building a Tokenizer from a parsed tokenizer.json (loader_json.cpp). The GGUF loader
+// (tokenizer_gguf.cpp) turns GGUF metadata into the same JSON object and comes through here too.
 #pragma once
+#include <cstdint>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -9,6 +10,7 @@
 
 namespace minfer {
 
+// What tokenizer.json itself does not say: from tokenizer_config.json or GGUF metadata.
 struct TokenizerExtras {
   std::string chat_template;
   int32_t bos_id = -2;  // -2: not given, derive from the tokenizer

@@ -1,0 +1,176 @@
+// Loading: tokenizer.json (plus tokenizer_config.json beside it) into a Tokenizer. Each stage
+// parses its own object (added_tokens.cpp, normalizers.cpp, pretokenize.cpp, models.cpp,
+// post_processor.cpp, decoders.cpp); this file reads the files, runs the stage parsers in order
+// and derives the id table, the added-token matchers and BOS/EOS.
+#include "tokenizer/loader_json.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <utility>
+
+#include "engine/error.h"
+#include "tokenizer/json_reader.h"
+#include "tokenizer/post_processor.h"
+#include "tokenizer/tokenizer_impl.h"
+
+namespace minfer {
+
+using nlohmann::json;
+
+std::unique_ptr<Tokenizer> tokenizer_from_json(const json& j, const std::string& origin,
+                                               const TokenizerExtras& extras) {
+  JsonReader r{origin};
+  if (!j.is_object()) r.fail("tokenizer.json should be a JSON object");
+  auto impl = std::make_unique<Tokenizer::Impl>();
+  impl->origin = origin;
+  impl->source = j;
+  impl->chat_template = extras.chat_template;
+
+  // ---- model ----
+  impl->model = parse_model(r.field(j, "model", "tokenizer.json"), r);
+  const Vocab& mv = impl->model.vocab();
+
+  // ---- components ----
+  parse_normalizer(j.value("normalizer", json()), r, impl->normalizers);
+  parse_pre_tokenizer(j.value("pre_tokenizer", json()), r, impl->pretoks);
+  parse_decoder(j.value("decoder", json()), r, impl->decoders);
+  for (const PreTokenizer& p : impl->pretoks)
+    if (p.kind == PreTokenizer::Kind::ByteLevel) impl->byte_level_bpe = true;
+
+  // ---- vocabulary by id, added tokens ----
+  int64_t max_id = -1;
+  for (const auto& [tok, id] : mv) max_id = std::max<int64_t>(max_id, id);
+  if (j.contains("added_tokens") && !j.at("added_tokens").is_null()) {
+    for (const json& a : j.at("added_tokens")) {
+      AddedToken t = parse_added_token(a, r);
+      max_id = std::max<int64_t>(max_id, t.id);
+      impl->added.push_back(std::move(t));
+    }
+  }
+  impl->id_to_tok.assign(static_cast<size_t>(max_id + 1), std::string());
+  impl->special.assign(static_cast<size_t>(max_id + 1), 0);
+  for (const auto& [tok, id] : mv) impl->id_to_tok[static_cast<size_t>(id)] = tok;
+  for (const AddedToken& t : impl->added) {
+    impl->id_to_tok[static_cast<size_t>(t.id)] = t.content;
+    impl->special[static_cast<size_t>(t.id)] = t.special;
+    impl->added_by_content[t.content] = t.id;
+  }
+  // Longest first is irrelevant (the matcher picks the longest); keep file order.
+  for (const AddedToken& t : impl->added) {
+    if (t.normalized && !impl->normalizers.empty())
+      impl->norm_matcher.add(normalize(impl->normalizers, t.content), &t);
+    else if (t.normalized)
+      impl->norm_matcher.add(t.content, &t);
+    else
+      impl->raw_matcher.add(t.content, &t);
+  }
+
+  parse_post_processor(j.value("post_processor", json()), r, impl->prefix, impl->suffix);
+  for (int32_t id : impl->prefix)
+    if (id < 0 || id > max_id)
+      r.fail(fmt::format("post_processor uses token id {} outside the vocabulary", id));
+  for (int32_t id : impl->suffix)
+    if (id < 0 || id > max_id)
+      r.fail(fmt::format("post_processor uses token id {} outside the vocabulary", id));
+
+  // ---- bos / eos ----
+  auto lookup = [&](std::string_view s) -> int32_t {
+    auto it = impl->added_by_content.find(s);
+    if (it != impl->added_by_content.end()) return it->second;
+    auto jt = mv.find(s);
+    return jt == mv.end() ? -1 : jt->second;
+  };
+  impl->bos = extras.bos_id;
+  impl->eos = extras.eos_id;
+  if (impl->bos == -2)
+    impl->bos = (!impl->model.wordpiece && impl->prefix.size() == 1) ? impl->prefix[0] : -1;
+  if (impl->eos == -2) {
+    impl->eos = -1;
+    if (!impl->model.wordpiece)
+      for (const char* name :
+           {"</s>", "<|endoftext|>", "<|end_of_text|>", "<|eot_id|>", "<|im_end|>", "<eos>"})
+        if (int32_t id = lookup(name); id >= 0) {
+          impl->eos = id;
+          break;
+        }
+  }
+  return make_tokenizer(std::move(impl));
+}
+
+namespace {
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  MINFER_CHECK(f.good(), "cannot open '{}'", path);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+json parse_json(const std::string& text, const std::string& origin) {
+  try {
+    return json::parse(text);
+  } catch (const json::parse_error& e) {
+    MINFER_FAIL("{}: invalid JSON: {}", origin, e.what());
+  }
+}
+
+// tokenizer_config.json: chat_template, bos_token, eos_token (strings or {"content": ...}).
+void read_config(const std::string& dir, const json& tok_json, TokenizerExtras& ex) {
+  std::filesystem::path p = std::filesystem::path(dir) / "tokenizer_config.json";
+  if (!std::filesystem::exists(p)) return;
+  json c = parse_json(read_file(p.string()), p.string());
+  if (c.contains("chat_template")) {
+    const json& t = c.at("chat_template");
+    if (t.is_string()) {
+      ex.chat_template = t.get<std::string>();
+    } else if (t.is_array()) {  // [{"name": "default", "template": ...}, ...]
+      for (const json& e : t)
+        if (e.value("name", "") == "default" || ex.chat_template.empty())
+          ex.chat_template = e.value("template", "");
+    }
+  }
+  auto token_id = [&](const char* key) -> int32_t {
+    if (!c.contains(key) || c.at(key).is_null()) return -1;
+    const json& v = c.at(key);
+    std::string s = v.is_string() ? v.get<std::string>() : v.value("content", "");
+    if (tok_json.contains("added_tokens"))
+      for (const json& a : tok_json.at("added_tokens"))
+        if (a.value("content", "") == s) return a.value("id", -1);
+    const json& vocab = tok_json.at("model").value("vocab", json::object());
+    if (vocab.is_object() && vocab.contains(s)) return vocab.at(s).get<int32_t>();
+    return -1;
+  };
+  ex.bos_id = token_id("bos_token");
+  ex.eos_id = token_id("eos_token");
+}
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> Tokenizer::from_json_file(const std::string& path) {
+  json j = parse_json(read_file(path), path);
+  TokenizerExtras ex;
+  if (j.is_object() && j.contains("model"))
+    read_config(std::filesystem::path(path).parent_path().string(), j, ex);
+  return tokenizer_from_json(j, path, ex);
+}
+
+std::unique_ptr<Tokenizer> Tokenizer::from_json_string(const std::string& text,
+                                                       const std::string& origin) {
+  return tokenizer_from_json(parse_json(text, origin), origin, TokenizerExtras{});
+}
+
+// Runs the pre-tokenizer through a tokenizer whose model is an empty WordLevel: words() stops
+// before the model.
+std::vector<std::string> pre_tokenize(const std::string& pre_tokenizer_json,
+                                      std::string_view text) {
+  json j = json::object();
+  j["model"] = {{"type", "WordLevel"}, {"vocab", json::object()}, {"unk_token", nullptr}};
+  j["pre_tokenizer"] = parse_json(pre_tokenizer_json, "pre_tokenizer");
+  auto t = tokenizer_from_json(j, "pre_tokenizer", TokenizerExtras{});
+  return t->words(text);
+}
+
+}  // namespace minfer
