@@ -29,16 +29,22 @@ endif
 OBJDIR := $(BUILD)/obj-$(VARIANT)
 
 CPPFLAGS += -I. -MMD -MP
-CXXFLAGS += -std=c++20 $(OPT) $(ARCH) -fopenmp -Wall -Wextra -Wno-unused-parameter -Wno-maybe-uninitialized
+CXXFLAGS += -std=c++20 $(OPT) $(ARCH) -fopenmp -Wall -Wextra -Werror=switch -Wno-unused-parameter -Wno-maybe-uninitialized
 LDFLAGS  += $(LDOPT) -fopenmp -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR)
-LDLIBS   += -lopenblas -llapacke -lutf8proc -lfmt -lpthread -lzip -lcrypto
+LDLIBS   += -lopenblas -llapacke -lutf8proc -lfmt -lpthread
+# Only the application layer (app/: model fetching) links libzip and OpenSSL.
+APP_LIBS := -lzip -lcrypto
 
-LIB_SRC  := $(wildcard engine/*.cpp engine/*/*.cpp kernels/cpu/*.cpp kernels/common/*.cpp tokenizer/*.cpp models/*.cpp)
+# libminfer: the core (engine/, kernels/, tokenizer/), models/ and compress/; libminfer-app: app/
+# (fetching models, bench reports) on top of it. See docs/architecture.md for the include rules.
+LIB_SRC  := $(wildcard engine/*.cpp engine/*/*.cpp kernels/cpu/*.cpp kernels/common/*.cpp tokenizer/*.cpp models/*.cpp compress/*.cpp)
+APP_SRC  := $(wildcard app/*.cpp)
 TOOL_SRC := $(wildcard tools/*.cpp)
 TEST_SRC := $(wildcard tests/*.cpp)
 BENCH_SRC:= $(wildcard bench/*.cpp)
 
 LIB_OBJ  := $(LIB_SRC:%.cpp=$(OBJDIR)/%.o)
+APP_OBJ  := $(APP_SRC:%.cpp=$(OBJDIR)/%.o)
 TOOL_OBJ := $(TOOL_SRC:%.cpp=$(OBJDIR)/%.o)
 TEST_OBJ := $(TEST_SRC:%.cpp=$(OBJDIR)/%.o)
 BENCH_OBJ:= $(BENCH_SRC:%.cpp=$(OBJDIR)/%.o)
@@ -46,6 +52,7 @@ BENCH_OBJ:= $(BENCH_SRC:%.cpp=$(OBJDIR)/%.o)
 # intermediates and rebuild them on every later make invocation).
 .SECONDARY: $(TOOL_OBJ) $(BENCH_OBJ)
 LIB      := $(OBJDIR)/libminfer.a
+APPLIB   := $(OBJDIR)/libminfer-app.a
 TOOLS    := $(TOOL_SRC:tools/%.cpp=$(BINDIR)/%)
 TESTBIN  := $(BINDIR)/minfer-tests
 # The CUDA backend's sources compiled as C++ against the CPU emulation of CUDA (kernels/cuda/emu/),
@@ -82,24 +89,29 @@ $(OBJDIR)/cuda-emu/%.o: %
 
 $(OBJDIR)/cuda/%.o: %.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) -std=c++20 -O3 $(CUDA_ARCH) -I. -DMINFER_CUDA=1 -MMD -MP -Xcompiler -fopenmp -c $< -o $@
+	$(NVCC) -std=c++20 -O3 $(CUDA_ARCH) -I. -DMINFER_CUDA=1 -MMD -MP -Xcompiler -fopenmp,-Werror=switch -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BINDIR)/%: $(OBJDIR)/tools/%.o $(LIB)
+$(APPLIB): $(APP_OBJ)
 	@mkdir -p $(dir $@)
-	$(CXX) $(LDFLAGS) $< $(LIB) $(LDLIBS) -o $@
+	@rm -f $@
+	ar rcs $@ $^
 
-$(BINDIR)/%: $(OBJDIR)/bench/%.o $(LIB)
+$(BINDIR)/%: $(OBJDIR)/tools/%.o $(APPLIB) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CXX) $(LDFLAGS) $< $(LIB) $(LDLIBS) -o $@
+	$(CXX) $(LDFLAGS) $< $(APPLIB) $(LIB) $(LDLIBS) $(APP_LIBS) -o $@
 
-$(TESTBIN): $(TEST_OBJ) $(CUEMU_OBJ) $(LIB)
+$(BINDIR)/%: $(OBJDIR)/bench/%.o $(APPLIB) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CXX) $(LDFLAGS) $(TEST_OBJ) $(CUEMU_OBJ) $(LIB) $(LDLIBS) -o $@
+	$(CXX) $(LDFLAGS) $< $(APPLIB) $(LIB) $(LDLIBS) $(APP_LIBS) -o $@
+
+$(TESTBIN): $(TEST_OBJ) $(CUEMU_OBJ) $(APPLIB) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) $(TEST_OBJ) $(CUEMU_OBJ) $(APPLIB) $(LIB) $(LDLIBS) $(APP_LIBS) -o $@
 
 # Tests run from the repository root (fixtures are found by relative path).
 # TEST_ARGS passes doctest flags, e.g. make test TEST_ARGS='-tc="*gguf*"'.
@@ -126,4 +138,4 @@ format:
 clean:
 	rm -rf $(BUILD)
 
--include $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BENCH_OBJ:.o=.d) $(CUEMU_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(APP_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BENCH_OBJ:.o=.d) $(CUEMU_OBJ:.o=.d)

@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "app/model_hub.h"
 #include "engine/backend.h"
-#include "engine/model_hub.h"
 #include "models/loader.h"
 #include "models/model.h"
 
@@ -121,7 +121,7 @@ void bench_real(int threads) {
     return;
   }
   auto be = make_cpu_backend(threads);
-  LoadedModel lm = open_model(path, *be, /*with_tokenizer=*/false);
+  LoadedModel lm = open_named_model(path, *be, /*with_tokenizer=*/false);
   time_model("SmolLM2-135M-Instruct (GGUF Q4_1 -> f32)", lm.model.get(), lm.load_seconds, threads);
 }
 

@@ -24,9 +24,9 @@
 #include <string>
 #include <vector>
 
+#include "compress/compress.h"
+#include "compress/quantize.h"
 #include "engine/backend.h"
-#include "engine/compress.h"
-#include "engine/quantize.h"
 #include "kernels/cpu/quant.h"
 #include "models/model.h"
 

@@ -1,51 +1,122 @@
 #include "engine/linear.h"
 
+#include "engine/error.h"
+
 namespace minfer {
 
-namespace {
-size_t quantized_bytes(const Quantized& q) {
-  return q.codes.nbytes() + q.scales.nbytes() + q.zeros.nbytes() + q.scale_codes.nbytes() +
-         q.scale_scales.nbytes() + (q.scale_codes.defined() ? sizeof(float) : 0);
+void throw_meta_error(const std::string& where, const std::string& what) {
+  MINFER_FAIL("'{}': {}", where, what);
 }
-}  // namespace
 
 size_t Linear::weight_bytes() const {
-  return std::visit(
-      [](const auto& r) -> size_t {
-        using R = std::decay_t<decltype(r)>;
-        if constexpr (std::is_same_v<R, Dense>)
-          return r.w.nbytes();
-        else if constexpr (std::is_same_v<R, Quantized>)
-          return quantized_bytes(r);
-        else if constexpr (std::is_same_v<R, Int8WithOutliers>)
-          return quantized_bytes(r.w) + r.outlier_cols.nbytes() + r.outlier_w.nbytes();
-        else
-          return quantized_bytes(r.w);
-      },
-      repr);
+  return std::visit([](const auto& r) { return FormatTraits<std::decay_t<decltype(r)>>::bytes(r); },
+                    repr);
 }
 
-Linear make_dense(const std::string& name, Tensor w, int64_t in, int64_t out, bool transposed,
-                  Tensor bias) {
-  const int64_t rows = transposed ? in : out, cols = transposed ? out : in;
-  MINFER_CHECK(w.ndim() == 2 && w.dim(0) == rows && w.dim(1) == cols,
-               "tensor '{}': expected shape [{}, {}], found {}", name, rows, cols, w.shape_str());
-  MINFER_CHECK(w.is_contiguous(), "tensor '{}': weight must be contiguous", name);
-  MINFER_CHECK(w.dtype() == DType::F32 || w.dtype() == DType::F16 || w.dtype() == DType::BF16,
-               "tensor '{}': dense weights must be F32, F16 or BF16, found {}", name,
-               dtype_name(w.dtype()));
-  if (bias.defined()) {
-    MINFER_CHECK(bias.numel() == out, "tensor '{}' bias: expected {} values, found {}", name, out,
-                 bias.numel());
-    if (bias.dtype() != DType::F32) bias = bias.to_f32();
-  }
+std::vector<std::string> registered_reprs() {
+  std::vector<std::string> v;
+  for_each_format([&]<typename R>(std::type_identity<R>) { v.push_back(FormatTraits<R>::repr); });
+  return v;
+}
+
+void check_linear(const Linear& l) {
+  MINFER_CHECK(l.in > 0 && l.out > 0, "tensor '{}': empty weight [{}, {}]", l.name, l.out, l.in);
+  std::visit(
+      [&](const auto& r) {
+        FormatTraits<std::decay_t<decltype(r)>>::check(r, l.in, l.out, l.name);
+      },
+      l.repr);
+  if (l.bias.defined())
+    MINFER_CHECK(l.bias.dtype() == DType::F32 && l.bias.numel() == l.out && l.bias.is_contiguous(),
+                 "tensor '{}' bias: expected contiguous F32 [{}], found {} {}", l.name, l.out,
+                 dtype_name(l.bias.dtype()), l.bias.shape_str());
+}
+
+const char* linear_repr(const Linear& l) {
+  return std::visit([](const auto& r) { return FormatTraits<std::decay_t<decltype(r)>>::repr; },
+                    l.repr);
+}
+
+std::string linear_format(const Linear& l) {
+  return std::visit(
+      [&](const auto& r) { return FormatTraits<std::decay_t<decltype(r)>>::format(r, l.in); },
+      l.repr);
+}
+
+Tensor dequantize_weight(const Linear& l) {
+  MINFER_CHECK(l.in > 0 && l.out > 0, "tensor '{}': empty weight [{}, {}]", l.name, l.out, l.in);
+  Tensor w = Tensor::empty(DType::F32, {l.out, l.in});
+  std::visit(
+      [&](const auto& r) {
+        FormatTraits<std::decay_t<decltype(r)>>::dequantize(r, l.in, l.out, l.name,
+                                                            w.data<float>());
+      },
+      l.repr);
+  return w;
+}
+
+double bits_per_weight(const Linear& l) {
+  return double(l.weight_bytes()) * 8.0 / (double(l.in) * double(l.out));
+}
+
+json save_linear(const Linear& l, const std::string& name, TensorSink& sink) {
+  check_linear(l);
+  json meta = json::object();
+  std::visit(
+      [&](const auto& r) { FormatTraits<std::decay_t<decltype(r)>>::save(r, name, sink, meta); },
+      l.repr);
+  meta["repr"] = linear_repr(l);
+  meta["format"] = linear_format(l);
+  meta["in"] = l.in;
+  meta["out"] = l.out;
+  return meta;
+}
+
+Linear load_linear(const TensorSource& src, const std::string& name, const json& meta, int64_t in,
+                   int64_t out) {
+  const std::string repr = meta_field<std::string>(meta, "repr", name);
+  if (meta.contains("in") || meta.contains("out"))
+    MINFER_CHECK(meta_field<int64_t>(meta, "in", name) == in &&
+                     meta_field<int64_t>(meta, "out", name) == out,
+                 "'{}': stored as [{}, {}] (out, in), the model expects [{}, {}]", name,
+                 meta.value("out", int64_t(0)), meta.value("in", int64_t(0)), out, in);
   Linear l;
   l.name = name;
   l.in = in;
   l.out = out;
-  l.repr = Dense{std::move(w), transposed};
-  l.bias = std::move(bias);
+  bool found = false;
+  for_each_format([&]<typename R>(std::type_identity<R>) {
+    if (!found && repr == FormatTraits<R>::repr) {
+      l.repr = FormatTraits<R>::load(src, name, meta, in, out);
+      found = true;
+    }
+  });
+  if (!found) {
+    std::string known;
+    for (const std::string& r : registered_reprs()) known += (known.empty() ? "" : ", ") + r;
+    MINFER_FAIL("'{}': unknown representation '{}' (this build reads: {})", name, repr, known);
+  }
   return l;
+}
+
+Linear make_linear(const std::string& name, int64_t in, int64_t out, LinearRepr repr, Tensor bias) {
+  Linear l;
+  l.name = name;
+  l.in = in;
+  l.out = out;
+  l.repr = std::move(repr);
+  if (bias.defined() && bias.dtype() != DType::F32) bias = bias.to_f32();
+  l.bias = std::move(bias);
+  check_linear(l);
+  return l;
+}
+
+Linear make_dense(const std::string& name, Tensor w, int64_t in, int64_t out, bool transposed,
+                  Tensor bias) {
+  if (bias.defined())
+    MINFER_CHECK(bias.numel() == out, "tensor '{}' bias: expected {} values, found {}", name, out,
+                 bias.numel());
+  return make_linear(name, in, out, Dense{std::move(w), transposed}, std::move(bias));
 }
 
 }  // namespace minfer

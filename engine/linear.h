@@ -1,77 +1,32 @@
 // Linear: how one weight matrix is stored and multiplied. Models hold every projection as a
-// Linear and call Backend::linear(y, x, W); the backend dispatches on W's representation in one
-// place. Compression transforms map Linear -> Linear (later issues add Quantized,
-// Int8WithOutliers, Sparse, LowRank and Codebook representations to `LinearRepr`).
+// Linear and call Backend::linear(y, x, W); backends, compression, save/load and the tests reach
+// the representation through the one table below (LinearRepr) and each format's FormatTraits
+// (engine/formats/format.h). Adding a format: docs/architecture.md, "Adding a weight format".
 #pragma once
 #include <memory>
 #include <string>
 #include <variant>
 
+#include "engine/formats/dense.h"
+#include "engine/formats/llm_int8.h"
+#include "engine/formats/low_rank.h"
+#include "engine/formats/quantized.h"
+#include "engine/formats/w8a8.h"
 #include "engine/tensor.h"
 
 namespace minfer {
 
-// Plain float matrix: F32, F16 or BF16.
-//   transposed == false: w is [out, in] (torch nn.Linear layout)
-//   transposed == true:  w is [in, out] (GPT-2 Conv1D layout), read without copying
-struct Dense {
-  Tensor w;
-  bool transposed = false;
-};
+// The format table: every weight format, one alternative each. Every std::visit over it uses
+// `overloaded` with one overload per alternative (or a generic lambda that calls
+// FormatTraits<R>), so adding an alternative breaks the build at every site that must handle it.
+using LinearRepr = std::variant<Dense, Quantized, Int8WithOutliers, W8A8, LowRank>;
 
-// Weight-only quantization schemes (issue: quantization). Encoders: engine/quantize.h; packing,
-// code values and the dequantization rule: kernels/common/quant_math.h; kernels:
-// kernels/cpu/quant.h.
-enum class QScheme : uint8_t {
-  Int8,     // absmax, scale = max|w| / 127 per tensor, per output row or per group
-  Int4,     // group-wise, symmetric (absmax, codes -7..7) or asymmetric (min/max, zero point)
-  NF4,      // NormalFloat-4 code book (QLoRA), absmax per block, optional double-quant scales
-  Binary,   // sign(w) * mean|w| per row, 8 codes per byte
-  Ternary,  // BitNet b1.58 absmean: round(w / mean|w|) clipped to {-1, 0, 1}, 4 codes per byte
+template <typename... F>
+struct overloaded : F... {
+  using F::operator()...;
 };
-
-// Legend: Kp = in rounded up to 64, groups = ceil(in / group) scales per row.
-struct Quantized {
-  QScheme scheme = QScheme::Int8;
-  int64_t group = 0;        // weights sharing one scale along a row (== in: one scale per row)
-  bool per_tensor = false;  // one scale for the whole matrix, scales is [1] (Int8, Ternary)
-  bool asymmetric = false;  // Int4 with integer zero points
-  // U8 [out, Kp * bits / 8] packed codes, row by row; the padding codes dequantize to 0.
-  Tensor codes;
-  Tensor scales;  // F32 [out, groups] or [1] when per_tensor (absent when double-quantized)
-  Tensor zeros;   // U8 [out, groups] integer zero points 0..15 (asymmetric Int4)
-  // NF4 double quantization (QLoRA): the out * groups block scales, minus their mean
-  // scale_offset, stored as int8 codes in blocks of 256 with one f32 scale per block.
-  Tensor scale_codes;   // I8 [out * groups]
-  Tensor scale_scales;  // F32 [ceil(out * groups / 256)]
-  float scale_offset = 0.f;
-};
-
-// LLM.int8() (Dettmers et al., 2022, arXiv:2208.07339): W is int8 absmax per output row
-// (`w`: Quantized, scheme Int8, group == in). At run time the input features whose |x| >=
-// threshold in any row of the batch are outliers: those columns of X times the matching columns
-// of W are computed in f32 (from the f16 copy in `outlier_w` when the feature is listed in
-// `outlier_cols`, else from W's int8 column dequantized, as bitsandbytes does for int8-only
-// weights); the other columns: X row-wise absmax int8, int8 x int8 -> int32, scaled by the outer
-// product of the row and the output scales, plus the outlier part.
-struct Int8WithOutliers {
-  Quantized w;            // Int8, per output row
-  float threshold = 6.f;  // the paper's default
-  Tensor outlier_cols;    // I32 [n] ascending input features kept in f16 (from calibration)
-  Tensor outlier_w;       // F16 [out, n] those columns of the original W
-};
-
-// W8A8: int8 weights (absmax per output row) times int8 activations, integer GEMM with int32
-// accumulation. Activation scale: dynamic = absmax per token row at run time; static = one
-// per-tensor scale (max|x| / 127 over a calibration pass), x clamped to ±127 codes.
-enum class ActScale : uint8_t { Dynamic, Static };
-struct W8A8 {
-  Quantized w;  // Int8, per output row
-  ActScale act = ActScale::Dynamic;
-  float act_scale = 0.f;  // Static: x ≈ act_scale * code
-};
-
-using LinearRepr = std::variant<Dense, Quantized, Int8WithOutliers, W8A8>;
+template <typename... F>
+overloaded(F...) -> overloaded<F...>;
 
 struct Linear {
   std::string name;  // HF tensor name of the weight, for messages and per-layer overrides
@@ -82,12 +37,45 @@ struct Linear {
   // Backend-owned copy on a device (uploaded once; compressed formats stay compressed).
   std::shared_ptr<void> device_copy;
 
-  // Bytes the weights occupy (codes, scales, ...), not counting the bias.
+  // Bytes the weights occupy (codes, scales, child Linears, ...), not counting the bias.
   size_t weight_bytes() const;
 };
+
+// Calls f(std::type_identity<R>{}) for every format R of the table, in table order.
+template <typename F>
+void for_each_format(F&& f) {
+  [&]<size_t... I>(std::index_sequence<I...>) {
+    (f(std::type_identity<std::variant_alternative_t<I, LinearRepr>>{}), ...);
+  }
+  (std::make_index_sequence<std::variant_size_v<LinearRepr>>{});
+}
+
+// The "repr" tags of every registered format ("dense", "quantized", ...), in table order.
+std::vector<std::string> registered_reprs();
 
 // Builds a Dense Linear from a weight tensor, checking its shape against (out, in).
 Linear make_dense(const std::string& name, Tensor w, int64_t in, int64_t out,
                   bool transposed = false, Tensor bias = {});
+// A Linear named `name` of shape (in, out) holding `repr` (checked) and `bias` ([out] F32 or
+// undefined).
+Linear make_linear(const std::string& name, int64_t in, int64_t out, LinearRepr repr,
+                   Tensor bias = {});
+
+// The format's invariants and the bias ([out] F32); throws naming the tensor.
+void check_linear(const Linear& l);
+// The repr tag of l's format ("dense", "quantized", "llm-int8", "w8a8", "lowrank").
+const char* linear_repr(const Linear& l);
+// Canonical format name ("f32", "fp16", "int4-g128", "nf4-g64-dq", "w8a8-static", ...).
+std::string linear_format(const Linear& l);
+// f32 [out, in] weights: the reference every kernel of the format is tested against.
+Tensor dequantize_weight(const Linear& l);
+// Stored weight bytes * 8 / (in * out): codes (with row padding), scales, zero points, ...
+double bits_per_weight(const Linear& l);
+// Writes l's tensors under `name` (and `<name>.<field>`) into sink and returns its metadata:
+// {"repr", "format", "in", "out", ...the format's own fields}. The bias is not written.
+json save_linear(const Linear& l, const std::string& name, TensorSink& sink);
+// The inverse of save_linear: the format named by meta["repr"], checked against (in, out).
+Linear load_linear(const TensorSource& src, const std::string& name, const json& meta, int64_t in,
+                   int64_t out);
 
 }  // namespace minfer

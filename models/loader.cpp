@@ -4,7 +4,6 @@
 #include <filesystem>
 
 #include "engine/gguf_source.h"
-#include "engine/model_hub.h"
 
 namespace minfer {
 
@@ -18,10 +17,11 @@ size_t model_file_bytes(const std::string& path) {
   return n;
 }
 
-LoadedModel open_model(const std::string& spec, Backend& be, bool with_tokenizer) {
+LoadedModel open_model(const std::string& path, Backend& be, bool with_tokenizer) {
   auto t0 = std::chrono::steady_clock::now();
   LoadedModel lm;
-  lm.path = resolve_model(spec);
+  lm.path = path;
+  MINFER_CHECK(fs::exists(path), "{}: no such file or folder", path);
   if (fs::is_regular_file(lm.path) && fs::path(lm.path).extension() == ".gguf") {
     auto f = GgufFile::open(lm.path);
     ModelConfig cfg = config_from_gguf(*f);

@@ -1,6 +1,7 @@
-// Opening a model the way the tools do: a short name (smollm2, minilm: fetched when missing), a
-// Hugging Face-style folder (config.json + *.safetensors + tokenizer.json), a compressed minfer
-// folder, or a .gguf file. Pairs the model with its tokenizer.
+// Opening a model from a path: a Hugging Face-style folder (config.json + *.safetensors +
+// tokenizer.json), a compressed minfer folder, or a .gguf file. Pairs the model with its
+// tokenizer. Never fetches anything: short names (smollm2, minilm) are resolved, and fetched when
+// missing, by the application layer (app/model_hub.h: open_named_model).
 #pragma once
 #include <memory>
 #include <string>
@@ -18,7 +19,8 @@ struct LoadedModel {
   double load_seconds = 0;
 };
 
-LoadedModel open_model(const std::string& spec, Backend& be, bool with_tokenizer = true);
+// Throws naming the path when it does not exist or is not a model.
+LoadedModel open_model(const std::string& path, Backend& be, bool with_tokenizer = true);
 
 // Bytes of the weight files a model path holds (*.safetensors in a folder, or the .gguf file).
 size_t model_file_bytes(const std::string& path);

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <filesystem>
 
-#include "engine/compress.h"
+#include "engine/compressed_folder.h"
 
 namespace minfer {
 

@@ -10,7 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
-#include "engine/compress.h"
+#include "compress/compress.h"
 #include "engine/safetensors.h"
 #include "models/model.h"
 #include "test_util.h"
@@ -87,7 +87,22 @@ TEST_CASE("compress: method names parse, print back, and reject what does not ex
   }
   CHECK(compress_spec_name(compress_spec_from_name("int4")) == "int4-g128");
   CHECK(compress_spec_name(compress_spec_from_name("nf4-dq")) == "nf4-g64-dq");
-  CHECK(compress_spec_from_name("f16").method == "fp16");
+  // One spelling per format; a chain prints back as it was written.
+  CHECK_THROWS_WITH_AS(compress_spec_from_name("f16"), doctest::Contains("did you mean fp16"),
+                       Error);
+  CHECK(compress_spec_from_name("int4-g64").steps.size() == 1);
+  CHECK(compress_spec_from_name("llm-int8").last().method == "llm-int8");
+  // Every registered method parses by its own name (the list --help and the docs print).
+  for (const MethodInfo& m : method_registry()) {
+    CAPTURE(std::string(m.name));
+    CHECK(compress_spec_from_name(std::string(m.name)).last().method == m.name);
+  }
+  // Chains: the grammar exists; only a last step may quantize (every registered method does).
+  CHECK_THROWS_WITH_AS(compress_spec_from_name("int8+int4"), doctest::Contains("must come last"),
+                       Error);
+  CHECK_THROWS_WITH_AS(compress_spec_from_name("int8+"), doctest::Contains("empty step"), Error);
+  CHECK_THROWS_WITH_AS(compress_spec_from_name("wanda-50+int8"),
+                       doctest::Contains("unknown compression method 'wanda-50'"), Error);
   CHECK_THROWS_WITH_AS(compress_spec_from_name("int3"), doctest::Contains("unknown compression"),
                        Error);
   CHECK_THROWS_WITH_AS(compress_spec_from_name("int8-asym"), doctest::Contains("int4 option"),
@@ -119,8 +134,7 @@ TEST_CASE("compress: every format survives save -> load with identical codes and
       auto m = load_model(kFix + fix, *be);
       CompressSpec spec = compress_spec_from_name(method);
       ActStats stats;
-      if (spec.static_act || spec.method == "llm-int8")
-        stats = calibrate(*m, some_ids(64, 97, 3), 2, 32, false);
+      if (spec.uses_calibration()) stats = calibrate(*m, some_ids(64, 97, 3), 2, 32, false);
       CompressReport r = compress_model(*m, spec, stats.tokens ? &stats : nullptr, false);
       CHECK(r.bytes_after < r.bytes_before);
       CHECK(r.bits_per_weight > 0);
@@ -131,8 +145,9 @@ TEST_CASE("compress: every format survives save -> load with identical codes and
         dot += double(mem[i]) * f32[i], na += double(mem[i]) * mem[i],
             nb += double(f32[i]) * f32[i];
       const double cos = dot / std::sqrt(na * nb);
-      const bool four = spec.method == "int4" || spec.method == "nf4";
-      const bool low = spec.method == "binary" || spec.method == "ternary";
+      const std::string& mm = spec.last().method;
+      const bool four = mm == "int4" || mm == "nf4";
+      const bool low = mm == "binary" || mm == "ternary";
       if (!low) CHECK(cos > (four ? 0.85 : 0.99));
 
       test::TempDir dir("compress");

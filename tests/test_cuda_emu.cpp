@@ -10,9 +10,9 @@
 #include <random>
 #include <vector>
 
+#include "compress/quantize.h"
 #include "engine/backend.h"
 #include "engine/half.h"
-#include "engine/quantize.h"
 #include "engine/safetensors.h"
 #include "models/model.h"
 
@@ -312,7 +312,7 @@ TEST_CASE("cuda-emu: dense linear (cuBLAS f32, f16/bf16 gemv and tensor-core GEM
         auto [d, m] = linear_diff(p, l, T, 41);
         CHECK(d <= 1e-5f * (1 + m));
       }
-      for (const char* method : {"f16", "bf16"}) {
+      for (const char* method : {"fp16", "bf16"}) {
         CAPTURE(method);
         QuantSpec spec;
         spec.method = method;
@@ -320,7 +320,7 @@ TEST_CASE("cuda-emu: dense linear (cuBLAS f32, f16/bf16 gemv and tensor-core GEM
         // Few rows: f32 activations against the stored weights, as on the CPU. Many rows (> 8):
         // activations rounded to the 16-bit type for the tensor cores (f16: 2^-11, bf16: 2^-8).
         auto [d, m] = linear_diff(p, l, T, 42);
-        const float tol = T <= 8 ? 1e-5f : std::string(method) == "f16" ? 3e-3f : 2e-2f;
+        const float tol = T <= 8 ? 1e-5f : std::string(method) == "fp16" ? 3e-3f : 2e-2f;
         CHECK(d <= tol * (1 + m));
       }
     }

@@ -17,8 +17,8 @@
 #include <utility>
 #include <vector>
 
+#include "app/model_hub.h"
 #include "engine/error.h"
-#include "engine/model_hub.h"
 #include "tests/test_util.h"
 
 namespace {

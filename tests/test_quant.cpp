@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "compress/quantize.h"
 #include "engine/backend.h"
 #include "engine/half.h"
-#include "engine/quantize.h"
 #include "kernels/common/quant_math.h"
 #include "kernels/cpu/quant.h"
 
@@ -450,7 +450,7 @@ TEST_CASE("quant: bits per weight are exact") {
         doctest::Approx(4.0 + 8.0 / 64 + 32.0 / (64 * 256) + 32.0 / (256 * 256)).epsilon(1e-12));
   CHECK(bpw("binary", 16, 256) == 1.0 + 32.0 / 256);
   CHECK(bpw("ternary", 16, 256) == doctest::Approx(2.0 + 32.0 / (16 * 256)));
-  CHECK(bpw("f16", 16, 256) == 16.0);
+  CHECK(bpw("fp16", 16, 256) == 16.0);
   CHECK(bpw("bf16", 16, 256) == 16.0);
   // K = 200: rows padded to 256 codes, last group partial: int4 g64 = (128 + 4 * 4) * 8 / 200.
   CHECK(bpw("int4", 8, 200, 64) == doctest::Approx((128.0 + 16.0) * 8 / 200));
@@ -465,16 +465,16 @@ TEST_CASE("quant: f16 / bf16 conversions and transposed (Conv1D) inputs") {
   for (int64_t n = 0; n < N; ++n)
     for (int64_t k = 0; k < K; ++k) wt[size_t(k * N + n)] = w[size_t(n * K + k)];
   const Linear d = dense_of(w, N, K), dt = dense_of(wt, N, K, true);
-  for (const char* m : {"f16", "bf16"}) {
+  for (const char* m : {"fp16", "bf16"}) {
     QuantSpec s;
     s.method = m;
     const Linear h = quantize_linear(dt, s);
     const Dense& hd = std::get<Dense>(h.repr);
     CHECK(!hd.transposed);
-    CHECK(hd.w.dtype() == (std::string(m) == "f16" ? DType::F16 : DType::BF16));
+    CHECK(hd.w.dtype() == (std::string(m) == "fp16" ? DType::F16 : DType::BF16));
     for (int64_t i = 0; i < N * K; ++i) {
       const uint16_t v = hd.w.data<uint16_t>()[i];
-      CHECK(v == (std::string(m) == "f16" ? f32_to_f16(w[size_t(i)]) : f32_to_bf16(w[size_t(i)])));
+      CHECK(v == (std::string(m) == "fp16" ? f32_to_f16(w[size_t(i)]) : f32_to_bf16(w[size_t(i)])));
     }
   }
   for (const Fmt& f : all_formats()) {
@@ -510,13 +510,15 @@ TEST_CASE("quant: bad inputs give clear errors") {
   Quantized q = std::get<Quantized>(l.repr);
   std::vector<float> x(64, 1.f), y(4);
   q.scales = Tensor::empty(DType::F32, {3});
-  CHECK_THROWS_WITH_AS(quantized_linear(q, x.data(), 1, 64, y.data(), 4, 64, 4),
-                       doctest::Contains("scales must be F32 with 4 values"), Error);
+  // A format's invariants are checked where a Linear is made (and loaded), naming the tensor.
+  CHECK_THROWS_WITH_AS(make_linear("blk.w", 64, 4, q),
+                       doctest::Contains("'blk.w' (int4): scales must be F32 with 4 values"),
+                       Error);
   q = std::get<Quantized>(l.repr);
-  CHECK_THROWS_WITH_AS(quantized_linear(q, x.data(), 1, 64, y.data(), 4, 64, 5),
+  CHECK_THROWS_WITH_AS(make_linear("blk.w", 64, 5, q),
                        doctest::Contains("codes must be contiguous U8 [5, 32]"), Error);
   q.zeros = Tensor::empty(DType::U8, {4, 1});
-  CHECK_THROWS_AS(quantized_linear(q, x.data(), 1, 64, y.data(), 4, 64, 4), Error);
+  CHECK_THROWS_AS(make_linear("blk.w", 64, 4, q), Error);
   Linear already = l;
   CHECK_THROWS_WITH_AS(quantize_linear(already, s), doctest::Contains("expected a Dense"), Error);
 }

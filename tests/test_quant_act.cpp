@@ -14,9 +14,9 @@
 #include <string>
 #include <vector>
 
+#include "compress/quantize.h"
 #include "engine/backend.h"
 #include "engine/half.h"
-#include "engine/quantize.h"
 #include "kernels/common/quant_math.h"
 #include "kernels/cpu/quant_act.h"
 
@@ -451,24 +451,26 @@ TEST_CASE("quant-act: representation, storage and bad inputs") {
   Int8WithOutliers bad = o;
   bad.outlier_cols = o.outlier_cols.clone();
   bad.outlier_cols.data<int32_t>()[1] = 2;  // not ascending
-  CHECK_THROWS_WITH_AS(check_llm_int8(bad, K, N, "x"), doctest::Contains("ascending"), Error);
+  CHECK_THROWS_WITH_AS(FormatTraits<Int8WithOutliers>::check(bad, K, N, "x"),
+                       doctest::Contains("ascending"), Error);
   bad = o;
   bad.threshold = -1.f;
-  CHECK_THROWS_AS(check_llm_int8(bad, K, N, "x"), Error);
+  CHECK_THROWS_AS(FormatTraits<Int8WithOutliers>::check(bad, K, N, "x"), Error);
   bad = o;
   bad.outlier_w = Tensor::empty(DType::F32, {N, 2});
-  CHECK_THROWS_WITH_AS(check_llm_int8(bad, K, N, "x"), doctest::Contains("F16"), Error);
+  CHECK_THROWS_WITH_AS(FormatTraits<Int8WithOutliers>::check(bad, K, N, "x"),
+                       doctest::Contains("F16"), Error);
   W8A8 wb = std::get<W8A8>(la.repr);
   wb.act_scale = 0.f;
-  CHECK_THROWS_AS(check_w8a8(wb, K, N, "x"), Error);
+  CHECK_THROWS_AS(FormatTraits<W8A8>::check(wb, K, N, "x"), Error);
   QuantSpec s4;
   s4.method = "int4";
   s4.group = 32;
   wb.w = std::get<Quantized>(quantize_linear(dense, s4).repr);
   wb.act_scale = 1.f;
-  CHECK_THROWS_WITH_AS(check_w8a8(wb, K, N, "x"), doctest::Contains("int8"), Error);
+  CHECK_THROWS_WITH_AS(FormatTraits<W8A8>::check(wb, K, N, "x"), doctest::Contains("int8"), Error);
   std::vector<float> x(static_cast<size_t>(K)), y(static_cast<size_t>(N));
-  CHECK_THROWS_AS(w8a8_linear(wb, x.data(), 1, K, y.data(), N, K, N), Error);
+  CHECK_THROWS_AS(make_linear("x", K, N, wb), Error);
 }
 
 TEST_CASE("quant-act: non-finite activations poison only their own row") {

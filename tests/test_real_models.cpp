@@ -22,8 +22,8 @@
 #include <string>
 #include <vector>
 
+#include "app/model_hub.h"
 #include "engine/error.h"
-#include "engine/model_hub.h"
 #include "engine/safetensors.h"
 #include "engine/sampler.h"
 #include "models/eval.h"

@@ -1,4 +1,4 @@
-// The bench report (engine/report.h): the Markdown table lines up and shows the right cells, Δppl
+// The bench report (app/report.h): the Markdown table lines up and shows the right cells, Δppl
 // comes from the f32 row, JSON round-trips through nlohmann, the SVG is well-formed with one point
 // per measured row placed by its size and quality, and files are written atomically; and the
 // bench tool itself on MiniLM when it is installed.
@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/model_hub.h"
-#include "engine/report.h"
+#include "app/model_hub.h"
+#include "app/report.h"
 #include "tests/test_util.h"
 
 using namespace minfer;

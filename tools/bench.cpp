@@ -28,9 +28,10 @@
 #include <set>
 #include <sstream>
 
-#include "engine/compress.h"
+#include "app/model_hub.h"
+#include "app/report.h"
+#include "compress/compress.h"
 #include "engine/progress.h"
-#include "engine/report.h"
 #include "models/eval.h"
 #include "models/loader.h"
 #include "tools/common.h"
@@ -42,9 +43,6 @@ using json = nlohmann::json;
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-
-const char* kDefaultMethods =
-    "f32,fp16,bf16,int8,int4,int4-g64,nf4,nf4-dq,binary,ternary,llm-int8,w8a8,w8a8-static";
 
 struct Options {
   std::string model, methods, work, json_path, plot_path, backend = "cpu", test_text, calib_text;
@@ -209,16 +207,12 @@ double best_of(int reps, const std::function<void()>& f) {
   return best;
 }
 
-bool needs_calibration(const CompressSpec& s) {
-  return s.static_act || s.method == "llm-int8";
-}
-
 // Child 0: everything every method shares, computed once from the original model: the token ids
 // of the test text (speed + perplexity), the calibration ids, and for encoders the f32 reference
 // embeddings.
 json prepare(const Options& o, const std::string& work, bool any_calib) {
   auto be = make_backend(o.backend, o.threads, o.device);
-  LoadedModel lm = open_model(o.model, *be);
+  LoadedModel lm = open_named_model(o.model, *be);
   const ModelConfig& c = lm.model->config();
   const std::string test = find_text(o.test_text, "wiki.test.raw");
   json info = {{"arch", std::string(arch_name(c.arch))},
@@ -257,14 +251,14 @@ json prepare(const Options& o, const std::string& work, bool any_calib) {
 json compress_child(const Options& o, const std::string& work, const std::string& method,
                     const std::string& dir) {
   auto be = make_backend(o.backend, o.threads, o.device);
-  LoadedModel lm = open_model(o.model, *be);
+  LoadedModel lm = open_named_model(o.model, *be);
   Model& m = *lm.model;
   const CompressSpec spec = compress_spec_from_name(method);
   const double t0 = tool::now_s();
   json out = json::object();
   ActStats stats;
   const ActStats* sp = nullptr;
-  if (needs_calibration(spec)) {
+  if (spec.uses_calibration()) {
     const auto ids = read_vec<int32_t>(work + "/calib_ids.bin");
     try {
       stats = calibrate(m, ids, o.calib_samples, std::min(o.calib_len, m.config().max_pos), false);
@@ -272,7 +266,8 @@ json compress_child(const Options& o, const std::string& work, const std::string
     } catch (const std::exception& e) {
       // Static activation scales cannot exist without calibration; LLM.int8() can still find
       // its outliers at run time.
-      if (spec.static_act) return {{"skip", fmt::format("calibration failed: {}", e.what())}};
+      if (spec.needs_calibration())
+        return {{"skip", fmt::format("calibration failed: {}", e.what())}};
       out["note"] = fmt::format("no calibration ({}): outliers found at run time only", e.what());
     }
   }
@@ -406,9 +401,9 @@ int main(int argc, char** argv) {
   app.add_option("--model,-m", o.model, "smollm2 | minilm | HF folder | .gguf (the f32 baseline)")
       ->required();
   app.add_option("--methods", o.methods,
-                 std::string("comma list of compression methods (compress_spec_from_name "
-                             "spelling, e.g. int4-g64, nf4-dq, w8a8-static); default: ") +
-                     kDefaultMethods);
+                 fmt::format("comma list of compression methods or chains (e.g. int4-g64, "
+                             "nf4-dq, w8a8-static); default: {}\nmethods:\n{}",
+                             fmt::join(default_bench_methods(), ","), methods_help()));
   app.add_option("--max-tokens", o.max_tokens,
                  "perplexity over the first N tokens of the test text (0 = all)")
       ->check(CLI::NonNegativeNumber);
@@ -488,7 +483,7 @@ int main(int argc, char** argv) {
       created.push_back(work + "/" + f);
     bool any_calib = methods.empty();  // the default list has w8a8-static and llm-int8
     for (auto& m : methods) {
-      if (needs_calibration(compress_spec_from_name(m))) any_calib = true;  // also validates
+      if (compress_spec_from_name(m).uses_calibration()) any_calib = true;  // also validates
     }
     {
       std::set<std::string> seen;
@@ -517,7 +512,7 @@ int main(int argc, char** argv) {
     rep.prefill_tokens =
         rep.encoder ? std::min(o.prefill, info.value("max_pos", o.prefill)) : o.prefill;
     rep.decode_tokens = rep.encoder ? 0 : o.decode;
-    if (methods.empty()) methods = split_methods(kDefaultMethods);
+    if (methods.empty()) methods = default_bench_methods();
 
     Progress bar("bench", int64_t(methods.size()) * 2, !o.quiet);
     for (size_t i = 0; i < methods.size(); ++i) {

@@ -1,6 +1,6 @@
 // compress: converts a model's weights to a compressed format and writes a minfer model folder
 // that run-model, perplexity, embed and bench load directly.
-#include "engine/compress.h"
+#include "compress/compress.h"
 
 #include <filesystem>
 #include <fstream>
@@ -8,7 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "engine/model_hub.h"
+#include "app/model_hub.h"
 #include "models/loader.h"
 #include "tools/common.h"
 
@@ -29,8 +29,9 @@ int main(int argc, char** argv) {
   app.add_option("--model,-m", model, "smollm2 | minilm | HF folder | .gguf | minfer folder")
       ->required();
   app.add_option("--method", method,
-                 "f32 | fp16 | bf16 | int8 | int4 | nf4 | binary | ternary | llm-int8 | w8a8 "
-                 "(options may be folded in: int4-g64, nf4-dq, w8a8-static, ...)")
+                 "a method, options folded in (int4-g64, nf4-dq, w8a8-static, ...), or a chain "
+                 "applied left to right (a+b). Methods:\n" +
+                     methods_help())
       ->required();
   app.add_option("--group", group, "weights per scale along a row (int8, int4: 32/64/128; nf4)")
       ->check(CLI::Range(1, 1 << 20));
@@ -64,13 +65,15 @@ int main(int argc, char** argv) {
   return tool::run(app, argc, argv, [&] {
     const double t0 = tool::now_s();
     CompressSpec spec = compress_spec_from_name(method);
-    if (group) spec.quant.group = group;
+    // The option flags set the chain's last step (the quantizer).
+    MethodSpec& last = spec.last();
+    if (group) last.quant.group = group;
     MINFER_CHECK(!(per_channel && per_tensor), "--per-channel and --per-tensor exclude each other");
-    if (per_tensor) spec.quant.per_channel = false;
-    if (asym) spec.quant.asymmetric = true;
-    if (dq) spec.quant.double_quant = true;
-    if (ternary_row) spec.quant.ternary_per_row = true;
-    spec.threshold = threshold;
+    if (per_tensor) last.quant.per_channel = false;
+    if (asym) last.quant.asymmetric = true;
+    if (dq) last.quant.double_quant = true;
+    if (ternary_row) last.quant.ternary_per_row = true;
+    for (MethodSpec& step : spec.steps) step.threshold = threshold;
     spec.embed_format = embed_format;
     spec.head_format = head_format;
     for (const std::string& k : keep) {
@@ -81,9 +84,9 @@ int main(int argc, char** argv) {
       compress_spec_from_name(spec.keep.back().second);  // validate before loading anything
     }
     validate_compress_spec(spec);  // before loading anything
-    MINFER_CHECK(!(spec.static_act && calib_path.empty()),
-                 "w8a8-static needs --calibrate FILE (activation scales come from a "
-                 "calibration pass)");
+    MINFER_CHECK(!(spec.needs_calibration() && calib_path.empty()),
+                 "{} needs --calibrate FILE (activation scales come from a calibration pass)",
+                 compress_spec_name(spec));
     if (!force)
       MINFER_CHECK(!std::filesystem::exists(out),
                    "{}: output already exists (pass --force to replace it)", out);

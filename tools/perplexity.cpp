@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "app/model_hub.h"
 #include "models/eval.h"
 #include "models/loader.h"
 #include "tools/common.h"
@@ -50,7 +51,7 @@ int main(int argc, char** argv) {
     std::stringstream ss;
     ss << f.rdbuf();
     auto be = make_backend(backend, threads, device);
-    LoadedModel lm = open_model(model, *be);
+    LoadedModel lm = open_named_model(model, *be);
     std::vector<int32_t> ids = lm.tokenizer->encode(ss.str(), true);
     const size_t all = ids.size();
     if (max_tokens > 0 && size_t(max_tokens) < ids.size()) ids.resize(size_t(max_tokens));

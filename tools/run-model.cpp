@@ -1,6 +1,7 @@
 // run-model: generate text from a causal LM, streaming tokens as they are produced.
 #include <nlohmann/json.hpp>
 
+#include "app/model_hub.h"
 #include "engine/sampler.h"
 #include "models/loader.h"
 #include "tools/common.h"
@@ -52,7 +53,7 @@ int main(int argc, char** argv) {
   app.add_flag("--json", json, "print one JSON object instead of streaming text");
   return tool::run(app, argc, argv, [&] {
     auto be = make_backend(backend, threads, device);
-    LoadedModel lm = open_model(model, *be);
+    LoadedModel lm = open_named_model(model, *be);
     Model& m = *lm.model;
     const ModelConfig& c = m.config();
     MINFER_CHECK(c.causal(), "{}: '{}' is an encoder, run-model needs a causal LM (try embed)",

@@ -10,8 +10,8 @@
 #include <iostream>
 #include <iterator>
 
+#include "app/model_hub.h"
 #include "engine/error.h"
-#include "engine/model_hub.h"
 #include "tokenizer/tokenizer.h"
 #include "tools/common.h"
 

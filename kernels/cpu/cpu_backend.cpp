@@ -89,20 +89,7 @@ class CpuBackend final : public Backend {
                  "linear '{}': output is [{}, {}], expected [{}, {}]", w.name, Y.rows, Y.cols,
                  X.rows, w.out);
     if (observer_) observer_->observe(w, X.p, X.rows, X.ld);
-    std::visit(
-        [&](const auto& r) {
-          using R = std::decay_t<decltype(r)>;
-          if constexpr (std::is_same_v<R, Dense>) {
-            dense_linear(r.w, r.transposed, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out, scratch_);
-          } else if constexpr (std::is_same_v<R, Quantized>) {
-            quantized_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out);
-          } else if constexpr (std::is_same_v<R, W8A8>) {
-            w8a8_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out);
-          } else {
-            llm_int8_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out);
-          }
-        },
-        w.repr);
+    linear_mat(X, Y, w);
     if (w.bias.defined()) {
       const float* b = w.bias.data<float>();
 #pragma omp parallel for if (worth_threads(Y.rows * Y.cols))
@@ -111,6 +98,35 @@ class CpuBackend final : public Backend {
         for (int64_t c = 0; c < Y.cols; ++c) yr[c] += b[c];
       }
     }
+  }
+
+  // Y = X · Wᵀ without the bias: the kernel of W's format (one overload per format of the table
+  // in engine/linear.h; a format without one here does not compile).
+  void linear_mat(const Mat& X, const Mat& Y, const Linear& w) {
+    std::visit(
+        overloaded{
+            [&](const Dense& r) {
+              dense_linear(r.w, r.transposed, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out, scratch_);
+            },
+            [&](const Quantized& r) {
+              quantized_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out);
+            },
+            [&](const Int8WithOutliers& r) {
+              llm_int8_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out);
+            },
+            [&](const W8A8& r) { w8a8_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out); },
+            [&](const LowRank& r) {
+              // x · Vᵀ into a [T, rank] buffer kept across calls, then · Uᵀ. Factors are never
+              // LowRank themselves (FormatTraits<LowRank>::check), so one buffer suffices.
+              const int64_t rank = r.v->out;
+              if (lowrank_tmp_.size() < size_t(X.rows * rank))
+                lowrank_tmp_.resize(size_t(X.rows * rank));
+              const Mat H{lowrank_tmp_.data(), X.rows, rank, rank};
+              linear_mat(X, H, *r.v);
+              linear_mat(H, Y, *r.u);
+            },
+        },
+        w.repr);
   }
 
   void embedding(Tensor& y, const Tensor& table, const int32_t* ids, int64_t n,
@@ -326,6 +342,7 @@ class CpuBackend final : public Backend {
   std::vector<float> attn_scratch_;
   std::vector<float> rope_cs_;
   std::vector<float> emb_row_;
+  std::vector<float> lowrank_tmp_;  // [T, rank] between the two factors of a LowRank weight
 };
 
 }  // namespace

@@ -11,7 +11,6 @@
 #include <cstring>
 #include <vector>
 
-#include "engine/quantize.h"
 #include "kernels/common/quant_math.h"
 #include "kernels/cpu/quant_impl.h"
 
@@ -22,7 +21,9 @@ using namespace qcpu;
 namespace {
 
 void check_call(const Quantized& w, int64_t T, int64_t ldx, int64_t ldy, int64_t K, int64_t N) {
-  check_quantized(w, K, N, "quantized_linear");
+  // The format's invariants were checked when the Linear was made or loaded
+  // (FormatTraits<Quantized>::check, naming the tensor); debug builds check again.
+  MINFER_DCHECK((FormatTraits<Quantized>::check(w, K, N, "quantized_linear"), true), "");
   MINFER_CHECK(T >= 0 && ldx >= K && ldy >= N,
                "quantized_linear: bad strides (T {}, ldx {} < K {} or ldy {} < N {})", T, ldx, K,
                ldy, N);

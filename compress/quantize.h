@@ -1,7 +1,8 @@
 // Weight-only quantization: Dense Linear -> Quantized Linear (or a half-precision Dense), the way
 // back to f32 for tests and fallbacks, exact storage cost, and distortion statistics.
 //
-// Formats (storage layout and rounding rules: kernels/common/quant_math.h):
+// Formats (structs: engine/formats/; storage layout and rounding rules:
+// kernels/common/quant_math.h):
 //   method    options                                   bits/weight (K multiple of group)
 //   "int8"    per_channel (default) | per tensor | group  8 + 32/K (per row), 8 + 32/G (group)
 //   "int4"    group 32/64/128 (default 128), asymmetric   4 + 32/G, + 8/G with zero points
@@ -35,8 +36,8 @@ struct QuantSpec {
 // position.
 Linear quantize_linear(const Linear& dense, const QuantSpec& spec);
 
-// LLM.int8() (Dettmers et al. 2022, arXiv:2208.07339; struct: engine/linear.h). W becomes int8
-// absmax per output row, quantized from all of W. `act_absmax` (optional, [in]: max |x| per
+// LLM.int8() (Dettmers et al. 2022, arXiv:2208.07339; struct: engine/formats/llm_int8.h). W becomes
+// int8 absmax per output row, quantized from all of W. `act_absmax` (optional, [in]: max |x| per
 // input feature over a calibration pass) lists the features with act_absmax >= threshold in
 // outlier_cols and keeps their columns of the original W in f16 (outlier_w); without statistics
 // outlier_cols is empty. Kernels treat a listed feature as an outlier in every batch (its f16
@@ -46,19 +47,10 @@ Linear quantize_linear(const Linear& dense, const QuantSpec& spec);
 Linear quantize_llm_int8(const Linear& dense, float threshold = 6.f,
                          const std::vector<float>* act_absmax = nullptr);
 
-// W8A8 (struct: engine/linear.h): W int8 absmax per output row; activations int8 per token at run
-// time (ActScale::Dynamic, act_scale ignored and stored as 0) or with one calibrated per-tensor
+// W8A8 (struct: engine/formats/w8a8.h): W int8 absmax per output row; activations int8 per token at
+// run time (ActScale::Dynamic, act_scale ignored and stored as 0) or with one calibrated per-tensor
 // scale (ActScale::Static: act_scale = max|x| / 127 from calibration, finite and > 0).
 Linear quantize_w8a8(const Linear& dense, ActScale mode, float act_scale = 0.f);
-
-// f32 [out, in] weights of any Linear (Dense converted / transposed, Quantized dequantized).
-// Int8WithOutliers and W8A8: the weight as their kernels use it: int8 codes dequantized, and the
-// outlier_cols columns of an Int8WithOutliers from outlier_w.
-Tensor dequantize_weight(const Linear& l);
-
-// Stored weight bytes * 8 / (in * out): codes (with row padding), scales, zero points and the
-// double-quantization data, exactly.
-double bits_per_weight(const Linear& l);
 
 // Distortion of q against ref (same shape): mean squared error, max |w - ŵ|, and
 // ||W - Ŵ||_F / ||W||_F.
@@ -66,18 +58,5 @@ struct Distortion {
   double mse = 0, max_abs = 0, rel_fro = 0;
 };
 Distortion measure(const Linear& ref, const Linear& q);
-
-// Checks a Quantized representation against (in, out): tensor dtypes and shapes, group and scheme
-// options. Throws naming `name` and the offending field. Kernels call it on every use (O(1)).
-void check_quantized(const Quantized& q, int64_t in, int64_t out, const std::string& name);
-
-// The same for the activation-quantized representations: their int8 weight (scheme Int8, one
-// scale per output row), threshold > 0 / outlier_cols (I32 [n], ascending, in range) and
-// outlier_w (F16 [out, n]); act_scale finite, and > 0 when static.
-void check_llm_int8(const Int8WithOutliers& w, int64_t in, int64_t out, const std::string& name);
-void check_w8a8(const W8A8& w, int64_t in, int64_t out, const std::string& name);
-
-const char* qscheme_name(QScheme s);  // "int8", "int4", "nf4", "binary", "ternary"
-int qscheme_bits(QScheme s);          // code bits per weight: 8, 4, 4, 1, 2
 
 }  // namespace minfer

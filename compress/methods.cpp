@@ -1,0 +1,191 @@
+#include "compress/methods.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "engine/error.h"
+
+namespace minfer {
+
+namespace {
+
+// The registry. Bits per weight and the sources: docs/quantization.md.
+constexpr MethodInfo kMethods[] = {
+    {"f32", MethodKind::Float, 0, "32-bit float weights (the reference)"},
+    {"fp16", MethodKind::Float, 0, "IEEE half-precision weights, f32 compute"},
+    {"bf16", MethodKind::Float, 0, "bfloat16 weights, f32 compute"},
+    {"int8", MethodKind::WeightQuant, kOptGroup | kOptTensor,
+     "int8 absmax per output row (-tensor: per tensor, -g<N>: per group)"},
+    {"int4", MethodKind::WeightQuant, kOptGroup | kOptAsym,
+     "int4 per group of 128 (-g32/-g64), symmetric or -asym with zero points"},
+    {"nf4", MethodKind::WeightQuant, kOptGroup | kOptDq,
+     "NormalFloat-4 (QLoRA) per block of 64, -dq: double-quantized scales (4.127 bits/w)"},
+    {"binary", MethodKind::WeightQuant, 0, "sign(w) * mean|w| per row (1 bit/w)"},
+    {"ternary", MethodKind::WeightQuant, kOptRow,
+     "BitNet b1.58 absmean {-1, 0, 1}, per tensor (-row: per row)"},
+    {"llm-int8", MethodKind::ActQuant, 0,
+     "LLM.int8(): int8 weights and activations, outlier features (|x| >= threshold) in f16"},
+    {"w8a8", MethodKind::ActQuant, kOptStatic,
+     "int8 weights x int8 activations (per token, or -static: calibrated per tensor)"},
+};
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char c : s) {
+    if (c == sep) {
+      out.push_back(cur);
+      cur.clear();
+    } else {
+      cur += c;
+    }
+  }
+  out.push_back(cur);
+  return out;
+}
+
+std::string known_methods() {
+  std::string s;
+  for (const MethodInfo& m : kMethods) s += (s.empty() ? "" : ", ") + std::string(m.name);
+  return s;
+}
+
+QScheme scheme_of(const MethodSpec& s) {
+  return qscheme_from_name(s.method, "method");
+}
+
+}  // namespace
+
+std::span<const MethodInfo> method_registry() {
+  return kMethods;
+}
+
+const MethodInfo* find_method(std::string_view name) {
+  for (const MethodInfo& m : kMethods)
+    if (m.name == name) return &m;
+  return nullptr;
+}
+
+std::string methods_help() {
+  std::string s;
+  for (const MethodInfo& m : kMethods) s += fmt::format("  {:<9} {}\n", m.name, m.summary);
+  return s;
+}
+
+const std::vector<std::string>& default_bench_methods() {
+  static const std::vector<std::string> v = {"f32",      "fp16", "bf16",       "int8",   "int4",
+                                             "int4-g64", "nf4",  "nf4-dq",     "binary", "ternary",
+                                             "llm-int8", "w8a8", "w8a8-static"};
+  return v;
+}
+
+const MethodInfo& MethodSpec::info() const {
+  const MethodInfo* m = find_method(method);
+  MINFER_CHECK(m != nullptr, "unknown compression method '{}' (expected one of: {})", method,
+               known_methods());
+  return *m;
+}
+
+bool MethodSpec::uses_calibration() const {
+  return method == "llm-int8" || needs_calibration();
+}
+
+bool MethodSpec::needs_calibration() const {
+  return method == "w8a8" && static_act;
+}
+
+void validate_method_spec(const MethodSpec& s) {
+  const MethodInfo& m = s.info();
+  const int g = s.quant.group;
+  MINFER_CHECK(g >= 0, "method '{}': group must be positive, got {}", s.method, g);
+  if (g != 0) {
+    MINFER_CHECK(m.options & kOptGroup, "method '{}' has no group option (groups: int8, int4, nf4)",
+                 s.method);
+    const int mult = qscheme_info(scheme_of(s)).group_multiple;
+    MINFER_CHECK(g % mult == 0, "{}: group must be a multiple of {}, got {}", s.method, mult, g);
+  }
+  MINFER_CHECK(!s.quant.asymmetric || (m.options & kOptAsym),
+               "method '{}': asymmetric (zero points) is an int4 option", s.method);
+  MINFER_CHECK(!s.quant.double_quant || (m.options & kOptDq),
+               "method '{}': double quantization is an nf4 option", s.method);
+  MINFER_CHECK(s.quant.per_channel || (m.options & kOptTensor),
+               "method '{}': per-tensor scales are an int8 option", s.method);
+  MINFER_CHECK(!s.quant.ternary_per_row || (m.options & kOptRow),
+               "method '{}': per-row scales are a ternary option", s.method);
+  MINFER_CHECK(!s.static_act || (m.options & kOptStatic),
+               "method '{}': static activation scales are a w8a8 option", s.method);
+  MINFER_CHECK(std::isfinite(s.threshold) && s.threshold > 0,
+               "llm-int8: threshold must be a positive number, got {}", s.threshold);
+}
+
+MethodSpec method_spec_from_name(const std::string& name) {
+  MINFER_CHECK(!name.empty(), "empty compression method name");
+  std::vector<std::string> parts = split(name, '-');
+  MethodSpec s;
+  size_t i = 1;
+  s.method = parts[0];
+  if (parts.size() > 1 && find_method(parts[0] + "-" + parts[1])) {  // "llm-int8"
+    s.method = parts[0] + "-" + parts[1];
+    i = 2;
+  }
+  if (!find_method(s.method)) {
+    const std::string hint = s.method == "f16"   ? " (did you mean fp16?)"
+                             : s.method == "llm" ? " (did you mean llm-int8?)"
+                                                 : "";
+    MINFER_FAIL("unknown compression method '{}'{} (expected one of: {})", name, hint,
+                known_methods());
+  }
+  const MethodInfo& m = s.info();
+  auto need = [&](unsigned opt, const std::string& p, const char* owner) {
+    MINFER_CHECK(m.options & opt, "{}: '-{}' is an {} option", name, p, owner);
+  };
+  for (; i < parts.size(); ++i) {
+    const std::string& p = parts[i];
+    if (p.size() > 1 && p[0] == 'g' && std::all_of(p.begin() + 1, p.end(), ::isdigit)) {
+      MINFER_CHECK(p.size() < 8, "{}: group '{}' is out of range", name, p);
+      MINFER_CHECK(m.options & kOptGroup,
+                   "method '{}' has no group option (groups: int8, int4, nf4)", name);
+      s.quant.group = std::stoi(p.substr(1));
+      MINFER_CHECK(s.quant.group > 0, "{}: group must be positive", name);
+    } else if (p == "asym") {
+      need(kOptAsym, p, "int4");
+      s.quant.asymmetric = true;
+    } else if (p == "dq") {
+      need(kOptDq, p, "nf4");
+      s.quant.double_quant = true;
+    } else if (p == "tensor") {
+      need(kOptTensor, p, "int8");
+      s.quant.per_channel = false;
+    } else if (p == "row") {
+      need(kOptRow, p, "ternary");
+      s.quant.ternary_per_row = true;
+    } else if (p == "static" || p == "dynamic") {
+      need(kOptStatic, p, "w8a8");
+      s.static_act = p == "static";
+    } else {
+      MINFER_FAIL(
+          "compression method '{}': unknown option '{}' (options: -g<N>, -asym, -dq, "
+          "-tensor, -row, -static)",
+          name, p);
+    }
+  }
+  validate_method_spec(s);
+  return s;
+}
+
+std::string method_spec_name(const MethodSpec& s) {
+  std::string n = s.method;
+  if (s.method == "int8" && !s.quant.per_channel && s.quant.group == 0) n += "-tensor";
+  if (s.method == "int4" || s.method == "nf4" || (s.method == "int8" && s.quant.group > 0))
+    n += fmt::format("-g{}",
+                     s.quant.group > 0 ? s.quant.group : qscheme_info(scheme_of(s)).default_group);
+  if (s.quant.asymmetric) n += "-asym";
+  if (s.quant.double_quant) n += "-dq";
+  if (s.method == "ternary" && s.quant.ternary_per_row) n += "-row";
+  if (s.method == "w8a8" && s.static_act) n += "-static";
+  return n;
+}
+
+}  // namespace minfer

@@ -1,0 +1,71 @@
+// The compression methods: one registry, one spelling per method, parsed once into a typed spec.
+//
+// Grammar (what --method, --keep, --head-format and bench --methods take):
+//   chain  := step ('+' step)*              applied left to right, e.g. "wanda-50+int8"
+//   step   := name ('-' option)*            e.g. "int4-g64", "int4-g128-asym", "nf4-dq",
+//                                            "int8-tensor", "ternary-row", "w8a8-static"
+//   option := g<N> | asym | dq | tensor | row | static | dynamic   (only those the method takes)
+// The registry below is the list --help, the docs, bench and the tests print and loop over.
+#pragma once
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "compress/quantize.h"
+
+namespace minfer {
+
+enum class MethodKind : uint8_t {
+  Float,        // f32 / fp16 / bf16: a Dense copy in that dtype
+  WeightQuant,  // weight-only quantization: Quantized (int8, int4, nf4, binary, ternary)
+  ActQuant,     // int8 weights and int8 activations: Int8WithOutliers (llm-int8), W8A8
+};
+
+// Option suffixes a method accepts (bit set).
+enum MethodOption : unsigned {
+  kOptGroup = 1u << 0,   // -g<N>: group size along a row
+  kOptAsym = 1u << 1,    // -asym: integer zero points
+  kOptDq = 1u << 2,      // -dq: double-quantized scales (QLoRA)
+  kOptTensor = 1u << 3,  // -tensor: one scale per tensor
+  kOptRow = 1u << 4,     // -row: one scale per row (ternary)
+  kOptStatic = 1u << 5,  // -static / -dynamic: activation scales from calibration or per token
+};
+
+struct MethodInfo {
+  std::string_view name;  // the one spelling
+  MethodKind kind;
+  unsigned options;          // MethodOption bits
+  std::string_view summary;  // one line for --help and docs
+};
+
+// Every registered method, in the order --help lists them.
+std::span<const MethodInfo> method_registry();
+// The registered method called `name`, or nullptr.
+const MethodInfo* find_method(std::string_view name);
+// "  name  summary" lines for --help.
+std::string methods_help();
+// The methods bench measures by default (names with options folded in).
+const std::vector<std::string>& default_bench_methods();
+
+// One step of a chain: a registered method with its options.
+struct MethodSpec {
+  std::string method = "int8";  // a registered name
+  QuantSpec quant;              // group / per_channel / asymmetric / double_quant / ternary_per_row
+  float threshold = 6.f;        // llm-int8 outlier threshold on |x| (LLM.int8() paper default)
+  bool static_act = false;      // w8a8: per-tensor activation scales from calibration
+
+  const MethodInfo& info() const;  // throws for an unregistered name
+  // True when the step reads calibration statistics (w8a8-static needs them, llm-int8 uses them).
+  bool uses_calibration() const;
+  bool needs_calibration() const;
+};
+
+// Parses one step ("int4-g64"); throws naming the step and what is wrong.
+MethodSpec method_spec_from_name(const std::string& name);
+// Checks a step built in code (options the method does not take, group ranges, threshold).
+void validate_method_spec(const MethodSpec& s);
+// Canonical name of a step (inverse of method_spec_from_name), e.g. "nf4-g64-dq".
+std::string method_spec_name(const MethodSpec& s);
+
+}  // namespace minfer

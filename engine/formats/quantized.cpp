@@ -1,0 +1,177 @@
+#include "engine/formats/quantized.h"
+
+#include <fmt/format.h>
+
+#include "engine/error.h"
+#include "kernels/common/quant_math.h"
+
+namespace minfer {
+
+const char* qscheme_name(QScheme s) {
+  return qscheme_info(s).name;
+}
+
+int qscheme_bits(QScheme s) {
+  return qscheme_info(s).bits;
+}
+
+QScheme qscheme_from_name(const std::string& name, const std::string& where) {
+  for (QScheme s : kQSchemes)
+    if (name == qscheme_name(s)) return s;
+  MINFER_FAIL("{}: unknown quantization scheme '{}'", where, name);
+}
+
+void FormatTraits<Quantized>::check(const Quantized& q, int64_t in, int64_t out,
+                                    const std::string& name) {
+  MINFER_CHECK(in > 0 && out > 0, "quantized '{}': empty shape [{}, {}]", name, out, in);
+  const QSchemeInfo info = qscheme_info(q.scheme);
+  MINFER_CHECK(info.bits > 0, "quantized '{}': invalid scheme value {}", name, int(q.scheme));
+  const char* s = info.name;
+  MINFER_CHECK(q.group >= 1 && q.group <= in,
+               "quantized '{}' ({}): group must be in [1, in = {}], found {}", name, s, in,
+               q.group);
+  if (q.group < in)
+    MINFER_CHECK(info.group_multiple > 0 && q.group % info.group_multiple == 0,
+                 "quantized '{}' ({}): {}", name, s,
+                 info.group_multiple > 0
+                     ? fmt::format("group {} < in {} must be a multiple of {}", q.group, in,
+                                   info.group_multiple)
+                     : fmt::format("expected one scale per row (group = in = {}), found group {}",
+                                   in, q.group));
+  MINFER_CHECK(!q.per_tensor || info.per_tensor,
+               "quantized '{}' ({}): per_tensor is only defined for int8 and ternary", name, s);
+  MINFER_CHECK(!q.asymmetric || info.asymmetric,
+               "quantized '{}' ({}): asymmetric is only defined for int4", name, s);
+  const int64_t rb = qm::row_bytes(in, qscheme_bits(q.scheme));
+  const int64_t groups = qm::ceil_div(in, q.group);
+  MINFER_CHECK(q.codes.defined() && q.codes.dtype() == DType::U8 && q.codes.ndim() == 2 &&
+                   q.codes.dim(0) == out && q.codes.dim(1) == rb && q.codes.is_contiguous(),
+               "quantized '{}' ({}): codes must be contiguous U8 [{}, {}], found {} {}", name, s,
+               out, rb, q.codes.defined() ? dtype_name(q.codes.dtype()) : "undefined",
+               q.codes.defined() ? q.codes.shape_str() : "");
+  const bool dq = q.scale_codes.defined();
+  if (dq) {
+    MINFER_CHECK(info.double_quant && !q.scales.defined(),
+                 "quantized '{}' ({}): double-quantized scales are only defined for nf4 and "
+                 "replace `scales`",
+                 name, s);
+    const int64_t n = out * groups;
+    MINFER_CHECK(q.scale_codes.dtype() == DType::I8 && q.scale_codes.numel() == n &&
+                     q.scale_codes.is_contiguous(),
+                 "quantized '{}': scale_codes must be I8 with {} values, found {} {}", name, n,
+                 dtype_name(q.scale_codes.dtype()), q.scale_codes.shape_str());
+    MINFER_CHECK(q.scale_scales.defined() && q.scale_scales.dtype() == DType::F32 &&
+                     q.scale_scales.numel() == qm::ceil_div(n, qm::kDqBlock) &&
+                     q.scale_scales.is_contiguous(),
+                 "quantized '{}': scale_scales must be F32 with {} values, found {}", name,
+                 qm::ceil_div(n, qm::kDqBlock),
+                 q.scale_scales.defined() ? q.scale_scales.shape_str() : "undefined");
+  } else {
+    const int64_t n = q.per_tensor ? 1 : out * groups;
+    MINFER_CHECK(q.scales.defined() && q.scales.dtype() == DType::F32 && q.scales.numel() == n &&
+                     q.scales.is_contiguous(),
+                 "quantized '{}' ({}): scales must be F32 with {} values ({}), found {} {}", name,
+                 s, n, q.per_tensor ? "per tensor" : "[out, groups]",
+                 q.scales.defined() ? dtype_name(q.scales.dtype()) : "undefined",
+                 q.scales.defined() ? q.scales.shape_str() : "");
+  }
+  if (q.asymmetric)
+    MINFER_CHECK(q.zeros.defined() && q.zeros.dtype() == DType::U8 &&
+                     q.zeros.numel() == out * groups && q.zeros.is_contiguous(),
+                 "quantized '{}' (int4 asymmetric): zeros must be U8 [{}, {}], found {}", name, out,
+                 groups, q.zeros.defined() ? q.zeros.shape_str() : "undefined");
+  else
+    MINFER_CHECK(!q.zeros.defined(), "quantized '{}' ({}): zeros given for a symmetric format",
+                 name, s);
+}
+
+void FormatTraits<Quantized>::dequantize(const Quantized& q, int64_t in, int64_t out,
+                                         const std::string& name, float* W) {
+  check(q, in, out, name);
+  const int64_t N = out, K = in, G = q.group, groups = qm::ceil_div(K, G);
+  const int64_t rb = q.codes.dim(1);
+  const uint8_t* codes = q.codes.data<uint8_t>();
+  const float* scales = q.scales.defined() ? q.scales.data<float>() : nullptr;
+  const uint8_t* zeros = q.zeros.defined() ? q.zeros.data<uint8_t>() : nullptr;
+  const int8_t* sc = q.scale_codes.defined() ? q.scale_codes.data<int8_t>() : nullptr;
+  const float* ss = sc ? q.scale_scales.data<float>() : nullptr;
+#pragma omp parallel for if (N * K >= (1 << 16))
+  for (int64_t n = 0; n < N; ++n) {
+    const uint8_t* row = codes + n * rb;
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t g = k / G, i = n * groups + g;
+      const float s = q.per_tensor ? scales[0]
+                      : sc         ? qm::dq_block_scale(sc[i], ss[i / qm::kDqBlock], q.scale_offset)
+                                   : scales[i];
+      float v = 0;
+      switch (q.scheme) {
+        case QScheme::Int8:
+          v = qm::dequant_uz(row[k], 128, s);
+          break;
+        case QScheme::Int4:
+          v = qm::dequant_uz(qm::get_q4(row, k), zeros ? zeros[i] : 8, s);
+          break;
+        case QScheme::NF4:
+          v = s * qm::nf4_value(qm::get_q4(row, k));
+          break;
+        case QScheme::Binary:
+          v = qm::dequant_uz(2 * qm::get_q1(row, k), 1, s);
+          break;
+        case QScheme::Ternary:
+          v = qm::dequant_uz(qm::get_q2(row, k), 1, s);
+          break;
+      }
+      W[n * K + k] = v;
+    }
+  }
+}
+
+size_t FormatTraits<Quantized>::bytes(const Quantized& q) {
+  return q.codes.nbytes() + q.scales.nbytes() + q.zeros.nbytes() + q.scale_codes.nbytes() +
+         q.scale_scales.nbytes() + (q.scale_codes.defined() ? sizeof(float) : 0);
+}
+
+std::string FormatTraits<Quantized>::format(const Quantized& q, int64_t in) {
+  std::string s = qscheme_name(q.scheme);
+  if (q.scheme == QScheme::Int8 && q.per_tensor) return s + "-tensor";
+  if (q.scheme == QScheme::Ternary) return q.per_tensor ? s : s + "-row";
+  if (q.scheme == QScheme::Int4 || q.scheme == QScheme::NF4 || q.group < in)
+    s += fmt::format("-g{}", q.group);
+  if (q.asymmetric) s += "-asym";
+  if (q.scale_codes.defined()) s += "-dq";
+  return s;
+}
+
+void FormatTraits<Quantized>::save(const Quantized& q, const std::string& name, TensorSink& sink,
+                                   json& meta) {
+  sink.put(name + ".codes", q.codes);
+  sink.put(name + ".scales", q.scales);
+  sink.put(name + ".zeros", q.zeros);
+  sink.put(name + ".scale_codes", q.scale_codes);
+  sink.put(name + ".scale_scales", q.scale_scales);
+  meta["scheme"] = qscheme_name(q.scheme);
+  meta["group"] = q.group;
+  meta["per_tensor"] = q.per_tensor;
+  meta["asymmetric"] = q.asymmetric;
+  if (q.scale_codes.defined()) meta["scale_offset"] = q.scale_offset;
+}
+
+Quantized FormatTraits<Quantized>::load(const TensorSource& src, const std::string& name,
+                                        const json& meta, int64_t in, int64_t out) {
+  Quantized q;
+  q.scheme = qscheme_from_name(meta_field<std::string>(meta, "scheme", name), name);
+  q.group = meta_field<int64_t>(meta, "group", name);
+  q.per_tensor = meta_field<bool>(meta, "per_tensor", name);
+  q.asymmetric = meta_field<bool>(meta, "asymmetric", name);
+  MINFER_CHECK(src.has(name + ".codes"), "'{}': missing tensor '{}.codes'", name, name);
+  q.codes = src.get(name + ".codes");
+  q.scales = src.maybe(name + ".scales");
+  q.zeros = src.maybe(name + ".zeros");
+  q.scale_codes = src.maybe(name + ".scale_codes");
+  q.scale_scales = src.maybe(name + ".scale_scales");
+  if (q.scale_codes.defined()) q.scale_offset = meta_field<float>(meta, "scale_offset", name);
+  check(q, in, out, name);
+  return q;
+}
+
+}  // namespace minfer

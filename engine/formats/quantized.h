@@ -1,0 +1,55 @@
+// Quantized: weight-only quantization, one scheme per matrix (kernels/common/qscheme.h): int8,
+// int4 (symmetric / asymmetric), NF4 (+ QLoRA double quantization), binary, ternary. Packing,
+// code values and the dequantization rule: kernels/common/quant_math.h. Encoders:
+// compress/quantize.h. CPU kernels: kernels/cpu/quant.h; CUDA: kernels/cuda/kernels.cu.
+//
+// Bits per weight (K in features, G group; code rows padded to 64 weights):
+//   int8 8 + 32/K (per row) or 8 + 32/G; int4 4 + 32/G (+ 8/G with zero points);
+//   nf4 4 + 32/G, double-quantized 4 + 8/G + 32/(256 G); binary 1 + 32/K; ternary 2 (+ 32/K per
+//   row).
+#pragma once
+#include "engine/formats/format.h"
+#include "kernels/common/qscheme.h"
+
+namespace minfer {
+
+// Legend: Kp = in rounded up to 64, groups = ceil(in / group) scales per row.
+struct Quantized {
+  QScheme scheme = QScheme::Int8;
+  int64_t group = 0;        // weights sharing one scale along a row (== in: one scale per row)
+  bool per_tensor = false;  // one scale for the whole matrix, scales is [1] (Int8, Ternary)
+  bool asymmetric = false;  // Int4 with integer zero points
+  // U8 [out, Kp * bits / 8] packed codes, row by row; the padding codes dequantize to 0.
+  Tensor codes;
+  Tensor scales;  // F32 [out, groups] or [1] when per_tensor (absent when double-quantized)
+  Tensor zeros;   // U8 [out, groups] integer zero points 0..15 (asymmetric Int4)
+  // NF4 double quantization (QLoRA): the out * groups block scales, minus their mean
+  // scale_offset, stored as int8 codes in blocks of 256 with one f32 scale per block.
+  Tensor scale_codes;   // I8 [out * groups]
+  Tensor scale_scales;  // F32 [ceil(out * groups / 256)]
+  float scale_offset = 0.f;
+};
+
+template <>
+struct FormatTraits<Quantized> {
+  static constexpr const char* repr = "quantized";
+  // Tensor dtypes and shapes, group and scheme options; O(1) (the codes are not scanned).
+  static void check(const Quantized& q, int64_t in, int64_t out, const std::string& name);
+  static size_t bytes(const Quantized& q);
+  static void dequantize(const Quantized& q, int64_t in, int64_t out, const std::string& name,
+                         float* w);
+  // "int8" (per row), "int8-tensor", "int8-g64", "int4-g128[-asym]", "nf4-g64[-dq]", "binary",
+  // "ternary" (per tensor), "ternary-row".
+  static std::string format(const Quantized& q, int64_t in);
+  static void save(const Quantized& q, const std::string& name, TensorSink& sink, json& meta);
+  static Quantized load(const TensorSource& src, const std::string& name, const json& meta,
+                        int64_t in, int64_t out);
+  static std::vector<const Linear*> children(const Quantized&) { return {}; }
+};
+
+const char* qscheme_name(QScheme s);  // "int8", "int4", "nf4", "binary", "ternary"
+int qscheme_bits(QScheme s);          // code bits per weight: 8, 4, 4, 1, 2
+// The scheme called `name`; throws naming `where` for anything else.
+QScheme qscheme_from_name(const std::string& name, const std::string& where);
+
+}  // namespace minfer
