@@ -116,6 +116,7 @@ $(TESTBIN): $(TEST_OBJ) $(CUEMU_OBJ) $(APPLIB) $(LIB)
 # Tests run from the repository root (fixtures are found by relative path).
 # TEST_ARGS passes doctest flags, e.g. make test TEST_ARGS='-tc="*gguf*"'.
 test: $(TESTBIN) $(TOOLS)
+	bash scripts/check-layers.sh $(LIB)
 	MINFER_BIN=$(BINDIR) $(TESTBIN) $(TEST_ARGS)
 
 bench: $(BENCHBIN) $(TOOLS)

@@ -81,12 +81,6 @@ Linear apply_step(const Linear& l, const MethodSpec& s, const ActStats* stats) {
   return quantize_linear(l, q);
 }
 
-Linear apply_chain(const Linear& l, const CompressSpec& s, const ActStats* stats) {
-  Linear q = l;
-  for (const MethodSpec& step : s.steps) q = apply_step(q, step, stats);
-  return q;
-}
-
 std::string default_head_format(const CompressSpec& s) {
   if (is_float_method(s.last().method)) return s.last().method;
   return "int8";
@@ -164,6 +158,12 @@ std::string compress_spec_name(const CompressSpec& s) {
   std::string n;
   for (const MethodSpec& step : s.steps) n += (n.empty() ? "" : "+") + method_spec_name(step);
   return n;
+}
+
+Linear compress_linear(const Linear& l, const CompressSpec& spec, const ActStats* stats) {
+  Linear q = l;
+  for (const MethodSpec& step : spec.steps) q = apply_step(q, step, stats);
+  return q;
 }
 
 // ---- calibration -------------------------------------------------------------------------
@@ -305,7 +305,7 @@ CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats
       tr = {w->name, head_method, 0, 0, 0.0};
     } else {
       const CompressSpec& s = is_head ? head_spec : pick(w->name, keep, spec);
-      Linear q = apply_chain(*w, s, stats);
+      Linear q = compress_linear(*w, s, stats);
       const Distortion dist = measure(*w, q);
       q.name = is_head ? kHeadName : w->name;  // an untied head is stored as lm_head.weight
       *w = std::move(q);

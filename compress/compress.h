@@ -76,6 +76,10 @@ struct CompressReport {
   std::vector<TensorReport> tensors;
 };
 
+// One Linear through the chain (a step at a time, left to right). `stats` as for compress_model.
+// Throws naming the tensor and the step when a step cannot take the weight it is given.
+Linear compress_linear(const Linear& l, const CompressSpec& spec, const ActStats* stats = nullptr);
+
 // Converts the model's weights in place (Linears and embedding tables) according to `spec`.
 // `stats` is required for w8a8 with static_act and used by llm-int8 when given (features whose
 // calibration |x| reaches the threshold keep their W columns in f16). Validates the whole spec

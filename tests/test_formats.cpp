@@ -1,0 +1,254 @@
+// Every registered weight format, one loop (ggml's test-quantize-fns, gemma.cpp's per-format
+// tests): make it from random and adversarial matrices, check it, save it to safetensors and load
+// it back, then run the CPU kernel and the emulated CUDA kernel against the format's reference
+// (dequantize_weight, then an f64 matmul). Adding a format adds a row to kRows; the test fails
+// while some registered format has no row.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <functional>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "compress/compress.h"
+#include "engine/backend.h"
+#include "engine/safetensors.h"
+#include "tests/test_util.h"
+
+namespace minfer {
+std::unique_ptr<Backend> make_cuda_emu_backend(int device);
+namespace cuda_emu {
+void emu_set_device_count(int n);
+}
+}  // namespace minfer
+
+using namespace minfer;
+
+namespace {
+
+// f32 [out, in] dense Linear from values.
+Linear dense(const std::vector<float>& w, int64_t out, int64_t in) {
+  Tensor t = Tensor::empty(DType::F32, {out, in});
+  std::copy(w.begin(), w.end(), t.data<float>());
+  return make_dense("blk.0.w.weight", t, in, out);
+}
+
+// Random and adversarial weights: gaussian, a huge outlier, an all-zero row, constant rows,
+// tiny (subnormal-scale) values, alternating signs.
+std::vector<float> weights(int kind, int64_t out, int64_t in, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.f, 0.05f);
+  std::vector<float> w(size_t(out * in));
+  for (float& v : w) v = nd(rng);
+  switch (kind) {
+    case 0:
+      break;
+    case 1:
+      w[size_t(in / 2)] = 40.f;                                  // one outlier in row 0
+      for (int64_t k = 0; k < in; ++k) w[size_t(in + k)] = 0.f;  // row 1 all zero
+      break;
+    case 2:
+      for (int64_t r = 0; r < out; ++r)
+        for (int64_t k = 0; k < in; ++k) w[size_t(r * in + k)] = r % 2 ? 0.25f : -1e-30f;
+      break;
+    case 3:
+      for (int64_t i = 0; i < out * in; ++i) w[size_t(i)] = i % 2 ? 1e-3f : -1e-3f;
+      break;
+  }
+  return w;
+}
+
+// Activation calibration for the methods that read it (outliers at features 3 and 10).
+ActStats stats_for(const Linear& l) {
+  ActStats s;
+  std::vector<float> a(size_t(l.in), 1.f);
+  a[3] = 20.f;
+  if (l.in > 10) a[10] = 8.f;
+  s.absmax[l.name] = a;
+  s.tokens = 1;
+  return s;
+}
+
+// A low-rank pair of factors of `l` (rank r) in `factor_method`: the first r rows of W as V, and
+// U selecting them (U = [I; 0.5 I; ...]); not an SVD, only a valid LowRank to run and round-trip.
+Linear lowrank_of(const Linear& l, int64_t r, const std::string& factor_method) {
+  const Tensor w = dequantize_weight(l);
+  std::vector<float> v(w.data<float>(), w.data<float>() + r * l.in), u(size_t(l.out * r), 0.f);
+  for (int64_t o = 0; o < l.out; ++o) u[size_t(o * r + o % r)] = o < r ? 1.f : 0.5f;
+  LowRank lr;
+  Linear lv = dense(v, r, l.in), lu = dense(u, l.out, r);
+  lv.name = l.name + ".v";
+  lu.name = l.name + ".u";
+  lr.v = Box<Linear>(compress_linear(lv, compress_spec_from_name(factor_method)));
+  lr.u = Box<Linear>(compress_linear(lu, compress_spec_from_name(factor_method)));
+  return make_linear(l.name, l.in, l.out, std::move(lr));
+}
+
+struct Row {
+  std::string name;
+  std::function<Linear(const Linear&)> make;
+  bool int8_activations = false;  // the kernel rounds x to int8 per row (W8A8, LLM.int8())
+  // Relative rounding of x in the CUDA tensor-core GEMM (rows > 8) of 16-bit dense weights:
+  // x is converted to the weight's type (docs/cuda.md), f32 accumulation.
+  double cuda_prefill_x_rounding = 0;
+};
+
+// The table: every registered method (and its option variants), plus the formats no method makes
+// yet. Add a row for a new format here.
+std::vector<Row> rows() {
+  std::vector<Row> r;
+  for (std::string m : {"f32", "fp16", "bf16", "int8", "int8-tensor", "int8-g32", "int4-g32",
+                        "int4-g64-asym", "int4", "nf4", "nf4-dq", "binary", "ternary",
+                        "ternary-row", "llm-int8", "w8a8", "w8a8-static"}) {
+    const CompressSpec spec = compress_spec_from_name(m);
+    const bool act = spec.last().method == "llm-int8" || spec.last().method == "w8a8";
+    const double half = m == "fp16" ? 0x1p-11 : m == "bf16" ? 0x1p-8 : 0;
+    r.push_back({m,
+                 [spec](const Linear& l) {
+                   const ActStats st = stats_for(l);
+                   return compress_linear(l, spec, &st);
+                 },
+                 act, half});
+  }
+  r.push_back({"lowrank(f32)", [](const Linear& l) { return lowrank_of(l, 3, "f32"); }});
+  r.push_back({"lowrank(int8)", [](const Linear& l) { return lowrank_of(l, 4, "int8"); }});
+  return r;
+}
+
+class FileTensors final : public TensorSource {
+ public:
+  explicit FileTensors(std::shared_ptr<SafetensorsFile> f) : f_(std::move(f)) {}
+  bool has(const std::string& n) const override { return f_->has(n); }
+  Tensor get(const std::string& n) const override { return f_->get(n); }
+
+ private:
+  std::shared_ptr<SafetensorsFile> f_;
+};
+
+std::vector<float> run(Backend& be, const Linear& l, const std::vector<float>& x, int64_t T) {
+  Tensor xh = Tensor::empty(DType::F32, {T, l.in});
+  std::copy(x.begin(), x.end(), xh.data<float>());
+  Tensor xd = be.upload(xh);
+  Tensor y = be.alloc({T, l.out});
+  be.linear(y, xd, l);
+  std::vector<float> out(size_t(T * l.out));
+  be.to_host(y, out.data());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("formats: every registered format round-trips and runs on CPU and CUDA (emulated)") {
+  const std::vector<Row> table = rows();
+  std::set<std::string> covered;
+  auto cpu = make_cpu_backend(2);
+  cuda_emu::emu_set_device_count(1);
+  auto cuda = make_cuda_emu_backend(0);
+  const std::pair<int64_t, int64_t> shapes[] = {{5, 64}, {7, 100}, {33, 130}};
+  for (const Row& row : table) {
+    for (auto [N, K] : shapes) {
+      for (int kind = 0; kind < 4; ++kind) {
+        CAPTURE(row.name);
+        CAPTURE(N);
+        CAPTURE(K);
+        CAPTURE(kind);
+        const Linear d = dense(weights(kind, N, K, uint32_t(N * 131 + K + kind)), N, K);
+        Linear q = row.make(d);
+        CHECK_NOTHROW(check_linear(q));
+        covered.insert(linear_repr(q));
+        const Tensor ref = dequantize_weight(q);
+        const float* W = ref.data<float>();
+
+        // Save -> load: the same format, the same weights, bit for bit.
+        test::TempDir dir("formats");
+        std::vector<std::pair<std::string, Tensor>> tensors;
+        TensorSink sink{tensors};
+        const json meta = save_linear(q, q.name, sink);
+        save_safetensors(dir / "w.safetensors", tensors, {});
+        const Linear back = load_linear(FileTensors(SafetensorsFile::open(dir / "w.safetensors")),
+                                        q.name, json::parse(meta.dump()), K, N);
+        CHECK(linear_format(back) == linear_format(q));
+        CHECK(back.weight_bytes() == q.weight_bytes());
+        const Tensor ref2 = dequantize_weight(back);
+        CHECK(std::equal(W, W + N * K, ref2.data<float>()));
+
+        for (int64_t T : {1, 3, 17}) {
+          CAPTURE(T);
+          std::mt19937 rng(uint32_t(T * 7 + kind));
+          std::normal_distribution<float> nd(0.f, 1.f);
+          std::vector<float> x(size_t(T * K));
+          for (float& v : x) v = nd(rng);
+          // Reference y = x · Wᵀ in f64, and the tolerance each output may differ by: f32
+          // summation order, plus for int8 activations half a code step per element.
+          // A static W8A8 scale rounds to steps of act_scale instead of the row's max / 127.
+          const W8A8* a8 = std::get_if<W8A8>(&q.repr);
+          const double static_step = a8 && a8->act == ActScale::Static ? a8->act_scale : 0;
+          std::vector<double> yr(size_t(T * N)), tol(size_t(T * N)), sum_abs(size_t(T * N));
+          for (int64_t t = 0; t < T; ++t) {
+            double xmax = 0;
+            for (int64_t k = 0; k < K; ++k) xmax = std::max(xmax, double(std::fabs(x[t * K + k])));
+            const double step = static_step > 0 ? static_step : xmax / 127;
+            for (int64_t n = 0; n < N; ++n) {
+              double s = 0, a = 0;
+              for (int64_t k = 0; k < K; ++k) {
+                s += double(x[t * K + k]) * W[n * K + k];
+                a += std::fabs(double(x[t * K + k]) * W[n * K + k]);
+              }
+              double wsum = 0;
+              for (int64_t k = 0; k < K; ++k) wsum += std::fabs(double(W[n * K + k]));
+              yr[size_t(t * N + n)] = s;
+              sum_abs[size_t(t * N + n)] = a;
+              tol[size_t(t * N + n)] =
+                  1e-5 * a + 1e-6 + (row.int8_activations ? 0.51 * step * wsum : 0);
+            }
+          }
+          for (Backend* be : {cpu.get(), cuda.get()}) {
+            CAPTURE(be->name());
+            const std::vector<float> y = run(*be, q, x, T);
+            const double xr = be == cuda.get() && T > 8 ? row.cuda_prefill_x_rounding : 0;
+            int bad = 0;
+            for (size_t i = 0; i < y.size(); ++i)
+              if (!(std::fabs(double(y[i]) - yr[i]) <= tol[i] + 1.01 * xr * sum_abs[i])) ++bad;
+            CHECK(bad == 0);
+          }
+        }
+      }
+    }
+  }
+  // Every format of the table has at least one row.
+  for (const std::string& r : registered_reprs()) {
+    CAPTURE(r);
+    CHECK(covered.count(r) == 1);
+  }
+}
+
+TEST_CASE(
+    "formats: load rejects unknown representations and mismatched shapes, naming the tensor") {
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  TensorSink sink{tensors};
+  const Linear q =
+      compress_linear(dense(weights(0, 4, 64, 1), 4, 64), compress_spec_from_name("int8"));
+  json meta = save_linear(q, "blk.q.weight", sink);
+  test::TempDir dir("formats");
+  save_safetensors(dir / "w.safetensors", tensors, {});
+  FileTensors src(SafetensorsFile::open(dir / "w.safetensors"));
+  CHECK_THROWS_WITH_AS(load_linear(src, "blk.q.weight", meta, 64, 5),
+                       doctest::Contains("'blk.q.weight': stored as [4, 64]"), Error);
+  json bad = meta;
+  bad["repr"] = "sparse-magic";
+  CHECK_THROWS_WITH_AS(load_linear(src, "blk.q.weight", bad, 64, 4),
+                       doctest::Contains("unknown representation 'sparse-magic'"), Error);
+  bad = meta;
+  bad["scheme"] = "int3";
+  CHECK_THROWS_WITH_AS(load_linear(src, "blk.q.weight", bad, 64, 4),
+                       doctest::Contains("unknown quantization scheme 'int3'"), Error);
+  bad = meta;
+  bad.erase("group");
+  CHECK_THROWS_WITH_AS(load_linear(src, "blk.q.weight", bad, 64, 4),
+                       doctest::Contains("lacks 'group'"), Error);
+  // LowRank: rank out of range.
+  LowRank lr;
+  CHECK_THROWS_WITH_AS(make_linear("lr.weight", 64, 4, lr), doctest::Contains("both factors"),
+                       Error);
+}
