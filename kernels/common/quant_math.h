@@ -1,7 +1,8 @@
 // Weight-only quantization math, written once for host and device code: code packing, the NF4
 // table, per-element quantizers/dequantizers and the int8 activation quantizer the integer
-// kernels use. engine/quantize.cpp (encoder, dequantize_weight), kernels/cpu/quant*.cpp and a
-// later CUDA backend all call these, so they agree on every rounding decision.
+// kernels use. compress/quantize.cpp (encoder), engine/formats/quantized.cpp (the reference
+// dequantize), kernels/cpu/quant*.cpp and kernels/cuda/kernels.cu all call these, so they agree on
+// every rounding decision.
 //
 // Legend: K = in features (a row of the [out, in] weight), Kp = K rounded up to 64, G = group
 // (weights along a row that share one scale), QA = activation block.

@@ -61,7 +61,7 @@ QArgs make_args(const Quantized& w, int64_t K, std::vector<Span>& spans) {
   return a;
 }
 
-// Row n of W as f32 [K]: the definition every kernel follows (engine/quantize.cpp's
+// Row n of W as f32 [K]: the definition every kernel follows (engine/formats/quantized.cpp's
 // dequantize_weight computes the same values).
 void dequant_row_ref(const QArgs& a, int64_t n, float* dst) {
   const uint8_t* row = a.codes + n * a.rb;

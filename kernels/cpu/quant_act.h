@@ -1,4 +1,4 @@
-// Activation-quantized linears on the CPU: W8A8 and LLM.int8() (structs: engine/linear.h).
+// Activation-quantized linears on the CPU: W8A8 and LLM.int8() (structs: engine/formats/w8a8.h, engine/formats/llm_int8.h).
 // Legend: T rows of x (tokens), K = in features, N = out features, Kp = K rounded up to 64,
 // m = outlier features of an LLM.int8() call.
 //
