@@ -265,8 +265,12 @@ void copy_sentence_embedding_files(const std::string& src, const std::string& ds
     MINFER_CHECK(sub.is_relative() && sub.string().find("..") == std::string::npos,
                  "{}: module path '{}' leaves the model folder", (s / "modules.json").string(),
                  sub.string());
-    copy(sub / "sentence_bert_config.json");
-    copy(sub / "config.json");
+    // The Transformer module's folder is the model itself (usually the root): only its
+    // sentence_bert_config.json is ours to copy, never the model's config.json.
+    if (m.value("type", std::string()) == kTransformer)
+      copy(sub / "sentence_bert_config.json");
+    else if (!sub.empty())
+      copy(sub / "config.json");
   }
 }
 

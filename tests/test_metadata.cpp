@@ -9,6 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "compress/compress.h"
 #include "engine/backend.h"
 #include "models/eval.h"
 #include "models/loader.h"
@@ -151,6 +152,25 @@ TEST_CASE(
     MESSAGE(name << ": max |embedding - reference| = " << worst);
     CHECK(worst < 2e-5);
   }
+}
+
+TEST_CASE("metadata: a compressed sentence-transformers folder keeps its pooling and limits") {
+  test::TempDir d("st-compress");
+  const fs::path src = d.path / "model", out = d.path / "int8";
+  make_st_folder(src, "cls_16");
+  auto be = make_cpu_backend(1);
+  LoadedModel lm = open_model(src.string(), *be);
+  compress_model(*lm.model, compress_spec_from_name("int8"), nullptr, false);
+  save_compressed(*lm.model, lm.tokenizer.get(), out.string(), compress_spec_from_name("int8"),
+                  false, src.string());
+  const SentenceEmbeddingConfig st = read_sentence_embedding_config(out.string());
+  CHECK(st.pooling == Pooling::Cls);
+  CHECK(!st.normalize);
+  CHECK(st.max_seq_length == 16);
+  // The compressed folder's own config.json (with its quantization section) is kept.
+  CHECK(read_json((out / "config.json").string()).contains("quantization"));
+  LoadedModel back = open_model(out.string(), *be);
+  CHECK(back.model->config().hidden == 32);
 }
 
 TEST_CASE("metadata: sentence-transformers settings we cannot follow are errors") {
