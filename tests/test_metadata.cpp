@@ -11,6 +11,7 @@
 
 #include "compress/compress.h"
 #include "engine/backend.h"
+#include "engine/config.h"
 #include "models/eval.h"
 #include "models/loader.h"
 #include "test_util.h"
@@ -224,4 +225,52 @@ TEST_CASE("metadata: sentence-transformers settings we cannot follow are errors"
     CHECK(st.normalize);
     CHECK(st.source.find("defaults") != std::string::npos);
   }
+}
+
+// ---- config.json / GGUF keys that change the math: read or refused, never skipped ----
+
+TEST_CASE("metadata: config.json fields we do not implement are errors, sliding_window a limit") {
+  test::TempDir d("cfg");
+  auto load_with = [&](const std::string& base, const nlohmann::json& patch) {
+    nlohmann::json c = read_json("tests/fixtures/parity/" + base + "/config.json");
+    c.merge_patch(patch);
+    std::ofstream(d / "config.json") << c.dump();
+    return load_config(d / "config.json");
+  };
+  auto err = [&](const std::string& base, const nlohmann::json& patch) -> std::string {
+    try {
+      load_with(base, patch);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "(no error)";
+  };
+  CHECK(err("gpt2", {{"scale_attn_weights", false}}).find("scale_attn_weights = false") !=
+        std::string::npos);
+  CHECK(err("gpt2", {{"scale_attn_by_inverse_layer_idx", true}})
+            .find("scale_attn_by_inverse_layer_idx") != std::string::npos);
+  CHECK(err("bert", {{"is_decoder", true}}).find("is_decoder = true") != std::string::npos);
+  CHECK(err("llama", {{"rope_parameters", {{"rope_type", "yarn"}, {"factor", 4.0}}}})
+            .find("'yarn' not supported") != std::string::npos);
+  // Mistral's sliding window caps the positions; Qwen2 only when use_sliding_window.
+  CHECK(load_with("llama", {{"model_type", "mistral"}, {"sliding_window", 32}}).max_pos == 32);
+  CHECK(load_with("llama", {{"model_type", "mistral"}, {"sliding_window", nullptr}}).max_pos ==
+        128);
+  CHECK(load_with("llama", {{"model_type", "qwen2"}, {"sliding_window", 32}}).max_pos == 128);
+  CHECK(load_with("llama", {{"model_type", "qwen2"},
+                            {"sliding_window", 32},
+                            {"use_sliding_window", true},
+                            {"max_window_layers", 2}})
+            .max_pos == 32);
+  CHECK(err("llama", {{"model_type", "qwen2"},
+                      {"sliding_window", 32},
+                      {"use_sliding_window", true},
+                      {"max_window_layers", 1}})
+            .find("max_window_layers") != std::string::npos);
+}
+
+TEST_CASE("metadata: GGUF RoPE scaling is refused, not ignored") {
+  auto be = make_cpu_backend(1);
+  CHECK_THROWS_WITH_AS(open_model(kGguf + "tiny_rope_scaling.gguf", *be, false),
+                       doctest::Contains("rope.scaling.type = 'linear', factor 4"), NotImplemented);
 }
