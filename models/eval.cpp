@@ -165,13 +165,17 @@ SentenceEmbeddingConfig read_sentence_embedding_config(const std::string& model_
                  "{}: module {} has no string 'type'", mpath.string(), i);
     const std::string type = m["type"].get<std::string>();
     const std::string sub = m.value("path", std::string());
+    MINFER_CHECK(fs::path(sub).is_relative() && sub.find("..") == std::string::npos,
+                 "{}: module path '{}' leaves the model folder", mpath.string(), sub);
     const fs::path mdir = dir / sub;
     if (type == kTransformer) {
       MINFER_CHECK(i == 0 && !have_transformer, "{}: the Transformer module must come first, once",
                    mpath.string());
       have_transformer = true;
+      // Without max_seq_length sentence-transformers uses the model's position limit.
+      st.max_seq_length = int64_t(1) << 40;
       const fs::path cp = mdir / "sentence_bert_config.json";
-      if (!fs::exists(cp)) continue;  // sentence-transformers then uses the model's limits
+      if (!fs::exists(cp)) continue;
       const json c = read_json_file(cp);
       read.push_back((fs::path(sub) / "sentence_bert_config.json").string());
       if (c.contains("max_seq_length") && !c["max_seq_length"].is_null()) {
@@ -180,8 +184,6 @@ SentenceEmbeddingConfig read_sentence_embedding_config(const std::string& model_
             "{}: max_seq_length should be an integer >= 2, found {}", cp.string(),
             c["max_seq_length"].dump());
         st.max_seq_length = c["max_seq_length"].get<int64_t>();
-      } else {
-        st.max_seq_length = int64_t(1) << 40;  // the model's position limit (embed_texts)
       }
       if (c.contains("do_lower_case")) {
         MINFER_CHECK(c["do_lower_case"].is_boolean(), "{}: do_lower_case should be true or false",

@@ -217,6 +217,18 @@ TEST_CASE("metadata: sentence-transformers settings we cannot follow are errors"
     write("sentence_bert_config.json", {{"max_seq_length", "128"}});
     CHECK(err().find("max_seq_length should be an integer >= 2") != std::string::npos);
   }
+  SUBCASE("no sentence_bert_config.json: the model's position limit, as sentence-transformers") {
+    fs::remove(dir / "sentence_bert_config.json");
+    const SentenceEmbeddingConfig st = read_sentence_embedding_config(dir.string());
+    CHECK(st.max_seq_length > 64);  // embed_texts caps it at max_position_embeddings (64)
+    CHECK(st.source.find("model's tokens") != std::string::npos);
+  }
+  SUBCASE("a module path outside the folder") {
+    nlohmann::json m = mods;
+    m[1]["path"] = "../elsewhere";
+    write("modules.json", m);
+    CHECK(err().find("leaves the model folder") != std::string::npos);
+  }
   SUBCASE("no modules.json: the documented defaults") {
     fs::remove(dir / "modules.json");
     const SentenceEmbeddingConfig st = read_sentence_embedding_config(dir.string());
