@@ -14,6 +14,7 @@
 #include "engine/model_folder.h"
 #include "engine/progress.h"
 #include "engine/safetensors.h"
+#include "models/eval.h"
 #include "models/model.h"
 #include "tokenizer/tokenizer.h"
 
@@ -281,7 +282,7 @@ CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats
                  "tensor '{}': embedding tables are kept in f32, fp16 or bf16, not '{}'", t.name,
                  f);
     const DType dt = float_format_dtype(f, t.name);
-    if (t.t->dtype() != dt) *t.t = cast_to(*t.t, dt);
+    if (t.t->dtype() != dt) *t.t = cast_to(*t.t, dt, t.name);
     tables.emplace_back(old, t.t);
     rep.tensors.push_back({t.name, f, t.t->numel(), t.t->nbytes(), 0.0});
   }
@@ -331,7 +332,7 @@ CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats
 // ---- save / load -------------------------------------------------------------------------
 
 void save_compressed(Model& m, const Tokenizer* tok, const std::string& out_dir,
-                     const CompressSpec& spec, bool force) {
+                     const CompressSpec& spec, bool force, const std::string& source_dir) {
   const ModelConfig& cfg = m.config();
   MINFER_CHECK(m.backend().name() == "cpu",
                "save_compressed: the model's weights must be on the CPU (backend '{}')",
@@ -384,6 +385,7 @@ void save_compressed(Model& m, const Tokenizer* tok, const std::string& out_dir,
   if (tok)
     write_tokenizer_files(tmp.path(), *tok, cfg, !tok->special_prefix().empty(),
                           !tok->special_suffix().empty());
+  if (!source_dir.empty()) copy_sentence_embedding_files(source_dir, tmp.path().string());
   tmp.commit();
 }
 

@@ -89,7 +89,10 @@ CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats
 
 // Writes the model (as it is now: any mix of representations) as a compressed folder; the
 // tokenizer is written too when given. `spec` is recorded in the quantization section.
+// source_dir: the folder the model came from; its sentence-transformers files (modules.json,
+// sentence_bert_config.json, pooling config) are copied so the copy embeds the same way.
 void save_compressed(Model& m, const Tokenizer* tok, const std::string& out_dir,
-                     const CompressSpec& spec, bool force = false);
+                     const CompressSpec& spec, bool force = false,
+                     const std::string& source_dir = "");
 
 }  // namespace minfer

@@ -10,6 +10,7 @@
 
 #include "engine/error.h"
 #include "engine/half.h"
+#include "engine/model_folder.h"
 #include "kernels/common/quant_math.h"
 
 namespace minfer {
@@ -36,16 +37,6 @@ int64_t resolve_group(const QuantSpec& spec, QScheme scheme, int64_t K, const st
 // A copy of src (name, shape, bias) holding repr, checked once here (the format's invariants).
 Linear with_repr(const Linear& src, LinearRepr repr) {
   return make_linear(src.name, src.in, src.out, std::move(repr), src.bias);
-}
-
-Tensor half_dense(const Tensor& w, DType dt) {
-  Tensor h = Tensor::empty(dt, {w.dim(0), w.dim(1)});
-  const size_t n = size_t(w.numel());
-  if (dt == DType::F16)
-    f32_to_f16_n(w.data<float>(), h.data<uint16_t>(), n);
-  else
-    f32_to_bf16_n(w.data<float>(), h.data<uint16_t>(), n);
-  return h;
 }
 
 bool par(int64_t N, int64_t K) {
@@ -252,8 +243,10 @@ Linear quantize_linear(const Linear& dense, const QuantSpec& spec) {
                  "quantize '{}': {} takes no group / asymmetric / double_quant option", dense.name,
                  spec.method);
     if (spec.method == "f32") return with_repr(dense, Dense{w, false});
-    return with_repr(dense,
-                     Dense{half_dense(w, spec.method == "fp16" ? DType::F16 : DType::BF16), false});
+    // Range-checked: a weight f16 cannot hold is an error naming it, never an inf.
+    return with_repr(
+        dense,
+        Dense{cast_to(w, spec.method == "fp16" ? DType::F16 : DType::BF16, dense.name), false});
   }
   return with_repr(dense, quantize_matrix(W, N, K, spec, dense.name));
 }
@@ -296,10 +289,12 @@ Linear quantize_llm_int8(const Linear& dense, float threshold,
     for (int64_t o = 0; o < N; ++o)
       for (int64_t j = 0; j < n; ++j) {
         const float v = W[o * K + cols[size_t(j)]];
-        MINFER_CHECK(std::fabs(v) <= 65504.f,
-                     "quantize llm-int8 '{}': outlier weight [{}, {}] = {} does not fit in f16",
-                     dense.name, o, cols[size_t(j)], v);
         ow[o * n + j] = f32_to_f16(v);
+        MINFER_CHECK(first_nonfinite_f16(ow + o * n + j, 1) == 1,
+                     "quantize llm-int8 '{}': outlier weight [{}, {}] = {} is outside the float16 "
+                     "range (|x| <= 65504): it would become inf. Keep this linear in bf16 or f32 "
+                     "(--keep)",
+                     dense.name, o, cols[size_t(j)], v);
       }
   }
   return with_repr(dense, std::move(r));

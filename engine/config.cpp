@@ -1,5 +1,6 @@
 #include "engine/config.h"
 
+#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -91,6 +92,13 @@ ModelConfig load_config(const std::string& path) {
     c.attn_bias = c.mlp_bias = true;
     c.bos_id = r.id("bos_token_id");
     c.eos_id = r.id("eos_token_id");
+    // Fields that change GPT-2's attention math, which gpt2.cpp does not implement.
+    MINFER_CHECK(r.opt<bool>("scale_attn_weights", true),
+                 "{}: scale_attn_weights = false (attention without 1/sqrt(head_dim)) is not "
+                 "supported",
+                 path);
+    MINFER_CHECK(!r.opt<bool>("scale_attn_by_inverse_layer_idx", false),
+                 "{}: scale_attn_by_inverse_layer_idx = true is not supported", path);
   } else if (c.model_type == "llama" || c.model_type == "qwen2" || c.model_type == "mistral") {
     c.arch = Arch::Llama;
     c.vocab_size = r.req<int64_t>("vocab_size");
@@ -121,6 +129,21 @@ ModelConfig load_config(const std::string& path) {
     c.bos_id = r.id("bos_token_id");
     c.eos_id = r.id("eos_token_id");
     c.pad_id = r.id("pad_token_id");
+    // Sliding-window attention (Mistral's sliding_window; Qwen2's when use_sliding_window):
+    // within the window it is full attention, so the window becomes the position limit and a
+    // longer sequence is an error, never silently full attention.
+    const bool swa = c.model_type == "qwen2" ? r.opt<bool>("use_sliding_window", false)
+                                             : c.model_type == "mistral";
+    if (swa && j.contains("sliding_window") && j.at("sliding_window").is_number_integer()) {
+      const int64_t w = j.at("sliding_window").get<int64_t>();
+      MINFER_CHECK(w > 0, "{}: sliding_window must be > 0, found {}", path, w);
+      if (c.model_type == "qwen2")
+        MINFER_CHECK(r.opt<int64_t>("max_window_layers", c.n_layers) >= c.n_layers,
+                     "{}: sliding-window attention on some layers only (max_window_layers) is "
+                     "not supported",
+                     path);
+      c.max_pos = std::min(c.max_pos, w);
+    }
   } else if (c.model_type == "bert") {
     c.arch = Arch::Bert;
     c.vocab_size = r.req<int64_t>("vocab_size");
@@ -136,6 +159,8 @@ ModelConfig load_config(const std::string& path) {
     c.norm_eps = r.opt<float>("layer_norm_eps", 1e-12f);
     std::string pe = r.opt<std::string>("position_embedding_type", "absolute");
     MINFER_CHECK(pe == "absolute", "{}: position_embedding_type '{}' not supported", path, pe);
+    MINFER_CHECK(!r.opt<bool>("is_decoder", false),
+                 "{}: is_decoder = true (a causal BERT) is not supported", path);
     c.attn_bias = c.mlp_bias = true;
     c.pad_id = r.id("pad_token_id");
   } else {

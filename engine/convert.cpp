@@ -94,7 +94,7 @@ void export_hf_folder(const std::string& gguf_path, const std::string& out_dir,
       t = src.tensor(name, {shape[0]});
     else
       t = src.tensor(name, {shape[0], shape[1]});
-    tensors.emplace_back(name, cast_to(t, opt.dtype));
+    tensors.emplace_back(name, cast_to(t, opt.dtype, name));
   }
   save_safetensors((tmp.path() / "model.safetensors").string(), tensors, {{"format", "pt"}});
   tensors.clear();

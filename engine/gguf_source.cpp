@@ -26,7 +26,30 @@ ModelConfig config_from_gguf(const GgufFile& f) {
                    c.hidden % c.n_heads == 0,
                "{}: inconsistent head counts {} / {} for width {}", f.path(), c.n_heads,
                c.n_kv_heads, c.hidden);
-  c.head_dim = f.get_int_or(p + "rope.dimension_count", c.hidden / c.n_heads);
+  c.head_dim = f.get_int_or(p + "attention.key_length", c.hidden / c.n_heads);
+  // Keys that change the math and that llama.cpp reads: refused rather than ignored.
+  MINFER_CHECK(f.get_int_or(p + "rope.dimension_count", c.head_dim) == c.head_dim,
+               "{}: {}rope.dimension_count = {} rotates part of each head (head_dim {}); partial "
+               "RoPE is not supported",
+               f.path(), p, f.get_int_or(p + "rope.dimension_count", 0), c.head_dim);
+  MINFER_CHECK(f.get_int_or(p + "attention.value_length", c.head_dim) == c.head_dim,
+               "{}: {}attention.value_length differs from key_length {}: not supported", f.path(),
+               p, c.head_dim);
+  {
+    const std::string rs = f.get_str_or(p + "rope.scaling.type", "none");
+    const double factor = f.get_float_or(p + "rope.scaling.factor", 1.0);
+    if (rs != "none" || factor != 1.0)
+      throw NotImplemented(fmt::format("{}: RoPE scaling ({}rope.scaling.type = '{}', factor {})",
+                                       f.path(), p, rs, factor));
+    if (f.find("rope_freqs.weight") != nullptr)
+      throw NotImplemented(
+          fmt::format("{}: RoPE frequency factors (tensor rope_freqs.weight, Llama-3.1-style "
+                      "rope scaling)",
+                      f.path()));
+  }
+  MINFER_CHECK(f.get_int_or(p + "expert_count", 0) == 0,
+               "{}: {}expert_count = {}: mixture-of-experts models are not supported", f.path(), p,
+               f.get_int_or(p + "expert_count", 0));
   const GgufTensorInfo& emb = f.info("token_embd.weight");
   MINFER_CHECK(emb.ne.size() == 2, "{}: token_embd.weight must be 2-D", f.path());
   c.vocab_size = emb.ne[1];

@@ -43,4 +43,16 @@ void f32_to_bf16_n(const float* src, uint16_t* dst, size_t n) {
   for (size_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
 }
 
+size_t first_nonfinite_f16(const uint16_t* h, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    if ((h[i] & 0x7c00u) == 0x7c00u) return i;
+  return n;
+}
+
+size_t first_nonfinite_bf16(const uint16_t* h, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    if ((h[i] & 0x7f80u) == 0x7f80u) return i;
+  return n;
+}
+
 }  // namespace minfer

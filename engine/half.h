@@ -68,4 +68,11 @@ void bf16_to_f32_n(const uint16_t* src, float* dst, size_t n);
 void f32_to_f16_n(const float* src, uint16_t* dst, size_t n);
 void f32_to_bf16_n(const float* src, uint16_t* dst, size_t n);
 
+// Index of the first value in h[0, n) that is inf or NaN (exponent bits all ones), n when every
+// value is finite. Run on the output of a narrowing conversion it finds the elements that were not
+// finite or overflowed: f32 -> f16 turns |x| >= 65520 into inf (the largest f16 is 65504), f32 ->
+// bf16 turns |x| >= 3.3961e38 into inf.
+size_t first_nonfinite_f16(const uint16_t* h, size_t n);
+size_t first_nonfinite_bf16(const uint16_t* h, size_t n);
+
 }  // namespace minfer

@@ -1,7 +1,9 @@
 #include "engine/model_folder.h"
 
+#include <fmt/ranges.h>
 #include <stdlib.h>
 
+#include <cmath>
 #include <fstream>
 
 #include "engine/error.h"
@@ -123,16 +125,40 @@ void write_tokenizer_files(const fs::path& dir, const Tokenizer& tok, const Mode
   write_json_file(dir / "tokenizer_config.json", tc);
 }
 
-// Copy of `src` (F32/F16/BF16) in `dtype`.
-Tensor cast_to(const Tensor& src, DType dtype) {
+std::string element_index(const Tensor& t, int64_t flat) {
+  std::vector<int64_t> idx(size_t(t.ndim()));
+  for (int64_t d = t.ndim() - 1; d >= 0; --d) {
+    idx[size_t(d)] = flat % t.dim(d);
+    flat /= t.dim(d);
+  }
+  return fmt::format("[{}]", fmt::join(idx, ", "));
+}
+
+Tensor cast_to(const Tensor& src, DType dtype, const std::string& name) {
+  MINFER_CHECK(dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16,
+               "tensor '{}': cannot cast to {} (F32, F16 or BF16)", name, dtype_name(dtype));
   if (src.dtype() == dtype) return src.clone();
   Tensor f = src.dtype() == DType::F32 && src.is_contiguous() ? src : src.to_f32();
   if (dtype == DType::F32) return f.storage() == src.storage() ? f.clone() : f;
   Tensor out = Tensor::empty(dtype, f.shape(), f.ndim());
+  const size_t n = size_t(f.numel());
+  const float* x = f.data<float>();
+  uint16_t* h = out.data<uint16_t>();
   if (dtype == DType::F16)
-    f32_to_f16_n(f.data<float>(), out.data<uint16_t>(), size_t(f.numel()));
+    f32_to_f16_n(x, h, n);
   else
-    f32_to_bf16_n(f.data<float>(), out.data<uint16_t>(), size_t(f.numel()));
+    f32_to_bf16_n(x, h, n);
+  const size_t bad = dtype == DType::F16 ? first_nonfinite_f16(h, n) : first_nonfinite_bf16(h, n);
+  if (bad < n) {
+    const float v = x[bad];
+    MINFER_CHECK(std::isfinite(v), "tensor '{}': element {} is {}, expected a finite value", name,
+                 element_index(f, int64_t(bad)), v);
+    MINFER_FAIL(
+        "tensor '{}': element {} = {} is outside the {} range (|x| <= {}): it would become inf. "
+        "Store this tensor as bf16 (the f32 exponent range) or f32",
+        name, element_index(f, int64_t(bad)), v, dtype == DType::F16 ? "float16" : "bfloat16",
+        dtype == DType::F16 ? "65504" : "3.3895e38");
+  }
   return out;
 }
 

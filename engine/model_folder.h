@@ -44,6 +44,12 @@ void write_tokenizer_files(const std::filesystem::path& dir, const Tokenizer& to
 std::string torch_dtype_name(DType d);
 
 // Copy of `src` (F32/F16/BF16) in `dtype` (F32/F16/BF16), always a new contiguous host tensor.
-Tensor cast_to(const Tensor& src, DType dtype);
+// Every narrowing is range-checked: an element that is not finite, or that f16 / bf16 cannot hold
+// (|x| > 65504 rounds to inf in f16), throws minfer::Error naming `name`, the element's index and
+// value, and suggesting bf16 (the f32 exponent range) or f32. Nothing is clamped.
+Tensor cast_to(const Tensor& src, DType dtype, const std::string& name);
+
+// "[i, j, ...]" of flat element `flat` of a contiguous tensor of shape `t` (error messages).
+std::string element_index(const Tensor& t, int64_t flat);
 
 }  // namespace minfer

@@ -2,21 +2,54 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
+
+#include "engine/error.h"
 
 namespace minfer {
 
-int32_t argmax(const float* x, int64_t V) {
-  int64_t best = 0;
-  for (int64_t i = 1; i < V; ++i)
-    if (x[i] > x[best]) best = i;
-  return int32_t(best);
+namespace {
+
+std::string at_pos(int64_t pos) {
+  return pos >= 0 ? fmt::format(" at position {}", pos) : std::string();
 }
 
-int32_t Sampler::sample(const float* logits, int64_t V) {
-  if (p_.temp <= 0.f) return argmax(logits, V);
+// Checks that no logit is NaN or +inf and that at least one is finite; returns the argmax.
+int64_t checked_max(const float* x, int64_t V, int64_t pos) {
+  MINFER_CHECK(V > 0, "sampler: {} logits, expected at least 1", V);
+  int64_t best = -1;
+  for (int64_t i = 0; i < V; ++i) {
+    const float v = x[i];
+    MINFER_CHECK(!std::isnan(v) && v != INFINITY,
+                 "sampler: logit of token {}{} is {}: the model output is not finite, no token is "
+                 "chosen",
+                 i, at_pos(pos), v);
+    if (v != -INFINITY && (best < 0 || v > x[best])) best = i;
+  }
+  MINFER_CHECK(best >= 0, "sampler: all {} logits{} are -inf, no token can be chosen", V,
+               at_pos(pos));
+  return best;
+}
+
+}  // namespace
+
+int32_t argmax(const float* x, int64_t V, int64_t pos) {
+  return int32_t(checked_max(x, V, pos));
+}
+
+Sampler::Sampler(SamplerParams p) : p_(p), rng_(p.seed) {
+  MINFER_CHECK(std::isfinite(p.temp), "sampler: temperature must be finite, found {}", p.temp);
+  MINFER_CHECK(!std::isnan(p.top_p), "sampler: top_p must be a number, found {}", p.top_p);
+}
+
+int32_t Sampler::sample(const float* logits, int64_t V, int64_t pos) {
+  const int64_t best = checked_max(logits, V, pos);
+  if (p_.temp <= 0.f) return int32_t(best);
   cand_.resize(size_t(V));
-  for (int64_t i = 0; i < V; ++i) cand_[size_t(i)] = {logits[i] / p_.temp, int32_t(i)};
-  auto by_logit = [](auto& a, auto& b) { return a.first > b.first; };
+  for (int64_t i = 0; i < V; ++i) cand_[size_t(i)] = {logits[i], int32_t(i)};
+  auto by_logit = [](const auto& a, const auto& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  };
   size_t k = size_t(V);
   if (p_.top_k > 0 && p_.top_k < V) {
     k = size_t(p_.top_k);
@@ -25,24 +58,32 @@ int32_t Sampler::sample(const float* logits, int64_t V) {
     std::sort(cand_.begin(), cand_.end(), by_logit);
   }
   cand_.resize(k);
-  const float mx = cand_[0].first;
+  // exp((l - l_max) / T) in double: each weight is in [0, 1] and the first is 1, so z >= 1 for
+  // every temperature; a weight that underflows to 0 (T -> 0, -inf logits) is dropped.
+  const double mx = double(cand_[0].first), T = double(p_.temp);
+  weight_.resize(k);
+  size_t n = 0;
   double z = 0;
-  for (auto& c : cand_) z += (c.first = std::exp(c.first - mx));
-  if (p_.top_p < 1.f) {  // smallest prefix whose mass reaches top_p
+  for (; n < k; ++n) {
+    const double w = std::exp((double(cand_[n].first) - mx) / T);
+    if (!(w > 0.0)) break;  // sorted: every later weight is 0 too
+    z += (weight_[n] = w);
+  }
+  if (p_.top_p < 1.f) {  // the smallest prefix whose mass reaches top_p (at least one token)
     double cum = 0;
     size_t keep = 0;
-    while (keep < cand_.size()) {
-      cum += cand_[keep++].first / z;
-      if (cum >= p_.top_p) break;
+    while (keep < n) {
+      cum += weight_[keep++] / z;
+      if (cum >= double(p_.top_p)) break;
     }
-    cand_.resize(keep);
+    n = keep;
     z = 0;
-    for (auto& c : cand_) z += c.first;
+    for (size_t i = 0; i < n; ++i) z += weight_[i];
   }
   double r = std::uniform_real_distribution<double>(0.0, z)(rng_);
-  for (auto& c : cand_)
-    if ((r -= c.first) <= 0) return c.second;
-  return cand_.back().second;
+  for (size_t i = 0; i < n; ++i)
+    if ((r -= weight_[i]) <= 0) return cand_[i].second;
+  return cand_[n - 1].second;  // rounding left r > 0: the last kept token (weight > 0)
 }
 
 }  // namespace minfer

@@ -166,7 +166,7 @@ void check_ppl(const std::string& key) {
                       ids, n, {{"first_ids", tokref["first_ids"]}, {"fnv1a64", ref["fnv1a64"]}}),
                   "tokenization differs from HF: perplexity not compared");
   PerplexityResult r = perplexity(*s->lm.model, ids, ctx, stride, PplMethod::HfSlidingWindow,
-                                  /*progress=*/false);
+                                  /*bos=*/-1, /*progress=*/false);
   const double hf = ref["ppl"].get<double>();
   const double rel = std::fabs(r.ppl - hf) / hf;
   MESSAGE(fmt::format(
@@ -280,7 +280,12 @@ TEST_CASE("real: all-MiniLM-L6-v2 embeddings match sentence-transformers (cosine
   }
   CHECK(tok_mismatch == 0);
 
-  const auto emb = embed_texts(*lm.model, *lm.tokenizer, sentences, 16, max_len);
+  SentenceEmbeddingConfig sc = read_sentence_embedding_config(lm.path);
+  CHECK(sc.max_seq_length == 256);  // all-MiniLM-L6-v2's sentence_bert_config.json
+  CHECK(sc.pooling == Pooling::Mean);
+  CHECK(sc.normalize);
+  sc.max_seq_length = max_len;
+  const auto emb = embed_texts(*lm.model, *lm.tokenizer, sentences, sc, 16);
   REQUIRE(emb.size() == sentences.size());
   double worst = 2;
   size_t worst_i = 0;

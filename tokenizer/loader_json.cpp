@@ -96,6 +96,31 @@ std::unique_ptr<Tokenizer> tokenizer_from_json(const json& j, const std::string&
           break;
         }
   }
+  // transformers' LlamaTokenizerFast, CodeLlamaTokenizerFast and GemmaTokenizerFast rebuild the
+  // post-processor from tokenizer_config.json's add_bos_token (default true) and add_eos_token
+  // (default false) in update_post_processor(): "<bos> $A <eos>"; the other classes keep
+  // tokenizer.json's post-processor and ignore those keys.
+  static const char* kRebuilds[] = {"LlamaTokenizer",     "LlamaTokenizerFast",
+                                    "CodeLlamaTokenizer", "CodeLlamaTokenizerFast",
+                                    "GemmaTokenizer",     "GemmaTokenizerFast"};
+  if (std::find(std::begin(kRebuilds), std::end(kRebuilds), extras.tokenizer_class) !=
+      std::end(kRebuilds)) {
+    const bool add_bos = extras.add_bos_token != 0, add_eos = extras.add_eos_token == 1;
+    if (add_bos && impl->bos < 0)
+      r.fail(
+          fmt::format("tokenizer_config.json: {} adds BOS (add_bos_token) but bos_token is not "
+                      "in the vocabulary",
+                      extras.tokenizer_class));
+    if (add_eos && impl->eos < 0)
+      r.fail(
+          fmt::format("tokenizer_config.json: {} adds EOS (add_eos_token) but eos_token is not "
+                      "in the vocabulary",
+                      extras.tokenizer_class));
+    impl->prefix.clear();
+    impl->suffix.clear();
+    if (add_bos) impl->prefix.push_back(impl->bos);
+    if (add_eos) impl->suffix.push_back(impl->eos);
+  }
   return make_tokenizer(std::move(impl));
 }
 
@@ -145,6 +170,16 @@ void read_config(const std::string& dir, const json& tok_json, TokenizerExtras& 
   };
   ex.bos_id = token_id("bos_token");
   ex.eos_id = token_id("eos_token");
+  auto flag = [&](const char* key) -> int {
+    if (!c.contains(key) || c.at(key).is_null()) return -1;
+    MINFER_CHECK(c.at(key).is_boolean(), "{}: '{}' should be true or false, found {}", p.string(),
+                 key, c.at(key).dump());
+    return c.at(key).get<bool>() ? 1 : 0;
+  };
+  ex.add_bos_token = flag("add_bos_token");
+  ex.add_eos_token = flag("add_eos_token");
+  if (c.contains("tokenizer_class") && c.at("tokenizer_class").is_string())
+    ex.tokenizer_class = c.at("tokenizer_class").get<std::string>();
 }
 
 }  // namespace

@@ -15,6 +15,9 @@ struct TokenizerExtras {
   std::string chat_template;
   int32_t bos_id = -2;  // -2: not given, derive from the tokenizer
   int32_t eos_id = -2;
+  // tokenizer_config.json tokenizer_class, add_bos_token / add_eos_token (-1: not given).
+  std::string tokenizer_class;
+  int add_bos_token = -1, add_eos_token = -1;
 };
 
 // Builds a tokenizer from a parsed tokenizer.json; `origin` names it in errors.

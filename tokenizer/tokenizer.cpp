@@ -4,6 +4,8 @@
 // is in loader_json.cpp and tokenizer_gguf.cpp.
 #include "tokenizer/tokenizer.h"
 
+#include <fmt/ranges.h>
+
 #include <utility>
 
 #include "engine/error.h"
@@ -152,6 +154,11 @@ int32_t Tokenizer::bos_id() const {
 int32_t Tokenizer::eos_id() const {
   return impl_->eos;
 }
+int32_t Tokenizer::added_bos() const {
+  return !impl_->prefix.empty() && impl_->bos >= 0 && impl_->prefix.front() == impl_->bos
+             ? impl_->bos
+             : -1;
+}
 bool Tokenizer::is_special(int32_t id) const {
   return id >= 0 && static_cast<size_t>(id) < impl_->special.size() &&
          impl_->special[static_cast<size_t>(id)];
@@ -183,9 +190,12 @@ std::string Tokenizer::describe() const {
   }
   size_t nspecial = 0;
   for (uint8_t s : m.special) nspecial += s;
-  return fmt::format("{}, {} tokens ({} added, {} special), {} normalizer(s), {} pre-tokenizer(s)",
-                     kind, m.id_to_tok.size(), m.added.size(), nspecial, m.normalizers.size(),
-                     m.pretoks.size());
+  return fmt::format(
+      "{}, {} tokens ({} added, {} special), {} normalizer(s), {} pre-tokenizer(s), adds {} "
+      "before and {} after the text",
+      kind, m.id_to_tok.size(), m.added.size(), nspecial, m.normalizers.size(), m.pretoks.size(),
+      m.prefix.empty() ? std::string("nothing") : fmt::format("[{}]", fmt::join(m.prefix, ", ")),
+      m.suffix.empty() ? std::string("nothing") : fmt::format("[{}]", fmt::join(m.suffix, ", ")));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -51,6 +51,12 @@ class Tokenizer {
   int64_t vocab_size() const;                       // highest id + 1 (model vocab and added tokens)
   int32_t bos_id() const;                           // -1 if none
   int32_t eos_id() const;                           // -1 if none
+  // The BOS id encode(text, true) puts first, -1 when it adds none. It follows the tokenizer's
+  // own flag, never the mere existence of a BOS token: GGUF tokenizer.ggml.add_bos_token
+  // (llama.cpp's llama_vocab_get_add_bos), the tokenizer.json post-processor, and
+  // tokenizer_config.json add_bos_token for the classes whose HF fast tokenizer rebuilds its
+  // post-processor from it (LlamaTokenizerFast, GemmaTokenizerFast, CodeLlamaTokenizerFast).
+  int32_t added_bos() const;
   bool is_special(int32_t id) const;
   // from tokenizer_config.json next to tokenizer.json if present, or GGUF tokenizer.chat_template
   const std::string& chat_template() const;

@@ -235,7 +235,8 @@ json prepare(const Options& o, const std::string& work, bool any_calib) {
     const auto texts = wiki_lines(test, o.lines);
     info["eval_tokens"] = texts.size();
     std::vector<float> flat;
-    for (auto& e : embed_texts(*lm.model, *lm.tokenizer, texts))
+    for (auto& e :
+         embed_texts(*lm.model, *lm.tokenizer, texts, read_sentence_embedding_config(lm.path)))
       flat.insert(flat.end(), e.begin(), e.end());
     write_vec(work + "/ref_emb.bin", flat);
   }
@@ -272,7 +273,7 @@ json compress_child(const Options& o, const std::string& work, const std::string
     }
   }
   const CompressReport rep = compress_model(m, spec, sp, false);
-  save_compressed(m, lm.tokenizer.get(), dir, spec, /*force=*/true);
+  save_compressed(m, lm.tokenizer.get(), dir, spec, /*force=*/true, lm.path);
   out["bits_per_weight"] = rep.bits_per_weight;
   out["linear_bpw"] = rep.linear_bpw;
   out["seconds"] = tool::now_s() - t0;
@@ -322,7 +323,7 @@ json measure_child(const Options& o, const std::string& work, const std::string&
     const std::vector<int32_t> eval(ids.begin(), ids.begin() + n);
     const PerplexityResult r =
         perplexity(m, eval, std::min(o.ctx, c.max_pos), std::min(o.ctx, c.max_pos),
-                   PplMethod::HfSlidingWindow, false);
+                   PplMethod::HfSlidingWindow, /*bos=*/-1, false);
     out["ppl"] = r.ppl;
     out["eval_s"] = tool::now_s() - t1;
   } else {
@@ -339,7 +340,7 @@ json measure_child(const Options& o, const std::string& work, const std::string&
     const std::string test = find_text(o.test_text, "wiki.test.raw");
     const auto texts = wiki_lines(test, o.lines);
     const auto tokzr = Tokenizer::from_json_file((fs::path(dir) / "tokenizer.json").string());
-    const auto emb = embed_texts(m, *tokzr, texts);
+    const auto emb = embed_texts(m, *tokzr, texts, read_sentence_embedding_config(dir));
     const auto ref = read_vec<float>(work + "/ref_emb.bin");
     MINFER_CHECK(!emb.empty() && ref.size() == emb.size() * emb[0].size(),
                  "reference embeddings: {} floats for {} x {} embeddings", ref.size(), emb.size(),

@@ -53,7 +53,9 @@ int main(int argc, char** argv) {
   app.add_option("--keep", keep,
                  "PATTERN=FORMAT override by HF weight name glob, e.g. "
                  "'*.mlp.down_proj.weight=int8' or 'lm_head.weight=fp16' (repeatable)");
-  app.add_option("--embed-format", embed_format, "embedding tables: f32 | fp16 | bf16")
+  app.add_option("--embed-format", embed_format,
+                 "embedding tables: f32 | fp16 | bf16 (fp16 refuses values beyond +-65504: use "
+                 "bf16 then)")
       ->check(CLI::IsMember({"f32", "fp16", "bf16"}));
   app.add_option("--head-format", head_format,
                  "LM head format (default int8 for integer methods; any method name)");
@@ -113,7 +115,7 @@ int main(int argc, char** argv) {
       sp = &stats;
     }
     CompressReport r = compress_model(*lm.model, spec, sp, !quiet);
-    save_compressed(*lm.model, lm.tokenizer.get(), out, spec, force);
+    save_compressed(*lm.model, lm.tokenizer.get(), out, spec, force, lm.path);
     const size_t file_bytes = model_file_bytes(out);
     const double secs = tool::now_s() - t0;
 

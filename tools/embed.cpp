@@ -1,5 +1,7 @@
-// embed: sentence embeddings from a BERT encoder (mean pooling over the attention mask, then L2
-// normalisation, as sentence-transformers does), one line of output per input line.
+// embed: sentence embeddings from a BERT encoder, pooled, normalised and truncated as the model
+// folder's sentence-transformers files say (modules.json, sentence_bert_config.json,
+// 1_Pooling/config.json; without them: mean pooling, L2 normalisation, 256 tokens), one line of
+// output per input line.
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -15,7 +17,7 @@ int main(int argc, char** argv) {
   CLI::App app{"Sentence embeddings, one per input line.", "embed"};
   std::string model = "minilm", text_path = "-", backend = "cpu";
   int threads = 0, device = 0, batch = 32;
-  bool similarity = false, json = false;
+  bool similarity = false, json = false, verbose = false;
   app.add_option("--model,-m", model, "minilm | HF folder (config.json + *.safetensors)");
   app.add_option("--text,-f", text_path, "input file, one sentence per line (- = stdin)");
   app.add_flag("--similarity", similarity, "print the cosine similarity matrix instead");
@@ -24,6 +26,8 @@ int main(int argc, char** argv) {
   app.add_option("--backend", backend, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--device", device, "GPU index")->check(CLI::NonNegativeNumber);
   app.add_flag("--json", json, "JSON output");
+  app.add_flag("--verbose,-v", verbose,
+               "print the pooling, normalisation and max_seq_length in use (stderr)");
   return tool::run(app, argc, argv, [&] {
     std::vector<std::string> lines;
     {
@@ -38,7 +42,9 @@ int main(int argc, char** argv) {
     MINFER_CHECK(!lines.empty(), "no input lines");
     auto be = make_backend(backend, threads, device);
     LoadedModel lm = open_named_model(model, *be);
-    auto emb = embed_texts(*lm.model, *lm.tokenizer, lines, batch);
+    const SentenceEmbeddingConfig st = read_sentence_embedding_config(lm.path);
+    if (verbose) std::fprintf(stderr, "embedding config: %s\n", st.source.c_str());
+    auto emb = embed_texts(*lm.model, *lm.tokenizer, lines, st, batch);
     if (similarity) {
       nlohmann::json j = nlohmann::json::array();
       for (size_t a = 0; a < emb.size(); ++a) {

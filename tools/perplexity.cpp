@@ -30,7 +30,8 @@ int main(int argc, char** argv) {
   app.add_option("--max-tokens", max_tokens, "only the first N tokens of the text (0 = all)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--method", method,
-                 "hf (sliding window) | llama (llama.cpp's chunks, second half scored)")
+                 "hf (sliding window) | llama (llama.cpp's chunks, second half scored, BOS over "
+                 "each chunk's first token only when the tokenizer adds BOS)")
       ->check(CLI::IsMember({"hf", "llama"}));
   app.add_option("--threads,-t", threads, "threads")->check(CLI::NonNegativeNumber);
   app.add_option("--backend", backend, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
@@ -58,7 +59,8 @@ int main(int argc, char** argv) {
     if (stride < 0) stride = ctx;
     PerplexityResult r =
         perplexity(*lm.model, ids, ctx, stride,
-                   method == "llama" ? PplMethod::Llama : PplMethod::HfSlidingWindow, !quiet);
+                   method == "llama" ? PplMethod::Llama : PplMethod::HfSlidingWindow,
+                   lm.tokenizer->added_bos(), !quiet);
     if (json) {
       nlohmann::json j = {{"model", lm.path},
                           {"text", text_path},

@@ -80,7 +80,7 @@ int main(int argc, char** argv) {
     t0 = tool::now_s();
     const int32_t eos = lm.tokenizer->eos_id() >= 0 ? lm.tokenizer->eos_id() : int32_t(c.eos_id);
     while (int64_t(out.size()) < n) {
-      const int32_t next = sampler.sample(logits.data(), c.vocab_size);
+      const int32_t next = sampler.sample(logits.data(), c.vocab_size, s.n_past);
       if (next == eos || (chat && lm.tokenizer->id_to_token(next) == "<|im_end|>")) break;
       out.push_back(next);
       const std::string piece = dec.push(next);
