@@ -276,3 +276,38 @@ TEST_CASE("chat template: render_chat_prompt keeps one BOS and needs a template"
     }
   }
 }
+
+TEST_CASE("chat template: tokenizer_config.json list of named templates") {
+  minfer::test::TempDir dir("chat-list");
+  std::filesystem::copy_file("tests/fixtures/tokenizers/synth-qwen2.tokenizer.json",
+                             dir / "tokenizer.json");
+  auto load = [&](const ojson& templates) {
+    std::ofstream(dir / "tokenizer_config.json") << ojson{{"chat_template", templates}}.dump();
+    return minfer::Tokenizer::load(dir.path.string());
+  };
+  const std::vector<minfer::ChatMessage> msgs = {{"user", "hi"}};
+  // "default" wins wherever it is in the list, as in transformers.
+  auto tok = load(ojson::array({{{"name", "tool_use"}, {"template", "T"}},
+                                {{"name", "default"}, {"template", "D{{ messages | length }}"}}}));
+  CHECK(minfer::render_chat_prompt(*tok, msgs).text == "D1");
+  // A single entry is used whatever its name.
+  tok = load(ojson::array({{{"name", "rag"}, {"template", "R"}}}));
+  CHECK(minfer::render_chat_prompt(*tok, msgs).text == "R");
+  // Several and no default: loading works (plain text needs no template), chat is an error.
+  tok =
+      load(ojson::array({{{"name", "a"}, {"template", "A"}}, {{"name", "b"}, {"template", "B"}}}));
+  CHECK(tok->encode("hi", false).size() > 0);
+  try {
+    minfer::render_chat_prompt(*tok, msgs);
+    FAIL("no error for several templates without a default");
+  } catch (const ChatTemplateError& e) {
+    CHECK(e.message() ==
+          "tokenizer_config.json has 2 named chat templates (a b) and none is named default; "
+          "refusing to guess");
+  }
+  // Malformed: an error naming the file, at load.
+  std::ofstream(dir / "tokenizer_config.json") << R"({"chat_template": 5})";
+  CHECK_THROWS_WITH_AS(minfer::Tokenizer::load(dir.path.string()),
+                       doctest::Contains("must be a string or a list of named templates"),
+                       minfer::Error);
+}
