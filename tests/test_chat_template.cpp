@@ -165,6 +165,12 @@ TEST_CASE("chat template: errors name the construct and the line") {
   has(error_of("{{ missing.attr }}"), "'missing' is undefined");
   has(error_of("{{ 'a' + 1 }}"), "unsupported operand type(s) for +: 'str' and 'int'");
   has(error_of("{{ 1 // 0 }}"), "division or modulo by zero");
+  has(error_of("{{ 9223372036854775807 + 1 }}"), "integer overflow");
+  has(error_of("{{ 2 ** 64 }}"), "integer overflow");
+  has(error_of("{{ -(-9223372036854775807 - 1) }}"), "integer overflow");
+  CHECK(render("{{ 2 ** 62 }} {{ (-3) ** 3 }} {{ 10 ** 0 }}") == "4611686018427387904 -27 1");
+  CHECK(render("{{ range(9223372036854775806, 9223372036854775807, 10) | list }}") ==
+        "[9223372036854775806]");
   has(error_of("{{ 1 < 'a' }}"), "'<' not supported");
   has(error_of("{{ missing | tojson }}"), "not JSON serializable");
   has(error_of("{{ n[1:] }}", {{"n", 7}}), "'int' object is not subscriptable");

@@ -162,6 +162,18 @@ const char* type_name(const Value& v) {
   return "?";
 }
 
+// int64 arithmetic that errors where Python would switch to a big integer.
+int64_t checked(int64_t a, int64_t b, char op) {
+  int64_t r = 0;
+  bool over = op == '+'   ? __builtin_add_overflow(a, b, &r)
+              : op == '-' ? __builtin_sub_overflow(a, b, &r)
+              : op == '*' ? __builtin_mul_overflow(a, b, &r)
+                          : true;
+  if (over)
+    throw RenderError{fmt::format("integer overflow in {} {} {} (beyond 64 bits)", a, op, b)};
+  return r;
+}
+
 [[noreturn]] void fail_undefined(const Value& v) {
   fail(v.s.empty() ? std::string("value is undefined") : fmt::format("'{}' is undefined", v.s));
 }
@@ -408,6 +420,8 @@ Value from_json(const ojson& j) {
     case ojson::value_t::number_integer:
       return Value::integer(j.get<int64_t>());
     case ojson::value_t::number_unsigned:
+      if (j.get<uint64_t>() > uint64_t(INT64_MAX))
+        fail(fmt::format("integer {} in the template context is out of range", j.dump()));
       return Value::integer(int64_t(j.get<uint64_t>()));
     case ojson::value_t::number_float:
       return Value::real(j.get<double>());
@@ -1684,7 +1698,8 @@ struct ChatTemplate::Impl {
         if (!v.is_number())
           fail(fmt::format("bad operand type for unary {}: '{}'", e.name, type_name(v)));
         if (e.name == "+") return v.t == Value::T::Bool ? Value::integer(v.b) : v;
-        return v.t == Value::T::Float ? Value::real(-v.f) : Value::integer(-v.as_int());
+        if (v.t == Value::T::Float) return Value::real(-v.f);
+        return Value::integer(checked(0, v.as_int(), '-'));
       }
       case Expr::K::Cond: {
         if (truthy(eval(*e.a[1], st))) return eval(*e.a[0], st);
@@ -1808,7 +1823,7 @@ struct ChatTemplate::Impl {
       const Value& k = l.t == Value::T::Str ? r : l;
       if (k.t != Value::T::Int && k.t != Value::T::Bool) type_error();
       std::string out;
-      if (k.as_int() > 0 && s.s.size() * uint64_t(k.as_int()) > kMaxString)
+      if (k.as_int() > 0 && !s.s.empty() && uint64_t(k.as_int()) > kMaxString / s.s.size())
         fail(fmt::format("string repetition longer than {} bytes", kMaxString));
       for (int64_t c = 0; c < k.as_int(); ++c) out += s.s;
       return Value::str(out);
@@ -1821,8 +1836,11 @@ struct ChatTemplate::Impl {
     }
     if (op == "**") {
       if (!fl && r.as_int() >= 0) {
-        int64_t out = 1;
-        for (int64_t c = 0; c < r.as_int(); ++c) out *= l.as_int();
+        int64_t out = 1, base = l.as_int();
+        for (int64_t ex = r.as_int(); ex > 0; ex >>= 1) {  // by squaring, overflow checked
+          if (ex & 1) out = checked(out, base, '*');
+          if (ex > 1) base = checked(base, base, '*');
+        }
         return Value::integer(out);
       }
       return Value::real(std::pow(l.as_double(), r.as_double()));
@@ -1841,9 +1859,10 @@ struct ChatTemplate::Impl {
       }
     } else {
       int64_t a = l.as_int(), b = r.as_int();
-      if (op == "+") return Value::integer(a + b);
-      if (op == "-") return Value::integer(a - b);
-      if (op == "*") return Value::integer(a * b);
+      if (op == "+") return Value::integer(checked(a, b, '+'));
+      if (op == "-") return Value::integer(checked(a, b, '-'));
+      if (op == "*") return Value::integer(checked(a, b, '*'));
+      if (a == INT64_MIN && b == -1) checked(a, b, '/');
       if (b == 0) fail("integer division or modulo by zero");
       int64_t q = a / b, m = a % b;
       if (m != 0 && ((m < 0) != (b < 0))) {
@@ -2312,8 +2331,9 @@ struct ChatTemplate::Impl {
     if (f == "abs") {
       want_args(what, a, 0, 0);
       if (!v.is_number()) fail(fmt::format("bad operand type for abs(): '{}'", type_name(v)));
-      return v.t == Value::T::Float ? Value::real(std::fabs(v.f))
-                                    : Value::integer(std::llabs(v.as_int()));
+      return v.t == Value::T::Float
+                 ? Value::real(std::fabs(v.f))
+                 : Value::integer(v.as_int() < 0 ? checked(0, v.as_int(), '-') : v.as_int());
     }
     if (f == "selectattr" || f == "rejectattr") {
       if (a.pos.empty() || a.pos[0].t != Value::T::Str)
@@ -2394,9 +2414,10 @@ struct ChatTemplate::Impl {
       if (a.pos.size() == 3) step = a.pos[2].i;
       if (step == 0) fail("range() arg 3 must not be zero");
       List l;
-      for (int64_t k = start; step > 0 ? k < stop : k > stop; k += step) {
+      for (int64_t k = start; step > 0 ? k < stop : k > stop;) {
         if (l.size() >= 1000000) fail("range() longer than 1000000 items");
         l.push_back(Value::integer(k));
+        if (__builtin_add_overflow(k, step, &k)) break;  // past INT64 range: past stop too
       }
       return Value::make_list(std::move(l));
     });
