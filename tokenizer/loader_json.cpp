@@ -149,12 +149,39 @@ void read_config(const std::string& dir, const json& tok_json, TokenizerExtras& 
   json c = parse_json(read_file(p.string()), p.string());
   if (c.contains("chat_template")) {
     const json& t = c.at("chat_template");
+    MINFER_CHECK(t.is_string() || t.is_array() || t.is_null(),
+                 "{}: 'chat_template' must be a string or a list of named templates, found {}",
+                 p.string(), t.type_name());
     if (t.is_string()) {
       ex.chat_template = t.get<std::string>();
-    } else if (t.is_array()) {  // [{"name": "default", "template": ...}, ...]
-      for (const json& e : t)
-        if (e.value("name", "") == "default" || ex.chat_template.empty())
-          ex.chat_template = e.value("template", "");
+    } else if (t.is_array()) {
+      // [{"name": "default", "template": ...}, {"name": "tool_use", ...}]: transformers renders
+      // "default" (or the only entry) and refuses to choose among several; so do we, by a
+      // template that raises the reason when chat is used (loading for plain text still works).
+      std::string names, dflt, only;
+      for (const json& e : t) {
+        MINFER_CHECK(e.is_object() && e.contains("name") && e.at("name").is_string() &&
+                         e.contains("template") && e.at("template").is_string(),
+                     "{}: each 'chat_template' list entry must be {{\"name\": string, "
+                     "\"template\": string}}",
+                     p.string());
+        const std::string name = e.at("name").get<std::string>();
+        if (name == "default") dflt = e.at("template").get<std::string>();
+        only = e.at("template").get<std::string>();
+        for (char ch : name)
+          if (ch != '"' && ch != '\\' && ch != '{' && ch != '}') names += ch;
+        names += ' ';
+      }
+      if (!dflt.empty())
+        ex.chat_template = dflt;
+      else if (t.size() == 1)
+        ex.chat_template = only;
+      else if (!t.empty())
+        ex.chat_template = fmt::format(
+            "{{{{ raise_exception(\"{} has {} named chat templates ({}) and none is named "
+            "default; refusing to guess\") }}}}",
+            p.filename().string(), t.size(),
+            names.empty() ? names : names.substr(0, names.size() - 1));
     }
   }
   auto token_id = [&](const char* key) -> int32_t {

@@ -1,37 +1,18 @@
 // run-model: generate text from a causal LM, streaming tokens as they are produced.
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "app/model_hub.h"
 #include "engine/sampler.h"
 #include "models/loader.h"
+#include "tokenizer/chat_template.h"
 #include "tools/common.h"
 
 using namespace minfer;
 
-namespace {
-
-// ChatML, the template of SmolLM2-Instruct and Qwen2. When the model's own template carries a
-// default system message (SmolLM2's does), it is kept, as the template would render it.
-std::string apply_chatml(const std::string& tmpl, const std::string& user) {
-  MINFER_CHECK(tmpl.empty() || tmpl.find("<|im_start|>") != std::string::npos,
-               "--chat: the model's chat template is not ChatML; only ChatML is supported");
-  std::string system;
-  const std::string open = "<|im_start|>system\n";
-  if (auto a = tmpl.find(open); a != std::string::npos) {
-    auto b = tmpl.find("<|im_end|>", a);
-    std::string cand = tmpl.substr(a + open.size(), b - a - open.size());
-    if (b != std::string::npos && cand.find_first_of("{}'") == std::string::npos) system = cand;
-  }
-  std::string s;
-  if (!system.empty()) s += open + system + "<|im_end|>\n";
-  return s + "<|im_start|>user\n" + user + "<|im_end|>\n<|im_start|>assistant\n";
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
   CLI::App app{"Generate text with a causal language model.", "run-model"};
-  std::string model, prompt, backend = "cpu";
+  std::string model, prompt, system, backend = "cpu";
   int n = 64, top_k = 40, threads = 0, device = 0;
   float temp = 0.8f, top_p = 0.95f;
   uint64_t seed = 0;
@@ -45,7 +26,11 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--top-p", top_p, "nucleus sampling mass")->check(CLI::Range(0.f, 1.f));
   app.add_option("--seed", seed, "sampling seed");
-  app.add_flag("--chat", chat, "wrap the prompt in the model's chat template (ChatML)");
+  app.add_flag("--chat", chat,
+               "render the prompt as a user turn with the model's chat template (Jinja, from "
+               "tokenizer_config.json or GGUF tokenizer.chat_template; ChatML when the model has "
+               "none but has ChatML tokens)");
+  app.add_option("--system", system, "system message for --chat (default: the template's own)");
   app.add_option("--threads,-t", threads, "threads (default: OMP_NUM_THREADS or all cores)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--backend", backend, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
@@ -58,14 +43,35 @@ int main(int argc, char** argv) {
     const ModelConfig& c = m.config();
     MINFER_CHECK(c.causal(), "{}: '{}' is an encoder, run-model needs a causal LM (try embed)",
                  lm.path, c.model_type);
-    const std::string text = chat ? apply_chatml(lm.tokenizer->chat_template(), prompt) : prompt;
-    std::vector<int32_t> ids = lm.tokenizer->encode(text, true);
+    MINFER_CHECK(chat || system.empty(), "--system needs --chat");
+    std::vector<int32_t> ids, stop;
+    if (chat) {
+      std::vector<ChatMessage> messages;
+      if (!system.empty()) messages.push_back({"system", system});
+      messages.push_back({"user", prompt});
+      ChatPrompt cp = render_chat_prompt(*lm.tokenizer, messages);
+      if (cp.chatml_default)
+        std::fprintf(stderr, "note: %s has no chat template; using ChatML (it has the tokens)\n",
+                     lm.path.c_str());
+      ids = std::move(cp.ids);
+      stop = chat_stop_ids(*lm.tokenizer);
+    } else {
+      ids = lm.tokenizer->encode(prompt, true);
+    }
     MINFER_CHECK(!ids.empty(), "the prompt encodes to no tokens");
-    const int64_t ctx = std::min<int64_t>(c.max_pos, int64_t(ids.size()) + n);
-    MINFER_CHECK(int64_t(ids.size()) < ctx,
-                 "prompt of {} tokens does not fit the model's {} "
-                 "positions",
-                 ids.size(), c.max_pos);
+    const int64_t P = int64_t(ids.size());
+    int64_t ctx = std::min<int64_t>(c.max_pos, P + n);
+    if (P >= c.max_pos) {
+      // Learned positions (GPT-2) end at max_pos. RoPE positions past the trained length are
+      // computable: transformers and llama.cpp run them with a warning, and so do we.
+      MINFER_CHECK(c.arch == Arch::Llama,
+                   "prompt of {} tokens does not fit the model's {} positions", P, c.max_pos);
+      std::fprintf(stderr,
+                   "warning: the prompt (%lld tokens) is longer than the %lld positions the model "
+                   "was trained for; running past them, output quality may degrade\n",
+                   static_cast<long long>(P), static_cast<long long>(c.max_pos));
+      ctx = P + n;
+    }
     RunState s = m.new_state(ctx, int64_t(ids.size()), 1);
     Sampler sampler({temp, top_k, top_p, seed});
     StreamDecoder dec(*lm.tokenizer);
@@ -81,7 +87,7 @@ int main(int argc, char** argv) {
     const int32_t eos = lm.tokenizer->eos_id() >= 0 ? lm.tokenizer->eos_id() : int32_t(c.eos_id);
     while (int64_t(out.size()) < n) {
       const int32_t next = sampler.sample(logits.data(), c.vocab_size, s.n_past);
-      if (next == eos || (chat && lm.tokenizer->id_to_token(next) == "<|im_end|>")) break;
+      if (next == eos || std::find(stop.begin(), stop.end(), next) != stop.end()) break;
       out.push_back(next);
       const std::string piece = dec.push(next);
       generated += piece;
