@@ -84,6 +84,7 @@ int main(int argc, char** argv) {
   }
   const double t_gen = now_s() - t0;
   printf("\n");
+  fflush(stdout); /* the text ends before the statistics on a shared terminal */
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
   fprintf(stderr,
