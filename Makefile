@@ -1,10 +1,13 @@
 # minfer build. `make` = release library + tools into build/, `make test` = whole suite.
 # Variants: DEBUG=1 (-O0 -g), SANITIZE=1 (ASan + UBSan). CUDA=1 adds the CUDA backend.
 # Each variant keeps its own object folder so switching never mixes objects.
+# The C API (include/minfer.h, capi/) ships as build/lib/libminfer.{a,so}; `make install
+# PREFIX=...` installs it with minfer.pc (docs/capi.md).
 
 BUILD    ?= build
 CXX      ?= g++
 ARCH     ?= -march=native
+OPTLEVEL ?= -O3
 OPENBLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
 
 ifeq ($(SANITIZE),1)
@@ -17,7 +20,7 @@ else ifeq ($(DEBUG),1)
   LDOPT   :=
 else
   VARIANT := release
-  OPT     := -O3 -DNDEBUG
+  OPT     := $(OPTLEVEL) -DNDEBUG
   LDOPT   :=
 endif
 
@@ -27,9 +30,18 @@ else
   BINDIR := $(BUILD)/$(VARIANT)/bin
 endif
 OBJDIR := $(BUILD)/obj-$(VARIANT)
+LIBDIR := $(patsubst %/bin,%/lib,$(BINDIR))
 
-CPPFLAGS += -I. -MMD -MP
-CXXFLAGS += -std=c++20 $(OPT) $(ARCH) -fopenmp -Wall -Wextra -Werror=switch -Wno-unused-parameter -Wno-maybe-uninitialized
+# Library version; the soname carries the major (an ABI break bumps it).
+VERSION_MAJOR := 0
+VERSION       := $(VERSION_MAJOR).1.0
+PREFIX  ?= /usr/local
+CC      ?= cc
+
+CPPFLAGS += -I. -Iinclude -MMD -MP
+# -fPIC: the same objects make libminfer.a and libminfer.so. Hidden visibility: the shared
+# library exports only what include/minfer.h marks MINFER_API (and capi/minfer.map keeps it so).
+CXXFLAGS += -std=c++20 $(OPT) $(ARCH) -fopenmp -fPIC -fvisibility=hidden -fvisibility-inlines-hidden -Wall -Wextra -Werror=switch -Wno-unused-parameter -Wno-maybe-uninitialized $(EXTRA_CXXFLAGS)
 LDFLAGS  += $(LDOPT) -fopenmp -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR)
 LDLIBS   += -lopenblas -llapacke -lutf8proc -lfmt -lpthread
 # Only the application layer (app/: model fetching) links libzip and OpenSSL.
@@ -37,7 +49,7 @@ APP_LIBS := -lzip -lcrypto
 
 # libminfer: the core (engine/, kernels/, tokenizer/), models/ and compress/; libminfer-app: app/
 # (fetching models, bench reports) on top of it. See docs/architecture.md for the include rules.
-LIB_SRC  := $(wildcard engine/*.cpp engine/*/*.cpp kernels/cpu/*.cpp kernels/common/*.cpp tokenizer/*.cpp models/*.cpp compress/*.cpp)
+LIB_SRC  := $(wildcard engine/*.cpp engine/*/*.cpp kernels/cpu/*.cpp kernels/common/*.cpp tokenizer/*.cpp models/*.cpp compress/*.cpp capi/*.cpp)
 APP_SRC  := $(wildcard app/*.cpp)
 TOOL_SRC := $(wildcard tools/*.cpp)
 TEST_SRC := $(wildcard tests/*.cpp)
@@ -51,7 +63,11 @@ BENCH_OBJ:= $(BENCH_SRC:%.cpp=$(OBJDIR)/%.o)
 # Tool and bench objects are built through pattern rules; keep them (make would delete them as
 # intermediates and rebuild them on every later make invocation).
 .SECONDARY: $(TOOL_OBJ) $(BENCH_OBJ)
-LIB      := $(OBJDIR)/libminfer.a
+LIB      := $(LIBDIR)/libminfer.a
+SOLIB    := $(LIBDIR)/libminfer.so.$(VERSION)
+SOLINKS  := $(LIBDIR)/libminfer.so.$(VERSION_MAJOR) $(LIBDIR)/libminfer.so
+# The C API test: C11, include/minfer.h only, linked against the shared library.
+CAPITEST := $(BINDIR)/test-capi
 APPLIB   := $(OBJDIR)/libminfer-app.a
 TOOLS    := $(TOOL_SRC:tools/%.cpp=$(BINDIR)/%)
 TESTBIN  := $(BINDIR)/minfer-tests
@@ -73,9 +89,9 @@ ifeq ($(CUDA),1)
   LDLIBS    += -lcublasLt -lcublas -lcudart
 endif
 
-.PHONY: all lib tools tests test bench deps models demo clean format
-all: tools tests $(BENCHBIN)
-lib: $(LIB)
+.PHONY: all lib tools tests test bench deps arm-deps models demo clean format install
+all: lib tools tests $(BENCHBIN)
+lib: $(LIB) $(SOLINKS)
 tools: $(TOOLS)
 tests: $(TESTBIN)
 
@@ -89,12 +105,27 @@ $(OBJDIR)/cuda-emu/%.o: %
 
 $(OBJDIR)/cuda/%.o: %.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) -std=c++20 -O3 $(CUDA_ARCH) -I. -DMINFER_CUDA=1 -MMD -MP -Xcompiler -fopenmp,-Werror=switch -c $< -o $@
+	$(NVCC) -std=c++20 -O3 $(CUDA_ARCH) -I. -DMINFER_CUDA=1 -MMD -MP -Xcompiler -fopenmp,-fPIC,-Werror=switch -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	@rm -f $@
 	ar rcs $@ $^
+
+# Only the C API is exported (visibility + version script); `nm -D` is checked in `make test`.
+$(SOLIB): $(LIB_OBJ) capi/minfer.map
+	@mkdir -p $(dir $@)
+	$(CXX) -shared $(LDFLAGS) -Wl,-soname,libminfer.so.$(VERSION_MAJOR) \
+	  -Wl,--version-script=capi/minfer.map -Wl,--no-undefined $(LIB_OBJ) $(LDLIBS) -o $@
+
+$(SOLINKS) &: $(SOLIB)
+	ln -sf $(notdir $(SOLIB)) $(LIBDIR)/libminfer.so.$(VERSION_MAJOR)
+	ln -sf libminfer.so.$(VERSION_MAJOR) $(LIBDIR)/libminfer.so
+
+$(CAPITEST): tests/capi/test_capi.c include/minfer.h $(SOLINKS)
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -Wall -Wextra -Wpedantic -Werror $(OPT) -Iinclude $< -o $@ \
+	  -L$(LIBDIR) -Wl,-rpath,$(abspath $(LIBDIR)) $(LDOPT) -lminfer -lm -lpthread
 
 $(APPLIB): $(APP_OBJ)
 	@mkdir -p $(dir $@)
@@ -115,15 +146,31 @@ $(TESTBIN): $(TEST_OBJ) $(CUEMU_OBJ) $(APPLIB) $(LIB)
 
 # Tests run from the repository root (fixtures are found by relative path).
 # TEST_ARGS passes doctest flags, e.g. make test TEST_ARGS='-tc="*gguf*"'.
-test: $(TESTBIN) $(TOOLS)
-	bash scripts/check-layers.sh $(LIB)
+test: $(TESTBIN) $(TOOLS) $(CAPITEST)
+	bash scripts/check-layers.sh $(LIB) $(SOLIB)
 	MINFER_BIN=$(BINDIR) $(TESTBIN) $(TEST_ARGS)
+	MINFER_BIN=$(BINDIR) $(if $(filter sanitize,$(VARIANT)),MINFER_CAPI_TINY_ONLY=1) $(CAPITEST)
+
+# Header, static and shared library (soname links), pkg-config file. DESTDIR stages a package.
+install: $(LIB) $(SOLINKS)
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 644 include/minfer.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(LIB) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(SOLIB) $(DESTDIR)$(PREFIX)/lib/
+	ln -sf $(notdir $(SOLIB)) $(DESTDIR)$(PREFIX)/lib/libminfer.so.$(VERSION_MAJOR)
+	ln -sf libminfer.so.$(VERSION_MAJOR) $(DESTDIR)$(PREFIX)/lib/libminfer.so
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' \
+	  -e 's|@LIBS_PRIVATE@|$(LDFLAGS) $(LDLIBS) -lstdc++ -lm|' \
+	  capi/minfer.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/minfer.pc
 
 bench: $(BENCHBIN) $(TOOLS)
 	@for b in $(BENCHBIN); do echo "== $$b"; $$b || exit 1; done
 
 deps:
 	bash scripts/install-deps.sh
+
+arm-deps:
+	bash scripts/install-arm-deps.sh
 
 models: $(BINDIR)/fetch-model
 	$(BINDIR)/fetch-model smollm2

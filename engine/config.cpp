@@ -70,11 +70,15 @@ ModelConfig load_config(const std::string& path) {
   MINFER_CHECK(f.good(), "{}: cannot open config", path);
   std::stringstream ss;
   ss << f.rdbuf();
-  json j = json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
+  return parse_config(ss.str(), path);
+}
+
+ModelConfig parse_config(const std::string& text, const std::string& path) {
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   MINFER_CHECK(!j.is_discarded() && j.is_object(), "{}: not a JSON object", path);
   Reader r{path, j};
   ModelConfig c;
-  c.source_json = ss.str();
+  c.source_json = text;
   c.model_type = r.req<std::string>("model_type");
   if (c.model_type == "gpt2") {
     c.arch = Arch::GPT2;

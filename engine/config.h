@@ -40,5 +40,7 @@ struct ModelConfig {
 // Reads and validates config.json. Unknown model_type or a missing/mistyped field throws naming
 // the file and the field.
 ModelConfig load_config(const std::string& path);
+// The same from config.json's text; `origin` names it in messages.
+ModelConfig parse_config(const std::string& text, const std::string& origin);
 
 }  // namespace minfer

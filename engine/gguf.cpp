@@ -224,14 +224,20 @@ void read_value(Cursor& c, const std::string& path, uint32_t type, int depth, Gg
 }  // namespace
 
 std::shared_ptr<GgufFile> GgufFile::open(const std::string& path) {
+  return open_memory(std::make_shared<MmapFile>(path), path);
+}
+
+std::shared_ptr<GgufFile> GgufFile::open_memory(std::shared_ptr<Storage> bytes,
+                                                const std::string& path) {
+  MINFER_CHECK(bytes != nullptr, "{}: no bytes", path);
   auto f = std::make_shared<GgufFile>();
   f->path_ = path;
-  f->map_ = std::make_shared<MmapFile>(path);
+  f->map_ = std::move(bytes);
   const uint64_t size = f->map_->size();
-  Cursor c(path, f->map_->bytes(), size);
+  const uint8_t* m = static_cast<const uint8_t*>(f->map_->data());
+  Cursor c(path, m, size);
 
   c.need(4, "magic");
-  const uint8_t* m = f->map_->bytes();
   if (std::memcmp(m, "GGUF", 4) != 0)
     MINFER_FAIL(
         "{}: not a GGUF file (magic bytes {:02x} {:02x} {:02x} {:02x}, expected 47 47 55 46 "

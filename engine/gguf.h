@@ -71,6 +71,11 @@ struct GgufTensorInfo {
 class GgufFile {
  public:
   static std::shared_ptr<GgufFile> open(const std::string& path);
+  // The same over a GGUF image already in memory (an mmap'd file, a host buffer, a caller's
+  // bytes): tensors view `bytes` zero-copy and keep it alive. `name` stands for the path in
+  // messages.
+  static std::shared_ptr<GgufFile> open_memory(std::shared_ptr<Storage> bytes,
+                                               const std::string& name);
 
   const std::string& path() const { return path_; }
   uint32_t version() const { return version_; }
@@ -94,7 +99,9 @@ class GgufFile {
 
   const GgufTensorInfo* find(const std::string& name) const;
   const GgufTensorInfo& info(const std::string& name) const;  // throws naming file and tensor
-  const uint8_t* data(const GgufTensorInfo& t) const { return map_->bytes() + t.offset; }
+  const uint8_t* data(const GgufTensorInfo& t) const {
+    return static_cast<const uint8_t*>(map_->data()) + t.offset;
+  }
   // Zero-copy view for F32/F16/BF16 tensors (shape reversed to row-major: [ne1, ne0]).
   Tensor view(const GgufTensorInfo& t) const;
   // Dequantize any supported type to a fresh f32 tensor of row-major shape.
@@ -112,7 +119,7 @@ class GgufFile {
 
   std::string path_;
   uint32_t version_ = 0;
-  std::shared_ptr<MmapFile> map_;
+  std::shared_ptr<Storage> map_;  // the whole image
   std::map<std::string, GgufValue> kv_;
   std::vector<GgufTensorInfo> infos_;
   std::map<std::string, size_t> by_name_;

@@ -207,11 +207,17 @@ struct TmpFile {
 // SafetensorsFile
 
 std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
+  return open_memory(std::make_shared<MmapFile>(path), path);
+}
+
+std::shared_ptr<SafetensorsFile> SafetensorsFile::open_memory(std::shared_ptr<Storage> image,
+                                                              const std::string& path) {
+  MINFER_CHECK(image != nullptr, "{}: no bytes", path);
   auto f = std::make_shared<SafetensorsFile>();
   f->path_ = path;
-  f->map_ = std::make_shared<MmapFile>(path);
+  f->map_ = std::move(image);
   const uint64_t file_size = f->map_->size();
-  const uint8_t* bytes = f->map_->bytes();
+  const uint8_t* bytes = static_cast<const uint8_t*>(f->map_->data());
 
   MINFER_CHECK(file_size >= 8,
                "{}: file is {} bytes, too short for a safetensors file (expected at least the "
@@ -305,6 +311,15 @@ bool ends_with(const std::string& s, std::string_view suffix) {
 }
 
 }  // namespace
+
+WeightStore WeightStore::from_file(std::shared_ptr<SafetensorsFile> file) {
+  MINFER_CHECK(file != nullptr, "WeightStore::from_file: no file");
+  WeightStore ws;
+  ws.source_ = file->path();
+  ws.files_.push_back(std::move(file));
+  for (const auto& [name, t] : ws.files_[0]->tensors()) ws.index_.emplace(name, 0);
+  return ws;
+}
 
 WeightStore WeightStore::open(const std::string& path) {
   std::error_code ec;

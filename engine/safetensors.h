@@ -19,6 +19,10 @@ class SafetensorsFile {
   // offsets inside the data buffer and equal to numel * dtype size, no overlaps, metadata values
   // are strings. Errors name the file and the tensor.
   static std::shared_ptr<SafetensorsFile> open(const std::string& path);
+  // The same over a safetensors image already in memory; tensors view `bytes` zero-copy and keep
+  // it alive. `name` stands for the path in messages.
+  static std::shared_ptr<SafetensorsFile> open_memory(std::shared_ptr<Storage> bytes,
+                                                      const std::string& name);
 
   const std::string& path() const { return path_; }
   const std::map<std::string, Tensor>& tensors() const { return tensors_; }
@@ -29,7 +33,7 @@ class SafetensorsFile {
 
  private:
   std::string path_;
-  std::shared_ptr<MmapFile> map_;
+  std::shared_ptr<Storage> map_;  // the whole image
   std::map<std::string, Tensor> tensors_;
   std::map<std::string, std::string> metadata_;
 };
@@ -41,6 +45,8 @@ class WeightStore {
   // `path` is a .safetensors file or a folder holding model.safetensors or
   // model.safetensors.index.json.
   static WeightStore open(const std::string& path);
+  // One already opened file (e.g. SafetensorsFile::open_memory).
+  static WeightStore from_file(std::shared_ptr<SafetensorsFile> file);
 
   bool has(const std::string& name) const;
   // Throws naming the file(s) and tensor when missing.

@@ -79,6 +79,17 @@ std::shared_ptr<Storage> host_storage(size_t bytes) {
   return std::make_shared<HostStorage>(bytes);
 }
 
+namespace {
+class BorrowedStorage : public Storage {
+ public:
+  BorrowedStorage(const void* d, size_t n) : Storage(Kind::Host, const_cast<void*>(d), n) {}
+};
+}  // namespace
+
+std::shared_ptr<Storage> borrowed_storage(const void* data, size_t bytes) {
+  return std::make_shared<BorrowedStorage>(data, bytes);
+}
+
 MmapFile::MmapFile(const std::string& path) : Storage(Kind::Mmap, nullptr, 0), path_(path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   MINFER_CHECK(fd >= 0, "{}: cannot open: {}", path, std::strerror(errno));

@@ -53,6 +53,9 @@ class Storage {
 
 // 64-byte aligned owned host memory.
 std::shared_ptr<Storage> host_storage(size_t bytes);
+// `bytes` bytes at `data`, owned by the caller, who keeps them valid and unchanged while any
+// tensor views them (a model image an application holds in memory). Read-only by contract.
+std::shared_ptr<Storage> borrowed_storage(const void* data, size_t bytes);
 
 // Read-only private mapping of a whole file. Throws with the path on failure.
 class MmapFile : public Storage {

@@ -384,4 +384,79 @@ double cosine(const std::vector<float>& a, const std::vector<float>& b) {
   return d / std::max(std::sqrt(na * nb), 1e-30);
 }
 
+SentencePooling load_sentence_pooling(const std::string& model_path) {
+  namespace fs = std::filesystem;
+  SentencePooling p;
+  const fs::path dir(model_path);
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec) || !fs::exists(dir / "modules.json", ec)) return p;
+  auto read = [](const fs::path& f) {
+    std::ifstream in(f);
+    MINFER_CHECK(in.good(), "{}: cannot open", f.string());
+    nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    MINFER_CHECK(!j.is_discarded(), "{}: not valid JSON", f.string());
+    return j;
+  };
+  const nlohmann::json mods = read(dir / "modules.json");
+  MINFER_CHECK(mods.is_array(), "{}: expected a JSON array of modules",
+               (dir / "modules.json").string());
+  for (const auto& m : mods) {
+    const std::string type = m.value("type", "");
+    if (type == "sentence_transformers.models.Normalize") p.normalize = true;
+    if (type != "sentence_transformers.models.Pooling") continue;
+    const fs::path cfg = dir / m.value("path", "") / "config.json";
+    const nlohmann::json c = read(cfg);
+    std::vector<std::string> on;
+    for (auto& [k, v] : c.items())
+      if (k.rfind("pooling_mode_", 0) == 0 && v.is_boolean() && v.get<bool>()) on.push_back(k);
+    MINFER_CHECK(on.size() == 1, "{}: expected exactly one pooling mode set, found {}",
+                 cfg.string(), on.size());
+    if (on[0] == "pooling_mode_mean_tokens")
+      p.mode = SentencePooling::Mode::Mean;
+    else if (on[0] == "pooling_mode_cls_token")
+      p.mode = SentencePooling::Mode::Cls;
+    else if (on[0] == "pooling_mode_max_tokens")
+      p.mode = SentencePooling::Mode::Max;
+    else if (on[0] == "pooling_mode_lasttoken")
+      p.mode = SentencePooling::Mode::LastToken;
+    else
+      throw NotImplemented(cfg.string() + ": sentence pooling " + on[0]);
+  }
+  return p;
+}
+
+std::vector<float> pool_sentence(const float* h, int64_t T, int64_t C, const SentencePooling& p) {
+  MINFER_CHECK(T > 0 && C > 0, "pool_sentence: {} tokens of width {}", T, C);
+  std::vector<double> acc(size_t(C), 0.0);
+  switch (p.mode) {
+    case SentencePooling::Mode::Mean:  // sentence-transformers: sum / clamp(count, 1e-9)
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t c = 0; c < C; ++c) acc[size_t(c)] += h[t * C + c];
+      for (auto& v : acc) v /= double(T);
+      break;
+    case SentencePooling::Mode::Cls:
+      for (int64_t c = 0; c < C; ++c) acc[size_t(c)] = h[c];
+      break;
+    case SentencePooling::Mode::LastToken:
+      for (int64_t c = 0; c < C; ++c) acc[size_t(c)] = h[(T - 1) * C + c];
+      break;
+    case SentencePooling::Mode::Max:
+      for (int64_t c = 0; c < C; ++c) {
+        double m = h[c];
+        for (int64_t t = 1; t < T; ++t) m = std::max(m, double(h[t * C + c]));
+        acc[size_t(c)] = m;
+      }
+      break;
+  }
+  double norm = 1.0;
+  if (p.normalize) {
+    norm = 0;
+    for (double v : acc) norm += v * v;
+    norm = std::max(std::sqrt(norm), 1e-12);
+  }
+  std::vector<float> out(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) out[size_t(c)] = float(acc[size_t(c)] / norm);
+  return out;
+}
+
 }  // namespace minfer

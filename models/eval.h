@@ -96,4 +96,24 @@ std::vector<std::vector<float>> embed_texts(Model& m, const Tokenizer& tok,
 
 double cosine(const std::vector<float>& a, const std::vector<float>& b);
 
+// How sentence-transformers turns one sequence's token states into a sentence vector: the
+// Pooling module (1_Pooling/config.json: pooling_mode_{mean,cls,max,lasttoken}_tokens) and
+// whether a Normalize module follows it (modules.json).
+struct SentencePooling {
+  enum class Mode { Mean, Cls, Max, LastToken };
+  Mode mode = Mode::Mean;
+  bool normalize = false;
+};
+
+// Reads the modules a sentence-transformers folder declares. A path without modules.json (a
+// plain HF folder, a .gguf) gives mean pooling without normalization, as SentenceTransformer
+// builds for a plain transformers model. Throws naming the file for a mode it does not support
+// (mean_sqrt_len, weightedmean, several modes concatenated).
+SentencePooling load_sentence_pooling(const std::string& model_path);
+
+// One sequence's hidden states [T, C] (host, no padding) -> the pooled (and normalised, eps
+// 1e-12 as torch.nn.functional.normalize) vector of C floats.
+std::vector<float> pool_sentence(const float* hidden, int64_t T, int64_t C,
+                                 const SentencePooling& p);
+
 }  // namespace minfer

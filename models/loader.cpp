@@ -1,7 +1,11 @@
 #include "models/loader.h"
 
+#include <fmt/ranges.h>
+
 #include <chrono>
+#include <cstring>
 #include <filesystem>
+#include <ranges>
 
 #include "engine/gguf_source.h"
 
@@ -48,6 +52,46 @@ LoadedModel open_model(const std::string& path, Backend& be, bool with_tokenizer
     }
   }
   lm.file_bytes = model_file_bytes(lm.path);
+  lm.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return lm;
+}
+
+LoadedModel open_model_image(std::shared_ptr<Storage> bytes, Backend& be, const std::string& name) {
+  auto t0 = std::chrono::steady_clock::now();
+  MINFER_CHECK(bytes != nullptr && bytes->size() >= 8,
+               "{}: {} bytes, too short for a GGUF or safetensors image", name,
+               bytes ? bytes->size() : 0);
+  LoadedModel lm;
+  lm.path = name;
+  lm.file_bytes = bytes->size();
+  const auto* p = static_cast<const uint8_t*>(bytes->data());
+  if (std::memcmp(p, "GGUF", 4) == 0) {
+    auto f = GgufFile::open_memory(std::move(bytes), name);
+    ModelConfig cfg = config_from_gguf(*f);
+    GgufSource src(f, cfg);
+    lm.model = build_model(cfg, src, be);
+    MINFER_CHECK(f->has("tokenizer.ggml.model"),
+                 "{}: no tokenizer in the GGUF metadata (tokenizer.ggml.model missing)", name);
+    lm.tokenizer = Tokenizer::from_gguf(*f);
+  } else {
+    auto f = SafetensorsFile::open_memory(std::move(bytes), name);
+    const auto& meta = f->metadata();
+    auto need = [&](const char* key) -> const std::string& {
+      auto it = meta.find(key);
+      MINFER_CHECK(it != meta.end(),
+                   "{}: a safetensors image needs the text of {} in its __metadata__ (a model "
+                   "folder's files; found keys: {})",
+                   name, key, fmt::join(meta | std::views::keys, ", "));
+      return it->second;
+    };
+    ModelConfig cfg = parse_config(need("config.json"), name + ":config.json");
+    MINFER_CHECK(cfg.source_json.find("\"quantization\"") == std::string::npos,
+                 "{}: a compressed minfer model is a folder; load it with its path", name);
+    const std::string& tok_json = need("tokenizer.json");
+    SafetensorsSource src(WeightStore::from_file(f));
+    lm.model = build_model(cfg, src, be);
+    lm.tokenizer = Tokenizer::from_json_string(tok_json, name + ":tokenizer.json");
+  }
   lm.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return lm;
 }

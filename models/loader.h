@@ -22,6 +22,16 @@ struct LoadedModel {
 // Throws naming the path when it does not exist or is not a model.
 LoadedModel open_model(const std::string& path, Backend& be, bool with_tokenizer = true);
 
+// Opens a model image already in memory (bytes: a host buffer or a caller's borrowed bytes;
+// tensors view it zero-copy and keep it alive), told apart by its first bytes:
+// - a GGUF file ("GGUF" magic): as open_model opens a .gguf;
+// - a single safetensors file whose "__metadata__" holds the text of "config.json" and
+//   "tokenizer.json" (EOS then comes from config.json). Compressed minfer models are
+//   folders and are not read from memory.
+// `name` stands for the path in messages. Throws naming what is missing.
+LoadedModel open_model_image(std::shared_ptr<Storage> bytes, Backend& be,
+                             const std::string& name = "<memory>");
+
 // Bytes of the weight files a model path holds (*.safetensors in a folder, or the .gguf file).
 size_t model_file_bytes(const std::string& path);
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The house plan's arrows (docs/architecture.md): each folder includes only the folders below it.
-# Fails naming every include that points up, and any libzip / OpenSSL symbol in the core library.
-# Usage: scripts/check-layers.sh [path/to/libminfer.a]   (run from the repository root)
+# Fails naming every include that points up, any libzip / OpenSSL symbol in the core library,
+# and any symbol but the C API's (minfer_*) exported by the shared library.
+# Usage: scripts/check-layers.sh [path/to/libminfer.a [path/to/libminfer.so]]  (from the repo root)
 set -u
 cd "$(dirname "$0")/.."
 # folder -> the project folders its files may include (besides itself)
@@ -12,6 +13,9 @@ declare -A allowed=(
   [models]="engine kernels tokenizer models"
   [compress]="engine kernels tokenizer models compress"
   [app]="engine kernels tokenizer models compress app"
+  # the C API: the library below tools/, never app/ (it never downloads)
+  [capi]="engine kernels tokenizer models compress capi include"
+  [include]="include"
 )
 bad=0
 for dir in "${!allowed[@]}"; do
@@ -37,5 +41,16 @@ if [ -n "$lib" ]; then
   syms=$(nm -A "$lib" 2>/dev/null | grep -E ' [UTtDdBb] (zip_[a-z_]+|EVP_[A-Za-z_]+|SHA256[A-Za-z_]*|OPENSSL_[A-Za-z_]+|ERR_[a-z_]+)$' | head -5)
   if [ -n "$syms" ]; then echo "layering: the core library $lib uses libzip / OpenSSL:"; echo "$syms"; bad=1; fi
 fi
-[ $bad = 0 ] && echo "layering: ok (every include points down the house plan; core library links no libzip/OpenSSL)"
+so=${2:-}
+if [ -n "$so" ]; then
+  if [ ! -f "$so" ]; then echo "layering: $so not built"; exit 1; fi
+  extra=$(nm -D --defined-only "$so" | awk '{print $NF}' | sed 's/@.*//' | grep -v -E '^(minfer_[a-z0-9_]+|MINFER_0)$' | head -5)
+  napi=$(nm -D --defined-only "$so" | awk '{print $NF}' | sed 's/@.*//' | grep -c -E '^minfer_')
+  if [ -n "$extra" ]; then echo "layering: $so exports more than the C API:"; echo "$extra"; bad=1; fi
+  if [ "$napi" -lt 20 ]; then echo "layering: $so exports only $napi minfer_* symbols"; bad=1; fi
+  if readelf -d "$so" | grep -qE 'NEEDED.*(libzip|libcrypto|libssl)'; then
+    echo "layering: $so links libzip / OpenSSL"; bad=1
+  fi
+fi
+[ $bad = 0 ] && echo "layering: ok (every include points down the house plan; core library links no libzip/OpenSSL${so:+; $(basename "$so") exports only the C API})"
 exit $bad

@@ -62,7 +62,9 @@ void parse_decoder(const json& o, const JsonReader& r, std::vector<Decoder>& out
 
 namespace {
 
-void decode_step(const Decoder& d, std::vector<std::string>& toks) {
+// mid: the list is one token in the middle of a text (decode_piece): keep raw bytes, no
+// first / last token rules.
+void decode_step(const Decoder& d, std::vector<std::string>& toks, bool mid) {
   switch (d.kind) {
     case Decoder::Kind::ByteLevel: {  // bytes of every token, then one lossy UTF-8 string
       std::string bytes;
@@ -83,7 +85,7 @@ void decode_step(const Decoder& d, std::vector<std::string>& toks) {
           bytes += t;
         }
       }
-      toks.assign(1, unicode::replace_invalid_utf8(bytes));
+      toks.assign(1, mid ? bytes : unicode::replace_invalid_utf8(bytes));
       return;
     }
     case Decoder::Kind::Replace:
@@ -94,7 +96,7 @@ void decode_step(const Decoder& d, std::vector<std::string>& toks) {
       std::string pending;
       auto flush = [&] {
         if (pending.empty()) return;
-        if (unicode::find_invalid_utf8(pending) == std::string::npos)
+        if (mid || unicode::find_invalid_utf8(pending) == std::string::npos)
           out.push_back(pending);
         else
           for (size_t i = 0; i < pending.size(); ++i) out.emplace_back("\xEF\xBF\xBD");
@@ -130,6 +132,7 @@ void decode_step(const Decoder& d, std::vector<std::string>& toks) {
       return;
     }
     case Decoder::Kind::Strip:
+      if (mid) return;  // only strips the start / end of a whole text
       for (std::string& t : toks) {
         std::vector<std::pair<size_t, uint32_t>> chars;  // (offset, cp)
         for (size_t i = 0; i < t.size();) {
@@ -158,7 +161,7 @@ void decode_step(const Decoder& d, std::vector<std::string>& toks) {
         std::string& t = toks[i];
         if (t.compare(0, d.a.size(), d.a) == 0 && !d.a.empty())
           t.erase(0, d.a.size());
-        else if (i != 0)
+        else if (i != 0 || mid)
           t.insert(0, 1, ' ');  // (0, " ") trips GCC 12's false -Wrestrict warning
         if (d.cleanup) {        // decoders/wordpiece.rs cleanup()
           static const std::pair<const char*, const char*> rules[] = {
@@ -175,7 +178,7 @@ void decode_step(const Decoder& d, std::vector<std::string>& toks) {
         const std::string& t = toks[i];
         for (size_t p = 0; p < t.size();) {
           if (t.compare(p, d.a.size(), d.a) == 0) {
-            if (!(i == 0 && d.prepend != Prepend::Never)) r.push_back(' ');
+            if (!(i == 0 && !mid && d.prepend != Prepend::Never)) r.push_back(' ');
             p += d.a.size();
           } else {
             r.push_back(t[p++]);
@@ -186,7 +189,7 @@ void decode_step(const Decoder& d, std::vector<std::string>& toks) {
       return;
     case Decoder::Kind::Bpe:
       for (size_t i = 0; i < toks.size(); ++i)
-        toks[i] = replace_all(toks[i], d.a, i + 1 == toks.size() ? "" : " ");
+        toks[i] = replace_all(toks[i], d.a, i + 1 == toks.size() && !mid ? "" : " ");
       return;
     case Decoder::Kind::Ctc:
       MINFER_FAIL("CTC decoder is not supported");
@@ -204,10 +207,19 @@ std::string decode_tokens(const std::vector<Decoder>& decoders, std::vector<std:
     }
     return unicode::replace_invalid_utf8(out);
   }
-  for (const Decoder& d : decoders) decode_step(d, toks);
+  for (const Decoder& d : decoders) decode_step(d, toks, false);
   std::string out;
   for (const std::string& t : toks) out += t;
   return unicode::replace_invalid_utf8(out);
+}
+
+std::string decode_piece(const std::vector<Decoder>& decoders, std::string tok) {
+  std::vector<std::string> toks{std::move(tok)};
+  if (decoders.empty()) return " " + toks[0];  // tokens joined by spaces
+  for (const Decoder& d : decoders) decode_step(d, toks, true);
+  std::string out;
+  for (const std::string& t : toks) out += t;
+  return out;
 }
 
 }  // namespace minfer

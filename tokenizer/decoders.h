@@ -30,4 +30,11 @@ void parse_decoder(const nlohmann::json& o, const JsonReader& r, std::vector<Dec
 // the result becomes U+FFFD. `toks` is consumed.
 std::string decode_tokens(const std::vector<Decoder>& decoders, std::vector<std::string>& toks);
 
+// The bytes one token contributes in the middle of a text (llama.cpp's token_to_piece): the
+// decoders run on the token as if other tokens came before and after it (Metaspace keeps its
+// leading space, WordPiece joins "##" pieces and puts a space before the others, Strip of the
+// text's first character is skipped) and invalid UTF-8 is kept as raw bytes (half of a
+// byte-level character), so the concatenated pieces of a generated sequence are its text.
+std::string decode_piece(const std::vector<Decoder>& decoders, std::string tok);
+
 }  // namespace minfer

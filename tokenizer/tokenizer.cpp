@@ -130,6 +130,10 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special) c
   return impl_->decode(ids, skip_special);
 }
 
+std::string Tokenizer::piece(int32_t id) const {
+  return decode_piece(impl_->decoders, id_to_token(id));
+}
+
 std::string Tokenizer::id_to_token(int32_t id) const {
   MINFER_CHECK(id >= 0 && static_cast<size_t>(id) < impl_->id_to_tok.size(),
                "{}: token id {} is out of range [0, {})", impl_->origin, id,

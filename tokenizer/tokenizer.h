@@ -46,6 +46,10 @@ class Tokenizer {
   // Throws for ids outside [0, vocab_size()).
   std::string decode(std::span<const int32_t> ids, bool skip_special = true) const;
 
+  // The bytes token `id` adds in the middle of a text (decode_piece in tokenizer/decoders.h):
+  // possibly a partial UTF-8 character; special tokens give their content (through the
+  // decoders, as decode(ids, skip_special = false) does). Throws when out of range.
+  std::string piece(int32_t id) const;
   std::string id_to_token(int32_t id) const;        // the vocabulary string; throws if out of range
   int32_t token_to_id(std::string_view tok) const;  // -1 if absent
   int64_t vocab_size() const;                       // highest id + 1 (model vocab and added tokens)
