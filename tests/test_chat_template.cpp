@@ -216,6 +216,11 @@ TEST_CASE("chat template: deep nesting and long inputs stay bounded") {
                "{{ f(3) }}") == "321");
   CHECK(error_of("{{ 'ab' * 1000000000000 }}").find("string repetition longer than") !=
         std::string::npos);
+  CHECK(error_of("{% for i in range(2000) %}{% for j in range(2000) %}{% endfor %}"
+                 "{% endfor %}")
+            .find("more than 1000000 loop iterations") != std::string::npos);
+  CHECK(error_of("{% for i in range(100) %}{{ 'x' * 1000000 }}{% endfor %}")
+            .find("output longer than") != std::string::npos);
 }
 
 TEST_CASE("real: SmolLM2 GGUF chat template is the published one in the fixture") {

@@ -1478,11 +1478,18 @@ struct ChatTemplate::Impl {
     std::vector<std::shared_ptr<Frame>> frames;  // [0] globals, [1] template, then loop/macro
     std::string* out;
     int* macro_depth = nullptr;  // shared by the macro calls of one render
+    int64_t* steps = nullptr;    // loop iterations + macro calls so far in this render
   };
+  static constexpr int64_t kMaxSteps = 1'000'000;       // a runaway loop is an error, not a hang
   static constexpr int kMaxMacroDepth = 64;              // recursive macros end in an error
   static constexpr size_t kMaxString = size_t(1) << 26;  // 64 MiB: 'a' * 10**12 is an error
 
   enum class Flow { Normal, Break, Continue };
+
+  static void step(State& st) {
+    if (++*st.steps > kMaxSteps)
+      fail(fmt::format("more than {} loop iterations and macro calls", kMaxSteps));
+  }
 
   static Value lookup(State& st, const std::string& name) {
     for (auto it = st.frames.rbegin(); it != st.frames.rend(); ++it) {
@@ -1529,6 +1536,8 @@ struct ChatTemplate::Impl {
         return Flow::Normal;
       case Node::K::Output:
         *st.out += py_str(eval(*n.expr, st));
+        if (st.out->size() > kMaxString)
+          fail(fmt::format("output longer than {} bytes", kMaxString));
         return Flow::Normal;
       case Node::K::If:
         for (const auto& [c, b] : n.branches)
@@ -1565,8 +1574,10 @@ struct ChatTemplate::Impl {
         // Weak: the macro lives in a frame it would otherwise keep alive (a leak).
         std::vector<std::weak_ptr<Frame>> root(st.frames.begin(), st.frames.begin() + 2);
         int* depth = st.macro_depth;
-        (*st.frames.back())[n.text] = Value::func([this, m, root, depth](Args& args) {
-          State ms{{}, nullptr, depth};
+        int64_t* steps = st.steps;
+        (*st.frames.back())[n.text] = Value::func([this, m, root, depth, steps](Args& args) {
+          State ms{{}, nullptr, depth, steps};
+          step(ms);
           if (++*depth > kMaxMacroDepth) {
             --*depth;
             fail(fmt::format("macro '{}': calls nested deeper than {}", m->text, kMaxMacroDepth));
@@ -1621,6 +1632,7 @@ struct ChatTemplate::Impl {
         }
         const int64_t len = int64_t(items.size());
         for (int64_t k = 0; k < len; ++k) {
+          step(st);
           st.frames.push_back(std::make_shared<Frame>());
           Dict loop = {
               {"index", Value::integer(k + 1)},
@@ -2485,6 +2497,8 @@ std::string ChatTemplate::render(const nlohmann::ordered_json& context,
     Impl::State st;
     int macro_depth = 0;
     st.macro_depth = &macro_depth;
+    int64_t steps = 0;
+    st.steps = &steps;
     st.frames.push_back(Impl::globals(opt.strftime_now));
     auto vars = std::make_shared<Impl::Frame>();
     for (const auto& [k, v] : context.items()) (*vars)[k] = from_json(v);
