@@ -493,12 +493,8 @@ std::unique_ptr<Model> apply_structured_plan(Model& m, const StructuredPlan& pla
         cols = fs;
         break;
     }
-    const Dense* d = std::get_if<Dense>(&w->repr);
-    const bool transposed = d && d->transposed;
-    MINFER_CHECK(transposed == (c.arch == Arch::GPT2),
-                 "structured pruning: '{}' is {} but {} stores its projections {}", w->name,
-                 linear_format(*w), arch_name(c.arch),
-                 c.arch == Arch::GPT2 ? "as Conv1D [in, out]" : "[out, in]");
+    // GPT-2 reads its projections as Conv1D [in, out] whatever format they were stored in.
+    const bool transposed = c.arch == Arch::GPT2;
     const std::string wn = renumber(w->name, new_index[size_t(l)]);
     src.t[wn] = gather(dequantize_weight(*w), rows, cols, transposed);
     if (w->bias.defined()) {

@@ -273,3 +273,27 @@ TEST_CASE("structured: bad input gives clear errors") {
   std::ofstream(tmp / "config.json") << j.dump();
   CHECK_THROWS_WITH_AS(load_config(tmp / "config.json"), doctest::Contains("[1, 80]"), Error);
 }
+
+TEST_CASE("structured: an already quantized model is dequantized and pruned (gpt2 int8)") {
+  auto be = make_cpu_backend(2);
+  auto exp = SafetensorsFile::open(kFix + "expected_gpt2.safetensors");
+  const std::vector<int32_t> calib = ids_of(exp->get("calib_ids"));
+  const std::vector<int32_t> test = ids_of(exp->get("test_ids"));
+  auto m = load_model(kParity + "gpt2", *be);
+  compress_model(*m, compress_spec_from_name("int8"), nullptr, false);
+  StructuredPlan plan = full_plan(m->config());
+  plan.heads = {{1, 3}, {0, 1, 2}};
+  plan.ffn[1].resize(40);
+  auto p = apply_structured_plan(*m, plan);
+  for (const Linear* w : p->linears()) {
+    CHECK(std::holds_alternative<Dense>(w->repr));
+    if (w->name == "transformer.h.1.mlp.c_proj.weight") CHECK(w->in == 40);
+    if (w->name == "transformer.h.0.attn.c_attn.weight") CHECK(w->out == 3 * 2 * 8);
+  }
+  // The pruned model computes what the int8 model (dequantized) with those units zeroed does.
+  auto ref = load_model(kParity + "gpt2", *be);
+  compress_model(*ref, compress_spec_from_name("int8"), nullptr, false);
+  for (Linear* w : ref->linears()) w->repr = Dense{dequantize_weight(*w), false};
+  zero_removed(*ref, plan);
+  CHECK(max_diff(all_logits(*p, test), all_logits(*ref, test)) <= 1e-4f);
+}
