@@ -67,6 +67,11 @@ Linear apply_step(const Linear& l, const MethodSpec& s, const ActStats* stats) {
                    "{} (put quantization last in a chain)",
                    l.name, method_spec_name(s), linear_format(l));
       break;
+    case MethodKind::Structured:
+      MINFER_FAIL(
+          "tensor '{}': '{}' is a whole-model step (prune_structured, "
+          "compress/structured.h), not a per-Linear one",
+          l.name, method_spec_name(s));
   }
   if (s.method == "llm-int8") return quantize_llm_int8(l, s.threshold, absmax);
   if (s.method == "w8a8") {
@@ -82,13 +87,22 @@ Linear apply_step(const Linear& l, const MethodSpec& s, const ActStats* stats) {
   return quantize_linear(l, q);
 }
 
+// The method that decides the stored format: the last per-Linear step, "f32" for a chain of
+// structured steps only (the pruned weights stay f32).
+std::string last_linear_method(const CompressSpec& s) {
+  for (auto it = s.steps.rbegin(); it != s.steps.rend(); ++it)
+    if (it->info().kind != MethodKind::Structured) return it->method;
+  return "f32";
+}
+
 std::string default_head_format(const CompressSpec& s) {
-  if (is_float_method(s.last().method)) return s.last().method;
+  const std::string m = last_linear_method(s);
+  if (is_float_method(m)) return m;
   return "int8";
 }
 
 std::string default_embed_format(const CompressSpec& s) {
-  const std::string& m = s.last().method;
+  const std::string m = last_linear_method(s);
   return m == "f32" || m == "bf16" ? m : "fp16";
 }
 
@@ -163,7 +177,9 @@ std::string compress_spec_name(const CompressSpec& s) {
 
 Linear compress_linear(const Linear& l, const CompressSpec& spec, const ActStats* stats) {
   Linear q = l;
-  for (const MethodSpec& step : spec.steps) q = apply_step(q, step, stats);
+  for (const MethodSpec& step : spec.steps)
+    if (step.info().kind != MethodKind::Structured)  // already applied to the whole model
+      q = apply_step(q, step, stats);
   return q;
 }
 
@@ -206,8 +222,17 @@ ActStats calibrate(Model& m, const std::vector<int32_t>& ids, int samples, int64
 
 void validate_compress_spec(const CompressSpec& s) {
   MINFER_CHECK(!s.steps.empty(), "compression spec has no method");
+  for (const MethodSpec& step : s.steps) validate_method_spec(step);
+  // Structured steps (whole-model transforms) run first, before any per-Linear step.
+  for (size_t i = 0; i < s.steps.size(); ++i)
+    for (size_t k = 0; k < i && s.steps[i].info().kind == MethodKind::Structured; ++k)
+      MINFER_CHECK(s.steps[k].info().kind == MethodKind::Structured,
+                   "compression chain '{}': '{}' removes heads / neurons / blocks of the whole "
+                   "model and must come before '{}'",
+                   compress_spec_name(s), method_spec_name(s.steps[i]),
+                   method_spec_name(s.steps[k]));
   for (size_t i = 0; i < s.steps.size(); ++i) {
-    validate_method_spec(s.steps[i]);
+    if (s.steps[i].info().kind == MethodKind::Structured) continue;
     // Every registered method so far turns float weights into its format: only the last step
     // may be one (pruning / low-rank steps, which keep float weights, come before it).
     MINFER_CHECK(i + 1 == s.steps.size(),

@@ -29,6 +29,12 @@ constexpr MethodInfo kMethods[] = {
      "LLM.int8(): int8 weights and activations, outlier features (|x| >= threshold) in f16"},
     {"w8a8", MethodKind::ActQuant, kOptStatic,
      "int8 weights x int8 activations (per token, or -static: calibrated per tensor)"},
+    {"heads", MethodKind::Structured, kOptAmount,
+     "-<pct>: remove that share of attention heads per layer (calibrated, Wanda-sp scores)"},
+    {"ffn", MethodKind::Structured, kOptAmount,
+     "-<pct>: remove that share of FFN neurons per layer (calibrated, Wanda-sp scores)"},
+    {"layers", MethodKind::Structured, kOptAmount,
+     "-<n>: drop the n blocks whose removal changes the calibration loss least"},
 };
 
 std::vector<std::string> split(const std::string& s, char sep) {
@@ -116,6 +122,20 @@ void validate_method_spec(const MethodSpec& s) {
                "method '{}': per-row scales are a ternary option", s.method);
   MINFER_CHECK(!s.static_act || (m.options & kOptStatic),
                "method '{}': static activation scales are a w8a8 option", s.method);
+  if (m.kind == MethodKind::Structured) {
+    MINFER_CHECK(s.amount >= 0, "method '{}' needs an amount: {}-<{}>", s.method, s.method,
+                 s.method == "layers" ? "n" : "pct");
+    if (s.method == "layers")
+      MINFER_CHECK(s.amount == std::floor(s.amount) && s.amount < 1e6,
+                   "layers-<n>: n must be a whole number of blocks, got {}", s.amount);
+    else
+      MINFER_CHECK(s.amount < 100,
+                   "{}-<pct>: the share removed must be in [0, 100) percent, got {}", s.method,
+                   s.amount);
+  } else {
+    MINFER_CHECK(s.amount < 0, "method '{}' takes no amount (only heads, ffn, layers do)",
+                 s.method);
+  }
   MINFER_CHECK(std::isfinite(s.threshold) && s.threshold > 0,
                "llm-int8: threshold must be a positive number, got {}", s.threshold);
 }
@@ -161,6 +181,18 @@ MethodSpec method_spec_from_name(const std::string& name) {
     } else if (p == "row") {
       need(kOptRow, p, "ternary");
       s.quant.ternary_per_row = true;
+    } else if (!p.empty() && std::all_of(p.begin(), p.end(),
+                                         [](char ch) { return ::isdigit(ch) || ch == '.'; })) {
+      MINFER_CHECK(m.options & kOptAmount,
+                   "{}: '-{}' is an amount, which only heads, ffn and layers take", name, p);
+      MINFER_CHECK(s.amount < 0, "{}: more than one amount", name);
+      try {
+        size_t used = 0;
+        s.amount = std::stod(p, &used);
+        MINFER_CHECK(used == p.size(), "{}: '{}' is not a number", name, p);
+      } catch (const std::logic_error&) {
+        MINFER_FAIL("{}: '{}' is not a number", name, p);
+      }
     } else if (p == "static" || p == "dynamic") {
       need(kOptStatic, p, "w8a8");
       s.static_act = p == "static";
@@ -185,6 +217,7 @@ std::string method_spec_name(const MethodSpec& s) {
   if (s.quant.double_quant) n += "-dq";
   if (s.method == "ternary" && s.quant.ternary_per_row) n += "-row";
   if (s.method == "w8a8" && s.static_act) n += "-static";
+  if (s.amount >= 0) n += fmt::format("-{:g}", s.amount);
   return n;
 }
 

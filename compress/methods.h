@@ -5,6 +5,7 @@
 //   step   := name ('-' option)*            e.g. "int4-g64", "int4-g128-asym", "nf4-dq",
 //                                            "int8-tensor", "ternary-row", "w8a8-static"
 //   option := g<N> | asym | dq | tensor | row | static | dynamic   (only those the method takes)
+//           | <number>                 structured pruning amount: "ffn-20", "heads-40", "layers-4"
 // The registry below is the list --help, the docs, bench and the tests print and loop over.
 #pragma once
 #include <span>
@@ -20,6 +21,8 @@ enum class MethodKind : uint8_t {
   Float,        // f32 / fp16 / bf16: a Dense copy in that dtype
   WeightQuant,  // weight-only quantization: Quantized (int8, int4, nf4, binary, ternary)
   ActQuant,     // int8 weights and int8 activations: Int8WithOutliers (llm-int8), W8A8
+  Structured,   // whole-model step before the per-Linear ones: heads / FFN neurons / blocks
+                // removed (compress/structured.h), a smaller dense model
 };
 
 // Option suffixes a method accepts (bit set).
@@ -30,6 +33,7 @@ enum MethodOption : unsigned {
   kOptTensor = 1u << 3,  // -tensor: one scale per tensor
   kOptRow = 1u << 4,     // -row: one scale per row (ternary)
   kOptStatic = 1u << 5,  // -static / -dynamic: activation scales from calibration or per token
+  kOptAmount = 1u << 6,  // -<number>: how much a structured step removes (percent or blocks)
 };
 
 struct MethodInfo {
@@ -54,6 +58,8 @@ struct MethodSpec {
   QuantSpec quant;              // group / per_channel / asymmetric / double_quant / ternary_per_row
   float threshold = 6.f;        // llm-int8 outlier threshold on |x| (LLM.int8() paper default)
   bool static_act = false;      // w8a8: per-tensor activation scales from calibration
+  double amount = -1;           // structured: heads / ffn: percent removed per layer, [0, 100);
+                                // layers: blocks dropped. -1 = not given
 
   const MethodInfo& info() const;  // throws for an unregistered name
   // True when the step reads calibration statistics (w8a8-static needs them, llm-int8 uses them).

@@ -63,6 +63,96 @@ Act parse_act(const std::string& path, const std::string& s) {
   MINFER_FAIL("{}: unsupported activation '{}'", path, s);
 }
 
+// A per-layer list `key` of n_layers integers in [1, max], or empty when absent.
+std::vector<int64_t> per_layer_list(const std::string& path, const json& j, const char* key,
+                                    int64_t n_layers, int64_t max, const char* max_key) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return {};
+  MINFER_CHECK(it->is_array() && int64_t(it->size()) == n_layers,
+               "{}: '{}' must be a list of {} integers (one per layer), found {}", path, key,
+               n_layers, it->dump());
+  std::vector<int64_t> v;
+  for (const json& e : *it) {
+    MINFER_CHECK(e.is_number_integer() && e.get<int64_t>() >= 1 && e.get<int64_t>() <= max,
+                 "{}: '{}' entries must be integers in [1, {}] ({}), found {}", path, key, max,
+                 max_key, e.dump());
+    v.push_back(e.get<int64_t>());
+  }
+  // Every layer at the standard field's value: the same as no list.
+  if (std::all_of(v.begin(), v.end(), [&](int64_t x) { return x == max; })) v.clear();
+  return v;
+}
+
+// Structured pruning's per-layer sizes (ModelConfig::layer_heads ...) and HF "pruned_heads".
+void read_per_layer_sizes(const std::string& path, const json& j, ModelConfig& c) {
+  const bool llama = c.arch == Arch::Llama;
+  c.layer_heads = per_layer_list(path, j, "num_attention_heads_per_layer", c.n_layers, c.n_heads,
+                                 llama ? "num_attention_heads" : "the unpruned head count");
+  c.layer_kv_heads = per_layer_list(path, j, "num_key_value_heads_per_layer", c.n_layers,
+                                    c.n_kv_heads, "num_key_value_heads");
+  c.layer_ffn = per_layer_list(path, j, "intermediate_size_per_layer", c.n_layers, c.ffn,
+                               "the intermediate size");
+  auto ph = j.find("pruned_heads");
+  if (ph != j.end() && !ph->is_null() && !ph->empty()) {
+    MINFER_CHECK(!llama,
+                 "{}: 'pruned_heads' is a gpt2 / bert field (llama records pruned heads "
+                 "as num_attention_heads_per_layer)",
+                 path);
+    MINFER_CHECK(ph->is_object(), "{}: 'pruned_heads' must map a layer index to a list of heads",
+                 path);
+    c.pruned_heads.assign(size_t(c.n_layers), {});
+    for (const auto& [k, v] : ph->items()) {
+      int64_t l = -1;
+      try {
+        size_t used = 0;
+        l = std::stoll(k, &used);
+        if (used != k.size()) l = -1;
+      } catch (const std::exception&) {
+      }
+      MINFER_CHECK(l >= 0 && l < c.n_layers, "{}: pruned_heads: '{}' is not a layer index < {}",
+                   path, k, c.n_layers);
+      MINFER_CHECK(v.is_array(), "{}: pruned_heads['{}'] must be a list of head indices", path, k);
+      std::vector<int64_t>& hs = c.pruned_heads[size_t(l)];
+      for (const json& h : v) {
+        MINFER_CHECK(h.is_number_integer() && h.get<int64_t>() >= 0 && h.get<int64_t>() < c.n_heads,
+                     "{}: pruned_heads['{}']: head {} is not in [0, {})", path, k, h.dump(),
+                     c.n_heads);
+        hs.push_back(h.get<int64_t>());
+      }
+      std::sort(hs.begin(), hs.end());
+      MINFER_CHECK(
+          std::adjacent_find(hs.begin(), hs.end()) == hs.end() && int64_t(hs.size()) < c.n_heads,
+          "{}: pruned_heads['{}'] repeats a head or removes all {} heads", path, k, c.n_heads);
+    }
+    std::vector<int64_t> from_pruned;
+    for (const auto& hs : c.pruned_heads) from_pruned.push_back(c.n_heads - int64_t(hs.size()));
+    MINFER_CHECK(c.layer_heads.empty() || c.layer_heads == from_pruned,
+                 "{}: num_attention_heads_per_layer disagrees with pruned_heads", path);
+    c.layer_heads = from_pruned;
+  }
+  if (!llama) {
+    MINFER_CHECK(c.layer_kv_heads.empty(),
+                 "{}: 'num_key_value_heads_per_layer' is a llama field ({} has no GQA)", path,
+                 c.model_type);
+    MINFER_CHECK(!c.pruned_heads.empty() || std::all_of(c.layer_heads.begin(), c.layer_heads.end(),
+                                                        [&](int64_t h) { return h == c.n_heads; }),
+                 "{}: a {} model with fewer heads in a layer records which in 'pruned_heads'", path,
+                 c.model_type);
+    c.layer_kv_heads = c.layer_heads;
+  } else if (!c.layer_heads.empty() || !c.layer_kv_heads.empty()) {
+    if (c.layer_heads.empty()) c.layer_heads.assign(size_t(c.n_layers), c.n_heads);
+    if (c.layer_kv_heads.empty()) c.layer_kv_heads.assign(size_t(c.n_layers), c.n_kv_heads);
+    MINFER_CHECK(j.contains("head_dim"),
+                 "{}: per-layer head counts need an explicit 'head_dim' (it is no longer "
+                 "hidden_size / num_attention_heads)",
+                 path);
+    for (int64_t l = 0; l < c.n_layers; ++l)
+      MINFER_CHECK(c.layer_heads[size_t(l)] % c.layer_kv_heads[size_t(l)] == 0,
+                   "{}: layer {}: {} attention heads is not a multiple of {} key/value heads", path,
+                   l, c.layer_heads[size_t(l)], c.layer_kv_heads[size_t(l)]);
+  }
+}
+
 }  // namespace
 
 ModelConfig load_config(const std::string& path) {
@@ -182,6 +272,7 @@ ModelConfig parse_config(const std::string& text, const std::string& path) {
   MINFER_CHECK(c.n_kv_heads > 0 && c.n_heads % c.n_kv_heads == 0,
                "{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", path,
                c.n_heads, c.n_kv_heads);
+  read_per_layer_sizes(path, j, c);
   return c;
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace minfer {
 
@@ -34,7 +35,27 @@ struct ModelConfig {
   int64_t bos_id = -1, eos_id = -1, pad_id = -1;
   std::string source_json;  // the config.json text this was read from ("" when from GGUF)
 
+  // Per-layer sizes of a structurally pruned model (compress/structured.h); empty = every layer
+  // has n_heads / n_kv_heads / ffn. n_heads, n_kv_heads and ffn bound every layer's value (run
+  // buffers are sized by them); head_dim D is the same in every layer.
+  // config.json: "num_attention_heads_per_layer", "num_key_value_heads_per_layer" (llama),
+  // "intermediate_size_per_layer".
+  std::vector<int64_t> layer_heads;     // [L] H_l
+  std::vector<int64_t> layer_kv_heads;  // [L] Hkv_l
+  std::vector<int64_t> layer_ffn;       // [L] F_l
+  // gpt2 / bert: for each layer, the original indices of the heads removed from it, as Hugging
+  // Face's "pruned_heads" (PreTrainedModel.prune_heads) records them; n_heads stays the original
+  // count (D = C / n_heads). Empty = none.
+  std::vector<std::vector<int64_t>> pruned_heads;  // [L][removed]
+
   bool causal() const { return arch != Arch::Bert; }
+  int64_t heads_at(int64_t l) const {
+    return layer_heads.empty() ? n_heads : layer_heads[size_t(l)];
+  }
+  int64_t kv_heads_at(int64_t l) const {
+    return layer_kv_heads.empty() ? n_kv_heads : layer_kv_heads[size_t(l)];
+  }
+  int64_t ffn_at(int64_t l) const { return layer_ffn.empty() ? ffn : layer_ffn[size_t(l)]; }
 };
 
 // Reads and validates config.json. Unknown model_type or a missing/mistyped field throws naming

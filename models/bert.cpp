@@ -30,14 +30,15 @@ class Bert final : public Model {
     for (int64_t l = 0; l < c.n_layers; ++l) {
       const std::string q = p + "encoder.layer." + std::to_string(l) + ".";
       BertLayer L;
-      L.wq = src.linear(q + "attention.self.query", C, C, true);
-      L.wk = src.linear(q + "attention.self.key", C, C, true);
-      L.wv = src.linear(q + "attention.self.value", C, C, true);
-      L.wo = src.linear(q + "attention.output.dense", C, C, true);
+      const int64_t A = c.heads_at(l) * c.head_dim, F = c.ffn_at(l);  // C and F unless pruned
+      L.wq = src.linear(q + "attention.self.query", C, A, true);
+      L.wk = src.linear(q + "attention.self.key", C, A, true);
+      L.wv = src.linear(q + "attention.self.value", C, A, true);
+      L.wo = src.linear(q + "attention.output.dense", A, C, true);
       L.ln_att_w = be.upload(src.vec(q + "attention.output.LayerNorm.weight", C));
       L.ln_att_b = be.upload(src.vec(q + "attention.output.LayerNorm.bias", C));
-      L.fc = src.linear(q + "intermediate.dense", C, c.ffn, true);
-      L.proj = src.linear(q + "output.dense", c.ffn, C, true);
+      L.fc = src.linear(q + "intermediate.dense", C, F, true);
+      L.proj = src.linear(q + "output.dense", F, C, true);
       L.ln_out_w = be.upload(src.vec(q + "output.LayerNorm.weight", C));
       L.ln_out_b = be.upload(src.vec(q + "output.LayerNorm.bias", C));
       layers_.push_back(std::move(L));
@@ -49,15 +50,12 @@ class Bert final : public Model {
                 const int32_t* type_ids) override {
     const ModelConfig& c = cfg_;
     Backend& be = *be_;
-    const int64_t C = c.hidden, N = B * T;
+    const int64_t N = B * T;
     MINFER_CHECK(B > 0 && T > 0 && N <= s.max_tokens, "encode: {} x {} tokens, state holds {}", B,
                  T, s.max_tokens);
     MINFER_CHECK(T <= c.max_pos, "encode: sequence of {} tokens exceeds the model's {} positions",
                  T, c.max_pos);
-    Tensor x = s.x.slice(0, 0, N), xn = s.xn.slice(0, 0, N), qkv = s.qkv.slice(0, 0, N);
-    Tensor q = qkv.slice(1, 0, C), k = qkv.slice(1, C, C), v = qkv.slice(1, 2 * C, C);
-    Tensor att = s.att.slice(0, 0, N), proj = s.proj.slice(0, 0, N), ff = s.ff_a.slice(0, 0, N);
-    AttentionArgs aa{c.n_heads, c.n_heads, c.head_dim, B, 0, false, mask, 0.f};
+    Tensor x = s.x.slice(0, 0, N), xn = s.xn.slice(0, 0, N), proj = s.proj.slice(0, 0, N);
 
     be.embedding(x, word_, ids, N);
     for (int64_t i = 0; i < N; ++i) s.ids[size_t(i)] = int32_t(i % T);
@@ -65,7 +63,14 @@ class Bert final : public Model {
     for (int64_t i = 0; i < N; ++i) s.ids[size_t(i)] = type_ids ? type_ids[i] : 0;
     be.embedding(x, type_, s.ids.data(), N, true);
     be.layernorm(x, x, emb_ln_w_, emb_ln_b_, c.norm_eps);
-    for (auto& L : layers_) {
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      BertLayer& L = layers_[size_t(l)];
+      // Per-layer widths: A = H_l * D, F_l (C and F unless pruned).
+      const int64_t H = c.heads_at(l), A = H * c.head_dim;
+      Tensor qkv = leading_view(s.qkv, N, 3 * A);
+      Tensor q = qkv.slice(1, 0, A), k = qkv.slice(1, A, A), v = qkv.slice(1, 2 * A, A);
+      Tensor att = leading_view(s.att, N, A), ff = leading_view(s.ff_a, N, c.ffn_at(l));
+      AttentionArgs aa{H, H, c.head_dim, B, 0, false, mask, 0.f};
       be.linear(q, x, L.wq);
       be.linear(k, x, L.wk);
       be.linear(v, x, L.wv);

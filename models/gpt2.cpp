@@ -26,15 +26,16 @@ class Gpt2 final : public Model {
     wpe_ = be.upload(src.tensor(p + "wpe.weight", {c.max_pos, C}));
     for (int64_t l = 0; l < c.n_layers; ++l) {
       const std::string q = p + "h." + std::to_string(l) + ".";
+      const int64_t A = c.heads_at(l) * c.head_dim, F = c.ffn_at(l);  // C and 4C unless pruned
       Gpt2Layer L;
       L.ln1_w = be.upload(src.vec(q + "ln_1.weight", C));
       L.ln1_b = be.upload(src.vec(q + "ln_1.bias", C));
-      L.c_attn = src.linear(q + "attn.c_attn", C, 3 * C, true, /*transposed=*/true);
-      L.c_proj = src.linear(q + "attn.c_proj", C, C, true, true);
+      L.c_attn = src.linear(q + "attn.c_attn", C, 3 * A, true, /*transposed=*/true);
+      L.c_proj = src.linear(q + "attn.c_proj", A, C, true, true);
       L.ln2_w = be.upload(src.vec(q + "ln_2.weight", C));
       L.ln2_b = be.upload(src.vec(q + "ln_2.bias", C));
-      L.fc = src.linear(q + "mlp.c_fc", C, c.ffn, true, true);
-      L.proj = src.linear(q + "mlp.c_proj", c.ffn, C, true, true);
+      L.fc = src.linear(q + "mlp.c_fc", C, F, true, true);
+      L.proj = src.linear(q + "mlp.c_proj", F, C, true, true);
       layers_.push_back(std::move(L));
     }
     lnf_w_ = be.upload(src.vec(p + "ln_f.weight", C));
@@ -49,24 +50,25 @@ class Gpt2 final : public Model {
   Tensor forward(RunState& s, const int32_t* ids, int64_t T, bool all_logits) override {
     const ModelConfig& c = cfg_;
     Backend& be = *be_;
-    const int64_t C = c.hidden;
     MINFER_CHECK(T > 0 && T <= s.max_tokens, "forward: {} tokens, state holds at most {}", T,
                  s.max_tokens);
     MINFER_CHECK(s.n_past + T <= std::min(s.max_ctx, c.max_pos),
                  "forward: context full ({} + {} > {} positions)", s.n_past, T,
                  std::min(s.max_ctx, c.max_pos));
     const int64_t pos0 = s.n_past, S = pos0 + T;
-    Tensor x = s.x.slice(0, 0, T), xn = s.xn.slice(0, 0, T);
-    Tensor qkv = s.qkv.slice(0, 0, T).slice(1, 0, 3 * C);
-    Tensor q = qkv.slice(1, 0, C), k = qkv.slice(1, C, C), v = qkv.slice(1, 2 * C, C);
-    Tensor att = s.att.slice(0, 0, T), proj = s.proj.slice(0, 0, T), ff = s.ff_a.slice(0, 0, T);
-    AttentionArgs aa{c.n_heads, c.n_heads, c.head_dim, 1, pos0, true, nullptr, 0.f};
+    Tensor x = s.x.slice(0, 0, T), xn = s.xn.slice(0, 0, T), proj = s.proj.slice(0, 0, T);
     for (int64_t t = 0; t < T; ++t) s.ids[size_t(t)] = int32_t(pos0 + t);
 
     be.embedding(x, wte_, ids, T);
     be.embedding(x, wpe_, s.ids.data(), T, /*accumulate=*/true);
     for (int64_t l = 0; l < c.n_layers; ++l) {
       Gpt2Layer& L = layers_[size_t(l)];
+      // Per-layer widths: A = H_l * D attention width, F_l (C and 4C unless pruned).
+      const int64_t H = c.heads_at(l), A = H * c.head_dim;
+      Tensor qkv = leading_view(s.qkv, T, 3 * A);
+      Tensor q = qkv.slice(1, 0, A), k = qkv.slice(1, A, A), v = qkv.slice(1, 2 * A, A);
+      Tensor att = leading_view(s.att, T, A), ff = leading_view(s.ff_a, T, c.ffn_at(l));
+      AttentionArgs aa{H, H, c.head_dim, 1, pos0, true, nullptr, 0.f};
       Tensor kc = s.k_cache[size_t(l)], vc = s.v_cache[size_t(l)];
       Tensor k_new = kc.slice(0, pos0, T), v_new = vc.slice(0, pos0, T);
       be.layernorm(xn, x, L.ln1_w, L.ln1_b, c.norm_eps);

@@ -21,10 +21,12 @@ struct LlamaLayer {
 class Llama final : public Model {
  public:
   Llama(const ModelConfig& c, const WeightSource& src, Backend& be) : Model(c, be) {
-    const int64_t C = c.hidden, qd = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim;
+    const int64_t C = c.hidden;
     tok_emb_ = be.upload(src.tensor("model.embed_tokens.weight", {c.vocab_size, C}));
     for (int64_t l = 0; l < c.n_layers; ++l) {
       const std::string p = "model.layers." + std::to_string(l) + ".";
+      const int64_t qd = c.heads_at(l) * c.head_dim, kvd = c.kv_heads_at(l) * c.head_dim,
+                    F = c.ffn_at(l);
       LlamaLayer L;
       L.attn_norm = be.upload(src.vec(p + "input_layernorm.weight", C));
       L.wq = src.linear(p + "self_attn.q_proj", C, qd, c.attn_bias);
@@ -33,9 +35,9 @@ class Llama final : public Model {
       L.wo = src.linear(p + "self_attn.o_proj", qd, C,
                         c.attn_bias && src.has(p + "self_attn.o_proj.bias"));
       L.ffn_norm = be.upload(src.vec(p + "post_attention_layernorm.weight", C));
-      L.gate = src.linear(p + "mlp.gate_proj", C, c.ffn, c.mlp_bias);
-      L.up = src.linear(p + "mlp.up_proj", C, c.ffn, c.mlp_bias);
-      L.down = src.linear(p + "mlp.down_proj", c.ffn, C, c.mlp_bias);
+      L.gate = src.linear(p + "mlp.gate_proj", C, F, c.mlp_bias);
+      L.up = src.linear(p + "mlp.up_proj", C, F, c.mlp_bias);
+      L.down = src.linear(p + "mlp.down_proj", F, C, c.mlp_bias);
       layers_.push_back(std::move(L));
     }
     final_norm_ = be.upload(src.vec("model.norm.weight", C));
@@ -54,24 +56,27 @@ class Llama final : public Model {
     MINFER_CHECK(s.n_past + T <= s.max_ctx, "forward: context full ({} + {} > {} positions)",
                  s.n_past, T, s.max_ctx);
     const int64_t pos0 = s.n_past, S = pos0 + T;
-    const int64_t qd = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim;
-    Tensor x = s.x.slice(0, 0, T), xn = s.xn.slice(0, 0, T), qkv = s.qkv.slice(0, 0, T);
-    Tensor q = qkv.slice(1, 0, qd), k = qkv.slice(1, qd, kvd), v = qkv.slice(1, qd + kvd, kvd);
-    Tensor att = s.att.slice(0, 0, T), proj = s.proj.slice(0, 0, T);
-    Tensor ga = s.ff_a.slice(0, 0, T), up = s.ff_b.slice(0, 0, T);
-    AttentionArgs aa{c.n_heads, c.n_kv_heads, c.head_dim, 1, pos0, true, nullptr, 0.f};
+    Tensor x = s.x.slice(0, 0, T), xn = s.xn.slice(0, 0, T), proj = s.proj.slice(0, 0, T);
 
     be.embedding(x, tok_emb_, ids, T);
     for (int64_t l = 0; l < c.n_layers; ++l) {
       LlamaLayer& L = layers_[size_t(l)];
+      // Per-layer widths (a structurally pruned model's layers may differ).
+      const int64_t H = c.heads_at(l), Hkv = c.kv_heads_at(l), F = c.ffn_at(l);
+      const int64_t qd = H * c.head_dim, kvd = Hkv * c.head_dim;
+      Tensor qkv = leading_view(s.qkv, T, qd + 2 * kvd);
+      Tensor q = qkv.slice(1, 0, qd), k = qkv.slice(1, qd, kvd), v = qkv.slice(1, qd + kvd, kvd);
+      Tensor att = leading_view(s.att, T, qd);
+      Tensor ga = leading_view(s.ff_a, T, F), up = leading_view(s.ff_b, T, F);
+      AttentionArgs aa{H, Hkv, c.head_dim, 1, pos0, true, nullptr, 0.f};
       Tensor kc = s.k_cache[size_t(l)], vc = s.v_cache[size_t(l)];
       Tensor k_new = kc.slice(0, pos0, T), v_new = vc.slice(0, pos0, T);
       be.rmsnorm(xn, x, L.attn_norm, c.norm_eps);
       be.linear(q, xn, L.wq);
       be.linear(k, xn, L.wk);
       be.linear(v, xn, L.wv);
-      be.rope(q, pos0, c.n_heads, c.head_dim, c.rope_theta);
-      be.rope(k, pos0, c.n_kv_heads, c.head_dim, c.rope_theta);
+      be.rope(q, pos0, H, c.head_dim, c.rope_theta);
+      be.rope(k, pos0, Hkv, c.head_dim, c.rope_theta);
       be.copy(k_new, k);
       be.copy(v_new, v);
       be.attention(att, q, kc.slice(0, 0, S), vc.slice(0, 0, S), aa);

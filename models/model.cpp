@@ -17,8 +17,9 @@ RunState Model::new_state(int64_t max_ctx, int64_t max_tokens, int64_t logit_row
   const int64_t kv = c.n_kv_heads * c.head_dim, qd = c.n_heads * c.head_dim;
   if (c.causal())
     for (int64_t l = 0; l < c.n_layers; ++l) {
-      s.k_cache.push_back(be_->alloc({max_ctx, kv}));
-      s.v_cache.push_back(be_->alloc({max_ctx, kv}));
+      const int64_t kv_l = c.kv_heads_at(l) * c.head_dim;  // pruned layers cache fewer heads
+      s.k_cache.push_back(be_->alloc({max_ctx, kv_l}));
+      s.v_cache.push_back(be_->alloc({max_ctx, kv_l}));
     }
   s.x = be_->alloc({max_tokens, c.hidden});
   s.xn = be_->alloc({max_tokens, c.hidden});

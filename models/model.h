@@ -70,6 +70,14 @@ class Model {
   Backend* be_;
 };
 
+// A contiguous [rows, cols] view at the start of a run-state buffer: a layer narrower than the
+// widest (a structurally pruned model's H_l * D or F_l) uses the front of the shared buffer.
+inline Tensor leading_view(const Tensor& buf, int64_t rows, int64_t cols) {
+  MINFER_CHECK(buf.is_contiguous() && rows * cols <= buf.numel(),
+               "leading_view: [{}, {}] does not fit in buffer {}", rows, cols, buf.shape_str());
+  return Tensor(buf.storage(), buf.offset(), buf.dtype(), {rows, cols});
+}
+
 // Builds the model for cfg.arch from a weight source on a backend (weights uploaded once).
 std::unique_ptr<Model> build_model(const ModelConfig& cfg, const WeightSource& src, Backend& be);
 

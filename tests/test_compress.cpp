@@ -78,9 +78,26 @@ void write_json(const fs::path& p, const nlohmann::json& j) {
 }  // namespace
 
 TEST_CASE("compress: method names parse, print back, and reject what does not exist") {
-  for (std::string n : {"f32", "fp16", "bf16", "int8", "int8-tensor", "int8-g64", "int4-g32",
-                        "int4-g128-asym", "nf4-g64", "nf4-g64-dq", "binary", "ternary",
-                        "ternary-row", "llm-int8", "w8a8", "w8a8-static"}) {
+  for (std::string n : {"f32",
+                        "fp16",
+                        "bf16",
+                        "int8",
+                        "int8-tensor",
+                        "int8-g64",
+                        "int4-g32",
+                        "int4-g128-asym",
+                        "nf4-g64",
+                        "nf4-g64-dq",
+                        "binary",
+                        "ternary",
+                        "ternary-row",
+                        "llm-int8",
+                        "w8a8",
+                        "w8a8-static",
+                        "ffn-20",
+                        "heads-40+int8",
+                        "layers-4+nf4-g64",
+                        "ffn-12.5+heads-20+int4-g128"}) {
     CAPTURE(n);
     CompressSpec s = compress_spec_from_name(n);
     CHECK(compress_spec_name(s) == n);
@@ -95,7 +112,9 @@ TEST_CASE("compress: method names parse, print back, and reject what does not ex
   // Every registered method parses by its own name (the list --help and the docs print).
   for (const MethodInfo& m : method_registry()) {
     CAPTURE(std::string(m.name));
-    CHECK(compress_spec_from_name(std::string(m.name)).last().method == m.name);
+    // Structured pruning steps need their amount ("ffn-20").
+    const std::string n = std::string(m.name) + (m.options & kOptAmount ? "-20" : "");
+    CHECK(compress_spec_from_name(n).last().method == m.name);
   }
   // Chains: the grammar exists; only a last step may quantize (every registered method does).
   CHECK_THROWS_WITH_AS(compress_spec_from_name("int8+int4"), doctest::Contains("must come last"),

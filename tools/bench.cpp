@@ -31,6 +31,7 @@
 #include "app/model_hub.h"
 #include "app/report.h"
 #include "compress/compress.h"
+#include "compress/structured.h"
 #include "engine/progress.h"
 #include "models/eval.h"
 #include "models/loader.h"
@@ -257,12 +258,19 @@ json compress_child(const Options& o, const std::string& work, const std::string
   const CompressSpec spec = compress_spec_from_name(method);
   const double t0 = tool::now_s();
   json out = json::object();
+  if (has_structured_steps(spec)) {  // heads / ffn / layers: a smaller model first
+    const auto ids = read_vec<int32_t>(work + "/calib_ids.bin");
+    lm.model = prune_structured(m, spec, ids, o.calib_samples,
+                                std::min(o.calib_len, m.config().max_pos), false);
+  }
+  Model& mc = *lm.model;
   ActStats stats;
   const ActStats* sp = nullptr;
   if (spec.uses_calibration()) {
     const auto ids = read_vec<int32_t>(work + "/calib_ids.bin");
     try {
-      stats = calibrate(m, ids, o.calib_samples, std::min(o.calib_len, m.config().max_pos), false);
+      stats =
+          calibrate(mc, ids, o.calib_samples, std::min(o.calib_len, mc.config().max_pos), false);
       sp = &stats;
     } catch (const std::exception& e) {
       // Static activation scales cannot exist without calibration; LLM.int8() can still find
@@ -272,8 +280,8 @@ json compress_child(const Options& o, const std::string& work, const std::string
       out["note"] = fmt::format("no calibration ({}): outliers found at run time only", e.what());
     }
   }
-  const CompressReport rep = compress_model(m, spec, sp, false);
-  save_compressed(m, lm.tokenizer.get(), dir, spec, /*force=*/true, lm.path);
+  const CompressReport rep = compress_model(mc, spec, sp, false);
+  save_compressed(mc, lm.tokenizer.get(), dir, spec, /*force=*/true, lm.path);
   out["bits_per_weight"] = rep.bits_per_weight;
   out["linear_bpw"] = rep.linear_bpw;
   out["seconds"] = tool::now_s() - t0;
@@ -418,7 +426,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(int64_t(0), int64_t(1) << 20));
   app.add_option("--reps", o.reps, "prefill timing: best of N")->check(CLI::Range(1, 100));
   app.add_option("--calib-samples", o.calib_samples,
-                 "calibration windows (w8a8-static, llm-int8) from WikiText-2 validation")
+                 "calibration windows (w8a8-static, llm-int8, heads / ffn / layers pruning) from "
+                 "WikiText-2 validation")
       ->check(CLI::Range(1, 4096));
   app.add_option("--calib-len", o.calib_len, "tokens per calibration window")
       ->check(CLI::Range(int64_t(2), int64_t(1) << 20));
@@ -484,7 +493,8 @@ int main(int argc, char** argv) {
       created.push_back(work + "/" + f);
     bool any_calib = methods.empty();  // the default list has w8a8-static and llm-int8
     for (auto& m : methods) {
-      if (compress_spec_from_name(m).uses_calibration()) any_calib = true;  // also validates
+      const CompressSpec cs = compress_spec_from_name(m);  // also validates
+      if (cs.uses_calibration() || has_structured_steps(cs)) any_calib = true;
     }
     {
       std::set<std::string> seen;

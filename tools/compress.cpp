@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "app/model_hub.h"
+#include "compress/structured.h"
 #include "models/loader.h"
 #include "tools/common.h"
 
@@ -89,6 +90,11 @@ int main(int argc, char** argv) {
     MINFER_CHECK(!(spec.needs_calibration() && calib_path.empty()),
                  "{} needs --calibrate FILE (activation scales come from a calibration pass)",
                  compress_spec_name(spec));
+    const bool structured = has_structured_steps(spec);
+    MINFER_CHECK(!(structured && calib_path.empty()),
+                 "{} needs --calibrate FILE (head / neuron / block importance comes from a "
+                 "calibration pass, e.g. wiki.valid.raw)",
+                 compress_spec_name(spec));
     if (!force)
       MINFER_CHECK(!std::filesystem::exists(out),
                    "{}: output already exists (pass --force to replace it)", out);
@@ -111,8 +117,12 @@ int main(int argc, char** argv) {
       std::stringstream ss;
       ss << f.rdbuf();
       std::vector<int32_t> ids = lm.tokenizer->encode(ss.str(), true);
-      stats = calibrate(*lm.model, ids, calib_samples, calib_len, !quiet);
-      sp = &stats;
+      if (structured)  // whole-model steps first: the quantizers see the smaller model
+        lm.model = prune_structured(*lm.model, spec, ids, calib_samples, calib_len, !quiet);
+      if (spec.uses_calibration() || !structured) {
+        stats = calibrate(*lm.model, ids, calib_samples, calib_len, !quiet);
+        sp = &stats;
+      }
     }
     CompressReport r = compress_model(*lm.model, spec, sp, !quiet);
     save_compressed(*lm.model, lm.tokenizer.get(), out, spec, force, lm.path);
