@@ -4,7 +4,10 @@
 //   chain  := step ('+' step)*              applied left to right, e.g. "wanda-50+int8"
 //   step   := name ('-' option)*            e.g. "int4-g64", "int4-g128-asym", "nf4-dq",
 //                                            "int8-tensor", "ternary-row", "w8a8-static"
+//           | prune '-' (<pct> | N:M) ('-' scope)?   e.g. "wanda-50", "magnitude-30-layer",
+//                                            "wanda-2:4" (compress/prune.h)
 //   option := g<N> | asym | dq | tensor | row | static | dynamic   (only those the method takes)
+//   scope  := row | layer | global          (magnitude only; row is the default)
 // The registry below is the list --help, the docs, bench and the tests print and loop over.
 #pragma once
 #include <span>
@@ -12,6 +15,7 @@
 #include <string_view>
 #include <vector>
 
+#include "compress/prune.h"
 #include "compress/quantize.h"
 
 namespace minfer {
@@ -20,16 +24,18 @@ enum class MethodKind : uint8_t {
   Float,        // f32 / fp16 / bf16: a Dense copy in that dtype
   WeightQuant,  // weight-only quantization: Quantized (int8, int4, nf4, binary, ternary)
   ActQuant,     // int8 weights and int8 activations: Int8WithOutliers (llm-int8), W8A8
+  Prune,        // float weights in, float weights with zeros out (magnitude, wanda); comes first
 };
 
 // Option suffixes a method accepts (bit set).
 enum MethodOption : unsigned {
-  kOptGroup = 1u << 0,   // -g<N>: group size along a row
-  kOptAsym = 1u << 1,    // -asym: integer zero points
-  kOptDq = 1u << 2,      // -dq: double-quantized scales (QLoRA)
-  kOptTensor = 1u << 3,  // -tensor: one scale per tensor
-  kOptRow = 1u << 4,     // -row: one scale per row (ternary)
-  kOptStatic = 1u << 5,  // -static / -dynamic: activation scales from calibration or per token
+  kOptGroup = 1u << 0,     // -g<N>: group size along a row
+  kOptAsym = 1u << 1,      // -asym: integer zero points
+  kOptDq = 1u << 2,        // -dq: double-quantized scales (QLoRA)
+  kOptTensor = 1u << 3,    // -tensor: one scale per tensor
+  kOptRow = 1u << 4,       // -row: one scale per row (ternary)
+  kOptStatic = 1u << 5,    // -static / -dynamic: activation scales from calibration or per token
+  kOptSparsity = 1u << 6,  // -<pct> | -N:M (required), -row/-layer/-global scope for magnitude
 };
 
 struct MethodInfo {
@@ -54,9 +60,12 @@ struct MethodSpec {
   QuantSpec quant;              // group / per_channel / asymmetric / double_quant / ternary_per_row
   float threshold = 6.f;        // llm-int8 outlier threshold on |x| (LLM.int8() paper default)
   bool static_act = false;      // w8a8: per-tensor activation scales from calibration
+  PruneSpec prune;              // magnitude / wanda: sparsity or N:M, scope
 
   const MethodInfo& info() const;  // throws for an unregistered name
-  // True when the step reads calibration statistics (w8a8-static needs them, llm-int8 uses them).
+  bool is_prune() const { return info().kind == MethodKind::Prune; }
+  // True when the step reads calibration statistics (w8a8-static and wanda need them, llm-int8
+  // uses them).
   bool uses_calibration() const;
   bool needs_calibration() const;
 };
