@@ -31,6 +31,11 @@ struct CompressSpec {
   // untied on save.
   std::string head_format;
 
+  // How pruned weights are stored: Auto = the measured decode crossover (sparse_storage_wins),
+  // Sparse = the SparseBitmask format whenever its value format is supported (smaller files,
+  // compressed-tensors layout), Dense = the dense result of the chain (zeros stored).
+  enum class SparseStorage : uint8_t { Auto, Sparse, Dense } sparse_storage = SparseStorage::Auto;
+
   // The step that decides the stored format (the last one).
   const MethodSpec& last() const { return steps.back(); }
   MethodSpec& last() { return steps.back(); }
@@ -91,6 +96,8 @@ Linear compress_linear(const Linear& l, const CompressSpec& spec, const ActStats
 // ("f32", "int8", ...) than dense in the same format. Value formats without a fast sparse kernel
 // never win.
 bool sparse_storage_wins(double sparsity, const std::string& value_format);
+// True for the value formats SparseBitmask holds: "f32", "fp16", "bf16", "int8", "int8-tensor".
+bool sparse_value_format(const std::string& value_format);
 
 // Converts the model's weights in place (Linears and embedding tables) according to `spec`.
 // `stats` is required for w8a8 with static_act and used by llm-int8 when given (features whose

@@ -112,11 +112,12 @@ std::vector<Row> rows() {
                  },
                  act, half});
   }
-  // Pruned weights stored as SparseBitmask (50 % is past every crossover), its values in every
-  // value format the format takes.
+  // Pruned weights stored as SparseBitmask (forced, whatever the crossover table says), its
+  // values in every value format the format takes.
   for (std::string m :
        {"magnitude-50", "magnitude-60+int8", "wanda-50+int8", "magnitude-50+int8-tensor"}) {
-    const CompressSpec spec = compress_spec_from_name(m);
+    CompressSpec spec = compress_spec_from_name(m);
+    spec.sparse_storage = CompressSpec::SparseStorage::Sparse;
     r.push_back({m, [spec](const Linear& l) {
                    const ActStats st = stats_for(l);
                    return compress_linear(l, spec, &st);
@@ -124,7 +125,9 @@ std::vector<Row> rows() {
   }
   for (std::string f : {"fp16", "bf16"})
     r.push_back({"magnitude-50(" + f + " values)", [f](const Linear& l) {
-                   Linear s = compress_linear(l, compress_spec_from_name("magnitude-50"));
+                   CompressSpec sp = compress_spec_from_name("magnitude-50");
+                   sp.sparse_storage = CompressSpec::SparseStorage::Sparse;
+                   Linear s = compress_linear(l, sp);
                    SparseBitmask sb = std::get<SparseBitmask>(s.repr);
                    sb.values = Box<Linear>(compress_linear(*sb.values, compress_spec_from_name(f)));
                    return make_linear(l.name, l.in, l.out, std::move(sb));

@@ -208,9 +208,11 @@ TEST_CASE("prune: Wanda keeps the outputs closer than magnitude when input featu
 TEST_CASE("prune: storage follows the crossover; values quantized like the dense weights") {
   const int64_t N = 16, K = 128;
   const Linear l = dense(randn(N * K, 8), N, K);
-  // 50 % with int8 values: sparse, and the same weights as int8 of the pruned dense matrix
-  // (per-row absmax scales do not see the zeros).
-  const Linear s = compress_linear(l, compress_spec_from_name("magnitude-50+int8"));
+  // Sparse storage (forced) at 50 % with int8 values: the same weights as int8 of the pruned
+  // dense matrix (per-row absmax scales do not see the zeros), in fewer bytes.
+  CompressSpec sp = compress_spec_from_name("magnitude-50+int8");
+  sp.sparse_storage = CompressSpec::SparseStorage::Sparse;
+  const Linear s = compress_linear(l, sp);
   REQUIRE(std::holds_alternative<SparseBitmask>(s.repr));
   CHECK(linear_format(s) == "sparse50+int8");
   CHECK(s.weight_bytes() < compress_linear(l, compress_spec_from_name("int8")).weight_bytes());
@@ -218,16 +220,19 @@ TEST_CASE("prune: storage follows the crossover; values quantized like the dense
   const Linear dq = compress_linear(pruned, compress_spec_from_name("int8"));
   const Tensor a = dequantize_weight(s), b = dequantize_weight(dq);
   CHECK(std::equal(a.data<float>(), a.data<float>() + a.numel(), b.data<float>()));
-  // 10 % is below every crossover: dense.
-  CHECK(std::holds_alternative<Quantized>(
-      compress_linear(l, compress_spec_from_name("magnitude-10+int8")).repr));
-  CHECK(std::holds_alternative<Dense>(
-      compress_linear(l, compress_spec_from_name("magnitude-10")).repr));
-  // Value formats without a sparse kernel stay dense (int4 after pruning).
-  CHECK(std::holds_alternative<Quantized>(
-      compress_linear(l, compress_spec_from_name("magnitude-2:4+int4")).repr));
-  CHECK(sparse_storage_wins(0.5, "int8"));
+  // Auto follows the measured crossover table; Dense keeps zeros in the dense format.
+  CHECK(std::holds_alternative<SparseBitmask>(
+            compress_linear(l, compress_spec_from_name("magnitude-50+int8")).repr) ==
+        sparse_storage_wins(0.5, "int8"));
+  sp.sparse_storage = CompressSpec::SparseStorage::Dense;
+  CHECK(std::holds_alternative<Quantized>(compress_linear(l, sp).repr));
+  // Value formats without a sparse kernel stay dense even when sparse storage is asked for.
+  CompressSpec i4 = compress_spec_from_name("magnitude-2:4+int4");
+  i4.sparse_storage = CompressSpec::SparseStorage::Sparse;
+  CHECK(std::holds_alternative<Quantized>(compress_linear(l, i4).repr));
   CHECK_FALSE(sparse_storage_wins(0.9, "nf4-g64"));
+  CHECK(sparse_value_format("fp16"));
+  CHECK_FALSE(sparse_value_format("int8-g32"));
   // fp16 / bf16 weights stay 16-bit after pruning.
   const Linear h = compress_linear(l, compress_spec_from_name("fp16"));
   const Linear hp = compress_linear(h, compress_spec_from_name("magnitude-10"));

@@ -65,8 +65,8 @@ Vals vals_of(const SparseBitmask& w) {
   return a;
 }
 
-// Row n of W as f32 [K] (dst fully written).
-void dequant_row(const uint8_t* mrow, const Vals& v, int64_t n, int64_t K, float* dst) {
+// Row n of W as f32 [K] (dst fully written), the scalar definition.
+void dequant_row_ref(const uint8_t* mrow, const Vals& v, int64_t n, int64_t K, float* dst) {
   int64_t j = 0;
   for (int64_t k = 0; k < K; ++k) dst[k] = (mrow[k >> 3] >> (k & 7)) & 1 ? v.at(n, j++) : 0.f;
 }
@@ -88,10 +88,21 @@ void decode_ref_rows(const SparseBitmask& w, const Vals& v, const float* x, int6
 }
 
 #ifdef MINFER_SPARSE_AVX512
-// Up to 8 mask bytes of a row starting at byte b (bytes past the row read as 0).
+// `nbytes` (2 or 8) mask bytes of a row starting at byte b; bytes past the row read as 0. A
+// fixed-size load inside the row, a byte loop only at its end.
 inline uint64_t mask_bits(const uint8_t* mrow, int64_t b, int64_t kb, int64_t nbytes) {
+  if (b + nbytes <= kb) {
+    if (nbytes == 2) {
+      uint16_t u;
+      std::memcpy(&u, mrow + b, 2);
+      return u;
+    }
+    uint64_t u;
+    std::memcpy(&u, mrow + b, 8);
+    return u;
+  }
   uint64_t u = 0;
-  std::memcpy(&u, mrow + b, size_t(std::min(nbytes, kb - b)));
+  for (int64_t i = 0; b + i < kb; ++i) u |= uint64_t(mrow[b + i]) << (8 * i);
   return u;
 }
 
@@ -164,6 +175,44 @@ void decode_simd(const SparseBitmask& w, const Vals& v, const float* x, int64_t 
 }
 #endif
 
+#ifdef MINFER_SPARSE_AVX512
+// Row n of W as f32 [K] with the kept values expanded into place, 16 inputs per step.
+void dequant_row_simd(const uint8_t* mrow, int64_t kb, const Vals& v, int64_t n, int64_t K,
+                      float* dst) {
+  if (v.kind == Vals::F32) {
+    const float* vp = static_cast<const float*>(v.p) + n * v.ld;
+    for (int64_t k = 0; k < K; k += 16) {
+      const auto mk = __mmask16(mask_bits(mrow, k >> 3, kb, 2));
+      const __mmask16 store = K - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (K - k)) - 1);
+      _mm512_mask_storeu_ps(dst + k, store, _mm512_maskz_expandloadu_ps(mk, vp));
+      vp += std::popcount(unsigned(mk));
+    }
+    return;
+  }
+  const uint8_t* cp = static_cast<const uint8_t*>(v.p) + n * v.ld;
+  const __m512 s = _mm512_set1_ps(v.scale(n));
+  const __m512i flip = _mm512_set1_epi32(128);
+  for (int64_t k = 0; k < K; k += 16) {
+    const auto mk = __mmask16(mask_bits(mrow, k >> 3, kb, 2));
+    const __mmask16 store = K - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (K - k)) - 1);
+    // Codes widened to int32, expanded into place; (u - 128) * s, 0 where not kept.
+    const int pc = std::popcount(unsigned(mk));
+    const __m512i u = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(__mmask16((1u << pc) - 1), cp));
+    const __m512i e = _mm512_maskz_expand_epi32(mk, _mm512_sub_epi32(u, flip));
+    _mm512_mask_storeu_ps(dst + k, store, _mm512_mul_ps(_mm512_cvtepi32_ps(e), s));
+    cp += pc;
+  }
+}
+#endif
+
+void dequant_row(const uint8_t* mrow, int64_t kb, const Vals& v, int64_t n, int64_t K, float* dst) {
+#ifdef MINFER_SPARSE_AVX512
+  if (v.kind == Vals::F32 || v.kind == Vals::I8) return dequant_row_simd(mrow, kb, v, n, K, dst);
+#endif
+  (void)kb;
+  dequant_row_ref(mrow, v, n, K, dst);
+}
+
 bool simd_ok(const Vals& v) {
 #ifdef MINFER_SPARSE_AVX512
   return v.kind == Vals::F32 || v.kind == Vals::I8;
@@ -235,7 +284,8 @@ void sparse_linear(const SparseBitmask& w, const float* x, int64_t T, int64_t ld
     if (buf.size() < size_t(R * K)) buf.resize(size_t(R * K));
     float* tile = buf.data();
     const int64_t n0 = i * R, rows = std::min(R, N - n0);
-    for (int64_t r = 0; r < rows; ++r) dequant_row(m + (n0 + r) * kb, v, n0 + r, K, tile + r * K);
+    for (int64_t r = 0; r < rows; ++r)
+      dequant_row(m + (n0 + r) * kb, kb, v, n0 + r, K, tile + r * K);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(rows), int(K), 1.f, x,
                 int(ldx), tile, int(K), 0.f, y + n0, int(ldy));
   }
