@@ -80,10 +80,13 @@ int main(int argc, char** argv) {
   // 576x1536). The FFN shapes hold 3/4 of the block weights.
   const std::pair<int64_t, int64_t> shapes[] = {{1536, 576}, {576, 1536}, {576, 576}};
   std::printf(
-      "SparseBitmask vs dense, 2 threads, best of 20 (decode) / 5 (prefill); ms per call\n");
-  std::printf("%-10s %-6s %9s %8s %10s %10s %8s %10s %10s %8s\n", "shape", "values", "sparsity",
-              "chosen", "dense T=1", "sparse T=1", "speedup", "dense T=128", "sparse T=128",
-              "speedup");
+      "SparseBitmask vs dense, %d threads, best of 10 passes (decode) / 3 (prefill) over "
+      ">= 64 MB of weight copies; ms per call\n",
+      threads);
+  ms per call\n ");
+      std::printf("%-10s %-6s %9s %8s %10s %10s %8s %10s %10s %8s\n", "shape", "values", "sparsity",
+                  "chosen", "dense T=1", "sparse T=1", "speedup", "dense T=128", "sparse T=128",
+                  "speedup");
   for (const std::string vf : {"f32", "int8"}) {
     double crossover = -1;
     for (double p : {0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7}) {

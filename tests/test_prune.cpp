@@ -6,9 +6,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "compress/compress.h"
+#include "engine/safetensors.h"
 #include "models/model.h"
 #include "test_util.h"
 
@@ -311,4 +313,73 @@ TEST_CASE("prune: calibration records sum of x² per input feature (||X_j||² fo
   REQUIRE(int64_t(got.size()) == C);
   for (int64_t c = 0; c < C; ++c)
     CHECK(got[size_t(c)] == doctest::Approx(want[size_t(c)]).epsilon(1e-4));
+}
+
+namespace {
+class FileTensors final : public TensorSource {
+ public:
+  explicit FileTensors(std::shared_ptr<SafetensorsFile> f) : f_(std::move(f)) {}
+  bool has(const std::string& n) const override { return f_->has(n); }
+  Tensor get(const std::string& n) const override { return f_->get(n); }
+
+ private:
+  std::shared_ptr<SafetensorsFile> f_;
+};
+
+bool same_bytes(const Tensor& a, const Tensor& b) {
+  return a.dtype() == b.dtype() && a.nbytes() == b.nbytes() &&
+         std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+}
+}  // namespace
+
+TEST_CASE("prune: sparse-bitmask reads and writes the compressed-tensors layout") {
+  // Fixture: tests/fixtures/sparse/make_sparse_bitmask_fixture.py (compressed-tensors'
+  // bitmask_compress: packbits little-endian per row, int64 row offsets and shape).
+  auto file = SafetensorsFile::open("tests/fixtures/sparse/sparse_bitmask.safetensors");
+  FileTensors src(file);
+  for (const char* name : {"a", "b", "c"}) {
+    CAPTURE(name);
+    const Tensor dense = file->get(std::string(name) + ".dense");
+    const int64_t out = dense.dim(0), in = dense.dim(1);
+    const Linear l = load_linear(src, name, json{{"repr", "sparse-bitmask"}}, in, out);
+    const Tensor w = dequantize_weight(l), want = dense.to_f32();
+    CHECK(std::equal(w.data<float>(), w.data<float>() + w.numel(), want.data<float>()));
+    // Written back: the same four tensors, byte for byte.
+    std::vector<std::pair<std::string, Tensor>> ts;
+    TensorSink sink{ts};
+    save_linear(l, name, sink);
+    int found = 0;
+    for (const auto& [n, t] : ts)
+      for (const char* f : {".compressed", ".bitmask", ".shape", ".row_offsets"})
+        if (n == std::string(name) + f) {
+          CAPTURE(n);
+          CHECK(same_bytes(t, file->get(n)));
+          ++found;
+        }
+    CHECK(found == 4);
+    // Our own pruning of the dense matrix gives the same layout.
+    const Linear d = make_dense(name, dense, in, out);
+    CompressSpec keep_all = compress_spec_from_name("magnitude-0");
+    keep_all.sparse_storage = CompressSpec::SparseStorage::Sparse;
+    const Linear mine = compress_linear(d, keep_all);
+    const SparseBitmask& sb = std::get<SparseBitmask>(mine.repr);
+    CHECK(same_bytes(sb.bitmask.view({out * ((in + 7) / 8)}),
+                     file->get(std::string(name) + ".bitmask").view({out * ((in + 7) / 8)})));
+    CHECK(same_bytes(sb.row_offsets, file->get(std::string(name) + ".row_offsets")));
+  }
+  // b keeps 8 of 16 in every row (2:4): its values are a view of the file, not a copy.
+  const Linear b = load_linear(src, "b", json{{"repr", "sparse-bitmask"}}, 16, 6);
+  const Dense& bv = std::get<Dense>(std::get<SparseBitmask>(b.repr).values->repr);
+  CHECK(bv.w.raw() == file->get("b.compressed").raw());
+  // A corrupt offset is named.
+  std::vector<std::pair<std::string, Tensor>> ts;
+  TensorSink sink{ts};
+  const Linear a = load_linear(src, "a", json{{"repr", "sparse-bitmask"}}, 20, 7);
+  SparseBitmask bad = std::get<SparseBitmask>(a.repr);
+  bad.row_offsets = bad.row_offsets.clone();
+  bad.row_offsets.data<int64_t>()[2] += 1;
+  CHECK_THROWS_WITH_AS(make_linear("a", 20, 7, bad),
+                       doctest::Contains("sparse 'a': row_offsets[2]"), Error);
+  CHECK_THROWS_WITH_AS(load_linear(src, "a", json{{"repr", "sparse-bitmask"}}, 24, 7),
+                       doctest::Contains("shape tensor"), Error);
 }

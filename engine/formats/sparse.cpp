@@ -156,12 +156,19 @@ SparseBitmask FormatTraits<SparseBitmask>::load(const TensorSource& src, const s
                "sparse '{}': shape tensor must be I64 {{{}, {}}}", name, out, in);
   r.bitmask = src.get(name + ".bitmask");
   r.row_offsets = src.get(name + ".row_offsets");
-  const int64_t kv = meta_field<int64_t>(meta, "kv", name);
-  MINFER_CHECK(kv >= 1 && kv <= in, "sparse '{}': kv must be in [1, {}], found {}", name, in, kv);
   const int64_t kb = mask_bytes(in);
   MINFER_CHECK(r.bitmask.dtype() == DType::U8 && r.bitmask.numel() == out * kb,
                "sparse '{}': bitmask must be U8 [{}, {}], found {} {}", name, out, kb,
                dtype_name(r.bitmask.dtype()), r.bitmask.shape_str());
+  // Values per row: ours record it; a compressed-tensors checkpoint does not (the longest row).
+  int64_t kv = 1;
+  if (meta.is_object() && meta.contains("kv")) {
+    kv = meta_field<int64_t>(meta, "kv", name);
+  } else {
+    for (int64_t n = 0; n < out; ++n)
+      kv = std::max(kv, row_count(r.bitmask.data<uint8_t>() + n * kb, kb));
+  }
+  MINFER_CHECK(kv >= 1 && kv <= in, "sparse '{}': kv must be in [1, {}], found {}", name, in, kv);
   MINFER_CHECK(r.row_offsets.dtype() == DType::I64 && r.row_offsets.numel() == out,
                "sparse '{}': row_offsets must be I64 [{}], found {} {}", name, out,
                dtype_name(r.row_offsets.dtype()), r.row_offsets.shape_str());
@@ -169,7 +176,13 @@ SparseBitmask FormatTraits<SparseBitmask>::load(const TensorSource& src, const s
     r.values = Box<Linear>(load_linear(src, name + ".values", meta["values"], kv, out));
   } else {
     const Tensor c = src.get(name + ".compressed");
-    const DType dt = float_format_dtype(meta_field<std::string>(meta, "values_dtype", name), name);
+    const DType dt =
+        meta.is_object() && meta.contains("values_dtype")
+            ? float_format_dtype(meta_field<std::string>(meta, "values_dtype", name), name)
+            : c.dtype();
+    MINFER_CHECK(dt == DType::F32 || dt == DType::F16 || dt == DType::BF16,
+                 "sparse '{}': compressed values must be F32, F16 or BF16, found {}", name,
+                 dtype_name(dt));
     MINFER_CHECK(c.dtype() == dt && c.ndim() == 1,
                  "sparse '{}': compressed must be 1-D {}, found {} {}", name, dtype_name(dt),
                  dtype_name(c.dtype()), c.shape_str());

@@ -42,7 +42,9 @@ struct FormatTraits<SparseBitmask> {
   // the same mask tensors plus the child under `<name>.values` (meta "values").
   static void save(const SparseBitmask& r, const std::string& name, TensorSink& sink, json& meta);
   // Zero-copy when every row keeps the same count (row pruning, N:M): `compressed` is viewed as
-  // [N, Kv]; otherwise the values are repacked with zero padding.
+  // [N, Kv]; otherwise the values are repacked with zero padding. Reads a compressed-tensors
+  // checkpoint's four tensors as they are (meta {"repr": "sparse-bitmask"} is enough: Kv and the
+  // value dtype come from the tensors).
   static SparseBitmask load(const TensorSource& src, const std::string& name, const json& meta,
                             int64_t in, int64_t out);
   static std::vector<const Linear*> children(const SparseBitmask& r) { return {r.values.get()}; }
