@@ -59,6 +59,23 @@ Linear apply_step(const Linear& l, const MethodSpec& s, const ActStats* stats) {
   }
   const MethodInfo& m = s.info();
   switch (m.kind) {
+    case MethodKind::Prune: {
+      std::vector<float> norm;
+      if (s.prune.score == PruneScore::Wanda) {
+        const std::vector<double>* sq = nullptr;
+        if (stats) {
+          const auto it = stats->sumsq.find(l.name);
+          if (it != stats->sumsq.end()) sq = &it->second;
+        }
+        MINFER_CHECK(sq != nullptr && int64_t(sq->size()) == l.in,
+                     "{}: no calibration statistics (||X_j||) for '{}' (run a calibration pass: "
+                     "compress --calibrate FILE)",
+                     method_spec_name(s), l.name);
+        norm.resize(size_t(l.in));
+        for (int64_t j = 0; j < l.in; ++j) norm[size_t(j)] = float(std::sqrt((*sq)[size_t(j)]));
+      }
+      return prune_linear(l, s.prune, norm.empty() ? nullptr : norm.data());
+    }
     case MethodKind::Float:
     case MethodKind::WeightQuant:
     case MethodKind::ActQuant:
@@ -87,22 +104,24 @@ Linear apply_step(const Linear& l, const MethodSpec& s, const ActStats* stats) {
   return quantize_linear(l, q);
 }
 
-// The method that decides the stored format: the last per-Linear step, "f32" for a chain of
-// structured steps only (the pruned weights stay f32).
-std::string last_linear_method(const CompressSpec& s) {
-  for (auto it = s.steps.rbegin(); it != s.steps.rend(); ++it)
-    if (it->info().kind != MethodKind::Structured) return it->method;
+// The method that decides the stored format: the last per-Linear step that is not a prune step,
+// "f32" for a chain of structured and prune steps only (the weights stay f32).
+std::string storage_method(const CompressSpec& s) {
+  for (auto it = s.steps.rbegin(); it != s.steps.rend(); ++it) {
+    const MethodKind k = it->info().kind;
+    if (k != MethodKind::Structured && k != MethodKind::Prune) return it->method;
+  }
   return "f32";
 }
 
 std::string default_head_format(const CompressSpec& s) {
-  const std::string m = last_linear_method(s);
+  const std::string m = storage_method(s);
   if (is_float_method(m)) return m;
   return "int8";
 }
 
 std::string default_embed_format(const CompressSpec& s) {
-  const std::string m = last_linear_method(s);
+  const std::string m = storage_method(s);
   return m == "f32" || m == "bf16" ? m : "fp16";
 }
 
@@ -110,6 +129,7 @@ std::string default_embed_format(const CompressSpec& s) {
 CompressSpec spec_for_format(const std::string& format, const CompressSpec& base) {
   CompressSpec s = compress_spec_from_name(format);
   for (MethodSpec& step : s.steps) step.threshold = base.last().threshold;
+  s.sparse_storage = base.sparse_storage;
   return s;
 }
 
@@ -133,10 +153,15 @@ class Calibrator final : public LinearObserver {
   explicit Calibrator(ActStats& st) : st_(st) {}
   void observe(const Linear& w, const float* x, int64_t rows, int64_t ld) override {
     std::vector<float>& m = st_.absmax[w.name];
+    std::vector<double>& q = st_.sumsq[w.name];
     if (m.empty()) m.assign(size_t(w.in), 0.f);
+    if (q.empty()) q.assign(size_t(w.in), 0.0);
     for (int64_t r = 0; r < rows; ++r)
-      for (int64_t c = 0; c < w.in; ++c)
-        m[size_t(c)] = std::max(m[size_t(c)], std::fabs(x[r * ld + c]));
+      for (int64_t c = 0; c < w.in; ++c) {
+        const float v = x[r * ld + c];
+        m[size_t(c)] = std::max(m[size_t(c)], std::fabs(v));
+        q[size_t(c)] += double(v) * double(v);
+      }
   }
 
  private:
@@ -175,12 +200,62 @@ std::string compress_spec_name(const CompressSpec& s) {
   return n;
 }
 
+bool sparse_storage_wins(double sparsity, const std::string& value_format) {
+  // Lowest sparsity at which SparseBitmask decodes faster than the dense format with the same
+  // values (T = 1, SmolLM2-135M shapes, weights streamed from memory; bench/bench_sparse.cpp,
+  // docs/pruning.md). On the development machine (AMD EPYC, Zen 4 AVX-512) no value format won
+  // clearly at any sparsity from 10 to 70 %: f32 was within noise of dense, int8 2-5x slower
+  // (the expand instructions cost more than the bytes saved). So the table is empty and Auto
+  // stores pruned weights dense; add a row when a kernel wins on the machine that measures it.
+  struct Crossover {
+    const char* format;
+    double min_sparsity;
+  };
+  static constexpr Crossover kCrossover[] = {{"", 2.0}};  // no format wins yet
+  for (const Crossover& c : kCrossover)
+    if (value_format == c.format) return sparsity >= c.min_sparsity;
+  return false;
+}
+
+bool sparse_value_format(const std::string& f) {
+  return f == "f32" || f == "fp16" || f == "bf16" || f == "int8" || f == "int8-tensor";
+}
+
 Linear compress_linear(const Linear& l, const CompressSpec& spec, const ActStats* stats) {
   Linear q = l;
+  // Structured steps were applied to the whole model already (compress/structured.h).
+  std::vector<MethodSpec> steps;
   for (const MethodSpec& step : spec.steps)
-    if (step.info().kind != MethodKind::Structured)  // already applied to the whole model
-      q = apply_step(q, step, stats);
-  return q;
+    if (step.info().kind != MethodKind::Structured) steps.push_back(step);
+  size_t i = 0;
+  for (; i < steps.size() && steps[i].is_prune(); ++i) q = apply_step(q, steps[i], stats);
+  if (i == 0) {
+    for (const MethodSpec& step : steps) q = apply_step(q, step, stats);
+    return q;
+  }
+  // Pruned: the dense result of the rest of the chain, or the sparse format with the rest of the
+  // chain applied to its packed values, whichever the measured crossover says decodes faster.
+  const Tensor w = dequantize_weight(q);
+  const float* pw = w.data<float>();
+  int64_t zeros = 0;
+  for (int64_t j = 0; j < w.numel(); ++j) zeros += pw[j] == 0.f;
+  const double sparsity = double(zeros) / double(w.numel());
+  std::string value_format = i < steps.size() ? method_spec_name(steps[i]) : "";
+  if (value_format.empty()) value_format = linear_format(q);
+  using SS = CompressSpec::SparseStorage;
+  const bool sparse = spec.sparse_storage == SS::Sparse ? sparse_value_format(value_format)
+                      : spec.sparse_storage == SS::Dense
+                          ? false
+                          : sparse_storage_wins(sparsity, value_format);
+  if (!sparse) {
+    for (size_t j = i; j < steps.size(); ++j) q = apply_step(q, steps[j], stats);
+    return q;
+  }
+  SparseBitmask sb = sparse_bitmask_from_dense(pw, l.in, l.out, l.name);
+  Linear vals = *sb.values;
+  for (size_t j = i; j < steps.size(); ++j) vals = apply_step(vals, steps[j], nullptr);
+  sb.values = Box<Linear>(std::move(vals));
+  return make_linear(l.name, l.in, l.out, std::move(sb), q.bias);
 }
 
 // ---- calibration -------------------------------------------------------------------------
@@ -233,11 +308,18 @@ void validate_compress_spec(const CompressSpec& s) {
                    method_spec_name(s.steps[k]));
   for (size_t i = 0; i < s.steps.size(); ++i) {
     if (s.steps[i].info().kind == MethodKind::Structured) continue;
-    // Every registered method so far turns float weights into its format: only the last step
-    // may be one (pruning / low-rank steps, which keep float weights, come before it).
-    MINFER_CHECK(i + 1 == s.steps.size(),
-                 "compression chain '{}': '{}' must come last (a quantizer needs float weights)",
-                 compress_spec_name(s), method_spec_name(s.steps[i]));
+    // Prune steps keep float weights and come first; every other method turns float weights
+    // into its format, so only the last step may be one.
+    for (size_t j = i + 1; j < s.steps.size() && !s.steps[i].is_prune(); ++j)
+      MINFER_CHECK(!s.steps[j].is_prune(),
+                   "compression chain '{}': prune step '{}' must come before '{}' (pruning takes "
+                   "float weights)",
+                   compress_spec_name(s), method_spec_name(s.steps[j]),
+                   method_spec_name(s.steps[i]));
+    if (!s.steps[i].is_prune())
+      MINFER_CHECK(i + 1 == s.steps.size(),
+                   "compression chain '{}': '{}' must come last (a quantizer needs float weights)",
+                   compress_spec_name(s), method_spec_name(s.steps[i]));
   }
   if (!s.embed_format.empty())
     MINFER_CHECK(is_float_method(s.embed_format),
@@ -313,6 +395,26 @@ CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats
   }
 
   std::vector<Linear*> lins = m.linears();
+  // Global magnitude pruning: one threshold over every block linear the default chain prunes
+  // (the head and --keep overrides excluded), turned into a count per matrix.
+  std::map<std::string, std::vector<int64_t>> global_counts;  // name -> count per chain step
+  for (size_t si = 0; si < spec.steps.size(); ++si) {
+    if (!spec.steps[si].is_prune() || spec.steps[si].prune.scope != PruneScope::Global) continue;
+    MINFER_CHECK(si == 0, "{}: global pruning must be the first step of the chain",
+                 compress_spec_name(spec));
+    std::vector<const Linear*> targets;
+    for (const Linear* w : lins) {
+      const Dense* d = std::get_if<Dense>(&w->repr);
+      bool tied = false;
+      if (d)
+        for (const auto& [old, t] : tables)
+          tied = tied || d->w.raw() == t->raw() || d->w.raw() == old;
+      if (!tied && w->name != kHeadName && &pick(w->name, keep, spec) == &spec)
+        targets.push_back(w);
+    }
+    const std::vector<int64_t> c = global_prune_counts(targets, spec.steps[si].prune.sparsity);
+    for (size_t i = 0; i < targets.size(); ++i) global_counts[targets[i]->name].push_back(c[i]);
+  }
   Progress bar("compress", int64_t(lins.size()), progress);
   int64_t done = 0;
   for (Linear* w : lins) {
@@ -330,7 +432,14 @@ CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats
       w->repr = Dense{*table, false};
       tr = {w->name, head_method, 0, 0, 0.0};
     } else {
-      const CompressSpec& s = is_head ? head_spec : pick(w->name, keep, spec);
+      const CompressSpec& picked = is_head ? head_spec : pick(w->name, keep, spec);
+      CompressSpec with_counts;
+      const auto gc = global_counts.find(w->name);
+      if (&picked == &spec && gc != global_counts.end()) {
+        with_counts = spec;
+        with_counts.steps[0].prune.global_count = gc->second[0];
+      }
+      const CompressSpec& s = gc != global_counts.end() && &picked == &spec ? with_counts : picked;
       Linear q = compress_linear(*w, s, stats);
       const Distortion dist = measure(*w, q);
       q.name = is_head ? kHeadName : w->name;  // an untied head is stored as lm_head.weight
@@ -393,6 +502,33 @@ void save_compressed(Model& m, const Tokenizer* tok, const std::string& out_dir,
     if (w->bias.defined()) sink.put(w->name.substr(0, w->name.size() - 7) + ".bias", w->bias);
   }
   if (head_untied) config["tie_word_embeddings"] = false;
+  // Sparse weights are written in compressed-tensors' sparse-bitmask layout; its config block
+  // says which modules are compressed so vLLM-style loaders find them.
+  {
+    json targets = json::array();
+    int64_t kept = 0, total = 0;
+    for (Linear* w : m.linears())
+      if (const auto* sb = std::get_if<SparseBitmask>(&w->repr)) {
+        targets.push_back(w->name.substr(0, w->name.size() - 7));
+        total += w->in * w->out;
+        kept += int64_t(
+            std::llround((1.0 - sparse_sparsity(*sb, w->in, w->out)) * double(w->in * w->out)));
+      }
+    if (!targets.empty()) {
+      std::string structure = "unstructured";
+      for (const MethodSpec& st : spec.steps)
+        if (st.is_prune() && st.prune.m > 0)
+          structure = fmt::format("{}:{}", st.prune.n, st.prune.m);
+      config["quantization_config"] = {{"quant_method", "compressed-tensors"},
+                                       {"format", "sparse-bitmask"},
+                                       {"sparsity_config",
+                                        {{"format", "sparse-bitmask"},
+                                         {"global_sparsity", 1.0 - double(kept) / double(total)},
+                                         {"sparsity_structure", structure},
+                                         {"targets", targets},
+                                         {"ignore", json::array()}}}};
+    }
+  }
   const MethodSpec& ls = spec.last();
   json opts = {{"group", ls.quant.group},           {"per_channel", ls.quant.per_channel},
                {"asymmetric", ls.quant.asymmetric}, {"double_quant", ls.quant.double_quant},

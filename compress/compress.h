@@ -31,6 +31,11 @@ struct CompressSpec {
   // untied on save.
   std::string head_format;
 
+  // How pruned weights are stored: Auto = the measured decode crossover (sparse_storage_wins),
+  // Sparse = the SparseBitmask format whenever its value format is supported (smaller files,
+  // compressed-tensors layout), Dense = the dense result of the chain (zeros stored).
+  enum class SparseStorage : uint8_t { Auto, Sparse, Dense } sparse_storage = SparseStorage::Auto;
+
   // The step that decides the stored format (the last one).
   const MethodSpec& last() const { return steps.back(); }
   MethodSpec& last() { return steps.back(); }
@@ -47,10 +52,12 @@ void validate_compress_spec(const CompressSpec& spec);
 // The canonical name of a spec's chain (inverse of the above), e.g. "nf4-g64-dq".
 std::string compress_spec_name(const CompressSpec& spec);
 
-// Per-Linear activation statistics from a calibration pass: max |x| per input feature over all
-// calibration tokens, keyed by the Linear's name.
+// Per-Linear activation statistics from a calibration pass, keyed by the Linear's name: max |x|
+// per input feature and the sum of x² per input feature (||X_j||_2² for Wanda) over all
+// calibration tokens.
 struct ActStats {
   std::map<std::string, std::vector<float>> absmax;
+  std::map<std::string, std::vector<double>> sumsq;
   int64_t tokens = 0;
 };
 
@@ -78,7 +85,19 @@ struct CompressReport {
 
 // One Linear through the chain (a step at a time, left to right). `stats` as for compress_model.
 // Throws naming the tensor and the step when a step cannot take the weight it is given.
+// After prune steps (magnitude, wanda) the storage is chosen here: the sparse bitmask format
+// (engine/formats/sparse.h) with the rest of the chain applied to its packed values, or the
+// dense result of the chain, whichever decodes faster at the matrix's sparsity
+// (sparse_storage_wins).
 Linear compress_linear(const Linear& l, const CompressSpec& spec, const ActStats* stats = nullptr);
+
+// The measured decode crossover (docs/pruning.md, bench/sparse_crossover): true when a matrix
+// with this share of zero weights decodes faster as SparseBitmask with `value_format` values
+// ("f32", "int8", ...) than dense in the same format. Value formats without a fast sparse kernel
+// never win.
+bool sparse_storage_wins(double sparsity, const std::string& value_format);
+// True for the value formats SparseBitmask holds: "f32", "fp16", "bf16", "int8", "int8-tensor".
+bool sparse_value_format(const std::string& value_format);
 
 // Converts the model's weights in place (Linears and embedding tables) according to `spec`.
 // `stats` is required for w8a8 with static_act and used by llm-int8 when given (features whose

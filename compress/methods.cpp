@@ -35,6 +35,10 @@ constexpr MethodInfo kMethods[] = {
      "-<pct>: remove that share of FFN neurons per layer (calibrated, Wanda-sp scores)"},
     {"layers", MethodKind::Structured, kOptAmount,
      "-<n>: drop the n blocks whose removal changes the calibration loss least"},
+    {"magnitude", MethodKind::Prune, kOptSparsity,
+     "prune the <pct> % smallest |w| per row (-layer, -global), or N:M (magnitude-2:4)"},
+    {"wanda", MethodKind::Prune, kOptSparsity,
+     "prune by |w| * ||x||_2 per row (Sun et al. 2023; calibration), <pct> or N:M (wanda-2:4)"},
 };
 
 std::vector<std::string> split(const std::string& s, char sep) {
@@ -76,7 +80,7 @@ const MethodInfo* find_method(std::string_view name) {
 
 std::string methods_help() {
   std::string s;
-  for (const MethodInfo& m : kMethods) s += fmt::format("  {:<9} {}\n", m.name, m.summary);
+  for (const MethodInfo& m : kMethods) s += fmt::format("  {:<10} {}\n", m.name, m.summary);
   return s;
 }
 
@@ -99,7 +103,7 @@ bool MethodSpec::uses_calibration() const {
 }
 
 bool MethodSpec::needs_calibration() const {
-  return method == "w8a8" && static_act;
+  return (method == "w8a8" && static_act) || method == "wanda";
 }
 
 void validate_method_spec(const MethodSpec& s) {
@@ -138,6 +142,11 @@ void validate_method_spec(const MethodSpec& s) {
   }
   MINFER_CHECK(std::isfinite(s.threshold) && s.threshold > 0,
                "llm-int8: threshold must be a positive number, got {}", s.threshold);
+  if (m.kind == MethodKind::Prune) {
+    MINFER_CHECK((s.method == "wanda") == (s.prune.score == PruneScore::Wanda),
+                 "method '{}': prune score does not match the method", s.method);
+    validate_prune_spec(s.prune, s.method);
+  }
 }
 
 MethodSpec method_spec_from_name(const std::string& name) {
@@ -158,6 +167,50 @@ MethodSpec method_spec_from_name(const std::string& name) {
                 known_methods());
   }
   const MethodInfo& m = s.info();
+  if (m.kind == MethodKind::Prune) {
+    s.prune.score = s.method == "wanda" ? PruneScore::Wanda : PruneScore::Magnitude;
+    MINFER_CHECK(parts.size() >= 2 && parts.size() <= 3 && !parts[1].empty(),
+                 "compression method '{}': expected {}-<pct> (percent of weights removed, e.g. "
+                 "{}-50), {}-N:M (e.g. {}-2:4), optionally -row/-layer/-global",
+                 name, s.method, s.method, s.method, s.method);
+    const std::string& a = parts[1];
+    const size_t colon = a.find(':');
+    auto number = [&](const std::string& t, const char* what) {
+      MINFER_CHECK(
+          !t.empty() && t.size() < 10 &&
+              std::all_of(t.begin(), t.end(), [](char c) { return ::isdigit(c) || c == '.'; }) &&
+              std::count(t.begin(), t.end(), '.') <= 1 && t != ".",
+          "compression method '{}': {} '{}' is not a number", name, what, t);
+      return std::stod(t);
+    };
+    if (colon != std::string::npos) {
+      const double n = number(a.substr(0, colon), "N of N:M"),
+                   mm = number(a.substr(colon + 1), "M of N:M");
+      MINFER_CHECK(n == std::floor(n) && mm == std::floor(mm),
+                   "compression method '{}': N:M takes whole numbers", name);
+      MINFER_CHECK(n < mm,
+                   "compression method '{}': N:M keeps N of every M weights, so N < M "
+                   "(got N = {}, M = {})",
+                   name, n, mm);
+      s.prune.n = int(n);
+      s.prune.m = int(std::min(mm, 1e6));
+    } else {
+      const double pct = number(a, "sparsity");
+      MINFER_CHECK(pct < 100, "compression method '{}': sparsity must be in [0, 100) %, got {}",
+                   name, pct);
+      s.prune.sparsity = pct / 100.0;
+    }
+    if (parts.size() == 3) {
+      const std::string& sc = parts[2];
+      MINFER_CHECK(sc == "row" || sc == "layer" || sc == "global",
+                   "compression method '{}': unknown scope '{}' (row, layer or global)", name, sc);
+      s.prune.scope = sc == "row"     ? PruneScope::Row
+                      : sc == "layer" ? PruneScope::Layer
+                                      : PruneScope::Global;
+    }
+    validate_method_spec(s);
+    return s;
+  }
   auto need = [&](unsigned opt, const std::string& p, const char* owner) {
     MINFER_CHECK(m.options & opt, "{}: '-{}' is an {} option", name, p, owner);
   };
@@ -209,6 +262,13 @@ MethodSpec method_spec_from_name(const std::string& name) {
 
 std::string method_spec_name(const MethodSpec& s) {
   std::string n = s.method;
+  if (find_method(s.method) && s.info().kind == MethodKind::Prune) {
+    if (s.prune.m > 0) return fmt::format("{}-{}:{}", n, s.prune.n, s.prune.m);
+    n += fmt::format("-{:g}", s.prune.sparsity * 100);
+    if (s.prune.scope == PruneScope::Layer) n += "-layer";
+    if (s.prune.scope == PruneScope::Global) n += "-global";
+    return n;
+  }
   if (s.method == "int8" && !s.quant.per_channel && s.quant.group == 0) n += "-tensor";
   if (s.method == "int4" || s.method == "nf4" || (s.method == "int8" && s.quant.group > 0))
     n += fmt::format("-g{}",

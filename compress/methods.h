@@ -4,8 +4,11 @@
 //   chain  := step ('+' step)*              applied left to right, e.g. "wanda-50+int8"
 //   step   := name ('-' option)*            e.g. "int4-g64", "int4-g128-asym", "nf4-dq",
 //                                            "int8-tensor", "ternary-row", "w8a8-static"
+//           | prune '-' (<pct> | N:M) ('-' scope)?   e.g. "wanda-50", "magnitude-30-layer",
+//                                            "wanda-2:4" (compress/prune.h)
 //   option := g<N> | asym | dq | tensor | row | static | dynamic   (only those the method takes)
 //           | <number>                 structured pruning amount: "ffn-20", "heads-40", "layers-4"
+//   scope  := row | layer | global          (magnitude only; row is the default)
 // The registry below is the list --help, the docs, bench and the tests print and loop over.
 #pragma once
 #include <span>
@@ -13,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "compress/prune.h"
 #include "compress/quantize.h"
 
 namespace minfer {
@@ -23,6 +27,7 @@ enum class MethodKind : uint8_t {
   ActQuant,     // int8 weights and int8 activations: Int8WithOutliers (llm-int8), W8A8
   Structured,   // whole-model step before the per-Linear ones: heads / FFN neurons / blocks
                 // removed (compress/structured.h), a smaller dense model
+  Prune,        // float weights in, float weights with zeros out (magnitude, wanda); comes first
 };
 
 // Option suffixes a method accepts (bit set).
@@ -34,6 +39,7 @@ enum MethodOption : unsigned {
   kOptRow = 1u << 4,     // -row: one scale per row (ternary)
   kOptStatic = 1u << 5,  // -static / -dynamic: activation scales from calibration or per token
   kOptAmount = 1u << 6,  // -<number>: how much a structured step removes (percent or blocks)
+  kOptSparsity = 1u << 7,  // -<pct> | -N:M (required), -row/-layer/-global scope for magnitude
 };
 
 struct MethodInfo {
@@ -60,9 +66,12 @@ struct MethodSpec {
   bool static_act = false;      // w8a8: per-tensor activation scales from calibration
   double amount = -1;           // structured: heads / ffn: percent removed per layer, [0, 100);
                                 // layers: blocks dropped. -1 = not given
+  PruneSpec prune;              // magnitude / wanda: sparsity or N:M, scope
 
   const MethodInfo& info() const;  // throws for an unregistered name
-  // True when the step reads calibration statistics (w8a8-static needs them, llm-int8 uses them).
+  bool is_prune() const { return info().kind == MethodKind::Prune; }
+  // True when the step reads calibration statistics (w8a8-static and wanda need them, llm-int8
+  // uses them).
   bool uses_calibration() const;
   bool needs_calibration() const;
 };

@@ -11,6 +11,7 @@
 #include "engine/formats/llm_int8.h"
 #include "engine/formats/low_rank.h"
 #include "engine/formats/quantized.h"
+#include "engine/formats/sparse.h"
 #include "engine/formats/w8a8.h"
 #include "engine/tensor.h"
 
@@ -19,7 +20,7 @@ namespace minfer {
 // The format table: every weight format, one alternative each. Every std::visit over it uses
 // `overloaded` with one overload per alternative (or a generic lambda that calls
 // FormatTraits<R>), so adding an alternative breaks the build at every site that must handle it.
-using LinearRepr = std::variant<Dense, Quantized, Int8WithOutliers, W8A8, LowRank>;
+using LinearRepr = std::variant<Dense, Quantized, Int8WithOutliers, W8A8, LowRank, SparseBitmask>;
 
 template <typename... F>
 struct overloaded : F... {

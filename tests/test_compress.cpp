@@ -109,19 +109,20 @@ TEST_CASE("compress: method names parse, print back, and reject what does not ex
                        Error);
   CHECK(compress_spec_from_name("int4-g64").steps.size() == 1);
   CHECK(compress_spec_from_name("llm-int8").last().method == "llm-int8");
-  // Every registered method parses by its own name (the list --help and the docs print).
+  // Every registered method parses by its own name (the list --help and the docs print); prune
+  // methods take their sparsity as an argument.
   for (const MethodInfo& m : method_registry()) {
     CAPTURE(std::string(m.name));
-    // Structured pruning steps need their amount ("ffn-20").
-    const std::string n = std::string(m.name) + (m.options & kOptAmount ? "-20" : "");
-    CHECK(compress_spec_from_name(n).last().method == m.name);
+    // Structured and prune steps need their amount ("ffn-20", "wanda-50").
+    const std::string arg =
+        (m.options & kOptAmount) ? "-20" : m.kind == MethodKind::Prune ? "-50" : "";
+    CHECK(compress_spec_from_name(std::string(m.name) + arg).last().method == m.name);
   }
   // Chains: the grammar exists; only a last step may quantize (every registered method does).
   CHECK_THROWS_WITH_AS(compress_spec_from_name("int8+int4"), doctest::Contains("must come last"),
                        Error);
   CHECK_THROWS_WITH_AS(compress_spec_from_name("int8+"), doctest::Contains("empty step"), Error);
-  CHECK_THROWS_WITH_AS(compress_spec_from_name("wanda-50+int8"),
-                       doctest::Contains("unknown compression method 'wanda-50'"), Error);
+  CHECK(compress_spec_from_name("wanda-50+int8").steps.size() == 2);
   CHECK_THROWS_WITH_AS(compress_spec_from_name("int3"), doctest::Contains("unknown compression"),
                        Error);
   CHECK_THROWS_WITH_AS(compress_spec_from_name("int8-asym"), doctest::Contains("int4 option"),

@@ -66,6 +66,7 @@ ActStats stats_for(const Linear& l) {
   a[3] = 20.f;
   if (l.in > 10) a[10] = 8.f;
   s.absmax[l.name] = a;
+  for (float v : a) s.sumsq[l.name].push_back(double(v) * v);
   s.tokens = 1;
   return s;
 }
@@ -111,6 +112,26 @@ std::vector<Row> rows() {
                  },
                  act, half});
   }
+  // Pruned weights stored as SparseBitmask (forced, whatever the crossover table says), its
+  // values in every value format the format takes.
+  for (std::string m :
+       {"magnitude-50", "magnitude-60+int8", "wanda-50+int8", "magnitude-50+int8-tensor"}) {
+    CompressSpec spec = compress_spec_from_name(m);
+    spec.sparse_storage = CompressSpec::SparseStorage::Sparse;
+    r.push_back({m, [spec](const Linear& l) {
+                   const ActStats st = stats_for(l);
+                   return compress_linear(l, spec, &st);
+                 }});
+  }
+  for (std::string f : {"fp16", "bf16"})
+    r.push_back({"magnitude-50(" + f + " values)", [f](const Linear& l) {
+                   CompressSpec sp = compress_spec_from_name("magnitude-50");
+                   sp.sparse_storage = CompressSpec::SparseStorage::Sparse;
+                   Linear s = compress_linear(l, sp);
+                   SparseBitmask sb = std::get<SparseBitmask>(s.repr);
+                   sb.values = Box<Linear>(compress_linear(*sb.values, compress_spec_from_name(f)));
+                   return make_linear(l.name, l.in, l.out, std::move(sb));
+                 }});
   r.push_back({"lowrank(f32)", [](const Linear& l) { return lowrank_of(l, 3, "f32"); }});
   r.push_back({"lowrank(int8)", [](const Linear& l) { return lowrank_of(l, 4, "int8"); }});
   return r;

@@ -51,6 +51,16 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 100000));
   app.add_option("--calib-len", calib_len, "tokens per calibration window")
       ->check(CLI::Range(int64_t(2), int64_t(1) << 20));
+  std::string sparse_storage = "auto";
+  app.add_option("--sparse-storage", sparse_storage,
+                 "pruned weights: auto (sparse where the measured decode crossover says it is "
+                 "faster), sparse (the sparse-bitmask format, compressed-tensors layout), dense")
+      ->check(CLI::IsMember({"auto", "sparse", "dense"}));
+  std::string prune_scope;
+  app.add_option("--prune-scope", prune_scope,
+                 "magnitude-<pct>: compare |w| per output row (default), per layer, or over the "
+                 "whole model")
+      ->check(CLI::IsMember({"row", "layer", "global"}));
   app.add_option("--keep", keep,
                  "PATTERN=FORMAT override by HF weight name glob, e.g. "
                  "'*.mlp.down_proj.weight=int8' or 'lm_head.weight=fp16' (repeatable)");
@@ -77,6 +87,20 @@ int main(int argc, char** argv) {
     if (dq) last.quant.double_quant = true;
     if (ternary_row) last.quant.ternary_per_row = true;
     for (MethodSpec& step : spec.steps) step.threshold = threshold;
+    spec.sparse_storage = sparse_storage == "sparse"  ? CompressSpec::SparseStorage::Sparse
+                          : sparse_storage == "dense" ? CompressSpec::SparseStorage::Dense
+                                                      : CompressSpec::SparseStorage::Auto;
+    if (!prune_scope.empty()) {
+      bool any = false;
+      for (MethodSpec& step : spec.steps)
+        if (step.is_prune()) {
+          step.prune.scope = prune_scope == "layer"    ? PruneScope::Layer
+                             : prune_scope == "global" ? PruneScope::Global
+                                                       : PruneScope::Row;
+          any = true;
+        }
+      MINFER_CHECK(any, "--prune-scope: the chain '{}' has no prune step", method);
+    }
     spec.embed_format = embed_format;
     spec.head_format = head_format;
     for (const std::string& k : keep) {
@@ -109,6 +133,10 @@ int main(int argc, char** argv) {
     MINFER_CHECK(has_tok || calib_path.empty(), "{}: --calibrate needs the model's tokenizer.json",
                  resolved);
     LoadedModel lm = open_model(resolved, *be, has_tok);
+    MINFER_CHECK(!spec.needs_calibration() || lm.model->config().causal(),
+                 "{}: calibration runs causal LMs only, and '{}' is a '{}' model (use magnitude "
+                 "pruning or a method without calibration)",
+                 compress_spec_name(spec), resolved, lm.model->config().model_type);
     ActStats stats;
     const ActStats* sp = nullptr;
     if (!calib_path.empty()) {

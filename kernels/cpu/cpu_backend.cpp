@@ -15,6 +15,7 @@
 #include "kernels/cpu/dense.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/quant_act.h"
+#include "kernels/cpu/sparse.h"
 
 namespace minfer {
 
@@ -124,6 +125,9 @@ class CpuBackend final : public Backend {
               const Mat H{lowrank_tmp_.data(), X.rows, rank, rank};
               linear_mat(X, H, *r.v);
               linear_mat(H, Y, *r.u);
+            },
+            [&](const SparseBitmask& r) {
+              sparse_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out);
             },
         },
         w.repr);

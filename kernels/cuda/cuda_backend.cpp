@@ -102,7 +102,7 @@ struct Scratch {
 
 // A weight as the device holds it. `magic` tells our copies from another backend's.
 constexpr uint64_t kMagic = 0x6d696e6665724355ull ^ sizeof(QWeight);
-enum class LKind { Dense, Quantized, LlmInt8, W8A8, LowRank };
+enum class LKind { Dense, Quantized, LlmInt8, W8A8, LowRank, Sparse };
 struct DeviceLinear {
   uint64_t magic = kMagic;
   LKind kind = LKind::Dense;
@@ -120,6 +120,9 @@ struct DeviceLinear {
   // LowRank: the factors' own device copies (V: in -> rank, U: rank -> out).
   std::shared_ptr<DeviceLinear> lr_v, lr_u;
   int64_t rank = 0;
+  // Sparse: the mask and the packed values (or codes) with their scales, as on the host.
+  SWeight sw;
+  Tensor mask, vals, vscales;
 };
 
 // A 2-D f32 device view (the CPU backend's Mat, on the device).
@@ -274,44 +277,68 @@ class CudaBackend final : public Backend {
     // One overload per format of the table (engine/linear.h); the format's invariants were
     // checked when the Linear was made or loaded, and are checked again here (once per upload).
     check_linear(w);
-    std::visit(overloaded{
-                   [&](const Dense& r) {
-                     d->kind = LKind::Dense;
-                     d->w =
-                         upload(r.w);  // a weight already on the device (tied embedding) is shared
-                     d->transposed = r.transposed;
-                   },
-                   [&](const Quantized& r) {
-                     d->kind = LKind::Quantized;
-                     quantized(r);
-                   },
-                   [&](const Int8WithOutliers& r) {
-                     d->kind = LKind::LlmInt8;
-                     quantized(r.w);
-                     d->threshold = r.threshold;
-                     std::vector<int32_t> ci(size_t(w.in), -1);
-                     d->m = r.outlier_cols.defined() ? r.outlier_cols.numel() : 0;
-                     for (int64_t j = 0; j < d->m; ++j)
-                       ci[size_t(r.outlier_cols.template data<int32_t>()[j])] = int32_t(j);
-                     Tensor h = Tensor::empty(DType::I32, {w.in});
-                     std::memcpy(h.raw(), ci.data(), ci.size() * 4);
-                     d->col_index = upload(h);
-                     if (d->m > 0) d->outlier_w = upload(r.outlier_w);
-                   },
-                   [&](const W8A8& r) {
-                     d->kind = LKind::W8A8;
-                     quantized(r.w);
-                     d->act = r.act;
-                     d->act_scale = r.act_scale;
-                   },
-                   [&](const LowRank& r) {
-                     d->kind = LKind::LowRank;
-                     d->rank = r.v->out;
-                     d->lr_v = make_device_linear(*r.v);
-                     d->lr_u = make_device_linear(*r.u);
-                   },
-               },
-               w.repr);
+    std::visit(
+        overloaded{
+            [&](const Dense& r) {
+              d->kind = LKind::Dense;
+              d->w = upload(r.w);  // a weight already on the device (tied embedding) is shared
+              d->transposed = r.transposed;
+            },
+            [&](const Quantized& r) {
+              d->kind = LKind::Quantized;
+              quantized(r);
+            },
+            [&](const Int8WithOutliers& r) {
+              d->kind = LKind::LlmInt8;
+              quantized(r.w);
+              d->threshold = r.threshold;
+              std::vector<int32_t> ci(size_t(w.in), -1);
+              d->m = r.outlier_cols.defined() ? r.outlier_cols.numel() : 0;
+              for (int64_t j = 0; j < d->m; ++j)
+                ci[size_t(r.outlier_cols.template data<int32_t>()[j])] = int32_t(j);
+              Tensor h = Tensor::empty(DType::I32, {w.in});
+              std::memcpy(h.raw(), ci.data(), ci.size() * 4);
+              d->col_index = upload(h);
+              if (d->m > 0) d->outlier_w = upload(r.outlier_w);
+            },
+            [&](const W8A8& r) {
+              d->kind = LKind::W8A8;
+              quantized(r.w);
+              d->act = r.act;
+              d->act_scale = r.act_scale;
+            },
+            [&](const LowRank& r) {
+              d->kind = LKind::LowRank;
+              d->rank = r.v->out;
+              d->lr_v = make_device_linear(*r.v);
+              d->lr_u = make_device_linear(*r.u);
+            },
+            [&](const SparseBitmask& r) {
+              d->kind = LKind::Sparse;
+              const Linear& v = *r.values;
+              d->mask = upload(r.bitmask);
+              SWeight& sw = d->sw;
+              sw.mask = d->mask.data<uint8_t>();
+              sw.kb = r.bitmask.dim(1);
+              sw.K = w.in;
+              sw.N = w.out;
+              sw.ld = v.in;
+              if (const Dense* dv = std::get_if<Dense>(&v.repr)) {
+                d->vals = upload(dv->w);
+                sw.vkind = dv->w.dtype() == DType::F32 ? 0 : dv->w.dtype() == DType::F16 ? 1 : 2;
+              } else {  // Quantized int8, per row or per tensor (checked by the format)
+                const Quantized& q = std::get<Quantized>(v.repr);
+                d->vals = upload(q.codes);
+                d->vscales = upload(q.scales);
+                sw.vkind = 3;
+                sw.ld = q.codes.dim(1);
+                sw.scales = d->vscales.data<float>();
+                sw.per_tensor = q.per_tensor;
+              }
+              sw.vals = d->vals.raw();
+            },
+        },
+        w.repr);
     // The host-side index vector above is copied before it goes out of scope.
     synchronize();
     return d;
@@ -377,6 +404,9 @@ class CudaBackend final : public Backend {
         run_linear(*d->lr_u, H, Y, d->rank, N);
         break;
       }
+      case LKind::Sparse:
+        launch_sparse_linear(d->sw, X.p, T, X.ld, Y.p, Y.ld, stream_);
+        break;
     }
     if (d->bias.defined()) launch_add_bias(Y, d->bias.data<float>(), stream_);
   }

@@ -423,6 +423,64 @@ __global__ void wq_linear_kernel(QWeight w, const float* x, int64_t T, int64_t l
   }
 }
 
+__device__ __forceinline__ int popc8(unsigned v) {
+  v = v - ((v >> 1) & 0x55u);
+  v = (v & 0x33u) + ((v >> 2) & 0x33u);
+  return int((v + (v >> 4)) & 0x0fu);
+}
+
+__device__ __forceinline__ float sparse_value(const SWeight& w, int64_t n, int64_t j) {
+  switch (w.vkind) {
+    case 0:
+      return static_cast<const float*>(w.vals)[n * w.ld + j];
+    case 1:
+      return h2f(static_cast<const uint16_t*>(w.vals)[n * w.ld + j]);
+    case 2:
+      return bf2f(static_cast<const uint16_t*>(w.vals)[n * w.ld + j]);
+    default:
+      return qm::dequant_uz(static_cast<const uint8_t*>(w.vals)[n * w.ld + j], 128,
+                            w.per_tensor ? w.scales[0] : w.scales[n]);
+  }
+}
+
+// SparseBitmask: one warp per output row n and up to kTT tokens; per chunk of 32 mask bytes each
+// lane takes one byte (8 inputs), and an inclusive warp scan of the bytes' popcounts gives the
+// index of the lane's first kept value in the row's packed values.
+__global__ void sparse_linear_kernel(SWeight w, const float* x, int64_t T, int64_t ldx, float* y,
+                                     int64_t ldy) {
+  const int lane = threadIdx.x % 32;
+  const int64_t n = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
+  const int64_t t0 = int64_t(blockIdx.y) * kTT;
+  if (n >= w.N) return;
+  const int64_t nt = T - t0 < kTT ? T - t0 : kTT;
+  const uint8_t* mrow = w.mask + n * w.kb;
+  float acc[kTT] = {};
+  int64_t base = 0;  // kept values in the chunks before this one
+  for (int64_t b0 = 0; b0 < w.kb; b0 += 32) {
+    const int64_t b = b0 + lane;
+    const unsigned byte = b < w.kb ? mrow[b] : 0u;
+    const int c = popc8(byte);
+    int incl = c;
+    for (int d = 1; d < 32; d <<= 1) {
+      const int o = __shfl_sync(kFull, incl, lane >= d ? lane - d : lane);
+      if (lane >= d) incl += o;
+    }
+    const int chunk = __shfl_sync(kFull, incl, 31);
+    int64_t j = base + incl - c;
+    for (int i = 0; i < 8; ++i) {
+      if (!((byte >> i) & 1u)) continue;
+      const int64_t k = b * 8 + i;
+      const float wv = sparse_value(w, n, j++);
+      for (int64_t t = 0; t < nt; ++t) acc[t] += wv * x[(t0 + t) * ldx + k];
+    }
+    base += chunk;
+  }
+  for (int64_t i = 0; i < kTT; ++i) {
+    const float s = warp_sum(acc[i]);
+    if (lane == 0 && i < nt) y[(t0 + i) * ldy + n] = s;
+  }
+}
+
 // One thread per feature k: flag it, and copy its column with outliers zeroed.
 __global__ void outlier_split_kernel(const float* x, int64_t T, int64_t ldx, int64_t K,
                                      float threshold, const int32_t* col_index, uint8_t* flags,
@@ -591,6 +649,11 @@ void launch_wq_linear(const QWeight& w, const float* x, int64_t T, int64_t ldx, 
   }
   throw std::invalid_argument("launch_wq_linear: invalid scheme value " +
                               std::to_string(int(w.scheme)));
+}
+
+void launch_sparse_linear(const SWeight& w, const float* x, int64_t T, int64_t ldx, float* y,
+                          int64_t ldy, cudaStream_t s) {
+  MINFER_LAUNCH(sparse_linear_kernel, rows_grid(w.N, T), kWarps * 32, 0, s)(w, x, T, ldx, y, ldy);
 }
 
 void launch_outlier_split(const float* x, int64_t T, int64_t ldx, int64_t K, float threshold,

@@ -88,6 +88,22 @@ void launch_int_linear(const QWeight& w, const int8_t* q, const float* d, int64_
 void launch_wq_linear(const QWeight& w, const float* x, int64_t T, int64_t ldx, float* y,
                       int64_t ldy, cudaStream_t s);
 
+// A SparseBitmask weight on the device (engine/formats/sparse.h): the mask and the packed values
+// (Dense f32 / f16 / bf16, or int8 codes with zero point 128 and per-row or per-tensor scales).
+struct SWeight {
+  const uint8_t* mask = nullptr;  // [N, kb], LSB first
+  int64_t kb = 0, K = 0, N = 0;
+  int vkind = 0;               // 0 f32, 1 f16, 2 bf16, 3 int8
+  const void* vals = nullptr;  // [N, ld] values or codes
+  int64_t ld = 0;
+  const float* scales = nullptr;  // int8: [N] or [1]
+  bool per_tensor = false;
+};
+// y[T, N] = x[T, K] · Wᵀ for a SparseBitmask weight: one warp per output row, each lane a mask
+// byte, the value index from a warp prefix sum of the bytes' popcounts.
+void launch_sparse_linear(const SWeight& w, const float* x, int64_t T, int64_t ldx, float* y,
+                          int64_t ldy, cudaStream_t s);
+
 // LLM.int8(): flags[k] = 1 for the outlier features of this call (listed in col_index >= 0, or
 // |x[t, k]| >= threshold for some t); xm = x with those columns set to 0 (contiguous [T, K]).
 void launch_outlier_split(const float* x, int64_t T, int64_t ldx, int64_t K, float threshold,

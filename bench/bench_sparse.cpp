@@ -1,0 +1,127 @@
+// make bench: SparseBitmask against dense at the same value format (f32, int8), decode (T = 1)
+// and prefill (T = 128), over sparsity, on SmolLM2-135M's projection shapes. The decode crossover
+// it prints is what compress/compress.cpp's sparse_storage_wins table holds (docs/pruning.md).
+// Timings are the best of several runs; on a shared machine treat them as noisy.
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "compress/compress.h"
+#include "engine/backend.h"
+
+using namespace minfer;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double best_time(int reps, const std::function<void()>& f) {
+  f();
+  double best = 1e30;
+  for (int i = 0; i < reps; ++i) {
+    const auto t0 = Clock::now();
+    f();
+    best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  return best;
+}
+
+Linear random_dense(int64_t out, int64_t in, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.f, 0.05f);
+  Tensor t = Tensor::empty(DType::F32, {out, in});
+  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = nd(rng);
+  return make_dense("model.layers.0.mlp.up_proj.weight", t, in, out);
+}
+
+// A copy that owns new storage (Linear copies share their tensors).
+Linear deep_copy(const Linear& w) {
+  std::vector<std::pair<std::string, Tensor>> ts;
+  TensorSink sink{ts};
+  const json meta = save_linear(w, w.name, sink);
+  struct Src final : TensorSource {
+    std::map<std::string, Tensor> m;
+    bool has(const std::string& n) const override { return m.count(n) > 0; }
+    Tensor get(const std::string& n) const override { return m.at(n); }
+  } src;
+  for (auto& [n, t] : ts) src.m[n] = t.clone();
+  return load_linear(src, w.name, meta, w.in, w.out);
+}
+
+// Seconds per call of y = x · Wᵀ with T rows. Decode streams weights from memory in a real
+// model, so the calls cycle through enough copies of w (>= 64 MB of them) that no copy is still
+// in cache when its turn comes again.
+double time_linear(Backend& be, const Linear& w, int64_t T, int reps) {
+  Tensor x = Tensor::empty(DType::F32, {T, w.in}), y = Tensor::empty(DType::F32, {T, w.out});
+  for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] = float(i % 13) * 0.01f;
+  const size_t copies =
+      std::max<size_t>(1, (size_t(64) << 20) / std::max<size_t>(1, w.weight_bytes()));
+  std::vector<Linear> ws(copies);
+  for (Linear& c : ws) c = deep_copy(w);
+  return best_time(reps,
+                   [&] {
+                     for (const Linear& c : ws) be.linear(y, x, c);
+                   }) /
+         double(copies);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Threads: argv[1], default 2 (the issue's setting). On a loaded machine 1 thread gives the
+  // steadier numbers (no waiting for a descheduled partner at the OpenMP barrier).
+  const int threads = argc > 1 ? std::max(1, std::atoi(argv[1])) : 2;
+  auto be = make_cpu_backend(threads);
+  // SmolLM2-135M: d_model 576, d_ff 1536 (q/o 576x576, k/v 192x576, gate/up 1536x576, down
+  // 576x1536). The FFN shapes hold 3/4 of the block weights.
+  const std::pair<int64_t, int64_t> shapes[] = {{1536, 576}, {576, 1536}, {576, 576}};
+  std::printf(
+      "SparseBitmask vs dense, %d threads, best of 10 passes (decode) / 3 (prefill) over "
+      ">= 64 MB of weight copies; ms per call\n",
+      threads);
+  ms per call\n ");
+      std::printf("%-10s %-6s %9s %8s %10s %10s %8s %10s %10s %8s\n", "shape", "values", "sparsity",
+                  "chosen", "dense T=1", "sparse T=1", "speedup", "dense T=128", "sparse T=128",
+                  "speedup");
+  for (const std::string vf : {"f32", "int8"}) {
+    double crossover = -1;
+    for (double p : {0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7}) {
+      double dec_dense = 0, dec_sparse = 0;
+      for (auto [out, in] : shapes) {
+        const Linear l = random_dense(out, in, uint32_t(out + in));
+        const std::string prune = "magnitude-" + std::to_string(int(p * 100));
+        const std::string chain = vf == "f32" ? prune : prune + "+" + vf;
+        const Linear pruned = prune_linear(l, method_spec_from_name(prune).prune, nullptr);
+        // Dense at the same value format, and the sparse format forced (whatever the table says).
+        const Linear dense =
+            vf == "f32" ? pruned : compress_linear(pruned, compress_spec_from_name(vf));
+        const Tensor w = dequantize_weight(pruned);
+        SparseBitmask sb = sparse_bitmask_from_dense(w.data<float>(), in, out, l.name);
+        if (vf != "f32")
+          sb.values = Box<Linear>(compress_linear(*sb.values, compress_spec_from_name(vf)));
+        const Linear sparse = make_linear(l.name, in, out, std::move(sb));
+        const Linear chosen = compress_linear(l, compress_spec_from_name(chain));
+        const double d1 = time_linear(*be, dense, 1, 10), s1 = time_linear(*be, sparse, 1, 10);
+        const double d128 = time_linear(*be, dense, 128, 5),
+                     s128 = time_linear(*be, sparse, 128, 5);
+        dec_dense += d1;
+        dec_sparse += s1;
+        std::printf("%4lldx%-5lld %-6s %8.0f%% %8s %10.4f %10.4f %7.2fx %11.3f %12.3f %7.2fx\n",
+                    (long long)out, (long long)in, vf.c_str(), p * 100,
+                    std::holds_alternative<SparseBitmask>(chosen.repr) ? "sparse" : "dense",
+                    d1 * 1e3, s1 * 1e3, d1 / s1, d128 * 1e3, s128 * 1e3, d128 / s128);
+      }
+      if (crossover < 0 && dec_sparse < dec_dense) crossover = p;
+    }
+    if (crossover < 0)
+      std::printf("%s values: sparse decode never beat dense here\n", vf.c_str());
+    else
+      std::printf("%s values: measured decode crossover (all three shapes together) at %.0f %%\n",
+                  vf.c_str(), crossover * 100);
+  }
+  return 0;
+}

@@ -1,0 +1,60 @@
+// SparseBitmask: a pruned weight as a bitmask of the kept positions plus the kept values packed
+// row by row, the layout of compressed-tensors' "sparse-bitmask" format (vLLM / llm-compressor:
+// bitmask = numpy.packbits(W != 0, axis=-1, bitorder="little"), row_offsets = exclusive cumsum of
+// the row counts, compressed = W[W != 0]). The packed values are a child Linear, so they can be
+// f32, fp16, bf16 or int8 (weight-only, per row or per tensor): "wanda-50+int8" stores int8
+// values under an f32-free mask.
+//
+// Legend: K = in, N = out, Kb = ceil(K / 8) mask bytes per row, Kv = the longest row's count of
+// kept weights (the values child is [N, Kv]; shorter rows end with zeros).
+// Bits per weight at sparsity p with b-bit values: 1 + (1 - p) b (+ 64 / K for the row offsets),
+// e.g. 50 % and f32: 17.1; 50 % and int8: 5.1 (+ the int8 row scales).
+#pragma once
+#include "engine/formats/format.h"
+
+namespace minfer {
+
+struct SparseBitmask {
+  int64_t in = 0;  // K, written as compressed-tensors' `<name>.shape` {N, K}; check() compares
+  // U8 [N, Kb]: bit (k % 8) of byte k / 8 of row n is set when W[n, k] is kept (LSB first).
+  Tensor bitmask;
+  // I64 [N]: index of row n's first kept value in the row-major list of all kept values
+  // (compressed-tensors' row_offsets; row n holds popcount(bitmask row n) values).
+  Tensor row_offsets;
+  // (in = Kv, out = N): row n's kept values in input order, then zeros up to Kv. Dense
+  // F32/F16/BF16 or Quantized Int8 (per row or per tensor); no bias.
+  Box<Linear> values;
+};
+
+template <>
+struct FormatTraits<SparseBitmask> {
+  static constexpr const char* repr = "sparse-bitmask";
+  // Shapes and dtypes, the value format, the mask's padding bits clear, every row's popcount <= Kv
+  // and row_offsets the exclusive cumsum of the popcounts (O(N * Kb)).
+  static void check(const SparseBitmask& r, int64_t in, int64_t out, const std::string& name);
+  static size_t bytes(const SparseBitmask& r);
+  static void dequantize(const SparseBitmask& r, int64_t in, int64_t out, const std::string& name,
+                         float* w);
+  // "sparse<pct>" (kept share, rounded) then "+<value format>", e.g. "sparse50+int8".
+  static std::string format(const SparseBitmask& r, int64_t in);
+  // Dense values: compressed-tensors layout `<name>.compressed` (1-D, the values' dtype),
+  // `<name>.bitmask`, `<name>.shape` (I64 [2] = {N, K}), `<name>.row_offsets`. Quantized values:
+  // the same mask tensors plus the child under `<name>.values` (meta "values").
+  static void save(const SparseBitmask& r, const std::string& name, TensorSink& sink, json& meta);
+  // Zero-copy when every row keeps the same count (row pruning, N:M): `compressed` is viewed as
+  // [N, Kv]; otherwise the values are repacked with zero padding. Reads a compressed-tensors
+  // checkpoint's four tensors as they are (meta {"repr": "sparse-bitmask"} is enough: Kv and the
+  // value dtype come from the tensors).
+  static SparseBitmask load(const TensorSource& src, const std::string& name, const json& meta,
+                            int64_t in, int64_t out);
+  static std::vector<const Linear*> children(const SparseBitmask& r) { return {r.values.get()}; }
+};
+
+// A SparseBitmask from f32 W [out, in] (row-major): the mask is W != 0 and the values child is
+// Dense F32 [out, Kv]; quantize the child afterwards for other value formats.
+SparseBitmask sparse_bitmask_from_dense(const float* w, int64_t in, int64_t out,
+                                        const std::string& name);
+// Fraction of weights that are zero (not kept) in a SparseBitmask of shape (in, out).
+double sparse_sparsity(const SparseBitmask& r, int64_t in, int64_t out);
+
+}  // namespace minfer

@@ -1,0 +1,294 @@
+#include "kernels/cpu/sparse.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <vector>
+
+#include "engine/half.h"
+#include "kernels/common/quant_math.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI2__)
+#include <immintrin.h>
+#define MINFER_SPARSE_AVX512 1
+#endif
+
+namespace minfer {
+
+namespace {
+
+// The packed values of a SparseBitmask as kernels read them.
+struct Vals {
+  enum Kind { F32, F16, BF16, I8 } kind = F32;
+  const void* p = nullptr;
+  int64_t ld = 0;                 // elements (f32/f16/bf16) or code bytes (int8) per row
+  const float* scales = nullptr;  // int8: [N] per row, or [1] per tensor
+  bool per_tensor = false;
+
+  float scale(int64_t n) const { return per_tensor ? scales[0] : scales[n]; }
+  // Value j of row n, exactly as dequantize_weight gives it.
+  float at(int64_t n, int64_t j) const {
+    switch (kind) {
+      case F32:
+        return static_cast<const float*>(p)[n * ld + j];
+      case F16:
+        return f16_to_f32(static_cast<const uint16_t*>(p)[n * ld + j]);
+      case BF16:
+        return bf16_to_f32(static_cast<const uint16_t*>(p)[n * ld + j]);
+      case I8:
+        return qm::dequant_uz(static_cast<const uint8_t*>(p)[n * ld + j], 128, scale(n));
+    }
+    return 0.f;
+  }
+};
+
+Vals vals_of(const SparseBitmask& w) {
+  const Linear& v = *w.values;
+  Vals a;
+  if (const Dense* d = std::get_if<Dense>(&v.repr)) {
+    a.kind = d->w.dtype() == DType::F32   ? Vals::F32
+             : d->w.dtype() == DType::F16 ? Vals::F16
+                                          : Vals::BF16;
+    a.p = d->w.raw();
+    a.ld = v.in;
+  } else {
+    const Quantized& q = std::get<Quantized>(v.repr);
+    a.kind = Vals::I8;
+    a.p = q.codes.raw();
+    a.ld = q.codes.dim(1);
+    a.scales = q.scales.data<float>();
+    a.per_tensor = q.per_tensor;
+  }
+  return a;
+}
+
+// Row n of W as f32 [K] (dst fully written), the scalar definition.
+void dequant_row_ref(const uint8_t* mrow, const Vals& v, int64_t n, int64_t K, float* dst) {
+  int64_t j = 0;
+  for (int64_t k = 0; k < K; ++k) dst[k] = (mrow[k >> 3] >> (k & 7)) & 1 ? v.at(n, j++) : 0.f;
+}
+
+void decode_ref_rows(const SparseBitmask& w, const Vals& v, const float* x, int64_t T, int64_t ldx,
+                     float* y, int64_t ldy, int64_t K, int64_t n0, int64_t n1) {
+  const int64_t kb = w.bitmask.dim(1);
+  const uint8_t* m = w.bitmask.data<uint8_t>();
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* mrow = m + n * kb;
+    for (int64_t t = 0; t < T; ++t) {
+      float s = 0.f;
+      int64_t j = 0;
+      for (int64_t k = 0; k < K; ++k)
+        if ((mrow[k >> 3] >> (k & 7)) & 1) s += v.at(n, j++) * x[t * ldx + k];
+      y[t * ldy + n] = s;
+    }
+  }
+}
+
+#ifdef MINFER_SPARSE_AVX512
+// `nbytes` (2 or 8) mask bytes of a row starting at byte b; bytes past the row read as 0. A
+// fixed-size load inside the row, a byte loop only at its end.
+inline uint64_t mask_bits(const uint8_t* mrow, int64_t b, int64_t kb, int64_t nbytes) {
+  if (b + nbytes <= kb) {
+    if (nbytes == 2) {
+      uint16_t u;
+      std::memcpy(&u, mrow + b, 2);
+      return u;
+    }
+    uint64_t u;
+    std::memcpy(&u, mrow + b, 8);
+    return u;
+  }
+  uint64_t u = 0;
+  for (int64_t i = 0; b + i < kb; ++i) u |= uint64_t(mrow[b + i]) << (8 * i);
+  return u;
+}
+
+// T <= 4 rows of x against rows [n0, n1): f32 values, 16 inputs per step.
+template <int TT>
+void decode_f32(const SparseBitmask& w, const Vals& v, const float* x, int64_t ldx, float* y,
+                int64_t ldy, int64_t K, int64_t n0, int64_t n1) {
+  const int64_t kb = w.bitmask.dim(1);
+  const uint8_t* m = w.bitmask.data<uint8_t>();
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* mrow = m + n * kb;
+    const float* vp = static_cast<const float*>(v.p) + n * v.ld;
+    __m512 acc[TT];
+    for (int t = 0; t < TT; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 16) {
+      const auto mk = __mmask16(mask_bits(mrow, k >> 3, kb, 2));
+      if (!mk) continue;
+      const __m512 wv = _mm512_maskz_expandloadu_ps(mk, vp);
+      vp += std::popcount(unsigned(mk));
+      for (int t = 0; t < TT; ++t)
+        acc[t] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(mk, x + t * ldx + k), acc[t]);
+    }
+    for (int t = 0; t < TT; ++t) y[t * ldy + n] = _mm512_reduce_add_ps(acc[t]);
+  }
+}
+
+// int8 values (code u, weight s * (u - 128)), 64 inputs per step: the kept codes are loaded
+// contiguously, flipped to signed (u - 128), expanded into their lanes, widened to f32.
+template <int TT>
+void decode_i8(const SparseBitmask& w, const Vals& v, const float* x, int64_t ldx, float* y,
+               int64_t ldy, int64_t K, int64_t n0, int64_t n1) {
+  const int64_t kb = w.bitmask.dim(1);
+  const uint8_t* m = w.bitmask.data<uint8_t>();
+  const __m512i flip = _mm512_set1_epi8(char(0x80));
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* mrow = m + n * kb;
+    const uint8_t* cp = static_cast<const uint8_t*>(v.p) + n * v.ld;
+    __m512 acc[TT];
+    for (int t = 0; t < TT; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 64) {
+      const uint64_t mk = mask_bits(mrow, k >> 3, kb, 8);
+      if (!mk) continue;
+      const int pc = std::popcount(mk);
+      const __mmask64 lm = pc == 64 ? ~__mmask64(0) : (__mmask64(1) << pc) - 1;
+      const __m512i c = _mm512_xor_si512(_mm512_maskz_loadu_epi8(lm, cp), flip);
+      const __m512i e = _mm512_maskz_expand_epi8(__mmask64(mk), c);
+      cp += pc;
+      const __m128i parts[4] = {_mm512_extracti32x4_epi32(e, 0), _mm512_extracti32x4_epi32(e, 1),
+                                _mm512_extracti32x4_epi32(e, 2), _mm512_extracti32x4_epi32(e, 3)};
+      for (int q = 0; q < 4; ++q) {
+        const auto mq = __mmask16(mk >> (16 * q));
+        if (!mq) continue;
+        const __m512 wq = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(parts[q]));
+        for (int t = 0; t < TT; ++t)
+          acc[t] = _mm512_fmadd_ps(wq, _mm512_maskz_loadu_ps(mq, x + t * ldx + k + 16 * q), acc[t]);
+      }
+    }
+    const float s = v.scale(n);
+    for (int t = 0; t < TT; ++t) y[t * ldy + n] = s * _mm512_reduce_add_ps(acc[t]);
+  }
+}
+
+template <int TT>
+void decode_simd(const SparseBitmask& w, const Vals& v, const float* x, int64_t ldx, float* y,
+                 int64_t ldy, int64_t K, int64_t n0, int64_t n1) {
+  if (v.kind == Vals::F32)
+    decode_f32<TT>(w, v, x, ldx, y, ldy, K, n0, n1);
+  else
+    decode_i8<TT>(w, v, x, ldx, y, ldy, K, n0, n1);
+}
+#endif
+
+#ifdef MINFER_SPARSE_AVX512
+// Row n of W as f32 [K] with the kept values expanded into place, 16 inputs per step.
+void dequant_row_simd(const uint8_t* mrow, int64_t kb, const Vals& v, int64_t n, int64_t K,
+                      float* dst) {
+  if (v.kind == Vals::F32) {
+    const float* vp = static_cast<const float*>(v.p) + n * v.ld;
+    for (int64_t k = 0; k < K; k += 16) {
+      const auto mk = __mmask16(mask_bits(mrow, k >> 3, kb, 2));
+      const __mmask16 store = K - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (K - k)) - 1);
+      _mm512_mask_storeu_ps(dst + k, store, _mm512_maskz_expandloadu_ps(mk, vp));
+      vp += std::popcount(unsigned(mk));
+    }
+    return;
+  }
+  const uint8_t* cp = static_cast<const uint8_t*>(v.p) + n * v.ld;
+  const __m512 s = _mm512_set1_ps(v.scale(n));
+  const __m512i flip = _mm512_set1_epi32(128);
+  for (int64_t k = 0; k < K; k += 16) {
+    const auto mk = __mmask16(mask_bits(mrow, k >> 3, kb, 2));
+    const __mmask16 store = K - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (K - k)) - 1);
+    // Codes widened to int32, expanded into place; (u - 128) * s, 0 where not kept.
+    const int pc = std::popcount(unsigned(mk));
+    const __m512i u = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(__mmask16((1u << pc) - 1), cp));
+    const __m512i e = _mm512_maskz_expand_epi32(mk, _mm512_sub_epi32(u, flip));
+    _mm512_mask_storeu_ps(dst + k, store, _mm512_mul_ps(_mm512_cvtepi32_ps(e), s));
+    cp += pc;
+  }
+}
+#endif
+
+void dequant_row(const uint8_t* mrow, int64_t kb, const Vals& v, int64_t n, int64_t K, float* dst) {
+#ifdef MINFER_SPARSE_AVX512
+  if (v.kind == Vals::F32 || v.kind == Vals::I8) return dequant_row_simd(mrow, kb, v, n, K, dst);
+#endif
+  (void)kb;
+  dequant_row_ref(mrow, v, n, K, dst);
+}
+
+bool simd_ok(const Vals& v) {
+#ifdef MINFER_SPARSE_AVX512
+  return v.kind == Vals::F32 || v.kind == Vals::I8;
+#else
+  (void)v;
+  return false;
+#endif
+}
+
+void decode_rows(const SparseBitmask& w, const Vals& v, const float* x, int64_t T, int64_t ldx,
+                 float* y, int64_t ldy, int64_t K, int64_t n0, int64_t n1) {
+#ifdef MINFER_SPARSE_AVX512
+  if (simd_ok(v)) {
+    switch (T) {
+      case 1:
+        return decode_simd<1>(w, v, x, ldx, y, ldy, K, n0, n1);
+      case 2:
+        return decode_simd<2>(w, v, x, ldx, y, ldy, K, n0, n1);
+      case 3:
+        return decode_simd<3>(w, v, x, ldx, y, ldy, K, n0, n1);
+      case 4:
+        return decode_simd<4>(w, v, x, ldx, y, ldy, K, n0, n1);
+      default:
+        break;
+    }
+  }
+#endif
+  decode_ref_rows(w, v, x, T, ldx, y, ldy, K, n0, n1);
+}
+
+}  // namespace
+
+const char* sparse_linear_isa(const SparseBitmask& w) {
+  return simd_ok(vals_of(w)) ? "avx512" : "scalar";
+}
+
+void sparse_linear_ref(const SparseBitmask& w, const float* x, int64_t T, int64_t ldx, float* y,
+                       int64_t ldy, int64_t K, int64_t N) {
+  decode_ref_rows(w, vals_of(w), x, T, ldx, y, ldy, K, 0, N);
+}
+
+void sparse_linear(const SparseBitmask& w, const float* x, int64_t T, int64_t ldx, float* y,
+                   int64_t ldy, int64_t K, int64_t N) {
+  MINFER_CHECK(T >= 0 && ldx >= K && ldy >= N,
+               "sparse_linear: bad strides (T {}, ldx {} < K {} or ldy {} < N {})", T, ldx, K, ldy,
+               N);
+  if (T == 0) return;
+  const Vals v = vals_of(w);
+  const int nt = omp_get_max_threads();
+  if (T <= 4) {
+    // One thread below 64K weights, else every thread on a contiguous block of rows.
+    const int use = K * N < 65536 ? 1 : nt;
+    const int64_t per = (N + use - 1) / use;
+#pragma omp parallel for num_threads(use) if (use > 1)
+    for (int i = 0; i < use; ++i) {
+      const int64_t n0 = i * per, n1 = std::min(N, n0 + per);
+      if (n0 < n1) decode_rows(w, v, x, T, ldx, y, ldy, K, n0, n1);
+    }
+    return;
+  }
+  constexpr int64_t R = 64;
+  const int64_t tiles = (N + R - 1) / R;
+  const int64_t kb = w.bitmask.dim(1);
+  const uint8_t* m = w.bitmask.data<uint8_t>();
+#pragma omp parallel for schedule(dynamic, 1) if (tiles > 1 && nt > 1)
+  for (int64_t i = 0; i < tiles; ++i) {
+    // Each thread's tile buffer, grown once and reused (no allocation per call once warm).
+    static thread_local std::vector<float> buf;
+    if (buf.size() < size_t(R * K)) buf.resize(size_t(R * K));
+    float* tile = buf.data();
+    const int64_t n0 = i * R, rows = std::min(R, N - n0);
+    for (int64_t r = 0; r < rows; ++r)
+      dequant_row(m + (n0 + r) * kb, kb, v, n0 + r, K, tile + r * K);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(rows), int(K), 1.f, x,
+                int(ldx), tile, int(K), 0.f, y + n0, int(ldy));
+  }
+}
+
+}  // namespace minfer
