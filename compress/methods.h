@@ -5,6 +5,9 @@
 //   step   := name ('-' option)*            e.g. "int4-g64", "int4-g128-asym", "nf4-dq",
 //                                            "int8-tensor", "ternary-row", "w8a8-static"
 //   option := g<N> | asym | dq | tensor | row | static | dynamic   (only those the method takes)
+//           | <P> | r<N> | e<E>      low-rank size: P % fewer parameters, rank N, or energy E
+//                                    e.g. "lowrank-20", "lowrank-aw-40+int8", "lowrank-r64",
+//                                    "lowrank-aw-e0.9"
 // The registry below is the list --help, the docs, bench and the tests print and loop over.
 #pragma once
 #include <span>
@@ -12,6 +15,7 @@
 #include <string_view>
 #include <vector>
 
+#include "compress/lowrank.h"
 #include "compress/quantize.h"
 
 namespace minfer {
@@ -20,6 +24,9 @@ enum class MethodKind : uint8_t {
   Float,        // f32 / fp16 / bf16: a Dense copy in that dtype
   WeightQuant,  // weight-only quantization: Quantized (int8, int4, nf4, binary, ternary)
   ActQuant,     // int8 weights and int8 activations: Int8WithOutliers (llm-int8), W8A8
+  Gptq,         // float weights -> Quantized, rounding error compensated with XᵀX (GPTQ)
+  LowRank,      // float weights -> LowRank with f32 factors (lowrank, lowrank-aw); a later
+                // Float / WeightQuant step converts each factor and keeps the LowRank
 };
 
 // Option suffixes a method accepts (bit set).
@@ -30,6 +37,7 @@ enum MethodOption : unsigned {
   kOptTensor = 1u << 3,  // -tensor: one scale per tensor
   kOptRow = 1u << 4,     // -row: one scale per row (ternary)
   kOptStatic = 1u << 5,  // -static / -dynamic: activation scales from calibration or per token
+  kOptRank = 1u << 6,    // -<P> / -r<N> / -e<E>: low-rank size (percent, rank, energy)
 };
 
 struct MethodInfo {
@@ -54,11 +62,16 @@ struct MethodSpec {
   QuantSpec quant;              // group / per_channel / asymmetric / double_quant / ternary_per_row
   float threshold = 6.f;        // llm-int8 outlier threshold on |x| (LLM.int8() paper default)
   bool static_act = false;      // w8a8: per-tensor activation scales from calibration
+  LowRankSpec lowrank;          // lowrank, lowrank-aw: the rank rule (activation_aware from name)
 
   const MethodInfo& info() const;  // throws for an unregistered name
   // True when the step reads calibration statistics (w8a8-static needs them, llm-int8 uses them).
   bool uses_calibration() const;
   bool needs_calibration() const;
+  // The round-to-nearest format a GPTQ step writes ("int4" for "int4-gptq"); `method` otherwise.
+  std::string base_format() const;
+  // True when the step reads the calibration inputs' Gram matrix XᵀX (ActStats::gram).
+  bool needs_gram() const;
 };
 
 // Parses one step ("int4-g64"); throws naming the step and what is wrong.

@@ -261,7 +261,8 @@ json compress_child(const Options& o, const std::string& work, const std::string
   if (spec.uses_calibration()) {
     const auto ids = read_vec<int32_t>(work + "/calib_ids.bin");
     try {
-      stats = calibrate(m, ids, o.calib_samples, std::min(o.calib_len, m.config().max_pos), false);
+      stats = calibrate(m, ids, o.calib_samples, std::min(o.calib_len, m.config().max_pos), false,
+                        spec.needs_gram());
       sp = &stats;
     } catch (const std::exception& e) {
       // Static activation scales cannot exist without calibration; LLM.int8() can still find
@@ -416,8 +417,9 @@ int main(int argc, char** argv) {
   app.add_option("--decode", o.decode, "tokens decoded one at a time after the prefill")
       ->check(CLI::Range(int64_t(0), int64_t(1) << 20));
   app.add_option("--reps", o.reps, "prefill timing: best of N")->check(CLI::Range(1, 100));
-  app.add_option("--calib-samples", o.calib_samples,
-                 "calibration windows (w8a8-static, llm-int8) from WikiText-2 validation")
+  app.add_option(
+         "--calib-samples", o.calib_samples,
+         "calibration windows (w8a8-static, llm-int8, lowrank-aw) from WikiText-2 validation")
       ->check(CLI::Range(1, 4096));
   app.add_option("--calib-len", o.calib_len, "tokens per calibration window")
       ->check(CLI::Range(int64_t(2), int64_t(1) << 20));
