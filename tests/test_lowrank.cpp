@@ -309,7 +309,7 @@ TEST_CASE("lowrank: whole model, save -> load, and a calibration too short for l
         compress_model(*m, spec, spec.uses_calibration() ? &st : nullptr, false);
     for (Linear* w : m->linears()) {
       CAPTURE(w->name);
-      if (w->name.find(".layers.") == std::string::npos) {  // the (tied) head
+      if (w->name.find(".layers.") == std::string::npos) {      // the (tied) head
         CHECK_FALSE(std::holds_alternative<LowRank>(w->repr));  // the head is not factorized
         continue;
       }
