@@ -83,10 +83,9 @@ int main(int argc, char** argv) {
       "SparseBitmask vs dense, %d threads, best of 10 passes (decode) / 3 (prefill) over "
       ">= 64 MB of weight copies; ms per call\n",
       threads);
-  ms per call\n ");
-      std::printf("%-10s %-6s %9s %8s %10s %10s %8s %10s %10s %8s\n", "shape", "values", "sparsity",
-                  "chosen", "dense T=1", "sparse T=1", "speedup", "dense T=128", "sparse T=128",
-                  "speedup");
+  std::printf("%-10s %-6s %9s %8s %10s %10s %8s %10s %10s %8s\n", "shape", "values", "sparsity",
+              "chosen", "dense T=1", "sparse T=1", "speedup", "dense T=128", "sparse T=128",
+              "speedup");
   for (const std::string vf : {"f32", "int8"}) {
     double crossover = -1;
     for (double p : {0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7}) {

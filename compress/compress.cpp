@@ -1,5 +1,6 @@
 #include "compress/compress.h"
 
+#include <cblas.h>
 #include <fmt/format.h>
 #include <fnmatch.h>
 
@@ -8,8 +9,10 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
+#include "compress/gptq.h"
 #include "engine/error.h"
 #include "engine/model_folder.h"
 #include "engine/progress.h"
@@ -50,6 +53,28 @@ float static_act_scale(const std::vector<float>& absmax) {
   return m > 0.f ? m / 127.f : 1.f / 127.f;
 }
 
+const char* kind_word(MethodKind k) {
+  switch (k) {
+    case MethodKind::Float:
+      return "converts";
+    case MethodKind::WeightQuant:
+    case MethodKind::ActQuant:
+    case MethodKind::Gptq:
+      return "quantizes";
+    case MethodKind::LowRank:
+      return "factorizes";
+    case MethodKind::Prune:
+    case MethodKind::Structured:
+      return "prunes";
+  }
+  return "";
+}
+
+[[noreturn]] void throw_int3_gptq() {
+  throw NotImplemented(
+      "int3-gptq: needs a 3-bit QScheme (kernels/common/qscheme.h) and its kernels");
+}
+
 // One step of a chain applied to one Linear.
 Linear apply_step(const Linear& l, const MethodSpec& s, const ActStats* stats) {
   const std::vector<float>* absmax = nullptr;
@@ -79,16 +104,58 @@ Linear apply_step(const Linear& l, const MethodSpec& s, const ActStats* stats) {
     case MethodKind::Float:
     case MethodKind::WeightQuant:
     case MethodKind::ActQuant:
-      MINFER_CHECK(std::holds_alternative<Dense>(l.repr),
-                   "tensor '{}': method '{}' quantizes float weights, but the weight is already "
-                   "{} (put quantization last in a chain)",
-                   l.name, method_spec_name(s), linear_format(l));
+      if (const LowRank* lr = std::get_if<LowRank>(&l.repr)) {
+        // Low-rank then quantize: each factor in the step's format, still one LowRank.
+        MINFER_CHECK(m.kind != MethodKind::ActQuant,
+                     "tensor '{}': '{}' quantizes activations, but the low-rank factors' inner "
+                     "activations have no calibration; use a weight-only method after low-rank",
+                     l.name, method_spec_name(s));
+        LowRank q;
+        q.v = Box<Linear>(apply_step(*lr->v, s, nullptr));
+        q.u = Box<Linear>(apply_step(*lr->u, s, nullptr));
+        return make_linear(l.name, l.in, l.out, std::move(q), l.bias);
+      }
       break;
     case MethodKind::Structured:
       MINFER_FAIL(
           "tensor '{}': '{}' is a whole-model step (prune_structured, "
           "compress/structured.h), not a per-Linear one",
           l.name, method_spec_name(s));
+    case MethodKind::Gptq:
+      if (s.method == "int3-gptq") throw_int3_gptq();
+      MINFER_CHECK(!std::holds_alternative<LowRank>(l.repr),
+                   "tensor '{}': {} of low-rank factors is not supported (the inner factor's "
+                   "inputs have no calibration); use a round-to-nearest method after low-rank",
+                   l.name, method_spec_name(s));
+      break;
+    case MethodKind::LowRank:
+      break;
+  }
+  MINFER_CHECK(std::holds_alternative<Dense>(l.repr),
+               "tensor '{}': method '{}' {} float weights, but the weight is already {} (put "
+               "low-rank first and quantization last in a chain)",
+               l.name, method_spec_name(s), kind_word(m.kind), linear_format(l));
+  if (m.kind == MethodKind::LowRank || m.kind == MethodKind::Gptq) {
+    const GramMatrix* g = nullptr;
+    if (s.needs_gram()) {
+      if (stats)
+        if (auto it = stats->gram.find(l.name); it != stats->gram.end()) g = it->second.get();
+      MINFER_CHECK(g != nullptr,
+                   "{}: no calibration Gram matrix XᵀX for '{}' (run a calibration pass: "
+                   "compress --calibrate FILE)",
+                   method_spec_name(s), l.name);
+      MINFER_CHECK(stats->tokens >= l.in,
+                   "{}: '{}' has {} input features but the calibration saw only {} tokens, so "
+                   "XᵀX is singular; give a longer calibration text or more windows (at least {} "
+                   "tokens)",
+                   method_spec_name(s), l.name, l.in, stats->tokens, l.in);
+    }
+    if (m.kind == MethodKind::Gptq) {
+      QuantSpec q = s.quant;
+      q.method = s.base_format();
+      return quantize_gptq(l, q, g->xtx);
+    }
+    return lowrank_factorize(l, s.lowrank, g ? &g->xtx : nullptr);
   }
   if (s.method == "llm-int8") return quantize_llm_int8(l, s.threshold, absmax);
   if (s.method == "w8a8") {
@@ -117,6 +184,8 @@ std::string storage_method(const CompressSpec& s) {
 std::string default_head_format(const CompressSpec& s) {
   const std::string m = storage_method(s);
   if (is_float_method(m)) return m;
+  // Low-rank only: the head (not a block linear) stays a float table, tied in fp16.
+  if (const MethodInfo* mi = find_method(m); mi && mi->kind == MethodKind::LowRank) return "fp16";
   return "int8";
 }
 
@@ -150,7 +219,7 @@ const std::string* match_pattern(const std::string& name,
 
 class Calibrator final : public LinearObserver {
  public:
-  explicit Calibrator(ActStats& st) : st_(st) {}
+  Calibrator(ActStats& st, bool with_gram) : st_(st), with_gram_(with_gram) {}
   void observe(const Linear& w, const float* x, int64_t rows, int64_t ld) override {
     std::vector<float>& m = st_.absmax[w.name];
     std::vector<double>& q = st_.sumsq[w.name];
@@ -162,10 +231,49 @@ class Calibrator final : public LinearObserver {
         m[size_t(c)] = std::max(m[size_t(c)], std::fabs(v));
         q[size_t(c)] += double(v) * double(v);
       }
+    if (with_gram_) observe_gram(w, x, rows, ld);
   }
 
  private:
+  // XᵀX += xᵀx (upper triangle; calibrate() mirrors it). A Linear that reads exactly the previous
+  // call's input (same buffer and shape: q/k/v, gate/up) shares that call's matrix, decided on
+  // first sight and re-checked on every call.
+  void observe_gram(const Linear& w, const float* x, int64_t rows, int64_t ld) {
+    const bool same_input =
+        x == last_x_ && rows == last_rows_ && ld == last_ld_ && w.in == (last_ ? last_->n : -1);
+    auto it = st_.gram.find(w.name);
+    if (it == st_.gram.end()) {
+      if (same_input) {
+        it = st_.gram.emplace(w.name, last_).first;
+        shared_.insert(w.name);
+      } else {
+        auto g = std::make_shared<GramMatrix>();
+        g->n = w.in;
+        g->xtx.assign(size_t(w.in * w.in), 0.f);
+        it = st_.gram.emplace(w.name, std::move(g)).first;
+      }
+    }
+    if (shared_.count(w.name)) {
+      MINFER_CHECK(same_input && it->second == last_,
+                   "calibrate: '{}' shared its input with the previous linear in the first window "
+                   "but not now",
+                   w.name);
+    } else {
+      cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, int(w.in), int(rows), 1.f, x, int(ld), 1.f,
+                  it->second->xtx.data(), int(w.in));
+    }
+    last_ = it->second;
+    last_x_ = x;
+    last_rows_ = rows;
+    last_ld_ = ld;
+  }
+
   ActStats& st_;
+  bool with_gram_;
+  std::set<std::string> shared_;  // Linears whose Gram matrix is the previous one's
+  std::shared_ptr<GramMatrix> last_;
+  const float* last_x_ = nullptr;
+  int64_t last_rows_ = 0, last_ld_ = 0;
 };
 
 }  // namespace
@@ -180,6 +288,11 @@ bool CompressSpec::uses_calibration() const {
 bool CompressSpec::needs_calibration() const {
   return std::any_of(steps.begin(), steps.end(),
                      [](const MethodSpec& m) { return m.needs_calibration(); });
+}
+
+bool CompressSpec::needs_gram() const {
+  return std::any_of(steps.begin(), steps.end(),
+                     [](const MethodSpec& m) { return m.needs_gram(); });
 }
 
 CompressSpec compress_spec_from_name(const std::string& name) {
@@ -261,7 +374,7 @@ Linear compress_linear(const Linear& l, const CompressSpec& spec, const ActStats
 // ---- calibration -------------------------------------------------------------------------
 
 ActStats calibrate(Model& m, const std::vector<int32_t>& ids, int samples, int64_t seq_len,
-                   bool progress) {
+                   bool progress, bool with_gram) {
   MINFER_CHECK(m.config().causal(), "calibrate: only causal LMs are calibrated (model type '{}')",
                m.config().model_type);
   MINFER_CHECK(samples > 0 && seq_len > 1,
@@ -272,7 +385,7 @@ ActStats calibrate(Model& m, const std::vector<int32_t>& ids, int samples, int64
   const int64_t n_windows = int64_t(ids.size()) / seq_len;
   const int n = int(std::min<int64_t>(samples, n_windows));
   ActStats st;
-  Calibrator cal(st);
+  Calibrator cal(st, with_gram);
   Backend& be = m.backend();
   be.set_observer(&cal);
   struct Reset {
@@ -290,6 +403,12 @@ ActStats calibrate(Model& m, const std::vector<int32_t>& ids, int samples, int64
     bar.update(i + 1);
   }
   bar.finish();
+  std::set<const GramMatrix*> done;
+  for (auto& [name, g] : st.gram) {
+    if (!done.insert(g.get()).second) continue;
+    for (int64_t i = 0; i < g->n; ++i)
+      for (int64_t j = 0; j < i; ++j) g->xtx[size_t(i * g->n + j)] = g->xtx[size_t(j * g->n + i)];
+  }
   return st;
 }
 
@@ -307,18 +426,45 @@ void validate_compress_spec(const CompressSpec& s) {
                    compress_spec_name(s), method_spec_name(s.steps[i]),
                    method_spec_name(s.steps[k]));
   for (size_t i = 0; i < s.steps.size(); ++i) {
-    if (s.steps[i].info().kind == MethodKind::Structured) continue;
-    // Prune steps keep float weights and come first; every other method turns float weights
-    // into its format, so only the last step may be one.
-    for (size_t j = i + 1; j < s.steps.size() && !s.steps[i].is_prune(); ++j)
-      MINFER_CHECK(!s.steps[j].is_prune(),
-                   "compression chain '{}': prune step '{}' must come before '{}' (pruning takes "
-                   "float weights)",
-                   compress_spec_name(s), method_spec_name(s.steps[j]),
-                   method_spec_name(s.steps[i]));
-    if (!s.steps[i].is_prune())
-      MINFER_CHECK(i + 1 == s.steps.size(),
-                   "compression chain '{}': '{}' must come last (a quantizer needs float weights)",
+    // Order: structured steps (whole model), prune steps, at most one low-rank step, then at
+    // most one quantizer (or float conversion), which comes last: each takes float weights.
+    auto stage = [](MethodKind k) {
+      switch (k) {
+        case MethodKind::Structured:
+          return 0;
+        case MethodKind::Prune:
+          return 1;
+        case MethodKind::LowRank:
+          return 2;
+        case MethodKind::Float:
+        case MethodKind::WeightQuant:
+        case MethodKind::ActQuant:
+        case MethodKind::Gptq:
+          return 3;
+      }
+      return 3;
+    };
+    const MethodKind k = s.steps[i].info().kind;
+    if (i + 1 < s.steps.size()) {
+      const MethodKind next = s.steps[i + 1].info().kind;
+      MINFER_CHECK(stage(k) <= stage(next) && stage(k) < 3,
+                   "compression chain '{}': '{}' cannot come before '{}' (order: structured, "
+                   "prune, low-rank, then one quantizer last)",
+                   compress_spec_name(s), method_spec_name(s.steps[i]),
+                   method_spec_name(s.steps[i + 1]));
+      MINFER_CHECK(!(k == MethodKind::LowRank && next == MethodKind::LowRank),
+                   "compression chain '{}': one low-rank step at most", compress_spec_name(s));
+    }
+    if (k == MethodKind::LowRank)
+      for (size_t j = 0; j < i; ++j)
+        MINFER_CHECK(!s.steps[j].is_prune(),
+                     "compression chain '{}': pruning and low-rank in one chain is not supported",
+                     compress_spec_name(s));
+    if (i > 0 && s.steps[i - 1].info().kind == MethodKind::LowRank)
+      MINFER_CHECK(k != MethodKind::ActQuant && k != MethodKind::Gptq,
+                   "compression chain '{}': '{}' after low-rank is not supported (the factors' "
+                   "inner activations have no calibration); use a round-to-nearest weight-only "
+                   "method",
                    compress_spec_name(s), method_spec_name(s.steps[i]));
   }
   if (!s.embed_format.empty())
@@ -336,6 +482,8 @@ void validate_compress_spec(const CompressSpec& s) {
 CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats* stats,
                               bool progress) {
   validate_compress_spec(spec);
+  for (const MethodSpec& step : spec.steps)
+    if (step.method == "int3-gptq") throw_int3_gptq();
   MINFER_CHECK(m.backend().name() == "cpu",
                "compress: weights are converted on the CPU backend (model is on '{}')",
                m.backend().name());
@@ -350,6 +498,22 @@ CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats
     MINFER_CHECK(!s.needs_calibration() || stats != nullptr,
                  "--keep {}: {} needs a calibration pass (--calibrate FILE)", pat,
                  compress_spec_name(s));
+  bool gram = spec.needs_gram();
+  for (const auto& [pat, s] : keep) gram = gram || s.needs_gram();
+  if (gram) {
+    // Before anything changes: the Gram statistic exists and saw enough tokens.
+    MINFER_CHECK(!stats->gram.empty(),
+                 "{} needs the calibration inputs' XᵀX (calibrate with the Gram statistic)",
+                 compress_spec_name(spec));
+    int64_t max_in = 0;
+    for (const Linear* w : m.linears())
+      if (w->name != kHeadName) max_in = std::max(max_in, w->in);
+    MINFER_CHECK(stats->tokens >= max_in,
+                 "{}: the calibration saw {} tokens, fewer than the {} input features of the "
+                 "widest linear (XᵀX would be singular); give a longer calibration text or more "
+                 "windows",
+                 compress_spec_name(spec), stats->tokens, max_in);
+  }
 
   CompressReport rep;
   rep.bytes_before = m.weight_bytes();

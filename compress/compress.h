@@ -4,6 +4,7 @@
 // Everything is written to a temporary sibling folder and renamed over DIR at the end.
 #pragma once
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -41,6 +42,7 @@ struct CompressSpec {
   MethodSpec& last() { return steps.back(); }
   bool uses_calibration() const;   // some step reads calibration statistics
   bool needs_calibration() const;  // some step cannot run without them
+  bool needs_gram() const;         // some step reads ActStats::gram (calibrate with_gram)
 };
 
 // A chain of steps "a+b+c" (compress/methods.h grammar), e.g. "int4-g64", "nf4-dq",
@@ -52,19 +54,31 @@ void validate_compress_spec(const CompressSpec& spec);
 // The canonical name of a spec's chain (inverse of the above), e.g. "nf4-g64-dq".
 std::string compress_spec_name(const CompressSpec& spec);
 
-// Per-Linear activation statistics from a calibration pass, keyed by the Linear's name: max |x|
-// per input feature and the sum of x² per input feature (||X_j||_2² for Wanda) over all
-// calibration tokens.
+// XᵀX over every calibration token x (a row [in]) a Linear reads: [in, in] f32, symmetric,
+// accumulated with BLAS ssyrk per forward call. The Hessian of the layer-wise output error
+// (SVD-LLM whitening, GPTQ).
+struct GramMatrix {
+  int64_t n = 0;           // input features
+  std::vector<float> xtx;  // [n, n] row-major
+};
+
+// Per-Linear activation statistics from a calibration pass, keyed by the Linear's name:
+//   absmax: max |x| per input feature over all calibration tokens.
+//   sumsq:  the sum of x² per input feature (||X_j||_2² for Wanda).
+//   gram:   only with calibrate(..., with_gram = true). Linears that read the same input in a
+//           row (q/k/v, gate/up) share one matrix. f32: 4 in² bytes per distinct input, e.g.
+//           SmolLM2-135M: 30 layers x (3 x 576² + 1536²) x 4 B = 402 MB.
 struct ActStats {
   std::map<std::string, std::vector<float>> absmax;
   std::map<std::string, std::vector<double>> sumsq;
+  std::map<std::string, std::shared_ptr<GramMatrix>> gram;
   int64_t tokens = 0;
 };
 
 // Runs the (uncompressed) causal LM over `samples` windows of `seq_len` tokens taken evenly from
-// `ids` and records ActStats for every Linear.
+// `ids` and records ActStats for every Linear (the Gram matrices only when `with_gram`).
 ActStats calibrate(Model& m, const std::vector<int32_t>& ids, int samples, int64_t seq_len,
-                   bool progress = true);
+                   bool progress = true, bool with_gram = false);
 
 struct TensorReport {
   std::string name;
@@ -100,9 +114,10 @@ bool sparse_storage_wins(double sparsity, const std::string& value_format);
 bool sparse_value_format(const std::string& value_format);
 
 // Converts the model's weights in place (Linears and embedding tables) according to `spec`.
-// `stats` is required for w8a8 with static_act and used by llm-int8 when given (features whose
-// calibration |x| reaches the threshold keep their W columns in f16). Validates the whole spec
-// (method names, overrides, groups) before changing anything.
+// `stats` is required for w8a8 with static_act and lowrank-aw (with Gram matrices, from at least
+// `in` calibration tokens per Linear, else XᵀX is singular) and used by llm-int8 when given
+// (features whose calibration |x| reaches the threshold keep their W columns in f16). Validates the
+// whole spec (method names, overrides, groups) before changing anything.
 CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats* stats = nullptr,
                               bool progress = true);
 

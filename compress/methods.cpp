@@ -39,6 +39,15 @@ constexpr MethodInfo kMethods[] = {
      "prune the <pct> % smallest |w| per row (-layer, -global), or N:M (magnitude-2:4)"},
     {"wanda", MethodKind::Prune, kOptSparsity,
      "prune by |w| * ||x||_2 per row (Sun et al. 2023; calibration), <pct> or N:M (wanda-2:4)"},
+    {"int4-gptq", MethodKind::Gptq, kOptGroup,
+     "GPTQ: int4 per group of 128 (-g<N>), rounding errors compensated on calibration XtX"},
+    {"int8-gptq", MethodKind::Gptq, kOptGroup, "GPTQ: int8 per output row (-g<N>: per group)"},
+    {"int3-gptq", MethodKind::Gptq, 0, "GPTQ at 3 bits (not implemented: needs a 3-bit scheme)"},
+    {"lowrank", MethodKind::LowRank, kOptRank,
+     "truncated SVD U*V, -<P>: each matrix loses P % of its parameters (-r<N>: rank, -e<E>: "
+     "energy)"},
+    {"lowrank-aw", MethodKind::LowRank, kOptRank,
+     "SVD-LLM: SVD whitened by the calibration inputs' XtX (output error, not weight error)"},
 };
 
 std::vector<std::string> split(const std::string& s, char sep) {
@@ -63,7 +72,7 @@ std::string known_methods() {
 }
 
 QScheme scheme_of(const MethodSpec& s) {
-  return qscheme_from_name(s.method, "method");
+  return qscheme_from_name(s.base_format(), "method");
 }
 
 }  // namespace
@@ -103,7 +112,15 @@ bool MethodSpec::uses_calibration() const {
 }
 
 bool MethodSpec::needs_calibration() const {
-  return (method == "w8a8" && static_act) || method == "wanda";
+  return (method == "w8a8" && static_act) || method == "wanda" || needs_gram();
+}
+
+bool MethodSpec::needs_gram() const {
+  return method == "lowrank-aw" || info().kind == MethodKind::Gptq;
+}
+
+std::string MethodSpec::base_format() const {
+  return method.ends_with("-gptq") ? method.substr(0, method.size() - 5) : method;
 }
 
 void validate_method_spec(const MethodSpec& s) {
@@ -140,6 +157,24 @@ void validate_method_spec(const MethodSpec& s) {
     MINFER_CHECK(s.amount < 0, "method '{}' takes no amount (only heads, ffn, layers do)",
                  s.method);
   }
+  const LowRankSpec& lr = s.lowrank;
+  const int sizes = (lr.percent != 0) + (lr.rank != 0) + (lr.energy != 0);
+  if (m.options & kOptRank) {
+    MINFER_CHECK(sizes == 1,
+                 "method '{}': give exactly one size: -<P> (percent of parameters removed, e.g. "
+                 "{}-20), -r<N> (rank) or -e<E> (energy)",
+                 s.method, s.method);
+    MINFER_CHECK(lr.percent == 0 || (lr.percent >= 1 && lr.percent <= 99),
+                 "{}: parameter reduction must be 1..99 %, got {}", s.method, lr.percent);
+    MINFER_CHECK(lr.rank == 0 || lr.rank >= 1, "{}: rank must be >= 1, got {}", s.method, lr.rank);
+    MINFER_CHECK(lr.energy == 0 || (std::isfinite(lr.energy) && lr.energy > 0 && lr.energy <= 1),
+                 "{}: energy must be in (0, 1], got {}", s.method, lr.energy);
+    MINFER_CHECK(lr.activation_aware == (s.method == "lowrank-aw"),
+                 "{}: activation_aware is set by the name (lowrank-aw)", s.method);
+  } else {
+    MINFER_CHECK(sizes == 0 && !lr.activation_aware,
+                 "method '{}': a rank / percent / energy is a lowrank option", s.method);
+  }
   MINFER_CHECK(std::isfinite(s.threshold) && s.threshold > 0,
                "llm-int8: threshold must be a positive number, got {}", s.threshold);
   if (m.kind == MethodKind::Prune) {
@@ -155,7 +190,7 @@ MethodSpec method_spec_from_name(const std::string& name) {
   MethodSpec s;
   size_t i = 1;
   s.method = parts[0];
-  if (parts.size() > 1 && find_method(parts[0] + "-" + parts[1])) {  // "llm-int8"
+  if (parts.size() > 1 && find_method(parts[0] + "-" + parts[1])) {  // "llm-int8", "lowrank-aw"
     s.method = parts[0] + "-" + parts[1];
     i = 2;
   }
@@ -211,8 +246,9 @@ MethodSpec method_spec_from_name(const std::string& name) {
     validate_method_spec(s);
     return s;
   }
+  s.lowrank.activation_aware = s.method == "lowrank-aw";
   auto need = [&](unsigned opt, const std::string& p, const char* owner) {
-    MINFER_CHECK(m.options & opt, "{}: '-{}' is an {} option", name, p, owner);
+    MINFER_CHECK(m.options & opt, "{}: '-{}' is {} option", name, p, owner);
   };
   for (; i < parts.size(); ++i) {
     const std::string& p = parts[i];
@@ -222,17 +258,39 @@ MethodSpec method_spec_from_name(const std::string& name) {
                    "method '{}' has no group option (groups: int8, int4, nf4)", name);
       s.quant.group = std::stoi(p.substr(1));
       MINFER_CHECK(s.quant.group > 0, "{}: group must be positive", name);
+    } else if (!p.empty() && std::all_of(p.begin(), p.end(), ::isdigit)) {
+      need(kOptRank, p, "a lowrank");
+      MINFER_CHECK(p.size() < 4, "{}: parameter reduction '{}' is out of range (1..99 %)", name, p);
+      s.lowrank.percent = std::stoi(p);
+      MINFER_CHECK(s.lowrank.percent >= 1, "{}: parameter reduction must be 1..99 %, got 0", name);
+    } else if (p.size() > 1 && p[0] == 'r' && std::all_of(p.begin() + 1, p.end(), ::isdigit)) {
+      need(kOptRank, p, "a lowrank");
+      MINFER_CHECK(p.size() < 10, "{}: rank '{}' is out of range", name, p);
+      s.lowrank.rank = std::stoll(p.substr(1));
+      MINFER_CHECK(s.lowrank.rank >= 1, "{}: rank must be >= 1, got 0", name);
+    } else if (p.size() > 1 && p[0] == 'e' && (::isdigit(p[1]) || p[1] == '.')) {
+      need(kOptRank, p, "a lowrank");
+      size_t used = 0;
+      double e = 0;
+      try {
+        e = std::stod(p.substr(1), &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      MINFER_CHECK(used == p.size() - 1, "{}: energy '{}' is not a number", name, p.substr(1));
+      s.lowrank.energy = e;
+      MINFER_CHECK(e > 0 && e <= 1, "{}: energy must be in (0, 1], got {}", name, e);
     } else if (p == "asym") {
-      need(kOptAsym, p, "int4");
+      need(kOptAsym, p, "an int4");
       s.quant.asymmetric = true;
     } else if (p == "dq") {
-      need(kOptDq, p, "nf4");
+      need(kOptDq, p, "an nf4");
       s.quant.double_quant = true;
     } else if (p == "tensor") {
-      need(kOptTensor, p, "int8");
+      need(kOptTensor, p, "an int8");
       s.quant.per_channel = false;
     } else if (p == "row") {
-      need(kOptRow, p, "ternary");
+      need(kOptRow, p, "a ternary");
       s.quant.ternary_per_row = true;
     } else if (!p.empty() && std::all_of(p.begin(), p.end(),
                                          [](char ch) { return ::isdigit(ch) || ch == '.'; })) {
@@ -247,12 +305,12 @@ MethodSpec method_spec_from_name(const std::string& name) {
         MINFER_FAIL("{}: '{}' is not a number", name, p);
       }
     } else if (p == "static" || p == "dynamic") {
-      need(kOptStatic, p, "w8a8");
+      need(kOptStatic, p, "a w8a8");
       s.static_act = p == "static";
     } else {
       MINFER_FAIL(
           "compression method '{}': unknown option '{}' (options: -g<N>, -asym, -dq, "
-          "-tensor, -row, -static)",
+          "-tensor, -row, -static; lowrank: -<P>, -r<N>, -e<E>)",
           name, p);
     }
   }
@@ -270,7 +328,8 @@ std::string method_spec_name(const MethodSpec& s) {
     return n;
   }
   if (s.method == "int8" && !s.quant.per_channel && s.quant.group == 0) n += "-tensor";
-  if (s.method == "int4" || s.method == "nf4" || (s.method == "int8" && s.quant.group > 0))
+  const std::string base = s.base_format();
+  if (base == "int4" || base == "nf4" || (base == "int8" && s.quant.group > 0))
     n += fmt::format("-g{}",
                      s.quant.group > 0 ? s.quant.group : qscheme_info(scheme_of(s)).default_group);
   if (s.quant.asymmetric) n += "-asym";
@@ -278,6 +337,9 @@ std::string method_spec_name(const MethodSpec& s) {
   if (s.method == "ternary" && s.quant.ternary_per_row) n += "-row";
   if (s.method == "w8a8" && s.static_act) n += "-static";
   if (s.amount >= 0) n += fmt::format("-{:g}", s.amount);
+  if (s.lowrank.percent) n += fmt::format("-{}", s.lowrank.percent);
+  if (s.lowrank.rank) n += fmt::format("-r{}", s.lowrank.rank);
+  if (s.lowrank.energy) n += fmt::format("-e{}", s.lowrank.energy);
   return n;
 }
 

@@ -9,6 +9,9 @@
 //   option := g<N> | asym | dq | tensor | row | static | dynamic   (only those the method takes)
 //           | <number>                 structured pruning amount: "ffn-20", "heads-40", "layers-4"
 //   scope  := row | layer | global          (magnitude only; row is the default)
+//           | <P> | r<N> | e<E>      low-rank size: P % fewer parameters, rank N, or energy E
+//                                    e.g. "lowrank-20", "lowrank-aw-40+int8", "lowrank-r64",
+//                                    "lowrank-aw-e0.9"
 // The registry below is the list --help, the docs, bench and the tests print and loop over.
 #pragma once
 #include <span>
@@ -17,6 +20,7 @@
 #include <vector>
 
 #include "compress/prune.h"
+#include "compress/lowrank.h"
 #include "compress/quantize.h"
 
 namespace minfer {
@@ -28,6 +32,9 @@ enum class MethodKind : uint8_t {
   Structured,   // whole-model step before the per-Linear ones: heads / FFN neurons / blocks
                 // removed (compress/structured.h), a smaller dense model
   Prune,        // float weights in, float weights with zeros out (magnitude, wanda); comes first
+  Gptq,         // float weights -> Quantized, rounding error compensated with XᵀX (GPTQ)
+  LowRank,      // float weights -> LowRank with f32 factors (lowrank, lowrank-aw); a later
+                // Float / WeightQuant step converts each factor and keeps the LowRank
 };
 
 // Option suffixes a method accepts (bit set).
@@ -40,6 +47,7 @@ enum MethodOption : unsigned {
   kOptStatic = 1u << 5,  // -static / -dynamic: activation scales from calibration or per token
   kOptAmount = 1u << 6,  // -<number>: how much a structured step removes (percent or blocks)
   kOptSparsity = 1u << 7,  // -<pct> | -N:M (required), -row/-layer/-global scope for magnitude
+  kOptRank = 1u << 8,  // -<P> / -r<N> / -e<E>: low-rank size (percent, rank, energy)
 };
 
 struct MethodInfo {
@@ -67,6 +75,7 @@ struct MethodSpec {
   double amount = -1;           // structured: heads / ffn: percent removed per layer, [0, 100);
                                 // layers: blocks dropped. -1 = not given
   PruneSpec prune;              // magnitude / wanda: sparsity or N:M, scope
+  LowRankSpec lowrank;          // lowrank, lowrank-aw: the rank rule (activation_aware from name)
 
   const MethodInfo& info() const;  // throws for an unregistered name
   bool is_prune() const { return info().kind == MethodKind::Prune; }
@@ -74,6 +83,10 @@ struct MethodSpec {
   // uses them).
   bool uses_calibration() const;
   bool needs_calibration() const;
+  // The round-to-nearest format a GPTQ step writes ("int4" for "int4-gptq"); `method` otherwise.
+  std::string base_format() const;
+  // True when the step reads the calibration inputs' Gram matrix XᵀX (ActStats::gram).
+  bool needs_gram() const;
 };
 
 // Parses one step ("int4-g64"); throws naming the step and what is wrong.

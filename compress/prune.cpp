@@ -115,7 +115,7 @@ Linear prune_linear(const Linear& l, const PruneSpec& s, const float* feat_norm)
   for (size_t i = 0; i < keep.size(); ++i)
     if (!keep[i]) p[i] = 0.f;
   // Zeros are exact in every float type: a 16-bit weight stays 16-bit.
-  if (d->w.dtype() != DType::F32) w = cast_to(w, d->w.dtype());
+  if (d->w.dtype() != DType::F32) w = cast_to(w, d->w.dtype(), l.name);
   return make_linear(l.name, l.in, l.out, Dense{w, false}, l.bias);
 }
 

@@ -113,9 +113,10 @@ TEST_CASE("compress: method names parse, print back, and reject what does not ex
   // methods take their sparsity as an argument.
   for (const MethodInfo& m : method_registry()) {
     CAPTURE(std::string(m.name));
-    // Structured and prune steps need their amount ("ffn-20", "wanda-50").
-    const std::string arg =
-        (m.options & kOptAmount) ? "-20" : m.kind == MethodKind::Prune ? "-50" : "";
+    // Structured, prune and low-rank steps need their amount ("ffn-20", "wanda-50", "lowrank-20").
+    const std::string arg = (m.options & (kOptAmount | kOptRank)) ? "-20"
+                            : m.kind == MethodKind::Prune           ? "-50"
+                                                                    : "";
     CHECK(compress_spec_from_name(std::string(m.name) + arg).last().method == m.name);
   }
   // Chains: the grammar exists; only a last step may quantize (every registered method does).

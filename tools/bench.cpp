@@ -269,8 +269,8 @@ json compress_child(const Options& o, const std::string& work, const std::string
   if (spec.uses_calibration()) {
     const auto ids = read_vec<int32_t>(work + "/calib_ids.bin");
     try {
-      stats =
-          calibrate(mc, ids, o.calib_samples, std::min(o.calib_len, mc.config().max_pos), false);
+      stats = calibrate(mc, ids, o.calib_samples, std::min(o.calib_len, mc.config().max_pos), false,
+                        spec.needs_gram());
       sp = &stats;
     } catch (const std::exception& e) {
       // Static activation scales cannot exist without calibration; LLM.int8() can still find
@@ -426,8 +426,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(int64_t(0), int64_t(1) << 20));
   app.add_option("--reps", o.reps, "prefill timing: best of N")->check(CLI::Range(1, 100));
   app.add_option("--calib-samples", o.calib_samples,
-                 "calibration windows (w8a8-static, llm-int8, heads / ffn / layers pruning) from "
-                 "WikiText-2 validation")
+                 "calibration windows (w8a8-static, llm-int8, wanda, lowrank-aw, GPTQ, heads / ffn "
+                 "/ layers pruning) from WikiText-2 validation")
       ->check(CLI::Range(1, 4096));
   app.add_option("--calib-len", o.calib_len, "tokens per calibration window")
       ->check(CLI::Range(int64_t(2), int64_t(1) << 20));

@@ -2,6 +2,8 @@
 // that run-model, perplexity, embed and bench load directly.
 #include "compress/compress.h"
 
+#include <fmt/format.h>
+
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -25,6 +27,7 @@ int main(int argc, char** argv) {
   int group = 0, calib_samples = 32, threads = 0;
   int64_t calib_len = 512;
   float threshold = 6.f;
+  double energy = 0;
   bool per_tensor = false, asym = false, dq = false, ternary_row = false, force = false,
        json_out = false, quiet = false;
   app.add_option("--model,-m", model, "smollm2 | minilm | HF folder | .gguf | minfer folder")
@@ -42,11 +45,18 @@ int main(int argc, char** argv) {
   app.add_flag("--asym", asym, "int4: min/max with an integer zero point");
   app.add_flag("--double-quant", dq, "nf4: 8-bit block-256 scales (QLoRA), ~4.127 bits/weight");
   app.add_flag("--ternary-per-row", ternary_row, "ternary: mean|w| per row instead of per tensor");
+  app.add_option("--energy", energy,
+                 "lowrank, lowrank-aw: per matrix the smallest rank keeping this fraction of the "
+                 "squared singular values (the method is then given without a size, e.g. "
+                 "--method lowrank-aw+int8 --energy 0.9)")
+      ->check(CLI::Range(1e-9, 1.0));
   app.add_option("--threshold", threshold, "llm-int8: |x| outlier threshold")
       ->check(CLI::PositiveNumber);
-  app.add_option("--calibrate", calib_path,
-                 "calibration text (e.g. ../shared/data/wikitext-2-raw/wiki.valid.raw): needed "
-                 "by w8a8-static; llm-int8 keeps f16 weight columns for its outlier features");
+  app.add_option(
+      "--calibrate", calib_path,
+      "calibration text (e.g. ../shared/data/wikitext-2-raw/wiki.valid.raw): needed "
+      "by w8a8-static and lowrank-aw (XᵀX of each linear's inputs); llm-int8 keeps f16 weight "
+      "columns for its outlier features");
   app.add_option("--calib-samples", calib_samples, "calibration windows")
       ->check(CLI::Range(1, 100000));
   app.add_option("--calib-len", calib_len, "tokens per calibration window")
@@ -77,6 +87,28 @@ int main(int argc, char** argv) {
   app.add_flag("--quiet,-q", quiet, "no progress bars");
   return tool::run(app, argc, argv, [&] {
     const double t0 = tool::now_s();
+    if (energy > 0) {
+      // --energy E = the size "-e<E>" on every low-rank step of the chain.
+      std::string chain;
+      bool any = false;
+      for (size_t b = 0; b <= method.size();) {
+        size_t e = std::min(method.find('+', b), method.size());
+        std::string step = method.substr(b, e - b);
+        if (step == "lowrank" || step == "lowrank-aw") {
+          step += fmt::format("-e{}", energy);
+          any = true;
+        } else
+          MINFER_CHECK(!step.starts_with("lowrank"),
+                       "--energy sets the size of '{}': give the method without one (lowrank or "
+                       "lowrank-aw)",
+                       step);
+        chain += (chain.empty() ? "" : "+") + step;
+        b = e + 1;
+      }
+      MINFER_CHECK(any, "--energy: the chain '{}' has no low-rank step (lowrank, lowrank-aw)",
+                   method);
+      method = chain;
+    }
     CompressSpec spec = compress_spec_from_name(method);
     // The option flags set the chain's last step (the quantizer).
     MethodSpec& last = spec.last();
@@ -147,8 +179,10 @@ int main(int argc, char** argv) {
       std::vector<int32_t> ids = lm.tokenizer->encode(ss.str(), true);
       if (structured)  // whole-model steps first: the quantizers see the smaller model
         lm.model = prune_structured(*lm.model, spec, ids, calib_samples, calib_len, !quiet);
+      bool gram = spec.needs_gram();
+      for (const auto& [pat, f] : spec.keep) gram = gram || compress_spec_from_name(f).needs_gram();
       if (spec.uses_calibration() || !structured) {
-        stats = calibrate(*lm.model, ids, calib_samples, calib_len, !quiet);
+        stats = calibrate(*lm.model, ids, calib_samples, calib_len, !quiet, gram);
         sp = &stats;
       }
     }

@@ -8,8 +8,8 @@
 namespace minfer {
 
 struct LowRank {
-  Box<Linear> v;  // in -> rank: V [rank, in]
-  Box<Linear> u;  // rank -> out: U (with the singular values folded in) [out, rank]
+  Box<Linear> v;  // in -> rank: V [rank, in] (compress/lowrank.h folds the singular values in)
+  Box<Linear> u;  // rank -> out: U [out, rank]
 };
 
 template <>

@@ -1,0 +1,121 @@
+#include "compress/gptq.h"
+
+#include <cblas.h>
+#include <lapacke.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "engine/error.h"
+#include "kernels/common/quant_math.h"
+
+namespace minfer {
+
+Linear quantize_gptq(const Linear& l, const QuantSpec& spec, const std::vector<float>& xtx,
+                     const GptqOptions& opt) {
+  MINFER_CHECK(std::holds_alternative<Dense>(l.repr),
+               "gptq '{}': quantizes float weights, but the weight is {}", l.name,
+               linear_format(l));
+  MINFER_CHECK(spec.method == "int4" || spec.method == "int8",
+               "gptq '{}': {} is not a GPTQ target (int4, int8)", l.name, spec.method);
+  MINFER_CHECK(!spec.asymmetric && !spec.double_quant && spec.per_channel,
+               "gptq '{}': symmetric per-row / per-group scales only", l.name);
+  MINFER_CHECK(opt.damp > 0 && std::isfinite(opt.damp) && opt.block >= 1,
+               "gptq '{}': damp must be > 0 and block >= 1 (got {}, {})", l.name, opt.damp,
+               opt.block);
+  const int64_t N = l.out, K = l.in;
+  MINFER_CHECK(int64_t(xtx.size()) == K * K,
+               "gptq '{}': Gram matrix has {} values, expected [{}, {}]", l.name, xtx.size(), K, K);
+  const QScheme scheme = spec.method == "int4" ? QScheme::Int4 : QScheme::Int8;
+  const QSchemeInfo info = qscheme_info(scheme);
+  int64_t G = spec.group == 0 ? info.default_group : spec.group;
+  if (G == 0 || G >= K) G = K;
+  MINFER_CHECK(G == K || G % info.group_multiple == 0,
+               "gptq '{}': {} group must be a multiple of {}, got {}", l.name, spec.method,
+               info.group_multiple, G);
+  const int qmax = scheme == QScheme::Int4 ? 7 : 127;
+  // Group starts must meet updated columns: a block is a multiple of the group (or one group
+  // per row, whose only start is column 0).
+  const int64_t B = G == K ? opt.block : G * std::max<int64_t>(1, opt.block / G);
+
+  const Tensor wt = dequantize_weight(l);
+  std::vector<double> W(size_t(N * K));
+  for (int64_t i = 0; i < N * K; ++i) {
+    W[size_t(i)] = wt.data<float>()[i];
+    MINFER_CHECK(std::isfinite(W[size_t(i)]), "gptq '{}': weight [{}, {}] is not finite", l.name,
+                 i / K, i % K);
+  }
+  std::vector<double> H(size_t(K * K));
+  double mean_diag = 0;
+  for (int64_t i = 0; i < K * K; ++i) {
+    H[size_t(i)] = xtx[size_t(i)];
+    MINFER_CHECK(std::isfinite(H[size_t(i)]), "gptq '{}': Gram matrix is not finite", l.name);
+  }
+  for (int64_t i = 0; i < K; ++i) {
+    if (H[size_t(i * K + i)] == 0) {  // a dead input: its weights never matter
+      H[size_t(i * K + i)] = 1;
+      for (int64_t n = 0; n < N; ++n) W[size_t(n * K + i)] = 0;
+    }
+    mean_diag += H[size_t(i * K + i)];
+  }
+  mean_diag /= double(K);
+  for (int64_t i = 0; i < K; ++i) H[size_t(i * K + i)] += opt.damp * mean_diag;
+  // R: upper Cholesky factor of H⁻¹ (H⁻¹ = Rᵀ R); row i of R carries column i's error onward.
+  lapack_int info_c = LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'U', lapack_int(K), H.data(), lapack_int(K));
+  MINFER_CHECK(info_c == 0, "gptq '{}': H + λI is not positive definite (dpotrf info {})", l.name,
+               int(info_c));
+  info_c = LAPACKE_dpotri(LAPACK_ROW_MAJOR, 'U', lapack_int(K), H.data(), lapack_int(K));
+  MINFER_CHECK(info_c == 0, "gptq '{}': dpotri failed (info {})", l.name, int(info_c));
+  info_c = LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'U', lapack_int(K), H.data(), lapack_int(K));
+  MINFER_CHECK(info_c == 0, "gptq '{}': H⁻¹ is not positive definite (dpotrf info {})", l.name,
+               int(info_c));
+  const std::vector<double>& R = H;
+
+  const int64_t groups = qm::ceil_div(K, G);
+  std::vector<float> scales(size_t(N * groups), 0.f);
+  std::vector<int> codes(size_t(N * K));
+  std::vector<double> err(size_t(N * B));
+  for (int64_t i1 = 0; i1 < K; i1 += B) {
+    const int64_t i2 = std::min(K, i1 + B), nb = i2 - i1;
+#pragma omp parallel for if (N * K >= (1 << 16))
+    for (int64_t n = 0; n < N; ++n) {
+      double* w = W.data() + n * K;
+      for (int64_t i = i1; i < i2; ++i) {
+        float& s = scales[size_t(n * groups + i / G)];
+        if (i % G == 0) {
+          double amax = 0;
+          for (int64_t k = i; k < std::min(K, i + G); ++k) amax = std::max(amax, std::fabs(w[k]));
+          s = float(amax) / float(qmax);
+        }
+        const int q = qm::quantize_sym(float(w[i]), s, qmax);
+        codes[size_t(n * K + i)] = q;
+        const double e = (w[i] - double(qm::dequant_uz(q, 0, s))) / R[size_t(i * K + i)];
+        for (int64_t j = i + 1; j < i2; ++j) w[j] -= e * R[size_t(i * K + j)];
+        err[size_t(n * nb + (i - i1))] = e;
+      }
+    }
+    if (i2 < K)  // lazy batch: W[:, i2:] -= Err · R[i1:i2, i2:]
+      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(K - i2), int(nb), -1.0,
+                  err.data(), int(nb), R.data() + i1 * K + i2, int(K), 1.0, W.data() + i2, int(K));
+  }
+
+  Quantized q;
+  q.scheme = scheme;
+  q.group = G;
+  const int64_t rb = qm::row_bytes(K, info.bits), Kp = qm::padded_k(K);
+  q.codes = Tensor::empty(DType::U8, {N, rb});
+  q.scales = Tensor::empty(DType::F32, {N, groups});
+  std::copy(scales.begin(), scales.end(), q.scales.data<float>());
+  for (int64_t n = 0; n < N; ++n) {
+    uint8_t* row = q.codes.data<uint8_t>() + n * rb;
+    if (scheme == QScheme::Int8) {
+      std::fill(row, row + rb, uint8_t(128));
+      for (int64_t k = 0; k < K; ++k) row[k] = uint8_t(codes[size_t(n * K + k)] + 128);
+    } else {
+      for (int64_t k = 0; k < Kp; ++k) qm::set_q4(row, k, k < K ? codes[size_t(n * K + k)] + 8 : 8);
+    }
+  }
+  return make_linear(l.name, l.in, l.out, std::move(q), l.bias);
+}
+
+}  // namespace minfer

@@ -1,0 +1,32 @@
+// GPTQ (Frantar et al. 2022, arXiv:2210.17323, Algorithm 1): weight-only quantization that
+// rounds W [out, in] one input column at a time and spreads each column's rounding error over the
+// columns not yet rounded, weighted by the inverse Hessian of the layer's output error
+// H = XᵀX (X: calibration inputs [tokens, in]), so that ||(W - Ŵ) Xᵀ||_F, not ||W - Ŵ||_F, is
+// what the rounding keeps small. Writes the same Quantized representation round-to-nearest does
+// (engine/formats/quantized.h): the kernels run it unchanged.
+//
+// As the paper: dampening λ = 0.01 · mean(diag H) added to the diagonal, H⁻¹ through its upper
+// Cholesky factor, lazy batch updates (the error of a block of 128 columns reaches the later
+// columns in one GEMM), dead inputs (H_ii = 0) get W[:, i] = 0. A group's scale is chosen from the
+// group's weights as they stand when the first column of the group is reached (the paper's
+// "static groups" off), with the format's own rule (int4: absmax / 7, int8: absmax / 127).
+#pragma once
+#include <vector>
+
+#include "compress/quantize.h"
+
+namespace minfer {
+
+struct GptqOptions {
+  double damp = 0.01;   // λ / mean(diag H) (paper: 1 %)
+  int64_t block = 128;  // lazy-batch columns (paper: 128); rounded to a multiple of the group
+};
+
+// `dense`: a Dense Linear [out, in]; spec.method "int4" (symmetric, group 32/64/128/...) or "int8"
+// (per row or group); xtx: [in, in] symmetric f32 XᵀX of the calibration inputs. Throws for
+// other methods or options (asymmetric, per-tensor, nf4), a non-Dense weight, a mis-sized or
+// non-finite Gram matrix.
+Linear quantize_gptq(const Linear& dense, const QuantSpec& spec, const std::vector<float>& xtx,
+                     const GptqOptions& opt = {});
+
+}  // namespace minfer
