@@ -446,14 +446,18 @@ void validate_compress_spec(const CompressSpec& s) {
     };
     const MethodKind k = s.steps[i].info().kind;
     if (i + 1 < s.steps.size()) {
-      const MethodKind next = s.steps[i + 1].info().kind;
-      MINFER_CHECK(stage(k) <= stage(next) && stage(k) < 3,
-                   "compression chain '{}': '{}' cannot come before '{}' (order: structured, "
-                   "prune, low-rank, then one quantizer last)",
-                   compress_spec_name(s), method_spec_name(s.steps[i]),
-                   method_spec_name(s.steps[i + 1]));
-      MINFER_CHECK(!(k == MethodKind::LowRank && next == MethodKind::LowRank),
-                   "compression chain '{}': one low-rank step at most", compress_spec_name(s));
+      const MethodSpec& next = s.steps[i + 1];
+      const MethodKind nk = next.info().kind;
+      MINFER_CHECK(nk != MethodKind::Prune || stage(k) <= 1,
+                   "compression chain '{}': prune step '{}' must come before '{}' (pruning takes "
+                   "float weights)",
+                   compress_spec_name(s), method_spec_name(next), method_spec_name(s.steps[i]));
+      MINFER_CHECK(stage(k) < 3,
+                   "compression chain '{}': '{}' must come last (a quantizer needs float weights)",
+                   compress_spec_name(s), method_spec_name(s.steps[i]));
+      MINFER_CHECK(nk != MethodKind::LowRank || stage(k) <= 1,
+                   "compression chain '{}': '{}' must come first (it factorizes float weights)",
+                   compress_spec_name(s), method_spec_name(next));
     }
     if (k == MethodKind::LowRank)
       for (size_t j = 0; j < i; ++j)

@@ -258,7 +258,8 @@ MethodSpec method_spec_from_name(const std::string& name) {
                    "method '{}' has no group option (groups: int8, int4, nf4)", name);
       s.quant.group = std::stoi(p.substr(1));
       MINFER_CHECK(s.quant.group > 0, "{}: group must be positive", name);
-    } else if (!p.empty() && std::all_of(p.begin(), p.end(), ::isdigit)) {
+    } else if (!p.empty() && std::all_of(p.begin(), p.end(), ::isdigit) &&
+               !(m.options & kOptAmount)) {  // structured amounts are parsed below
       need(kOptRank, p, "a lowrank");
       MINFER_CHECK(p.size() < 4, "{}: parameter reduction '{}' is out of range (1..99 %)", name, p);
       s.lowrank.percent = std::stoi(p);
