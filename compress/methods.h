@@ -19,8 +19,8 @@
 #include <string_view>
 #include <vector>
 
-#include "compress/prune.h"
 #include "compress/lowrank.h"
+#include "compress/prune.h"
 #include "compress/quantize.h"
 
 namespace minfer {
@@ -39,15 +39,15 @@ enum class MethodKind : uint8_t {
 
 // Option suffixes a method accepts (bit set).
 enum MethodOption : unsigned {
-  kOptGroup = 1u << 0,   // -g<N>: group size along a row
-  kOptAsym = 1u << 1,    // -asym: integer zero points
-  kOptDq = 1u << 2,      // -dq: double-quantized scales (QLoRA)
-  kOptTensor = 1u << 3,  // -tensor: one scale per tensor
-  kOptRow = 1u << 4,     // -row: one scale per row (ternary)
-  kOptStatic = 1u << 5,  // -static / -dynamic: activation scales from calibration or per token
-  kOptAmount = 1u << 6,  // -<number>: how much a structured step removes (percent or blocks)
+  kOptGroup = 1u << 0,     // -g<N>: group size along a row
+  kOptAsym = 1u << 1,      // -asym: integer zero points
+  kOptDq = 1u << 2,        // -dq: double-quantized scales (QLoRA)
+  kOptTensor = 1u << 3,    // -tensor: one scale per tensor
+  kOptRow = 1u << 4,       // -row: one scale per row (ternary)
+  kOptStatic = 1u << 5,    // -static / -dynamic: activation scales from calibration or per token
+  kOptAmount = 1u << 6,    // -<number>: how much a structured step removes (percent or blocks)
   kOptSparsity = 1u << 7,  // -<pct> | -N:M (required), -row/-layer/-global scope for magnitude
-  kOptRank = 1u << 8,  // -<P> / -r<N> / -e<E>: low-rank size (percent, rank, energy)
+  kOptRank = 1u << 8,      // -<P> / -r<N> / -e<E>: low-rank size (percent, rank, energy)
 };
 
 struct MethodInfo {

@@ -115,8 +115,8 @@ TEST_CASE("compress: method names parse, print back, and reject what does not ex
     CAPTURE(std::string(m.name));
     // Structured, prune and low-rank steps need their amount ("ffn-20", "wanda-50", "lowrank-20").
     const std::string arg = (m.options & (kOptAmount | kOptRank)) ? "-20"
-                            : m.kind == MethodKind::Prune           ? "-50"
-                                                                    : "";
+                            : m.kind == MethodKind::Prune         ? "-50"
+                                                                  : "";
     CHECK(compress_spec_from_name(std::string(m.name) + arg).last().method == m.name);
   }
   // Chains: the grammar exists; only a last step may quantize (every registered method does).

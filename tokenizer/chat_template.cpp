@@ -1480,7 +1480,7 @@ struct ChatTemplate::Impl {
     int* macro_depth = nullptr;  // shared by the macro calls of one render
     int64_t* steps = nullptr;    // loop iterations + macro calls so far in this render
   };
-  static constexpr int64_t kMaxSteps = 1'000'000;       // a runaway loop is an error, not a hang
+  static constexpr int64_t kMaxSteps = 1'000'000;        // a runaway loop is an error, not a hang
   static constexpr int kMaxMacroDepth = 64;              // recursive macros end in an error
   static constexpr size_t kMaxString = size_t(1) << 26;  // 64 MiB: 'a' * 10**12 is an error
 

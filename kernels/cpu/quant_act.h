@@ -1,6 +1,6 @@
-// Activation-quantized linears on the CPU: W8A8 and LLM.int8() (structs: engine/formats/w8a8.h, engine/formats/llm_int8.h).
-// Legend: T rows of x (tokens), K = in features, N = out features, Kp = K rounded up to 64,
-// m = outlier features of an LLM.int8() call.
+// Activation-quantized linears on the CPU: W8A8 and LLM.int8() (structs: engine/formats/w8a8.h,
+// engine/formats/llm_int8.h). Legend: T rows of x (tokens), K = in features, N = out features, Kp =
+// K rounded up to 64, m = outlier features of an LLM.int8() call.
 //
 // Both formats reduce to one integer core, matmul_i8_i8_i32: int8 activation codes (one scale per
 // token row) times the int8 weight codes (stored as u = q + 128, one scale per output row), exact
