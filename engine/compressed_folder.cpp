@@ -73,11 +73,7 @@ bool CompressedSource::has(const std::string& name) const {
 
 Tensor CompressedSource::tensor(const std::string& name,
                                 std::initializer_list<int64_t> shape) const {
-  const Tensor& t = store_.get(name, shape);
-  MINFER_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F16 || t.dtype() == DType::BF16,
-               "{}: tensor '{}': expected a float dtype (F32, F16, BF16), found {}",
-               store_.file_of(name), name, dtype_name(t.dtype()));
-  return t;
+  return float_tensor(store_, name, shape);
 }
 
 std::string CompressedSource::describe() const {

@@ -15,13 +15,18 @@ Tensor WeightSource::vec(const std::string& name, int64_t n) const {
   return t.dtype() == DType::F32 ? t : t.to_f32();
 }
 
-Tensor SafetensorsSource::tensor(const std::string& name,
-                                 std::initializer_list<int64_t> shape) const {
-  const Tensor& t = store_.get(name, shape);
+Tensor float_tensor(const WeightStore& store, const std::string& name,
+                    std::initializer_list<int64_t> shape) {
+  const Tensor& t = store.get(name, shape);
   MINFER_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F16 || t.dtype() == DType::BF16,
                "{}: tensor '{}': expected a float dtype (F32, F16, BF16), found {}",
-               store_.file_of(name), name, dtype_name(t.dtype()));
+               store.file_of(name), name, dtype_name(t.dtype()));
   return t;
+}
+
+Tensor SafetensorsSource::tensor(const std::string& name,
+                                 std::initializer_list<int64_t> shape) const {
+  return float_tensor(store_, name, shape);
 }
 
 }  // namespace minfer

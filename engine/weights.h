@@ -27,6 +27,11 @@ class WeightSource {
   virtual std::string describe() const = 0;
 };
 
+// The float tensor (F32/F16/BF16) `name` of exactly `shape` from `store`; errors name the file
+// and the tensor. What SafetensorsSource and CompressedSource hand out.
+Tensor float_tensor(const WeightStore& store, const std::string& name,
+                    std::initializer_list<int64_t> shape);
+
 // Hugging Face safetensors checkpoint (single file or sharded).
 class SafetensorsSource : public WeightSource {
  public:

@@ -24,6 +24,7 @@ void emu_set_device_count(int n);
 }  // namespace minfer
 
 using namespace minfer;
+using namespace minfer::test;
 
 namespace {
 
@@ -136,16 +137,6 @@ std::vector<Row> rows() {
   r.push_back({"lowrank(int8)", [](const Linear& l) { return lowrank_of(l, 4, "int8"); }});
   return r;
 }
-
-class FileTensors final : public TensorSource {
- public:
-  explicit FileTensors(std::shared_ptr<SafetensorsFile> f) : f_(std::move(f)) {}
-  bool has(const std::string& n) const override { return f_->has(n); }
-  Tensor get(const std::string& n) const override { return f_->get(n); }
-
- private:
-  std::shared_ptr<SafetensorsFile> f_;
-};
 
 std::vector<float> run(Backend& be, const Linear& l, const std::vector<float>& x, int64_t T) {
   Tensor xh = Tensor::empty(DType::F32, {T, l.in});

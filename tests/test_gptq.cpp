@@ -11,38 +11,11 @@
 #include "test_util.h"
 
 using namespace minfer;
+using namespace minfer::test;
 
 namespace {
 
 const std::string kGptq = "tests/fixtures/lowrank/gptq.safetensors";
-
-std::vector<float> gram_of(const Tensor& x) {
-  const int64_t t = x.dim(0), in = x.dim(1);
-  std::vector<float> g(size_t(in * in));
-  for (int64_t i = 0; i < in; ++i)
-    for (int64_t j = 0; j < in; ++j) {
-      double s = 0;
-      for (int64_t r = 0; r < t; ++r)
-        s += double(x.data<float>()[r * in + i]) * x.data<float>()[r * in + j];
-      g[size_t(i * in + j)] = float(s);
-    }
-  return g;
-}
-
-// ||(W - Ŵ) Xᵀ||_F
-double output_error(const Tensor& w, const Tensor& wh, const Tensor& x) {
-  const int64_t out = w.dim(0), in = w.dim(1), t = x.dim(0);
-  double e = 0;
-  for (int64_t r = 0; r < t; ++r)
-    for (int64_t o = 0; o < out; ++o) {
-      double y = 0;
-      for (int64_t i = 0; i < in; ++i)
-        y += (double(w.data<float>()[o * in + i]) - wh.data<float>()[o * in + i]) *
-             x.data<float>()[r * in + i];
-      e += y * y;
-    }
-  return std::sqrt(e);
-}
 
 }  // namespace
 

@@ -15,6 +15,7 @@
 #include "test_util.h"
 
 using namespace minfer;
+using namespace minfer::test;
 
 namespace {
 
@@ -316,15 +317,6 @@ TEST_CASE("prune: calibration records sum of x² per input feature (||X_j||² fo
 }
 
 namespace {
-class FileTensors final : public TensorSource {
- public:
-  explicit FileTensors(std::shared_ptr<SafetensorsFile> f) : f_(std::move(f)) {}
-  bool has(const std::string& n) const override { return f_->has(n); }
-  Tensor get(const std::string& n) const override { return f_->get(n); }
-
- private:
-  std::shared_ptr<SafetensorsFile> f_;
-};
 
 bool same_bytes(const Tensor& a, const Tensor& b) {
   return a.dtype() == b.dtype() && a.nbytes() == b.nbytes() &&
