@@ -71,6 +71,10 @@ CAPITEST := $(BINDIR)/test-capi
 APPLIB   := $(OBJDIR)/libminfer-app.a
 TOOLS    := $(TOOL_SRC:tools/%.cpp=$(BINDIR)/%)
 TESTBIN  := $(BINDIR)/minfer-tests
+# The unit tests without the app layer (model fetching, reports: libzip/OpenSSL) and without the
+# real-model runs: what a cross build runs under emulation (scripts/ci-arm.sh).
+UNIT_TEST_SRC := $(filter-out tests/test_model_hub.cpp tests/test_report.cpp tests/test_real_models.cpp,$(TEST_SRC))
+UNITBIN  := $(BINDIR)/minfer-unit-tests
 # The CUDA backend's sources compiled as C++ against the CPU emulation of CUDA (kernels/cuda/emu/),
 # linked into the test binary only: `make test` runs every CUDA kernel without a GPU.
 CUEMU_SRC:= $(wildcard kernels/cuda/*.cu kernels/cuda/*.cpp kernels/cuda/emu/*.cpp)
@@ -89,11 +93,12 @@ ifeq ($(CUDA),1)
   LDLIBS    += -lcublasLt -lcublas -lcudart
 endif
 
-.PHONY: all lib tools tests test bench deps arm-deps models demo clean format install
+.PHONY: all lib tools tests unit-tests test bench deps arm-deps models demo clean format install
 all: lib tools tests $(BENCHBIN)
 lib: $(LIB) $(SOLINKS)
 tools: $(TOOLS)
 tests: $(TESTBIN)
+unit-tests: $(UNITBIN)
 
 $(OBJDIR)/%.o: %.cpp
 	@mkdir -p $(dir $@)
@@ -143,6 +148,10 @@ $(BINDIR)/%: $(OBJDIR)/bench/%.o $(APPLIB) $(LIB)
 $(TESTBIN): $(TEST_OBJ) $(CUEMU_OBJ) $(APPLIB) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CXX) $(LDFLAGS) $(TEST_OBJ) $(CUEMU_OBJ) $(APPLIB) $(LIB) $(LDLIBS) $(APP_LIBS) -o $@
+
+$(UNITBIN): $(UNIT_TEST_SRC:%.cpp=$(OBJDIR)/%.o) $(CUEMU_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) $(UNIT_TEST_SRC:%.cpp=$(OBJDIR)/%.o) $(CUEMU_OBJ) $(LIB) $(LDLIBS) -o $@
 
 # Tests run from the repository root (fixtures are found by relative path).
 # TEST_ARGS passes doctest flags, e.g. make test TEST_ARGS='-tc="*gguf*"'.

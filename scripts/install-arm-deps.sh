@@ -10,7 +10,8 @@ if ! dpkg --print-foreign-architectures | grep -qx arm64; then
   updated=0
 fi
 pkgs=(g++-aarch64-linux-gnu qemu-user libopenblas-openmp-dev:arm64 liblapacke-dev:arm64
-      libfmt-dev:arm64 libutf8proc-dev:arm64 libgomp1:arm64 nlohmann-json3-dev)
+      libfmt-dev:arm64 libutf8proc-dev:arm64 libgomp1:arm64 libc6:arm64 nlohmann-json3-dev
+      doctest-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

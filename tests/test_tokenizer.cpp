@@ -19,7 +19,7 @@ using nlohmann::json;
 namespace {
 
 const char* kFixtures = "tests/fixtures/tokenizers/";
-const char* kWiki = "../shared/data/wikitext-2-raw/wiki.test.raw";
+const std::string kWiki = "../shared/data/wikitext-2-raw/wiki.test.raw";
 
 #if defined(__SANITIZE_ADDRESS__) || defined(MINFER_SANITIZE)
 constexpr size_t kMaxWikiLines = 500;  // sanitizer builds: a prefix of the sweep keeps it fast
