@@ -19,7 +19,11 @@ using nlohmann::json;
 namespace {
 
 const char* kFixtures = "tests/fixtures/tokenizers/";
-const char* kWiki = "../shared/data/wikitext-2-raw/wiki.test.raw";
+// WikiText-2 test split: $MINFER_WIKITEXT (the wikitext-2-raw folder) or ../shared/data.
+const std::string kWiki = [] {
+  const char* d = std::getenv("MINFER_WIKITEXT");
+  return std::string(d && *d ? d : "../shared/data/wikitext-2-raw") + "/wiki.test.raw";
+}();
 
 #if defined(__SANITIZE_ADDRESS__) || defined(MINFER_SANITIZE)
 constexpr size_t kMaxWikiLines = 500;  // sanitizer builds: a prefix of the sweep keeps it fast
@@ -440,4 +444,57 @@ TEST_CASE("tokenizer: SmolLM2 from GGUF matches the HF reference") {
     for (const json& h : exp["hard"])
       CHECK(again->encode(h["text"].get<std::string>()) == h["ids"].get<std::vector<int32_t>>());
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GGUF tokenizers (tokenizer.ggml.*), fixtures from make_gguf_tokenizer_fixtures.py: each GGUF
+// is written as convert_hf_to_gguf.py writes it, and the expected ids are HF `tokenizers` on the
+// tokenizer.json it was converted from.
+namespace {
+std::unique_ptr<Tokenizer> gguf_fixture(const std::string& name) {
+  return Tokenizer::load(std::string(kFixtures) + "gguf/" + name + ".gguf");
+}
+}  // namespace
+
+TEST_CASE("tokenizer: GGUF byte-level BPE, every pre-tokenizer family") {
+  for (const char* name : {"bpe-gpt-2", "bpe-mpt", "bpe-starcoder", "bpe-command-r",
+                           "bpe-llama-bpe", "bpe-qwen2", "bpe-falcon", "bpe-bloom", "bpe-viking",
+                           "bpe-deepseek-llm", "bpe-deepseek-coder", "bpe-tekken"}) {
+    const std::string path = std::string(kFixtures) + "gguf/" + name + ".gguf";
+    if (!std::filesystem::exists(path)) {
+      FAIL_CHECK("missing fixture ", path);
+      continue;
+    }
+    auto tok = gguf_fixture(name);
+    check_expected(*tok, std::string("gguf/") + name, true);
+  }
+}
+
+TEST_CASE("tokenizer: GGUF SentencePiece (tokenizer.ggml.model = llama)") {
+  auto tok = gguf_fixture("spm");
+  CHECK(tok->bos_id() == 1);
+  CHECK(tok->eos_id() == 2);
+  CHECK(tok->added_bos() == 1);
+  CHECK(tok->special_id("unk") == 0);
+  CHECK(tok->is_special(0));
+  CHECK_FALSE(tok->is_special(tok->token_to_id("<|reserved|>")));  // USER_DEFINED: added, plain
+  check_expected(*tok, "gguf/spm", false);
+  auto plain = gguf_fixture("spm-noprefix");  // tokenizer.ggml.add_space_prefix = false
+  check_expected(*plain, "gguf/spm-noprefix", false);
+  CHECK(tok->encode("a", false) != plain->encode("a", false));
+}
+
+TEST_CASE("tokenizer: GGUF WordPiece (tokenizer.ggml.model = bert)") {
+  auto uncased = gguf_fixture("wordpiece-uncased");
+  CHECK(uncased->special_prefix() == std::vector<int32_t>{uncased->token_to_id("[CLS]")});
+  CHECK(uncased->special_suffix() == std::vector<int32_t>{uncased->token_to_id("[SEP]")});
+  CHECK(uncased->special_id("sep") == uncased->token_to_id("[SEP]"));
+  CHECK(uncased->special_id("mask") == uncased->token_to_id("[MASK]"));
+  CHECK(uncased->special_id("cls") == uncased->token_to_id("[CLS]"));
+  check_expected(*uncased, "gguf/wordpiece-uncased", false);
+  auto cased = gguf_fixture("wordpiece-cased");
+  CHECK(cased->special_id("cls") == -1);  // not in the file; found by text for the template
+  check_expected(*cased, "gguf/wordpiece-cased", false);
+  CHECK(uncased->encode("Hello HELLO", false) == uncased->encode("hello hello", false));
+  CHECK(cased->encode("Hello HELLO", false) != cased->encode("hello hello", false));
 }
