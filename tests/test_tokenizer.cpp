@@ -560,6 +560,9 @@ TEST_CASE(
   CHECK_THROWS_WITH_AS(Tokenizer::load(write("gpt2", "no-such-pre")),
                        doctest::Contains("tokenizer.ggml.pre = 'no-such-pre' is not a known"),
                        minfer::Error);
+  CHECK_THROWS_WITH_AS(Tokenizer::load(write("gpt2", "gpt-4o")),
+                       doctest::Contains("'gpt-4o' (a llama.cpp pre-tokenizer type whose split"),
+                       minfer::NotImplemented);
   CHECK_THROWS_WITH_AS(Tokenizer::load(write("rwkv", "default")),
                        doctest::Contains("tokenizer.ggml.model = 'rwkv'"), minfer::Error);
   CHECK_THROWS_WITH_AS(Tokenizer::load(write("llama", "default")),

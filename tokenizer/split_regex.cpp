@@ -334,6 +334,9 @@ int64_t match_seq(const std::vector<SplitRegex::Atom>& seq, size_t ai, std::stri
 }  // namespace
 
 std::shared_ptr<const SplitRegex> SplitRegex::compile(std::string_view pattern) {
+  const size_t bad = unicode::find_invalid_utf8(pattern);
+  MINFER_CHECK(bad == std::string_view::npos, "split regex: not valid UTF-8 at byte offset {}",
+               bad);
   auto re = std::make_shared<SplitRegex>();
   Parser ps{pattern};
   for (;;) {

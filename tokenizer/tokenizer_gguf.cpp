@@ -210,10 +210,22 @@ const std::vector<PreType>& pre_types() {
   return rows;
 }
 
+// Types llama.cpp knows whose tokenizer.json pre-tokenizers are not reproduced here yet (regexes
+// with groups and case folding, or model-specific splits).
+const char* const kKnownUnsupported[] = {"chameleon",  "deepseek-v3", "gpt-4o",     "llama4",
+                                         "superbpe",   "trillion",    "bailingmoe", "llada-moe",
+                                         "seed-coder", "hunyuan",     "kimi-k2",    "grok-2"};
+
 const PreType& pre_type_for(const std::string& pre, const std::string& origin) {
   for (const PreType& t : pre_types())
     for (const char* n : t.names)
       if (pre == n) return t;
+  for (const char* n : kKnownUnsupported)
+    if (pre == n)
+      throw NotImplemented(fmt::format(
+          "{}: GGUF tokenizer.ggml.pre = '{}' (a llama.cpp pre-tokenizer type whose split is not "
+          "implemented here; supported: {})",
+          origin, pre, fmt::join(gguf_pre_tokenizer_types(), ", ")));
   throw NotImplemented(
       fmt::format("{}: GGUF tokenizer.ggml.pre = '{}' is not a known pre-tokenizer type "
                   "(supported: {})",
