@@ -78,10 +78,14 @@ struct SplitRegex::CharSet {
 };
 
 struct SplitRegex::Atom {
-  enum class Kind { Set, End, NotAhead, Ahead };
+  enum class Kind { Set, End, NotAhead, Ahead, Literals };
   Kind kind = Kind::Set;
   CharSet set;
   uint32_t min = 1, max = 1;
+  // Literals: (?:a|b) or (?i:a|b), literal alternatives tried in order; icase folds ASCII case
+  // and, as Oniguruma does, U+017F (long s) to 's' and U+212A (Kelvin sign) to 'k'.
+  std::vector<std::vector<uint32_t>> options;
+  bool icase = false;
 };
 
 namespace {
@@ -231,6 +235,38 @@ struct Parser {
         a.set = std::move(inner.set);
         return true;
       }
+      if (p.substr(i, 4) == "(?i:" || p.substr(i, 3) == "(?:") {
+        a.kind = AK::Literals;
+        a.icase = p[i + 2] == 'i';
+        i += a.icase ? 4 : 3;
+        a.options.emplace_back();
+        for (;;) {
+          if (done()) fail("unterminated group");
+          const char g = p[i];
+          if (g == ')') {
+            ++i;
+            break;
+          }
+          if (g == '|') {
+            ++i;
+            a.options.emplace_back();
+            continue;
+          }
+          if (std::string_view("[](){}*+?.$^").find(g) != std::string_view::npos)
+            fail("group holding more than literal alternatives");
+          uint32_t lit;
+          if (g == '\\') {
+            ++i;
+            SplitRegex::CharSet none;
+            lit = escape(none);
+            if (lit == UINT32_MAX) fail("class escape inside a group");
+          } else {
+            lit = next_cp();
+          }
+          a.options.back().push_back(lit);
+        }
+        return true;
+      }
       fail("group");
     }
     if (c == ')' || c == '*' || c == '+' || c == '?' || c == '{') fail("misplaced metacharacter");
@@ -279,7 +315,10 @@ struct Parser {
     } else {
       return;
     }
-    if (a.kind != SplitRegex::Atom::Kind::Set) fail("quantified anchor or lookahead");
+    if (a.kind == SplitRegex::Atom::Kind::Literals && (a.min > 1 || a.max > 1))
+      fail("group repeated more than once (only ? applies to a group)");
+    if (a.kind != SplitRegex::Atom::Kind::Set && a.kind != SplitRegex::Atom::Kind::Literals)
+      fail("quantified anchor or lookahead");
     if (!done() && (p[i] == '?' || p[i] == '+')) fail("lazy or possessive quantifier");
   }
 };
@@ -293,6 +332,36 @@ int64_t match_seq(const std::vector<SplitRegex::Atom>& seq, size_t ai, std::stri
     if (a.kind == AK::End) {
       if (pos != s.size() && s[pos] != '\n') return -1;
       continue;
+    }
+    if (a.kind == AK::Literals) {
+      // Each alternative in order, then (when optional) none: the backtracking order.
+      for (const auto& opt : a.options) {
+        size_t q = pos;
+        bool ok = true;
+        for (uint32_t want : opt) {
+          if (q >= s.size()) {
+            ok = false;
+            break;
+          }
+          int l;
+          uint32_t c = unicode::decode_at(s, q, &l);
+          if (a.icase) {
+            if (c >= 'A' && c <= 'Z') c += 32;
+            if (c == 0x17F) c = 's';
+            if (c == 0x212A) c = 'k';
+            if (want >= 'A' && want <= 'Z') want += 32;
+          }
+          if (c != want) {
+            ok = false;
+            break;
+          }
+          q += static_cast<size_t>(l);
+        }
+        if (!ok) continue;
+        if (int64_t r = match_seq(seq, ai + 1, s, q); r >= 0) return r;
+      }
+      if (a.min == 0) continue;
+      return -1;
     }
     if (a.kind == AK::NotAhead || a.kind == AK::Ahead) {
       bool m = false;

@@ -104,6 +104,15 @@ const char* const kTekkenRegex =
     "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*|"
     "\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
+// OpenAI's o200k (GPT-4o), also Llama 4's: case-aware words with case-insensitive contractions,
+// up to three digits.
+const char* const kGpt4oRegex =
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+"
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*"
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+    "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
 // One row per pre-tokenizer family: the tokenizer.ggml.pre names llama.cpp's llama-vocab.cpp maps
 // to it, and the normalizer and pre-tokenizer of the family's published tokenizer.json.
 struct PreType {
@@ -199,6 +208,12 @@ const std::vector<PreType>& pre_types() {
          return sequence(
              json::array({split(kDeepseekNewlines), split("\\s?\\p{L}+"), split("\\s?\\p{P}+"),
                           split(kDeepseekCjk), digits(true), byte_level(false)}));
+       }},
+      {{"gpt-4o", "llama4"},
+       false,
+       false,
+       [] {
+         return sequence(json::array({split(kGpt4oRegex), byte_level(false)}));
        }},
       {{"tekken"},
        false,
