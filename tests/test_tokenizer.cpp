@@ -435,6 +435,9 @@ TEST_CASE("tokenizer: SmolLM2 from GGUF matches the HF reference") {
   CHECK(tok->vocab_size() == 49152);
   CHECK(tok->bos_id() == 1);  // <|im_start|>, not added by encode (add_bos_token = false)
   CHECK(tok->eos_id() == 2);  // <|im_end|>
+  // No tokenizer.ggml.eot_token_id in the file: found by text, <|im_end|> before <|endoftext|>.
+  CHECK(tok->special_id("eot") == 2);
+  CHECK(tok->special_id("eom") == -1);
   CHECK(tok->special_prefix().empty());
   CHECK(tok->id_to_token(0) == "<|endoftext|>");
   CHECK(tok->is_special(16));
@@ -477,6 +480,9 @@ TEST_CASE("tokenizer: GGUF byte-level BPE, every pre-tokenizer family") {
       continue;
     }
     auto tok = gguf_fixture(name);
+    CHECK(tok->special_id("eot") == tok->token_to_id("<|im_end|>"));
+    CHECK(tok->is_special(tok->token_to_id("<|im_end|>")));
+    CHECK_FALSE(tok->is_special(tok->token_to_id("<|reserved|>")));
     check_expected(*tok, std::string("gguf/") + name, true);
   }
 }
