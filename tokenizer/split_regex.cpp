@@ -97,7 +97,8 @@ struct Parser {
   [[noreturn]] void fail(const std::string& what) const {
     MINFER_FAIL(
         "split regex '{}': {} at byte {} (supported: classes, escapes, greedy "
-        "quantifiers, top-level |, $, (?!X) and (?=X) on one class)",
+        "quantifiers, top-level |, $, (?!X) and (?=X) on one class, (?:a|b) and (?i:a|b) "
+        "groups of literals)",
         p, what, i);
   }
   bool done() const { return i >= p.size(); }
