@@ -19,7 +19,11 @@ using nlohmann::json;
 namespace {
 
 const char* kFixtures = "tests/fixtures/tokenizers/";
-const std::string kWiki = "../shared/data/wikitext-2-raw/wiki.test.raw";
+// WikiText-2 test split: $MINFER_WIKITEXT (the wikitext-2-raw folder) or ../shared/data.
+const std::string kWiki = [] {
+  const char* d = std::getenv("MINFER_WIKITEXT");
+  return std::string(d && *d ? d : "../shared/data/wikitext-2-raw") + "/wiki.test.raw";
+}();
 
 #if defined(__SANITIZE_ADDRESS__) || defined(MINFER_SANITIZE)
 constexpr size_t kMaxWikiLines = 500;  // sanitizer builds: a prefix of the sweep keeps it fast
@@ -317,10 +321,17 @@ TEST_CASE("tokenizer: unsupported components and bad files give clear errors") {
                        minfer::Error);
   j = base;
   j["pre_tokenizer"] = {
-      {"type", "Split"}, {"pattern", {{"Regex", "[a-z]+"}}}, {"behavior", "Isolated"}};
+      {"type", "Split"}, {"pattern", {{"Regex", "(ab)+"}}}, {"behavior", "Isolated"}};
   CHECK_THROWS_WITH_AS(load(j),
-                       doctest::Contains("Split pre_tokenizer regex '[a-z]+' is not supported"),
+                       doctest::Contains("Split pre_tokenizer regex '(ab)+' is not supported"),
                        minfer::Error);
+  j["pre_tokenizer"]["pattern"]["Regex"] = "(?:a|b+)";
+  CHECK_THROWS_WITH_AS(load(j), doctest::Contains("group holding more than literal alternatives"),
+                       minfer::Error);
+  j["pre_tokenizer"]["pattern"]["Regex"] = "a+?";
+  CHECK_THROWS_WITH_AS(load(j), doctest::Contains("lazy or possessive quantifier"), minfer::Error);
+  j["pre_tokenizer"]["pattern"]["Regex"] = "\\p{Xx}";
+  CHECK_THROWS_WITH_AS(load(j), doctest::Contains("unknown Unicode category"), minfer::Error);
   j = base;
   j["decoder"] = {{"type", "CTC"}};
   CHECK_THROWS_WITH_AS(load(j), doctest::Contains("decoder type 'CTC' is not supported"),
@@ -343,28 +354,32 @@ TEST_CASE("tokenizer: unsupported components and bad files give clear errors") {
 }
 
 TEST_CASE("tokenizer: pre-tokenizers match HF pre_tokenize_str") {
-  json exp = json::parse(read_file(std::string(kFixtures) + "pretokenizers.expected.json"));
-  const bool have_wiki = std::filesystem::exists(kWiki);
-  const std::string wiki = have_wiki ? read_file(kWiki) : std::string();
-  for (auto it = exp.begin(); it != exp.end(); ++it) {
-    INFO("pre-tokenizer ", it.key(), " ", it.value()["json"].dump());
-    const std::string pj = it.value()["json"].dump();
-    for (const json& h : it.value()["hard"]) {
-      const std::string text = h["text"].get<std::string>();
-      auto got = minfer::pre_tokenize(pj, text);
-      auto want = h["pieces"].get<std::vector<std::string>>();
-      CHECK_MESSAGE(got == want, "'", show(text), "': got ", got.size(), " pieces, want ",
-                    want.size());
-    }
-    if (have_wiki) {
-      auto pieces = minfer::pre_tokenize(pj, wiki);
-      std::string joined;
-      for (size_t i = 0; i < pieces.size(); ++i) {
-        if (i) joined.push_back('\0');
-        joined += pieces[i];
+  // pretokenizers-gguf: the Split regexes of the GGUF pre-tokenizer families (SplitRegex).
+  for (const char* file : {"pretokenizers.expected.json", "pretokenizers-gguf.expected.json"}) {
+    INFO("fixture ", file);
+    json exp = json::parse(read_file(std::string(kFixtures) + file));
+    const bool have_wiki = std::filesystem::exists(kWiki);
+    const std::string wiki = have_wiki ? read_file(kWiki) : std::string();
+    for (auto it = exp.begin(); it != exp.end(); ++it) {
+      INFO("pre-tokenizer ", it.key(), " ", it.value()["json"].dump());
+      const std::string pj = it.value()["json"].dump();
+      for (const json& h : it.value()["hard"]) {
+        const std::string text = h["text"].get<std::string>();
+        auto got = minfer::pre_tokenize(pj, text);
+        auto want = h["pieces"].get<std::vector<std::string>>();
+        CHECK_MESSAGE(got == want, "'", show(text), "': got ", got.size(), " pieces, want ",
+                      want.size());
       }
-      CHECK(pieces.size() == it.value()["whole"]["count"].get<size_t>());
-      CHECK(fnv1a64_bytes(joined) == it.value()["whole"]["fnv"].get<std::string>());
+      if (have_wiki) {
+        auto pieces = minfer::pre_tokenize(pj, wiki);
+        std::string joined;
+        for (size_t i = 0; i < pieces.size(); ++i) {
+          if (i) joined.push_back('\0');
+          joined += pieces[i];
+        }
+        CHECK(pieces.size() == it.value()["whole"]["count"].get<size_t>());
+        CHECK(fnv1a64_bytes(joined) == it.value()["whole"]["fnv"].get<std::string>());
+      }
     }
   }
 }
@@ -420,6 +435,9 @@ TEST_CASE("tokenizer: SmolLM2 from GGUF matches the HF reference") {
   CHECK(tok->vocab_size() == 49152);
   CHECK(tok->bos_id() == 1);  // <|im_start|>, not added by encode (add_bos_token = false)
   CHECK(tok->eos_id() == 2);  // <|im_end|>
+  // No tokenizer.ggml.eot_token_id in the file: found by text, <|im_end|> before <|endoftext|>.
+  CHECK(tok->special_id("eot") == 2);
+  CHECK(tok->special_id("eom") == -1);
   CHECK(tok->special_prefix().empty());
   CHECK(tok->id_to_token(0) == "<|endoftext|>");
   CHECK(tok->is_special(16));
@@ -440,4 +458,124 @@ TEST_CASE("tokenizer: SmolLM2 from GGUF matches the HF reference") {
     for (const json& h : exp["hard"])
       CHECK(again->encode(h["text"].get<std::string>()) == h["ids"].get<std::vector<int32_t>>());
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GGUF tokenizers (tokenizer.ggml.*), fixtures from make_gguf_tokenizer_fixtures.py: each GGUF
+// is written as convert_hf_to_gguf.py writes it, and the expected ids are HF `tokenizers` on the
+// tokenizer.json it was converted from.
+namespace {
+std::unique_ptr<Tokenizer> gguf_fixture(const std::string& name) {
+  return Tokenizer::load(std::string(kFixtures) + "gguf/" + name + ".gguf");
+}
+}  // namespace
+
+TEST_CASE("tokenizer: GGUF byte-level BPE, every pre-tokenizer family") {
+  for (const char* name : {"bpe-gpt-2", "bpe-mpt", "bpe-starcoder", "bpe-command-r",
+                           "bpe-llama-bpe", "bpe-qwen2", "bpe-falcon", "bpe-bloom", "bpe-viking",
+                           "bpe-deepseek-llm", "bpe-deepseek-coder", "bpe-tekken"}) {
+    const std::string path = std::string(kFixtures) + "gguf/" + name + ".gguf";
+    if (!std::filesystem::exists(path)) {
+      FAIL_CHECK("missing fixture ", path);
+      continue;
+    }
+    auto tok = gguf_fixture(name);
+    CHECK(tok->special_id("eot") == tok->token_to_id("<|im_end|>"));
+    CHECK(tok->is_special(tok->token_to_id("<|im_end|>")));
+    CHECK_FALSE(tok->is_special(tok->token_to_id("<|reserved|>")));
+    check_expected(*tok, std::string("gguf/") + name, true);
+  }
+}
+
+TEST_CASE("tokenizer: GGUF SentencePiece (tokenizer.ggml.model = llama)") {
+  auto tok = gguf_fixture("spm");
+  CHECK(tok->bos_id() == 1);
+  CHECK(tok->eos_id() == 2);
+  CHECK(tok->added_bos() == 1);
+  CHECK(tok->special_id("unk") == 0);
+  CHECK(tok->is_special(0));
+  CHECK_FALSE(tok->is_special(tok->token_to_id("<|reserved|>")));  // USER_DEFINED: added, plain
+  check_expected(*tok, "gguf/spm", false);
+  auto plain = gguf_fixture("spm-noprefix");  // tokenizer.ggml.add_space_prefix = false
+  check_expected(*plain, "gguf/spm-noprefix", false);
+  CHECK(tok->encode("a", false) != plain->encode("a", false));
+}
+
+TEST_CASE("tokenizer: GGUF WordPiece (tokenizer.ggml.model = bert)") {
+  auto uncased = gguf_fixture("wordpiece-uncased");
+  CHECK(uncased->special_prefix() == std::vector<int32_t>{uncased->token_to_id("[CLS]")});
+  CHECK(uncased->special_suffix() == std::vector<int32_t>{uncased->token_to_id("[SEP]")});
+  CHECK(uncased->special_id("sep") == uncased->token_to_id("[SEP]"));
+  CHECK(uncased->special_id("mask") == uncased->token_to_id("[MASK]"));
+  CHECK(uncased->special_id("cls") == uncased->token_to_id("[CLS]"));
+  check_expected(*uncased, "gguf/wordpiece-uncased", false);
+  auto cased = gguf_fixture("wordpiece-cased");
+  CHECK(cased->special_id("cls") == -1);  // not in the file; found by text for the template
+  check_expected(*cased, "gguf/wordpiece-cased", false);
+  CHECK(uncased->encode("Hello HELLO", false) == uncased->encode("hello hello", false));
+  CHECK(cased->encode("Hello HELLO", false) != cased->encode("hello hello", false));
+}
+
+TEST_CASE(
+    "tokenizer: GGUF pre-tokenizer table, every name loads; unknown names and models refused") {
+  // A minimal byte-level vocabulary (the 256 byte symbols, no merges) under each name.
+  const std::string dir = (std::filesystem::temp_directory_path() / "minfer-ggtok-table").string();
+  std::filesystem::create_directories(dir);
+  const auto names = minfer::gguf_pre_tokenizer_types();
+  CHECK(names.size() >= 40);
+  auto write = [&](const std::string& model, const std::string& pre) {
+    // GGUF v3: header, then key/values (string, string array) as in the GGUF spec.
+    std::string b;
+    auto u32 = [&](uint32_t v) { b.append(reinterpret_cast<const char*>(&v), 4); };
+    auto u64 = [&](uint64_t v) { b.append(reinterpret_cast<const char*>(&v), 8); };
+    auto str = [&](const std::string& s) {
+      u64(s.size());
+      b += s;
+    };
+    std::vector<std::string> toks;
+    for (int c = 0; c < 256; ++c) {
+      std::string t;
+      minfer::unicode::append_utf8(t, minfer::unicode::byte_to_cp()[c]);
+      toks.push_back(t);
+    }
+    b += "GGUF";
+    u32(3);
+    u64(0);  // tensors
+    u64(4);  // key/values
+    str("general.architecture");
+    u32(8);
+    str("gpt2");
+    str("tokenizer.ggml.model");
+    u32(8);
+    str(model);
+    str("tokenizer.ggml.pre");
+    u32(8);
+    str(pre);
+    str("tokenizer.ggml.tokens");
+    u32(9);
+    u32(8);
+    u64(toks.size());
+    for (const auto& t : toks) str(t);
+    const std::string path = dir + "/t.gguf";
+    std::ofstream(path, std::ios::binary) << b;
+    return path;
+  };
+  for (const std::string& n : names) {
+    INFO("tokenizer.ggml.pre = ", n);
+    // no merges: refused with the key named
+    CHECK_THROWS_WITH_AS(Tokenizer::load(write("gpt2", n)),
+                         doctest::Contains("without tokenizer.ggml.merges"), minfer::Error);
+  }
+  CHECK_THROWS_WITH_AS(Tokenizer::load(write("gpt2", "no-such-pre")),
+                       doctest::Contains("tokenizer.ggml.pre = 'no-such-pre' is not a known"),
+                       minfer::Error);
+  CHECK_THROWS_WITH_AS(
+      Tokenizer::load(write("gpt2", "deepseek-v3")),
+      doctest::Contains("'deepseek-v3' (a llama.cpp pre-tokenizer type whose split"),
+      minfer::NotImplemented);
+  CHECK_THROWS_WITH_AS(Tokenizer::load(write("rwkv", "default")),
+                       doctest::Contains("tokenizer.ggml.model = 'rwkv'"), minfer::Error);
+  CHECK_THROWS_WITH_AS(Tokenizer::load(write("llama", "default")),
+                       doctest::Contains("without tokenizer.ggml.scores"), minfer::Error);
+  std::filesystem::remove_all(dir);
 }

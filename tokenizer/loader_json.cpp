@@ -83,6 +83,7 @@ std::unique_ptr<Tokenizer> tokenizer_from_json(const json& j, const std::string&
     return jt == mv.end() ? -1 : jt->second;
   };
   impl->bos = extras.bos_id;
+  impl->roles = extras.roles;
   impl->eos = extras.eos_id;
   if (impl->bos == -2)
     impl->bos = (!impl->model.wordpiece && impl->prefix.size() == 1) ? impl->prefix[0] : -1;

@@ -5,6 +5,8 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "tokenizer/tokenizer.h"
 
@@ -18,6 +20,9 @@ struct TokenizerExtras {
   // tokenizer_config.json tokenizer_class, add_bos_token / add_eos_token (-1: not given).
   std::string tokenizer_class;
   int add_bos_token = -1, add_eos_token = -1;
+  // Other special-token ids by role ("unk", "sep", "pad", "cls", "mask", "eot", "eom"; -1: none),
+  // from GGUF tokenizer.ggml.<role>_token_id (Tokenizer::special_id).
+  std::vector<std::pair<std::string, int32_t>> roles;
 };
 
 // Builds a tokenizer from a parsed tokenizer.json; `origin` names it in errors.

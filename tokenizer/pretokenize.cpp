@@ -441,6 +441,8 @@ void run_from(const std::vector<PreTokenizer>& steps, size_t k, std::string_view
     case PreTokenizer::Kind::Split:
       if (p.pattern >= 0)
         pretok::find_pattern(static_cast<pretok::Pattern>(p.pattern), piece, tmp);
+      else if (p.regex)
+        p.regex->find_all(piece, tmp);
       else
         pretok::find_literal(piece, p.literal, tmp);
       pretok::split_by(n, tmp, p.invert, p.behavior, sp);
@@ -541,12 +543,13 @@ void parse_pre_tokenizer(const json& o, const JsonReader& r, std::vector<PreToke
     auto [is_regex, pat] = r.pattern(o, "Split pre_tokenizer");
     if (is_regex) {
       p.pattern = pretok::pattern_from_regex(pat);
-      if (p.pattern < 0)
-        r.fail(
-            fmt::format("Split pre_tokenizer regex '{}' is not supported (supported: the GPT-2, "
-                        "LLaMA-3 and Qwen2 split patterns, \\p{{N}}, \\p{{N}}{{1,3}}, \\p{{N}}+, "
-                        "\\w+|[^\\w\\s]+)",
-                        pat));
+      if (p.pattern < 0) {  // no hand-written matcher: the general one, if the subset has it
+        try {
+          p.regex = pretok::SplitRegex::compile(pat);
+        } catch (const Error& e) {
+          r.fail(fmt::format("Split pre_tokenizer regex '{}' is not supported: {}", pat, e.what()));
+        }
+      }
     } else {
       p.literal = pat;
     }

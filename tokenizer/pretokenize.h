@@ -10,6 +10,7 @@
 // `tokenizers`) finds for the pattern, as byte spans of the input.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "tokenizer/json_reader.h"
+#include "tokenizer/split_regex.h"
 
 namespace minfer::pretok {
 
@@ -72,8 +74,9 @@ struct PreTokenizer {
     CharDelimiter
   };
   Kind kind = Kind::Bert;
-  bool add_prefix_space = false, use_regex = true;         // ByteLevel
-  int pattern = -1;                                        // Split: pretok::Pattern, -1 = literal
+  bool add_prefix_space = false, use_regex = true;  // ByteLevel
+  int pattern = -1;  // Split: pretok::Pattern, -1 = literal or `regex`
+  std::shared_ptr<const pretok::SplitRegex> regex;         // Split: other regex patterns
   std::string literal;                                     // Split literal
   pretok::Behavior behavior = pretok::Behavior::Isolated;  // Split, Punctuation
   bool invert = false;                                     // Split

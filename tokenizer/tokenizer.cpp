@@ -158,6 +158,13 @@ int32_t Tokenizer::bos_id() const {
 int32_t Tokenizer::eos_id() const {
   return impl_->eos;
 }
+int32_t Tokenizer::special_id(std::string_view role) const {
+  if (role == "bos") return impl_->bos;
+  if (role == "eos") return impl_->eos;
+  for (const auto& [name, id] : impl_->roles)
+    if (name == role) return id;
+  return -1;
+}
 int32_t Tokenizer::added_bos() const {
   return !impl_->prefix.empty() && impl_->bos >= 0 && impl_->prefix.front() == impl_->bos
              ? impl_->bos

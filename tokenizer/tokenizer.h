@@ -61,6 +61,12 @@ class Tokenizer {
   // tokenizer_config.json add_bos_token for the classes whose HF fast tokenizer rebuilds its
   // post-processor from it (LlamaTokenizerFast, GemmaTokenizerFast, CodeLlamaTokenizerFast).
   int32_t added_bos() const;
+  // The id of a special token by role, -1 if the tokenizer names none: "bos", "eos" (as bos_id(),
+  // eos_id()), and from GGUF metadata "unk", "sep", "pad", "cls", "mask" (tokenizer.ggml.
+  // unknown/seperator/padding/cls/mask_token_id), "eot" and "eom" (tokenizer.ggml.eot_token_id /
+  // eom_token_id, else found by text as llama.cpp does: <|eot_id|>, <|im_end|>, <|end|>,
+  // <end_of_turn>, <|endoftext|>, <EOT>, DeepSeek's end of sentence; <|eom_id|>).
+  int32_t special_id(std::string_view role) const;
   bool is_special(int32_t id) const;
   // from tokenizer_config.json next to tokenizer.json if present, or GGUF tokenizer.chat_template
   const std::string& chat_template() const;
@@ -84,6 +90,10 @@ class Tokenizer {
   std::unique_ptr<Impl> impl_;
   friend std::unique_ptr<Tokenizer> make_tokenizer(std::unique_ptr<Impl> impl);
 };
+
+// The tokenizer.ggml.pre values that Tokenizer::from_gguf accepts for tokenizer.ggml.model = gpt2
+// (llama.cpp's names, llama-vocab.cpp); any other value is refused naming it.
+std::vector<std::string> gguf_pre_tokenizer_types();
 
 // Runs only a pre-tokenizer, given as its tokenizer.json object (e.g. {"type":"ByteLevel",...}),
 // on `text`: the pieces HF's pre_tokenizer.pre_tokenize_str(text) returns.

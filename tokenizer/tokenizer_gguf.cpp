@@ -1,14 +1,29 @@
-// Loading, GGUF: tokenizers stored in GGUF metadata (llama.cpp's tokenizer.ggml.* keys), turned
-// into the equivalent tokenizer.json object so that one loader and one pipeline serve both
-// (loader_json.h), and to_hf_json() can hand the same object to HF `tokenizers`.
+// Loading, GGUF: tokenizers stored in GGUF metadata (llama.cpp's tokenizer.ggml.* keys, written
+// by its convert_hf_to_gguf.py), turned into the equivalent tokenizer.json object so that one
+// loader and one pipeline serve both (loader_json.h), and to_hf_json() can hand the same object
+// to HF `tokenizers`.
+//
+//   tokenizer.ggml.model  what the converter wrote it from         becomes (tokenizer.json)
+//   gpt2                  byte-level BPE (tokens, merges, pre)      BPE + the family's
+//                                                                   pre-tokenizer (table below)
+//   llama                 SentencePiece BPE (tokens, scores, types) BPE with byte fallback,
+//                                                                   merges rebuilt from scores
+//                                                                   (transformers' LlamaConverter)
+//   bert                  WordPiece, "phantom space" vocabulary     WordPiece + BertNormalizer
+//
+// The target is Hugging Face `tokenizers` on the tokenizer.json the GGUF was converted from.
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
+#include <unordered_map>
 
 #include "engine/error.h"
 #include "engine/gguf.h"
 #include "tokenizer/loader_json.h"
 #include "tokenizer/pretokenize.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
 
 namespace minfer {
 
@@ -16,7 +31,7 @@ using nlohmann::json;
 
 namespace {
 
-// llama.cpp token types (llama_token_type / gguf TokenType).
+// llama.cpp token types (llama_token_type / gguf-py TokenType).
 enum : int64_t {
   kNormal = 1,
   kUnknown = 2,
@@ -25,6 +40,8 @@ enum : int64_t {
   kUnused = 5,
   kByte = 6
 };
+
+const char* const kSpace = "\xE2\x96\x81";  // U+2581 LOWER ONE EIGHTH BLOCK, SentencePiece's space
 
 json byte_level(bool use_regex) {
   return {{"type", "ByteLevel"},
@@ -38,138 +55,543 @@ json split(const char* regex) {
           {"behavior", "Isolated"},
           {"invert", false}};
 }
-
-// tokenizer.ggml.pre -> the pre-tokenizer of the model's tokenizer.json. The names are
-// llama.cpp's (llama-vocab.cpp); each group shares one split regex set there.
-json pre_tokenizer_for(const std::string& pre, const std::string& origin, bool* ignore_merges) {
-  *ignore_merges = false;
-  // GPT-2 regex on its own.
-  if (pre == "gpt-2" || pre == "default" || pre == "gpt2") return byte_level(true);
-  // \p{N} (each digit alone), then the GPT-2 regex: HF's Sequence[Digits(individual_digits),
-  // ByteLevel] (SmolLM/SmolLM2, StarCoder, ...).
-  if (pre == "smollm" || pre == "starcoder" || pre == "refact" || pre == "codeshell" ||
-      pre == "exaone" || pre == "minerva-7b" || pre == "command-r")
-    return {{"type", "Sequence"},
-            {"pretokenizers",
-             json::array({{{"type", "Digits"}, {"individual_digits", true}}, byte_level(true)})}};
-  if (pre == "llama3" || pre == "llama-v3" || pre == "llama-bpe" || pre == "falcon3" ||
-      pre == "pixtral" || pre == "dbrx" || pre == "smaug-bpe") {
-    *ignore_merges = true;  // as in Meta's LLaMA-3 tokenizer.json
-    return {{"type", "Sequence"},
-            {"pretokenizers", json::array({split(pretok::kLlama3Regex), byte_level(false)})}};
-  }
-  if (pre == "qwen2" || pre == "deepseek-r1-qwen" || pre == "megrez")
-    return {{"type", "Sequence"},
-            {"pretokenizers", json::array({split(pretok::kQwen2Regex), byte_level(false)})}};
-  throw NotImplemented(fmt::format(
-      "{}: GGUF tokenizer.ggml.pre = '{}' (supported: gpt-2, default, smollm, starcoder, refact, "
-      "codeshell, exaone, minerva-7b, command-r, llama3, llama-v3, llama-bpe, falcon3, pixtral, "
-      "dbrx, "
-      "smaug-bpe, qwen2, deepseek-r1-qwen, megrez)",
-      origin, pre));
+json digits(bool individual) {
+  return {{"type", "Digits"}, {"individual_digits", individual}};
+}
+json sequence(json steps) {
+  return {{"type", "Sequence"}, {"pretokenizers", std::move(steps)}};
 }
 
-json template_processing(const std::vector<std::string>& tokens, int64_t bos, int64_t eos,
-                         bool add_bos, bool add_eos, const std::string& origin) {
+// Split patterns of the published tokenizer.json files (llama.cpp's llama-vocab.cpp carries
+// adapted copies of the same expressions).
+// BLOOM, Poro, GPT-3 Finnish, Viking: a word is everything up to whitespace or . , ! ? … 。 ， 、
+// । ۔ ، (the parentheses and | inside the class are literal members of it).
+const char* const kBloomRegex =
+    " ?[^(\\s|[.,!?\xE2\x80\xA6\xE3\x80\x82\xEF\xBC\x8C\xE3\x80\x81\xE0\xA5\xA4\xDB\x94\xD8\x8C])]"
+    "+";
+// DeepSeek LLM / Coder (their tokenizer.json Split steps).
+const char* const kDeepseekNewlines = "[\r\n]";
+const char* const kDeepseekLlmLetters =
+    "\\s?[A-Za-z\xC2\xB5\xC3\x80-\xC3\x96\xC3\x98-\xC3\xB6\xC3\xB8-\xC6\xBA\xC6\xBC-\xC6\xBF\xC7"
+    "\x84-\xCA\x93\xCA\x95-\xCA\xAF\xCD\xB0-\xCD\xB3\xCD\xB6\xCD\xB7\xCD\xBB-\xCD\xBD\xCD\xBF\xCE"
+    "\x86\xCE\x88-\xCE\x8A\xCE\x8C\xCE\x8E-\xCE\xA1\xCE\xA3-\xCF\xB5\xCF\xB7-\xD2\x81\xD2\x8A-\xD4"
+    "\xAF\xD4\xB1-\xD5\x96\xE1\x82\xA0-\xE1\x83\x85\xE1\x8E\xA0-\xE1\x8F\xB5\xE1\x8F\xB8-\xE1\x8F"
+    "\xBD\xE1\xB2\x90-\xE1\xB2\xBA\xE1\xB2\xBD-\xE1\xB2\xBF\xE1\xB4\x80-\xE1\xB4\xAB\xE1\xB5\xAB-"
+    "\xE1\xB5\xB7\xE1\xB5\xB9-\xE1\xB6\x9A\xE1\xB8\x80-\xE1\xBC\x95\xE1\xBC\x98-\xE1\xBC\x9D\xE1"
+    "\xBC\xA0-\xE1\xBD\x85\xE1\xBD\x88-\xE1\xBD\x8D\xE1\xBD\x90-\xE1\xBD\x97\xE1\xBD\x99\xE1\xBD"
+    "\x9B\xE1\xBD\x9D\xE1\xBD\x9F-\xE1\xBD\xBD\xE1\xBE\x80-\xE1\xBE\xB4\xE1\xBE\xB6-\xE1\xBE\xBC"
+    "\xE1\xBE\xBE\xE1\xBF\x82-\xE1\xBF\x84\xE1\xBF\x86-\xE1\xBF\x8C\xE1\xBF\x90-\xE1\xBF\x93\xE1"
+    "\xBF\x96-\xE1\xBF\x9B\xE1\xBF\xA0-\xE1\xBF\xAC\xE1\xBF\xB2-\xE1\xBF\xB4\xE1\xBF\xB6-\xE1\xBF"
+    "\xBC\xE2\x84\x82\xE2\x84\x87\xE2\x84\x8A-\xE2\x84\x93\xE2\x84\x95\xE2\x84\x99-\xE2\x84\x9D"
+    "\xE2\x84\xA4\xE2\x84\xA6\xE2\x84\xA8\xE2\x84\xAA-\xE2\x84\xAD\xE2\x84\xAF-\xE2\x84\xB4\xE2"
+    "\x84\xB9\xE2\x84\xBC-\xE2\x84\xBF\xE2\x85\x85-\xE2\x85\x89\xE2\x85\x8E\xE2\x86\x83\xE2\x86"
+    "\x84\xE2\xB0\x80-\xE2\xB1\xBB\xE2\xB1\xBE-\xE2\xB3\xA4\xE2\xB3\xAB-\xE2\xB3\xAE\xE2\xB3\xB2"
+    "\xE2\xB3\xB3\xEA\x99\x80-\xEA\x99\xAD\xEA\x9A\x80-\xEA\x9A\x9B\xEA\x9C\xA2-\xEA\x9D\xAF\xEA"
+    "\x9D\xB1-\xEA\x9E\x87\xEA\x9E\x8B-\xEA\x9E\x8E\xEA\xAD\xB0-\xEA\xAE\xBF\xEF\xAC\x80-\xEF\xAC"
+    "\x86\xEF\xAC\x93-\xEF\xAC\x97\xEF\xBC\xA1-\xEF\xBC\xBA\xEF\xBD\x81-\xEF\xBD\x9A\xF0\x90\x90"
+    "\x80-\xF0\x90\x91\x8F\xF0\x90\x92\xB0-\xF0\x90\x93\x93\xF0\x90\x93\x98-\xF0\x90\x93\xBB\xF0"
+    "\x90\xB2\x80-\xF0\x90\xB2\xB2\xF0\x90\xB3\x80-\xF0\x90\xB3\xB2\xF0\x91\xA2\xA0-\xF0\x91\xA3"
+    "\x9F\xF0\x9E\xA4\x80-\xF0\x9E\xA5\x83]+";
+const char* const kDeepseekLlmPunct =
+    "\\s?[!-/:-~\xEF\xBC\x81-\xEF\xBC\x8F\xEF\xBC\x9A-\xEF\xBD\x9E\xE2\x80\x98-\xE2\x80\x9F\xE3"
+    "\x80\x80-\xE3\x80\x82]+";
+const char* const kDeepseekTrailingSpace = "\\s+$";
+const char* const kDeepseekCjk =
+    "[\xE4\xB8\x80-\xE9\xBE\xA5\xE0\xA0\x80-\xE4\xB8\x80\xEA\xB0\x80-\xED\x9F\xBF]+";
+// Mistral's Tekken (Mistral Nemo, Pixtral): case-aware words, single digits.
+const char* const kTekkenRegex =
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+|"
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*|"
+    "\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
+// OpenAI's o200k (GPT-4o), also Llama 4's: case-aware words with case-insensitive contractions,
+// up to three digits.
+const char* const kGpt4oRegex =
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+"
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*"
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+    "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
+// One row per pre-tokenizer family: the tokenizer.ggml.pre names llama.cpp's llama-vocab.cpp maps
+// to it, and the normalizer and pre-tokenizer of the family's published tokenizer.json.
+struct PreType {
+  std::vector<const char*> names;
+  bool nfc;            // tokenizer.json has an NFC normalizer (GPT-NeoX, Qwen2, Command-R)
+  bool ignore_merges;  // BPE "ignore_merges" (LLaMA-3, Tekken), as llama.cpp sets it
+  json (*pre)();
+};
+
+const std::vector<PreType>& pre_types() {
+  static const std::vector<PreType> rows = {
+      // GPT-2's regex inside ByteLevel (GPT-2, Phi-2, RoBERTa, Jina, GigaChat, Jais).
+      {{"default", "gpt-2", "phi-2", "roberta-bpe", "jina-es", "jina-de", "jina-v1-en",
+        "jina-v2-es", "jina-v2-de", "jina-v2-code", "gigachat", "jais"},
+       false,
+       false,
+       [] { return byte_level(true); }},
+      // GPT-NeoX's tokenizer (MPT, OLMo): NFC, then ByteLevel.
+      {{"mpt", "olmo"}, true, false, [] { return byte_level(true); }},
+      // Each digit alone, then ByteLevel (StarCoder, Refact, SmolLM, CodeShell, EXAONE, Minerva).
+      {{"starcoder", "refact", "smollm", "codeshell", "exaone", "minerva-7b"},
+       false,
+       false,
+       [] {
+         return sequence(json::array({digits(true), byte_level(true)}));
+       }},
+      {{"command-r"},
+       true,
+       false,
+       [] {
+         return sequence(json::array({digits(true), byte_level(true)}));
+       }},
+      // LLaMA-3 (cl100k) split.
+      {{"llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral"},
+       false,
+       true,
+       [] {
+         return sequence(json::array({split(pretok::kLlama3Regex), byte_level(false)}));
+       }},
+      {{"dbrx", "smaug-bpe", "chatglm-bpe"},
+       false,
+       false,
+       [] {
+         return sequence(json::array({split(pretok::kLlama3Regex), byte_level(false)}));
+       }},
+      // Qwen2 split (single digits).
+      {{"qwen2", "deepseek-r1-qwen", "megrez"},
+       true,
+       false,
+       [] {
+         return sequence(json::array({split(pretok::kQwen2Regex), byte_level(false)}));
+       }},
+      {{"stablelm2"},
+       false,
+       false,
+       [] {
+         return sequence(json::array({split(pretok::kQwen2Regex), byte_level(false)}));
+       }},
+      // Falcon: punctuation runs, ByteLevel, digit runs, then groups of three digits.
+      {{"falcon"},
+       false,
+       false,
+       [] {
+         return sequence(json::array({{{"type", "Punctuation"}, {"behavior", "Contiguous"}},
+                                      byte_level(true),
+                                      digits(false),
+                                      split("[0-9][0-9][0-9]")}));
+       }},
+      {{"bloom", "poro-chat", "gpt3-finnish"},
+       false,
+       false,
+       [] {
+         return sequence(json::array({split(kBloomRegex), byte_level(false)}));
+       }},
+      {{"viking"},
+       false,
+       false,
+       [] {
+         return sequence(json::array({split(kBloomRegex), digits(true), byte_level(false)}));
+       }},
+      {{"deepseek-llm"},
+       false,
+       false,
+       [] {
+         return sequence(json::array({split(kDeepseekNewlines), split(kDeepseekLlmLetters),
+                                      split(kDeepseekLlmPunct), split(kDeepseekTrailingSpace),
+                                      split(kDeepseekCjk), digits(false), byte_level(false)}));
+       }},
+      {{"deepseek-coder"},
+       false,
+       false,
+       [] {
+         return sequence(
+             json::array({split(kDeepseekNewlines), split("\\s?\\p{L}+"), split("\\s?\\p{P}+"),
+                          split(kDeepseekCjk), digits(true), byte_level(false)}));
+       }},
+      {{"gpt-4o", "llama4"},
+       false,
+       false,
+       [] {
+         return sequence(json::array({split(kGpt4oRegex), byte_level(false)}));
+       }},
+      {{"tekken"},
+       false,
+       true,
+       [] {
+         return sequence(json::array({split(kTekkenRegex), byte_level(false)}));
+       }},
+  };
+  return rows;
+}
+
+// Types llama.cpp knows whose tokenizer.json pre-tokenizers are not reproduced here yet (regexes
+// with groups and case folding, or model-specific splits).
+const char* const kKnownUnsupported[] = {"chameleon",  "deepseek-v3", "gpt-4o",     "llama4",
+                                         "superbpe",   "trillion",    "bailingmoe", "llada-moe",
+                                         "seed-coder", "hunyuan",     "kimi-k2",    "grok-2"};
+
+const PreType& pre_type_for(const std::string& pre, const std::string& origin) {
+  for (const PreType& t : pre_types())
+    for (const char* n : t.names)
+      if (pre == n) return t;
+  for (const char* n : kKnownUnsupported)
+    if (pre == n)
+      throw NotImplemented(fmt::format(
+          "{}: GGUF tokenizer.ggml.pre = '{}' (a llama.cpp pre-tokenizer type whose split is not "
+          "implemented here; supported: {})",
+          origin, pre, fmt::join(gguf_pre_tokenizer_types(), ", ")));
+  throw NotImplemented(
+      fmt::format("{}: GGUF tokenizer.ggml.pre = '{}' is not a known pre-tokenizer type "
+                  "(supported: {})",
+                  origin, pre, fmt::join(gguf_pre_tokenizer_types(), ", ")));
+}
+
+// The GGUF arrays and flags every tokenizer model reads.
+struct GgufVocab {
+  const GgufFile& f;
+  std::string origin;
+  const std::vector<std::string>& tokens;
+  std::vector<int64_t> types;  // empty when the file has none
+
+  int64_t type(size_t i) const { return types.empty() ? kNormal : types[i]; }
+  bool flag(const char* key, bool def) const { return f.has(key) ? f.get_bool(key) : def; }
+  // tokenizer.ggml.<role>_token_id, or -1; an id outside the vocabulary is an error.
+  int64_t id(const std::string& role) const {
+    const std::string key = "tokenizer.ggml." + role + "_token_id";
+    if (!f.has(key)) return -1;
+    const int64_t v = f.get_int(key);
+    MINFER_CHECK(v >= 0 && static_cast<size_t>(v) < tokens.size(),
+                 "{}: {} = {} is outside the vocabulary of {} tokens", origin, key, v,
+                 tokens.size());
+    return v;
+  }
+};
+
+// Control and unknown tokens become special added tokens, user-defined ones plain added tokens
+// (what transformers' converters and llama.cpp's tokenizer_st_partition both do).
+json added_tokens_of(const GgufVocab& v) {
+  json added = json::array();
+  for (size_t i = 0; i < v.tokens.size(); ++i) {
+    const int64_t t = v.type(i);
+    if (t != kControl && t != kUserDefined && t != kUnknown) continue;
+    if (v.tokens[i].empty()) continue;
+    added.push_back({{"id", i},
+                     {"content", v.tokens[i]},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", false},
+                     {"special", t != kUserDefined}});
+  }
+  return added;
+}
+
+json vocab_of(const std::vector<std::string>& tokens) {
+  json vocab = json::object();
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (vocab.contains(tokens[i])) continue;  // duplicates: HF keeps one id per string
+    vocab[tokens[i]] = i;
+  }
+  return vocab;
+}
+
+// "<first> $A <last>" with the ids the flags ask for (both may be -1: none).
+json template_processing(const GgufVocab& v, int64_t first, const char* first_role, int64_t last,
+                         const char* last_role) {
   json single = json::array(), specials = json::object();
-  auto special = [&](int64_t id, const char* what) {
-    MINFER_CHECK(
-        id >= 0 && static_cast<size_t>(id) < tokens.size(),
-        "{}: tokenizer.ggml.add_{}_token is set but tokenizer.ggml.{}_token_id ({}) is not a token",
-        origin, what, what, id);
-    const std::string& t = tokens[static_cast<size_t>(id)];
+  auto special = [&](int64_t id, const char* role) {
+    MINFER_CHECK(id >= 0 && static_cast<size_t>(id) < v.tokens.size(),
+                 "{}: the tokenizer adds a {} token but tokenizer.ggml.{}_token_id is absent",
+                 v.origin, role, role);
+    const std::string& t = v.tokens[static_cast<size_t>(id)];
     single.push_back({{"SpecialToken", {{"id", t}, {"type_id", 0}}}});
     specials[t] = {{"id", t}, {"ids", json::array({id})}, {"tokens", json::array({t})}};
   };
-  if (add_bos) special(bos, "bos");
+  if (first_role) special(first, first_role);
   single.push_back({{"Sequence", {{"id", "A"}, {"type_id", 0}}}});
-  if (add_eos) special(eos, "eos");
+  if (last_role) special(last, last_role);
   return {{"type", "TemplateProcessing"},
           {"single", single},
           {"pair", single},
           {"special_tokens", specials}};
 }
 
+json bpe_model(json vocab, json merges, const char* unk, bool byte_fallback, bool ignore_merges) {
+  return {{"type", "BPE"},
+          {"dropout", nullptr},
+          {"unk_token", unk ? json(unk) : json(nullptr)},
+          {"continuing_subword_prefix", nullptr},
+          {"end_of_word_suffix", nullptr},
+          {"fuse_unk", unk != nullptr},
+          {"byte_fallback", byte_fallback},
+          {"ignore_merges", ignore_merges},
+          {"vocab", std::move(vocab)},
+          {"merges", std::move(merges)}};
+}
+
+// ---- gpt2: byte-level BPE ----
+void build_gpt2(const GgufVocab& v, json& j) {
+  const std::string pre = v.f.get_str_or("tokenizer.ggml.pre", "default");
+  const PreType& pt = pre_type_for(pre, v.origin);
+  j["normalizer"] = pt.nfc ? json{{"type", "NFC"}} : json(nullptr);
+  j["pre_tokenizer"] = pt.pre();
+  const bool add_bos = v.flag("tokenizer.ggml.add_bos_token", false);
+  const bool add_eos = v.flag("tokenizer.ggml.add_eos_token", false);
+  j["post_processor"] = (add_bos || add_eos)
+                            ? template_processing(v, v.id("bos"), add_bos ? "bos" : nullptr,
+                                                  v.id("eos"), add_eos ? "eos" : nullptr)
+                            : json{{"type", "ByteLevel"},
+                                   {"add_prefix_space", true},
+                                   {"trim_offsets", false},
+                                   {"use_regex", true}};
+  j["decoder"] = {{"type", "ByteLevel"},
+                  {"add_prefix_space", true},
+                  {"trim_offsets", true},
+                  {"use_regex", true}};
+  MINFER_CHECK(v.f.has("tokenizer.ggml.merges"),
+               "{}: byte-level BPE tokenizer (tokenizer.ggml.model = 'gpt2') without "
+               "tokenizer.ggml.merges",
+               v.origin);
+  j["model"] = bpe_model(vocab_of(v.tokens), v.f.get_str_array("tokenizer.ggml.merges"), nullptr,
+                         false, pt.ignore_merges);
+}
+
+// ---- llama: SentencePiece BPE ----
+// The merges HF's converter derives from a SentencePiece vocabulary (transformers
+// convert_slow_tokenizer.generate_merges): every split of every piece into two pieces of the
+// vocabulary, ranked by the score of the merged piece (highest first; SentencePiece stores BPE
+// pieces by descending score, so this is also id order), then by the lengths of the left and
+// right parts. Splits are at code-point boundaries.
+json merges_from_scores(const GgufVocab& v, const std::vector<double>& scores) {
+  std::unordered_map<std::string_view, int64_t> id;
+  id.reserve(v.tokens.size() * 2);
+  for (size_t i = 0; i < v.tokens.size(); ++i) id.emplace(v.tokens[i], static_cast<int64_t>(i));
+  struct M {
+    int64_t merged;
+    uint32_t left_chars, right_chars, cut;
+  };
+  std::vector<M> ms;
+  for (size_t i = 0; i < v.tokens.size(); ++i) {
+    const std::string& t = v.tokens[i];
+    if (id.at(t) != static_cast<int64_t>(i)) continue;  // a duplicate string: its first id
+    const uint32_t nchars = static_cast<uint32_t>(unicode::count_chars(t));
+    uint32_t chars = 0;
+    for (size_t p = 0; p < t.size();) {
+      p += static_cast<size_t>(unicode::utf8_len(static_cast<uint8_t>(t[p])));
+      ++chars;
+      if (p >= t.size()) break;
+      std::string_view l(t.data(), p), r(t.data() + p, t.size() - p);
+      if (id.count(l) && id.count(r))
+        ms.push_back({static_cast<int64_t>(i), chars, nchars - chars, static_cast<uint32_t>(p)});
+    }
+  }
+  std::stable_sort(ms.begin(), ms.end(), [&](const M& a, const M& b) {
+    const double sa = scores[static_cast<size_t>(a.merged)],
+                 sb = scores[static_cast<size_t>(b.merged)];
+    if (sa != sb) return sa > sb;
+    if (a.merged != b.merged) return a.merged < b.merged;
+    if (a.left_chars != b.left_chars) return a.left_chars < b.left_chars;
+    return a.right_chars < b.right_chars;
+  });
+  json merges = json::array();
+  for (const M& m : ms) {
+    const std::string& t = v.tokens[static_cast<size_t>(m.merged)];
+    merges.push_back(json::array({t.substr(0, m.cut), t.substr(m.cut)}));
+  }
+  return merges;
+}
+
+void build_llama(const GgufVocab& v, json& j) {
+  MINFER_CHECK(v.f.has("tokenizer.ggml.scores"),
+               "{}: SentencePiece tokenizer (tokenizer.ggml.model = 'llama') without "
+               "tokenizer.ggml.scores",
+               v.origin);
+  const std::vector<double> scores = v.f.get_float_array("tokenizer.ggml.scores");
+  MINFER_CHECK(scores.size() == v.tokens.size(),
+               "{}: tokenizer.ggml.scores has {} entries, tokenizer.ggml.tokens has {}", v.origin,
+               scores.size(), v.tokens.size());
+  if (v.flag("tokenizer.ggml.remove_extra_whitespaces", false))
+    throw NotImplemented(fmt::format(
+        "{}: tokenizer.ggml.remove_extra_whitespaces = true for a SentencePiece BPE tokenizer "
+        "(neither llama.cpp nor transformers' LlamaConverter collapse whitespace for "
+        "tokenizer.ggml.model = 'llama')",
+        v.origin));
+  const bool add_space_prefix = v.flag("tokenizer.ggml.add_space_prefix", true);
+  // transformers' LlamaConverter in its "legacy" form, the tokenizer.json that LLaMA-2,
+  // TinyLlama, Mistral-7B v0.1 and Phi-3 publish: "▁" before each text segment (llama.cpp adds it
+  // likewise after every special token) and spaces as "▁"; no pre-tokenizer.
+  json norm = json::array();
+  if (add_space_prefix) norm.push_back({{"type", "Prepend"}, {"prepend", kSpace}});
+  norm.push_back({{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", kSpace}});
+  j["normalizer"] = {{"type", "Sequence"}, {"normalizers", norm}};
+  j["pre_tokenizer"] = nullptr;
+  json dec =
+      json::array({{{"type", "Replace"}, {"pattern", {{"String", kSpace}}}, {"content", " "}},
+                   {{"type", "ByteFallback"}},
+                   {{"type", "Fuse"}}});
+  if (add_space_prefix)
+    dec.push_back({{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}});
+  j["decoder"] = {{"type", "Sequence"}, {"decoders", dec}};
+  const bool add_bos = v.flag("tokenizer.ggml.add_bos_token", true);  // llama.cpp's SPM defaults
+  const bool add_eos = v.flag("tokenizer.ggml.add_eos_token", false);
+  j["post_processor"] = template_processing(v, v.id("bos"), add_bos ? "bos" : nullptr, v.id("eos"),
+                                            add_eos ? "eos" : nullptr);
+  // The unknown piece: tokenizer.ggml.unknown_token_id, else the token typed UNKNOWN.
+  int64_t unk = v.id("unknown");
+  for (size_t i = 0; unk < 0 && i < v.tokens.size(); ++i)
+    if (v.type(i) == kUnknown) unk = static_cast<int64_t>(i);
+  bool byte_fallback = false;
+  for (size_t i = 0; i < v.tokens.size() && !byte_fallback; ++i)
+    byte_fallback = v.type(i) == kByte || v.tokens[i] == "<0x00>";
+  const std::string unk_tok = unk >= 0 ? v.tokens[static_cast<size_t>(unk)] : std::string();
+  j["model"] = bpe_model(vocab_of(v.tokens), merges_from_scores(v, scores),
+                         unk >= 0 ? unk_tok.c_str() : nullptr, byte_fallback, false);
+}
+
+// ---- bert: WordPiece ----
+// convert_hf_to_gguf.py (BertModel.set_vocab) stores WordPiece tokens in "phantom space" form:
+// a word-initial piece gets "▁" in front, a continuation loses its "##", and "[...]" tokens stay.
+// This undoes it (a file that still has "##" pieces is taken as stored in HF form).
+std::vector<std::string> wordpiece_tokens(const GgufVocab& v) {
+  const bool phantom = std::none_of(v.tokens.begin(), v.tokens.end(),
+                                    [](const std::string& t) { return t.rfind("##", 0) == 0; });
+  std::vector<std::string> out;
+  out.reserve(v.tokens.size());
+  for (size_t i = 0; i < v.tokens.size(); ++i) {
+    const std::string& t = v.tokens[i];
+    if (!phantom || v.type(i) == kControl || v.type(i) == kUnknown ||
+        (t.size() >= 2 && t.front() == '[' && t.back() == ']'))
+      out.push_back(t);
+    else if (t.rfind(kSpace, 0) == 0)
+      out.push_back(t.substr(3));
+    else
+      out.push_back(std::string("##").append(t));
+  }
+  return out;
+}
+
+void build_bert(const GgufVocab& v, json& j, std::vector<std::string>& tokens) {
+  tokens = wordpiece_tokens(v);
+  // GGUF has no do_lower_case key. An uncased vocabulary holds no upper-case letter outside its
+  // bracketed special tokens (an upper-case piece could never be produced after lowercasing); a
+  // cased one does. llama.cpp lowercases always.
+  bool lower = true;
+  for (size_t i = 0; i < tokens.size() && lower; ++i) {
+    const std::string& t = tokens[i];
+    if (v.type(i) == kControl || v.type(i) == kUnknown ||
+        (t.size() >= 2 && t.front() == '[' && t.back() == ']'))
+      continue;
+    if (unicode::find_invalid_utf8(t) != std::string::npos) continue;
+    lower = unicode::lowercase(t) == t;
+  }
+  j["normalizer"] = {{"type", "BertNormalizer"},
+                     {"clean_text", true},
+                     {"handle_chinese_chars", true},
+                     {"strip_accents", nullptr},
+                     {"lowercase", lower}};
+  j["pre_tokenizer"] = {{"type", "BertPreTokenizer"}};
+  j["decoder"] = {{"type", "WordPiece"}, {"prefix", "##"}, {"cleanup", true}};
+  auto find = [&](const char* s) -> int64_t {
+    auto it = std::find(tokens.begin(), tokens.end(), s);
+    return it == tokens.end() ? -1 : it - tokens.begin();
+  };
+  int64_t cls = v.id("cls"), sep = v.id("seperator");  // llama.cpp's spelling of the key
+  if (cls < 0) cls = v.id("bos");
+  if (sep < 0) sep = v.id("eos");
+  if (cls < 0) cls = find("[CLS]");
+  if (sep < 0) sep = find("[SEP]");
+  const bool add_cls = v.flag("tokenizer.ggml.add_bos_token", true);
+  const bool add_sep = v.f.has("tokenizer.ggml.add_sep_token")
+                           ? v.f.get_bool("tokenizer.ggml.add_sep_token")
+                           : v.flag("tokenizer.ggml.add_eos_token", true);
+  j["post_processor"] =
+      template_processing(v, cls, add_cls ? "cls" : nullptr, sep, add_sep ? "sep" : nullptr);
+  int64_t unk = v.id("unknown");
+  if (unk < 0) unk = find("[UNK]");
+  MINFER_CHECK(unk >= 0,
+               "{}: WordPiece tokenizer without an unknown token (tokenizer.ggml.unknown_token_id "
+               "absent and no [UNK])",
+               v.origin);
+  j["model"] = {{"type", "WordPiece"},
+                {"unk_token", tokens[static_cast<size_t>(unk)]},
+                {"continuing_subword_prefix", "##"},
+                {"max_input_chars_per_word", 100},
+                {"vocab", vocab_of(tokens)}};
+}
+
+// llama.cpp's end-of-turn detection when tokenizer.ggml.eot_token_id is absent (llama-vocab.cpp
+// "auto-detect special tokens by text"), in this order of preference.
+const char* const kEotTexts[] = {"<|eot_id|>",
+                                 "<|im_end|>",
+                                 "<|end|>",
+                                 "<end_of_turn>",
+                                 "<|endoftext|>",
+                                 "<EOT>",
+                                 "<\xEF\xBD\x9C"
+                                 "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>"};
+
 }  // namespace
+
+std::vector<std::string> gguf_pre_tokenizer_types() {
+  std::vector<std::string> out;
+  for (const PreType& t : pre_types())
+    for (const char* n : t.names) out.emplace_back(n);
+  return out;
+}
 
 std::unique_ptr<Tokenizer> Tokenizer::from_gguf(const GgufFile& f) {
   const std::string origin = f.path();
   const std::string model = f.get_str("tokenizer.ggml.model");
-  const std::vector<std::string>& tokens = f.get_str_array("tokenizer.ggml.tokens");
-  std::vector<int64_t> types;
+  GgufVocab v{f, origin, f.get_str_array("tokenizer.ggml.tokens"), {}};
   if (f.has("tokenizer.ggml.token_type")) {
-    types = f.get_int_array("tokenizer.ggml.token_type");
-    MINFER_CHECK(types.size() == tokens.size(),
+    v.types = f.get_int_array("tokenizer.ggml.token_type");
+    MINFER_CHECK(v.types.size() == v.tokens.size(),
                  "{}: tokenizer.ggml.token_type has {} entries, tokenizer.ggml.tokens has {}",
-                 origin, types.size(), tokens.size());
+                 origin, v.types.size(), v.tokens.size());
   }
-  const int64_t bos = f.get_int_or("tokenizer.ggml.bos_token_id", -1);
-  const int64_t eos = f.get_int_or("tokenizer.ggml.eos_token_id", -1);
-  auto flag = [&](const char* key, bool def) { return f.has(key) ? f.get_bool(key) : def; };
 
   json j = json::object();
   j["version"] = "1.0";
   j["truncation"] = nullptr;
   j["padding"] = nullptr;
-  json added = json::array();
-  for (size_t i = 0; i < types.size(); ++i) {
-    if (types[i] != kControl && types[i] != kUserDefined) continue;
-    added.push_back({{"id", i},
-                     {"content", tokens[i]},
-                     {"single_word", false},
-                     {"lstrip", false},
-                     {"rstrip", false},
-                     {"normalized", false},
-                     {"special", types[i] == kControl}});
-  }
-  j["added_tokens"] = added;
-  json vocab = json::object();
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    if (vocab.contains(tokens[i])) continue;  // duplicates: HF keeps one id per string
-    vocab[tokens[i]] = i;
-  }
-
+  std::vector<std::string> wp_tokens;  // bert: the tokens in HF form
   if (model == "gpt2") {
-    bool ignore_merges = false;
-    j["normalizer"] = nullptr;
-    j["pre_tokenizer"] =
-        pre_tokenizer_for(f.get_str_or("tokenizer.ggml.pre", "default"), origin, &ignore_merges);
-    const bool add_bos = flag("tokenizer.ggml.add_bos_token", false);
-    const bool add_eos = flag("tokenizer.ggml.add_eos_token", false);
-    j["post_processor"] = (add_bos || add_eos)
-                              ? template_processing(tokens, bos, eos, add_bos, add_eos, origin)
-                              : json{{"type", "ByteLevel"},
-                                     {"add_prefix_space", true},
-                                     {"trim_offsets", false},
-                                     {"use_regex", true}};
-    j["decoder"] = {{"type", "ByteLevel"},
-                    {"add_prefix_space", true},
-                    {"trim_offsets", true},
-                    {"use_regex", true}};
-    j["model"] = {{"type", "BPE"},
-                  {"dropout", nullptr},
-                  {"unk_token", nullptr},
-                  {"continuing_subword_prefix", nullptr},
-                  {"end_of_word_suffix", nullptr},
-                  {"fuse_unk", false},
-                  {"byte_fallback", false},
-                  {"ignore_merges", ignore_merges},
-                  {"vocab", std::move(vocab)},
-                  {"merges", f.get_str_array("tokenizer.ggml.merges")}};
+    build_gpt2(v, j);
   } else if (model == "llama") {
-    throw NotImplemented(fmt::format(
-        "{}: SentencePiece-style GGUF tokenizer (tokenizer.ggml.model = 'llama'); load the model's "
-        "tokenizer.json instead",
-        origin));
+    build_llama(v, j);
+  } else if (model == "bert") {
+    build_bert(v, j, wp_tokens);
   } else {
-    throw NotImplemented(
-        fmt::format("{}: GGUF tokenizer.ggml.model = '{}' (supported: gpt2)", origin, model));
+    throw NotImplemented(fmt::format(
+        "{}: GGUF tokenizer.ggml.model = '{}' (supported: gpt2, llama, bert)", origin, model));
   }
+  json added = added_tokens_of(v);
+  if (!wp_tokens.empty())
+    for (json& a : added) a["content"] = wp_tokens[a["id"].get<size_t>()];
+  j["added_tokens"] = added;
 
   TokenizerExtras ex;
   ex.chat_template = f.get_str_or("tokenizer.chat_template", "");
-  ex.bos_id = static_cast<int32_t>(bos);
-  ex.eos_id = static_cast<int32_t>(eos);
+  ex.bos_id = static_cast<int32_t>(v.id("bos"));
+  ex.eos_id = static_cast<int32_t>(v.id("eos"));
+  const std::vector<std::string>& names = wp_tokens.empty() ? v.tokens : wp_tokens;
+  auto by_text = [&](std::string_view s) -> int32_t {
+    auto it = std::find(names.begin(), names.end(), s);
+    return it == names.end() ? -1 : static_cast<int32_t>(it - names.begin());
+  };
+  for (const char* role : {"unknown", "seperator", "padding", "cls", "mask", "eot", "eom"}) {
+    int64_t id = v.id(role);
+    if (std::string_view(role) == "eot" && id < 0)
+      for (const char* t : kEotTexts)
+        if ((id = by_text(t)) >= 0) break;
+    if (std::string_view(role) == "eom" && id < 0) id = by_text("<|eom_id|>");
+    const std::string_view name = std::string_view(role) == "unknown"     ? "unk"
+                                  : std::string_view(role) == "seperator" ? "sep"
+                                  : std::string_view(role) == "padding"   ? "pad"
+                                                                          : role;
+    ex.roles.emplace_back(std::string(name), static_cast<int32_t>(id));
+  }
   return tokenizer_from_json(j, origin, ex);
 }
 

@@ -7,6 +7,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "tokenizer/added_tokens.h"
@@ -39,6 +40,7 @@ struct Tokenizer::Impl {
   std::vector<std::string> id_to_tok;  // model vocab and added tokens
   std::vector<uint8_t> special;        // per id
   int32_t bos = -1, eos = -1;
+  std::vector<std::pair<std::string, int32_t>> roles;  // Tokenizer::special_id, besides bos/eos
   std::string chat_template;
 
   // Appends the ids of `text` to `out`, or with `words` set, the words the model would see.

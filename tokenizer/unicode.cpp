@@ -101,6 +101,13 @@ uint8_t flags(uint32_t cp) {
   return cp < 0x110000 ? t[cp] : 0;
 }
 
+static_assert(UTF8PROC_CATEGORY_LU == 1 && UTF8PROC_CATEGORY_ND == 9 &&
+              UTF8PROC_CATEGORY_SO == 22 && UTF8PROC_CATEGORY_CO == 29);
+Category category(uint32_t cp) {
+  if (cp > 0x10FFFF) return Category::Cn;
+  return static_cast<Category>(utf8proc_category(static_cast<utf8proc_int32_t>(cp)));
+}
+
 bool is_chinese_char(uint32_t cp) {
   return (cp >= 0x4E00 && cp <= 0x9FFF) || (cp >= 0x3400 && cp <= 0x4DBF) ||
          (cp >= 0x20000 && cp <= 0x2A6DF) || (cp >= 0x2A700 && cp <= 0x2B73F) ||

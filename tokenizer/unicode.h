@@ -50,6 +50,41 @@ inline bool is_ascii_punct(uint32_t cp) {
 inline bool is_bert_punct(uint32_t cp) {
   return is_ascii_punct(cp) || is_punct(cp);
 }
+// Unicode general category, in utf8proc's order (utf8proc_category_t): \p{Lu}, \p{Nd}, ...
+enum class Category : uint8_t {
+  Cn,
+  Lu,
+  Ll,
+  Lt,
+  Lm,
+  Lo,
+  Mn,
+  Mc,
+  Me,
+  Nd,
+  Nl,
+  No,
+  Pc,
+  Pd,
+  Ps,
+  Pe,
+  Pi,
+  Pf,
+  Po,
+  Sm,
+  Sc,
+  Sk,
+  So,
+  Zs,
+  Zl,
+  Zp,
+  Cc,
+  Cf,
+  Cs,
+  Co
+};
+Category category(uint32_t cp);  // Cn for cp > 0x10FFFF
+
 // The CJK ideograph blocks that BertNormalizer surrounds with spaces (HF bert.rs).
 bool is_chinese_char(uint32_t cp);
 

@@ -1,0 +1,443 @@
+// The small backtracking matcher behind Split pre-tokenizers with regex patterns that have no
+// hand-written matcher (see split_regex.h for the subset and the Oniguruma semantics it follows).
+#include "tokenizer/split_regex.h"
+
+#include <array>
+
+#include "engine/error.h"
+#include "tokenizer/unicode.h"
+
+namespace minfer::pretok {
+
+namespace {
+using unicode::Category;
+
+// \p{X}: one category, or a one-letter group (L = Lu Ll Lt Lm Lo, ...), as a bit mask.
+uint32_t category_mask(std::string_view name, std::string_view pattern) {
+  static const char* const kNames[] = {"Cn", "Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc", "Me", "Nd",
+                                       "Nl", "No", "Pc", "Pd", "Ps", "Pe", "Pi", "Pf", "Po", "Sm",
+                                       "Sc", "Sk", "So", "Zs", "Zl", "Zp", "Cc", "Cf", "Cs", "Co"};
+  uint32_t m = 0;
+  for (uint32_t i = 0; i < 30; ++i) {
+    std::string_view n = kNames[i];
+    if (n == name || (name.size() == 1 && n[0] == name[0])) m |= 1u << i;
+  }
+  MINFER_CHECK(m != 0, "split regex '{}': unknown Unicode category \\p{{{}}}", pattern, name);
+  return m;
+}
+
+}  // namespace
+
+struct SplitRegex::CharSet {
+  enum class Kind { Range, Categories, Space, Digit, Word, Nested };
+  struct Item {
+    Kind kind;
+    bool negated = false;  // \S \D \W \P{X}
+    uint32_t lo = 0, hi = 0, mask = 0;
+    std::shared_ptr<CharSet> nested;
+  };
+  bool negate = false;
+  std::vector<Item> items;
+  std::array<uint8_t, 128> ascii{};  // test() for ASCII, filled by finish()
+
+  bool test_slow(uint32_t cp) const {
+    bool in = false;
+    for (const Item& it : items) {
+      bool r = false;
+      switch (it.kind) {
+        case Kind::Range:
+          r = cp >= it.lo && cp <= it.hi;
+          break;
+        case Kind::Categories:
+          r = (it.mask >> static_cast<uint32_t>(unicode::category(cp))) & 1u;
+          break;
+        case Kind::Space:
+          r = unicode::is_space(cp);
+          break;
+        case Kind::Digit:  // Oniguruma's Unicode \d: Nd
+          r = unicode::category(cp) == Category::Nd;
+          break;
+        case Kind::Word:
+          r = unicode::flags(cp) & unicode::kWord;
+          break;
+        case Kind::Nested:
+          r = it.nested->test(cp);
+          break;
+      }
+      if (r != it.negated) {
+        in = true;
+        break;
+      }
+    }
+    return in != negate;
+  }
+  bool test(uint32_t cp) const { return cp < 128 ? ascii[cp] : test_slow(cp); }
+  void finish() {
+    for (uint32_t c = 0; c < 128; ++c) ascii[c] = test_slow(c);
+  }
+};
+
+struct SplitRegex::Atom {
+  enum class Kind { Set, End, NotAhead, Ahead, Literals };
+  Kind kind = Kind::Set;
+  CharSet set;
+  uint32_t min = 1, max = 1;
+  // Literals: (?:a|b) or (?i:a|b), literal alternatives tried in order; icase folds ASCII case
+  // and, as Oniguruma does, U+017F (long s) to 's' and U+212A (Kelvin sign) to 'k'.
+  std::vector<std::vector<uint32_t>> options;
+  bool icase = false;
+};
+
+namespace {
+
+struct Parser {
+  std::string_view p;  // the pattern
+  size_t i = 0;
+
+  [[noreturn]] void fail(const std::string& what) const {
+    MINFER_FAIL(
+        "split regex '{}': {} at byte {} (supported: classes, escapes, greedy "
+        "quantifiers, top-level |, $, (?!X) and (?=X) on one class, (?:a|b) and (?i:a|b) "
+        "groups of literals)",
+        p, what, i);
+  }
+  bool done() const { return i >= p.size(); }
+  uint32_t next_cp() {
+    int l;
+    uint32_t c = unicode::decode_at(p, i, &l);
+    i += static_cast<size_t>(l);
+    return c;
+  }
+  // After a backslash: a class escape into `set`, or a literal character (returned, set untouched).
+  // Returns UINT32_MAX when it added a class item.
+  uint32_t escape(SplitRegex::CharSet& set) {
+    if (done()) fail("trailing backslash");
+    const uint32_t c = next_cp();
+    using K = SplitRegex::CharSet::Kind;
+    auto add = [&](K k, bool neg, uint32_t mask = 0) {
+      SplitRegex::CharSet::Item it{k, neg, 0, 0, mask, nullptr};
+      set.items.push_back(it);
+      return UINT32_MAX;
+    };
+    switch (c) {
+      case 's':
+        return add(K::Space, false);
+      case 'S':
+        return add(K::Space, true);
+      case 'd':
+        return add(K::Digit, false);
+      case 'D':
+        return add(K::Digit, true);
+      case 'w':
+        return add(K::Word, false);
+      case 'W':
+        return add(K::Word, true);
+      case 'p':
+      case 'P': {
+        if (done() || p[i] != '{') fail("\\p without {name}");
+        size_t e = p.find('}', i);
+        if (e == std::string_view::npos) fail("unterminated \\p{");
+        std::string_view name = p.substr(i + 1, e - i - 1);
+        bool neg = c == 'P';
+        if (!name.empty() && name[0] == '^') {
+          neg = !neg;
+          name.remove_prefix(1);
+        }
+        i = e + 1;
+        return add(K::Categories, neg, category_mask(name, p));
+      }
+      case 'r':
+        return '\r';
+      case 'n':
+        return '\n';
+      case 't':
+        return '\t';
+      case 'f':
+        return '\f';
+      case 'v':
+        return '\v';
+      default:
+        if (c < 128 && (std::isalnum(static_cast<int>(c)) != 0))
+          fail(fmt::format("escape \\{}", static_cast<char>(c)));
+        return c;  // escaped punctuation stands for itself
+    }
+  }
+  // After '[': the class up to its ']'.
+  void klass(SplitRegex::CharSet& set) {
+    using K = SplitRegex::CharSet::Kind;
+    if (!done() && p[i] == '^') {
+      set.negate = true;
+      ++i;
+    }
+    bool first = true;
+    for (;;) {
+      if (done()) fail("unterminated character class");
+      if (p[i] == ']' && !first) {
+        ++i;
+        return;
+      }
+      first = false;
+      uint32_t lo;
+      if (p[i] == '[') {
+        if (i + 1 < p.size() && p[i + 1] == ':') fail("POSIX bracket");
+        ++i;
+        auto n = std::make_shared<SplitRegex::CharSet>();
+        klass(*n);
+        n->finish();
+        set.items.push_back({K::Nested, false, 0, 0, 0, n});
+        continue;
+      }
+      if (p[i] == '&' && i + 1 < p.size() && p[i + 1] == '&') fail("class intersection &&");
+      if (p[i] == '\\') {
+        ++i;
+        lo = escape(set);
+        if (lo == UINT32_MAX) continue;
+      } else {
+        lo = next_cp();
+      }
+      uint32_t hi = lo;
+      if (i + 1 < p.size() && p[i] == '-' && p[i + 1] != ']') {
+        ++i;
+        if (p[i] == '\\') {
+          ++i;
+          SplitRegex::CharSet dummy;
+          hi = escape(dummy);
+          if (hi == UINT32_MAX) fail("range ending in a class escape");
+        } else if (p[i] == '[') {
+          fail("range ending in a nested class");
+        } else {
+          hi = next_cp();
+        }
+        if (hi < lo) fail("empty range");
+      }
+      set.items.push_back({K::Range, false, lo, hi, 0, nullptr});
+    }
+  }
+  // One atom (no quantifier): returns false at '|' or the end.
+  bool atom(SplitRegex::Atom& a) {
+    using AK = SplitRegex::Atom::Kind;
+    using K = SplitRegex::CharSet::Kind;
+    if (done() || p[i] == '|') return false;
+    const char c = p[i];
+    if (c == '$') {
+      ++i;
+      a.kind = AK::End;
+      return true;
+    }
+    if (c == '(') {
+      if (p.substr(i, 3) == "(?!" || p.substr(i, 3) == "(?=") {
+        a.kind = p[i + 2] == '!' ? AK::NotAhead : AK::Ahead;
+        i += 3;
+        SplitRegex::Atom inner;
+        if (!atom(inner) || inner.kind != AK::Set)
+          fail("lookahead of something other than a class");
+        if (done() || p[i] != ')') fail("lookahead of more than one class");
+        ++i;
+        a.set = std::move(inner.set);
+        return true;
+      }
+      if (p.substr(i, 4) == "(?i:" || p.substr(i, 3) == "(?:") {
+        a.kind = AK::Literals;
+        a.icase = p[i + 2] == 'i';
+        i += a.icase ? 4 : 3;
+        a.options.emplace_back();
+        for (;;) {
+          if (done()) fail("unterminated group");
+          const char g = p[i];
+          if (g == ')') {
+            ++i;
+            break;
+          }
+          if (g == '|') {
+            ++i;
+            a.options.emplace_back();
+            continue;
+          }
+          if (std::string_view("[](){}*+?.$^").find(g) != std::string_view::npos)
+            fail("group holding more than literal alternatives");
+          uint32_t lit;
+          if (g == '\\') {
+            ++i;
+            SplitRegex::CharSet none;
+            lit = escape(none);
+            if (lit == UINT32_MAX) fail("class escape inside a group");
+          } else {
+            lit = next_cp();
+          }
+          a.options.back().push_back(lit);
+        }
+        return true;
+      }
+      fail("group");
+    }
+    if (c == ')' || c == '*' || c == '+' || c == '?' || c == '{') fail("misplaced metacharacter");
+    if (c == '^') fail("anchor ^");
+    if (c == '.') fail("'.'");
+    a.kind = AK::Set;
+    if (c == '[') {
+      ++i;
+      klass(a.set);
+    } else if (c == '\\') {
+      ++i;
+      uint32_t lit = escape(a.set);
+      if (lit != UINT32_MAX) a.set.items.push_back({K::Range, false, lit, lit, 0, nullptr});
+    } else {
+      uint32_t lit = next_cp();
+      a.set.items.push_back({K::Range, false, lit, lit, 0, nullptr});
+    }
+    a.set.finish();
+    return true;
+  }
+  size_t number() {
+    size_t v = 0, start = i;
+    while (!done() && p[i] >= '0' && p[i] <= '9') v = v * 10 + static_cast<size_t>(p[i++] - '0');
+    if (i == start) fail("quantifier without a number");
+    if (v > 100000) fail("quantifier bound too large");
+    return v;
+  }
+  void quantifier(SplitRegex::Atom& a) {
+    if (done()) return;
+    const char c = p[i];
+    if (c == '?' || c == '*' || c == '+') {
+      ++i;
+      a.min = c == '+' ? 1 : 0;
+      a.max = c == '?' ? 1 : UINT32_MAX;
+    } else if (c == '{') {
+      ++i;
+      a.min = static_cast<uint32_t>(number());
+      a.max = a.min;
+      if (!done() && p[i] == ',') {
+        ++i;
+        a.max = (!done() && p[i] == '}') ? UINT32_MAX : static_cast<uint32_t>(number());
+      }
+      if (done() || p[i] != '}') fail("unterminated {m,n}");
+      ++i;
+      if (a.max < a.min) fail("quantifier {m,n} with n < m");
+    } else {
+      return;
+    }
+    if (a.kind == SplitRegex::Atom::Kind::Literals && (a.min > 1 || a.max > 1))
+      fail("group repeated more than once (only ? applies to a group)");
+    if (a.kind != SplitRegex::Atom::Kind::Set && a.kind != SplitRegex::Atom::Kind::Literals)
+      fail("quantified anchor or lookahead");
+    if (!done() && (p[i] == '?' || p[i] == '+')) fail("lazy or possessive quantifier");
+  }
+};
+
+// The end of a match of seq[ai..] starting at byte `pos`, or -1.
+int64_t match_seq(const std::vector<SplitRegex::Atom>& seq, size_t ai, std::string_view s,
+                  size_t pos) {
+  using AK = SplitRegex::Atom::Kind;
+  for (; ai < seq.size(); ++ai) {
+    const SplitRegex::Atom& a = seq[ai];
+    if (a.kind == AK::End) {
+      if (pos != s.size() && s[pos] != '\n') return -1;
+      continue;
+    }
+    if (a.kind == AK::Literals) {
+      // Each alternative in order, then (when optional) none: the backtracking order.
+      for (const auto& opt : a.options) {
+        size_t q = pos;
+        bool ok = true;
+        for (uint32_t want : opt) {
+          if (q >= s.size()) {
+            ok = false;
+            break;
+          }
+          int l;
+          uint32_t c = unicode::decode_at(s, q, &l);
+          if (a.icase) {
+            if (c >= 'A' && c <= 'Z') c += 32;
+            if (c == 0x17F) c = 's';
+            if (c == 0x212A) c = 'k';
+            if (want >= 'A' && want <= 'Z') want += 32;
+          }
+          if (c != want) {
+            ok = false;
+            break;
+          }
+          q += static_cast<size_t>(l);
+        }
+        if (!ok) continue;
+        if (int64_t r = match_seq(seq, ai + 1, s, q); r >= 0) return r;
+      }
+      if (a.min == 0) continue;
+      return -1;
+    }
+    if (a.kind == AK::NotAhead || a.kind == AK::Ahead) {
+      bool m = false;
+      if (pos < s.size()) {
+        int l;
+        m = a.set.test(unicode::decode_at(s, pos, &l));
+      }
+      if (m != (a.kind == AK::Ahead)) return -1;
+      continue;
+    }
+    // A set with a quantifier: take as many as possible, then give back one at a time.
+    if (a.min == 1 && a.max == 1) {
+      if (pos >= s.size()) return -1;
+      int l;
+      if (!a.set.test(unicode::decode_at(s, pos, &l))) return -1;
+      pos += static_cast<size_t>(l);
+      continue;
+    }
+    std::vector<uint32_t> ends{static_cast<uint32_t>(pos)};
+    size_t q = pos;
+    while (ends.size() - 1 < a.max && q < s.size()) {
+      int l;
+      if (!a.set.test(unicode::decode_at(s, q, &l))) break;
+      q += static_cast<size_t>(l);
+      ends.push_back(static_cast<uint32_t>(q));
+    }
+    const size_t count = ends.size() - 1;
+    if (count < a.min) return -1;
+    if (ai + 1 == seq.size()) return ends[count];
+    for (size_t k = count + 1; k-- > a.min;) {
+      int64_t r = match_seq(seq, ai + 1, s, ends[k]);
+      if (r >= 0) return r;
+    }
+    return -1;
+  }
+  return static_cast<int64_t>(pos);
+}
+
+}  // namespace
+
+std::shared_ptr<const SplitRegex> SplitRegex::compile(std::string_view pattern) {
+  const size_t bad = unicode::find_invalid_utf8(pattern);
+  MINFER_CHECK(bad == std::string_view::npos, "split regex: not valid UTF-8 at byte offset {}",
+               bad);
+  auto re = std::make_shared<SplitRegex>();
+  Parser ps{pattern};
+  for (;;) {
+    std::vector<Atom> seq;
+    for (;;) {
+      Atom a;
+      if (!ps.atom(a)) break;
+      ps.quantifier(a);
+      seq.push_back(std::move(a));
+    }
+    re->alts_.push_back(std::move(seq));
+    if (ps.done()) break;
+    ++ps.i;  // '|'
+  }
+  return re;
+}
+
+void SplitRegex::find_all(std::string_view s,
+                          std::vector<std::pair<uint32_t, uint32_t>>& out) const {
+  size_t start = 0;
+  while (start < s.size()) {
+    int64_t end = -1;
+    for (const auto& alt : alts_)
+      if ((end = match_seq(alt, 0, s, start)) >= 0) break;
+    if (end > static_cast<int64_t>(start)) {
+      out.emplace_back(static_cast<uint32_t>(start), static_cast<uint32_t>(end));
+      start = static_cast<size_t>(end);
+    } else {
+      start += static_cast<size_t>(unicode::utf8_len(static_cast<uint8_t>(s[start])));
+    }
+  }
+}
+
+}  // namespace minfer::pretok

@@ -1,0 +1,38 @@
+// The split regexes of tokenizer.json Split pre-tokenizers beyond the hand-written matchers of
+// pretokenize.h: a small backtracking matcher for the subset those patterns use, with the
+// semantics of Oniguruma (the engine behind HF `tokenizers`, Ruby syntax) on that subset.
+//
+// Supported: alternation at the top level (a|b|c), literal characters, escapes (\s \S \d \D \w
+// \W \p{X} \P{X} with X a general category or its one-letter group, \r \n \t \f \v and escaped
+// punctuation), character classes with ranges, negation, escapes and nested classes ([^(\s|[.,])]
+// is a union), the greedy quantifiers ? * + {m} {m,} {m,n}, the anchor $ (end of the text or
+// before a newline, as in Ruby), a lookahead of one class, (?!X) / (?=X), and a group of literal
+// alternatives (?:a|b) or case-insensitive (?i:a|b), alone or with ?. Anything else (other
+// groups, backreferences, lazy or possessive quantifiers) is refused when the pattern is
+// compiled, naming the construct.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace minfer::pretok {
+
+class SplitRegex {
+ public:
+  // Throws minfer::Error naming the construct when `pattern` is outside the subset.
+  static std::shared_ptr<const SplitRegex> compile(std::string_view pattern);
+  // Non-overlapping, leftmost-first matches (Oniguruma's search loop), as byte spans of s
+  // (valid UTF-8); empty matches are skipped.
+  void find_all(std::string_view s, std::vector<std::pair<uint32_t, uint32_t>>& out) const;
+
+  struct CharSet;
+  struct Atom;
+
+ private:
+  std::vector<std::vector<Atom>> alts_;
+};
+
+}  // namespace minfer::pretok
