@@ -207,9 +207,15 @@ TEST_CASE("cuda-emu: rope and embedding equal the CPU backend") {
     for (int64_t T : {1, 5}) {
       const int64_t H = 3, D = 10;
       auto [hx, dx] = p.mat(T, H * D, 21, 7);
-      p.cpu->rope(hx, 6, H, D, 10000.f);
-      p.gpu->rope(dx, 6, H, D, 10000.f);
-      CHECK(p.diff(hx, dx) <= 1e-6f);
+      // default and yarn (non-uniform frequencies, attention scaling 1.16)
+      RopeScaling yarn;
+      yarn.type = RopeType::Yarn, yarn.factor = 4, yarn.original_max_pos = 8;
+      for (const RopeScaling& rs : {RopeScaling{}, yarn}) {
+        const RopeTable rt = rope_table(10000.f, D, rs);
+        p.cpu->rope(hx, 6, H, rt);
+        p.gpu->rope(dx, 6, H, rt);
+        CHECK(p.diff(hx, dx) <= 1e-6f);
+      }
     }
     const int64_t V = 9, C = 67;
     Tensor t32 = randn({V, C}, 22);
