@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 
+#include "engine/convert.h"
 #include "engine/gguf.h"
 #include "engine/gguf_source.h"
 #include "engine/rope.h"
@@ -207,4 +208,31 @@ TEST_CASE("arch: phi3's fused projections split into views; a split copy loads t
   CHECK(ls[0]->out == 32);
   CHECK(ls[1]->out == 16);
   CHECK(ls[4]->out == 48);
+}
+
+TEST_CASE("arch: convert writes each architecture's HF config and tensors, with its RoPE scaling") {
+  auto be = make_cpu_backend(2);
+  const fs::path root = fs::temp_directory_path() / "minfer_arch_convert";
+  fs::remove_all(root);
+  for (const char* name : {"rope_linear", "rope_yarn", "qwen2", "phi3"}) {
+    CAPTURE(std::string(name));
+    const fs::path out = root / name;
+    export_hf_folder(kArch + name + "/model.gguf", out.string(), DType::F32);
+    // The folder's config names the class transformers would build, and reads back the same.
+    const ModelConfig exported = load_config((out / "config.json").string());
+    const ModelConfig original = load_config(kArch + name + "/config.json");
+    CHECK(exported.model_type == (std::string(name).rfind("rope_", 0) == 0 ? "llama" : name));
+    CHECK(exported.rope_scaling.type == original.rope_scaling.type);
+    CHECK(exported.rope_scaling.factor == original.rope_scaling.factor);
+    CHECK(exported.rope_scaling.original_max_pos == original.rope_scaling.original_max_pos);
+    auto m = load_model(out.string(), *be);
+    auto exp = SafetensorsFile::open(kArch + name + "/expected.safetensors");
+    CHECK(parity(*m, *exp) <= 1e-4f);
+  }
+  // Frequency factors have no config.json field: refused, nothing written.
+  CHECK(error_of([&] {
+          export_hf_folder(kArch + "rope_llama3/model.gguf", (root / "l3").string(), DType::F32);
+        }).find("not implemented: config.json for RoPE frequency factors") != std::string::npos);
+  CHECK(!fs::exists(root / "l3"));
+  fs::remove_all(root);
 }
