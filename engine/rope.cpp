@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numbers>
 
 #include "engine/error.h"
 
@@ -31,7 +32,7 @@ double yarn_mscale(double s, double m = 1.0) {
 // The dimension whose wavelength makes `rotations` turns over `max_pos` positions
 // (transformers find_correction_dim).
 double correction_dim(double rotations, double dim, double base, double max_pos) {
-  return dim * std::log(max_pos / (rotations * 2 * M_PI)) / (2 * std::log(base));
+  return dim * std::log(max_pos / (rotations * 2 * std::numbers::pi)) / (2 * std::log(base));
 }
 
 }  // namespace
@@ -72,7 +73,7 @@ RopeTable rope_table(float theta, int64_t head_dim, const RopeScaling& rs,
       const double old_ctx = double(rs.original_max_pos);
       const double low_wl = old_ctx / rs.low_freq_factor, high_wl = old_ctx / rs.high_freq_factor;
       for (float& f : t.inv_freq) {
-        const float wavelen = float(2 * M_PI) / f;
+        const float wavelen = float(2 * std::numbers::pi) / f;
         if (wavelen > low_wl) {
           f /= s;  // long wavelengths: interpolated
         } else if (wavelen >= high_wl) {
