@@ -10,6 +10,7 @@
 #include <string>
 
 #include "engine/linear.h"
+#include "engine/rope.h"
 #include "engine/tensor.h"
 
 namespace minfer {
@@ -73,8 +74,9 @@ class Backend {
   virtual void swiglu(Tensor& y, const Tensor& gate, const Tensor& up) = 0;
   virtual void softmax(Tensor& y, const Tensor& x) = 0;  // over the last dim of each row
   // Rotary embedding in place (HF rotate_half layout: pairs (i, i + D/2)) on x [T, n_heads*D]
-  // for positions pos0 .. pos0+T-1. x may have a row stride.
-  virtual void rope(Tensor& x, int64_t pos0, int64_t n_heads, int64_t head_dim, float theta) = 0;
+  // for positions pos0 .. pos0+T-1: angle = pos * rt.inv_freq[i] (float32, as HF), and cos and
+  // sin both multiplied by rt.attention_scaling. D = rt.head_dim(). x may have a row stride.
+  virtual void rope(Tensor& x, int64_t pos0, int64_t n_heads, const RopeTable& rt) = 0;
   // out[B*T, H*D] = softmax(q kᵀ · scale + mask) v per head. q, k, v may have row strides.
   virtual void attention(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v,
                          const AttentionArgs& a) = 0;

@@ -1,11 +1,14 @@
 #include "engine/config.h"
 
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "engine/error.h"
+#include "engine/rope.h"
 
 namespace minfer {
 
@@ -153,6 +156,82 @@ void read_per_layer_sizes(const std::string& path, const json& j, ModelConfig& c
   }
 }
 
+// RoPE settings of a llama-family config.json. transformers >= 5 nests them in
+// "rope_parameters" ({"rope_type", "rope_theta", "factor", ...}); older files put "rope_theta"
+// at the top level and the scaling in "rope_scaling" ({"type" or "rope_type", "factor", ...}).
+// The keys each type reads are those of transformers' modeling_rope_utils; any other key, and
+// any other type (dynamic, longrope, ...), is an error naming it: never silently ignored.
+void read_rope(const std::string& path, const json& j, ModelConfig& c) {
+  Reader r{path, j};
+  c.rope_theta = r.opt<float>("rope_theta", 10000.f);
+  MINFER_CHECK(r.opt<double>("partial_rotary_factor", 1.0) == 1.0,
+               "{}: partial_rotary_factor {} (RoPE on part of each head) is not supported", path,
+               r.opt<double>("partial_rotary_factor", 1.0));
+  bool scaled = false;
+  for (const char* key : {"rope_scaling", "rope_parameters"}) {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) continue;
+    MINFER_CHECK(it->is_object(), "{}: '{}' must be an object, found {}", path, key, it->dump());
+    const json& rp = *it;
+    Reader q{path + ": " + key, rp};
+    const std::string t = q.opt<std::string>("rope_type", q.opt<std::string>("type", "default"));
+    if (rp.contains("rope_theta")) c.rope_theta = q.req<float>("rope_theta");
+    MINFER_CHECK(q.opt<double>("partial_rotary_factor", 1.0) == 1.0,
+                 "{}: {}.partial_rotary_factor {} (RoPE on part of each head) is not supported",
+                 path, key, q.opt<double>("partial_rotary_factor", 1.0));
+    std::vector<std::string> known = {"rope_type", "type", "rope_theta", "partial_rotary_factor"};
+    RopeScaling rs;
+    if (t == "default") {
+      // transformers ignores the rest for default RoPE; so do we, but only these.
+      known.insert(known.end(), {"factor", "original_max_position_embeddings"});
+    } else if (t == "linear") {
+      rs.type = RopeType::Linear;
+      rs.factor = q.req<double>("factor");
+      known.insert(known.end(), {"factor", "original_max_position_embeddings"});
+    } else if (t == "llama3") {
+      rs.type = RopeType::Llama3;
+      rs.factor = q.req<double>("factor");
+      rs.low_freq_factor = q.req<double>("low_freq_factor");
+      rs.high_freq_factor = q.req<double>("high_freq_factor");
+      known.insert(known.end(), {"factor", "low_freq_factor", "high_freq_factor",
+                                 "original_max_position_embeddings"});
+    } else if (t == "yarn") {
+      rs.type = RopeType::Yarn;
+      known.insert(known.end(),
+                   {"factor", "original_max_position_embeddings", "beta_fast", "beta_slow",
+                    "attention_factor", "mscale", "mscale_all_dim", "truncate"});
+      // transformers treats a 0 / null beta as its default ("or 32", "or 1").
+      if (double b = q.opt<double>("beta_fast", 0.0); b != 0) rs.beta_fast = b;
+      if (double b = q.opt<double>("beta_slow", 0.0); b != 0) rs.beta_slow = b;
+      rs.attention_factor = q.opt<double>("attention_factor", 0.0);
+      rs.mscale = q.opt<double>("mscale", 0.0);
+      rs.mscale_all_dim = q.opt<double>("mscale_all_dim", 0.0);
+      rs.truncate = q.opt<bool>("truncate", true);
+    } else {
+      MINFER_FAIL("{}: {} type '{}' is not supported (supported: default, linear, llama3, yarn)",
+                  path, key, t);
+    }
+    for (const auto& [k, v] : rp.items())
+      MINFER_CHECK(std::find(known.begin(), known.end(), k) != known.end(),
+                   "{}: {}: key '{}' is not read for rope type '{}' (read: {})", path, key, k, t,
+                   fmt::format("{}", fmt::join(known, ", ")));
+    if (rs.type == RopeType::Default) continue;
+    MINFER_CHECK(!scaled || c.rope_scaling.type == rs.type,
+                 "{}: rope_scaling and rope_parameters name different rope types", path);
+    scaled = true;
+    if (rs.type == RopeType::Llama3 || rs.type == RopeType::Yarn) {
+      // transformers' standardize_rope_params: a top-level original_max_position_embeddings
+      // (Phi-3) wins, then the nested one, then max_position_embeddings.
+      rs.original_max_pos =
+          r.opt<int64_t>("original_max_position_embeddings",
+                         q.opt<int64_t>("original_max_position_embeddings", c.max_pos));
+      if (rs.type == RopeType::Yarn)
+        rs.factor = q.opt<double>("factor", double(c.max_pos) / double(rs.original_max_pos));
+    }
+    c.rope_scaling = rs;
+  }
+}
+
 }  // namespace
 
 ModelConfig load_config(const std::string& path) {
@@ -193,7 +272,8 @@ ModelConfig parse_config(const std::string& text, const std::string& path) {
                  path);
     MINFER_CHECK(!r.opt<bool>("scale_attn_by_inverse_layer_idx", false),
                  "{}: scale_attn_by_inverse_layer_idx = true is not supported", path);
-  } else if (c.model_type == "llama" || c.model_type == "qwen2" || c.model_type == "mistral") {
+  } else if (c.model_type == "llama" || c.model_type == "qwen2" || c.model_type == "mistral" ||
+             c.model_type == "phi3") {
     c.arch = Arch::Llama;
     c.vocab_size = r.req<int64_t>("vocab_size");
     c.hidden = r.req<int64_t>("hidden_size");
@@ -205,17 +285,7 @@ ModelConfig parse_config(const std::string& text, const std::string& path) {
     c.act = parse_act(path, r.opt<std::string>("hidden_act", "silu"));
     c.norm = Norm::RmsNorm;
     c.norm_eps = r.opt<float>("rms_norm_eps", 1e-6f);
-    c.rope_theta = r.opt<float>("rope_theta", 10000.f);
-    // transformers >= 5 nests RoPE settings in "rope_parameters"; older files use "rope_theta"
-    // and "rope_scaling" at the top level.
-    for (const char* key : {"rope_scaling", "rope_parameters"}) {
-      auto rs = j.find(key);
-      if (rs == j.end() || !rs->is_object()) continue;
-      if (rs->contains("rope_theta")) c.rope_theta = Reader{path, *rs}.req<float>("rope_theta");
-      std::string t = rs->value("rope_type", rs->value("type", std::string("default")));
-      MINFER_CHECK(t == "default", "{}: {} type '{}' not supported (only default RoPE)", path, key,
-                   t);
-    }
+    read_rope(path, j, c);
     c.tie_embeddings = r.opt<bool>("tie_word_embeddings", false);
     c.attn_bias = r.opt<bool>("attention_bias", c.model_type == "qwen2");
     c.mlp_bias = r.opt<bool>("mlp_bias", false);
@@ -227,7 +297,7 @@ ModelConfig parse_config(const std::string& text, const std::string& path) {
     // within the window it is full attention, so the window becomes the position limit and a
     // longer sequence is an error, never silently full attention.
     const bool swa = c.model_type == "qwen2" ? r.opt<bool>("use_sliding_window", false)
-                                             : c.model_type == "mistral";
+                                             : c.model_type == "mistral" || c.model_type == "phi3";
     if (swa && j.contains("sliding_window") && j.at("sliding_window").is_number_integer()) {
       const int64_t w = j.at("sliding_window").get<int64_t>();
       MINFER_CHECK(w > 0, "{}: sliding_window must be > 0, found {}", path, w);
@@ -258,8 +328,8 @@ ModelConfig parse_config(const std::string& text, const std::string& path) {
     c.attn_bias = c.mlp_bias = true;
     c.pad_id = r.id("pad_token_id");
   } else {
-    MINFER_FAIL("{}: unknown model_type '{}' (supported: gpt2, llama, qwen2, mistral, bert)", path,
-                c.model_type);
+    MINFER_FAIL("{}: unknown model_type '{}' (supported: gpt2, llama, qwen2, mistral, phi3, bert)",
+                path, c.model_type);
   }
   if (c.head_dim == 0) {
     MINFER_CHECK(c.n_heads > 0 && c.hidden % c.n_heads == 0,
@@ -273,6 +343,7 @@ ModelConfig parse_config(const std::string& text, const std::string& path) {
                "{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", path,
                c.n_heads, c.n_kv_heads);
   read_per_layer_sizes(path, j, c);
+  if (c.arch == Arch::Llama) rope_table(c.rope_theta, c.head_dim, c.rope_scaling, path);  // checks
   return c;
 }
 

@@ -10,6 +10,28 @@ namespace minfer {
 enum class Arch { GPT2, Llama, Bert };
 enum class Act { GeluErf, GeluTanh, Silu };
 enum class Norm { LayerNorm, RmsNorm };
+// RoPE frequency scaling (transformers' modeling_rope_utils "rope_type"; GGUF rope.scaling.type).
+enum class RopeType { Default, Linear, Llama3, Yarn };
+
+std::string_view rope_type_name(RopeType t);
+
+// How the rotary frequencies are scaled for a context longer than pre-training. The fields a
+// type does not use keep their defaults. engine/rope.h turns this into one table per model.
+struct RopeScaling {
+  RopeType type = RopeType::Default;
+  double factor = 1.0;            // linear, llama3, yarn: context extension factor s
+  int64_t original_max_pos = 0;   // llama3, yarn: pre-training context length
+  double low_freq_factor = 1.0;   // llama3 (Llama 3.1: 1)
+  double high_freq_factor = 4.0;  // llama3 (Llama 3.1: 4)
+  double beta_fast = 32.0;        // yarn: rotations bounding extrapolation (paper: α=1, β=32)
+  double beta_slow = 1.0;         // yarn: rotations bounding interpolation
+  double attention_factor = 0.0;  // yarn: cos/sin multiplier; 0 = 0.1 ln(s) + 1 (or mscale)
+  double mscale = 0.0;            // yarn (DeepSeek): with mscale_all_dim, the ratio form
+  double mscale_all_dim = 0.0;
+  bool truncate = true;  // yarn: floor/ceil the correction range
+  // GGUF `rope_freqs.weight` (llama.cpp's form of Llama-3.1 scaling): inv_freq[i] /= factors[i].
+  std::vector<float> freq_factors;  // [D/2] or empty
+};
 
 std::string_view arch_name(Arch a);
 
@@ -28,6 +50,7 @@ struct ModelConfig {
   Norm norm = Norm::RmsNorm;
   float norm_eps = 1e-5f;
   float rope_theta = 10000.f;
+  RopeScaling rope_scaling;
   bool tie_embeddings = false;
   bool attn_bias = false;  // bias on q/k/v (and o for gpt2/bert)
   bool mlp_bias = false;

@@ -24,25 +24,35 @@ using json = nlohmann::json;
 
 namespace {
 
-// Every tensor LlamaForCausalLM has, with its row-major shape.
+// Every tensor LlamaForCausalLM (Qwen2ForCausalLM; Phi3ForCausalLM with its fused qkv_proj and
+// gate_up_proj) has, with its row-major shape; llama_config_json picks the same class.
 std::vector<std::pair<std::string, std::vector<int64_t>>> hf_llama_tensors(const ModelConfig& c) {
   const int64_t C = c.hidden, D = c.head_dim, F = c.ffn;
+  const bool phi3 = c.model_type == "phi3" && !c.attn_bias;
   const int64_t qd = c.n_heads * D, kvd = c.n_kv_heads * D;
   std::vector<std::pair<std::string, std::vector<int64_t>>> t;
   t.push_back({"model.embed_tokens.weight", {c.vocab_size, C}});
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const std::string p = fmt::format("model.layers.{}.", l);
     t.push_back({p + "input_layernorm.weight", {C}});
-    t.push_back({p + "self_attn.q_proj.weight", {qd, C}});
-    if (c.attn_bias) t.push_back({p + "self_attn.q_proj.bias", {qd}});
-    t.push_back({p + "self_attn.k_proj.weight", {kvd, C}});
-    if (c.attn_bias) t.push_back({p + "self_attn.k_proj.bias", {kvd}});
-    t.push_back({p + "self_attn.v_proj.weight", {kvd, C}});
-    if (c.attn_bias) t.push_back({p + "self_attn.v_proj.bias", {kvd}});
+    if (phi3) {
+      t.push_back({p + "self_attn.qkv_proj.weight", {qd + 2 * kvd, C}});
+    } else {
+      t.push_back({p + "self_attn.q_proj.weight", {qd, C}});
+      if (c.attn_bias) t.push_back({p + "self_attn.q_proj.bias", {qd}});
+      t.push_back({p + "self_attn.k_proj.weight", {kvd, C}});
+      if (c.attn_bias) t.push_back({p + "self_attn.k_proj.bias", {kvd}});
+      t.push_back({p + "self_attn.v_proj.weight", {kvd, C}});
+      if (c.attn_bias) t.push_back({p + "self_attn.v_proj.bias", {kvd}});
+    }
     t.push_back({p + "self_attn.o_proj.weight", {C, qd}});
     t.push_back({p + "post_attention_layernorm.weight", {C}});
-    t.push_back({p + "mlp.gate_proj.weight", {F, C}});
-    t.push_back({p + "mlp.up_proj.weight", {F, C}});
+    if (phi3) {
+      t.push_back({p + "mlp.gate_up_proj.weight", {2 * F, C}});
+    } else {
+      t.push_back({p + "mlp.gate_proj.weight", {F, C}});
+      t.push_back({p + "mlp.up_proj.weight", {F, C}});
+    }
     t.push_back({p + "mlp.down_proj.weight", {C, F}});
   }
   t.push_back({"model.norm.weight", {C}});
@@ -80,6 +90,7 @@ void export_hf_folder(const std::string& gguf_path, const std::string& out_dir,
                  "{}: tensor '{}' has type {} ({}), which minfer cannot dequantize", f->path(),
                  t.name, ggml_type_name(t.type), t.type);
   }
+  const json config = llama_config_json(cfg, torch_dtype_name(opt.dtype));  // may refuse
   GgufSource src(f, cfg);
   const auto names = hf_llama_tensors(cfg);
   for (const auto& [name, shape] : names)
@@ -99,7 +110,7 @@ void export_hf_folder(const std::string& gguf_path, const std::string& out_dir,
   save_safetensors((tmp.path() / "model.safetensors").string(), tensors, {{"format", "pt"}});
   tensors.clear();
 
-  write_json_file(tmp.path() / "config.json", llama_config_json(cfg, torch_dtype_name(opt.dtype)));
+  write_json_file(tmp.path() / "config.json", config);
 
   write_tokenizer_files(
       tmp.path(), *tok, cfg,

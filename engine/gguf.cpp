@@ -545,15 +545,11 @@ std::string gguf_to_hf_name(const std::string& name) {
       {"output", "lm_head"},
   };
   static const std::pair<const char*, const char*> kLayer[] = {
-      {"attn_q", "self_attn.q_proj"},
-      {"attn_k", "self_attn.k_proj"},
-      {"attn_v", "self_attn.v_proj"},
-      {"attn_output", "self_attn.o_proj"},
-      {"ffn_gate", "mlp.gate_proj"},
-      {"ffn_up", "mlp.up_proj"},
-      {"ffn_down", "mlp.down_proj"},
-      {"attn_norm", "input_layernorm"},
-      {"ffn_norm", "post_attention_layernorm"},
+      {"attn_q", "self_attn.q_proj"},      {"attn_k", "self_attn.k_proj"},
+      {"attn_v", "self_attn.v_proj"},      {"attn_qkv", "self_attn.qkv_proj"},
+      {"attn_output", "self_attn.o_proj"}, {"ffn_gate", "mlp.gate_proj"},
+      {"ffn_up", "mlp.up_proj"},           {"ffn_down", "mlp.down_proj"},
+      {"attn_norm", "input_layernorm"},    {"ffn_norm", "post_attention_layernorm"},
   };
   const size_t dot = name.rfind('.');
   const std::string suffix = dot == std::string::npos ? "" : name.substr(dot);
@@ -574,7 +570,7 @@ std::string gguf_to_hf_name(const std::string& name) {
   }
   MINFER_FAIL(
       "GGUF tensor '{}' has no Hugging Face llama name (known: token_embd, output_norm, "
-      "output, blk.N.{{attn_q,attn_k,attn_v,attn_output,attn_norm,ffn_gate,ffn_up,"
+      "output, blk.N.{{attn_q,attn_k,attn_v,attn_qkv,attn_output,attn_norm,ffn_gate,ffn_up,"
       "ffn_down,ffn_norm}})",
       name);
 }

@@ -2,16 +2,91 @@
 
 #include <fmt/ranges.h>
 
+#include <algorithm>
+
+#include "engine/rope.h"
+
 namespace minfer {
+
+namespace {
+
+// RoPE scaling from `<arch>.rope.scaling.*` and a `rope_freqs.weight` tensor, as llama.cpp reads
+// them (llama-model.cpp load_hparams) and as convert_hf_to_gguf.py writes them from config.json:
+//   linear: scaling.type "linear", scaling.factor
+//   yarn:   scaling.type "yarn", scaling.factor, scaling.original_context_length,
+//           scaling.yarn_beta_fast / yarn_beta_slow (defaults 32 / 1)
+//   llama3: no scaling type; a rope_freqs.weight tensor [D/2] of per-dimension divisors
+// Keys that would change the math in a way we do not reproduce are refused by name.
+void read_rope_scaling(const GgufFile& f, const std::string& p, ModelConfig& c) {
+  const std::string type = f.get_str_or(p + "rope.scaling.type", "none");
+  RopeScaling& rs = c.rope_scaling;
+  const double factor = f.get_float_or(p + "rope.scaling.factor", 1.0);
+  if (type == "none") {
+    MINFER_CHECK(factor == 1.0 || factor == 0.0,
+                 "{}: {}rope.scaling.factor = {} with rope.scaling.type 'none'", f.path(), p,
+                 factor);
+  } else if (type == "linear") {
+    rs.type = RopeType::Linear;
+    rs.factor = factor;
+  } else if (type == "yarn") {
+    rs.type = RopeType::Yarn;
+    rs.factor = factor;
+    rs.original_max_pos = f.get_int_or(p + "rope.scaling.original_context_length", c.max_pos);
+    rs.beta_fast = f.get_float_or(p + "rope.scaling.yarn_beta_fast", 32.0);
+    rs.beta_slow = f.get_float_or(p + "rope.scaling.yarn_beta_slow", 1.0);
+    // llama.cpp multiplies its own 0.1 ln(s) + 1 by yarn_attn_factor, transformers replaces it
+    // with attention_factor; a file that sets one is ambiguous, so only the neutral values pass.
+    for (auto [key, neutral] :
+         {std::pair<const char*, double>{"rope.scaling.yarn_attn_factor", 1.0},
+          {"rope.scaling.yarn_ext_factor", 1.0},
+          {"rope.scaling.yarn_log_multiplier", 0.0}}) {
+      const double v = f.get_float_or(p + key, neutral);
+      if (v != neutral)
+        throw NotImplemented(fmt::format("{}: {}{} = {} (yarn with a non-default {})", f.path(), p,
+                                         key, v, key + 13));
+    }
+  } else {
+    throw NotImplemented(fmt::format(
+        "{}: RoPE scaling {}rope.scaling.type = '{}' (supported: none, linear, yarn, and "
+        "Llama-3.1 frequency factors in rope_freqs.weight)",
+        f.path(), p, type));
+  }
+  const double attn = f.get_float_or(p + "rope.scaling.attn_factor", 1.0);
+  if (attn != 1.0)
+    throw NotImplemented(fmt::format(
+        "{}: {}rope.scaling.attn_factor = {} (a RoPE attention factor)", f.path(), p, attn));
+  MINFER_CHECK(!f.has(p + "rope.scaling.alpha"),
+               "{}: {}rope.scaling.alpha (NTK-alpha RoPE) is not supported", f.path(), p);
+  for (const char* t : {"rope_factors_long.weight", "rope_factors_short.weight"})
+    if (f.find(t) != nullptr)
+      throw NotImplemented(
+          fmt::format("{}: tensor {} (LongRoPE, Phi-3 128k-style scaling)", f.path(), t));
+  if (const GgufTensorInfo* ff = f.find("rope_freqs.weight")) {
+    MINFER_CHECK(ff->ne.size() == 1 && ff->ne[0] * 2 == c.head_dim,
+                 "{}: rope_freqs.weight must hold head_dim / 2 = {} values, found shape [{}]",
+                 f.path(), c.head_dim / 2, fmt::join(ff->ne, ", "));
+    const bool plain = ff->type == uint32_t(GgmlType::F32) || ff->type == uint32_t(GgmlType::F16) ||
+                       ff->type == uint32_t(GgmlType::BF16);
+    Tensor t = plain ? f.view(*ff).to_f32() : f.dequantize(*ff);
+    rs.freq_factors.assign(t.data<float>(), t.data<float>() + t.numel());
+  }
+}
+
+}  // namespace
+
+bool gguf_permutes_qk(const std::string& arch) {
+  return arch == "llama";
+}
 
 ModelConfig config_from_gguf(const GgufFile& f) {
   const std::string arch = f.get_str_or("general.architecture", "");
-  MINFER_CHECK(arch == "llama", "{}: unknown architecture '{}' (supported in GGUF: llama)",
-               f.path(), arch);
+  MINFER_CHECK(arch == "llama" || arch == "qwen2" || arch == "phi3",
+               "{}: unknown architecture '{}' (supported in GGUF: llama, qwen2, phi3)", f.path(),
+               arch);
   const std::string p = arch + ".";
   ModelConfig c;
   c.arch = Arch::Llama;
-  c.model_type = "llama";
+  c.model_type = arch;
   c.hidden = f.get_int(p + "embedding_length");
   c.n_layers = f.get_int(p + "block_count");
   c.n_heads = f.get_int(p + "attention.head_count");
@@ -35,38 +110,40 @@ ModelConfig config_from_gguf(const GgufFile& f) {
   MINFER_CHECK(f.get_int_or(p + "attention.value_length", c.head_dim) == c.head_dim,
                "{}: {}attention.value_length differs from key_length {}: not supported", f.path(),
                p, c.head_dim);
-  {
-    const std::string rs = f.get_str_or(p + "rope.scaling.type", "none");
-    const double factor = f.get_float_or(p + "rope.scaling.factor", 1.0);
-    if (rs != "none" || factor != 1.0)
-      throw NotImplemented(fmt::format("{}: RoPE scaling ({}rope.scaling.type = '{}', factor {})",
-                                       f.path(), p, rs, factor));
-    if (f.find("rope_freqs.weight") != nullptr)
-      throw NotImplemented(
-          fmt::format("{}: RoPE frequency factors (tensor rope_freqs.weight, Llama-3.1-style "
-                      "rope scaling)",
-                      f.path()));
-  }
+  read_rope_scaling(f, p, c);
   MINFER_CHECK(f.get_int_or(p + "expert_count", 0) == 0,
                "{}: {}expert_count = {}: mixture-of-experts models are not supported", f.path(), p,
                f.get_int_or(p + "expert_count", 0));
+  // Sliding-window attention (phi3 writes it; Mistral-style): within the window it is full
+  // attention, so the window becomes the position limit, as for config.json.
+  if (const int64_t w = f.get_int_or(p + "attention.sliding_window", 0); w > 0)
+    c.max_pos = std::min(c.max_pos, w);
   const GgufTensorInfo& emb = f.info("token_embd.weight");
   MINFER_CHECK(emb.ne.size() == 2, "{}: token_embd.weight must be 2-D", f.path());
   c.vocab_size = emb.ne[1];
   c.tie_embeddings = f.find("output.weight") == nullptr;
-  c.attn_bias = f.find("blk.0.attn_q.bias") != nullptr;
+  c.attn_bias = f.find("blk.0.attn_q.bias") != nullptr || f.find("blk.0.attn_qkv.bias") != nullptr;
   c.bos_id = f.get_int_or("tokenizer.ggml.bos_token_id", -1);
   c.eos_id = f.get_int_or("tokenizer.ggml.eos_token_id", -1);
   c.pad_id = f.get_int_or("tokenizer.ggml.padding_token_id", -1);
+  rope_table(c.rope_theta, c.head_dim, c.rope_scaling, f.path());  // checks the values
   return c;
 }
 
 GgufSource::GgufSource(std::shared_ptr<GgufFile> f, const ModelConfig& cfg)
     : file_(std::move(f)), cfg_(cfg) {
+  const std::string arch = file_->get_str_or("general.architecture", "llama");
+  permuted_qk_ = gguf_permutes_qk(arch);
+  // phi3 stores the fused gate|up projection [2F, C] as ffn_up (convert_hf_to_gguf maps
+  // mlp.gate_up_proj to ffn_up) and has no ffn_gate.
+  const bool fused_up = arch == "phi3" && file_->find("blk.0.ffn_gate.weight") == nullptr;
   for (const GgufTensorInfo& t : file_->tensors()) {
-    // Tensors llama does not use (e.g. Llama-3's rope_freqs) have no HF name: skip them.
+    // Tensors with no HF name (rope_freqs, read into the config) are skipped.
     try {
-      by_hf_[gguf_to_hf_name(t.name)] = &t;
+      std::string hf = gguf_to_hf_name(t.name);
+      const size_t at = hf.find("mlp.up_proj.");
+      if (fused_up && at != std::string::npos) hf.replace(at, 11, "mlp.gate_up_proj");
+      by_hf_[hf] = &t;
     } catch (const Error&) {
     }
   }
@@ -84,8 +161,8 @@ Tensor GgufSource::tensor(const std::string& name, std::initializer_list<int64_t
                "found {}",
                file_->path(), t.name, name, fmt::format("[{}]", fmt::join(want, ", ")),
                fmt::format("[{}]", fmt::join(rm, ", ")));
-  const bool q = name.find("self_attn.q_proj.weight") != std::string::npos;
-  const bool k = name.find("self_attn.k_proj.weight") != std::string::npos;
+  const bool q = permuted_qk_ && name.find("self_attn.q_proj.weight") != std::string::npos;
+  const bool k = permuted_qk_ && name.find("self_attn.k_proj.weight") != std::string::npos;
   const bool plain = t.type == uint32_t(GgmlType::F32) || t.type == uint32_t(GgmlType::F16) ||
                      t.type == uint32_t(GgmlType::BF16);
   if (plain && !q && !k) return file_->view(t);

@@ -12,9 +12,15 @@
 
 namespace minfer {
 
-// Reads hyper-parameters from GGUF metadata. Only general.architecture == "llama" is supported;
-// anything else is a clear error naming the file and the architecture.
+// Reads hyper-parameters from GGUF metadata. general.architecture llama, qwen2 (q/k/v biases) and
+// phi3 (fused attn_qkv and gate|up in ffn_up) run as the llama family; anything else is a clear
+// error naming the file and the architecture. RoPE scaling: `<arch>.rope.scaling.*` (linear,
+// yarn) and a `rope_freqs.weight` tensor (Llama-3.1 factors); anything else is refused.
 ModelConfig config_from_gguf(const GgufFile& f);
+
+// Whether llama.cpp's converter permutes this architecture's Q / K rows for its interleaved
+// RoPE (llama: yes; qwen2 and phi3 use the NeoX / rotate_half layout and are stored as in HF).
+bool gguf_permutes_qk(const std::string& arch);
 
 class GgufSource : public WeightSource {
  public:
@@ -27,6 +33,7 @@ class GgufSource : public WeightSource {
  private:
   std::shared_ptr<GgufFile> file_;
   ModelConfig cfg_;
+  bool permuted_qk_ = true;
   std::map<std::string, const GgufTensorInfo*> by_hf_;  // HF name -> tensor info
 };
 

@@ -71,32 +71,93 @@ std::string torch_dtype_name(DType d) {
   return d == DType::F32 ? "float32" : d == DType::F16 ? "float16" : "bfloat16";
 }
 
+namespace {
+
+// config.json's "rope_scaling" for cfg (null for default RoPE), with the keys
+// transformers' modeling_rope_utils reads for each type.
+json rope_scaling_json(const ModelConfig& cfg) {
+  const RopeScaling& rs = cfg.rope_scaling;
+  if (!rs.freq_factors.empty())
+    throw NotImplemented(
+        "config.json for RoPE frequency factors (a GGUF rope_freqs.weight tensor): transformers "
+        "has no field for per-dimension factors");
+  switch (rs.type) {
+    case RopeType::Default:
+      return nullptr;
+    case RopeType::Linear:
+      return {{"rope_type", "linear"}, {"factor", rs.factor}};
+    case RopeType::Llama3:
+      return {{"rope_type", "llama3"},
+              {"factor", rs.factor},
+              {"low_freq_factor", rs.low_freq_factor},
+              {"high_freq_factor", rs.high_freq_factor},
+              {"original_max_position_embeddings", rs.original_max_pos}};
+    case RopeType::Yarn: {
+      json j = {{"rope_type", "yarn"},
+                {"factor", rs.factor},
+                {"original_max_position_embeddings", rs.original_max_pos},
+                {"beta_fast", rs.beta_fast},
+                {"beta_slow", rs.beta_slow},
+                {"truncate", rs.truncate}};
+      if (rs.attention_factor != 0) j["attention_factor"] = rs.attention_factor;
+      if (rs.mscale != 0) j["mscale"] = rs.mscale;
+      if (rs.mscale_all_dim != 0) j["mscale_all_dim"] = rs.mscale_all_dim;
+      return j;
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace
+
 json llama_config_json(const ModelConfig& cfg, const std::string& torch_dtype) {
-  return json{{"architectures", {"LlamaForCausalLM"}},
-              {"model_type", "llama"},
-              {"hidden_size", cfg.hidden},
-              {"intermediate_size", cfg.ffn},
-              {"num_hidden_layers", cfg.n_layers},
-              {"num_attention_heads", cfg.n_heads},
-              {"num_key_value_heads", cfg.n_kv_heads},
-              {"head_dim", cfg.head_dim},
-              {"max_position_embeddings", cfg.max_pos},
-              {"rms_norm_eps", cfg.norm_eps},
-              {"rope_theta", cfg.rope_theta},
-              {"rope_scaling", nullptr},
-              {"tie_word_embeddings", cfg.tie_embeddings},
-              {"vocab_size", cfg.vocab_size},
-              {"bos_token_id", id_or_null(cfg.bos_id)},
-              {"eos_token_id", id_or_null(cfg.eos_id)},
-              {"pad_token_id", id_or_null(cfg.pad_id)},
-              {"hidden_act", "silu"},
-              {"attention_bias", cfg.attn_bias},
-              {"mlp_bias", false},
-              {"attention_dropout", 0.0},
-              {"initializer_range", 0.02},
-              {"pretraining_tp", 1},
-              {"use_cache", true},
-              {"torch_dtype", torch_dtype}};
+  // qwen2 (q/k/v biases, no o bias) and phi3 (fused qkv_proj / gate_up_proj) keep their own
+  // model_type; everything else is written as llama.
+  const bool qwen2 = cfg.model_type == "qwen2" && cfg.attn_bias;
+  const bool phi3 = cfg.model_type == "phi3" && !cfg.attn_bias;
+  const json rope = rope_scaling_json(cfg);
+  MINFER_CHECK(!phi3 || rope.is_null(),
+               "config.json for a phi3 model with '{}' RoPE scaling: Phi3Config reads only "
+               "default and longrope",
+               rope_type_name(cfg.rope_scaling.type));
+  json j = {{"architectures",
+             {qwen2  ? "Qwen2ForCausalLM"
+              : phi3 ? "Phi3ForCausalLM"
+                     : "LlamaForCausalLM"}},
+            {"model_type", qwen2  ? "qwen2"
+                           : phi3 ? "phi3"
+                                  : "llama"},
+            {"hidden_size", cfg.hidden},
+            {"intermediate_size", cfg.ffn},
+            {"num_hidden_layers", cfg.n_layers},
+            {"num_attention_heads", cfg.n_heads},
+            {"num_key_value_heads", cfg.n_kv_heads},
+            {"head_dim", cfg.head_dim},
+            {"max_position_embeddings", cfg.max_pos},
+            {"rms_norm_eps", cfg.norm_eps},
+            {"rope_theta", cfg.rope_theta},
+            {"rope_scaling", rope},
+            {"tie_word_embeddings", cfg.tie_embeddings},
+            {"vocab_size", cfg.vocab_size},
+            {"bos_token_id", id_or_null(cfg.bos_id)},
+            {"eos_token_id", id_or_null(cfg.eos_id)},
+            {"pad_token_id", id_or_null(cfg.pad_id)},
+            {"hidden_act", "silu"},
+            {"attention_dropout", 0.0},
+            {"initializer_range", 0.02},
+            {"use_cache", true},
+            {"torch_dtype", torch_dtype}};
+  if (qwen2) {
+    j["use_sliding_window"] = false;
+  } else if (phi3) {
+    j["original_max_position_embeddings"] = cfg.max_pos;
+    j["sliding_window"] = nullptr;  // the window, if any, is already max_position_embeddings
+  } else {
+    j["attention_bias"] = cfg.attn_bias;
+    j["mlp_bias"] = false;
+    j["pretraining_tp"] = 1;
+  }
+  return j;
 }
 
 void write_tokenizer_files(const fs::path& dir, const Tokenizer& tok, const ModelConfig& cfg,

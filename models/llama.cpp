@@ -1,5 +1,6 @@
-// LLaMA family (SmolLM2, TinyLlama, Qwen2-style biases): pre-norm RMSNorm blocks, rotary
-// positions, grouped-query attention, SwiGLU MLP, optional tied embeddings.
+// LLaMA family (SmolLM2, TinyLlama, Qwen2 biases, Phi-3 fused projections): pre-norm RMSNorm
+// blocks, rotary positions (scaled as the config says, engine/rope.h), grouped-query attention,
+// SwiGLU MLP, optional tied embeddings.
 #include "models/model.h"
 
 namespace minfer {
@@ -18,9 +19,27 @@ struct LlamaLayer {
   Linear down;       // [C, F]
 };
 
+// A fused projection `<prefix>.weight` [Σ outs, in] (+ bias) split by rows: part(i, name) is the
+// Linear of rows [Σ_{j<i} outs_j, + outs_i) named `<name>.weight`, a view of the fused tensor.
+auto split_rows(const WeightSource& src, const std::string& prefix, int64_t in,
+                std::vector<int64_t> outs, bool bias) {
+  int64_t total = 0;
+  for (int64_t o : outs) total += o;
+  Tensor w = src.tensor(prefix + ".weight", {total, in});
+  Tensor b = bias ? src.vec(prefix + ".bias", total) : Tensor();
+  return [w, b, outs, in](size_t i, const std::string& name) {
+    int64_t off = 0;
+    for (size_t j = 0; j < i; ++j) off += outs[j];
+    const int64_t n = outs[i];
+    return make_dense(name + ".weight", w.slice(0, off, n), in, n, false,
+                      b.defined() ? b.slice(0, off, n) : Tensor());
+  };
+}
+
 class Llama final : public Model {
  public:
-  Llama(const ModelConfig& c, const WeightSource& src, Backend& be) : Model(c, be) {
+  Llama(const ModelConfig& c, const WeightSource& src, Backend& be)
+      : Model(c, be), rope_(rope_table(c.rope_theta, c.head_dim, c.rope_scaling)) {
     const int64_t C = c.hidden;
     tok_emb_ = be.upload(src.tensor("model.embed_tokens.weight", {c.vocab_size, C}));
     for (int64_t l = 0; l < c.n_layers; ++l) {
@@ -29,14 +48,28 @@ class Llama final : public Model {
                     F = c.ffn_at(l);
       LlamaLayer L;
       L.attn_norm = be.upload(src.vec(p + "input_layernorm.weight", C));
-      L.wq = src.linear(p + "self_attn.q_proj", C, qd, c.attn_bias);
-      L.wk = src.linear(p + "self_attn.k_proj", C, kvd, c.attn_bias);
-      L.wv = src.linear(p + "self_attn.v_proj", C, kvd, c.attn_bias);
+      if (!src.has(p + "self_attn.q_proj.weight") && src.has(p + "self_attn.qkv_proj.weight")) {
+        // Phi-3's fused q|k|v [(H + 2 Hkv) D, C]: split into row views (no copy), so the forward
+        // and every compression method see three projections, saved under their own names.
+        auto part = split_rows(src, p + "self_attn.qkv_proj", C, {qd, kvd, kvd}, c.attn_bias);
+        L.wq = part(0, p + "self_attn.q_proj"), L.wk = part(1, p + "self_attn.k_proj");
+        L.wv = part(2, p + "self_attn.v_proj");
+      } else {
+        L.wq = src.linear(p + "self_attn.q_proj", C, qd, c.attn_bias);
+        L.wk = src.linear(p + "self_attn.k_proj", C, kvd, c.attn_bias);
+        L.wv = src.linear(p + "self_attn.v_proj", C, kvd, c.attn_bias);
+      }
       L.wo = src.linear(p + "self_attn.o_proj", qd, C,
                         c.attn_bias && src.has(p + "self_attn.o_proj.bias"));
       L.ffn_norm = be.upload(src.vec(p + "post_attention_layernorm.weight", C));
-      L.gate = src.linear(p + "mlp.gate_proj", C, F, c.mlp_bias);
-      L.up = src.linear(p + "mlp.up_proj", C, F, c.mlp_bias);
+      if (!src.has(p + "mlp.gate_proj.weight") && src.has(p + "mlp.gate_up_proj.weight")) {
+        // Phi-3's fused gate|up [2F, C] (HF: gate, up = gate_up_proj(x).chunk(2, dim=-1)).
+        auto part = split_rows(src, p + "mlp.gate_up_proj", C, {F, F}, c.mlp_bias);
+        L.gate = part(0, p + "mlp.gate_proj"), L.up = part(1, p + "mlp.up_proj");
+      } else {
+        L.gate = src.linear(p + "mlp.gate_proj", C, F, c.mlp_bias);
+        L.up = src.linear(p + "mlp.up_proj", C, F, c.mlp_bias);
+      }
       L.down = src.linear(p + "mlp.down_proj", F, C, c.mlp_bias);
       layers_.push_back(std::move(L));
     }
@@ -75,8 +108,8 @@ class Llama final : public Model {
       be.linear(q, xn, L.wq);
       be.linear(k, xn, L.wk);
       be.linear(v, xn, L.wv);
-      be.rope(q, pos0, H, c.head_dim, c.rope_theta);
-      be.rope(k, pos0, Hkv, c.head_dim, c.rope_theta);
+      be.rope(q, pos0, H, rope_);
+      be.rope(k, pos0, Hkv, rope_);
       be.copy(k_new, k);
       be.copy(v_new, v);
       be.attention(att, q, kc.slice(0, 0, S), vc.slice(0, 0, S), aa);
@@ -123,6 +156,7 @@ class Llama final : public Model {
   std::vector<LlamaLayer> layers_;
   Tensor final_norm_;  // [C]
   Linear lm_head_;     // [V, C] (shares tok_emb_ when tied)
+  RopeTable rope_;     // [D/2] inverse frequencies (+ attention scaling), from the config
 };
 
 }  // namespace

@@ -207,9 +207,15 @@ TEST_CASE("cuda-emu: rope and embedding equal the CPU backend") {
     for (int64_t T : {1, 5}) {
       const int64_t H = 3, D = 10;
       auto [hx, dx] = p.mat(T, H * D, 21, 7);
-      p.cpu->rope(hx, 6, H, D, 10000.f);
-      p.gpu->rope(dx, 6, H, D, 10000.f);
-      CHECK(p.diff(hx, dx) <= 1e-6f);
+      // default and yarn (non-uniform frequencies, attention scaling 1.16)
+      RopeScaling yarn;
+      yarn.type = RopeType::Yarn, yarn.factor = 4, yarn.original_max_pos = 8;
+      for (const RopeScaling& rs : {RopeScaling{}, yarn}) {
+        const RopeTable rt = rope_table(10000.f, D, rs);
+        p.cpu->rope(hx, 6, H, rt);
+        p.gpu->rope(dx, 6, H, rt);
+        CHECK(p.diff(hx, dx) <= 1e-6f);
+      }
     }
     const int64_t V = 9, C = 67;
     Tensor t32 = randn({V, C}, 22);
@@ -445,13 +451,17 @@ TEST_CASE("cuda-emu: the tiny-model fixtures' forwards equal the CPU backend") {
   for (const auto& gb : gpu_backends()) {
     CAPTURE(gb.first);
     auto gpu = gb.second();
-    for (std::string name : {"gpt2", "llama", "llama_untied"}) {
+    // tests/fixtures/arch: scaled RoPE tables and phi3's fused projections split into row views,
+    // on their 40-token sequence (past the scaled models' original context of 16).
+    for (std::string name : {"gpt2", "llama", "llama_untied", "../arch/rope_yarn",
+                             "../arch/rope_llama3", "../arch/phi3", "../arch/qwen2"}) {
       CAPTURE(name);
       auto mc = load_model(fix + name, *cpu);
       auto mg = load_model(fix + name, *gpu);
       auto exp = SafetensorsFile::open(fix + name + "/expected.safetensors");
-      const Tensor& ids = exp->get("input_ids_0");
-      const Tensor& hf = exp->get("logits_0");
+      const std::string k = name.rfind("../arch/", 0) == 0 ? "2" : "0";
+      const Tensor& ids = exp->get("input_ids_" + k);
+      const Tensor& hf = exp->get("logits_" + k);
       const int64_t T = ids.numel(), V = hf.dim(1);
       RunState sc = mc->new_state(T, T), sg = mg->new_state(T, T);
       Tensor lc = mc->forward(sc, ids.data<int32_t>(), T, true);

@@ -815,7 +815,8 @@ TEST_CASE("gguf: llama tensor names map to Hugging Face names") {
   CHECK(gguf_to_hf_name("blk.7.attn_norm.weight") == "model.layers.7.input_layernorm.weight");
   CHECK(gguf_to_hf_name("blk.7.ffn_norm.weight") ==
         "model.layers.7.post_attention_layernorm.weight");
-  for (const char* bad : {"rope_freqs.weight", "blk.x.attn_q.weight", "blk.0.attn_qkv.weight",
+  CHECK(gguf_to_hf_name("blk.2.attn_qkv.weight") == "model.layers.2.self_attn.qkv_proj.weight");
+  for (const char* bad : {"rope_freqs.weight", "blk.x.attn_q.weight", "blk.0.attn_qkvx.weight",
                           "blk..attn_q.weight", "token_embd", "blk.0.attn_q.scales"}) {
     CAPTURE(bad);
     CHECK_HAS(error_of([&] { gguf_to_hf_name(bad); }), std::string("'") + bad + "'");

@@ -164,7 +164,7 @@ TEST_CASE("ops: rope rotates pairs (i, i + D/2) by pos * theta^(-2i/D)") {
   const int64_t T = 4, H = 3, D = 8, pos0 = 5;
   const float theta = 500000.f;
   Tensor x = randn({T, H * D}, 11), ref = x.clone();
-  be->rope(x, pos0, H, D, theta);
+  be->rope(x, pos0, H, rope_table(theta, D, RopeScaling{}));
   for (int64_t t = 0; t < T; ++t)
     for (int64_t h = 0; h < H; ++h)
       for (int64_t i = 0; i < D / 2; ++i) {

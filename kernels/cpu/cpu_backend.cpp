@@ -272,21 +272,22 @@ class CpuBackend final : public Backend {
     for (int64_t i = 0; i < n; ++i) y[i] *= inv;
   }
 
-  void rope(Tensor& x, int64_t pos0, int64_t n_heads, int64_t head_dim, float theta) override {
+  void rope(Tensor& x, int64_t pos0, int64_t n_heads, const RopeTable& rt) override {
     Mat X = mat(x, "rope");
-    MINFER_CHECK(X.cols == n_heads * head_dim && head_dim % 2 == 0,
-                 "rope: row of {} values, expected {} heads x {} (even) dims", X.cols, n_heads,
-                 head_dim);
+    const int64_t head_dim = rt.head_dim();
+    MINFER_CHECK(X.cols == n_heads * head_dim && head_dim > 0,
+                 "rope: row of {} values, expected {} heads x {} dims (the rope table's)", X.cols,
+                 n_heads, head_dim);
     const int64_t half = head_dim / 2;
-    // Same float32 arithmetic as HF's LlamaRotaryEmbedding: inv_freq = 1 / theta^(2i/D),
-    // angle = pos * inv_freq.
+    // cos/sin of angle = pos * inv_freq in float32, times the attention scaling, as HF's
+    // LlamaRotaryEmbedding computes them.
     rope_cs_.resize(size_t(X.rows * half * 2));
+    const float sc = rt.attention_scaling;
     for (int64_t t = 0; t < X.rows; ++t)
       for (int64_t i = 0; i < half; ++i) {
-        const float inv_freq = 1.0f / std::pow(theta, float(2 * i) / float(head_dim));
-        const float ang = float(pos0 + t) * inv_freq;
-        rope_cs_[size_t((t * half + i) * 2)] = std::cos(ang);
-        rope_cs_[size_t((t * half + i) * 2 + 1)] = std::sin(ang);
+        const float ang = float(pos0 + t) * rt.inv_freq[size_t(i)];
+        rope_cs_[size_t((t * half + i) * 2)] = std::cos(ang) * sc;
+        rope_cs_[size_t((t * half + i) * 2 + 1)] = std::sin(ang) * sc;
       }
 #pragma omp parallel for if (worth_threads(X.rows * X.cols))
     for (int64_t t = 0; t < X.rows; ++t) {

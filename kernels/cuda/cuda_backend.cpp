@@ -529,23 +529,24 @@ class CudaBackend final : public Backend {
     if (X.rows) launch_softmax(Y, X, stream_);
   }
 
-  void rope(Tensor& x, int64_t pos0, int64_t n_heads, int64_t head_dim, float theta) override {
+  void rope(Tensor& x, int64_t pos0, int64_t n_heads, const RopeTable& rt) override {
     DMat X = dmat(x, "rope");
-    MINFER_CHECK(X.cols == n_heads * head_dim && head_dim % 2 == 0,
-                 "rope: row of {} values, expected {} heads x {} (even) dims", X.cols, n_heads,
-                 head_dim);
+    const int64_t head_dim = rt.head_dim();
+    MINFER_CHECK(X.cols == n_heads * head_dim && head_dim > 0,
+                 "rope: row of {} values, expected {} heads x {} dims (the rope table's)", X.cols,
+                 n_heads, head_dim);
     const int64_t half = head_dim / 2;
     if (X.rows == 0) return;
-    // The table is computed on the host with the CPU backend's float arithmetic (HF's
-    // LlamaRotaryEmbedding: inv_freq = 1 / theta^(2i/D), angle = pos * inv_freq), so both
+    // cos/sin of angle = pos * inv_freq in float32, times the attention scaling, as HF's
+    // LlamaRotaryEmbedding computes them; on the host with the CPU backend's arithmetic, so both
     // backends rotate by bit-identical angles.
     rope_cs_.resize(size_t(X.rows * half * 2));
+    const float sc = rt.attention_scaling;
     for (int64_t t = 0; t < X.rows; ++t)
       for (int64_t i = 0; i < half; ++i) {
-        const float inv_freq = 1.0f / std::pow(theta, float(2 * i) / float(head_dim));
-        const float ang = float(pos0 + t) * inv_freq;
-        rope_cs_[size_t((t * half + i) * 2)] = std::cos(ang);
-        rope_cs_[size_t((t * half + i) * 2 + 1)] = std::sin(ang);
+        const float ang = float(pos0 + t) * rt.inv_freq[size_t(i)];
+        rope_cs_[size_t((t * half + i) * 2)] = std::cos(ang) * sc;
+        rope_cs_[size_t((t * half + i) * 2 + 1)] = std::sin(ang) * sc;
       }
     const float* cs = to_device(cs_, rope_cs_.data(), rope_cs_.size());
     launch_rope(X, cs, n_heads, head_dim, stream_);
