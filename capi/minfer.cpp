@@ -112,22 +112,15 @@ void need(bool ok, const char* what) {
 }
 
 // End-of-generation tokens besides EOS: end-of-turn markers of the chat templates in use.
-bool is_end_of_turn(const std::string& t) {
-  static const char* const kNames[] = {"<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>",
-                                       "<|endoftext|>"};
-  for (const char* n : kNames)
-    if (t == n) return true;
-  return false;
-}
-
 minfer_model* finish_load(std::unique_ptr<minfer_model> m) {
   const ModelConfig& c = m->lm.model->config();
   const Tokenizer& tok = *m->lm.tokenizer;
   m->eog.assign(size_t(tok.vocab_size()), 0);
-  const int64_t eos = tok.eos_id() >= 0 ? tok.eos_id() : c.eos_id;
-  if (eos >= 0 && eos < tok.vocab_size()) m->eog[size_t(eos)] = 1;
-  for (int32_t id = 0; id < tok.vocab_size(); ++id)
-    if (tok.is_special(id) && is_end_of_turn(tok.id_to_token(id))) m->eog[size_t(id)] = 1;
+  // The tokenizer's end-of-generation set (eos, eot, eom, end-of-turn specials); config.json's
+  // eos_token_id when the tokenizer names no EOS.
+  for (const int32_t id : tok.eog_ids()) m->eog[size_t(id)] = 1;
+  if (tok.eos_id() < 0 && c.eos_id >= 0 && c.eos_id < tok.vocab_size())
+    m->eog[size_t(c.eos_id)] = 1;
   if (!c.causal()) m->pooling = load_sentence_pooling(m->lm.path);
   log_msg(MINFER_LOG_INFO,
           fmt::format("loaded {}: {} ({} layers, hidden {}, vocab {}, {} backend) in {:.2f} s",

@@ -579,3 +579,28 @@ TEST_CASE(
                        doctest::Contains("without tokenizer.ggml.scores"), minfer::Error);
   std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("tokenizer: end-of-generation ids are eos plus the special end-of-turn tokens") {
+  // synth-llama3 with extra added tokens: <|eot_id|> and <|im_end|> special, <|end|> NOT special
+  // (plain text must never stop generation), <|eom_id|> special.
+  json j = json::parse(read_file(std::string(kFixtures) + "synth-llama3.tokenizer.json"));
+  auto add = [&](int id, const char* text, bool special) {
+    j["added_tokens"].push_back({{"id", id},
+                                 {"content", text},
+                                 {"single_word", false},
+                                 {"lstrip", false},
+                                 {"rstrip", false},
+                                 {"normalized", false},
+                                 {"special", special}});
+  };
+  add(2501, "<|eot_id|>", true);
+  add(2502, "<|im_end|>", true);
+  add(2503, "<|end|>", false);
+  add(2504, "<|eom_id|>", true);
+  auto tok = Tokenizer::from_json_string(j.dump(), "synth-llama3 + end-of-turn tokens");
+  REQUIRE(tok->eos_id() == 1);  // <|end_of_text|>
+  CHECK(tok->eog_ids() == std::vector<int32_t>{1, 2501, 2502, 2504});
+  // Without any extra token only EOS ends generation.
+  auto plain = Tokenizer::from_json_file(std::string(kFixtures) + "synth-llama3.tokenizer.json");
+  CHECK(plain->eog_ids() == std::vector<int32_t>{plain->eos_id()});
+}

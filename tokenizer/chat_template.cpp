@@ -2557,14 +2557,7 @@ ChatPrompt render_chat_prompt(const Tokenizer& tok, const std::vector<ChatMessag
 }
 
 std::vector<int32_t> chat_stop_ids(const Tokenizer& tok) {
-  std::vector<int32_t> ids;
-  if (tok.eos_id() >= 0) ids.push_back(tok.eos_id());
-  for (const char* s : {"<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>"}) {
-    const int32_t id = tok.token_to_id(s);
-    if (id >= 0 && tok.is_special(id) && std::find(ids.begin(), ids.end(), id) == ids.end())
-      ids.push_back(id);
-  }
-  return ids;
+  return tok.eog_ids();
 }
 
 }  // namespace minfer

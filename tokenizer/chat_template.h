@@ -105,9 +105,8 @@ struct ChatPrompt {
 ChatPrompt render_chat_prompt(const Tokenizer& tok, const std::vector<ChatMessage>& messages,
                               bool add_generation_prompt = true);
 
-// Ids that end an assistant turn: EOS plus those of <|im_end|>, <|eot_id|>, <|end|>,
-// <end_of_turn>, <|endoftext|> that the vocabulary has as special tokens (ChatML, Llama-3,
-// Phi-3, Gemma turn ends).
+// Ids that end an assistant turn: Tokenizer::eog_ids() (EOS, EOT, EOM and the special tokens
+// <|im_end|>, <|eot_id|>, <|end|>, <end_of_turn>, ... of ChatML, Llama-3, Phi-3, Gemma).
 std::vector<int32_t> chat_stop_ids(const Tokenizer& tok);
 
 }  // namespace minfer

@@ -6,6 +6,7 @@
 
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "engine/error.h"
@@ -169,6 +170,28 @@ int32_t Tokenizer::added_bos() const {
   return !impl_->prefix.empty() && impl_->bos >= 0 && impl_->prefix.front() == impl_->bos
              ? impl_->bos
              : -1;
+}
+const std::vector<std::string>& end_of_turn_texts() {
+  static const std::vector<std::string> k = {"<|eot_id|>",
+                                             "<|im_end|>",
+                                             "<|end|>",
+                                             "<end_of_turn>",
+                                             "<|endoftext|>",
+                                             "<EOT>",
+                                             "<\xEF\xBD\x9C"
+                                             "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>",
+                                             "<|eom_id|>"};
+  return k;
+}
+std::vector<int32_t> Tokenizer::eog_ids() const {
+  std::vector<int32_t> ids;
+  for (const char* role : {"eos", "eot", "eom"})
+    if (const int32_t id = special_id(role); id >= 0 && id < vocab_size()) ids.push_back(id);
+  for (const std::string& t : end_of_turn_texts())
+    if (const int32_t id = token_to_id(t); id >= 0 && is_special(id)) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  return ids;
 }
 bool Tokenizer::is_special(int32_t id) const {
   return id >= 0 && static_cast<size_t>(id) < impl_->special.size() &&

@@ -24,6 +24,10 @@ namespace minfer {
 
 class GgufFile;
 
+// The texts of end-of-turn special tokens, in llama.cpp's order of preference for picking the
+// "eot" id when a GGUF names none (llama-vocab.cpp, special tokens auto-detected by text).
+const std::vector<std::string>& end_of_turn_texts();
+
 class Tokenizer {
  public:
   ~Tokenizer();
@@ -68,6 +72,10 @@ class Tokenizer {
   // <end_of_turn>, <|endoftext|>, <EOT>, DeepSeek's end of sentence; <|eom_id|>).
   int32_t special_id(std::string_view role) const;
   bool is_special(int32_t id) const;
+  // End-of-generation ids, ascending, no duplicates: eos, the "eot" and "eom" roles, and every
+  // special token whose text is an end-of-turn marker (end_of_turn_texts()). Generation stops
+  // on any of them, as llama.cpp's llama_vocab_is_eog does (run-model, --chat, the C API).
+  std::vector<int32_t> eog_ids() const;
   // from tokenizer_config.json next to tokenizer.json if present, or GGUF tokenizer.chat_template
   const std::string& chat_template() const;
   // A tokenizer.json that HF `tokenizers` can load and that encodes identically.

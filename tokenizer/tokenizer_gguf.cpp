@@ -520,17 +520,6 @@ void build_bert(const GgufVocab& v, json& j, std::vector<std::string>& tokens) {
                 {"vocab", vocab_of(tokens)}};
 }
 
-// llama.cpp's end-of-turn detection when tokenizer.ggml.eot_token_id is absent (llama-vocab.cpp
-// "auto-detect special tokens by text"), in this order of preference.
-const char* const kEotTexts[] = {"<|eot_id|>",
-                                 "<|im_end|>",
-                                 "<|end|>",
-                                 "<end_of_turn>",
-                                 "<|endoftext|>",
-                                 "<EOT>",
-                                 "<\xEF\xBD\x9C"
-                                 "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>"};
-
 }  // namespace
 
 std::vector<std::string> gguf_pre_tokenizer_types() {
@@ -583,8 +572,8 @@ std::unique_ptr<Tokenizer> Tokenizer::from_gguf(const GgufFile& f) {
   for (const char* role : {"unknown", "seperator", "padding", "cls", "mask", "eot", "eom"}) {
     int64_t id = v.id(role);
     if (std::string_view(role) == "eot" && id < 0)
-      for (const char* t : kEotTexts)
-        if ((id = by_text(t)) >= 0) break;
+      for (const std::string& t : end_of_turn_texts())  // "<|eom_id|>" last: never reached first
+        if (t != "<|eom_id|>" && (id = by_text(t)) >= 0) break;
     if (std::string_view(role) == "eom" && id < 0) id = by_text("<|eom_id|>");
     const std::string_view name = std::string_view(role) == "unknown"     ? "unk"
                                   : std::string_view(role) == "seperator" ? "sep"

@@ -84,6 +84,9 @@ int main(int argc, char** argv) {
     be->to_host(lg, logits.data());
     const double t_prompt = tool::now_s() - t0;
     t0 = tool::now_s();
+    // Stop on any end-of-generation token (as llama.cpp does), config.json's eos when the
+    // tokenizer names none.
+    if (stop.empty()) stop = lm.tokenizer->eog_ids();
     const int32_t eos = lm.tokenizer->eos_id() >= 0 ? lm.tokenizer->eos_id() : int32_t(c.eos_id);
     while (int64_t(out.size()) < n) {
       const int32_t next = sampler.sample(logits.data(), c.vocab_size, s.n_past);
