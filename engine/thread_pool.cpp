@@ -8,6 +8,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -53,7 +54,7 @@ class Pool {
     std::lock_guard<std::mutex> cfg(cfg_mu_);
     std::lock_guard<std::mutex> run(run_mu_);
     n = n > 0 ? n : online_cpus();
-    if (n == threads_) return;
+    if (n == threads_.load()) return;
     stop_workers();
     threads_ = n;
     active_.store(n, std::memory_order_relaxed);
@@ -61,15 +62,15 @@ class Pool {
     stop_.store(false);
     for (int i = 0; i + 1 < n; ++i) workers_.emplace_back([this, i] { worker(i); });
   }
-  int threads() const { return threads_; }
+  int threads() const { return threads_.load(std::memory_order_relaxed); }
   void set_backoff(bool on) {
     backoff_.store(on);
-    if (!on) active_.store(threads_);
+    if (!on) active_.store(threads_.load());
   }
 
   PoolStats stats() const {
     PoolStats s;
-    s.threads = threads_;
+    s.threads = threads_.load();
     s.active = active_.load();
     s.others_busy = others_busy_.load();
     s.dispatches = dispatches_.load();
@@ -80,7 +81,7 @@ class Pool {
     std::unique_lock<std::mutex> lock(run_mu_, std::try_to_lock);
     if (t_in_pool || threads_ <= 1 || !lock.owns_lock()) return serial(n, chunks, fn, ctx);
     update_load();
-    const int act = std::min(threads_, active_.load(std::memory_order_relaxed));
+    const int act = std::min(threads_.load(), active_.load(std::memory_order_relaxed));
     if (act <= 1) return serial(n, chunks, fn, ctx);
     dispatches_.fetch_add(1, std::memory_order_relaxed);
 
@@ -165,7 +166,7 @@ class Pool {
 
   void stop_workers() {
     stop_.store(true);
-    for (int i = 0; i + 1 < threads_ && slots_; ++i) {
+    for (int i = 0; i + 1 < threads_.load() && slots_; ++i) {
       slots_[size_t(i)].gen.fetch_add(1);
       slots_[size_t(i)].gen.notify_one();
     }
@@ -185,7 +186,7 @@ class Pool {
       if (o >= 0) {
         others_busy_.store(o);
         const long free = std::lround(double(online_cpus()) - o);
-        active_.store(int(std::clamp<long>(free, 1, threads_)));
+        active_.store(int(std::clamp<long>(free, 1, threads_.load())));
       }
     }
     sample_ = t;
@@ -194,7 +195,7 @@ class Pool {
   }
 
   std::mutex cfg_mu_, run_mu_, err_mu_;
-  int threads_ = 1;
+  std::atomic<int> threads_{1};  // read without the lock by chunks_for()
   std::vector<std::thread> workers_;
   std::unique_ptr<Slot[]> slots_;
   std::atomic<bool> stop_{false};

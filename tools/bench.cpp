@@ -420,7 +420,9 @@ int main(int argc, char** argv) {
       "Compress one model with each method and measure it: bits/weight, file MB, peak RSS, "
       "WikiText-2 perplexity and Δ vs f32 (encoders: mean cosine of the embeddings to the f32 "
       "model's), prefill / decode tok/s and decode GB/s of weight reads. Prints a Markdown "
-      "table; --json / --plot write the rows.",
+      "table; --json / --plot write the rows. Other processes' CPU load is measured around each "
+      "timing (0.5 s before it and during it); speeds taken while they kept a quarter of a core "
+      "or more busy are marked * and flagged as from a busy machine in the table, JSON and plot.",
       "bench"};
   Options o;
   app.option_defaults()->always_capture_default();
@@ -458,7 +460,9 @@ int main(int argc, char** argv) {
   app.add_option("--work", o.work,
                  "folder for the compressed models (default: a new folder under $TMPDIR)");
   app.add_flag("--keep-files", o.keep_files, "keep the compressed folders");
-  app.add_option("--threads,-t", o.threads, "threads (default: OMP_NUM_THREADS or all cores)")
+  app.add_option("--threads,-t", o.threads,
+                 "threads (default: OMP_NUM_THREADS or all cores; decode uses fewer while other "
+                 "processes keep the cores busy, unless MINFER_POOL_BACKOFF=0)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--backend", o.backend, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--device", o.device, "GPU index for --backend cuda")

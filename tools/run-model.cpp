@@ -12,7 +12,10 @@
 using namespace minfer;
 
 int main(int argc, char** argv) {
-  CLI::App app{"Generate text with a causal language model.", "run-model"};
+  CLI::App app{
+      "Generate text with a causal language model. The stats line (stderr; --json: load_cores, "
+      "busy) says when other processes kept the CPU busy while it ran.",
+      "run-model"};
   std::string model, prompt, system, backend = "cpu";
   int n = 64, top_k = 40, threads = 0, device = 0;
   float temp = 0.8f, top_p = 0.95f;
@@ -32,7 +35,9 @@ int main(int argc, char** argv) {
                "tokenizer_config.json or GGUF tokenizer.chat_template; ChatML when the model has "
                "none but has ChatML tokens)");
   app.add_option("--system", system, "system message for --chat (default: the template's own)");
-  app.add_option("--threads,-t", threads, "threads (default: OMP_NUM_THREADS or all cores)")
+  app.add_option("--threads,-t", threads,
+                 "threads (default: OMP_NUM_THREADS or all cores; decode uses fewer while other "
+                 "processes keep the cores busy, unless MINFER_POOL_BACKOFF=0)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--backend", backend, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--device", device, "GPU index for --backend cuda")->check(CLI::NonNegativeNumber);
