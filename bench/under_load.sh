@@ -34,7 +34,7 @@ decode_tps() {  # binary model -> tok/s (or "fail")
     --json 2>/dev/null) || { echo fail; return; }
   python3 -c 'import json,sys; print("%.2f" % json.loads(sys.argv[1])["gen_tok_per_s"])' "$out"
 }
-median() { tr ' ' '\n' | grep -v fail | sort -g | awk '{a[NR]=$1} END {print NR ? a[int((NR+1)/2)] : "fail"}'; }
+median() { tr ' ' '\n' | grep -v -e fail -e '^$' | sort -g | awk '{a[NR]=$1} END {print NR ? a[int((NR+1)/2)] : "fail"}'; }
 
 echo "| model | binary | competitors | others' load before (cores) | decode tok/s (median of $REPS) | share of 0-competitor |"
 echo "|---|---|---|---|---|---|"
