@@ -11,8 +11,12 @@
 # and the memory bandwidth (bench_membw). Prints the ratio table (minfer / llama.cpp) with each
 # row's decode GB/s and share of the measured read bandwidth, and the other processes' load.
 #
-# Usage: bench/llamacpp.sh [build|run|all]   (make bench-llamacpp runs `all`)
-# Environment: THREADS (2), PREFILL (512), DECODE (128), MODEL (the .gguf), OUT (a results folder,
+# `load`: decode of both engines (llama.cpp Q8_0, minfer int8) with 0, 1 and 2 competing
+# CPU-bound processes, three runs each.
+#
+# Usage: bench/llamacpp.sh [build|run|load|all]   (make bench-llamacpp runs `all`)
+# Environment: THREADS (2), PREFILL (512), DECODE (128), LLAMA_REPS (llama-bench -r, 5), MODEL (the
+#              .gguf), OUT (a results folder,
 #              default $LLAMACPP_CACHE/results-<UTC time>), JOBS (build jobs, 2).
 set -euo pipefail
 
@@ -95,7 +99,7 @@ run_all() {
     gguf="$CACHE/models/$(basename "$MODEL" .gguf)-$type.gguf"
     echo "llamacpp: $type (llama.cpp) then $method (minfer)" >&2
     echo "{\"load_cores\": $(busy_cores)}" >"$OUT/llama-$method-load.json"
-    "$CACHE/build/bin/llama-bench" -m "$gguf" -p "$PREFILL" -n "$DECODE" -t "$THREADS" -o json \
+    "$CACHE/build/bin/llama-bench" -m "$gguf" -p "$PREFILL" -n "$DECODE" -t "$THREADS" -r "${LLAMA_REPS:-5}" -o json \
       >"$OUT/llama-$method.json" 2>"$OUT/llama-$method.log"
     "$ROOT/build/bin/bench" --model "$MODEL" --methods "$method" --prefill "$PREFILL" \
       --decode "$DECODE" --threads "$THREADS" --max-tokens 1024 --quiet \
@@ -104,9 +108,39 @@ run_all() {
   "$PY" "$ROOT/bench/llamacpp_table.py" "$OUT" "$PAIRS" | tee "$OUT/table.md"
 }
 
+# Decode under load, both engines: llama.cpp Q8_0 (llama-bench -p 0 -n 64) and minfer int8
+# (run-model, 64 tokens) with 0, 1 and 2 competing `yes > /dev/null` processes, alternated.
+under_load() {
+  make_ggufs
+  local q8="$CACHE/models/$(basename "$MODEL" .gguf)-Q8_0.gguf" i8="$CACHE/models/minfer-int8"
+  [ -d "$i8" ] || "$ROOT/build/bin/compress" --model "$MODEL" --method int8 --out "$i8" >&2
+  local load r l m
+  pids=()
+  trap 'for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done' EXIT
+  echo "| competitors | others' load before (cores) | llama.cpp Q8_0 decode tok/s | minfer int8 decode tok/s |"
+  echo "|---|---|---|---|"
+  for load in 0 1 2; do
+    local before
+    before=$(busy_cores)
+    for ((r = 0; r < load; r++)); do yes >/dev/null & pids+=($!); done
+    l="" m=""
+    for r in 1 2 3; do
+      l+="$("$CACHE/build/bin/llama-bench" -m "$q8" -p 0 -n 64 -r 1 -t "$THREADS" -o json 2>/dev/null |
+        "$PY" -c 'import json,sys; print("%.1f" % [t["avg_ts"] for t in json.load(sys.stdin)][0])') "
+      m+="$("$ROOT/build/bin/run-model" --model "$i8" --prompt "The history of the city" -n 64 \
+        --temp 0 --threads "$THREADS" --json 2>/dev/null |
+        "$PY" -c 'import json,sys; print("%.1f" % json.load(sys.stdin)["gen_tok_per_s"])') "
+    done
+    for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+    pids=()
+    echo "| $load | $before | ${l% } | ${m% } |"
+  done
+}
+
 case "${1:-all}" in
   build) fetch_and_build ;;
   run) run_all ;;
+  load) under_load ;;
   all) fetch_and_build && run_all ;;
-  *) echo "usage: $0 [build|run|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [build|run|load|all]" >&2; exit 2 ;;
 esac
