@@ -355,7 +355,7 @@ TEST_CASE("report: speeds timed on a busy machine are marked in the table, JSON 
   CHECK(cells_of(lines[3])[6] == "400.0");
   CHECK(cells_of(lines[4])[6] == "400.0*");  // busy: every speed cell starred
   CHECK(cells_of(lines[4])[7] == "70.0*");
-  CHECK(cells_of(lines[4])[8] == "5.0*");  // 72 MB x 70 tok/s
+  CHECK(cells_of(lines[4])[8] == "5.0*");    // 72 MB x 70 tok/s
   CHECK(cells_of(lines[4])[4] == "31.077");  // quality is not a speed
   for (auto& l : lines) CHECK(width(l) == width(lines[0]));
   const std::string note = bench_busy_note(r);
