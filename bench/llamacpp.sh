@@ -17,7 +17,8 @@
 # Usage: bench/llamacpp.sh [build|run|load|all]   (make bench-llamacpp runs `all`)
 # Environment: THREADS (2), PREFILL (512), DECODE (128), LLAMA_REPS (llama-bench -r, 5), MODEL (the
 #              .gguf), OUT (a results folder,
-#              default $LLAMACPP_CACHE/results-<UTC time>), JOBS (build jobs, 2).
+#              default $LLAMACPP_CACHE/results-<UTC time>), JOBS (build jobs, 2), TEST_TEXT (bench
+#              --test-text, when WikiText-2 is not at bench's default path).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -103,6 +104,7 @@ run_all() {
       >"$OUT/llama-$method.json" 2>"$OUT/llama-$method.log"
     "$ROOT/build/bin/bench" --model "$MODEL" --methods "$method" --prefill "$PREFILL" \
       --decode "$DECODE" --threads "$THREADS" --max-tokens 1024 --quiet \
+      ${TEST_TEXT:+--test-text "$TEST_TEXT"} \
       --json "$OUT/minfer-$method.json" >"$OUT/minfer-$method.md" 2>"$OUT/minfer-$method.log"
   done
   "$PY" "$ROOT/bench/llamacpp_table.py" "$OUT" "$PAIRS" | tee "$OUT/table.md"
