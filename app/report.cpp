@@ -446,11 +446,21 @@ std::string bench_svg(const BenchReport& r) {
       "<text x=\"{:.0f}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">{}</text>\n", W / 2,
       xml_escape(fmt::format("minfer bench: {} ({}), {} {} threads, {}", r.model, r.arch, r.backend,
                              r.threads, r.date)));
-  if (const std::string busy = bench_busy_note(r); !busy.empty())
+  // The plot's note, short enough for one line of the 1000 px title area.
+  int n_busy = 0, n_rows = 0;
+  double worst = 0;
+  for (auto& x : r.rows) {
+    n_rows += x.status == "ok";
+    if (bench_row_busy(x)) ++n_busy, worst = std::max(worst, x.load_cores);
+  }
+  if (n_busy > 0)
     s += fmt::format(
         "<text class=\"busy\" x=\"{:.0f}\" y=\"36\" text-anchor=\"middle\" font-size=\"10\" "
         "fill=\"#c00000\">{}</text>\n",
-        W / 2, xml_escape(busy));
+        W / 2,
+        xml_escape(fmt::format("BUSY MACHINE: other processes kept up to {:.1f} of {} CPU cores "
+                               "busy while {} of {} rows were timed (grey bars, *): speeds are low",
+                               worst, r.cpus > 0 ? std::to_string(r.cpus) : "?", n_busy, n_rows)));
 
   // Panel 1: quality against size.
   struct Pt {

@@ -380,6 +380,7 @@ TEST_CASE("report: speeds timed on a busy machine are marked in the table, JSON 
   const std::string svg = bench_svg(r);
   CHECK(xml_problem(svg) == "");
   CHECK(count(svg, "class=\"busy\"") == 1);
+  CHECK(svg.find("1.9 of 2 CPU cores busy while 2 of 4 rows were timed") != std::string::npos);
   CHECK(count(svg, "fill=\"#aaaaaa\"") == 2);  // the two busy rows' bars
 
   // Nothing measured, or a quiet machine: no note anywhere.
