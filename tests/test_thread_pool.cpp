@@ -5,8 +5,10 @@
 
 #include <atomic>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include "compress/quantize.h"
@@ -94,6 +96,27 @@ TEST_CASE("pool: a loop inside a chunk runs serially; an exception reaches the c
     for (int64_t i = b; i < e; ++i) sum += i;
   });
   CHECK(sum.load() == 999 * 1000 / 2);
+}
+
+TEST_CASE("pool: two threads calling at once both get every item (one runs serially)") {
+  PoolGuard guard;
+  set_pool_threads(3);
+  set_pool_backoff(false);
+  const int64_t n = 5000;
+  const int reps = 300;
+  std::vector<int> a(static_cast<size_t>(n), 0), b(static_cast<size_t>(n), 0);
+  auto caller = [&](std::vector<int>& v) {
+    for (int r = 0; r < reps; ++r)
+      parallel_for(n, 64, 1024, [&](int64_t lo, int64_t hi) {
+        for (int64_t i = lo; i < hi; ++i) v[size_t(i)] += 1;
+      });
+  };
+  std::thread t1(caller, std::ref(a)), t2(caller, std::ref(b));
+  t1.join();
+  t2.join();
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad += a[size_t(i)] != reps || b[size_t(i)] != reps;
+  CHECK(bad == 0);
 }
 
 TEST_CASE("pool: decode kernels give the same bits on 1, 2 and 3 threads") {
