@@ -40,7 +40,7 @@ CpuTimes read_cpu_times() {
   const char* p = std::strrchr(sbuf, ')');
   if (!p) return t;
   long long ut = 0, st = 0;
-  // state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime stime
+  // fields 3-15 of proc(5): state ... utime stime (the two read here)
   if (std::sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lld %lld", &ut, &st) != 2)
     return t;
   t.self = ut + st;
