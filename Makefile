@@ -93,7 +93,7 @@ ifeq ($(CUDA),1)
   LDLIBS    += -lcublasLt -lcublas -lcudart
 endif
 
-.PHONY: all lib tools tests unit-tests test bench deps arm-deps models demo clean format install
+.PHONY: all lib tools tests unit-tests test bench bench-llamacpp deps arm-deps models demo clean format install
 all: lib tools tests $(BENCHBIN)
 lib: $(LIB) $(SOLINKS)
 tools: $(TOOLS)
@@ -174,6 +174,11 @@ install: $(LIB) $(SOLINKS)
 
 bench: $(BENCHBIN) $(TOOLS)
 	@for b in $(BENCHBIN); do echo "== $$b"; $$b || exit 1; done
+
+# minfer against llama.cpp (built from the llama-cpp-python sdist under ~/.cache/minfer/llamacpp,
+# outside the repo) on the same SmolLM2 weights: docs/performance.md.
+bench-llamacpp: $(BENCHBIN) $(TOOLS)
+	bash bench/llamacpp.sh all
 
 deps:
 	bash scripts/install-deps.sh

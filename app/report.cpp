@@ -70,6 +70,9 @@ std::vector<std::string> cells(const BenchReport& r, const BenchRow& x) {
                    num(x.decode_tps, 1), num(x.decode_gbps, 1)})
       c.push_back(s);
   }
+  if (bench_row_busy(x))  // the speed columns: timed on a busy machine
+    for (size_t i = 6; i < c.size(); ++i)
+      if (c[i] != "-") c[i] += '*';
   if (x.status != "ok") c[0] += " (" + x.status + ")";
   return c;
 }
@@ -120,7 +123,9 @@ nlohmann::json row_to_j(const BenchRow& x) {
           {"prefill_tps", x.prefill_tps},
           {"decode_tps", x.decode_tps},
           {"weight_bytes_per_token", x.weight_bytes_per_token},
-          {"decode_gbps", x.decode_gbps}};
+          {"decode_gbps", x.decode_gbps},
+          {"load_cores", x.load_cores},
+          {"busy", bench_row_busy(x)}};
 }
 
 double get_num(const nlohmann::json& j, const char* key) {
@@ -162,6 +167,7 @@ BenchRow row_from_j(const nlohmann::json& j) {
   x.decode_tps = get_num(j, "decode_tps");
   x.weight_bytes_per_token = get_num(j, "weight_bytes_per_token");
   x.decode_gbps = get_num(j, "decode_gbps");
+  x.load_cores = get_num(j, "load_cores");
   return x;
 }
 
@@ -313,6 +319,26 @@ std::string bench_table(const BenchReport& r) {
   return s;
 }
 
+bool bench_row_busy(const BenchRow& x) {
+  return ok_value(x.load_cores) && x.load_cores >= kBusyCores;
+}
+
+std::string bench_busy_note(const BenchReport& r) {
+  std::string names;
+  double worst = 0;
+  for (auto& x : r.rows)
+    if (bench_row_busy(x)) {
+      names += (names.empty() ? "" : ", ") + x.method;
+      worst = std::max(worst, x.load_cores);
+    }
+  if (names.empty()) return "";
+  return fmt::format(
+      "BUSY MACHINE: other processes kept up to {:.1f} of {} CPU cores busy while the speeds of {} "
+      "were timed (marked *): those figures are lower than this machine gives and vary from run "
+      "to run",
+      worst, r.cpus > 0 ? std::to_string(r.cpus) : "?", names);
+}
+
 std::string bench_markdown(const BenchReport& r) {
   std::string s =
       fmt::format("model {} ({}) | backend {}, {} threads | CPU {} | {} | load {:.2f}\n", r.model,
@@ -329,6 +355,7 @@ std::string bench_markdown(const BenchReport& r) {
         "decode tok/s\n\n",
         r.eval_tokens, r.text, r.ctx, r.prefill_tokens, r.decode_tokens);
   s += bench_table(r);
+  if (const std::string busy = bench_busy_note(r); !busy.empty()) s += "\n**" + busy + ".**\n";
   bool first = true;
   for (auto& x : r.rows) {
     if (x.note.empty()) continue;
@@ -363,6 +390,9 @@ std::string bench_json(const BenchReport& r) {
                       {"cpu", r.cpu},
                       {"date", r.date},
                       {"load_avg", r.load_avg},
+                      {"cpus", r.cpus},
+                      {"busy", !bench_busy_note(r).empty()},
+                      {"busy_note", bench_busy_note(r)},
                       {"text", r.text},
                       {"eval_tokens", r.eval_tokens},
                       {"ctx", r.ctx},
@@ -391,6 +421,7 @@ BenchReport bench_from_json(const std::string& text) {
   r.cpu = get_str(j, "cpu");
   r.date = get_str(j, "date");
   r.load_avg = get_num(j, "load_avg");
+  r.cpus = j.value("cpus", 0);
   r.text = get_str(j, "text");
   r.eval_tokens = j.value("eval_tokens", int64_t(0));
   r.ctx = j.value("ctx", int64_t(0));
@@ -415,6 +446,21 @@ std::string bench_svg(const BenchReport& r) {
       "<text x=\"{:.0f}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">{}</text>\n", W / 2,
       xml_escape(fmt::format("minfer bench: {} ({}), {} {} threads, {}", r.model, r.arch, r.backend,
                              r.threads, r.date)));
+  // The plot's note, short enough for one line of the 1000 px title area.
+  int n_busy = 0, n_rows = 0;
+  double worst = 0;
+  for (auto& x : r.rows) {
+    n_rows += x.status == "ok";
+    if (bench_row_busy(x)) ++n_busy, worst = std::max(worst, x.load_cores);
+  }
+  if (n_busy > 0)
+    s += fmt::format(
+        "<text class=\"busy\" x=\"{:.0f}\" y=\"36\" text-anchor=\"middle\" font-size=\"10\" "
+        "fill=\"#c00000\">{}</text>\n",
+        W / 2,
+        xml_escape(fmt::format("BUSY MACHINE: other processes kept up to {:.1f} of {} CPU cores "
+                               "busy while {} of {} rows were timed (grey bars, *): speeds are low",
+                               worst, r.cpus > 0 ? std::to_string(r.cpus) : "?", n_busy, n_rows)));
 
   // Panel 1: quality against size.
   struct Pt {
@@ -564,11 +610,16 @@ std::string bench_svg(const BenchReport& r) {
       const double top = va.map(v), bw = slot * 0.7;
       s += fmt::format(
           "<rect class=\"bar\" x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" "
-          "fill=\"#ff7f0e\"><title>{}: {:.1f} tok/s</title></rect>\n",
-          cx - bw / 2, top, bw, py1 - top, xml_escape(row->method), v);
+          "fill=\"{}\"><title>{}: {:.1f} tok/s{}</title></rect>\n",
+          cx - bw / 2, top, bw, py1 - top, bench_row_busy(*row) ? "#aaaaaa" : "#ff7f0e",
+          xml_escape(row->method), v,
+          bench_row_busy(*row)
+              ? fmt::format(" (busy machine: others used {:.1f} cores)", row->load_cores)
+              : "");
       s += fmt::format(
-          "<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\" font-size=\"9\">{:.{}f}</text>\n",
-          cx, top - 3, v, v < 10 ? 1 : 0);
+          "<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\" "
+          "font-size=\"9\">{:.{}f}{}</text>\n",
+          cx, top - 3, v, v < 10 ? 1 : 0, bench_row_busy(*row) ? "*" : "");
     } else {
       s += fmt::format(
           "<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\" font-size=\"9\">n/a</text>\n", cx,

@@ -6,10 +6,13 @@
 // in memory, "-" in the table and null in JSON. Sizes are in MB = 1e6 bytes.
 #pragma once
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
 namespace minfer {
+
+inline constexpr double kBenchNaN = std::numeric_limits<double>::quiet_NaN();
 
 struct BenchRow {
   std::string method;          // compress_spec_from_name spelling, e.g. "int4-g64", "f32"
@@ -34,7 +37,15 @@ struct BenchRow {
   double decode_tps = 0;   // one token at a time through the KV cache (NaN for encoders)
   double weight_bytes_per_token = 0;  // bytes of every Linear (lm_head included) read per token
   double decode_gbps = 0;             // weight_bytes_per_token x decode_tps / 1e9
+  // CPU cores other processes kept busy while this row's speed was timed (the larger of a 0.5 s
+  // sample just before and the timed window itself; engine/cpu_load.h). NaN: not measured.
+  double load_cores = kBenchNaN;
 };
+
+// Other processes' load at or above which a row's speeds count as taken on a busy machine (a
+// quarter of a core: enough to slow a 2-thread decode measurably).
+constexpr double kBusyCores = 0.25;
+bool bench_row_busy(const BenchRow& x);
 
 struct BenchReport {
   std::string model;  // as given (smollm2, a folder, a .gguf)
@@ -45,6 +56,7 @@ struct BenchReport {
   std::string cpu;   // /proc/cpuinfo "model name"
   std::string date;  // UTC, ISO 8601
   double load_avg = 0;
+  int cpus = 0;             // online CPUs (the load figures' scale)
   std::string text;         // evaluation text
   int64_t eval_tokens = 0;  // tokens (causal) or texts (encoder) evaluated
   int64_t ctx = 0;          // perplexity window
@@ -55,8 +67,12 @@ struct BenchReport {
 // Fills delta_ppl of every row from the "f32" row (NaN when there is none or it failed).
 void bench_fill_baseline(BenchReport& r);
 
+// The rows whose speeds were timed on a busy machine, and a sentence saying so ("" when none).
+std::string bench_busy_note(const BenchReport& r);
+
 // A Markdown pipe table, every column padded to one width so it also reads as plain text,
 // preceded by a line describing the machine and followed by the notes of skipped/failed rows.
+// Speeds timed on a busy machine carry a '*' and the busy note follows the table.
 std::string bench_markdown(const BenchReport& r);
 // The table alone (no header line, no notes).
 std::string bench_table(const BenchReport& r);
@@ -68,7 +84,8 @@ BenchRow bench_row_from_json(const std::string& text);
 
 // Two panels: quality (perplexity, or 1 - cosine for encoders) against file MB, one labelled
 // point per measured row, log axes where the values span a decade or more; and decode tok/s
-// (encode tok/s for encoders) per method as bars.
+// (encode tok/s for encoders) per method as bars. Bars timed on a busy machine are grey and the
+// busy note is printed in red under the title.
 std::string bench_svg(const BenchReport& r);
 
 // Writes `path.tmp` then renames it over `path`, so a reader never sees half a file.

@@ -342,6 +342,55 @@ TEST_CASE("report: the SVG is well-formed, one point per measured row, placed by
   CHECK(xml_problem(bench_svg(none)) == "");
 }
 
+TEST_CASE("report: speeds timed on a busy machine are marked in the table, JSON and plot") {
+  BenchReport r = causal_report();
+  r.cpus = 2;
+  // Quiet for f32 and int8 (0.1 cores, below kBusyCores), busy for int4 and binary.
+  r.rows[0].load_cores = 0.0;
+  r.rows[1].load_cores = 0.1;
+  r.rows[2].load_cores = 1.93;
+  r.rows[3].load_cores = 0.5;
+  const auto lines = lines_of(bench_table(r));
+  CHECK(cells_of(lines[2])[7] == "31.2");  // quiet: plain
+  CHECK(cells_of(lines[3])[6] == "400.0");
+  CHECK(cells_of(lines[4])[6] == "400.0*");  // busy: every speed cell starred
+  CHECK(cells_of(lines[4])[7] == "70.0*");
+  CHECK(cells_of(lines[4])[8] == "5.0*");    // 72 MB x 70 tok/s
+  CHECK(cells_of(lines[4])[4] == "31.077");  // quality is not a speed
+  for (auto& l : lines) CHECK(width(l) == width(lines[0]));
+  const std::string note = bench_busy_note(r);
+  CHECK(note.find("1.9 of 2 CPU cores") != std::string::npos);
+  CHECK(note.find("int4, binary") != std::string::npos);
+  CHECK(note.find("int8") == std::string::npos);
+  CHECK(bench_markdown(r).find("**" + note + ".**") != std::string::npos);
+
+  const nlohmann::json j = nlohmann::json::parse(bench_json(r));
+  CHECK(j["busy"] == true);
+  CHECK(j["busy_note"] == note);
+  CHECK(j["cpus"] == 2);
+  CHECK(j["rows"][2]["busy"] == true);
+  CHECK(j["rows"][1]["busy"] == false);
+  CHECK(j["rows"][2]["load_cores"].get<double>() == 1.93);
+  CHECK(j["rows"][4]["load_cores"].is_null());  // never measured
+  const BenchReport b = bench_from_json(bench_json(r));
+  CHECK(b.cpus == 2);
+  CHECK(b.rows[2].load_cores == 1.93);
+  CHECK(std::isnan(b.rows[4].load_cores));
+
+  const std::string svg = bench_svg(r);
+  CHECK(xml_problem(svg) == "");
+  CHECK(count(svg, "class=\"busy\"") == 1);
+  CHECK(svg.find("1.9 of 2 CPU cores busy while 2 of 4 rows were timed") != std::string::npos);
+  CHECK(count(svg, "fill=\"#aaaaaa\"") == 2);  // the two busy rows' bars
+
+  // Nothing measured, or a quiet machine: no note anywhere.
+  const BenchReport quiet = causal_report();
+  CHECK(bench_busy_note(quiet) == "");
+  CHECK(bench_markdown(quiet).find("BUSY") == std::string::npos);
+  CHECK(count(bench_svg(quiet), "class=\"busy\"") == 0);
+  CHECK(nlohmann::json::parse(bench_json(quiet))["busy"] == false);
+}
+
 TEST_CASE("report: write_file_atomic replaces the file and leaves no temporary") {
   test::TempDir dir("report");
   const std::string p = dir / "out.json";

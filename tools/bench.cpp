@@ -32,6 +32,7 @@
 #include "app/report.h"
 #include "compress/compress.h"
 #include "compress/structured.h"
+#include "engine/cpu_load.h"
 #include "engine/progress.h"
 #include "models/eval.h"
 #include "models/loader.h"
@@ -288,6 +289,18 @@ json compress_child(const Options& o, const std::string& work, const std::string
   return out;
 }
 
+// Other processes' load around a timing: a 0.5 s sample before it starts (while this process
+// sleeps) and the timed window itself; cores() is the larger, NaN where /proc is unreadable.
+struct LoadProbe {
+  MachineLoad before = measure_machine_load(0.5);
+  CpuTimes start = read_cpu_times();
+  double cores() const {
+    const double during = others_busy_cores(start, read_cpu_times());
+    if (!before.measured && during < 0) return kNaN;
+    return std::max(before.measured ? before.others_busy : 0.0, during);
+  }
+};
+
 // Child 2 per method: open the saved folder and measure it.
 json measure_child(const Options& o, const std::string& work, const std::string& dir) {
   auto be = make_backend(o.backend, o.threads, o.device);
@@ -312,6 +325,7 @@ json measure_child(const Options& o, const std::string& work, const std::string&
     std::vector<float> logits(size_t(c.vocab_size));
     {
       RunState s = m.new_state(P + D, P, 1);
+      const LoadProbe probe;
       // to_host after each call: the work is done (and a GPU synchronised) before the clock stops.
       const double tp = best_of(o.reps, [&] {
         s.reset();
@@ -323,6 +337,7 @@ json measure_child(const Options& o, const std::string& work, const std::string&
       const double td = tool::now_s() - t0;
       out["prefill_tps"] = double(P) / tp;
       out["decode_tps"] = D > 0 ? double(D) / td : kNaN;
+      out["load_cores"] = probe.cores();
     }
     out["peak_rss_mb"] = self_peak_rss_mb();
     const double t1 = tool::now_s();
@@ -339,9 +354,11 @@ json measure_child(const Options& o, const std::string& work, const std::string&
     {
       RunState s = m.new_state(0, T);
       std::vector<float> hidden(size_t(T * c.hidden));
+      const LoadProbe probe;
       const double te =
           best_of(o.reps, [&] { be->to_host(m.encode(s, ids.data(), 1, T), hidden.data()); });
       out["prefill_tps"] = double(T) / te;
+      out["load_cores"] = probe.cores();
     }
     out["peak_rss_mb"] = self_peak_rss_mb();
     const double t1 = tool::now_s();
@@ -403,7 +420,9 @@ int main(int argc, char** argv) {
       "Compress one model with each method and measure it: bits/weight, file MB, peak RSS, "
       "WikiText-2 perplexity and Δ vs f32 (encoders: mean cosine of the embeddings to the f32 "
       "model's), prefill / decode tok/s and decode GB/s of weight reads. Prints a Markdown "
-      "table; --json / --plot write the rows.",
+      "table; --json / --plot write the rows. Other processes' CPU load is measured around each "
+      "timing (0.5 s before it and during it); speeds taken while they kept a quarter of a core "
+      "or more busy are marked * and flagged as from a busy machine in the table, JSON and plot.",
       "bench"};
   Options o;
   app.option_defaults()->always_capture_default();
@@ -441,7 +460,9 @@ int main(int argc, char** argv) {
   app.add_option("--work", o.work,
                  "folder for the compressed models (default: a new folder under $TMPDIR)");
   app.add_flag("--keep-files", o.keep_files, "keep the compressed folders");
-  app.add_option("--threads,-t", o.threads, "threads (default: OMP_NUM_THREADS or all cores)")
+  app.add_option("--threads,-t", o.threads,
+                 "threads (default: OMP_NUM_THREADS or all cores; decode uses fewer while other "
+                 "processes keep the cores busy, unless MINFER_POOL_BACKOFF=0)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--backend", o.backend, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--device", o.device, "GPU index for --backend cuda")
@@ -517,6 +538,7 @@ int main(int argc, char** argv) {
     rep.date = utc_now();
     double la[1] = {0};
     rep.load_avg = getloadavg(la, 1) == 1 ? la[0] : kNaN;
+    rep.cpus = online_cpus();
     rep.text = info.value("test_text", "");
     rep.eval_tokens = info.value("eval_tokens", int64_t(0));
     rep.ctx = rep.encoder ? 0 : std::min(o.ctx, info.value("max_pos", o.ctx));
@@ -567,6 +589,7 @@ int main(int argc, char** argv) {
             row.decode_tps = num(j, "decode_tps");
             row.decode_gbps = row.weight_bytes_per_token * row.decode_tps / 1e9;
           }
+          row.load_cores = num(j, "load_cores");
         }
       }
       if (!o.keep_files) {
@@ -580,7 +603,10 @@ int main(int argc, char** argv) {
                                     : fmt::format("ppl {:.4f}", row.ppl),
                         row.prefill_tps,
                         rep.encoder ? "" : fmt::format(", decode {:.1f} tok/s", row.decode_tps),
-                        tool::now_s() - t0));
+                        tool::now_s() - t0) +
+            (bench_row_busy(row)
+                 ? fmt::format(" [busy machine: other processes used {:.1f} cores]", row.load_cores)
+                 : ""));
       else
         say(fmt::format("{}: {}: {}", method, row.status, row.note));
       rep.rows.push_back(std::move(row));

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "app/model_hub.h"
+#include "engine/cpu_load.h"
 #include "engine/sampler.h"
 #include "models/loader.h"
 #include "tokenizer/chat_template.h"
@@ -11,7 +12,10 @@
 using namespace minfer;
 
 int main(int argc, char** argv) {
-  CLI::App app{"Generate text with a causal language model.", "run-model"};
+  CLI::App app{
+      "Generate text with a causal language model. The stats line (stderr; --json: load_cores, "
+      "busy) says when other processes kept the CPU busy while it ran.",
+      "run-model"};
   std::string model, prompt, system, backend = "cpu";
   int n = 64, top_k = 40, threads = 0, device = 0;
   float temp = 0.8f, top_p = 0.95f;
@@ -31,12 +35,17 @@ int main(int argc, char** argv) {
                "tokenizer_config.json or GGUF tokenizer.chat_template; ChatML when the model has "
                "none but has ChatML tokens)");
   app.add_option("--system", system, "system message for --chat (default: the template's own)");
-  app.add_option("--threads,-t", threads, "threads (default: OMP_NUM_THREADS or all cores)")
+  app.add_option("--threads,-t", threads,
+                 "threads (default: OMP_NUM_THREADS or all cores; decode uses fewer while other "
+                 "processes keep the cores busy, unless MINFER_POOL_BACKOFF=0)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--backend", backend, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--device", device, "GPU index for --backend cuda")->check(CLI::NonNegativeNumber);
   app.add_flag("--json", json, "print one JSON object instead of streaming text");
   return tool::run(app, argc, argv, [&] {
+    // Other processes' load, sampled over the model load (our own CPU time excluded) and again
+    // over the timed generation: the stats line says when the speeds come from a busy machine.
+    const CpuTimes at_start = read_cpu_times();
     auto be = make_backend(backend, threads, device);
     LoadedModel lm = open_named_model(model, *be);
     Model& m = *lm.model;
@@ -79,6 +88,8 @@ int main(int argc, char** argv) {
     std::vector<int32_t> out;
     std::string generated;
 
+    const CpuTimes at_timing = read_cpu_times();
+    const double load_before = others_busy_cores(at_start, at_timing);
     double t0 = tool::now_s();
     Tensor lg = m.forward(s, ids.data(), int64_t(ids.size()), false);
     be->to_host(lg, logits.data());
@@ -107,6 +118,9 @@ int main(int argc, char** argv) {
     const double t_gen = tool::now_s() - t0;
     const double prompt_tps = double(ids.size()) / t_prompt;
     const double gen_tps = out.empty() ? 0.0 : double(out.size()) / t_gen;
+    const double load_cores =
+        std::max(load_before, others_busy_cores(at_timing, read_cpu_times()));  // -1: unknown
+    const bool busy = load_cores >= 0.25;
     if (json) {
       nlohmann::json j = {{"model", lm.path},
                           {"prompt_tokens", ids.size()},
@@ -116,7 +130,10 @@ int main(int argc, char** argv) {
                           {"load_s", lm.load_seconds},
                           {"prompt_tok_per_s", prompt_tps},
                           {"gen_tok_per_s", gen_tps},
-                          {"peak_rss_mb", tool::peak_rss_mb()}};
+                          {"peak_rss_mb", tool::peak_rss_mb()},
+                          {"load_cores", load_cores >= 0 ? nlohmann::json(load_cores) : nullptr},
+                          {"cpus", online_cpus()},
+                          {"busy", busy}};
       std::printf("%s\n", j.dump(2).c_str());
     } else {
       std::printf("%s\n", tail.c_str());
@@ -126,6 +143,11 @@ int main(int argc, char** argv) {
                  "load %.2f s | prompt %zu tokens %.1f tok/s | generated %zu tokens %.1f tok/s | "
                  "peak RSS %.1f MB\n",
                  lm.load_seconds, ids.size(), prompt_tps, out.size(), gen_tps, tool::peak_rss_mb());
+    if (busy)
+      std::fprintf(stderr,
+                   "busy machine: other processes kept %.1f of %d CPU cores busy while this ran; "
+                   "the speeds above are lower than this machine gives\n",
+                   load_cores, online_cpus());
     return 0;
   });
 }

@@ -1,5 +1,8 @@
-// CpuBackend: OpenBLAS for dense float GEMM, OpenMP loops for everything else. OpenBLAS is the
-// OpenMP build, so BLAS and our loops share one thread pool and one thread count.
+// CpuBackend: OpenBLAS for dense float GEMM, our kernels for the rest. Two kinds of parallel loop,
+// one thread count: prefill-sized work (GEMMs, element-wise ops over many rows) runs on OpenMP,
+// which OpenBLAS (its OpenMP build) shares; decode-sized work (matrix-vector products, attention
+// for a few query rows) runs on engine/thread_pool.h, which stays fast when other processes take
+// the cores (see there).
 #include <cblas.h>
 #include <omp.h>
 
@@ -12,6 +15,7 @@
 #include "engine/attention_check.h"
 #include "engine/backend.h"
 #include "engine/half.h"
+#include "engine/thread_pool.h"
 #include "kernels/cpu/dense.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/quant_act.h"
@@ -68,6 +72,7 @@ class CpuBackend final : public Backend {
     threads_ = n > 0 ? n : default_threads();
     omp_set_num_threads(threads_);
     openblas_set_num_threads(threads_);
+    set_pool_threads(threads_);
   }
   int threads() const override { return threads_; }
 
@@ -304,6 +309,48 @@ class CpuBackend final : public Backend {
     }
   }
 
+  // Rows of x at or under which attention runs on the thread pool with its own loops (decode);
+  // above, per head sgemm calls on OpenMP threads (prefill).
+  static constexpr int64_t kFewRows = 4;
+
+  // One head for T <= kFewRows query rows: scores = q kᵀ · scale (masked), softmax, · v.
+  // q [T, D] (row stride ldq), k, v [S, D] (ldk, ldv), o [T, D] (ldo); sc: T * S scratch.
+  static void attention_head_few_rows(const float* q, int64_t ldq, const float* k, int64_t ldk,
+                                      const float* v, int64_t ldv, float* o, int64_t ldo, int64_t T,
+                                      int64_t S, int64_t D, float scale, const AttentionArgs& a,
+                                      int64_t b, float* sc) {
+    for (int64_t t = 0; t < T; ++t) {
+      float* row = sc + t * S;
+      const float* qt = q + t * ldq;
+      const int64_t limit = a.causal ? std::min(S, a.pos0 + t + 1) : S;
+      for (int64_t j = 0; j < limit; ++j) row[j] = scale * dot(qt, k + j * ldk, D);
+      for (int64_t j = limit; j < S; ++j) row[j] = -INFINITY;
+      if (a.key_mask)
+        for (int64_t j = 0; j < limit; ++j)
+          if (a.key_mask[b * S + j] == 0) row[j] = -INFINITY;
+      softmax_row(row, row, S);
+      float* ot = o + t * ldo;
+      std::fill(ot, ot + D, 0.f);
+      for (int64_t j = 0; j < limit; ++j) {
+        const float p = row[j];
+        const float* vj = v + j * ldv;
+        for (int64_t d = 0; d < D; ++d) ot[d] += p * vj[d];
+      }
+    }
+  }
+
+  // Σ a[i] b[i] in 16 interleaved partial sums (vectorized by the compiler).
+  static float dot(const float* x, const float* y, int64_t n) {
+    float acc[16] = {};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+      for (int l = 0; l < 16; ++l) acc[l] += x[i + l] * y[i + l];
+    float s = 0;
+    for (int l = 0; l < 16; ++l) s += acc[l];
+    for (; i < n; ++i) s += x[i] * y[i];
+    return s;
+  }
+
   void attention(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v,
                  const AttentionArgs& a) override {
     Mat O = mat(out, "attention out"), Q = mat(q, "attention q"), K = mat(k, "attention k"),
@@ -314,6 +361,21 @@ class CpuBackend final : public Backend {
     const int64_t T = ts.first, S = ts.second;
     const float scale = a.scale > 0 ? a.scale : 1.f / std::sqrt(float(D));
     const int64_t group = H / Hkv;
+    if (T <= kFewRows) {
+      // Decode: heads on the thread pool, each a pass over its S cached keys and values.
+      parallel_for(B * H, 2 * T * S * D, int64_t(1) << 15, [&](int64_t i0, int64_t i1) {
+        thread_local std::vector<float> sc;
+        sc.resize(size_t(T * S));
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t b = i / H, h = i % H, kh = h / group;
+          attention_head_few_rows(Q.p + b * T * Q.ld + h * D, Q.ld, K.p + b * S * K.ld + kh * D,
+                                  K.ld, Vm.p + b * S * Vm.ld + kh * D, Vm.ld,
+                                  O.p + b * T * O.ld + h * D, O.ld, T, S, D, scale, a, b,
+                                  sc.data());
+        }
+      });
+      return;
+    }
     const int nt = threads_;
     attn_scratch_.resize(size_t(nt) * size_t(T * S));
 #pragma omp parallel for collapse(2) schedule(dynamic) if (B * H > 1 && T * S * D >= 4096)

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "engine/half.h"
+#include "engine/thread_pool.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -42,14 +43,14 @@ inline __m512 load16(DType dt, const uint16_t* p) {
 #endif
 
 // Few rows of x (T <= kMaxGemvRows) against an [N, K] matrix: one streaming pass over W, each
-// weight row read once and dotted with every x row, rows split statically across threads.
+// weight row read once and dotted with every x row; contiguous blocks of rows go to the thread
+// pool (one thread below 64K weights, where waking a second one costs more than it saves).
 // Decode is bound by memory bandwidth; this reads f32 weights faster than OpenBLAS sgemv here.
 constexpr int64_t kMaxGemvRows = 4;
 template <typename W>
-void few_rows_gemv(DType dt, const W* w, const float* x, int64_t T, int64_t ldx, float* y,
-                   int64_t ldy, int64_t K, int64_t N) {
-#pragma omp parallel for schedule(static) if (N * K >= 65536)
-  for (int64_t n = 0; n < N; ++n) {
+void gemv_rows(DType dt, const W* w, const float* x, int64_t T, int64_t ldx, float* y, int64_t ldy,
+               int64_t K, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
     const W* wr = w + n * K;
     float acc[kMaxGemvRows] = {};
     int64_t k = 0;
@@ -69,6 +70,13 @@ void few_rows_gemv(DType dt, const W* w, const float* x, int64_t T, int64_t ldx,
     }
     for (int t = 0; t < T; ++t) y[t * ldy + n] = acc[t];
   }
+}
+
+template <typename W>
+void few_rows_gemv(DType dt, const W* w, const float* x, int64_t T, int64_t ldx, float* y,
+                   int64_t ldy, int64_t K, int64_t N) {
+  parallel_for(N, K, int64_t(1) << 15,
+               [&](int64_t n0, int64_t n1) { gemv_rows(dt, w, x, T, ldx, y, ldy, K, n0, n1); });
 }
 
 }  // namespace

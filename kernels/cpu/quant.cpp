@@ -180,18 +180,19 @@ void quantized_linear(const Quantized& w, const float* x, int64_t T, int64_t ldx
   }
 #else
   if (T < kGemmRows) {  // portable path (no x86 SIMD, e.g. aarch64): the reference, row-parallel
-#pragma omp parallel for schedule(static) if (N * K >= 65536)
-    for (int64_t n = 0; n < N; ++n) {
+    parallel_for(N, K, kDecodeChunk, [&](int64_t n0, int64_t n1) {
       thread_local std::vector<float> row;
       row.resize(static_cast<size_t>(K));
-      dequant_row_ref(a, n, row.data());
-      for (int64_t t = 0; t < T; ++t) {
-        const float* xr = x + t * ldx;
-        float acc = 0;
-        for (int64_t k = 0; k < K; ++k) acc += row[size_t(k)] * xr[k];
-        y[t * ldy + n] = acc;
+      for (int64_t n = n0; n < n1; ++n) {
+        dequant_row_ref(a, n, row.data());
+        for (int64_t t = 0; t < T; ++t) {
+          const float* xr = x + t * ldx;
+          float acc = 0;
+          for (int64_t k = 0; k < K; ++k) acc += row[size_t(k)] * xr[k];
+          y[t * ldy + n] = acc;
+        }
       }
-    }
+    });
     return;
   }
 #endif

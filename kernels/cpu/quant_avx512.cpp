@@ -18,8 +18,6 @@
 
 #if defined(MINFER_Q_AVX512)
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cstring>
 
@@ -225,19 +223,15 @@ struct Fused {
   };
 };
 
-// Decode: every thread on one contiguous block of rows, one weight row at a time, so that its
-// reads stream through memory in order (interleaving rows costs DRAM bandwidth: on the shared
-// 2-core Zen 4 box, 2 or 4 rows per call ran the int8 LM head at ~7 GB/s against ~15 for one);
-// one thread below 64K weights, where the fork/join costs more than the second thread saves.
+// Decode: contiguous blocks of rows (kDecodeChunk weights or more) claimed by the pool's threads,
+// one weight row at a time, so that each thread's reads stream through memory in order
+// (interleaving rows costs DRAM bandwidth: on the shared 2-core Zen 4 box, 2 or 4 rows per call
+// ran the int8 LM head at ~7 GB/s against ~15 for one); one thread below 64K weights.
 template <QScheme S, int R>
 void decode(const QArgs& a, float* y, int64_t ldy, int64_t N) {
-  const int nt = worth_threads(N, a.Kp) ? omp_get_max_threads() : 1;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    const int64_t id = omp_get_thread_num(), nth = omp_get_num_threads();
-    const int64_t n0 = N * id / nth, n1 = N * (id + 1) / nth;
+  parallel_for(N, a.Kp, kDecodeChunk, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) Fused<S>::template K<1, R>::run(n, 0, a, y, ldy);
-  }
+  });
 }
 
 template <QScheme S>

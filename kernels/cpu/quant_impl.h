@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine/linear.h"
+#include "engine/thread_pool.h"
 #include "kernels/common/quant_math.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
@@ -61,11 +62,9 @@ constexpr int code_bits(QScheme s) {
   return s == QScheme::Int8 ? 8 : s == QScheme::Int4 ? 4 : s == QScheme::Ternary ? 2 : 1;
 }
 
-// Worth waking the thread pool: ~64K weights (a few microseconds of work) or more. Below that one
-// thread is faster than the fork/join.
-inline bool worth_threads(int64_t rows, int64_t Kp) {
-  return rows * Kp >= (int64_t(1) << 16);
-}
+// Weights per chunk of a decode loop on the thread pool: ~32K weights (a few microseconds of
+// work) or more, so a matrix under 64K weights runs on one thread (waking a second costs more).
+constexpr int64_t kDecodeChunk = int64_t(1) << 15;
 
 // ---- Row tiling shared by the SIMD files. Kern<RW, R>::run(n0, t0, args...) computes
 // y[t0 .. t0+R) x [n0 .. n0+RW).
@@ -113,27 +112,28 @@ inline void run_block(int64_t n0, int64_t n1, int64_t t0, int64_t R, bool cold, 
   }
 }
 
-// The whole product. T <= 4: one pass over W, split by rows across threads. T > 4: W in tiles of
-// kTile rows, each read from memory once and kept in cache while every group of 4 x rows
-// passes over it.
+// The whole product (T <= 15 rows of x: decode and short prompts, on the thread pool). T <= 4: one
+// pass over W in contiguous blocks of 4-row groups. T > 4: W in tiles of kTile rows, each read
+// from memory once and kept in cache while every group of 4 x rows passes over it.
 template <template <int, int> class Kern, class... A>
 void run_all(int64_t N, int64_t T, int64_t Kp, const A&... args) {
-  const bool par = worth_threads(N, Kp);
   if (T <= 4) {
     const int64_t groups = qm::ceil_div(N, 4);
-#pragma omp parallel for schedule(static) if (par)
-    for (int64_t g = 0; g < groups; ++g)
-      run_block<Kern>(g * 4, std::min(N, g * 4 + 4), 0, T, true, args...);
+    parallel_for(groups, 4 * Kp, kDecodeChunk, [&](int64_t g0, int64_t g1) {
+      for (int64_t g = g0; g < g1; ++g)
+        run_block<Kern>(g * 4, std::min(N, g * 4 + 4), 0, T, true, args...);
+    });
     return;
   }
   constexpr int64_t kTile = 16;
   const int64_t tiles = qm::ceil_div(N, kTile);
-#pragma omp parallel for schedule(dynamic, 1) if (par)
-  for (int64_t i = 0; i < tiles; ++i) {
-    const int64_t n1 = std::min(N, (i + 1) * kTile);
-    for (int64_t t0 = 0; t0 < T; t0 += 4)
-      run_block<Kern>(i * kTile, n1, t0, std::min<int64_t>(4, T - t0), t0 == 0, args...);
-  }
+  parallel_for(tiles, kTile * Kp * T, kDecodeChunk, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n1 = std::min(N, (i + 1) * kTile);
+      for (int64_t t0 = 0; t0 < T; t0 += 4)
+        run_block<Kern>(i * kTile, n1, t0, std::min<int64_t>(4, T - t0), t0 == 0, args...);
+    }
+  });
 }
 
 // ---- Implemented by the one SIMD file of this build.

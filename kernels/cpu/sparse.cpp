@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/half.h"
+#include "engine/thread_pool.h"
 #include "kernels/common/quant_math.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI2__)
@@ -263,14 +264,9 @@ void sparse_linear(const SparseBitmask& w, const float* x, int64_t T, int64_t ld
   const Vals v = vals_of(w);
   const int nt = omp_get_max_threads();
   if (T <= 4) {
-    // One thread below 64K weights, else every thread on a contiguous block of rows.
-    const int use = K * N < 65536 ? 1 : nt;
-    const int64_t per = (N + use - 1) / use;
-#pragma omp parallel for num_threads(use) if (use > 1)
-    for (int i = 0; i < use; ++i) {
-      const int64_t n0 = i * per, n1 = std::min(N, n0 + per);
-      if (n0 < n1) decode_rows(w, v, x, T, ldx, y, ldy, K, n0, n1);
-    }
+    // Contiguous blocks of rows on the thread pool; one thread below 64K weights.
+    parallel_for(N, K, int64_t(1) << 15,
+                 [&](int64_t n0, int64_t n1) { decode_rows(w, v, x, T, ldx, y, ldy, K, n0, n1); });
     return;
   }
   constexpr int64_t R = 64;
