@@ -38,6 +38,9 @@ class ParamStore {
   std::vector<float>& m() { return m_; }
   std::vector<float>& v() { return v_; }
   const std::vector<float>& weights() const { return w_; }
+  const std::vector<float>& grads() const { return g_; }
+  const std::vector<float>& m() const { return m_; }
+  const std::vector<float>& v() const { return v_; }
 
   void zero_grad();
 
