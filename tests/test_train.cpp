@@ -4,13 +4,18 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
 #include <vector>
 
+#include "engine/backend.h"
 #include "engine/config.h"
 #include "engine/safetensors.h"
 #include "engine/weights.h"
 #include "tests/test_util.h"
 #include "train/checkpoint.h"
+#include "train/distill.h"
 #include "train/llama_train.h"
 #include "train/loss.h"
 #include "train/optim.h"
@@ -148,4 +153,130 @@ TEST_CASE("train checkpoint: save and load restore weights, moments and state") 
   CHECK(load_config(tmp / "ck/config.json").n_layers == cfg.n_layers);
   CHECK_THROWS_WITH(load_checkpoint(tmp / "nothing", b),
                     doctest::Contains("not a training checkpoint"));
+}
+
+namespace {
+
+std::vector<int32_t> random_ids(size_t n, int32_t V, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> v(n);
+  for (int32_t& x : v) x = int32_t(rng() % uint64_t(V));
+  return v;
+}
+
+DistillOptions tiny_opts() {
+  DistillOptions o;
+  o.student = "init:layers=1";
+  o.loss = {0.5f, 2.f, false};
+  o.steps = 8;
+  o.batch = 2;
+  o.accum = 2;
+  o.seq = 8;
+  o.lr = 1e-2f;
+  o.warmup = 2;
+  o.seed = 5;
+  o.progress = false;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("train distill: a resumed run is bit-identical to an uninterrupted one") {
+  auto be = make_cpu_backend(1);
+  auto teacher = load_model(kLlama, *be);
+  const auto ids = random_ids(300, 101, 1), eval = random_ids(100, 101, 2);
+  test::TempDir tmp("distill");
+  DistillOptions o = tiny_opts();
+  const DistillResult a = distill(*teacher, nullptr, ids, "ids", eval, o, tmp / "a");
+  REQUIRE(a.finished);
+  CHECK(a.steps.back().loss < a.steps.front().loss);  // it learns
+  CHECK(a.steps.front().kd > 0);
+  CHECK(a.steps.front().ce > 0);
+  REQUIRE(a.evals.size() == 1);
+
+  DistillOptions o1 = o;
+  o1.checkpoint = tmp / "ck";
+  o1.stop_at = 3;
+  const DistillResult b1 = distill(*teacher, nullptr, ids, "ids", eval, o1, tmp / "b");
+  CHECK_FALSE(b1.finished);
+  CHECK_FALSE(std::filesystem::exists(tmp / "b"));  // only the checkpoint is written
+  DistillOptions o2 = o;
+  o2.resume = tmp / "ck";
+  const DistillResult b2 = distill(*teacher, nullptr, ids, "ids", eval, o2, tmp / "b");
+  REQUIRE(b2.finished);
+  CHECK(b2.steps.front().step == 4);
+  auto wa = SafetensorsFile::open(tmp / "a/model.safetensors");
+  auto wb = SafetensorsFile::open(tmp / "b/model.safetensors");
+  int compared = 0;
+  for (const auto& [name, t] : wa->tensors()) {
+    CAPTURE(name);
+    const Tensor& u = wb->get(name);
+    REQUIRE(u.nbytes() == t.nbytes());
+    CHECK(std::memcmp(u.raw(), t.raw(), t.nbytes()) == 0);
+    ++compared;
+  }
+  CHECK(compared == 1 * 9 + 2);
+  CHECK(b2.steps.back().loss == a.steps.back().loss);
+  CHECK(b2.evals.back().ppl == a.evals.back().ppl);
+
+  // Resuming with different options is refused.
+  DistillOptions o3 = o;
+  o3.resume = tmp / "ck";
+  o3.lr = 2e-2f;
+  CHECK_THROWS_WITH(distill(*teacher, nullptr, ids, "ids", eval, o3, tmp / "c"),
+                    doctest::Contains("made with lr"));
+
+  // The output is a model folder the inference engine runs with the same logits.
+  auto out = load_model(tmp / "a", *be);
+  TrainLlama st(out->config());
+  st.load(SafetensorsSource(WeightStore::open(tmp / "a")));
+  const float* lt = st.forward(ids.data(), 1, 8);
+  RunState rs = out->new_state(8, 8);
+  Tensor li = out->forward(rs, ids.data(), 8, true);
+  double md = 0;
+  for (int64_t i = 0; i < 8 * 101; ++i)
+    md = std::max(md, double(std::abs(li.data<float>()[i] - lt[i])));
+  CHECK(md < 1e-4);
+}
+
+TEST_CASE("train distill: bad input gets a clear error and writes nothing") {
+  auto be = make_cpu_backend(1);
+  auto teacher = load_model(kLlama, *be);
+  const auto ids = random_ids(300, 101, 1);
+  test::TempDir tmp("distill-bad");
+  const std::string out = tmp / "out";
+  auto run = [&](const DistillOptions& o, const std::vector<int32_t>& data) {
+    distill(*teacher, nullptr, data, "wiki.valid.raw", {}, o, out);
+  };
+  DistillOptions o = tiny_opts();
+  o.loss.alpha = 1.5f;
+  CHECK_THROWS_WITH(run(o, ids), doctest::Contains("--alpha 1.5 outside [0, 1]"));
+  o = tiny_opts();
+  o.loss.tau = 0.f;
+  CHECK_THROWS_WITH(run(o, ids), doctest::Contains("--temperature 0 must be > 0"));
+  o = tiny_opts();
+  CHECK_THROWS_WITH(run(o, random_ids(8, 101, 3)),
+                    doctest::Contains("wiki.valid.raw: 8 tokens, shorter than one training "
+                                      "sequence (--seq 8 needs 9)"));
+  o = tiny_opts();
+  o.student = "init:layers=0,5";
+  CHECK_THROWS_WITH(run(o, ids), doctest::Contains("layer 5 but the teacher has 2 layers"));
+  // A student whose vocabulary differs.
+  {
+    std::ifstream in(std::string(kLlama) + "/config.json");
+    nlohmann::json j;
+    in >> j;
+    j["vocab_size"] = 99;
+    std::ofstream(tmp / "student.json") << j.dump();
+  }
+  o = tiny_opts();
+  o.student = tmp / "student.json";
+  CHECK_THROWS_WITH(run(o, ids), doctest::Contains("student vocabulary (99 tokens"));
+  // An encoder teacher.
+  auto bert = load_model("tests/fixtures/parity/bert", *be);
+  CHECK_THROWS_WITH(distill(*bert, nullptr, ids, "ids", {}, tiny_opts(), out),
+                    doctest::Contains("the teacher is an encoder"));
+  CHECK_FALSE(std::filesystem::exists(out));
+  // No leftover temporary folder either.
+  CHECK(std::distance(std::filesystem::directory_iterator(tmp.path), {}) == 1);
 }
