@@ -67,6 +67,8 @@ int main(int argc, char** argv) {
   app.add_option("--stop-at", o.stop_at, "stop after this step, writing --checkpoint")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--threads,-t", threads, "threads")->check(CLI::NonNegativeNumber);
+  app.add_flag("--grad-checkpoint", o.grad_checkpoint,
+               "gradient checkpointing: keep only each layer's input, recompute in backward");
   app.add_flag("--force", o.force, "replace an existing --out folder");
   app.add_flag("--quiet,-q", quiet, "no progress bar");
   return tool::run(app, argc, argv, [&] {
@@ -104,7 +106,9 @@ int main(int argc, char** argv) {
     for (const train::DistillEval& e : r.evals)
       std::printf("eval step %lld: ppl %.3f over %lld tokens of %s\n", (long long)e.step, e.ppl,
                   (long long)e.tokens, eval_data.c_str());
-    std::printf("wrote %s (peak RSS %.0f MB)\n", out.c_str(), tool::peak_rss_mb());
+    std::printf("wrote %s (student activations %.1f MB%s, peak RSS %.0f MB)\n", out.c_str(),
+                double(r.activation_bytes) / 1048576.0,
+                o.grad_checkpoint ? " with gradient checkpointing" : "", tool::peak_rss_mb());
     return 0;
   });
 }

@@ -213,6 +213,7 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
     MINFER_CHECK(opt.force || !fs::exists(out), "{} already exists (pass --force to replace it)",
                  out);
   std::unique_ptr<TrainLlama> student = make_student(opt, teacher);
+  student->set_checkpointing(opt.grad_checkpoint);
   const ModelConfig& sc = student->config();
   MINFER_CHECK(sc.vocab_size == tc.vocab_size,
                "student vocabulary ({} tokens) differs from the teacher's ({} tokens)",
@@ -305,6 +306,7 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
   }
   bar.finish();
   res.finished = state.step >= opt.steps;
+  res.activation_bytes = student->activation_bytes();
   if (!res.finished) {
     save_checkpoint(opt.checkpoint, *student, state);
   } else {
@@ -330,7 +332,9 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
              {"eval", evals},
              {"teacher_seconds", res.teacher_s},
              {"student_seconds", res.student_s},
-             {"train_tokens", res.train_tokens}};
+             {"train_tokens", res.train_tokens},
+             {"grad_checkpoint", opt.grad_checkpoint},
+             {"activation_bytes", res.activation_bytes}};
 
   if (res.finished && !out.empty()) {
     StagingDir tmp(out, opt.force);

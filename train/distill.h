@@ -41,6 +41,7 @@ struct DistillOptions {
   int64_t checkpoint_every = 0;  // write the checkpoint every N steps (0: only at --stop-at)
   std::string resume;            // resume from this checkpoint folder
   int64_t stop_at = 0;           // stop after this step (writes the checkpoint, not `out`)
+  bool grad_checkpoint = false;  // recompute each layer's activations in backward (less memory)
   bool progress = true;
   bool force = false;  // replace an existing output folder
 };
@@ -64,6 +65,7 @@ struct DistillResult {
   bool finished = false;                // false when stopped by stop_at
   double teacher_s = 0, student_s = 0;  // wall time in teacher forwards / student fwd+bwd+update
   int64_t train_tokens = 0;             // tokens the student trained on in this run
+  size_t activation_bytes = 0;          // the student's activation buffers
   nlohmann::json log;                   // what training_log.json holds
 };
 

@@ -116,7 +116,8 @@ void TrainLlama::load_from_model(Model& m, const std::vector<int64_t>& layer_map
 void TrainLlama::ensure_buffers(int64_t B, int64_t T) {
   const int64_t N = B * T, C = cfg_.hidden, V = cfg_.vocab_size, F = cfg_.ffn, H = cfg_.n_heads,
                 qd = H * cfg_.head_dim, kvd = cfg_.n_kv_heads * cfg_.head_dim;
-  const bool same = B == B_ && T == T_;
+  const size_t n_acts = ckpt_ ? 1 : size_t(cfg_.n_layers);
+  const bool same = B == B_ && T == T_ && acts_.size() == n_acts;
   B_ = B;
   T_ = T;
   if (same && cap_ >= N) return;
@@ -125,7 +126,7 @@ void TrainLlama::ensure_buffers(int64_t B, int64_t T) {
   ids_.assign(size_t(N), 0);
   resid_.resize(size_t(cfg_.n_layers + 1));
   for (auto& r : resid_) sz(r, N * C);
-  acts_.resize(size_t(cfg_.n_layers));
+  acts_.assign(n_acts, LayerActs{});
   for (LayerActs& a : acts_) {
     sz(a.ln1, N * C), sz(a.ln1_rstd, N), sz(a.q, N * qd), sz(a.k, N * kvd), sz(a.v, N * kvd);
     sz(a.probs, B * H * T * T), sz(a.atty, N * qd), sz(a.res_mid, N * C);
@@ -141,53 +142,95 @@ const float* TrainLlama::head_w() const {
          params_.find(cfg_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight").offset;
 }
 
+void TrainLlama::layer_forward(int64_t l, LayerActs& a, const float* x, float* out) {
+  const ModelConfig& c = cfg_;
+  const int64_t B = B_, T = T_, N = B * T, C = c.hidden, F = c.ffn, H = c.n_heads,
+                Hkv = c.n_kv_heads, D = c.head_dim, qd = H * D, kvd = Hkv * D;
+  ParamStore& P = params_;
+  const std::string p = lp(l);
+  rmsnorm_forward(a.ln1.data(), a.ln1_rstd.data(), x, P.w(p + "input_layernorm.weight"), N, C,
+                  c.norm_eps);
+  linear_forward(a.q.data(), a.ln1.data(), P.w(p + "self_attn.q_proj.weight"), nullptr, N, C, qd);
+  linear_forward(a.k.data(), a.ln1.data(), P.w(p + "self_attn.k_proj.weight"), nullptr, N, C, kvd);
+  linear_forward(a.v.data(), a.ln1.data(), P.w(p + "self_attn.v_proj.weight"), nullptr, N, C, kvd);
+  rope_forward(a.q.data(), B, T, H, D, c.rope_theta);
+  rope_forward(a.k.data(), B, T, Hkv, D, c.rope_theta);
+  attention_forward(a.atty.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(), B, T, H, Hkv,
+                    D);
+  linear_forward(a.res_mid.data(), a.atty.data(), P.w(p + "self_attn.o_proj.weight"), nullptr, N,
+                 qd, C);
+  residual_forward(a.res_mid.data(), a.res_mid.data(), x, N * C);
+  rmsnorm_forward(a.ln2.data(), a.ln2_rstd.data(), a.res_mid.data(),
+                  P.w(p + "post_attention_layernorm.weight"), N, C, c.norm_eps);
+  linear_forward(a.gate.data(), a.ln2.data(), P.w(p + "mlp.gate_proj.weight"), nullptr, N, C, F);
+  linear_forward(a.up.data(), a.ln2.data(), P.w(p + "mlp.up_proj.weight"), nullptr, N, C, F);
+  swiglu_forward(a.swi.data(), a.gate.data(), a.up.data(), N * F);
+  linear_forward(out, a.swi.data(), P.w(p + "mlp.down_proj.weight"), nullptr, N, F, C);
+  residual_forward(out, out, a.res_mid.data(), N * C);
+}
+
 const float* TrainLlama::forward(const int32_t* ids, int64_t B, int64_t T) {
   MINFER_CHECK(B > 0 && T > 0, "forward: batch {} x {} tokens", B, T);
   ensure_buffers(B, T);
   const ModelConfig& c = cfg_;
-  const int64_t N = B * T, C = c.hidden, V = c.vocab_size, F = c.ffn, H = c.n_heads,
-                Hkv = c.n_kv_heads, D = c.head_dim, qd = H * D, kvd = Hkv * D;
+  const int64_t N = B * T, C = c.hidden, V = c.vocab_size;
   ParamStore& P = params_;
   std::copy(ids, ids + N, ids_.begin());
   embedding_forward(resid_[0].data(), ids, P.w("model.embed_tokens.weight"), N, C, V);
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    const std::string p = lp(l);
-    LayerActs& a = acts_[size_t(l)];
-    const float* x = resid_[size_t(l)].data();
-    rmsnorm_forward(a.ln1.data(), a.ln1_rstd.data(), x, P.w(p + "input_layernorm.weight"), N, C,
-                    c.norm_eps);
-    linear_forward(a.q.data(), a.ln1.data(), P.w(p + "self_attn.q_proj.weight"), nullptr, N, C, qd);
-    linear_forward(a.k.data(), a.ln1.data(), P.w(p + "self_attn.k_proj.weight"), nullptr, N, C,
-                   kvd);
-    linear_forward(a.v.data(), a.ln1.data(), P.w(p + "self_attn.v_proj.weight"), nullptr, N, C,
-                   kvd);
-    rope_forward(a.q.data(), B, T, H, D, c.rope_theta);
-    rope_forward(a.k.data(), B, T, Hkv, D, c.rope_theta);
-    attention_forward(a.atty.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(), B, T, H,
-                      Hkv, D);
-    linear_forward(a.res_mid.data(), a.atty.data(), P.w(p + "self_attn.o_proj.weight"), nullptr, N,
-                   qd, C);
-    residual_forward(a.res_mid.data(), a.res_mid.data(), x, N * C);
-    rmsnorm_forward(a.ln2.data(), a.ln2_rstd.data(), a.res_mid.data(),
-                    P.w(p + "post_attention_layernorm.weight"), N, C, c.norm_eps);
-    linear_forward(a.gate.data(), a.ln2.data(), P.w(p + "mlp.gate_proj.weight"), nullptr, N, C, F);
-    linear_forward(a.up.data(), a.ln2.data(), P.w(p + "mlp.up_proj.weight"), nullptr, N, C, F);
-    swiglu_forward(a.swi.data(), a.gate.data(), a.up.data(), N * F);
-    float* out = resid_[size_t(l + 1)].data();
-    linear_forward(out, a.swi.data(), P.w(p + "mlp.down_proj.weight"), nullptr, N, F, C);
-    residual_forward(out, out, a.res_mid.data(), N * C);
-  }
+  for (int64_t l = 0; l < c.n_layers; ++l)
+    layer_forward(l, acts_[ckpt_ ? 0 : size_t(l)], resid_[size_t(l)].data(),
+                  resid_[size_t(l + 1)].data());
   rmsnorm_forward(lnf_.data(), lnf_rstd_.data(), resid_.back().data(), P.w("model.norm.weight"), N,
                   C, c.norm_eps);
   linear_forward(logits_.data(), lnf_.data(), head_w(), nullptr, N, C, V);
   return logits_.data();
 }
 
+void TrainLlama::layer_backward(int64_t l, LayerActs& a, const float* x) {
+  const ModelConfig& c = cfg_;
+  const int64_t B = B_, T = T_, N = B * T, C = c.hidden, F = c.ffn, H = c.n_heads,
+                Hkv = c.n_kv_heads, D = c.head_dim, qd = H * D, kvd = Hkv * D;
+  ParamStore& P = params_;
+  auto zero = [](std::vector<float>& v) { std::fill(v.begin(), v.end(), 0.f); };
+  const std::string p = lp(l);
+  // MLP: out = res_mid + down(swiglu(gate(ln2), up(ln2)))
+  zero(dswi_);
+  linear_backward(dswi_.data(), P.g(p + "mlp.down_proj.weight"), nullptr, dres_.data(),
+                  a.swi.data(), P.w(p + "mlp.down_proj.weight"), N, F, C);
+  zero(dgate_), zero(dup_);
+  swiglu_backward(dgate_.data(), dup_.data(), dswi_.data(), a.gate.data(), a.up.data(), N * F);
+  zero(dln_);
+  linear_backward(dln_.data(), P.g(p + "mlp.gate_proj.weight"), nullptr, dgate_.data(),
+                  a.ln2.data(), P.w(p + "mlp.gate_proj.weight"), N, C, F);
+  linear_backward(dln_.data(), P.g(p + "mlp.up_proj.weight"), nullptr, dup_.data(), a.ln2.data(),
+                  P.w(p + "mlp.up_proj.weight"), N, C, F);
+  rmsnorm_backward(dres_.data(), P.g(p + "post_attention_layernorm.weight"), dln_.data(),
+                   a.res_mid.data(), P.w(p + "post_attention_layernorm.weight"), a.ln2_rstd.data(),
+                   N, C);
+  // Attention: res_mid = x + o(attention(rope(q(ln1)), rope(k(ln1)), v(ln1)))
+  zero(datt_);
+  linear_backward(datt_.data(), P.g(p + "self_attn.o_proj.weight"), nullptr, dres_.data(),
+                  a.atty.data(), P.w(p + "self_attn.o_proj.weight"), N, qd, C);
+  zero(dq_), zero(dk_), zero(dv_);
+  attention_backward(dq_.data(), dk_.data(), dv_.data(), datt_.data(), a.q.data(), a.k.data(),
+                     a.v.data(), a.probs.data(), B, T, H, Hkv, D);
+  rope_backward(dq_.data(), B, T, H, D, c.rope_theta);
+  rope_backward(dk_.data(), B, T, Hkv, D, c.rope_theta);
+  zero(dln_);
+  linear_backward(dln_.data(), P.g(p + "self_attn.q_proj.weight"), nullptr, dq_.data(),
+                  a.ln1.data(), P.w(p + "self_attn.q_proj.weight"), N, C, qd);
+  linear_backward(dln_.data(), P.g(p + "self_attn.k_proj.weight"), nullptr, dk_.data(),
+                  a.ln1.data(), P.w(p + "self_attn.k_proj.weight"), N, C, kvd);
+  linear_backward(dln_.data(), P.g(p + "self_attn.v_proj.weight"), nullptr, dv_.data(),
+                  a.ln1.data(), P.w(p + "self_attn.v_proj.weight"), N, C, kvd);
+  rmsnorm_backward(dres_.data(), P.g(p + "input_layernorm.weight"), dln_.data(), x,
+                   P.w(p + "input_layernorm.weight"), a.ln1_rstd.data(), N, C);
+}
+
 void TrainLlama::backward(const float* dlogits) {
   MINFER_CHECK(B_ > 0, "backward before forward");
   const ModelConfig& c = cfg_;
-  const int64_t B = B_, T = T_, N = B * T, C = c.hidden, V = c.vocab_size, F = c.ffn, H = c.n_heads,
-                Hkv = c.n_kv_heads, D = c.head_dim, qd = H * D, kvd = Hkv * D;
+  const int64_t N = B_ * T_, C = c.hidden, V = c.vocab_size;
   ParamStore& P = params_;
   auto zero = [](std::vector<float>& v) { std::fill(v.begin(), v.end(), 0.f); };
   const std::string head = c.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
@@ -200,43 +243,31 @@ void TrainLlama::backward(const float* dlogits) {
   rmsnorm_backward(dres_.data(), P.g("model.norm.weight"), dln_.data(), resid_.back().data(),
                    P.w("model.norm.weight"), lnf_rstd_.data(), N, C);
   for (int64_t l = c.n_layers - 1; l >= 0; --l) {
-    const std::string p = lp(l);
-    LayerActs& a = acts_[size_t(l)];
-    // MLP: out = res_mid + down(swiglu(gate(ln2), up(ln2)))
-    zero(dswi_);
-    linear_backward(dswi_.data(), P.g(p + "mlp.down_proj.weight"), nullptr, dres_.data(),
-                    a.swi.data(), P.w(p + "mlp.down_proj.weight"), N, F, C);
-    zero(dgate_), zero(dup_);
-    swiglu_backward(dgate_.data(), dup_.data(), dswi_.data(), a.gate.data(), a.up.data(), N * F);
-    zero(dln_);
-    linear_backward(dln_.data(), P.g(p + "mlp.gate_proj.weight"), nullptr, dgate_.data(),
-                    a.ln2.data(), P.w(p + "mlp.gate_proj.weight"), N, C, F);
-    linear_backward(dln_.data(), P.g(p + "mlp.up_proj.weight"), nullptr, dup_.data(), a.ln2.data(),
-                    P.w(p + "mlp.up_proj.weight"), N, C, F);
-    rmsnorm_backward(dres_.data(), P.g(p + "post_attention_layernorm.weight"), dln_.data(),
-                     a.res_mid.data(), P.w(p + "post_attention_layernorm.weight"),
-                     a.ln2_rstd.data(), N, C);
-    // Attention: res_mid = x + o(attention(rope(q(ln1)), rope(k(ln1)), v(ln1)))
-    zero(datt_);
-    linear_backward(datt_.data(), P.g(p + "self_attn.o_proj.weight"), nullptr, dres_.data(),
-                    a.atty.data(), P.w(p + "self_attn.o_proj.weight"), N, qd, C);
-    zero(dq_), zero(dk_), zero(dv_);
-    attention_backward(dq_.data(), dk_.data(), dv_.data(), datt_.data(), a.q.data(), a.k.data(),
-                       a.v.data(), a.probs.data(), B, T, H, Hkv, D);
-    rope_backward(dq_.data(), B, T, H, D, c.rope_theta);
-    rope_backward(dk_.data(), B, T, Hkv, D, c.rope_theta);
-    zero(dln_);
-    linear_backward(dln_.data(), P.g(p + "self_attn.q_proj.weight"), nullptr, dq_.data(),
-                    a.ln1.data(), P.w(p + "self_attn.q_proj.weight"), N, C, qd);
-    linear_backward(dln_.data(), P.g(p + "self_attn.k_proj.weight"), nullptr, dk_.data(),
-                    a.ln1.data(), P.w(p + "self_attn.k_proj.weight"), N, C, kvd);
-    linear_backward(dln_.data(), P.g(p + "self_attn.v_proj.weight"), nullptr, dv_.data(),
-                    a.ln1.data(), P.w(p + "self_attn.v_proj.weight"), N, C, kvd);
-    rmsnorm_backward(dres_.data(), P.g(p + "input_layernorm.weight"), dln_.data(),
-                     resid_[size_t(l)].data(), P.w(p + "input_layernorm.weight"), a.ln1_rstd.data(),
-                     N, C);
+    const float* x = resid_[size_t(l)].data();
+    if (ckpt_)  // recompute this block's activations from its kept input
+      layer_forward(l, acts_[0], x, resid_[size_t(l + 1)].data());
+    layer_backward(l, acts_[ckpt_ ? 0 : size_t(l)], x);
   }
   embedding_backward(P.g("model.embed_tokens.weight"), dres_.data(), ids_.data(), N, C);
+}
+
+void TrainLlama::set_checkpointing(bool on) {
+  ckpt_ = on;
+  cap_ = 0;  // re-lay the buffers on the next forward
+}
+
+size_t TrainLlama::activation_bytes() const {
+  size_t n = ids_.size() * sizeof(int32_t);
+  auto add = [&](const std::vector<float>& v) { n += v.size() * sizeof(float); };
+  for (const auto& r : resid_) add(r);
+  for (const LayerActs& a : acts_)
+    for (const auto* v : {&a.ln1, &a.ln1_rstd, &a.q, &a.k, &a.v, &a.probs, &a.atty, &a.res_mid,
+                          &a.ln2, &a.ln2_rstd, &a.gate, &a.up, &a.swi})
+      add(*v);
+  for (const auto* v : {&lnf_, &lnf_rstd_, &logits_, &dres_, &dln_, &dq_, &dk_, &dv_, &datt_,
+                        &dgate_, &dup_, &dswi_})
+    add(*v);
+  return n;
 }
 
 std::vector<std::pair<std::string, Tensor>> TrainLlama::named_weights() const {

@@ -36,6 +36,15 @@ class TrainLlama {
   // final norm and head come as they are. Throws naming a missing tensor or a shape mismatch.
   void load_from_model(Model& m, const std::vector<int64_t>& layer_map = {});
 
+  // Gradient checkpointing per layer (Chen et al. 2016, "Training Deep Nets with Sublinear Memory
+  // Cost"): keep only each layer's input, recompute the layer's activations in backward. Same
+  // gradients bit for bit; activation memory ~ one layer instead of L. Set before forward.
+  void set_checkpointing(bool on);
+  bool checkpointing() const { return ckpt_; }
+  // Bytes of the activation buffers the last forward allocated (residual streams, kept layer
+  // activations, logits, backward scratch).
+  size_t activation_bytes() const;
+
   // Runs B sequences of T tokens (ids [B*T]); returns logits [B*T, V] (valid until the next
   // forward). Buffers are (re)allocated when B*T grows.
   const float* forward(const int32_t* ids, int64_t B, int64_t T);
@@ -57,11 +66,16 @@ class TrainLlama {
     std::vector<float> gate, up, swi;  // [N, F] x3
   };
   void ensure_buffers(int64_t B, int64_t T);
+  // One block: x [N, C] -> out [N, C], keeping what backward reads in a.
+  void layer_forward(int64_t l, LayerActs& a, const float* x, float* out);
+  // Adds the block's parameter gradients and turns dres_ (∂/∂out) into ∂/∂x.
+  void layer_backward(int64_t l, LayerActs& a, const float* x);
   std::string lp(int64_t l) const { return "model.layers." + std::to_string(l) + "."; }
   const float* head_w() const;  // [V, C]
 
   ModelConfig cfg_;
   ParamStore params_;
+  bool ckpt_ = false;
   int64_t B_ = 0, T_ = 0, cap_ = 0;
   std::vector<int32_t> ids_;               // [N]
   std::vector<std::vector<float>> resid_;  // [L+1] x [N, C]: input of layer l, final stream
