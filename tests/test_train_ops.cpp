@@ -74,6 +74,21 @@ TEST_CASE("train ops: linear_backward matches finite differences") {
   check_grad("linear db", b, db, L);
 }
 
+TEST_CASE("train ops: conv1d_backward (weights stored [in, out]) matches finite differences") {
+  const int64_t N = 3, I = 5, O = 7;
+  auto x = randv(N * I, 31), W = randv(I * O, 32, 0.5f), b = randv(O, 33), r = randv(N * O, 34);
+  std::vector<float> out(N * O);
+  auto L = [&] {
+    conv1d_forward(out.data(), x.data(), W.data(), b.data(), N, I, O);
+    return dot(out, r);
+  };
+  std::vector<float> dx(N * I, 0.f), dW(I * O, 0.f), db(O, 0.f);
+  conv1d_backward(dx.data(), dW.data(), db.data(), r.data(), x.data(), W.data(), N, I, O);
+  check_grad("conv1d dx", x, dx, L);
+  check_grad("conv1d dW", W, dW, L);
+  check_grad("conv1d db", b, db, L);
+}
+
 TEST_CASE("train ops: embedding_backward adds repeated ids") {
   const int64_t V = 7, C = 3, N = 5;
   std::vector<int32_t> ids{4, 1, 4, 6, 0};

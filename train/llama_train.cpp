@@ -44,35 +44,11 @@ TrainLlama::TrainLlama(const ModelConfig& c) : cfg_(c) {
 }
 
 void TrainLlama::init_random(uint64_t seed, float std) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> nd(0.f, std);
-  params_.walk([&](const ParamTensor& p, float* w, float*, float*, float*) {
-    const bool norm = p.shape.size() == 1;
-    for (size_t i = 0; i < p.numel; ++i) w[i] = norm ? 1.f : nd(rng);
-  });
+  init_params_random(params_, seed, std);
 }
-
-namespace {
-
-void copy_checked(const ParamTensor& p, float* dst, const Tensor& src, const std::string& from) {
-  MINFER_CHECK(src.defined(), "{}: missing tensor for '{}'", from, p.name);
-  const bool same = size_t(src.ndim()) == p.shape.size() &&
-                    std::equal(p.shape.begin(), p.shape.end(), src.shape());
-  MINFER_CHECK(same, "{}: tensor for '{}' has shape {}, the student needs {}", from, p.name,
-               src.shape_str(), fmt::format("[{}]", fmt::join(p.shape, ", ")));
-  Tensor f = src.to_f32();
-  std::memcpy(dst, f.data<float>(), p.numel * sizeof(float));
-}
-
-}  // namespace
 
 void TrainLlama::load(const WeightSource& src) {
-  params_.walk([&](const ParamTensor& p, float* w, float*, float*, float*) {
-    MINFER_CHECK(src.has(p.name), "{}: missing tensor '{}'", src.describe(), p.name);
-    Tensor t = p.shape.size() == 1 ? src.tensor(p.name, {p.shape[0]})
-                                   : src.tensor(p.name, {p.shape[0], p.shape[1]});
-    copy_checked(p, w, t, src.describe());
-  });
+  load_params(params_, src);
 }
 
 void TrainLlama::load_from_model(Model& m, const std::vector<int64_t>& layer_map) {
@@ -99,7 +75,7 @@ void TrainLlama::load_from_model(Model& m, const std::vector<int64_t>& layer_map
     const std::string s = source_name(p.name);
     auto li = lin.find(s);
     if (li != lin.end() && li->second->in > 0) {
-      copy_checked(p, w, dequantize_weight(*li->second), "source model");
+      copy_param(p, w, dequantize_weight(*li->second), "source model");
       return;
     }
     auto ti = by_name.find(s);
@@ -109,7 +85,7 @@ void TrainLlama::load_from_model(Model& m, const std::vector<int64_t>& layer_map
                      ti->second.dtype() == DType::BF16,
                  "source tensor '{}' is {}, expected f32/f16/bf16", s,
                  dtype_name(ti->second.dtype()));
-    copy_checked(p, w, ti->second, "source model");
+    copy_param(p, w, ti->second, "source model");
   });
 }
 
@@ -271,14 +247,7 @@ size_t TrainLlama::activation_bytes() const {
 }
 
 std::vector<std::pair<std::string, Tensor>> TrainLlama::named_weights() const {
-  std::vector<std::pair<std::string, Tensor>> out;
-  for (const ParamTensor& p : params_.table()) {
-    Tensor t = p.shape.size() == 1 ? Tensor::empty(DType::F32, {p.shape[0]})
-                                   : Tensor::empty(DType::F32, {p.shape[0], p.shape[1]});
-    std::memcpy(t.data<float>(), params_.weights().data() + p.offset, p.numel * sizeof(float));
-    out.emplace_back(p.name, t);
-  }
-  return out;
+  return named_params(params_);
 }
 
 }  // namespace minfer::train

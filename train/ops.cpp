@@ -44,6 +44,29 @@ void linear_backward(float* dinp, float* dW, float* dbias, const float* dout, co
       for (int64_t o = 0; o < O; ++o) dbias[o] += dout[n * O + o];
 }
 
+void conv1d_forward(float* out, const float* inp, const float* W, const float* bias, int64_t N,
+                    int64_t I, int64_t O) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(O), int(I), 1.f, inp, int(I),
+              W, int(O), 0.f, out, int(O));
+  if (bias)
+#pragma omp parallel for if (worth_threads(N * O))
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t o = 0; o < O; ++o) out[n * O + o] += bias[o];
+}
+
+void conv1d_backward(float* dinp, float* dW, float* dbias, const float* dout, const float* inp,
+                     const float* W, int64_t N, int64_t I, int64_t O) {
+  if (dinp)  // [N, O] · [O, I]
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(N), int(I), int(O), 1.f, dout, int(O),
+                W, int(O), 1.f, dinp, int(I));
+  if (dW)  // [I, N] · [N, O]
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(I), int(O), int(N), 1.f, inp, int(I),
+                dout, int(O), 1.f, dW, int(O));
+  if (dbias)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t o = 0; o < O; ++o) dbias[o] += dout[n * O + o];
+}
+
 void embedding_forward(float* out, const int32_t* ids, const float* table, int64_t N, int64_t C,
                        int64_t V) {
   for (int64_t n = 0; n < N; ++n) {

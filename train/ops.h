@@ -21,6 +21,14 @@ void linear_forward(float* out, const float* inp, const float* W, const float* b
 void linear_backward(float* dinp, float* dW, float* dbias, const float* dout, const float* inp,
                      const float* W, int64_t N, int64_t I, int64_t O);
 
+// The same with W stored [I, O] (Hugging Face Conv1D, GPT-2): out[N, O] = inp · W (+ bias).
+void conv1d_forward(float* out, const float* inp, const float* W, const float* bias, int64_t N,
+                    int64_t I, int64_t O);
+// dinp[N, I] += dout · Wᵀ; dW[I, O] += inpᵀ · dout; dbias[O] += Σ_rows dout (each skipped when
+// null).
+void conv1d_backward(float* dinp, float* dW, float* dbias, const float* dout, const float* inp,
+                     const float* W, int64_t N, int64_t I, int64_t O);
+
 // out[N, C] = table[ids[n]]. Throws naming the row for an id outside [0, V).
 void embedding_forward(float* out, const int32_t* ids, const float* table, int64_t N, int64_t C,
                        int64_t V);

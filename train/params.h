@@ -4,7 +4,14 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "engine/tensor.h"
+
+namespace minfer {
+class WeightSource;
+}
 
 namespace minfer::train {
 
@@ -58,5 +65,15 @@ class ParamStore {
   size_t total_ = 0;
   std::vector<float> w_, g_, m_, v_;  // [total_] each
 };
+
+// Fills the weights with N(0, std²) (1-D tensors, the norm weights: 1; names ending in ".bias":
+// 0), deterministically from seed, in table order.
+void init_params_random(ParamStore& p, uint64_t seed, float std);
+// Copies every tensor of the table from `src` (f32/f16/bf16, same HF names); the shape is checked.
+void load_params(ParamStore& p, const WeightSource& src);
+// Copies src (any float dtype, shape equal to p's) into dst; `from` names the source in errors.
+void copy_param(const ParamTensor& p, float* dst, const Tensor& src, const std::string& from);
+// The weights as (HF name, f32 host tensor) pairs in table order, for safetensors.
+std::vector<std::pair<std::string, Tensor>> named_params(const ParamStore& p);
 
 }  // namespace minfer::train
