@@ -16,6 +16,7 @@
 #include "tests/test_util.h"
 #include "train/checkpoint.h"
 #include "train/distill.h"
+#include "train/gpt2_train.h"
 #include "train/llama_train.h"
 #include "train/loss.h"
 #include "train/optim.h"
@@ -73,45 +74,56 @@ DistillOptions tiny_opts() {
 
 }  // namespace
 
-TEST_CASE("train llama: whole-model gradients equal PyTorch autograd (GQA, tied)") {
-  const ModelConfig cfg = load_config(std::string(kLlama) + "/config.json");
-  REQUIRE(cfg.tie_embeddings);
-  REQUIRE(cfg.n_kv_heads < cfg.n_heads);
-  TrainLlama m(cfg);
-  m.load(SafetensorsSource(WeightStore::open(kLlama)));
-  auto ref = SafetensorsFile::open(kGrads);
+// Loads the parity model in `dir` into a training model M, runs the CE and the KD loss on the
+// batch the reference file holds and compares every parameter's gradient with PyTorch's.
+template <typename M>
+void check_grads_against_torch(const std::string& dir, const std::string& grads, size_t n_params) {
+  const ModelConfig cfg = load_config(dir + "/config.json");
+  M m(cfg);
+  m.load(SafetensorsSource(WeightStore::open(dir)));
+  auto ref = SafetensorsFile::open(grads);
   const Tensor& ids_t = ref->get("ids");
   const int64_t B = ids_t.dim(0), T = ids_t.dim(1), N = B * T, V = cfg.vocab_size;
   const std::vector<int32_t> ids = ints(ids_t), targets = ints(ref->get("targets"));
   const float* teacher = ref->get("teacher").data<float>();
-
   for (const char* tag : {"ce", "kd"}) {
     const std::string tag_name = tag;
     CAPTURE(tag_name);
-    const bool kd = std::strcmp(tag, "kd") == 0;
+    const bool kd = tag_name == "kd";
     DistillLossArgs la{kd ? 0.5f : 0.f, kd ? 2.f : 1.f, false};
     m.params().zero_grad();
     const float* logits = m.forward(ids.data(), B, T);
     std::vector<float> dlogits(size_t(N * V), 0.f);
     const LossParts lp =
         distill_loss(logits, kd ? teacher : nullptr, targets.data(), N, V, la, dlogits.data());
-    CHECK(lp.total ==
-          doctest::Approx(ref->get(std::string("loss_") + tag).data<float>()[0]).epsilon(1e-5));
+    CHECK(lp.total == doctest::Approx(ref->get("loss_" + tag_name).data<float>()[0]).epsilon(1e-5));
     m.backward(dlogits.data());
-    int checked = 0;
+    size_t checked = 0;
     double worst = 0;
     for (const ParamTensor& p : m.params().table()) {
       CAPTURE(p.name);
-      const Tensor& g = ref->get(std::string(tag) + "." + p.name);
+      const Tensor& g = ref->get(tag_name + "." + p.name);
       REQUIRE(size_t(g.numel()) == p.numel);
       const double e = rel_err(m.params().grads().data() + p.offset, g);
       CHECK(e <= 1e-4);
       worst = std::max(worst, e);
       ++checked;
     }
-    MESSAGE(std::string(tag) << ": worst relative gradient error " << worst);
-    CHECK(checked == 2 * 9 + 2);  // every parameter PyTorch has (tied head counted once)
+    CHECK(checked == n_params);  // every parameter PyTorch has (a tied head counted once)
+    MESSAGE(dir << " " << tag_name << ": worst relative gradient error " << worst);
   }
+}
+
+TEST_CASE("train llama: whole-model gradients equal PyTorch autograd (GQA, tied)") {
+  const ModelConfig cfg = load_config(std::string(kLlama) + "/config.json");
+  REQUIRE(cfg.tie_embeddings);
+  REQUIRE(cfg.n_kv_heads < cfg.n_heads);
+  check_grads_against_torch<TrainLlama>(kLlama, kGrads, 2 * 9 + 2);
+}
+
+TEST_CASE("train gpt2: whole-model gradients equal PyTorch autograd (learned positions, tied)") {
+  check_grads_against_torch<TrainGpt2>("tests/fixtures/parity/gpt2",
+                                       "tests/fixtures/train/gpt2_grads.safetensors", 2 * 12 + 4);
 }
 
 TEST_CASE("train optim: AdamW with clipping follows torch.optim.AdamW") {
