@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "app/report.h"
 #include "engine/backend.h"
 #include "engine/config.h"
 #include "engine/safetensors.h"
@@ -313,4 +314,15 @@ TEST_CASE("train llama: gradient checkpointing gives the same gradients with les
   CHECK(b.activation_bytes() < a.activation_bytes());
   MESSAGE("activations: " << a.activation_bytes() << " bytes, with checkpointing "
                           << b.activation_bytes());
+}
+
+TEST_CASE("train report: the curves plot draws every series and refuses an empty one") {
+  std::vector<CurveSeries> c{{"loss", {{1, 5.0}, {2, 4.0}, {3, 3.5}}}, {"eval", {{3, 3.9}}}};
+  const std::string svg = curves_svg("t", "step", "loss", c);
+  CHECK(svg.find("<polyline") != std::string::npos);
+  CHECK(svg.find(">loss</text>") != std::string::npos);
+  CHECK(svg.find(">eval</text>") != std::string::npos);
+  CHECK(svg.find("<circle") != std::string::npos);
+  CHECK_THROWS_WITH(curves_svg("t", "step", "loss", {{"x", {{1, NAN}}}}),
+                    doctest::Contains("no finite point"));
 }

@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "app/model_hub.h"
+#include "app/report.h"
 #include "models/loader.h"
 #include "tools/common.h"
 
@@ -97,6 +98,23 @@ int main(int argc, char** argv) {
                   (long long)o.steps, o.checkpoint.c_str());
       return 0;
     }
+    // The curves next to the JSON log (the folder itself was written whole by distill()).
+    std::vector<CurveSeries> curves(4);
+    curves[0].name = "loss";
+    curves[1].name = "KD: KL (before alpha*T^2)";
+    curves[2].name = "CE (train)";
+    curves[3].name = "eval NLL (held-out)";
+    for (const train::DistillStep& s : r.steps) {
+      curves[0].points.emplace_back(double(s.step), s.loss);
+      if (o.loss.alpha > 0) curves[1].points.emplace_back(double(s.step), s.kd);
+      if (o.loss.alpha < 1) curves[2].points.emplace_back(double(s.step), s.ce);
+    }
+    for (const train::DistillEval& e : r.evals)
+      curves[3].points.emplace_back(double(e.step), e.nll);
+    write_file_atomic((std::filesystem::path(out) / "training_curves.svg").string(),
+                      curves_svg(fmt::format("distill: {} steps, alpha {}, T {}", o.steps,
+                                             o.loss.alpha, o.loss.tau),
+                                 "optimizer step", "loss (nats per token)", curves));
     const train::DistillStep& last = r.steps.back();
     std::printf(
         "distilled %lld steps in %.1f s: loss %.4f (kd %.4f, ce %.4f), %.0f train tok/s "
