@@ -56,7 +56,8 @@ int main(int argc, char** argv) {
                  "evaluate held-out perplexity every N steps (and always at the end)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--eval-data", eval_data,
-                 "held-out text (default: ../shared/data/wikitext-2-raw/wiki.test.raw if present)");
+                 "held-out text (default: ../shared/data/wikitext-2-raw/wiki.test.raw if present; "
+                 "'none': no evaluation)");
   app.add_option("--eval-tokens", o.eval_tokens, "held-out tokens evaluated")
       ->check(CLI::PositiveNumber);
   app.add_option("--checkpoint", o.checkpoint,
@@ -80,7 +81,9 @@ int main(int argc, char** argv) {
     MINFER_CHECK(o.loss.tau > 0.f, "--temperature {} must be > 0", o.loss.tau);
     MINFER_CHECK(o.force || !std::filesystem::exists(out),
                  "{} already exists (pass --force to replace it)", out);
-    if (eval_data.empty())
+    if (eval_data == "none")
+      eval_data.clear();
+    else if (eval_data.empty())
       for (const char* p : {"../shared/data/wikitext-2-raw/wiki.test.raw",
                             "shared/data/wikitext-2-raw/wiki.test.raw"})
         if (std::filesystem::exists(p)) eval_data = p;
