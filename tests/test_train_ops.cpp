@@ -169,6 +169,29 @@ TEST_CASE("train ops: causal GQA attention backward matches finite differences")
   check_grad("attention dv", v, dv, L);
 }
 
+TEST_CASE("train ops: padded bidirectional attention backward matches finite differences") {
+  const int64_t B = 2, T = 5, H = 2, Hkv = 2, D = 3;
+  const std::vector<int32_t> mask{1, 1, 1, 0, 0, 1, 1, 1, 1, 1};  // sequence 0 padded after 3
+  auto q = randv(B * T * H * D, 41), k = randv(B * T * Hkv * D, 42), v = randv(B * T * Hkv * D, 43),
+       r = randv(B * T * H * D, 44);
+  std::vector<float> out(B * T * H * D), probs(B * H * T * T);
+  auto L = [&] {
+    attention_forward(out.data(), probs.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D,
+                      false, mask.data());
+    return dot(out, r);
+  };
+  L();
+  CHECK(probs[4] == 0.f);  // sequence 0, head 0, query 0 never sees padded key 4
+  CHECK(probs[T * T - 1] == 0.f);
+  CHECK(probs[1] > 0.f);  // ... and does see later real keys (bidirectional)
+  std::vector<float> dq(q.size(), 0.f), dk(k.size(), 0.f), dv(v.size(), 0.f);
+  attention_backward(dq.data(), dk.data(), dv.data(), r.data(), q.data(), k.data(), v.data(),
+                     probs.data(), B, T, H, Hkv, D, false);
+  check_grad("padded attention dq", q, dq, L);
+  check_grad("padded attention dk", k, dk, L);
+  check_grad("padded attention dv", v, dv, L);
+}
+
 TEST_CASE("train ops: swiglu, gelu (erf and tanh) and residual backward") {
   const int64_t n = 11;
   auto g = randv(n, 17, 2.f), u = randv(n, 18), r = randv(n, 19);

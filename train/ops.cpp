@@ -214,7 +214,8 @@ void rope_backward(float* dx, int64_t B, int64_t T, int64_t nh, int64_t D, float
 }
 
 void attention_forward(float* out, float* probs, const float* q, const float* k, const float* v,
-                       int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D) {
+                       int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D, bool causal,
+                       const int32_t* key_mask) {
   MINFER_CHECK(Hkv > 0 && H % Hkv == 0, "attention: {} query heads not a multiple of {} kv heads",
                H, Hkv);
   const int64_t group = H / Hkv, qd = H * D, kvd = Hkv * D;
@@ -229,18 +230,27 @@ void attention_forward(float* out, float* probs, const float* q, const float* k,
       float* P = probs + (b * H + h) * T * T;
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(T), int(D), scale, qp,
                   int(qd), kp, int(kvd), 0.f, P, int(T));
+      const int32_t* km = key_mask ? key_mask + b * T : nullptr;
       for (int64_t t = 0; t < T; ++t) {
         float* row = P + t * T;
+        const int64_t limit = causal ? t + 1 : T;
+        for (int64_t s = limit; s < T; ++s) row[s] = -INFINITY;
+        if (km)
+          for (int64_t s = 0; s < limit; ++s)
+            if (km[s] == 0) row[s] = -INFINITY;
         float mx = -INFINITY;
-        for (int64_t s = 0; s <= t; ++s) mx = std::max(mx, row[s]);
+        for (int64_t s = 0; s < limit; ++s) mx = std::max(mx, row[s]);
+        if (mx == -INFINITY) {  // no visible key: attend to nothing
+          std::fill(row, row + T, 0.f);
+          continue;
+        }
         double sum = 0;
-        for (int64_t s = 0; s <= t; ++s) {
-          row[s] = std::exp(row[s] - mx);
+        for (int64_t s = 0; s < T; ++s) {
+          row[s] = row[s] == -INFINITY ? 0.f : std::exp(row[s] - mx);
           sum += row[s];
         }
         const float inv = float(1.0 / sum);
-        for (int64_t s = 0; s <= t; ++s) row[s] *= inv;
-        for (int64_t s = t + 1; s < T; ++s) row[s] = 0.f;
+        for (int64_t s = 0; s < T; ++s) row[s] *= inv;
       }
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(T), int(D), int(T), 1.f, P, int(T),
                   vp, int(kvd), 0.f, out + b * T * qd + h * D, int(qd));
@@ -249,7 +259,7 @@ void attention_forward(float* out, float* probs, const float* q, const float* k,
 
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
                         const float* k, const float* v, const float* probs, int64_t B, int64_t T,
-                        int64_t H, int64_t Hkv, int64_t D) {
+                        int64_t H, int64_t Hkv, int64_t D, bool causal) {
   const int64_t group = H / Hkv, qd = H * D, kvd = Hkv * D;
   const float scale = 1.f / std::sqrt(float(D));
   // One task per (sequence, kv head): the query heads of a group add into the same dk/dv rows, so
@@ -279,10 +289,11 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
         for (int64_t t = 0; t < T; ++t) {
           const float* pr = P + t * T;
           float* dr = dS + t * T;
+          const int64_t limit = causal ? t + 1 : T;
           double dot = 0;
-          for (int64_t s = 0; s <= t; ++s) dot += double(pr[s]) * dr[s];
-          for (int64_t s = 0; s <= t; ++s) dr[s] = pr[s] * (dr[s] - float(dot)) * scale;
-          for (int64_t s = t + 1; s < T; ++s) dr[s] = 0.f;
+          for (int64_t s = 0; s < limit; ++s) dot += double(pr[s]) * dr[s];
+          for (int64_t s = 0; s < limit; ++s) dr[s] = pr[s] * (dr[s] - float(dot)) * scale;
+          for (int64_t s = limit; s < T; ++s) dr[s] = 0.f;
         }
         // dq += dS · K ; dk += dSᵀ · Q
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(T), int(D), int(T), 1.f, dS,

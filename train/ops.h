@@ -56,15 +56,19 @@ void rope_forward(float* x, int64_t B, int64_t T, int64_t nh, int64_t D, float t
 // The rotation is orthogonal: backward rotates dx in place by the inverse (transposed) rotation.
 void rope_backward(float* dx, int64_t B, int64_t T, int64_t nh, int64_t D, float theta);
 
-// Causal scaled dot-product attention with grouped-query heads (query head h reads kv head
-// h / (H/Hkv)): out[B*T, H*D] = softmax(q kᵀ/√D + causal mask) v. q [B*T, H*D], k and v
-// [B*T, Hkv*D]. probs [B, H, T, T] (row t holds keys 0..t, the rest 0) is saved for backward.
+// Scaled dot-product attention with grouped-query heads (query head h reads kv head
+// h / (H/Hkv)): out[B*T, H*D] = softmax(q kᵀ/√D + mask) v. q [B*T, H*D], k and v [B*T, Hkv*D].
+// The mask: causal (query t sees keys 0..t) and/or key_mask [B, T] (0 = padding: no query sees
+// that key, as BERT's attention_mask; null = none). A query that sees no key gets 0.
+// probs [B, H, T, T] (masked entries 0) is saved for backward.
 void attention_forward(float* out, float* probs, const float* q, const float* k, const float* v,
-                       int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D);
-// dq, dk, dv += the gradients through softmax (dS = P∘(dP − rowsum(P∘dP))).
+                       int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D, bool causal = true,
+                       const int32_t* key_mask = nullptr);
+// dq, dk, dv += the gradients through softmax (dS = P∘(dP − rowsum(P∘dP)); masked entries have
+// P = 0 and get none).
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
                         const float* k, const float* v, const float* probs, int64_t B, int64_t T,
-                        int64_t H, int64_t Hkv, int64_t D);
+                        int64_t H, int64_t Hkv, int64_t D, bool causal = true);
 
 // SwiGLU (Shazeer 2020; the LLaMA MLP): out = silu(gate) ∘ up, silu(g) = g·σ(g).
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t n);
