@@ -14,6 +14,7 @@
 #include "engine/config.h"
 #include "engine/safetensors.h"
 #include "engine/weights.h"
+#include "models/loader.h"
 #include "tests/test_util.h"
 #include "train/bert_train.h"
 #include "train/checkpoint.h"
@@ -382,4 +383,51 @@ TEST_CASE("train report: the curves plot draws every series and refuses an empty
   CHECK(svg.find("<circle") != std::string::npos);
   CHECK_THROWS_WITH(curves_svg("t", "step", "loss", {{"x", {{1, NAN}}}}),
                     doctest::Contains("no finite point"));
+}
+
+TEST_CASE("train distill: a student initialised from a quantized GGUF teacher reproduces it") {
+  // Q8_0 weights, Q/K rows permuted in the file for llama.cpp's RoPE, untied head: the student
+  // takes the teacher's weights through the format table, so with every layer kept its logits
+  // are the teacher's.
+  auto be = make_cpu_backend(1);
+  LoadedModel t = open_model("tests/fixtures/gguf/tiny_llama_q8_0.gguf", *be);
+  REQUIRE_FALSE(t.model->config().tie_embeddings);
+  DistillOptions o = tiny_opts();
+  o.student = "init";
+  auto st = make_student(o, *t.model);
+  const auto ids = random_ids(11, 101, 4);
+  const float* ls = st->forward(ids.data(), 1, 11);
+  RunState rs = t.model->new_state(11, 11);
+  Tensor lt = t.model->forward(rs, ids.data(), 11, true);
+  double md = 0, mx = 0;
+  for (int64_t i = 0; i < 11 * 101; ++i) {
+    md = std::max(md, double(std::abs(lt.data<float>()[i] - ls[i])));
+    mx = std::max(mx, double(std::abs(lt.data<float>()[i])));
+  }
+  CHECK(md <= 1e-4 * mx);
+}
+
+TEST_CASE("train distill: text files in, a model folder with the teacher's tokenizer out") {
+  auto be = make_cpu_backend(1);
+  LoadedModel t = open_model("tests/fixtures/gguf/tiny_llama.gguf", *be);
+  test::TempDir tmp("distill-text");
+  {
+    std::ofstream f(tmp / "train.txt");
+    for (int i = 0; i < 40; ++i) f << "the quick brown fox jumps over the lazy dog " << i << "\n";
+  }
+  const auto ids = tokenize_files(*t.tokenizer, {tmp / "train.txt"});
+  REQUIRE(ids.size() > 100);
+  DistillOptions o = tiny_opts();
+  o.steps = 2;
+  const DistillResult r =
+      distill(*t.model, t.tokenizer.get(), ids, tmp / "train.txt", ids, o, tmp / "out");
+  REQUIRE(r.finished);
+  LoadedModel back = open_model(tmp / "out", *be);
+  CHECK(back.model->config().n_layers == 1);
+  REQUIRE(back.tokenizer);
+  CHECK(back.tokenizer->encode("the quick brown fox") ==
+        t.tokenizer->encode("the quick brown fox"));
+  CHECK(std::filesystem::exists(tmp / "out/training_log.json"));
+  CHECK_THROWS_WITH(tokenize_files(*t.tokenizer, {tmp / "missing.txt"}),
+                    doctest::Contains("missing.txt: cannot open data file"));
 }
