@@ -51,12 +51,16 @@ APP_LIBS := -lzip -lcrypto
 # (fetching models, bench reports) on top of it. See docs/architecture.md for the include rules.
 LIB_SRC  := $(wildcard engine/*.cpp engine/*/*.cpp kernels/cpu/*.cpp kernels/common/*.cpp tokenizer/*.cpp models/*.cpp compress/*.cpp capi/*.cpp)
 APP_SRC  := $(wildcard app/*.cpp)
+# train/ (backward ops, optimizer, distillation) is its own archive, libminfer-train.a: the C API
+# library (libminfer.so) stays inference-only and does not grow with the training engine.
+TRAIN_SRC:= $(wildcard train/*.cpp)
 TOOL_SRC := $(wildcard tools/*.cpp)
 TEST_SRC := $(wildcard tests/*.cpp)
 BENCH_SRC:= $(wildcard bench/*.cpp)
 
 LIB_OBJ  := $(LIB_SRC:%.cpp=$(OBJDIR)/%.o)
 APP_OBJ  := $(APP_SRC:%.cpp=$(OBJDIR)/%.o)
+TRAIN_OBJ:= $(TRAIN_SRC:%.cpp=$(OBJDIR)/%.o)
 TOOL_OBJ := $(TOOL_SRC:%.cpp=$(OBJDIR)/%.o)
 TEST_OBJ := $(TEST_SRC:%.cpp=$(OBJDIR)/%.o)
 BENCH_OBJ:= $(BENCH_SRC:%.cpp=$(OBJDIR)/%.o)
@@ -69,6 +73,7 @@ SOLINKS  := $(LIBDIR)/libminfer.so.$(VERSION_MAJOR) $(LIBDIR)/libminfer.so
 # The C API test: C11, include/minfer.h only, linked against the shared library.
 CAPITEST := $(BINDIR)/test-capi
 APPLIB   := $(OBJDIR)/libminfer-app.a
+TRAINLIB := $(LIBDIR)/libminfer-train.a
 TOOLS    := $(TOOL_SRC:tools/%.cpp=$(BINDIR)/%)
 TESTBIN  := $(BINDIR)/minfer-tests
 # The unit tests without the app layer (model fetching, reports: libzip/OpenSSL) and without the
@@ -137,17 +142,22 @@ $(APPLIB): $(APP_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BINDIR)/%: $(OBJDIR)/tools/%.o $(APPLIB) $(LIB)
+$(TRAINLIB): $(TRAIN_OBJ)
 	@mkdir -p $(dir $@)
-	$(CXX) $(LDFLAGS) $< $(APPLIB) $(LIB) $(LDLIBS) $(APP_LIBS) -o $@
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BINDIR)/%: $(OBJDIR)/tools/%.o $(TRAINLIB) $(APPLIB) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) $< $(TRAINLIB) $(APPLIB) $(LIB) $(LDLIBS) $(APP_LIBS) -o $@
 
 $(BINDIR)/%: $(OBJDIR)/bench/%.o $(APPLIB) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CXX) $(LDFLAGS) $< $(APPLIB) $(LIB) $(LDLIBS) $(APP_LIBS) -o $@
 
-$(TESTBIN): $(TEST_OBJ) $(CUEMU_OBJ) $(APPLIB) $(LIB)
+$(TESTBIN): $(TEST_OBJ) $(CUEMU_OBJ) $(TRAINLIB) $(APPLIB) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CXX) $(LDFLAGS) $(TEST_OBJ) $(CUEMU_OBJ) $(APPLIB) $(LIB) $(LDLIBS) $(APP_LIBS) -o $@
+	$(CXX) $(LDFLAGS) $(TEST_OBJ) $(CUEMU_OBJ) $(TRAINLIB) $(APPLIB) $(LIB) $(LDLIBS) $(APP_LIBS) -o $@
 
 $(UNITBIN): $(UNIT_TEST_SRC:%.cpp=$(OBJDIR)/%.o) $(CUEMU_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
@@ -200,4 +210,4 @@ format:
 clean:
 	rm -rf $(BUILD)
 
--include $(LIB_OBJ:.o=.d) $(APP_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BENCH_OBJ:.o=.d) $(CUEMU_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(APP_OBJ:.o=.d) $(TRAIN_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BENCH_OBJ:.o=.d) $(CUEMU_OBJ:.o=.d)

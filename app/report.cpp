@@ -431,6 +431,58 @@ BenchReport bench_from_json(const std::string& text) {
   return r;
 }
 
+std::string curves_svg(const std::string& title, const std::string& xlabel,
+                       const std::string& ylabel, const std::vector<CurveSeries>& series) {
+  double xmn = 1e300, xmx = -1e300, ymn = 1e300, ymx = -1e300;
+  for (const CurveSeries& c : series)
+    for (const auto& [x, y] : c.points)
+      if (std::isfinite(x) && std::isfinite(y)) {
+        xmn = std::min(xmn, x), xmx = std::max(xmx, x);
+        ymn = std::min(ymn, y), ymx = std::max(ymx, y);
+      }
+  MINFER_CHECK(xmn <= xmx, "curves plot '{}': no finite point", title);
+  const double W = 760, H = 440, x0 = 80, x1 = 600, y0 = 50, y1 = 370;
+  std::string s = fmt::format(
+      "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{0:.0f}\" height=\"{1:.0f}\" "
+      "viewBox=\"0 0 {0:.0f} {1:.0f}\" font-family=\"sans-serif\" font-size=\"11\">\n"
+      "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+      "<text x=\"{2:.0f}\" y=\"24\" text-anchor=\"middle\" font-size=\"14\">{3}</text>\n",
+      W, H, (x0 + x1) / 2, xml_escape(title));
+  const Axis xa = make_axis(xmn, xmx, x0, x1, 1e300);  // steps: always linear
+  const Axis ya = make_axis(ymn, ymx, y1, y0, 10);
+  axes_frame(s, xa, ya, xlabel, ylabel);
+  static const char* kColours[] = {"#1f77b4", "#d62728", "#2ca02c",
+                                   "#9467bd", "#ff7f0e", "#8c564b"};
+  for (size_t k = 0; k < series.size(); ++k) {
+    const char* col = kColours[k % std::size(kColours)];
+    std::string pts;
+    for (const auto& [x, y] : series[k].points)
+      if (std::isfinite(x) && std::isfinite(y) && (!ya.log || y > 0))
+        pts += fmt::format("{:.1f},{:.1f} ", xa.map(x), ya.map(y));
+    if (series[k].points.size() == 1 || pts.empty()) {
+      for (const auto& [x, y] : series[k].points)
+        if (std::isfinite(x) && std::isfinite(y))
+          s += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3\" fill=\"{}\"/>\n", xa.map(x),
+                           ya.map(y), col);
+    } else {
+      s += fmt::format(
+          "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\" points=\"{}\"/>\n", col, pts);
+      for (const auto& [x, y] : series[k].points)  // markers for sparse series (evaluations)
+        if (series[k].points.size() <= 12 && std::isfinite(x) && std::isfinite(y))
+          s += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3\" fill=\"{}\"/>\n", xa.map(x),
+                           ya.map(y), col);
+    }
+    const double ly = y0 + 10 + 18 * double(k);
+    s += fmt::format(
+        "<line x1=\"{0:.0f}\" y1=\"{1:.0f}\" x2=\"{2:.0f}\" y2=\"{1:.0f}\" stroke=\"{3}\" "
+        "stroke-width=\"2\"/>\n<text x=\"{4:.0f}\" y=\"{5:.0f}\">{6}</text>\n",
+        x1 + 15, ly, x1 + 40, col, x1 + 46, ly + 4, xml_escape(series[k].name));
+  }
+  s += "</svg>\n";
+  return s;
+}
+
 std::string bench_svg(const BenchReport& r) {
   const double W = 1000, H = 470;
   // Panel frames (pixels): quality left, speed right; room below for rotated method names.

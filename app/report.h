@@ -88,6 +88,18 @@ BenchRow bench_row_from_json(const std::string& text);
 // busy note is printed in red under the title.
 std::string bench_svg(const BenchReport& r);
 
+// One line series of a curves plot: (x, y) points in x order.
+struct CurveSeries {
+  std::string name;
+  std::vector<std::pair<double, double>> points;
+};
+
+// Line plots in one panel (training curves: x = optimizer step, y = loss), one colour and legend
+// entry per series; the y axis is logarithmic when the values span a decade or more. Points that
+// are not finite are skipped. Throws when no series has a finite point.
+std::string curves_svg(const std::string& title, const std::string& xlabel,
+                       const std::string& ylabel, const std::vector<CurveSeries>& series);
+
 // Writes `path.tmp` then renames it over `path`, so a reader never sees half a file.
 void write_file_atomic(const std::string& path, const std::string& content);
 

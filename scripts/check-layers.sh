@@ -12,6 +12,7 @@ declare -A allowed=(
   [engine]="engine kernels tokenizer"
   [models]="engine kernels tokenizer models"
   [compress]="engine kernels tokenizer models compress"
+  [train]="engine kernels tokenizer models compress train"
   [app]="engine kernels tokenizer models compress app"
   # the C API: the library below tools/, never app/ (it never downloads)
   [capi]="engine kernels tokenizer models compress capi include"

@@ -1,0 +1,135 @@
+// distill: knowledge distillation of a smaller LLaMA-family student from a causal teacher in any
+// format (docs/training.md). loss = α·τ²·KL(teacher_τ ‖ student_τ) + (1 − α)·CE.
+#include "train/distill.h"
+
+#include <filesystem>
+
+#include "app/model_hub.h"
+#include "app/report.h"
+#include "models/loader.h"
+#include "tools/common.h"
+
+using namespace minfer;
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "Knowledge distillation: train a smaller LLaMA-family student on the teacher's "
+      "soft targets (Hinton et al. 2015). loss = alpha*T^2*KL(teacher_T || student_T) + "
+      "(1-alpha)*CE(next token).",
+      "distill"};
+  train::DistillOptions o;
+  std::string teacher, out, kl = "forward", eval_data;
+  std::vector<std::string> data;
+  int threads = 0;
+  bool quiet = false;
+  app.add_option("--teacher", teacher, "smollm2 | HF folder | .gguf | compressed minfer folder")
+      ->required();
+  app.add_option("--student", o.student,
+                 "init:layers=0,2,4 (keep those teacher blocks) | init (all blocks) | a model "
+                 "folder (config.json [+ model.safetensors]) | a config.json (random init)")
+      ->required();
+  app.add_option("--data", data,
+                 "training text file(s), e.g. ../shared/data/wikitext-2-raw/"
+                 "wiki.valid.raw")
+      ->required();
+  app.add_option("--out", out, "output model folder (written at the end, through a temp folder)")
+      ->required();
+  app.add_option("--alpha", o.loss.alpha, "weight of the KD term in [0, 1] (0 = CE only)");
+  app.add_option("--temperature", o.loss.tau, "softmax temperature T > 0 of the KD term");
+  app.add_option("--kl", kl,
+                 "forward: KL(teacher || student) (Hinton) | reverse: KL(student || "
+                 "teacher) (MiniLLM)")
+      ->check(CLI::IsMember({"forward", "reverse"}));
+  app.add_option("--steps", o.steps, "optimizer steps")->check(CLI::PositiveNumber);
+  app.add_option("--batch", o.batch, "sequences per micro-batch")->check(CLI::PositiveNumber);
+  app.add_option("--accum", o.accum, "micro-batches per optimizer step (gradient accumulation)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--seq", o.seq, "tokens per sequence")
+      ->check(CLI::Range(int64_t(2), int64_t(1) << 20));
+  app.add_option("--lr", o.lr, "peak learning rate (AdamW)");
+  app.add_option("--warmup", o.warmup, "linear warmup steps (default: steps/10), then cosine");
+  app.add_option("--min-lr-ratio", o.min_lr_ratio, "final learning rate / peak");
+  app.add_option("--weight-decay", o.adamw.weight_decay, "AdamW decoupled weight decay (matrices)");
+  app.add_option("--clip", o.clip, "global gradient-norm clip (0 = off)");
+  app.add_option("--seed", o.seed, "seed of the data order and of a random student init");
+  app.add_option("--eval-every", o.eval_every,
+                 "evaluate held-out perplexity every N steps (and always at the end)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--eval-data", eval_data,
+                 "held-out text (default: ../shared/data/wikitext-2-raw/wiki.test.raw if present; "
+                 "'none': no evaluation)");
+  app.add_option("--eval-tokens", o.eval_tokens, "held-out tokens evaluated")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--checkpoint", o.checkpoint,
+                 "checkpoint folder (weights, AdamW state, data "
+                 "position)");
+  app.add_option("--checkpoint-every", o.checkpoint_every, "write the checkpoint every N steps")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--resume", o.resume, "continue the run saved in this checkpoint folder");
+  app.add_option("--stop-at", o.stop_at, "stop after this step, writing --checkpoint")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--threads,-t", threads, "threads")->check(CLI::NonNegativeNumber);
+  app.add_flag("--grad-checkpoint", o.grad_checkpoint,
+               "gradient checkpointing: keep only each layer's input, recompute in backward");
+  app.add_flag("--force", o.force, "replace an existing --out folder");
+  app.add_flag("--quiet,-q", quiet, "no progress bar");
+  return tool::run(app, argc, argv, [&] {
+    o.loss.reverse = kl == "reverse";
+    o.progress = !quiet;
+    MINFER_CHECK(o.loss.alpha >= 0.f && o.loss.alpha <= 1.f, "--alpha {} outside [0, 1]",
+                 o.loss.alpha);
+    MINFER_CHECK(o.loss.tau > 0.f, "--temperature {} must be > 0", o.loss.tau);
+    MINFER_CHECK(o.force || !std::filesystem::exists(out),
+                 "{} already exists (pass --force to replace it)", out);
+    if (eval_data == "none")
+      eval_data.clear();
+    else if (eval_data.empty())
+      for (const char* p : {"../shared/data/wikitext-2-raw/wiki.test.raw",
+                            "shared/data/wikitext-2-raw/wiki.test.raw"})
+        if (std::filesystem::exists(p)) eval_data = p;
+    auto be = make_backend("cpu", threads);
+    LoadedModel t = open_named_model(teacher, *be);
+    const std::vector<int32_t> ids = train::tokenize_files(*t.tokenizer, data);
+    std::vector<int32_t> eval;
+    if (!eval_data.empty()) eval = train::tokenize_files(*t.tokenizer, {eval_data});
+    std::string desc = data.size() == 1 ? data[0] : fmt::format("{} data files", data.size());
+    const double t0 = tool::now_s();
+    train::DistillResult r = train::distill(*t.model, t.tokenizer.get(), ids, desc, eval, o, out);
+    const double el = tool::now_s() - t0;
+    if (!r.finished) {
+      std::printf("stopped after step %lld of %lld; checkpoint in %s\n", (long long)r.steps_done,
+                  (long long)o.steps, o.checkpoint.c_str());
+      return 0;
+    }
+    // The curves next to the JSON log (the folder itself was written whole by distill()).
+    std::vector<CurveSeries> curves(4);
+    curves[0].name = "loss";
+    curves[1].name = "KD: KL (before alpha*T^2)";
+    curves[2].name = "CE (train)";
+    curves[3].name = "eval NLL (held-out)";
+    for (const train::DistillStep& s : r.steps) {
+      curves[0].points.emplace_back(double(s.step), s.loss);
+      if (o.loss.alpha > 0) curves[1].points.emplace_back(double(s.step), s.kd);
+      if (o.loss.alpha < 1) curves[2].points.emplace_back(double(s.step), s.ce);
+    }
+    for (const train::DistillEval& e : r.evals)
+      curves[3].points.emplace_back(double(e.step), e.nll);
+    write_file_atomic((std::filesystem::path(out) / "training_curves.svg").string(),
+                      curves_svg(fmt::format("distill: {} steps, alpha {}, T {}", o.steps,
+                                             o.loss.alpha, o.loss.tau),
+                                 "optimizer step", "loss (nats per token)", curves));
+    const train::DistillStep& last = r.steps.back();
+    std::printf(
+        "distilled %lld steps in %.1f s: loss %.4f (kd %.4f, ce %.4f), %.0f train tok/s "
+        "(teacher %.1f s, student %.1f s)\n",
+        (long long)r.steps_done, el, last.loss, last.kd, last.ce,
+        double(r.train_tokens) / (r.teacher_s + r.student_s), r.teacher_s, r.student_s);
+    for (const train::DistillEval& e : r.evals)
+      std::printf("eval step %lld: ppl %.3f over %lld tokens of %s\n", (long long)e.step, e.ppl,
+                  (long long)e.tokens, eval_data.c_str());
+    std::printf("wrote %s (student activations %.1f MB%s, peak RSS %.0f MB)\n", out.c_str(),
+                double(r.activation_bytes) / 1048576.0,
+                o.grad_checkpoint ? " with gradient checkpointing" : "", tool::peak_rss_mb());
+    return 0;
+  });
+}

@@ -1,0 +1,58 @@
+// BERT encoder (HF BertModel: word + position + token-type embeddings, post-norm LayerNorm blocks,
+// bidirectional attention with a padding mask, GELU MLP) with a backward pass, f32 on the CPU.
+// The output is the last hidden state; backward takes its gradient. No pooler, no MLM head yet.
+//
+// Legend: B sequences, T positions, N = B*T rows, C width, H heads, D = C/H, F ffn width,
+// V vocab, P positions, L layers.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/config.h"
+#include "train/params.h"
+
+namespace minfer {
+class WeightSource;
+}
+
+namespace minfer::train {
+
+class TrainBert {
+ public:
+  // Parameter names as BertModel saves them ("embeddings.*", "encoder.layer.<l>.*").
+  explicit TrainBert(const ModelConfig& cfg);
+
+  const ModelConfig& config() const { return cfg_; }
+  ParamStore& params() { return params_; }
+  void load(const WeightSource& src) { load_params(params_, src); }
+
+  // B sequences of T tokens (ids [B*T]); mask [B*T] (1 = token, 0 = padding; null = none);
+  // type_ids [B*T] (null = zeros). Returns the last hidden states [B*T, C].
+  const float* forward(const int32_t* ids, int64_t B, int64_t T, const int32_t* mask = nullptr,
+                       const int32_t* type_ids = nullptr);
+  // Accumulates the gradients for ∂loss/∂hidden = dhidden [B*T, C].
+  void backward(const float* dhidden);
+
+ private:
+  struct LayerActs {
+    std::vector<float> q, k, v, probs, atty;  // [N, C] x3, [B, H, T, T], [N, C]
+    std::vector<float> r1, h1, m1, s1;        // attention residual, its LayerNorm, mean, rstd
+    std::vector<float> f, g;                  // [N, F] before / after GELU
+    std::vector<float> r2, m2, s2;            // MLP residual, mean, rstd (the output is resid_)
+  };
+  void ensure_buffers(int64_t B, int64_t T);
+  std::string lp(int64_t l) const { return "encoder.layer." + std::to_string(l) + "."; }
+
+  ModelConfig cfg_;
+  ParamStore params_;
+  int64_t B_ = 0, T_ = 0;
+  std::vector<int32_t> ids_, types_, mask_;  // [N]
+  bool has_mask_ = false;
+  std::vector<float> emb_, emb_mean_, emb_rstd_;  // [N, C] summed embeddings, LayerNorm stats
+  std::vector<std::vector<float>> resid_;         // [L+1] x [N, C]: layer inputs, output
+  std::vector<LayerActs> acts_;                   // [L]
+  std::vector<float> dres_, dr2_, dg_, df_, dh1_, dr1_, datt_, dq_, dk_, dv_, demb_;  // scratch
+};
+
+}  // namespace minfer::train

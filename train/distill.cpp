@@ -1,0 +1,353 @@
+// The distillation loop (distill.h).
+#include "train/distill.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+#include <random>
+#include <sstream>
+
+#include "engine/model_folder.h"
+#include "engine/progress.h"
+#include "engine/safetensors.h"
+#include "engine/weights.h"
+#include "train/checkpoint.h"
+#include "train/ops.h"
+
+namespace minfer::train {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// "0,2,4" -> {0, 2, 4}
+std::vector<int64_t> parse_layers(const std::string& s, const std::string& spec) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    size_t used = 0;
+    int64_t v = -1;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    MINFER_CHECK(used == item.size() && !item.empty() && v >= 0,
+                 "--student '{}': '{}' is not a layer index (expected init:layers=0,2,4)", spec,
+                 item);
+    out.push_back(v);
+  }
+  MINFER_CHECK(!out.empty(), "--student '{}': no layers listed (expected init:layers=0,2,4)", spec);
+  return out;
+}
+
+// The training windows' order: epoch e is a permutation of the W windows seeded by (seed, e), so
+// the window at any data position is a pure function of (seed, position): resuming needs only the
+// position.
+class WindowOrder {
+ public:
+  WindowOrder(int64_t windows, uint64_t seed) : W_(windows), seed_(seed) {}
+  int64_t at(int64_t pos) {
+    const int64_t e = pos / W_;
+    if (e != epoch_) {
+      perm_.resize(size_t(W_));
+      std::iota(perm_.begin(), perm_.end(), int64_t(0));
+      std::mt19937_64 rng(seed_ * 0x9E3779B97F4A7C15ull + uint64_t(e) + 1);
+      for (int64_t i = W_ - 1; i > 0; --i) {  // Fisher-Yates with an explicit draw (portable)
+        const int64_t j = int64_t(rng() % uint64_t(i + 1));
+        std::swap(perm_[size_t(i)], perm_[size_t(j)]);
+      }
+      epoch_ = e;
+    }
+    return perm_[size_t(pos % W_)];
+  }
+
+ private:
+  int64_t W_;
+  uint64_t seed_;
+  int64_t epoch_ = -1;
+  std::vector<int64_t> perm_;
+};
+
+json options_json(const DistillOptions& o) {
+  return json{{"student", o.student},
+              {"alpha", o.loss.alpha},
+              {"temperature", o.loss.tau},
+              {"kl", o.loss.reverse ? "reverse" : "forward"},
+              {"steps", o.steps},
+              {"batch", o.batch},
+              {"accum", o.accum},
+              {"seq", o.seq},
+              {"lr", o.lr},
+              {"warmup", o.warmup},
+              {"min_lr_ratio", o.min_lr_ratio},
+              {"weight_decay", o.adamw.weight_decay},
+              {"clip", o.clip},
+              {"seed", o.seed}};
+}
+
+}  // namespace
+
+std::unique_ptr<TrainLlama> make_student(const DistillOptions& opt, Model& teacher) {
+  const ModelConfig& tc = teacher.config();
+  MINFER_CHECK(tc.causal(),
+               "the teacher is an encoder ({}, bidirectional) and the student is a causal LM: "
+               "distillation needs next-token distributions from a causal teacher",
+               arch_name(tc.arch));
+  const std::string& s = opt.student;
+  std::unique_ptr<TrainLlama> st;
+  if (s == "init" || s.rfind("init:", 0) == 0) {
+    std::vector<int64_t> layers;
+    if (s == "init") {
+      layers.resize(size_t(tc.n_layers));
+      std::iota(layers.begin(), layers.end(), int64_t(0));
+    } else {
+      MINFER_CHECK(s.rfind("init:layers=", 0) == 0,
+                   "--student '{}': expected init, init:layers=0,2,4, a model folder or a "
+                   "config.json",
+                   s);
+      layers = parse_layers(s.substr(std::strlen("init:layers=")), s);
+    }
+    for (int64_t l : layers)
+      MINFER_CHECK(l < tc.n_layers,
+                   "--student '{}': layer {} but the teacher has {} layers (0..{})", s, l,
+                   tc.n_layers, tc.n_layers - 1);
+    ModelConfig sc = tc;
+    sc.n_layers = int64_t(layers.size());
+    sc.source_json.clear();
+    st = std::make_unique<TrainLlama>(sc);
+    st->load_from_model(teacher, layers);
+    return st;
+  }
+  const fs::path p(s);
+  MINFER_CHECK(fs::exists(p), "--student '{}': no such file or folder", s);
+  const fs::path cfg_path = fs::is_directory(p) ? p / "config.json" : p;
+  ModelConfig sc = load_config(cfg_path.string());
+  MINFER_CHECK(sc.causal(), "--student '{}' is an encoder ({}): the student must be a causal LM", s,
+               arch_name(sc.arch));
+  MINFER_CHECK(sc.vocab_size == tc.vocab_size,
+               "student vocabulary ({} tokens, {}) differs from the teacher's ({} tokens): "
+               "distillation compares the two distributions token by token, so both need the "
+               "same tokenizer",
+               sc.vocab_size, cfg_path.string(), tc.vocab_size);
+  st = std::make_unique<TrainLlama>(sc);
+  if (fs::is_directory(p) &&
+      (fs::exists(p / "model.safetensors") || fs::exists(p / "model.safetensors.index.json")))
+    st->load(SafetensorsSource(WeightStore::open(p.string())));
+  else
+    st->init_random(opt.seed);
+  return st;
+}
+
+std::vector<int32_t> tokenize_files(const Tokenizer& tok, const std::vector<std::string>& files) {
+  std::vector<int32_t> ids;
+  for (const std::string& f : files) {
+    std::ifstream in(f, std::ios::binary);
+    MINFER_CHECK(in.good(), "{}: cannot open data file", f);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    tok.encode_into(ss.str(), true, ids);
+  }
+  return ids;
+}
+
+DistillEval evaluate(TrainLlama& student, const std::vector<int32_t>& ids, int64_t seq,
+                     int64_t batch, int64_t max_tokens) {
+  const int64_t n = std::min<int64_t>(int64_t(ids.size()), max_tokens > 0 ? max_tokens : INT64_MAX);
+  const int64_t W = (n - 1) / seq;
+  MINFER_CHECK(W >= 1, "evaluation text: {} tokens, fewer than one sequence of {} + 1", n, seq);
+  const int64_t V = student.config().vocab_size;
+  double nll = 0;
+  int64_t scored = 0;
+  std::vector<int32_t> in, tg;
+  for (int64_t w0 = 0; w0 < W; w0 += batch) {
+    const int64_t B = std::min(batch, W - w0);
+    in.resize(size_t(B * seq));
+    tg.resize(size_t(B * seq));
+    for (int64_t b = 0; b < B; ++b) {
+      const int32_t* src = ids.data() + (w0 + b) * seq;
+      std::copy(src, src + seq, in.begin() + b * seq);
+      std::copy(src + 1, src + seq + 1, tg.begin() + b * seq);
+    }
+    const float* logits = student.forward(in.data(), B, seq);
+    nll += cross_entropy_forward(logits, tg.data(), B * seq, V);
+    scored += B * seq;
+  }
+  DistillEval e;
+  e.tokens = scored;
+  e.nll = nll / double(scored);
+  e.ppl = std::exp(e.nll);
+  return e;
+}
+
+DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<int32_t>& train_ids,
+                      const std::string& data_desc, const std::vector<int32_t>& eval_ids,
+                      const DistillOptions& opt, const std::string& out) {
+  // Everything that can be wrong with the input is checked before any work or any write.
+  const DistillLossArgs& la = opt.loss;
+  MINFER_CHECK(la.alpha >= 0.f && la.alpha <= 1.f, "--alpha {} outside [0, 1]", la.alpha);
+  MINFER_CHECK(la.tau > 0.f && std::isfinite(la.tau), "--temperature {} must be > 0", la.tau);
+  MINFER_CHECK(opt.steps > 0 && opt.batch > 0 && opt.accum > 0 && opt.seq > 1,
+               "--steps {}, --batch {}, --accum {} must be > 0 and --seq {} > 1", opt.steps,
+               opt.batch, opt.accum, opt.seq);
+  MINFER_CHECK(opt.lr > 0.f && std::isfinite(opt.lr), "--lr {} must be > 0", opt.lr);
+  MINFER_CHECK(opt.stop_at == 0 || !opt.checkpoint.empty(),
+               "--stop-at needs --checkpoint DIR (where the run continues from)");
+  const ModelConfig& tc = teacher.config();
+  MINFER_CHECK(opt.seq <= tc.max_pos || tc.max_pos <= 0,
+               "--seq {} exceeds the teacher's {} positions", opt.seq, tc.max_pos);
+  const int64_t W = (int64_t(train_ids.size()) - 1) / opt.seq;
+  MINFER_CHECK(W >= 1, "{}: {} tokens, shorter than one training sequence (--seq {} needs {})",
+               data_desc, train_ids.size(), opt.seq, opt.seq + 1);
+  if (!out.empty())
+    MINFER_CHECK(opt.force || !fs::exists(out), "{} already exists (pass --force to replace it)",
+                 out);
+  std::unique_ptr<TrainLlama> student = make_student(opt, teacher);
+  student->set_checkpointing(opt.grad_checkpoint);
+  const ModelConfig& sc = student->config();
+  MINFER_CHECK(sc.vocab_size == tc.vocab_size,
+               "student vocabulary ({} tokens) differs from the teacher's ({} tokens)",
+               sc.vocab_size, tc.vocab_size);
+  for (int32_t id : train_ids)
+    MINFER_CHECK(id >= 0 && id < tc.vocab_size, "{}: token id {} outside the vocabulary ({})",
+                 data_desc, id, tc.vocab_size);
+
+  const int64_t B = opt.batch, L = opt.seq, N = B * L, V = tc.vocab_size;
+  const int64_t warmup = opt.warmup >= 0 ? opt.warmup : opt.steps / 10;
+  TrainerState state;
+  state.seed = opt.seed;
+  state.extra = options_json(opt);
+  if (!opt.resume.empty()) {
+    state = load_checkpoint(opt.resume, *student);
+    for (const char* k : {"alpha", "temperature", "kl", "steps", "batch", "accum", "seq", "lr",
+                          "warmup", "min_lr_ratio", "weight_decay", "clip", "seed"})
+      MINFER_CHECK(!state.extra.contains(k) || state.extra[k] == options_json(opt)[k],
+                   "--resume {}: the checkpoint was made with {} = {}, this run has {} (a resumed "
+                   "run must repeat the options to continue the same run)",
+                   opt.resume, k, state.extra[k].dump(), options_json(opt)[k].dump());
+    MINFER_CHECK(state.step < opt.steps, "--resume {}: the checkpoint is at step {} of {}",
+                 opt.resume, state.step, opt.steps);
+  }
+
+  DistillResult res;
+  WindowOrder order(W, opt.seed);
+  std::vector<int32_t> in(static_cast<size_t>(N)), tg(static_cast<size_t>(N));
+  std::vector<float> tlogits(la.alpha > 0 ? size_t(N * V) : 0), dlogits(size_t(N * V));
+  RunState ts = teacher.new_state(L, L, L);
+  const int64_t first = state.step,
+                last = opt.stop_at > 0 ? std::min(opt.stop_at, opt.steps) : opt.steps;
+  auto do_eval = [&](int64_t step) {
+    if (eval_ids.size() < size_t(L + 1)) return;
+    DistillEval e = evaluate(*student, eval_ids, L, B, opt.eval_tokens);
+    e.step = step;
+    res.evals.push_back(e);
+  };
+  Progress bar("distill", last - first, opt.progress);
+  for (int64_t step = first; step < last; ++step) {
+    const double t0 = now_s();
+    double teacher_s = 0;
+    student->params().zero_grad();
+    LossParts acc;
+    for (int64_t k = 0; k < opt.accum; ++k) {
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t w = order.at(state.data_position++);
+        const int32_t* src = train_ids.data() + w * L;
+        std::copy(src, src + L, in.begin() + b * L);
+        std::copy(src + 1, src + L + 1, tg.begin() + b * L);
+      }
+      if (la.alpha > 0) {
+        const double tt = now_s();
+        for (int64_t b = 0; b < B; ++b) {
+          ts.reset();
+          Tensor lg = teacher.forward(ts, in.data() + b * L, L, true);
+          teacher.backend().to_host(lg, tlogits.data() + b * L * V);
+        }
+        teacher_s += now_s() - tt;
+      }
+      const float* logits = student->forward(in.data(), B, L);
+      std::fill(dlogits.begin(), dlogits.end(), 0.f);
+      const LossParts lp = distill_loss(logits, la.alpha > 0 ? tlogits.data() : nullptr, tg.data(),
+                                        N, V, la, dlogits.data(), 1.f / float(opt.accum));
+      MINFER_CHECK(std::isfinite(lp.total), "step {}: loss is {} (lower --lr?)", step + 1,
+                   lp.total);
+      acc.kd += lp.kd / double(opt.accum);
+      acc.ce += lp.ce / double(opt.accum);
+      acc.total += lp.total / double(opt.accum);
+      student->backward(dlogits.data());
+    }
+    const double norm = clip_grad_norm(student->params(), opt.clip);
+    const float lr = lr_at(step, warmup, opt.steps, opt.lr, opt.min_lr_ratio);
+    adamw_step(student->params(), opt.adamw, lr, step + 1);
+    state.step = step + 1;
+    const double dt = now_s() - t0;
+    res.teacher_s += teacher_s;
+    res.student_s += dt - teacher_s;
+    res.train_tokens += N * opt.accum;
+    DistillStep ds{step + 1, lr, acc.total, acc.kd, acc.ce, norm, double(N * opt.accum) / dt};
+    res.steps.push_back(ds);
+    res.steps_done = state.step;
+    if (opt.eval_every > 0 && state.step % opt.eval_every == 0 && state.step < opt.steps)
+      do_eval(state.step);
+    if (!opt.checkpoint.empty() && opt.checkpoint_every > 0 &&
+        state.step % opt.checkpoint_every == 0)
+      save_checkpoint(opt.checkpoint, *student, state);
+    bar.update(step + 1 - first, fmt::format("loss {:.3f} (kd {:.3f} ce {:.3f}) {:.0f} tok/s",
+                                             acc.total, acc.kd, acc.ce, ds.tokens_per_s));
+  }
+  bar.finish();
+  res.finished = state.step >= opt.steps;
+  res.activation_bytes = student->activation_bytes();
+  if (!res.finished) {
+    save_checkpoint(opt.checkpoint, *student, state);
+  } else {
+    do_eval(state.step);
+  }
+
+  json steps = json::array(), evals = json::array();
+  for (const DistillStep& s : res.steps)
+    steps.push_back({{"step", s.step},
+                     {"lr", s.lr},
+                     {"loss", s.loss},
+                     {"kd", s.kd},
+                     {"ce", s.ce},
+                     {"grad_norm", s.grad_norm},
+                     {"tokens_per_s", s.tokens_per_s}});
+  for (const DistillEval& e : res.evals)
+    evals.push_back({{"step", e.step}, {"ppl", e.ppl}, {"nll", e.nll}, {"tokens", e.tokens}});
+  res.log = {{"options", options_json(opt)},
+             {"data", data_desc},
+             {"train_windows", W},
+             {"student_params", student->params().numel()},
+             {"steps", steps},
+             {"eval", evals},
+             {"teacher_seconds", res.teacher_s},
+             {"student_seconds", res.student_s},
+             {"train_tokens", res.train_tokens},
+             {"grad_checkpoint", opt.grad_checkpoint},
+             {"activation_bytes", res.activation_bytes}};
+
+  if (res.finished && !out.empty()) {
+    StagingDir tmp(out, opt.force);
+    write_json_file(tmp.path() / "config.json", llama_config_json(sc, "float32"));
+    save_safetensors((tmp.path() / "model.safetensors").string(), student->named_weights(),
+                     {{"format", "pt"}});
+    if (tok)
+      write_tokenizer_files(tmp.path(), *tok, sc, !tok->special_prefix().empty(),
+                            !tok->special_suffix().empty());
+    write_json_file(tmp.path() / "training_log.json", res.log);
+    tmp.commit();
+  }
+  return res;
+}
+
+}  // namespace minfer::train

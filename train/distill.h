@@ -1,0 +1,96 @@
+// Knowledge distillation of a LLaMA-family student from a causal teacher in any weight format
+// (Hinton et al. 2015): per optimizer step, K micro-batches of B sequences of L tokens; the teacher
+// runs its ordinary forward (no tape), the student its training forward; loss =
+// α·τ²·KL(teacher_τ ‖ student_τ) + (1 − α)·CE(next token) (train/loss.h), AdamW with warmup +
+// cosine, global-norm clipping, checkpoints that resume bit-identically.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "models/model.h"
+#include "tokenizer/tokenizer.h"
+#include "train/llama_train.h"
+#include "train/loss.h"
+#include "train/optim.h"
+
+namespace minfer::train {
+
+struct DistillOptions {
+  // Student: "init:layers=0,2,4" (those teacher blocks, in that order, with the teacher's
+  // embedding, final norm and head), "init" (every teacher block), a model folder
+  // (config.json [+ model.safetensors: start from those weights, else random init]) or a
+  // config.json file (random init, N(0, 0.02²), norm weights 1).
+  std::string student = "init";
+  DistillLossArgs loss;  // α, τ, forward/reverse KL
+  int64_t steps = 100;   // optimizer steps
+  int64_t batch = 4;     // B sequences per micro-batch
+  int64_t accum = 1;     // K micro-batches per optimizer step (gradients summed, scaled 1/K)
+  int64_t seq = 128;     // L tokens per sequence
+  float lr = 3e-4f;      // peak learning rate
+  int64_t warmup = -1;   // warmup steps (-1: steps / 10)
+  float min_lr_ratio = 0.1f;
+  AdamWConfig adamw;
+  double clip = 1.0;             // global gradient-norm clip (0 = off)
+  uint64_t seed = 0;             // data order and random init
+  int64_t eval_every = 0;        // evaluate held-out perplexity every N steps (0: only at the end)
+  int64_t eval_tokens = 16384;   // held-out tokens evaluated (first N of the eval text)
+  std::string checkpoint;        // checkpoint folder ("" = none)
+  int64_t checkpoint_every = 0;  // write the checkpoint every N steps (0: only at --stop-at)
+  std::string resume;            // resume from this checkpoint folder
+  int64_t stop_at = 0;           // stop after this step (writes the checkpoint, not `out`)
+  bool grad_checkpoint = false;  // recompute each layer's activations in backward (less memory)
+  bool progress = true;
+  bool force = false;  // replace an existing output folder
+};
+
+struct DistillStep {
+  int64_t step = 0;
+  double lr = 0, loss = 0, kd = 0, ce = 0, grad_norm = 0;
+  double tokens_per_s = 0;  // training tokens per second of this step (teacher + student)
+};
+
+struct DistillEval {
+  int64_t step = 0;
+  double ppl = 0, nll = 0;
+  int64_t tokens = 0;
+};
+
+struct DistillResult {
+  std::vector<DistillStep> steps;
+  std::vector<DistillEval> evals;
+  int64_t steps_done = 0;
+  bool finished = false;                // false when stopped by stop_at
+  double teacher_s = 0, student_s = 0;  // wall time in teacher forwards / student fwd+bwd+update
+  int64_t train_tokens = 0;             // tokens the student trained on in this run
+  size_t activation_bytes = 0;          // the student's activation buffers
+  nlohmann::json log;                   // what training_log.json holds
+};
+
+// The student's config and initial weights for opt.student given the teacher. Throws for a
+// malformed spec, a layer index outside the teacher, a vocabulary that differs from the teacher's,
+// a teacher that is not causal.
+std::unique_ptr<TrainLlama> make_student(const DistillOptions& opt, Model& teacher);
+
+// Runs the distillation on token streams: train_ids (the training text, each window of L + 1
+// tokens gives L inputs and their next tokens) and eval_ids (held-out, may be empty). Validates
+// everything first (α in [0, 1], τ > 0, sizes, a causal teacher, equal vocabularies, enough
+// tokens for one sequence: data_desc names the data in that message) and writes `out`
+// (config.json, model.safetensors, tokenizer files when tok is given, training_log.json) only
+// at the end, through a temporary folder. out == "" writes nothing.
+DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<int32_t>& train_ids,
+                      const std::string& data_desc, const std::vector<int32_t>& eval_ids,
+                      const DistillOptions& opt, const std::string& out);
+
+// Reads and tokenizes text files (each encoded with the tokenizer's special tokens) into one
+// stream. Throws naming a file that cannot be read.
+std::vector<int32_t> tokenize_files(const Tokenizer& tok, const std::vector<std::string>& files);
+
+// Mean next-token cross-entropy of the student over non-overlapping windows of `seq` tokens of
+// ids (at most max_tokens of them), batched by `batch`; ppl = exp(nll).
+DistillEval evaluate(TrainLlama& student, const std::vector<int32_t>& ids, int64_t seq,
+                     int64_t batch, int64_t max_tokens);
+
+}  // namespace minfer::train

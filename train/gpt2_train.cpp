@@ -1,0 +1,166 @@
+// GPT-2 forward with kept activations and its backward; mirrors models/gpt2.cpp op for op.
+#include "train/gpt2_train.h"
+
+#include <algorithm>
+
+#include "engine/error.h"
+#include "train/ops.h"
+
+namespace minfer::train {
+
+TrainGpt2::TrainGpt2(const ModelConfig& c) : cfg_(c) {
+  MINFER_CHECK(c.arch == Arch::GPT2, "TrainGpt2 needs a gpt2 config, got {}", arch_name(c.arch));
+  if (!c.tie_embeddings) throw NotImplemented("training gpt2 with an untied lm_head");
+  if (!c.layer_heads.empty() || !c.layer_ffn.empty() || !c.pruned_heads.empty())
+    throw NotImplemented("training a structurally pruned gpt2 (pruned heads, per-layer widths)");
+  const int64_t C = c.hidden, F = c.ffn;
+  params_.add("transformer.wte.weight", {c.vocab_size, C}, true);
+  params_.add("transformer.wpe.weight", {c.max_pos, C}, true);
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = lp(l);
+    params_.add(p + "ln_1.weight", {C}, false);
+    params_.add(p + "ln_1.bias", {C}, false);
+    params_.add(p + "attn.c_attn.weight", {C, 3 * C}, true);
+    params_.add(p + "attn.c_attn.bias", {3 * C}, false);
+    params_.add(p + "attn.c_proj.weight", {C, C}, true);
+    params_.add(p + "attn.c_proj.bias", {C}, false);
+    params_.add(p + "ln_2.weight", {C}, false);
+    params_.add(p + "ln_2.bias", {C}, false);
+    params_.add(p + "mlp.c_fc.weight", {C, F}, true);
+    params_.add(p + "mlp.c_fc.bias", {F}, false);
+    params_.add(p + "mlp.c_proj.weight", {F, C}, true);
+    params_.add(p + "mlp.c_proj.bias", {C}, false);
+  }
+  params_.add("transformer.ln_f.weight", {C}, false);
+  params_.add("transformer.ln_f.bias", {C}, false);
+  params_.allocate();
+}
+
+void TrainGpt2::ensure_buffers(int64_t B, int64_t T) {
+  if (B == B_ && T == T_) return;
+  B_ = B;
+  T_ = T;
+  const int64_t N = B * T, C = cfg_.hidden, F = cfg_.ffn, H = cfg_.n_heads, V = cfg_.vocab_size;
+  auto sz = [](std::vector<float>& v, int64_t n) { v.assign(size_t(n), 0.f); };
+  ids_.assign(size_t(N), 0);
+  resid_.resize(size_t(cfg_.n_layers + 1));
+  for (auto& r : resid_) sz(r, N * C);
+  acts_.assign(size_t(cfg_.n_layers), LayerActs{});
+  for (LayerActs& a : acts_) {
+    sz(a.ln1, N * C), sz(a.ln1_mean, N), sz(a.ln1_rstd, N), sz(a.q, N * C), sz(a.k, N * C);
+    sz(a.v, N * C), sz(a.probs, B * H * T * T), sz(a.atty, N * C), sz(a.res_mid, N * C);
+    sz(a.ln2, N * C), sz(a.ln2_mean, N), sz(a.ln2_rstd, N), sz(a.fc, N * F), sz(a.act, N * F);
+  }
+  sz(lnf_, N * C), sz(lnf_mean_, N), sz(lnf_rstd_, N), sz(logits_, N * V);
+  sz(qkv_, N * 3 * C), sz(dres_, N * C), sz(dln_, N * C), sz(dqkv_, N * 3 * C);
+  sz(dq_, N * C), sz(dk_, N * C), sz(dv_, N * C), sz(datt_, N * C), sz(dfc_, N * F);
+  sz(dact_, N * F);
+}
+
+const float* TrainGpt2::forward(const int32_t* ids, int64_t B, int64_t T) {
+  const ModelConfig& c = cfg_;
+  MINFER_CHECK(B > 0 && T > 0 && T <= c.max_pos,
+               "forward: batch {} x {} tokens (gpt2 has {} learned positions)", B, T, c.max_pos);
+  ensure_buffers(B, T);
+  const int64_t N = B * T, C = c.hidden, F = c.ffn, H = c.n_heads, D = C / H, V = c.vocab_size;
+  const bool tanh_gelu = c.act == Act::GeluTanh;
+  ParamStore& P = params_;
+  std::copy(ids, ids + N, ids_.begin());
+  float* x0 = resid_[0].data();
+  embedding_forward(x0, ids, P.w("transformer.wte.weight"), N, C, V);
+  const float* wpe = P.w("transformer.wpe.weight");
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < C; ++i) x0[n * C + i] += wpe[(n % T) * C + i];
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = lp(l);
+    LayerActs& a = acts_[size_t(l)];
+    const float* x = resid_[size_t(l)].data();
+    float* out = resid_[size_t(l + 1)].data();
+    layernorm_forward(a.ln1.data(), a.ln1_mean.data(), a.ln1_rstd.data(), x, P.w(p + "ln_1.weight"),
+                      P.w(p + "ln_1.bias"), N, C, c.norm_eps);
+    conv1d_forward(qkv_.data(), a.ln1.data(), P.w(p + "attn.c_attn.weight"),
+                   P.w(p + "attn.c_attn.bias"), N, C, 3 * C);
+    for (int64_t n = 0; n < N; ++n) {
+      const float* r = qkv_.data() + n * 3 * C;
+      std::copy(r, r + C, a.q.begin() + n * C);
+      std::copy(r + C, r + 2 * C, a.k.begin() + n * C);
+      std::copy(r + 2 * C, r + 3 * C, a.v.begin() + n * C);
+    }
+    attention_forward(a.atty.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(), B, T, H, H,
+                      D);
+    conv1d_forward(a.res_mid.data(), a.atty.data(), P.w(p + "attn.c_proj.weight"),
+                   P.w(p + "attn.c_proj.bias"), N, C, C);
+    residual_forward(a.res_mid.data(), a.res_mid.data(), x, N * C);
+    layernorm_forward(a.ln2.data(), a.ln2_mean.data(), a.ln2_rstd.data(), a.res_mid.data(),
+                      P.w(p + "ln_2.weight"), P.w(p + "ln_2.bias"), N, C, c.norm_eps);
+    conv1d_forward(a.fc.data(), a.ln2.data(), P.w(p + "mlp.c_fc.weight"), P.w(p + "mlp.c_fc.bias"),
+                   N, C, F);
+    gelu_forward(a.act.data(), a.fc.data(), N * F, tanh_gelu);
+    conv1d_forward(out, a.act.data(), P.w(p + "mlp.c_proj.weight"), P.w(p + "mlp.c_proj.bias"), N,
+                   F, C);
+    residual_forward(out, out, a.res_mid.data(), N * C);
+  }
+  layernorm_forward(lnf_.data(), lnf_mean_.data(), lnf_rstd_.data(), resid_.back().data(),
+                    P.w("transformer.ln_f.weight"), P.w("transformer.ln_f.bias"), N, C, c.norm_eps);
+  linear_forward(logits_.data(), lnf_.data(), P.w("transformer.wte.weight"), nullptr, N, C, V);
+  return logits_.data();
+}
+
+void TrainGpt2::backward(const float* dlogits) {
+  MINFER_CHECK(B_ > 0, "backward before forward");
+  const ModelConfig& c = cfg_;
+  const int64_t B = B_, T = T_, N = B * T, C = c.hidden, F = c.ffn, H = c.n_heads, D = C / H,
+                V = c.vocab_size;
+  const bool tanh_gelu = c.act == Act::GeluTanh;
+  ParamStore& P = params_;
+  auto zero = [](std::vector<float>& v) { std::fill(v.begin(), v.end(), 0.f); };
+
+  zero(dln_);
+  linear_backward(dln_.data(), P.g("transformer.wte.weight"), nullptr, dlogits, lnf_.data(),
+                  P.w("transformer.wte.weight"), N, C, V);
+  zero(dres_);
+  layernorm_backward(dres_.data(), P.g("transformer.ln_f.weight"), P.g("transformer.ln_f.bias"),
+                     dln_.data(), resid_.back().data(), P.w("transformer.ln_f.weight"),
+                     lnf_mean_.data(), lnf_rstd_.data(), N, C);
+  for (int64_t l = c.n_layers - 1; l >= 0; --l) {
+    const std::string p = lp(l);
+    LayerActs& a = acts_[size_t(l)];
+    const float* x = resid_[size_t(l)].data();
+    // MLP: out = res_mid + c_proj(gelu(c_fc(ln2)))
+    zero(dact_);
+    conv1d_backward(dact_.data(), P.g(p + "mlp.c_proj.weight"), P.g(p + "mlp.c_proj.bias"),
+                    dres_.data(), a.act.data(), P.w(p + "mlp.c_proj.weight"), N, F, C);
+    zero(dfc_);
+    gelu_backward(dfc_.data(), dact_.data(), a.fc.data(), N * F, tanh_gelu);
+    zero(dln_);
+    conv1d_backward(dln_.data(), P.g(p + "mlp.c_fc.weight"), P.g(p + "mlp.c_fc.bias"), dfc_.data(),
+                    a.ln2.data(), P.w(p + "mlp.c_fc.weight"), N, C, F);
+    layernorm_backward(dres_.data(), P.g(p + "ln_2.weight"), P.g(p + "ln_2.bias"), dln_.data(),
+                       a.res_mid.data(), P.w(p + "ln_2.weight"), a.ln2_mean.data(),
+                       a.ln2_rstd.data(), N, C);
+    // Attention: res_mid = x + c_proj(attention(split(c_attn(ln1))))
+    zero(datt_);
+    conv1d_backward(datt_.data(), P.g(p + "attn.c_proj.weight"), P.g(p + "attn.c_proj.bias"),
+                    dres_.data(), a.atty.data(), P.w(p + "attn.c_proj.weight"), N, C, C);
+    zero(dq_), zero(dk_), zero(dv_);
+    attention_backward(dq_.data(), dk_.data(), dv_.data(), datt_.data(), a.q.data(), a.k.data(),
+                       a.v.data(), a.probs.data(), B, T, H, H, D);
+    for (int64_t n = 0; n < N; ++n) {
+      float* r = dqkv_.data() + n * 3 * C;
+      std::copy(dq_.begin() + n * C, dq_.begin() + (n + 1) * C, r);
+      std::copy(dk_.begin() + n * C, dk_.begin() + (n + 1) * C, r + C);
+      std::copy(dv_.begin() + n * C, dv_.begin() + (n + 1) * C, r + 2 * C);
+    }
+    zero(dln_);
+    conv1d_backward(dln_.data(), P.g(p + "attn.c_attn.weight"), P.g(p + "attn.c_attn.bias"),
+                    dqkv_.data(), a.ln1.data(), P.w(p + "attn.c_attn.weight"), N, C, 3 * C);
+    layernorm_backward(dres_.data(), P.g(p + "ln_1.weight"), P.g(p + "ln_1.bias"), dln_.data(), x,
+                       P.w(p + "ln_1.weight"), a.ln1_mean.data(), a.ln1_rstd.data(), N, C);
+  }
+  embedding_backward(P.g("transformer.wte.weight"), dres_.data(), ids_.data(), N, C);
+  float* dwpe = P.g("transformer.wpe.weight");
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < C; ++i) dwpe[(n % T) * C + i] += dres_[size_t(n * C + i)];
+}
+
+}  // namespace minfer::train

@@ -1,0 +1,63 @@
+// GPT-2 (HF GPT2LMHeadModel: learned absolute positions, pre-norm LayerNorm blocks, fused QKV,
+// GELU MLP, Conv1D weights stored [in, out], tied head) with a backward pass, f32 on the CPU.
+// Same contract as TrainLlama (train/llama_train.h): forward keeps what backward reads per layer;
+// backward accumulates into params().grads().
+//
+// Legend: B sequences, T positions, N = B*T rows, C width, H heads, D = C/H, F ffn width,
+// V vocab, P positions, L layers.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/config.h"
+#include "train/params.h"
+
+namespace minfer {
+class WeightSource;
+}
+
+namespace minfer::train {
+
+class TrainGpt2 {
+ public:
+  // Lays out the parameters of cfg (names "transformer.*" as GPT2LMHeadModel saves them).
+  // Throws "not implemented" for an untied head and for pruned heads / per-layer widths.
+  explicit TrainGpt2(const ModelConfig& cfg);
+
+  const ModelConfig& config() const { return cfg_; }
+  ParamStore& params() { return params_; }
+  void init_random(uint64_t seed, float std = 0.02f) { init_params_random(params_, seed, std); }
+  void load(const WeightSource& src) { load_params(params_, src); }
+
+  // B sequences of T <= P tokens (positions 0..T-1 in each); logits [B*T, V].
+  const float* forward(const int32_t* ids, int64_t B, int64_t T);
+  void backward(const float* dlogits);
+  std::vector<std::pair<std::string, Tensor>> named_weights() const {
+    return named_params(params_);
+  }
+
+ private:
+  struct LayerActs {
+    std::vector<float> ln1, ln1_mean, ln1_rstd;  // [N, C], [N], [N]
+    std::vector<float> q, k, v;                  // [N, C] x3 (split from c_attn's [N, 3C])
+    std::vector<float> probs;                    // [B, H, T, T]
+    std::vector<float> atty;                     // [N, C]
+    std::vector<float> res_mid;                  // [N, C]
+    std::vector<float> ln2, ln2_mean, ln2_rstd;  // [N, C], [N], [N]
+    std::vector<float> fc, act;                  // [N, F] before / after GELU
+  };
+  void ensure_buffers(int64_t B, int64_t T);
+  std::string lp(int64_t l) const { return "transformer.h." + std::to_string(l) + "."; }
+
+  ModelConfig cfg_;
+  ParamStore params_;
+  int64_t B_ = 0, T_ = 0;
+  std::vector<int32_t> ids_;               // [N]
+  std::vector<std::vector<float>> resid_;  // [L+1] x [N, C]
+  std::vector<LayerActs> acts_;            // [L]
+  std::vector<float> lnf_, lnf_mean_, lnf_rstd_, logits_;
+  std::vector<float> qkv_, dres_, dln_, dqkv_, dq_, dk_, dv_, datt_, dfc_, dact_;  // scratch
+};
+
+}  // namespace minfer::train

@@ -1,0 +1,88 @@
+// A LLaMA-family model (HF LlamaForCausalLM: pre-norm RMSNorm blocks, RoPE, grouped-query
+// attention, SwiGLU MLP, optionally tied embeddings) with a backward pass, f32 on the CPU.
+// forward(ids) keeps every activation backward reads, per layer (llm.c's ActivationTensors);
+// backward(dlogits) accumulates ∂loss/∂θ into params().grads().
+//
+// Legend: B sequences, T positions, N = B*T rows, C width, H heads, Hkv kv heads, D head dim,
+// F ffn width, V vocab, L layers.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/config.h"
+#include "models/model.h"
+#include "train/params.h"
+
+namespace minfer::train {
+
+class TrainLlama {
+ public:
+  // Lays out the parameters of cfg (zeros). Throws "not implemented: ..." for what this model
+  // does not train yet: biases (Qwen2-style), per-layer widths of a structurally pruned model,
+  // architectures other than llama.
+  explicit TrainLlama(const ModelConfig& cfg);
+
+  const ModelConfig& config() const { return cfg_; }
+  ParamStore& params() { return params_; }
+  const ParamStore& params() const { return params_; }
+
+  // Fills the weights with N(0, std²) (norm weights 1), deterministically from seed.
+  void init_random(uint64_t seed, float std = 0.02f);
+  // Copies the weights from `src` (f32/f16/bf16; HF names), shapes checked.
+  void load(const WeightSource& src);
+  // Copies weights from a built model in any format (Linears are dequantized through the format
+  // table): student layer i takes layer layer_map[i] of `m` (empty: the same index). Embedding,
+  // final norm and head come as they are. Throws naming a missing tensor or a shape mismatch.
+  void load_from_model(Model& m, const std::vector<int64_t>& layer_map = {});
+
+  // Gradient checkpointing per layer (Chen et al. 2016, "Training Deep Nets with Sublinear Memory
+  // Cost"): keep only each layer's input, recompute the layer's activations in backward. Same
+  // gradients bit for bit; activation memory ~ one layer instead of L. Set before forward.
+  void set_checkpointing(bool on);
+  bool checkpointing() const { return ckpt_; }
+  // Bytes of the activation buffers the last forward allocated (residual streams, kept layer
+  // activations, logits, backward scratch).
+  size_t activation_bytes() const;
+
+  // Runs B sequences of T tokens (ids [B*T]); returns logits [B*T, V] (valid until the next
+  // forward). Buffers are (re)allocated when B*T grows.
+  const float* forward(const int32_t* ids, int64_t B, int64_t T);
+  // Accumulates the gradients of a scalar loss whose gradient w.r.t. the logits of the last
+  // forward is dlogits [B*T, V].
+  void backward(const float* dlogits);
+
+  // The model folder's weights: HF names, f32 (a tied head is not written).
+  std::vector<std::pair<std::string, Tensor>> named_weights() const;
+
+ private:
+  struct LayerActs {
+    std::vector<float> ln1, ln1_rstd;  // [N, C], [N]   attention RMSNorm output, 1/rms
+    std::vector<float> q, k, v;        // [N, H*D], [N, Hkv*D] x2 (q, k after RoPE)
+    std::vector<float> probs;          // [B, H, T, T] attention weights
+    std::vector<float> atty;           // [N, H*D] attention output (before o_proj)
+    std::vector<float> res_mid;        // [N, C] residual after attention
+    std::vector<float> ln2, ln2_rstd;  // [N, C], [N]
+    std::vector<float> gate, up, swi;  // [N, F] x3
+  };
+  void ensure_buffers(int64_t B, int64_t T);
+  // One block: x [N, C] -> out [N, C], keeping what backward reads in a.
+  void layer_forward(int64_t l, LayerActs& a, const float* x, float* out);
+  // Adds the block's parameter gradients and turns dres_ (∂/∂out) into ∂/∂x.
+  void layer_backward(int64_t l, LayerActs& a, const float* x);
+  std::string lp(int64_t l) const { return "model.layers." + std::to_string(l) + "."; }
+  const float* head_w() const;  // [V, C]
+
+  ModelConfig cfg_;
+  ParamStore params_;
+  bool ckpt_ = false;
+  int64_t B_ = 0, T_ = 0, cap_ = 0;
+  std::vector<int32_t> ids_;               // [N]
+  std::vector<std::vector<float>> resid_;  // [L+1] x [N, C]: input of layer l, final stream
+  std::vector<LayerActs> acts_;            // [L]
+  std::vector<float> lnf_, lnf_rstd_;      // [N, C], [N]
+  std::vector<float> logits_;              // [N, V]
+  std::vector<float> dres_, dln_, dq_, dk_, dv_, datt_, dgate_, dup_, dswi_;  // backward scratch
+};
+
+}  // namespace minfer::train

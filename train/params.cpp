@@ -1,0 +1,88 @@
+#include "train/params.h"
+
+#include <algorithm>
+#include <cstring>
+#include <random>
+
+#include "engine/error.h"
+#include "engine/weights.h"
+
+namespace minfer::train {
+
+void ParamStore::add(const std::string& name, std::vector<int64_t> shape, bool decay) {
+  MINFER_CHECK(!has(name), "parameter '{}' added twice", name);
+  MINFER_CHECK(w_.empty(), "parameter '{}' added after allocate()", name);
+  size_t n = 1;
+  for (int64_t d : shape) {
+    MINFER_CHECK(d > 0, "parameter '{}': dimension {} must be > 0", name, d);
+    n *= size_t(d);
+  }
+  table_.push_back({name, std::move(shape), total_, n, decay});
+  total_ += n;
+}
+
+void ParamStore::allocate() {
+  w_.assign(total_, 0.f);
+  g_.assign(total_, 0.f);
+}
+
+void ParamStore::allocate_moments() {
+  if (m_.size() != total_) m_.assign(total_, 0.f);
+  if (v_.size() != total_) v_.assign(total_, 0.f);
+}
+
+bool ParamStore::has(const std::string& name) const {
+  return std::any_of(table_.begin(), table_.end(),
+                     [&](const ParamTensor& p) { return p.name == name; });
+}
+
+const ParamTensor& ParamStore::find(const std::string& name) const {
+  for (const ParamTensor& p : table_)
+    if (p.name == name) return p;
+  MINFER_FAIL("no trainable parameter named '{}'", name);
+}
+
+void ParamStore::zero_grad() {
+  std::fill(g_.begin(), g_.end(), 0.f);
+}
+
+void init_params_random(ParamStore& p, uint64_t seed, float std) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.f, std);
+  p.walk([&](const ParamTensor& t, float* w, float*, float*, float*) {
+    const bool bias = t.name.size() > 5 && t.name.compare(t.name.size() - 5, 5, ".bias") == 0;
+    for (size_t i = 0; i < t.numel; ++i) w[i] = bias ? 0.f : t.shape.size() == 1 ? 1.f : nd(rng);
+  });
+}
+
+void copy_param(const ParamTensor& p, float* dst, const Tensor& src, const std::string& from) {
+  MINFER_CHECK(src.defined(), "{}: missing tensor for '{}'", from, p.name);
+  const bool same = size_t(src.ndim()) == p.shape.size() &&
+                    std::equal(p.shape.begin(), p.shape.end(), src.shape());
+  MINFER_CHECK(same, "{}: tensor for '{}' has shape {}, the student needs [{}]", from, p.name,
+               src.shape_str(), fmt::join(p.shape, ", "));
+  Tensor f = src.to_f32();
+  std::memcpy(dst, f.data<float>(), p.numel * sizeof(float));
+}
+
+void load_params(ParamStore& p, const WeightSource& src) {
+  p.walk([&](const ParamTensor& t, float* w, float*, float*, float*) {
+    MINFER_CHECK(src.has(t.name), "{}: missing tensor '{}'", src.describe(), t.name);
+    Tensor v = t.shape.size() == 1 ? src.tensor(t.name, {t.shape[0]})
+                                   : src.tensor(t.name, {t.shape[0], t.shape[1]});
+    copy_param(t, w, v, src.describe());
+  });
+}
+
+std::vector<std::pair<std::string, Tensor>> named_params(const ParamStore& p) {
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (const ParamTensor& t : p.table()) {
+    Tensor v = t.shape.size() == 1 ? Tensor::empty(DType::F32, {t.shape[0]})
+                                   : Tensor::empty(DType::F32, {t.shape[0], t.shape[1]});
+    std::memcpy(v.data<float>(), p.weights().data() + t.offset, t.numel * sizeof(float));
+    out.emplace_back(t.name, v);
+  }
+  return out;
+}
+
+}  // namespace minfer::train

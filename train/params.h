@@ -1,0 +1,79 @@
+// The trainable parameters of a model: one f32 allocation each for the weights, their gradients
+// and the optimizer's two moments, carved by one size table (llm.c's ParameterTensors), so a
+// single walker visits a weight together with its gradient and optimizer state.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace minfer {
+class WeightSource;
+}
+
+namespace minfer::train {
+
+// One named tensor of the table (its Hugging Face name, e.g. "model.layers.0.mlp.up_proj.weight").
+struct ParamTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  size_t offset = 0;   // first element in the flat arrays
+  size_t numel = 0;    // product of shape
+  bool decay = false;  // AdamW applies weight decay (matrices yes; norm weights no)
+};
+
+class ParamStore {
+ public:
+  // Adds a tensor to the table; allocate() lays the table out. Names must be unique.
+  void add(const std::string& name, std::vector<int64_t> shape, bool decay);
+  // Sizes w and g (zeros); m and v are sized by the optimizer on first use (allocate_moments).
+  void allocate();
+  void allocate_moments();
+
+  const std::vector<ParamTensor>& table() const { return table_; }
+  size_t numel() const { return total_; }
+  // The tensor named `name`; throws naming it when absent.
+  const ParamTensor& find(const std::string& name) const;
+  bool has(const std::string& name) const;
+  float* w(const std::string& name) { return w_.data() + find(name).offset; }
+  float* g(const std::string& name) { return g_.data() + find(name).offset; }
+
+  std::vector<float>& weights() { return w_; }
+  std::vector<float>& grads() { return g_; }
+  std::vector<float>& m() { return m_; }
+  std::vector<float>& v() { return v_; }
+  const std::vector<float>& weights() const { return w_; }
+  const std::vector<float>& grads() const { return g_; }
+  const std::vector<float>& m() const { return m_; }
+  const std::vector<float>& v() const { return v_; }
+
+  void zero_grad();
+
+  // The walker: f(tensor, w, g, m, v) for every tensor in table order (m, v null before
+  // allocate_moments()).
+  template <typename F>
+  void walk(F&& f) {
+    for (const ParamTensor& p : table_)
+      f(p, w_.data() + p.offset, g_.data() + p.offset, m_.empty() ? nullptr : m_.data() + p.offset,
+        v_.empty() ? nullptr : v_.data() + p.offset);
+  }
+
+ private:
+  std::vector<ParamTensor> table_;
+  size_t total_ = 0;
+  std::vector<float> w_, g_, m_, v_;  // [total_] each
+};
+
+// Fills the weights with N(0, std²) (1-D tensors, the norm weights: 1; names ending in ".bias":
+// 0), deterministically from seed, in table order.
+void init_params_random(ParamStore& p, uint64_t seed, float std);
+// Copies every tensor of the table from `src` (f32/f16/bf16, same HF names); the shape is checked.
+void load_params(ParamStore& p, const WeightSource& src);
+// Copies src (any float dtype, shape equal to p's) into dst; `from` names the source in errors.
+void copy_param(const ParamTensor& p, float* dst, const Tensor& src, const std::string& from);
+// The weights as (HF name, f32 host tensor) pairs in table order, for safetensors.
+std::vector<std::pair<std::string, Tensor>> named_params(const ParamStore& p);
+
+}  // namespace minfer::train
