@@ -34,11 +34,14 @@ int main(int argc, char** argv) {
   app.add_option("--threads,-t", threads, "threads (default: OMP_NUM_THREADS or all cores)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--backend", backend, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  std::string dtype = "native";
+  tool::add_gguf_dtype(app, dtype);
   app.add_option("--device", device, "GPU index for --backend cuda")->check(CLI::NonNegativeNumber);
   app.add_flag("--json", json, "print one JSON object instead of streaming text");
   return tool::run(app, argc, argv, [&] {
     auto be = make_backend(backend, threads, device);
-    LoadedModel lm = open_named_model(model, *be);
+    LoadedModel lm = open_named_model(model, *be, true, tool::gguf_weights(dtype));
+    tool::say_weights(lm);
     Model& m = *lm.model;
     const ModelConfig& c = m.config();
     MINFER_CHECK(c.causal(), "{}: '{}' is an encoder, run-model needs a causal LM (try embed)",
