@@ -1,8 +1,9 @@
 // Weights and config of a GGUF model (llama architecture), under Hugging Face names so the same
 // models/llama code runs it. F32/F16/BF16 tensors are zero-copy views; block-quantized GGML types
 // (Q4_0 ... Q6_K) become GgmlBlocks Linears viewing the file (GgufWeights::Native, the default)
-// or are dequantized to f32 once at load (GgufWeights::F32). Q and K rows are un-permuted (HF -> GGUF conversion permutes
-// them for llama.cpp's interleaved RoPE; models/llama uses HF's rotate_half layout).
+// or are dequantized to f32 once at load (GgufWeights::F32). Q and K rows are un-permuted (HF ->
+// GGUF conversion permutes them for llama.cpp's interleaved RoPE; models/llama uses HF's
+// rotate_half layout).
 #pragma once
 #include <map>
 #include <memory>
