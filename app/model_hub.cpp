@@ -787,8 +787,9 @@ std::string sha256_file(const std::string& path) {
   return sha.hex();
 }
 
-LoadedModel open_named_model(const std::string& spec, Backend& be, bool with_tokenizer) {
-  return open_model(resolve_model(spec), be, with_tokenizer);
+LoadedModel open_named_model(const std::string& spec, Backend& be, bool with_tokenizer,
+                             GgufWeights gguf) {
+  return open_model(resolve_model(spec), be, with_tokenizer, gguf);
 }
 
 }  // namespace minfer

@@ -93,6 +93,7 @@ std::string sha256_file(const std::string& path);
 std::string sha256_hex(const void* data, size_t n);
 
 // open_model (models/loader.h) after resolve_model: what every tool's --model takes.
-LoadedModel open_named_model(const std::string& spec, Backend& be, bool with_tokenizer = true);
+LoadedModel open_named_model(const std::string& spec, Backend& be, bool with_tokenizer = true,
+                             GgufWeights gguf = GgufWeights::Native);
 
 }  // namespace minfer

@@ -59,6 +59,10 @@ class Backend {
   // y[T, C] = table[ids[t]] (+= when accumulate). table is [V, C], F32/F16/BF16. ids on host.
   virtual void embedding(Tensor& y, const Tensor& table, const int32_t* ids, int64_t n,
                          bool accumulate = false) = 0;
+  // y[T, C] = row ids[t] of a table held as a Linear of shape (in = C, out = V): a Dense table
+  // goes through embedding() above; a GgmlBlocks table (a GGUF token_embd kept as stored)
+  // dequantizes only the rows asked for. Other formats throw NotImplemented. ids on host.
+  virtual void embedding_table(Tensor& y, const Linear& table, const int32_t* ids, int64_t n) = 0;
   // dst = src (row strides honoured on both sides).
   virtual void copy(Tensor& dst, const Tensor& src) = 0;
   virtual void add(Tensor& y, const Tensor& a, const Tensor& b) = 0;  // element-wise

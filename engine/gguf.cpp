@@ -518,6 +518,17 @@ Tensor GgufFile::view(const GgufTensorInfo& t) const {
   return Tensor(map_, size_t(t.offset), dt, shape, nd);
 }
 
+Tensor GgufFile::bytes_view(const GgufTensorInfo& t) const {
+  MINFER_CHECK(t.offset <= map_->size() && t.nbytes <= map_->size() - t.offset,
+               "{}: tensor '{}' is not a tensor of this file", path_, t.name);
+  int64_t rows = 1;
+  for (size_t i = 1; i < t.ne.size(); ++i) rows *= t.ne[i];
+  MINFER_CHECK(rows > 0 && t.nbytes % uint64_t(rows) == 0,
+               "{}: tensor '{}': {} bytes do not split into {} rows", path_, t.name, t.nbytes,
+               rows);
+  return Tensor(map_, size_t(t.offset), DType::U8, {rows, int64_t(t.nbytes / uint64_t(rows))});
+}
+
 Tensor GgufFile::dequantize(const GgufTensorInfo& t) const {
   MINFER_CHECK(ggml_can_dequantize(t.type),
                "{}: tensor '{}' has type {} ({}), which minfer cannot dequantize", path_, t.name,

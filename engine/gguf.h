@@ -104,6 +104,9 @@ class GgufFile {
   }
   // Zero-copy view for F32/F16/BF16 tensors (shape reversed to row-major: [ne1, ne0]).
   Tensor view(const GgufTensorInfo& t) const;
+  // Zero-copy U8 view of a tensor's bytes as rows: [rows, nbytes / rows] (any type; rows =
+  // the product of the outer dimensions ne[1..]).
+  Tensor bytes_view(const GgufTensorInfo& t) const;
   // Dequantize any supported type to a fresh f32 tensor of row-major shape.
   Tensor dequantize(const GgufTensorInfo& t) const;
 

@@ -3,6 +3,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "engine/rope.h"
 
@@ -130,8 +131,8 @@ ModelConfig config_from_gguf(const GgufFile& f) {
   return c;
 }
 
-GgufSource::GgufSource(std::shared_ptr<GgufFile> f, const ModelConfig& cfg)
-    : file_(std::move(f)), cfg_(cfg) {
+GgufSource::GgufSource(std::shared_ptr<GgufFile> f, const ModelConfig& cfg, GgufWeights mode)
+    : file_(std::move(f)), cfg_(cfg), mode_(mode) {
   const std::string arch = file_->get_str_or("general.architecture", "llama");
   permuted_qk_ = gguf_permutes_qk(arch);
   // phi3 stores the fused gate|up projection [2F, C] as ffn_up (convert_hf_to_gguf maps
@@ -149,29 +150,105 @@ GgufSource::GgufSource(std::shared_ptr<GgufFile> f, const ModelConfig& cfg)
   }
 }
 
-Tensor GgufSource::tensor(const std::string& name, std::initializer_list<int64_t> shape) const {
+const GgufTensorInfo& GgufSource::checked(const std::string& name,
+                                          std::vector<int64_t> want) const {
   auto it = by_hf_.find(name);
   MINFER_CHECK(it != by_hf_.end(), "{}: missing tensor '{}'", file_->path(), name);
   const GgufTensorInfo& t = *it->second;
   // GGUF lists dimensions innermost first; row-major shape is the reverse.
   std::vector<int64_t> rm(t.ne.rbegin(), t.ne.rend());
-  std::vector<int64_t> want(shape);
   MINFER_CHECK(rm == want,
                "{}: tensor '{}' ({}): expected shape {} (from the GGUF metadata), "
                "found {}",
                file_->path(), t.name, name, fmt::format("[{}]", fmt::join(want, ", ")),
                fmt::format("[{}]", fmt::join(rm, ", ")));
-  const bool q = permuted_qk_ && name.find("self_attn.q_proj.weight") != std::string::npos;
-  const bool k = permuted_qk_ && name.find("self_attn.k_proj.weight") != std::string::npos;
+  return t;
+}
+
+namespace {
+// Whether `name` is a Q or K projection (*q: which) — rows the converter permuted for llama.
+bool is_qk(const std::string& name, bool* q) {
+  *q = name.find("self_attn.q_proj.weight") != std::string::npos;
+  return *q || name.find("self_attn.k_proj.weight") != std::string::npos;
+}
+bool block_type(uint32_t t) {
+  const auto& v = ggml_blocks_types();
+  return std::find(v.begin(), v.end(), t) != v.end();
+}
+}  // namespace
+
+Tensor GgufSource::tensor(const std::string& name, std::initializer_list<int64_t> shape) const {
+  const GgufTensorInfo& t = checked(name, std::vector<int64_t>(shape));
+  bool q = false;
+  const bool qk = permuted_qk_ && is_qk(name, &q);
   const bool plain = t.type == uint32_t(GgmlType::F32) || t.type == uint32_t(GgmlType::F16) ||
                      t.type == uint32_t(GgmlType::BF16);
-  if (plain && !q && !k) return file_->view(t);
+  if (plain && !qk) return file_->view(t);
+  if (!plain) ++dequantized_[ggml_type_name(t.type)];
   Tensor w = plain ? file_->view(t).to_f32() : file_->dequantize(t);
-  if (q || k) {
+  if (qk) {
     MINFER_CHECK(w.ndim() == 2, "{}: '{}' must be 2-D", file_->path(), t.name);
     unpermute_qk_rows(w.data<float>(), w.dim(0), w.dim(1), q ? cfg_.n_heads : cfg_.n_kv_heads);
   }
   return w;
+}
+
+bool GgufSource::native_blocks(const std::string& name, int64_t rows, int64_t cols,
+                               GgmlBlocks* out) const {
+  if (mode_ != GgufWeights::Native || !has(name)) return false;
+  const GgufTensorInfo& t = checked(name, {rows, cols});
+  if (!block_type(t.type)) return false;
+  Tensor b = file_->bytes_view(t);
+  const int64_t rb = ggml_row_bytes(t.type, cols);
+  MINFER_CHECK(b.dim(0) == rows && b.dim(1) == rb,
+               "{}: tensor '{}': {} x {} bytes, expected {} rows of {} bytes ({} x {})",
+               file_->path(), t.name, b.dim(0), b.dim(1), rows, rb, ggml_type_name(t.type), cols);
+  bool q = false;
+  if (permuted_qk_ && is_qk(name, &q)) {
+    // unpermute_qk_rows on whole rows of blocks: HF row h*D + i*D/2 + j is GGUF row
+    // h*D + 2j + i. A host copy (the Q and K projections only).
+    const int64_t nh = q ? cfg_.n_heads : cfg_.n_kv_heads;
+    MINFER_CHECK(rows % (2 * nh) == 0, "{}: '{}': {} rows do not split into {} heads",
+                 file_->path(), t.name, rows, nh);
+    const int64_t D = rows / nh, half = D / 2;
+    Tensor c = Tensor::empty(DType::U8, {rows, rb});
+    const uint8_t* src = b.data<uint8_t>();
+    uint8_t* dst = c.data<uint8_t>();
+    for (int64_t h = 0; h < nh; ++h)
+      for (int64_t i = 0; i < 2; ++i)
+        for (int64_t j = 0; j < half; ++j)
+          std::memcpy(dst + (h * D + i * half + j) * rb, src + (h * D + 2 * j + i) * rb,
+                      size_t(rb));
+    b = c;
+  }
+  out->type = t.type;
+  out->blocks = b;
+  ++native_[ggml_type_name(t.type)];
+  return true;
+}
+
+Linear GgufSource::linear(const std::string& prefix, int64_t in, int64_t out, bool bias,
+                          bool transposed) const {
+  GgmlBlocks g;
+  const std::string wn = prefix + ".weight";
+  if (transposed || !native_blocks(wn, out, in, &g))
+    return WeightSource::linear(prefix, in, out, bias, transposed);
+  return make_linear(wn, in, out, std::move(g), bias ? vec(prefix + ".bias", out) : Tensor());
+}
+
+Linear GgufSource::table(const std::string& name, int64_t rows, int64_t cols) const {
+  GgmlBlocks g;
+  if (!native_blocks(name, rows, cols, &g)) return WeightSource::table(name, rows, cols);
+  return make_linear(name, cols, rows, std::move(g));
+}
+
+std::string GgufSource::summary() const {
+  std::string s;
+  for (const auto& [ty, n] : native_)
+    s += fmt::format("{}{} x {} (native)", s.empty() ? "" : ", ", n, ty);
+  for (const auto& [ty, n] : dequantized_)
+    s += fmt::format("{}{} x {} (dequantized to f32 at load)", s.empty() ? "" : ", ", n, ty);
+  return "weights: " + (s.empty() ? std::string("float tensors only") : s);
 }
 
 }  // namespace minfer

@@ -8,6 +8,7 @@
 #include <variant>
 
 #include "engine/formats/dense.h"
+#include "engine/formats/ggml_blocks.h"
 #include "engine/formats/llm_int8.h"
 #include "engine/formats/low_rank.h"
 #include "engine/formats/quantized.h"
@@ -20,7 +21,8 @@ namespace minfer {
 // The format table: every weight format, one alternative each. Every std::visit over it uses
 // `overloaded` with one overload per alternative (or a generic lambda that calls
 // FormatTraits<R>), so adding an alternative breaks the build at every site that must handle it.
-using LinearRepr = std::variant<Dense, Quantized, Int8WithOutliers, W8A8, LowRank, SparseBitmask>;
+using LinearRepr =
+    std::variant<Dense, Quantized, Int8WithOutliers, W8A8, LowRank, SparseBitmask, GgmlBlocks>;
 
 template <typename... F>
 struct overloaded : F... {

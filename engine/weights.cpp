@@ -10,6 +10,10 @@ Linear WeightSource::linear(const std::string& prefix, int64_t in, int64_t out, 
   return make_dense(wn, std::move(w), in, out, transposed, std::move(b));
 }
 
+Linear WeightSource::table(const std::string& name, int64_t rows, int64_t cols) const {
+  return make_dense(name, tensor(name, {rows, cols}), cols, rows);
+}
+
 Tensor WeightSource::vec(const std::string& name, int64_t n) const {
   Tensor t = tensor(name, {n});
   return t.dtype() == DType::F32 ? t : t.to_f32();

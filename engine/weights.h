@@ -22,6 +22,9 @@ class WeightSource {
   // `transposed` ([in, out], GPT-2 Conv1D).
   virtual Linear linear(const std::string& prefix, int64_t in, int64_t out, bool bias,
                         bool transposed = false) const;
+  // The lookup table `name` [rows, cols] as a Linear (in = cols, out = rows): Dense over
+  // tensor(), unless the source keeps it in a block format (a GGUF token_embd as GgmlBlocks).
+  virtual Linear table(const std::string& name, int64_t rows, int64_t cols) const;
   // An f32 vector of n values (norm weights, biases), converted if stored in half precision.
   Tensor vec(const std::string& name, int64_t n) const;
   virtual std::string describe() const = 0;

@@ -41,7 +41,13 @@ class Llama final : public Model {
   Llama(const ModelConfig& c, const WeightSource& src, Backend& be)
       : Model(c, be), rope_(rope_table(c.rope_theta, c.head_dim, c.rope_scaling)) {
     const int64_t C = c.hidden;
-    tok_emb_ = be.upload(src.tensor("model.embed_tokens.weight", {c.vocab_size, C}));
+    // The table stays in its stored format (a GGUF's Q8_0 token_embd: only looked-up rows are
+    // dequantized); a float table is uploaded as a tensor.
+    tok_emb_ = src.table("model.embed_tokens.weight", c.vocab_size, C);
+    if (Dense* d = std::get_if<Dense>(&tok_emb_.repr))
+      d->w = be.upload(d->w);
+    else
+      be.upload(tok_emb_);  // before a tied head copies it: the device copy is then shared
     for (int64_t l = 0; l < c.n_layers; ++l) {
       const std::string p = "model.layers." + std::to_string(l) + ".";
       const int64_t qd = c.heads_at(l) * c.head_dim, kvd = c.kv_heads_at(l) * c.head_dim,
@@ -75,7 +81,7 @@ class Llama final : public Model {
     }
     final_norm_ = be.upload(src.vec("model.norm.weight", C));
     if (c.tie_embeddings && !src.has("lm_head.weight"))
-      lm_head_ = make_dense("model.embed_tokens.weight", tok_emb_, C, c.vocab_size);
+      lm_head_ = tok_emb_;
     else
       lm_head_ = src.linear("lm_head", C, c.vocab_size, false);
     for (Linear* w : linears()) be.upload(*w);
@@ -91,7 +97,7 @@ class Llama final : public Model {
     const int64_t pos0 = s.n_past, S = pos0 + T;
     Tensor x = s.x.slice(0, 0, T), xn = s.xn.slice(0, 0, T), proj = s.proj.slice(0, 0, T);
 
-    be.embedding(x, tok_emb_, ids, T);
+    be.embedding_table(x, tok_emb_, ids, T);
     for (int64_t l = 0; l < c.n_layers; ++l) {
       LlamaLayer& L = layers_[size_t(l)];
       // Per-layer widths (a structurally pruned model's layers may differ).
@@ -141,7 +147,11 @@ class Llama final : public Model {
   }
 
   std::vector<NamedTensor> tensors() override {
-    std::vector<NamedTensor> v{{"model.embed_tokens.weight", &tok_emb_, true}};
+    // A table kept in a block format is no float tensor: it is counted (and saved) through the
+    // tied head, or not at all when untied (compression dequantizes GGUF tables at load).
+    std::vector<NamedTensor> v;
+    if (Dense* d = std::get_if<Dense>(&tok_emb_.repr))
+      v.push_back({"model.embed_tokens.weight", &d->w, true});
     for (size_t l = 0; l < layers_.size(); ++l) {
       const std::string p = "model.layers." + std::to_string(l) + ".";
       v.push_back({p + "input_layernorm.weight", &layers_[l].attn_norm});
@@ -152,7 +162,7 @@ class Llama final : public Model {
   }
 
  private:
-  Tensor tok_emb_;  // [V, C]
+  Linear tok_emb_;  // [V, C] table (in = C, out = V)
   std::vector<LlamaLayer> layers_;
   Tensor final_norm_;  // [C]
   Linear lm_head_;     // [V, C] (shares tok_emb_ when tied)

@@ -21,7 +21,8 @@ size_t model_file_bytes(const std::string& path) {
   return n;
 }
 
-LoadedModel open_model(const std::string& path, Backend& be, bool with_tokenizer) {
+LoadedModel open_model(const std::string& path, Backend& be, bool with_tokenizer,
+                       GgufWeights gguf) {
   auto t0 = std::chrono::steady_clock::now();
   LoadedModel lm;
   lm.path = path;
@@ -29,8 +30,9 @@ LoadedModel open_model(const std::string& path, Backend& be, bool with_tokenizer
   if (fs::is_regular_file(lm.path) && fs::path(lm.path).extension() == ".gguf") {
     auto f = GgufFile::open(lm.path);
     ModelConfig cfg = config_from_gguf(*f);
-    GgufSource src(f, cfg);
+    GgufSource src(f, cfg, gguf);
     lm.model = build_model(cfg, src, be);
+    lm.weights_summary = src.summary();
     if (with_tokenizer) {
       MINFER_CHECK(f->has("tokenizer.ggml.model"),
                    "{}: no tokenizer in the GGUF metadata (tokenizer.ggml.model missing)", lm.path);
@@ -56,7 +58,8 @@ LoadedModel open_model(const std::string& path, Backend& be, bool with_tokenizer
   return lm;
 }
 
-LoadedModel open_model_image(std::shared_ptr<Storage> bytes, Backend& be, const std::string& name) {
+LoadedModel open_model_image(std::shared_ptr<Storage> bytes, Backend& be, const std::string& name,
+                             GgufWeights gguf) {
   auto t0 = std::chrono::steady_clock::now();
   MINFER_CHECK(bytes != nullptr && bytes->size() >= 8,
                "{}: {} bytes, too short for a GGUF or safetensors image", name,
@@ -68,8 +71,9 @@ LoadedModel open_model_image(std::shared_ptr<Storage> bytes, Backend& be, const 
   if (std::memcmp(p, "GGUF", 4) == 0) {
     auto f = GgufFile::open_memory(std::move(bytes), name);
     ModelConfig cfg = config_from_gguf(*f);
-    GgufSource src(f, cfg);
+    GgufSource src(f, cfg, gguf);
     lm.model = build_model(cfg, src, be);
+    lm.weights_summary = src.summary();
     MINFER_CHECK(f->has("tokenizer.ggml.model"),
                  "{}: no tokenizer in the GGUF metadata (tokenizer.ggml.model missing)", name);
     lm.tokenizer = Tokenizer::from_gguf(*f);

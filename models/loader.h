@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "engine/gguf_source.h"
 #include "models/model.h"
 #include "tokenizer/tokenizer.h"
 
@@ -17,10 +18,15 @@ struct LoadedModel {
   std::unique_ptr<Tokenizer> tokenizer;  // null when not asked for
   size_t file_bytes = 0;                 // bytes of weight files on disk
   double load_seconds = 0;
+  // One line on the weight formats picked, e.g. "weights: 210 x Q4_1 (native), 1 x Q8_0
+  // (native)" for a GGUF; empty for other sources. Tools print it on stderr.
+  std::string weights_summary;
 };
 
-// Throws naming the path when it does not exist or is not a model.
-LoadedModel open_model(const std::string& path, Backend& be, bool with_tokenizer = true);
+// Throws naming the path when it does not exist or is not a model. `gguf` chooses how a GGUF
+// file's block-quantized weights load (engine/gguf_source.h): as stored, or dequantized to f32.
+LoadedModel open_model(const std::string& path, Backend& be, bool with_tokenizer = true,
+                       GgufWeights gguf = GgufWeights::Native);
 
 // Opens a model image already in memory (bytes: a host buffer or a caller's borrowed bytes;
 // tensors view it zero-copy and keep it alive), told apart by its first bytes:
@@ -30,7 +36,8 @@ LoadedModel open_model(const std::string& path, Backend& be, bool with_tokenizer
 //   folders and are not read from memory.
 // `name` stands for the path in messages. Throws naming what is missing.
 LoadedModel open_model_image(std::shared_ptr<Storage> bytes, Backend& be,
-                             const std::string& name = "<memory>");
+                             const std::string& name = "<memory>",
+                             GgufWeights gguf = GgufWeights::Native);
 
 // Bytes of the weight files a model path holds (*.safetensors in a folder, or the .gguf file).
 size_t model_file_bytes(const std::string& path);

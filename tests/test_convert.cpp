@@ -100,8 +100,9 @@ TEST_CASE("convert: Q8_0 tiny llama GGUF equals transformers' GGUF loader on the
   // only differences are float summation order: the f32 tolerance applies. The unquantized
   // model's logits differ by Q8_0's rounding (~0.29 at this wide weight spread), which is checked
   // as a sanity bound, not as parity.
+  // Dequantized at load (the native Q8_0 run is compared with this one in test_ggml_blocks.cpp).
   auto be = make_cpu_backend(2);
-  LoadedModel lm = open_model(kGguf + "tiny_llama_q8_0.gguf", *be);
+  LoadedModel lm = open_model(kGguf + "tiny_llama_q8_0.gguf", *be, true, GgufWeights::F32);
   CHECK_FALSE(lm.model->config().tie_embeddings);
   auto exp = SafetensorsFile::open(kGguf + "tiny_llama_q8_0_expected.safetensors");
   const float d = parity(*lm.model, *exp);

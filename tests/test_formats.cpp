@@ -14,6 +14,7 @@
 #include "compress/compress.h"
 #include "engine/backend.h"
 #include "engine/safetensors.h"
+#include "kernels/cpu/ggml.h"
 #include "tests/test_util.h"
 
 namespace minfer {
@@ -94,6 +95,8 @@ struct Row {
   // Relative rounding of x in the CUDA tensor-core GEMM (rows > 8) of 16-bit dense weights:
   // x is converted to the weight's type (docs/cuda.md), f32 accumulation.
   double cuda_prefill_x_rounding = 0;
+  // (N, K) shapes to run instead of the default ones (block formats need K % block == 0).
+  std::vector<std::pair<int64_t, int64_t>> shapes = {};
 };
 
 // The table: every registered method (and its option variants), plus the formats no method makes
@@ -135,6 +138,20 @@ std::vector<Row> rows() {
                  }});
   r.push_back({"lowrank(f32)", [](const Linear& l) { return lowrank_of(l, 3, "f32"); }});
   r.push_back({"lowrank(int8)", [](const Linear& l) { return lowrank_of(l, 4, "int8"); }});
+  // GGML block formats (GGUF weights kept as stored): random valid blocks of every type; the
+  // 32-weight types' decode kernel rounds x to int8 per block of 32 (a finer step than per row).
+  for (uint32_t ty : ggml_blocks_types()) {
+    const bool k_quant = ggml_block_size(ty) == 256;
+    Row row{"ggml-" + ggml_type_name(ty),
+            [ty](const Linear& l) {
+              return make_linear(l.name, l.in, l.out,
+                                 test::random_ggml_blocks(ty, l.out, l.in, uint32_t(l.out * l.in)));
+            },
+            ggml_has_q8_path(ty)};
+    row.shapes = k_quant ? std::vector<std::pair<int64_t, int64_t>>{{5, 256}, {33, 512}}
+                         : std::vector<std::pair<int64_t, int64_t>>{{5, 64}, {7, 96}, {33, 160}};
+    r.push_back(row);
+  }
   return r;
 }
 
@@ -157,9 +174,9 @@ TEST_CASE("formats: every registered format round-trips and runs on CPU and CUDA
   auto cpu = make_cpu_backend(2);
   cuda_emu::emu_set_device_count(1);
   auto cuda = make_cuda_emu_backend(0);
-  const std::pair<int64_t, int64_t> shapes[] = {{5, 64}, {7, 100}, {33, 130}};
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{5, 64}, {7, 100}, {33, 130}};
   for (const Row& row : table) {
-    for (auto [N, K] : shapes) {
+    for (auto [N, K] : row.shapes.empty() ? shapes : row.shapes) {
       for (int kind = 0; kind < 4; ++kind) {
         CAPTURE(row.name);
         CAPTURE(N);

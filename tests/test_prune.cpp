@@ -365,7 +365,6 @@ TEST_CASE("prune: sparse-bitmask reads and writes the compressed-tensors layout"
   CHECK(bv.w.raw() == file->get("b.compressed").raw());
   // A corrupt offset is named.
   std::vector<std::pair<std::string, Tensor>> ts;
-  TensorSink sink{ts};
   const Linear a = load_linear(src, "a", json{{"repr", "sparse-bitmask"}}, 20, 7);
   SparseBitmask bad = std::get<SparseBitmask>(a.repr);
   bad.row_offsets = bad.row_offsets.clone();

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -11,6 +12,9 @@
 #include <vector>
 
 #include "engine/formats/format.h"
+#include "engine/formats/ggml_blocks.h"
+#include "engine/gguf.h"
+#include "engine/half.h"
 #include "engine/safetensors.h"
 
 namespace minfer::test {
@@ -72,6 +76,55 @@ inline double output_error(const Tensor& w, const Tensor& wh, const Tensor& x) {
       e += y * y;
     }
   return std::sqrt(e);
+}
+
+// Random GgmlBlocks [N, K] of a GGML block type: random quant bytes, with every fp16 scale field
+// set to a finite value (d in [0.002, 0.02), mins in (-0.05, 0.05)); not a quantization of any
+// matrix, only valid blocks to dequantize and run.
+inline GgmlBlocks random_ggml_blocks(uint32_t type, int64_t N, int64_t K, uint32_t seed) {
+  GgmlBlocks g;
+  g.type = type;
+  const int64_t rb = ggml_row_bytes(type, K), bs = int64_t(ggml_type_size(type));
+  g.blocks = Tensor::empty(DType::U8, {N, rb});
+  uint8_t* p = g.blocks.data<uint8_t>();
+  uint32_t st = seed * 2654435761u + 12345u;
+  auto next = [&] {
+    st = st * 1664525u + 1013904223u;
+    return st >> 8;
+  };
+  for (int64_t i = 0; i < N * rb; ++i) p[i] = uint8_t(next());
+  // Byte offsets of the fp16 scale (d) and min/dmin (m, -1 when none) fields of each block.
+  int d_off = 0, m_off = -1;
+  switch (GgmlType(type)) {
+    case GgmlType::Q4_1:
+    case GgmlType::Q5_1:
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K:
+      m_off = 2;
+      break;
+    case GgmlType::Q2_K:
+      d_off = 80;
+      m_off = 82;
+      break;
+    case GgmlType::Q3_K:
+      d_off = 108;
+      break;
+    case GgmlType::Q6_K:
+      d_off = 208;
+      break;
+    default:
+      break;
+  }
+  for (int64_t b = 0; b < N * rb / bs; ++b) {
+    uint8_t* blk = p + b * bs;
+    const uint16_t d = f32_to_f16(0.002f + 0.018f * float(next() % 1000) / 1000.f);
+    std::memcpy(blk + d_off, &d, 2);
+    if (m_off >= 0) {
+      const uint16_t m = f32_to_f16(0.05f * (float(next() % 2001) / 1000.f - 1.f));
+      std::memcpy(blk + m_off, &m, 2);
+    }
+  }
+  return g;
 }
 
 }  // namespace minfer::test

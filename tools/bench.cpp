@@ -214,7 +214,7 @@ double best_of(int reps, const std::function<void()>& f) {
 // embeddings.
 json prepare(const Options& o, const std::string& work, bool any_calib) {
   auto be = make_backend(o.backend, o.threads, o.device);
-  LoadedModel lm = open_named_model(o.model, *be);
+  LoadedModel lm = open_named_model(o.model, *be, true, GgufWeights::F32);  // the f32 baseline
   const ModelConfig& c = lm.model->config();
   const std::string test = find_text(o.test_text, "wiki.test.raw");
   json info = {{"arch", std::string(arch_name(c.arch))},
@@ -254,7 +254,7 @@ json prepare(const Options& o, const std::string& work, bool any_calib) {
 json compress_child(const Options& o, const std::string& work, const std::string& method,
                     const std::string& dir) {
   auto be = make_backend(o.backend, o.threads, o.device);
-  LoadedModel lm = open_named_model(o.model, *be);
+  LoadedModel lm = open_named_model(o.model, *be, true, GgufWeights::F32);  // the f32 baseline
   Model& m = *lm.model;
   const CompressSpec spec = compress_spec_from_name(method);
   const double t0 = tool::now_s();

@@ -9,7 +9,25 @@
 #include <functional>
 #include <string>
 
+#include "models/loader.h"
+
 namespace minfer::tool {
+
+// --dtype for GGUF inputs: "native" runs block-quantized weights (Q4_1, Q8_0, ...) as stored,
+// "f32" dequantizes them at load (the f32 baseline). Other inputs ignore it.
+inline void add_gguf_dtype(CLI::App& app, std::string& v) {
+  app.add_option("--dtype", v,
+                 "GGUF weights: native (run Q4_0/Q4_1/Q5_x/Q8_0/Q2_K..Q6_K blocks as stored, "
+                 "zero-copy) | f32 (dequantize at load)")
+      ->check(CLI::IsMember({"native", "f32"}));
+}
+inline GgufWeights gguf_weights(const std::string& v) {
+  return v == "f32" ? GgufWeights::F32 : GgufWeights::Native;
+}
+// Prints the loader's line on the weight formats (GGUF only) to stderr.
+inline void say_weights(const LoadedModel& lm) {
+  if (!lm.weights_summary.empty()) std::fprintf(stderr, "%s\n", lm.weights_summary.c_str());
+}
 
 inline double peak_rss_mb() {
   struct rusage ru;

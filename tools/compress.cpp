@@ -164,7 +164,8 @@ int main(int argc, char** argv) {
         std::filesystem::exists(std::filesystem::path(resolved) / "tokenizer.json");
     MINFER_CHECK(has_tok || calib_path.empty(), "{}: --calibrate needs the model's tokenizer.json",
                  resolved);
-    LoadedModel lm = open_model(resolved, *be, has_tok);
+    // Compression starts from f32 weights: a GGUF input is dequantized at load.
+    LoadedModel lm = open_model(resolved, *be, has_tok, GgufWeights::F32);
     MINFER_CHECK(!spec.needs_calibration() || lm.model->config().causal(),
                  "{}: calibration runs causal LMs only, and '{}' is a '{}' model (use magnitude "
                  "pruning or a method without calibration)",

@@ -35,6 +35,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"hf", "llama"}));
   app.add_option("--threads,-t", threads, "threads")->check(CLI::NonNegativeNumber);
   app.add_option("--backend", backend, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  std::string dtype = "native";
+  tool::add_gguf_dtype(app, dtype);
   app.add_option("--device", device, "GPU index")->check(CLI::NonNegativeNumber);
   app.add_flag("--json", json, "print the result as JSON");
   app.add_flag("--quiet,-q", quiet, "no progress bar");
@@ -52,7 +54,8 @@ int main(int argc, char** argv) {
     std::stringstream ss;
     ss << f.rdbuf();
     auto be = make_backend(backend, threads, device);
-    LoadedModel lm = open_named_model(model, *be);
+    LoadedModel lm = open_named_model(model, *be, true, tool::gguf_weights(dtype));
+    tool::say_weights(lm);
     std::vector<int32_t> ids = lm.tokenizer->encode(ss.str(), true);
     const size_t all = ids.size();
     if (max_tokens > 0 && size_t(max_tokens) < ids.size()) ids.resize(size_t(max_tokens));

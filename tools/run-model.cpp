@@ -40,6 +40,8 @@ int main(int argc, char** argv) {
                  "processes keep the cores busy, unless MINFER_POOL_BACKOFF=0)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--backend", backend, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  std::string dtype = "native";
+  tool::add_gguf_dtype(app, dtype);
   app.add_option("--device", device, "GPU index for --backend cuda")->check(CLI::NonNegativeNumber);
   app.add_flag("--json", json, "print one JSON object instead of streaming text");
   return tool::run(app, argc, argv, [&] {
@@ -47,7 +49,8 @@ int main(int argc, char** argv) {
     // over the timed generation: the stats line says when the speeds come from a busy machine.
     const CpuTimes at_start = read_cpu_times();
     auto be = make_backend(backend, threads, device);
-    LoadedModel lm = open_named_model(model, *be);
+    LoadedModel lm = open_named_model(model, *be, true, tool::gguf_weights(dtype));
+    tool::say_weights(lm);
     Model& m = *lm.model;
     const ModelConfig& c = m.config();
     MINFER_CHECK(c.causal(), "{}: '{}' is an encoder, run-model needs a causal LM (try embed)",

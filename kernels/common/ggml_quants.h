@@ -23,6 +23,21 @@ namespace minfer::ggml {
 
 constexpr int QK4_0 = 32, QK4_1 = 32, QK5_0 = 32, QK5_1 = 32, QK8_0 = 32, QK8_1 = 32;
 constexpr int QK_K = 256;
+
+// ggml_type values of the block types (the same numbers as GgmlType in engine/gguf.h, which
+// device code does not include; engine/formats/ggml_blocks.cpp asserts they agree).
+enum class BlockType : uint32_t {
+  Q4_0 = 2,
+  Q4_1 = 3,
+  Q5_0 = 6,
+  Q5_1 = 7,
+  Q8_0 = 8,
+  Q2_K = 10,
+  Q3_K = 11,
+  Q4_K = 12,
+  Q5_K = 13,
+  Q6_K = 14,
+};
 constexpr int K_SCALE_SIZE = 12;  // packed 6-bit scales + mins of Q4_K / Q5_K
 
 // Q4_0: 32 weights in 18 bytes = 4.5 bits/weight. y = d * (q - 8), q in [0, 15].

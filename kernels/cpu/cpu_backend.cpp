@@ -17,6 +17,7 @@
 #include "engine/half.h"
 #include "engine/thread_pool.h"
 #include "kernels/cpu/dense.h"
+#include "kernels/cpu/ggml.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/quant_act.h"
 #include "kernels/cpu/sparse.h"
@@ -134,6 +135,7 @@ class CpuBackend final : public Backend {
             [&](const SparseBitmask& r) {
               sparse_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out);
             },
+            [&](const GgmlBlocks& r) { ggml_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out); },
         },
         w.repr);
   }
@@ -169,6 +171,35 @@ class CpuBackend final : public Backend {
       if (accumulate)
         for (int64_t c = 0; c < C; ++c) yr[c] += dst[c];
     }
+  }
+
+  void embedding_table(Tensor& y, const Linear& table, const int32_t* ids, int64_t n) override {
+    auto unsupported = [&](const char* f) {
+      throw NotImplemented(fmt::format("embedding table '{}' stored as {}", table.name, f));
+    };
+    std::visit(overloaded{
+                   [&](const Dense& r) {
+                     MINFER_CHECK(!r.transposed, "embedding table '{}' must be [V, C]", table.name);
+                     embedding(y, r.w, ids, n, false);
+                   },
+                   [&](const Quantized&) { unsupported("quantized"); },
+                   [&](const Int8WithOutliers&) { unsupported("llm-int8"); },
+                   [&](const W8A8&) { unsupported("w8a8"); },
+                   [&](const LowRank&) { unsupported("lowrank"); },
+                   [&](const SparseBitmask&) { unsupported("sparse"); },
+                   [&](const GgmlBlocks& r) {
+                     Mat Y = mat(y, "embedding output");
+                     MINFER_CHECK(Y.rows == n && Y.cols == table.in,
+                                  "embedding: output [{}, {}], expected [{}, {}]", Y.rows, Y.cols,
+                                  n, table.in);
+                     for (int64_t t = 0; t < n; ++t)
+                       MINFER_CHECK(ids[t] >= 0 && ids[t] < table.out,
+                                    "token id {} at position {} out of range [0, {})", ids[t], t,
+                                    table.out);
+                     ggml_blocks_rows(r, table.in, ids, n, Y.p, Y.ld);
+                   },
+               },
+               table.repr);
   }
 
   void copy(Tensor& dst, const Tensor& src) override {

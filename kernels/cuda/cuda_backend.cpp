@@ -102,7 +102,7 @@ struct Scratch {
 
 // A weight as the device holds it. `magic` tells our copies from another backend's.
 constexpr uint64_t kMagic = 0x6d696e6665724355ull ^ sizeof(QWeight);
-enum class LKind { Dense, Quantized, LlmInt8, W8A8, LowRank, Sparse };
+enum class LKind { Dense, Quantized, LlmInt8, W8A8, LowRank, Sparse, Ggml };
 struct DeviceLinear {
   uint64_t magic = kMagic;
   LKind kind = LKind::Dense;
@@ -123,6 +123,9 @@ struct DeviceLinear {
   // Sparse: the mask and the packed values (or codes) with their scales, as on the host.
   SWeight sw;
   Tensor mask, vals, vscales;
+  // Ggml: the blocks as stored.
+  GWeight gw;
+  Tensor gblocks;
 };
 
 // A 2-D f32 device view (the CPU backend's Mat, on the device).
@@ -337,6 +340,11 @@ class CudaBackend final : public Backend {
               }
               sw.vals = d->vals.raw();
             },
+            [&](const GgmlBlocks& r) {
+              d->kind = LKind::Ggml;
+              d->gblocks = upload(r.blocks);
+              d->gw = GWeight{r.type, d->gblocks.data<uint8_t>(), r.blocks.dim(1), w.in, w.out};
+            },
         },
         w.repr);
     // The host-side index vector above is copied before it goes out of scope.
@@ -407,6 +415,9 @@ class CudaBackend final : public Backend {
       case LKind::Sparse:
         launch_sparse_linear(d->sw, X.p, T, X.ld, Y.p, Y.ld, stream_);
         break;
+      case LKind::Ggml:
+        launch_ggml_linear(d->gw, X.p, T, X.ld, Y.p, Y.ld, stream_);
+        break;
     }
     if (d->bias.defined()) launch_add_bias(Y, d->bias.data<float>(), stream_);
   }
@@ -455,6 +466,46 @@ class CudaBackend final : public Backend {
   }
 
   // ---- Other ops.
+
+  void embedding_table(Tensor& y, const Linear& table, const int32_t* ids, int64_t n) override {
+    auto unsupported = [&](const char* f) {
+      throw NotImplemented(fmt::format("cuda: embedding table '{}' stored as {}", table.name, f));
+    };
+    std::visit(
+        overloaded{
+            [&](const Dense& r) {
+              MINFER_CHECK(!r.transposed, "embedding table '{}' must be [V, C]", table.name);
+              embedding(y, r.w, ids, n, false);
+            },
+            [&](const Quantized&) { unsupported("quantized"); },
+            [&](const Int8WithOutliers&) { unsupported("llm-int8"); },
+            [&](const W8A8&) { unsupported("w8a8"); },
+            [&](const LowRank&) { unsupported("lowrank"); },
+            [&](const SparseBitmask&) { unsupported("sparse"); },
+            [&](const GgmlBlocks&) {
+              DMat Y = dmat(y, "embedding output");
+              MINFER_CHECK(Y.rows == n && Y.cols == table.in,
+                           "embedding: output [{}, {}], expected [{}, {}]", Y.rows, Y.cols, n,
+                           table.in);
+              for (int64_t t = 0; t < n; ++t)
+                MINFER_CHECK(ids[t] >= 0 && ids[t] < table.out,
+                             "token id {} at position {} out of range [0, {})", ids[t], t,
+                             table.out);
+              std::shared_ptr<DeviceLinear> tmp;
+              const DeviceLinear* d = nullptr;
+              if (table.device_copy &&
+                  static_cast<const DeviceLinear*>(table.device_copy.get())->magic == kMagic) {
+                d = static_cast<const DeviceLinear*>(table.device_copy.get());
+              } else {
+                tmp = make_device_linear(table);
+                d = tmp.get();
+              }
+              const int32_t* did = to_device(ids_, ids, size_t(n));
+              launch_ggml_rows(d->gw, did, Y, false, stream_);
+            },
+        },
+        table.repr);
+  }
 
   void embedding(Tensor& y, const Tensor& table, const int32_t* ids, int64_t n,
                  bool accumulate) override {

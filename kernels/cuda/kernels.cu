@@ -11,7 +11,9 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
+#include "kernels/common/ggml_quants.h"
 #include "kernels/common/quant_math.h"
 #include "kernels/cuda/kernels.h"
 
@@ -517,6 +519,49 @@ __global__ void outlier_add_kernel(QWeight w, const float* x, int64_t T, int64_t
   }
 }
 
+// GgmlBlocks: one warp per output row n and up to kTT tokens; lane l takes blocks l, l + 32, ...
+// of the row, dequantizes each (the host's ggml::dequant_block) and dots it with x.
+template <typename Block, int QK>
+__global__ void ggml_linear_kernel(GWeight w, const float* x, int64_t T, int64_t ldx, float* y,
+                                   int64_t ldy) {
+  const int lane = threadIdx.x % 32;
+  const int64_t n = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
+  const int64_t t0 = int64_t(blockIdx.y) * kTT;
+  if (n >= w.N) return;
+  const int64_t nt = T - t0 < kTT ? T - t0 : kTT, nb = w.K / QK;
+  const Block* row = reinterpret_cast<const Block*>(w.blocks + n * w.rb);
+  float acc[kTT] = {};
+  float v[QK];
+  for (int64_t b = lane; b < nb; b += 32) {
+    ggml::dequant_block(row[b], v);
+    for (int64_t i = 0; i < nt; ++i) {
+      const float* xr = x + (t0 + i) * ldx + b * QK;
+      float a = 0.f;
+      for (int j = 0; j < QK; ++j) a += v[j] * xr[j];
+      acc[i] += a;
+    }
+  }
+  for (int64_t i = 0; i < kTT; ++i) {
+    const float s = warp_sum(acc[i]);
+    if (lane == 0 && i < nt) y[(t0 + i) * ldy + n] = s;
+  }
+}
+
+// GgmlBlocks embedding rows: one thread per (token, block).
+template <typename Block, int QK>
+__global__ void ggml_rows_kernel(GWeight w, const int32_t* ids, DMat y, bool accumulate) {
+  const int64_t nb = w.K / QK, n = y.rows * nb;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i / nb, b = i % nb;
+    const Block* row = reinterpret_cast<const Block*>(w.blocks + int64_t(ids[t]) * w.rb);
+    float v[QK];
+    ggml::dequant_block(row[b], v);
+    float* o = y.p + t * y.ld + b * QK;
+    for (int j = 0; j < QK; ++j) o[j] = accumulate ? o[j] + v[j] : v[j];
+  }
+}
+
 dim3 rows_grid(int64_t N, int64_t T) {
   return dim3(unsigned((N + kWarps - 1) / kWarps), unsigned((T + kTT - 1) / kTT));
 }
@@ -649,6 +694,53 @@ void launch_wq_linear(const QWeight& w, const float* x, int64_t T, int64_t ldx, 
   }
   throw std::invalid_argument("launch_wq_linear: invalid scheme value " +
                               std::to_string(int(w.scheme)));
+}
+
+// Calls f(Block{}, QK) for the block type of w; throws for another type.
+template <typename F>
+void ggml_dispatch(uint32_t type, F f) {
+  using ggml::BlockType;
+  switch (BlockType(type)) {
+    case BlockType::Q4_0:
+      return f(ggml::BlockQ4_0{}, std::integral_constant<int, ggml::QK4_0>{});
+    case BlockType::Q4_1:
+      return f(ggml::BlockQ4_1{}, std::integral_constant<int, ggml::QK4_1>{});
+    case BlockType::Q5_0:
+      return f(ggml::BlockQ5_0{}, std::integral_constant<int, ggml::QK5_0>{});
+    case BlockType::Q5_1:
+      return f(ggml::BlockQ5_1{}, std::integral_constant<int, ggml::QK5_1>{});
+    case BlockType::Q8_0:
+      return f(ggml::BlockQ8_0{}, std::integral_constant<int, ggml::QK8_0>{});
+    case BlockType::Q2_K:
+      return f(ggml::BlockQ2_K{}, std::integral_constant<int, ggml::QK_K>{});
+    case BlockType::Q3_K:
+      return f(ggml::BlockQ3_K{}, std::integral_constant<int, ggml::QK_K>{});
+    case BlockType::Q4_K:
+      return f(ggml::BlockQ4_K{}, std::integral_constant<int, ggml::QK_K>{});
+    case BlockType::Q5_K:
+      return f(ggml::BlockQ5_K{}, std::integral_constant<int, ggml::QK_K>{});
+    case BlockType::Q6_K:
+      return f(ggml::BlockQ6_K{}, std::integral_constant<int, ggml::QK_K>{});
+  }
+  throw std::invalid_argument("ggml kernels: unsupported GGML type " + std::to_string(type));
+}
+
+void launch_ggml_linear(const GWeight& w, const float* x, int64_t T, int64_t ldx, float* y,
+                        int64_t ldy, cudaStream_t s) {
+  ggml_dispatch(w.type, [&](auto blk, auto qk) {
+    auto* k = ggml_linear_kernel<decltype(blk), decltype(qk)::value>;
+    MINFER_LAUNCH(k, rows_grid(w.N, T), kWarps * 32, 0, s)(w, x, T, ldx, y, ldy);
+  });
+}
+
+void launch_ggml_rows(const GWeight& w, const int32_t* ids, DMat y, bool accumulate,
+                      cudaStream_t s) {
+  ggml_dispatch(w.type, [&](auto blk, auto qk) {
+    auto* k = ggml_rows_kernel<decltype(blk), decltype(qk)::value>;
+    MINFER_LAUNCH(k, grid_for(y.rows * (w.K / decltype(qk)::value), kElemThreads), kElemThreads, 0,
+                  s)
+    (w, ids, y, accumulate);
+  });
 }
 
 void launch_sparse_linear(const SWeight& w, const float* x, int64_t T, int64_t ldx, float* y,

@@ -104,6 +104,21 @@ struct SWeight {
 void launch_sparse_linear(const SWeight& w, const float* x, int64_t T, int64_t ldx, float* y,
                           int64_t ldy, cudaStream_t s);
 
+// A GgmlBlocks weight on the device (engine/formats/ggml_blocks.h): the file's blocks as stored.
+struct GWeight {
+  uint32_t type = 0;                // ggml::BlockType value (kernels/common/ggml_quants.h)
+  const uint8_t* blocks = nullptr;  // [N, rb] bytes, row n = its K / QK blocks
+  int64_t rb = 0, K = 0, N = 0;
+};
+// y[T, N] = x[T, K] · Wᵀ for a GgmlBlocks weight, f32 activations: one warp per output row and
+// up to kTT tokens, each lane dequantizing whole blocks (ggml::dequant_block) in registers /
+// local memory and dotting them with x. Throws std::invalid_argument for a type it lacks.
+void launch_ggml_linear(const GWeight& w, const float* x, int64_t T, int64_t ldx, float* y,
+                        int64_t ldy, cudaStream_t s);
+// Embedding lookup from a GgmlBlocks table [N = V, K = C]: y[t] (+)= dequantized row ids[t].
+void launch_ggml_rows(const GWeight& w, const int32_t* ids, DMat y, bool accumulate,
+                      cudaStream_t s);
+
 // LLM.int8(): flags[k] = 1 for the outlier features of this call (listed in col_index >= 0, or
 // |x[t, k]| >= threshold for some t); xm = x with those columns set to 0 (contiguous [T, K]).
 void launch_outlier_split(const float* x, int64_t T, int64_t ldx, int64_t K, float threshold,

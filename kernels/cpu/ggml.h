@@ -1,0 +1,55 @@
+// GGML block-format linears on the CPU (struct: engine/formats/ggml_blocks.h; block math:
+// kernels/common/ggml_quants.h). Legend: T rows of x (tokens), K = in features, N = out features,
+// nb = K / 32 blocks per row, QK weights per block.
+//
+// Two paths, as llama.cpp (ggml-cpu's vec_dot_q*_q8_* and its "dequantize, then sgemm" route):
+//   q8 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0; T < kGgmlGemmMinT, i.e. decode): x is quantized per block of
+//     32 to int8 as ggml's quantize_row_q8_0/q8_1 (d = max|x| / 127, q = round(x / d), s = Σ q)
+//     and each weight block is an integer dot product:
+//       y[t, n] = Σ_b dx[t, b] (dw[n, b] Σ_j u[n, b, j] q[t, b, j] + (mw[n, b] - o dw[n, b]) s[t,
+//       b])
+//     with u the stored unsigned code (nibble, 5-bit code, or int8 + 128), o its offset (8, 16,
+//     128; 0 with a min mw for Q4_1 / Q5_1). AVX-512 VNNI: one vpdpbusd per block of 32.
+//   f32 (every type; T >= kGgmlGemmMinT, and every T for the K-quants): one tile of 64 rows
+//     dequantized to f32 at a time (dequantize_row, bit-exact), then sgemm against x: the result
+//     is the f32 matmul of dequantize_weight up to summation order.
+// Error of the q8 path against the f32 matmul of the dequantized weights: per block
+// |Σ_j w_j (x_j - dx q_j)| <= dx / 2 Σ_j |w_j| (round to nearest), so
+//   |y_q8 - y_f32| <= Σ_b dx[b] / 2 · Σ_{j in b} |w_j|  (+ f32 rounding),
+// which tests assert. Parallel: OpenMP over output rows (one loop per path).
+#pragma once
+#include <cstdint>
+
+#include "engine/linear.h"
+
+namespace minfer {
+
+// Below this many rows of x the integer q8 path runs (types that have it).
+constexpr int64_t kGgmlGemmMinT = 8;
+
+// y[T, N] (row stride ldy) = x[T, K] (row stride ldx) · Wᵀ, by the path described above.
+void ggml_linear(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx, float* y, int64_t ldy,
+                 int64_t K, int64_t N);
+
+// Which path ggml_linear takes, from the environment variable MINFER_GGML_PATH (read once):
+// auto (default: as described above), f32 (always the f32 path: exact up to summation order), q8
+// (the q8 path at every T where the type has it: measures its perplexity cost).
+enum class GgmlPath { Auto, F32, Q8 };
+GgmlPath ggml_path();
+
+// Whether the type has the integer q8 path (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
+bool ggml_has_q8_path(uint32_t type);
+// The q8 path at any T (SIMD where compiled), and its scalar reference (the same codes and
+// integer sums, f32 combination in block order). Throws for types without the path.
+void ggml_linear_q8(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx, float* y,
+                    int64_t ldy, int64_t K, int64_t N);
+void ggml_linear_q8_ref(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx, float* y,
+                        int64_t ldy, int64_t K, int64_t N);
+// The f32 path at any T: row tiles dequantized, then sgemm.
+void ggml_linear_f32(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx, float* y,
+                     int64_t ldy, int64_t K, int64_t N);
+
+// Which SIMD the q8 path uses in this build: "avx512-vnni" or "scalar".
+const char* ggml_linear_isa();
+
+}  // namespace minfer
