@@ -146,6 +146,11 @@ class Llama final : public Model {
     return v;
   }
 
+  std::vector<Linear*> tables() override {
+    if (std::holds_alternative<Dense>(tok_emb_.repr)) return {};
+    return {&tok_emb_};
+  }
+
   std::vector<NamedTensor> tensors() override {
     // A table kept in a block format is no float tensor: it is counted (and saved) through the
     // tied head, or not at all when untied (compression dequantizes GGUF tables at load).

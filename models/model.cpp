@@ -42,9 +42,16 @@ size_t Model::weight_bytes() const {
     b += t.t->nbytes();
     if (t.embedding) tables.push_back(t.t->raw());
   }
+  // A table held in a block format: counted once, whether or not a head shares its blocks.
+  for (const Linear* t : m.tables()) {
+    b += t->weight_bytes();
+    if (const GgmlBlocks* g = std::get_if<GgmlBlocks>(&t->repr)) tables.push_back(g->blocks.raw());
+  }
   for (const Linear* w : m.linears()) {
-    const Dense* d = std::get_if<Dense>(&w->repr);
-    const bool tied = d && std::find(tables.begin(), tables.end(), d->w.raw()) != tables.end();
+    const void* raw = nullptr;
+    if (const Dense* d = std::get_if<Dense>(&w->repr)) raw = d->w.raw();
+    if (const GgmlBlocks* g = std::get_if<GgmlBlocks>(&w->repr)) raw = g->blocks.raw();
+    const bool tied = raw && std::find(tables.begin(), tables.end(), raw) != tables.end();
     if (!tied) b += w->weight_bytes();
     b += w->bias.defined() ? w->bias.nbytes() : 0;
   }

@@ -60,6 +60,9 @@ class Model {
     bool embedding = false;
   };
   virtual std::vector<NamedTensor> tensors() = 0;
+  // Lookup tables held as a Linear in a non-float format (a GGUF token_embd run in its block
+  // format): not in tensors(), not a projection. Training and size accounting read them here.
+  virtual std::vector<Linear*> tables() { return {}; }
   // Bytes of all weights (projections with biases, embeddings, norms); a head tied to the
   // embedding table is counted once.
   size_t weight_bytes() const;

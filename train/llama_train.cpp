@@ -60,6 +60,7 @@ void TrainLlama::load_from_model(Model& m, const std::vector<int64_t>& layer_map
   for (const Model::NamedTensor& t : m.tensors()) by_name[t.name] = *t.t;
   std::map<std::string, const Linear*> lin;
   for (Linear* l : m.linears()) lin[l->name] = l;
+  for (Linear* l : m.tables()) lin[l->name] = l;  // a GGUF table run in its block format
   auto source_name = [&](const std::string& name) {
     if (layer_map.empty() || name.rfind("model.layers.", 0) != 0) return name;
     const size_t a = std::strlen("model.layers."), b = name.find('.', a);
