@@ -44,25 +44,36 @@ bool is_compressed_folder(const std::string& dir) {
 }
 
 CompressedSource::CompressedSource(const std::string& dir)
-    : dir_(dir), store_(WeightStore::open(dir)) {
-  const fs::path p = fs::path(dir) / "config.json";
-  MINFER_CHECK(fs::is_regular_file(p), "{}: cannot open config.json", dir);
-  const json j = read_config(p);
+    : CompressedSource(
+          [&] {
+            const fs::path p = fs::path(dir) / "config.json";
+            MINFER_CHECK(fs::is_regular_file(p), "{}: cannot open config.json", dir);
+            std::ifstream f(p);
+            std::stringstream ss;
+            ss << f.rdbuf();
+            return ss.str();
+          }(),
+          WeightStore::open(dir), dir) {}
+
+CompressedSource::CompressedSource(const std::string& config_json, WeightStore store,
+                                   const std::string& origin)
+    : dir_(origin), store_(std::move(store)) {
+  const std::string p = (fs::path(origin) / "config.json").string();
+  const json j = json::parse(config_json, nullptr, false);
   MINFER_CHECK(j.is_object() && j.contains("quantization") && j["quantization"].is_object(),
-               "{}: config.json has no quantization section", p.string());
+               "{}: config.json has no quantization section", p);
   const json& q = j["quantization"];
   MINFER_CHECK(q.value("format", "") == "minfer",
-               "{}: quantization.format is '{}', expected 'minfer'", p.string(),
-               q.value("format", ""));
+               "{}: quantization.format is '{}', expected 'minfer'", p, q.value("format", ""));
   MINFER_CHECK(q.value("version", 0) == 1,
-               "{}: quantization version {} is not supported (this build reads version 1)",
-               p.string(), q.value("version", 0));
+               "{}: quantization version {} is not supported (this build reads version 1)", p,
+               q.value("version", 0));
   method_ = q.value("method", "");
   MINFER_CHECK(q.contains("tensors") && q["tensors"].is_object(),
-               "{}: quantization.tensors missing", p.string());
+               "{}: quantization.tensors missing", p);
   for (auto& [name, e] : q["tensors"].items()) {
     MINFER_CHECK(e.is_object() && e.contains("repr") && e["repr"].is_string(),
-                 "{}: quantization entry for '{}' lacks a 'repr'", p.string(), name);
+                 "{}: quantization entry for '{}' lacks a 'repr'", p, name);
     info_[name] = e.dump();
   }
 }

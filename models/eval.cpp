@@ -215,13 +215,15 @@ SentenceEmbeddingConfig read_sentence_embedding_config(const std::string& model_
           st.pooling = mode;
         }
       }
-      for (const auto& [key, v] : c.items())
+      for (const auto& item : c.items()) {
+        const std::string& key = item.key();  // a named copy: clang 14 cannot capture a binding
         MINFER_CHECK(!key.starts_with("pooling_mode_") ||
                          std::any_of(std::begin(kModes), std::end(kModes),
                                      [&](const auto& e) { return key == e.first; }),
                      "{}: pooling mode '{}' is not supported (supported: cls_token, max_tokens, "
                      "mean_tokens, mean_sqrt_len_tokens, weightedmean_tokens, lasttoken)",
                      cp.string(), key);
+      }
       MINFER_CHECK(
           on.size() == 1,
           "{}: exactly one pooling mode must be true, found {} ({}); sentence-transformers "
