@@ -108,7 +108,8 @@ Model parse_model(const json& m, const JsonReader& r) {
       r.fail(fmt::format("BPE dropout {} is not supported (inference tokenizes deterministically)",
                          m.at("dropout").dump()));
     BpeOptions opt;
-    opt.unk_token = r.str_or(m, "unk_token", "");
+    if (m.contains("unk_token") && !m.at("unk_token").is_null())
+      opt.unk_token = r.str(m, "unk_token", "model");
     opt.continuing_subword_prefix = r.str_or(m, "continuing_subword_prefix", "");
     opt.end_of_word_suffix = r.str_or(m, "end_of_word_suffix", "");
     opt.fuse_unk = r.boolean(m, "fuse_unk", false);
