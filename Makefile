@@ -10,7 +10,13 @@ ARCH     ?= -march=native
 OPTLEVEL ?= -O3
 OPENBLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
 
-ifeq ($(SANITIZE),1)
+ifeq ($(FUZZ),1)
+  # libFuzzer build (`make fuzz`, clang only): every object instrumented for coverage and
+  # ASan + UBSan; the fuzzer's main() is linked into the harnesses only (tests/fuzz/).
+  VARIANT := fuzz
+  OPT     := -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined
+  LDOPT   := -fsanitize=address,undefined
+else ifeq ($(SANITIZE),1)
   VARIANT := sanitize
   OPT     := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
   LDOPT   := -fsanitize=address,undefined
@@ -42,6 +48,10 @@ CPPFLAGS += -I. -Iinclude -MMD -MP
 # -fPIC: the same objects make libminfer.a and libminfer.so. Hidden visibility: the shared
 # library exports only what include/minfer.h marks MINFER_API (and capi/minfer.map keeps it so).
 CXXFLAGS += -std=c++20 $(OPT) $(ARCH) -fopenmp -fPIC -fvisibility=hidden -fvisibility-inlines-hidden -Wall -Wextra -Werror=switch -Wno-unused-parameter -Wno-maybe-uninitialized $(EXTRA_CXXFLAGS)
+# clang does not know GCC's -Wmaybe-uninitialized.
+ifneq ($(findstring clang,$(CXX)),)
+  CXXFLAGS += -Wno-unknown-warning-option
+endif
 LDFLAGS  += $(LDOPT) -fopenmp -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR)
 LDLIBS   += -lopenblas -llapacke -lutf8proc -lfmt -lpthread
 # Only the application layer (app/: model fetching) links libzip and OpenSSL.
@@ -98,7 +108,7 @@ ifeq ($(CUDA),1)
   LDLIBS    += -lcublasLt -lcublas -lcudart
 endif
 
-.PHONY: all lib tools tests unit-tests test bench bench-llamacpp deps arm-deps models demo clean format install
+.PHONY: all lib tools tests unit-tests test bench bench-llamacpp deps arm-deps models demo clean format install fuzz fuzzers fuzz-run
 all: lib tools tests $(BENCHBIN)
 lib: $(LIB) $(SOLINKS)
 tools: $(TOOLS)
@@ -204,10 +214,38 @@ models: $(BINDIR)/fetch-model
 demo: all models
 	BIN=$(BINDIR) bash scripts/demo.sh
 
+# Fuzzing (docs/fuzzing.md): the libFuzzer harnesses tests/fuzz/fuzz_<name>.cpp, with the whole
+# library compiled by clang under ASan + UBSan into $(FUZZ_BUILD)/ (its own tree, never mixed
+# with build/). `make fuzz` builds them; `make fuzz-run FUZZ_SECONDS=60` runs each for that long
+# from its seed corpus tests/fuzz/corpus/<name>/ (FUZZ_JOBS at a time) and fails on any crash,
+# leak, timeout or non-minfer exception.
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_CXX     ?= clang++
+FUZZ_SECONDS ?= 60
+FUZZ_JOBS    ?= 2
+FUZZ_NAMES   := $(patsubst tests/fuzz/fuzz_%.cpp,%,$(wildcard tests/fuzz/fuzz_*.cpp))
+FUZZ_BINS    := $(FUZZ_NAMES:%=$(BINDIR)/fuzz-%)
+FUZZ_MAKE    := $(MAKE) FUZZ=1 BUILD=$(FUZZ_BUILD) CXX=$(FUZZ_CXX)
+
+fuzz:
+	+$(FUZZ_MAKE) fuzzers
+
+fuzzers: $(FUZZ_BINS)
+
+$(BINDIR)/fuzz-%: $(OBJDIR)/tests/fuzz/fuzz_%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) -fsanitize=fuzzer $< $(LIB) $(LDLIBS) -o $@
+
+fuzz-run: fuzz
+	+$(FUZZ_MAKE) -j$(FUZZ_JOBS) $(FUZZ_NAMES:%=fuzz-run-%)
+
+fuzz-run-%: $(BINDIR)/fuzz-%
+	bash tests/fuzz/run.sh $< $* $(FUZZ_SECONDS) $(FUZZ_BUILD)
+
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.h' '*.cu' '*.cuh')
 
 clean:
 	rm -rf $(BUILD)
 
--include $(LIB_OBJ:.o=.d) $(APP_OBJ:.o=.d) $(TRAIN_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BENCH_OBJ:.o=.d) $(CUEMU_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(APP_OBJ:.o=.d) $(TRAIN_OBJ:.o=.d) $(FUZZ_NAMES:%=$(OBJDIR)/tests/fuzz/fuzz_%.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BENCH_OBJ:.o=.d) $(CUEMU_OBJ:.o=.d)

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "engine/error.h"
+#include "engine/json_text.h"
 
 namespace minfer {
 
@@ -14,12 +15,20 @@ using json = nlohmann::json;
 
 namespace {
 
-json read_config(const fs::path& p) {
+std::string read_text(const fs::path& p) {
   std::ifstream f(p);
-  if (!f.good()) return json();
+  MINFER_CHECK(f.good(), "{}: cannot open", p.string());
   std::stringstream ss;
   ss << f.rdbuf();
-  return json::parse(ss.str(), nullptr, false);
+  return ss.str();
+}
+
+// A string field of `o`, or "" when absent; a value of another type is an error naming it.
+std::string str_field(const json& o, const char* key, const std::string& where) {
+  auto it = o.find(key);
+  if (it == o.end()) return "";
+  MINFER_CHECK(it->is_string(), "{}: {} should be a string, found {}", where, key, it->dump());
+  return it->get<std::string>();
 }
 
 // The folder's safetensors files as a TensorSource for load_linear.
@@ -38,31 +47,45 @@ class StoreTensors final : public TensorSource {
 bool is_compressed_folder(const std::string& dir) {
   const fs::path p = fs::path(dir) / "config.json";
   if (!fs::is_regular_file(p)) return false;
-  const json j = read_config(p);
-  return j.is_object() && j.contains("quantization") && j["quantization"].is_object() &&
-         j["quantization"].value("format", "") == "minfer";
+  // A probe: text that is not a readable JSON object is not our folder (the loader that takes the
+  // folder next reports what is wrong with it).
+  const json j = json::parse(read_text(p), nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return false;
+  auto q = j.find("quantization");
+  if (q == j.end() || !q->is_object()) return false;
+  auto f = q->find("format");
+  return f != q->end() && f->is_string() && f->get<std::string>() == "minfer";
 }
 
 CompressedSource::CompressedSource(const std::string& dir)
-    : dir_(dir), store_(WeightStore::open(dir)) {
-  const fs::path p = fs::path(dir) / "config.json";
-  MINFER_CHECK(fs::is_regular_file(p), "{}: cannot open config.json", dir);
-  const json j = read_config(p);
-  MINFER_CHECK(j.is_object() && j.contains("quantization") && j["quantization"].is_object(),
-               "{}: config.json has no quantization section", p.string());
-  const json& q = j["quantization"];
-  MINFER_CHECK(q.value("format", "") == "minfer",
-               "{}: quantization.format is '{}', expected 'minfer'", p.string(),
-               q.value("format", ""));
-  MINFER_CHECK(q.value("version", 0) == 1,
-               "{}: quantization version {} is not supported (this build reads version 1)",
-               p.string(), q.value("version", 0));
-  method_ = q.value("method", "");
-  MINFER_CHECK(q.contains("tensors") && q["tensors"].is_object(),
-               "{}: quantization.tensors missing", p.string());
-  for (auto& [name, e] : q["tensors"].items()) {
+    : CompressedSource(
+          [&] {
+            const fs::path p = fs::path(dir) / "config.json";
+            MINFER_CHECK(fs::is_regular_file(p), "{}: cannot open config.json", dir);
+            return read_text(p);
+          }(),
+          WeightStore::open(dir), dir) {}
+
+CompressedSource::CompressedSource(const std::string& config_json, WeightStore store,
+                                   const std::string& origin)
+    : dir_(origin), store_(std::move(store)) {
+  const std::string p = (fs::path(origin) / "config.json").string();
+  const json j = parse_json_text(config_json, p, "config");
+  MINFER_CHECK(j.is_object() && j.contains("quantization") && j.at("quantization").is_object(),
+               "{}: config.json has no quantization section", p);
+  const json& q = j.at("quantization");
+  const std::string format = str_field(q, "format", p + ": quantization");
+  MINFER_CHECK(format == "minfer", "{}: quantization.format is '{}', expected 'minfer'", p, format);
+  MINFER_CHECK(q.contains("version") && q.at("version").is_number_integer() &&
+                   q.at("version").get<int64_t>() == 1,
+               "{}: quantization version {} is not supported (this build reads version 1)", p,
+               q.contains("version") ? q.at("version").dump() : "(missing)");
+  method_ = str_field(q, "method", p + ": quantization");
+  MINFER_CHECK(q.contains("tensors") && q.at("tensors").is_object(),
+               "{}: quantization.tensors missing", p);
+  for (auto& [name, e] : q.at("tensors").items()) {
     MINFER_CHECK(e.is_object() && e.contains("repr") && e["repr"].is_string(),
-                 "{}: quantization entry for '{}' lacks a 'repr'", p.string(), name);
+                 "{}: quantization entry for '{}' lacks a 'repr'", p, name);
     info_[name] = e.dump();
   }
 }

@@ -21,7 +21,12 @@ bool is_compressed_folder(const std::string& dir);
 
 class CompressedSource : public WeightSource {
  public:
+  // Reads dir/config.json and the folder's safetensors. Throws naming the file and the key for
+  // a missing or malformed quantization section.
   explicit CompressedSource(const std::string& dir);
+  // The same from config.json's text and already opened weights; `origin` names them in
+  // messages (the folder's path when read from disk).
+  CompressedSource(const std::string& config_json, WeightStore store, const std::string& origin);
   bool has(const std::string& name) const override;
   Tensor tensor(const std::string& name, std::initializer_list<int64_t> shape) const override;
   Linear linear(const std::string& prefix, int64_t in, int64_t out, bool bias,

@@ -3,11 +3,13 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "engine/error.h"
+#include "engine/json_text.h"
 #include "engine/rope.h"
 
 namespace minfer {
@@ -36,21 +38,24 @@ struct Reader {
   T req(const char* key) const {
     auto it = j.find(key);
     MINFER_CHECK(it != j.end() && !it->is_null(), "{}: missing field '{}'", path, key);
-    try {
-      return it->get<T>();
-    } catch (const json::exception&) {
-      MINFER_FAIL("{}: field '{}' has the wrong type ({})", path, key, it->type_name());
-    }
+    return get<T>(key, *it);
   }
   template <typename T>
   T opt(const char* key, T def) const {
     auto it = j.find(key);
     if (it == j.end() || it->is_null()) return def;
-    try {
-      return it->get<T>();
-    } catch (const json::exception&) {
-      MINFER_FAIL("{}: field '{}' has the wrong type ({})", path, key, it->type_name());
-    }
+    return get<T>(key, *it);
+  }
+  template <typename T>
+  T get(const char* key, const json& v) const {
+    T out{};
+    MINFER_CHECK(json_get(v, &out), "{}: field '{}' should be {}, found {}", path, key,
+                 std::is_same_v<T, bool>       ? "a boolean"
+                 : std::is_integral_v<T>       ? "an integer in range"
+                 : std::is_floating_point_v<T> ? "a finite number in range"
+                                               : "a string",
+                 v.dump());
+    return out;
   }
   int64_t id(const char* key) const {
     auto it = j.find(key);
@@ -234,6 +239,35 @@ void read_rope(const std::string& path, const json& j, ModelConfig& c) {
 
 }  // namespace
 
+void validate_config(const ModelConfig& c, const std::string& origin) {
+  auto in_range = [&](const char* what, int64_t v, int64_t lo, int64_t hi) {
+    MINFER_CHECK(v >= lo && v <= hi, "{}: {} = {} is outside [{}, {}]", origin, what, v, lo, hi);
+  };
+  const ModelDims& m = kMaxModelDims;
+  in_range("vocab size", c.vocab_size, 1, m.vocab);
+  in_range("hidden size", c.hidden, 1, m.hidden);
+  in_range("layer count", c.n_layers, 1, m.layers);
+  in_range("attention head count", c.n_heads, 1, m.heads);
+  in_range("key/value head count", c.n_kv_heads, 1, c.n_heads);
+  in_range("head_dim", c.head_dim, 1, m.head_dim);
+  in_range("intermediate size", c.ffn, 1, m.ffn);
+  in_range("context length", c.max_pos, 1, m.positions);
+  in_range("token type count", c.type_vocab, 0, m.vocab);
+  MINFER_CHECK(c.n_heads % c.n_kv_heads == 0,
+               "{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", origin,
+               c.n_heads, c.n_kv_heads);
+  // Special-token ids index the vocabulary (-1: none).
+  for (auto [what, id] : {std::pair{"bos_token_id", c.bos_id}, std::pair{"eos_token_id", c.eos_id},
+                          std::pair{"pad_token_id", c.pad_id}})
+    MINFER_CHECK(id >= -1 && id < c.vocab_size, "{}: {} = {} is not a token id (vocab size {})",
+                 origin, what, id, c.vocab_size);
+  MINFER_CHECK(std::isfinite(c.norm_eps) && c.norm_eps > 0,
+               "{}: the normalization epsilon must be a positive finite number, found {}", origin,
+               c.norm_eps);
+  MINFER_CHECK(std::isfinite(c.rope_theta) && c.rope_theta > 0,
+               "{}: rope_theta must be a positive finite number, found {}", origin, c.rope_theta);
+}
+
 ModelConfig load_config(const std::string& path) {
   std::ifstream f(path);
   MINFER_CHECK(f.good(), "{}: cannot open config", path);
@@ -243,8 +277,8 @@ ModelConfig load_config(const std::string& path) {
 }
 
 ModelConfig parse_config(const std::string& text, const std::string& path) {
-  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  MINFER_CHECK(!j.is_discarded() && j.is_object(), "{}: not a JSON object", path);
+  json j = parse_json_text(text, path, "config");
+  MINFER_CHECK(j.is_object(), "{}: not a JSON object (found {})", path, j.type_name());
   Reader r{path, j};
   ModelConfig c;
   c.source_json = text;
@@ -256,7 +290,9 @@ ModelConfig parse_config(const std::string& text, const std::string& path) {
     c.n_layers = r.req<int64_t>("n_layer");
     c.n_heads = r.req<int64_t>("n_head");
     c.n_kv_heads = c.n_heads;
-    c.ffn = r.opt<int64_t>("n_inner", 4 * c.hidden);
+    // n_inner = null means 4 * n_embd (checked after n_embd is bounded, below).
+    c.ffn = r.opt<int64_t>("n_inner", 0);
+    if (c.ffn == 0 && c.hidden > 0 && c.hidden <= kMaxModelDims.hidden) c.ffn = 4 * c.hidden;
     c.max_pos = r.req<int64_t>("n_positions");
     c.act = parse_act(path, r.opt<std::string>("activation_function", "gelu_new"));
     c.norm = Norm::LayerNorm;
@@ -332,16 +368,12 @@ ModelConfig parse_config(const std::string& text, const std::string& path) {
                 path, c.model_type);
   }
   if (c.head_dim == 0) {
-    MINFER_CHECK(c.n_heads > 0 && c.hidden % c.n_heads == 0,
+    MINFER_CHECK(c.n_heads > 0 && c.hidden > 0 && c.hidden % c.n_heads == 0,
                  "{}: hidden size {} is not divisible by the number of heads {}", path, c.hidden,
                  c.n_heads);
     c.head_dim = c.hidden / c.n_heads;
   }
-  MINFER_CHECK(c.vocab_size > 0 && c.hidden > 0 && c.n_layers > 0 && c.ffn > 0,
-               "{}: sizes must be positive", path);
-  MINFER_CHECK(c.n_kv_heads > 0 && c.n_heads % c.n_kv_heads == 0,
-               "{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", path,
-               c.n_heads, c.n_kv_heads);
+  validate_config(c, path);
   read_per_layer_sizes(path, j, c);
   if (c.arch == Arch::Llama) rope_table(c.rope_theta, c.head_dim, c.rope_scaling, path);  // checks
   return c;

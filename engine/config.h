@@ -81,6 +81,25 @@ struct ModelConfig {
   int64_t ffn_at(int64_t l) const { return layer_ffn.empty() ? ffn : layer_ffn[size_t(l)]; }
 };
 
+// Upper bounds on a model's sizes, far above any released model, so that every product of them
+// (vocab x hidden, layers x heads x head_dim x positions, ...) fits in int64 and a size read from a
+// file can never drive a huge allocation by itself. Token ids are int32.
+struct ModelDims {
+  int64_t vocab = (int64_t(1) << 31) - 1;
+  int64_t hidden = int64_t(1) << 20;
+  int64_t layers = int64_t(1) << 12;
+  int64_t heads = int64_t(1) << 12;
+  int64_t head_dim = int64_t(1) << 12;
+  int64_t ffn = int64_t(1) << 22;
+  int64_t positions = int64_t(1) << 24;
+};
+inline constexpr ModelDims kMaxModelDims{};
+
+// Checks a config however it was read (config.json, GGUF metadata): every size in
+// [1, kMaxModelDims], kv heads dividing heads, special-token ids in [-1, vocab), epsilon and
+// rope_theta positive and finite. Throws naming `origin` and the field.
+void validate_config(const ModelConfig& c, const std::string& origin);
+
 // Reads and validates config.json. Unknown model_type or a missing/mistyped field throws naming
 // the file and the field.
 ModelConfig load_config(const std::string& path);

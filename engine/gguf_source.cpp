@@ -127,6 +127,7 @@ ModelConfig config_from_gguf(const GgufFile& f) {
   c.bos_id = f.get_int_or("tokenizer.ggml.bos_token_id", -1);
   c.eos_id = f.get_int_or("tokenizer.ggml.eos_token_id", -1);
   c.pad_id = f.get_int_or("tokenizer.ggml.padding_token_id", -1);
+  validate_config(c, f.path());
   rope_table(c.rope_theta, c.head_dim, c.rope_scaling, f.path());  // checks the values
   return c;
 }

@@ -20,6 +20,7 @@
 #include <sstream>
 
 #include "engine/error.h"
+#include "engine/json_text.h"
 
 namespace minfer {
 
@@ -63,30 +64,10 @@ std::string shape_to_str(const int64_t* dims, int ndim) {
   return s + "]";
 }
 
-// Parses JSON text, turning syntax errors into an Error naming `path`, and rejecting duplicate
-// object keys (nlohmann silently keeps the last one; a duplicated tensor name is ambiguous).
+// Parses JSON text: syntax errors, duplicate keys (a duplicated tensor name is ambiguous) and
+// runaway nesting are Errors naming `path` (engine/json_text.h).
 json parse_json(const std::string& path, const char* what, const char* begin, const char* end) {
-  std::vector<std::set<std::string>> keys;  // one set per open object
-  std::string duplicate;
-  json::parser_callback_t cb = [&](int /*depth*/, json::parse_event_t ev, json& parsed) {
-    if (ev == json::parse_event_t::object_start) {
-      keys.emplace_back();
-    } else if (ev == json::parse_event_t::object_end) {
-      if (!keys.empty()) keys.pop_back();
-    } else if (ev == json::parse_event_t::key && !keys.empty() && duplicate.empty()) {
-      const std::string& k = parsed.get_ref<const std::string&>();
-      if (!keys.back().insert(k).second) duplicate = k;
-    }
-    return true;
-  };
-  json j;
-  try {
-    j = json::parse(begin, end, cb, /*allow_exceptions=*/true);
-  } catch (const json::exception& e) {
-    MINFER_FAIL("{}: {} is not valid JSON: {}", path, what, e.what());
-  }
-  MINFER_CHECK(duplicate.empty(), "{}: {} has the key '{}' more than once", path, what, duplicate);
-  return j;
+  return parse_json_text(std::string_view(begin, size_t(end - begin)), path, what);
 }
 
 uint64_t read_u64_le(const uint8_t* p) {

@@ -8,7 +8,9 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
+#include "engine/json_text.h"
 #include "engine/progress.h"
 #include "tokenizer/unicode.h"
 
@@ -136,9 +138,11 @@ using nlohmann::json;
 json read_json_file(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);
   MINFER_CHECK(f.good(), "{}: cannot open", p.string());
-  json j = json::parse(f, nullptr, false);
-  MINFER_CHECK(!j.is_discarded() && (j.is_object() || j.is_array()), "{}: invalid JSON",
-               p.string());
+  std::stringstream ss;
+  ss << f.rdbuf();
+  json j = parse_json_text(ss.str(), p.string());
+  MINFER_CHECK(j.is_object() || j.is_array(), "{}: expected a JSON object or list, found {}",
+               p.string(), j.type_name());
   return j;
 }
 
@@ -215,13 +219,15 @@ SentenceEmbeddingConfig read_sentence_embedding_config(const std::string& model_
           st.pooling = mode;
         }
       }
-      for (const auto& [key, v] : c.items())
+      for (const auto& item : c.items()) {
+        const std::string& key = item.key();  // a named copy: clang 14 cannot capture a binding
         MINFER_CHECK(!key.starts_with("pooling_mode_") ||
                          std::any_of(std::begin(kModes), std::end(kModes),
                                      [&](const auto& e) { return key == e.first; }),
                      "{}: pooling mode '{}' is not supported (supported: cls_token, max_tokens, "
                      "mean_tokens, mean_sqrt_len_tokens, weightedmean_tokens, lasttoken)",
                      cp.string(), key);
+      }
       MINFER_CHECK(
           on.size() == 1,
           "{}: exactly one pooling mode must be true, found {} ({}); sentence-transformers "
@@ -393,9 +399,9 @@ SentencePooling load_sentence_pooling(const std::string& model_path) {
   auto read = [](const fs::path& f) {
     std::ifstream in(f);
     MINFER_CHECK(in.good(), "{}: cannot open", f.string());
-    nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-    MINFER_CHECK(!j.is_discarded(), "{}: not valid JSON", f.string());
-    return j;
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return parse_json_text(ss.str(), f.string());
   };
   const nlohmann::json mods = read(dir / "modules.json");
   MINFER_CHECK(mods.is_array(), "{}: expected a JSON array of modules",

@@ -82,10 +82,13 @@ LoadedModel open_model_image(std::shared_ptr<Storage> bytes, Backend& be, const 
     const auto& meta = f->metadata();
     auto need = [&](const char* key) -> const std::string& {
       auto it = meta.find(key);
+      std::vector<std::string> keys;  // (not `meta | views::keys`: clang 14 rejects it)
+      if (it == meta.end())
+        for (const auto& kv : meta) keys.push_back(kv.first);
       MINFER_CHECK(it != meta.end(),
                    "{}: a safetensors image needs the text of {} in its __metadata__ (a model "
                    "folder's files; found keys: {})",
-                   name, key, fmt::join(meta | std::views::keys, ", "));
+                   name, key, fmt::join(keys, ", "));
       return it->second;
     };
     ModelConfig cfg = parse_config(need("config.json"), name + ":config.json");

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # folder -> the project folders its files may include (besides itself)
 declare -A allowed=(
   [kernels]="engine/formats kernels"
-  [tokenizer]="engine/error.h engine/gguf.h engine/tensor.h tokenizer"
+  [tokenizer]="engine/error.h engine/json_text.h engine/gguf.h engine/tensor.h tokenizer"
   [engine]="engine kernels tokenizer"
   [models]="engine kernels tokenizer models"
   [compress]="engine kernels tokenizer models compress"

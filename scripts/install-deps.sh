@@ -2,7 +2,8 @@
 # Installs the Debian packages the build needs; skips what is present (idempotent).
 set -euo pipefail
 pkgs=(g++ make libopenblas-openmp-dev liblapacke-dev doctest-dev libfmt-dev nlohmann-json3-dev
-      libutf8proc-dev libcli11-dev python3-pip libzip-dev libssl-dev pkg-config)
+      libutf8proc-dev libcli11-dev python3-pip libzip-dev libssl-dev pkg-config
+      clang libclang-rt-dev libomp-dev)  # clang + its libFuzzer/sanitizer runtimes + OpenMP: make fuzz
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

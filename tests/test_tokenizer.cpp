@@ -348,7 +348,7 @@ TEST_CASE("tokenizer: unsupported components and bad files give clear errors") {
   CHECK_THROWS_WITH_AS(load(j), doctest::Contains("model.merges[0] = 'a' should be two tokens"),
                        minfer::Error);
   CHECK_THROWS_WITH_AS(Tokenizer::from_json_string("{not json", "x.json"),
-                       doctest::Contains("x.json: invalid JSON"), minfer::Error);
+                       doctest::Contains("x.json: file is not valid JSON"), minfer::Error);
   CHECK_THROWS_WITH_AS(Tokenizer::load("/nonexistent/tokenizer.json"),
                        doctest::Contains("does not exist"), minfer::Error);
 }

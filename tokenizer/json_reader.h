@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "engine/error.h"
+#include "engine/json_text.h"
 #include "tokenizer/unicode.h"
 
 namespace minfer {
@@ -56,8 +57,10 @@ struct JsonReader {
   // {"String": "x"} or {"Regex": "..."} -> (is_regex, text)
   std::pair<bool, std::string> pattern(const json& o, const std::string& where) const {
     const json& p = field(o, "pattern", where);
-    if (p.is_object() && p.contains("String")) return {false, p.at("String").get<std::string>()};
-    if (p.is_object() && p.contains("Regex")) return {true, p.at("Regex").get<std::string>()};
+    if (p.is_object() && p.size() == 1 && p.contains("String") && p.at("String").is_string())
+      return {false, p.at("String").get<std::string>()};
+    if (p.is_object() && p.size() == 1 && p.contains("Regex") && p.at("Regex").is_string())
+      return {true, p.at("Regex").get<std::string>()};
     fail(fmt::format("{}.pattern should be {{\"String\": ...}} or {{\"Regex\": ...}}, found {}",
                      where, p.dump()));
   }

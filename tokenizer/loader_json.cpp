@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "engine/error.h"
+#include "engine/json_text.h"
 #include "tokenizer/json_reader.h"
 #include "tokenizer/post_processor.h"
 #include "tokenizer/tokenizer_impl.h"
@@ -136,11 +137,7 @@ std::string read_file(const std::string& path) {
 }
 
 json parse_json(const std::string& text, const std::string& origin) {
-  try {
-    return json::parse(text);
-  } catch (const json::parse_error& e) {
-    MINFER_FAIL("{}: invalid JSON: {}", origin, e.what());
-  }
+  return parse_json_text(text, origin);
 }
 
 // tokenizer_config.json: chat_template, bos_token, eos_token (strings or {"content": ...}).
@@ -188,12 +185,22 @@ void read_config(const std::string& dir, const json& tok_json, TokenizerExtras& 
   auto token_id = [&](const char* key) -> int32_t {
     if (!c.contains(key) || c.at(key).is_null()) return -1;
     const json& v = c.at(key);
-    std::string s = v.is_string() ? v.get<std::string>() : v.value("content", "");
-    if (tok_json.contains("added_tokens"))
+    std::string s;
+    MINFER_CHECK(json_get(v, &s) ||
+                     (v.is_object() && v.contains("content") && json_get(v.at("content"), &s)),
+                 "{}: '{}' should be a string or {{\"content\": string}}, found {}", p.string(),
+                 key, v.dump());
+    int32_t id = -1;
+    if (tok_json.contains("added_tokens") && tok_json.at("added_tokens").is_array())
       for (const json& a : tok_json.at("added_tokens"))
-        if (a.value("content", "") == s) return a.value("id", -1);
-    const json& vocab = tok_json.at("model").value("vocab", json::object());
-    if (vocab.is_object() && vocab.contains(s)) return vocab.at(s).get<int32_t>();
+        if (a.is_object() && a.contains("content") && a.at("content") == s && a.contains("id") &&
+            json_get(a.at("id"), &id))
+          return id;
+    if (tok_json.contains("model") && tok_json.at("model").is_object() &&
+        tok_json.at("model").contains("vocab")) {
+      const json& vocab = tok_json.at("model").at("vocab");
+      if (vocab.is_object() && vocab.contains(s) && json_get(vocab.at(s), &id)) return id;
+    }
     return -1;
   };
   ex.bos_id = token_id("bos_token");

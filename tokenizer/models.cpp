@@ -82,10 +82,11 @@ Vocab parse_vocab(const json& v, const JsonReader& r) {
   Vocab vocab;
   vocab.reserve(v.size());
   for (auto it = v.begin(); it != v.end(); ++it) {
-    if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0)
-      r.fail(fmt::format("model.vocab['{}'] should be a non-negative integer id, found {}",
+    int32_t id = -1;
+    if (!json_get(it.value(), &id) || id < 0)
+      r.fail(fmt::format("model.vocab['{}'] should be an integer id in [0, 2^31), found {}",
                          it.key(), it.value().dump()));
-    vocab.emplace(it.key(), it.value().get<int32_t>());
+    vocab.emplace(it.key(), id);
   }
   return vocab;
 }
@@ -100,12 +101,15 @@ Model parse_model(const json& m, const JsonReader& r) {
     mt = m.contains("merges") ? "BPE" : m.contains("continuing_subword_prefix") ? "WordPiece" : "";
   model.type = mt;
   if (mt == "BPE") {
-    if (m.contains("dropout") && !m.at("dropout").is_null() && m.at("dropout").get<double>() > 0.0)
+    double dropout = 0;
+    if (m.contains("dropout") && !m.at("dropout").is_null() && !json_get(m.at("dropout"), &dropout))
+      r.fail(fmt::format("model.dropout should be a number, found {}", m.at("dropout").dump()));
+    if (dropout > 0.0)
       r.fail(fmt::format("BPE dropout {} is not supported (inference tokenizes deterministically)",
                          m.at("dropout").dump()));
     BpeOptions opt;
     if (m.contains("unk_token") && !m.at("unk_token").is_null())
-      opt.unk_token = m.at("unk_token").get<std::string>();
+      opt.unk_token = r.str(m, "unk_token", "model");
     opt.continuing_subword_prefix = r.str_or(m, "continuing_subword_prefix", "");
     opt.end_of_word_suffix = r.str_or(m, "end_of_word_suffix", "");
     opt.fuse_unk = r.boolean(m, "fuse_unk", false);

@@ -14,9 +14,10 @@ void parse_post_processor(const json& o, const JsonReader& r, std::vector<int32_
   if (o.is_null()) return;
   std::string t = r.type(o, "post_processor");
   auto id_of = [&](const json& pair, const char* what) {  // ["[CLS]", 101]
-    if (!pair.is_array() || pair.size() != 2 || !pair[1].is_number_integer())
+    int32_t id = -1;
+    if (!pair.is_array() || pair.size() != 2 || !json_get(pair[1], &id) || id < 0)
       r.fail(fmt::format("{}.{} should be [token, id], found {}", t, what, pair.dump()));
-    return pair[1].get<int32_t>();
+    return id;
   };
   if (t == "Sequence") {
     for (const json& c : r.field(o, "processors", "Sequence post_processor")) {
@@ -44,8 +45,13 @@ void parse_post_processor(const json& o, const JsonReader& r, std::vector<int32_
           r.fail(fmt::format(
               "TemplateProcessing uses special token '{}' missing from special_tokens", id));
         for (const json& v :
-             r.field(specials.at(id), "ids", "TemplateProcessing special_tokens entry"))
-          (seen_a ? suffix : prefix).push_back(v.get<int32_t>());
+             r.field(specials.at(id), "ids", "TemplateProcessing special_tokens entry")) {
+          int32_t id = -1;
+          if (!json_get(v, &id) || id < 0)
+            r.fail(fmt::format("TemplateProcessing special token '{}': id {} is not a token id",
+                               item.at("SpecialToken").dump(), v.dump()));
+          (seen_a ? suffix : prefix).push_back(id);
+        }
       } else {
         r.fail(fmt::format("TemplateProcessing item {} is not understood", item.dump()));
       }

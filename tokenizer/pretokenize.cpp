@@ -516,7 +516,7 @@ void run_pre_tokenizers(const std::vector<PreTokenizer>& steps, std::string_view
 
 Prepend parse_prepend_scheme(const json& o, const JsonReader& r) {
   if (o.contains("prepend_scheme") && !o.at("prepend_scheme").is_null()) {
-    std::string s = o.at("prepend_scheme").get<std::string>();
+    const std::string s = r.str_or(o, "prepend_scheme", "");
     if (s == "always") return Prepend::Always;
     if (s == "first") return Prepend::First;
     if (s == "never") return Prepend::Never;

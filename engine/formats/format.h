@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/json_text.h"
 #include "engine/tensor.h"
 
 namespace minfer {
@@ -79,11 +80,10 @@ template <typename T>
 T meta_field(const json& j, const char* key, const std::string& where) {
   if (!j.is_object() || !j.contains(key))
     throw_meta_error(where, std::string("entry lacks '") + key + "'");
-  try {
-    return j.at(key).get<T>();
-  } catch (const json::exception&) {
+  T out{};
+  if (!json_get(j.at(key), &out))
     throw_meta_error(
         where, std::string("field '") + key + "' has the wrong type (" + j.at(key).dump() + ")");
-  }
+  return out;
 }
 }  // namespace minfer
