@@ -14,7 +14,11 @@ T=aarch64-linux-gnu
 ARM=(BUILD=build-arm CXX=$T-g++ CC=$T-gcc ARCH=-march=armv8-a OPTLEVEL=-O2
      OPENBLAS_DIR=/usr/lib/$T/openblas-openmp
      "EXTRA_CXXFLAGS=-DFMT_HEADER_ONLY -ffunction-sections -fdata-sections")
-QEMU=(qemu-aarch64 -L /usr/$T)
+# No `-L /usr/$T`: that sysroot's dynamic loader (libc6-arm64-cross) is an older build than the
+# libc.so.6 it then finds through multiarch (libc6:arm64, pulled in by the arm64 -dev packages);
+# the mismatched pair corrupts glibc's thread-stack cache and a second pthread_create spins
+# forever. The multiarch loader and libc come from one package.
+QEMU=(qemu-aarch64)
 t0=$(date +%s)
 make "${ARM[@]}" lib build-arm/bin/test-capi unit-tests
 # A static generation program: libminfer.a and every dependency linked in, nothing to install
