@@ -14,8 +14,10 @@
 #include "engine/safetensors.h"
 #include "models/loader.h"
 #include "models/model.h"
+#include "tests/test_util.h"
 
 using namespace minfer;
+using minfer::test::error_of;
 namespace fs = std::filesystem;
 
 namespace {
@@ -48,15 +50,6 @@ float parity(Model& m, const SafetensorsFile& exp) {
     }
   }
   return worst;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 }  // namespace

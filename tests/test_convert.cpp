@@ -14,23 +14,16 @@
 #include "engine/gguf.h"
 #include "engine/safetensors.h"
 #include "models/loader.h"
+#include "tests/test_util.h"
 
 using namespace minfer;
+using minfer::test::error_of;
 namespace fs = std::filesystem;
 
 namespace {
 
 const std::string kGguf = "tests/fixtures/gguf/";
 const std::string kParity = "tests/fixtures/parity/llama/expected.safetensors";
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 #define CHECK_HAS(msg, part)                   \
   do {                                         \

@@ -124,10 +124,12 @@ TEST_CASE("fuzz regressions: tokenizer.json fields are typed and ids are int32")
 
 TEST_CASE("parse_json_text: the one reader of JSON files rejects what nlohmann accepts silently") {
   CHECK(parse_json_text(R"({"a": [1, {"b": null}]})", "x.json").at("a").size() == 2);
-  CHECK(error_of([] { parse_json_text(R"({"a": 1, "a": 2})", "x.json"); })
-            .find("x.json: file has the key 'a' more than once") != std::string::npos);
-  CHECK(error_of([] { parse_json_text(R"({"o": {"k": 1, "k": 1}})", "x.json"); })
-            .find("'k' more than once") != std::string::npos);
+  CHECK(error_of([] {
+          parse_json_text(R"({"a": 1, "a": 2})", "x.json");
+        }).find("x.json: file has the key 'a' more than once") != std::string::npos);
+  CHECK(error_of([] {
+          parse_json_text(R"({"o": {"k": 1, "k": 1}})", "x.json");
+        }).find("'k' more than once") != std::string::npos);
   // The same key in two different objects is fine.
   CHECK_NOTHROW(parse_json_text(R"([{"k": 1}, {"k": 2}])", "x.json"));
   CHECK(error_of([] { parse_json_text("{\"a\": tru}", "x.json"); }).find("not valid JSON") !=

@@ -16,21 +16,14 @@
 #include "engine/sampler.h"
 #include "models/eval.h"
 #include "models/loader.h"
+#include "tests/test_util.h"
 
 using namespace minfer;
+using minfer::test::error_of;
 
 namespace {
 
 const std::string kLlama = "tests/fixtures/parity/llama";
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 #define CHECK_HAS(msg, part)                   \
   do {                                         \

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <system_error>
@@ -18,6 +19,16 @@
 #include "engine/safetensors.h"
 
 namespace minfer::test {
+
+// The message of what f throws (any std::exception), or "(no error)" when it throws nothing.
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
 
 // A fresh folder under the system temp dir, removed with everything in it at scope exit.
 struct TempDir {
