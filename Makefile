@@ -35,7 +35,10 @@ ifeq ($(VARIANT),release)
 else
   BINDIR := $(BUILD)/$(VARIANT)/bin
 endif
-OBJDIR := $(BUILD)/obj-$(VARIANT)
+# OBJBUILD: where the objects live (default: BUILD). A CUDA build can reuse the CPU build's
+# objects, which are the same with and without CUDA (`make CUDA=1 BUILD=build-cuda OBJBUILD=build`).
+OBJBUILD ?= $(BUILD)
+OBJDIR := $(OBJBUILD)/obj-$(VARIANT)
 LIBDIR := $(patsubst %/bin,%/lib,$(BINDIR))
 
 # Library version; the soname carries the major (an ABI break bumps it).
@@ -102,13 +105,16 @@ ifeq ($(CUDA),1)
   CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
   CU_SRC    := $(wildcard kernels/cuda/*.cu)
   CU_OBJ    := $(CU_SRC:%.cu=$(OBJDIR)/cuda/%.o)
+  # Only the backend choice differs from the CPU build's objects: its CUDA object has its own path.
+  SELECT_OBJ:= $(OBJDIR)/cuda/kernels/cpu/backend_select.o
+  LIB_OBJ   := $(filter-out $(OBJDIR)/kernels/cpu/backend_select.o,$(LIB_OBJ)) $(SELECT_OBJ)
   LIB_OBJ   += $(CU_OBJ) $(patsubst %.cpp,$(OBJDIR)/%.o,$(wildcard kernels/cuda/*.cpp))
-  CPPFLAGS  += -DMINFER_CUDA=1 -I$(CUDA_HOME)/include
+  CPPFLAGS  += -I$(CUDA_HOME)/include
   LDFLAGS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64
   LDLIBS    += -lcublasLt -lcublas -lcudart
 endif
 
-.PHONY: all lib tools tests unit-tests test bench bench-llamacpp deps arm-deps models demo clean format install fuzz fuzzers fuzz-run
+.PHONY: all lib tools tests unit-tests test bench bench-llamacpp deps arm-deps models demo clean format install fuzz fuzzers fuzz-run fuzz-test
 all: lib tools tests $(BENCHBIN)
 lib: $(LIB) $(SOLINKS)
 tools: $(TOOLS)
@@ -122,6 +128,10 @@ $(OBJDIR)/%.o: %.cpp
 $(OBJDIR)/cuda-emu/%.o: %
 	@mkdir -p $(dir $@)
 	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -DMINFER_CUDA_EMULATION -x c++ -c $< -o $@
+
+$(OBJDIR)/cuda/kernels/cpu/backend_select.o: kernels/cpu/backend_select.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CPPFLAGS) -DMINFER_CUDA=1 $(CXXFLAGS) -c $< -o $@
 
 $(OBJDIR)/cuda/%.o: %.cu
 	@mkdir -p $(dir $@)
@@ -178,7 +188,7 @@ $(UNITBIN): $(UNIT_TEST_SRC:%.cpp=$(OBJDIR)/%.o) $(CUEMU_OBJ) $(TRAINLIB) $(LIB)
 test: $(TESTBIN) $(TOOLS) $(CAPITEST)
 	bash scripts/check-layers.sh $(LIB) $(SOLIB)
 	MINFER_BIN=$(BINDIR) $(TESTBIN) $(TEST_ARGS)
-	MINFER_BIN=$(BINDIR) $(if $(filter sanitize,$(VARIANT)),MINFER_CAPI_TINY_ONLY=1) $(CAPITEST)
+	MINFER_BIN=$(BINDIR) $(if $(filter sanitize fuzz,$(VARIANT)),MINFER_CAPI_TINY_ONLY=1) $(CAPITEST)
 
 # Header, static and shared library (soname links), pkg-config file. DESTDIR stages a package.
 install: $(LIB) $(SOLINKS)
@@ -221,14 +231,20 @@ demo: all models
 # leak, timeout or non-minfer exception.
 FUZZ_BUILD   ?= build-fuzz
 FUZZ_CXX     ?= clang++
+FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_JOBS    ?= 2
 FUZZ_NAMES   := $(patsubst tests/fuzz/fuzz_%.cpp,%,$(wildcard tests/fuzz/fuzz_*.cpp))
 FUZZ_BINS    := $(FUZZ_NAMES:%=$(BINDIR)/fuzz-%)
-FUZZ_MAKE    := $(MAKE) FUZZ=1 BUILD=$(FUZZ_BUILD) CXX=$(FUZZ_CXX)
+FUZZ_MAKE    := $(MAKE) FUZZ=1 BUILD=$(FUZZ_BUILD) CXX=$(FUZZ_CXX) CC=$(FUZZ_CC)
 
 fuzz:
 	+$(FUZZ_MAKE) fuzzers
+
+# The unit tests built from the fuzzers' objects (clang, ASan + UBSan, coverage-instrumented):
+# a sanitizer run of the suite that shares its whole build with `make fuzz` (what CI runs).
+fuzz-test:
+	+$(FUZZ_MAKE) test
 
 fuzzers: $(FUZZ_BINS)
 

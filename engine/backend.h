@@ -92,6 +92,8 @@ class Backend {
 std::unique_ptr<Backend> make_cpu_backend(int threads = 0);
 // "cpu" or "cuda"; throws a clear error for a backend that is not built or has no device.
 std::unique_ptr<Backend> make_backend(const std::string& name, int threads = 0, int device = 0);
+// True when this binary was built with `make CUDA=1` (the real CUDA backend is linked in).
+bool cuda_backend_built();
 
 // Default thread count: OMP_NUM_THREADS if set, else the number of cores.
 int default_threads();

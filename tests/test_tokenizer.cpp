@@ -25,7 +25,14 @@ const std::string kWiki = [] {
   return std::string(d && *d ? d : "../shared/data/wikitext-2-raw") + "/wiki.test.raw";
 }();
 
-#if defined(__SANITIZE_ADDRESS__) || defined(MINFER_SANITIZE)
+#if defined(__SANITIZE_ADDRESS__)
+#define MINFER_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MINFER_TEST_ASAN 1  // clang before 18 does not define __SANITIZE_ADDRESS__
+#endif
+#endif
+#if defined(MINFER_TEST_ASAN) || defined(MINFER_SANITIZE)
 constexpr size_t kMaxWikiLines = 500;  // sanitizer builds: a prefix of the sweep keeps it fast
 #else
 constexpr size_t kMaxWikiLines = SIZE_MAX;

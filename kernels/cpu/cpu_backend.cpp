@@ -449,17 +449,4 @@ std::unique_ptr<Backend> make_cpu_backend(int threads) {
   return std::make_unique<CpuBackend>(threads);
 }
 
-std::unique_ptr<Backend> make_backend(const std::string& name, int threads, int device) {
-  if (name == "cpu") return make_cpu_backend(threads);
-  if (name == "cuda") {
-#ifdef MINFER_CUDA
-    extern std::unique_ptr<Backend> make_cuda_backend(int device);
-    return make_cuda_backend(device);
-#else
-    MINFER_FAIL("backend 'cuda' is not built into this binary: rebuild with `make CUDA=1`");
-#endif
-  }
-  MINFER_FAIL("unknown backend '{}' (expected cpu or cuda)", name);
-}
-
 }  // namespace minfer

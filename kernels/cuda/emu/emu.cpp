@@ -20,9 +20,17 @@
 
 #include "engine/half.h"
 
+// GCC defines __SANITIZE_ADDRESS__ under -fsanitize=address; clang (before 18) only answers
+// __has_feature(address_sanitizer).
 #if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/common_interface_defs.h>
 #define MINFER_EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MINFER_EMU_ASAN 1
+#endif
+#endif
+#ifdef MINFER_EMU_ASAN
+#include <sanitizer/common_interface_defs.h>
 #endif
 
 namespace minfer::cuda_emu {
