@@ -3,6 +3,7 @@
 // CUDA build reuses every other object of the CPU build (Makefile: OBJBUILD).
 #include <memory>
 #include <string>
+
 #include "engine/backend.h"
 #include "engine/error.h"
 
