@@ -9,8 +9,9 @@
 #   llama-completion -m M -p P -n N --temp 0 -no-cnv --no-display-prompt -t THREADS
 #   run-model --model M --prompt P -n N --temp 0 --json            (native blocks)
 #   run-model --model M --prompt P -n N --temp 0 --json --dtype f32 (dequantized at load)
-# and prints, per case, `identical` or `differs` with the first differing character of the
-# generated text. Both stop at an end-of-generation token.
+# and prints, per case, `identical` or `differs` with the first differing byte of the generated
+# bytes (minfer's token ids turned into bytes with the GGUF vocabulary: a random model emits
+# partial UTF-8, which decoded text would blur). Both stop at an end-of-generation token.
 #
 # Models: the Qwen2.5-class Q4_K_M and its F32 file, the default SmolLM2-135M-Instruct Q4_1,
 # and the tiny phi3 fixture (tests/fixtures/arch/phi3/model.gguf; random weights over a
@@ -47,36 +48,16 @@ PROMPTS=(
   "What is the capital of France?"
 )
 
-# generated text of llama.cpp (its end-of-text marker removed)
-llama_text() {
-  "$LC" -m "$1" -p "$2" -n "$N" --temp 0 -no-cnv --no-display-prompt --simple-io -t "$THREADS" \
-    --seed 0 2>/dev/null | sed -e 's/ \[end of text\]$//'
-}
-minfer_text() {
-  "$RM" --model "$1" --prompt "$2" -n "$N" --temp 0 --json -t "$THREADS" "${@:3}" 2>/dev/null |
-    "$PY" -c 'import json,sys; sys.stdout.write(json.load(sys.stdin)["text"])'
-}
-
 total=0
 same=0
-compare() {  # name file prompt
-  local ref mine dtype
-  ref=$(llama_text "$2" "$3")
+compare() {  # name file prompt: one line per dtype (scripts/llamacpp_greedy_case.py)
+  local dtype out
   for dtype in native f32; do
-    mine=$(minfer_text "$2" "$3" --dtype "$dtype")
     total=$((total + 1))
-    if [ "$ref" == "$mine" ]; then
-      same=$((same + 1))
-      printf '%-12s %-6s identical  %q\n' "$1" "$dtype" "${3:0:32}"
-    else
-      "$PY" - "$1" "$dtype" "$3" "$ref" "$mine" <<'EOF'
-import sys
-name, dtype, prompt, ref, mine = sys.argv[1:]
-i = next((k for k, (a, b) in enumerate(zip(ref, mine)) if a != b), min(len(ref), len(mine)))
-print(f"{name:12s} {dtype:6s} differs    {prompt[:32]!r}: first difference at character {i}: "
-      f"llama.cpp {ref[max(0, i - 20):i + 20]!r} | minfer {mine[max(0, i - 20):i + 20]!r}")
-EOF
-    fi
+    out=$("$PY" "$ROOT/scripts/llamacpp_greedy_case.py" "$1" "$2" "$3" "$dtype" "$LC" "$RM" "$N" \
+      "$THREADS")
+    echo "$out"
+    case "$out" in *" identical "*) same=$((same + 1)) ;; esac
   done
 }
 
