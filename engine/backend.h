@@ -24,6 +24,8 @@ struct AttentionArgs {
   bool causal = true;      // query at position p sees keys 0..p
   const int32_t* key_mask = nullptr;  // [B, S] host array, 0 = padding (BERT); nullptr = all keys
   float scale = 0.f;                  // 0 = 1/sqrt(D)
+  float softcap = 0.f;  // > 0: scores -> softcap tanh(scores / softcap) before the mask (Gemma-2)
+  int64_t window = 0;   // > 0 (causal only): query at position i sees keys j > i - window
 };
 
 // Sees the input of every Backend::linear call before it runs (calibration statistics).
@@ -67,6 +69,10 @@ class Backend {
   virtual void copy(Tensor& dst, const Tensor& src) = 0;
   virtual void add(Tensor& y, const Tensor& a, const Tensor& b) = 0;  // element-wise
   virtual void mul(Tensor& y, const Tensor& a, const Tensor& b) = 0;  // element-wise
+  // y = x * s (Gemma's embedding normalizer sqrt(C)). y and x may have row strides.
+  virtual void scale(Tensor& y, const Tensor& x, float s) = 0;
+  // y = cap * tanh(x / cap), cap > 0 (Gemma-2 final logit soft-capping).
+  virtual void softcap(Tensor& y, const Tensor& x, float cap) = 0;
   // Per row: (x - mean) / sqrt(var + eps) * w + b. w, b are [C] f32.
   virtual void layernorm(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b,
                          float eps) = 0;
@@ -81,7 +87,8 @@ class Backend {
   // for positions pos0 .. pos0+T-1: angle = pos * rt.inv_freq[i] (float32, as HF), and cos and
   // sin both multiplied by rt.attention_scaling. D = rt.head_dim(). x may have a row stride.
   virtual void rope(Tensor& x, int64_t pos0, int64_t n_heads, const RopeTable& rt) = 0;
-  // out[B*T, H*D] = softmax(q kᵀ · scale + mask) v per head. q, k, v may have row strides.
+  // out[B*T, H*D] = softmax(cap(q kᵀ · scale) + mask) v per head, cap the optional soft-cap and
+  // mask causal (within the optional window) and the key mask. q, k, v may have row strides.
   virtual void attention(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v,
                          const AttentionArgs& a) = 0;
 

@@ -237,6 +237,54 @@ void read_rope(const std::string& path, const json& j, ModelConfig& c) {
   }
 }
 
+// Gemma (GemmaForCausalLM) and Gemma-2 (Gemma2ForCausalLM) in transformers' modeling_gemma*.py:
+// RMSNorm x (1 + w), embeddings x sqrt(C), a GeGLU MLP (gelu tanh), and for Gemma-2 the extra
+// norms, soft-capping, query_pre_attn_scalar and sliding-window layers.
+void read_gemma(const std::string& path, const json& j, ModelConfig& c) {
+  Reader r{path, j};
+  c.norm_unit_offset = true;
+  c.embed_scale = true;
+  // GemmaConfig turns the legacy hidden_act "gelu" into gelu_pytorch_tanh; Gemma-2's MLP reads
+  // hidden_activation.
+  const std::string act = c.model_type == "gemma2"
+                              ? r.opt<std::string>("hidden_activation", "gelu_pytorch_tanh")
+                              : r.opt<std::string>("hidden_act", "gelu_pytorch_tanh");
+  c.act = act == "gelu" ? Act::GeluTanh : parse_act(path, act);
+  MINFER_CHECK(!r.opt<bool>("use_bidirectional_attention", false),
+               "{}: use_bidirectional_attention = true (an encoder Gemma) is not supported", path);
+  if (c.model_type != "gemma2") return;
+  c.sandwich_norms = true;
+  const double qs = r.opt<double>("query_pre_attn_scalar", 256.0);
+  MINFER_CHECK(qs > 0, "{}: query_pre_attn_scalar must be > 0, found {}", path, qs);
+  c.attn_scale = float(std::pow(qs, -0.5));  // Gemma2Attention.scaling
+  c.attn_softcap = r.opt<float>("attn_logit_softcapping", 0.f);
+  c.final_softcap = r.opt<float>("final_logit_softcapping", 0.f);
+  MINFER_CHECK(c.attn_softcap >= 0 && c.final_softcap >= 0,
+               "{}: soft-capping values must be >= 0 (or null), found {} / {}", path,
+               c.attn_softcap, c.final_softcap);
+  c.sliding_window = r.opt<int64_t>("sliding_window", 0);
+  MINFER_CHECK(c.sliding_window >= 0, "{}: sliding_window must be >= 0, found {}", path,
+               c.sliding_window);
+  // Gemma2Config: layer_types, default sliding on even layers ("sliding_attention" if (i + 1) % 2).
+  c.layer_sliding.assign(size_t(std::max<int64_t>(c.n_layers, 0)), false);
+  auto lt = j.find("layer_types");
+  if (lt != j.end() && !lt->is_null()) {
+    MINFER_CHECK(lt->is_array() && int64_t(lt->size()) == c.n_layers,
+                 "{}: 'layer_types' must list {} layer types, found {}", path, c.n_layers,
+                 lt->dump());
+    for (size_t l = 0; l < lt->size(); ++l) {
+      const json& t = (*lt)[l];
+      MINFER_CHECK(t == "sliding_attention" || t == "full_attention",
+                   "{}: layer_types[{}] = {} (supported: sliding_attention, full_attention)", path,
+                   l, t.dump());
+      c.layer_sliding[l] = t == "sliding_attention";
+    }
+  } else {
+    for (size_t l = 0; l < c.layer_sliding.size(); ++l) c.layer_sliding[l] = (l + 1) % 2 != 0;
+  }
+  if (c.sliding_window == 0) c.layer_sliding.clear();  // null window: every layer full
+}
+
 }  // namespace
 
 void validate_config(const ModelConfig& c, const std::string& origin) {
@@ -309,7 +357,7 @@ ModelConfig parse_config(const std::string& text, const std::string& path) {
     MINFER_CHECK(!r.opt<bool>("scale_attn_by_inverse_layer_idx", false),
                  "{}: scale_attn_by_inverse_layer_idx = true is not supported", path);
   } else if (c.model_type == "llama" || c.model_type == "qwen2" || c.model_type == "mistral" ||
-             c.model_type == "phi3") {
+             c.model_type == "phi3" || c.model_type == "gemma" || c.model_type == "gemma2") {
     c.arch = Arch::Llama;
     c.vocab_size = r.req<int64_t>("vocab_size");
     c.hidden = r.req<int64_t>("hidden_size");
@@ -322,7 +370,8 @@ ModelConfig parse_config(const std::string& text, const std::string& path) {
     c.norm = Norm::RmsNorm;
     c.norm_eps = r.opt<float>("rms_norm_eps", 1e-6f);
     read_rope(path, j, c);
-    c.tie_embeddings = r.opt<bool>("tie_word_embeddings", false);
+    const bool gemma = c.model_type == "gemma" || c.model_type == "gemma2";
+    c.tie_embeddings = r.opt<bool>("tie_word_embeddings", gemma);
     c.attn_bias = r.opt<bool>("attention_bias", c.model_type == "qwen2");
     c.mlp_bias = r.opt<bool>("mlp_bias", false);
     c.head_dim = r.opt<int64_t>("head_dim", 0);
@@ -344,6 +393,7 @@ ModelConfig parse_config(const std::string& text, const std::string& path) {
                      path);
       c.max_pos = std::min(c.max_pos, w);
     }
+    if (gemma) read_gemma(path, j, c);
   } else if (c.model_type == "bert") {
     c.arch = Arch::Bert;
     c.vocab_size = r.req<int64_t>("vocab_size");
@@ -364,8 +414,10 @@ ModelConfig parse_config(const std::string& text, const std::string& path) {
     c.attn_bias = c.mlp_bias = true;
     c.pad_id = r.id("pad_token_id");
   } else {
-    MINFER_FAIL("{}: unknown model_type '{}' (supported: gpt2, llama, qwen2, mistral, phi3, bert)",
-                path, c.model_type);
+    MINFER_FAIL(
+        "{}: unknown model_type '{}' (supported: gpt2, llama, qwen2, mistral, phi3, gemma, "
+        "gemma2, bert)",
+        path, c.model_type);
   }
   if (c.head_dim == 0) {
     MINFER_CHECK(c.n_heads > 0 && c.hidden > 0 && c.hidden % c.n_heads == 0,

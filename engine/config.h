@@ -56,6 +56,17 @@ struct ModelConfig {
   bool mlp_bias = false;
   int64_t type_vocab = 0;  // BERT token types
   int64_t bos_id = -1, eos_id = -1, pad_id = -1;
+  // Gemma family (config.json model_type gemma / gemma2, GGUF gemma / gemma2). Defaults: LLaMA.
+  bool norm_unit_offset = false;  // RMSNorm scales by (1 + w) (GemmaRMSNorm); w as HF stores it
+  bool embed_scale = false;       // embeddings x sqrt(C), rounded to f32 (Gemma's normalizer)
+  bool sandwich_norms = false;    // Gemma-2: norms after attention and around the FFN
+  float attn_softcap = 0.f;       // Gemma-2: scores -> cap tanh(scores / cap); 0 = none
+  float final_softcap = 0.f;      // Gemma-2: logits -> cap tanh(logits / cap); 0 = none
+  float attn_scale = 0.f;  // query scaling; 0 = 1/sqrt(D) (Gemma-2: query_pre_attn_scalar^-½)
+  // Sliding-window attention on some layers (Gemma-2: layer_types): a query at position i sees
+  // keys j with i - j < sliding_window on the layers marked in layer_sliding ([L] or empty).
+  int64_t sliding_window = 0;
+  std::vector<bool> layer_sliding;
   std::string source_json;  // the config.json text this was read from ("" when from GGUF)
 
   // Per-layer sizes of a structurally pruned model (compress/structured.h); empty = every layer
@@ -79,6 +90,10 @@ struct ModelConfig {
     return layer_kv_heads.empty() ? n_kv_heads : layer_kv_heads[size_t(l)];
   }
   int64_t ffn_at(int64_t l) const { return layer_ffn.empty() ? ffn : layer_ffn[size_t(l)]; }
+  // The attention window of layer l (0 = full causal attention).
+  int64_t window_at(int64_t l) const {
+    return !layer_sliding.empty() && layer_sliding[size_t(l)] ? sliding_window : 0;
+  }
 };
 
 // Upper bounds on a model's sizes, far above any released model, so that every product of them

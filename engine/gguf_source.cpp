@@ -73,6 +73,38 @@ void read_rope_scaling(const GgufFile& f, const std::string& p, ModelConfig& c) 
   }
 }
 
+// Gemma / Gemma-2 as llama.cpp reads them (src/models/gemma.cpp, gemma2.cpp): GeGLU with gelu
+// tanh, embeddings x sqrt(C), norm weights stored as 1 + w (convert_hf_to_gguf.py GemmaModel.
+// modify_tensors; GgufSource gives them back as w). Gemma-2: attn_logit_softcapping (default 50),
+// final_logit_softcapping (default 30), sliding_window (default 4096) on the layers
+// attention.sliding_window_pattern marks (default 2: even layers), and a query scale of
+// 1/sqrt(head_dim), 1/sqrt(C / H) for the 46-layer 27B, as llama.cpp fixes it (the converter
+// does not write query_pre_attn_scalar).
+void read_gemma(const GgufFile& f, const std::string& p, const std::string& arch, ModelConfig& c) {
+  c.act = Act::GeluTanh;
+  c.norm_unit_offset = true;
+  c.embed_scale = true;
+  if (arch != "gemma2") return;
+  c.sandwich_norms = true;
+  c.attn_softcap = float(f.get_float_or(p + "attn_logit_softcapping", 50.0));
+  c.final_softcap = float(f.get_float_or(p + "final_logit_softcapping", 30.0));
+  MINFER_CHECK(std::isfinite(c.attn_softcap) && c.attn_softcap >= 0 &&
+                   std::isfinite(c.final_softcap) && c.final_softcap >= 0,
+               "{}: soft-capping values must be finite and >= 0, found {} / {}", f.path(),
+               c.attn_softcap, c.final_softcap);
+  c.sliding_window = f.get_int_or(p + "attention.sliding_window", 4096);
+  MINFER_CHECK(c.sliding_window > 0, "{}: {}attention.sliding_window must be > 0, found {}",
+               f.path(), p, c.sliding_window);
+  const int64_t pattern = f.get_int_or(p + "attention.sliding_window_pattern", 2);
+  MINFER_CHECK(pattern >= 0, "{}: {}attention.sliding_window_pattern must be >= 0, found {}",
+               f.path(), p, pattern);
+  c.layer_sliding.assign(size_t(std::max<int64_t>(c.n_layers, 0)), false);
+  for (size_t l = 0; l < c.layer_sliding.size(); ++l)
+    c.layer_sliding[l] = pattern == 0 || int64_t(l) % pattern < pattern - 1;
+  c.attn_scale = c.n_layers == 46 ? 1.f / std::sqrt(float(c.hidden / c.n_heads))
+                                  : 1.f / std::sqrt(float(c.head_dim));
+}
+
 }  // namespace
 
 bool gguf_permutes_qk(const std::string& arch) {
@@ -81,9 +113,11 @@ bool gguf_permutes_qk(const std::string& arch) {
 
 ModelConfig config_from_gguf(const GgufFile& f) {
   const std::string arch = f.get_str_or("general.architecture", "");
-  MINFER_CHECK(arch == "llama" || arch == "qwen2" || arch == "phi3",
-               "{}: unknown architecture '{}' (supported in GGUF: llama, qwen2, phi3)", f.path(),
-               arch);
+  MINFER_CHECK(
+      arch == "llama" || arch == "qwen2" || arch == "phi3" || arch == "gemma" || arch == "gemma2",
+      "{}: unknown architecture '{}' (supported in GGUF: llama, qwen2, phi3, gemma, "
+      "gemma2)",
+      f.path(), arch);
   const std::string p = arch + ".";
   ModelConfig c;
   c.arch = Arch::Llama;
@@ -117,8 +151,11 @@ ModelConfig config_from_gguf(const GgufFile& f) {
                f.get_int_or(p + "expert_count", 0));
   // Sliding-window attention (phi3 writes it; Mistral-style): within the window it is full
   // attention, so the window becomes the position limit, as for config.json.
-  if (const int64_t w = f.get_int_or(p + "attention.sliding_window", 0); w > 0)
+  if (arch == "gemma" || arch == "gemma2") {
+    read_gemma(f, p, arch, c);
+  } else if (const int64_t w = f.get_int_or(p + "attention.sliding_window", 0); w > 0) {
     c.max_pos = std::min(c.max_pos, w);
+  }
   const GgufTensorInfo& emb = f.info("token_embd.weight");
   MINFER_CHECK(emb.ne.size() == 2, "{}: token_embd.weight must be 2-D", f.path());
   c.vocab_size = emb.ne[1];
@@ -139,10 +176,30 @@ GgufSource::GgufSource(std::shared_ptr<GgufFile> f, const ModelConfig& cfg, Gguf
   // phi3 stores the fused gate|up projection [2F, C] as ffn_up (convert_hf_to_gguf maps
   // mlp.gate_up_proj to ffn_up) and has no ffn_gate.
   const bool fused_up = arch == "phi3" && file_->find("blk.0.ffn_gate.weight") == nullptr;
+  norm_unit_offset_ = cfg.norm_unit_offset;
   for (const GgufTensorInfo& t : file_->tensors()) {
     // Tensors with no HF name (rope_freqs, read into the config) are skipped.
     try {
-      std::string hf = gguf_to_hf_name(t.name);
+      std::string hf;
+      if (arch == "gemma2") {
+        // Gemma-2's four norms per layer: attn_norm, post_attention_norm, ffn_norm (before the
+        // FFN) and post_ffw_norm (llama.cpp's tensor names for them).
+        for (auto [g, h] : {std::pair<const char*, const char*>{".post_attention_norm.",
+                                                                ".post_attention_layernorm."},
+                            {".ffn_norm.", ".pre_feedforward_layernorm."},
+                            {".post_ffw_norm.", ".post_feedforward_layernorm."}}) {
+          const size_t at = t.name.find(g);
+          if (t.name.rfind("blk.", 0) == 0 && at != std::string::npos) {
+            const std::string layer = t.name.substr(4, at - 4);
+            MINFER_CHECK(!layer.empty() && layer.size() <= 9 &&
+                             layer.find_first_not_of("0123456789") == std::string::npos,
+                         "{}: tensor '{}': bad layer index", file_->path(), t.name);
+            hf = fmt::format("model.layers.{}{}{}", std::stoll(layer), h,
+                             t.name.substr(at + std::string(g).size()));
+          }
+        }
+      }
+      if (hf.empty()) hf = gguf_to_hf_name(t.name);
       const size_t at = hf.find("mlp.up_proj.");
       if (fused_up && at != std::string::npos) hf.replace(at, 11, "mlp.gate_up_proj");
       by_hf_[hf] = &t;
@@ -184,9 +241,18 @@ Tensor GgufSource::tensor(const std::string& name, std::initializer_list<int64_t
   const bool qk = permuted_qk_ && is_qk(name, &q);
   const bool plain = t.type == uint32_t(GgmlType::F32) || t.type == uint32_t(GgmlType::F16) ||
                      t.type == uint32_t(GgmlType::BF16);
-  if (plain && !qk) return file_->view(t);
+  const bool norm = norm_unit_offset_ && name.size() > 11 &&
+                    name.compare(name.size() - 11, 11, "norm.weight") == 0;
+  if (plain && !qk && !norm) return file_->view(t);
   if (!plain) ++dequantized_[ggml_type_name(t.type)];
   Tensor w = plain ? file_->view(t).to_f32() : file_->dequantize(t);
+  if (norm) {
+    // Gemma: the file holds 1 + w (convert_hf_to_gguf.py adds 1); HF's w is what models read.
+    if (plain) w = w.clone();  // to_f32 of an F32 view may share the (read-only) mapping
+    float* p = w.data<float>();
+    for (int64_t i = 0; i < w.numel(); ++i) p[i] -= 1.f;
+    return w;
+  }
   if (qk) {
     MINFER_CHECK(w.ndim() == 2, "{}: '{}' must be 2-D", file_->path(), t.name);
     unpermute_qk_rows(w.data<float>(), w.dim(0), w.dim(1), q ? cfg_.n_heads : cfg_.n_kv_heads);

@@ -15,10 +15,10 @@
 
 namespace minfer {
 
-// Reads hyper-parameters from GGUF metadata. general.architecture llama, qwen2 (q/k/v biases) and
-// phi3 (fused attn_qkv and gate|up in ffn_up) run as the llama family; anything else is a clear
-// error naming the file and the architecture. RoPE scaling: `<arch>.rope.scaling.*` (linear,
-// yarn) and a `rope_freqs.weight` tensor (Llama-3.1 factors); anything else is refused.
+// Reads hyper-parameters from GGUF metadata. general.architecture llama, qwen2 (q/k/v biases),
+// phi3 (fused attn_qkv and gate|up in ffn_up), gemma and gemma2 run as the llama family; anything
+// else is a clear error naming the file and the architecture. RoPE scaling: `<arch>.rope.scaling.*`
+// (linear, yarn) and a `rope_freqs.weight` tensor (Llama-3.1 factors); anything else is refused.
 ModelConfig config_from_gguf(const GgufFile& f);
 
 // Whether llama.cpp's converter permutes this architecture's Q / K rows for its interleaved
@@ -54,6 +54,7 @@ class GgufSource : public WeightSource {
   ModelConfig cfg_;
   GgufWeights mode_;
   bool permuted_qk_ = true;
+  bool norm_unit_offset_ = false;  // Gemma: norm weights stored as 1 + w, given back as w
   mutable std::map<std::string, int> native_, dequantized_;  // per GGML type name
   std::map<std::string, const GgufTensorInfo*> by_hf_;       // HF name -> tensor info
 };

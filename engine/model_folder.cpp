@@ -115,6 +115,9 @@ json llama_config_json(const ModelConfig& cfg, const std::string& torch_dtype) {
   // model_type; everything else is written as llama.
   const bool qwen2 = cfg.model_type == "qwen2" && cfg.attn_bias;
   const bool phi3 = cfg.model_type == "phi3" && !cfg.attn_bias;
+  if (cfg.norm_unit_offset || cfg.sandwich_norms || cfg.embed_scale)
+    throw NotImplemented(
+        fmt::format("config.json for a {} model (Gemma norms and settings)", cfg.model_type));
   const json rope = rope_scaling_json(cfg);
   MINFER_CHECK(!phi3 || rope.is_null(),
                "config.json for a phi3 model with '{}' RoPE scaling: Phi3Config reads only "

@@ -1,6 +1,12 @@
-// LLaMA family (SmolLM2, TinyLlama, Qwen2 biases, Phi-3 fused projections): pre-norm RMSNorm
-// blocks, rotary positions (scaled as the config says, engine/rope.h), grouped-query attention,
-// SwiGLU MLP, optional tied embeddings.
+// LLaMA family (SmolLM2, TinyLlama, Qwen2 biases, Phi-3 fused projections, Gemma, Gemma-2):
+// pre-norm RMSNorm blocks, rotary positions (scaled as the config says, engine/rope.h),
+// grouped-query attention, gated MLP (SwiGLU; GeGLU for Gemma), optional tied embeddings.
+// Gemma (transformers modeling_gemma.py): RMSNorm x (1 + w), embeddings x sqrt(C). Gemma-2
+// (modeling_gemma2.py, Gemma Team 2024, "Gemma 2: Improving Open Language Models at a Practical
+// Size"): norms also after attention and around the FFN, attention and final logit soft-capping
+// cap tanh(x / cap), query_pre_attn_scalar, sliding-window attention on alternate layers.
+#include <cmath>
+
 #include "models/model.h"
 
 namespace minfer {
@@ -8,15 +14,17 @@ namespace minfer {
 namespace {
 
 struct LlamaLayer {
-  Tensor attn_norm;  // [C]
-  Linear wq;         // [H*D, C]
-  Linear wk;         // [Hkv*D, C]
-  Linear wv;         // [Hkv*D, C]
-  Linear wo;         // [C, H*D]
-  Tensor ffn_norm;   // [C]
-  Linear gate;       // [F, C]
-  Linear up;         // [F, C]
-  Linear down;       // [C, F]
+  Tensor attn_norm;       // [C]
+  Linear wq;              // [H*D, C]
+  Linear wk;              // [Hkv*D, C]
+  Linear wv;              // [Hkv*D, C]
+  Linear wo;              // [C, H*D]
+  Tensor ffn_norm;        // [C] (Gemma-2: pre_feedforward_layernorm)
+  Tensor post_attn_norm;  // [C] Gemma-2 only: on the attention output
+  Tensor post_ffn_norm;   // [C] Gemma-2 only: on the FFN output
+  Linear gate;            // [F, C]
+  Linear up;              // [F, C]
+  Linear down;            // [C, F]
 };
 
 // A fused projection `<prefix>.weight` [Σ outs, in] (+ bias) split by rows: part(i, name) is the
@@ -41,6 +49,16 @@ class Llama final : public Model {
   Llama(const ModelConfig& c, const WeightSource& src, Backend& be)
       : Model(c, be), rope_(rope_table(c.rope_theta, c.head_dim, c.rope_scaling)) {
     const int64_t C = c.hidden;
+    // A norm weight on the backend; Gemma's (1 + w) is added once here, while tensors() keeps
+    // the weight as HF stores it (so a saved model reads back the same).
+    auto norm = [&](const std::string& name) {
+      Tensor w = src.vec(name, C);
+      if (!c.norm_unit_offset) return be.upload(w);
+      raw_norms_.push_back({name, w});
+      Tensor wf = w.to_f32(), eff = Tensor::empty(DType::F32, {C});
+      for (int64_t i = 0; i < C; ++i) eff.data<float>()[i] = 1.f + wf.data<float>()[i];
+      return be.upload(eff);
+    };
     // The table stays in its stored format (a GGUF's Q8_0 token_embd: only looked-up rows are
     // dequantized); a float table is uploaded as a tensor.
     tok_emb_ = src.table("model.embed_tokens.weight", c.vocab_size, C);
@@ -53,7 +71,7 @@ class Llama final : public Model {
       const int64_t qd = c.heads_at(l) * c.head_dim, kvd = c.kv_heads_at(l) * c.head_dim,
                     F = c.ffn_at(l);
       LlamaLayer L;
-      L.attn_norm = be.upload(src.vec(p + "input_layernorm.weight", C));
+      L.attn_norm = norm(p + "input_layernorm.weight");
       if (!src.has(p + "self_attn.q_proj.weight") && src.has(p + "self_attn.qkv_proj.weight")) {
         // Phi-3's fused q|k|v [(H + 2 Hkv) D, C]: split into row views (no copy), so the forward
         // and every compression method see three projections, saved under their own names.
@@ -67,7 +85,13 @@ class Llama final : public Model {
       }
       L.wo = src.linear(p + "self_attn.o_proj", qd, C,
                         c.attn_bias && src.has(p + "self_attn.o_proj.bias"));
-      L.ffn_norm = be.upload(src.vec(p + "post_attention_layernorm.weight", C));
+      if (c.sandwich_norms) {
+        L.post_attn_norm = norm(p + "post_attention_layernorm.weight");
+        L.ffn_norm = norm(p + "pre_feedforward_layernorm.weight");
+        L.post_ffn_norm = norm(p + "post_feedforward_layernorm.weight");
+      } else {
+        L.ffn_norm = norm(p + "post_attention_layernorm.weight");
+      }
       if (!src.has(p + "mlp.gate_proj.weight") && src.has(p + "mlp.gate_up_proj.weight")) {
         // Phi-3's fused gate|up [2F, C] (HF: gate, up = gate_up_proj(x).chunk(2, dim=-1)).
         auto part = split_rows(src, p + "mlp.gate_up_proj", C, {F, F}, c.mlp_bias);
@@ -79,7 +103,7 @@ class Llama final : public Model {
       L.down = src.linear(p + "mlp.down_proj", F, C, c.mlp_bias);
       layers_.push_back(std::move(L));
     }
-    final_norm_ = be.upload(src.vec("model.norm.weight", C));
+    final_norm_ = norm("model.norm.weight");
     if (c.tie_embeddings && !src.has("lm_head.weight"))
       lm_head_ = tok_emb_;
     else
@@ -98,6 +122,8 @@ class Llama final : public Model {
     Tensor x = s.x.slice(0, 0, T), xn = s.xn.slice(0, 0, T), proj = s.proj.slice(0, 0, T);
 
     be.embedding_table(x, tok_emb_, ids, T);
+    // Gemma: x sqrt(C), the normalizer rounded to f32 as HF's torch.tensor(C**0.5, dtype).
+    if (c.embed_scale) be.scale(x, x, float(std::sqrt(double(c.hidden))));
     for (int64_t l = 0; l < c.n_layers; ++l) {
       LlamaLayer& L = layers_[size_t(l)];
       // Per-layer widths (a structurally pruned model's layers may differ).
@@ -107,7 +133,9 @@ class Llama final : public Model {
       Tensor q = qkv.slice(1, 0, qd), k = qkv.slice(1, qd, kvd), v = qkv.slice(1, qd + kvd, kvd);
       Tensor att = leading_view(s.att, T, qd);
       Tensor ga = leading_view(s.ff_a, T, F), up = leading_view(s.ff_b, T, F);
-      AttentionArgs aa{H, Hkv, c.head_dim, 1, pos0, true, nullptr, 0.f};
+      AttentionArgs aa{H, Hkv, c.head_dim, 1, pos0, true, nullptr, c.attn_scale};
+      aa.softcap = c.attn_softcap;
+      aa.window = c.window_at(l);
       Tensor kc = s.k_cache[size_t(l)], vc = s.v_cache[size_t(l)];
       Tensor k_new = kc.slice(0, pos0, T), v_new = vc.slice(0, pos0, T);
       be.rmsnorm(xn, x, L.attn_norm, c.norm_eps);
@@ -120,12 +148,19 @@ class Llama final : public Model {
       be.copy(v_new, v);
       be.attention(att, q, kc.slice(0, 0, S), vc.slice(0, 0, S), aa);
       be.linear(proj, att, L.wo);
+      if (c.sandwich_norms) be.rmsnorm(proj, proj, L.post_attn_norm, c.norm_eps);
       be.add(x, x, proj);
       be.rmsnorm(xn, x, L.ffn_norm, c.norm_eps);
       be.linear(ga, xn, L.gate);
       be.linear(up, xn, L.up);
-      be.swiglu(ga, ga, up);
+      if (c.act == Act::Silu) {
+        be.swiglu(ga, ga, up);
+      } else {  // GeGLU (Gemma: gelu_pytorch_tanh)
+        be.gelu(ga, ga, c.act == Act::GeluTanh);
+        be.mul(ga, ga, up);
+      }
       be.linear(proj, ga, L.down);
+      if (c.sandwich_norms) be.rmsnorm(proj, proj, L.post_ffn_norm, c.norm_eps);
       be.add(x, x, proj);
     }
     s.n_past = S;
@@ -135,6 +170,7 @@ class Llama final : public Model {
     Tensor xl = x.slice(0, first, n), xnl = xn.slice(0, 0, n), logits = s.logits.slice(0, 0, n);
     be.rmsnorm(xnl, xl, final_norm_, c.norm_eps);
     be.linear(logits, xnl, lm_head_);
+    if (c.final_softcap > 0) be.softcap(logits, logits, c.final_softcap);
     return logits;
   }
 
@@ -157,6 +193,10 @@ class Llama final : public Model {
     std::vector<NamedTensor> v;
     if (Dense* d = std::get_if<Dense>(&tok_emb_.repr))
       v.push_back({"model.embed_tokens.weight", &d->w, true});
+    if (!raw_norms_.empty()) {  // Gemma: the weights as HF stores them, w of (1 + w)
+      for (auto& [name, t] : raw_norms_) v.push_back({name, &t});
+      return v;
+    }
     for (size_t l = 0; l < layers_.size(); ++l) {
       const std::string p = "model.layers." + std::to_string(l) + ".";
       v.push_back({p + "input_layernorm.weight", &layers_[l].attn_norm});
@@ -172,6 +212,8 @@ class Llama final : public Model {
   Tensor final_norm_;  // [C]
   Linear lm_head_;     // [V, C] (shares tok_emb_ when tied)
   RopeTable rope_;     // [D/2] inverse frequencies (+ attention scaling), from the config
+  // Gemma: every norm weight w by HF name (the backend holds 1 + w); empty otherwise.
+  std::vector<std::pair<std::string, Tensor>> raw_norms_;
 };
 
 }  // namespace

@@ -1,9 +1,10 @@
-// RoPE scaling (linear, llama3, yarn) and the qwen2 / phi3 architectures against Hugging Face
-// transformers logits, from config.json folders and from their GGUF files
+// RoPE scaling (linear, llama3, yarn) and the qwen2 / phi3 / gemma / gemma2 architectures against
+// Hugging Face transformers logits, from config.json folders and from their GGUF files
 // (tests/fixtures/arch, made by make_arch_fixtures.py), and the refusals of what is not
 // implemented.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -54,7 +55,8 @@ float parity(Model& m, const SafetensorsFile& exp) {
 
 }  // namespace
 
-TEST_CASE("arch: RoPE scaling and qwen2 / phi3 equal HF transformers (config.json and GGUF)") {
+TEST_CASE(
+    "arch: RoPE scaling, qwen2, phi3, gemma, gemma2 equal HF transformers (config.json and GGUF)") {
   auto be = make_cpu_backend(2);
   struct Case {
     const char* name;
@@ -64,7 +66,8 @@ TEST_CASE("arch: RoPE scaling and qwen2 / phi3 equal HF transformers (config.jso
   for (const Case& k :
        {Case{"rope_linear", RopeType::Linear, true}, Case{"rope_llama3", RopeType::Llama3, true},
         Case{"rope_yarn", RopeType::Yarn, true}, Case{"rope_yarn_af", RopeType::Yarn, false},
-        Case{"qwen2", RopeType::Default, true}, Case{"phi3", RopeType::Default, true}}) {
+        Case{"qwen2", RopeType::Default, true}, Case{"phi3", RopeType::Default, true},
+        Case{"gemma", RopeType::Default, true}, Case{"gemma2", RopeType::Default, true}}) {
     CAPTURE(std::string(k.name));
     auto exp = SafetensorsFile::open(kArch + k.name + "/expected.safetensors");
     auto m = load_model(kArch + k.name, *be);
@@ -228,4 +231,110 @@ TEST_CASE("arch: convert writes each architecture's HF config and tensors, with 
         }).find("not implemented: config.json for RoPE frequency factors") != std::string::npos);
   CHECK(!fs::exists(root / "l3"));
   fs::remove_all(root);
+}
+
+TEST_CASE("arch: gemma / gemma2 settings from config.json and GGUF metadata") {
+  // config.json: what Gemma2ForCausalLM reads (tests/fixtures/arch/gemma2/config.json).
+  const ModelConfig c = load_config(kArch + "gemma2/config.json");
+  CHECK(c.norm_unit_offset);
+  CHECK(c.embed_scale);
+  CHECK(c.sandwich_norms);
+  CHECK(c.act == Act::GeluTanh);
+  CHECK(c.head_dim == 16);                       // head_dim, not hidden / heads = 8
+  CHECK(c.attn_scale == doctest::Approx(0.25));  // query_pre_attn_scalar 16
+  CHECK(c.attn_softcap == 1.5f);
+  CHECK(c.final_softcap == 5.f);
+  CHECK(c.tie_embeddings);
+  CHECK(c.window_at(0) == 8);
+  CHECK(c.window_at(1) == 0);
+  CHECK(c.window_at(2) == 8);
+  CHECK(c.max_pos == 64);  // windows on some layers only: no position limit from them
+  // GGUF: the same, with llama.cpp's query scale 1/sqrt(head_dim) and layer pattern 2.
+  const ModelConfig g = config_from_gguf(*GgufFile::open(kArch + "gemma2/model.gguf"));
+  CHECK(g.model_type == "gemma2");
+  CHECK(g.act == Act::GeluTanh);
+  CHECK(g.norm_unit_offset);
+  CHECK(g.sandwich_norms);
+  CHECK(g.attn_scale == doctest::Approx(0.25));
+  CHECK(g.attn_softcap == 1.5f);
+  CHECK(g.final_softcap == 5.f);
+  CHECK(g.layer_sliding == std::vector<bool>{true, false, true});
+  CHECK(g.sliding_window == 8);
+  const ModelConfig g1 = load_config(kArch + "gemma/config.json");
+  CHECK(g1.norm_unit_offset);
+  CHECK(!g1.sandwich_norms);
+  CHECK(g1.attn_scale == 0.f);
+  CHECK(g1.window_at(0) == 0);
+  // A saved gemma keeps HF's norm weights w (the backend holds 1 + w): the GGUF's 1 + w is
+  // given back as w, equal to the safetensors value.
+  auto be = make_cpu_backend(1);
+  auto hf = load_model(kArch + "gemma2", *be);
+  LoadedModel gg = open_model(kArch + "gemma2/model.gguf", *be, true);
+  auto find = [](Model& m, const std::string& name) -> const Tensor* {
+    for (const auto& nt : m.tensors())
+      if (nt.name == name) return nt.t;
+    return nullptr;
+  };
+  for (const char* name :
+       {"model.layers.1.pre_feedforward_layernorm.weight",
+        "model.layers.2.post_feedforward_layernorm.weight", "model.norm.weight"}) {
+    CAPTURE(std::string(name));
+    const Tensor* a = find(*hf, name);
+    const Tensor* b = find(*gg.model, name);
+    REQUIRE(a != nullptr);
+    REQUIRE(b != nullptr);
+    REQUIRE(a->numel() == 32);
+    REQUIRE(b->numel() == 32);
+    for (int64_t i = 0; i < 32; ++i)
+      CHECK(a->to_f32().data<float>()[i] ==
+            doctest::Approx(b->to_f32().data<float>()[i]).epsilon(1e-6));
+  }
+  // Settings Gemma-2 has no code for are refused by name.
+  nlohmann::json j = nlohmann::json::parse(hf->config().source_json);
+  j["layer_types"][1] = "chunked_attention";
+  CHECK(error_of([&] {
+          parse_config(j.dump(), "g2.json");
+        }).find("layer_types[1] = \"chunked_attention\"") != std::string::npos);
+  j = nlohmann::json::parse(hf->config().source_json);
+  j["use_bidirectional_attention"] = true;
+  CHECK(error_of([&] {
+          parse_config(j.dump(), "g2.json");
+        }).find("use_bidirectional_attention = true") != std::string::npos);
+}
+
+TEST_CASE("arch: a Qwen2.5-class Q4_K_M GGUF runs natively as dequantized and as HF") {
+  // tests/fixtures/arch/qwen2_q4km (make_qwen2_q4km.py): llama.cpp's convert_hf_to_gguf.py and
+  // llama-quantize Q4_K_M on a random Qwen2ForCausalLM with a trained byte-level BPE (qwen2
+  // pre-tokenizer); expected logits are transformers' on the gguf-py-dequantized tensors.
+  auto be = make_cpu_backend(2);
+  const std::string path = kArch + "qwen2_q4km/model.gguf";
+  auto exp = SafetensorsFile::open(kArch + "qwen2_q4km/expected.safetensors");
+  LoadedModel native = open_model(path, *be, true, GgufWeights::Native);
+  LoadedModel f32 = open_model(path, *be, false, GgufWeights::F32);
+  // The mix llama-quantize writes (block types run as stored).
+  for (const char* ty : {"Q4_K (native)", "Q6_K (native)", "Q8_0 (native)"})
+    CHECK(native.weights_summary.find(ty) != std::string::npos);
+  CHECK(native.tokenizer->encode("Hello world", false).size() >= 2);
+  const float dn = parity(*native.model, *exp), df = parity(*f32.model, *exp);
+  MESSAGE("qwen2 Q4_K_M: max |logit diff| vs HF on dequantized weights: native " << dn << ", f32 "
+                                                                                 << df);
+  // Logits reach ~67 here. Dequantized: float32 rounding only (3.5e-6 relative). Native: the
+  // block kernels quantize activations to 8 bits per block as llama.cpp's do (Q8_K for K-quants,
+  // Q8_0 otherwise), about 1% of the logit scale; measured 0.53.
+  CHECK(df <= 1e-3f);
+  CHECK(dn <= 1.0f);
+  // Native and dequantized runs agree token by token on greedy argmax.
+  for (int i = 0; exp->has("input_ids_" + std::to_string(i)); ++i) {
+    const Tensor& ids = exp->get("input_ids_" + std::to_string(i));
+    const int64_t T = ids.numel();
+    RunState sa = native.model->new_state(T, T), sb = f32.model->new_state(T, T);
+    Tensor a = native.model->forward(sa, ids.data<int32_t>(), T, true);
+    Tensor b = f32.model->forward(sb, ids.data<int32_t>(), T, true);
+    const int64_t V = a.dim(1);
+    for (int64_t t = 0; t < T; ++t) {
+      const float* pa = a.data<float>() + t * a.stride(0);
+      const float* pb = b.data<float>() + t * b.stride(0);
+      CHECK(std::max_element(pa, pa + V) - pa == std::max_element(pb, pb + V) - pb);
+    }
+  }
 }

@@ -18,6 +18,9 @@ TrainLlama::TrainLlama(const ModelConfig& c) : cfg_(c) {
     throw NotImplemented(
         fmt::format("training a {} model (only llama-family students so far)", arch_name(c.arch)));
   if (c.attn_bias || c.mlp_bias) throw NotImplemented("training llama models with biases");
+  if (c.act != Act::Silu || c.norm_unit_offset || c.embed_scale || c.sandwich_norms ||
+      c.attn_softcap > 0 || c.final_softcap > 0 || c.attn_scale > 0 || !c.layer_sliding.empty())
+    throw NotImplemented(fmt::format("training a {} model (Gemma-style settings)", c.model_type));
   if (!c.layer_heads.empty() || !c.layer_kv_heads.empty() || !c.layer_ffn.empty())
     throw NotImplemented("training a structurally pruned model (per-layer widths)");
   MINFER_CHECK(c.n_heads > 0 && c.n_kv_heads > 0 && c.n_heads % c.n_kv_heads == 0,
@@ -55,6 +58,9 @@ void TrainLlama::load_from_model(Model& m, const std::vector<int64_t>& layer_map
   const ModelConfig& mc = m.config();
   MINFER_CHECK(mc.arch == Arch::Llama, "student init from a {} model: only llama-family teachers",
                arch_name(mc.arch));
+  if (mc.norm_unit_offset || mc.sandwich_norms)
+    throw NotImplemented(
+        fmt::format("student init from a {} teacher (Gemma norms)", mc.model_type));
   // Every weight of the source model, by HF name (Linears dequantized through the format table).
   std::map<std::string, Tensor> by_name;
   for (const Model::NamedTensor& t : m.tensors()) by_name[t.name] = *t.t;

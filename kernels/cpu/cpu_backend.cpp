@@ -247,6 +247,13 @@ class CpuBackend final : public Backend {
       unary(y, x, "gelu", [](float v) { return 0.5f * v * (1.f + std::erf(v * 0.70710678f)); });
     }
   }
+  void scale(Tensor& y, const Tensor& x, float sc) override {
+    unary(y, x, "scale", [sc](float v) { return v * sc; });
+  }
+  void softcap(Tensor& y, const Tensor& x, float cap) override {
+    MINFER_CHECK(cap > 0 && std::isfinite(cap), "softcap: cap must be positive, found {}", cap);
+    unary(y, x, "softcap", [cap](float v) { return std::tanh(v / cap) * cap; });
+  }
   void silu(Tensor& y, const Tensor& x) override {
     unary(y, x, "silu", [](float v) { return v / (1.f + std::exp(-v)); });
   }
@@ -354,20 +361,32 @@ class CpuBackend final : public Backend {
       float* row = sc + t * S;
       const float* qt = q + t * ldq;
       const int64_t limit = a.causal ? std::min(S, a.pos0 + t + 1) : S;
-      for (int64_t j = 0; j < limit; ++j) row[j] = scale * dot(qt, k + j * ldk, D);
+      const int64_t first = window_first(a, t);
+      for (int64_t j = 0; j < first; ++j) row[j] = -INFINITY;
+      for (int64_t j = first; j < limit; ++j) row[j] = scale * dot(qt, k + j * ldk, D);
       for (int64_t j = limit; j < S; ++j) row[j] = -INFINITY;
+      if (a.softcap > 0) cap_scores(row + first, limit - first, a.softcap);
       if (a.key_mask)
         for (int64_t j = 0; j < limit; ++j)
           if (a.key_mask[b * S + j] == 0) row[j] = -INFINITY;
       softmax_row(row, row, S);
       float* ot = o + t * ldo;
       std::fill(ot, ot + D, 0.f);
-      for (int64_t j = 0; j < limit; ++j) {
+      for (int64_t j = first; j < limit; ++j) {
         const float p = row[j];
         const float* vj = v + j * ldv;
         for (int64_t d = 0; d < D; ++d) ot[d] += p * vj[d];
       }
     }
+  }
+
+  // The first key query row t sees: i - window + 1 within a sliding window (causal), else 0.
+  static int64_t window_first(const AttentionArgs& a, int64_t t) {
+    return a.window > 0 && a.causal ? std::max<int64_t>(0, a.pos0 + t - a.window + 1) : 0;
+  }
+  // Soft-capping of attention scores (Gemma-2): s -> cap tanh(s / cap).
+  static void cap_scores(float* row, int64_t n, float cap) {
+    for (int64_t j = 0; j < n; ++j) row[j] = std::tanh(row[j] / cap) * cap;
   }
 
   // Σ a[i] b[i] in 16 interleaved partial sums (vectorized by the compiler).
@@ -423,6 +442,8 @@ class CpuBackend final : public Backend {
         for (int64_t t = 0; t < T; ++t) {
           float* row = sc + t * S;
           const int64_t limit = a.causal ? a.pos0 + t + 1 : S;
+          if (a.softcap > 0) cap_scores(row, limit, a.softcap);
+          for (int64_t j = 0, first = window_first(a, t); j < first; ++j) row[j] = -INFINITY;
           for (int64_t j = limit; j < S; ++j) row[j] = -INFINITY;
           if (a.key_mask)
             for (int64_t j = 0; j < limit; ++j)

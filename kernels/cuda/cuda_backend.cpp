@@ -547,6 +547,12 @@ class CudaBackend final : public Backend {
   void mul(Tensor& y, const Tensor& a, const Tensor& b) override {
     binary(y, a, b, "mul", BinOp::Mul);
   }
+  void scale(Tensor&, const Tensor&, float) override {
+    throw NotImplemented("cuda: scale (Gemma's embedding normalizer)");
+  }
+  void softcap(Tensor&, const Tensor&, float) override {
+    throw NotImplemented("cuda: softcap (Gemma-2 final logit soft-capping)");
+  }
   void swiglu(Tensor& y, const Tensor& gate, const Tensor& up) override {
     binary(y, gate, up, "swiglu", BinOp::SwiGLU);
   }
@@ -613,6 +619,8 @@ class CudaBackend final : public Backend {
     const int64_t T = ts.first, S = ts.second;
     MINFER_CHECK(H <= 65535 && B <= 65535,
                  "cuda attention: {} heads x {} sequences exceed the grid", H, B);
+    if (a.softcap > 0 || a.window > 0)
+      throw NotImplemented("cuda: attention with soft-capping or a sliding window (Gemma-2)");
     if (T == 0) return;
     const size_t shmem = attention_shared_bytes(D, S);
     if (shmem > max_shared_)
