@@ -201,6 +201,11 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
                "--steps {}, --batch {}, --accum {} must be > 0 and --seq {} > 1", opt.steps,
                opt.batch, opt.accum, opt.seq);
   MINFER_CHECK(opt.lr > 0.f && std::isfinite(opt.lr), "--lr {} must be > 0", opt.lr);
+  const int P = opt.comm ? opt.comm->size() : 1, rank = opt.comm ? opt.comm->rank() : 0;
+  MINFER_CHECK(opt.batch >= P,
+               "--batch {} is smaller than the {} data-parallel ranks (each rank needs at least "
+               "one sequence of every micro-batch)",
+               opt.batch, P);
   MINFER_CHECK(opt.stop_at == 0 || !opt.checkpoint.empty(),
                "--stop-at needs --checkpoint DIR (where the run continues from)");
   const ModelConfig& tc = teacher.config();
@@ -223,6 +228,10 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
                  data_desc, id, tc.vocab_size);
 
   const int64_t B = opt.batch, L = opt.seq, N = B * L, V = tc.vocab_size;
+  // This rank's rows of every micro-batch: sequences [share.begin, share.end) of the B.
+  const RowShare share = row_share(B, rank, P);
+  const int64_t Bl = share.end - share.begin, Nl = Bl * L;
+  const bool writer = rank == 0;
   const int64_t warmup = opt.warmup >= 0 ? opt.warmup : opt.steps / 10;
   TrainerState state;
   state.seed = opt.seed;
@@ -241,49 +250,69 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
 
   DistillResult res;
   WindowOrder order(W, opt.seed);
-  std::vector<int32_t> in(static_cast<size_t>(N)), tg(static_cast<size_t>(N));
-  std::vector<float> tlogits(la.alpha > 0 ? size_t(N * V) : 0), dlogits(size_t(N * V));
+  std::vector<int32_t> in(static_cast<size_t>(Nl)), tg(static_cast<size_t>(Nl));
+  std::vector<float> tlogits(la.alpha > 0 ? size_t(Nl * V) : 0), dlogits(size_t(Nl * V));
   RunState ts = teacher.new_state(L, L, L);
   const int64_t first = state.step,
                 last = opt.stop_at > 0 ? std::min(opt.stop_at, opt.steps) : opt.steps;
   auto do_eval = [&](int64_t step) {
-    if (eval_ids.size() < size_t(L + 1)) return;
+    if (!writer || eval_ids.size() < size_t(L + 1)) return;
     DistillEval e = evaluate(*student, eval_ids, L, B, opt.eval_tokens);
     e.step = step;
     res.evals.push_back(e);
   };
-  Progress bar("distill", last - first, opt.progress);
+  Progress bar("distill", last - first, opt.progress && writer);
   for (int64_t step = first; step < last; ++step) {
     const double t0 = now_s();
     double teacher_s = 0;
     student->params().zero_grad();
     LossParts acc;
     for (int64_t k = 0; k < opt.accum; ++k) {
+      // Every rank walks the whole global batch's windows (the same data order as one process)
+      // and keeps its own rows.
       for (int64_t b = 0; b < B; ++b) {
         const int64_t w = order.at(state.data_position++);
+        if (b < share.begin || b >= share.end) continue;
         const int32_t* src = train_ids.data() + w * L;
-        std::copy(src, src + L, in.begin() + b * L);
-        std::copy(src + 1, src + L + 1, tg.begin() + b * L);
+        std::copy(src, src + L, in.begin() + (b - share.begin) * L);
+        std::copy(src + 1, src + L + 1, tg.begin() + (b - share.begin) * L);
       }
       if (la.alpha > 0) {
         const double tt = now_s();
-        for (int64_t b = 0; b < B; ++b) {
+        for (int64_t b = 0; b < Bl; ++b) {
           ts.reset();
           Tensor lg = teacher.forward(ts, in.data() + b * L, L, true);
           teacher.backend().to_host(lg, tlogits.data() + b * L * V);
         }
         teacher_s += now_s() - tt;
       }
-      const float* logits = student->forward(in.data(), B, L);
+      const float* logits = student->forward(in.data(), Bl, L);
       std::fill(dlogits.begin(), dlogits.end(), 0.f);
-      const LossParts lp = distill_loss(logits, la.alpha > 0 ? tlogits.data() : nullptr, tg.data(),
-                                        N, V, la, dlogits.data(), 1.f / float(opt.accum));
-      MINFER_CHECK(std::isfinite(lp.total), "step {}: loss is {} (lower --lr?)", step + 1,
-                   lp.total);
-      acc.kd += lp.kd / double(opt.accum);
-      acc.ce += lp.ce / double(opt.accum);
-      acc.total += lp.total / double(opt.accum);
+      // The loss is a mean over this rank's Nl rows; weighted by Nl / N it is this rank's part
+      // of the mean over the global N rows, so the ranks' gradients sum to the global one.
+      const double w_rank = double(Nl) / double(N);
+      const LossParts lp =
+          distill_loss(logits, la.alpha > 0 ? tlogits.data() : nullptr, tg.data(), Nl, V, la,
+                       dlogits.data(), float(w_rank / double(opt.accum)));
+      acc.kd += w_rank * lp.kd / double(opt.accum);
+      acc.ce += w_rank * lp.ce / double(opt.accum);
+      acc.total += w_rank * lp.total / double(opt.accum);
+      if (P == 1)
+        MINFER_CHECK(std::isfinite(lp.total), "step {}: loss is {} (lower --lr?)", step + 1,
+                     lp.total);
       student->backward(dlogits.data());
+    }
+    if (P > 1) {
+      // Sum the gradients and the loss parts over the ranks (every rank gets the same bits).
+      std::vector<float>& g = student->params().grads();
+      opt.comm->allreduce_sum(g.data(), g.size());
+      double parts[3] = {acc.kd, acc.ce, acc.total};
+      opt.comm->allreduce_sum(parts, 3);
+      acc.kd = parts[0];
+      acc.ce = parts[1];
+      acc.total = parts[2];
+      MINFER_CHECK(std::isfinite(acc.total), "step {}: loss is {} (lower --lr?)", step + 1,
+                   acc.total);
     }
     const double norm = clip_grad_norm(student->params(), opt.clip);
     const float lr = lr_at(step, warmup, opt.steps, opt.lr, opt.min_lr_ratio);
@@ -298,7 +327,7 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
     res.steps_done = state.step;
     if (opt.eval_every > 0 && state.step % opt.eval_every == 0 && state.step < opt.steps)
       do_eval(state.step);
-    if (!opt.checkpoint.empty() && opt.checkpoint_every > 0 &&
+    if (writer && !opt.checkpoint.empty() && opt.checkpoint_every > 0 &&
         state.step % opt.checkpoint_every == 0)
       save_checkpoint(opt.checkpoint, *student, state);
     bar.update(step + 1 - first, fmt::format("loss {:.3f} (kd {:.3f} ce {:.3f}) {:.0f} tok/s",
@@ -307,8 +336,9 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
   bar.finish();
   res.finished = state.step >= opt.steps;
   res.activation_bytes = student->activation_bytes();
+  res.ranks = P;
   if (!res.finished) {
-    save_checkpoint(opt.checkpoint, *student, state);
+    if (writer) save_checkpoint(opt.checkpoint, *student, state);
   } else {
     do_eval(state.step);
   }
@@ -334,9 +364,10 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
              {"student_seconds", res.student_s},
              {"train_tokens", res.train_tokens},
              {"grad_checkpoint", opt.grad_checkpoint},
-             {"activation_bytes", res.activation_bytes}};
+             {"activation_bytes", res.activation_bytes},
+             {"ranks", P}};
 
-  if (res.finished && !out.empty()) {
+  if (writer && res.finished && !out.empty()) {
     StagingDir tmp(out, opt.force);
     write_json_file(tmp.path() / "config.json", llama_config_json(sc, "float32"));
     save_safetensors((tmp.path() / "model.safetensors").string(), student->named_weights(),
@@ -347,6 +378,8 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
     write_json_file(tmp.path() / "training_log.json", res.log);
     tmp.commit();
   }
+  // The other ranks return once rank 0's files are complete.
+  if (P > 1) opt.comm->barrier();
   return res;
 }
 
