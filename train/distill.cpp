@@ -11,6 +11,11 @@
 #include <random>
 #include <sstream>
 
+#include "compress/compress.h"
+#include "compress/methods.h"
+#include "engine/backend.h"
+#include "engine/compressed_folder.h"
+#include "engine/linear.h"
 #include "engine/model_folder.h"
 #include "engine/progress.h"
 #include "engine/safetensors.h"
@@ -98,6 +103,42 @@ json options_json(const DistillOptions& o) {
 
 }  // namespace
 
+std::unique_ptr<TrainLlama> compressed_student(const std::string& dir, const ModelConfig& tc) {
+  // Opened by the inference loader (every format through the format table), then copied into
+  // f32 trainable tensors (Linears dequantized).
+  auto be = make_cpu_backend(1);
+  std::unique_ptr<Model> m = load_model(dir, *be);
+  const ModelConfig& mc = m->config();
+  MINFER_CHECK(mc.causal(), "--student '{}' is an encoder ({}): the student must be a causal LM",
+               dir, arch_name(mc.arch));
+  MINFER_CHECK(mc.vocab_size == tc.vocab_size,
+               "student vocabulary ({} tokens, {}) differs from the teacher's ({} tokens): "
+               "distillation compares the two distributions token by token, so both need the "
+               "same tokenizer",
+               mc.vocab_size, dir, tc.vocab_size);
+  auto st = std::make_unique<TrainLlama>(mc);
+  st->load_from_model(*m, {});
+  // Pruned Linears keep their masks: a SparseBitmask, or any Linear of a folder whose method
+  // chain prunes (e.g. wanda-50 stored dense, wanda-50+int8): its zeros stay zero.
+  bool pruned = false;
+  const std::string method = CompressedSource(dir).method();
+  try {
+    for (const MethodSpec& step : compress_spec_from_name(method).steps) pruned |= step.is_prune();
+  } catch (const Error&) {
+    // A method name this build does not parse: only the SparseBitmask Linears are masked.
+  }
+  for (Linear* l : m->linears()) {
+    const bool sparse = std::holds_alternative<SparseBitmask>(l->repr);
+    if (std::holds_alternative<LowRank>(l->repr))
+      throw NotImplemented(fmt::format(
+          "--student '{}': training the factors of the low-rank Linear '{}' (the folder's "
+          "Linears would be trained as dense matrices, losing the rank)",
+          dir, l->name));
+    if ((sparse || pruned) && st->params().has(l->name)) st->params().fix_zeros(l->name);
+  }
+  return st;
+}
+
 std::unique_ptr<TrainLlama> make_student(const DistillOptions& opt, Model& teacher) {
   const ModelConfig& tc = teacher.config();
   MINFER_CHECK(tc.causal(),
@@ -131,6 +172,7 @@ std::unique_ptr<TrainLlama> make_student(const DistillOptions& opt, Model& teach
   }
   const fs::path p(s);
   MINFER_CHECK(fs::exists(p), "--student '{}': no such file or folder", s);
+  if (fs::is_directory(p) && is_compressed_folder(p.string())) return compressed_student(s, tc);
   const fs::path cfg_path = fs::is_directory(p) ? p / "config.json" : p;
   ModelConfig sc = load_config(cfg_path.string());
   MINFER_CHECK(sc.causal(), "--student '{}' is an encoder ({}): the student must be a causal LM", s,
@@ -302,6 +344,8 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
                      lp.total);
       student->backward(dlogits.data());
     }
+    student->params().mask_grads();  // a pruned student's zeros stay zero (before the sum: the
+                                     // same on every rank)
     if (P > 1) {
       // Sum the gradients and the loss parts over the ranks (every rank gets the same bits).
       std::vector<float>& g = student->params().grads();
