@@ -1,8 +1,11 @@
 // Compressed students: a pruned folder (sparse bitmask or dense with zeros) trains with its
 // masks fixed; a uniformly structurally pruned folder (ffn-<pct>) trains at its smaller width;
-// a low-rank folder is refused until its factors train.
+// a low-rank folder trains its two factors (W = U·V stays rank r).
 #include <doctest/doctest.h>
+#include <lapacke.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <random>
 #include <vector>
@@ -13,6 +16,7 @@
 #include "models/loader.h"
 #include "tests/test_util.h"
 #include "train/distill.h"
+#include "train/loss.h"
 
 using namespace minfer;
 using namespace minfer::train;
@@ -122,4 +126,84 @@ TEST_CASE(
   CHECK(st->params().fixed_zeros().empty());
   const DistillResult r = distill(*teacher, nullptr, ids, "ids", {}, opts(dir), tmp / "out");
   CHECK(r.finished);
+}
+
+TEST_CASE("train compressed: a low-rank student trains its factors, W stays rank r") {
+  auto be = make_cpu_backend(1);
+  auto teacher = load_model(kLlama, *be);
+  const auto ids = random_ids(300, 101, 1);
+  test::TempDir tmp("distill-lowrank");
+  const std::string dir = tmp / "lr";
+  const int64_t r = 3;
+  compress_to("lowrank-r3", dir);
+  auto st = make_student(opts(dir), *teacher);
+  FactoredLinears& f = st->factors();
+  REQUIRE(f.size() == 2 * 7);
+  const std::string name = "model.layers.1.mlp.down_proj.weight";
+
+  // The factor gradients (dU = dW·Vᵀ, dV = Uᵀ·dW) against central differences of the loss.
+  const int64_t B = 2, T = 5, N = B * T, V = st->config().vocab_size;
+  const auto in = random_ids(size_t(N), int32_t(V), 7), tg = random_ids(size_t(N), int32_t(V), 8);
+  auto loss = [&]() {
+    f.materialize(st->params());
+    const float* logits = st->forward(in.data(), B, T);
+    return distill_loss(logits, nullptr, tg.data(), N, V, DistillLossArgs{0.f, 1.f, false}, nullptr)
+        .total;
+  };
+  st->params().zero_grad();
+  std::fill(f.params().grads().begin(), f.params().grads().end(), 0.f);
+  {
+    f.materialize(st->params());
+    const float* logits = st->forward(in.data(), B, T);
+    std::vector<float> d(size_t(N * V), 0.f);
+    distill_loss(logits, nullptr, tg.data(), N, V, DistillLossArgs{0.f, 1.f, false}, d.data());
+    st->backward(d.data());
+    f.pull_grads(st->params());
+  }
+  for (const char* part : {".u", ".v"}) {
+    const ParamTensor& p = f.params().find(name + part);
+    for (size_t i : {size_t(0), p.numel / 2, p.numel - 1}) {
+      float* w = f.params().w(name + part) + i;
+      const float w0 = *w, h = 1e-2f;
+      *w = w0 + h;
+      const double lp = loss();
+      *w = w0 - h;
+      const double lm = loss();
+      *w = w0;
+      const double fd = (lp - lm) / (2 * h), an = f.params().g(name + part)[i];
+      CAPTURE(part);
+      CAPTURE(i);
+      CHECK(std::abs(fd - an) <= 5e-3 * std::max(1.0, std::abs(fd)));
+    }
+  }
+  // W's own gradient went to the factors.
+  for (size_t i = 0; i < st->params().find(name).numel; ++i)
+    REQUIRE(st->params().g(name)[i] == 0.f);
+
+  // Distilled: the weights move, and every factored W is still of rank <= r.
+  const DistillResult res = distill(*teacher, nullptr, ids, "ids", {}, opts(dir), tmp / "out");
+  REQUIRE(res.finished);
+  CHECK(res.log["factored_linears"] == 14);
+  auto after = SafetensorsFile::open(tmp / "out/model.safetensors");
+  auto st0 = make_student(opts(dir), *teacher);
+  for (const ParamTensor& p : st0->params().table()) {
+    if (!st0->factors().params().has(p.name + ".u")) continue;
+    CAPTURE(p.name);
+    const Tensor& w = after->get(p.name);
+    const int64_t out = p.shape[0], inf = p.shape[1];
+    double moved = 0;
+    for (int64_t i = 0; i < w.numel(); ++i)
+      moved = std::max(moved, std::abs(double(w.data<float>()[i]) - st0->params().w(p.name)[i]));
+    CHECK(moved > 1e-4);
+    std::vector<float> a(w.data<float>(), w.data<float>() + w.numel()),
+        s(size_t(std::min(out, inf)));
+    REQUIRE(LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'N', int(out), int(inf), a.data(), int(inf), s.data(),
+                           nullptr, int(std::max(out, inf)), nullptr, int(inf)) == 0);
+    CHECK(s[size_t(r)] <= 1e-5f * s[0]);  // singular values beyond r are rounding
+  }
+  // Checkpoints of a low-rank student are refused, not half-saved.
+  DistillOptions o = opts(dir);
+  o.checkpoint = tmp / "ck";
+  CHECK_THROWS_WITH(distill(*teacher, nullptr, ids, "ids", {}, o, tmp / "out2"),
+                    doctest::Contains("checkpoints of a low-rank student"));
 }

@@ -128,13 +128,20 @@ std::unique_ptr<TrainLlama> compressed_student(const std::string& dir, const Mod
     // A method name this build does not parse: only the SparseBitmask Linears are masked.
   }
   for (Linear* l : m->linears()) {
-    const bool sparse = std::holds_alternative<SparseBitmask>(l->repr);
-    if (std::holds_alternative<LowRank>(l->repr))
-      throw NotImplemented(fmt::format(
-          "--student '{}': training the factors of the low-rank Linear '{}' (the folder's "
-          "Linears would be trained as dense matrices, losing the rank)",
-          dir, l->name));
-    if ((sparse || pruned) && st->params().has(l->name)) st->params().fix_zeros(l->name);
+    if (!st->params().has(l->name)) continue;
+    if (const auto* lr = std::get_if<LowRank>(&l->repr)) {
+      // Low-rank: the factors train (train/lowrank_train.h), W = U·V is derived.
+      const Tensor U = dequantize_weight(*lr->u), V = dequantize_weight(*lr->v);
+      st->factors().add(l->name, l->out, lr->u->in, l->in,
+                        std::vector<float>(U.data<float>(), U.data<float>() + U.numel()),
+                        std::vector<float>(V.data<float>(), V.data<float>() + V.numel()));
+      continue;
+    }
+    if (std::holds_alternative<SparseBitmask>(l->repr) || pruned) st->params().fix_zeros(l->name);
+  }
+  if (!st->factors().empty()) {
+    st->factors().build();
+    st->factors().materialize(st->params());
   }
   return st;
 }
@@ -261,6 +268,10 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
                  out);
   std::unique_ptr<TrainLlama> student = make_student(opt, teacher);
   student->set_checkpointing(opt.grad_checkpoint);
+  FactoredLinears& factors = student->factors();
+  if (!factors.empty() && (!opt.checkpoint.empty() || !opt.resume.empty()))
+    throw NotImplemented(
+        "checkpoints of a low-rank student (the factors and their AdamW state are not saved yet)");
   const ModelConfig& sc = student->config();
   MINFER_CHECK(sc.vocab_size == tc.vocab_size,
                "student vocabulary ({} tokens) differs from the teacher's ({} tokens)",
@@ -358,9 +369,19 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
       MINFER_CHECK(std::isfinite(acc.total), "step {}: loss is {} (lower --lr?)", step + 1,
                    acc.total);
     }
-    const double norm = clip_grad_norm(student->params(), opt.clip);
+    double norm = 0;
     const float lr = lr_at(step, warmup, opt.steps, opt.lr, opt.min_lr_ratio);
-    adamw_step(student->params(), opt.adamw, lr, step + 1);
+    if (factors.empty()) {
+      norm = clip_grad_norm(student->params(), opt.clip);
+      adamw_step(student->params(), opt.adamw, lr, step + 1);
+    } else {
+      // A low-rank student: W's gradient goes to its factors, which take the step; W = U·V.
+      factors.pull_grads(student->params());
+      norm = clip_grad_norm(student->params(), factors.params(), opt.clip);
+      adamw_step(student->params(), opt.adamw, lr, step + 1);
+      adamw_step(factors.params(), opt.adamw, lr, step + 1);
+      factors.materialize(student->params());
+    }
     state.step = step + 1;
     const double dt = now_s() - t0;
     res.teacher_s += teacher_s;
@@ -409,7 +430,9 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
              {"train_tokens", res.train_tokens},
              {"grad_checkpoint", opt.grad_checkpoint},
              {"activation_bytes", res.activation_bytes},
-             {"ranks", P}};
+             {"ranks", P},
+             {"fixed_zero_tensors", student->params().fixed_zeros().size()},
+             {"factored_linears", factors.size()}};
 
   if (writer && res.finished && !out.empty()) {
     StagingDir tmp(out, opt.force);
