@@ -1,5 +1,6 @@
 # minfer build. `make` = release library + tools into build/, `make test` = whole suite.
 # Variants: DEBUG=1 (-O0 -g), SANITIZE=1 (ASan + UBSan). CUDA=1 adds the CUDA backend.
+# MPI=1 (the default when mpicxx is found) builds distill for data-parallel runs under mpirun.
 # Each variant keeps its own object folder so switching never mixes objects.
 # The C API (include/minfer.h, capi/) ships as build/lib/libminfer.{a,so}; `make install
 # PREFIX=...` installs it with minfer.pc (docs/capi.md).
@@ -114,6 +115,19 @@ ifeq ($(CUDA),1)
   LDLIBS    += -lcublasLt -lcublas -lcudart
 endif
 
+# Data-parallel training over MPI (docs/training.md): on when mpicxx (Open MPI) is found, MPI=0
+# turns it off. Only the distill tool links MPI (train/mpi/); the libraries and the tests do not.
+# The flag file rebuilds distill.o when MPI changes.
+MPICXX ?= mpicxx
+MPI    ?= $(if $(shell command -v $(MPICXX) 2>/dev/null),1,0)
+MPI_FLAG := $(OBJDIR)/mpi.flag
+$(shell mkdir -p $(OBJDIR); [ "$$(cat $(MPI_FLAG) 2>/dev/null)" = "$(MPI)" ] || echo $(MPI) > $(MPI_FLAG))
+ifeq ($(MPI),1)
+  MPI_CFLAGS := $(shell $(MPICXX) --showme:compile) -DOMPI_SKIP_MPICXX=1
+  MPI_LIBS   := $(filter-out -lmpi_cxx,$(shell $(MPICXX) --showme:link))
+  MPI_OBJ    := $(OBJDIR)/train/mpi/comm_mpi.o
+endif
+
 .PHONY: all lib tools tests unit-tests test bench bench-llamacpp deps arm-deps models demo clean format install fuzz fuzzers fuzz-run fuzz-test
 all: lib tools tests $(BENCHBIN)
 lib: $(LIB) $(SOLINKS)
@@ -170,6 +184,13 @@ $(TRAINLIB): $(TRAIN_OBJ)
 $(BINDIR)/%: $(OBJDIR)/tools/%.o $(TRAINLIB) $(APPLIB) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CXX) $(LDFLAGS) $< $(TRAINLIB) $(APPLIB) $(LIB) $(LDLIBS) $(APP_LIBS) -o $@
+
+$(OBJDIR)/train/mpi/comm_mpi.o: CPPFLAGS += $(MPI_CFLAGS)
+$(OBJDIR)/tools/distill.o: CPPFLAGS += -DMINFER_MPI=$(MPI)
+$(OBJDIR)/tools/distill.o: $(MPI_FLAG)
+$(BINDIR)/distill: $(OBJDIR)/tools/distill.o $(MPI_OBJ) $(TRAINLIB) $(APPLIB) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) $< $(MPI_OBJ) $(TRAINLIB) $(APPLIB) $(LIB) $(LDLIBS) $(APP_LIBS) $(MPI_LIBS) -o $@
 
 $(BINDIR)/%: $(OBJDIR)/bench/%.o $(APPLIB) $(LIB)
 	@mkdir -p $(dir $@)

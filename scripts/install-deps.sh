@@ -3,7 +3,8 @@
 set -euo pipefail
 pkgs=(g++ make libopenblas-openmp-dev liblapacke-dev doctest-dev libfmt-dev nlohmann-json3-dev
       libutf8proc-dev libcli11-dev python3-pip libzip-dev libssl-dev pkg-config
-      clang libclang-rt-dev libomp-dev)  # clang + its libFuzzer/sanitizer runtimes + OpenMP: make fuzz
+      clang libclang-rt-dev libomp-dev   # clang + its libFuzzer/sanitizer runtimes + OpenMP: make fuzz
+      libopenmpi-dev openmpi-bin)  # data-parallel distill under mpirun (make MPI=1)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

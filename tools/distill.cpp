@@ -2,6 +2,8 @@
 // format (docs/training.md). loss = α·τ²·KL(teacher_τ ‖ student_τ) + (1 − α)·CE.
 #include "train/distill.h"
 
+#include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 
 #include "app/model_hub.h"
@@ -9,7 +11,36 @@
 #include "models/loader.h"
 #include "tools/common.h"
 
+// Data-parallel training over MPI (`mpirun -np P distill ...`): only in an MPI build.
+#if MINFER_MPI
+#include "train/mpi/comm_mpi.h"
+#endif
+
 using namespace minfer;
+
+namespace {
+
+// --- data parallelism (MPI) ---------------------------------------------------------------
+#if MINFER_MPI
+constexpr const char* kMpiFooter =
+    "MPI: built with MPI. `mpirun -np P distill ...` splits every micro-batch of --batch "
+    "sequences over P ranks and sums their gradients (docs/training.md); rank 0 prints and "
+    "writes.";
+#else
+constexpr const char* kMpiFooter =
+    "MPI: not built (no mpicxx when this was compiled; `make MPI=1` after installing "
+    "libopenmpi-dev). Data-parallel runs need an MPI build.";
+#endif
+
+// The ranks mpirun announces in the environment (Open MPI, MPICH/Hydra, Slurm); 1 when not
+// launched by one.
+int launcher_ranks() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"})
+    if (const char* e = std::getenv(v)) return std::max(1, std::atoi(e));
+  return 1;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{
@@ -22,6 +53,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> data;
   int threads = 0;
   bool quiet = false;
+  app.footer(kMpiFooter);
   app.add_option("--teacher", teacher, "smollm2 | HF folder | .gguf | compressed minfer folder")
       ->required();
   app.add_option("--student", o.student,
@@ -73,63 +105,93 @@ int main(int argc, char** argv) {
                "gradient checkpointing: keep only each layer's input, recompute in backward");
   app.add_flag("--force", o.force, "replace an existing --out folder");
   app.add_flag("--quiet,-q", quiet, "no progress bar");
-  return tool::run(app, argc, argv, [&] {
-    o.loss.reverse = kl == "reverse";
-    o.progress = !quiet;
-    MINFER_CHECK(o.loss.alpha >= 0.f && o.loss.alpha <= 1.f, "--alpha {} outside [0, 1]",
-                 o.loss.alpha);
-    MINFER_CHECK(o.loss.tau > 0.f, "--temperature {} must be > 0", o.loss.tau);
-    MINFER_CHECK(o.force || !std::filesystem::exists(out),
-                 "{} already exists (pass --force to replace it)", out);
-    if (eval_data == "none")
-      eval_data.clear();
-    else if (eval_data.empty())
-      for (const char* p : {"../shared/data/wikitext-2-raw/wiki.test.raw",
-                            "shared/data/wikitext-2-raw/wiki.test.raw"})
-        if (std::filesystem::exists(p)) eval_data = p;
-    auto be = make_backend("cpu", threads);
-    LoadedModel t = open_named_model(teacher, *be);
-    const std::vector<int32_t> ids = train::tokenize_files(*t.tokenizer, data);
-    std::vector<int32_t> eval;
-    if (!eval_data.empty()) eval = train::tokenize_files(*t.tokenizer, {eval_data});
-    std::string desc = data.size() == 1 ? data[0] : fmt::format("{} data files", data.size());
-    const double t0 = tool::now_s();
-    train::DistillResult r = train::distill(*t.model, t.tokenizer.get(), ids, desc, eval, o, out);
-    const double el = tool::now_s() - t0;
-    if (!r.finished) {
-      std::printf("stopped after step %lld of %lld; checkpoint in %s\n", (long long)r.steps_done,
-                  (long long)o.steps, o.checkpoint.c_str());
+#if MINFER_MPI
+  train::MpiComm mpi(&argc, &argv);
+  o.comm = &mpi;
+  const bool printer = mpi.rank() == 0;
+#else
+  const bool printer = true;
+#endif
+  const int rc = tool::run(app, argc, argv, [&]() -> int {
+#if MINFER_MPI
+    // An error on one rank would leave the others waiting in a collective: every error ends
+    // the whole job (after rank 0 or the failing rank printed it).
+    try {
+#endif
+      MINFER_CHECK(launcher_ranks() == 1 || o.comm,
+                   "launched as one of {} MPI ranks, but this distill was built without MPI: each "
+                   "rank would train alone and all would write --out. Rebuild with `make MPI=1` "
+                   "(libopenmpi-dev), or run one process",
+                   launcher_ranks());
+      o.loss.reverse = kl == "reverse";
+      if (!printer) quiet = true;
+      o.progress = !quiet;
+      MINFER_CHECK(o.loss.alpha >= 0.f && o.loss.alpha <= 1.f, "--alpha {} outside [0, 1]",
+                   o.loss.alpha);
+      MINFER_CHECK(o.loss.tau > 0.f, "--temperature {} must be > 0", o.loss.tau);
+      MINFER_CHECK(o.force || !std::filesystem::exists(out),
+                   "{} already exists (pass --force to replace it)", out);
+      if (eval_data == "none")
+        eval_data.clear();
+      else if (eval_data.empty())
+        for (const char* p : {"../shared/data/wikitext-2-raw/wiki.test.raw",
+                              "shared/data/wikitext-2-raw/wiki.test.raw"})
+          if (std::filesystem::exists(p)) eval_data = p;
+      auto be = make_backend("cpu", threads);
+      LoadedModel t = open_named_model(teacher, *be);
+      const std::vector<int32_t> ids = train::tokenize_files(*t.tokenizer, data);
+      std::vector<int32_t> eval;
+      if (!eval_data.empty()) eval = train::tokenize_files(*t.tokenizer, {eval_data});
+      std::string desc = data.size() == 1 ? data[0] : fmt::format("{} data files", data.size());
+      const double t0 = tool::now_s();
+      train::DistillResult r = train::distill(*t.model, t.tokenizer.get(), ids, desc, eval, o, out);
+      const double el = tool::now_s() - t0;
+      if (!printer) return 0;
+      if (!r.finished) {
+        std::printf("stopped after step %lld of %lld; checkpoint in %s\n", (long long)r.steps_done,
+                    (long long)o.steps, o.checkpoint.c_str());
+        return 0;
+      }
+      // The curves next to the JSON log (the folder itself was written whole by distill()).
+      std::vector<CurveSeries> curves(4);
+      curves[0].name = "loss";
+      curves[1].name = "KD: KL (before alpha*T^2)";
+      curves[2].name = "CE (train)";
+      curves[3].name = "eval NLL (held-out)";
+      for (const train::DistillStep& s : r.steps) {
+        curves[0].points.emplace_back(double(s.step), s.loss);
+        if (o.loss.alpha > 0) curves[1].points.emplace_back(double(s.step), s.kd);
+        if (o.loss.alpha < 1) curves[2].points.emplace_back(double(s.step), s.ce);
+      }
+      for (const train::DistillEval& e : r.evals)
+        curves[3].points.emplace_back(double(e.step), e.nll);
+      write_file_atomic((std::filesystem::path(out) / "training_curves.svg").string(),
+                        curves_svg(fmt::format("distill: {} steps, alpha {}, T {}", o.steps,
+                                               o.loss.alpha, o.loss.tau),
+                                   "optimizer step", "loss (nats per token)", curves));
+      const train::DistillStep& last = r.steps.back();
+      std::printf(
+          "distilled %lld steps in %.1f s: loss %.4f (kd %.4f, ce %.4f), %.0f train tok/s "
+          "(teacher %.1f s, student %.1f s)\n",
+          (long long)r.steps_done, el, last.loss, last.kd, last.ce,
+          double(r.train_tokens) / (r.teacher_s + r.student_s), r.teacher_s, r.student_s);
+      for (const train::DistillEval& e : r.evals)
+        std::printf("eval step %lld: ppl %.3f over %lld tokens of %s\n", (long long)e.step, e.ppl,
+                    (long long)e.tokens, eval_data.c_str());
+      std::printf("wrote %s (student activations %.1f MB%s, peak RSS %.0f MB)\n", out.c_str(),
+                  double(r.activation_bytes) / 1048576.0,
+                  o.grad_checkpoint ? " with gradient checkpointing" : "", tool::peak_rss_mb());
+      if (r.ranks > 1) std::printf("data parallel over %d MPI ranks\n", r.ranks);
       return 0;
+#if MINFER_MPI
+    } catch (const std::exception& e) {
+      if (mpi.size() == 1) throw;
+      std::fflush(stdout);
+      std::fprintf(stderr, "distill: error (rank %d of %d): %s\n", mpi.rank(), mpi.size(),
+                   e.what());
+      mpi.abort(1);
     }
-    // The curves next to the JSON log (the folder itself was written whole by distill()).
-    std::vector<CurveSeries> curves(4);
-    curves[0].name = "loss";
-    curves[1].name = "KD: KL (before alpha*T^2)";
-    curves[2].name = "CE (train)";
-    curves[3].name = "eval NLL (held-out)";
-    for (const train::DistillStep& s : r.steps) {
-      curves[0].points.emplace_back(double(s.step), s.loss);
-      if (o.loss.alpha > 0) curves[1].points.emplace_back(double(s.step), s.kd);
-      if (o.loss.alpha < 1) curves[2].points.emplace_back(double(s.step), s.ce);
-    }
-    for (const train::DistillEval& e : r.evals)
-      curves[3].points.emplace_back(double(e.step), e.nll);
-    write_file_atomic((std::filesystem::path(out) / "training_curves.svg").string(),
-                      curves_svg(fmt::format("distill: {} steps, alpha {}, T {}", o.steps,
-                                             o.loss.alpha, o.loss.tau),
-                                 "optimizer step", "loss (nats per token)", curves));
-    const train::DistillStep& last = r.steps.back();
-    std::printf(
-        "distilled %lld steps in %.1f s: loss %.4f (kd %.4f, ce %.4f), %.0f train tok/s "
-        "(teacher %.1f s, student %.1f s)\n",
-        (long long)r.steps_done, el, last.loss, last.kd, last.ce,
-        double(r.train_tokens) / (r.teacher_s + r.student_s), r.teacher_s, r.student_s);
-    for (const train::DistillEval& e : r.evals)
-      std::printf("eval step %lld: ppl %.3f over %lld tokens of %s\n", (long long)e.step, e.ppl,
-                  (long long)e.tokens, eval_data.c_str());
-    std::printf("wrote %s (student activations %.1f MB%s, peak RSS %.0f MB)\n", out.c_str(),
-                double(r.activation_bytes) / 1048576.0,
-                o.grad_checkpoint ? " with gradient checkpointing" : "", tool::peak_rss_mb());
-    return 0;
+#endif
   });
+  return rc;
 }

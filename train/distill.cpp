@@ -11,6 +11,11 @@
 #include <random>
 #include <sstream>
 
+#include "compress/compress.h"
+#include "compress/methods.h"
+#include "engine/backend.h"
+#include "engine/compressed_folder.h"
+#include "engine/linear.h"
 #include "engine/model_folder.h"
 #include "engine/progress.h"
 #include "engine/safetensors.h"
@@ -98,6 +103,49 @@ json options_json(const DistillOptions& o) {
 
 }  // namespace
 
+std::unique_ptr<TrainLlama> compressed_student(const std::string& dir, const ModelConfig& tc) {
+  // Opened by the inference loader (every format through the format table), then copied into
+  // f32 trainable tensors (Linears dequantized).
+  auto be = make_cpu_backend(1);
+  std::unique_ptr<Model> m = load_model(dir, *be);
+  const ModelConfig& mc = m->config();
+  MINFER_CHECK(mc.causal(), "--student '{}' is an encoder ({}): the student must be a causal LM",
+               dir, arch_name(mc.arch));
+  MINFER_CHECK(mc.vocab_size == tc.vocab_size,
+               "student vocabulary ({} tokens, {}) differs from the teacher's ({} tokens): "
+               "distillation compares the two distributions token by token, so both need the "
+               "same tokenizer",
+               mc.vocab_size, dir, tc.vocab_size);
+  auto st = std::make_unique<TrainLlama>(mc);
+  st->load_from_model(*m, {});
+  // Pruned Linears keep their masks: a SparseBitmask, or any Linear of a folder whose method
+  // chain prunes (e.g. wanda-50 stored dense, wanda-50+int8): its zeros stay zero.
+  bool pruned = false;
+  const std::string method = CompressedSource(dir).method();
+  try {
+    for (const MethodSpec& step : compress_spec_from_name(method).steps) pruned |= step.is_prune();
+  } catch (const Error&) {
+    // A method name this build does not parse: only the SparseBitmask Linears are masked.
+  }
+  for (Linear* l : m->linears()) {
+    if (!st->params().has(l->name)) continue;
+    if (const auto* lr = std::get_if<LowRank>(&l->repr)) {
+      // Low-rank: the factors train (train/lowrank_train.h), W = U·V is derived.
+      const Tensor U = dequantize_weight(*lr->u), V = dequantize_weight(*lr->v);
+      st->factors().add(l->name, l->out, lr->u->in, l->in,
+                        std::vector<float>(U.data<float>(), U.data<float>() + U.numel()),
+                        std::vector<float>(V.data<float>(), V.data<float>() + V.numel()));
+      continue;
+    }
+    if (std::holds_alternative<SparseBitmask>(l->repr) || pruned) st->params().fix_zeros(l->name);
+  }
+  if (!st->factors().empty()) {
+    st->factors().build();
+    st->factors().materialize(st->params());
+  }
+  return st;
+}
+
 std::unique_ptr<TrainLlama> make_student(const DistillOptions& opt, Model& teacher) {
   const ModelConfig& tc = teacher.config();
   MINFER_CHECK(tc.causal(),
@@ -131,6 +179,7 @@ std::unique_ptr<TrainLlama> make_student(const DistillOptions& opt, Model& teach
   }
   const fs::path p(s);
   MINFER_CHECK(fs::exists(p), "--student '{}': no such file or folder", s);
+  if (fs::is_directory(p) && is_compressed_folder(p.string())) return compressed_student(s, tc);
   const fs::path cfg_path = fs::is_directory(p) ? p / "config.json" : p;
   ModelConfig sc = load_config(cfg_path.string());
   MINFER_CHECK(sc.causal(), "--student '{}' is an encoder ({}): the student must be a causal LM", s,
@@ -201,6 +250,11 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
                "--steps {}, --batch {}, --accum {} must be > 0 and --seq {} > 1", opt.steps,
                opt.batch, opt.accum, opt.seq);
   MINFER_CHECK(opt.lr > 0.f && std::isfinite(opt.lr), "--lr {} must be > 0", opt.lr);
+  const int P = opt.comm ? opt.comm->size() : 1, rank = opt.comm ? opt.comm->rank() : 0;
+  MINFER_CHECK(opt.batch >= P,
+               "--batch {} is smaller than the {} data-parallel ranks (each rank needs at least "
+               "one sequence of every micro-batch)",
+               opt.batch, P);
   MINFER_CHECK(opt.stop_at == 0 || !opt.checkpoint.empty(),
                "--stop-at needs --checkpoint DIR (where the run continues from)");
   const ModelConfig& tc = teacher.config();
@@ -214,6 +268,10 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
                  out);
   std::unique_ptr<TrainLlama> student = make_student(opt, teacher);
   student->set_checkpointing(opt.grad_checkpoint);
+  FactoredLinears& factors = student->factors();
+  if (!factors.empty() && (!opt.checkpoint.empty() || !opt.resume.empty()))
+    throw NotImplemented(
+        "checkpoints of a low-rank student (the factors and their AdamW state are not saved yet)");
   const ModelConfig& sc = student->config();
   MINFER_CHECK(sc.vocab_size == tc.vocab_size,
                "student vocabulary ({} tokens) differs from the teacher's ({} tokens)",
@@ -223,6 +281,10 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
                  data_desc, id, tc.vocab_size);
 
   const int64_t B = opt.batch, L = opt.seq, N = B * L, V = tc.vocab_size;
+  // This rank's rows of every micro-batch: sequences [share.begin, share.end) of the B.
+  const RowShare share = row_share(B, rank, P);
+  const int64_t Bl = share.end - share.begin, Nl = Bl * L;
+  const bool writer = rank == 0;
   const int64_t warmup = opt.warmup >= 0 ? opt.warmup : opt.steps / 10;
   TrainerState state;
   state.seed = opt.seed;
@@ -241,53 +303,85 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
 
   DistillResult res;
   WindowOrder order(W, opt.seed);
-  std::vector<int32_t> in(static_cast<size_t>(N)), tg(static_cast<size_t>(N));
-  std::vector<float> tlogits(la.alpha > 0 ? size_t(N * V) : 0), dlogits(size_t(N * V));
+  std::vector<int32_t> in(static_cast<size_t>(Nl)), tg(static_cast<size_t>(Nl));
+  std::vector<float> tlogits(la.alpha > 0 ? size_t(Nl * V) : 0), dlogits(size_t(Nl * V));
   RunState ts = teacher.new_state(L, L, L);
   const int64_t first = state.step,
                 last = opt.stop_at > 0 ? std::min(opt.stop_at, opt.steps) : opt.steps;
   auto do_eval = [&](int64_t step) {
-    if (eval_ids.size() < size_t(L + 1)) return;
+    if (!writer || eval_ids.size() < size_t(L + 1)) return;
     DistillEval e = evaluate(*student, eval_ids, L, B, opt.eval_tokens);
     e.step = step;
     res.evals.push_back(e);
   };
-  Progress bar("distill", last - first, opt.progress);
+  Progress bar("distill", last - first, opt.progress && writer);
   for (int64_t step = first; step < last; ++step) {
     const double t0 = now_s();
     double teacher_s = 0;
     student->params().zero_grad();
     LossParts acc;
     for (int64_t k = 0; k < opt.accum; ++k) {
+      // Every rank walks the whole global batch's windows (the same data order as one process)
+      // and keeps its own rows.
       for (int64_t b = 0; b < B; ++b) {
         const int64_t w = order.at(state.data_position++);
+        if (b < share.begin || b >= share.end) continue;
         const int32_t* src = train_ids.data() + w * L;
-        std::copy(src, src + L, in.begin() + b * L);
-        std::copy(src + 1, src + L + 1, tg.begin() + b * L);
+        std::copy(src, src + L, in.begin() + (b - share.begin) * L);
+        std::copy(src + 1, src + L + 1, tg.begin() + (b - share.begin) * L);
       }
       if (la.alpha > 0) {
         const double tt = now_s();
-        for (int64_t b = 0; b < B; ++b) {
+        for (int64_t b = 0; b < Bl; ++b) {
           ts.reset();
           Tensor lg = teacher.forward(ts, in.data() + b * L, L, true);
           teacher.backend().to_host(lg, tlogits.data() + b * L * V);
         }
         teacher_s += now_s() - tt;
       }
-      const float* logits = student->forward(in.data(), B, L);
+      const float* logits = student->forward(in.data(), Bl, L);
       std::fill(dlogits.begin(), dlogits.end(), 0.f);
-      const LossParts lp = distill_loss(logits, la.alpha > 0 ? tlogits.data() : nullptr, tg.data(),
-                                        N, V, la, dlogits.data(), 1.f / float(opt.accum));
-      MINFER_CHECK(std::isfinite(lp.total), "step {}: loss is {} (lower --lr?)", step + 1,
-                   lp.total);
-      acc.kd += lp.kd / double(opt.accum);
-      acc.ce += lp.ce / double(opt.accum);
-      acc.total += lp.total / double(opt.accum);
+      // The loss is a mean over this rank's Nl rows; weighted by Nl / N it is this rank's part
+      // of the mean over the global N rows, so the ranks' gradients sum to the global one.
+      const double w_rank = double(Nl) / double(N);
+      const LossParts lp =
+          distill_loss(logits, la.alpha > 0 ? tlogits.data() : nullptr, tg.data(), Nl, V, la,
+                       dlogits.data(), float(w_rank / double(opt.accum)));
+      acc.kd += w_rank * lp.kd / double(opt.accum);
+      acc.ce += w_rank * lp.ce / double(opt.accum);
+      acc.total += w_rank * lp.total / double(opt.accum);
+      if (P == 1)
+        MINFER_CHECK(std::isfinite(lp.total), "step {}: loss is {} (lower --lr?)", step + 1,
+                     lp.total);
       student->backward(dlogits.data());
     }
-    const double norm = clip_grad_norm(student->params(), opt.clip);
+    student->params().mask_grads();  // a pruned student's zeros stay zero (before the sum: the
+                                     // same on every rank)
+    if (P > 1) {
+      // Sum the gradients and the loss parts over the ranks (every rank gets the same bits).
+      std::vector<float>& g = student->params().grads();
+      opt.comm->allreduce_sum(g.data(), g.size());
+      double parts[3] = {acc.kd, acc.ce, acc.total};
+      opt.comm->allreduce_sum(parts, 3);
+      acc.kd = parts[0];
+      acc.ce = parts[1];
+      acc.total = parts[2];
+      MINFER_CHECK(std::isfinite(acc.total), "step {}: loss is {} (lower --lr?)", step + 1,
+                   acc.total);
+    }
+    double norm = 0;
     const float lr = lr_at(step, warmup, opt.steps, opt.lr, opt.min_lr_ratio);
-    adamw_step(student->params(), opt.adamw, lr, step + 1);
+    if (factors.empty()) {
+      norm = clip_grad_norm(student->params(), opt.clip);
+      adamw_step(student->params(), opt.adamw, lr, step + 1);
+    } else {
+      // A low-rank student: W's gradient goes to its factors, which take the step; W = U·V.
+      factors.pull_grads(student->params());
+      norm = clip_grad_norm(student->params(), factors.params(), opt.clip);
+      adamw_step(student->params(), opt.adamw, lr, step + 1);
+      adamw_step(factors.params(), opt.adamw, lr, step + 1);
+      factors.materialize(student->params());
+    }
     state.step = step + 1;
     const double dt = now_s() - t0;
     res.teacher_s += teacher_s;
@@ -298,7 +392,7 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
     res.steps_done = state.step;
     if (opt.eval_every > 0 && state.step % opt.eval_every == 0 && state.step < opt.steps)
       do_eval(state.step);
-    if (!opt.checkpoint.empty() && opt.checkpoint_every > 0 &&
+    if (writer && !opt.checkpoint.empty() && opt.checkpoint_every > 0 &&
         state.step % opt.checkpoint_every == 0)
       save_checkpoint(opt.checkpoint, *student, state);
     bar.update(step + 1 - first, fmt::format("loss {:.3f} (kd {:.3f} ce {:.3f}) {:.0f} tok/s",
@@ -307,8 +401,9 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
   bar.finish();
   res.finished = state.step >= opt.steps;
   res.activation_bytes = student->activation_bytes();
+  res.ranks = P;
   if (!res.finished) {
-    save_checkpoint(opt.checkpoint, *student, state);
+    if (writer) save_checkpoint(opt.checkpoint, *student, state);
   } else {
     do_eval(state.step);
   }
@@ -334,9 +429,12 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
              {"student_seconds", res.student_s},
              {"train_tokens", res.train_tokens},
              {"grad_checkpoint", opt.grad_checkpoint},
-             {"activation_bytes", res.activation_bytes}};
+             {"activation_bytes", res.activation_bytes},
+             {"ranks", P},
+             {"fixed_zero_tensors", student->params().fixed_zeros().size()},
+             {"factored_linears", factors.size()}};
 
-  if (res.finished && !out.empty()) {
+  if (writer && res.finished && !out.empty()) {
     StagingDir tmp(out, opt.force);
     write_json_file(tmp.path() / "config.json", llama_config_json(sc, "float32"));
     save_safetensors((tmp.path() / "model.safetensors").string(), student->named_weights(),
@@ -347,6 +445,8 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
     write_json_file(tmp.path() / "training_log.json", res.log);
     tmp.commit();
   }
+  // The other ranks return once rank 0's files are complete.
+  if (P > 1) opt.comm->barrier();
   return res;
 }
 

@@ -12,6 +12,7 @@
 
 #include "models/model.h"
 #include "tokenizer/tokenizer.h"
+#include "train/comm.h"
 #include "train/llama_train.h"
 #include "train/loss.h"
 #include "train/optim.h"
@@ -44,6 +45,14 @@ struct DistillOptions {
   bool grad_checkpoint = false;  // recompute each layer's activations in backward (less memory)
   bool progress = true;
   bool force = false;  // replace an existing output folder
+
+  // Data parallelism (not owned; null = one process). Each global micro-batch of `batch`
+  // sequences is split across the ranks (row_share: contiguous, in rank order, so the data order
+  // is the single-process one); each rank runs the teacher and the student on its share, the
+  // gradients are summed over ranks (each rank's loss gradient is pre-scaled by its share of the
+  // global rows, so the sum is the global mean) and every rank takes the same optimizer step.
+  // Rank 0 alone evaluates and writes `out`, the log and checkpoints. Needs batch >= ranks.
+  Comm* comm = nullptr;
 };
 
 struct DistillStep {
@@ -66,6 +75,7 @@ struct DistillResult {
   double teacher_s = 0, student_s = 0;  // wall time in teacher forwards / student fwd+bwd+update
   int64_t train_tokens = 0;             // tokens the student trained on in this run
   size_t activation_bytes = 0;          // the student's activation buffers
+  int ranks = 1;                        // data-parallel ranks (opt.comm->size())
   nlohmann::json log;                   // what training_log.json holds
 };
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <random>
 
@@ -13,7 +14,25 @@
 
 namespace minfer::train {
 
-TrainLlama::TrainLlama(const ModelConfig& c) : cfg_(c) {
+namespace {
+// A structurally pruned config whose per-layer widths are all equal (ffn-<pct> and heads-<pct>
+// cut the same number in every layer) is an ordinary config with smaller widths.
+ModelConfig uniform_widths(ModelConfig c) {
+  auto uniform = [](std::vector<int64_t>& v, int64_t& into) {
+    if (v.empty() || std::adjacent_find(v.begin(), v.end(), std::not_equal_to<>()) != v.end())
+      return;
+    into = v[0];
+    v.clear();
+  };
+  uniform(c.layer_ffn, c.ffn);
+  uniform(c.layer_heads, c.n_heads);
+  uniform(c.layer_kv_heads, c.n_kv_heads);
+  return c;
+}
+}  // namespace
+
+TrainLlama::TrainLlama(const ModelConfig& c0) : cfg_(uniform_widths(c0)) {
+  const ModelConfig& c = cfg_;
   if (c.arch != Arch::Llama)
     throw NotImplemented(
         fmt::format("training a {} model (only llama-family students so far)", arch_name(c.arch)));
@@ -22,7 +41,9 @@ TrainLlama::TrainLlama(const ModelConfig& c) : cfg_(c) {
       c.attn_softcap > 0 || c.final_softcap > 0 || c.attn_scale > 0 || !c.layer_sliding.empty())
     throw NotImplemented(fmt::format("training a {} model (Gemma-style settings)", c.model_type));
   if (!c.layer_heads.empty() || !c.layer_kv_heads.empty() || !c.layer_ffn.empty())
-    throw NotImplemented("training a structurally pruned model (per-layer widths)");
+    throw NotImplemented(
+        "training a structurally pruned model with different widths per layer (uniform cuts "
+        "such as ffn-<pct> train)");
   MINFER_CHECK(c.n_heads > 0 && c.n_kv_heads > 0 && c.n_heads % c.n_kv_heads == 0,
                "student config: {} heads is not a multiple of {} kv heads", c.n_heads,
                c.n_kv_heads);

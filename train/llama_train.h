@@ -12,6 +12,7 @@
 
 #include "engine/config.h"
 #include "models/model.h"
+#include "train/lowrank_train.h"
 #include "train/params.h"
 
 namespace minfer::train {
@@ -26,6 +27,8 @@ class TrainLlama {
   const ModelConfig& config() const { return cfg_; }
   ParamStore& params() { return params_; }
   const ParamStore& params() const { return params_; }
+  // Weights trained as low-rank factors (a low-rank student; empty otherwise).
+  FactoredLinears& factors() { return factors_; }
 
   // Fills the weights with N(0, std²) (norm weights 1), deterministically from seed.
   void init_random(uint64_t seed, float std = 0.02f);
@@ -75,6 +78,7 @@ class TrainLlama {
 
   ModelConfig cfg_;
   ParamStore params_;
+  FactoredLinears factors_;
   bool ckpt_ = false;
   int64_t B_ = 0, T_ = 0, cap_ = 0;
   std::vector<int32_t> ids_;               // [N]

@@ -46,6 +46,37 @@ void ParamStore::zero_grad() {
   std::fill(g_.begin(), g_.end(), 0.f);
 }
 
+size_t ParamStore::fix_zeros(const std::string& name) {
+  const ParamTensor& p = find(name);
+  MINFER_CHECK(!w_.empty(), "fix_zeros('{}') before allocate()", name);
+  Mask m{p.offset, 0, name, std::vector<uint8_t>(p.numel)};
+  for (size_t i = 0; i < p.numel; ++i) {
+    m.keep[i] = w_[p.offset + i] != 0.f;
+    m.zeros += !m.keep[i];
+  }
+  const size_t z = m.zeros;
+  if (z == 0) return 0;  // nothing to keep fixed
+  masks_.erase(
+      std::remove_if(masks_.begin(), masks_.end(), [&](const Mask& x) { return x.name == name; }),
+      masks_.end());
+  masks_.push_back(std::move(m));
+  return z;
+}
+
+void ParamStore::mask_grads() {
+  for (const Mask& m : masks_) {
+    float* g = g_.data() + m.offset;
+    for (size_t i = 0; i < m.keep.size(); ++i)
+      if (!m.keep[i]) g[i] = 0.f;
+  }
+}
+
+std::vector<std::pair<std::string, size_t>> ParamStore::fixed_zeros() const {
+  std::vector<std::pair<std::string, size_t>> out;
+  for (const Mask& m : masks_) out.emplace_back(m.name, m.zeros);
+  return out;
+}
+
 void init_params_random(ParamStore& p, uint64_t seed, float std) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> nd(0.f, std);

@@ -51,6 +51,16 @@ class ParamStore {
 
   void zero_grad();
 
+  // Fixed sparsity (a pruned student: masks kept fixed): records the zeros of tensor `name` as
+  // it is now; mask_grads() then zeroes the gradient there, so with AdamW (zero gradient and
+  // zero moments give a zero update, decay of a zero is zero) those weights stay exactly 0.
+  // Returns the number of zeros recorded (a tensor without zeros gets no mask).
+  size_t fix_zeros(const std::string& name);
+  // g <- g * mask for every fixed tensor (before clipping and the optimizer step).
+  void mask_grads();
+  // Tensors with a fixed mask (name -> number of zeros).
+  std::vector<std::pair<std::string, size_t>> fixed_zeros() const;
+
   // The walker: f(tensor, w, g, m, v) for every tensor in table order (m, v null before
   // allocate_moments()).
   template <typename F>
@@ -64,6 +74,12 @@ class ParamStore {
   std::vector<ParamTensor> table_;
   size_t total_ = 0;
   std::vector<float> w_, g_, m_, v_;  // [total_] each
+  struct Mask {
+    size_t offset = 0, zeros = 0;
+    std::string name;
+    std::vector<uint8_t> keep;  // [numel] 1 = trainable, 0 = fixed at zero
+  };
+  std::vector<Mask> masks_;
 };
 
 // Fills the weights with N(0, std²) (1-D tensors, the norm weights: 1; names ending in ".bias":

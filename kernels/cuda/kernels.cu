@@ -16,6 +16,7 @@
 #include "kernels/common/ggml_quants.h"
 #include "kernels/common/quant_math.h"
 #include "kernels/cuda/kernels.h"
+#include "kernels/cuda/reduce.h"
 
 #ifdef MINFER_CUDA_EMULATION
 #include "engine/half.h"
@@ -34,7 +35,6 @@ constexpr int kRowThreads = 128;  // norms, softmax
 constexpr int kAttnThreads = 64;  // attention: one block per (query, head, sequence)
 constexpr int kWarps = 4;         // matrix-vector kernels: output rows per block
 constexpr int kTT = 4;            // tokens per warp in the matrix-vector kernels
-constexpr unsigned kFull = 0xffffffffu;
 
 __device__ __forceinline__ float h2f(uint16_t b) {
 #ifdef MINFER_CUDA_EMULATION
@@ -63,29 +63,6 @@ __device__ __forceinline__ uint16_t f2bf(float f) {
 #else
   return __bfloat16_as_ushort(__float2bfloat16_rn(f));
 #endif
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
-  return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, o));
-  return v;
-}
-
-// Sum (or max) over the block; every thread gets the result. blockDim.x a multiple of 32.
-template <bool kMax>
-__device__ float block_reduce(float v) {
-  __shared__ float part[32];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
-  v = kMax ? warp_max(v) : warp_sum(v);
-  if (lane == 0) part[warp] = v;
-  __syncthreads();
-  float r = part[0];
-  for (int i = 1; i < nw; ++i) r = kMax ? fmaxf(r, part[i]) : r + part[i];
-  __syncthreads();  // part is reused by the next reduction
-  return r;
 }
 
 int grid_for(int64_t n, int threads) {

@@ -1,0 +1,209 @@
+// Compressed students: a pruned folder (sparse bitmask or dense with zeros) trains with its
+// masks fixed; a uniformly structurally pruned folder (ffn-<pct>) trains at its smaller width;
+// a low-rank folder trains its two factors (W = U·V stays rank r).
+#include <doctest/doctest.h>
+#include <lapacke.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <random>
+#include <vector>
+
+#include "compress/compress.h"
+#include "engine/backend.h"
+#include "engine/safetensors.h"
+#include "models/loader.h"
+#include "tests/test_util.h"
+#include "train/distill.h"
+#include "train/loss.h"
+
+using namespace minfer;
+using namespace minfer::train;
+
+namespace {
+
+const char* kLlama = "tests/fixtures/parity/llama";
+
+std::vector<int32_t> random_ids(size_t n, int32_t V, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> v(n);
+  for (int32_t& x : v) x = int32_t(rng() % uint64_t(V));
+  return v;
+}
+
+DistillOptions opts(const std::string& student) {
+  DistillOptions o;
+  o.student = student;
+  o.loss = {0.5f, 2.f, false};
+  o.steps = 4;
+  o.batch = 2;
+  o.seq = 8;
+  o.lr = 1e-2f;
+  o.warmup = 1;
+  o.seed = 3;
+  o.progress = false;
+  return o;
+}
+
+void compress_to(const std::string& method, const std::string& out,
+                 CompressSpec::SparseStorage storage = CompressSpec::SparseStorage::Auto) {
+  auto be = make_cpu_backend(1);
+  auto m = load_model(kLlama, *be);
+  CompressSpec spec = compress_spec_from_name(method);
+  spec.sparse_storage = storage;
+  compress_model(*m, spec, nullptr, false);
+  save_compressed(*m, nullptr, out, spec);
+}
+
+}  // namespace
+
+TEST_CASE("train compressed: a pruned student keeps its masks fixed while the rest trains") {
+  auto be = make_cpu_backend(1);
+  auto teacher = load_model(kLlama, *be);
+  const auto ids = random_ids(300, 101, 1);
+  test::TempDir tmp("distill-pruned");
+  for (auto storage : {CompressSpec::SparseStorage::Sparse, CompressSpec::SparseStorage::Dense}) {
+    const bool sparse = storage == CompressSpec::SparseStorage::Sparse;
+    CAPTURE(sparse);
+    const std::string dir = tmp / (sparse ? "sparse" : "dense"),
+                      out = tmp / (sparse ? "out-sparse" : "out-dense");
+    compress_to("magnitude-50", dir, storage);
+    // The student as it starts (dequantized) and its recorded masks.
+    auto st = make_student(opts(dir), *teacher);
+    const auto fixed = st->params().fixed_zeros();
+    REQUIRE(fixed.size() == 2 * 7);  // every Linear of both blocks
+    const DistillResult r = distill(*teacher, nullptr, ids, "ids", {}, opts(dir), out);
+    REQUIRE(r.finished);
+    auto after = SafetensorsFile::open(out + "/model.safetensors");
+    size_t zeros = 0, moved = 0, kept_nonzero = 0;
+    for (const auto& [name, nz] : fixed) {
+      CAPTURE(name);
+      const float* w0 = st->params().w(name);
+      const Tensor& w1 = after->get(name);
+      REQUIRE(size_t(w1.numel()) == st->params().find(name).numel);
+      size_t z = 0;
+      for (int64_t i = 0; i < w1.numel(); ++i) {
+        if (w0[i] == 0.f) {
+          ++z;
+          CHECK(w1.data<float>()[i] == 0.f);  // a pruned weight stays exactly zero
+          zeros += w1.data<float>()[i] == 0.f;
+        } else {
+          ++kept_nonzero;
+          moved += w1.data<float>()[i] != w0[i];
+        }
+      }
+      CHECK(z == nz);
+      CHECK(z >= size_t(w1.numel()) / 2);  // magnitude-50
+    }
+    CHECK(zeros > 0);
+    // The kept weights train (AdamW moves essentially all of them).
+    CHECK(double(moved) > 0.9 * double(kept_nonzero));
+  }
+}
+
+TEST_CASE(
+    "train compressed: equal per-layer widths (ffn-<pct>) train, a compressed folder is a "
+    "student") {
+  auto be = make_cpu_backend(1);
+  auto teacher = load_model(kLlama, *be);
+  const auto ids = random_ids(300, 101, 1);
+  test::TempDir tmp("distill-ffn");
+  auto m = load_model(kLlama, *be);
+  const int64_t F = m->config().ffn;
+  const std::string dir = tmp / "ffn";
+  compress_to("fp16", dir);
+  // A folder whose per-layer widths differ is refused with a clear message; equal widths train.
+  ModelConfig sc = load_model(dir, *be)->config();
+  sc.layer_ffn.assign(size_t(sc.n_layers), F);
+  TrainLlama uniform(sc);
+  CHECK(uniform.config().ffn == F);
+  CHECK(uniform.config().layer_ffn.empty());
+  sc.layer_ffn[0] = F - 2;
+  CHECK_THROWS_WITH(TrainLlama{sc}, doctest::Contains("different widths per layer"));
+  // The compressed (fp16) folder is a student too: no masks, every weight trains.
+  auto st = make_student(opts(dir), *teacher);
+  CHECK(st->params().fixed_zeros().empty());
+  const DistillResult r = distill(*teacher, nullptr, ids, "ids", {}, opts(dir), tmp / "out");
+  CHECK(r.finished);
+}
+
+TEST_CASE("train compressed: a low-rank student trains its factors, W stays rank r") {
+  auto be = make_cpu_backend(1);
+  auto teacher = load_model(kLlama, *be);
+  const auto ids = random_ids(300, 101, 1);
+  test::TempDir tmp("distill-lowrank");
+  const std::string dir = tmp / "lr";
+  const int64_t r = 3;
+  compress_to("lowrank-r3", dir);
+  auto st = make_student(opts(dir), *teacher);
+  FactoredLinears& f = st->factors();
+  REQUIRE(f.size() == 2 * 7);
+  const std::string name = "model.layers.1.mlp.down_proj.weight";
+
+  // The factor gradients (dU = dW·Vᵀ, dV = Uᵀ·dW) against central differences of the loss.
+  const int64_t B = 2, T = 5, N = B * T, V = st->config().vocab_size;
+  const auto in = random_ids(size_t(N), int32_t(V), 7), tg = random_ids(size_t(N), int32_t(V), 8);
+  auto loss = [&]() {
+    f.materialize(st->params());
+    const float* logits = st->forward(in.data(), B, T);
+    return distill_loss(logits, nullptr, tg.data(), N, V, DistillLossArgs{0.f, 1.f, false}, nullptr)
+        .total;
+  };
+  st->params().zero_grad();
+  std::fill(f.params().grads().begin(), f.params().grads().end(), 0.f);
+  {
+    f.materialize(st->params());
+    const float* logits = st->forward(in.data(), B, T);
+    std::vector<float> d(size_t(N * V), 0.f);
+    distill_loss(logits, nullptr, tg.data(), N, V, DistillLossArgs{0.f, 1.f, false}, d.data());
+    st->backward(d.data());
+    f.pull_grads(st->params());
+  }
+  for (const char* part : {".u", ".v"}) {
+    const ParamTensor& p = f.params().find(name + part);
+    for (size_t i : {size_t(0), p.numel / 2, p.numel - 1}) {
+      float* w = f.params().w(name + part) + i;
+      const float w0 = *w, h = 1e-2f;
+      *w = w0 + h;
+      const double lp = loss();
+      *w = w0 - h;
+      const double lm = loss();
+      *w = w0;
+      const double fd = (lp - lm) / (2 * h), an = f.params().g(name + part)[i];
+      CAPTURE(part);
+      CAPTURE(i);
+      CHECK(std::abs(fd - an) <= 5e-3 * std::max(1.0, std::abs(fd)));
+    }
+  }
+  // W's own gradient went to the factors.
+  for (size_t i = 0; i < st->params().find(name).numel; ++i)
+    REQUIRE(st->params().g(name)[i] == 0.f);
+
+  // Distilled: the weights move, and every factored W is still of rank <= r.
+  const DistillResult res = distill(*teacher, nullptr, ids, "ids", {}, opts(dir), tmp / "out");
+  REQUIRE(res.finished);
+  CHECK(res.log["factored_linears"] == 14);
+  auto after = SafetensorsFile::open(tmp / "out/model.safetensors");
+  auto st0 = make_student(opts(dir), *teacher);
+  for (const ParamTensor& p : st0->params().table()) {
+    if (!st0->factors().params().has(p.name + ".u")) continue;
+    CAPTURE(p.name);
+    const Tensor& w = after->get(p.name);
+    const int64_t out = p.shape[0], inf = p.shape[1];
+    double moved = 0;
+    for (int64_t i = 0; i < w.numel(); ++i)
+      moved = std::max(moved, std::abs(double(w.data<float>()[i]) - st0->params().w(p.name)[i]));
+    CHECK(moved > 1e-4);
+    std::vector<float> a(w.data<float>(), w.data<float>() + w.numel()),
+        s(size_t(std::min(out, inf)));
+    REQUIRE(LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'N', int(out), int(inf), a.data(), int(inf), s.data(),
+                           nullptr, int(std::max(out, inf)), nullptr, int(inf)) == 0);
+    CHECK(s[size_t(r)] <= 1e-5f * s[0]);  // singular values beyond r are rounding
+  }
+  // Checkpoints of a low-rank student are refused, not half-saved.
+  DistillOptions o = opts(dir);
+  o.checkpoint = tmp / "ck";
+  CHECK_THROWS_WITH(distill(*teacher, nullptr, ids, "ids", {}, o, tmp / "out2"),
+                    doctest::Contains("checkpoints of a low-rank student"));
+}
