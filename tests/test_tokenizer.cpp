@@ -580,6 +580,55 @@ TEST_CASE(
   std::filesystem::remove_all(dir);
 }
 
+TEST_CASE("tokenizer: to_hf_json names a GGUF token that is not valid UTF-8") {
+  // A GGUF vocabulary can hold any bytes; tokenizer.json (and HF `tokenizers`) only UTF-8.
+  // GGUF v3 with a SentencePiece vocabulary: <unk> <s> </s>, "a", and token 4 = "b\xC3(" (a
+  // truncated two-byte sequence).
+  std::string b;
+  auto u32 = [&](uint32_t v) { b.append(reinterpret_cast<const char*>(&v), 4); };
+  auto u64 = [&](uint64_t v) { b.append(reinterpret_cast<const char*>(&v), 8); };
+  auto str = [&](const std::string& s) {
+    u64(s.size());
+    b += s;
+  };
+  const std::vector<std::string> toks = {"<unk>", "<s>", "</s>", "a", "b\xC3("};
+  b += "GGUF";
+  u32(3);
+  u64(0);  // tensors
+  u64(5);  // key/values
+  str("general.architecture");
+  u32(8);
+  str("llama");
+  str("tokenizer.ggml.add_bos_token");
+  u32(7);  // bool
+  b.push_back('\0');
+  str("tokenizer.ggml.model");
+  u32(8);
+  str("llama");
+  str("tokenizer.ggml.tokens");
+  u32(9);
+  u32(8);
+  u64(toks.size());
+  for (const auto& t : toks) str(t);
+  str("tokenizer.ggml.scores");
+  u32(9);
+  u32(6);
+  u64(toks.size());
+  for (size_t i = 0; i < toks.size(); ++i) {
+    const float f = -static_cast<float>(i);
+    b.append(reinterpret_cast<const char*>(&f), 4);
+  }
+  const auto dir = std::filesystem::temp_directory_path() / "minfer-ggtok-utf8";
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "t.gguf").string();
+  { std::ofstream(path, std::ios::binary) << b; }
+  auto tok = Tokenizer::load(path);
+  CHECK(tok->encode("a", false) == std::vector<int32_t>{3});
+  CHECK_THROWS_WITH_AS(tok->to_hf_json(),
+                       doctest::Contains("token 4 ('b\\xC3(') is not valid UTF-8"), minfer::Error);
+  std::filesystem::remove_all(dir);
+}
+
 TEST_CASE("tokenizer: end-of-generation ids are eos plus the special end-of-turn tokens") {
   // synth-llama3 with extra added tokens: <|eot_id|> and <|im_end|> special, <|end|> NOT special
   // (plain text must never stop generation), <|eom_id|> special.
