@@ -473,7 +473,11 @@ std::unique_ptr<Tokenizer> gguf_fixture(const std::string& name) {
 TEST_CASE("tokenizer: GGUF byte-level BPE, every pre-tokenizer family") {
   for (const char* name : {"bpe-gpt-2", "bpe-mpt", "bpe-starcoder", "bpe-command-r",
                            "bpe-llama-bpe", "bpe-qwen2", "bpe-falcon", "bpe-bloom", "bpe-viking",
-                           "bpe-deepseek-llm", "bpe-deepseek-coder", "bpe-tekken"}) {
+                           "bpe-deepseek-llm", "bpe-deepseek-coder", "bpe-tekken", "bpe-gpt-4o",
+                           // from llama.cpp's regex lists
+                           "bpe-default", "bpe-deepseek-v3", "bpe-spark2_5", "bpe-youtu",
+                           "bpe-hunyuan", "bpe-qwen35", "bpe-jais-2", "bpe-seed-coder",
+                           "bpe-bailingmoe", "bpe-ufakzeka", "bpe-laguna", "bpe-minicpm5"}) {
     const std::string path = std::string(kFixtures) + "gguf/" + name + ".gguf";
     if (!std::filesystem::exists(path)) {
       FAIL_CHECK("missing fixture ", path);
@@ -522,8 +526,8 @@ TEST_CASE(
   const std::string dir = (std::filesystem::temp_directory_path() / "minfer-ggtok-table").string();
   std::filesystem::create_directories(dir);
   const auto names = minfer::gguf_pre_tokenizer_types();
-  CHECK(names.size() >= 40);
-  auto write = [&](const std::string& model, const std::string& pre) {
+  CHECK(names.size() >= 79);
+  auto write = [&](const std::string& model, const std::string& pre, bool merges = false) {
     // GGUF v3: header, then key/values (string, string array) as in the GGUF spec.
     std::string b;
     auto u32 = [&](uint32_t v) { b.append(reinterpret_cast<const char*>(&v), 4); };
@@ -540,11 +544,17 @@ TEST_CASE(
     }
     b += "GGUF";
     u32(3);
-    u64(0);  // tensors
-    u64(4);  // key/values
+    u64(0);               // tensors
+    u64(merges ? 5 : 4);  // key/values
     str("general.architecture");
     u32(8);
     str("gpt2");
+    if (merges) {  // an empty list: every byte its own token
+      str("tokenizer.ggml.merges");
+      u32(9);
+      u32(8);
+      u64(0);
+    }
     str("tokenizer.ggml.model");
     u32(8);
     str(model);
@@ -565,14 +575,19 @@ TEST_CASE(
     // no merges: refused with the key named
     CHECK_THROWS_WITH_AS(Tokenizer::load(write("gpt2", n)),
                          doctest::Contains("without tokenizer.ggml.merges"), minfer::Error);
+    // with merges: its split compiles and splits, and every byte comes back
+    auto tok = Tokenizer::load(write("gpt2", n, true));
+    const std::string text = "Hello, wörld's 12345 \u4e2d\u6587 \u3072\u3089  \n\n x!";
+    const auto ids = tok->encode(text, false);
+    CHECK(ids.size() == text.size());
+    CHECK(tok->decode(ids, false) == text);
   }
   CHECK_THROWS_WITH_AS(Tokenizer::load(write("gpt2", "no-such-pre")),
                        doctest::Contains("tokenizer.ggml.pre = 'no-such-pre' is not a known"),
                        minfer::Error);
-  CHECK_THROWS_WITH_AS(
-      Tokenizer::load(write("gpt2", "deepseek-v3")),
-      doctest::Contains("'deepseek-v3' (a llama.cpp pre-tokenizer type whose split"),
-      minfer::NotImplemented);
+  CHECK_THROWS_WITH_AS(Tokenizer::load(write("gpt2", "chameleon")),
+                       doctest::Contains("'chameleon' (a llama.cpp pre-tokenizer type whose split"),
+                       minfer::NotImplemented);
   CHECK_THROWS_WITH_AS(Tokenizer::load(write("rwkv", "default")),
                        doctest::Contains("tokenizer.ggml.model = 'rwkv'"), minfer::Error);
   CHECK_THROWS_WITH_AS(Tokenizer::load(write("llama", "default")),

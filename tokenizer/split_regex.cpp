@@ -82,10 +82,11 @@ struct SplitRegex::Atom {
   Kind kind = Kind::Set;
   CharSet set;
   uint32_t min = 1, max = 1;
-  // Literals: (?:a|b) or (?i:a|b), literal alternatives tried in order; icase folds ASCII case
-  // and, as Oniguruma does, U+017F (long s) to 's' and U+212A (Kelvin sign) to 'k'.
-  std::vector<std::vector<uint32_t>> options;
-  bool icase = false;
+  // Literals: (?:a|b) or (?i:a|b), alternatives tried in order, each a sequence of single
+  // characters: a literal, an escape or a class ((?:'[sS]|'[tT]) as llama.cpp writes the
+  // contractions). Under (?i: a literal letter also matches its other ASCII case and, as
+  // Oniguruma folds them, U+017F (long s) matches 's' and U+212A (Kelvin sign) 'k'.
+  std::vector<std::vector<CharSet>> options;
 };
 
 namespace {
@@ -98,7 +99,7 @@ struct Parser {
     MINFER_FAIL(
         "split regex '{}': {} at byte {} (supported: classes, escapes, greedy "
         "quantifiers, top-level |, $, (?!X) and (?=X) on one class, (?:a|b) and (?i:a|b) "
-        "groups of literals)",
+        "groups of single characters)",
         p, what, i);
   }
   bool done() const { return i >= p.size(); }
@@ -238,8 +239,8 @@ struct Parser {
       }
       if (p.substr(i, 4) == "(?i:" || p.substr(i, 3) == "(?:") {
         a.kind = AK::Literals;
-        a.icase = p[i + 2] == 'i';
-        i += a.icase ? 4 : 3;
+        const bool icase = p[i + 2] == 'i';
+        i += icase ? 4 : 3;
         a.options.emplace_back();
         for (;;) {
           if (done()) fail("unterminated group");
@@ -253,18 +254,35 @@ struct Parser {
             a.options.emplace_back();
             continue;
           }
-          if (std::string_view("[](){}*+?.$^").find(g) != std::string_view::npos)
-            fail("group holding more than literal alternatives");
-          uint32_t lit;
-          if (g == '\\') {
+          if (std::string_view("](){}*+?.$^").find(g) != std::string_view::npos)
+            fail("group holding more than alternatives of single characters and classes");
+          SplitRegex::CharSet one;
+          uint32_t lit = UINT32_MAX;
+          if (g == '[') {
+            if (icase) fail("class inside a case-insensitive group");
             ++i;
-            SplitRegex::CharSet none;
-            lit = escape(none);
-            if (lit == UINT32_MAX) fail("class escape inside a group");
+            klass(one);
+          } else if (g == '\\') {
+            ++i;
+            lit = escape(one);
+            if (lit != UINT32_MAX) one.items.clear();
+            if (lit == UINT32_MAX && icase) fail("class escape inside a case-insensitive group");
           } else {
             lit = next_cp();
           }
-          a.options.back().push_back(lit);
+          if (lit != UINT32_MAX) {
+            auto add = [&](uint32_t c) {
+              one.items.push_back({SplitRegex::CharSet::Kind::Range, false, c, c, 0, nullptr});
+            };
+            add(lit);
+            if (icase && lit < 128 && std::isalpha(static_cast<int>(lit)) != 0) {
+              add(lit ^ 0x20u);  // the other ASCII case
+              if (lit == 's' || lit == 'S') add(0x17F);
+              if (lit == 'k' || lit == 'K') add(0x212A);
+            }
+          }
+          one.finish();
+          a.options.back().push_back(std::move(one));
         }
         return true;
       }
@@ -339,20 +357,13 @@ int64_t match_seq(const std::vector<SplitRegex::Atom>& seq, size_t ai, std::stri
       for (const auto& opt : a.options) {
         size_t q = pos;
         bool ok = true;
-        for (uint32_t want : opt) {
+        for (const SplitRegex::CharSet& want : opt) {
           if (q >= s.size()) {
             ok = false;
             break;
           }
           int l;
-          uint32_t c = unicode::decode_at(s, q, &l);
-          if (a.icase) {
-            if (c >= 'A' && c <= 'Z') c += 32;
-            if (c == 0x17F) c = 's';
-            if (c == 0x212A) c = 'k';
-            if (want >= 'A' && want <= 'Z') want += 32;
-          }
-          if (c != want) {
+          if (!want.test(unicode::decode_at(s, q, &l))) {
             ok = false;
             break;
           }

@@ -6,8 +6,10 @@
 // \W \p{X} \P{X} with X a general category or its one-letter group, \r \n \t \f \v and escaped
 // punctuation), character classes with ranges, negation, escapes and nested classes ([^(\s|[.,])]
 // is a union), the greedy quantifiers ? * + {m} {m,} {m,n}, the anchor $ (end of the text or
-// before a newline, as in Ruby), a lookahead of one class, (?!X) / (?=X), and a group of literal
-// alternatives (?:a|b) or case-insensitive (?i:a|b), alone or with ?. Anything else (other
+// before a newline, as in Ruby), a lookahead of one class, (?!X) / (?=X), and a group of
+// alternatives (?:a|b) or case-insensitive (?i:a|b), alone or with ?, each alternative a sequence
+// of single characters (literals, escapes, classes: llama.cpp's (?:'[sS]|'[tT])), classes not
+// under (?i:. Anything else (other
 // groups, backreferences, lazy or possessive quantifiers) is refused when the pattern is
 // compiled, naming the construct.
 #pragma once
