@@ -181,6 +181,17 @@ std::string minicpm5_words() {
          "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}+| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
          "\\s+(?!\\S)|\\s+";
 }
+std::string tiny_aya_words() {
+  return "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+" +
+         kContractions +
+         "?|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*" +
+         kContractions + "?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+}
+std::string granite_multi_words() {
+  return "[^\\r\\n\\p{L}\\p{N}]?[^a-z[^\\p{L}\\p{M}]]*[^A-Z[^\\p{L}\\p{M}]]+" + kContractions +
+         "?|[^\\r\\n\\p{L}\\p{N}]?[^a-z[^\\p{L}\\p{M}]]+[^A-Z[^\\p{L}\\p{M}]]*" + kContractions +
+         "?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+}
 json splits_then_bytes(const std::vector<std::string>& regexes) {
   json steps = json::array();
   for (const std::string& r : regexes) steps.push_back(split(r));
@@ -350,22 +361,47 @@ const std::vector<PreType>& pre_types() {
        [] {
          return splits_then_bytes({"\\p{N}{1,3}", minicpm5_words()});
        }},
+      // Chameleon: sentinel and image tokens, tabs/newlines and space pairs, single digits,
+      // punctuation, then GPT-2's pattern.
+      {{"chameleon"},
+       false,
+       false,
+       [] {
+         return splits_then_bytes({"<sentinel:[0-9]+>", "(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z",
+                                   "([\\t\\n]|    |  )", "\\p{N}", "[\\p{P}!-/:-@\\[-`{-~]",
+                                   kGpt2Regex});
+       }},
+      // SuperBPE: no split at whitespace (superword tokens), digit runs in groups of three from
+      // the right (an empty-match split). llama.cpp's \d is std::wregex's: ASCII digits only.
+      {{"superbpe"},
+       false,
+       false,
+       [] { return splits_then_bytes({"\\p{N}+", "(?=([0-9]{3})+(?![0-9]))"}); }},
+      // Tiny Aya / Cohere2 MoE: digit runs in groups of three from the right, then o200k's
+      // pattern with llama.cpp's contractions (\d as above).
+      {{"tiny_aya", "cohere2moe"},
+       false,
+       false,
+       [] { return splits_then_bytes({"[0-9]{1,3}(?=(?:[0-9]{3})*\\b)", tiny_aya_words()}); }},
+      // Granite embedding multilingual 97M: o200k's pattern with marks as letters. llama.cpp
+      // writes "letter but not a-z" as ((?=[\p{L}\p{M}])([^a-z])); the same set is the class
+      // [^a-z[^\p{L}\p{M}]], which matches without backtracking per character.
+      {{"granite-embed-multi-97m"},
+       false,
+       true,
+       [] { return splits_then_bytes({granite_multi_words()}); }},
   };
   return rows;
 }
 
-// Types llama.cpp (b11312) knows whose split is not reproduced here: capturing groups and
-// quantified groups (chameleon, exaone-moe), a zero-width split (superbpe), a lookahead with a
-// group and \b (tiny_aya, cohere2moe), hand-written splitters (kimi-k2's \p{Han} with class
-// intersection, afmoe's digit grouping), class lookaheads llama.cpp adds for the tokenizer.json's
-// (granite-embed-multi-97m), and SentencePiece-style BPE on raw UTF-8 without the byte-level
-// mapping (gemma4, granite-embed-multi-311m, sarvam-moe, whitespace).
-const char* const kKnownUnsupported[] = {"chameleon",  "exaone-moe",
-                                         "superbpe",   "tiny_aya",
-                                         "cohere2moe", "kimi-k2",
-                                         "afmoe",      "gemma4",
-                                         "sarvam-moe", "granite-embed-multi-311m",
-                                         "whitespace", "granite-embed-multi-97m"};
+// Types llama.cpp (b11312) knows whose split is not reproduced here: exaone-moe (a nested
+// quantified group that makes whole phrases one piece: backtracking as deep as the line is long),
+// hand-written splitters (kimi-k2's \p{Han} with class intersection and no merges, afmoe's digit
+// grouping), and SentencePiece-style BPE on raw UTF-8 without the byte-level mapping (gemma4,
+// granite-embed-multi-311m, sarvam-moe, whitespace).
+const char* const kKnownUnsupported[] = {"exaone-moe", "kimi-k2",    "afmoe",
+                                         "gemma4",     "sarvam-moe", "granite-embed-multi-311m",
+                                         "whitespace"};
 
 const PreType& pre_type_for(const std::string& pre, const std::string& origin) {
   for (const PreType& t : pre_types())
