@@ -328,13 +328,18 @@ TEST_CASE("tokenizer: unsupported components and bad files give clear errors") {
                        minfer::Error);
   j = base;
   j["pre_tokenizer"] = {
-      {"type", "Split"}, {"pattern", {{"Regex", "(ab)+"}}}, {"behavior", "Isolated"}};
+      {"type", "Split"}, {"pattern", {{"Regex", "(?<=a)b"}}}, {"behavior", "Isolated"}};
   CHECK_THROWS_WITH_AS(load(j),
-                       doctest::Contains("Split pre_tokenizer regex '(ab)+' is not supported"),
+                       doctest::Contains("Split pre_tokenizer regex '(?<=a)b' is not supported"),
                        minfer::Error);
-  j["pre_tokenizer"]["pattern"]["Regex"] = "(?:a|b+)";
-  CHECK_THROWS_WITH_AS(load(j), doctest::Contains("group holding more than literal alternatives"),
+  CHECK_THROWS_WITH_AS(load(j), doctest::Contains("group option or extension"), minfer::Error);
+  j["pre_tokenizer"]["pattern"]["Regex"] = "(?i:[ab])";
+  CHECK_THROWS_WITH_AS(load(j), doctest::Contains("class inside a case-insensitive group"),
                        minfer::Error);
+  j["pre_tokenizer"]["pattern"]["Regex"] = "(ab";
+  CHECK_THROWS_WITH_AS(load(j), doctest::Contains("unterminated group"), minfer::Error);
+  j["pre_tokenizer"]["pattern"]["Regex"] = "ab)";
+  CHECK_THROWS_WITH_AS(load(j), doctest::Contains("misplaced metacharacter"), minfer::Error);
   j["pre_tokenizer"]["pattern"]["Regex"] = "a+?";
   CHECK_THROWS_WITH_AS(load(j), doctest::Contains("lazy or possessive quantifier"), minfer::Error);
   j["pre_tokenizer"]["pattern"]["Regex"] = "\\p{Xx}";
@@ -478,9 +483,15 @@ std::unique_ptr<Tokenizer> gguf_fixture(const std::string& name) {
 }  // namespace
 
 TEST_CASE("tokenizer: GGUF byte-level BPE, every pre-tokenizer family") {
-  for (const char* name : {"bpe-gpt-2", "bpe-mpt", "bpe-starcoder", "bpe-command-r",
-                           "bpe-llama-bpe", "bpe-qwen2", "bpe-falcon", "bpe-bloom", "bpe-viking",
-                           "bpe-deepseek-llm", "bpe-deepseek-coder", "bpe-tekken"}) {
+  for (const char* name :
+       {"bpe-gpt-2", "bpe-mpt", "bpe-starcoder", "bpe-command-r", "bpe-llama-bpe", "bpe-qwen2",
+        "bpe-falcon", "bpe-bloom", "bpe-viking", "bpe-deepseek-llm", "bpe-deepseek-coder",
+        "bpe-tekken", "bpe-gpt-4o",
+        // from llama.cpp's regex lists
+        "bpe-default", "bpe-deepseek-v3", "bpe-spark2_5", "bpe-youtu", "bpe-hunyuan", "bpe-qwen35",
+        "bpe-jais-2", "bpe-seed-coder", "bpe-bailingmoe", "bpe-ufakzeka", "bpe-laguna",
+        "bpe-minicpm5", "bpe-chameleon", "bpe-superbpe", "bpe-tiny_aya",
+        "bpe-granite-embed-multi-97m"}) {
     const std::string path = std::string(kFixtures) + "gguf/" + name + ".gguf";
     if (!std::filesystem::exists(path)) {
       FAIL_CHECK("missing fixture ", path);
@@ -492,6 +503,17 @@ TEST_CASE("tokenizer: GGUF byte-level BPE, every pre-tokenizer family") {
     CHECK_FALSE(tok->is_special(tok->token_to_id("<|reserved|>")));
     check_expected(*tok, std::string("gguf/") + name, true);
   }
+}
+
+TEST_CASE("tokenizer: GGUF SuperBPE digit groups; a run too long for the matcher is an error") {
+  auto tok = gguf_fixture("bpe-superbpe");
+  // Digit runs split in threes from the right (an empty-match split), no split at spaces.
+  auto words = tok->words("in 1234567 of");
+  CHECK(std::find(words.begin(), words.end(), std::string("1")) != words.end());
+  CHECK(std::find(words.begin(), words.end(), std::string("234")) != words.end());
+  CHECK(std::find(words.begin(), words.end(), std::string("567")) != words.end());
+  CHECK_THROWS_WITH_AS(tok->encode(std::string(30000, '7'), false),
+                       doctest::Contains("backtracking deeper than"), minfer::Error);
 }
 
 TEST_CASE("tokenizer: GGUF SentencePiece (tokenizer.ggml.model = llama)") {
@@ -529,8 +551,8 @@ TEST_CASE(
   const std::string dir = (std::filesystem::temp_directory_path() / "minfer-ggtok-table").string();
   std::filesystem::create_directories(dir);
   const auto names = minfer::gguf_pre_tokenizer_types();
-  CHECK(names.size() >= 40);
-  auto write = [&](const std::string& model, const std::string& pre) {
+  CHECK(names.size() >= 79);
+  auto write = [&](const std::string& model, const std::string& pre, bool merges = false) {
     // GGUF v3: header, then key/values (string, string array) as in the GGUF spec.
     std::string b;
     auto u32 = [&](uint32_t v) { b.append(reinterpret_cast<const char*>(&v), 4); };
@@ -547,11 +569,17 @@ TEST_CASE(
     }
     b += "GGUF";
     u32(3);
-    u64(0);  // tensors
-    u64(4);  // key/values
+    u64(0);               // tensors
+    u64(merges ? 5 : 4);  // key/values
     str("general.architecture");
     u32(8);
     str("gpt2");
+    if (merges) {  // an empty list: every byte its own token
+      str("tokenizer.ggml.merges");
+      u32(9);
+      u32(8);
+      u64(0);
+    }
     str("tokenizer.ggml.model");
     u32(8);
     str(model);
@@ -572,18 +600,72 @@ TEST_CASE(
     // no merges: refused with the key named
     CHECK_THROWS_WITH_AS(Tokenizer::load(write("gpt2", n)),
                          doctest::Contains("without tokenizer.ggml.merges"), minfer::Error);
+    // with merges: its split compiles and splits, and every byte comes back
+    auto tok = Tokenizer::load(write("gpt2", n, true));
+    const std::string text = "Hello, wörld's 12345 \u4e2d\u6587 \u3072\u3089  \n\n x!";
+    const auto ids = tok->encode(text, false);
+    CHECK(ids.size() == text.size());
+    CHECK(tok->decode(ids, false) == text);
   }
   CHECK_THROWS_WITH_AS(Tokenizer::load(write("gpt2", "no-such-pre")),
                        doctest::Contains("tokenizer.ggml.pre = 'no-such-pre' is not a known"),
                        minfer::Error);
-  CHECK_THROWS_WITH_AS(
-      Tokenizer::load(write("gpt2", "deepseek-v3")),
-      doctest::Contains("'deepseek-v3' (a llama.cpp pre-tokenizer type whose split"),
-      minfer::NotImplemented);
+  CHECK_THROWS_WITH_AS(Tokenizer::load(write("gpt2", "kimi-k2")),
+                       doctest::Contains("'kimi-k2' (a llama.cpp pre-tokenizer type whose split"),
+                       minfer::NotImplemented);
   CHECK_THROWS_WITH_AS(Tokenizer::load(write("rwkv", "default")),
                        doctest::Contains("tokenizer.ggml.model = 'rwkv'"), minfer::Error);
   CHECK_THROWS_WITH_AS(Tokenizer::load(write("llama", "default")),
                        doctest::Contains("without tokenizer.ggml.scores"), minfer::Error);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("tokenizer: to_hf_json names a GGUF token that is not valid UTF-8") {
+  // A GGUF vocabulary can hold any bytes; tokenizer.json (and HF `tokenizers`) only UTF-8.
+  // GGUF v3 with a SentencePiece vocabulary: <unk> <s> </s>, "a", and token 4 = "b\xC3(" (a
+  // truncated two-byte sequence).
+  std::string b;
+  auto u32 = [&](uint32_t v) { b.append(reinterpret_cast<const char*>(&v), 4); };
+  auto u64 = [&](uint64_t v) { b.append(reinterpret_cast<const char*>(&v), 8); };
+  auto str = [&](const std::string& s) {
+    u64(s.size());
+    b += s;
+  };
+  const std::vector<std::string> toks = {"<unk>", "<s>", "</s>", "a", "b\xC3("};
+  b += "GGUF";
+  u32(3);
+  u64(0);  // tensors
+  u64(5);  // key/values
+  str("general.architecture");
+  u32(8);
+  str("llama");
+  str("tokenizer.ggml.add_bos_token");
+  u32(7);  // bool
+  b.push_back('\0');
+  str("tokenizer.ggml.model");
+  u32(8);
+  str("llama");
+  str("tokenizer.ggml.tokens");
+  u32(9);
+  u32(8);
+  u64(toks.size());
+  for (const auto& t : toks) str(t);
+  str("tokenizer.ggml.scores");
+  u32(9);
+  u32(6);
+  u64(toks.size());
+  for (size_t i = 0; i < toks.size(); ++i) {
+    const float f = -static_cast<float>(i);
+    b.append(reinterpret_cast<const char*>(&f), 4);
+  }
+  const auto dir = std::filesystem::temp_directory_path() / "minfer-ggtok-utf8";
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "t.gguf").string();
+  { std::ofstream(path, std::ios::binary) << b; }
+  auto tok = Tokenizer::load(path);
+  CHECK(tok->encode("a", false) == std::vector<int32_t>{3});
+  CHECK_THROWS_WITH_AS(tok->to_hf_json(),
+                       doctest::Contains("token 4 ('b\\xC3(') is not valid UTF-8"), minfer::Error);
   std::filesystem::remove_all(dir);
 }
 

@@ -78,14 +78,19 @@ struct SplitRegex::CharSet {
 };
 
 struct SplitRegex::Atom {
-  enum class Kind { Set, End, NotAhead, Ahead, Literals };
+  enum class Kind { Set, End, NotAhead, Ahead, Literals, Group, WordBoundary };
   Kind kind = Kind::Set;
   CharSet set;
   uint32_t min = 1, max = 1;
-  // Literals: (?:a|b) or (?i:a|b), literal alternatives tried in order; icase folds ASCII case
-  // and, as Oniguruma does, U+017F (long s) to 's' and U+212A (Kelvin sign) to 'k'.
-  std::vector<std::vector<uint32_t>> options;
-  bool icase = false;
+  // Group: a group (capturing or not; captures are not kept) of general alternatives, with a
+  // greedy quantifier. NotAhead / Ahead: the alternatives of the lookahead (one class, or any
+  // pattern of the subset).
+  std::vector<std::vector<Atom>> alts;
+  // Literals: (?:a|b) or (?i:a|b), alternatives tried in order, each a sequence of single
+  // characters: a literal, an escape or a class ((?:'[sS]|'[tT]) as llama.cpp writes the
+  // contractions). Under (?i: a literal letter also matches its other ASCII case and, as
+  // Oniguruma folds them, U+017F (long s) matches 's' and U+212A (Kelvin sign) 'k'.
+  std::vector<std::vector<CharSet>> options;
 };
 
 namespace {
@@ -96,9 +101,9 @@ struct Parser {
 
   [[noreturn]] void fail(const std::string& what) const {
     MINFER_FAIL(
-        "split regex '{}': {} at byte {} (supported: classes, escapes, greedy "
-        "quantifiers, top-level |, $, (?!X) and (?=X) on one class, (?:a|b) and (?i:a|b) "
-        "groups of literals)",
+        "split regex '{}': {} at byte {} (supported: classes, escapes, \\b, $, greedy "
+        "quantifiers, |, groups (X) and (?:X), lookaheads (?=X) and (?!X), (?i:a|b) groups of "
+        "literal characters)",
         p, what, i);
   }
   bool done() const { return i >= p.size(); }
@@ -213,62 +218,79 @@ struct Parser {
       set.items.push_back({K::Range, false, lo, hi, 0, nullptr});
     }
   }
-  // One atom (no quantifier): returns false at '|' or the end.
+  int depth = 0;  // open groups
+  // Alternatives up to the end of the pattern (depth 0) or the ')' closing the current group.
+  std::vector<std::vector<SplitRegex::Atom>> alternatives() {
+    std::vector<std::vector<SplitRegex::Atom>> alts;
+    for (;;) {
+      std::vector<SplitRegex::Atom> seq;
+      for (;;) {
+        SplitRegex::Atom a;
+        if (!atom(a)) break;
+        quantifier(a);
+        seq.push_back(std::move(a));
+      }
+      alts.push_back(std::move(seq));
+      if (done() || p[i] == ')') break;
+      ++i;  // '|'
+    }
+    return alts;
+  }
+  // After the group's opening: its alternatives and the ')'.
+  std::vector<std::vector<SplitRegex::Atom>> group_body() {
+    if (++depth > 50) fail("groups nested more than 50 deep");
+    auto alts = alternatives();
+    if (done()) fail("unterminated group");
+    ++i;  // ')'
+    --depth;
+    return alts;
+  }
+  // One atom (no quantifier): returns false at '|', at the ')' of an open group, or the end.
   bool atom(SplitRegex::Atom& a) {
     using AK = SplitRegex::Atom::Kind;
     using K = SplitRegex::CharSet::Kind;
-    if (done() || p[i] == '|') return false;
+    if (done() || p[i] == '|' || (p[i] == ')' && depth > 0)) return false;
     const char c = p[i];
     if (c == '$') {
       ++i;
       a.kind = AK::End;
       return true;
     }
+    if (c == '\\' && i + 1 < p.size() && p[i + 1] == 'b') {
+      i += 2;
+      a.kind = AK::WordBoundary;
+      return true;
+    }
     if (c == '(') {
       if (p.substr(i, 3) == "(?!" || p.substr(i, 3) == "(?=") {
         a.kind = p[i + 2] == '!' ? AK::NotAhead : AK::Ahead;
         i += 3;
-        SplitRegex::Atom inner;
-        if (!atom(inner) || inner.kind != AK::Set)
-          fail("lookahead of something other than a class");
-        if (done() || p[i] != ')') fail("lookahead of more than one class");
-        ++i;
-        a.set = std::move(inner.set);
+        a.alts = group_body();
         return true;
       }
-      if (p.substr(i, 4) == "(?i:" || p.substr(i, 3) == "(?:") {
-        a.kind = AK::Literals;
-        a.icase = p[i + 2] == 'i';
-        i += a.icase ? 4 : 3;
-        a.options.emplace_back();
-        for (;;) {
-          if (done()) fail("unterminated group");
-          const char g = p[i];
-          if (g == ')') {
-            ++i;
-            break;
-          }
-          if (g == '|') {
-            ++i;
-            a.options.emplace_back();
-            continue;
-          }
-          if (std::string_view("[](){}*+?.$^").find(g) != std::string_view::npos)
-            fail("group holding more than literal alternatives");
-          uint32_t lit;
-          if (g == '\\') {
-            ++i;
-            SplitRegex::CharSet none;
-            lit = escape(none);
-            if (lit == UINT32_MAX) fail("class escape inside a group");
-          } else {
-            lit = next_cp();
-          }
-          a.options.back().push_back(lit);
+      if (p.substr(i, 3) == "(?:") {
+        // A group of single characters (the contractions) matches without the general
+        // machinery; anything else is a general group.
+        const size_t at = i;
+        try {
+          if (literals(a)) return true;
+        } catch (const Error&) {
         }
+        i = at + 3;
+        a = SplitRegex::Atom{};
+        a.kind = AK::Group;
+        a.alts = group_body();
         return true;
       }
-      fail("group");
+      if (p.substr(i, 4) == "(?i:") {
+        literals(a);
+        return true;
+      }
+      if (p.substr(i, 2) == "(?") fail("group option or extension");
+      ++i;  // a capturing group, matched as a plain group
+      a.kind = AK::Group;
+      a.alts = group_body();
+      return true;
     }
     if (c == ')' || c == '*' || c == '+' || c == '?' || c == '{') fail("misplaced metacharacter");
     if (c == '^') fail("anchor ^");
@@ -287,6 +309,63 @@ struct Parser {
     }
     a.set.finish();
     return true;
+  }
+  // At "(?:" or "(?i:": a group of alternatives of single characters into a (Literals); false
+  // (or a throw) when it holds more than that.
+  bool literals(SplitRegex::Atom& a) {
+    using AK = SplitRegex::Atom::Kind;
+    {
+      if (p.substr(i, 4) == "(?i:" || p.substr(i, 3) == "(?:") {
+        a.kind = AK::Literals;
+        const bool icase = p[i + 2] == 'i';
+        i += icase ? 4 : 3;
+        a.options.emplace_back();
+        for (;;) {
+          if (done()) fail("unterminated group");
+          const char g = p[i];
+          if (g == ')') {
+            ++i;
+            break;
+          }
+          if (g == '|') {
+            ++i;
+            a.options.emplace_back();
+            continue;
+          }
+          if (std::string_view("](){}*+?.$^").find(g) != std::string_view::npos)
+            fail("group holding more than alternatives of single characters and classes");
+          SplitRegex::CharSet one;
+          uint32_t lit = UINT32_MAX;
+          if (g == '[') {
+            if (icase) fail("class inside a case-insensitive group");
+            ++i;
+            klass(one);
+          } else if (g == '\\') {
+            ++i;
+            lit = escape(one);
+            if (lit != UINT32_MAX) one.items.clear();
+            if (lit == UINT32_MAX && icase) fail("class escape inside a case-insensitive group");
+          } else {
+            lit = next_cp();
+          }
+          if (lit != UINT32_MAX) {
+            auto add = [&](uint32_t c) {
+              one.items.push_back({SplitRegex::CharSet::Kind::Range, false, c, c, 0, nullptr});
+            };
+            add(lit);
+            if (icase && lit < 128 && std::isalpha(static_cast<int>(lit)) != 0) {
+              add(lit ^ 0x20u);  // the other ASCII case
+              if (lit == 's' || lit == 'S') add(0x17F);
+              if (lit == 'k' || lit == 'K') add(0x212A);
+            }
+          }
+          one.finish();
+          a.options.back().push_back(std::move(one));
+        }
+        return true;
+      }
+    }
+    return false;
   }
   size_t number() {
     size_t v = 0, start = i;
@@ -316,60 +395,128 @@ struct Parser {
     } else {
       return;
     }
-    if (a.kind == SplitRegex::Atom::Kind::Literals && (a.min > 1 || a.max > 1))
-      fail("group repeated more than once (only ? applies to a group)");
-    if (a.kind != SplitRegex::Atom::Kind::Set && a.kind != SplitRegex::Atom::Kind::Literals)
+    if (a.kind == SplitRegex::Atom::Kind::Literals && (a.min > 1 || a.max > 1)) {
+      // A repeated group of single characters: a general group (same alternatives).
+      SplitRegex::Atom g;
+      g.kind = SplitRegex::Atom::Kind::Group;
+      g.min = a.min;
+      g.max = a.max;
+      for (auto& opt : a.options) {
+        std::vector<SplitRegex::Atom> seq;
+        for (auto& cs : opt) {
+          SplitRegex::Atom one;
+          one.set = std::move(cs);
+          seq.push_back(std::move(one));
+        }
+        g.alts.push_back(std::move(seq));
+      }
+      a = std::move(g);
+    }
+    if (a.kind != SplitRegex::Atom::Kind::Set && a.kind != SplitRegex::Atom::Kind::Literals &&
+        a.kind != SplitRegex::Atom::Kind::Group)
       fail("quantified anchor or lookahead");
     if (!done() && (p[i] == '?' || p[i] == '+')) fail("lazy or possessive quantifier");
   }
 };
 
-// The end of a match of seq[ai..] starting at byte `pos`, or -1.
+// What follows a (sub)sequence once it has matched: the rest of an enclosing sequence, or the
+// next iteration of a quantified group. A null continuation ends the match.
+struct Cont {
+  const std::vector<SplitRegex::Atom>* seq = nullptr;  // continue with (*seq)[ai..]
+  size_t ai = 0;
+  const SplitRegex::Atom* group = nullptr;  // or: `group` has matched `count` times
+  uint32_t count = 0;
+  size_t iter_start = 0;  // where the iteration just matched began
+  const Cont* next = nullptr;
+};
+
 int64_t match_seq(const std::vector<SplitRegex::Atom>& seq, size_t ai, std::string_view s,
-                  size_t pos) {
+                  size_t pos, const Cont* k, int depth);
+
+bool is_word_at(std::string_view s, size_t pos) {
+  int l;
+  return pos < s.size() && (unicode::flags(unicode::decode_at(s, pos, &l)) & unicode::kWord);
+}
+bool is_word_before(std::string_view s, size_t pos) {
+  if (pos == 0) return false;
+  size_t q = pos - 1;
+  while (q > 0 && (static_cast<uint8_t>(s[q]) & 0xC0) == 0x80) --q;
+  return is_word_at(s, q);
+}
+
+// A quantified group that has matched `count` times, now at `pos`: greedily one more
+// iteration (each alternative in order), else what follows. An iteration that matched nothing
+// ends the loop (Oniguruma's empty-loop check).
+int64_t repeat(const SplitRegex::Atom& g, uint32_t count, size_t iter_start, std::string_view s,
+               size_t pos, const Cont* after, int depth) {
+  const bool empty_iter = count > 0 && pos == iter_start;
+  if (count < g.max && !empty_iter) {
+    for (const auto& alt : g.alts) {
+      Cont again{nullptr, 0, &g, count + 1, pos, after};
+      if (int64_t r = match_seq(alt, 0, s, pos, &again, depth + 1); r >= 0) return r;
+    }
+  }
+  if (count >= g.min || empty_iter) {
+    if (!after) return static_cast<int64_t>(pos);
+    if (after->group)
+      return repeat(*after->group, after->count, after->iter_start, s, pos, after->next,
+                    depth + 1);
+    return match_seq(*after->seq, after->ai, s, pos, after->next, depth + 1);
+  }
+  return -1;
+}
+
+// The end of a match of seq[ai..] starting at byte `pos` and then of the continuation `k`, or -1.
+int64_t match_seq(const std::vector<SplitRegex::Atom>& seq, size_t ai, std::string_view s,
+                  size_t pos, const Cont* k, int depth) {
   using AK = SplitRegex::Atom::Kind;
+  // Backtracking depth grows with the text only through quantified groups; bound it so a hostile
+  // pattern and text cannot exhaust the stack.
+  MINFER_CHECK(depth < 6000, "split regex: backtracking deeper than 6000 steps (a long run through a quantified group)");
   for (; ai < seq.size(); ++ai) {
     const SplitRegex::Atom& a = seq[ai];
     if (a.kind == AK::End) {
       if (pos != s.size() && s[pos] != '\n') return -1;
       continue;
     }
+    if (a.kind == AK::WordBoundary) {
+      if (is_word_before(s, pos) == is_word_at(s, pos)) return -1;
+      continue;
+    }
+    if (a.kind == AK::Group) {
+      Cont after{&seq, ai + 1, nullptr, 0, 0, k};
+      return repeat(a, 0, pos, s, pos, &after, depth + 1);
+    }
     if (a.kind == AK::Literals) {
       // Each alternative in order, then (when optional) none: the backtracking order.
       for (const auto& opt : a.options) {
         size_t q = pos;
         bool ok = true;
-        for (uint32_t want : opt) {
+        for (const SplitRegex::CharSet& want : opt) {
           if (q >= s.size()) {
             ok = false;
             break;
           }
           int l;
-          uint32_t c = unicode::decode_at(s, q, &l);
-          if (a.icase) {
-            if (c >= 'A' && c <= 'Z') c += 32;
-            if (c == 0x17F) c = 's';
-            if (c == 0x212A) c = 'k';
-            if (want >= 'A' && want <= 'Z') want += 32;
-          }
-          if (c != want) {
+          if (!want.test(unicode::decode_at(s, q, &l))) {
             ok = false;
             break;
           }
           q += static_cast<size_t>(l);
         }
         if (!ok) continue;
-        if (int64_t r = match_seq(seq, ai + 1, s, q); r >= 0) return r;
+        if (int64_t r = match_seq(seq, ai + 1, s, q, k, depth + 1); r >= 0) return r;
       }
       if (a.min == 0) continue;
       return -1;
     }
     if (a.kind == AK::NotAhead || a.kind == AK::Ahead) {
       bool m = false;
-      if (pos < s.size()) {
-        int l;
-        m = a.set.test(unicode::decode_at(s, pos, &l));
-      }
+      for (const auto& alt : a.alts)
+        if (match_seq(alt, 0, s, pos, nullptr, depth + 1) >= 0) {
+          m = true;
+          break;
+        }
       if (m != (a.kind == AK::Ahead)) return -1;
       continue;
     }
@@ -391,14 +538,16 @@ int64_t match_seq(const std::vector<SplitRegex::Atom>& seq, size_t ai, std::stri
     }
     const size_t count = ends.size() - 1;
     if (count < a.min) return -1;
-    if (ai + 1 == seq.size()) return ends[count];
-    for (size_t k = count + 1; k-- > a.min;) {
-      int64_t r = match_seq(seq, ai + 1, s, ends[k]);
+    if (ai + 1 == seq.size() && !k) return ends[count];
+    for (size_t k2 = count + 1; k2-- > a.min;) {
+      int64_t r = match_seq(seq, ai + 1, s, ends[k2], k, depth + 1);
       if (r >= 0) return r;
     }
     return -1;
   }
-  return static_cast<int64_t>(pos);
+  if (!k) return static_cast<int64_t>(pos);
+  if (k->group) return repeat(*k->group, k->count, k->iter_start, s, pos, k->next, depth + 1);
+  return match_seq(*k->seq, k->ai, s, pos, k->next, depth + 1);
 }
 
 }  // namespace
@@ -409,32 +558,29 @@ std::shared_ptr<const SplitRegex> SplitRegex::compile(std::string_view pattern) 
                bad);
   auto re = std::make_shared<SplitRegex>();
   Parser ps{pattern};
-  for (;;) {
-    std::vector<Atom> seq;
-    for (;;) {
-      Atom a;
-      if (!ps.atom(a)) break;
-      ps.quantifier(a);
-      seq.push_back(std::move(a));
-    }
-    re->alts_.push_back(std::move(seq));
-    if (ps.done()) break;
-    ++ps.i;  // '|'
-  }
+  re->alts_ = ps.alternatives();
+  if (!ps.done()) ps.fail("unbalanced ')'");
   return re;
 }
 
 void SplitRegex::find_all(std::string_view s,
                           std::vector<std::pair<uint32_t, uint32_t>>& out) const {
   size_t start = 0;
+  int64_t last_end = -1;  // end of the last match kept
   while (start < s.size()) {
     int64_t end = -1;
     for (const auto& alt : alts_)
-      if ((end = match_seq(alt, 0, s, start)) >= 0) break;
+      if ((end = match_seq(alt, 0, s, start, nullptr, 0)) >= 0) break;
     if (end > static_cast<int64_t>(start)) {
       out.emplace_back(static_cast<uint32_t>(start), static_cast<uint32_t>(end));
       start = static_cast<size_t>(end);
+      last_end = end;
     } else {
+      // An empty match is kept (it splits the text there), except right after the last match.
+      if (end == static_cast<int64_t>(start) && last_end != end && start > 0) {
+        out.emplace_back(static_cast<uint32_t>(start), static_cast<uint32_t>(start));
+        last_end = end;
+      }
       start += static_cast<size_t>(unicode::utf8_len(static_cast<uint8_t>(s[start])));
     }
   }

@@ -2,14 +2,15 @@
 // pretokenize.h: a small backtracking matcher for the subset those patterns use, with the
 // semantics of Oniguruma (the engine behind HF `tokenizers`, Ruby syntax) on that subset.
 //
-// Supported: alternation at the top level (a|b|c), literal characters, escapes (\s \S \d \D \w
-// \W \p{X} \P{X} with X a general category or its one-letter group, \r \n \t \f \v and escaped
-// punctuation), character classes with ranges, negation, escapes and nested classes ([^(\s|[.,])]
-// is a union), the greedy quantifiers ? * + {m} {m,} {m,n}, the anchor $ (end of the text or
-// before a newline, as in Ruby), a lookahead of one class, (?!X) / (?=X), and a group of literal
-// alternatives (?:a|b) or case-insensitive (?i:a|b), alone or with ?. Anything else (other
-// groups, backreferences, lazy or possessive quantifiers) is refused when the pattern is
-// compiled, naming the construct.
+// Supported: alternation (a|b|c), literal characters, escapes (\s \S \d \D \w \W \p{X} \P{X}
+// with X a general category or its one-letter group, \r \n \t \f \v and escaped punctuation),
+// character classes with ranges, negation, escapes and nested classes ([^(\s|[.,])] is a union),
+// the greedy quantifiers ? * + {m} {m,} {m,n} on characters, classes and groups, the anchors $
+// (end of the text or before a newline, as in Ruby) and \b (Unicode word boundary), groups (X)
+// (captures are not kept) and (?:X), lookaheads (?=X) and (?!X), and case-insensitive groups
+// (?i:a|b) of literal characters (ASCII case, U+017F ~ s, U+212A ~ k, as Oniguruma folds them).
+// Anything else (other group options, backreferences, lookbehind, lazy or possessive
+// quantifiers, '.', '^') is refused when the pattern is compiled, naming the construct.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -25,7 +26,8 @@ class SplitRegex {
   // Throws minfer::Error naming the construct when `pattern` is outside the subset.
   static std::shared_ptr<const SplitRegex> compile(std::string_view pattern);
   // Non-overlapping, leftmost-first matches (Oniguruma's search loop), as byte spans of s
-  // (valid UTF-8); empty matches are skipped.
+  // (valid UTF-8). An empty match is reported as an empty span (it splits the text there, as in
+  // HF `tokenizers`), except at the start of s or right where the previous match ended.
   void find_all(std::string_view s, std::vector<std::pair<uint32_t, uint32_t>>& out) const;
 
   struct CharSet;

@@ -200,8 +200,71 @@ bool Tokenizer::is_special(int32_t id) const {
 const std::string& Tokenizer::chat_template() const {
   return impl_->chat_template;
 }
+namespace {
+
+// The bytes of a string for an error message: printable ASCII as is, the rest as \xNN.
+std::string escaped_bytes(std::string_view s) {
+  std::string out;
+  for (unsigned char c : s.substr(0, 64)) {
+    if (c >= 0x20 && c < 0x7f && c != '\\')
+      out.push_back(static_cast<char>(c));
+    else
+      out += fmt::format("\\x{:02X}", c);
+  }
+  if (s.size() > 64) out += "...";
+  return out;
+}
+
+// The first string (object key or value) in `j` that is not valid UTF-8: its JSON path and text.
+bool find_invalid_string(const nlohmann::json& j, const std::string& path, std::string* where,
+                         std::string* text) {
+  if (j.is_string()) {
+    const auto& s = j.get_ref<const std::string&>();
+    if (unicode::find_invalid_utf8(s) == std::string::npos) return false;
+    *where = path;
+    *text = s;
+    return true;
+  }
+  if (j.is_object()) {
+    for (auto it = j.begin(); it != j.end(); ++it) {
+      if (unicode::find_invalid_utf8(it.key()) != std::string::npos) {
+        *where = path + "/" + escaped_bytes(it.key()) + " (a key)";
+        *text = it.key();
+        return true;
+      }
+      if (find_invalid_string(it.value(), path + "/" + it.key(), where, text)) return true;
+    }
+  } else if (j.is_array()) {
+    for (size_t i = 0; i < j.size(); ++i)
+      if (find_invalid_string(j[i], path + "/" + std::to_string(i), where, text)) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+// A tokenizer.json is JSON text, whose strings must be UTF-8 (RFC 8259 section 8.1), and HF
+// `tokenizers` keeps tokens as Rust strings, which must be UTF-8 too: a token that is not (a GGUF
+// vocabulary can hold any bytes) cannot be written, so it is an error naming the token id.
 std::string Tokenizer::to_hf_json() const {
-  return impl_->source.dump();
+  const Impl& m = *impl_;
+  for (size_t id = 0; id < m.id_to_tok.size(); ++id) {
+    const std::string& t = m.id_to_tok[id];
+    const size_t bad = unicode::find_invalid_utf8(t);
+    if (bad != std::string::npos)
+      throw Error(fmt::format(
+          "{}: token {} ('{}') is not valid UTF-8 (ill-formed sequence at byte {}); a "
+          "tokenizer.json (and HF `tokenizers`) can only hold UTF-8 tokens, so this tokenizer "
+          "cannot be written as one",
+          m.origin, id, escaped_bytes(t), bad));
+  }
+  std::string where, text;
+  if (find_invalid_string(m.source, "", &where, &text))
+    throw Error(fmt::format(
+        "{}: the tokenizer.json string at {} ('{}') is not valid UTF-8; a tokenizer.json can "
+        "only hold UTF-8 text",
+        m.origin, where, escaped_bytes(text)));
+  return m.source.dump();
 }
 const std::vector<int32_t>& Tokenizer::special_prefix() const {
   return impl_->prefix;

@@ -49,7 +49,7 @@ json byte_level(bool use_regex) {
           {"trim_offsets", true},
           {"use_regex", use_regex}};
 }
-json split(const char* regex) {
+json split(const std::string& regex) {
   return {{"type", "Split"},
           {"pattern", {{"Regex", regex}}},
           {"behavior", "Isolated"},
@@ -113,6 +113,92 @@ const char* const kGpt4oRegex =
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
     "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
+// The regex lists of llama.cpp's llm_tokenizer_bpe (llama-vocab.cpp, b11312) for the types added
+// after the table above was written from the published tokenizer.json files: each list is
+// applied as llama.cpp applies it, one Split (Isolated) after the other, then the byte-level
+// mapping. Where llama.cpp adapted a tokenizer.json pattern (case-insensitive (?i:'s|...) written
+// as (?:'[sS]|...), possessive quantifiers made greedy), the adapted form is used (GGUF input
+// follows llama.cpp; docs/tokenizers.md lists the differences).
+const std::string kContractions = "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])";
+// GPT-2's pattern as llama.cpp writes it (no final \s+ alternative).
+const char* const kGpt2Regex =
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)";
+// Han, Hiragana, Katakana runs (DeepSeek-V3, Hunyuan-Dense, JoyAI, Spark 2.5, Youtu).
+const char* const kCjkKana = "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+";
+// DeepSeek-V3: ASCII punctuation may lead a Latin word; letters take their marks.
+const char* const kDeepseek3Words =
+    "[!\"#$%&'()*+,\\-./"
+    ":;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+|"
+    " ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+";
+const char* const kSpark25Words =
+    "[!\"#$%&'()*+,\\-./"
+    ":;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+|"
+    " ?[\\p{P}\\p{S}]+|[\r\n]|\\s+(?!\\S)|\\s+";
+const char* const kYoutuCjk =
+    "[\uac00-\ud7a3\u3131-\u318e]+|[\uff01\u2026\u201c\u201d\u2018\u2019\u2014\uff1a\uff1b\uff0c"
+    "\u3001-\u303f\ufe30-\ufe4f]+|[\u3105-\u312f]+|[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+";
+std::string youtu_words() {
+  return "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]"
+         "+" +
+         kContractions +
+         "?|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}"
+         "]*" +
+         kContractions + "?|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+}
+// Qwen2's pattern with llama.cpp's contractions (also Hunyuan, Solar Open, Grok-2, Laguna).
+std::string qwen2_adapted() {
+  return kContractions +
+         "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+         "\\s+(?!\\S)|\\s+";
+}
+std::string qwen35_words() {
+  return kContractions +
+         "|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|\\p{N}| ?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|"
+         "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+}
+// Jais-2: LLaMA-3's pattern with whitespace runs cut at 512, 256, ..., 4, 2, 1.
+std::string jais2_words() {
+  return kContractions +
+         "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+         "\\s{512}(?!\\S)|\\s{256}(?!\\S)|\\s{128}(?!\\S)|\\s{64}(?!\\S)|\\s{32}(?!\\S)|"
+         "\\s{16}(?!\\S)|\\s{8}(?!\\S)|\\s{4}(?!\\S)|\\s{1,2}(?!\\S)|\\s{1}";
+}
+std::string seed_coder_words() {
+  return kContractions +
+         "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1}| ?[^\\s\\p{L}\\p{N}\\r\\n]+|\\s*[\\r\\n]+|"
+         "\\s+(?!\\S)|\\s+";
+}
+// Ling / BailingMoE (llama.cpp makes the tokenizer.json's ?+ and ++ greedy).
+const char* const kBailingWords =
+    "'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
+    "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]|\\s+(?!\\S)|\\s+";
+// Qwen2's pattern without the contractions (Turkish suffixes after an apostrophe stay attached).
+const char* const kUfakzekaWords =
+    "[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+    "\\s+(?!\\S)|\\s+";
+std::string minicpm5_words() {
+  return kContractions +
+         "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}+| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+         "\\s+(?!\\S)|\\s+";
+}
+std::string tiny_aya_words() {
+  return "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+" +
+         kContractions +
+         "?|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*" +
+         kContractions + "?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+}
+std::string granite_multi_words() {
+  return "[^\\r\\n\\p{L}\\p{N}]?[^a-z[^\\p{L}\\p{M}]]*[^A-Z[^\\p{L}\\p{M}]]+" + kContractions +
+         "?|[^\\r\\n\\p{L}\\p{N}]?[^a-z[^\\p{L}\\p{M}]]+[^A-Z[^\\p{L}\\p{M}]]*" + kContractions +
+         "?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+}
+json splits_then_bytes(const std::vector<std::string>& regexes) {
+  json steps = json::array();
+  for (const std::string& r : regexes) steps.push_back(split(r));
+  steps.push_back(byte_level(false));
+  return sequence(std::move(steps));
+}
+
 // One row per pre-tokenizer family: the tokenizer.ggml.pre names llama.cpp's llama-vocab.cpp maps
 // to it, and the normalizer and pre-tokenizer of the family's published tokenizer.json.
 struct PreType {
@@ -125,15 +211,17 @@ struct PreType {
 const std::vector<PreType>& pre_types() {
   static const std::vector<PreType> rows = {
       // GPT-2's regex inside ByteLevel (GPT-2, Phi-2, RoBERTa, Jina, GigaChat, Jais).
-      {{"default", "gpt-2", "phi-2", "roberta-bpe", "jina-es", "jina-de", "jina-v1-en",
-        "jina-v2-es", "jina-v2-de", "jina-v2-code", "gigachat", "jais"},
+      // llama.cpp's GPT2 type (its GPT-2 pattern lacks the final \s+, which splits the same).
+      {{"gpt-2", "phi-2", "roberta-bpe", "jina-es", "jina-de", "jina-v1-en", "jina-v2-es",
+        "jina-v2-de", "jina-v2-code", "gigachat", "jais", "a.x-4.0", "mellum", "modern-bert",
+        "exaone4", "trillion", "granite-docling"},
        false,
        false,
        [] { return byte_level(true); }},
       // GPT-NeoX's tokenizer (MPT, OLMo): NFC, then ByteLevel.
       {{"mpt", "olmo"}, true, false, [] { return byte_level(true); }},
       // Each digit alone, then ByteLevel (StarCoder, Refact, SmolLM, CodeShell, EXAONE, Minerva).
-      {{"starcoder", "refact", "smollm", "codeshell", "exaone", "minerva-7b"},
+      {{"starcoder", "refact", "smollm", "codeshell", "exaone", "minerva-7b", "mellum2"},
        false,
        false,
        [] {
@@ -146,7 +234,8 @@ const std::vector<PreType>& pre_types() {
          return sequence(json::array({digits(true), byte_level(true)}));
        }},
       // LLaMA-3 (cl100k) split.
-      {{"llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral"},
+      {{"llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral", "falcon-h1", "midm-2.0", "lfm2",
+        "jina-v5-nano", "glm4", "glm5"},
        false,
        true,
        [] {
@@ -209,7 +298,7 @@ const std::vector<PreType>& pre_types() {
              json::array({split(kDeepseekNewlines), split("\\s?\\p{L}+"), split("\\s?\\p{P}+"),
                           split(kDeepseekCjk), digits(true), byte_level(false)}));
        }},
-      {{"gpt-4o", "llama4"},
+      {{"gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"},
        false,
        false,
        [] {
@@ -221,15 +310,98 @@ const std::vector<PreType>& pre_types() {
        [] {
          return sequence(json::array({split(kTekkenRegex), byte_level(false)}));
        }},
+      // Rows from llama.cpp's regex lists (see kContractions above).
+      // A GGUF without tokenizer.ggml.pre, or with "default": llama.cpp's fallback split.
+      {{"default"},
+       false,
+       false,
+       [] {
+         return splits_then_bytes(
+             {"[\\p{P}\\$\\+<=>\\^~\\|]+", kGpt2Regex, "\\p{N}+", "[0-9][0-9][0-9]"});
+       }},
+      {{"deepseek-v3", "hunyuan-dense", "joyai-llm", "hy_v4"},
+       false,
+       false,
+       [] {
+         return splits_then_bytes({"\\p{N}{1,3}", kCjkKana, kDeepseek3Words});
+       }},
+      {{"spark2_5"},
+       false,
+       false,
+       [] {
+         return splits_then_bytes({"\\p{N}{1,3}", kCjkKana, kSpark25Words, "\\p{N}"});
+       }},
+      {{"youtu"},
+       false,
+       true,
+       [] {
+         return splits_then_bytes({kYoutuCjk, youtu_words()});
+       }},
+      {{"hunyuan", "solar-open", "grok-2", "kormo", "f2llmv2"},
+       false,
+       false,
+       [] { return splits_then_bytes({qwen2_adapted()}); }},
+      {{"qwen35"}, false, false, [] { return splits_then_bytes({qwen35_words()}); }},
+      {{"jais-2"}, false, false, [] { return splits_then_bytes({jais2_words()}); }},
+      {{"seed-coder"}, false, false, [] { return splits_then_bytes({seed_coder_words()}); }},
+      {{"bailingmoe", "bailingmoe2", "llada-moe"},
+       false,
+       false,
+       [] { return splits_then_bytes({kBailingWords}); }},
+      {{"ufakzeka"}, false, false, [] { return splits_then_bytes({kUfakzekaWords}); }},
+      {{"laguna"},
+       false,
+       false,
+       [] {
+         return splits_then_bytes({"[^\\n]+|[\\n]+", qwen2_adapted()});
+       }},
+      {{"minicpm5"},
+       false,
+       true,
+       [] {
+         return splits_then_bytes({"\\p{N}{1,3}", minicpm5_words()});
+       }},
+      // Chameleon: sentinel and image tokens, tabs/newlines and space pairs, single digits,
+      // punctuation, then GPT-2's pattern.
+      {{"chameleon"},
+       false,
+       false,
+       [] {
+         return splits_then_bytes({"<sentinel:[0-9]+>", "(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z",
+                                   "([\\t\\n]|    |  )", "\\p{N}", "[\\p{P}!-/:-@\\[-`{-~]",
+                                   kGpt2Regex});
+       }},
+      // SuperBPE: no split at whitespace (superword tokens), digit runs in groups of three from
+      // the right (an empty-match split). llama.cpp's \d is std::wregex's: ASCII digits only.
+      {{"superbpe"},
+       false,
+       false,
+       [] { return splits_then_bytes({"\\p{N}+", "(?=([0-9]{3})+(?![0-9]))"}); }},
+      // Tiny Aya / Cohere2 MoE: digit runs in groups of three from the right, then o200k's
+      // pattern with llama.cpp's contractions (\d as above).
+      {{"tiny_aya", "cohere2moe"},
+       false,
+       false,
+       [] { return splits_then_bytes({"[0-9]{1,3}(?=(?:[0-9]{3})*\\b)", tiny_aya_words()}); }},
+      // Granite embedding multilingual 97M: o200k's pattern with marks as letters. llama.cpp
+      // writes "letter but not a-z" as ((?=[\p{L}\p{M}])([^a-z])); the same set is the class
+      // [^a-z[^\p{L}\p{M}]], which matches without backtracking per character.
+      {{"granite-embed-multi-97m"},
+       false,
+       true,
+       [] { return splits_then_bytes({granite_multi_words()}); }},
   };
   return rows;
 }
 
-// Types llama.cpp knows whose tokenizer.json pre-tokenizers are not reproduced here yet (regexes
-// with groups and case folding, or model-specific splits).
-const char* const kKnownUnsupported[] = {"chameleon",  "deepseek-v3", "gpt-4o",     "llama4",
-                                         "superbpe",   "trillion",    "bailingmoe", "llada-moe",
-                                         "seed-coder", "hunyuan",     "kimi-k2",    "grok-2"};
+// Types llama.cpp (b11312) knows whose split is not reproduced here: exaone-moe (a nested
+// quantified group that makes whole phrases one piece: backtracking as deep as the line is long),
+// hand-written splitters (kimi-k2's \p{Han} with class intersection and no merges, afmoe's digit
+// grouping), and SentencePiece-style BPE on raw UTF-8 without the byte-level mapping (gemma4,
+// granite-embed-multi-311m, sarvam-moe, whitespace).
+const char* const kKnownUnsupported[] = {"exaone-moe", "kimi-k2",    "afmoe",
+                                         "gemma4",     "sarvam-moe", "granite-embed-multi-311m",
+                                         "whitespace"};
 
 const PreType& pre_type_for(const std::string& pre, const std::string& origin) {
   for (const PreType& t : pre_types())

@@ -1,6 +1,7 @@
 // libFuzzer harness: arbitrary bytes encoded by fixed tokenizers (tests/fixtures/tokenizers: one
 // of each model type — byte-level BPE with the Llama-3 and Qwen2 splits, SentencePiece-style BPE
-// with byte fallback, Metaspace, WordPiece). The first byte picks the tokenizer; the rest is the
+// with byte fallback, Metaspace, WordPiece — and GGUF byte-level BPE with the llama.cpp split
+// lists that need the general regex matcher). The first byte picks the tokenizer; the rest is the
 // text. Invalid UTF-8 must be a minfer::Error; valid text must give ids in range that decode and
 // stream-decode to the same string. Run from the repository root. See docs/fuzzing.md.
 #include <memory>
@@ -19,6 +20,11 @@ const std::vector<std::unique_ptr<Tokenizer>>& tokenizers() {
          {"synth-llama3", "synth-qwen2", "synth-spm", "synth-metaspace", "synth-wordpiece"})
       v.push_back(Tokenizer::from_json_file(std::string("tests/fixtures/tokenizers/") + name +
                                             ".tokenizer.json"));
+    // GGUF byte-level BPE whose splits run through SplitRegex: groups, lookaheads with groups,
+    // \b, empty-match splits, classes inside groups.
+    for (const char* name : {"bpe-deepseek-v3", "bpe-youtu", "bpe-chameleon", "bpe-superbpe",
+                             "bpe-tiny_aya", "bpe-granite-embed-multi-97m", "bpe-bailingmoe"})
+      v.push_back(Tokenizer::load(std::string("tests/fixtures/tokenizers/gguf/") + name + ".gguf"));
     return v;
   }();
   return toks;
