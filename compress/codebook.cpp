@@ -26,7 +26,7 @@ KMeans1d kmeans_1d(const float* v, const float* s, int64_t n, int k, int max_ite
   MINFER_CHECK(n >= 1 && k >= 1, "kmeans: need at least one value and one cluster (n {}, k {})", n,
                k);
   // Sorted values with their weights, and prefix sums of s, s v, s v² (double).
-  std::vector<int64_t> order(size_t(n));
+  std::vector<int64_t> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), int64_t(0));
   for (int64_t i = 0; i < n; ++i) {
     MINFER_CHECK(std::isfinite(v[i]), "kmeans: value {} is not finite ({})", i, v[i]);
@@ -39,7 +39,7 @@ KMeans1d kmeans_1d(const float* v, const float* s, int64_t n, int k, int max_ite
     for (int64_t i = 0; i < n; ++i) tot += s[i];
     unit = !(tot > 0);
   }
-  std::vector<float> sv(size_t(n));
+  std::vector<float> sv(static_cast<size_t>(n));
   std::vector<double> W(size_t(n + 1), 0.0), S1(size_t(n + 1), 0.0), S2(size_t(n + 1), 0.0);
   for (int64_t i = 0; i < n; ++i) {
     const float x = v[order[size_t(i)]];
@@ -52,7 +52,7 @@ KMeans1d kmeans_1d(const float* v, const float* s, int64_t n, int k, int max_ite
   const double total = W[size_t(n)];
   KMeans1d r;
   r.centroids.resize(size_t(k));
-  std::vector<double> c(size_t(k));
+  std::vector<double> c(static_cast<size_t>(k));
   // Quantile init: the value where the cumulative weight first passes (j + 1/2) / k of the total.
   for (int j = 0; j < k; ++j) {
     const double q = (j + 0.5) / k * total;
@@ -132,7 +132,7 @@ Linear quantize_codebook(const Linear& l, const CodebookSpec& spec,
   uint16_t* cen = c.centroids.data<uint16_t>();
 #pragma omp parallel for schedule(dynamic, 8)
   for (int64_t n = 0; n < N; ++n) {
-    std::vector<float> vals, wts, table(size_t(kc));
+    std::vector<float> vals, wts, table(static_cast<size_t>(kc));
     for (int64_t g = 0; g < ng; ++g) {
       const int64_t k0 = g * G, k1 = std::min(K, k0 + G);
       const float* row = w + n * K;
