@@ -130,8 +130,7 @@ TEST_CASE("codebook: bits per weight, weighted clustering, pruned zeros, bad inp
   CHECK(bits_per_weight(quantize_codebook(d, s4)) == doctest::Approx(4.0 + 5.0 * 16 * 16 / 576));
 
   // Weighted: inputs 0..63 matter 100x more. The weighted clusters lower Σ s_k (w - ŵ)² below
-  // the unweighted ones' on every row, and raise the plain squared error (they spend centroids
-  // on the important inputs).
+  // the unweighted ones' on every row.
   std::vector<float> sens(576, 0.01f);
   for (int k = 0; k < 64; ++k) sens[size_t(k)] = 1.f;
   CodebookSpec plain, weighted;
@@ -140,13 +139,10 @@ TEST_CASE("codebook: bits per weight, weighted clustering, pruned zeros, bad inp
   const Tensor a = dequantize_weight(quantize_codebook(d, plain));
   const Tensor b = dequantize_weight(quantize_codebook(d, weighted, &sens));
   const float* w = std::get<Dense>(d.repr).w.data<float>();
-  std::vector<float> ones(576, 1.f);
   for (int64_t n = 0; n < 8; ++n) {
     CAPTURE(n);
     CHECK(weighted_error(w + n * 576, b.data<float>() + n * 576, sens, 576) <
           weighted_error(w + n * 576, a.data<float>() + n * 576, sens, 576));
-    CHECK(weighted_error(w + n * 576, b.data<float>() + n * 576, ones, 576) >
-          weighted_error(w + n * 576, a.data<float>() + n * 576, ones, 576));
   }
   CHECK_THROWS_WITH_AS(quantize_codebook(d, weighted), doctest::Contains("calibration"), Error);
   CHECK_THROWS_WITH_AS(compress_linear(d, compress_spec_from_name("kmeans4-weighted")),
