@@ -84,7 +84,8 @@ KMeans1d kmeans_1d(const float* v, const float* s, int64_t n, int k, int max_ite
     obj = std::max(obj, 0.0);
     r.objective.push_back(obj);
     r.iterations = it + 1;
-    if (end == prev || last - obj <= tol * last) {
+    // (The first iteration has no previous objective: INF <= tol * INF would stop it.)
+    if (end == prev || (std::isfinite(last) && last - obj <= tol * last)) {
       r.converged = true;
       break;
     }
