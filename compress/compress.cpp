@@ -60,6 +60,7 @@ const char* kind_word(MethodKind k) {
     case MethodKind::WeightQuant:
     case MethodKind::ActQuant:
     case MethodKind::Gptq:
+    case MethodKind::Codebook:
       return "quantizes";
     case MethodKind::LowRank:
       return "factorizes";
@@ -130,6 +131,18 @@ Linear apply_step(const Linear& l, const MethodSpec& s, const ActStats* stats) {
       break;
     case MethodKind::LowRank:
       break;
+    case MethodKind::Codebook:
+      if (const LowRank* lr = std::get_if<LowRank>(&l.repr)) {
+        MINFER_CHECK(!s.codebook.weighted,
+                     "tensor '{}': '{}' after low-rank is not supported (the inner factor's "
+                     "inputs have no calibration); use kmeans without -weighted",
+                     l.name, method_spec_name(s));
+        LowRank q;
+        q.v = Box<Linear>(apply_step(*lr->v, s, nullptr));
+        q.u = Box<Linear>(apply_step(*lr->u, s, nullptr));
+        return make_linear(l.name, l.in, l.out, std::move(q), l.bias);
+      }
+      break;
   }
   MINFER_CHECK(std::holds_alternative<Dense>(l.repr),
                "tensor '{}': method '{}' {} float weights, but the weight is already {} (put "
@@ -156,6 +169,23 @@ Linear apply_step(const Linear& l, const MethodSpec& s, const ActStats* stats) {
       return quantize_gptq(l, q, g->xtx);
     }
     return lowrank_factorize(l, s.lowrank, g ? &g->xtx : nullptr);
+  }
+  if (m.kind == MethodKind::Codebook) {
+    CodebookSpec c = s.codebook;
+    c.group = s.quant.group;
+    std::vector<float> sens;  // s_k = mean x_k² over the calibration tokens
+    if (c.weighted) {
+      const std::vector<double>* sq = nullptr;
+      if (stats)
+        if (auto it = stats->sumsq.find(l.name); it != stats->sumsq.end()) sq = &it->second;
+      MINFER_CHECK(sq != nullptr && stats->tokens > 0,
+                   "{}: no calibration statistics for '{}' (run a calibration pass: compress "
+                   "--calibrate FILE)",
+                   method_spec_name(s), l.name);
+      sens.resize(sq->size());
+      for (size_t j = 0; j < sq->size(); ++j) sens[j] = float((*sq)[j] / double(stats->tokens));
+    }
+    return quantize_codebook(l, c, c.weighted ? &sens : nullptr);
   }
   if (s.method == "llm-int8") return quantize_llm_int8(l, s.threshold, absmax);
   if (s.method == "w8a8") {
@@ -309,7 +339,10 @@ CompressSpec compress_spec_from_name(const std::string& name) {
 
 std::string compress_spec_name(const CompressSpec& s) {
   std::string n;
-  for (const MethodSpec& step : s.steps) n += (n.empty() ? "" : "+") + method_spec_name(step);
+  for (const MethodSpec& step : s.steps) {
+    if (!n.empty()) n += '+';
+    n += method_spec_name(step);  // (appending, not "+" + name: GCC 12 -Wrestrict false positive)
+  }
   return n;
 }
 
@@ -440,6 +473,7 @@ void validate_compress_spec(const CompressSpec& s) {
         case MethodKind::WeightQuant:
         case MethodKind::ActQuant:
         case MethodKind::Gptq:
+        case MethodKind::Codebook:
           return 3;
       }
       return 3;

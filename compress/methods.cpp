@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "engine/error.h"
+#include "kernels/common/codebook_math.h"
 
 namespace minfer {
 
@@ -48,6 +49,9 @@ constexpr MethodInfo kMethods[] = {
      "energy)"},
     {"lowrank-aw", MethodKind::LowRank, kOptRank,
      "SVD-LLM: SVD whitened by the calibration inputs' XtX (output error, not weight error)"},
+    {"kmeans", MethodKind::Codebook, kOptBits | kOptGroup | kOptWeighted,
+     "kmeans<b> (b = 2..8): 2^b k-means centroids per row (-g<N>: per group), -weighted: by "
+     "calibration E[x^2]"},
 };
 
 std::vector<std::string> split(const std::string& s, char sep) {
@@ -112,7 +116,8 @@ bool MethodSpec::uses_calibration() const {
 }
 
 bool MethodSpec::needs_calibration() const {
-  return (method == "w8a8" && static_act) || method == "wanda" || needs_gram();
+  return (method == "w8a8" && static_act) || method == "wanda" ||
+         (method == "kmeans" && codebook.weighted) || needs_gram();
 }
 
 bool MethodSpec::needs_gram() const {
@@ -130,7 +135,8 @@ void validate_method_spec(const MethodSpec& s) {
   if (g != 0) {
     MINFER_CHECK(m.options & kOptGroup, "method '{}' has no group option (groups: int8, int4, nf4)",
                  s.method);
-    const int mult = qscheme_info(scheme_of(s)).group_multiple;
+    const int mult = m.kind == MethodKind::Codebook ? cb::kGroupMultiple
+                                                    : qscheme_info(scheme_of(s)).group_multiple;
     MINFER_CHECK(g % mult == 0, "{}: group must be a multiple of {}, got {}", s.method, mult, g);
   }
   MINFER_CHECK(!s.quant.asymmetric || (m.options & kOptAsym),
@@ -175,6 +181,12 @@ void validate_method_spec(const MethodSpec& s) {
     MINFER_CHECK(sizes == 0 && !lr.activation_aware,
                  "method '{}': a rank / percent / energy is a lowrank option", s.method);
   }
+  if (m.options & kOptBits)
+    MINFER_CHECK(s.codebook.bits >= cb::kMinBits && s.codebook.bits <= cb::kMaxBits,
+                 "method 'kmeans{}': kmeans<b> takes b = {}..{} index bits", s.codebook.bits,
+                 cb::kMinBits, cb::kMaxBits);
+  MINFER_CHECK(!s.codebook.weighted || (m.options & kOptWeighted),
+               "method '{}': -weighted is a kmeans option", s.method);
   MINFER_CHECK(std::isfinite(s.threshold) && s.threshold > 0,
                "llm-int8: threshold must be a positive number, got {}", s.threshold);
   if (m.kind == MethodKind::Prune) {
@@ -193,6 +205,22 @@ MethodSpec method_spec_from_name(const std::string& name) {
   if (parts.size() > 1 && find_method(parts[0] + "-" + parts[1])) {  // "llm-int8", "lowrank-aw"
     s.method = parts[0] + "-" + parts[1];
     i = 2;
+  }
+  if (parts[0].starts_with("kmeans") && parts[0].size() > 6) {  // "kmeans4": bits in the name
+    const std::string b = parts[0].substr(6);
+    MINFER_CHECK(b.size() <= 3 && std::all_of(b.begin(), b.end(), ::isdigit),
+                 "compression method '{}': expected kmeans<b> with b = {}..{} index bits", name,
+                 cb::kMinBits, cb::kMaxBits);
+    s.method = "kmeans";
+    s.codebook.bits = std::stoi(b);
+    MINFER_CHECK(s.codebook.bits >= cb::kMinBits && s.codebook.bits <= cb::kMaxBits,
+                 "compression method '{}': kmeans<b> takes b = {}..{} index bits, got {}", name,
+                 cb::kMinBits, cb::kMaxBits, s.codebook.bits);
+  } else if (parts[0] == "kmeans") {
+    MINFER_FAIL(
+        "compression method '{}': give the index bits, kmeans<b> with b = {}..{} (e.g. "
+        "kmeans4)",
+        name, cb::kMinBits, cb::kMaxBits);
   }
   if (!find_method(s.method)) {
     const std::string hint = s.method == "f16"   ? " (did you mean fp16?)"
@@ -305,13 +333,16 @@ MethodSpec method_spec_from_name(const std::string& name) {
       } catch (const std::logic_error&) {
         MINFER_FAIL("{}: '{}' is not a number", name, p);
       }
+    } else if (p == "weighted") {
+      need(kOptWeighted, p, "a kmeans");
+      s.codebook.weighted = true;
     } else if (p == "static" || p == "dynamic") {
       need(kOptStatic, p, "a w8a8");
       s.static_act = p == "static";
     } else {
       MINFER_FAIL(
           "compression method '{}': unknown option '{}' (options: -g<N>, -asym, -dq, "
-          "-tensor, -row, -static; lowrank: -<P>, -r<N>, -e<E>)",
+          "-tensor, -row, -static, -weighted; lowrank: -<P>, -r<N>, -e<E>)",
           name, p);
     }
   }
@@ -326,6 +357,12 @@ std::string method_spec_name(const MethodSpec& s) {
     n += fmt::format("-{:g}", s.prune.sparsity * 100);
     if (s.prune.scope == PruneScope::Layer) n += "-layer";
     if (s.prune.scope == PruneScope::Global) n += "-global";
+    return n;
+  }
+  if (s.method == "kmeans") {
+    n += std::to_string(s.codebook.bits);
+    if (s.quant.group > 0) n += fmt::format("-g{}", s.quant.group);
+    if (s.codebook.weighted) n += "-weighted";
     return n;
   }
   if (s.method == "int8" && !s.quant.per_channel && s.quant.group == 0) n += "-tensor";

@@ -9,9 +9,11 @@
 //   option := g<N> | asym | dq | tensor | row | static | dynamic   (only those the method takes)
 //           | <number>                 structured pruning amount: "ffn-20", "heads-40", "layers-4"
 //   scope  := row | layer | global          (magnitude only; row is the default)
+//           | weighted                kmeans: SqueezeLLM-style sensitivity weights (calibration)
 //           | <P> | r<N> | e<E>      low-rank size: P % fewer parameters, rank N, or energy E
 //                                    e.g. "lowrank-20", "lowrank-aw-40+int8", "lowrank-r64",
 //                                    "lowrank-aw-e0.9"
+// kmeans takes its index bits in the name: "kmeans4", "kmeans3-g128", "kmeans4-weighted".
 // The registry below is the list --help, the docs, bench and the tests print and loop over.
 #pragma once
 #include <span>
@@ -19,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "compress/codebook.h"
 #include "compress/lowrank.h"
 #include "compress/prune.h"
 #include "compress/quantize.h"
@@ -35,19 +38,22 @@ enum class MethodKind : uint8_t {
   Gptq,         // float weights -> Quantized, rounding error compensated with XᵀX (GPTQ)
   LowRank,      // float weights -> LowRank with f32 factors (lowrank, lowrank-aw); a later
                 // Float / WeightQuant step converts each factor and keeps the LowRank
+  Codebook,     // float weights -> Codebook (kmeans<b>: k-means weight sharing), comes last
 };
 
 // Option suffixes a method accepts (bit set).
 enum MethodOption : unsigned {
-  kOptGroup = 1u << 0,     // -g<N>: group size along a row
-  kOptAsym = 1u << 1,      // -asym: integer zero points
-  kOptDq = 1u << 2,        // -dq: double-quantized scales (QLoRA)
-  kOptTensor = 1u << 3,    // -tensor: one scale per tensor
-  kOptRow = 1u << 4,       // -row: one scale per row (ternary)
-  kOptStatic = 1u << 5,    // -static / -dynamic: activation scales from calibration or per token
-  kOptAmount = 1u << 6,    // -<number>: how much a structured step removes (percent or blocks)
-  kOptSparsity = 1u << 7,  // -<pct> | -N:M (required), -row/-layer/-global scope for magnitude
-  kOptRank = 1u << 8,      // -<P> / -r<N> / -e<E>: low-rank size (percent, rank, energy)
+  kOptGroup = 1u << 0,      // -g<N>: group size along a row
+  kOptAsym = 1u << 1,       // -asym: integer zero points
+  kOptDq = 1u << 2,         // -dq: double-quantized scales (QLoRA)
+  kOptTensor = 1u << 3,     // -tensor: one scale per tensor
+  kOptRow = 1u << 4,        // -row: one scale per row (ternary)
+  kOptStatic = 1u << 5,     // -static / -dynamic: activation scales from calibration or per token
+  kOptAmount = 1u << 6,     // -<number>: how much a structured step removes (percent or blocks)
+  kOptSparsity = 1u << 7,   // -<pct> | -N:M (required), -row/-layer/-global scope for magnitude
+  kOptRank = 1u << 8,       // -<P> / -r<N> / -e<E>: low-rank size (percent, rank, energy)
+  kOptBits = 1u << 9,       // <b> right after the name: index bits (kmeans4)
+  kOptWeighted = 1u << 10,  // -weighted: calibration-weighted clustering (kmeans)
 };
 
 struct MethodInfo {
@@ -76,6 +82,7 @@ struct MethodSpec {
                                 // layers: blocks dropped. -1 = not given
   PruneSpec prune;              // magnitude / wanda: sparsity or N:M, scope
   LowRankSpec lowrank;          // lowrank, lowrank-aw: the rank rule (activation_aware from name)
+  CodebookSpec codebook;        // kmeans: bits, weighted (the group is quant.group)
 
   const MethodInfo& info() const;  // throws for an unregistered name
   bool is_prune() const { return info().kind == MethodKind::Prune; }

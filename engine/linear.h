@@ -7,6 +7,7 @@
 #include <string>
 #include <variant>
 
+#include "engine/formats/codebook.h"
 #include "engine/formats/dense.h"
 #include "engine/formats/ggml_blocks.h"
 #include "engine/formats/llm_int8.h"
@@ -21,8 +22,8 @@ namespace minfer {
 // The format table: every weight format, one alternative each. Every std::visit over it uses
 // `overloaded` with one overload per alternative (or a generic lambda that calls
 // FormatTraits<R>), so adding an alternative breaks the build at every site that must handle it.
-using LinearRepr =
-    std::variant<Dense, Quantized, Int8WithOutliers, W8A8, LowRank, SparseBitmask, GgmlBlocks>;
+using LinearRepr = std::variant<Dense, Quantized, Int8WithOutliers, W8A8, LowRank, SparseBitmask,
+                                GgmlBlocks, Codebook>;
 
 template <typename... F>
 struct overloaded : F... {

@@ -114,8 +114,10 @@ TEST_CASE("compress: method names parse, print back, and reject what does not ex
   for (const MethodInfo& m : method_registry()) {
     CAPTURE(std::string(m.name));
     // Structured, prune and low-rank steps need their amount ("ffn-20", "wanda-50", "lowrank-20").
+    // kmeans takes its bits in the name ("kmeans4").
     const std::string arg = (m.options & (kOptAmount | kOptRank)) ? "-20"
                             : m.kind == MethodKind::Prune         ? "-50"
+                            : (m.options & kOptBits)              ? "4"
                                                                   : "";
     CHECK(compress_spec_from_name(std::string(m.name) + arg).last().method == m.name);
   }

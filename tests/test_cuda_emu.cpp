@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "compress/codebook.h"
 #include "compress/quantize.h"
 #include "engine/backend.h"
 #include "engine/half.h"
@@ -374,6 +375,30 @@ TEST_CASE("cuda-emu: every Quantized scheme equals the CPU kernels") {
         CHECK(d <= 2e-5f * (1 + m));
       }
     }
+  }
+}
+
+TEST_CASE("cuda-emu: Codebook (k-means weight sharing) equals the CPU kernels at every width") {
+  for (const auto& gb : gpu_backends()) {
+    CAPTURE(gb.first);
+    Pair p(gb.second());
+    for (int bits = 2; bits <= 8; ++bits)
+      for (int64_t group : {int64_t(0), int64_t(32)})
+        for (auto& s : kLinShapes) {
+          const int64_t T = s[0], K = s[1], N = s[2];
+          CAPTURE(bits);
+          CAPTURE(group);
+          CAPTURE(T);
+          CAPTURE(K);
+          CodebookSpec spec;
+          spec.bits = bits;
+          spec.group = group;
+          const Linear l =
+              quantize_codebook(dense_linear(K, N, uint32_t(5 * K + N + bits), true), spec);
+          // f32 activations times the same looked-up weights; only the summation order differs.
+          auto [d, m] = linear_diff(p, l, T, 47);
+          CHECK(d <= 2e-5f * (1 + m));
+        }
   }
 }
 

@@ -136,6 +136,16 @@ std::vector<Row> rows() {
                    sb.values = Box<Linear>(compress_linear(*sb.values, compress_spec_from_name(f)));
                    return make_linear(l.name, l.in, l.out, std::move(sb));
                  }});
+  // Codebooks (k-means weight sharing): every index width, per row and per group (K = 100, 130
+  // leave a partial last group), weighted by calibration, after pruning.
+  for (std::string m : {"kmeans2", "kmeans3", "kmeans4", "kmeans5-g32", "kmeans6", "kmeans7-g16",
+                        "kmeans8", "kmeans4-g48-weighted", "wanda-50+kmeans3"}) {
+    const CompressSpec spec = compress_spec_from_name(m);
+    r.push_back({m, [spec](const Linear& l) {
+                   const ActStats st = stats_for(l);
+                   return compress_linear(l, spec, &st);
+                 }});
+  }
   r.push_back({"lowrank(f32)", [](const Linear& l) { return lowrank_of(l, 3, "f32"); }});
   r.push_back({"lowrank(int8)", [](const Linear& l) { return lowrank_of(l, 4, "int8"); }});
   // GGML block formats (GGUF weights kept as stored): random valid blocks of every type; the

@@ -28,8 +28,8 @@ int main(int argc, char** argv) {
   int64_t calib_len = 512;
   float threshold = 6.f;
   double energy = 0;
-  bool per_tensor = false, asym = false, dq = false, ternary_row = false, force = false,
-       json_out = false, quiet = false;
+  bool per_tensor = false, asym = false, dq = false, ternary_row = false, weighted = false,
+       force = false, json_out = false, quiet = false;
   app.add_option("--model,-m", model, "smollm2 | minilm | HF folder | .gguf | minfer folder")
       ->required();
   app.add_option("--method", method,
@@ -37,7 +37,9 @@ int main(int argc, char** argv) {
                  "applied left to right (a+b). Methods:\n" +
                      methods_help())
       ->required();
-  app.add_option("--group", group, "weights per scale along a row (int8, int4: 32/64/128; nf4)")
+  app.add_option("--group", group,
+                 "weights per scale along a row (int8, int4: 32/64/128; nf4), per centroid table "
+                 "(kmeans: a multiple of 16; default one table per row)")
       ->check(CLI::Range(1, 1 << 20));
   bool per_channel = false;
   app.add_flag("--per-channel", per_channel, "int8: one scale per output row (the default)");
@@ -45,6 +47,9 @@ int main(int argc, char** argv) {
   app.add_flag("--asym", asym, "int4: min/max with an integer zero point");
   app.add_flag("--double-quant", dq, "nf4: 8-bit block-256 scales (QLoRA), ~4.127 bits/weight");
   app.add_flag("--ternary-per-row", ternary_row, "ternary: mean|w| per row instead of per tensor");
+  app.add_flag("--weighted", weighted,
+               "kmeans: weigh each input by its calibration mean x^2 (SqueezeLLM-style; needs "
+               "--calibrate); the same as the method suffix -weighted");
   app.add_option("--energy", energy,
                  "lowrank, lowrank-aw: per matrix the smallest rank keeping this fraction of the "
                  "squared singular values (the method is then given without a size, e.g. "
@@ -118,6 +123,7 @@ int main(int argc, char** argv) {
     if (asym) last.quant.asymmetric = true;
     if (dq) last.quant.double_quant = true;
     if (ternary_row) last.quant.ternary_per_row = true;
+    if (weighted) last.codebook.weighted = true;
     for (MethodSpec& step : spec.steps) step.threshold = threshold;
     spec.sparse_storage = sparse_storage == "sparse"  ? CompressSpec::SparseStorage::Sparse
                           : sparse_storage == "dense" ? CompressSpec::SparseStorage::Dense

@@ -16,6 +16,7 @@
 #include "engine/backend.h"
 #include "engine/half.h"
 #include "engine/thread_pool.h"
+#include "kernels/cpu/codebook.h"
 #include "kernels/cpu/dense.h"
 #include "kernels/cpu/ggml.h"
 #include "kernels/cpu/quant.h"
@@ -136,6 +137,9 @@ class CpuBackend final : public Backend {
               sparse_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out);
             },
             [&](const GgmlBlocks& r) { ggml_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out); },
+            [&](const Codebook& r) {
+              codebook_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out);
+            },
         },
         w.repr);
   }
@@ -187,6 +191,7 @@ class CpuBackend final : public Backend {
                    [&](const W8A8&) { unsupported("w8a8"); },
                    [&](const LowRank&) { unsupported("lowrank"); },
                    [&](const SparseBitmask&) { unsupported("sparse"); },
+                   [&](const Codebook&) { unsupported("codebook"); },
                    [&](const GgmlBlocks& r) {
                      Mat Y = mat(y, "embedding output");
                      MINFER_CHECK(Y.rows == n && Y.cols == table.in,

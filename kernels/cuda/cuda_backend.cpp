@@ -102,7 +102,7 @@ struct Scratch {
 
 // A weight as the device holds it. `magic` tells our copies from another backend's.
 constexpr uint64_t kMagic = 0x6d696e6665724355ull ^ sizeof(QWeight);
-enum class LKind { Dense, Quantized, LlmInt8, W8A8, LowRank, Sparse, Ggml };
+enum class LKind { Dense, Quantized, LlmInt8, W8A8, LowRank, Sparse, Ggml, Codebook };
 struct DeviceLinear {
   uint64_t magic = kMagic;
   LKind kind = LKind::Dense;
@@ -126,6 +126,9 @@ struct DeviceLinear {
   // Ggml: the blocks as stored.
   GWeight gw;
   Tensor gblocks;
+  // Codebook: the packed indices and the f16 centroid tables, as stored.
+  CWeight cw;
+  Tensor cindices, ccentroids;
 };
 
 // A 2-D f32 device view (the CPU backend's Mat, on the device).
@@ -345,6 +348,19 @@ class CudaBackend final : public Backend {
               d->gblocks = upload(r.blocks);
               d->gw = GWeight{r.type, d->gblocks.data<uint8_t>(), r.blocks.dim(1), w.in, w.out};
             },
+            [&](const Codebook& r) {
+              d->kind = LKind::Codebook;
+              d->cindices = upload(r.indices);
+              d->ccentroids = upload(r.centroids);
+              d->cw = CWeight{d->cindices.data<uint8_t>(),
+                              d->ccentroids.data<uint16_t>(),
+                              r.indices.dim(1),
+                              r.centroids.dim(1),
+                              r.group,
+                              r.bits,
+                              w.in,
+                              w.out};
+            },
         },
         w.repr);
     // The host-side index vector above is copied before it goes out of scope.
@@ -418,6 +434,9 @@ class CudaBackend final : public Backend {
       case LKind::Ggml:
         launch_ggml_linear(d->gw, X.p, T, X.ld, Y.p, Y.ld, stream_);
         break;
+      case LKind::Codebook:
+        launch_codebook_linear(d->cw, X.p, T, X.ld, Y.p, Y.ld, stream_);
+        break;
     }
     if (d->bias.defined()) launch_add_bias(Y, d->bias.data<float>(), stream_);
   }
@@ -482,6 +501,7 @@ class CudaBackend final : public Backend {
             [&](const W8A8&) { unsupported("w8a8"); },
             [&](const LowRank&) { unsupported("lowrank"); },
             [&](const SparseBitmask&) { unsupported("sparse"); },
+            [&](const Codebook&) { unsupported("codebook"); },
             [&](const GgmlBlocks&) {
               DMat Y = dmat(y, "embedding output");
               MINFER_CHECK(Y.rows == n && Y.cols == table.in,

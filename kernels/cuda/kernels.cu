@@ -13,6 +13,7 @@
 #include <string>
 #include <type_traits>
 
+#include "kernels/common/codebook_math.h"
 #include "kernels/common/ggml_quants.h"
 #include "kernels/common/quant_math.h"
 #include "kernels/cuda/kernels.h"
@@ -460,6 +461,29 @@ __global__ void sparse_linear_kernel(SWeight w, const float* x, int64_t T, int64
   }
 }
 
+// Codebook: one warp per output row n and up to kTT tokens; lane l takes weights k = l, l + 32,
+// ... (coalesced x reads; the index bytes of a 32-weight step are 4 b consecutive bytes).
+__global__ void codebook_linear_kernel(CWeight w, const float* x, int64_t T, int64_t ldx, float* y,
+                                       int64_t ldy) {
+  const int lane = threadIdx.x % 32;
+  const int64_t n = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
+  const int64_t t0 = int64_t(blockIdx.y) * kTT;
+  if (n >= w.N) return;
+  const int64_t nt = T - t0 < kTT ? T - t0 : kTT;
+  const uint8_t* row = w.indices + n * w.rb;
+  const int64_t nc = int64_t(1) << w.bits;
+  float acc[kTT] = {};
+  for (int64_t k = lane; k < w.K; k += 32) {
+    const unsigned i = cb::index_at(row, k, w.bits);
+    const float wv = h2f(w.centroids[(n * w.ng + k / w.group) * nc + i]);
+    for (int64_t t = 0; t < nt; ++t) acc[t] += wv * x[(t0 + t) * ldx + k];
+  }
+  for (int64_t i = 0; i < kTT; ++i) {
+    const float s = warp_sum(acc[i]);
+    if (lane == 0 && i < nt) y[(t0 + i) * ldy + n] = s;
+  }
+}
+
 // One thread per feature k: flag it, and copy its column with outliers zeroed.
 __global__ void outlier_split_kernel(const float* x, int64_t T, int64_t ldx, int64_t K,
                                      float threshold, const int32_t* col_index, uint8_t* flags,
@@ -718,6 +742,12 @@ void launch_ggml_rows(const GWeight& w, const int32_t* ids, DMat y, bool accumul
                   s)
     (w, ids, y, accumulate);
   });
+}
+
+void launch_codebook_linear(const CWeight& w, const float* x, int64_t T, int64_t ldx, float* y,
+                            int64_t ldy, cudaStream_t s) {
+  if (T == 0 || w.N == 0) return;
+  MINFER_LAUNCH(codebook_linear_kernel, rows_grid(w.N, T), kWarps * 32, 0, s)(w, x, T, ldx, y, ldy);
 }
 
 void launch_sparse_linear(const SWeight& w, const float* x, int64_t T, int64_t ldx, float* y,

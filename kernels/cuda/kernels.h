@@ -104,6 +104,20 @@ struct SWeight {
 void launch_sparse_linear(const SWeight& w, const float* x, int64_t T, int64_t ldx, float* y,
                           int64_t ldy, cudaStream_t s);
 
+// A Codebook weight on the device (engine/formats/codebook.h): packed indices and f16 tables.
+struct CWeight {
+  const uint8_t* indices = nullptr;     // [N, rb]: per row an LSB-first stream of b-bit indices
+  const uint16_t* centroids = nullptr;  // [N, ng, 2^b] f16
+  int64_t rb = 0, ng = 0, group = 0;
+  int bits = 4;
+  int64_t K = 0, N = 0;
+};
+// y[T, N] = x[T, K] · Wᵀ for a Codebook weight: one warp per output row and up to kTT tokens,
+// each lane one weight of a 32-weight step (index unpacked from the bit stream, centroid looked
+// up in the group's f16 table).
+void launch_codebook_linear(const CWeight& w, const float* x, int64_t T, int64_t ldx, float* y,
+                            int64_t ldy, cudaStream_t s);
+
 // A GgmlBlocks weight on the device (engine/formats/ggml_blocks.h): the file's blocks as stored.
 struct GWeight {
   uint32_t type = 0;                // ggml::BlockType value (kernels/common/ggml_quants.h)
