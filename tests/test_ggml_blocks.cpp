@@ -96,7 +96,8 @@ TEST_CASE("ggml blocks: dequantize equals gguf-py's dequantization exactly, ever
 
 TEST_CASE("ggml blocks: CPU kernels equal the f32 matmul of the dequantized weights") {
   // f32 path: up to summation order (1e-5 relative to Σ|x w|). q8 path: x rounded per block of
-  // 32 to d q with |x - d q| <= d / 2, so |y_q8 - y| <= Σ_b d_b / 2 Σ_{j in b} |w_j| (+ f32).
+  // 32 (256 for the K-quants) to d q with |x - d q| <= d / 2, so |y_q8 - y| <= Σ_b d_b / 2
+  // Σ_{j in b} |w_j| (+ f32).
   // The SIMD q8 kernel and its scalar reference share codes and integer sums: they differ only
   // in f32 combination order.
   for (uint32_t ty : ggml_blocks_types()) {
@@ -104,6 +105,7 @@ TEST_CASE("ggml blocks: CPU kernels equal the f32 matmul of the dequantized weig
     CAPTURE(tn);
     const int64_t QK = int64_t(ggml_block_size(ty));
     const int64_t K = QK == 256 ? 512 : 160, N = 37;
+    const int64_t QA = QK;  // activation block of the q8 path: 32, or 256 (Q8_K) for K-quants
     const Linear l = make_linear("w", K, N, test::random_ggml_blocks(ty, N, K, 7 + ty));
     const GgmlBlocks& g = std::get<GgmlBlocks>(l.repr);
     const Tensor wt = dequantize_weight(l);
@@ -116,9 +118,9 @@ TEST_CASE("ggml blocks: CPU kernels equal the f32 matmul of the dequantized weig
       for (int64_t t = 0; t < T; ++t)
         for (int64_t n = 0; n < N; ++n) {
           double s = 0, a = 0, b = 0;
-          for (int64_t k0 = 0; k0 < K; k0 += 32) {
+          for (int64_t k0 = 0; k0 < K; k0 += QA) {
             double amax = 0, wsum = 0;
-            for (int64_t k = k0; k < k0 + 32; ++k) {
+            for (int64_t k = k0; k < k0 + QA; ++k) {
               s += double(x[t * K + k]) * W[n * K + k];
               a += std::fabs(double(x[t * K + k]) * W[n * K + k]);
               amax = std::max(amax, double(std::fabs(x[t * K + k])));
@@ -141,10 +143,7 @@ TEST_CASE("ggml blocks: CPU kernels equal the f32 matmul of the dequantized weig
       for (size_t i = 0; i < y.size(); ++i)
         bad += !(std::fabs(y[i] - yr[i]) <= 1.01 * qb[i] + 1e-5 * sa[i] + 1e-6);
       CHECK(bad == 0);
-      if (!ggml_has_q8_path(ty)) {
-        CHECK_THROWS_AS(ggml_linear_q8(g, x.data(), T, K, yq.data(), N, K, N), Error);
-        continue;
-      }
+      REQUIRE(ggml_has_q8_path(ty));  // every block type has the integer path
       ggml_linear_q8(g, x.data(), T, K, yq.data(), N, K, N);
       ggml_linear_q8_ref(g, x.data(), T, K, yqr.data(), N, K, N);
       int bad_q = 0, bad_simd = 0;
@@ -165,6 +164,12 @@ TEST_CASE("ggml blocks: CPU kernels equal the f32 matmul of the dequantized weig
   x[40] = std::nanf("");
   ggml_linear_q8(std::get<GgmlBlocks>(l.repr), x.data(), 1, 64, y.data(), 3, 64, 3);
   CHECK(std::isnan(y[0]));
+  // The same through a K-quant (activation blocks of 256).
+  const Linear lk = make_linear("w", 256, 3, test::random_ggml_blocks(12, 3, 256, 1));
+  std::vector<float> xk(256, 0.5f);
+  xk[200] = std::nanf("");
+  ggml_linear_q8(std::get<GgmlBlocks>(lk.repr), xk.data(), 1, 256, y.data(), 3, 256, 3);
+  CHECK(std::isnan(y[2]));
 }
 
 TEST_CASE("ggml blocks: a Q8_0 GGUF run natively equals its dequantized f32 run") {
