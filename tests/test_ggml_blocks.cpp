@@ -212,3 +212,69 @@ TEST_CASE("ggml blocks: a Q8_0 GGUF run natively equals its dequantized f32 run"
     CHECK(w1 <= 0.06f * r1);
   }
 }
+
+TEST_CASE(
+    "ggml blocks: an op group (one activation quantization, one dispatch) equals its linears") {
+  // Backend::linear_group on the CPU runs GGML blocks on the q8 decode path as one pool loop;
+  // every row is computed by the same kernel as a single linear(): results are bit-identical.
+  // Groups it cannot fuse (K-quants mixed with 32-weight types, T >= 8, a dense member) fall back
+  // to one linear() each.
+  auto be = make_cpu_backend(2);
+  const int64_t K = 512;
+  auto blocks = [&](uint32_t ty, int64_t N, uint32_t seed) {
+    return make_linear("w", K, N, test::random_ggml_blocks(ty, N, K, seed));
+  };
+  const std::vector<std::vector<uint32_t>> groups = {
+      {3, 8, 6},  // Q4_1, Q8_0, Q5_0 (q, k, v of different widths)
+      {12, 14},   // Q4_K, Q6_K
+      {2, 2},     // Q4_0 gate, up
+      {12, 8},    // a K-quant with a 32-weight type: not fusable, falls back
+  };
+  for (const auto& types : groups) {
+    std::vector<Linear> ls;
+    for (size_t i = 0; i < types.size(); ++i)
+      ls.push_back(blocks(types[i], int64_t(40 + 24 * i), uint32_t(100 + i + 10 * types[i])));
+    ls[0].bias = Tensor::empty(DType::F32, {ls[0].out});
+    for (int64_t j = 0; j < ls[0].out; ++j) ls[0].bias.data<float>()[j] = 0.25f * float(j % 7);
+    // A dense member makes the group unfusable too.
+    for (bool with_dense : {false, true}) {
+      std::vector<Linear> g = ls;
+      if (with_dense) g.push_back(make_linear("d", K, 9, Dense{Tensor::empty(DType::F32, {9, K})}));
+      if (with_dense)
+        for (int64_t j = 0; j < 9 * K; ++j)
+          std::get<Dense>(g.back().repr).w.data<float>()[j] = float(j % 13) * 0.01f;
+      for (int64_t T : {1, 3, 8, 17}) {
+        CAPTURE(types.size());
+        CAPTURE(with_dense);
+        CAPTURE(T);
+        std::vector<float> xv = randn(size_t(T * K), uint32_t(T * 31 + types[0]));
+        Tensor x = Tensor::empty(DType::F32, {T, K});
+        std::copy(xv.begin(), xv.end(), x.data<float>());
+        std::vector<Tensor> ya, yb;
+        std::vector<Tensor*> yp;
+        std::vector<const Linear*> wp;
+        for (const Linear& l : g) {
+          ya.push_back(be->alloc({T, l.out}));
+          yb.push_back(be->alloc({T, l.out}));
+          wp.push_back(&l);
+        }
+        for (Tensor& y : ya) yp.push_back(&y);
+        be->linear_group(yp.data(), wp.data(), int(g.size()), x);
+        int diff = 0;
+        for (size_t i = 0; i < g.size(); ++i) {
+          be->linear(yb[i], x, g[i]);
+          for (int64_t j = 0; j < T * g[i].out; ++j)
+            diff += std::memcmp(ya[i].data<float>() + j, yb[i].data<float>() + j, 4) != 0;
+        }
+        CHECK(diff == 0);
+      }
+    }
+  }
+  // The kernel entry point refuses a group it cannot run as one.
+  const Linear a = blocks(12, 16, 1), b = blocks(8, 16, 2);
+  std::vector<float> x(K, 1.f), y(32);
+  const GgmlGroupItem items[2] = {{&std::get<GgmlBlocks>(a.repr), y.data(), 16, 16},
+                                  {&std::get<GgmlBlocks>(b.repr), y.data() + 16, 16, 16}};
+  CHECK_THROWS_WITH_AS(ggml_linear_q8_group(items, 2, x.data(), 1, K, K),
+                       doctest::Contains("all K-quants or none"), Error);
+}

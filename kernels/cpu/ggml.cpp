@@ -632,6 +632,85 @@ void ggml_linear_q8(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx,
 #endif
 }
 
+bool ggml_q8_groupable(const GgmlBlocks* const* ws, int n) {
+  for (int i = 0; i < n; ++i)
+    if (!ggml_has_q8_path(ws[i]->type) || is_k_quant(ws[i]->type) != is_k_quant(ws[0]->type))
+      return false;
+  return n > 0;
+}
+
+void ggml_linear_q8_group(const GgmlGroupItem* items, int n, const float* x, int64_t T, int64_t ldx,
+                          int64_t K) {
+  std::vector<const GgmlBlocks*> ws(size_t(std::max(n, 0)));
+  for (int i = 0; i < n; ++i) {
+    ws[size_t(i)] = items[i].w;
+    check_call(*items[i].w, T, ldx, items[i].ldy, K, items[i].N, "ggml_linear_q8_group");
+  }
+  MINFER_CHECK(ggml_q8_groupable(ws.data(), n),
+               "ggml q8 group: every matrix needs the q8 path, all K-quants or none");
+  if (T == 0) return;
+#if defined(MINFER_GGML_VNNI)
+  if (T > kGgmlGemmMinT) {
+#endif
+    for (int i = 0; i < n; ++i)
+      ggml_linear_q8(*items[i].w, x, T, ldx, items[i].y, items[i].ldy, K, items[i].N);
+    return;
+#if defined(MINFER_GGML_VNNI)
+  }
+  using RowsFn = void (*)(const uint8_t*, int64_t, const int8_t*, const float*, const int32_t*,
+                          int64_t, int64_t, int64_t, int64_t, float*, int64_t);
+  auto rows_fn = [](uint32_t type) -> RowsFn {
+    switch (GgmlType(type)) {
+      case GgmlType::Q4_0:
+        return q8_rows_simd<GgmlType::Q4_0>;
+      case GgmlType::Q4_1:
+        return q8_rows_simd<GgmlType::Q4_1>;
+      case GgmlType::Q5_0:
+        return q8_rows_simd<GgmlType::Q5_0>;
+      case GgmlType::Q5_1:
+        return q8_rows_simd<GgmlType::Q5_1>;
+      case GgmlType::Q8_0:
+        return q8_rows_simd<GgmlType::Q8_0>;
+      case GgmlType::Q2_K:
+        return k_rows_simd<GgmlType::Q2_K>;
+      case GgmlType::Q3_K:
+        return k_rows_simd<GgmlType::Q3_K>;
+      case GgmlType::Q4_K:
+        return k_rows_simd<GgmlType::Q4_K>;
+      case GgmlType::Q5_K:
+        return k_rows_simd<GgmlType::Q5_K>;
+      case GgmlType::Q6_K:
+        return k_rows_simd<GgmlType::Q6_K>;
+      default:
+        break;
+    }
+    MINFER_FAIL("ggml q8 path: type {} has no integer kernel", ggml_type_name(type));
+  };
+  QAct& a = act_scratch();
+  if (is_k_quant(items[0].w->type))
+    quantize_act(x, T, ldx, K, a, ggml::QK_K, 16);
+  else
+    quantize_act(x, T, ldx, K, a);
+  constexpr int64_t kRows = 16;  // rows per work item, as in the single-matrix kernels
+  std::vector<int64_t> first(size_t(n) + 1, 0);  // first work item of each matrix
+  std::vector<RowsFn> fn(static_cast<size_t>(n), nullptr);
+  for (int i = 0; i < n; ++i) {
+    first[size_t(i) + 1] = first[size_t(i)] + (items[i].N + kRows - 1) / kRows;
+    fn[size_t(i)] = rows_fn(items[i].w->type);
+  }
+  parallel_for(first[size_t(n)], kRows * K, int64_t(1) << 15, [&](int64_t i0, int64_t i1) {
+    int m = 0;
+    for (int64_t i = i0; i < i1; ++i) {
+      while (i >= first[size_t(m) + 1]) ++m;
+      const GgmlGroupItem& it = items[m];
+      const int64_t r0 = (i - first[size_t(m)]) * kRows;
+      fn[size_t(m)](it.w->blocks.data<uint8_t>(), it.w->blocks.dim(1), a.q.data(), a.d.data(),
+                    a.s.data(), T, K, r0, std::min(it.N, r0 + kRows), it.y, it.ldy);
+    }
+  });
+#endif
+}
+
 void ggml_linear_f32(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx, float* y,
                      int64_t ldy, int64_t K, int64_t N) {
   check_call(w, T, ldx, ldy, K, N, "ggml_linear_f32");

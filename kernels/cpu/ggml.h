@@ -45,6 +45,20 @@ void ggml_linear_q8(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx,
                     int64_t ldy, int64_t K, int64_t N);
 void ggml_linear_q8_ref(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx, float* y,
                         int64_t ldy, int64_t K, int64_t N);
+// An op group on the q8 path (decode): y_i[T, N_i] = x[T, K] · W_iᵀ for n matrices that read the
+// same x (q·k·v, gate·up). x is quantized once and all matrices' rows go to the thread pool in one
+// dispatch; each row is computed exactly as ggml_linear_q8 computes it (bit-identical results).
+// Needs every W_i on the q8 path (ggml_has_q8_path) and all of them K-quants or none (one
+// activation layout); throws otherwise.
+struct GgmlGroupItem {
+  const GgmlBlocks* w;
+  float* y;
+  int64_t ldy, N;
+};
+bool ggml_q8_groupable(const GgmlBlocks* const* ws, int n);
+void ggml_linear_q8_group(const GgmlGroupItem* items, int n, const float* x, int64_t T, int64_t ldx,
+                          int64_t K);
+
 // The f32 path at any T: row tiles dequantized, then sgemm.
 void ggml_linear_f32(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx, float* y,
                      int64_t ldy, int64_t K, int64_t N);
