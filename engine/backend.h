@@ -58,6 +58,12 @@ class Backend {
 
   // y[T, out] = x[T, in] · Wᵀ (+ bias). x may have a row stride.
   virtual void linear(Tensor& y, const Tensor& x, const Linear& w) = 0;
+  // An op group: ys[i][T, ws[i].out] = x[T, in] · ws[i]ᵀ (+ bias) for n linears that read the same
+  // x (q·k·v, gate·up), equal to n calls of linear(). A backend may run them as one dispatch
+  // (CPU: GGML block formats on the decode path quantize x once and share one thread-pool loop).
+  virtual void linear_group(Tensor* const* ys, const Linear* const* ws, int n, const Tensor& x) {
+    for (int i = 0; i < n; ++i) linear(*ys[i], x, *ws[i]);
+  }
   // y[T, C] = table[ids[t]] (+= when accumulate). table is [V, C], F32/F16/BF16. ids on host.
   virtual void embedding(Tensor& y, const Tensor& table, const int32_t* ids, int64_t n,
                          bool accumulate = false) = 0;

@@ -139,9 +139,11 @@ class Llama final : public Model {
       Tensor kc = s.k_cache[size_t(l)], vc = s.v_cache[size_t(l)];
       Tensor k_new = kc.slice(0, pos0, T), v_new = vc.slice(0, pos0, T);
       be.rmsnorm(xn, x, L.attn_norm, c.norm_eps);
-      be.linear(q, xn, L.wq);
-      be.linear(k, xn, L.wk);
-      be.linear(v, xn, L.wv);
+      {
+        Tensor* ys[3] = {&q, &k, &v};
+        const Linear* ws[3] = {&L.wq, &L.wk, &L.wv};
+        be.linear_group(ys, ws, 3, xn);  // one dispatch where the backend can (q·k·v)
+      }
       be.rope(q, pos0, H, rope_);
       be.rope(k, pos0, Hkv, rope_);
       be.copy(k_new, k);
@@ -151,8 +153,11 @@ class Llama final : public Model {
       if (c.sandwich_norms) be.rmsnorm(proj, proj, L.post_attn_norm, c.norm_eps);
       be.add(x, x, proj);
       be.rmsnorm(xn, x, L.ffn_norm, c.norm_eps);
-      be.linear(ga, xn, L.gate);
-      be.linear(up, xn, L.up);
+      {
+        Tensor* ys[2] = {&ga, &up};
+        const Linear* ws[2] = {&L.gate, &L.up};
+        be.linear_group(ys, ws, 2, xn);  // gate·up
+      }
       if (c.act == Act::Silu) {
         be.swiglu(ga, ga, up);
       } else {  // GeGLU (Gemma: gelu_pytorch_tanh)

@@ -96,7 +96,8 @@ TEST_CASE("ggml blocks: dequantize equals gguf-py's dequantization exactly, ever
 
 TEST_CASE("ggml blocks: CPU kernels equal the f32 matmul of the dequantized weights") {
   // f32 path: up to summation order (1e-5 relative to Σ|x w|). q8 path: x rounded per block of
-  // 32 to d q with |x - d q| <= d / 2, so |y_q8 - y| <= Σ_b d_b / 2 Σ_{j in b} |w_j| (+ f32).
+  // 32 (256 for the K-quants) to d q with |x - d q| <= d / 2, so |y_q8 - y| <= Σ_b d_b / 2
+  // Σ_{j in b} |w_j| (+ f32).
   // The SIMD q8 kernel and its scalar reference share codes and integer sums: they differ only
   // in f32 combination order.
   for (uint32_t ty : ggml_blocks_types()) {
@@ -104,6 +105,7 @@ TEST_CASE("ggml blocks: CPU kernels equal the f32 matmul of the dequantized weig
     CAPTURE(tn);
     const int64_t QK = int64_t(ggml_block_size(ty));
     const int64_t K = QK == 256 ? 512 : 160, N = 37;
+    const int64_t QA = QK;  // activation block of the q8 path: 32, or 256 (Q8_K) for K-quants
     const Linear l = make_linear("w", K, N, test::random_ggml_blocks(ty, N, K, 7 + ty));
     const GgmlBlocks& g = std::get<GgmlBlocks>(l.repr);
     const Tensor wt = dequantize_weight(l);
@@ -116,9 +118,9 @@ TEST_CASE("ggml blocks: CPU kernels equal the f32 matmul of the dequantized weig
       for (int64_t t = 0; t < T; ++t)
         for (int64_t n = 0; n < N; ++n) {
           double s = 0, a = 0, b = 0;
-          for (int64_t k0 = 0; k0 < K; k0 += 32) {
+          for (int64_t k0 = 0; k0 < K; k0 += QA) {
             double amax = 0, wsum = 0;
-            for (int64_t k = k0; k < k0 + 32; ++k) {
+            for (int64_t k = k0; k < k0 + QA; ++k) {
               s += double(x[t * K + k]) * W[n * K + k];
               a += std::fabs(double(x[t * K + k]) * W[n * K + k]);
               amax = std::max(amax, double(std::fabs(x[t * K + k])));
@@ -141,10 +143,7 @@ TEST_CASE("ggml blocks: CPU kernels equal the f32 matmul of the dequantized weig
       for (size_t i = 0; i < y.size(); ++i)
         bad += !(std::fabs(y[i] - yr[i]) <= 1.01 * qb[i] + 1e-5 * sa[i] + 1e-6);
       CHECK(bad == 0);
-      if (!ggml_has_q8_path(ty)) {
-        CHECK_THROWS_AS(ggml_linear_q8(g, x.data(), T, K, yq.data(), N, K, N), Error);
-        continue;
-      }
+      REQUIRE(ggml_has_q8_path(ty));  // every block type has the integer path
       ggml_linear_q8(g, x.data(), T, K, yq.data(), N, K, N);
       ggml_linear_q8_ref(g, x.data(), T, K, yqr.data(), N, K, N);
       int bad_q = 0, bad_simd = 0;
@@ -165,6 +164,12 @@ TEST_CASE("ggml blocks: CPU kernels equal the f32 matmul of the dequantized weig
   x[40] = std::nanf("");
   ggml_linear_q8(std::get<GgmlBlocks>(l.repr), x.data(), 1, 64, y.data(), 3, 64, 3);
   CHECK(std::isnan(y[0]));
+  // The same through a K-quant (activation blocks of 256).
+  const Linear lk = make_linear("w", 256, 3, test::random_ggml_blocks(12, 3, 256, 1));
+  std::vector<float> xk(256, 0.5f);
+  xk[200] = std::nanf("");
+  ggml_linear_q8(std::get<GgmlBlocks>(lk.repr), xk.data(), 1, 256, y.data(), 3, 256, 3);
+  CHECK(std::isnan(y[2]));
 }
 
 TEST_CASE("ggml blocks: a Q8_0 GGUF run natively equals its dequantized f32 run") {
@@ -206,4 +211,70 @@ TEST_CASE("ggml blocks: a Q8_0 GGUF run natively equals its dequantized f32 run"
     CHECK(w1 > 0);
     CHECK(w1 <= 0.06f * r1);
   }
+}
+
+TEST_CASE(
+    "ggml blocks: an op group (one activation quantization, one dispatch) equals its linears") {
+  // Backend::linear_group on the CPU runs GGML blocks on the q8 decode path as one pool loop;
+  // every row is computed by the same kernel as a single linear(): results are bit-identical.
+  // Groups it cannot fuse (K-quants mixed with 32-weight types, T >= 8, a dense member) fall back
+  // to one linear() each.
+  auto be = make_cpu_backend(2);
+  const int64_t K = 512;
+  auto blocks = [&](uint32_t ty, int64_t N, uint32_t seed) {
+    return make_linear("w", K, N, test::random_ggml_blocks(ty, N, K, seed));
+  };
+  const std::vector<std::vector<uint32_t>> groups = {
+      {3, 8, 6},  // Q4_1, Q8_0, Q5_0 (q, k, v of different widths)
+      {12, 14},   // Q4_K, Q6_K
+      {2, 2},     // Q4_0 gate, up
+      {12, 8},    // a K-quant with a 32-weight type: not fusable, falls back
+  };
+  for (const auto& types : groups) {
+    std::vector<Linear> ls;
+    for (size_t i = 0; i < types.size(); ++i)
+      ls.push_back(blocks(types[i], int64_t(40 + 24 * i), uint32_t(100 + i + 10 * types[i])));
+    ls[0].bias = Tensor::empty(DType::F32, {ls[0].out});
+    for (int64_t j = 0; j < ls[0].out; ++j) ls[0].bias.data<float>()[j] = 0.25f * float(j % 7);
+    // A dense member makes the group unfusable too.
+    for (bool with_dense : {false, true}) {
+      std::vector<Linear> g = ls;
+      if (with_dense) g.push_back(make_linear("d", K, 9, Dense{Tensor::empty(DType::F32, {9, K})}));
+      if (with_dense)
+        for (int64_t j = 0; j < 9 * K; ++j)
+          std::get<Dense>(g.back().repr).w.data<float>()[j] = float(j % 13) * 0.01f;
+      for (int64_t T : {1, 3, 8, 17}) {
+        CAPTURE(types.size());
+        CAPTURE(with_dense);
+        CAPTURE(T);
+        std::vector<float> xv = randn(size_t(T * K), uint32_t(T * 31 + types[0]));
+        Tensor x = Tensor::empty(DType::F32, {T, K});
+        std::copy(xv.begin(), xv.end(), x.data<float>());
+        std::vector<Tensor> ya, yb;
+        std::vector<Tensor*> yp;
+        std::vector<const Linear*> wp;
+        for (const Linear& l : g) {
+          ya.push_back(be->alloc({T, l.out}));
+          yb.push_back(be->alloc({T, l.out}));
+          wp.push_back(&l);
+        }
+        for (Tensor& y : ya) yp.push_back(&y);
+        be->linear_group(yp.data(), wp.data(), int(g.size()), x);
+        int diff = 0;
+        for (size_t i = 0; i < g.size(); ++i) {
+          be->linear(yb[i], x, g[i]);
+          for (int64_t j = 0; j < T * g[i].out; ++j)
+            diff += std::memcmp(ya[i].data<float>() + j, yb[i].data<float>() + j, 4) != 0;
+        }
+        CHECK(diff == 0);
+      }
+    }
+  }
+  // The kernel entry point refuses a group it cannot run as one.
+  const Linear a = blocks(12, 16, 1), b = blocks(8, 16, 2);
+  std::vector<float> x(K, 1.f), y(32);
+  const GgmlGroupItem items[2] = {{&std::get<GgmlBlocks>(a.repr), y.data(), 16, 16},
+                                  {&std::get<GgmlBlocks>(b.repr), y.data() + 16, 16, 16}};
+  CHECK_THROWS_WITH_AS(ggml_linear_q8_group(items, 2, x.data(), 1, K, K),
+                       doctest::Contains("all K-quants or none"), Error);
 }

@@ -98,6 +98,38 @@ class CpuBackend final : public Backend {
                  X.rows, w.out);
     if (observer_) observer_->observe(w, X.p, X.rows, X.ld);
     linear_mat(X, Y, w);
+    add_bias(Y, w);
+  }
+
+  void linear_group(Tensor* const* ys, const Linear* const* ws, int n, const Tensor& x) override {
+    // GGML blocks on the q8 decode path: one activation quantization, one pool dispatch.
+    Mat X = mat(x, "linear input");
+    std::vector<const GgmlBlocks*> gs;
+    for (int i = 0; i < n && !observer_; ++i) {
+      const auto* g = std::get_if<GgmlBlocks>(&ws[i]->repr);
+      if (!g || ws[i]->in != X.cols) break;
+      gs.push_back(g);
+    }
+    const GgmlPath path = ggml_path();
+    if (int(gs.size()) != n || n == 0 || path == GgmlPath::F32 ||
+        (path == GgmlPath::Auto && X.rows >= kGgmlGemmMinT) || X.rows > kGgmlGemmMinT ||
+        !ggml_q8_groupable(gs.data(), n))
+      return Backend::linear_group(ys, ws, n, x);
+    std::vector<GgmlGroupItem> items;
+    std::vector<Mat> Ys;
+    for (int i = 0; i < n; ++i) {
+      Mat Y = mat(*ys[i], "linear output");
+      MINFER_CHECK(Y.cols == ws[i]->out && Y.rows == X.rows,
+                   "linear '{}': output is [{}, {}], expected [{}, {}]", ws[i]->name, Y.rows,
+                   Y.cols, X.rows, ws[i]->out);
+      items.push_back({gs[size_t(i)], Y.p, Y.ld, Y.cols});
+      Ys.push_back(Y);
+    }
+    ggml_linear_q8_group(items.data(), n, X.p, X.rows, X.ld, X.cols);
+    for (int i = 0; i < n; ++i) add_bias(Ys[size_t(i)], *ws[i]);
+  }
+
+  void add_bias(const Mat& Y, const Linear& w) {
     if (w.bias.defined()) {
       const float* b = w.bias.data<float>();
 #pragma omp parallel for if (worth_threads(Y.rows * Y.cols))

@@ -34,8 +34,10 @@ namespace {
 using ggml::fp16_to_f32;
 constexpr int kQ = 32;  // weights per block of the q8-path types and of the activation blocks
 
-// x quantized per block of 32 (ggml's quantize_row_q8_0 / q8_1, scale kept in f32):
-// q [T, K] int8, d [T, nb] scales, s [T, nb] = Σ q of the block.
+// x quantized per block of qb values (32: ggml's quantize_row_q8_0 / q8_1, scale kept in f32;
+// 256: quantize_row_q8_K): q [T, K] int8, d [T, K / qb] scales (d = max|x| / 127, q = round(x /
+// d)), s [T, K / sg] = Σ q over each group of sg values (sg = 32 for the 32-weight types, 16 for
+// the K-quants, whose sub-block scales apply to groups of 16 or 32).
 struct QAct {
   std::vector<int8_t> q;
   std::vector<float> d;
@@ -47,31 +49,38 @@ QAct& act_scratch() {
   return a;
 }
 
-void quantize_act(const float* x, int64_t T, int64_t ldx, int64_t K, QAct& a) {
-  const int64_t nb = K / kQ;
+void quantize_act(const float* x, int64_t T, int64_t ldx, int64_t K, QAct& a, int64_t qb = kQ,
+                  int64_t sg = kQ) {
+  const int64_t nb = K / qb, ng = K / sg;
   a.q.resize(size_t(T * K));
   a.d.resize(size_t(T * nb));
-  a.s.resize(size_t(T * nb));
+  a.s.resize(size_t(T * ng));
   for (int64_t t = 0; t < T; ++t)
     for (int64_t b = 0; b < nb; ++b) {
-      const float* xb = x + t * ldx + b * kQ;
+      const float* xb = x + t * ldx + b * qb;
       float amax = 0.f;
       bool finite = true;
-      for (int j = 0; j < kQ; ++j) {
+      for (int64_t j = 0; j < qb; ++j) {
         amax = std::max(amax, std::fabs(xb[j]));
         finite = finite && std::isfinite(xb[j]);
       }
       // A NaN or inf gets the block the scale NaN: every output of the row is NaN, as in f32.
       const float d = amax / 127.f, id = d > 0.f ? 1.f / d : 0.f;
-      int8_t* q = a.q.data() + t * K + b * kQ;
-      int32_t s = 0;
-      for (int j = 0; j < kQ; ++j) {
-        q[j] = int8_t(finite ? std::lround(xb[j] * id) : 0);
-        s += q[j];
-      }
+      int8_t* q = a.q.data() + t * K + b * qb;
+      for (int64_t j = 0; j < qb; ++j) q[j] = int8_t(finite ? std::nearbyint(xb[j] * id) : 0);
       a.d[size_t(t * nb + b)] = finite ? d : std::numeric_limits<float>::quiet_NaN();
-      a.s[size_t(t * nb + b)] = s;
     }
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t g = 0; g < ng; ++g) {
+      const int8_t* q = a.q.data() + t * K + g * sg;
+      int32_t s = 0;
+      for (int64_t j = 0; j < sg; ++j) s += q[j];
+      a.s[size_t(t * ng + g)] = s;
+    }
+}
+
+bool is_k_quant(uint32_t type) {
+  return ggml_block_size(type) == uint32_t(ggml::QK_K);
 }
 
 // One weight block of a q8-path type as unsigned codes u[32] (weight = dw (u - off) + mw).
@@ -131,6 +140,100 @@ void unpack_block(uint32_t type, const uint8_t* p, UBlock& o) {
       return;
     default:
       MINFER_FAIL("ggml q8 path: type {} has no integer kernel", ggml_type_name(type));
+  }
+}
+
+// One K-quant super-block (256 weights) in one form for all five types: unsigned codes u[256] in
+// weight order, and per group g of 16 weights an integer scale sc[g] and min m[g], so that
+//   w_j = D sc[g] (u_j - off) - Dmin m[g]      (j in group g)
+// Q4_K / Q5_K: u = 4 / 5-bit code, off 0, sc / m the 6-bit scale / min of its 32-weight
+// sub-block; Q2_K: u 2-bit, off 0, sc / m the 4-bit nibbles; Q3_K: u = q + 4 h (3 bits), off 4,
+// sc the 6-bit scale - 32, m 0; Q6_K: u 6-bit, off 32, sc the int8 scale, m 0 (ggml-common.h,
+// the dequantize_row_q*_K functions of ggml-quants.c).
+struct KBlock {
+  uint8_t u[ggml::QK_K];
+  int32_t sc[16], m[16];
+  float D, Dmin;
+  int off;
+};
+
+void unpack_kblock(uint32_t type, const uint8_t* p, KBlock& o) {
+  o.Dmin = 0.f;
+  o.off = 0;
+  std::fill(o.m, o.m + 16, 0);
+  switch (GgmlType(type)) {
+    case GgmlType::Q2_K: {  // scales[16], qs[64], d, dmin
+      o.D = fp16_to_f32(rd16(p + 80));
+      o.Dmin = fp16_to_f32(rd16(p + 82));
+      for (int g = 0; g < 16; ++g) {
+        o.sc[g] = p[g] & 15;
+        o.m[g] = p[g] >> 4;
+      }
+      for (int n = 0; n < 2; ++n)
+        for (int j = 0; j < 4; ++j)
+          for (int l = 0; l < 32; ++l)
+            o.u[128 * n + 32 * j + l] = (p[16 + 32 * n + l] >> 2 * j) & 3;
+      return;
+    }
+    case GgmlType::Q3_K: {  // hmask[32], qs[64], scales[12], d
+      o.D = fp16_to_f32(rd16(p + 108));
+      o.off = 4;
+      const uint8_t* sc = p + 96;
+      for (int i = 0; i < 16; ++i) {
+        const int lo = i < 8 ? (sc[i] & 15) : (sc[i - 8] >> 4);
+        const int hi = (sc[8 + i % 4] >> 2 * (i / 4)) & 3;
+        o.sc[i] = (lo | hi << 4) - 32;
+      }
+      for (int n = 0; n < 2; ++n)
+        for (int j = 0; j < 4; ++j)
+          for (int l = 0; l < 32; ++l)
+            o.u[128 * n + 32 * j + l] =
+                uint8_t(((p[32 + 32 * n + l] >> 2 * j) & 3) | ((p[l] >> (4 * n + j)) & 1) << 2);
+      return;
+    }
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K: {  // d, dmin, scales[12], (qh[32]), qs[128]
+      const bool five = GgmlType(type) == GgmlType::Q5_K;
+      o.D = fp16_to_f32(rd16(p));
+      o.Dmin = fp16_to_f32(rd16(p + 2));
+      for (int g = 0; g < 16; ++g) {
+        uint8_t sc, m;
+        ggml::q4k_scale_min(g / 2, p + 4, &sc, &m);
+        o.sc[g] = sc;
+        o.m[g] = m;
+      }
+      const uint8_t* qh = p + 16;
+      const uint8_t* qs = p + (five ? 48 : 16);
+      for (int c = 0; c < 4; ++c)
+        for (int l = 0; l < 32; ++l) {
+          o.u[64 * c + l] = qs[32 * c + l] & 15;
+          o.u[64 * c + 32 + l] = qs[32 * c + l] >> 4;
+          if (five) {
+            o.u[64 * c + l] |= ((qh[l] >> 2 * c) & 1) << 4;
+            o.u[64 * c + 32 + l] |= ((qh[l] >> (2 * c + 1)) & 1) << 4;
+          }
+        }
+      return;
+    }
+    case GgmlType::Q6_K: {  // ql[128], qh[64], scales[16] int8, d
+      o.D = fp16_to_f32(rd16(p + 208));
+      o.off = 32;
+      for (int g = 0; g < 16; ++g) o.sc[g] = int8_t(p[192 + g]);
+      for (int n = 0; n < 2; ++n) {
+        const uint8_t* L = p + 64 * n;
+        const uint8_t* H = p + 128 + 32 * n;
+        uint8_t* u = o.u + 128 * n;
+        for (int l = 0; l < 32; ++l) {
+          u[l] = uint8_t((L[l] & 15) | (H[l] & 3) << 4);
+          u[l + 32] = uint8_t((L[l + 32] & 15) | ((H[l] >> 2) & 3) << 4);
+          u[l + 64] = uint8_t((L[l] >> 4) | ((H[l] >> 4) & 3) << 4);
+          u[l + 96] = uint8_t((L[l + 32] >> 4) | ((H[l] >> 6) & 3) << 4);
+        }
+      }
+      return;
+    }
+    default:
+      MINFER_FAIL("ggml q8 path: {} is not a K-quant", ggml_type_name(type));
   }
 }
 
@@ -234,6 +337,176 @@ void q8_simd(const GgmlBlocks& w, const QAct& a, int64_t T, int64_t K, int64_t N
     });
   }
 }
+
+// K-quants: one super-block of 256 weights as four zmm of unsigned codes in weight order (zmm c
+// holds weights 64c .. 64c+63, i.e. groups 4c .. 4c+3 of 16), the group scales S (lane g = sc[g])
+// and mins M (lane g = m[g]) as int32, D and Dmin. The integer sum of a super-block against the
+// Q8_K-style activation block q (bsums B, lane g = Σ q of group g) is
+//   Σ_c Σ_lanes dpbusd(u_c, q_c) · S[4c + lane / 4] - off · S · B   (dot), M · B   (mins)
+// and y += dx (D dot - Dmin mins).
+struct KSimd {
+  __m512i u[4], S, M;
+  float D, Dmin;
+};
+
+MINFER_INLINE __m512i dup256(const uint8_t* p) {
+  return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+// zmm of 64 bytes: the low 32 equal to a, the high 32 to b.
+MINFER_INLINE __m512i halves8(int a, int b) {
+  return _mm512_inserti64x4(_mm512_set1_epi8(char(a)), _mm256_set1_epi8(char(b)), 1);
+}
+MINFER_INLINE __m512i halves16(int a, int b) {
+  return _mm512_inserti64x4(_mm512_set1_epi16(short(a)), _mm256_set1_epi16(short(b)), 1);
+}
+
+template <GgmlType TY>
+MINFER_INLINE void unpack_k_simd(const uint8_t* p, KSimd& k) {
+  const __m512i m4 = _mm512_set1_epi8(15);
+  if constexpr (TY == GgmlType::Q4_K || TY == GgmlType::Q5_K) {
+    k.D = _cvtsh_ss(rd16(p));
+    k.Dmin = _cvtsh_ss(rd16(p + 2));
+    // 8 scales and 8 mins of 6 bits (layout: ggml::q4k_scale_min), four per 32-bit word.
+    const uint32_t w0 = rd32(p + 4), w1 = rd32(p + 8), w2 = rd32(p + 12);
+    const uint32_t sc_lo = w0 & 0x3f3f3f3fu, m_lo = w1 & 0x3f3f3f3fu;
+    const uint32_t sc_hi = (w2 & 0x0f0f0f0fu) | ((w0 >> 6) & 0x03030303u) << 4;
+    const uint32_t m_hi = ((w2 >> 4) & 0x0f0f0f0fu) | ((w1 >> 6) & 0x03030303u) << 4;
+    const __m512i sm = _mm512_cvtepu8_epi32(
+        _mm_setr_epi32(int(sc_lo), int(sc_hi), int(m_lo), int(m_hi)));  // lanes: sc 0-7, m 0-7
+    const __m512i half = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    k.S = _mm512_permutexvar_epi32(half, sm);
+    k.M = _mm512_permutexvar_epi32(_mm512_add_epi32(half, _mm512_set1_epi32(8)), sm);
+    const uint8_t* qs = p + (TY == GgmlType::Q5_K ? 48 : 16);
+    for (int c = 0; c < 4; ++c) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * c));
+      const __m512i vv = _mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1);
+      k.u[c] = _mm512_and_si512(vv, m4);
+      if constexpr (TY == GgmlType::Q5_K) {
+        const __mmask64 h = _mm512_test_epi8_mask(dup256(p + 16), halves8(1 << 2 * c, 2 << 2 * c));
+        k.u[c] = _mm512_mask_add_epi8(k.u[c], h, k.u[c], _mm512_set1_epi8(16));
+      }
+    }
+  } else if constexpr (TY == GgmlType::Q6_K) {
+    k.D = _cvtsh_ss(rd16(p + 208));
+    k.Dmin = 0.f;
+    k.S = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 192)));
+    k.M = _mm512_setzero_si512();
+    const __m512i m30 = _mm512_set1_epi8(0x30);
+    for (int n = 0; n < 2; ++n) {
+      const __m512i L = _mm512_loadu_si512(p + 64 * n);
+      const __m512i H = dup256(p + 128 + 32 * n);
+      // Weights 128n + l and + 32: high bits (H >> 0) & 3 and (H >> 2) & 3, moved to bits 4-5.
+      k.u[2 * n] = _mm512_or_si512(_mm512_and_si512(L, m4),
+                                   _mm512_and_si512(_mm512_sllv_epi16(H, halves16(4, 2)), m30));
+      // Weights 128n + l + 64 and + 96: (H >> 4) & 3 and (H >> 6) & 3.
+      k.u[2 * n + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(L, 4), m4),
+                                       _mm512_and_si512(_mm512_srlv_epi16(H, halves16(0, 2)), m30));
+    }
+  } else if constexpr (TY == GgmlType::Q2_K) {
+    k.D = _cvtsh_ss(rd16(p + 80));
+    k.Dmin = _cvtsh_ss(rd16(p + 82));
+    const __m512i sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    k.S = _mm512_and_si512(sc, _mm512_set1_epi32(15));
+    k.M = _mm512_srli_epi32(sc, 4);
+    for (int c = 0; c < 4; ++c) {
+      const int j = 2 * (c % 2);  // zmm c: half n = c / 2, bit pairs j and j + 1
+      k.u[c] = _mm512_and_si512(
+          _mm512_srlv_epi16(dup256(p + 16 + 32 * (c / 2)), halves16(2 * j, 2 * j + 2)),
+          _mm512_set1_epi8(3));
+    }
+  } else {  // Q3_K
+    k.D = _cvtsh_ss(rd16(p + 108));
+    k.Dmin = 0.f;
+    k.M = _mm512_setzero_si512();
+    // 16 scales of 6 bits: low 4 from bytes 0-7 (nibbles), high 2 from bytes 8-11.
+    const uint32_t a0 = rd32(p + 96), a1 = rd32(p + 100), a2 = rd32(p + 104);
+    const uint32_t f = 0x0f0f0f0fu, t = 0x03030303u;
+    const __m128i w = _mm_setr_epi32(
+        int((a0 & f) | (a2 & t) << 4), int((a1 & f) | ((a2 >> 2) & t) << 4),
+        int(((a0 >> 4) & f) | ((a2 >> 4) & t) << 4), int(((a1 >> 4) & f) | ((a2 >> 6) & t) << 4));
+    k.S = _mm512_sub_epi32(_mm512_cvtepu8_epi32(w), _mm512_set1_epi32(32));
+    const __m512i hm = dup256(p);
+    for (int c = 0; c < 4; ++c) {
+      const int n = c / 2, j = 2 * (c % 2);
+      const __m512i q2 =
+          _mm512_and_si512(_mm512_srlv_epi16(dup256(p + 32 + 32 * n), halves16(2 * j, 2 * j + 2)),
+                           _mm512_set1_epi8(3));
+      const __mmask64 h =
+          _mm512_test_epi8_mask(hm, halves8(1 << (4 * n + j), 1 << (4 * n + j + 1)));
+      k.u[c] = _mm512_mask_add_epi8(q2, h, q2, _mm512_set1_epi8(4));
+    }
+  }
+}
+
+constexpr int k_offset(GgmlType t) {
+  return t == GgmlType::Q6_K ? 32 : t == GgmlType::Q3_K ? 4 : 0;
+}
+constexpr bool k_has_min(GgmlType t) {
+  return t == GgmlType::Q2_K || t == GgmlType::Q4_K || t == GgmlType::Q5_K;
+}
+
+// y[t, n] for rows [n0, n1) and all nt <= 8 tokens; aq [nt, K], ad [nt, K / 256], as [nt, K / 16].
+template <GgmlType TY>
+void k_rows_simd(const uint8_t* wb, int64_t rb, const int8_t* aq, const float* ad,
+                 const int32_t* as, int64_t nt, int64_t K, int64_t n0, int64_t n1, float* y,
+                 int64_t ldy) {
+  constexpr int off = k_offset(TY);
+  constexpr int64_t QK = ggml::QK_K;
+  const int64_t nb = K / QK, bs = int64_t(ggml_type_size(uint32_t(TY)));
+  // Lane i of zmm c's dot products belongs to group 4c + i / 4.
+  const __m512i g4 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = wb + n * rb;
+    __m512 acc[kGgmlGemmMinT];
+    for (int64_t t = 0; t < nt; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      KSimd k;
+      unpack_k_simd<TY>(row + b * bs, k);
+      __m512i sp[4];
+      for (int c = 0; c < 4; ++c)
+        sp[c] = _mm512_permutexvar_epi32(_mm512_add_epi32(g4, _mm512_set1_epi32(4 * c)), k.S);
+      for (int64_t t = 0; t < nt; ++t) {
+        const int8_t* q = aq + t * K + b * QK;
+        __m512i dot = _mm512_setzero_si512();
+        for (int c = 0; c < 4; ++c) {
+          const __m512i p =
+              _mm512_dpbusd_epi32(_mm512_setzero_si512(), k.u[c], _mm512_loadu_si512(q + 64 * c));
+          dot = _mm512_add_epi32(dot, _mm512_mullo_epi32(p, sp[c]));
+        }
+        const __m512i B = _mm512_loadu_si512(as + (t * nb + b) * 16);
+        if constexpr (off != 0)
+          dot = _mm512_sub_epi32(
+              dot, _mm512_mullo_epi32(k.S, _mm512_mullo_epi32(B, _mm512_set1_epi32(off))));
+        const float dx = ad[t * nb + b];
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(dx * k.D), acc[t]);
+        if constexpr (k_has_min(TY))
+          acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(_mm512_mullo_epi32(k.M, B)),
+                                    _mm512_set1_ps(dx * k.Dmin), acc[t]);
+      }
+    }
+    for (int64_t t = 0; t < nt; ++t) y[t * ldy + n] = _mm512_reduce_add_ps(acc[t]);
+  }
+}
+
+template <GgmlType TY>
+void k_simd(const GgmlBlocks& w, const QAct& a, int64_t T, int64_t K, int64_t N, float* y,
+            int64_t ldy) {
+  const uint8_t* wb = w.blocks.data<uint8_t>();
+  const int64_t rb = w.blocks.dim(1), nb = K / ggml::QK_K;
+  for (int64_t t0 = 0; t0 < T; t0 += kGgmlGemmMinT) {
+    const int64_t nt = std::min<int64_t>(kGgmlGemmMinT, T - t0);
+    const int8_t* aq = a.q.data() + t0 * K;
+    const float* ad = a.d.data() + t0 * nb;
+    const int32_t* as = a.s.data() + t0 * nb * 16;
+    constexpr int64_t kRows = 16;  // rows per work item
+    const int64_t items = (N + kRows - 1) / kRows;
+    parallel_for(items, kRows * K, int64_t(1) << 15, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i)
+        k_rows_simd<TY>(wb, rb, aq, ad, as, nt, K, i * kRows, std::min(N, (i + 1) * kRows),
+                        y + t0 * ldy, ldy);
+    });
+  }
+}
 #endif
 
 }  // namespace
@@ -245,6 +518,11 @@ bool ggml_has_q8_path(uint32_t type) {
     case GgmlType::Q5_0:
     case GgmlType::Q5_1:
     case GgmlType::Q8_0:
+    case GgmlType::Q2_K:
+    case GgmlType::Q3_K:
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K:
+    case GgmlType::Q6_K:
       return true;
     default:
       return false;
@@ -266,6 +544,32 @@ void ggml_linear_q8_ref(const GgmlBlocks& w, const float* x, int64_t T, int64_t 
                ggml_type_name(w.type));
   if (T == 0) return;
   QAct a;
+  if (is_k_quant(w.type)) {
+    constexpr int64_t QK = ggml::QK_K;
+    quantize_act(x, T, ldx, K, a, QK, 16);
+    const int64_t nb = K / QK, bs = block_bytes(w.type), rb = w.blocks.dim(1);
+    const uint8_t* wb = w.blocks.data<uint8_t>();
+    KBlock kb;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t t = 0; t < T; ++t) {
+        float acc = 0.f;
+        for (int64_t b = 0; b < nb; ++b) {
+          unpack_kblock(w.type, wb + n * rb + b * bs, kb);
+          const int8_t* q = a.q.data() + t * K + b * QK;
+          const int32_t* s = a.s.data() + (t * nb + b) * 16;
+          int32_t dot = 0, mins = 0;
+          for (int g = 0; g < 16; ++g) {
+            int32_t d = 0;
+            for (int j = 16 * g; j < 16 * g + 16; ++j) d += int32_t(kb.u[j]) * q[j];
+            dot += kb.sc[g] * (d - kb.off * s[g]);
+            mins += kb.m[g] * s[g];
+          }
+          acc += a.d[size_t(t * nb + b)] * (kb.D * float(dot) - kb.Dmin * float(mins));
+        }
+        y[t * ldy + n] = acc;
+      }
+    return;
+  }
   quantize_act(x, T, ldx, K, a);
   const int64_t nb = K / kQ, bs = block_bytes(w.type), rb = w.blocks.dim(1);
   const int off = offset_of(w.type);
@@ -294,7 +598,10 @@ void ggml_linear_q8(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx,
                ggml_type_name(w.type));
   if (T == 0) return;
   QAct& a = act_scratch();
-  quantize_act(x, T, ldx, K, a);
+  if (is_k_quant(w.type))
+    quantize_act(x, T, ldx, K, a, ggml::QK_K, 16);
+  else
+    quantize_act(x, T, ldx, K, a);
   switch (GgmlType(w.type)) {
     case GgmlType::Q4_0:
       return q8_simd<GgmlType::Q4_0>(w, a, T, K, N, y, ldy);
@@ -306,12 +613,101 @@ void ggml_linear_q8(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx,
       return q8_simd<GgmlType::Q5_1>(w, a, T, K, N, y, ldy);
     case GgmlType::Q8_0:
       return q8_simd<GgmlType::Q8_0>(w, a, T, K, N, y, ldy);
+    case GgmlType::Q2_K:
+      return k_simd<GgmlType::Q2_K>(w, a, T, K, N, y, ldy);
+    case GgmlType::Q3_K:
+      return k_simd<GgmlType::Q3_K>(w, a, T, K, N, y, ldy);
+    case GgmlType::Q4_K:
+      return k_simd<GgmlType::Q4_K>(w, a, T, K, N, y, ldy);
+    case GgmlType::Q5_K:
+      return k_simd<GgmlType::Q5_K>(w, a, T, K, N, y, ldy);
+    case GgmlType::Q6_K:
+      return k_simd<GgmlType::Q6_K>(w, a, T, K, N, y, ldy);
     default:
       break;
   }
   MINFER_FAIL("ggml q8 path: type {} has no integer kernel", ggml_type_name(w.type));
 #else
   ggml_linear_q8_ref(w, x, T, ldx, y, ldy, K, N);
+#endif
+}
+
+bool ggml_q8_groupable(const GgmlBlocks* const* ws, int n) {
+  for (int i = 0; i < n; ++i)
+    if (!ggml_has_q8_path(ws[i]->type) || is_k_quant(ws[i]->type) != is_k_quant(ws[0]->type))
+      return false;
+  return n > 0;
+}
+
+void ggml_linear_q8_group(const GgmlGroupItem* items, int n, const float* x, int64_t T, int64_t ldx,
+                          int64_t K) {
+  std::vector<const GgmlBlocks*> ws(size_t(std::max(n, 0)));
+  for (int i = 0; i < n; ++i) {
+    ws[size_t(i)] = items[i].w;
+    check_call(*items[i].w, T, ldx, items[i].ldy, K, items[i].N, "ggml_linear_q8_group");
+  }
+  MINFER_CHECK(ggml_q8_groupable(ws.data(), n),
+               "ggml q8 group: every matrix needs the q8 path, all K-quants or none");
+  if (T == 0) return;
+#if defined(MINFER_GGML_VNNI)
+  if (T > kGgmlGemmMinT) {
+#endif
+    for (int i = 0; i < n; ++i)
+      ggml_linear_q8(*items[i].w, x, T, ldx, items[i].y, items[i].ldy, K, items[i].N);
+    return;
+#if defined(MINFER_GGML_VNNI)
+  }
+  using RowsFn = void (*)(const uint8_t*, int64_t, const int8_t*, const float*, const int32_t*,
+                          int64_t, int64_t, int64_t, int64_t, float*, int64_t);
+  auto rows_fn = [](uint32_t type) -> RowsFn {
+    switch (GgmlType(type)) {
+      case GgmlType::Q4_0:
+        return q8_rows_simd<GgmlType::Q4_0>;
+      case GgmlType::Q4_1:
+        return q8_rows_simd<GgmlType::Q4_1>;
+      case GgmlType::Q5_0:
+        return q8_rows_simd<GgmlType::Q5_0>;
+      case GgmlType::Q5_1:
+        return q8_rows_simd<GgmlType::Q5_1>;
+      case GgmlType::Q8_0:
+        return q8_rows_simd<GgmlType::Q8_0>;
+      case GgmlType::Q2_K:
+        return k_rows_simd<GgmlType::Q2_K>;
+      case GgmlType::Q3_K:
+        return k_rows_simd<GgmlType::Q3_K>;
+      case GgmlType::Q4_K:
+        return k_rows_simd<GgmlType::Q4_K>;
+      case GgmlType::Q5_K:
+        return k_rows_simd<GgmlType::Q5_K>;
+      case GgmlType::Q6_K:
+        return k_rows_simd<GgmlType::Q6_K>;
+      default:
+        break;
+    }
+    MINFER_FAIL("ggml q8 path: type {} has no integer kernel", ggml_type_name(type));
+  };
+  QAct& a = act_scratch();
+  if (is_k_quant(items[0].w->type))
+    quantize_act(x, T, ldx, K, a, ggml::QK_K, 16);
+  else
+    quantize_act(x, T, ldx, K, a);
+  constexpr int64_t kRows = 16;  // rows per work item, as in the single-matrix kernels
+  std::vector<int64_t> first(size_t(n) + 1, 0);  // first work item of each matrix
+  std::vector<RowsFn> fn(static_cast<size_t>(n), nullptr);
+  for (int i = 0; i < n; ++i) {
+    first[size_t(i) + 1] = first[size_t(i)] + (items[i].N + kRows - 1) / kRows;
+    fn[size_t(i)] = rows_fn(items[i].w->type);
+  }
+  parallel_for(first[size_t(n)], kRows * K, int64_t(1) << 15, [&](int64_t i0, int64_t i1) {
+    int m = 0;
+    for (int64_t i = i0; i < i1; ++i) {
+      while (i >= first[size_t(m) + 1]) ++m;
+      const GgmlGroupItem& it = items[m];
+      const int64_t r0 = (i - first[size_t(m)]) * kRows;
+      fn[size_t(m)](it.w->blocks.data<uint8_t>(), it.w->blocks.dim(1), a.q.data(), a.d.data(),
+                    a.s.data(), T, K, r0, std::min(it.N, r0 + kRows), it.y, it.ldy);
+    }
+  });
 #endif
 }
 

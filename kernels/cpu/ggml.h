@@ -10,13 +10,20 @@
 //       b])
 //     with u the stored unsigned code (nibble, 5-bit code, or int8 + 128), o its offset (8, 16,
 //     128; 0 with a min mw for Q4_1 / Q5_1). AVX-512 VNNI: one vpdpbusd per block of 32.
-//   f32 (every type; T >= kGgmlGemmMinT, and every T for the K-quants): one tile of 64 rows
+//   q8 for the K-quants (Q2_K .. Q6_K; T < kGgmlGemmMinT): x quantized per block of 256 as ggml's
+//     quantize_row_q8_K (d = max|x| / 127, plus the sums of each group of 16 codes); a weight
+//     super-block is w_j = D sc[g] (u_j - o) - Dmin m[g] for j in group g of 16 (integer sub-block
+//     scales sc and mins m, unsigned codes u, offset o: 32 for Q6_K, 4 for Q3_K, else 0), so
+//       y[t, n] += dx (D Σ_g sc[g] (Σ_{j in g} u_j q_j - o s_g) - Dmin Σ_g m[g] s_g)
+//     AVX-512 VNNI: four vpdpbusd per super-block, the group scales applied to the int32 lanes.
+//   f32 (every type; T >= kGgmlGemmMinT): one tile of 64 rows
 //     dequantized to f32 at a time (dequantize_row, bit-exact), then sgemm against x: the result
 //     is the f32 matmul of dequantize_weight up to summation order.
 // Error of the q8 path against the f32 matmul of the dequantized weights: per block
 // |Σ_j w_j (x_j - dx q_j)| <= dx / 2 Σ_j |w_j| (round to nearest), so
 //   |y_q8 - y_f32| <= Σ_b dx[b] / 2 · Σ_{j in b} |w_j|  (+ f32 rounding),
-// which tests assert. Parallel: OpenMP over output rows (one loop per path).
+// with blocks of 256 for the K-quants, which tests assert. Parallel: the q8 path on the thread
+// pool (engine/thread_pool.h), the f32 path on OpenMP over row tiles.
 #pragma once
 #include <cstdint>
 
@@ -37,7 +44,7 @@ void ggml_linear(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx, fl
 enum class GgmlPath { Auto, F32, Q8 };
 GgmlPath ggml_path();
 
-// Whether the type has the integer q8 path (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
+// Whether the type has the integer q8 path (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K .. Q6_K).
 bool ggml_has_q8_path(uint32_t type);
 // The q8 path at any T (SIMD where compiled), and its scalar reference (the same codes and
 // integer sums, f32 combination in block order). Throws for types without the path.
@@ -45,6 +52,20 @@ void ggml_linear_q8(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx,
                     int64_t ldy, int64_t K, int64_t N);
 void ggml_linear_q8_ref(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx, float* y,
                         int64_t ldy, int64_t K, int64_t N);
+// An op group on the q8 path (decode): y_i[T, N_i] = x[T, K] · W_iᵀ for n matrices that read the
+// same x (q·k·v, gate·up). x is quantized once and all matrices' rows go to the thread pool in one
+// dispatch; each row is computed exactly as ggml_linear_q8 computes it (bit-identical results).
+// Needs every W_i on the q8 path (ggml_has_q8_path) and all of them K-quants or none (one
+// activation layout); throws otherwise.
+struct GgmlGroupItem {
+  const GgmlBlocks* w;
+  float* y;
+  int64_t ldy, N;
+};
+bool ggml_q8_groupable(const GgmlBlocks* const* ws, int n);
+void ggml_linear_q8_group(const GgmlGroupItem* items, int n, const float* x, int64_t T, int64_t ldx,
+                          int64_t K);
+
 // The f32 path at any T: row tiles dequantized, then sgemm.
 void ggml_linear_f32(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx, float* y,
                      int64_t ldy, int64_t K, int64_t N);
