@@ -49,7 +49,14 @@ Eval eval_scale(const double* w, const double* c, int64_t n, float s, int kind) 
 int code_of(double w, float s, int kind) {
   if (kind == 0) return s > 0.f ? qm::nf4_nearest(float(w / double(s))) : qm::kNF4Zero;
   if (s == 0.f) return 0;
-  return kind == 4 ? qm::round_clamp(w / double(s), -7, 7) : qm::round_clamp(w / double(s), -4, 3);
+  switch (kind) {
+    case 4:
+      return qm::round_clamp(w / double(s), -7, 7);
+    case 5:
+      return qm::round_clamp(w / double(s), -8, 7);
+    default:
+      return qm::round_clamp(w / double(s), -4, 3);
+  }
 }
 
 double value_of(int code, float s, int kind) {
@@ -61,7 +68,10 @@ float fit_group_scale(const double* w, const double* c, int64_t n, int kind, boo
   for (int64_t k = 0; k < n; ++k)
     if (std::fabs(w[k]) > amax) amax = std::fabs(w[k]), wm = w[k];
   if (amax == 0) return 0.f;
-  const float s0 = kind == 4 ? float(amax / 7.0) : kind == 3 ? float(-wm / 4.0) : float(amax);
+  const float s0 = kind == 4   ? float(amax / 7.0)
+                   : kind == 5 ? float(-wm / 8.0)
+                   : kind == 3 ? float(-wm / 4.0)
+                               : float(amax);
   if (!search) return s0;
   float best = s0;
   double best_err = std::numeric_limits<double>::infinity();
@@ -84,7 +94,8 @@ Linear quantize_rtn_search(const Linear& dense, const QuantSpec& spec, const flo
   MINFER_CHECK(std::holds_alternative<Dense>(dense.repr),
                "quantize '{}': expected a Dense linear (quantize from the float weights)",
                dense.name);
-  const int kind = kind_of(spec.method, dense.name);
+  int kind = kind_of(spec.method, dense.name);
+  if (kind == 4 && search) kind = 5;  // the search uses all 16 int4 codes
   MINFER_CHECK(!spec.asymmetric && !spec.double_quant,
                "quantize '{}': the scale search is for symmetric int4 / int3 and nf4 without "
                "double quantization (got {}{})",
@@ -251,10 +262,10 @@ double awq_error(const float* W, int64_t N, int64_t K, const float* s, int64_t G
     for (int64_t k = 0; k < K; ++k) ws[size_t(k)] = double(W[n * K + k]) * s[k];
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t k0 = g * G, len = std::min(K, k0 + G) - k0;
-      const float sc = fit_group_scale(ws.data() + k0, nullptr, len, 4, false);
+      const float sc = fit_group_scale(ws.data() + k0, nullptr, len, 5, false);
       for (int64_t k = k0; k < k0 + len; ++k)
         dw[size_t(n * K + k)] =
-            float(double(W[n * K + k]) - value_of(code_of(ws[size_t(k)], sc, 4), sc, 4) / s[k]);
+            float(double(W[n * K + k]) - value_of(code_of(ws[size_t(k)], sc, 5), sc, 5) / s[k]);
     }
   }
   std::vector<float> t(size_t(N * K));

@@ -8,6 +8,10 @@
 // Σ c_k (w_k − s v_k)² is kept. c_k: the calibration inputs' Σ x_k² for input feature k (the
 // diagonal of XᵀX, what llama.cpp's imatrix holds), or 1 without calibration.
 //
+// int4 with the search (-clip, int4-awq, int4-gptq-clip) uses all 16 codes of the container:
+// q in −8..7 with the signed-max base scale s = −w_m / 8 (GGML Q4_0's rule), where plain int4
+// keeps the symmetric −7..7, absmax / 7.
+//
 // 3-bit ("int3"): codes q in −4..3 (8 levels), w ≈ s · q with s = −w_m / 4 for the weight w_m of
 // largest magnitude (so w_m is exact; s may be negative, as in GGML's Q4_0 rule). The codes are
 // stored in the int4 container (u = q + 8, the int4 kernels run it unchanged): 3-bit accuracy at
@@ -29,9 +33,9 @@
 //   column of every consumer together.
 //   AWQ: s_j = mean|X_j|^α, normalized by sqrt(max s · min s); α searched over {0, 0.05, ..., 1}
 //   for each site, minimizing the consumers' output error Σ tr(ΔW XᵀX ΔWᵀ), ΔW = W − Q(W diag s)
-//   diag(1/s) (Q: int4 round-to-nearest), computed from the calibration Gram matrix instead of a
-//   second forward pass. α = 0 is s = 1 (plain RTN), so the search never does worse than RTN on
-//   that objective. A fixed α can be given instead of the search.
+//   diag(1/s) (Q: int4 round-to-nearest, −8..7), computed from the calibration Gram matrix instead
+//   of a second forward pass. α = 0 is s = 1 (plain RTN), so the search never does worse than RTN
+//   on that objective. A fixed α can be given instead of the search.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -53,9 +57,11 @@ Linear quantize_rtn_search(const Linear& dense, const QuantSpec& spec, const flo
                            bool search);
 
 // One group's fit: codes q_k (int4/int3: −8..7 levels, nf4: table index 0..15) and the scale.
-// kind: 4 = int4, 3 = int3, 0 = nf4. Exposed for GPTQ (which takes only the scale) and tests.
+// kind: 4 = int4 (−7..7, absmax / 7), 5 = int4 with all 16 codes (−8..7, −w_m / 8), 3 = int3,
+// 0 = nf4. Exposed for GPTQ (which takes only the scale) and tests.
 float fit_group_scale(const double* w, const double* c, int64_t n, int kind, bool search);
-// The code of w for scale s in `kind` (int4: −7..7, int3: −4..3, nf4: 0..15), and its value.
+// The code of w for scale s in `kind` (int4: −7..7 or −8..7, int3: −4..3, nf4: 0..15), and its
+// value.
 int code_of(double w, float s, int kind);
 double value_of(int code, float s, int kind);
 

@@ -30,7 +30,11 @@ Linear quantize_gptq(const Linear& l, const QuantSpec& spec, const std::vector<f
   MINFER_CHECK(int64_t(xtx.size()) == K * K,
                "gptq '{}': Gram matrix has {} values, expected [{}, {}]", l.name, xtx.size(), K, K);
   const QScheme scheme = spec.method == "int8" ? QScheme::Int8 : QScheme::Int4;
-  const int kind = spec.method == "int4" ? 4 : spec.method == "int3" ? 3 : 8;
+  // int4 with the search uses all 16 codes (−8..7, compress/dataaware.h); without, the paper's
+  // symmetric −7..7.
+  const int kind = spec.method == "int4"   ? (opt.clip_search ? 5 : 4)
+                   : spec.method == "int3" ? 3
+                                           : 8;
   const QSchemeInfo info = qscheme_info(scheme);
   int64_t G = spec.group == 0 ? info.default_group : spec.group;
   if (G == 0 || G >= K) G = K;
