@@ -337,7 +337,10 @@ CompressSpec compress_spec_from_name(const std::string& name) {
 
 std::string compress_spec_name(const CompressSpec& s) {
   std::string n;
-  for (const MethodSpec& step : s.steps) n += (n.empty() ? "" : "+") + method_spec_name(step);
+  for (const MethodSpec& step : s.steps) {
+    if (!n.empty()) n += '+';
+    n += method_spec_name(step);
+  }
   return n;
 }
 
