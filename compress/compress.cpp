@@ -12,6 +12,7 @@
 #include <set>
 #include <sstream>
 
+#include "compress/dataaware.h"
 #include "compress/gptq.h"
 #include "engine/error.h"
 #include "engine/model_folder.h"
@@ -71,9 +72,14 @@ const char* kind_word(MethodKind k) {
   return "";
 }
 
-[[noreturn]] void throw_int3_gptq() {
-  throw NotImplemented(
-      "int3-gptq: needs a 3-bit QScheme (kernels/common/qscheme.h) and its kernels");
+// Σ x² per input feature of `l` from the calibration (the scale search's importance), or empty.
+std::vector<float> column_importance(const Linear& l, const ActStats* stats) {
+  std::vector<float> c;
+  if (!stats) return c;
+  const auto it = stats->sumsq.find(l.name);
+  if (it == stats->sumsq.end() || int64_t(it->second.size()) != l.in) return c;
+  c.assign(it->second.begin(), it->second.end());
+  return c;
 }
 
 // One step of a chain applied to one Linear.
@@ -123,7 +129,6 @@ Linear apply_step(const Linear& l, const MethodSpec& s, const ActStats* stats) {
           "compress/structured.h), not a per-Linear one",
           l.name, method_spec_name(s));
     case MethodKind::Gptq:
-      if (s.method == "int3-gptq") throw_int3_gptq();
       MINFER_CHECK(!std::holds_alternative<LowRank>(l.repr),
                    "tensor '{}': {} of low-rank factors is not supported (the inner factor's "
                    "inputs have no calibration); use a round-to-nearest method after low-rank",
@@ -148,6 +153,18 @@ Linear apply_step(const Linear& l, const MethodSpec& s, const ActStats* stats) {
                "tensor '{}': method '{}' {} float weights, but the weight is already {} (put "
                "low-rank first and quantization last in a chain)",
                l.name, method_spec_name(s), kind_word(m.kind), linear_format(l));
+  if (s.is_awq()) {
+    // The channel scales were searched and folded by compress_model (smooth_model); what is left
+    // per Linear is AWQ's clipping: the weighted scale search on the scaled weights.
+    const std::vector<float> c = column_importance(l, stats);
+    MINFER_CHECK(!c.empty(),
+                 "{}: no calibration statistics for '{}' (run a calibration pass: compress "
+                 "--calibrate FILE)",
+                 method_spec_name(s), l.name);
+    QuantSpec q = s.quant;
+    q.method = "int4";
+    return quantize_rtn_search(l, q, c.data(), true);
+  }
   if (m.kind == MethodKind::LowRank || m.kind == MethodKind::Gptq) {
     const GramMatrix* g = nullptr;
     if (s.needs_gram()) {
@@ -166,7 +183,11 @@ Linear apply_step(const Linear& l, const MethodSpec& s, const ActStats* stats) {
     if (m.kind == MethodKind::Gptq) {
       QuantSpec q = s.quant;
       q.method = s.base_format();
-      return quantize_gptq(l, q, g->xtx);
+      GptqOptions o;
+      o.damp = s.damp;
+      o.act_order = s.act_order;
+      o.clip_search = s.clip_search;
+      return quantize_gptq(l, q, g->xtx, o);
     }
     return lowrank_factorize(l, s.lowrank, g ? &g->xtx : nullptr);
   }
@@ -198,6 +219,10 @@ Linear apply_step(const Linear& l, const MethodSpec& s, const ActStats* stats) {
   }
   QuantSpec q = s.quant;
   q.method = s.method;
+  if (s.method == "int3" || s.clip_search) {
+    const std::vector<float> c = column_importance(l, stats);
+    return quantize_rtn_search(l, q, c.empty() ? nullptr : c.data(), s.clip_search);
+  }
   return quantize_linear(l, q);
 }
 
@@ -253,13 +278,16 @@ class Calibrator final : public LinearObserver {
   void observe(const Linear& w, const float* x, int64_t rows, int64_t ld) override {
     std::vector<float>& m = st_.absmax[w.name];
     std::vector<double>& q = st_.sumsq[w.name];
+    std::vector<double>& a = st_.sumabs[w.name];
     if (m.empty()) m.assign(size_t(w.in), 0.f);
     if (q.empty()) q.assign(size_t(w.in), 0.0);
+    if (a.empty()) a.assign(size_t(w.in), 0.0);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < w.in; ++c) {
         const float v = x[r * ld + c];
         m[size_t(c)] = std::max(m[size_t(c)], std::fabs(v));
         q[size_t(c)] += double(v) * double(v);
+        a[size_t(c)] += std::fabs(double(v));
       }
     if (with_gram_) observe_gram(w, x, rows, ld);
   }
@@ -520,8 +548,6 @@ void validate_compress_spec(const CompressSpec& s) {
 CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats* stats,
                               bool progress) {
   validate_compress_spec(spec);
-  for (const MethodSpec& step : spec.steps)
-    if (step.method == "int3-gptq") throw_int3_gptq();
   MINFER_CHECK(m.backend().name() == "cpu",
                "compress: weights are converted on the CPU backend (model is on '{}')",
                m.backend().name());
@@ -553,8 +579,35 @@ CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats
                  compress_spec_name(spec), stats->tokens, max_in);
   }
 
+  // AWQ / SmoothQuant: channel scales folded into the previous ops first (exact in f32), on a
+  // copy of the statistics rescaled to the new inputs (the Gram matrices stay shared).
+  const size_t bytes_before = m.weight_bytes();
+  ActStats smoothed;
+  bool smoothing_done = false;
+  int smooth_sites = 0;
+  double smooth_seconds = 0;
+  for (const MethodSpec& step : spec.steps) {
+    if (!step.smooths()) continue;
+    MINFER_CHECK(stats != nullptr, "{} needs a calibration pass (--calibrate FILE)",
+                 method_spec_name(step));
+    MINFER_CHECK(!smoothing_done, "compression chain '{}': at most one AWQ / SmoothQuant step",
+                 compress_spec_name(spec));
+    smoothed = *stats;
+    SmoothOptions o;
+    o.rule = step.is_awq() ? SmoothOptions::Rule::Awq : SmoothOptions::Rule::SmoothQuant;
+    o.alpha = step.alpha;
+    o.group = step.quant.group > 0 ? step.quant.group : 128;
+    const SmoothReport sr = smooth_model(m, smoothed, o);
+    smoothing_done = true;
+    smooth_sites = sr.sites;
+    smooth_seconds = sr.seconds;
+    stats = &smoothed;
+  }
+
   CompressReport rep;
-  rep.bytes_before = m.weight_bytes();
+  rep.smooth_sites = smooth_sites;
+  rep.smooth_seconds = smooth_seconds;
+  rep.bytes_before = bytes_before;
   // Parameters of the model as it is (a tied head counted once with its table).
   int64_t params = 0, lin_params = 0;
   size_t lin_bytes = 0;

@@ -65,12 +65,14 @@ struct GramMatrix {
 // Per-Linear activation statistics from a calibration pass, keyed by the Linear's name:
 //   absmax: max |x| per input feature over all calibration tokens.
 //   sumsq:  the sum of x² per input feature (||X_j||_2² for Wanda).
+//   sumabs: the sum of |x| per input feature (AWQ's mean |x| = sumabs / tokens).
 //   gram:   only with calibrate(..., with_gram = true). Linears that read the same input in a
 //           row (q/k/v, gate/up) share one matrix. f32: 4 in² bytes per distinct input, e.g.
 //           SmolLM2-135M: 30 layers x (3 x 576² + 1536²) x 4 B = 402 MB.
 struct ActStats {
   std::map<std::string, std::vector<float>> absmax;
   std::map<std::string, std::vector<double>> sumsq;
+  std::map<std::string, std::vector<double>> sumabs;  // Σ |x| per input feature (AWQ's mean|x|)
   std::map<std::string, std::shared_ptr<GramMatrix>> gram;
   int64_t tokens = 0;
 };
@@ -94,6 +96,8 @@ struct CompressReport {
   int64_t params = 0;          // parameters counted once (tied weights once)
   double bits_per_weight = 0;  // bytes_after * 8 / params
   double linear_bpw = 0;       // over the transformer-block linears only (no embeddings / head)
+  int smooth_sites = 0;        // channel-scaling folds done (SmoothQuant / AWQ, dataaware.h)
+  double smooth_seconds = 0;   // time the channel-scale search took
   std::vector<TensorReport> tensors;
 };
 

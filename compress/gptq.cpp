@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "compress/dataaware.h"
 #include "engine/error.h"
 #include "kernels/common/quant_math.h"
 
@@ -16,8 +17,10 @@ Linear quantize_gptq(const Linear& l, const QuantSpec& spec, const std::vector<f
   MINFER_CHECK(std::holds_alternative<Dense>(l.repr),
                "gptq '{}': quantizes float weights, but the weight is {}", l.name,
                linear_format(l));
-  MINFER_CHECK(spec.method == "int4" || spec.method == "int8",
-               "gptq '{}': {} is not a GPTQ target (int4, int8)", l.name, spec.method);
+  MINFER_CHECK(spec.method == "int4" || spec.method == "int3" || spec.method == "int8",
+               "gptq '{}': {} is not a GPTQ target (int4, int3, int8)", l.name, spec.method);
+  MINFER_CHECK(!opt.clip_search || spec.method != "int8",
+               "gptq '{}': the scale search is an int4 / int3 option", l.name);
   MINFER_CHECK(!spec.asymmetric && !spec.double_quant && spec.per_channel,
                "gptq '{}': symmetric per-row / per-group scales only", l.name);
   MINFER_CHECK(opt.damp > 0 && std::isfinite(opt.damp) && opt.block >= 1,
@@ -26,17 +29,21 @@ Linear quantize_gptq(const Linear& l, const QuantSpec& spec, const std::vector<f
   const int64_t N = l.out, K = l.in;
   MINFER_CHECK(int64_t(xtx.size()) == K * K,
                "gptq '{}': Gram matrix has {} values, expected [{}, {}]", l.name, xtx.size(), K, K);
-  const QScheme scheme = spec.method == "int4" ? QScheme::Int4 : QScheme::Int8;
+  const QScheme scheme = spec.method == "int8" ? QScheme::Int8 : QScheme::Int4;
+  // int4 with the search uses all 16 codes (−8..7, compress/dataaware.h); without, the paper's
+  // symmetric −7..7.
+  const int kind = spec.method == "int4"   ? (opt.clip_search ? 5 : 4)
+                   : spec.method == "int3" ? 3
+                                           : 8;
   const QSchemeInfo info = qscheme_info(scheme);
   int64_t G = spec.group == 0 ? info.default_group : spec.group;
   if (G == 0 || G >= K) G = K;
   MINFER_CHECK(G == K || G % info.group_multiple == 0,
                "gptq '{}': {} group must be a multiple of {}, got {}", l.name, spec.method,
                info.group_multiple, G);
-  const int qmax = scheme == QScheme::Int4 ? 7 : 127;
   // Group starts must meet updated columns: a block is a multiple of the group (or one group
-  // per row, whose only start is column 0).
-  const int64_t B = G == K ? opt.block : G * std::max<int64_t>(1, opt.block / G);
+  // per row, whose only start is column 0). With act-order the scales are fixed beforehand.
+  const int64_t B = G == K || opt.act_order ? opt.block : G * std::max<int64_t>(1, opt.block / G);
 
   const Tensor wt = dequantize_weight(l);
   std::vector<double> W(size_t(N * K));
@@ -59,6 +66,39 @@ Linear quantize_gptq(const Linear& l, const QuantSpec& spec, const std::vector<f
     mean_diag += H[size_t(i * K + i)];
   }
   mean_diag /= double(K);
+  std::vector<double> diag(static_cast<size_t>(K));
+  for (int64_t i = 0; i < K; ++i) diag[size_t(i)] = H[size_t(i * K + i)];
+  // perm[i]: the original column rounded i-th (act-order: descending diag H, stable).
+  std::vector<int64_t> perm(static_cast<size_t>(K));
+  for (int64_t i = 0; i < K; ++i) perm[size_t(i)] = i;
+  const int64_t groups = qm::ceil_div(K, G);
+  std::vector<float> scales(size_t(N * groups), 0.f);
+  // The scale of one group of row n from weights w[0..len) (original column order k0..).
+  auto group_scale = [&](const double* w, int64_t k0, int64_t len) -> float {
+    if (kind == 8) {
+      double amax = 0;
+      for (int64_t k = 0; k < len; ++k) amax = std::max(amax, std::fabs(w[k]));
+      return float(amax) / 127.f;
+    }
+    return fit_group_scale(w, opt.clip_search ? diag.data() + k0 : nullptr, len, kind,
+                           opt.clip_search);
+  };
+  if (opt.act_order) {
+    std::stable_sort(perm.begin(), perm.end(),
+                     [&](int64_t a, int64_t b) { return diag[size_t(a)] > diag[size_t(b)]; });
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t g = 0; g < groups; ++g)
+        scales[size_t(n * groups + g)] =
+            group_scale(W.data() + n * K + g * G, g * G, std::min(K, (g + 1) * G) - g * G);
+    std::vector<double> Wp(W.size()), Hp(H.size());
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t i = 0; i < K; ++i) Wp[size_t(n * K + i)] = W[size_t(n * K + perm[size_t(i)])];
+    for (int64_t i = 0; i < K; ++i)
+      for (int64_t j = 0; j < K; ++j)
+        Hp[size_t(i * K + j)] = H[size_t(perm[size_t(i)] * K + perm[size_t(j)])];
+    W.swap(Wp);
+    H.swap(Hp);
+  }
   for (int64_t i = 0; i < K; ++i) H[size_t(i * K + i)] += opt.damp * mean_diag;
   // R: upper Cholesky factor of H⁻¹ (H⁻¹ = Rᵀ R); row i of R carries column i's error onward.
   lapack_int info_c = LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'U', lapack_int(K), H.data(), lapack_int(K));
@@ -71,8 +111,6 @@ Linear quantize_gptq(const Linear& l, const QuantSpec& spec, const std::vector<f
                int(info_c));
   const std::vector<double>& R = H;
 
-  const int64_t groups = qm::ceil_div(K, G);
-  std::vector<float> scales(size_t(N * groups), 0.f);
   std::vector<int> codes(size_t(N * K));
   std::vector<double> err(size_t(N * B));
   for (int64_t i1 = 0; i1 < K; i1 += B) {
@@ -81,15 +119,12 @@ Linear quantize_gptq(const Linear& l, const QuantSpec& spec, const std::vector<f
     for (int64_t n = 0; n < N; ++n) {
       double* w = W.data() + n * K;
       for (int64_t i = i1; i < i2; ++i) {
-        float& s = scales[size_t(n * groups + i / G)];
-        if (i % G == 0) {
-          double amax = 0;
-          for (int64_t k = i; k < std::min(K, i + G); ++k) amax = std::max(amax, std::fabs(w[k]));
-          s = float(amax) / float(qmax);
-        }
-        const int q = qm::quantize_sym(float(w[i]), s, qmax);
-        codes[size_t(n * K + i)] = q;
-        const double e = (w[i] - double(qm::dequant_uz(q, 0, s))) / R[size_t(i * K + i)];
+        const int64_t col = perm[size_t(i)];
+        float& s = scales[size_t(n * groups + col / G)];
+        if (!opt.act_order && i % G == 0) s = group_scale(w + i, i, std::min(K, i + G) - i);
+        const int q = kind == 8 ? qm::quantize_sym(float(w[i]), s, 127) : code_of(w[i], s, kind);
+        codes[size_t(n * K + col)] = q;
+        const double e = (w[i] - double(s) * double(q)) / R[size_t(i * K + i)];
         for (int64_t j = i + 1; j < i2; ++j) w[j] -= e * R[size_t(i * K + j)];
         err[size_t(n * nb + (i - i1))] = e;
       }

@@ -9,7 +9,17 @@
 // Cholesky factor, lazy batch updates (the error of a block of 128 columns reaches the later
 // columns in one GEMM), dead inputs (H_ii = 0) get W[:, i] = 0. A group's scale is chosen from the
 // group's weights as they stand when the first column of the group is reached (the paper's
-// "static groups" off), with the format's own rule (int4: absmax / 7, int8: absmax / 127).
+// "static groups" off), with the format's own rule (int4: absmax / 7, int8: absmax / 127, int3:
+// the signed-max rule of compress/dataaware.h, codes −4..3 in the int4 container).
+//
+// Options beyond the paper's defaults:
+//   act_order (AutoGPTQ desc_act): columns are rounded in descending order of diag(H), the
+//     inputs with the most energy first, while the error still has many columns to go to. The
+//     group scales are then fixed before the pass from the original weights of each contiguous
+//     group (AutoGPTQ's static_groups = True), so the stored layout stays contiguous groups with
+//     no per-column group index.
+//   clip_search (int4 / int3): a group's scale is the weighted scale search of
+//     compress/dataaware.h with weights diag(H) instead of the absmax rule.
 #pragma once
 #include <vector>
 
@@ -18,11 +28,14 @@
 namespace minfer {
 
 struct GptqOptions {
-  double damp = 0.01;   // λ / mean(diag H) (paper: 1 %)
-  int64_t block = 128;  // lazy-batch columns (paper: 128); rounded to a multiple of the group
+  double damp = 0.01;        // λ / mean(diag H) (paper: 1 %)
+  int64_t block = 128;       // lazy-batch columns (paper: 128); rounded to a multiple of the group
+  bool act_order = false;    // columns by descending diag(H), static group scales
+  bool clip_search = false;  // group scales by the weighted scale search (int4 / int3)
 };
 
-// `dense`: a Dense Linear [out, in]; spec.method "int4" (symmetric, group 32/64/128/...) or "int8"
+// `dense`: a Dense Linear [out, in]; spec.method "int4" / "int3" (symmetric, group 32/64/128/...)
+// or "int8"
 // (per row or group); xtx: [in, in] symmetric f32 XᵀX of the calibration inputs. Throws for
 // other methods or options (asymmetric, per-tensor, nf4), a non-Dense weight, a mis-sized or
 // non-finite Gram matrix.

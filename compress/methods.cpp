@@ -19,17 +19,20 @@ constexpr MethodInfo kMethods[] = {
     {"bf16", MethodKind::Float, 0, "bfloat16 weights, f32 compute"},
     {"int8", MethodKind::WeightQuant, kOptGroup | kOptTensor,
      "int8 absmax per output row (-tensor: per tensor, -g<N>: per group)"},
-    {"int4", MethodKind::WeightQuant, kOptGroup | kOptAsym,
-     "int4 per group of 128 (-g32/-g64), symmetric or -asym with zero points"},
-    {"nf4", MethodKind::WeightQuant, kOptGroup | kOptDq,
+    {"int4", MethodKind::WeightQuant, kOptGroup | kOptAsym | kOptClip,
+     "int4 per group of 128 (-g32/-g64), symmetric or -asym with zero points, -clip: scale search"},
+    {"int3", MethodKind::WeightQuant, kOptGroup | kOptClip,
+     "3-bit codes -4..3 per group of 128 in the int4 container (4.25 bits/w stored), -clip"},
+    {"nf4", MethodKind::WeightQuant, kOptGroup | kOptDq | kOptClip,
      "NormalFloat-4 (QLoRA) per block of 64, -dq: double-quantized scales (4.127 bits/w)"},
     {"binary", MethodKind::WeightQuant, 0, "sign(w) * mean|w| per row (1 bit/w)"},
     {"ternary", MethodKind::WeightQuant, kOptRow,
      "BitNet b1.58 absmean {-1, 0, 1}, per tensor (-row: per row)"},
     {"llm-int8", MethodKind::ActQuant, 0,
      "LLM.int8(): int8 weights and activations, outlier features (|x| >= threshold) in f16"},
-    {"w8a8", MethodKind::ActQuant, kOptStatic,
-     "int8 weights x int8 activations (per token, or -static: calibrated per tensor)"},
+    {"w8a8", MethodKind::ActQuant, kOptStatic | kOptSmooth,
+     "int8 weights x int8 activations (per token, or -static: calibrated per tensor; "
+     "-static-sq: SmoothQuant)"},
     {"heads", MethodKind::Structured, kOptAmount,
      "-<pct>: remove that share of attention heads per layer (calibrated, Wanda-sp scores)"},
     {"ffn", MethodKind::Structured, kOptAmount,
@@ -40,10 +43,16 @@ constexpr MethodInfo kMethods[] = {
      "prune the <pct> % smallest |w| per row (-layer, -global), or N:M (magnitude-2:4)"},
     {"wanda", MethodKind::Prune, kOptSparsity,
      "prune by |w| * ||x||_2 per row (Sun et al. 2023; calibration), <pct> or N:M (wanda-2:4)"},
-    {"int4-gptq", MethodKind::Gptq, kOptGroup,
-     "GPTQ: int4 per group of 128 (-g<N>), rounding errors compensated on calibration XtX"},
-    {"int8-gptq", MethodKind::Gptq, kOptGroup, "GPTQ: int8 per output row (-g<N>: per group)"},
-    {"int3-gptq", MethodKind::Gptq, 0, "GPTQ at 3 bits (not implemented: needs a 3-bit scheme)"},
+    {"int4-gptq", MethodKind::Gptq, kOptGroup | kOptActOrder | kOptClip,
+     "GPTQ: int4 per group of 128 (-g<N>), rounding errors compensated on calibration XtX, "
+     "-act: act-order, -clip: scale search"},
+    {"int8-gptq", MethodKind::Gptq, kOptGroup | kOptActOrder,
+     "GPTQ: int8 per output row (-g<N>: per group)"},
+    {"int3-gptq", MethodKind::Gptq, kOptGroup | kOptActOrder | kOptClip,
+     "GPTQ at 3 bits (codes -4..3 in the int4 container), -act, -clip"},
+    {"int4-awq", MethodKind::Gptq, kOptGroup,
+     "AWQ: int4 per group of 128 with input-channel scales searched on calibration and folded "
+     "into the previous norm / linear, then a scale (clip) search"},
     {"lowrank", MethodKind::LowRank, kOptRank,
      "truncated SVD U*V, -<P>: each matrix loses P % of its parameters (-r<N>: rank, -e<E>: "
      "energy)"},
@@ -76,7 +85,8 @@ std::string known_methods() {
 }
 
 QScheme scheme_of(const MethodSpec& s) {
-  return qscheme_from_name(s.base_format(), "method");
+  const std::string b = s.base_format();
+  return qscheme_from_name(b == "int3" ? "int4" : b, "method");
 }
 
 }  // namespace
@@ -112,7 +122,7 @@ const MethodInfo& MethodSpec::info() const {
 }
 
 bool MethodSpec::uses_calibration() const {
-  return method == "llm-int8" || needs_calibration();
+  return method == "llm-int8" || clip_search || needs_calibration();
 }
 
 bool MethodSpec::needs_calibration() const {
@@ -125,7 +135,8 @@ bool MethodSpec::needs_gram() const {
 }
 
 std::string MethodSpec::base_format() const {
-  return method.ends_with("-gptq") ? method.substr(0, method.size() - 5) : method;
+  return method.ends_with("-gptq") || method.ends_with("-awq") ? method.substr(0, method.find('-'))
+                                                               : method;
 }
 
 void validate_method_spec(const MethodSpec& s) {
@@ -149,6 +160,30 @@ void validate_method_spec(const MethodSpec& s) {
                "method '{}': per-row scales are a ternary option", s.method);
   MINFER_CHECK(!s.static_act || (m.options & kOptStatic),
                "method '{}': static activation scales are a w8a8 option", s.method);
+  MINFER_CHECK(!s.clip_search || (m.options & kOptClip),
+               "method '{}': the scale search (-clip) is an int4 / int3 / nf4 / int4-gptq / "
+               "int3-gptq option",
+               s.method);
+  MINFER_CHECK(!s.clip_search || !s.quant.asymmetric,
+               "method '{}': -clip searches symmetric scales; drop -asym", s.method);
+  MINFER_CHECK(!s.clip_search || !s.quant.double_quant,
+               "method '{}': -clip with -dq (double-quantized scales) is not supported", s.method);
+  MINFER_CHECK(!s.act_order || (m.options & kOptActOrder),
+               "method '{}': act-order (-act) is a GPTQ option", s.method);
+  MINFER_CHECK(!s.smooth || (m.options & kOptSmooth),
+               "method '{}': SmoothQuant (-sq) is a w8a8 option", s.method);
+  MINFER_CHECK(!s.smooth || s.static_act,
+               "method '{}': SmoothQuant (-sq) needs static activation scales: w8a8-static-sq "
+               "(dynamic per-token scales have no outlier problem to migrate)",
+               s.method);
+  MINFER_CHECK(s.alpha == -1 || (std::isfinite(s.alpha) && s.alpha >= 0 && s.alpha <= 1),
+               "method '{}': alpha must be in [0, 1], got {}", s.method, s.alpha);
+  MINFER_CHECK(s.alpha == -1 || s.smooths(),
+               "method '{}': alpha is an int4-awq / w8a8-static-sq option", s.method);
+  MINFER_CHECK(std::isfinite(s.damp) && s.damp > 0 && s.damp < 1,
+               "method '{}': GPTQ dampening must be in (0, 1) (a fraction of mean diag XtX; "
+               "--damp takes percent), got {}",
+               s.method, s.damp);
   if (m.kind == MethodKind::Structured) {
     MINFER_CHECK(s.amount >= 0, "method '{}' needs an amount: {}-<{}>", s.method, s.method,
                  s.method == "layers" ? "n" : "pct");
@@ -336,13 +371,22 @@ MethodSpec method_spec_from_name(const std::string& name) {
     } else if (p == "weighted") {
       need(kOptWeighted, p, "a kmeans");
       s.codebook.weighted = true;
+    } else if (p == "clip") {
+      need(kOptClip, p, "an int4 / int3 / nf4 / -gptq");
+      s.clip_search = true;
+    } else if (p == "act") {
+      need(kOptActOrder, p, "a GPTQ");
+      s.act_order = true;
+    } else if (p == "sq") {
+      need(kOptSmooth, p, "a w8a8-static");
+      s.smooth = true;
     } else if (p == "static" || p == "dynamic") {
       need(kOptStatic, p, "a w8a8");
       s.static_act = p == "static";
     } else {
       MINFER_FAIL(
           "compression method '{}': unknown option '{}' (options: -g<N>, -asym, -dq, "
-          "-tensor, -row, -static, -weighted; lowrank: -<P>, -r<N>, -e<E>)",
+          "-tensor, -row, -static, -weighted, -sq, -clip, -act; lowrank: -<P>, -r<N>, -e<E>)",
           name, p);
     }
   }
@@ -367,13 +411,16 @@ std::string method_spec_name(const MethodSpec& s) {
   }
   if (s.method == "int8" && !s.quant.per_channel && s.quant.group == 0) n += "-tensor";
   const std::string base = s.base_format();
-  if (base == "int4" || base == "nf4" || (base == "int8" && s.quant.group > 0))
+  if (base == "int4" || base == "int3" || base == "nf4" || (base == "int8" && s.quant.group > 0))
     n += fmt::format("-g{}",
                      s.quant.group > 0 ? s.quant.group : qscheme_info(scheme_of(s)).default_group);
   if (s.quant.asymmetric) n += "-asym";
   if (s.quant.double_quant) n += "-dq";
   if (s.method == "ternary" && s.quant.ternary_per_row) n += "-row";
   if (s.method == "w8a8" && s.static_act) n += "-static";
+  if (s.smooth) n += "-sq";
+  if (s.act_order) n += "-act";
+  if (s.clip_search) n += "-clip";
   if (s.amount >= 0) n += fmt::format("-{:g}", s.amount);
   if (s.lowrank.percent) n += fmt::format("-{}", s.lowrank.percent);
   if (s.lowrank.rank) n += fmt::format("-r{}", s.lowrank.rank);

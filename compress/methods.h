@@ -6,7 +6,9 @@
 //                                            "int8-tensor", "ternary-row", "w8a8-static"
 //           | prune '-' (<pct> | N:M) ('-' scope)?   e.g. "wanda-50", "magnitude-30-layer",
 //                                            "wanda-2:4" (compress/prune.h)
-//   option := g<N> | asym | dq | tensor | row | static | dynamic   (only those the method takes)
+//   option := g<N> | asym | dq | tensor | row | static | dynamic | clip | act | sq
+//                                            (only those the method takes), e.g. "int4-clip",
+//                                            "int3-gptq-act", "w8a8-static-sq"
 //           | <number>                 structured pruning amount: "ffn-20", "heads-40", "layers-4"
 //   scope  := row | layer | global          (magnitude only; row is the default)
 //           | weighted                kmeans: SqueezeLLM-style sensitivity weights (calibration)
@@ -35,7 +37,8 @@ enum class MethodKind : uint8_t {
   Structured,   // whole-model step before the per-Linear ones: heads / FFN neurons / blocks
                 // removed (compress/structured.h), a smaller dense model
   Prune,        // float weights in, float weights with zeros out (magnitude, wanda); comes first
-  Gptq,         // float weights -> Quantized, rounding error compensated with XᵀX (GPTQ)
+  Gptq,         // float weights -> Quantized from calibration XᵀX: GPTQ (rounding error
+                // compensated), AWQ (channel scales searched, compress/dataaware.h)
   LowRank,      // float weights -> LowRank with f32 factors (lowrank, lowrank-aw); a later
                 // Float / WeightQuant step converts each factor and keeps the LowRank
   Codebook,     // float weights -> Codebook (kmeans<b>: k-means weight sharing), comes last
@@ -54,6 +57,9 @@ enum MethodOption : unsigned {
   kOptRank = 1u << 8,       // -<P> / -r<N> / -e<E>: low-rank size (percent, rank, energy)
   kOptBits = 1u << 9,       // <b> right after the name: index bits (kmeans4)
   kOptWeighted = 1u << 10,  // -weighted: calibration-weighted clustering (kmeans)
+  kOptClip = 1u << 11,      // -clip: per-group scale search (compress/dataaware.h)
+  kOptActOrder = 1u << 12,  // -act: GPTQ act-order (columns by descending diag XᵀX)
+  kOptSmooth = 1u << 13,    // -sq: SmoothQuant channel scaling folded into the previous op
 };
 
 struct MethodInfo {
@@ -83,6 +89,11 @@ struct MethodSpec {
   PruneSpec prune;              // magnitude / wanda: sparsity or N:M, scope
   LowRankSpec lowrank;          // lowrank, lowrank-aw: the rank rule (activation_aware from name)
   CodebookSpec codebook;        // kmeans: bits, weighted (the group is quant.group)
+  bool clip_search = false;     // int4 / int3 / nf4 / -gptq: per-group scale search (-clip)
+  bool act_order = false;       // -gptq: columns in descending diag(XᵀX) order (-act)
+  bool smooth = false;          // w8a8-static: SmoothQuant scaling (-sq)
+  double alpha = -1;            // SmoothQuant α (-1 = 0.5), AWQ α (-1 = grid search); [0, 1]
+  double damp = 0.01;           // GPTQ dampening λ / mean(diag H), (0, 1)
 
   const MethodInfo& info() const;  // throws for an unregistered name
   bool is_prune() const { return info().kind == MethodKind::Prune; }
@@ -90,7 +101,11 @@ struct MethodSpec {
   // uses them).
   bool uses_calibration() const;
   bool needs_calibration() const;
-  // The round-to-nearest format a GPTQ step writes ("int4" for "int4-gptq"); `method` otherwise.
+  bool is_awq() const { return method == "int4-awq"; }
+  // True when compress_model scales input channels before the per-Linear steps (AWQ, -sq).
+  bool smooths() const { return is_awq() || smooth; }
+  // The round-to-nearest format a GPTQ / AWQ step writes ("int4" for "int4-gptq"); `method`
+  // otherwise.
   std::string base_format() const;
   // True when the step reads the calibration inputs' Gram matrix XᵀX (ActStats::gram).
   bool needs_gram() const;

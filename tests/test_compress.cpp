@@ -126,7 +126,7 @@ TEST_CASE("compress: method names parse, print back, and reject what does not ex
                        Error);
   CHECK_THROWS_WITH_AS(compress_spec_from_name("int8+"), doctest::Contains("empty step"), Error);
   CHECK(compress_spec_from_name("wanda-50+int8").steps.size() == 2);
-  CHECK_THROWS_WITH_AS(compress_spec_from_name("int3"), doctest::Contains("unknown compression"),
+  CHECK_THROWS_WITH_AS(compress_spec_from_name("int5"), doctest::Contains("unknown compression"),
                        Error);
   CHECK_THROWS_WITH_AS(compress_spec_from_name("int8-asym"), doctest::Contains("int4 option"),
                        Error);

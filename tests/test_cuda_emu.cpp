@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "compress/codebook.h"
+#include "compress/dataaware.h"
 #include "compress/quantize.h"
 #include "engine/backend.h"
 #include "engine/half.h"
@@ -374,6 +375,21 @@ TEST_CASE("cuda-emu: every Quantized scheme equals the CPU kernels") {
         auto [d, m] = linear_diff(p, l, T, 43);
         CHECK(d <= 2e-5f * (1 + m));
       }
+    }
+    // int3 (compress/dataaware.h): codes -4..3 with negative scales in the int4 container.
+    for (auto& s : kLinShapes) {
+      const int64_t T = s[0], K = s[1], N = s[2];
+      if (K < 32) continue;
+      CAPTURE(T);
+      CAPTURE(K);
+      CAPTURE(N);
+      QuantSpec spec;
+      spec.method = "int3";
+      spec.group = 32;
+      Linear l =
+          quantize_rtn_search(dense_linear(K, N, uint32_t(5 * K + N), true), spec, nullptr, true);
+      auto [d, m] = linear_diff(p, l, T, 47);
+      CHECK(d <= 2e-5f * (1 + m));
     }
   }
 }

@@ -269,10 +269,12 @@ json compress_child(const Options& o, const std::string& work, const std::string
   const ActStats* sp = nullptr;
   if (spec.uses_calibration()) {
     const auto ids = read_vec<int32_t>(work + "/calib_ids.bin");
+    const double tc = tool::now_s();
     try {
       stats = calibrate(mc, ids, o.calib_samples, std::min(o.calib_len, mc.config().max_pos), false,
                         spec.needs_gram());
       sp = &stats;
+      out["calib_seconds"] = tool::now_s() - tc;
     } catch (const std::exception& e) {
       // Static activation scales cannot exist without calibration; LLM.int8() can still find
       // its outliers at run time.
@@ -286,6 +288,7 @@ json compress_child(const Options& o, const std::string& work, const std::string
   out["bits_per_weight"] = rep.bits_per_weight;
   out["linear_bpw"] = rep.linear_bpw;
   out["seconds"] = tool::now_s() - t0;
+  out["peak_rss_mb"] = tool::peak_rss_mb();
   return out;
 }
 

@@ -50,6 +50,17 @@ int main(int argc, char** argv) {
   app.add_flag("--weighted", weighted,
                "kmeans: weigh each input by its calibration mean x^2 (SqueezeLLM-style; needs "
                "--calibrate); the same as the method suffix -weighted");
+  bool act_order = false, clip_search = false;
+  double damp_pct = -1, alpha = -1;
+  app.add_flag("--act-order", act_order,
+               "GPTQ: round columns by descending diag(XtX), static group scales (= -act)");
+  app.add_option("--damp", damp_pct, "GPTQ: dampening, percent of mean diag(XtX) (default 1)");
+  app.add_flag("--clip-search", clip_search,
+               "int4 / int3 / nf4 / GPTQ: per-group scale search weighted by the calibration "
+               "inputs' sum x^2 (= -clip)");
+  app.add_option("--alpha", alpha,
+                 "int4-awq: fixed alpha instead of the grid search; w8a8-static-sq: SmoothQuant "
+                 "migration strength (default 0.5); in [0, 1]");
   app.add_option("--energy", energy,
                  "lowrank, lowrank-aw: per matrix the smallest rank keeping this fraction of the "
                  "squared singular values (the method is then given without a size, e.g. "
@@ -92,6 +103,7 @@ int main(int argc, char** argv) {
   app.add_flag("--quiet,-q", quiet, "no progress bars");
   return tool::run(app, argc, argv, [&] {
     const double t0 = tool::now_s();
+    double calib_secs = 0;
     if (energy > 0) {
       // --energy E = the size "-e<E>" on every low-rank step of the chain.
       std::string chain;
@@ -124,6 +136,18 @@ int main(int argc, char** argv) {
     if (dq) last.quant.double_quant = true;
     if (ternary_row) last.quant.ternary_per_row = true;
     if (weighted) last.codebook.weighted = true;
+    if (clip_search) last.clip_search = true;
+    if (act_order) last.act_order = true;
+    if (damp_pct != -1) {
+      MINFER_CHECK(std::isfinite(damp_pct) && damp_pct > 0 && damp_pct < 100,
+                   "--damp: percent of mean diag(XtX) in (0, 100), got {}", damp_pct);
+      last.damp = damp_pct / 100.0;
+    }
+    if (alpha != -1) {
+      MINFER_CHECK(std::isfinite(alpha) && alpha >= 0 && alpha <= 1,
+                   "--alpha must be in [0, 1], got {}", alpha);
+      last.alpha = alpha;
+    }
     for (MethodSpec& step : spec.steps) step.threshold = threshold;
     spec.sparse_storage = sparse_storage == "sparse"  ? CompressSpec::SparseStorage::Sparse
                           : sparse_storage == "dense" ? CompressSpec::SparseStorage::Dense
@@ -189,7 +213,9 @@ int main(int argc, char** argv) {
       bool gram = spec.needs_gram();
       for (const auto& [pat, f] : spec.keep) gram = gram || compress_spec_from_name(f).needs_gram();
       if (spec.uses_calibration() || !structured) {
+        const double tc = tool::now_s();
         stats = calibrate(*lm.model, ids, calib_samples, calib_len, !quiet, gram);
+        calib_secs = tool::now_s() - tc;
         sp = &stats;
       }
     }
@@ -214,6 +240,8 @@ int main(int argc, char** argv) {
                           {"bits_per_weight", r.bits_per_weight},
                           {"linear_bits_per_weight", r.linear_bpw},
                           {"calibration_tokens", stats.tokens},
+                          {"calibration_seconds", calib_secs},
+                          {"smooth_seconds", r.smooth_seconds},
                           {"seconds", secs},
                           {"peak_rss_mb", tool::peak_rss_mb()}};
       nlohmann::json ts = nlohmann::json::array();
@@ -242,6 +270,11 @@ int main(int argc, char** argv) {
     if (!worst_name.empty())
       std::printf("largest relative error ||W - W'||/||W||: %.4f (%s)\n", worst,
                   worst_name.c_str());
+    if (stats.tokens > 0)
+      std::printf("calibration: %lld tokens, %.1f s (deterministic: windows evenly spaced)\n",
+                  (long long)stats.tokens, calib_secs);
+    if (r.smooth_sites > 0)
+      std::printf("channel scaling: %d folds, %.1f s\n", r.smooth_sites, r.smooth_seconds);
     std::printf("%.1f s, peak RSS %.0f MB\n", secs, tool::peak_rss_mb());
     return 0;
   });
