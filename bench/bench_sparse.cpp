@@ -86,9 +86,28 @@ int main(int argc, char** argv) {
   std::printf("%-10s %-6s %9s %8s %10s %10s %8s %10s %10s %8s\n", "shape", "values", "sparsity",
               "chosen", "dense T=1", "sparse T=1", "speedup", "dense T=128", "sparse T=128",
               "speedup");
-  for (const std::string vf : {"f32", "int8"}) {
+  // argv[2]: value formats (comma separated, default f32,int8); argv[3]: sparsities in percent
+  // (default 10,20,...,70).
+  auto split = [](const char* s) {
+    std::vector<std::string> v;
+    std::string cur;
+    for (const char* p = s; *p; ++p)
+      if (*p == ',') {
+        v.push_back(cur);
+        cur.clear();
+      } else {
+        cur += *p;
+      }
+    if (!cur.empty()) v.push_back(cur);
+    return v;
+  };
+  const std::vector<std::string> formats = split(argc > 2 ? argv[2] : "f32,int8");
+  std::vector<double> sparsities;
+  for (const std::string& p : split(argc > 3 ? argv[3] : "10,20,30,40,50,60,70"))
+    sparsities.push_back(std::atof(p.c_str()) / 100.0);
+  for (const std::string& vf : formats) {
     double crossover = -1;
-    for (double p : {0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7}) {
+    for (double p : sparsities) {
       double dec_dense = 0, dec_sparse = 0;
       for (auto [out, in] : shapes) {
         const Linear l = random_dense(out, in, uint32_t(out + in));
