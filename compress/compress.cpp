@@ -675,8 +675,10 @@ void save_compressed(Model& m, const Tokenizer* tok, const std::string& out_dir,
   {
     json targets = json::array();
     int64_t kept = 0, total = 0;
+    bool all_24 = true;  // every sparse weight written as sparse-24-bitmask
     for (Linear* w : m.linears())
       if (const auto* sb = std::get_if<SparseBitmask>(&w->repr)) {
+        all_24 = all_24 && std::holds_alternative<Dense>(sb->values->repr) && sparse_is_2of4(*sb);
         targets.push_back(w->name.substr(0, w->name.size() - 7));
         total += w->in * w->out;
         kept += int64_t(
@@ -687,10 +689,11 @@ void save_compressed(Model& m, const Tokenizer* tok, const std::string& out_dir,
       for (const MethodSpec& st : spec.steps)
         if (st.is_prune() && st.prune.m > 0)
           structure = fmt::format("{}:{}", st.prune.n, st.prune.m);
+      const char* format = all_24 ? "sparse-24-bitmask" : "sparse-bitmask";
       config["quantization_config"] = {{"quant_method", "compressed-tensors"},
-                                       {"format", "sparse-bitmask"},
+                                       {"format", format},
                                        {"sparsity_config",
-                                        {{"format", "sparse-bitmask"},
+                                        {{"format", format},
                                          {"global_sparsity", 1.0 - double(kept) / double(total)},
                                          {"sparsity_structure", structure},
                                          {"targets", targets},
