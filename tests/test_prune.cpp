@@ -234,6 +234,12 @@ TEST_CASE("prune: storage follows the crossover; values quantized like the dense
   CompressSpec i4 = compress_spec_from_name("magnitude-2:4+int4");
   i4.sparse_storage = CompressSpec::SparseStorage::Sparse;
   CHECK(std::holds_alternative<Quantized>(compress_linear(l, i4).repr));
+  CHECK(std::holds_alternative<SparseBitmask>(
+            compress_linear(l, compress_spec_from_name("magnitude-70+int8")).repr) ==
+        sparse_storage_wins(0.7, "int8"));
+  // The table's int8 row starts above 50 % (docs/pruning.md: 50 % did not win on every shape).
+  CHECK_FALSE(sparse_storage_wins(0.5, "int8"));
+  CHECK_FALSE(sparse_storage_wins(0.9, "f32"));
   CHECK_FALSE(sparse_storage_wins(0.9, "nf4-g64"));
   CHECK(sparse_value_format("fp16"));
   CHECK_FALSE(sparse_value_format("int8-g32"));
