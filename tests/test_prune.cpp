@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <random>
 
 #include "compress/compress.h"
@@ -233,6 +234,12 @@ TEST_CASE("prune: storage follows the crossover; values quantized like the dense
   CompressSpec i4 = compress_spec_from_name("magnitude-2:4+int4");
   i4.sparse_storage = CompressSpec::SparseStorage::Sparse;
   CHECK(std::holds_alternative<Quantized>(compress_linear(l, i4).repr));
+  CHECK(std::holds_alternative<SparseBitmask>(
+            compress_linear(l, compress_spec_from_name("magnitude-70+int8")).repr) ==
+        sparse_storage_wins(0.7, "int8"));
+  // The table's int8 row starts above 50 % (docs/pruning.md: 50 % did not win on every shape).
+  CHECK_FALSE(sparse_storage_wins(0.5, "int8"));
+  CHECK_FALSE(sparse_storage_wins(0.9, "f32"));
   CHECK_FALSE(sparse_storage_wins(0.9, "nf4-g64"));
   CHECK(sparse_value_format("fp16"));
   CHECK_FALSE(sparse_value_format("int8-g32"));
@@ -348,7 +355,9 @@ TEST_CASE("prune: sparse-bitmask reads and writes the compressed-tensors layout"
           CHECK(same_bytes(t, file->get(n)));
           ++found;
         }
-    CHECK(found == 4);
+    // b is 2:4: written back in the sparse-24-bitmask layout (no row_offsets; the shape's bytes
+    // are the same, as [2, 1]).
+    CHECK(found == (std::string(name) == "b" ? 3 : 4));
     // Our own pruning of the dense matrix gives the same layout.
     const Linear d = make_dense(name, dense, in, out);
     CompressSpec keep_all = compress_spec_from_name("magnitude-0");
@@ -372,5 +381,62 @@ TEST_CASE("prune: sparse-bitmask reads and writes the compressed-tensors layout"
   CHECK_THROWS_WITH_AS(make_linear("a", 20, 7, bad),
                        doctest::Contains("sparse 'a': row_offsets[2]"), Error);
   CHECK_THROWS_WITH_AS(load_linear(src, "a", json{{"repr", "sparse-bitmask"}}, 24, 7),
+                       doctest::Contains("shape tensor"), Error);
+}
+
+TEST_CASE("prune: 2:4 weights read and write compressed-tensors' sparse-24-bitmask layout") {
+  // Fixture: tests/fixtures/sparse/make_sparse24_fixture.py, written by compressed-tensors 0.9.4's
+  // Sparse24BitMaskTensor (shape I64 [2, 1], compressed [rows, cols / 2], bitmask; no
+  // row_offsets); <m>.dense is the package's own decompress().
+  auto file = SafetensorsFile::open("tests/fixtures/sparse/sparse24_bitmask.safetensors");
+  FileTensors src(file);
+  for (const char* name : {"a", "b"}) {
+    CAPTURE(name);
+    const Tensor dense = file->get(std::string(name) + ".dense");
+    const int64_t out = dense.dim(0), in = dense.dim(1);
+    const Linear l = load_linear(src, name, json{{"repr", "sparse-bitmask"}}, in, out);
+    const SparseBitmask& sb = std::get<SparseBitmask>(l.repr);
+    CHECK(sparse_is_2of4(sb));
+    const Tensor w = dequantize_weight(l), want = dense.to_f32();
+    CHECK(std::equal(w.data<float>(), w.data<float>() + w.numel(), want.data<float>()));
+    // Zero-copy: the values are the file's bytes.
+    CHECK(std::get<Dense>(sb.values->repr).w.raw() ==
+          file->get(std::string(name) + ".compressed").raw());
+    // Written back: the same three tensors, byte for byte and shape for shape, no row_offsets.
+    std::vector<std::pair<std::string, Tensor>> ts;
+    TensorSink sink{ts};
+    const json meta = save_linear(l, name, sink);
+    CHECK(meta.value("layout", "") == "sparse-24-bitmask");
+    CHECK(ts.size() == 3);
+    for (const auto& [n, t] : ts) {
+      CAPTURE(n);
+      const Tensor f = file->get(n);
+      CHECK(t.shape_str() == f.shape_str());
+      CHECK(same_bytes(t, f));
+    }
+    // Our own 2:4 pruning of the dense matrix keeps the same positions (the package's topk(2)
+    // per group of 4 is magnitude-2:4 when no two |w| of a group tie).
+    CompressSpec m24 = compress_spec_from_name("magnitude-2:4");
+    m24.sparse_storage = CompressSpec::SparseStorage::Sparse;
+    // The package saw the unpruned matrix; the stored values are its 2 largest per group, so
+    // pruning the decompressed matrix again keeps exactly them.
+    const Linear mine = compress_linear(make_dense(name, dense, in, out), m24);
+    CHECK(same_bytes(std::get<SparseBitmask>(mine.repr).bitmask.view({out * ((in + 7) / 8)}),
+                     file->get(std::string(name) + ".bitmask").view({out * ((in + 7) / 8)})));
+  }
+  // A group keeping 3 of 4 is named.
+  const Tensor c = file->get("a.compressed"), sh = file->get("a.shape");
+  Tensor bm = file->get("a.bitmask").clone();
+  bm.data<uint8_t>()[3] |= 0x0f;  // row 1, inputs 8..11: all four kept
+  struct Src final : TensorSource {
+    std::map<std::string, Tensor> m;
+    bool has(const std::string& n) const override { return m.count(n) > 0; }
+    Tensor get(const std::string& n) const override { return m.at(n); }
+  } bad;
+  bad.m = {{"a.compressed", c}, {"a.shape", sh}, {"a.bitmask", bm}};
+  CHECK_THROWS_WITH_AS(load_linear(bad, "a", json{{"repr", "sparse-bitmask"}}, 16, 6),
+                       doctest::Contains("sparse 'a': sparse-24-bitmask row 1 inputs 8..11 keep 4"),
+                       Error);
+  CHECK_THROWS_WITH_AS(load_linear(bad, "a", json{{"repr", "sparse-bitmask"}}, 16, 5),
                        doctest::Contains("shape tensor"), Error);
 }

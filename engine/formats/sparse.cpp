@@ -104,10 +104,35 @@ std::string FormatTraits<SparseBitmask>::format(const SparseBitmask& r, int64_t 
   return "sparse" + std::to_string(pct) + "+" + (r.values ? linear_format(*r.values) : "?");
 }
 
+bool sparse_is_2of4(const SparseBitmask& r) {
+  const int64_t out = r.bitmask.dim(0), kb = r.bitmask.dim(1);
+  if (r.in % 4 != 0 || r.values->in != r.in / 2) return false;
+  const uint8_t* m = r.bitmask.data<uint8_t>();
+  for (int64_t i = 0; i < out * kb; ++i)
+    if (std::popcount(unsigned(m[i] & 0xf)) != 2 ||
+        (i % kb * 8 + 4 < r.in && std::popcount(unsigned(m[i] >> 4)) != 2))
+      return false;
+  return true;
+}
+
 void FormatTraits<SparseBitmask>::save(const SparseBitmask& r, const std::string& name,
                                        TensorSink& sink, json& meta) {
   const int64_t out = r.bitmask.dim(0);
   const Linear& v = *r.values;
+  const Dense* dv = std::get_if<Dense>(&v.repr);
+  if (dv && sparse_is_2of4(r)) {
+    // compressed-tensors' Sparse24BitMaskTensor.dict: shape I64 [2, 1], compressed [N, K / 2]
+    // (the values as stored, no copy), bitmask; no row_offsets.
+    Tensor shape = Tensor::empty(DType::I64, {2, 1});
+    shape.data<int64_t>()[0] = out;
+    shape.data<int64_t>()[1] = r.in;
+    sink.put(name + ".shape", shape);
+    sink.put(name + ".compressed", dv->w);
+    sink.put(name + ".bitmask", r.bitmask);
+    meta["layout"] = "sparse-24-bitmask";
+    meta["values_dtype"] = float_format_name(dv->w.dtype());
+    return;
+  }
   Tensor shape = Tensor::empty(DType::I64, {2});
   shape.data<int64_t>()[0] = out;
   shape.data<int64_t>()[1] = r.in;
@@ -155,11 +180,40 @@ SparseBitmask FormatTraits<SparseBitmask>::load(const TensorSource& src, const s
                    shape.data<int64_t>()[0] == out && shape.data<int64_t>()[1] == in,
                "sparse '{}': shape tensor must be I64 {{{}, {}}}", name, out, in);
   r.bitmask = src.get(name + ".bitmask");
-  r.row_offsets = src.get(name + ".row_offsets");
   const int64_t kb = mask_bytes(in);
   MINFER_CHECK(r.bitmask.dtype() == DType::U8 && r.bitmask.numel() == out * kb,
                "sparse '{}': bitmask must be U8 [{}, {}], found {} {}", name, out, kb,
                dtype_name(r.bitmask.dtype()), r.bitmask.shape_str());
+  if (!src.has(name + ".row_offsets")) {
+    // compressed-tensors' sparse-24-bitmask: compressed [N, K / 2], every row keeps K / 2, two
+    // of every 4 inputs. A view of the file.
+    MINFER_CHECK(in % 4 == 0,
+                 "sparse '{}': a sparse-24-bitmask weight needs in % 4 == 0, found in = {}", name,
+                 in);
+    const Tensor c = src.get(name + ".compressed");
+    MINFER_CHECK(c.dtype() == DType::F32 || c.dtype() == DType::F16 || c.dtype() == DType::BF16,
+                 "sparse '{}': compressed values must be F32, F16 or BF16, found {}", name,
+                 dtype_name(c.dtype()));
+    MINFER_CHECK(c.numel() == out * (in / 2),
+                 "sparse '{}': sparse-24-bitmask compressed must be [{}, {}], found {}", name, out,
+                 in / 2, c.shape_str());
+    if (r.bitmask.ndim() != 2) r.bitmask = r.bitmask.view({out, kb});
+    const uint8_t* m = r.bitmask.data<uint8_t>();
+    for (int64_t n = 0; n < out; ++n)
+      for (int64_t g = 0; g < in / 4; ++g) {
+        const unsigned bits = (m[n * kb + g / 2] >> (4 * (g % 2))) & 0xf;
+        MINFER_CHECK(std::popcount(bits) == 2,
+                     "sparse '{}': sparse-24-bitmask row {} inputs {}..{} keep {} of 4, expected 2",
+                     name, n, 4 * g, 4 * g + 3, std::popcount(bits));
+      }
+    r.row_offsets = Tensor::empty(DType::I64, {out});
+    for (int64_t n = 0; n < out; ++n) r.row_offsets.data<int64_t>()[n] = n * (in / 2);
+    r.values = Box<Linear>(
+        make_linear(name + ".values", in / 2, out, Dense{c.view({out, in / 2}), false}));
+    check(r, in, out, name);
+    return r;
+  }
+  r.row_offsets = src.get(name + ".row_offsets");
   // Values per row: ours record it; a compressed-tensors checkpoint does not (the longest row).
   int64_t kv = 1;
   if (meta.is_object() && meta.contains("kv")) {

@@ -37,7 +37,8 @@ struct FormatTraits<SparseBitmask> {
                          float* w);
   // "sparse<pct>" (kept share, rounded) then "+<value format>", e.g. "sparse50+int8".
   static std::string format(const SparseBitmask& r, int64_t in);
-  // Dense values: compressed-tensors layout `<name>.compressed` (1-D, the values' dtype),
+  // 2:4 with dense values (sparse_is_2of4): compressed-tensors' sparse-24-bitmask layout, below.
+  // Other dense values: compressed-tensors layout `<name>.compressed` (1-D, the values' dtype),
   // `<name>.bitmask`, `<name>.shape` (I64 [2] = {N, K}), `<name>.row_offsets`. Quantized values:
   // the same mask tensors plus the child under `<name>.values` (meta "values").
   static void save(const SparseBitmask& r, const std::string& name, TensorSink& sink, json& meta);
@@ -54,6 +55,11 @@ struct FormatTraits<SparseBitmask> {
 // Dense F32 [out, Kv]; quantize the child afterwards for other value formats.
 SparseBitmask sparse_bitmask_from_dense(const float* w, int64_t in, int64_t out,
                                         const std::string& name);
+// True when every group of 4 inputs of every row keeps exactly 2 (K % 4 == 0, values [N, K / 2]):
+// such a weight with float values is saved in compressed-tensors' "sparse-24-bitmask" layout
+// (Sparse24BitMaskTensor: `<name>.shape` I64 [2, 1], `<name>.compressed` [N, K / 2],
+// `<name>.bitmask`; no row_offsets), and load reads that layout back as a view of the file.
+bool sparse_is_2of4(const SparseBitmask& r);
 // Fraction of weights that are zero (not kept) in a SparseBitmask of shape (in, out).
 double sparse_sparsity(const SparseBitmask& r, int64_t in, int64_t out);
 

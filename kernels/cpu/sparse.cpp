@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -15,6 +16,9 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI2__)
 #include <immintrin.h>
 #define MINFER_SPARSE_AVX512 1
+#if defined(__AVX512VNNI__)
+#define MINFER_SPARSE_VNNI 1
+#endif
 #endif
 
 namespace minfer {
@@ -166,6 +170,121 @@ void decode_i8(const SparseBitmask& w, const Vals& v, const float* x, int64_t ld
   }
 }
 
+#ifdef MINFER_SPARSE_VNNI
+// int8 values against x quantized to 16 bits per token row (the A16 path). Row t of x -> integer
+// codes q = round(x / d), d = max|x| / 32639 (|q| <= 32639), split into two signed bytes
+// q = 256 h + l (h = (q + 128) >> 8 in [-127, 127], l in [-128, 127]), each plane zero padded to
+// a multiple of 64 inputs. Per 64 inputs of a weight row the kept codes u (w = u - 128) are
+// expanded into their lanes with 128 (w = 0) in the pruned ones (one vpexpandb) and vpdpbusd
+// sums u * h and u * l. With Σh, Σl over the padded row:
+//   Σ_k w_k q_k = 256 (Σ u h - 128 Σh) + (Σ u l - 128 Σl),
+// an exact integer, so the result is float(that) * (s_n d_t): the only rounding besides that last
+// product is x's own, |x - d q| <= d / 2 = max|x| / 65278 per element (int8 activations cost
+// SmolLM2 +1.1 % perplexity, kernels/cpu/quant.h; these are 256x finer). Two vpdpbusd per 64
+// weights instead of a widening, a convert and four FMAs: the kernel stays under the memory time
+// of the 0.5 + 0.125 bytes per weight it reads at 50 %. int32 lanes take 4 products of
+// |.| <= 255 * 128 per 64 inputs; the sums leave int32 for int64 every kBlock64 chunks.
+constexpr int64_t kBlock64 = 512;
+
+struct XQ16 {
+  const int8_t* h = nullptr;  // [T, Kp] high bytes
+  const int8_t* l = nullptr;  // [T, Kp] low bytes
+  int64_t Kp = 0;
+  float d[4] = {0, 0, 0, 0};
+  int64_t sh[4] = {0, 0, 0, 0}, sl[4] = {0, 0, 0, 0};
+};
+
+// Quantizes T <= 4 rows of x into buf. A row holding an inf or NaN gets d = NaN (and zero codes),
+// so all its outputs are NaN, as W8A8 does (kernels/cpu/quant_act.h).
+void quantize_x16(const float* x, int64_t T, int64_t ldx, int64_t K, std::vector<int8_t>& buf,
+                  XQ16& out) {
+  const int64_t Kp = (K + 63) / 64 * 64;
+  if (buf.size() < size_t(2 * T * Kp)) buf.resize(size_t(2 * T * Kp));
+  out.h = buf.data();
+  out.l = buf.data() + T * Kp;
+  out.Kp = Kp;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* xr = x + t * ldx;
+    __m512 mx = _mm512_setzero_ps();
+    __mmask16 nan = 0;
+    for (int64_t k = 0; k < K; k += 16) {
+      const __mmask16 lm = K - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (K - k)) - 1);
+      const __m512 a = _mm512_maskz_loadu_ps(lm, xr + k);
+      nan |= _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
+      mx = _mm512_max_ps(mx, _mm512_abs_ps(a));
+    }
+    const float amax = _mm512_reduce_max_ps(mx);
+    const bool finite = !nan && std::isfinite(amax);
+    const float d = finite ? amax / 32639.f : NAN;
+    out.d[t] = d;
+    const __m512 inv = _mm512_set1_ps(finite && d > 0.f ? 1.f / d : 0.f);
+    const __m512i lim = _mm512_set1_epi32(32639), c128 = _mm512_set1_epi32(128);
+    __m512i sh = _mm512_setzero_si512(), sl = _mm512_setzero_si512();
+    int8_t* hp = buf.data() + t * Kp;
+    int8_t* lp = buf.data() + (T + t) * Kp;
+    for (int64_t k = 0; k < Kp; k += 16) {
+      const __mmask16 lm = K - k >= 16 ? __mmask16(0xffff)
+                           : K > k     ? __mmask16((1u << (K - k)) - 1)
+                                       : __mmask16(0);
+      __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(lm, xr + k), inv));
+      q = _mm512_max_epi32(_mm512_min_epi32(q, lim), _mm512_sub_epi32(_mm512_setzero_si512(), lim));
+      const __m512i h = _mm512_srai_epi32(_mm512_add_epi32(q, c128), 8);
+      const __m512i l = _mm512_sub_epi32(q, _mm512_slli_epi32(h, 8));
+      sh = _mm512_add_epi32(sh, h);
+      sl = _mm512_add_epi32(sl, l);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(hp + k), _mm512_cvtepi32_epi8(h));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(lp + k), _mm512_cvtepi32_epi8(l));
+    }
+    out.sh[t] = _mm512_reduce_add_epi32(sh);  // |Σ| <= 127 Kp, |Σl| <= 128 Kp: int32 for Kp < 2^24
+    out.sl[t] = _mm512_reduce_add_epi32(sl);
+  }
+}
+
+template <int TT>
+void decode_i8_a16(const SparseBitmask& w, const Vals& v, const XQ16& xq, float* y, int64_t ldy,
+                   int64_t K, int64_t n0, int64_t n1) {
+  const int64_t kb = w.bitmask.dim(1);
+  const uint8_t* m = w.bitmask.data<uint8_t>();
+  const __m512i fill = _mm512_set1_epi8(char(0x80));
+  const int64_t chunks = (K + 63) / 64, full = kb / 8;  // chunks whose 8 mask bytes are in the row
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* mrow = m + n * kb;
+    const uint8_t* cp = static_cast<const uint8_t*>(v.p) + n * v.ld;
+    int64_t H[TT], L[TT];
+    for (int t = 0; t < TT; ++t) H[t] = L[t] = 0;
+    for (int64_t c0 = 0; c0 < chunks; c0 += kBlock64) {
+      __m512i ah[TT], al[TT];
+      for (int t = 0; t < TT; ++t) ah[t] = al[t] = _mm512_setzero_si512();
+      const int64_t c1 = std::min(chunks, c0 + kBlock64);
+      for (int64_t c = c0; c < c1; ++c) {
+        uint64_t mk;
+        if (c < full)
+          std::memcpy(&mk, mrow + 8 * c, 8);
+        else
+          mk = mask_bits(mrow, 8 * c, kb, 8);
+        const int pc = std::popcount(mk);
+        const __m512i codes = _mm512_maskz_loadu_epi8(_bzhi_u64(~0ull, unsigned(pc)), cp);
+        cp += pc;
+        const __m512i e = _mm512_mask_expand_epi8(fill, __mmask64(mk), codes);
+        for (int t = 0; t < TT; ++t) {
+          ah[t] = _mm512_dpbusd_epi32(ah[t], e, _mm512_loadu_si512(xq.h + t * xq.Kp + 64 * c));
+          al[t] = _mm512_dpbusd_epi32(al[t], e, _mm512_loadu_si512(xq.l + t * xq.Kp + 64 * c));
+        }
+      }
+      for (int t = 0; t < TT; ++t) {
+        H[t] += _mm512_reduce_add_epi32(ah[t]);
+        L[t] += _mm512_reduce_add_epi32(al[t]);
+      }
+    }
+    const float s = v.scale(n);
+    for (int t = 0; t < TT; ++t) {
+      const int64_t S = 256 * (H[t] - 128 * xq.sh[t]) + (L[t] - 128 * xq.sl[t]);
+      y[t * ldy + n] = float(S) * (s * xq.d[t]);
+    }
+  }
+}
+#endif
+
 template <int TT>
 void decode_simd(const SparseBitmask& w, const Vals& v, const float* x, int64_t ldx, float* y,
                  int64_t ldy, int64_t K, int64_t n0, int64_t n1) {
@@ -264,6 +383,28 @@ void sparse_linear(const SparseBitmask& w, const float* x, int64_t T, int64_t ld
   const Vals v = vals_of(w);
   const int nt = omp_get_max_threads();
   if (T <= 4) {
+#ifdef MINFER_SPARSE_VNNI
+    if (v.kind == Vals::I8) {
+      static thread_local std::vector<int8_t> xbuf;
+      XQ16 xq;
+      quantize_x16(x, T, ldx, K, xbuf, xq);
+      {
+        parallel_for(N, K, int64_t(1) << 15, [&](int64_t n0, int64_t n1) {
+          switch (T) {
+            case 1:
+              return decode_i8_a16<1>(w, v, xq, y, ldy, K, n0, n1);
+            case 2:
+              return decode_i8_a16<2>(w, v, xq, y, ldy, K, n0, n1);
+            case 3:
+              return decode_i8_a16<3>(w, v, xq, y, ldy, K, n0, n1);
+            default:
+              return decode_i8_a16<4>(w, v, xq, y, ldy, K, n0, n1);
+          }
+        });
+        return;
+      }
+    }
+#endif
     // Contiguous blocks of rows on the thread pool; one thread below 64K weights.
     parallel_for(N, K, int64_t(1) << 15,
                  [&](int64_t n0, int64_t n1) { decode_rows(w, v, x, T, ldx, y, ldy, K, n0, n1); });
