@@ -11,10 +11,10 @@
 #include <random>
 #include <sstream>
 
+#include "compress/compress.h"
 #include "engine/model_folder.h"
 #include "engine/progress.h"
 #include "engine/safetensors.h"
-#include "compress/compress.h"
 #include "engine/sampler.h"
 #include "engine/weights.h"
 #include "models/loader.h"
@@ -259,7 +259,7 @@ DistillEval evaluate(TrainLlama& student, const std::vector<int32_t>& ids, int64
 }
 
 void save_student(TrainLlama& student, Model& teacher, const Tokenizer* tok,
-                   const DistillOptions& opt, const std::string& out, const json& log) {
+                  const DistillOptions& opt, const std::string& out, const json& log) {
   const ModelConfig& sc = student.config();
   const bool lora = opt.lora.rank > 0;
   if (!opt.qat.empty()) {
@@ -309,16 +309,15 @@ void save_student(TrainLlama& student, Model& teacher, const Tokenizer* tok,
                      {{"format", "pt"}});
     std::vector<std::string> modules;
     for (const std::string& t : opt.lora.targets) modules.push_back(t + "_proj");
-    write_json_file(tmp.path() / "adapter_config.json",
-                    json{{"peft_type", "LORA"},
-                         {"task_type", "CAUSAL_LM"},
-                         {"r", opt.lora.rank},
-                         {"lora_alpha", opt.lora.alpha},
-                         {"lora_dropout", 0.0},
-                         {"bias", "none"},
-                         {"fan_in_fan_out", false},
-                         {"target_modules", modules},
-                         {"base_model_name_or_path", "."}});
+    write_json_file(tmp.path() / "adapter_config.json", json{{"peft_type", "LORA"},
+                                                             {"task_type", "CAUSAL_LM"},
+                                                             {"r", opt.lora.rank},
+                                                             {"lora_alpha", opt.lora.alpha},
+                                                             {"lora_dropout", 0.0},
+                                                             {"bias", "none"},
+                                                             {"fan_in_fan_out", false},
+                                                             {"target_modules", modules},
+                                                             {"base_model_name_or_path", "."}});
   }
   if (tok)
     write_tokenizer_files(tmp.path(), *tok, sc, !tok->special_prefix().empty(),
@@ -351,8 +350,8 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
                  opt.generate, arch_name(tc.arch));
   const int64_t W = std::max<int64_t>(0, (int64_t(train_ids.size()) - 1) / opt.seq);
   MINFER_CHECK(W >= 1 || (train_ids.empty() && opt.generate > 0),
-               "{}: {} tokens, shorter than one training sequence (--seq {} needs {})",
-               data_desc, train_ids.size(), opt.seq, opt.seq + 1);
+               "{}: {} tokens, shorter than one training sequence (--seq {} needs {})", data_desc,
+               train_ids.size(), opt.seq, opt.seq + 1);
   if (!out.empty())
     MINFER_CHECK(opt.force || !fs::exists(out), "{} already exists (pass --force to replace it)",
                  out);
@@ -369,8 +368,7 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
   const int64_t B = opt.batch, L = opt.seq, N = B * L, V = tc.vocab_size;
   // The training windows: W windows of the text (window w starts at w * L), then one per
   // sequence the teacher samples (--generate), each L + 1 tokens of its own.
-  std::vector<int32_t> stream(train_ids.begin(),
-                              train_ids.begin() + (W > 0 ? W * L + 1 : 0));
+  std::vector<int32_t> stream(train_ids.begin(), train_ids.begin() + (W > 0 ? W * L + 1 : 0));
   std::vector<int64_t> starts;
   for (int64_t w = 0; w < W; ++w) starts.push_back(w * L);
   if (opt.generate > 0) {  // deterministic (seeded): a resumed run samples the same
@@ -388,10 +386,27 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
   state.extra = options_json(opt);
   if (!opt.resume.empty()) {
     state = load_checkpoint(opt.resume, *student);
-    for (const char* k :
-         {"alpha", "temperature", "kl", "steps", "batch", "accum", "seq", "lr", "warmup",
-          "min_lr_ratio", "weight_decay", "clip", "seed", "qat", "lora_rank", "lora_alpha",
-          "lora_targets", "generate", "gen_temperature", "gen_top_k", "gen_seed"})
+    for (const char* k : {"alpha",
+                          "temperature",
+                          "kl",
+                          "steps",
+                          "batch",
+                          "accum",
+                          "seq",
+                          "lr",
+                          "warmup",
+                          "min_lr_ratio",
+                          "weight_decay",
+                          "clip",
+                          "seed",
+                          "qat",
+                          "lora_rank",
+                          "lora_alpha",
+                          "lora_targets",
+                          "generate",
+                          "gen_temperature",
+                          "gen_top_k",
+                          "gen_seed"})
       MINFER_CHECK(!state.extra.contains(k) || state.extra[k] == options_json(opt)[k],
                    "--resume {}: the checkpoint was made with {} = {}, this run has {} (a resumed "
                    "run must repeat the options to continue the same run)",

@@ -2,13 +2,13 @@
 // ops). Mirrors models/llama.cpp op for op, in f32 on host arrays.
 #include "train/llama_train.h"
 
+#include <cblas.h>
+
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <random>
-
-#include <cblas.h>
-#include <cmath>
 
 #include "engine/linear.h"
 #include "engine/weights.h"
@@ -27,7 +27,8 @@ TrainLlama::TrainLlama(const ModelConfig& c, const TrainMods& mods) : cfg_(c), m
                "student config: {} heads is not a multiple of {} kv heads", c.n_heads,
                c.n_kv_heads);
   const bool lora = mods.lora.rank != 0;
-  if (lora && mods.qat) throw NotImplemented("QAT together with LoRA (use one of --qat, --lora-rank)");
+  if (lora && mods.qat)
+    throw NotImplemented("QAT together with LoRA (use one of --qat, --lora-rank)");
   MINFER_CHECK(mods.lora.rank >= 0, "--lora-rank {} must be >= 1", mods.lora.rank);
   if (lora) {
     MINFER_CHECK(std::isfinite(mods.lora.alpha) && mods.lora.alpha > 0.f,
@@ -55,10 +56,10 @@ TrainLlama::TrainLlama(const ModelConfig& c, const TrainMods& mods) : cfg_(c), m
     if (mods.qat) {
       const QatLayout lay = qat_layout(*mods.qat, O, I, name);
       if (mods.qat->lsq)
-        params_.add(name + "_scale",
-                    lay.per_tensor ? std::vector<int64_t>{1}
-                                   : std::vector<int64_t>{lay.rows, lay.groups},
-                    false);
+        params_.add(
+            name + "_scale",
+            lay.per_tensor ? std::vector<int64_t>{1} : std::vector<int64_t>{lay.rows, lay.groups},
+            false);
       QatState& q = qat_[name];
       q.lay = lay, q.O = O, q.I = I;
     }
@@ -294,8 +295,8 @@ void TrainLlama::lin_fwd(const std::string& name, float* out, const float* inp, 
                mods_.lora.scaling(), N, I, O, r);
 }
 
-void TrainLlama::lin_bwd(const std::string& name, float* dinp, const float* dout,
-                         const float* inp, int64_t N, int64_t I, int64_t O) {
+void TrainLlama::lin_bwd(const std::string& name, float* dinp, const float* dout, const float* inp,
+                         int64_t N, int64_t I, int64_t O) {
   if (!qat_.empty()) {
     QatState& q = qat_.at(name);
     dwq_.assign(size_t(O * I), 0.f);
@@ -317,8 +318,8 @@ void TrainLlama::lin_bwd(const std::string& name, float* dinp, const float* dout
   const int64_t r = mods_.lora.rank;
   lh_.resize(size_t(N * r));
   ldh_.resize(size_t(N * r));
-  lora_backward(dinp, G(mod + ".lora_A.weight"), G(mod + ".lora_B.weight"), lh_.data(),
-                ldh_.data(), dout, inp, W(mod + ".lora_A.weight"), W(mod + ".lora_B.weight"),
+  lora_backward(dinp, G(mod + ".lora_A.weight"), G(mod + ".lora_B.weight"), lh_.data(), ldh_.data(),
+                dout, inp, W(mod + ".lora_A.weight"), W(mod + ".lora_B.weight"),
                 mods_.lora.scaling(), N, I, O, r);
 }
 
@@ -358,8 +359,8 @@ const float* TrainLlama::forward(const int32_t* ids, int64_t B, int64_t T) {
   for (int64_t l = 0; l < c.n_layers; ++l)
     layer_forward(l, acts_[ckpt_ ? 0 : size_t(l)], resid_[size_t(l)].data(),
                   resid_[size_t(l + 1)].data());
-  rmsnorm_forward(lnf_.data(), lnf_rstd_.data(), resid_.back().data(), W("model.norm.weight"), N,
-                  C, c.norm_eps);
+  rmsnorm_forward(lnf_.data(), lnf_rstd_.data(), resid_.back().data(), W("model.norm.weight"), N, C,
+                  c.norm_eps);
   linear_forward(logits_.data(), lnf_.data(), head_w(), nullptr, N, C, V);
   return logits_.data();
 }
@@ -379,8 +380,8 @@ void TrainLlama::layer_backward(int64_t l, LayerActs& a, const float* x) {
   lin_bwd(p + "mlp.gate_proj.weight", dln_.data(), dgate_.data(), a.ln2.data(), N, C, F);
   lin_bwd(p + "mlp.up_proj.weight", dln_.data(), dup_.data(), a.ln2.data(), N, C, F);
   rmsnorm_backward(dres_.data(), G(p + "post_attention_layernorm.weight"), dln_.data(),
-                   a.res_mid.data(), W(p + "post_attention_layernorm.weight"), a.ln2_rstd.data(),
-                   N, C);
+                   a.res_mid.data(), W(p + "post_attention_layernorm.weight"), a.ln2_rstd.data(), N,
+                   C);
   // Attention: res_mid = x + o(attention(rope(q(ln1)), rope(k(ln1)), v(ln1)))
   zero(datt_);
   lin_bwd(p + "self_attn.o_proj.weight", datt_.data(), dres_.data(), a.atty.data(), N, qd, C);
@@ -471,8 +472,8 @@ std::vector<std::pair<std::string, Tensor>> TrainLlama::full_weights(bool merge_
   for (int64_t l = 0; l < cfg_.n_layers; ++l) {
     const std::string p = lp(l);
     add(p + "input_layernorm.weight");
-    for (const char* m : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                          "self_attn.o_proj"})
+    for (const char* m :
+         {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"})
       add(p + m + ".weight");
     add(p + "post_attention_layernorm.weight");
     for (const char* m : {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}) add(p + m + ".weight");

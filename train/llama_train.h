@@ -110,28 +110,28 @@ class TrainLlama {
   // One block projection (weight `name`, [O, I]) forward / backward, through QAT or LoRA.
   void lin_fwd(const std::string& name, float* out, const float* inp, int64_t N, int64_t I,
                int64_t O);
-  void lin_bwd(const std::string& name, float* dinp, const float* dout, const float* inp,
-               int64_t N, int64_t I, int64_t O);
+  void lin_bwd(const std::string& name, float* dinp, const float* dout, const float* inp, int64_t N,
+               int64_t I, int64_t O);
   bool is_lora_target(const std::string& weight_name) const;
-  void after_load();       // LSQ scales from the weights, LoRA A init
-  void refresh_qat();      // fake-quantized weights of this step
+  void after_load();                               // LSQ scales from the weights, LoRA A init
+  void refresh_qat();                              // fake-quantized weights of this step
   Tensor base_f32(const std::string& name) const;  // LoRA base weight [O, I] in f32
   std::vector<std::string> block_linears() const;  // weight names of every block projection
 
   struct QatState {
     QatLayout lay;
     int64_t O = 0, I = 0;
-    std::vector<float> wq;     // [O, I] fake-quantized weight
-    std::vector<float> stat;   // statistic scales (without LSQ)
+    std::vector<float> wq;    // [O, I] fake-quantized weight
+    std::vector<float> stat;  // statistic scales (without LSQ)
   };
 
   ModelConfig cfg_;
   TrainMods mods_;
   ParamStore params_;
-  ParamStore frozen_;                     // LoRA: the frozen base (no gradient in use)
+  ParamStore frozen_;                    // LoRA: the frozen base (no gradient in use)
   std::map<std::string, Linear> base_;   // LoRA: targeted base weights in their own format
   std::map<std::string, QatState> qat_;  // QAT: per block projection
-  std::vector<float> dwq_, lh_, ldh_;     // scratch: QAT dŴ, LoRA h and dh
+  std::vector<float> dwq_, lh_, ldh_;    // scratch: QAT dŴ, LoRA h and dh
   bool ckpt_ = false;
   int64_t B_ = 0, T_ = 0, cap_ = 0;
   std::vector<int32_t> ids_;               // [N]

@@ -13,8 +13,8 @@
 namespace minfer::train {
 
 struct LoraSpec {
-  int64_t rank = 0;   // r (0: no LoRA)
-  float alpha = 16;   // scaling α / r
+  int64_t rank = 0;                            // r (0: no LoRA)
+  float alpha = 16;                            // scaling α / r
   std::vector<std::string> targets{"q", "v"};  // q k v o gate up down
   bool merge = false;  // export: merge into the base (f32) instead of keeping adapters beside it
   float scaling() const { return alpha / float(rank); }

@@ -111,7 +111,7 @@ void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, c
     for (int64_t c = 0; c < C; ++c) dx[n * C + c] += float(r * w[c] * g[c] - k * xr[c]);
   }
   if (!dw) return;  // a frozen norm weight
-  // dw: a reduction over rows, kept sequential per column so results are run-to-run identical.
+    // dw: a reduction over rows, kept sequential per column so results are run-to-run identical.
 #pragma omp parallel for if (worth_threads(N * C))
   for (int64_t c = 0; c < C; ++c) {
     double s = 0;
