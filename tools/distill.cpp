@@ -77,15 +77,19 @@ int main(int argc, char** argv) {
                  "int8-gG | int4[-gG] (default group 128) | ternary (BitNet b1.58 absmean); the "
                  "output is a compressed folder in that format");
   app.add_flag("--lsq", o.qat_lsq, "with --qat: learned step sizes (LSQ, arXiv 1902.08153)");
-  app.add_option("--lora-rank", o.lora.rank,
-                 "LoRA rank r (arXiv 2106.09685): train adapters over the frozen student base, "
-                 "in any format (NF4: QLoRA)");
-  app.add_option("--lora-alpha", o.lora.alpha, "LoRA alpha (update scaled by alpha / r)");
-  app.add_option("--lora-targets", lora_targets,
-                 "comma-separated projections to adapt: q,k,v,o,gate,up,down (default q,v)");
-  app.add_flag("--lora-merge", o.lora.merge,
-               "write one f32 model with the adapters merged (default: the base in f32 plus "
-               "adapter_model.safetensors + adapter_config.json, merged when a tool loads it)");
+  CLI::Option* lora_rank =
+      app.add_option("--lora-rank", o.lora.rank,
+                     "LoRA rank r (arXiv 2106.09685): train adapters over the frozen student base, "
+                     "in any format (NF4: QLoRA)");
+  CLI::Option* lora_alpha =
+      app.add_option("--lora-alpha", o.lora.alpha, "LoRA alpha (update scaled by alpha / r)");
+  CLI::Option* lora_tg =
+      app.add_option("--lora-targets", lora_targets,
+                     "comma-separated projections to adapt: q,k,v,o,gate,up,down (default q,v)");
+  CLI::Option* lora_merge =
+      app.add_flag("--lora-merge", o.lora.merge,
+                   "write one f32 model with the adapters merged (default: the base in f32 plus "
+                   "adapter_model.safetensors + adapter_config.json, merged when a tool loads it)");
   app.add_option("--generate", o.generate,
                  "the teacher samples N sequences of --seq + 1 tokens from BOS as extra training "
                  "data (data-free distillation, LLM-QAT)")
@@ -96,6 +100,12 @@ int main(int argc, char** argv) {
   app.add_flag("--quiet,-q", quiet, "no progress bar");
   return tool::run(app, argc, argv, [&] {
     o.loss.reverse = kl == "reverse";
+    if (lora_rank->count() > 0)
+      MINFER_CHECK(o.lora.rank >= 1, "--lora-rank {} must be >= 1 (the rank of the adapters)",
+                   o.lora.rank);
+    for (CLI::Option* opt : {lora_alpha, lora_tg, lora_merge})
+      MINFER_CHECK(opt->count() == 0 || lora_rank->count() > 0, "{} needs --lora-rank",
+                   opt->get_name());
     if (!lora_targets.empty()) o.lora.targets = train::parse_lora_targets(lora_targets);
     MINFER_CHECK(!data.empty() || o.generate > 0,
                  "--data: no training text (give --data FILE... or --generate N)");
