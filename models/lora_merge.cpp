@@ -4,7 +4,9 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
+#include "engine/json_text.h"
 #include "engine/linear.h"
 #include "engine/safetensors.h"
 
@@ -19,28 +21,35 @@ bool has_lora_adapters(const std::string& dir) {
 int merge_lora_adapters(Model& m, const std::string& dir) {
   const fs::path cp = fs::path(dir) / "adapter_config.json";
   const fs::path wp = fs::path(dir) / "adapter_model.safetensors";
-  std::ifstream in(cp);
+  std::ifstream in(cp, std::ios::binary);
   MINFER_CHECK(in.good(), "{}: cannot read", cp.string());
-  nlohmann::json cfg = nlohmann::json::parse(in, nullptr, false);
-  MINFER_CHECK(cfg.is_object(), "{}: malformed JSON", cp.string());
-  MINFER_CHECK(cfg.value("peft_type", std::string("LORA")) == "LORA",
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const nlohmann::json cfg = parse_json_text(ss.str(), cp.string());
+  MINFER_CHECK(cfg.is_object(), "{}: expected a JSON object", cp.string());
+  auto str = [&](const char* k, const char* dflt) {
+    if (!cfg.contains(k)) return std::string(dflt);
+    MINFER_CHECK(cfg[k].is_string(), "{}: '{}' must be a string", cp.string(), k);
+    return cfg[k].get<std::string>();
+  };
+  MINFER_CHECK(str("peft_type", "LORA") == "LORA",
                "{}: peft_type '{}', only LORA adapters are merged", cp.string(),
-               cfg.value("peft_type", std::string()));
+               str("peft_type", "LORA"));
   for (const char* k : {"use_rslora", "use_dora"})
     if (cfg.contains(k) && cfg[k].is_boolean() && cfg[k].get<bool>())
       throw NotImplemented(fmt::format("{}: {} adapters", cp.string(), k));
-  MINFER_CHECK(cfg.value("bias", std::string("none")) == "none",
-               "{}: bias '{}' (not implemented: only bias 'none')", cp.string(),
-               cfg.value("bias", std::string()));
+  MINFER_CHECK(str("bias", "none") == "none", "{}: bias '{}' (not implemented: only bias 'none')",
+               cp.string(), str("bias", "none"));
   for (const char* k : {"rank_pattern", "alpha_pattern"})
     if (cfg.contains(k) && cfg[k].is_object() && !cfg[k].empty())
       throw NotImplemented(fmt::format("{}: per-module {}", cp.string(), k));
-  MINFER_CHECK(cfg.contains("r") && cfg["r"].is_number_integer() && cfg["r"].get<int64_t>() > 0,
+  int64_t r = 0;
+  float alpha = 0.f;
+  MINFER_CHECK(cfg.contains("r") && json_get(cfg["r"], &r) && r > 0,
                "{}: 'r' must be a positive integer", cp.string());
-  const int64_t r = cfg["r"].get<int64_t>();
-  MINFER_CHECK(cfg.contains("lora_alpha") && cfg["lora_alpha"].is_number(),
-               "{}: 'lora_alpha' must be a number", cp.string());
-  const float scale = cfg["lora_alpha"].get<float>() / float(r);
+  MINFER_CHECK(cfg.contains("lora_alpha") && json_get(cfg["lora_alpha"], &alpha),
+               "{}: 'lora_alpha' must be a finite number", cp.string());
+  const float scale = alpha / float(r);
   MINFER_CHECK(fs::exists(wp), "{}: adapter_config.json without adapter_model.safetensors", dir);
   auto f = SafetensorsFile::open(wp.string());
   std::map<std::string, Linear*> lin;

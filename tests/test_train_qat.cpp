@@ -248,6 +248,20 @@ TEST_CASE("train lora: zero-init B keeps the base, merged and kept adapters give
   CHECK(fs::exists(tmp.path / "kept/adapter_model.safetensors"));
   CHECK(fs::exists(tmp.path / "kept/adapter_config.json"));
   CHECK(logits_diff(tmp / "kept", *be, *st, one) <= 1e-4 * std::max(1.0, mx));
+  // A broken adapter config is an error naming the file, not a silently unadapted model.
+  {
+    std::ofstream f(tmp.path / "kept/adapter_config.json");
+    f << R"({"peft_type": "LORA", "r": 0, "lora_alpha": 8})";
+  }
+  CHECK(test::error_of([&] {
+          open_model(tmp / "kept", *be, false);
+        }).find("adapter_config.json: 'r' must be a positive integer") != std::string::npos);
+  {
+    std::ofstream f(tmp.path / "kept/adapter_config.json");
+    f << R"({"peft_type": "LORA", "r": 3, "lora_alpha": 8})";
+  }
+  CHECK(test::error_of([&] { open_model(tmp / "kept", *be, false); }).find("(r = 3)") !=
+        std::string::npos);
 }
 
 TEST_CASE("train lora: QLoRA keeps an NF4 base in NF4 and trains through it") {
