@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -11,7 +12,9 @@
 
 #include "compress/compress.h"
 #include "engine/backend.h"
+#include "engine/config.h"
 #include "engine/safetensors.h"
+#include "engine/weights.h"
 #include "models/loader.h"
 #include "tests/test_util.h"
 #include "train/distill.h"
@@ -371,4 +374,56 @@ TEST_CASE("train qat/lora: bad input gets a clear error and writes nothing") {
       test::error_of([&] { distill(*bert.model, nullptr, ids, "ids", {}, g, tmp / "out"); });
   CHECK_MESSAGE(e.find("--generate 2: the teacher is an encoder") != std::string::npos, e);
   CHECK_FALSE(fs::exists(tmp.path / "out"));
+}
+
+TEST_CASE("train qat/lora: whole-model gradients of the tiny LLaMA equal PyTorch autograd") {
+  const ModelConfig cfg = load_config(std::string(kLlama) + "/config.json");
+  auto ref = SafetensorsFile::open("tests/fixtures/train/qat_lora_model.safetensors");
+  auto data = SafetensorsFile::open("tests/fixtures/train/llama_grads.safetensors");
+  const Tensor& ids_t = data->get("ids");
+  const int64_t B = ids_t.dim(0), T = ids_t.dim(1), N = B * T, V = cfg.vocab_size;
+  const std::vector<int32_t> ids(ids_t.data<int32_t>(), ids_t.data<int32_t>() + N);
+  const Tensor& tg_t = data->get("targets");
+  const std::vector<int32_t> targets(tg_t.data<int32_t>(), tg_t.data<int32_t>() + N);
+  for (const char* kind : {"lora", "qat"}) {
+    const std::string k = kind;
+    CAPTURE(k);
+    TrainMods mods;
+    if (k == "lora") {
+      mods.lora.rank = 2;
+      mods.lora.alpha = 4;
+      mods.lora.targets = {"q", "k", "v", "o", "gate", "up", "down"};
+    } else {
+      mods.qat = parse_qat("int4-g32");
+      mods.qat->lsq = true;
+    }
+    TrainLlama m(cfg, mods);
+    m.load(SafetensorsSource(WeightStore::open(kLlama)));
+    // The reference's adapters / scales.
+    m.params().walk([&](const ParamTensor& p, float* w, float*, float*, float*) {
+      const std::string n = k + "." + p.name;
+      if (ref->has(n)) std::memcpy(w, ref->get(n).data<float>(), p.numel * sizeof(float));
+    });
+    m.params().zero_grad();
+    const float* logits = m.forward(ids.data(), B, T);
+    std::vector<float> dl(size_t(N * V), 0.f);
+    const LossParts lp =
+        distill_loss(logits, nullptr, targets.data(), N, V, {0.f, 1.f, false}, dl.data());
+    CHECK(lp.total == doctest::Approx(ref->get(k + ".loss").data<float>()[0]).epsilon(1e-5));
+    m.backward(dl.data());
+    size_t checked = 0;
+    double worst = 0;
+    for (const ParamTensor& p : m.params().table()) {
+      const std::string n = "g." + k + "." + p.name;
+      if (!ref->has(n)) continue;
+      CAPTURE(p.name);
+      const double e = rel_err(m.params().grads().data() + p.offset, ref->get(n));
+      worst = std::max(worst, e);
+      CHECK(e <= 1e-4);
+      ++checked;
+    }
+    // LoRA: 2 adapters x 7 projections x 2 layers; QAT: weight + scale x 7 x 2.
+    CHECK(checked == 28);
+    MESSAGE(k << ": worst relative gradient error " << worst);
+  }
 }
