@@ -8,6 +8,7 @@
 #include <ranges>
 
 #include "engine/gguf_source.h"
+#include "models/lora_merge.h"
 
 namespace minfer {
 
@@ -44,6 +45,15 @@ LoadedModel open_model(const std::string& path, Backend& be, bool with_tokenizer
                  "file)",
                  lm.path);
     lm.model = load_model(lm.path, be);
+    // LoRA adapters saved beside the base (distill --lora-rank without --lora-merge).
+    if (has_lora_adapters(lm.path)) {
+      MINFER_CHECK(be.name() == "cpu",
+                   "{}: LoRA adapters are merged at load on the CPU backend only (backend '{}'); "
+                   "write the model with distill --lora-merge to run it elsewhere",
+                   lm.path, be.name());
+      const int n = merge_lora_adapters(*lm.model, lm.path);
+      lm.weights_summary = fmt::format("LoRA: {} adapted projections merged at load", n);
+    }
     if (with_tokenizer) {
       const fs::path tj = fs::path(lm.path) / "tokenizer.json";
       MINFER_CHECK(fs::exists(tj),

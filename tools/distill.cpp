@@ -49,7 +49,7 @@ int main(int argc, char** argv) {
       "(1-alpha)*CE(next token).",
       "distill"};
   train::DistillOptions o;
-  std::string teacher, out, kl = "forward", eval_data;
+  std::string teacher, out, kl = "forward", eval_data, lora_targets;
   std::vector<std::string> data;
   int threads = 0;
   bool quiet = false;
@@ -62,8 +62,7 @@ int main(int argc, char** argv) {
       ->required();
   app.add_option("--data", data,
                  "training text file(s), e.g. ../shared/data/wikitext-2-raw/"
-                 "wiki.valid.raw")
-      ->required();
+                 "wiki.valid.raw (optional with --generate)");
   app.add_option("--out", out, "output model folder (written at the end, through a temp folder)")
       ->required();
   app.add_option("--alpha", o.loss.alpha, "weight of the KD term in [0, 1] (0 = CE only)");
@@ -104,6 +103,32 @@ int main(int argc, char** argv) {
   app.add_flag("--grad-checkpoint", o.grad_checkpoint,
                "gradient checkpointing: keep only each layer's input, recompute in backward");
   app.add_flag("--force", o.force, "replace an existing --out folder");
+  // QAT, LoRA / QLoRA, data-free distillation (docs/training.md).
+  app.add_option("--qat", o.qat,
+                 "quantization-aware training of every block projection: int8 (per row) | "
+                 "int8-gG | int4[-gG] (default group 128) | ternary (BitNet b1.58 absmean); the "
+                 "output is a compressed folder in that format");
+  app.add_flag("--lsq", o.qat_lsq, "with --qat: learned step sizes (LSQ, arXiv 1902.08153)");
+  CLI::Option* lora_rank =
+      app.add_option("--lora-rank", o.lora.rank,
+                     "LoRA rank r (arXiv 2106.09685): train adapters over the frozen student base, "
+                     "in any format (NF4: QLoRA)");
+  CLI::Option* lora_alpha =
+      app.add_option("--lora-alpha", o.lora.alpha, "LoRA alpha (update scaled by alpha / r)");
+  CLI::Option* lora_tg =
+      app.add_option("--lora-targets", lora_targets,
+                     "comma-separated projections to adapt: q,k,v,o,gate,up,down (default q,v)");
+  CLI::Option* lora_merge =
+      app.add_flag("--lora-merge", o.lora.merge,
+                   "write one f32 model with the adapters merged (default: the base in f32 plus "
+                   "adapter_model.safetensors + adapter_config.json, merged when a tool loads it)");
+  app.add_option("--generate", o.generate,
+                 "the teacher samples N sequences of --seq + 1 tokens from BOS as extra training "
+                 "data (data-free distillation, LLM-QAT)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--gen-temp", o.gen_temperature, "sampling temperature of --generate");
+  app.add_option("--gen-top-k", o.gen_top_k, "top-k of --generate (0: all tokens)");
+  app.add_option("--gen-seed", o.gen_seed, "sampling seed of --generate");
   app.add_flag("--quiet,-q", quiet, "no progress bar");
 #if MINFER_MPI
   train::MpiComm mpi(&argc, &argv);
@@ -124,6 +149,15 @@ int main(int argc, char** argv) {
                    "(libopenmpi-dev), or run one process",
                    launcher_ranks());
       o.loss.reverse = kl == "reverse";
+      if (lora_rank->count() > 0)
+        MINFER_CHECK(o.lora.rank >= 1, "--lora-rank {} must be >= 1 (the rank of the adapters)",
+                     o.lora.rank);
+      for (CLI::Option* opt : {lora_alpha, lora_tg, lora_merge})
+        MINFER_CHECK(opt->count() == 0 || lora_rank->count() > 0, "{} needs --lora-rank",
+                     opt->get_name());
+      if (!lora_targets.empty()) o.lora.targets = train::parse_lora_targets(lora_targets);
+      MINFER_CHECK(!data.empty() || o.generate > 0,
+                   "--data: no training text (give --data FILE... or --generate N)");
       if (!printer) quiet = true;
       o.progress = !quiet;
       MINFER_CHECK(o.loss.alpha >= 0.f && o.loss.alpha <= 1.f, "--alpha {} outside [0, 1]",
@@ -139,10 +173,12 @@ int main(int argc, char** argv) {
           if (std::filesystem::exists(p)) eval_data = p;
       auto be = make_backend("cpu", threads);
       LoadedModel t = open_named_model(teacher, *be);
-      const std::vector<int32_t> ids = train::tokenize_files(*t.tokenizer, data);
+      const std::vector<int32_t> ids =
+          data.empty() ? std::vector<int32_t>{} : train::tokenize_files(*t.tokenizer, data);
       std::vector<int32_t> eval;
       if (!eval_data.empty()) eval = train::tokenize_files(*t.tokenizer, {eval_data});
       std::string desc = data.size() == 1 ? data[0] : fmt::format("{} data files", data.size());
+      if (data.empty()) desc = "no data files (--generate only)";
       const double t0 = tool::now_s();
       train::DistillResult r = train::distill(*t.model, t.tokenizer.get(), ids, desc, eval, o, out);
       const double el = tool::now_s() - t0;
@@ -178,6 +214,9 @@ int main(int argc, char** argv) {
       for (const train::DistillEval& e : r.evals)
         std::printf("eval step %lld: ppl %.3f over %lld tokens of %s\n", (long long)e.step, e.ppl,
                     (long long)e.tokens, eval_data.c_str());
+      if (o.lora.rank > 0 || !o.qat.empty())
+        std::printf("trainable parameters: %lld\n",
+                    (long long)r.log.value("trainable_params", int64_t(0)));
       std::printf("wrote %s (student activations %.1f MB%s, peak RSS %.0f MB)\n", out.c_str(),
                   double(r.activation_bytes) / 1048576.0,
                   o.grad_checkpoint ? " with gradient checkpointing" : "", tool::peak_rss_mb());

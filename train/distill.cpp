@@ -19,7 +19,9 @@
 #include "engine/model_folder.h"
 #include "engine/progress.h"
 #include "engine/safetensors.h"
+#include "engine/sampler.h"
 #include "engine/weights.h"
+#include "models/loader.h"
 #include "train/checkpoint.h"
 #include "train/ops.h"
 
@@ -98,7 +100,34 @@ json options_json(const DistillOptions& o) {
               {"min_lr_ratio", o.min_lr_ratio},
               {"weight_decay", o.adamw.weight_decay},
               {"clip", o.clip},
-              {"seed", o.seed}};
+              {"seed", o.seed},
+              {"qat", o.qat.empty() ? "" : qat_name([&] {
+                 QatSpec q = parse_qat(o.qat);
+                 q.lsq = o.qat_lsq;
+                 return q;
+               }())},
+              {"lora_rank", o.lora.rank},
+              {"lora_alpha", o.lora.alpha},
+              {"lora_targets", o.lora.targets},
+              {"lora_merge", o.lora.merge},
+              {"generate", o.generate},
+              {"gen_temperature", o.gen_temperature},
+              {"gen_top_k", o.gen_top_k},
+              {"gen_seed", o.gen_seed}};
+}
+
+// What the student's block projections train as (--qat, --lora-*).
+TrainMods mods_of(const DistillOptions& o) {
+  TrainMods m;
+  if (!o.qat.empty()) {
+    m.qat = parse_qat(o.qat);
+    m.qat->lsq = o.qat_lsq;
+  } else {
+    MINFER_CHECK(!o.qat_lsq, "--lsq needs --qat (the format whose scales it learns)");
+  }
+  m.lora = o.lora;
+  m.seed = o.seed;
+  return m;
 }
 
 }  // namespace
@@ -173,7 +202,7 @@ std::unique_ptr<TrainLlama> make_student(const DistillOptions& opt, Model& teach
     ModelConfig sc = tc;
     sc.n_layers = int64_t(layers.size());
     sc.source_json.clear();
-    st = std::make_unique<TrainLlama>(sc);
+    st = std::make_unique<TrainLlama>(sc, mods_of(opt));
     st->load_from_model(teacher, layers);
     return st;
   }
@@ -189,13 +218,51 @@ std::unique_ptr<TrainLlama> make_student(const DistillOptions& opt, Model& teach
                "distillation compares the two distributions token by token, so both need the "
                "same tokenizer",
                sc.vocab_size, cfg_path.string(), tc.vocab_size);
-  st = std::make_unique<TrainLlama>(sc);
+  st = std::make_unique<TrainLlama>(sc, mods_of(opt));
   if (fs::is_directory(p) &&
       (fs::exists(p / "model.safetensors") || fs::exists(p / "model.safetensors.index.json")))
     st->load(SafetensorsSource(WeightStore::open(p.string())));
   else
     st->init_random(opt.seed);
   return st;
+}
+
+std::vector<std::vector<int32_t>> generate_sequences(Model& teacher, int32_t bos, int64_t n,
+                                                     int64_t len, float temperature, int top_k,
+                                                     uint64_t seed, bool progress) {
+  const ModelConfig& tc = teacher.config();
+  MINFER_CHECK(tc.causal(), "--generate: the teacher is an encoder ({}): it cannot sample text",
+               arch_name(tc.arch));
+  if (bos < 0) bos = int32_t(tc.bos_id);
+  MINFER_CHECK(bos >= 0 && bos < tc.vocab_size,
+               "--generate: the teacher's tokenizer has no BOS token to start the samples from");
+  MINFER_CHECK(len >= 2 && (tc.max_pos <= 0 || len <= tc.max_pos),
+               "--generate: sequences of {} tokens (the teacher has {} positions)", len,
+               tc.max_pos);
+  SamplerParams sp;
+  sp.temp = temperature;
+  sp.top_k = top_k;
+  sp.top_p = 1.f;
+  sp.seed = seed;
+  Sampler sampler(sp);
+  RunState st = teacher.new_state(len, 1, 1);
+  const int64_t V = tc.vocab_size;
+  std::vector<float> logits(static_cast<size_t>(V));
+  std::vector<std::vector<int32_t>> out;
+  Progress bar("generate", n, progress);
+  for (int64_t i = 0; i < n; ++i) {
+    st.reset();
+    std::vector<int32_t> seq{bos};
+    while (int64_t(seq.size()) < len) {
+      Tensor lg = teacher.forward(st, &seq.back(), 1, false);
+      teacher.backend().to_host(lg, logits.data());
+      seq.push_back(sampler.sample(logits.data(), V, int64_t(seq.size())));
+    }
+    out.push_back(std::move(seq));
+    bar.update(i + 1, fmt::format("{} tokens each", len));
+  }
+  bar.finish();
+  return out;
 }
 
 std::vector<int32_t> tokenize_files(const Tokenizer& tok, const std::vector<std::string>& files) {
@@ -239,6 +306,74 @@ DistillEval evaluate(TrainLlama& student, const std::vector<int32_t>& ids, int64
   return e;
 }
 
+void save_student(TrainLlama& student, Model& teacher, const Tokenizer* tok,
+                  const DistillOptions& opt, const std::string& out, const json& log) {
+  const ModelConfig& sc = student.config();
+  const bool lora = opt.lora.rank > 0;
+  if (!opt.qat.empty()) {
+    // The latent f32 weights as a plain folder, opened as a Model, its block projections replaced
+    // by the exported Quantized ones, saved as a compressed folder.
+    const std::string f32_dir = out + ".qat-f32.tmp";
+    {
+      StagingDir tmp(f32_dir, /*force=*/true);
+      write_json_file(tmp.path() / "config.json", llama_config_json(sc, "float32"));
+      save_safetensors((tmp.path() / "model.safetensors").string(), student.named_weights(),
+                       {{"format", "pt"}});
+      tmp.commit();
+    }
+    try {
+      LoadedModel lm = open_model(f32_dir, teacher.backend(), /*with_tokenizer=*/false);
+      std::map<std::string, Linear*> lin;
+      for (Linear* l : lm.model->linears()) lin[l->name] = l;
+      for (Linear& q : student.qat_linears()) {
+        auto it = lin.find(q.name);
+        MINFER_CHECK(it != lin.end(), "qat export: the model has no linear '{}'", q.name);
+        *it->second = std::move(q);
+      }
+      const QatSpec qs = parse_qat(opt.qat);
+      std::string method = qat_name(qs);
+      if (qs.scheme == QScheme::Int4 && qs.group == 128) method = "int4";
+      CompressSpec spec = compress_spec_from_name(method);
+      spec.embed_format = "f32";
+      spec.head_format = "f32";
+      save_compressed(*lm.model, tok, out, spec, opt.force);
+    } catch (...) {
+      std::error_code ec;
+      fs::remove_all(f32_dir, ec);
+      throw;
+    }
+    std::error_code ec;
+    fs::remove_all(f32_dir, ec);
+    write_json_file(fs::path(out) / "training_log.json", log);
+    return;
+  }
+  StagingDir tmp(out, opt.force);
+  write_json_file(tmp.path() / "config.json", llama_config_json(sc, "float32"));
+  save_safetensors((tmp.path() / "model.safetensors").string(),
+                   student.full_weights(/*merge_lora=*/opt.lora.merge), {{"format", "pt"}});
+  if (lora && !opt.lora.merge) {
+    // PEFT's layout (adapter_model.safetensors + adapter_config.json) beside the f32 base.
+    save_safetensors((tmp.path() / "adapter_model.safetensors").string(), student.lora_adapters(),
+                     {{"format", "pt"}});
+    std::vector<std::string> modules;
+    for (const std::string& t : opt.lora.targets) modules.push_back(t + "_proj");
+    write_json_file(tmp.path() / "adapter_config.json", json{{"peft_type", "LORA"},
+                                                             {"task_type", "CAUSAL_LM"},
+                                                             {"r", opt.lora.rank},
+                                                             {"lora_alpha", opt.lora.alpha},
+                                                             {"lora_dropout", 0.0},
+                                                             {"bias", "none"},
+                                                             {"fan_in_fan_out", false},
+                                                             {"target_modules", modules},
+                                                             {"base_model_name_or_path", "."}});
+  }
+  if (tok)
+    write_tokenizer_files(tmp.path(), *tok, sc, !tok->special_prefix().empty(),
+                          !tok->special_suffix().empty());
+  write_json_file(tmp.path() / "training_log.json", log);
+  tmp.commit();
+}
+
 DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<int32_t>& train_ids,
                       const std::string& data_desc, const std::vector<int32_t>& eval_ids,
                       const DistillOptions& opt, const std::string& out) {
@@ -260,9 +395,16 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
   const ModelConfig& tc = teacher.config();
   MINFER_CHECK(opt.seq <= tc.max_pos || tc.max_pos <= 0,
                "--seq {} exceeds the teacher's {} positions", opt.seq, tc.max_pos);
-  const int64_t W = (int64_t(train_ids.size()) - 1) / opt.seq;
-  MINFER_CHECK(W >= 1, "{}: {} tokens, shorter than one training sequence (--seq {} needs {})",
-               data_desc, train_ids.size(), opt.seq, opt.seq + 1);
+  MINFER_CHECK(opt.generate >= 0, "--generate {} must be >= 0", opt.generate);
+  if (opt.generate > 0)
+    MINFER_CHECK(tc.causal(),
+                 "--generate {}: the teacher is an encoder ({}, bidirectional): it has no "
+                 "next-token distribution to sample training text from",
+                 opt.generate, arch_name(tc.arch));
+  const int64_t W = std::max<int64_t>(0, (int64_t(train_ids.size()) - 1) / opt.seq);
+  MINFER_CHECK(W >= 1 || (train_ids.empty() && opt.generate > 0),
+               "{}: {} tokens, shorter than one training sequence (--seq {} needs {})", data_desc,
+               train_ids.size(), opt.seq, opt.seq + 1);
   if (!out.empty())
     MINFER_CHECK(opt.force || !fs::exists(out), "{} already exists (pass --force to replace it)",
                  out);
@@ -285,14 +427,47 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
   const RowShare share = row_share(B, rank, P);
   const int64_t Bl = share.end - share.begin, Nl = Bl * L;
   const bool writer = rank == 0;
+  // The training windows: W windows of the text (window w starts at w * L), then one per
+  // sequence the teacher samples (--generate), each L + 1 tokens of its own.
+  std::vector<int32_t> stream(train_ids.begin(), train_ids.begin() + (W > 0 ? W * L + 1 : 0));
+  std::vector<int64_t> starts;
+  for (int64_t w = 0; w < W; ++w) starts.push_back(w * L);
+  if (opt.generate > 0) {  // deterministic (seeded): a resumed run samples the same
+    for (const std::vector<int32_t>& g :
+         generate_sequences(teacher, tok ? tok->bos_id() : -1, opt.generate, L + 1,
+                            opt.gen_temperature, opt.gen_top_k, opt.gen_seed, opt.progress)) {
+      starts.push_back(int64_t(stream.size()));
+      stream.insert(stream.end(), g.begin(), g.end());
+    }
+  }
+  const int64_t windows = int64_t(starts.size());
   const int64_t warmup = opt.warmup >= 0 ? opt.warmup : opt.steps / 10;
   TrainerState state;
   state.seed = opt.seed;
   state.extra = options_json(opt);
   if (!opt.resume.empty()) {
     state = load_checkpoint(opt.resume, *student);
-    for (const char* k : {"alpha", "temperature", "kl", "steps", "batch", "accum", "seq", "lr",
-                          "warmup", "min_lr_ratio", "weight_decay", "clip", "seed"})
+    for (const char* k : {"alpha",
+                          "temperature",
+                          "kl",
+                          "steps",
+                          "batch",
+                          "accum",
+                          "seq",
+                          "lr",
+                          "warmup",
+                          "min_lr_ratio",
+                          "weight_decay",
+                          "clip",
+                          "seed",
+                          "qat",
+                          "lora_rank",
+                          "lora_alpha",
+                          "lora_targets",
+                          "generate",
+                          "gen_temperature",
+                          "gen_top_k",
+                          "gen_seed"})
       MINFER_CHECK(!state.extra.contains(k) || state.extra[k] == options_json(opt)[k],
                    "--resume {}: the checkpoint was made with {} = {}, this run has {} (a resumed "
                    "run must repeat the options to continue the same run)",
@@ -302,7 +477,7 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
   }
 
   DistillResult res;
-  WindowOrder order(W, opt.seed);
+  WindowOrder order(windows, opt.seed);
   std::vector<int32_t> in(static_cast<size_t>(Nl)), tg(static_cast<size_t>(Nl));
   std::vector<float> tlogits(la.alpha > 0 ? size_t(Nl * V) : 0), dlogits(size_t(Nl * V));
   RunState ts = teacher.new_state(L, L, L);
@@ -326,7 +501,7 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
       for (int64_t b = 0; b < B; ++b) {
         const int64_t w = order.at(state.data_position++);
         if (b < share.begin || b >= share.end) continue;
-        const int32_t* src = train_ids.data() + w * L;
+        const int32_t* src = stream.data() + starts[size_t(w)];
         std::copy(src, src + L, in.begin() + (b - share.begin) * L);
         std::copy(src + 1, src + L + 1, tg.begin() + (b - share.begin) * L);
       }
@@ -421,8 +596,10 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
     evals.push_back({{"step", e.step}, {"ppl", e.ppl}, {"nll", e.nll}, {"tokens", e.tokens}});
   res.log = {{"options", options_json(opt)},
              {"data", data_desc},
-             {"train_windows", W},
+             {"train_windows", windows},
+             {"generated_sequences", opt.generate},
              {"student_params", student->params().numel()},
+             {"trainable_params", student->trainable_params()},
              {"steps", steps},
              {"eval", evals},
              {"teacher_seconds", res.teacher_s},
@@ -434,17 +611,8 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
              {"fixed_zero_tensors", student->params().fixed_zeros().size()},
              {"factored_linears", factors.size()}};
 
-  if (writer && res.finished && !out.empty()) {
-    StagingDir tmp(out, opt.force);
-    write_json_file(tmp.path() / "config.json", llama_config_json(sc, "float32"));
-    save_safetensors((tmp.path() / "model.safetensors").string(), student->named_weights(),
-                     {{"format", "pt"}});
-    if (tok)
-      write_tokenizer_files(tmp.path(), *tok, sc, !tok->special_prefix().empty(),
-                            !tok->special_suffix().empty());
-    write_json_file(tmp.path() / "training_log.json", res.log);
-    tmp.commit();
-  }
+  if (writer && res.finished && !out.empty())
+    save_student(*student, teacher, tok, opt, out, res.log);
   // The other ranks return once rank 0's files are complete.
   if (P > 1) opt.comm->barrier();
   return res;

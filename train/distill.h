@@ -53,6 +53,22 @@ struct DistillOptions {
   // global rows, so the sum is the global mean) and every rank takes the same optimizer step.
   // Rank 0 alone evaluates and writes `out`, the log and checkpoints. Needs batch >= ranks.
   Comm* comm = nullptr;
+  // ---- QAT, LoRA / QLoRA, data-free data (train/qat.h, train/lora.h) ----
+  // --qat int8 | int8-gG | int4[-gG] | ternary: fake-quantize every block projection; the output
+  // is a compressed folder in that Quantized format. qat_lsq: learned step sizes (LSQ).
+  std::string qat;
+  bool qat_lsq = false;
+  // LoRA (rank > 0): adapters over the frozen student base (any format: NF4 gives QLoRA).
+  // Output: lora.merge: one f32 model folder with α/r·B·A merged; else the base in f32 with
+  // adapter_model.safetensors + adapter_config.json (PEFT layout) beside it.
+  LoraSpec lora;
+  // Data-free distillation (LLM-QAT, Liu et al. 2023, arXiv 2305.17888): the teacher samples
+  // `generate` sequences of seq + 1 tokens from BOS (temperature, top-k, seed gen_seed), added to
+  // the training windows.
+  int64_t generate = 0;
+  float gen_temperature = 1.f;
+  int gen_top_k = 0;
+  uint64_t gen_seed = 0;
 };
 
 struct DistillStep {
@@ -93,6 +109,22 @@ std::unique_ptr<TrainLlama> make_student(const DistillOptions& opt, Model& teach
 DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<int32_t>& train_ids,
                       const std::string& data_desc, const std::vector<int32_t>& eval_ids,
                       const DistillOptions& opt, const std::string& out);
+
+// The teacher's samples for --generate: n sequences of len tokens, each starting at the
+// tokenizer's BOS (bos; the config's when -1), sampled with temperature / top-k (engine/sampler.h)
+// from `seed`; progress on stderr. Throws for an encoder teacher or a teacher without BOS.
+std::vector<std::vector<int32_t>> generate_sequences(Model& teacher, int32_t bos, int64_t n,
+                                                     int64_t len, float temperature, int top_k,
+                                                     uint64_t seed, bool progress);
+
+// Writes the trained student as `out`: a model folder (config.json, model.safetensors in f32,
+// tokenizer files when tok is given, training_log.json = log); with LoRA the base in f32 and
+// either the adapters merged (opt.lora.merge) or adapter_model.safetensors + adapter_config.json
+// beside it (PEFT layout); with QAT a compressed folder whose block projections are the trained
+// Quantized matrices (TrainLlama::qat_linears) and whose other weights are f32. Written through
+// temporary folders; throws (leaving nothing) when `out` exists and opt.force is off.
+void save_student(TrainLlama& student, Model& teacher, const Tokenizer* tok,
+                  const DistillOptions& opt, const std::string& out, const nlohmann::json& log);
 
 // Reads and tokenizes text files (each encoded with the tokenizer's special tokens) into one
 // stream. Throws naming a file that cannot be read.

@@ -2,7 +2,10 @@
 // ops). Mirrors models/llama.cpp op for op, in f32 on host arrays.
 #include "train/llama_train.h"
 
+#include <cblas.h>
+
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -31,7 +34,8 @@ ModelConfig uniform_widths(ModelConfig c) {
 }
 }  // namespace
 
-TrainLlama::TrainLlama(const ModelConfig& c0) : cfg_(uniform_widths(c0)) {
+TrainLlama::TrainLlama(const ModelConfig& c0, const TrainMods& mods)
+    : cfg_(uniform_widths(c0)), mods_(mods) {
   const ModelConfig& c = cfg_;
   if (c.arch != Arch::Llama)
     throw NotImplemented(
@@ -47,32 +51,129 @@ TrainLlama::TrainLlama(const ModelConfig& c0) : cfg_(uniform_widths(c0)) {
   MINFER_CHECK(c.n_heads > 0 && c.n_kv_heads > 0 && c.n_heads % c.n_kv_heads == 0,
                "student config: {} heads is not a multiple of {} kv heads", c.n_heads,
                c.n_kv_heads);
+  const bool lora = mods.lora.rank != 0;
+  if (lora && mods.qat)
+    throw NotImplemented("QAT together with LoRA (use one of --qat, --lora-rank)");
+  MINFER_CHECK(mods.lora.rank >= 0, "--lora-rank {} must be >= 1", mods.lora.rank);
+  if (lora) {
+    MINFER_CHECK(std::isfinite(mods.lora.alpha) && mods.lora.alpha > 0.f,
+                 "--lora-alpha {} must be > 0", mods.lora.alpha);
+    for (const std::string& t : mods.lora.targets) lora_module(t);  // checks the names
+  }
   const int64_t C = c.hidden, V = c.vocab_size, F = c.ffn, qd = c.n_heads * c.head_dim,
                 kvd = c.n_kv_heads * c.head_dim;
-  params_.add("model.embed_tokens.weight", {V, C}, true);
+  // The base layout: into params_ (plain, QAT) or frozen_ (LoRA; targeted projections are kept
+  // as Linears in base_ instead and only their adapters are parameters).
+  ParamStore& base = lora ? frozen_ : params_;
+  auto lin = [&](const std::string& name, int64_t O, int64_t I) {
+    if (lora && is_lora_target(name)) {
+      const int64_t r = mods.lora.rank;
+      MINFER_CHECK(r <= std::min(I, O),
+                   "--lora-rank {} exceeds min(in, out) = {} of '{}' [{}, {}]: a rank-r update "
+                   "of this matrix needs r <= {}",
+                   r, std::min(I, O), name, O, I, std::min(I, O));
+      const std::string mod = name.substr(0, name.size() - std::strlen(".weight"));
+      params_.add(mod + ".lora_A.weight", {r, I}, true);
+      params_.add(mod + ".lora_B.weight", {O, r}, true);
+      return;
+    }
+    base.add(name, {O, I}, true);
+    if (mods.qat) {
+      const QatLayout lay = qat_layout(*mods.qat, O, I, name);
+      if (mods.qat->lsq)
+        params_.add(
+            name + "_scale",
+            lay.per_tensor ? std::vector<int64_t>{1} : std::vector<int64_t>{lay.rows, lay.groups},
+            false);
+      QatState& q = qat_[name];
+      q.lay = lay, q.O = O, q.I = I;
+    }
+  };
+  base.add("model.embed_tokens.weight", {V, C}, true);
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const std::string p = lp(l);
-    params_.add(p + "input_layernorm.weight", {C}, false);
-    params_.add(p + "self_attn.q_proj.weight", {qd, C}, true);
-    params_.add(p + "self_attn.k_proj.weight", {kvd, C}, true);
-    params_.add(p + "self_attn.v_proj.weight", {kvd, C}, true);
-    params_.add(p + "self_attn.o_proj.weight", {C, qd}, true);
-    params_.add(p + "post_attention_layernorm.weight", {C}, false);
-    params_.add(p + "mlp.gate_proj.weight", {F, C}, true);
-    params_.add(p + "mlp.up_proj.weight", {F, C}, true);
-    params_.add(p + "mlp.down_proj.weight", {C, F}, true);
+    base.add(p + "input_layernorm.weight", {C}, false);
+    lin(p + "self_attn.q_proj.weight", qd, C);
+    lin(p + "self_attn.k_proj.weight", kvd, C);
+    lin(p + "self_attn.v_proj.weight", kvd, C);
+    lin(p + "self_attn.o_proj.weight", C, qd);
+    base.add(p + "post_attention_layernorm.weight", {C}, false);
+    lin(p + "mlp.gate_proj.weight", F, C);
+    lin(p + "mlp.up_proj.weight", F, C);
+    lin(p + "mlp.down_proj.weight", C, F);
   }
-  params_.add("model.norm.weight", {C}, false);
-  if (!c.tie_embeddings) params_.add("lm_head.weight", {V, C}, true);
+  base.add("model.norm.weight", {C}, false);
+  if (!c.tie_embeddings) base.add("lm_head.weight", {V, C}, true);
+  if (lora) frozen_.allocate(/*grads=*/false);
   params_.allocate();
 }
 
+bool TrainLlama::is_lora_target(const std::string& name) const {
+  if (mods_.lora.rank == 0) return false;
+  for (const std::string& t : mods_.lora.targets) {
+    std::string m(1, '.');  // built by appends: GCC 12 warns (-Wrestrict) on "." + string&&
+    m += lora_module(t);
+    m += ".weight";
+    if (name.size() > m.size() && name.compare(name.size() - m.size(), m.size(), m) == 0 &&
+        name.rfind("model.layers.", 0) == 0)
+      return true;
+  }
+  return false;
+}
+
+std::vector<std::string> TrainLlama::block_linears() const {
+  std::vector<std::string> out;
+  for (int64_t l = 0; l < cfg_.n_layers; ++l)
+    for (const char* m : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                          "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"})
+      out.push_back(lp(l) + m + ".weight");
+  return out;
+}
+
+float* TrainLlama::W(const std::string& name) {
+  return params_.has(name) ? params_.w(name) : frozen_.w(name);
+}
+const float* TrainLlama::W(const std::string& name) const {
+  const ParamStore& s = params_.has(name) ? params_ : frozen_;
+  return s.weights().data() + s.find(name).offset;
+}
+float* TrainLlama::G(const std::string& name) {
+  return params_.has(name) ? params_.g(name) : nullptr;
+}
+
 void TrainLlama::init_random(uint64_t seed, float std) {
+  MINFER_CHECK(mods_.lora.rank == 0,
+               "LoRA over a randomly initialised base: the student needs weights (init, "
+               "init:layers=..., or a folder with model.safetensors)");
   init_params_random(params_, seed, std);
+  after_load();
 }
 
 void TrainLlama::load(const WeightSource& src) {
-  load_params(params_, src);
+  if (mods_.lora.rank == 0) {
+    params_.walk([&](const ParamTensor& t, float* w, float*, float*, float*) {
+      if (qat_.count(t.name.substr(0, t.name.size() - 6))) return;  // LSQ scales: after_load()
+      MINFER_CHECK(src.has(t.name), "{}: missing tensor '{}'", src.describe(), t.name);
+      Tensor v = t.shape.size() == 1 ? src.tensor(t.name, {t.shape[0]})
+                                     : src.tensor(t.name, {t.shape[0], t.shape[1]});
+      copy_param(t, w, v, src.describe());
+    });
+    after_load();
+    return;
+  }
+  load_params(frozen_, src);
+  for (const std::string& name : block_linears()) {
+    if (!is_lora_target(name)) continue;
+    MINFER_CHECK(src.has(name), "{}: missing tensor '{}'", src.describe(), name);
+    const ParamTensor& a = params_.find(name.substr(0, name.size() - 7) + ".lora_A.weight");
+    const ParamTensor& b = params_.find(name.substr(0, name.size() - 7) + ".lora_B.weight");
+    const int64_t I = a.shape[1], O = b.shape[0];
+    ParamTensor t{name, {O, I}, 0, size_t(O * I), true};
+    Tensor w = Tensor::empty(DType::F32, {O, I});
+    copy_param(t, w.data<float>(), src.tensor(name, {O, I}), src.describe());
+    base_[name] = make_dense(name, w, I, O);
+  }
+  after_load();
 }
 
 void TrainLlama::load_from_model(Model& m, const std::vector<int64_t>& layer_map) {
@@ -99,7 +200,7 @@ void TrainLlama::load_from_model(Model& m, const std::vector<int64_t>& layer_map
   };
   MINFER_CHECK(layer_map.empty() || int64_t(layer_map.size()) == cfg_.n_layers,
                "student has {} layers, the layer map {}", cfg_.n_layers, layer_map.size());
-  params_.walk([&](const ParamTensor& p, float* w, float*, float*, float*) {
+  auto fill = [&](const ParamTensor& p, float* w, float*, float*, float*) {
     const std::string s = source_name(p.name);
     auto li = lin.find(s);
     if (li != lin.end() && li->second->in > 0) {
@@ -114,7 +215,45 @@ void TrainLlama::load_from_model(Model& m, const std::vector<int64_t>& layer_map
                  "source tensor '{}' is {}, expected f32/f16/bf16", s,
                  dtype_name(ti->second.dtype()));
     copy_param(p, w, ti->second, "source model");
-  });
+  };
+  if (mods_.lora.rank == 0) {
+    params_.walk([&](const ParamTensor& p, float* w, float* g, float* m, float* v) {
+      if (!qat_.count(p.name.substr(0, p.name.size() - 6)))  // LSQ scales: after_load()
+        fill(p, w, g, m, v);
+    });
+    after_load();
+    return;
+  }
+  frozen_.walk(fill);
+  // The targeted projections keep the source's Linear as it is (NF4 stays NF4: QLoRA).
+  for (const std::string& name : block_linears()) {
+    if (!is_lora_target(name)) continue;
+    auto li = lin.find(source_name(name));
+    MINFER_CHECK(li != lin.end(), "source model has no linear '{}' (for student '{}')",
+                 source_name(name), name);
+    Linear l = *li->second;
+    l.name = name;
+    l.device_copy.reset();
+    MINFER_CHECK(!l.bias.defined(), "LoRA base '{}' has a bias (not implemented)", name);
+    base_[name] = std::move(l);
+  }
+  after_load();
+}
+
+void TrainLlama::after_load() {
+  if (mods_.qat && mods_.qat->lsq)
+    for (auto& [name, q] : qat_)
+      qat_init_scales(params_.w(name + "_scale"), W(name), q.O, q.I, q.lay);
+  if (mods_.lora.rank > 0) {
+    // A: Kaiming-uniform, bound 1/sqrt(in) (PEFT: kaiming_uniform_(a=sqrt(5))); B: 0.
+    std::mt19937_64 rng(mods_.seed * 0x9E3779B97F4A7C15ull + 0x10A);
+    params_.walk([&](const ParamTensor& p, float* w, float*, float*, float*) {
+      const bool is_a = p.name.find(".lora_A.") != std::string::npos;
+      const double bound = 1.0 / std::sqrt(double(p.shape[1]));
+      for (size_t i = 0; i < p.numel; ++i)
+        w[i] = is_a ? float((double(rng() >> 11) * 0x1.0p-53 * 2.0 - 1.0) * bound) : 0.f;
+    });
+  }
 }
 
 void TrainLlama::ensure_buffers(int64_t B, int64_t T) {
@@ -142,34 +281,98 @@ void TrainLlama::ensure_buffers(int64_t B, int64_t T) {
 }
 
 const float* TrainLlama::head_w() const {
-  return params_.weights().data() +
-         params_.find(cfg_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight").offset;
+  return W(cfg_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+}
+
+void TrainLlama::refresh_qat() {
+  for (auto& [name, q] : qat_) {
+    q.wq.resize(size_t(q.O * q.I));
+    const float* w = W(name);
+    const float* s;
+    if (mods_.qat->lsq) {
+      s = params_.w(name + "_scale");
+    } else {
+      q.stat.resize(size_t(q.lay.count()));
+      qat_init_scales(q.stat.data(), w, q.O, q.I, q.lay);
+      s = q.stat.data();
+    }
+    qat_fake_quant(q.wq.data(), w, s, q.O, q.I, q.lay);
+  }
+}
+
+Tensor TrainLlama::base_f32(const std::string& name) const {
+  return dequantize_weight(base_.at(name));
+}
+
+void TrainLlama::lin_fwd(const std::string& name, float* out, const float* inp, int64_t N,
+                         int64_t I, int64_t O) {
+  if (!qat_.empty()) {
+    linear_forward(out, inp, qat_.at(name).wq.data(), nullptr, N, I, O);
+    return;
+  }
+  if (!is_lora_target(name)) {
+    linear_forward(out, inp, W(name), nullptr, N, I, O);
+    return;
+  }
+  const Tensor w0 = base_f32(name);  // QLoRA: dequantized for this product only
+  linear_forward(out, inp, w0.data<float>(), nullptr, N, I, O);
+  const std::string mod = name.substr(0, name.size() - 7);
+  const int64_t r = mods_.lora.rank;
+  lh_.resize(size_t(N * r));
+  lora_forward(out, lh_.data(), inp, W(mod + ".lora_A.weight"), W(mod + ".lora_B.weight"),
+               mods_.lora.scaling(), N, I, O, r);
+}
+
+void TrainLlama::lin_bwd(const std::string& name, float* dinp, const float* dout, const float* inp,
+                         int64_t N, int64_t I, int64_t O) {
+  if (!qat_.empty()) {
+    QatState& q = qat_.at(name);
+    dwq_.assign(size_t(O * I), 0.f);
+    linear_backward(dinp, dwq_.data(), nullptr, dout, inp, q.wq.data(), N, I, O);
+    const bool lsq = mods_.qat->lsq;
+    const float* s = lsq ? params_.w(name + "_scale") : q.stat.data();
+    qat_fake_quant_backward(G(name), lsq ? params_.g(name + "_scale") : nullptr, dwq_.data(),
+                            W(name), s, O, I, q.lay);
+    return;
+  }
+  if (!is_lora_target(name)) {
+    linear_backward(dinp, G(name), nullptr, dout, inp, W(name), N, I, O);
+    return;
+  }
+  // The frozen base passes the activation gradient through its (dequantized) weight only.
+  const Tensor w0 = base_f32(name);
+  linear_backward(dinp, nullptr, nullptr, dout, inp, w0.data<float>(), N, I, O);
+  const std::string mod = name.substr(0, name.size() - 7);
+  const int64_t r = mods_.lora.rank;
+  lh_.resize(size_t(N * r));
+  ldh_.resize(size_t(N * r));
+  lora_backward(dinp, G(mod + ".lora_A.weight"), G(mod + ".lora_B.weight"), lh_.data(), ldh_.data(),
+                dout, inp, W(mod + ".lora_A.weight"), W(mod + ".lora_B.weight"),
+                mods_.lora.scaling(), N, I, O, r);
 }
 
 void TrainLlama::layer_forward(int64_t l, LayerActs& a, const float* x, float* out) {
   const ModelConfig& c = cfg_;
   const int64_t B = B_, T = T_, N = B * T, C = c.hidden, F = c.ffn, H = c.n_heads,
                 Hkv = c.n_kv_heads, D = c.head_dim, qd = H * D, kvd = Hkv * D;
-  ParamStore& P = params_;
   const std::string p = lp(l);
-  rmsnorm_forward(a.ln1.data(), a.ln1_rstd.data(), x, P.w(p + "input_layernorm.weight"), N, C,
+  rmsnorm_forward(a.ln1.data(), a.ln1_rstd.data(), x, W(p + "input_layernorm.weight"), N, C,
                   c.norm_eps);
-  linear_forward(a.q.data(), a.ln1.data(), P.w(p + "self_attn.q_proj.weight"), nullptr, N, C, qd);
-  linear_forward(a.k.data(), a.ln1.data(), P.w(p + "self_attn.k_proj.weight"), nullptr, N, C, kvd);
-  linear_forward(a.v.data(), a.ln1.data(), P.w(p + "self_attn.v_proj.weight"), nullptr, N, C, kvd);
+  lin_fwd(p + "self_attn.q_proj.weight", a.q.data(), a.ln1.data(), N, C, qd);
+  lin_fwd(p + "self_attn.k_proj.weight", a.k.data(), a.ln1.data(), N, C, kvd);
+  lin_fwd(p + "self_attn.v_proj.weight", a.v.data(), a.ln1.data(), N, C, kvd);
   rope_forward(a.q.data(), B, T, H, D, c.rope_theta);
   rope_forward(a.k.data(), B, T, Hkv, D, c.rope_theta);
   attention_forward(a.atty.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(), B, T, H, Hkv,
                     D);
-  linear_forward(a.res_mid.data(), a.atty.data(), P.w(p + "self_attn.o_proj.weight"), nullptr, N,
-                 qd, C);
+  lin_fwd(p + "self_attn.o_proj.weight", a.res_mid.data(), a.atty.data(), N, qd, C);
   residual_forward(a.res_mid.data(), a.res_mid.data(), x, N * C);
   rmsnorm_forward(a.ln2.data(), a.ln2_rstd.data(), a.res_mid.data(),
-                  P.w(p + "post_attention_layernorm.weight"), N, C, c.norm_eps);
-  linear_forward(a.gate.data(), a.ln2.data(), P.w(p + "mlp.gate_proj.weight"), nullptr, N, C, F);
-  linear_forward(a.up.data(), a.ln2.data(), P.w(p + "mlp.up_proj.weight"), nullptr, N, C, F);
+                  W(p + "post_attention_layernorm.weight"), N, C, c.norm_eps);
+  lin_fwd(p + "mlp.gate_proj.weight", a.gate.data(), a.ln2.data(), N, C, F);
+  lin_fwd(p + "mlp.up_proj.weight", a.up.data(), a.ln2.data(), N, C, F);
   swiglu_forward(a.swi.data(), a.gate.data(), a.up.data(), N * F);
-  linear_forward(out, a.swi.data(), P.w(p + "mlp.down_proj.weight"), nullptr, N, F, C);
+  lin_fwd(p + "mlp.down_proj.weight", out, a.swi.data(), N, F, C);
   residual_forward(out, out, a.res_mid.data(), N * C);
 }
 
@@ -178,14 +381,14 @@ const float* TrainLlama::forward(const int32_t* ids, int64_t B, int64_t T) {
   ensure_buffers(B, T);
   const ModelConfig& c = cfg_;
   const int64_t N = B * T, C = c.hidden, V = c.vocab_size;
-  ParamStore& P = params_;
   std::copy(ids, ids + N, ids_.begin());
-  embedding_forward(resid_[0].data(), ids, P.w("model.embed_tokens.weight"), N, C, V);
+  if (!qat_.empty()) refresh_qat();
+  embedding_forward(resid_[0].data(), ids, W("model.embed_tokens.weight"), N, C, V);
   for (int64_t l = 0; l < c.n_layers; ++l)
     layer_forward(l, acts_[ckpt_ ? 0 : size_t(l)], resid_[size_t(l)].data(),
                   resid_[size_t(l + 1)].data());
-  rmsnorm_forward(lnf_.data(), lnf_rstd_.data(), resid_.back().data(), P.w("model.norm.weight"), N,
-                  C, c.norm_eps);
+  rmsnorm_forward(lnf_.data(), lnf_rstd_.data(), resid_.back().data(), W("model.norm.weight"), N, C,
+                  c.norm_eps);
   linear_forward(logits_.data(), lnf_.data(), head_w(), nullptr, N, C, V);
   return logits_.data();
 }
@@ -194,65 +397,56 @@ void TrainLlama::layer_backward(int64_t l, LayerActs& a, const float* x) {
   const ModelConfig& c = cfg_;
   const int64_t B = B_, T = T_, N = B * T, C = c.hidden, F = c.ffn, H = c.n_heads,
                 Hkv = c.n_kv_heads, D = c.head_dim, qd = H * D, kvd = Hkv * D;
-  ParamStore& P = params_;
   auto zero = [](std::vector<float>& v) { std::fill(v.begin(), v.end(), 0.f); };
   const std::string p = lp(l);
   // MLP: out = res_mid + down(swiglu(gate(ln2), up(ln2)))
   zero(dswi_);
-  linear_backward(dswi_.data(), P.g(p + "mlp.down_proj.weight"), nullptr, dres_.data(),
-                  a.swi.data(), P.w(p + "mlp.down_proj.weight"), N, F, C);
+  lin_bwd(p + "mlp.down_proj.weight", dswi_.data(), dres_.data(), a.swi.data(), N, F, C);
   zero(dgate_), zero(dup_);
   swiglu_backward(dgate_.data(), dup_.data(), dswi_.data(), a.gate.data(), a.up.data(), N * F);
   zero(dln_);
-  linear_backward(dln_.data(), P.g(p + "mlp.gate_proj.weight"), nullptr, dgate_.data(),
-                  a.ln2.data(), P.w(p + "mlp.gate_proj.weight"), N, C, F);
-  linear_backward(dln_.data(), P.g(p + "mlp.up_proj.weight"), nullptr, dup_.data(), a.ln2.data(),
-                  P.w(p + "mlp.up_proj.weight"), N, C, F);
-  rmsnorm_backward(dres_.data(), P.g(p + "post_attention_layernorm.weight"), dln_.data(),
-                   a.res_mid.data(), P.w(p + "post_attention_layernorm.weight"), a.ln2_rstd.data(),
-                   N, C);
+  lin_bwd(p + "mlp.gate_proj.weight", dln_.data(), dgate_.data(), a.ln2.data(), N, C, F);
+  lin_bwd(p + "mlp.up_proj.weight", dln_.data(), dup_.data(), a.ln2.data(), N, C, F);
+  rmsnorm_backward(dres_.data(), G(p + "post_attention_layernorm.weight"), dln_.data(),
+                   a.res_mid.data(), W(p + "post_attention_layernorm.weight"), a.ln2_rstd.data(), N,
+                   C);
   // Attention: res_mid = x + o(attention(rope(q(ln1)), rope(k(ln1)), v(ln1)))
   zero(datt_);
-  linear_backward(datt_.data(), P.g(p + "self_attn.o_proj.weight"), nullptr, dres_.data(),
-                  a.atty.data(), P.w(p + "self_attn.o_proj.weight"), N, qd, C);
+  lin_bwd(p + "self_attn.o_proj.weight", datt_.data(), dres_.data(), a.atty.data(), N, qd, C);
   zero(dq_), zero(dk_), zero(dv_);
   attention_backward(dq_.data(), dk_.data(), dv_.data(), datt_.data(), a.q.data(), a.k.data(),
                      a.v.data(), a.probs.data(), B, T, H, Hkv, D);
   rope_backward(dq_.data(), B, T, H, D, c.rope_theta);
   rope_backward(dk_.data(), B, T, Hkv, D, c.rope_theta);
   zero(dln_);
-  linear_backward(dln_.data(), P.g(p + "self_attn.q_proj.weight"), nullptr, dq_.data(),
-                  a.ln1.data(), P.w(p + "self_attn.q_proj.weight"), N, C, qd);
-  linear_backward(dln_.data(), P.g(p + "self_attn.k_proj.weight"), nullptr, dk_.data(),
-                  a.ln1.data(), P.w(p + "self_attn.k_proj.weight"), N, C, kvd);
-  linear_backward(dln_.data(), P.g(p + "self_attn.v_proj.weight"), nullptr, dv_.data(),
-                  a.ln1.data(), P.w(p + "self_attn.v_proj.weight"), N, C, kvd);
-  rmsnorm_backward(dres_.data(), P.g(p + "input_layernorm.weight"), dln_.data(), x,
-                   P.w(p + "input_layernorm.weight"), a.ln1_rstd.data(), N, C);
+  lin_bwd(p + "self_attn.q_proj.weight", dln_.data(), dq_.data(), a.ln1.data(), N, C, qd);
+  lin_bwd(p + "self_attn.k_proj.weight", dln_.data(), dk_.data(), a.ln1.data(), N, C, kvd);
+  lin_bwd(p + "self_attn.v_proj.weight", dln_.data(), dv_.data(), a.ln1.data(), N, C, kvd);
+  rmsnorm_backward(dres_.data(), G(p + "input_layernorm.weight"), dln_.data(), x,
+                   W(p + "input_layernorm.weight"), a.ln1_rstd.data(), N, C);
 }
 
 void TrainLlama::backward(const float* dlogits) {
   MINFER_CHECK(B_ > 0, "backward before forward");
   const ModelConfig& c = cfg_;
   const int64_t N = B_ * T_, C = c.hidden, V = c.vocab_size;
-  ParamStore& P = params_;
   auto zero = [](std::vector<float>& v) { std::fill(v.begin(), v.end(), 0.f); };
   const std::string head = c.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
 
   zero(dln_);
-  linear_backward(dln_.data(), P.g(head), nullptr, dlogits, lnf_.data(), head_w(), N, C, V);
+  linear_backward(dln_.data(), G(head), nullptr, dlogits, lnf_.data(), head_w(), N, C, V);
   // dres_ holds ∂loss/∂(residual stream) and is carried down through the layers: each residual
   // add passes it on unchanged, each norm adds its branch's part.
   zero(dres_);
-  rmsnorm_backward(dres_.data(), P.g("model.norm.weight"), dln_.data(), resid_.back().data(),
-                   P.w("model.norm.weight"), lnf_rstd_.data(), N, C);
+  rmsnorm_backward(dres_.data(), G("model.norm.weight"), dln_.data(), resid_.back().data(),
+                   W("model.norm.weight"), lnf_rstd_.data(), N, C);
   for (int64_t l = c.n_layers - 1; l >= 0; --l) {
     const float* x = resid_[size_t(l)].data();
     if (ckpt_)  // recompute this block's activations from its kept input
       layer_forward(l, acts_[0], x, resid_[size_t(l + 1)].data());
     layer_backward(l, acts_[ckpt_ ? 0 : size_t(l)], x);
   }
-  embedding_backward(P.g("model.embed_tokens.weight"), dres_.data(), ids_.data(), N, C);
+  embedding_backward(G("model.embed_tokens.weight"), dres_.data(), ids_.data(), N, C);
 }
 
 void TrainLlama::set_checkpointing(bool on) {
@@ -276,6 +470,72 @@ size_t TrainLlama::activation_bytes() const {
 
 std::vector<std::pair<std::string, Tensor>> TrainLlama::named_weights() const {
   return named_params(params_);
+}
+
+std::vector<std::pair<std::string, Tensor>> TrainLlama::full_weights(bool merge_lora) const {
+  if (mods_.lora.rank == 0) return named_params(params_);
+  std::vector<std::pair<std::string, Tensor>> out;
+  std::map<std::string, Tensor> frozen;
+  for (auto& [n, t] : named_params(frozen_)) frozen[n] = t;
+  auto add = [&](const std::string& n) {
+    if (frozen.count(n)) {
+      out.emplace_back(n, frozen[n]);
+      return;
+    }
+    // A targeted projection: the base in f32 (+ α/r · B · A).
+    Tensor w0 = base_f32(n);
+    Tensor w = Tensor::empty(DType::F32, {w0.shape()[0], w0.shape()[1]});
+    std::memcpy(w.data<float>(), w0.data<float>(), size_t(w0.numel()) * sizeof(float));
+    if (merge_lora) {
+      const std::string mod = n.substr(0, n.size() - 7);
+      const ParamTensor& a = params_.find(mod + ".lora_A.weight");
+      const int64_t r = a.shape[0], I = a.shape[1], O = w.shape()[0];
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(O), int(I), int(r),
+                  mods_.lora.scaling(), W(mod + ".lora_B.weight"), int(r),
+                  W(mod + ".lora_A.weight"), int(I), 1.f, w.data<float>(), int(I));
+    }
+    out.emplace_back(n, w);
+  };
+  add("model.embed_tokens.weight");
+  for (int64_t l = 0; l < cfg_.n_layers; ++l) {
+    const std::string p = lp(l);
+    add(p + "input_layernorm.weight");
+    for (const char* m :
+         {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"})
+      add(p + m + ".weight");
+    add(p + "post_attention_layernorm.weight");
+    for (const char* m : {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}) add(p + m + ".weight");
+  }
+  add("model.norm.weight");
+  if (!cfg_.tie_embeddings) add("lm_head.weight");
+  return out;
+}
+
+std::vector<Linear> TrainLlama::qat_linears() const {
+  std::vector<Linear> out;
+  for (const std::string& name : block_linears()) {
+    auto it = qat_.find(name);
+    if (it == qat_.end()) continue;
+    const QatState& q = it->second;
+    std::vector<float> stat;
+    const float* s;
+    if (mods_.qat->lsq) {
+      s = W(name + "_scale");
+    } else {
+      stat.resize(size_t(q.lay.count()));
+      qat_init_scales(stat.data(), W(name), q.O, q.I, q.lay);
+      s = stat.data();
+    }
+    out.push_back(qat_export(name, W(name), s, q.O, q.I, *mods_.qat));
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, Tensor>> TrainLlama::lora_adapters() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (auto& [n, t] : named_params(params_))
+    if (n.find(".lora_") != std::string::npos) out.emplace_back("base_model.model." + n, t);
+  return out;
 }
 
 }  // namespace minfer::train

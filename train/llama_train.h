@@ -7,22 +7,40 @@
 // F ffn width, V vocab, L layers.
 #pragma once
 #include <cstdint>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "engine/config.h"
 #include "models/model.h"
 #include "train/lowrank_train.h"
+#include "train/lora.h"
 #include "train/params.h"
+#include "train/qat.h"
 
 namespace minfer::train {
+
+// What the seven block projections (q, k, v, o, gate, up, down) train as, beyond plain f32:
+//   qat:  every block projection is fake-quantized in the forward, STE in the backward
+//         (train/qat.h); with LSQ its scales are parameters "<weight name>_scale".
+//   lora: rank > 0: the whole base model is frozen (no gradients, no optimizer state); the
+//         targeted projections keep their base weight in its own format (any Linear, e.g. NF4)
+//         and train "<module>.lora_A.weight" / ".lora_B.weight" (train/lora.h). The parameter
+//         store then holds only the adapters.
+struct TrainMods {
+  std::optional<QatSpec> qat;
+  LoraSpec lora;
+  uint64_t seed = 0;  // LoRA A init
+};
 
 class TrainLlama {
  public:
   // Lays out the parameters of cfg (zeros). Throws "not implemented: ..." for what this model
   // does not train yet: biases (Qwen2-style), per-layer widths of a structurally pruned model,
-  // architectures other than llama.
-  explicit TrainLlama(const ModelConfig& cfg);
+  // architectures other than llama, QAT together with LoRA; throws for a LoRA rank outside
+  // [1, min(in, out)] of a target.
+  explicit TrainLlama(const ModelConfig& cfg, const TrainMods& mods = {});
 
   const ModelConfig& config() const { return cfg_; }
   ParamStore& params() { return params_; }
@@ -55,8 +73,21 @@ class TrainLlama {
   // forward is dlogits [B*T, V].
   void backward(const float* dlogits);
 
-  // The model folder's weights: HF names, f32 (a tied head is not written).
+  // The trainable parameters: HF names, f32 (a tied head is not written). Without LoRA the
+  // whole model; with LoRA only the adapters (what checkpoints hold).
   std::vector<std::pair<std::string, Tensor>> named_weights() const;
+
+  const TrainMods& mods() const { return mods_; }
+  // Every weight of the model in f32, HF names (a tied head is not written): the base weights
+  // dequantized, the LoRA update α/r·B·A added when merge_lora. Without LoRA: named_weights().
+  std::vector<std::pair<std::string, Tensor>> full_weights(bool merge_lora) const;
+  // With QAT: the block projections as real Quantized Linears (qat_export), whose dequantized
+  // weights are the forward's fake-quantized ones. Empty without QAT.
+  std::vector<Linear> qat_linears() const;
+  // With LoRA: the adapters under PEFT's names ("base_model.model.<module>.lora_A.weight").
+  std::vector<std::pair<std::string, Tensor>> lora_adapters() const;
+  // Trainable parameter count (what the optimizer keeps state for).
+  size_t trainable_params() const { return params_.numel(); }
 
  private:
   struct LayerActs {
@@ -75,10 +106,36 @@ class TrainLlama {
   void layer_backward(int64_t l, LayerActs& a, const float* x);
   std::string lp(int64_t l) const { return "model.layers." + std::to_string(l) + "."; }
   const float* head_w() const;  // [V, C]
+  // A weight by name from the trainable or the frozen store; its gradient (null when frozen).
+  float* W(const std::string& name);
+  const float* W(const std::string& name) const;
+  float* G(const std::string& name);
+  // One block projection (weight `name`, [O, I]) forward / backward, through QAT or LoRA.
+  void lin_fwd(const std::string& name, float* out, const float* inp, int64_t N, int64_t I,
+               int64_t O);
+  void lin_bwd(const std::string& name, float* dinp, const float* dout, const float* inp, int64_t N,
+               int64_t I, int64_t O);
+  bool is_lora_target(const std::string& weight_name) const;
+  void after_load();                               // LSQ scales from the weights, LoRA A init
+  void refresh_qat();                              // fake-quantized weights of this step
+  Tensor base_f32(const std::string& name) const;  // LoRA base weight [O, I] in f32
+  std::vector<std::string> block_linears() const;  // weight names of every block projection
+
+  struct QatState {
+    QatLayout lay;
+    int64_t O = 0, I = 0;
+    std::vector<float> wq;    // [O, I] fake-quantized weight
+    std::vector<float> stat;  // statistic scales (without LSQ)
+  };
 
   ModelConfig cfg_;
+  TrainMods mods_;
   ParamStore params_;
   FactoredLinears factors_;
+  ParamStore frozen_;                    // LoRA: the frozen base (no gradient in use)
+  std::map<std::string, Linear> base_;   // LoRA: targeted base weights in their own format
+  std::map<std::string, QatState> qat_;  // QAT: per block projection
+  std::vector<float> dwq_, lh_, ldh_;    // scratch: QAT dŴ, LoRA h and dh
   bool ckpt_ = false;
   int64_t B_ = 0, T_ = 0, cap_ = 0;
   std::vector<int32_t> ids_;               // [N]

@@ -78,6 +78,7 @@ void embedding_forward(float* out, const int32_t* ids, const float* table, int64
 
 void embedding_backward(float* dtable, const float* dout, const int32_t* ids, int64_t N,
                         int64_t C) {
+  if (!dtable) return;  // a frozen table
   // Sequential over rows: two rows with the same id add into the same table row.
   for (int64_t n = 0; n < N; ++n) {
     float* d = dtable + int64_t(ids[n]) * C;
@@ -109,7 +110,8 @@ void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, c
     const double k = r * r * r * dot / double(C);
     for (int64_t c = 0; c < C; ++c) dx[n * C + c] += float(r * w[c] * g[c] - k * xr[c]);
   }
-  // dw: a reduction over rows, kept sequential per column so results are run-to-run identical.
+  if (!dw) return;  // a frozen norm weight
+    // dw: a reduction over rows, kept sequential per column so results are run-to-run identical.
 #pragma omp parallel for if (worth_threads(N * C))
   for (int64_t c = 0; c < C; ++c) {
     double s = 0;

@@ -32,14 +32,15 @@ void conv1d_backward(float* dinp, float* dW, float* dbias, const float* dout, co
 // out[N, C] = table[ids[n]]. Throws naming the row for an id outside [0, V).
 void embedding_forward(float* out, const int32_t* ids, const float* table, int64_t N, int64_t C,
                        int64_t V);
-// dtable[ids[n]] += dout[n].
+// dtable[ids[n]] += dout[n] (nothing when dtable is null: a frozen table).
 void embedding_backward(float* dtable, const float* dout, const int32_t* ids, int64_t N, int64_t C);
 
 // RMSNorm (Zhang & Sennrich 2019; HF LlamaRMSNorm): out = x · rstd · w, rstd =
 // 1/sqrt(mean(x²)+eps). rstd[N] is saved for backward.
 void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int64_t N, int64_t C,
                      float eps);
-// dx += rstd·(w∘dout) − x·rstd³·mean(x∘w∘dout); dw += Σ_rows dout∘x·rstd.
+// dx += rstd·(w∘dout) − x·rstd³·mean(x∘w∘dout); dw += Σ_rows dout∘x·rstd (skipped when dw is
+// null: a frozen weight).
 void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, const float* w,
                       const float* rstd, int64_t N, int64_t C);
 

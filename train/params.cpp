@@ -21,9 +21,9 @@ void ParamStore::add(const std::string& name, std::vector<int64_t> shape, bool d
   total_ += n;
 }
 
-void ParamStore::allocate() {
+void ParamStore::allocate(bool grads) {
   w_.assign(total_, 0.f);
-  g_.assign(total_, 0.f);
+  g_.assign(grads ? total_ : 0, 0.f);
 }
 
 void ParamStore::allocate_moments() {

@@ -28,8 +28,9 @@ class ParamStore {
  public:
   // Adds a tensor to the table; allocate() lays the table out. Names must be unique.
   void add(const std::string& name, std::vector<int64_t> shape, bool decay);
-  // Sizes w and g (zeros); m and v are sized by the optimizer on first use (allocate_moments).
-  void allocate();
+  // Sizes w and g (zeros; g only when `grads`: a frozen store has none); m and v are sized by
+  // the optimizer on first use (allocate_moments).
+  void allocate(bool grads = true);
   void allocate_moments();
 
   const std::vector<ParamTensor>& table() const { return table_; }
