@@ -128,7 +128,7 @@ ifeq ($(MPI),1)
   MPI_OBJ    := $(OBJDIR)/train/mpi/comm_mpi.o
 endif
 
-.PHONY: all lib tools tests unit-tests test bench bench-llamacpp deps arm-deps models demo clean format install fuzz fuzzers fuzz-run fuzz-test
+.PHONY: all lib tools tests unit-tests test bench bench-llamacpp deps arm-deps models demo clean format install fuzz fuzzers fuzz-run
 all: lib tools tests $(BENCHBIN)
 lib: $(LIB) $(SOLINKS)
 tools: $(TOOLS)
@@ -261,11 +261,6 @@ FUZZ_MAKE    := $(MAKE) FUZZ=1 BUILD=$(FUZZ_BUILD) CXX=$(FUZZ_CXX) CC=$(FUZZ_CC)
 
 fuzz:
 	+$(FUZZ_MAKE) fuzzers
-
-# The unit tests built from the fuzzers' objects (clang, ASan + UBSan, coverage-instrumented):
-# a sanitizer run of the suite that shares its whole build with `make fuzz` (what CI runs).
-fuzz-test:
-	+$(FUZZ_MAKE) test
 
 fuzzers: $(FUZZ_BINS)
 
