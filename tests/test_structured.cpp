@@ -3,6 +3,7 @@
 // make_structured_fixtures.py from the parity models); pruning == zeroing the removed units in
 // the unpruned model; per-layer configs round-trip through a saved folder; bad input.
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include <cmath>
 #include <filesystem>
@@ -67,7 +68,7 @@ void zero_removed(Model& m, const StructuredPlan& p) {
     if (!o && !down) continue;
     int64_t l = -1;
     for (int64_t k = 0; k < c.n_layers; ++k)
-      if (w->name.find("." + std::to_string(k) + ".") != std::string::npos) l = k;
+      if (w->name.find(fmt::format(".{}.", k)) != std::string::npos) l = k;
     REQUIRE(l >= 0);
     const auto& keep = o ? p.heads[size_t(l)] : p.ffn[size_t(l)];
     const int64_t unit = o ? c.head_dim : 1;
