@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <functional>
+#include <vector>
 
 #include "engine/convert.h"
 #include "engine/gguf.h"
@@ -319,11 +321,16 @@ TEST_CASE("arch: a Qwen2.5-class Q4_K_M GGUF runs natively as dequantized and as
   MESSAGE("qwen2 Q4_K_M: max |logit diff| vs HF on dequantized weights: native " << dn << ", f32 "
                                                                                  << df);
   // Logits reach ~67 here. Dequantized: float32 rounding only (3.5e-6 relative). Native: the
-  // block kernels quantize activations to 8 bits per block as llama.cpp's do (Q8_K for K-quants,
-  // Q8_0 otherwise), about 1% of the logit scale; measured 0.53.
+  // block kernels quantize activations to 8 bits per block as llama.cpp's do (Q8_K for K-quants:
+  // one scale per 256 values, i.e. per whole row of this 256-wide model; Q8_0 otherwise), which
+  // on this random model's outlier-heavy activations is ~6% of the logit scale: measured 4.18
+  // (0.53 when only the Q8_0 tensors took the 8-bit path); the f32 path gives the dequantized
+  // run's 2.4e-4 (MINFER_GGML_PATH=f32).
   CHECK(df <= 1e-3f);
-  CHECK(dn <= 1.0f);
-  // Native and dequantized runs agree token by token on greedy argmax.
+  CHECK(dn <= 6.0f);
+  int positions = 0, clear = 0;
+  // Native and dequantized runs agree token by token on greedy argmax wherever the dequantized
+  // run's top-2 margin exceeds twice the native run's measured logit error (no near-tie).
   for (int i = 0; exp->has("input_ids_" + std::to_string(i)); ++i) {
     const Tensor& ids = exp->get("input_ids_" + std::to_string(i));
     const int64_t T = ids.numel();
@@ -334,7 +341,14 @@ TEST_CASE("arch: a Qwen2.5-class Q4_K_M GGUF runs natively as dequantized and as
     for (int64_t t = 0; t < T; ++t) {
       const float* pa = a.data<float>() + t * a.stride(0);
       const float* pb = b.data<float>() + t * b.stride(0);
+      std::vector<float> top(pb, pb + V);
+      std::partial_sort(top.begin(), top.begin() + 2, top.end(), std::greater<float>());
+      ++positions;
+      if (top[0] - top[1] <= 2 * dn) continue;
+      ++clear;
       CHECK(std::max_element(pa, pa + V) - pa == std::max_element(pb, pb + V) - pb);
     }
   }
+  MESSAGE("argmax compared at " << clear << " of " << positions << " positions (no near-tie)");
+  CHECK(clear >= 5);  // not vacuous (7 of 32 on this random model's flat logits)
 }
