@@ -50,11 +50,12 @@ PROMPTS=(
 
 total=0
 same=0
-compare() {  # name file prompt: one line per dtype (scripts/llamacpp_greedy_case.py)
-  local dtype out
-  for dtype in native f32; do
+compare() {  # name file prompt modes...: one line per mode (scripts/llamacpp_greedy_case.py)
+  local name=$1 file=$2 prompt=$3 dtype out
+  shift 3
+  for dtype in "$@"; do
     total=$((total + 1))
-    out=$("$PY" "$ROOT/scripts/llamacpp_greedy_case.py" "$1" "$2" "$3" "$dtype" "$LC" "$RM" "$N" \
+    out=$("$PY" "$ROOT/scripts/llamacpp_greedy_case.py" "$name" "$file" "$prompt" "$dtype" "$LC" "$RM" "$N" \
       "$THREADS")
     echo "$out"
     case "$out" in *" identical "*) same=$((same + 1)) ;; esac
@@ -63,9 +64,9 @@ compare() {  # name file prompt: one line per dtype (scripts/llamacpp_greedy_cas
 
 echo "llamacpp_greedy: $N tokens, greedy, $THREADS threads; $(uptime | sed 's/.*load/load/')"
 for p in "${PROMPTS[@]}"; do
-  compare qwen2-q4km "$QDIR/model-q4km.gguf" "$p"
-  compare qwen2-f32 "$QDIR/model-f32.gguf" "$p"
-  [ -f "$SMOL" ] && compare smollm2-q4_1 "$SMOL" "$p"
-  compare phi3-tiny "$ROOT/tests/fixtures/arch/phi3/model.gguf" "$p"
+  compare qwen2-q4km "$QDIR/model-q4km.gguf" "$p" native f32 q8
+  compare qwen2-f32 "$QDIR/model-f32.gguf" "$p" native q8
+  [ -f "$SMOL" ] && compare smollm2-q4_1 "$SMOL" "$p" native f32 q8
+  compare phi3-tiny "$ROOT/tests/fixtures/arch/phi3/model.gguf" "$p" native
 done
 echo "llamacpp_greedy: $same of $total identical"

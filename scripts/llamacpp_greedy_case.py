@@ -1,16 +1,24 @@
 #!/usr/bin/env python3
 """One case of scripts/llamacpp_greedy.sh: llama.cpp's greedy bytes against minfer's.
 
-    llamacpp_greedy_case.py NAME MODEL.gguf PROMPT DTYPE LLAMA_COMPLETION RUN_MODEL N THREADS
+    llamacpp_greedy_case.py NAME MODEL.gguf PROMPT MODE LLAMA_COMPLETION RUN_MODEL N THREADS
+
+MODE: `native` (run-model as a user runs it, llama-completion with its defaults: F16 KV cache,
+flash attention auto), `f32` (run-model --dtype f32, llama.cpp defaults), or `q8` (run-model with
+MINFER_GGML_PATH=q8, i.e. 8-bit activations at every T as llama.cpp, against llama-completion
+with an F32 KV cache and flash attention off: the closest arithmetic the two engines have).
 
 llama-completion prints the raw bytes of its tokens; run-model --json gives the token ids, which
 are turned into bytes with the GGUF's byte-level vocabulary (GPT-2's bytes_to_unicode inverse;
 control tokens print nothing, as llama.cpp does). A random model emits partial UTF-8 sequences,
 which a comparison of decoded text would blur. Prints one line: identical, or differs with the
 first differing byte and the minfer token it falls in, or prefix when llama.cpp's output is a
-truncated start of minfer's.
+truncated start of minfer's. A difference also gives minfer's top-1 minus top-2 logit at the
+differing token (run-model --json margins): below ~0.05 the choice is a near-tie that f32
+summation order or 8-bit activation rounding can flip.
 """
 import json
+import os
 import subprocess
 import sys
 
@@ -30,8 +38,13 @@ def byte_decoder():
 
 def main() -> int:
     name, model, prompt, dtype, lc, rm, n, threads = sys.argv[1:]
-    run = subprocess.run([lc, "-m", model, "-p", prompt, "-n", n, "--temp", "0", "-no-cnv",
-                          "--no-display-prompt", "--simple-io", "-t", threads, "--seed", "0"],
+    assert dtype in ("native", "f32", "q8"), dtype
+    # Greedy: temperature 0 (llama.cpp then takes the argmax, no other sampler runs), top-k 1,
+    # no repetition penalty, plain completion (no chat template).
+    extra = ["-ctk", "f32", "-ctv", "f32", "-fa", "off"] if dtype == "q8" else []
+    run = subprocess.run([lc, "-m", model, "-p", prompt, "-n", n, "--temp", "0", "--top-k", "1",
+                          "--repeat-penalty", "1", "-no-cnv", "--no-display-prompt",
+                          "--simple-io", "-t", threads, "--seed", "0"] + extra,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if run.returncode != 0:
         err = [l for l in run.stderr.decode(errors="replace").splitlines() if "error" in l.lower()]
@@ -40,13 +53,16 @@ def main() -> int:
     ref = run.stdout
     # llama-completion ends its output with " [end of text]\n" at an end-of-generation token,
     # else with "\n\n" after the last token.
-    for tail in (b" [end of text]\n", b"\n\n"):
-        if ref.endswith(tail):
-            ref = ref[: -len(tail)]
-            break
+    # (also right at the start, with or without newlines after it).
+    if ref.rstrip(b"\n").endswith(b" [end of text]"):
+        ref = ref.rstrip(b"\n")[: -len(b" [end of text]")]
+    elif ref.endswith(b"\n\n"):
+        ref = ref[:-2]
+    env = dict(os.environ, MINFER_GGML_PATH="q8" if dtype == "q8" else "auto")
     res = json.loads(subprocess.run([rm, "--model", model, "--prompt", prompt, "-n", n, "--temp",
-                                     "0", "--json", "-t", threads, "--dtype", dtype],
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     "0", "--json", "-t", threads, "--dtype",
+                                     "f32" if dtype == "f32" else "native"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
                                     check=True).stdout)
     r = gguf.GGUFReader(model)
     assert r.fields["tokenizer.ggml.model"].contents() == "gpt2", "byte-level BPE vocabularies only"
@@ -73,9 +89,11 @@ def main() -> int:
     while at < len(pieces) and acc + len(pieces[at]) <= i:
         acc += len(pieces[at])
         at += 1
+    margins = res.get("margins", [])
+    margin = f"{margins[at]:.3f}" if at < len(margins) else "?"
     print(f"{name:12s} {dtype:6s} differs    {prompt[:32]!r}: first difference at byte {i} "
-          f"(minfer token {at} of {len(pieces)}): llama.cpp {ref[max(0, i - 12):i + 12]!r} | "
-          f"minfer {mine[max(0, i - 12):i + 12]!r}")
+          f"(minfer token {at} of {len(pieces)}, its top-2 margin {margin}): "
+          f"llama.cpp {ref[max(0, i - 12):i + 12]!r} | minfer {mine[max(0, i - 12):i + 12]!r}")
     return 0
 
 

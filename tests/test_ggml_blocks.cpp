@@ -11,6 +11,7 @@
 
 #include "engine/backend.h"
 #include "engine/gguf.h"
+#include "engine/half.h"
 #include "engine/safetensors.h"
 #include "kernels/cpu/ggml.h"
 #include "models/loader.h"
@@ -96,8 +97,11 @@ TEST_CASE("ggml blocks: dequantize equals gguf-py's dequantization exactly, ever
 
 TEST_CASE("ggml blocks: CPU kernels equal the f32 matmul of the dequantized weights") {
   // f32 path: up to summation order (1e-5 relative to Σ|x w|). q8 path: x rounded per block of
-  // 32 (256 for the K-quants) to d q with |x - d q| <= d / 2, so |y_q8 - y| <= Σ_b d_b / 2
-  // Σ_{j in b} |w_j| (+ f32).
+  // 32 to dx q as llama.cpp does, with dx = d = max|x| / 127 rounded to fp16 (|dx - d| <= d 2^-11,
+  // |q| <= 127): |x - dx q| <= d (1/2 + 127/2048); Q4_1 / Q5_1 add the block min mw times the fp16
+  // sum term fp16(d Σq) (error <= |mw| 2^-10 · 32 max|x|). So |y_q8 - y| <= Σ_b d_b (1/2 +
+  // 127/2048) Σ_{j in b} |w_j| + |mw_b| 32 max_b|x| / 1024 (+ f32).
+  // K-quants: blocks of 256 with an f32 scale, |y_q8 - y| <= Σ_b d_b / 2 Σ_{j in b} |w_j| (+ f32).
   // The SIMD q8 kernel and its scalar reference share codes and integer sums: they differ only
   // in f32 combination order.
   for (uint32_t ty : ggml_blocks_types()) {
@@ -110,6 +114,14 @@ TEST_CASE("ggml blocks: CPU kernels equal the f32 matmul of the dequantized weig
     const GgmlBlocks& g = std::get<GgmlBlocks>(l.repr);
     const Tensor wt = dequantize_weight(l);
     const float* W = wt.data<float>();
+    // The fp16 min of each 32-weight block of Q4_1 / Q5_1 (bytes 2-3 of the block), else 0.
+    const bool has_min = ty == uint32_t(GgmlType::Q4_1) || ty == uint32_t(GgmlType::Q5_1);
+    auto block_min = [&](int64_t n, int64_t k0) {
+      if (!has_min) return 0.0;
+      const uint8_t* p = g.blocks.data<uint8_t>() + n * g.blocks.dim(1) +
+                         (k0 / 32) * int64_t(ggml_type_size(ty)) + 2;
+      return double(f16_to_f32(uint16_t(p[0] | p[1] << 8)));
+    };
     for (int64_t T : {1, 3, 8, 17}) {
       CAPTURE(T);
       std::vector<float> x = randn(size_t(T * K), uint32_t(T + ty));
@@ -126,7 +138,8 @@ TEST_CASE("ggml blocks: CPU kernels equal the f32 matmul of the dequantized weig
               amax = std::max(amax, double(std::fabs(x[t * K + k])));
               wsum += std::fabs(double(W[n * K + k]));
             }
-            b += amax / 127 / 2 * wsum;
+            b += amax / 127 * (0.5 + 127.0 / 2048) * wsum +
+                 std::fabs(block_min(n, k0)) * 32 * amax / 1024;
           }
           yr[size_t(t * N + n)] = s;
           sa[size_t(t * N + n)] = a;
@@ -176,8 +189,10 @@ TEST_CASE("ggml blocks: a Q8_0 GGUF run natively equals its dequantized f32 run"
   // tiny_llama_q8_0.gguf (make_tiny_llama_gguf.py): every projection and the embedding Q8_0.
   // Prefill (T >= 8) runs the f32 path: equal up to summation order. Decode (T = 1) runs the
   // int8-activation path: on this random model (wide weights, every layer's rounding compounds)
-  // its logits differ by up to 4.2 % of the logit range of the f32 run (measured); checked
-  // against 6 %. Each linear's error is bounded exactly in the kernel test above.
+  // its logits differ by up to 6.1 % of the logit range of the f32 run (measured; 4.2 % before
+  // the activation scale was rounded to fp16 as llama.cpp does, which widens each element's
+  // rounding bound from d/2 to d (1/2 + 127/2048)); checked against 8 %. Each linear's error is
+  // bounded exactly in the kernel test above.
   auto be = make_cpu_backend(2);
   LoadedModel nat = open_model(kFixtures + "tiny_llama_q8_0.gguf", *be, false);
   LoadedModel f32 = open_model(kFixtures + "tiny_llama_q8_0.gguf", *be, false, GgufWeights::F32);
@@ -209,7 +224,7 @@ TEST_CASE("ggml blocks: a Q8_0 GGUF run natively equals its dequantized f32 run"
     }
     MESSAGE("decode step " << step << ": max |diff| = " << w1 << " (max |logit| " << r1 << ")");
     CHECK(w1 > 0);
-    CHECK(w1 <= 0.06f * r1);
+    CHECK(w1 <= 0.08f * r1);
   }
 }
 

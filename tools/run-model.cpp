@@ -1,5 +1,6 @@
 // run-model: generate text from a causal LM, streaming tokens as they are produced.
 #include <algorithm>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "app/model_hub.h"
@@ -10,6 +11,25 @@
 #include "tools/common.h"
 
 using namespace minfer;
+
+namespace {
+
+// Largest minus second-largest of logits[0, V): how close a greedy choice was (0 = a tie).
+// Used to judge a difference from another engine: a small margin means arithmetic order decides.
+float top2_margin(const float* logits, int64_t V) {
+  float a = -std::numeric_limits<float>::infinity(), b = a;
+  for (int64_t i = 0; i < V; ++i) {
+    if (logits[i] > a) {
+      b = a;
+      a = logits[i];
+    } else if (logits[i] > b) {
+      b = logits[i];
+    }
+  }
+  return a - b;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{
@@ -43,7 +63,10 @@ int main(int argc, char** argv) {
   std::string dtype = "native";
   tool::add_gguf_dtype(app, dtype);
   app.add_option("--device", device, "GPU index for --backend cuda")->check(CLI::NonNegativeNumber);
-  app.add_flag("--json", json, "print one JSON object instead of streaming text");
+  app.add_flag("--json", json,
+               "print one JSON object instead of streaming text (ids, text, speeds, and margins: "
+               "top-1 minus top-2 logit at each sampling step, one more than ids when an end "
+               "token stopped it)");
   return tool::run(app, argc, argv, [&] {
     // Other processes' load, sampled over the model load (our own CPU time excluded) and again
     // over the timed generation: the stats line says when the speeds come from a busy machine.
@@ -89,6 +112,7 @@ int main(int argc, char** argv) {
     StreamDecoder dec(*lm.tokenizer);
     std::vector<float> logits(size_t(c.vocab_size));
     std::vector<int32_t> out;
+    std::vector<float> margins;  // --json: top-1 minus top-2 logit at each generated token
     std::string generated;
 
     const CpuTimes at_timing = read_cpu_times();
@@ -104,6 +128,7 @@ int main(int argc, char** argv) {
     const int32_t eos = lm.tokenizer->eos_id() >= 0 ? lm.tokenizer->eos_id() : int32_t(c.eos_id);
     while (int64_t(out.size()) < n) {
       const int32_t next = sampler.sample(logits.data(), c.vocab_size, s.n_past);
+      if (json) margins.push_back(top2_margin(logits.data(), c.vocab_size));
       if (next == eos || std::find(stop.begin(), stop.end(), next) != stop.end()) break;
       out.push_back(next);
       const std::string piece = dec.push(next);
@@ -130,6 +155,7 @@ int main(int argc, char** argv) {
                           {"generated_tokens", out.size()},
                           {"text", generated},
                           {"ids", out},
+                          {"margins", margins},
                           {"load_s", lm.load_seconds},
                           {"prompt_tok_per_s", prompt_tps},
                           {"gen_tok_per_s", gen_tps},

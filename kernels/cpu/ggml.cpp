@@ -15,6 +15,7 @@
 
 #include "engine/error.h"
 #include "engine/gguf.h"
+#include "engine/half.h"
 #include "engine/thread_pool.h"
 #include "kernels/common/ggml_quants.h"
 
@@ -34,19 +35,32 @@ namespace {
 using ggml::fp16_to_f32;
 constexpr int kQ = 32;  // weights per block of the q8-path types and of the activation blocks
 
-// x quantized per block of qb values (32: ggml's quantize_row_q8_0 / q8_1, scale kept in f32;
-// 256: quantize_row_q8_K): q [T, K] int8, d [T, K / qb] scales (d = max|x| / 127, q = round(x /
-// d)), s [T, K / sg] = Σ q over each group of sg values (sg = 32 for the 32-weight types, 16 for
-// the K-quants, whose sub-block scales apply to groups of 16 or 32).
+// x quantized per block of qb values: q [T, K] int8, d [T, K / qb] scales, s [T, K / sg] = Σ q
+// over each group of sg values (sg = 32 for the 32-weight types, 16 for the K-quants, whose
+// sub-block scales apply to groups of 16 or 32), m [T, K / qb] (qb = 32 only).
+// qb = 32: as llama.cpp's CPU backend does it for the dot products of these weight types
+// (ggml-cpu quantize_row_q8_0 / quantize_row_q8_1, x86 path), so that a GGUF gives the same
+// logits in both engines: amax = max |x_j|, d = amax / 127 stored as fp16, codes
+// q_j = round-half-even(x_j * (127 / amax)), and for Q4_1 / Q5_1 (ggml's Q8_1 partner) the block
+// sum term m = fp16(d * Σ q_j) that multiplies the weight block's min.
+// qb = 256 (quantize_row_q8_K): d = max|x| / 127 in f32, q = round(x / d).
 struct QAct {
   std::vector<int8_t> q;
   std::vector<float> d;
   std::vector<int32_t> s;
+  std::vector<float> m;
 };
 
 QAct& act_scratch() {
   thread_local QAct a;
   return a;
+}
+
+// f32 -> fp16 -> f32, round to nearest even (ggml's GGML_FP32_TO_FP16). A value past fp16's
+// range (|v| >= 65520, activations beyond 8e6) keeps its f32 value instead of becoming inf.
+float round_fp16(float v) {
+  const float r = f16_to_f32(f32_to_f16(v));
+  return std::isinf(r) ? v : r;
 }
 
 void quantize_act(const float* x, int64_t T, int64_t ldx, int64_t K, QAct& a, int64_t qb = kQ,
@@ -55,6 +69,7 @@ void quantize_act(const float* x, int64_t T, int64_t ldx, int64_t K, QAct& a, in
   a.q.resize(size_t(T * K));
   a.d.resize(size_t(T * nb));
   a.s.resize(size_t(T * ng));
+  a.m.resize(size_t(qb == kQ ? T * nb : 0));
   for (int64_t t = 0; t < T; ++t)
     for (int64_t b = 0; b < nb; ++b) {
       const float* xb = x + t * ldx + b * qb;
@@ -65,10 +80,25 @@ void quantize_act(const float* x, int64_t T, int64_t ldx, int64_t K, QAct& a, in
         finite = finite && std::isfinite(xb[j]);
       }
       // A NaN or inf gets the block the scale NaN: every output of the row is NaN, as in f32.
-      const float d = amax / 127.f, id = d > 0.f ? 1.f / d : 0.f;
+      const float nan = std::numeric_limits<float>::quiet_NaN();
       int8_t* q = a.q.data() + t * K + b * qb;
-      for (int64_t j = 0; j < qb; ++j) q[j] = int8_t(finite ? std::nearbyint(xb[j] * id) : 0);
-      a.d[size_t(t * nb + b)] = finite ? d : std::numeric_limits<float>::quiet_NaN();
+      const size_t i = size_t(t * nb + b);
+      if (qb == kQ) {
+        const float d = amax / 127.f, id = amax != 0.f ? 127.f / amax : 0.f;
+        int32_t s = 0;
+        for (int64_t j = 0; j < qb; ++j) {
+          // nearbyint: the current rounding mode, round-half-even by default (as _mm256_round_ps
+          // with _MM_ROUND_NEAREST in llama.cpp; std::lround would round halves away from zero).
+          q[j] = int8_t(finite ? std::nearbyint(xb[j] * id) : 0.f);
+          s += q[j];
+        }
+        a.d[i] = finite ? round_fp16(d) : nan;
+        a.m[i] = finite ? round_fp16(d * float(s)) : nan;
+      } else {
+        const float d = amax / 127.f, id = d > 0.f ? 1.f / d : 0.f;
+        for (int64_t j = 0; j < qb; ++j) q[j] = int8_t(finite ? std::nearbyint(xb[j] * id) : 0);
+        a.d[i] = finite ? d : nan;
+      }
     }
   for (int64_t t = 0; t < T; ++t)
     for (int64_t g = 0; g < ng; ++g) {
@@ -287,8 +317,8 @@ MINFER_INLINE __m256i unpack_simd(const uint8_t* p, float* dw, float* mw) {
 // y[t, n] for rows [n0, n1) and all nt <= 8 tokens.
 template <GgmlType TY>
 void q8_rows_simd(const uint8_t* wb, int64_t rb, const int8_t* aq, const float* ad,
-                  const int32_t* as, int64_t nt, int64_t K, int64_t n0, int64_t n1, float* y,
-                  int64_t ldy) {
+                  const int32_t* as, const float* am, int64_t nt, int64_t K, int64_t n0, int64_t n1,
+                  float* y, int64_t ldy) {
   constexpr int off = offset_of(uint32_t(TY));
   const int64_t nb = K / kQ, bs = int64_t(ggml_type_size(uint32_t(TY)));
   for (int64_t n = n0; n < n1; ++n) {
@@ -309,7 +339,12 @@ void q8_rows_simd(const uint8_t* wb, int64_t rb, const int8_t* aq, const float* 
         const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, xq);
         const float dx = ad[t * nb + b];
         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * dx), acc[t]);
-        corr[t] += dx * float(as[t * nb + b]) * c;
+        // Q4_1 / Q5_1: min times the block's fp16 sum term (llama.cpp's m_w * s_x); the offset
+        // types: the integer code sum times -off * dw.
+        if constexpr (off == 0)
+          corr[t] += mw * am[t * nb + b];
+        else
+          corr[t] += dx * float(as[t * nb + b]) * c;
       }
     }
     for (int64_t t = 0; t < nt; ++t) y[t * ldy + n] = hsum256(acc[t]) + corr[t];
@@ -327,12 +362,13 @@ void q8_simd(const GgmlBlocks& w, const QAct& a, int64_t T, int64_t K, int64_t N
     const int8_t* aq = a.q.data() + t0 * K;
     const float* ad = a.d.data() + t0 * nb;
     const int32_t* as = a.s.data() + t0 * nb;
+    const float* am = a.m.data() + t0 * nb;
     constexpr int64_t kRows = 16;  // rows per work item
     const int64_t items = (N + kRows - 1) / kRows;
     // Decode: on the thread pool (one dispatch, chunks claimed dynamically; engine/thread_pool.h).
     parallel_for(items, kRows * K, int64_t(1) << 15, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i)
-        q8_rows_simd<TY>(wb, rb, aq, ad, as, nt, K, i * kRows, std::min(N, (i + 1) * kRows),
+        q8_rows_simd<TY>(wb, rb, aq, ad, as, am, nt, K, i * kRows, std::min(N, (i + 1) * kRows),
                          y + t0 * ldy, ldy);
     });
   }
@@ -446,10 +482,11 @@ constexpr bool k_has_min(GgmlType t) {
 }
 
 // y[t, n] for rows [n0, n1) and all nt <= 8 tokens; aq [nt, K], ad [nt, K / 256], as [nt, K / 16].
+// (am: unused, the K-quants have no Q8_1 sum term; the signature is q8_rows_simd's.)
 template <GgmlType TY>
 void k_rows_simd(const uint8_t* wb, int64_t rb, const int8_t* aq, const float* ad,
-                 const int32_t* as, int64_t nt, int64_t K, int64_t n0, int64_t n1, float* y,
-                 int64_t ldy) {
+                 const int32_t* as, const float* /*am*/, int64_t nt, int64_t K, int64_t n0,
+                 int64_t n1, float* y, int64_t ldy) {
   constexpr int off = k_offset(TY);
   constexpr int64_t QK = ggml::QK_K;
   const int64_t nb = K / QK, bs = int64_t(ggml_type_size(uint32_t(TY)));
@@ -502,7 +539,7 @@ void k_simd(const GgmlBlocks& w, const QAct& a, int64_t T, int64_t K, int64_t N,
     const int64_t items = (N + kRows - 1) / kRows;
     parallel_for(items, kRows * K, int64_t(1) << 15, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i)
-        k_rows_simd<TY>(wb, rb, aq, ad, as, nt, K, i * kRows, std::min(N, (i + 1) * kRows),
+        k_rows_simd<TY>(wb, rb, aq, ad, as, nullptr, nt, K, i * kRows, std::min(N, (i + 1) * kRows),
                         y + t0 * ldy, ldy);
     });
   }
@@ -583,8 +620,8 @@ void ggml_linear_q8_ref(const GgmlBlocks& w, const float* x, int64_t T, int64_t 
         const int8_t* q = a.q.data() + t * K + b * kQ;
         int32_t dot = 0;
         for (int j = 0; j < kQ; ++j) dot += int32_t(u.u[j]) * q[j];
-        const int32_t s = a.s[size_t(t * nb + b)];
-        acc += a.d[size_t(t * nb + b)] * (u.dw * float(dot - off * s) + u.mw * float(s));
+        const size_t i = size_t(t * nb + b);
+        acc += a.d[i] * u.dw * float(dot - off * a.s[i]) + u.mw * a.m[i];
       }
       y[t * ldy + n] = acc;
     }
@@ -658,7 +695,7 @@ void ggml_linear_q8_group(const GgmlGroupItem* items, int n, const float* x, int
 #if defined(MINFER_GGML_VNNI)
   }
   using RowsFn = void (*)(const uint8_t*, int64_t, const int8_t*, const float*, const int32_t*,
-                          int64_t, int64_t, int64_t, int64_t, float*, int64_t);
+                          const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t);
   auto rows_fn = [](uint32_t type) -> RowsFn {
     switch (GgmlType(type)) {
       case GgmlType::Q4_0:
@@ -705,7 +742,7 @@ void ggml_linear_q8_group(const GgmlGroupItem* items, int n, const float* x, int
       const GgmlGroupItem& it = items[m];
       const int64_t r0 = (i - first[size_t(m)]) * kRows;
       fn[size_t(m)](it.w->blocks.data<uint8_t>(), it.w->blocks.dim(1), a.q.data(), a.d.data(),
-                    a.s.data(), T, K, r0, std::min(it.N, r0 + kRows), it.y, it.ldy);
+                    a.s.data(), a.m.data(), T, K, r0, std::min(it.N, r0 + kRows), it.y, it.ldy);
     }
   });
 #endif

@@ -4,10 +4,10 @@
 //
 // Two paths, as llama.cpp (ggml-cpu's vec_dot_q*_q8_* and its "dequantize, then sgemm" route):
 //   q8 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0; T < kGgmlGemmMinT, i.e. decode): x is quantized per block of
-//     32 to int8 as ggml's quantize_row_q8_0/q8_1 (d = max|x| / 127, q = round(x / d), s = Σ q)
-//     and each weight block is an integer dot product:
-//       y[t, n] = Σ_b dx[t, b] (dw[n, b] Σ_j u[n, b, j] q[t, b, j] + (mw[n, b] - o dw[n, b]) s[t,
-//       b])
+//     32 to int8 as llama.cpp's CPU backend does (ggml-cpu quantize_row_q8_0 / q8_1, x86 path):
+//     d = max|x| / 127 rounded to fp16, q = round-half-even(x · 127 / max|x|), s = Σ q, and for
+//     Q4_1 / Q5_1 the sum term m = fp16(d_f32 · s). Each weight block is an integer dot product:
+//       y[t, n] = Σ_b dx[t, b] dw[n, b] (Σ_j u[n, b, j] q[t, b, j] - o s[t, b]) + mw[n, b] m[t, b]
 //     with u the stored unsigned code (nibble, 5-bit code, or int8 + 128), o its offset (8, 16,
 //     128; 0 with a min mw for Q4_1 / Q5_1). AVX-512 VNNI: one vpdpbusd per block of 32.
 //   q8 for the K-quants (Q2_K .. Q6_K; T < kGgmlGemmMinT): x quantized per block of 256 as ggml's
@@ -19,11 +19,17 @@
 //   f32 (every type; T >= kGgmlGemmMinT): one tile of 64 rows
 //     dequantized to f32 at a time (dequantize_row, bit-exact), then sgemm against x: the result
 //     is the f32 matmul of dequantize_weight up to summation order.
-// Error of the q8 path against the f32 matmul of the dequantized weights: per block
-// |Σ_j w_j (x_j - dx q_j)| <= dx / 2 Σ_j |w_j| (round to nearest), so
-//   |y_q8 - y_f32| <= Σ_b dx[b] / 2 · Σ_{j in b} |w_j|  (+ f32 rounding),
-// with blocks of 256 for the K-quants, which tests assert. Parallel: the q8 path on the thread
-// pool (engine/thread_pool.h), the f32 path on OpenMP over row tiles.
+// llama.cpp instead runs every T on quantized activations: with MINFER_GGML_PATH=q8 the
+// Q4_0..Q8_0 linears equal its arithmetic up to f32 summation order; the K-quants run against
+// Q8_K-style blocks (a per-256 f32 scale, group sums of 16) whose rounding has not been checked
+// against llama.cpp's quantize_row_q8_K (docs/engine.md, greedy generation against llama.cpp).
+// Error of the q8 path against the f32 matmul of the dequantized weights: per block of 32, with
+// |dx - d| <= 2^-11 d (fp16) and |q| <= 127, |x_j - dx q_j| <= d (1/2 + 127 · 2^-11), and the
+// fp16 sum term adds at most |mw| · 2^-10 · 32 · max|x|, so
+//   |y_q8 - y_f32| <= Σ_b (d_b (1/2 + 127/2048) Σ_{j in b} |w_j| + |mw_b| 32 max_b|x| / 1024)
+//   (+ f32 rounding); per block of 256 (K-quants, f32 scale) |y_q8 - y_f32| <= Σ_b d_b / 2
+//   Σ_{j in b} |w_j|; which tests assert. Parallel: the thread pool over output rows (q8),
+//   OpenMP over row tiles (f32).
 #pragma once
 #include <cstdint>
 
