@@ -3,8 +3,11 @@
 // algorithm; Han et al. 2016 "Deep Compression" share weights this way), and every weight is
 // stored as the index of its nearest centroid.
 //
-//   init: the (weighted) quantiles (j + 1/2) / 2^b of the group's values, j = 0 .. 2^b - 1, so
-//         the clusters start with equal mass (deterministic, no random restarts);
+//   init: Lloyd runs from two starts and keeps the lower objective: the (weighted) quantiles
+//         (j + 1/2) / 2^b of the group's values, j = 0 .. 2^b - 1 (equal mass per cluster), and
+//         the uniform grid of 2^b points from the group's minimum to its maximum (so the result
+//         is never worse than that uniform quantizer, and isolated extremes keep a centroid the
+//         quantile start can miss); deterministic, no random restarts;
 //   Lloyd: assign each weight to its nearest centroid, move each centroid to the (weighted) mean
 //         of its weights; an empty cluster keeps its centroid. In 1-D the clusters are ranges of
 //         the sorted values, so an iteration costs O(2^b log G) with prefix sums. Stops when the
