@@ -445,6 +445,18 @@ struct Ctx {
     std::vector<int64_t> end;  // per byte position: kUnknown, -1 (no match) or the match end
   };
   std::vector<Memo> memos;
+  // run_to_end's state per set atom: the run [start, end) of the set that the last start inside
+  // it found; every character boundary in [lowest, end] tried as the start of what follows (when
+  // `tried`), the highest that matched (hit_at, or -1) and that match's end.
+  struct Run {
+    const SplitRegex::Atom* atom;
+    bool valid = false;
+    size_t start = 0, end = 0;
+    bool tried = false;
+    size_t lowest = 0;
+    int64_t hit_at = -1, hit_end = -1;
+  };
+  std::vector<Run> runs;
   static constexpr int64_t kUnknown = -2;
   std::vector<int64_t>& memo(const SplitRegex::Atom* g, const std::vector<SplitRegex::Atom>* seq,
                              size_t ai) {
@@ -457,6 +469,64 @@ struct Ctx {
 
 int64_t match_seq(Ctx& cx, const std::vector<SplitRegex::Atom>& seq, size_t ai, size_t pos,
                   const Cont* k, int depth);
+
+// seq[ai], a set with an unbounded quantifier (\s*, \p{L}+), then seq[ai+1..] up to the end of
+// the match, at `pos`: the greedy run, then the rest tried from the run's end back. Starts inside
+// one run share the run's end and the rest's results (which depend on where the rest starts
+// only), so the run is scanned and each of its positions tried at most once per find_all call:
+// without this, \s*[\r\n]+ (Jais-2) rescans a long space run from each 512-space cut.
+int64_t run_to_end(Ctx& cx, const std::vector<SplitRegex::Atom>& seq, size_t ai, size_t pos,
+                   int depth) {
+  const SplitRegex::Atom& a = seq[ai];
+  const std::string_view s = cx.s;
+  Ctx::Run* m = nullptr;
+  for (Ctx::Run& r : cx.runs)
+    if (r.atom == &a) m = &r;
+  if (!m) {
+    cx.runs.push_back({&a});
+    m = &cx.runs.back();
+  }
+  if (!m->valid || pos < m->start || pos > m->end) {
+    size_t q = pos;
+    while (q < s.size()) {
+      ++cx.steps;
+      int l;
+      if (!a.set.test(unicode::decode_at(s, q, &l))) break;
+      q += static_cast<size_t>(l);
+    }
+    *m = Ctx::Run{&a, true, pos, q, false, 0, -1, -1};
+  }
+  // The lowest allowed end: `min` characters past pos.
+  size_t floor = pos;
+  for (uint32_t n = 0; n < a.min; ++n) {
+    ++cx.steps;
+    if (floor >= m->end) return -1;
+    floor += static_cast<size_t>(unicode::utf8_len(static_cast<uint8_t>(s[floor])));
+  }
+  if (ai + 1 == seq.size()) return static_cast<int64_t>(m->end);
+  if (m->hit_at >= 0) return m->hit_at >= static_cast<int64_t>(floor) ? m->hit_end : -1;
+  // Every position in [lowest, end] failed so far: go on below `lowest`, down to floor.
+  size_t q = m->end;
+  if (m->tried) {
+    if (m->lowest <= floor) return -1;
+    q = m->lowest - 1;
+    while (q > 0 && (static_cast<uint8_t>(s[q]) & 0xC0) == 0x80) --q;
+  }
+  for (;;) {
+    ++cx.steps;
+    const int64_t r = match_seq(cx, seq, ai + 1, q, nullptr, depth + 1);
+    m->tried = true;
+    m->lowest = q;
+    if (r >= 0) {
+      m->hit_at = static_cast<int64_t>(q);
+      m->hit_end = r;
+      return r;
+    }
+    if (q <= floor) return -1;
+    --q;
+    while (q > 0 && (static_cast<uint8_t>(s[q]) & 0xC0) == 0x80) --q;
+  }
+}
 
 bool is_word_at(std::string_view s, size_t pos) {
   int l;
@@ -631,6 +701,7 @@ int64_t match_seq(Ctx& cx, const std::vector<SplitRegex::Atom>& seq, size_t ai, 
       pos += static_cast<size_t>(l);
       continue;
     }
+    if (a.max == UINT32_MAX && !k) return run_to_end(cx, seq, ai, pos, depth);
     std::vector<uint32_t> ends{static_cast<uint32_t>(pos)};
     size_t q = pos;
     while (ends.size() - 1 < a.max && q < s.size()) {
