@@ -3,6 +3,7 @@
 #include "tokenizer/split_regex.h"
 
 #include <array>
+#include <deque>
 
 #include "engine/error.h"
 #include "tokenizer/unicode.h"
@@ -444,7 +445,7 @@ struct Ctx {
     size_t ai;
     std::vector<int64_t> end;  // per byte position: kUnknown, -1 (no match) or the match end
   };
-  std::vector<Memo> memos;
+  std::deque<Memo> memos;  // a deque: references stay valid while matching adds entries
   // run_to_end's state per set atom: the run [start, end) of the set that the last start inside
   // it found; every character boundary in [lowest, end] tried as the start of what follows (when
   // `tried`), the highest that matched (hit_at, or -1) and that match's end.
@@ -456,7 +457,7 @@ struct Ctx {
     size_t lowest = 0;
     int64_t hit_at = -1, hit_end = -1;
   };
-  std::vector<Run> runs;
+  std::deque<Run> runs;  // (as memos)
   static constexpr int64_t kUnknown = -2;
   std::vector<int64_t>& memo(const SplitRegex::Atom* g, const std::vector<SplitRegex::Atom>* seq,
                              size_t ai) {
