@@ -3,6 +3,7 @@
 // and FNV-1a hashes), plus unit tests of the pieces with hand-computed expectations.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -10,6 +11,7 @@
 #include <sstream>
 
 #include "engine/error.h"
+#include "tokenizer/split_regex.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
 
@@ -505,15 +507,101 @@ TEST_CASE("tokenizer: GGUF byte-level BPE, every pre-tokenizer family") {
   }
 }
 
-TEST_CASE("tokenizer: GGUF SuperBPE digit groups; a run too long for the matcher is an error") {
+TEST_CASE("tokenizer: GGUF SuperBPE digit groups") {
   auto tok = gguf_fixture("bpe-superbpe");
   // Digit runs split in threes from the right (an empty-match split), no split at spaces.
   auto words = tok->words("in 1234567 of");
   CHECK(std::find(words.begin(), words.end(), std::string("1")) != words.end());
   CHECK(std::find(words.begin(), words.end(), std::string("234")) != words.end());
   CHECK(std::find(words.begin(), words.end(), std::string("567")) != words.end());
-  CHECK_THROWS_WITH_AS(tok->encode(std::string(30000, '7'), false),
-                       doctest::Contains("backtracking deeper than"), minfer::Error);
+}
+
+namespace {
+// The characters a long run of one class is made of, for the split-work checks below.
+const std::pair<const char*, const char*> kRuns[] = {{"digits", "7"},
+                                                     {"letters", "a"},
+                                                     {"spaces", " "},
+                                                     {"punctuation", "!"},
+                                                     {"newlines", "\n"},
+                                                     {"CJK", "\xe4\xb8\xad"},
+                                                     {"letters and digits", "a1"},
+                                                     {"space-separated digits", "12 "}};
+std::string run_of(const std::string& unit, size_t bytes) {
+  std::string s;
+  while (s.size() < bytes) s += unit;
+  return s;
+}
+// SplitRegex steps spent splitting `text` with tok's pre-tokenizer.
+uint64_t split_steps(const Tokenizer& tok, const std::string& text) {
+  const uint64_t before = minfer::pretok::SplitRegex::steps_on_this_thread();
+  (void)tok.words(text);
+  return minfer::pretok::SplitRegex::steps_on_this_thread() - before;
+}
+}  // namespace
+
+TEST_CASE("tokenizer: digit-grouping lookaheads split a 100000-digit run in linear work") {
+  // SuperBPE's (?=([0-9]{3})+(?![0-9])) and Tiny Aya's [0-9]{1,3}(?=(?:[0-9]{3})*\b) group a
+  // digit run in threes from the right; both lookaheads are evaluated at every digit, so without
+  // reuse along the run the work (and the backtracking depth) grows with the square of its length.
+  const size_t n = 100000;  // 100000 = 1 + 3 * 33333
+  const std::string digits(n, '7');
+  for (const char* name : {"bpe-superbpe", "bpe-tiny_aya"}) {
+    INFO(name);
+    auto tok = gguf_fixture(name);
+    const uint64_t before = minfer::pretok::SplitRegex::steps_on_this_thread();
+    const auto words = tok->words(digits);
+    const uint64_t steps = minfer::pretok::SplitRegex::steps_on_this_thread() - before;
+    REQUIRE(words.size() == 1 + n / 3);
+    CHECK(words[0] == "7");
+    CHECK(std::all_of(words.begin() + 1, words.end(),
+                      [](const std::string& w) { return w == "777"; }));
+    CHECK(steps < 40 * n);  // linear: a quadratic matcher takes ~n^2/6 steps
+    CHECK(tok->encode(digits, false).size() >= words.size());
+  }
+}
+
+TEST_CASE("tokenizer: every GGUF pre-tokenizer splits long runs of one class in linear work") {
+  // Doubling a run's length must at most double the matcher's work (plus a constant), for every
+  // pre-tokenizer family and run class (the quadratic digit-grouping lookaheads were one case).
+  for (const char* name : {"bpe-gpt-2",
+                           "bpe-mpt",
+                           "bpe-starcoder",
+                           "bpe-command-r",
+                           "bpe-llama-bpe",
+                           "bpe-qwen2",
+                           "bpe-falcon",
+                           "bpe-bloom",
+                           "bpe-viking",
+                           "bpe-deepseek-llm",
+                           "bpe-deepseek-coder",
+                           "bpe-tekken",
+                           "bpe-gpt-4o",
+                           "bpe-default",
+                           "bpe-deepseek-v3",
+                           "bpe-spark2_5",
+                           "bpe-youtu",
+                           "bpe-hunyuan",
+                           "bpe-qwen35",
+                           "bpe-jais-2",
+                           "bpe-seed-coder",
+                           "bpe-bailingmoe",
+                           "bpe-ufakzeka",
+                           "bpe-laguna",
+                           "bpe-minicpm5",
+                           "bpe-chameleon",
+                           "bpe-superbpe",
+                           "bpe-tiny_aya",
+                           "bpe-granite-embed-multi-97m"}) {
+    auto tok = gguf_fixture(name);
+    for (const auto& [what, unit] : kRuns) {
+      const std::string label = std::string(name) + ", a run of " + what;
+      INFO(label);
+      const uint64_t w10 = split_steps(*tok, run_of(unit, 10000));
+      const uint64_t w20 = split_steps(*tok, run_of(unit, 20000));
+      CHECK(w20 <= 2 * w10 + 1000);
+      CHECK(w20 <= 100 * 20000);
+    }
+  }
 }
 
 TEST_CASE("tokenizer: GGUF SentencePiece (tokenizer.ggml.model = llama)") {

@@ -3,6 +3,7 @@
 #include "tokenizer/split_regex.h"
 
 #include <array>
+#include <deque>
 
 #include "engine/error.h"
 #include "tokenizer/unicode.h"
@@ -430,8 +431,103 @@ struct Cont {
   const Cont* next = nullptr;
 };
 
-int64_t match_seq(const std::vector<SplitRegex::Atom>& seq, size_t ai, std::string_view s,
-                  size_t pos, const Cont* k, int depth);
+// One find_all call's state: the step counter and the memo of quantified fixed-width groups.
+struct Ctx {
+  std::string_view s;
+  uint64_t steps = 0;
+  // The result of a fixed-width group with an unbounded quantifier that has matched at least
+  // `min` times, at byte `pos`, followed by (*seq)[ai..] and the end of the (sub)match: it depends
+  // on `pos` only, so it is computed once per position (SuperBPE's and Tiny Aya's digit-grouping
+  // lookaheads, re-run at every digit of a run, stay linear in the run's length).
+  struct Memo {
+    const SplitRegex::Atom* group;
+    const std::vector<SplitRegex::Atom>* seq;
+    size_t ai;
+    std::vector<int64_t> end;  // per byte position: kUnknown, -1 (no match) or the match end
+  };
+  std::deque<Memo> memos;  // a deque: references stay valid while matching adds entries
+  // run_to_end's state per set atom: the run [start, end) of the set that the last start inside
+  // it found; every character boundary in [lowest, end] tried as the start of what follows (when
+  // `tried`), the highest that matched (hit_at, or -1) and that match's end.
+  struct Run {
+    const SplitRegex::Atom* atom;
+    bool valid = false;
+    size_t start = 0, end = 0;
+    bool tried = false;
+    size_t lowest = 0;
+    int64_t hit_at = -1, hit_end = -1;
+  };
+  std::deque<Run> runs;  // (as memos)
+  static constexpr int64_t kUnknown = -2;
+  std::vector<int64_t>& memo(const SplitRegex::Atom* g, const std::vector<SplitRegex::Atom>* seq,
+                             size_t ai) {
+    for (Memo& m : memos)
+      if (m.group == g && m.seq == seq && m.ai == ai) return m.end;
+    memos.push_back({g, seq, ai, std::vector<int64_t>(s.size() + 1, kUnknown)});
+    return memos.back().end;
+  }
+};
+
+int64_t match_seq(Ctx& cx, const std::vector<SplitRegex::Atom>& seq, size_t ai, size_t pos,
+                  const Cont* k, int depth);
+
+// seq[ai], a set with an unbounded quantifier (\s*, \p{L}+), then seq[ai+1..] up to the end of
+// the match, at `pos`: the greedy run, then the rest tried from the run's end back. Starts inside
+// one run share the run's end and the rest's results (which depend on where the rest starts
+// only), so the run is scanned and each of its positions tried at most once per find_all call:
+// without this, \s*[\r\n]+ (Jais-2) rescans a long space run from each 512-space cut.
+int64_t run_to_end(Ctx& cx, const std::vector<SplitRegex::Atom>& seq, size_t ai, size_t pos,
+                   int depth) {
+  const SplitRegex::Atom& a = seq[ai];
+  const std::string_view s = cx.s;
+  Ctx::Run* m = nullptr;
+  for (Ctx::Run& r : cx.runs)
+    if (r.atom == &a) m = &r;
+  if (!m) {
+    cx.runs.push_back({&a});
+    m = &cx.runs.back();
+  }
+  if (!m->valid || pos < m->start || pos > m->end) {
+    size_t q = pos;
+    while (q < s.size()) {
+      ++cx.steps;
+      int l;
+      if (!a.set.test(unicode::decode_at(s, q, &l))) break;
+      q += static_cast<size_t>(l);
+    }
+    *m = Ctx::Run{&a, true, pos, q, false, 0, -1, -1};
+  }
+  // The lowest allowed end: `min` characters past pos.
+  size_t floor = pos;
+  for (uint32_t n = 0; n < a.min; ++n) {
+    ++cx.steps;
+    if (floor >= m->end) return -1;
+    floor += static_cast<size_t>(unicode::utf8_len(static_cast<uint8_t>(s[floor])));
+  }
+  if (ai + 1 == seq.size()) return static_cast<int64_t>(m->end);
+  if (m->hit_at >= 0) return m->hit_at >= static_cast<int64_t>(floor) ? m->hit_end : -1;
+  // Every position in [lowest, end] failed so far: go on below `lowest`, down to floor.
+  size_t q = m->end;
+  if (m->tried) {
+    if (m->lowest <= floor) return -1;
+    q = m->lowest - 1;
+    while (q > 0 && (static_cast<uint8_t>(s[q]) & 0xC0) == 0x80) --q;
+  }
+  for (;;) {
+    ++cx.steps;
+    const int64_t r = match_seq(cx, seq, ai + 1, q, nullptr, depth + 1);
+    m->tried = true;
+    m->lowest = q;
+    if (r >= 0) {
+      m->hit_at = static_cast<int64_t>(q);
+      m->hit_end = r;
+      return r;
+    }
+    if (q <= floor) return -1;
+    --q;
+    while (q > 0 && (static_cast<uint8_t>(s[q]) & 0xC0) == 0x80) --q;
+  }
+}
 
 bool is_word_at(std::string_view s, size_t pos) {
   int l;
@@ -444,35 +540,112 @@ bool is_word_before(std::string_view s, size_t pos) {
   return is_word_at(s, q);
 }
 
+// The byte end of one iteration of a fixed-width group (see fixed_width) at `pos`, or -1.
+int64_t fixed_iteration(Ctx& cx, const SplitRegex::Atom& g, size_t pos) {
+  const std::string_view s = cx.s;
+  for (const SplitRegex::Atom& a : g.alts[0]) {
+    for (uint32_t n = 0; n < a.min; ++n) {
+      ++cx.steps;
+      if (pos >= s.size()) return -1;
+      int l;
+      if (!a.set.test(unicode::decode_at(s, pos, &l))) return -1;
+      pos += static_cast<size_t>(l);
+    }
+  }
+  return static_cast<int64_t>(pos);
+}
+
+// A group of one alternative of classes with fixed counts, at least one character wide (
+// ([0-9]{3}) ): an iteration either matches one way or not at all, so the greedy loop over it
+// needs no recursion per iteration.
+bool fixed_width(const SplitRegex::Atom& g) {
+  if (g.alts.size() != 1) return false;
+  uint32_t width = 0;
+  for (const SplitRegex::Atom& a : g.alts[0]) {
+    if (a.kind != SplitRegex::Atom::Kind::Set || a.min != a.max) return false;
+    width += a.min;
+  }
+  return width > 0;
+}
+
+int64_t continue_after(Ctx& cx, const Cont* after, size_t pos, int depth);
+int64_t repeat(Ctx& cx, const SplitRegex::Atom& g, uint32_t count, size_t iter_start, size_t pos,
+               const Cont* after, int depth);
+
+// repeat() for a fixed-width group: the iterations' ends forward (no recursion), then what follows
+// tried from the last one back, as the backtracking would. With an unbounded quantifier and a
+// continuation that is the rest of one sequence up to the end of the match, the result at each
+// position past `min` iterations is memoized.
+int64_t repeat_fixed(Ctx& cx, const SplitRegex::Atom& g, uint32_t count, size_t pos,
+                     const Cont* after, int depth) {
+  const bool memoize = g.max == UINT32_MAX && after && !after->group && !after->next;
+  std::vector<int64_t>* memo = memoize ? &cx.memo(&g, after->seq, after->ai) : nullptr;
+  std::vector<uint32_t> ends{static_cast<uint32_t>(pos)};
+  int64_t known = -1;  // the memoized result at ends.back(), if the scan stopped at one
+  bool stopped_at_known = false;
+  for (;;) {
+    const uint64_t c = count + (ends.size() - 1);
+    const size_t q = ends.back();
+    if (memo && c >= g.min && (*memo)[q] != Ctx::kUnknown) {
+      known = (*memo)[q];
+      stopped_at_known = true;
+      break;
+    }
+    if (c >= g.max) break;
+    const int64_t e = fixed_iteration(cx, g, q);
+    if (e < 0) break;
+    ends.push_back(static_cast<uint32_t>(e));
+  }
+  // From the last end back: the result at ends[i] is the result at ends[i+1] (one more
+  // iteration) if that matched, else what follows at ends[i] (when count + i >= min).
+  int64_t r = stopped_at_known ? known : -1;
+  for (size_t i = ends.size(); i-- > 0;) {
+    ++cx.steps;
+    const uint64_t c = count + i;
+    if (stopped_at_known && i + 1 == ends.size()) continue;  // r is ends.back()'s result
+    if (r < 0 && c >= g.min) r = continue_after(cx, after, ends[i], depth + 1);
+    if (memo && c >= g.min) (*memo)[ends[i]] = r;
+  }
+  return r;
+}
+
+// What follows once a (sub)sequence has matched at `pos`: the continuation, or the match end.
+int64_t continue_after(Ctx& cx, const Cont* after, size_t pos, int depth) {
+  if (!after) return static_cast<int64_t>(pos);
+  if (after->group)
+    return repeat(cx, *after->group, after->count, after->iter_start, pos, after->next, depth + 1);
+  return match_seq(cx, *after->seq, after->ai, pos, after->next, depth + 1);
+}
+
 // A quantified group that has matched `count` times, now at `pos`: greedily one more
 // iteration (each alternative in order), else what follows. An iteration that matched nothing
 // ends the loop (Oniguruma's empty-loop check).
-int64_t repeat(const SplitRegex::Atom& g, uint32_t count, size_t iter_start, std::string_view s,
-               size_t pos, const Cont* after, int depth) {
+int64_t repeat(Ctx& cx, const SplitRegex::Atom& g, uint32_t count, size_t iter_start, size_t pos,
+               const Cont* after, int depth) {
+  ++cx.steps;
+  if (fixed_width(g)) return repeat_fixed(cx, g, count, pos, after, depth);
   const bool empty_iter = count > 0 && pos == iter_start;
   if (count < g.max && !empty_iter) {
     for (const auto& alt : g.alts) {
       Cont again{nullptr, 0, &g, count + 1, pos, after};
-      if (int64_t r = match_seq(alt, 0, s, pos, &again, depth + 1); r >= 0) return r;
+      if (int64_t r = match_seq(cx, alt, 0, pos, &again, depth + 1); r >= 0) return r;
     }
   }
-  if (count >= g.min || empty_iter) {
-    if (!after) return static_cast<int64_t>(pos);
-    if (after->group)
-      return repeat(*after->group, after->count, after->iter_start, s, pos, after->next,
-                    depth + 1);
-    return match_seq(*after->seq, after->ai, s, pos, after->next, depth + 1);
-  }
+  if (count >= g.min || empty_iter) return continue_after(cx, after, pos, depth);
   return -1;
 }
 
 // The end of a match of seq[ai..] starting at byte `pos` and then of the continuation `k`, or -1.
-int64_t match_seq(const std::vector<SplitRegex::Atom>& seq, size_t ai, std::string_view s,
-                  size_t pos, const Cont* k, int depth) {
+int64_t match_seq(Ctx& cx, const std::vector<SplitRegex::Atom>& seq, size_t ai, size_t pos,
+                  const Cont* k, int depth) {
   using AK = SplitRegex::Atom::Kind;
+  const std::string_view s = cx.s;
+  ++cx.steps;
   // Backtracking depth grows with the text only through quantified groups; bound it so a hostile
   // pattern and text cannot exhaust the stack.
-  MINFER_CHECK(depth < 6000, "split regex: backtracking deeper than 6000 steps (a long run through a quantified group)");
+  MINFER_CHECK(
+      depth < 6000,
+      "split regex: backtracking deeper than 6000 steps (a long run through a quantified group)");
   for (; ai < seq.size(); ++ai) {
     const SplitRegex::Atom& a = seq[ai];
     if (a.kind == AK::End) {
@@ -485,7 +658,7 @@ int64_t match_seq(const std::vector<SplitRegex::Atom>& seq, size_t ai, std::stri
     }
     if (a.kind == AK::Group) {
       Cont after{&seq, ai + 1, nullptr, 0, 0, k};
-      return repeat(a, 0, pos, s, pos, &after, depth + 1);
+      return repeat(cx, a, 0, pos, pos, &after, depth + 1);
     }
     if (a.kind == AK::Literals) {
       // Each alternative in order, then (when optional) none: the backtracking order.
@@ -493,6 +666,7 @@ int64_t match_seq(const std::vector<SplitRegex::Atom>& seq, size_t ai, std::stri
         size_t q = pos;
         bool ok = true;
         for (const SplitRegex::CharSet& want : opt) {
+          ++cx.steps;
           if (q >= s.size()) {
             ok = false;
             break;
@@ -505,7 +679,7 @@ int64_t match_seq(const std::vector<SplitRegex::Atom>& seq, size_t ai, std::stri
           q += static_cast<size_t>(l);
         }
         if (!ok) continue;
-        if (int64_t r = match_seq(seq, ai + 1, s, q, k, depth + 1); r >= 0) return r;
+        if (int64_t r = match_seq(cx, seq, ai + 1, q, k, depth + 1); r >= 0) return r;
       }
       if (a.min == 0) continue;
       return -1;
@@ -513,7 +687,7 @@ int64_t match_seq(const std::vector<SplitRegex::Atom>& seq, size_t ai, std::stri
     if (a.kind == AK::NotAhead || a.kind == AK::Ahead) {
       bool m = false;
       for (const auto& alt : a.alts)
-        if (match_seq(alt, 0, s, pos, nullptr, depth + 1) >= 0) {
+        if (match_seq(cx, alt, 0, pos, nullptr, depth + 1) >= 0) {
           m = true;
           break;
         }
@@ -528,9 +702,11 @@ int64_t match_seq(const std::vector<SplitRegex::Atom>& seq, size_t ai, std::stri
       pos += static_cast<size_t>(l);
       continue;
     }
+    if (a.max == UINT32_MAX && !k) return run_to_end(cx, seq, ai, pos, depth);
     std::vector<uint32_t> ends{static_cast<uint32_t>(pos)};
     size_t q = pos;
     while (ends.size() - 1 < a.max && q < s.size()) {
+      ++cx.steps;
       int l;
       if (!a.set.test(unicode::decode_at(s, q, &l))) break;
       q += static_cast<size_t>(l);
@@ -540,17 +716,24 @@ int64_t match_seq(const std::vector<SplitRegex::Atom>& seq, size_t ai, std::stri
     if (count < a.min) return -1;
     if (ai + 1 == seq.size() && !k) return ends[count];
     for (size_t k2 = count + 1; k2-- > a.min;) {
-      int64_t r = match_seq(seq, ai + 1, s, ends[k2], k, depth + 1);
+      ++cx.steps;
+      int64_t r = match_seq(cx, seq, ai + 1, ends[k2], k, depth + 1);
       if (r >= 0) return r;
     }
     return -1;
   }
-  if (!k) return static_cast<int64_t>(pos);
-  if (k->group) return repeat(*k->group, k->count, k->iter_start, s, pos, k->next, depth + 1);
-  return match_seq(*k->seq, k->ai, s, pos, k->next, depth + 1);
+  return continue_after(cx, k, pos, depth);
 }
 
 }  // namespace
+
+namespace {
+thread_local uint64_t t_steps = 0;
+}  // namespace
+
+uint64_t SplitRegex::steps_on_this_thread() {
+  return t_steps;
+}
 
 std::shared_ptr<const SplitRegex> SplitRegex::compile(std::string_view pattern) {
   const size_t bad = unicode::find_invalid_utf8(pattern);
@@ -565,12 +748,15 @@ std::shared_ptr<const SplitRegex> SplitRegex::compile(std::string_view pattern) 
 
 void SplitRegex::find_all(std::string_view s,
                           std::vector<std::pair<uint32_t, uint32_t>>& out) const {
+  Ctx cx;
+  cx.s = s;
   size_t start = 0;
   int64_t last_end = -1;  // end of the last match kept
   while (start < s.size()) {
     int64_t end = -1;
+    ++cx.steps;
     for (const auto& alt : alts_)
-      if ((end = match_seq(alt, 0, s, start, nullptr, 0)) >= 0) break;
+      if ((end = match_seq(cx, alt, 0, start, nullptr, 0)) >= 0) break;
     if (end > static_cast<int64_t>(start)) {
       out.emplace_back(static_cast<uint32_t>(start), static_cast<uint32_t>(end));
       start = static_cast<size_t>(end);
@@ -584,6 +770,7 @@ void SplitRegex::find_all(std::string_view s,
       start += static_cast<size_t>(unicode::utf8_len(static_cast<uint8_t>(s[start])));
     }
   }
+  t_steps += cx.steps;
 }
 
 }  // namespace minfer::pretok

@@ -28,7 +28,14 @@ class SplitRegex {
   // Non-overlapping, leftmost-first matches (Oniguruma's search loop), as byte spans of s
   // (valid UTF-8). An empty match is reported as an empty span (it splits the text there, as in
   // HF `tokenizers`), except at the start of s or right where the previous match ended.
+  // Work is linear in s for the patterns of the GGUF pre-tokenizer table (fixed-width quantified
+  // groups such as ([0-9]{3})+ are matched without recursion per iteration and, under an unbounded
+  // quantifier, memoized per position within the call); a pattern outside that shape can
+  // backtrack more, bounded in depth (an error past 6000 levels).
   void find_all(std::string_view s, std::vector<std::pair<uint32_t, uint32_t>>& out) const;
+  // The matcher steps (calls into the matcher, characters tested, continuations tried) of all
+  // find_all calls made on the calling thread so far: a measure of work for tests and benches.
+  static uint64_t steps_on_this_thread();
 
   struct CharSet;
   struct Atom;
