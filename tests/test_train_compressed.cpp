@@ -25,12 +25,7 @@ namespace {
 
 const char* kLlama = "tests/fixtures/parity/llama";
 
-std::vector<int32_t> random_ids(size_t n, int32_t V, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> v(n);
-  for (int32_t& x : v) x = int32_t(rng() % uint64_t(V));
-  return v;
-}
+using test::random_ids;
 
 DistillOptions opts(const std::string& student) {
   DistillOptions o;

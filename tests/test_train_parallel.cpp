@@ -28,12 +28,7 @@ namespace {
 
 const char* kLlama = "tests/fixtures/parity/llama";
 
-std::vector<int32_t> random_ids(size_t n, int32_t V, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> v(n);
-  for (int32_t& x : v) x = int32_t(rng() % uint64_t(V));
-  return v;
-}
+using test::random_ids;
 
 // P ranks as threads of one process: allreduce sums the ranks' buffers in rank order (the same
 // bits on every rank, as MPI_Allreduce gives).

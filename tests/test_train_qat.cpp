@@ -49,12 +49,7 @@ std::vector<float> vec(const Tensor& t) {
   return std::vector<float>(t.data<float>(), t.data<float>() + t.numel());
 }
 
-std::vector<int32_t> random_ids(size_t n, int32_t V, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> v(n);
-  for (int32_t& x : v) x = int32_t(rng() % uint64_t(V));
-  return v;
-}
+using test::random_ids;
 
 // One AdamW step of the student on next-token CE over `ids` (B x T), so that exported weights are
 // trained ones, not the initial ones.

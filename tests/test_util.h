@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <random>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -21,6 +22,14 @@
 namespace minfer::test {
 
 // The message of what f throws (any std::exception), or "(no error)" when it throws nothing.
+// n token ids uniform in [0, V), from a fixed seed.
+inline std::vector<int32_t> random_ids(size_t n, int32_t V, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> v(n);
+  for (int32_t& x : v) x = int32_t(rng() % uint64_t(V));
+  return v;
+}
+
 inline std::string error_of(const std::function<void()>& f) {
   try {
     f();
