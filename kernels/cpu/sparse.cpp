@@ -7,6 +7,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "engine/half.h"
@@ -80,9 +81,21 @@ void decode_ref_rows(const SparseBitmask& w, const Vals& v, const float* x, int6
                      float* y, int64_t ldy, int64_t K, int64_t n0, int64_t n1) {
   const int64_t kb = w.bitmask.dim(1);
   const uint8_t* m = w.bitmask.data<uint8_t>();
+  // int8 values: the SIMD kernel rounds each row of x to 16-bit codes, and a row with an inf or
+  // NaN has no finite step: all its outputs are NaN (as W8A8). The reference does the same, also
+  // where the non-finite input meets only pruned weights.
+  std::vector<char> bad(size_t(T), 0);
+  if (v.kind == Vals::I8)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t k = 0; k < K; ++k)
+        if (!std::isfinite(x[t * ldx + k])) bad[size_t(t)] = 1;
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* mrow = m + n * kb;
     for (int64_t t = 0; t < T; ++t) {
+      if (bad[size_t(t)]) {
+        y[t * ldy + n] = std::numeric_limits<float>::quiet_NaN();
+        continue;
+      }
       float s = 0.f;
       int64_t j = 0;
       for (int64_t k = 0; k < K; ++k)
