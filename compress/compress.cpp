@@ -82,6 +82,16 @@ std::vector<float> column_importance(const Linear& l, const ActStats* stats) {
   return c;
 }
 
+Linear apply_step(const Linear& l, const MethodSpec& s, const ActStats* stats);
+
+// A weight-only step on a LowRank weight: applied to each factor, the result still one LowRank.
+Linear step_on_factors(const Linear& l, const LowRank& lr, const MethodSpec& s) {
+  LowRank q;
+  q.v = Box<Linear>(apply_step(*lr.v, s, nullptr));
+  q.u = Box<Linear>(apply_step(*lr.u, s, nullptr));
+  return make_linear(l.name, l.in, l.out, std::move(q), l.bias);
+}
+
 // One step of a chain applied to one Linear.
 Linear apply_step(const Linear& l, const MethodSpec& s, const ActStats* stats) {
   const std::vector<float>* absmax = nullptr;
@@ -117,10 +127,7 @@ Linear apply_step(const Linear& l, const MethodSpec& s, const ActStats* stats) {
                      "tensor '{}': '{}' quantizes activations, but the low-rank factors' inner "
                      "activations have no calibration; use a weight-only method after low-rank",
                      l.name, method_spec_name(s));
-        LowRank q;
-        q.v = Box<Linear>(apply_step(*lr->v, s, nullptr));
-        q.u = Box<Linear>(apply_step(*lr->u, s, nullptr));
-        return make_linear(l.name, l.in, l.out, std::move(q), l.bias);
+        return step_on_factors(l, *lr, s);
       }
       break;
     case MethodKind::Structured:
@@ -142,10 +149,7 @@ Linear apply_step(const Linear& l, const MethodSpec& s, const ActStats* stats) {
                      "tensor '{}': '{}' after low-rank is not supported (the inner factor's "
                      "inputs have no calibration); use kmeans without -weighted",
                      l.name, method_spec_name(s));
-        LowRank q;
-        q.v = Box<Linear>(apply_step(*lr->v, s, nullptr));
-        q.u = Box<Linear>(apply_step(*lr->u, s, nullptr));
-        return make_linear(l.name, l.in, l.out, std::move(q), l.bias);
+        return step_on_factors(l, *lr, s);
       }
       break;
   }

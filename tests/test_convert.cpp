@@ -176,8 +176,10 @@ TEST_CASE("convert: Q8_0 GGUF exports untied, dequantized weights that run the s
 TEST_CASE("convert: bad input gives clear errors and writes nothing") {
   auto be = make_cpu_backend(1);
   const std::string arch = kGguf + "tiny_unknown_arch.gguf";
-  CHECK_HAS(error_of([&] { open_model(arch, *be); }),
-            arch + ": unknown architecture 'mamba' (supported in GGUF: llama, qwen2, phi3, gemma, gemma2)");
+  CHECK_HAS(
+      error_of([&] { open_model(arch, *be); }),
+      arch +
+          ": unknown architecture 'mamba' (supported in GGUF: llama, qwen2, phi3, gemma, gemma2)");
   const std::string notok = kGguf + "tiny_no_tokenizer.gguf";
   CHECK_HAS(error_of([&] { open_model(notok, *be); }),
             notok + ": no tokenizer in the GGUF metadata (tokenizer.ggml.model missing)");

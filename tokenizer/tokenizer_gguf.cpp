@@ -182,10 +182,13 @@ std::string minicpm5_words() {
          "\\s+(?!\\S)|\\s+";
 }
 std::string tiny_aya_words() {
-  return "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+" +
+  return "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]"
+         "+" +
          kContractions +
-         "?|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*" +
-         kContractions + "?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+         "?|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}"
+         "]*" +
+         kContractions +
+         "?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 }
 std::string granite_multi_words() {
   return "[^\\r\\n\\p{L}\\p{N}]?[^a-z[^\\p{L}\\p{M}]]*[^A-Z[^\\p{L}\\p{M}]]+" + kContractions +
@@ -376,13 +379,17 @@ const std::vector<PreType>& pre_types() {
       {{"superbpe"},
        false,
        false,
-       [] { return splits_then_bytes({"\\p{N}+", "(?=([0-9]{3})+(?![0-9]))"}); }},
+       [] {
+         return splits_then_bytes({"\\p{N}+", "(?=([0-9]{3})+(?![0-9]))"});
+       }},
       // Tiny Aya / Cohere2 MoE: digit runs in groups of three from the right, then o200k's
       // pattern with llama.cpp's contractions (\d as above).
       {{"tiny_aya", "cohere2moe"},
        false,
        false,
-       [] { return splits_then_bytes({"[0-9]{1,3}(?=(?:[0-9]{3})*\\b)", tiny_aya_words()}); }},
+       [] {
+         return splits_then_bytes({"[0-9]{1,3}(?=(?:[0-9]{3})*\\b)", tiny_aya_words()});
+       }},
       // Granite embedding multilingual 97M: o200k's pattern with marks as letters. llama.cpp
       // writes "letter but not a-z" as ((?=[\p{L}\p{M}])([^a-z])); the same set is the class
       // [^a-z[^\p{L}\p{M}]], which matches without backtracking per character.

@@ -14,8 +14,8 @@
 
 #include "engine/config.h"
 #include "models/model.h"
-#include "train/lowrank_train.h"
 #include "train/lora.h"
+#include "train/lowrank_train.h"
 #include "train/params.h"
 #include "train/qat.h"
 
