@@ -324,8 +324,17 @@ ModelConfig load_config(const std::string& path) {
   return parse_config(ss.str(), path);
 }
 
+namespace {
+ModelConfig parse_config_json(const json& j, const std::string& text, const std::string& path);
+}  // namespace
+
 ModelConfig parse_config(const std::string& text, const std::string& path) {
-  json j = parse_json_text(text, path, "config");
+  const json j = parse_json_text(text, path, "config");
+  return with_json_origin(path, [&] { return parse_config_json(j, text, path); });
+}
+
+namespace {
+ModelConfig parse_config_json(const json& j, const std::string& text, const std::string& path) {
   MINFER_CHECK(j.is_object(), "{}: not a JSON object (found {})", path, j.type_name());
   Reader r{path, j};
   ModelConfig c;
@@ -430,5 +439,6 @@ ModelConfig parse_config(const std::string& text, const std::string& path) {
   if (c.arch == Arch::Llama) rope_table(c.rope_theta, c.head_dim, c.rope_scaling, path);  // checks
   return c;
 }
+}  // namespace
 
 }  // namespace minfer

@@ -10,6 +10,8 @@
 #include <string_view>
 #include <type_traits>
 
+#include "engine/error.h"
+
 namespace minfer {
 
 // Deepest nesting accepted (objects and arrays). Model files nest a few levels; a limit keeps
@@ -21,6 +23,19 @@ inline constexpr int kMaxJsonDepth = 64;
 // twice (nlohmann and Python's json silently keep one of them; which one is meant is ambiguous).
 nlohmann::json parse_json_text(std::string_view text, const std::string& origin,
                                const char* what = "file");
+
+// Runs f(), a reader walking a JSON document parsed from `origin`, and turns any nlohmann
+// exception that escapes it (a value read as the wrong type, an index into a non-array: a check a
+// reader forgot) into a minfer::Error naming the file. A backstop only: readers check each field's
+// type themselves and name the field (tokenizer/json_reader.h, engine/config.cpp).
+template <typename F>
+auto with_json_origin(const std::string& origin, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(origin + ": unexpected JSON structure: " + e.what());
+  }
+}
 
 // Reads `v` as T without nlohmann's silent conversions (1.5 -> 1, 1e300 -> UB for an integer,
 // 1e300 -> inf for a float, true -> 1): integers must be JSON integers within T's range, floats

@@ -113,6 +113,15 @@ TEST_CASE("fuzz regressions: tokenizer.json fields are typed and ids are int32")
            // Non-string pattern / non-number dropout: nlohmann::json::type_error.
            Case{"tokenizer-pattern-number.json", "pattern should be"},
            Case{"tokenizer-dropout-string.json", "model.dropout should be a number"},
+           // A list field given as a string: merges "a b" was indexed as merges[0] (a
+           // nlohmann::json::type_error escaped, CI fuzz finding); Sequence members, added_tokens
+           // and template ids were iterated as if the string were a one-element list.
+           Case{"tokenizer-merges-string.json", "model.merges should be a list, found string"},
+           Case{"tokenizer-sequence-string.json",
+                "Sequence normalizer.normalizers should be a list, found string"},
+           Case{"tokenizer-added-string.json", "tokenizer.json.added_tokens should be a list"},
+           Case{"tokenizer-template-ids-string.json",
+                "special_tokens entry.ids should be a list, found string"},
        }) {
     CAPTURE(c.file);
     const std::string msg =

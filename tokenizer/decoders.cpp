@@ -18,7 +18,7 @@ void parse_decoder(const json& o, const JsonReader& r, std::vector<Decoder>& out
   using K = Decoder::Kind;
   Decoder d;
   if (t == "Sequence") {
-    for (const json& c : r.field(o, "decoders", "Sequence decoder")) parse_decoder(c, r, out);
+    for (const json& c : r.array(o, "decoders", "Sequence decoder")) parse_decoder(c, r, out);
     return;
   } else if (t == "ByteLevel") {
     d.kind = K::ByteLevel;

@@ -25,6 +25,21 @@ struct JsonReader {
     if (!o.is_object() || !o.contains(key)) fail(fmt::format("{} has no field '{}'", where, key));
     return o.at(key);
   }
+  // A field that must be a JSON array (iterating a string or number would visit the value itself,
+  // and indexing it throws nlohmann's type_error).
+  const json& array(const json& o, const char* key, const std::string& where) const {
+    const json& v = field(o, key, where);
+    if (!v.is_array())
+      fail(fmt::format("{}.{} should be a list, found {}", where, key, v.type_name()));
+    return v;
+  }
+  // A field that must be a JSON object.
+  const json& object(const json& o, const char* key, const std::string& where) const {
+    const json& v = field(o, key, where);
+    if (!v.is_object())
+      fail(fmt::format("{}.{} should be an object, found {}", where, key, v.type_name()));
+    return v;
+  }
   std::string str(const json& o, const char* key, const std::string& where) const {
     const json& v = field(o, key, where);
     if (!v.is_string())

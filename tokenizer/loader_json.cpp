@@ -44,7 +44,7 @@ std::unique_ptr<Tokenizer> tokenizer_from_json(const json& j, const std::string&
   int64_t max_id = -1;
   for (const auto& [tok, id] : mv) max_id = std::max<int64_t>(max_id, id);
   if (j.contains("added_tokens") && !j.at("added_tokens").is_null()) {
-    for (const json& a : j.at("added_tokens")) {
+    for (const json& a : r.array(j, "added_tokens", "tokenizer.json")) {
       AddedToken t = parse_added_token(a, r);
       max_id = std::max<int64_t>(max_id, t.id);
       impl->added.push_back(std::move(t));
@@ -221,15 +221,19 @@ void read_config(const std::string& dir, const json& tok_json, TokenizerExtras& 
 
 std::unique_ptr<Tokenizer> Tokenizer::from_json_file(const std::string& path) {
   json j = parse_json(read_file(path), path);
-  TokenizerExtras ex;
-  if (j.is_object() && j.contains("model"))
-    read_config(std::filesystem::path(path).parent_path().string(), j, ex);
-  return tokenizer_from_json(j, path, ex);
+  return with_json_origin(path, [&] {
+    TokenizerExtras ex;
+    if (j.is_object() && j.contains("model"))
+      read_config(std::filesystem::path(path).parent_path().string(), j, ex);
+    return tokenizer_from_json(j, path, ex);
+  });
 }
 
 std::unique_ptr<Tokenizer> Tokenizer::from_json_string(const std::string& text,
                                                        const std::string& origin) {
-  return tokenizer_from_json(parse_json(text, origin), origin, TokenizerExtras{});
+  const json j = parse_json(text, origin);
+  return with_json_origin(origin,
+                          [&] { return tokenizer_from_json(j, origin, TokenizerExtras{}); });
 }
 
 // Runs the pre-tokenizer through a tokenizer whose model is an empty WordLevel: words() stops

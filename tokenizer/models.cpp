@@ -116,7 +116,7 @@ Model parse_model(const json& m, const JsonReader& r) {
     opt.byte_fallback = r.boolean(m, "byte_fallback", false);
     opt.ignore_merges = r.boolean(m, "ignore_merges", false);
     std::vector<std::pair<std::string, std::string>> merges;
-    const json& mj = r.field(m, "merges", "model");
+    const json& mj = r.array(m, "merges", "model");
     merges.reserve(mj.size());
     for (size_t i = 0; i < mj.size(); ++i) {
       const json& e = mj[i];

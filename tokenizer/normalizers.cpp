@@ -30,7 +30,7 @@ void parse_normalizer(const json& o, const JsonReader& r, std::vector<Normalizer
   using K = Normalizer::Kind;
   Normalizer n;
   if (t == "Sequence") {
-    for (const json& c : r.field(o, "normalizers", "Sequence normalizer"))
+    for (const json& c : r.array(o, "normalizers", "Sequence normalizer"))
       parse_normalizer(c, r, out);
     return;
   } else if (t == "BertNormalizer") {

@@ -20,7 +20,7 @@ void parse_post_processor(const json& o, const JsonReader& r, std::vector<int32_
     return id;
   };
   if (t == "Sequence") {
-    for (const json& c : r.field(o, "processors", "Sequence post_processor")) {
+    for (const json& c : r.array(o, "processors", "Sequence post_processor")) {
       std::vector<int32_t> p, s;
       parse_post_processor(c, r, p, s);
       prefix.insert(prefix.begin(), p.begin(), p.end());
@@ -32,7 +32,7 @@ void parse_post_processor(const json& o, const JsonReader& r, std::vector<int32_
     prefix.push_back(id_of(r.field(o, "cls", t), "cls"));
     suffix.push_back(id_of(r.field(o, "sep", t), "sep"));
   } else if (t == "TemplateProcessing") {
-    const json& single = r.field(o, "single", "TemplateProcessing");
+    const json& single = r.array(o, "single", "TemplateProcessing");
     const json& specials = o.contains("special_tokens") ? o.at("special_tokens") : json::object();
     bool seen_a = false;
     for (const json& item : single) {
@@ -45,7 +45,7 @@ void parse_post_processor(const json& o, const JsonReader& r, std::vector<int32_
           r.fail(fmt::format(
               "TemplateProcessing uses special token '{}' missing from special_tokens", id));
         for (const json& v :
-             r.field(specials.at(id), "ids", "TemplateProcessing special_tokens entry")) {
+             r.array(specials.at(id), "ids", "TemplateProcessing special_tokens entry")) {
           int32_t id = -1;
           if (!json_get(v, &id) || id < 0)
             r.fail(fmt::format("TemplateProcessing special token '{}': id {} is not a token id",

@@ -531,7 +531,7 @@ void parse_pre_tokenizer(const json& o, const JsonReader& r, std::vector<PreToke
   using K = PreTokenizer::Kind;
   PreTokenizer p;
   if (t == "Sequence") {
-    for (const json& c : r.field(o, "pretokenizers", "Sequence pre_tokenizer"))
+    for (const json& c : r.array(o, "pretokenizers", "Sequence pre_tokenizer"))
       parse_pre_tokenizer(c, r, out);
     return;
   } else if (t == "ByteLevel") {
