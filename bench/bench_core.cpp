@@ -68,8 +68,9 @@ void bench_linear(int threads) {
   std::mt19937 rng(0);
   std::normal_distribution<float> nd(0, 0.02f);
   const int64_t T = 512;
-  for (auto [K, N] :
+  for (const auto& shape :
        {std::pair<int64_t, int64_t>{768, 768}, {768, 3072}, {3072, 768}, {768, 50257}}) {
+    const int64_t K = shape.first, N = shape.second;
     Tensor w = Tensor::empty(DType::F32, {N, K});
     for (int64_t i = 0; i < w.numel(); ++i) w.data<float>()[i] = nd(rng);
     Tensor x = Tensor::empty(DType::F32, {T, K}), y = Tensor::empty(DType::F32, {T, N});

@@ -227,8 +227,8 @@ TEST_CASE("codebook: the CPU kernels equal the f32 matmul of the dequantized wei
     for (auto [N, K, G] :
          {std::tuple<int64_t, int64_t, int64_t>{37, 576, 0}, {70, 1000, 128}, {9, 23, 16}}) {
       CAPTURE(bits);
-      CAPTURE(K);
-      CAPTURE(G);
+      CAPTURE_BINDING(K);
+      CAPTURE_BINDING(G);
       CodebookSpec spec;
       spec.bits = bits;
       spec.group = G;

@@ -110,7 +110,7 @@ TEST_CASE("convert: GGUF -> HF folder -> open_model round trip in f32, f16 and b
   for (auto [name, dtype, tol] : {std::tuple<std::string, DType, float>{"f32", DType::F32, 1e-4f},
                                   {"f16", DType::F16, 2e-2f},
                                   {"bf16", DType::BF16, 1.5e-1f}}) {
-    CAPTURE(name);
+    CAPTURE_BINDING(name);
     const fs::path out = fresh_dir(name);
     export_hf_folder(kGguf + "tiny_llama.gguf", out.string(), dtype);
     for (const char* f : {"config.json", "model.safetensors", "tokenizer.json",
@@ -122,7 +122,7 @@ TEST_CASE("convert: GGUF -> HF folder -> open_model round trip in f32, f16 and b
     CHECK(st->tensors().size() == 1 + 2 * 9 + 1);  // embed, 9 per layer, norm; tied: no lm_head
     CHECK_FALSE(st->has("lm_head.weight"));
     for (const auto& [tn, t] : st->tensors()) {
-      CAPTURE(tn);
+      CAPTURE_BINDING(tn);
       CHECK(t.dtype() == dtype);
     }
     CHECK(st->get("model.layers.1.self_attn.k_proj.weight").shape_str() == "[16, 48]");

@@ -17,6 +17,7 @@
 #include "engine/half.h"
 #include "engine/safetensors.h"
 #include "models/model.h"
+#include "tests/test_util.h"
 
 namespace minfer {
 std::unique_ptr<Backend> make_cuda_emu_backend(int device);
@@ -129,8 +130,8 @@ TEST_CASE("cuda-emu: element-wise ops, copies and strided views equal the CPU ba
     CAPTURE(gb.first);
     Pair p(gb.second());
     for (auto [rows, cols] : kShapes) {
-      CAPTURE(rows);
-      CAPTURE(cols);
+      CAPTURE_BINDING(rows);
+      CAPTURE_BINDING(cols);
       auto [ha, da] = p.mat(rows, cols, 1, 3);
       auto [hb, db] = p.mat(rows, cols, 2);
       auto [hy, dy] = p.out(rows, cols);
@@ -169,8 +170,8 @@ TEST_CASE("cuda-emu: layernorm, rmsnorm and softmax equal the CPU backend") {
     CAPTURE(gb.first);
     Pair p(gb.second());
     for (auto [rows, cols] : kShapes) {
-      CAPTURE(rows);
-      CAPTURE(cols);
+      CAPTURE_BINDING(rows);
+      CAPTURE_BINDING(cols);
       auto [hx, dx] = p.mat(rows, cols, 11, 2, 3.f);
       Tensor hw = randn({cols}, 12), hb = randn({cols}, 13);
       Tensor dw = p.gpu->upload(hw), db = p.gpu->upload(hb);

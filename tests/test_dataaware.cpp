@@ -98,7 +98,7 @@ TEST_CASE("dataaware: GPTQ act-order, 3-bit GPTQ and the scale search match nump
 
   for (const auto& [spec, name] :
        {std::pair{q4, "clip_int4_g32"}, std::pair{q3, "clip_int3_g32"}}) {
-    CAPTURE(name);
+    CAPTURE_BINDING(name);
     const Tensor got = dequantize_weight(quantize_rtn_search(l, spec, c.data(), true));
     const Tensor r = ref->get(name);
     CHECK(agree(got, r) >= 0.99);

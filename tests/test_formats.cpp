@@ -194,8 +194,8 @@ TEST_CASE("formats: every registered format round-trips and runs on CPU and CUDA
     for (auto [N, K] : row.shapes.empty() ? shapes : row.shapes) {
       for (int kind = 0; kind < 4; ++kind) {
         CAPTURE(row.name);
-        CAPTURE(N);
-        CAPTURE(K);
+        CAPTURE_BINDING(N);
+        CAPTURE_BINDING(K);
         CAPTURE(kind);
         const Linear d = dense(weights(kind, N, K, uint32_t(N * 131 + K + kind)), N, K);
         Linear q = row.make(d);

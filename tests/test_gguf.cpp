@@ -764,7 +764,7 @@ TEST_CASE("gguf: SmolLM2-135M Q4_1 agrees with gguf-py") {
   CHECK(f->tensors().size() == ref["tensor_count"].get<size_t>());
 
   for (const auto& [name, r] : ref["tensors"].items()) {
-    CAPTURE(name);
+    CAPTURE_BINDING(name);
     const auto& t = f->info(name);
     CHECK(minfer::ggml_type_name(t.type) == r["type"].get<std::string>());
     CHECK(t.ne == r["ne"].get<std::vector<int64_t>>());

@@ -49,8 +49,8 @@ TEST_CASE("lowrank: the rank for a parameter reduction and for an energy") {
   CHECK(lowrank_rank_for_percent(1536, 576, 40) == 251);
   for (auto [in, out] : {std::pair<int64_t, int64_t>{576, 576}, {576, 192}, {40, 48}, {7, 300}})
     for (int p : {1, 20, 40, 75}) {
-      CAPTURE(in);
-      CAPTURE(out);
+      CAPTURE_BINDING(in);
+      CAPTURE_BINDING(out);
       CAPTURE(p);
       const int64_t r = lowrank_rank_for_percent(in, out, p);
       // The largest rank whose factors keep at most (100 - p) % of the parameters.

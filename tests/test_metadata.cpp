@@ -133,7 +133,7 @@ TEST_CASE(
   const auto texts = ref["texts"].get<std::vector<std::string>>();
   auto be = make_cpu_backend(1);
   for (const auto& [name, v] : ref["variants"].items()) {
-    CAPTURE(name);
+    CAPTURE_BINDING(name);
     test::TempDir d("st");
     const fs::path dir = d.path / "model";
     make_st_folder(dir, name == "no_modules_default" ? "" : name);

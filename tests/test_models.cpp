@@ -9,6 +9,7 @@
 
 #include "engine/safetensors.h"
 #include "models/model.h"
+#include "tests/test_util.h"
 
 using namespace minfer;
 namespace fs = std::filesystem;
@@ -69,7 +70,7 @@ TEST_CASE("models: f16 and bf16 weights run without an f32 copy and stay close t
   auto exp = SafetensorsFile::open(kFix + "llama/expected.safetensors");
   for (auto [file, tol] : {std::pair<std::string, float>{"model_f16.safetensors", 2e-2f},
                            {"model_bf16.safetensors", 1.5e-1f}}) {
-    CAPTURE(file);
+    CAPTURE_BINDING(file);
     // A folder view: config.json from the fixture, weights from the half-precision file.
     const fs::path dir = fs::temp_directory_path() / ("minfer_half_" + file);
     fs::create_directories(dir);

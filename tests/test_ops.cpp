@@ -8,6 +8,7 @@
 #include "engine/backend.h"
 #include "engine/half.h"
 #include "kernels/cpu/dense.h"
+#include "tests/test_util.h"
 
 using namespace minfer;
 
@@ -81,8 +82,8 @@ TEST_CASE("ops: dense linear f32/f16/bf16, both layouts, matches the scalar refe
           CAPTURE(dtype_name(dt));
           CAPTURE(tr);
           CAPTURE(T);
-          CAPTURE(K);
-          CAPTURE(N);
+          CAPTURE_BINDING(K);
+          CAPTURE_BINDING(N);
           Tensor w = tr ? randn({K, N}, 7, 0.5f, dt) : randn({N, K}, 7, 0.5f, dt);
           Tensor bias = randn({N}, 8);
           Linear lin = make_dense("w", w, K, N, tr, bias);

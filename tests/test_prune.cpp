@@ -351,7 +351,7 @@ TEST_CASE("prune: sparse-bitmask reads and writes the compressed-tensors layout"
     for (const auto& [n, t] : ts)
       for (const char* f : {".compressed", ".bitmask", ".shape", ".row_offsets"})
         if (n == std::string(name) + f) {
-          CAPTURE(n);
+          CAPTURE_BINDING(n);
           CHECK(same_bytes(t, file->get(n)));
           ++found;
         }
@@ -409,7 +409,7 @@ TEST_CASE("prune: 2:4 weights read and write compressed-tensors' sparse-24-bitma
     CHECK(meta.value("layout", "") == "sparse-24-bitmask");
     CHECK(ts.size() == 3);
     for (const auto& [n, t] : ts) {
-      CAPTURE(n);
+      CAPTURE_BINDING(n);
       const Tensor f = file->get(n);
       CHECK(t.shape_str() == f.shape_str());
       CHECK(same_bytes(t, f));

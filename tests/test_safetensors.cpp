@@ -168,7 +168,7 @@ TEST_CASE("safetensors: round trip of every dtype with metadata is zero-copy") {
   REQUIRE(f->tensors().size() == in.size());
   const Storage* map = f->get("f64").storage().get();
   for (auto& [name, t] : in) {
-    CAPTURE(name);
+    CAPTURE_BINDING(name);
     REQUIRE(f->has(name));
     const Tensor& r = f->get(name);
     CHECK(r.dtype() == t.dtype());
@@ -215,7 +215,7 @@ TEST_CASE("safetensors: reads the file written by the Python reference implement
         std::map<std::string, std::string>{{"format", "pt"}, {"generator", "make_reference.py"}});
   CHECK(f->tensors().size() == 11);
   for (const auto& [name, t] : f->tensors()) {
-    CAPTURE(name);
+    CAPTURE_BINDING(name);
     CHECK(is_view_of_map(t));
   }
 

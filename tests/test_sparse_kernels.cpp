@@ -8,6 +8,7 @@
 
 #include "compress/compress.h"
 #include "kernels/cpu/sparse.h"
+#include "tests/test_util.h"
 
 using namespace minfer;
 
@@ -60,8 +61,8 @@ TEST_CASE("sparse kernels: int8 values, decode against the dense product of the 
         {17, 200, "magnitude-70+int8"},
         {9, 64, "magnitude-10+int8-tensor"},
         {5, 128, "magnitude-2:4+int8"}}) {
-    CAPTURE(K);
-    CAPTURE(chain);
+    CAPTURE_BINDING(K);
+    CAPTURE_BINDING(chain);
     const Linear l = sparse_int8(N, K, chain, uint32_t(N + K));
     for (int64_t T = 1; T <= 4; ++T) {
       CAPTURE(T);

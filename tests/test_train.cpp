@@ -276,7 +276,7 @@ TEST_CASE("train distill: a resumed run is bit-identical to an uninterrupted one
   auto wb = SafetensorsFile::open(tmp / "b/model.safetensors");
   int compared = 0;
   for (const auto& [name, t] : wa->tensors()) {
-    CAPTURE(name);
+    CAPTURE_BINDING(name);
     const Tensor& u = wb->get(name);
     REQUIRE(u.nbytes() == t.nbytes());
     CHECK(std::memcmp(u.raw(), t.raw(), t.nbytes()) == 0);

@@ -73,7 +73,7 @@ TEST_CASE("train compressed: a pruned student keeps its masks fixed while the re
     auto after = SafetensorsFile::open(out + "/model.safetensors");
     size_t zeros = 0, moved = 0, kept_nonzero = 0;
     for (const auto& [name, nz] : fixed) {
-      CAPTURE(name);
+      CAPTURE_BINDING(name);
       const float* w0 = st->params().w(name);
       const Tensor& w1 = after->get(name);
       REQUIRE(size_t(w1.numel()) == st->params().find(name).numel);

@@ -19,9 +19,17 @@
 #include "engine/half.h"
 #include "engine/safetensors.h"
 
+// CAPTURE for a structured binding (`for (auto [N, K] : shapes) CAPTURE_BINDING(K);`): doctest's
+// CAPTURE reads its argument through a lambda, and lambdas capturing structured bindings are
+// C++20 that clang before 16 rejects; this copies a reference to a plain variable first.
+#define MINFER_TEST_CAT2(a, b) a##b
+#define MINFER_TEST_CAT(a, b) MINFER_TEST_CAT2(a, b)
+#define CAPTURE_BINDING(x)                                      \
+  const auto& MINFER_TEST_CAT(captured_binding_, __LINE__) = x; \
+  INFO(#x " := ", MINFER_TEST_CAT(captured_binding_, __LINE__))
+
 namespace minfer::test {
 
-// The message of what f throws (any std::exception), or "(no error)" when it throws nothing.
 // n token ids uniform in [0, V), from a fixed seed.
 inline std::vector<int32_t> random_ids(size_t n, int32_t V, uint64_t seed) {
   std::mt19937_64 rng(seed);
