@@ -1479,16 +1479,16 @@ struct ChatTemplate::Impl {
     std::string* out;
     int* macro_depth = nullptr;  // shared by the macro calls of one render
     int64_t* steps = nullptr;    // loop iterations + macro calls so far in this render
+    int64_t max_steps = 0;       // RenderOptions::max_steps: a runaway loop is an error
   };
-  static constexpr int64_t kMaxSteps = 1'000'000;        // a runaway loop is an error, not a hang
   static constexpr int kMaxMacroDepth = 64;              // recursive macros end in an error
   static constexpr size_t kMaxString = size_t(1) << 26;  // 64 MiB: 'a' * 10**12 is an error
 
   enum class Flow { Normal, Break, Continue };
 
   static void step(State& st) {
-    if (++*st.steps > kMaxSteps)
-      fail(fmt::format("more than {} loop iterations and macro calls", kMaxSteps));
+    if (++*st.steps > st.max_steps)
+      fail(fmt::format("more than {} loop iterations and macro calls", st.max_steps));
   }
 
   static Value lookup(State& st, const std::string& name) {
@@ -1575,8 +1575,10 @@ struct ChatTemplate::Impl {
         std::vector<std::weak_ptr<Frame>> root(st.frames.begin(), st.frames.begin() + 2);
         int* depth = st.macro_depth;
         int64_t* steps = st.steps;
-        (*st.frames.back())[n.text] = Value::func([this, m, root, depth, steps](Args& args) {
-          State ms{{}, nullptr, depth, steps};
+        const int64_t max_steps = st.max_steps;
+        (*st.frames.back())[n.text] = Value::func([this, m, root, depth, steps,
+                                                   max_steps](Args& args) {
+          State ms{{}, nullptr, depth, steps, max_steps};
           step(ms);
           if (++*depth > kMaxMacroDepth) {
             --*depth;
@@ -2499,6 +2501,12 @@ std::string ChatTemplate::render(const nlohmann::ordered_json& context,
     st.macro_depth = &macro_depth;
     int64_t steps = 0;
     st.steps = &steps;
+    if (opt.max_steps < 1)
+      throw ChatTemplateError(
+          fmt::format("{}: RenderOptions::max_steps must be at least 1, found {}", impl_->origin,
+                      opt.max_steps),
+          "bad max_steps", false);
+    st.max_steps = opt.max_steps;
     st.frames.push_back(Impl::globals(opt.strftime_now));
     auto vars = std::make_shared<Impl::Frame>();
     for (const auto& [k, v] : context.items()) (*vars)[k] = from_json(v);

@@ -62,6 +62,10 @@ class ChatTemplate {
     // Define strftime_now(format) (local time), as transformers does; off gives reproducible
     // output for templates that print today's date (they fall back to their own default).
     bool strftime_now = true;
+    // Loop iterations plus macro calls one render may take (>= 1); past it the render throws
+    // ChatTemplateError "more than N loop iterations and macro calls": a runaway template is an
+    // error, never a hang. Published templates take about (messages x content parts + tools).
+    int64_t max_steps = 1'000'000;
   };
 
   // Renders with the variables of `context` (a JSON object; objects keep their key order, as
