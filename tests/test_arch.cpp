@@ -212,7 +212,7 @@ TEST_CASE("arch: convert writes each architecture's HF config and tensors, with 
   auto be = make_cpu_backend(2);
   const fs::path root = fs::temp_directory_path() / "minfer_arch_convert";
   fs::remove_all(root);
-  for (const char* name : {"rope_linear", "rope_yarn", "qwen2", "phi3"}) {
+  for (const char* name : {"rope_linear", "rope_yarn", "qwen2", "phi3", "gemma", "gemma2"}) {
     CAPTURE(std::string(name));
     const fs::path out = root / name;
     export_hf_folder(kArch + name + "/model.gguf", out.string(), DType::F32);
