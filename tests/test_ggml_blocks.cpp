@@ -190,7 +190,7 @@ TEST_CASE("ggml blocks: CPU kernels equal the f32 matmul of the dequantized weig
 TEST_CASE(
     "ggml blocks: Q8_K activation blocks equal llama.cpp's quantize_row_q8_K_ref bit for bit") {
   // q8k_reference.safetensors (make_q8k_reference.py): a numpy reimplementation of
-  // quantize_row_q8_K_ref (checked there against the function of a llama.cpp build) on 32 blocks:
+  // quantize_row_q8_K_ref (which equals the function of a llama.cpp build on them) on 32 blocks:
   // noise at several scales, outliers of either sign, +amax and -amax in both orders, exact
   // half-way products (max 127), all zero, tiny values. Scale bits, codes and group sums equal.
   auto ref = SafetensorsFile::open(kFixtures + "q8k_reference.safetensors");
