@@ -25,7 +25,9 @@ using json = nlohmann::json;
 namespace {
 
 // Every tensor LlamaForCausalLM (Qwen2ForCausalLM; Phi3ForCausalLM with its fused qkv_proj and
-// gate_up_proj) has, with its row-major shape; llama_config_json picks the same class.
+// gate_up_proj; GemmaForCausalLM; Gemma2ForCausalLM with its pre/post-feedforward norms) has,
+// with its row-major shape; llama_config_json picks the same class. Gemma's norm weights are
+// w as HF stores them (GgufSource takes the 1 that convert_hf_to_gguf.py adds back off).
 std::vector<std::pair<std::string, std::vector<int64_t>>> hf_llama_tensors(const ModelConfig& c) {
   const int64_t C = c.hidden, D = c.head_dim, F = c.ffn;
   const bool phi3 = c.model_type == "phi3" && !c.attn_bias;
@@ -47,6 +49,10 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> hf_llama_tensors(const
     }
     t.push_back({p + "self_attn.o_proj.weight", {C, qd}});
     t.push_back({p + "post_attention_layernorm.weight", {C}});
+    if (c.sandwich_norms) {  // Gemma-2: the norms before and after the MLP
+      t.push_back({p + "pre_feedforward_layernorm.weight", {C}});
+      t.push_back({p + "post_feedforward_layernorm.weight", {C}});
+    }
     if (phi3) {
       t.push_back({p + "mlp.gate_up_proj.weight", {2 * F, C}});
     } else {

@@ -1,5 +1,7 @@
-// GGUF -> Hugging Face folder: config.json (LlamaForCausalLM), model.safetensors (HF tensor names,
-// Q/K rows un-permuted, quantized types dequantized, then cast to the requested dtype),
+// GGUF -> Hugging Face folder: config.json (LlamaForCausalLM, Qwen2ForCausalLM, Phi3ForCausalLM,
+// GemmaForCausalLM or Gemma2ForCausalLM), model.safetensors (HF tensor names, Q/K rows
+// un-permuted, Gemma norm weights as w of (1 + w), quantized types dequantized, then cast to the
+// requested dtype),
 // tokenizer.json + tokenizer_config.json (from the tokenizer.ggml.* metadata) and
 // generation_config.json. The folder loads in transformers (AutoModelForCausalLM /
 // AutoTokenizer.from_pretrained) and in minfer's open_model.

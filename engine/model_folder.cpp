@@ -110,11 +110,78 @@ json rope_scaling_json(const ModelConfig& cfg) {
 
 }  // namespace
 
+namespace {
+
+// config.json of GemmaForCausalLM / Gemma2ForCausalLM (transformers' GemmaConfig, Gemma2Config):
+// the (1 + w) norms, the sqrt(C) embedding scale and GeGLU come with the class; Gemma-2 adds
+// query_pre_attn_scalar (our attn_scale = its ^-1/2; 0 = 1/sqrt(head_dim)), the two soft-caps
+// (null when 0), sliding_window and layer_types.
+json gemma_config_json(const ModelConfig& cfg, const std::string& torch_dtype) {
+  const bool g2 = cfg.model_type == "gemma2";
+  MINFER_CHECK(cfg.norm_unit_offset && cfg.embed_scale && cfg.sandwich_norms == g2 &&
+                   cfg.act == Act::GeluTanh && !cfg.attn_bias && !cfg.mlp_bias,
+               "config.json for a {} model: settings no Gemma / Gemma-2 class has ((1 + w) "
+               "norms {}, embedding scale {}, sandwich norms {}, gelu-tanh {}, biases {})",
+               cfg.model_type, cfg.norm_unit_offset, cfg.embed_scale, cfg.sandwich_norms,
+               cfg.act == Act::GeluTanh, cfg.attn_bias || cfg.mlp_bias);
+  MINFER_CHECK(cfg.tie_embeddings,
+               "config.json for a {} model with an untied lm_head: "
+               "Gemma's classes always tie it",
+               cfg.model_type);
+  MINFER_CHECK(g2 || (cfg.attn_softcap == 0 && cfg.final_softcap == 0 && cfg.attn_scale == 0 &&
+                      cfg.layer_sliding.empty()),
+               "config.json for a gemma model with Gemma-2 settings (soft-capping, query scale, "
+               "sliding window): GemmaConfig has none");
+  json j = {{"architectures", {g2 ? "Gemma2ForCausalLM" : "GemmaForCausalLM"}},
+            {"model_type", g2 ? "gemma2" : "gemma"},
+            {"hidden_size", cfg.hidden},
+            {"intermediate_size", cfg.ffn},
+            {"num_hidden_layers", cfg.n_layers},
+            {"num_attention_heads", cfg.n_heads},
+            {"num_key_value_heads", cfg.n_kv_heads},
+            {"head_dim", cfg.head_dim},
+            {"max_position_embeddings", cfg.max_pos},
+            {"rms_norm_eps", cfg.norm_eps},
+            {"rope_theta", cfg.rope_theta},
+            {"rope_scaling", rope_scaling_json(cfg)},
+            {"tie_word_embeddings", true},
+            {"vocab_size", cfg.vocab_size},
+            {"bos_token_id", id_or_null(cfg.bos_id)},
+            {"eos_token_id", id_or_null(cfg.eos_id)},
+            {"pad_token_id", id_or_null(cfg.pad_id)},
+            {"hidden_act", "gelu_pytorch_tanh"},
+            {"hidden_activation", "gelu_pytorch_tanh"},
+            {"attention_bias", false},
+            {"attention_dropout", 0.0},
+            {"initializer_range", 0.02},
+            {"use_cache", true},
+            {"torch_dtype", torch_dtype}};
+  if (!g2) return j;
+  // query_pre_attn_scalar: an integer in every released Gemma-2 (head_dim, or C / H for 27B).
+  const double qs =
+      cfg.attn_scale > 0 ? 1.0 / (double(cfg.attn_scale) * cfg.attn_scale) : double(cfg.head_dim);
+  const double qr = std::round(qs);
+  j["query_pre_attn_scalar"] = std::fabs(qs - qr) <= 1e-4 * qr ? json(int64_t(qr)) : json(qs);
+  auto cap = [](float v) { return v > 0 ? json(v) : json(nullptr); };
+  j["attn_logit_softcapping"] = cap(cfg.attn_softcap);
+  j["final_logit_softcapping"] = cap(cfg.final_softcap);
+  j["sliding_window"] = cfg.layer_sliding.empty() ? json(nullptr) : json(cfg.sliding_window);
+  json types = json::array();
+  for (int64_t l = 0; l < cfg.n_layers; ++l)
+    types.push_back(cfg.window_at(l) > 0 ? "sliding_attention" : "full_attention");
+  j["layer_types"] = types;
+  return j;
+}
+
+}  // namespace
+
 json llama_config_json(const ModelConfig& cfg, const std::string& torch_dtype) {
   // qwen2 (q/k/v biases, no o bias) and phi3 (fused qkv_proj / gate_up_proj) keep their own
-  // model_type; everything else is written as llama.
+  // model_type; gemma / gemma2 are written as their own classes; everything else as llama.
   const bool qwen2 = cfg.model_type == "qwen2" && cfg.attn_bias;
   const bool phi3 = cfg.model_type == "phi3" && !cfg.attn_bias;
+  if (cfg.model_type == "gemma" || cfg.model_type == "gemma2")
+    return gemma_config_json(cfg, torch_dtype);
   if (cfg.norm_unit_offset || cfg.sandwich_norms || cfg.embed_scale)
     throw NotImplemented(
         fmt::format("config.json for a {} model (Gemma norms and settings)", cfg.model_type));

@@ -2,23 +2,23 @@
 # Greedy generation of minfer against llama.cpp on the same GGUF files, prompt by prompt.
 #
 # Outside the repo (in $LLAMACPP_CACHE, default ~/.cache/minfer/llamacpp, as bench/llamacpp.sh
-# sets it up): builds llama.cpp's `llama-completion` if missing, makes a Qwen2.5-class model
-# (tests/fixtures/arch/make_qwen2_q4km.py: random Qwen2ForCausalLM, trained byte-level BPE with the
-# qwen2 pre-tokenizer, convert_hf_to_gguf.py to F32, llama-quantize Q4_K_M), then for each model
-# and prompt runs
-#   llama-completion -m M -p P -n N --temp 0 -no-cnv --no-display-prompt -t THREADS
-#   run-model --model M --prompt P -n N --temp 0 --json            (native blocks)
-#   run-model --model M --prompt P -n N --temp 0 --json --dtype f32 (dequantized at load)
-# and prints, per case, `identical` or `differs` with the first differing byte of the generated
-# bytes (minfer's token ids turned into bytes with the GGUF vocabulary: a random model emits
-# partial UTF-8, which decoded text would blur). Both stop at an end-of-generation token.
+# sets it up): builds scripts/llamacpp_logits.cpp against llama.cpp (greedy steps through its C
+# API: token ids and top-2 margins; scripts/llamacpp_logits_build.sh), makes a Qwen2.5-class
+# model (tests/fixtures/arch/make_qwen2_q4km.py: random Qwen2ForCausalLM, trained byte-level BPE
+# with the qwen2 pre-tokenizer, convert_hf_to_gguf.py to F32, llama-quantize Q4_K_M) and its
+# Q4_K_S, Q5_K_M, Q6_K, Q3_K_M and Q2_K files (llama-quantize from the F32 file), then for each
+# model, prompt and mode compares llama.cpp's greedy token ids with
+#   run-model --model M --prompt P -n N --temp 0 --json [--dtype f32]
+# (scripts/llamacpp_greedy_case.py: modes native, f32, q8, q8nr), printing `identical` or the
+# first differing step with both engines' top-1 minus top-2 logit there. Both stop at an
+# end-of-generation token.
 #
-# Models: the Qwen2.5-class Q4_K_M and its F32 file, the default SmolLM2-135M-Instruct Q4_1,
-# and the tiny phi3 fixture (tests/fixtures/arch/phi3/model.gguf; random weights over a
-# 101-token vocabulary: near-ties are likely, so a difference there is reported, not judged).
+# Models: the Qwen2.5-class files, the default SmolLM2-135M-Instruct Q4_1, and the tiny phi3
+# fixture (tests/fixtures/arch/phi3/model.gguf; random weights over a 101-token vocabulary).
 #
 # Usage: scripts/llamacpp_greedy.sh            Environment: THREADS (2), N (32), PYTHON
-#        (/work/pyenv/bin/python or python3 with torch, transformers, tokenizers, gguf).
+#        (/work/pyenv/bin/python or python3 with torch, transformers, tokenizers, gguf), SETS
+#        (which models, default "qwen2 kquants smollm2 phi3").
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,11 +27,11 @@ THREADS=${THREADS:-2}
 N=${N:-32}
 PY=${PYTHON:-$( [ -x /work/pyenv/bin/python ] && echo /work/pyenv/bin/python || echo python3)}
 SMOL=${SMOL:-${MINFER_HOME:-$HOME/.cache/minfer}/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
-LC="$CACHE/build/bin/llama-completion"
+SETS=${SETS:-"qwen2 kquants smollm2 phi3"}
 RM="$ROOT/build/bin/run-model"
 
 [ -d "$CACHE/build" ] || { echo "llamacpp_greedy: run bench/llamacpp.sh build first" >&2; exit 1; }
-[ -x "$LC" ] || nice -n 19 cmake --build "$CACHE/build" --target llama-completion -j 2 >&2
+LC=$("$ROOT/scripts/llamacpp_logits_build.sh")
 [ -x "$RM" ] || { echo "llamacpp_greedy: build minfer first (make)" >&2; exit 1; }
 
 QDIR="$CACHE/models/qwen2-class"
@@ -40,6 +40,11 @@ if [ ! -f "$QDIR/model-q4km.gguf" ]; then
   rm -rf "$QDIR"
   "$PY" "$ROOT/tests/fixtures/arch/make_qwen2_q4km.py" --out "$QDIR" --layers 4 >&2
 fi
+KQUANTS="Q4_K_S Q5_K_M Q6_K Q3_K_M Q2_K"
+for t in $KQUANTS; do
+  [ -f "$QDIR/model-$t.gguf" ] ||
+    "$CACHE/build/bin/llama-quantize" "$QDIR/model-f32.gguf" "$QDIR/model-$t.gguf" "$t" 2 >/dev/null 2>&1
+done
 
 PROMPTS=(
   "The history of the city"
@@ -63,10 +68,16 @@ compare() {  # name file prompt modes...: one line per mode (scripts/llamacpp_gr
 }
 
 echo "llamacpp_greedy: $N tokens, greedy, $THREADS threads; $(uptime | sed 's/.*load/load/')"
+has() { case " $SETS " in *" $1 "*) return 0 ;; esac; return 1; }
 for p in "${PROMPTS[@]}"; do
-  compare qwen2-q4km "$QDIR/model-q4km.gguf" "$p" native f32 q8
-  compare qwen2-f32 "$QDIR/model-f32.gguf" "$p" native q8
-  [ -f "$SMOL" ] && compare smollm2-q4_1 "$SMOL" "$p" native f32 q8
-  compare phi3-tiny "$ROOT/tests/fixtures/arch/phi3/model.gguf" "$p" native
+  if has qwen2; then
+    compare qwen2-q4km "$QDIR/model-q4km.gguf" "$p" native f32 q8 q8nr
+    compare qwen2-f32 "$QDIR/model-f32.gguf" "$p" native q8
+  fi
+  if has kquants; then
+    for t in $KQUANTS; do compare "qwen2-$t" "$QDIR/model-$t.gguf" "$p" native q8 q8nr; done
+  fi
+  if has smollm2 && [ -f "$SMOL" ]; then compare smollm2-q4_1 "$SMOL" "$p" native f32 q8; fi
+  if has phi3; then compare phi3-tiny "$ROOT/tests/fixtures/arch/phi3/model.gguf" "$p" native; fi
 done
 echo "llamacpp_greedy: $same of $total identical"

@@ -152,6 +152,17 @@ TEST_CASE("cuda-emu: element-wise ops, copies and strided views equal the CPU ba
       p.cpu->silu(hy, ha);
       p.gpu->silu(dy, da);
       CHECK(p.diff(hy, dy) <= 1e-6f);
+      // Gemma's embedding normalizer and Gemma-2's logit soft-capping.
+      p.cpu->scale(hy, ha, 5.656854f);
+      p.gpu->scale(dy, da, 5.656854f);
+      CHECK(p.diff(hy, dy) == 0.f);
+      p.cpu->softcap(hy, ha, 1.5f);
+      p.gpu->softcap(dy, da, 1.5f);
+      CHECK(p.diff(hy, dy) <= 1e-6f);
+      Tensor& ry = dy;  // (a lambda may not capture a structured binding: clang 14)
+      const Tensor& ra = da;
+      CHECK(test::error_of([&] { p.gpu->softcap(ry, ra, 0.f); }).find("cap must be positive") !=
+            std::string::npos);
       // In place (y aliases a) and a strided destination.
       auto [hc, dc] = p.mat(rows, cols, 3, 5);
       p.cpu->add(hc, hc, hb);
@@ -253,12 +264,19 @@ TEST_CASE("cuda-emu: attention (KV cache, GQA, causal, key mask, batch) equals t
     struct Case {
       int64_t H, Hkv, D, B, T, S, pos0;
       bool causal, mask;
+      float softcap = 0.f;
+      int64_t window = 0;
     };
     const Case cases[] = {
         {4, 2, 8, 1, 3, 7, 4, true, false},     // prefill chunk after 4 cached positions, GQA
         {3, 3, 5, 1, 1, 33, 32, true, false},   // decode
         {2, 1, 16, 1, 67, 67, 0, true, false},  // more keys than a block has threads
         {2, 2, 6, 3, 5, 5, 0, false, true},     // BERT-style padded batch
+        // Gemma-2: soft-capped scores, a sliding window (prefill, decode, a chunk after a cache)
+        {4, 2, 16, 1, 40, 40, 0, true, false, 1.5f, 8},
+        {4, 2, 16, 1, 1, 40, 39, true, false, 1.5f, 8},
+        {4, 2, 16, 1, 3, 13, 10, true, false, 0.f, 5},
+        {2, 1, 8, 1, 9, 9, 0, true, false, 0.7f, 0},
     };
     for (const Case& c : cases) {
       CAPTURE(c.T);
@@ -275,6 +293,10 @@ TEST_CASE("cuda-emu: attention (KV cache, GQA, causal, key mask, batch) equals t
         for (int64_t j = 0; j < c.S; ++j) mask[size_t(c.S + j)] = 0;  // sequence 1: all padding
       }
       AttentionArgs a{c.H, c.Hkv, c.D, c.B, c.pos0, c.causal, c.mask ? mask.data() : nullptr, 0.f};
+      a.softcap = c.softcap;
+      a.window = c.window;
+      CAPTURE(c.softcap);
+      CAPTURE(c.window);
       auto [ho, dout] = p.out(c.B * c.T, qd);
       p.cpu->attention(ho, hq, hk, hv, a);
       p.gpu->attention(dout, dq, dk, dv, a);
@@ -493,10 +515,13 @@ TEST_CASE("cuda-emu: the tiny-model fixtures' forwards equal the CPU backend") {
   for (const auto& gb : gpu_backends()) {
     CAPTURE(gb.first);
     auto gpu = gb.second();
-    // tests/fixtures/arch: scaled RoPE tables and phi3's fused projections split into row views,
-    // on their 40-token sequence (past the scaled models' original context of 16).
-    for (std::string name : {"gpt2", "llama", "llama_untied", "../arch/rope_yarn",
-                             "../arch/rope_llama3", "../arch/phi3", "../arch/qwen2"}) {
+    // tests/fixtures/arch: scaled RoPE tables, phi3's fused projections split into row views,
+    // Gemma, on their 40-token sequence (past the scaled models' original context of 16). Gemma (1
+    // + w norms, embedding scale, GeGLU) and Gemma-2 (sandwich norms, soft-capped scores and
+    // logits, sliding-window layers: its window of 8 is shorter than the sequence).
+    for (std::string name :
+         {"gpt2", "llama", "llama_untied", "../arch/rope_yarn", "../arch/rope_llama3",
+          "../arch/phi3", "../arch/qwen2", "../arch/gemma", "../arch/gemma2"}) {
       CAPTURE(name);
       auto mc = load_model(fix + name, *cpu);
       auto mg = load_model(fix + name, *gpu);

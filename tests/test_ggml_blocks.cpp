@@ -5,6 +5,8 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -183,6 +185,51 @@ TEST_CASE("ggml blocks: CPU kernels equal the f32 matmul of the dequantized weig
   xk[200] = std::nanf("");
   ggml_linear_q8(std::get<GgmlBlocks>(lk.repr), xk.data(), 1, 256, y.data(), 3, 256, 3);
   CHECK(std::isnan(y[2]));
+}
+
+TEST_CASE(
+    "ggml blocks: Q8_K activation blocks equal llama.cpp's quantize_row_q8_K_ref bit for bit") {
+  // q8k_reference.safetensors (make_q8k_reference.py): a numpy reimplementation of
+  // quantize_row_q8_K_ref (which equals the function of a llama.cpp build on them) on 32 blocks:
+  // noise at several scales, outliers of either sign, +amax and -amax in both orders, exact
+  // half-way products (max 127), all zero, tiny values. Scale bits, codes and group sums equal.
+  auto ref = SafetensorsFile::open(kFixtures + "q8k_reference.safetensors");
+  const Tensor& x = ref->get("x");
+  const Tensor& qs = ref->get("qs");
+  const Tensor& d = ref->get("d");
+  const Tensor& bs = ref->get("bsums");
+  REQUIRE(x.dtype() == DType::F32);
+  REQUIRE(qs.dtype() == DType::I8);
+  REQUIRE(bs.dtype() == DType::I16);
+  const int64_t nb = x.dim(0);
+  REQUIRE(x.dim(1) == ggml::QK_K);
+  std::vector<ggml::BlockQ8_K> y(static_cast<size_t>(nb));
+  ggml_quantize_row_q8_K(x.data<float>(), nb * ggml::QK_K, y.data());
+  int bad_d = 0, bad_q = 0, bad_s = 0, negative_d = 0;
+  for (int64_t b = 0; b < nb; ++b) {
+    uint32_t got, want;
+    std::memcpy(&got, &y[size_t(b)].d, 4);
+    std::memcpy(&want, d.data<float>() + b, 4);
+    bad_d += got != want;
+    negative_d += y[size_t(b)].d < 0;
+    for (int64_t j = 0; j < ggml::QK_K; ++j)
+      bad_q += y[size_t(b)].qs[j] != qs.data<int8_t>()[b * ggml::QK_K + j];
+    for (int64_t g = 0; g < 16; ++g)
+      bad_s += y[size_t(b)].bsums[g] != bs.data<int16_t>()[b * 16 + g];
+  }
+  CHECK(bad_d == 0);
+  CHECK(bad_q == 0);
+  CHECK(bad_s == 0);
+  CHECK(negative_d > 0);  // llama.cpp's sign convention (d = -max / 127 when max > 0) is kept
+  // A non-finite value makes its block's scale NaN (the linear's row is NaN, as in f32).
+  std::vector<float> xn(512, 0.25f);
+  xn[300] = std::numeric_limits<float>::infinity();
+  ggml_quantize_row_q8_K(xn.data(), 512, y.data());
+  CHECK(y[0].d == doctest::Approx(-0.25 / 127));
+  CHECK(std::isnan(y[1].d));
+  CHECK(test::error_of([&] {
+          ggml_quantize_row_q8_K(xn.data(), 300, y.data());
+        }).find("not a multiple of 256") != std::string::npos);
 }
 
 TEST_CASE("ggml blocks: a Q8_0 GGUF run natively equals its dequantized f32 run") {

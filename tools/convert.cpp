@@ -1,5 +1,6 @@
-// convert: a GGUF file (llama, qwen2 or phi3 architecture) -> a Hugging Face-style folder
-// (config.json, model.safetensors, tokenizer.json, tokenizer_config.json) that transformers loads.
+// convert: a GGUF file (llama, qwen2, phi3, gemma or gemma2 architecture) -> a Hugging Face-style
+// folder (config.json, model.safetensors, tokenizer.json, tokenizer_config.json) that transformers
+// loads.
 #include "engine/convert.h"
 
 #include <filesystem>
@@ -12,7 +13,9 @@ int main(int argc, char** argv) {
   CLI::App app{"Convert a GGUF model into a Hugging Face folder.", "convert"};
   std::string model, out, dtype = "f32";
   bool force = false;
-  app.add_option("--model,-m", model, ".gguf file (llama, qwen2 or phi3 architecture)")->required();
+  app.add_option("--model,-m", model,
+                 ".gguf file (llama, qwen2, phi3, gemma or gemma2 architecture)")
+      ->required();
   app.add_option("--out,-o", out, "output folder (must not exist unless --force)")->required();
   app.add_option("--dtype", dtype, "dtype of every tensor in model.safetensors")
       ->check(CLI::IsMember({"f32", "f16", "bf16"}));

@@ -43,7 +43,7 @@ constexpr int kQ = 32;  // weights per block of the q8-path types and of the act
 // logits in both engines: amax = max |x_j|, d = amax / 127 stored as fp16, codes
 // q_j = round-half-even(x_j * (127 / amax)), and for Q4_1 / Q5_1 (ggml's Q8_1 partner) the block
 // sum term m = fp16(d * Σ q_j) that multiplies the weight block's min.
-// qb = 256 (quantize_row_q8_K): d = max|x| / 127 in f32, q = round(x / d).
+// qb = 256: q8k_block (llama.cpp's quantize_row_q8_K_ref).
 struct QAct {
   std::vector<int8_t> q;
   std::vector<float> d;
@@ -61,6 +61,39 @@ QAct& act_scratch() {
 float round_fp16(float v) {
   const float r = f16_to_f32(f32_to_f16(v));
   return std::isinf(r) ? v : r;
+}
+
+// One block of 256 finite values x to Q8_K codes q[256]; returns the scale d (x ~= d q). As
+// llama.cpp's quantize_row_q8_K_ref (ggml-quants.c; the x86 CPU backend calls it for every
+// K-quant activation row): max = the signed value of the first element of largest |x|,
+// iscale = -127 / max (f32), q = min(127, round-half-even(iscale · x)) (ggml's nearest_int),
+// d = 1 / iscale (f32: not max / 127, which can differ by an ulp). So d < 0 when max > 0 and
+// the codes carry the opposite sign of x; d q is unchanged. All zero (or max|x| < 7.5e-37):
+// d = 0, q = 0.
+float q8k_block(const float* x, int8_t* q) {
+  float amax = 0.f, max = 0.f;
+  for (int64_t j = 0; j < ggml::QK_K; ++j) {
+    const float ax = std::fabs(x[j]);
+    if (ax > amax) {
+      amax = ax;
+      max = x[j];
+    }
+  }
+  if (amax == 0.f) {
+    std::fill(q, q + ggml::QK_K, int8_t(0));
+    return 0.f;
+  }
+  const float iscale = -127.f / max;
+  // max|x| < 127 / FLT_MAX (7.5e-37): iscale is inf and llama.cpp's codes are undefined; such a
+  // block is zero to f32 precision of everything it is added to.
+  if (!std::isfinite(iscale)) {
+    std::fill(q, q + ggml::QK_K, int8_t(0));
+    return 0.f;
+  }
+  // nearbyint: round-half-even in the default rounding mode, as nearest_int's 1.5 · 2^23 trick.
+  for (int64_t j = 0; j < ggml::QK_K; ++j)
+    q[j] = int8_t(std::min(127.f, std::nearbyint(iscale * x[j])));
+  return 1.f / iscale;
 }
 
 void quantize_act(const float* x, int64_t T, int64_t ldx, int64_t K, QAct& a, int64_t qb = kQ,
@@ -95,9 +128,12 @@ void quantize_act(const float* x, int64_t T, int64_t ldx, int64_t K, QAct& a, in
         a.d[i] = finite ? round_fp16(d) : nan;
         a.m[i] = finite ? round_fp16(d * float(s)) : nan;
       } else {
-        const float d = amax / 127.f, id = d > 0.f ? 1.f / d : 0.f;
-        for (int64_t j = 0; j < qb; ++j) q[j] = int8_t(finite ? std::nearbyint(xb[j] * id) : 0);
-        a.d[i] = finite ? d : nan;
+        if (finite) {
+          a.d[i] = q8k_block(xb, q);
+        } else {
+          std::fill(q, q + qb, int8_t(0));
+          a.d[i] = nan;
+        }
       }
     }
   for (int64_t t = 0; t < T; ++t)
@@ -547,6 +583,18 @@ void k_simd(const GgmlBlocks& w, const QAct& a, int64_t T, int64_t K, int64_t N,
 #endif
 
 }  // namespace
+
+void ggml_quantize_row_q8_K(const float* x, int64_t K, ggml::BlockQ8_K* y) {
+  MINFER_CHECK(K >= 0 && K % ggml::QK_K == 0,
+               "ggml_quantize_row_q8_K: K = {} is not a multiple of {}", K, ggml::QK_K);
+  QAct a;
+  quantize_act(x, 1, K, K, a, ggml::QK_K, 16);
+  for (int64_t b = 0; b < K / ggml::QK_K; ++b) {
+    y[b].d = a.d[size_t(b)];
+    std::memcpy(y[b].qs, a.q.data() + b * ggml::QK_K, ggml::QK_K);
+    for (int g = 0; g < ggml::QK_K / 16; ++g) y[b].bsums[g] = int16_t(a.s[size_t(b * 16 + g)]);
+  }
+}
 
 bool ggml_has_q8_path(uint32_t type) {
   switch (GgmlType(type)) {

@@ -11,18 +11,20 @@
 //     with u the stored unsigned code (nibble, 5-bit code, or int8 + 128), o its offset (8, 16,
 //     128; 0 with a min mw for Q4_1 / Q5_1). AVX-512 VNNI: one vpdpbusd per block of 32.
 //   q8 for the K-quants (Q2_K .. Q6_K; T < kGgmlGemmMinT): x quantized per block of 256 as ggml's
-//     quantize_row_q8_K (d = max|x| / 127, plus the sums of each group of 16 codes); a weight
-//     super-block is w_j = D sc[g] (u_j - o) - Dmin m[g] for j in group g of 16 (integer sub-block
-//     scales sc and mins m, unsigned codes u, offset o: 32 for Q6_K, 4 for Q3_K, else 0), so
+//     quantize_row_q8_K_ref (d = 1 / iscale, iscale = -127 / max with max the signed element of
+//     largest |x|, q = round-half-even(iscale x), plus the sums of each group of 16 codes); a
+//     weight super-block is w_j = D sc[g] (u_j - o) - Dmin m[g] for j in group g of 16 (integer
+//     sub-block scales sc and mins m, unsigned codes u, offset o: 32 for Q6_K, 4 for Q3_K, else 0),
+//     so
 //       y[t, n] += dx (D Σ_g sc[g] (Σ_{j in g} u_j q_j - o s_g) - Dmin Σ_g m[g] s_g)
 //     AVX-512 VNNI: four vpdpbusd per super-block, the group scales applied to the int32 lanes.
 //   f32 (every type; T >= kGgmlGemmMinT): one tile of 64 rows
 //     dequantized to f32 at a time (dequantize_row, bit-exact), then sgemm against x: the result
 //     is the f32 matmul of dequantize_weight up to summation order.
 // llama.cpp instead runs every T on quantized activations: with MINFER_GGML_PATH=q8 the
-// Q4_0..Q8_0 linears equal its arithmetic up to f32 summation order; the K-quants run against
-// Q8_K-style blocks (a per-256 f32 scale, group sums of 16) whose rounding has not been checked
-// against llama.cpp's quantize_row_q8_K (docs/engine.md, greedy generation against llama.cpp).
+// Q4_0..Q8_0 and Q2_K..Q6_K linears equal its arithmetic up to f32 summation order (the Q8_K
+// activation blocks are bit-identical to quantize_row_q8_K_ref's: tests/test_ggml_blocks.cpp;
+// docs/engine.md, greedy generation against llama.cpp).
 // Error of the q8 path against the f32 matmul of the dequantized weights: per block of 32, with
 // |dx - d| <= 2^-11 d (fp16) and |q| <= 127, |x_j - dx q_j| <= d (1/2 + 127 · 2^-11), and the
 // fp16 sum term adds at most |mw| · 2^-10 · 32 · max|x|, so
@@ -34,6 +36,7 @@
 #include <cstdint>
 
 #include "engine/linear.h"
+#include "kernels/common/ggml_quants.h"
 
 namespace minfer {
 
@@ -43,6 +46,13 @@ constexpr int64_t kGgmlGemmMinT = 8;
 // y[T, N] (row stride ldy) = x[T, K] (row stride ldx) · Wᵀ, by the path described above.
 void ggml_linear(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx, float* y, int64_t ldy,
                  int64_t K, int64_t N);
+
+// x[K] (K a multiple of 256) as Q8_K blocks y[K / 256], exactly as the q8 path of the K-quants
+// quantizes its activations: llama.cpp's quantize_row_q8_K_ref (ggml-quants.c), bit for bit
+// (d = 1 / iscale with iscale = -127 / max, max the signed first element of largest |x|; codes
+// round-half-even(iscale x) capped at 127; bsums the sums of each 16 codes). A block with a NaN
+// or inf gets d = NaN and zero codes. Throws if K is not a multiple of 256.
+void ggml_quantize_row_q8_K(const float* x, int64_t K, ggml::BlockQ8_K* y);
 
 // Which path ggml_linear takes, from the environment variable MINFER_GGML_PATH (read once):
 // auto (default: as described above), f32 (always the f32 path: exact up to summation order), q8

@@ -567,20 +567,19 @@ class CudaBackend final : public Backend {
   void mul(Tensor& y, const Tensor& a, const Tensor& b) override {
     binary(y, a, b, "mul", BinOp::Mul);
   }
-  void scale(Tensor&, const Tensor&, float) override {
-    throw NotImplemented("cuda: scale (Gemma's embedding normalizer)");
-  }
-  void softcap(Tensor&, const Tensor&, float) override {
-    throw NotImplemented("cuda: softcap (Gemma-2 final logit soft-capping)");
+  void scale(Tensor& y, const Tensor& x, float s) override { unary(y, x, "scale", UnOp::Scale, s); }
+  void softcap(Tensor& y, const Tensor& x, float cap) override {
+    MINFER_CHECK(cap > 0 && std::isfinite(cap), "softcap: cap must be positive, found {}", cap);
+    unary(y, x, "softcap", UnOp::Softcap, cap);
   }
   void swiglu(Tensor& y, const Tensor& gate, const Tensor& up) override {
     binary(y, gate, up, "swiglu", BinOp::SwiGLU);
   }
 
-  void unary(Tensor& y, const Tensor& x, const char* op, UnOp o) {
+  void unary(Tensor& y, const Tensor& x, const char* op, UnOp o, float p = 0.f) {
     DMat Y = dmat(y, op), X = dmat(x, op);
     check_same(Y, X, op);
-    if (Y.rows > 0 && Y.cols > 0) launch_unary(o, Y, X, stream_);
+    if (Y.rows > 0 && Y.cols > 0) launch_unary(o, Y, X, stream_, p);
   }
   void gelu(Tensor& y, const Tensor& x, bool tanh_approx) override {
     unary(y, x, "gelu", tanh_approx ? UnOp::GeluTanh : UnOp::GeluErf);
@@ -639,8 +638,6 @@ class CudaBackend final : public Backend {
     const int64_t T = ts.first, S = ts.second;
     MINFER_CHECK(H <= 65535 && B <= 65535,
                  "cuda attention: {} heads x {} sequences exceed the grid", H, B);
-    if (a.softcap > 0 || a.window > 0)
-      throw NotImplemented("cuda: attention with soft-capping or a sliding window (Gemma-2)");
     if (T == 0) return;
     const size_t shmem = attention_shared_bytes(D, S);
     if (shmem > max_shared_)
@@ -666,6 +663,8 @@ class CudaBackend final : public Backend {
     p.causal = a.causal;
     p.key_mask = a.key_mask ? to_device(mask_, a.key_mask, size_t(B * S)) : nullptr;
     p.scale = a.scale > 0 ? a.scale : 1.f / std::sqrt(float(D));
+    p.softcap = a.softcap;
+    p.window = a.window;
     launch_attention(p, stream_);
   }
 

@@ -87,7 +87,7 @@ __global__ void binary_kernel(BinOp op, DMat y, DMat a, DMat b) {
   }
 }
 
-__global__ void unary_kernel(UnOp op, DMat y, DMat x) {
+__global__ void unary_kernel(UnOp op, DMat y, DMat x, float p) {
   const int64_t n = y.rows * y.cols;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -98,6 +98,10 @@ __global__ void unary_kernel(UnOp op, DMat y, DMat x) {
       o = 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
     else if (op == UnOp::GeluErf)
       o = 0.5f * v * (1.f + erff(v * 0.70710678f));
+    else if (op == UnOp::Scale)
+      o = v * p;
+    else if (op == UnOp::Softcap)
+      o = tanhf(v / p) * p;
     else
       o = silu(v);
     y.p[r * y.ld + c] = o;
@@ -214,13 +218,17 @@ __global__ void attention_kernel(AttnParams a) {
   for (int64_t d = threadIdx.x; d < a.D; d += blockDim.x) sq[d] = qp[d];
   __syncthreads();
   const int64_t limit = a.causal ? (a.pos0 + t + 1 < a.S ? a.pos0 + t + 1 : a.S) : a.S;
+  // Sliding window (Gemma-2's local layers): the first key this query sees.
+  const int64_t first =
+      a.window > 0 && a.causal && a.pos0 + t - a.window + 1 > 0 ? a.pos0 + t - a.window + 1 : 0;
   float mx = -INFINITY;
   for (int64_t j = threadIdx.x; j < a.S; j += blockDim.x) {
     float s = -INFINITY;
-    if (j < limit && (!a.key_mask || a.key_mask[b * a.S + j] != 0)) {
+    if (j >= first && j < limit && (!a.key_mask || a.key_mask[b * a.S + j] != 0)) {
       float dot = 0;
       for (int64_t d = 0; d < a.D; ++d) dot += sq[d] * kp[j * a.ldk + d];
       s = dot * a.scale;
+      if (a.softcap > 0) s = tanhf(s / a.softcap) * a.softcap;  // Gemma-2, before the mask
     }
     sc[j] = s;
     mx = fmaxf(mx, s);
@@ -575,9 +583,9 @@ void launch_binary(BinOp op, DMat y, DMat a, DMat b, cudaStream_t s) {
   MINFER_LAUNCH(binary_kernel, grid_for(y.rows * y.cols, kElemThreads), kElemThreads, 0, s)
   (op, y, a, b);
 }
-void launch_unary(UnOp op, DMat y, DMat x, cudaStream_t s) {
+void launch_unary(UnOp op, DMat y, DMat x, cudaStream_t s, float p) {
   MINFER_LAUNCH(unary_kernel, grid_for(y.rows * y.cols, kElemThreads), kElemThreads, 0, s)
-  (op, y, x);
+  (op, y, x, p);
 }
 void launch_copy(DMat y, DMat x, cudaStream_t s) {
   MINFER_LAUNCH(copy_kernel, grid_for(y.rows * y.cols, kElemThreads), kElemThreads, 0, s)(y, x);

@@ -20,11 +20,13 @@ struct DMat {
 };
 
 enum class BinOp { Add, Mul, SwiGLU };
-enum class UnOp { GeluErf, GeluTanh, Silu };
+// Scale: y = p x (Gemma's embedding normalizer); Softcap: y = p tanh(x / p) (Gemma-2's logit
+// soft-capping, p > 0). p is unused by the others.
+enum class UnOp { GeluErf, GeluTanh, Silu, Scale, Softcap };
 enum class HalfType { F16, BF16 };
 
 void launch_binary(BinOp op, DMat y, DMat a, DMat b, cudaStream_t s);
-void launch_unary(UnOp op, DMat y, DMat x, cudaStream_t s);
+void launch_unary(UnOp op, DMat y, DMat x, cudaStream_t s, float p = 0.f);
 void launch_copy(DMat y, DMat x, cudaStream_t s);
 void launch_add_bias(DMat y, const float* bias, cudaStream_t s);
 void launch_layernorm(DMat y, DMat x, const float* w, const float* b, float eps, cudaStream_t s);
@@ -44,6 +46,8 @@ struct AttnParams {
   bool causal;
   const int32_t* key_mask;  // device [B, S] or nullptr
   float scale;
+  float softcap = 0.f;  // > 0: scores -> softcap tanh(scores / softcap) before the mask (Gemma-2)
+  int64_t window = 0;   // > 0 (causal only): query at position i sees keys j > i - window
 };
 // Dynamic shared memory one attention block needs (the caller checks it against the device).
 size_t attention_shared_bytes(int64_t D, int64_t S);
