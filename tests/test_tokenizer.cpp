@@ -698,7 +698,7 @@ TEST_CASE(
   CHECK(names.size() >= 79);
   // raw: the 256 <0xXX> byte tokens instead (the raw-UTF-8 types), and a BOS id (token 1)
   auto write = [&](const std::string& model, const std::string& pre, bool merges = false,
-                   bool raw = false) {
+                   bool raw = false, const std::vector<std::string>& extra = {}) {
     // GGUF v3: header, then key/values (string, string array) as in the GGUF spec.
     std::string b;
     auto u32 = [&](uint32_t v) { b.append(reinterpret_cast<const char*>(&v), 4); };
@@ -716,6 +716,7 @@ TEST_CASE(
         minfer::unicode::append_utf8(t, minfer::unicode::byte_to_cp()[c]);
       toks.push_back(t);
     }
+    toks.insert(toks.end(), extra.begin(), extra.end());
     b += "GGUF";
     u32(3);
     u64(0);                                     // tensors
@@ -773,6 +774,14 @@ TEST_CASE(
   for (const std::string& n : raw_names)
     CHECK(std::find(names.begin(), names.end(), n) != names.end());
   CHECK(Tokenizer::load(write("gemma4", "", true, true))->added_bos() == 1);
+  // Gemma 4's newline runs (llama.cpp PR 21343): a run that is a token is that token though no
+  // merge builds it; other raw types take the merges (none here: one <0x0A> per newline).
+  const std::vector<std::string> nl3 = {"\n\n\n"};
+  auto g4 = Tokenizer::load(write("gemma4", "", true, true, nl3));
+  CHECK(g4->encode("\n\n\n", false) == std::vector<int32_t>{256});
+  CHECK(g4->encode("a\n\n\nb\n\n", false) == std::vector<int32_t>{0x61, 256, 0x62, 10, 10});
+  auto sarvam = Tokenizer::load(write("gpt2", "sarvam-moe", true, true, nl3));
+  CHECK(sarvam->encode("\n\n\n", false) == std::vector<int32_t>{10, 10, 10});
   CHECK(Tokenizer::load(write("whitespace", "whitespace", true))->encode("a b", false).size() == 2);
   CHECK_THROWS_WITH_AS(Tokenizer::load(write("gpt2", "whitespace", true)),
                        doctest::Contains("only with tokenizer.ggml.model = 'whitespace'"),

@@ -647,15 +647,13 @@ void build_whitespace(const GgufVocab& v, json& j) {
                         : json(nullptr);
   j["pre_tokenizer"] = {{"type", "Whitespace"}};
   j["decoder"] = nullptr;  // tokens joined by spaces, as HF decodes without a decoder
+  // BOS and EOS as the flags say (tokenizer.ggml.add_sep_token is for pairs: llama.cpp puts the
+  // SEP between a reranker's query and document, never after one text).
   const bool add_bos = v.flag("tokenizer.ggml.add_bos_token", false);
   const bool add_eos = v.flag("tokenizer.ggml.add_eos_token", false);
-  const bool add_sep = !add_eos && v.flag("tokenizer.ggml.add_sep_token", false);
-  j["post_processor"] = (add_bos || add_eos || add_sep)
+  j["post_processor"] = (add_bos || add_eos)
                             ? template_processing(v, v.id("bos"), add_bos ? "bos" : nullptr,
-                                                  add_sep ? v.id("seperator") : v.id("eos"),
-                                                  add_eos   ? "eos"
-                                                  : add_sep ? "seperator"
-                                                            : nullptr)
+                                                  v.id("eos"), add_eos ? "eos" : nullptr)
                             : json(nullptr);
   MINFER_CHECK(v.f.has("tokenizer.ggml.merges"),
                "{}: BPE tokenizer (tokenizer.ggml.model = 'whitespace') without "
