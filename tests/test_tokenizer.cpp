@@ -614,6 +614,29 @@ TEST_CASE("tokenizer: every GGUF pre-tokenizer splits long runs of one class in 
   }
 }
 
+TEST_CASE("tokenizer: split regex class intersection and \\p{Han}, as Oniguruma") {
+  // Expected pieces: HF `tokenizers` (Oniguruma) pre_tokenize_str with Split(..., "isolated").
+  auto split = [](const std::string& re, const std::string& text) {
+    const json pj = {{"type", "Split"},
+                     {"pattern", {{"Regex", re}}},
+                     {"behavior", "Isolated"},
+                     {"invert", false}};
+    return minfer::pre_tokenize(pj.dump(), text);
+  };
+  using V = std::vector<std::string>;
+  CHECK(split("[\\p{L}&&[^\\p{Han}]]+", "ab\u4e2d\u6587cd\u3005x") ==
+        V{"ab", "\u4e2d\u6587", "cd", "\u3005", "x"});
+  // a negated class negates the whole intersection
+  CHECK(split("[^a-z&&[^aeiou]]+", "strength of AI") == V{"str", "e", "ngth", " o", "f", " AI"});
+  CHECK(split("[a-z&&[^aeiou]&&[^xyz]]+", "syzygy rhythm") ==
+        V{"s", "yzy", "g", "y ", "rh", "y", "thm"});
+  // Script=Han: iteration marks, radicals, extension B and compatibility ideographs too
+  CHECK(split("[\\p{Han}]+", "\u3005\u3007\u2e80\U00020000x\uf900") ==
+        V{"\u3005\u3007\u2e80\U00020000", "x", "\uf900"});
+  for (const char* bad : {"[&&a]", "[a&&]", "\\p{Latin}"})
+    CHECK_THROWS_AS(split(bad, "a"), minfer::Error);
+}
+
 TEST_CASE("tokenizer: GGUF pre-tokenizer splits llama.cpp writes by hand") {
   // Kimi K2: Han runs alone, words of other letters split by case, contractions, digits in threes.
   auto byte_level = [](std::vector<std::string> pieces) {  // GPT-2's byte-to-character mapping
