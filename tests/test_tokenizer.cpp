@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 #include "engine/error.h"
@@ -505,7 +506,7 @@ TEST_CASE("tokenizer: GGUF byte-level BPE, every pre-tokenizer family") {
         "bpe-default", "bpe-deepseek-v3", "bpe-spark2_5", "bpe-youtu", "bpe-hunyuan", "bpe-qwen35",
         "bpe-jais-2", "bpe-seed-coder", "bpe-bailingmoe", "bpe-ufakzeka", "bpe-laguna",
         "bpe-minicpm5", "bpe-chameleon", "bpe-superbpe", "bpe-tiny_aya",
-        "bpe-granite-embed-multi-97m"}) {
+        "bpe-granite-embed-multi-97m", "bpe-kimi-k2", "bpe-exaone-moe", "bpe-afmoe"}) {
     const std::string path = std::string(kFixtures) + "gguf/" + name + ".gguf";
     if (!std::filesystem::exists(path)) {
       FAIL_CHECK("missing fixture ", path);
@@ -537,6 +538,10 @@ const std::pair<const char*, const char*> kRuns[] = {{"digits", "7"},
                                                      {"newlines", "\n"},
                                                      {"CJK", "\xe4\xb8\xad"},
                                                      {"letters and digits", "a1"},
+                                                     {"space-separated letters", "ab "},
+                                                     {"Han and Latin",
+                                                      "\xe4\xb8\xad"
+                                                      "Ab"},
                                                      {"space-separated digits", "12 "}};
 std::string run_of(const std::string& unit, size_t bytes) {
   std::string s;
@@ -603,7 +608,12 @@ TEST_CASE("tokenizer: every GGUF pre-tokenizer splits long runs of one class in 
                            "bpe-chameleon",
                            "bpe-superbpe",
                            "bpe-tiny_aya",
-                           "bpe-granite-embed-multi-97m"}) {
+                           "bpe-granite-embed-multi-97m",
+                           "bpe-kimi-k2",
+                           "bpe-exaone-moe",
+                           "bpe-afmoe",
+                           "raw-gemma4",
+                           "raw-sarvam-moe"}) {
     auto tok = gguf_fixture(name);
     for (const auto& [what, unit] : kRuns) {
       const std::string label = std::string(name) + ", a run of " + what;
@@ -614,6 +624,75 @@ TEST_CASE("tokenizer: every GGUF pre-tokenizer splits long runs of one class in 
       CHECK(w20 <= 100 * 20000);
     }
   }
+}
+
+TEST_CASE("tokenizer: split regex class intersection and \\p{Han}, as Oniguruma") {
+  // Expected pieces: HF `tokenizers` (Oniguruma) pre_tokenize_str with Split(..., "isolated").
+  auto split = [](const std::string& re, const std::string& text) {
+    const json pj = {{"type", "Split"},
+                     {"pattern", {{"Regex", re}}},
+                     {"behavior", "Isolated"},
+                     {"invert", false}};
+    return minfer::pre_tokenize(pj.dump(), text);
+  };
+  using V = std::vector<std::string>;
+  CHECK(split("[\\p{L}&&[^\\p{Han}]]+", "ab\u4e2d\u6587cd\u3005x") ==
+        V{"ab", "\u4e2d\u6587", "cd", "\u3005", "x"});
+  // a negated class negates the whole intersection
+  CHECK(split("[^a-z&&[^aeiou]]+", "strength of AI") == V{"str", "e", "ngth", " o", "f", " AI"});
+  CHECK(split("[a-z&&[^aeiou]&&[^xyz]]+", "syzygy rhythm") ==
+        V{"s", "yzy", "g", "y ", "rh", "y", "thm"});
+  // Script=Han: iteration marks, radicals, extension B and compatibility ideographs too
+  CHECK(split("[\\p{Han}]+", "\u3005\u3007\u2e80\U00020000x\uf900") ==
+        V{"\u3005\u3007\u2e80\U00020000", "x", "\uf900"});
+  for (const char* bad : {"[&&a]", "[a&&]", "\\p{Latin}"})
+    CHECK_THROWS_AS(split(bad, "a"), minfer::Error);
+}
+
+TEST_CASE("tokenizer: GGUF pre-tokenizer splits llama.cpp writes by hand") {
+  // Kimi K2: Han runs alone, words of other letters split by case, contractions, digits in threes.
+  auto byte_level = [](std::vector<std::string> pieces) {  // GPT-2's byte-to-character mapping
+    for (std::string& p : pieces) {
+      std::string m;
+      for (unsigned char c : p) minfer::unicode::append_utf8(m, minfer::unicode::byte_to_cp()[c]);
+      p = m;
+    }
+    return pieces;
+  };
+  auto kimi = gguf_fixture("bpe-kimi-k2");
+  CHECK(
+      kimi->words("HelloWorld \u4e2d\u6587\u5b57and it's 12345") ==
+      byte_level({"Hello", "World", " ", "\u4e2d\u6587\u5b57", "and", " it's", " ", "123", "45"}));
+  // AFMoE: a digit run's first (length mod 3) digits, then threes; text between runs stays whole
+  // as far as this step goes (llama.cpp's unicode_regex_split_custom_afmoe).
+  auto afmoe = gguf_fixture("bpe-afmoe");
+  CHECK(afmoe->words("1234567") == std::vector<std::string>{"1", "234", "567"});
+  CHECK(afmoe->words("123456") == std::vector<std::string>{"123", "456"});
+  CHECK(afmoe->words("x12y") == std::vector<std::string>{"x", "12", "y"});
+  // EXAONE MoE: letters joined by single spaces are one piece; two spaces end it.
+  auto exaone = gguf_fixture("bpe-exaone-moe");
+  CHECK(exaone->words("the cat sat  on") == byte_level({"the cat sat", " ", " on"}));
+}
+
+TEST_CASE("tokenizer: GGUF BPE on raw UTF-8 (gemma4, granite-embed-multi-311m, sarvam-moe)") {
+  for (const char* name : {"raw-gemma4", "raw-granite-embed-multi-311m", "raw-sarvam-moe"}) {
+    INFO(name);
+    auto tok = gguf_fixture(name);
+    // every one adds a BOS: the granite file says add_bos_token = false, and llama.cpp adds one
+    // for its Gemma 4 type whatever the file says
+    CHECK(tok->added_bos() == 1);
+    CHECK(tok->is_special(tok->token_to_id("<|im_end|>")));
+    CHECK_FALSE(tok->is_special(tok->token_to_id("<|reserved|>")));
+    check_expected(*tok, std::string("gguf/") + name, true);
+  }
+}
+
+TEST_CASE("tokenizer: GGUF whitespace model (BPE between whitespace, Jina v2 zh)") {
+  auto tok = gguf_fixture("raw-whitespace");
+  CHECK(tok->special_prefix() == std::vector<int32_t>{tok->token_to_id("<|begin|>")});
+  CHECK(tok->special_suffix() == std::vector<int32_t>{tok->token_to_id("<|endoftext|>")});
+  check_expected(*tok, "gguf/raw-whitespace", false);
+  CHECK(tok->encode("a  b", false) == tok->encode("a b", false));
 }
 
 TEST_CASE("tokenizer: GGUF SentencePiece (tokenizer.ggml.model = llama)") {
@@ -652,7 +731,9 @@ TEST_CASE(
   std::filesystem::create_directories(dir);
   const auto names = minfer::gguf_pre_tokenizer_types();
   CHECK(names.size() >= 79);
-  auto write = [&](const std::string& model, const std::string& pre, bool merges = false) {
+  // raw: the 256 <0xXX> byte tokens instead (the raw-UTF-8 types), and a BOS id (token 1)
+  auto write = [&](const std::string& model, const std::string& pre, bool merges = false,
+                   bool raw = false, const std::vector<std::string>& extra = {}) {
     // GGUF v3: header, then key/values (string, string array) as in the GGUF spec.
     std::string b;
     auto u32 = [&](uint32_t v) { b.append(reinterpret_cast<const char*>(&v), 4); };
@@ -664,16 +745,25 @@ TEST_CASE(
     std::vector<std::string> toks;
     for (int c = 0; c < 256; ++c) {
       std::string t;
-      minfer::unicode::append_utf8(t, minfer::unicode::byte_to_cp()[c]);
+      if (raw)
+        t = fmt::format("<0x{:02X}>", c);
+      else
+        minfer::unicode::append_utf8(t, minfer::unicode::byte_to_cp()[c]);
       toks.push_back(t);
     }
+    toks.insert(toks.end(), extra.begin(), extra.end());
     b += "GGUF";
     u32(3);
-    u64(0);               // tensors
-    u64(merges ? 5 : 4);  // key/values
+    u64(0);                                     // tensors
+    u64(4 + (merges ? 1 : 0) + (raw ? 1 : 0));  // key/values
     str("general.architecture");
     u32(8);
     str("gpt2");
+    if (raw) {
+      str("tokenizer.ggml.bos_token_id");
+      u32(4);
+      u32(1);
+    }
     if (merges) {  // an empty list: every byte its own token
       str("tokenizer.ggml.merges");
       u32(9);
@@ -695,24 +785,45 @@ TEST_CASE(
     std::ofstream(path, std::ios::binary) << b;
     return path;
   };
+  const char* const kLowBlock = "\xe2\x96\x81";
+  const std::set<std::string> raw_names = {"gemma4", "granite-embed-multi-311m", "sarvam-moe"};
   for (const std::string& n : names) {
     INFO("tokenizer.ggml.pre = ", n);
+    const bool raw = raw_names.count(n) != 0;
     // no merges: refused with the key named
-    CHECK_THROWS_WITH_AS(Tokenizer::load(write("gpt2", n)),
+    CHECK_THROWS_WITH_AS(Tokenizer::load(write("gpt2", n, false, raw)),
                          doctest::Contains("without tokenizer.ggml.merges"), minfer::Error);
-    // with merges: its split compiles and splits, and every byte comes back
-    auto tok = Tokenizer::load(write("gpt2", n, true));
+    // with merges: its split compiles and splits, and every byte comes back (raw UTF-8 types:
+    // as <0xXX> byte tokens, each space as the three bytes of U+2581)
+    auto tok = Tokenizer::load(write("gpt2", n, true, raw));
     const std::string text = "Hello, wörld's 12345 \u4e2d\u6587 \u3072\u3089  \n\n x!";
     const auto ids = tok->encode(text, false);
-    CHECK(ids.size() == text.size());
-    CHECK(tok->decode(ids, false) == text);
+    const size_t spaces = static_cast<size_t>(std::count(text.begin(), text.end(), ' '));
+    CHECK(ids.size() == text.size() + (raw ? 2 * spaces : 0));
+    std::string back = text;  // the raw types' decoder maps "\u2581" tokens back to spaces, not
+    if (raw)                  // the <0xE2><0x96><0x81> bytes (HF's Replace-before-ByteFallback)
+      for (size_t p = 0; (p = back.find(' ', p)) != std::string::npos;)
+        back.replace(p, 1, kLowBlock);
+    CHECK(tok->decode(ids, false) == back);
   }
+  for (const std::string& n : raw_names)
+    CHECK(std::find(names.begin(), names.end(), n) != names.end());
+  CHECK(Tokenizer::load(write("gemma4", "", true, true))->added_bos() == 1);
+  // Gemma 4's newline runs (llama.cpp PR 21343): a run that is a token is that token though no
+  // merge builds it; other raw types take the merges (none here: one <0x0A> per newline).
+  const std::vector<std::string> nl3 = {"\n\n\n"};
+  auto g4 = Tokenizer::load(write("gemma4", "", true, true, nl3));
+  CHECK(g4->encode("\n\n\n", false) == std::vector<int32_t>{256});
+  CHECK(g4->encode("a\n\n\nb\n\n", false) == std::vector<int32_t>{0x61, 256, 0x62, 10, 10});
+  auto sarvam = Tokenizer::load(write("gpt2", "sarvam-moe", true, true, nl3));
+  CHECK(sarvam->encode("\n\n\n", false) == std::vector<int32_t>{10, 10, 10});
+  CHECK(Tokenizer::load(write("whitespace", "whitespace", true))->encode("a b", false).size() == 2);
+  CHECK_THROWS_WITH_AS(Tokenizer::load(write("gpt2", "whitespace", true)),
+                       doctest::Contains("only with tokenizer.ggml.model = 'whitespace'"),
+                       minfer::Error);
   CHECK_THROWS_WITH_AS(Tokenizer::load(write("gpt2", "no-such-pre")),
                        doctest::Contains("tokenizer.ggml.pre = 'no-such-pre' is not a known"),
                        minfer::Error);
-  CHECK_THROWS_WITH_AS(Tokenizer::load(write("gpt2", "kimi-k2")),
-                       doctest::Contains("'kimi-k2' (a llama.cpp pre-tokenizer type whose split"),
-                       minfer::NotImplemented);
   CHECK_THROWS_WITH_AS(Tokenizer::load(write("rwkv", "default")),
                        doctest::Contains("tokenizer.ggml.model = 'rwkv'"), minfer::Error);
   CHECK_THROWS_WITH_AS(Tokenizer::load(write("llama", "default")),

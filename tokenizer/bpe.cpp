@@ -144,7 +144,8 @@ BpeModel::BpeModel(Vocab vocab, const std::vector<std::pair<std::string, std::st
 
 void BpeModel::tokenize(std::string_view word, std::vector<int32_t>& out) const {
   if (word.empty()) return;
-  if (opt_.ignore_merges) {
+  if (opt_.ignore_merges ||
+      (whole_newline_words_ && word.find_first_not_of('\n') == std::string_view::npos)) {
     int32_t id = lookup(word);
     if (id >= 0) {
       out.push_back(id);

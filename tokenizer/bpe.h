@@ -119,6 +119,9 @@ class BpeModel {
 
   const Vocab& vocab() const { return vocab_; }
   const BpeOptions& options() const { return opt_; }
+  // A word made only of '\n' that is in the vocabulary becomes that one token, as if merges were
+  // ignored for it (llama.cpp's Gemma 4 rule, PR 21343); off by default.
+  void set_whole_newline_words(bool on) { whole_newline_words_ = on; }
   size_t num_merges() const { return merges_.size(); }
 
  private:
@@ -126,6 +129,7 @@ class BpeModel {
     auto it = vocab_.find(s);
     return it == vocab_.end() ? -1 : it->second;
   }
+  bool whole_newline_words_ = false;
   void merge_word(std::string_view word, std::vector<int32_t>& ids) const;
   void merge_small(std::vector<int32_t>& ids) const;
   void merge_heap(std::vector<int32_t>& ids) const;

@@ -31,6 +31,10 @@ std::unique_ptr<Tokenizer> tokenizer_from_json(const json& j, const std::string&
 
   // ---- model ----
   impl->model = parse_model(r.field(j, "model", "tokenizer.json"), r);
+  if (extras.bpe_whole_newline_words) {
+    if (!impl->model.bpe) r.fail("the whole-newline-words rule applies to BPE models only");
+    impl->model.bpe->set_whole_newline_words(true);
+  }
   const Vocab& mv = impl->model.vocab();
 
   // ---- components ----

@@ -23,6 +23,9 @@ struct TokenizerExtras {
   // Other special-token ids by role ("unk", "sep", "pad", "cls", "mask", "eot", "eom"; -1: none),
   // from GGUF tokenizer.ggml.<role>_token_id (Tokenizer::special_id).
   std::vector<std::pair<std::string, int32_t>> roles;
+  // BPE: a pre-tokenized word made only of newlines that is a token is that token, whatever the
+  // merges say (llama.cpp's Gemma 4 rule; no tokenizer.json field says this).
+  bool bpe_whole_newline_words = false;
 };
 
 // Builds a tokenizer from a parsed tokenizer.json; `origin` names it in errors.

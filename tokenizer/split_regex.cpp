@@ -27,10 +27,27 @@ uint32_t category_mask(std::string_view name, std::string_view pattern) {
   return m;
 }
 
+// \p{Han}: the code points of Unicode's Script=Han, as Oniguruma (the engine of HF `tokenizers`)
+// has them; the ranges were read from HF `tokenizers` by matching \p{Han} against every code point
+// (tests/fixtures/tokenizers/make_gguf_tokenizer_fixtures.py, han_ranges()).
+bool is_han(uint32_t cp) {
+  static const uint32_t kHan[][2] = {
+      {0x2E80, 0x2E99},   {0x2E9B, 0x2EF3},   {0x2F00, 0x2FD5},   {0x3005, 0x3005},
+      {0x3007, 0x3007},   {0x3021, 0x3029},   {0x3038, 0x303B},   {0x3400, 0x4DBF},
+      {0x4E00, 0x9FFF},   {0xF900, 0xFA6D},   {0xFA70, 0xFAD9},   {0x16FE2, 0x16FE3},
+      {0x16FF0, 0x16FF1}, {0x20000, 0x2A6DF}, {0x2A700, 0x2B739}, {0x2B740, 0x2B81D},
+      {0x2B820, 0x2CEA1}, {0x2CEB0, 0x2EBE0}, {0x2EBF0, 0x2EE5D}, {0x2F800, 0x2FA1D},
+      {0x30000, 0x3134A}, {0x31350, 0x323AF}};
+  if (cp < kHan[0][0]) return false;
+  for (const auto& r : kHan)
+    if (cp >= r[0] && cp <= r[1]) return true;
+  return false;
+}
+
 }  // namespace
 
 struct SplitRegex::CharSet {
-  enum class Kind { Range, Categories, Space, Digit, Word, Nested };
+  enum class Kind { Range, Categories, Space, Digit, Word, Han, Nested };
   struct Item {
     Kind kind;
     bool negated = false;  // \S \D \W \P{X}
@@ -39,6 +56,8 @@ struct SplitRegex::CharSet {
   };
   bool negate = false;
   std::vector<Item> items;
+  // [A&&B]: the union of items, intersected with `and_also` (then negated when negate).
+  std::shared_ptr<CharSet> and_also;
   std::array<uint8_t, 128> ascii{};  // test() for ASCII, filled by finish()
 
   bool test_slow(uint32_t cp) const {
@@ -61,6 +80,9 @@ struct SplitRegex::CharSet {
         case Kind::Word:
           r = unicode::flags(cp) & unicode::kWord;
           break;
+        case Kind::Han:
+          r = is_han(cp);
+          break;
         case Kind::Nested:
           r = it.nested->test(cp);
           break;
@@ -70,6 +92,7 @@ struct SplitRegex::CharSet {
         break;
       }
     }
+    if (in && and_also) in = and_also->test(cp);
     return in != negate;
   }
   bool test(uint32_t cp) const { return cp < 128 ? ascii[cp] : test_slow(cp); }
@@ -150,6 +173,7 @@ struct Parser {
           name.remove_prefix(1);
         }
         i = e + 1;
+        if (name == "Han") return add(K::Han, neg);  // the one script property patterns use
         return add(K::Categories, neg, category_mask(name, p));
       }
       case 'r':
@@ -193,7 +217,18 @@ struct Parser {
         set.items.push_back({K::Nested, false, 0, 0, 0, n});
         continue;
       }
-      if (p[i] == '&' && i + 1 < p.size() && p[i + 1] == '&') fail("class intersection &&");
+      if (p[i] == '&' && i + 1 < p.size() && p[i + 1] == '&') {
+        // [A&&B] (Oniguruma): what follows, up to the class's ']', is intersected with A.
+        i += 2;
+        if (set.items.empty()) fail("class intersection && with an empty left side");
+        if (!done() && (p[i] == ']' || p[i] == '^'))
+          fail("class intersection && with an empty or negated right side");
+        auto rhs = std::make_shared<SplitRegex::CharSet>();
+        klass(*rhs);  // consumes the ']'
+        rhs->finish();
+        set.and_also = rhs;
+        return;
+      }
       if (p[i] == '\\') {
         ++i;
         lo = escape(set);
@@ -540,32 +575,62 @@ bool is_word_before(std::string_view s, size_t pos) {
   return is_word_at(s, q);
 }
 
-// The byte end of one iteration of a fixed-width group (see fixed_width) at `pos`, or -1.
-int64_t fixed_iteration(Ctx& cx, const SplitRegex::Atom& g, size_t pos) {
+// The byte end of one iteration of a fixed-width group (see fixed_width) at `pos`, or -1: its
+// alternatives in order, the first that matches (all of them end at the same place).
+int64_t fixed_iteration(Ctx& cx, const SplitRegex::Atom& g, size_t pos, int depth) {
+  using AK = SplitRegex::Atom::Kind;
   const std::string_view s = cx.s;
-  for (const SplitRegex::Atom& a : g.alts[0]) {
-    for (uint32_t n = 0; n < a.min; ++n) {
-      ++cx.steps;
-      if (pos >= s.size()) return -1;
-      int l;
-      if (!a.set.test(unicode::decode_at(s, pos, &l))) return -1;
-      pos += static_cast<size_t>(l);
+  for (const auto& alt : g.alts) {
+    size_t q = pos;
+    bool ok = true;
+    for (const SplitRegex::Atom& a : alt) {
+      if (a.kind == AK::Ahead || a.kind == AK::NotAhead) {
+        bool m = false;
+        for (const auto& la : a.alts)
+          if (match_seq(cx, la, 0, q, nullptr, depth + 1) >= 0) {
+            m = true;
+            break;
+          }
+        if (m != (a.kind == AK::Ahead)) {
+          ok = false;
+          break;
+        }
+        continue;
+      }
+      for (uint32_t n = 0; n < a.min && ok; ++n) {
+        ++cx.steps;
+        int l;
+        if (q >= s.size() || !a.set.test(unicode::decode_at(s, q, &l))) {
+          ok = false;
+          break;
+        }
+        q += static_cast<size_t>(l);
+      }
+      if (!ok) break;
     }
+    if (ok) return static_cast<int64_t>(q);
   }
-  return static_cast<int64_t>(pos);
+  return -1;
 }
 
-// A group of one alternative of classes with fixed counts, at least one character wide (
-// ([0-9]{3}) ): an iteration either matches one way or not at all, so the greedy loop over it
+// A group whose alternatives are classes with fixed counts and lookaheads, all the same number
+// of characters wide, at least one ( ([0-9]{3}), (?:[\p{L}\p{M}]| (?=\p{L})) ): an iteration
+// ends at one place or does not match, whichever alternative matches, so the greedy loop over it
 // needs no recursion per iteration.
 bool fixed_width(const SplitRegex::Atom& g) {
-  if (g.alts.size() != 1) return false;
-  uint32_t width = 0;
-  for (const SplitRegex::Atom& a : g.alts[0]) {
-    if (a.kind != SplitRegex::Atom::Kind::Set || a.min != a.max) return false;
-    width += a.min;
+  using AK = SplitRegex::Atom::Kind;
+  uint32_t width0 = 0;
+  for (size_t i = 0; i < g.alts.size(); ++i) {
+    uint32_t width = 0;
+    for (const SplitRegex::Atom& a : g.alts[i]) {
+      if (a.kind == AK::Ahead || a.kind == AK::NotAhead) continue;
+      if (a.kind != AK::Set || a.min != a.max) return false;
+      width += a.min;
+    }
+    if (i == 0) width0 = width;
+    if (width != width0) return false;
   }
-  return width > 0;
+  return width0 > 0;
 }
 
 int64_t continue_after(Ctx& cx, const Cont* after, size_t pos, int depth);
@@ -592,7 +657,7 @@ int64_t repeat_fixed(Ctx& cx, const SplitRegex::Atom& g, uint32_t count, size_t 
       break;
     }
     if (c >= g.max) break;
-    const int64_t e = fixed_iteration(cx, g, q);
+    const int64_t e = fixed_iteration(cx, g, q, depth);
     if (e < 0) break;
     ends.push_back(static_cast<uint32_t>(e));
   }

@@ -3,14 +3,16 @@
 // semantics of Oniguruma (the engine behind HF `tokenizers`, Ruby syntax) on that subset.
 //
 // Supported: alternation (a|b|c), literal characters, escapes (\s \S \d \D \w \W \p{X} \P{X}
-// with X a general category or its one-letter group, \r \n \t \f \v and escaped punctuation),
-// character classes with ranges, negation, escapes and nested classes ([^(\s|[.,])] is a union),
+// with X a general category, its one-letter group, or the script Han, \r \n \t \f \v and escaped
+// punctuation), character classes with ranges, negation, escapes, nested classes ([^(\s|[.,])] is
+// a union) and intersection ([\p{L}&&[^\p{Han}]], Kimi K2's letters that are not Han),
 // the greedy quantifiers ? * + {m} {m,} {m,n} on characters, classes and groups, the anchors $
 // (end of the text or before a newline, as in Ruby) and \b (Unicode word boundary), groups (X)
 // (captures are not kept) and (?:X), lookaheads (?=X) and (?!X), and case-insensitive groups
 // (?i:a|b) of literal characters (ASCII case, U+017F ~ s, U+212A ~ k, as Oniguruma folds them).
 // Anything else (other group options, backreferences, lookbehind, lazy or possessive
-// quantifiers, '.', '^') is refused when the pattern is compiled, naming the construct.
+// quantifiers, '.', '^', other scripts) is refused when the pattern is compiled, naming the
+// construct.
 #pragma once
 #include <cstdint>
 #include <memory>

@@ -6,6 +6,12 @@
 //   tokenizer.ggml.model  what the converter wrote it from         becomes (tokenizer.json)
 //   gpt2                  byte-level BPE (tokens, merges, pre)      BPE + the family's
 //                                                                   pre-tokenizer (table below)
+//   gpt2 with gemma4,     BPE on raw UTF-8 (llama.cpp's            Replace(" ", "▁"), split at
+//   granite-embed-multi-  byte_encode = false types)               newline runs, BPE with byte
+//   311m or sarvam-moe                                             fallback
+//   gemma4                as the gpt2 gemma4 type (Gemma 4)
+//   whitespace            BPE on raw UTF-8 between whitespace      BPE + HF's Whitespace
+//                         (Jina embeddings v2 zh)                  pre-tokenizer
 //   llama                 SentencePiece BPE (tokens, scores, types) BPE with byte fallback,
 //                                                                   merges rebuilt from scores
 //                                                                   (transformers' LlamaConverter)
@@ -195,6 +201,37 @@ std::string granite_multi_words() {
          "?|[^\\r\\n\\p{L}\\p{N}]?[^a-z[^\\p{L}\\p{M}]]+[^A-Z[^\\p{L}\\p{M}]]*" + kContractions +
          "?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 }
+// Kimi K2 (tiktoken's pattern in its tokenization_kimi.py): Han runs alone, case-aware words of
+// letters that are not Han, contractions, up to three digits. [A&&[^\p{Han}]] is class
+// intersection, as Oniguruma and tiktoken's regex engine write it. llama.cpp replaces this pattern
+// by a hand-written splitter that differs from it (docs/tokenizers.md); this is the model's own.
+const char* const kKimiK2Regex =
+    "[\\p{Han}]+|"
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}&&[^\\p{Han}]]*"
+    "[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}&&[^\\p{Han}]]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}&&[^\\p{Han}]]+"
+    "[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}&&[^\\p{Han}]]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+    "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+// EXAONE MoE: letters (with their marks) joined by single spaces are one piece, so a phrase is.
+// llama.cpp writes it as [^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)*)+, whose nested
+// quantified groups backtrack as deep as the phrase is long; the same language, matched greedily
+// with nothing after it in its alternative, is \p{L}(?:[\p{L}\p{M}]| (?=\p{L}))*: a letter, then
+// letters, marks, and spaces that a letter follows.
+std::string exaone_moe_words() {
+  return kContractions +
+         "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}(?:[\\p{L}\\p{M}]| (?=\\p{L}))*|\\p{N}| ?[^\\s\\p{L}\\p{N}]+"
+         "[\\r\\n/]?|\\s*[\\r\\n]|\\s+(?!\\S)|\\s+";
+}
+// AFMoE (Arcee Trinity). llama.cpp splits digit runs with a hand-written splitter: the leading
+// (length mod 3) digits, then groups of three (1234567 -> 1 234 567); as a regex, a run of one to
+// three digits that a multiple of three digits and then a non-digit follow. Then runs of CJK and
+// other Asian scripts (the class as llama.cpp writes it: its third range starts at U+8C48, not at
+// the compatibility ideograph U+F900 that looks the same), then DeepSeek-V3's words.
+const char* const kAfmoeDigits = "\\p{N}{1,3}(?=(?:\\p{N}{3})*(?!\\p{N}))";
+const char* const kAfmoeAsian =
+    "[\u4e00-\u9fff\u3400-\u4dbf\u8c48-\ufaff\u3040-\u309f\u30a0-\u30ff\uff65-\uff9f\u2f00-\u2fdf"
+    "\u0e40-\u0e7f\u0e80-\u0eff\u1780-\u17ff\u1000-\u109f\uaa60-\uaa7f\ua9e0-\ua9ff\uac00-\ud7af"
+    "\u1100-\u11ff]+";
 json splits_then_bytes(const std::vector<std::string>& regexes) {
   json steps = json::array();
   for (const std::string& r : regexes) steps.push_back(split(r));
@@ -397,29 +434,51 @@ const std::vector<PreType>& pre_types() {
        false,
        true,
        [] { return splits_then_bytes({granite_multi_words()}); }},
+      {{"kimi-k2"}, false, false, [] { return splits_then_bytes({kKimiK2Regex}); }},
+      {{"exaone-moe"}, false, false, [] { return splits_then_bytes({exaone_moe_words()}); }},
+      {{"afmoe"},
+       false,
+       false,
+       [] {
+         return splits_then_bytes({kAfmoeDigits, kAfmoeAsian, kDeepseek3Words});
+       }},
   };
   return rows;
 }
 
-// Types llama.cpp (b11312) knows whose split is not reproduced here: exaone-moe (a nested
-// quantified group that makes whole phrases one piece: backtracking as deep as the line is long),
-// hand-written splitters (kimi-k2's \p{Han} with class intersection and no merges, afmoe's digit
-// grouping), and SentencePiece-style BPE on raw UTF-8 without the byte-level mapping (gemma4,
-// granite-embed-multi-311m, sarvam-moe, whitespace).
-const char* const kKnownUnsupported[] = {"exaone-moe", "kimi-k2",    "afmoe",
-                                         "gemma4",     "sarvam-moe", "granite-embed-multi-311m",
-                                         "whitespace"};
+// SentencePiece-style BPE on raw UTF-8, without the byte-level mapping (llama.cpp's
+// byte_encode = false types): spaces become "▁" (llama_escape_whitespace), the text is cut
+// into runs of newlines and runs of other characters ([^\n]+|[\n]+), BPE merges run over each
+// run's characters, and a character no token covers falls back to <0xXX> byte tokens.
+struct RawPreType {
+  std::vector<const char*> names;
+  // Gemma 4 (llama.cpp PR 21343): a run of newlines that is a token is that token, whatever the
+  // merges say; and a BOS is always added (PR 21500), as llama.cpp overrides add_bos_token.
+  bool gemma4;
+};
+const std::vector<RawPreType>& raw_pre_types() {
+  static const std::vector<RawPreType> rows = {
+      {{"gemma4", "granite-embed-multi-311m"}, true},  // llama.cpp maps both to its GEMMA4 type
+      {{"sarvam-moe"}, false}};
+  return rows;
+}
+const RawPreType* raw_pre_type(const std::string& pre) {
+  for (const RawPreType& t : raw_pre_types())
+    for (const char* n : t.names)
+      if (pre == n) return &t;
+  return nullptr;
+}
 
 const PreType& pre_type_for(const std::string& pre, const std::string& origin) {
   for (const PreType& t : pre_types())
     for (const char* n : t.names)
       if (pre == n) return t;
-  for (const char* n : kKnownUnsupported)
-    if (pre == n)
-      throw NotImplemented(fmt::format(
-          "{}: GGUF tokenizer.ggml.pre = '{}' (a llama.cpp pre-tokenizer type whose split is not "
-          "implemented here; supported: {})",
-          origin, pre, fmt::join(gguf_pre_tokenizer_types(), ", ")));
+  if (pre == "whitespace")
+    throw Error(
+        fmt::format("{}: GGUF tokenizer.ggml.pre = 'whitespace' with tokenizer.ggml.model = "
+                    "'gpt2' (llama.cpp's converter writes that pre-tokenizer only with "
+                    "tokenizer.ggml.model = 'whitespace')",
+                    origin));
   throw NotImplemented(
       fmt::format("{}: GGUF tokenizer.ggml.pre = '{}' is not a known pre-tokenizer type "
                   "(supported: {})",
@@ -509,9 +568,16 @@ json bpe_model(json vocab, json merges, const char* unk, bool byte_fallback, boo
           {"merges", std::move(merges)}};
 }
 
+void build_raw_bpe(const GgufVocab& v, const RawPreType& rt, json& j);
+
 // ---- gpt2: byte-level BPE ----
-void build_gpt2(const GgufVocab& v, json& j) {
+void build_gpt2(const GgufVocab& v, json& j, bool& whole_newline_words) {
   const std::string pre = v.f.get_str_or("tokenizer.ggml.pre", "default");
+  if (const RawPreType* rt = raw_pre_type(pre)) {
+    build_raw_bpe(v, *rt, j);
+    whole_newline_words = rt->gemma4;
+    return;
+  }
   const PreType& pt = pre_type_for(pre, v.origin);
   j["normalizer"] = pt.nfc ? json{{"type", "NFC"}} : json(nullptr);
   j["pre_tokenizer"] = pt.pre();
@@ -534,6 +600,73 @@ void build_gpt2(const GgufVocab& v, json& j) {
                v.origin);
   j["model"] = bpe_model(vocab_of(v.tokens), v.f.get_str_array("tokenizer.ggml.merges"), nullptr,
                          false, pt.ignore_merges);
+}
+
+// ---- gpt2 / gemma4 with a raw-UTF-8 pre-tokenizer type (RawPreType above) ----
+void build_raw_bpe(const GgufVocab& v, const RawPreType& rt, json& j) {
+  j["normalizer"] = {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", kSpace}};
+  j["pre_tokenizer"] = split("[^\\n]+|[\\n]+");
+  j["decoder"] = {
+      {"type", "Sequence"},
+      {"decoders",
+       json::array({{{"type", "Replace"}, {"pattern", {{"String", kSpace}}}, {"content", " "}},
+                    {{"type", "ByteFallback"}},
+                    {{"type", "Fuse"}}})}};
+  const bool add_bos = rt.gemma4 || v.flag("tokenizer.ggml.add_bos_token", false);
+  const bool add_eos = v.flag("tokenizer.ggml.add_eos_token", false);
+  j["post_processor"] = template_processing(v, v.id("bos"), add_bos ? "bos" : nullptr, v.id("eos"),
+                                            add_eos ? "eos" : nullptr);
+  MINFER_CHECK(v.f.has("tokenizer.ggml.merges"),
+               "{}: BPE tokenizer (tokenizer.ggml.model = '{}') without tokenizer.ggml.merges",
+               v.origin, v.f.get_str("tokenizer.ggml.model"));
+  int64_t unk = v.id("unknown");
+  for (size_t i = 0; unk < 0 && i < v.tokens.size(); ++i)
+    if (v.type(i) == kUnknown) unk = static_cast<int64_t>(i);
+  bool byte_fallback = false;
+  for (size_t i = 0; i < v.tokens.size() && !byte_fallback; ++i)
+    byte_fallback = v.tokens[i] == "<0x00>";
+  const std::string unk_tok = unk >= 0 ? v.tokens[static_cast<size_t>(unk)] : std::string();
+  j["model"] = bpe_model(vocab_of(v.tokens), v.f.get_str_array("tokenizer.ggml.merges"),
+                         unk >= 0 ? unk_tok.c_str() : nullptr, byte_fallback, false);
+}
+
+// ---- whitespace: BPE on raw UTF-8 between whitespace (Jina embeddings v2 zh) ----
+// convert_hf_to_gguf writes tokenizer.ggml.model = pre = 'whitespace' for a tokenizer.json whose
+// pre-tokenizer is HF's Whitespace (\w+|[^\w\s]+). llama.cpp drops whitespace and runs BPE on
+// each whitespace-free segment; as the merges were learned on Whitespace's pieces, none joins a
+// word character to a symbol, and both give the same tokens. HF's pre-tokenizer is used here.
+// tokenizer.ggml.normalizer.lowercase (default false, as llama.cpp) lowercases first.
+void build_whitespace(const GgufVocab& v, json& j) {
+  const std::string pre = v.f.get_str_or("tokenizer.ggml.pre", "whitespace");
+  MINFER_CHECK(pre == "whitespace",
+               "{}: tokenizer.ggml.model = 'whitespace' with tokenizer.ggml.pre = '{}' (expected "
+               "'whitespace', as llama.cpp's converter writes it)",
+               v.origin, pre);
+  j["normalizer"] = v.flag("tokenizer.ggml.normalizer.lowercase", false)
+                        ? json{{"type", "Lowercase"}}
+                        : json(nullptr);
+  j["pre_tokenizer"] = {{"type", "Whitespace"}};
+  j["decoder"] = nullptr;  // tokens joined by spaces, as HF decodes without a decoder
+  // BOS and EOS as the flags say (tokenizer.ggml.add_sep_token is for pairs: llama.cpp puts the
+  // SEP between a reranker's query and document, never after one text).
+  const bool add_bos = v.flag("tokenizer.ggml.add_bos_token", false);
+  const bool add_eos = v.flag("tokenizer.ggml.add_eos_token", false);
+  j["post_processor"] = (add_bos || add_eos)
+                            ? template_processing(v, v.id("bos"), add_bos ? "bos" : nullptr,
+                                                  v.id("eos"), add_eos ? "eos" : nullptr)
+                            : json(nullptr);
+  MINFER_CHECK(v.f.has("tokenizer.ggml.merges"),
+               "{}: BPE tokenizer (tokenizer.ggml.model = 'whitespace') without "
+               "tokenizer.ggml.merges",
+               v.origin);
+  const int64_t unk = v.id("unknown");
+  bool byte_fallback = false;
+  for (size_t i = 0; i < v.tokens.size() && !byte_fallback; ++i)
+    byte_fallback = v.tokens[i] == "<0x00>";
+  const std::string unk_tok = unk >= 0 ? v.tokens[static_cast<size_t>(unk)] : std::string();
+  j["model"] = bpe_model(vocab_of(v.tokens), v.f.get_str_array("tokenizer.ggml.merges"),
+                         unk >= 0 ? unk_tok.c_str() : nullptr, byte_fallback, false);
+  j["model"]["fuse_unk"] = false;  // HF's BPE default, which such a tokenizer.json keeps
 }
 
 // ---- llama: SentencePiece BPE ----
@@ -705,6 +838,8 @@ std::vector<std::string> gguf_pre_tokenizer_types() {
   std::vector<std::string> out;
   for (const PreType& t : pre_types())
     for (const char* n : t.names) out.emplace_back(n);
+  for (const RawPreType& t : raw_pre_types())
+    for (const char* n : t.names) out.emplace_back(n);
   return out;
 }
 
@@ -724,15 +859,23 @@ std::unique_ptr<Tokenizer> Tokenizer::from_gguf(const GgufFile& f) {
   j["truncation"] = nullptr;
   j["padding"] = nullptr;
   std::vector<std::string> wp_tokens;  // bert: the tokens in HF form
+  bool whole_newline_words = false;
   if (model == "gpt2") {
-    build_gpt2(v, j);
+    build_gpt2(v, j, whole_newline_words);
+  } else if (model == "gemma4") {  // llama.cpp takes the gemma4 pre type whatever the file says
+    build_raw_bpe(v, *raw_pre_type("gemma4"), j);
+    whole_newline_words = true;
+  } else if (model == "whitespace") {
+    build_whitespace(v, j);
   } else if (model == "llama") {
     build_llama(v, j);
   } else if (model == "bert") {
     build_bert(v, j, wp_tokens);
   } else {
-    throw NotImplemented(fmt::format(
-        "{}: GGUF tokenizer.ggml.model = '{}' (supported: gpt2, llama, bert)", origin, model));
+    throw NotImplemented(
+        fmt::format("{}: GGUF tokenizer.ggml.model = '{}' (supported: gpt2, gemma4, whitespace, "
+                    "llama, bert)",
+                    origin, model));
   }
   json added = added_tokens_of(v);
   if (!wp_tokens.empty())
@@ -740,6 +883,7 @@ std::unique_ptr<Tokenizer> Tokenizer::from_gguf(const GgufFile& f) {
   j["added_tokens"] = added;
 
   TokenizerExtras ex;
+  ex.bpe_whole_newline_words = whole_newline_words;
   ex.chat_template = f.get_str_or("tokenizer.chat_template", "");
   ex.bos_id = static_cast<int32_t>(v.id("bos"));
   ex.eos_id = static_cast<int32_t>(v.id("eos"));

@@ -1,9 +1,10 @@
 // libFuzzer harness: arbitrary bytes encoded by fixed tokenizers (tests/fixtures/tokenizers: one
 // of each model type — byte-level BPE with the Llama-3 and Qwen2 splits, SentencePiece-style BPE
 // with byte fallback, Metaspace, WordPiece — and GGUF byte-level BPE with the llama.cpp split
-// lists that need the general regex matcher). The first byte picks the tokenizer; the rest is the
-// text. Invalid UTF-8 must be a minfer::Error; valid text must give ids in range that decode and
-// stream-decode to the same string. Run from the repository root. See docs/fuzzing.md.
+// lists that need the general regex matcher, and the raw-UTF-8 BPE types). The first byte picks the
+// tokenizer; the rest is the text. Invalid UTF-8 must be a minfer::Error; valid text must give ids
+// in range that decode and stream-decode to the same string. Run from the repository root. See
+// docs/fuzzing.md.
 #include <memory>
 #include <vector>
 
@@ -22,14 +23,26 @@ const std::vector<std::unique_ptr<Tokenizer>>& tokenizers() {
                                             ".tokenizer.json"));
     // GGUF byte-level BPE whose splits run through SplitRegex: groups, lookaheads with groups,
     // \b, empty-match splits, classes inside groups.
-    for (const char* name : {"bpe-deepseek-v3", "bpe-youtu", "bpe-chameleon", "bpe-superbpe",
-                             "bpe-tiny_aya", "bpe-granite-embed-multi-97m", "bpe-bailingmoe"})
+    // Also: class intersection and \p{Han} (Kimi K2), a width-1 group with a lookahead (EXAONE
+    // MoE), the digit-group lookahead on \p{N} (AFMoE), raw-UTF-8 BPE with the Gemma 4 newline
+    // rule, and BPE over Whitespace pieces with [UNK].
+    for (const char* name :
+         {"bpe-deepseek-v3", "bpe-youtu", "bpe-chameleon", "bpe-superbpe", "bpe-tiny_aya",
+          "bpe-granite-embed-multi-97m", "bpe-bailingmoe", "bpe-kimi-k2", "bpe-exaone-moe",
+          "bpe-afmoe", "raw-gemma4", "raw-whitespace"})
       v.push_back(Tokenizer::load(std::string("tests/fixtures/tokenizers/gguf/") + name + ".gguf"));
     return v;
   }();
   return toks;
 }
 }  // namespace
+
+// Loads the tokenizers before the first input, so that their loading (seconds under ASan on a busy
+// machine) is not timed as part of that input (-timeout).
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  (void)tokenizers();
+  return 0;
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
