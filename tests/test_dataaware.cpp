@@ -167,10 +167,45 @@ TEST_CASE("dataaware: AWQ and SmoothQuant folding keep the f32 logits; int3 runs
     compress_model(*m, compress_spec_from_name(method), &st, false);
     return rel_diff(logits(*m, ids), y0);
   };
-  const double e_rtn = err_of("int4-g32"), e_awq = err_of("int4-awq-g32");
+  const double e_rtn = err_of("int4-g32"), e_awq = err_of("int4-awq-g32"),
+               e_awq_gptq = err_of("int4-gptq-g32-awq-act-clip");
   CAPTURE(e_rtn);
   CAPTURE(e_awq);
+  CAPTURE(e_awq_gptq);
   CHECK(e_awq < e_rtn);
+  CHECK(e_awq_gptq < e_rtn);
+  // keep_gram (GPTQ after AWQ): the kept matrices are the folded model's own inputs' XᵀX, as a
+  // fresh calibration of the folded model measures them; the caller's matrices are untouched.
+  {
+    auto m = load_model("tests/fixtures/parity/llama", *be);
+    const ActStats st0 = calibrate(*m, calib, 8, 32, false, true);
+    ActStats st = st0;
+    SmoothOptions o;
+    o.rule = SmoothOptions::Rule::Awq;
+    o.group = 32;
+    o.alpha = 0.5;  // every site moves
+    o.keep_gram = true;
+    smooth_model(*m, st, o);
+    const ActStats fresh = calibrate(*m, calib, 8, 32, false, true);
+    int checked = 0;
+    for (const Linear* l : m->linears()) {
+      if (l->name.find(".layers.") == std::string::npos) continue;  // the head is not scaled
+      CAPTURE(l->name);
+      const GramMatrix &kept = *st.gram.at(l->name), &now = *fresh.gram.at(l->name),
+                       &orig = *st0.gram.at(l->name);
+      REQUIRE(kept.n == now.n);
+      double num = 0, den = 0, moved = 0;
+      for (size_t i = 0; i < kept.xtx.size(); ++i) {
+        num += (double(kept.xtx[i]) - now.xtx[i]) * (double(kept.xtx[i]) - now.xtx[i]);
+        den += double(now.xtx[i]) * now.xtx[i];
+        moved += std::fabs(double(orig.xtx[i]) - now.xtx[i]);
+      }
+      CHECK(std::sqrt(num / den) < 1e-4);
+      CHECK(moved > 0);
+      ++checked;
+    }
+    CHECK(checked == 7 * int(m->config().n_layers));
+  }
   // SmoothQuant at α = 0.5 equalizes each input channel's ranges: after the fold
   // max|X_j| / s_j = max|W_j| s_j. down_proj (fed by up_proj's rows) is scaled by no other site.
   {
@@ -223,9 +258,9 @@ TEST_CASE("dataaware: AWQ and SmoothQuant folding keep the f32 logits; int3 runs
 }
 
 TEST_CASE("dataaware: method names and bad input") {
-  for (std::string n :
-       {"int3-g128", "int3-g64-clip", "int4-g128-clip", "nf4-g64-clip", "int3-gptq-g128",
-        "int4-gptq-g128-act-clip", "int4-awq-g128", "w8a8-static-sq"})
+  for (std::string n : {"int3-g128", "int3-g64-clip", "int4-g128-clip", "nf4-g64-clip",
+                        "int3-gptq-g128", "int4-gptq-g128-act-clip", "int4-awq-g128",
+                        "w8a8-static-sq", "int4-gptq-g64-awq-act-clip", "int3-gptq-g128-awq"})
     CHECK(compress_spec_name(compress_spec_from_name(n)) == n);
   CHECK(compress_spec_name(compress_spec_from_name("int4-awq")) == "int4-awq-g128");
   CHECK(compress_spec_from_name("int4-awq").needs_gram());
@@ -242,6 +277,11 @@ TEST_CASE("dataaware: method names and bad input") {
   CHECK_THROWS_WITH_AS(compress_spec_from_name("int4-asym-clip"), doctest::Contains("-asym"),
                        Error);
   CHECK_THROWS_WITH_AS(compress_spec_from_name("int4-act"), doctest::Contains("GPTQ"), Error);
+  CHECK(compress_spec_from_name("int4-gptq-awq").steps[0].smooths());
+  CHECK_THROWS_WITH_AS(compress_spec_from_name("int8-gptq-awq"),
+                       doctest::Contains("int4-gptq / int3-gptq"), Error);
+  CHECK_THROWS_WITH_AS(compress_spec_from_name("int4-awq-awq"),
+                       doctest::Contains("int4-gptq / int3-gptq"), Error);
   CHECK_THROWS_WITH_AS(compress_spec_from_name("w8a8-sq"), doctest::Contains("static"), Error);
   // α outside [0, 1], a dampening outside (0, 1).
   MethodSpec s = method_spec_from_name("int4-awq");
