@@ -650,6 +650,7 @@ CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats
   bool smoothing_done = false;
   int smooth_sites = 0;
   double smooth_seconds = 0;
+  std::map<std::string, double> smooth_alpha;
   for (const MethodSpec& step : spec.steps) {
     if (!step.smooths()) continue;
     MINFER_CHECK(stats != nullptr, "{} needs a calibration pass (--calibrate FILE)",
@@ -666,12 +667,14 @@ CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats
     smoothing_done = true;
     smooth_sites = sr.sites;
     smooth_seconds = sr.seconds;
+    smooth_alpha = sr.site_alpha;
     stats = &smoothed;
   }
 
   CompressReport rep;
   rep.smooth_sites = smooth_sites;
   rep.smooth_seconds = smooth_seconds;
+  rep.smooth_alpha = std::move(smooth_alpha);
   rep.bytes_before = bytes_before;
   // Parameters of the model as it is (a tied head counted once with its table).
   int64_t params = 0, lin_params = 0;

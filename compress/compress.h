@@ -106,6 +106,7 @@ struct CompressReport {
   double linear_bpw = 0;       // over the transformer-block linears only (no embeddings / head)
   int smooth_sites = 0;        // channel-scaling folds done (SmoothQuant / AWQ, dataaware.h)
   double smooth_seconds = 0;   // time the channel-scale search took
+  std::map<std::string, double> smooth_alpha;  // consumer -> α used (-1: s = 1, no migration)
   std::vector<TensorReport> tensors;
 };
 

@@ -256,6 +256,7 @@ int main(int argc, char** argv) {
                           {"calibration_tokens", stats.tokens},
                           {"calibration_seconds", calib_secs},
                           {"smooth_seconds", r.smooth_seconds},
+                          {"smooth_alpha", r.smooth_alpha},
                           {"seconds", secs},
                           {"peak_rss_mb", tool::peak_rss_mb()}};
       nlohmann::json ts = nlohmann::json::array();
@@ -287,8 +288,14 @@ int main(int argc, char** argv) {
     if (stats.tokens > 0)
       std::printf("calibration: %lld tokens, %.1f s (deterministic: windows evenly spaced)\n",
                   (long long)stats.tokens, calib_secs);
-    if (r.smooth_sites > 0)
-      std::printf("channel scaling: %d folds, %.1f s\n", r.smooth_sites, r.smooth_seconds);
+    if (r.smooth_sites > 0) {
+      std::map<double, int> hist;  // α -> consumers
+      for (const auto& [name, a] : r.smooth_alpha) ++hist[a];
+      std::string h;
+      for (const auto& [a, n] : hist) h += fmt::format(" {:g}:{}", a, n);
+      std::printf("channel scaling: %d folds, %.1f s; alpha:consumers%s\n", r.smooth_sites,
+                  r.smooth_seconds, h.c_str());
+    }
     std::printf("%.1f s, peak RSS %.0f MB\n", secs, tool::peak_rss_mb());
     return 0;
   });
