@@ -470,8 +470,8 @@ void mirror_grams(ActStats& st) {
 ActStats calibrate(Model& m, const std::vector<int32_t>& ids, int samples, int64_t seq_len,
                    bool progress, bool with_gram) {
   MINFER_CHECK(m.config().causal(),
-               "calibrate: '{}' is an encoder; encoders calibrate on sentences "
-               "(calibrate_encoder)",
+               "calibrate: windows of text are for causal LMs; '{}' is an encoder, which "
+               "calibrates on sentences (calibrate_encoder)",
                m.config().model_type);
   MINFER_CHECK(samples > 0 && seq_len > 1,
                "calibrate: need samples > 0 and seq_len > 1 (got {}, {})", samples, seq_len);
