@@ -453,9 +453,25 @@ Linear compress_linear(const Linear& l, const CompressSpec& spec, const ActStats
 
 // ---- calibration -------------------------------------------------------------------------
 
+namespace {
+
+// ssyrk filled the upper triangles; copy them to the lower ones (each shared matrix once).
+void mirror_grams(ActStats& st) {
+  std::set<const GramMatrix*> done;
+  for (auto& [name, g] : st.gram) {
+    if (!done.insert(g.get()).second) continue;
+    for (int64_t i = 0; i < g->n; ++i)
+      for (int64_t j = 0; j < i; ++j) g->xtx[size_t(i * g->n + j)] = g->xtx[size_t(j * g->n + i)];
+  }
+}
+
+}  // namespace
+
 ActStats calibrate(Model& m, const std::vector<int32_t>& ids, int samples, int64_t seq_len,
                    bool progress, bool with_gram) {
-  MINFER_CHECK(m.config().causal(), "calibrate: only causal LMs are calibrated (model type '{}')",
+  MINFER_CHECK(m.config().causal(),
+               "calibrate: windows of text are for causal LMs; '{}' is an encoder, which "
+               "calibrates on sentences (calibrate_encoder)",
                m.config().model_type);
   MINFER_CHECK(samples > 0 && seq_len > 1,
                "calibrate: need samples > 0 and seq_len > 1 (got {}, {})", samples, seq_len);
@@ -483,12 +499,41 @@ ActStats calibrate(Model& m, const std::vector<int32_t>& ids, int samples, int64
     bar.update(i + 1);
   }
   bar.finish();
-  std::set<const GramMatrix*> done;
-  for (auto& [name, g] : st.gram) {
-    if (!done.insert(g.get()).second) continue;
-    for (int64_t i = 0; i < g->n; ++i)
-      for (int64_t j = 0; j < i; ++j) g->xtx[size_t(i * g->n + j)] = g->xtx[size_t(j * g->n + i)];
+  mirror_grams(st);
+  return st;
+}
+
+ActStats calibrate_encoder(Model& m, const std::vector<std::vector<int32_t>>& seqs, bool progress,
+                           bool with_gram) {
+  MINFER_CHECK(!m.config().causal(),
+               "calibrate_encoder: '{}' is a causal LM; it calibrates on windows (calibrate)",
+               m.config().model_type);
+  MINFER_CHECK(!seqs.empty(), "calibrate_encoder: no calibration sequences");
+  int64_t longest = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    MINFER_CHECK(!seqs[i].empty() && int64_t(seqs[i].size()) <= m.config().max_pos,
+                 "calibrate_encoder: sequence {} has {} tokens, expected 1..{} (the model's "
+                 "positions)",
+                 i, seqs[i].size(), m.config().max_pos);
+    longest = std::max<int64_t>(longest, int64_t(seqs[i].size()));
   }
+  ActStats st;
+  Calibrator cal(st, with_gram);
+  Backend& be = m.backend();
+  be.set_observer(&cal);
+  struct Reset {
+    Backend& be;
+    ~Reset() { be.set_observer(nullptr); }
+  } reset{be};
+  RunState s = m.new_state(0, longest);
+  Progress bar("calibrate", int64_t(seqs.size()), progress);
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    m.encode(s, seqs[i].data(), 1, int64_t(seqs[i].size()));
+    st.tokens += int64_t(seqs[i].size());
+    bar.update(int64_t(i + 1));
+  }
+  bar.finish();
+  mirror_grams(st);
   return st;
 }
 
@@ -605,6 +650,7 @@ CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats
   bool smoothing_done = false;
   int smooth_sites = 0;
   double smooth_seconds = 0;
+  std::map<std::string, double> smooth_alpha;
   for (const MethodSpec& step : spec.steps) {
     if (!step.smooths()) continue;
     MINFER_CHECK(stats != nullptr, "{} needs a calibration pass (--calibrate FILE)",
@@ -613,19 +659,22 @@ CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats
                  compress_spec_name(spec));
     smoothed = *stats;
     SmoothOptions o;
-    o.rule = step.is_awq() ? SmoothOptions::Rule::Awq : SmoothOptions::Rule::SmoothQuant;
+    o.rule = step.awq_rule() ? SmoothOptions::Rule::Awq : SmoothOptions::Rule::SmoothQuant;
+    o.keep_gram = step.awq_scales;  // GPTQ after the fold reads the scaled inputs' XᵀX
     o.alpha = step.alpha;
     o.group = step.quant.group > 0 ? step.quant.group : 128;
     const SmoothReport sr = smooth_model(m, smoothed, o);
     smoothing_done = true;
     smooth_sites = sr.sites;
     smooth_seconds = sr.seconds;
+    smooth_alpha = sr.site_alpha;
     stats = &smoothed;
   }
 
   CompressReport rep;
   rep.smooth_sites = smooth_sites;
   rep.smooth_seconds = smooth_seconds;
+  rep.smooth_alpha = std::move(smooth_alpha);
   rep.bytes_before = bytes_before;
   // Parameters of the model as it is (a tied head counted once with its table).
   int64_t params = 0, lin_params = 0;

@@ -79,8 +79,16 @@ struct ActStats {
 
 // Runs the (uncompressed) causal LM over `samples` windows of `seq_len` tokens taken evenly from
 // `ids` and records ActStats for every Linear (the Gram matrices only when `with_gram`).
+// Encoders: calibrate_encoder below.
 ActStats calibrate(Model& m, const std::vector<int32_t>& ids, int samples, int64_t seq_len,
                    bool progress = true, bool with_gram = false);
+
+// Encoder (BERT) calibration: runs each sequence alone through Model::encode (B = 1, so no padding
+// row is ever observed) and records the same ActStats. `seqs`: token ids with the special tokens,
+// e.g. from encoder_calibration_sequences (models/eval.h). Throws for a causal LM (use
+// calibrate), an empty list, an empty sequence or one longer than the model's positions.
+ActStats calibrate_encoder(Model& m, const std::vector<std::vector<int32_t>>& seqs,
+                           bool progress = true, bool with_gram = false);
 
 struct TensorReport {
   std::string name;
@@ -98,6 +106,7 @@ struct CompressReport {
   double linear_bpw = 0;       // over the transformer-block linears only (no embeddings / head)
   int smooth_sites = 0;        // channel-scaling folds done (SmoothQuant / AWQ, dataaware.h)
   double smooth_seconds = 0;   // time the channel-scale search took
+  std::map<std::string, double> smooth_alpha;  // consumer -> α used (-1: s = 1, no migration)
   std::vector<TensorReport> tensors;
 };
 

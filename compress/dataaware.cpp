@@ -226,6 +226,17 @@ std::vector<Site> find_sites(Model& m) {
       if (u && d && u->out == d->in)
         add(p + "up_proj->down_proj", nullptr, nullptr, u, {d}, d->in, ident(d->in));
     }
+  } else if (cfg.arch == Arch::Bert) {
+    // Post-norm blocks: each LayerNorm's output is also the residual, so it cannot take 1/s;
+    // GELU stands between intermediate and output. Only value -> attention.output folds (the
+    // attention probabilities mix rows of V linearly; the value bias scales with its rows).
+    const std::string pre = T("bert.embeddings.word_embeddings.weight") ? "bert." : "";
+    for (int64_t l = 0; l < cfg.n_layers; ++l) {
+      const std::string p = pre + "encoder.layer." + std::to_string(l) + ".";
+      Linear *v = L(p + "attention.self.value.weight"), *o = L(p + "attention.output.dense.weight");
+      if (v && o && v->out == o->in)
+        add(p + "value->attention.output", nullptr, nullptr, v, {o}, o->in, ident(o->in));
+    }
   } else if (cfg.arch == Arch::GPT2) {
     const std::string pre = T("transformer.h.0.ln_1.weight") ? "transformer." : "";
     for (int64_t l = 0; l < cfg.n_layers; ++l) {
@@ -369,6 +380,7 @@ SmoothReport smooth_model(Model& m, ActStats& stats, const SmoothOptions& opt) {
       }
     }
     // Fold: consumers' columns times s, the producer's output channels divided by s.
+    std::shared_ptr<GramMatrix> gram_in, gram_out;
     for (size_t i = 0; i < site.consumers.size(); ++i) {
       Linear* c = site.consumers[i];
       float* W = ws[i].data<float>();
@@ -384,7 +396,26 @@ SmoothReport smooth_model(Model& m, ActStats& stats, const SmoothOptions& opt) {
       scale_stat(stats.absmax, 1.0);
       scale_stat(stats.sumabs, 1.0);
       scale_stat(stats.sumsq, 2.0);
-      stats.gram.erase(c->name);
+      auto g = stats.gram.find(c->name);
+      if (g != stats.gram.end() && opt.keep_gram) {
+        // Consumers of a site that shared one matrix share the rescaled one.
+        if (g->second != gram_in) {
+          gram_in = g->second;
+          const int64_t n = gram_in->n;
+          MINFER_CHECK(n == c->in, "{}: Gram matrix of '{}' is mis-sized", rule, c->name);
+          gram_out = std::make_shared<GramMatrix>();
+          gram_out->n = n;
+          gram_out->xtx.resize(size_t(n * n));
+          for (int64_t a = 0; a < n; ++a)
+            for (int64_t b = 0; b < n; ++b)
+              gram_out->xtx[size_t(a * n + b)] =
+                  float(double(gram_in->xtx[size_t(a * n + b)]) /
+                        (double(s[size_t(site.map[size_t(a)])]) * s[size_t(site.map[size_t(b)])]));
+        }
+        g->second = gram_out;
+      } else if (g != stats.gram.end()) {
+        stats.gram.erase(g);
+      }
       rep.site_alpha[c->name] = alpha;
     }
     auto divide = [&](Tensor* t) {

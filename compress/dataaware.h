@@ -28,7 +28,9 @@
 //           up_proj rows (and bias)       -> down_proj  (SiLU(gate) ⊙ up is linear in up)
 //   GPT-2:  ln_1.{weight,bias}            -> attn.c_attn
 //           ln_2.{weight,bias}            -> mlp.c_fc
-// Other architectures (BERT's post-norm blocks) have no place to fold: they are not scaled.
+//   BERT:   attention.self.value rows (and bias) -> attention.output.dense (the only fold: in the
+//           post-norm blocks a LayerNorm's output is also the residual, and GELU separates
+//           intermediate from output; those linears get the weighted scale search only).
 //   SmoothQuant: s_j = max|X_j|^α / max|W_j|^(1−α) (α = 0.5 by default), W_j: the j-th input
 //   column of every consumer together.
 //   AWQ: s_j = mean|X_j|^α, normalized by sqrt(max s · min s); α searched over {0, 0.05, ..., 1}
@@ -70,6 +72,9 @@ struct SmoothOptions {
   enum class Rule : uint8_t { SmoothQuant, Awq } rule = Rule::SmoothQuant;
   double alpha = -1;  // SmoothQuant: -1 = 0.5; AWQ: -1 = grid search, else fixed α in [0, 1]
   int group = 128;    // AWQ: the int4 group size the search quantizes with
+  // Keep each scaled linear's Gram matrix, rescaled to its new inputs (diag(1/s) XᵀX diag(1/s),
+  // a new matrix, so the caller's shared ones are untouched), for GPTQ after the fold.
+  bool keep_gram = false;
 };
 
 // What smoothing did, for reports and tests.
@@ -81,7 +86,7 @@ struct SmoothReport {
 
 // Applies channel scaling to every site of `m` (weights and norms become f32 copies), and
 // rescales `stats` to match the new inputs (absmax, sumsq, sumabs divided by s; the Gram matrices
-// of scaled linears are dropped, since the later steps of a chain that smooths do not read them).
+// of scaled linears are dropped, or rescaled with opt.keep_gram for GPTQ after the fold).
 // AWQ reads stats.gram and stats.sumabs (calibrate with_gram); SmoothQuant reads stats.absmax.
 // Throws naming the linear when a needed statistic is missing, α outside [0, 1], or a weight is
 // not Dense.

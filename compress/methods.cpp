@@ -43,13 +43,13 @@ constexpr MethodInfo kMethods[] = {
      "prune the <pct> % smallest |w| per row (-layer, -global), or N:M (magnitude-2:4)"},
     {"wanda", MethodKind::Prune, kOptSparsity,
      "prune by |w| * ||x||_2 per row (Sun et al. 2023; calibration), <pct> or N:M (wanda-2:4)"},
-    {"int4-gptq", MethodKind::Gptq, kOptGroup | kOptActOrder | kOptClip,
+    {"int4-gptq", MethodKind::Gptq, kOptGroup | kOptActOrder | kOptClip | kOptAwq,
      "GPTQ: int4 per group of 128 (-g<N>), rounding errors compensated on calibration XtX, "
-     "-act: act-order, -clip: scale search"},
+     "-act: act-order, -clip: scale search, -awq: AWQ channel scales folded first"},
     {"int8-gptq", MethodKind::Gptq, kOptGroup | kOptActOrder,
      "GPTQ: int8 per output row (-g<N>: per group)"},
-    {"int3-gptq", MethodKind::Gptq, kOptGroup | kOptActOrder | kOptClip,
-     "GPTQ at 3 bits (codes -4..3 in the int4 container), -act, -clip"},
+    {"int3-gptq", MethodKind::Gptq, kOptGroup | kOptActOrder | kOptClip | kOptAwq,
+     "GPTQ at 3 bits (codes -4..3 in the int4 container), -act, -clip, -awq"},
     {"int4-awq", MethodKind::Gptq, kOptGroup,
      "AWQ: int4 per group of 128 with input-channel scales searched on calibration and folded "
      "into the previous norm / linear, then a scale (clip) search"},
@@ -170,6 +170,9 @@ void validate_method_spec(const MethodSpec& s) {
                "method '{}': -clip with -dq (double-quantized scales) is not supported", s.method);
   MINFER_CHECK(!s.act_order || (m.options & kOptActOrder),
                "method '{}': act-order (-act) is a GPTQ option", s.method);
+  MINFER_CHECK(!s.awq_scales || (m.options & kOptAwq),
+               "method '{}': AWQ channel scales (-awq) are an int4-gptq / int3-gptq option",
+               s.method);
   MINFER_CHECK(!s.smooth || (m.options & kOptSmooth),
                "method '{}': SmoothQuant (-sq) is a w8a8 option", s.method);
   MINFER_CHECK(!s.smooth || s.static_act,
@@ -179,7 +182,7 @@ void validate_method_spec(const MethodSpec& s) {
   MINFER_CHECK(s.alpha == -1 || (std::isfinite(s.alpha) && s.alpha >= 0 && s.alpha <= 1),
                "method '{}': alpha must be in [0, 1], got {}", s.method, s.alpha);
   MINFER_CHECK(s.alpha == -1 || s.smooths(),
-               "method '{}': alpha is an int4-awq / w8a8-static-sq option", s.method);
+               "method '{}': alpha is an int4-awq / -gptq-awq / w8a8-static-sq option", s.method);
   MINFER_CHECK(std::isfinite(s.damp) && s.damp > 0 && s.damp < 1,
                "method '{}': GPTQ dampening must be in (0, 1) (a fraction of mean diag XtX; "
                "--damp takes percent), got {}",
@@ -377,6 +380,9 @@ MethodSpec method_spec_from_name(const std::string& name) {
     } else if (p == "act") {
       need(kOptActOrder, p, "a GPTQ");
       s.act_order = true;
+    } else if (p == "awq") {
+      need(kOptAwq, p, "an int4-gptq / int3-gptq");
+      s.awq_scales = true;
     } else if (p == "sq") {
       need(kOptSmooth, p, "a w8a8-static");
       s.smooth = true;
@@ -386,7 +392,7 @@ MethodSpec method_spec_from_name(const std::string& name) {
     } else {
       MINFER_FAIL(
           "compression method '{}': unknown option '{}' (options: -g<N>, -asym, -dq, "
-          "-tensor, -row, -static, -weighted, -sq, -clip, -act; lowrank: -<P>, -r<N>, -e<E>)",
+          "-tensor, -row, -static, -weighted, -sq, -clip, -act, -awq; lowrank: -<P>, -r<N>, -e<E>)",
           name, p);
     }
   }
@@ -419,6 +425,7 @@ std::string method_spec_name(const MethodSpec& s) {
   if (s.method == "ternary" && s.quant.ternary_per_row) n += "-row";
   if (s.method == "w8a8" && s.static_act) n += "-static";
   if (s.smooth) n += "-sq";
+  if (s.awq_scales) n += "-awq";
   if (s.act_order) n += "-act";
   if (s.clip_search) n += "-clip";
   if (s.amount >= 0) n += fmt::format("-{:g}", s.amount);

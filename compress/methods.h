@@ -60,6 +60,7 @@ enum MethodOption : unsigned {
   kOptClip = 1u << 11,      // -clip: per-group scale search (compress/dataaware.h)
   kOptActOrder = 1u << 12,  // -act: GPTQ act-order (columns by descending diag XᵀX)
   kOptSmooth = 1u << 13,    // -sq: SmoothQuant channel scaling folded into the previous op
+  kOptAwq = 1u << 14,       // -awq: AWQ channel scales folded first, then GPTQ on the result
 };
 
 struct MethodInfo {
@@ -92,6 +93,7 @@ struct MethodSpec {
   bool clip_search = false;     // int4 / int3 / nf4 / -gptq: per-group scale search (-clip)
   bool act_order = false;       // -gptq: columns in descending diag(XᵀX) order (-act)
   bool smooth = false;          // w8a8-static: SmoothQuant scaling (-sq)
+  bool awq_scales = false;      // -gptq: AWQ's channel scales searched and folded first (-awq)
   double alpha = -1;            // SmoothQuant α (-1 = 0.5), AWQ α (-1 = grid search); [0, 1]
   double damp = 0.01;           // GPTQ dampening λ / mean(diag H), (0, 1)
 
@@ -103,7 +105,9 @@ struct MethodSpec {
   bool needs_calibration() const;
   bool is_awq() const { return method == "int4-awq"; }
   // True when compress_model scales input channels before the per-Linear steps (AWQ, -sq).
-  bool smooths() const { return is_awq() || smooth; }
+  bool smooths() const { return is_awq() || smooth || awq_scales; }
+  // True when the channel scales follow AWQ's search (int4-awq, -gptq-awq), not SmoothQuant's.
+  bool awq_rule() const { return is_awq() || awq_scales; }
   // The round-to-nearest format a GPTQ / AWQ step writes ("int4" for "int4-gptq"); `method`
   // otherwise.
   std::string base_format() const;

@@ -331,6 +331,57 @@ std::vector<std::vector<float>> mean_pool_normalize(const float* h, int64_t B, i
   return pool_embeddings(h, B, T, C, mask, Pooling::Mean, true);
 }
 
+namespace {
+
+// One text as embed_texts encodes it (lowercase, special tokens, HF-style truncation to max_len).
+std::vector<int32_t> encode_for_embedding(const Tokenizer& tok, const std::string& t,
+                                          const SentenceEmbeddingConfig& st, int64_t max_len) {
+  auto ids = tok.encode(st.do_lower_case ? unicode::lowercase(t) : t, true);
+  if (int64_t(ids.size()) > max_len) {
+    const int32_t last = ids.back();
+    ids.resize(size_t(max_len));
+    // HF truncation keeps the post-processor's suffix ([SEP]); with none, it just cuts.
+    if (!tok.special_suffix().empty()) ids.back() = last;
+  }
+  return ids;
+}
+
+}  // namespace
+
+std::vector<std::vector<int32_t>> encoder_calibration_sequences(const Tokenizer& tok,
+                                                                const std::string& text,
+                                                                const SentenceEmbeddingConfig& st,
+                                                                int64_t max_pos, int64_t tokens) {
+  MINFER_CHECK(tokens >= 1, "encoder calibration: need at least 1 token, got {}", tokens);
+  const int64_t max_len = std::min(st.max_seq_length, max_pos);
+  MINFER_CHECK(max_len >= 2, "encoder calibration: max_seq_length {} leaves no room for text",
+               max_len);
+  std::vector<std::vector<int32_t>> all;
+  std::istringstream in(text);
+  for (std::string l; std::getline(in, l);) {
+    const auto a = l.find_first_not_of(" \t\r");
+    if (a == std::string::npos) continue;
+    all.push_back(
+        encode_for_embedding(tok, l.substr(a, l.find_last_not_of(" \t\r") - a + 1), st, max_len));
+  }
+  MINFER_CHECK(!all.empty(), "encoder calibration: the calibration text has no non-blank line");
+  const int64_t n = int64_t(all.size());
+  int64_t total = 0;
+  for (const auto& s : all) total += int64_t(s.size());
+  MINFER_CHECK(total >= tokens,
+               "encoder calibration: the calibration text's {} lines give {} tokens (each at most "
+               "{}), fewer than the {} asked for; give a longer text or fewer samples / tokens",
+               n, total, max_len, tokens);
+  for (int64_t k = 1;; ++k) {  // k = n takes every line, which reaches `tokens`
+    int64_t got = 0;
+    for (int64_t i = 0; i < k; ++i) got += int64_t(all[size_t(i * n / k)].size());
+    if (got < tokens && k < n) continue;
+    std::vector<std::vector<int32_t>> out;
+    for (int64_t i = 0; i < k; ++i) out.push_back(all[size_t(i * n / k)]);
+    return out;
+  }
+}
+
 std::vector<std::vector<float>> embed_texts(Model& m, const Tokenizer& tok,
                                             const std::vector<std::string>& texts,
                                             const SentenceEmbeddingConfig& st, int batch) {
@@ -340,13 +391,7 @@ std::vector<std::vector<float>> embed_texts(Model& m, const Tokenizer& tok,
   std::vector<std::vector<int32_t>> enc;
   int64_t longest = 1;
   for (auto& t : texts) {
-    auto ids = tok.encode(st.do_lower_case ? unicode::lowercase(t) : t, true);
-    if (int64_t(ids.size()) > max_len) {
-      const int32_t last = ids.back();
-      ids.resize(size_t(max_len));
-      // HF truncation keeps the post-processor's suffix ([SEP]); with none, it just cuts.
-      if (!tok.special_suffix().empty()) ids.back() = last;
-    }
+    auto ids = encode_for_embedding(tok, t, st, max_len);
     longest = std::max<int64_t>(longest, int64_t(ids.size()));
     enc.push_back(std::move(ids));
   }

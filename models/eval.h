@@ -94,6 +94,18 @@ std::vector<std::vector<float>> embed_texts(Model& m, const Tokenizer& tok,
                                             const std::vector<std::string>& texts,
                                             const SentenceEmbeddingConfig& st, int batch = 32);
 
+// Calibration sequences for an encoder (compress --calibrate, bench): the non-blank lines of
+// `text` (trimmed; headings included, as bench's cosine texts), each encoded as embed_texts
+// encodes a text (lowercased when st.do_lower_case, with the special tokens, e.g. [CLS] … [SEP],
+// truncated to min(st.max_seq_length, max_pos) keeping the final special token). The k lines
+// i·n/k (i = 0..k−1) of the n non-blank ones are taken, evenly spread over the text, with the
+// smallest k whose tokens reach `tokens`: deterministic, no random seed. Throws when the text
+// has no non-blank line, tokens < 1, or all its lines together have fewer than `tokens` tokens.
+std::vector<std::vector<int32_t>> encoder_calibration_sequences(const Tokenizer& tok,
+                                                                const std::string& text,
+                                                                const SentenceEmbeddingConfig& st,
+                                                                int64_t max_pos, int64_t tokens);
+
 double cosine(const std::vector<float>& a, const std::vector<float>& b);
 
 // How sentence-transformers turns one sequence's token states into a sentence vector: the

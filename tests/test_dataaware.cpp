@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <map>
 #include <random>
 
 #include "compress/compress.h"
@@ -13,8 +14,10 @@
 #include "engine/backend.h"
 #include "engine/safetensors.h"
 #include "kernels/common/quant_math.h"
+#include "models/eval.h"
 #include "models/model.h"
 #include "test_util.h"
+#include "tokenizer/tokenizer.h"
 
 using namespace minfer;
 using namespace minfer::test;
@@ -164,10 +167,45 @@ TEST_CASE("dataaware: AWQ and SmoothQuant folding keep the f32 logits; int3 runs
     compress_model(*m, compress_spec_from_name(method), &st, false);
     return rel_diff(logits(*m, ids), y0);
   };
-  const double e_rtn = err_of("int4-g32"), e_awq = err_of("int4-awq-g32");
+  const double e_rtn = err_of("int4-g32"), e_awq = err_of("int4-awq-g32"),
+               e_awq_gptq = err_of("int4-gptq-g32-awq-act-clip");
   CAPTURE(e_rtn);
   CAPTURE(e_awq);
+  CAPTURE(e_awq_gptq);
   CHECK(e_awq < e_rtn);
+  CHECK(e_awq_gptq < e_rtn);
+  // keep_gram (GPTQ after AWQ): the kept matrices are the folded model's own inputs' XᵀX, as a
+  // fresh calibration of the folded model measures them; the caller's matrices are untouched.
+  {
+    auto m = load_model("tests/fixtures/parity/llama", *be);
+    const ActStats st0 = calibrate(*m, calib, 8, 32, false, true);
+    ActStats st = st0;
+    SmoothOptions o;
+    o.rule = SmoothOptions::Rule::Awq;
+    o.group = 32;
+    o.alpha = 0.5;  // every site moves
+    o.keep_gram = true;
+    smooth_model(*m, st, o);
+    const ActStats fresh = calibrate(*m, calib, 8, 32, false, true);
+    int checked = 0;
+    for (const Linear* l : m->linears()) {
+      if (l->name.find(".layers.") == std::string::npos) continue;  // the head is not scaled
+      CAPTURE(l->name);
+      const GramMatrix &kept = *st.gram.at(l->name), &now = *fresh.gram.at(l->name),
+                       &orig = *st0.gram.at(l->name);
+      REQUIRE(kept.n == now.n);
+      double num = 0, den = 0, moved = 0;
+      for (size_t i = 0; i < kept.xtx.size(); ++i) {
+        num += (double(kept.xtx[i]) - now.xtx[i]) * (double(kept.xtx[i]) - now.xtx[i]);
+        den += double(now.xtx[i]) * now.xtx[i];
+        moved += std::fabs(double(orig.xtx[i]) - now.xtx[i]);
+      }
+      CHECK(std::sqrt(num / den) < 1e-4);
+      CHECK(moved > 0);
+      ++checked;
+    }
+    CHECK(checked == 7 * int(m->config().n_layers));
+  }
   // SmoothQuant at α = 0.5 equalizes each input channel's ranges: after the fold
   // max|X_j| / s_j = max|W_j| s_j. down_proj (fed by up_proj's rows) is scaled by no other site.
   {
@@ -220,9 +258,9 @@ TEST_CASE("dataaware: AWQ and SmoothQuant folding keep the f32 logits; int3 runs
 }
 
 TEST_CASE("dataaware: method names and bad input") {
-  for (std::string n :
-       {"int3-g128", "int3-g64-clip", "int4-g128-clip", "nf4-g64-clip", "int3-gptq-g128",
-        "int4-gptq-g128-act-clip", "int4-awq-g128", "w8a8-static-sq"})
+  for (std::string n : {"int3-g128", "int3-g64-clip", "int4-g128-clip", "nf4-g64-clip",
+                        "int3-gptq-g128", "int4-gptq-g128-act-clip", "int4-awq-g128",
+                        "w8a8-static-sq", "int4-gptq-g64-awq-act-clip", "int3-gptq-g128-awq"})
     CHECK(compress_spec_name(compress_spec_from_name(n)) == n);
   CHECK(compress_spec_name(compress_spec_from_name("int4-awq")) == "int4-awq-g128");
   CHECK(compress_spec_from_name("int4-awq").needs_gram());
@@ -239,6 +277,11 @@ TEST_CASE("dataaware: method names and bad input") {
   CHECK_THROWS_WITH_AS(compress_spec_from_name("int4-asym-clip"), doctest::Contains("-asym"),
                        Error);
   CHECK_THROWS_WITH_AS(compress_spec_from_name("int4-act"), doctest::Contains("GPTQ"), Error);
+  CHECK(compress_spec_from_name("int4-gptq-awq").steps[0].smooths());
+  CHECK_THROWS_WITH_AS(compress_spec_from_name("int8-gptq-awq"),
+                       doctest::Contains("int4-gptq / int3-gptq"), Error);
+  CHECK_THROWS_WITH_AS(compress_spec_from_name("int4-awq-awq"),
+                       doctest::Contains("int4-gptq / int3-gptq"), Error);
   CHECK_THROWS_WITH_AS(compress_spec_from_name("w8a8-sq"), doctest::Contains("static"), Error);
   // α outside [0, 1], a dampening outside (0, 1).
   MethodSpec s = method_spec_from_name("int4-awq");
@@ -277,4 +320,180 @@ TEST_CASE("dataaware: method names and bad input") {
   bad.method = "int8";
   CHECK_THROWS_WITH_AS(quantize_rtn_search(*m->linears()[0], bad, nullptr, true),
                        doctest::Contains("int4, int3 or nf4"), Error);
+}
+
+// ---- encoders (BERT): calibration on sentences -------------------------------------------
+
+TEST_CASE("dataaware: encoder calibration sentences are whole lines, evenly spread") {
+  const std::string dir = "tests/fixtures/sentence_transformers/";
+  auto tok = Tokenizer::from_json_file(dir + "tokenizer.json");
+  // max_seq_length 8, no lowercasing (make_st_fixtures.py).
+  const SentenceEmbeddingConfig st = read_sentence_embedding_config(dir + "mean_norm_8");
+  const std::vector<std::string> lines = {"alpha bravo",
+                                          "charlie delta echo",
+                                          "= golf =",
+                                          "hotel",
+                                          "india juliet kilo lima mike november oscar papa quebec",
+                                          "romeo",
+                                          "sierra tango",
+                                          "uniform victor whiskey",
+                                          "xray",
+                                          "yankee zulu one two"};
+  std::string text;
+  for (size_t i = 0; i < lines.size(); ++i)
+    text += (i == 2 ? "  " : "") + lines[i] + (i == 2 ? " \n" : "\n") + (i == 3 ? "\n   \n" : "");
+  const int32_t cls = tok->token_to_id("[CLS]"), sep = tok->token_to_id("[SEP]");
+  REQUIRE(cls >= 0);
+  REQUIRE(sep >= 0);
+  auto expect = [&](const std::string& l) {  // HF truncation to 8 keeps the final [SEP]
+    std::vector<int32_t> ids = tok->encode(l, true);
+    if (ids.size() > 8) {
+      ids.resize(8);
+      ids.back() = sep;
+    }
+    return ids;
+  };
+  int64_t total = 0;
+  for (const auto& l : lines) total += int64_t(expect(l).size());
+  const auto all = encoder_calibration_sequences(*tok, text, st, 64, total);
+  REQUIRE(all.size() == lines.size());  // blank lines skipped, the rest all needed
+  for (size_t i = 0; i < lines.size(); ++i) {
+    CAPTURE(i);
+    CHECK(all[i] == expect(lines[i]));
+    CHECK(all[i].front() == cls);
+    CHECK(all[i].back() == sep);
+  }
+  CHECK(all[4].size() == 8);  // 9 words + [CLS] + [SEP], truncated
+  // 6 tokens: line 0 alone has 4; lines 0 and 5 (i·n/k, k = 2) have 4 + 3.
+  const auto two = encoder_calibration_sequences(*tok, text, st, 64, 6);
+  REQUIRE(two.size() == 2);
+  CHECK(two[0] == expect(lines[0]));
+  CHECK(two[1] == expect(lines[5]));
+  // The model's positions cap the length too.
+  int64_t total5 = 0;
+  for (const auto& l : lines) total5 += std::min<int64_t>(int64_t(expect(l).size()), 5);
+  const auto capped = encoder_calibration_sequences(*tok, text, st, 5, total5);
+  REQUIRE(capped.size() == lines.size());
+  CHECK(capped[4].size() == 5);
+  CHECK(capped[4].back() == sep);
+  CHECK_THROWS_WITH_AS(encoder_calibration_sequences(*tok, text, st, 64, total + 1),
+                       doctest::Contains("fewer than the"), Error);
+  CHECK_THROWS_WITH_AS(encoder_calibration_sequences(*tok, "\n  \n", st, 64, 1),
+                       doctest::Contains("no non-blank line"), Error);
+}
+
+TEST_CASE("dataaware: encoder calibration statistics; AWQ and GPTQ on BERT") {
+  auto be = make_cpu_backend(2);
+  const std::string fx = "tests/fixtures/parity/bert";
+  auto m = load_model(fx, *be);
+  const ModelConfig& c = m->config();
+  std::vector<std::vector<int32_t>> seqs;
+  int64_t tokens = 0;
+  for (int i = 0; i < 24; ++i) {
+    std::vector<int32_t> s = some_ids(5 + (i * 7) % 17, c.vocab_size, uint32_t(100 + i));
+    s.front() = 2;  // [CLS]
+    s.back() = 3;   // [SEP]
+    tokens += int64_t(s.size());
+    seqs.push_back(std::move(s));
+  }
+  REQUIRE(tokens > c.ffn_at(0));  // enough for GPTQ / AWQ on the widest input (intermediate)
+  const ActStats st = calibrate_encoder(*m, seqs, false, true);
+  CHECK(st.tokens == tokens);
+  const std::string l0 = "encoder.layer.0.";
+  const std::string q = l0 + "attention.self.query.weight", k = l0 + "attention.self.key.weight",
+                    v = l0 + "attention.self.value.weight";
+  // q / k / v read one input: one Gram matrix. Every Linear: diag(XᵀX) = Σ x².
+  CHECK(st.gram.at(q).get() == st.gram.at(k).get());
+  CHECK(st.gram.at(q).get() == st.gram.at(v).get());
+  for (const Linear* l : m->linears()) {
+    CAPTURE(l->name);
+    const GramMatrix& g = *st.gram.at(l->name);
+    const std::vector<double>& sq = st.sumsq.at(l->name);
+    REQUIRE(g.n == l->in);
+    for (int64_t j = 0; j < l->in; ++j)
+      CHECK(double(g.xtx[size_t(j * g.n + j)]) == doctest::Approx(sq[size_t(j)]).epsilon(1e-4));
+  }
+  // Layer 0's query reads LayerNorm(word + position + type 0) of each token: computed here from
+  // the fixture's tensors, in double.
+  {
+    std::map<std::string, const Tensor*> t;
+    for (const Model::NamedTensor& n : m->tensors()) t[n.name] = n.t;
+    const int64_t C = c.hidden;
+    const float *word = t.at("embeddings.word_embeddings.weight")->data<float>(),
+                *pos = t.at("embeddings.position_embeddings.weight")->data<float>(),
+                *type = t.at("embeddings.token_type_embeddings.weight")->data<float>(),
+                *g = t.at("embeddings.LayerNorm.weight")->data<float>(),
+                *b = t.at("embeddings.LayerNorm.bias")->data<float>();
+    std::vector<double> amax(size_t(C), 0.0), sq(size_t(C), 0.0), e(size_t(C), 0.0);
+    for (const auto& s : seqs)
+      for (size_t p = 0; p < s.size(); ++p) {
+        double mean = 0, var = 0;
+        for (int64_t j = 0; j < C; ++j) {
+          e[size_t(j)] = double(word[s[p] * C + j]) + pos[int64_t(p) * C + j] + type[j];
+          mean += e[size_t(j)] / double(C);
+        }
+        for (int64_t j = 0; j < C; ++j) var += (e[size_t(j)] - mean) * (e[size_t(j)] - mean);
+        var /= double(C);
+        for (int64_t j = 0; j < C; ++j) {
+          const double x = (e[size_t(j)] - mean) / std::sqrt(var + 1e-12) * g[j] + b[j];
+          amax[size_t(j)] = std::max(amax[size_t(j)], std::fabs(x));
+          sq[size_t(j)] += x * x;
+        }
+      }
+    for (int64_t j = 0; j < C; ++j) {
+      CHECK(double(st.absmax.at(q)[size_t(j)]) == doctest::Approx(amax[size_t(j)]).epsilon(1e-4));
+      CHECK(st.sumsq.at(q)[size_t(j)] == doctest::Approx(sq[size_t(j)]).epsilon(1e-4));
+    }
+  }
+
+  // Hidden states of every calibration sequence, for the comparisons below.
+  auto hidden = [&](Model& mm) {
+    std::vector<float> out;
+    RunState s = mm.new_state(0, 64);
+    for (const auto& q : seqs) {
+      Tensor h = mm.encode(s, q.data(), 1, int64_t(q.size()));
+      std::vector<float> v(size_t(h.numel()));
+      mm.backend().to_host(h, v.data());
+      out.insert(out.end(), v.begin(), v.end());
+    }
+    return out;
+  };
+  const std::vector<float> y0 = hidden(*m);
+  // AWQ's one BERT fold (value -> attention.output) per layer keeps the f32 model's output.
+  {
+    auto ms = load_model(fx, *be);
+    ActStats s2 = calibrate_encoder(*ms, seqs, false, true);
+    SmoothOptions o;
+    o.rule = SmoothOptions::Rule::Awq;
+    o.group = 32;
+    const SmoothReport r = smooth_model(*ms, s2, o);
+    CHECK(r.sites == int(c.n_layers));
+    CHECK(rel_diff(hidden(*ms), y0) < 1e-5);
+  }
+  // The calibrated methods beat round-to-nearest at the same group on these sequences.
+  auto err_of = [&](const std::string& method) {
+    auto mq = load_model(fx, *be);
+    ActStats s2 = calibrate_encoder(*mq, seqs, false, true);
+    compress_model(*mq, compress_spec_from_name(method), &s2, false);
+    return rel_diff(hidden(*mq), y0);
+  };
+  const double e_rtn = err_of("int4-g32"), e_awq = err_of("int4-awq-g32"),
+               e_gptq = err_of("int4-gptq-g32");
+  CAPTURE(e_rtn);
+  CAPTURE(e_awq);
+  CAPTURE(e_gptq);
+  CHECK(e_awq < e_rtn);
+  CHECK(e_gptq < e_rtn);
+
+  // Bad input: the causal path refuses an encoder and the other way round, no sequences, a
+  // sequence longer than the positions.
+  CHECK_THROWS_WITH_AS(calibrate(*m, some_ids(64, c.vocab_size), 2, 32, false),
+                       doctest::Contains("calibrate_encoder"), Error);
+  auto llama = load_model("tests/fixtures/parity/llama", *be);
+  CHECK_THROWS_WITH_AS(calibrate_encoder(*llama, seqs, false), doctest::Contains("causal LM"),
+                       Error);
+  CHECK_THROWS_WITH_AS(calibrate_encoder(*m, {}, false), doctest::Contains("no calibration"),
+                       Error);
+  CHECK_THROWS_WITH_AS(calibrate_encoder(*m, {some_ids(c.max_pos + 1, c.vocab_size)}, false),
+                       doctest::Contains("expected 1..64"), Error);
 }

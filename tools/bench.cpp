@@ -245,7 +245,19 @@ json prepare(const Options& o, const std::string& work, bool any_calib) {
   }
   if (any_calib) {
     const std::string valid = find_text(o.calib_text, "wiki.valid.raw");
-    write_vec(work + "/calib_ids.bin", lm.tokenizer->encode(read_text(valid), true));
+    if (c.causal()) {
+      write_vec(work + "/calib_ids.bin", lm.tokenizer->encode(read_text(valid), true));
+    } else {  // whole lines, as compress --calibrate takes them: ids end to end + their lengths
+      std::vector<int32_t> flat, lens;
+      for (const auto& q : encoder_calibration_sequences(
+               *lm.tokenizer, read_text(valid), read_sentence_embedding_config(lm.path), c.max_pos,
+               int64_t(o.calib_samples) * o.calib_len)) {
+        flat.insert(flat.end(), q.begin(), q.end());
+        lens.push_back(int32_t(q.size()));
+      }
+      write_vec(work + "/calib_ids.bin", flat);
+      write_vec(work + "/calib_lens.bin", lens);
+    }
     info["calib_text"] = valid;
   }
   return info;
@@ -275,8 +287,22 @@ json compress_child(const Options& o, const std::string& work, const std::string
     const auto ids = read_vec<int32_t>(work + "/calib_ids.bin");
     const double tc = tool::now_s();
     try {
-      stats = calibrate(mc, ids, o.calib_samples, std::min(o.calib_len, mc.config().max_pos), false,
-                        spec.needs_gram());
+      if (mc.config().causal()) {
+        stats = calibrate(mc, ids, o.calib_samples, std::min(o.calib_len, mc.config().max_pos),
+                          false, spec.needs_gram());
+      } else {
+        std::vector<std::vector<int32_t>> seqs;
+        size_t at = 0;
+        for (int32_t n : read_vec<int32_t>(work + "/calib_lens.bin")) {
+          MINFER_CHECK(n >= 0 && at + size_t(n) <= ids.size(),
+                       "{}: calib_lens.bin does not match "
+                       "calib_ids.bin",
+                       work);
+          seqs.emplace_back(ids.begin() + ptrdiff_t(at), ids.begin() + ptrdiff_t(at + size_t(n)));
+          at += size_t(n);
+        }
+        stats = calibrate_encoder(mc, seqs, false, spec.needs_gram());
+      }
       sp = &stats;
       out["calib_seconds"] = tool::now_s() - tc;
     } catch (const std::exception& e) {
@@ -451,9 +477,11 @@ int main(int argc, char** argv) {
   app.add_option("--decode", o.decode, "tokens decoded one at a time after the prefill")
       ->check(CLI::Range(int64_t(0), int64_t(1) << 20));
   app.add_option("--reps", o.reps, "prefill timing: best of N")->check(CLI::Range(1, 100));
-  app.add_option("--calib-samples", o.calib_samples,
-                 "calibration windows (w8a8-static, llm-int8, wanda, lowrank-aw, GPTQ, heads / ffn "
-                 "/ layers pruning) from WikiText-2 validation")
+  app.add_option(
+         "--calib-samples", o.calib_samples,
+         "calibration windows (w8a8-static, llm-int8, wanda, lowrank-aw, GPTQ, heads / ffn "
+         "/ layers pruning) from WikiText-2 validation; encoders: whole lines, evenly spread, "
+         "until calib-samples x calib-len tokens")
       ->check(CLI::Range(1, 4096));
   app.add_option("--calib-len", o.calib_len, "tokens per calibration window")
       ->check(CLI::Range(int64_t(2), int64_t(1) << 20));
@@ -521,7 +549,7 @@ int main(int argc, char** argv) {
       ~Cleanup() { f(); }
     } guard{cleanup};
 
-    for (auto f : {"test_ids.bin", "calib_ids.bin", "ref_emb.bin"})
+    for (auto f : {"test_ids.bin", "calib_ids.bin", "calib_lens.bin", "ref_emb.bin"})
       created.push_back(work + "/" + f);
     bool any_calib = methods.empty();  // the default list has w8a8-static and llm-int8
     for (auto& m : methods) {

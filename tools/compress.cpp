@@ -12,6 +12,7 @@
 
 #include "app/model_hub.h"
 #include "compress/structured.h"
+#include "models/eval.h"
 #include "models/loader.h"
 #include "tools/common.h"
 
@@ -73,7 +74,9 @@ int main(int argc, char** argv) {
       "calibration text (e.g. ../shared/data/wikitext-2-raw/wiki.valid.raw): needed "
       "by w8a8-static and lowrank-aw (XᵀX of each linear's inputs); llm-int8 keeps f16 weight "
       "columns for its outlier features");
-  app.add_option("--calib-samples", calib_samples, "calibration windows")
+  app.add_option("--calib-samples", calib_samples,
+                 "calibration windows (encoders: whole lines of the text, evenly spread, until "
+                 "calib-samples x calib-len tokens)")
       ->check(CLI::Range(1, 100000));
   app.add_option("--calib-len", calib_len, "tokens per calibration window")
       ->check(CLI::Range(int64_t(2), int64_t(1) << 20));
@@ -196,9 +199,10 @@ int main(int argc, char** argv) {
                  resolved);
     // Compression starts from f32 weights: a GGUF input is dequantized at load.
     LoadedModel lm = open_model(resolved, *be, has_tok, GgufWeights::F32);
-    MINFER_CHECK(!spec.needs_calibration() || lm.model->config().causal(),
-                 "{}: calibration runs causal LMs only, and '{}' is a '{}' model (use magnitude "
-                 "pruning or a method without calibration)",
+    const bool encoder = !lm.model->config().causal();
+    MINFER_CHECK(!(structured && encoder),
+                 "{}: head / neuron / block removal is calibrated on causal LMs only, and '{}' is "
+                 "a '{}' model",
                  compress_spec_name(spec), resolved, lm.model->config().model_type);
     ActStats stats;
     const ActStats* sp = nullptr;
@@ -207,12 +211,22 @@ int main(int argc, char** argv) {
       MINFER_CHECK(f.good(), "{}: cannot open calibration text", calib_path);
       std::stringstream ss;
       ss << f.rdbuf();
-      std::vector<int32_t> ids = lm.tokenizer->encode(ss.str(), true);
-      if (structured)  // whole-model steps first: the quantizers see the smaller model
-        lm.model = prune_structured(*lm.model, spec, ids, calib_samples, calib_len, !quiet);
       bool gram = spec.needs_gram();
       for (const auto& [pat, f] : spec.keep) gram = gram || compress_spec_from_name(f).needs_gram();
-      if (spec.uses_calibration() || !structured) {
+      if (encoder) {  // sentences, encoded as embed does, calib_samples x calib_len tokens
+        const auto seqs = encoder_calibration_sequences(
+            *lm.tokenizer, ss.str(), read_sentence_embedding_config(resolved),
+            lm.model->config().max_pos, int64_t(calib_samples) * calib_len);
+        const double tc = tool::now_s();
+        stats = calibrate_encoder(*lm.model, seqs, !quiet, gram);
+        calib_secs = tool::now_s() - tc;
+        sp = &stats;
+      }
+      std::vector<int32_t> ids =
+          encoder ? std::vector<int32_t>{} : lm.tokenizer->encode(ss.str(), true);
+      if (structured)  // whole-model steps first: the quantizers see the smaller model
+        lm.model = prune_structured(*lm.model, spec, ids, calib_samples, calib_len, !quiet);
+      if (!encoder && (spec.uses_calibration() || !structured)) {
         const double tc = tool::now_s();
         stats = calibrate(*lm.model, ids, calib_samples, calib_len, !quiet, gram);
         calib_secs = tool::now_s() - tc;
@@ -242,6 +256,7 @@ int main(int argc, char** argv) {
                           {"calibration_tokens", stats.tokens},
                           {"calibration_seconds", calib_secs},
                           {"smooth_seconds", r.smooth_seconds},
+                          {"smooth_alpha", r.smooth_alpha},
                           {"seconds", secs},
                           {"peak_rss_mb", tool::peak_rss_mb()}};
       nlohmann::json ts = nlohmann::json::array();
@@ -273,8 +288,14 @@ int main(int argc, char** argv) {
     if (stats.tokens > 0)
       std::printf("calibration: %lld tokens, %.1f s (deterministic: windows evenly spaced)\n",
                   (long long)stats.tokens, calib_secs);
-    if (r.smooth_sites > 0)
-      std::printf("channel scaling: %d folds, %.1f s\n", r.smooth_sites, r.smooth_seconds);
+    if (r.smooth_sites > 0) {
+      std::map<double, int> hist;  // α -> consumers
+      for (const auto& [name, a] : r.smooth_alpha) ++hist[a];
+      std::string h;
+      for (const auto& [a, n] : hist) h += fmt::format(" {:g}:{}", a, n);
+      std::printf("channel scaling: %d folds, %.1f s; alpha:consumers%s\n", r.smooth_sites,
+                  r.smooth_seconds, h.c_str());
+    }
     std::printf("%.1f s, peak RSS %.0f MB\n", secs, tool::peak_rss_mb());
     return 0;
   });
