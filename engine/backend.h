@@ -64,6 +64,17 @@ class Backend {
   virtual void linear_group(Tensor* const* ys, const Linear* const* ws, int n, const Tensor& x) {
     for (int i = 0; i < n; ++i) linear(*ys[i], x, *ws[i]);
   }
+  // The LLaMA MLP's gated product: y[T, F] = silu(x · gateᵀ + b_g) ⊙ (x · upᵀ + b_u), with u
+  // [T, F] receiving x · upᵀ + b_u (scratch). Equal to linear_group({y, u}) then swiglu(y, y, u);
+  // a backend may fuse them (CPU: int8/int4/... Quantized weights on the decode path compute a
+  // block of gate and up rows in one pool loop and apply SiLU·mul while they are in cache).
+  virtual void linear_swiglu(Tensor& y, Tensor& u, const Tensor& x, const Linear& gate,
+                             const Linear& up) {
+    Tensor* ys[2] = {&y, &u};
+    const Linear* ws[2] = {&gate, &up};
+    linear_group(ys, ws, 2, x);
+    swiglu(y, y, u);
+  }
   // y[T, C] = table[ids[t]] (+= when accumulate). table is [V, C], F32/F16/BF16. ids on host.
   virtual void embedding(Tensor& y, const Tensor& table, const int32_t* ids, int64_t n,
                          bool accumulate = false) = 0;
@@ -93,6 +104,17 @@ class Backend {
   // for positions pos0 .. pos0+T-1: angle = pos * rt.inv_freq[i] (float32, as HF), and cos and
   // sin both multiplied by rt.attention_scaling. D = rt.head_dim(). x may have a row stride.
   virtual void rope(Tensor& x, int64_t pos0, int64_t n_heads, const RopeTable& rt) = 0;
+  // RoPE and the KV-cache write of one attention layer: q rotated in place (as rope(q, pos0,
+  // n_heads)), k_dst = k rotated (as rope(k, pos0, n_kv_heads)), v_dst = v. k's own contents are
+  // unspecified afterwards. Equal to rope, rope, copy, copy; a backend may fuse them (CPU: the
+  // cos/sin table computed once, the rotated k written straight into the cache).
+  virtual void rope_kv(Tensor& q, Tensor& k, const Tensor& v, Tensor& k_dst, Tensor& v_dst,
+                       int64_t pos0, int64_t n_heads, int64_t n_kv_heads, const RopeTable& rt) {
+    rope(q, pos0, n_heads, rt);
+    rope(k, pos0, n_kv_heads, rt);
+    copy(k_dst, k);
+    copy(v_dst, v);
+  }
   // out[B*T, H*D] = softmax(cap(q kᵀ · scale) + mask) v per head, cap the optional soft-cap and
   // mask causal (within the optional window) and the key mask. q, k, v may have row strides.
   virtual void attention(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v,

@@ -144,23 +144,18 @@ class Llama final : public Model {
         const Linear* ws[3] = {&L.wq, &L.wk, &L.wv};
         be.linear_group(ys, ws, 3, xn);  // one dispatch where the backend can (q·k·v)
       }
-      be.rope(q, pos0, H, rope_);
-      be.rope(k, pos0, Hkv, rope_);
-      be.copy(k_new, k);
-      be.copy(v_new, v);
+      be.rope_kv(q, k, v, k_new, v_new, pos0, H, Hkv, rope_);  // RoPE, rotated k into the cache
       be.attention(att, q, kc.slice(0, 0, S), vc.slice(0, 0, S), aa);
       be.linear(proj, att, L.wo);
       if (c.sandwich_norms) be.rmsnorm(proj, proj, L.post_attn_norm, c.norm_eps);
       be.add(x, x, proj);
       be.rmsnorm(xn, x, L.ffn_norm, c.norm_eps);
-      {
+      if (c.act == Act::Silu) {
+        be.linear_swiglu(ga, up, xn, L.gate, L.up);  // gate·up and SiLU·mul, fused where it can
+      } else {                                       // GeGLU (Gemma: gelu_pytorch_tanh)
         Tensor* ys[2] = {&ga, &up};
         const Linear* ws[2] = {&L.gate, &L.up};
         be.linear_group(ys, ws, 2, xn);  // gate·up
-      }
-      if (c.act == Act::Silu) {
-        be.swiglu(ga, ga, up);
-      } else {  // GeGLU (Gemma: gelu_pytorch_tanh)
         be.gelu(ga, ga, c.act == Act::GeluTanh);
         be.mul(ga, ga, up);
       }

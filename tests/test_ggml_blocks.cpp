@@ -15,6 +15,7 @@
 #include "engine/gguf.h"
 #include "engine/half.h"
 #include "engine/safetensors.h"
+#include "engine/thread_pool.h"
 #include "kernels/cpu/ggml.h"
 #include "models/loader.h"
 #include "tests/test_util.h"
@@ -332,6 +333,29 @@ TEST_CASE(
       }
     }
   }
+  // gate·up + SiLU·mul fused (Backend::linear_swiglu): the same bits as two linears and swiglu.
+  set_pool_backoff(false);  // both threads take chunks even while the machine is busy
+  for (const auto& types : std::vector<std::vector<uint32_t>>{{3, 3}, {2, 8}, {12, 14}, {12, 8}}) {
+    const int64_t F = 200;
+    const Linear gate = blocks(types[0], F, 301 + types[0]), up = blocks(types[1], F, 302);
+    for (int64_t T : {1, 3, 8, 17}) {
+      CAPTURE(types[0]);
+      CAPTURE(types[1]);
+      CAPTURE(T);
+      std::vector<float> xv = randn(size_t(T * K), uint32_t(T * 13 + types[1]));
+      Tensor x = Tensor::empty(DType::F32, {T, K});
+      std::copy(xv.begin(), xv.end(), x.data<float>());
+      Tensor y1 = be->alloc({T, F}), u1 = be->alloc({T, F});
+      Tensor y2 = be->alloc({T, F}), u2 = be->alloc({T, F});
+      be->linear_swiglu(y1, u1, x, gate, up);
+      be->linear(y2, x, gate);
+      be->linear(u2, x, up);
+      be->swiglu(y2, y2, u2);
+      CHECK(std::memcmp(y1.data<float>(), y2.data<float>(), size_t(T * F) * 4) == 0);
+      CHECK(std::memcmp(u1.data<float>(), u2.data<float>(), size_t(T * F) * 4) == 0);
+    }
+  }
+  set_pool_backoff(true);
   // The kernel entry point refuses a group it cannot run as one.
   const Linear a = blocks(12, 16, 1), b = blocks(8, 16, 2);
   std::vector<float> x(K, 1.f), y(32);

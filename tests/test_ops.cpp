@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -176,6 +177,46 @@ TEST_CASE("ops: rope rotates pairs (i, i + D/2) by pos * theta^(-2i/D)") {
         CHECK(o[i] == doctest::Approx(a * std::cos(ang) - b * std::sin(ang)).epsilon(1e-4));
         CHECK(o[i + D / 2] == doctest::Approx(b * std::cos(ang) + a * std::sin(ang)).epsilon(1e-4));
       }
+}
+
+TEST_CASE("ops: rope_kv equals rope, rope and the two cache copies, bit for bit") {
+  // The fused op rotates q in place and writes the rotated k straight into the cache slice
+  // (views with row strides, as the LLaMA forward passes them: q, k, v columns of one qkv row).
+  for (int threads : {1, 2}) {
+    auto be = make_cpu_backend(threads);
+    const int64_t H = 6, Hkv = 2, D = 16, pos0 = 9;
+    const RopeTable rt = rope_table(10000.f, D, RopeScaling{});
+    for (int64_t T : {1, 3, 70}) {
+      CAPTURE(threads);
+      CAPTURE(T);
+      const int64_t qd = H * D, kvd = Hkv * D;
+      Tensor qkv = randn({T, qd + 2 * kvd}, uint64_t(21 + T)), qkv2 = qkv.clone();
+      Tensor kc = randn({pos0 + T + 4, kvd}, 5), vc = randn({pos0 + T + 4, kvd}, 6);
+      Tensor kc2 = kc.clone(), vc2 = vc.clone();
+      Tensor q = qkv.slice(1, 0, qd), k = qkv.slice(1, qd, kvd), v = qkv.slice(1, qd + kvd, kvd);
+      Tensor kn = kc.slice(0, pos0, T), vn = vc.slice(0, pos0, T);
+      be->rope_kv(q, k, v, kn, vn, pos0, H, Hkv, rt);
+      Tensor q2 = qkv2.slice(1, 0, qd), k2 = qkv2.slice(1, qd, kvd);
+      Tensor v2 = qkv2.slice(1, qd + kvd, kvd);
+      Tensor kn2 = kc2.slice(0, pos0, T), vn2 = vc2.slice(0, pos0, T);
+      be->rope(q2, pos0, H, rt);
+      be->rope(k2, pos0, Hkv, rt);
+      be->copy(kn2, k2);
+      be->copy(vn2, v2);
+      CHECK(std::memcmp(kc.raw(), kc2.raw(), kc.nbytes()) == 0);  // untouched rows included
+      CHECK(std::memcmp(vc.raw(), vc2.raw(), vc.nbytes()) == 0);
+      int qdiff = 0;
+      for (int64_t t = 0; t < T; ++t)
+        qdiff += std::memcmp(qkv.data<float>() + t * (qd + 2 * kvd),
+                             qkv2.data<float>() + t * (qd + 2 * kvd), size_t(qd) * 4) != 0;
+      CHECK(qdiff == 0);
+    }
+    // Mismatched shapes are refused by name.
+    Tensor q = randn({2, H * D}, 1), k = randn({2, Hkv * D}, 2), v = randn({2, Hkv * D}, 3);
+    Tensor kd = randn({3, Hkv * D}, 4), vd = randn({2, Hkv * D}, 5);
+    CHECK_THROWS_WITH_AS(be->rope_kv(q, k, v, kd, vd, 0, H, Hkv, rt), doctest::Contains("rope_kv"),
+                         Error);
+  }
 }
 
 namespace {

@@ -16,6 +16,7 @@
 #include "compress/quantize.h"
 #include "engine/backend.h"
 #include "engine/half.h"
+#include "engine/thread_pool.h"
 #include "kernels/common/quant_math.h"
 #include "kernels/cpu/quant.h"
 
@@ -708,4 +709,108 @@ TEST_CASE("quant: distortion on N(0,1) weights") {
   CHECK(rel("int4 g64") < rel("int4 g128"));
   CHECK(rel("int8 per-channel") < rel("int8 per-tensor"));
   CHECK(rel("nf4 b64") < rel("int4 g64"));
+}
+
+TEST_CASE("quant: op groups and the fused gate·up + SiLU·mul equal the separate ops bit for bit") {
+  // Backend::linear_group on the CPU runs Quantized members on the decode path as one pool loop
+  // over all their rows, and linear_swiglu computes gate and up rows and SiLU·mul in one loop:
+  // every row comes from the same kernel as a single linear(), so the results are identical for
+  // every format, T and thread count. Groups it cannot fuse (a dense member, T above the decode
+  // range) and a biased gate fall back to the separate ops.
+  const int64_t K = 576;
+  const std::vector<Fmt> fmts = all_formats();
+  set_pool_backoff(false);  // every thread takes chunks even while the machine is busy
+  for (int threads : {1, 2, 3}) {
+    auto be = make_cpu_backend(threads);
+    for (size_t fi = 0; fi < fmts.size(); ++fi) {
+      const Fmt& f = fmts[fi];
+      const Fmt& f2 = fmts[(fi + 5) % fmts.size()];  // a second format in the same group
+      // q, k, v of different widths and formats; the first with a bias.
+      std::vector<Linear> g;
+      g.push_back(quantize_linear(dense_of(randn(200 * K, 11 + fi), 200, K), f.spec));
+      g.push_back(quantize_linear(dense_of(randn(64 * K, 12 + fi), 64, K), f2.spec));
+      g.push_back(quantize_linear(dense_of(randn(70 * K, 13 + fi), 70, K), f.spec));
+      g[0].bias = Tensor::empty(DType::F32, {200});
+      for (int64_t j = 0; j < 200; ++j) g[0].bias.data<float>()[j] = 0.125f * float(j % 9);
+      const int64_t F = 300;
+      const Linear gate = quantize_linear(dense_of(randn(F * K, 21 + fi), F, K), f.spec);
+      const Linear up = quantize_linear(dense_of(randn(F * K, 22 + fi), F, K), f.spec);
+      for (bool with_dense : {false, true}) {
+        std::vector<Linear> gg = g;
+        if (with_dense) gg.push_back(make_dense("d", Tensor::empty(DType::F32, {9, K}), K, 9));
+        if (with_dense)
+          for (int64_t j = 0; j < 9 * K; ++j)
+            std::get<Dense>(gg.back().repr).w.data<float>()[j] = float(j % 13) * 0.01f;
+        for (int64_t T : {1, 2, 4, 5, 17}) {
+          CAPTURE(threads);
+          CAPTURE(f.label);
+          CAPTURE(with_dense);
+          CAPTURE(T);
+          const std::vector<float> xv = randn(T * K, uint64_t(T * 7 + fi));
+          Tensor x = Tensor::empty(DType::F32, {T, K});
+          std::memcpy(x.data<float>(), xv.data(), xv.size() * 4);
+          std::vector<Tensor> ya, yb;
+          std::vector<Tensor*> yp;
+          std::vector<const Linear*> wp;
+          for (const Linear& l : gg) {
+            ya.push_back(be->alloc({T, l.out}));
+            yb.push_back(be->alloc({T, l.out}));
+            wp.push_back(&l);
+          }
+          for (Tensor& y : ya) yp.push_back(&y);
+          be->linear_group(yp.data(), wp.data(), int(gg.size()), x);
+          int diff = 0;
+          for (size_t i = 0; i < gg.size(); ++i) {
+            be->linear(yb[i], x, gg[i]);
+            diff += std::memcmp(ya[i].raw(), yb[i].raw(), ya[i].nbytes()) != 0;
+          }
+          CHECK(diff == 0);
+          if (with_dense) continue;
+          // gate·up + SiLU·mul: fused against linear, linear, swiglu.
+          Tensor y1 = be->alloc({T, F}), u1 = be->alloc({T, F});
+          Tensor y2 = be->alloc({T, F}), u2 = be->alloc({T, F});
+          be->linear_swiglu(y1, u1, x, gate, up);
+          be->linear(y2, x, gate);
+          be->linear(u2, x, up);
+          be->swiglu(y2, y2, u2);
+          CHECK(std::memcmp(y1.raw(), y2.raw(), y1.nbytes()) == 0);
+          CHECK(std::memcmp(u1.raw(), u2.raw(), u1.nbytes()) == 0);
+          // And silu(g) u against its definition in double, from the reference kernel.
+          std::vector<float> gr(size_t(T * F)), ur(size_t(T * F));
+          quantized_linear_ref(std::get<Quantized>(gate.repr), xv.data(), T, K, gr.data(), F, K, F);
+          quantized_linear_ref(std::get<Quantized>(up.repr), xv.data(), T, K, ur.data(), F, K, F);
+          // The kernels sum in another order than the reference: allow 1e-4 relative error on
+          // g and u (~100x their f32 rounding here), propagated through silu(g) u.
+          int bad = 0;
+          for (int64_t j = 0; j < T * F; ++j) {
+            const double gd = gr[size_t(j)], ud = ur[size_t(j)];
+            const double want = gd / (1 + std::exp(-gd)) * ud;
+            const double tol = 1e-4 * (1 + std::fabs(gd)) * (1 + std::fabs(ud));
+            bad += !(std::fabs(want - double(y1.data<float>()[j])) <= tol);
+          }
+          CHECK(bad == 0);
+        }
+      }
+    }
+  }
+  set_pool_backoff(true);
+  // A projection with a bias takes the unfused route and still adds it before SiLU.
+  auto be = make_cpu_backend(2);
+  const int64_t F = 40, T = 1;
+  QuantSpec s;
+  s.method = "int8";
+  Linear gate = quantize_linear(dense_of(randn(F * K, 31), F, K), s);
+  const Linear up = quantize_linear(dense_of(randn(F * K, 32), F, K), s);
+  gate.bias = Tensor::empty(DType::F32, {F});
+  for (int64_t j = 0; j < F; ++j) gate.bias.data<float>()[j] = 0.5f;
+  Tensor x = Tensor::empty(DType::F32, {T, K});
+  const std::vector<float> xv = randn(K, 33);
+  std::memcpy(x.data<float>(), xv.data(), xv.size() * 4);
+  Tensor y1 = be->alloc({T, F}), u1 = be->alloc({T, F}), y2 = be->alloc({T, F}),
+         u2 = be->alloc({T, F});
+  be->linear_swiglu(y1, u1, x, gate, up);
+  be->linear(y2, x, gate);
+  be->linear(u2, x, up);
+  be->swiglu(y2, y2, u2);
+  CHECK(std::memcmp(y1.raw(), y2.raw(), y1.nbytes()) == 0);
 }

@@ -16,6 +16,7 @@
 #include "engine/backend.h"
 #include "engine/half.h"
 #include "engine/thread_pool.h"
+#include "kernels/cpu/act.h"
 #include "kernels/cpu/codebook.h"
 #include "kernels/cpu/dense.h"
 #include "kernels/cpu/ggml.h"
@@ -101,32 +102,84 @@ class CpuBackend final : public Backend {
     add_bias(Y, w);
   }
 
-  void linear_group(Tensor* const* ys, const Linear* const* ws, int n, const Tensor& x) override {
-    // GGML blocks on the q8 decode path: one activation quantization, one pool dispatch.
-    Mat X = mat(x, "linear input");
-    std::vector<const GgmlBlocks*> gs;
+  // Whether ws (reading X) run as one GGML q8 op group: every member GgmlBlocks of width X.cols,
+  // on the q8 decode path (ggml_path(), T), all K-quants or none; gs receives the members.
+  bool ggml_group(const Linear* const* ws, int n, const Mat& X,
+                  std::vector<const GgmlBlocks*>& gs) {
+    gs.clear();
     for (int i = 0; i < n && !observer_; ++i) {
       const auto* g = std::get_if<GgmlBlocks>(&ws[i]->repr);
       if (!g || ws[i]->in != X.cols) break;
       gs.push_back(g);
     }
     const GgmlPath path = ggml_path();
-    if (int(gs.size()) != n || n == 0 || path == GgmlPath::F32 ||
-        (path == GgmlPath::Auto && X.rows >= kGgmlGemmMinT) || X.rows > kGgmlGemmMinT ||
-        !ggml_q8_groupable(gs.data(), n))
-      return Backend::linear_group(ys, ws, n, x);
+    return int(gs.size()) == n && n > 0 && path != GgmlPath::F32 &&
+           !(path == GgmlPath::Auto && X.rows >= kGgmlGemmMinT) && X.rows <= kGgmlGemmMinT &&
+           ggml_q8_groupable(gs.data(), n);
+  }
+
+  // Checked output matrix of member w of an op group.
+  Mat group_out(Tensor& y, const Mat& X, const Linear& w) {
+    Mat Y = mat(y, "linear output");
+    MINFER_CHECK(X.cols == w.in, "linear '{}': input has {} features, weight expects {}", w.name,
+                 X.cols, w.in);
+    MINFER_CHECK(Y.cols == w.out && Y.rows == X.rows,
+                 "linear '{}': output is [{}, {}], expected [{}, {}]", w.name, Y.rows, Y.cols,
+                 X.rows, w.out);
+    return Y;
+  }
+
+  void linear_group(Tensor* const* ys, const Linear* const* ws, int n, const Tensor& x) override {
+    Mat X = mat(x, "linear input");
+    // int8 / int4 / NF4 / ... Quantized on the decode path: x copied once, one pool dispatch.
+    if (!observer_ && n > 0 && X.rows <= quantized_group_max_t()) {
+      std::vector<QuantGroupItem> items;
+      std::vector<Mat> Ys;
+      for (int i = 0; i < n; ++i) {
+        const auto* q = std::get_if<Quantized>(&ws[i]->repr);
+        if (!q || ws[i]->in != X.cols) break;
+        Ys.push_back(group_out(*ys[i], X, *ws[i]));
+        items.push_back({q, Ys.back().p, Ys.back().ld, Ys.back().cols});
+      }
+      if (int(items.size()) == n) {
+        quantized_linear_group(items.data(), n, X.p, X.rows, X.ld, X.cols);
+        for (int i = 0; i < n; ++i) add_bias(Ys[size_t(i)], *ws[i]);
+        return;
+      }
+    }
+    // GGML blocks on the q8 decode path: one activation quantization, one pool dispatch.
+    std::vector<const GgmlBlocks*> gs;
+    if (!ggml_group(ws, n, X, gs)) return Backend::linear_group(ys, ws, n, x);
     std::vector<GgmlGroupItem> items;
     std::vector<Mat> Ys;
     for (int i = 0; i < n; ++i) {
-      Mat Y = mat(*ys[i], "linear output");
-      MINFER_CHECK(Y.cols == ws[i]->out && Y.rows == X.rows,
-                   "linear '{}': output is [{}, {}], expected [{}, {}]", ws[i]->name, Y.rows,
-                   Y.cols, X.rows, ws[i]->out);
+      Mat Y = group_out(*ys[i], X, *ws[i]);
       items.push_back({gs[size_t(i)], Y.p, Y.ld, Y.cols});
       Ys.push_back(Y);
     }
     ggml_linear_q8_group(items.data(), n, X.p, X.rows, X.ld, X.cols);
     for (int i = 0; i < n; ++i) add_bias(Ys[size_t(i)], *ws[i]);
+  }
+
+  void linear_swiglu(Tensor& y, Tensor& u, const Tensor& x, const Linear& gate,
+                     const Linear& up) override {
+    // Fused: int8/int4/... Quantized (any T; the kernel falls back above the decode range) and
+    // GGML blocks on the q8 decode path. Otherwise (biases, an observer, other formats): unfused.
+    const auto* qg = std::get_if<Quantized>(&gate.repr);
+    const auto* qu = std::get_if<Quantized>(&up.repr);
+    Mat X = mat(x, "linear input");
+    const Linear* ws[2] = {&gate, &up};
+    std::vector<const GgmlBlocks*> gs;
+    const bool quant = qg && qu, ggml = !quant && ggml_group(ws, 2, X, gs);
+    if (observer_ || !(quant || ggml) || gate.bias.defined() || up.bias.defined() ||
+        gate.out != up.out)
+      return Backend::linear_swiglu(y, u, x, gate, up);
+    Mat Y = group_out(y, X, gate), U = group_out(u, X, up);
+    if (quant)
+      quantized_linear_swiglu(*qg, *qu, X.p, X.rows, X.ld, Y.p, Y.ld, U.p, U.ld, X.cols, Y.cols);
+    else
+      ggml_linear_q8_swiglu(*gs[0], *gs[1], X.p, X.rows, X.ld, Y.p, Y.ld, U.p, U.ld, X.cols,
+                            Y.cols);
   }
 
   void add_bias(const Mat& Y, const Linear& w) {
@@ -263,7 +316,7 @@ class CpuBackend final : public Backend {
     binary(y, a, b, "mul", [](float u, float v) { return u * v; });
   }
   void swiglu(Tensor& y, const Tensor& gate, const Tensor& up) override {
-    binary(y, gate, up, "swiglu", [](float g, float u) { return g / (1.f + std::exp(-g)) * u; });
+    binary(y, gate, up, "swiglu", [](float g, float u) { return silu_mul(g, u); });
   }
 
   template <typename F>
@@ -352,36 +405,63 @@ class CpuBackend final : public Backend {
     for (int64_t i = 0; i < n; ++i) y[i] *= inv;
   }
 
-  void rope(Tensor& x, int64_t pos0, int64_t n_heads, const RopeTable& rt) override {
-    Mat X = mat(x, "rope");
+  // Checked [T, n_heads * D] view of x for RoPE.
+  static Mat rope_mat(const Tensor& x, int64_t n_heads, const RopeTable& rt, const char* what) {
+    Mat X = mat(x, what);
     const int64_t head_dim = rt.head_dim();
     MINFER_CHECK(X.cols == n_heads * head_dim && head_dim > 0,
-                 "rope: row of {} values, expected {} heads x {} dims (the rope table's)", X.cols,
-                 n_heads, head_dim);
-    const int64_t half = head_dim / 2;
-    // cos/sin of angle = pos * inv_freq in float32, times the attention scaling, as HF's
-    // LlamaRotaryEmbedding computes them.
-    rope_cs_.resize(size_t(X.rows * half * 2));
+                 "{}: row of {} values, expected {} heads x {} dims (the rope table's)", what,
+                 X.cols, n_heads, head_dim);
+    return X;
+  }
+  // cos/sin of angle = pos * inv_freq in float32, times the attention scaling, as HF's
+  // LlamaRotaryEmbedding computes them, for positions pos0 .. pos0 + T - 1 into rope_cs_.
+  void rope_table(int64_t T, int64_t pos0, const RopeTable& rt) {
+    const int64_t half = rt.head_dim() / 2;
+    rope_cs_.resize(size_t(T * half * 2));
     const float sc = rt.attention_scaling;
-    for (int64_t t = 0; t < X.rows; ++t)
+    for (int64_t t = 0; t < T; ++t)
       for (int64_t i = 0; i < half; ++i) {
         const float ang = float(pos0 + t) * rt.inv_freq[size_t(i)];
         rope_cs_[size_t((t * half + i) * 2)] = std::cos(ang) * sc;
         rope_cs_[size_t((t * half + i) * 2 + 1)] = std::sin(ang) * sc;
       }
+  }
+  // D = rt.head_dim(): Y = X rotated with the table in rope_cs_ (Y may be X).
+  void rope_apply(const Mat& Y, const Mat& X, int64_t n_heads, const RopeTable& rt) {
+    const int64_t head_dim = rt.head_dim(), half = head_dim / 2;
 #pragma omp parallel for if (worth_threads(X.rows * X.cols))
     for (int64_t t = 0; t < X.rows; ++t) {
       const float* cs = rope_cs_.data() + t * half * 2;
       for (int64_t h = 0; h < n_heads; ++h) {
-        float* p = X.p + t * X.ld + h * head_dim;
+        const float* p = X.p + t * X.ld + h * head_dim;
+        float* o = Y.p + t * Y.ld + h * head_dim;
         for (int64_t i = 0; i < half; ++i) {
           const float c = cs[2 * i], s = cs[2 * i + 1];
           const float a = p[i], b = p[i + half];
-          p[i] = a * c - b * s;
-          p[i + half] = b * c + a * s;
+          o[i] = a * c - b * s;
+          o[i + half] = b * c + a * s;
         }
       }
     }
+  }
+
+  void rope(Tensor& x, int64_t pos0, int64_t n_heads, const RopeTable& rt) override {
+    Mat X = rope_mat(x, n_heads, rt, "rope");
+    rope_table(X.rows, pos0, rt);
+    rope_apply(X, X, n_heads, rt);
+  }
+
+  void rope_kv(Tensor& q, Tensor& k, const Tensor& v, Tensor& k_dst, Tensor& v_dst, int64_t pos0,
+               int64_t n_heads, int64_t n_kv_heads, const RopeTable& rt) override {
+    Mat Q = rope_mat(q, n_heads, rt, "rope_kv q"), K = rope_mat(k, n_kv_heads, rt, "rope_kv k");
+    Mat Kd = rope_mat(k_dst, n_kv_heads, rt, "rope_kv k_dst");
+    MINFER_CHECK(Q.rows == K.rows && Kd.rows == K.rows,
+                 "rope_kv: q has {} rows, k {}, the cache slice {}", Q.rows, K.rows, Kd.rows);
+    rope_table(Q.rows, pos0, rt);  // once for q and k
+    rope_apply(Q, Q, n_heads, rt);
+    rope_apply(Kd, K, n_kv_heads, rt);  // rotated k written straight into the cache
+    copy(v_dst, v);
   }
 
   // Rows of x at or under which attention runs on the thread pool with its own loops (decode);

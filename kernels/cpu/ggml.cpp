@@ -18,6 +18,7 @@
 #include "engine/half.h"
 #include "engine/thread_pool.h"
 #include "kernels/common/ggml_quants.h"
+#include "kernels/cpu/act.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
     defined(__AVX512VNNI__) && defined(__F16C__)
@@ -717,6 +718,51 @@ void ggml_linear_q8(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx,
 #endif
 }
 
+#if defined(MINFER_GGML_VNNI)
+namespace {
+// The SIMD row kernel of a type on the q8 path: rows r0..r1 of y from the quantized activations.
+using RowsFn = void (*)(const uint8_t*, int64_t, const int8_t*, const float*, const int32_t*,
+                        const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t);
+RowsFn rows_fn(uint32_t type) {
+  switch (GgmlType(type)) {
+    case GgmlType::Q4_0:
+      return q8_rows_simd<GgmlType::Q4_0>;
+    case GgmlType::Q4_1:
+      return q8_rows_simd<GgmlType::Q4_1>;
+    case GgmlType::Q5_0:
+      return q8_rows_simd<GgmlType::Q5_0>;
+    case GgmlType::Q5_1:
+      return q8_rows_simd<GgmlType::Q5_1>;
+    case GgmlType::Q8_0:
+      return q8_rows_simd<GgmlType::Q8_0>;
+    case GgmlType::Q2_K:
+      return k_rows_simd<GgmlType::Q2_K>;
+    case GgmlType::Q3_K:
+      return k_rows_simd<GgmlType::Q3_K>;
+    case GgmlType::Q4_K:
+      return k_rows_simd<GgmlType::Q4_K>;
+    case GgmlType::Q5_K:
+      return k_rows_simd<GgmlType::Q5_K>;
+    case GgmlType::Q6_K:
+      return k_rows_simd<GgmlType::Q6_K>;
+    default:
+      break;
+  }
+  MINFER_FAIL("ggml q8 path: type {} has no integer kernel", ggml_type_name(type));
+}
+
+// Quantizes x once for matrices of w's activation layout (K-quants: blocks of 256).
+QAct& quantize_for(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx, int64_t K) {
+  QAct& a = act_scratch();
+  if (is_k_quant(w.type))
+    quantize_act(x, T, ldx, K, a, ggml::QK_K, 16);
+  else
+    quantize_act(x, T, ldx, K, a);
+  return a;
+}
+}  // namespace
+#endif
+
 bool ggml_q8_groupable(const GgmlBlocks* const* ws, int n) {
   for (int i = 0; i < n; ++i)
     if (!ggml_has_q8_path(ws[i]->type) || is_k_quant(ws[i]->type) != is_k_quant(ws[0]->type))
@@ -742,40 +788,7 @@ void ggml_linear_q8_group(const GgmlGroupItem* items, int n, const float* x, int
     return;
 #if defined(MINFER_GGML_VNNI)
   }
-  using RowsFn = void (*)(const uint8_t*, int64_t, const int8_t*, const float*, const int32_t*,
-                          const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t);
-  auto rows_fn = [](uint32_t type) -> RowsFn {
-    switch (GgmlType(type)) {
-      case GgmlType::Q4_0:
-        return q8_rows_simd<GgmlType::Q4_0>;
-      case GgmlType::Q4_1:
-        return q8_rows_simd<GgmlType::Q4_1>;
-      case GgmlType::Q5_0:
-        return q8_rows_simd<GgmlType::Q5_0>;
-      case GgmlType::Q5_1:
-        return q8_rows_simd<GgmlType::Q5_1>;
-      case GgmlType::Q8_0:
-        return q8_rows_simd<GgmlType::Q8_0>;
-      case GgmlType::Q2_K:
-        return k_rows_simd<GgmlType::Q2_K>;
-      case GgmlType::Q3_K:
-        return k_rows_simd<GgmlType::Q3_K>;
-      case GgmlType::Q4_K:
-        return k_rows_simd<GgmlType::Q4_K>;
-      case GgmlType::Q5_K:
-        return k_rows_simd<GgmlType::Q5_K>;
-      case GgmlType::Q6_K:
-        return k_rows_simd<GgmlType::Q6_K>;
-      default:
-        break;
-    }
-    MINFER_FAIL("ggml q8 path: type {} has no integer kernel", ggml_type_name(type));
-  };
-  QAct& a = act_scratch();
-  if (is_k_quant(items[0].w->type))
-    quantize_act(x, T, ldx, K, a, ggml::QK_K, 16);
-  else
-    quantize_act(x, T, ldx, K, a);
+  QAct& a = quantize_for(*items[0].w, x, T, ldx, K);
   constexpr int64_t kRows = 16;  // rows per work item, as in the single-matrix kernels
   std::vector<int64_t> first(size_t(n) + 1, 0);  // first work item of each matrix
   std::vector<RowsFn> fn(static_cast<size_t>(n), nullptr);
@@ -794,6 +807,39 @@ void ggml_linear_q8_group(const GgmlGroupItem* items, int n, const float* x, int
     }
   });
 #endif
+}
+
+void ggml_linear_q8_swiglu(const GgmlBlocks& gate, const GgmlBlocks& up, const float* x, int64_t T,
+                           int64_t ldx, float* y, int64_t ldy, float* u, int64_t ldu, int64_t K,
+                           int64_t F) {
+  const GgmlGroupItem items[2] = {{&gate, y, ldy, F}, {&up, u, ldu, F}};
+#if defined(MINFER_GGML_VNNI)
+  const GgmlBlocks* ws[2] = {&gate, &up};
+  if (T <= kGgmlGemmMinT && T > 0 && ggml_q8_groupable(ws, 2)) {
+    check_call(gate, T, ldx, ldy, K, F, "ggml_linear_q8_swiglu");
+    check_call(up, T, ldx, ldu, K, F, "ggml_linear_q8_swiglu");
+    QAct& a = quantize_for(gate, x, T, ldx, K);
+    const RowsFn fg = rows_fn(gate.type), fu = rows_fn(up.type);
+    constexpr int64_t kRows = 16;  // rows per work item, as in the single-matrix kernels
+    parallel_for((F + kRows - 1) / kRows, 2 * kRows * K, int64_t(1) << 15,
+                 [&](int64_t i0, int64_t i1) {
+                   for (int64_t i = i0; i < i1; ++i) {
+                     const int64_t r0 = i * kRows, r1 = std::min(F, r0 + kRows);
+                     fg(gate.blocks.data<uint8_t>(), gate.blocks.dim(1), a.q.data(), a.d.data(),
+                        a.s.data(), a.m.data(), T, K, r0, r1, y, ldy);
+                     fu(up.blocks.data<uint8_t>(), up.blocks.dim(1), a.q.data(), a.d.data(),
+                        a.s.data(), a.m.data(), T, K, r0, r1, u, ldu);
+                     for (int64_t t = 0; t < T; ++t)
+                       for (int64_t r = r0; r < r1; ++r)
+                         y[t * ldy + r] = silu_mul(y[t * ldy + r], u[t * ldu + r]);
+                   }
+                 });
+    return;
+  }
+#endif
+  ggml_linear_q8_group(items, 2, x, T, ldx, K);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t r = 0; r < F; ++r) y[t * ldy + r] = silu_mul(y[t * ldy + r], u[t * ldu + r]);
 }
 
 void ggml_linear_f32(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx, float* y,

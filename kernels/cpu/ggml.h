@@ -82,6 +82,16 @@ bool ggml_q8_groupable(const GgmlBlocks* const* ws, int n);
 void ggml_linear_q8_group(const GgmlGroupItem* items, int n, const float* x, int64_t T, int64_t ldx,
                           int64_t K);
 
+// The LLaMA MLP's gating on the q8 path: y[T, F] = silu(x · gateᵀ) ⊙ (x · upᵀ), u[T, F]
+// receiving x · upᵀ. With VNNI and T <= kGgmlGemmMinT one pool loop computes each block of 16
+// gate rows and the same block of up rows from x quantized once, then silu_mul
+// (kernels/cpu/act.h) on that block: bit-identical to ggml_linear_q8_group over {gate, up}
+// followed by the element-wise op, which is what runs otherwise. Same conditions and errors as
+// ggml_linear_q8_group.
+void ggml_linear_q8_swiglu(const GgmlBlocks& gate, const GgmlBlocks& up, const float* x, int64_t T,
+                           int64_t ldx, float* y, int64_t ldy, float* u, int64_t ldu, int64_t K,
+                           int64_t F);
+
 // The f32 path at any T: row tiles dequantized, then sgemm.
 void ggml_linear_f32(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx, float* y,
                      int64_t ldy, int64_t K, int64_t N);

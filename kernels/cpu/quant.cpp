@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/common/quant_math.h"
+#include "kernels/cpu/act.h"
 #include "kernels/cpu/quant_impl.h"
 
 namespace minfer {
@@ -137,6 +138,42 @@ const float* prepare_x(const float* x, int64_t T, int64_t ldx, int64_t K, int64_
 // Rows of x at or above which the prefill path (tiles + sgemm) beats the fused kernels.
 constexpr int64_t kGemmRows = 16;
 
+// Rows n0..n1 of the portable path: each row of W dequantized by the reference, then an f32 dot
+// product with every row of x in index order.
+void ref_rows(const QArgs& a, const float* x, int64_t T, int64_t ldx, int64_t n0, int64_t n1,
+              float* y, int64_t ldy) {
+  thread_local std::vector<float> row;
+  row.resize(static_cast<size_t>(a.K));
+  for (int64_t n = n0; n < n1; ++n) {
+    dequant_row_ref(a, n, row.data());
+    for (int64_t t = 0; t < T; ++t) {
+      const float* xr = x + t * ldx;
+      float acc = 0;
+      for (int64_t k = 0; k < a.K; ++k) acc += row[size_t(k)] * xr[k];
+      y[t * ldy + n] = acc;
+    }
+  }
+}
+
+// Rows n0..n1 of y on the decode path (T <= quantized_group_max_t()), single-threaded: the SIMD
+// kernel from a.xp, or the portable path from x. The same code quantized_linear runs per row.
+void decode_rows(const QArgs& a, const float* x, int64_t T, int64_t ldx, int64_t n0, int64_t n1,
+                 float* y, int64_t ldy) {
+#if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
+  (void)x, (void)ldx;
+  simd_decode_rows(a, T, n0, n1, y, ldy);
+#else
+  ref_rows(a, x, T, ldx, n0, n1, y, ldy);
+#endif
+}
+
+// y[t, n] = silu_mul(y[t, n], u[t, n]) for n in [n0, n1).
+void silu_mul_cols(float* y, int64_t ldy, const float* u, int64_t ldu, int64_t T, int64_t n0,
+                   int64_t n1) {
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = n0; n < n1; ++n) y[t * ldy + n] = silu_mul(y[t * ldy + n], u[t * ldu + n]);
+}
+
 }  // namespace
 
 const char* quantized_linear_isa() {
@@ -153,16 +190,7 @@ void quantized_linear_ref(const Quantized& w, const float* x, int64_t T, int64_t
   if (T == 0) return;
   std::vector<Span> spans;
   const QArgs a = make_args(w, K, spans);
-  std::vector<float> row(static_cast<size_t>(K));
-  for (int64_t n = 0; n < N; ++n) {
-    dequant_row_ref(a, n, row.data());
-    for (int64_t t = 0; t < T; ++t) {
-      const float* xr = x + t * ldx;
-      float acc = 0;
-      for (int64_t k = 0; k < K; ++k) acc += row[size_t(k)] * xr[k];
-      y[t * ldy + n] = acc;
-    }
-  }
+  ref_rows(a, x, T, ldx, 0, N, y, ldy);
 }
 
 void quantized_linear(const Quantized& w, const float* x, int64_t T, int64_t ldx, float* y,
@@ -180,23 +208,87 @@ void quantized_linear(const Quantized& w, const float* x, int64_t T, int64_t ldx
   }
 #else
   if (T < kGemmRows) {  // portable path (no x86 SIMD, e.g. aarch64): the reference, row-parallel
-    parallel_for(N, K, kDecodeChunk, [&](int64_t n0, int64_t n1) {
-      thread_local std::vector<float> row;
-      row.resize(static_cast<size_t>(K));
-      for (int64_t n = n0; n < n1; ++n) {
-        dequant_row_ref(a, n, row.data());
-        for (int64_t t = 0; t < T; ++t) {
-          const float* xr = x + t * ldx;
-          float acc = 0;
-          for (int64_t k = 0; k < K; ++k) acc += row[size_t(k)] * xr[k];
-          y[t * ldy + n] = acc;
-        }
-      }
-    });
+    parallel_for(N, K, kDecodeChunk,
+                 [&](int64_t n0, int64_t n1) { ref_rows(a, x, T, ldx, n0, n1, y, ldy); });
     return;
   }
 #endif
   linear_tiles_sgemm(a, x, T, ldx, y, ldy, N);
+}
+
+int64_t quantized_group_max_t() {
+#if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
+  return 4;
+#else
+  return kGemmRows - 1;
+#endif
+}
+
+void quantized_linear_group(const QuantGroupItem* items, int n, const float* x, int64_t T,
+                            int64_t ldx, int64_t K) {
+  MINFER_CHECK(n >= 0, "quantized_linear_group: {} matrices", n);
+  for (int i = 0; i < n; ++i) check_call(*items[i].w, T, ldx, items[i].ldy, K, items[i].N);
+  if (T == 0 || n == 0) return;
+  if (T > quantized_group_max_t()) {
+    for (int i = 0; i < n; ++i)
+      quantized_linear(*items[i].w, x, T, ldx, items[i].y, items[i].ldy, K, items[i].N);
+    return;
+  }
+  thread_local std::vector<std::vector<Span>> spans;
+  thread_local std::vector<QArgs> args;
+  thread_local std::vector<int64_t> first;  // first row of matrix i in the joint row range
+  spans.resize(size_t(n));
+  args.resize(size_t(n));
+  first.assign(size_t(n) + 1, 0);
+  const float* xp = nullptr;
+#if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
+  thread_local std::vector<float> xbuf;
+  xp = prepare_x(x, T, ldx, K, qm::padded_k(K), xbuf);
+#endif
+  for (int i = 0; i < n; ++i) {
+    args[size_t(i)] = make_args(*items[i].w, K, spans[size_t(i)]);
+    args[size_t(i)].xp = xp;
+    first[size_t(i) + 1] = first[size_t(i)] + items[i].N;
+  }
+  // The workers see the caller's tables through these pointers (a thread_local named in the
+  // lambda would be the worker's own, empty, instance).
+  const QArgs* const A = args.data();
+  const int64_t* const first_row = first.data();
+  parallel_for(first_row[n], qm::padded_k(K), kDecodeChunk, [&](int64_t r0, int64_t r1) {
+    int m = 0;
+    while (first_row[m + 1] <= r0) ++m;
+    for (int64_t r = r0; r < r1; ++m) {
+      const int64_t e = std::min(r1, first_row[m + 1]), b = first_row[m];
+      decode_rows(A[m], x, T, ldx, r - b, e - b, items[m].y, items[m].ldy);
+      r = e;
+    }
+  });
+}
+
+void quantized_linear_swiglu(const Quantized& gate, const Quantized& up, const float* x, int64_t T,
+                             int64_t ldx, float* y, int64_t ldy, float* u, int64_t ldu, int64_t K,
+                             int64_t F) {
+  check_call(gate, T, ldx, ldy, K, F);
+  check_call(up, T, ldx, ldu, K, F);
+  if (T == 0) return;
+  if (T > quantized_group_max_t()) {
+    quantized_linear(gate, x, T, ldx, y, ldy, K, F);
+    quantized_linear(up, x, T, ldx, u, ldu, K, F);
+#pragma omp parallel for if (T * F >= 32768)
+    for (int64_t t = 0; t < T; ++t) silu_mul_cols(y + t * ldy, ldy, u + t * ldu, ldu, 1, 0, F);
+    return;
+  }
+  thread_local std::vector<Span> sg, su;
+  QArgs ag = make_args(gate, K, sg), au = make_args(up, K, su);
+#if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
+  thread_local std::vector<float> xbuf;
+  ag.xp = au.xp = prepare_x(x, T, ldx, K, ag.Kp, xbuf);
+#endif
+  parallel_for(F, 2 * ag.Kp, kDecodeChunk, [&](int64_t n0, int64_t n1) {
+    decode_rows(ag, x, T, ldx, n0, n1, y, ldy);
+    decode_rows(au, x, T, ldx, n0, n1, u, ldu);
+    silu_mul_cols(y, ldy, u, ldu, T, n0, n1);
+  });
 }
 
 }  // namespace minfer

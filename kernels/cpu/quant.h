@@ -32,6 +32,30 @@ void quantized_linear(const Quantized& w, const float* x, int64_t T, int64_t ldx
 void quantized_linear_ref(const Quantized& w, const float* x, int64_t T, int64_t ldx, float* y,
                           int64_t ldy, int64_t K, int64_t N);
 
+// An op group (q·k·v, gate·up): y_i[T, N_i] = x[T, K] · dequant(W_i)ᵀ for n matrices that read
+// the same x. On the decode path (T <= quantized_group_max_t()) x is copied (padded) once and the
+// rows of all matrices go to the thread pool in one dispatch; each row is computed by the same
+// kernel as quantized_linear's, so the results are bit-identical to n quantized_linear calls. At
+// larger T it is those n calls.
+struct QuantGroupItem {
+  const Quantized* w;
+  float* y;
+  int64_t ldy, N;
+};
+void quantized_linear_group(const QuantGroupItem* items, int n, const float* x, int64_t T,
+                            int64_t ldx, int64_t K);
+// The largest T the group runs as one dispatch: 4 with the SIMD kernels, 15 on the scalar path.
+int64_t quantized_group_max_t();
+
+// The LLaMA MLP's gating fused into gate·up: y[T, F] = silu(x · gateᵀ) ⊙ (x · upᵀ), with
+// u[T, F] receiving x · upᵀ (scratch; F = gate.out = up.out). On the decode path one pool loop
+// computes a block of gate rows and the same block of up rows, then applies silu_mul
+// (kernels/cpu/act.h) to that block while it is in cache: bit-identical to the two linears followed
+// by Backend::swiglu. At larger T: the two quantized_linear calls, then the same element-wise op.
+void quantized_linear_swiglu(const Quantized& gate, const Quantized& up, const float* x, int64_t T,
+                             int64_t ldx, float* y, int64_t ldy, float* u, int64_t ldu, int64_t K,
+                             int64_t F);
+
 // Which path quantized_linear takes in this build: "avx512", "avx2" or "scalar".
 const char* quantized_linear_isa();
 

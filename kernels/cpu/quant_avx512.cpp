@@ -228,10 +228,26 @@ struct Fused {
 // (interleaving rows costs DRAM bandwidth: on the shared 2-core Zen 4 box, 2 or 4 rows per call
 // ran the int8 LM head at ~7 GB/s against ~15 for one); one thread below 64K weights.
 template <QScheme S, int R>
+void decode_rows(const QArgs& a, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  for (int64_t n = n0; n < n1; ++n) Fused<S>::template K<1, R>::run(n, 0, a, y, ldy);
+}
+template <QScheme S, int R>
 void decode(const QArgs& a, float* y, int64_t ldy, int64_t N) {
-  parallel_for(N, a.Kp, kDecodeChunk, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n) Fused<S>::template K<1, R>::run(n, 0, a, y, ldy);
-  });
+  parallel_for(N, a.Kp, kDecodeChunk,
+               [&](int64_t n0, int64_t n1) { decode_rows<S, R>(a, n0, n1, y, ldy); });
+}
+template <QScheme S>
+void decode_rows_t(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  switch (T) {
+    case 1:
+      return decode_rows<S, 1>(a, n0, n1, y, ldy);
+    case 2:
+      return decode_rows<S, 2>(a, n0, n1, y, ldy);
+    case 3:
+      return decode_rows<S, 3>(a, n0, n1, y, ldy);
+    default:
+      return decode_rows<S, 4>(a, n0, n1, y, ldy);
+  }
 }
 
 template <QScheme S>
@@ -304,6 +320,22 @@ void simd_linear_fused(const QArgs& a, int64_t T, float* y, int64_t ldy, int64_t
       return fused<QScheme::Ternary>(a, T, y, ldy, N);
     case QScheme::Binary:
       return fused<QScheme::Binary>(a, T, y, ldy, N);
+  }
+}
+
+void simd_decode_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  MINFER_DCHECK(T >= 1 && T <= 4, "simd_decode_rows: T {} outside 1..4", T);
+  switch (a.scheme) {
+    case QScheme::Int8:
+      return decode_rows_t<QScheme::Int8>(a, T, n0, n1, y, ldy);
+    case QScheme::Int4:
+      return decode_rows_t<QScheme::Int4>(a, T, n0, n1, y, ldy);
+    case QScheme::NF4:
+      return decode_rows_t<QScheme::NF4>(a, T, n0, n1, y, ldy);
+    case QScheme::Ternary:
+      return decode_rows_t<QScheme::Ternary>(a, T, n0, n1, y, ldy);
+    case QScheme::Binary:
+      return decode_rows_t<QScheme::Binary>(a, T, n0, n1, y, ldy);
   }
 }
 

@@ -141,6 +141,9 @@ void run_all(int64_t N, int64_t T, int64_t Kp, const A&... args) {
 extern const char* const kSimdIsa;
 // y[T, N] for T <= 15 from a.xp (T <= 4: one pass over W; more: tiles of W kept in cache).
 void simd_linear_fused(const QArgs& a, int64_t T, float* y, int64_t ldy, int64_t N);
+// Decode rows n0..n1 of y[T, N] for T in 1..4 from a.xp, single-threaded: exactly what
+// simd_linear_fused computes for those rows (op groups cut one pool loop over several matrices).
+void simd_decode_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy);
 // Rows n0..n0+nr of W as f32 [nr, K] (row stride K), single-threaded.
 void simd_dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst);
 #endif
