@@ -440,3 +440,52 @@ TEST_CASE("prune: 2:4 weights read and write compressed-tensors' sparse-24-bitma
   CHECK_THROWS_WITH_AS(load_linear(bad, "a", json{{"repr", "sparse-bitmask"}}, 16, 5),
                        doctest::Contains("shape tensor"), Error);
 }
+
+TEST_CASE("prune: sparse tensors carry compressed-tensors' module names") {
+  // Fixture: tests/fixtures/sparse/make_ct_module_names_fixture.py, written by compressed-tensors
+  // 0.9.4's own model compressors on a state dict with real names: BaseSparseCompressor.compress
+  // stores the weight `<m>.weight` as `<m>.compressed`, `<m>.bitmask`, `<m>.shape` (and
+  // `<m>.row_offsets` for sparse-bitmask); reference.<m>.weight is the package's decompress().
+  auto file = SafetensorsFile::open("tests/fixtures/sparse/ct_module_names.safetensors");
+  FileTensors src(file);
+  for (const std::string m : {"model.layers.0.mlp.down_proj", "model.layers.0.mlp.up_proj"}) {
+    CAPTURE(m);
+    const std::string wn = m + ".weight";
+    const Tensor ref = file->get("reference." + wn);
+    const int64_t out = ref.dim(0), in = ref.dim(1);
+    const Linear l = load_linear(src, wn, json{{"repr", "sparse-bitmask"}}, in, out);
+    const Tensor w = dequantize_weight(l);
+    CHECK(std::equal(w.data<float>(), w.data<float>() + w.numel(), ref.data<float>()));
+    // Written back under the weight's name: exactly the package's tensor names, byte for byte.
+    std::vector<std::pair<std::string, Tensor>> ts;
+    TensorSink sink{ts};
+    save_linear(l, wn, sink);
+    std::vector<std::string> want, got;
+    for (const auto& [n, t] : file->tensors())
+      if (n.starts_with(m + ".") && !n.ends_with(".bias")) want.push_back(n);
+    for (const auto& [n, t] : ts) {
+      got.push_back(n);
+      CAPTURE(n);
+      REQUIRE(file->has(n));
+      CHECK(t.shape_str() == file->get(n).shape_str());
+      CHECK(same_bytes(t, file->get(n)));
+    }
+    std::sort(want.begin(), want.end());
+    std::sort(got.begin(), got.end());
+    CHECK(got == want);
+    CHECK(want.size() == (m.ends_with("up_proj") ? 3u : 4u));
+  }
+  // Folders written before the names followed compressed-tensors (`<m>.weight.compressed`) load.
+  struct Src final : TensorSource {
+    std::map<std::string, Tensor> m;
+    bool has(const std::string& n) const override { return m.count(n) > 0; }
+    Tensor get(const std::string& n) const override { return m.at(n); }
+  } old;
+  const std::string m = "model.layers.0.mlp.down_proj";
+  for (const char* f : {".compressed", ".bitmask", ".shape", ".row_offsets"})
+    old.m[m + ".weight" + f] = file->get(m + f);
+  const Tensor ref = file->get("reference." + m + ".weight");
+  const Tensor w = dequantize_weight(
+      load_linear(old, m + ".weight", json{{"repr", "sparse-bitmask"}}, ref.dim(1), ref.dim(0)));
+  CHECK(std::equal(w.data<float>(), w.data<float>() + w.numel(), ref.data<float>()));
+}

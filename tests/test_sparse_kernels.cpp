@@ -2,6 +2,8 @@
 // path of int8 values (x rounded to 16-bit codes) on a row longer than one int32 block, rows of
 // different lengths, and inf / NaN in x (the f32 path propagates them as the dense product does).
 #include <doctest/doctest.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <cmath>
 #include <random>
@@ -95,4 +97,88 @@ TEST_CASE("sparse kernels: inf or NaN in a row of x makes that row's outputs NaN
       CHECK(std::isnan(y[size_t(N + n)]));
     }
   }
+}
+
+TEST_CASE(
+    "sparse kernels: every decode kernel set this machine runs against the scalar reference") {
+  // sparse_decode_isas(): the AVX-512 kernels where built, the AVX2 ones where the CPU has AVX2
+  // (chosen at run time, so an AVX-512 machine tests both), and the scalar reference.
+  const std::vector<std::string> isas = sparse_decode_isas();
+  REQUIRE(!isas.empty());
+  CHECK(isas.back() == "scalar");
+  MESSAGE("sparse decode kernel sets here: " << fmt::format("{}", fmt::join(isas, ", ")));
+  // Odd row lengths (a mask byte or a 16-input step past the row), 2:4, long rows (several int32
+  // flushes of the AVX2 int8 kernel: > 256 steps of 16 inputs), empty-ish rows at 90 %.
+  const std::tuple<int64_t, int64_t, const char*> shapes[] = {
+      {13, 1000, "magnitude-50"}, {7, 37, "magnitude-30"},   {5, 128, "magnitude-2:4"},
+      {9, 72, "magnitude-90"},    {3, 9000, "magnitude-50"}, {4, 24, "magnitude-4:8"}};
+  for (const char* values : {"", "+int8", "+int8-tensor", "+fp16"})
+    for (const auto& shape : shapes) {
+      const int64_t N = std::get<0>(shape), K = std::get<1>(shape);
+      const std::string chain = std::string(std::get<2>(shape)) + values;
+      CAPTURE(chain);
+      CAPTURE(K);
+      const Linear l = sparse_int8(N, K, chain, uint32_t(N * 31 + K));
+      const SparseBitmask& sb = std::get<SparseBitmask>(l.repr);
+      const bool i8 = std::string(values).starts_with("+int8");
+      const Tensor w = dequantize_weight(l);
+      for (int64_t T = 1; T <= 4; ++T) {
+        CAPTURE(T);
+        const int64_t ldx = K + 3, ldy = N + 2;  // strides wider than the rows
+        std::mt19937 rng{uint32_t(T * 7 + K)};
+        std::normal_distribution<float> nd(0.f, 1.f);
+        std::vector<float> x(size_t(T * ldx), std::nanf(""));  // NaN in the stride gap
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t k = 0; k < K; ++k) x[size_t(t * ldx + k)] = nd(rng);
+        std::vector<float> ref(size_t(T * ldy), -7.f);
+        sparse_linear_ref(sb, x.data(), T, ldx, ref.data(), ldy, K, N);
+        std::vector<float> first;
+        for (const std::string& isa : isas) {
+          CAPTURE(isa);
+          std::vector<float> y(size_t(T * ldy), -7.f);
+          sparse_linear_decode_isa(sb, isa, x.data(), T, ldx, y.data(), ldy, K, N);
+          int bad = 0;
+          for (int64_t t = 0; t < T; ++t) {
+            double xmax = 0;
+            for (int64_t k = 0; k < K; ++k)
+              xmax = std::max(xmax, double(std::fabs(x[t * ldx + k])));
+            for (int64_t n = 0; n < N; ++n) {
+              double a = 0, ws = 0;
+              for (int64_t k = 0; k < K; ++k) {
+                a += std::fabs(double(x[t * ldx + k]) * w.data<float>()[n * K + k]);
+                ws += std::fabs(double(w.data<float>()[n * K + k]));
+              }
+              // int8 values: SIMD kernels round x to 16-bit codes (half a step per element).
+              const double tol = 1e-5 * a + 1e-6 + (i8 ? 0.51 * xmax / 32639 * ws : 0.0);
+              if (!(std::fabs(double(y[t * ldy + n]) - ref[t * ldy + n]) <= tol)) ++bad;
+            }
+            for (int64_t n = N; n < ldy; ++n) bad += y[t * ldy + n] != -7.f;  // gap untouched
+          }
+          CHECK(bad == 0);
+          // int8 values: the AVX-512 VNNI and AVX2 kernels add the same integers, so they agree
+          // bit for bit.
+          if (i8 && isa != "scalar") {
+            if (first.empty())
+              first = y;
+            else
+              CHECK(first == y);
+          }
+        }
+      }
+    }
+  // A pruned input holding NaN does not reach y with f32 values (x is read under the mask).
+  const Linear l = sparse_int8(4, 64, "magnitude-2:4", 5);
+  const SparseBitmask& sb = std::get<SparseBitmask>(l.repr);
+  std::vector<float> x(64, 1.f);
+  for (int64_t k = 0; k < 64; ++k)
+    if (!((sb.bitmask.data<uint8_t>()[k / 8] >> (k % 8)) & 1)) x[size_t(k)] = NAN;
+  for (const std::string& isa : isas) {
+    CAPTURE(isa);
+    std::vector<float> y(4, 0.f);
+    sparse_linear_decode_isa(sb, isa, x.data(), 1, 64, y.data(), 4, 64, 4);
+    CHECK(std::isfinite(y[0]));
+  }
+  CHECK_THROWS_WITH_AS(sparse_linear_decode_isa(sb, "neon9", x.data(), 1, 64,
+                                                std::vector<float>(4).data(), 4, 64, 4),
+                       doctest::Contains("kernel set 'neon9'"), Error);
 }

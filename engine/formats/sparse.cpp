@@ -21,6 +21,15 @@ int64_t row_count(const uint8_t* row, int64_t kb) {
   return c;
 }
 
+// compressed-tensors names a sparse weight's tensors after its module, not the weight:
+// BaseSparseCompressor.compress strips ".weight" (`model.layers.0.mlp.down_proj.weight` is stored
+// as `model.layers.0.mlp.down_proj.compressed`, `.bitmask`, `.shape`, `.row_offsets`).
+std::string module_prefix(const std::string& name) {
+  static constexpr std::string_view w = ".weight";
+  return name.size() > w.size() && name.ends_with(w) ? name.substr(0, name.size() - w.size())
+                                                     : name;
+}
+
 bool value_format_ok(const Linear& v) {
   if (const Dense* d = std::get_if<Dense>(&v.repr)) return !d->transposed;
   if (const Quantized* q = std::get_if<Quantized>(&v.repr))
@@ -115,8 +124,9 @@ bool sparse_is_2of4(const SparseBitmask& r) {
   return true;
 }
 
-void FormatTraits<SparseBitmask>::save(const SparseBitmask& r, const std::string& name,
+void FormatTraits<SparseBitmask>::save(const SparseBitmask& r, const std::string& weight_name,
                                        TensorSink& sink, json& meta) {
+  const std::string name = module_prefix(weight_name);
   const int64_t out = r.bitmask.dim(0);
   const Linear& v = *r.values;
   const Dense* dv = std::get_if<Dense>(&v.repr);
@@ -171,8 +181,15 @@ void FormatTraits<SparseBitmask>::save(const SparseBitmask& r, const std::string
   }
 }
 
-SparseBitmask FormatTraits<SparseBitmask>::load(const TensorSource& src, const std::string& name,
-                                                const json& meta, int64_t in, int64_t out) {
+SparseBitmask FormatTraits<SparseBitmask>::load(const TensorSource& src,
+                                                const std::string& weight_name, const json& meta,
+                                                int64_t in, int64_t out) {
+  // compressed-tensors' names (`<module>.shape`); folders written before this change used the
+  // weight's name (`<module>.weight.shape`) and are read too.
+  const std::string name =
+      !src.has(module_prefix(weight_name) + ".shape") && src.has(weight_name + ".shape")
+          ? weight_name
+          : module_prefix(weight_name);
   SparseBitmask r;
   r.in = in;
   const Tensor shape = src.get(name + ".shape");

@@ -37,15 +37,18 @@ struct FormatTraits<SparseBitmask> {
                          float* w);
   // "sparse<pct>" (kept share, rounded) then "+<value format>", e.g. "sparse50+int8".
   static std::string format(const SparseBitmask& r, int64_t in);
+  // Tensor names follow compressed-tensors (BaseSparseCompressor.compress): the module's name,
+  // `<m>` = `name` without a trailing ".weight" (`model.layers.0.mlp.down_proj`).
   // 2:4 with dense values (sparse_is_2of4): compressed-tensors' sparse-24-bitmask layout, below.
-  // Other dense values: compressed-tensors layout `<name>.compressed` (1-D, the values' dtype),
-  // `<name>.bitmask`, `<name>.shape` (I64 [2] = {N, K}), `<name>.row_offsets`. Quantized values:
-  // the same mask tensors plus the child under `<name>.values` (meta "values").
+  // Other dense values: compressed-tensors layout `<m>.compressed` (1-D, the values' dtype),
+  // `<m>.bitmask`, `<m>.shape` (I64 [2] = {N, K}), `<m>.row_offsets`. Quantized values:
+  // the same mask tensors plus the child under `<m>.values` (meta "values").
   static void save(const SparseBitmask& r, const std::string& name, TensorSink& sink, json& meta);
   // Zero-copy when every row keeps the same count (row pruning, N:M): `compressed` is viewed as
   // [N, Kv]; otherwise the values are repacked with zero padding. Reads a compressed-tensors
   // checkpoint's four tensors as they are (meta {"repr": "sparse-bitmask"} is enough: Kv and the
-  // value dtype come from the tensors).
+  // value dtype come from the tensors). Also reads the names of folders written before they
+  // followed compressed-tensors (`<name>.compressed`, `<name>` ending in ".weight").
   static SparseBitmask load(const TensorSource& src, const std::string& name, const json& meta,
                             int64_t in, int64_t out);
   static std::vector<const Linear*> children(const SparseBitmask& r) { return {r.values.get()}; }

@@ -1,15 +1,18 @@
 #include "kernels/cpu/sparse.h"
 
 #include <cblas.h>
+#include <fmt/ranges.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
 
+#include "engine/error.h"
 #include "engine/half.h"
 #include "engine/thread_pool.h"
 #include "kernels/common/quant_math.h"
@@ -20,6 +23,13 @@
 #if defined(__AVX512VNNI__)
 #define MINFER_SPARSE_VNNI 1
 #endif
+#endif
+// The AVX2 + FMA decode kernels are compiled on every x86-64 build (function target attributes,
+// whatever -march says) and chosen at run time (cpuid) where the AVX-512 ones are not built.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define MINFER_SPARSE_AVX2 1
+#define MINFER_AVX2_FN __attribute__((target("avx2,fma,popcnt")))
 #endif
 
 namespace minfer {
@@ -308,6 +318,184 @@ void decode_simd(const SparseBitmask& w, const Vals& v, const float* x, int64_t 
 }
 #endif
 
+#ifdef MINFER_SPARSE_AVX2
+// x rounded to 16-bit codes per token row, as quantize_x16 does (the same step d = max|x| / 32639,
+// the same round-to-nearest-even of x * (1 / d), the same clamp), kept as one int16 plane [T, Kp]
+// (Kp = K padded to 16, zero filled). A row with an inf or NaN gets d = NaN and zero codes.
+struct XQ16s {
+  const int16_t* q = nullptr;
+  int64_t Kp = 0;
+  float d[4] = {0, 0, 0, 0};
+};
+
+void quantize_x16_scalar(const float* x, int64_t T, int64_t ldx, int64_t K,
+                         std::vector<int16_t>& buf, XQ16s& out) {
+  const int64_t Kp = (K + 15) / 16 * 16;
+  if (buf.size() < size_t(T * Kp)) buf.resize(size_t(T * Kp));
+  out.q = buf.data();
+  out.Kp = Kp;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* xr = x + t * ldx;
+    float amax = 0.f;
+    bool finite = true;
+    for (int64_t k = 0; k < K; ++k) {
+      finite = finite && std::isfinite(xr[k]);
+      amax = std::max(amax, std::fabs(xr[k]));
+    }
+    const float d = finite ? amax / 32639.f : NAN;
+    out.d[t] = d;
+    const float inv = finite && d > 0.f ? 1.f / d : 0.f;
+    int16_t* qr = buf.data() + t * Kp;
+    for (int64_t k = 0; k < Kp; ++k) {
+      const float q = k < K && finite ? std::nearbyint(xr[k] * inv) : 0.f;
+      qr[k] = int16_t(std::clamp(q, -32639.f, 32639.f));
+    }
+  }
+}
+
+// Per mask byte b, 8 byte lanes: lane i holds the rank of bit i among b's set bits (the index of
+// its value in the packed run) when bit i is set, 0x80 when not. pshufb reads 0x80 as "write 0";
+// vpermd reads the low 3 bits only (the lane is then cleared by the mask).
+struct ExpandLut {
+  uint64_t e[256];
+  constexpr ExpandLut() : e{} {
+    for (int b = 0; b < 256; ++b) {
+      uint64_t v = 0;
+      int r = 0;
+      for (int i = 0; i < 8; ++i) v |= uint64_t((b >> i) & 1 ? r++ : 0x80) << (8 * i);
+      e[b] = v;
+    }
+  }
+};
+constexpr ExpandLut kExpand;
+alignas(32) constexpr int32_t kFirstLanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
+                                                 0,  0,  0,  0,  0,  0,  0,  0};
+
+// The 8 lanes of mask byte b as all-ones / zero int32 lanes.
+MINFER_AVX2_FN inline __m256i lanes_of(unsigned b) {
+  const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(int(b)), bit), bit);
+}
+
+MINFER_AVX2_FN inline float hsum256(__m256 f) {
+  __m128 v = _mm_add_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));
+  v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+  v = _mm_add_ss(v, _mm_movehdup_ps(v));
+  return _mm_cvtss_f32(v);
+}
+
+MINFER_AVX2_FN inline int64_t hsum256_epi32(__m256i v) {
+  alignas(32) int32_t a[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(a), v);
+  int64_t s = 0;
+  for (int i = 0; i < 8; ++i) s += a[i];
+  return s;
+}
+
+// f32 values, 8 inputs per mask byte: the byte's kept values (a masked load of the next popcount
+// values, never past them) permuted into their lanes (vpermd by the expand table), the other
+// lanes cleared; x loaded under the same lane mask, so a pruned input is never read (an inf or
+// NaN there does not reach y, as in the reference).
+template <int TT>
+MINFER_AVX2_FN void decode_f32_avx2(const SparseBitmask& w, const Vals& v, const float* x,
+                                    int64_t ldx, float* y, int64_t ldy, int64_t K, int64_t n0,
+                                    int64_t n1) {
+  const int64_t kb = w.bitmask.dim(1);
+  const uint8_t* m = w.bitmask.data<uint8_t>();
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* mrow = m + n * kb;
+    const float* vp = static_cast<const float*>(v.p) + n * v.ld;
+    __m256 acc[TT];
+    for (int t = 0; t < TT; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k += 8) {
+      const unsigned b = mrow[k >> 3];
+      if (!b) continue;
+      const int pc = std::popcount(b);
+      const __m256 packed = _mm256_maskload_ps(
+          vp, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kFirstLanes + 8 - pc)));
+      vp += pc;
+      const __m256i ctrl = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(int64_t(kExpand.e[b])));
+      const __m256i keep = lanes_of(b);
+      const __m256 wv =
+          _mm256_and_ps(_mm256_permutevar8x32_ps(packed, ctrl), _mm256_castsi256_ps(keep));
+      for (int t = 0; t < TT; ++t)
+        acc[t] = _mm256_fmadd_ps(wv, _mm256_maskload_ps(x + t * ldx + k, keep), acc[t]);
+    }
+    for (int t = 0; t < TT; ++t) y[t * ldy + n] = hsum256(acc[t]);
+  }
+}
+
+// int8 values against x rounded to 16-bit codes (XQ16s), 16 inputs per step: the kept codes
+// (flipped to signed w = u - 128) are placed into their byte lanes by one pshufb whose control is
+// the two mask bytes' expand entries (the second offset by the first byte's popcount), pruned
+// lanes 0; widened to int16, vpmaddwd with the x codes adds exact int32 pairs. Per 16-input step
+// a lane gains <= 2 * 128 * 32639 < 2^23, so the int32 lanes are flushed to int64 every 256 steps.
+// y = float(Σ w q) * (row scale * d): the same integers and the same last product as the
+// AVX-512 VNNI kernel, so both give the same y.
+template <int TT>
+MINFER_AVX2_FN void decode_i8_avx2(const SparseBitmask& w, const Vals& v, const XQ16s& xq, float* y,
+                                   int64_t ldy, int64_t K, int64_t N, int64_t n0, int64_t n1) {
+  const int64_t kb = w.bitmask.dim(1);
+  const uint8_t* m = w.bitmask.data<uint8_t>();
+  const uint8_t* codes = static_cast<const uint8_t*>(v.p);
+  const uint8_t* end = codes + N * v.ld;  // one past the last code
+  const __m128i flip = _mm_set1_epi8(char(0x80));
+  const int64_t steps = (K + 15) / 16;
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* mrow = m + n * kb;
+    const uint8_t* cp = codes + n * v.ld;
+    int64_t S[TT];
+    for (int t = 0; t < TT; ++t) S[t] = 0;
+    for (int64_t s0 = 0; s0 < steps; s0 += 256) {
+      __m256i acc[TT];
+      for (int t = 0; t < TT; ++t) acc[t] = _mm256_setzero_si256();
+      const int64_t s1 = std::min(steps, s0 + 256);
+      for (int64_t st = s0; st < s1; ++st) {
+        const unsigned b0 = mrow[2 * st];
+        const unsigned b1 = 2 * st + 1 < kb ? mrow[2 * st + 1] : 0u;
+        if (!(b0 | b1)) continue;
+        const int p0 = std::popcount(b0), pc = p0 + std::popcount(b1);
+        __m128i c;
+        if (cp + 16 <= end) {
+          c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(cp));
+        } else {
+          alignas(16) uint8_t tmp[16] = {};
+          std::memcpy(tmp, cp, size_t(pc));
+          c = _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
+        }
+        cp += pc;
+        const __m128i ctrl = _mm_set_epi64x(
+            int64_t(kExpand.e[b1] + uint64_t(p0) * 0x0101010101010101ull), int64_t(kExpand.e[b0]));
+        const __m256i w16 = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(_mm_xor_si128(c, flip), ctrl));
+        for (int t = 0; t < TT; ++t)
+          acc[t] = _mm256_add_epi32(
+              acc[t], _mm256_madd_epi16(w16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+                                                 xq.q + t * xq.Kp + 16 * st))));
+      }
+      for (int t = 0; t < TT; ++t) S[t] += hsum256_epi32(acc[t]);
+    }
+    const float s = v.scale(n);
+    for (int t = 0; t < TT; ++t) y[t * ldy + n] = float(S[t]) * (s * xq.d[t]);
+  }
+}
+
+template <int TT>
+void decode_avx2(const SparseBitmask& w, const Vals& v, const float* x, int64_t ldx,
+                 const XQ16s& xq, float* y, int64_t ldy, int64_t K, int64_t N, int64_t n0,
+                 int64_t n1) {
+  if (v.kind == Vals::F32)
+    decode_f32_avx2<TT>(w, v, x, ldx, y, ldy, K, n0, n1);
+  else
+    decode_i8_avx2<TT>(w, v, xq, y, ldy, K, N, n0, n1);
+}
+
+bool cpu_has_avx2() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                         __builtin_cpu_supports("popcnt");
+  return ok;
+}
+#endif
+
 #ifdef MINFER_SPARSE_AVX512
 // Row n of W as f32 [K] with the kept values expanded into place, 16 inputs per step.
 void dequant_row_simd(const uint8_t* mrow, int64_t kb, const Vals& v, int64_t n, int64_t K,
@@ -355,31 +543,138 @@ bool simd_ok(const Vals& v) {
 #endif
 }
 
-void decode_rows(const SparseBitmask& w, const Vals& v, const float* x, int64_t T, int64_t ldx,
-                 float* y, int64_t ldy, int64_t K, int64_t n0, int64_t n1) {
+enum class Isa { Scalar, Avx2, Avx512 };
+
+const char* isa_name(Isa i) {
+  return i == Isa::Avx512 ? "avx512" : i == Isa::Avx2 ? "avx2" : "scalar";
+}
+
+Isa isa_of(const std::string& name);
+
+// The best decode kernel set this build holds and this CPU runs, or the one MINFER_SPARSE_ISA
+// names (avx512 | avx2 | scalar; for timing one kernel set against another).
+Isa best_isa() {
+  static const Isa forced = [] {
+    const char* e = std::getenv("MINFER_SPARSE_ISA");
+    return e && *e ? isa_of(e) : Isa(-1);
+  }();
+  if (forced != Isa(-1)) return forced;
+#if defined(MINFER_SPARSE_AVX512)
+  return Isa::Avx512;  // built for the machine (-march): its CPU has AVX-512
+#elif defined(MINFER_SPARSE_AVX2)
+  return cpu_has_avx2() ? Isa::Avx2 : Isa::Scalar;
+#else
+  return Isa::Scalar;
+#endif
+}
+
+// The kernel set that runs value format v when `isa` is asked: formats without a kernel there
+// (f16 / bf16 values) take the scalar reference.
+Isa effective_isa(Isa isa, const Vals& v) {
+  if (isa == Isa::Avx512) return simd_ok(v) ? Isa::Avx512 : Isa::Scalar;
+  if (isa == Isa::Avx2) return v.kind == Vals::F32 || v.kind == Vals::I8 ? Isa::Avx2 : Isa::Scalar;
+  return Isa::Scalar;
+}
+
+// T <= 4 rows of x, every output row, with the kernel set `isa` (built and supported).
+void decode(const SparseBitmask& w, const Vals& v, Isa isa, const float* x, int64_t T, int64_t ldx,
+            float* y, int64_t ldy, int64_t K, int64_t N) {
+  isa = effective_isa(isa, v);
 #ifdef MINFER_SPARSE_AVX512
-  if (simd_ok(v)) {
-    switch (T) {
-      case 1:
-        return decode_simd<1>(w, v, x, ldx, y, ldy, K, n0, n1);
-      case 2:
-        return decode_simd<2>(w, v, x, ldx, y, ldy, K, n0, n1);
-      case 3:
-        return decode_simd<3>(w, v, x, ldx, y, ldy, K, n0, n1);
-      case 4:
-        return decode_simd<4>(w, v, x, ldx, y, ldy, K, n0, n1);
-      default:
-        break;
+  if (isa == Isa::Avx512) {
+#ifdef MINFER_SPARSE_VNNI
+    if (v.kind == Vals::I8) {
+      static thread_local std::vector<int8_t> xbuf;
+      XQ16 xq;
+      quantize_x16(x, T, ldx, K, xbuf, xq);
+      parallel_for(N, K, int64_t(1) << 15, [&](int64_t n0, int64_t n1) {
+        switch (T) {
+          case 1:
+            return decode_i8_a16<1>(w, v, xq, y, ldy, K, n0, n1);
+          case 2:
+            return decode_i8_a16<2>(w, v, xq, y, ldy, K, n0, n1);
+          case 3:
+            return decode_i8_a16<3>(w, v, xq, y, ldy, K, n0, n1);
+          default:
+            return decode_i8_a16<4>(w, v, xq, y, ldy, K, n0, n1);
+        }
+      });
+      return;
     }
+#endif
+    // Contiguous blocks of rows on the thread pool; one thread below 64K weights.
+    parallel_for(N, K, int64_t(1) << 15, [&](int64_t n0, int64_t n1) {
+      switch (T) {
+        case 1:
+          return decode_simd<1>(w, v, x, ldx, y, ldy, K, n0, n1);
+        case 2:
+          return decode_simd<2>(w, v, x, ldx, y, ldy, K, n0, n1);
+        case 3:
+          return decode_simd<3>(w, v, x, ldx, y, ldy, K, n0, n1);
+        default:
+          return decode_simd<4>(w, v, x, ldx, y, ldy, K, n0, n1);
+      }
+    });
+    return;
   }
 #endif
-  decode_ref_rows(w, v, x, T, ldx, y, ldy, K, n0, n1);
+#ifdef MINFER_SPARSE_AVX2
+  if (isa == Isa::Avx2) {
+    static thread_local std::vector<int16_t> qbuf;
+    XQ16s xq;
+    if (v.kind == Vals::I8) quantize_x16_scalar(x, T, ldx, K, qbuf, xq);
+    parallel_for(N, K, int64_t(1) << 15, [&](int64_t n0, int64_t n1) {
+      switch (T) {
+        case 1:
+          return decode_avx2<1>(w, v, x, ldx, xq, y, ldy, K, N, n0, n1);
+        case 2:
+          return decode_avx2<2>(w, v, x, ldx, xq, y, ldy, K, N, n0, n1);
+        case 3:
+          return decode_avx2<3>(w, v, x, ldx, xq, y, ldy, K, N, n0, n1);
+        default:
+          return decode_avx2<4>(w, v, x, ldx, xq, y, ldy, K, N, n0, n1);
+      }
+    });
+    return;
+  }
+#endif
+  parallel_for(N, K, int64_t(1) << 15, [&](int64_t n0, int64_t n1) {
+    decode_ref_rows(w, v, x, T, ldx, y, ldy, K, n0, n1);
+  });
+}
+
+Isa isa_of(const std::string& isa) {
+  const std::vector<std::string> have = sparse_decode_isas();
+  MINFER_CHECK(std::find(have.begin(), have.end(), isa) != have.end(),
+               "sparse decode kernel set '{}' is not built or not supported here (available: {})",
+               isa, fmt::join(have, ", "));
+  return isa == "avx512" ? Isa::Avx512 : isa == "avx2" ? Isa::Avx2 : Isa::Scalar;
 }
 
 }  // namespace
 
 const char* sparse_linear_isa(const SparseBitmask& w) {
-  return simd_ok(vals_of(w)) ? "avx512" : "scalar";
+  return isa_name(effective_isa(best_isa(), vals_of(w)));
+}
+
+std::vector<std::string> sparse_decode_isas() {
+  std::vector<std::string> r;
+#ifdef MINFER_SPARSE_AVX512
+  r.push_back("avx512");
+#endif
+#ifdef MINFER_SPARSE_AVX2
+  if (cpu_has_avx2()) r.push_back("avx2");
+#endif
+  r.push_back("scalar");
+  return r;
+}
+
+void sparse_linear_decode_isa(const SparseBitmask& w, const std::string& isa, const float* x,
+                              int64_t T, int64_t ldx, float* y, int64_t ldy, int64_t K, int64_t N) {
+  const Isa i = isa_of(isa);
+  MINFER_CHECK(T >= 1 && T <= 4 && ldx >= K && ldy >= N,
+               "sparse_linear_decode_isa: T must be 1..4 (found {}), ldx >= K, ldy >= N", T);
+  decode(w, vals_of(w), i, x, T, ldx, y, ldy, K, N);
 }
 
 void sparse_linear_ref(const SparseBitmask& w, const float* x, int64_t T, int64_t ldx, float* y,
@@ -395,34 +690,7 @@ void sparse_linear(const SparseBitmask& w, const float* x, int64_t T, int64_t ld
   if (T == 0) return;
   const Vals v = vals_of(w);
   const int nt = omp_get_max_threads();
-  if (T <= 4) {
-#ifdef MINFER_SPARSE_VNNI
-    if (v.kind == Vals::I8) {
-      static thread_local std::vector<int8_t> xbuf;
-      XQ16 xq;
-      quantize_x16(x, T, ldx, K, xbuf, xq);
-      {
-        parallel_for(N, K, int64_t(1) << 15, [&](int64_t n0, int64_t n1) {
-          switch (T) {
-            case 1:
-              return decode_i8_a16<1>(w, v, xq, y, ldy, K, n0, n1);
-            case 2:
-              return decode_i8_a16<2>(w, v, xq, y, ldy, K, n0, n1);
-            case 3:
-              return decode_i8_a16<3>(w, v, xq, y, ldy, K, n0, n1);
-            default:
-              return decode_i8_a16<4>(w, v, xq, y, ldy, K, n0, n1);
-          }
-        });
-        return;
-      }
-    }
-#endif
-    // Contiguous blocks of rows on the thread pool; one thread below 64K weights.
-    parallel_for(N, K, int64_t(1) << 15,
-                 [&](int64_t n0, int64_t n1) { decode_rows(w, v, x, T, ldx, y, ldy, K, n0, n1); });
-    return;
-  }
+  if (T <= 4) return decode(w, v, best_isa(), x, T, ldx, y, ldy, K, N);
   constexpr int64_t R = 64;
   const int64_t tiles = (N + R - 1) / R;
   const int64_t kb = w.bitmask.dim(1);

@@ -12,11 +12,21 @@
 //       with w = 0 in the pruned ones (one vpexpandb) and two vpdpbusd accumulate exact integer
 //       sums; y = float(sum) * (row scale * x step). Two vector instructions per 64 weights keep
 //       the kernel under the memory time of the 0.625 bytes per weight it reads at 50 %.
+//     AVX2 + FMA (x86-64 without AVX-512; compiled with function target attributes on every
+//     x86-64 build and chosen at run time by cpuid):
+//     - f32 values: per 8 inputs the mask byte's kept values (a masked load of the next popcount
+//       values) are permuted into their lanes (vpermd by a 256-entry expand table) and
+//       multiplied with x loaded under the same lane mask;
+//     - int8 values: x rounded to the same 16-bit codes as above (one int16 plane); per 16
+//       inputs one pshufb places the kept codes into their lanes (0 in the pruned ones), vpmaddwd
+//       adds exact int32 pairs: the same integer sums, so the same y, as the AVX-512 kernel.
 //     f16 / bf16 values and other ISAs take the scalar path.
 //   T > 4 (prefill, compute bound): 64 rows at a time dequantized into an f32 tile, then sgemm;
 //     tiles spread over the threads. The matrix is never dequantized as a whole.
 #pragma once
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "engine/linear.h"
 
@@ -31,7 +41,21 @@ void sparse_linear(const SparseBitmask& w, const float* x, int64_t T, int64_t ld
 void sparse_linear_ref(const SparseBitmask& w, const float* x, int64_t T, int64_t ldx, float* y,
                        int64_t ldy, int64_t K, int64_t N);
 
-// Which decode path sparse_linear takes in this build for the value format: "avx512" or "scalar".
+// Which decode path sparse_linear takes in this build, on this CPU, for w's value format:
+// "avx512", "avx2" or "scalar". The environment variable MINFER_SPARSE_ISA (one of
+// sparse_decode_isas()) forces a kernel set, for timing one against another; an unavailable one
+// is an error naming it.
 const char* sparse_linear_isa(const SparseBitmask& w);
+
+// The decode (T <= 4) kernel sets this build holds and this CPU runs, best first, ending with
+// "scalar": e.g. {"avx512", "avx2", "scalar"} on an AVX-512 machine.
+std::vector<std::string> sparse_decode_isas();
+
+// sparse_linear's decode path (1 <= T <= 4) with the kernel set `isa` (one of
+// sparse_decode_isas(); value formats without a kernel there run the scalar reference), so
+// tests and bench_sparse can run every set the machine supports. Throws naming `isa` when it is
+// not available here.
+void sparse_linear_decode_isa(const SparseBitmask& w, const std::string& isa, const float* x,
+                              int64_t T, int64_t ldx, float* y, int64_t ldy, int64_t K, int64_t N);
 
 }  // namespace minfer
