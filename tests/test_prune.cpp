@@ -465,7 +465,7 @@ TEST_CASE("prune: sparse tensors carry compressed-tensors' module names") {
       if (n.starts_with(m + ".") && !n.ends_with(".bias")) want.push_back(n);
     for (const auto& [n, t] : ts) {
       got.push_back(n);
-      CAPTURE(n);
+      CAPTURE_BINDING(n);
       REQUIRE(file->has(n));
       CHECK(t.shape_str() == file->get(n).shape_str());
       CHECK(same_bytes(t, file->get(n)));
