@@ -51,7 +51,8 @@ int main(int argc, char** argv) {
   train::DistillOptions o;
   std::string teacher, out, kl = "forward", eval_data, lora_targets;
   std::vector<std::string> data;
-  int threads = 0;
+  int threads = 0, device = 0;
+  std::string backend = "cpu";
   bool quiet = false;
   app.footer(kMpiFooter);
   app.add_option("--teacher", teacher, "smollm2 | HF folder | .gguf | compressed minfer folder")
@@ -100,6 +101,12 @@ int main(int argc, char** argv) {
   app.add_option("--stop-at", o.stop_at, "stop after this step, writing --checkpoint")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--threads,-t", threads, "threads")->check(CLI::NonNegativeNumber);
+  app.add_option("--backend", backend,
+                 "cpu | cuda: where the student trains (cuda: cuBLAS + the training kernels on "
+                 "managed memory; the teacher, loss and AdamW stay on the CPU; QAT, LoRA and "
+                 "low-rank students train on the CPU only)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--device", device, "GPU index for --backend cuda")->check(CLI::NonNegativeNumber);
   app.add_flag("--grad-checkpoint", o.grad_checkpoint,
                "gradient checkpointing: keep only each layer's input, recompute in backward");
   app.add_flag("--force", o.force, "replace an existing --out folder");
@@ -172,6 +179,7 @@ int main(int argc, char** argv) {
                               "shared/data/wikitext-2-raw/wiki.test.raw"})
           if (std::filesystem::exists(p)) eval_data = p;
       auto be = make_backend("cpu", threads);
+      o.ops = train::make_train_ops(backend, device);
       LoadedModel t = open_named_model(teacher, *be);
       const std::vector<int32_t> ids =
           data.empty() ? std::vector<int32_t>{} : train::tokenize_files(*t.tokenizer, data);

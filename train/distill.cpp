@@ -132,7 +132,8 @@ TrainMods mods_of(const DistillOptions& o) {
 
 }  // namespace
 
-std::unique_ptr<TrainLlama> compressed_student(const std::string& dir, const ModelConfig& tc) {
+std::unique_ptr<TrainLlama> compressed_student(const std::string& dir, const ModelConfig& tc,
+                                               const std::shared_ptr<TrainOps>& ops) {
   // Opened by the inference loader (every format through the format table), then copied into
   // f32 trainable tensors (Linears dequantized).
   auto be = make_cpu_backend(1);
@@ -145,7 +146,7 @@ std::unique_ptr<TrainLlama> compressed_student(const std::string& dir, const Mod
                "distillation compares the two distributions token by token, so both need the "
                "same tokenizer",
                mc.vocab_size, dir, tc.vocab_size);
-  auto st = std::make_unique<TrainLlama>(mc);
+  auto st = std::make_unique<TrainLlama>(mc, TrainMods{}, ops);
   st->load_from_model(*m, {});
   // Pruned Linears keep their masks: a SparseBitmask, or any Linear of a folder whose method
   // chain prunes (e.g. wanda-50 stored dense, wanda-50+int8): its zeros stay zero.
@@ -169,6 +170,9 @@ std::unique_ptr<TrainLlama> compressed_student(const std::string& dir, const Mod
     if (std::holds_alternative<SparseBitmask>(l->repr) || pruned) st->params().fix_zeros(l->name);
   }
   if (!st->factors().empty()) {
+    if (!st->ops().host())
+      throw NotImplemented(
+          fmt::format("a low-rank student ({}) on the {} training device", dir, st->ops().name()));
     st->factors().build();
     st->factors().materialize(st->params());
   }
@@ -202,13 +206,14 @@ std::unique_ptr<TrainLlama> make_student(const DistillOptions& opt, Model& teach
     ModelConfig sc = tc;
     sc.n_layers = int64_t(layers.size());
     sc.source_json.clear();
-    st = std::make_unique<TrainLlama>(sc, mods_of(opt));
+    st = std::make_unique<TrainLlama>(sc, mods_of(opt), opt.ops);
     st->load_from_model(teacher, layers);
     return st;
   }
   const fs::path p(s);
   MINFER_CHECK(fs::exists(p), "--student '{}': no such file or folder", s);
-  if (fs::is_directory(p) && is_compressed_folder(p.string())) return compressed_student(s, tc);
+  if (fs::is_directory(p) && is_compressed_folder(p.string()))
+    return compressed_student(s, tc, opt.ops);
   const fs::path cfg_path = fs::is_directory(p) ? p / "config.json" : p;
   ModelConfig sc = load_config(cfg_path.string());
   MINFER_CHECK(sc.causal(), "--student '{}' is an encoder ({}): the student must be a causal LM", s,
@@ -218,7 +223,7 @@ std::unique_ptr<TrainLlama> make_student(const DistillOptions& opt, Model& teach
                "distillation compares the two distributions token by token, so both need the "
                "same tokenizer",
                sc.vocab_size, cfg_path.string(), tc.vocab_size);
-  st = std::make_unique<TrainLlama>(sc, mods_of(opt));
+  st = std::make_unique<TrainLlama>(sc, mods_of(opt), opt.ops);
   if (fs::is_directory(p) &&
       (fs::exists(p / "model.safetensors") || fs::exists(p / "model.safetensors.index.json")))
     st->load(SafetensorsSource(WeightStore::open(p.string())));
@@ -534,7 +539,7 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
                                      // same on every rank)
     if (P > 1) {
       // Sum the gradients and the loss parts over the ranks (every rank gets the same bits).
-      std::vector<float>& g = student->params().grads();
+      FloatVec& g = student->params().grads();
       opt.comm->allreduce_sum(g.data(), g.size());
       double parts[3] = {acc.kd, acc.ce, acc.total};
       opt.comm->allreduce_sum(parts, 3);
