@@ -82,7 +82,7 @@ std::shared_ptr<TrainOps> make_train_ops(const std::string& name, int device) {
   if (name == "cpu") return cpu_train_ops();
   if (name == "cuda") {
     MINFER_CHECK(cuda_backend_built(),
-                 "--device cuda: this binary is built without the CUDA backend (rebuild with "
+                 "--backend cuda: this binary is built without the CUDA backend (rebuild with "
                  "`make CUDA=1`)");
     return std::shared_ptr<TrainOps>(new_cuda_train_ops_if_built(device));
   }
