@@ -113,7 +113,13 @@ json options_json(const DistillOptions& o) {
               {"generate", o.generate},
               {"gen_temperature", o.gen_temperature},
               {"gen_top_k", o.gen_top_k},
-              {"gen_seed", o.gen_seed}};
+              {"gen_seed", o.gen_seed},
+              {"prune_schedule", o.prune.method},
+              {"prune_from", o.prune.initial},
+              {"prune_to", o.prune.final_sparsity},
+              {"prune_start", o.prune.start},
+              {"prune_end", o.prune.end},
+              {"prune_every", o.prune.every}};
 }
 
 // What the student's block projections train as (--qat, --lora-*).
@@ -413,8 +419,19 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
   if (!out.empty())
     MINFER_CHECK(opt.force || !fs::exists(out), "{} already exists (pass --force to replace it)",
                  out);
+  PruneSchedule prune = opt.prune;
+  prune.resolve(opt.steps);
+  if (prune.active() && (!opt.qat.empty() || opt.lora.rank > 0))
+    throw NotImplemented("--prune-schedule together with --qat or --lora-rank");
+  if (prune.method == "wanda" && opt.grad_checkpoint)
+    throw NotImplemented(
+        "--prune-schedule wanda with --grad-checkpoint (Wanda reads every layer's kept "
+        "activations; use magnitude or drop --grad-checkpoint)");
   std::unique_ptr<TrainLlama> student = make_student(opt, teacher);
   student->set_checkpointing(opt.grad_checkpoint);
+  if (prune.active() && !student->factors().empty())
+    throw NotImplemented("--prune-schedule with a low-rank student");
+  const std::vector<std::string> projections = student->block_linears();
   FactoredLinears& factors = student->factors();
   if (!factors.empty() && (!opt.checkpoint.empty() || !opt.resume.empty()))
     throw NotImplemented(
@@ -472,13 +489,22 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
                           "generate",
                           "gen_temperature",
                           "gen_top_k",
-                          "gen_seed"})
+                          "gen_seed",
+                          "prune_schedule",
+                          "prune_from",
+                          "prune_to",
+                          "prune_start",
+                          "prune_end",
+                          "prune_every"})
       MINFER_CHECK(!state.extra.contains(k) || state.extra[k] == options_json(opt)[k],
                    "--resume {}: the checkpoint was made with {} = {}, this run has {} (a resumed "
                    "run must repeat the options to continue the same run)",
                    opt.resume, k, state.extra[k].dump(), options_json(opt)[k].dump());
     MINFER_CHECK(state.step < opt.steps, "--resume {}: the checkpoint is at step {} of {}",
                  opt.resume, state.step, opt.steps);
+    // Pruned so far: the zeros are the masks (their moments are zero in the checkpoint).
+    if (prune.active() && state.step >= prune.start)
+      for (const std::string& n : projections) student->params().fix_zeros(n);
   }
 
   DistillResult res;
@@ -500,6 +526,8 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
     double teacher_s = 0;
     student->params().zero_grad();
     LossParts acc;
+    const bool prune_now = prune.due(step + 1);
+    InputSqSums col_sq;  // Wanda: Σx² of every projection's inputs over this step's rows
     for (int64_t k = 0; k < opt.accum; ++k) {
       // Every rank walks the whole global batch's windows (the same data order as one process)
       // and keeps its own rows.
@@ -520,6 +548,7 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
         teacher_s += now_s() - tt;
       }
       const float* logits = student->forward(in.data(), Bl, L);
+      if (prune_now && prune.method == "wanda") student->add_input_sq(col_sq);
       std::fill(dlogits.begin(), dlogits.end(), 0.f);
       // The loss is a mean over this rank's Nl rows; weighted by Nl / N it is this rank's part
       // of the mean over the global N rows, so the ranks' gradients sum to the global one.
@@ -534,6 +563,15 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
         MINFER_CHECK(std::isfinite(lp.total), "step {}: loss is {} (lower --lr?)", step + 1,
                      lp.total);
       student->backward(dlogits.data());
+    }
+    if (prune_now) {
+      // Every rank prunes the same weights: the weights are equal and Wanda's statistics are
+      // summed over the ranks first.
+      if (P > 1)
+        for (auto& kv : col_sq) opt.comm->allreduce_sum(kv.second.data(), kv.second.size());
+      const double s_t = prune.target(step + 1);
+      for (const std::string& n : projections)
+        prune_rows(student->params(), n, s_t, prune.method == "wanda" ? &col_sq.at(n) : nullptr);
     }
     student->params().mask_grads();  // a pruned student's zeros stay zero (before the sum: the
                                      // same on every rank)
@@ -568,6 +606,7 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
     res.student_s += dt - teacher_s;
     res.train_tokens += N * opt.accum;
     DistillStep ds{step + 1, lr, acc.total, acc.kd, acc.ce, norm, double(N * opt.accum) / dt};
+    if (prune.active()) ds.sparsity = zero_fraction(student->params(), projections);
     res.steps.push_back(ds);
     res.steps_done = state.step;
     if (opt.eval_every > 0 && state.step % opt.eval_every == 0 && state.step < opt.steps)
@@ -575,8 +614,10 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
     if (writer && !opt.checkpoint.empty() && opt.checkpoint_every > 0 &&
         state.step % opt.checkpoint_every == 0)
       save_checkpoint(opt.checkpoint, *student, state);
-    bar.update(step + 1 - first, fmt::format("loss {:.3f} (kd {:.3f} ce {:.3f}) {:.0f} tok/s",
-                                             acc.total, acc.kd, acc.ce, ds.tokens_per_s));
+    bar.update(step + 1 - first,
+               fmt::format("loss {:.3f} (kd {:.3f} ce {:.3f}) {:.0f} tok/s{}", acc.total, acc.kd,
+                           acc.ce, ds.tokens_per_s,
+                           prune.active() ? fmt::format(" sparsity {:.3f}", ds.sparsity) : ""));
   }
   bar.finish();
   res.finished = state.step >= opt.steps;
@@ -596,7 +637,8 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
                      {"kd", s.kd},
                      {"ce", s.ce},
                      {"grad_norm", s.grad_norm},
-                     {"tokens_per_s", s.tokens_per_s}});
+                     {"tokens_per_s", s.tokens_per_s},
+                     {"sparsity", s.sparsity}});
   for (const DistillEval& e : res.evals)
     evals.push_back({{"step", e.step}, {"ppl", e.ppl}, {"nll", e.nll}, {"tokens", e.tokens}});
   res.log = {{"options", options_json(opt)},

@@ -485,6 +485,31 @@ void TrainLlama::backward(const float* dlogits) {
   ops_->synchronize();
 }
 
+void TrainLlama::add_input_sq(InputSqSums& acc) const {
+  if (ckpt_)
+    throw NotImplemented(
+        "Wanda statistics with gradient checkpointing (only one layer's activations are kept; "
+        "use --prune-schedule magnitude or drop --grad-checkpoint)");
+  MINFER_CHECK(B_ > 0, "input statistics before a forward");
+  const int64_t N = B_ * T_, C = cfg_.hidden, F = cfg_.ffn, qd = cfg_.n_heads * cfg_.head_dim;
+  auto add = [&](const std::string& name, const FloatVec& x, int64_t I) {
+    std::vector<double>& s = acc[name];
+    if (s.empty()) s.assign(size_t(I), 0.0);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t j = 0; j < I; ++j)
+        s[size_t(j)] += double(x[size_t(n * I + j)]) * x[size_t(n * I + j)];
+  };
+  for (int64_t l = 0; l < cfg_.n_layers; ++l) {
+    const LayerActs& a = acts_[size_t(l)];
+    const std::string p = lp(l);
+    for (const char* m : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"})
+      add(p + m + ".weight", a.ln1, C);
+    add(p + "self_attn.o_proj.weight", a.atty, qd);
+    for (const char* m : {"mlp.gate_proj", "mlp.up_proj"}) add(p + m + ".weight", a.ln2, C);
+    add(p + "mlp.down_proj.weight", a.swi, F);
+  }
+}
+
 void TrainLlama::set_checkpointing(bool on) {
   ckpt_ = on;
   cap_ = 0;  // re-lay the buffers on the next forward

@@ -18,6 +18,7 @@
 #include "train/lora.h"
 #include "train/lowrank_train.h"
 #include "train/params.h"
+#include "train/prune_schedule.h"
 #include "train/qat.h"
 #include "train/train_ops.h"
 
@@ -94,6 +95,12 @@ class TrainLlama {
   std::vector<Linear> qat_linears() const;
   // With LoRA: the adapters under PEFT's names ("base_model.model.<module>.lora_A.weight").
   std::vector<std::pair<std::string, Tensor>> lora_adapters() const;
+  // Weight names of every block projection (q, k, v, o, gate, up, down of each layer).
+  std::vector<std::string> block_linears() const;
+  // Adds, for every block projection, Σ over the last forward's rows of each input column's x²
+  // (Wanda's ‖x_j‖₂², train/prune_schedule.h) to acc. Reads the kept activations: throws
+  // NotImplemented with gradient checkpointing (only one layer's are kept).
+  void add_input_sq(InputSqSums& acc) const;
   // Trainable parameter count (what the optimizer keeps state for).
   size_t trainable_params() const { return params_.numel(); }
 
@@ -141,7 +148,6 @@ class TrainLlama {
   void after_load();                               // LSQ scales from the weights, LoRA A init
   void refresh_qat();                              // fake-quantized weights of this step
   Tensor base_f32(const std::string& name) const;  // LoRA base weight [O, I] in f32
-  std::vector<std::string> block_linears() const;  // weight names of every block projection
 
   struct QatState {
     QatLayout lay;
