@@ -74,7 +74,9 @@ TEST_CASE("train compressed: a pruned student keeps its masks fixed while the re
     REQUIRE(r.finished);
     auto after = SafetensorsFile::open(out + "/model.safetensors");
     size_t zeros = 0, moved = 0, kept_nonzero = 0;
-    for (const auto& [name, nz] : fixed) {
+    for (const auto& entry : fixed) {
+      const std::string& name = entry.first;  // not a structured binding: CAPTURE is a lambda
+      const size_t nz = entry.second;
       CAPTURE(name);
       const float* w0 = st->params().w(name);
       const Tensor& w1 = after->get(name);
