@@ -46,7 +46,7 @@ struct DistillOptions {
   bool grad_checkpoint = false;  // recompute each layer's activations in backward (less memory)
   bool progress = true;
   bool force = false;  // replace an existing output folder
-  // The device the student trains on (train/train_ops.h; null: the CPU). `distill --device cuda`
+  // The device the student trains on (kernels/train_ops.h; null: the CPU). `distill --backend cuda`
   // sets make_train_ops("cuda"). The teacher runs on the CPU backend either way. QAT, LoRA and
   // low-rank students train on the CPU only (NotImplemented otherwise).
   std::shared_ptr<TrainOps> ops;

@@ -14,7 +14,7 @@
 #include "engine/linear.h"
 #include "engine/weights.h"
 #include "train/ops.h"
-#include "train/train_ops.h"
+#include "kernels/train_ops.h"
 
 namespace minfer::train {
 

@@ -1,6 +1,6 @@
 // A LLaMA-family model (HF LlamaForCausalLM: pre-norm RMSNorm blocks, RoPE, grouped-query
 // attention, SwiGLU MLP, optionally tied embeddings) with a backward pass, in f32, computed by a
-// TrainOps (train/train_ops.h: the CPU, or CUDA with buffers in managed memory).
+// TrainOps (kernels/train_ops.h: the CPU, or CUDA with buffers in managed memory).
 // forward(ids) keeps every activation backward reads, per layer (llm.c's ActivationTensors);
 // backward(dlogits) accumulates ∂loss/∂θ into params().grads().
 //
@@ -14,13 +14,13 @@
 #include <vector>
 
 #include "engine/config.h"
+#include "kernels/train_ops.h"
 #include "models/model.h"
 #include "train/lora.h"
 #include "train/lowrank_train.h"
 #include "train/params.h"
 #include "train/prune_schedule.h"
 #include "train/qat.h"
-#include "train/train_ops.h"
 
 namespace minfer::train {
 

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "engine/tensor.h"
-#include "train/train_ops.h"
+#include "kernels/train_ops.h"
 
 namespace minfer {
 class WeightSource;
@@ -27,7 +27,7 @@ struct ParamTensor {
 
 class ParamStore {
  public:
-  // The arrays live in `mem` (host memory by default; a TrainOps' memory: train/train_ops.h).
+  // The arrays live in `mem` (host memory by default; a TrainOps' memory: kernels/train_ops.h).
   explicit ParamStore(std::pmr::memory_resource* mem = std::pmr::new_delete_resource())
       : w_(mem), g_(mem), m_(mem), v_(mem) {}
   // Adds a tensor to the table; allocate() lays the table out. Names must be unique.

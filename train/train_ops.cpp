@@ -1,5 +1,5 @@
 // The CPU TrainOps (train/ops.h on host memory) and the choice of ops by device name.
-#include "train/train_ops.h"
+#include "kernels/train_ops.h"
 
 #include <cstring>
 

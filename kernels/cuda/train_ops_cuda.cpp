@@ -1,4 +1,4 @@
-// The CUDA TrainOps (train/train_ops.h): cuBLAS sgemm for the linear GEMMs, the kernels of
+// The CUDA TrainOps (kernels/train_ops.h): cuBLAS sgemm for the linear GEMMs, the kernels of
 // kernels/cuda/train_kernels.h for the rest, on one stream. Buffers are CUDA managed memory
 // (cudaMallocManaged): the trainer's host steps (loss, clipping, AdamW, masks, checkpoints) touch
 // them after synchronize(). Host code only; built for real with `make CUDA=1` and, in every
@@ -9,7 +9,7 @@
 
 #include "engine/error.h"
 #include "kernels/cuda/train_kernels.h"
-#include "train/train_ops.h"
+#include "kernels/train_ops.h"
 
 #ifndef MINFER_CUDA_EMULATION
 #include <cublas_v2.h>

@@ -1,4 +1,5 @@
-// TrainOps: the seam between the trainer (train/llama_train.h) and the device it computes on.
+// TrainOps: the seam between the trainer (train/llama_train.h) and the device it computes on (in
+// kernels/ beside the inference Backend, so that the CUDA implementation may include it).
 // Every op the LLaMA training forward and backward run goes through it, on buffers allocated
 // from memory(): the CPU implementation calls train/ops.h on host arrays; the CUDA one
 // (kernels/cuda/train_ops_cuda.cpp) runs cuBLAS sgemm for the linear GEMMs and the kernels of
