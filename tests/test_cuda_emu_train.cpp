@@ -9,12 +9,19 @@
 #include <random>
 #include <vector>
 
+#include "engine/backend.h"
+#include "engine/safetensors.h"
+#include "models/loader.h"
+#include "tests/test_util.h"
+#include "train/distill.h"
 #include "train/ops.h"
+#include "kernels/train_ops.h"
 
 // The emulated kernels' host functions (kernels/cuda/train_kernels.h in the cuda_emu namespace;
 // its stream type is the emulation's EmuStream*, streams are no-ops there).
 namespace minfer::cuda_emu {
 struct EmuStream;
+int64_t emu_launch_count();
 void launch_embedding_backward(float*, const float*, const int32_t*, int64_t, int64_t, EmuStream*);
 void launch_rmsnorm_backward(float*, float*, const float*, const float*, const float*, const float*,
                              int64_t, int64_t, EmuStream*);
@@ -27,6 +34,10 @@ void launch_cross_entropy_backward(float*, const float*, const int32_t*, int64_t
 void launch_kl_backward(float*, const float*, const float*, int64_t, int64_t, float, bool, float,
                         EmuStream*);
 }  // namespace minfer::cuda_emu
+namespace minfer {
+// The CUDA TrainOps (kernels/cuda/train_ops_cuda.cpp) built against the emulation.
+train::TrainOps* new_cuda_emu_train_ops(int device);
+}  // namespace minfer
 
 namespace cu = minfer::cuda_emu;
 namespace tr = minfer::train;
@@ -128,4 +139,165 @@ TEST_CASE("cuda emu train: cross-entropy and KL backward equal the CPU ops") {
       cu::launch_kl_backward(b.data(), s.data(), t.data(), N, V, tau, reverse, 0.5f, nullptr);
       CHECK(rel(b, a) <= 1e-4);
     }
+}
+
+namespace {
+
+// A buffer in `ops`' memory holding v.
+tr::FloatVec buf(tr::TrainOps& ops, const std::vector<float>& v) {
+  return tr::FloatVec(v.begin(), v.end(), ops.memory());
+}
+std::vector<float> host(const tr::FloatVec& v) {
+  return std::vector<float>(v.begin(), v.end());
+}
+
+}  // namespace
+
+TEST_CASE("cuda emu train ops: linear, embedding, rmsnorm, rope, attention, swiglu equal the CPU") {
+  std::unique_ptr<tr::TrainOps> cu_ops(minfer::new_cuda_emu_train_ops(0));
+  tr::TrainOps& g = *cu_ops;
+  auto cpu = tr::cpu_train_ops();
+  tr::TrainOps& c = *cpu;
+  CHECK(g.name() == "cuda");
+  CHECK(!g.host());
+  // Odd shapes: 2 sequences of 7 positions, 6 query heads over 2 kv heads of dim 6.
+  const int64_t B = 2, T = 7, N = B * T, H = 6, Hkv = 2, D = 6, I = 37, O = 45, V = 11;
+  SUBCASE("linear forward and backward (cuBLAS on device memory)") {
+    const auto x = randn(size_t(N * I), 1), w = randn(size_t(O * I), 2),
+               dy = randn(size_t(N * O), 3), dx0 = randn(size_t(N * I), 4, 0.1f),
+               dw0 = randn(size_t(O * I), 5, 0.1f);
+    std::vector<float> ya(size_t(N * O)), dxa = dx0, dwa = dw0;
+    c.linear_forward(ya.data(), x.data(), w.data(), N, I, O);
+    c.linear_backward(dxa.data(), dwa.data(), dy.data(), x.data(), w.data(), N, I, O);
+    auto xg = buf(g, x), wg = buf(g, w), dyg = buf(g, dy), dxg = buf(g, dx0), dwg = buf(g, dw0),
+         yg = buf(g, std::vector<float>(size_t(N * O)));
+    g.linear_forward(yg.data(), xg.data(), wg.data(), N, I, O);
+    g.linear_backward(dxg.data(), dwg.data(), dyg.data(), xg.data(), wg.data(), N, I, O);
+    g.synchronize();
+    CHECK(rel(host(yg), ya) <= 1e-6);
+    CHECK(rel(host(dxg), dxa) <= 1e-6);
+    CHECK(rel(host(dwg), dwa) <= 1e-6);
+  }
+  SUBCASE("embedding forward, rmsnorm forward, swiglu forward, residual forward") {
+    const int64_t C = 45;
+    const auto table = randn(size_t(V * C), 6), x = randn(size_t(N * C), 7),
+               w = randn(size_t(C), 8), u = randn(size_t(N * C), 9);
+    tr::IntVec ids(g.memory());
+    for (int64_t n = 0; n < N; ++n) ids.push_back(int32_t((n * 5) % V));
+    std::vector<float> ea(size_t(N * C)), ra(size_t(N * C)), rsa(static_cast<size_t>(N)),
+        sa(size_t(N * C)), aa(size_t(N * C));
+    c.embedding_forward(ea.data(), ids.data(), table.data(), N, C, V);
+    c.rmsnorm_forward(ra.data(), rsa.data(), x.data(), w.data(), N, C, 1e-5f);
+    c.swiglu_forward(sa.data(), x.data(), u.data(), N * C);
+    c.residual_forward(aa.data(), x.data(), u.data(), N * C);
+    auto tg = buf(g, table), xg = buf(g, x), wg = buf(g, w), ug = buf(g, u), eg = buf(g, ea),
+         rg = buf(g, ra), rsg = buf(g, rsa), sg = buf(g, sa), ag = buf(g, aa);
+    g.embedding_forward(eg.data(), ids.data(), tg.data(), N, C, V);
+    g.rmsnorm_forward(rg.data(), rsg.data(), xg.data(), wg.data(), N, C, 1e-5f);
+    g.swiglu_forward(sg.data(), xg.data(), ug.data(), N * C);
+    g.residual_forward(ag.data(), xg.data(), ug.data(), N * C);
+    g.synchronize();
+    CHECK(host(eg) == ea);
+    CHECK(rel(host(rg), ra) <= 1e-6);
+    CHECK(rel(host(rsg), rsa) <= 1e-6);
+    CHECK(rel(host(sg), sa) <= 1e-6);
+    CHECK(host(ag) == aa);
+    ids[3] = int32_t(V);  // out of range: a clear error, no kernel
+    CHECK_THROWS_WITH(g.embedding_forward(eg.data(), ids.data(), tg.data(), N, C, V),
+                      doctest::Contains("token id 11 at row 3"));
+  }
+  SUBCASE("rope forward and backward") {
+    const auto x = randn(size_t(N * H * D), 10);
+    const std::vector<float> cs = tr::rope_cos_sin(T, D, 10000.f);
+    std::vector<float> a = x;
+    c.rope(a.data(), cs.data(), B, T, H, D, 1.f);
+    auto xg = buf(g, x), csg = buf(g, cs);
+    g.rope(xg.data(), csg.data(), B, T, H, D, 1.f);
+    g.synchronize();
+    CHECK(rel(host(xg), a) <= 1e-6);
+    c.rope(a.data(), cs.data(), B, T, H, D, -1.f);
+    g.rope(xg.data(), csg.data(), B, T, H, D, -1.f);
+    g.synchronize();
+    CHECK(rel(host(xg), a) <= 1e-6);
+    CHECK(rel(a, x) <= 1e-5);  // the backward rotation undoes the forward one
+  }
+  SUBCASE("causal GQA attention forward and backward") {
+    const auto q = randn(size_t(N * H * D), 11), k = randn(size_t(N * Hkv * D), 12),
+               v = randn(size_t(N * Hkv * D), 13), dout = randn(size_t(N * H * D), 14),
+               dq0 = randn(size_t(N * H * D), 15, 0.1f), dk0 = randn(size_t(N * Hkv * D), 16, 0.1f),
+               dv0 = randn(size_t(N * Hkv * D), 17, 0.1f);
+    std::vector<float> oa(size_t(N * H * D)), pa(size_t(B * H * T * T)), dqa = dq0, dka = dk0,
+                                                                         dva = dv0;
+    c.attention_forward(oa.data(), pa.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D);
+    c.attention_backward(dqa.data(), dka.data(), dva.data(), dout.data(), q.data(), k.data(),
+                         v.data(), pa.data(), B, T, H, Hkv, D);
+    auto qg = buf(g, q), kg = buf(g, k), vg = buf(g, v), dog = buf(g, dout), dqg = buf(g, dq0),
+         dkg = buf(g, dk0), dvg = buf(g, dv0), og = buf(g, std::vector<float>(oa.size(), 9.f)),
+         pg = buf(g, std::vector<float>(pa.size(), 9.f));
+    g.attention_forward(og.data(), pg.data(), qg.data(), kg.data(), vg.data(), B, T, H, Hkv, D);
+    g.attention_backward(dqg.data(), dkg.data(), dvg.data(), dog.data(), qg.data(), kg.data(),
+                         vg.data(), pg.data(), B, T, H, Hkv, D);
+    g.synchronize();
+    CHECK(rel(host(og), oa) <= 1e-5);
+    CHECK(rel(host(pg), pa) <= 1e-5);  // masked entries written 0, as the CPU op
+    CHECK(rel(host(dqg), dqa) <= 1e-5);
+    CHECK(rel(host(dkg), dka) <= 1e-5);
+    CHECK(rel(host(dvg), dva) <= 1e-5);
+  }
+}
+
+TEST_CASE("cuda emu train: distill on the CUDA ops gives the CPU run's losses and weights") {
+  using namespace minfer;
+  auto be = make_cpu_backend(1);
+  auto teacher = load_model("tests/fixtures/parity/llama", *be);
+  const auto ids = test::random_ids(300, 101, 1);
+  tr::DistillOptions o;
+  o.student = "init:layers=1,0";
+  o.loss = {0.5f, 2.f, false};
+  o.steps = 3;
+  o.batch = 2;
+  o.accum = 2;
+  o.seq = 8;
+  o.lr = 1e-2f;
+  o.warmup = 1;
+  o.seed = 5;
+  o.progress = false;
+  test::TempDir tmp("cuda-distill");
+  const tr::DistillResult a = tr::distill(*teacher, nullptr, ids, "ids", {}, o, tmp / "cpu");
+  o.ops = std::shared_ptr<tr::TrainOps>(minfer::new_cuda_emu_train_ops(0));
+  const int64_t launches0 = cu::emu_launch_count();
+  auto st = tr::make_student(o, *teacher);
+  CHECK(st->ops().name() == "cuda");
+  const tr::DistillResult b = tr::distill(*teacher, nullptr, ids, "ids", {}, o, tmp / "cuda");
+  CHECK(cu::emu_launch_count() > launches0 + 100);  // the student ran as kernels
+  REQUIRE(a.steps.size() == 3);
+  REQUIRE(b.steps.size() == 3);
+  for (size_t i = 0; i < 3; ++i) {
+    CAPTURE(i);
+    CHECK(b.steps[i].loss == doctest::Approx(a.steps[i].loss).epsilon(1e-5));
+    CHECK(b.steps[i].kd == doctest::Approx(a.steps[i].kd).epsilon(1e-5));
+    CHECK(b.steps[i].ce == doctest::Approx(a.steps[i].ce).epsilon(1e-5));
+    CHECK(b.steps[i].grad_norm == doctest::Approx(a.steps[i].grad_norm).epsilon(1e-4));
+  }
+  // The trained weights. AdamW normalises each gradient by its own running RMS, so a weight whose
+  // gradient is rounding noise in both runs (an embedding row of a token seen once) steps by up
+  // to lr in a direction the noise picks: 1e-3 of the tensor's scale (here 4e-4 absolute,
+  // 4% of one lr = 1e-2 step, in the embedding) is that, not a wrong gradient; the losses and
+  // gradient norms above are the tight checks.
+  auto wa = SafetensorsFile::open(tmp / "cpu/model.safetensors");
+  auto wb = SafetensorsFile::open(tmp / "cuda/model.safetensors");
+  REQUIRE(wa->tensors().size() == wb->tensors().size());
+  double worst = 0;
+  for (const auto& kv : wa->tensors()) {
+    const std::string& n = kv.first;
+    CAPTURE(n);
+    const Tensor &x = kv.second, &y = wb->get(n);
+    REQUIRE(x.numel() == y.numel());
+    const std::vector<float> xv(x.data<float>(), x.data<float>() + x.numel()),
+        yv(y.data<float>(), y.data<float>() + y.numel());
+    worst = std::max(worst, rel(yv, xv));
+  }
+  CHECK(worst <= 1e-3);
+  MESSAGE("CUDA (emulated) vs CPU student after 3 steps: worst relative weight difference "
+          << worst);
 }

@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
+#include <map>
 #include <random>
 #include <vector>
 
@@ -201,4 +203,129 @@ TEST_CASE("train compressed: a low-rank student trains its factors, W stays rank
   o.checkpoint = tmp / "ck";
   CHECK_THROWS_WITH(distill(*teacher, nullptr, ids, "ids", {}, o, tmp / "out2"),
                     doctest::Contains("checkpoints of a low-rank student"));
+}
+
+namespace {
+
+// Zeros of the block projections in a model folder's model.safetensors: name -> zero flags.
+std::map<std::string, std::vector<uint8_t>> projection_zeros(const std::filesystem::path& dir) {
+  std::map<std::string, std::vector<uint8_t>> out;
+  auto f = SafetensorsFile::open(dir / "model.safetensors");
+  for (const auto& kv : f->tensors()) {
+    const std::string& n = kv.first;
+    if (n.rfind("model.layers.", 0) != 0 || n.find("_proj.weight") == std::string::npos) continue;
+    const float* w = kv.second.data<float>();
+    std::vector<uint8_t> z(size_t(kv.second.numel()));
+    for (size_t i = 0; i < z.size(); ++i) z[i] = w[i] == 0.f;
+    out[n] = z;
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("train prune schedule: sparsity follows the cubic schedule, masks stay fixed") {
+  auto be = make_cpu_backend(1);
+  auto teacher = load_model(kLlama, *be);
+  const auto ids = random_ids(300, 101, 1);
+  test::TempDir tmp("prune-schedule");
+  DistillOptions o;
+  o.student = "init";
+  o.loss = {0.5f, 2.f, false};
+  o.steps = 10;
+  o.batch = 2;
+  o.seq = 8;
+  o.lr = 1e-2f;
+  o.warmup = 1;
+  o.seed = 3;
+  o.progress = false;
+  o.prune.method = "magnitude";
+  o.prune.final_sparsity = 0.5;
+  o.prune.start = 2;
+  o.prune.end = 8;
+  o.prune.every = 2;
+  // The tiny model's projections: per layer q [48, 48], k, v [16, 48], o [48, 48], gate, up
+  // [80, 48], down [48, 80]; a row of I inputs keeps I - round(s·I) weights.
+  struct Shape {
+    int64_t O, I;
+  };
+  const std::vector<Shape> shapes = {{48, 48}, {16, 48}, {16, 48}, {48, 48},
+                                     {80, 48}, {80, 48}, {48, 80}};
+  auto expected = [&](int64_t t) {
+    // Zhu & Gupta: s_t = s_f + (s_i - s_f)(1 - (t - t0)/(t1 - t0))^3 at the updates 2, 4, 6, 8.
+    const int64_t u = t < 2 ? 0 : std::min<int64_t>(8, t - t % 2);
+    if (u == 0) return 0.0;
+    const double f = 1.0 - double(u - 2) / 6.0, s = 0.5 - 0.5 * f * f * f;
+    double zeros = 0, total = 0;
+    for (const Shape& sh : shapes) {
+      zeros += double(sh.O * std::llround(s * double(sh.I)));
+      total += double(sh.O * sh.I);
+    }
+    return zeros / total;
+  };
+  const DistillResult a = distill(*teacher, nullptr, ids, "ids", {}, o, tmp / "a");
+  REQUIRE(a.steps.size() == 10);
+  for (const DistillStep& s : a.steps) {
+    CAPTURE(s.step);
+    // Between updates the sparsity does not move: no pruned weight came back.
+    CHECK(s.sparsity == doctest::Approx(expected(s.step)).epsilon(1e-12));
+  }
+  CHECK(a.steps[1].sparsity == 0);  // the first update, at t0, is to s_i = 0
+  CHECK(a.steps[3].sparsity > 0.25);
+  CHECK(a.steps.back().sparsity == doctest::Approx(0.5).epsilon(0.01));
+  // Every output row has exactly round(0.5 I) zeros.
+  const auto za = projection_zeros(tmp / "a");
+  CHECK(za.size() == 14);
+  for (const auto& kv : za) {
+    CAPTURE(kv.first);
+    const int64_t I = kv.first.find("down_proj") != std::string::npos ? 80 : 48;
+    for (size_t r = 0; r < kv.second.size() / size_t(I); ++r)
+      CHECK(std::count(kv.second.begin() + long(r * I), kv.second.begin() + long((r + 1) * I),
+                       uint8_t(1)) == std::llround(0.5 * double(I)));
+  }
+  // Stopped at step 5 (after two updates) and resumed: the masks of step 5 are inside the final
+  // ones, and the run is bit-identical to the uninterrupted one.
+  DistillOptions o1 = o;
+  o1.checkpoint = tmp / "ck";
+  o1.stop_at = 5;
+  distill(*teacher, nullptr, ids, "ids", {}, o1, tmp / "b");
+  const auto z5 = projection_zeros(tmp / "ck");
+  for (const auto& kv : z5)
+    for (size_t i = 0; i < kv.second.size(); ++i)
+      if (kv.second[i]) REQUIRE(za.at(kv.first)[i]);
+  DistillOptions o2 = o;
+  o2.resume = tmp / "ck";
+  const DistillResult b = distill(*teacher, nullptr, ids, "ids", {}, o2, tmp / "b");
+  CHECK(b.steps.back().loss == a.steps.back().loss);
+  auto fa = SafetensorsFile::open(tmp / "a/model.safetensors");
+  auto fb = SafetensorsFile::open(tmp / "b/model.safetensors");
+  for (const auto& kv : fa->tensors()) {
+    CAPTURE(kv.first);
+    CHECK(std::memcmp(fb->get(kv.first).raw(), kv.second.raw(), kv.second.nbytes()) == 0);
+  }
+
+  // Wanda: the same schedule with |w|·||x|| scores (a different mask than magnitude's).
+  o.prune.method = "wanda";
+  const DistillResult w = distill(*teacher, nullptr, ids, "ids", {}, o, tmp / "w");
+  CHECK(w.steps.back().sparsity == doctest::Approx(a.steps.back().sparsity).epsilon(1e-12));
+  const auto zw = projection_zeros(tmp / "w");
+  size_t differ = 0;
+  for (const auto& kv : zw)
+    for (size_t i = 0; i < kv.second.size(); ++i) differ += kv.second[i] != za.at(kv.first)[i];
+  CHECK(differ > 0);
+
+  // Bad input.
+  DistillOptions bad = o;
+  bad.prune.final_sparsity = 1.2;
+  CHECK_THROWS_WITH(distill(*teacher, nullptr, ids, "ids", {}, bad, tmp / "c"),
+                    doctest::Contains("--prune-to 1.2 outside (0, 1)"));
+  bad = o;
+  bad.prune.end = 11;
+  CHECK_THROWS_WITH(distill(*teacher, nullptr, ids, "ids", {}, bad, tmp / "c"),
+                    doctest::Contains("--prune-end 11 outside"));
+  bad = o;
+  bad.grad_checkpoint = true;
+  CHECK_THROWS_WITH(distill(*teacher, nullptr, ids, "ids", {}, bad, tmp / "c"),
+                    doctest::Contains("not implemented: --prune-schedule wanda with"));
+  CHECK_FALSE(std::filesystem::exists(tmp / "c"));
 }

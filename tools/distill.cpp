@@ -51,7 +51,8 @@ int main(int argc, char** argv) {
   train::DistillOptions o;
   std::string teacher, out, kl = "forward", eval_data, lora_targets;
   std::vector<std::string> data;
-  int threads = 0;
+  int threads = 0, device = 0;
+  std::string backend = "cpu";
   bool quiet = false;
   app.footer(kMpiFooter);
   app.add_option("--teacher", teacher, "smollm2 | HF folder | .gguf | compressed minfer folder")
@@ -100,6 +101,12 @@ int main(int argc, char** argv) {
   app.add_option("--stop-at", o.stop_at, "stop after this step, writing --checkpoint")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--threads,-t", threads, "threads")->check(CLI::NonNegativeNumber);
+  app.add_option("--backend", backend,
+                 "cpu | cuda: where the student trains (cuda: cuBLAS + the training kernels on "
+                 "managed memory; the teacher, loss and AdamW stay on the CPU; QAT, LoRA and "
+                 "low-rank students train on the CPU only)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--device", device, "GPU index for --backend cuda")->check(CLI::NonNegativeNumber);
   app.add_flag("--grad-checkpoint", o.grad_checkpoint,
                "gradient checkpointing: keep only each layer's input, recompute in backward");
   app.add_flag("--force", o.force, "replace an existing --out folder");
@@ -129,6 +136,19 @@ int main(int argc, char** argv) {
   app.add_option("--gen-temp", o.gen_temperature, "sampling temperature of --generate");
   app.add_option("--gen-top-k", o.gen_top_k, "top-k of --generate (0: all tokens)");
   app.add_option("--gen-seed", o.gen_seed, "sampling seed of --generate");
+  // Gradual pruning (train/prune_schedule.h).
+  app.add_option("--prune-schedule", o.prune.method,
+                 "prune every block projection during training, Zhu & Gupta's cubic schedule "
+                 "(arXiv 1710.01878): magnitude (|w|) | wanda (|w| * ||x||, the step's inputs); "
+                 "per output row, masks fixed between updates")
+      ->check(CLI::IsMember({"magnitude", "wanda"}));
+  app.add_option("--prune-to", o.prune.final_sparsity, "final sparsity s_f in (0, 1)");
+  app.add_option("--prune-from", o.prune.initial, "initial sparsity s_i (default 0)");
+  app.add_option("--prune-start", o.prune.start, "first pruning step t0 (default 1)");
+  app.add_option("--prune-end", o.prune.end,
+                 "last pruning step t1, where s_f is reached (default 3/4 of --steps)");
+  app.add_option("--prune-every", o.prune.every,
+                 "steps between pruning updates (default (t1 - t0) / 8, at least 1)");
   app.add_flag("--quiet,-q", quiet, "no progress bar");
 #if MINFER_MPI
   train::MpiComm mpi(&argc, &argv);
@@ -155,6 +175,8 @@ int main(int argc, char** argv) {
       for (CLI::Option* opt : {lora_alpha, lora_tg, lora_merge})
         MINFER_CHECK(opt->count() == 0 || lora_rank->count() > 0, "{} needs --lora-rank",
                      opt->get_name());
+      MINFER_CHECK(o.prune.active() || o.prune.final_sparsity == 0,
+                   "--prune-to needs --prune-schedule magnitude|wanda");
       if (!lora_targets.empty()) o.lora.targets = train::parse_lora_targets(lora_targets);
       MINFER_CHECK(!data.empty() || o.generate > 0,
                    "--data: no training text (give --data FILE... or --generate N)");
@@ -172,6 +194,7 @@ int main(int argc, char** argv) {
                               "shared/data/wikitext-2-raw/wiki.test.raw"})
           if (std::filesystem::exists(p)) eval_data = p;
       auto be = make_backend("cpu", threads);
+      o.ops = train::make_train_ops(backend, device);
       LoadedModel t = open_named_model(teacher, *be);
       const std::vector<int32_t> ids =
           data.empty() ? std::vector<int32_t>{} : train::tokenize_files(*t.tokenizer, data);
@@ -211,6 +234,7 @@ int main(int argc, char** argv) {
           "(teacher %.1f s, student %.1f s)\n",
           (long long)r.steps_done, el, last.loss, last.kd, last.ce,
           double(r.train_tokens) / (r.teacher_s + r.student_s), r.teacher_s, r.student_s);
+      if (o.prune.active()) std::printf("sparsity of the block projections: %.4f\n", last.sparsity);
       for (const train::DistillEval& e : r.evals)
         std::printf("eval step %lld: ppl %.3f over %lld tokens of %s\n", (long long)e.step, e.ppl,
                     (long long)e.tokens, eval_data.c_str());

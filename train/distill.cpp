@@ -113,7 +113,13 @@ json options_json(const DistillOptions& o) {
               {"generate", o.generate},
               {"gen_temperature", o.gen_temperature},
               {"gen_top_k", o.gen_top_k},
-              {"gen_seed", o.gen_seed}};
+              {"gen_seed", o.gen_seed},
+              {"prune_schedule", o.prune.method},
+              {"prune_from", o.prune.initial},
+              {"prune_to", o.prune.final_sparsity},
+              {"prune_start", o.prune.start},
+              {"prune_end", o.prune.end},
+              {"prune_every", o.prune.every}};
 }
 
 // What the student's block projections train as (--qat, --lora-*).
@@ -132,7 +138,8 @@ TrainMods mods_of(const DistillOptions& o) {
 
 }  // namespace
 
-std::unique_ptr<TrainLlama> compressed_student(const std::string& dir, const ModelConfig& tc) {
+std::unique_ptr<TrainLlama> compressed_student(const std::string& dir, const ModelConfig& tc,
+                                               const std::shared_ptr<TrainOps>& ops) {
   // Opened by the inference loader (every format through the format table), then copied into
   // f32 trainable tensors (Linears dequantized).
   auto be = make_cpu_backend(1);
@@ -145,7 +152,7 @@ std::unique_ptr<TrainLlama> compressed_student(const std::string& dir, const Mod
                "distillation compares the two distributions token by token, so both need the "
                "same tokenizer",
                mc.vocab_size, dir, tc.vocab_size);
-  auto st = std::make_unique<TrainLlama>(mc);
+  auto st = std::make_unique<TrainLlama>(mc, TrainMods{}, ops);
   st->load_from_model(*m, {});
   // Pruned Linears keep their masks: a SparseBitmask, or any Linear of a folder whose method
   // chain prunes (e.g. wanda-50 stored dense, wanda-50+int8): its zeros stay zero.
@@ -169,6 +176,9 @@ std::unique_ptr<TrainLlama> compressed_student(const std::string& dir, const Mod
     if (std::holds_alternative<SparseBitmask>(l->repr) || pruned) st->params().fix_zeros(l->name);
   }
   if (!st->factors().empty()) {
+    if (!st->ops().host())
+      throw NotImplemented(
+          fmt::format("a low-rank student ({}) on the {} training device", dir, st->ops().name()));
     st->factors().build();
     st->factors().materialize(st->params());
   }
@@ -202,13 +212,14 @@ std::unique_ptr<TrainLlama> make_student(const DistillOptions& opt, Model& teach
     ModelConfig sc = tc;
     sc.n_layers = int64_t(layers.size());
     sc.source_json.clear();
-    st = std::make_unique<TrainLlama>(sc, mods_of(opt));
+    st = std::make_unique<TrainLlama>(sc, mods_of(opt), opt.ops);
     st->load_from_model(teacher, layers);
     return st;
   }
   const fs::path p(s);
   MINFER_CHECK(fs::exists(p), "--student '{}': no such file or folder", s);
-  if (fs::is_directory(p) && is_compressed_folder(p.string())) return compressed_student(s, tc);
+  if (fs::is_directory(p) && is_compressed_folder(p.string()))
+    return compressed_student(s, tc, opt.ops);
   const fs::path cfg_path = fs::is_directory(p) ? p / "config.json" : p;
   ModelConfig sc = load_config(cfg_path.string());
   MINFER_CHECK(sc.causal(), "--student '{}' is an encoder ({}): the student must be a causal LM", s,
@@ -218,7 +229,7 @@ std::unique_ptr<TrainLlama> make_student(const DistillOptions& opt, Model& teach
                "distillation compares the two distributions token by token, so both need the "
                "same tokenizer",
                sc.vocab_size, cfg_path.string(), tc.vocab_size);
-  st = std::make_unique<TrainLlama>(sc, mods_of(opt));
+  st = std::make_unique<TrainLlama>(sc, mods_of(opt), opt.ops);
   if (fs::is_directory(p) &&
       (fs::exists(p / "model.safetensors") || fs::exists(p / "model.safetensors.index.json")))
     st->load(SafetensorsSource(WeightStore::open(p.string())));
@@ -408,8 +419,19 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
   if (!out.empty())
     MINFER_CHECK(opt.force || !fs::exists(out), "{} already exists (pass --force to replace it)",
                  out);
+  PruneSchedule prune = opt.prune;
+  prune.resolve(opt.steps);
+  if (prune.active() && (!opt.qat.empty() || opt.lora.rank > 0))
+    throw NotImplemented("--prune-schedule together with --qat or --lora-rank");
+  if (prune.method == "wanda" && opt.grad_checkpoint)
+    throw NotImplemented(
+        "--prune-schedule wanda with --grad-checkpoint (Wanda reads every layer's kept "
+        "activations; use magnitude or drop --grad-checkpoint)");
   std::unique_ptr<TrainLlama> student = make_student(opt, teacher);
   student->set_checkpointing(opt.grad_checkpoint);
+  if (prune.active() && !student->factors().empty())
+    throw NotImplemented("--prune-schedule with a low-rank student");
+  const std::vector<std::string> projections = student->block_linears();
   FactoredLinears& factors = student->factors();
   if (!factors.empty() && (!opt.checkpoint.empty() || !opt.resume.empty()))
     throw NotImplemented(
@@ -467,13 +489,22 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
                           "generate",
                           "gen_temperature",
                           "gen_top_k",
-                          "gen_seed"})
+                          "gen_seed",
+                          "prune_schedule",
+                          "prune_from",
+                          "prune_to",
+                          "prune_start",
+                          "prune_end",
+                          "prune_every"})
       MINFER_CHECK(!state.extra.contains(k) || state.extra[k] == options_json(opt)[k],
                    "--resume {}: the checkpoint was made with {} = {}, this run has {} (a resumed "
                    "run must repeat the options to continue the same run)",
                    opt.resume, k, state.extra[k].dump(), options_json(opt)[k].dump());
     MINFER_CHECK(state.step < opt.steps, "--resume {}: the checkpoint is at step {} of {}",
                  opt.resume, state.step, opt.steps);
+    // Pruned so far: the zeros are the masks (their moments are zero in the checkpoint).
+    if (prune.active() && state.step >= prune.start)
+      for (const std::string& n : projections) student->params().fix_zeros(n);
   }
 
   DistillResult res;
@@ -495,6 +526,8 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
     double teacher_s = 0;
     student->params().zero_grad();
     LossParts acc;
+    const bool prune_now = prune.due(step + 1);
+    InputSqSums col_sq;  // Wanda: Σx² of every projection's inputs over this step's rows
     for (int64_t k = 0; k < opt.accum; ++k) {
       // Every rank walks the whole global batch's windows (the same data order as one process)
       // and keeps its own rows.
@@ -515,6 +548,7 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
         teacher_s += now_s() - tt;
       }
       const float* logits = student->forward(in.data(), Bl, L);
+      if (prune_now && prune.method == "wanda") student->add_input_sq(col_sq);
       std::fill(dlogits.begin(), dlogits.end(), 0.f);
       // The loss is a mean over this rank's Nl rows; weighted by Nl / N it is this rank's part
       // of the mean over the global N rows, so the ranks' gradients sum to the global one.
@@ -530,11 +564,20 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
                      lp.total);
       student->backward(dlogits.data());
     }
+    if (prune_now) {
+      // Every rank prunes the same weights: the weights are equal and Wanda's statistics are
+      // summed over the ranks first.
+      if (P > 1)
+        for (auto& kv : col_sq) opt.comm->allreduce_sum(kv.second.data(), kv.second.size());
+      const double s_t = prune.target(step + 1);
+      for (const std::string& n : projections)
+        prune_rows(student->params(), n, s_t, prune.method == "wanda" ? &col_sq.at(n) : nullptr);
+    }
     student->params().mask_grads();  // a pruned student's zeros stay zero (before the sum: the
                                      // same on every rank)
     if (P > 1) {
       // Sum the gradients and the loss parts over the ranks (every rank gets the same bits).
-      std::vector<float>& g = student->params().grads();
+      FloatVec& g = student->params().grads();
       opt.comm->allreduce_sum(g.data(), g.size());
       double parts[3] = {acc.kd, acc.ce, acc.total};
       opt.comm->allreduce_sum(parts, 3);
@@ -563,6 +606,7 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
     res.student_s += dt - teacher_s;
     res.train_tokens += N * opt.accum;
     DistillStep ds{step + 1, lr, acc.total, acc.kd, acc.ce, norm, double(N * opt.accum) / dt};
+    if (prune.active()) ds.sparsity = zero_fraction(student->params(), projections);
     res.steps.push_back(ds);
     res.steps_done = state.step;
     if (opt.eval_every > 0 && state.step % opt.eval_every == 0 && state.step < opt.steps)
@@ -570,8 +614,10 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
     if (writer && !opt.checkpoint.empty() && opt.checkpoint_every > 0 &&
         state.step % opt.checkpoint_every == 0)
       save_checkpoint(opt.checkpoint, *student, state);
-    bar.update(step + 1 - first, fmt::format("loss {:.3f} (kd {:.3f} ce {:.3f}) {:.0f} tok/s",
-                                             acc.total, acc.kd, acc.ce, ds.tokens_per_s));
+    bar.update(step + 1 - first,
+               fmt::format("loss {:.3f} (kd {:.3f} ce {:.3f}) {:.0f} tok/s{}", acc.total, acc.kd,
+                           acc.ce, ds.tokens_per_s,
+                           prune.active() ? fmt::format(" sparsity {:.3f}", ds.sparsity) : ""));
   }
   bar.finish();
   res.finished = state.step >= opt.steps;
@@ -591,7 +637,8 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
                      {"kd", s.kd},
                      {"ce", s.ce},
                      {"grad_norm", s.grad_norm},
-                     {"tokens_per_s", s.tokens_per_s}});
+                     {"tokens_per_s", s.tokens_per_s},
+                     {"sparsity", s.sparsity}});
   for (const DistillEval& e : res.evals)
     evals.push_back({{"step", e.step}, {"ppl", e.ppl}, {"nll", e.nll}, {"tokens", e.tokens}});
   res.log = {{"options", options_json(opt)},

@@ -16,6 +16,7 @@
 #include "train/llama_train.h"
 #include "train/loss.h"
 #include "train/optim.h"
+#include "train/prune_schedule.h"
 
 namespace minfer::train {
 
@@ -45,6 +46,10 @@ struct DistillOptions {
   bool grad_checkpoint = false;  // recompute each layer's activations in backward (less memory)
   bool progress = true;
   bool force = false;  // replace an existing output folder
+  // The device the student trains on (kernels/train_ops.h; null: the CPU). `distill --backend cuda`
+  // sets make_train_ops("cuda"). The teacher runs on the CPU backend either way. QAT, LoRA and
+  // low-rank students train on the CPU only (NotImplemented otherwise).
+  std::shared_ptr<TrainOps> ops;
 
   // Data parallelism (not owned; null = one process). Each global micro-batch of `batch`
   // sequences is split across the ranks (row_share: contiguous, in rank order, so the data order
@@ -69,12 +74,18 @@ struct DistillOptions {
   float gen_temperature = 1.f;
   int gen_top_k = 0;
   uint64_t gen_seed = 0;
+  // Gradual pruning during training (--prune-schedule magnitude|wanda --prune-to S ...;
+  // train/prune_schedule.h): every block projection's sparsity follows Zhu & Gupta's cubic
+  // schedule, masks fixed between updates. Plain f32 students only (not with QAT, LoRA or a
+  // low-rank student); Wanda's statistics need the kept activations (not --grad-checkpoint).
+  PruneSchedule prune;
 };
 
 struct DistillStep {
   int64_t step = 0;
   double lr = 0, loss = 0, kd = 0, ce = 0, grad_norm = 0;
   double tokens_per_s = 0;  // training tokens per second of this step (teacher + student)
+  double sparsity = -1;     // with a prune schedule: zero fraction of the block projections
 };
 
 struct DistillEval {

@@ -14,6 +14,7 @@
 #include "engine/linear.h"
 #include "engine/weights.h"
 #include "train/ops.h"
+#include "kernels/train_ops.h"
 
 namespace minfer::train {
 
@@ -34,8 +35,28 @@ ModelConfig uniform_widths(ModelConfig c) {
 }
 }  // namespace
 
-TrainLlama::TrainLlama(const ModelConfig& c0, const TrainMods& mods)
-    : cfg_(uniform_widths(c0)), mods_(mods) {
+TrainLlama::TrainLlama(const ModelConfig& c0, const TrainMods& mods, std::shared_ptr<TrainOps> ops)
+    : cfg_(uniform_widths(c0)),
+      mods_(mods),
+      ops_(ops ? std::move(ops) : cpu_train_ops()),
+      mem_(ops_->memory()),
+      params_(mem_),
+      frozen_(mem_),
+      ids_(mem_),
+      lnf_(mem_),
+      lnf_rstd_(mem_),
+      logits_(mem_),
+      rope_cs_(mem_),
+      dlogits_(mem_),
+      dres_(mem_),
+      dln_(mem_),
+      dq_(mem_),
+      dk_(mem_),
+      dv_(mem_),
+      datt_(mem_),
+      dgate_(mem_),
+      dup_(mem_),
+      dswi_(mem_) {
   const ModelConfig& c = cfg_;
   if (c.arch != Arch::Llama)
     throw NotImplemented(
@@ -54,6 +75,9 @@ TrainLlama::TrainLlama(const ModelConfig& c0, const TrainMods& mods)
   const bool lora = mods.lora.rank != 0;
   if (lora && mods.qat)
     throw NotImplemented("QAT together with LoRA (use one of --qat, --lora-rank)");
+  if (!ops_->host() && (lora || mods.qat))
+    throw NotImplemented(fmt::format("{} on the {} training device (QAT and LoRA train on the CPU)",
+                                     lora ? "LoRA" : "QAT", ops_->name()));
   MINFER_CHECK(mods.lora.rank >= 0, "--lora-rank {} must be >= 1", mods.lora.rank);
   if (lora) {
     MINFER_CHECK(std::isfinite(mods.lora.alpha) && mods.lora.alpha > 0.f,
@@ -265,11 +289,13 @@ void TrainLlama::ensure_buffers(int64_t B, int64_t T) {
   T_ = T;
   if (same && cap_ >= N) return;
   cap_ = N;
-  auto sz = [](std::vector<float>& v, int64_t n) { v.assign(size_t(n), 0.f); };
+  auto sz = [](FloatVec& v, int64_t n) { v.assign(size_t(n), 0.f); };
   ids_.assign(size_t(N), 0);
-  resid_.resize(size_t(cfg_.n_layers + 1));
+  resid_.clear();
+  for (int64_t l = 0; l <= cfg_.n_layers; ++l) resid_.emplace_back(mem_);
   for (auto& r : resid_) sz(r, N * C);
-  acts_.assign(n_acts, LayerActs{});
+  acts_.clear();
+  for (size_t l = 0; l < n_acts; ++l) acts_.emplace_back(mem_);
   for (LayerActs& a : acts_) {
     sz(a.ln1, N * C), sz(a.ln1_rstd, N), sz(a.q, N * qd), sz(a.k, N * kvd), sz(a.v, N * kvd);
     sz(a.probs, B * H * T * T), sz(a.atty, N * qd), sz(a.res_mid, N * C);
@@ -278,6 +304,9 @@ void TrainLlama::ensure_buffers(int64_t B, int64_t T) {
   sz(lnf_, N * C), sz(lnf_rstd_, N), sz(logits_, N * V);
   sz(dres_, N * C), sz(dln_, N * C), sz(dq_, N * qd), sz(dk_, N * kvd), sz(dv_, N * kvd);
   sz(datt_, N * qd), sz(dgate_, N * F), sz(dup_, N * F), sz(dswi_, N * F);
+  if (!ops_->host()) sz(dlogits_, N * V);
+  const std::vector<float> cs = rope_cos_sin(T, cfg_.head_dim, cfg_.rope_theta);
+  rope_cs_.assign(cs.begin(), cs.end());
 }
 
 const float* TrainLlama::head_w() const {
@@ -311,7 +340,7 @@ void TrainLlama::lin_fwd(const std::string& name, float* out, const float* inp, 
     return;
   }
   if (!is_lora_target(name)) {
-    linear_forward(out, inp, W(name), nullptr, N, I, O);
+    ops_->linear_forward(out, inp, W(name), N, I, O);
     return;
   }
   const Tensor w0 = base_f32(name);  // QLoRA: dequantized for this product only
@@ -336,7 +365,7 @@ void TrainLlama::lin_bwd(const std::string& name, float* dinp, const float* dout
     return;
   }
   if (!is_lora_target(name)) {
-    linear_backward(dinp, G(name), nullptr, dout, inp, W(name), N, I, O);
+    ops_->linear_backward(dinp, G(name), dout, inp, W(name), N, I, O);
     return;
   }
   // The frozen base passes the activation gradient through its (dequantized) weight only.
@@ -356,24 +385,24 @@ void TrainLlama::layer_forward(int64_t l, LayerActs& a, const float* x, float* o
   const int64_t B = B_, T = T_, N = B * T, C = c.hidden, F = c.ffn, H = c.n_heads,
                 Hkv = c.n_kv_heads, D = c.head_dim, qd = H * D, kvd = Hkv * D;
   const std::string p = lp(l);
-  rmsnorm_forward(a.ln1.data(), a.ln1_rstd.data(), x, W(p + "input_layernorm.weight"), N, C,
-                  c.norm_eps);
+  ops_->rmsnorm_forward(a.ln1.data(), a.ln1_rstd.data(), x, W(p + "input_layernorm.weight"), N, C,
+                        c.norm_eps);
   lin_fwd(p + "self_attn.q_proj.weight", a.q.data(), a.ln1.data(), N, C, qd);
   lin_fwd(p + "self_attn.k_proj.weight", a.k.data(), a.ln1.data(), N, C, kvd);
   lin_fwd(p + "self_attn.v_proj.weight", a.v.data(), a.ln1.data(), N, C, kvd);
-  rope_forward(a.q.data(), B, T, H, D, c.rope_theta);
-  rope_forward(a.k.data(), B, T, Hkv, D, c.rope_theta);
-  attention_forward(a.atty.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(), B, T, H, Hkv,
-                    D);
+  ops_->rope(a.q.data(), rope_cs_.data(), B, T, H, D, 1.f);
+  ops_->rope(a.k.data(), rope_cs_.data(), B, T, Hkv, D, 1.f);
+  ops_->attention_forward(a.atty.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(), B, T,
+                          H, Hkv, D);
   lin_fwd(p + "self_attn.o_proj.weight", a.res_mid.data(), a.atty.data(), N, qd, C);
-  residual_forward(a.res_mid.data(), a.res_mid.data(), x, N * C);
-  rmsnorm_forward(a.ln2.data(), a.ln2_rstd.data(), a.res_mid.data(),
-                  W(p + "post_attention_layernorm.weight"), N, C, c.norm_eps);
+  ops_->residual_forward(a.res_mid.data(), a.res_mid.data(), x, N * C);
+  ops_->rmsnorm_forward(a.ln2.data(), a.ln2_rstd.data(), a.res_mid.data(),
+                        W(p + "post_attention_layernorm.weight"), N, C, c.norm_eps);
   lin_fwd(p + "mlp.gate_proj.weight", a.gate.data(), a.ln2.data(), N, C, F);
   lin_fwd(p + "mlp.up_proj.weight", a.up.data(), a.ln2.data(), N, C, F);
-  swiglu_forward(a.swi.data(), a.gate.data(), a.up.data(), N * F);
+  ops_->swiglu_forward(a.swi.data(), a.gate.data(), a.up.data(), N * F);
   lin_fwd(p + "mlp.down_proj.weight", out, a.swi.data(), N, F, C);
-  residual_forward(out, out, a.res_mid.data(), N * C);
+  ops_->residual_forward(out, out, a.res_mid.data(), N * C);
 }
 
 const float* TrainLlama::forward(const int32_t* ids, int64_t B, int64_t T) {
@@ -383,13 +412,14 @@ const float* TrainLlama::forward(const int32_t* ids, int64_t B, int64_t T) {
   const int64_t N = B * T, C = c.hidden, V = c.vocab_size;
   std::copy(ids, ids + N, ids_.begin());
   if (!qat_.empty()) refresh_qat();
-  embedding_forward(resid_[0].data(), ids, W("model.embed_tokens.weight"), N, C, V);
+  ops_->embedding_forward(resid_[0].data(), ids_.data(), W("model.embed_tokens.weight"), N, C, V);
   for (int64_t l = 0; l < c.n_layers; ++l)
     layer_forward(l, acts_[ckpt_ ? 0 : size_t(l)], resid_[size_t(l)].data(),
                   resid_[size_t(l + 1)].data());
-  rmsnorm_forward(lnf_.data(), lnf_rstd_.data(), resid_.back().data(), W("model.norm.weight"), N, C,
-                  c.norm_eps);
-  linear_forward(logits_.data(), lnf_.data(), head_w(), nullptr, N, C, V);
+  ops_->rmsnorm_forward(lnf_.data(), lnf_rstd_.data(), resid_.back().data(), W("model.norm.weight"),
+                        N, C, c.norm_eps);
+  ops_->linear_forward(logits_.data(), lnf_.data(), head_w(), N, C, V);
+  ops_->synchronize();
   return logits_.data();
 }
 
@@ -397,56 +427,87 @@ void TrainLlama::layer_backward(int64_t l, LayerActs& a, const float* x) {
   const ModelConfig& c = cfg_;
   const int64_t B = B_, T = T_, N = B * T, C = c.hidden, F = c.ffn, H = c.n_heads,
                 Hkv = c.n_kv_heads, D = c.head_dim, qd = H * D, kvd = Hkv * D;
-  auto zero = [](std::vector<float>& v) { std::fill(v.begin(), v.end(), 0.f); };
+  auto zero = [this](FloatVec& v) { ops_->zero(v.data(), int64_t(v.size())); };
   const std::string p = lp(l);
   // MLP: out = res_mid + down(swiglu(gate(ln2), up(ln2)))
   zero(dswi_);
   lin_bwd(p + "mlp.down_proj.weight", dswi_.data(), dres_.data(), a.swi.data(), N, F, C);
   zero(dgate_), zero(dup_);
-  swiglu_backward(dgate_.data(), dup_.data(), dswi_.data(), a.gate.data(), a.up.data(), N * F);
+  ops_->swiglu_backward(dgate_.data(), dup_.data(), dswi_.data(), a.gate.data(), a.up.data(),
+                        N * F);
   zero(dln_);
   lin_bwd(p + "mlp.gate_proj.weight", dln_.data(), dgate_.data(), a.ln2.data(), N, C, F);
   lin_bwd(p + "mlp.up_proj.weight", dln_.data(), dup_.data(), a.ln2.data(), N, C, F);
-  rmsnorm_backward(dres_.data(), G(p + "post_attention_layernorm.weight"), dln_.data(),
-                   a.res_mid.data(), W(p + "post_attention_layernorm.weight"), a.ln2_rstd.data(), N,
-                   C);
+  ops_->rmsnorm_backward(dres_.data(), G(p + "post_attention_layernorm.weight"), dln_.data(),
+                         a.res_mid.data(), W(p + "post_attention_layernorm.weight"),
+                         a.ln2_rstd.data(), N, C);
   // Attention: res_mid = x + o(attention(rope(q(ln1)), rope(k(ln1)), v(ln1)))
   zero(datt_);
   lin_bwd(p + "self_attn.o_proj.weight", datt_.data(), dres_.data(), a.atty.data(), N, qd, C);
   zero(dq_), zero(dk_), zero(dv_);
-  attention_backward(dq_.data(), dk_.data(), dv_.data(), datt_.data(), a.q.data(), a.k.data(),
-                     a.v.data(), a.probs.data(), B, T, H, Hkv, D);
-  rope_backward(dq_.data(), B, T, H, D, c.rope_theta);
-  rope_backward(dk_.data(), B, T, Hkv, D, c.rope_theta);
+  ops_->attention_backward(dq_.data(), dk_.data(), dv_.data(), datt_.data(), a.q.data(), a.k.data(),
+                           a.v.data(), a.probs.data(), B, T, H, Hkv, D);
+  ops_->rope(dq_.data(), rope_cs_.data(), B, T, H, D, -1.f);
+  ops_->rope(dk_.data(), rope_cs_.data(), B, T, Hkv, D, -1.f);
   zero(dln_);
   lin_bwd(p + "self_attn.q_proj.weight", dln_.data(), dq_.data(), a.ln1.data(), N, C, qd);
   lin_bwd(p + "self_attn.k_proj.weight", dln_.data(), dk_.data(), a.ln1.data(), N, C, kvd);
   lin_bwd(p + "self_attn.v_proj.weight", dln_.data(), dv_.data(), a.ln1.data(), N, C, kvd);
-  rmsnorm_backward(dres_.data(), G(p + "input_layernorm.weight"), dln_.data(), x,
-                   W(p + "input_layernorm.weight"), a.ln1_rstd.data(), N, C);
+  ops_->rmsnorm_backward(dres_.data(), G(p + "input_layernorm.weight"), dln_.data(), x,
+                         W(p + "input_layernorm.weight"), a.ln1_rstd.data(), N, C);
 }
 
 void TrainLlama::backward(const float* dlogits) {
   MINFER_CHECK(B_ > 0, "backward before forward");
   const ModelConfig& c = cfg_;
   const int64_t N = B_ * T_, C = c.hidden, V = c.vocab_size;
-  auto zero = [](std::vector<float>& v) { std::fill(v.begin(), v.end(), 0.f); };
+  auto zero = [this](FloatVec& v) { ops_->zero(v.data(), int64_t(v.size())); };
   const std::string head = c.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
 
+  if (!ops_->host()) {  // the loss gradient comes from host memory
+    std::copy(dlogits, dlogits + N * V, dlogits_.begin());
+    dlogits = dlogits_.data();
+  }
   zero(dln_);
-  linear_backward(dln_.data(), G(head), nullptr, dlogits, lnf_.data(), head_w(), N, C, V);
+  ops_->linear_backward(dln_.data(), G(head), dlogits, lnf_.data(), head_w(), N, C, V);
   // dres_ holds ∂loss/∂(residual stream) and is carried down through the layers: each residual
   // add passes it on unchanged, each norm adds its branch's part.
   zero(dres_);
-  rmsnorm_backward(dres_.data(), G("model.norm.weight"), dln_.data(), resid_.back().data(),
-                   W("model.norm.weight"), lnf_rstd_.data(), N, C);
+  ops_->rmsnorm_backward(dres_.data(), G("model.norm.weight"), dln_.data(), resid_.back().data(),
+                         W("model.norm.weight"), lnf_rstd_.data(), N, C);
   for (int64_t l = c.n_layers - 1; l >= 0; --l) {
     const float* x = resid_[size_t(l)].data();
     if (ckpt_)  // recompute this block's activations from its kept input
       layer_forward(l, acts_[0], x, resid_[size_t(l + 1)].data());
     layer_backward(l, acts_[ckpt_ ? 0 : size_t(l)], x);
   }
-  embedding_backward(G("model.embed_tokens.weight"), dres_.data(), ids_.data(), N, C);
+  ops_->embedding_backward(G("model.embed_tokens.weight"), dres_.data(), ids_.data(), N, C);
+  ops_->synchronize();
+}
+
+void TrainLlama::add_input_sq(InputSqSums& acc) const {
+  if (ckpt_)
+    throw NotImplemented(
+        "Wanda statistics with gradient checkpointing (only one layer's activations are kept; "
+        "use --prune-schedule magnitude or drop --grad-checkpoint)");
+  MINFER_CHECK(B_ > 0, "input statistics before a forward");
+  const int64_t N = B_ * T_, C = cfg_.hidden, F = cfg_.ffn, qd = cfg_.n_heads * cfg_.head_dim;
+  auto add = [&](const std::string& name, const FloatVec& x, int64_t I) {
+    std::vector<double>& s = acc[name];
+    if (s.empty()) s.assign(size_t(I), 0.0);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t j = 0; j < I; ++j)
+        s[size_t(j)] += double(x[size_t(n * I + j)]) * x[size_t(n * I + j)];
+  };
+  for (int64_t l = 0; l < cfg_.n_layers; ++l) {
+    const LayerActs& a = acts_[size_t(l)];
+    const std::string p = lp(l);
+    for (const char* m : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"})
+      add(p + m + ".weight", a.ln1, C);
+    add(p + "self_attn.o_proj.weight", a.atty, qd);
+    for (const char* m : {"mlp.gate_proj", "mlp.up_proj"}) add(p + m + ".weight", a.ln2, C);
+    add(p + "mlp.down_proj.weight", a.swi, F);
+  }
 }
 
 void TrainLlama::set_checkpointing(bool on) {
@@ -456,7 +517,7 @@ void TrainLlama::set_checkpointing(bool on) {
 
 size_t TrainLlama::activation_bytes() const {
   size_t n = ids_.size() * sizeof(int32_t);
-  auto add = [&](const std::vector<float>& v) { n += v.size() * sizeof(float); };
+  auto add = [&](const FloatVec& v) { n += v.size() * sizeof(float); };
   for (const auto& r : resid_) add(r);
   for (const LayerActs& a : acts_)
     for (const auto* v : {&a.ln1, &a.ln1_rstd, &a.q, &a.k, &a.v, &a.probs, &a.atty, &a.res_mid,

@@ -1,5 +1,6 @@
 // A LLaMA-family model (HF LlamaForCausalLM: pre-norm RMSNorm blocks, RoPE, grouped-query
-// attention, SwiGLU MLP, optionally tied embeddings) with a backward pass, f32 on the CPU.
+// attention, SwiGLU MLP, optionally tied embeddings) with a backward pass, in f32, computed by a
+// TrainOps (kernels/train_ops.h: the CPU, or CUDA with buffers in managed memory).
 // forward(ids) keeps every activation backward reads, per layer (llm.c's ActivationTensors);
 // backward(dlogits) accumulates ∂loss/∂θ into params().grads().
 //
@@ -13,10 +14,12 @@
 #include <vector>
 
 #include "engine/config.h"
+#include "kernels/train_ops.h"
 #include "models/model.h"
 #include "train/lora.h"
 #include "train/lowrank_train.h"
 #include "train/params.h"
+#include "train/prune_schedule.h"
 #include "train/qat.h"
 
 namespace minfer::train {
@@ -38,9 +41,15 @@ class TrainLlama {
  public:
   // Lays out the parameters of cfg (zeros). Throws "not implemented: ..." for what this model
   // does not train yet: biases (Qwen2-style), per-layer widths of a structurally pruned model,
-  // architectures other than llama, QAT together with LoRA; throws for a LoRA rank outside
-  // [1, min(in, out)] of a target.
-  explicit TrainLlama(const ModelConfig& cfg, const TrainMods& mods = {});
+  // architectures other than llama, QAT together with LoRA, QAT or LoRA on a device other than
+  // the CPU; throws for a LoRA rank outside [1, min(in, out)] of a target. `ops` computes every
+  // training op and owns the buffers' memory (null: the CPU, cpu_train_ops()).
+  explicit TrainLlama(const ModelConfig& cfg, const TrainMods& mods = {},
+                      std::shared_ptr<TrainOps> ops = nullptr);
+
+  // The ops this model computes with. Before the host reads or writes parameters, gradients or
+  // logits of a device run, forward() and backward() have synchronized (they return finished).
+  TrainOps& ops() { return *ops_; }
 
   const ModelConfig& config() const { return cfg_; }
   ParamStore& params() { return params_; }
@@ -86,18 +95,38 @@ class TrainLlama {
   std::vector<Linear> qat_linears() const;
   // With LoRA: the adapters under PEFT's names ("base_model.model.<module>.lora_A.weight").
   std::vector<std::pair<std::string, Tensor>> lora_adapters() const;
+  // Weight names of every block projection (q, k, v, o, gate, up, down of each layer).
+  std::vector<std::string> block_linears() const;
+  // Adds, for every block projection, Σ over the last forward's rows of each input column's x²
+  // (Wanda's ‖x_j‖₂², train/prune_schedule.h) to acc. Reads the kept activations: throws
+  // NotImplemented with gradient checkpointing (only one layer's are kept).
+  void add_input_sq(InputSqSums& acc) const;
   // Trainable parameter count (what the optimizer keeps state for).
   size_t trainable_params() const { return params_.numel(); }
 
  private:
-  struct LayerActs {
-    std::vector<float> ln1, ln1_rstd;  // [N, C], [N]   attention RMSNorm output, 1/rms
-    std::vector<float> q, k, v;        // [N, H*D], [N, Hkv*D] x2 (q, k after RoPE)
-    std::vector<float> probs;          // [B, H, T, T] attention weights
-    std::vector<float> atty;           // [N, H*D] attention output (before o_proj)
-    std::vector<float> res_mid;        // [N, C] residual after attention
-    std::vector<float> ln2, ln2_rstd;  // [N, C], [N]
-    std::vector<float> gate, up, swi;  // [N, F] x3
+  struct LayerActs {  // in ops_'s memory
+    explicit LayerActs(std::pmr::memory_resource* m)
+        : ln1(m),
+          ln1_rstd(m),
+          q(m),
+          k(m),
+          v(m),
+          probs(m),
+          atty(m),
+          res_mid(m),
+          ln2(m),
+          ln2_rstd(m),
+          gate(m),
+          up(m),
+          swi(m) {}
+    FloatVec ln1, ln1_rstd;  // [N, C], [N]   attention RMSNorm output, 1/rms
+    FloatVec q, k, v;        // [N, H*D], [N, Hkv*D] x2 (q, k after RoPE)
+    FloatVec probs;          // [B, H, T, T] attention weights
+    FloatVec atty;           // [N, H*D] attention output (before o_proj)
+    FloatVec res_mid;        // [N, C] residual after attention
+    FloatVec ln2, ln2_rstd;  // [N, C], [N]
+    FloatVec gate, up, swi;  // [N, F] x3
   };
   void ensure_buffers(int64_t B, int64_t T);
   // One block: x [N, C] -> out [N, C], keeping what backward reads in a.
@@ -119,7 +148,6 @@ class TrainLlama {
   void after_load();                               // LSQ scales from the weights, LoRA A init
   void refresh_qat();                              // fake-quantized weights of this step
   Tensor base_f32(const std::string& name) const;  // LoRA base weight [O, I] in f32
-  std::vector<std::string> block_linears() const;  // weight names of every block projection
 
   struct QatState {
     QatLayout lay;
@@ -130,6 +158,8 @@ class TrainLlama {
 
   ModelConfig cfg_;
   TrainMods mods_;
+  std::shared_ptr<TrainOps> ops_;  // before the stores: they allocate from its memory
+  std::pmr::memory_resource* mem_;
   ParamStore params_;
   FactoredLinears factors_;
   ParamStore frozen_;                    // LoRA: the frozen base (no gradient in use)
@@ -138,12 +168,15 @@ class TrainLlama {
   std::vector<float> dwq_, lh_, ldh_;    // scratch: QAT dŴ, LoRA h and dh
   bool ckpt_ = false;
   int64_t B_ = 0, T_ = 0, cap_ = 0;
-  std::vector<int32_t> ids_;               // [N]
-  std::vector<std::vector<float>> resid_;  // [L+1] x [N, C]: input of layer l, final stream
-  std::vector<LayerActs> acts_;            // [L]
-  std::vector<float> lnf_, lnf_rstd_;      // [N, C], [N]
-  std::vector<float> logits_;              // [N, V]
-  std::vector<float> dres_, dln_, dq_, dk_, dv_, datt_, dgate_, dup_, dswi_;  // backward scratch
+  // Activations and backward scratch, in ops_'s memory.
+  IntVec ids_;                   // [N]
+  std::vector<FloatVec> resid_;  // [L+1] x [N, C]: input of layer l, final stream
+  std::vector<LayerActs> acts_;  // [L]
+  FloatVec lnf_, lnf_rstd_;      // [N, C], [N]
+  FloatVec logits_;              // [N, V]
+  FloatVec rope_cs_;             // [T, D/2, 2] RoPE cos/sin
+  FloatVec dlogits_;             // [N, V] the loss gradient, copied in (device ops)
+  FloatVec dres_, dln_, dq_, dk_, dv_, datt_, dgate_, dup_, dswi_;  // backward scratch
 };
 
 }  // namespace minfer::train

@@ -169,10 +169,7 @@ void layernorm_backward(float* dx, float* dw, float* db, const float* dout, cons
   }
 }
 
-namespace {
-
-// cos/sin [T, D/2] as HF LlamaRotaryEmbedding computes them in f32.
-std::vector<float> rope_table(int64_t T, int64_t D, float theta) {
+std::vector<float> rope_cos_sin(int64_t T, int64_t D, float theta) {
   const int64_t half = D / 2;
   std::vector<float> cs(size_t(T * half * 2));
   for (int64_t t = 0; t < T; ++t)
@@ -185,14 +182,13 @@ std::vector<float> rope_table(int64_t T, int64_t D, float theta) {
   return cs;
 }
 
-// sign = +1 rotates by +angle (forward), -1 by -angle (the transpose: backward).
-void rope_rotate(float* x, int64_t B, int64_t T, int64_t nh, int64_t D, float theta, float sign) {
+void rope_apply(float* x, const float* cs, int64_t B, int64_t T, int64_t nh, int64_t D,
+                float sign) {
   MINFER_CHECK(D % 2 == 0, "rope: head dim {} must be even", D);
   const int64_t half = D / 2;
-  const std::vector<float> cs = rope_table(T, D, theta);
 #pragma omp parallel for if (worth_threads(B * T * nh * D))
   for (int64_t n = 0; n < B * T; ++n) {
-    const float* c_s = cs.data() + (n % T) * half * 2;
+    const float* c_s = cs + (n % T) * half * 2;
     for (int64_t h = 0; h < nh; ++h) {
       float* p = x + (n * nh + h) * D;
       for (int64_t i = 0; i < half; ++i) {
@@ -205,14 +201,12 @@ void rope_rotate(float* x, int64_t B, int64_t T, int64_t nh, int64_t D, float th
   }
 }
 
-}  // namespace
-
 void rope_forward(float* x, int64_t B, int64_t T, int64_t nh, int64_t D, float theta) {
-  rope_rotate(x, B, T, nh, D, theta, 1.f);
+  rope_apply(x, rope_cos_sin(T, D, theta).data(), B, T, nh, D, 1.f);
 }
 
 void rope_backward(float* dx, int64_t B, int64_t T, int64_t nh, int64_t D, float theta) {
-  rope_rotate(dx, B, T, nh, D, theta, -1.f);
+  rope_apply(dx, rope_cos_sin(T, D, theta).data(), B, T, nh, D, -1.f);
 }
 
 void attention_forward(float* out, float* probs, const float* q, const float* k, const float* v,

@@ -10,6 +10,7 @@
 // Every backward is checked against central finite differences in tests/test_train_ops.cpp.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 namespace minfer::train {
 
@@ -56,6 +57,10 @@ void layernorm_backward(float* dx, float* dw, float* db, const float* dout, cons
 void rope_forward(float* x, int64_t B, int64_t T, int64_t nh, int64_t D, float theta);
 // The rotation is orthogonal: backward rotates dx in place by the inverse (transposed) rotation.
 void rope_backward(float* dx, int64_t B, int64_t T, int64_t nh, int64_t D, float theta);
+// cos/sin of positions 0..T-1 as HF LlamaRotaryEmbedding computes them in f32: [T, D/2, 2].
+std::vector<float> rope_cos_sin(int64_t T, int64_t D, float theta);
+// The rotation with a table from rope_cos_sin: sign +1 forward, -1 backward (the transpose).
+void rope_apply(float* x, const float* cs, int64_t B, int64_t T, int64_t nh, int64_t D, float sign);
 
 // Scaled dot-product attention with grouped-query heads (query head h reads kv head
 // h / (H/Hkv)): out[B*T, H*D] = softmax(q kᵀ/√D + mask) v. q [B*T, H*D], k and v [B*T, Hkv*D].

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "engine/tensor.h"
+#include "kernels/train_ops.h"
 
 namespace minfer {
 class WeightSource;
@@ -26,6 +27,9 @@ struct ParamTensor {
 
 class ParamStore {
  public:
+  // The arrays live in `mem` (host memory by default; a TrainOps' memory: kernels/train_ops.h).
+  explicit ParamStore(std::pmr::memory_resource* mem = std::pmr::new_delete_resource())
+      : w_(mem), g_(mem), m_(mem), v_(mem) {}
   // Adds a tensor to the table; allocate() lays the table out. Names must be unique.
   void add(const std::string& name, std::vector<int64_t> shape, bool decay);
   // Sizes w and g (zeros; g only when `grads`: a frozen store has none); m and v are sized by
@@ -41,14 +45,14 @@ class ParamStore {
   float* w(const std::string& name) { return w_.data() + find(name).offset; }
   float* g(const std::string& name) { return g_.data() + find(name).offset; }
 
-  std::vector<float>& weights() { return w_; }
-  std::vector<float>& grads() { return g_; }
-  std::vector<float>& m() { return m_; }
-  std::vector<float>& v() { return v_; }
-  const std::vector<float>& weights() const { return w_; }
-  const std::vector<float>& grads() const { return g_; }
-  const std::vector<float>& m() const { return m_; }
-  const std::vector<float>& v() const { return v_; }
+  FloatVec& weights() { return w_; }
+  FloatVec& grads() { return g_; }
+  FloatVec& m() { return m_; }
+  FloatVec& v() { return v_; }
+  const FloatVec& weights() const { return w_; }
+  const FloatVec& grads() const { return g_; }
+  const FloatVec& m() const { return m_; }
+  const FloatVec& v() const { return v_; }
 
   void zero_grad();
 
@@ -74,7 +78,7 @@ class ParamStore {
  private:
   std::vector<ParamTensor> table_;
   size_t total_ = 0;
-  std::vector<float> w_, g_, m_, v_;  // [total_] each
+  FloatVec w_, g_, m_, v_;  // [total_] each
   struct Mask {
     size_t offset = 0, zeros = 0;
     std::string name;

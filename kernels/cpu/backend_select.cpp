@@ -9,9 +9,24 @@
 
 namespace minfer {
 
+namespace train {
+class TrainOps;
+}
+
 #ifdef MINFER_CUDA
 std::unique_ptr<Backend> make_cuda_backend(int device);
+train::TrainOps* new_cuda_train_ops(int device);  // kernels/cuda/train_ops_cuda.cpp
 #endif
+
+// The CUDA training ops (kernels/train_ops.h) of a `make CUDA=1` build; null in a CPU build.
+train::TrainOps* new_cuda_train_ops_if_built(int device) {
+#ifdef MINFER_CUDA
+  return new_cuda_train_ops(device);
+#else
+  (void)device;
+  return nullptr;
+#endif
+}
 
 bool cuda_backend_built() {
 #ifdef MINFER_CUDA

@@ -23,6 +23,145 @@ int grid(int64_t n, int threads) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
        i += int64_t(gridDim.x) * blockDim.x)
 
+__global__ void embedding_forward_kernel(float* out, const int32_t* ids, const float* table,
+                                         int64_t N, int64_t C) {
+  MINFER_GRID_STRIDE(i, N * C) {
+    out[i] = table[int64_t(ids[i / C]) * C + i % C];
+  }
+}
+
+__global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* x, const float* w,
+                                       int64_t C, float eps) {
+  const int64_t r = blockIdx.x;
+  const float* xr = x + r * C;
+  float ss = 0;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += xr[c] * xr[c];
+  ss = block_reduce<false>(ss);
+  const float rs = 1.f / sqrtf(ss / float(C) + eps);
+  if (threadIdx.x == 0) rstd[r] = rs;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) out[r * C + c] = xr[c] * rs * w[c];
+}
+
+__global__ void rope_kernel(float* x, const float* cs, int64_t B, int64_t T, int64_t nh, int64_t D,
+                            float sign) {
+  const int64_t half = D / 2;
+  MINFER_GRID_STRIDE(i, B * T * nh * half) {
+    const int64_t j = i % half, row = i / half, n = row / nh;
+    const float* c_s = cs + ((n % T) * half + j) * 2;
+    const float c = c_s[0], sn = sign * c_s[1];
+    float* p = x + row * D;
+    const float a = p[j], b = p[j + half];
+    p[j] = a * c - b * sn;
+    p[j + half] = b * c + a * sn;
+  }
+}
+
+// Block (b, h, t): one query row. Scores and probabilities go straight to probs (global memory,
+// visible to the block after __syncthreads).
+__global__ void attention_forward_kernel(float* out, float* probs, const float* q, const float* k,
+                                         const float* v, int64_t T, int64_t H, int64_t Hkv,
+                                         int64_t D) {
+  const int64_t t = blockIdx.x % T, bh = blockIdx.x / T, h = bh % H, b = bh / H;
+  const int64_t kh = h / (H / Hkv), qd = H * D, kvd = Hkv * D, lim = t + 1;
+  const float scale = 1.f / sqrtf(float(D));
+  const float* qr = q + (b * T + t) * qd + h * D;
+  float* P = probs + (bh * T + t) * T;
+  float mx = -INFINITY;
+  for (int64_t s = threadIdx.x; s < T; s += blockDim.x) {
+    if (s >= lim) {
+      P[s] = 0.f;
+      continue;
+    }
+    const float* kr = k + (b * T + s) * kvd + kh * D;
+    float d = 0;
+    for (int64_t i = 0; i < D; ++i) d += qr[i] * kr[i];
+    P[s] = d * scale;
+    mx = fmaxf(mx, P[s]);
+  }
+  mx = block_reduce<true>(mx);
+  float sum = 0;
+  for (int64_t s = threadIdx.x; s < lim; s += blockDim.x) {
+    P[s] = expf(P[s] - mx);
+    sum += P[s];
+  }
+  sum = block_reduce<false>(sum);
+  const float inv = 1.f / sum;
+  for (int64_t s = threadIdx.x; s < lim; s += blockDim.x) P[s] *= inv;
+  __syncthreads();
+  float* o = out + (b * T + t) * qd + h * D;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    float acc = 0;
+    for (int64_t s = 0; s < lim; ++s) acc += P[s] * v[(b * T + s) * kvd + kh * D + i];
+    o[i] = acc;
+  }
+}
+
+// Block (b, h, t): dS of one query row (into ds) and dq of that row.
+__global__ void attention_dq_kernel(float* dq, float* ds, const float* dout, const float* k,
+                                    const float* v, const float* probs, int64_t T, int64_t H,
+                                    int64_t Hkv, int64_t D) {
+  const int64_t t = blockIdx.x % T, bh = blockIdx.x / T, h = bh % H, b = bh / H;
+  const int64_t kh = h / (H / Hkv), qd = H * D, kvd = Hkv * D, lim = t + 1;
+  const float scale = 1.f / sqrtf(float(D));
+  const float* P = probs + (bh * T + t) * T;
+  const float* g = dout + (b * T + t) * qd + h * D;
+  float* S = ds + (bh * T + t) * T;
+  float dot = 0;
+  for (int64_t s = threadIdx.x; s < T; s += blockDim.x) {
+    if (s >= lim) {
+      S[s] = 0.f;
+      continue;
+    }
+    const float* vr = v + (b * T + s) * kvd + kh * D;
+    float d = 0;
+    for (int64_t i = 0; i < D; ++i) d += g[i] * vr[i];
+    S[s] = d;  // dP
+    dot += P[s] * d;
+  }
+  dot = block_reduce<false>(dot);
+  for (int64_t s = threadIdx.x; s < lim; s += blockDim.x) S[s] = P[s] * (S[s] - dot) * scale;
+  __syncthreads();
+  float* dqr = dq + (b * T + t) * qd + h * D;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    float acc = 0;
+    for (int64_t s = 0; s < lim; ++s) acc += S[s] * k[(b * T + s) * kvd + kh * D + i];
+    dqr[i] += acc;
+  }
+}
+
+// Block (b, kv head, s): dk and dv of one key row, over the group's query heads and the queries
+// t >= s that see it.
+__global__ void attention_dkv_kernel(float* dk, float* dv, const float* ds, const float* dout,
+                                     const float* q, const float* probs, int64_t T, int64_t H,
+                                     int64_t Hkv, int64_t D) {
+  const int64_t s = blockIdx.x % T, bk = blockIdx.x / T, kh = bk % Hkv, b = bk / Hkv;
+  const int64_t group = H / Hkv, qd = H * D, kvd = Hkv * D;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    float ak = 0, av = 0;
+    for (int64_t h = kh * group; h < (kh + 1) * group; ++h)
+      for (int64_t t = s; t < T; ++t) {
+        const int64_t pr = ((b * H + h) * T + t) * T + s, row = (b * T + t) * qd + h * D + i;
+        ak += ds[pr] * q[row];
+        av += probs[pr] * dout[row];
+      }
+    dk[(b * T + s) * kvd + kh * D + i] += ak;
+    dv[(b * T + s) * kvd + kh * D + i] += av;
+  }
+}
+
+__global__ void swiglu_forward_kernel(float* out, const float* gate, const float* up, int64_t n) {
+  MINFER_GRID_STRIDE(i, n) {
+    const float g = gate[i];
+    out[i] = g / (1.f + expf(-g)) * up[i];
+  }
+}
+
+__global__ void residual_forward_kernel(float* out, const float* a, const float* b, int64_t n) {
+  MINFER_GRID_STRIDE(i, n) {
+    out[i] = a[i] + b[i];
+  }
+}
+
 __global__ void embedding_backward_kernel(float* dtable, const float* dout, const int32_t* ids,
                                           int64_t N, int64_t C) {
   MINFER_GRID_STRIDE(c, C) {
@@ -133,6 +272,43 @@ __global__ void kl_backward_kernel(float* dstudent, const float* student, const 
 
 }  // namespace
 
+void launch_embedding_forward(float* out, const int32_t* ids, const float* table, int64_t N,
+                              int64_t C, cudaStream_t s) {
+  MINFER_LAUNCH(embedding_forward_kernel, grid(N * C, kThreads), kThreads, 0, s)
+  (out, ids, table, N, C);
+}
+void launch_rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int64_t N,
+                            int64_t C, float eps, cudaStream_t s) {
+  MINFER_LAUNCH(rmsnorm_forward_kernel, unsigned(N), kRowThreads, 0, s)(out, rstd, x, w, C, eps);
+}
+void launch_rope(float* x, const float* cs, int64_t B, int64_t T, int64_t nh, int64_t D, float sign,
+                 cudaStream_t s) {
+  MINFER_LAUNCH(rope_kernel, grid(B * T * nh * (D / 2), kThreads), kThreads, 0, s)
+  (x, cs, B, T, nh, D, sign);
+}
+void launch_attention_forward(float* out, float* probs, const float* q, const float* k,
+                              const float* v, int64_t B, int64_t T, int64_t H, int64_t Hkv,
+                              int64_t D, cudaStream_t s) {
+  MINFER_LAUNCH(attention_forward_kernel, unsigned(B * H * T), kRowThreads, 0, s)
+  (out, probs, q, k, v, T, H, Hkv, D);
+}
+void launch_attention_backward(float* dq, float* dk, float* dv, float* ds, const float* dout,
+                               const float* q, const float* k, const float* v, const float* probs,
+                               int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D,
+                               cudaStream_t s) {
+  MINFER_LAUNCH(attention_dq_kernel, unsigned(B * H * T), kRowThreads, 0, s)
+  (dq, ds, dout, k, v, probs, T, H, Hkv, D);
+  MINFER_LAUNCH(attention_dkv_kernel, unsigned(B * Hkv * T), kRowThreads / 2, 0, s)
+  (dk, dv, ds, dout, q, probs, T, H, Hkv, D);
+}
+void launch_swiglu_forward(float* out, const float* gate, const float* up, int64_t n,
+                           cudaStream_t s) {
+  MINFER_LAUNCH(swiglu_forward_kernel, grid(n, kThreads), kThreads, 0, s)(out, gate, up, n);
+}
+void launch_residual_forward(float* out, const float* a, const float* b, int64_t n,
+                             cudaStream_t s) {
+  MINFER_LAUNCH(residual_forward_kernel, grid(n, kThreads), kThreads, 0, s)(out, a, b, n);
+}
 void launch_embedding_backward(float* dtable, const float* dout, const int32_t* ids, int64_t N,
                                int64_t C, cudaStream_t s) {
   MINFER_LAUNCH(embedding_backward_kernel, grid(C, kThreads), kThreads, 0, s)

@@ -340,6 +340,9 @@ cudaError_t cudaMalloc(void** p, size_t n) {
   *p = q;
   return cudaSuccess;
 }
+cudaError_t cudaMallocManaged(void** p, size_t n, unsigned) {
+  return cudaMalloc(p, n);
+}
 cudaError_t cudaFree(void* p) {
   if (!p) return cudaSuccess;
   {
