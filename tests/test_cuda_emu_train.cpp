@@ -11,11 +11,11 @@
 
 #include "engine/backend.h"
 #include "engine/safetensors.h"
+#include "kernels/train_ops.h"
 #include "models/loader.h"
 #include "tests/test_util.h"
 #include "train/distill.h"
 #include "train/ops.h"
-#include "kernels/train_ops.h"
 
 // The emulated kernels' host functions (kernels/cuda/train_kernels.h in the cuda_emu namespace;
 // its stream type is the emulation's EmuStream*, streams are no-ops there).

@@ -13,8 +13,8 @@
 
 #include "engine/linear.h"
 #include "engine/weights.h"
-#include "train/ops.h"
 #include "kernels/train_ops.h"
+#include "train/ops.h"
 
 namespace minfer::train {
 
