@@ -14,6 +14,7 @@
 #include "kernels/train_ops.h"
 #include "models/loader.h"
 #include "tests/test_util.h"
+#include "tests/train_test_util.h"
 #include "train/distill.h"
 #include "train/ops.h"
 
@@ -251,17 +252,7 @@ TEST_CASE("cuda emu train: distill on the CUDA ops gives the CPU run's losses an
   auto be = make_cpu_backend(1);
   auto teacher = load_model("tests/fixtures/parity/llama", *be);
   const auto ids = test::random_ids(300, 101, 1);
-  tr::DistillOptions o;
-  o.student = "init:layers=1,0";
-  o.loss = {0.5f, 2.f, false};
-  o.steps = 3;
-  o.batch = 2;
-  o.accum = 2;
-  o.seq = 8;
-  o.lr = 1e-2f;
-  o.warmup = 1;
-  o.seed = 5;
-  o.progress = false;
+  tr::DistillOptions o = test::tiny_distill("init:layers=1,0", 3, 2, 2, 1, 5);
   test::TempDir tmp("cuda-distill");
   const tr::DistillResult a = tr::distill(*teacher, nullptr, ids, "ids", {}, o, tmp / "cpu");
   o.ops = std::shared_ptr<tr::TrainOps>(minfer::new_cuda_emu_train_ops(0));

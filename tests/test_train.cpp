@@ -16,6 +16,7 @@
 #include "engine/weights.h"
 #include "models/loader.h"
 #include "tests/test_util.h"
+#include "tests/train_test_util.h"
 #include "train/bert_train.h"
 #include "train/checkpoint.h"
 #include "train/distill.h"
@@ -56,18 +57,7 @@ namespace {
 using test::random_ids;
 
 DistillOptions tiny_opts() {
-  DistillOptions o;
-  o.student = "init:layers=1";
-  o.loss = {0.5f, 2.f, false};
-  o.steps = 8;
-  o.batch = 2;
-  o.accum = 2;
-  o.seq = 8;
-  o.lr = 1e-2f;
-  o.warmup = 2;
-  o.seed = 5;
-  o.progress = false;
-  return o;
+  return test::tiny_distill("init:layers=1", 8, 2, 2, 2, 5);
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include "engine/safetensors.h"
 #include "models/loader.h"
 #include "tests/test_util.h"
+#include "tests/train_test_util.h"
 #include "train/distill.h"
 #include "train/loss.h"
 
@@ -30,17 +31,7 @@ const char* kLlama = "tests/fixtures/parity/llama";
 using test::random_ids;
 
 DistillOptions opts(const std::string& student) {
-  DistillOptions o;
-  o.student = student;
-  o.loss = {0.5f, 2.f, false};
-  o.steps = 4;
-  o.batch = 2;
-  o.seq = 8;
-  o.lr = 1e-2f;
-  o.warmup = 1;
-  o.seed = 3;
-  o.progress = false;
-  return o;
+  return test::tiny_distill(student, 4, 2, 1, 1, 3);
 }
 
 void compress_to(const std::string& method, const std::string& out,
@@ -229,16 +220,7 @@ TEST_CASE("train prune schedule: sparsity follows the cubic schedule, masks stay
   auto teacher = load_model(kLlama, *be);
   const auto ids = random_ids(300, 101, 1);
   test::TempDir tmp("prune-schedule");
-  DistillOptions o;
-  o.student = "init";
-  o.loss = {0.5f, 2.f, false};
-  o.steps = 10;
-  o.batch = 2;
-  o.seq = 8;
-  o.lr = 1e-2f;
-  o.warmup = 1;
-  o.seed = 3;
-  o.progress = false;
+  DistillOptions o = test::tiny_distill("init", 10, 2, 1, 1, 3);
   o.prune.method = "magnitude";
   o.prune.final_sparsity = 0.5;
   o.prune.start = 2;

@@ -18,6 +18,7 @@
 #include "engine/safetensors.h"
 #include "models/loader.h"
 #include "tests/test_util.h"
+#include "tests/train_test_util.h"
 #include "train/comm.h"
 #include "train/distill.h"
 
@@ -67,19 +68,9 @@ class ThreadGroup {
   std::vector<double*> d_;
 };
 
+// Batch 3: uneven shares over 2 ranks (1 + 2 sequences).
 DistillOptions dp_opts() {
-  DistillOptions o;
-  o.student = "init:layers=1";
-  o.loss = {0.5f, 2.f, false};
-  o.steps = 6;
-  o.batch = 3;  // uneven shares over 2 ranks: 1 + 2 sequences
-  o.accum = 2;
-  o.seq = 8;
-  o.lr = 1e-2f;
-  o.warmup = 2;
-  o.seed = 5;
-  o.progress = false;
-  return o;
+  return test::tiny_distill("init:layers=1", 6, 3, 2, 2, 5);
 }
 
 // max |a - b| over every tensor of two safetensors files, and the largest |a|.

@@ -17,6 +17,7 @@
 #include "engine/weights.h"
 #include "models/loader.h"
 #include "tests/test_util.h"
+#include "tests/train_test_util.h"
 #include "train/distill.h"
 #include "train/llama_train.h"
 #include "train/lora.h"
@@ -469,18 +470,7 @@ void check_resume(const DistillOptions& o, const test::TempDir& tmp, int expect_
 }
 
 DistillOptions resume_opts() {
-  DistillOptions o;
-  o.student = "init";
-  o.loss = {0.5f, 2.f, false};
-  o.steps = 6;
-  o.batch = 2;
-  o.accum = 2;
-  o.seq = 8;
-  o.lr = 1e-2f;
-  o.warmup = 2;
-  o.seed = 5;
-  o.progress = false;
-  return o;
+  return test::tiny_distill("init", 6, 2, 2, 2, 5);
 }
 
 }  // namespace
