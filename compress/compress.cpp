@@ -482,12 +482,7 @@ ActStats calibrate(Model& m, const std::vector<int32_t>& ids, int samples, int64
   const int n = int(std::min<int64_t>(samples, n_windows));
   ActStats st;
   Calibrator cal(st, with_gram);
-  Backend& be = m.backend();
-  be.set_observer(&cal);
-  struct Reset {
-    Backend& be;
-    ~Reset() { be.set_observer(nullptr); }
-  } reset{be};
+  const ScopedObserver observing(m.backend(), &cal);
   RunState s = m.new_state(seq_len, seq_len, 1);
   Progress bar("calibrate", n, progress);
   for (int i = 0; i < n; ++i) {
@@ -519,12 +514,7 @@ ActStats calibrate_encoder(Model& m, const std::vector<std::vector<int32_t>>& se
   }
   ActStats st;
   Calibrator cal(st, with_gram);
-  Backend& be = m.backend();
-  be.set_observer(&cal);
-  struct Reset {
-    Backend& be;
-    ~Reset() { be.set_observer(nullptr); }
-  } reset{be};
+  const ScopedObserver observing(m.backend(), &cal);
   RunState s = m.new_state(0, longest);
   Progress bar("calibrate", int64_t(seqs.size()), progress);
   for (size_t i = 0; i < seqs.size(); ++i) {

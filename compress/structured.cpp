@@ -322,12 +322,7 @@ FeatureNorms calibrate_feature_norms(Model& m, const std::vector<int32_t>& ids, 
   const int n = int(std::min<int64_t>(samples, n_windows));
   FeatureNorms norms;
   NormObserver obs(norms);
-  Backend& be = m.backend();
-  be.set_observer(&obs);
-  struct Reset {
-    Backend& be;
-    ~Reset() { be.set_observer(nullptr); }
-  } reset{be};
+  const ScopedObserver observing(m.backend(), &obs);
   const bool causal = m.config().causal();
   RunState s = m.new_state(causal ? len : 0, len, 1);
   Progress bar("calibrate", n, progress);

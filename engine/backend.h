@@ -124,6 +124,19 @@ class Backend {
   LinearObserver* observer_ = nullptr;
 };
 
+// Installs `o` as `be`'s linear observer for the lifetime of this object and removes it on every
+// exit (calibration passes: compress/compress.cpp, compress/structured.cpp).
+class ScopedObserver {
+ public:
+  ScopedObserver(Backend& be, LinearObserver* o) : be_(be) { be_.set_observer(o); }
+  ~ScopedObserver() { be_.set_observer(nullptr); }
+  ScopedObserver(const ScopedObserver&) = delete;
+  ScopedObserver& operator=(const ScopedObserver&) = delete;
+
+ private:
+  Backend& be_;
+};
+
 std::unique_ptr<Backend> make_cpu_backend(int threads = 0);
 // "cpu" or "cuda"; throws a clear error for a backend that is not built or has no device.
 std::unique_ptr<Backend> make_backend(const std::string& name, int threads = 0, int device = 0);
