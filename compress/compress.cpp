@@ -410,6 +410,21 @@ bool sparse_storage_wins(double sparsity, const std::string& value_format) {
   return false;
 }
 
+bool sparse24_storage_wins(const std::string& value_format) {
+  (void)value_format;
+  return false;  // filled from bench_sparse's 2:4 rows
+}
+
+CompressSpec::SparseStorage sparse_storage_from_name(const std::string& name) {
+  using SS = CompressSpec::SparseStorage;
+  if (name == "auto") return SS::Auto;
+  if (name == "sparse") return SS::Sparse;
+  if (name == "bitmask") return SS::Bitmask;
+  if (name == "dense") return SS::Dense;
+  throw Error(
+      fmt::format("--sparse-storage: expected auto, sparse, bitmask or dense, found '{}'", name));
+}
+
 bool sparse_value_format(const std::string& f) {
   return f == "f32" || f == "fp16" || f == "bf16" || f == "int8" || f == "int8-tensor";
 }
@@ -436,7 +451,24 @@ Linear compress_linear(const Linear& l, const CompressSpec& spec, const ActStats
   std::string value_format = i < steps.size() ? method_spec_name(steps[i]) : "";
   if (value_format.empty()) value_format = linear_format(q);
   using SS = CompressSpec::SparseStorage;
-  const bool sparse = spec.sparse_storage == SS::Sparse ? sparse_value_format(value_format)
+  // A 2:4 step (wanda-2:4, magnitude-2:4) leaves at most 2 nonzeros in every group of 4 inputs:
+  // such a weight can take the 2:4 format (2-bit indices, engine/formats/sparse24.h).
+  bool step24 = false;
+  for (size_t j = 0; j < i; ++j)
+    step24 = step24 || (steps[j].prune.n == 2 && steps[j].prune.m == 4);
+  const bool can24 = step24 && sparse_value_format(value_format) && is_2of4(pw, l.in, l.out);
+  const bool use24 =
+      can24 && (spec.sparse_storage == SS::Sparse ||
+                (spec.sparse_storage == SS::Auto && sparse24_storage_wins(value_format)));
+  if (use24) {
+    Sparse24 s24 = sparse24_from_dense(pw, l.in, l.out, l.name);
+    Linear vals = *s24.values;
+    for (size_t j = i; j < steps.size(); ++j) vals = apply_step(vals, steps[j], nullptr);
+    s24.values = Box<Linear>(std::move(vals));
+    return make_linear(l.name, l.in, l.out, std::move(s24), q.bias);
+  }
+  const bool sparse = spec.sparse_storage == SS::Sparse || spec.sparse_storage == SS::Bitmask
+                          ? sparse_value_format(value_format)
                       : spec.sparse_storage == SS::Dense
                           ? false
                           : sparse_storage_wins(sparsity, value_format);
@@ -828,6 +860,12 @@ void save_compressed(Model& m, const Tokenizer* tok, const std::string& out_dir,
         total += w->in * w->out;
         kept += int64_t(
             std::llround((1.0 - sparse_sparsity(*sb, w->in, w->out)) * double(w->in * w->out)));
+      } else if (const auto* s24 = std::get_if<Sparse24>(&w->repr)) {
+        // Written as sparse-24-bitmask (engine/formats/sparse24.h); keeps half of the weights.
+        all_24 = all_24 && std::holds_alternative<Dense>(s24->values->repr);
+        targets.push_back(w->name.substr(0, w->name.size() - 7));
+        total += w->in * w->out;
+        kept += w->in * w->out / 2;
       }
     if (!targets.empty()) {
       std::string structure = "unstructured";

@@ -32,10 +32,17 @@ struct CompressSpec {
   // untied on save.
   std::string head_format;
 
-  // How pruned weights are stored: Auto = the measured decode crossover (sparse_storage_wins),
-  // Sparse = the SparseBitmask format whenever its value format is supported (smaller files,
-  // compressed-tensors layout), Dense = the dense result of the chain (zeros stored).
-  enum class SparseStorage : uint8_t { Auto, Sparse, Dense } sparse_storage = SparseStorage::Auto;
+  // How pruned weights are stored: Auto = the measured decode crossover (sparse_storage_wins,
+  // sparse24_storage_wins), Sparse = a sparse format whenever its value format is supported
+  // (smaller files, compressed-tensors layout): Sparse24 (2-bit indices) after a 2:4 step,
+  // SparseBitmask otherwise; Bitmask = SparseBitmask always; Dense = the dense result of the
+  // chain (zeros stored).
+  enum class SparseStorage : uint8_t {
+    Auto,
+    Sparse,
+    Bitmask,
+    Dense
+  } sparse_storage = SparseStorage::Auto;
 
   // The step that decides the stored format (the last one).
   const MethodSpec& last() const { return steps.back(); }
@@ -123,6 +130,12 @@ Linear compress_linear(const Linear& l, const CompressSpec& spec, const ActStats
 // ("f32", "int8", ...) than dense in the same format. Value formats without a fast sparse kernel
 // never win.
 bool sparse_storage_wins(double sparsity, const std::string& value_format);
+// The measured decode crossover of the 2:4 format (Sparse24, 2-bit indices) against dense at the
+// same value format, for weights pruned 2:4 (docs/pruning.md, bench/bench_sparse.cpp 2:4 rows).
+bool sparse24_storage_wins(const std::string& value_format);
+// The storage name of the --sparse-storage option ("auto", "sparse", "bitmask", "dense");
+// anything else is an error naming the option and the choices.
+CompressSpec::SparseStorage sparse_storage_from_name(const std::string& name);
 // True for the value formats SparseBitmask holds: "f32", "fp16", "bf16", "int8", "int8-tensor".
 bool sparse_value_format(const std::string& value_format);
 

@@ -141,6 +141,33 @@ std::vector<Row> rows() {
                    sb.values = Box<Linear>(compress_linear(*sb.values, compress_spec_from_name(f)));
                    return make_linear(l.name, l.in, l.out, std::move(sb));
                  }});
+  // 2:4 pruned weights stored as Sparse24 (2-bit indices; forced): f32, int8 per row and per
+  // tensor, fp16 values. K % 4 == 0; 100 and 132 leave a padding nibble (K % 8 == 4).
+  const std::vector<std::pair<int64_t, int64_t>> shapes24 = {{5, 64}, {7, 100}, {33, 132}};
+  for (std::string m : {"magnitude-2:4", "wanda-2:4+int8", "magnitude-2:4+int8-tensor"}) {
+    CompressSpec spec = compress_spec_from_name(m);
+    spec.sparse_storage = CompressSpec::SparseStorage::Sparse;
+    Row row{m + "(sparse24)", [spec](const Linear& l) {
+              const ActStats st = stats_for(l);
+              Linear s = compress_linear(l, spec, &st);
+              MINFER_CHECK(std::holds_alternative<Sparse24>(s.repr), "expected sparse-24");
+              return s;
+            }};
+    row.int16_decode_activations = m.find("+int8") != std::string::npos;
+    row.shapes = shapes24;
+    r.push_back(row);
+  }
+  {
+    Row row{"magnitude-2:4(sparse24, fp16 values)", [](const Linear& l) {
+              CompressSpec sp = compress_spec_from_name("magnitude-2:4");
+              sp.sparse_storage = CompressSpec::SparseStorage::Sparse;
+              Sparse24 s = std::get<Sparse24>(compress_linear(l, sp).repr);
+              s.values = Box<Linear>(compress_linear(*s.values, compress_spec_from_name("fp16")));
+              return make_linear(l.name, l.in, l.out, std::move(s));
+            }};
+    row.shapes = shapes24;
+    r.push_back(row);
+  }
   // Codebooks (k-means weight sharing): every index width, per row and per group (K = 100, 130
   // leave a partial last group), weighted by calibration, after pruning.
   for (std::string m : {"kmeans2", "kmeans3", "kmeans4", "kmeans5-g32", "kmeans6", "kmeans7-g16",

@@ -417,7 +417,7 @@ TEST_CASE("prune: 2:4 weights read and write compressed-tensors' sparse-24-bitma
     // Our own 2:4 pruning of the dense matrix keeps the same positions (the package's topk(2)
     // per group of 4 is magnitude-2:4 when no two |w| of a group tie).
     CompressSpec m24 = compress_spec_from_name("magnitude-2:4");
-    m24.sparse_storage = CompressSpec::SparseStorage::Sparse;
+    m24.sparse_storage = CompressSpec::SparseStorage::Bitmask;
     // The package saw the unpruned matrix; the stored values are its 2 largest per group, so
     // pruning the decompressed matrix again keeps exactly them.
     const Linear mine = compress_linear(make_dense(name, dense, in, out), m24);

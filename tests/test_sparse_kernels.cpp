@@ -23,7 +23,7 @@ Linear sparse_int8(int64_t out, int64_t in, const std::string& chain, uint32_t s
   Tensor t = Tensor::empty(DType::F32, {out, in});
   for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = nd(rng);
   CompressSpec spec = compress_spec_from_name(chain);
-  spec.sparse_storage = CompressSpec::SparseStorage::Sparse;
+  spec.sparse_storage = CompressSpec::SparseStorage::Bitmask;  // 2:4 chains too
   Linear l = compress_linear(make_dense("blk.0.w.weight", t, in, out), spec);
   REQUIRE(std::holds_alternative<SparseBitmask>(l.repr));
   return l;

@@ -52,7 +52,7 @@ struct Options {
   int lines = 200, reps = 2, calib_samples = 4, threads = 0, device = 0;
   int64_t calib_len = 512;
   bool keep_files = false, quiet = false;
-  std::string sparse_storage = "auto";  // pruned weights: auto | sparse | dense (as compress)
+  std::string sparse_storage = "auto";  // pruned weights: auto | sparse | bitmask | dense
 };
 
 // ---- small helpers ----
@@ -270,9 +270,7 @@ json compress_child(const Options& o, const std::string& work, const std::string
   LoadedModel lm = open_named_model(o.model, *be, true, GgufWeights::F32);  // the f32 baseline
   Model& m = *lm.model;
   CompressSpec spec = compress_spec_from_name(method);
-  spec.sparse_storage = o.sparse_storage == "sparse"  ? CompressSpec::SparseStorage::Sparse
-                        : o.sparse_storage == "dense" ? CompressSpec::SparseStorage::Dense
-                                                      : CompressSpec::SparseStorage::Auto;
+  spec.sparse_storage = sparse_storage_from_name(o.sparse_storage);
   const double t0 = tool::now_s();
   json out = json::object();
   if (has_structured_steps(spec)) {  // heads / ffn / layers: a smaller model first
@@ -501,8 +499,8 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--sparse-storage", o.sparse_storage,
                  "pruned weights of every method: auto (sparse where the measured decode crossover "
-                 "says it is faster), sparse, dense (as compress --sparse-storage)")
-      ->check(CLI::IsMember({"auto", "sparse", "dense"}));
+                 "says it is faster), sparse, bitmask, dense (as compress --sparse-storage)")
+      ->check(CLI::IsMember({"auto", "sparse", "bitmask", "dense"}));
   app.add_option("--backend", o.backend, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--device", o.device, "GPU index for --backend cuda")
       ->check(CLI::NonNegativeNumber);

@@ -83,8 +83,10 @@ int main(int argc, char** argv) {
   std::string sparse_storage = "auto";
   app.add_option("--sparse-storage", sparse_storage,
                  "pruned weights: auto (sparse where the measured decode crossover says it is "
-                 "faster), sparse (the sparse-bitmask format, compressed-tensors layout), dense")
-      ->check(CLI::IsMember({"auto", "sparse", "dense"}));
+                 "faster), sparse (a sparse format, compressed-tensors layout: 2:4 values + 2-bit "
+                 "indices after a 2:4 step, the sparse-bitmask format otherwise), bitmask (the "
+                 "sparse-bitmask format always), dense")
+      ->check(CLI::IsMember({"auto", "sparse", "bitmask", "dense"}));
   std::string prune_scope;
   app.add_option("--prune-scope", prune_scope,
                  "magnitude-<pct>: compare |w| per output row (default), per layer, or over the "
@@ -152,9 +154,7 @@ int main(int argc, char** argv) {
       last.alpha = alpha;
     }
     for (MethodSpec& step : spec.steps) step.threshold = threshold;
-    spec.sparse_storage = sparse_storage == "sparse"  ? CompressSpec::SparseStorage::Sparse
-                          : sparse_storage == "dense" ? CompressSpec::SparseStorage::Dense
-                                                      : CompressSpec::SparseStorage::Auto;
+    spec.sparse_storage = sparse_storage_from_name(sparse_storage);
     if (!prune_scope.empty()) {
       bool any = false;
       for (MethodSpec& step : spec.steps)

@@ -21,23 +21,28 @@ int64_t row_count(const uint8_t* row, int64_t kb) {
   return c;
 }
 
-// compressed-tensors names a sparse weight's tensors after its module, not the weight:
-// BaseSparseCompressor.compress strips ".weight" (`model.layers.0.mlp.down_proj.weight` is stored
-// as `model.layers.0.mlp.down_proj.compressed`, `.bitmask`, `.shape`, `.row_offsets`).
 std::string module_prefix(const std::string& name) {
+  return sparse_module_name(name);
+}
+
+bool value_format_ok(const Linear& v) {
+  return sparse_values_ok(v);
+}
+
+}  // namespace
+
+std::string sparse_module_name(const std::string& name) {
   static constexpr std::string_view w = ".weight";
   return name.size() > w.size() && name.ends_with(w) ? name.substr(0, name.size() - w.size())
                                                      : name;
 }
 
-bool value_format_ok(const Linear& v) {
+bool sparse_values_ok(const Linear& v) {
   if (const Dense* d = std::get_if<Dense>(&v.repr)) return !d->transposed;
   if (const Quantized* q = std::get_if<Quantized>(&v.repr))
     return q->scheme == QScheme::Int8 && (q->per_tensor || q->group == v.in) && !q->asymmetric;
   return false;
 }
-
-}  // namespace
 
 void FormatTraits<SparseBitmask>::check(const SparseBitmask& r, int64_t in, int64_t out,
                                         const std::string& name) {

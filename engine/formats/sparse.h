@@ -63,6 +63,13 @@ SparseBitmask sparse_bitmask_from_dense(const float* w, int64_t in, int64_t out,
 // (Sparse24BitMaskTensor: `<name>.shape` I64 [2, 1], `<name>.compressed` [N, K / 2],
 // `<name>.bitmask`; no row_offsets), and load reads that layout back as a view of the file.
 bool sparse_is_2of4(const SparseBitmask& r);
+// compressed-tensors names a sparse weight's tensors after its module, not the weight:
+// BaseSparseCompressor.compress strips ".weight" (`model.layers.0.mlp.down_proj.weight` is stored
+// as `model.layers.0.mlp.down_proj.compressed`, `.bitmask`, `.shape`, `.row_offsets`).
+std::string sparse_module_name(const std::string& weight_name);
+// True for the packed-value formats the sparse formats hold: Dense F32/F16/BF16 (not transposed)
+// or Quantized Int8, symmetric, per row or per tensor.
+bool sparse_values_ok(const Linear& values);
 // Fraction of weights that are zero (not kept) in a SparseBitmask of shape (in, out).
 double sparse_sparsity(const SparseBitmask& r, int64_t in, int64_t out);
 

@@ -23,6 +23,7 @@
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/quant_act.h"
 #include "kernels/cpu/sparse.h"
+#include "kernels/cpu/sparse24.h"
 
 namespace minfer {
 
@@ -221,6 +222,9 @@ class CpuBackend final : public Backend {
             [&](const SparseBitmask& r) {
               sparse_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out);
             },
+            [&](const Sparse24& r) {
+              sparse24_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out);
+            },
             [&](const GgmlBlocks& r) { ggml_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out); },
             [&](const Codebook& r) {
               codebook_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out);
@@ -276,6 +280,7 @@ class CpuBackend final : public Backend {
                    [&](const W8A8&) { unsupported("w8a8"); },
                    [&](const LowRank&) { unsupported("lowrank"); },
                    [&](const SparseBitmask&) { unsupported("sparse"); },
+                   [&](const Sparse24&) { unsupported("sparse-24"); },
                    [&](const Codebook&) { unsupported("codebook"); },
                    [&](const GgmlBlocks& r) {
                      Mat Y = mat(y, "embedding output");

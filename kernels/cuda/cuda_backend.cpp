@@ -102,7 +102,7 @@ struct Scratch {
 
 // A weight as the device holds it. `magic` tells our copies from another backend's.
 constexpr uint64_t kMagic = 0x6d696e6665724355ull ^ sizeof(QWeight);
-enum class LKind { Dense, Quantized, LlmInt8, W8A8, LowRank, Sparse, Ggml, Codebook };
+enum class LKind { Dense, Quantized, LlmInt8, W8A8, LowRank, Sparse, Sparse24, Ggml, Codebook };
 struct DeviceLinear {
   uint64_t magic = kMagic;
   LKind kind = LKind::Dense;
@@ -343,6 +343,31 @@ class CudaBackend final : public Backend {
               }
               sw.vals = d->vals.raw();
             },
+            [&](const Sparse24& r) {
+              // The index bytes in sw.mask ([N, kb], two group codes per byte) and the values.
+              d->kind = LKind::Sparse24;
+              const Linear& v = *r.values;
+              d->mask = upload(r.idx);
+              SWeight& sw = d->sw;
+              sw.mask = d->mask.data<uint8_t>();
+              sw.kb = r.idx.dim(1);
+              sw.K = w.in;
+              sw.N = w.out;
+              sw.ld = v.in;
+              if (const Dense* dv = std::get_if<Dense>(&v.repr)) {
+                d->vals = upload(dv->w);
+                sw.vkind = dv->w.dtype() == DType::F32 ? 0 : dv->w.dtype() == DType::F16 ? 1 : 2;
+              } else {
+                const Quantized& q = std::get<Quantized>(v.repr);
+                d->vals = upload(q.codes);
+                d->vscales = upload(q.scales);
+                sw.vkind = 3;
+                sw.ld = q.codes.dim(1);
+                sw.scales = d->vscales.data<float>();
+                sw.per_tensor = q.per_tensor;
+              }
+              sw.vals = d->vals.raw();
+            },
             [&](const GgmlBlocks& r) {
               d->kind = LKind::Ggml;
               d->gblocks = upload(r.blocks);
@@ -431,6 +456,9 @@ class CudaBackend final : public Backend {
       case LKind::Sparse:
         launch_sparse_linear(d->sw, X.p, T, X.ld, Y.p, Y.ld, stream_);
         break;
+      case LKind::Sparse24:
+        launch_sparse24_linear(d->sw, X.p, T, X.ld, Y.p, Y.ld, stream_);
+        break;
       case LKind::Ggml:
         launch_ggml_linear(d->gw, X.p, T, X.ld, Y.p, Y.ld, stream_);
         break;
@@ -501,6 +529,7 @@ class CudaBackend final : public Backend {
             [&](const W8A8&) { unsupported("w8a8"); },
             [&](const LowRank&) { unsupported("lowrank"); },
             [&](const SparseBitmask&) { unsupported("sparse"); },
+            [&](const Sparse24&) { unsupported("sparse-24"); },
             [&](const Codebook&) { unsupported("codebook"); },
             [&](const GgmlBlocks&) {
               DMat Y = dmat(y, "embedding output");

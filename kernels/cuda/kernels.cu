@@ -469,6 +469,35 @@ __global__ void sparse_linear_kernel(SWeight w, const float* x, int64_t T, int64
   }
 }
 
+// Sparse24: one warp per output row n and up to kTT tokens; lane l takes index bytes b = l,
+// l + 32, ...: byte b holds the codes of groups 2b and 2b + 1 (8 inputs), whose 4 kept values are
+// values[n, 4b .. 4b + 3] (no scan: every group keeps exactly 2).
+__global__ void sparse24_linear_kernel(SWeight w, const float* x, int64_t T, int64_t ldx, float* y,
+                                       int64_t ldy) {
+  const int lane = threadIdx.x % 32;
+  const int64_t n = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
+  const int64_t t0 = int64_t(blockIdx.y) * kTT;
+  if (n >= w.N) return;
+  const int64_t nt = T - t0 < kTT ? T - t0 : kTT;
+  const uint8_t* ib = w.mask + n * w.kb;
+  const int64_t groups = w.K / 4;
+  float acc[kTT] = {};
+  for (int64_t b = lane; b < w.kb; b += 32) {
+    const unsigned byte = ib[b];
+    for (int j = 0; j < 4; ++j) {
+      const int64_t g = 2 * b + j / 2;
+      if (g >= groups) break;
+      const int64_t k = 4 * g + ((byte >> (2 * j)) & 3u);
+      const float wv = sparse_value(w, n, 4 * b + j);
+      for (int64_t t = 0; t < nt; ++t) acc[t] += wv * x[(t0 + t) * ldx + k];
+    }
+  }
+  for (int64_t i = 0; i < kTT; ++i) {
+    const float s = warp_sum(acc[i]);
+    if (lane == 0 && i < nt) y[(t0 + i) * ldy + n] = s;
+  }
+}
+
 // Codebook: one warp per output row n and up to kTT tokens; lane l takes weights k = l, l + 32,
 // ... (coalesced x reads; the index bytes of a 32-weight step are 4 b consecutive bytes).
 __global__ void codebook_linear_kernel(CWeight w, const float* x, int64_t T, int64_t ldx, float* y,
@@ -761,6 +790,12 @@ void launch_codebook_linear(const CWeight& w, const float* x, int64_t T, int64_t
 void launch_sparse_linear(const SWeight& w, const float* x, int64_t T, int64_t ldx, float* y,
                           int64_t ldy, cudaStream_t s) {
   MINFER_LAUNCH(sparse_linear_kernel, rows_grid(w.N, T), kWarps * 32, 0, s)(w, x, T, ldx, y, ldy);
+}
+
+void launch_sparse24_linear(const SWeight& w, const float* x, int64_t T, int64_t ldx, float* y,
+                            int64_t ldy, cudaStream_t s) {
+  if (T == 0 || w.N == 0) return;
+  MINFER_LAUNCH(sparse24_linear_kernel, rows_grid(w.N, T), kWarps * 32, 0, s)(w, x, T, ldx, y, ldy);
 }
 
 void launch_outlier_split(const float* x, int64_t T, int64_t ldx, int64_t K, float threshold,

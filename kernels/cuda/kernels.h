@@ -108,6 +108,12 @@ struct SWeight {
 void launch_sparse_linear(const SWeight& w, const float* x, int64_t T, int64_t ldx, float* y,
                           int64_t ldy, cudaStream_t s);
 
+// y[T, N] = x[T, K] · Wᵀ for a Sparse24 weight (engine/formats/sparse24.h; the index bytes in
+// w.mask, w.kb per row): one warp per output row, lane l takes index byte l, l + 32, ... (8
+// inputs, 4 kept values at fixed places 4 b .. 4 b + 3), x gathered at the indexed inputs.
+void launch_sparse24_linear(const SWeight& w, const float* x, int64_t T, int64_t ldx, float* y,
+                            int64_t ldy, cudaStream_t s);
+
 // A Codebook weight on the device (engine/formats/codebook.h): packed indices and f16 tables.
 struct CWeight {
   const uint8_t* indices = nullptr;     // [N, rb]: per row an LSB-first stream of b-bit indices

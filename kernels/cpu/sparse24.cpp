@@ -1,0 +1,574 @@
+#include "kernels/cpu/sparse24.h"
+
+#include <cblas.h>
+#include <fmt/ranges.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "engine/error.h"
+#include "engine/half.h"
+#include "engine/thread_pool.h"
+#include "kernels/common/quant_math.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI__) && \
+    defined(__AVX512VNNI__)
+#include <immintrin.h>
+#define MINFER_S24_AVX512 1
+#endif
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define MINFER_S24_AVX2 1
+#define MINFER_AVX2_FN __attribute__((target("avx2,fma")))
+#endif
+
+namespace minfer {
+
+namespace {
+
+// The packed values as kernels read them.
+struct Vals {
+  enum Kind { F32, F16, BF16, I8 } kind = F32;
+  const void* p = nullptr;
+  int64_t ld = 0;                 // elements or code bytes per row
+  const float* scales = nullptr;  // int8: [N] per row, or [1] per tensor
+  bool per_tensor = false;
+
+  float scale(int64_t n) const { return per_tensor ? scales[0] : scales[n]; }
+  float at(int64_t n, int64_t j) const {
+    switch (kind) {
+      case F32:
+        return static_cast<const float*>(p)[n * ld + j];
+      case F16:
+        return f16_to_f32(static_cast<const uint16_t*>(p)[n * ld + j]);
+      case BF16:
+        return bf16_to_f32(static_cast<const uint16_t*>(p)[n * ld + j]);
+      case I8:
+        return qm::dequant_uz(static_cast<const uint8_t*>(p)[n * ld + j], 128, scale(n));
+    }
+    return 0.f;
+  }
+};
+
+Vals vals_of(const Sparse24& w) {
+  const Linear& v = *w.values;
+  Vals a;
+  if (const Dense* d = std::get_if<Dense>(&v.repr)) {
+    a.kind = d->w.dtype() == DType::F32   ? Vals::F32
+             : d->w.dtype() == DType::F16 ? Vals::F16
+                                          : Vals::BF16;
+    a.p = d->w.raw();
+    a.ld = v.in;
+  } else {
+    const Quantized& q = std::get<Quantized>(v.repr);
+    a.kind = Vals::I8;
+    a.p = q.codes.raw();
+    a.ld = q.codes.dim(1);
+    a.scales = q.scales.data<float>();
+    a.per_tensor = q.per_tensor;
+  }
+  return a;
+}
+
+// Input of kept value j of a row whose index bytes are `ib`.
+inline int64_t input_of(const uint8_t* ib, int64_t j) {
+  return 4 * (j >> 1) + ((ib[j >> 2] >> (2 * (j & 3))) & 3);
+}
+
+void decode_ref_rows(const Sparse24& w, const Vals& v, const float* x, int64_t T, int64_t ldx,
+                     float* y, int64_t ldy, int64_t K, int64_t n0, int64_t n1) {
+  const int64_t kb = w.idx.dim(1), kv = K / 2;
+  const uint8_t* p = w.idx.data<uint8_t>();
+  std::vector<char> bad(size_t(T), 0);
+  if (v.kind == Vals::I8)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t k = 0; k < K; ++k)
+        if (!std::isfinite(x[t * ldx + k])) bad[size_t(t)] = 1;
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* ib = p + n * kb;
+    for (int64_t t = 0; t < T; ++t) {
+      if (bad[size_t(t)]) {
+        y[t * ldy + n] = std::numeric_limits<float>::quiet_NaN();
+        continue;
+      }
+      float s = 0.f;
+      for (int64_t j = 0; j < kv; ++j) s += v.at(n, j) * x[t * ldx + input_of(ib, j)];
+      y[t * ldy + n] = s;
+    }
+  }
+}
+
+// Row n of W as f32 [K] (dst fully written).
+void dequant_row(const uint8_t* ib, const Vals& v, int64_t n, int64_t K, float* dst) {
+  std::fill(dst, dst + K, 0.f);
+  for (int64_t j = 0; j < K / 2; ++j) dst[input_of(ib, j)] = v.at(n, j);
+}
+
+// x rounded to 16-bit codes per token row: d = max|x| / 32639, q = round-to-nearest-even(x / d)
+// clamped to ±32639 (the SparseBitmask kernels' rounding, kernels/cpu/sparse.h); a row with an
+// inf or NaN gets d = NaN and zero codes. Kp = K padded to `pad`, zero codes there.
+struct XQ {
+  std::vector<int16_t> q;  // [T, Kp]
+  int64_t Kp = 0;
+  float d[4] = {0, 0, 0, 0};
+};
+
+void quantize_x16(const float* x, int64_t T, int64_t ldx, int64_t K, int64_t pad, XQ& out) {
+  const int64_t Kp = (K + pad - 1) / pad * pad;
+  if (out.q.size() < size_t(T * Kp)) out.q.resize(size_t(T * Kp));
+  out.Kp = Kp;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* xr = x + t * ldx;
+    float amax = 0.f;
+    bool finite = true;
+    for (int64_t k = 0; k < K; ++k) {
+      finite = finite && std::isfinite(xr[k]);
+      amax = std::max(amax, std::fabs(xr[k]));
+    }
+    const float d = finite ? amax / 32639.f : NAN;
+    out.d[t] = d;
+    const float inv = finite && d > 0.f ? 1.f / d : 0.f;
+    int16_t* qr = out.q.data() + t * Kp;
+    for (int64_t k = 0; k < Kp; ++k) {
+      const float q = k < K && finite ? std::nearbyint(xr[k] * inv) : 0.f;
+      qr[k] = int16_t(std::clamp(q, -32639.f, 32639.f));
+    }
+  }
+}
+
+// `n` (<= 16) bytes of a row from byte b on; bytes past the row's kb read as 0.
+inline void row_bytes(const uint8_t* row, int64_t b, int64_t kb, int64_t n, uint8_t* dst) {
+  const int64_t have = std::clamp<int64_t>(kb - b, 0, n);
+  std::memcpy(dst, row + b, size_t(have));
+  std::memset(dst + have, 0, size_t(n - have));
+}
+
+#ifdef MINFER_S24_AVX512
+// int8 values: planes H, L (unsigned bytes of q + 32768), [T, Kp] each, Kp a multiple of 128.
+struct XP {
+  std::vector<uint8_t> h, l;
+  int64_t Kp = 0;
+};
+
+void split_planes(const XQ& xq, int64_t T, XP& xp) {
+  xp.Kp = xq.Kp;
+  if (xp.h.size() < size_t(T * xq.Kp)) {
+    xp.h.resize(size_t(T * xq.Kp));
+    xp.l.resize(size_t(T * xq.Kp));
+  }
+  for (int64_t i = 0; i < T * xq.Kp; ++i) {
+    const unsigned u = unsigned(int(xq.q[size_t(i)]) + 32768);
+    xp.h[size_t(i)] = uint8_t(u >> 8);
+    xp.l[size_t(i)] = uint8_t(u & 255);
+  }
+}
+
+// int32 lanes gain <= 4 * 255 * 128 per 128-input chunk: flushed to int64 every 4096 chunks.
+constexpr int64_t kBlock = 4096;
+
+template <int TT>
+void decode_i8_avx512(const Sparse24& w, const Vals& v, const XP& xp, const XQ& xq, float* y,
+                      int64_t ldy, int64_t K, int64_t n0, int64_t n1) {
+  const int64_t kb = w.idx.dim(1), chunks = (K + 127) / 128, kv = K / 2;
+  const uint8_t* p = w.idx.data<uint8_t>();
+  // Byte j of qword q selects bits 2 (j % 8).. of word q; the group base of kept value j is
+  // 4 (j / 2).
+  alignas(64) uint8_t shift[64], base[64];
+  for (int j = 0; j < 64; ++j) {
+    shift[j] = uint8_t(2 * (j % 8));
+    base[j] = uint8_t(4 * (j / 2));
+  }
+  const __m512i vshift = _mm512_load_si512(shift), vbase = _mm512_load_si512(base);
+  const __m512i three = _mm512_set1_epi8(3), flip = _mm512_set1_epi8(char(0x80)),
+                ones = _mm512_set1_epi8(1);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* ib = p + n * kb;
+    const uint8_t* cp = static_cast<const uint8_t*>(v.p) + n * v.ld;
+    int64_t H[TT], L[TT], W = 0;
+    for (int t = 0; t < TT; ++t) H[t] = L[t] = 0;
+    for (int64_t c0 = 0; c0 < chunks; c0 += kBlock) {
+      __m512i ah[TT], al[TT], aw = _mm512_setzero_si512();
+      for (int t = 0; t < TT; ++t) ah[t] = al[t] = _mm512_setzero_si512();
+      const int64_t c1 = std::min(chunks, c0 + kBlock);
+      for (int64_t c = c0; c < c1; ++c) {
+        __m128i ix;
+        __m512i codes;
+        if (16 * c + 16 <= kb && 64 * c + 64 <= kv) {
+          ix = _mm_loadu_si128(reinterpret_cast<const __m128i*>(ib + 16 * c));
+          codes = _mm512_loadu_si512(cp + 64 * c);
+        } else {  // the row's last, partial chunk: missing codes read as 128 (w = 0)
+          alignas(16) uint8_t tmp[16];
+          row_bytes(ib, 16 * c, kb, 16, tmp);
+          ix = _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
+          const int64_t left = kv - 64 * c;
+          codes = _mm512_mask_loadu_epi8(flip, _bzhi_u64(~0ull, unsigned(left)), cp + 64 * c);
+        }
+        const __m512i pos = _mm512_ternarylogic_epi32(
+            _mm512_multishift_epi64_epi8(vshift, _mm512_cvtepu16_epi64(ix)), three, vbase, 0xEA);
+        const __m512i wv = _mm512_xor_si512(codes, flip);
+        aw = _mm512_dpbusd_epi32(aw, ones, wv);
+        for (int t = 0; t < TT; ++t) {
+          const uint8_t* hp = xp.h.data() + t * xp.Kp + 128 * c;
+          const uint8_t* lp = xp.l.data() + t * xp.Kp + 128 * c;
+          const __m512i gh =
+              _mm512_permutex2var_epi8(_mm512_loadu_si512(hp), pos, _mm512_loadu_si512(hp + 64));
+          const __m512i gl =
+              _mm512_permutex2var_epi8(_mm512_loadu_si512(lp), pos, _mm512_loadu_si512(lp + 64));
+          ah[t] = _mm512_dpbusd_epi32(ah[t], gh, wv);
+          al[t] = _mm512_dpbusd_epi32(al[t], gl, wv);
+        }
+      }
+      W += _mm512_reduce_add_epi32(aw);
+      for (int t = 0; t < TT; ++t) {
+        H[t] += _mm512_reduce_add_epi32(ah[t]);
+        L[t] += _mm512_reduce_add_epi32(al[t]);
+      }
+    }
+    const float s = v.scale(n);
+    for (int t = 0; t < TT; ++t) {
+      const int64_t S = 256 * H[t] + L[t] - 32768 * W;
+      y[t * ldy + n] = float(S) * (s * xq.d[t]);
+    }
+  }
+}
+
+// f32 values, 32 inputs (16 kept) per step.
+template <int TT>
+void decode_f32_avx512(const Sparse24& w, const Vals& v, const float* x, int64_t ldx, float* y,
+                       int64_t ldy, int64_t K, int64_t n0, int64_t n1) {
+  const int64_t kb = w.idx.dim(1), kv = K / 2;
+  const uint8_t* p = w.idx.data<uint8_t>();
+  const __m512i sh = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i base = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
+  const __m512i three = _mm512_set1_epi32(3);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* ib = p + n * kb;
+    const float* vp = static_cast<const float*>(v.p) + n * v.ld;
+    __m512 acc[TT];
+    for (int t = 0; t < TT; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 32) {
+      uint32_t bits = 0;
+      const int64_t b = k / 8;
+      if (b + 4 <= kb)
+        std::memcpy(&bits, ib + b, 4);
+      else
+        for (int64_t i = 0; b + i < kb; ++i) bits |= uint32_t(ib[b + i]) << (8 * i);
+      const __m512i pos = _mm512_ternarylogic_epi32(
+          _mm512_srlv_epi32(_mm512_set1_epi32(int(bits)), sh), three, base, 0xEA);
+      const int64_t left = K - k;
+      const __mmask16 m0 = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
+      const __mmask16 m1 = left >= 32  ? __mmask16(0xffff)
+                           : left > 16 ? __mmask16((1u << (left - 16)) - 1)
+                                       : __mmask16(0);
+      const __mmask16 mv = left >= 32 ? __mmask16(0xffff) : __mmask16((1u << (left / 2)) - 1);
+      const __m512 wv = _mm512_maskz_loadu_ps(mv, vp + k / 2);
+      for (int t = 0; t < TT; ++t) {
+        const float* xr = x + t * ldx + k;
+        const __m512 g = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(m0, xr), pos,
+                                                _mm512_maskz_loadu_ps(m1, xr + 16));
+        acc[t] = _mm512_fmadd_ps(wv, g, acc[t]);
+      }
+    }
+    for (int t = 0; t < TT; ++t) y[t * ldy + n] = _mm512_reduce_add_ps(acc[t]);
+  }
+  (void)kv;
+}
+#endif
+
+#ifdef MINFER_S24_AVX2
+// Per index byte (2 groups, 8 inputs, 4 kept): pshufb control bytes that move the 4 kept int16
+// codes of those 8 inputs to the lane's low 8 bytes.
+struct GatherLut {
+  uint64_t e[256];
+  constexpr GatherLut() : e{} {
+    for (int b = 0; b < 256; ++b) {
+      uint64_t v = 0;
+      for (int j = 0; j < 4; ++j) {
+        const int pos = 4 * (j / 2) + ((b >> (2 * j)) & 3);
+        v |= uint64_t(2 * pos) << (16 * j);
+        v |= uint64_t(2 * pos + 1) << (16 * j + 8);
+      }
+      e[b] = v;
+    }
+  }
+};
+constexpr GatherLut kGather;
+
+MINFER_AVX2_FN inline float hsum256(__m256 f) {
+  __m128 v = _mm_add_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));
+  v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+  v = _mm_add_ss(v, _mm_movehdup_ps(v));
+  return _mm_cvtss_f32(v);
+}
+
+MINFER_AVX2_FN inline int64_t hsum256_epi32(__m256i v) {
+  alignas(32) int32_t a[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(a), v);
+  int64_t s = 0;
+  for (int i = 0; i < 8; ++i) s += a[i];
+  return s;
+}
+
+// f32 values, 16 inputs (8 kept) per step: lanes 0-3 gather from inputs 0-7, lanes 4-7 from 8-15.
+template <int TT>
+MINFER_AVX2_FN void decode_f32_avx2(const Sparse24& w, const Vals& v, const float* x, int64_t ldx,
+                                    float* y, int64_t ldy, int64_t K, int64_t n0, int64_t n1) {
+  const int64_t kb = w.idx.dim(1);
+  const uint8_t* p = w.idx.data<uint8_t>();
+  const __m256i sh = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+  const __m256i base = _mm256_setr_epi32(0, 0, 4, 4, 0, 0, 4, 4);
+  const __m256i three = _mm256_set1_epi32(3);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* ib = p + n * kb;
+    const float* vp = static_cast<const float*>(v.p) + n * v.ld;
+    __m256 acc[TT];
+    for (int t = 0; t < TT; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k += 16) {
+      const int64_t b = k / 8;
+      const unsigned bits = unsigned(ib[b]) | (b + 1 < kb ? unsigned(ib[b + 1]) << 8 : 0u);
+      const __m256i pos = _mm256_add_epi32(
+          _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(bits)), sh), three), base);
+      const int64_t left = K - k;
+      __m256 wv;
+      __m256i m0, m1;
+      if (left >= 16) {
+        wv = _mm256_loadu_ps(vp + k / 2);
+        m0 = m1 = _mm256_set1_epi32(-1);
+      } else {
+        wv = _mm256_maskload_ps(vp + k / 2,
+                                _mm256_cmpgt_epi32(_mm256_set1_epi32(int(left / 2)), lane));
+        m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(left)), lane);
+        m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(left - 8)), lane);
+      }
+      for (int t = 0; t < TT; ++t) {
+        const float* xr = x + t * ldx + k;
+        const __m256 ga = _mm256_permutevar8x32_ps(_mm256_maskload_ps(xr, m0), pos);
+        const __m256 gb = _mm256_permutevar8x32_ps(_mm256_maskload_ps(xr + 8, m1), pos);
+        acc[t] = _mm256_fmadd_ps(wv, _mm256_blend_ps(ga, gb, 0xF0), acc[t]);
+      }
+    }
+    for (int t = 0; t < TT; ++t) y[t * ldy + n] = hsum256(acc[t]);
+  }
+}
+
+// int8 values, x as int16 codes [T, Kp] (Kp a multiple of 32), 32 inputs (16 kept) per step.
+// Per step a lane gains <= 2 * 128 * 32639 < 2^23: flushed to int64 every 128 steps.
+template <int TT>
+MINFER_AVX2_FN void decode_i8_avx2(const Sparse24& w, const Vals& v, const XQ& xq, float* y,
+                                   int64_t ldy, int64_t K, int64_t n0, int64_t n1) {
+  const int64_t kb = w.idx.dim(1), kv = K / 2, steps = (K + 31) / 32;
+  const uint8_t* p = w.idx.data<uint8_t>();
+  const __m128i flip = _mm_set1_epi8(char(0x80));
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* ib = p + n * kb;
+    const uint8_t* cp = static_cast<const uint8_t*>(v.p) + n * v.ld;
+    int64_t S[TT];
+    for (int t = 0; t < TT; ++t) S[t] = 0;
+    for (int64_t s0 = 0; s0 < steps; s0 += 128) {
+      __m256i acc[TT];
+      for (int t = 0; t < TT; ++t) acc[t] = _mm256_setzero_si256();
+      const int64_t s1 = std::min(steps, s0 + 128);
+      for (int64_t st = s0; st < s1; ++st) {
+        alignas(16) uint8_t ix[4];
+        __m128i c;
+        if (4 * st + 4 <= kb && 16 * st + 16 <= kv) {
+          std::memcpy(ix, ib + 4 * st, 4);
+          c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(cp + 16 * st));
+        } else {  // the row's last, partial step: missing codes read as 128 (w = 0)
+          row_bytes(ib, 4 * st, kb, 4, ix);
+          alignas(16) uint8_t tmp[16];
+          std::memset(tmp, 0x80, 16);
+          std::memcpy(tmp, cp + 16 * st, size_t(kv - 16 * st));
+          c = _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
+        }
+        const __m256i ca =
+            _mm256_set_epi64x(0, int64_t(kGather.e[ix[1]]), 0, int64_t(kGather.e[ix[0]]));
+        const __m256i cb =
+            _mm256_set_epi64x(0, int64_t(kGather.e[ix[3]]), 0, int64_t(kGather.e[ix[2]]));
+        // Kept values 0-3 | 4-7 | 8-11 | 12-15 widened, reordered to lanes {0-3, 8-11 | 4-7,
+        // 12-15}, the order unpacklo leaves the gathered x in.
+        const __m256i w16 =
+            _mm256_permute4x64_epi64(_mm256_cvtepi8_epi16(_mm_xor_si128(c, flip)), 0xD8);
+        for (int t = 0; t < TT; ++t) {
+          const int16_t* xr = xq.q.data() + t * xq.Kp + 32 * st;
+          const __m256i ga =
+              _mm256_shuffle_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr)), ca);
+          const __m256i gb = _mm256_shuffle_epi8(
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr + 16)), cb);
+          acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(w16, _mm256_unpacklo_epi64(ga, gb)));
+        }
+      }
+      for (int t = 0; t < TT; ++t) S[t] += hsum256_epi32(acc[t]);
+    }
+    const float s = v.scale(n);
+    for (int t = 0; t < TT; ++t) y[t * ldy + n] = float(S[t]) * (s * xq.d[t]);
+  }
+}
+
+bool cpu_has_avx2() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+#endif
+
+enum class Isa { Scalar, Avx2, Avx512 };
+
+const char* isa_name(Isa i) {
+  return i == Isa::Avx512 ? "avx512" : i == Isa::Avx2 ? "avx2" : "scalar";
+}
+
+Isa isa_of(const std::string& isa) {
+  const std::vector<std::string> have = sparse24_decode_isas();
+  MINFER_CHECK(std::find(have.begin(), have.end(), isa) != have.end(),
+               "sparse-24 decode kernel set '{}' is not built or not supported here (available: "
+               "{})",
+               isa, fmt::join(have, ", "));
+  return isa == "avx512" ? Isa::Avx512 : isa == "avx2" ? Isa::Avx2 : Isa::Scalar;
+}
+
+Isa best_isa() {
+  static const Isa forced = [] {
+    const char* e = std::getenv("MINFER_SPARSE_ISA");
+    return e && *e ? isa_of(e) : Isa(-1);
+  }();
+  if (forced != Isa(-1)) return forced;
+#if defined(MINFER_S24_AVX512)
+  return Isa::Avx512;
+#elif defined(MINFER_S24_AVX2)
+  return cpu_has_avx2() ? Isa::Avx2 : Isa::Scalar;
+#else
+  return Isa::Scalar;
+#endif
+}
+
+Isa effective_isa(Isa isa, const Vals& v) {
+  return v.kind == Vals::F32 || v.kind == Vals::I8 ? isa : Isa::Scalar;
+}
+
+template <typename F>
+void by_tokens(int64_t T, F&& f) {
+  switch (T) {
+    case 1:
+      return f(std::integral_constant<int, 1>{});
+    case 2:
+      return f(std::integral_constant<int, 2>{});
+    case 3:
+      return f(std::integral_constant<int, 3>{});
+    default:
+      return f(std::integral_constant<int, 4>{});
+  }
+}
+
+void decode(const Sparse24& w, const Vals& v, Isa isa, const float* x, int64_t T, int64_t ldx,
+            float* y, int64_t ldy, int64_t K, int64_t N) {
+  isa = effective_isa(isa, v);
+  constexpr int64_t kMinWork = int64_t(1) << 15;
+#ifdef MINFER_S24_AVX512
+  if (isa == Isa::Avx512) {
+    if (v.kind == Vals::I8) {
+      static thread_local XQ xq;
+      static thread_local XP xp;
+      quantize_x16(x, T, ldx, K, 128, xq);
+      split_planes(xq, T, xp);
+      parallel_for(N, K, kMinWork, [&](int64_t n0, int64_t n1) {
+        by_tokens(T, [&](auto tt) {
+          decode_i8_avx512<decltype(tt)::value>(w, v, xp, xq, y, ldy, K, n0, n1);
+        });
+      });
+    } else {
+      parallel_for(N, K, kMinWork, [&](int64_t n0, int64_t n1) {
+        by_tokens(T, [&](auto tt) {
+          decode_f32_avx512<decltype(tt)::value>(w, v, x, ldx, y, ldy, K, n0, n1);
+        });
+      });
+    }
+    return;
+  }
+#endif
+#ifdef MINFER_S24_AVX2
+  if (isa == Isa::Avx2) {
+    if (v.kind == Vals::I8) {
+      static thread_local XQ xq;
+      quantize_x16(x, T, ldx, K, 32, xq);
+      parallel_for(N, K, kMinWork, [&](int64_t n0, int64_t n1) {
+        by_tokens(
+            T, [&](auto tt) { decode_i8_avx2<decltype(tt)::value>(w, v, xq, y, ldy, K, n0, n1); });
+      });
+    } else {
+      parallel_for(N, K, kMinWork, [&](int64_t n0, int64_t n1) {
+        by_tokens(T, [&](auto tt) {
+          decode_f32_avx2<decltype(tt)::value>(w, v, x, ldx, y, ldy, K, n0, n1);
+        });
+      });
+    }
+    return;
+  }
+#endif
+  parallel_for(N, K, kMinWork, [&](int64_t n0, int64_t n1) {
+    decode_ref_rows(w, v, x, T, ldx, y, ldy, K, n0, n1);
+  });
+}
+
+}  // namespace
+
+std::vector<std::string> sparse24_decode_isas() {
+  std::vector<std::string> r;
+#ifdef MINFER_S24_AVX512
+  r.push_back("avx512");
+#endif
+#ifdef MINFER_S24_AVX2
+  if (cpu_has_avx2()) r.push_back("avx2");
+#endif
+  r.push_back("scalar");
+  return r;
+}
+
+const char* sparse24_linear_isa(const Sparse24& w) {
+  return isa_name(effective_isa(best_isa(), vals_of(w)));
+}
+
+void sparse24_linear_decode_isa(const Sparse24& w, const std::string& isa, const float* x,
+                                int64_t T, int64_t ldx, float* y, int64_t ldy, int64_t K,
+                                int64_t N) {
+  const Isa i = isa_of(isa);
+  MINFER_CHECK(T >= 1 && T <= 4 && ldx >= K && ldy >= N,
+               "sparse24_linear_decode_isa: T must be 1..4 (found {}), ldx >= K, ldy >= N", T);
+  decode(w, vals_of(w), i, x, T, ldx, y, ldy, K, N);
+}
+
+void sparse24_linear_ref(const Sparse24& w, const float* x, int64_t T, int64_t ldx, float* y,
+                         int64_t ldy, int64_t K, int64_t N) {
+  decode_ref_rows(w, vals_of(w), x, T, ldx, y, ldy, K, 0, N);
+}
+
+void sparse24_linear(const Sparse24& w, const float* x, int64_t T, int64_t ldx, float* y,
+                     int64_t ldy, int64_t K, int64_t N) {
+  MINFER_CHECK(T >= 0 && ldx >= K && ldy >= N,
+               "sparse24_linear: bad strides (T {}, ldx {} < K {} or ldy {} < N {})", T, ldx, K,
+               ldy, N);
+  if (T == 0) return;
+  const Vals v = vals_of(w);
+  if (T <= 4) return decode(w, v, best_isa(), x, T, ldx, y, ldy, K, N);
+  const int nt = omp_get_max_threads();
+  constexpr int64_t R = 64;
+  const int64_t tiles = (N + R - 1) / R, kb = w.idx.dim(1);
+  const uint8_t* p = w.idx.data<uint8_t>();
+#pragma omp parallel for schedule(dynamic, 1) if (tiles > 1 && nt > 1)
+  for (int64_t i = 0; i < tiles; ++i) {
+    static thread_local std::vector<float> buf;
+    if (buf.size() < size_t(R * K)) buf.resize(size_t(R * K));
+    float* tile = buf.data();
+    const int64_t n0 = i * R, rows = std::min(R, N - n0);
+    for (int64_t r = 0; r < rows; ++r) dequant_row(p + (n0 + r) * kb, v, n0 + r, K, tile + r * K);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(rows), int(K), 1.f, x,
+                int(ldx), tile, int(K), 0.f, y + n0, int(ldy));
+  }
+}
+
+}  // namespace minfer

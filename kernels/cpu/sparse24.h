@@ -1,0 +1,55 @@
+// Sparse24 (2:4 values + 2-bit indices) linear on the CPU (format: engine/formats/sparse24.h).
+// Legend: T rows of x, K = in features (a multiple of 4), N = out features, Kb = ceil(K / 8)
+// index bytes per row; kept value j of a row sits at input 4 (j / 2) + (2-bit field j of the
+// row's index bits, LSB first).
+//
+//   T <= 4 (decode, memory bound): the kernels read the index bytes and the packed values once, in
+//     storage order, and gather x at the indexed inputs (no mask expansion, no popcounts: every
+//     group holds exactly 2 values, so value j is at a fixed place).
+//     AVX-512 (F, BW, VBMI, VNNI), int8 values: x rounded to 16-bit codes per token row as the
+//     SparseBitmask kernel does (step d = max|x| / 32639, q = round(x / d); a row with an inf or
+//     NaN gives NaN outputs), held as two unsigned byte planes of q + 32768 = 256 H + L. Per 128
+//     inputs: the 16 index bytes become 64 byte positions (vpmovzxwq, vpmultishiftqb, one
+//     vpternlogd with the group bases), one vpermt2b per plane gathers the 64 kept inputs' H and
+//     L bytes out of 128, and two vpdpbusd with the 64 signed codes w = u - 128 add exact
+//     integer sums; Σ w q = 256 Σ w H + Σ w L - 32768 Σ w. y = float(Σ w q) * (row scale * d):
+//     the same integers, so the same y, as the SparseBitmask VNNI kernel for the same weights.
+//     AVX-512, f32 values: per 32 inputs one vpermt2ps gathers the 16 kept inputs of x; one FMA.
+//     AVX2 + FMA (x86-64 without those; function target attributes, chosen by cpuid):
+//     - f32 values: per 16 inputs two vpermps gather the 8 kept inputs, one FMA;
+//     - int8 values: x as one int16 plane of the same codes; per 32 inputs two pshufb (control
+//       from a 256-entry table of index bytes) gather the 16 kept codes of x, vpmaddwd with the
+//       16 widened weight codes adds exact int32 pairs: the same y as the AVX-512 kernel.
+//     f16 / bf16 values and other ISAs take the scalar reference.
+//   T > 4 (prefill, compute bound): 64 rows at a time dequantized into an f32 tile, then sgemm.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/linear.h"
+
+namespace minfer {
+
+// y[T, N] (row stride ldy) = x[T, K] (row stride ldx) · dequant(W)ᵀ, without bias.
+void sparse24_linear(const Sparse24& w, const float* x, int64_t T, int64_t ldx, float* y,
+                     int64_t ldy, int64_t K, int64_t N);
+
+// Scalar reference and test oracle: each kept value dequantized as dequantize_weight does, an f32
+// dot product with x in index order. int8 values: a row of x with an inf or NaN gives NaN outputs
+// (as the SIMD kernels, which round x to 16-bit codes).
+void sparse24_linear_ref(const Sparse24& w, const float* x, int64_t T, int64_t ldx, float* y,
+                         int64_t ldy, int64_t K, int64_t N);
+
+// The decode kernel sets this build holds and this CPU runs, best first, ending with "scalar".
+std::vector<std::string> sparse24_decode_isas();
+// The decode path sparse24_linear takes here for w's value format ("avx512", "avx2", "scalar");
+// MINFER_SPARSE_ISA forces one (as for SparseBitmask, kernels/cpu/sparse.h).
+const char* sparse24_linear_isa(const Sparse24& w);
+// sparse24_linear's decode path (1 <= T <= 4) with the kernel set `isa` (one of
+// sparse24_decode_isas()); throws naming `isa` when it is not available here.
+void sparse24_linear_decode_isa(const Sparse24& w, const std::string& isa, const float* x,
+                                int64_t T, int64_t ldx, float* y, int64_t ldy, int64_t K,
+                                int64_t N);
+
+}  // namespace minfer
