@@ -370,6 +370,7 @@ int main(int argc, char** argv) {
         crossover = -1;
       }
     }
+    if (sparsities.empty()) continue;
     if (crossover < 0)
       std::printf("%s values: sparse decode never beat dense here\n", vf.c_str());
     else

@@ -13,6 +13,7 @@
 #include <random>
 
 #include "compress/compress.h"
+#include "engine/backend.h"
 #include "engine/safetensors.h"
 #include "kernels/cpu/sparse.h"
 #include "kernels/cpu/sparse24.h"
@@ -47,14 +48,16 @@ Linear pruned24(int64_t out, int64_t in, const std::string& values, uint32_t see
 }  // namespace
 
 TEST_CASE("sparse-24: every decode kernel set against the scalar reference") {
+  auto be = make_cpu_backend(2);  // two pool threads: large shapes run in several chunks
   const std::vector<std::string> isas = sparse24_decode_isas();
   REQUIRE(!isas.empty());
   CHECK(isas.back() == "scalar");
   MESSAGE("sparse-24 decode kernel sets here: " << fmt::format("{}", fmt::join(isas, ", ")));
   // Odd lengths: one group, a padding nibble (K % 8 == 4), partial 16 / 32 / 128-input steps,
   // several 128-input chunks, a long row.
-  const std::pair<int64_t, int64_t> shapes[] = {{5, 4},   {7, 12},   {3, 100}, {9, 132},
-                                                {4, 520}, {6, 1000}, {2, 9004}};
+  const std::pair<int64_t, int64_t> shapes[] = {{5, 4},    {7, 12},   {3, 100},  {9, 132},
+                                                {4, 520},  {6, 1000}, {2, 9004}, {96, 1024},
+                                                {2, 20000}};  // pool chunks; several int64 flushes
   for (const char* values : {"", "+int8", "+int8-tensor", "+fp16"})
     for (auto [N, K] : shapes) {
       CAPTURE(values);

@@ -109,6 +109,7 @@ void dequant_row(const uint8_t* ib, const Vals& v, int64_t n, int64_t K, float* 
   for (int64_t j = 0; j < K / 2; ++j) dst[input_of(ib, j)] = v.at(n, j);
 }
 
+#ifdef MINFER_S24_AVX2
 // x rounded to 16-bit codes per token row: d = max|x| / 32639, q = round-to-nearest-even(x / d)
 // clamped to ±32639 (the SparseBitmask kernels' rounding, kernels/cpu/sparse.h); a row with an
 // inf or NaN gets d = NaN and zero codes. Kp = K padded to `pad`, zero codes there.
@@ -148,35 +149,72 @@ inline void row_bytes(const uint8_t* row, int64_t b, int64_t kb, int64_t n, uint
   std::memset(dst + have, 0, size_t(n - have));
 }
 
+#endif
+
 #ifdef MINFER_S24_AVX512
-// int8 values: planes H, L (unsigned bytes of q + 32768), [T, Kp] each, Kp a multiple of 128.
+// int8 values: x rounded as quantize_x16 does (the same step, the same round-to-nearest-even,
+// the same clamp: _mm512_cvtps_epi32 under the default rounding mode is nearbyint), kept as the
+// unsigned bytes of q + 32768 = 256 H + L, planes [T, Kp] each, Kp a multiple of 128 (padding:
+// q = 0). A row with an inf or NaN gets d = NaN.
 struct XP {
   std::vector<uint8_t> h, l;
   int64_t Kp = 0;
+  float d[4] = {0, 0, 0, 0};
 };
 
-void split_planes(const XQ& xq, int64_t T, XP& xp) {
-  xp.Kp = xq.Kp;
-  if (xp.h.size() < size_t(T * xq.Kp)) {
-    xp.h.resize(size_t(T * xq.Kp));
-    xp.l.resize(size_t(T * xq.Kp));
+void quantize_planes(const float* x, int64_t T, int64_t ldx, int64_t K, XP& xp) {
+  const int64_t Kp = (K + 127) / 128 * 128;
+  if (xp.h.size() < size_t(T * Kp)) {
+    xp.h.resize(size_t(T * Kp));
+    xp.l.resize(size_t(T * Kp));
   }
-  for (int64_t i = 0; i < T * xq.Kp; ++i) {
-    const unsigned u = unsigned(int(xq.q[size_t(i)]) + 32768);
-    xp.h[size_t(i)] = uint8_t(u >> 8);
-    xp.l[size_t(i)] = uint8_t(u & 255);
+  xp.Kp = Kp;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* xr = x + t * ldx;
+    __m512 mx = _mm512_setzero_ps();
+    __mmask16 nan = 0;
+    for (int64_t k = 0; k < K; k += 16) {
+      const __mmask16 lm = K - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (K - k)) - 1);
+      const __m512 a = _mm512_maskz_loadu_ps(lm, xr + k);
+      nan |= _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
+      mx = _mm512_max_ps(mx, _mm512_abs_ps(a));
+    }
+    const float amax = _mm512_reduce_max_ps(mx);
+    const bool finite = !nan && std::isfinite(amax);
+    const float d = finite ? amax / 32639.f : NAN;
+    xp.d[t] = d;
+    const __m512 inv = _mm512_set1_ps(finite && d > 0.f ? 1.f / d : 0.f);
+    const __m512i lim = _mm512_set1_epi32(32639), off = _mm512_set1_epi32(32768);
+    uint8_t* hp = xp.h.data() + t * Kp;
+    uint8_t* lp = xp.l.data() + t * Kp;
+    for (int64_t k = 0; k < Kp; k += 16) {
+      const __mmask16 lm = K - k >= 16 ? __mmask16(0xffff)
+                           : K > k     ? __mmask16((1u << (K - k)) - 1)
+                                       : __mmask16(0);
+      __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(lm, xr + k), inv));
+      q = _mm512_max_epi32(_mm512_min_epi32(q, lim), _mm512_sub_epi32(_mm512_setzero_si512(), lim));
+      const __m512i u = _mm512_add_epi32(q, off);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(hp + k),
+                       _mm512_cvtepi32_epi8(_mm512_srli_epi32(u, 8)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(lp + k), _mm512_cvtepi32_epi8(u));
+    }
   }
 }
 
-// int32 lanes gain <= 4 * 255 * 128 per 128-input chunk: flushed to int64 every 4096 chunks.
-constexpr int64_t kBlock = 4096;
+// Per 128-input chunk a lane's 256 Σ w H + Σ w L - 32768 Σ w is its 4 products Σ w q, |.| <=
+// 4 * 128 * 32639 < 2^24: the three int32 accumulators are combined (mod 2^32, exact while the
+// true sum fits) and reduced in int64 every 64 chunks (8192 inputs, |lane| < 2^30).
+constexpr int64_t kBlock = 64;
 
 template <int TT>
-void decode_i8_avx512(const Sparse24& w, const Vals& v, const XP& xp, const XQ& xq, float* y,
-                      int64_t ldy, int64_t K, int64_t n0, int64_t n1) {
+void decode_i8_avx512(const Sparse24& w, const Vals& v, const XP& xp, float* y, int64_t ldy,
+                      int64_t K, int64_t n0, int64_t n1) {
   const int64_t kb = w.idx.dim(1), chunks = (K + 127) / 128, kv = K / 2;
+  const int64_t full = std::min(kb / 16, kv / 64);  // chunks whose bytes all lie in the row
   const uint8_t* p = w.idx.data<uint8_t>();
-  // Byte j of qword q selects bits 2 (j % 8).. of word q; the group base of kept value j is
+  const uint8_t* codes0 = static_cast<const uint8_t*>(v.p);
+  const int64_t ld = v.ld;
+  // Byte j of qword q selects bits 2 (j % 8).. of index word q; kept value j's group base is
   // 4 (j / 2).
   alignas(64) uint8_t shift[64], base[64];
   for (int j = 0; j < 64; ++j) {
@@ -186,11 +224,17 @@ void decode_i8_avx512(const Sparse24& w, const Vals& v, const XP& xp, const XQ& 
   const __m512i vshift = _mm512_load_si512(shift), vbase = _mm512_load_si512(base);
   const __m512i three = _mm512_set1_epi8(3), flip = _mm512_set1_epi8(char(0x80)),
                 ones = _mm512_set1_epi8(1);
+  const uint8_t* hp[TT];
+  const uint8_t* lp[TT];
+  for (int t = 0; t < TT; ++t) {
+    hp[t] = xp.h.data() + t * xp.Kp;
+    lp[t] = xp.l.data() + t * xp.Kp;
+  }
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* ib = p + n * kb;
-    const uint8_t* cp = static_cast<const uint8_t*>(v.p) + n * v.ld;
-    int64_t H[TT], L[TT], W = 0;
-    for (int t = 0; t < TT; ++t) H[t] = L[t] = 0;
+    const uint8_t* cp = codes0 + n * ld;
+    int64_t S[TT];
+    for (int t = 0; t < TT; ++t) S[t] = 0;
     for (int64_t c0 = 0; c0 < chunks; c0 += kBlock) {
       __m512i ah[TT], al[TT], aw = _mm512_setzero_si512();
       for (int t = 0; t < TT; ++t) ah[t] = al[t] = _mm512_setzero_si512();
@@ -198,42 +242,41 @@ void decode_i8_avx512(const Sparse24& w, const Vals& v, const XP& xp, const XQ& 
       for (int64_t c = c0; c < c1; ++c) {
         __m128i ix;
         __m512i codes;
-        if (16 * c + 16 <= kb && 64 * c + 64 <= kv) {
+        if (c < full) {
           ix = _mm_loadu_si128(reinterpret_cast<const __m128i*>(ib + 16 * c));
           codes = _mm512_loadu_si512(cp + 64 * c);
-        } else {  // the row's last, partial chunk: missing codes read as 128 (w = 0)
-          alignas(16) uint8_t tmp[16];
-          row_bytes(ib, 16 * c, kb, 16, tmp);
-          ix = _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
-          const int64_t left = kv - 64 * c;
-          codes = _mm512_mask_loadu_epi8(flip, _bzhi_u64(~0ull, unsigned(left)), cp + 64 * c);
+        } else {  // the row's last, partial chunk: missing index bytes 0, codes 128 (w = 0)
+          ix = _mm_maskz_loadu_epi8(__mmask16(_bzhi_u32(0xffffu, unsigned(kb - 16 * c))),
+                                    ib + 16 * c);
+          codes =
+              _mm512_mask_loadu_epi8(flip, _bzhi_u64(~0ull, unsigned(kv - 64 * c)), cp + 64 * c);
         }
         const __m512i pos = _mm512_ternarylogic_epi32(
             _mm512_multishift_epi64_epi8(vshift, _mm512_cvtepu16_epi64(ix)), three, vbase, 0xEA);
         const __m512i wv = _mm512_xor_si512(codes, flip);
         aw = _mm512_dpbusd_epi32(aw, ones, wv);
         for (int t = 0; t < TT; ++t) {
-          const uint8_t* hp = xp.h.data() + t * xp.Kp + 128 * c;
-          const uint8_t* lp = xp.l.data() + t * xp.Kp + 128 * c;
-          const __m512i gh =
-              _mm512_permutex2var_epi8(_mm512_loadu_si512(hp), pos, _mm512_loadu_si512(hp + 64));
-          const __m512i gl =
-              _mm512_permutex2var_epi8(_mm512_loadu_si512(lp), pos, _mm512_loadu_si512(lp + 64));
-          ah[t] = _mm512_dpbusd_epi32(ah[t], gh, wv);
-          al[t] = _mm512_dpbusd_epi32(al[t], gl, wv);
+          const uint8_t* h = hp[t] + 128 * c;
+          const uint8_t* l = lp[t] + 128 * c;
+          ah[t] = _mm512_dpbusd_epi32(
+              ah[t],
+              _mm512_permutex2var_epi8(_mm512_loadu_si512(h), pos, _mm512_loadu_si512(h + 64)), wv);
+          al[t] = _mm512_dpbusd_epi32(
+              al[t],
+              _mm512_permutex2var_epi8(_mm512_loadu_si512(l), pos, _mm512_loadu_si512(l + 64)), wv);
         }
       }
-      W += _mm512_reduce_add_epi32(aw);
+      const __m512i w15 = _mm512_slli_epi32(aw, 15);
       for (int t = 0; t < TT; ++t) {
-        H[t] += _mm512_reduce_add_epi32(ah[t]);
-        L[t] += _mm512_reduce_add_epi32(al[t]);
+        const __m512i q =
+            _mm512_sub_epi32(_mm512_add_epi32(_mm512_slli_epi32(ah[t], 8), al[t]), w15);
+        S[t] += _mm512_reduce_add_epi64(
+            _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(q)),
+                             _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(q, 1))));
       }
     }
     const float s = v.scale(n);
-    for (int t = 0; t < TT; ++t) {
-      const int64_t S = 256 * H[t] + L[t] - 32768 * W;
-      y[t * ldy + n] = float(S) * (s * xq.d[t]);
-    }
+    for (int t = 0; t < TT; ++t) y[t * ldy + n] = float(S[t]) * (s * xp.d[t]);
   }
 }
 
@@ -472,13 +515,14 @@ void decode(const Sparse24& w, const Vals& v, Isa isa, const float* x, int64_t T
 #ifdef MINFER_S24_AVX512
   if (isa == Isa::Avx512) {
     if (v.kind == Vals::I8) {
-      static thread_local XQ xq;
-      static thread_local XP xp;
-      quantize_x16(x, T, ldx, K, 128, xq);
-      split_planes(xq, T, xp);
+      // The caller's buffers, referenced by the workers through these references (a
+      // thread_local named inside the lambda would be each worker's own, empty one).
+      static thread_local XP xp_buf;
+      XP& xp = xp_buf;
+      quantize_planes(x, T, ldx, K, xp);
       parallel_for(N, K, kMinWork, [&](int64_t n0, int64_t n1) {
         by_tokens(T, [&](auto tt) {
-          decode_i8_avx512<decltype(tt)::value>(w, v, xp, xq, y, ldy, K, n0, n1);
+          decode_i8_avx512<decltype(tt)::value>(w, v, xp, y, ldy, K, n0, n1);
         });
       });
     } else {
@@ -494,7 +538,8 @@ void decode(const Sparse24& w, const Vals& v, Isa isa, const float* x, int64_t T
 #ifdef MINFER_S24_AVX2
   if (isa == Isa::Avx2) {
     if (v.kind == Vals::I8) {
-      static thread_local XQ xq;
+      static thread_local XQ xq_buf;
+      XQ& xq = xq_buf;
       quantize_x16(x, T, ldx, K, 32, xq);
       parallel_for(N, K, kMinWork, [&](int64_t n0, int64_t n1) {
         by_tokens(
