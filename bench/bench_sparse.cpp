@@ -280,13 +280,6 @@ int main(int argc, char** argv) {
   // SmolLM2-135M: d_model 576, d_ff 1536 (q/o 576x576, k/v 192x576, gate/up 1536x576, down
   // 576x1536). The FFN shapes hold 3/4 of the block weights.
   const std::pair<int64_t, int64_t> shapes[] = {{1536, 576}, {576, 1536}, {576, 576}};
-  std::printf(
-      "SparseBitmask vs dense, %d threads; medians of 11 alternating passes (decode, over >= 64 MB "
-      "of weight copies) / 5 (prefill); ms per call; speedup = median of dense / sparse\n",
-      threads);
-  std::printf("%-10s %-6s %9s %8s %10s %10s %8s %10s %10s %8s\n", "shape", "values", "sparsity",
-              "chosen", "dense T=1", "sparse T=1", "speedup", "dense T=128", "sparse T=128",
-              "speedup");
   // argv[2]: value formats (comma separated, default f32,int8); argv[3]: sparsities in percent
   // (default 10,20,...,70) and/or "2:4" (dense vs SparseBitmask vs Sparse24 on 2:4 weights).
   auto split = [](const char* s) {
@@ -333,6 +326,16 @@ int main(int argc, char** argv) {
             (long long)out, (long long)in, vf.c_str(), "2:4", a.a * 1e3, b.a * 1e3, a.b * 1e3,
             a.ratio, b.ratio, pre.a * 1e3, pre.b * 1e3, pre.ratio);
       }
+  }
+  if (!sparsities.empty()) {
+    std::printf(
+        "SparseBitmask vs dense, %d threads; medians of 11 alternating passes (decode, over "
+        ">= 64 MB of weight copies) / 5 (prefill); ms per call; speedup = median of dense / "
+        "sparse\n",
+        threads);
+    std::printf("%-10s %-6s %9s %8s %10s %10s %8s %10s %10s %8s\n", "shape", "values", "sparsity",
+                "chosen", "dense T=1", "sparse T=1", "speedup", "dense T=128", "sparse T=128",
+                "speedup");
   }
   for (const std::string& vf : formats) {
     double crossover = -1;

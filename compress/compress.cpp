@@ -411,8 +411,25 @@ bool sparse_storage_wins(double sparsity, const std::string& value_format) {
 }
 
 bool sparse24_storage_wins(const std::string& value_format) {
+  // 2:4 weights as Sparse24 against dense at the same value format (T = 1, SmolLM2-135M shapes,
+  // weights streamed from memory; `bench_sparse THREADS int8,f32 2:4`, docs/pruning.md).
+  // Measured on AMD EPYC Zen 4, 2026-11-30, a shared 2-core machine at load 18, dense / Sparse24
+  // medians of alternating passes, 2 and 1 threads, three shapes, after the kernel's final form:
+  //   int8 values: 1.00-2.30x (median 1.5x); f32 values: 1.32-2.05x.
+  // Against SparseBitmask on the same weights: level or ahead (0.78-1.43x int8, 1.08-1.70x f32),
+  // so a 2:4 weight never takes the bitmask by choice. Needs the AVX-512 VBMI + VNNI kernels
+  // (kernels/cpu/sparse24.h); the AVX2 ones are not timed against dense AVX2 kernels (no such
+  // build here), so elsewhere 2:4 weights stay dense.
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI__) && \
+    defined(__AVX512VNNI__) && defined(__x86_64__)
+  static const bool fast =
+      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vnni");
+  return fast && (value_format == "int8" || value_format == "int8-tensor" || value_format == "f32");
+#else
   (void)value_format;
-  return false;  // filled from bench_sparse's 2:4 rows
+  return false;
+#endif
 }
 
 CompressSpec::SparseStorage sparse_storage_from_name(const std::string& name) {

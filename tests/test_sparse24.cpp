@@ -201,6 +201,22 @@ TEST_CASE("sparse-24: built from 2:4 weights only, errors name the tensor") {
   CHECK(sparse_storage_from_name("bitmask") == CompressSpec::SparseStorage::Bitmask);
   CHECK_THROWS_WITH_AS(sparse_storage_from_name("csr"), doctest::Contains("--sparse-storage"),
                        Error);
+  // Auto follows the measured 2:4 table; Bitmask and Dense never give Sparse24.
+  const Linear d24 = make_dense("a.weight", randn_t(4, 64, 2), 64, 4);
+  for (const char* chain : {"magnitude-2:4+int8", "magnitude-2:4", "magnitude-2:4+fp16"}) {
+    CAPTURE(chain);
+    const std::string vf =
+        std::string(chain) == "magnitude-2:4" ? "f32" : std::string(chain).substr(14);
+    CHECK(std::holds_alternative<Sparse24>(
+              compress_linear(d24, compress_spec_from_name(chain)).repr) ==
+          sparse24_storage_wins(vf));
+    CompressSpec b = compress_spec_from_name(chain);
+    b.sparse_storage = CompressSpec::SparseStorage::Bitmask;
+    CHECK(std::holds_alternative<SparseBitmask>(compress_linear(d24, b).repr));
+    b.sparse_storage = CompressSpec::SparseStorage::Dense;
+    CHECK_FALSE(std::holds_alternative<Sparse24>(compress_linear(d24, b).repr));
+  }
+  CHECK_FALSE(sparse24_storage_wins("fp16"));  // no SIMD kernel for 16-bit values
   // Non-2:4 prune steps never give Sparse24, whatever the storage.
   CompressSpec p50 = compress_spec_from_name("magnitude-50+int8");
   p50.sparse_storage = CompressSpec::SparseStorage::Sparse;

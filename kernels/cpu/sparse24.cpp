@@ -106,7 +106,17 @@ void decode_ref_rows(const Sparse24& w, const Vals& v, const float* x, int64_t T
 // Row n of W as f32 [K] (dst fully written).
 void dequant_row(const uint8_t* ib, const Vals& v, int64_t n, int64_t K, float* dst) {
   std::fill(dst, dst + K, 0.f);
-  for (int64_t j = 0; j < K / 2; ++j) dst[input_of(ib, j)] = v.at(n, j);
+  const int64_t kv = K / 2;
+  if (v.kind == Vals::F32) {
+    const float* vp = static_cast<const float*>(v.p) + n * v.ld;
+    for (int64_t j = 0; j < kv; ++j) dst[input_of(ib, j)] = vp[j];
+  } else if (v.kind == Vals::I8) {
+    const uint8_t* cp = static_cast<const uint8_t*>(v.p) + n * v.ld;
+    const float s = v.scale(n);
+    for (int64_t j = 0; j < kv; ++j) dst[input_of(ib, j)] = qm::dequant_uz(cp[j], 128, s);
+  } else {
+    for (int64_t j = 0; j < kv; ++j) dst[input_of(ib, j)] = v.at(n, j);
+  }
 }
 
 #ifdef MINFER_S24_AVX2
