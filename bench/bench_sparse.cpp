@@ -1,6 +1,10 @@
 // make bench: SparseBitmask against dense at the same value format (f32, int8), decode (T = 1)
 // and prefill (T = 128), over sparsity, on SmolLM2-135M's projection shapes. The decode crossover
 // it prints is what compress/compress.cpp's sparse_storage_wins table holds (docs/pruning.md).
+// 2:4 rows (sparsity "2:4", in the default list): dense vs SparseBitmask vs Sparse24 (2-bit
+// indices) on the same 2:4 weights, what sparse24_storage_wins holds. `bench_sparse THREADS csr
+// [50,70,90]`: CSR with 16-bit columns (a measured candidate, not a registered format) against
+// SparseBitmask.
 // Dense and sparse passes alternate; the speed-ups are medians of the per-pass ratios, so a
 // shared machine's load hits both sides alike (the absolute times stay noisy).
 #include <algorithm>
