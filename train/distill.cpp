@@ -154,14 +154,14 @@ std::unique_ptr<TrainLlama> compressed_student(const std::string& dir, const Mod
                mc.vocab_size, dir, tc.vocab_size);
   auto st = std::make_unique<TrainLlama>(mc, TrainMods{}, ops);
   st->load_from_model(*m, {});
-  // Pruned Linears keep their masks: a SparseBitmask, or any Linear of a folder whose method
-  // chain prunes (e.g. wanda-50 stored dense, wanda-50+int8): its zeros stay zero.
+  // Pruned Linears keep their masks: a SparseBitmask or Sparse24, or any Linear of a folder whose
+  // method chain prunes (e.g. wanda-50 stored dense, wanda-50+int8): its zeros stay zero.
   bool pruned = false;
   const std::string method = CompressedSource(dir).method();
   try {
     for (const MethodSpec& step : compress_spec_from_name(method).steps) pruned |= step.is_prune();
   } catch (const Error&) {
-    // A method name this build does not parse: only the SparseBitmask Linears are masked.
+    // A method name this build does not parse: only the sparse-format Linears are masked.
   }
   for (Linear* l : m->linears()) {
     if (!st->params().has(l->name)) continue;
@@ -173,7 +173,9 @@ std::unique_ptr<TrainLlama> compressed_student(const std::string& dir, const Mod
                         std::vector<float>(V.data<float>(), V.data<float>() + V.numel()));
       continue;
     }
-    if (std::holds_alternative<SparseBitmask>(l->repr) || pruned) st->params().fix_zeros(l->name);
+    if (std::holds_alternative<SparseBitmask>(l->repr) ||
+        std::holds_alternative<Sparse24>(l->repr) || pruned)
+      st->params().fix_zeros(l->name);
   }
   if (!st->factors().empty()) {
     if (!st->ops().host())
