@@ -12,6 +12,7 @@
 #include <random>
 
 #include "engine/linear.h"
+#include "engine/model_folder.h"
 #include "engine/weights.h"
 #include "kernels/train_ops.h"
 #include "train/ops.h"
@@ -508,6 +509,10 @@ void TrainLlama::add_input_sq(InputSqSums& acc) const {
     for (const char* m : {"mlp.gate_proj", "mlp.up_proj"}) add(p + m + ".weight", a.ln2, C);
     add(p + "mlp.down_proj.weight", a.swi, F);
   }
+}
+
+nlohmann::json TrainLlama::config_json() const {
+  return llama_config_json(cfg_, "float32");
 }
 
 void TrainLlama::set_checkpointing(bool on) {
