@@ -466,7 +466,9 @@ void save_student(TrainLlama& student, Model& teacher, const Tokenizer* tok,
       for (Linear& q : student.qat_linears()) {
         auto it = lin.find(q.name);
         MINFER_CHECK(it != lin.end(), "qat export: the model has no linear '{}'", q.name);
+        Tensor bias = it->second->bias;  // qwen2's q/k/v biases stay f32 beside the codes
         *it->second = std::move(q);
+        it->second->bias = bias;
       }
       const QatSpec qs = parse_qat(opt.qat);
       std::string method = qat_name(qs);

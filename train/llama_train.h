@@ -41,10 +41,10 @@ struct TrainMods {
 class TrainLlama final : public Student {
  public:
   // Lays out the parameters of cfg (zeros). Throws "not implemented: ..." for what this model
-  // does not train yet: biases (Qwen2-style), per-layer widths of a structurally pruned model,
-  // architectures other than llama, QAT together with LoRA, QAT or LoRA on a device other than
-  // the CPU; throws for a LoRA rank outside [1, min(in, out)] of a target. `ops` computes every
-  // training op and owns the buffers' memory (null: the CPU, cpu_train_ops()).
+  // does not train yet: o_proj / MLP biases (Qwen2's q/k/v biases train), per-layer widths of a
+  // structurally pruned model, architectures other than llama, QAT together with LoRA, QAT or LoRA
+  // on a device other than the CPU; throws for a LoRA rank outside [1, min(in, out)] of a target.
+  // `ops` computes every training op and owns the buffers' memory (null: the CPU, cpu_train_ops()).
   explicit TrainLlama(const ModelConfig& cfg, const TrainMods& mods = {},
                       std::shared_ptr<TrainOps> ops = nullptr);
 
@@ -148,6 +148,9 @@ class TrainLlama final : public Student {
   void lin_bwd(const std::string& name, float* dinp, const float* dout, const float* inp, int64_t N,
                int64_t I, int64_t O);
   bool is_lora_target(const std::string& weight_name) const;
+  // qwen2: out [N, O] += bias `name` per row; its gradient += Σ rows of dout (none when frozen).
+  void add_bias(const std::string& name, float* out, int64_t N, int64_t O);
+  void bias_bwd(const std::string& name, const float* dout, int64_t N, int64_t O);
   void after_load();                               // LSQ scales from the weights, LoRA A init
   void refresh_qat();                              // fake-quantized weights of this step
   Tensor base_f32(const std::string& name) const;  // LoRA base weight [O, I] in f32
