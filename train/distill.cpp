@@ -1044,6 +1044,8 @@ DistillResult distill_encoder(Model& teacher, const Tokenizer* tok,
     ev.mse = se / double(std::max<int64_t>(n * C, 1));
     res.evals.push_back(ev);
   };
+  // Where the student starts (a fresh run with --eval-every): the held-out figures of step 0.
+  if (first == 0 && opt.eval_every > 0) do_eval(0);
   Progress bar("distill", last - first, opt.progress);
   for (int64_t step = first; step < last; ++step) {
     const double t0 = now_s();

@@ -145,10 +145,11 @@ void save_plain_student(Student& student, const Tokenizer* tok, const DistillOpt
 // text line (train_seqs, each already tokenized with the special tokens; longer than opt.seq:
 // the first seq − 1 tokens and the last), visited in the seeded window order; a micro-batch of B
 // lines is padded to its longest, with an attention mask. Evaluation: mean cosine and MSE
-// against the teacher over eval_seqs (at most eval_tokens tokens). Checkpoints and resume as
-// distill(). Not with QAT, LoRA, pruning schedules, --generate, gradient checkpointing, MPI or
-// a device: NotImplemented. Throws (writing nothing) for a causal teacher or student, different
-// vocabularies or widths, α outside [0, 1], τ ≤ 0, no training line.
+// against the teacher over eval_seqs (at most eval_tokens tokens), every
+// eval_every steps (and at step 0 of a fresh run when eval_every > 0) and at the end. Checkpoints
+// and resume as distill(). Not with QAT, LoRA, pruning schedules, --generate, gradient
+// checkpointing, MPI or a device: NotImplemented. Throws (writing nothing) for a causal teacher or
+// student, different vocabularies or widths, α outside [0, 1], τ ≤ 0, no training line.
 DistillResult distill_encoder(Model& teacher, const Tokenizer* tok,
                               const std::vector<std::vector<int32_t>>& train_seqs,
                               const std::string& data_desc,
