@@ -329,7 +329,14 @@ std::unique_ptr<Student> build_student(const DistillOptions& opt, Model& teacher
   }
   const fs::path p(s);
   MINFER_CHECK(fs::exists(p), "--student '{}': no such file or folder", s);
-  if (fs::is_directory(p) && is_compressed_folder(p.string())) return make_student(opt, teacher);
+  if (fs::is_directory(p) && is_compressed_folder(p.string())) {
+    if (tc.arch != Arch::Llama)
+      throw NotImplemented(fmt::format(
+          "a compressed student for a {} teacher ('{}': compressed students are llama-family so "
+          "far; give a config.json or init)",
+          arch_name(tc.arch), s));
+    return make_student(opt, teacher);
+  }
   const fs::path cfg_path = fs::is_directory(p) ? p / "config.json" : p;
   const ModelConfig sc = load_config(cfg_path.string());
   MINFER_CHECK(sc.causal() == tc.causal(),
