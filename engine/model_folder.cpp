@@ -230,6 +230,67 @@ json llama_config_json(const ModelConfig& cfg, const std::string& torch_dtype) {
   return j;
 }
 
+namespace {
+void refuse_per_layer(const ModelConfig& cfg) {
+  if (!cfg.layer_heads.empty() || !cfg.layer_ffn.empty() || !cfg.pruned_heads.empty())
+    throw NotImplemented(
+        fmt::format("config.json for a structurally pruned {} (per-layer widths, pruned heads)",
+                    arch_name(cfg.arch)));
+}
+}  // namespace
+
+json gpt2_config_json(const ModelConfig& cfg, const std::string& torch_dtype) {
+  MINFER_CHECK(cfg.arch == Arch::GPT2, "gpt2 config.json for a {} model", arch_name(cfg.arch));
+  refuse_per_layer(cfg);
+  if (!cfg.tie_embeddings) throw NotImplemented("config.json for a gpt2 with an untied lm_head");
+  return json{{"architectures", {"GPT2LMHeadModel"}},
+              {"model_type", "gpt2"},
+              {"vocab_size", cfg.vocab_size},
+              {"n_embd", cfg.hidden},
+              {"n_layer", cfg.n_layers},
+              {"n_head", cfg.n_heads},
+              {"n_inner", cfg.ffn == 4 * cfg.hidden ? json(nullptr) : json(cfg.ffn)},
+              {"n_positions", cfg.max_pos},
+              {"activation_function", cfg.act == Act::GeluTanh ? "gelu_new" : "gelu"},
+              {"layer_norm_epsilon", cfg.norm_eps},
+              {"tie_word_embeddings", true},
+              {"bos_token_id", id_or_null(cfg.bos_id)},
+              {"eos_token_id", id_or_null(cfg.eos_id)},
+              {"attn_pdrop", 0.1},
+              {"embd_pdrop", 0.1},
+              {"resid_pdrop", 0.1},
+              {"initializer_range", 0.02},
+              {"scale_attn_weights", true},
+              {"scale_attn_by_inverse_layer_idx", false},
+              {"reorder_and_upcast_attn", false},
+              {"use_cache", true},
+              {"torch_dtype", torch_dtype}};
+}
+
+json bert_config_json(const ModelConfig& cfg, const std::string& torch_dtype) {
+  MINFER_CHECK(cfg.arch == Arch::Bert, "bert config.json for a {} model", arch_name(cfg.arch));
+  refuse_per_layer(cfg);
+  return json{{"architectures", {"BertModel"}},
+              {"model_type", "bert"},
+              {"vocab_size", cfg.vocab_size},
+              {"hidden_size", cfg.hidden},
+              {"num_hidden_layers", cfg.n_layers},
+              {"num_attention_heads", cfg.n_heads},
+              {"intermediate_size", cfg.ffn},
+              {"max_position_embeddings", cfg.max_pos},
+              {"type_vocab_size", cfg.type_vocab},
+              {"hidden_act", cfg.act == Act::GeluTanh ? "gelu_new" : "gelu"},
+              {"layer_norm_eps", cfg.norm_eps},
+              {"pad_token_id", id_or_null(cfg.pad_id)},
+              {"position_embedding_type", "absolute"},
+              {"is_decoder", false},
+              {"attention_probs_dropout_prob", 0.1},
+              {"hidden_dropout_prob", 0.1},
+              {"initializer_range", 0.02},
+              {"use_cache", true},
+              {"torch_dtype", torch_dtype}};
+}
+
 void write_tokenizer_files(const fs::path& dir, const Tokenizer& tok, const ModelConfig& cfg,
                            bool add_bos, bool add_eos) {
   json gen = {{"bos_token_id", id_or_null(cfg.bos_id)},

@@ -35,6 +35,13 @@ void write_json_file(const std::filesystem::path& path, const nlohmann::json& j)
 // config.json of LlamaForCausalLM for cfg (torch_dtype "float32" | "float16" | "bfloat16").
 nlohmann::json llama_config_json(const ModelConfig& cfg, const std::string& torch_dtype);
 
+// config.json of GPT2LMHeadModel (model_type gpt2) / BertModel (model_type bert) for cfg: the
+// fields engine/config.cpp reads, plus dropout / initializer defaults transformers writes.
+// Throws NotImplemented for what those configs cannot say (per-layer widths, pruned heads, an
+// untied GPT-2 head).
+nlohmann::json gpt2_config_json(const ModelConfig& cfg, const std::string& torch_dtype);
+nlohmann::json bert_config_json(const ModelConfig& cfg, const std::string& torch_dtype);
+
 // tokenizer.json, tokenizer_config.json (bos/eos/pad tokens, chat template) and
 // generation_config.json (bos/eos/pad ids) into dir.
 void write_tokenizer_files(const std::filesystem::path& dir, const Tokenizer& tok,

@@ -1,5 +1,6 @@
-// distill: knowledge distillation of a smaller LLaMA-family student from a causal teacher in any
-// format (docs/training.md). loss = α·τ²·KL(teacher_τ ‖ student_τ) + (1 − α)·CE.
+// distill: knowledge distillation of a smaller LLaMA-family or GPT-2 student from a causal
+// teacher in any format (loss = α·τ²·KL(teacher_τ ‖ student_τ) + (1 − α)·CE), or of a BERT
+// student from a BERT teacher (MSE on the pooled sentence embeddings) (docs/training.md).
 #include "train/distill.h"
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 
 #include "app/model_hub.h"
 #include "app/report.h"
+#include "models/eval.h"
 #include "models/loader.h"
 #include "tools/common.h"
 
@@ -44,9 +46,12 @@ int launcher_ranks() {
 
 int main(int argc, char** argv) {
   CLI::App app{
-      "Knowledge distillation: train a smaller LLaMA-family student on the teacher's "
+      "Knowledge distillation: train a smaller LLaMA-family or GPT-2 student on the teacher's "
       "soft targets (Hinton et al. 2015). loss = alpha*T^2*KL(teacher_T || student_T) + "
-      "(1-alpha)*CE(next token).",
+      "(1-alpha)*CE(next token). With an encoder (BERT) teacher the student is a BERT of the "
+      "same width trained on one text line per sequence, loss = MSE between the student's and "
+      "the teacher's pooled sentence embeddings (Reimers & Gurevych 2020; pooling from the "
+      "teacher's sentence-transformers files); alpha and T then do not enter the loss.",
       "distill"};
   train::DistillOptions o;
   std::string teacher, out, kl = "forward", eval_data, lora_targets;
@@ -59,7 +64,9 @@ int main(int argc, char** argv) {
       ->required();
   app.add_option("--student", o.student,
                  "init:layers=0,2,4 (keep those teacher blocks) | init (all blocks) | a model "
-                 "folder (config.json [+ model.safetensors]) | a config.json (random init)")
+                 "folder (config.json [+ model.safetensors]) | a config.json (random init) | a "
+                 "compressed folder. llama-family or gpt2 for a causal teacher, bert for a bert "
+                 "teacher (init: the teacher's architecture)")
       ->required();
   app.add_option("--data", data,
                  "training text file(s), e.g. ../shared/data/wikitext-2-raw/"
@@ -76,7 +83,8 @@ int main(int argc, char** argv) {
   app.add_option("--batch", o.batch, "sequences per micro-batch")->check(CLI::PositiveNumber);
   app.add_option("--accum", o.accum, "micro-batches per optimizer step (gradient accumulation)")
       ->check(CLI::PositiveNumber);
-  app.add_option("--seq", o.seq, "tokens per sequence")
+  app.add_option("--seq", o.seq,
+                 "tokens per sequence (an encoder: the most tokens kept of each text line)")
       ->check(CLI::Range(int64_t(2), int64_t(1) << 20));
   app.add_option("--lr", o.lr, "peak learning rate (AdamW)");
   app.add_option("--warmup", o.warmup, "linear warmup steps (default: steps/10), then cosine");
@@ -85,7 +93,8 @@ int main(int argc, char** argv) {
   app.add_option("--clip", o.clip, "global gradient-norm clip (0 = off)");
   app.add_option("--seed", o.seed, "seed of the data order and of a random student init");
   app.add_option("--eval-every", o.eval_every,
-                 "evaluate held-out perplexity every N steps (and always at the end)")
+                 "evaluate held-out perplexity (an encoder: cosine and MSE to the teacher) every N "
+                 "steps (and always at the end)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--eval-data", eval_data,
                  "held-out text (default: ../shared/data/wikitext-2-raw/wiki.test.raw if present; "
@@ -196,6 +205,50 @@ int main(int argc, char** argv) {
       auto be = make_backend("cpu", threads);
       o.ops = train::make_train_ops(backend, device);
       LoadedModel t = open_named_model(teacher, *be);
+      o.teacher_path = t.path;
+      if (!t.model->config().causal()) {  // encoder distillation: one sequence per text line
+        MINFER_CHECK(!data.empty(),
+                     "--data: no training text (an encoder teacher cannot "
+                     "--generate)");
+        const SentenceEmbeddingConfig st = read_sentence_embedding_config(t.path);
+        const int64_t max_len = std::min({o.seq, st.max_seq_length, t.model->config().max_pos});
+        const auto seqs = train::tokenize_lines(*t.tokenizer, data, st.do_lower_case, max_len);
+        std::vector<std::vector<int32_t>> eval_seqs;
+        if (!eval_data.empty())
+          eval_seqs = train::tokenize_lines(*t.tokenizer, {eval_data}, st.do_lower_case, max_len);
+        const std::string desc =
+            data.size() == 1 ? data[0] : fmt::format("{} data files", data.size());
+        const double t0 = tool::now_s();
+        train::DistillResult r =
+            train::distill_encoder(*t.model, t.tokenizer.get(), seqs, desc, eval_seqs, o, out);
+        const double el = tool::now_s() - t0;
+        if (!r.finished) {
+          std::printf("stopped after step %lld of %lld; checkpoint in %s\n",
+                      (long long)r.steps_done, (long long)o.steps, o.checkpoint.c_str());
+          return 0;
+        }
+        std::vector<CurveSeries> curves(2);
+        curves[0].name = "embedding MSE (train)";
+        curves[1].name = "embedding MSE (held-out)";
+        for (const train::DistillStep& s : r.steps)
+          curves[0].points.emplace_back(double(s.step), s.loss);
+        for (const train::DistillEval& e : r.evals)
+          curves[1].points.emplace_back(double(e.step), e.mse);
+        write_file_atomic((std::filesystem::path(out) / "training_curves.svg").string(),
+                          curves_svg(fmt::format("distill (encoder): {} steps", o.steps),
+                                     "optimizer step", "MSE of the pooled embeddings", curves));
+        std::printf(
+            "distilled %lld steps in %.1f s: embedding MSE %.6f, %.0f train tok/s (teacher %.1f "
+            "s, student %.1f s)\n",
+            (long long)r.steps_done, el, r.steps.back().loss,
+            double(r.train_tokens) / (r.teacher_s + r.student_s), r.teacher_s, r.student_s);
+        for (const train::DistillEval& e : r.evals)
+          std::printf(
+              "eval step %lld: cosine to the teacher %.5f, MSE %.6f over %lld tokens of %s\n",
+              (long long)e.step, e.cos, e.mse, (long long)e.tokens, eval_data.c_str());
+        std::printf("wrote %s (peak RSS %.0f MB)\n", out.c_str(), tool::peak_rss_mb());
+        return 0;
+      }
       const std::vector<int32_t> ids =
           data.empty() ? std::vector<int32_t>{} : train::tokenize_files(*t.tokenizer, data);
       std::vector<int32_t> eval;

@@ -2,8 +2,12 @@
 #include "train/bert_train.h"
 
 #include <algorithm>
+#include <map>
 
 #include "engine/error.h"
+#include "engine/linear.h"
+#include "engine/model_folder.h"
+#include "models/model.h"
 #include "train/ops.h"
 
 namespace minfer::train {
@@ -37,6 +41,77 @@ TrainBert::TrainBert(const ModelConfig& c) : cfg_(c) {
     params_.add(p + "output.LayerNorm.bias", {C}, false);
   }
   params_.allocate();
+}
+
+void TrainBert::load_from_model(Model& m, const std::vector<int64_t>& layer_map) {
+  const ModelConfig& mc = m.config();
+  MINFER_CHECK(mc.arch == Arch::Bert, "bert student init from a {} model: the teacher must be bert",
+               arch_name(mc.arch));
+  MINFER_CHECK(layer_map.empty() || int64_t(layer_map.size()) == cfg_.n_layers,
+               "student has {} layers, the layer map {}", cfg_.n_layers, layer_map.size());
+  auto norm_name = [](const std::string& n) { return n.rfind("bert.", 0) == 0 ? n.substr(5) : n; };
+  std::map<std::string, Tensor> by_name;
+  std::map<std::string, const Linear*> lin;
+  for (const Model::NamedTensor& t : m.tensors()) by_name[norm_name(t.name)] = *t.t;
+  for (Linear* l : m.linears()) lin[norm_name(l->name)] = l;
+  auto source_name = [&](const std::string& name) {
+    const std::string pre = "encoder.layer.";
+    if (layer_map.empty() || name.rfind(pre, 0) != 0) return name;
+    const size_t a = pre.size(), b = name.find('.', a);
+    const int64_t l = std::stoll(name.substr(a, b - a));
+    MINFER_CHECK(layer_map[size_t(l)] >= 0 && layer_map[size_t(l)] < mc.n_layers,
+                 "student layer {} maps to source layer {}, the source has {} layers", l,
+                 layer_map[size_t(l)], mc.n_layers);
+    return pre + std::to_string(layer_map[size_t(l)]) + name.substr(b);
+  };
+  const std::string bias = ".bias";
+  params_.walk([&](const ParamTensor& p, float* w, float*, float*, float*) {
+    const std::string s = source_name(p.name);
+    auto li = lin.find(s);
+    if (li != lin.end()) {
+      copy_param(p, w, dequantize_weight(*li->second), "source model");
+      return;
+    }
+    if (s.size() > bias.size() && s.compare(s.size() - bias.size(), bias.size(), bias) == 0) {
+      auto lw = lin.find(s.substr(0, s.size() - bias.size()) + ".weight");
+      if (lw != lin.end()) {  // a Linear's bias
+        MINFER_CHECK(lw->second->bias.defined(), "source model: linear '{}' has no bias",
+                     lw->first);
+        copy_param(p, w, lw->second->bias, "source model");
+        return;
+      }
+    }
+    auto ti = by_name.find(s);
+    MINFER_CHECK(ti != by_name.end(), "source model has no tensor '{}' (for student '{}')", s,
+                 p.name);
+    MINFER_CHECK(ti->second.dtype() == DType::F32 || ti->second.dtype() == DType::F16 ||
+                     ti->second.dtype() == DType::BF16,
+                 "source tensor '{}' is {}, expected f32/f16/bf16", s,
+                 dtype_name(ti->second.dtype()));
+    copy_param(p, w, ti->second, "source model");
+  });
+}
+
+nlohmann::json TrainBert::config_json() const {
+  return bert_config_json(cfg_, "float32");
+}
+
+void TrainBert::set_checkpointing(bool on) {
+  if (on) throw NotImplemented("gradient checkpointing for a bert student");
+}
+
+size_t TrainBert::activation_bytes() const {
+  size_t n = (ids_.size() + types_.size() + mask_.size()) * sizeof(int32_t);
+  auto add = [&](const std::vector<float>& v) { n += v.size() * sizeof(float); };
+  for (const auto& r : resid_) add(r);
+  for (const LayerActs& a : acts_)
+    for (const auto* v : {&a.q, &a.k, &a.v, &a.probs, &a.atty, &a.r1, &a.h1, &a.m1, &a.s1, &a.f,
+                          &a.g, &a.r2, &a.m2, &a.s2})
+      add(*v);
+  for (const auto* v : {&emb_, &emb_mean_, &emb_rstd_, &dres_, &dr2_, &dg_, &df_, &dh1_, &dr1_,
+                        &datt_, &dq_, &dk_, &dv_, &demb_})
+    add(*v);
+  return n;
 }
 
 void TrainBert::ensure_buffers(int64_t B, int64_t T) {

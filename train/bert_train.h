@@ -11,28 +11,49 @@
 
 #include "engine/config.h"
 #include "train/params.h"
+#include "train/student.h"
 
 namespace minfer {
 class WeightSource;
-}
+class Model;
+}  // namespace minfer
 
 namespace minfer::train {
 
-class TrainBert {
+class TrainBert final : public Student {
  public:
   // Parameter names as BertModel saves them ("embeddings.*", "encoder.layer.<l>.*").
   explicit TrainBert(const ModelConfig& cfg);
 
-  const ModelConfig& config() const { return cfg_; }
-  ParamStore& params() { return params_; }
+  const ModelConfig& config() const override { return cfg_; }
+  ParamStore& params() override { return params_; }
+  const ParamStore& params() const override { return params_; }
   void load(const WeightSource& src) { load_params(params_, src); }
+  // N(0, std²) for every matrix, LayerNorm weights 1, biases 0 (deterministic from seed).
+  void init_random(uint64_t seed, float std = 0.02f) { init_params_random(params_, seed, std); }
+  // Copies the weights of a built bert model in any format (Linears dequantized through the
+  // format table; "bert.*" names of BertFor* heads map to BertModel's): student layer i takes
+  // layer layer_map[i] of `m` (empty: the same index). Throws for a model that is not bert, a
+  // missing tensor or a shape mismatch.
+  void load_from_model(Model& m, const std::vector<int64_t>& layer_map = {});
 
   // B sequences of T tokens (ids [B*T]); mask [B*T] (1 = token, 0 = padding; null = none);
   // type_ids [B*T] (null = zeros). Returns the last hidden states [B*T, C].
-  const float* forward(const int32_t* ids, int64_t B, int64_t T, const int32_t* mask = nullptr,
-                       const int32_t* type_ids = nullptr);
+  const float* forward(const int32_t* ids, int64_t B, int64_t T, const int32_t* mask,
+                       const int32_t* type_ids);
+  // No padding, token types 0.
+  const float* forward(const int32_t* ids, int64_t B, int64_t T) override {
+    return forward(ids, B, T, nullptr, nullptr);
+  }
   // Accumulates the gradients for ∂loss/∂hidden = dhidden [B*T, C].
-  void backward(const float* dhidden);
+  void backward(const float* dhidden) override;
+  std::vector<std::pair<std::string, Tensor>> named_weights() const override {
+    return named_params(params_);
+  }
+  nlohmann::json config_json() const override;
+  // Not implemented for BERT yet: on throws NotImplemented.
+  void set_checkpointing(bool on) override;
+  size_t activation_bytes() const override;
 
  private:
   struct LayerActs {

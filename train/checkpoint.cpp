@@ -31,9 +31,9 @@ void restore(const SafetensorsFile& f, const std::string& name, const ParamTenso
 
 }  // namespace
 
-void save_checkpoint(const std::string& dir, const TrainLlama& m, const TrainerState& s) {
+void save_checkpoint(const std::string& dir, const Student& m, const TrainerState& s) {
   StagingDir tmp(dir, /*force=*/true);
-  write_json_file(tmp.path() / "config.json", llama_config_json(m.config(), "float32"));
+  write_json_file(tmp.path() / "config.json", m.config_json());
   save_safetensors((tmp.path() / "model.safetensors").string(), m.named_weights(),
                    {{"format", "pt"}});
   const ParamStore& P = m.params();
@@ -51,7 +51,7 @@ void save_checkpoint(const std::string& dir, const TrainLlama& m, const TrainerS
   tmp.commit();
 }
 
-TrainerState load_checkpoint(const std::string& dir, TrainLlama& m) {
+TrainerState load_checkpoint(const std::string& dir, Student& m) {
   const fs::path d(dir);
   const fs::path sp = d / "trainer_state.json";
   std::ifstream in(sp);

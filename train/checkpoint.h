@@ -1,5 +1,5 @@
 // Training checkpoints: a folder that is also a loadable model folder.
-//   config.json           the student's config (LlamaForCausalLM)
+//   config.json           the student's config (Student::config_json: llama, gpt2 or bert)
 //   model.safetensors     f32 master weights (HF names)
 //   optimizer.safetensors AdamW moments "m.<name>", "v.<name>" (absent before the first step)
 //   trainer_state.json    {"step", "data_position", "seed", ...}: where to resume
@@ -10,7 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "train/llama_train.h"
+#include "train/student.h"
 
 namespace minfer::train {
 
@@ -21,9 +21,9 @@ struct TrainerState {
   nlohmann::json extra;  // options the run was started with (checked on resume by the caller)
 };
 
-void save_checkpoint(const std::string& dir, const TrainLlama& m, const TrainerState& s);
+void save_checkpoint(const std::string& dir, const Student& m, const TrainerState& s);
 // Restores weights, moments and the state into m (whose config must match the checkpoint's
 // parameter table: every tensor's name and shape). Throws naming the file and tensor.
-TrainerState load_checkpoint(const std::string& dir, TrainLlama& m);
+TrainerState load_checkpoint(const std::string& dir, Student& m);
 
 }  // namespace minfer::train

@@ -21,8 +21,12 @@
 #include "engine/safetensors.h"
 #include "engine/sampler.h"
 #include "engine/weights.h"
+#include "models/eval.h"
 #include "models/loader.h"
+#include "tokenizer/unicode.h"
+#include "train/bert_train.h"
 #include "train/checkpoint.h"
+#include "train/gpt2_train.h"
 #include "train/ops.h"
 
 namespace minfer::train {
@@ -121,6 +125,35 @@ json options_json(const DistillOptions& o) {
               {"prune_end", o.prune.end},
               {"prune_every", o.prune.every}};
 }
+
+// Options a resumed run must repeat.
+const char* const kResumeKeys[] = {"alpha",
+                                   "temperature",
+                                   "kl",
+                                   "steps",
+                                   "batch",
+                                   "accum",
+                                   "seq",
+                                   "lr",
+                                   "warmup",
+                                   "min_lr_ratio",
+                                   "weight_decay",
+                                   "clip",
+                                   "seed",
+                                   "qat",
+                                   "lora_rank",
+                                   "lora_alpha",
+                                   "lora_targets",
+                                   "generate",
+                                   "gen_temperature",
+                                   "gen_top_k",
+                                   "gen_seed",
+                                   "prune_schedule",
+                                   "prune_from",
+                                   "prune_to",
+                                   "prune_start",
+                                   "prune_end",
+                                   "prune_every"};
 
 // What the student's block projections train as (--qat, --lora-*).
 TrainMods mods_of(const DistillOptions& o) {
@@ -240,6 +273,107 @@ std::unique_ptr<TrainLlama> make_student(const DistillOptions& opt, Model& teach
   return st;
 }
 
+namespace {
+
+// The layers "init" / "init:layers=..." keep of a teacher with n layers.
+std::vector<int64_t> init_layers(const std::string& s, int64_t n) {
+  std::vector<int64_t> layers;
+  if (s == "init") {
+    layers.resize(size_t(n));
+    std::iota(layers.begin(), layers.end(), int64_t(0));
+    return layers;
+  }
+  MINFER_CHECK(s.rfind("init:layers=", 0) == 0,
+               "--student '{}': expected init, init:layers=0,2,4, a model folder or a config.json",
+               s);
+  layers = parse_layers(s.substr(std::strlen("init:layers=")), s);
+  for (int64_t l : layers)
+    MINFER_CHECK(l < n, "--student '{}': layer {} but the teacher has {} layers (0..{})", s, l, n,
+                 n - 1);
+  return layers;
+}
+
+// A gpt2 or bert student (M = TrainGpt2 / TrainBert) from opt.student: teacher blocks, or a
+// config (+ weights).
+template <typename M>
+std::unique_ptr<Student> plain_student(const DistillOptions& opt, Model& teacher,
+                                       const ModelConfig* folder_cfg) {
+  const std::string& s = opt.student;
+  if (!folder_cfg) {
+    const ModelConfig& tc = teacher.config();
+    const std::vector<int64_t> layers = init_layers(s, tc.n_layers);
+    ModelConfig sc = tc;
+    sc.n_layers = int64_t(layers.size());
+    sc.source_json.clear();
+    auto st = std::make_unique<M>(sc);
+    st->load_from_model(teacher, layers);
+    return st;
+  }
+  auto st = std::make_unique<M>(*folder_cfg);
+  const fs::path p(s);
+  if (fs::is_directory(p) &&
+      (fs::exists(p / "model.safetensors") || fs::exists(p / "model.safetensors.index.json")))
+    st->load(SafetensorsSource(WeightStore::open(p.string())));
+  else
+    st->init_random(opt.seed);
+  return st;
+}
+
+}  // namespace
+
+std::unique_ptr<Student> build_student(const DistillOptions& opt, Model& teacher) {
+  const ModelConfig& tc = teacher.config();
+  const std::string& s = opt.student;
+  if (s == "init" || s.rfind("init:", 0) == 0) {  // the teacher's architecture
+    if (tc.arch == Arch::GPT2) return plain_student<TrainGpt2>(opt, teacher, nullptr);
+    if (tc.arch == Arch::Bert) return plain_student<TrainBert>(opt, teacher, nullptr);
+    return make_student(opt, teacher);
+  }
+  const fs::path p(s);
+  MINFER_CHECK(fs::exists(p), "--student '{}': no such file or folder", s);
+  if (fs::is_directory(p) && is_compressed_folder(p.string())) {
+    if (tc.arch != Arch::Llama)
+      throw NotImplemented(fmt::format(
+          "a compressed student for a {} teacher ('{}': compressed students are llama-family so "
+          "far; give a config.json or init)",
+          arch_name(tc.arch), s));
+    return make_student(opt, teacher);
+  }
+  const fs::path cfg_path = fs::is_directory(p) ? p / "config.json" : p;
+  const ModelConfig sc = load_config(cfg_path.string());
+  MINFER_CHECK(sc.causal() == tc.causal(),
+               "--student '{}' is {} ({}) and the teacher is {} ({}): both must be causal LMs "
+               "(next-token distillation) or both encoders (embedding distillation)",
+               s, sc.causal() ? "a causal LM" : "an encoder", arch_name(sc.arch),
+               tc.causal() ? "a causal LM" : "an encoder", arch_name(tc.arch));
+  MINFER_CHECK(sc.vocab_size == tc.vocab_size,
+               "student vocabulary ({} tokens, {}) differs from the teacher's ({} tokens): "
+               "distillation compares the two models token by token, so both need the same "
+               "tokenizer",
+               sc.vocab_size, cfg_path.string(), tc.vocab_size);
+  if (sc.arch == Arch::GPT2) return plain_student<TrainGpt2>(opt, teacher, &sc);
+  if (sc.arch == Arch::Bert) return plain_student<TrainBert>(opt, teacher, &sc);
+  return make_student(opt, teacher);
+}
+
+void save_plain_student(Student& student, const Tokenizer* tok, const DistillOptions& opt,
+                        const std::string& out, const json& log) {
+  const ModelConfig& sc = student.config();
+  StagingDir tmp(out, opt.force);
+  write_json_file(tmp.path() / "config.json", student.config_json());
+  save_safetensors((tmp.path() / "model.safetensors").string(), student.named_weights(),
+                   {{"format", "pt"}});
+  if (tok)
+    write_tokenizer_files(tmp.path(), *tok, sc, !tok->special_prefix().empty(),
+                          !tok->special_suffix().empty());
+  // An encoder keeps the teacher's sentence-transformers modules (pooling, normalisation,
+  // max_seq_length), so `embed` pools the student as the teacher.
+  if (!sc.causal() && !opt.teacher_path.empty())
+    copy_sentence_embedding_files(opt.teacher_path, tmp.path().string());
+  write_json_file(tmp.path() / "training_log.json", log);
+  tmp.commit();
+}
+
 std::vector<std::vector<int32_t>> generate_sequences(Model& teacher, int32_t bos, int64_t n,
                                                      int64_t len, float temperature, int top_k,
                                                      uint64_t seed, bool progress) {
@@ -290,8 +424,8 @@ std::vector<int32_t> tokenize_files(const Tokenizer& tok, const std::vector<std:
   return ids;
 }
 
-DistillEval evaluate(TrainLlama& student, const std::vector<int32_t>& ids, int64_t seq,
-                     int64_t batch, int64_t max_tokens) {
+DistillEval evaluate(Student& student, const std::vector<int32_t>& ids, int64_t seq, int64_t batch,
+                     int64_t max_tokens) {
   const int64_t n = std::min<int64_t>(int64_t(ids.size()), max_tokens > 0 ? max_tokens : INT64_MAX);
   const int64_t W = (n - 1) / seq;
   MINFER_CHECK(W >= 1, "evaluation text: {} tokens, fewer than one sequence of {} + 1", n, seq);
@@ -341,7 +475,9 @@ void save_student(TrainLlama& student, Model& teacher, const Tokenizer* tok,
       for (Linear& q : student.qat_linears()) {
         auto it = lin.find(q.name);
         MINFER_CHECK(it != lin.end(), "qat export: the model has no linear '{}'", q.name);
+        Tensor bias = it->second->bias;  // qwen2's q/k/v biases stay f32 beside the codes
         *it->second = std::move(q);
+        it->second->bias = bias;
       }
       const QatSpec qs = parse_qat(opt.qat);
       std::string method = qat_name(qs);
@@ -414,6 +550,11 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
                  "--generate {}: the teacher is an encoder ({}, bidirectional): it has no "
                  "next-token distribution to sample training text from",
                  opt.generate, arch_name(tc.arch));
+  MINFER_CHECK(tc.causal(),
+               "the teacher is an encoder ({}, bidirectional) and this loop trains a causal LM "
+               "on next-token distributions (encoders distill with distill_encoder: the tool "
+               "picks it for an encoder teacher)",
+               arch_name(tc.arch));
   const int64_t W = std::max<int64_t>(0, (int64_t(train_ids.size()) - 1) / opt.seq);
   MINFER_CHECK(W >= 1 || (train_ids.empty() && opt.generate > 0),
                "{}: {} tokens, shorter than one training sequence (--seq {} needs {})", data_desc,
@@ -429,12 +570,24 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
     throw NotImplemented(
         "--prune-schedule wanda with --grad-checkpoint (Wanda reads every layer's kept "
         "activations; use magnitude or drop --grad-checkpoint)");
-  std::unique_ptr<TrainLlama> student = make_student(opt, teacher);
+  std::unique_ptr<Student> student = build_student(opt, teacher);
+  // What only the LLaMA trainer has: QAT, LoRA, low-rank factors, the prune schedule, devices.
+  TrainLlama* llama = dynamic_cast<TrainLlama*>(student.get());
+  if (!llama) {
+    const std::string arch(arch_name(student->config().arch));
+    if (!opt.qat.empty()) throw NotImplemented("--qat for a " + arch + " student");
+    if (opt.lora.rank > 0) throw NotImplemented("--lora-rank for a " + arch + " student");
+    if (prune.active()) throw NotImplemented("--prune-schedule for a " + arch + " student");
+    if (opt.ops && !opt.ops->host())
+      throw NotImplemented("a " + arch + " student on the " + opt.ops->name() + " device");
+  }
   student->set_checkpointing(opt.grad_checkpoint);
-  if (prune.active() && !student->factors().empty())
+  FactoredLinears no_factors;
+  FactoredLinears& factors = llama ? llama->factors() : no_factors;
+  if (prune.active() && !factors.empty())
     throw NotImplemented("--prune-schedule with a low-rank student");
-  const std::vector<std::string> projections = student->block_linears();
-  FactoredLinears& factors = student->factors();
+  const std::vector<std::string> projections =
+      llama ? llama->block_linears() : std::vector<std::string>{};
   if (!factors.empty() && (!opt.checkpoint.empty() || !opt.resume.empty()))
     throw NotImplemented(
         "checkpoints of a low-rank student (the factors and their AdamW state are not saved yet)");
@@ -471,33 +624,7 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
   state.extra = options_json(opt);
   if (!opt.resume.empty()) {
     state = load_checkpoint(opt.resume, *student);
-    for (const char* k : {"alpha",
-                          "temperature",
-                          "kl",
-                          "steps",
-                          "batch",
-                          "accum",
-                          "seq",
-                          "lr",
-                          "warmup",
-                          "min_lr_ratio",
-                          "weight_decay",
-                          "clip",
-                          "seed",
-                          "qat",
-                          "lora_rank",
-                          "lora_alpha",
-                          "lora_targets",
-                          "generate",
-                          "gen_temperature",
-                          "gen_top_k",
-                          "gen_seed",
-                          "prune_schedule",
-                          "prune_from",
-                          "prune_to",
-                          "prune_start",
-                          "prune_end",
-                          "prune_every"})
+    for (const char* k : kResumeKeys)
       MINFER_CHECK(!state.extra.contains(k) || state.extra[k] == options_json(opt)[k],
                    "--resume {}: the checkpoint was made with {} = {}, this run has {} (a resumed "
                    "run must repeat the options to continue the same run)",
@@ -550,7 +677,7 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
         teacher_s += now_s() - tt;
       }
       const float* logits = student->forward(in.data(), Bl, L);
-      if (prune_now && prune.method == "wanda") student->add_input_sq(col_sq);
+      if (prune_now && prune.method == "wanda") llama->add_input_sq(col_sq);
       std::fill(dlogits.begin(), dlogits.end(), 0.f);
       // The loss is a mean over this rank's Nl rows; weighted by Nl / N it is this rank's part
       // of the mean over the global N rows, so the ranks' gradients sum to the global one.
@@ -660,10 +787,350 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
              {"fixed_zero_tensors", student->params().fixed_zeros().size()},
              {"factored_linears", factors.size()}};
 
-  if (writer && res.finished && !out.empty())
-    save_student(*student, teacher, tok, opt, out, res.log);
+  if (writer && res.finished && !out.empty()) {
+    if (llama)
+      save_student(*llama, teacher, tok, opt, out, res.log);
+    else
+      save_plain_student(*student, tok, opt, out, res.log);
+  }
   // The other ranks return once rank 0's files are complete.
   if (P > 1) opt.comm->barrier();
+  return res;
+}
+
+}  // namespace minfer::train
+
+namespace minfer::train {
+
+std::vector<std::vector<int32_t>> tokenize_lines(const Tokenizer& tok,
+                                                 const std::vector<std::string>& files, bool lower,
+                                                 int64_t max_len) {
+  MINFER_CHECK(max_len >= 2, "sequences of at most {} tokens leave no room for text", max_len);
+  std::vector<std::vector<int32_t>> out;
+  for (const std::string& f : files) {
+    std::ifstream in(f, std::ios::binary);
+    MINFER_CHECK(in.good(), "{}: cannot open data file", f);
+    for (std::string l; std::getline(in, l);) {
+      const auto a = l.find_first_not_of(" \t\r");
+      if (a == std::string::npos) continue;
+      const std::string t = l.substr(a, l.find_last_not_of(" \t\r") - a + 1);
+      std::vector<int32_t> ids = tok.encode(lower ? unicode::lowercase(t) : t, true);
+      if (int64_t(ids.size()) > max_len) {
+        const int32_t last = ids.back();
+        ids.resize(size_t(max_len));
+        if (!tok.special_suffix().empty()) ids.back() = last;
+      }
+      if (!ids.empty()) out.push_back(std::move(ids));
+    }
+  }
+  return out;
+}
+
+namespace {
+
+// Pools hidden [B*T, C] over each sequence's tokens (mask [B*T], 1 = token) into pooled [B, C].
+void pool_rows(float* pooled, const float* hidden, const int32_t* mask, int64_t B, int64_t T,
+               int64_t C, SentencePooling::Mode mode) {
+  std::fill(pooled, pooled + B * C, 0.f);
+  for (int64_t b = 0; b < B; ++b) {
+    float* o = pooled + b * C;
+    if (mode == SentencePooling::Mode::Cls) {
+      std::copy(hidden + b * T * C, hidden + b * T * C + C, o);
+      continue;
+    }
+    int64_t n = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      if (mask && !mask[b * T + t]) continue;
+      ++n;
+      for (int64_t i = 0; i < C; ++i) o[i] += hidden[(b * T + t) * C + i];
+    }
+    const float inv = 1.f / float(std::max<int64_t>(n, 1));
+    for (int64_t i = 0; i < C; ++i) o[i] *= inv;
+  }
+}
+
+// dhidden [B*T, C] += the gradient of pool_rows for dpooled [B, C].
+void pool_rows_backward(float* dhidden, const float* dpooled, const int32_t* mask, int64_t B,
+                        int64_t T, int64_t C, SentencePooling::Mode mode) {
+  for (int64_t b = 0; b < B; ++b) {
+    const float* d = dpooled + b * C;
+    if (mode == SentencePooling::Mode::Cls) {
+      for (int64_t i = 0; i < C; ++i) dhidden[b * T * C + i] += d[i];
+      continue;
+    }
+    int64_t n = 0;
+    for (int64_t t = 0; t < T; ++t) n += !mask || mask[b * T + t] ? 1 : 0;
+    const float inv = 1.f / float(std::max<int64_t>(n, 1));
+    for (int64_t t = 0; t < T; ++t) {
+      if (mask && !mask[b * T + t]) continue;
+      for (int64_t i = 0; i < C; ++i) dhidden[(b * T + t) * C + i] += d[i] * inv;
+    }
+  }
+}
+
+// A padded micro-batch of sequences (each cut to L tokens: the first L − 1 and the last).
+struct EncBatch {
+  int64_t B = 0, T = 0;
+  std::vector<int32_t> ids, mask;
+};
+
+EncBatch make_batch(const std::vector<const std::vector<int32_t>*>& seqs, int64_t L, int32_t pad) {
+  EncBatch e;
+  e.B = int64_t(seqs.size());
+  e.T = 1;
+  for (const auto* s : seqs) e.T = std::max<int64_t>(e.T, std::min<int64_t>(int64_t(s->size()), L));
+  e.ids.assign(size_t(e.B * e.T), pad);
+  e.mask.assign(size_t(e.B * e.T), 0);
+  for (int64_t b = 0; b < e.B; ++b) {
+    const std::vector<int32_t>& s = *seqs[size_t(b)];
+    const int64_t n = std::min<int64_t>(int64_t(s.size()), L);
+    for (int64_t t = 0; t < n; ++t) {
+      e.ids[size_t(b * e.T + t)] = s[size_t(t)];
+      e.mask[size_t(b * e.T + t)] = 1;
+    }
+    if (int64_t(s.size()) > L) e.ids[size_t(b * e.T + L - 1)] = s.back();
+  }
+  return e;
+}
+
+// The teacher's pooled embeddings [B, C] of a batch, one sequence at a time (no padding).
+void teacher_pooled(Model& teacher, RunState& ts, const EncBatch& e, int64_t C,
+                    SentencePooling::Mode mode, float* out, std::vector<float>& hid) {
+  for (int64_t b = 0; b < e.B; ++b) {
+    int64_t n = 0;
+    while (n < e.T && e.mask[size_t(b * e.T + n)]) ++n;
+    ts.reset();
+    Tensor h = teacher.encode(ts, e.ids.data() + b * e.T, 1, n);
+    hid.resize(size_t(n * C));
+    teacher.backend().to_host(h, hid.data());
+    pool_rows(out + b * C, hid.data(), nullptr, 1, n, C, mode);
+  }
+}
+
+}  // namespace
+
+double embedding_mse_step(TrainBert& st, const int32_t* ids, const int32_t* mask, int64_t B,
+                          int64_t T, const float* target, bool cls, float scale, bool backward) {
+  const int64_t C = st.config().hidden;
+  const SentencePooling::Mode mode = cls ? SentencePooling::Mode::Cls : SentencePooling::Mode::Mean;
+  std::vector<float> sp(size_t(B * C)), dp(size_t(B * C));
+  const float* h = st.forward(ids, B, T, mask, nullptr);
+  pool_rows(sp.data(), h, mask, B, T, C, mode);
+  // MSE over the B·C values (torch.nn.MSELoss, mean); its gradient 2(s − t) / (B·C).
+  double se = 0;
+  const float g = float(2.0 / double(B * C)) * scale;
+  for (int64_t i = 0; i < B * C; ++i) {
+    const float d = sp[size_t(i)] - target[i];
+    se += double(d) * d;
+    dp[size_t(i)] = g * d;
+  }
+  if (backward) {
+    std::vector<float> dh(size_t(B * T * C), 0.f);
+    pool_rows_backward(dh.data(), dp.data(), mask, B, T, C, mode);
+    st.backward(dh.data());
+  }
+  return se / double(B * C);
+}
+
+DistillResult distill_encoder(Model& teacher, const Tokenizer* tok,
+                              const std::vector<std::vector<int32_t>>& train_seqs,
+                              const std::string& data_desc,
+                              const std::vector<std::vector<int32_t>>& eval_seqs,
+                              const DistillOptions& opt, const std::string& out) {
+  // Everything that can be wrong with the input is checked before any work or any write.
+  const DistillLossArgs& la = opt.loss;
+  MINFER_CHECK(la.alpha >= 0.f && la.alpha <= 1.f, "--alpha {} outside [0, 1]", la.alpha);
+  MINFER_CHECK(la.tau > 0.f && std::isfinite(la.tau), "--temperature {} must be > 0", la.tau);
+  MINFER_CHECK(opt.steps > 0 && opt.batch > 0 && opt.accum > 0 && opt.seq > 1,
+               "--steps {}, --batch {}, --accum {} must be > 0 and --seq {} > 1", opt.steps,
+               opt.batch, opt.accum, opt.seq);
+  MINFER_CHECK(opt.lr > 0.f && std::isfinite(opt.lr), "--lr {} must be > 0", opt.lr);
+  MINFER_CHECK(opt.stop_at == 0 || !opt.checkpoint.empty(),
+               "--stop-at needs --checkpoint DIR (where the run continues from)");
+  const ModelConfig& tc = teacher.config();
+  MINFER_CHECK(!tc.causal(),
+               "the teacher is a causal LM ({}) and the student an encoder: encoder distillation "
+               "needs an encoder teacher (a causal teacher distills causal students)",
+               arch_name(tc.arch));
+  MINFER_CHECK(opt.seq <= tc.max_pos, "--seq {} exceeds the teacher's {} positions", opt.seq,
+               tc.max_pos);
+  if (opt.comm && opt.comm->size() > 1)
+    throw NotImplemented("data-parallel (MPI) encoder distillation");
+  if (!opt.qat.empty()) throw NotImplemented("--qat for a bert student");
+  if (opt.lora.rank > 0) throw NotImplemented("--lora-rank for a bert student");
+  if (opt.prune.active()) throw NotImplemented("--prune-schedule for a bert student");
+  if (opt.generate > 0)
+    MINFER_FAIL("--generate {}: the teacher is an encoder ({}): it cannot sample text",
+                opt.generate, arch_name(tc.arch));
+  if (opt.ops && !opt.ops->host())
+    throw NotImplemented("a bert student on the " + opt.ops->name() + " device");
+  if (opt.grad_checkpoint) throw NotImplemented("gradient checkpointing for a bert student");
+  MINFER_CHECK(!train_seqs.empty(),
+               "{}: no non-blank line, shorter than one training sequence (encoder distillation "
+               "takes one text line per sequence)",
+               data_desc);
+  for (const auto& sq : train_seqs)
+    for (int32_t id : sq)
+      MINFER_CHECK(id >= 0 && id < tc.vocab_size, "{}: token id {} outside the vocabulary ({})",
+                   data_desc, id, tc.vocab_size);
+  if (!out.empty())
+    MINFER_CHECK(opt.force || !fs::exists(out), "{} already exists (pass --force to replace it)",
+                 out);
+  std::unique_ptr<Student> student = build_student(opt, teacher);
+  TrainBert* bert = dynamic_cast<TrainBert*>(student.get());
+  MINFER_CHECK(bert,
+               "--student '{}' is a causal LM ({}) and the teacher an encoder ({}): encoder "
+               "distillation needs an encoder student",
+               opt.student, arch_name(student->config().arch), arch_name(tc.arch));
+  const ModelConfig& sc = student->config();
+  MINFER_CHECK(sc.vocab_size == tc.vocab_size,
+               "student vocabulary ({} tokens) differs from the teacher's ({} tokens)",
+               sc.vocab_size, tc.vocab_size);
+  MINFER_CHECK(sc.hidden == tc.hidden,
+               "student width {} differs from the teacher's {}: the embedding loss compares the "
+               "two sentence vectors element by element (a projection is not implemented)",
+               sc.hidden, tc.hidden);
+  MINFER_CHECK(opt.seq <= sc.max_pos, "--seq {} exceeds the student's {} positions", opt.seq,
+               sc.max_pos);
+  const SentencePooling pool =
+      opt.teacher_path.empty() ? SentencePooling{} : load_sentence_pooling(opt.teacher_path);
+  if (pool.mode != SentencePooling::Mode::Mean && pool.mode != SentencePooling::Mode::Cls)
+    throw NotImplemented("encoder distillation with max / last-token pooling (mean and CLS are)");
+
+  const int64_t B = opt.batch, L = opt.seq, C = tc.hidden;
+  const int32_t pad = tc.pad_id >= 0 ? int32_t(tc.pad_id) : 0;
+  const int64_t windows = int64_t(train_seqs.size());
+  const int64_t warmup = opt.warmup >= 0 ? opt.warmup : opt.steps / 10;
+  TrainerState state;
+  state.seed = opt.seed;
+  state.extra = options_json(opt);
+  state.extra["loss"] = "embedding-mse";
+  if (!opt.resume.empty()) {
+    state = load_checkpoint(opt.resume, *student);
+    for (const char* k : kResumeKeys)
+      MINFER_CHECK(!state.extra.contains(k) || state.extra[k] == options_json(opt)[k],
+                   "--resume {}: the checkpoint was made with {} = {}, this run has {} (a resumed "
+                   "run must repeat the options to continue the same run)",
+                   opt.resume, k, state.extra[k].dump(), options_json(opt)[k].dump());
+    MINFER_CHECK(state.step < opt.steps, "--resume {}: the checkpoint is at step {} of {}",
+                 opt.resume, state.step, opt.steps);
+  }
+
+  DistillResult res;
+  WindowOrder order(windows, opt.seed);
+  RunState ts = teacher.new_state(0, L);
+  std::vector<float> tp(size_t(B * C)), sp(size_t(B * C)), hid;
+  const int64_t first = state.step,
+                last = opt.stop_at > 0 ? std::min(opt.stop_at, opt.steps) : opt.steps;
+  auto do_eval = [&](int64_t step) {
+    if (eval_seqs.empty()) return;
+    double cs = 0, se = 0;
+    int64_t n = 0, tokens = 0;
+    for (size_t i0 = 0; i0 < eval_seqs.size() && (opt.eval_tokens <= 0 || tokens < opt.eval_tokens);
+         i0 += size_t(B)) {
+      std::vector<const std::vector<int32_t>*> seqs;
+      for (size_t i = i0; i < std::min(eval_seqs.size(), i0 + size_t(B)); ++i) {
+        seqs.push_back(&eval_seqs[i]);
+        tokens += std::min<int64_t>(int64_t(eval_seqs[i].size()), L);
+      }
+      const EncBatch e = make_batch(seqs, L, pad);
+      teacher_pooled(teacher, ts, e, C, pool.mode, tp.data(), hid);
+      const float* h = bert->forward(e.ids.data(), e.B, e.T, e.mask.data(), nullptr);
+      pool_rows(sp.data(), h, e.mask.data(), e.B, e.T, C, pool.mode);
+      for (int64_t b = 0; b < e.B; ++b) {
+        const std::vector<float> a(sp.begin() + b * C, sp.begin() + (b + 1) * C),
+            t(tp.begin() + b * C, tp.begin() + (b + 1) * C);
+        cs += cosine(a, t);
+        for (int64_t i = 0; i < C; ++i)
+          se += double(a[size_t(i)] - t[size_t(i)]) * (a[size_t(i)] - t[size_t(i)]);
+        ++n;
+      }
+    }
+    DistillEval ev;
+    ev.step = step;
+    ev.tokens = tokens;
+    ev.cos = cs / double(std::max<int64_t>(n, 1));
+    ev.mse = se / double(std::max<int64_t>(n * C, 1));
+    res.evals.push_back(ev);
+  };
+  // Where the student starts (a fresh run with --eval-every): the held-out figures of step 0.
+  if (first == 0 && opt.eval_every > 0) do_eval(0);
+  Progress bar("distill", last - first, opt.progress);
+  for (int64_t step = first; step < last; ++step) {
+    const double t0 = now_s();
+    double teacher_s = 0;
+    int64_t tokens = 0;
+    student->params().zero_grad();
+    double loss = 0;
+    for (int64_t k = 0; k < opt.accum; ++k) {
+      std::vector<const std::vector<int32_t>*> seqs;
+      for (int64_t b = 0; b < B; ++b)
+        seqs.push_back(&train_seqs[size_t(order.at(state.data_position++))]);
+      const EncBatch e = make_batch(seqs, L, pad);
+      for (int32_t m : e.mask) tokens += m;
+      const double tt = now_s();
+      teacher_pooled(teacher, ts, e, C, pool.mode, tp.data(), hid);
+      teacher_s += now_s() - tt;
+      const double mse = embedding_mse_step(*bert, e.ids.data(), e.mask.data(), e.B, e.T, tp.data(),
+                                            pool.mode == SentencePooling::Mode::Cls,
+                                            float(1.0 / double(opt.accum)),
+                                            /*backward=*/true);
+      MINFER_CHECK(std::isfinite(mse), "step {}: loss is {} (lower --lr?)", step + 1, mse);
+      loss += mse / double(opt.accum);
+    }
+    const float lr = lr_at(step, warmup, opt.steps, opt.lr, opt.min_lr_ratio);
+    const double norm = clip_grad_norm(student->params(), opt.clip);
+    adamw_step(student->params(), opt.adamw, lr, step + 1);
+    state.step = step + 1;
+    const double dt = now_s() - t0;
+    res.teacher_s += teacher_s;
+    res.student_s += dt - teacher_s;
+    res.train_tokens += tokens;
+    DistillStep ds{step + 1, lr, loss, loss, 0.0, norm, double(tokens) / dt};
+    res.steps.push_back(ds);
+    res.steps_done = state.step;
+    if (opt.eval_every > 0 && state.step % opt.eval_every == 0 && state.step < opt.steps)
+      do_eval(state.step);
+    if (!opt.checkpoint.empty() && opt.checkpoint_every > 0 &&
+        state.step % opt.checkpoint_every == 0)
+      save_checkpoint(opt.checkpoint, *student, state);
+    bar.update(step + 1 - first,
+               fmt::format("embedding mse {:.5f} {:.0f} tok/s", loss, ds.tokens_per_s));
+  }
+  bar.finish();
+  res.finished = state.step >= opt.steps;
+  res.activation_bytes = student->activation_bytes();
+  if (!res.finished)
+    save_checkpoint(opt.checkpoint, *student, state);
+  else
+    do_eval(state.step);
+
+  json steps = json::array(), evals = json::array();
+  for (const DistillStep& st : res.steps)
+    steps.push_back({{"step", st.step},
+                     {"lr", st.lr},
+                     {"loss", st.loss},
+                     {"mse", st.kd},
+                     {"grad_norm", st.grad_norm},
+                     {"tokens_per_s", st.tokens_per_s}});
+  for (const DistillEval& e : res.evals)
+    evals.push_back({{"step", e.step}, {"cos", e.cos}, {"mse", e.mse}, {"tokens", e.tokens}});
+  json options = options_json(opt);
+  options["loss"] = "embedding-mse";
+  options["pooling"] = pool.mode == SentencePooling::Mode::Cls ? "cls" : "mean";
+  res.log = {{"options", options},
+             {"data", data_desc},
+             {"train_sequences", windows},
+             {"student_params", student->params().numel()},
+             {"trainable_params", student->trainable_params()},
+             {"steps", steps},
+             {"eval", evals},
+             {"teacher_seconds", res.teacher_s},
+             {"student_seconds", res.student_s},
+             {"train_tokens", res.train_tokens},
+             {"activation_bytes", res.activation_bytes},
+             {"ranks", 1}};
+  if (res.finished && !out.empty()) save_plain_student(*student, tok, opt, out, res.log);
   return res;
 }
 

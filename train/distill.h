@@ -1,8 +1,9 @@
-// Knowledge distillation of a LLaMA-family student from a causal teacher in any weight format
-// (Hinton et al. 2015): per optimizer step, K micro-batches of B sequences of L tokens; the teacher
-// runs its ordinary forward (no tape), the student its training forward; loss =
-// α·τ²·KL(teacher_τ ‖ student_τ) + (1 − α)·CE(next token) (train/loss.h), AdamW with warmup +
-// cosine, global-norm clipping, checkpoints that resume bit-identically.
+// Knowledge distillation of a LLaMA-family or GPT-2 student from a causal teacher in any weight
+// format (Hinton et al. 2015), and of a BERT encoder student from an encoder teacher
+// (distill_encoder: MSE on pooled sentence embeddings). Causal: per optimizer step, K micro-batches
+// of B sequences of L tokens; the teacher runs its ordinary forward (no tape), the student its
+// training forward; loss = α·τ²·KL(teacher_τ ‖ student_τ) + (1 − α)·CE(next token) (train/loss.h),
+// AdamW with warmup + cosine, global-norm clipping, checkpoints that resume bit-identically.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -12,11 +13,13 @@
 
 #include "models/model.h"
 #include "tokenizer/tokenizer.h"
+#include "train/bert_train.h"
 #include "train/comm.h"
 #include "train/llama_train.h"
 #include "train/loss.h"
 #include "train/optim.h"
 #include "train/prune_schedule.h"
+#include "train/student.h"
 
 namespace minfer::train {
 
@@ -25,7 +28,12 @@ struct DistillOptions {
   // embedding, final norm and head), "init" (every teacher block), a model folder
   // (config.json [+ model.safetensors: start from those weights, else random init]) or a
   // config.json file (random init, N(0, 0.02²), norm weights 1).
+  // The student's architecture is the teacher's for init, the config's otherwise: llama (and
+  // its family), gpt2 (causal teachers) or bert (encoder teachers, distill_encoder).
   std::string student = "init";
+  // The teacher's path (the tool sets it): an encoder student takes the teacher's
+  // sentence-transformers pooling from it and copies its modules into `out`. "" = mean pooling.
+  std::string teacher_path;
   DistillLossArgs loss;  // α, τ, forward/reverse KL
   int64_t steps = 100;   // optimizer steps
   int64_t batch = 4;     // B sequences per micro-batch
@@ -90,8 +98,11 @@ struct DistillStep {
 
 struct DistillEval {
   int64_t step = 0;
-  double ppl = 0, nll = 0;
+  double ppl = 0, nll = 0;  // causal students: held-out next-token perplexity, mean NLL
   int64_t tokens = 0;
+  // Encoder students: the mean cosine similarity of the student's and the teacher's pooled
+  // sentence embeddings and the embedding MSE over the held-out lines (ppl, nll stay 0).
+  double cos = 0, mse = 0;
 };
 
 struct DistillResult {
@@ -110,6 +121,54 @@ struct DistillResult {
 // malformed spec, a layer index outside the teacher, a vocabulary that differs from the teacher's,
 // a teacher that is not causal.
 std::unique_ptr<TrainLlama> make_student(const DistillOptions& opt, Model& teacher);
+
+// Any student: opt.student "init" / "init:layers=..." gives the teacher's architecture (llama
+// through make_student, gpt2 as TrainGpt2, bert as TrainBert, the kept blocks' weights copied);
+// a config.json or folder gives its own (random init without model.safetensors, seed opt.seed);
+// a compressed folder goes to make_student. Throws when the student is an encoder and the
+// teacher causal or the reverse, or when the vocabularies differ.
+std::unique_ptr<Student> build_student(const DistillOptions& opt, Model& teacher);
+
+// Writes a gpt2 or bert student as a model folder (config_json(), model.safetensors in f32, the
+// tokenizer files when tok is given, training_log.json = log; an encoder also gets the
+// sentence-transformers files of opt.teacher_path) through a temporary folder.
+void save_plain_student(Student& student, const Tokenizer* tok, const DistillOptions& opt,
+                        const std::string& out, const nlohmann::json& log);
+
+// Encoder distillation (BERT teacher, BERT student of the same width): the student learns to
+// reproduce the teacher's sentence embedding, loss = MSE(pool(student), pool(teacher)) averaged
+// over the B·C values of a micro-batch (torch.nn.MSELoss), as sentence-transformers' MSELoss
+// (Reimers & Gurevych 2020, "Making Monolingual Sentence Embeddings Multilingual using Knowledge
+// Distillation", arXiv 2004.09813). Pooling: the teacher folder's (opt.teacher_path; mean or
+// CLS), before normalisation. α and τ are checked as for causal students but do not enter the
+// loss (the fixtures and MiniLM have no MLM head to distil logits from). Data: one sequence per
+// text line (train_seqs, each already tokenized with the special tokens; longer than opt.seq:
+// the first seq − 1 tokens and the last), visited in the seeded window order; a micro-batch of B
+// lines is padded to its longest, with an attention mask. Evaluation: mean cosine and MSE
+// against the teacher over eval_seqs (at most eval_tokens tokens), every
+// eval_every steps (and at step 0 of a fresh run when eval_every > 0) and at the end. Checkpoints
+// and resume as distill(). Not with QAT, LoRA, pruning schedules, --generate, gradient
+// checkpointing, MPI or a device: NotImplemented. Throws (writing nothing) for a causal teacher or
+// student, different vocabularies or widths, α outside [0, 1], τ ≤ 0, no training line.
+DistillResult distill_encoder(Model& teacher, const Tokenizer* tok,
+                              const std::vector<std::vector<int32_t>>& train_seqs,
+                              const std::string& data_desc,
+                              const std::vector<std::vector<int32_t>>& eval_seqs,
+                              const DistillOptions& opt, const std::string& out);
+
+// One micro-batch of the encoder loss: the student's forward over B padded sequences of T tokens
+// (ids, mask [B*T]), pooled (mean over the mask, or token 0 when cls), MSE against the teacher's
+// pooled embeddings target [B, C] (mean over the B·C values); with backward, its gradient times
+// `scale` is accumulated into st's gradients. Returns the MSE.
+double embedding_mse_step(TrainBert& st, const int32_t* ids, const int32_t* mask, int64_t B,
+                          int64_t T, const float* target, bool cls, float scale, bool backward);
+
+// The non-blank lines of text files (trimmed), each tokenized with the special tokens ([CLS] …
+// [SEP]), lowercased first when lower, truncated to max_len tokens keeping the last special
+// token (HF truncation). Throws naming a file that cannot be read.
+std::vector<std::vector<int32_t>> tokenize_lines(const Tokenizer& tok,
+                                                 const std::vector<std::string>& files, bool lower,
+                                                 int64_t max_len);
 
 // Runs the distillation on token streams: train_ids (the training text, each window of L + 1
 // tokens gives L inputs and their next tokens) and eval_ids (held-out, may be empty). Validates
@@ -143,7 +202,7 @@ std::vector<int32_t> tokenize_files(const Tokenizer& tok, const std::vector<std:
 
 // Mean next-token cross-entropy of the student over non-overlapping windows of `seq` tokens of
 // ids (at most max_tokens of them), batched by `batch`; ppl = exp(nll).
-DistillEval evaluate(TrainLlama& student, const std::vector<int32_t>& ids, int64_t seq,
-                     int64_t batch, int64_t max_tokens);
+DistillEval evaluate(Student& student, const std::vector<int32_t>& ids, int64_t seq, int64_t batch,
+                     int64_t max_tokens);
 
 }  // namespace minfer::train

@@ -2,8 +2,12 @@
 #include "train/gpt2_train.h"
 
 #include <algorithm>
+#include <map>
 
 #include "engine/error.h"
+#include "engine/linear.h"
+#include "engine/model_folder.h"
+#include "models/model.h"
 #include "train/ops.h"
 
 namespace minfer::train {
@@ -36,8 +40,93 @@ TrainGpt2::TrainGpt2(const ModelConfig& c) : cfg_(c) {
   params_.allocate();
 }
 
+void TrainGpt2::load_from_model(Model& m, const std::vector<int64_t>& layer_map) {
+  const ModelConfig& mc = m.config();
+  MINFER_CHECK(mc.arch == Arch::GPT2, "gpt2 student init from a {} model: the teacher must be gpt2",
+               arch_name(mc.arch));
+  MINFER_CHECK(layer_map.empty() || int64_t(layer_map.size()) == cfg_.n_layers,
+               "student has {} layers, the layer map {}", cfg_.n_layers, layer_map.size());
+  // Every weight of the source by HF name; GPT2Model saves bare names, GPT2LMHeadModel
+  // "transformer.*": both map to the student's "transformer.*".
+  std::map<std::string, Tensor> by_name;
+  std::map<std::string, const Linear*> lin;
+  auto norm_name = [](const std::string& n) {
+    return n.rfind("transformer.", 0) == 0 || n.rfind("lm_head", 0) == 0 ? n : "transformer." + n;
+  };
+  for (const Model::NamedTensor& t : m.tensors()) by_name[norm_name(t.name)] = *t.t;
+  for (Linear* l : m.linears())  // the block Conv1Ds (not the head, which is wte)
+    if (norm_name(l->name).rfind("transformer.h.", 0) == 0) lin[norm_name(l->name)] = l;
+  auto source_name = [&](const std::string& name) {
+    const std::string pre = "transformer.h.";
+    if (layer_map.empty() || name.rfind(pre, 0) != 0) return name;
+    const size_t a = pre.size(), b = name.find('.', a);
+    const int64_t l = std::stoll(name.substr(a, b - a));
+    MINFER_CHECK(layer_map[size_t(l)] >= 0 && layer_map[size_t(l)] < mc.n_layers,
+                 "student layer {} maps to source layer {}, the source has {} layers", l,
+                 layer_map[size_t(l)], mc.n_layers);
+    return pre + std::to_string(layer_map[size_t(l)]) + name.substr(b);
+  };
+  const std::string bias = ".bias";
+  params_.walk([&](const ParamTensor& p, float* w, float*, float*, float*) {
+    const std::string s = source_name(p.name);
+    auto li = lin.find(s);
+    if (li != lin.end()) {  // a Conv1D weight: dequantized [out, in], stored [in, out]
+      const Tensor d = dequantize_weight(*li->second);
+      const int64_t O = d.dim(0), I = d.dim(1);
+      MINFER_CHECK(p.shape.size() == 2 && p.shape[0] == I && p.shape[1] == O,
+                   "source model: '{}' is [{}, {}] (out, in), the student needs [{}, {}] (in, out)",
+                   s, O, I, p.shape[0], p.shape.size() == 2 ? p.shape[1] : 0);
+      const float* src = d.data<float>();
+      for (int64_t o = 0; o < O; ++o)
+        for (int64_t i = 0; i < I; ++i) w[i * O + o] = src[o * I + i];
+      return;
+    }
+    if (s.size() > bias.size() && s.compare(s.size() - bias.size(), bias.size(), bias) == 0) {
+      auto lw = lin.find(s.substr(0, s.size() - bias.size()) + ".weight");
+      if (lw != lin.end()) {  // a Linear's bias
+        MINFER_CHECK(lw->second->bias.defined(), "source model: linear '{}' has no bias",
+                     lw->first);
+        copy_param(p, w, lw->second->bias, "source model");
+        return;
+      }
+    }
+    auto ti = by_name.find(s);
+    MINFER_CHECK(ti != by_name.end(), "source model has no tensor '{}' (for student '{}')", s,
+                 p.name);
+    MINFER_CHECK(ti->second.dtype() == DType::F32 || ti->second.dtype() == DType::F16 ||
+                     ti->second.dtype() == DType::BF16,
+                 "source tensor '{}' is {}, expected f32/f16/bf16", s,
+                 dtype_name(ti->second.dtype()));
+    copy_param(p, w, ti->second, "source model");
+  });
+}
+
+nlohmann::json TrainGpt2::config_json() const {
+  return gpt2_config_json(cfg_, "float32");
+}
+
+void TrainGpt2::set_checkpointing(bool on) {
+  ckpt_ = on;
+  B_ = T_ = 0;  // re-lay the buffers on the next forward
+}
+
+size_t TrainGpt2::activation_bytes() const {
+  size_t n = ids_.size() * sizeof(int32_t);
+  auto add = [&](const std::vector<float>& v) { n += v.size() * sizeof(float); };
+  for (const auto& r : resid_) add(r);
+  for (const LayerActs& a : acts_)
+    for (const auto* v : {&a.ln1, &a.ln1_mean, &a.ln1_rstd, &a.q, &a.k, &a.v, &a.probs, &a.atty,
+                          &a.res_mid, &a.ln2, &a.ln2_mean, &a.ln2_rstd, &a.fc, &a.act})
+      add(*v);
+  for (const auto* v : {&lnf_, &lnf_mean_, &lnf_rstd_, &logits_, &qkv_, &dres_, &dln_, &dqkv_, &dq_,
+                        &dk_, &dv_, &datt_, &dfc_, &dact_})
+    add(*v);
+  return n;
+}
+
 void TrainGpt2::ensure_buffers(int64_t B, int64_t T) {
-  if (B == B_ && T == T_) return;
+  const size_t n_acts = ckpt_ ? 1 : size_t(cfg_.n_layers);
+  if (B == B_ && T == T_ && acts_.size() == n_acts) return;
   B_ = B;
   T_ = T;
   const int64_t N = B * T, C = cfg_.hidden, F = cfg_.ffn, H = cfg_.n_heads, V = cfg_.vocab_size;
@@ -45,7 +134,7 @@ void TrainGpt2::ensure_buffers(int64_t B, int64_t T) {
   ids_.assign(size_t(N), 0);
   resid_.resize(size_t(cfg_.n_layers + 1));
   for (auto& r : resid_) sz(r, N * C);
-  acts_.assign(size_t(cfg_.n_layers), LayerActs{});
+  acts_.assign(n_acts, LayerActs{});
   for (LayerActs& a : acts_) {
     sz(a.ln1, N * C), sz(a.ln1_mean, N), sz(a.ln1_rstd, N), sz(a.q, N * C), sz(a.k, N * C);
     sz(a.v, N * C), sz(a.probs, B * H * T * T), sz(a.atty, N * C), sz(a.res_mid, N * C);
@@ -57,13 +146,43 @@ void TrainGpt2::ensure_buffers(int64_t B, int64_t T) {
   sz(dact_, N * F);
 }
 
+void TrainGpt2::layer_forward(int64_t l, LayerActs& a, const float* x, float* out) {
+  const ModelConfig& c = cfg_;
+  const int64_t B = B_, T = T_, N = B * T, C = c.hidden, F = c.ffn, H = c.n_heads, D = C / H;
+  const bool tanh_gelu = c.act == Act::GeluTanh;
+  ParamStore& P = params_;
+  const std::string p = lp(l);
+  layernorm_forward(a.ln1.data(), a.ln1_mean.data(), a.ln1_rstd.data(), x, P.w(p + "ln_1.weight"),
+                    P.w(p + "ln_1.bias"), N, C, c.norm_eps);
+  conv1d_forward(qkv_.data(), a.ln1.data(), P.w(p + "attn.c_attn.weight"),
+                 P.w(p + "attn.c_attn.bias"), N, C, 3 * C);
+  for (int64_t n = 0; n < N; ++n) {
+    const float* r = qkv_.data() + n * 3 * C;
+    std::copy(r, r + C, a.q.begin() + n * C);
+    std::copy(r + C, r + 2 * C, a.k.begin() + n * C);
+    std::copy(r + 2 * C, r + 3 * C, a.v.begin() + n * C);
+  }
+  attention_forward(a.atty.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(), B, T, H, H,
+                    D);
+  conv1d_forward(a.res_mid.data(), a.atty.data(), P.w(p + "attn.c_proj.weight"),
+                 P.w(p + "attn.c_proj.bias"), N, C, C);
+  residual_forward(a.res_mid.data(), a.res_mid.data(), x, N * C);
+  layernorm_forward(a.ln2.data(), a.ln2_mean.data(), a.ln2_rstd.data(), a.res_mid.data(),
+                    P.w(p + "ln_2.weight"), P.w(p + "ln_2.bias"), N, C, c.norm_eps);
+  conv1d_forward(a.fc.data(), a.ln2.data(), P.w(p + "mlp.c_fc.weight"), P.w(p + "mlp.c_fc.bias"), N,
+                 C, F);
+  gelu_forward(a.act.data(), a.fc.data(), N * F, tanh_gelu);
+  conv1d_forward(out, a.act.data(), P.w(p + "mlp.c_proj.weight"), P.w(p + "mlp.c_proj.bias"), N, F,
+                 C);
+  residual_forward(out, out, a.res_mid.data(), N * C);
+}
+
 const float* TrainGpt2::forward(const int32_t* ids, int64_t B, int64_t T) {
   const ModelConfig& c = cfg_;
   MINFER_CHECK(B > 0 && T > 0 && T <= c.max_pos,
                "forward: batch {} x {} tokens (gpt2 has {} learned positions)", B, T, c.max_pos);
   ensure_buffers(B, T);
-  const int64_t N = B * T, C = c.hidden, F = c.ffn, H = c.n_heads, D = C / H, V = c.vocab_size;
-  const bool tanh_gelu = c.act == Act::GeluTanh;
+  const int64_t N = B * T, C = c.hidden, V = c.vocab_size;
   ParamStore& P = params_;
   std::copy(ids, ids + N, ids_.begin());
   float* x0 = resid_[0].data();
@@ -71,47 +190,58 @@ const float* TrainGpt2::forward(const int32_t* ids, int64_t B, int64_t T) {
   const float* wpe = P.w("transformer.wpe.weight");
   for (int64_t n = 0; n < N; ++n)
     for (int64_t i = 0; i < C; ++i) x0[n * C + i] += wpe[(n % T) * C + i];
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    const std::string p = lp(l);
-    LayerActs& a = acts_[size_t(l)];
-    const float* x = resid_[size_t(l)].data();
-    float* out = resid_[size_t(l + 1)].data();
-    layernorm_forward(a.ln1.data(), a.ln1_mean.data(), a.ln1_rstd.data(), x, P.w(p + "ln_1.weight"),
-                      P.w(p + "ln_1.bias"), N, C, c.norm_eps);
-    conv1d_forward(qkv_.data(), a.ln1.data(), P.w(p + "attn.c_attn.weight"),
-                   P.w(p + "attn.c_attn.bias"), N, C, 3 * C);
-    for (int64_t n = 0; n < N; ++n) {
-      const float* r = qkv_.data() + n * 3 * C;
-      std::copy(r, r + C, a.q.begin() + n * C);
-      std::copy(r + C, r + 2 * C, a.k.begin() + n * C);
-      std::copy(r + 2 * C, r + 3 * C, a.v.begin() + n * C);
-    }
-    attention_forward(a.atty.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(), B, T, H, H,
-                      D);
-    conv1d_forward(a.res_mid.data(), a.atty.data(), P.w(p + "attn.c_proj.weight"),
-                   P.w(p + "attn.c_proj.bias"), N, C, C);
-    residual_forward(a.res_mid.data(), a.res_mid.data(), x, N * C);
-    layernorm_forward(a.ln2.data(), a.ln2_mean.data(), a.ln2_rstd.data(), a.res_mid.data(),
-                      P.w(p + "ln_2.weight"), P.w(p + "ln_2.bias"), N, C, c.norm_eps);
-    conv1d_forward(a.fc.data(), a.ln2.data(), P.w(p + "mlp.c_fc.weight"), P.w(p + "mlp.c_fc.bias"),
-                   N, C, F);
-    gelu_forward(a.act.data(), a.fc.data(), N * F, tanh_gelu);
-    conv1d_forward(out, a.act.data(), P.w(p + "mlp.c_proj.weight"), P.w(p + "mlp.c_proj.bias"), N,
-                   F, C);
-    residual_forward(out, out, a.res_mid.data(), N * C);
-  }
+  for (int64_t l = 0; l < c.n_layers; ++l)
+    layer_forward(l, acts_[ckpt_ ? 0 : size_t(l)], resid_[size_t(l)].data(),
+                  resid_[size_t(l + 1)].data());
   layernorm_forward(lnf_.data(), lnf_mean_.data(), lnf_rstd_.data(), resid_.back().data(),
                     P.w("transformer.ln_f.weight"), P.w("transformer.ln_f.bias"), N, C, c.norm_eps);
   linear_forward(logits_.data(), lnf_.data(), P.w("transformer.wte.weight"), nullptr, N, C, V);
   return logits_.data();
 }
 
+void TrainGpt2::layer_backward(int64_t l, LayerActs& a, const float* x) {
+  const ModelConfig& c = cfg_;
+  const int64_t B = B_, T = T_, N = B * T, C = c.hidden, F = c.ffn, H = c.n_heads, D = C / H;
+  const bool tanh_gelu = c.act == Act::GeluTanh;
+  ParamStore& P = params_;
+  auto zero = [](std::vector<float>& v) { std::fill(v.begin(), v.end(), 0.f); };
+  const std::string p = lp(l);
+  // MLP: out = res_mid + c_proj(gelu(c_fc(ln2)))
+  zero(dact_);
+  conv1d_backward(dact_.data(), P.g(p + "mlp.c_proj.weight"), P.g(p + "mlp.c_proj.bias"),
+                  dres_.data(), a.act.data(), P.w(p + "mlp.c_proj.weight"), N, F, C);
+  zero(dfc_);
+  gelu_backward(dfc_.data(), dact_.data(), a.fc.data(), N * F, tanh_gelu);
+  zero(dln_);
+  conv1d_backward(dln_.data(), P.g(p + "mlp.c_fc.weight"), P.g(p + "mlp.c_fc.bias"), dfc_.data(),
+                  a.ln2.data(), P.w(p + "mlp.c_fc.weight"), N, C, F);
+  layernorm_backward(dres_.data(), P.g(p + "ln_2.weight"), P.g(p + "ln_2.bias"), dln_.data(),
+                     a.res_mid.data(), P.w(p + "ln_2.weight"), a.ln2_mean.data(), a.ln2_rstd.data(),
+                     N, C);
+  // Attention: res_mid = x + c_proj(attention(split(c_attn(ln1))))
+  zero(datt_);
+  conv1d_backward(datt_.data(), P.g(p + "attn.c_proj.weight"), P.g(p + "attn.c_proj.bias"),
+                  dres_.data(), a.atty.data(), P.w(p + "attn.c_proj.weight"), N, C, C);
+  zero(dq_), zero(dk_), zero(dv_);
+  attention_backward(dq_.data(), dk_.data(), dv_.data(), datt_.data(), a.q.data(), a.k.data(),
+                     a.v.data(), a.probs.data(), B, T, H, H, D);
+  for (int64_t n = 0; n < N; ++n) {
+    float* r = dqkv_.data() + n * 3 * C;
+    std::copy(dq_.begin() + n * C, dq_.begin() + (n + 1) * C, r);
+    std::copy(dk_.begin() + n * C, dk_.begin() + (n + 1) * C, r + C);
+    std::copy(dv_.begin() + n * C, dv_.begin() + (n + 1) * C, r + 2 * C);
+  }
+  zero(dln_);
+  conv1d_backward(dln_.data(), P.g(p + "attn.c_attn.weight"), P.g(p + "attn.c_attn.bias"),
+                  dqkv_.data(), a.ln1.data(), P.w(p + "attn.c_attn.weight"), N, C, 3 * C);
+  layernorm_backward(dres_.data(), P.g(p + "ln_1.weight"), P.g(p + "ln_1.bias"), dln_.data(), x,
+                     P.w(p + "ln_1.weight"), a.ln1_mean.data(), a.ln1_rstd.data(), N, C);
+}
+
 void TrainGpt2::backward(const float* dlogits) {
   MINFER_CHECK(B_ > 0, "backward before forward");
   const ModelConfig& c = cfg_;
-  const int64_t B = B_, T = T_, N = B * T, C = c.hidden, F = c.ffn, H = c.n_heads, D = C / H,
-                V = c.vocab_size;
-  const bool tanh_gelu = c.act == Act::GeluTanh;
+  const int64_t T = T_, N = B_ * T, C = c.hidden, V = c.vocab_size;
   ParamStore& P = params_;
   auto zero = [](std::vector<float>& v) { std::fill(v.begin(), v.end(), 0.f); };
 
@@ -123,39 +253,10 @@ void TrainGpt2::backward(const float* dlogits) {
                      dln_.data(), resid_.back().data(), P.w("transformer.ln_f.weight"),
                      lnf_mean_.data(), lnf_rstd_.data(), N, C);
   for (int64_t l = c.n_layers - 1; l >= 0; --l) {
-    const std::string p = lp(l);
-    LayerActs& a = acts_[size_t(l)];
     const float* x = resid_[size_t(l)].data();
-    // MLP: out = res_mid + c_proj(gelu(c_fc(ln2)))
-    zero(dact_);
-    conv1d_backward(dact_.data(), P.g(p + "mlp.c_proj.weight"), P.g(p + "mlp.c_proj.bias"),
-                    dres_.data(), a.act.data(), P.w(p + "mlp.c_proj.weight"), N, F, C);
-    zero(dfc_);
-    gelu_backward(dfc_.data(), dact_.data(), a.fc.data(), N * F, tanh_gelu);
-    zero(dln_);
-    conv1d_backward(dln_.data(), P.g(p + "mlp.c_fc.weight"), P.g(p + "mlp.c_fc.bias"), dfc_.data(),
-                    a.ln2.data(), P.w(p + "mlp.c_fc.weight"), N, C, F);
-    layernorm_backward(dres_.data(), P.g(p + "ln_2.weight"), P.g(p + "ln_2.bias"), dln_.data(),
-                       a.res_mid.data(), P.w(p + "ln_2.weight"), a.ln2_mean.data(),
-                       a.ln2_rstd.data(), N, C);
-    // Attention: res_mid = x + c_proj(attention(split(c_attn(ln1))))
-    zero(datt_);
-    conv1d_backward(datt_.data(), P.g(p + "attn.c_proj.weight"), P.g(p + "attn.c_proj.bias"),
-                    dres_.data(), a.atty.data(), P.w(p + "attn.c_proj.weight"), N, C, C);
-    zero(dq_), zero(dk_), zero(dv_);
-    attention_backward(dq_.data(), dk_.data(), dv_.data(), datt_.data(), a.q.data(), a.k.data(),
-                       a.v.data(), a.probs.data(), B, T, H, H, D);
-    for (int64_t n = 0; n < N; ++n) {
-      float* r = dqkv_.data() + n * 3 * C;
-      std::copy(dq_.begin() + n * C, dq_.begin() + (n + 1) * C, r);
-      std::copy(dk_.begin() + n * C, dk_.begin() + (n + 1) * C, r + C);
-      std::copy(dv_.begin() + n * C, dv_.begin() + (n + 1) * C, r + 2 * C);
-    }
-    zero(dln_);
-    conv1d_backward(dln_.data(), P.g(p + "attn.c_attn.weight"), P.g(p + "attn.c_attn.bias"),
-                    dqkv_.data(), a.ln1.data(), P.w(p + "attn.c_attn.weight"), N, C, 3 * C);
-    layernorm_backward(dres_.data(), P.g(p + "ln_1.weight"), P.g(p + "ln_1.bias"), dln_.data(), x,
-                       P.w(p + "ln_1.weight"), a.ln1_mean.data(), a.ln1_rstd.data(), N, C);
+    if (ckpt_)  // recompute this block's activations from its kept input
+      layer_forward(l, acts_[0], x, resid_[size_t(l + 1)].data());
+    layer_backward(l, acts_[ckpt_ ? 0 : size_t(l)], x);
   }
   embedding_backward(P.g("transformer.wte.weight"), dres_.data(), ids_.data(), N, C);
   float* dwpe = P.g("transformer.wpe.weight");

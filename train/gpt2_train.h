@@ -12,30 +12,43 @@
 
 #include "engine/config.h"
 #include "train/params.h"
+#include "train/student.h"
 
 namespace minfer {
 class WeightSource;
-}
+class Model;
+}  // namespace minfer
 
 namespace minfer::train {
 
-class TrainGpt2 {
+class TrainGpt2 final : public Student {
  public:
   // Lays out the parameters of cfg (names "transformer.*" as GPT2LMHeadModel saves them).
   // Throws "not implemented" for an untied head and for pruned heads / per-layer widths.
   explicit TrainGpt2(const ModelConfig& cfg);
 
-  const ModelConfig& config() const { return cfg_; }
-  ParamStore& params() { return params_; }
+  const ModelConfig& config() const override { return cfg_; }
+  ParamStore& params() override { return params_; }
+  const ParamStore& params() const override { return params_; }
+  // N(0, std²) for every matrix, LayerNorm weights 1, biases 0 (deterministic from seed).
   void init_random(uint64_t seed, float std = 0.02f) { init_params_random(params_, seed, std); }
   void load(const WeightSource& src) { load_params(params_, src); }
+  // Copies the weights of a built gpt2 model in any format (Linears dequantized through the
+  // format table and stored back as Conv1D [in, out]): student layer i takes layer layer_map[i]
+  // of `m` (empty: the same index). Throws for a model that is not gpt2, a missing tensor or a
+  // shape mismatch.
+  void load_from_model(Model& m, const std::vector<int64_t>& layer_map = {});
 
   // B sequences of T <= P tokens (positions 0..T-1 in each); logits [B*T, V].
-  const float* forward(const int32_t* ids, int64_t B, int64_t T);
-  void backward(const float* dlogits);
-  std::vector<std::pair<std::string, Tensor>> named_weights() const {
+  const float* forward(const int32_t* ids, int64_t B, int64_t T) override;
+  void backward(const float* dlogits) override;
+  std::vector<std::pair<std::string, Tensor>> named_weights() const override {
     return named_params(params_);
   }
+  nlohmann::json config_json() const override;
+  // Per-layer checkpointing as TrainLlama's: one layer's activations kept, recomputed in backward.
+  void set_checkpointing(bool on) override;
+  size_t activation_bytes() const override;
 
  private:
   struct LayerActs {
@@ -48,10 +61,15 @@ class TrainGpt2 {
     std::vector<float> fc, act;                  // [N, F] before / after GELU
   };
   void ensure_buffers(int64_t B, int64_t T);
+  // One block: x [N, C] -> out [N, C], keeping what backward reads in a.
+  void layer_forward(int64_t l, LayerActs& a, const float* x, float* out);
+  // Adds the block's parameter gradients and turns dres_ (∂/∂out) into ∂/∂x.
+  void layer_backward(int64_t l, LayerActs& a, const float* x);
   std::string lp(int64_t l) const { return "transformer.h." + std::to_string(l) + "."; }
 
   ModelConfig cfg_;
   ParamStore params_;
+  bool ckpt_ = false;
   int64_t B_ = 0, T_ = 0;
   std::vector<int32_t> ids_;               // [N]
   std::vector<std::vector<float>> resid_;  // [L+1] x [N, C]

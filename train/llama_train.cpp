@@ -12,6 +12,7 @@
 #include <random>
 
 #include "engine/linear.h"
+#include "engine/model_folder.h"
 #include "engine/weights.h"
 #include "kernels/train_ops.h"
 #include "train/ops.h"
@@ -61,9 +62,17 @@ TrainLlama::TrainLlama(const ModelConfig& c0, const TrainMods& mods, std::shared
   if (c.arch != Arch::Llama)
     throw NotImplemented(
         fmt::format("training a {} model (only llama-family students so far)", arch_name(c.arch)));
-  if (c.attn_bias || c.mlp_bias) throw NotImplemented("training llama models with biases");
+  // Qwen2's q/k/v biases train; LLaMA's attention_bias (an o_proj bias too) and MLP biases not.
+  const bool qkv_bias = c.attn_bias && c.model_type == "qwen2";
+  if ((c.attn_bias && !qkv_bias) || c.mlp_bias)
+    throw NotImplemented(
+        "training llama models with o_proj or MLP biases (Qwen2-style q/k/v biases train)");
+  if (qkv_bias && !ops_->host())
+    throw NotImplemented(
+        fmt::format("q/k/v biases (qwen2) on the {} training device", ops_->name()));
   if (c.act != Act::Silu || c.norm_unit_offset || c.embed_scale || c.sandwich_norms ||
-      c.attn_softcap > 0 || c.final_softcap > 0 || c.attn_scale > 0 || !c.layer_sliding.empty())
+      c.attn_softcap > 0 || c.final_softcap > 0 || c.attn_scale > 0 ||
+      std::find(c.layer_sliding.begin(), c.layer_sliding.end(), true) != c.layer_sliding.end())
     throw NotImplemented(fmt::format("training a {} model (Gemma-style settings)", c.model_type));
   if (!c.layer_heads.empty() || !c.layer_kv_heads.empty() || !c.layer_ffn.empty())
     throw NotImplemented(
@@ -120,6 +129,11 @@ TrainLlama::TrainLlama(const ModelConfig& c0, const TrainMods& mods, std::shared
     lin(p + "self_attn.q_proj.weight", qd, C);
     lin(p + "self_attn.k_proj.weight", kvd, C);
     lin(p + "self_attn.v_proj.weight", kvd, C);
+    if (qkv_bias) {
+      base.add(p + "self_attn.q_proj.bias", {qd}, false);
+      base.add(p + "self_attn.k_proj.bias", {kvd}, false);
+      base.add(p + "self_attn.v_proj.bias", {kvd}, false);
+    }
     lin(p + "self_attn.o_proj.weight", C, qd);
     base.add(p + "post_attention_layernorm.weight", {C}, false);
     lin(p + "mlp.gate_proj.weight", F, C);
@@ -231,6 +245,16 @@ void TrainLlama::load_from_model(Model& m, const std::vector<int64_t>& layer_map
       copy_param(p, w, dequantize_weight(*li->second), "source model");
       return;
     }
+    const size_t nb = std::strlen(".bias");
+    if (s.size() > nb && s.compare(s.size() - nb, nb, ".bias") == 0) {
+      auto lw = lin.find(s.substr(0, s.size() - nb) + ".weight");
+      if (lw != lin.end()) {  // a Linear's bias (qwen2 q/k/v)
+        MINFER_CHECK(lw->second->bias.defined(), "source model: linear '{}' has no bias",
+                     lw->first);
+        copy_param(p, w, lw->second->bias, "source model");
+        return;
+      }
+    }
     auto ti = by_name.find(s);
     MINFER_CHECK(ti != by_name.end(), "source model has no tensor '{}' (for student '{}')", s,
                  p.name);
@@ -333,6 +357,19 @@ Tensor TrainLlama::base_f32(const std::string& name) const {
   return dequantize_weight(base_.at(name));
 }
 
+void TrainLlama::add_bias(const std::string& name, float* out, int64_t N, int64_t O) {
+  const float* b = W(name);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t o = 0; o < O; ++o) out[n * O + o] += b[o];
+}
+
+void TrainLlama::bias_bwd(const std::string& name, const float* dout, int64_t N, int64_t O) {
+  float* g = G(name);
+  if (!g) return;  // frozen (LoRA)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t o = 0; o < O; ++o) g[o] += dout[n * O + o];
+}
+
 void TrainLlama::lin_fwd(const std::string& name, float* out, const float* inp, int64_t N,
                          int64_t I, int64_t O) {
   if (!qat_.empty()) {
@@ -390,6 +427,11 @@ void TrainLlama::layer_forward(int64_t l, LayerActs& a, const float* x, float* o
   lin_fwd(p + "self_attn.q_proj.weight", a.q.data(), a.ln1.data(), N, C, qd);
   lin_fwd(p + "self_attn.k_proj.weight", a.k.data(), a.ln1.data(), N, C, kvd);
   lin_fwd(p + "self_attn.v_proj.weight", a.v.data(), a.ln1.data(), N, C, kvd);
+  if (c.attn_bias) {  // qwen2: q/k/v biases, before RoPE
+    add_bias(p + "self_attn.q_proj.bias", a.q.data(), N, qd);
+    add_bias(p + "self_attn.k_proj.bias", a.k.data(), N, kvd);
+    add_bias(p + "self_attn.v_proj.bias", a.v.data(), N, kvd);
+  }
   ops_->rope(a.q.data(), rope_cs_.data(), B, T, H, D, 1.f);
   ops_->rope(a.k.data(), rope_cs_.data(), B, T, Hkv, D, 1.f);
   ops_->attention_forward(a.atty.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(), B, T,
@@ -449,6 +491,11 @@ void TrainLlama::layer_backward(int64_t l, LayerActs& a, const float* x) {
                            a.v.data(), a.probs.data(), B, T, H, Hkv, D);
   ops_->rope(dq_.data(), rope_cs_.data(), B, T, H, D, -1.f);
   ops_->rope(dk_.data(), rope_cs_.data(), B, T, Hkv, D, -1.f);
+  if (c.attn_bias) {
+    bias_bwd(p + "self_attn.q_proj.bias", dq_.data(), N, qd);
+    bias_bwd(p + "self_attn.k_proj.bias", dk_.data(), N, kvd);
+    bias_bwd(p + "self_attn.v_proj.bias", dv_.data(), N, kvd);
+  }
   zero(dln_);
   lin_bwd(p + "self_attn.q_proj.weight", dln_.data(), dq_.data(), a.ln1.data(), N, C, qd);
   lin_bwd(p + "self_attn.k_proj.weight", dln_.data(), dk_.data(), a.ln1.data(), N, C, kvd);
@@ -508,6 +555,10 @@ void TrainLlama::add_input_sq(InputSqSums& acc) const {
     for (const char* m : {"mlp.gate_proj", "mlp.up_proj"}) add(p + m + ".weight", a.ln2, C);
     add(p + "mlp.down_proj.weight", a.swi, F);
   }
+}
+
+nlohmann::json TrainLlama::config_json() const {
+  return llama_config_json(cfg_, "float32");
 }
 
 void TrainLlama::set_checkpointing(bool on) {

@@ -21,6 +21,7 @@
 #include "train/params.h"
 #include "train/prune_schedule.h"
 #include "train/qat.h"
+#include "train/student.h"
 
 namespace minfer::train {
 
@@ -37,13 +38,13 @@ struct TrainMods {
   uint64_t seed = 0;  // LoRA A init
 };
 
-class TrainLlama {
+class TrainLlama final : public Student {
  public:
   // Lays out the parameters of cfg (zeros). Throws "not implemented: ..." for what this model
-  // does not train yet: biases (Qwen2-style), per-layer widths of a structurally pruned model,
-  // architectures other than llama, QAT together with LoRA, QAT or LoRA on a device other than
-  // the CPU; throws for a LoRA rank outside [1, min(in, out)] of a target. `ops` computes every
-  // training op and owns the buffers' memory (null: the CPU, cpu_train_ops()).
+  // does not train yet: o_proj / MLP biases (Qwen2's q/k/v biases train), per-layer widths of a
+  // structurally pruned model, architectures other than llama, QAT together with LoRA, QAT or LoRA
+  // on a device other than the CPU; throws for a LoRA rank outside [1, min(in, out)] of a target.
+  // `ops` computes every training op and owns the buffers' memory (null: the CPU, cpu_train_ops()).
   explicit TrainLlama(const ModelConfig& cfg, const TrainMods& mods = {},
                       std::shared_ptr<TrainOps> ops = nullptr);
 
@@ -51,9 +52,9 @@ class TrainLlama {
   // logits of a device run, forward() and backward() have synchronized (they return finished).
   TrainOps& ops() { return *ops_; }
 
-  const ModelConfig& config() const { return cfg_; }
-  ParamStore& params() { return params_; }
-  const ParamStore& params() const { return params_; }
+  const ModelConfig& config() const override { return cfg_; }
+  ParamStore& params() override { return params_; }
+  const ParamStore& params() const override { return params_; }
   // Weights trained as low-rank factors (a low-rank student; empty otherwise).
   FactoredLinears& factors() { return factors_; }
 
@@ -69,22 +70,24 @@ class TrainLlama {
   // Gradient checkpointing per layer (Chen et al. 2016, "Training Deep Nets with Sublinear Memory
   // Cost"): keep only each layer's input, recompute the layer's activations in backward. Same
   // gradients bit for bit; activation memory ~ one layer instead of L. Set before forward.
-  void set_checkpointing(bool on);
+  void set_checkpointing(bool on) override;
   bool checkpointing() const { return ckpt_; }
   // Bytes of the activation buffers the last forward allocated (residual streams, kept layer
   // activations, logits, backward scratch).
-  size_t activation_bytes() const;
+  size_t activation_bytes() const override;
 
   // Runs B sequences of T tokens (ids [B*T]); returns logits [B*T, V] (valid until the next
   // forward). Buffers are (re)allocated when B*T grows.
-  const float* forward(const int32_t* ids, int64_t B, int64_t T);
+  const float* forward(const int32_t* ids, int64_t B, int64_t T) override;
   // Accumulates the gradients of a scalar loss whose gradient w.r.t. the logits of the last
   // forward is dlogits [B*T, V].
-  void backward(const float* dlogits);
+  void backward(const float* dlogits) override;
 
   // The trainable parameters: HF names, f32 (a tied head is not written). Without LoRA the
   // whole model; with LoRA only the adapters (what checkpoints hold).
-  std::vector<std::pair<std::string, Tensor>> named_weights() const;
+  std::vector<std::pair<std::string, Tensor>> named_weights() const override;
+  // config.json (LlamaForCausalLM, or the qwen2 / phi3 class the config came as).
+  nlohmann::json config_json() const override;
 
   const TrainMods& mods() const { return mods_; }
   // Every weight of the model in f32, HF names (a tied head is not written): the base weights
@@ -102,7 +105,7 @@ class TrainLlama {
   // NotImplemented with gradient checkpointing (only one layer's are kept).
   void add_input_sq(InputSqSums& acc) const;
   // Trainable parameter count (what the optimizer keeps state for).
-  size_t trainable_params() const { return params_.numel(); }
+  size_t trainable_params() const override { return params_.numel(); }
 
  private:
   struct LayerActs {  // in ops_'s memory
@@ -145,6 +148,9 @@ class TrainLlama {
   void lin_bwd(const std::string& name, float* dinp, const float* dout, const float* inp, int64_t N,
                int64_t I, int64_t O);
   bool is_lora_target(const std::string& weight_name) const;
+  // qwen2: out [N, O] += bias `name` per row; its gradient += Σ rows of dout (none when frozen).
+  void add_bias(const std::string& name, float* out, int64_t N, int64_t O);
+  void bias_bwd(const std::string& name, const float* dout, int64_t N, int64_t O);
   void after_load();                               // LSQ scales from the weights, LoRA A init
   void refresh_qat();                              // fake-quantized weights of this step
   Tensor base_f32(const std::string& name) const;  // LoRA base weight [O, I] in f32
