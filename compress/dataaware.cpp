@@ -100,7 +100,7 @@ Linear quantize_rtn_search(const Linear& dense, const QuantSpec& spec, const flo
                "quantize '{}': the scale search is for symmetric int4 / int3 and nf4 without "
                "double quantization (got {}{})",
                dense.name, spec.asymmetric ? "-asym" : "", spec.double_quant ? "-dq" : "");
-  const QScheme scheme = kind == 0 ? QScheme::NF4 : QScheme::Int4;
+  const QScheme scheme = kind == 0 ? QScheme::NF4 : kind == 3 ? QScheme::Int3 : QScheme::Int4;
   const QSchemeInfo info = qscheme_info(scheme);
   const int64_t N = dense.out, K = dense.in;
   int64_t G = spec.group == 0 ? info.default_group : spec.group;
@@ -125,7 +125,7 @@ Linear quantize_rtn_search(const Linear& dense, const QuantSpec& spec, const flo
   Quantized q;
   q.scheme = scheme;
   q.group = G;
-  const int64_t groups = qm::ceil_div(K, G), rb = qm::row_bytes(K, 4), Kp = qm::padded_k(K);
+  const int64_t groups = qm::ceil_div(K, G), rb = qm::row_bytes(K, info.bits), Kp = qm::padded_k(K);
   q.codes = Tensor::empty(DType::U8, {N, rb});
   q.scales = Tensor::empty(DType::F32, {N, groups});
   float* scales = q.scales.data<float>();
@@ -141,10 +141,18 @@ Linear quantize_rtn_search(const Linear& dense, const QuantSpec& spec, const flo
       scales[n * groups + g] = s;
       for (int64_t k = k0; k < k0 + len; ++k) {
         const int code = code_of(w[size_t(k)], s, kind);
-        qm::set_q4(row, k, kind == 0 ? code : code + 8);
+        if (kind == 3)
+          qm::set_q3(row, k, code + 4);
+        else
+          qm::set_q4(row, k, kind == 0 ? code : code + 8);
       }
     }
-    for (int64_t k = K; k < Kp; ++k) qm::set_q4(row, k, kind == 0 ? qm::kNF4Zero : 8);
+    for (int64_t k = K; k < Kp; ++k) {
+      if (kind == 3)
+        qm::set_q3(row, k, 4);
+      else
+        qm::set_q4(row, k, kind == 0 ? qm::kNF4Zero : 8);
+    }
   }
   return make_linear(dense.name, dense.in, dense.out, std::move(q), dense.bias);
 }

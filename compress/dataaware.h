@@ -14,8 +14,8 @@
 //
 // 3-bit ("int3"): codes q in −4..3 (8 levels), w ≈ s · q with s = −w_m / 4 for the weight w_m of
 // largest magnitude (so w_m is exact; s may be negative, as in GGML's Q4_0 rule). The codes are
-// stored in the int4 container (u = q + 8, the int4 kernels run it unchanged): 3-bit accuracy at
-// int4's storage, 4 + 32/G bits per weight, not 3 + 32/G. No new packing or kernel.
+// stored packed at 3 bits (QScheme::Int3, u = q + 4, 64 weights in 24 bytes; in the file,
+// compressed-tensors' pack-quantized layout): 3 + 32/G bits per weight, with its own kernels.
 //
 // Channel scaling (SmoothQuant, Xiao et al. 2022, arXiv:2211.10438; AWQ, Lin et al. 2023,
 // arXiv:2306.00978): Y = X W ᵀ = (X diag(1/s)) (W diag(s))ᵀ exactly. The 1/s is folded into the

@@ -29,7 +29,9 @@ Linear quantize_gptq(const Linear& l, const QuantSpec& spec, const std::vector<f
   const int64_t N = l.out, K = l.in;
   MINFER_CHECK(int64_t(xtx.size()) == K * K,
                "gptq '{}': Gram matrix has {} values, expected [{}, {}]", l.name, xtx.size(), K, K);
-  const QScheme scheme = spec.method == "int8" ? QScheme::Int8 : QScheme::Int4;
+  const QScheme scheme = spec.method == "int8"   ? QScheme::Int8
+                         : spec.method == "int3" ? QScheme::Int3
+                                                 : QScheme::Int4;
   // int4 with the search uses all 16 codes (−8..7, compress/dataaware.h); without, the paper's
   // symmetric −7..7.
   const int kind = spec.method == "int4"   ? (opt.clip_search ? 5 : 4)
@@ -146,6 +148,8 @@ Linear quantize_gptq(const Linear& l, const QuantSpec& spec, const std::vector<f
     if (scheme == QScheme::Int8) {
       std::fill(row, row + rb, uint8_t(128));
       for (int64_t k = 0; k < K; ++k) row[k] = uint8_t(codes[size_t(n * K + k)] + 128);
+    } else if (scheme == QScheme::Int3) {
+      for (int64_t k = 0; k < Kp; ++k) qm::set_q3(row, k, k < K ? codes[size_t(n * K + k)] + 4 : 4);
     } else {
       for (int64_t k = 0; k < Kp; ++k) qm::set_q4(row, k, k < K ? codes[size_t(n * K + k)] + 8 : 8);
     }

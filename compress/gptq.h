@@ -10,7 +10,7 @@
 // columns in one GEMM), dead inputs (H_ii = 0) get W[:, i] = 0. A group's scale is chosen from the
 // group's weights as they stand when the first column of the group is reached (the paper's
 // "static groups" off), with the format's own rule (int4: absmax / 7, int8: absmax / 127, int3:
-// the signed-max rule of compress/dataaware.h, codes −4..3 in the int4 container).
+// the signed-max rule of compress/dataaware.h, codes −4..3 packed at 3 bits).
 //
 // Options beyond the paper's defaults:
 //   act_order (AutoGPTQ desc_act): columns are rounded in descending order of diag(H), the

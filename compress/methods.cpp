@@ -22,7 +22,7 @@ constexpr MethodInfo kMethods[] = {
     {"int4", MethodKind::WeightQuant, kOptGroup | kOptAsym | kOptClip,
      "int4 per group of 128 (-g32/-g64), symmetric or -asym with zero points, -clip: scale search"},
     {"int3", MethodKind::WeightQuant, kOptGroup | kOptClip,
-     "3-bit codes -4..3 per group of 128 in the int4 container (4.25 bits/w stored), -clip"},
+     "3-bit codes -4..3 per group of 128, packed 3 bits each (3.25 bits/w), -clip"},
     {"nf4", MethodKind::WeightQuant, kOptGroup | kOptDq | kOptClip,
      "NormalFloat-4 (QLoRA) per block of 64, -dq: double-quantized scales (4.127 bits/w)"},
     {"binary", MethodKind::WeightQuant, 0, "sign(w) * mean|w| per row (1 bit/w)"},
@@ -49,7 +49,7 @@ constexpr MethodInfo kMethods[] = {
     {"int8-gptq", MethodKind::Gptq, kOptGroup | kOptActOrder,
      "GPTQ: int8 per output row (-g<N>: per group)"},
     {"int3-gptq", MethodKind::Gptq, kOptGroup | kOptActOrder | kOptClip | kOptAwq,
-     "GPTQ at 3 bits (codes -4..3 in the int4 container), -act, -clip, -awq"},
+     "GPTQ at 3 bits (packed codes -4..3, 3.25 bits/w at g128), -act, -clip, -awq"},
     {"int4-awq", MethodKind::Gptq, kOptGroup,
      "AWQ: int4 per group of 128 with input-channel scales searched on calibration and folded "
      "into the previous norm / linear, then a scale (clip) search"},
@@ -86,7 +86,7 @@ std::string known_methods() {
 
 QScheme scheme_of(const MethodSpec& s) {
   const std::string b = s.base_format();
-  return qscheme_from_name(b == "int3" ? "int4" : b, "method");
+  return qscheme_from_name(b, "method");
 }
 
 }  // namespace
@@ -108,9 +108,9 @@ std::string methods_help() {
 }
 
 const std::vector<std::string>& default_bench_methods() {
-  static const std::vector<std::string> v = {"f32",      "fp16", "bf16",       "int8",   "int4",
-                                             "int4-g64", "nf4",  "nf4-dq",     "binary", "ternary",
-                                             "llm-int8", "w8a8", "w8a8-static"};
+  static const std::vector<std::string> v = {"f32",      "fp16",     "bf16", "int8",       "int4",
+                                             "int4-g64", "int3",     "nf4",  "nf4-dq",     "binary",
+                                             "ternary",  "llm-int8", "w8a8", "w8a8-static"};
   return v;
 }
 

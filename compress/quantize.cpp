@@ -71,10 +71,11 @@ Quantized quantize_matrix(const float* W, int64_t N, int64_t K, const QuantSpec&
   bool known = false;
   for (QScheme sc : kQSchemes)
     if (m == qscheme_name(sc)) q.scheme = sc, known = true;
-  MINFER_CHECK(known,
-               "quantize '{}': unknown method '{}' (expected int8, int4, nf4, binary, ternary, "
-               "fp16, bf16 or f32)",
-               name, m);
+  MINFER_CHECK(
+      known,
+      "quantize '{}': unknown method '{}' (expected int8, int4, int3, nf4, binary, ternary, "
+      "fp16, bf16 or f32)",
+      name, m);
   const QSchemeInfo info = qscheme_info(q.scheme);
   MINFER_CHECK(!spec.asymmetric || info.asymmetric,
                "quantize '{}': asymmetric is only defined for int4, not {}", name, m);
@@ -159,6 +160,25 @@ Quantized quantize_matrix(const float* W, int64_t N, int64_t K, const QuantSpec&
       }
       break;
     }
+    case QScheme::Int3:
+      // GGML Q4_0's signed-max rule at 3 bits (compress/dataaware.h): s = -w_m / 4 for the
+      // group's largest-magnitude weight w_m, q = round(w / s) clamped to -4..3, u = q + 4.
+#pragma omp parallel for if (par(N, K))
+      for (int64_t n = 0; n < N; ++n) {
+        const float* w = W + n * K;
+        uint8_t* row = codes + n * rb;
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t k0 = g * G, k1 = std::min(K, k0 + G);
+          float amax = 0, wm = 0;
+          for (int64_t k = k0; k < k1; ++k)
+            if (std::fabs(w[k]) > amax) amax = std::fabs(w[k]), wm = w[k];
+          const float s = scales[n * groups + g] = float(-double(wm) / 4.0);
+          for (int64_t k = k0; k < k1; ++k)
+            qm::set_q3(row, k, s == 0.f ? 4 : qm::round_clamp(double(w[k]) / double(s), -4, 3) + 4);
+        }
+        for (int64_t k = K; k < Kp; ++k) qm::set_q3(row, k, 4);
+      }
+      break;
     case QScheme::NF4: {
       std::vector<float> absmax(size_t(N * groups));
 #pragma omp parallel for if (par(N, K))

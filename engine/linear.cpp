@@ -62,6 +62,8 @@ double bits_per_weight(const Linear& l) {
 json save_linear(const Linear& l, const std::string& name, TensorSink& sink) {
   check_linear(l);
   json meta = json::object();
+  meta["in"] = l.in;  // formats whose file layout depends on the width read it (int3)
+  meta["out"] = l.out;
   std::visit(
       [&](const auto& r) { FormatTraits<std::decay_t<decltype(r)>>::save(r, name, sink, meta); },
       l.repr);

@@ -368,12 +368,13 @@ TEST_CASE("cuda-emu: every Quantized scheme equals the CPU kernels") {
       bool per_channel, asym, dq, tern_row;
     };
     const Q qs[] = {
-        {"int8", 0, true, false, false, false},   {"int8", 0, false, false, false, false},
-        {"int8", 32, true, false, false, false},  {"int4", 32, true, false, false, false},
-        {"int4", 64, true, true, false, false},   {"int4", 128, true, false, false, false},
-        {"nf4", 64, true, false, false, false},   {"nf4", 64, true, false, true, false},
-        {"binary", 0, true, false, false, false}, {"ternary", 0, true, false, false, false},
-        {"ternary", 0, true, false, false, true},
+        {"int8", 0, true, false, false, false},    {"int8", 0, false, false, false, false},
+        {"int8", 32, true, false, false, false},   {"int4", 32, true, false, false, false},
+        {"int4", 64, true, true, false, false},    {"int4", 128, true, false, false, false},
+        {"int3", 32, true, false, false, false},   {"int3", 96, true, false, false, false},
+        {"int3", 128, true, false, false, false},  {"nf4", 64, true, false, false, false},
+        {"nf4", 64, true, false, true, false},     {"binary", 0, true, false, false, false},
+        {"ternary", 0, true, false, false, false}, {"ternary", 0, true, false, false, true},
     };
     for (const Q& q : qs) {
       QuantSpec spec;
@@ -399,7 +400,7 @@ TEST_CASE("cuda-emu: every Quantized scheme equals the CPU kernels") {
         CHECK(d <= 2e-5f * (1 + m));
       }
     }
-    // int3 (compress/dataaware.h): codes -4..3 with negative scales in the int4 container.
+    // int3 with the scale search (compress/dataaware.h): packed codes -4..3, negative scales.
     for (auto& s : kLinShapes) {
       const int64_t T = s[0], K = s[1], N = s[2];
       if (K < 32) continue;

@@ -106,9 +106,10 @@ struct Row {
 // yet. Add a row for a new format here.
 std::vector<Row> rows() {
   std::vector<Row> r;
-  for (std::string m : {"f32", "fp16", "bf16", "int8", "int8-tensor", "int8-g32", "int4-g32",
-                        "int4-g64-asym", "int4", "nf4", "nf4-dq", "binary", "ternary",
-                        "ternary-row", "llm-int8", "w8a8", "w8a8-static"}) {
+  for (std::string m : {"f32",      "fp16",          "bf16",          "int8",   "int8-tensor",
+                        "int8-g32", "int4-g32",      "int4-g64-asym", "int4",   "int3",
+                        "int3-g32", "int3-g32-clip", "nf4",           "nf4-dq", "binary",
+                        "ternary",  "ternary-row",   "llm-int8",      "w8a8",   "w8a8-static"}) {
     const CompressSpec spec = compress_spec_from_name(m);
     const bool act = spec.last().method == "llm-int8" || spec.last().method == "w8a8";
     const double half = m == "fp16" ? 0x1p-11 : m == "bf16" ? 0x1p-8 : 0;
@@ -312,9 +313,9 @@ TEST_CASE(
   CHECK_THROWS_WITH_AS(load_linear(src, "blk.q.weight", bad, 64, 4),
                        doctest::Contains("unknown representation 'sparse-magic'"), Error);
   bad = meta;
-  bad["scheme"] = "int3";
+  bad["scheme"] = "int5";
   CHECK_THROWS_WITH_AS(load_linear(src, "blk.q.weight", bad, 64, 4),
-                       doctest::Contains("unknown quantization scheme 'int3'"), Error);
+                       doctest::Contains("unknown quantization scheme 'int5'"), Error);
   bad = meta;
   bad.erase("group");
   CHECK_THROWS_WITH_AS(load_linear(src, "blk.q.weight", bad, 64, 4),

@@ -87,9 +87,9 @@ TEST_CASE("gptq: methods, calibration, and bad input") {
   const Tensor ref = fx->get("int4_g32");
   const Tensor got = dequantize_weight(compress_linear(l, spec, &st));
   CHECK(output_error(w, got, x) == doctest::Approx(output_error(w, ref, x)).epsilon(0.01));
-  // int3: codes -4..3 in the int4 container (tests/test_dataaware.cpp).
+  // int3: packed 3-bit codes -4..3 (tests/test_int3.cpp).
   CHECK(linear_format(compress_linear(l, compress_spec_from_name("int3-gptq-g32"), &st)) ==
-        "int4-g32");
+        "int3-g32");
   st.tokens = 50;
   CHECK_THROWS_WITH_AS(compress_linear(l, spec, &st), doctest::Contains("only 50 tokens"), Error);
   // Direct calls: unsupported targets and a wrong Gram size.

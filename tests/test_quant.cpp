@@ -106,6 +106,9 @@ std::vector<Fmt> all_formats() {
   f.push_back({"int4 g64", s("int4", 64)});
   f.push_back({"int4 g96", s("int4", 96)});
   f.push_back({"int4 g128", s("int4", 128)});
+  f.push_back({"int3 g32", s("int3", 32)});
+  f.push_back({"int3 g96", s("int3", 96)});
+  f.push_back({"int3 g128", s("int3", 128)});
   QuantSpec a32 = s("int4", 32), a128 = s("int4", 128);
   a32.asymmetric = a128.asymmetric = true;
   f.push_back({"int4 g32 asym", a32});
@@ -497,9 +500,9 @@ TEST_CASE("quant: bad inputs give clear errors") {
   s.group = 48;
   CHECK_THROWS_WITH_AS(quantize_linear(dense_of(w, 4, 64), s), doctest::Contains("multiple of 32"),
                        Error);
-  s.method = "int3";
+  s.method = "int5";
   CHECK_THROWS_WITH_AS(quantize_linear(dense_of(w, 4, 64), s),
-                       doctest::Contains("unknown method 'int3'"), Error);
+                       doctest::Contains("unknown method 'int5'"), Error);
   s.method = "nf4";
   s.group = 0;
   s.asymmetric = true;

@@ -70,6 +70,7 @@ QatLayout qat_layout(const QatSpec& q, int64_t O, int64_t I, const std::string& 
       return l;
     case QScheme::NF4:
     case QScheme::Binary:
+    case QScheme::Int3:
       break;
   }
   MINFER_FAIL("qat '{}': {} is not a QAT scheme (int8, int4, ternary)", name,
@@ -162,6 +163,7 @@ Linear qat_export(const std::string& name, const float* W, const float* s, int64
           break;
         case QScheme::NF4:
         case QScheme::Binary:
+        case QScheme::Int3:
           MINFER_FAIL("qat export '{}': {} is not a QAT scheme", name, qscheme_name(q.scheme));
       }
     }

@@ -111,6 +111,9 @@ void FormatTraits<Quantized>::dequantize(const Quantized& q, int64_t in, int64_t
         case QScheme::Int4:
           v = qm::dequant_uz(qm::get_q4(row, k), zeros ? zeros[i] : 8, s);
           break;
+        case QScheme::Int3:
+          v = qm::dequant_uz(qm::get_q3(row, k), 4, s);
+          break;
         case QScheme::NF4:
           v = s * qm::nf4_value(qm::get_q4(row, k));
           break;
@@ -135,16 +138,72 @@ std::string FormatTraits<Quantized>::format(const Quantized& q, int64_t in) {
   std::string s = qscheme_name(q.scheme);
   if (q.scheme == QScheme::Int8 && q.per_tensor) return s + "-tensor";
   if (q.scheme == QScheme::Ternary) return q.per_tensor ? s : s + "-row";
-  if (q.scheme == QScheme::Int4 || q.scheme == QScheme::NF4 || q.group < in)
+  if (q.scheme == QScheme::Int4 || q.scheme == QScheme::Int3 || q.scheme == QScheme::NF4 ||
+      q.group < in)
     s += fmt::format("-g{}", q.group);
   if (q.asymmetric) s += "-asym";
   if (q.scale_codes.defined()) s += "-dq";
   return s;
 }
 
+namespace {
+
+// int3 in the file: compressed-tensors' `pack-quantized` layout for num_bits = 3
+// (compressed_tensors/compressors/pack_quantized/helpers.py, pack_to_int32 with packed_dim = 1):
+// I32 [out, ceil(in * 3 / 32)], row r holding the codes q + 4 of weight row r as one LSB-first
+// bit stream (weight k at bits 3k .. 3k+2 of the little-endian words, 32 weights in 3 words), the
+// bits past 3 * in zero. In memory (kernels/common/quant_math.h) the same stream runs to Kp (in
+// rounded up to 64) with padding code 4, so for in % 64 == 0 the two are the same bytes and the
+// file is used in place; other widths are repacked row by row. Little-endian hosts only (as
+// safetensors).
+constexpr const char* kInt3Packing = "pack-quantized";
+
+int64_t int3_words(int64_t in) {
+  return qm::ceil_div(in * 3, 32);
+}
+
+Tensor int3_to_file(const Quantized& q, int64_t in) {
+  const int64_t out = q.codes.dim(0), rb = q.codes.dim(1), words = int3_words(in);
+  if (qm::padded_k(in) == in)
+    return Tensor(q.codes.storage(), q.codes.offset(), DType::I32, {out, words});
+  Tensor t = Tensor::empty(DType::I32, {out, words});  // zero filled
+  const uint8_t* src = q.codes.data<uint8_t>();
+  uint8_t* dst = t.data<uint8_t>();
+  for (int64_t n = 0; n < out; ++n)
+    for (int64_t k = 0; k < in; ++k)
+      qm::set_q3(dst + n * words * 4, k, qm::get_q3(src + n * rb, k));
+  return t;
+}
+
+Tensor int3_from_file(const Tensor& t, int64_t in, int64_t out, const std::string& name) {
+  const int64_t words = int3_words(in), rb = qm::row_bytes(in, 3);
+  MINFER_CHECK(t.dtype() == DType::I32 && t.ndim() == 2 && t.dim(0) == out && t.dim(1) == words &&
+                   t.is_contiguous(),
+               "quantized '{}' (int3): '{}.codes' must be I32 [{}, {}] (compressed-tensors "
+               "pack-quantized, 3 bits: 32 codes in 3 words), found {} {}",
+               name, name, out, words, dtype_name(t.dtype()), t.shape_str());
+  if (qm::padded_k(in) == in) return Tensor(t.storage(), t.offset(), DType::U8, {out, rb});
+  Tensor c = Tensor::empty(DType::U8, {out, rb});
+  const uint8_t* src = t.data<uint8_t>();
+  uint8_t* dst = c.data<uint8_t>();
+  for (int64_t n = 0; n < out; ++n)
+    for (int64_t k = 0; k < rb * 8 / 3; ++k)
+      qm::set_q3(dst + n * rb, k, k < in ? qm::get_q3(src + n * words * 4, k) : 4);
+  return c;
+}
+
+}  // namespace
+
 void FormatTraits<Quantized>::save(const Quantized& q, const std::string& name, TensorSink& sink,
                                    json& meta) {
-  sink.put(name + ".codes", q.codes);
+  if (q.scheme == QScheme::Int3) {
+    MINFER_CHECK(meta.contains("in") && meta["in"].is_number_integer(),
+                 "quantized '{}' (int3): save needs the input width in the entry", name);
+    sink.put(name + ".codes", int3_to_file(q, meta["in"].get<int64_t>()));
+    meta["packing"] = kInt3Packing;
+  } else {
+    sink.put(name + ".codes", q.codes);
+  }
   sink.put(name + ".scales", q.scales);
   sink.put(name + ".zeros", q.zeros);
   sink.put(name + ".scale_codes", q.scale_codes);
@@ -165,6 +224,13 @@ Quantized FormatTraits<Quantized>::load(const TensorSource& src, const std::stri
   q.asymmetric = meta_field<bool>(meta, "asymmetric", name);
   MINFER_CHECK(src.has(name + ".codes"), "'{}': missing tensor '{}.codes'", name, name);
   q.codes = src.get(name + ".codes");
+  if (q.scheme == QScheme::Int3) {
+    const std::string packing = meta_field<std::string>(meta, "packing", name);
+    MINFER_CHECK(packing == kInt3Packing,
+                 "quantized '{}' (int3): unknown code packing '{}' (expected '{}')", name, packing,
+                 kInt3Packing);
+    q.codes = int3_from_file(q.codes, in, out, name);
+  }
   q.scales = src.maybe(name + ".scales");
   q.zeros = src.maybe(name + ".zeros");
   q.scale_codes = src.maybe(name + ".scale_codes");

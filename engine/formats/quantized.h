@@ -1,10 +1,11 @@
 // Quantized: weight-only quantization, one scheme per matrix (kernels/common/qscheme.h): int8,
-// int4 (symmetric / asymmetric), NF4 (+ QLoRA double quantization), binary, ternary. Packing,
-// code values and the dequantization rule: kernels/common/quant_math.h. Encoders:
+// int4 (symmetric / asymmetric), int3 (packed 3-bit), NF4 (+ QLoRA double quantization), binary,
+// ternary. Packing, code values and the dequantization rule: kernels/common/quant_math.h. Encoders:
 // compress/quantize.h. CPU kernels: kernels/cpu/quant.h; CUDA: kernels/cuda/kernels.cu.
 //
 // Bits per weight (K in features, G group; code rows padded to 64 weights):
-//   int8 8 + 32/K (per row) or 8 + 32/G; int4 4 + 32/G (+ 8/G with zero points);
+//   int8 8 + 32/K (per row) or 8 + 32/G; int4 4 + 32/G (+ 8/G with zero points); int3 3 + 32/G
+//   (codes 3 bits each, compressed-tensors' pack-quantized layout in the file);
 //   nf4 4 + 32/G, double-quantized 4 + 8/G + 32/(256 G); binary 1 + 32/K; ternary 2 (+ 32/K per
 //   row).
 #pragma once
@@ -38,9 +39,12 @@ struct FormatTraits<Quantized> {
   static size_t bytes(const Quantized& q);
   static void dequantize(const Quantized& q, int64_t in, int64_t out, const std::string& name,
                          float* w);
-  // "int8" (per row), "int8-tensor", "int8-g64", "int4-g128[-asym]", "nf4-g64[-dq]", "binary",
-  // "ternary" (per tensor), "ternary-row".
+  // "int8" (per row), "int8-tensor", "int8-g64", "int4-g128[-asym]", "int3-g128", "nf4-g64[-dq]",
+  // "binary", "ternary" (per tensor), "ternary-row".
   static std::string format(const Quantized& q, int64_t in);
+  // int3 codes go to the file as I32 [out, ceil(in * 3 / 32)] in compressed-tensors'
+  // pack-quantized layout (meta "packing": "pack-quantized"; meta["in"] must be set) and are
+  // loaded back zero-copy when in % 64 == 0, else repacked to the padded in-memory rows.
   static void save(const Quantized& q, const std::string& name, TensorSink& sink, json& meta);
   static Quantized load(const TensorSource& src, const std::string& name, const json& meta,
                         int64_t in, int64_t out);
@@ -48,7 +52,7 @@ struct FormatTraits<Quantized> {
 };
 
 const char* qscheme_name(QScheme s);  // "int8", "int4", "nf4", "binary", "ternary"
-int qscheme_bits(QScheme s);          // code bits per weight: 8, 4, 4, 1, 2
+int qscheme_bits(QScheme s);          // code bits per weight: 8, 4, 4, 1, 2, 3
 // The scheme called `name`; throws naming `where` for anything else.
 QScheme qscheme_from_name(const std::string& name, const std::string& where);
 

@@ -19,11 +19,12 @@ enum class QScheme : uint8_t {
   NF4,      // NormalFloat-4 code book (QLoRA), absmax per block, optional double-quant scales
   Binary,   // sign(w) * mean|w| per row, 8 codes per byte
   Ternary,  // BitNet b1.58 absmean: round(w / mean|w|) clipped to {-1, 0, 1}, 4 codes per byte
+  Int3,     // group-wise, symmetric signed-max (codes -4..3, s = -w_m / 4), 3 bits per code
 };
 
 // Every scheme, in declaration order (for loops over the table on the host).
-inline constexpr QScheme kQSchemes[] = {QScheme::Int8, QScheme::Int4, QScheme::NF4, QScheme::Binary,
-                                        QScheme::Ternary};
+inline constexpr QScheme kQSchemes[] = {QScheme::Int8,   QScheme::Int4,    QScheme::NF4,
+                                        QScheme::Binary, QScheme::Ternary, QScheme::Int3};
 
 struct QSchemeInfo {
   const char* name;    // "int8": the format and method name
@@ -47,6 +48,8 @@ MINFER_HD constexpr QSchemeInfo qscheme_info(QScheme s) {
       return {"binary", 1, 0, 0, false, false, false};
     case QScheme::Ternary:
       return {"ternary", 2, 0, 0, true, false, false};
+    case QScheme::Int3:
+      return {"int3", 3, 32, 128, false, false, false};
   }
   return {"invalid", 0, 0, 0, false, false, false};  // not a QScheme value: callers check
 }

@@ -15,6 +15,8 @@
 //            weight as the unsigned operand; the offset is removed with the activation block sum)
 //   int4     symmetric:  u = q + 8 (q in -7..7, s = max|w| / 7), z = 8
 //            asymmetric: u in 0..15, z = round(-min / s) in 0..15, s = (max - min) / 15
+//   int3     u = q + 4 (q in -4..3, s = -w_m / 4 for the group's largest-magnitude weight w_m),
+//            z = 4
 //   ternary  u = q + 1 (q in {-1, 0, 1}), z = 1
 //   binary   u = 2 * bit (bit 1 = w >= 0), z = 1, so w = s * (2 bit - 1) = ±s
 // NF4 instead looks up a 16-value table: w = absmax * kNF4[u].
@@ -60,6 +62,16 @@ struct ChunkQ2 {
 };
 static_assert(sizeof(ChunkQ2) == 16, "2-bit chunk: 64 weights in 16 bytes");
 
+// int3: 3 bits/weight, 64 weights in 24 bytes. The row is one LSB-first bit stream: weight k
+// occupies bits 3k .. 3k+2 (bit b = bit b % 8 of byte b / 8), so 32 weights fill 12 bytes (three
+// little-endian int32 words) and 8 weights 3 bytes. This is compressed-tensors' `pack-quantized`
+// layout for num_bits = 3 (pack_to_int32: element i at bit 3i of the row's int32 words, stored as
+// q + 4), the packed file format (engine/formats/quantized.cpp). A code may straddle two bytes.
+struct ChunkQ3 {
+  uint8_t qs[24];
+};
+static_assert(sizeof(ChunkQ3) == 24, "3-bit chunk: 64 weights in 24 bytes");
+
 // binary: 1 bit/weight. bits[j] bit i = weight 8j + i, i.e. the chunk read as a little-endian
 // uint64 has weight i in bit i (an AVX-512 64-bit mask as is).
 struct ChunkQ1 {
@@ -79,6 +91,24 @@ MINFER_HD inline int get_q4(const uint8_t* row, int64_t k) {
 MINFER_HD inline void set_q4(uint8_t* row, int64_t k, int v) {
   uint8_t& b = row[(k >> 6) * 32 + (k & 31)];
   b = (k & 32) ? uint8_t((b & 0x0f) | (v << 4)) : uint8_t((b & 0xf0) | (v & 15));
+}
+MINFER_HD inline int get_q3(const uint8_t* row, int64_t k) {
+  const int64_t b = 3 * k;
+  const int sh = int(b & 7);
+  unsigned v = row[b >> 3];
+  if (sh > 5) v |= unsigned(row[(b >> 3) + 1]) << 8;  // the code straddles into the next byte
+  return int(v >> sh) & 7;
+}
+MINFER_HD inline void set_q3(uint8_t* row, int64_t k, int v) {
+  const int64_t b = 3 * k;
+  const int sh = int(b & 7);
+  const unsigned m = 7u << sh, x = unsigned(v & 7) << sh;
+  uint8_t& lo = row[b >> 3];
+  lo = uint8_t((lo & ~m) | (x & 0xff));
+  if (sh > 5) {
+    uint8_t& hi = row[(b >> 3) + 1];
+    hi = uint8_t((hi & ~(m >> 8)) | (x >> 8));
+  }
 }
 MINFER_HD inline int get_q2(const uint8_t* row, int64_t k) {
   return (row[(k >> 6) * 16 + (k & 15)] >> (((k >> 4) & 3) * 2)) & 3;

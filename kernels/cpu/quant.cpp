@@ -77,6 +77,9 @@ void dequant_row_ref(const QArgs& a, int64_t n, float* dst) {
         case QScheme::Int4:
           dst[k] = qm::dequant_uz(qm::get_q4(row, k), z, s);
           break;
+        case QScheme::Int3:
+          dst[k] = qm::dequant_uz(qm::get_q3(row, k), z, s);
+          break;
         case QScheme::NF4:
           dst[k] = s * qm::nf4_value(qm::get_q4(row, k));
           break;

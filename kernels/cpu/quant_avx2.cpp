@@ -2,7 +2,9 @@
 // nothing elsewhere. Same arithmetic as quant_avx512.cpp with 8 weights per vector: f32
 // activations times weights dequantized in registers (int8: vpmovzxbd, - 128, vcvtdq2ps, scale
 // once per group; int4 / NF4 / ternary: 16-entry table lookup by two 8-entry permutes and a
-// blend on index bit 3; binary: a lane mask selects +s or -s).
+// blend on index bit 3; int3: the 24 bits of 8 codes read as one word, broadcast, shifted by 3j
+// per lane (vpsrlvd) and looked up in the 8-entry table s * (j - 4) by one permute; binary: a lane
+// mask selects +s or -s).
 // Legend: T rows of x, K = in features, N = out features, Kp = K padded to 64, G = weight group,
 // RW weight rows x R x rows per kernel call.
 #include "kernels/cpu/quant_impl.h"
@@ -58,6 +60,9 @@ struct RowDq {
       for (int i = 0; i < 16; ++i) v[i] = qm::nf4_value(i);
       t.lo = _mm256_mul_ps(_mm256_loadu_ps(v), sv);
       t.hi = _mm256_mul_ps(_mm256_loadu_ps(v + 8), sv);
+    } else if constexpr (S == QScheme::Int3) {
+      // permutevar8x32 reads index bits 0..2, the whole code: entry j = s * (j - 4).
+      t.lo = _mm256_mul_ps(_mm256_setr_ps(-4, -3, -2, -1, 0, 1, 2, 3), sv);
     } else if constexpr (S == QScheme::Ternary) {
       // permutevar8x32 reads index bits 0..2: entry j = s * ((j & 3) - 1).
       t.lo = _mm256_mul_ps(_mm256_setr_ps(-1, 0, 1, 2, -1, 0, 1, 2), sv);
@@ -77,6 +82,19 @@ inline __m256 weights8(const uint8_t* c, int64_t k, const RowDq<S>& d) {
     const int64_t base = k & ~int64_t(63), j = k & 63;
     const __m256i b = zext8(c + base / 2 + (j & 31));
     return d.t.look(j & 32 ? _mm256_srli_epi32(b, 4) : b);
+  } else if constexpr (S == QScheme::Int3) {
+    // Codes k..k+7 are the 24 bits at byte 3k/8 (quant_math.h ChunkQ3); a 4-byte read stays
+    // inside the 24-byte chunk except for its last 8 codes, read from one byte earlier.
+    const uint8_t* p = c + k / 64 * 24 + (k & 63) / 8 * 3;
+    uint32_t v;
+    if ((k & 63) != 56) {
+      std::memcpy(&v, p, 4);
+    } else {
+      std::memcpy(&v, p - 1, 4);
+      v >>= 8;
+    }
+    const __m256i sh = _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21);
+    return _mm256_permutevar8x32_ps(d.t.lo, _mm256_srlv_epi32(_mm256_set1_epi32(int(v)), sh));
   } else if constexpr (S == QScheme::Ternary) {
     const int64_t base = k & ~int64_t(63), i = (k & 63) >> 4;
     const __m256i b = zext8(c + base / 4 + (k & 15));
@@ -216,6 +234,8 @@ void simd_linear_fused(const QArgs& a, int64_t T, float* y, int64_t ldy, int64_t
       return fused<QScheme::Int8>(a, T, y, ldy, N);
     case QScheme::Int4:
       return fused<QScheme::Int4>(a, T, y, ldy, N);
+    case QScheme::Int3:
+      return fused<QScheme::Int3>(a, T, y, ldy, N);
     case QScheme::NF4:
       return fused<QScheme::NF4>(a, T, y, ldy, N);
     case QScheme::Ternary:
@@ -232,6 +252,8 @@ void simd_decode_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* 
       return decode_rows_t<QScheme::Int8>(a, T, n0, n1, y, ldy);
     case QScheme::Int4:
       return decode_rows_t<QScheme::Int4>(a, T, n0, n1, y, ldy);
+    case QScheme::Int3:
+      return decode_rows_t<QScheme::Int3>(a, T, n0, n1, y, ldy);
     case QScheme::NF4:
       return decode_rows_t<QScheme::NF4>(a, T, n0, n1, y, ldy);
     case QScheme::Ternary:
@@ -247,6 +269,8 @@ void simd_dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst) {
       return dequant_rows<QScheme::Int8>(a, n0, nr, dst);
     case QScheme::Int4:
       return dequant_rows<QScheme::Int4>(a, n0, nr, dst);
+    case QScheme::Int3:
+      return dequant_rows<QScheme::Int3>(a, n0, nr, dst);
     case QScheme::NF4:
       return dequant_rows<QScheme::NF4>(a, n0, nr, dst);
     case QScheme::Ternary:

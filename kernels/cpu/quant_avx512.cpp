@@ -11,6 +11,10 @@
 //             the low nibble (it reads index bits 0..3 only) and, after a shift by 4, the high one
 //             in a 16-entry table of the dequantized values s * (u - z) (int4) or s * nf4[u],
 //             rebuilt once per group and row.
+//   int3:     the 24 bytes of a 64-weight chunk as two 16-byte loads broadcast to the four
+//             128-bit lanes; vpshufb moves the one or two bytes holding code j into dword j and
+//             vpsrlvd shifts it down by 3j mod 8; the lookup is int4's with the table
+//             s * ((j & 7) - 4) (index bit 3 is the next code's low bit and is ignored).
 //   ternary:  the same lookup with the table s * ((j & 3) - 1) on the byte shifted by 0/2/4/6.
 //   binary:   16 mask bits select +s or -s (vblendmps).
 // Several independent accumulators per output keep the FMA latency hidden.
@@ -97,6 +101,9 @@ struct RowDq {
                          qm::nf4_value(12), qm::nf4_value(13), qm::nf4_value(14),
                          qm::nf4_value(15)),
           sv);
+    } else if constexpr (S == QScheme::Int3) {
+      // u = bits 0..2 of the index (bit 3 belongs to the next code): entry j = s * ((j & 7) - 4).
+      t = _mm512_mul_ps(_mm512_setr_ps(-4, -3, -2, -1, 0, 1, 2, 3, -4, -3, -2, -1, 0, 1, 2, 3), sv);
     } else if constexpr (S == QScheme::Ternary) {
       // u = bits 0..1 of the index; the permute sees 4 bits, so entry j = s * ((j & 3) - 1).
       t = _mm512_mul_ps(_mm512_setr_ps(-1, 0, 1, 2, -1, 0, 1, 2, -1, 0, 1, 2, -1, 0, 1, 2), sv);
@@ -106,6 +113,38 @@ struct RowDq {
     }
   }
 };
+
+// int3: vpshufb controls that put into dword j (j = 0..15, 4 per 128-bit lane) the byte of a
+// 16-byte load holding bit 3j of a 16-code run starting at byte `off` of the load, and the next
+// byte when the code straddles into it (else zero). Runs: codes 0..15 of a chunk start at byte 0
+// of its first 16 bytes, 16..31 at byte 6, 32..47 at byte 4 of bytes 8..23, 48..63 at byte 10.
+struct Q3Ctl {
+  alignas(64) int8_t b[4][64];
+};
+constexpr Q3Ctl make_q3_ctl() {
+  Q3Ctl c{};
+  const int offs[4] = {0, 6, 4, 10};
+  for (int r = 0; r < 4; ++r)
+    for (int j = 0; j < 16; ++j) {
+      const int byte = offs[r] + (3 * j) / 8, sh = (3 * j) % 8;
+      int8_t* d = c.b[r] + 4 * j;
+      d[0] = int8_t(byte);
+      d[1] = sh > 5 ? int8_t(byte + 1) : int8_t(-128);
+      d[2] = d[3] = int8_t(-128);
+    }
+  return c;
+}
+constexpr Q3Ctl kQ3Ctl = make_q3_ctl();
+
+// 16 int3 weights: run r of kQ3Ctl applied to the broadcast bytes, shifted, looked up in d.t.
+MINFER_INLINE __m512 q3x16(__m512i bytes, int r, __m512 t) {
+  const __m512i sh = _mm512_setr_epi32(0, 3, 6, 1, 4, 7, 2, 5, 0, 3, 6, 1, 4, 7, 2, 5);
+  const __m512i ctl = _mm512_load_si512(kQ3Ctl.b[r]);
+  return _mm512_permutexvar_ps(_mm512_srlv_epi32(_mm512_shuffle_epi8(bytes, ctl), sh), t);
+}
+MINFER_INLINE __m512i bcast16(const uint8_t* p) {
+  return _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)p));
+}
 
 // The 64 dequantized weights (unscaled q = u - 128 for int8) of the chunk at k (k % 64 == 0) of
 // code row c, 16 per vector in weight order.
@@ -120,6 +159,13 @@ MINFER_INLINE void chunk64(const uint8_t* c, int64_t k, const RowDq<S>& d, __m51
     w[1] = _mm512_permutexvar_ps(b1, d.t);
     w[2] = _mm512_permutexvar_ps(_mm512_srli_epi32(b0, 4), d.t);
     w[3] = _mm512_permutexvar_ps(_mm512_srli_epi32(b1, 4), d.t);
+  } else if constexpr (S == QScheme::Int3) {
+    const uint8_t* p = c + k / 64 * 24;
+    const __m512i lo = bcast16(p), hi = bcast16(p + 8);
+    w[0] = q3x16(lo, 0, d.t);
+    w[1] = q3x16(lo, 1, d.t);
+    w[2] = q3x16(hi, 2, d.t);
+    w[3] = q3x16(hi, 3, d.t);
   } else if constexpr (S == QScheme::Ternary) {
     const __m512i b = zext16(c + k / 4);
     w[0] = _mm512_permutexvar_ps(b, d.t);
@@ -134,7 +180,7 @@ MINFER_INLINE void chunk64(const uint8_t* c, int64_t k, const RowDq<S>& d, __m51
 }
 
 // The 32 weights k..k+31 (k % 32 == 0) of code row c: half a chunk, where a group boundary
-// splits one (groups that are an odd multiple of 32; int8 and 4-bit formats only).
+// splits one (groups that are an odd multiple of 32; int8, 4-bit and 3-bit formats only).
 template <QScheme S>
 MINFER_INLINE void half32(const uint8_t* c, int64_t k, const RowDq<S>& d, __m512 (&w)[4]) {
   if constexpr (S == QScheme::Int8) {
@@ -146,6 +192,17 @@ MINFER_INLINE void half32(const uint8_t* c, int64_t k, const RowDq<S>& d, __m512
     if (k & 32) b0 = _mm512_srli_epi32(b0, 4), b1 = _mm512_srli_epi32(b1, 4);
     w[0] = _mm512_permutexvar_ps(b0, d.t);
     w[1] = _mm512_permutexvar_ps(b1, d.t);
+  } else if constexpr (S == QScheme::Int3) {
+    const uint8_t* p = c + k / 64 * 24;
+    if (k & 32) {
+      const __m512i hi = bcast16(p + 8);
+      w[0] = q3x16(hi, 2, d.t);
+      w[1] = q3x16(hi, 3, d.t);
+    } else {
+      const __m512i lo = bcast16(p);
+      w[0] = q3x16(lo, 0, d.t);
+      w[1] = q3x16(lo, 1, d.t);
+    }
   }
 }
 
@@ -183,7 +240,8 @@ struct Fused {
         };
         __m512 w[RW][4];
         int64_t k = sp.k0;
-        if constexpr (S == QScheme::Int8 || S == QScheme::Int4 || S == QScheme::NF4) {
+        if constexpr (S == QScheme::Int8 || S == QScheme::Int4 || S == QScheme::NF4 ||
+                      S == QScheme::Int3) {
           if (k & 32) {
             for (int i = 0; i < RW; ++i) half32<S>(wr[i], k, dq[i], w[i]);
             fma(w, k, 2);
@@ -194,7 +252,8 @@ struct Fused {
           for (int i = 0; i < RW; ++i) chunk64<S>(wr[i], k, dq[i], w[i]);
           fma(w, k, 4);
         }
-        if constexpr (S == QScheme::Int8 || S == QScheme::Int4 || S == QScheme::NF4) {
+        if constexpr (S == QScheme::Int8 || S == QScheme::Int4 || S == QScheme::NF4 ||
+                      S == QScheme::Int3) {
           if (k < sp.k1) {
             for (int i = 0; i < RW; ++i) half32<S>(wr[i], k, dq[i], w[i]);
             fma(w, k, 2);
@@ -285,7 +344,8 @@ void dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst) {
       __m512 w[4];
       int64_t k = sp.k0;
       const int64_t k1 = std::min(sp.k1, qm::padded_k(a.K));
-      if constexpr (S == QScheme::Int8 || S == QScheme::Int4 || S == QScheme::NF4) {
+      if constexpr (S == QScheme::Int8 || S == QScheme::Int4 || S == QScheme::NF4 ||
+                    S == QScheme::Int3) {
         if (k & 32) {
           half32<S>(c, k, dq, w);
           put(w, k, 2);
@@ -296,7 +356,8 @@ void dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst) {
         chunk64<S>(c, k, dq, w);
         put(w, k, 4);
       }
-      if constexpr (S == QScheme::Int8 || S == QScheme::Int4 || S == QScheme::NF4) {
+      if constexpr (S == QScheme::Int8 || S == QScheme::Int4 || S == QScheme::NF4 ||
+                    S == QScheme::Int3) {
         if (k < k1 && k < a.K) {
           half32<S>(c, k, dq, w);
           put(w, k, 2);
@@ -314,6 +375,8 @@ void simd_linear_fused(const QArgs& a, int64_t T, float* y, int64_t ldy, int64_t
       return fused<QScheme::Int8>(a, T, y, ldy, N);
     case QScheme::Int4:
       return fused<QScheme::Int4>(a, T, y, ldy, N);
+    case QScheme::Int3:
+      return fused<QScheme::Int3>(a, T, y, ldy, N);
     case QScheme::NF4:
       return fused<QScheme::NF4>(a, T, y, ldy, N);
     case QScheme::Ternary:
@@ -330,6 +393,8 @@ void simd_decode_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* 
       return decode_rows_t<QScheme::Int8>(a, T, n0, n1, y, ldy);
     case QScheme::Int4:
       return decode_rows_t<QScheme::Int4>(a, T, n0, n1, y, ldy);
+    case QScheme::Int3:
+      return decode_rows_t<QScheme::Int3>(a, T, n0, n1, y, ldy);
     case QScheme::NF4:
       return decode_rows_t<QScheme::NF4>(a, T, n0, n1, y, ldy);
     case QScheme::Ternary:
@@ -345,6 +410,8 @@ void simd_dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst) {
       return dequant_rows<QScheme::Int8>(a, n0, nr, dst);
     case QScheme::Int4:
       return dequant_rows<QScheme::Int4>(a, n0, nr, dst);
+    case QScheme::Int3:
+      return dequant_rows<QScheme::Int3>(a, n0, nr, dst);
     case QScheme::NF4:
       return dequant_rows<QScheme::NF4>(a, n0, nr, dst);
     case QScheme::Ternary:

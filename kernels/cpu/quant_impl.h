@@ -53,13 +53,17 @@ struct QArgs {
 
 // Zero point of the stored code u (asymmetric int4 reads `zeros` instead; NF4 has none).
 constexpr int zero_code(QScheme s) {
-  return s == QScheme::Int8 ? 128 : s == QScheme::Int4 ? 8 : 1;
+  return s == QScheme::Int8 ? 128 : s == QScheme::Int4 ? 8 : s == QScheme::Int3 ? 4 : 1;
 }
 inline int QArgs::zero(int64_t n, int64_t g) const {
   return zeros ? zeros[n * groups + g] : zero_code(scheme);
 }
 constexpr int code_bits(QScheme s) {
-  return s == QScheme::Int8 ? 8 : s == QScheme::Int4 ? 4 : s == QScheme::Ternary ? 2 : 1;
+  return s == QScheme::Int8      ? 8
+         : s == QScheme::Int4    ? 4
+         : s == QScheme::Int3    ? 3
+         : s == QScheme::Ternary ? 2
+                                 : 1;
 }
 
 // Weights per chunk of a decode loop on the thread pool: ~32K weights (a few microseconds of

@@ -312,13 +312,14 @@ __device__ __forceinline__ void codes4(const uint8_t* row, int64_t k, int z, int
     int u;
     if (S == QScheme::Int8) u = row[k + j];
     if (S == QScheme::Int4) u = qm::get_q4(row, k + j);
+    if (S == QScheme::Int3) u = qm::get_q3(row, k + j);
     if (S == QScheme::Binary) u = 2 * qm::get_q1(row, k + j);
     if (S == QScheme::Ternary) u = qm::get_q2(row, k + j);
     wi[j] = u - z;
   }
 }
 
-// S: 0 Int8, 1 Int4, 3 Binary, 4 Ternary (QScheme values). The integer sums are exact; each
+// S: 0 Int8, 1 Int4, 3 Binary, 4 Ternary, 5 Int3 (QScheme values). The integer sums are exact; each
 // 4-weight slice adds float(Σ (u - z) q) * s_w * d_x to the f32 accumulator.
 template <QScheme S>
 __global__ void int_linear_kernel(QWeight w, const int8_t* q, const float* d, int64_t QA, int64_t T,
@@ -332,6 +333,7 @@ __global__ void int_linear_kernel(QWeight w, const int8_t* q, const float* d, in
   const uint8_t* row = w.codes + n * w.rb;
   const int zc = S == QScheme::Int8   ? 128
                  : S == QScheme::Int4 ? 8
+                 : S == QScheme::Int3 ? 4
                                       : 1;  // zero code of the symmetric formats
   float acc[kTT] = {};
   for (int64_t k = int64_t(lane) * 4; k < Kp; k += 128) {
@@ -375,7 +377,8 @@ __device__ __forceinline__ float nf4_scale(const QWeight& w, int64_t n, int64_t 
 
 // Weight-only formats against f32 activations, as the CPU kernels compute them: each weight is
 // dequantized in registers to exactly dequantize_weight's value, s * (u - z) or NF4's
-// s * kNF4[u]. S: QScheme value (0 Int8, 1 Int4, 2 NF4, 3 Binary, 4 Ternary).
+// s * kNF4[u]. S: QScheme value (0 Int8, 1 Int4, 2 NF4, 3 Binary, 4 Ternary, 5 Int3: its 3-bit
+// codes read from the packed bit stream, qm::get_q3).
 template <QScheme S>
 __global__ void wq_linear_kernel(QWeight w, const float* x, int64_t T, int64_t ldx, float* y,
                                  int64_t ldy) {
@@ -395,11 +398,13 @@ __global__ void wq_linear_kernel(QWeight w, const float* x, int64_t T, int64_t l
       const int64_t si = w.per_tensor ? 0 : n * w.groups + g;
       const int u = S == QScheme::Int8     ? int(row[k])
                     : S == QScheme::Int4   ? qm::get_q4(row, k)
+                    : S == QScheme::Int3   ? qm::get_q3(row, k)
                     : S == QScheme::Binary ? 2 * qm::get_q1(row, k)
                                            : qm::get_q2(row, k);
       const int z = w.zeros              ? int(w.zeros[si])
                     : S == QScheme::Int8 ? 128
                     : S == QScheme::Int4 ? 8
+                    : S == QScheme::Int3 ? 4
                                          : 1;
       wv = qm::dequant_uz(u, z, w.scales[si]);
     }
@@ -694,6 +699,10 @@ void launch_int_linear(const QWeight& w, const int8_t* q, const float* d, int64_
       MINFER_LAUNCH(int_linear_kernel<QScheme::Int4>, g, kWarps * 32, 0, s)
       (w, q, d, QA, T, y, ldy);
       return;
+    case QScheme::Int3:
+      MINFER_LAUNCH(int_linear_kernel<QScheme::Int3>, g, kWarps * 32, 0, s)
+      (w, q, d, QA, T, y, ldy);
+      return;
     case QScheme::Binary:
       MINFER_LAUNCH(int_linear_kernel<QScheme::Binary>, g, kWarps * 32, 0, s)
       (w, q, d, QA, T, y, ldy);
@@ -717,6 +726,9 @@ void launch_wq_linear(const QWeight& w, const float* x, int64_t T, int64_t ldx, 
       return;
     case QScheme::Int4:
       MINFER_LAUNCH(wq_linear_kernel<QScheme::Int4>, g, kWarps * 32, 0, s)(w, x, T, ldx, y, ldy);
+      return;
+    case QScheme::Int3:
+      MINFER_LAUNCH(wq_linear_kernel<QScheme::Int3>, g, kWarps * 32, 0, s)(w, x, T, ldx, y, ldy);
       return;
     case QScheme::NF4:
       MINFER_LAUNCH(wq_linear_kernel<QScheme::NF4>, g, kWarps * 32, 0, s)(w, x, T, ldx, y, ldy);
