@@ -112,6 +112,34 @@ json rope_scaling_json(const ModelConfig& cfg) {
 
 namespace {
 
+// The fields every decoder config.json we write shares (transformers' LlamaConfig and the
+// classes that keep its names: Qwen2Config, Phi3Config, GemmaConfig, Gemma2Config).
+json decoder_config_json(const ModelConfig& cfg, const std::string& torch_dtype, const char* arch,
+                         const char* model_type, const char* hidden_act, json rope_scaling) {
+  return {{"architectures", {arch}},
+          {"model_type", model_type},
+          {"hidden_size", cfg.hidden},
+          {"intermediate_size", cfg.ffn},
+          {"num_hidden_layers", cfg.n_layers},
+          {"num_attention_heads", cfg.n_heads},
+          {"num_key_value_heads", cfg.n_kv_heads},
+          {"head_dim", cfg.head_dim},
+          {"max_position_embeddings", cfg.max_pos},
+          {"rms_norm_eps", cfg.norm_eps},
+          {"rope_theta", cfg.rope_theta},
+          {"rope_scaling", std::move(rope_scaling)},
+          {"tie_word_embeddings", cfg.tie_embeddings},
+          {"vocab_size", cfg.vocab_size},
+          {"bos_token_id", id_or_null(cfg.bos_id)},
+          {"eos_token_id", id_or_null(cfg.eos_id)},
+          {"pad_token_id", id_or_null(cfg.pad_id)},
+          {"hidden_act", hidden_act},
+          {"attention_dropout", 0.0},
+          {"initializer_range", 0.02},
+          {"use_cache", true},
+          {"torch_dtype", torch_dtype}};
+}
+
 // config.json of GemmaForCausalLM / Gemma2ForCausalLM (transformers' GemmaConfig, Gemma2Config):
 // the (1 + w) norms, the sqrt(C) embedding scale and GeGLU come with the class; Gemma-2 adds
 // query_pre_attn_scalar (our attn_scale = its ^-1/2; 0 = 1/sqrt(head_dim)), the two soft-caps
@@ -132,30 +160,11 @@ json gemma_config_json(const ModelConfig& cfg, const std::string& torch_dtype) {
                       cfg.layer_sliding.empty()),
                "config.json for a gemma model with Gemma-2 settings (soft-capping, query scale, "
                "sliding window): GemmaConfig has none");
-  json j = {{"architectures", {g2 ? "Gemma2ForCausalLM" : "GemmaForCausalLM"}},
-            {"model_type", g2 ? "gemma2" : "gemma"},
-            {"hidden_size", cfg.hidden},
-            {"intermediate_size", cfg.ffn},
-            {"num_hidden_layers", cfg.n_layers},
-            {"num_attention_heads", cfg.n_heads},
-            {"num_key_value_heads", cfg.n_kv_heads},
-            {"head_dim", cfg.head_dim},
-            {"max_position_embeddings", cfg.max_pos},
-            {"rms_norm_eps", cfg.norm_eps},
-            {"rope_theta", cfg.rope_theta},
-            {"rope_scaling", rope_scaling_json(cfg)},
-            {"tie_word_embeddings", true},
-            {"vocab_size", cfg.vocab_size},
-            {"bos_token_id", id_or_null(cfg.bos_id)},
-            {"eos_token_id", id_or_null(cfg.eos_id)},
-            {"pad_token_id", id_or_null(cfg.pad_id)},
-            {"hidden_act", "gelu_pytorch_tanh"},
-            {"hidden_activation", "gelu_pytorch_tanh"},
-            {"attention_bias", false},
-            {"attention_dropout", 0.0},
-            {"initializer_range", 0.02},
-            {"use_cache", true},
-            {"torch_dtype", torch_dtype}};
+  json j =
+      decoder_config_json(cfg, torch_dtype, g2 ? "Gemma2ForCausalLM" : "GemmaForCausalLM",
+                          g2 ? "gemma2" : "gemma", "gelu_pytorch_tanh", rope_scaling_json(cfg));
+  j["hidden_activation"] = "gelu_pytorch_tanh";
+  j["attention_bias"] = false;
   if (!g2) return j;
   // query_pre_attn_scalar: an integer in every released Gemma-2 (head_dim, or C / H for 27B).
   const double qs =
@@ -190,33 +199,14 @@ json llama_config_json(const ModelConfig& cfg, const std::string& torch_dtype) {
                "config.json for a phi3 model with '{}' RoPE scaling: Phi3Config reads only "
                "default and longrope",
                rope_type_name(cfg.rope_scaling.type));
-  json j = {{"architectures",
-             {qwen2  ? "Qwen2ForCausalLM"
-              : phi3 ? "Phi3ForCausalLM"
-                     : "LlamaForCausalLM"}},
-            {"model_type", qwen2  ? "qwen2"
-                           : phi3 ? "phi3"
-                                  : "llama"},
-            {"hidden_size", cfg.hidden},
-            {"intermediate_size", cfg.ffn},
-            {"num_hidden_layers", cfg.n_layers},
-            {"num_attention_heads", cfg.n_heads},
-            {"num_key_value_heads", cfg.n_kv_heads},
-            {"head_dim", cfg.head_dim},
-            {"max_position_embeddings", cfg.max_pos},
-            {"rms_norm_eps", cfg.norm_eps},
-            {"rope_theta", cfg.rope_theta},
-            {"rope_scaling", rope},
-            {"tie_word_embeddings", cfg.tie_embeddings},
-            {"vocab_size", cfg.vocab_size},
-            {"bos_token_id", id_or_null(cfg.bos_id)},
-            {"eos_token_id", id_or_null(cfg.eos_id)},
-            {"pad_token_id", id_or_null(cfg.pad_id)},
-            {"hidden_act", "silu"},
-            {"attention_dropout", 0.0},
-            {"initializer_range", 0.02},
-            {"use_cache", true},
-            {"torch_dtype", torch_dtype}};
+  json j = decoder_config_json(cfg, torch_dtype,
+                               qwen2  ? "Qwen2ForCausalLM"
+                               : phi3 ? "Phi3ForCausalLM"
+                                      : "LlamaForCausalLM",
+                               qwen2  ? "qwen2"
+                               : phi3 ? "phi3"
+                                      : "llama",
+                               "silu", rope);
   if (qwen2) {
     j["use_sliding_window"] = false;
   } else if (phi3) {

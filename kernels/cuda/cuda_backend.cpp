@@ -19,24 +19,14 @@
 #include "engine/attention_check.h"
 #include "engine/backend.h"
 #include "kernels/common/quant_math.h"
+#include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/kernels.h"
-
-#ifndef MINFER_CUDA_EMULATION
-#include <cublas_v2.h>
-#endif
 
 namespace minfer {
 
 namespace MINFER_CUDA_NS {
 
 namespace {
-
-void check_cuda(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) MINFER_FAIL("cuda: {}: {}", what, cudaGetErrorString(e));
-}
-void check_blas(cublasStatus_t s, const char* what) {
-  if (s != CUBLAS_STATUS_SUCCESS) MINFER_FAIL("cuda: {}: cuBLAS status {}", what, int(s));
-}
 
 // Sizes are rounded so that freed blocks fit later requests: powers of two up to 1 MiB, then
 // whole MiB.

@@ -8,12 +8,9 @@
 #include <memory_resource>
 
 #include "engine/error.h"
+#include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/train_kernels.h"
 #include "kernels/train_ops.h"
-
-#ifndef MINFER_CUDA_EMULATION
-#include <cublas_v2.h>
-#endif
 
 namespace minfer {
 
@@ -21,18 +18,12 @@ namespace MINFER_CUDA_NS {
 
 namespace {
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) MINFER_FAIL("cuda training: {}: {}", what, cudaGetErrorString(e));
-}
-void check_blas(cublasStatus_t s, const char* what) {
-  if (s != CUBLAS_STATUS_SUCCESS) MINFER_FAIL("cuda training: {}: cuBLAS status {}", what, int(s));
-}
-
 // Managed allocations (256-byte aligned, which covers every alignment a vector of floats asks).
 class ManagedMemory final : public std::pmr::memory_resource {
   void* do_allocate(size_t bytes, size_t) override {
     void* p = nullptr;
-    check(cudaMallocManaged(&p, bytes == 0 ? 1 : bytes, cudaMemAttachGlobal), "cudaMallocManaged");
+    check_cuda(cudaMallocManaged(&p, bytes == 0 ? 1 : bytes, cudaMemAttachGlobal),
+               "cudaMallocManaged");
     return p;
   }
   void do_deallocate(void* p, size_t, size_t) override { cudaFree(p); }
@@ -44,8 +35,8 @@ class ManagedMemory final : public std::pmr::memory_resource {
 class CudaTrainOps final : public train::TrainOps {
  public:
   explicit CudaTrainOps(int device) {
-    check(cudaSetDevice(device), "cudaSetDevice");
-    check(cudaStreamCreate(&stream_), "cudaStreamCreate");
+    check_cuda(cudaSetDevice(device), "cudaSetDevice");
+    check_cuda(cudaStreamCreate(&stream_), "cudaStreamCreate");
     check_blas(cublasCreate(&blas_), "cublasCreate");
     check_blas(cublasSetStream(blas_, stream_), "cublasSetStream");
   }
@@ -58,10 +49,10 @@ class CudaTrainOps final : public train::TrainOps {
   std::string name() const override { return "cuda"; }
   std::pmr::memory_resource* memory() override { return &mem_; }
   bool host() const override { return false; }
-  void synchronize() override { check(cudaStreamSynchronize(stream_), "synchronize"); }
+  void synchronize() override { check_cuda(cudaStreamSynchronize(stream_), "synchronize"); }
 
   void zero(float* p, int64_t n) override {
-    check(cudaMemsetAsync(p, 0, size_t(n) * sizeof(float), stream_), "memset");
+    check_cuda(cudaMemsetAsync(p, 0, size_t(n) * sizeof(float), stream_), "memset");
   }
   // Row-major out[N, O] = inp[N, I]·W[O, I]ᵀ is column-major outᵀ = W·inpᵀ (cuBLAS: op(W) = T).
   void linear_forward(float* out, const float* inp, const float* W, int64_t N, int64_t I,
@@ -124,7 +115,7 @@ class CudaTrainOps final : public train::TrainOps {
       synchronize();
       if (ds_) cudaFree(ds_);
       ds_ = nullptr;
-      check(cudaMalloc(reinterpret_cast<void**>(&ds_), need * sizeof(float)), "cudaMalloc");
+      check_cuda(cudaMalloc(reinterpret_cast<void**>(&ds_), need * sizeof(float)), "cudaMalloc");
       ds_cap_ = need;
     }
     launch_attention_backward(dq, dk, dv, ds_, dout, q, k, v, probs, B, T, H, Hkv, D, stream_);

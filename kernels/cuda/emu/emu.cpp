@@ -6,7 +6,9 @@
 #include "kernels/cuda/emu/emu.h"
 
 #include <cblas.h>
+#include <sys/mman.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -55,16 +57,62 @@ void asan_finish(void* save, const void** bottom, size_t* size) {
 #endif
 }
 
+// Fiber stack size. Device code is shallow (the deepest measured: ~4 KiB, every emulated test
+// under ASan; MINFER_EMU_STACK_REPORT=1 prints it at thread exit). Under ASan it is kept small on
+// purpose: ASan's swapcontext interceptor clears the shadow of the whole target stack on every
+// switch, with an mmap once that shadow exceeds 64 KiB (a 512 KiB stack made the emulated tests
+// spend ~90% of their time in the kernel).
 #ifdef MINFER_EMU_ASAN
-constexpr size_t kStack = 512 * 1024;
+constexpr size_t kStack = 64 * 1024;
 #else
 constexpr size_t kStack = 128 * 1024;
 #endif
 constexpr int kMaxThreads = 1024;
 
+// Fiber stacks, kept per launching OS thread and reused by every later launch: a launch of n
+// threads needs n stacks, and allocating them per launch made the emulation spend its time in
+// mmap/munmap (and, under ASan, in poisoning their shadow). Each stack has a PROT_NONE guard page
+// below it, so an overflow is a clean SIGSEGV rather than a write into a neighbouring allocation.
+class StackPool {
+ public:
+  StackPool() = default;
+  StackPool(const StackPool&) = delete;
+  StackPool& operator=(const StackPool&) = delete;
+  ~StackPool() {
+    if (std::getenv("MINFER_EMU_STACK_REPORT")) {
+      size_t deepest = 0;
+      for (char* s : stacks_) {
+        size_t i = 0;
+        while (i < kStack && s[i] == 0) ++i;
+        deepest = std::max(deepest, kStack - i);
+      }
+      std::fprintf(stderr, "cuda emulation: deepest fiber stack use %zu of %zu bytes\n", deepest,
+                   kStack);
+    }
+    for (char* s : stacks_) munmap(s - page(), kStack + page());
+  }
+  // The stack of thread i of a block, [result, result + kStack).
+  char* get(size_t i) {
+    while (stacks_.size() <= i) {
+      void* p = mmap(nullptr, kStack + page(), PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (p == MAP_FAILED) emu_abort("out of memory for fiber stacks");
+      if (mprotect(p, page(), PROT_NONE) != 0) emu_abort("mprotect of a fiber stack guard failed");
+      stacks_.push_back(static_cast<char*>(p) + page());
+    }
+    return stacks_[i];
+  }
+
+ private:
+  static size_t page() { return size_t(sysconf(_SC_PAGESIZE)); }
+  std::vector<char*> stacks_;
+};
+
+thread_local StackPool tl_stacks;
+
 struct Fiber {
   ucontext_t ctx;
-  std::unique_ptr<char[]> stack;
+  char* stack = nullptr;  // from tl_stacks
   uint3 tid;
   int linear = 0;
   bool done = false;
@@ -143,9 +191,9 @@ void run_block(Block& b) {
     f.linear = i;
     f.tid = {unsigned(i) % b.block.x, unsigned(i) / b.block.x % b.block.y,
              unsigned(i) / (b.block.x * b.block.y)};
-    if (!f.stack) f.stack.reset(new char[kStack]);
+    if (!f.stack) f.stack = tl_stacks.get(size_t(i));
     getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = f.stack.get();
+    f.ctx.uc_stack.ss_sp = f.stack;
     f.ctx.uc_stack.ss_size = kStack;
     f.ctx.uc_link = nullptr;
     makecontext(&f.ctx, fiber_entry, 0);
@@ -157,7 +205,7 @@ void run_block(Block& b) {
       if (f.done) continue;
       b.cur = i;
       void* save = nullptr;
-      asan_start(&save, f.stack.get(), kStack);
+      asan_start(&save, f.stack, kStack);
       swapcontext(&b.main_ctx, &f.ctx);
       asan_finish(save, nullptr, nullptr);
     }
