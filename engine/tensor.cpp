@@ -114,6 +114,19 @@ MmapFile::~MmapFile() {
   if (data_) ::munmap(data_, size_);
 }
 
+void release_mapped_pages(const Tensor& t) {
+#if defined(__linux__)
+  if (!t.defined() || t.storage()->kind() != Storage::Kind::Mmap || t.nbytes() == 0) return;
+  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const uintptr_t b = reinterpret_cast<uintptr_t>(t.raw()), e = b + t.nbytes();
+  const uintptr_t b0 = (b + page - 1) / page * page, e0 = e / page * page;
+  // Advice only: a failure leaves the pages resident, which is what happened before.
+  if (e0 > b0) (void)::madvise(reinterpret_cast<void*>(b0), e0 - b0, MADV_DONTNEED);
+#else
+  (void)t;
+#endif
+}
+
 Tensor::Tensor(std::shared_ptr<Storage> storage, size_t offset, DType dtype,
                std::initializer_list<int64_t> shape)
     : Tensor(std::move(storage), offset, dtype, shape.begin(), int(shape.size())) {}

@@ -126,4 +126,11 @@ class Tensor {
   Shape stride_{};
 };
 
+// Drops the resident pages of a file-mapped tensor's bytes from this process (Linux
+// madvise(MADV_DONTNEED) on the whole pages inside its byte range; the page cache keeps them).
+// For a weight whose bytes were copied elsewhere (a repacked layout), so that peak RSS does not
+// hold both. The mapping stays valid: a later read faults the same bytes back in from the file.
+// No effect on host or device storage, or off Linux.
+void release_mapped_pages(const Tensor& t);
+
 }  // namespace minfer

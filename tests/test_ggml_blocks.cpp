@@ -364,3 +364,135 @@ TEST_CASE(
   CHECK_THROWS_WITH_AS(ggml_linear_q8_group(items, 2, x.data(), 1, K, K),
                        doctest::Contains("all K-quants or none"), Error);
 }
+
+TEST_CASE("ggml blocks: the repacked layout (rows interleaved by 4) gives the same results") {
+  // GgmlBlocks::interleave = 4 stores each group of 4 rows block index first. Every reader
+  // (dequantize, embedding rows, the f32 path, the scalar q8 reference, save) must see the same
+  // matrix: bit-identical to the row layout. The SIMD q8 kernel of the repacked layout
+  // (Q4_0 / Q4_1 / Q8_0, q8_rows_x4) shares the reference's codes and integer block sums and
+  // differs from it only in f32 summation order; the other types fall back to the reference.
+  for (uint32_t ty : ggml_blocks_types()) {
+    const std::string tn = ggml_type_name(ty);
+    CAPTURE(tn);
+    const int64_t QK = int64_t(ggml_block_size(ty));
+    for (int64_t K : {QK, QK == 256 ? int64_t(768) : int64_t(160), int64_t(1536)})
+      for (int64_t N : {int64_t(4), int64_t(36), int64_t(200)}) {
+        CAPTURE(K);
+        CAPTURE(N);
+        const GgmlBlocks g = test::random_ggml_blocks(ty, N, K, uint32_t(11 + ty + K + N));
+        const GgmlBlocks r = ggml_blocks_interleave(g, K, 4);
+        CHECK(r.interleave == 4);
+        if (K > QK)  // really reordered (one block per row is the same order in both layouts)
+          CHECK(std::memcmp(r.blocks.data<uint8_t>(), g.blocks.data<uint8_t>(),
+                            size_t(g.blocks.nbytes())) != 0);
+        const Linear lg = make_linear("w", K, N, g), lr = make_linear("w", K, N, r);
+        const Tensor wg = dequantize_weight(lg), wr = dequantize_weight(lr);
+        CHECK(std::memcmp(wg.data<float>(), wr.data<float>(), size_t(wg.nbytes())) == 0);
+        const Tensor back = ggml_blocks_row_major(r, K);  // what save() writes
+        CHECK(std::memcmp(back.data<uint8_t>(), g.blocks.data<uint8_t>(),
+                          size_t(g.blocks.nbytes())) == 0);
+        const int32_t ids[3] = {int32_t(N - 1), 0, int32_t(N / 2 + 1) % int32_t(N)};
+        std::vector<float> eg(size_t(3 * K)), er(size_t(3 * K));
+        ggml_blocks_rows(g, K, ids, 3, eg.data(), K);
+        ggml_blocks_rows(r, K, ids, 3, er.data(), K);
+        CHECK(eg == er);
+        for (int64_t T : {1, 3, 8, 9, 17}) {
+          CAPTURE(T);
+          const std::vector<float> x = randn(size_t(T * K), uint32_t(T * 7 + ty));
+          std::vector<float> a(size_t(T * N)), b(size_t(T * N)), sa(size_t(T * N), 0.f);
+          for (int64_t t = 0; t < T; ++t)
+            for (int64_t n = 0; n < N; ++n)
+              for (int64_t k = 0; k < K; ++k)
+                sa[size_t(t * N + n)] +=
+                    std::fabs(x[size_t(t * K + k)] * wg.data<float>()[n * K + k]);
+          ggml_linear_f32(g, x.data(), T, K, a.data(), N, K, N);
+          ggml_linear_f32(r, x.data(), T, K, b.data(), N, K, N);
+          CHECK(a == b);
+          ggml_linear_q8_ref(g, x.data(), T, K, a.data(), N, K, N);
+          ggml_linear_q8_ref(r, x.data(), T, K, b.data(), N, K, N);
+          CHECK(a == b);
+          ggml_linear_q8(r, x.data(), T, K, b.data(), N, K, N);
+          int bad = 0;
+          for (size_t i = 0; i < a.size(); ++i)
+            bad += !(std::fabs(a[i] - b[i]) <= 1e-5 * sa[i] + 1e-6);
+          CHECK(bad == 0);
+        }
+      }
+  }
+  // Interleaving needs N a multiple of R, from the row layout; check() rejects a bad factor.
+  const GgmlBlocks g = test::random_ggml_blocks(3, 6, 64, 5);
+  CHECK_THROWS_WITH_AS(ggml_blocks_interleave(g, 64, 4), doctest::Contains("cannot be interleaved"),
+                       Error);
+  GgmlBlocks bad = ggml_blocks_interleave(g, 64, 3);
+  bad.interleave = 4;
+  CHECK_THROWS_WITH_AS(make_linear("w", 64, 6, bad), doctest::Contains("interleaved by 4"), Error);
+
+  // The CPU backend repacks at upload where its kernel reads the layout (AVX-512 VNNI builds:
+  // Q4_0 / Q4_1 / Q8_0 with N % 4 == 0); elsewhere weights stay as they are.
+  auto be = make_cpu_backend(2);
+  const bool vnni = std::string(ggml_linear_isa()) == "avx512-vnni";
+  for (uint32_t ty : {2u, 3u, 8u, 6u, 12u}) {
+    for (int64_t N : {int64_t(40), int64_t(42)}) {
+      Linear l = make_linear("w", 256, N, test::random_ggml_blocks(ty, N, 256, ty + 3));
+      be->upload(l);
+      const bool want = vnni && (ty == 2 || ty == 3 || ty == 8) && N % 4 == 0;
+      CAPTURE(ty);
+      CAPTURE(N);
+      CHECK(std::get<GgmlBlocks>(l.repr).interleave == (want ? 4 : 1));
+      be->upload(l);  // idempotent
+      CHECK(std::get<GgmlBlocks>(l.repr).interleave == (want ? 4 : 1));
+    }
+  }
+  // Op groups and the fused gate·up + SiLU·mul on repacked weights: the same bits as one
+  // linear() per member (the same row kernel).
+  set_pool_backoff(false);
+  const int64_t K = 384, F = 96;
+  std::vector<Linear> ls;
+  for (uint32_t ty : {3u, 8u, 2u}) {
+    ls.push_back(make_linear("w", K, F, test::random_ggml_blocks(ty, F, K, ty * 5)));
+    be->upload(ls.back());
+  }
+  for (int64_t T : {1, 2, 5, 8}) {
+    CAPTURE(T);
+    const std::vector<float> xv = randn(size_t(T * K), uint32_t(T + 99));
+    Tensor x = Tensor::empty(DType::F32, {T, K});
+    std::copy(xv.begin(), xv.end(), x.data<float>());
+    Tensor ya[3] = {be->alloc({T, F}), be->alloc({T, F}), be->alloc({T, F})};
+    Tensor* yp[3] = {&ya[0], &ya[1], &ya[2]};
+    const Linear* wp[3] = {&ls[0], &ls[1], &ls[2]};
+    be->linear_group(yp, wp, 3, x);
+    int diff = 0;
+    for (int i = 0; i < 3; ++i) {
+      Tensor yb = be->alloc({T, F});
+      be->linear(yb, x, ls[size_t(i)]);
+      diff += std::memcmp(yb.data<float>(), ya[i].data<float>(), size_t(yb.nbytes())) != 0;
+    }
+    CHECK(diff == 0);
+    Tensor y = be->alloc({T, F}), u = be->alloc({T, F}), g2 = be->alloc({T, F}),
+           u2 = be->alloc({T, F}), s2 = be->alloc({T, F});
+    be->linear_swiglu(y, u, x, ls[0], ls[1]);
+    be->linear(g2, x, ls[0]);
+    be->linear(u2, x, ls[1]);
+    be->swiglu(s2, g2, u2);
+    CHECK(std::memcmp(y.data<float>(), s2.data<float>(), size_t(y.nbytes())) == 0);
+  }
+  set_pool_backoff(true);
+}
+
+TEST_CASE("release_mapped_pages: the bytes of a file mapping read back unchanged") {
+  test::TempDir dir("pages");
+  const std::string path = dir / "release_pages.bin";
+  std::vector<uint8_t> data(size_t(3 * 4096 + 100));
+  for (size_t i = 0; i < data.size(); ++i) data[i] = uint8_t(i * 7 + 1);
+  {
+    FILE* f = std::fopen(path.c_str(), "wb");
+    REQUIRE(f);
+    REQUIRE(std::fwrite(data.data(), 1, data.size(), f) == data.size());
+    std::fclose(f);
+  }
+  auto m = std::make_shared<MmapFile>(path);
+  const Tensor t(m, 50, DType::U8, {int64_t(data.size() - 60)});
+  release_mapped_pages(t);
+  CHECK(std::memcmp(t.data<uint8_t>(), data.data() + 50, data.size() - 60) == 0);
+  release_mapped_pages(Tensor::empty(DType::U8, {16}));  // host storage: nothing to do
+}

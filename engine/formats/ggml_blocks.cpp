@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstring>
+#include <vector>
 
 #include "engine/error.h"
 #include "engine/gguf.h"
@@ -57,15 +59,60 @@ void FormatTraits<GgmlBlocks>::check(const GgmlBlocks& r, int64_t in, int64_t ou
                ggml_type_name(r.type), out, rb,
                r.blocks.defined() ? dtype_name(r.blocks.dtype()) : "undefined",
                r.blocks.defined() ? r.blocks.shape_str() : "");
+  MINFER_CHECK(r.interleave >= 1 && out % r.interleave == 0,
+               "ggml '{}': rows interleaved by {} (must be >= 1 and divide the {} rows)", name,
+               r.interleave, out);
+}
+
+const uint8_t* ggml_blocks_row(const GgmlBlocks& r, int64_t K, int64_t n, uint8_t* tmp) {
+  const int64_t rb = r.blocks.dim(1);
+  if (r.interleave == 1) return r.blocks.data<uint8_t>() + n * rb;
+  const int64_t bs = int64_t(ggml_type_size(r.type)), nb = K / int64_t(ggml_block_size(r.type));
+  for (int64_t b = 0; b < nb; ++b)
+    std::memcpy(tmp + b * bs, ggml_block_ptr(r, nb, bs, n, b), size_t(bs));
+  return tmp;
+}
+
+Tensor ggml_blocks_row_major(const GgmlBlocks& r, int64_t K) {
+  if (r.interleave == 1) return r.blocks;
+  const int64_t N = r.blocks.dim(0), rb = r.blocks.dim(1);
+  Tensor c = Tensor::empty(DType::U8, {N, rb});
+  uint8_t* d = c.data<uint8_t>();
+  for (int64_t n = 0; n < N; ++n) {
+    const uint8_t* row = ggml_blocks_row(r, K, n, d + n * rb);
+    if (row != d + n * rb) std::memcpy(d + n * rb, row, size_t(rb));
+  }
+  return c;
+}
+
+GgmlBlocks ggml_blocks_interleave(const GgmlBlocks& r, int64_t K, int32_t R) {
+  const int64_t N = r.blocks.dim(0), rb = r.blocks.dim(1);
+  MINFER_CHECK(r.interleave == 1 && R >= 1 && N % R == 0,
+               "ggml_blocks_interleave: {} rows (interleaved by {}) cannot be interleaved by {}", N,
+               r.interleave, R);
+  const int64_t bs = int64_t(ggml_type_size(r.type)), nb = K / int64_t(ggml_block_size(r.type));
+  GgmlBlocks o;
+  o.type = r.type;
+  o.interleave = R;
+  o.blocks = Tensor::empty(DType::U8, {N, rb});
+  const uint8_t* s = r.blocks.data<uint8_t>();
+  uint8_t* d = o.blocks.data<uint8_t>();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t b = 0; b < nb; ++b)
+      std::memcpy(d + ((n - n % R) * nb + b * R + n % R) * bs, s + n * rb + b * bs, size_t(bs));
+  return o;
 }
 
 void FormatTraits<GgmlBlocks>::dequantize(const GgmlBlocks& r, int64_t in, int64_t out,
                                           const std::string& name, float* w) {
   check(r, in, out, name);
   const int64_t rb = r.blocks.dim(1);
-  const uint8_t* p = r.blocks.data<uint8_t>();
 #pragma omp parallel for schedule(static) if (in * out >= (int64_t(1) << 16))
-  for (int64_t n = 0; n < out; ++n) dequantize_row(r.type, p + n * rb, w + n * in, in);
+  for (int64_t n = 0; n < out; ++n) {
+    thread_local std::vector<uint8_t> tmp;
+    tmp.resize(size_t(rb));
+    dequantize_row(r.type, ggml_blocks_row(r, in, n, tmp.data()), w + n * in, in);
+  }
 }
 
 std::string FormatTraits<GgmlBlocks>::format(const GgmlBlocks& r, int64_t) {
@@ -76,7 +123,9 @@ std::string FormatTraits<GgmlBlocks>::format(const GgmlBlocks& r, int64_t) {
 
 void FormatTraits<GgmlBlocks>::save(const GgmlBlocks& r, const std::string& name, TensorSink& sink,
                                     json& meta) {
-  sink.put(name, r.blocks);
+  const int64_t K =
+      r.blocks.dim(1) / int64_t(ggml_type_size(r.type)) * int64_t(ggml_block_size(r.type));
+  sink.put(name, ggml_blocks_row_major(r, K));
   meta["ggml_type"] = ggml_type_name(r.type);
 }
 
@@ -101,9 +150,9 @@ GgmlBlocks FormatTraits<GgmlBlocks>::load(const TensorSource& src, const std::st
 
 void ggml_blocks_rows(const GgmlBlocks& r, int64_t K, const int32_t* ids, int64_t n, float* y,
                       int64_t ldy) {
-  const int64_t rb = r.blocks.dim(1);
-  const uint8_t* p = r.blocks.data<uint8_t>();
-  for (int64_t t = 0; t < n; ++t) dequantize_row(r.type, p + int64_t(ids[t]) * rb, y + t * ldy, K);
+  std::vector<uint8_t> tmp(size_t(r.blocks.dim(1)));
+  for (int64_t t = 0; t < n; ++t)
+    dequantize_row(r.type, ggml_blocks_row(r, K, int64_t(ids[t]), tmp.data()), y + t * ldy, K);
 }
 
 }  // namespace minfer

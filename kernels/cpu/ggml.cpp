@@ -150,6 +150,16 @@ bool is_k_quant(uint32_t type) {
   return ggml_block_size(type) == uint32_t(ggml::QK_K);
 }
 
+[[maybe_unused]] bool repack_type(uint32_t type) {
+  return type == uint32_t(GgmlType::Q4_0) || type == uint32_t(GgmlType::Q4_1) ||
+         type == uint32_t(GgmlType::Q8_0);
+}
+// Whether the SIMD q8 kernels read w's layout: the row layout, or interleave 4 for the repacked
+// types. Any other layout runs the (layout-aware) scalar reference.
+[[maybe_unused]] bool simd_layout(const GgmlBlocks& w) {
+  return w.interleave == 1 || (w.interleave == 4 && repack_type(w.type));
+}
+
 // One weight block of a q8-path type as unsigned codes u[32] (weight = dw (u - off) + mw).
 struct UBlock {
   uint8_t u[kQ];
@@ -388,6 +398,116 @@ void q8_rows_simd(const uint8_t* wb, int64_t rb, const int8_t* aq, const float* 
   }
 }
 
+// Per token, the four row sums of a zmm whose lanes 4r .. 4r + 3 belong to row r.
+MINFER_INLINE __m128 sum_groups4(__m512 v) {
+  const __m128 r0 = _mm512_castps512_ps128(v), r1 = _mm512_extractf32x4_ps(v, 1),
+               r2 = _mm512_extractf32x4_ps(v, 2), r3 = _mm512_extractf32x4_ps(v, 3);
+  return _mm_hadd_ps(_mm_hadd_ps(r0, r1), _mm_hadd_ps(r2, r3));
+}
+// The four fp16 values at p, p + bs, p + 2 bs, p + 3 bs as f32.
+MINFER_INLINE __m128 half4(const uint8_t* p, int64_t bs) {
+  return _mm_cvtph_ps(_mm_setr_epi16(short(rd16(p)), short(rd16(p + bs)), short(rd16(p + 2 * bs)),
+                                     short(rd16(p + 3 * bs)), 0, 0, 0, 0));
+}
+
+// The repacked layout (interleave 4; Q4_0, Q4_1, Q8_0): rows [n0, n1) (multiples of 4) and all
+// nt <= 8 tokens. A group of 4 rows is one contiguous stream of 4 blocks per block index; each
+// activation block is loaded once for the 4 rows. Per block and token: Q4_0 / Q4_1 put the 4
+// rows' 16 nibble bytes in one zmm (lane quarter r = row r), low nibbles (codes 0-15) against
+// x[0..15] and high nibbles (codes 16-31) against x[16..31] broadcast to every quarter: two
+// vpdpbusd give lanes 4r .. 4r + 3 = row r's integer dot; Q8_0 puts rows 0-1 and 2-3 in two zmm
+// (half h = row 2i + h), x[0..31] broadcast to both halves. Same integer sums per block as
+// q8_rows_simd, f32 accumulation in another order (results equal to rounding).
+template <GgmlType TY>
+void q8_rows_x4(const uint8_t* wb, int64_t rb, const int8_t* aq, const float* ad, const int32_t* as,
+                const float* am, int64_t nt, int64_t K, int64_t n0, int64_t n1, float* y,
+                int64_t ldy) {
+  constexpr int off = offset_of(uint32_t(TY));
+  constexpr bool kQ8 = TY == GgmlType::Q8_0, kMin = TY == GgmlType::Q4_1;
+  const int64_t nb = K / kQ, bs = int64_t(ggml_type_size(uint32_t(TY)));
+  const __m512i lane4 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const __m512i lane8a = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  const __m512i lane8b = _mm512_add_epi32(lane8a, _mm512_set1_epi32(2));
+  const __m512i m4 = _mm512_set1_epi8(15);
+  for (int64_t n = n0; n < n1; n += 4) {
+    const uint8_t* g = wb + n * rb;  // group of rows n .. n + 3: 4 rb bytes
+    __m512 acc[kGgmlGemmMinT], acc2[kGgmlGemmMinT];
+    __m128 corr[kGgmlGemmMinT];
+    for (int64_t t = 0; t < nt; ++t) {
+      acc[t] = acc2[t] = _mm512_setzero_ps();
+      corr[t] = _mm_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* p = g + b * 4 * bs;
+      const __m128 dw4 = half4(p, bs);
+      if constexpr (kQ8) {
+        const __m512i sign = _mm512_set1_epi8(char(0x80));
+        auto two = [&](const uint8_t* q) {
+          return _mm512_xor_si512(
+              _mm512_inserti64x4(
+                  _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q))),
+                  _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + bs)), 1),
+              sign);
+        };
+        const __m512i ua = two(p + 2), ub = two(p + 2 + 2 * bs);
+        const __m512 da = _mm512_permutexvar_ps(lane8a, _mm512_castps128_ps512(dw4));
+        const __m512 db = _mm512_permutexvar_ps(lane8b, _mm512_castps128_ps512(dw4));
+        for (int64_t t = 0; t < nt; ++t) {
+          const __m512i xq = _mm512_broadcast_i64x4(
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(aq + t * K + b * kQ)));
+          const float dx = ad[t * nb + b];
+          const __m512 sx = _mm512_set1_ps(dx);
+          const __m512i pa = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ua, xq);
+          const __m512i pb = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ub, xq);
+          acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pa), _mm512_mul_ps(da, sx), acc[t]);
+          acc2[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pb), _mm512_mul_ps(db, sx), acc2[t]);
+          corr[t] =
+              _mm_fmadd_ps(dw4, _mm_set1_ps(-float(off) * dx * float(as[t * nb + b])), corr[t]);
+        }
+      } else {
+        const int64_t qo = kMin ? 4 : 2;  // nibbles after d (and m)
+        __m512i v =
+            _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + qo)));
+        v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + bs + qo)),
+                               1);
+        v = _mm512_inserti32x4(
+            v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 * bs + qo)), 2);
+        v = _mm512_inserti32x4(
+            v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 3 * bs + qo)), 3);
+        const __m512i lo = _mm512_and_si512(v, m4),
+                      hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        const __m512 d16 = _mm512_permutexvar_ps(lane4, _mm512_castps128_ps512(dw4));
+        __m128 mw4 = _mm_setzero_ps();
+        if constexpr (kMin) mw4 = half4(p + 2, bs);
+        for (int64_t t = 0; t < nt; ++t) {
+          const int8_t* xb = aq + t * K + b * kQ;
+          const __m512i xlo =
+              _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xb)));
+          const __m512i xhi =
+              _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xb + 16)));
+          const __m512i pq =
+              _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xlo), hi, xhi);
+          const float dx = ad[t * nb + b];
+          acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pq), _mm512_mul_ps(d16, _mm512_set1_ps(dx)),
+                                   acc[t]);
+          if constexpr (kMin)
+            corr[t] = _mm_fmadd_ps(mw4, _mm_set1_ps(am[t * nb + b]), corr[t]);
+          else
+            corr[t] =
+                _mm_fmadd_ps(dw4, _mm_set1_ps(-float(off) * dx * float(as[t * nb + b])), corr[t]);
+        }
+      }
+    }
+    for (int64_t t = 0; t < nt; ++t) {
+      __m512 v = acc[t];
+      if constexpr (kQ8)  // quarters (a0 a1 a2 a3), (b0 b1 b2 b3) -> rows as 4-lane groups
+        v = _mm512_add_ps(_mm512_shuffle_f32x4(acc[t], acc2[t], 0x88),
+                          _mm512_shuffle_f32x4(acc[t], acc2[t], 0xDD));
+      _mm_storeu_ps(y + t * ldy + n, _mm_add_ps(sum_groups4(v), corr[t]));
+    }
+  }
+}
+
 template <GgmlType TY>
 void q8_simd(const GgmlBlocks& w, const QAct& a, int64_t T, int64_t K, int64_t N, float* y,
              int64_t ldy) {
@@ -403,10 +523,18 @@ void q8_simd(const GgmlBlocks& w, const QAct& a, int64_t T, int64_t K, int64_t N
     constexpr int64_t kRows = 16;  // rows per work item
     const int64_t items = (N + kRows - 1) / kRows;
     // Decode: on the thread pool (one dispatch, chunks claimed dynamically; engine/thread_pool.h).
+    const bool x4 = w.interleave == 4;  // the caller checked simd_layout(w)
     parallel_for(items, kRows * K, int64_t(1) << 15, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i)
+      for (int64_t i = i0; i < i1; ++i) {
+        if constexpr (TY == GgmlType::Q4_0 || TY == GgmlType::Q4_1 || TY == GgmlType::Q8_0)
+          if (x4) {
+            q8_rows_x4<TY>(wb, rb, aq, ad, as, am, nt, K, i * kRows, std::min(N, (i + 1) * kRows),
+                           y + t0 * ldy, ldy);
+            continue;
+          }
         q8_rows_simd<TY>(wb, rb, aq, ad, as, am, nt, K, i * kRows, std::min(N, (i + 1) * kRows),
                          y + t0 * ldy, ldy);
+      }
     });
   }
 }
@@ -615,6 +743,27 @@ bool ggml_has_q8_path(uint32_t type) {
   }
 }
 
+bool ggml_repack_for_cpu(GgmlBlocks& w, int64_t K) {
+#if defined(MINFER_GGML_VNNI)
+  static const bool enabled = [] {
+    const char* e = std::getenv("MINFER_GGML_REPACK");
+    const std::string v = e ? e : "1";
+    MINFER_CHECK(v == "0" || v == "1", "MINFER_GGML_REPACK='{}': expected 0 or 1", v);
+    return v == "1";
+  }();
+  if (!enabled || w.interleave != 1 || !repack_type(w.type) || w.blocks.dim(0) % 4 != 0)
+    return false;
+  GgmlBlocks r = ggml_blocks_interleave(w, K, 4);
+  release_mapped_pages(w.blocks);
+  w = std::move(r);
+  return true;
+#else
+  (void)w;
+  (void)K;
+  return false;
+#endif
+}
+
 const char* ggml_linear_isa() {
 #if defined(MINFER_GGML_VNNI)
   return "avx512-vnni";
@@ -633,14 +782,13 @@ void ggml_linear_q8_ref(const GgmlBlocks& w, const float* x, int64_t T, int64_t 
   if (is_k_quant(w.type)) {
     constexpr int64_t QK = ggml::QK_K;
     quantize_act(x, T, ldx, K, a, QK, 16);
-    const int64_t nb = K / QK, bs = block_bytes(w.type), rb = w.blocks.dim(1);
-    const uint8_t* wb = w.blocks.data<uint8_t>();
+    const int64_t nb = K / QK, bs = block_bytes(w.type);
     KBlock kb;
     for (int64_t n = 0; n < N; ++n)
       for (int64_t t = 0; t < T; ++t) {
         float acc = 0.f;
         for (int64_t b = 0; b < nb; ++b) {
-          unpack_kblock(w.type, wb + n * rb + b * bs, kb);
+          unpack_kblock(w.type, ggml_block_ptr(w, nb, bs, n, b), kb);
           const int8_t* q = a.q.data() + t * K + b * QK;
           const int32_t* s = a.s.data() + (t * nb + b) * 16;
           int32_t dot = 0, mins = 0;
@@ -657,15 +805,14 @@ void ggml_linear_q8_ref(const GgmlBlocks& w, const float* x, int64_t T, int64_t 
     return;
   }
   quantize_act(x, T, ldx, K, a);
-  const int64_t nb = K / kQ, bs = block_bytes(w.type), rb = w.blocks.dim(1);
+  const int64_t nb = K / kQ, bs = block_bytes(w.type);
   const int off = offset_of(w.type);
-  const uint8_t* wb = w.blocks.data<uint8_t>();
   UBlock u;
   for (int64_t n = 0; n < N; ++n)
     for (int64_t t = 0; t < T; ++t) {
       float acc = 0.f;
       for (int64_t b = 0; b < nb; ++b) {
-        unpack_block(w.type, wb + n * rb + b * bs, u);
+        unpack_block(w.type, ggml_block_ptr(w, nb, bs, n, b), u);
         const int8_t* q = a.q.data() + t * K + b * kQ;
         int32_t dot = 0;
         for (int j = 0; j < kQ; ++j) dot += int32_t(u.u[j]) * q[j];
@@ -683,6 +830,7 @@ void ggml_linear_q8(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx,
   MINFER_CHECK(ggml_has_q8_path(w.type), "ggml q8 path: type {} has no integer kernel",
                ggml_type_name(w.type));
   if (T == 0) return;
+  if (!simd_layout(w)) return ggml_linear_q8_ref(w, x, T, ldx, y, ldy, K, N);
   QAct& a = act_scratch();
   if (is_k_quant(w.type))
     quantize_act(x, T, ldx, K, a, ggml::QK_K, 16);
@@ -723,18 +871,20 @@ namespace {
 // The SIMD row kernel of a type on the q8 path: rows r0..r1 of y from the quantized activations.
 using RowsFn = void (*)(const uint8_t*, int64_t, const int8_t*, const float*, const int32_t*,
                         const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t);
-RowsFn rows_fn(uint32_t type) {
+RowsFn rows_fn(const GgmlBlocks& w) {
+  const uint32_t type = w.type;
+  const bool x4 = w.interleave == 4;  // the caller checked simd_layout(w)
   switch (GgmlType(type)) {
     case GgmlType::Q4_0:
-      return q8_rows_simd<GgmlType::Q4_0>;
+      return x4 ? q8_rows_x4<GgmlType::Q4_0> : q8_rows_simd<GgmlType::Q4_0>;
     case GgmlType::Q4_1:
-      return q8_rows_simd<GgmlType::Q4_1>;
+      return x4 ? q8_rows_x4<GgmlType::Q4_1> : q8_rows_simd<GgmlType::Q4_1>;
     case GgmlType::Q5_0:
       return q8_rows_simd<GgmlType::Q5_0>;
     case GgmlType::Q5_1:
       return q8_rows_simd<GgmlType::Q5_1>;
     case GgmlType::Q8_0:
-      return q8_rows_simd<GgmlType::Q8_0>;
+      return x4 ? q8_rows_x4<GgmlType::Q8_0> : q8_rows_simd<GgmlType::Q8_0>;
     case GgmlType::Q2_K:
       return k_rows_simd<GgmlType::Q2_K>;
     case GgmlType::Q3_K:
@@ -781,7 +931,9 @@ void ggml_linear_q8_group(const GgmlGroupItem* items, int n, const float* x, int
                "ggml q8 group: every matrix needs the q8 path, all K-quants or none");
   if (T == 0) return;
 #if defined(MINFER_GGML_VNNI)
-  if (T > kGgmlGemmMinT) {
+  bool simd = true;
+  for (int i = 0; i < n; ++i) simd = simd && simd_layout(*items[i].w);
+  if (T > kGgmlGemmMinT || !simd) {
 #endif
     for (int i = 0; i < n; ++i)
       ggml_linear_q8(*items[i].w, x, T, ldx, items[i].y, items[i].ldy, K, items[i].N);
@@ -794,7 +946,7 @@ void ggml_linear_q8_group(const GgmlGroupItem* items, int n, const float* x, int
   std::vector<RowsFn> fn(static_cast<size_t>(n), nullptr);
   for (int i = 0; i < n; ++i) {
     first[size_t(i) + 1] = first[size_t(i)] + (items[i].N + kRows - 1) / kRows;
-    fn[size_t(i)] = rows_fn(items[i].w->type);
+    fn[size_t(i)] = rows_fn(*items[i].w);
   }
   parallel_for(first[size_t(n)], kRows * K, int64_t(1) << 15, [&](int64_t i0, int64_t i1) {
     int m = 0;
@@ -815,11 +967,12 @@ void ggml_linear_q8_swiglu(const GgmlBlocks& gate, const GgmlBlocks& up, const f
   const GgmlGroupItem items[2] = {{&gate, y, ldy, F}, {&up, u, ldu, F}};
 #if defined(MINFER_GGML_VNNI)
   const GgmlBlocks* ws[2] = {&gate, &up};
-  if (T <= kGgmlGemmMinT && T > 0 && ggml_q8_groupable(ws, 2)) {
+  if (T <= kGgmlGemmMinT && T > 0 && ggml_q8_groupable(ws, 2) && simd_layout(gate) &&
+      simd_layout(up)) {
     check_call(gate, T, ldx, ldy, K, F, "ggml_linear_q8_swiglu");
     check_call(up, T, ldx, ldu, K, F, "ggml_linear_q8_swiglu");
     QAct& a = quantize_for(gate, x, T, ldx, K);
-    const RowsFn fg = rows_fn(gate.type), fu = rows_fn(up.type);
+    const RowsFn fg = rows_fn(gate), fu = rows_fn(up);
     constexpr int64_t kRows = 16;  // rows per work item, as in the single-matrix kernels
     parallel_for((F + kRows - 1) / kRows, 2 * kRows * K, int64_t(1) << 15,
                  [&](int64_t i0, int64_t i1) {
@@ -848,14 +1001,15 @@ void ggml_linear_f32(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx
   if (T == 0) return;
   constexpr int64_t kTile = 64;  // rows dequantized at a time: 64 x K floats stay in L2
   const int64_t tiles = (N + kTile - 1) / kTile, rb = w.blocks.dim(1);
-  const uint8_t* wb = w.blocks.data<uint8_t>();
 #pragma omp parallel for schedule(dynamic) if (worth_threads(N * K))
   for (int64_t i = 0; i < tiles; ++i) {
     thread_local std::vector<float> buf;
+    thread_local std::vector<uint8_t> row;
     const int64_t n0 = i * kTile, nr = std::min(kTile, N - n0);
     buf.resize(size_t(kTile * K));
+    row.resize(size_t(rb));
     for (int64_t r = 0; r < nr; ++r)
-      dequantize_row(w.type, wb + (n0 + r) * rb, buf.data() + r * K, K);
+      dequantize_row(w.type, ggml_blocks_row(w, K, n0 + r, row.data()), buf.data() + r * K, K);
     // Inside the parallel loop OpenBLAS (OpenMP build) runs on the calling thread only.
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(nr), int(K), 1.f, x, int(ldx),
                 buf.data(), int(K), 0.f, y + n0, int(ldy));

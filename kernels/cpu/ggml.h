@@ -96,6 +96,17 @@ void ggml_linear_q8_swiglu(const GgmlBlocks& gate, const GgmlBlocks& up, const f
 void ggml_linear_f32(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx, float* y,
                      int64_t ldy, int64_t K, int64_t N);
 
+// Repack at load (the CPU backend's upload of a Linear): where this build's q8 kernel reads the
+// interleaved layout (AVX-512 VNNI; types Q4_0, Q4_1, Q8_0; N a multiple of 4), w becomes a host
+// copy with its rows interleaved by 4 (GgmlBlocks::interleave, engine/formats/ggml_blocks.h), and
+// the resident pages of a file-mapped original are released (release_mapped_pages), so the copy
+// replaces the mmap'd view in memory. Decode then streams one contiguous run of 4 rows' blocks
+// and loads each activation block once for those 4 rows (q8_rows_x4); prefill and every other
+// reader take the same bytes through ggml_block_ptr / ggml_blocks_row. Returns whether it
+// repacked; anything else (scalar builds, aarch64, other types, already interleaved, N % 4 != 0,
+// or MINFER_GGML_REPACK=0 in the environment) is left as it is.
+bool ggml_repack_for_cpu(GgmlBlocks& w, int64_t K);
+
 // Which SIMD the q8 path uses in this build: "avx512-vnni" or "scalar".
 const char* ggml_linear_isa();
 

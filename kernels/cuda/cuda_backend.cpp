@@ -360,7 +360,9 @@ class CudaBackend final : public Backend {
             },
             [&](const GgmlBlocks& r) {
               d->kind = LKind::Ggml;
-              d->gblocks = upload(r.blocks);
+              // The device kernels read the ggml row layout (a CPU-repacked weight is
+              // de-interleaved once here).
+              d->gblocks = upload(ggml_blocks_row_major(r, w.in));
               d->gw = GWeight{r.type, d->gblocks.data<uint8_t>(), r.blocks.dim(1), w.in, w.out};
             },
             [&](const Codebook& r) {
