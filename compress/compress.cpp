@@ -702,6 +702,7 @@ CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats
     o.keep_gram = step.awq_scales;  // GPTQ after the fold reads the scaled inputs' XᵀX
     o.alpha = step.alpha;
     o.group = step.quant.group > 0 ? step.quant.group : 128;
+    o.asym = step.quant.asymmetric;
     const SmoothReport sr = smooth_model(m, smoothed, o);
     smoothing_done = true;
     smooth_sites = sr.sites;

@@ -59,6 +59,10 @@ int code_of(double w, float s, int kind) {
   }
 }
 
+int code_asym(double w, qm::AsymParams p) {
+  return p.scale > 0.f ? qm::round_clamp(w / double(p.scale) + p.zero, 0, 15) : p.zero;
+}
+
 double value_of(int code, float s, int kind) {
   return kind == 0 ? double(s) * double(qm::nf4_value(code)) : double(s) * double(code);
 }
@@ -89,6 +93,46 @@ float fit_group_scale(const double* w, const double* c, int64_t n, int kind, boo
   return best;
 }
 
+namespace {
+
+// Weighted squared error of an asymmetric group for (s, z), and the refit of s for its codes.
+Eval eval_asym(const double* w, const double* c, int64_t n, qm::AsymParams p) {
+  double err = 0, num = 0, den = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    const int v = code_asym(w[k], p) - p.zero;
+    const double ck = c ? c[k] : 1.0;
+    const double d = w[k] - double(p.scale) * v;
+    err += ck * d * d;
+    num += ck * w[k] * v;
+    den += ck * double(v) * v;
+  }
+  return {err, den > 0 ? num / den : 0.0};
+}
+
+}  // namespace
+
+qm::AsymParams fit_group_asym(const double* w, const double* c, int64_t n, bool search) {
+  double mn = 0, mx = 0;
+  for (int64_t k = 0; k < n; ++k) mn = std::min(mn, w[k]), mx = std::max(mx, w[k]);
+  const qm::AsymParams p0 = qm::asym_params(float(mn), float(mx), 15);
+  if (!search || !(p0.scale > 0.f)) return p0;
+  qm::AsymParams best = p0;
+  double best_err = std::numeric_limits<double>::infinity();
+  for (int i = 0; i < kSearchSteps; ++i) {
+    const double f = 1.0 - kSearchStep * i;
+    const qm::AsymParams p = qm::asym_params(float(f * mn), float(f * mx), 15);
+    if (!(p.scale > 0.f)) continue;
+    const Eval e = eval_asym(w, c, n, p);
+    if (e.err < best_err) best_err = e.err, best = p;
+    if (e.refit > 0) {
+      const qm::AsymParams r{float(e.refit), p.zero};
+      const Eval er = eval_asym(w, c, n, r);
+      if (er.err < best_err) best_err = er.err, best = r;
+    }
+  }
+  return best;
+}
+
 Linear quantize_rtn_search(const Linear& dense, const QuantSpec& spec, const float* col_weight,
                            bool search) {
   MINFER_CHECK(std::holds_alternative<Dense>(dense.repr),
@@ -96,10 +140,12 @@ Linear quantize_rtn_search(const Linear& dense, const QuantSpec& spec, const flo
                dense.name);
   int kind = kind_of(spec.method, dense.name);
   if (kind == 4 && search) kind = 5;  // the search uses all 16 int4 codes
-  MINFER_CHECK(!spec.asymmetric && !spec.double_quant,
-               "quantize '{}': the scale search is for symmetric int4 / int3 and nf4 without "
-               "double quantization (got {}{})",
-               dense.name, spec.asymmetric ? "-asym" : "", spec.double_quant ? "-dq" : "");
+  MINFER_CHECK((!spec.asymmetric || kind == 4 || kind == 5) && !spec.double_quant,
+               "quantize '{}': the scale search is for int4 (symmetric or -asym), int3 and nf4 "
+               "without double quantization (got {}{}{})",
+               dense.name, spec.method, spec.asymmetric ? "-asym" : "",
+               spec.double_quant ? "-dq" : "");
+  const bool asym = spec.asymmetric;
   const QScheme scheme = kind == 0 ? QScheme::NF4 : kind == 3 ? QScheme::Int3 : QScheme::Int4;
   const QSchemeInfo info = qscheme_info(scheme);
   const int64_t N = dense.out, K = dense.in;
@@ -128,14 +174,25 @@ Linear quantize_rtn_search(const Linear& dense, const QuantSpec& spec, const flo
   const int64_t groups = qm::ceil_div(K, G), rb = qm::row_bytes(K, info.bits), Kp = qm::padded_k(K);
   q.codes = Tensor::empty(DType::U8, {N, rb});
   q.scales = Tensor::empty(DType::F32, {N, groups});
+  q.asymmetric = asym;
+  if (asym) q.zeros = Tensor::empty(DType::U8, {N, groups});
   float* scales = q.scales.data<float>();
   uint8_t* codes = q.codes.data<uint8_t>();
+  uint8_t* zeros = asym ? q.zeros.data<uint8_t>() : nullptr;
 #pragma omp parallel for if (N * K >= (1 << 16))
   for (int64_t n = 0; n < N; ++n) {
     std::vector<double> w(W + n * K, W + (n + 1) * K);
     uint8_t* row = codes + n * rb;
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t k0 = g * G, len = std::min(K, k0 + G) - k0;
+      if (asym) {
+        const qm::AsymParams p =
+            fit_group_asym(w.data() + k0, c.empty() ? nullptr : c.data() + k0, len, search);
+        scales[n * groups + g] = p.scale;
+        zeros[n * groups + g] = uint8_t(p.zero);
+        for (int64_t k = k0; k < k0 + len; ++k) qm::set_q4(row, k, code_asym(w[size_t(k)], p));
+        continue;
+      }
       const float s =
           fit_group_scale(w.data() + k0, c.empty() ? nullptr : c.data() + k0, len, kind, search);
       scales[n * groups + g] = s;
@@ -147,11 +204,13 @@ Linear quantize_rtn_search(const Linear& dense, const QuantSpec& spec, const flo
           qm::set_q4(row, k, kind == 0 ? code : code + 8);
       }
     }
+    // Padding codes dequantize to 0: the last group's zero point when asymmetric.
+    const int pad = asym ? zeros[n * groups + groups - 1] : kind == 0 ? qm::kNF4Zero : 8;
     for (int64_t k = K; k < Kp; ++k) {
       if (kind == 3)
         qm::set_q3(row, k, 4);
       else
-        qm::set_q4(row, k, kind == 0 ? qm::kNF4Zero : 8);
+        qm::set_q4(row, k, pad);
     }
   }
   return make_linear(dense.name, dense.in, dense.out, std::move(q), dense.bias);
@@ -271,8 +330,10 @@ const V& stat_of(const std::map<std::string, V>& m, const std::string& name, con
   return it->second;
 }
 
-// ΣΣ (ΔW H) ∘ ΔW = tr(ΔW H ΔWᵀ) with ΔW = W − Q(W diag s) diag(1/s), Q: int4 RTN, group G.
-double awq_error(const float* W, int64_t N, int64_t K, const float* s, int64_t G, const float* H) {
+// ΣΣ (ΔW H) ∘ ΔW = tr(ΔW H ΔWᵀ) with ΔW = W − Q(W diag s) diag(1/s), Q: int4 RTN, group G
+// (asym: min/max with zero points, else −8..7 signed max).
+double awq_error(const float* W, int64_t N, int64_t K, const float* s, int64_t G, const float* H,
+                 bool asym) {
   std::vector<float> dw(size_t(N * K));
   const int64_t groups = qm::ceil_div(K, G);
 #pragma omp parallel for if (N * K >= (1 << 16))
@@ -281,6 +342,14 @@ double awq_error(const float* W, int64_t N, int64_t K, const float* s, int64_t G
     for (int64_t k = 0; k < K; ++k) ws[size_t(k)] = double(W[n * K + k]) * s[k];
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t k0 = g * G, len = std::min(K, k0 + G) - k0;
+      if (asym) {
+        const qm::AsymParams p = fit_group_asym(ws.data() + k0, nullptr, len, false);
+        for (int64_t k = k0; k < k0 + len; ++k)
+          dw[size_t(n * K + k)] =
+              float(double(W[n * K + k]) -
+                    double(p.scale) * (code_asym(ws[size_t(k)], p) - p.zero) / s[k]);
+        continue;
+      }
       const float sc = fit_group_scale(ws.data() + k0, nullptr, len, 5, false);
       for (int64_t k = k0; k < k0 + len; ++k)
         dw[size_t(n * K + k)] =
@@ -381,8 +450,9 @@ SmoothReport smooth_model(Model& m, ActStats& stats, const SmoothOptions& opt) {
           const Linear* c = site.consumers[i];
           sk.resize(size_t(c->in));
           for (int64_t k = 0; k < c->in; ++k) sk[size_t(k)] = cand[size_t(site.map[size_t(k)])];
-          e += awq_error(terms[i].first, c->out, c->in, sk.data(),
-                         std::min<int64_t>(opt.group, c->in), terms[i].second->xtx.data());
+          e +=
+              awq_error(terms[i].first, c->out, c->in, sk.data(),
+                        std::min<int64_t>(opt.group, c->in), terms[i].second->xtx.data(), opt.asym);
         }
         if (e < best) best = e, alpha = a, s = cand;
       }

@@ -45,16 +45,18 @@
 #include <vector>
 
 #include "compress/quantize.h"
+#include "kernels/common/quant_math.h"
 
 namespace minfer {
 
 class Model;
 struct ActStats;
 
-// Round-to-nearest with the optional scale search above. spec.method: "int4" (symmetric), "int3"
-// or "nf4" (not double-quantized); col_weight: [in] importance c_k per input feature (nullptr =
-// unweighted); search = false gives the plain absmax rule (int4 / nf4 as quantize_linear; int3
-// as described above). Throws naming the tensor for other methods or options.
+// Round-to-nearest with the optional scale search above. spec.method: "int4" (symmetric, or
+// spec.asymmetric: zero points by fit_group_asym), "int3" or "nf4" (not double-quantized);
+// col_weight: [in] importance c_k per input feature (nullptr = unweighted); search = false gives
+// the plain absmax rule (int4 / nf4 as quantize_linear; int3 as described above). Throws naming the
+// tensor for other methods or options.
 Linear quantize_rtn_search(const Linear& dense, const QuantSpec& spec, const float* col_weight,
                            bool search);
 
@@ -62,16 +64,28 @@ Linear quantize_rtn_search(const Linear& dense, const QuantSpec& spec, const flo
 // kind: 4 = int4 (−7..7, absmax / 7), 5 = int4 with all 16 codes (−8..7, −w_m / 8), 3 = int3,
 // 0 = nf4. Exposed for GPTQ (which takes only the scale) and tests.
 float fit_group_scale(const double* w, const double* c, int64_t n, int kind, bool search);
+// Asymmetric int4 (w = s · (u − z), u in 0..15, z in 0..15; qm::asym_params): one group's scale
+// and zero point. Without the search: the min/max rule (the range widened to contain 0). With
+// it: the range [p · min, p · max] for p = 1, 0.975, ..., 0.5 (GPTQ's reference quantizer's
+// `mse` grid, AWQ's clipping range), each followed by the least-squares refit of s for the codes
+// and zero point it chose, s* = Σ c w (u − z) / Σ c (u − z)²; the pair with the smallest
+// Σ c (w − s (u − z))² wins (p = 1 is a candidate, so never worse than min/max). c: importance
+// per weight (nullptr = 1).
+qm::AsymParams fit_group_asym(const double* w, const double* c, int64_t n, bool search);
+
 // The code of w for scale s in `kind` (int4: −7..7 or −8..7, int3: −4..3, nf4: 0..15), and its
 // value.
 int code_of(double w, float s, int kind);
 double value_of(int code, float s, int kind);
+// The asymmetric int4 code u in 0..15 of w (qm::quantize_asym in double precision).
+int code_asym(double w, qm::AsymParams p);
 
 // How channel scales are chosen.
 struct SmoothOptions {
   enum class Rule : uint8_t { SmoothQuant, Awq } rule = Rule::SmoothQuant;
   double alpha = -1;  // SmoothQuant: -1 = 0.5; AWQ: -1 = grid search, else fixed α in [0, 1]
   int group = 128;    // AWQ: the int4 group size the search quantizes with
+  bool asym = false;  // AWQ: the search's int4 has zero points (min/max), else −8..7
   // Keep each scaled linear's Gram matrix, rescaled to its new inputs (diag(1/s) XᵀX diag(1/s),
   // a new matrix, so the caller's shared ones are untouched), for GPTQ after the fold.
   bool keep_gram = false;

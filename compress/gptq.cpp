@@ -21,8 +21,11 @@ Linear quantize_gptq(const Linear& l, const QuantSpec& spec, const std::vector<f
                "gptq '{}': {} is not a GPTQ target (int4, int3, int8)", l.name, spec.method);
   MINFER_CHECK(!opt.clip_search || spec.method != "int8",
                "gptq '{}': the scale search is an int4 / int3 option", l.name);
-  MINFER_CHECK(!spec.asymmetric && !spec.double_quant && spec.per_channel,
-               "gptq '{}': symmetric per-row / per-group scales only", l.name);
+  MINFER_CHECK(!spec.double_quant && spec.per_channel,
+               "gptq '{}': per-row / per-group scales only (no double quantization)", l.name);
+  MINFER_CHECK(!spec.asymmetric || spec.method == "int4",
+               "gptq '{}': zero points (-asym) are an int4 option, not {}", l.name, spec.method);
+  const bool asym = spec.asymmetric;
   MINFER_CHECK(opt.damp > 0 && std::isfinite(opt.damp) && opt.block >= 1,
                "gptq '{}': damp must be > 0 and block >= 1 (got {}, {})", l.name, opt.damp,
                opt.block);
@@ -75,7 +78,7 @@ Linear quantize_gptq(const Linear& l, const QuantSpec& spec, const std::vector<f
   for (int64_t i = 0; i < K; ++i) perm[size_t(i)] = i;
   const int64_t groups = qm::ceil_div(K, G);
   std::vector<float> scales(size_t(N * groups), 0.f);
-  // The scale of one group of row n from weights w[0..len) (original column order k0..).
+  std::vector<int> zeros(asym ? size_t(N * groups) : 0, 0);
   auto group_scale = [&](const double* w, int64_t k0, int64_t len) -> float {
     if (kind == 8) {
       double amax = 0;
@@ -85,13 +88,25 @@ Linear quantize_gptq(const Linear& l, const QuantSpec& spec, const std::vector<f
     return fit_group_scale(w, opt.clip_search ? diag.data() + k0 : nullptr, len, kind,
                            opt.clip_search);
   };
+  // The scale (asymmetric: and zero point) of group g of row n from weights w[0..len) (original
+  // column order k0..).
+  auto fit_group = [&](const double* w, int64_t n, int64_t g, int64_t k0, int64_t len) {
+    const size_t at = size_t(n * groups + g);
+    if (asym) {
+      const qm::AsymParams p =
+          fit_group_asym(w, opt.clip_search ? diag.data() + k0 : nullptr, len, opt.clip_search);
+      scales[at] = p.scale;
+      zeros[at] = p.zero;
+    } else {
+      scales[at] = group_scale(w, k0, len);
+    }
+  };
   if (opt.act_order) {
     std::stable_sort(perm.begin(), perm.end(),
                      [&](int64_t a, int64_t b) { return diag[size_t(a)] > diag[size_t(b)]; });
     for (int64_t n = 0; n < N; ++n)
       for (int64_t g = 0; g < groups; ++g)
-        scales[size_t(n * groups + g)] =
-            group_scale(W.data() + n * K + g * G, g * G, std::min(K, (g + 1) * G) - g * G);
+        fit_group(W.data() + n * K + g * G, n, g, g * G, std::min(K, (g + 1) * G) - g * G);
     std::vector<double> Wp(W.size()), Hp(H.size());
     for (int64_t n = 0; n < N; ++n)
       for (int64_t i = 0; i < K; ++i) Wp[size_t(n * K + i)] = W[size_t(n * K + perm[size_t(i)])];
@@ -122,9 +137,13 @@ Linear quantize_gptq(const Linear& l, const QuantSpec& spec, const std::vector<f
       double* w = W.data() + n * K;
       for (int64_t i = i1; i < i2; ++i) {
         const int64_t col = perm[size_t(i)];
-        float& s = scales[size_t(n * groups + col / G)];
-        if (!opt.act_order && i % G == 0) s = group_scale(w + i, i, std::min(K, i + G) - i);
-        const int q = kind == 8 ? qm::quantize_sym(float(w[i]), s, 127) : code_of(w[i], s, kind);
+        if (!opt.act_order && i % G == 0) fit_group(w + i, n, i / G, i, std::min(K, i + G) - i);
+        const size_t at = size_t(n * groups + col / G);
+        const float s = scales[at];
+        // q: the signed code (asymmetric: u − z), so that the value is s · q in every case.
+        const int q = asym        ? code_asym(w[i], qm::AsymParams{s, zeros[at]}) - zeros[at]
+                      : kind == 8 ? qm::quantize_sym(float(w[i]), s, 127)
+                                  : code_of(w[i], s, kind);
         codes[size_t(n * K + col)] = q;
         const double e = (w[i] - double(s) * double(q)) / R[size_t(i * K + i)];
         for (int64_t j = i + 1; j < i2; ++j) w[j] -= e * R[size_t(i * K + j)];
@@ -143,6 +162,11 @@ Linear quantize_gptq(const Linear& l, const QuantSpec& spec, const std::vector<f
   q.codes = Tensor::empty(DType::U8, {N, rb});
   q.scales = Tensor::empty(DType::F32, {N, groups});
   std::copy(scales.begin(), scales.end(), q.scales.data<float>());
+  q.asymmetric = asym;
+  if (asym) {
+    q.zeros = Tensor::empty(DType::U8, {N, groups});
+    for (size_t i = 0; i < zeros.size(); ++i) q.zeros.data<uint8_t>()[i] = uint8_t(zeros[i]);
+  }
   for (int64_t n = 0; n < N; ++n) {
     uint8_t* row = q.codes.data<uint8_t>() + n * rb;
     if (scheme == QScheme::Int8) {
@@ -151,7 +175,10 @@ Linear quantize_gptq(const Linear& l, const QuantSpec& spec, const std::vector<f
     } else if (scheme == QScheme::Int3) {
       for (int64_t k = 0; k < Kp; ++k) qm::set_q3(row, k, k < K ? codes[size_t(n * K + k)] + 4 : 4);
     } else {
-      for (int64_t k = 0; k < Kp; ++k) qm::set_q4(row, k, k < K ? codes[size_t(n * K + k)] + 8 : 8);
+      // Stored u = q + z (symmetric: z = 8); padding is the value 0, the last group's z.
+      auto z = [&](int64_t g) { return asym ? zeros[size_t(n * groups + g)] : 8; };
+      for (int64_t k = 0; k < Kp; ++k)
+        qm::set_q4(row, k, k < K ? codes[size_t(n * K + k)] + z(k / G) : z(groups - 1));
     }
   }
   return make_linear(l.name, l.in, l.out, std::move(q), l.bias);

@@ -43,16 +43,17 @@ constexpr MethodInfo kMethods[] = {
      "prune the <pct> % smallest |w| per row (-layer, -global), or N:M (magnitude-2:4)"},
     {"wanda", MethodKind::Prune, kOptSparsity,
      "prune by |w| * ||x||_2 per row (Sun et al. 2023; calibration), <pct> or N:M (wanda-2:4)"},
-    {"int4-gptq", MethodKind::Gptq, kOptGroup | kOptActOrder | kOptClip | kOptAwq,
+    {"int4-gptq", MethodKind::Gptq, kOptGroup | kOptActOrder | kOptClip | kOptAwq | kOptAsym,
      "GPTQ: int4 per group of 128 (-g<N>), rounding errors compensated on calibration XtX, "
-     "-act: act-order, -clip: scale search, -awq: AWQ channel scales folded first"},
+     "-act: act-order, -clip: scale search, -awq: AWQ channel scales folded first, -asym: zero "
+     "points"},
     {"int8-gptq", MethodKind::Gptq, kOptGroup | kOptActOrder,
      "GPTQ: int8 per output row (-g<N>: per group)"},
     {"int3-gptq", MethodKind::Gptq, kOptGroup | kOptActOrder | kOptClip | kOptAwq,
      "GPTQ at 3 bits (packed codes -4..3, 3.25 bits/w at g128), -act, -clip, -awq"},
-    {"int4-awq", MethodKind::Gptq, kOptGroup,
+    {"int4-awq", MethodKind::Gptq, kOptGroup | kOptAsym,
      "AWQ: int4 per group of 128 with input-channel scales searched on calibration and folded "
-     "into the previous norm / linear, then a scale (clip) search"},
+     "into the previous norm / linear, then a scale (clip) search (-asym: zero points)"},
     {"lowrank", MethodKind::LowRank, kOptRank,
      "truncated SVD U*V, -<P>: each matrix loses P % of its parameters (-r<N>: rank, -e<E>: "
      "energy)"},
@@ -164,8 +165,6 @@ void validate_method_spec(const MethodSpec& s) {
                "method '{}': the scale search (-clip) is an int4 / int3 / nf4 / int4-gptq / "
                "int3-gptq option",
                s.method);
-  MINFER_CHECK(!s.clip_search || !s.quant.asymmetric,
-               "method '{}': -clip searches symmetric scales; drop -asym", s.method);
   MINFER_CHECK(!s.clip_search || !s.quant.double_quant,
                "method '{}': -clip with -dq (double-quantized scales) is not supported", s.method);
   MINFER_CHECK(!s.act_order || (m.options & kOptActOrder),

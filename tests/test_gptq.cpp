@@ -63,7 +63,8 @@ TEST_CASE("gptq: methods, calibration, and bad input") {
     CHECK(compress_spec_name(compress_spec_from_name(n)) == n);
   CHECK(compress_spec_name(compress_spec_from_name("int4-gptq")) == "int4-gptq-g128");
   CHECK(compress_spec_from_name("int4-gptq").needs_gram());
-  CHECK_THROWS_WITH_AS(compress_spec_from_name("int4-gptq-asym"), doctest::Contains("int4 option"),
+  CHECK(compress_spec_name(compress_spec_from_name("int4-gptq-asym")) == "int4-gptq-g128-asym");
+  CHECK_THROWS_WITH_AS(compress_spec_from_name("int8-gptq-asym"), doctest::Contains("int4 option"),
                        Error);
   CHECK_THROWS_WITH_AS(compress_spec_from_name("int4-gptq-g33"), doctest::Contains("multiple of"),
                        Error);
@@ -98,9 +99,10 @@ TEST_CASE("gptq: methods, calibration, and bad input") {
   CHECK_THROWS_WITH_AS(quantize_gptq(l, nf, g->xtx), doctest::Contains("not a GPTQ target"), Error);
   QuantSpec q4;
   q4.method = "int4";
-  q4.asymmetric = true;
-  CHECK_THROWS_WITH_AS(quantize_gptq(l, q4, g->xtx), doctest::Contains("symmetric"), Error);
-  q4.asymmetric = false;
+  QuantSpec q8a;
+  q8a.method = "int8";
+  q8a.asymmetric = true;
+  CHECK_THROWS_WITH_AS(quantize_gptq(l, q8a, g->xtx), doctest::Contains("int4 option"), Error);
   CHECK_THROWS_WITH_AS(quantize_gptq(l, q4, std::vector<float>(10)),
                        doctest::Contains("expected [96, 96]"), Error);
   // A dead input (never active) gets zero weights, and the rest still quantizes.

@@ -45,7 +45,9 @@ int main(int argc, char** argv) {
   bool per_channel = false;
   app.add_flag("--per-channel", per_channel, "int8: one scale per output row (the default)");
   app.add_flag("--per-tensor", per_tensor, "int8: one scale for the whole matrix");
-  app.add_flag("--asym", asym, "int4: min/max with an integer zero point");
+  app.add_flag("--asym", asym,
+               "int4, int4-gptq, int4-awq: an integer zero point per group (min/max; with -clip: "
+               "searched range) (= -asym)");
   app.add_flag("--double-quant", dq, "nf4: 8-bit block-256 scales (QLoRA), ~4.127 bits/weight");
   app.add_flag("--ternary-per-row", ternary_row, "ternary: mean|w| per row instead of per tensor");
   app.add_flag("--weighted", weighted,
