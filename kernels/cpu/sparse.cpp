@@ -16,6 +16,7 @@
 #include "engine/half.h"
 #include "engine/thread_pool.h"
 #include "kernels/common/quant_math.h"
+#include "kernels/cpu/sparse_values.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI2__)
 #include <immintrin.h>
@@ -36,49 +37,10 @@ namespace minfer {
 
 namespace {
 
-// The packed values of a SparseBitmask as kernels read them.
-struct Vals {
-  enum Kind { F32, F16, BF16, I8 } kind = F32;
-  const void* p = nullptr;
-  int64_t ld = 0;                 // elements (f32/f16/bf16) or code bytes (int8) per row
-  const float* scales = nullptr;  // int8: [N] per row, or [1] per tensor
-  bool per_tensor = false;
-
-  float scale(int64_t n) const { return per_tensor ? scales[0] : scales[n]; }
-  // Value j of row n, exactly as dequantize_weight gives it.
-  float at(int64_t n, int64_t j) const {
-    switch (kind) {
-      case F32:
-        return static_cast<const float*>(p)[n * ld + j];
-      case F16:
-        return f16_to_f32(static_cast<const uint16_t*>(p)[n * ld + j]);
-      case BF16:
-        return bf16_to_f32(static_cast<const uint16_t*>(p)[n * ld + j]);
-      case I8:
-        return qm::dequant_uz(static_cast<const uint8_t*>(p)[n * ld + j], 128, scale(n));
-    }
-    return 0.f;
-  }
-};
+using Vals = sparse_detail::SparseValues;
 
 Vals vals_of(const SparseBitmask& w) {
-  const Linear& v = *w.values;
-  Vals a;
-  if (const Dense* d = std::get_if<Dense>(&v.repr)) {
-    a.kind = d->w.dtype() == DType::F32   ? Vals::F32
-             : d->w.dtype() == DType::F16 ? Vals::F16
-                                          : Vals::BF16;
-    a.p = d->w.raw();
-    a.ld = v.in;
-  } else {
-    const Quantized& q = std::get<Quantized>(v.repr);
-    a.kind = Vals::I8;
-    a.p = q.codes.raw();
-    a.ld = q.codes.dim(1);
-    a.scales = q.scales.data<float>();
-    a.per_tensor = q.per_tensor;
-  }
-  return a;
+  return sparse_detail::sparse_values_of(*w.values);
 }
 
 // Row n of W as f32 [K] (dst fully written), the scalar definition.
