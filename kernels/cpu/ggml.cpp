@@ -52,7 +52,7 @@ struct QAct {
   std::vector<float> m;
 };
 
-QAct& act_scratch() {
+[[maybe_unused]] QAct& act_scratch() {  // used by the VNNI kernels only
   thread_local QAct a;
   return a;
 }
