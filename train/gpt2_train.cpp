@@ -57,16 +57,8 @@ void TrainGpt2::load_from_model(Model& m, const std::vector<int64_t>& layer_map)
   for (Linear* l : m.linears())  // the block Conv1Ds (not the head, which is wte)
     if (norm_name(l->name).rfind("transformer.h.", 0) == 0) lin[norm_name(l->name)] = l;
   auto source_name = [&](const std::string& name) {
-    const std::string pre = "transformer.h.";
-    if (layer_map.empty() || name.rfind(pre, 0) != 0) return name;
-    const size_t a = pre.size(), b = name.find('.', a);
-    const int64_t l = std::stoll(name.substr(a, b - a));
-    MINFER_CHECK(layer_map[size_t(l)] >= 0 && layer_map[size_t(l)] < mc.n_layers,
-                 "student layer {} maps to source layer {}, the source has {} layers", l,
-                 layer_map[size_t(l)], mc.n_layers);
-    return pre + std::to_string(layer_map[size_t(l)]) + name.substr(b);
+    return source_block_name(name, "transformer.h.", layer_map, mc.n_layers);
   };
-  const std::string bias = ".bias";
   params_.walk([&](const ParamTensor& p, float* w, float*, float*, float*) {
     const std::string s = source_name(p.name);
     auto li = lin.find(s);
@@ -81,23 +73,7 @@ void TrainGpt2::load_from_model(Model& m, const std::vector<int64_t>& layer_map)
         for (int64_t i = 0; i < I; ++i) w[i * O + o] = src[o * I + i];
       return;
     }
-    if (s.size() > bias.size() && s.compare(s.size() - bias.size(), bias.size(), bias) == 0) {
-      auto lw = lin.find(s.substr(0, s.size() - bias.size()) + ".weight");
-      if (lw != lin.end()) {  // a Linear's bias
-        MINFER_CHECK(lw->second->bias.defined(), "source model: linear '{}' has no bias",
-                     lw->first);
-        copy_param(p, w, lw->second->bias, "source model");
-        return;
-      }
-    }
-    auto ti = by_name.find(s);
-    MINFER_CHECK(ti != by_name.end(), "source model has no tensor '{}' (for student '{}')", s,
-                 p.name);
-    MINFER_CHECK(ti->second.dtype() == DType::F32 || ti->second.dtype() == DType::F16 ||
-                     ti->second.dtype() == DType::BF16,
-                 "source tensor '{}' is {}, expected f32/f16/bf16", s,
-                 dtype_name(ti->second.dtype()));
-    copy_param(p, w, ti->second, "source model");
+    copy_bias_or_tensor(p, w, s, lin, by_name);
   });
 }
 

@@ -228,13 +228,7 @@ void TrainLlama::load_from_model(Model& m, const std::vector<int64_t>& layer_map
   for (Linear* l : m.linears()) lin[l->name] = l;
   for (Linear* l : m.tables()) lin[l->name] = l;  // a GGUF table run in its block format
   auto source_name = [&](const std::string& name) {
-    if (layer_map.empty() || name.rfind("model.layers.", 0) != 0) return name;
-    const size_t a = std::strlen("model.layers."), b = name.find('.', a);
-    const int64_t l = std::stoll(name.substr(a, b - a));
-    MINFER_CHECK(layer_map[size_t(l)] >= 0 && layer_map[size_t(l)] < mc.n_layers,
-                 "student layer {} maps to source layer {}, the source has {} layers", l,
-                 layer_map[size_t(l)], mc.n_layers);
-    return "model.layers." + std::to_string(layer_map[size_t(l)]) + name.substr(b);
+    return source_block_name(name, "model.layers.", layer_map, mc.n_layers);
   };
   MINFER_CHECK(layer_map.empty() || int64_t(layer_map.size()) == cfg_.n_layers,
                "student has {} layers, the layer map {}", cfg_.n_layers, layer_map.size());
@@ -245,24 +239,7 @@ void TrainLlama::load_from_model(Model& m, const std::vector<int64_t>& layer_map
       copy_param(p, w, dequantize_weight(*li->second), "source model");
       return;
     }
-    const size_t nb = std::strlen(".bias");
-    if (s.size() > nb && s.compare(s.size() - nb, nb, ".bias") == 0) {
-      auto lw = lin.find(s.substr(0, s.size() - nb) + ".weight");
-      if (lw != lin.end()) {  // a Linear's bias (qwen2 q/k/v)
-        MINFER_CHECK(lw->second->bias.defined(), "source model: linear '{}' has no bias",
-                     lw->first);
-        copy_param(p, w, lw->second->bias, "source model");
-        return;
-      }
-    }
-    auto ti = by_name.find(s);
-    MINFER_CHECK(ti != by_name.end(), "source model has no tensor '{}' (for student '{}')", s,
-                 p.name);
-    MINFER_CHECK(ti->second.dtype() == DType::F32 || ti->second.dtype() == DType::F16 ||
-                     ti->second.dtype() == DType::BF16,
-                 "source tensor '{}' is {}, expected f32/f16/bf16", s,
-                 dtype_name(ti->second.dtype()));
-    copy_param(p, w, ti->second, "source model");
+    copy_bias_or_tensor(p, w, s, lin, by_name);
   };
   if (mods_.lora.rank == 0) {
     params_.walk([&](const ParamTensor& p, float* w, float* g, float* m, float* v) {

@@ -5,6 +5,7 @@
 #include <random>
 
 #include "engine/error.h"
+#include "engine/linear.h"
 #include "engine/weights.h"
 
 namespace minfer::train {
@@ -103,6 +104,41 @@ void load_params(ParamStore& p, const WeightSource& src) {
                                    : src.tensor(t.name, {t.shape[0], t.shape[1]});
     copy_param(t, w, v, src.describe());
   });
+}
+
+std::string source_block_name(const std::string& name, const std::string& blocks,
+                              const std::vector<int64_t>& layer_map, int64_t source_layers) {
+  if (layer_map.empty() || name.rfind(blocks, 0) != 0) return name;
+  const size_t a = blocks.size(), b = name.find('.', a);
+  const int64_t l = std::stoll(name.substr(a, b - a));
+  MINFER_CHECK(l >= 0 && l < int64_t(layer_map.size()), "student layer {}: the layer map has {}", l,
+               layer_map.size());
+  MINFER_CHECK(layer_map[size_t(l)] >= 0 && layer_map[size_t(l)] < source_layers,
+               "student layer {} maps to source layer {}, the source has {} layers", l,
+               layer_map[size_t(l)], source_layers);
+  return blocks + std::to_string(layer_map[size_t(l)]) + name.substr(b);
+}
+
+void copy_bias_or_tensor(const ParamTensor& p, float* dst, const std::string& s,
+                         const std::map<std::string, const Linear*>& linears,
+                         const std::map<std::string, Tensor>& tensors) {
+  const std::string bias = ".bias";
+  if (s.size() > bias.size() && s.compare(s.size() - bias.size(), bias.size(), bias) == 0) {
+    auto lw = linears.find(s.substr(0, s.size() - bias.size()) + ".weight");
+    if (lw != linears.end()) {  // a Linear's bias
+      MINFER_CHECK(lw->second->bias.defined(), "source model: linear '{}' has no bias", lw->first);
+      copy_param(p, dst, lw->second->bias, "source model");
+      return;
+    }
+  }
+  auto ti = tensors.find(s);
+  MINFER_CHECK(ti != tensors.end(), "source model has no tensor '{}' (for student '{}')", s,
+               p.name);
+  MINFER_CHECK(ti->second.dtype() == DType::F32 || ti->second.dtype() == DType::F16 ||
+                   ti->second.dtype() == DType::BF16,
+               "source tensor '{}' is {}, expected f32/f16/bf16", s,
+               dtype_name(ti->second.dtype()));
+  copy_param(p, dst, ti->second, "source model");
 }
 
 std::vector<std::pair<std::string, Tensor>> named_params(const ParamStore& p) {

@@ -3,6 +3,7 @@
 // single walker visits a weight together with its gradient and optimizer state.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -12,7 +13,8 @@
 
 namespace minfer {
 class WeightSource;
-}
+struct Linear;
+}  // namespace minfer
 
 namespace minfer::train {
 
@@ -94,6 +96,21 @@ void init_params_random(ParamStore& p, uint64_t seed, float std);
 void load_params(ParamStore& p, const WeightSource& src);
 // Copies src (any float dtype, shape equal to p's) into dst; `from` names the source in errors.
 void copy_param(const ParamTensor& p, float* dst, const Tensor& src, const std::string& from);
+// Student init from a source model (`distill --student init[:layers=...]`), the steps every
+// architecture's load_from_model shares:
+// The source's name of student tensor `name` when student block l is source block layer_map[l]
+// (an empty map: the same blocks). `blocks` is the block list's prefix ("model.layers.",
+// "transformer.h.", "encoder.layer."); other names come back unchanged. Errors: a mapped block
+// outside [0, source_layers).
+std::string source_block_name(const std::string& name, const std::string& blocks,
+                              const std::vector<int64_t>& layer_map, int64_t source_layers);
+// Fills parameter p (values dst) from source tensor `s` that is not a Linear's weight: a Linear's
+// bias ("<linear>.bias" where `linears` holds "<linear>.weight") or any f32/f16/bf16 tensor of
+// `tensors`. Errors name s and p: no such tensor, a linear without a bias, another dtype, a shape
+// that differs.
+void copy_bias_or_tensor(const ParamTensor& p, float* dst, const std::string& s,
+                         const std::map<std::string, const Linear*>& linears,
+                         const std::map<std::string, Tensor>& tensors);
 // The weights as (HF name, f32 host tensor) pairs in table order, for safetensors.
 std::vector<std::pair<std::string, Tensor>> named_params(const ParamStore& p);
 
