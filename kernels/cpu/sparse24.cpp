@@ -144,17 +144,8 @@ void quantize_planes(const float* x, int64_t T, int64_t ldx, int64_t K, XP& xp) 
   xp.Kp = Kp;
   for (int64_t t = 0; t < T; ++t) {
     const float* xr = x + t * ldx;
-    __m512 mx = _mm512_setzero_ps();
-    __mmask16 nan = 0;
-    for (int64_t k = 0; k < K; k += 16) {
-      const __mmask16 lm = K - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (K - k)) - 1);
-      const __m512 a = _mm512_maskz_loadu_ps(lm, xr + k);
-      nan |= _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
-      mx = _mm512_max_ps(mx, _mm512_abs_ps(a));
-    }
-    const float amax = _mm512_reduce_max_ps(mx);
-    const bool finite = !nan && std::isfinite(amax);
-    const float d = finite ? amax / 32639.f : NAN;
+    const float d = sparse_detail::act16_scale_avx512(xr, K);
+    const bool finite = !std::isnan(d);
     xp.d[t] = d;
     const __m512 inv = _mm512_set1_ps(finite && d > 0.f ? 1.f / d : 0.f);
     const __m512i lim = _mm512_set1_epi32(32639), off = _mm512_set1_epi32(32768);

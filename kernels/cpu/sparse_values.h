@@ -2,12 +2,17 @@
 // the child Linear `values` is Dense f32 / f16 / bf16 [N, ld] or Quantized int8 with zero point
 // 128 (a scale per row, or one per tensor). Shared by kernels/cpu/sparse.cpp and sparse24.cpp.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <variant>
 
 #include "engine/half.h"
 #include "engine/linear.h"
 #include "kernels/common/quant_math.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace minfer::sparse_detail {
 
@@ -55,5 +60,22 @@ inline SparseValues sparse_values_of(const Linear& values) {
   }
   return a;
 }
+
+#if defined(__AVX512F__)
+// The scale of one activation row x[0, K) for the 16-bit split the int8-value decode kernels
+// use: d = max|x| / 32639 (code range ±32639), NaN when x holds a NaN or an inf.
+inline float act16_scale_avx512(const float* x, int64_t K) {
+  __m512 mx = _mm512_setzero_ps();
+  __mmask16 nan = 0;
+  for (int64_t k = 0; k < K; k += 16) {
+    const __mmask16 lm = K - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (K - k)) - 1);
+    const __m512 a = _mm512_maskz_loadu_ps(lm, x + k);
+    nan |= _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
+    mx = _mm512_max_ps(mx, _mm512_abs_ps(a));
+  }
+  const float amax = _mm512_reduce_max_ps(mx);
+  return !nan && std::isfinite(amax) ? amax / 32639.f : NAN;
+}
+#endif
 
 }  // namespace minfer::sparse_detail

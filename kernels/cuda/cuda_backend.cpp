@@ -270,6 +270,31 @@ class CudaBackend final : public Backend {
       g.N = w.out;
       g.per_tensor = q.per_tensor;
     };
+    // SparseBitmask and Sparse24: the per-row metadata bytes (bitmask or 2-bit index bytes,
+    // [N, kb]) in sw.mask and the packed values (f32/f16/bf16, or int8 per row / per tensor).
+    auto upload_sparse = [&](LKind kind, const Tensor& meta, const Linear& v) {
+      d->kind = kind;
+      d->mask = upload(meta);
+      SWeight& sw = d->sw;
+      sw.mask = d->mask.data<uint8_t>();
+      sw.kb = meta.dim(1);
+      sw.K = w.in;
+      sw.N = w.out;
+      sw.ld = v.in;
+      if (const Dense* dv = std::get_if<Dense>(&v.repr)) {
+        d->vals = upload(dv->w);
+        sw.vkind = dv->w.dtype() == DType::F32 ? 0 : dv->w.dtype() == DType::F16 ? 1 : 2;
+      } else {  // Quantized int8, per row or per tensor (checked by the format)
+        const Quantized& q = std::get<Quantized>(v.repr);
+        d->vals = upload(q.codes);
+        d->vscales = upload(q.scales);
+        sw.vkind = 3;
+        sw.ld = q.codes.dim(1);
+        sw.scales = d->vscales.data<float>();
+        sw.per_tensor = q.per_tensor;
+      }
+      sw.vals = d->vals.raw();
+    };
     // One overload per format of the table (engine/linear.h); the format's invariants were
     // checked when the Linear was made or loaded, and are checked again here (once per upload).
     check_linear(w);
@@ -309,54 +334,10 @@ class CudaBackend final : public Backend {
               d->lr_v = make_device_linear(*r.v);
               d->lr_u = make_device_linear(*r.u);
             },
-            [&](const SparseBitmask& r) {
-              d->kind = LKind::Sparse;
-              const Linear& v = *r.values;
-              d->mask = upload(r.bitmask);
-              SWeight& sw = d->sw;
-              sw.mask = d->mask.data<uint8_t>();
-              sw.kb = r.bitmask.dim(1);
-              sw.K = w.in;
-              sw.N = w.out;
-              sw.ld = v.in;
-              if (const Dense* dv = std::get_if<Dense>(&v.repr)) {
-                d->vals = upload(dv->w);
-                sw.vkind = dv->w.dtype() == DType::F32 ? 0 : dv->w.dtype() == DType::F16 ? 1 : 2;
-              } else {  // Quantized int8, per row or per tensor (checked by the format)
-                const Quantized& q = std::get<Quantized>(v.repr);
-                d->vals = upload(q.codes);
-                d->vscales = upload(q.scales);
-                sw.vkind = 3;
-                sw.ld = q.codes.dim(1);
-                sw.scales = d->vscales.data<float>();
-                sw.per_tensor = q.per_tensor;
-              }
-              sw.vals = d->vals.raw();
-            },
+            [&](const SparseBitmask& r) { upload_sparse(LKind::Sparse, r.bitmask, *r.values); },
             [&](const Sparse24& r) {
               // The index bytes in sw.mask ([N, kb], two group codes per byte) and the values.
-              d->kind = LKind::Sparse24;
-              const Linear& v = *r.values;
-              d->mask = upload(r.idx);
-              SWeight& sw = d->sw;
-              sw.mask = d->mask.data<uint8_t>();
-              sw.kb = r.idx.dim(1);
-              sw.K = w.in;
-              sw.N = w.out;
-              sw.ld = v.in;
-              if (const Dense* dv = std::get_if<Dense>(&v.repr)) {
-                d->vals = upload(dv->w);
-                sw.vkind = dv->w.dtype() == DType::F32 ? 0 : dv->w.dtype() == DType::F16 ? 1 : 2;
-              } else {
-                const Quantized& q = std::get<Quantized>(v.repr);
-                d->vals = upload(q.codes);
-                d->vscales = upload(q.scales);
-                sw.vkind = 3;
-                sw.ld = q.codes.dim(1);
-                sw.scales = d->vscales.data<float>();
-                sw.per_tensor = q.per_tensor;
-              }
-              sw.vals = d->vals.raw();
+              upload_sparse(LKind::Sparse24, r.idx, *r.values);
             },
             [&](const GgmlBlocks& r) {
               d->kind = LKind::Ggml;
