@@ -240,10 +240,13 @@ TEST_CASE("train distill gpt2: bad input gets a clear error and writes nothing")
   o.student = std::string(kBert) + "/config.json";
   CHECK_THROWS_WITH(run(o, ids), doctest::Contains("is an encoder (bert) and the teacher is a "
                                                    "causal LM (gpt2)"));
-  // What only the LLaMA trainer has.
+  // A LoRA target gpt2 does not have (its q, k, v are one fused Conv1D).
   o = opts();
-  o.qat = "int8";
-  CHECK_THROWS_WITH(run(o, ids), doctest::Contains("not implemented: --qat for a gpt2 student"));
+  o.lora.rank = 2;
+  o.lora.targets = {"q", "v"};
+  CHECK_THROWS_WITH(run(o, ids), doctest::Contains("unknown target 'q' for a gpt2 student "
+                                                   "(expected qkv, o, up, down)"));
+  // What only the LLaMA trainer has.
   o = opts();
   o.prune.method = "magnitude";
   o.prune.final_sparsity = 0.5;

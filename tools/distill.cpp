@@ -121,9 +121,9 @@ int main(int argc, char** argv) {
   app.add_flag("--force", o.force, "replace an existing --out folder");
   // QAT, LoRA / QLoRA, data-free distillation (docs/training.md).
   app.add_option("--qat", o.qat,
-                 "quantization-aware training of every block projection: int8 (per row) | "
-                 "int8-gG | int4[-gG] (default group 128) | ternary (BitNet b1.58 absmean); the "
-                 "output is a compressed folder in that format");
+                 "quantization-aware training of every block projection (llama, gpt2 and bert "
+                 "students): int8 (per row) | int8-gG | int4[-gG] (default group 128) | ternary "
+                 "(BitNet b1.58 absmean); the output is a compressed folder in that format");
   app.add_flag("--lsq", o.qat_lsq, "with --qat: learned step sizes (LSQ, arXiv 1902.08153)");
   CLI::Option* lora_rank =
       app.add_option("--lora-rank", o.lora.rank,
@@ -133,7 +133,11 @@ int main(int argc, char** argv) {
       app.add_option("--lora-alpha", o.lora.alpha, "LoRA alpha (update scaled by alpha / r)");
   CLI::Option* lora_tg =
       app.add_option("--lora-targets", lora_targets,
-                     "comma-separated projections to adapt: q,k,v,o,gate,up,down (default q,v)");
+                     "comma-separated projections to adapt, per student architecture: llama "
+                     "q,k,v,o,gate,up,down (default q,v); gpt2 qkv,o,up,down (attn.c_attn, "
+                     "attn.c_proj, mlp.c_fc, mlp.c_proj; default qkv); bert q,k,v,o,up,down "
+                     "(query, key, value, attention.output.dense, intermediate.dense, "
+                     "output.dense; default q,v)");
   CLI::Option* lora_merge =
       app.add_flag("--lora-merge", o.lora.merge,
                    "write one f32 model with the adapters merged (default: the base in f32 plus "

@@ -12,35 +12,70 @@
 
 namespace minfer::train {
 
-TrainBert::TrainBert(const ModelConfig& c) : cfg_(c) {
+TrainBert::TrainBert(const ModelConfig& c, const TrainMods& mods)
+    : cfg_(c), proj_(mods, Arch::Bert, params_, frozen_) {
   MINFER_CHECK(c.arch == Arch::Bert, "TrainBert needs a bert config, got {}", arch_name(c.arch));
   if (!c.layer_heads.empty() || !c.layer_ffn.empty() || !c.pruned_heads.empty())
     throw NotImplemented("training a structurally pruned bert (pruned heads, per-layer widths)");
   const int64_t C = c.hidden, F = c.ffn;
-  params_.add("embeddings.word_embeddings.weight", {c.vocab_size, C}, true);
-  params_.add("embeddings.position_embeddings.weight", {c.max_pos, C}, true);
-  params_.add("embeddings.token_type_embeddings.weight", {std::max<int64_t>(c.type_vocab, 1), C},
-              true);
-  params_.add("embeddings.LayerNorm.weight", {C}, false);
-  params_.add("embeddings.LayerNorm.bias", {C}, false);
+  // Everything but the projections goes to the base store (frozen with LoRA); each projection
+  // [O, I] is laid out by proj_.
+  ParamStore& base = proj_.base_store();
+  base.add("embeddings.word_embeddings.weight", {c.vocab_size, C}, true);
+  base.add("embeddings.position_embeddings.weight", {c.max_pos, C}, true);
+  base.add("embeddings.token_type_embeddings.weight", {std::max<int64_t>(c.type_vocab, 1), C},
+           true);
+  base.add("embeddings.LayerNorm.weight", {C}, false);
+  base.add("embeddings.LayerNorm.bias", {C}, false);
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const std::string p = lp(l);
     for (const char* n : {"query", "key", "value"}) {
-      params_.add(p + "attention.self." + n + ".weight", {C, C}, true);
-      params_.add(p + "attention.self." + n + ".bias", {C}, false);
+      proj_.add(p + "attention.self." + n + ".weight", C, C);
+      base.add(p + "attention.self." + n + ".bias", {C}, false);
     }
-    params_.add(p + "attention.output.dense.weight", {C, C}, true);
-    params_.add(p + "attention.output.dense.bias", {C}, false);
-    params_.add(p + "attention.output.LayerNorm.weight", {C}, false);
-    params_.add(p + "attention.output.LayerNorm.bias", {C}, false);
-    params_.add(p + "intermediate.dense.weight", {F, C}, true);
-    params_.add(p + "intermediate.dense.bias", {F}, false);
-    params_.add(p + "output.dense.weight", {C, F}, true);
-    params_.add(p + "output.dense.bias", {C}, false);
-    params_.add(p + "output.LayerNorm.weight", {C}, false);
-    params_.add(p + "output.LayerNorm.bias", {C}, false);
+    proj_.add(p + "attention.output.dense.weight", C, C);
+    base.add(p + "attention.output.dense.bias", {C}, false);
+    base.add(p + "attention.output.LayerNorm.weight", {C}, false);
+    base.add(p + "attention.output.LayerNorm.bias", {C}, false);
+    proj_.add(p + "intermediate.dense.weight", F, C);
+    base.add(p + "intermediate.dense.bias", {F}, false);
+    proj_.add(p + "output.dense.weight", C, F);
+    base.add(p + "output.dense.bias", {C}, false);
+    base.add(p + "output.LayerNorm.weight", {C}, false);
+    base.add(p + "output.LayerNorm.bias", {C}, false);
   }
+  if (proj_.lora()) frozen_.allocate(/*grads=*/false);
   params_.allocate();
+}
+
+void TrainBert::init_random(uint64_t seed, float std) {
+  MINFER_CHECK(!proj_.lora(),
+               "LoRA over a randomly initialised base: the student needs weights (init, "
+               "init:layers=..., or a folder with model.safetensors)");
+  init_params_random(params_, seed, std);
+  proj_.after_load();
+}
+
+void TrainBert::proj_fwd(const std::string& mod, float* out, const float* inp, int64_t N, int64_t I,
+                         int64_t O) {
+  const std::string w = mod + ".weight", b = mod + ".bias";
+  if (!proj_.handles(w)) {
+    linear_forward(out, inp, W(w), W(b), N, I, O);
+    return;
+  }
+  proj_.forward(w, out, inp, N);
+  bias_forward(out, W(b), N, O);
+}
+
+void TrainBert::proj_bwd(const std::string& mod, float* dinp, const float* dout, const float* inp,
+                         int64_t N, int64_t I, int64_t O) {
+  const std::string w = mod + ".weight", b = mod + ".bias";
+  if (!proj_.handles(w)) {
+    linear_backward(dinp, G(w), G(b), dout, inp, W(w), N, I, O);
+    return;
+  }
+  proj_.backward(w, dinp, dout, inp, N);
+  bias_backward(G(b), dout, N, O);
 }
 
 void TrainBert::load_from_model(Model& m, const std::vector<int64_t>& layer_map) {
@@ -57,7 +92,7 @@ void TrainBert::load_from_model(Model& m, const std::vector<int64_t>& layer_map)
   auto source_name = [&](const std::string& name) {
     return source_block_name(name, "encoder.layer.", layer_map, mc.n_layers);
   };
-  params_.walk([&](const ParamTensor& p, float* w, float*, float*, float*) {
+  auto fill = [&](const ParamTensor& p, float* w) {
     const std::string s = source_name(p.name);
     auto li = lin.find(s);
     if (li != lin.end()) {
@@ -65,7 +100,15 @@ void TrainBert::load_from_model(Model& m, const std::vector<int64_t>& layer_map)
       return;
     }
     copy_bias_or_tensor(p, w, s, lin, by_name);
-  });
+  };
+  // A LoRA target keeps the source's Linear in its format.
+  auto base = [&](const std::string& name) {
+    auto li = lin.find(source_name(name));
+    MINFER_CHECK(li != lin.end(), "source model has no linear '{}' (for student '{}')",
+                 source_name(name), name);
+    return *li->second;
+  };
+  proj_.load(fill, base);
 }
 
 nlohmann::json TrainBert::config_json() const {
@@ -119,17 +162,17 @@ const float* TrainBert::forward(const int32_t* ids, int64_t B, int64_t T, const 
   const int64_t N = B * T, C = c.hidden, F = c.ffn, H = c.n_heads, D = C / H,
                 TV = std::max<int64_t>(c.type_vocab, 1);
   const bool tanh_gelu = c.act == Act::GeluTanh;
-  ParamStore& P = params_;
   std::copy(ids, ids + N, ids_.begin());
+  proj_.refresh();
   has_mask_ = mask != nullptr;
   if (mask) std::copy(mask, mask + N, mask_.begin());
   if (type_ids)
     std::copy(type_ids, type_ids + N, types_.begin());
   else
     std::fill(types_.begin(), types_.end(), 0);
-  embedding_forward(emb_.data(), ids, P.w("embeddings.word_embeddings.weight"), N, C, c.vocab_size);
-  const float* pos = P.w("embeddings.position_embeddings.weight");
-  const float* typ = P.w("embeddings.token_type_embeddings.weight");
+  embedding_forward(emb_.data(), ids, W("embeddings.word_embeddings.weight"), N, C, c.vocab_size);
+  const float* pos = W("embeddings.position_embeddings.weight");
+  const float* typ = W("embeddings.token_type_embeddings.weight");
   for (int64_t n = 0; n < N; ++n) {
     MINFER_CHECK(types_[size_t(n)] >= 0 && types_[size_t(n)] < TV,
                  "token type {} at row {} outside [0, {})", types_[size_t(n)], n, TV);
@@ -137,31 +180,28 @@ const float* TrainBert::forward(const int32_t* ids, int64_t B, int64_t T, const 
       emb_[size_t(n * C + i)] += pos[(n % T) * C + i] + typ[types_[size_t(n)] * C + i];
   }
   layernorm_forward(resid_[0].data(), emb_mean_.data(), emb_rstd_.data(), emb_.data(),
-                    P.w("embeddings.LayerNorm.weight"), P.w("embeddings.LayerNorm.bias"), N, C,
+                    W("embeddings.LayerNorm.weight"), W("embeddings.LayerNorm.bias"), N, C,
                     c.norm_eps);
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const std::string p = lp(l), s = p + "attention.self.";
     LayerActs& a = acts_[size_t(l)];
     const float* x = resid_[size_t(l)].data();
-    linear_forward(a.q.data(), x, P.w(s + "query.weight"), P.w(s + "query.bias"), N, C, C);
-    linear_forward(a.k.data(), x, P.w(s + "key.weight"), P.w(s + "key.bias"), N, C, C);
-    linear_forward(a.v.data(), x, P.w(s + "value.weight"), P.w(s + "value.bias"), N, C, C);
+    proj_fwd(s + "query", a.q.data(), x, N, C, C);
+    proj_fwd(s + "key", a.k.data(), x, N, C, C);
+    proj_fwd(s + "value", a.v.data(), x, N, C, C);
     attention_forward(a.atty.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(), B, T, H, H,
                       D, false, has_mask_ ? mask_.data() : nullptr);
-    linear_forward(a.r1.data(), a.atty.data(), P.w(p + "attention.output.dense.weight"),
-                   P.w(p + "attention.output.dense.bias"), N, C, C);
+    proj_fwd(p + "attention.output.dense", a.r1.data(), a.atty.data(), N, C, C);
     residual_forward(a.r1.data(), a.r1.data(), x, N * C);
     layernorm_forward(a.h1.data(), a.m1.data(), a.s1.data(), a.r1.data(),
-                      P.w(p + "attention.output.LayerNorm.weight"),
-                      P.w(p + "attention.output.LayerNorm.bias"), N, C, c.norm_eps);
-    linear_forward(a.f.data(), a.h1.data(), P.w(p + "intermediate.dense.weight"),
-                   P.w(p + "intermediate.dense.bias"), N, C, F);
+                      W(p + "attention.output.LayerNorm.weight"),
+                      W(p + "attention.output.LayerNorm.bias"), N, C, c.norm_eps);
+    proj_fwd(p + "intermediate.dense", a.f.data(), a.h1.data(), N, C, F);
     gelu_forward(a.g.data(), a.f.data(), N * F, tanh_gelu);
-    linear_forward(a.r2.data(), a.g.data(), P.w(p + "output.dense.weight"),
-                   P.w(p + "output.dense.bias"), N, F, C);
+    proj_fwd(p + "output.dense", a.r2.data(), a.g.data(), N, F, C);
     residual_forward(a.r2.data(), a.r2.data(), a.h1.data(), N * C);
     layernorm_forward(resid_[size_t(l + 1)].data(), a.m2.data(), a.s2.data(), a.r2.data(),
-                      P.w(p + "output.LayerNorm.weight"), P.w(p + "output.LayerNorm.bias"), N, C,
+                      W(p + "output.LayerNorm.weight"), W(p + "output.LayerNorm.bias"), N, C,
                       c.norm_eps);
   }
   return resid_.back().data();
@@ -172,7 +212,6 @@ void TrainBert::backward(const float* dhidden) {
   const ModelConfig& c = cfg_;
   const int64_t B = B_, T = T_, N = B * T, C = c.hidden, F = c.ffn, H = c.n_heads, D = C / H;
   const bool tanh_gelu = c.act == Act::GeluTanh;
-  ParamStore& P = params_;
   auto zero = [](std::vector<float>& v) { std::fill(v.begin(), v.end(), 0.f); };
   std::copy(dhidden, dhidden + N * C, dres_.begin());
   for (int64_t l = c.n_layers - 1; l >= 0; --l) {
@@ -181,47 +220,39 @@ void TrainBert::backward(const float* dhidden) {
     const float* x = resid_[size_t(l)].data();
     // out = LN(r2), r2 = h1 + output.dense(gelu(intermediate.dense(h1)))
     zero(dr2_);
-    layernorm_backward(dr2_.data(), P.g(p + "output.LayerNorm.weight"),
-                       P.g(p + "output.LayerNorm.bias"), dres_.data(), a.r2.data(),
-                       P.w(p + "output.LayerNorm.weight"), a.m2.data(), a.s2.data(), N, C);
+    layernorm_backward(dr2_.data(), G(p + "output.LayerNorm.weight"),
+                       G(p + "output.LayerNorm.bias"), dres_.data(), a.r2.data(),
+                       W(p + "output.LayerNorm.weight"), a.m2.data(), a.s2.data(), N, C);
     zero(dg_);
-    linear_backward(dg_.data(), P.g(p + "output.dense.weight"), P.g(p + "output.dense.bias"),
-                    dr2_.data(), a.g.data(), P.w(p + "output.dense.weight"), N, F, C);
+    proj_bwd(p + "output.dense", dg_.data(), dr2_.data(), a.g.data(), N, F, C);
     zero(df_);
     gelu_backward(df_.data(), dg_.data(), a.f.data(), N * F, tanh_gelu);
     dh1_ = dr2_;
-    linear_backward(dh1_.data(), P.g(p + "intermediate.dense.weight"),
-                    P.g(p + "intermediate.dense.bias"), df_.data(), a.h1.data(),
-                    P.w(p + "intermediate.dense.weight"), N, C, F);
+    proj_bwd(p + "intermediate.dense", dh1_.data(), df_.data(), a.h1.data(), N, C, F);
     // h1 = LN(r1), r1 = x + attention.output.dense(attention(q(x), k(x), v(x)))
     zero(dr1_);
-    layernorm_backward(dr1_.data(), P.g(p + "attention.output.LayerNorm.weight"),
-                       P.g(p + "attention.output.LayerNorm.bias"), dh1_.data(), a.r1.data(),
-                       P.w(p + "attention.output.LayerNorm.weight"), a.m1.data(), a.s1.data(), N,
-                       C);
+    layernorm_backward(dr1_.data(), G(p + "attention.output.LayerNorm.weight"),
+                       G(p + "attention.output.LayerNorm.bias"), dh1_.data(), a.r1.data(),
+                       W(p + "attention.output.LayerNorm.weight"), a.m1.data(), a.s1.data(), N, C);
     zero(datt_);
-    linear_backward(datt_.data(), P.g(p + "attention.output.dense.weight"),
-                    P.g(p + "attention.output.dense.bias"), dr1_.data(), a.atty.data(),
-                    P.w(p + "attention.output.dense.weight"), N, C, C);
+    proj_bwd(p + "attention.output.dense", datt_.data(), dr1_.data(), a.atty.data(), N, C, C);
     zero(dq_), zero(dk_), zero(dv_);
     attention_backward(dq_.data(), dk_.data(), dv_.data(), datt_.data(), a.q.data(), a.k.data(),
                        a.v.data(), a.probs.data(), B, T, H, H, D, false);
     dres_ = dr1_;
-    linear_backward(dres_.data(), P.g(s + "query.weight"), P.g(s + "query.bias"), dq_.data(), x,
-                    P.w(s + "query.weight"), N, C, C);
-    linear_backward(dres_.data(), P.g(s + "key.weight"), P.g(s + "key.bias"), dk_.data(), x,
-                    P.w(s + "key.weight"), N, C, C);
-    linear_backward(dres_.data(), P.g(s + "value.weight"), P.g(s + "value.bias"), dv_.data(), x,
-                    P.w(s + "value.weight"), N, C, C);
+    proj_bwd(s + "query", dres_.data(), dq_.data(), x, N, C, C);
+    proj_bwd(s + "key", dres_.data(), dk_.data(), x, N, C, C);
+    proj_bwd(s + "value", dres_.data(), dv_.data(), x, N, C, C);
   }
   zero(demb_);
-  layernorm_backward(demb_.data(), P.g("embeddings.LayerNorm.weight"),
-                     P.g("embeddings.LayerNorm.bias"), dres_.data(), emb_.data(),
-                     P.w("embeddings.LayerNorm.weight"), emb_mean_.data(), emb_rstd_.data(), N, C);
-  embedding_backward(P.g("embeddings.word_embeddings.weight"), demb_.data(), ids_.data(), N, C);
-  embedding_backward(P.g("embeddings.token_type_embeddings.weight"), demb_.data(), types_.data(), N,
+  layernorm_backward(demb_.data(), G("embeddings.LayerNorm.weight"), G("embeddings.LayerNorm.bias"),
+                     dres_.data(), emb_.data(), W("embeddings.LayerNorm.weight"), emb_mean_.data(),
+                     emb_rstd_.data(), N, C);
+  embedding_backward(G("embeddings.word_embeddings.weight"), demb_.data(), ids_.data(), N, C);
+  embedding_backward(G("embeddings.token_type_embeddings.weight"), demb_.data(), types_.data(), N,
                      C);
-  float* dpos = P.g("embeddings.position_embeddings.weight");
+  float* dpos = G("embeddings.position_embeddings.weight");
+  if (!dpos) return;  // frozen (LoRA)
   for (int64_t n = 0; n < N; ++n)
     for (int64_t i = 0; i < C; ++i) dpos[(n % T) * C + i] += demb_[size_t(n * C + i)];
 }

@@ -22,15 +22,19 @@ namespace minfer::train {
 
 class TrainBert final : public Student {
  public:
-  // Parameter names as BertModel saves them ("embeddings.*", "encoder.layer.<l>.*").
-  explicit TrainBert(const ModelConfig& cfg);
+  // Parameter names as BertModel saves them ("embeddings.*", "encoder.layer.<l>.*"). The six
+  // projections of a block train as mods says (train/projections.h: QAT, or LoRA over a frozen
+  // base: targets q, k, v = attention.self.{query,key,value}, o = attention.output.dense,
+  // up = intermediate.dense, down = output.dense).
+  explicit TrainBert(const ModelConfig& cfg, const TrainMods& mods = {});
 
   const ModelConfig& config() const override { return cfg_; }
   ParamStore& params() override { return params_; }
   const ParamStore& params() const override { return params_; }
-  void load(const WeightSource& src) { load_params(params_, src); }
+  void load(const WeightSource& src) { proj_.load(src); }
   // N(0, std²) for every matrix, LayerNorm weights 1, biases 0 (deterministic from seed).
-  void init_random(uint64_t seed, float std = 0.02f) { init_params_random(params_, seed, std); }
+  // Throws with LoRA (the base needs weights).
+  void init_random(uint64_t seed, float std = 0.02f);
   // Copies the weights of a built bert model in any format (Linears dequantized through the
   // format table; "bert.*" names of BertFor* heads map to BertModel's): student layer i takes
   // layer layer_map[i] of `m` (empty: the same index). Throws for a model that is not bert, a
@@ -54,6 +58,7 @@ class TrainBert final : public Student {
   // Not implemented for BERT yet: on throws NotImplemented.
   void set_checkpointing(bool on) override;
   size_t activation_bytes() const override;
+  const Projections& projections() const override { return proj_; }
 
  private:
   struct LayerActs {
@@ -64,9 +69,19 @@ class TrainBert final : public Student {
   };
   void ensure_buffers(int64_t B, int64_t T);
   std::string lp(int64_t l) const { return "encoder.layer." + std::to_string(l) + "."; }
+  float* W(const std::string& name) { return proj_.W(name); }
+  float* G(const std::string& name) { return proj_.G(name); }
+  // Linear `mod` ("<block>attention.self.query"): out[N, O] = inp[N, I] · Wᵀ + b, through proj_
+  // when it handles the weight; backward accumulates dinp and the (trainable) gradients.
+  void proj_fwd(const std::string& mod, float* out, const float* inp, int64_t N, int64_t I,
+                int64_t O);
+  void proj_bwd(const std::string& mod, float* dinp, const float* dout, const float* inp, int64_t N,
+                int64_t I, int64_t O);
 
   ModelConfig cfg_;
   ParamStore params_;
+  ParamStore frozen_;  // LoRA: the frozen base
+  Projections proj_;   // after the two stores it refers to
   int64_t B_ = 0, T_ = 0;
   std::vector<int32_t> ids_, types_, mask_;  // [N]
   bool has_mask_ = false;

@@ -305,11 +305,11 @@ std::unique_ptr<Student> plain_student(const DistillOptions& opt, Model& teacher
     ModelConfig sc = tc;
     sc.n_layers = int64_t(layers.size());
     sc.source_json.clear();
-    auto st = std::make_unique<M>(sc);
+    auto st = std::make_unique<M>(sc, mods_of(opt));
     st->load_from_model(teacher, layers);
     return st;
   }
-  auto st = std::make_unique<M>(*folder_cfg);
+  auto st = std::make_unique<M>(*folder_cfg, mods_of(opt));
   const fs::path p(s);
   if (fs::is_directory(p) &&
       (fs::exists(p / "model.safetensors") || fs::exists(p / "model.safetensors.index.json")))
@@ -354,24 +354,6 @@ std::unique_ptr<Student> build_student(const DistillOptions& opt, Model& teacher
   if (sc.arch == Arch::GPT2) return plain_student<TrainGpt2>(opt, teacher, &sc);
   if (sc.arch == Arch::Bert) return plain_student<TrainBert>(opt, teacher, &sc);
   return make_student(opt, teacher);
-}
-
-void save_plain_student(Student& student, const Tokenizer* tok, const DistillOptions& opt,
-                        const std::string& out, const json& log) {
-  const ModelConfig& sc = student.config();
-  StagingDir tmp(out, opt.force);
-  write_json_file(tmp.path() / "config.json", student.config_json());
-  save_safetensors((tmp.path() / "model.safetensors").string(), student.named_weights(),
-                   {{"format", "pt"}});
-  if (tok)
-    write_tokenizer_files(tmp.path(), *tok, sc, !tok->special_prefix().empty(),
-                          !tok->special_suffix().empty());
-  // An encoder keeps the teacher's sentence-transformers modules (pooling, normalisation,
-  // max_seq_length), so `embed` pools the student as the teacher.
-  if (!sc.causal() && !opt.teacher_path.empty())
-    copy_sentence_embedding_files(opt.teacher_path, tmp.path().string());
-  write_json_file(tmp.path() / "training_log.json", log);
-  tmp.commit();
 }
 
 std::vector<std::vector<int32_t>> generate_sequences(Model& teacher, int32_t bos, int64_t n,
@@ -453,17 +435,23 @@ DistillEval evaluate(Student& student, const std::vector<int32_t>& ids, int64_t 
   return e;
 }
 
-void save_student(TrainLlama& student, Model& teacher, const Tokenizer* tok,
-                  const DistillOptions& opt, const std::string& out, const json& log) {
+void save_student(Student& student, Model& teacher, const Tokenizer* tok, const DistillOptions& opt,
+                  const std::string& out, const json& log) {
   const ModelConfig& sc = student.config();
-  const bool lora = opt.lora.rank > 0;
-  if (!opt.qat.empty()) {
+  const Projections& pj = student.projections();
+  // An encoder keeps the teacher's sentence-transformers modules (pooling, normalisation,
+  // max_seq_length), so `embed` pools the student as the teacher.
+  auto sentence_files = [&](const fs::path& dir) {
+    if (!sc.causal() && !opt.teacher_path.empty())
+      copy_sentence_embedding_files(opt.teacher_path, dir.string());
+  };
+  if (pj.qat()) {
     // The latent f32 weights as a plain folder, opened as a Model, its block projections replaced
     // by the exported Quantized ones, saved as a compressed folder.
     const std::string f32_dir = out + ".qat-f32.tmp";
     {
       StagingDir tmp(f32_dir, /*force=*/true);
-      write_json_file(tmp.path() / "config.json", llama_config_json(sc, "float32"));
+      write_json_file(tmp.path() / "config.json", student.config_json());
       save_safetensors((tmp.path() / "model.safetensors").string(), student.named_weights(),
                        {{"format", "pt"}});
       tmp.commit();
@@ -472,10 +460,10 @@ void save_student(TrainLlama& student, Model& teacher, const Tokenizer* tok,
       LoadedModel lm = open_model(f32_dir, teacher.backend(), /*with_tokenizer=*/false);
       std::map<std::string, Linear*> lin;
       for (Linear* l : lm.model->linears()) lin[l->name] = l;
-      for (Linear& q : student.qat_linears()) {
+      for (Linear& q : pj.qat_linears()) {
         auto it = lin.find(q.name);
         MINFER_CHECK(it != lin.end(), "qat export: the model has no linear '{}'", q.name);
-        Tensor bias = it->second->bias;  // qwen2's q/k/v biases stay f32 beside the codes
+        Tensor bias = it->second->bias;  // biases stay f32 beside the codes
         *it->second = std::move(q);
         it->second->bias = bias;
       }
@@ -493,32 +481,33 @@ void save_student(TrainLlama& student, Model& teacher, const Tokenizer* tok,
     }
     std::error_code ec;
     fs::remove_all(f32_dir, ec);
+    sentence_files(out);
     write_json_file(fs::path(out) / "training_log.json", log);
     return;
   }
   StagingDir tmp(out, opt.force);
-  write_json_file(tmp.path() / "config.json", llama_config_json(sc, "float32"));
+  write_json_file(tmp.path() / "config.json", student.config_json());
   save_safetensors((tmp.path() / "model.safetensors").string(),
-                   student.full_weights(/*merge_lora=*/opt.lora.merge), {{"format", "pt"}});
-  if (lora && !opt.lora.merge) {
+                   pj.full_weights(/*merge=*/opt.lora.merge), {{"format", "pt"}});
+  if (pj.lora() && !opt.lora.merge) {
     // PEFT's layout (adapter_model.safetensors + adapter_config.json) beside the f32 base.
-    save_safetensors((tmp.path() / "adapter_model.safetensors").string(), student.lora_adapters(),
+    save_safetensors((tmp.path() / "adapter_model.safetensors").string(), pj.lora_adapters(),
                      {{"format", "pt"}});
-    std::vector<std::string> modules;
-    for (const std::string& t : opt.lora.targets) modules.push_back(t + "_proj");
-    write_json_file(tmp.path() / "adapter_config.json", json{{"peft_type", "LORA"},
-                                                             {"task_type", "CAUSAL_LM"},
-                                                             {"r", opt.lora.rank},
-                                                             {"lora_alpha", opt.lora.alpha},
-                                                             {"lora_dropout", 0.0},
-                                                             {"bias", "none"},
-                                                             {"fan_in_fan_out", false},
-                                                             {"target_modules", modules},
-                                                             {"base_model_name_or_path", "."}});
+    write_json_file(tmp.path() / "adapter_config.json",
+                    json{{"peft_type", "LORA"},
+                         {"task_type", sc.causal() ? "CAUSAL_LM" : "FEATURE_EXTRACTION"},
+                         {"r", opt.lora.rank},
+                         {"lora_alpha", opt.lora.alpha},
+                         {"lora_dropout", 0.0},
+                         {"bias", "none"},
+                         {"fan_in_fan_out", pj.conv1d()},  // GPT-2's Conv1D [in, out] bases
+                         {"target_modules", pj.lora_modules()},
+                         {"base_model_name_or_path", "."}});
   }
   if (tok)
     write_tokenizer_files(tmp.path(), *tok, sc, !tok->special_prefix().empty(),
                           !tok->special_suffix().empty());
+  sentence_files(tmp.path());
   write_json_file(tmp.path() / "training_log.json", log);
   tmp.commit();
 }
@@ -571,12 +560,10 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
         "--prune-schedule wanda with --grad-checkpoint (Wanda reads every layer's kept "
         "activations; use magnitude or drop --grad-checkpoint)");
   std::unique_ptr<Student> student = build_student(opt, teacher);
-  // What only the LLaMA trainer has: QAT, LoRA, low-rank factors, the prune schedule, devices.
+  // What only the LLaMA trainer has: low-rank factors, the prune schedule, devices.
   TrainLlama* llama = dynamic_cast<TrainLlama*>(student.get());
   if (!llama) {
     const std::string arch(arch_name(student->config().arch));
-    if (!opt.qat.empty()) throw NotImplemented("--qat for a " + arch + " student");
-    if (opt.lora.rank > 0) throw NotImplemented("--lora-rank for a " + arch + " student");
     if (prune.active()) throw NotImplemented("--prune-schedule for a " + arch + " student");
     if (opt.ops && !opt.ops->host())
       throw NotImplemented("a " + arch + " student on the " + opt.ops->name() + " device");
@@ -787,12 +774,8 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
              {"fixed_zero_tensors", student->params().fixed_zeros().size()},
              {"factored_linears", factors.size()}};
 
-  if (writer && res.finished && !out.empty()) {
-    if (llama)
-      save_student(*llama, teacher, tok, opt, out, res.log);
-    else
-      save_plain_student(*student, tok, opt, out, res.log);
-  }
+  if (writer && res.finished && !out.empty())
+    save_student(*student, teacher, tok, opt, out, res.log);
   // The other ranks return once rank 0's files are complete.
   if (P > 1) opt.comm->barrier();
   return res;
@@ -956,8 +939,6 @@ DistillResult distill_encoder(Model& teacher, const Tokenizer* tok,
                tc.max_pos);
   if (opt.comm && opt.comm->size() > 1)
     throw NotImplemented("data-parallel (MPI) encoder distillation");
-  if (!opt.qat.empty()) throw NotImplemented("--qat for a bert student");
-  if (opt.lora.rank > 0) throw NotImplemented("--lora-rank for a bert student");
   if (opt.prune.active()) throw NotImplemented("--prune-schedule for a bert student");
   if (opt.generate > 0)
     MINFER_FAIL("--generate {}: the teacher is an encoder ({}): it cannot sample text",
@@ -1130,7 +1111,7 @@ DistillResult distill_encoder(Model& teacher, const Tokenizer* tok,
              {"train_tokens", res.train_tokens},
              {"activation_bytes", res.activation_bytes},
              {"ranks", 1}};
-  if (res.finished && !out.empty()) save_plain_student(*student, tok, opt, out, res.log);
+  if (res.finished && !out.empty()) save_student(*student, teacher, tok, opt, out, res.log);
   return res;
 }
 

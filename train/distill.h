@@ -56,7 +56,8 @@ struct DistillOptions {
   bool force = false;  // replace an existing output folder
   // The device the student trains on (kernels/train_ops.h; null: the CPU). `distill --backend cuda`
   // sets make_train_ops("cuda"). The teacher runs on the CPU backend either way. QAT, LoRA and
-  // low-rank students train on the CPU only (NotImplemented otherwise).
+  // low-rank students train on the CPU only (NotImplemented otherwise); GPT-2 and BERT students
+  // too.
   std::shared_ptr<TrainOps> ops;
 
   // Data parallelism (not owned; null = one process). Each global micro-batch of `batch`
@@ -71,7 +72,8 @@ struct DistillOptions {
   // is a compressed folder in that Quantized format. qat_lsq: learned step sizes (LSQ).
   std::string qat;
   bool qat_lsq = false;
-  // LoRA (rank > 0): adapters over the frozen student base (any format: NF4 gives QLoRA).
+  // LoRA (rank > 0): adapters over the frozen student base (any format: NF4 gives QLoRA), on
+  // the student architecture's targets (train/lora.h: lora_module; none given: its default).
   // Output: lora.merge: one f32 model folder with α/r·B·A merged; else the base in f32 with
   // adapter_model.safetensors + adapter_config.json (PEFT layout) beside it.
   LoraSpec lora;
@@ -129,12 +131,6 @@ std::unique_ptr<TrainLlama> make_student(const DistillOptions& opt, Model& teach
 // teacher causal or the reverse, or when the vocabularies differ.
 std::unique_ptr<Student> build_student(const DistillOptions& opt, Model& teacher);
 
-// Writes a gpt2 or bert student as a model folder (config_json(), model.safetensors in f32, the
-// tokenizer files when tok is given, training_log.json = log; an encoder also gets the
-// sentence-transformers files of opt.teacher_path) through a temporary folder.
-void save_plain_student(Student& student, const Tokenizer* tok, const DistillOptions& opt,
-                        const std::string& out, const nlohmann::json& log);
-
 // Encoder distillation (BERT teacher, BERT student of the same width): the student learns to
 // reproduce the teacher's sentence embedding, loss = MSE(pool(student), pool(teacher)) averaged
 // over the B·C values of a micro-batch (torch.nn.MSELoss), as sentence-transformers' MSELoss
@@ -147,9 +143,10 @@ void save_plain_student(Student& student, const Tokenizer* tok, const DistillOpt
 // lines is padded to its longest, with an attention mask. Evaluation: mean cosine and MSE
 // against the teacher over eval_seqs (at most eval_tokens tokens), every
 // eval_every steps (and at step 0 of a fresh run when eval_every > 0) and at the end. Checkpoints
-// and resume as distill(). Not with QAT, LoRA, pruning schedules, --generate, gradient
-// checkpointing, MPI or a device: NotImplemented. Throws (writing nothing) for a causal teacher or
-// student, different vocabularies or widths, α outside [0, 1], τ ≤ 0, no training line.
+// and resume as distill(); QAT and LoRA (opt.qat, opt.lora) as for causal students. Not with
+// pruning schedules, --generate, gradient checkpointing, MPI or a device: NotImplemented. Throws
+// (writing nothing) for a causal teacher or student, different vocabularies or widths, α outside
+// [0, 1], τ ≤ 0, no training line.
 DistillResult distill_encoder(Model& teacher, const Tokenizer* tok,
                               const std::vector<std::vector<int32_t>>& train_seqs,
                               const std::string& data_desc,
@@ -187,14 +184,15 @@ std::vector<std::vector<int32_t>> generate_sequences(Model& teacher, int32_t bos
                                                      int64_t len, float temperature, int top_k,
                                                      uint64_t seed, bool progress);
 
-// Writes the trained student as `out`: a model folder (config.json, model.safetensors in f32,
-// tokenizer files when tok is given, training_log.json = log); with LoRA the base in f32 and
-// either the adapters merged (opt.lora.merge) or adapter_model.safetensors + adapter_config.json
-// beside it (PEFT layout); with QAT a compressed folder whose block projections are the trained
-// Quantized matrices (TrainLlama::qat_linears) and whose other weights are f32. Written through
+// Writes the trained student (any architecture) as `out`: a model folder (config_json(),
+// model.safetensors in f32, tokenizer files when tok is given, an encoder's sentence-transformers
+// files from opt.teacher_path, training_log.json = log); with LoRA the base in f32 and either the
+// adapters merged (opt.lora.merge) or adapter_model.safetensors + adapter_config.json beside it
+// (PEFT layout); with QAT a compressed folder whose block projections are the trained Quantized
+// matrices (Projections::qat_linears) and whose other weights are f32. Written through
 // temporary folders; throws (leaving nothing) when `out` exists and opt.force is off.
-void save_student(TrainLlama& student, Model& teacher, const Tokenizer* tok,
-                  const DistillOptions& opt, const std::string& out, const nlohmann::json& log);
+void save_student(Student& student, Model& teacher, const Tokenizer* tok, const DistillOptions& opt,
+                  const std::string& out, const nlohmann::json& log);
 
 // Reads and tokenizes text files (each encoded with the tokenizer's special tokens) into one
 // stream. Throws naming a file that cannot be read.

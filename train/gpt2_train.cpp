@@ -12,32 +12,45 @@
 
 namespace minfer::train {
 
-TrainGpt2::TrainGpt2(const ModelConfig& c) : cfg_(c) {
+TrainGpt2::TrainGpt2(const ModelConfig& c, const TrainMods& mods)
+    : cfg_(c), proj_(mods, Arch::GPT2, params_, frozen_) {
   MINFER_CHECK(c.arch == Arch::GPT2, "TrainGpt2 needs a gpt2 config, got {}", arch_name(c.arch));
   if (!c.tie_embeddings) throw NotImplemented("training gpt2 with an untied lm_head");
   if (!c.layer_heads.empty() || !c.layer_ffn.empty() || !c.pruned_heads.empty())
     throw NotImplemented("training a structurally pruned gpt2 (pruned heads, per-layer widths)");
   const int64_t C = c.hidden, F = c.ffn;
-  params_.add("transformer.wte.weight", {c.vocab_size, C}, true);
-  params_.add("transformer.wpe.weight", {c.max_pos, C}, true);
+  // Everything but the projections goes to the base store (frozen with LoRA); each Conv1D
+  // projection [I, O] is laid out by proj_.
+  ParamStore& base = proj_.base_store();
+  base.add("transformer.wte.weight", {c.vocab_size, C}, true);
+  base.add("transformer.wpe.weight", {c.max_pos, C}, true);
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const std::string p = lp(l);
-    params_.add(p + "ln_1.weight", {C}, false);
-    params_.add(p + "ln_1.bias", {C}, false);
-    params_.add(p + "attn.c_attn.weight", {C, 3 * C}, true);
-    params_.add(p + "attn.c_attn.bias", {3 * C}, false);
-    params_.add(p + "attn.c_proj.weight", {C, C}, true);
-    params_.add(p + "attn.c_proj.bias", {C}, false);
-    params_.add(p + "ln_2.weight", {C}, false);
-    params_.add(p + "ln_2.bias", {C}, false);
-    params_.add(p + "mlp.c_fc.weight", {C, F}, true);
-    params_.add(p + "mlp.c_fc.bias", {F}, false);
-    params_.add(p + "mlp.c_proj.weight", {F, C}, true);
-    params_.add(p + "mlp.c_proj.bias", {C}, false);
+    base.add(p + "ln_1.weight", {C}, false);
+    base.add(p + "ln_1.bias", {C}, false);
+    proj_.add(p + "attn.c_attn.weight", 3 * C, C, /*conv1d=*/true);
+    base.add(p + "attn.c_attn.bias", {3 * C}, false);
+    proj_.add(p + "attn.c_proj.weight", C, C, true);
+    base.add(p + "attn.c_proj.bias", {C}, false);
+    base.add(p + "ln_2.weight", {C}, false);
+    base.add(p + "ln_2.bias", {C}, false);
+    proj_.add(p + "mlp.c_fc.weight", F, C, true);
+    base.add(p + "mlp.c_fc.bias", {F}, false);
+    proj_.add(p + "mlp.c_proj.weight", C, F, true);
+    base.add(p + "mlp.c_proj.bias", {C}, false);
   }
-  params_.add("transformer.ln_f.weight", {C}, false);
-  params_.add("transformer.ln_f.bias", {C}, false);
+  base.add("transformer.ln_f.weight", {C}, false);
+  base.add("transformer.ln_f.bias", {C}, false);
+  if (proj_.lora()) frozen_.allocate(/*grads=*/false);
   params_.allocate();
+}
+
+void TrainGpt2::init_random(uint64_t seed, float std) {
+  MINFER_CHECK(!proj_.lora(),
+               "LoRA over a randomly initialised base: the student needs weights (init, "
+               "init:layers=..., or a folder with model.safetensors)");
+  init_params_random(params_, seed, std);
+  proj_.after_load();
 }
 
 void TrainGpt2::load_from_model(Model& m, const std::vector<int64_t>& layer_map) {
@@ -59,7 +72,7 @@ void TrainGpt2::load_from_model(Model& m, const std::vector<int64_t>& layer_map)
   auto source_name = [&](const std::string& name) {
     return source_block_name(name, "transformer.h.", layer_map, mc.n_layers);
   };
-  params_.walk([&](const ParamTensor& p, float* w, float*, float*, float*) {
+  auto fill = [&](const ParamTensor& p, float* w) {
     const std::string s = source_name(p.name);
     auto li = lin.find(s);
     if (li != lin.end()) {  // a Conv1D weight: dequantized [out, in], stored [in, out]
@@ -74,7 +87,37 @@ void TrainGpt2::load_from_model(Model& m, const std::vector<int64_t>& layer_map)
       return;
     }
     copy_bias_or_tensor(p, w, s, lin, by_name);
-  });
+  };
+  // A LoRA target keeps the source's Linear [out, in] in its format.
+  auto base = [&](const std::string& name) {
+    auto li = lin.find(source_name(name));
+    MINFER_CHECK(li != lin.end(), "source model has no linear '{}' (for student '{}')",
+                 source_name(name), name);
+    return *li->second;
+  };
+  proj_.load(fill, base);
+}
+
+void TrainGpt2::proj_fwd(const std::string& mod, float* out, const float* inp, int64_t N, int64_t I,
+                         int64_t O) {
+  const std::string w = mod + ".weight", b = mod + ".bias";
+  if (!proj_.handles(w)) {
+    conv1d_forward(out, inp, W(w), W(b), N, I, O);
+    return;
+  }
+  proj_.forward(w, out, inp, N);
+  bias_forward(out, W(b), N, O);
+}
+
+void TrainGpt2::proj_bwd(const std::string& mod, float* dinp, const float* dout, const float* inp,
+                         int64_t N, int64_t I, int64_t O) {
+  const std::string w = mod + ".weight", b = mod + ".bias";
+  if (!proj_.handles(w)) {
+    conv1d_backward(dinp, G(w), G(b), dout, inp, W(w), N, I, O);
+    return;
+  }
+  proj_.backward(w, dinp, dout, inp, N);
+  bias_backward(G(b), dout, N, O);
 }
 
 nlohmann::json TrainGpt2::config_json() const {
@@ -126,12 +169,10 @@ void TrainGpt2::layer_forward(int64_t l, LayerActs& a, const float* x, float* ou
   const ModelConfig& c = cfg_;
   const int64_t B = B_, T = T_, N = B * T, C = c.hidden, F = c.ffn, H = c.n_heads, D = C / H;
   const bool tanh_gelu = c.act == Act::GeluTanh;
-  ParamStore& P = params_;
   const std::string p = lp(l);
-  layernorm_forward(a.ln1.data(), a.ln1_mean.data(), a.ln1_rstd.data(), x, P.w(p + "ln_1.weight"),
-                    P.w(p + "ln_1.bias"), N, C, c.norm_eps);
-  conv1d_forward(qkv_.data(), a.ln1.data(), P.w(p + "attn.c_attn.weight"),
-                 P.w(p + "attn.c_attn.bias"), N, C, 3 * C);
+  layernorm_forward(a.ln1.data(), a.ln1_mean.data(), a.ln1_rstd.data(), x, W(p + "ln_1.weight"),
+                    W(p + "ln_1.bias"), N, C, c.norm_eps);
+  proj_fwd(p + "attn.c_attn", qkv_.data(), a.ln1.data(), N, C, 3 * C);
   for (int64_t n = 0; n < N; ++n) {
     const float* r = qkv_.data() + n * 3 * C;
     std::copy(r, r + C, a.q.begin() + n * C);
@@ -140,16 +181,13 @@ void TrainGpt2::layer_forward(int64_t l, LayerActs& a, const float* x, float* ou
   }
   attention_forward(a.atty.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(), B, T, H, H,
                     D);
-  conv1d_forward(a.res_mid.data(), a.atty.data(), P.w(p + "attn.c_proj.weight"),
-                 P.w(p + "attn.c_proj.bias"), N, C, C);
+  proj_fwd(p + "attn.c_proj", a.res_mid.data(), a.atty.data(), N, C, C);
   residual_forward(a.res_mid.data(), a.res_mid.data(), x, N * C);
   layernorm_forward(a.ln2.data(), a.ln2_mean.data(), a.ln2_rstd.data(), a.res_mid.data(),
-                    P.w(p + "ln_2.weight"), P.w(p + "ln_2.bias"), N, C, c.norm_eps);
-  conv1d_forward(a.fc.data(), a.ln2.data(), P.w(p + "mlp.c_fc.weight"), P.w(p + "mlp.c_fc.bias"), N,
-                 C, F);
+                    W(p + "ln_2.weight"), W(p + "ln_2.bias"), N, C, c.norm_eps);
+  proj_fwd(p + "mlp.c_fc", a.fc.data(), a.ln2.data(), N, C, F);
   gelu_forward(a.act.data(), a.fc.data(), N * F, tanh_gelu);
-  conv1d_forward(out, a.act.data(), P.w(p + "mlp.c_proj.weight"), P.w(p + "mlp.c_proj.bias"), N, F,
-                 C);
+  proj_fwd(p + "mlp.c_proj", out, a.act.data(), N, F, C);
   residual_forward(out, out, a.res_mid.data(), N * C);
 }
 
@@ -159,19 +197,19 @@ const float* TrainGpt2::forward(const int32_t* ids, int64_t B, int64_t T) {
                "forward: batch {} x {} tokens (gpt2 has {} learned positions)", B, T, c.max_pos);
   ensure_buffers(B, T);
   const int64_t N = B * T, C = c.hidden, V = c.vocab_size;
-  ParamStore& P = params_;
   std::copy(ids, ids + N, ids_.begin());
+  proj_.refresh();
   float* x0 = resid_[0].data();
-  embedding_forward(x0, ids, P.w("transformer.wte.weight"), N, C, V);
-  const float* wpe = P.w("transformer.wpe.weight");
+  embedding_forward(x0, ids, W("transformer.wte.weight"), N, C, V);
+  const float* wpe = W("transformer.wpe.weight");
   for (int64_t n = 0; n < N; ++n)
     for (int64_t i = 0; i < C; ++i) x0[n * C + i] += wpe[(n % T) * C + i];
   for (int64_t l = 0; l < c.n_layers; ++l)
     layer_forward(l, acts_[ckpt_ ? 0 : size_t(l)], resid_[size_t(l)].data(),
                   resid_[size_t(l + 1)].data());
   layernorm_forward(lnf_.data(), lnf_mean_.data(), lnf_rstd_.data(), resid_.back().data(),
-                    P.w("transformer.ln_f.weight"), P.w("transformer.ln_f.bias"), N, C, c.norm_eps);
-  linear_forward(logits_.data(), lnf_.data(), P.w("transformer.wte.weight"), nullptr, N, C, V);
+                    W("transformer.ln_f.weight"), W("transformer.ln_f.bias"), N, C, c.norm_eps);
+  linear_forward(logits_.data(), lnf_.data(), W("transformer.wte.weight"), nullptr, N, C, V);
   return logits_.data();
 }
 
@@ -179,25 +217,21 @@ void TrainGpt2::layer_backward(int64_t l, LayerActs& a, const float* x) {
   const ModelConfig& c = cfg_;
   const int64_t B = B_, T = T_, N = B * T, C = c.hidden, F = c.ffn, H = c.n_heads, D = C / H;
   const bool tanh_gelu = c.act == Act::GeluTanh;
-  ParamStore& P = params_;
   auto zero = [](std::vector<float>& v) { std::fill(v.begin(), v.end(), 0.f); };
   const std::string p = lp(l);
   // MLP: out = res_mid + c_proj(gelu(c_fc(ln2)))
   zero(dact_);
-  conv1d_backward(dact_.data(), P.g(p + "mlp.c_proj.weight"), P.g(p + "mlp.c_proj.bias"),
-                  dres_.data(), a.act.data(), P.w(p + "mlp.c_proj.weight"), N, F, C);
+  proj_bwd(p + "mlp.c_proj", dact_.data(), dres_.data(), a.act.data(), N, F, C);
   zero(dfc_);
   gelu_backward(dfc_.data(), dact_.data(), a.fc.data(), N * F, tanh_gelu);
   zero(dln_);
-  conv1d_backward(dln_.data(), P.g(p + "mlp.c_fc.weight"), P.g(p + "mlp.c_fc.bias"), dfc_.data(),
-                  a.ln2.data(), P.w(p + "mlp.c_fc.weight"), N, C, F);
-  layernorm_backward(dres_.data(), P.g(p + "ln_2.weight"), P.g(p + "ln_2.bias"), dln_.data(),
-                     a.res_mid.data(), P.w(p + "ln_2.weight"), a.ln2_mean.data(), a.ln2_rstd.data(),
+  proj_bwd(p + "mlp.c_fc", dln_.data(), dfc_.data(), a.ln2.data(), N, C, F);
+  layernorm_backward(dres_.data(), G(p + "ln_2.weight"), G(p + "ln_2.bias"), dln_.data(),
+                     a.res_mid.data(), W(p + "ln_2.weight"), a.ln2_mean.data(), a.ln2_rstd.data(),
                      N, C);
   // Attention: res_mid = x + c_proj(attention(split(c_attn(ln1))))
   zero(datt_);
-  conv1d_backward(datt_.data(), P.g(p + "attn.c_proj.weight"), P.g(p + "attn.c_proj.bias"),
-                  dres_.data(), a.atty.data(), P.w(p + "attn.c_proj.weight"), N, C, C);
+  proj_bwd(p + "attn.c_proj", datt_.data(), dres_.data(), a.atty.data(), N, C, C);
   zero(dq_), zero(dk_), zero(dv_);
   attention_backward(dq_.data(), dk_.data(), dv_.data(), datt_.data(), a.q.data(), a.k.data(),
                      a.v.data(), a.probs.data(), B, T, H, H, D);
@@ -208,25 +242,23 @@ void TrainGpt2::layer_backward(int64_t l, LayerActs& a, const float* x) {
     std::copy(dv_.begin() + n * C, dv_.begin() + (n + 1) * C, r + 2 * C);
   }
   zero(dln_);
-  conv1d_backward(dln_.data(), P.g(p + "attn.c_attn.weight"), P.g(p + "attn.c_attn.bias"),
-                  dqkv_.data(), a.ln1.data(), P.w(p + "attn.c_attn.weight"), N, C, 3 * C);
-  layernorm_backward(dres_.data(), P.g(p + "ln_1.weight"), P.g(p + "ln_1.bias"), dln_.data(), x,
-                     P.w(p + "ln_1.weight"), a.ln1_mean.data(), a.ln1_rstd.data(), N, C);
+  proj_bwd(p + "attn.c_attn", dln_.data(), dqkv_.data(), a.ln1.data(), N, C, 3 * C);
+  layernorm_backward(dres_.data(), G(p + "ln_1.weight"), G(p + "ln_1.bias"), dln_.data(), x,
+                     W(p + "ln_1.weight"), a.ln1_mean.data(), a.ln1_rstd.data(), N, C);
 }
 
 void TrainGpt2::backward(const float* dlogits) {
   MINFER_CHECK(B_ > 0, "backward before forward");
   const ModelConfig& c = cfg_;
   const int64_t T = T_, N = B_ * T, C = c.hidden, V = c.vocab_size;
-  ParamStore& P = params_;
   auto zero = [](std::vector<float>& v) { std::fill(v.begin(), v.end(), 0.f); };
 
   zero(dln_);
-  linear_backward(dln_.data(), P.g("transformer.wte.weight"), nullptr, dlogits, lnf_.data(),
-                  P.w("transformer.wte.weight"), N, C, V);
+  linear_backward(dln_.data(), G("transformer.wte.weight"), nullptr, dlogits, lnf_.data(),
+                  W("transformer.wte.weight"), N, C, V);
   zero(dres_);
-  layernorm_backward(dres_.data(), P.g("transformer.ln_f.weight"), P.g("transformer.ln_f.bias"),
-                     dln_.data(), resid_.back().data(), P.w("transformer.ln_f.weight"),
+  layernorm_backward(dres_.data(), G("transformer.ln_f.weight"), G("transformer.ln_f.bias"),
+                     dln_.data(), resid_.back().data(), W("transformer.ln_f.weight"),
                      lnf_mean_.data(), lnf_rstd_.data(), N, C);
   for (int64_t l = c.n_layers - 1; l >= 0; --l) {
     const float* x = resid_[size_t(l)].data();
@@ -234,8 +266,9 @@ void TrainGpt2::backward(const float* dlogits) {
       layer_forward(l, acts_[0], x, resid_[size_t(l + 1)].data());
     layer_backward(l, acts_[ckpt_ ? 0 : size_t(l)], x);
   }
-  embedding_backward(P.g("transformer.wte.weight"), dres_.data(), ids_.data(), N, C);
-  float* dwpe = P.g("transformer.wpe.weight");
+  embedding_backward(G("transformer.wte.weight"), dres_.data(), ids_.data(), N, C);
+  float* dwpe = G("transformer.wpe.weight");
+  if (!dwpe) return;  // frozen (LoRA)
   for (int64_t n = 0; n < N; ++n)
     for (int64_t i = 0; i < C; ++i) dwpe[(n % T) * C + i] += dres_[size_t(n * C + i)];
 }

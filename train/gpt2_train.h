@@ -23,16 +23,20 @@ namespace minfer::train {
 
 class TrainGpt2 final : public Student {
  public:
-  // Lays out the parameters of cfg (names "transformer.*" as GPT2LMHeadModel saves them).
-  // Throws "not implemented" for an untied head and for pruned heads / per-layer widths.
-  explicit TrainGpt2(const ModelConfig& cfg);
+  // Lays out the parameters of cfg (names "transformer.*" as GPT2LMHeadModel saves them). The
+  // four Conv1D projections of a block train as mods says (train/projections.h: QAT, or LoRA
+  // over a frozen base: targets qkv = attn.c_attn, o = attn.c_proj, up = mlp.c_fc,
+  // down = mlp.c_proj). Throws "not implemented" for an untied head and for pruned heads /
+  // per-layer widths.
+  explicit TrainGpt2(const ModelConfig& cfg, const TrainMods& mods = {});
 
   const ModelConfig& config() const override { return cfg_; }
   ParamStore& params() override { return params_; }
   const ParamStore& params() const override { return params_; }
   // N(0, std²) for every matrix, LayerNorm weights 1, biases 0 (deterministic from seed).
-  void init_random(uint64_t seed, float std = 0.02f) { init_params_random(params_, seed, std); }
-  void load(const WeightSource& src) { load_params(params_, src); }
+  // Throws with LoRA (the base needs weights).
+  void init_random(uint64_t seed, float std = 0.02f);
+  void load(const WeightSource& src) { proj_.load(src); }
   // Copies the weights of a built gpt2 model in any format (Linears dequantized through the
   // format table and stored back as Conv1D [in, out]): student layer i takes layer layer_map[i]
   // of `m` (empty: the same index). Throws for a model that is not gpt2, a missing tensor or a
@@ -49,6 +53,7 @@ class TrainGpt2 final : public Student {
   // Per-layer checkpointing as TrainLlama's: one layer's activations kept, recomputed in backward.
   void set_checkpointing(bool on) override;
   size_t activation_bytes() const override;
+  const Projections& projections() const override { return proj_; }
 
  private:
   struct LayerActs {
@@ -66,9 +71,19 @@ class TrainGpt2 final : public Student {
   // Adds the block's parameter gradients and turns dres_ (∂/∂out) into ∂/∂x.
   void layer_backward(int64_t l, LayerActs& a, const float* x);
   std::string lp(int64_t l) const { return "transformer.h." + std::to_string(l) + "."; }
+  float* W(const std::string& name) { return proj_.W(name); }
+  float* G(const std::string& name) { return proj_.G(name); }
+  // Conv1D `mod` ("<block>attn.c_attn"): out[N, O] = inp[N, I] · W + b, through proj_ when it
+  // handles the weight; backward accumulates dinp and the (trainable) gradients.
+  void proj_fwd(const std::string& mod, float* out, const float* inp, int64_t N, int64_t I,
+                int64_t O);
+  void proj_bwd(const std::string& mod, float* dinp, const float* dout, const float* inp, int64_t N,
+                int64_t I, int64_t O);
 
   ModelConfig cfg_;
   ParamStore params_;
+  ParamStore frozen_;  // LoRA: the frozen base
+  Projections proj_;   // after the two stores it refers to
   bool ckpt_ = false;
   int64_t B_ = 0, T_ = 0;
   std::vector<int32_t> ids_;               // [N]

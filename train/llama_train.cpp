@@ -38,11 +38,11 @@ ModelConfig uniform_widths(ModelConfig c) {
 
 TrainLlama::TrainLlama(const ModelConfig& c0, const TrainMods& mods, std::shared_ptr<TrainOps> ops)
     : cfg_(uniform_widths(c0)),
-      mods_(mods),
       ops_(ops ? std::move(ops) : cpu_train_ops()),
       mem_(ops_->memory()),
       params_(mem_),
       frozen_(mem_),
+      proj_(mods, c0.arch, params_, frozen_),
       ids_(mem_),
       lnf_(mem_),
       lnf_rstd_(mem_),
@@ -81,47 +81,16 @@ TrainLlama::TrainLlama(const ModelConfig& c0, const TrainMods& mods, std::shared
   MINFER_CHECK(c.n_heads > 0 && c.n_kv_heads > 0 && c.n_heads % c.n_kv_heads == 0,
                "student config: {} heads is not a multiple of {} kv heads", c.n_heads,
                c.n_kv_heads);
-  const bool lora = mods.lora.rank != 0;
-  if (lora && mods.qat)
-    throw NotImplemented("QAT together with LoRA (use one of --qat, --lora-rank)");
-  if (!ops_->host() && (lora || mods.qat))
+  const bool lora = proj_.lora();
+  if (!ops_->host() && (lora || proj_.qat()))
     throw NotImplemented(fmt::format("{} on the {} training device (QAT and LoRA train on the CPU)",
                                      lora ? "LoRA" : "QAT", ops_->name()));
-  MINFER_CHECK(mods.lora.rank >= 0, "--lora-rank {} must be >= 1", mods.lora.rank);
-  if (lora) {
-    MINFER_CHECK(std::isfinite(mods.lora.alpha) && mods.lora.alpha > 0.f,
-                 "--lora-alpha {} must be > 0", mods.lora.alpha);
-    for (const std::string& t : mods.lora.targets) lora_module(t);  // checks the names
-  }
   const int64_t C = c.hidden, V = c.vocab_size, F = c.ffn, qd = c.n_heads * c.head_dim,
                 kvd = c.n_kv_heads * c.head_dim;
-  // The base layout: into params_ (plain, QAT) or frozen_ (LoRA; targeted projections are kept
-  // as Linears in base_ instead and only their adapters are parameters).
-  ParamStore& base = lora ? frozen_ : params_;
-  auto lin = [&](const std::string& name, int64_t O, int64_t I) {
-    if (lora && is_lora_target(name)) {
-      const int64_t r = mods.lora.rank;
-      MINFER_CHECK(r <= std::min(I, O),
-                   "--lora-rank {} exceeds min(in, out) = {} of '{}' [{}, {}]: a rank-r update "
-                   "of this matrix needs r <= {}",
-                   r, std::min(I, O), name, O, I, std::min(I, O));
-      const std::string mod = name.substr(0, name.size() - std::strlen(".weight"));
-      params_.add(mod + ".lora_A.weight", {r, I}, true);
-      params_.add(mod + ".lora_B.weight", {O, r}, true);
-      return;
-    }
-    base.add(name, {O, I}, true);
-    if (mods.qat) {
-      const QatLayout lay = qat_layout(*mods.qat, O, I, name);
-      if (mods.qat->lsq)
-        params_.add(
-            name + "_scale",
-            lay.per_tensor ? std::vector<int64_t>{1} : std::vector<int64_t>{lay.rows, lay.groups},
-            false);
-      QatState& q = qat_[name];
-      q.lay = lay, q.O = O, q.I = I;
-    }
-  };
+  // The base layout: into params_ (plain, QAT) or frozen_ (LoRA; the projections' layout is
+  // proj_'s: targeted ones train only their adapters).
+  ParamStore& base = proj_.base_store();
+  auto lin = [&](const std::string& name, int64_t O, int64_t I) { proj_.add(name, O, I); };
   base.add("model.embed_tokens.weight", {V, C}, true);
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const std::string p = lp(l);
@@ -146,72 +115,16 @@ TrainLlama::TrainLlama(const ModelConfig& c0, const TrainMods& mods, std::shared
   params_.allocate();
 }
 
-bool TrainLlama::is_lora_target(const std::string& name) const {
-  if (mods_.lora.rank == 0) return false;
-  for (const std::string& t : mods_.lora.targets) {
-    std::string m(1, '.');  // built by appends: GCC 12 warns (-Wrestrict) on "." + string&&
-    m += lora_module(t);
-    m += ".weight";
-    if (name.size() > m.size() && name.compare(name.size() - m.size(), m.size(), m) == 0 &&
-        name.rfind("model.layers.", 0) == 0)
-      return true;
-  }
-  return false;
-}
-
-std::vector<std::string> TrainLlama::block_linears() const {
-  std::vector<std::string> out;
-  for (int64_t l = 0; l < cfg_.n_layers; ++l)
-    for (const char* m : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                          "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"})
-      out.push_back(lp(l) + m + ".weight");
-  return out;
-}
-
-float* TrainLlama::W(const std::string& name) {
-  return params_.has(name) ? params_.w(name) : frozen_.w(name);
-}
-const float* TrainLlama::W(const std::string& name) const {
-  const ParamStore& s = params_.has(name) ? params_ : frozen_;
-  return s.weights().data() + s.find(name).offset;
-}
-float* TrainLlama::G(const std::string& name) {
-  return params_.has(name) ? params_.g(name) : nullptr;
-}
-
 void TrainLlama::init_random(uint64_t seed, float std) {
-  MINFER_CHECK(mods_.lora.rank == 0,
+  MINFER_CHECK(!proj_.lora(),
                "LoRA over a randomly initialised base: the student needs weights (init, "
                "init:layers=..., or a folder with model.safetensors)");
   init_params_random(params_, seed, std);
-  after_load();
+  proj_.after_load();
 }
 
 void TrainLlama::load(const WeightSource& src) {
-  if (mods_.lora.rank == 0) {
-    params_.walk([&](const ParamTensor& t, float* w, float*, float*, float*) {
-      if (qat_.count(t.name.substr(0, t.name.size() - 6))) return;  // LSQ scales: after_load()
-      MINFER_CHECK(src.has(t.name), "{}: missing tensor '{}'", src.describe(), t.name);
-      Tensor v = t.shape.size() == 1 ? src.tensor(t.name, {t.shape[0]})
-                                     : src.tensor(t.name, {t.shape[0], t.shape[1]});
-      copy_param(t, w, v, src.describe());
-    });
-    after_load();
-    return;
-  }
-  load_params(frozen_, src);
-  for (const std::string& name : block_linears()) {
-    if (!is_lora_target(name)) continue;
-    MINFER_CHECK(src.has(name), "{}: missing tensor '{}'", src.describe(), name);
-    const ParamTensor& a = params_.find(name.substr(0, name.size() - 7) + ".lora_A.weight");
-    const ParamTensor& b = params_.find(name.substr(0, name.size() - 7) + ".lora_B.weight");
-    const int64_t I = a.shape[1], O = b.shape[0];
-    ParamTensor t{name, {O, I}, 0, size_t(O * I), true};
-    Tensor w = Tensor::empty(DType::F32, {O, I});
-    copy_param(t, w.data<float>(), src.tensor(name, {O, I}), src.describe());
-    base_[name] = make_dense(name, w, I, O);
-  }
-  after_load();
+  proj_.load(src);
 }
 
 void TrainLlama::load_from_model(Model& m, const std::vector<int64_t>& layer_map) {
@@ -232,7 +145,7 @@ void TrainLlama::load_from_model(Model& m, const std::vector<int64_t>& layer_map
   };
   MINFER_CHECK(layer_map.empty() || int64_t(layer_map.size()) == cfg_.n_layers,
                "student has {} layers, the layer map {}", cfg_.n_layers, layer_map.size());
-  auto fill = [&](const ParamTensor& p, float* w, float*, float*, float*) {
+  auto fill = [&](const ParamTensor& p, float* w) {
     const std::string s = source_name(p.name);
     auto li = lin.find(s);
     if (li != lin.end() && li->second->in > 0) {
@@ -241,44 +154,14 @@ void TrainLlama::load_from_model(Model& m, const std::vector<int64_t>& layer_map
     }
     copy_bias_or_tensor(p, w, s, lin, by_name);
   };
-  if (mods_.lora.rank == 0) {
-    params_.walk([&](const ParamTensor& p, float* w, float* g, float* m, float* v) {
-      if (!qat_.count(p.name.substr(0, p.name.size() - 6)))  // LSQ scales: after_load()
-        fill(p, w, g, m, v);
-    });
-    after_load();
-    return;
-  }
-  frozen_.walk(fill);
-  // The targeted projections keep the source's Linear as it is (NF4 stays NF4: QLoRA).
-  for (const std::string& name : block_linears()) {
-    if (!is_lora_target(name)) continue;
+  // LoRA targets keep the source's Linear as it is (NF4 stays NF4: QLoRA).
+  auto base = [&](const std::string& name) {
     auto li = lin.find(source_name(name));
     MINFER_CHECK(li != lin.end(), "source model has no linear '{}' (for student '{}')",
                  source_name(name), name);
-    Linear l = *li->second;
-    l.name = name;
-    l.device_copy.reset();
-    MINFER_CHECK(!l.bias.defined(), "LoRA base '{}' has a bias (not implemented)", name);
-    base_[name] = std::move(l);
-  }
-  after_load();
-}
-
-void TrainLlama::after_load() {
-  if (mods_.qat && mods_.qat->lsq)
-    for (auto& [name, q] : qat_)
-      qat_init_scales(params_.w(name + "_scale"), W(name), q.O, q.I, q.lay);
-  if (mods_.lora.rank > 0) {
-    // A: Kaiming-uniform, bound 1/sqrt(in) (PEFT: kaiming_uniform_(a=sqrt(5))); B: 0.
-    std::mt19937_64 rng(mods_.seed * 0x9E3779B97F4A7C15ull + 0x10A);
-    params_.walk([&](const ParamTensor& p, float* w, float*, float*, float*) {
-      const bool is_a = p.name.find(".lora_A.") != std::string::npos;
-      const double bound = 1.0 / std::sqrt(double(p.shape[1]));
-      for (size_t i = 0; i < p.numel; ++i)
-        w[i] = is_a ? float((double(rng() >> 11) * 0x1.0p-53 * 2.0 - 1.0) * bound) : 0.f;
-    });
-  }
+    return *li->second;
+  };
+  proj_.load(fill, base);
 }
 
 void TrainLlama::ensure_buffers(int64_t B, int64_t T) {
@@ -314,84 +197,28 @@ const float* TrainLlama::head_w() const {
   return W(cfg_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
 }
 
-void TrainLlama::refresh_qat() {
-  for (auto& [name, q] : qat_) {
-    q.wq.resize(size_t(q.O * q.I));
-    const float* w = W(name);
-    const float* s;
-    if (mods_.qat->lsq) {
-      s = params_.w(name + "_scale");
-    } else {
-      q.stat.resize(size_t(q.lay.count()));
-      qat_init_scales(q.stat.data(), w, q.O, q.I, q.lay);
-      s = q.stat.data();
-    }
-    qat_fake_quant(q.wq.data(), w, s, q.O, q.I, q.lay);
-  }
-}
-
-Tensor TrainLlama::base_f32(const std::string& name) const {
-  return dequantize_weight(base_.at(name));
-}
-
 void TrainLlama::add_bias(const std::string& name, float* out, int64_t N, int64_t O) {
-  const float* b = W(name);
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t o = 0; o < O; ++o) out[n * O + o] += b[o];
+  bias_forward(out, W(name), N, O);
 }
 
 void TrainLlama::bias_bwd(const std::string& name, const float* dout, int64_t N, int64_t O) {
-  float* g = G(name);
-  if (!g) return;  // frozen (LoRA)
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t o = 0; o < O; ++o) g[o] += dout[n * O + o];
+  bias_backward(G(name), dout, N, O);  // nothing when frozen (LoRA)
 }
 
 void TrainLlama::lin_fwd(const std::string& name, float* out, const float* inp, int64_t N,
                          int64_t I, int64_t O) {
-  if (!qat_.empty()) {
-    linear_forward(out, inp, qat_.at(name).wq.data(), nullptr, N, I, O);
-    return;
-  }
-  if (!is_lora_target(name)) {
+  if (proj_.handles(name))
+    proj_.forward(name, out, inp, N);
+  else
     ops_->linear_forward(out, inp, W(name), N, I, O);
-    return;
-  }
-  const Tensor w0 = base_f32(name);  // QLoRA: dequantized for this product only
-  linear_forward(out, inp, w0.data<float>(), nullptr, N, I, O);
-  const std::string mod = name.substr(0, name.size() - 7);
-  const int64_t r = mods_.lora.rank;
-  lh_.resize(size_t(N * r));
-  lora_forward(out, lh_.data(), inp, W(mod + ".lora_A.weight"), W(mod + ".lora_B.weight"),
-               mods_.lora.scaling(), N, I, O, r);
 }
 
 void TrainLlama::lin_bwd(const std::string& name, float* dinp, const float* dout, const float* inp,
                          int64_t N, int64_t I, int64_t O) {
-  if (!qat_.empty()) {
-    QatState& q = qat_.at(name);
-    dwq_.assign(size_t(O * I), 0.f);
-    linear_backward(dinp, dwq_.data(), nullptr, dout, inp, q.wq.data(), N, I, O);
-    const bool lsq = mods_.qat->lsq;
-    const float* s = lsq ? params_.w(name + "_scale") : q.stat.data();
-    qat_fake_quant_backward(G(name), lsq ? params_.g(name + "_scale") : nullptr, dwq_.data(),
-                            W(name), s, O, I, q.lay);
-    return;
-  }
-  if (!is_lora_target(name)) {
+  if (proj_.handles(name))
+    proj_.backward(name, dinp, dout, inp, N);
+  else
     ops_->linear_backward(dinp, G(name), dout, inp, W(name), N, I, O);
-    return;
-  }
-  // The frozen base passes the activation gradient through its (dequantized) weight only.
-  const Tensor w0 = base_f32(name);
-  linear_backward(dinp, nullptr, nullptr, dout, inp, w0.data<float>(), N, I, O);
-  const std::string mod = name.substr(0, name.size() - 7);
-  const int64_t r = mods_.lora.rank;
-  lh_.resize(size_t(N * r));
-  ldh_.resize(size_t(N * r));
-  lora_backward(dinp, G(mod + ".lora_A.weight"), G(mod + ".lora_B.weight"), lh_.data(), ldh_.data(),
-                dout, inp, W(mod + ".lora_A.weight"), W(mod + ".lora_B.weight"),
-                mods_.lora.scaling(), N, I, O, r);
 }
 
 void TrainLlama::layer_forward(int64_t l, LayerActs& a, const float* x, float* out) {
@@ -430,7 +257,7 @@ const float* TrainLlama::forward(const int32_t* ids, int64_t B, int64_t T) {
   const ModelConfig& c = cfg_;
   const int64_t N = B * T, C = c.hidden, V = c.vocab_size;
   std::copy(ids, ids + N, ids_.begin());
-  if (!qat_.empty()) refresh_qat();
+  proj_.refresh();
   ops_->embedding_forward(resid_[0].data(), ids_.data(), W("model.embed_tokens.weight"), N, C, V);
   for (int64_t l = 0; l < c.n_layers; ++l)
     layer_forward(l, acts_[ckpt_ ? 0 : size_t(l)], resid_[size_t(l)].data(),
@@ -559,72 +386,6 @@ size_t TrainLlama::activation_bytes() const {
 
 std::vector<std::pair<std::string, Tensor>> TrainLlama::named_weights() const {
   return named_params(params_);
-}
-
-std::vector<std::pair<std::string, Tensor>> TrainLlama::full_weights(bool merge_lora) const {
-  if (mods_.lora.rank == 0) return named_params(params_);
-  std::vector<std::pair<std::string, Tensor>> out;
-  std::map<std::string, Tensor> frozen;
-  for (auto& [n, t] : named_params(frozen_)) frozen[n] = t;
-  auto add = [&](const std::string& n) {
-    if (frozen.count(n)) {
-      out.emplace_back(n, frozen[n]);
-      return;
-    }
-    // A targeted projection: the base in f32 (+ α/r · B · A).
-    Tensor w0 = base_f32(n);
-    Tensor w = Tensor::empty(DType::F32, {w0.shape()[0], w0.shape()[1]});
-    std::memcpy(w.data<float>(), w0.data<float>(), size_t(w0.numel()) * sizeof(float));
-    if (merge_lora) {
-      const std::string mod = n.substr(0, n.size() - 7);
-      const ParamTensor& a = params_.find(mod + ".lora_A.weight");
-      const int64_t r = a.shape[0], I = a.shape[1], O = w.shape()[0];
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(O), int(I), int(r),
-                  mods_.lora.scaling(), W(mod + ".lora_B.weight"), int(r),
-                  W(mod + ".lora_A.weight"), int(I), 1.f, w.data<float>(), int(I));
-    }
-    out.emplace_back(n, w);
-  };
-  add("model.embed_tokens.weight");
-  for (int64_t l = 0; l < cfg_.n_layers; ++l) {
-    const std::string p = lp(l);
-    add(p + "input_layernorm.weight");
-    for (const char* m :
-         {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"})
-      add(p + m + ".weight");
-    add(p + "post_attention_layernorm.weight");
-    for (const char* m : {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}) add(p + m + ".weight");
-  }
-  add("model.norm.weight");
-  if (!cfg_.tie_embeddings) add("lm_head.weight");
-  return out;
-}
-
-std::vector<Linear> TrainLlama::qat_linears() const {
-  std::vector<Linear> out;
-  for (const std::string& name : block_linears()) {
-    auto it = qat_.find(name);
-    if (it == qat_.end()) continue;
-    const QatState& q = it->second;
-    std::vector<float> stat;
-    const float* s;
-    if (mods_.qat->lsq) {
-      s = W(name + "_scale");
-    } else {
-      stat.resize(size_t(q.lay.count()));
-      qat_init_scales(stat.data(), W(name), q.O, q.I, q.lay);
-      s = stat.data();
-    }
-    out.push_back(qat_export(name, W(name), s, q.O, q.I, *mods_.qat));
-  }
-  return out;
-}
-
-std::vector<std::pair<std::string, Tensor>> TrainLlama::lora_adapters() const {
-  std::vector<std::pair<std::string, Tensor>> out;
-  for (auto& [n, t] : named_params(params_))
-    if (n.find(".lora_") != std::string::npos) out.emplace_back("base_model.model." + n, t);
-  return out;
 }
 
 }  // namespace minfer::train

@@ -16,27 +16,13 @@
 #include "engine/config.h"
 #include "kernels/train_ops.h"
 #include "models/model.h"
-#include "train/lora.h"
 #include "train/lowrank_train.h"
 #include "train/params.h"
+#include "train/projections.h"
 #include "train/prune_schedule.h"
-#include "train/qat.h"
 #include "train/student.h"
 
 namespace minfer::train {
-
-// What the seven block projections (q, k, v, o, gate, up, down) train as, beyond plain f32:
-//   qat:  every block projection is fake-quantized in the forward, STE in the backward
-//         (train/qat.h); with LSQ its scales are parameters "<weight name>_scale".
-//   lora: rank > 0: the whole base model is frozen (no gradients, no optimizer state); the
-//         targeted projections keep their base weight in its own format (any Linear, e.g. NF4)
-//         and train "<module>.lora_A.weight" / ".lora_B.weight" (train/lora.h). The parameter
-//         store then holds only the adapters.
-struct TrainMods {
-  std::optional<QatSpec> qat;
-  LoraSpec lora;
-  uint64_t seed = 0;  // LoRA A init
-};
 
 class TrainLlama final : public Student {
  public:
@@ -89,17 +75,22 @@ class TrainLlama final : public Student {
   // config.json (LlamaForCausalLM, or the qwen2 / phi3 class the config came as).
   nlohmann::json config_json() const override;
 
-  const TrainMods& mods() const { return mods_; }
+  const TrainMods& mods() const { return proj_.mods(); }
   // Every weight of the model in f32, HF names (a tied head is not written): the base weights
   // dequantized, the LoRA update α/r·B·A added when merge_lora. Without LoRA: named_weights().
-  std::vector<std::pair<std::string, Tensor>> full_weights(bool merge_lora) const;
+  std::vector<std::pair<std::string, Tensor>> full_weights(bool merge_lora) const {
+    return proj_.full_weights(merge_lora);
+  }
   // With QAT: the block projections as real Quantized Linears (qat_export), whose dequantized
   // weights are the forward's fake-quantized ones. Empty without QAT.
-  std::vector<Linear> qat_linears() const;
+  std::vector<Linear> qat_linears() const { return proj_.qat_linears(); }
   // With LoRA: the adapters under PEFT's names ("base_model.model.<module>.lora_A.weight").
-  std::vector<std::pair<std::string, Tensor>> lora_adapters() const;
+  std::vector<std::pair<std::string, Tensor>> lora_adapters() const {
+    return proj_.lora_adapters();
+  }
   // Weight names of every block projection (q, k, v, o, gate, up, down of each layer).
-  std::vector<std::string> block_linears() const;
+  const std::vector<std::string>& block_linears() const { return proj_.names(); }
+  const Projections& projections() const override { return proj_; }
   // Adds, for every block projection, Σ over the last forward's rows of each input column's x²
   // (Wanda's ‖x_j‖₂², train/prune_schedule.h) to acc. Reads the kept activations: throws
   // NotImplemented with gradient checkpointing (only one layer's are kept).
@@ -139,39 +130,24 @@ class TrainLlama final : public Student {
   std::string lp(int64_t l) const { return "model.layers." + std::to_string(l) + "."; }
   const float* head_w() const;  // [V, C]
   // A weight by name from the trainable or the frozen store; its gradient (null when frozen).
-  float* W(const std::string& name);
-  const float* W(const std::string& name) const;
-  float* G(const std::string& name);
+  float* W(const std::string& name) { return proj_.W(name); }
+  const float* W(const std::string& name) const { return proj_.W(name); }
+  float* G(const std::string& name) { return proj_.G(name); }
   // One block projection (weight `name`, [O, I]) forward / backward, through QAT or LoRA.
   void lin_fwd(const std::string& name, float* out, const float* inp, int64_t N, int64_t I,
                int64_t O);
   void lin_bwd(const std::string& name, float* dinp, const float* dout, const float* inp, int64_t N,
                int64_t I, int64_t O);
-  bool is_lora_target(const std::string& weight_name) const;
   // qwen2: out [N, O] += bias `name` per row; its gradient += Σ rows of dout (none when frozen).
   void add_bias(const std::string& name, float* out, int64_t N, int64_t O);
   void bias_bwd(const std::string& name, const float* dout, int64_t N, int64_t O);
-  void after_load();                               // LSQ scales from the weights, LoRA A init
-  void refresh_qat();                              // fake-quantized weights of this step
-  Tensor base_f32(const std::string& name) const;  // LoRA base weight [O, I] in f32
-
-  struct QatState {
-    QatLayout lay;
-    int64_t O = 0, I = 0;
-    std::vector<float> wq;    // [O, I] fake-quantized weight
-    std::vector<float> stat;  // statistic scales (without LSQ)
-  };
-
   ModelConfig cfg_;
-  TrainMods mods_;
   std::shared_ptr<TrainOps> ops_;  // before the stores: they allocate from its memory
   std::pmr::memory_resource* mem_;
   ParamStore params_;
   FactoredLinears factors_;
-  ParamStore frozen_;                    // LoRA: the frozen base (no gradient in use)
-  std::map<std::string, Linear> base_;   // LoRA: targeted base weights in their own format
-  std::map<std::string, QatState> qat_;  // QAT: per block projection
-  std::vector<float> dwq_, lh_, ldh_;    // scratch: QAT dŴ, LoRA h and dh
+  ParamStore frozen_;  // LoRA: the frozen base (no gradient in use)
+  Projections proj_;   // the block projections' QAT / LoRA (after the two stores it refers to)
   bool ckpt_ = false;
   int64_t B_ = 0, T_ = 0, cap_ = 0;
   // Activations and backward scratch, in ops_'s memory.

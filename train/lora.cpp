@@ -10,10 +10,55 @@
 
 namespace minfer::train {
 
-std::string lora_module(const std::string& t) {
-  if (t == "q" || t == "k" || t == "v" || t == "o") return "self_attn." + t + "_proj";
-  if (t == "gate" || t == "up" || t == "down") return "mlp." + t + "_proj";
-  MINFER_FAIL("--lora-targets: unknown target '{}' (expected q, k, v, o, gate, up, down)", t);
+namespace {
+struct TargetTable {
+  Arch arch;
+  std::vector<std::pair<const char*, const char*>> rows;  // target, module
+};
+const std::vector<TargetTable>& target_tables() {
+  static const std::vector<TargetTable> t{
+      {Arch::Llama,
+       {{"q", "self_attn.q_proj"},
+        {"k", "self_attn.k_proj"},
+        {"v", "self_attn.v_proj"},
+        {"o", "self_attn.o_proj"},
+        {"gate", "mlp.gate_proj"},
+        {"up", "mlp.up_proj"},
+        {"down", "mlp.down_proj"}}},
+      {Arch::GPT2,
+       {{"qkv", "attn.c_attn"}, {"o", "attn.c_proj"}, {"up", "mlp.c_fc"}, {"down", "mlp.c_proj"}}},
+      {Arch::Bert,
+       {{"q", "attention.self.query"},
+        {"k", "attention.self.key"},
+        {"v", "attention.self.value"},
+        {"o", "attention.output.dense"},
+        {"up", "intermediate.dense"},
+        {"down", "output.dense"}}},
+  };
+  return t;
+}
+std::string names_of(const TargetTable& t) {
+  std::string s;
+  for (const auto& r : t.rows) s += (s.empty() ? "" : ", ") + std::string(r.first);
+  return s;
+}
+}  // namespace
+
+std::string lora_module(Arch arch, const std::string& t) {
+  for (const TargetTable& tt : target_tables()) {
+    if (tt.arch != arch) continue;
+    for (const auto& r : tt.rows)
+      if (t == r.first) return r.second;
+    MINFER_FAIL("--lora-targets: unknown target '{}' for a {} student (expected {})", t,
+                arch_name(arch), names_of(tt));
+  }
+  throw NotImplemented(
+      fmt::format("LoRA for a {} student (llama, gpt2 and bert have it)", arch_name(arch)));
+}
+
+std::vector<std::string> default_lora_targets(Arch arch) {
+  if (arch == Arch::GPT2) return {"qkv"};
+  return {"q", "v"};
 }
 
 std::vector<std::string> parse_lora_targets(const std::string& s) {
@@ -21,7 +66,13 @@ std::vector<std::string> parse_lora_targets(const std::string& s) {
   std::stringstream ss(s);
   std::string item;
   while (std::getline(ss, item, ',')) {
-    lora_module(item);  // checks the name
+    bool known = false;
+    std::string all;
+    for (const TargetTable& tt : target_tables()) {
+      for (const auto& r : tt.rows) known |= item == r.first;
+      all += fmt::format("{}{} ({})", all.empty() ? "" : "; ", names_of(tt), arch_name(tt.arch));
+    }
+    MINFER_CHECK(known, "--lora-targets: unknown target '{}' (expected {})", item, all);
     MINFER_CHECK(std::find(out.begin(), out.end(), item) == out.end(),
                  "--lora-targets '{}': '{}' listed twice", s, item);
     out.push_back(item);

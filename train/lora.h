@@ -10,20 +10,31 @@
 #include <string>
 #include <vector>
 
+#include "engine/config.h"
+
 namespace minfer::train {
 
 struct LoraSpec {
-  int64_t rank = 0;                            // r (0: no LoRA)
-  float alpha = 16;                            // scaling α / r
-  std::vector<std::string> targets{"q", "v"};  // q k v o gate up down
+  int64_t rank = 0;                  // r (0: no LoRA)
+  float alpha = 16;                  // scaling α / r
+  std::vector<std::string> targets;  // lora_module's names; empty: the architecture's default
   bool merge = false;  // export: merge into the base (f32) instead of keeping adapters beside it
   float scaling() const { return alpha / float(rank); }
 };
 
-// The seven projection names a target stands for ("q" -> "self_attn.q_proj", ...); throws
-// naming the target and the accepted names for anything else.
-std::string lora_module(const std::string& target);
-// "q,k,v" -> {"q", "k", "v"}, each checked.
+// The module (inside a block) a target stands for, per architecture:
+//   llama  q k v o gate up down  self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj
+//   gpt2   qkv o up down         attn.c_attn (the fused q|k|v Conv1D), attn.c_proj, mlp.c_fc,
+//                                mlp.c_proj
+//   bert   q k v o up down       attention.self.{query,key,value}, attention.output.dense,
+//                                intermediate.dense, output.dense
+// Throws naming the target, the architecture and its accepted names for anything else.
+std::string lora_module(Arch arch, const std::string& target);
+// The targets when none are given: q,v (llama, bert; Hu et al.'s choice), qkv (gpt2: q and v
+// live in one fused matrix).
+std::vector<std::string> default_lora_targets(Arch arch);
+// "q,k,v" -> {"q", "k", "v"}: each a target of some architecture, none twice (the student's
+// architecture checks them again when it is built).
 std::vector<std::string> parse_lora_targets(const std::string& s);
 
 // out[N, O] += scale · (inp · Aᵀ) · Bᵀ; h [N, r] receives inp · Aᵀ (scratch).

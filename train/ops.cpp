@@ -44,6 +44,17 @@ void linear_backward(float* dinp, float* dW, float* dbias, const float* dout, co
       for (int64_t o = 0; o < O; ++o) dbias[o] += dout[n * O + o];
 }
 
+void bias_forward(float* out, const float* bias, int64_t N, int64_t O) {
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t o = 0; o < O; ++o) out[n * O + o] += bias[o];
+}
+
+void bias_backward(float* dbias, const float* dout, int64_t N, int64_t O) {
+  if (!dbias) return;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t o = 0; o < O; ++o) dbias[o] += dout[n * O + o];
+}
+
 void conv1d_forward(float* out, const float* inp, const float* W, const float* bias, int64_t N,
                     int64_t I, int64_t O) {
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(O), int(I), 1.f, inp, int(I),
@@ -157,6 +168,7 @@ void layernorm_backward(float* dx, float* dw, float* db, const float* dout, cons
       dx[n * C + c] += float(r * (double(g[c]) * w[c] - sg - xh * sgx));
     }
   }
+  if (!dw && !db) return;  // a frozen norm (LoRA)
 #pragma omp parallel for if (worth_threads(N * C))
   for (int64_t c = 0; c < C; ++c) {
     double sw = 0, sb = 0;
@@ -164,8 +176,8 @@ void layernorm_backward(float* dx, float* dw, float* db, const float* dout, cons
       sw += double(dout[n * C + c]) * (x[n * C + c] - mean[n]) * rstd[n];
       sb += dout[n * C + c];
     }
-    dw[c] += float(sw);
-    db[c] += float(sb);
+    if (dw) dw[c] += float(sw);
+    if (db) db[c] += float(sb);
   }
 }
 

@@ -22,6 +22,11 @@ void linear_forward(float* out, const float* inp, const float* W, const float* b
 void linear_backward(float* dinp, float* dW, float* dbias, const float* dout, const float* inp,
                      const float* W, int64_t N, int64_t I, int64_t O);
 
+// A bias alone (for a projection whose product is computed elsewhere, e.g. QAT or LoRA):
+// out[N, O] += bias per row; dbias[O] += Σ_rows dout (nothing when dbias is null: frozen).
+void bias_forward(float* out, const float* bias, int64_t N, int64_t O);
+void bias_backward(float* dbias, const float* dout, int64_t N, int64_t O);
+
 // The same with W stored [I, O] (Hugging Face Conv1D, GPT-2): out[N, O] = inp · W (+ bias).
 void conv1d_forward(float* out, const float* inp, const float* W, const float* bias, int64_t N,
                     int64_t I, int64_t O);
@@ -49,6 +54,7 @@ void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, c
 // saved for backward.
 void layernorm_forward(float* out, float* mean, float* rstd, const float* x, const float* w,
                        const float* b, int64_t N, int64_t C, float eps);
+// (dw, db: both null for a frozen norm.)
 void layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x,
                         const float* w, const float* mean, const float* rstd, int64_t N, int64_t C);
 

@@ -1,7 +1,8 @@
 // The interface the distillation loop, checkpoints and the output writer see of a trainable model:
 // TrainLlama (train/llama_train.h), TrainGpt2 (train/gpt2_train.h) and TrainBert
-// (train/bert_train.h) implement it. What only one architecture trains (QAT, LoRA, low-rank
-// factors, the prune schedule: LLaMA) stays on that class.
+// (train/bert_train.h) implement it. QAT and LoRA of the block projections are the same for the
+// three (train/projections.h: projections()); what only one architecture trains (low-rank
+// factors, the prune schedule, devices: LLaMA) stays on that class.
 //
 // Legend: B sequences, T positions, N = B*T rows, V vocab, C width.
 #pragma once
@@ -14,6 +15,7 @@
 #include "engine/config.h"
 #include "engine/tensor.h"
 #include "train/params.h"
+#include "train/projections.h"
 
 namespace minfer::train {
 
@@ -40,6 +42,8 @@ class Student {
   virtual size_t activation_bytes() const = 0;
   // Trainable parameter count (what the optimizer keeps state for).
   virtual size_t trainable_params() const { return params().numel(); }
+  // The block projections (QAT / LoRA state, the export of either).
+  virtual const Projections& projections() const = 0;
 };
 
 }  // namespace minfer::train
