@@ -3,9 +3,10 @@
 // Every op the LLaMA training forward and backward run goes through it, on buffers allocated
 // from memory(): the CPU implementation calls train/ops.h on host arrays; the CUDA one
 // (kernels/cuda/train_ops_cuda.cpp) runs cuBLAS sgemm for the linear GEMMs and the kernels of
-// kernels/cuda/train_kernels.h for the rest, on CUDA managed memory (cudaMallocManaged), so
-// that what runs on the host between steps (the loss on the logits, global-norm clipping,
-// AdamW, pruning masks, checkpoints) reads and writes the same buffers after synchronize().
+// kernels/cuda/train_kernels.h for the rest, including global-norm clipping and AdamW
+// (train/optim.h calls sum_squares, scale and adamw), on CUDA managed memory
+// (cudaMallocManaged), so that what runs on the host between steps (the loss on the logits,
+// pruning masks, checkpoints) reads and writes the same buffers after synchronize().
 //
 // Arguments, shapes and the accumulate (+=) contract of every op are those of its train/ops.h
 // namesake (legend there). Attention is causal without a key mask (the LLaMA student).
@@ -15,6 +16,8 @@
 #include <memory_resource>
 #include <string>
 #include <vector>
+
+#include "kernels/common/adamw_math.h"
 
 namespace minfer::train {
 
@@ -63,6 +66,16 @@ class TrainOps {
   virtual void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate,
                                const float* up, int64_t n) = 0;
   virtual void residual_forward(float* out, const float* a, const float* b, int64_t n) = 0;
+
+  // The optimizer's element-wise work (train/optim.h). Σ x² over n values, in double; returns
+  // after the sum is complete (the CPU sums in index order; CUDA sums per block in double, then
+  // the blocks in order on the host: run-to-run identical, within double rounding of the CPU).
+  virtual double sum_squares(const float* x, int64_t n) = 0;
+  // x *= s (gradient clipping).
+  virtual void scale(float* x, float s, int64_t n) = 0;
+  // One AdamW update of n weights with their gradients and moments (adamw_update).
+  virtual void adamw(float* w, float* m, float* v, const float* g, int64_t n,
+                     const AdamWCoef& c) = 0;
 };
 
 // The CPU ops (train/ops.h, OpenBLAS), one shared instance.

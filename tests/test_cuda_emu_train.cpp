@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -17,6 +18,7 @@
 #include "tests/train_test_util.h"
 #include "train/distill.h"
 #include "train/ops.h"
+#include "train/optim.h"
 
 // The emulated kernels' host functions (kernels/cuda/train_kernels.h in the cuda_emu namespace;
 // its stream type is the emulation's EmuStream*, streams are no-ops there).
@@ -291,4 +293,67 @@ TEST_CASE("cuda emu train: distill on the CUDA ops gives the CPU run's losses an
   CHECK(worst <= 1e-3);
   MESSAGE("CUDA (emulated) vs CPU student after 3 steps: worst relative weight difference "
           << worst);
+}
+
+TEST_CASE(
+    "cuda emu train: AdamW and global-norm clipping on the device equal the CPU optimizer "
+    "step for step") {
+  using namespace minfer;
+  auto ops = std::shared_ptr<tr::TrainOps>(new_cuda_emu_train_ops(0));
+  // The same table in host memory and in the device's managed memory. Odd sizes (not multiples
+  // of a block); b.weight has more elements than the sum's 64 blocks × 256 threads, so every
+  // thread strides more than once.
+  auto layout = [](tr::ParamStore& p) {
+    p.add("a.weight", {37, 53}, true);
+    p.add("a.bias", {53}, false);
+    p.add("b.weight", {301, 701}, true);
+    p.allocate();
+  };
+  tr::ParamStore cpu, dev(ops->memory());
+  layout(cpu);
+  layout(dev);
+  const size_t n = cpu.numel();
+  const std::vector<float> w0 = randn(n, 11, 0.05f);
+  std::copy(w0.begin(), w0.end(), cpu.weights().begin());
+  std::copy(w0.begin(), w0.end(), dev.weights().begin());
+  tr::AdamWConfig cfg;
+  cfg.weight_decay = 0.1;
+  auto bits_equal = [](const tr::FloatVec& a, const tr::FloatVec& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+  };
+  const int64_t launches0 = cu::emu_launch_count();
+  int clipped = 0;
+  for (int64_t t = 1; t <= 6; ++t) {
+    CAPTURE(t);
+    // Gradients of a changing scale; steps 2, 4, 6 clip (‖g‖ ~ 0.3·√n ≫ 1), 1, 3, 5 do not.
+    const std::vector<float> g = randn(n, uint32_t(100 + t), 0.3f);
+    std::copy(g.begin(), g.end(), cpu.grads().begin());
+    std::copy(g.begin(), g.end(), dev.grads().begin());
+    const double max_norm = t % 2 == 0 ? 1.0 : 0.0;
+    const double nc = tr::clip_grad_norm(cpu, max_norm);
+    const double nd = tr::clip_grad_norm(dev, max_norm, ops.get());
+    // Per-block partial sums in double, then in order: the CPU's sequential sum up to double
+    // rounding.
+    CHECK(nd == doctest::Approx(nc).epsilon(1e-12));
+    if (max_norm > 0 && nc > max_norm) ++clipped;
+    const std::vector<float> gc(cpu.grads().begin(), cpu.grads().end()),
+        gd(dev.grads().begin(), dev.grads().end());
+    CHECK(rel(gd, gc) <= 1e-7);
+    const float lr = tr::lr_at(t - 1, 2, 6, 1e-2f, 0.1f);
+    tr::adamw_step(cpu, cfg, lr, t);
+    tr::adamw_step(dev, cfg, lr, t, ops.get());
+    if (max_norm == 0 && t == 1) {
+      // Same gradients in, the same arithmetic (kernels/common/adamw_math.h): the same bits out.
+      CHECK(bits_equal(cpu.weights(), dev.weights()));
+      CHECK(bits_equal(cpu.m(), dev.m()));
+      CHECK(bits_equal(cpu.v(), dev.v()));
+    }
+    const std::vector<float> wc(cpu.weights().begin(), cpu.weights().end()),
+        wd(dev.weights().begin(), dev.weights().end());
+    CHECK(rel(wd, wc) <= 1e-6);
+    // The step moved every weight (lr ~ 1e-2 against weights ~ 0.05).
+    CHECK(rel(wc, w0) > 1e-2);
+  }
+  CHECK(clipped == 3);
+  CHECK(cu::emu_launch_count() >= launches0 + 6 * (1 + 3) + 3);  // sums, AdamW per tensor, scales
 }

@@ -706,8 +706,10 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
     double norm = 0;
     const float lr = lr_at(step, warmup, opt.steps, opt.lr, opt.min_lr_ratio);
     if (factors.empty()) {
-      norm = clip_grad_norm(student->params(), opt.clip);
-      adamw_step(student->params(), opt.adamw, lr, step + 1);
+      // On the student's device (a CUDA student: kernels over its managed buffers).
+      TrainOps* dev = llama ? &llama->ops() : nullptr;
+      norm = clip_grad_norm(student->params(), opt.clip, dev);
+      adamw_step(student->params(), opt.adamw, lr, step + 1, dev);
     } else {
       // A low-rank student: W's gradient goes to its factors, which take the step; W = U·V.
       factors.pull_grads(student->params());

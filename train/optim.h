@@ -20,9 +20,14 @@ struct AdamWConfig {
   double weight_decay = 0.0;
 };
 
-// One update with learning rate lr at step t (1-based: the bias corrections use t). Allocates the
-// moments on first use.
-void adamw_step(ParamStore& p, const AdamWConfig& c, float lr, int64_t t);
+// The element update's coefficients for learning rate lr at step t (kernels/common/adamw_math.h);
+// `decay`: the tensor has weight decay.
+AdamWCoef adamw_coef(const AdamWConfig& c, float lr, int64_t t, bool decay);
+
+// One update with learning rate lr at step t (1-based: the bias corrections use t), computed by
+// `ops` where the store's arrays live (null: the CPU; a CUDA TrainOps runs it as a kernel per
+// tensor on the device and returns when it is done). Allocates the moments on first use.
+void adamw_step(ParamStore& p, const AdamWConfig& c, float lr, int64_t t, TrainOps* ops = nullptr);
 
 // Linear warmup over `warmup` steps to `peak`, then cosine decay to peak·min_ratio at `total`
 // (the schedule of Loshchilov & Hutter 2017, SGDR, without restarts, as most LLM recipes use).
@@ -32,6 +37,7 @@ float lr_at(int64_t step, int64_t warmup, int64_t total, float peak, float min_r
 // ‖g‖₂ over every gradient (sum of squares in double, table order). When max_norm > 0 and the
 // norm exceeds it, scales every gradient by max_norm / norm (torch.nn.utils.clip_grad_norm_).
 // Returns the norm before clipping. Throws when the norm is not finite (a diverged step).
-double clip_grad_norm(ParamStore& p, double max_norm);
+// ops: as adamw_step (the sum of squares and the scaling on the device, the norm on the host).
+double clip_grad_norm(ParamStore& p, double max_norm, TrainOps* ops = nullptr);
 
 }  // namespace minfer::train

@@ -69,6 +69,18 @@ class CpuTrainOps final : public TrainOps {
   void residual_forward(float* out, const float* a, const float* b, int64_t n) override {
     train::residual_forward(out, a, b, n);
   }
+  double sum_squares(const float* x, int64_t n) override {
+    double ss = 0;
+    for (int64_t i = 0; i < n; ++i) ss += double(x[i]) * x[i];
+    return ss;
+  }
+  void scale(float* x, float s, int64_t n) override {
+    for (int64_t i = 0; i < n; ++i) x[i] *= s;
+  }
+  void adamw(float* w, float* m, float* v, const float* g, int64_t n, const AdamWCoef& c) override {
+#pragma omp parallel for schedule(static) if (n >= (1 << 16))
+    for (int64_t i = 0; i < n; ++i) adamw_update(w[i], m[i], v[i], g[i], c);
+  }
 };
 
 }  // namespace

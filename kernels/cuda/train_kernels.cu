@@ -223,6 +223,33 @@ __global__ void residual_backward_kernel(float* da, float* db, const float* dout
   }
 }
 
+__global__ void sum_squares_kernel(double* partial, const float* x, int64_t n) {
+  __shared__ double part[kThreads];
+  double acc = 0;
+  MINFER_GRID_STRIDE(i, n) {
+    acc += double(x[i]) * x[i];
+  }
+  part[threadIdx.x] = acc;
+  __syncthreads();
+  for (unsigned k = blockDim.x / 2; k > 0; k >>= 1) {
+    if (threadIdx.x < k) part[threadIdx.x] += part[threadIdx.x + k];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[blockIdx.x] = part[0];
+}
+
+__global__ void scale_kernel(float* x, float scale, int64_t n) {
+  MINFER_GRID_STRIDE(i, n) {
+    x[i] *= scale;
+  }
+}
+
+__global__ void adamw_kernel(float* w, float* m, float* v, const float* g, int64_t n, AdamWCoef c) {
+  MINFER_GRID_STRIDE(i, n) {
+    adamw_update(w[i], m[i], v[i], g[i], c);
+  }
+}
+
 // log Σ exp(row / τ), the row's max subtracted first (block-wide).
 __device__ float row_lse(const float* row, int64_t V, float it) {
   float mx = -INFINITY;
@@ -342,6 +369,17 @@ void launch_kl_backward(float* dstudent, const float* student, const float* teac
                         int64_t V, float tau, bool reverse, float scale, cudaStream_t s) {
   MINFER_LAUNCH(kl_backward_kernel, unsigned(N), kRowThreads, 0, s)
   (dstudent, student, teacher, V, tau, reverse, scale);
+}
+
+void launch_sum_squares(double* partial, const float* x, int64_t n, cudaStream_t s) {
+  MINFER_LAUNCH(sum_squares_kernel, kSumSquaresBlocks, kThreads, 0, s)(partial, x, n);
+}
+void launch_scale(float* x, float scale, int64_t n, cudaStream_t s) {
+  MINFER_LAUNCH(scale_kernel, grid(n, kThreads), kThreads, 0, s)(x, scale, n);
+}
+void launch_adamw(float* w, float* m, float* v, const float* g, int64_t n, const AdamWCoef& c,
+                  cudaStream_t s) {
+  MINFER_LAUNCH(adamw_kernel, grid(n, kThreads), kThreads, 0, s)(w, m, v, g, n, c);
 }
 
 }  // namespace minfer::MINFER_CUDA_NS

@@ -8,6 +8,7 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/common/adamw_math.h"
 #include "kernels/cuda/cuda_compat.h"
 
 namespace minfer::MINFER_CUDA_NS {
@@ -65,5 +66,17 @@ void launch_cross_entropy_backward(float* dlogits, const float* logits, const in
 // reverse KL(q‖p): q∘(log q − log p − KL)/τ (a block per row).
 void launch_kl_backward(float* dstudent, const float* student, const float* teacher, int64_t N,
                         int64_t V, float tau, bool reverse, float scale, cudaStream_t s);
+
+// The optimizer (train/optim.h through the CUDA TrainOps).
+// The number of partial sums launch_sum_squares writes (its grid).
+constexpr int kSumSquaresBlocks = 64;
+// partial[b] = Σ x[i]² in double over the grid-stride share of block b (a tree in shared memory),
+// for b < kSumSquaresBlocks; the caller adds the partials in order.
+void launch_sum_squares(double* partial, const float* x, int64_t n, cudaStream_t s);
+// x *= scale.
+void launch_scale(float* x, float scale, int64_t n, cudaStream_t s);
+// adamw_update (kernels/common/adamw_math.h) on every element.
+void launch_adamw(float* w, float* m, float* v, const float* g, int64_t n, const AdamWCoef& c,
+                  cudaStream_t s);
 
 }  // namespace minfer::MINFER_CUDA_NS

@@ -1,8 +1,9 @@
 // The CUDA TrainOps (kernels/train_ops.h): cuBLAS sgemm for the linear GEMMs, the kernels of
-// kernels/cuda/train_kernels.h for the rest, on one stream. Buffers are CUDA managed memory
-// (cudaMallocManaged): the trainer's host steps (loss, clipping, AdamW, masks, checkpoints) touch
-// them after synchronize(). Host code only; built for real with `make CUDA=1` and, in every
-// build of the tests, against the CPU emulation of CUDA (tests/test_cuda_emu_train.cpp).
+// kernels/cuda/train_kernels.h for the rest (global-norm clipping and AdamW included), on one
+// stream. Buffers are CUDA managed memory (cudaMallocManaged): the trainer's host steps (loss,
+// masks, checkpoints) touch them after synchronize(). Host code only; built for real with `make
+// CUDA=1` and, in every build of the tests, against the CPU emulation of CUDA
+// (tests/test_cuda_emu_train.cpp).
 #include <cstring>
 #include <memory>
 #include <memory_resource>
@@ -43,6 +44,7 @@ class CudaTrainOps final : public train::TrainOps {
   ~CudaTrainOps() override {
     cudaStreamSynchronize(stream_);
     if (ds_) cudaFree(ds_);
+    if (partial_) cudaFree(partial_);
     cublasDestroy(blas_);
     cudaStreamDestroy(stream_);
   }
@@ -130,12 +132,28 @@ class CudaTrainOps final : public train::TrainOps {
   void residual_forward(float* out, const float* a, const float* b, int64_t n) override {
     launch_residual_forward(out, a, b, n, stream_);
   }
+  double sum_squares(const float* x, int64_t n) override {
+    if (!partial_)
+      check_cuda(cudaMallocManaged(reinterpret_cast<void**>(&partial_),
+                                   kSumSquaresBlocks * sizeof(double), cudaMemAttachGlobal),
+                 "cudaMallocManaged");
+    launch_sum_squares(partial_, x, n, stream_);
+    synchronize();
+    double ss = 0;
+    for (int b = 0; b < kSumSquaresBlocks; ++b) ss += partial_[b];
+    return ss;
+  }
+  void scale(float* x, float s, int64_t n) override { launch_scale(x, s, n, stream_); }
+  void adamw(float* w, float* m, float* v, const float* g, int64_t n, const AdamWCoef& c) override {
+    launch_adamw(w, m, v, g, n, c, stream_);
+  }
 
  private:
   ManagedMemory mem_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
-  float* ds_ = nullptr;  // attention backward's dS [B, H, T, T]
+  float* ds_ = nullptr;        // attention backward's dS [B, H, T, T]
+  double* partial_ = nullptr;  // [kSumSquaresBlocks] sum_squares' per-block sums (managed)
   size_t ds_cap_ = 0;
 };
 
