@@ -116,7 +116,8 @@ nlohmann::json TrainBert::config_json() const {
 }
 
 void TrainBert::set_checkpointing(bool on) {
-  if (on) throw NotImplemented("gradient checkpointing for a bert student");
+  ckpt_ = on;
+  B_ = T_ = 0;  // re-lay the buffers on the next forward
 }
 
 size_t TrainBert::activation_bytes() const {
@@ -134,7 +135,8 @@ size_t TrainBert::activation_bytes() const {
 }
 
 void TrainBert::ensure_buffers(int64_t B, int64_t T) {
-  if (B == B_ && T == T_) return;
+  const size_t n_acts = ckpt_ ? 1 : size_t(cfg_.n_layers);
+  if (B == B_ && T == T_ && acts_.size() == n_acts) return;
   B_ = B;
   T_ = T;
   const int64_t N = B * T, C = cfg_.hidden, F = cfg_.ffn, H = cfg_.n_heads;
@@ -143,7 +145,7 @@ void TrainBert::ensure_buffers(int64_t B, int64_t T) {
   sz(emb_, N * C), sz(emb_mean_, N), sz(emb_rstd_, N);
   resid_.resize(size_t(cfg_.n_layers + 1));
   for (auto& r : resid_) sz(r, N * C);
-  acts_.assign(size_t(cfg_.n_layers), LayerActs{});
+  acts_.assign(n_acts, LayerActs{});
   for (LayerActs& a : acts_) {
     sz(a.q, N * C), sz(a.k, N * C), sz(a.v, N * C), sz(a.probs, B * H * T * T);
     sz(a.atty, N * C), sz(a.r1, N * C), sz(a.h1, N * C), sz(a.m1, N), sz(a.s1, N);
@@ -153,15 +155,36 @@ void TrainBert::ensure_buffers(int64_t B, int64_t T) {
   sz(dg_, N * F), sz(df_, N * F);
 }
 
+void TrainBert::layer_forward(int64_t l, LayerActs& a, const float* x, float* out) {
+  const ModelConfig& c = cfg_;
+  const int64_t B = B_, T = T_, N = B * T, C = c.hidden, F = c.ffn, H = c.n_heads, D = C / H;
+  const bool tanh_gelu = c.act == Act::GeluTanh;
+  const std::string p = lp(l), s = p + "attention.self.";
+  proj_fwd(s + "query", a.q.data(), x, N, C, C);
+  proj_fwd(s + "key", a.k.data(), x, N, C, C);
+  proj_fwd(s + "value", a.v.data(), x, N, C, C);
+  attention_forward(a.atty.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(), B, T, H, H,
+                    D, false, has_mask_ ? mask_.data() : nullptr);
+  proj_fwd(p + "attention.output.dense", a.r1.data(), a.atty.data(), N, C, C);
+  residual_forward(a.r1.data(), a.r1.data(), x, N * C);
+  layernorm_forward(a.h1.data(), a.m1.data(), a.s1.data(), a.r1.data(),
+                    W(p + "attention.output.LayerNorm.weight"),
+                    W(p + "attention.output.LayerNorm.bias"), N, C, c.norm_eps);
+  proj_fwd(p + "intermediate.dense", a.f.data(), a.h1.data(), N, C, F);
+  gelu_forward(a.g.data(), a.f.data(), N * F, tanh_gelu);
+  proj_fwd(p + "output.dense", a.r2.data(), a.g.data(), N, F, C);
+  residual_forward(a.r2.data(), a.r2.data(), a.h1.data(), N * C);
+  layernorm_forward(out, a.m2.data(), a.s2.data(), a.r2.data(), W(p + "output.LayerNorm.weight"),
+                    W(p + "output.LayerNorm.bias"), N, C, c.norm_eps);
+}
+
 const float* TrainBert::forward(const int32_t* ids, int64_t B, int64_t T, const int32_t* mask,
                                 const int32_t* type_ids) {
   const ModelConfig& c = cfg_;
   MINFER_CHECK(B > 0 && T > 0 && T <= c.max_pos,
                "forward: batch {} x {} tokens (bert has {} learned positions)", B, T, c.max_pos);
   ensure_buffers(B, T);
-  const int64_t N = B * T, C = c.hidden, F = c.ffn, H = c.n_heads, D = C / H,
-                TV = std::max<int64_t>(c.type_vocab, 1);
-  const bool tanh_gelu = c.act == Act::GeluTanh;
+  const int64_t N = B * T, C = c.hidden, TV = std::max<int64_t>(c.type_vocab, 1);
   std::copy(ids, ids + N, ids_.begin());
   proj_.refresh();
   has_mask_ = mask != nullptr;
@@ -182,67 +205,56 @@ const float* TrainBert::forward(const int32_t* ids, int64_t B, int64_t T, const 
   layernorm_forward(resid_[0].data(), emb_mean_.data(), emb_rstd_.data(), emb_.data(),
                     W("embeddings.LayerNorm.weight"), W("embeddings.LayerNorm.bias"), N, C,
                     c.norm_eps);
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    const std::string p = lp(l), s = p + "attention.self.";
-    LayerActs& a = acts_[size_t(l)];
-    const float* x = resid_[size_t(l)].data();
-    proj_fwd(s + "query", a.q.data(), x, N, C, C);
-    proj_fwd(s + "key", a.k.data(), x, N, C, C);
-    proj_fwd(s + "value", a.v.data(), x, N, C, C);
-    attention_forward(a.atty.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(), B, T, H, H,
-                      D, false, has_mask_ ? mask_.data() : nullptr);
-    proj_fwd(p + "attention.output.dense", a.r1.data(), a.atty.data(), N, C, C);
-    residual_forward(a.r1.data(), a.r1.data(), x, N * C);
-    layernorm_forward(a.h1.data(), a.m1.data(), a.s1.data(), a.r1.data(),
-                      W(p + "attention.output.LayerNorm.weight"),
-                      W(p + "attention.output.LayerNorm.bias"), N, C, c.norm_eps);
-    proj_fwd(p + "intermediate.dense", a.f.data(), a.h1.data(), N, C, F);
-    gelu_forward(a.g.data(), a.f.data(), N * F, tanh_gelu);
-    proj_fwd(p + "output.dense", a.r2.data(), a.g.data(), N, F, C);
-    residual_forward(a.r2.data(), a.r2.data(), a.h1.data(), N * C);
-    layernorm_forward(resid_[size_t(l + 1)].data(), a.m2.data(), a.s2.data(), a.r2.data(),
-                      W(p + "output.LayerNorm.weight"), W(p + "output.LayerNorm.bias"), N, C,
-                      c.norm_eps);
-  }
+  for (int64_t l = 0; l < c.n_layers; ++l)
+    layer_forward(l, acts_[ckpt_ ? 0 : size_t(l)], resid_[size_t(l)].data(),
+                  resid_[size_t(l + 1)].data());
   return resid_.back().data();
+}
+
+void TrainBert::layer_backward(int64_t l, LayerActs& a, const float* x) {
+  const ModelConfig& c = cfg_;
+  const int64_t B = B_, T = T_, N = B * T, C = c.hidden, F = c.ffn, H = c.n_heads, D = C / H;
+  const bool tanh_gelu = c.act == Act::GeluTanh;
+  auto zero = [](std::vector<float>& v) { std::fill(v.begin(), v.end(), 0.f); };
+  const std::string p = lp(l), s = p + "attention.self.";
+  // out = LN(r2), r2 = h1 + output.dense(gelu(intermediate.dense(h1)))
+  zero(dr2_);
+  layernorm_backward(dr2_.data(), G(p + "output.LayerNorm.weight"), G(p + "output.LayerNorm.bias"),
+                     dres_.data(), a.r2.data(), W(p + "output.LayerNorm.weight"), a.m2.data(),
+                     a.s2.data(), N, C);
+  zero(dg_);
+  proj_bwd(p + "output.dense", dg_.data(), dr2_.data(), a.g.data(), N, F, C);
+  zero(df_);
+  gelu_backward(df_.data(), dg_.data(), a.f.data(), N * F, tanh_gelu);
+  dh1_ = dr2_;
+  proj_bwd(p + "intermediate.dense", dh1_.data(), df_.data(), a.h1.data(), N, C, F);
+  // h1 = LN(r1), r1 = x + attention.output.dense(attention(q(x), k(x), v(x)))
+  zero(dr1_);
+  layernorm_backward(dr1_.data(), G(p + "attention.output.LayerNorm.weight"),
+                     G(p + "attention.output.LayerNorm.bias"), dh1_.data(), a.r1.data(),
+                     W(p + "attention.output.LayerNorm.weight"), a.m1.data(), a.s1.data(), N, C);
+  zero(datt_);
+  proj_bwd(p + "attention.output.dense", datt_.data(), dr1_.data(), a.atty.data(), N, C, C);
+  zero(dq_), zero(dk_), zero(dv_);
+  attention_backward(dq_.data(), dk_.data(), dv_.data(), datt_.data(), a.q.data(), a.k.data(),
+                     a.v.data(), a.probs.data(), B, T, H, H, D, false);
+  dres_ = dr1_;
+  proj_bwd(s + "query", dres_.data(), dq_.data(), x, N, C, C);
+  proj_bwd(s + "key", dres_.data(), dk_.data(), x, N, C, C);
+  proj_bwd(s + "value", dres_.data(), dv_.data(), x, N, C, C);
 }
 
 void TrainBert::backward(const float* dhidden) {
   MINFER_CHECK(B_ > 0, "backward before forward");
   const ModelConfig& c = cfg_;
-  const int64_t B = B_, T = T_, N = B * T, C = c.hidden, F = c.ffn, H = c.n_heads, D = C / H;
-  const bool tanh_gelu = c.act == Act::GeluTanh;
+  const int64_t T = T_, N = B_ * T, C = c.hidden;
   auto zero = [](std::vector<float>& v) { std::fill(v.begin(), v.end(), 0.f); };
   std::copy(dhidden, dhidden + N * C, dres_.begin());
   for (int64_t l = c.n_layers - 1; l >= 0; --l) {
-    const std::string p = lp(l), s = p + "attention.self.";
-    LayerActs& a = acts_[size_t(l)];
     const float* x = resid_[size_t(l)].data();
-    // out = LN(r2), r2 = h1 + output.dense(gelu(intermediate.dense(h1)))
-    zero(dr2_);
-    layernorm_backward(dr2_.data(), G(p + "output.LayerNorm.weight"),
-                       G(p + "output.LayerNorm.bias"), dres_.data(), a.r2.data(),
-                       W(p + "output.LayerNorm.weight"), a.m2.data(), a.s2.data(), N, C);
-    zero(dg_);
-    proj_bwd(p + "output.dense", dg_.data(), dr2_.data(), a.g.data(), N, F, C);
-    zero(df_);
-    gelu_backward(df_.data(), dg_.data(), a.f.data(), N * F, tanh_gelu);
-    dh1_ = dr2_;
-    proj_bwd(p + "intermediate.dense", dh1_.data(), df_.data(), a.h1.data(), N, C, F);
-    // h1 = LN(r1), r1 = x + attention.output.dense(attention(q(x), k(x), v(x)))
-    zero(dr1_);
-    layernorm_backward(dr1_.data(), G(p + "attention.output.LayerNorm.weight"),
-                       G(p + "attention.output.LayerNorm.bias"), dh1_.data(), a.r1.data(),
-                       W(p + "attention.output.LayerNorm.weight"), a.m1.data(), a.s1.data(), N, C);
-    zero(datt_);
-    proj_bwd(p + "attention.output.dense", datt_.data(), dr1_.data(), a.atty.data(), N, C, C);
-    zero(dq_), zero(dk_), zero(dv_);
-    attention_backward(dq_.data(), dk_.data(), dv_.data(), datt_.data(), a.q.data(), a.k.data(),
-                       a.v.data(), a.probs.data(), B, T, H, H, D, false);
-    dres_ = dr1_;
-    proj_bwd(s + "query", dres_.data(), dq_.data(), x, N, C, C);
-    proj_bwd(s + "key", dres_.data(), dk_.data(), x, N, C, C);
-    proj_bwd(s + "value", dres_.data(), dv_.data(), x, N, C, C);
+    if (ckpt_)  // recompute this block's activations from its kept input
+      layer_forward(l, acts_[0], x, resid_[size_t(l + 1)].data());
+    layer_backward(l, acts_[ckpt_ ? 0 : size_t(l)], x);
   }
   zero(demb_);
   layernorm_backward(demb_.data(), G("embeddings.LayerNorm.weight"), G("embeddings.LayerNorm.bias"),

@@ -55,7 +55,7 @@ class TrainBert final : public Student {
     return named_params(params_);
   }
   nlohmann::json config_json() const override;
-  // Not implemented for BERT yet: on throws NotImplemented.
+  // Per-layer checkpointing as TrainLlama's: one layer's activations kept, recomputed in backward.
   void set_checkpointing(bool on) override;
   size_t activation_bytes() const override;
   const Projections& projections() const override { return proj_; }
@@ -68,6 +68,10 @@ class TrainBert final : public Student {
     std::vector<float> r2, m2, s2;            // MLP residual, mean, rstd (the output is resid_)
   };
   void ensure_buffers(int64_t B, int64_t T);
+  // One block: x [N, C] -> out [N, C], keeping what backward reads in a.
+  void layer_forward(int64_t l, LayerActs& a, const float* x, float* out);
+  // Adds the block's parameter gradients and turns dres_ (∂/∂out) into ∂/∂x.
+  void layer_backward(int64_t l, LayerActs& a, const float* x);
   std::string lp(int64_t l) const { return "encoder.layer." + std::to_string(l) + "."; }
   float* W(const std::string& name) { return proj_.W(name); }
   float* G(const std::string& name) { return proj_.G(name); }
@@ -82,12 +86,13 @@ class TrainBert final : public Student {
   ParamStore params_;
   ParamStore frozen_;  // LoRA: the frozen base
   Projections proj_;   // after the two stores it refers to
+  bool ckpt_ = false;
   int64_t B_ = 0, T_ = 0;
   std::vector<int32_t> ids_, types_, mask_;  // [N]
   bool has_mask_ = false;
   std::vector<float> emb_, emb_mean_, emb_rstd_;  // [N, C] summed embeddings, LayerNorm stats
   std::vector<std::vector<float>> resid_;         // [L+1] x [N, C]: layer inputs, output
-  std::vector<LayerActs> acts_;                   // [L]
+  std::vector<LayerActs> acts_;                   // [L] (1 with checkpointing)
   std::vector<float> dres_, dr2_, dg_, df_, dh1_, dr1_, datt_, dq_, dk_, dv_, demb_;  // scratch
 };
 

@@ -947,7 +947,6 @@ DistillResult distill_encoder(Model& teacher, const Tokenizer* tok,
                 opt.generate, arch_name(tc.arch));
   if (opt.ops && !opt.ops->host())
     throw NotImplemented("a bert student on the " + opt.ops->name() + " device");
-  if (opt.grad_checkpoint) throw NotImplemented("gradient checkpointing for a bert student");
   MINFER_CHECK(!train_seqs.empty(),
                "{}: no non-blank line, shorter than one training sequence (encoder distillation "
                "takes one text line per sequence)",
@@ -965,6 +964,7 @@ DistillResult distill_encoder(Model& teacher, const Tokenizer* tok,
                "--student '{}' is a causal LM ({}) and the teacher an encoder ({}): encoder "
                "distillation needs an encoder student",
                opt.student, arch_name(student->config().arch), arch_name(tc.arch));
+  student->set_checkpointing(opt.grad_checkpoint);
   const ModelConfig& sc = student->config();
   MINFER_CHECK(sc.vocab_size == tc.vocab_size,
                "student vocabulary ({} tokens) differs from the teacher's ({} tokens)",
@@ -1111,6 +1111,7 @@ DistillResult distill_encoder(Model& teacher, const Tokenizer* tok,
              {"teacher_seconds", res.teacher_s},
              {"student_seconds", res.student_s},
              {"train_tokens", res.train_tokens},
+             {"grad_checkpoint", opt.grad_checkpoint},
              {"activation_bytes", res.activation_bytes},
              {"ranks", 1}};
   if (res.finished && !out.empty()) save_student(*student, teacher, tok, opt, out, res.log);

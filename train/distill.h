@@ -144,7 +144,7 @@ std::unique_ptr<Student> build_student(const DistillOptions& opt, Model& teacher
 // against the teacher over eval_seqs (at most eval_tokens tokens), every
 // eval_every steps (and at step 0 of a fresh run when eval_every > 0) and at the end. Checkpoints
 // and resume as distill(); QAT and LoRA (opt.qat, opt.lora) as for causal students. Not with
-// pruning schedules, --generate, gradient checkpointing, MPI or a device: NotImplemented. Throws
+// pruning schedules, --generate, MPI or a device: NotImplemented. Throws
 // (writing nothing) for a causal teacher or student, different vocabularies or widths, α outside
 // [0, 1], τ ≤ 0, no training line.
 DistillResult distill_encoder(Model& teacher, const Tokenizer* tok,
