@@ -52,6 +52,9 @@ class Projections {
   // LoRA, and for a LoRA alpha <= 0 or a target that `arch` does not have (naming it and the
   // accepted ones).
   Projections(const TrainMods& mods, Arch arch, ParamStore& params, ParamStore& frozen);
+  // Refers to its model's stores: neither copied nor moved with them.
+  Projections(const Projections&) = delete;
+  Projections& operator=(const Projections&) = delete;
 
   bool lora() const { return mods_.lora.rank > 0; }
   bool qat() const { return mods_.qat.has_value(); }
