@@ -3,9 +3,9 @@
 // Every op the LLaMA training forward and backward run goes through it, on buffers allocated
 // from memory(): the CPU implementation calls train/ops.h on host arrays; the CUDA one
 // (kernels/cuda/train_ops_cuda.cpp) runs cuBLAS sgemm for the linear GEMMs and the kernels of
-// kernels/cuda/train_kernels.h for the rest, including global-norm clipping and AdamW
-// (train/optim.h calls sum_squares, scale and adamw), on CUDA managed memory
-// (cudaMallocManaged), so that what runs on the host between steps (the loss on the logits,
+// kernels/cuda/train_kernels.h for the rest, including the loss (train/loss.h), global-norm
+// clipping and AdamW (train/optim.h calls sum_squares, scale and adamw), on CUDA managed memory
+// (cudaMallocManaged), so that what runs on the host between steps (the teacher's logits,
 // pruning masks, checkpoints) reads and writes the same buffers after synchronize().
 //
 // Arguments, shapes and the accumulate (+=) contract of every op are those of its train/ops.h
@@ -76,6 +76,21 @@ class TrainOps {
   // One AdamW update of n weights with their gradients and moments (adamw_update).
   virtual void adamw(float* w, float* m, float* v, const float* g, int64_t n,
                      const AdamWCoef& c) = 0;
+
+  // The loss on the logits (train/loss.h through distill_loss). The forwards return the sum over
+  // rows in double after it is complete (CUDA: one value per row from a block per row, added in
+  // order on the host); targets and logits in this ops' memory (targets host-readable; a target
+  // >= V is an error naming the row). Backwards accumulate as their train/ops.h namesakes.
+  virtual double cross_entropy_forward(const float* logits, const int32_t* targets, int64_t N,
+                                       int64_t V) = 0;
+  virtual void cross_entropy_backward(float* dlogits, const float* logits, const int32_t* targets,
+                                      int64_t N, int64_t V, float scale) = 0;
+  virtual double kl_forward(const float* student, const float* teacher, int64_t N, int64_t V,
+                            float tau, bool reverse) = 0;
+  virtual void kl_backward(float* dstudent, const float* student, const float* teacher, int64_t N,
+                           int64_t V, float tau, bool reverse, float scale) = 0;
+  // dst = src (n floats; either may be host or this ops' memory).
+  virtual void copy(float* dst, const float* src, int64_t n) = 0;
 };
 
 // The CPU ops (train/ops.h, OpenBLAS), one shared instance.

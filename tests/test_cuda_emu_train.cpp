@@ -17,6 +17,7 @@
 #include "tests/test_util.h"
 #include "tests/train_test_util.h"
 #include "train/distill.h"
+#include "train/loss.h"
 #include "train/ops.h"
 #include "train/optim.h"
 
@@ -356,4 +357,41 @@ TEST_CASE(
   }
   CHECK(clipped == 3);
   CHECK(cu::emu_launch_count() >= launches0 + 6 * (1 + 3) + 3);  // sums, AdamW per tensor, scales
+}
+
+TEST_CASE("cuda emu train: the distillation loss on the device equals the CPU loss") {
+  using namespace minfer;
+  auto ops = std::shared_ptr<tr::TrainOps>(new_cuda_emu_train_ops(0));
+  // 7 rows (two without a target) of 45 logits: not multiples of a warp or a block.
+  const int64_t N = 7, V = 45;
+  const std::vector<float> s = randn(size_t(N * V), 21, 2.f), t = randn(size_t(N * V), 22, 2.f);
+  const std::vector<int32_t> tg{3, -100, 44, 0, 17, -100, 9};
+  const std::vector<float> d0 = randn(size_t(N * V), 23, 0.1f);  // gradients accumulate into it
+  tr::FloatVec ds(s.begin(), s.end(), ops->memory()), dt(t.begin(), t.end(), ops->memory()),
+      dd(d0.begin(), d0.end(), ops->memory());
+  tr::IntVec dtg(tg.begin(), tg.end(), ops->memory());
+  for (const float alpha : {0.f, 0.5f, 1.f})
+    for (const bool reverse : {false, true}) {
+      CAPTURE(alpha);
+      CAPTURE(reverse);
+      const tr::DistillLossArgs a{alpha, 2.f, reverse};
+      std::vector<float> dc = d0;
+      std::copy(d0.begin(), d0.end(), dd.begin());
+      const int64_t launches0 = cu::emu_launch_count();
+      const tr::LossParts c =
+          tr::distill_loss(s.data(), t.data(), tg.data(), N, V, a, dc.data(), 0.5f);
+      const tr::LossParts g =
+          tr::distill_loss(ds.data(), dt.data(), dtg.data(), N, V, a, dd.data(), 0.5f, ops.get());
+      CHECK(cu::emu_launch_count() > launches0);  // computed by the kernels
+      CHECK(g.scored == 5);
+      CHECK(g.ce == doctest::Approx(c.ce).epsilon(1e-6));
+      CHECK(g.kd == doctest::Approx(c.kd).epsilon(1e-6));
+      CHECK(g.total == doctest::Approx(c.total).epsilon(1e-6));
+      CHECK(rel(std::vector<float>(dd.begin(), dd.end()), dc) <= 1e-6);
+    }
+  // A target outside the vocabulary names its row, as on the CPU.
+  dtg[4] = int32_t(V);
+  CHECK_THROWS_WITH(tr::distill_loss(ds.data(), dt.data(), dtg.data(), N, V, {0.f, 1.f, false},
+                                     nullptr, 1.f, ops.get()),
+                    doctest::Contains("target 45 at row 4 >= vocab 45"));
 }

@@ -112,8 +112,8 @@ int main(int argc, char** argv) {
   app.add_option("--threads,-t", threads, "threads")->check(CLI::NonNegativeNumber);
   app.add_option("--backend", backend,
                  "cpu | cuda: where the student trains (cuda: cuBLAS + the training kernels on "
-                 "managed memory, AdamW and clipping included; the teacher and the loss stay on "
-                 "the CPU; QAT, LoRA and "
+                 "managed memory, the loss, clipping and AdamW included; the teacher stays on the "
+                 "CPU; QAT, LoRA and "
                  "low-rank students train on the CPU only)")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--device", device, "GPU index for --backend cuda")->check(CLI::NonNegativeNumber);

@@ -625,8 +625,13 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
 
   DistillResult res;
   WindowOrder order(windows, opt.seed);
-  std::vector<int32_t> in(static_cast<size_t>(Nl)), tg(static_cast<size_t>(Nl));
-  std::vector<float> tlogits(la.alpha > 0 ? size_t(Nl * V) : 0), dlogits(size_t(Nl * V));
+  // The loss runs where the student trains (a CUDA student: kernels on its managed memory).
+  TrainOps* dev = llama && !llama->ops().host() ? &llama->ops() : nullptr;
+  TrainOps& lops = dev ? *dev : *cpu_train_ops();
+  std::vector<int32_t> in(static_cast<size_t>(Nl));
+  IntVec tg(static_cast<size_t>(Nl), lops.memory());
+  FloatVec tlogits(la.alpha > 0 ? size_t(Nl * V) : 0, lops.memory()),
+      dlogits(size_t(Nl * V), lops.memory());
   RunState ts = teacher.new_state(L, L, L);
   const int64_t first = state.step,
                 last = opt.stop_at > 0 ? std::min(opt.stop_at, opt.steps) : opt.steps;
@@ -665,13 +670,13 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
       }
       const float* logits = student->forward(in.data(), Bl, L);
       if (prune_now && prune.method == "wanda") llama->add_input_sq(col_sq);
-      std::fill(dlogits.begin(), dlogits.end(), 0.f);
+      lops.zero(dlogits.data(), int64_t(dlogits.size()));
       // The loss is a mean over this rank's Nl rows; weighted by Nl / N it is this rank's part
       // of the mean over the global N rows, so the ranks' gradients sum to the global one.
       const double w_rank = double(Nl) / double(N);
       const LossParts lp =
           distill_loss(logits, la.alpha > 0 ? tlogits.data() : nullptr, tg.data(), Nl, V, la,
-                       dlogits.data(), float(w_rank / double(opt.accum)));
+                       dlogits.data(), float(w_rank / double(opt.accum)), dev);
       acc.kd += w_rank * lp.kd / double(opt.accum);
       acc.ce += w_rank * lp.ce / double(opt.accum);
       acc.total += w_rank * lp.total / double(opt.accum);

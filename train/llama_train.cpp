@@ -315,8 +315,8 @@ void TrainLlama::backward(const float* dlogits) {
   auto zero = [this](FloatVec& v) { ops_->zero(v.data(), int64_t(v.size())); };
   const std::string head = c.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
 
-  if (!ops_->host()) {  // the loss gradient comes from host memory
-    std::copy(dlogits, dlogits + N * V, dlogits_.begin());
+  if (!ops_->host()) {  // the loss gradient may be in host memory (a device copy otherwise)
+    ops_->copy(dlogits_.data(), dlogits, N * V);
     dlogits = dlogits_.data();
   }
   zero(dln_);

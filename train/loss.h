@@ -5,6 +5,8 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/train_ops.h"
+
 namespace minfer::train {
 
 struct DistillLossArgs {
@@ -23,9 +25,11 @@ struct LossParts {
 // Loss of student logits [N, V] against teacher logits [N, V] (null when α = 0) and targets [N]
 // (< 0 = not scored). When dlogits is not null, adds grad_scale · ∂total/∂student into it
 // (grad_scale = 1/K for K accumulation steps). Throws for α outside [0, 1], τ <= 0, a missing
-// teacher with α > 0, or no scored row with α < 1.
+// teacher with α > 0, or no scored row with α < 1. `ops` computes it where the arrays live
+// (null: the CPU; a CUDA TrainOps: kernels on the device, every array in its memory, returning
+// when dlogits is complete).
 LossParts distill_loss(const float* student, const float* teacher, const int32_t* targets,
                        int64_t N, int64_t V, const DistillLossArgs& a, float* dlogits,
-                       float grad_scale = 1.f);
+                       float grad_scale = 1.f, TrainOps* ops = nullptr);
 
 }  // namespace minfer::train

@@ -77,6 +77,25 @@ class CpuTrainOps final : public TrainOps {
   void scale(float* x, float s, int64_t n) override {
     for (int64_t i = 0; i < n; ++i) x[i] *= s;
   }
+  double cross_entropy_forward(const float* logits, const int32_t* targets, int64_t N,
+                               int64_t V) override {
+    return train::cross_entropy_forward(logits, targets, N, V);
+  }
+  void cross_entropy_backward(float* dlogits, const float* logits, const int32_t* targets,
+                              int64_t N, int64_t V, float scale) override {
+    train::cross_entropy_backward(dlogits, logits, targets, N, V, scale);
+  }
+  double kl_forward(const float* student, const float* teacher, int64_t N, int64_t V, float tau,
+                    bool reverse) override {
+    return train::kl_forward(student, teacher, N, V, tau, reverse);
+  }
+  void kl_backward(float* dstudent, const float* student, const float* teacher, int64_t N,
+                   int64_t V, float tau, bool reverse, float scale) override {
+    train::kl_backward(dstudent, student, teacher, N, V, tau, reverse, scale);
+  }
+  void copy(float* dst, const float* src, int64_t n) override {
+    if (n > 0 && dst != src) std::memmove(dst, src, size_t(n) * sizeof(float));
+  }
   void adamw(float* w, float* m, float* v, const float* g, int64_t n, const AdamWCoef& c) override {
 #pragma omp parallel for schedule(static) if (n >= (1 << 16))
     for (int64_t i = 0; i < n; ++i) adamw_update(w[i], m[i], v[i], g[i], c);

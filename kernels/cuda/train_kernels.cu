@@ -260,6 +260,32 @@ __device__ float row_lse(const float* row, int64_t V, float it) {
   return mx + logf(block_reduce<false>(s));
 }
 
+__global__ void cross_entropy_forward_kernel(float* loss, const float* logits,
+                                             const int32_t* targets, int64_t V) {
+  const int64_t r = blockIdx.x;
+  if (targets[r] < 0) {  // the whole block leaves together
+    if (threadIdx.x == 0) loss[r] = 0.f;
+    return;
+  }
+  const float* row = logits + r * V;
+  const float lse = row_lse(row, V, 1.f);
+  if (threadIdx.x == 0) loss[r] = lse - row[targets[r]];
+}
+
+__global__ void kl_forward_kernel(float* loss, const float* student, const float* teacher,
+                                  int64_t V, float tau, bool reverse) {
+  const int64_t r = blockIdx.x;
+  const float *s = student + r * V, *t = teacher + r * V;
+  const float it = 1.f / tau, ls = row_lse(s, V, it), lt = row_lse(t, V, it);
+  float kl = 0;
+  for (int64_t c = threadIdx.x; c < V; c += blockDim.x) {
+    const float lq = s[c] * it - ls, lp = t[c] * it - lt;
+    kl += reverse ? expf(lq) * (lq - lp) : expf(lp) * (lp - lq);
+  }
+  kl = block_reduce<false>(kl);
+  if (threadIdx.x == 0) loss[r] = kl;
+}
+
 __global__ void cross_entropy_backward_kernel(float* dlogits, const float* logits,
                                               const int32_t* targets, int64_t V, float scale) {
   const int64_t r = blockIdx.x;
@@ -359,6 +385,16 @@ void launch_gelu_backward(float* dx, const float* dout, const float* x, int64_t 
 }
 void launch_residual_backward(float* da, float* db, const float* dout, int64_t n, cudaStream_t s) {
   MINFER_LAUNCH(residual_backward_kernel, grid(n, kThreads), kThreads, 0, s)(da, db, dout, n);
+}
+void launch_cross_entropy_forward(float* loss, const float* logits, const int32_t* targets,
+                                  int64_t N, int64_t V, cudaStream_t s) {
+  MINFER_LAUNCH(cross_entropy_forward_kernel, unsigned(N), kRowThreads, 0, s)
+  (loss, logits, targets, V);
+}
+void launch_kl_forward(float* loss, const float* student, const float* teacher, int64_t N,
+                       int64_t V, float tau, bool reverse, cudaStream_t s) {
+  MINFER_LAUNCH(kl_forward_kernel, unsigned(N), kRowThreads, 0, s)
+  (loss, student, teacher, V, tau, reverse);
 }
 void launch_cross_entropy_backward(float* dlogits, const float* logits, const int32_t* targets,
                                    int64_t N, int64_t V, float scale, cudaStream_t s) {

@@ -58,6 +58,14 @@ void launch_gelu_backward(float* dx, const float* dout, const float* x, int64_t 
                           cudaStream_t s);
 // da += dout and db += dout (the residual add's backward; either may be null).
 void launch_residual_backward(float* da, float* db, const float* dout, int64_t n, cudaStream_t s);
+// loss[r] = log Σ exp(row) − row[targets[r]] for rows with a target, 0 for the others (a block
+// per row).
+void launch_cross_entropy_forward(float* loss, const float* logits, const int32_t* targets,
+                                  int64_t N, int64_t V, cudaStream_t s);
+// loss[r] = the row's KL at temperature τ: forward Σ p(log p − log q), reverse Σ q(log q − log p),
+// p = softmax(teacher/τ), q = softmax(student/τ) (a block per row).
+void launch_kl_forward(float* loss, const float* student, const float* teacher, int64_t N,
+                       int64_t V, float tau, bool reverse, cudaStream_t s);
 // dlogits += scale·(softmax(logits) − onehot(target)) for rows with targets[n] >= 0 (a block
 // per row).
 void launch_cross_entropy_backward(float* dlogits, const float* logits, const int32_t* targets,

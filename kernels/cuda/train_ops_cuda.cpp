@@ -1,6 +1,6 @@
 // The CUDA TrainOps (kernels/train_ops.h): cuBLAS sgemm for the linear GEMMs, the kernels of
-// kernels/cuda/train_kernels.h for the rest (global-norm clipping and AdamW included), on one
-// stream. Buffers are CUDA managed memory (cudaMallocManaged): the trainer's host steps (loss,
+// kernels/cuda/train_kernels.h for the rest (the loss, global-norm clipping and AdamW included), on
+// one stream. Buffers are CUDA managed memory (cudaMallocManaged): the trainer's host steps (loss,
 // masks, checkpoints) touch them after synchronize(). Host code only; built for real with `make
 // CUDA=1` and, in every build of the tests, against the CPU emulation of CUDA
 // (tests/test_cuda_emu_train.cpp).
@@ -45,6 +45,7 @@ class CudaTrainOps final : public train::TrainOps {
     cudaStreamSynchronize(stream_);
     if (ds_) cudaFree(ds_);
     if (partial_) cudaFree(partial_);
+    if (rows_) cudaFree(rows_);
     cublasDestroy(blas_);
     cudaStreamDestroy(stream_);
   }
@@ -144,15 +145,65 @@ class CudaTrainOps final : public train::TrainOps {
     return ss;
   }
   void scale(float* x, float s, int64_t n) override { launch_scale(x, s, n, stream_); }
+  double cross_entropy_forward(const float* logits, const int32_t* targets, int64_t N,
+                               int64_t V) override {
+    for (int64_t n = 0; n < N; ++n)  // managed memory: the targets are host-readable
+      MINFER_CHECK(targets[n] < V, "cross-entropy: target {} at row {} >= vocab {}", targets[n], n,
+                   V);
+    launch_cross_entropy_forward(row_losses(N), logits, targets, N, V, stream_);
+    return sum_rows(N);
+  }
+  void cross_entropy_backward(float* dlogits, const float* logits, const int32_t* targets,
+                              int64_t N, int64_t V, float scale) override {
+    launch_cross_entropy_backward(dlogits, logits, targets, N, V, scale, stream_);
+  }
+  double kl_forward(const float* student, const float* teacher, int64_t N, int64_t V, float tau,
+                    bool reverse) override {
+    MINFER_CHECK(tau > 0, "kl: temperature {} must be > 0", tau);
+    launch_kl_forward(row_losses(N), student, teacher, N, V, tau, reverse, stream_);
+    return sum_rows(N);
+  }
+  void kl_backward(float* dstudent, const float* student, const float* teacher, int64_t N,
+                   int64_t V, float tau, bool reverse, float scale) override {
+    launch_kl_backward(dstudent, student, teacher, N, V, tau, reverse, scale, stream_);
+  }
+  void copy(float* dst, const float* src, int64_t n) override {
+    if (n > 0 && dst != src)
+      check_cuda(cudaMemcpyAsync(dst, src, size_t(n) * sizeof(float), cudaMemcpyDefault, stream_),
+                 "copy");
+  }
   void adamw(float* w, float* m, float* v, const float* g, int64_t n, const AdamWCoef& c) override {
     launch_adamw(w, m, v, g, n, c, stream_);
   }
 
  private:
+  // A managed buffer of at least n per-row values.
+  float* row_losses(int64_t n) {
+    if (size_t(n) > rows_cap_) {
+      synchronize();
+      if (rows_) cudaFree(rows_);
+      rows_ = nullptr;
+      check_cuda(cudaMallocManaged(reinterpret_cast<void**>(&rows_), size_t(n) * sizeof(float),
+                                   cudaMemAttachGlobal),
+                 "cudaMallocManaged");
+      rows_cap_ = size_t(n);
+    }
+    return rows_;
+  }
+  // Waits for the per-row values, then adds them in order in double.
+  double sum_rows(int64_t n) {
+    synchronize();
+    double s = 0;
+    for (int64_t i = 0; i < n; ++i) s += rows_[i];
+    return s;
+  }
+
   ManagedMemory mem_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
-  float* ds_ = nullptr;        // attention backward's dS [B, H, T, T]
+  float* ds_ = nullptr;    // attention backward's dS [B, H, T, T]
+  float* rows_ = nullptr;  // [rows_cap_] per-row losses (managed)
+  size_t rows_cap_ = 0;
   double* partial_ = nullptr;  // [kSumSquaresBlocks] sum_squares' per-block sums (managed)
   size_t ds_cap_ = 0;
 };

@@ -240,6 +240,7 @@ void check_side(const void* p, size_t n, bool device, const char* what) {
 }
 
 void check_kind(void* dst, const void* src, size_t n, cudaMemcpyKind k) {
+  if (k == cudaMemcpyDefault) return;
   check_side(dst, n, k == cudaMemcpyHostToDevice || k == cudaMemcpyDeviceToDevice, "copy dst");
   check_side(src, n, k == cudaMemcpyDeviceToHost || k == cudaMemcpyDeviceToDevice, "copy src");
 }

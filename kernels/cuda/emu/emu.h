@@ -170,6 +170,7 @@ enum cudaMemcpyKind {
   cudaMemcpyHostToDevice = 1,
   cudaMemcpyDeviceToHost = 2,
   cudaMemcpyDeviceToDevice = 3,
+  cudaMemcpyDefault = 4,  // either side host or device (unified addressing): not checked
 };
 struct EmuStream;
 using cudaStream_t = EmuStream*;
