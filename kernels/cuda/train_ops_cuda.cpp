@@ -1,9 +1,9 @@
 // The CUDA TrainOps (kernels/train_ops.h): cuBLAS sgemm for the linear GEMMs, the kernels of
-// kernels/cuda/train_kernels.h for the rest (the loss, global-norm clipping and AdamW included), on
-// one stream. Buffers are CUDA managed memory (cudaMallocManaged): the trainer's host steps (loss,
-// masks, checkpoints) touch them after synchronize(). Host code only; built for real with `make
-// CUDA=1` and, in every build of the tests, against the CPU emulation of CUDA
-// (tests/test_cuda_emu_train.cpp).
+// kernels/cuda/train_kernels.h for the rest (the loss, global-norm clipping and AdamW included),
+// on one stream. Buffers are CUDA managed memory (cudaMallocManaged): the trainer's host steps
+// (the teacher's logits, masks, checkpoints) touch them after synchronize(). Host code only;
+// built for real with `make CUDA=1` and, in every build of the tests, against the CPU emulation
+// of CUDA (tests/test_cuda_emu_train.cpp).
 #include <cstring>
 #include <memory>
 #include <memory_resource>
