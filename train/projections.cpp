@@ -22,7 +22,7 @@ void transpose(float* dst, const float* src, int64_t R, int64_t C) {
 }  // namespace
 
 Projections::Projections(const TrainMods& mods, Arch arch, ParamStore& params, ParamStore& frozen)
-    : mods_(mods), arch_(arch), params_(params), frozen_(frozen) {
+    : mods_(mods), params_(params), frozen_(frozen) {
   const bool lora = mods.lora.rank != 0;
   if (lora && mods.qat)
     throw NotImplemented("QAT together with LoRA (use one of --qat, --lora-rank)");

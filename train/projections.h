@@ -127,7 +127,6 @@ class Projections {
   }
 
   TrainMods mods_;
-  Arch arch_;
   ParamStore& params_;
   ParamStore& frozen_;
   std::vector<std::string> targets_;         // LoRA targets (resolved)
