@@ -46,6 +46,23 @@ void compress_to(const std::string& method, const std::string& out,
 
 }  // namespace
 
+TEST_CASE("train compressed: --qat or --lora-rank with a compressed student is a clear error") {
+  auto be = make_cpu_backend(1);
+  auto teacher = load_model(kLlama, *be);
+  const auto ids = random_ids(300, 101, 1);
+  test::TempDir tmp("distill-pruned-mods");
+  compress_to("magnitude-50", tmp / "m50");
+  DistillOptions o = opts(tmp / "m50");
+  o.qat = "int8";
+  CHECK_THROWS_WITH(distill(*teacher, nullptr, ids, "ids", {}, o, tmp / "out"),
+                    doctest::Contains("not implemented: --qat with a compressed student"));
+  o.qat.clear();
+  o.lora.rank = 2;
+  CHECK_THROWS_WITH(distill(*teacher, nullptr, ids, "ids", {}, o, tmp / "out"),
+                    doctest::Contains("not implemented: --lora-rank with a compressed student"));
+  CHECK_FALSE(std::filesystem::exists(tmp.path / "out"));
+}
+
 TEST_CASE("train compressed: a pruned student keeps its masks fixed while the rest trains") {
   auto be = make_cpu_backend(1);
   auto teacher = load_model(kLlama, *be);

@@ -560,6 +560,15 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
         "--prune-schedule wanda with --grad-checkpoint (Wanda reads every layer's kept "
         "activations; use magnitude or drop --grad-checkpoint)");
   std::unique_ptr<Student> student = build_student(opt, teacher);
+  // A compressed student is built from its folder as it is (its masks, factors): it does not
+  // take --qat or --lora-rank, which would otherwise be dropped without a word.
+  if ((!opt.qat.empty() && !student->projections().qat()) ||
+      (opt.lora.rank > 0 && !student->projections().lora()))
+    throw NotImplemented(fmt::format(
+        "{} with a compressed student ('{}'): QAT and LoRA start from init, init:layers=... or "
+        "a plain model folder (LoRA over a quantized base: pass the compressed model as "
+        "--teacher with --student init)",
+        opt.qat.empty() ? "--lora-rank" : "--qat", opt.student));
   // What only the LLaMA trainer has: low-rank factors, the prune schedule, devices.
   TrainLlama* llama = dynamic_cast<TrainLlama*>(student.get());
   if (!llama) {
