@@ -266,3 +266,79 @@ TEST_CASE("sparse-24: reads and writes compressed-tensors' sparse-24-bitmask lay
       load_linear(bad, "a", json{{"repr", "sparse-24"}}, dense.dim(1), dense.dim(0)),
       doctest::Contains("sparse-24 'a': bitmask row 1 inputs 0..3 keep 4 of 4"), Error);
 }
+
+TEST_CASE("sparse-24: a compressed-tensors 2:4 tensor becomes Sparse24 at load where it wins") {
+  // Fixture: tests/fixtures/sparse/make_ct_module_names_fixture.py, written by compressed-tensors
+  // 0.9.4's own "sparse-24-bitmask" model compressor (up_proj, [6, 16], 2:4) and "sparse-bitmask"
+  // one (down_proj, [5, 24], unstructured). A folder written by the package names no minfer
+  // representation: its tensors read as "sparse-bitmask", and the CPU backend's upload turns the
+  // 2:4 one into Sparse24 where that kernel is the measured winner.
+  auto file = SafetensorsFile::open("tests/fixtures/sparse/ct_module_names.safetensors");
+  FileTensors src(file);
+  auto be = make_cpu_backend(1);
+  const std::string up = "model.layers.0.mlp.up_proj", down = "model.layers.0.mlp.down_proj";
+  const Tensor ref = file->get("reference." + up + ".weight");
+  const int64_t out = ref.dim(0), in = ref.dim(1);
+  Linear l = load_linear(src, up + ".weight", json{{"repr", "sparse-bitmask"}}, in, out);
+  REQUIRE(std::holds_alternative<SparseBitmask>(l.repr));
+  const bool wins = sparse24_decode_wins(*std::get<SparseBitmask>(l.repr).values);
+  CHECK(wins == sparse24_storage_wins("f32"));  // the same table as compress's auto
+  be->upload(l);
+  CHECK(std::holds_alternative<Sparse24>(l.repr) == wins);
+  const Tensor w = dequantize_weight(l);
+  CHECK(std::equal(w.data<float>(), w.data<float>() + w.numel(), ref.data<float>()));
+  if (wins) {
+    // The values are still the file's bytes (no copy).
+    const Sparse24& s = std::get<Sparse24>(l.repr);
+    CHECK(std::get<Dense>(s.values->repr).w.raw() == file->get(up + ".compressed").raw());
+    // y = x W^T against the f64 product of the package's decompressed matrix.
+    Tensor x = randn_t(1, in, 5), y = Tensor::empty(DType::F32, {1, out});
+    be->linear(y, x, l);
+    for (int64_t n = 0; n < out; ++n) {
+      double e = 0;
+      for (int64_t k = 0; k < in; ++k)
+        e += double(ref.data<float>()[n * in + k]) * double(x.data<float>()[k]);
+      CHECK(y.data<float>()[n] == doctest::Approx(e).epsilon(1e-5));
+    }
+  }
+  // Written back: still compressed-tensors' sparse-24-bitmask tensors, byte for byte.
+  std::vector<std::pair<std::string, Tensor>> ts;
+  TensorSink sink{ts};
+  save_linear(l, up + ".weight", sink);
+  CHECK(ts.size() == 3);
+  for (const auto& [n, t] : ts) {
+    CAPTURE_BINDING(n);
+    REQUIRE(file->has(n));
+    CHECK(same_bytes(t, file->get(n)));
+  }
+  // The unstructured tensor stays a bitmask.
+  Linear d = load_linear(src, down + ".weight", json{{"repr", "sparse-bitmask"}}, 24, 5);
+  be->upload(d);
+  CHECK(std::holds_alternative<SparseBitmask>(d.repr));
+  // int8 values (the package's tensor with its values quantized per row): the converted weight
+  // decodes to exactly the bitmask kernel's outputs (the same integer sums,
+  // kernels/cpu/sparse24.h).
+  Linear q = load_linear(src, up + ".weight", json{{"repr", "sparse-bitmask"}}, in, out);
+  {
+    SparseBitmask& sb = std::get<SparseBitmask>(q.repr);
+    sb.values = Box<Linear>(compress_linear(*sb.values, compress_spec_from_name("int8")));
+  }
+  Tensor x = randn_t(3, in, 6), y0 = Tensor::empty(DType::F32, {3, out}),
+         y1 = Tensor::empty(DType::F32, {3, out});
+  be->linear(y0, x, q);
+  be->upload(q);
+  CHECK(std::holds_alternative<Sparse24>(q.repr) == sparse24_storage_wins("int8"));
+  be->linear(y1, x, q);
+  CHECK(same_bytes(y0, y1));
+  // sparse24_from_bitmask names the tensor, row and inputs of a group that is not 2 of 4.
+  SparseBitmask bad = std::get<SparseBitmask>(d.repr);
+  CHECK_THROWS_WITH_AS(sparse24_from_bitmask(bad, "t.weight"),
+                       doctest::Contains("sparse-24 't.weight'"), Error);
+  SparseBitmask odd = std::get<SparseBitmask>(
+      load_linear(src, up + ".weight", json{{"repr", "sparse-bitmask"}}, in, out).repr);
+  odd.bitmask = odd.bitmask.clone();
+  odd.bitmask.data<uint8_t>()[2 * 1 + 1] = 0x0f;  // row 1, inputs 8..15: 4 and 0 kept
+  CHECK_THROWS_WITH_AS(sparse24_from_bitmask(odd, "t.weight"),
+                       doctest::Contains("sparse-24 't.weight': bitmask row 1 inputs 8..11 keep 4"),
+                       Error);
+}

@@ -25,7 +25,43 @@ unsigned bits_of(unsigned code) {
   return (1u << (code & 3)) | (1u << (code >> 2));
 }
 
+// The index bytes [out, Kb] of a 2:4 bitmask [out, Kb] (compressed-tensors' packbits, LSB
+// first): each nibble's two set bits become the group's code. A nibble that does not keep exactly
+// 2 of 4 is an error naming the tensor, row and inputs.
+Tensor indices_of_bitmask(const uint8_t* m, int64_t in, int64_t out, const std::string& name) {
+  const int64_t kb = index_bytes(in), groups = in / 4;
+  Tensor idx = Tensor::empty(DType::U8, {out, kb});
+  uint8_t* p = idx.data<uint8_t>();
+  for (int64_t n = 0; n < out; ++n)
+    for (int64_t b = 0; b < kb; ++b) {
+      uint8_t byte = 0;
+      for (int h = 0; h < 2 && 2 * b + h < groups; ++h) {
+        const unsigned bits = (m[n * kb + b] >> (4 * h)) & 0xf;
+        MINFER_CHECK(std::popcount(bits) == 2,
+                     "sparse-24 '{}': bitmask row {} inputs {}..{} keep {} of 4, expected 2", name,
+                     n, 4 * (2 * b + h), 4 * (2 * b + h) + 3, std::popcount(bits));
+        byte = uint8_t(byte | (code_of(bits) << (4 * h)));
+      }
+      p[n * kb + b] = byte;
+    }
+  return idx;
+}
+
 }  // namespace
+
+Sparse24 sparse24_from_bitmask(const SparseBitmask& r, const std::string& name) {
+  const int64_t out = r.bitmask.dim(0);
+  MINFER_CHECK(r.in % 4 == 0 && r.in > 0 && r.values && r.values->in == r.in / 2,
+               "sparse-24 '{}': a 2:4 weight needs in % 4 == 0 and in / 2 values per row, found "
+               "in = {}, {} values per row",
+               name, r.in, r.values ? r.values->in : 0);
+  Sparse24 s;
+  s.in = r.in;
+  s.idx = indices_of_bitmask(r.bitmask.data<uint8_t>(), r.in, out, name);
+  s.values = r.values;  // the same tensors: no copy of the values
+  FormatTraits<Sparse24>::check(s, r.in, out, name);
+  return s;
+}
 
 void FormatTraits<Sparse24>::check(const Sparse24& r, int64_t in, int64_t out,
                                    const std::string& name) {
@@ -133,28 +169,14 @@ Sparse24 FormatTraits<Sparse24>::load(const TensorSource& src, const std::string
   MINFER_CHECK(shape.dtype() == DType::I64 && shape.numel() == 2 &&
                    shape.data<int64_t>()[0] == out && shape.data<int64_t>()[1] == in,
                "sparse-24 '{}': shape tensor must be I64 {{{}, {}}}", name, out, in);
-  const int64_t kb = index_bytes(in), groups = in / 4;
+  const int64_t kb = index_bytes(in);
   const Tensor bm = src.get(name + ".bitmask");
   MINFER_CHECK(bm.dtype() == DType::U8 && bm.numel() == out * kb,
                "sparse-24 '{}': bitmask must be U8 [{}, {}], found {} {}", name, out, kb,
                dtype_name(bm.dtype()), bm.shape_str());
   Sparse24 r;
   r.in = in;
-  r.idx = Tensor::empty(DType::U8, {out, kb});
-  const uint8_t* m = bm.data<uint8_t>();
-  uint8_t* p = r.idx.data<uint8_t>();
-  for (int64_t n = 0; n < out; ++n)
-    for (int64_t b = 0; b < kb; ++b) {
-      uint8_t byte = 0;
-      for (int h = 0; h < 2 && 2 * b + h < groups; ++h) {
-        const unsigned bits = (m[n * kb + b] >> (4 * h)) & 0xf;
-        MINFER_CHECK(std::popcount(bits) == 2,
-                     "sparse-24 '{}': bitmask row {} inputs {}..{} keep {} of 4, expected 2", name,
-                     n, 4 * (2 * b + h), 4 * (2 * b + h) + 3, std::popcount(bits));
-        byte = uint8_t(byte | (code_of(bits) << (4 * h)));
-      }
-      p[n * kb + b] = byte;
-    }
+  r.idx = indices_of_bitmask(bm.data<uint8_t>(), in, out, name);
   if (meta.is_object() && meta.contains("values")) {
     r.values = Box<Linear>(load_linear(src, name + ".values", meta["values"], in / 2, out));
   } else {

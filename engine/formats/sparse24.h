@@ -19,6 +19,7 @@
 // bitmask at load. The kernels never expand a mask: they gather x at the indexed positions.
 #pragma once
 #include "engine/formats/format.h"
+#include "engine/formats/sparse.h"
 
 namespace minfer {
 
@@ -57,6 +58,12 @@ struct FormatTraits<Sparse24> {
 // for other value formats. Errors name `name`: in % 4 != 0, or the first group (row, inputs) that
 // holds more than 2 nonzero weights.
 Sparse24 sparse24_from_dense(const float* w, int64_t in, int64_t out, const std::string& name);
+// The same 2:4 weight as a SparseBitmask `r` (every group of 4 inputs keeps exactly 2, as
+// sparse_is_2of4 checks; e.g. a compressed-tensors sparse-24-bitmask tensor loaded as
+// "sparse-bitmask") as Sparse24: the index bytes built from the bitmask, the values child shared
+// (its tensors, file views included, are not copied). Errors name `name`: in % 4 != 0, values per
+// row other than in / 2, or the first group (row, inputs) that does not keep exactly 2.
+Sparse24 sparse24_from_bitmask(const SparseBitmask& r, const std::string& name);
 // True when W [out, in] can be stored as Sparse24: in % 4 == 0 and at most 2 nonzeros per group.
 bool is_2of4(const float* w, int64_t in, int64_t out);
 

@@ -538,6 +538,32 @@ std::vector<std::string> sparse24_decode_isas() {
   return r;
 }
 
+bool sparse24_decode_wins(const Linear& values) {
+#ifdef MINFER_S24_AVX512
+  const Vals v = sparse_detail::sparse_values_of(values);
+  return v.kind == Vals::F32 || v.kind == Vals::I8;
+#else
+  (void)values;
+  return false;
+#endif
+}
+
+bool sparse24_upload(Linear& w) {
+  static const bool enabled = [] {
+    const char* e = std::getenv("MINFER_SPARSE24_AT_LOAD");
+    const std::string v = e ? e : "1";
+    MINFER_CHECK(v == "0" || v == "1", "MINFER_SPARSE24_AT_LOAD='{}': expected 0 or 1", v);
+    return v == "1";
+  }();
+  const SparseBitmask* s = std::get_if<SparseBitmask>(&w.repr);
+  if (!enabled || !s || !sparse24_decode_wins(*s->values) || !sparse_is_2of4(*s)) return false;
+  Sparse24 r = sparse24_from_bitmask(*s, w.name);
+  const Tensor mask = s->bitmask;
+  w.repr = std::move(r);
+  release_mapped_pages(mask);  // the index bytes replace the mask in memory
+  return true;
+}
+
 const char* sparse24_linear_isa(const Sparse24& w) {
   return isa_name(effective_isa(best_isa(), vals_of(w)));
 }

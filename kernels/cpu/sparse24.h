@@ -41,6 +41,21 @@ void sparse24_linear(const Sparse24& w, const float* x, int64_t T, int64_t ldx, 
 void sparse24_linear_ref(const Sparse24& w, const float* x, int64_t T, int64_t ldx, float* y,
                          int64_t ldy, int64_t K, int64_t N);
 
+// Whether this build's Sparse24 decode kernel is the measured winner for these values: the AVX-512
+// (VBMI + VNNI) kernels with f32 or int8 (per row / per tensor) values, the condition of
+// compress's sparse24_storage_wins (docs/pruning.md: 1.00-2.30x dense int8, 1.32-2.05x dense f32,
+// level with or ahead of SparseBitmask on the same weights). `values`: the sparse child.
+bool sparse24_decode_wins(const Linear& values);
+
+// At load (the CPU backend's upload of a Linear): a SparseBitmask weight that keeps exactly 2 of
+// every 4 inputs (sparse_is_2of4: e.g. a compressed-tensors sparse-24-bitmask tensor written by
+// the Python package, whose folder names no minfer representation) becomes Sparse24 where
+// sparse24_decode_wins says so: index bytes built from the bitmask (sparse24_from_bitmask), the
+// values shared, the mask's file-mapped pages released. Returns whether it converted; anything
+// else, or MINFER_SPARSE24_AT_LOAD=0 in the environment (to time the bitmask kernel on the same
+// weights), is left as it is. Errors: a bad MINFER_SPARSE24_AT_LOAD value.
+bool sparse24_upload(Linear& w);
+
 // The decode kernel sets this build holds and this CPU runs, best first, ending with "scalar".
 std::vector<std::string> sparse24_decode_isas();
 // The decode path sparse24_linear takes here for w's value format ("avx512", "avx2", "scalar");
