@@ -84,10 +84,12 @@ class CpuBackend final : public Backend {
     return Tensor::empty(dtype, shape);
   }
   Tensor upload(const Tensor& host) override { return host; }
-  // Repack at load: GGML Q4_0 / Q4_1 / Q8_0 weights into the interleaved layout the AVX-512
-  // decode kernel streams (kernels/cpu/ggml.h ggml_repack_for_cpu); everything else as it is.
+  // Repack at load: GGML Q4_0 / Q4_1 / Q8_0 and Quantized weights into the interleaved layouts
+  // the AVX-512 decode kernels stream (kernels/cpu/ggml.h ggml_repack_for_cpu, kernels/cpu/quant.h
+  // quantized_repack_for_cpu); everything else as it is.
   void upload(Linear& w) override {
     if (GgmlBlocks* g = std::get_if<GgmlBlocks>(&w.repr)) ggml_repack_for_cpu(*g, w.in);
+    if (Quantized* q = std::get_if<Quantized>(&w.repr)) quantized_repack_for_cpu(*q);
   }
   void to_host(const Tensor& src, float* dst) override {
     Mat s = mat(src, "to_host");
