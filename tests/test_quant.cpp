@@ -20,6 +20,7 @@
 #include "kernels/common/quant_math.h"
 #include "kernels/cpu/act.h"
 #include "kernels/cpu/quant.h"
+#include "kernels/cpu/quant_act.h"
 
 using namespace minfer;
 
@@ -924,4 +925,49 @@ TEST_CASE("quant: the repacked layout (rows interleaved by 4 or 8) gives the sam
     const Tensor after = dequantize_weight(l);
     CHECK(std::memcmp(before.data<float>(), after.data<float>(), size_t(before.nbytes())) == 0);
   }
+}
+
+TEST_CASE("quant: integer prefill of int8 weights equals its integer reference") {
+  // quantized_linear_int8_act: x rows quantized per token (quantize_act_rows), exact int32 sums
+  // by the VNNI GEMM tiles, y = sum * d[t] * s[n]. Checked against the same activation codes
+  // times the weight codes by the scalar integer core (exact), then scaled here; on the row and the
+  // interleaved layout; odd T, K and N. Builds without VNNI return false.
+  const bool simd = std::string(act_linear_isa()) == "avx512-vnni";
+  for (const Fmt& f : {all_formats()[0], all_formats()[1], all_formats()[2]})
+    for (int64_t K : {int64_t(64), int64_t(200), int64_t(1536)})
+      for (int64_t N : {int64_t(4), int64_t(36), int64_t(200)})
+        for (int64_t T : {int64_t(8), int64_t(17), int64_t(100)}) {
+          CAPTURE(f.label);
+          CAPTURE(K);
+          CAPTURE(N);
+          CAPTURE(T);
+          const Linear l = quantize_linear(dense_of(randn(N * K, uint64_t(K * N)), N, K), f.spec);
+          const Quantized& q = std::get<Quantized>(l.repr);
+          const std::vector<float> x = adversarial(T * K, uint64_t(T + K));
+          std::vector<float> y(size_t(T * N), -1.f), yi(size_t(T * N), -2.f);
+          const bool ran = quantized_linear_int8_act(q, x.data(), T, K, y.data(), N, K, N);
+          const bool applies = q.per_tensor || q.group == K;
+          CHECK(ran == (simd && applies));
+          if (!ran) continue;
+          const int64_t Kp = qm::padded_k(K);
+          std::vector<int8_t> xq(size_t(T * Kp));
+          std::vector<float> d(static_cast<size_t>(T));
+          std::vector<int32_t> sx(static_cast<size_t>(T)), c(size_t(T * N));
+          quantize_act_rows(x.data(), T, K, K, 0.f, xq.data(), d.data(), sx.data());
+          matmul_i8_i8_i32_ref(xq.data(), T, Kp, q.codes.data<uint8_t>(), q.codes.dim(1), N,
+                               c.data(), N);
+          int bad = 0;
+          for (int64_t t = 0; t < T; ++t)
+            for (int64_t n = 0; n < N; ++n) {
+              const float s = q.scales.data<float>()[q.per_tensor ? 0 : n];
+              const float want = float(c[size_t(t * N + n)]) * (d[size_t(t)] * s);
+              bad += !(y[size_t(t * N + n)] == want);
+            }
+          CHECK(bad == 0);
+          if (N % 4 == 0) {  // the interleaved layout: the same integers
+            CHECK(quantized_linear_int8_act(quantized_interleave(q, 4), x.data(), T, K, yi.data(),
+                                            N, K, N));
+            CHECK(std::memcmp(y.data(), yi.data(), y.size() * 4) == 0);
+          }
+        }
 }

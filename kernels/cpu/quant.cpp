@@ -15,6 +15,8 @@
 
 #include "kernels/common/quant_math.h"
 #include "kernels/cpu/act.h"
+#include "kernels/cpu/quant_act.h"
+#include "kernels/cpu/quant_act_impl.h"
 #include "kernels/cpu/quant_impl.h"
 
 namespace minfer {
@@ -222,10 +224,58 @@ void quantized_linear_ref(const Quantized& w, const float* x, int64_t T, int64_t
   ref_rows(a, x, T, ldx, 0, N, y, ldy);
 }
 
+bool quantized_linear_int8_act(const Quantized& w, const float* x, int64_t T, int64_t ldx, float* y,
+                               int64_t ldy, int64_t K, int64_t N) {
+  check_call(w, T, ldx, ldy, K, N);
+#if defined(MINFER_QACT_SIMD)
+  if (T < 8 || w.scheme != QScheme::Int8 || !(w.per_tensor || w.group == K)) return false;
+  const int64_t Kp = qm::padded_k(K);
+  thread_local std::vector<int8_t> q;
+  thread_local std::vector<float> d, sw;
+  thread_local std::vector<int32_t> sx;
+  q.resize(size_t(T * Kp));
+  d.resize(size_t(T));
+  sx.resize(size_t(T));
+  quantize_act_rows(x, T, ldx, K, 0.f, q.data(), d.data(), sx.data());
+  const float* s = w.scales.data<float>();
+  if (w.per_tensor) {
+    sw.assign(size_t(N), s[0]);
+    s = sw.data();
+  }
+  I8Out o;
+  o.y = y;
+  o.ldy = ldy;
+  o.d = d.data();
+  o.sw = s;
+  simd_matmul_i8(q.data(), sx.data(), T, Kp, w.codes.data<uint8_t>(), w.codes.dim(1), N, o,
+                 w.interleave);
+  return true;
+#else
+  (void)x, (void)y;
+  return false;
+#endif
+}
+
+namespace {
+// MINFER_QUANT_PREFILL: "f32" (default: W dequantized by tiles, then sgemm) or "int8" (int8
+// weights with one scale per row or tensor take quantized_linear_int8_act at T >= 16).
+bool int8_prefill() {
+  static const bool on = [] {
+    const char* e = std::getenv("MINFER_QUANT_PREFILL");
+    const std::string v = e ? e : "f32";
+    MINFER_CHECK(v == "f32" || v == "int8", "MINFER_QUANT_PREFILL='{}': expected f32 or int8", v);
+    return v == "int8";
+  }();
+  return on;
+}
+}  // namespace
+
 void quantized_linear(const Quantized& w, const float* x, int64_t T, int64_t ldx, float* y,
                       int64_t ldy, int64_t K, int64_t N) {
   check_call(w, T, ldx, ldy, K, N);
   if (T == 0) return;
+  if (T >= kGemmRows && int8_prefill() && quantized_linear_int8_act(w, x, T, ldx, y, ldy, K, N))
+    return;
   thread_local std::vector<Span> spans;
   QArgs a = make_args(w, K, spans);
 #if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
