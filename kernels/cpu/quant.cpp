@@ -113,7 +113,7 @@ void dequant_row_ref(const QArgs& a, int64_t n, float* dst) {
 // Whether this build's SIMD kernels read a's code layout: the AVX-512 ones read the row and the
 // interleaved layouts, the AVX2 ones the row layout only (an interleaved weight there, which the
 // CPU backend never makes, runs the layout-aware reference).
-bool simd_reads(const QArgs& a) {
+[[maybe_unused]] bool simd_reads(const QArgs& a) {
 #if defined(MINFER_Q_AVX512)
   (void)a;
   return true;

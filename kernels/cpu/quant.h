@@ -6,7 +6,8 @@
 // the f32 additions (and, for int8, the group scale applied once per group instead of per weight)
 // differ from "dequantize, then f32 matmul". Activations are never quantized: per-block int8
 // activations (llama.cpp's q8_0 partner type) cost SmolLM2-135M +1.1% WikiText-2 perplexity on
-// int8 weights, against 0.0% for f32 activations (its activations have outlier features).
+// int8 weights, against 0.0% for f32 activations (its activations have outlier features). The one
+// exception is opt-in: MINFER_QUANT_PREFILL=int8 (quantized_linear_int8_act below).
 //   T <= 4 (decode): one pass over W in storage order, each weight byte read once; one thread
 //     below 64K weights, else every thread on a contiguous block of rows.
 //   4 < T < 16: tiles of 16 rows kept in cache while every group of 4 x rows passes over them.
