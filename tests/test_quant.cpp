@@ -18,7 +18,9 @@
 #include "engine/half.h"
 #include "engine/thread_pool.h"
 #include "kernels/common/quant_math.h"
+#include "kernels/cpu/act.h"
 #include "kernels/cpu/quant.h"
+#include "kernels/cpu/quant_act.h"
 
 using namespace minfer;
 
@@ -816,4 +818,156 @@ TEST_CASE("quant: op groups and the fused gate·up + SiLU·mul equal the separat
   be->linear(u2, x, up);
   be->swiglu(y2, y2, u2);
   CHECK(std::memcmp(y1.raw(), y2.raw(), y1.nbytes()) == 0);
+}
+
+TEST_CASE("quant: the repacked layout (rows interleaved by 4 or 8) gives the same results") {
+  // Quantized::interleave = R stores each group of R rows 64-weight chunk first, int8 codes as
+  // u - 128. Every reader (dequantize, save's row layout, the reference, the SIMD kernels at every
+  // T, op groups and the fused gate·up) must see the same matrix. The AVX-512 kernels keep each
+  // row's arithmetic (the one-token kernel of 4 interleaved rows included) and the scalar path
+  // gathers rows, so both are bit-identical to the row layout; the AVX2 kernels do not read the
+  // layout and run the layout-aware reference instead (equal to the SIMD path within f32
+  // rounding).
+  const std::string isa = quantized_linear_isa();
+  const bool exact = isa != "avx2";
+  set_pool_backoff(false);
+  for (const Fmt& f : all_formats())
+    for (int64_t K : {int64_t(64), int64_t(200), int64_t(1536)})
+      for (int64_t N : {int64_t(4), int64_t(36), int64_t(200)})
+        for (int32_t R : {4, 8}) {
+          if (N % R != 0) continue;
+          CAPTURE(f.label);
+          CAPTURE(K);
+          CAPTURE(N);
+          CAPTURE(R);
+          const Linear lg =
+              quantize_linear(dense_of(randn(N * K, uint64_t(K + N + R)), N, K), f.spec);
+          const Quantized& g = std::get<Quantized>(lg.repr);
+          const Quantized r = quantized_interleave(g, R);
+          CHECK(r.interleave == R);
+          if (K > 64 || g.scheme == QScheme::Int8)  // one chunk per row: the same order
+            CHECK(std::memcmp(r.codes.data<uint8_t>(), g.codes.data<uint8_t>(),
+                              size_t(g.codes.nbytes())) != 0);
+          const Linear lr = make_linear("w", K, N, r);
+          const Tensor wg = dequantize_weight(lg), wr = dequantize_weight(lr);
+          CHECK(std::memcmp(wg.data<float>(), wr.data<float>(), size_t(wg.nbytes())) == 0);
+          const Quantized back = quantized_row_major(r);  // what save() and the CUDA upload read
+          CHECK(back.interleave == 1);
+          CHECK(std::memcmp(back.codes.data<uint8_t>(), g.codes.data<uint8_t>(),
+                            size_t(g.codes.nbytes())) == 0);
+          for (int threads : {1, 3}) {
+            auto be = make_cpu_backend(threads);
+            for (int64_t T : {1, 2, 3, 4, 5, 9, 17}) {
+              CAPTURE(threads);
+              CAPTURE(T);
+              const std::vector<float> xv = randn(T * K, uint64_t(T * 5 + K));
+              std::vector<float> a(size_t(T * N)), b(size_t(T * N)), c(size_t(T * N));
+              quantized_linear_ref(g, xv.data(), T, K, a.data(), N, K, N);
+              quantized_linear_ref(r, xv.data(), T, K, b.data(), N, K, N);
+              CHECK(a == b);
+              quantized_linear(g, xv.data(), T, K, a.data(), N, K, N);
+              quantized_linear(r, xv.data(), T, K, b.data(), N, K, N);
+              if (exact) {
+                CHECK(a == b);
+              } else {
+                int bad = 0;
+                for (int64_t t = 0; t < T; ++t)
+                  for (int64_t n = 0; n < N; ++n) {
+                    double m = 0;
+                    for (int64_t k = 0; k < K; ++k)
+                      m += std::fabs(double(wg.data<float>()[n * K + k]) * xv[size_t(t * K + k)]);
+                    bad += !(std::fabs(a[size_t(t * N + n)] - b[size_t(t * N + n)]) <=
+                             2 * f32_bound(K, m));
+                  }
+                CHECK(bad == 0);
+              }
+              // An op group of an interleaved and a row-layout member, and the fused gate·up,
+              // against one quantized_linear per member.
+              QuantGroupItem items[2] = {{&r, c.data(), N, N}, {&g, a.data(), N, N}};
+              quantized_linear_group(items, 2, xv.data(), T, K, K);
+              CHECK(c == b);
+              std::vector<float> ys(size_t(T * N)), us(size_t(T * N)), ye(size_t(T * N));
+              quantized_linear_swiglu(r, r, xv.data(), T, K, ys.data(), N, us.data(), N, K, N);
+              CHECK(us == b);
+              for (size_t i = 0; i < ye.size(); ++i) ye[i] = silu_mul(b[i], b[i]);
+              CHECK(ys == ye);
+              // Through the backend (observer-free linear of a Linear holding the layout).
+              Tensor x = Tensor::empty(DType::F32, {T, K}), y = be->alloc({T, N});
+              std::memcpy(x.data<float>(), xv.data(), xv.size() * 4);
+              be->linear(y, x, lr);
+              CHECK(std::memcmp(y.raw(), b.data(), b.size() * 4) == 0);
+            }
+          }
+        }
+  set_pool_backoff(true);
+  // Interleaving needs out a multiple of R, from the row layout; check() rejects a bad factor.
+  const Linear l6 = quantize_linear(dense_of(randn(6 * 64, 3), 6, 64), all_formats()[0].spec);
+  const Quantized& q6 = std::get<Quantized>(l6.repr);
+  CHECK_THROWS_WITH_AS(quantized_interleave(q6, 4), doctest::Contains("cannot be interleaved"),
+                       Error);
+  Quantized bad = quantized_interleave(q6, 3);
+  bad.interleave = 4;
+  CHECK_THROWS_WITH_AS(make_linear("w", 64, 6, bad), doctest::Contains("interleaved by 4"), Error);
+  CHECK_THROWS_WITH_AS(quantized_interleave(quantized_interleave(q6, 2), 2),
+                       doctest::Contains("cannot be interleaved"), Error);
+
+  // The CPU backend repacks at upload where its kernels read the layout (AVX-512 builds, out % 4
+  // == 0), once; elsewhere weights stay as they are.
+  auto be = make_cpu_backend(1);
+  for (int64_t N : {int64_t(8), int64_t(6)}) {
+    Linear l = quantize_linear(dense_of(randn(N * 128, 9), N, 128), all_formats()[4].spec);
+    const Tensor before = dequantize_weight(l);
+    be->upload(l);
+    const int32_t want = isa == "avx512" && N % 4 == 0 ? 4 : 1;
+    CHECK(std::get<Quantized>(l.repr).interleave == want);
+    be->upload(l);
+    CHECK(std::get<Quantized>(l.repr).interleave == want);
+    const Tensor after = dequantize_weight(l);
+    CHECK(std::memcmp(before.data<float>(), after.data<float>(), size_t(before.nbytes())) == 0);
+  }
+}
+
+TEST_CASE("quant: integer prefill of int8 weights equals its integer reference") {
+  // quantized_linear_int8_act: x rows quantized per token (quantize_act_rows), exact int32 sums
+  // by the VNNI GEMM tiles, y = sum * d[t] * s[n]. Checked against the same activation codes
+  // times the weight codes by the scalar integer core (exact), then scaled here; on the row and the
+  // interleaved layout; odd T, K and N. Builds without VNNI return false.
+  const bool simd = std::string(act_linear_isa()) == "avx512-vnni";
+  for (const Fmt& f : {all_formats()[0], all_formats()[1], all_formats()[2]})
+    for (int64_t K : {int64_t(64), int64_t(200), int64_t(1536)})
+      for (int64_t N : {int64_t(4), int64_t(36), int64_t(200)})
+        for (int64_t T : {int64_t(8), int64_t(17), int64_t(100)}) {
+          CAPTURE(f.label);
+          CAPTURE(K);
+          CAPTURE(N);
+          CAPTURE(T);
+          const Linear l = quantize_linear(dense_of(randn(N * K, uint64_t(K * N)), N, K), f.spec);
+          const Quantized& q = std::get<Quantized>(l.repr);
+          const std::vector<float> x = adversarial(T * K, uint64_t(T + K));
+          std::vector<float> y(size_t(T * N), -1.f), yi(size_t(T * N), -2.f);
+          const bool ran = quantized_linear_int8_act(q, x.data(), T, K, y.data(), N, K, N);
+          const bool applies = q.per_tensor || q.group == K;
+          CHECK(ran == (simd && applies));
+          if (!ran) continue;
+          const int64_t Kp = qm::padded_k(K);
+          std::vector<int8_t> xq(size_t(T * Kp));
+          std::vector<float> d(static_cast<size_t>(T));
+          std::vector<int32_t> sx(static_cast<size_t>(T)), c(size_t(T * N));
+          quantize_act_rows(x.data(), T, K, K, 0.f, xq.data(), d.data(), sx.data());
+          matmul_i8_i8_i32_ref(xq.data(), T, Kp, q.codes.data<uint8_t>(), q.codes.dim(1), N,
+                               c.data(), N);
+          int bad = 0;
+          for (int64_t t = 0; t < T; ++t)
+            for (int64_t n = 0; n < N; ++n) {
+              const float s = q.scales.data<float>()[q.per_tensor ? 0 : n];
+              const float want = float(c[size_t(t * N + n)]) * (d[size_t(t)] * s);
+              bad += !(y[size_t(t * N + n)] == want);
+            }
+          CHECK(bad == 0);
+          if (N % 4 == 0) {  // the interleaved layout: the same integers
+            CHECK(quantized_linear_int8_act(quantized_interleave(q, 4), x.data(), T, K, yi.data(),
+                                            N, K, N));
+            CHECK(std::memcmp(y.data(), yi.data(), y.size() * 4) == 0);
+          }
+        }
 }

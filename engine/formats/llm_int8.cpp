@@ -13,6 +13,10 @@ void check_int8_rows(const Quantized& q, int64_t in, int64_t out, const std::str
                "{} '{}': weight must be int8 with one scale per output row (group = in = {}), "
                "found {}{} group {}",
                what, name, in, qscheme_name(q.scheme), q.per_tensor ? " per tensor" : "", q.group);
+  MINFER_CHECK(q.interleave == 1,
+               "{} '{}': int8 codes must be in the row layout, found rows "
+               "interleaved by {}",
+               what, name, q.interleave);
   FormatTraits<Quantized>::check(q, in, out, name);
 }
 

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <cstring>
+
 #include "engine/error.h"
 #include "kernels/common/quant_math.h"
 
@@ -83,11 +85,75 @@ void FormatTraits<Quantized>::check(const Quantized& q, int64_t in, int64_t out,
   else
     MINFER_CHECK(!q.zeros.defined(), "quantized '{}' ({}): zeros given for a symmetric format",
                  name, s);
+  MINFER_CHECK(q.interleave >= 1 && out % q.interleave == 0,
+               "quantized '{}' ({}): rows interleaved by {} (must be >= 1 and divide the {} rows)",
+               name, s, q.interleave, out);
+}
+
+namespace {
+// Bytes of one 64-weight chunk of a row, and the offset of row n's chunk c in the layout
+// interleaved by R (nch chunks per row).
+int64_t chunk_bytes(QScheme s) {
+  return 8 * int64_t(qscheme_bits(s));
+}
+int64_t interleaved_offset(int64_t n, int64_t c, int64_t R, int64_t nch, int64_t cb) {
+  return ((n - n % R) * nch + c * R + n % R) * cb;
+}
+}  // namespace
+
+const uint8_t* quantized_codes_row(const Quantized& q, int64_t n, uint8_t* tmp) {
+  const int64_t rb = q.codes.dim(1);
+  const uint8_t* c = q.codes.data<uint8_t>();
+  if (q.interleave == 1) return c + n * rb;
+  const int64_t cb = chunk_bytes(q.scheme), nch = rb / cb;
+  for (int64_t k = 0; k < nch; ++k)
+    std::memcpy(tmp + k * cb, c + interleaved_offset(n, k, q.interleave, nch, cb), size_t(cb));
+  if (q.scheme == QScheme::Int8)
+    for (int64_t i = 0; i < rb; ++i) tmp[i] ^= 0x80;
+  return tmp;
+}
+
+Quantized quantized_row_major(const Quantized& q) {
+  if (q.interleave == 1) return q;
+  Quantized o = q;
+  o.interleave = 1;
+  const int64_t N = q.codes.dim(0), rb = q.codes.dim(1);
+  o.codes = Tensor::empty(DType::U8, {N, rb});
+  uint8_t* d = o.codes.data<uint8_t>();
+  for (int64_t n = 0; n < N; ++n) {
+    const uint8_t* row = quantized_codes_row(q, n, d + n * rb);
+    if (row != d + n * rb) std::memcpy(d + n * rb, row, size_t(rb));
+  }
+  return o;
+}
+
+Quantized quantized_interleave(const Quantized& q, int32_t R) {
+  const int64_t N = q.codes.dim(0), rb = q.codes.dim(1);
+  MINFER_CHECK(q.interleave == 1 && R >= 1 && N % R == 0,
+               "quantized_interleave: {} rows (interleaved by {}) cannot be interleaved by {}", N,
+               q.interleave, R);
+  const int64_t cb = chunk_bytes(q.scheme), nch = rb / cb;
+  MINFER_CHECK(nch * cb == rb, "quantized_interleave: row of {} bytes is not whole {}-byte chunks",
+               rb, cb);
+  Quantized o = q;
+  o.interleave = R;
+  o.codes = Tensor::empty(DType::U8, {N, rb});
+  const uint8_t* s = q.codes.data<uint8_t>();
+  uint8_t* d = o.codes.data<uint8_t>();
+  const uint8_t flip = q.scheme == QScheme::Int8 ? 0x80 : 0;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < nch; ++k) {
+      uint8_t* dst = d + interleaved_offset(n, k, R, nch, cb);
+      const uint8_t* src = s + n * rb + k * cb;
+      for (int64_t i = 0; i < cb; ++i) dst[i] = uint8_t(src[i] ^ flip);
+    }
+  return o;
 }
 
 void FormatTraits<Quantized>::dequantize(const Quantized& q, int64_t in, int64_t out,
                                          const std::string& name, float* W) {
   check(q, in, out, name);
+  if (q.interleave != 1) return dequantize(quantized_row_major(q), in, out, name, W);
   const int64_t N = out, K = in, G = q.group, groups = qm::ceil_div(K, G);
   const int64_t rb = q.codes.dim(1);
   const uint8_t* codes = q.codes.data<uint8_t>();
@@ -196,6 +262,7 @@ Tensor int3_from_file(const Tensor& t, int64_t in, int64_t out, const std::strin
 
 void FormatTraits<Quantized>::save(const Quantized& q, const std::string& name, TensorSink& sink,
                                    json& meta) {
+  if (q.interleave != 1) return save(quantized_row_major(q), name, sink, meta);
   if (q.scheme == QScheme::Int3) {
     MINFER_CHECK(meta.contains("in") && meta["in"].is_number_integer(),
                  "quantized '{}' (int3): save needs the input width in the entry", name);

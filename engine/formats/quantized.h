@@ -20,7 +20,8 @@ struct Quantized {
   int64_t group = 0;        // weights sharing one scale along a row (== in: one scale per row)
   bool per_tensor = false;  // one scale for the whole matrix, scales is [1] (Int8, Ternary)
   bool asymmetric = false;  // Int4 with integer zero points
-  // U8 [out, Kp * bits / 8] packed codes, row by row; the padding codes dequantize to 0.
+  // U8 [out, Kp * bits / 8] packed codes in the layout `interleave` names; the padding codes
+  // dequantize to 0.
   Tensor codes;
   Tensor scales;  // F32 [out, groups] or [1] when per_tensor (absent when double-quantized)
   Tensor zeros;   // U8 [out, groups] integer zero points 0..15 (asymmetric Int4)
@@ -29,7 +30,25 @@ struct Quantized {
   Tensor scale_codes;   // I8 [out * groups]
   Tensor scale_scales;  // F32 [ceil(out * groups / 256)]
   float scale_offset = 0.f;
+  // Layout of `codes`. 1: row by row (the file's layout). R > 1 (the CPU backend's repacked
+  // layout, kernels/cpu/quant.h quantized_repack_for_cpu): the rows in groups of R, each group
+  // stored 64-weight chunk first (chunk c of rows n .. n + R - 1 side by side, 8 * bits bytes
+  // each: one 64-byte cache line per row for int8, 32 bytes for int4 / NF4), and int8 codes stored
+  // as two's complement u - 128 (u ^ 0x80, so a sign extension gives u - 128). Same size; the
+  // scales and zero points keep their [out, groups] layout. save() and the CUDA upload read the
+  // row layout (quantized_row_major).
+  int32_t interleave = 1;
 };
+
+// Row n's codes in the row layout (Kp * bits / 8 bytes): a pointer into `codes` (interleave 1) or
+// gathered into tmp (interleaved; int8 codes converted back to u).
+const uint8_t* quantized_codes_row(const Quantized& q, int64_t n, uint8_t* tmp);
+// q with its codes in the row layout: q itself (interleave 1) or a copy with de-interleaved codes
+// (the other tensors shared).
+Quantized quantized_row_major(const Quantized& q);
+// q (row layout, out = codes.dim(0) a multiple of R) as a copy with its codes interleaved by R (the
+// other tensors shared). Throws if q is already interleaved or out % R != 0.
+Quantized quantized_interleave(const Quantized& q, int32_t R);
 
 template <>
 struct FormatTraits<Quantized> {

@@ -40,7 +40,8 @@ std::string sparse_module_name(const std::string& name) {
 bool sparse_values_ok(const Linear& v) {
   if (const Dense* d = std::get_if<Dense>(&v.repr)) return !d->transposed;
   if (const Quantized* q = std::get_if<Quantized>(&v.repr))
-    return q->scheme == QScheme::Int8 && (q->per_tensor || q->group == v.in) && !q->asymmetric;
+    return q->scheme == QScheme::Int8 && (q->per_tensor || q->group == v.in) && !q->asymmetric &&
+           q->interleave == 1;
   return false;
 }
 

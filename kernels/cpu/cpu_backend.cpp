@@ -84,12 +84,13 @@ class CpuBackend final : public Backend {
     return Tensor::empty(dtype, shape);
   }
   Tensor upload(const Tensor& host) override { return host; }
-  // Repack at load: GGML Q4_0 / Q4_1 / Q8_0 weights into the interleaved layout the AVX-512
-  // decode kernel streams (kernels/cpu/ggml.h ggml_repack_for_cpu); 2:4 SparseBitmask weights
-  // into Sparse24 where its kernel wins (kernels/cpu/sparse24.h sparse24_upload); everything else
-  // as it is.
+  // Repack at load: GGML Q4_0 / Q4_1 / Q8_0 and Quantized weights into the interleaved layouts
+  // the AVX-512 decode kernels stream (kernels/cpu/ggml.h ggml_repack_for_cpu, kernels/cpu/quant.h
+  // quantized_repack_for_cpu); 2:4 SparseBitmask weights into Sparse24 where its kernel wins
+  // (kernels/cpu/sparse24.h sparse24_upload); everything else as it is.
   void upload(Linear& w) override {
     if (GgmlBlocks* g = std::get_if<GgmlBlocks>(&w.repr)) ggml_repack_for_cpu(*g, w.in);
+    if (Quantized* q = std::get_if<Quantized>(&w.repr)) quantized_repack_for_cpu(*q);
     sparse24_upload(w);
   }
   void to_host(const Tensor& src, float* dst) override {

@@ -8,11 +8,15 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "kernels/common/quant_math.h"
 #include "kernels/cpu/act.h"
+#include "kernels/cpu/quant_act.h"
+#include "kernels/cpu/quant_act_impl.h"
 #include "kernels/cpu/quant_impl.h"
 
 namespace minfer {
@@ -42,6 +46,7 @@ QArgs make_args(const Quantized& w, int64_t K, std::vector<Span>& spans) {
   a.G = w.group;
   a.groups = qm::ceil_div(K, w.group);
   a.per_tensor = w.per_tensor;
+  a.il = w.interleave;
   a.zeros = w.zeros.defined() ? w.zeros.data<uint8_t>() : nullptr;
   if (w.scale_codes.defined()) {
     a.sc = w.scale_codes.data<int8_t>();
@@ -66,6 +71,17 @@ QArgs make_args(const Quantized& w, int64_t K, std::vector<Span>& spans) {
 // dequantize_weight computes the same values).
 void dequant_row_ref(const QArgs& a, int64_t n, float* dst) {
   const uint8_t* row = a.codes + n * a.rb;
+  if (a.il != 1) {  // interleaved: row n gathered chunk by chunk into the row layout
+    thread_local std::vector<uint8_t> tmp;
+    tmp.resize(size_t(a.rb));
+    const int64_t cb = a.rb / (a.Kp / 64), cs = a.chunk_stride();
+    const uint8_t* b = a.row_base(n);
+    for (int64_t c = 0; c < a.Kp / 64; ++c)
+      std::memcpy(tmp.data() + c * cb, b + c * cs, size_t(cb));
+    if (a.scheme == QScheme::Int8)
+      for (uint8_t& u : tmp) u ^= 0x80;  // stored as u - 128
+    row = tmp.data();
+  }
   for (int64_t g = 0; g < a.groups; ++g) {
     const float s = a.scale(n, g);
     const int z = a.scheme == QScheme::NF4 ? 0 : a.zero(n, g);
@@ -94,12 +110,26 @@ void dequant_row_ref(const QArgs& a, int64_t n, float* dst) {
   }
 }
 
+// Whether this build's SIMD kernels read a's code layout: the AVX-512 ones read the row and the
+// interleaved layouts, the AVX2 ones the row layout only (an interleaved weight there, which the
+// CPU backend never makes, runs the layout-aware reference).
+[[maybe_unused]] bool simd_reads(const QArgs& a) {
+#if defined(MINFER_Q_AVX512)
+  (void)a;
+  return true;
+#elif defined(MINFER_Q_AVX2)
+  return a.il == 1;
+#else
+  (void)a;
+  return false;
+#endif
+}
+
 void dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst) {
 #if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
-  simd_dequant_rows(a, n0, nr, dst);
-#else
-  for (int64_t i = 0; i < nr; ++i) dequant_row_ref(a, n0 + i, dst + i * a.K);
+  if (simd_reads(a)) return simd_dequant_rows(a, n0, nr, dst);
 #endif
+  for (int64_t i = 0; i < nr; ++i) dequant_row_ref(a, n0 + i, dst + i * a.K);
 }
 
 // Prefill: W dequantized one tile of rows at a time into the calling thread's f32 buffer
@@ -163,11 +193,9 @@ void ref_rows(const QArgs& a, const float* x, int64_t T, int64_t ldx, int64_t n0
 void decode_rows(const QArgs& a, const float* x, int64_t T, int64_t ldx, int64_t n0, int64_t n1,
                  float* y, int64_t ldy) {
 #if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
-  (void)x, (void)ldx;
-  simd_decode_rows(a, T, n0, n1, y, ldy);
-#else
-  ref_rows(a, x, T, ldx, n0, n1, y, ldy);
+  if (simd_reads(a)) return simd_decode_rows(a, T, n0, n1, y, ldy);
 #endif
+  ref_rows(a, x, T, ldx, n0, n1, y, ldy);
 }
 
 // y[t, n] = silu_mul(y[t, n], u[t, n]) for n in [n0, n1).
@@ -196,27 +224,93 @@ void quantized_linear_ref(const Quantized& w, const float* x, int64_t T, int64_t
   ref_rows(a, x, T, ldx, 0, N, y, ldy);
 }
 
+bool quantized_linear_int8_act(const Quantized& w, const float* x, int64_t T, int64_t ldx, float* y,
+                               int64_t ldy, int64_t K, int64_t N) {
+  check_call(w, T, ldx, ldy, K, N);
+#if defined(MINFER_QACT_SIMD)
+  if (T < 8 || w.scheme != QScheme::Int8 || !(w.per_tensor || w.group == K)) return false;
+  const int64_t Kp = qm::padded_k(K);
+  thread_local std::vector<int8_t> q;
+  thread_local std::vector<float> d, sw;
+  thread_local std::vector<int32_t> sx;
+  q.resize(size_t(T * Kp));
+  d.resize(size_t(T));
+  sx.resize(size_t(T));
+  quantize_act_rows(x, T, ldx, K, 0.f, q.data(), d.data(), sx.data());
+  const float* s = w.scales.data<float>();
+  if (w.per_tensor) {
+    sw.assign(size_t(N), s[0]);
+    s = sw.data();
+  }
+  I8Out o;
+  o.y = y;
+  o.ldy = ldy;
+  o.d = d.data();
+  o.sw = s;
+  simd_matmul_i8(q.data(), sx.data(), T, Kp, w.codes.data<uint8_t>(), w.codes.dim(1), N, o,
+                 w.interleave);
+  return true;
+#else
+  (void)x, (void)y;
+  return false;
+#endif
+}
+
+namespace {
+// MINFER_QUANT_PREFILL: "f32" (default: W dequantized by tiles, then sgemm) or "int8" (int8
+// weights with one scale per row or tensor take quantized_linear_int8_act at T >= 16).
+bool int8_prefill() {
+  static const bool on = [] {
+    const char* e = std::getenv("MINFER_QUANT_PREFILL");
+    const std::string v = e ? e : "f32";
+    MINFER_CHECK(v == "f32" || v == "int8", "MINFER_QUANT_PREFILL='{}': expected f32 or int8", v);
+    return v == "int8";
+  }();
+  return on;
+}
+}  // namespace
+
 void quantized_linear(const Quantized& w, const float* x, int64_t T, int64_t ldx, float* y,
                       int64_t ldy, int64_t K, int64_t N) {
   check_call(w, T, ldx, ldy, K, N);
   if (T == 0) return;
+  if (T >= kGemmRows && int8_prefill() && quantized_linear_int8_act(w, x, T, ldx, y, ldy, K, N))
+    return;
   thread_local std::vector<Span> spans;
   QArgs a = make_args(w, K, spans);
 #if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
-  if (T < kGemmRows) {
+  if (T < kGemmRows && simd_reads(a)) {
     thread_local std::vector<float> xbuf;
     a.xp = prepare_x(x, T, ldx, K, a.Kp, xbuf);
     simd_linear_fused(a, T, y, ldy, N);
     return;
   }
-#else
+#endif
   if (T < kGemmRows) {  // portable path (no x86 SIMD, e.g. aarch64): the reference, row-parallel
     parallel_for(N, K, kDecodeChunk,
                  [&](int64_t n0, int64_t n1) { ref_rows(a, x, T, ldx, n0, n1, y, ldy); });
     return;
   }
-#endif
   linear_tiles_sgemm(a, x, T, ldx, y, ldy, N);
+}
+
+bool quantized_repack_for_cpu(Quantized& w) {
+#if defined(MINFER_Q_AVX512)
+  static const bool enabled = [] {
+    const char* e = std::getenv("MINFER_QUANT_REPACK");
+    const std::string v = e ? e : "1";
+    MINFER_CHECK(v == "0" || v == "1", "MINFER_QUANT_REPACK='{}': expected 0 or 1", v);
+    return v == "1";
+  }();
+  if (!enabled || w.interleave != 1 || w.codes.dim(0) % 4 != 0) return false;
+  Quantized r = quantized_interleave(w, 4);
+  release_mapped_pages(w.codes);
+  w = std::move(r);
+  return true;
+#else
+  (void)w;
+  return false;
+#endif
 }
 
 int64_t quantized_group_max_t() {

@@ -6,7 +6,8 @@
 // the f32 additions (and, for int8, the group scale applied once per group instead of per weight)
 // differ from "dequantize, then f32 matmul". Activations are never quantized: per-block int8
 // activations (llama.cpp's q8_0 partner type) cost SmolLM2-135M +1.1% WikiText-2 perplexity on
-// int8 weights, against 0.0% for f32 activations (its activations have outlier features).
+// int8 weights, against 0.0% for f32 activations (its activations have outlier features). The one
+// exception is opt-in: MINFER_QUANT_PREFILL=int8 (quantized_linear_int8_act below).
 //   T <= 4 (decode): one pass over W in storage order, each weight byte read once; one thread
 //     below 64K weights, else every thread on a contiguous block of rows.
 //   4 < T < 16: tiles of 16 rows kept in cache while every group of 4 x rows passes over them.
@@ -26,6 +27,17 @@ namespace minfer {
 // (AVX-512, else AVX2), otherwise the scalar path below. OpenMP over output rows.
 void quantized_linear(const Quantized& w, const float* x, int64_t T, int64_t ldx, float* y,
                       int64_t ldy, int64_t K, int64_t N);
+
+// Integer prefill of an int8 weight with one scale per row or per tensor (AVX-512 VNNI builds,
+// T >= 8): every x row quantized to int8 with its own absmax scale d[t] = max|x[t]| / 127
+// (quantize_act_rows, kernels/cpu/quant_act.h), the exact int32 sums Σ_k xq[t, k] (u[n, k] - 128)
+// from the VNNI GEMM tiles W8A8 uses (6 tokens x 64 rows in registers, vpdpbusd), then
+// y = float(sum) * (d[t] * s[n]): the W8A8 dynamic-activation product on a weight-only format. Any
+// code layout (row or interleaved). Returns false, writing nothing, where it does not apply (other
+// schemes, group scales, T < 8, builds without VNNI). quantized_linear takes it at T >= 16 when
+// MINFER_QUANT_PREFILL=int8 (default f32: dequantize-tile + sgemm, exact f32 activations).
+bool quantized_linear_int8_act(const Quantized& w, const float* x, int64_t T, int64_t ldx, float* y,
+                               int64_t ldy, int64_t K, int64_t N);
 
 // Portable scalar path and test oracle: each row of W dequantized with the qm:: functions (the
 // values dequantize_weight gives), then an f32 dot product with x in index order.
@@ -55,6 +67,18 @@ int64_t quantized_group_max_t();
 void quantized_linear_swiglu(const Quantized& gate, const Quantized& up, const float* x, int64_t T,
                              int64_t ldx, float* y, int64_t ldy, float* u, int64_t ldu, int64_t K,
                              int64_t F);
+
+// Repack at load (the CPU backend's upload of a Linear): where this build's kernels read the
+// interleaved layout (AVX-512), w becomes a host copy with its rows interleaved by 4
+// (Quantized::interleave, engine/formats/quantized.h; int8 codes stored as u - 128) and the
+// resident pages of a file-mapped original are released (release_mapped_pages), so the copy
+// replaces the mmap'd view in memory. Decode then streams one contiguous run per 4 rows and loads
+// each activation vector once for those 4 rows, with per-row arithmetic identical to the row
+// kernel (bit-identical results); prefill tiles and every other reader take the same bytes through
+// the layout-aware paths. Returns whether it repacked; anything else (AVX2, scalar builds,
+// aarch64, already interleaved, out % 4 != 0, or MINFER_QUANT_REPACK=0 in the environment) is left
+// as it is.
+bool quantized_repack_for_cpu(Quantized& w);
 
 // Which path quantized_linear takes in this build: "avx512", "avx2" or "scalar".
 const char* quantized_linear_isa();

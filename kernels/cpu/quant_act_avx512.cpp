@@ -160,14 +160,25 @@ struct GemvTile {
 
 // Block b of the packed weight: for each k4, rows b*64 .. b*64+63, 4 codes each (rows past N:
 // code 128, i.e. weight 0).
-void pack_block(const uint8_t* codes, int64_t rb, int64_t N, int64_t Kp, int64_t b, uint8_t* dst) {
+// il > 1: rows interleaved by il, 64-byte chunks, codes stored as u - 128 (flipped back here).
+void pack_block(const uint8_t* codes, int64_t rb, int64_t N, int64_t Kp, int64_t b, uint8_t* dst,
+                int64_t il) {
   const int64_t n0 = b * kBlock, rows = std::min(kBlock, N - n0);
   const int64_t k4s = Kp / 4;
   uint32_t* out = reinterpret_cast<uint32_t*>(dst);
   for (int64_t k4 = 0; k4 < k4s; ++k4) {
     uint32_t* o = out + k4 * kBlock;
     int64_t r = 0;
-    for (; r < rows; ++r) std::memcpy(o + r, codes + (n0 + r) * rb + 4 * k4, 4);
+    if (il == 1) {
+      for (; r < rows; ++r) std::memcpy(o + r, codes + (n0 + r) * rb + 4 * k4, 4);
+    } else {
+      const int64_t k = 4 * k4;
+      for (; r < rows; ++r) {
+        const int64_t n = n0 + r;
+        std::memcpy(o + r, codes + (n - n % il) * rb + ((k / 64) * il + n % il) * 64 + k % 64, 4);
+        o[r] ^= 0x80808080u;
+      }
+    }
     for (; r < kBlock; ++r) o[r] = 0x80808080u;
   }
 }
@@ -265,7 +276,7 @@ void gemm_rows(const uint8_t* pw, const int8_t* xq, int64_t Kp, int64_t t0, int6
 }
 
 void gemm(const int8_t* xq, const int32_t* sx, int64_t T, int64_t Kp, const uint8_t* codes,
-          int64_t rb, int64_t N, const I8Out& o) {
+          int64_t rb, int64_t N, const I8Out& o, int64_t il) {
   const int64_t blocks = qm::ceil_div(N, kBlock), chunks = qm::ceil_div(T, kChunkT);
   const int64_t bbytes = Kp * kBlock;
   thread_local std::vector<uint8_t> packed;  // of the calling thread; workers only read it
@@ -275,7 +286,7 @@ void gemm(const int8_t* xq, const int32_t* sx, int64_t T, int64_t Kp, const uint
 #pragma omp parallel if (par)
   {
 #pragma omp for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) pack_block(codes, rb, N, Kp, b, pk + b * bbytes);
+    for (int64_t b = 0; b < blocks; ++b) pack_block(codes, rb, N, Kp, b, pk + b * bbytes, il);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < blocks * chunks; ++i) {
       const int64_t b = i / chunks, c = i % chunks;
@@ -309,11 +320,12 @@ void simd_quantize_act_rows(const float* x, int64_t T, int64_t ldx, int64_t K, f
 }
 
 void simd_matmul_i8(const int8_t* xq, const int32_t* sx, int64_t T, int64_t Kp,
-                    const uint8_t* codes, int64_t rb, int64_t N, const I8Out& out) {
+                    const uint8_t* codes, int64_t rb, int64_t N, const I8Out& out, int64_t il) {
   if (T >= kGemmMinT) {
-    gemm(xq, sx, T, Kp, codes, rb, N, out);
+    gemm(xq, sx, T, Kp, codes, rb, N, out, il);
     return;
   }
+  MINFER_CHECK(il == 1, "simd_matmul_i8: interleaved codes (by {}) need T >= {}", il, kGemmMinT);
   const GArgs g{xq, sx, Kp, codes, rb, &out};
   run_all<GemvTile::K>(N, T, Kp, g);
 }

@@ -24,9 +24,11 @@ struct I8Out {
 // the whole row (block = Kp). scale == 0: dynamic.
 void simd_quantize_act_rows(const float* x, int64_t T, int64_t ldx, int64_t K, float scale,
                             int8_t* q, float* d, int32_t* s);
-// Σ_k xq[t, k] (codes[n, k] - 128) for all t < T, n < N; sx[t] = Σ_k xq[t, k].
+// Σ_k xq[t, k] (codes[n, k] - 128) for all t < T, n < N; sx[t] = Σ_k xq[t, k]. il > 1: the codes
+// are Quantized int8 rows interleaved by il (Quantized::interleave: 64-byte chunks, stored as
+// u - 128), read by the prefill GEMM only (T >= 8).
 void simd_matmul_i8(const int8_t* xq, const int32_t* sx, int64_t T, int64_t Kp,
-                    const uint8_t* codes, int64_t rb, int64_t N, const I8Out& out);
+                    const uint8_t* codes, int64_t rb, int64_t N, const I8Out& out, int64_t il = 1);
 #endif
 
 }  // namespace minfer::qcpu

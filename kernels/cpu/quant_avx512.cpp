@@ -146,189 +146,279 @@ MINFER_INLINE __m512i bcast16(const uint8_t* p) {
   return _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)p));
 }
 
-// The 64 dequantized weights (unscaled q = u - 128 for int8) of the chunk at k (k % 64 == 0) of
-// code row c, 16 per vector in weight order.
-template <QScheme S>
-MINFER_INLINE void chunk64(const uint8_t* c, int64_t k, const RowDq<S>& d, __m512 (&w)[4]) {
+// 16 int8 codes as f32 u - 128: stored as u (SGN false) or as u - 128 (SGN true, the interleaved
+// layout) and sign-extended.
+template <bool SGN>
+MINFER_INLINE __m512 q8x16(const uint8_t* p) {
+  if constexpr (SGN)
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
+  else
+    return _mm512_cvtepi32_ps(_mm512_sub_epi32(zext16(p), _mm512_set1_epi32(128)));
+}
+
+// The 64 dequantized weights (unscaled q = u - 128 for int8) of the 64-weight chunk whose codes
+// start at p (8 * bits bytes), 16 per vector in weight order. SGN: int8 codes stored as u - 128.
+template <QScheme S, bool SGN>
+MINFER_INLINE void chunk64(const uint8_t* c, const RowDq<S>& d, __m512 (&w)[4]) {
   if constexpr (S == QScheme::Int8) {
-    for (int j = 0; j < 4; ++j)
-      w[j] = _mm512_cvtepi32_ps(_mm512_sub_epi32(zext16(c + k + 16 * j), _mm512_set1_epi32(128)));
+    for (int j = 0; j < 4; ++j) w[j] = q8x16<SGN>(c + 16 * j);
   } else if constexpr (S == QScheme::Int4 || S == QScheme::NF4) {
-    const __m512i b0 = zext16(c + k / 2), b1 = zext16(c + k / 2 + 16);
+    const __m512i b0 = zext16(c), b1 = zext16(c + 16);
     w[0] = _mm512_permutexvar_ps(b0, d.t);  // index bits 0..3: the low nibble
     w[1] = _mm512_permutexvar_ps(b1, d.t);
     w[2] = _mm512_permutexvar_ps(_mm512_srli_epi32(b0, 4), d.t);
     w[3] = _mm512_permutexvar_ps(_mm512_srli_epi32(b1, 4), d.t);
   } else if constexpr (S == QScheme::Int3) {
-    const uint8_t* p = c + k / 64 * 24;
-    const __m512i lo = bcast16(p), hi = bcast16(p + 8);
+    const __m512i lo = bcast16(c), hi = bcast16(c + 8);
     w[0] = q3x16(lo, 0, d.t);
     w[1] = q3x16(lo, 1, d.t);
     w[2] = q3x16(hi, 2, d.t);
     w[3] = q3x16(hi, 3, d.t);
   } else if constexpr (S == QScheme::Ternary) {
-    const __m512i b = zext16(c + k / 4);
+    const __m512i b = zext16(c);
     w[0] = _mm512_permutexvar_ps(b, d.t);
     w[1] = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 2), d.t);
     w[2] = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), d.t);
     w[3] = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 6), d.t);
   } else {
     uint64_t m;
-    std::memcpy(&m, c + k / 8, 8);
+    std::memcpy(&m, c, 8);
     for (int j = 0; j < 4; ++j) w[j] = _mm512_mask_blend_ps(__mmask16(m >> (16 * j)), d.neg, d.t);
   }
 }
 
-// The 32 weights k..k+31 (k % 32 == 0) of code row c: half a chunk, where a group boundary
-// splits one (groups that are an odd multiple of 32; int8, 4-bit and 3-bit formats only).
-template <QScheme S>
+// The 32 weights k..k+31 (k % 32 == 0) of the chunk whose codes start at c: half a chunk, where a
+// group boundary splits one (groups that are an odd multiple of 32; int8, 4-bit and 3-bit formats
+// only).
+template <QScheme S, bool SGN>
 MINFER_INLINE void half32(const uint8_t* c, int64_t k, const RowDq<S>& d, __m512 (&w)[4]) {
   if constexpr (S == QScheme::Int8) {
-    for (int j = 0; j < 2; ++j)
-      w[j] = _mm512_cvtepi32_ps(_mm512_sub_epi32(zext16(c + k + 16 * j), _mm512_set1_epi32(128)));
+    for (int j = 0; j < 2; ++j) w[j] = q8x16<SGN>(c + (k & 32) + 16 * j);
   } else if constexpr (S == QScheme::Int4 || S == QScheme::NF4) {
-    const uint8_t* p = c + (k & ~int64_t(63)) / 2;
-    __m512i b0 = zext16(p), b1 = zext16(p + 16);
+    __m512i b0 = zext16(c), b1 = zext16(c + 16);
     if (k & 32) b0 = _mm512_srli_epi32(b0, 4), b1 = _mm512_srli_epi32(b1, 4);
     w[0] = _mm512_permutexvar_ps(b0, d.t);
     w[1] = _mm512_permutexvar_ps(b1, d.t);
   } else if constexpr (S == QScheme::Int3) {
-    const uint8_t* p = c + k / 64 * 24;
     if (k & 32) {
-      const __m512i hi = bcast16(p + 8);
+      const __m512i hi = bcast16(c + 8);
       w[0] = q3x16(hi, 2, d.t);
       w[1] = q3x16(hi, 3, d.t);
     } else {
-      const __m512i lo = bcast16(p);
+      const __m512i lo = bcast16(c);
       w[0] = q3x16(lo, 0, d.t);
       w[1] = q3x16(lo, 1, d.t);
     }
   }
 }
 
-// One tile: weight rows n0..n0+RW against x rows t0..t0+R, reading a.xp.
-template <QScheme S>
+// One tile: weight rows n0..n0+RW against x rows t0..t0+R, reading a.xp, with NA independent
+// accumulators per output (enough chains to cover the FMA latency). Each row reads its own chunk
+// pointers (row_base + chunk * chunk_stride), so any layout works; SGN: int8 codes stored as
+// u - 128 (the interleaved layout).
+template <QScheme S, bool SGN>
 struct Fused {
-  template <int RW, int R>
-  struct K {
-    // Independent accumulators per output: enough chains to cover the FMA latency.
-    static constexpr int NA = RW * R >= 4 ? 1 : RW * R == 1 ? 4 : 2;
-    static void run(int64_t n0, int64_t t0, const QArgs& a, float* y, int64_t ldy) {
-      const uint8_t* wr[RW];
-      for (int i = 0; i < RW; ++i) wr[i] = a.codes + (n0 + i) * a.rb;
-      const float* xr[R];
-      for (int r = 0; r < R; ++r) xr[r] = a.xp + (t0 + r) * a.Kp;
-      __m512 f[RW][R], acc[RW][R][NA];
-      for (int i = 0; i < RW; ++i)
-        for (int r = 0; r < R; ++r) {
-          f[i][r] = _mm512_setzero_ps();
-          for (int j = 0; j < NA; ++j) acc[i][r][j] = _mm512_setzero_ps();
+  template <int RW, int R, int NA>
+  static void tile(int64_t n0, int64_t t0, const QArgs& a, float* y, int64_t ldy) {
+    const uint8_t* wr[RW];
+    for (int i = 0; i < RW; ++i) wr[i] = a.row_base(n0 + i);
+    const int64_t cs = a.chunk_stride();
+    const float* xr[R];
+    for (int r = 0; r < R; ++r) xr[r] = a.xp + (t0 + r) * a.Kp;
+    __m512 f[RW][R], acc[RW][R][NA];
+    for (int i = 0; i < RW; ++i)
+      for (int r = 0; r < R; ++r) {
+        f[i][r] = _mm512_setzero_ps();
+        for (int j = 0; j < NA; ++j) acc[i][r][j] = _mm512_setzero_ps();
+      }
+    RowDq<S> dq[RW];
+    for (int64_t si = 0; si < a.nspans; ++si) {
+      const Span sp = a.spans[si];
+      for (int i = 0; i < RW; ++i) dq[i].set(a, n0 + i, sp.g);
+      // The vectors of a chunk go to different accumulators.
+      auto fma = [&](const __m512(&w)[RW][4], int64_t k, int nv) MINFER_INLINE_LAMBDA {
+        for (int j = 0; j < nv; ++j) {
+          __m512 xv[R];
+          for (int r = 0; r < R; ++r) xv[r] = _mm512_loadu_ps(xr[r] + k + 16 * j);
+          for (int i = 0; i < RW; ++i)
+            for (int r = 0; r < R; ++r)
+              acc[i][r][j % NA] = _mm512_fmadd_ps(w[i][j], xv[r], acc[i][r][j % NA]);
         }
-      RowDq<S> dq[RW];
-      for (int64_t si = 0; si < a.nspans; ++si) {
-        const Span sp = a.spans[si];
-        for (int i = 0; i < RW; ++i) dq[i].set(a, n0 + i, sp.g);
-        // The vectors of a chunk go to different accumulators.
-        auto fma = [&](const __m512(&w)[RW][4], int64_t k, int nv) MINFER_INLINE_LAMBDA {
-          for (int j = 0; j < nv; ++j) {
-            __m512 xv[R];
-            for (int r = 0; r < R; ++r) xv[r] = _mm512_loadu_ps(xr[r] + k + 16 * j);
-            for (int i = 0; i < RW; ++i)
-              for (int r = 0; r < R; ++r)
-                acc[i][r][j % NA] = _mm512_fmadd_ps(w[i][j], xv[r], acc[i][r][j % NA]);
-          }
-        };
-        __m512 w[RW][4];
-        int64_t k = sp.k0;
-        if constexpr (S == QScheme::Int8 || S == QScheme::Int4 || S == QScheme::NF4 ||
-                      S == QScheme::Int3) {
-          if (k & 32) {
-            for (int i = 0; i < RW; ++i) half32<S>(wr[i], k, dq[i], w[i]);
-            fma(w, k, 2);
-            k += 32;
-          }
+      };
+      __m512 w[RW][4];
+      int64_t k = sp.k0;
+      if constexpr (S == QScheme::Int8 || S == QScheme::Int4 || S == QScheme::NF4 ||
+                    S == QScheme::Int3) {
+        if (k & 32) {
+          for (int i = 0; i < RW; ++i) half32<S, SGN>(wr[i] + (k >> 6) * cs, k, dq[i], w[i]);
+          fma(w, k, 2);
+          k += 32;
         }
-        for (; k + 64 <= sp.k1; k += 64) {
-          for (int i = 0; i < RW; ++i) chunk64<S>(wr[i], k, dq[i], w[i]);
-          fma(w, k, 4);
+      }
+      for (; k + 64 <= sp.k1; k += 64) {
+        for (int i = 0; i < RW; ++i) chunk64<S, SGN>(wr[i] + (k >> 6) * cs, dq[i], w[i]);
+        fma(w, k, 4);
+      }
+      if constexpr (S == QScheme::Int8 || S == QScheme::Int4 || S == QScheme::NF4 ||
+                    S == QScheme::Int3) {
+        if (k < sp.k1) {
+          for (int i = 0; i < RW; ++i) half32<S, SGN>(wr[i] + (k >> 6) * cs, k, dq[i], w[i]);
+          fma(w, k, 2);
         }
-        if constexpr (S == QScheme::Int8 || S == QScheme::Int4 || S == QScheme::NF4 ||
-                      S == QScheme::Int3) {
-          if (k < sp.k1) {
-            for (int i = 0; i < RW; ++i) half32<S>(wr[i], k, dq[i], w[i]);
-            fma(w, k, 2);
-          }
-        }
-        if constexpr (S == QScheme::Int8) {  // the group's scale, once
-          for (int i = 0; i < RW; ++i) {
-            const __m512 s = _mm512_set1_ps(dq[i].s);
-            for (int r = 0; r < R; ++r) {
-              __m512 v = acc[i][r][0];
-              for (int j = 1; j < NA; ++j) v = _mm512_add_ps(v, acc[i][r][j]);
-              f[i][r] = _mm512_fmadd_ps(v, s, f[i][r]);
-              for (int j = 0; j < NA; ++j) acc[i][r][j] = _mm512_setzero_ps();
-            }
+      }
+      if constexpr (S == QScheme::Int8) {  // the group's scale, once
+        for (int i = 0; i < RW; ++i) {
+          const __m512 s = _mm512_set1_ps(dq[i].s);
+          for (int r = 0; r < R; ++r) {
+            __m512 v = acc[i][r][0];
+            for (int j = 1; j < NA; ++j) v = _mm512_add_ps(v, acc[i][r][j]);
+            f[i][r] = _mm512_fmadd_ps(v, s, f[i][r]);
+            for (int j = 0; j < NA; ++j) acc[i][r][j] = _mm512_setzero_ps();
           }
         }
       }
-      if constexpr (S != QScheme::Int8)
-        for (int i = 0; i < RW; ++i)
-          for (int r = 0; r < R; ++r) {
-            f[i][r] = acc[i][r][0];
-            for (int j = 1; j < NA; ++j) f[i][r] = _mm512_add_ps(f[i][r], acc[i][r][j]);
-          }
-      store_tile<RW, R>(f, y, ldy, n0, t0);
+    }
+    if constexpr (S != QScheme::Int8)
+      for (int i = 0; i < RW; ++i)
+        for (int r = 0; r < R; ++r) {
+          f[i][r] = acc[i][r][0];
+          for (int j = 1; j < NA; ++j) f[i][r] = _mm512_add_ps(f[i][r], acc[i][r][j]);
+        }
+    store_tile<RW, R>(f, y, ldy, n0, t0);
+  }
+
+  // The accumulator count of a tile of RW x R outputs.
+  static constexpr int na(int rw, int r) { return rw * r >= 4 ? 1 : rw * r == 1 ? 4 : 2; }
+
+  template <int RW, int R>
+  struct K {
+    static void run(int64_t n0, int64_t t0, const QArgs& a, float* y, int64_t ldy) {
+      tile<RW, R, na(RW, R)>(n0, t0, a, y, ldy);
     }
   };
+
+  // One token, the 4 rows of an interleaved group (a.il == 4, n0 % 4 == 0): one contiguous run of
+  // codes, each x vector loaded once for the 4 rows. Every row keeps the one-row kernel's 4
+  // accumulators, additions and horizontal sum (hsum4 adds in hsum512's order), so the outputs
+  // are bit-identical to K<1, 1> on the same rows.
+  static void run_x4(int64_t n0, const QArgs& a, float* y) {
+    const uint8_t* g = a.row_base(n0);
+    const int64_t cb = a.rb / (a.Kp / 64), cs = a.chunk_stride();
+    const float* xr = a.xp;
+    __m512 f[4], acc[4][4];
+    for (int i = 0; i < 4; ++i) {
+      f[i] = _mm512_setzero_ps();
+      for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
+    }
+    RowDq<S> dq[4];
+    for (int64_t si = 0; si < a.nspans; ++si) {
+      const Span sp = a.spans[si];
+      for (int i = 0; i < 4; ++i) dq[i].set(a, n0 + i, sp.g);
+      int64_t k = sp.k0;
+      // Half chunks (a group boundary inside a chunk): rows one after the other, as K<1, 1>.
+      auto half = [&](int64_t kk) MINFER_INLINE_LAMBDA {
+        const __m512 x0 = _mm512_loadu_ps(xr + kk), x1 = _mm512_loadu_ps(xr + kk + 16);
+        for (int i = 0; i < 4; ++i) {
+          __m512 w[4];
+          half32<S, SGN>(g + (kk >> 6) * cs + i * cb, kk, dq[i], w);
+          acc[i][0] = _mm512_fmadd_ps(w[0], x0, acc[i][0]);
+          acc[i][1] = _mm512_fmadd_ps(w[1], x1, acc[i][1]);
+        }
+      };
+      if constexpr (S == QScheme::Int8 || S == QScheme::Int4 || S == QScheme::NF4 ||
+                    S == QScheme::Int3) {
+        if (k & 32) {
+          half(k);
+          k += 32;
+        }
+      }
+      for (; k + 64 <= sp.k1; k += 64) {
+        const uint8_t* c = g + (k >> 6) * cs;
+        __m512 xv[4];
+        for (int j = 0; j < 4; ++j) xv[j] = _mm512_loadu_ps(xr + k + 16 * j);
+        for (int i = 0; i < 4; ++i) {
+          __m512 w[4];
+          chunk64<S, SGN>(c + i * cb, dq[i], w);
+          for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_fmadd_ps(w[j], xv[j], acc[i][j]);
+        }
+      }
+      if constexpr (S == QScheme::Int8 || S == QScheme::Int4 || S == QScheme::NF4 ||
+                    S == QScheme::Int3) {
+        if (k < sp.k1) half(k);
+      }
+      if constexpr (S == QScheme::Int8) {
+        for (int i = 0; i < 4; ++i) {
+          __m512 v = acc[i][0];
+          for (int j = 1; j < 4; ++j) v = _mm512_add_ps(v, acc[i][j]);
+          f[i] = _mm512_fmadd_ps(v, _mm512_set1_ps(dq[i].s), f[i]);
+          for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
+        }
+      }
+    }
+    if constexpr (S != QScheme::Int8)
+      for (int i = 0; i < 4; ++i) {
+        f[i] = acc[i][0];
+        for (int j = 1; j < 4; ++j) f[i] = _mm512_add_ps(f[i], acc[i][j]);
+      }
+    _mm_storeu_ps(y + n0, hsum4(f[0], f[1], f[2], f[3]));
+  }
 };
 
 // Decode: contiguous blocks of rows (kDecodeChunk weights or more) claimed by the pool's threads,
 // one weight row at a time, so that each thread's reads stream through memory in order
-// (interleaving rows costs DRAM bandwidth: on the shared 2-core Zen 4 box, 2 or 4 rows per call
-// ran the int8 LM head at ~7 GB/s against ~15 for one); one thread below 64K weights.
-template <QScheme S, int R>
+// (interleaving rows of the row layout costs DRAM bandwidth: on the shared 2-core Zen 4 box, 2 or 4
+// rows per call ran the int8 LM head at ~7 GB/s against ~15 for one); one thread below 64K
+// weights. Rows interleaved by 4 (one token): whole groups through run_x4, which streams the
+// group's single contiguous run; the rows of a partial group one by one.
+template <QScheme S, bool SGN, int R>
 void decode_rows(const QArgs& a, int64_t n0, int64_t n1, float* y, int64_t ldy) {
-  for (int64_t n = n0; n < n1; ++n) Fused<S>::template K<1, R>::run(n, 0, a, y, ldy);
+  int64_t n = n0;
+  if (R == 1 && a.il == 4) {
+    for (; n < n1 && n % 4 != 0; ++n) Fused<S, SGN>::template K<1, R>::run(n, 0, a, y, ldy);
+    for (; n + 4 <= n1; n += 4) Fused<S, SGN>::run_x4(n, a, y);
+  }
+  for (; n < n1; ++n) Fused<S, SGN>::template K<1, R>::run(n, 0, a, y, ldy);
 }
-template <QScheme S, int R>
+template <QScheme S, bool SGN, int R>
 void decode(const QArgs& a, float* y, int64_t ldy, int64_t N) {
   parallel_for(N, a.Kp, kDecodeChunk,
-               [&](int64_t n0, int64_t n1) { decode_rows<S, R>(a, n0, n1, y, ldy); });
+               [&](int64_t n0, int64_t n1) { decode_rows<S, SGN, R>(a, n0, n1, y, ldy); });
 }
-template <QScheme S>
+template <QScheme S, bool SGN>
 void decode_rows_t(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   switch (T) {
     case 1:
-      return decode_rows<S, 1>(a, n0, n1, y, ldy);
+      return decode_rows<S, SGN, 1>(a, n0, n1, y, ldy);
     case 2:
-      return decode_rows<S, 2>(a, n0, n1, y, ldy);
+      return decode_rows<S, SGN, 2>(a, n0, n1, y, ldy);
     case 3:
-      return decode_rows<S, 3>(a, n0, n1, y, ldy);
+      return decode_rows<S, SGN, 3>(a, n0, n1, y, ldy);
     default:
-      return decode_rows<S, 4>(a, n0, n1, y, ldy);
+      return decode_rows<S, SGN, 4>(a, n0, n1, y, ldy);
   }
 }
 
-template <QScheme S>
+template <QScheme S, bool SGN>
 void fused(const QArgs& a, int64_t T, float* y, int64_t ldy, int64_t N) {
   switch (T) {
     case 1:
-      return decode<S, 1>(a, y, ldy, N);
+      return decode<S, SGN, 1>(a, y, ldy, N);
     case 2:
-      return decode<S, 2>(a, y, ldy, N);
+      return decode<S, SGN, 2>(a, y, ldy, N);
     case 3:
-      return decode<S, 3>(a, y, ldy, N);
+      return decode<S, SGN, 3>(a, y, ldy, N);
     case 4:
-      return decode<S, 4>(a, y, ldy, N);
+      return decode<S, SGN, 4>(a, y, ldy, N);
     default:
-      run_all<Fused<S>::template K>(N, T, a.Kp, a, y, ldy);
+      run_all<Fused<S, SGN>::template K>(N, T, a.Kp, a, y, ldy);
   }
 }
 
-template <QScheme S>
+template <QScheme S, bool SGN>
 void dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst) {
+  const int64_t cs = a.chunk_stride();
   for (int64_t i = 0; i < nr; ++i) {
-    const uint8_t* c = a.codes + (n0 + i) * a.rb;
+    const uint8_t* c = a.row_base(n0 + i);
     float* o = dst + i * a.K;
     RowDq<S> dq;
     for (int64_t si = 0; si < a.nspans; ++si) {
@@ -347,19 +437,19 @@ void dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst) {
       if constexpr (S == QScheme::Int8 || S == QScheme::Int4 || S == QScheme::NF4 ||
                     S == QScheme::Int3) {
         if (k & 32) {
-          half32<S>(c, k, dq, w);
+          half32<S, SGN>(c + (k >> 6) * cs, k, dq, w);
           put(w, k, 2);
           k += 32;
         }
       }
       for (; k + 64 <= k1 && k < a.K; k += 64) {
-        chunk64<S>(c, k, dq, w);
+        chunk64<S, SGN>(c + (k >> 6) * cs, dq, w);
         put(w, k, 4);
       }
       if constexpr (S == QScheme::Int8 || S == QScheme::Int4 || S == QScheme::NF4 ||
                     S == QScheme::Int3) {
         if (k < k1 && k < a.K) {
-          half32<S>(c, k, dq, w);
+          half32<S, SGN>(c + (k >> 6) * cs, k, dq, w);
           put(w, k, 2);
         }
       }
@@ -369,57 +459,38 @@ void dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst) {
 
 }  // namespace
 
-void simd_linear_fused(const QArgs& a, int64_t T, float* y, int64_t ldy, int64_t N) {
-  switch (a.scheme) {
-    case QScheme::Int8:
-      return fused<QScheme::Int8>(a, T, y, ldy, N);
-    case QScheme::Int4:
-      return fused<QScheme::Int4>(a, T, y, ldy, N);
-    case QScheme::Int3:
-      return fused<QScheme::Int3>(a, T, y, ldy, N);
-    case QScheme::NF4:
-      return fused<QScheme::NF4>(a, T, y, ldy, N);
-    case QScheme::Ternary:
-      return fused<QScheme::Ternary>(a, T, y, ldy, N);
-    case QScheme::Binary:
-      return fused<QScheme::Binary>(a, T, y, ldy, N);
+// The scheme's template instance, int8 with signed codes where the rows are interleaved.
+#define MINFER_Q_DISPATCH(F, ...)                              \
+  switch (a.scheme) {                                          \
+    case QScheme::Int8:                                        \
+      return a.il != 1 ? F<QScheme::Int8, true>(__VA_ARGS__)   \
+                       : F<QScheme::Int8, false>(__VA_ARGS__); \
+    case QScheme::Int4:                                        \
+      return F<QScheme::Int4, false>(__VA_ARGS__);             \
+    case QScheme::Int3:                                        \
+      return F<QScheme::Int3, false>(__VA_ARGS__);             \
+    case QScheme::NF4:                                         \
+      return F<QScheme::NF4, false>(__VA_ARGS__);              \
+    case QScheme::Ternary:                                     \
+      return F<QScheme::Ternary, false>(__VA_ARGS__);          \
+    case QScheme::Binary:                                      \
+      return F<QScheme::Binary, false>(__VA_ARGS__);           \
   }
+
+void simd_linear_fused(const QArgs& a, int64_t T, float* y, int64_t ldy, int64_t N) {
+  MINFER_Q_DISPATCH(fused, a, T, y, ldy, N)
 }
 
 void simd_decode_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   MINFER_DCHECK(T >= 1 && T <= 4, "simd_decode_rows: T {} outside 1..4", T);
-  switch (a.scheme) {
-    case QScheme::Int8:
-      return decode_rows_t<QScheme::Int8>(a, T, n0, n1, y, ldy);
-    case QScheme::Int4:
-      return decode_rows_t<QScheme::Int4>(a, T, n0, n1, y, ldy);
-    case QScheme::Int3:
-      return decode_rows_t<QScheme::Int3>(a, T, n0, n1, y, ldy);
-    case QScheme::NF4:
-      return decode_rows_t<QScheme::NF4>(a, T, n0, n1, y, ldy);
-    case QScheme::Ternary:
-      return decode_rows_t<QScheme::Ternary>(a, T, n0, n1, y, ldy);
-    case QScheme::Binary:
-      return decode_rows_t<QScheme::Binary>(a, T, n0, n1, y, ldy);
-  }
+  MINFER_Q_DISPATCH(decode_rows_t, a, T, n0, n1, y, ldy)
 }
 
 void simd_dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst) {
-  switch (a.scheme) {
-    case QScheme::Int8:
-      return dequant_rows<QScheme::Int8>(a, n0, nr, dst);
-    case QScheme::Int4:
-      return dequant_rows<QScheme::Int4>(a, n0, nr, dst);
-    case QScheme::Int3:
-      return dequant_rows<QScheme::Int3>(a, n0, nr, dst);
-    case QScheme::NF4:
-      return dequant_rows<QScheme::NF4>(a, n0, nr, dst);
-    case QScheme::Ternary:
-      return dequant_rows<QScheme::Ternary>(a, n0, nr, dst);
-    case QScheme::Binary:
-      return dequant_rows<QScheme::Binary>(a, n0, nr, dst);
-  }
+  MINFER_Q_DISPATCH(dequant_rows, a, n0, nr, dst)
 }
+
+#undef MINFER_Q_DISPATCH
 
 }  // namespace minfer::qcpu
 

@@ -42,6 +42,15 @@ struct QArgs {
   const Span* spans = nullptr;  // [nspans] in order, covering [0, Kp)
   int64_t nspans = 0;
   const float* xp = nullptr;  // [T, Kp] x copied, zero padded past K (decode kernels only)
+  // Rows interleaved by il (Quantized::interleave): chunk c (64 weights, cb = 8 * bits bytes) of
+  // row n at codes + (n - n % il) * rb + (c * il + n % il) * cb; int8 codes then hold u - 128.
+  int64_t il = 1;
+
+  // Chunk 0 of row n, and the distance from one chunk of a row to its next.
+  const uint8_t* row_base(int64_t n) const {
+    return il == 1 ? codes + n * rb : codes + (n - n % il) * rb + (n % il) * (rb / (Kp / 64));
+  }
+  int64_t chunk_stride() const { return il * (rb / (Kp / 64)); }
 
   float scale(int64_t n, int64_t g) const {
     if (per_tensor) return scales[0];

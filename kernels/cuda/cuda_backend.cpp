@@ -249,7 +249,9 @@ class CudaBackend final : public Backend {
                    dtype_name(w.bias.dtype()), w.bias.shape_str());
       d->bias = upload(w.bias);
     }
-    auto quantized = [&](const Quantized& q) {
+    auto quantized = [&](const Quantized& q0) {
+      // The device kernels read the row layout (a CPU-repacked weight is de-interleaved here).
+      const Quantized q = quantized_row_major(q0);
       d->codes = upload(q.codes);
       d->scales = upload(q.scales);
       d->zeros = upload(q.zeros);
