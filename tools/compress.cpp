@@ -298,7 +298,7 @@ int main(int argc, char** argv) {
       std::printf("calibration: %lld tokens, %.1f s (deterministic: windows evenly spaced)\n",
                   (long long)stats.tokens, calib_secs);
     if (r.sequential_seconds > 0)
-      std::printf("true-sequential calibration: %.1f s (one pass of the windows per block)\n",
+      std::printf("true-sequential calibration: %.1f s (each block run on the kept windows)\n",
                   r.sequential_seconds);
     if (r.smooth_sites > 0) {
       std::map<double, int> hist;  // α -> consumers
