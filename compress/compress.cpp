@@ -5,9 +5,12 @@
 #include <fnmatch.h>
 
 #include <algorithm>
+#include <cctype>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -269,6 +272,28 @@ const CompressSpec& pick(const std::string& name,
   return dflt;
 }
 
+// The name up to and including a transformer block's number ("model.layers.3." of
+// "model.layers.3.mlp.up_proj.weight", "h.0." for GPT-2); "" for a name outside the blocks.
+std::string block_prefix(const std::string& name) {
+  for (size_t i = name.find('.'); i != std::string::npos; i = name.find('.', i + 1)) {
+    size_t j = i + 1;
+    while (j < name.size() && std::isdigit(static_cast<unsigned char>(name[j]))) ++j;
+    if (j > i + 1 && j < name.size() && name[j] == '.') return name.substr(0, j + 1);
+  }
+  return "";
+}
+
+// The block number of a block_prefix ("model.layers.3." -> 3).
+int64_t block_index(const std::string& prefix) {
+  const size_t e = prefix.size() - 1, b = prefix.find_last_of('.', e - 1) + 1;
+  return std::stoll(prefix.substr(b, e - b));
+}
+
+bool has_sequential_step(const CompressSpec& s) {
+  return std::any_of(s.steps.begin(), s.steps.end(),
+                     [](const MethodSpec& m) { return m.sequential; });
+}
+
 const std::string* match_pattern(const std::string& name,
                                  const std::vector<std::pair<std::string, std::string>>& keep) {
   for (const auto& [pat, fmt] : keep)
@@ -278,8 +303,10 @@ const std::string* match_pattern(const std::string& name,
 
 class Calibrator final : public LinearObserver {
  public:
-  Calibrator(ActStats& st, bool with_gram) : st_(st), with_gram_(with_gram) {}
+  Calibrator(ActStats& st, bool with_gram, std::string only_prefix = "")
+      : st_(st), with_gram_(with_gram), only_(std::move(only_prefix)) {}
   void observe(const Linear& w, const float* x, int64_t rows, int64_t ld) override {
+    if (!w.name.starts_with(only_)) return;
     std::vector<float>& m = st_.absmax[w.name];
     std::vector<double>& q = st_.sumsq[w.name];
     std::vector<double>& a = st_.sumabs[w.name];
@@ -332,6 +359,7 @@ class Calibrator final : public LinearObserver {
 
   ActStats& st_;
   bool with_gram_;
+  std::string only_;              // record only Linears whose name starts with this
   std::set<std::string> shared_;  // Linears whose Gram matrix is the previous one's
   std::shared_ptr<GramMatrix> last_;
   const float* last_x_ = nullptr;
@@ -517,7 +545,7 @@ void mirror_grams(ActStats& st) {
 }  // namespace
 
 ActStats calibrate(Model& m, const std::vector<int32_t>& ids, int samples, int64_t seq_len,
-                   bool progress, bool with_gram) {
+                   bool progress, bool with_gram, const std::string& only_prefix) {
   MINFER_CHECK(m.config().causal(),
                "calibrate: windows of text are for causal LMs; '{}' is an encoder, which "
                "calibrates on sentences (calibrate_encoder)",
@@ -530,7 +558,7 @@ ActStats calibrate(Model& m, const std::vector<int32_t>& ids, int samples, int64
   const int64_t n_windows = int64_t(ids.size()) / seq_len;
   const int n = int(std::min<int64_t>(samples, n_windows));
   ActStats st;
-  Calibrator cal(st, with_gram);
+  Calibrator cal(st, with_gram, only_prefix);
   const ScopedObserver observing(m.backend(), &cal);
   RunState s = m.new_state(seq_len, seq_len, 1);
   Progress bar("calibrate", n, progress);
@@ -575,6 +603,70 @@ ActStats calibrate_encoder(Model& m, const std::vector<std::vector<int32_t>>& se
   mirror_grams(st);
   return st;
 }
+
+namespace {
+
+// GPTQ true-sequential calibration (-seq): the residual stream of every calibration window is
+// kept between blocks ([seq_len, C] floats per window), so block b's inputs cost one pass of
+// block b, not of the model: observe(b) first advances the kept streams through the blocks
+// before b as they are now (already quantized), then runs block b observed (its outputs are
+// dropped: block b is run again once it is quantized, when block b + 1 is asked for).
+class BlockCalibrator {
+ public:
+  BlockCalibrator(Model& m, const SequentialCalibration& sc) : m_(m), sc_(sc) {
+    const std::vector<int32_t>& ids = *sc.ids;
+    MINFER_CHECK(int64_t(ids.size()) >= sc.seq_len,
+                 "calibrate: calibration text has {} tokens, fewer than one window of {}",
+                 ids.size(), sc.seq_len);
+    const int64_t n_windows = int64_t(ids.size()) / sc.seq_len;
+    const int n = int(std::min<int64_t>(sc.samples, n_windows));
+    for (int i = 0; i < n; ++i)  // the windows calibrate() takes
+      starts_.push_back((n_windows == n ? i : int64_t(i) * n_windows / n) * sc.seq_len);
+  }
+
+  // Statistics (with Gram matrices) of block b's Linears; b never goes back.
+  ActStats observe(int64_t b, const std::string& prefix) {
+    MINFER_CHECK(b >= at_ && b < m_.config().n_layers,
+                 "true-sequential calibration: block {} asked after block {}", b, at_);
+    const int64_t T = sc_.seq_len, C = m_.config().hidden;
+    RunState s = m_.new_state(T, T, 1);
+    auto run = [&](size_t w, int64_t begin, int64_t end, bool keep) {
+      s.reset();
+      s.layer_begin = begin;
+      s.layer_end = end;
+      float* x = s.x.data<float>();
+      if (begin > 0) std::copy(resid_[w].begin(), resid_[w].end(), x);
+      m_.forward(s, sc_.ids->data() + starts_[size_t(w)], T, false);
+      if (keep) std::copy(x, x + T * C, resid_[w].begin());
+    };
+    if (resid_.empty()) {  // the embeddings, once
+      resid_.assign(starts_.size(), std::vector<float>(size_t(T * C)));
+      for (size_t w = 0; w < starts_.size(); ++w) run(w, 0, 0, true);
+    }
+    ActStats st;
+    {
+      for (; at_ < b; ++at_)
+        for (size_t w = 0; w < starts_.size(); ++w) run(w, at_, at_ + 1, true);
+      Calibrator cal(st, true, prefix);
+      const ScopedObserver observing(m_.backend(), &cal);
+      for (size_t w = 0; w < starts_.size(); ++w) {
+        run(w, b, b + 1, false);
+        st.tokens += T;
+      }
+    }
+    mirror_grams(st);
+    return st;
+  }
+
+ private:
+  Model& m_;
+  const SequentialCalibration& sc_;
+  std::vector<int64_t> starts_;            // first token of each window
+  std::vector<std::vector<float>> resid_;  // [window] residual stream before block at_
+  int64_t at_ = 0;
+};
+
+}  // namespace
 
 // ---- compress_model ----------------------------------------------------------------------
 
@@ -649,7 +741,7 @@ void validate_compress_spec(const CompressSpec& s) {
 }
 
 CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats* stats,
-                              bool progress) {
+                              bool progress, const SequentialCalibration* seq) {
   validate_compress_spec(spec);
   MINFER_CHECK(m.backend().name() == "cpu",
                "compress: weights are converted on the CPU backend (model is on '{}')",
@@ -778,6 +870,20 @@ CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats
     const std::vector<int64_t> c = global_prune_counts(targets, spec.steps[si].prune.sparsity);
     for (size_t i = 0; i < targets.size(); ++i) global_counts[targets[i]->name].push_back(c[i]);
   }
+  // GPTQ true-sequential (-seq): block i's Gram matrices from a pass over the calibration
+  // windows with blocks 0..i-1 already in their compressed form (uploaded as they are done).
+  bool any_seq = has_sequential_step(spec);
+  for (const auto& [pat, s] : keep) any_seq = any_seq || has_sequential_step(s);
+  MINFER_CHECK(!any_seq || (seq != nullptr && seq->ids != nullptr && seq->samples > 0 &&
+                            seq->seq_len > 1 && m.config().causal()),
+               "{}: true-sequential GPTQ (-seq) runs the calibration windows again for every "
+               "block: it needs a causal LM and the calibration text (compress --calibrate FILE)",
+               compress_spec_name(spec));
+  ActStats block_stats;
+  std::string block_at;
+  double seq_seconds = 0;
+  std::unique_ptr<BlockCalibrator> blocks;
+  if (any_seq) blocks = std::make_unique<BlockCalibrator>(m, *seq);
   Progress bar("compress", int64_t(lins.size()), progress);
   int64_t done = 0;
   for (Linear* w : lins) {
@@ -803,7 +909,26 @@ CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats
         with_counts.steps[0].prune.global_count = gc->second[0];
       }
       const CompressSpec& s = gc != global_counts.end() && &picked == &spec ? with_counts : picked;
-      Linear q = compress_linear(*w, s, stats);
+      const ActStats* st = stats;
+      if (has_sequential_step(s)) {
+        const std::string prefix = block_prefix(w->name);
+        MINFER_CHECK(!prefix.empty(),
+                     "{}: -seq calibrates block by block, and '{}' is not in a numbered block "
+                     "(use --keep to give it another method)",
+                     compress_spec_name(s), w->name);
+        if (prefix != block_at) {
+          const auto t0 = std::chrono::steady_clock::now();
+          block_stats = blocks->observe(block_index(prefix), prefix);
+          seq_seconds +=
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          block_at = prefix;
+        }
+        MINFER_CHECK(block_stats.gram.count(w->name) != 0,
+                     "{}: the calibration pass for block '{}' never ran '{}'",
+                     compress_spec_name(s), prefix, w->name);
+        st = &block_stats;
+      }
+      Linear q = compress_linear(*w, s, st);
       const Distortion dist = measure(*w, q);
       q.name = is_head ? kHeadName : w->name;  // an untied head is stored as lm_head.weight
       *w = std::move(q);
@@ -818,6 +943,7 @@ CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats
     bar.update(++done);
   }
   bar.finish();
+  rep.sequential_seconds = seq_seconds;
 
   rep.bytes_after = m.weight_bytes();
   rep.params = params;

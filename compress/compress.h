@@ -87,8 +87,11 @@ struct ActStats {
 // Runs the (uncompressed) causal LM over `samples` windows of `seq_len` tokens taken evenly from
 // `ids` and records ActStats for every Linear (the Gram matrices only when `with_gram`).
 // Encoders: calibrate_encoder below.
+// `only_prefix`: record only the Linears whose name starts with it (e.g. "model.layers.3."),
+// "" = all.
 ActStats calibrate(Model& m, const std::vector<int32_t>& ids, int samples, int64_t seq_len,
-                   bool progress = true, bool with_gram = false);
+                   bool progress = true, bool with_gram = false,
+                   const std::string& only_prefix = "");
 
 // Encoder (BERT) calibration: runs each sequence alone through Model::encode (B = 1, so no padding
 // row is ever observed) and records the same ActStats. `seqs`: token ids with the special tokens,
@@ -114,6 +117,7 @@ struct CompressReport {
   int smooth_sites = 0;        // channel-scaling folds done (SmoothQuant / AWQ, dataaware.h)
   double smooth_seconds = 0;   // time the channel-scale search took
   std::map<std::string, double> smooth_alpha;  // consumer -> α used (-1: s = 1, no migration)
+  double sequential_seconds = 0;  // GPTQ -seq: the per-block calibration passes together
   std::vector<TensorReport> tensors;
 };
 
@@ -139,13 +143,28 @@ CompressSpec::SparseStorage sparse_storage_from_name(const std::string& name);
 // True for the value formats SparseBitmask holds: "f32", "fp16", "bf16", "int8", "int8-tensor".
 bool sparse_value_format(const std::string& value_format);
 
+// The calibration windows again, for GPTQ's true-sequential option (-seq): before the Linears
+// of transformer block i are quantized, the windows (the same ones `calibrate` took) run through
+// the model as it is then, blocks 0..i-1 already quantized, and block i's XᵀX come from that
+// pass (Frantar et al. 2022, §"true-sequential"; AutoGPTQ's true_sequential at the block level).
+// The passes see the model as it will run: the embedding table already in its stored format
+// (fp16 by default). Deterministic: the same windows every time. Cost: the windows' residual
+// streams are kept between blocks ([seq_len, C] f32 per window), so about two forward passes of
+// the windows in all, on top of the first calibration.
+struct SequentialCalibration {
+  const std::vector<int32_t>* ids = nullptr;  // the calibration text's token ids
+  int samples = 0;                            // windows, as calibrate
+  int64_t seq_len = 0;                        // tokens per window
+};
+
 // Converts the model's weights in place (Linears and embedding tables) according to `spec`.
 // `stats` is required for w8a8 with static_act and lowrank-aw (with Gram matrices, from at least
 // `in` calibration tokens per Linear, else XᵀX is singular) and used by llm-int8 when given
 // (features whose calibration |x| reaches the threshold keep their W columns in f16). Validates the
 // whole spec (method names, overrides, groups) before changing anything.
+// `seq`: the calibration windows, required when a step is a GPTQ with -seq (else an error).
 CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats* stats = nullptr,
-                              bool progress = true);
+                              bool progress = true, const SequentialCalibration* seq = nullptr);
 
 // Writes the model (as it is now: any mix of representations) as a compressed folder; the
 // tokenizer is written too when given. `spec` is recorded in the quantization section.

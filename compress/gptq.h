@@ -20,6 +20,10 @@
 //     no per-column group index.
 //   clip_search (int4 / int3): a group's scale is the weighted scale search of
 //     compress/dataaware.h with weights diag(H) instead of the absmax rule.
+//   true-sequential (-seq, compress_model's SequentialCalibration, compress/compress.h): H of
+//     each transformer block from the calibration windows run through the earlier blocks as
+//     already quantized, not through the float model (the paper's §"true-sequential" at the
+//     block level); the per-Linear algorithm here is unchanged.
 #pragma once
 #include <vector>
 

@@ -43,14 +43,16 @@ constexpr MethodInfo kMethods[] = {
      "prune the <pct> % smallest |w| per row (-layer, -global), or N:M (magnitude-2:4)"},
     {"wanda", MethodKind::Prune, kOptSparsity,
      "prune by |w| * ||x||_2 per row (Sun et al. 2023; calibration), <pct> or N:M (wanda-2:4)"},
-    {"int4-gptq", MethodKind::Gptq, kOptGroup | kOptActOrder | kOptClip | kOptAwq | kOptAsym,
+    {"int4-gptq", MethodKind::Gptq,
+     kOptGroup | kOptActOrder | kOptClip | kOptAwq | kOptAsym | kOptSequential,
      "GPTQ: int4 per group of 128 (-g<N>), rounding errors compensated on calibration XtX, "
      "-act: act-order, -clip: scale search, -awq: AWQ channel scales folded first, -asym: zero "
-     "points"},
-    {"int8-gptq", MethodKind::Gptq, kOptGroup | kOptActOrder,
-     "GPTQ: int8 per output row (-g<N>: per group)"},
-    {"int3-gptq", MethodKind::Gptq, kOptGroup | kOptActOrder | kOptClip | kOptAwq,
-     "GPTQ at 3 bits (packed codes -4..3, 3.25 bits/w at g128), -act, -clip, -awq"},
+     "points, -seq: true-sequential calibration (each block's XtX with the earlier blocks "
+     "quantized)"},
+    {"int8-gptq", MethodKind::Gptq, kOptGroup | kOptActOrder | kOptSequential,
+     "GPTQ: int8 per output row (-g<N>: per group), -act, -seq"},
+    {"int3-gptq", MethodKind::Gptq, kOptGroup | kOptActOrder | kOptClip | kOptAwq | kOptSequential,
+     "GPTQ at 3 bits (packed codes -4..3, 3.25 bits/w at g128), -act, -clip, -awq, -seq"},
     {"int4-awq", MethodKind::Gptq, kOptGroup | kOptAsym,
      "AWQ: int4 per group of 128 with input-channel scales searched on calibration and folded "
      "into the previous norm / linear, then a scale (clip) search (-asym: zero points)"},
@@ -169,6 +171,8 @@ void validate_method_spec(const MethodSpec& s) {
                "method '{}': -clip with -dq (double-quantized scales) is not supported", s.method);
   MINFER_CHECK(!s.act_order || (m.options & kOptActOrder),
                "method '{}': act-order (-act) is a GPTQ option", s.method);
+  MINFER_CHECK(!s.sequential || (m.options & kOptSequential),
+               "method '{}': true-sequential calibration (-seq) is a GPTQ option", s.method);
   MINFER_CHECK(!s.awq_scales || (m.options & kOptAwq),
                "method '{}': AWQ channel scales (-awq) are an int4-gptq / int3-gptq option",
                s.method);
@@ -382,6 +386,9 @@ MethodSpec method_spec_from_name(const std::string& name) {
     } else if (p == "awq") {
       need(kOptAwq, p, "an int4-gptq / int3-gptq");
       s.awq_scales = true;
+    } else if (p == "seq") {
+      need(kOptSequential, p, "a GPTQ");
+      s.sequential = true;
     } else if (p == "sq") {
       need(kOptSmooth, p, "a w8a8-static");
       s.smooth = true;
@@ -391,7 +398,8 @@ MethodSpec method_spec_from_name(const std::string& name) {
     } else {
       MINFER_FAIL(
           "compression method '{}': unknown option '{}' (options: -g<N>, -asym, -dq, "
-          "-tensor, -row, -static, -weighted, -sq, -clip, -act, -awq; lowrank: -<P>, -r<N>, -e<E>)",
+          "-tensor, -row, -static, -weighted, -sq, -clip, -act, -awq, -seq; lowrank: -<P>, -r<N>, "
+          "-e<E>)",
           name, p);
     }
   }
@@ -427,6 +435,7 @@ std::string method_spec_name(const MethodSpec& s) {
   if (s.awq_scales) n += "-awq";
   if (s.act_order) n += "-act";
   if (s.clip_search) n += "-clip";
+  if (s.sequential) n += "-seq";
   if (s.amount >= 0) n += fmt::format("-{:g}", s.amount);
   if (s.lowrank.percent) n += fmt::format("-{}", s.lowrank.percent);
   if (s.lowrank.rank) n += fmt::format("-r{}", s.lowrank.rank);

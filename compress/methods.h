@@ -46,21 +46,23 @@ enum class MethodKind : uint8_t {
 
 // Option suffixes a method accepts (bit set).
 enum MethodOption : unsigned {
-  kOptGroup = 1u << 0,      // -g<N>: group size along a row
-  kOptAsym = 1u << 1,       // -asym: integer zero points
-  kOptDq = 1u << 2,         // -dq: double-quantized scales (QLoRA)
-  kOptTensor = 1u << 3,     // -tensor: one scale per tensor
-  kOptRow = 1u << 4,        // -row: one scale per row (ternary)
-  kOptStatic = 1u << 5,     // -static / -dynamic: activation scales from calibration or per token
-  kOptAmount = 1u << 6,     // -<number>: how much a structured step removes (percent or blocks)
-  kOptSparsity = 1u << 7,   // -<pct> | -N:M (required), -row/-layer/-global scope for magnitude
-  kOptRank = 1u << 8,       // -<P> / -r<N> / -e<E>: low-rank size (percent, rank, energy)
-  kOptBits = 1u << 9,       // <b> right after the name: index bits (kmeans4)
-  kOptWeighted = 1u << 10,  // -weighted: calibration-weighted clustering (kmeans)
-  kOptClip = 1u << 11,      // -clip: per-group scale search (compress/dataaware.h)
-  kOptActOrder = 1u << 12,  // -act: GPTQ act-order (columns by descending diag XᵀX)
-  kOptSmooth = 1u << 13,    // -sq: SmoothQuant channel scaling folded into the previous op
-  kOptAwq = 1u << 14,       // -awq: AWQ channel scales folded first, then GPTQ on the result
+  kOptGroup = 1u << 0,        // -g<N>: group size along a row
+  kOptAsym = 1u << 1,         // -asym: integer zero points
+  kOptDq = 1u << 2,           // -dq: double-quantized scales (QLoRA)
+  kOptTensor = 1u << 3,       // -tensor: one scale per tensor
+  kOptRow = 1u << 4,          // -row: one scale per row (ternary)
+  kOptStatic = 1u << 5,       // -static / -dynamic: activation scales from calibration or per token
+  kOptAmount = 1u << 6,       // -<number>: how much a structured step removes (percent or blocks)
+  kOptSparsity = 1u << 7,     // -<pct> | -N:M (required), -row/-layer/-global scope for magnitude
+  kOptRank = 1u << 8,         // -<P> / -r<N> / -e<E>: low-rank size (percent, rank, energy)
+  kOptBits = 1u << 9,         // <b> right after the name: index bits (kmeans4)
+  kOptWeighted = 1u << 10,    // -weighted: calibration-weighted clustering (kmeans)
+  kOptClip = 1u << 11,        // -clip: per-group scale search (compress/dataaware.h)
+  kOptActOrder = 1u << 12,    // -act: GPTQ act-order (columns by descending diag XᵀX)
+  kOptSmooth = 1u << 13,      // -sq: SmoothQuant channel scaling folded into the previous op
+  kOptAwq = 1u << 14,         // -awq: AWQ channel scales folded first, then GPTQ on the result
+  kOptSequential = 1u << 15,  // -seq: GPTQ true-sequential (each block's XᵀX from the model
+                              // whose earlier blocks are already quantized)
 };
 
 struct MethodInfo {
@@ -94,6 +96,7 @@ struct MethodSpec {
   bool act_order = false;       // -gptq: columns in descending diag(XᵀX) order (-act)
   bool smooth = false;          // w8a8-static: SmoothQuant scaling (-sq)
   bool awq_scales = false;      // -gptq: AWQ's channel scales searched and folded first (-awq)
+  bool sequential = false;      // -gptq: true-sequential calibration, block by block (-seq)
   double alpha = -1;            // SmoothQuant α (-1 = 0.5), AWQ α (-1 = grid search); [0, 1]
   double damp = 0.01;           // GPTQ dampening λ / mean(diag H), (0, 1)
 

@@ -59,9 +59,15 @@ class Gpt2 final : public Model {
     Tensor x = s.x.slice(0, 0, T), xn = s.xn.slice(0, 0, T), proj = s.proj.slice(0, 0, T);
     for (int64_t t = 0; t < T; ++t) s.ids[size_t(t)] = int32_t(pos0 + t);
 
-    be.embedding(x, wte_, ids, T);
-    be.embedding(x, wpe_, s.ids.data(), T, /*accumulate=*/true);
-    for (int64_t l = 0; l < c.n_layers; ++l) {
+    const int64_t l_end = s.layer_end < 0 ? c.n_layers : s.layer_end;
+    MINFER_CHECK(s.layer_begin >= 0 && s.layer_begin <= l_end && l_end <= c.n_layers,
+                 "forward: blocks [{}, {}) asked, the model has {}", s.layer_begin, s.layer_end,
+                 c.n_layers);
+    if (s.layer_begin == 0) {
+      be.embedding(x, wte_, ids, T);
+      be.embedding(x, wpe_, s.ids.data(), T, /*accumulate=*/true);
+    }
+    for (int64_t l = s.layer_begin; l < l_end; ++l) {
       Gpt2Layer& L = layers_[size_t(l)];
       // Per-layer widths: A = H_l * D attention width, F_l (C and 4C unless pruned).
       const int64_t H = c.heads_at(l), A = H * c.head_dim;
@@ -85,6 +91,7 @@ class Gpt2 final : public Model {
       be.add(x, x, proj);
     }
     s.n_past = S;
+    if (l_end < c.n_layers) return Tensor();  // a partial run: the residual stream stays in x
     const int64_t first = all_logits ? 0 : T - 1, n = T - first;
     MINFER_CHECK(n <= s.logits.dim(0), "forward: {} rows of logits asked, the state holds {}", n,
                  s.logits.dim(0));

@@ -121,10 +121,16 @@ class Llama final : public Model {
     const int64_t pos0 = s.n_past, S = pos0 + T;
     Tensor x = s.x.slice(0, 0, T), xn = s.xn.slice(0, 0, T), proj = s.proj.slice(0, 0, T);
 
-    be.embedding_table(x, tok_emb_, ids, T);
-    // Gemma: x sqrt(C), the normalizer rounded to f32 as HF's torch.tensor(C**0.5, dtype).
-    if (c.embed_scale) be.scale(x, x, float(std::sqrt(double(c.hidden))));
-    for (int64_t l = 0; l < c.n_layers; ++l) {
+    const int64_t l_end = s.layer_end < 0 ? c.n_layers : s.layer_end;
+    MINFER_CHECK(s.layer_begin >= 0 && s.layer_begin <= l_end && l_end <= c.n_layers,
+                 "forward: blocks [{}, {}) asked, the model has {}", s.layer_begin, s.layer_end,
+                 c.n_layers);
+    if (s.layer_begin == 0) {
+      be.embedding_table(x, tok_emb_, ids, T);
+      // Gemma: x sqrt(C), the normalizer rounded to f32 as HF's torch.tensor(C**0.5, dtype).
+      if (c.embed_scale) be.scale(x, x, float(std::sqrt(double(c.hidden))));
+    }
+    for (int64_t l = s.layer_begin; l < l_end; ++l) {
       LlamaLayer& L = layers_[size_t(l)];
       // Per-layer widths (a structurally pruned model's layers may differ).
       const int64_t H = c.heads_at(l), Hkv = c.kv_heads_at(l), F = c.ffn_at(l);
@@ -164,6 +170,7 @@ class Llama final : public Model {
       be.add(x, x, proj);
     }
     s.n_past = S;
+    if (l_end < c.n_layers) return Tensor();  // a partial run: the residual stream stays in x
     const int64_t first = all_logits ? 0 : T - 1, n = T - first;
     MINFER_CHECK(n <= s.logits.dim(0), "forward: {} rows of logits asked, the state holds {}", n,
                  s.logits.dim(0));

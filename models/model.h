@@ -27,6 +27,12 @@ struct RunState {
   Tensor ff_b;                           // [max_tokens, F]
   Tensor logits;                         // [logit_rows, V] (causal LMs)
   std::vector<int32_t> ids;              // positions / token types scratch, [max_tokens]
+  // A partial run of a causal LM (block-by-block calibration, compress's GPTQ -seq): only blocks
+  // [layer_begin, layer_end) run (layer_end < 0: to the last). layer_begin > 0 starts from the
+  // residual stream the caller left in x (rows 0..T) instead of the embedding; layer_end before
+  // the last block leaves the residual stream after block layer_end - 1 in x and returns an
+  // undefined Tensor (no logits). Only the KV caches of the blocks that ran are written.
+  int64_t layer_begin = 0, layer_end = -1;
 
   void reset() { n_past = 0; }
 };

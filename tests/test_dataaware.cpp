@@ -543,3 +543,93 @@ TEST_CASE("dataaware: encoder calibration statistics; AWQ and GPTQ on BERT") {
   CHECK_THROWS_WITH_AS(calibrate_encoder(*m, {some_ids(c.max_pos + 1, c.vocab_size)}, false),
                        doctest::Contains("expected 1..64"), Error);
 }
+
+TEST_CASE("dataaware: partial forward runs, and GPTQ true-sequential calibration (-seq)") {
+  auto be = make_cpu_backend(2);
+  // Blocks [0, 1) then [1, end) from the kept residual stream: the logits of one whole run.
+  for (const char* dir : {"tests/fixtures/parity/llama", "tests/fixtures/parity/gpt2"}) {
+    CAPTURE(dir);
+    auto m = load_model(dir, *be);
+    const int64_t V = m->config().vocab_size;
+    const std::vector<int32_t> gid = some_ids(12, V);
+    const std::vector<float> y0 = logits(*m, gid);
+    const int64_t T = int64_t(gid.size()), C = m->config().hidden;
+    RunState s = m->new_state(T, T);
+    s.layer_end = 1;
+    CHECK(!m->forward(s, gid.data(), T, true).defined());
+    const std::vector<float> x(s.x.data<float>(), s.x.data<float>() + T * C);
+    RunState s2 = m->new_state(T, T);
+    s2.layer_begin = 1;
+    std::copy(x.begin(), x.end(), s2.x.data<float>());
+    const Tensor t = m->forward(s2, gid.data(), T, true);
+    std::vector<float> y(size_t(t.numel()));
+    be->to_host(t, y.data());
+    CHECK(rel_diff(y, y0) < 1e-6);
+    RunState bad = m->new_state(T, T);
+    bad.layer_end = m->config().n_layers + 1;
+    CHECK_THROWS_WITH_AS(m->forward(bad, gid.data(), T, true), doctest::Contains("blocks"), Error);
+  }
+
+  // -seq equals its definition done the slow way: block b's Linears quantized with XᵀX from a
+  // whole-model calibration pass of the model whose blocks 0..b-1 are already quantized.
+  const std::vector<int32_t> calib = some_ids(256, 97, 3);
+  const SequentialCalibration seq{&calib, 8, 32};
+  for (const std::string method : {"int4-gptq-g32", "int3-gptq-g32-awq-act-clip"}) {
+    CAPTURE(method);
+    auto m = load_model("tests/fixtures/parity/llama", *be);
+    const ActStats st = calibrate(*m, calib, 8, 32, false, true);
+    // Embedding tables kept f32 (by default compress_model makes them fp16 before the Linears,
+    // which the block passes of -seq then read), so that block 0 sees what the f32 model's
+    // calibration saw.
+    CompressSpec with_seq = compress_spec_from_name(method + "-seq");
+    with_seq.embed_format = "f32";
+    const CompressReport rep = compress_model(*m, with_seq, &st, false, &seq);
+    CHECK(rep.sequential_seconds > 0);
+    // The slow way (for the AWQ chain: the fold first, as compress_model does it).
+    auto r = load_model("tests/fixtures/parity/llama", *be);
+    CompressSpec plain = compress_spec_from_name(method);
+    plain.embed_format = "f32";
+    if (plain.last().awq_scales) {
+      ActStats st_r = calibrate(*r, calib, 8, 32, false, true);
+      SmoothOptions o;
+      o.rule = SmoothOptions::Rule::Awq;
+      o.group = 32;
+      smooth_model(*r, st_r, o);
+    }
+    const int64_t L = r->config().n_layers;
+    for (int64_t b = 0; b < L; ++b) {
+      const ActStats now = calibrate(*r, calib, 8, 32, false, true);
+      for (Linear* w : r->linears())
+        if (w->name.starts_with(fmt::format("model.layers.{}.", b))) {
+          *w = compress_linear(*w, plain, &now);
+          be->upload(*w);
+        }
+    }
+    // Against plain GPTQ (every block's XᵀX from the f32 model): block 0 is the same, block 1
+    // is not (its inputs now come from the quantized block 0).
+    auto p = load_model("tests/fixtures/parity/llama", *be);
+    const ActStats st_p = calibrate(*p, calib, 8, 32, false, true);
+    compress_model(*p, plain, &st_p, false);
+    const std::vector<Linear*> lm = m->linears(), lr = r->linears(), lp = p->linears();
+    for (size_t i = 0; i < lm.size(); ++i) {
+      if (lm[i]->name.find(".layers.") == std::string::npos) continue;
+      CAPTURE(lm[i]->name);
+      const Tensor a = dequantize_weight(*lm[i]), b = dequantize_weight(*lr[i]),
+                   c = dequantize_weight(*lp[i]);
+      CHECK(agree(a, b) > 0.995);
+      if (lm[i]->name.starts_with("model.layers.0."))
+        CHECK(agree(a, c) > 0.995);
+      else
+        CHECK(agree(a, c) < 0.95);
+    }
+  }
+  // Names and bad input.
+  CHECK(compress_spec_name(compress_spec_from_name("int4-gptq-g64-awq-act-clip-asym-seq")) ==
+        "int4-gptq-g64-asym-awq-act-clip-seq");
+  CHECK_THROWS_WITH_AS(compress_spec_from_name("int4-awq-seq"), doctest::Contains("GPTQ"), Error);
+  CHECK_THROWS_WITH_AS(compress_spec_from_name("int4-seq"), doctest::Contains("GPTQ"), Error);
+  auto m = load_model("tests/fixtures/parity/llama", *be);
+  const ActStats st = calibrate(*m, calib, 8, 32, false, true);
+  CHECK_THROWS_WITH_AS(compress_model(*m, compress_spec_from_name("int4-gptq-g32-seq"), &st, false),
+                       doctest::Contains("calibration text"), Error);
+}

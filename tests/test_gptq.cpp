@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "compress/compress.h"
+#include "compress/dataaware.h"
 #include "compress/gptq.h"
 #include "engine/safetensors.h"
 #include "test_util.h"
@@ -110,4 +111,34 @@ TEST_CASE("gptq: methods, calibration, and bad input") {
   for (int64_t i = 0; i < 96; ++i) dead[size_t(i * 96 + 7)] = dead[size_t(7 * 96 + i)] = 0.f;
   const Tensor wd = dequantize_weight(quantize_gptq(l, q4, dead));
   for (int64_t o = 0; o < 24; ++o) CHECK(wd.data<float>()[o * 96 + 7] == 0.f);
+}
+
+TEST_CASE("gptq: at 3 bits as at 4, less output error than round-to-nearest, every option") {
+  // The layer-wise objective GPTQ minimizes, ||(W - Q) Xᵀ||², must not lose to round-to-nearest
+  // at the same bits and group on the calibration it was given (int3: the signed-max rule and
+  // codes -4..3 for both; with -clip both search their scales).
+  auto fx = SafetensorsFile::open(kGptq);
+  const Tensor w = fx->get("w"), x = fx->get("x");
+  const Linear l = make_dense("blk.w", w, 96, 24);
+  const std::vector<float> g = gram_of(x);
+  for (const char* m : {"int3", "int4"})
+    for (int variant = 0; variant < 4; ++variant) {
+      QuantSpec q;
+      q.method = m;
+      q.group = 32;
+      GptqOptions o;
+      o.act_order = variant & 1;
+      o.clip_search = variant & 2;
+      CAPTURE(m);
+      CAPTURE(variant);
+      const double e_gptq = output_error(w, dequantize_weight(quantize_gptq(l, q, g, o)), x);
+      // RTN in the same codes: the plain rule, or the scale search weighted by diag XᵀX.
+      std::vector<float> c(96);
+      for (int64_t k = 0; k < 96; ++k) c[size_t(k)] = g[size_t(k * 96 + k)];
+      const double e_rtn =
+          output_error(w, dequantize_weight(quantize_rtn_search(l, q, c.data(), o.clip_search)), x);
+      CAPTURE(e_rtn);
+      CAPTURE(e_gptq);
+      CHECK(e_gptq < 0.8 * e_rtn);
+    }
 }

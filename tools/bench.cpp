@@ -281,8 +281,9 @@ json compress_child(const Options& o, const std::string& work, const std::string
   Model& mc = *lm.model;
   ActStats stats;
   const ActStats* sp = nullptr;
+  std::vector<int32_t> ids;  // calibration tokens (GPTQ -seq runs its windows again per block)
   if (spec.uses_calibration()) {
-    const auto ids = read_vec<int32_t>(work + "/calib_ids.bin");
+    ids = read_vec<int32_t>(work + "/calib_ids.bin");
     const double tc = tool::now_s();
     try {
       if (mc.config().causal()) {
@@ -311,7 +312,10 @@ json compress_child(const Options& o, const std::string& work, const std::string
       out["note"] = fmt::format("no calibration ({}): outliers found at run time only", e.what());
     }
   }
-  const CompressReport rep = compress_model(mc, spec, sp, false);
+  const SequentialCalibration seq{&ids, o.calib_samples,
+                                  std::min(o.calib_len, mc.config().max_pos)};
+  const CompressReport rep =
+      compress_model(mc, spec, sp, false, mc.config().causal() && !ids.empty() ? &seq : nullptr);
   save_compressed(mc, lm.tokenizer.get(), dir, spec, /*force=*/true, lm.path);
   out["bits_per_weight"] = rep.bits_per_weight;
   out["linear_bpw"] = rep.linear_bpw;

@@ -53,10 +53,14 @@ int main(int argc, char** argv) {
   app.add_flag("--weighted", weighted,
                "kmeans: weigh each input by its calibration mean x^2 (SqueezeLLM-style; needs "
                "--calibrate); the same as the method suffix -weighted");
-  bool act_order = false, clip_search = false;
+  bool act_order = false, clip_search = false, true_sequential = false;
   double damp_pct = -1, alpha = -1;
   app.add_flag("--act-order", act_order,
                "GPTQ: round columns by descending diag(XtX), static group scales (= -act)");
+  app.add_flag("--true-sequential", true_sequential,
+               "GPTQ: each block's XtX from the calibration windows run through the earlier "
+               "blocks already quantized, not the float model's (one extra pass of the windows "
+               "per block; = -seq)");
   app.add_option("--damp", damp_pct, "GPTQ: dampening, percent of mean diag(XtX) (default 1)");
   app.add_flag("--clip-search", clip_search,
                "int4 / int3 / nf4 / GPTQ: per-group scale search weighted by the calibration "
@@ -145,6 +149,7 @@ int main(int argc, char** argv) {
     if (weighted) last.codebook.weighted = true;
     if (clip_search) last.clip_search = true;
     if (act_order) last.act_order = true;
+    if (true_sequential) last.sequential = true;
     if (damp_pct != -1) {
       MINFER_CHECK(std::isfinite(damp_pct) && damp_pct > 0 && damp_pct < 100,
                    "--damp: percent of mean diag(XtX) in (0, 100), got {}", damp_pct);
@@ -208,6 +213,7 @@ int main(int argc, char** argv) {
                  compress_spec_name(spec), resolved, lm.model->config().model_type);
     ActStats stats;
     const ActStats* sp = nullptr;
+    std::vector<int32_t> ids;  // the calibration text's tokens (causal LMs)
     if (!calib_path.empty()) {
       std::ifstream f(calib_path, std::ios::binary);
       MINFER_CHECK(f.good(), "{}: cannot open calibration text", calib_path);
@@ -224,8 +230,7 @@ int main(int argc, char** argv) {
         calib_secs = tool::now_s() - tc;
         sp = &stats;
       }
-      std::vector<int32_t> ids =
-          encoder ? std::vector<int32_t>{} : lm.tokenizer->encode(ss.str(), true);
+      if (!encoder) ids = lm.tokenizer->encode(ss.str(), true);
       if (structured)  // whole-model steps first: the quantizers see the smaller model
         lm.model = prune_structured(*lm.model, spec, ids, calib_samples, calib_len, !quiet);
       if (!encoder && (spec.uses_calibration() || !structured)) {
@@ -235,7 +240,8 @@ int main(int argc, char** argv) {
         sp = &stats;
       }
     }
-    CompressReport r = compress_model(*lm.model, spec, sp, !quiet);
+    const SequentialCalibration seq{&ids, calib_samples, calib_len};
+    CompressReport r = compress_model(*lm.model, spec, sp, !quiet, ids.empty() ? nullptr : &seq);
     save_compressed(*lm.model, lm.tokenizer.get(), out, spec, force, lm.path);
     const size_t file_bytes = model_file_bytes(out);
     const double secs = tool::now_s() - t0;
@@ -258,6 +264,7 @@ int main(int argc, char** argv) {
                           {"calibration_tokens", stats.tokens},
                           {"calibration_seconds", calib_secs},
                           {"smooth_seconds", r.smooth_seconds},
+                          {"sequential_calibration_seconds", r.sequential_seconds},
                           {"smooth_alpha", r.smooth_alpha},
                           {"seconds", secs},
                           {"peak_rss_mb", tool::peak_rss_mb()}};
@@ -290,6 +297,9 @@ int main(int argc, char** argv) {
     if (stats.tokens > 0)
       std::printf("calibration: %lld tokens, %.1f s (deterministic: windows evenly spaced)\n",
                   (long long)stats.tokens, calib_secs);
+    if (r.sequential_seconds > 0)
+      std::printf("true-sequential calibration: %.1f s (each block run on the kept windows)\n",
+                  r.sequential_seconds);
     if (r.smooth_sites > 0) {
       std::map<double, int> hist;  // α -> consumers
       for (const auto& [name, a] : r.smooth_alpha) ++hist[a];
