@@ -68,13 +68,13 @@ class ParamStore {
   // Tensors with a fixed mask (name -> number of zeros).
   std::vector<std::pair<std::string, size_t>> fixed_zeros() const;
 
-  // The walker: f(tensor, w, g, m, v) for every tensor in table order (m, v null before
-  // allocate_moments()).
+  // The walker: f(tensor, w, g, m, v) for every tensor in table order (a pointer is null while
+  // its buffer is unallocated: m, v before allocate_moments(); offsetting a null pointer is UB).
   template <typename F>
   void walk(F&& f) {
     for (const ParamTensor& p : table_)
-      f(p, w_.data() + p.offset, g_.data() + p.offset, m_.empty() ? nullptr : m_.data() + p.offset,
-        v_.empty() ? nullptr : v_.data() + p.offset);
+      f(p, w_.empty() ? nullptr : w_.data() + p.offset, g_.empty() ? nullptr : g_.data() + p.offset,
+        m_.empty() ? nullptr : m_.data() + p.offset, v_.empty() ? nullptr : v_.data() + p.offset);
   }
 
  private:
