@@ -1,6 +1,7 @@
 #include "engine/linear.h"
 
 #include "engine/error.h"
+#include "engine/formats/meta.h"
 
 namespace minfer {
 

@@ -1,6 +1,7 @@
 #include "engine/formats/codebook.h"
 
 #include "engine/error.h"
+#include "engine/formats/meta.h"
 #include "engine/half.h"
 #include "kernels/common/codebook_math.h"
 

@@ -1,6 +1,7 @@
 #include "engine/formats/dense.h"
 
 #include "engine/error.h"
+#include "engine/formats/meta.h"
 #include "engine/half.h"
 
 namespace minfer {

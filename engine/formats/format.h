@@ -14,12 +14,11 @@
 #pragma once
 #include <cstdint>
 #include <memory>
-#include <nlohmann/json.hpp>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include "engine/json_text.h"
 #include "engine/tensor.h"
 
 namespace minfer {
@@ -75,15 +74,4 @@ class TensorSource {
 // Throws "<where>: <what>" (an Error with this file's location).
 [[noreturn]] void throw_meta_error(const std::string& where, const std::string& what);
 
-// A required JSON field of type T in a format entry; throws naming `where` and the key.
-template <typename T>
-T meta_field(const json& j, const char* key, const std::string& where) {
-  if (!j.is_object() || !j.contains(key))
-    throw_meta_error(where, std::string("entry lacks '") + key + "'");
-  T out{};
-  if (!json_get(j.at(key), &out))
-    throw_meta_error(
-        where, std::string("field '") + key + "' has the wrong type (" + j.at(key).dump() + ")");
-  return out;
-}
 }  // namespace minfer

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "engine/error.h"
+#include "engine/formats/meta.h"
 #include "engine/gguf.h"
 #include "kernels/common/ggml_quants.h"
 

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "engine/error.h"
+#include "engine/formats/meta.h"
 #include "kernels/common/quant_math.h"
 
 namespace minfer {

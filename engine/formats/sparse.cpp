@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "engine/error.h"
+#include "engine/formats/meta.h"
 #include "engine/linear.h"
 
 namespace minfer {

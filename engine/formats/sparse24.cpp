@@ -2,6 +2,7 @@
 
 #include <bit>
 #include <cstring>
+#include <nlohmann/json.hpp>
 
 #include "engine/error.h"
 #include "engine/linear.h"

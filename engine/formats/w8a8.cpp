@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "engine/error.h"
+#include "engine/formats/meta.h"
 
 namespace minfer {
 
