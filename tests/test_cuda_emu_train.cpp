@@ -275,13 +275,14 @@ TEST_CASE("cuda emu train: distill on the CUDA ops gives the CPU run's losses an
   }
   // The trained weights. AdamW normalises each gradient by its own running RMS, so a weight whose
   // gradient is rounding noise in both runs (an embedding row of a token seen once) steps by up
-  // to lr in a direction the noise picks: 1e-3 of the tensor's scale (here 4e-4 absolute,
-  // 4% of one lr = 1e-2 step, in the embedding) is that, not a wrong gradient; the losses and
-  // gradient norms above are the tight checks.
+  // to lr in a direction the noise picks; how far depends on the compiler's summation and
+  // contraction (g++ -O3: 4.0e-4 absolute, clang -O1 under ASan: 9.6e-4, both in the
+  // embedding). The bound is a quarter of one lr step, absolute: a wrong gradient moves weights by
+  // whole steps; the losses and gradient norms above are the tight checks.
   auto wa = SafetensorsFile::open(tmp / "cpu/model.safetensors");
   auto wb = SafetensorsFile::open(tmp / "cuda/model.safetensors");
   REQUIRE(wa->tensors().size() == wb->tensors().size());
-  double worst = 0;
+  double worst = 0, worst_abs = 0;
   for (const auto& kv : wa->tensors()) {
     const std::string& n = kv.first;
     CAPTURE(n);
@@ -290,10 +291,13 @@ TEST_CASE("cuda emu train: distill on the CUDA ops gives the CPU run's losses an
     const std::vector<float> xv(x.data<float>(), x.data<float>() + x.numel()),
         yv(y.data<float>(), y.data<float>() + y.numel());
     worst = std::max(worst, rel(yv, xv));
+    for (size_t i = 0; i < xv.size(); ++i)
+      worst_abs = std::max(worst_abs, std::abs(double(yv[i]) - xv[i]));
   }
-  CHECK(worst <= 1e-3);
-  MESSAGE("CUDA (emulated) vs CPU student after 3 steps: worst relative weight difference "
-          << worst);
+  CHECK(worst_abs <= 0.25 * o.lr);
+  MESSAGE("CUDA (emulated) vs CPU student after 3 steps: worst weight difference "
+          << worst_abs << " absolute (lr " << o.lr << "), " << worst
+          << " of the tensor's largest weight");
 }
 
 TEST_CASE(

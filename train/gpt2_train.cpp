@@ -89,11 +89,8 @@ void TrainGpt2::load_from_model(Model& m, const std::vector<int64_t>& layer_map)
     copy_bias_or_tensor(p, w, s, lin, by_name);
   };
   // A LoRA target keeps the source's Linear [out, in] in its format.
-  auto base = [&](const std::string& name) {
-    auto li = lin.find(source_name(name));
-    MINFER_CHECK(li != lin.end(), "source model has no linear '{}' (for student '{}')",
-                 source_name(name), name);
-    return *li->second;
+  auto base = [&](const std::string& name) -> Linear {
+    return source_linear(lin, source_name(name), name);
   };
   proj_.load(fill, base);
 }

@@ -155,11 +155,8 @@ void TrainLlama::load_from_model(Model& m, const std::vector<int64_t>& layer_map
     copy_bias_or_tensor(p, w, s, lin, by_name);
   };
   // LoRA targets keep the source's Linear as it is (NF4 stays NF4: QLoRA).
-  auto base = [&](const std::string& name) {
-    auto li = lin.find(source_name(name));
-    MINFER_CHECK(li != lin.end(), "source model has no linear '{}' (for student '{}')",
-                 source_name(name), name);
-    return *li->second;
+  auto base = [&](const std::string& name) -> Linear {
+    return source_linear(lin, source_name(name), name);
   };
   proj_.load(fill, base);
 }

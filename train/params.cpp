@@ -119,6 +119,13 @@ std::string source_block_name(const std::string& name, const std::string& blocks
   return blocks + std::to_string(layer_map[size_t(l)]) + name.substr(b);
 }
 
+const Linear& source_linear(const std::map<std::string, const Linear*>& linears,
+                            const std::string& s, const std::string& name) {
+  auto li = linears.find(s);
+  MINFER_CHECK(li != linears.end(), "source model has no linear '{}' (for student '{}')", s, name);
+  return *li->second;
+}
+
 void copy_bias_or_tensor(const ParamTensor& p, float* dst, const std::string& s,
                          const std::map<std::string, const Linear*>& linears,
                          const std::map<std::string, Tensor>& tensors) {

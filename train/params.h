@@ -111,6 +111,10 @@ std::string source_block_name(const std::string& name, const std::string& blocks
 void copy_bias_or_tensor(const ParamTensor& p, float* dst, const std::string& s,
                          const std::map<std::string, const Linear*>& linears,
                          const std::map<std::string, Tensor>& tensors);
+// The source model's Linear `s` that student tensor `name` starts from (a LoRA target keeps it in
+// its own format: NF4 stays NF4, QLoRA). Errors name both when `linears` has no `s`.
+const Linear& source_linear(const std::map<std::string, const Linear*>& linears,
+                            const std::string& s, const std::string& name);
 // The weights as (HF name, f32 host tensor) pairs in table order, for safetensors.
 std::vector<std::pair<std::string, Tensor>> named_params(const ParamStore& p);
 
