@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-build/bin}
 OUT=${OUT:-build/demo}
 mkdir -p "$OUT"
-echo "== SmolLM2-135M-Instruct: generation (greedy, f32)"
+echo "== SmolLM2-135M-Instruct: generation (greedy, the GGUF's Q4_1 run natively)"
 $BIN/run-model --model smollm2 --chat --temp 0 -n 48 \
   --prompt "Explain in two sentences why the sky is blue."
 echo
@@ -15,7 +15,7 @@ echo "== Compress SmolLM2 to int8 (weights) and to NF4 with double quantization"
 $BIN/compress --model smollm2 --method int8 --out "$OUT/smollm2-int8" --force -q
 $BIN/compress --model smollm2 --method nf4 --double-quant --out "$OUT/smollm2-nf4dq" --force -q
 echo
-echo "== The int8 copy generates the same way"
+echo "== The int8 copy (compressed from the same weights) generates the same way"
 $BIN/run-model --model "$OUT/smollm2-int8" --chat --temp 0 -n 48 \
   --prompt "Explain in two sentences why the sky is blue."
 echo
