@@ -19,6 +19,7 @@
 #include "engine/thread_pool.h"
 #include "kernels/common/ggml_quants.h"
 #include "kernels/cpu/act.h"
+#include "kernels/cpu/env_switch.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
     defined(__AVX512VNNI__) && defined(__F16C__)
@@ -745,12 +746,7 @@ bool ggml_has_q8_path(uint32_t type) {
 
 bool ggml_repack_for_cpu(GgmlBlocks& w, int64_t K) {
 #if defined(MINFER_GGML_VNNI)
-  static const bool enabled = [] {
-    const char* e = std::getenv("MINFER_GGML_REPACK");
-    const std::string v = e ? e : "1";
-    MINFER_CHECK(v == "0" || v == "1", "MINFER_GGML_REPACK='{}': expected 0 or 1", v);
-    return v == "1";
-  }();
+  static const bool enabled = env_switch("MINFER_GGML_REPACK", "1", {"0", "1"}) == "1";
   if (!enabled || w.interleave != 1 || !repack_type(w.type) || w.blocks.dim(0) % 4 != 0)
     return false;
   GgmlBlocks r = ggml_blocks_interleave(w, K, 4);
@@ -1018,10 +1014,7 @@ void ggml_linear_f32(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx
 
 GgmlPath ggml_path() {
   static const GgmlPath p = [] {
-    const char* e = std::getenv("MINFER_GGML_PATH");
-    const std::string v = e ? e : "auto";
-    MINFER_CHECK(v == "auto" || v == "f32" || v == "q8",
-                 "MINFER_GGML_PATH='{}': expected auto, f32 or q8", v);
+    const std::string v = env_switch("MINFER_GGML_PATH", "auto", {"auto", "f32", "q8"});
     return v == "f32" ? GgmlPath::F32 : v == "q8" ? GgmlPath::Q8 : GgmlPath::Auto;
   }();
   return p;

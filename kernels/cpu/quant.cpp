@@ -15,6 +15,7 @@
 
 #include "kernels/common/quant_math.h"
 #include "kernels/cpu/act.h"
+#include "kernels/cpu/env_switch.h"
 #include "kernels/cpu/quant_act.h"
 #include "kernels/cpu/quant_act_impl.h"
 #include "kernels/cpu/quant_impl.h"
@@ -260,12 +261,7 @@ namespace {
 // MINFER_QUANT_PREFILL: "f32" (default: W dequantized by tiles, then sgemm) or "int8" (int8
 // weights with one scale per row or tensor take quantized_linear_int8_act at T >= 16).
 bool int8_prefill() {
-  static const bool on = [] {
-    const char* e = std::getenv("MINFER_QUANT_PREFILL");
-    const std::string v = e ? e : "f32";
-    MINFER_CHECK(v == "f32" || v == "int8", "MINFER_QUANT_PREFILL='{}': expected f32 or int8", v);
-    return v == "int8";
-  }();
+  static const bool on = env_switch("MINFER_QUANT_PREFILL", "f32", {"f32", "int8"}) == "int8";
   return on;
 }
 }  // namespace
@@ -296,12 +292,7 @@ void quantized_linear(const Quantized& w, const float* x, int64_t T, int64_t ldx
 
 bool quantized_repack_for_cpu(Quantized& w) {
 #if defined(MINFER_Q_AVX512)
-  static const bool enabled = [] {
-    const char* e = std::getenv("MINFER_QUANT_REPACK");
-    const std::string v = e ? e : "1";
-    MINFER_CHECK(v == "0" || v == "1", "MINFER_QUANT_REPACK='{}': expected 0 or 1", v);
-    return v == "1";
-  }();
+  static const bool enabled = env_switch("MINFER_QUANT_REPACK", "1", {"0", "1"}) == "1";
   if (!enabled || w.interleave != 1 || w.codes.dim(0) % 4 != 0) return false;
   Quantized r = quantized_interleave(w, 4);
   release_mapped_pages(w.codes);

@@ -15,6 +15,7 @@
 #include "engine/half.h"
 #include "engine/thread_pool.h"
 #include "kernels/common/quant_math.h"
+#include "kernels/cpu/env_switch.h"
 #include "kernels/cpu/sparse_values.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI__) && \
@@ -549,12 +550,7 @@ bool sparse24_decode_wins(const Linear& values) {
 }
 
 bool sparse24_upload(Linear& w) {
-  static const bool enabled = [] {
-    const char* e = std::getenv("MINFER_SPARSE24_AT_LOAD");
-    const std::string v = e ? e : "1";
-    MINFER_CHECK(v == "0" || v == "1", "MINFER_SPARSE24_AT_LOAD='{}': expected 0 or 1", v);
-    return v == "1";
-  }();
+  static const bool enabled = env_switch("MINFER_SPARSE24_AT_LOAD", "1", {"0", "1"}) == "1";
   const SparseBitmask* s = std::get_if<SparseBitmask>(&w.repr);
   if (!enabled || !s || !sparse24_decode_wins(*s->values) || !sparse_is_2of4(*s)) return false;
   Sparse24 r = sparse24_from_bitmask(*s, w.name);
