@@ -153,6 +153,14 @@ double f32_bound(int64_t K, double mag) {
   return double(K + 16) * std::ldexp(1.0, -24) * mag + double(K) * std::ldexp(1.0, -148) + 1e-40;
 }
 
+// These cases test the f32-activation kernels: the decode range's default q8 path for int8 / int4
+// (tests/test_quant_q8.cpp) is switched off while they run.
+struct F32Activations {
+  QuantActPath saved = quantized_act_path();
+  F32Activations() { set_quantized_act_path(QuantActPath::F32); }
+  ~F32Activations() { set_quantized_act_path(saved); }
+};
+
 }  // namespace
 
 TEST_CASE("quant: NF4 table, code packing layouts and the int8 activation quantizer") {
@@ -530,6 +538,7 @@ TEST_CASE("quant: bad inputs give clear errors") {
 }
 
 TEST_CASE("quant: kernels match dequantize + f64 matmul (every path, odd K and N, adversarial)") {
+  F32Activations f32_activations;
   struct Shape {
     int64_t K, N;
   };
@@ -578,6 +587,7 @@ TEST_CASE("quant: kernels match dequantize + f64 matmul (every path, odd K and N
 }
 
 TEST_CASE("quant: SIMD path agrees with the scalar path and with sgemm on dequantize_weight") {
+  F32Activations f32_activations;
   const std::string isa = quantized_linear_isa();
   MESSAGE("quantized_linear path in this build: ", isa);
   const int64_t K = 1536, N = 70;
@@ -666,6 +676,7 @@ TEST_CASE("quant: the CPU backend runs quantized linears with bias") {
 }
 
 TEST_CASE("quant: distortion on N(0,1) weights") {
+  F32Activations f32_activations;
   // Expected relative Frobenius errors, from the quantizers' definitions: uniform rounding noise
   // s² / 12 with s = max / 127 (int8: max of 1024 normals ≈ 3.2 -> ~0.7%) or max / 7 (int4 g128:
   // max of 128 ≈ 2.6 -> ~11%); NF4 block 64 ≈ 9-10% (QLoRA's motivation: below int4 at the same
@@ -717,6 +728,7 @@ TEST_CASE("quant: distortion on N(0,1) weights") {
 }
 
 TEST_CASE("quant: op groups and the fused gate·up + SiLU·mul equal the separate ops bit for bit") {
+  F32Activations f32_activations;
   // Backend::linear_group on the CPU runs Quantized members on the decode path as one pool loop
   // over all their rows, and linear_swiglu computes gate and up rows and SiLU·mul in one loop:
   // every row comes from the same kernel as a single linear(), so the results are identical for

@@ -8,6 +8,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -189,14 +190,158 @@ void ref_rows(const QArgs& a, const float* x, int64_t T, int64_t ldx, int64_t n0
   }
 }
 
-// Rows n0..n1 of y on the decode path (T <= quantized_group_max_t()), single-threaded: the SIMD
-// kernel from a.xp, or the portable path from x. The same code quantized_linear runs per row.
+void q8_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy);
+
+// Rows n0..n1 of y on the decode path (T <= quantized_group_max_t()), single-threaded: the q8
+// kernel from a.xq where set, else the SIMD kernel from a.xp, or the portable path from x. The same
+// code quantized_linear runs per row.
 void decode_rows(const QArgs& a, const float* x, int64_t T, int64_t ldx, int64_t n0, int64_t n1,
                  float* y, int64_t ldy) {
+  if (a.xq) return q8_rows(a, T, n0, n1, y, ldy);
 #if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
   if (simd_reads(a)) return simd_decode_rows(a, T, n0, n1, y, ldy);
 #endif
   ref_rows(a, x, T, ldx, n0, n1, y, ldy);
+}
+
+// ---- The q8 path (quant.h quantized_linear_q8).
+
+// Whether a's weights have the q8 path: int8 or int4 (symmetric or not) with every span on whole
+// 64-weight chunks (one scale per row or tensor, or groups a multiple of 64).
+bool q8_applies(const QArgs& a) {
+  if (a.scheme != QScheme::Int8 && a.scheme != QScheme::Int4) return false;
+  for (int64_t i = 0; i < a.nspans; ++i)
+    if (a.spans[i].k0 % 64 != 0 || a.spans[i].k1 % 64 != 0) return false;
+  return true;
+}
+
+// x rows quantized for the q8 path (QArgs::xq / xd / xs), 64-byte aligned.
+struct Q8Act {
+  std::vector<int8_t> qbuf;
+  std::vector<float> dbuf;
+  std::vector<int32_t> sbuf;
+  int8_t* q = nullptr;
+  float* d = nullptr;
+  int32_t* s = nullptr;
+};
+
+template <class V>
+auto* aligned64(V& v, size_t n) {
+  using E = typename V::value_type;
+  v.resize(n + 64 / sizeof(E));
+  const size_t off = (64 - reinterpret_cast<uintptr_t>(v.data()) % 64) % 64 / sizeof(E);
+  return v.data() + off;
+}
+
+// Each row of x in blocks of 32 (the last partial block and the padding to Kp as zeros) by
+// qm::quantize_act_block: d = max|x| / 127, q = clamp(round-half-even(x · 127 / max|x|), ±127);
+// a block with an inf or NaN gets d = NaN (its outputs are NaN, as in f32). SIMD where built
+// (the same codes and scales).
+void quantize_q8_act(const float* x, int64_t T, int64_t ldx, int64_t K, Q8Act& o) {
+  const int64_t Kp = qm::padded_k(K), nc = Kp / 64;
+  o.q = aligned64(o.qbuf, size_t(T * Kp));
+  o.d = aligned64(o.dbuf, size_t(T * nc * 16));
+  o.s = aligned64(o.sbuf, size_t(T * Kp / 4));
+#if defined(MINFER_Q_AVX512)
+  return simd_quantize_q8(x, T, ldx, K, o.q, o.d, o.s);
+#endif
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t b = 0; b < Kp / 32; ++b) {
+      const int64_t k0 = b * 32, n = std::clamp<int64_t>(K - k0, 0, 32);
+      int8_t* q = o.q + t * Kp + k0;
+      float d;
+      int32_t sum;
+      qm::quantize_act_block(x + t * ldx + k0, int(n), 32, q, &d, &sum);
+      float* dv = o.d + (t * nc + b / 2) * 16 + (b % 2) * 8;
+      std::fill(dv, dv + 8, d);
+      for (int64_t j = 0; j < 8; ++j)
+        o.s[t * (Kp / 4) + k0 / 4 + j] = -(q[4 * j] + q[4 * j + 1] + q[4 * j + 2] + q[4 * j + 3]);
+    }
+}
+
+void set_q8(QArgs& a, const Q8Act& o) {
+  a.xq = o.q;
+  a.xd = o.d;
+  a.xs = o.s;
+}
+
+// The q8 path's reference: the same activation codes, exact integer sums per block of 32
+// (Σ (u - z) q), then y = Σ_span s (Σ_block d · sum) in f32, blocks in order.
+void q8_ref_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  thread_local std::vector<uint8_t> tmp, u;
+  tmp.resize(size_t(a.rb));
+  u.resize(size_t(a.Kp));
+  for (int64_t n = n0; n < n1; ++n) {
+    // The row's unsigned codes in weight order (the row layout; int8 interleaved stores u - 128).
+    const uint8_t* row = a.codes + n * a.rb;
+    if (a.il != 1) {
+      const int64_t cb = a.rb / (a.Kp / 64), cs = a.chunk_stride();
+      const uint8_t* b = a.row_base(n);
+      for (int64_t c = 0; c < a.Kp / 64; ++c)
+        std::memcpy(tmp.data() + c * cb, b + c * cs, size_t(cb));
+      if (a.scheme == QScheme::Int8)
+        for (uint8_t& v : tmp) v ^= 0x80;
+      row = tmp.data();
+    }
+    for (int64_t k = 0; k < a.Kp; ++k)
+      u[size_t(k)] = uint8_t(a.scheme == QScheme::Int8 ? row[k] : qm::get_q4(row, k));
+    for (int64_t t = 0; t < T; ++t) {
+      const int8_t* q = a.xq + t * a.Kp;
+      float acc = 0;
+      for (int64_t si = 0; si < a.nspans; ++si) {
+        const Span sp = a.spans[si];
+        const int z = a.zero(n, sp.g);
+        float part = 0;
+        for (int64_t k0 = sp.k0; k0 < sp.k1; k0 += 32) {
+          int32_t sum = 0;
+          for (int64_t k = k0; k < k0 + 32; ++k) sum += (int32_t(u[size_t(k)]) - z) * q[k];
+          part += float(sum) * a.xd[(t * (a.Kp / 64) + k0 / 64) * 16 + (k0 % 64) / 4];
+        }
+        acc += part * a.scale(n, sp.g);
+      }
+      y[t * ldy + n] = acc;
+    }
+  }
+}
+
+// Rows n0..n1 of y on the q8 path: the SIMD kernel where built (T <= 4), else the reference.
+void q8_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+#if defined(MINFER_Q_AVX512)
+  return simd_decode_rows_q8(a, T, n0, n1, y, ldy);
+#else
+  q8_ref_rows(a, T, n0, n1, y, ldy);
+#endif
+}
+
+// MINFER_QUANT_ACT, read once unless set_quantized_act_path overrides it.
+std::atomic<int> g_act_path{-1};
+QuantActPath act_path_now() {
+  int v = g_act_path.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const std::string e = env_switch("MINFER_QUANT_ACT", "auto", {"auto", "f32", "q8"});
+    v = int(e == "f32" ? QuantActPath::F32 : e == "q8" ? QuantActPath::Q8 : QuantActPath::Auto);
+    g_act_path.store(v, std::memory_order_relaxed);
+  }
+  return QuantActPath(v);
+}
+
+// Whether a call of T rows takes the q8 path: always when forced, at decode (T <= 4) by default
+// where this build has the VNNI kernel.
+bool use_q8(int64_t T) {
+  switch (act_path_now()) {
+    case QuantActPath::F32:
+      return false;
+    case QuantActPath::Q8:
+      return true;
+    case QuantActPath::Auto:
+#if defined(MINFER_Q_AVX512)
+      return T <= 4;
+#else
+      (void)T;
+      return false;
+#endif
+  }
+  return false;
 }
 
 // y[t, n] = silu_mul(y[t, n], u[t, n]) for n in [n0, n1).
@@ -223,6 +368,66 @@ void quantized_linear_ref(const Quantized& w, const float* x, int64_t T, int64_t
   std::vector<Span> spans;
   const QArgs a = make_args(w, K, spans);
   ref_rows(a, x, T, ldx, 0, N, y, ldy);
+}
+
+QuantActPath quantized_act_path() {
+  return act_path_now();
+}
+void set_quantized_act_path(QuantActPath p) {
+  g_act_path.store(int(p), std::memory_order_relaxed);
+}
+
+void quantize_q8_activations(const float* x, int64_t T, int64_t ldx, int64_t K, int8_t* q,
+                             float* d) {
+  thread_local Q8Act act;
+  quantize_q8_act(x, T, ldx, K, act);
+  const int64_t Kp = qm::padded_k(K);
+  std::memcpy(q, act.q, size_t(T * Kp));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t b = 0; b < Kp / 32; ++b)
+      d[t * (Kp / 32) + b] = act.d[(t * (Kp / 64) + b / 2) * 16 + (b % 2) * 8];
+}
+
+bool quantized_has_q8_path(const Quantized& w, int64_t K) {
+  std::vector<Span> spans;
+  return q8_applies(make_args(w, K, spans));
+}
+
+void quantized_linear_q8(const Quantized& w, const float* x, int64_t T, int64_t ldx, float* y,
+                         int64_t ldy, int64_t K, int64_t N) {
+  check_call(w, T, ldx, ldy, K, N);
+  thread_local std::vector<Span> spans;
+  QArgs a = make_args(w, K, spans);
+  MINFER_CHECK(q8_applies(a), "quantized_linear_q8: no q8 path for {} weights with group {}",
+               qscheme_name(w.scheme), w.group);
+  if (T == 0) return;
+  thread_local Q8Act act;
+  quantize_q8_act(x, T, ldx, K, act);
+  // Four tokens at a time (the kernel's range); decode is one such pass.
+  for (int64_t t0 = 0; t0 < T; t0 += 4) {
+    const int64_t R = std::min<int64_t>(4, T - t0);
+    QArgs b = a;
+    b.xq = act.q + t0 * a.Kp;
+    b.xd = act.d + t0 * (a.Kp / 64) * 16;
+    b.xs = act.s + t0 * (a.Kp / 4);
+    float* yt = y + t0 * ldy;
+    parallel_for(N, R * a.Kp, kDecodeChunk,
+                 [&](int64_t n0, int64_t n1) { q8_rows(b, R, n0, n1, yt, ldy); });
+  }
+}
+
+void quantized_linear_q8_ref(const Quantized& w, const float* x, int64_t T, int64_t ldx, float* y,
+                             int64_t ldy, int64_t K, int64_t N) {
+  check_call(w, T, ldx, ldy, K, N);
+  std::vector<Span> spans;
+  QArgs a = make_args(w, K, spans);
+  MINFER_CHECK(q8_applies(a), "quantized_linear_q8_ref: no q8 path for {} weights with group {}",
+               qscheme_name(w.scheme), w.group);
+  if (T == 0) return;
+  Q8Act act;
+  quantize_q8_act(x, T, ldx, K, act);
+  set_q8(a, act);
+  q8_ref_rows(a, T, 0, N, y, ldy);
 }
 
 bool quantized_linear_int8_act(const Quantized& w, const float* x, int64_t T, int64_t ldx, float* y,
@@ -274,6 +479,7 @@ void quantized_linear(const Quantized& w, const float* x, int64_t T, int64_t ldx
     return;
   thread_local std::vector<Span> spans;
   QArgs a = make_args(w, K, spans);
+  if (use_q8(T) && q8_applies(a)) return quantized_linear_q8(w, x, T, ldx, y, ldy, K, N);
 #if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
   if (T < kGemmRows && simd_reads(a)) {
     thread_local std::vector<float> xbuf;
@@ -333,9 +539,17 @@ void quantized_linear_group(const QuantGroupItem* items, int n, const float* x, 
   thread_local std::vector<float> xbuf;
   xp = prepare_x(x, T, ldx, K, qm::padded_k(K), xbuf);
 #endif
+  thread_local Q8Act act;
+  bool quantized = false;  // x quantized for the members on the q8 path, once
   for (int i = 0; i < n; ++i) {
-    args[size_t(i)] = make_args(*items[i].w, K, spans[size_t(i)]);
-    args[size_t(i)].xp = xp;
+    QArgs& ai = args[size_t(i)];
+    ai = make_args(*items[i].w, K, spans[size_t(i)]);
+    ai.xp = xp;
+    if (use_q8(T) && q8_applies(ai)) {
+      if (!quantized) quantize_q8_act(x, T, ldx, K, act);
+      quantized = true;
+      set_q8(ai, act);
+    }
     first[size_t(i) + 1] = first[size_t(i)] + items[i].N;
   }
   // The workers see the caller's tables through these pointers (a thread_local named in the
@@ -368,10 +582,15 @@ void quantized_linear_swiglu(const Quantized& gate, const Quantized& up, const f
   }
   thread_local std::vector<Span> sg, su;
   QArgs ag = make_args(gate, K, sg), au = make_args(up, K, su);
+  const bool qg = use_q8(T) && q8_applies(ag), qu = use_q8(T) && q8_applies(au);
 #if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
   thread_local std::vector<float> xbuf;
-  ag.xp = au.xp = prepare_x(x, T, ldx, K, ag.Kp, xbuf);
+  if (!(qg && qu)) ag.xp = au.xp = prepare_x(x, T, ldx, K, ag.Kp, xbuf);
 #endif
+  thread_local Q8Act act;
+  if (qg || qu) quantize_q8_act(x, T, ldx, K, act);
+  if (qg) set_q8(ag, act);
+  if (qu) set_q8(au, act);
   parallel_for(F, 2 * ag.Kp, kDecodeChunk, [&](int64_t n0, int64_t n1) {
     decode_rows(ag, x, T, ldx, n0, n1, y, ldy);
     decode_rows(au, x, T, ldx, n0, n1, u, ldu);

@@ -39,6 +39,39 @@ void quantized_linear(const Quantized& w, const float* x, int64_t T, int64_t ldx
 bool quantized_linear_int8_act(const Quantized& w, const float* x, int64_t T, int64_t ldx, float* y,
                                int64_t ldy, int64_t K, int64_t N);
 
+// The q8 path (int8 and int4 weights, symmetric or asymmetric, with one scale per row or tensor or
+// groups a multiple of 64): x quantized per block of 32 to int8 as llama.cpp's q8_0 partner type
+// does (qm::quantize_act_block: d = max|x| / 127 in f32, q = round-half-even(x / d); an inf or NaN
+// makes its block's d NaN), once per call or op group; each weight chunk of 64 is one integer dot
+// product per token (AVX-512 VNNI vpdpbusd of the unsigned codes u with q, started from
+// -z Σ q so the sum is exactly Σ (u - z) q), the int32 sums of each block of 32 times its d
+// accumulate in f32, times the weight scale once per group:
+//   y[t, n] = Σ_g s[n, g] Σ_{b in g} d[t, b] Σ_{j in b} (u[n, j] - z[n, g]) q[t, j].
+// Error against the f32 product of the dequantized weights: |x_j - d q_j| <= d / 2, so
+// |y_q8 - y_f32| <= Σ_b d_b / 2 Σ_{j in b} |w_j| (+ f32 rounding). Cost on SmolLM2-135M: see
+// docs/performance.md. quantized_linear takes it for T <= 4 (decode) on AVX-512 VNNI builds by
+// default; MINFER_QUANT_ACT=f32 turns it off, =q8 forces it at every T and on every build (the
+// reference then runs without VNNI), to measure its perplexity cost.
+// quantized_linear_q8 runs it at any T (four tokens per pass over W); the reference computes
+// the same codes and exact block sums, combining them in f32 in block order. Both throw for
+// weights without the path (quantized_has_q8_path false).
+bool quantized_has_q8_path(const Quantized& w, int64_t K);
+// The q8 path's activation quantizer (SIMD where built): q [T, Kp] codes (zero past K), d [T,
+// Kp / 32] block scales; bit for bit qm::quantize_act_block(x block, n, 32, ...) per block.
+void quantize_q8_activations(const float* x, int64_t T, int64_t ldx, int64_t K, int8_t* q,
+                             float* d);
+void quantized_linear_q8(const Quantized& w, const float* x, int64_t T, int64_t ldx, float* y,
+                         int64_t ldy, int64_t K, int64_t N);
+void quantized_linear_q8_ref(const Quantized& w, const float* x, int64_t T, int64_t ldx, float* y,
+                             int64_t ldy, int64_t K, int64_t N);
+// Which activations quantized_linear, its op groups and the fused gate·up use for int8 / int4:
+// Auto (q8 for T <= 4 where VNNI is built), F32 (never), Q8 (every T). Read once from
+// MINFER_QUANT_ACT (auto | f32 | q8; anything else is an error naming the variable);
+// set_quantized_act_path overrides it for the whole process (tests, A/B in one binary).
+enum class QuantActPath { Auto, F32, Q8 };
+QuantActPath quantized_act_path();
+void set_quantized_act_path(QuantActPath p);
+
 // Portable scalar path and test oracle: each row of W dequantized with the qm:: functions (the
 // values dequantize_weight gives), then an f32 dot product with x in index order.
 void quantized_linear_ref(const Quantized& w, const float* x, int64_t T, int64_t ldx, float* y,

@@ -457,6 +457,141 @@ void dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst) {
   }
 }
 
+// ---- The q8 path: int8 / int4 weights against 8-bit activations (QArgs::xq).
+
+// The 64 unsigned codes u of the chunk at c in weight order: int8 u (stored as u - 128 where SGN:
+// flip the sign bit back), int4 the 32 low nibbles then the 32 high ones (qm::ChunkQ4).
+template <QScheme S, bool SGN>
+MINFER_INLINE __m512i codes_u64(const uint8_t* c) {
+  if constexpr (S == QScheme::Int8) {
+    const __m512i v = _mm512_loadu_si512(c);
+    return SGN ? _mm512_xor_si512(v, _mm512_set1_epi8(char(0x80))) : v;
+  } else {
+    const __m256i b = _mm256_loadu_si256((const __m256i*)c);
+    const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(b), _mm256_srli_epi16(b, 4), 1);
+    return _mm512_and_si512(v, _mm512_set1_epi8(0x0F));
+  }
+}
+
+// Weight rows n0..n0+RW against tokens 0..R of a.xq. Each row's arithmetic does not depend on RW
+// (its own accumulators, the same operations in the same order; store_tile's hsum4 adds as
+// hsum512), so a row gives the same bits whichever tile computes it.
+template <QScheme S, bool SGN>
+struct Q8Rows {
+  template <int RW, int R>
+  static void run(int64_t n0, const QArgs& a, float* y, int64_t ldy) {
+    const uint8_t* wr[RW];
+    for (int i = 0; i < RW; ++i) wr[i] = a.row_base(n0 + i);
+    const int64_t cs = a.chunk_stride(), nc = a.Kp / 64;
+    __m512 f[RW][R], acc[RW][R];
+    for (int i = 0; i < RW; ++i)
+      for (int r = 0; r < R; ++r) f[i][r] = acc[i][r] = _mm512_setzero_ps();
+    for (int64_t si = 0; si < a.nspans; ++si) {
+      const Span sp = a.spans[si];
+      __m512i zv[RW];
+      for (int i = 0; i < RW; ++i) zv[i] = _mm512_set1_epi32(a.zero(n0 + i, sp.g));
+      for (int64_t k = sp.k0; k < sp.k1; k += 64) {
+        const int64_t c = k >> 6;
+        __m512i u[RW];
+        for (int i = 0; i < RW; ++i) u[i] = codes_u64<S, SGN>(wr[i] + c * cs);
+        for (int r = 0; r < R; ++r) {
+          const __m512i q = _mm512_loadu_si512(a.xq + r * a.Kp + k);
+          const __m512i ns = _mm512_loadu_si512(a.xs + r * (a.Kp / 4) + k / 4);
+          const __m512 d = _mm512_loadu_ps(a.xd + (r * nc + c) * 16);
+          // -z Σq per lane: a shift where z is the scheme's power of two, else a multiply.
+          __m512i base[RW];
+          if (a.zeros) {
+            for (int i = 0; i < RW; ++i) base[i] = _mm512_mullo_epi32(ns, zv[i]);
+          } else {
+            const __m512i b = _mm512_slli_epi32(ns, S == QScheme::Int8 ? 7 : 3);
+            for (int i = 0; i < RW; ++i) base[i] = b;
+          }
+          for (int i = 0; i < RW; ++i)
+            acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(base[i], u[i], q)),
+                                        d, acc[i][r]);
+        }
+      }
+      for (int i = 0; i < RW; ++i) {
+        const __m512 s = _mm512_set1_ps(a.scale(n0 + i, sp.g));
+        for (int r = 0; r < R; ++r) {
+          f[i][r] = _mm512_fmadd_ps(acc[i][r], s, f[i][r]);
+          acc[i][r] = _mm512_setzero_ps();
+        }
+      }
+    }
+    store_tile<RW, R>(f, y, ldy, n0, 0);
+  }
+};
+
+// Rows n0..n1: whole groups of an interleaved layout 4 rows at a time (one contiguous run; 2 at a
+// time for 3 or 4 tokens, the register budget), every other row alone (a streaming row).
+template <QScheme S, bool SGN, int R>
+void q8_rows(const QArgs& a, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  using K = Q8Rows<S, SGN>;
+  constexpr int RW = R <= 2 ? 4 : 2;
+  int64_t n = n0;
+  if (a.il == 4) {
+    for (; n < n1 && n % 4 != 0; ++n) K::template run<1, R>(n, a, y, ldy);
+    for (; n + RW <= n1; n += RW) K::template run<RW, R>(n, a, y, ldy);
+  }
+  for (; n < n1; ++n) K::template run<1, R>(n, a, y, ldy);
+}
+template <QScheme S, bool SGN>
+void q8_rows_t(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  switch (T) {
+    case 1:
+      return q8_rows<S, SGN, 1>(a, n0, n1, y, ldy);
+    case 2:
+      return q8_rows<S, SGN, 2>(a, n0, n1, y, ldy);
+    case 3:
+      return q8_rows<S, SGN, 3>(a, n0, n1, y, ldy);
+    default:
+      return q8_rows<S, SGN, 4>(a, n0, n1, y, ldy);
+  }
+}
+
+// One row of x (K values, then zeros to Kp) quantized per block of 32 as qm::quantize_act_block
+// (d = max|x| / 127, q = round-half-even(x · (127 / max|x|)), bit for bit; blocks with an inf,
+// NaN, all zeros or max|x| < qm::kActTiny go to that function itself), in QArgs' layout: q [Kp],
+// dv [Kp / 64, 16] (each chunk's two scales spread over 8 lanes each), ns [Kp / 4] (-Σ of each 4
+// codes).
+void q8_quantize_row(const float* x, int64_t K, int64_t Kp, int8_t* q, float* dv, int32_t* ns) {
+  const __m512 lo = _mm512_set1_ps(-127.f), hi = _mm512_set1_ps(127.f);
+  for (int64_t b = 0; b < Kp / 32; ++b) {
+    const int64_t k0 = b * 32, n = std::clamp<int64_t>(K - k0, 0, 32);
+    const __m512 v0 = _mm512_maskz_loadu_ps(tail_mask(n), x + k0);
+    const __m512 v1 = _mm512_maskz_loadu_ps(tail_mask(n - 16), x + k0 + 16);
+    const __mmask16 bad = _mm512_fpclass_ps_mask(v0, 0x99) | _mm512_fpclass_ps_mask(v1, 0x99);
+    __m512 m = _mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1));
+    m = _mm512_max_ps(m, _mm512_shuffle_f32x4(m, m, _MM_SHUFFLE(1, 0, 3, 2)));
+    m = _mm512_max_ps(m, _mm512_shuffle_f32x4(m, m, _MM_SHUFFLE(2, 3, 0, 1)));
+    __m128 m4 = _mm512_castps512_ps128(m);
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    const float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    float d;
+    if (bad || !(amax >= qm::kActTiny)) {
+      int32_t sum;
+      qm::quantize_act_block(x + k0, int(n), 32, q + k0, &d, &sum);
+    } else {
+      const __m512 id = _mm512_set1_ps(127.f / amax);
+      const __m512i c0 =
+          _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v0, id), lo), hi));
+      const __m512i c1 =
+          _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v1, id), lo), hi));
+      _mm_storeu_si128((__m128i*)(q + k0), _mm512_cvtepi32_epi8(c0));
+      _mm_storeu_si128((__m128i*)(q + k0 + 16), _mm512_cvtepi32_epi8(c1));
+      d = amax / 127.f;
+    }
+    _mm256_storeu_ps(dv + (b / 2) * 16 + (b % 2) * 8, _mm256_set1_ps(d));
+  }
+  // -Σ of each 4 codes: vpdpbusd of the codes with bytes of 1.
+  for (int64_t k = 0; k < Kp; k += 64) {
+    const __m512i sum =
+        _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), _mm512_loadu_si512(q + k));
+    _mm512_storeu_si512(ns + k / 4, _mm512_sub_epi32(_mm512_setzero_si512(), sum));
+  }
+}
+
 }  // namespace
 
 // The scheme's template instance, int8 with signed codes where the rows are interleaved.
@@ -488,6 +623,26 @@ void simd_decode_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* 
 
 void simd_dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst) {
   MINFER_Q_DISPATCH(dequant_rows, a, n0, nr, dst)
+}
+
+void simd_quantize_q8(const float* x, int64_t T, int64_t ldx, int64_t K, int8_t* q, float* dv,
+                      int32_t* ns) {
+  const int64_t Kp = qm::padded_k(K);
+  for (int64_t t = 0; t < T; ++t)
+    q8_quantize_row(x + t * ldx, K, Kp, q + t * Kp, dv + t * (Kp / 64) * 16, ns + t * (Kp / 4));
+}
+
+void simd_decode_rows_q8(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  MINFER_DCHECK(T >= 1 && T <= 4 && a.xq, "simd_decode_rows_q8: T {} outside 1..4", T);
+  switch (a.scheme) {
+    case QScheme::Int8:
+      return a.il != 1 ? q8_rows_t<QScheme::Int8, true>(a, T, n0, n1, y, ldy)
+                       : q8_rows_t<QScheme::Int8, false>(a, T, n0, n1, y, ldy);
+    case QScheme::Int4:
+      return q8_rows_t<QScheme::Int4, false>(a, T, n0, n1, y, ldy);
+    default:
+      MINFER_FAIL("simd_decode_rows_q8: no q8 path for {}", int(a.scheme));
+  }
 }
 
 #undef MINFER_Q_DISPATCH

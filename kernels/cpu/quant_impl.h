@@ -45,6 +45,14 @@ struct QArgs {
   // Rows interleaved by il (Quantized::interleave): chunk c (64 weights, cb = 8 * bits bytes) of
   // row n at codes + (n - n % il) * rb + (c * il + n % il) * cb; int8 codes then hold u - 128.
   int64_t il = 1;
+  // 8-bit activations (the q8 path, kernels/cpu/quant.h quantized_linear_q8; null: f32 from xp):
+  // x per block of 32 as qm::quantize_act_block, xq [T, Kp] codes, xd [T, Kp / 64, 16] the block
+  // scales laid out as the kernel multiplies the int32 lanes of a 64-weight chunk (lanes 0..7 the
+  // scale of its first block of 32, lanes 8..15 of its second), xs [T, Kp / 4] the negated sums of
+  // each 4 consecutive codes (one int32 lane of vpdpbusd: -z xs removes the weight zero point).
+  const int8_t* xq = nullptr;
+  const float* xd = nullptr;
+  const int32_t* xs = nullptr;
 
   // Chunk 0 of row n, and the distance from one chunk of a row to its next.
   const uint8_t* row_base(int64_t n) const {
@@ -159,6 +167,18 @@ void simd_linear_fused(const QArgs& a, int64_t T, float* y, int64_t ldy, int64_t
 void simd_decode_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy);
 // Rows n0..n0+nr of W as f32 [nr, K] (row stride K), single-threaded.
 void simd_dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst);
+#endif
+#if defined(MINFER_Q_AVX512)
+// The q8 path (int8 / int4 weights, spans on 64-weight chunks; a.xq, a.xd, a.xs set): rows
+// n0..n1 of y[T, N] for T in 1..4, single-threaded. Per chunk and token one vpdpbusd of the 64
+// unsigned codes with the 64 activation codes, started from -z (Σ of each 4 codes), so each int32
+// lane holds an exact Σ (u - z) q over 4 weights of one block of 32; the lanes times the block
+// scales accumulate in f32, times the weight scale at the end of each span.
+void simd_decode_rows_q8(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy);
+// x [T, K] to the q8 path's activations (QArgs::xq / xd / xs layouts): the codes and scales of
+// qm::quantize_act_block per block of 32, bit for bit.
+void simd_quantize_q8(const float* x, int64_t T, int64_t ldx, int64_t K, int8_t* q, float* dv,
+                      int32_t* ns);
 #endif
 
 }  // namespace minfer::qcpu
