@@ -325,9 +325,12 @@ QuantActPath act_path_now() {
   return QuantActPath(v);
 }
 
-// Whether a call of T rows takes the q8 path: always when forced, at decode (T <= 4) by default
-// where this build has the VNNI kernel.
-bool use_q8(int64_t T) {
+// Whether a call of T rows on a's weights takes the q8 path: always where it applies when forced;
+// by default for int4 at decode (T <= 4) where this build has the VNNI kernel. int8 keeps f32
+// activations by default: its decode is bound by memory, not by the f32 arithmetic, and the q8
+// path measured no faster there (docs/performance.md).
+bool use_q8(const QArgs& a, int64_t T) {
+  if (!q8_applies(a)) return false;
   switch (act_path_now()) {
     case QuantActPath::F32:
       return false;
@@ -335,7 +338,7 @@ bool use_q8(int64_t T) {
       return true;
     case QuantActPath::Auto:
 #if defined(MINFER_Q_AVX512)
-      return T <= 4;
+      return T <= 4 && a.scheme == QScheme::Int4;
 #else
       (void)T;
       return false;
@@ -403,17 +406,30 @@ void quantized_linear_q8(const Quantized& w, const float* x, int64_t T, int64_t 
   if (T == 0) return;
   thread_local Q8Act act;
   quantize_q8_act(x, T, ldx, K, act);
-  // Four tokens at a time (the kernel's range); decode is one such pass.
-  for (int64_t t0 = 0; t0 < T; t0 += 4) {
-    const int64_t R = std::min<int64_t>(4, T - t0);
+  // Tokens t0..t0 + 4 (the kernel's range) over rows n0..n1. The pool's workers see the
+  // caller's activations through these pointers (`act` named in the lambda would be the worker's
+  // own thread_local instance).
+  const int8_t* const xq = act.q;
+  const float* const xd = act.d;
+  const int32_t* const xs = act.s;
+  auto rows = [&](int64_t t0, int64_t n0, int64_t n1) {
     QArgs b = a;
-    b.xq = act.q + t0 * a.Kp;
-    b.xd = act.d + t0 * (a.Kp / 64) * 16;
-    b.xs = act.s + t0 * (a.Kp / 4);
-    float* yt = y + t0 * ldy;
-    parallel_for(N, R * a.Kp, kDecodeChunk,
-                 [&](int64_t n0, int64_t n1) { q8_rows(b, R, n0, n1, yt, ldy); });
+    b.xq = xq + t0 * a.Kp;
+    b.xd = xd + t0 * (a.Kp / 64) * 16;
+    b.xs = xs + t0 * (a.Kp / 4);
+    q8_rows(b, std::min<int64_t>(4, T - t0), n0, n1, y + t0 * ldy, ldy);
+  };
+  if (T <= 4) {  // decode: one pass over W
+    parallel_for(N, T * a.Kp, kDecodeChunk, [&](int64_t n0, int64_t n1) { rows(0, n0, n1); });
+    return;
   }
+  // More tokens: W in tiles of 16 rows, each read from memory once and kept in cache while every
+  // group of 4 tokens passes over it. Each row's arithmetic is the same as in decode.
+  constexpr int64_t kTile = 16;
+  parallel_for(qm::ceil_div(N, kTile), kTile * a.Kp * T, kDecodeChunk, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t t0 = 0; t0 < T; t0 += 4) rows(t0, i * kTile, std::min(N, (i + 1) * kTile));
+  });
 }
 
 void quantized_linear_q8_ref(const Quantized& w, const float* x, int64_t T, int64_t ldx, float* y,
@@ -479,7 +495,7 @@ void quantized_linear(const Quantized& w, const float* x, int64_t T, int64_t ldx
     return;
   thread_local std::vector<Span> spans;
   QArgs a = make_args(w, K, spans);
-  if (use_q8(T) && q8_applies(a)) return quantized_linear_q8(w, x, T, ldx, y, ldy, K, N);
+  if (use_q8(a, T)) return quantized_linear_q8(w, x, T, ldx, y, ldy, K, N);
 #if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
   if (T < kGemmRows && simd_reads(a)) {
     thread_local std::vector<float> xbuf;
@@ -545,7 +561,7 @@ void quantized_linear_group(const QuantGroupItem* items, int n, const float* x, 
     QArgs& ai = args[size_t(i)];
     ai = make_args(*items[i].w, K, spans[size_t(i)]);
     ai.xp = xp;
-    if (use_q8(T) && q8_applies(ai)) {
+    if (use_q8(ai, T)) {
       if (!quantized) quantize_q8_act(x, T, ldx, K, act);
       quantized = true;
       set_q8(ai, act);
@@ -582,7 +598,7 @@ void quantized_linear_swiglu(const Quantized& gate, const Quantized& up, const f
   }
   thread_local std::vector<Span> sg, su;
   QArgs ag = make_args(gate, K, sg), au = make_args(up, K, su);
-  const bool qg = use_q8(T) && q8_applies(ag), qu = use_q8(T) && q8_applies(au);
+  const bool qg = use_q8(ag, T), qu = use_q8(au, T);
 #if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
   thread_local std::vector<float> xbuf;
   if (!(qg && qu)) ag.xp = au.xp = prepare_x(x, T, ldx, K, ag.Kp, xbuf);
