@@ -1,13 +1,15 @@
-// Quantized linear on the CPU, weight-only: x stays f32 and W is dequantized on the fly.
+// Quantized linear on the CPU, weight-only: W is dequantized on the fly (x stays f32) or, on the
+// q8 path, multiplied as integer codes with 8-bit activations.
 // Legend: T rows of x, K = in features, N = out features, Kp = K rounded up to 64.
 //
 // Every format (int8, int4 sym/asym, NF4, binary, ternary) multiplies f32 activations by the
 // weights dequantized in registers, exactly the values dequantize_weight gives; only the order of
 // the f32 additions (and, for int8, the group scale applied once per group instead of per weight)
-// differ from "dequantize, then f32 matmul". Activations are never quantized: per-block int8
-// activations (llama.cpp's q8_0 partner type) cost SmolLM2-135M +1.1% WikiText-2 perplexity on
-// int8 weights, against 0.0% for f32 activations (its activations have outlier features). The one
-// exception is opt-in: MINFER_QUANT_PREFILL=int8 (quantized_linear_int8_act below).
+// differ from "dequantize, then f32 matmul". Exceptions, where activations are quantized to int8:
+// int4 decode by default (the q8 path below: per-block int8 activations, llama.cpp's q8_0
+// partner type, +0.18% SmolLM2-135M WikiText-2 perplexity when forced on every linear), and the
+// opt-ins MINFER_QUANT_ACT=q8 (int8 too: +0.77%) and MINFER_QUANT_PREFILL=int8
+// (quantized_linear_int8_act below). The f32 path:
 //   T <= 4 (decode): one pass over W in storage order, each weight byte read once; one thread
 //     below 64K weights, else every thread on a contiguous block of rows.
 //   4 < T < 16: tiles of 16 rows kept in cache while every group of 4 x rows passes over them.
@@ -49,10 +51,12 @@ bool quantized_linear_int8_act(const Quantized& w, const float* x, int64_t T, in
 //   y[t, n] = Σ_g s[n, g] Σ_{b in g} d[t, b] Σ_{j in b} (u[n, j] - z[n, g]) q[t, j].
 // Error against the f32 product of the dequantized weights: |x_j - d q_j| <= d / 2, so
 // |y_q8 - y_f32| <= Σ_b d_b / 2 Σ_{j in b} |w_j| (+ f32 rounding). Cost on SmolLM2-135M: see
-// docs/performance.md. quantized_linear takes it for T <= 4 (decode) on AVX-512 VNNI builds by
-// default; MINFER_QUANT_ACT=f32 turns it off, =q8 forces it at every T and on every build (the
-// reference then runs without VNNI), to measure its perplexity cost.
-// quantized_linear_q8 runs it at any T (four tokens per pass over W); the reference computes
+// docs/performance.md. quantized_linear (and its op groups, the fused gate·up) takes it for int4
+// at T <= 4 (decode) on AVX-512 VNNI builds by default (int8 decode is memory-bound and measured
+// no faster on it); MINFER_QUANT_ACT=f32 turns it off, =q8 forces it for int8 and int4 at every T
+// and on every build (the reference then runs without VNNI), to measure its perplexity cost.
+// quantized_linear_q8 runs it at any T (T > 4: tiles of 16 rows kept in cache while every group
+// of 4 tokens passes; each row computed as in decode); the reference computes
 // the same codes and exact block sums, combining them in f32 in block order. Both throw for
 // weights without the path (quantized_has_q8_path false).
 bool quantized_has_q8_path(const Quantized& w, int64_t K);
@@ -65,7 +69,7 @@ void quantized_linear_q8(const Quantized& w, const float* x, int64_t T, int64_t 
 void quantized_linear_q8_ref(const Quantized& w, const float* x, int64_t T, int64_t ldx, float* y,
                              int64_t ldy, int64_t K, int64_t N);
 // Which activations quantized_linear, its op groups and the fused gate·up use for int8 / int4:
-// Auto (q8 for T <= 4 where VNNI is built), F32 (never), Q8 (every T). Read once from
+// Auto (q8 for int4 at T <= 4 where VNNI is built), F32 (never), Q8 (every T). Read once from
 // MINFER_QUANT_ACT (auto | f32 | q8; anything else is an error naming the variable);
 // set_quantized_act_path overrides it for the whole process (tests, A/B in one binary).
 enum class QuantActPath { Auto, F32, Q8 };
