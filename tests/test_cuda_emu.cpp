@@ -16,6 +16,7 @@
 #include "engine/backend.h"
 #include "engine/half.h"
 #include "engine/safetensors.h"
+#include "kernels/cpu/quant.h"
 #include "models/model.h"
 #include "tests/test_util.h"
 
@@ -359,6 +360,10 @@ TEST_CASE("cuda-emu: dense linear (cuBLAS f32, f16/bf16 gemv and tensor-core GEM
 }
 
 TEST_CASE("cuda-emu: every Quantized scheme equals the CPU kernels") {
+  // The CUDA kernels keep f32 activations: the CPU's int4 decode default (8-bit activations, the
+  // q8 path of kernels/cpu/quant.h, tested in tests/test_quant_q8.cpp) is off for the comparison.
+  const QuantActPath saved_act = quantized_act_path();
+  set_quantized_act_path(QuantActPath::F32);
   for (const auto& gb : gpu_backends()) {
     CAPTURE(gb.first);
     Pair p(gb.second());
@@ -416,6 +421,7 @@ TEST_CASE("cuda-emu: every Quantized scheme equals the CPU kernels") {
       CHECK(d <= 2e-5f * (1 + m));
     }
   }
+  set_quantized_act_path(saved_act);
 }
 
 TEST_CASE("cuda-emu: Codebook (k-means weight sharing) equals the CPU kernels at every width") {

@@ -101,6 +101,9 @@ struct Row {
   // The decode kernel (T <= 4) rounds x to 16-bit codes per row, step max|x| / 32639 (sparse
   // int8 values, kernels/cpu/sparse.h).
   bool int16_decode_activations = false;
+  // The decode kernel (T <= 4) rounds x to int8 per block of 32 (int4's q8 path,
+  // kernels/cpu/quant.h): a step at most max|x| / 127 of the row.
+  bool int8_decode_activations = false;
 };
 
 // The table: every registered method (and its option variants), plus the formats no method makes
@@ -120,6 +123,7 @@ std::vector<Row> rows() {
                    return compress_linear(l, spec, &st);
                  },
                  act, half});
+    r.back().int8_decode_activations = m == "int4" || m == "int4-g64-asym";
   }
   // Pruned weights stored as SparseBitmask (forced, whatever the crossover table says), its
   // values in every value format the format takes.
@@ -274,7 +278,8 @@ TEST_CASE("formats: every registered format round-trips and runs on CPU and CUDA
               sum_abs[size_t(t * N + n)] = a;
               tol[size_t(t * N + n)] =
                   1e-5 * a + 1e-6 + (row.int8_activations ? 0.51 * step * wsum : 0) +
-                  (row.int16_decode_activations && T <= 4 ? 0.51 * xmax / 32639 * wsum : 0);
+                  (row.int16_decode_activations && T <= 4 ? 0.51 * xmax / 32639 * wsum : 0) +
+                  (row.int8_decode_activations && T <= 4 ? 0.51 * step * wsum : 0);
             }
           }
           for (Backend* be : {cpu.get(), cuda.get()}) {
