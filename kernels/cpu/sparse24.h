@@ -35,6 +35,26 @@ namespace minfer {
 void sparse24_linear(const Sparse24& w, const float* x, int64_t T, int64_t ldx, float* y,
                      int64_t ldy, int64_t K, int64_t N);
 
+// One member of a Sparse24 op group: W [N, K] and its output y[T, N] (row stride ldy).
+struct Sparse24GroupItem {
+  const Sparse24* w;
+  float* y;
+  int64_t ldy, N;
+};
+
+// An op group (q·k·v, gate·up) of Sparse24 weights reading the same x[T, K], as
+// sparse_linear_group (kernels/cpu/sparse.h) does for SparseBitmask: T <= 4, x prepared once and
+// one pool dispatch over every member's rows, bit-identical to one sparse24_linear per member;
+// T > 4: one call per member. Errors: n < 0, ldx < K, a member without weight or ldy < N.
+void sparse24_linear_group(const Sparse24GroupItem* items, int n, const float* x, int64_t T,
+                           int64_t ldx, int64_t K);
+
+// gate·up fused with SiLU·mul: y[T, F] = silu(x · gateᵀ) ⊙ (x · upᵀ), u[T, F] = x · upᵀ; one pool
+// loop for T <= 4, bit-identical to two sparse24_linear calls then the swiglu op.
+void sparse24_linear_swiglu(const Sparse24& gate, const Sparse24& up, const float* x, int64_t T,
+                            int64_t ldx, float* y, int64_t ldy, float* u, int64_t ldu, int64_t K,
+                            int64_t F);
+
 // Scalar reference and test oracle: each kept value dequantized as dequantize_weight does, an f32
 // dot product with x in index order. int8 values: a row of x with an inf or NaN gives NaN outputs
 // (as the SIMD kernels, which round x to 16-bit codes).
