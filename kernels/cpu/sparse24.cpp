@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/error.h"
+#include "engine/formats/sparse24_convert.h"
 #include "engine/half.h"
 #include "engine/thread_pool.h"
 #include "kernels/common/quant_math.h"
@@ -578,11 +579,21 @@ bool sparse24_decode_wins(const Linear& values) {
 bool sparse24_upload(Linear& w) {
   static const bool enabled = env_switch("MINFER_SPARSE24_AT_LOAD", "1", {"0", "1"}) == "1";
   const SparseBitmask* s = std::get_if<SparseBitmask>(&w.repr);
-  if (!enabled || !s || !sparse24_decode_wins(*s->values) || !sparse_is_2of4(*s)) return false;
-  Sparse24 r = sparse24_from_bitmask(*s, w.name);
+  if (!enabled || !s || !sparse24_decode_wins(*s->values)) return false;
+  const bool exact = sparse_is_2of4(*s);
+  if (!exact && !sparse_is_at_most_2of4(*s)) return false;
   const Tensor mask = s->bitmask;
+  // Re-packed values replace the old ones in memory too.
+  Tensor old_values;
+  if (!exact) {
+    if (const Dense* d = std::get_if<Dense>(&s->values->repr)) old_values = d->w;
+    if (const Quantized* q = std::get_if<Quantized>(&s->values->repr)) old_values = q->codes;
+  }
+  Sparse24 r =
+      exact ? sparse24_from_bitmask(*s, w.name) : sparse24_from_bitmask_repacked(*s, w.name);
   w.repr = std::move(r);
   release_mapped_pages(mask);  // the index bytes replace the mask in memory
+  if (old_values.defined()) release_mapped_pages(old_values);
   return true;
 }
 

@@ -71,7 +71,11 @@ bool sparse24_decode_wins(const Linear& values);
 // every 4 inputs (sparse_is_2of4: e.g. a compressed-tensors sparse-24-bitmask tensor written by
 // the Python package, whose folder names no minfer representation) becomes Sparse24 where
 // sparse24_decode_wins says so: index bytes built from the bitmask (sparse24_from_bitmask), the
-// values shared, the mask's file-mapped pages released. Returns whether it converted; anything
+// values shared, the mask's file-mapped pages released. A 2:4 bitmask whose mask lost exact-zero
+// kept weights (groups with fewer than 2 bits, sparse_is_at_most_2of4: e.g. our own
+// `--sparse-storage bitmask` folders of weights read from a quantized GGUF) converts too, its
+// values re-packed with zeros in the free slots (sparse24_from_bitmask_repacked, the same W; the
+// old values' file pages released). Returns whether it converted; anything
 // else, or MINFER_SPARSE24_AT_LOAD=0 in the environment (to time the bitmask kernel on the same
 // weights), is left as it is. Errors: a bad MINFER_SPARSE24_AT_LOAD value.
 bool sparse24_upload(Linear& w);
