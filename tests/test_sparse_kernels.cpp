@@ -272,3 +272,33 @@ TEST_CASE("sparse kernels: op groups and the fused gate·up + SiLU·mul equal th
   }
   set_pool_backoff(true);
 }
+
+TEST_CASE("sparse kernels: int8 decode sums do not overflow at the extremes of x and w") {
+  // Every kept weight at its largest code (u = 255) and every input at max|x| (q = 32639): the
+  // integer row sum Σ u q reaches 255 * 32639 * K / 2, beyond int32 for K >= 512 at 50 %. The
+  // outputs must still be the exact product (as the f64 reference of the same weights).
+  for (int64_t K : {int64_t(576), int64_t(2048), int64_t(4096)})
+    for (const std::string chain : {"magnitude-50+int8", "magnitude-2:4+int8"}) {
+      CAPTURE(K);
+      CAPTURE(chain);
+      const int64_t N = 8;
+      Tensor t = Tensor::empty(DType::F32, {N, K});
+      for (int64_t i = 0; i < N * K; ++i)
+        t.data<float>()[i] = (i % 2 ? 1.f : 0.5f) * (i / K % 2 ? -1.f : 1.f);
+      CompressSpec spec = compress_spec_from_name(chain);
+      spec.sparse_storage = CompressSpec::SparseStorage::Sparse;
+      const Linear l = compress_linear(make_dense("blk.0.w.weight", t, K, N), spec);
+      auto be = make_cpu_backend(1);
+      for (float xv : {1.f, -1.f}) {
+        Tensor x = Tensor::empty(DType::F32, {1, K}), y = Tensor::empty(DType::F32, {1, N});
+        for (int64_t k = 0; k < K; ++k) x.data<float>()[k] = xv;
+        be->linear(y, x, l);
+        const Tensor w = dequantize_weight(l);
+        for (int64_t n = 0; n < N; ++n) {
+          double s = 0;
+          for (int64_t k = 0; k < K; ++k) s += double(w.data<float>()[n * K + k]) * xv;
+          CHECK(y.data<float>()[n] == doctest::Approx(s).epsilon(1e-5));
+        }
+      }
+    }
+}

@@ -174,7 +174,8 @@ void decode_i8(const SparseBitmask& w, const Vals& v, const float* x, int64_t ld
 // block, not two); rows go one after another (one stream through the masks, one through the
 // codes: interleaving 4 rows' streams measured slower on the 576x1536 shape), and for K <= 2048
 // the sums of 4 consecutive rows leave their vectors in one transposing reduction
-// (reduce4_epi32) instead of four. The codes are prefetched kPrefetch bytes ahead.
+// (reduce4_epi64, widened to int64 first: 16 int32 lanes of a row's sum can overflow int32) instead
+// of four. The codes are prefetched kPrefetch bytes ahead.
 
 struct XQ16 {
   const int8_t* h = nullptr;  // [T, Kp] high bytes
@@ -228,16 +229,34 @@ constexpr int64_t kBlock64 = 32;
 // Bytes ahead of the packed codes that the kernel prefetches (8 chunks at 50 %).
 constexpr int64_t kPrefetch = 512;
 
-// The lane sums of v[0..3] in the four int32 lanes of the result (v[i] -> lane i).
-inline __m128i reduce4_epi32(const __m512i (&v)[4]) {
-  const __m512i a = _mm512_add_epi32(_mm512_unpacklo_epi32(v[0], v[1]),
-                                     _mm512_unpackhi_epi32(v[0], v[1]));  // 0 1 0 1 per 128
-  const __m512i b = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2], v[3]),
-                                     _mm512_unpackhi_epi32(v[2], v[3]));  // 2 3 2 3
-  const __m512i c =
-      _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));  // 0 1 2 3
-  const __m256i d = _mm256_add_epi32(_mm512_castsi512_si256(c), _mm512_extracti64x4_epi64(c, 1));
-  return _mm_add_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1));
+// The lane sums of v[0..3] (int32 lanes) as int64 (r[i] = Σ lanes of v[i]): each vector's lanes are
+// widened before they are added, since 16 lanes of up to 2^31 overflow int32.
+inline void reduce4_epi64(const __m512i (&v)[4], int64_t (&r)[4]) {
+  __m512i w[4];
+  for (int i = 0; i < 4; ++i)
+    w[i] = _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(v[i])),
+                            _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v[i], 1)));
+  // Per 128-bit lane j: a = {w0 pair sum, w1 pair sum}, b = {w2, w3}.
+  const __m512i a =
+      _mm512_add_epi64(_mm512_unpacklo_epi64(w[0], w[1]), _mm512_unpackhi_epi64(w[0], w[1]));
+  const __m512i b =
+      _mm512_add_epi64(_mm512_unpacklo_epi64(w[2], w[3]), _mm512_unpackhi_epi64(w[2], w[3]));
+  // c = {a0 + a1, a2 + a3, b0 + b1, b2 + b3} (128-bit lanes L0..L3, each {row 2i, row 2i + 1}
+  // partial sums), then L0 + L1 = {r0, r1} and L2 + L3 = {r2, r3}.
+  const __m512i c = _mm512_add_epi64(_mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                                     _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512i d = _mm512_add_epi64(_mm512_shuffle_i64x2(c, c, _MM_SHUFFLE(2, 0, 2, 0)),
+                                     _mm512_shuffle_i64x2(c, c, _MM_SHUFFLE(3, 1, 3, 1)));
+  alignas(32) int64_t t[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(t), _mm512_castsi512_si256(d));
+  for (int i = 0; i < 4; ++i) r[i] = t[i];
+}
+
+// The lane sum of v (int32 lanes) as int64.
+inline int64_t reduce_epi64(__m512i v) {
+  return _mm512_reduce_add_epi64(
+      _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(v)),
+                       _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1))));
 }
 
 // Chunks [c0, c1) (c1 - c0 <= kBlock64) of one weight row against T <= 4 token rows: per lane
@@ -293,8 +312,8 @@ void decode_i8_a16(const SparseBitmask& w, const Vals& v, const XQ16& xq, float*
       }
       for (int t = 0; t < TT; ++t) {
         const __m512i s4[4] = {acc[0][t], acc[1][t], acc[2][t], acc[3][t]};
-        alignas(16) int32_t r[4];
-        _mm_store_si128(reinterpret_cast<__m128i*>(r), reduce4_epi32(s4));
+        int64_t r[4];
+        reduce4_epi64(s4, r);
         for (int i = 0; i < 4; ++i) finish(n + i, t, r[i]);
       }
     }
@@ -305,7 +324,7 @@ void decode_i8_a16(const SparseBitmask& w, const Vals& v, const XQ16& xq, float*
     for (int64_t c0 = 0; c0 < chunks; c0 += kBlock64) {
       __m512i acc[TT];
       row_block_i8_a16<TT>(m + n * kb, kb, cp, xq, c0, std::min(chunks, c0 + kBlock64), acc);
-      for (int t = 0; t < TT; ++t) S[t] += _mm512_reduce_add_epi32(acc[t]);
+      for (int t = 0; t < TT; ++t) S[t] += reduce_epi64(acc[t]);
     }
     for (int t = 0; t < TT; ++t) finish(n, t, S[t]);
   }
