@@ -61,10 +61,11 @@ void sparse24_linear_swiglu(const Sparse24& gate, const Sparse24& up, const floa
 void sparse24_linear_ref(const Sparse24& w, const float* x, int64_t T, int64_t ldx, float* y,
                          int64_t ldy, int64_t K, int64_t N);
 
-// Whether this build's Sparse24 decode kernel is the measured winner for these values: the AVX-512
-// (VBMI + VNNI) kernels with f32 or int8 (per row / per tensor) values, the condition of
-// compress's sparse24_storage_wins (docs/pruning.md: 1.00-2.30x dense int8, 1.32-2.05x dense f32,
-// level with or ahead of SparseBitmask on the same weights). `values`: the sparse child.
+// Whether this build's Sparse24 decode kernel is the measured winner over the SparseBitmask kernel
+// on the same 2:4 weights, for these values: the AVX-512 (VBMI + VNNI) kernels with f32 or int8
+// (per row / per tensor) values (docs/pruning.md: level with the bitmask or ahead, 0.67-1.43x
+// int8, 1.07-1.70x f32). Against dense storage compress's sparse24_storage_wins decides (f32
+// only). `values`: the sparse child.
 bool sparse24_decode_wins(const Linear& values);
 
 // At load (the CPU backend's upload of a Linear): a SparseBitmask weight that keeps exactly 2 of
