@@ -6,7 +6,8 @@
 // [50,70,90]`: CSR with 16-bit columns (a measured candidate, not a registered format) against
 // SparseBitmask.
 // Dense and sparse passes alternate; the speed-ups are medians of the per-pass ratios, so a
-// shared machine's load hits both sides alike (the absolute times stay noisy).
+// shared machine's load hits both sides alike (the absolute times stay noisy). Dense Quantized
+// weights go through the backend's upload first (rows interleaved by 4, as the model runs them).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
