@@ -6,7 +6,8 @@
 // [50,70,90]`: CSR with 16-bit columns (a measured candidate, not a registered format) against
 // SparseBitmask.
 // Dense and sparse passes alternate; the speed-ups are medians of the per-pass ratios, so a
-// shared machine's load hits both sides alike (the absolute times stay noisy).
+// shared machine's load hits both sides alike (the absolute times stay noisy). Dense Quantized
+// weights go through the backend's upload first (rows interleaved by 4, as the model runs them).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -74,7 +75,13 @@ Pair time_pair(Backend& be, const Linear& A, const Linear& B, int64_t T, int rep
         T <= 4 ? std::max<size_t>(1, (size_t(64) << 20) / std::max<size_t>(1, w.weight_bytes()))
                : 4;
     std::vector<Linear> ws(n);
-    for (Linear& c : ws) c = deep_copy(w);
+    for (Linear& c : ws) {
+      c = deep_copy(w);
+      // Dense Quantized weights as the model runs them: repacked at upload (rows interleaved by
+      // 4 for the one-token kernel). Sparse weights stay in the format asked for (upload would
+      // turn a 2:4 bitmask into Sparse24).
+      if (std::holds_alternative<Quantized>(c.repr)) be.upload(c);
+    }
     return ws;
   };
   const std::vector<Linear> wa = copies_of(A), wb = copies_of(B);

@@ -409,13 +409,16 @@ std::string compress_spec_name(const CompressSpec& s) {
 bool sparse_storage_wins(double sparsity, const std::string& value_format) {
   // Lowest sparsity from which SparseBitmask decodes faster than the dense format with the same
   // values (T = 1, SmolLM2-135M shapes, weights streamed from memory; bench/bench_sparse.cpp,
-  // docs/pruning.md). Measured on AMD EPYC Zen 4 (AVX-512 VNNI + VBMI2), 2026-11-30, a shared
-  // machine at load 28, dense / sparse medians of alternating passes:
-  //   int8 values: 50 % 0.81-1.15x, 60 % 1.06-1.15x, 70 % 1.20-1.47x (1 and 2 threads);
+  // docs/pruning.md). Measured on AMD EPYC Zen 4 (AVX-512 VNNI + VBMI2), 2026-11-30 17:12, a
+  // shared 2-core machine at load 12, against dense int8 repacked as the model runs it (rows
+  // interleaved by 4), dense / sparse medians of alternating passes, 2 and 1 threads:
+  //   int8 values: 50 % 0.52-1.22x, 60 % 0.94-1.35x, 70 % 1.12-1.55x, 80 % 1.09-1.17x;
   //   f32 values: within noise of dense at every sparsity (no row).
-  // The int8 row is kept only where it won on every shape in every run; it needs the AVX-512
-  // VNNI decode kernel (kernels/cpu/sparse.h): elsewhere the sparse path is scalar and slower,
-  // so nothing is stored sparse by choice there.
+  // The int8 row starts between 60 % (lost on a shape) and 70 % (won every shape in every run),
+  // at 65 %, so that weights pruned "70 %" (floor(0.7 K) per row: 0.6997 at K = 576) take it; the
+  // same row as measured before the dense baseline was repacked. It needs the AVX-512 VNNI
+  // decode kernel (kernels/cpu/sparse.h): elsewhere the sparse path is scalar and slower, so
+  // nothing is stored sparse by choice there.
   struct Crossover {
     const char* format;
     double min_sparsity;
@@ -441,19 +444,20 @@ bool sparse_storage_wins(double sparsity, const std::string& value_format) {
 bool sparse24_storage_wins(const std::string& value_format) {
   // 2:4 weights as Sparse24 against dense at the same value format (T = 1, SmolLM2-135M shapes,
   // weights streamed from memory; `bench_sparse THREADS int8,f32 2:4`, docs/pruning.md).
-  // Measured on AMD EPYC Zen 4, 2026-11-30, a shared 2-core machine at load 18, dense / Sparse24
-  // medians of alternating passes, 2 and 1 threads, three shapes, after the kernel's final form:
-  //   int8 values: 1.00-2.30x (median 1.5x); f32 values: 1.32-2.05x.
-  // Against SparseBitmask on the same weights: level or ahead (0.78-1.43x int8, 1.08-1.70x f32),
-  // so a 2:4 weight never takes the bitmask by choice. Needs the AVX-512 VBMI + VNNI kernels
-  // (kernels/cpu/sparse24.h); the AVX2 ones are not timed against dense AVX2 kernels (no such
-  // build here), so elsewhere 2:4 weights stay dense.
+  // Measured on AMD EPYC Zen 4, 2026-11-30 17:12, a shared 2-core machine at load 12, dense /
+  // Sparse24 medians of alternating passes, three shapes:
+  //   f32 values: 1.66-1.93x (2 threads; 1.32-2.05x in earlier runs): stored as Sparse24;
+  //   int8 values, against dense int8 repacked as the model runs it (rows interleaved by 4):
+  //   0.83-1.54x with 2 threads, 0.80-1.00x with 1; the whole SmolLM2 model 0.93x (7 pairs):
+  //   not faster, so 2:4 weights with int8 values are stored dense (int8) by default.
+  // Needs the AVX-512 VBMI + VNNI kernels (kernels/cpu/sparse24.h); the AVX2 ones are not timed
+  // against dense AVX2 kernels (no such build here), so elsewhere 2:4 weights stay dense.
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI__) && \
     defined(__AVX512VNNI__) && defined(__x86_64__)
   static const bool fast =
       __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vnni");
-  return fast && (value_format == "int8" || value_format == "int8-tensor" || value_format == "f32");
+  return fast && value_format == "f32";
 #else
   (void)value_format;
   return false;

@@ -15,6 +15,7 @@
 
 #include "compress/compress.h"
 #include "engine/backend.h"
+#include "engine/formats/sparse24_convert.h"
 #include "engine/safetensors.h"
 #include "kernels/cpu/sparse.h"
 #include "kernels/cpu/sparse24.h"
@@ -327,8 +328,9 @@ TEST_CASE("sparse-24: a compressed-tensors 2:4 tensor becomes Sparse24 at load w
   Tensor x = randn_t(3, in, 6), y0 = Tensor::empty(DType::F32, {3, out}),
          y1 = Tensor::empty(DType::F32, {3, out});
   be->linear(y0, x, q);
+  const bool wins8 = sparse24_decode_wins(*std::get<SparseBitmask>(q.repr).values);
   be->upload(q);
-  CHECK(std::holds_alternative<Sparse24>(q.repr) == sparse24_storage_wins("int8"));
+  CHECK(std::holds_alternative<Sparse24>(q.repr) == wins8);
   be->linear(y1, x, q);
   CHECK(same_bytes(y0, y1));
   // sparse24_from_bitmask names the tensor, row and inputs of a group that is not 2 of 4.
@@ -342,4 +344,60 @@ TEST_CASE("sparse-24: a compressed-tensors 2:4 tensor becomes Sparse24 at load w
   CHECK_THROWS_WITH_AS(sparse24_from_bitmask(odd, "t.weight"),
                        doctest::Contains("sparse-24 't.weight': bitmask row 1 inputs 8..11 keep 4"),
                        Error);
+}
+
+TEST_CASE(
+    "sparse-24: a 2:4 bitmask whose mask lost exact-zero kept weights converts with re-packed "
+    "values") {
+  // A bitmask is W != 0: a 2:4 weight whose kept weights include exact zeros (weights read from a
+  // quantized GGUF, a group with fewer than 2 nonzeros) has groups with fewer than 2 bits. The
+  // CPU backend's upload re-packs such a weight's values with zeros in the free slots
+  // (sparse24_from_bitmask_repacked): the same W bit for bit, and with int8 values the same y as
+  // the bitmask kernel bit for bit (the same integer sums plus zeros).
+  const int64_t out = 37, in = 200;
+  Tensor w = randn_t(out, in, 77);
+  float* p = w.data<float>();
+  for (int64_t n = 0; n < out; ++n)
+    for (int64_t g = 0; g < in / 4; ++g) {
+      if ((n + g) % 3 == 0) p[n * in + 4 * g + (g % 4)] = 0.f;  // a kept weight may be 0
+      if ((n * 7 + g) % 11 == 0)
+        for (int i = 0; i < 4; ++i) p[n * in + 4 * g + i] = 0.f;  // a whole group of zeros
+    }
+  auto be = make_cpu_backend(2);
+  for (const char* values : {"", "+fp16", "+int8", "+int8-tensor"}) {
+    CAPTURE(values);
+    CompressSpec spec = compress_spec_from_name(std::string("magnitude-2:4") + values);
+    spec.sparse_storage = CompressSpec::SparseStorage::Bitmask;
+    Linear l = compress_linear(make_dense("blk.0.w.weight", w, in, out), spec);
+    REQUIRE(std::holds_alternative<SparseBitmask>(l.repr));
+    const SparseBitmask& sb = std::get<SparseBitmask>(l.repr);
+    CHECK_FALSE(sparse_is_2of4(sb));
+    CHECK(sparse_is_at_most_2of4(sb));
+    const Tensor w0 = dequantize_weight(l);
+    const Linear r = make_linear(l.name, in, out, sparse24_from_bitmask_repacked(sb, l.name));
+    CHECK(same_bytes(dequantize_weight(r), w0));
+    CHECK(linear_format(r) == "sparse24+" + std::string(values[0] ? values + 1 : "f32"));
+    Tensor x = randn_t(3, in, 8), y0 = Tensor::empty(DType::F32, {3, out}),
+           y1 = Tensor::empty(DType::F32, {3, out});
+    be->linear(y0, x, l);
+    const bool wins = sparse24_decode_wins(*sb.values);
+    be->upload(l);
+    CHECK(std::holds_alternative<Sparse24>(l.repr) == wins);
+    CHECK(same_bytes(dequantize_weight(l), w0));
+    be->linear(y1, x, l);
+    if (std::string(values).starts_with("+int8")) {
+      CHECK(same_bytes(y0, y1));
+    } else {
+      for (int64_t i = 0; i < 3 * out; ++i)
+        CHECK(y1.data<float>()[i] == doctest::Approx(y0.data<float>()[i]).epsilon(1e-5));
+    }
+  }
+  // A group keeping 3 is an error naming the tensor, row and inputs; so is in % 4 != 0.
+  CompressSpec spec = compress_spec_from_name("magnitude-50");
+  spec.sparse_storage = CompressSpec::SparseStorage::Bitmask;
+  const Linear u = compress_linear(make_dense("blk.0.u.weight", randn_t(4, 64, 3), 64, 4), spec);
+  const SparseBitmask& ub = std::get<SparseBitmask>(u.repr);
+  CHECK_FALSE(sparse_is_at_most_2of4(ub));
+  CHECK_THROWS_WITH_AS(sparse24_from_bitmask_repacked(ub, "t.weight"),
+                       doctest::Contains("sparse-24 't.weight'"), Error);
 }

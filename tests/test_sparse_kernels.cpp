@@ -6,9 +6,12 @@
 #include <fmt/ranges.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "compress/compress.h"
+#include "engine/backend.h"
+#include "engine/thread_pool.h"
 #include "kernels/cpu/sparse.h"
 #include "tests/test_util.h"
 
@@ -181,4 +184,121 @@ TEST_CASE(
   CHECK_THROWS_WITH_AS(sparse_linear_decode_isa(sb, "neon9", x.data(), 1, 64,
                                                 std::vector<float>(4).data(), 4, 64, 4),
                        doctest::Contains("kernel set 'neon9'"), Error);
+}
+
+TEST_CASE("sparse kernels: op groups and the fused gate·up + SiLU·mul equal the separate ops") {
+  // Backend::linear_group runs SparseBitmask (or Sparse24) members on the decode path as one pool
+  // loop over all their rows with x prepared once, and linear_swiglu computes gate and up rows and
+  // SiLU·mul in one loop: every row comes from the kernel of a single linear(), so the results are
+  // bit-identical for every value format, T and thread count. Mixed formats, a biased gate and
+  // T above the decode range take the separate ops.
+  const int64_t K = 200;    // 3 chunks of 64 + a tail; a multiple of 4 for 2:4
+  set_pool_backoff(false);  // every thread takes chunks even while the machine is busy
+  auto sparse_of = [&](int64_t out, const std::string& chain, CompressSpec::SparseStorage st,
+                       uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> nd(0.f, 0.05f);
+    Tensor t = Tensor::empty(DType::F32, {out, K});
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = nd(rng);
+    CompressSpec spec = compress_spec_from_name(chain);
+    spec.sparse_storage = st;
+    return compress_linear(make_dense("blk.0.w.weight", t, K, out), spec);
+  };
+  using St = CompressSpec::SparseStorage;
+  const std::tuple<const char*, St, bool> cases[] = {
+      {"magnitude-50+int8", St::Bitmask, false},       {"magnitude-50", St::Bitmask, false},
+      {"magnitude-30+fp16", St::Bitmask, false},       {"magnitude-2:4+int8", St::Sparse, true},
+      {"magnitude-2:4+int8-tensor", St::Sparse, true}, {"magnitude-2:4", St::Sparse, true}};
+  for (int threads : {1, 2, 3}) {
+    auto be = make_cpu_backend(threads);
+    for (const auto& c : cases) {
+      const std::string chain = std::get<0>(c);
+      const bool s24 = std::get<2>(c);
+      std::vector<Linear> g;
+      g.push_back(sparse_of(200, chain, std::get<1>(c), 11));
+      g.push_back(sparse_of(64, chain, std::get<1>(c), 12));
+      g.push_back(sparse_of(70, chain, std::get<1>(c), 13));
+      for (const Linear& l : g)
+        REQUIRE((s24 ? std::holds_alternative<Sparse24>(l.repr)
+                     : std::holds_alternative<SparseBitmask>(l.repr)));
+      g[0].bias = Tensor::empty(DType::F32, {200});
+      for (int64_t j = 0; j < 200; ++j) g[0].bias.data<float>()[j] = 0.125f * float(j % 9);
+      const int64_t F = 300;
+      const Linear gate = sparse_of(F, chain, std::get<1>(c), 21);
+      const Linear up = sparse_of(F, chain, std::get<1>(c), 22);
+      for (bool mixed : {false, true}) {
+        std::vector<Linear> gg = g;
+        // A member of the other sparse format: the group falls back to one linear() each.
+        if (mixed)
+          gg.push_back(sparse_of(9, "magnitude-2:4+int8", s24 ? St::Bitmask : St::Sparse, 14));
+        for (int64_t T : {1, 2, 4, 5}) {
+          CAPTURE(threads);
+          CAPTURE(chain);
+          CAPTURE(mixed);
+          CAPTURE(T);
+          std::mt19937 rng{uint32_t(T * 7 + threads)};
+          std::normal_distribution<float> nd(0.f, 1.f);
+          Tensor x = Tensor::empty(DType::F32, {T, K});
+          for (int64_t i = 0; i < T * K; ++i) x.data<float>()[i] = nd(rng);
+          std::vector<Tensor> ya, yb;
+          std::vector<Tensor*> yp;
+          std::vector<const Linear*> wp;
+          for (const Linear& l : gg) {
+            ya.push_back(be->alloc({T, l.out}));
+            yb.push_back(be->alloc({T, l.out}));
+            wp.push_back(&l);
+          }
+          for (Tensor& y : ya) yp.push_back(&y);
+          be->linear_group(yp.data(), wp.data(), int(gg.size()), x);
+          int diff = 0;
+          for (size_t i = 0; i < gg.size(); ++i) {
+            be->linear(yb[i], x, gg[i]);
+            diff += std::memcmp(ya[i].raw(), yb[i].raw(), ya[i].nbytes()) != 0;
+          }
+          CHECK(diff == 0);
+          if (mixed) continue;
+          // gate·up + SiLU·mul: fused against linear, linear, swiglu.
+          Tensor y1 = be->alloc({T, F}), u1 = be->alloc({T, F});
+          Tensor y2 = be->alloc({T, F}), u2 = be->alloc({T, F});
+          be->linear_swiglu(y1, u1, x, gate, up);
+          be->linear(y2, x, gate);
+          be->linear(u2, x, up);
+          be->swiglu(y2, y2, u2);
+          CHECK(std::memcmp(y1.raw(), y2.raw(), y1.nbytes()) == 0);
+          CHECK(std::memcmp(u1.raw(), u2.raw(), u1.nbytes()) == 0);
+        }
+      }
+    }
+  }
+  set_pool_backoff(true);
+}
+
+TEST_CASE("sparse kernels: int8 decode sums do not overflow at the extremes of x and w") {
+  // Every kept weight at its largest code (u = 255) and every input at max|x| (q = 32639): the
+  // integer row sum Σ u q reaches 255 * 32639 * K / 2, beyond int32 for K >= 512 at 50 %. The
+  // outputs must still be the exact product (as the f64 reference of the same weights).
+  for (int64_t K : {int64_t(576), int64_t(2048), int64_t(4096)})
+    for (const std::string chain : {"magnitude-50+int8", "magnitude-2:4+int8"}) {
+      CAPTURE(K);
+      CAPTURE(chain);
+      const int64_t N = 8;
+      Tensor t = Tensor::empty(DType::F32, {N, K});
+      for (int64_t i = 0; i < N * K; ++i)
+        t.data<float>()[i] = (i % 2 ? 1.f : 0.5f) * (i / K % 2 ? -1.f : 1.f);
+      CompressSpec spec = compress_spec_from_name(chain);
+      spec.sparse_storage = CompressSpec::SparseStorage::Sparse;
+      const Linear l = compress_linear(make_dense("blk.0.w.weight", t, K, N), spec);
+      auto be = make_cpu_backend(1);
+      for (float xv : {1.f, -1.f}) {
+        Tensor x = Tensor::empty(DType::F32, {1, K}), y = Tensor::empty(DType::F32, {1, N});
+        for (int64_t k = 0; k < K; ++k) x.data<float>()[k] = xv;
+        be->linear(y, x, l);
+        const Tensor w = dequantize_weight(l);
+        for (int64_t n = 0; n < N; ++n) {
+          double s = 0;
+          for (int64_t k = 0; k < K; ++k) s += double(w.data<float>()[n * K + k]) * xv;
+          CHECK(y.data<float>()[n] == doctest::Approx(s).epsilon(1e-5));
+        }
+      }
+    }
 }

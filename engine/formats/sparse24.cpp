@@ -3,9 +3,12 @@
 #include <bit>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "engine/error.h"
+#include "engine/formats/sparse24_convert.h"
 #include "engine/linear.h"
+#include "kernels/common/quant_math.h"
 
 namespace minfer {
 
@@ -60,6 +63,88 @@ Sparse24 sparse24_from_bitmask(const SparseBitmask& r, const std::string& name) 
   s.in = r.in;
   s.idx = indices_of_bitmask(r.bitmask.data<uint8_t>(), r.in, out, name);
   s.values = r.values;  // the same tensors: no copy of the values
+  FormatTraits<Sparse24>::check(s, r.in, out, name);
+  return s;
+}
+
+bool sparse_is_at_most_2of4(const SparseBitmask& r) {
+  const int64_t out = r.bitmask.dim(0), kb = r.bitmask.dim(1);
+  if (r.in % 4 != 0 || r.in <= 0 || !r.values || r.values->in > r.in / 2) return false;
+  const uint8_t* m = r.bitmask.data<uint8_t>();
+  for (int64_t i = 0; i < out * kb; ++i)
+    if (std::popcount(unsigned(m[i] & 0xf)) > 2 || std::popcount(unsigned(m[i] >> 4)) > 2)
+      return false;
+  return true;
+}
+
+Sparse24 sparse24_from_bitmask_repacked(const SparseBitmask& r, const std::string& name) {
+  const int64_t out = r.bitmask.dim(0), kb = r.bitmask.dim(1), groups = r.in / 4;
+  MINFER_CHECK(r.in % 4 == 0 && r.in > 0 && r.values && r.values->in <= r.in / 2,
+               "sparse-24 '{}': a 2:4 weight needs in % 4 == 0 and at most in / 2 values per row, "
+               "found in = {}, {} values per row",
+               name, r.in, r.values ? r.values->in : 0);
+  const int64_t kv = r.in / 2, old_kv = r.values->in;
+  const Linear& v = *r.values;
+  const uint8_t* m = r.bitmask.data<uint8_t>();
+  Sparse24 s;
+  s.in = r.in;
+  s.idx = Tensor::empty(DType::U8, {out, kb});
+  uint8_t* p = s.idx.data<uint8_t>();
+  std::memset(p, 0, size_t(out * kb));
+  // src[n * kv + j]: the index of new value j of row n among the row's old values, -1 for a free
+  // slot (value 0).
+  std::vector<int64_t> src(size_t(out * kv));
+  for (int64_t n = 0; n < out; ++n) {
+    int64_t j = 0;  // old value index
+    for (int64_t g = 0; g < groups; ++g) {
+      const unsigned kept = (m[n * kb + g / 2] >> (4 * (g % 2))) & 0xf;
+      MINFER_CHECK(std::popcount(kept) <= 2,
+                   "sparse-24 '{}': bitmask row {} inputs {}..{} keep {} of 4, expected at most 2",
+                   name, n, 4 * g, 4 * g + 3, std::popcount(kept));
+      unsigned bits = kept;
+      for (int i = 0; i < 4 && std::popcount(bits) < 2; ++i) bits |= 1u << i;  // free slots
+      const uint8_t c = code_of(bits);
+      p[n * kb + g / 2] = uint8_t(p[n * kb + g / 2] | (c << (4 * (g % 2))));
+      for (int h = 0; h < 2; ++h) {
+        const int pos = h ? c >> 2 : c & 3;
+        src[size_t(n * kv + 2 * g + h)] = (kept >> pos) & 1 ? j++ : -1;
+      }
+    }
+    MINFER_CHECK(j <= old_kv, "sparse-24 '{}': bitmask row {} keeps {} values, the values hold {}",
+                 name, n, j, old_kv);
+  }
+  if (const Dense* d = std::get_if<Dense>(&v.repr)) {
+    MINFER_CHECK(!d->transposed, "sparse-24 '{}': transposed values are not a sparse child", name);
+    const size_t es = dtype_size(d->w.dtype());
+    Tensor w = Tensor::empty(d->w.dtype(), {out, kv});
+    const auto* from = static_cast<const uint8_t*>(d->w.raw());
+    auto* to = static_cast<uint8_t*>(w.raw());
+    std::memset(to, 0, size_t(out * kv) * es);  // +0 in f32, f16 and bf16
+    for (int64_t n = 0; n < out; ++n)
+      for (int64_t j = 0; j < kv; ++j)
+        if (const int64_t o = src[size_t(n * kv + j)]; o >= 0)
+          std::memcpy(to + size_t(n * kv + j) * es, from + size_t(n * old_kv + o) * es, es);
+    s.values = Box<Linear>(make_linear(v.name, kv, out, Dense{w, false}));
+  } else {
+    const Quantized* q = std::get_if<Quantized>(&v.repr);
+    MINFER_CHECK(q && q->scheme == QScheme::Int8 && (q->per_tensor || q->group == old_kv),
+                 "sparse-24 '{}': values must be f32, fp16, bf16 or int8 (per row or per tensor), "
+                 "found {}",
+                 name, linear_format(v));
+    Quantized nq = quantized_row_major(*q);  // the scales shared
+    const Tensor old_codes = nq.codes;
+    const int64_t rb_old = old_codes.dim(1), rb = qm::row_bytes(kv, 8);
+    nq.codes = Tensor::empty(DType::U8, {out, rb});
+    uint8_t* to = nq.codes.data<uint8_t>();
+    const uint8_t* from = old_codes.data<uint8_t>();
+    std::memset(to, 128, size_t(out * rb));  // code 128: weight 0 exactly (and the padding)
+    for (int64_t n = 0; n < out; ++n)
+      for (int64_t j = 0; j < kv; ++j)
+        if (const int64_t o = src[size_t(n * kv + j)]; o >= 0)
+          to[n * rb + j] = from[n * rb_old + o];
+    nq.group = kv;  // one scale per row (or the tensor's one)
+    s.values = Box<Linear>(make_linear(v.name, kv, out, std::move(nq)));
+  }
   FormatTraits<Sparse24>::check(s, r.in, out, name);
   return s;
 }

@@ -138,6 +138,23 @@ class CpuBackend final : public Backend {
     return Y;
   }
 
+  // Runs ws as one op group of format R (run: sparse_linear_group or sparse24_linear_group) when
+  // every member is R and reads X; false (nothing run) otherwise.
+  template <class R, class Item, class Run>
+  bool sparse_group(Tensor* const* ys, const Linear* const* ws, int n, const Mat& X, Run run) {
+    for (int i = 0; i < n; ++i)
+      if (!std::holds_alternative<R>(ws[i]->repr) || ws[i]->in != X.cols) return false;
+    std::vector<Item> items;
+    std::vector<Mat> Ys;
+    for (int i = 0; i < n; ++i) {
+      Ys.push_back(group_out(*ys[i], X, *ws[i]));
+      items.push_back({&std::get<R>(ws[i]->repr), Ys.back().p, Ys.back().ld, Ys.back().cols});
+    }
+    run(items.data(), n, X.p, X.rows, X.ld, X.cols);
+    for (int i = 0; i < n; ++i) add_bias(Ys[size_t(i)], *ws[i]);
+    return true;
+  }
+
   void linear_group(Tensor* const* ys, const Linear* const* ws, int n, const Tensor& x) override {
     Mat X = mat(x, "linear input");
     // int8 / int4 / NF4 / ... Quantized on the decode path: x copied once, one pool dispatch.
@@ -156,6 +173,12 @@ class CpuBackend final : public Backend {
         return;
       }
     }
+    // SparseBitmask or Sparse24 (every member the same one) on the decode path: x prepared
+    // once, one pool dispatch.
+    if (!observer_ && n > 0 && X.rows <= 4 &&
+        (sparse_group<SparseBitmask, SparseGroupItem>(ys, ws, n, X, sparse_linear_group) ||
+         sparse_group<Sparse24, Sparse24GroupItem>(ys, ws, n, X, sparse24_linear_group)))
+      return;
     // GGML blocks on the q8 decode path: one activation quantization, one pool dispatch.
     std::vector<const GgmlBlocks*> gs;
     if (!ggml_group(ws, n, X, gs)) return Backend::linear_group(ys, ws, n, x);
@@ -177,6 +200,20 @@ class CpuBackend final : public Backend {
     const auto* qg = std::get_if<Quantized>(&gate.repr);
     const auto* qu = std::get_if<Quantized>(&up.repr);
     Mat X = mat(x, "linear input");
+    // SparseBitmask / Sparse24 gate and up (the same format) on the decode path.
+    const auto* sg = std::get_if<SparseBitmask>(&gate.repr);
+    const auto* su = std::get_if<SparseBitmask>(&up.repr);
+    const auto* tg = std::get_if<Sparse24>(&gate.repr);
+    const auto* tu = std::get_if<Sparse24>(&up.repr);
+    if (!observer_ && X.rows <= 4 && ((sg && su) || (tg && tu)) && !gate.bias.defined() &&
+        !up.bias.defined() && gate.out == up.out) {
+      Mat Y = group_out(y, X, gate), U = group_out(u, X, up);
+      if (sg)
+        sparse_linear_swiglu(*sg, *su, X.p, X.rows, X.ld, Y.p, Y.ld, U.p, U.ld, X.cols, Y.cols);
+      else
+        sparse24_linear_swiglu(*tg, *tu, X.p, X.rows, X.ld, Y.p, Y.ld, U.p, U.ld, X.cols, Y.cols);
+      return;
+    }
     const Linear* ws[2] = {&gate, &up};
     std::vector<const GgmlBlocks*> gs;
     const bool quant = qg && qu, ggml = !quant && ggml_group(ws, 2, X, gs);

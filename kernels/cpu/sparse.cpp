@@ -16,6 +16,7 @@
 #include "engine/half.h"
 #include "engine/thread_pool.h"
 #include "kernels/common/quant_math.h"
+#include "kernels/cpu/sparse_group.h"
 #include "kernels/cpu/sparse_values.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI2__)
@@ -173,7 +174,8 @@ void decode_i8(const SparseBitmask& w, const Vals& v, const float* x, int64_t ld
 // block, not two); rows go one after another (one stream through the masks, one through the
 // codes: interleaving 4 rows' streams measured slower on the 576x1536 shape), and for K <= 2048
 // the sums of 4 consecutive rows leave their vectors in one transposing reduction
-// (reduce4_epi32) instead of four. The codes are prefetched kPrefetch bytes ahead.
+// (reduce4_epi64, widened to int64 first: 16 int32 lanes of a row's sum can overflow int32) instead
+// of four. The codes are prefetched kPrefetch bytes ahead.
 
 struct XQ16 {
   const int8_t* h = nullptr;  // [T, Kp] high bytes
@@ -227,16 +229,34 @@ constexpr int64_t kBlock64 = 32;
 // Bytes ahead of the packed codes that the kernel prefetches (8 chunks at 50 %).
 constexpr int64_t kPrefetch = 512;
 
-// The lane sums of v[0..3] in the four int32 lanes of the result (v[i] -> lane i).
-inline __m128i reduce4_epi32(const __m512i (&v)[4]) {
-  const __m512i a = _mm512_add_epi32(_mm512_unpacklo_epi32(v[0], v[1]),
-                                     _mm512_unpackhi_epi32(v[0], v[1]));  // 0 1 0 1 per 128
-  const __m512i b = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2], v[3]),
-                                     _mm512_unpackhi_epi32(v[2], v[3]));  // 2 3 2 3
-  const __m512i c =
-      _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));  // 0 1 2 3
-  const __m256i d = _mm256_add_epi32(_mm512_castsi512_si256(c), _mm512_extracti64x4_epi64(c, 1));
-  return _mm_add_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1));
+// The lane sums of v[0..3] (int32 lanes) as int64 (r[i] = Σ lanes of v[i]): each vector's lanes are
+// widened before they are added, since 16 lanes of up to 2^31 overflow int32.
+inline void reduce4_epi64(const __m512i (&v)[4], int64_t (&r)[4]) {
+  __m512i w[4];
+  for (int i = 0; i < 4; ++i)
+    w[i] = _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(v[i])),
+                            _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v[i], 1)));
+  // Per 128-bit lane j: a = {w0 pair sum, w1 pair sum}, b = {w2, w3}.
+  const __m512i a =
+      _mm512_add_epi64(_mm512_unpacklo_epi64(w[0], w[1]), _mm512_unpackhi_epi64(w[0], w[1]));
+  const __m512i b =
+      _mm512_add_epi64(_mm512_unpacklo_epi64(w[2], w[3]), _mm512_unpackhi_epi64(w[2], w[3]));
+  // c = {a0 + a1, a2 + a3, b0 + b1, b2 + b3} (128-bit lanes L0..L3, each {row 2i, row 2i + 1}
+  // partial sums), then L0 + L1 = {r0, r1} and L2 + L3 = {r2, r3}.
+  const __m512i c = _mm512_add_epi64(_mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                                     _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512i d = _mm512_add_epi64(_mm512_shuffle_i64x2(c, c, _MM_SHUFFLE(2, 0, 2, 0)),
+                                     _mm512_shuffle_i64x2(c, c, _MM_SHUFFLE(3, 1, 3, 1)));
+  alignas(32) int64_t t[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(t), _mm512_castsi512_si256(d));
+  for (int i = 0; i < 4; ++i) r[i] = t[i];
+}
+
+// The lane sum of v (int32 lanes) as int64.
+inline int64_t reduce_epi64(__m512i v) {
+  return _mm512_reduce_add_epi64(
+      _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(v)),
+                       _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1))));
 }
 
 // Chunks [c0, c1) (c1 - c0 <= kBlock64) of one weight row against T <= 4 token rows: per lane
@@ -292,8 +312,8 @@ void decode_i8_a16(const SparseBitmask& w, const Vals& v, const XQ16& xq, float*
       }
       for (int t = 0; t < TT; ++t) {
         const __m512i s4[4] = {acc[0][t], acc[1][t], acc[2][t], acc[3][t]};
-        alignas(16) int32_t r[4];
-        _mm_store_si128(reinterpret_cast<__m128i*>(r), reduce4_epi32(s4));
+        int64_t r[4];
+        reduce4_epi64(s4, r);
         for (int i = 0; i < 4; ++i) finish(n + i, t, r[i]);
       }
     }
@@ -304,7 +324,7 @@ void decode_i8_a16(const SparseBitmask& w, const Vals& v, const XQ16& xq, float*
     for (int64_t c0 = 0; c0 < chunks; c0 += kBlock64) {
       __m512i acc[TT];
       row_block_i8_a16<TT>(m + n * kb, kb, cp, xq, c0, std::min(chunks, c0 + kBlock64), acc);
-      for (int t = 0; t < TT; ++t) S[t] += _mm512_reduce_add_epi32(acc[t]);
+      for (int t = 0; t < TT; ++t) S[t] += reduce_epi64(acc[t]);
     }
     for (int t = 0; t < TT; ++t) finish(n, t, S[t]);
   }
@@ -580,71 +600,90 @@ Isa effective_isa(Isa isa, const Vals& v) {
   return Isa::Scalar;
 }
 
+// x prepared once for the decode path (one call or an op group): the rows of x and, for int8
+// values, their 16-bit codes in the layout of the kernel set that reads them.
+struct Prep {
+  const float* x = nullptr;
+  int64_t T = 0, ldx = 0;
+#ifdef MINFER_SPARSE_VNNI
+  XQ16 xq;  // AVX-512 VNNI
+#endif
+#ifdef MINFER_SPARSE_AVX2
+  XQ16s xqs;  // AVX2
+#endif
+};
+
+// Fills p for T <= 4 rows of x; `i8` is the kernel set that reads int8 values in this call
+// (Scalar: none does). The code buffers are the calling thread's, grown once and reused.
+void prepare(Isa i8, const float* x, int64_t T, int64_t ldx, int64_t K, Prep& p) {
+  p.x = x;
+  p.T = T;
+  p.ldx = ldx;
+#ifdef MINFER_SPARSE_VNNI
+  static thread_local std::vector<int8_t> xbuf;
+  if (i8 == Isa::Avx512) quantize_x16(x, T, ldx, K, xbuf, p.xq);
+#endif
+#ifdef MINFER_SPARSE_AVX2
+  static thread_local std::vector<int16_t> qbuf;
+  if (i8 == Isa::Avx2) quantize_x16_scalar(x, T, ldx, K, qbuf, p.xqs);
+#endif
+  (void)i8;
+  (void)K;
+}
+
+// The kernel set that reads v's int8 codes against prepared x when `isa` runs (Scalar: none).
+Isa i8_reader(Isa isa, const Vals& v) {
+  isa = effective_isa(isa, v);
+  if (v.kind != Vals::I8) return Isa::Scalar;
+#if defined(MINFER_SPARSE_AVX512) && !defined(MINFER_SPARSE_VNNI)
+  if (isa == Isa::Avx512) return Isa::Scalar;  // decode_i8 reads f32 x
+#endif
+  return isa;
+}
+
+template <int TT>
+void rows_t(const SparseBitmask& w, const Vals& v, Isa isa, const Prep& p, float* y, int64_t ldy,
+            int64_t K, int64_t N, int64_t n0, int64_t n1) {
+#ifdef MINFER_SPARSE_AVX512
+  if (isa == Isa::Avx512) {
+#ifdef MINFER_SPARSE_VNNI
+    if (v.kind == Vals::I8) return decode_i8_a16<TT>(w, v, p.xq, y, ldy, K, n0, n1);
+#endif
+    return decode_simd<TT>(w, v, p.x, p.ldx, y, ldy, K, n0, n1);
+  }
+#endif
+#ifdef MINFER_SPARSE_AVX2
+  if (isa == Isa::Avx2) return decode_avx2<TT>(w, v, p.x, p.ldx, p.xqs, y, ldy, K, N, n0, n1);
+#endif
+  (void)N;
+  decode_ref_rows(w, v, p.x, TT, p.ldx, y, ldy, K, n0, n1);
+}
+
+// Rows [n0, n1) of W against prepared x with the kernel set `isa` (effective for v): each row's
+// arithmetic does not depend on the range, so any split gives the same y.
+void rows(const SparseBitmask& w, const Vals& v, Isa isa, const Prep& p, float* y, int64_t ldy,
+          int64_t K, int64_t N, int64_t n0, int64_t n1) {
+  switch (p.T) {
+    case 1:
+      return rows_t<1>(w, v, isa, p, y, ldy, K, N, n0, n1);
+    case 2:
+      return rows_t<2>(w, v, isa, p, y, ldy, K, N, n0, n1);
+    case 3:
+      return rows_t<3>(w, v, isa, p, y, ldy, K, N, n0, n1);
+    default:
+      return rows_t<4>(w, v, isa, p, y, ldy, K, N, n0, n1);
+  }
+}
+
 // T <= 4 rows of x, every output row, with the kernel set `isa` (built and supported).
 void decode(const SparseBitmask& w, const Vals& v, Isa isa, const float* x, int64_t T, int64_t ldx,
             float* y, int64_t ldy, int64_t K, int64_t N) {
   isa = effective_isa(isa, v);
-#ifdef MINFER_SPARSE_AVX512
-  if (isa == Isa::Avx512) {
-#ifdef MINFER_SPARSE_VNNI
-    if (v.kind == Vals::I8) {
-      static thread_local std::vector<int8_t> xbuf;
-      XQ16 xq;
-      quantize_x16(x, T, ldx, K, xbuf, xq);
-      parallel_for(N, K, int64_t(1) << 15, [&](int64_t n0, int64_t n1) {
-        switch (T) {
-          case 1:
-            return decode_i8_a16<1>(w, v, xq, y, ldy, K, n0, n1);
-          case 2:
-            return decode_i8_a16<2>(w, v, xq, y, ldy, K, n0, n1);
-          case 3:
-            return decode_i8_a16<3>(w, v, xq, y, ldy, K, n0, n1);
-          default:
-            return decode_i8_a16<4>(w, v, xq, y, ldy, K, n0, n1);
-        }
-      });
-      return;
-    }
-#endif
-    // Contiguous blocks of rows on the thread pool; one thread below 64K weights.
-    parallel_for(N, K, int64_t(1) << 15, [&](int64_t n0, int64_t n1) {
-      switch (T) {
-        case 1:
-          return decode_simd<1>(w, v, x, ldx, y, ldy, K, n0, n1);
-        case 2:
-          return decode_simd<2>(w, v, x, ldx, y, ldy, K, n0, n1);
-        case 3:
-          return decode_simd<3>(w, v, x, ldx, y, ldy, K, n0, n1);
-        default:
-          return decode_simd<4>(w, v, x, ldx, y, ldy, K, n0, n1);
-      }
-    });
-    return;
-  }
-#endif
-#ifdef MINFER_SPARSE_AVX2
-  if (isa == Isa::Avx2) {
-    static thread_local std::vector<int16_t> qbuf;
-    XQ16s xq;
-    if (v.kind == Vals::I8) quantize_x16_scalar(x, T, ldx, K, qbuf, xq);
-    parallel_for(N, K, int64_t(1) << 15, [&](int64_t n0, int64_t n1) {
-      switch (T) {
-        case 1:
-          return decode_avx2<1>(w, v, x, ldx, xq, y, ldy, K, N, n0, n1);
-        case 2:
-          return decode_avx2<2>(w, v, x, ldx, xq, y, ldy, K, N, n0, n1);
-        case 3:
-          return decode_avx2<3>(w, v, x, ldx, xq, y, ldy, K, N, n0, n1);
-        default:
-          return decode_avx2<4>(w, v, x, ldx, xq, y, ldy, K, N, n0, n1);
-      }
-    });
-    return;
-  }
-#endif
-  parallel_for(N, K, int64_t(1) << 15, [&](int64_t n0, int64_t n1) {
-    decode_ref_rows(w, v, x, T, ldx, y, ldy, K, n0, n1);
-  });
+  Prep p;
+  prepare(i8_reader(isa, v), x, T, ldx, K, p);
+  // Contiguous blocks of rows on the thread pool; one thread below 64K weights.
+  parallel_for(N, K, sparse_detail::kDecodeMinWork,
+               [&](int64_t n0, int64_t n1) { rows(w, v, isa, p, y, ldy, K, N, n0, n1); });
 }
 
 Isa isa_of(const std::string& isa) {
@@ -711,6 +750,76 @@ void sparse_linear(const SparseBitmask& w, const float* x, int64_t T, int64_t ld
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(rows), int(K), 1.f, x,
                 int(ldx), tile, int(K), 0.f, y + n0, int(ldy));
   }
+}
+
+}  // namespace minfer
+
+namespace minfer {
+
+void sparse_linear_group(const SparseGroupItem* items, int n, const float* x, int64_t T,
+                         int64_t ldx, int64_t K) {
+  MINFER_CHECK(n >= 0 && T >= 0 && ldx >= K,
+               "sparse_linear_group: {} matrices, T {}, ldx {} < K {}", n, T, ldx, K);
+  for (int i = 0; i < n; ++i)
+    MINFER_CHECK(items[i].w && items[i].ldy >= items[i].N,
+                 "sparse_linear_group: member {} has no weight or ldy {} < N {}", i, items[i].ldy,
+                 items[i].N);
+  if (T == 0 || n == 0) return;
+  if (T > 4) {
+    for (int i = 0; i < n; ++i)
+      sparse_linear(*items[i].w, x, T, ldx, items[i].y, items[i].ldy, K, items[i].N);
+    return;
+  }
+  thread_local std::vector<Vals> vals;
+  thread_local std::vector<Isa> isas;
+  thread_local std::vector<int64_t> ns;
+  vals.resize(size_t(n));
+  isas.resize(size_t(n));
+  ns.resize(size_t(n));
+  const Isa best = best_isa();
+  Isa i8 = Isa::Scalar;
+  for (int i = 0; i < n; ++i) {
+    vals[size_t(i)] = vals_of(*items[i].w);
+    isas[size_t(i)] = effective_isa(best, vals[size_t(i)]);
+    ns[size_t(i)] = items[i].N;
+    const Isa r = i8_reader(best, vals[size_t(i)]);
+    if (r != Isa::Scalar) i8 = r;  // every int8 member has the same reader: best's
+  }
+  Prep p;
+  prepare(i8, x, T, ldx, K, p);
+  const Vals* const V = vals.data();
+  const Isa* const I = isas.data();
+  sparse_detail::group_rows(ns.data(), n, K, [&](int m, int64_t r0, int64_t r1) {
+    rows(*items[m].w, V[m], I[m], p, items[m].y, items[m].ldy, K, items[m].N, r0, r1);
+  });
+}
+
+void sparse_linear_swiglu(const SparseBitmask& gate, const SparseBitmask& up, const float* x,
+                          int64_t T, int64_t ldx, float* y, int64_t ldy, float* u, int64_t ldu,
+                          int64_t K, int64_t F) {
+  MINFER_CHECK(T >= 0 && ldx >= K && ldy >= F && ldu >= F,
+               "sparse_linear_swiglu: bad strides (T {}, ldx {}, K {}, ldy {}, ldu {}, F {})", T,
+               ldx, K, ldy, ldu, F);
+  if (T == 0) return;
+  if (T > 4) {
+    sparse_linear(gate, x, T, ldx, y, ldy, K, F);
+    sparse_linear(up, x, T, ldx, u, ldu, K, F);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t c = 0; c < F; ++c) y[t * ldy + c] = silu_mul(y[t * ldy + c], u[t * ldu + c]);
+    return;
+  }
+  const Isa best = best_isa();
+  const Vals vg = vals_of(gate), vu = vals_of(up);
+  const Isa ig = effective_isa(best, vg), iu = effective_isa(best, vu);
+  const Isa rg = i8_reader(best, vg), ru = i8_reader(best, vu);
+  Prep p;
+  prepare(rg != Isa::Scalar ? rg : ru, x, T, ldx, K, p);
+  sparse_detail::swiglu_rows(F, K, y, ldy, u, ldu, T, [&](int m, int64_t n0, int64_t n1) {
+    if (m == 0)
+      rows(gate, vg, ig, p, y, ldy, K, F, n0, n1);
+    else
+      rows(up, vu, iu, p, u, ldu, K, F, n0, n1);
+  });
 }
 
 }  // namespace minfer

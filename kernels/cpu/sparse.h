@@ -36,6 +36,29 @@ namespace minfer {
 void sparse_linear(const SparseBitmask& w, const float* x, int64_t T, int64_t ldx, float* y,
                    int64_t ldy, int64_t K, int64_t N);
 
+// One member of a SparseBitmask op group: W [N, K] and its output y[T, N] (row stride ldy).
+struct SparseGroupItem {
+  const SparseBitmask* w;
+  float* y;
+  int64_t ldy, N;
+};
+
+// An op group (q·k·v, gate·up): y_i = x · dequant(W_i)ᵀ for n SparseBitmask weights that read the
+// same x[T, K]. For T <= 4 (decode) x is prepared once (rounded to 16-bit codes where int8 values
+// are read) and every member's rows go to the thread pool in one dispatch, each row computed by the
+// same kernel as sparse_linear: bit-identical to n calls of it. T > 4: one sparse_linear per
+// member. Errors: n < 0, ldx < K, a member without weight or with ldy < N.
+void sparse_linear_group(const SparseGroupItem* items, int n, const float* x, int64_t T,
+                         int64_t ldx, int64_t K);
+
+// The LLaMA MLP's gating fused into gate·up (Shazeer 2020, "GLU Variants Improve Transformer"):
+// y[T, F] = silu(x · gateᵀ) ⊙ (x · upᵀ), with u[T, F] receiving x · upᵀ. T <= 4: one pool loop
+// computes a block of gate rows and of up rows, then silu_mul (kernels/cpu/act.h) on that block;
+// bit-identical to sparse_linear twice then the swiglu op. Errors: bad strides.
+void sparse_linear_swiglu(const SparseBitmask& gate, const SparseBitmask& up, const float* x,
+                          int64_t T, int64_t ldx, float* y, int64_t ldy, float* u, int64_t ldu,
+                          int64_t K, int64_t F);
+
 // Scalar reference and test oracle: each kept value dequantized as dequantize_weight does, an f32
 // dot product with x in index order.
 void sparse_linear_ref(const SparseBitmask& w, const float* x, int64_t T, int64_t ldx, float* y,

@@ -12,10 +12,12 @@
 #include <vector>
 
 #include "engine/error.h"
+#include "engine/formats/sparse24_convert.h"
 #include "engine/half.h"
 #include "engine/thread_pool.h"
 #include "kernels/common/quant_math.h"
 #include "kernels/cpu/env_switch.h"
+#include "kernels/cpu/sparse_group.h"
 #include "kernels/cpu/sparse_values.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI__) && \
@@ -473,56 +475,81 @@ void by_tokens(int64_t T, F&& f) {
   }
 }
 
-void decode(const Sparse24& w, const Vals& v, Isa isa, const float* x, int64_t T, int64_t ldx,
-            float* y, int64_t ldy, int64_t K, int64_t N) {
+// x prepared once for the decode path (one call or an op group): the rows of x and, for int8
+// values, their 16-bit codes in the layout of the kernel set that reads them.
+struct Prep {
+  const float* x = nullptr;
+  int64_t T = 0, ldx = 0;
+#ifdef MINFER_S24_AVX512
+  const XP* xp = nullptr;
+#endif
+#ifdef MINFER_S24_AVX2
+  const XQ* xq = nullptr;
+#endif
+};
+
+// Fills p for T <= 4 rows of x; `i8` is the kernel set that reads int8 values in this call
+// (Scalar: none does). The code buffers are the calling thread's, grown once and reused.
+void prepare(Isa i8, const float* x, int64_t T, int64_t ldx, int64_t K, Prep& p) {
+  p.x = x;
+  p.T = T;
+  p.ldx = ldx;
+#ifdef MINFER_S24_AVX512
+  static thread_local XP xp_buf;
+  if (i8 == Isa::Avx512) {
+    quantize_planes(x, T, ldx, K, xp_buf);
+    p.xp = &xp_buf;
+  }
+#endif
+#ifdef MINFER_S24_AVX2
+  static thread_local XQ xq_buf;
+  if (i8 == Isa::Avx2) {
+    quantize_x16(x, T, ldx, K, 32, xq_buf);
+    p.xq = &xq_buf;
+  }
+#endif
+  (void)i8;
+  (void)K;
+}
+
+// The kernel set that reads v's int8 codes against prepared x when `isa` runs (Scalar: none).
+Isa i8_reader(Isa isa, const Vals& v) {
   isa = effective_isa(isa, v);
-  constexpr int64_t kMinWork = int64_t(1) << 15;
+  return v.kind == Vals::I8 ? isa : Isa::Scalar;
+}
+
+template <int TT>
+void rows_t(const Sparse24& w, const Vals& v, Isa isa, const Prep& p, float* y, int64_t ldy,
+            int64_t K, int64_t n0, int64_t n1) {
 #ifdef MINFER_S24_AVX512
   if (isa == Isa::Avx512) {
-    if (v.kind == Vals::I8) {
-      // The caller's buffers, referenced by the workers through these references (a
-      // thread_local named inside the lambda would be each worker's own, empty one).
-      static thread_local XP xp_buf;
-      XP& xp = xp_buf;
-      quantize_planes(x, T, ldx, K, xp);
-      parallel_for(N, K, kMinWork, [&](int64_t n0, int64_t n1) {
-        by_tokens(T, [&](auto tt) {
-          decode_i8_avx512<decltype(tt)::value>(w, v, xp, y, ldy, K, n0, n1);
-        });
-      });
-    } else {
-      parallel_for(N, K, kMinWork, [&](int64_t n0, int64_t n1) {
-        by_tokens(T, [&](auto tt) {
-          decode_f32_avx512<decltype(tt)::value>(w, v, x, ldx, y, ldy, K, n0, n1);
-        });
-      });
-    }
-    return;
+    if (v.kind == Vals::I8) return decode_i8_avx512<TT>(w, v, *p.xp, y, ldy, K, n0, n1);
+    return decode_f32_avx512<TT>(w, v, p.x, p.ldx, y, ldy, K, n0, n1);
   }
 #endif
 #ifdef MINFER_S24_AVX2
   if (isa == Isa::Avx2) {
-    if (v.kind == Vals::I8) {
-      static thread_local XQ xq_buf;
-      XQ& xq = xq_buf;
-      quantize_x16(x, T, ldx, K, 32, xq);
-      parallel_for(N, K, kMinWork, [&](int64_t n0, int64_t n1) {
-        by_tokens(
-            T, [&](auto tt) { decode_i8_avx2<decltype(tt)::value>(w, v, xq, y, ldy, K, n0, n1); });
-      });
-    } else {
-      parallel_for(N, K, kMinWork, [&](int64_t n0, int64_t n1) {
-        by_tokens(T, [&](auto tt) {
-          decode_f32_avx2<decltype(tt)::value>(w, v, x, ldx, y, ldy, K, n0, n1);
-        });
-      });
-    }
-    return;
+    if (v.kind == Vals::I8) return decode_i8_avx2<TT>(w, v, *p.xq, y, ldy, K, n0, n1);
+    return decode_f32_avx2<TT>(w, v, p.x, p.ldx, y, ldy, K, n0, n1);
   }
 #endif
-  parallel_for(N, K, kMinWork, [&](int64_t n0, int64_t n1) {
-    decode_ref_rows(w, v, x, T, ldx, y, ldy, K, n0, n1);
-  });
+  decode_ref_rows(w, v, p.x, TT, p.ldx, y, ldy, K, n0, n1);
+}
+
+// Rows [n0, n1) of W against prepared x with the kernel set `isa` (effective for v): each row's
+// arithmetic does not depend on the range, so any split gives the same y.
+void rows(const Sparse24& w, const Vals& v, Isa isa, const Prep& p, float* y, int64_t ldy,
+          int64_t K, int64_t n0, int64_t n1) {
+  by_tokens(p.T, [&](auto tt) { rows_t<decltype(tt)::value>(w, v, isa, p, y, ldy, K, n0, n1); });
+}
+
+void decode(const Sparse24& w, const Vals& v, Isa isa, const float* x, int64_t T, int64_t ldx,
+            float* y, int64_t ldy, int64_t K, int64_t N) {
+  isa = effective_isa(isa, v);
+  Prep p;
+  prepare(i8_reader(isa, v), x, T, ldx, K, p);
+  parallel_for(N, K, sparse_detail::kDecodeMinWork,
+               [&](int64_t n0, int64_t n1) { rows(w, v, isa, p, y, ldy, K, n0, n1); });
 }
 
 }  // namespace
@@ -552,11 +579,21 @@ bool sparse24_decode_wins(const Linear& values) {
 bool sparse24_upload(Linear& w) {
   static const bool enabled = env_switch("MINFER_SPARSE24_AT_LOAD", "1", {"0", "1"}) == "1";
   const SparseBitmask* s = std::get_if<SparseBitmask>(&w.repr);
-  if (!enabled || !s || !sparse24_decode_wins(*s->values) || !sparse_is_2of4(*s)) return false;
-  Sparse24 r = sparse24_from_bitmask(*s, w.name);
+  if (!enabled || !s || !sparse24_decode_wins(*s->values)) return false;
+  const bool exact = sparse_is_2of4(*s);
+  if (!exact && !sparse_is_at_most_2of4(*s)) return false;
   const Tensor mask = s->bitmask;
+  // Re-packed values replace the old ones in memory too.
+  Tensor old_values;
+  if (!exact) {
+    if (const Dense* d = std::get_if<Dense>(&s->values->repr)) old_values = d->w;
+    if (const Quantized* q = std::get_if<Quantized>(&s->values->repr)) old_values = q->codes;
+  }
+  Sparse24 r =
+      exact ? sparse24_from_bitmask(*s, w.name) : sparse24_from_bitmask_repacked(*s, w.name);
   w.repr = std::move(r);
   release_mapped_pages(mask);  // the index bytes replace the mask in memory
+  if (old_values.defined()) release_mapped_pages(old_values);
   return true;
 }
 
@@ -600,6 +637,76 @@ void sparse24_linear(const Sparse24& w, const float* x, int64_t T, int64_t ldx, 
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(rows), int(K), 1.f, x,
                 int(ldx), tile, int(K), 0.f, y + n0, int(ldy));
   }
+}
+
+}  // namespace minfer
+
+namespace minfer {
+
+void sparse24_linear_group(const Sparse24GroupItem* items, int n, const float* x, int64_t T,
+                           int64_t ldx, int64_t K) {
+  MINFER_CHECK(n >= 0 && T >= 0 && ldx >= K,
+               "sparse24_linear_group: {} matrices, T {}, ldx {} < K {}", n, T, ldx, K);
+  for (int i = 0; i < n; ++i)
+    MINFER_CHECK(items[i].w && items[i].ldy >= items[i].N,
+                 "sparse24_linear_group: member {} has no weight or ldy {} < N {}", i, items[i].ldy,
+                 items[i].N);
+  if (T == 0 || n == 0) return;
+  if (T > 4) {
+    for (int i = 0; i < n; ++i)
+      sparse24_linear(*items[i].w, x, T, ldx, items[i].y, items[i].ldy, K, items[i].N);
+    return;
+  }
+  thread_local std::vector<Vals> vals;
+  thread_local std::vector<Isa> isas;
+  thread_local std::vector<int64_t> ns;
+  vals.resize(size_t(n));
+  isas.resize(size_t(n));
+  ns.resize(size_t(n));
+  const Isa best = best_isa();
+  Isa i8 = Isa::Scalar;
+  for (int i = 0; i < n; ++i) {
+    vals[size_t(i)] = vals_of(*items[i].w);
+    isas[size_t(i)] = effective_isa(best, vals[size_t(i)]);
+    ns[size_t(i)] = items[i].N;
+    const Isa r = i8_reader(best, vals[size_t(i)]);
+    if (r != Isa::Scalar) i8 = r;  // every int8 member has the same reader: best's
+  }
+  Prep p;
+  prepare(i8, x, T, ldx, K, p);
+  const Vals* const V = vals.data();
+  const Isa* const I = isas.data();
+  sparse_detail::group_rows(ns.data(), n, K, [&](int m, int64_t r0, int64_t r1) {
+    rows(*items[m].w, V[m], I[m], p, items[m].y, items[m].ldy, K, r0, r1);
+  });
+}
+
+void sparse24_linear_swiglu(const Sparse24& gate, const Sparse24& up, const float* x, int64_t T,
+                            int64_t ldx, float* y, int64_t ldy, float* u, int64_t ldu, int64_t K,
+                            int64_t F) {
+  MINFER_CHECK(T >= 0 && ldx >= K && ldy >= F && ldu >= F,
+               "sparse24_linear_swiglu: bad strides (T {}, ldx {}, K {}, ldy {}, ldu {}, F {})", T,
+               ldx, K, ldy, ldu, F);
+  if (T == 0) return;
+  if (T > 4) {
+    sparse24_linear(gate, x, T, ldx, y, ldy, K, F);
+    sparse24_linear(up, x, T, ldx, u, ldu, K, F);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t c = 0; c < F; ++c) y[t * ldy + c] = silu_mul(y[t * ldy + c], u[t * ldu + c]);
+    return;
+  }
+  const Isa best = best_isa();
+  const Vals vg = vals_of(gate), vu = vals_of(up);
+  const Isa ig = effective_isa(best, vg), iu = effective_isa(best, vu);
+  const Isa rg = i8_reader(best, vg), ru = i8_reader(best, vu);
+  Prep p;
+  prepare(rg != Isa::Scalar ? rg : ru, x, T, ldx, K, p);
+  sparse_detail::swiglu_rows(F, K, y, ldy, u, ldu, T, [&](int m, int64_t n0, int64_t n1) {
+    if (m == 0)
+      rows(gate, vg, ig, p, y, ldy, K, n0, n1);
+    else
+      rows(up, vu, iu, p, u, ldu, K, n0, n1);
+  });
 }
 
 }  // namespace minfer

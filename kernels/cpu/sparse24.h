@@ -35,23 +35,48 @@ namespace minfer {
 void sparse24_linear(const Sparse24& w, const float* x, int64_t T, int64_t ldx, float* y,
                      int64_t ldy, int64_t K, int64_t N);
 
+// One member of a Sparse24 op group: W [N, K] and its output y[T, N] (row stride ldy).
+struct Sparse24GroupItem {
+  const Sparse24* w;
+  float* y;
+  int64_t ldy, N;
+};
+
+// An op group (q·k·v, gate·up) of Sparse24 weights reading the same x[T, K], as
+// sparse_linear_group (kernels/cpu/sparse.h) does for SparseBitmask: T <= 4, x prepared once and
+// one pool dispatch over every member's rows, bit-identical to one sparse24_linear per member;
+// T > 4: one call per member. Errors: n < 0, ldx < K, a member without weight or ldy < N.
+void sparse24_linear_group(const Sparse24GroupItem* items, int n, const float* x, int64_t T,
+                           int64_t ldx, int64_t K);
+
+// gate·up fused with SiLU·mul: y[T, F] = silu(x · gateᵀ) ⊙ (x · upᵀ), u[T, F] = x · upᵀ; one pool
+// loop for T <= 4, bit-identical to two sparse24_linear calls then the swiglu op.
+void sparse24_linear_swiglu(const Sparse24& gate, const Sparse24& up, const float* x, int64_t T,
+                            int64_t ldx, float* y, int64_t ldy, float* u, int64_t ldu, int64_t K,
+                            int64_t F);
+
 // Scalar reference and test oracle: each kept value dequantized as dequantize_weight does, an f32
 // dot product with x in index order. int8 values: a row of x with an inf or NaN gives NaN outputs
 // (as the SIMD kernels, which round x to 16-bit codes).
 void sparse24_linear_ref(const Sparse24& w, const float* x, int64_t T, int64_t ldx, float* y,
                          int64_t ldy, int64_t K, int64_t N);
 
-// Whether this build's Sparse24 decode kernel is the measured winner for these values: the AVX-512
-// (VBMI + VNNI) kernels with f32 or int8 (per row / per tensor) values, the condition of
-// compress's sparse24_storage_wins (docs/pruning.md: 1.00-2.30x dense int8, 1.32-2.05x dense f32,
-// level with or ahead of SparseBitmask on the same weights). `values`: the sparse child.
+// Whether this build's Sparse24 decode kernel is the measured winner over the SparseBitmask kernel
+// on the same 2:4 weights, for these values: the AVX-512 (VBMI + VNNI) kernels with f32 or int8
+// (per row / per tensor) values (docs/pruning.md: level with the bitmask or ahead, 0.67-1.43x
+// int8, 1.07-1.70x f32). Against dense storage compress's sparse24_storage_wins decides (f32
+// only). `values`: the sparse child.
 bool sparse24_decode_wins(const Linear& values);
 
 // At load (the CPU backend's upload of a Linear): a SparseBitmask weight that keeps exactly 2 of
 // every 4 inputs (sparse_is_2of4: e.g. a compressed-tensors sparse-24-bitmask tensor written by
 // the Python package, whose folder names no minfer representation) becomes Sparse24 where
 // sparse24_decode_wins says so: index bytes built from the bitmask (sparse24_from_bitmask), the
-// values shared, the mask's file-mapped pages released. Returns whether it converted; anything
+// values shared, the mask's file-mapped pages released. A 2:4 bitmask whose mask lost exact-zero
+// kept weights (groups with fewer than 2 bits, sparse_is_at_most_2of4: e.g. our own
+// `--sparse-storage bitmask` folders of weights read from a quantized GGUF) converts too, its
+// values re-packed with zeros in the free slots (sparse24_from_bitmask_repacked, the same W; the
+// old values' file pages released). Returns whether it converted; anything
 // else, or MINFER_SPARSE24_AT_LOAD=0 in the environment (to time the bitmask kernel on the same
 // weights), is left as it is. Errors: a bad MINFER_SPARSE24_AT_LOAD value.
 bool sparse24_upload(Linear& w);
