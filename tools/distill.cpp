@@ -71,7 +71,10 @@ int main(int argc, char** argv) {
   app.add_option("--data", data,
                  "training text file(s), e.g. ../shared/data/wikitext-2-raw/"
                  "wiki.valid.raw (optional with --generate)");
-  app.add_option("--out", out, "output model folder (written at the end, through a temp folder)")
+  app.add_option("--out", out,
+                 "output model folder (written at the end, through a temp folder), with "
+                 "training_log.json and training_curves.svg (several runs in one plot: "
+                 "train-curves --log A/training_log.json --log B/training_log.json)")
       ->required();
   app.add_option("--alpha", o.loss.alpha, "weight of the KD term in [0, 1] (0 = CE only)");
   app.add_option("--temperature", o.loss.tau, "softmax temperature T > 0 of the KD term");
