@@ -441,7 +441,11 @@ std::string curves_svg(const std::string& title, const std::string& xlabel,
         ymn = std::min(ymn, y), ymx = std::max(ymx, y);
       }
   MINFER_CHECK(xmn <= xmx, "curves plot '{}': no finite point", title);
-  const double W = 760, H = 440, x0 = 80, x1 = 600, y0 = 50, y1 = 370;
+  // Room on the right for the legend's longest name (~6.5 px a character at font size 11).
+  size_t longest = 0;
+  for (const CurveSeries& c : series) longest = std::max(longest, width(c.name));
+  const double x0 = 80, x1 = 600, y0 = 50, y1 = 370, H = 440,
+               W = std::max(760.0, x1 + 52 + 6.5 * double(longest));
   std::string s = fmt::format(
       "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{0:.0f}\" height=\"{1:.0f}\" "
