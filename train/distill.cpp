@@ -586,9 +586,6 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
     throw NotImplemented("--prune-schedule with a low-rank student");
   const std::vector<std::string> projections =
       llama ? llama->block_linears() : std::vector<std::string>{};
-  if (!factors.empty() && (!opt.checkpoint.empty() || !opt.resume.empty()))
-    throw NotImplemented(
-        "checkpoints of a low-rank student (the factors and their AdamW state are not saved yet)");
   const ModelConfig& sc = student->config();
   MINFER_CHECK(sc.vocab_size == tc.vocab_size,
                "student vocabulary ({} tokens) differs from the teacher's ({} tokens)",
@@ -621,7 +618,8 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
   state.seed = opt.seed;
   state.extra = options_json(opt);
   if (!opt.resume.empty()) {
-    state = load_checkpoint(opt.resume, *student);
+    state = load_checkpoint(opt.resume, *student, factors.empty() ? nullptr : &factors.params());
+    if (!factors.empty()) factors.materialize(student->params());
     for (const char* k : kResumeKeys)
       MINFER_CHECK(!state.extra.contains(k) || state.extra[k] == options_json(opt)[k],
                    "--resume {}: the checkpoint was made with {} = {}, this run has {} (a resumed "
@@ -697,6 +695,9 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
     const double t0 = now_s();
     double teacher_s = 0;
     student->params().zero_grad();
+    // A low-rank student's factor gradients are summed from dW by pull_grads (+=): zeroed per step
+    // like every other gradient (before, each step's update used the sum over all steps so far).
+    if (!factors.empty()) factors.params().zero_grad();
     LossParts acc;
     const bool prune_now = prune.due(step + 1);
     InputSqSums col_sq;  // Wanda: Σx² of every projection's inputs over this step's rows
@@ -787,7 +788,8 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
       do_eval(state.step);
     if (writer && !opt.checkpoint.empty() && opt.checkpoint_every > 0 &&
         state.step % opt.checkpoint_every == 0) {
-      save_checkpoint(opt.checkpoint, *student, state);
+      save_checkpoint(opt.checkpoint, *student, state,
+                      factors.empty() ? nullptr : &factors.params());
       write_json_file(fs::path(opt.checkpoint) / "training_log.json", make_log());
     }
     bar.update(step + 1 - first,
@@ -801,7 +803,8 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
   res.ranks = P;
   if (!res.finished) {
     if (writer) {
-      save_checkpoint(opt.checkpoint, *student, state);
+      save_checkpoint(opt.checkpoint, *student, state,
+                      factors.empty() ? nullptr : &factors.params());
       write_json_file(fs::path(opt.checkpoint) / "training_log.json", make_log());
     }
   } else {
