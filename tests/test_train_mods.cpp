@@ -617,8 +617,9 @@ TEST_CASE(
     "train distill gpt2/bert: resumed QAT and LoRA runs are bit-identical to uninterrupted ones") {
   auto be = make_cpu_backend(1);
   for (const char* path : {kGpt2, kBert}) {
-    const bool gpt2 = std::string(path) == kGpt2;
-    CAPTURE(path);
+    const std::string model = path;
+    const bool gpt2 = model == kGpt2;
+    CAPTURE(model);
     LoadedModel t = open_model(path, *be, false);
     {  // QAT int4-g32 with learned scales: the latent weights, scales and moments travel.
       test::TempDir tmp("mods-resume-qat");
@@ -627,7 +628,7 @@ TEST_CASE(
       o.qat = "int4-g32";
       o.qat_lsq = true;
       const int n = check_resume_mods(*t.model, o, tmp);
-      MESSAGE(std::string(path) << " qat: " << n << " tensors identical");
+      MESSAGE(model << " qat: " << n << " tensors identical");
       // GPT-2: 4 + 2 x (4 quantized projections: codes + scales, 8 other tensors); BERT: 5 + 2 x
       // (6 x 2, 10 other tensors).
       CHECK(n == (gpt2 ? 4 + 2 * (4 * 2 + 8) : 5 + 2 * (6 * 2 + 10)));
@@ -641,7 +642,7 @@ TEST_CASE(
       o.lora.targets = gpt2 ? std::vector<std::string>{"qkv", "o", "up", "down"}
                             : std::vector<std::string>{"q", "k", "v", "o", "up", "down"};
       const int n = check_resume_mods(*t.model, o, tmp);
-      MESSAGE(std::string(path) << " lora: " << n << " tensors identical");
+      MESSAGE(model << " lora: " << n << " tensors identical");
       // The f32 base (GPT-2: 4 + 2 x 12; BERT: 5 + 2 x 16) and A, B of every target.
       CHECK(n == (gpt2 ? 4 + 2 * 12 + 2 * 4 * 2 : 5 + 2 * 16 + 2 * 6 * 2));
     }
