@@ -441,7 +441,11 @@ std::string curves_svg(const std::string& title, const std::string& xlabel,
         ymn = std::min(ymn, y), ymx = std::max(ymx, y);
       }
   MINFER_CHECK(xmn <= xmx, "curves plot '{}': no finite point", title);
-  const double W = 760, H = 440, x0 = 80, x1 = 600, y0 = 50, y1 = 370;
+  // Room on the right for the legend's longest name (~6.5 px a character at font size 11).
+  size_t longest = 0;
+  for (const CurveSeries& c : series) longest = std::max(longest, width(c.name));
+  const double x0 = 80, x1 = 600, y0 = 50, y1 = 370, H = 440,
+               W = std::max(760.0, x1 + 52 + 6.5 * double(longest));
   std::string s = fmt::format(
       "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{0:.0f}\" height=\"{1:.0f}\" "
@@ -481,6 +485,62 @@ std::string curves_svg(const std::string& title, const std::string& xlabel,
   }
   s += "</svg>\n";
   return s;
+}
+
+std::vector<CurveSeries> training_log_curves(const std::string& json_text, const std::string& label,
+                                             const std::vector<std::string>& which, int smooth,
+                                             const std::string& source) {
+  MINFER_CHECK(smooth >= 1, "{}: smoothing over {} steps (must be >= 1)", source, smooth);
+  nlohmann::json log;
+  try {
+    log = nlohmann::json::parse(json_text);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(fmt::format("{}: not JSON ({})", source, e.what()));
+  }
+  MINFER_CHECK(log.is_object() && log.contains("steps") && log["steps"].is_array() &&
+                   log.contains("eval") && log["eval"].is_array(),
+               "{}: not a distill training log (expected an object with 'steps' and 'eval' arrays)",
+               source);
+  auto number = [&](const nlohmann::json& entry, const char* key, const char* array) {
+    MINFER_CHECK(entry.is_object() && entry.contains(key) && entry[key].is_number(),
+                 "{}: an entry of '{}' has no number '{}'", source, array, key);
+    return entry[key].get<double>();
+  };
+  double alpha = 0.5;
+  if (log.contains("options") && log["options"].is_object() && log["options"].contains("alpha") &&
+      log["options"]["alpha"].is_number())
+    alpha = log["options"]["alpha"].get<double>();
+  std::vector<CurveSeries> out;
+  for (const std::string& w : which) {
+    CurveSeries c;
+    if (w == "eval") {
+      c.name = label + " eval";
+      for (const auto& e : log["eval"]) {
+        const bool encoder = e.is_object() && !e.contains("nll") && e.contains("mse");
+        c.points.emplace_back(number(e, "step", "eval"),
+                              number(e, encoder ? "mse" : "nll", "eval"));
+        if (encoder) c.name = label + " eval MSE";
+      }
+      if (c.name == label + " eval") c.name = label + " eval NLL";
+    } else if (w == "loss" || w == "kd" || w == "ce") {
+      if ((w == "kd" && alpha == 0) || (w == "ce" && alpha == 1)) continue;
+      c.name = label + (w == "loss" ? " loss" : w == "kd" ? " KD" : " train CE");
+      if (smooth > 1) c.name += fmt::format(" (mean of {})", smooth);
+      std::vector<double> ys;
+      for (const auto& e : log["steps"]) {
+        ys.push_back(number(e, w.c_str(), "steps"));
+        const size_t n = std::min(ys.size(), size_t(smooth));
+        double sum = 0;
+        for (size_t i = ys.size() - n; i < ys.size(); ++i) sum += ys[i];
+        c.points.emplace_back(number(e, "step", "steps"), sum / double(n));
+      }
+    } else {
+      throw Error(
+          fmt::format("{}: unknown series '{}' (expected loss, kd, ce or eval)", source, w));
+    }
+    out.push_back(std::move(c));
+  }
+  return out;
 }
 
 std::string bench_svg(const BenchReport& r) {

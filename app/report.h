@@ -100,6 +100,18 @@ struct CurveSeries {
 std::string curves_svg(const std::string& title, const std::string& xlabel,
                        const std::string& ylabel, const std::vector<CurveSeries>& series);
 
+// The curves of a `distill` training log (training_log.json: its "steps" and "eval" arrays), one
+// series per entry of `which`, named "<label> <what>":
+//   "loss" (the training loss), "kd" (the KL part, before α·T²), "ce" (training cross-entropy),
+//   per optimizer step, each the trailing mean of the last `smooth` (>= 1) steps; "kd" is left
+//   out when the run's alpha is 0 and "ce" when it is 1 (the log holds zeros there);
+//   "eval": the held-out NLL at each evaluation (an encoder log: the held-out embedding MSE).
+// `source` names the log in errors. Throws for text that is not JSON, a log without these arrays
+// or with a value that is not a number, an unknown series name, or smooth < 1.
+std::vector<CurveSeries> training_log_curves(const std::string& json_text, const std::string& label,
+                                             const std::vector<std::string>& which, int smooth,
+                                             const std::string& source);
+
 // Writes `path.tmp` then renames it over `path`, so a reader never sees half a file.
 void write_file_atomic(const std::string& path, const std::string& content);
 

@@ -370,6 +370,46 @@ TEST_CASE("train report: the curves plot draws every series and refuses an empty
                     doctest::Contains("no finite point"));
 }
 
+TEST_CASE("train report: the curves of distill logs (train-curves) and their input errors") {
+  // A real log: CE only (alpha 0), evaluations at steps 0, 2 and 4.
+  auto be = make_cpu_backend(1);
+  auto teacher = load_model(kLlama, *be);
+  DistillOptions o = test::tiny_distill("init:layers=1", 4, 2, 1, 1, 3);
+  o.loss.alpha = 0.f;
+  o.eval_every = 2;
+  const DistillResult r =
+      distill(*teacher, nullptr, random_ids(200, 101, 1), "ids", random_ids(60, 101, 2), o, {});
+  REQUIRE(r.evals.size() == 3);
+  const auto c = training_log_curves(r.log.dump(), "CE", {"eval", "kd", "ce"}, 2, "log");
+  REQUIRE(c.size() == 2);  // no KD series for a CE-only run
+  CHECK(c[0].name == "CE eval NLL");
+  REQUIRE(c[0].points.size() == 3);
+  CHECK(c[0].points[0].first == 0);
+  CHECK(c[0].points[2].second == r.evals[2].nll);
+  CHECK(c[1].name == "CE train CE (mean of 2)");
+  REQUIRE(c[1].points.size() == 4);
+  CHECK(c[1].points[0].second == doctest::Approx(r.steps[0].ce));
+  CHECK(c[1].points[3].second == doctest::Approx((r.steps[2].ce + r.steps[3].ce) / 2));
+  CHECK(curves_svg("t", "step", "nats", c).find(">CE eval NLL</text>") != std::string::npos);
+  // An encoder log's evaluations are MSEs.
+  const auto e = training_log_curves(R"({"steps": [], "eval": [{"step": 0, "mse": 0.5}]})", "B",
+                                     {"eval"}, 1, "log");
+  CHECK(e[0].name == "B eval MSE");
+  CHECK(e[0].points[0].second == 0.5);
+  // Bad input: named, never a raw JSON exception.
+  CHECK_THROWS_WITH(training_log_curves("{", "x", {"eval"}, 1, "--log a.json"),
+                    doctest::Contains("--log a.json: not JSON"));
+  CHECK_THROWS_WITH(training_log_curves("[1]", "x", {"eval"}, 1, "--log a.json"),
+                    doctest::Contains("not a distill training log"));
+  CHECK_THROWS_WITH(training_log_curves(R"({"steps": [{"step": 1}], "eval": []})", "x", {"loss"}, 1,
+                                        "--log a.json"),
+                    doctest::Contains("no number 'loss'"));
+  CHECK_THROWS_WITH(training_log_curves(r.log.dump(), "x", {"ppl"}, 1, "--log a.json"),
+                    doctest::Contains("unknown series 'ppl'"));
+  CHECK_THROWS_WITH(training_log_curves(r.log.dump(), "x", {"ce"}, 0, "--log a.json"),
+                    doctest::Contains("smoothing over 0 steps"));
+}
+
 TEST_CASE("train distill: a student initialised from a quantized GGUF teacher reproduces it") {
   // Q8_0 weights, Q/K rows permuted in the file for llama.cpp's RoPE, untied head: the student
   // takes the teacher's weights through the format table, so with every layer kept its logits

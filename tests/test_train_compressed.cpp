@@ -206,11 +206,42 @@ TEST_CASE("train compressed: a low-rank student trains its factors, W stays rank
                            nullptr, int(std::max(out, inf)), nullptr, int(inf)) == 0);
     CHECK(s[size_t(r)] <= 1e-5f * s[0]);  // singular values beyond r are rounding
   }
-  // Checkpoints of a low-rank student are refused, not half-saved.
+  // Resume: the checkpoint holds the factors and their AdamW moments (factors.safetensors); a run
+  // stopped at step 2 and resumed writes the uninterrupted run's weights bit for bit.
   DistillOptions o = opts(dir);
   o.checkpoint = tmp / "ck";
-  CHECK_THROWS_WITH(distill(*teacher, nullptr, ids, "ids", {}, o, tmp / "out2"),
-                    doctest::Contains("checkpoints of a low-rank student"));
+  o.stop_at = 2;
+  CHECK_FALSE(distill(*teacher, nullptr, ids, "ids", {}, o, tmp / "out2").finished);
+  {
+    auto fck = SafetensorsFile::open(tmp / "ck/factors.safetensors");
+    CHECK(fck->tensors().size() == 14 * 2 * 3);  // U, V and their two moments
+  }
+  o.stop_at = 0;
+  o.checkpoint.clear();
+  o.resume = tmp / "ck";
+  const DistillResult res2 = distill(*teacher, nullptr, ids, "ids", {}, o, tmp / "out2");
+  REQUIRE(res2.finished);
+  CHECK(res2.steps.front().step == 3);
+  CHECK(res2.steps.back().loss == res.steps.back().loss);
+  {
+    auto a = SafetensorsFile::open(tmp / "out/model.safetensors");
+    auto b = SafetensorsFile::open(tmp / "out2/model.safetensors");
+    REQUIRE(a->tensors().size() == b->tensors().size());
+    int same = 0;
+    for (const auto& kv : a->tensors()) {
+      CAPTURE(kv.first);
+      const Tensor& u = b->get(kv.first);
+      REQUIRE(u.nbytes() == kv.second.nbytes());
+      CHECK(std::memcmp(u.raw(), kv.second.raw(), u.nbytes()) == 0);
+      ++same;
+    }
+    CHECK(same == int(a->tensors().size()));
+  }
+  // The checkpoint resumed as a plain (not low-rank) student is refused, naming the file.
+  DistillOptions plain = test::tiny_distill("init", 4, 2, 1, 1, 3);
+  plain.resume = tmp / "ck";
+  CHECK_THROWS_WITH(distill(*teacher, nullptr, ids, "ids", {}, plain, tmp / "out3"),
+                    doctest::Contains("factors.safetensors"));
 }
 
 namespace {

@@ -6,15 +6,19 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "engine/backend.h"
 #include "engine/config.h"
 #include "engine/linear.h"
 #include "engine/safetensors.h"
+#include "engine/weights.h"
 #include "models/loader.h"
 #include "tests/test_util.h"
 #include "tests/train_test_util.h"
@@ -23,6 +27,7 @@
 #include "train/gpt2_train.h"
 #include "train/loss.h"
 #include "train/optim.h"
+#include "train/qat.h"
 
 using namespace minfer;
 using namespace minfer::train;
@@ -389,5 +394,257 @@ TEST_CASE(
     LoadedModel back = open_model(tmp / "b", *be, false);
     CHECK(back.model->config().arch == Arch::Bert);
     CHECK(linear_format(*back.model->linears()[0]) == "int8");
+  }
+}
+
+namespace {
+
+std::vector<int32_t> ints_of(const Tensor& t) {
+  REQUIRE(t.dtype() == DType::I32);
+  return std::vector<int32_t>(t.data<int32_t>(), t.data<int32_t>() + t.numel());
+}
+
+// max |a − ref| / max |ref| over one tensor; ref_max returns max |ref|.
+double rel_err_of(const float* a, const Tensor& ref, double* ref_max) {
+  const float* r = ref.data<float>();
+  double diff = 0, mx = 0;
+  for (int64_t i = 0; i < ref.numel(); ++i) {
+    diff = std::max(diff, std::abs(double(a[i]) - r[i]));
+    mx = std::max(mx, std::abs(double(r[i])));
+  }
+  *ref_max = mx;
+  return diff / std::max(mx, 1e-30);
+}
+
+// The student of `kind` ("lora": rank 2, alpha 4 on every block projection; "qat": int4-g32 with
+// LSQ) loaded from the parity folder, its adapters / scales set to the reference's
+// (qat_lora_students.safetensors, make_qat_lora_students.py), run on the reference batch; every
+// gradient the reference holds is compared. Returns {tensors compared, worst relative error}.
+template <typename M>
+std::pair<int, double> check_mods_against_torch(const std::string& dir, const std::string& arch,
+                                                const std::string& kind,
+                                                const std::vector<std::string>& targets) {
+  const ModelConfig cfg = load_config(dir + "/config.json");
+  auto ref = SafetensorsFile::open("tests/fixtures/train/qat_lora_students.safetensors");
+  TrainMods mods;
+  if (kind == "lora") {
+    mods.lora.rank = 2;
+    mods.lora.alpha = 4;
+    mods.lora.targets = targets;
+  } else {
+    mods.qat = parse_qat("int4-g32");
+    mods.qat->lsq = true;
+  }
+  M m(cfg, mods);
+  m.load(SafetensorsSource(WeightStore::open(dir)));
+  const std::string tag = arch + "." + kind;
+  int set = 0;
+  m.params().walk([&](const ParamTensor& p, float* w, float*, float*, float*) {
+    const std::string n = tag + "." + p.name;
+    if (!ref->has(n)) return;
+    REQUIRE(size_t(ref->get(n).numel()) == p.numel);
+    std::memcpy(w, ref->get(n).data<float>(), p.numel * sizeof(float));
+    ++set;
+  });
+  // LoRA: A and B of every projection; QAT: one scale tensor per projection.
+  CHECK(set == (kind == "lora" ? 2 : 1) * int(m.projections().names().size()));
+  m.params().zero_grad();
+  double loss = 0;
+  if constexpr (std::is_same_v<M, TrainGpt2>) {
+    auto data = SafetensorsFile::open("tests/fixtures/train/gpt2_grads.safetensors");
+    const Tensor& ids_t = data->get("ids");
+    const int64_t B = ids_t.dim(0), T = ids_t.dim(1), N = B * T, V = cfg.vocab_size;
+    const std::vector<int32_t> ids = ints_of(ids_t), tg = ints_of(data->get("targets"));
+    const float* logits = m.forward(ids.data(), B, T);
+    std::vector<float> dl(size_t(N * V), 0.f);
+    loss = distill_loss(logits, data->get("teacher").data<float>(), tg.data(), N, V,
+                        {0.5f, 2.f, false}, dl.data())
+               .total;
+    m.backward(dl.data());
+  } else {
+    auto data = SafetensorsFile::open("tests/fixtures/train/bert_grads.safetensors");
+    const Tensor& ids_t = data->get("ids");
+    const int64_t B = ids_t.dim(0), T = ids_t.dim(1), N = B * T, C = cfg.hidden;
+    const std::vector<int32_t> ids = ints_of(ids_t), mask = ints_of(data->get("mask")),
+                               types = ints_of(data->get("types"));
+    const float* r = data->get("r").data<float>();
+    const float* h = m.forward(ids.data(), B, T, mask.data(), types.data());
+    std::vector<float> dh(size_t(N * C));
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t i = 0; i < C; ++i) {
+        dh[size_t(n * C + i)] = mask[size_t(n)] ? r[n * C + i] : 0.f;
+        loss += double(h[n * C + i]) * dh[size_t(n * C + i)];
+      }
+    m.backward(dh.data());
+  }
+  CHECK(loss == doctest::Approx(ref->get(tag + ".loss").data<float>()[0]).epsilon(1e-5));
+  // Tensors whose exact gradient is 0 (BERT's key bias: softmax is shift-invariant per row) hold
+  // rounding noise in PyTorch: checked to be ~0 on both sides, relative to the largest gradient.
+  double gmax = 0;
+  for (const ParamTensor& p : m.params().table()) {
+    const std::string n = "g." + tag + "." + p.name;
+    if (!ref->has(n)) continue;
+    const Tensor& g = ref->get(n);
+    for (int64_t i = 0; i < g.numel(); ++i)
+      gmax = std::max(gmax, double(std::abs(g.data<float>()[i])));
+  }
+  int checked = 0;
+  double worst = 0;
+  for (const ParamTensor& p : m.params().table()) {
+    const std::string n = "g." + tag + "." + p.name;
+    CAPTURE(n);
+    REQUIRE(ref->has(n));  // the reference has a gradient for every trainable tensor
+    const Tensor& g = ref->get(n);
+    REQUIRE(size_t(g.numel()) == p.numel);
+    const float* ours = m.params().grads().data() + p.offset;
+    double rmax = 0;
+    const double e = rel_err_of(ours, g, &rmax);
+    if (rmax < 1e-6 * gmax) {
+      double omax = 0;
+      for (size_t i = 0; i < p.numel; ++i) omax = std::max(omax, double(std::abs(ours[i])));
+      CHECK(omax < 1e-6 * gmax);
+    } else {
+      CHECK(e <= 1e-4);
+      worst = std::max(worst, e);
+    }
+    ++checked;
+  }
+  return {checked, worst};
+}
+
+}  // namespace
+
+TEST_CASE("train qat/lora gpt2/bert: whole-model gradients equal PyTorch autograd") {
+  const std::string gpt2 = kGpt2, bert = kBert;
+  const std::vector<std::string> gpt2_targets{"qkv", "o", "up", "down"},
+      bert_targets{"q", "k", "v", "o", "up", "down"};
+  // GPT-2, KD loss (α 0.5, τ 2). LoRA: A and B of 4 projections x 2 blocks.
+  int n = 0;
+  double worst = 0;
+  std::tie(n, worst) = check_mods_against_torch<TrainGpt2>(gpt2, "gpt2", "lora", gpt2_targets);
+  CHECK(n == 2 * 4 * 2);
+  MESSAGE("gpt2 lora: worst relative gradient error " << worst);
+  // QAT: every parameter (wte, wpe, ln_f: 4; 12 per block) and 4 scales per block.
+  std::tie(n, worst) = check_mods_against_torch<TrainGpt2>(gpt2, "gpt2", "qat", {});
+  CHECK(n == 4 + 2 * (12 + 4));
+  MESSAGE("gpt2 qat: worst relative gradient error " << worst);
+  // BERT, Σ hidden · r over the real tokens of a padded batch. LoRA: 6 projections x 2 blocks.
+  std::tie(n, worst) = check_mods_against_torch<TrainBert>(bert, "bert", "lora", bert_targets);
+  CHECK(n == 2 * 6 * 2);
+  MESSAGE("bert lora: worst relative gradient error " << worst);
+  // QAT: embeddings (3 + LayerNorm 2), 16 per block and 6 scales per block.
+  std::tie(n, worst) = check_mods_against_torch<TrainBert>(bert, "bert", "qat", {});
+  CHECK(n == 5 + 2 * (16 + 6));
+  MESSAGE("bert qat: worst relative gradient error " << worst);
+}
+
+namespace {
+
+// Every tensor of every .safetensors file of folder a equals folder b's, byte for byte; returns
+// the number of tensors compared.
+int same_folder_tensors(const fs::path& a, const fs::path& b) {
+  int compared = 0;
+  for (const auto& e : fs::directory_iterator(a)) {
+    if (e.path().extension() != ".safetensors") continue;
+    CAPTURE(e.path().string());
+    auto fa = SafetensorsFile::open(e.path().string());
+    auto fb = SafetensorsFile::open((b / e.path().filename()).string());
+    REQUIRE(fa->tensors().size() == fb->tensors().size());
+    for (const auto& kv : fa->tensors()) {
+      CAPTURE(kv.first);
+      const Tensor& u = fb->get(kv.first);
+      REQUIRE(u.nbytes() == kv.second.nbytes());
+      CHECK(std::memcmp(u.raw(), kv.second.raw(), kv.second.nbytes()) == 0);
+      ++compared;
+    }
+  }
+  return compared;
+}
+
+// Random encoder lines: [CLS]=2, 2..9 ids in 4..102, [SEP]=3.
+std::vector<std::vector<int32_t>> bert_lines(int n, uint64_t seed) {
+  std::vector<std::vector<int32_t>> lines;
+  for (int i = 0; i < n; ++i) {
+    auto s = test::random_ids(size_t(2 + i % 8), 99, seed * 1000 + uint64_t(i));
+    for (int32_t& x : s) x += 4;
+    s.insert(s.begin(), 2);
+    s.push_back(3);
+    lines.push_back(s);
+  }
+  return lines;
+}
+
+// `o` run uninterrupted to tmp/a, and stopped at step 3 (checkpoint tmp/ck) then resumed to tmp/b:
+// the same last loss and evaluation, and every output tensor bit-identical. Returns the number of
+// tensors compared.
+int check_resume_mods(Model& teacher, const DistillOptions& o, const test::TempDir& tmp) {
+  const bool causal = teacher.config().causal();
+  const int64_t V = teacher.config().vocab_size;
+  const auto ids = test::random_ids(300, int32_t(V), 1),
+             eval = test::random_ids(100, int32_t(V), 2);
+  const auto lines = bert_lines(24, 1), eval_lines = bert_lines(8, 2);
+  auto run = [&](const DistillOptions& oo, const fs::path& out) {
+    return causal ? distill(teacher, nullptr, ids, "ids", eval, oo, out)
+                  : distill_encoder(teacher, nullptr, lines, "lines", eval_lines, oo, out);
+  };
+  const DistillResult a = run(o, tmp / "a");
+  REQUIRE(a.finished);
+  DistillOptions o1 = o;
+  o1.checkpoint = tmp / "ck";
+  o1.stop_at = 3;
+  CHECK_FALSE(run(o1, tmp / "b").finished);
+  CHECK_FALSE(fs::exists(tmp.path / "b"));
+  DistillOptions o2 = o;
+  o2.resume = tmp / "ck";
+  const DistillResult b = run(o2, tmp / "b");
+  REQUIRE(b.finished);
+  CHECK(b.steps.front().step == 4);
+  CHECK(b.steps.back().loss == a.steps.back().loss);
+  REQUIRE(!a.evals.empty());
+  REQUIRE(!b.evals.empty());
+  if (causal) {
+    CHECK(b.evals.back().ppl == a.evals.back().ppl);
+  } else {
+    CHECK(b.evals.back().cos == a.evals.back().cos);
+    CHECK(b.evals.back().mse == a.evals.back().mse);
+  }
+  return same_folder_tensors(tmp.path / "a", tmp.path / "b");
+}
+
+}  // namespace
+
+TEST_CASE(
+    "train distill gpt2/bert: resumed QAT and LoRA runs are bit-identical to uninterrupted ones") {
+  auto be = make_cpu_backend(1);
+  for (const char* path : {kGpt2, kBert}) {
+    const std::string model = path;
+    const bool gpt2 = model == kGpt2;
+    CAPTURE(model);
+    LoadedModel t = open_model(path, *be, false);
+    {  // QAT int4-g32 with learned scales: the latent weights, scales and moments travel.
+      test::TempDir tmp("mods-resume-qat");
+      DistillOptions o = test::tiny_distill("init", 6, 2, 2, 2, 5);
+      if (!gpt2) o.seq = 12;
+      o.qat = "int4-g32";
+      o.qat_lsq = true;
+      const int n = check_resume_mods(*t.model, o, tmp);
+      MESSAGE(model << " qat: " << n << " tensors identical");
+      // GPT-2: 4 + 2 x (4 quantized projections: codes + scales, 8 other tensors); BERT: 5 + 2 x
+      // (6 x 2, 10 other tensors).
+      CHECK(n == (gpt2 ? 4 + 2 * (4 * 2 + 8) : 5 + 2 * (6 * 2 + 10)));
+    }
+    {  // LoRA on every target, adapters kept: the frozen base is rebuilt from the student spec.
+      test::TempDir tmp("mods-resume-lora");
+      DistillOptions o = test::tiny_distill("init", 6, 2, 2, 2, 5);
+      if (!gpt2) o.seq = 12;
+      o.lora.rank = 2;
+      o.lora.alpha = 4;
+      o.lora.targets = gpt2 ? std::vector<std::string>{"qkv", "o", "up", "down"}
+                            : std::vector<std::string>{"q", "k", "v", "o", "up", "down"};
+      const int n = check_resume_mods(*t.model, o, tmp);
+      MESSAGE(model << " lora: " << n << " tensors identical");
+      // The f32 base (GPT-2: 4 + 2 x 12; BERT: 5 + 2 x 16) and A, B of every target.
+      CHECK(n == (gpt2 ? 4 + 2 * 12 + 2 * 4 * 2 : 5 + 2 * 16 + 2 * 6 * 2));
+    }
   }
 }

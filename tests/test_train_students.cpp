@@ -302,6 +302,64 @@ TEST_CASE("train distill bert: the embedding loss's gradient equals finite diffe
   }
 }
 
+TEST_CASE("train distill bert: the embedding loss's whole-model gradients equal PyTorch autograd") {
+  // tests/fixtures/train/make_encoder_loss.py: the padded batch of bert_grads.safetensors, mean and
+  // CLS pooling, MSE against a fixed random target (sentence-transformers' MSELoss).
+  const ModelConfig cfg = load_config(std::string(kBert) + "/config.json");
+  auto ref = SafetensorsFile::open("tests/fixtures/train/encoder_loss_grads.safetensors");
+  auto batch = SafetensorsFile::open("tests/fixtures/train/bert_grads.safetensors");
+  const Tensor& ids_t = batch->get("ids");
+  const int64_t B = ids_t.dim(0), T = ids_t.dim(1);
+  const std::vector<int32_t> ids(ids_t.data<int32_t>(), ids_t.data<int32_t>() + B * T);
+  const Tensor& mask_t = batch->get("mask");
+  const std::vector<int32_t> mask(mask_t.data<int32_t>(), mask_t.data<int32_t>() + B * T);
+  const float* target = ref->get("target").data<float>();
+  for (const bool cls : {false, true}) {
+    const std::string pool = cls ? "cls" : "mean";
+    CAPTURE(pool);
+    TrainBert st(cfg);
+    st.load(SafetensorsSource(WeightStore::open(kBert)));
+    st.params().zero_grad();
+    const double loss =
+        embedding_mse_step(st, ids.data(), mask.data(), B, T, target, cls, 1.f, true);
+    CHECK(loss == doctest::Approx(ref->get(pool + ".loss").data<float>()[0]).epsilon(1e-5));
+    // Exactly-zero gradients (the key biases: softmax is shift-invariant per row) are rounding
+    // noise in PyTorch: checked to be ~0 on both sides, relative to the largest gradient.
+    double gmax = 0;
+    for (const ParamTensor& p : st.params().table()) {
+      const Tensor& g = ref->get("g." + pool + "." + p.name);
+      for (int64_t i = 0; i < g.numel(); ++i)
+        gmax = std::max(gmax, double(std::abs(g.data<float>()[i])));
+    }
+    double worst = 0;
+    int checked = 0, zero = 0;
+    for (const ParamTensor& p : st.params().table()) {
+      CAPTURE(p.name);
+      const Tensor& g = ref->get("g." + pool + "." + p.name);
+      REQUIRE(size_t(g.numel()) == p.numel);
+      const float* ours = st.params().grads().data() + p.offset;
+      double diff = 0, rmax = 0, omax = 0;
+      for (int64_t i = 0; i < g.numel(); ++i) {
+        diff = std::max(diff, std::abs(double(ours[i]) - g.data<float>()[i]));
+        rmax = std::max(rmax, double(std::abs(g.data<float>()[i])));
+        omax = std::max(omax, double(std::abs(ours[i])));
+      }
+      if (rmax < 1e-6 * gmax) {
+        CHECK(omax < 1e-6 * gmax);
+        ++zero;
+      } else {
+        CHECK(diff / rmax <= 1e-4);
+        worst = std::max(worst, diff / rmax);
+      }
+      ++checked;
+    }
+    CHECK(checked == 5 + 2 * 16);
+    CHECK(zero >= 2);  // at least the two key biases
+    MESSAGE("bert embedding loss (" << pool << " pooling): worst relative gradient error " << worst
+                                    << ", " << zero << " zero tensors");
+  }
+}
+
 TEST_CASE("train distill bert: the student learns the teacher's embeddings; embed opens it") {
   auto be = make_cpu_backend(1);
   test::TempDir tmp("distill-bert");

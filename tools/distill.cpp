@@ -71,7 +71,10 @@ int main(int argc, char** argv) {
   app.add_option("--data", data,
                  "training text file(s), e.g. ../shared/data/wikitext-2-raw/"
                  "wiki.valid.raw (optional with --generate)");
-  app.add_option("--out", out, "output model folder (written at the end, through a temp folder)")
+  app.add_option("--out", out,
+                 "output model folder (written at the end, through a temp folder), with "
+                 "training_log.json and training_curves.svg (several runs in one plot: "
+                 "train-curves --log A/training_log.json --log B/training_log.json)")
       ->required();
   app.add_option("--alpha", o.loss.alpha, "weight of the KD term in [0, 1] (0 = CE only)");
   app.add_option("--temperature", o.loss.tau, "softmax temperature T > 0 of the KD term");
@@ -92,9 +95,11 @@ int main(int argc, char** argv) {
   app.add_option("--weight-decay", o.adamw.weight_decay, "AdamW decoupled weight decay (matrices)");
   app.add_option("--clip", o.clip, "global gradient-norm clip (0 = off)");
   app.add_option("--seed", o.seed, "seed of the data order and of a random student init");
-  app.add_option("--eval-every", o.eval_every,
-                 "evaluate held-out perplexity (an encoder: cosine and MSE to the teacher) every N "
-                 "steps (and always at the end)")
+  app.add_option(
+         "--eval-every", o.eval_every,
+         "evaluate held-out perplexity (an encoder: cosine and MSE to the teacher) at step 0 of "
+         "a fresh run, every N steps and always at the end; each evaluation is printed as it "
+         "happens")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--eval-data", eval_data,
                  "held-out text (default: ../shared/data/wikitext-2-raw/wiki.test.raw if present; "
@@ -104,7 +109,8 @@ int main(int argc, char** argv) {
   app.add_option("--checkpoint", o.checkpoint,
                  "checkpoint folder (weights, AdamW state, data "
                  "position)");
-  app.add_option("--checkpoint-every", o.checkpoint_every, "write the checkpoint every N steps")
+  app.add_option("--checkpoint-every", o.checkpoint_every,
+                 "write the checkpoint (with the run's training_log.json so far) every N steps")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--resume", o.resume, "continue the run saved in this checkpoint folder");
   app.add_option("--stop-at", o.stop_at, "stop after this step, writing --checkpoint")

@@ -31,7 +31,8 @@ void restore(const SafetensorsFile& f, const std::string& name, const ParamTenso
 
 }  // namespace
 
-void save_checkpoint(const std::string& dir, const Student& m, const TrainerState& s) {
+void save_checkpoint(const std::string& dir, const Student& m, const TrainerState& s,
+                     const ParamStore* factors) {
   StagingDir tmp(dir, /*force=*/true);
   write_json_file(tmp.path() / "config.json", m.config_json());
   save_safetensors((tmp.path() / "model.safetensors").string(), m.named_weights(),
@@ -45,13 +46,24 @@ void save_checkpoint(const std::string& dir, const Student& m, const TrainerStat
     }
     save_safetensors((tmp.path() / "optimizer.safetensors").string(), opt);
   }
+  if (factors && !factors->table().empty()) {
+    std::vector<std::pair<std::string, Tensor>> fac;
+    for (const ParamTensor& p : factors->table()) {
+      fac.emplace_back(p.name, flat_copy(p, factors->weights().data() + p.offset));
+      if (!factors->m().empty()) {
+        fac.emplace_back("m." + p.name, flat_copy(p, factors->m().data() + p.offset));
+        fac.emplace_back("v." + p.name, flat_copy(p, factors->v().data() + p.offset));
+      }
+    }
+    save_safetensors((tmp.path() / "factors.safetensors").string(), fac);
+  }
   json st = {
       {"step", s.step}, {"data_position", s.data_position}, {"seed", s.seed}, {"options", s.extra}};
   write_json_file(tmp.path() / "trainer_state.json", st);
   tmp.commit();
 }
 
-TrainerState load_checkpoint(const std::string& dir, Student& m) {
+TrainerState load_checkpoint(const std::string& dir, Student& m, ParamStore* factors) {
   const fs::path d(dir);
   const fs::path sp = d / "trainer_state.json";
   std::ifstream in(sp);
@@ -80,6 +92,24 @@ TrainerState load_checkpoint(const std::string& dir, Student& m) {
     for (const ParamTensor& p : P.table()) {
       restore(*of, "m." + p.name, p, P.m().data() + p.offset);
       restore(*of, "v." + p.name, p, P.v().data() + p.offset);
+    }
+  }
+  const bool has_factors = factors && !factors->table().empty();
+  const fs::path ff = d / "factors.safetensors";
+  MINFER_CHECK(has_factors == fs::exists(ff),
+               "{}: the checkpoint {} factors.safetensors but the student is {} (resume with the "
+               "student the run was started with)",
+               dir, fs::exists(ff) ? "has" : "has no", has_factors ? "low-rank" : "not low-rank");
+  if (has_factors) {
+    auto f = SafetensorsFile::open(ff.string());
+    for (const ParamTensor& p : factors->table())
+      restore(*f, p.name, p, factors->weights().data() + p.offset);
+    if (f->has("m." + factors->table().front().name)) {
+      factors->allocate_moments();
+      for (const ParamTensor& p : factors->table()) {
+        restore(*f, "m." + p.name, p, factors->m().data() + p.offset);
+        restore(*f, "v." + p.name, p, factors->v().data() + p.offset);
+      }
     }
   }
   return s;

@@ -1,6 +1,8 @@
 // The distillation loop (distill.h).
 #include "train/distill.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -584,9 +586,6 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
     throw NotImplemented("--prune-schedule with a low-rank student");
   const std::vector<std::string> projections =
       llama ? llama->block_linears() : std::vector<std::string>{};
-  if (!factors.empty() && (!opt.checkpoint.empty() || !opt.resume.empty()))
-    throw NotImplemented(
-        "checkpoints of a low-rank student (the factors and their AdamW state are not saved yet)");
   const ModelConfig& sc = student->config();
   MINFER_CHECK(sc.vocab_size == tc.vocab_size,
                "student vocabulary ({} tokens) differs from the teacher's ({} tokens)",
@@ -619,7 +618,8 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
   state.seed = opt.seed;
   state.extra = options_json(opt);
   if (!opt.resume.empty()) {
-    state = load_checkpoint(opt.resume, *student);
+    state = load_checkpoint(opt.resume, *student, factors.empty() ? nullptr : &factors.params());
+    if (!factors.empty()) factors.materialize(student->params());
     for (const char* k : kResumeKeys)
       MINFER_CHECK(!state.extra.contains(k) || state.extra[k] == options_json(opt)[k],
                    "--resume {}: the checkpoint was made with {} = {}, this run has {} (a resumed "
@@ -649,12 +649,55 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
     DistillEval e = evaluate(*student, eval_ids, L, B, opt.eval_tokens);
     e.step = step;
     res.evals.push_back(e);
+    // Each evaluation on stderr as it happens, so a long run that is stopped still shows its
+    // curve (the progress bar's line is ended first on a terminal).
+    if (opt.progress)
+      std::fprintf(stderr, "%sdistill: eval step %lld: ppl %.3f (NLL %.4f) over %lld tokens\n",
+                   isatty(2) ? "\n" : "", (long long)step, e.ppl, e.nll, (long long)e.tokens);
   };
+  // The JSON log of the run so far (written with the output folder, and beside every checkpoint
+  // so that a stopped run keeps its curves).
+  auto make_log = [&] {
+    json steps = json::array(), evals = json::array();
+    for (const DistillStep& s : res.steps)
+      steps.push_back({{"step", s.step},
+                       {"lr", s.lr},
+                       {"loss", s.loss},
+                       {"kd", s.kd},
+                       {"ce", s.ce},
+                       {"grad_norm", s.grad_norm},
+                       {"tokens_per_s", s.tokens_per_s},
+                       {"sparsity", s.sparsity}});
+    for (const DistillEval& e : res.evals)
+      evals.push_back({{"step", e.step}, {"ppl", e.ppl}, {"nll", e.nll}, {"tokens", e.tokens}});
+    return json{{"options", options_json(opt)},
+                {"data", data_desc},
+                {"train_windows", windows},
+                {"generated_sequences", opt.generate},
+                {"student_params", student->params().numel()},
+                {"trainable_params", student->trainable_params()},
+                {"steps", steps},
+                {"eval", evals},
+                {"teacher_seconds", res.teacher_s},
+                {"student_seconds", res.student_s},
+                {"train_tokens", res.train_tokens},
+                {"grad_checkpoint", opt.grad_checkpoint},
+                {"activation_bytes", student->activation_bytes()},
+                {"ranks", P},
+                {"resumed_at_step", first},
+                {"fixed_zero_tensors", student->params().fixed_zeros().size()},
+                {"factored_linears", factors.size()}};
+  };
+  // The starting point (e.g. a pruned or fake-quantized student before any step) on the curve.
+  if (first == 0 && opt.eval_every > 0) do_eval(0);
   Progress bar("distill", last - first, opt.progress && writer);
   for (int64_t step = first; step < last; ++step) {
     const double t0 = now_s();
     double teacher_s = 0;
     student->params().zero_grad();
+    // A low-rank student's factor gradients are summed from dW by pull_grads (+=): zeroed per step
+    // like every other gradient (before, each step's update used the sum over all steps so far).
+    if (!factors.empty()) factors.params().zero_grad();
     LossParts acc;
     const bool prune_now = prune.due(step + 1);
     InputSqSums col_sq;  // Wanda: Σx² of every projection's inputs over this step's rows
@@ -744,8 +787,11 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
     if (opt.eval_every > 0 && state.step % opt.eval_every == 0 && state.step < opt.steps)
       do_eval(state.step);
     if (writer && !opt.checkpoint.empty() && opt.checkpoint_every > 0 &&
-        state.step % opt.checkpoint_every == 0)
-      save_checkpoint(opt.checkpoint, *student, state);
+        state.step % opt.checkpoint_every == 0) {
+      save_checkpoint(opt.checkpoint, *student, state,
+                      factors.empty() ? nullptr : &factors.params());
+      write_json_file(fs::path(opt.checkpoint) / "training_log.json", make_log());
+    }
     bar.update(step + 1 - first,
                fmt::format("loss {:.3f} (kd {:.3f} ce {:.3f}) {:.0f} tok/s{}", acc.total, acc.kd,
                            acc.ce, ds.tokens_per_s,
@@ -756,39 +802,16 @@ DistillResult distill(Model& teacher, const Tokenizer* tok, const std::vector<in
   res.activation_bytes = student->activation_bytes();
   res.ranks = P;
   if (!res.finished) {
-    if (writer) save_checkpoint(opt.checkpoint, *student, state);
+    if (writer) {
+      save_checkpoint(opt.checkpoint, *student, state,
+                      factors.empty() ? nullptr : &factors.params());
+      write_json_file(fs::path(opt.checkpoint) / "training_log.json", make_log());
+    }
   } else {
     do_eval(state.step);
   }
 
-  json steps = json::array(), evals = json::array();
-  for (const DistillStep& s : res.steps)
-    steps.push_back({{"step", s.step},
-                     {"lr", s.lr},
-                     {"loss", s.loss},
-                     {"kd", s.kd},
-                     {"ce", s.ce},
-                     {"grad_norm", s.grad_norm},
-                     {"tokens_per_s", s.tokens_per_s},
-                     {"sparsity", s.sparsity}});
-  for (const DistillEval& e : res.evals)
-    evals.push_back({{"step", e.step}, {"ppl", e.ppl}, {"nll", e.nll}, {"tokens", e.tokens}});
-  res.log = {{"options", options_json(opt)},
-             {"data", data_desc},
-             {"train_windows", windows},
-             {"generated_sequences", opt.generate},
-             {"student_params", student->params().numel()},
-             {"trainable_params", student->trainable_params()},
-             {"steps", steps},
-             {"eval", evals},
-             {"teacher_seconds", res.teacher_s},
-             {"student_seconds", res.student_s},
-             {"train_tokens", res.train_tokens},
-             {"grad_checkpoint", opt.grad_checkpoint},
-             {"activation_bytes", res.activation_bytes},
-             {"ranks", P},
-             {"fixed_zero_tensors", student->params().fixed_zeros().size()},
-             {"factored_linears", factors.size()}};
+  res.log = make_log();
 
   if (writer && res.finished && !out.empty())
     save_student(*student, teacher, tok, opt, out, res.log);
