@@ -213,32 +213,72 @@ Linear quantize_gptq(const Linear& l, const QuantSpec& spec, const std::vector<f
 
   std::vector<int> codes(size_t(N * K));
   std::vector<double> err(size_t(N * B));
-  for (int64_t i1 = 0; i1 < K; i1 += B) {
-    const int64_t i2 = std::min(K, i1 + B), nb = i2 - i1;
+  const int rounds = opt.refit_scales ? opt.refit_rounds : 1;
+  MINFER_CHECK(rounds >= 1 && rounds <= 16, "gptq '{}': refit rounds must be in 1..16, got {}",
+               l.name, rounds);
+  const std::vector<double> Wstart = rounds > 1 ? W : std::vector<double>();
+  // The refit's objective (w0 − ŵ)(XᵀX + λI)(w0 − ŵ)ᵀ summed over rows, of codes and scales.
+  auto objective = [&]() {
+    std::vector<double> D(size_t(N * K)), P(size_t(N * K));
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k)
+        D[size_t(n * K + k)] = W0[size_t(n * K + k)] - double(scales[size_t(n * groups + k / G)]) *
+                                                           double(codes[size_t(n * K + k)]);
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(K), int(K), 1.0, D.data(),
+                int(K), H0.data(), int(K), 0.0, P.data(), int(K));
+    double e = 0;
+    for (size_t i = 0; i < D.size(); ++i) e += D[i] * P[i];
+    return e;
+  };
+  std::vector<int> best_codes;
+  std::vector<float> best_scales;
+  double best = 0;
+  for (int round = 0; round < rounds; ++round) {
+    // Later rounds sweep again from the original weights with the refitted scales held fixed
+    // (and the zero points of round 0), then refit again: alternating minimization of the
+    // objective over codes (GPTQ's greedy sweep) and scales (least squares); the best round is
+    // kept, so more rounds never end above one.
+    if (round > 0) W = Wstart;
+    const bool fit_in_sweep = round == 0 && !opt.act_order;
+    for (int64_t i1 = 0; i1 < K; i1 += B) {
+      const int64_t i2 = std::min(K, i1 + B), nb = i2 - i1;
 #pragma omp parallel for if (N * K >= (1 << 16))
-    for (int64_t n = 0; n < N; ++n) {
-      double* w = W.data() + n * K;
-      for (int64_t i = i1; i < i2; ++i) {
-        const int64_t col = perm[size_t(i)];
-        if (!opt.act_order && i % G == 0) fit_group(w + i, n, i / G, i, std::min(K, i + G) - i);
-        const size_t at = size_t(n * groups + col / G);
-        const float s = scales[at];
-        // q: the signed code (asymmetric: u − z), so that the value is s · q in every case.
-        const int q = asym        ? code_asym(w[i], qm::AsymParams{s, zeros[at]}) - zeros[at]
-                      : kind == 8 ? qm::quantize_sym(float(w[i]), s, 127)
-                                  : code_of(w[i], s, kind);
-        codes[size_t(n * K + col)] = q;
-        const double e = (w[i] - double(s) * double(q)) / R[size_t(i * K + i)];
-        for (int64_t j = i + 1; j < i2; ++j) w[j] -= e * R[size_t(i * K + j)];
-        err[size_t(n * nb + (i - i1))] = e;
+      for (int64_t n = 0; n < N; ++n) {
+        double* w = W.data() + n * K;
+        for (int64_t i = i1; i < i2; ++i) {
+          const int64_t col = perm[size_t(i)];
+          if (fit_in_sweep && i % G == 0) fit_group(w + i, n, i / G, i, std::min(K, i + G) - i);
+          const size_t at = size_t(n * groups + col / G);
+          const float s = scales[at];
+          // q: the signed code (asymmetric: u − z), so that the value is s · q in every case.
+          const int q = asym        ? code_asym(w[i], qm::AsymParams{s, zeros[at]}) - zeros[at]
+                        : kind == 8 ? qm::quantize_sym(float(w[i]), s, 127)
+                                    : code_of(w[i], s, kind);
+          codes[size_t(n * K + col)] = q;
+          const double e = (w[i] - double(s) * double(q)) / R[size_t(i * K + i)];
+          for (int64_t j = i + 1; j < i2; ++j) w[j] -= e * R[size_t(i * K + j)];
+          err[size_t(n * nb + (i - i1))] = e;
+        }
+      }
+      if (i2 < K)  // lazy batch: W[:, i2:] -= Err · R[i1:i2, i2:]
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(K - i2), int(nb), -1.0,
+                    err.data(), int(nb), R.data() + i1 * K + i2, int(K), 1.0, W.data() + i2,
+                    int(K));
+    }
+    if (opt.refit_scales) refit_group_scales(W0, H0, codes, N, K, G, scales);
+    if (rounds > 1) {
+      const double e = objective();
+      if (round == 0 || e < best) {
+        best = e;
+        best_codes = codes;
+        best_scales = scales;
       }
     }
-    if (i2 < K)  // lazy batch: W[:, i2:] -= Err · R[i1:i2, i2:]
-      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(K - i2), int(nb), -1.0,
-                  err.data(), int(nb), R.data() + i1 * K + i2, int(K), 1.0, W.data() + i2, int(K));
   }
-
-  if (opt.refit_scales) refit_group_scales(W0, H0, codes, N, K, G, scales);
+  if (rounds > 1) {
+    codes.swap(best_codes);
+    scales.swap(best_scales);
+  }
 
   Quantized q;
   q.scheme = scheme;

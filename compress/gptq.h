@@ -25,7 +25,9 @@
 //     already quantized, not through the float model (the paper's §"true-sequential" at the
 //     block level); the per-Linear algorithm here is unchanged.
 //   refit_scales (-refit): after the sweep the codes stay and each row's group scales are
-//     refitted jointly by least squares on the same objective (refit_group_scales below).
+//     refitted jointly by least squares on the same objective (refit_group_scales below);
+//     -refit<R>: R rounds, each later round a new sweep from the original weights with the
+//     refitted scales fixed, then a refit (alternating minimization; the best round is kept).
 #pragma once
 #include <vector>
 
@@ -39,6 +41,8 @@ struct GptqOptions {
   bool act_order = false;     // columns by descending diag(H), static group scales
   bool clip_search = false;   // group scales by the weighted scale search (int4 / int3)
   bool refit_scales = false;  // after the sweep, each row's group scales by least squares
+  int refit_rounds = 1;       // with refit_scales: sweep + refit rounds, later sweeps with the
+                              // refitted scales fixed; the round of least objective is kept
 };
 
 // Least-squares refit of the group scales to fixed codes (GPTQ `-refit`): for each row n, the

@@ -7,7 +7,7 @@
 //           | prune '-' (<pct> | N:M) ('-' scope)?   e.g. "wanda-50", "magnitude-30-layer",
 //                                            "wanda-2:4" (compress/prune.h)
 //   option := g<N> | asym | dq | tensor | row | static | dynamic | clip | act | sq | awq | seq
-//           | refit
+//           | refit | refit<R>
 //                                            (only those the method takes), e.g. "int4-clip",
 //                                            "int3-gptq-act", "w8a8-static-sq"
 //           | <number>                 structured pruning amount: "ffn-20", "heads-40", "layers-4"
@@ -99,7 +99,7 @@ struct MethodSpec {
   bool smooth = false;          // w8a8-static: SmoothQuant scaling (-sq)
   bool awq_scales = false;      // -gptq: AWQ's channel scales searched and folded first (-awq)
   bool sequential = false;      // -gptq: true-sequential calibration, block by block (-seq)
-  bool refit = false;  // -gptq: group scales refitted to the codes by least squares (-refit)
+  int refit = 0;       // -gptq: rounds of least-squares scale refit (-refit: 1, -refit<R>: R)
   double alpha = -1;   // SmoothQuant α (-1 = 0.5), AWQ α (-1 = grid search); [0, 1]
   double damp = 0.01;  // GPTQ dampening λ / mean(diag H), (0, 1)
 

@@ -214,6 +214,11 @@ TEST_CASE("gptq: -refit keeps the codes, lowers the output error, and its scales
     CHECK(eb < ea);
     // Also on the undamped objective the test measures elsewhere.
     CHECK(output_error(w, wb, x) < output_error(w, wa, x));
+    // More rounds (sweeps with the refitted scales fixed, each refitted again): never above one.
+    o.refit_rounds = 3;
+    const double e3 = damped_error(w, dequantize_weight(quantize_gptq(l, q, g, o)), g, o.damp);
+    CAPTURE(e3);
+    CHECK(e3 <= eb * (1 + 1e-9));
     // Optimal: moving any one scale by ±0.5 % raises the objective (a stationary minimum; the
     // gradient of a quadratic vanishes there, so the change is second order and positive).
     for (int64_t i = 0; i < b.scales.numel(); i += 7) {
@@ -263,6 +268,12 @@ TEST_CASE("gptq: refit_group_scales against the closed form, zero groups, bad si
   // The method suffix: GPTQ only.
   CHECK(compress_spec_name(compress_spec_from_name("int4-gptq-asym-act-clip-refit-seq")) ==
         "int4-gptq-g128-asym-act-clip-refit-seq");
+  CHECK(compress_spec_name(compress_spec_from_name("int4-gptq-refit3")) == "int4-gptq-g128-refit3");
+  CHECK(compress_spec_from_name("int4-gptq-refit3").last().refit == 3);
+  CHECK_THROWS_WITH_AS(compress_spec_from_name("int4-gptq-refit0"), doctest::Contains("1..16"),
+                       Error);
+  CHECK_THROWS_WITH_AS(compress_spec_from_name("int4-gptq-refit17"), doctest::Contains("1..16"),
+                       Error);
   CHECK_THROWS_WITH_AS(compress_spec_from_name("int4-refit"), doctest::Contains("GPTQ"), Error);
   CHECK_THROWS_WITH_AS(compress_spec_from_name("int4-awq-refit"), doctest::Contains("GPTQ"), Error);
 }

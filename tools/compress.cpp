@@ -153,7 +153,7 @@ int main(int argc, char** argv) {
     if (clip_search) last.clip_search = true;
     if (act_order) last.act_order = true;
     if (true_sequential) last.sequential = true;
-    if (refit) last.refit = true;
+    if (refit && last.refit == 0) last.refit = 1;
     if (damp_pct != -1) {
       MINFER_CHECK(std::isfinite(damp_pct) && damp_pct > 0 && damp_pct < 100,
                    "--damp: percent of mean diag(XtX) in (0, 100), got {}", damp_pct);
