@@ -194,6 +194,8 @@ Linear apply_step(const Linear& l, const MethodSpec& s, const ActStats* stats) {
       o.damp = s.damp;
       o.act_order = s.act_order;
       o.clip_search = s.clip_search;
+      o.refit_scales = s.refit > 0;
+      o.refit_rounds = std::max(1, s.refit);
       return quantize_gptq(l, q, g->xtx, o);
     }
     return lowrank_factorize(l, s.lowrank, g ? &g->xtx : nullptr);

@@ -12,6 +12,81 @@
 
 namespace minfer {
 
+void refit_group_scales(const std::vector<double>& w, const std::vector<double>& h,
+                        const std::vector<int>& codes, int64_t N, int64_t K, int64_t G,
+                        std::vector<float>& scales) {
+  const int64_t groups = qm::ceil_div(K, G);
+  MINFER_CHECK(int64_t(w.size()) == N * K && int64_t(h.size()) == K * K &&
+                   int64_t(codes.size()) == N * K && int64_t(scales.size()) == N * groups,
+               "refit_group_scales: sizes W {}, H {}, codes {}, scales {} do not match [{}, {}] "
+               "with groups of {}",
+               w.size(), h.size(), codes.size(), scales.size(), N, K, G);
+  std::vector<double> C(size_t(N * K));
+  for (size_t i = 0; i < C.size(); ++i) C[i] = double(codes[i]);
+  // b[n, g] = Σ_{j∈g} c_nj (w_n H)_j;  A[n, g, h] = Σ_{j∈g} c_nj (C[:, h] H[h, :])_nj.
+  std::vector<double> P(size_t(N * K));
+  std::vector<double> A(size_t(N * groups * groups)), b(size_t(N * groups));
+  auto accumulate = [&](int64_t h) {  // from P (h < 0: b, else column h of A)
+#pragma omp parallel for if (N * K >= (1 << 16))
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t g = 0; g < groups; ++g) {
+        double acc = 0;
+        for (int64_t j = g * G; j < std::min(K, (g + 1) * G); ++j)
+          acc += C[size_t(n * K + j)] * P[size_t(n * K + j)];
+        if (h < 0)
+          b[size_t(n * groups + g)] = acc;
+        else
+          A[size_t((n * groups + g) * groups + h)] = acc;
+      }
+  };
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(K), int(K), 1.0, w.data(),
+              int(K), h.data(), int(K), 0.0, P.data(), int(K));
+  accumulate(-1);
+  for (int64_t hg = 0; hg < groups; ++hg) {
+    const int64_t k0 = hg * G, len = std::min(K, k0 + G) - k0;
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(K), int(len), 1.0,
+                C.data() + k0, int(K), h.data() + k0 * K, int(K), 0.0, P.data(), int(K));
+    accumulate(hg);
+  }
+#pragma omp parallel for if (N * K >= (1 << 16))
+  for (int64_t n = 0; n < N; ++n) {
+    // Groups whose codes are all 0 have no say (A_gg = 0): their scale stays.
+    std::vector<int64_t> idx;
+    for (int64_t g = 0; g < groups; ++g)
+      if (A[size_t((n * groups + g) * groups + g)] > 0) idx.push_back(g);
+    const int64_t m = int64_t(idx.size());
+    if (m == 0) continue;
+    std::vector<double> Am(size_t(m * m)), s(static_cast<size_t>(m));
+    for (int64_t a = 0; a < m; ++a) {
+      s[size_t(a)] = b[size_t(n * groups + idx[size_t(a)])];
+      for (int64_t c = 0; c < m; ++c)
+        Am[size_t(a * m + c)] = A[size_t((n * groups + idx[size_t(a)]) * groups + idx[size_t(c)])];
+    }
+    const std::vector<double> Acopy = Am;
+    if (LAPACKE_dposv(LAPACK_ROW_MAJOR, 'U', lapack_int(m), 1, Am.data(), lapack_int(m), s.data(),
+                      1) != 0)
+      continue;  // not positive definite in floating point: keep the scales
+    // Keep the solution only if it lowers sᵀAs − 2bᵀs (it must, up to rounding).
+    auto objective = [&](auto scale_of) {
+      double v = 0;
+      for (int64_t a = 0; a < m; ++a) {
+        double r = 0;
+        for (int64_t c = 0; c < m; ++c) r += Acopy[size_t(a * m + c)] * scale_of(c);
+        v += scale_of(a) * (r - 2 * b[size_t(n * groups + idx[size_t(a)])]);
+      }
+      return v;
+    };
+    const double before =
+        objective([&](int64_t a) { return double(scales[size_t(n * groups + idx[size_t(a)])]); });
+    const double after = objective([&](int64_t a) { return double(float(s[size_t(a)])); });
+    bool finite = true;
+    for (double v : s) finite = finite && std::isfinite(float(v));
+    if (!finite || !(after < before)) continue;
+    for (int64_t a = 0; a < m; ++a)
+      scales[size_t(n * groups + idx[size_t(a)])] = float(s[size_t(a)]);
+  }
+}
+
 Linear quantize_gptq(const Linear& l, const QuantSpec& spec, const std::vector<float>& xtx,
                      const GptqOptions& opt) {
   MINFER_CHECK(std::holds_alternative<Dense>(l.repr),
@@ -71,6 +146,14 @@ Linear quantize_gptq(const Linear& l, const QuantSpec& spec, const std::vector<f
     mean_diag += H[size_t(i * K + i)];
   }
   mean_diag /= double(K);
+  // The refit (-refit) scores scales on the original weights and the damped H, in the original
+  // column order: both are overwritten below.
+  std::vector<double> W0, H0;
+  if (opt.refit_scales) {
+    W0 = W;
+    H0 = H;
+    for (int64_t i = 0; i < K; ++i) H0[size_t(i * K + i)] += opt.damp * mean_diag;
+  }
   std::vector<double> diag(static_cast<size_t>(K));
   for (int64_t i = 0; i < K; ++i) diag[size_t(i)] = H[size_t(i * K + i)];
   // perm[i]: the original column rounded i-th (act-order: descending diag H, stable).
@@ -130,29 +213,71 @@ Linear quantize_gptq(const Linear& l, const QuantSpec& spec, const std::vector<f
 
   std::vector<int> codes(size_t(N * K));
   std::vector<double> err(size_t(N * B));
-  for (int64_t i1 = 0; i1 < K; i1 += B) {
-    const int64_t i2 = std::min(K, i1 + B), nb = i2 - i1;
+  const int rounds = opt.refit_scales ? opt.refit_rounds : 1;
+  MINFER_CHECK(rounds >= 1 && rounds <= 16, "gptq '{}': refit rounds must be in 1..16, got {}",
+               l.name, rounds);
+  const std::vector<double> Wstart = rounds > 1 ? W : std::vector<double>();
+  // The refit's objective (w0 − ŵ)(XᵀX + λI)(w0 − ŵ)ᵀ summed over rows, of codes and scales.
+  auto objective = [&]() {
+    std::vector<double> D(size_t(N * K)), P(size_t(N * K));
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k)
+        D[size_t(n * K + k)] = W0[size_t(n * K + k)] - double(scales[size_t(n * groups + k / G)]) *
+                                                           double(codes[size_t(n * K + k)]);
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(K), int(K), 1.0, D.data(),
+                int(K), H0.data(), int(K), 0.0, P.data(), int(K));
+    double e = 0;
+    for (size_t i = 0; i < D.size(); ++i) e += D[i] * P[i];
+    return e;
+  };
+  std::vector<int> best_codes;
+  std::vector<float> best_scales;
+  double best = 0;
+  for (int round = 0; round < rounds; ++round) {
+    // Later rounds sweep again from the original weights with the refitted scales held fixed
+    // (and the zero points of round 0), then refit again: alternating minimization of the
+    // objective over codes (GPTQ's greedy sweep) and scales (least squares); the best round is
+    // kept, so more rounds never end above one.
+    if (round > 0) W = Wstart;
+    const bool fit_in_sweep = round == 0 && !opt.act_order;
+    for (int64_t i1 = 0; i1 < K; i1 += B) {
+      const int64_t i2 = std::min(K, i1 + B), nb = i2 - i1;
 #pragma omp parallel for if (N * K >= (1 << 16))
-    for (int64_t n = 0; n < N; ++n) {
-      double* w = W.data() + n * K;
-      for (int64_t i = i1; i < i2; ++i) {
-        const int64_t col = perm[size_t(i)];
-        if (!opt.act_order && i % G == 0) fit_group(w + i, n, i / G, i, std::min(K, i + G) - i);
-        const size_t at = size_t(n * groups + col / G);
-        const float s = scales[at];
-        // q: the signed code (asymmetric: u − z), so that the value is s · q in every case.
-        const int q = asym        ? code_asym(w[i], qm::AsymParams{s, zeros[at]}) - zeros[at]
-                      : kind == 8 ? qm::quantize_sym(float(w[i]), s, 127)
-                                  : code_of(w[i], s, kind);
-        codes[size_t(n * K + col)] = q;
-        const double e = (w[i] - double(s) * double(q)) / R[size_t(i * K + i)];
-        for (int64_t j = i + 1; j < i2; ++j) w[j] -= e * R[size_t(i * K + j)];
-        err[size_t(n * nb + (i - i1))] = e;
+      for (int64_t n = 0; n < N; ++n) {
+        double* w = W.data() + n * K;
+        for (int64_t i = i1; i < i2; ++i) {
+          const int64_t col = perm[size_t(i)];
+          if (fit_in_sweep && i % G == 0) fit_group(w + i, n, i / G, i, std::min(K, i + G) - i);
+          const size_t at = size_t(n * groups + col / G);
+          const float s = scales[at];
+          // q: the signed code (asymmetric: u − z), so that the value is s · q in every case.
+          const int q = asym        ? code_asym(w[i], qm::AsymParams{s, zeros[at]}) - zeros[at]
+                        : kind == 8 ? qm::quantize_sym(float(w[i]), s, 127)
+                                    : code_of(w[i], s, kind);
+          codes[size_t(n * K + col)] = q;
+          const double e = (w[i] - double(s) * double(q)) / R[size_t(i * K + i)];
+          for (int64_t j = i + 1; j < i2; ++j) w[j] -= e * R[size_t(i * K + j)];
+          err[size_t(n * nb + (i - i1))] = e;
+        }
+      }
+      if (i2 < K)  // lazy batch: W[:, i2:] -= Err · R[i1:i2, i2:]
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(K - i2), int(nb), -1.0,
+                    err.data(), int(nb), R.data() + i1 * K + i2, int(K), 1.0, W.data() + i2,
+                    int(K));
+    }
+    if (opt.refit_scales) refit_group_scales(W0, H0, codes, N, K, G, scales);
+    if (rounds > 1) {
+      const double e = objective();
+      if (round == 0 || e < best) {
+        best = e;
+        best_codes = codes;
+        best_scales = scales;
       }
     }
-    if (i2 < K)  // lazy batch: W[:, i2:] -= Err · R[i1:i2, i2:]
-      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(K - i2), int(nb), -1.0,
-                  err.data(), int(nb), R.data() + i1 * K + i2, int(K), 1.0, W.data() + i2, int(K));
+  }
+  if (rounds > 1) {
+    codes.swap(best_codes);
+    scales.swap(best_scales);
   }
 
   Quantized q;

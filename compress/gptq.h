@@ -24,6 +24,10 @@
 //     each transformer block from the calibration windows run through the earlier blocks as
 //     already quantized, not through the float model (the paper's §"true-sequential" at the
 //     block level); the per-Linear algorithm here is unchanged.
+//   refit_scales (-refit): after the sweep the codes stay and each row's group scales are
+//     refitted jointly by least squares on the same objective (refit_group_scales below);
+//     -refit<R>: R rounds, each later round a new sweep from the original weights with the
+//     refitted scales fixed, then a refit (alternating minimization; the best round is kept).
 #pragma once
 #include <vector>
 
@@ -32,11 +36,31 @@
 namespace minfer {
 
 struct GptqOptions {
-  double damp = 0.01;        // λ / mean(diag H) (paper: 1 %)
-  int64_t block = 128;       // lazy-batch columns (paper: 128); rounded to a multiple of the group
-  bool act_order = false;    // columns by descending diag(H), static group scales
-  bool clip_search = false;  // group scales by the weighted scale search (int4 / int3)
+  double damp = 0.01;         // λ / mean(diag H) (paper: 1 %)
+  int64_t block = 128;        // lazy-batch columns (paper: 128); rounded to a multiple of the group
+  bool act_order = false;     // columns by descending diag(H), static group scales
+  bool clip_search = false;   // group scales by the weighted scale search (int4 / int3)
+  bool refit_scales = false;  // after the sweep, each row's group scales by least squares
+  int refit_rounds = 1;       // with refit_scales: sweep + refit rounds, later sweeps with the
+                              // refitted scales fixed; the round of least objective is kept
 };
+
+// Least-squares refit of the group scales to fixed codes (GPTQ `-refit`): for each row n, the
+// scales s_g of its groups minimizing the layer's output error on the calibration,
+//   (w_n − ŵ_n) H (w_n − ŵ_n)ᵀ,  ŵ_n[j] = s_{g(j)} · q_nj,
+// i.e. the normal equations A s = b with A_gh = Σ_{i∈g, j∈h} q_ni H_ij q_nj and
+// b_g = Σ_{i∈g} q_ni (w_n H)_i (the GPTQ objective with its codes fixed and the scales free;
+// "MSE-optimal scales after GPTQ", a least-squares step as GPTQ's reference `mse` grid and
+// llama.cpp's make_qx_quants do per group, here joint over a row's groups and weighted by the
+// full H, not its diagonal). q is the signed code the value is s · q of (asymmetric: u − z, z
+// kept). A group whose codes are all 0, a row whose system is not positive definite, or a
+// solution that does not lower the objective (rounding) keeps its scales, so the objective never
+// rises.
+// w: [N, K] original weights, h: [K, K] symmetric (GPTQ passes XᵀX + λI), codes: [N, K],
+// scales: [N, ceil(K / G)] in and out. Throws on mismatched sizes.
+void refit_group_scales(const std::vector<double>& w, const std::vector<double>& h,
+                        const std::vector<int>& codes, int64_t N, int64_t K, int64_t G,
+                        std::vector<float>& scales);
 
 // `dense`: a Dense Linear [out, in]; spec.method "int4" / "int3" (symmetric, group 32/64/128/...)
 // or "int8"

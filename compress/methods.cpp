@@ -44,15 +44,17 @@ constexpr MethodInfo kMethods[] = {
     {"wanda", MethodKind::Prune, kOptSparsity,
      "prune by |w| * ||x||_2 per row (Sun et al. 2023; calibration), <pct> or N:M (wanda-2:4)"},
     {"int4-gptq", MethodKind::Gptq,
-     kOptGroup | kOptActOrder | kOptClip | kOptAwq | kOptAsym | kOptSequential,
+     kOptGroup | kOptActOrder | kOptClip | kOptAwq | kOptAsym | kOptSequential | kOptRefit,
      "GPTQ: int4 per group of 128 (-g<N>), rounding errors compensated on calibration XtX, "
      "-act: act-order, -clip: scale search, -awq: AWQ channel scales folded first, -asym: zero "
      "points, -seq: true-sequential calibration (each block's XtX with the earlier blocks "
-     "quantized)"},
-    {"int8-gptq", MethodKind::Gptq, kOptGroup | kOptActOrder | kOptSequential,
-     "GPTQ: int8 per output row (-g<N>: per group), -act, -seq"},
-    {"int3-gptq", MethodKind::Gptq, kOptGroup | kOptActOrder | kOptClip | kOptAwq | kOptSequential,
-     "GPTQ at 3 bits (packed codes -4..3, 3.25 bits/w at g128), -act, -clip, -awq, -seq"},
+     "quantized), -refit: each row's group scales refitted to its codes by least squares on XtX "
+     "(-refit<R>: R rounds of sweep and refit)"},
+    {"int8-gptq", MethodKind::Gptq, kOptGroup | kOptActOrder | kOptSequential | kOptRefit,
+     "GPTQ: int8 per output row (-g<N>: per group), -act, -seq, -refit"},
+    {"int3-gptq", MethodKind::Gptq,
+     kOptGroup | kOptActOrder | kOptClip | kOptAwq | kOptSequential | kOptRefit,
+     "GPTQ at 3 bits (packed codes -4..3, 3.25 bits/w at g128), -act, -clip, -awq, -seq, -refit"},
     {"int4-awq", MethodKind::Gptq, kOptGroup | kOptAsym,
      "AWQ: int4 per group of 128 with input-channel scales searched on calibration and folded "
      "into the previous norm / linear, then a scale (clip) search (-asym: zero points)"},
@@ -173,6 +175,8 @@ void validate_method_spec(const MethodSpec& s) {
                "method '{}': act-order (-act) is a GPTQ option", s.method);
   MINFER_CHECK(!s.sequential || (m.options & kOptSequential),
                "method '{}': true-sequential calibration (-seq) is a GPTQ option", s.method);
+  MINFER_CHECK(s.refit == 0 || (m.options & kOptRefit),
+               "method '{}': the least-squares scale refit (-refit) is a GPTQ option", s.method);
   MINFER_CHECK(!s.awq_scales || (m.options & kOptAwq),
                "method '{}': AWQ channel scales (-awq) are an int4-gptq / int3-gptq option",
                s.method);
@@ -389,6 +393,12 @@ MethodSpec method_spec_from_name(const std::string& name) {
     } else if (p == "seq") {
       need(kOptSequential, p, "a GPTQ");
       s.sequential = true;
+    } else if (p.rfind("refit", 0) == 0 && p.size() <= 7 &&
+               std::all_of(p.begin() + 5, p.end(), [](char ch) { return ::isdigit(ch); })) {
+      need(kOptRefit, p, "a GPTQ");
+      s.refit = p.size() == 5 ? 1 : std::stoi(p.substr(5));
+      MINFER_CHECK(s.refit >= 1 && s.refit <= 16, "{}: -refit<R> takes 1..16 rounds, got {}", name,
+                   s.refit);
     } else if (p == "sq") {
       need(kOptSmooth, p, "a w8a8-static");
       s.smooth = true;
@@ -398,7 +408,8 @@ MethodSpec method_spec_from_name(const std::string& name) {
     } else {
       MINFER_FAIL(
           "compression method '{}': unknown option '{}' (options: -g<N>, -asym, -dq, "
-          "-tensor, -row, -static, -weighted, -sq, -clip, -act, -awq, -seq; lowrank: -<P>, -r<N>, "
+          "-tensor, -row, -static, -weighted, -sq, -clip, -act, -awq, -seq, -refit; lowrank: -<P>, "
+          "-r<N>, "
           "-e<E>)",
           name, p);
     }
@@ -435,6 +446,8 @@ std::string method_spec_name(const MethodSpec& s) {
   if (s.awq_scales) n += "-awq";
   if (s.act_order) n += "-act";
   if (s.clip_search) n += "-clip";
+  if (s.refit == 1) n += "-refit";
+  if (s.refit > 1) n += fmt::format("-refit{}", s.refit);
   if (s.sequential) n += "-seq";
   if (s.amount >= 0) n += fmt::format("-{:g}", s.amount);
   if (s.lowrank.percent) n += fmt::format("-{}", s.lowrank.percent);

@@ -6,7 +6,8 @@
 //                                            "int8-tensor", "ternary-row", "w8a8-static"
 //           | prune '-' (<pct> | N:M) ('-' scope)?   e.g. "wanda-50", "magnitude-30-layer",
 //                                            "wanda-2:4" (compress/prune.h)
-//   option := g<N> | asym | dq | tensor | row | static | dynamic | clip | act | sq
+//   option := g<N> | asym | dq | tensor | row | static | dynamic | clip | act | sq | awq | seq
+//           | refit | refit<R>
 //                                            (only those the method takes), e.g. "int4-clip",
 //                                            "int3-gptq-act", "w8a8-static-sq"
 //           | <number>                 structured pruning amount: "ffn-20", "heads-40", "layers-4"
@@ -63,6 +64,7 @@ enum MethodOption : unsigned {
   kOptAwq = 1u << 14,         // -awq: AWQ channel scales folded first, then GPTQ on the result
   kOptSequential = 1u << 15,  // -seq: GPTQ true-sequential (each block's XᵀX from the model
                               // whose earlier blocks are already quantized)
+  kOptRefit = 1u << 16,       // -refit: GPTQ group scales refitted by least squares to the codes
 };
 
 struct MethodInfo {
@@ -97,8 +99,9 @@ struct MethodSpec {
   bool smooth = false;          // w8a8-static: SmoothQuant scaling (-sq)
   bool awq_scales = false;      // -gptq: AWQ's channel scales searched and folded first (-awq)
   bool sequential = false;      // -gptq: true-sequential calibration, block by block (-seq)
-  double alpha = -1;            // SmoothQuant α (-1 = 0.5), AWQ α (-1 = grid search); [0, 1]
-  double damp = 0.01;           // GPTQ dampening λ / mean(diag H), (0, 1)
+  int refit = 0;       // -gptq: rounds of least-squares scale refit (-refit: 1, -refit<R>: R)
+  double alpha = -1;   // SmoothQuant α (-1 = 0.5), AWQ α (-1 = grid search); [0, 1]
+  double damp = 0.01;  // GPTQ dampening λ / mean(diag H), (0, 1)
 
   const MethodInfo& info() const;  // throws for an unregistered name
   bool is_prune() const { return info().kind == MethodKind::Prune; }

@@ -53,7 +53,7 @@ int main(int argc, char** argv) {
   app.add_flag("--weighted", weighted,
                "kmeans: weigh each input by its calibration mean x^2 (SqueezeLLM-style; needs "
                "--calibrate); the same as the method suffix -weighted");
-  bool act_order = false, clip_search = false, true_sequential = false;
+  bool act_order = false, clip_search = false, true_sequential = false, refit = false;
   double damp_pct = -1, alpha = -1;
   app.add_flag("--act-order", act_order,
                "GPTQ: round columns by descending diag(XtX), static group scales (= -act)");
@@ -61,6 +61,9 @@ int main(int argc, char** argv) {
                "GPTQ: each block's XtX from the calibration windows run through the earlier "
                "blocks already quantized, not the float model's (one extra pass of the windows "
                "per block; = -seq)");
+  app.add_flag("--refit-scales", refit,
+               "GPTQ: after the column sweep, each row's group scales refitted to its codes by "
+               "least squares on the calibration XtX (= -refit)");
   app.add_option("--damp", damp_pct, "GPTQ: dampening, percent of mean diag(XtX) (default 1)");
   app.add_flag("--clip-search", clip_search,
                "int4 / int3 / nf4 / GPTQ: per-group scale search weighted by the calibration "
@@ -150,6 +153,7 @@ int main(int argc, char** argv) {
     if (clip_search) last.clip_search = true;
     if (act_order) last.act_order = true;
     if (true_sequential) last.sequential = true;
+    if (refit && last.refit == 0) last.refit = 1;
     if (damp_pct != -1) {
       MINFER_CHECK(std::isfinite(damp_pct) && damp_pct > 0 && damp_pct < 100,
                    "--damp: percent of mean diag(XtX) in (0, 100), got {}", damp_pct);
