@@ -7,7 +7,8 @@
 # (SmolLM2-135M-Instruct, Q4_1) with `llama-quantize --allow-requantize` (F32 and F16 are the Q4_1
 # weights dequantized, the very weights minfer's f32 baseline runs). Then, pair by pair (each
 # llama.cpp file right before the minfer method it is compared with, so that a load change hits
-# both), `llama-bench -p PREFILL -n DECODE -t THREADS` and `bench --prefill PREFILL --decode DECODE`,
+# both), `llama-bench -p PREFILL -n 0` and `-p 0 -n DECODE -d PREFILL` (decode at the depth minfer's
+# bench decodes at: after its prefill) and `bench --prefill PREFILL --decode DECODE`,
 # and the memory bandwidth (bench_membw). Prints the ratio table (minfer / llama.cpp) with each
 # row's decode GB/s and share of the measured read bandwidth, and the other processes' load.
 #
@@ -100,8 +101,15 @@ run_all() {
     gguf="$CACHE/models/$(basename "$MODEL" .gguf)-$type.gguf"
     echo "llamacpp: $type (llama.cpp) then $method (minfer)" >&2
     echo "{\"load_cores\": $(busy_cores)}" >"$OUT/llama-$method-load.json"
-    "$CACHE/build/bin/llama-bench" -m "$gguf" -p "$PREFILL" -n "$DECODE" -t "$THREADS" -r "${LLAMA_REPS:-5}" -o json \
-      >"$OUT/llama-$method.json" 2>"$OUT/llama-$method.log"
+    # Decode at the same depth on both sides: minfer's bench decodes right after its PREFILL-token
+    # prefill (the KV cache holds PREFILL tokens), so llama.cpp's generation test runs at
+    # --n-depth PREFILL too (its plain tg test starts from an empty cache, which reads no KV).
+    "$CACHE/build/bin/llama-bench" -m "$gguf" -p "$PREFILL" -n 0 -t "$THREADS" -r "${LLAMA_REPS:-5}" -o json \
+      >"$OUT/llama-$method-pp.json" 2>"$OUT/llama-$method.log"
+    "$CACHE/build/bin/llama-bench" -m "$gguf" -p 0 -n "$DECODE" -d "$PREFILL" -t "$THREADS" -r "${LLAMA_REPS:-5}" \
+      -o json >"$OUT/llama-$method-tg.json" 2>>"$OUT/llama-$method.log"
+    "$PY" -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1])) + json.load(open(sys.argv[2]))))' \
+      "$OUT/llama-$method-pp.json" "$OUT/llama-$method-tg.json" >"$OUT/llama-$method.json"
     "$ROOT/build/bin/bench" --model "$MODEL" --methods "$method" --prefill "$PREFILL" \
       --decode "$DECODE" --threads "$THREADS" --max-tokens 1024 --quiet \
       ${TEST_TEXT:+--test-text "$TEST_TEXT"} \
