@@ -694,6 +694,26 @@ Isa isa_of(const std::string& isa) {
   return isa == "avx512" ? Isa::Avx512 : isa == "avx2" ? Isa::Avx2 : Isa::Scalar;
 }
 
+// The pieces the shared op-group drivers need (sparse_detail::decode_group, decode_swiglu in
+// kernels/cpu/sparse_group.h); each forwards to this file's function of the same name.
+struct Fmt {
+  using W = SparseBitmask;
+  using Vals = ::minfer::Vals;
+  using Isa = ::minfer::Isa;
+  using Prep = ::minfer::Prep;
+  static Isa best_isa() { return ::minfer::best_isa(); }
+  static Vals vals_of(const W& w) { return ::minfer::vals_of(w); }
+  static Isa effective_isa(Isa isa, const Vals& v) { return ::minfer::effective_isa(isa, v); }
+  static Isa i8_reader(Isa isa, const Vals& v) { return ::minfer::i8_reader(isa, v); }
+  static void prepare(Isa i8, const float* x, int64_t T, int64_t ldx, int64_t K, Prep& p) {
+    ::minfer::prepare(i8, x, T, ldx, K, p);
+  }
+  static void rows(const W& w, const Vals& v, Isa isa, const Prep& p, float* y, int64_t ldy,
+                   int64_t K, int64_t N, int64_t n0, int64_t n1) {
+    ::minfer::rows(w, v, isa, p, y, ldy, K, N, n0, n1);
+  }
+};
+
 }  // namespace
 
 const char* sparse_linear_isa(const SparseBitmask& w) {
@@ -770,28 +790,7 @@ void sparse_linear_group(const SparseGroupItem* items, int n, const float* x, in
       sparse_linear(*items[i].w, x, T, ldx, items[i].y, items[i].ldy, K, items[i].N);
     return;
   }
-  thread_local std::vector<Vals> vals;
-  thread_local std::vector<Isa> isas;
-  thread_local std::vector<int64_t> ns;
-  vals.resize(size_t(n));
-  isas.resize(size_t(n));
-  ns.resize(size_t(n));
-  const Isa best = best_isa();
-  Isa i8 = Isa::Scalar;
-  for (int i = 0; i < n; ++i) {
-    vals[size_t(i)] = vals_of(*items[i].w);
-    isas[size_t(i)] = effective_isa(best, vals[size_t(i)]);
-    ns[size_t(i)] = items[i].N;
-    const Isa r = i8_reader(best, vals[size_t(i)]);
-    if (r != Isa::Scalar) i8 = r;  // every int8 member has the same reader: best's
-  }
-  Prep p;
-  prepare(i8, x, T, ldx, K, p);
-  const Vals* const V = vals.data();
-  const Isa* const I = isas.data();
-  sparse_detail::group_rows(ns.data(), n, K, [&](int m, int64_t r0, int64_t r1) {
-    rows(*items[m].w, V[m], I[m], p, items[m].y, items[m].ldy, K, items[m].N, r0, r1);
-  });
+  sparse_detail::decode_group<Fmt>(items, n, x, T, ldx, K);
 }
 
 void sparse_linear_swiglu(const SparseBitmask& gate, const SparseBitmask& up, const float* x,
@@ -808,18 +807,7 @@ void sparse_linear_swiglu(const SparseBitmask& gate, const SparseBitmask& up, co
       for (int64_t c = 0; c < F; ++c) y[t * ldy + c] = silu_mul(y[t * ldy + c], u[t * ldu + c]);
     return;
   }
-  const Isa best = best_isa();
-  const Vals vg = vals_of(gate), vu = vals_of(up);
-  const Isa ig = effective_isa(best, vg), iu = effective_isa(best, vu);
-  const Isa rg = i8_reader(best, vg), ru = i8_reader(best, vu);
-  Prep p;
-  prepare(rg != Isa::Scalar ? rg : ru, x, T, ldx, K, p);
-  sparse_detail::swiglu_rows(F, K, y, ldy, u, ldu, T, [&](int m, int64_t n0, int64_t n1) {
-    if (m == 0)
-      rows(gate, vg, ig, p, y, ldy, K, F, n0, n1);
-    else
-      rows(up, vu, iu, p, u, ldu, K, F, n0, n1);
-  });
+  sparse_detail::decode_swiglu<Fmt>(gate, up, x, T, ldx, y, ldy, u, ldu, K, F);
 }
 
 }  // namespace minfer

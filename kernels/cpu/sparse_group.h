@@ -51,4 +51,59 @@ void swiglu_rows(int64_t F_, int64_t K, float* y, int64_t ldy, const float* u, i
   });
 }
 
+// The T <= 4 op-group and fused gate·up drivers both sparse formats share. Fmt (a struct in each
+// kernel file) supplies the format's pieces: types W (the weight), Vals, Isa (with Isa::Scalar),
+// Prep; static best_isa(), vals_of(w), effective_isa(isa, vals) (the kernel set that runs those
+// values), i8_reader(isa, vals) (the set that reads x as int8 codes, Scalar if none), prepare(i8,
+// x, T, ldx, K, prep) (x rounded once for that reader) and rows(w, vals, isa, prep, y, ldy, K, N,
+// n0, n1) (output rows [n0, n1) of one weight, as a single linear() computes them).
+template <class Fmt, class Item>
+void decode_group(const Item* items, int n, const float* x, int64_t T, int64_t ldx, int64_t K) {
+  using Vals = typename Fmt::Vals;
+  using Isa = typename Fmt::Isa;
+  thread_local std::vector<Vals> vals;
+  thread_local std::vector<Isa> isas;
+  thread_local std::vector<int64_t> ns;
+  vals.resize(size_t(n));
+  isas.resize(size_t(n));
+  ns.resize(size_t(n));
+  const Isa best = Fmt::best_isa();
+  Isa i8 = Isa::Scalar;
+  for (int i = 0; i < n; ++i) {
+    vals[size_t(i)] = Fmt::vals_of(*items[i].w);
+    isas[size_t(i)] = Fmt::effective_isa(best, vals[size_t(i)]);
+    ns[size_t(i)] = items[i].N;
+    const Isa r = Fmt::i8_reader(best, vals[size_t(i)]);
+    if (r != Isa::Scalar) i8 = r;  // every int8 member has the same reader: best's
+  }
+  typename Fmt::Prep p;
+  Fmt::prepare(i8, x, T, ldx, K, p);
+  // The workers see the caller's tables through these pointers (thread_locals named in the
+  // lambda would be each worker's own, empty, instances).
+  const Vals* const V = vals.data();
+  const Isa* const I = isas.data();
+  group_rows(ns.data(), n, K, [&](int m, int64_t r0, int64_t r1) {
+    Fmt::rows(*items[m].w, V[m], I[m], p, items[m].y, items[m].ldy, K, items[m].N, r0, r1);
+  });
+}
+
+template <class Fmt>
+void decode_swiglu(const typename Fmt::W& gate, const typename Fmt::W& up, const float* x,
+                   int64_t T, int64_t ldx, float* y, int64_t ldy, float* u, int64_t ldu, int64_t K,
+                   int64_t F) {
+  using Isa = typename Fmt::Isa;
+  const Isa best = Fmt::best_isa();
+  const typename Fmt::Vals vg = Fmt::vals_of(gate), vu = Fmt::vals_of(up);
+  const Isa ig = Fmt::effective_isa(best, vg), iu = Fmt::effective_isa(best, vu);
+  const Isa rg = Fmt::i8_reader(best, vg), ru = Fmt::i8_reader(best, vu);
+  typename Fmt::Prep p;
+  Fmt::prepare(rg != Isa::Scalar ? rg : ru, x, T, ldx, K, p);
+  swiglu_rows(F, K, y, ldy, u, ldu, T, [&](int m, int64_t n0, int64_t n1) {
+    if (m == 0)
+      Fmt::rows(gate, vg, ig, p, y, ldy, K, F, n0, n1);
+    else
+      Fmt::rows(up, vu, iu, p, u, ldu, K, F, n0, n1);
+  });
+}
+
 }  // namespace minfer::sparse_detail
