@@ -18,6 +18,7 @@
 #include "engine/thread_pool.h"
 #include "kernels/cpu/ggml.h"
 #include "models/loader.h"
+#include "tests/op_group_check.h"
 #include "tests/test_util.h"
 
 using namespace minfer;
@@ -313,23 +314,7 @@ TEST_CASE(
         std::vector<float> xv = randn(size_t(T * K), uint32_t(T * 31 + types[0]));
         Tensor x = Tensor::empty(DType::F32, {T, K});
         std::copy(xv.begin(), xv.end(), x.data<float>());
-        std::vector<Tensor> ya, yb;
-        std::vector<Tensor*> yp;
-        std::vector<const Linear*> wp;
-        for (const Linear& l : g) {
-          ya.push_back(be->alloc({T, l.out}));
-          yb.push_back(be->alloc({T, l.out}));
-          wp.push_back(&l);
-        }
-        for (Tensor& y : ya) yp.push_back(&y);
-        be->linear_group(yp.data(), wp.data(), int(g.size()), x);
-        int diff = 0;
-        for (size_t i = 0; i < g.size(); ++i) {
-          be->linear(yb[i], x, g[i]);
-          for (int64_t j = 0; j < T * g[i].out; ++j)
-            diff += std::memcmp(ya[i].data<float>() + j, yb[i].data<float>() + j, 4) != 0;
-        }
-        CHECK(diff == 0);
+        CHECK(test::group_mismatches(*be, g, x) == 0);
       }
     }
   }
@@ -345,14 +330,9 @@ TEST_CASE(
       std::vector<float> xv = randn(size_t(T * K), uint32_t(T * 13 + types[1]));
       Tensor x = Tensor::empty(DType::F32, {T, K});
       std::copy(xv.begin(), xv.end(), x.data<float>());
-      Tensor y1 = be->alloc({T, F}), u1 = be->alloc({T, F});
-      Tensor y2 = be->alloc({T, F}), u2 = be->alloc({T, F});
-      be->linear_swiglu(y1, u1, x, gate, up);
-      be->linear(y2, x, gate);
-      be->linear(u2, x, up);
-      be->swiglu(y2, y2, u2);
-      CHECK(std::memcmp(y1.data<float>(), y2.data<float>(), size_t(T * F) * 4) == 0);
-      CHECK(std::memcmp(u1.data<float>(), u2.data<float>(), size_t(T * F) * 4) == 0);
+      const auto [y_same, u_same] = test::swiglu_matches(*be, x, gate, up, F);
+      CHECK(y_same);
+      CHECK(u_same);
     }
   }
   set_pool_backoff(true);

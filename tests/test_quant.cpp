@@ -21,6 +21,7 @@
 #include "kernels/cpu/act.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/quant_act.h"
+#include "tests/op_group_check.h"
 
 using namespace minfer;
 
@@ -766,22 +767,7 @@ TEST_CASE("quant: op groups and the fused gate·up + SiLU·mul equal the separat
           const std::vector<float> xv = randn(T * K, uint64_t(T * 7 + fi));
           Tensor x = Tensor::empty(DType::F32, {T, K});
           std::memcpy(x.data<float>(), xv.data(), xv.size() * 4);
-          std::vector<Tensor> ya, yb;
-          std::vector<Tensor*> yp;
-          std::vector<const Linear*> wp;
-          for (const Linear& l : gg) {
-            ya.push_back(be->alloc({T, l.out}));
-            yb.push_back(be->alloc({T, l.out}));
-            wp.push_back(&l);
-          }
-          for (Tensor& y : ya) yp.push_back(&y);
-          be->linear_group(yp.data(), wp.data(), int(gg.size()), x);
-          int diff = 0;
-          for (size_t i = 0; i < gg.size(); ++i) {
-            be->linear(yb[i], x, gg[i]);
-            diff += std::memcmp(ya[i].raw(), yb[i].raw(), ya[i].nbytes()) != 0;
-          }
-          CHECK(diff == 0);
+          CHECK(test::group_mismatches(*be, gg, x) == 0);
           if (with_dense) continue;
           // gate·up + SiLU·mul: fused against linear, linear, swiglu.
           Tensor y1 = be->alloc({T, F}), u1 = be->alloc({T, F});

@@ -13,6 +13,7 @@
 #include "engine/backend.h"
 #include "engine/thread_pool.h"
 #include "kernels/cpu/sparse.h"
+#include "tests/op_group_check.h"
 #include "tests/test_util.h"
 
 using namespace minfer;
@@ -240,32 +241,12 @@ TEST_CASE("sparse kernels: op groups and the fused gate·up + SiLU·mul equal th
           std::normal_distribution<float> nd(0.f, 1.f);
           Tensor x = Tensor::empty(DType::F32, {T, K});
           for (int64_t i = 0; i < T * K; ++i) x.data<float>()[i] = nd(rng);
-          std::vector<Tensor> ya, yb;
-          std::vector<Tensor*> yp;
-          std::vector<const Linear*> wp;
-          for (const Linear& l : gg) {
-            ya.push_back(be->alloc({T, l.out}));
-            yb.push_back(be->alloc({T, l.out}));
-            wp.push_back(&l);
-          }
-          for (Tensor& y : ya) yp.push_back(&y);
-          be->linear_group(yp.data(), wp.data(), int(gg.size()), x);
-          int diff = 0;
-          for (size_t i = 0; i < gg.size(); ++i) {
-            be->linear(yb[i], x, gg[i]);
-            diff += std::memcmp(ya[i].raw(), yb[i].raw(), ya[i].nbytes()) != 0;
-          }
-          CHECK(diff == 0);
+          CHECK(test::group_mismatches(*be, gg, x) == 0);
           if (mixed) continue;
           // gate·up + SiLU·mul: fused against linear, linear, swiglu.
-          Tensor y1 = be->alloc({T, F}), u1 = be->alloc({T, F});
-          Tensor y2 = be->alloc({T, F}), u2 = be->alloc({T, F});
-          be->linear_swiglu(y1, u1, x, gate, up);
-          be->linear(y2, x, gate);
-          be->linear(u2, x, up);
-          be->swiglu(y2, y2, u2);
-          CHECK(std::memcmp(y1.raw(), y2.raw(), y1.nbytes()) == 0);
-          CHECK(std::memcmp(u1.raw(), u2.raw(), u1.nbytes()) == 0);
+          const auto [y_same, u_same] = test::swiglu_matches(*be, x, gate, up, F);
+          CHECK(y_same);
+          CHECK(u_same);
         }
       }
     }
