@@ -540,27 +540,6 @@ TEST_CASE("train qat/lora gpt2/bert: whole-model gradients equal PyTorch autogra
 
 namespace {
 
-// Every tensor of every .safetensors file of folder a equals folder b's, byte for byte; returns
-// the number of tensors compared.
-int same_folder_tensors(const fs::path& a, const fs::path& b) {
-  int compared = 0;
-  for (const auto& e : fs::directory_iterator(a)) {
-    if (e.path().extension() != ".safetensors") continue;
-    CAPTURE(e.path().string());
-    auto fa = SafetensorsFile::open(e.path().string());
-    auto fb = SafetensorsFile::open((b / e.path().filename()).string());
-    REQUIRE(fa->tensors().size() == fb->tensors().size());
-    for (const auto& kv : fa->tensors()) {
-      CAPTURE(kv.first);
-      const Tensor& u = fb->get(kv.first);
-      REQUIRE(u.nbytes() == kv.second.nbytes());
-      CHECK(std::memcmp(u.raw(), kv.second.raw(), kv.second.nbytes()) == 0);
-      ++compared;
-    }
-  }
-  return compared;
-}
-
 // Random encoder lines: [CLS]=2, 2..9 ids in 4..102, [SEP]=3.
 std::vector<std::vector<int32_t>> bert_lines(int n, uint64_t seed) {
   std::vector<std::vector<int32_t>> lines;
@@ -608,7 +587,7 @@ int check_resume_mods(Model& teacher, const DistillOptions& o, const test::TempD
     CHECK(b.evals.back().cos == a.evals.back().cos);
     CHECK(b.evals.back().mse == a.evals.back().mse);
   }
-  return same_folder_tensors(tmp.path / "a", tmp.path / "b");
+  return test::same_folder_tensors(tmp.path / "a", tmp.path / "b");
 }
 
 }  // namespace

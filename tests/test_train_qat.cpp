@@ -426,27 +426,6 @@ TEST_CASE("train qat/lora: whole-model gradients of the tiny LLaMA equal PyTorch
 
 namespace {
 
-// Every tensor of every .safetensors file of folder b equals folder a's, byte for byte; returns
-// the number of tensors compared.
-int same_safetensors(const fs::path& a, const fs::path& b) {
-  int compared = 0;
-  for (const auto& e : fs::directory_iterator(a)) {
-    if (e.path().extension() != ".safetensors") continue;
-    CAPTURE(e.path().string());
-    auto fa = SafetensorsFile::open(e.path().string());
-    auto fb = SafetensorsFile::open((b / e.path().filename()).string());
-    REQUIRE(fa->tensors().size() == fb->tensors().size());
-    for (const auto& kv : fa->tensors()) {
-      CAPTURE(kv.first);
-      const Tensor& u = fb->get(kv.first);
-      REQUIRE(u.nbytes() == kv.second.nbytes());
-      CHECK(std::memcmp(u.raw(), kv.second.raw(), kv.second.nbytes()) == 0);
-      ++compared;
-    }
-  }
-  return compared;
-}
-
 // An uninterrupted run of o to `a`, and the same run stopped at step 3 (checkpoint) and resumed
 // to `b`: the outputs, the last loss and the evaluation are identical.
 void check_resume(const DistillOptions& o, const test::TempDir& tmp, int expect_tensors) {
@@ -466,7 +445,7 @@ void check_resume(const DistillOptions& o, const test::TempDir& tmp, int expect_
   CHECK(b.steps.front().step == 4);
   CHECK(b.steps.back().loss == a.steps.back().loss);
   CHECK(b.evals.back().ppl == a.evals.back().ppl);
-  CHECK(same_safetensors(tmp.path / "a", tmp.path / "b") == expect_tensors);
+  CHECK(test::same_folder_tensors(tmp.path / "a", tmp.path / "b") == expect_tensors);
 }
 
 DistillOptions resume_opts() {

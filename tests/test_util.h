@@ -155,4 +155,25 @@ inline GgmlBlocks random_ggml_blocks(uint32_t type, int64_t N, int64_t K, uint32
   return g;
 }
 
+// Every tensor of every .safetensors file of folder a equals folder b's (same names, same
+// bytes; doctest checks, CAPTUREing the file and tensor); returns the number of tensors compared.
+inline int same_folder_tensors(const std::filesystem::path& a, const std::filesystem::path& b) {
+  int compared = 0;
+  for (const auto& e : std::filesystem::directory_iterator(a)) {
+    if (e.path().extension() != ".safetensors") continue;
+    CAPTURE(e.path().string());
+    auto fa = SafetensorsFile::open(e.path().string());
+    auto fb = SafetensorsFile::open((b / e.path().filename()).string());
+    REQUIRE(fa->tensors().size() == fb->tensors().size());
+    for (const auto& kv : fa->tensors()) {
+      CAPTURE(kv.first);
+      const Tensor& u = fb->get(kv.first);
+      REQUIRE(u.nbytes() == kv.second.nbytes());
+      CHECK(std::memcmp(u.raw(), kv.second.raw(), kv.second.nbytes()) == 0);
+      ++compared;
+    }
+  }
+  return compared;
+}
+
 }  // namespace minfer::test
