@@ -68,6 +68,12 @@ class Pool {
     if (!on) active_.store(threads_.load());
   }
 
+  int active_now() {
+    std::unique_lock<std::mutex> lock(run_mu_, std::try_to_lock);
+    if (lock.owns_lock()) update_load();  // else a dispatch runs and keeps the sample fresh
+    return std::clamp(active_.load(std::memory_order_relaxed), 1, threads_.load());
+  }
+
   PoolStats stats() const {
     PoolStats s;
     s.threads = threads_.load();
@@ -260,6 +266,9 @@ void set_pool_backoff(bool on) {
 }
 PoolStats pool_stats() {
   return pool().stats();
+}
+int pool_active_threads() {
+  return pool().active_now();
 }
 
 }  // namespace minfer

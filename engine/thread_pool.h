@@ -48,6 +48,11 @@ int pool_threads();
 // Load back-off on or off (on by default; MINFER_POOL_BACKOFF=0 in the environment turns it off).
 void set_pool_backoff(bool on);
 PoolStats pool_stats();
+// The threads a loop should use now: pool_threads(), or fewer while other processes keep the cores
+// busy (the same back-off the pool's own dispatches follow; the CPU counters are re-read when the
+// last reading is older than the sampling period). For work that runs outside the pool (the
+// prefill GEMM tiles and attention blocks on OpenMP threads, kernels/cpu/prefill_gemm.h).
+int pool_active_threads();
 
 // fn(begin, end) over the items [0, n): each item costs about work_per_item units (bytes read,
 // multiply-adds); a chunk gets at least min_work units, and there are at most 8 chunks per thread.

@@ -1,14 +1,19 @@
 // CPU backend ops against naive double-precision references written here, on odd sizes.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "engine/backend.h"
 #include "engine/half.h"
 #include "kernels/cpu/dense.h"
+#include "kernels/cpu/prefill_gemm.h"
+#include "kernels/cpu/softmax.h"
 #include "tests/test_util.h"
 
 using namespace minfer;
@@ -237,15 +242,19 @@ std::vector<float> naive_attention(const Tensor& q, const Tensor& k, const Tenso
         double mx = -INFINITY;
         for (int64_t j = 0; j < S; ++j) {
           if (a.causal && j > a.pos0 + t) continue;
+          if (a.causal && a.window > 0 && j <= a.pos0 + t - a.window) continue;
           if (a.key_mask && a.key_mask[b * S + j] == 0) continue;
           double d = 0;
           for (int64_t e = 0; e < D; ++e)
             d += double(Q[(b * T + t) * H * D + h * D + e]) * K[(b * S + j) * Hkv * D + kh * D + e];
-          s[size_t(j)] = d / std::sqrt(double(D));
+          d *= a.scale > 0 ? a.scale : 1 / std::sqrt(double(D));
+          if (a.softcap > 0) d = a.softcap * std::tanh(d / a.softcap);
+          s[size_t(j)] = d;
           mx = std::max(mx, s[size_t(j)]);
         }
         double z = 0;
         for (auto& e : s) z += (e = std::isinf(e) ? 0 : std::exp(e - mx));
+        if (z == 0) z = 1;  // every key masked: the row attends to nothing (zeros)
         for (int64_t e = 0; e < D; ++e) {
           double acc = 0;
           for (int64_t j = 0; j < S; ++j)
@@ -278,4 +287,124 @@ TEST_CASE("ops: attention (causal + cache offset + GQA, and bidirectional with p
     auto ref = naive_attention(q, k, v, a);
     CHECK(max_abs_diff(out.data<float>(), ref.data(), B * T * H * D) < 1e-5f);
   }
+}
+
+TEST_CASE("softmax: the vectorized exp is within 4 ulp of std::exp, 0 below ln(FLT_MIN)") {
+  // Every path at once: exp_shift_sum runs the SIMD lanes of this build and the scalar tail.
+  std::vector<float> x;
+  for (float v = -120.f; v <= 89.f; v += 0.0137f) x.push_back(v);
+  for (float v : {0.f, -0.f, -1e-30f, 1e-30f, -87.33f, -87.34f, -87.3365f, 88.72f, 88.73f, -1e6f,
+                  -INFINITY, INFINITY, -3.4e38f})
+    x.push_back(v);
+  std::vector<float> y(x.size());
+  exp_shift_sum(x.data(), y.data(), int64_t(x.size()), 0.f);
+  int bad = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    CAPTURE(x[i]);
+    const double ref = std::exp(double(x[i]));
+    const float e = exp_f32(x[i]);  // SIMD lanes and the scalar twin: the same operations
+    CHECK(std::memcmp(&y[i], &e, 4) == 0);
+    if (ref < 1.0001 * double(FLT_MIN)) {  // the denormal range and -inf: 0 (at most FLT_MIN off)
+      CHECK(y[i] >= 0.f);
+      CHECK(y[i] <= 2 * FLT_MIN);
+    } else if (ref > double(FLT_MAX)) {
+      CHECK(y[i] == INFINITY);
+    } else {
+      const double ulp = std::nextafter(float(ref), INFINITY) - float(ref);
+      if (std::fabs(double(y[i]) - ref) > 4 * ulp) ++bad;
+    }
+  }
+  CHECK(bad == 0);
+  CHECK(exp_f32(-INFINITY) == 0.f);
+  CHECK(std::isnan(exp_f32(NAN)));
+  float nan_row[20];
+  std::fill(nan_row, nan_row + 20, NAN);
+  exp_shift_sum(nan_row, nan_row, 20, 0.f);
+  for (float v : nan_row) CHECK(std::isnan(v));
+  // softmax_row: sums to 1, a row of -inf gives zeros.
+  std::vector<float> r = {1.f, -INFINITY, 3.f, 0.5f, -2.f, 7.f, 7.f, -INFINITY, 0.f, 1.f, 2.f};
+  softmax_row(r.data(), r.data(), int64_t(r.size()));
+  double sum = 0;
+  for (float v : r) sum += v;
+  CHECK(sum == doctest::Approx(1.0).epsilon(1e-6));
+  CHECK(r[1] == 0.f);
+  std::vector<float> masked(19, -INFINITY);
+  softmax_row(masked.data(), masked.data(), 19);
+  for (float v : masked) CHECK(v == 0.f);
+}
+
+TEST_CASE("ops: prefill attention in query blocks matches the reference and the per-head path") {
+  // T > 64 spans several query blocks; sizes are odd so blocks end mid-way.
+  struct Case {
+    const char* name;
+    int64_t H, Hkv, D, B, T, pos0, window;
+    bool causal, mask;
+    float softcap;
+  };
+  const Case cases[] = {
+      {"causal GQA", 6, 2, 16, 1, 150, 0, 0, true, false, 0.f},
+      {"causal GQA after a cache", 4, 2, 8, 1, 133, 37, 0, true, false, 0.f},
+      {"causal sliding window + softcap", 3, 1, 8, 1, 141, 5, 40, true, false, 30.f},
+      {"bidirectional batch with padding", 2, 2, 7, 2, 70, 0, 0, false, true, 0.f},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.name);
+    const int64_t S = c.pos0 + c.T;
+    std::vector<int32_t> mask;
+    if (c.mask)
+      for (int64_t i = 0; i < c.B * S; ++i) mask.push_back(i % S < S - 9 - 5 * (i / S) ? 1 : 0);
+    AttentionArgs a{c.H, c.Hkv, c.D, c.B, c.pos0, c.causal, c.mask ? mask.data() : nullptr, 0.f};
+    a.window = c.window;
+    a.softcap = c.softcap;
+    Tensor q = randn({c.B * c.T, c.H * c.D}, 11), k = randn({c.B * S, c.Hkv * c.D}, 12),
+           v = randn({c.B * S, c.Hkv * c.D}, 13);
+    const std::vector<float> ref = naive_attention(q, k, v, a);
+    const int64_t n = c.B * c.T * c.H * c.D;
+    std::vector<float> blocks1;
+    for (int threads : {1, 2, 3}) {
+      CAPTURE(threads);
+      auto be = make_cpu_backend(threads);
+      Tensor out = Tensor::empty(DType::F32, {c.B * c.T, c.H * c.D});
+      set_prefill_attention_path(PrefillAttention::Blocks);
+      be->attention(out, q, k, v, a);
+      CHECK(max_abs_diff(out.data<float>(), ref.data(), n) < 2e-5f);
+      if (threads == 1) blocks1.assign(out.data<float>(), out.data<float>() + n);
+      // Each block is computed by the same calls whichever thread runs it.
+      CHECK(std::memcmp(out.data<float>(), blocks1.data(), size_t(n) * 4) == 0);
+      if (c.window == 0) {  // the per-head path predates windows in prefill blocks: compare
+        Tensor old = Tensor::empty(DType::F32, {c.B * c.T, c.H * c.D});
+        set_prefill_attention_path(PrefillAttention::Heads);
+        be->attention(old, q, k, v, a);
+        CHECK(max_abs_diff(out.data<float>(), old.data<float>(), n) < 2e-5f);
+      }
+      set_prefill_attention_path(PrefillAttention::Blocks);
+    }
+  }
+}
+
+TEST_CASE("ops: prefill GEMM column tiles match the reference and one OpenBLAS sgemm") {
+  for (DType dt : {DType::F32, DType::F16})
+    for (bool tr : {false, true})
+      for (auto [T, K, N] : {std::tuple<int64_t, int64_t, int64_t>{64, 70, 203}, {9, 576, 193}}) {
+        CAPTURE(dtype_name(dt));
+        CAPTURE(tr);
+        CAPTURE(T);
+        Tensor w = tr ? randn({K, N}, 21, 0.5f, dt) : randn({N, K}, 21, 0.5f, dt);
+        Tensor x = randn({T, K}, 22);
+        std::vector<float> ref(size_t(T * N));
+        dense_linear_ref(w, tr, x.data<float>(), T, ref.data(), K, N);
+        const Linear lin = make_dense("w", w, K, N, tr);
+        for (int threads : {1, 2, 3}) {
+          CAPTURE(threads);
+          auto be = make_cpu_backend(threads);
+          Tensor y = Tensor::empty(DType::F32, {T, N}), yb = Tensor::empty(DType::F32, {T, N});
+          set_prefill_gemm_path(PrefillGemm::Tiles);
+          be->linear(y, x, lin);
+          set_prefill_gemm_path(PrefillGemm::Blas);
+          be->linear(yb, x, lin);
+          set_prefill_gemm_path(PrefillGemm::Tiles);
+          CHECK(max_abs_diff(y.data<float>(), ref.data(), T * N) < 1e-4f);
+          CHECK(max_abs_diff(y.data<float>(), yb.data<float>(), T * N) < 1e-4f);
+        }
+      }
 }

@@ -7,6 +7,7 @@
 
 #include "engine/half.h"
 #include "engine/thread_pool.h"
+#include "kernels/cpu/prefill_gemm.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -96,9 +97,7 @@ void dense_linear(const Tensor& w, bool transposed, const float* x, int64_t T, i
       else
         cblas_sgemv(CblasRowMajor, CblasNoTrans, int(N), int(K), 1.f, W, int(K), x, 1, 0.f, y, 1);
     } else {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, transposed ? CblasNoTrans : CblasTrans, int(T),
-                  int(N), int(K), 1.f, x, int(ldx), W, transposed ? int(N) : int(K), 0.f, y,
-                  int(ldy));
+      prefill_sgemm(x, T, ldx, W, transposed, y, ldy, K, N);
     }
     return;
   }
@@ -107,6 +106,22 @@ void dense_linear(const Tensor& w, bool transposed, const float* x, int64_t T, i
   const uint16_t* W = w.data<uint16_t>();
   if (!transposed && T <= kMaxGemvRows) {
     few_rows_gemv(dt, W, x, T, ldx, y, ldy, K, N);
+    return;
+  }
+  if (!transposed && prefill_gemm_path() == PrefillGemm::Tiles) {
+    // Each thread converts its own cache-sized tile of rows, then one sgemm on it.
+    struct Ctx {
+      DType dt;
+      const uint16_t* w;
+      int64_t K;
+    } ctx{dt, W, K};
+    prefill_tiles_sgemm(
+        x, T, ldx,
+        [](const void* c, int64_t n0, int64_t nr, float* dst) {
+          const Ctx& a = *static_cast<const Ctx*>(c);
+          convert_rows(a.dt, a.w + n0 * a.K, dst, size_t(nr * a.K));
+        },
+        &ctx, y, ldy, K, N);
     return;
   }
   // Tiled: convert ~1M weights at a time and multiply with sgemm.

@@ -1,0 +1,79 @@
+// Prefill GEMMs on the CPU: y[T, N] = x[T, K] · Wᵀ for many rows of x, cut into column tiles
+// (blocks of output features) that the threads take one at a time, each tile one single-threaded
+// OpenBLAS sgemm. Legend: T rows of x (tokens), K in features, N out features.
+//
+// Why: OpenBLAS's own threading splits one sgemm of SmolLM2's sizes (T = 512, K = 576,
+// N = 192 .. 1536: 1-2 ms of work) between the threads and synchronises them several times inside
+// it; independent tiles need one join per GEMM and no shared packing buffer. The tiles run on
+// OpenMP threads inside one parallel region (OpenBLAS's OpenMP build runs a call made inside a
+// region on the calling thread), as many threads as the thread pool's load back-off lets take
+// part (engine/thread_pool.h pool_active_threads). Every output element is one sgemm's dot
+// product over the full K; which tile it falls in depends on the active thread count, so results
+// may differ in the last bits between thread counts (tests/test_ops.cpp compares with a
+// tolerance).
+//
+// MINFER_DENSE_PREFILL=blas keeps the previous path (one OpenBLAS sgemm on all threads) for A/B
+// timing; MINFER_ATTN_PREFILL=heads the previous prefill attention (one full [T, S] score matrix
+// per head, kernels/cpu/cpu_backend.cpp). Both default to the tiled paths.
+#pragma once
+#include <omp.h>
+
+#include <cstdint>
+
+#include "engine/thread_pool.h"
+
+namespace minfer {
+
+enum class PrefillGemm { Blas, Tiles };
+enum class PrefillAttention { Heads, Blocks };
+// The paths in use: from MINFER_DENSE_PREFILL (blas | tiles) and MINFER_ATTN_PREFILL
+// (heads | blocks) at first use, or the last set_ call (benchmarks switch them in one process).
+PrefillGemm prefill_gemm_path();
+void set_prefill_gemm_path(PrefillGemm p);
+PrefillAttention prefill_attention_path();
+void set_prefill_attention_path(PrefillAttention p);
+
+// Sets OpenBLAS to one thread for its lifetime (restores the previous count after): a loop the
+// back-off leaves to one thread must not let a BLAS call inside it start a team of its own.
+class BlasOneThread {
+ public:
+  BlasOneThread();
+  ~BlasOneThread();
+  BlasOneThread(const BlasOneThread&) = delete;
+  BlasOneThread& operator=(const BlasOneThread&) = delete;
+
+ private:
+  int prev_blas_, prev_omp_;
+};
+
+// fn(i, thread) for every item i in [0, n), items taken one at a time (dynamic schedule) by
+// min(n, pool_active_threads()) OpenMP threads; thread in [0, that count) indexes per-thread
+// scratch. BLAS calls inside fn run single-threaded. Nothing here may throw out of fn.
+template <class F>
+void prefill_for(int64_t n, F&& fn) {
+  if (n <= 0) return;
+  const int nt = int(n < pool_active_threads() ? n : pool_active_threads());
+  if (nt <= 1) {
+    BlasOneThread one;
+    for (int64_t i = 0; i < n; ++i) fn(i, 0);
+    return;
+  }
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t i = 0; i < n; ++i) fn(i, omp_get_thread_num());
+}
+
+// y[T, N] (row stride ldy) = x[T, K] (row stride ldx) · Wᵀ, W f32 [N, K] (row stride K) or, when
+// transposed, [K, N] (row stride N). Column tiles on the active threads (MINFER_DENSE_PREFILL=
+// blas: one threaded OpenBLAS sgemm). Requires T, K, N > 0 and ldx >= K, ldy >= N.
+void prefill_sgemm(const float* x, int64_t T, int64_t ldx, const float* w, bool transposed,
+                   float* y, int64_t ldy, int64_t K, int64_t N);
+
+// The same with W made one tile at a time: fill(ctx, n0, nr, dst) writes W's rows n0 .. n0+nr-1
+// as f32 [nr, K] into dst (a dequantized or converted copy); tiles of at most ~256 KB, so a tile
+// stays in the core's L2 between its fill and its sgemm. Used by the F16/BF16 and quantized
+// formats' prefill.
+using TileFill = void (*)(const void* ctx, int64_t n0, int64_t nr, float* dst);
+void prefill_tiles_sgemm(const float* x, int64_t T, int64_t ldx, TileFill fill, const void* ctx,
+                         float* y, int64_t ldy, int64_t K, int64_t N);
+
+}  // namespace minfer
