@@ -20,6 +20,7 @@
 #include "kernels/common/ggml_quants.h"
 #include "kernels/cpu/act.h"
 #include "kernels/cpu/env_switch.h"
+#include "kernels/cpu/prefill_gemm.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
     defined(__AVX512VNNI__) && defined(__F16C__)
@@ -997,8 +998,7 @@ void ggml_linear_f32(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx
   if (T == 0) return;
   constexpr int64_t kTile = 64;  // rows dequantized at a time: 64 x K floats stay in L2
   const int64_t tiles = (N + kTile - 1) / kTile, rb = w.blocks.dim(1);
-#pragma omp parallel for schedule(dynamic) if (worth_threads(N * K))
-  for (int64_t i = 0; i < tiles; ++i) {
+  auto tile = [&](int64_t i, int) {
     thread_local std::vector<float> buf;
     thread_local std::vector<uint8_t> row;
     const int64_t n0 = i * kTile, nr = std::min(kTile, N - n0);
@@ -1009,7 +1009,13 @@ void ggml_linear_f32(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx
     // Inside the parallel loop OpenBLAS (OpenMP build) runs on the calling thread only.
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(nr), int(K), 1.f, x, int(ldx),
                 buf.data(), int(K), 0.f, y + n0, int(ldy));
+  };
+  if (worth_threads(N * K) && prefill_gemm_path() == PrefillGemm::Tiles) {
+    prefill_for(tiles, tile);  // the tiles on the pool's active thread count
+    return;
   }
+#pragma omp parallel for schedule(dynamic) if (worth_threads(N * K))
+  for (int64_t i = 0; i < tiles; ++i) tile(i, 0);
 }
 
 GgmlPath ggml_path() {

@@ -17,6 +17,7 @@
 #include "kernels/common/quant_math.h"
 #include "kernels/cpu/act.h"
 #include "kernels/cpu/env_switch.h"
+#include "kernels/cpu/prefill_gemm.h"
 #include "kernels/cpu/quant_act.h"
 #include "kernels/cpu/quant_act_impl.h"
 #include "kernels/cpu/quant_impl.h"
@@ -140,6 +141,15 @@ void dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst) {
 // once per tile instead of once per group of x rows.
 void linear_tiles_sgemm(const QArgs& a, const float* x, int64_t T, int64_t ldx, float* y,
                         int64_t ldy, int64_t N) {
+  if (prefill_gemm_path() == PrefillGemm::Tiles) {  // on the pool's active thread count
+    prefill_tiles_sgemm(
+        x, T, ldx,
+        [](const void* c, int64_t n0, int64_t nr, float* dst) {
+          dequant_rows(*static_cast<const QArgs*>(c), n0, nr, dst);
+        },
+        &a, y, ldy, a.K, N);
+    return;
+  }
   const int nt = omp_get_max_threads();
   const int64_t cap = std::max<int64_t>(16, ((int64_t(1) << 17) / a.K) / 16 * 16);
   const int64_t rows = std::min(cap, std::max<int64_t>(16, qm::ceil_div(N, 2 * nt) + 15) / 16 * 16);
