@@ -628,10 +628,10 @@ class CpuBackend final : public Backend {
                         const AttentionArgs& a, int64_t T, int64_t S, float scale) {
     const int64_t H = a.n_heads, D = a.head_dim, B = a.batch, group = H / a.n_kv_heads;
     const int64_t nb = (T + kQueryBlock - 1) / kQueryBlock;
-    const int nt = std::max(1, std::min(threads_, pool_active_threads()));
+    const int nt = prefill_threads(B * H * nb);
     attn_scratch_.resize(size_t(nt) * size_t(kQueryBlock * S));
     float* scratch = attn_scratch_.data();
-    prefill_for(B * H * nb, [&](int64_t i, int thread) {
+    prefill_for(B * H * nb, nt, [&](int64_t i, int thread) {
       // Items in order of decreasing cost: the last query block (most keys) first.
       const int64_t blk = nb - 1 - i / (B * H), bh = i % (B * H), b = bh / H, h = bh % H;
       const int64_t kh = h / group, t0 = blk * kQueryBlock, t1 = std::min(T, t0 + kQueryBlock);

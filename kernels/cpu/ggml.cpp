@@ -1011,7 +1011,8 @@ void ggml_linear_f32(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx
                 buf.data(), int(K), 0.f, y + n0, int(ldy));
   };
   if (worth_threads(N * K) && prefill_gemm_path() == PrefillGemm::Tiles) {
-    prefill_for(tiles, tile);  // the tiles on the pool's active thread count
+    prefill_for(tiles, prefill_threads(tiles),
+                tile);  // the tiles on the pool's active thread count
     return;
   }
 #pragma omp parallel for schedule(dynamic) if (worth_threads(N * K))

@@ -66,7 +66,7 @@ void prefill_sgemm(const float* x, int64_t T, int64_t ldx, const float* w, bool 
   const int nt = pool_active_threads();
   const int64_t cols = round_up((N + nt - 1) / nt, 16);
   const int64_t tiles = (N + cols - 1) / cols;
-  prefill_for(tiles, [&](int64_t i, int) {
+  prefill_for(tiles, prefill_threads(tiles), [&](int64_t i, int) {
     const int64_t n0 = i * cols, nc = std::min(cols, N - n0);
     const float* wt = transposed ? w + n0 : w + n0 * K;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, tw, int(T), int(nc), int(K), 1.f, x, int(ldx), wt, ldw,
@@ -81,7 +81,7 @@ void prefill_tiles_sgemm(const float* x, int64_t T, int64_t ldx, TileFill fill, 
   const int64_t cap = std::max<int64_t>(16, (int64_t(1) << 16) / K / 16 * 16);
   const int64_t rows = std::min(cap, round_up((N + nt - 1) / nt, 16));
   const int64_t tiles = (N + rows - 1) / rows;
-  prefill_for(tiles, [&](int64_t i, int) {
+  prefill_for(tiles, prefill_threads(tiles), [&](int64_t i, int) {
     thread_local std::vector<float> tile;
     const int64_t n0 = i * rows, nr = std::min(rows, N - n0);
     tile.resize(size_t(rows * K));

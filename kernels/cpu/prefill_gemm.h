@@ -46,13 +46,18 @@ class BlasOneThread {
   int prev_blas_, prev_omp_;
 };
 
-// fn(i, thread) for every item i in [0, n), items taken one at a time (dynamic schedule) by
-// min(n, pool_active_threads()) OpenMP threads; thread in [0, that count) indexes per-thread
-// scratch. BLAS calls inside fn run single-threaded. Nothing here may throw out of fn.
+// The threads a prefill loop over n items uses now: min(n, pool_active_threads()), at least 1.
+inline int prefill_threads(int64_t n) {
+  const int a = pool_active_threads();
+  return n < a ? int(n < 1 ? 1 : n) : a;
+}
+
+// fn(i, thread) for every item i in [0, n), items taken one at a time (dynamic schedule) by nt
+// OpenMP threads (nt from prefill_threads; the caller sizes per-thread scratch by it, thread is
+// in [0, nt)). BLAS calls inside fn run single-threaded. Nothing here may throw out of fn.
 template <class F>
-void prefill_for(int64_t n, F&& fn) {
+void prefill_for(int64_t n, int nt, F&& fn) {
   if (n <= 0) return;
-  const int nt = int(n < pool_active_threads() ? n : pool_active_threads());
   if (nt <= 1) {
     BlasOneThread one;
     for (int64_t i = 0; i < n; ++i) fn(i, 0);
