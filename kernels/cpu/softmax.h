@@ -1,5 +1,6 @@
-// Softmax rows for attention: a vectorized exp (AVX-512 or AVX2 + FMA where the build targets
-// them, std::exp elsewhere) and the row softmax the CPU backend's attention and softmax op share.
+// Softmax rows for attention: a vectorized exp (AVX2 + FMA where the build targets it, also on
+// AVX-512 machines: a 16-lane version was not kept because it could not be run where it was
+// written; the scalar twin elsewhere) and the row softmax the CPU backend's attention and softmax op share.
 // Legend: n = values in a row.
 //
 // exp(x), the classic single-precision scheme (Cody & Waite range reduction, as in Cephes expf):
@@ -15,7 +16,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #endif
 
@@ -55,37 +56,6 @@ inline float exp_f32(float x) {
   return e * s1 * s2;
 }
 
-#if defined(__AVX512F__)
-// 16 lanes of exp_f32.
-inline __m512 exp_f32x16(__m512 x) {
-  using namespace softmax_detail;
-  const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kMinX), _CMP_LT_OQ);
-  const __mmask16 over = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kMaxX), _CMP_GT_OQ);
-  const __m512 xc = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(kMinX)), _mm512_set1_ps(kMaxX));
-  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(kLog2e)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(kLn2Hi), xc);
-  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(kLn2Lo), r);
-  __m512 p = _mm512_set1_ps(kC0);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kC1));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kC2));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kC3));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kC4));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kC5));
-  const __m512 e = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.f));
-  // 2^k as 2^h * 2^(k - h), h = k >> 1: both factors normal for k in [-126, 128].
-  const __m512i ki = _mm512_cvtps_epi32(k), h = _mm512_srai_epi32(ki, 1);
-  const __m512i b1 = _mm512_slli_epi32(_mm512_add_epi32(h, _mm512_set1_epi32(127)), 23);
-  const __m512i b2 =
-      _mm512_slli_epi32(_mm512_add_epi32(_mm512_sub_epi32(ki, h), _mm512_set1_epi32(127)), 23);
-  __m512 y = _mm512_mul_ps(_mm512_mul_ps(e, _mm512_castsi512_ps(b1)), _mm512_castsi512_ps(b2));
-  y = _mm512_mask_mov_ps(y, under, _mm512_setzero_ps());
-  y = _mm512_mask_mov_ps(y, over, _mm512_set1_ps(INFINITY));
-  // NaN lanes: x itself.
-  return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
-}
-#endif
-
 #if defined(__AVX2__) && defined(__FMA__)
 // 8 lanes of exp_f32.
 inline __m256 exp_f32x8(__m256 x) {
@@ -120,16 +90,7 @@ inline __m256 exp_f32x8(__m256 x) {
 inline float exp_shift_sum(const float* x, float* y, int64_t n, float mx) {
   int64_t i = 0;
   float sum = 0.f;
-#if defined(__AVX512F__)
-  const __m512 m = _mm512_set1_ps(mx);
-  __m512 acc = _mm512_setzero_ps();
-  for (; i + 16 <= n; i += 16) {
-    const __m512 e = exp_f32x16(_mm512_sub_ps(_mm512_loadu_ps(x + i), m));
-    _mm512_storeu_ps(y + i, e);
-    acc = _mm512_add_ps(acc, e);
-  }
-  sum = _mm512_reduce_add_ps(acc);
-#elif defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__)
   const __m256 m = _mm256_set1_ps(mx);
   __m256 acc = _mm256_setzero_ps();
   for (; i + 8 <= n; i += 8) {
