@@ -191,6 +191,17 @@ MINFER_HD inline float nf4_value(int i) {
 }
 constexpr int kNF4Zero = 7;
 
+// NF4 levels as int8 for integer dot products with 8-bit activations (the q8 path,
+// kernels/cpu/quant.h): round(127 · nf4_value(i)); a weight is then s / 127 · nf4_i8(i), off
+// its f32 value s · nf4_value(i) by at most 0.467 / 127 · s (index 13: 71.45 -> 71). The
+// endpoints and 0 are exact. Same idea as llama.cpp's IQ4_NL table (int8 levels, looked up per
+// nibble), with NF4's values.
+MINFER_HD inline int nf4_i8(int i) {
+  constexpr signed char t[16] = {-127, -88, -67, -50, -36, -23, -12, 0,
+                                 10,   20,  31,  43,  56,  71,  92,  127};
+  return t[i & 15];
+}
+
 // Index of the NF4 value nearest to v (v = w / absmax, normally in [-1, 1]); ties go to the
 // lower index. bitsandbytes' dQuantizeNF4 decision tree compares against the same midpoints.
 MINFER_HD inline int nf4_nearest(float v) {
