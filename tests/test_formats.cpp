@@ -107,8 +107,8 @@ struct Row {
   // kernels/cpu/quant.h): a step at most max|x| / 127 of the row.
   bool int8_decode_activations = false;
   // ... and rounds each weight by at most this fraction of itself: NF4 on the q8 path multiplies
-  // the int8 levels round(127 v) (qm::nf4_i8), off 127 v by < 0.47, i.e. < 3.8 % of the value at
-  // the smallest level (v = -0.091: -11.56 -> -12; tests/test_quant_q8.cpp computes the bound).
+  // the integer levels round(8192 v) (qm::nf4_level), off 8192 v by < 0.5, i.e. < 0.026 % of the
+  // value at the smallest level (v = 0.0796: 651.92 -> 652; tests/test_quant_q8.cpp checks it).
   double decode_weight_rounding = 0;
 };
 
@@ -131,7 +131,7 @@ std::vector<Row> rows() {
                  act, half});
     r.back().int8_decode_activations =
         m == "int4" || m == "int4-g64-asym" || m == "nf4" || m == "nf4-dq";
-    r.back().decode_weight_rounding = m == "nf4" || m == "nf4-dq" ? 0.038 : 0;
+    r.back().decode_weight_rounding = m == "nf4" || m == "nf4-dq" ? 2.6e-4 : 0;
   }
   // Pruned weights stored as SparseBitmask (forced, whatever the crossover table says), its
   // values in every value format the format takes.

@@ -268,8 +268,8 @@ void set_q8(QArgs& a, const Q8Act& o) {
 }
 
 // The q8 path's reference: the same activation codes, exact integer sums per block of 32
-// (Σ w q with w = u - z, or w = qm::nf4_i8(u) for NF4), then y = f Σ_span s (Σ_block d · sum) in
-// f32, blocks in order (f = QArgs::q8_out_factor: 1, or 1 / 127 for NF4).
+// (Σ w q with w = u - z, or w = qm::nf4_level(u) for NF4), then y = f Σ_span s (Σ_block d · sum)
+// in f32, blocks in order (f = QArgs::q8_out_factor: 1, or 2^-13 for NF4).
 void q8_ref_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   thread_local std::vector<uint8_t> tmp, u;
   tmp.resize(size_t(a.rb));
@@ -299,7 +299,7 @@ void q8_ref_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, in
         for (int64_t k0 = sp.k0; k0 < sp.k1; k0 += 32) {
           int32_t sum = 0;
           for (int64_t k = k0; k < k0 + 32; ++k) {
-            const int32_t w = nf4 ? qm::nf4_i8(u[size_t(k)]) : int32_t(u[size_t(k)]) - z;
+            const int32_t w = nf4 ? qm::nf4_level(u[size_t(k)]) : int32_t(u[size_t(k)]) - z;
             sum += w * q[k];
           }
           part += float(sum) * a.xd[(t * (a.Kp / 64) + k0 / 64) * 16 + (k0 % 64) / 4];
@@ -311,8 +311,12 @@ void q8_ref_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, in
   }
 }
 
-// Rows n0..n1 of y on the q8 path: the SIMD kernel where built (T <= 4), else the reference.
+// Rows n0..n1 of y on the q8 path: the SIMD kernel where built (T <= 4), else the reference
+// (also for NF4 on AVX-512, which has no NF4 q8 kernel).
 void q8_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+#if defined(MINFER_Q_AVX512)
+  if (a.scheme == QScheme::NF4) return q8_ref_rows(a, T, n0, n1, y, ldy);
+#endif
 #if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
   return simd_decode_rows_q8(a, T, n0, n1, y, ldy);
 #else
@@ -333,10 +337,10 @@ QuantActPath act_path_now() {
 }
 
 // Whether a call of T rows on a's weights takes the q8 path: always where it applies when forced;
-// by default for int4 and NF4 at decode (T <= 4) where this build has a SIMD q8 kernel (AVX-512
-// VNNI or AVX2; measured 2.7-3.4x the f32 path's kernel on AVX2, docs/performance.md). int8 keeps
-// f32 activations by default: its decode is bound by memory, not by the f32 arithmetic, and the q8
-// path measured no faster there (docs/performance.md).
+// by default at decode (T <= 4) for int4 where this build has a SIMD q8 kernel (AVX-512 VNNI or
+// AVX2) and for NF4 on AVX2 (kernels measured ~3x the f32 path's there, docs/performance.md). int8
+// keeps f32 activations by default: its decode is bound by memory, not by the f32 arithmetic, and
+// the q8 path measured no faster there (docs/performance.md).
 bool use_q8(const QArgs& a, int64_t T) {
   if (!q8_applies(a)) return false;
   switch (act_path_now()) {
@@ -345,7 +349,9 @@ bool use_q8(const QArgs& a, int64_t T) {
     case QuantActPath::Q8:
       return true;
     case QuantActPath::Auto:
-#if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
+#if defined(MINFER_Q_AVX512)
+      return T <= 4 && a.scheme == QScheme::Int4;
+#elif defined(MINFER_Q_AVX2)
       return T <= 4 && (a.scheme == QScheme::Int4 || a.scheme == QScheme::NF4);
 #else
       (void)T;

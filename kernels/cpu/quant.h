@@ -51,16 +51,18 @@ bool quantized_linear_int8_act(const Quantized& w, const float* x, int64_t T, in
 // w's sign), the int32 sums of each block of 32 times its d accumulate in f32, times the weight
 // scale once per group:
 //   y[t, n] = f Σ_g s[n, g] Σ_{b in g} d[t, b] Σ_{j in b} w[n, j] q[t, j],
-// w = u - z[n, g] with f = 1 (int8, int4), or w = qm::nf4_i8(u) = round(127 · NF4 value) with
-// f = 1 / 127 (NF4: llama.cpp's IQ4_NL idea, int8 levels looked up per nibble by vpshufb).
+// w = u - z[n, g] with f = 1 (int8, int4), or w = qm::nf4_level(u) = round(8192 · NF4 value)
+// with f = 2^-13 (NF4: integer levels looked up per nibble by vpshufb, as llama.cpp's IQ4_NL
+// does with int8 ones; here split as 128 · hi + lo into two int8 operands, since int8 levels
+// round an NF4 value by up to 3.8 %, measured +1.8 % perplexity).
 // Error against the f32 product of the dequantized weights: |x_j - d q_j| <= d / 2, so
 // |y_q8 - y_f32| <= Σ_b d_b / 2 Σ_{j in b} |w_j| (+ f32 rounding); NF4 adds Σ_j |x_j| |w_j| δ,
-// δ < 3.8 % the largest relative rounding of an NF4 level. Cost on SmolLM2-135M: see
-// docs/performance.md. quantized_linear (and its op groups, the fused gate·up) takes it for int4
-// and NF4 at T <= 4 (decode) on AVX-512 VNNI and AVX2 builds by default (int8 decode is
-// memory-bound and measured no faster on it); MINFER_QUANT_ACT=f32 turns it off, =q8 forces it
-// for int8, int4 and NF4 at every T and on every build (the reference then runs without SIMD),
-// to measure its perplexity cost.
+// δ < 0.026 % the largest relative rounding of an NF4 level. Cost on SmolLM2-135M: see
+// docs/performance.md. quantized_linear (and its op groups, the fused gate·up) takes it by
+// default at T <= 4 (decode) for int4 on AVX-512 VNNI and AVX2 builds and for NF4 on AVX2 builds
+// (the AVX-512 file has no NF4 q8 kernel; int8 decode is memory-bound and measured no faster on
+// it); MINFER_QUANT_ACT=f32 turns it off, =q8 forces it for int8, int4 and NF4 at every T and on
+// every build (the reference runs where no SIMD kernel is), to measure its perplexity cost.
 // quantized_linear_q8 runs it at any T (T > 4: tiles of 16 rows kept in cache while every group
 // of 4 tokens passes; each row computed as in decode); the reference computes
 // the same codes and exact block sums, combining them in f32 in block order. Both throw for
@@ -75,8 +77,8 @@ void quantized_linear_q8(const Quantized& w, const float* x, int64_t T, int64_t 
 void quantized_linear_q8_ref(const Quantized& w, const float* x, int64_t T, int64_t ldx, float* y,
                              int64_t ldy, int64_t K, int64_t N);
 // Which activations quantized_linear, its op groups and the fused gate·up use for int8 / int4 /
-// NF4: Auto (q8 for int4 and NF4 at T <= 4 where a SIMD q8 kernel is built: AVX-512 VNNI or
-// AVX2), F32 (never), Q8 (every T). Read once from
+// NF4: Auto (q8 at T <= 4 for int4 on AVX-512 VNNI and AVX2 builds, for NF4 on AVX2), F32
+// (never), Q8 (every T). Read once from
 // MINFER_QUANT_ACT (auto | f32 | q8; anything else is an error naming the variable);
 // set_quantized_act_path overrides it for the whole process (tests, A/B in one binary).
 enum class QuantActPath { Auto, F32, Q8 };

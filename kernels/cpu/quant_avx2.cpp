@@ -231,10 +231,9 @@ void dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst) {
 
 // The 32 signed weights w of each half of the 64-weight chunk at c (half 0: weights 0..31, half 1:
 // 32..63): int8 u - 128 (stored so already where SGN: interleaved rows), int4 u - z (the 32 low
-// nibbles, then the 32 high ones: qm::ChunkQ4), NF4 the level qm::nf4_i8(u) by vpshufb of a
-// 16-entry table.
+// nibbles, then the 32 high ones: qm::ChunkQ4).
 template <QScheme S, bool SGN>
-inline void q8_weights(const uint8_t* c, __m256i z, __m256i nf4, __m256i& w0, __m256i& w1) {
+inline void q8_weights(const uint8_t* c, __m256i z, __m256i& w0, __m256i& w1) {
   if constexpr (S == QScheme::Int8) {
     const __m256i flip = _mm256_set1_epi8(char(SGN ? 0 : 0x80));
     w0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)c), flip);
@@ -242,25 +241,22 @@ inline void q8_weights(const uint8_t* c, __m256i z, __m256i nf4, __m256i& w0, __
   } else {
     const __m256i m = _mm256_set1_epi8(0x0F);
     const __m256i b = _mm256_loadu_si256((const __m256i*)c);
-    const __m256i u0 = _mm256_and_si256(b, m), u1 = _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
-    if constexpr (S == QScheme::NF4) {
-      w0 = _mm256_shuffle_epi8(nf4, u0);
-      w1 = _mm256_shuffle_epi8(nf4, u1);
-    } else {
-      w0 = _mm256_sub_epi8(u0, z);
-      w1 = _mm256_sub_epi8(u1, z);
-    }
+    w0 = _mm256_sub_epi8(_mm256_and_si256(b, m), z);
+    w1 = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(b, 4), m), z);
   }
 }
 
-// qm::nf4_i8(0..15), the vpshufb table of NF4 levels (constants: the calls fold at compile time).
-inline __m128i nf4_levels() {
-#define MINFER_L(i) char(qm::nf4_i8(i))
-  return _mm_setr_epi8(MINFER_L(0), MINFER_L(1), MINFER_L(2), MINFER_L(3), MINFER_L(4), MINFER_L(5),
-                       MINFER_L(6), MINFER_L(7), MINFER_L(8), MINFER_L(9), MINFER_L(10),
-                       MINFER_L(11), MINFER_L(12), MINFER_L(13), MINFER_L(14), MINFER_L(15));
-#undef MINFER_L
-}
+// The vpshufb tables of the NF4 levels' two parts (qm::nf4_level = 128 · hi + lo), in both
+// 128-bit lanes (constants: the calls fold at compile time).
+#define MINFER_NF4_TABLE(F)                                                                   \
+  _mm256_broadcastsi128_si256(_mm_setr_epi8(char(F(0)), char(F(1)), char(F(2)), char(F(3)),   \
+                                            char(F(4)), char(F(5)), char(F(6)), char(F(7)),   \
+                                            char(F(8)), char(F(9)), char(F(10)), char(F(11)), \
+                                            char(F(12)), char(F(13)), char(F(14)), char(F(15))))
+struct Nf4Tables {
+  __m256i lo = MINFER_NF4_TABLE(qm::nf4_level_lo), hi = MINFER_NF4_TABLE(qm::nf4_level_hi);
+};
+#undef MINFER_NF4_TABLE
 
 // Σ w q of each 4 consecutive weights as 8 int32 lanes, exact: vpmaddubsw of |w| (unsigned) with
 // q carrying w's sign (pairs: |2 · 128 · 127| < 2^15, no saturation), then vpmaddwd by 1.
@@ -269,9 +265,18 @@ inline __m256i q8_dot32(__m256i aw, __m256i w, __m256i q) {
 }
 
 // One weight row n against tokens 0..R of a.xq (any row layout: a.row_base / chunk_stride).
-// nf4: qm::nf4_i8 in each 128-bit lane (NF4 only).
+// Σ level · q of each 4 consecutive NF4 weights (int32 lanes, exact): level = 128 · hi + lo with
+// lo in 0..127 (vpmaddubsw's unsigned operand as it is) and |hi| <= 64 (its sign moved onto q).
+inline __m256i nf4_dot32(__m256i lo, __m256i ahi, __m256i hi, __m256i q) {
+  const __m256i plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, q), _mm256_set1_epi16(1));
+  const __m256i phi =
+      _mm256_madd_epi16(_mm256_maddubs_epi16(ahi, _mm256_sign_epi8(q, hi)), _mm256_set1_epi16(128));
+  return _mm256_add_epi32(plo, phi);
+}
+
+// One weight row n against tokens 0..R of a.xq (any row layout: a.row_base / chunk_stride).
 template <QScheme S, bool SGN, int R>
-void q8_row(int64_t n, const QArgs& a, __m256i nf4, float* y, int64_t ldy) {
+void q8_row(int64_t n, const QArgs& a, const Nf4Tables& tb, float* y, int64_t ldy) {
   const uint8_t* wr = a.row_base(n);
   const int64_t cs = a.chunk_stride(), nc = a.Kp / 64;
   __m256 f[R];
@@ -283,14 +288,34 @@ void q8_row(int64_t n, const QArgs& a, __m256i nf4, float* y, int64_t ldy) {
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     for (int64_t k = sp.k0; k < sp.k1; k += 64) {
       const int64_t c = k >> 6;
-      __m256i w0, w1;
-      q8_weights<S, SGN>(wr + c * cs, z, nf4, w0, w1);
+      // int8 / int4: w (signed) and |w|; NF4: the level parts hi (as w), |hi| and lo.
+      __m256i w0, w1, l0 = _mm256_setzero_si256(), l1 = l0;
+      if constexpr (S == QScheme::NF4) {
+        const __m256i m = _mm256_set1_epi8(0x0F);
+        const __m256i b = _mm256_loadu_si256((const __m256i*)(wr + c * cs));
+        const __m256i u0 = _mm256_and_si256(b, m);
+        const __m256i u1 = _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
+        l0 = _mm256_shuffle_epi8(tb.lo, u0);
+        l1 = _mm256_shuffle_epi8(tb.lo, u1);
+        w0 = _mm256_shuffle_epi8(tb.hi, u0);
+        w1 = _mm256_shuffle_epi8(tb.hi, u1);
+      } else {
+        q8_weights<S, SGN>(wr + c * cs, z, w0, w1);
+      }
       const __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
       for (int r = 0; r < R; ++r) {
         const int8_t* q = a.xq + r * a.Kp + k;
         const float* d = a.xd + (r * nc + c) * 16;  // lanes 0..7: block 0's scale, 8..15: block 1's
-        const __m256i p0 = q8_dot32(a0, w0, _mm256_loadu_si256((const __m256i*)q));
-        const __m256i p1 = q8_dot32(a1, w1, _mm256_loadu_si256((const __m256i*)(q + 32)));
+        const __m256i q0 = _mm256_loadu_si256((const __m256i*)q);
+        const __m256i q1 = _mm256_loadu_si256((const __m256i*)(q + 32));
+        __m256i p0, p1;
+        if constexpr (S == QScheme::NF4) {
+          p0 = nf4_dot32(l0, a0, w0, q0);
+          p1 = nf4_dot32(l1, a1, w1, q1);
+        } else {
+          p0 = q8_dot32(a0, w0, q0);
+          p1 = q8_dot32(a1, w1, q1);
+        }
         acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_loadu_ps(d), acc[r][0]);
         acc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_loadu_ps(d + 8), acc[r][1]);
       }
@@ -304,19 +329,19 @@ void q8_row(int64_t n, const QArgs& a, __m256i nf4, float* y, int64_t ldy) {
 
 template <QScheme S, bool SGN>
 void q8_rows_t(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy) {
-  const __m256i nf4 = _mm256_broadcastsi128_si256(nf4_levels());
+  const Nf4Tables tb;
   for (int64_t n = n0; n < n1; ++n) switch (T) {
       case 1:
-        q8_row<S, SGN, 1>(n, a, nf4, y, ldy);
+        q8_row<S, SGN, 1>(n, a, tb, y, ldy);
         break;
       case 2:
-        q8_row<S, SGN, 2>(n, a, nf4, y, ldy);
+        q8_row<S, SGN, 2>(n, a, tb, y, ldy);
         break;
       case 3:
-        q8_row<S, SGN, 3>(n, a, nf4, y, ldy);
+        q8_row<S, SGN, 3>(n, a, tb, y, ldy);
         break;
       default:
-        q8_row<S, SGN, 4>(n, a, nf4, y, ldy);
+        q8_row<S, SGN, 4>(n, a, tb, y, ldy);
         break;
     }
 }

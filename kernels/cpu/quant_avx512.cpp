@@ -460,20 +460,16 @@ void dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst) {
 // ---- The q8 path: int8 / int4 weights against 8-bit activations (QArgs::xq).
 
 // The 64 unsigned codes u of the chunk at c in weight order: int8 u (stored as u - 128 where SGN:
-// flip the sign bit back), int4 the 32 low nibbles then the 32 high ones (qm::ChunkQ4), NF4 the
-// same nibbles looked up (vpshufb, per 128-bit lane) in `nf4`: the level qm::nf4_i8 + 128, so
-// that NF4 is an int8 weight with zero point 128 from here on.
+// flip the sign bit back), int4 the 32 low nibbles then the 32 high ones (qm::ChunkQ4).
 template <QScheme S, bool SGN>
-MINFER_INLINE __m512i codes_u64(const uint8_t* c, __m512i nf4) {
+MINFER_INLINE __m512i codes_u64(const uint8_t* c) {
   if constexpr (S == QScheme::Int8) {
     const __m512i v = _mm512_loadu_si512(c);
     return SGN ? _mm512_xor_si512(v, _mm512_set1_epi8(char(0x80))) : v;
   } else {
     const __m256i b = _mm256_loadu_si256((const __m256i*)c);
     const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(b), _mm256_srli_epi16(b, 4), 1);
-    const __m512i u = _mm512_and_si512(v, _mm512_set1_epi8(0x0F));
-    if constexpr (S == QScheme::NF4) return _mm512_shuffle_epi8(nf4, u);
-    return u;
+    return _mm512_and_si512(v, _mm512_set1_epi8(0x0F));
   }
 }
 
@@ -487,13 +483,6 @@ struct Q8Rows {
     const uint8_t* wr[RW];
     for (int i = 0; i < RW; ++i) wr[i] = a.row_base(n0 + i);
     const int64_t cs = a.chunk_stride(), nc = a.Kp / 64;
-    // NF4: qm::nf4_i8 + 128 in each 128-bit lane (constants: the calls fold at compile time).
-#define MINFER_L(i) char(qm::nf4_i8(i) + 128)
-    const __m512i nf4 = _mm512_broadcast_i32x4(
-        _mm_setr_epi8(MINFER_L(0), MINFER_L(1), MINFER_L(2), MINFER_L(3), MINFER_L(4), MINFER_L(5),
-                      MINFER_L(6), MINFER_L(7), MINFER_L(8), MINFER_L(9), MINFER_L(10),
-                      MINFER_L(11), MINFER_L(12), MINFER_L(13), MINFER_L(14), MINFER_L(15)));
-#undef MINFER_L
     __m512 f[RW][R], acc[RW][R];
     for (int i = 0; i < RW; ++i)
       for (int r = 0; r < R; ++r) f[i][r] = acc[i][r] = _mm512_setzero_ps();
@@ -504,7 +493,7 @@ struct Q8Rows {
       for (int64_t k = sp.k0; k < sp.k1; k += 64) {
         const int64_t c = k >> 6;
         __m512i u[RW];
-        for (int i = 0; i < RW; ++i) u[i] = codes_u64<S, SGN>(wr[i] + c * cs, nf4);
+        for (int i = 0; i < RW; ++i) u[i] = codes_u64<S, SGN>(wr[i] + c * cs);
         for (int r = 0; r < R; ++r) {
           const __m512i q = _mm512_loadu_si512(a.xq + r * a.Kp + k);
           const __m512i ns = _mm512_loadu_si512(a.xs + r * (a.Kp / 4) + k / 4);
@@ -514,7 +503,7 @@ struct Q8Rows {
           if (a.zeros) {
             for (int i = 0; i < RW; ++i) base[i] = _mm512_mullo_epi32(ns, zv[i]);
           } else {
-            const __m512i b = _mm512_slli_epi32(ns, S == QScheme::Int4 ? 3 : 7);
+            const __m512i b = _mm512_slli_epi32(ns, S == QScheme::Int8 ? 7 : 3);
             for (int i = 0; i < RW; ++i) base[i] = b;
           }
           for (int i = 0; i < RW; ++i)
@@ -530,10 +519,6 @@ struct Q8Rows {
         }
       }
     }
-    if constexpr (S == QScheme::NF4)
-      for (int i = 0; i < RW; ++i)
-        for (int r = 0; r < R; ++r)
-          f[i][r] = _mm512_mul_ps(f[i][r], _mm512_set1_ps(a.q8_out_factor()));
     store_tile<RW, R>(f, y, ldy, n0, 0);
   }
 };
@@ -655,8 +640,6 @@ void simd_decode_rows_q8(const QArgs& a, int64_t T, int64_t n0, int64_t n1, floa
                        : q8_rows_t<QScheme::Int8, false>(a, T, n0, n1, y, ldy);
     case QScheme::Int4:
       return q8_rows_t<QScheme::Int4, false>(a, T, n0, n1, y, ldy);
-    case QScheme::NF4:
-      return q8_rows_t<QScheme::NF4, false>(a, T, n0, n1, y, ldy);
     default:
       MINFER_FAIL("simd_decode_rows_q8: no q8 path for {}", int(a.scheme));
   }

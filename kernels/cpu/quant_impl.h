@@ -67,8 +67,10 @@ struct QArgs {
   }
   int zero(int64_t n, int64_t g) const;
   // The factor the q8 path multiplies each output by, once: NF4 codes enter its integer sums as
-  // qm::nf4_i8 levels (127 · the NF4 value), so 1 / 127 there; 1 (exact) elsewhere.
-  float q8_out_factor() const { return scheme == QScheme::NF4 ? 1.f / 127.f : 1.f; }
+  // qm::nf4_level (kNF4LevelScale · the NF4 value), so 2^-13 there (exact); 1 elsewhere.
+  float q8_out_factor() const {
+    return scheme == QScheme::NF4 ? 1.f / float(qm::kNF4LevelScale) : 1.f;
+  }
 };
 
 // Zero point of the stored code u (asymmetric int4 reads `zeros` instead; NF4 has none).
@@ -172,14 +174,15 @@ void simd_decode_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* 
 void simd_dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst);
 #endif
 #if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
-// The q8 path (int8 / int4 / NF4 weights, spans on 64-weight chunks; a.xq, a.xd, a.xs set): rows
-// n0..n1 of y[T, N] for T in 1..4, single-threaded. Each int32 lane holds an exact integer sum
-// Σ w q over 4 weights of one block of 32 (w = u - z, or the NF4 level qm::nf4_i8(u)); the lanes
-// times the block scales accumulate in f32, times the weight scale at the end of each span, the sum
-// times QArgs::q8_out_factor. AVX-512 VNNI: one vpdpbusd per chunk and token of the unsigned codes
-// (NF4: level + 128) with the activation codes, started from -z Σq (a.xs). AVX2: vpmaddubsw of |w|
-// with q carrying w's sign, then vpmaddwd by 1 (llama.cpp's Q4_0 · Q8_0 trick; no int16 sum
-// saturates: |w| <= 128, |q| <= 127).
+// The q8 path (int8 / int4 weights, and NF4 on AVX2; spans on 64-weight chunks; a.xq, a.xd, a.xs
+// set): rows n0..n1 of y[T, N] for T in 1..4, single-threaded. Each int32 lane holds an exact
+// integer sum Σ w q over 4 weights of one block of 32 (w = u - z, or the NF4 level
+// qm::nf4_level(u)); the lanes times the block scales accumulate in f32, times the weight scale at
+// the end of each span, the sum times QArgs::q8_out_factor. AVX-512 VNNI: one vpdpbusd per chunk
+// and token of the unsigned codes with the activation codes, started from -z Σq (a.xs); NF4 is
+// not on it (the reference runs, MINFER_QUANT_ACT=q8 only). AVX2: vpmaddubsw of |w| with q
+// carrying w's sign, then vpmaddwd by 1 (llama.cpp's Q4_0 · Q8_0 trick; no int16 sum saturates:
+// |w| <= 128, |q| <= 127); NF4 as 128 · hi + lo, two such products.
 void simd_decode_rows_q8(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy);
 // x [T, K] to the q8 path's activations (QArgs::xq / xd / xs layouts): the codes and scales of
 // qm::quantize_act_block per block of 32, bit for bit.
