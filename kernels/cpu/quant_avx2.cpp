@@ -264,7 +264,6 @@ inline __m256i q8_dot32(__m256i aw, __m256i w, __m256i q) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(q, w)), _mm256_set1_epi16(1));
 }
 
-// One weight row n against tokens 0..R of a.xq (any row layout: a.row_base / chunk_stride).
 // Σ level · q of each 4 consecutive NF4 weights (int32 lanes, exact): level = 128 · hi + lo with
 // lo in 0..127 (vpmaddubsw's unsigned operand as it is) and |hi| <= 64 (its sign moved onto q).
 inline __m256i nf4_dot32(__m256i lo, __m256i ahi, __m256i hi, __m256i q) {
