@@ -103,9 +103,13 @@ struct Row {
   // The decode kernel (T <= 4) rounds x to 16-bit codes per row, step max|x| / 32639 (sparse
   // int8 values, kernels/cpu/sparse.h).
   bool int16_decode_activations = false;
-  // The decode kernel (T <= 4) rounds x to int8 per block of 32 (int4's q8 path,
+  // The decode kernel (T <= 4) rounds x to int8 per block of 32 (int4's and NF4's q8 path,
   // kernels/cpu/quant.h): a step at most max|x| / 127 of the row.
   bool int8_decode_activations = false;
+  // ... and rounds each weight by at most this fraction of itself: NF4 on the q8 path multiplies
+  // the integer levels round(8192 v) (qm::nf4_level), off 8192 v by < 0.5, i.e. < 0.026 % of the
+  // value at the smallest level (v = 0.0796: 651.92 -> 652; tests/test_quant_q8.cpp checks it).
+  double decode_weight_rounding = 0;
 };
 
 // The table: every registered method (and its option variants), plus the formats no method makes
@@ -125,7 +129,9 @@ std::vector<Row> rows() {
                    return compress_linear(l, spec, &st);
                  },
                  act, half});
-    r.back().int8_decode_activations = m == "int4" || m == "int4-g64-asym";
+    r.back().int8_decode_activations =
+        m == "int4" || m == "int4-g64-asym" || m == "nf4" || m == "nf4-dq";
+    r.back().decode_weight_rounding = m == "nf4" || m == "nf4-dq" ? 2.6e-4 : 0;
   }
   // Pruned weights stored as SparseBitmask (forced, whatever the crossover table says), its
   // values in every value format the format takes.
@@ -291,7 +297,10 @@ TEST_CASE("formats: every registered format round-trips and runs on CPU and CUDA
               tol[size_t(t * N + n)] =
                   1e-5 * a + 1e-6 + (row.int8_activations ? 0.51 * step * wsum : 0) +
                   (row.int16_decode_activations && T <= 4 ? 0.51 * xmax / 32639 * wsum : 0) +
-                  (row.int8_decode_activations && T <= 4 ? 0.51 * step * wsum : 0);
+                  (row.int8_decode_activations && T <= 4
+                       ? 0.51 * step * wsum * (1 + row.decode_weight_rounding) +
+                             row.decode_weight_rounding * a
+                       : 0);
             }
           }
           for (Backend* be : {cpu.get(), cuda.get()}) {

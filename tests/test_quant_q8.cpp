@@ -1,8 +1,11 @@
-// The q8 path of int8 / int4 weights (kernels/cpu/quant.h quantized_linear_q8): activations
+// The q8 path of int8 / int4 / NF4 weights (kernels/cpu/quant.h quantized_linear_q8): activations
 // quantized per block of 32, integer dot products per 64-weight chunk. Checked here:
 //   - the reference against the f64 product of the dequantized weights and the f32 x, within the
 //     activation-rounding bound Σ_b d_b / 2 Σ_{j in b} |ŵ_j| (d_b = max|x_b| / 127 recomputed
-//     here from its definition) plus f32 rounding;
+//     here from its definition) plus f32 rounding; NF4 also rounds its levels to
+//     round(8192 · value) / 8192, a relative change of at most δ (computed here from the NF4
+//     table), so its bound adds Σ_j δ |ŵ_j x_j| and its weights in the first term grow by (1 + δ);
+//   - the NF4 integer levels equal round(8192 · NF4 value) and split as 128 · hi + lo;
 //   - the SIMD kernel against the reference (same codes, exact block sums; only the f32
 //     combination order differs), row and interleaved layouts, odd K and N, T = 1..17;
 //   - the dispatch: quantized_linear, op groups and the fused gate·up + SiLU·mul on the q8 path
@@ -57,9 +60,23 @@ struct Fmt {
   QuantSpec spec;
 };
 std::vector<Fmt> q8_formats() {
+  QuantSpec dq = spec("nf4", 64);
+  dq.double_quant = true;
   return {{"int8 per-channel", spec("int8")}, {"int8 per-tensor", spec("int8", 0, false, false)},
           {"int8 g64", spec("int8", 64)},     {"int4 g64", spec("int4", 64)},
-          {"int4 g128", spec("int4", 128)},   {"int4 g128 asym", spec("int4", 128, true)}};
+          {"int4 g128", spec("int4", 128)},   {"int4 g128 asym", spec("int4", 128, true)},
+          {"nf4 b64", spec("nf4", 64)},       {"nf4 b128", spec("nf4", 128)},
+          {"nf4 b64 double-quant", dq}};
+}
+
+// The largest relative change |round(8192 v) / 8192 - v| / |v| over the nonzero NF4 values v.
+double nf4_level_delta() {
+  double m = 0;
+  for (int i = 0; i < 16; ++i) {
+    const double v = qm::nf4_value(i);
+    if (v != 0) m = std::max(m, std::fabs(double(std::lround(8192 * v)) / 8192 - v) / std::fabs(v));
+  }
+  return m;
 }
 
 // Restores the process-wide activation path when a test case ends.
@@ -95,6 +112,7 @@ TEST_CASE("quant q8: reference within the activation-rounding bound; SIMD equals
       REQUIRE(quantized_has_q8_path(q, K));
       const Tensor wh = dequantize_weight(l);
       const float* W = wh.data<float>();
+      const double delta = f.spec.method == "nf4" ? nf4_level_delta() : 0.0;
       std::vector<Quantized> layouts = {q};
       if (N % 4 == 0) layouts.push_back(quantized_interleave(q, 4));
       for (int64_t T : {1, 2, 3, 4, 5, 8, 17}) {
@@ -117,8 +135,9 @@ TEST_CASE("quant q8: reference within the activation-rounding bound; SIMD equals
                 const double xv = x[size_t(t * ldx + k)], wv = W[n * K + k];
                 exact += wv * xv;
                 mag += std::fabs(wv) * (std::fabs(xv) + amax / 127);
+                bound += delta * std::fabs(wv * xv);
               }
-              bound += amax / 127 / 2 * wsum * (1 + 1e-6);
+              bound += amax / 127 / 2 * wsum * (1 + delta) * (1 + 1e-6);
             }
             const double fb = double(K + 64) * std::ldexp(1.0, -23) * mag + 1e-30;
             const double ref = yr[size_t(t * ldy + n)];
@@ -150,6 +169,19 @@ TEST_CASE("quant q8: reference within the activation-rounding bound; SIMD equals
         CHECK(bad_simd == 0);
       }
     }
+}
+
+TEST_CASE("quant q8: NF4 integer levels are round(8192 x the NF4 values), split 128 hi + lo") {
+  CHECK(qm::kNF4LevelScale == 8192);
+  for (int i = 0; i < 16; ++i) {
+    CAPTURE(i);
+    CHECK(qm::nf4_level(i) == std::lround(8192.0 * qm::nf4_value(i)));
+    CHECK(qm::nf4_level(i) == 128 * qm::nf4_level_hi(i) + qm::nf4_level_lo(i));
+    CHECK(qm::nf4_level_lo(i) >= 0);  // vpmaddubsw's unsigned operand
+    CHECK(qm::nf4_level_lo(i) <= 127);
+    CHECK(std::abs(qm::nf4_level_hi(i)) <= 64);
+  }
+  CHECK(nf4_level_delta() < 3e-4);  // index 8: 651.92 -> 652, the largest relative change
 }
 
 TEST_CASE("quant q8: dispatch, op groups and fused gate·up equal quantized_linear_q8 bit for bit") {
@@ -184,11 +216,13 @@ TEST_CASE("quant q8: dispatch, op groups and fused gate·up equal quantized_line
         std::vector<float> expect = ya;
         for (size_t i = 0; i < expect.size(); ++i) expect[i] = silu_mul(ya[i], yb[i]);
         CHECK(y1 == expect);
-        // Auto takes the q8 path at decode for int4 where the build has the VNNI kernel (int8
-        // keeps f32 activations: equal to the F32 path).
+        // Auto takes the q8 path at decode for int4 where the build has a SIMD q8 kernel (AVX-512
+        // VNNI or AVX2) and for NF4 on AVX2 (int8 keeps f32 activations: equal to the F32 path).
         set_quantized_act_path(QuantActPath::Auto);
         quantized_linear(qa, x.data(), T, K, y1.data(), N, K, N);
-        if (std::string(quantized_linear_isa()) == "avx512" && f.spec.method == "int4")
+        const std::string isa = quantized_linear_isa();
+        if ((isa != "scalar" && f.spec.method == "int4") ||
+            (isa == "avx2" && f.spec.method == "nf4"))
           CHECK(y1 == ya);
         if (f.spec.method == "int8") {
           std::vector<float> y0(size_t(T * N));
@@ -211,8 +245,8 @@ TEST_CASE("quant q8: dispatch, op groups and fused gate·up equal quantized_line
 TEST_CASE("quant q8: formats without the path; non-finite activations poison only their token") {
   ActPathGuard guard;
   const int64_t K = 200, N = 8;
-  for (const QuantSpec& s : {spec("int4", 32), spec("int8", 32), spec("int4", 96), spec("nf4", 64),
-                             spec("ternary"), spec("binary")}) {
+  for (const QuantSpec& s :
+       {spec("int4", 32), spec("int8", 32), spec("int4", 96), spec("ternary"), spec("binary")}) {
     const Linear l = quantized_of(randn(N * K, 5), N, K, s);
     const Quantized& q = std::get<Quantized>(l.repr);
     CAPTURE(s.method);

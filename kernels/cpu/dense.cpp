@@ -9,7 +9,7 @@
 #include "engine/thread_pool.h"
 #include "kernels/cpu/prefill_gemm.h"
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__) && defined(__F16C__))
 #include <immintrin.h>
 #endif
 
@@ -32,14 +32,56 @@ void convert_rows(DType dt, const uint16_t* src, float* dst, size_t n) {
     bf16_to_f32_n(src, dst, n);
 }
 
+// One SIMD vector of weights as f32 (kLanes of them), and the vector ops the gemv needs.
 #if defined(__AVX512F__)
-inline __m512 load16(DType, const float* p) {
+#define MINFER_GEMV_SIMD 1
+constexpr int kLanes = 16;
+using VecF = __m512;
+inline VecF vload(DType, const float* p) {
   return _mm512_loadu_ps(p);
 }
-inline __m512 load16(DType dt, const uint16_t* p) {
+inline VecF vload(DType dt, const uint16_t* p) {
   __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   if (dt == DType::F16) return _mm512_cvtph_ps(h);
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline VecF vzero() {
+  return _mm512_setzero_ps();
+}
+inline VecF vfmadd(VecF a, VecF b, VecF c) {
+  return _mm512_fmadd_ps(a, b, c);
+}
+inline VecF vadd(VecF a, VecF b) {
+  return _mm512_add_ps(a, b);
+}
+inline float vsum(VecF v) {
+  return _mm512_reduce_add_ps(v);
+}
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define MINFER_GEMV_SIMD 1
+constexpr int kLanes = 8;
+using VecF = __m256;
+inline VecF vload(DType, const float* p) {
+  return _mm256_loadu_ps(p);
+}
+inline VecF vload(DType dt, const uint16_t* p) {
+  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  if (dt == DType::F16) return _mm256_cvtph_ps(h);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline VecF vzero() {
+  return _mm256_setzero_ps();
+}
+inline VecF vfmadd(VecF a, VecF b, VecF c) {
+  return _mm256_fmadd_ps(a, b, c);
+}
+inline VecF vadd(VecF a, VecF b) {
+  return _mm256_add_ps(a, b);
+}
+inline float vsum(VecF v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 #endif
 
@@ -47,23 +89,37 @@ inline __m512 load16(DType dt, const uint16_t* p) {
 // weight row read once and dotted with every x row; contiguous blocks of rows go to the thread
 // pool (one thread below 64K weights, where waking a second one costs more than it saves).
 // Decode is bound by memory bandwidth; this reads f32 weights faster than OpenBLAS sgemv here.
+// NA independent accumulators per x row (4 / 2 / 1 for T = 1 / 2 / 3..4, the register budget):
+// one chain of FMAs (4-cycle latency) per row would leave the kernel latency-bound in cache.
 constexpr int64_t kMaxGemvRows = 4;
-template <typename W>
-void gemv_rows(DType dt, const W* w, const float* x, int64_t T, int64_t ldx, float* y, int64_t ldy,
-               int64_t K, int64_t n0, int64_t n1) {
+template <int T, typename W>
+void gemv_rows(DType dt, const W* w, const float* x, int64_t ldx, float* y, int64_t ldy, int64_t K,
+               int64_t n0, int64_t n1) {
   for (int64_t n = n0; n < n1; ++n) {
     const W* wr = w + n * K;
-    float acc[kMaxGemvRows] = {};
+    float acc[T] = {};
     int64_t k = 0;
-#if defined(__AVX512F__)
-    __m512 vacc[kMaxGemvRows];
-    for (int t = 0; t < T; ++t) vacc[t] = _mm512_setzero_ps();
-    for (; k + 16 <= K; k += 16) {
-      const __m512 wv = load16(dt, wr + k);
+#if defined(MINFER_GEMV_SIMD)
+    constexpr int NA = T == 1 ? 4 : T == 2 ? 2 : 1;
+    VecF vacc[T][NA];
+    for (int t = 0; t < T; ++t)
+      for (int j = 0; j < NA; ++j) vacc[t][j] = vzero();
+    for (; k + NA * kLanes <= K; k += NA * kLanes)
+      for (int j = 0; j < NA; ++j) {
+        const VecF wv = vload(dt, wr + k + j * kLanes);
+        for (int t = 0; t < T; ++t)
+          vacc[t][j] = vfmadd(wv, vload(DType::F32, x + t * ldx + k + j * kLanes), vacc[t][j]);
+      }
+    for (; k + kLanes <= K; k += kLanes) {
+      const VecF wv = vload(dt, wr + k);
       for (int t = 0; t < T; ++t)
-        vacc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + t * ldx + k), vacc[t]);
+        vacc[t][0] = vfmadd(wv, vload(DType::F32, x + t * ldx + k), vacc[t][0]);
     }
-    for (int t = 0; t < T; ++t) acc[t] = _mm512_reduce_add_ps(vacc[t]);
+    for (int t = 0; t < T; ++t) {
+      VecF v = vacc[t][0];
+      for (int j = 1; j < NA; ++j) v = vadd(v, vacc[t][j]);
+      acc[t] = vsum(v);
+    }
 #endif
     for (; k < K; ++k) {
       const float wv = elem_at(dt, wr, k);
@@ -76,8 +132,19 @@ void gemv_rows(DType dt, const W* w, const float* x, int64_t T, int64_t ldx, flo
 template <typename W>
 void few_rows_gemv(DType dt, const W* w, const float* x, int64_t T, int64_t ldx, float* y,
                    int64_t ldy, int64_t K, int64_t N) {
-  parallel_for(N, K, int64_t(1) << 15,
-               [&](int64_t n0, int64_t n1) { gemv_rows(dt, w, x, T, ldx, y, ldy, K, n0, n1); });
+  if (T <= 0) return;
+  parallel_for(N, K, int64_t(1) << 15, [&](int64_t n0, int64_t n1) {
+    switch (T) {
+      case 1:
+        return gemv_rows<1>(dt, w, x, ldx, y, ldy, K, n0, n1);
+      case 2:
+        return gemv_rows<2>(dt, w, x, ldx, y, ldy, K, n0, n1);
+      case 3:
+        return gemv_rows<3>(dt, w, x, ldx, y, ldy, K, n0, n1);
+      default:
+        return gemv_rows<4>(dt, w, x, ldx, y, ldy, K, n0, n1);
+    }
+  });
 }
 
 }  // namespace

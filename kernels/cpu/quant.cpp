@@ -216,10 +216,12 @@ void decode_rows(const QArgs& a, const float* x, int64_t T, int64_t ldx, int64_t
 
 // ---- The q8 path (quant.h quantized_linear_q8).
 
-// Whether a's weights have the q8 path: int8 or int4 (symmetric or not) with every span on whole
-// 64-weight chunks (one scale per row or tensor, or groups a multiple of 64).
+// Whether a's weights have the q8 path: int8, int4 (symmetric or not) or NF4 (plain or
+// double-quantized scales) with every span on whole 64-weight chunks (one scale per row or
+// tensor, or groups a multiple of 64).
 bool q8_applies(const QArgs& a) {
-  if (a.scheme != QScheme::Int8 && a.scheme != QScheme::Int4) return false;
+  if (a.scheme != QScheme::Int8 && a.scheme != QScheme::Int4 && a.scheme != QScheme::NF4)
+    return false;
   for (int64_t i = 0; i < a.nspans; ++i)
     if (a.spans[i].k0 % 64 != 0 || a.spans[i].k1 % 64 != 0) return false;
   return true;
@@ -252,7 +254,7 @@ void quantize_q8_act(const float* x, int64_t T, int64_t ldx, int64_t K, Q8Act& o
   o.q = aligned64(o.qbuf, size_t(T * Kp));
   o.d = aligned64(o.dbuf, size_t(T * nc * 16));
   o.s = aligned64(o.sbuf, size_t(T * Kp / 4));
-#if defined(MINFER_Q_AVX512)
+#if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
   return simd_quantize_q8(x, T, ldx, K, o.q, o.d, o.s);
 #endif
   for (int64_t t = 0; t < T; ++t)
@@ -276,7 +278,8 @@ void set_q8(QArgs& a, const Q8Act& o) {
 }
 
 // The q8 path's reference: the same activation codes, exact integer sums per block of 32
-// (Σ (u - z) q), then y = Σ_span s (Σ_block d · sum) in f32, blocks in order.
+// (Σ w q with w = u - z, or w = qm::nf4_level(u) for NF4), then y = f Σ_span s (Σ_block d · sum)
+// in f32, blocks in order (f = QArgs::q8_out_factor: 1, or 2^-13 for NF4).
 void q8_ref_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   thread_local std::vector<uint8_t> tmp, u;
   tmp.resize(size_t(a.rb));
@@ -295,28 +298,36 @@ void q8_ref_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, in
     }
     for (int64_t k = 0; k < a.Kp; ++k)
       u[size_t(k)] = uint8_t(a.scheme == QScheme::Int8 ? row[k] : qm::get_q4(row, k));
+    const bool nf4 = a.scheme == QScheme::NF4;
     for (int64_t t = 0; t < T; ++t) {
       const int8_t* q = a.xq + t * a.Kp;
       float acc = 0;
       for (int64_t si = 0; si < a.nspans; ++si) {
         const Span sp = a.spans[si];
-        const int z = a.zero(n, sp.g);
+        const int z = nf4 ? 0 : a.zero(n, sp.g);
         float part = 0;
         for (int64_t k0 = sp.k0; k0 < sp.k1; k0 += 32) {
           int32_t sum = 0;
-          for (int64_t k = k0; k < k0 + 32; ++k) sum += (int32_t(u[size_t(k)]) - z) * q[k];
+          for (int64_t k = k0; k < k0 + 32; ++k) {
+            const int32_t w = nf4 ? qm::nf4_level(u[size_t(k)]) : int32_t(u[size_t(k)]) - z;
+            sum += w * q[k];
+          }
           part += float(sum) * a.xd[(t * (a.Kp / 64) + k0 / 64) * 16 + (k0 % 64) / 4];
         }
         acc += part * a.scale(n, sp.g);
       }
-      y[t * ldy + n] = acc;
+      y[t * ldy + n] = acc * a.q8_out_factor();
     }
   }
 }
 
-// Rows n0..n1 of y on the q8 path: the SIMD kernel where built (T <= 4), else the reference.
+// Rows n0..n1 of y on the q8 path: the SIMD kernel where built (T <= 4), else the reference
+// (also for NF4 on AVX-512, which has no NF4 q8 kernel).
 void q8_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy) {
 #if defined(MINFER_Q_AVX512)
+  if (a.scheme == QScheme::NF4) return q8_ref_rows(a, T, n0, n1, y, ldy);
+#endif
+#if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
   return simd_decode_rows_q8(a, T, n0, n1, y, ldy);
 #else
   q8_ref_rows(a, T, n0, n1, y, ldy);
@@ -336,9 +347,10 @@ QuantActPath act_path_now() {
 }
 
 // Whether a call of T rows on a's weights takes the q8 path: always where it applies when forced;
-// by default for int4 at decode (T <= 4) where this build has the VNNI kernel. int8 keeps f32
-// activations by default: its decode is bound by memory, not by the f32 arithmetic, and the q8
-// path measured no faster there (docs/performance.md).
+// by default at decode (T <= 4) for int4 where this build has a SIMD q8 kernel (AVX-512 VNNI or
+// AVX2) and for NF4 on AVX2 (kernels measured ~3x the f32 path's there, docs/performance.md). int8
+// keeps f32 activations by default: its decode is bound by memory, not by the f32 arithmetic, and
+// the q8 path measured no faster there (docs/performance.md).
 bool use_q8(const QArgs& a, int64_t T) {
   if (!q8_applies(a)) return false;
   switch (act_path_now()) {
@@ -349,6 +361,8 @@ bool use_q8(const QArgs& a, int64_t T) {
     case QuantActPath::Auto:
 #if defined(MINFER_Q_AVX512)
       return T <= 4 && a.scheme == QScheme::Int4;
+#elif defined(MINFER_Q_AVX2)
+      return T <= 4 && (a.scheme == QScheme::Int4 || a.scheme == QScheme::NF4);
 #else
       (void)T;
       return false;

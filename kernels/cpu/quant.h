@@ -6,8 +6,9 @@
 // weights dequantized in registers, exactly the values dequantize_weight gives; only the order of
 // the f32 additions (and, for int8, the group scale applied once per group instead of per weight)
 // differ from "dequantize, then f32 matmul". Exceptions, where activations are quantized to int8:
-// int4 decode by default (the q8 path below: per-block int8 activations, llama.cpp's q8_0
-// partner type, +0.18% SmolLM2-135M WikiText-2 perplexity when forced on every linear), and the
+// int4 and NF4 decode by default (the q8 path below: per-block int8 activations, llama.cpp's q8_0
+// partner type, +0.18% SmolLM2-135M WikiText-2 perplexity for int4 when forced on every linear;
+// NF4 also rounds its levels to int8, see docs/performance.md), and the
 // opt-ins MINFER_QUANT_ACT=q8 (int8 too: +0.77%) and MINFER_QUANT_PREFILL=int8
 // (quantized_linear_int8_act below). The f32 path:
 //   T <= 4 (decode): one pass over W in storage order, each weight byte read once; one thread
@@ -41,20 +42,27 @@ void quantized_linear(const Quantized& w, const float* x, int64_t T, int64_t ldx
 bool quantized_linear_int8_act(const Quantized& w, const float* x, int64_t T, int64_t ldx, float* y,
                                int64_t ldy, int64_t K, int64_t N);
 
-// The q8 path (int8 and int4 weights, symmetric or asymmetric, with one scale per row or tensor or
-// groups a multiple of 64): x quantized per block of 32 to int8 as llama.cpp's q8_0 partner type
-// does (qm::quantize_act_block: d = max|x| / 127 in f32, q = round-half-even(x / d); an inf or NaN
-// makes its block's d NaN), once per call or op group; each weight chunk of 64 is one integer dot
-// product per token (AVX-512 VNNI vpdpbusd of the unsigned codes u with q, started from
-// -z Σ q so the sum is exactly Σ (u - z) q), the int32 sums of each block of 32 times its d
-// accumulate in f32, times the weight scale once per group:
-//   y[t, n] = Σ_g s[n, g] Σ_{b in g} d[t, b] Σ_{j in b} (u[n, j] - z[n, g]) q[t, j].
+// The q8 path (int8 and int4 weights, symmetric or asymmetric, and NF4, plain or double-quantized
+// scales, with one scale per row or tensor or groups a multiple of 64): x quantized per block of
+// 32 to int8 as llama.cpp's q8_0 partner type does (qm::quantize_act_block: d = max|x| / 127 in
+// f32, q = round-half-even(x / d); an inf or NaN makes its block's d NaN), once per call or op
+// group; each weight chunk of 64 is integer dot products per token (AVX-512 VNNI: vpdpbusd of the
+// unsigned codes u with q, started from -z Σ q; AVX2: vpmaddubsw + vpmaddwd of |w| and q carrying
+// w's sign), the int32 sums of each block of 32 times its d accumulate in f32, times the weight
+// scale once per group:
+//   y[t, n] = f Σ_g s[n, g] Σ_{b in g} d[t, b] Σ_{j in b} w[n, j] q[t, j],
+// w = u - z[n, g] with f = 1 (int8, int4), or w = qm::nf4_level(u) = round(8192 · NF4 value)
+// with f = 2^-13 (NF4: integer levels looked up per nibble by vpshufb, as llama.cpp's IQ4_NL
+// does with int8 ones; here split as 128 · hi + lo into two int8 operands, since int8 levels
+// round an NF4 value by up to 3.8 %, measured +1.8 % perplexity).
 // Error against the f32 product of the dequantized weights: |x_j - d q_j| <= d / 2, so
-// |y_q8 - y_f32| <= Σ_b d_b / 2 Σ_{j in b} |w_j| (+ f32 rounding). Cost on SmolLM2-135M: see
-// docs/performance.md. quantized_linear (and its op groups, the fused gate·up) takes it for int4
-// at T <= 4 (decode) on AVX-512 VNNI builds by default (int8 decode is memory-bound and measured
-// no faster on it); MINFER_QUANT_ACT=f32 turns it off, =q8 forces it for int8 and int4 at every T
-// and on every build (the reference then runs without VNNI), to measure its perplexity cost.
+// |y_q8 - y_f32| <= Σ_b d_b / 2 Σ_{j in b} |w_j| (+ f32 rounding); NF4 adds Σ_j |x_j| |w_j| δ,
+// δ < 0.026 % the largest relative rounding of an NF4 level. Cost on SmolLM2-135M: see
+// docs/performance.md. quantized_linear (and its op groups, the fused gate·up) takes it by
+// default at T <= 4 (decode) for int4 on AVX-512 VNNI and AVX2 builds and for NF4 on AVX2 builds
+// (the AVX-512 file has no NF4 q8 kernel; int8 decode is memory-bound and measured no faster on
+// it); MINFER_QUANT_ACT=f32 turns it off, =q8 forces it for int8, int4 and NF4 at every T and on
+// every build (the reference runs where no SIMD kernel is), to measure its perplexity cost.
 // quantized_linear_q8 runs it at any T (T > 4: tiles of 16 rows kept in cache while every group
 // of 4 tokens passes; each row computed as in decode); the reference computes
 // the same codes and exact block sums, combining them in f32 in block order. Both throw for
@@ -68,8 +76,9 @@ void quantized_linear_q8(const Quantized& w, const float* x, int64_t T, int64_t 
                          int64_t ldy, int64_t K, int64_t N);
 void quantized_linear_q8_ref(const Quantized& w, const float* x, int64_t T, int64_t ldx, float* y,
                              int64_t ldy, int64_t K, int64_t N);
-// Which activations quantized_linear, its op groups and the fused gate·up use for int8 / int4:
-// Auto (q8 for int4 at T <= 4 where VNNI is built), F32 (never), Q8 (every T). Read once from
+// Which activations quantized_linear, its op groups and the fused gate·up use for int8 / int4 /
+// NF4: Auto (q8 at T <= 4 for int4 on AVX-512 VNNI and AVX2 builds, for NF4 on AVX2), F32
+// (never), Q8 (every T). Read once from
 // MINFER_QUANT_ACT (auto | f32 | q8; anything else is an error naming the variable);
 // set_quantized_act_path overrides it for the whole process (tests, A/B in one binary).
 enum class QuantActPath { Auto, F32, Q8 };

@@ -4,7 +4,8 @@
 // once per group; int4 / NF4 / ternary: 16-entry table lookup by two 8-entry permutes and a
 // blend on index bit 3; int3: the 24 bits of 8 codes read as one word, broadcast, shifted by 3j
 // per lane (vpsrlvd) and looked up in the 8-entry table s * (j - 4) by one permute; binary: a lane
-// mask selects +s or -s).
+// mask selects +s or -s). The q8 path (int8 / int4 / NF4 against 8-bit activations, quant_impl.h
+// simd_decode_rows_q8) and its activation quantizer are at the end.
 // Legend: T rows of x, K = in features, N = out features, Kp = K padded to 64, G = weight group,
 // RW weight rows x R x rows per kernel call.
 #include "kernels/cpu/quant_impl.h"
@@ -226,7 +227,198 @@ void dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst) {
   }
 }
 
+// ---- The q8 path: int8 / int4 / NF4 weights against 8-bit activations (QArgs::xq).
+
+// The 32 signed weights w of each half of the 64-weight chunk at c (half 0: weights 0..31, half 1:
+// 32..63): int8 u - 128 (stored so already where SGN: interleaved rows), int4 u - z (the 32 low
+// nibbles, then the 32 high ones: qm::ChunkQ4).
+template <QScheme S, bool SGN>
+inline void q8_weights(const uint8_t* c, __m256i z, __m256i& w0, __m256i& w1) {
+  if constexpr (S == QScheme::Int8) {
+    const __m256i flip = _mm256_set1_epi8(char(SGN ? 0 : 0x80));
+    w0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)c), flip);
+    w1 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(c + 32)), flip);
+  } else {
+    const __m256i m = _mm256_set1_epi8(0x0F);
+    const __m256i b = _mm256_loadu_si256((const __m256i*)c);
+    w0 = _mm256_sub_epi8(_mm256_and_si256(b, m), z);
+    w1 = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(b, 4), m), z);
+  }
+}
+
+// The vpshufb tables of the NF4 levels' two parts (qm::nf4_level = 128 · hi + lo), in both
+// 128-bit lanes (constants: the calls fold at compile time).
+#define MINFER_NF4_TABLE(F)                                                                   \
+  _mm256_broadcastsi128_si256(_mm_setr_epi8(char(F(0)), char(F(1)), char(F(2)), char(F(3)),   \
+                                            char(F(4)), char(F(5)), char(F(6)), char(F(7)),   \
+                                            char(F(8)), char(F(9)), char(F(10)), char(F(11)), \
+                                            char(F(12)), char(F(13)), char(F(14)), char(F(15))))
+struct Nf4Tables {
+  __m256i lo = MINFER_NF4_TABLE(qm::nf4_level_lo), hi = MINFER_NF4_TABLE(qm::nf4_level_hi);
+};
+#undef MINFER_NF4_TABLE
+
+// Σ w q of each 4 consecutive weights as 8 int32 lanes, exact: vpmaddubsw of |w| (unsigned) with
+// q carrying w's sign (pairs: |2 · 128 · 127| < 2^15, no saturation), then vpmaddwd by 1.
+inline __m256i q8_dot32(__m256i aw, __m256i w, __m256i q) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(q, w)), _mm256_set1_epi16(1));
+}
+
+// Σ level · q of each 4 consecutive NF4 weights (int32 lanes, exact): level = 128 · hi + lo with
+// lo in 0..127 (vpmaddubsw's unsigned operand as it is) and |hi| <= 64 (its sign moved onto q).
+inline __m256i nf4_dot32(__m256i lo, __m256i ahi, __m256i hi, __m256i q) {
+  const __m256i plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, q), _mm256_set1_epi16(1));
+  const __m256i phi =
+      _mm256_madd_epi16(_mm256_maddubs_epi16(ahi, _mm256_sign_epi8(q, hi)), _mm256_set1_epi16(128));
+  return _mm256_add_epi32(plo, phi);
+}
+
+// One weight row n against tokens 0..R of a.xq (any row layout: a.row_base / chunk_stride).
+template <QScheme S, bool SGN, int R>
+void q8_row(int64_t n, const QArgs& a, const Nf4Tables& tb, float* y, int64_t ldy) {
+  const uint8_t* wr = a.row_base(n);
+  const int64_t cs = a.chunk_stride(), nc = a.Kp / 64;
+  __m256 f[R];
+  for (int r = 0; r < R; ++r) f[r] = _mm256_setzero_ps();
+  for (int64_t si = 0; si < a.nspans; ++si) {
+    const Span sp = a.spans[si];
+    const __m256i z = _mm256_set1_epi8(char(S == QScheme::Int4 ? a.zero(n, sp.g) : 0));
+    __m256 acc[R][2];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    for (int64_t k = sp.k0; k < sp.k1; k += 64) {
+      const int64_t c = k >> 6;
+      // int8 / int4: w (signed) and |w|; NF4: the level parts hi (as w), |hi| and lo.
+      __m256i w0, w1, l0 = _mm256_setzero_si256(), l1 = l0;
+      if constexpr (S == QScheme::NF4) {
+        const __m256i m = _mm256_set1_epi8(0x0F);
+        const __m256i b = _mm256_loadu_si256((const __m256i*)(wr + c * cs));
+        const __m256i u0 = _mm256_and_si256(b, m);
+        const __m256i u1 = _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
+        l0 = _mm256_shuffle_epi8(tb.lo, u0);
+        l1 = _mm256_shuffle_epi8(tb.lo, u1);
+        w0 = _mm256_shuffle_epi8(tb.hi, u0);
+        w1 = _mm256_shuffle_epi8(tb.hi, u1);
+      } else {
+        q8_weights<S, SGN>(wr + c * cs, z, w0, w1);
+      }
+      const __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
+      for (int r = 0; r < R; ++r) {
+        const int8_t* q = a.xq + r * a.Kp + k;
+        const float* d = a.xd + (r * nc + c) * 16;  // lanes 0..7: block 0's scale, 8..15: block 1's
+        const __m256i q0 = _mm256_loadu_si256((const __m256i*)q);
+        const __m256i q1 = _mm256_loadu_si256((const __m256i*)(q + 32));
+        __m256i p0, p1;
+        if constexpr (S == QScheme::NF4) {
+          p0 = nf4_dot32(l0, a0, w0, q0);
+          p1 = nf4_dot32(l1, a1, w1, q1);
+        } else {
+          p0 = q8_dot32(a0, w0, q0);
+          p1 = q8_dot32(a1, w1, q1);
+        }
+        acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_loadu_ps(d), acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_loadu_ps(d + 8), acc[r][1]);
+      }
+    }
+    const __m256 s = _mm256_set1_ps(a.scale(n, sp.g));
+    for (int r = 0; r < R; ++r)
+      f[r] = _mm256_fmadd_ps(_mm256_add_ps(acc[r][0], acc[r][1]), s, f[r]);
+  }
+  for (int r = 0; r < R; ++r) y[r * ldy + n] = hsum256(f[r]) * a.q8_out_factor();
+}
+
+template <QScheme S, bool SGN>
+void q8_rows_t(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  const Nf4Tables tb;
+  for (int64_t n = n0; n < n1; ++n) switch (T) {
+      case 1:
+        q8_row<S, SGN, 1>(n, a, tb, y, ldy);
+        break;
+      case 2:
+        q8_row<S, SGN, 2>(n, a, tb, y, ldy);
+        break;
+      case 3:
+        q8_row<S, SGN, 3>(n, a, tb, y, ldy);
+        break;
+      default:
+        q8_row<S, SGN, 4>(n, a, tb, y, ldy);
+        break;
+    }
+}
+
+// One row of x (K values, then zeros to Kp) quantized per block of 32 as qm::quantize_act_block
+// (d = max|x| / 127, q = round-half-even(x · (127 / max|x|)) by vcvtps2dq in the default rounding
+// mode, bit for bit; blocks with an inf, NaN, all zeros or max|x| < qm::kActTiny go to that
+// function itself), in QArgs' layout: q [Kp], dv [Kp / 64, 16], ns [Kp / 4] (-Σ of each 4 codes).
+void q8_quantize_row(const float* x, int64_t K, int64_t Kp, int8_t* q, float* dv, int32_t* ns) {
+  const __m256 lo = _mm256_set1_ps(-127.f), hi = _mm256_set1_ps(127.f);
+  const __m256 fmax = _mm256_set1_ps(3.4028234663852886e38f);
+  const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t b = 0; b < Kp / 32; ++b) {
+    const int64_t k0 = b * 32, n = std::clamp<int64_t>(K - k0, 0, 32);
+    __m256 v[4];
+    for (int i = 0; i < 4; ++i)
+      v[i] = n >= 32
+                 ? _mm256_loadu_ps(x + k0 + 8 * i)
+                 : _mm256_maskload_ps(x + k0 + 8 * i,
+                                      _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n - 8 * i)), lane));
+    __m256 m = _mm256_setzero_ps();
+    int finite = 0xff;
+    for (int i = 0; i < 4; ++i) {
+      const __m256 av = _mm256_and_ps(v[i], absm);
+      finite &= _mm256_movemask_ps(_mm256_cmp_ps(av, fmax, _CMP_LE_OQ));  // false for NaN
+      m = _mm256_max_ps(m, av);
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    const float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    float d;
+    if (finite != 0xff || !(amax >= qm::kActTiny)) {
+      int32_t sum;
+      qm::quantize_act_block(x + k0, int(n), 32, q + k0, &d, &sum);
+    } else {
+      const __m256 id = _mm256_set1_ps(127.f / amax);
+      __m256i c[4];
+      for (int i = 0; i < 4; ++i)
+        c[i] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v[i], id), lo), hi));
+      // packs work per 128-bit lane: the bytes come out as 4-byte groups in the order
+      // 0 2 4 6 1 3 5 7 of the 8 groups; one permute puts them back.
+      const __m256i p =
+          _mm256_packs_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
+      _mm256_storeu_si256((__m256i*)(q + k0), _mm256_permutevar8x32_epi32(
+                                                  p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+      d = amax / 127.f;
+    }
+    _mm256_storeu_ps(dv + (b / 2) * 16 + (b % 2) * 8, _mm256_set1_ps(d));
+    const __m256i sum = q8_dot32(_mm256_set1_epi8(1), _mm256_set1_epi8(1),
+                                 _mm256_loadu_si256((const __m256i*)(q + k0)));
+    _mm256_storeu_si256((__m256i*)(ns + k0 / 4), _mm256_sub_epi32(_mm256_setzero_si256(), sum));
+  }
+}
+
 }  // namespace
+
+void simd_quantize_q8(const float* x, int64_t T, int64_t ldx, int64_t K, int8_t* q, float* dv,
+                      int32_t* ns) {
+  const int64_t Kp = qm::padded_k(K);
+  for (int64_t t = 0; t < T; ++t)
+    q8_quantize_row(x + t * ldx, K, Kp, q + t * Kp, dv + t * (Kp / 64) * 16, ns + t * (Kp / 4));
+}
+
+void simd_decode_rows_q8(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  MINFER_DCHECK(T >= 1 && T <= 4 && a.xq, "simd_decode_rows_q8: T {} outside 1..4", T);
+  switch (a.scheme) {
+    case QScheme::Int8:
+      return a.il != 1 ? q8_rows_t<QScheme::Int8, true>(a, T, n0, n1, y, ldy)
+                       : q8_rows_t<QScheme::Int8, false>(a, T, n0, n1, y, ldy);
+    case QScheme::Int4:
+      return q8_rows_t<QScheme::Int4, false>(a, T, n0, n1, y, ldy);
+    case QScheme::NF4:
+      return q8_rows_t<QScheme::NF4, false>(a, T, n0, n1, y, ldy);
+    default:
+      MINFER_FAIL("simd_decode_rows_q8: no q8 path for {}", int(a.scheme));
+  }
+}
 
 void simd_linear_fused(const QArgs& a, int64_t T, float* y, int64_t ldy, int64_t N) {
   switch (a.scheme) {

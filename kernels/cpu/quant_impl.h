@@ -66,6 +66,11 @@ struct QArgs {
     return sc ? qm::dq_block_scale(sc[i], ss[i / qm::kDqBlock], offset) : scales[i];
   }
   int zero(int64_t n, int64_t g) const;
+  // The factor the q8 path multiplies each output by, once: NF4 codes enter its integer sums as
+  // qm::nf4_level (kNF4LevelScale · the NF4 value), so 2^-13 there (exact); 1 elsewhere.
+  float q8_out_factor() const {
+    return scheme == QScheme::NF4 ? 1.f / float(qm::kNF4LevelScale) : 1.f;
+  }
 };
 
 // Zero point of the stored code u (asymmetric int4 reads `zeros` instead; NF4 has none).
@@ -168,12 +173,16 @@ void simd_decode_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* 
 // Rows n0..n0+nr of W as f32 [nr, K] (row stride K), single-threaded.
 void simd_dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst);
 #endif
-#if defined(MINFER_Q_AVX512)
-// The q8 path (int8 / int4 weights, spans on 64-weight chunks; a.xq, a.xd, a.xs set): rows
-// n0..n1 of y[T, N] for T in 1..4, single-threaded. Per chunk and token one vpdpbusd of the 64
-// unsigned codes with the 64 activation codes, started from -z (Σ of each 4 codes), so each int32
-// lane holds an exact Σ (u - z) q over 4 weights of one block of 32; the lanes times the block
-// scales accumulate in f32, times the weight scale at the end of each span.
+#if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
+// The q8 path (int8 / int4 weights, and NF4 on AVX2; spans on 64-weight chunks; a.xq, a.xd, a.xs
+// set): rows n0..n1 of y[T, N] for T in 1..4, single-threaded. Each int32 lane holds an exact
+// integer sum Σ w q over 4 weights of one block of 32 (w = u - z, or the NF4 level
+// qm::nf4_level(u)); the lanes times the block scales accumulate in f32, times the weight scale at
+// the end of each span, the sum times QArgs::q8_out_factor. AVX-512 VNNI: one vpdpbusd per chunk
+// and token of the unsigned codes with the activation codes, started from -z Σq (a.xs); NF4 is
+// not on it (the reference runs, MINFER_QUANT_ACT=q8 only). AVX2: vpmaddubsw of |w| with q
+// carrying w's sign, then vpmaddwd by 1 (llama.cpp's Q4_0 · Q8_0 trick; no int16 sum saturates:
+// |w| <= 128, |q| <= 127); NF4 as 128 · hi + lo, two such products.
 void simd_decode_rows_q8(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy);
 // x [T, K] to the q8 path's activations (QArgs::xq / xd / xs layouts): the codes and scales of
 // qm::quantize_act_block per block of 32, bit for bit.
