@@ -225,9 +225,14 @@ $(UNITBIN): $(UNIT_TEST_SRC:%.cpp=$(OBJDIR)/%.o) $(CUEMU_OBJ) $(TRAINLIB) $(LIB)
 
 # Tests run from the repository root (fixtures are found by relative path).
 # TEST_ARGS passes doctest flags, e.g. make test TEST_ARGS='-tc="*gguf*"'.
+# TEST_JOBS: doctest processes at a time (scripts/test-shards.sh: one per test file, one per case
+# of the few long files), each with its own log under $(TESTLOGS); TEST_JOBS=1 runs the binary
+# once as it is. The C API test runs after them.
+TEST_JOBS ?= $(shell nproc)
+TESTLOGS  := $(patsubst %/bin,%/test-logs,$(BINDIR))
 test: $(TESTBIN) $(TOOLS) $(CAPITEST)
 	bash scripts/check-layers.sh $(LIB) $(SOLIB)
-	MINFER_BIN=$(BINDIR) $(TESTBIN) $(TEST_ARGS)
+	MINFER_BIN=$(BINDIR) bash scripts/test-shards.sh -j $(TEST_JOBS) --logs $(TESTLOGS) $(TESTBIN) $(TEST_ARGS)
 	MINFER_BIN=$(BINDIR) $(if $(filter sanitize fuzz,$(VARIANT)),MINFER_CAPI_TINY_ONLY=1) $(CAPITEST)
 
 # Header, static and shared library (soname links), pkg-config file. DESTDIR stages a package.

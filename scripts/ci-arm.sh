@@ -56,9 +56,12 @@ QEMU_SKIP=(
   "cuda emu train: AdamW and global-norm clipping on the device*"       # 78 s: optimizer steps
   "chat template: deep nesting and long inputs stay bounded"            # 23 s: interpreter limits
 )
+# The suite runs as TEST_JOBS qemu processes at a time (default: every core), one per test file
+# and one per case of the long files (scripts/test-shards.sh); logs under build-arm/test-logs.
 skip=$(IFS=,; echo "${QEMU_SKIP[*]}")
-MINFER_BIN=build/bin MINFER_TEST_QUICK=1 timeout 1800 "${QEMU[@]}" build-arm/bin/minfer-unit-tests \
-  "-tce=$skip" 2>&1 | tail -4
+MINFER_BIN=build/bin MINFER_TEST_QUICK=1 timeout 1800 bash scripts/test-shards.sh \
+  -j "${TEST_JOBS:-$(nproc)}" --wrap "${QEMU[*]}" --logs build-arm/test-logs \
+  build-arm/bin/minfer-unit-tests "-tce=$skip"
 t3=$(date +%s)
 echo "arm: unit tests under qemu $((t3 - t2)) s"
 

@@ -1,8 +1,8 @@
-// Every registered weight format, one loop (ggml's test-quantize-fns, gemma.cpp's per-format
-// tests): make it from random and adversarial matrices, check it, save it to safetensors and load
-// it back, then run the CPU kernel and the emulated CUDA kernel against the format's reference
-// (dequantize_weight, then an f64 matmul). Adding a format adds a row to kRows; the test fails
-// while some registered format has no row.
+// Every registered weight format, one loop over a table of rows (ggml's test-quantize-fns,
+// gemma.cpp's per-format tests): make it from random and adversarial matrices, check it, save it
+// to safetensors and load it back, then run the CPU kernel and the emulated CUDA kernel against the
+// format's reference (dequantize_weight, then an f64 matmul). Adding a format adds a row to its
+// family of the table; a test fails while some registered format has no row.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -112,9 +112,12 @@ struct Row {
   double decode_weight_rounding = 0;
 };
 
-// The table: every registered method (and its option variants), plus the formats no method makes
-// yet. Add a row for a new format here.
-std::vector<Row> rows() {
+// The table, in four families (one test case each, so that they run as separate processes under
+// scripts/test-shards.sh): every registered method (and its option variants), plus the formats
+// no method makes yet. Add a row for a new format to its family.
+
+// Dense and Quantized formats, as the methods make them.
+std::vector<Row> method_rows() {
   std::vector<Row> r;
   for (std::string m : {"f32",      "fp16",          "bf16",          "int8",   "int8-tensor",
                         "int8-g32", "int4-g32",      "int4-g64-asym", "int4",   "int3",
@@ -133,6 +136,12 @@ std::vector<Row> rows() {
         m == "int4" || m == "int4-g64-asym" || m == "nf4" || m == "nf4-dq";
     r.back().decode_weight_rounding = m == "nf4" || m == "nf4-dq" ? 2.6e-4 : 0;
   }
+  return r;
+}
+
+// Pruned weights: SparseBitmask and Sparse24 with their value formats.
+std::vector<Row> sparse_rows() {
+  std::vector<Row> r;
   // Pruned weights stored as SparseBitmask (forced, whatever the crossover table says), its
   // values in every value format the format takes.
   for (std::string m :
@@ -182,6 +191,12 @@ std::vector<Row> rows() {
     row.shapes = shapes24;
     r.push_back(row);
   }
+  return r;
+}
+
+// Codebook and LowRank: the formats that own centroids or child Linears.
+std::vector<Row> codebook_lowrank_rows() {
+  std::vector<Row> r;
   // Codebooks (k-means weight sharing): every index width, per row and per group (K = 100, 130
   // leave a partial last group), weighted by calibration, after pruning.
   for (std::string m : {"kmeans2", "kmeans3", "kmeans4", "kmeans5-g32", "kmeans6", "kmeans7-g16",
@@ -194,6 +209,12 @@ std::vector<Row> rows() {
   }
   r.push_back({"lowrank(f32)", [](const Linear& l) { return lowrank_of(l, 3, "f32"); }});
   r.push_back({"lowrank(int8)", [](const Linear& l) { return lowrank_of(l, 4, "int8"); }});
+  return r;
+}
+
+// GGML block formats.
+std::vector<Row> ggml_rows() {
+  std::vector<Row> r;
   // GGML block formats (GGUF weights kept as stored): random valid blocks of every type; the
   // 32-weight types' decode kernel rounds x to int8 per block of 32 (a finer step than per row).
   for (uint32_t ty : ggml_blocks_types()) {
@@ -211,6 +232,14 @@ std::vector<Row> rows() {
   return r;
 }
 
+// Every family, the whole table.
+std::vector<Row> rows() {
+  std::vector<Row> r;
+  for (auto family : {method_rows, sparse_rows, codebook_lowrank_rows, ggml_rows})
+    for (Row& row : family()) r.push_back(std::move(row));
+  return r;
+}
+
 std::vector<float> run(Backend& be, const Linear& l, const std::vector<float>& x, int64_t T) {
   Tensor xh = Tensor::empty(DType::F32, {T, l.in});
   std::copy(x.begin(), x.end(), xh.data<float>());
@@ -222,9 +251,9 @@ std::vector<float> run(Backend& be, const Linear& l, const std::vector<float>& x
   return out;
 }
 
-}  // namespace
-
-TEST_CASE("formats: every registered format round-trips and runs on CPU and CUDA (emulated)") {
+// Each row of `table`: make the format from random and adversarial matrices, check it, save and
+// load it, run the CPU and the emulated CUDA kernel against the reference.
+void round_trip_and_run(const std::vector<Row>& table) {
   // MINFER_TEST_QUICK=1 (the aarch64 suite under qemu, scripts/ci-arm.sh): the emulated CUDA
   // backend, portable C++ that runs the same on every architecture, checks each format on its
   // first shape only (emulating CUDA under qemu is most of this case's time); the CPU backend,
@@ -232,8 +261,6 @@ TEST_CASE("formats: every registered format round-trips and runs on CPU and CUDA
   // check both everywhere.
   const char* quick_env = std::getenv("MINFER_TEST_QUICK");
   const bool quick = quick_env && std::string(quick_env) == "1";
-  const std::vector<Row> table = rows();
-  std::set<std::string> covered;
   auto cpu = make_cpu_backend(2);
   cuda_emu::emu_set_device_count(1);
   auto cuda = make_cuda_emu_backend(0);
@@ -251,7 +278,6 @@ TEST_CASE("formats: every registered format round-trips and runs on CPU and CUDA
         const Linear d = dense(weights(kind, N, K, uint32_t(N * 131 + K + kind)), N, K);
         Linear q = row.make(d);
         CHECK_NOTHROW(check_linear(q));
-        covered.insert(linear_repr(q));
         const Tensor ref = dequantize_weight(q);
         const float* W = ref.data<float>();
 
@@ -317,11 +343,37 @@ TEST_CASE("formats: every registered format round-trips and runs on CPU and CUDA
       }
     }
   }
-  // Every format of the table has at least one row.
+}
+
+}  // namespace
+
+TEST_CASE("formats: every registered format has a row in the round-trip table") {
+  std::set<std::string> covered;
+  for (const Row& row : rows()) {
+    CAPTURE(row.name);
+    const auto [N, K] = row.shapes.empty() ? std::pair<int64_t, int64_t>{5, 64} : row.shapes[0];
+    covered.insert(linear_repr(row.make(dense(weights(0, N, K, 1), N, K))));
+  }
   for (const std::string& r : registered_reprs()) {
     CAPTURE(r);
     CHECK(covered.count(r) == 1);
   }
+}
+
+TEST_CASE("formats: Dense and Quantized formats round-trip and run on CPU and CUDA (emulated)") {
+  round_trip_and_run(method_rows());
+}
+
+TEST_CASE("formats: sparse formats round-trip and run on CPU and CUDA (emulated)") {
+  round_trip_and_run(sparse_rows());
+}
+
+TEST_CASE("formats: Codebook and LowRank round-trip and run on CPU and CUDA (emulated)") {
+  round_trip_and_run(codebook_lowrank_rows());
+}
+
+TEST_CASE("formats: GGML block formats round-trip and run on CPU and CUDA (emulated)") {
+  round_trip_and_run(ggml_rows());
 }
 
 TEST_CASE(
