@@ -390,7 +390,7 @@ TEST_CASE("ops: prefill GEMM column tiles match the reference and one OpenBLAS s
       for (auto [T, K, N] : {std::tuple<int64_t, int64_t, int64_t>{64, 70, 203}, {9, 576, 193}}) {
         CAPTURE(dtype_name(dt));
         CAPTURE(tr);
-        CAPTURE(T);
+        CAPTURE_BINDING(T);
         Tensor w = tr ? randn({K, N}, 21, 0.5f, dt) : randn({N, K}, 21, 0.5f, dt);
         Tensor x = randn({T, K}, 22);
         std::vector<float> ref(size_t(T * N));
