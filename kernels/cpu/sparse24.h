@@ -81,6 +81,21 @@ bool sparse24_decode_wins(const Linear& values);
 // weights), is left as it is. Errors: a bad MINFER_SPARSE24_AT_LOAD value.
 bool sparse24_upload(Linear& w);
 
+// Repack at load (the CPU backend's upload of a Linear), after sparse24_upload: where this build's
+// decode path reads the run layout (sparse24_run_reader), a Sparse24 with int8 values and
+// out % 4 == 0 gains w.run (SparseRun, engine/formats/sparse24.h: rows in groups of 4, one
+// contiguous stream per group, codes unpadded and already signed) and the resident pages of its
+// file-mapped index bytes and codes are released. The decode kernel then streams one buffer for 4
+// rows and loads each x vector once for them; the integer sums are the same, so y is bit for bit
+// the row layout's (tested); prefill tiles read the run too. Returns whether it repacked; anything
+// else, an existing run, or MINFER_SPARSE_REPACK=0 in the environment (A/B timing) is left as it
+// is. Errors: a bad MINFER_SPARSE_REPACK value.
+bool sparse24_repack_for_cpu(Sparse24& w);
+// Whether the decode kernel sparse24_linear takes here reads SparseRun: the AVX2 int8 kernel (an
+// x86-64 build without the AVX-512 VBMI + VNNI kernels, on an AVX2 CPU, or MINFER_SPARSE_ISA=avx2).
+// The AVX-512 kernel reads the row layout.
+bool sparse24_run_reader();
+
 // The decode kernel sets this build holds and this CPU runs, best first, ending with "scalar".
 std::vector<std::string> sparse24_decode_isas();
 // The decode path sparse24_linear takes here for w's value format ("avx512", "avx2", "scalar");
