@@ -64,8 +64,8 @@ void sparse24_linear_ref(const Sparse24& w, const float* x, int64_t T, int64_t l
 // Whether this build's Sparse24 decode kernel is the measured winner over the SparseBitmask kernel
 // on the same 2:4 weights, for these values: the AVX-512 (VBMI + VNNI) kernels with f32 or int8
 // (per row / per tensor) values (docs/pruning.md: level with the bitmask or ahead, 0.67-1.43x
-// int8, 1.07-1.70x f32). Against dense storage compress's sparse24_storage_wins decides (f32
-// only). `values`: the sparse child.
+// int8, 1.07-1.70x f32); the AVX2 kernel with int8 values in the run layout (2.5-3.3x). Against
+// dense storage compress's sparse24_storage_wins decides. `values`: the sparse child.
 bool sparse24_decode_wins(const Linear& values);
 
 // At load (the CPU backend's upload of a Linear): a SparseBitmask weight that keeps exactly 2 of
