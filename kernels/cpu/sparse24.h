@@ -19,7 +19,9 @@
 //     - f32 values: per 16 inputs two vpermps gather the 8 kept inputs, one FMA;
 //     - int8 values: x as one int16 plane of the same codes; per 32 inputs two pshufb (control
 //       from a 256-entry table of index bytes) gather the 16 kept codes of x, vpmaddwd with the
-//       16 widened weight codes adds exact int32 pairs: the same y as the AVX-512 kernel.
+//       16 widened weight codes adds exact int32 pairs: the same y as the AVX-512 kernel. Where
+//       the CPU backend built the run layout (SparseRun, sparse24_repack_for_cpu), 4 rows at a
+//       time from one stream, each x vector loaded once for them: the same integers again.
 //     f16 / bf16 values and other ISAs take the scalar reference.
 //   T > 4 (prefill, compute bound): 64 rows at a time dequantized into an f32 tile, then sgemm.
 #pragma once
