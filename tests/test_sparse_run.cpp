@@ -13,6 +13,7 @@
 #include "compress/compress.h"
 #include "engine/backend.h"
 #include "kernels/cpu/sparse24.h"
+#include "tests/test_util.h"
 
 using namespace minfer;
 
@@ -52,8 +53,8 @@ TEST_CASE("sparse run layout: decode and prefill bit-identical to the row layout
   for (const char* values : {"+int8", "+int8-tensor"})
     for (auto [N, K] : shapes) {
       CAPTURE(values);
-      CAPTURE(N);
-      CAPTURE(K);
+      CAPTURE_BINDING(N);
+      CAPTURE_BINDING(K);
       const Linear l = pruned24(N, K, values, uint32_t(N * 13 + K));
       REQUIRE(std::holds_alternative<Sparse24>(l.repr));
       const Sparse24& rows = std::get<Sparse24>(l.repr);
