@@ -77,10 +77,12 @@ Pair time_pair(Backend& be, const Linear& A, const Linear& B, int64_t T, int rep
     std::vector<Linear> ws(n);
     for (Linear& c : ws) {
       c = deep_copy(w);
-      // Dense Quantized weights as the model runs them: repacked at upload (rows interleaved by
-      // 4 for the one-token kernel). Sparse weights stay in the format asked for (upload would
-      // turn a 2:4 bitmask into Sparse24).
-      if (std::holds_alternative<Quantized>(c.repr)) be.upload(c);
+      // Dense Quantized and Sparse24 weights as the model runs them: repacked at upload (rows
+      // interleaved by 4 for the one-token kernels; Sparse24 int8 values in the run layout where
+      // its kernel reads it, MINFER_SPARSE_REPACK=0 to time the row layout). SparseBitmask stays
+      // in the format asked for (upload would turn a 2:4 bitmask into Sparse24).
+      if (std::holds_alternative<Quantized>(c.repr) || std::holds_alternative<Sparse24>(c.repr))
+        be.upload(c);
     }
     return ws;
   };

@@ -446,20 +446,27 @@ bool sparse_storage_wins(double sparsity, const std::string& value_format) {
 bool sparse24_storage_wins(const std::string& value_format) {
   // 2:4 weights as Sparse24 against dense at the same value format (T = 1, SmolLM2-135M shapes,
   // weights streamed from memory; `bench_sparse THREADS int8,f32 2:4`, docs/pruning.md).
-  // Measured on AMD EPYC Zen 4, 2026-11-30 17:12, a shared 2-core machine at load 12, dense /
-  // Sparse24 medians of alternating passes, three shapes:
-  //   f32 values: 1.66-1.93x (2 threads; 1.32-2.05x in earlier runs): stored as Sparse24;
-  //   int8 values, against dense int8 repacked as the model runs it (rows interleaved by 4):
-  //   0.83-1.54x with 2 threads, 0.80-1.00x with 1; the whole SmolLM2 model 0.93x (7 pairs):
-  //   not faster, so 2:4 weights with int8 values are stored dense (int8) by default.
-  // Needs the AVX-512 VBMI + VNNI kernels (kernels/cpu/sparse24.h); the AVX2 ones are not timed
-  // against dense AVX2 kernels (no such build here), so elsewhere 2:4 weights stay dense.
+  // AVX-512 VBMI + VNNI kernels, measured on AMD EPYC Zen 4 (2026-11-30):
+  //   f32 values: 1.66-1.93x (2 threads, load 12; 1.32-2.05x in earlier runs);
+  //   int8 values against dense int8 repacked as the model runs it: quiet (load 0-0.5) kernels
+  //   1.14-1.25x with 2 threads, 0.99-1.07x with 1, the whole SmolLM2 model 1.23x (7 rounds);
+  //   0.83-1.54x kernels and 0.93x whole model at load 12: stored as Sparse24 (it reads 0.63x
+  //   the bytes, the side that wins where memory is the limit).
+  // AVX2 kernels (x86-64 builds without those, on an AVX2 CPU), measured on AMD EPYC Zen 3
+  // (2026-12-01, load 8): int8 values with the run layout the CPU backend builds at upload
+  // (SparseRun, kernels/cpu/sparse24.h): 1.11-1.93x dense AVX2 int8 (0.70-0.80x in the row
+  // layout): stored as Sparse24. f32 values there are not timed against dense f32: dense.
+#if defined(__x86_64__)
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI__) && \
-    defined(__AVX512VNNI__) && defined(__x86_64__)
+    defined(__AVX512VNNI__)
   static const bool fast =
       __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vnni");
-  return fast && value_format == "f32";
+  return fast && (value_format == "f32" || value_format == "int8" || value_format == "int8-tensor");
+#else
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return avx2 && (value_format == "int8" || value_format == "int8-tensor");
+#endif
 #else
   (void)value_format;
   return false;

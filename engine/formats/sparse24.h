@@ -23,6 +23,19 @@
 
 namespace minfer {
 
+// Sparse24 rows with int8 values in one stream per group of 4 rows, built in memory at upload by
+// the CPU backend (never saved). Group g = rows 4g .. 4g + 3, step s = inputs 32s .. 32s + 31 (16
+// kept values a row), one 80-byte block per (g, s) in order g-major: the 4 rows' 4 index bytes of
+// the step (row 4g first, bytes as in `idx`), then the 4 rows' 16 codes each as signed bytes
+// w = u - 128 (u ^ 0x80), a row's 16 in the order kept 0-3, 8-11, 4-7, 12-15 (the lane order of
+// the AVX2 kernel's gathered x). Bytes past a row's end (K % 32 != 0) are 0. No padding of the
+// values to 64 codes: (K / 32 rounded up) * 20 bytes a row.
+struct SparseRun {
+  static constexpr int64_t kRows = 4, kStep = 32, kBlock = 80;
+  Tensor bytes;  // U8 [N / 4, ceil(K / 32) * 80]
+  bool defined() const { return bytes.defined(); }
+};
+
 struct Sparse24 {
   int64_t in = 0;  // K
   // U8 [N, Kb]: two 4-bit group codes per byte (above); padding nibble (K % 8 == 4) zero.
@@ -30,6 +43,10 @@ struct Sparse24 {
   // (in = K / 2, out = N): the kept values in input order. Dense F32/F16/BF16 or Quantized Int8
   // (per row or per tensor, symmetric); no bias.
   Box<Linear> values;
+  // The CPU backend's decode layout of int8 values (kernels/cpu/sparse24.h
+  // sparse24_repack_for_cpu), undefined until it is built; `idx` and `values` stay the reference
+  // (save, dequantize, CUDA).
+  SparseRun run;
 };
 
 template <>

@@ -19,7 +19,9 @@
 //     - f32 values: per 16 inputs two vpermps gather the 8 kept inputs, one FMA;
 //     - int8 values: x as one int16 plane of the same codes; per 32 inputs two pshufb (control
 //       from a 256-entry table of index bytes) gather the 16 kept codes of x, vpmaddwd with the
-//       16 widened weight codes adds exact int32 pairs: the same y as the AVX-512 kernel.
+//       16 widened weight codes adds exact int32 pairs: the same y as the AVX-512 kernel. Where
+//       the CPU backend built the run layout (SparseRun, sparse24_repack_for_cpu), 4 rows at a
+//       time from one stream, each x vector loaded once for them: the same integers again.
 //     f16 / bf16 values and other ISAs take the scalar reference.
 //   T > 4 (prefill, compute bound): 64 rows at a time dequantized into an f32 tile, then sgemm.
 #pragma once
@@ -64,8 +66,8 @@ void sparse24_linear_ref(const Sparse24& w, const float* x, int64_t T, int64_t l
 // Whether this build's Sparse24 decode kernel is the measured winner over the SparseBitmask kernel
 // on the same 2:4 weights, for these values: the AVX-512 (VBMI + VNNI) kernels with f32 or int8
 // (per row / per tensor) values (docs/pruning.md: level with the bitmask or ahead, 0.67-1.43x
-// int8, 1.07-1.70x f32). Against dense storage compress's sparse24_storage_wins decides (f32
-// only). `values`: the sparse child.
+// int8, 1.07-1.70x f32); the AVX2 kernel with int8 values in the run layout (2.5-3.3x). Against
+// dense storage compress's sparse24_storage_wins decides. `values`: the sparse child.
 bool sparse24_decode_wins(const Linear& values);
 
 // At load (the CPU backend's upload of a Linear): a SparseBitmask weight that keeps exactly 2 of
@@ -80,6 +82,21 @@ bool sparse24_decode_wins(const Linear& values);
 // else, or MINFER_SPARSE24_AT_LOAD=0 in the environment (to time the bitmask kernel on the same
 // weights), is left as it is. Errors: a bad MINFER_SPARSE24_AT_LOAD value.
 bool sparse24_upload(Linear& w);
+
+// Repack at load (the CPU backend's upload of a Linear), after sparse24_upload: where this build's
+// decode path reads the run layout (sparse24_run_reader), a Sparse24 with int8 values and
+// out % 4 == 0 gains w.run (SparseRun, engine/formats/sparse24.h: rows in groups of 4, one
+// contiguous stream per group, codes unpadded and already signed) and the resident pages of its
+// file-mapped index bytes and codes are released. The decode kernel then streams one buffer for 4
+// rows and loads each x vector once for them; the integer sums are the same, so y is bit for bit
+// the row layout's (tested); prefill tiles read the run too. Returns whether it repacked; anything
+// else, an existing run, or MINFER_SPARSE_REPACK=0 in the environment (A/B timing) is left as it
+// is. Errors: a bad MINFER_SPARSE_REPACK value.
+bool sparse24_repack_for_cpu(Sparse24& w);
+// Whether the decode kernel sparse24_linear takes here reads SparseRun: the AVX2 int8 kernel (an
+// x86-64 build without the AVX-512 VBMI + VNNI kernels, on an AVX2 CPU, or MINFER_SPARSE_ISA=avx2).
+// The AVX-512 kernel reads the row layout.
+bool sparse24_run_reader();
 
 // The decode kernel sets this build holds and this CPU runs, best first, ending with "scalar".
 std::vector<std::string> sparse24_decode_isas();
