@@ -1,7 +1,7 @@
 // Softmax rows for attention: a vectorized exp (AVX2 + FMA where the build targets it, also on
 // AVX-512 machines: a 16-lane version was not kept because it could not be run where it was
-// written; the scalar twin elsewhere) and the row softmax the CPU backend's attention and softmax op share.
-// Legend: n = values in a row.
+// written; the scalar twin elsewhere) and the row softmax the CPU backend's attention and softmax
+// op share. Legend: n = values in a row.
 //
 // exp(x), the classic single-precision scheme (Cody & Waite range reduction, as in Cephes expf):
 // x = k ln2 + r with k = round(x / ln2), |r| <= ln2 / 2, ln2 split into a part exact in f32 and a
