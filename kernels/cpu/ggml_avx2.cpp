@@ -102,8 +102,13 @@ constexpr bool kHasMin = TY == BlockType::Q4_1 || TY == BlockType::Q5_1;
 // (weight = dw u + mw), signed w = u - offset for Q4_0 (8), Q5_0 (16), Q8_0 (the stored int8).
 template <BlockType TY>
 MINFER_INLINE __m256i block_codes(const uint8_t* p, float* dw, float* mw) {
-  *dw = _cvtsh_ss(rd16(p));
-  if constexpr (kHasMin<TY>) *mw = _cvtsh_ss(rd16(p + 2));
+  if constexpr (kHasMin<TY>) {  // d and m side by side: one conversion
+    const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128(int(rd32(p))));
+    *dw = _mm_cvtss_f32(dm);
+    *mw = _mm_cvtss_f32(_mm_movehdup_ps(dm));
+  } else {
+    *dw = _cvtsh_ss(rd16(p));
+  }
   if constexpr (TY == BlockType::Q8_0) {
     return load256(p + 2);
   } else {
@@ -150,43 +155,45 @@ MINFER_INLINE void q8_rows_impl(const uint8_t* wb, int64_t rb, const int8_t* aq,
   }
 }
 
-// One token (decode): the same sums with two blocks per step into two accumulators, so that the
-// loop-carried FMA (and the min term's add) latency is not the bound; the odd block's sums join
-// at the end.
-template <BlockType TY>
+// One token (decode): R rows at a time, each activation block loaded once for the R rows, whose
+// accumulators are R independent chains (so the FMA latency is not the bound). Every row's sums
+// are taken in the same order whatever R, so a row's result does not depend on its neighbours.
+template <BlockType TY, int R>
 MINFER_INLINE void q8_rows_1(const uint8_t* wb, int64_t rb, const int8_t* aq, const float* ad,
-                             const float* am, int64_t K, int64_t n0, int64_t n1, float* y) {
+                             const float* am, int64_t K, int64_t n, float* y) {
   const int64_t nb = K / kQ;
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* row = wb + n * rb;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    float corr0 = 0.f, corr1 = 0.f;
-    auto step = [&](int64_t b, __m256& acc, float& corr) {
-      float dw, mw = 0.f;
-      const __m256i w = block_codes<TY>(row + b * kBytes<TY>, &dw, &mw);
-      const __m256i q = load256(aq + b * kQ);
-      const __m256i p = kHasMin<TY> ? dot_u8s8(w, q) : dot_s8s8(w, q);
-      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * ad[b]), acc);
-      if constexpr (kHasMin<TY>) corr += mw * am[b];
-    };
-    int64_t b = 0;
-    for (; b + 1 < nb; b += 2) {
-      step(b, acc0, corr0);
-      step(b + 1, acc1, corr1);
-    }
-    if (b < nb) step(b, acc0, corr0);
-    y[n] = hsum_ps(_mm256_add_ps(acc0, acc1)) + (corr0 + corr1);
+  const uint8_t* row = wb + n * rb;
+  __m256 acc[R];
+  float corr[R];
+  for (int r = 0; r < R; ++r) {
+    acc[r] = _mm256_setzero_ps();
+    corr[r] = 0.f;
   }
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m256i q = load256(aq + b * kQ);
+    const float dx = ad[b];
+    for (int r = 0; r < R; ++r) {
+      float dw, mw = 0.f;
+      const __m256i w = block_codes<TY>(row + r * rb + b * kBytes<TY>, &dw, &mw);
+      const __m256i p = kHasMin<TY> ? dot_u8s8(w, q) : dot_s8s8(w, q);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * dx), acc[r]);
+      if constexpr (kHasMin<TY>) corr[r] += mw * am[b];
+    }
+  }
+  for (int r = 0; r < R; ++r) y[n + r] = hsum_ps(acc[r]) + corr[r];
 }
 
 template <BlockType TY>
 void q8_rows(const uint8_t* wb, int64_t rb, const int8_t* aq, const float* ad, const int32_t*,
              const float* am, int64_t nt, int64_t K, int64_t n0, int64_t n1, float* y,
              int64_t ldy) {
-  if (nt == 1)
-    q8_rows_1<TY>(wb, rb, aq, ad, am, K, n0, n1, y);
-  else
+  if (nt == 1) {
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4) q8_rows_1<TY, 4>(wb, rb, aq, ad, am, K, n, y);
+    for (; n < n1; ++n) q8_rows_1<TY, 1>(wb, rb, aq, ad, am, K, n, y);
+  } else {
     q8_rows_impl<TY>(wb, rb, aq, ad, am, nt, K, n0, n1, y, ldy);
+  }
 }
 
 // ---- The K-quants ------------------------------------------------------------------------------
