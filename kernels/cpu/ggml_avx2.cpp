@@ -306,10 +306,14 @@ MINFER_INLINE void k_rows_impl(const uint8_t* wb, int64_t rb, const int8_t* aq, 
                                float* y, int64_t ldy) {
   constexpr int64_t QK = ggml::QK_K;
   const int64_t nb = K / QK;
-  // Chunk c's int16 scale lanes: group 2c in the low 128 bits, 2c + 1 in the high (vpermd brings
-  // the pair sc[2c], sc[2c + 1] to every dword, vpshufb picks one of it per half).
-  const __m256i pick = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3,
-                                        2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+  // Chunk c's int16 scale lanes: group 2c in the low 128 bits, 2c + 1 in the high. Groups 0-7
+  // (8-15) copied to both halves once per super-block, then one vpshufb per chunk picks the
+  // words 2c and 2c + 1 (mod 8): pick[j] holds bytes 4j, 4j + 1 (low half), 4j + 2, 4j + 3 (high).
+  const __m256i pick0 = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3,
+                                         2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+  const __m256i pick[4] = {pick0, _mm256_add_epi8(pick0, _mm256_set1_epi8(4)),
+                           _mm256_add_epi8(pick0, _mm256_set1_epi8(8)),
+                           _mm256_add_epi8(pick0, _mm256_set1_epi8(12))};
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = wb + n * rb;
     float acc[kGgmlGemmMinT] = {};
@@ -317,8 +321,9 @@ MINFER_INLINE void k_rows_impl(const uint8_t* wb, int64_t rb, const int8_t* aq, 
       KAvx2 k;
       unpack_k<TY>(row + b * kBytes<TY>, k);
       __m256i s[8];
-      for (int c = 0; c < 8; ++c)
-        s[c] = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(k.sc16, _mm256_set1_epi32(c)), pick);
+      const __m256i lo = _mm256_permute2x128_si256(k.sc16, k.sc16, 0x00),
+                    hi = _mm256_permute2x128_si256(k.sc16, k.sc16, 0x11);
+      for (int c = 0; c < 8; ++c) s[c] = _mm256_shuffle_epi8(c < 4 ? lo : hi, pick[c % 4]);
       for (int64_t t = 0; t < nt; ++t) {
         const int8_t* q = aq + t * K + b * QK;
         __m256i dot = _mm256_setzero_si256();
