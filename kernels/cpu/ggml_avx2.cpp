@@ -114,10 +114,13 @@ MINFER_INLINE __m256i block_codes(const uint8_t* p, float* dw, float* mw) {
   } else {
     constexpr int64_t h = kHasMin<TY> ? 4 : 2;  // first byte after d (and m)
     constexpr bool five = TY == BlockType::Q5_0 || TY == BlockType::Q5_1;
-    // Nibble pair byte j: weight j low, weight j + 16 high.
-    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + h + (five ? 4 : 0)));
-    const __m128i m4 = _mm_set1_epi8(15);
-    __m256i u = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m4), _mm_and_si128(v, m4));
+    // Nibble pair byte j: weight j low, weight j + 16 high. The 16 bytes in both halves, the high
+    // half shifted right by 4 (per dword: each byte's high nibble lands in its low 4 bits, the
+    // bits shifted in from the next byte are masked off).
+    const __m256i v = _mm256_broadcastsi128_si256(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + h + (five ? 4 : 0))));
+    __m256i u = _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
+                                 _mm256_set1_epi8(15));
     if constexpr (five)
       u = _mm256_or_si256(u, _mm256_and_si256(bits_to_bytes(rd32(p + h)), _mm256_set1_epi8(16)));
     if constexpr (TY == BlockType::Q4_0) u = _mm256_sub_epi8(u, _mm256_set1_epi8(8));
