@@ -172,15 +172,40 @@ MINFER_INLINE void q8_rows_1(const uint8_t* wb, int64_t rb, const int8_t* aq, co
     acc[r] = _mm256_setzero_ps();
     corr[r] = 0.f;
   }
-  for (int64_t b = 0; b < nb; ++b) {
-    const __m256i q = load256(aq + b * kQ);
-    const float dx = ad[b];
-    for (int r = 0; r < R; ++r) {
-      float dw, mw = 0.f;
-      const __m256i w = block_codes<TY>(row + r * rb + b * kBytes<TY>, &dw, &mw);
-      const __m256i p = kHasMin<TY> ? dot_u8s8(w, q) : dot_s8s8(w, q);
-      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * dx), acc[r]);
-      if constexpr (kHasMin<TY>) corr[r] += mw * am[b];
+  if constexpr (kHasMin<TY>) {
+    // Q4_1 / Q5_1: the R rows' (d, m) fp16 pairs in one vcvtph2ps, times (dx, m_x) in one
+    // vmulps: lane 2r = d_r dx (broadcast by vpermps), lane 2r + 1 = m_r m_x, summed per lane.
+    __m256 mins = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const __m256i q = load256(aq + b * kQ);
+      const uint8_t* blk = row + b * kBytes<TY>;
+      __m128i dm = _mm_cvtsi32_si128(int(rd32(blk)));
+      if constexpr (R > 1) dm = _mm_insert_epi32(dm, int(rd32(blk + rb)), 1);
+      if constexpr (R > 2) dm = _mm_insert_epi32(dm, int(rd32(blk + 2 * rb)), 2);
+      if constexpr (R > 3) dm = _mm_insert_epi32(dm, int(rd32(blk + 3 * rb)), 3);
+      const __m256 xs = _mm256_blend_ps(_mm256_set1_ps(ad[b]), _mm256_set1_ps(am[b]), 0xaa);
+      const __m256 sc = _mm256_mul_ps(_mm256_cvtph_ps(dm), xs);
+      mins = _mm256_add_ps(mins, sc);
+      for (int r = 0; r < R; ++r) {
+        float dw, mw;
+        const __m256i w = block_codes<TY>(blk + r * rb, &dw, &mw);
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8s8(w, q)),
+                                 _mm256_permutevar8x32_ps(sc, _mm256_set1_epi32(2 * r)), acc[r]);
+      }
+    }
+    alignas(32) float m8[8];
+    _mm256_store_ps(m8, mins);
+    for (int r = 0; r < R; ++r) corr[r] = m8[2 * r + 1];
+  } else {
+    for (int64_t b = 0; b < nb; ++b) {
+      const __m256i q = load256(aq + b * kQ);
+      const float dx = ad[b];
+      for (int r = 0; r < R; ++r) {
+        float dw, mw = 0.f;
+        const __m256i w = block_codes<TY>(row + r * rb + b * kBytes<TY>, &dw, &mw);
+        acc[r] =
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_s8s8(w, q)), _mm256_set1_ps(dw * dx), acc[r]);
+      }
     }
   }
   for (int r = 0; r < R; ++r) y[n + r] = hsum_ps(acc[r]) + corr[r];
