@@ -158,6 +158,13 @@ MINFER_INLINE void q8_rows_impl(const uint8_t* wb, int64_t rb, const int8_t* aq,
   }
 }
 
+// The same bytes 8 rows further on, into L1 (prefetch never faults, so past the last row is
+// harmless). Decode streams the weights once from DRAM; without it a one-thread 576 -> 1536
+// Q4_1 gemv over 240 matrices (132 MB) ran at ~7 GB/s, with it at ~12-13 GB/s.
+MINFER_INLINE void prefetch_ahead(const uint8_t* p, int64_t rb) {
+  _mm_prefetch(reinterpret_cast<const char*>(p + 8 * rb), _MM_HINT_T0);
+}
+
 // One token (decode): R rows at a time, each activation block loaded once for the R rows, whose
 // accumulators are R independent chains (so the FMA latency is not the bound). Every row's sums
 // are taken in the same order whatever R, so a row's result does not depend on its neighbours.
@@ -187,6 +194,7 @@ MINFER_INLINE void q8_rows_1(const uint8_t* wb, int64_t rb, const int8_t* aq, co
       const __m256 sc = _mm256_mul_ps(_mm256_cvtph_ps(dm), xs);
       mins = _mm256_add_ps(mins, sc);
       for (int r = 0; r < R; ++r) {
+        prefetch_ahead(blk + r * rb, rb);
         float dw, mw;
         const __m256i w = block_codes<TY>(blk + r * rb, &dw, &mw);
         acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8s8(w, q)),
@@ -201,6 +209,7 @@ MINFER_INLINE void q8_rows_1(const uint8_t* wb, int64_t rb, const int8_t* aq, co
       const __m256i q = load256(aq + b * kQ);
       const float dx = ad[b];
       for (int r = 0; r < R; ++r) {
+        prefetch_ahead(row + r * rb + b * kBytes<TY>, rb);
         float dw, mw = 0.f;
         const __m256i w = block_codes<TY>(row + r * rb + b * kBytes<TY>, &dw, &mw);
         acc[r] =
