@@ -189,6 +189,79 @@ TEST_CASE("ggml blocks: CPU kernels equal the f32 matmul of the dequantized weig
   CHECK(std::isnan(y[2]));
 }
 
+TEST_CASE("ggml blocks: the SIMD q8 kernels keep exact integer sums at extreme codes") {
+  // The AVX2 kernels multiply bytes with vpmaddubsw, which saturates a pair sum past int16: Q8_0
+  // codes -128 against x codes 127 would give 2 · 255 · 127 in the unsigned (u = w + 128) form.
+  // Every code and sub-block scale byte set to one pattern (all fp16 scale fields kept), x
+  // constant (every activation code +127 or -127) or alternating in sign: the SIMD kernel must
+  // equal the scalar reference, whose integer sums are exact, up to f32 summation order.
+  INFO("q8 kernel ISA: ", ggml_linear_isa());
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(__AVX512VNNI__)
+  CHECK(std::string(ggml_linear_isa()) == "avx2");  // an AVX2 build runs the AVX2 kernels
+#endif
+  const int64_t K = 512, N = 6;
+  for (uint32_t ty : ggml_blocks_types()) {
+    if (!ggml_has_q8_path(ty)) continue;
+    const std::string tn = ggml_type_name(ty);
+    CAPTURE(tn);
+    // Byte offsets of the fp16 fields (d, and the min / dmin where the block has one).
+    std::vector<int> f16;
+    switch (GgmlType(ty)) {
+      case GgmlType::Q4_1:
+      case GgmlType::Q5_1:
+      case GgmlType::Q4_K:
+      case GgmlType::Q5_K:
+        f16 = {0, 2};
+        break;
+      case GgmlType::Q2_K:
+        f16 = {80, 82};
+        break;
+      case GgmlType::Q3_K:
+        f16 = {108};
+        break;
+      case GgmlType::Q6_K:
+        f16 = {208};
+        break;
+      default:
+        f16 = {0};
+    }
+    const int64_t bs = int64_t(ggml_type_size(ty));
+    for (int pattern : {0x80, 0xff, 0x7f, 0x00}) {
+      CAPTURE(pattern);
+      GgmlBlocks g = test::random_ggml_blocks(ty, N, K, 5 + ty);
+      uint8_t* p = g.blocks.data<uint8_t>();
+      for (int64_t i = 0; i < g.blocks.numel(); ++i) {
+        bool keep = false;
+        for (int o : f16) keep = keep || (i % bs == o || i % bs == o + 1);
+        if (!keep) p[i] = uint8_t(pattern);
+      }
+      const Linear l = make_linear("w", K, N, g);
+      const Tensor wt = dequantize_weight(l);
+      for (int sign_mode = 0; sign_mode < 3; ++sign_mode) {
+        CAPTURE(sign_mode);
+        const int64_t T = 2;
+        std::vector<float> x(size_t(T * K));
+        for (int64_t i = 0; i < T * K; ++i)
+          x[size_t(i)] = sign_mode == 0 ? 1.f : sign_mode == 1 ? -1.f : (i % 2 ? -1.f : 1.f);
+        std::vector<float> yq(size_t(T * N)), yr(size_t(T * N));
+        const GgmlBlocks& gl = std::get<GgmlBlocks>(l.repr);
+        ggml_linear_q8(gl, x.data(), T, K, yq.data(), N, K, N);
+        ggml_linear_q8_ref(gl, x.data(), T, K, yr.data(), N, K, N);
+        int bad = 0;
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t n = 0; n < N; ++n) {
+            double sa = 0;
+            for (int64_t k = 0; k < K; ++k)
+              sa += std::fabs(double(x[size_t(t * K + k)]) * wt.data<float>()[n * K + k]);
+            const size_t i = size_t(t * N + n);
+            bad += !(std::fabs(double(yq[i]) - yr[i]) <= 1e-5 * sa + 1e-6);
+          }
+        CHECK(bad == 0);
+      }
+    }
+  }
+}
+
 TEST_CASE(
     "ggml blocks: Q8_K activation blocks equal llama.cpp's quantize_row_q8_K_ref bit for bit") {
   // q8k_reference.safetensors (make_q8k_reference.py): a numpy reimplementation of

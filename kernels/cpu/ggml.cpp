@@ -1,6 +1,6 @@
 // GGML block-format linears (CPU): dispatch, activation quantization, the scalar q8 reference,
-// the AVX-512 VNNI q8 kernel and the dequantize-a-tile + sgemm path. Legend and error bound:
-// kernels/cpu/ggml.h.
+// the AVX-512 VNNI q8 kernel (the AVX2 one: ggml_avx2.cpp) and the dequantize-a-tile + sgemm path.
+// Legend and error bound: kernels/cpu/ggml.h.
 #include "kernels/cpu/ggml.h"
 
 #include <cblas.h>
@@ -20,11 +20,10 @@
 #include "kernels/common/ggml_quants.h"
 #include "kernels/cpu/act.h"
 #include "kernels/cpu/env_switch.h"
+#include "kernels/cpu/ggml_impl.h"
 #include "kernels/cpu/prefill_gemm.h"
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
-    defined(__AVX512VNNI__) && defined(__F16C__)
-#define MINFER_GGML_VNNI 1
+#if defined(MINFER_GGML_VNNI)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
@@ -36,6 +35,7 @@ namespace minfer {
 namespace {
 
 using ggml::fp16_to_f32;
+using ggml_cpu::RowsFn;
 constexpr int kQ = 32;  // weights per block of the q8-path types and of the activation blocks
 
 // x quantized per block of qb values: q [T, K] int8, d [T, K / qb] scales, s [T, K / sg] = Σ q
@@ -54,7 +54,7 @@ struct QAct {
   std::vector<float> m;
 };
 
-[[maybe_unused]] QAct& act_scratch() {  // used by the VNNI kernels only
+[[maybe_unused]] QAct& act_scratch() {  // used by the SIMD kernels only
   thread_local QAct a;
   return a;
 }
@@ -156,10 +156,14 @@ bool is_k_quant(uint32_t type) {
   return type == uint32_t(GgmlType::Q4_0) || type == uint32_t(GgmlType::Q4_1) ||
          type == uint32_t(GgmlType::Q8_0);
 }
-// Whether the SIMD q8 kernels read w's layout: the row layout, or interleave 4 for the repacked
-// types. Any other layout runs the (layout-aware) scalar reference.
+// Whether the SIMD q8 kernels read w's layout: the row layout, or (AVX-512 VNNI) interleave 4 for
+// the repacked types. Any other layout runs the (layout-aware) scalar reference.
 [[maybe_unused]] bool simd_layout(const GgmlBlocks& w) {
+#if defined(MINFER_GGML_VNNI)
   return w.interleave == 1 || (w.interleave == 4 && repack_type(w.type));
+#else
+  return w.interleave == 1;
+#endif
 }
 
 // One weight block of a q8-path type as unsigned codes u[32] (weight = dw (u - off) + mw).
@@ -510,37 +514,6 @@ void q8_rows_x4(const uint8_t* wb, int64_t rb, const int8_t* aq, const float* ad
   }
 }
 
-template <GgmlType TY>
-void q8_simd(const GgmlBlocks& w, const QAct& a, int64_t T, int64_t K, int64_t N, float* y,
-             int64_t ldy) {
-  const uint8_t* wb = w.blocks.data<uint8_t>();
-  const int64_t rb = w.blocks.dim(1);
-  for (int64_t t0 = 0; t0 < T; t0 += kGgmlGemmMinT) {
-    const int64_t nt = std::min<int64_t>(kGgmlGemmMinT, T - t0);
-    const int64_t nb = K / kQ;
-    const int8_t* aq = a.q.data() + t0 * K;
-    const float* ad = a.d.data() + t0 * nb;
-    const int32_t* as = a.s.data() + t0 * nb;
-    const float* am = a.m.data() + t0 * nb;
-    constexpr int64_t kRows = 16;  // rows per work item
-    const int64_t items = (N + kRows - 1) / kRows;
-    // Decode: on the thread pool (one dispatch, chunks claimed dynamically; engine/thread_pool.h).
-    const bool x4 = w.interleave == 4;  // the caller checked simd_layout(w)
-    parallel_for(items, kRows * K, int64_t(1) << 15, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        if constexpr (TY == GgmlType::Q4_0 || TY == GgmlType::Q4_1 || TY == GgmlType::Q8_0)
-          if (x4) {
-            q8_rows_x4<TY>(wb, rb, aq, ad, as, am, nt, K, i * kRows, std::min(N, (i + 1) * kRows),
-                           y + t0 * ldy, ldy);
-            continue;
-          }
-        q8_rows_simd<TY>(wb, rb, aq, ad, as, am, nt, K, i * kRows, std::min(N, (i + 1) * kRows),
-                         y + t0 * ldy, ldy);
-      }
-    });
-  }
-}
-
 // K-quants: one super-block of 256 weights as four zmm of unsigned codes in weight order (zmm c
 // holds weights 64c .. 64c+63, i.e. groups 4c .. 4c+3 of 16), the group scales S (lane g = sc[g])
 // and mins M (lane g = m[g]) as int32, D and Dmin. The integer sum of a super-block against the
@@ -692,22 +665,77 @@ void k_rows_simd(const uint8_t* wb, int64_t rb, const int8_t* aq, const float* a
   }
 }
 
-template <GgmlType TY>
-void k_simd(const GgmlBlocks& w, const QAct& a, int64_t T, int64_t K, int64_t N, float* y,
-            int64_t ldy) {
+#endif
+
+#if defined(MINFER_GGML_SIMD)
+// The SIMD row kernel of a type on the q8 path (its signature: ggml_cpu::RowsFn, ggml_impl.h).
+RowsFn rows_fn(const GgmlBlocks& w) {
+#if defined(MINFER_GGML_VNNI)
+  const uint32_t type = w.type;
+  const bool x4 = w.interleave == 4;  // the caller checked simd_layout(w)
+  switch (GgmlType(type)) {
+    case GgmlType::Q4_0:
+      return x4 ? q8_rows_x4<GgmlType::Q4_0> : q8_rows_simd<GgmlType::Q4_0>;
+    case GgmlType::Q4_1:
+      return x4 ? q8_rows_x4<GgmlType::Q4_1> : q8_rows_simd<GgmlType::Q4_1>;
+    case GgmlType::Q5_0:
+      return q8_rows_simd<GgmlType::Q5_0>;
+    case GgmlType::Q5_1:
+      return q8_rows_simd<GgmlType::Q5_1>;
+    case GgmlType::Q8_0:
+      return x4 ? q8_rows_x4<GgmlType::Q8_0> : q8_rows_simd<GgmlType::Q8_0>;
+    case GgmlType::Q2_K:
+      return k_rows_simd<GgmlType::Q2_K>;
+    case GgmlType::Q3_K:
+      return k_rows_simd<GgmlType::Q3_K>;
+    case GgmlType::Q4_K:
+      return k_rows_simd<GgmlType::Q4_K>;
+    case GgmlType::Q5_K:
+      return k_rows_simd<GgmlType::Q5_K>;
+    case GgmlType::Q6_K:
+      return k_rows_simd<GgmlType::Q6_K>;
+    default:
+      break;
+  }
+  MINFER_FAIL("ggml q8 path: type {} has no integer kernel", ggml_type_name(type));
+#else
+  const RowsFn f = ggml_cpu::rows_avx2(w.type);
+  MINFER_CHECK(f != nullptr, "ggml q8 path: type {} has no integer kernel", ggml_type_name(w.type));
+  return f;
+#endif
+}
+
+// Quantizes x once for matrices of w's activation layout (K-quants: blocks of 256).
+QAct& quantize_for(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx, int64_t K) {
+  QAct& a = act_scratch();
+  if (is_k_quant(w.type))
+    quantize_act(x, T, ldx, K, a, ggml::QK_K, 16);
+  else
+    quantize_act(x, T, ldx, K, a);
+  return a;
+}
+
+// y[T, N] = x · Wᵀ on the q8 path from x quantized in a (quantize_for): tokens in tiles of up to
+// kGgmlGemmMinT, each tile's rows in work items of 16 on the thread pool (one dispatch, chunks
+// claimed dynamically; engine/thread_pool.h).
+void run_rows(RowsFn fn, const GgmlBlocks& w, const QAct& a, int64_t T, int64_t K, int64_t N,
+              float* y, int64_t ldy) {
   const uint8_t* wb = w.blocks.data<uint8_t>();
-  const int64_t rb = w.blocks.dim(1), nb = K / ggml::QK_K;
+  const int64_t rb = w.blocks.dim(1);
+  const bool kq = is_k_quant(w.type);
+  const int64_t nb = K / (kq ? ggml::QK_K : kQ), ns = kq ? K / 16 : nb;  // blocks, code sums
   for (int64_t t0 = 0; t0 < T; t0 += kGgmlGemmMinT) {
     const int64_t nt = std::min<int64_t>(kGgmlGemmMinT, T - t0);
     const int8_t* aq = a.q.data() + t0 * K;
     const float* ad = a.d.data() + t0 * nb;
-    const int32_t* as = a.s.data() + t0 * nb * 16;
+    const int32_t* as = a.s.data() + t0 * ns;
+    const float* am = kq ? nullptr : a.m.data() + t0 * nb;
     constexpr int64_t kRows = 16;  // rows per work item
     const int64_t items = (N + kRows - 1) / kRows;
     parallel_for(items, kRows * K, int64_t(1) << 15, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i)
-        k_rows_simd<TY>(wb, rb, aq, ad, as, nullptr, nt, K, i * kRows, std::min(N, (i + 1) * kRows),
-                        y + t0 * ldy, ldy);
+        fn(wb, rb, aq, ad, as, am, nt, K, i * kRows, std::min(N, (i + 1) * kRows), y + t0 * ldy,
+           ldy);
     });
   }
 }
@@ -764,6 +792,8 @@ bool ggml_repack_for_cpu(GgmlBlocks& w, int64_t K) {
 const char* ggml_linear_isa() {
 #if defined(MINFER_GGML_VNNI)
   return "avx512-vnni";
+#elif defined(MINFER_GGML_AVX2)
+  return "avx2";
 #else
   return "scalar";
 #endif
@@ -822,93 +852,17 @@ void ggml_linear_q8_ref(const GgmlBlocks& w, const float* x, int64_t T, int64_t 
 
 void ggml_linear_q8(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx, float* y,
                     int64_t ldy, int64_t K, int64_t N) {
-#if defined(MINFER_GGML_VNNI)
+#if defined(MINFER_GGML_SIMD)
   check_call(w, T, ldx, ldy, K, N, "ggml_linear_q8");
   MINFER_CHECK(ggml_has_q8_path(w.type), "ggml q8 path: type {} has no integer kernel",
                ggml_type_name(w.type));
   if (T == 0) return;
   if (!simd_layout(w)) return ggml_linear_q8_ref(w, x, T, ldx, y, ldy, K, N);
-  QAct& a = act_scratch();
-  if (is_k_quant(w.type))
-    quantize_act(x, T, ldx, K, a, ggml::QK_K, 16);
-  else
-    quantize_act(x, T, ldx, K, a);
-  switch (GgmlType(w.type)) {
-    case GgmlType::Q4_0:
-      return q8_simd<GgmlType::Q4_0>(w, a, T, K, N, y, ldy);
-    case GgmlType::Q4_1:
-      return q8_simd<GgmlType::Q4_1>(w, a, T, K, N, y, ldy);
-    case GgmlType::Q5_0:
-      return q8_simd<GgmlType::Q5_0>(w, a, T, K, N, y, ldy);
-    case GgmlType::Q5_1:
-      return q8_simd<GgmlType::Q5_1>(w, a, T, K, N, y, ldy);
-    case GgmlType::Q8_0:
-      return q8_simd<GgmlType::Q8_0>(w, a, T, K, N, y, ldy);
-    case GgmlType::Q2_K:
-      return k_simd<GgmlType::Q2_K>(w, a, T, K, N, y, ldy);
-    case GgmlType::Q3_K:
-      return k_simd<GgmlType::Q3_K>(w, a, T, K, N, y, ldy);
-    case GgmlType::Q4_K:
-      return k_simd<GgmlType::Q4_K>(w, a, T, K, N, y, ldy);
-    case GgmlType::Q5_K:
-      return k_simd<GgmlType::Q5_K>(w, a, T, K, N, y, ldy);
-    case GgmlType::Q6_K:
-      return k_simd<GgmlType::Q6_K>(w, a, T, K, N, y, ldy);
-    default:
-      break;
-  }
-  MINFER_FAIL("ggml q8 path: type {} has no integer kernel", ggml_type_name(w.type));
+  run_rows(rows_fn(w), w, quantize_for(w, x, T, ldx, K), T, K, N, y, ldy);
 #else
   ggml_linear_q8_ref(w, x, T, ldx, y, ldy, K, N);
 #endif
 }
-
-#if defined(MINFER_GGML_VNNI)
-namespace {
-// The SIMD row kernel of a type on the q8 path: rows r0..r1 of y from the quantized activations.
-using RowsFn = void (*)(const uint8_t*, int64_t, const int8_t*, const float*, const int32_t*,
-                        const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t);
-RowsFn rows_fn(const GgmlBlocks& w) {
-  const uint32_t type = w.type;
-  const bool x4 = w.interleave == 4;  // the caller checked simd_layout(w)
-  switch (GgmlType(type)) {
-    case GgmlType::Q4_0:
-      return x4 ? q8_rows_x4<GgmlType::Q4_0> : q8_rows_simd<GgmlType::Q4_0>;
-    case GgmlType::Q4_1:
-      return x4 ? q8_rows_x4<GgmlType::Q4_1> : q8_rows_simd<GgmlType::Q4_1>;
-    case GgmlType::Q5_0:
-      return q8_rows_simd<GgmlType::Q5_0>;
-    case GgmlType::Q5_1:
-      return q8_rows_simd<GgmlType::Q5_1>;
-    case GgmlType::Q8_0:
-      return x4 ? q8_rows_x4<GgmlType::Q8_0> : q8_rows_simd<GgmlType::Q8_0>;
-    case GgmlType::Q2_K:
-      return k_rows_simd<GgmlType::Q2_K>;
-    case GgmlType::Q3_K:
-      return k_rows_simd<GgmlType::Q3_K>;
-    case GgmlType::Q4_K:
-      return k_rows_simd<GgmlType::Q4_K>;
-    case GgmlType::Q5_K:
-      return k_rows_simd<GgmlType::Q5_K>;
-    case GgmlType::Q6_K:
-      return k_rows_simd<GgmlType::Q6_K>;
-    default:
-      break;
-  }
-  MINFER_FAIL("ggml q8 path: type {} has no integer kernel", ggml_type_name(type));
-}
-
-// Quantizes x once for matrices of w's activation layout (K-quants: blocks of 256).
-QAct& quantize_for(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx, int64_t K) {
-  QAct& a = act_scratch();
-  if (is_k_quant(w.type))
-    quantize_act(x, T, ldx, K, a, ggml::QK_K, 16);
-  else
-    quantize_act(x, T, ldx, K, a);
-  return a;
-}
-}  // namespace
-#endif
 
 bool ggml_q8_groupable(const GgmlBlocks* const* ws, int n) {
   for (int i = 0; i < n; ++i)
@@ -927,7 +881,7 @@ void ggml_linear_q8_group(const GgmlGroupItem* items, int n, const float* x, int
   MINFER_CHECK(ggml_q8_groupable(ws.data(), n),
                "ggml q8 group: every matrix needs the q8 path, all K-quants or none");
   if (T == 0) return;
-#if defined(MINFER_GGML_VNNI)
+#if defined(MINFER_GGML_SIMD)
   bool simd = true;
   for (int i = 0; i < n; ++i) simd = simd && simd_layout(*items[i].w);
   if (T > kGgmlGemmMinT || !simd) {
@@ -935,7 +889,7 @@ void ggml_linear_q8_group(const GgmlGroupItem* items, int n, const float* x, int
     for (int i = 0; i < n; ++i)
       ggml_linear_q8(*items[i].w, x, T, ldx, items[i].y, items[i].ldy, K, items[i].N);
     return;
-#if defined(MINFER_GGML_VNNI)
+#if defined(MINFER_GGML_SIMD)
   }
   QAct& a = quantize_for(*items[0].w, x, T, ldx, K);
   constexpr int64_t kRows = 16;  // rows per work item, as in the single-matrix kernels
@@ -962,7 +916,7 @@ void ggml_linear_q8_swiglu(const GgmlBlocks& gate, const GgmlBlocks& up, const f
                            int64_t ldx, float* y, int64_t ldy, float* u, int64_t ldu, int64_t K,
                            int64_t F) {
   const GgmlGroupItem items[2] = {{&gate, y, ldy, F}, {&up, u, ldu, F}};
-#if defined(MINFER_GGML_VNNI)
+#if defined(MINFER_GGML_SIMD)
   const GgmlBlocks* ws[2] = {&gate, &up};
   if (T <= kGgmlGemmMinT && T > 0 && ggml_q8_groupable(ws, 2) && simd_layout(gate) &&
       simd_layout(up)) {

@@ -9,7 +9,9 @@
 //     Q4_1 / Q5_1 the sum term m = fp16(d_f32 · s). Each weight block is an integer dot product:
 //       y[t, n] = Σ_b dx[t, b] dw[n, b] (Σ_j u[n, b, j] q[t, b, j] - o s[t, b]) + mw[n, b] m[t, b]
 //     with u the stored unsigned code (nibble, 5-bit code, or int8 + 128), o its offset (8, 16,
-//     128; 0 with a min mw for Q4_1 / Q5_1). AVX-512 VNNI: one vpdpbusd per block of 32.
+//     128; 0 with a min mw for Q4_1 / Q5_1). AVX-512 VNNI: one vpdpbusd per block of 32. AVX2
+//     (kernels/cpu/ggml_avx2.cpp): vpmaddubsw + vpmaddwd, the signed codes u - o of Q4_0 / Q5_0 /
+//     Q8_0 through the sign trick so that no int16 pair saturates: the same integer block sums.
 //   q8 for the K-quants (Q2_K .. Q6_K; T < kGgmlGemmMinT): x quantized per block of 256 as ggml's
 //     quantize_row_q8_K_ref (d = 1 / iscale, iscale = -127 / max with max the signed element of
 //     largest |x|, q = round-half-even(iscale x), plus the sums of each group of 16 codes); a
@@ -17,7 +19,8 @@
 //     sub-block scales sc and mins m, unsigned codes u, offset o: 32 for Q6_K, 4 for Q3_K, else 0),
 //     so
 //       y[t, n] += dx (D Σ_g sc[g] (Σ_{j in g} u_j q_j - o s_g) - Dmin Σ_g m[g] s_g)
-//     AVX-512 VNNI: four vpdpbusd per super-block, the group scales applied to the int32 lanes.
+//     AVX-512 VNNI: four vpdpbusd per super-block, the group scales applied to the int32 lanes;
+//     AVX2: per 32 codes vpmaddubsw, then vpmaddwd by the two groups' int16 scales.
 //   f32 (every type; T >= kGgmlGemmMinT): one tile of 64 rows
 //     dequantized to f32 at a time (dequantize_row, bit-exact), then sgemm against x: the result
 //     is the f32 matmul of dequantize_weight up to summation order.
@@ -83,8 +86,8 @@ void ggml_linear_q8_group(const GgmlGroupItem* items, int n, const float* x, int
                           int64_t K);
 
 // The LLaMA MLP's gating on the q8 path: y[T, F] = silu(x · gateᵀ) ⊙ (x · upᵀ), u[T, F]
-// receiving x · upᵀ. With VNNI and T <= kGgmlGemmMinT one pool loop computes each block of 16
-// gate rows and the same block of up rows from x quantized once, then silu_mul
+// receiving x · upᵀ. With SIMD (VNNI or AVX2) and T <= kGgmlGemmMinT one pool loop computes each
+// block of 16 gate rows and the same block of up rows from x quantized once, then silu_mul
 // (kernels/cpu/act.h) on that block: bit-identical to ggml_linear_q8_group over {gate, up}
 // followed by the element-wise op, which is what runs otherwise. Same conditions and errors as
 // ggml_linear_q8_group.
@@ -97,7 +100,8 @@ void ggml_linear_f32(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx
                      int64_t ldy, int64_t K, int64_t N);
 
 // Repack at load (the CPU backend's upload of a Linear): where this build's q8 kernel reads the
-// interleaved layout (AVX-512 VNNI; types Q4_0, Q4_1, Q8_0; N a multiple of 4), w becomes a host
+// interleaved layout (AVX-512 VNNI only: the AVX2 kernels read the row layout; types Q4_0, Q4_1,
+// Q8_0; N a multiple of 4), w becomes a host
 // copy with its rows interleaved by 4 (GgmlBlocks::interleave, engine/formats/ggml_blocks.h), and
 // the resident pages of a file-mapped original are released (release_mapped_pages), so the copy
 // replaces the mmap'd view in memory. Decode then streams one contiguous run of 4 rows' blocks
@@ -107,7 +111,8 @@ void ggml_linear_f32(const GgmlBlocks& w, const float* x, int64_t T, int64_t ldx
 // or MINFER_GGML_REPACK=0 in the environment) is left as it is.
 bool ggml_repack_for_cpu(GgmlBlocks& w, int64_t K);
 
-// Which SIMD the q8 path uses in this build: "avx512-vnni" or "scalar".
+// Which SIMD the q8 path uses in this build (chosen at compile time by -march): "avx512-vnni",
+// "avx2" (AVX2 + FMA + F16C without AVX-512 VNNI) or "scalar".
 const char* ggml_linear_isa();
 
 }  // namespace minfer
