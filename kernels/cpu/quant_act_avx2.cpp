@@ -1,23 +1,28 @@
 // W8A8 / LLM.int8() integer kernels for AVX2 (x86-64-v3 without AVX-512 VNNI: Zen 2 / Zen 3,
 // Haswell .. Alder Lake). Compiled to nothing on other targets.
 // Legend: T rows of x (tokens), Kp = K padded to 64, N = out features, TB tokens x NB 8-row
-// panels = one register tile, k4 = a group of 4 consecutive k (one int32 lane).
+// panels = one register tile, k2 / k4 = a group of 2 / 4 consecutive k (one int32 lane).
 //
-// AVX2 has no vpdpbusd. One product step is vpmaddubsw (u8 x s8, adjacent pairs summed to int16
-// with saturation) then vpmaddwd by 1 (int16 pairs to int32): one int32 lane per k4, as vpdpbusd.
-// The stored codes u = q + 128 cannot be the unsigned operand (2 * 255 * 127 saturates int16).
-// The unsigned operand is |q| (0..128, vpabsb of q = u ^ 0x80) and the signed one is x carrying
-// q's sign (vpsignb; x in -127..127, so -x never wraps; q = 0 gives 0): every int16 pair is at
-// most 2 * 128 * 127 = 32512 < 2^15, nothing saturates, and the int32 lanes sum Σ q x exactly
-// (|Σ q x| <= 127 * 128 * Kp < 2^31 for Kp <= 2^17). This is llama.cpp's Q8_0 dot-product trick
-// with the roles swapped so that q = -128 (u = 0) is still exact.
+// Every sum is exact: the int32 lanes hold Σ q x with q = u - 128 in -128..127 and x in -127..127,
+// |Σ q x| <= 128 * 127 * Kp < 2^31 for Kp <= 2^17, and no narrower intermediate can saturate.
 //
-// Prefill (T >= kGemmMinT): W is repacked once per call into blocks of 16 rows where each k4 step
-// is 64 contiguous bytes: 2 panels x 8 rows x 4 signed codes, one ymm operand per panel. A 4 token
-// x 16 row tile keeps 8 int32 accumulators in registers; per k4 it loads 2 weight vectors (their
-// |q| computed once) and broadcasts 4 bytes of each token's codes: 8 product steps per 6 loads.
-// OpenMP over (16-row block, token chunk) pairs, block-major so a thread keeps one block in L1/L2.
 // Decode (T < kGemmMinT): the row-major codes directly, each weight byte read once per call.
+// AVX2 has no vpdpbusd; one step is vpmaddubsw (u8 x s8, adjacent pairs summed to int16 with
+// saturation) then vpmaddwd by 1 (int16 pairs to int32). The stored u = q + 128 cannot be the
+// unsigned operand (2 * 255 * 127 saturates int16): the unsigned operand is |q| (0..128, vpabsb of
+// q = u ^ 0x80) and the signed one x carrying q's sign (vpsignb; -x never wraps; q = 0 gives 0), so
+// each int16 pair is at most 2 * 128 * 127 = 32512 < 2^15 (llama.cpp's Q8_0 dot product with the
+// roles swapped, so that q = -128, u = 0, stays exact).
+//
+// Prefill (T >= kGemmMinT): vpmaddwd on int16 operands instead (products of two int16 codes,
+// pairs summed to int32, no saturation possible). On Zen 3 vpsignb, vpmaddubsw and vpmaddwd all
+// issue to the same two pipes, so the byte path costs 3 of their slots per 32 products and the
+// int16 path 2 per 32 (measured: ~130 vs ~140 GOP/s per core on SmolLM2's shapes,
+// docs/performance.md). x is widened to int16 once per call; each work item (64 weight rows x 96
+// tokens) has its rows widened into a per-thread buffer (block-major, so once per block and thread)
+// in sub-blocks of 16 rows laid out per k2 as 2 panels x 8 rows x 2 codes: one ymm per panel. A 6
+// token x 16 row tile keeps 12 int32 accumulators in registers; per k2 it loads 2 weight vectors
+// and broadcasts one int16 pair of each token: 12 vpmaddwd per 8 loads.
 #include "kernels/cpu/quant_act_impl.h"
 
 #if defined(MINFER_QACT_SIMD) && defined(MINFER_Q_AVX2)
@@ -38,9 +43,11 @@ namespace {
 #define MINFER_INLINE inline __attribute__((always_inline))
 
 constexpr int64_t kGemmMinT = 8;  // below: the weight would cost more to repack than to reread
-constexpr int64_t kBlock = 16;    // weight rows per packed block (2 panels of 8)
-constexpr int kTileT = 4;         // tokens per register tile
-constexpr int64_t kChunkT = 64;   // tokens per work item (16 tiles)
+constexpr int kPanels = 2;        // 8-row panels per register tile
+constexpr int64_t kSub = 16;      // weight rows per register tile (kPanels panels of 8)
+constexpr int64_t kBlock = 64;    // weight rows per work item (4 sub-blocks)
+constexpr int kTileT = 6;         // tokens per register tile
+constexpr int64_t kChunkT = 96;   // tokens per work item (16 tiles)
 
 // Lanes 0 .. valid-1 set (valid clamped to 0..8).
 MINFER_INLINE __m256i lane_mask(int64_t valid) {
@@ -61,7 +68,7 @@ MINFER_INLINE float hmax256(__m256 v) {
   return _mm_cvtss_f32(_mm_max_ss(x, _mm_movehdup_ps(x)));
 }
 
-MINFER_INLINE int32_t load_i32(const int8_t* p) {
+MINFER_INLINE int32_t load_i32(const void* p) {
   int32_t v;
   std::memcpy(&v, p, 4);
   return v;
@@ -171,42 +178,40 @@ struct GemvTile {
   };
 };
 
-// ---- Prefill: packed weight blocks
+// ---- Prefill: int16 weight blocks, vpmaddwd
 // --------------------------------------------------------------
 
-// Block b of the packed weight: for each k4, rows b*16 .. b*16+15, 4 signed codes q = u - 128 each
-// (rows past N: 0). il > 1: rows interleaved by il, 64-byte chunks, already stored as u - 128.
-void pack_block(const uint8_t* codes, int64_t rb, int64_t N, int64_t Kp, int64_t b, uint8_t* dst,
+// A work item's kBlock weight rows (n0..) as int16 q = u - 128, in sub-blocks of kSub rows: per
+// k2, kPanels panels of 8 rows x 2 codes (one ymm each). Rows past N are 0. il > 1: rows
+// interleaved by il, 64-byte chunks, stored as u - 128.
+void pack_block(const uint8_t* codes, int64_t rb, int64_t N, int64_t Kp, int64_t n0, int16_t* dst,
                 int64_t il) {
-  const int64_t n0 = b * kBlock, rows = std::min(kBlock, N - n0);
-  const int64_t k4s = Kp / 4;
-  uint32_t* out = reinterpret_cast<uint32_t*>(dst);
-  for (int64_t k4 = 0; k4 < k4s; ++k4) {
-    uint32_t* o = out + k4 * kBlock;
-    const int64_t k = 4 * k4;
-    int64_t r = 0;
-    if (il == 1) {
-      for (; r < rows; ++r) {
-        std::memcpy(o + r, codes + (n0 + r) * rb + k, 4);
-        o[r] ^= 0x80808080u;
-      }
-    } else {
-      for (; r < rows; ++r) {
-        const int64_t n = n0 + r;
-        std::memcpy(o + r, codes + (n - n % il) * rb + ((k / 64) * il + n % il) * 64 + k % 64, 4);
-      }
+  for (int64_t r = 0; r < kBlock; ++r) {
+    const int64_t n = n0 + r;
+    uint32_t* o = reinterpret_cast<uint32_t*>(dst + (r / kSub) * Kp * kSub + (r % kSub) * 2);
+    if (n >= N) {
+      for (int64_t k = 0; k < Kp; k += 2) o[k / 2 * kSub] = 0;
+      continue;
     }
-    for (; r < kBlock; ++r) o[r] = 0u;
+    // Two codes of row n at k as the int16 pair (q[k], q[k + 1]).
+    const uint8_t* base = il == 1 ? codes + n * rb : codes + (n - n % il) * rb + (n % il) * 64;
+    const uint32_t flip = il == 1 ? 0x80u : 0u;
+    for (int64_t k = 0; k < Kp; k += 2) {
+      const uint8_t* c = il == 1 ? base + k : base + (k / 64) * il * 64 + k % 64;
+      const int32_t q0 = int8_t(uint8_t(c[0] ^ flip)), q1 = int8_t(uint8_t(c[1] ^ flip));
+      o[k / 2 * kSub] = uint32_t(uint16_t(q0)) | (uint32_t(uint16_t(q1)) << 16);
+    }
   }
 }
 
-// TB tokens (t0..) x NB panels of 8 rows (n0..), the whole of Kp. The accumulators are named
-// variables, not an array, so that GCC keeps all of them in registers.
-#define MINFER_ACC_ROW(t)                                                 \
-  if constexpr (TB > t) {                                                 \
-    const __m256i xb = _mm256_set1_epi32(load_i32(xr + t * Kp + k));      \
-    a##t##0 = dot_step(a##t##0, aq0, q0, xb, ones);                       \
-    if constexpr (NB > 1) a##t##1 = dot_step(a##t##1, aq1, q1, xb, ones); \
+// TB tokens (t0..) x NB panels of 8 rows (n0..) of one sub-block, the whole of Kp: per k2, NB
+// weight vectors and one broadcast pair of each token's codes, TB * NB vpmaddwd. The accumulators
+// are named variables, not an array, so that GCC keeps all of them in registers.
+#define MINFER_ACC_ROW(t)                                                                 \
+  if constexpr (TB > t) {                                                                 \
+    const __m256i xb = _mm256_set1_epi32(load_i32(xr + t * Kp + k));                      \
+    a##t##0 = _mm256_add_epi32(a##t##0, _mm256_madd_epi16(w0, xb));                       \
+    if constexpr (NB > 1) a##t##1 = _mm256_add_epi32(a##t##1, _mm256_madd_epi16(w1, xb)); \
   }
 #define MINFER_ACC_SAVE(t)                     \
   if constexpr (TB > t) {                      \
@@ -215,28 +220,31 @@ void pack_block(const uint8_t* codes, int64_t rb, int64_t N, int64_t Kp, int64_t
   }
 
 template <int TB, int NB>
-void gemm_tile(const uint8_t* pw, const int8_t* xq, int64_t Kp, int64_t t0, int64_t n0, int64_t N,
+void gemm_tile(const int16_t* pw, const int16_t* x16, int64_t Kp, int64_t t0, int64_t n0, int64_t N,
                const I8Out& o) {
-  static_assert(TB >= 1 && TB <= 4 && NB >= 1 && NB <= 2, "register tile up to 4 x 2");
-  const __m256i z = _mm256_setzero_si256(), ones = _mm256_set1_epi16(1);
-  __m256i a00 = z, a01 = z, a10 = z, a11 = z, a20 = z, a21 = z, a30 = z, a31 = z;
-  const int8_t* xr = xq + t0 * Kp;
-  for (int64_t k = 0; k < Kp; k += 4) {
-    const uint8_t* p = pw + k * kBlock;  // k4 step k / 4 starts at (k / 4) * 64 bytes
-    const __m256i q0 = _mm256_loadu_si256((const __m256i*)p);
-    const __m256i q1 = NB > 1 ? _mm256_loadu_si256((const __m256i*)(p + 32)) : z;
-    const __m256i aq0 = _mm256_abs_epi8(q0);
-    const __m256i aq1 = NB > 1 ? _mm256_abs_epi8(q1) : z;
+  static_assert(TB >= 1 && TB <= 6 && NB >= 1 && NB <= 2, "register tile up to 6 x 2");
+  const __m256i z = _mm256_setzero_si256();
+  __m256i a00 = z, a01 = z, a10 = z, a11 = z, a20 = z, a21 = z;
+  __m256i a30 = z, a31 = z, a40 = z, a41 = z, a50 = z, a51 = z;
+  const int16_t* xr = x16 + t0 * Kp;
+  for (int64_t k = 0; k < Kp; k += 2) {
+    const int16_t* p = pw + k * kSub;  // k2 step k / 2 starts at (k / 2) * 2 * kSub codes
+    const __m256i w0 = _mm256_loadu_si256((const __m256i*)p);
+    const __m256i w1 = NB > 1 ? _mm256_loadu_si256((const __m256i*)(p + 16)) : z;
     MINFER_ACC_ROW(0)
     MINFER_ACC_ROW(1)
     MINFER_ACC_ROW(2)
     MINFER_ACC_ROW(3)
+    MINFER_ACC_ROW(4)
+    MINFER_ACC_ROW(5)
   }
   __m256i acc[TB][NB];
   MINFER_ACC_SAVE(0)
   MINFER_ACC_SAVE(1)
   MINFER_ACC_SAVE(2)
   MINFER_ACC_SAVE(3)
+  MINFER_ACC_SAVE(4)
+  MINFER_ACC_SAVE(5)
   for (int t = 0; t < TB; ++t) {
     const int64_t tt = t0 + t;
     for (int j = 0; j < NB; ++j) {
@@ -268,19 +276,25 @@ void gemm_tile(const uint8_t* pw, const int8_t* xq, int64_t Kp, int64_t t0, int6
 #undef MINFER_ACC_SAVE
 
 template <int NB>
-void gemm_rows(const uint8_t* pw, const int8_t* xq, int64_t Kp, int64_t t0, int64_t t1, int64_t n0,
-               int64_t N, const I8Out& o) {
+void gemm_rows(const int16_t* pw, const int16_t* x16, int64_t Kp, int64_t t0, int64_t t1,
+               int64_t n0, int64_t N, const I8Out& o) {
   int64_t t = t0;
-  for (; t + kTileT <= t1; t += kTileT) gemm_tile<kTileT, NB>(pw, xq, Kp, t, n0, N, o);
+  for (; t + kTileT <= t1; t += kTileT) gemm_tile<kTileT, NB>(pw, x16, Kp, t, n0, N, o);
   switch (t1 - t) {
+    case 5:
+      gemm_tile<5, NB>(pw, x16, Kp, t, n0, N, o);
+      break;
+    case 4:
+      gemm_tile<4, NB>(pw, x16, Kp, t, n0, N, o);
+      break;
     case 3:
-      gemm_tile<3, NB>(pw, xq, Kp, t, n0, N, o);
+      gemm_tile<3, NB>(pw, x16, Kp, t, n0, N, o);
       break;
     case 2:
-      gemm_tile<2, NB>(pw, xq, Kp, t, n0, N, o);
+      gemm_tile<2, NB>(pw, x16, Kp, t, n0, N, o);
       break;
     case 1:
-      gemm_tile<1, NB>(pw, xq, Kp, t, n0, N, o);
+      gemm_tile<1, NB>(pw, x16, Kp, t, n0, N, o);
       break;
     default:
       break;
@@ -290,24 +304,40 @@ void gemm_rows(const uint8_t* pw, const int8_t* xq, int64_t Kp, int64_t t0, int6
 void gemm(const int8_t* xq, int64_t T, int64_t Kp, const uint8_t* codes, int64_t rb, int64_t N,
           const I8Out& o, int64_t il) {
   const int64_t blocks = qm::ceil_div(N, kBlock), chunks = qm::ceil_div(T, kChunkT);
-  const int64_t bbytes = Kp * kBlock;
-  thread_local std::vector<uint8_t> packed;  // of the calling thread; workers only read it
-  packed.resize(size_t(blocks * bbytes));
-  uint8_t* pk = packed.data();
+  thread_local std::vector<int16_t> xw;  // of the calling thread; workers only read it
+  xw.resize(size_t(T * Kp));
+  int16_t* x16 = xw.data();
   const bool par = T * N * Kp >= (int64_t(1) << 22);  // ~4M multiply-adds: ~20 us on one core
 #pragma omp parallel if (par)
   {
 #pragma omp for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) pack_block(codes, rb, N, Kp, b, pk + b * bbytes, il);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t k = 0; k < Kp; k += 16)
+        _mm256_storeu_si256(
+            (__m256i*)(x16 + t * Kp + k),
+            _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(xq + t * Kp + k))));
+    // Each thread converts the blocks of its items (block-major: a block once, or twice at the
+    // seam between two threads) into its own buffer.
+    thread_local std::vector<int16_t> packed;
+    packed.resize(size_t(kBlock * Kp));
+    int16_t* pw = packed.data();
+    int64_t have = -1;
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < blocks * chunks; ++i) {
       const int64_t b = i / chunks, c = i % chunks;
       const int64_t n0 = b * kBlock, t0 = c * kChunkT, t1 = std::min(T, t0 + kChunkT);
-      const uint8_t* pw = pk + b * bbytes;
-      if (N - n0 > 8)
-        gemm_rows<2>(pw, xq, Kp, t0, t1, n0, N, o);
-      else
-        gemm_rows<1>(pw, xq, Kp, t0, t1, n0, N, o);
+      if (b != have) {
+        pack_block(codes, rb, N, Kp, n0, pw, il);
+        have = b;
+      }
+      for (int64_t s = 0; s < kBlock / kSub && n0 + s * kSub < N; ++s) {
+        const int16_t* ps = pw + s * Kp * kSub;
+        const int64_t ns = n0 + s * kSub;
+        if (N - ns > 8)
+          gemm_rows<kPanels>(ps, x16, Kp, t0, t1, ns, N, o);
+        else
+          gemm_rows<1>(ps, x16, Kp, t0, t1, ns, N, o);
+      }
     }
   }
 }
