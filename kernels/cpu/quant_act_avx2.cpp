@@ -188,9 +188,9 @@ void pack_block(const uint8_t* codes, int64_t rb, int64_t N, int64_t Kp, int64_t
                 int64_t il) {
   for (int64_t r = 0; r < kBlock; ++r) {
     const int64_t n = n0 + r;
-    uint32_t* o = reinterpret_cast<uint32_t*>(dst + (r / kSub) * Kp * kSub + (r % kSub) * 2);
+    int16_t* o = dst + (r / kSub) * Kp * kSub + (r % kSub) * 2;  // k2 step k / 2 at o + k * kSub
     if (n >= N) {
-      for (int64_t k = 0; k < Kp; k += 2) o[k / 2 * kSub] = 0;
+      for (int64_t k = 0; k < Kp; k += 2) o[k * kSub] = o[k * kSub + 1] = 0;
       continue;
     }
     // Two codes of row n at k as the int16 pair (q[k], q[k + 1]).
@@ -198,8 +198,8 @@ void pack_block(const uint8_t* codes, int64_t rb, int64_t N, int64_t Kp, int64_t
     const uint32_t flip = il == 1 ? 0x80u : 0u;
     for (int64_t k = 0; k < Kp; k += 2) {
       const uint8_t* c = il == 1 ? base + k : base + (k / 64) * il * 64 + k % 64;
-      const int32_t q0 = int8_t(uint8_t(c[0] ^ flip)), q1 = int8_t(uint8_t(c[1] ^ flip));
-      o[k / 2 * kSub] = uint32_t(uint16_t(q0)) | (uint32_t(uint16_t(q1)) << 16);
+      o[k * kSub] = int8_t(uint8_t(c[0] ^ flip));
+      o[k * kSub + 1] = int8_t(uint8_t(c[1] ^ flip));
     }
   }
 }
