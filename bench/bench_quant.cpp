@@ -114,7 +114,7 @@ std::vector<Fmt> formats() {
   QuantSpec asym = s("int4", 128), dq = s("nf4", 64);
   asym.asymmetric = true;
   dq.double_quant = true;
-  return {{"f32 (dense)", s("f32")},     {"f16 (dense)", s("f16")},
+  return {{"f32 (dense)", s("f32")},     {"f16 (dense)", s("fp16")},
           {"int8 per-row", s("int8")},   {"int4 g32", s("int4", 32)},
           {"int4 g128", s("int4", 128)}, {"int4 g128 asym", asym},
           {"nf4 b64", s("nf4", 64)},     {"nf4 b64 dq", dq},

@@ -131,10 +131,15 @@ TEST_CASE("quant-act: matmul_i8_i8_i32 is exact (GEMM and GEMV paths, extremes, 
     std::vector<uint8_t> codes(size_t(s.N * rb));
     for (auto& v : xq) v = int8_t(int(rng() % 255) - 127);
     for (auto& v : codes) v = uint8_t(1 + rng() % 255);
-    // Extremes: a row of +127 codes, a weight row of u = 255 and one of u = 1 (q = ±127).
-    std::fill(xq.begin(), xq.begin() + s.Kp, int8_t(127));
-    std::fill(codes.begin(), codes.begin() + rb, uint8_t(255));
-    if (s.N > 1) std::fill(codes.begin() + rb, codes.begin() + 2 * rb, uint8_t(1));
+    // Extremes: x rows of +127, -127 and alternating ±127 codes; weight rows of u = 255, u = 1
+    // (q = ±127), u = 0 (q = -128, the one code whose negation leaves int8) and alternating
+    // u = 255 / 1 / 0: every int16 pair of a maddubs-based kernel at its largest magnitude.
+    for (int64_t t = 0; t < std::min<int64_t>(s.T, 3); ++t)
+      for (int64_t k = 0; k < s.Kp; ++k)
+        xq[size_t(t * s.Kp + k)] = int8_t(t == 0 ? 127 : t == 1 ? -127 : (k % 2 ? 127 : -127));
+    const uint8_t row_code[4][3] = {{255, 255, 255}, {1, 1, 1}, {0, 0, 0}, {255, 1, 0}};
+    for (int64_t n = 0; n < std::min<int64_t>(s.N, 4); ++n)
+      for (int64_t k = 0; k < rb; ++k) codes[size_t(n * rb + k)] = row_code[n][k % 3];
     std::vector<int32_t> c(size_t(s.T * ldc), -7), cr(size_t(s.T * ldc), -7);
     matmul_i8_i8_i32(xq.data(), s.T, s.Kp, codes.data(), rb, s.N, c.data(), ldc);
     matmul_i8_i8_i32_ref(xq.data(), s.T, s.Kp, codes.data(), rb, s.N, cr.data(), ldc);
@@ -149,18 +154,24 @@ TEST_CASE("quant-act: matmul_i8_i8_i32 is exact (GEMM and GEMV paths, extremes, 
     CHECK(bad == 0);
     for (int64_t t = 0; t < s.T; ++t) CHECK(c[size_t(t * ldc + s.N)] == -7);  // ldc padding
   }
-  // Kp = 2^17 at full scale: Σ u x = 255 * 127 * 2^17 overflows int32, Σ q x = 127² 2^17 does
-  // not; the wrapping sums must still give it exactly.
+  // Kp = 2^17 at full scale: Σ u x = 255 * 127 * 2^17 overflows int32, Σ q x = ±127² 2^17 and
+  // 128 * 127 * 2^17 (q = -128) do not; the sums must still be exact. Tokens alternate x = ±127.
   const int64_t Kp = int64_t(1) << 17;
-  for (int64_t T : {1, 8}) {
-    std::vector<int8_t> xq(size_t(T * Kp), int8_t(127));
-    std::vector<uint8_t> codes(size_t(2 * Kp), uint8_t(255));
-    std::fill(codes.begin() + Kp, codes.end(), uint8_t(1));
-    std::vector<int32_t> c(size_t(T * 2));
-    matmul_i8_i8_i32(xq.data(), T, Kp, codes.data(), Kp, 2, c.data(), 2);
+  for (int64_t T : {1, 8, 9}) {
+    CAPTURE(T);
+    std::vector<int8_t> xq(size_t(T * Kp));
+    for (int64_t t = 0; t < T; ++t)
+      std::fill(xq.begin() + t * Kp, xq.begin() + (t + 1) * Kp, int8_t(t % 2 ? -127 : 127));
+    std::vector<uint8_t> codes(size_t(3 * Kp), uint8_t(255));
+    std::fill(codes.begin() + Kp, codes.begin() + 2 * Kp, uint8_t(1));
+    std::fill(codes.begin() + 2 * Kp, codes.end(), uint8_t(0));
+    std::vector<int32_t> c(size_t(T * 3));
+    matmul_i8_i8_i32(xq.data(), T, Kp, codes.data(), Kp, 3, c.data(), 3);
     for (int64_t t = 0; t < T; ++t) {
-      CHECK(c[size_t(2 * t)] == 127 * 127 * Kp);
-      CHECK(c[size_t(2 * t + 1)] == -127 * 127 * Kp);
+      const int64_t x = t % 2 ? -127 : 127;
+      CHECK(c[size_t(3 * t)] == x * 127 * Kp);
+      CHECK(c[size_t(3 * t + 1)] == -x * 127 * Kp);
+      CHECK(c[size_t(3 * t + 2)] == -x * 128 * Kp);
     }
   }
   std::vector<int32_t> c(4);

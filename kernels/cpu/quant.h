@@ -31,14 +31,15 @@ namespace minfer {
 void quantized_linear(const Quantized& w, const float* x, int64_t T, int64_t ldx, float* y,
                       int64_t ldy, int64_t K, int64_t N);
 
-// Integer prefill of an int8 weight with one scale per row or per tensor (AVX-512 VNNI builds,
-// T >= 8): every x row quantized to int8 with its own absmax scale d[t] = max|x[t]| / 127
+// Integer prefill of an int8 weight with one scale per row or per tensor (AVX-512 VNNI and AVX2
+// builds, T >= 8): every x row quantized to int8 with its own absmax scale d[t] = max|x[t]| / 127
 // (quantize_act_rows, kernels/cpu/quant_act.h), the exact int32 sums Σ_k xq[t, k] (u[n, k] - 128)
-// from the VNNI GEMM tiles W8A8 uses (6 tokens x 64 rows in registers, vpdpbusd), then
-// y = float(sum) * (d[t] * s[n]): the W8A8 dynamic-activation product on a weight-only format. Any
-// code layout (row or interleaved). Returns false, writing nothing, where it does not apply (other
-// schemes, group scales, T < 8, builds without VNNI). quantized_linear takes it at T >= 16 when
-// MINFER_QUANT_PREFILL=int8 (default f32: dequantize-tile + sgemm, exact f32 activations).
+// from the GEMM tiles W8A8 uses (VNNI: 6 tokens x 64 rows in registers, vpdpbusd; AVX2: 6 tokens
+// x 16 rows, int16 vpmaddwd), then y = float(sum) * (d[t] * s[n]): the W8A8 dynamic-activation
+// product on a weight-only format. Any code layout (row or interleaved). Returns false, writing
+// nothing, where it does not apply (other schemes, group scales, T < 8, builds with neither).
+// quantized_linear takes it at T >= 16 when MINFER_QUANT_PREFILL=int8 (default f32:
+// dequantize-tile + sgemm, exact f32 activations).
 bool quantized_linear_int8_act(const Quantized& w, const float* x, int64_t T, int64_t ldx, float* y,
                                int64_t ldy, int64_t K, int64_t N);
 

@@ -1,5 +1,6 @@
 // W8A8 and LLM.int8() linears (CPU): argument checks, the outlier split of LLM.int8(),
-// dispatch, and the scalar reference. The VNNI kernels live in quant_act_avx512.cpp.
+// dispatch, and the scalar reference. The SIMD kernels live in quant_act_avx512.cpp (AVX-512 VNNI)
+// and quant_act_avx2.cpp (AVX2).
 // Legend: T rows of x, K = in features, N = out features, Kp = K padded to 64, m = outliers.
 #include "kernels/cpu/quant_act.h"
 
@@ -193,7 +194,11 @@ constexpr bool kFast =
 }  // namespace
 
 const char* act_linear_isa() {
-  return kFast ? "avx512-vnni" : "scalar";
+#if defined(MINFER_QACT_SIMD)
+  return kActIsa;
+#else
+  return "scalar";
+#endif
 }
 
 void quantize_act_rows(const float* x, int64_t T, int64_t ldx, int64_t K, float scale, int8_t* q,

@@ -16,8 +16,13 @@
 // (4 bytes of 16 rows per 512-bit word, the vpdpbusd operand layout) and 6 tokens x 64 rows of
 // int32 sums stay in registers while K streams; each x load is a 4-byte broadcast folded into
 // vpdpbusd. T < 8 (decode): one pass over the row-major codes, each weight byte read once.
-// Elsewhere (no VNNI) the scalar reference runs.
-// Files: quant_act.cpp (checks, dispatch, scalar reference), quant_act_avx512.cpp.
+// Fast path (AVX2, no VNNI: Zen 2 / 3, Haswell .. Alder Lake): T >= 8: codes widened to int16
+// (x once per call, the weight per 64-row work item) and 6 tokens x 16 rows of int32 sums in
+// registers from vpmaddwd; T < 8: the row-major codes through vpmaddubsw (|q| times x carrying
+// q's sign, so that no int16 pair saturates) and vpmaddwd by 1. Both give the scalar sums exactly.
+// Elsewhere (aarch64, x86 without AVX2) the scalar reference runs.
+// Files: quant_act.cpp (checks, dispatch, scalar reference), quant_act_avx512.cpp,
+// quant_act_avx2.cpp (the build's target ISA compiles one of the two).
 #pragma once
 #include <cstdint>
 
@@ -51,7 +56,7 @@ void matmul_i8_i8_i32_ref(const int8_t* xq, int64_t T, int64_t Kp, const uint8_t
 void quantize_act_rows(const float* x, int64_t T, int64_t ldx, int64_t K, float scale, int8_t* q,
                        float* d, int32_t* s);
 
-// Which path w8a8_linear / llm_int8_linear take in this build: "avx512-vnni" or "scalar".
+// Which path w8a8_linear / llm_int8_linear take in this build: "avx512-vnni", "avx2" or "scalar".
 const char* act_linear_isa();
 
 }  // namespace minfer

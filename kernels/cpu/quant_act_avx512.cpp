@@ -17,7 +17,7 @@
 // Decode (T < kGemmMinT): the row-major codes directly, each weight byte read once per call.
 #include "kernels/cpu/quant_act_impl.h"
 
-#if defined(MINFER_QACT_SIMD)
+#if defined(MINFER_QACT_SIMD) && defined(MINFER_Q_AVX512)
 
 #include <algorithm>
 #include <cstring>
@@ -31,6 +31,8 @@
 #pragma GCC diagnostic pop
 
 namespace minfer::qcpu {
+
+const char* const kActIsa = "avx512-vnni";
 
 namespace {
 
@@ -332,4 +334,4 @@ void simd_matmul_i8(const int8_t* xq, const int32_t* sx, int64_t T, int64_t Kp,
 
 }  // namespace minfer::qcpu
 
-#endif  // MINFER_QACT_SIMD
+#endif  // MINFER_QACT_SIMD && MINFER_Q_AVX512

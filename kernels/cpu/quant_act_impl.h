@@ -1,5 +1,6 @@
 // Internals shared by kernels/cpu/quant_act.cpp (checks, dispatch, scalar reference) and its SIMD
-// sibling quant_act_avx512.cpp, compiled to code only where AVX-512 VNNI is the target.
+// siblings quant_act_avx512.cpp (AVX-512 VNNI) and quant_act_avx2.cpp (AVX2), of which the build's
+// target ISA compiles exactly one (or none: the scalar reference then runs).
 // Legend: T rows of x, Kp = K padded to 64, N = out features.
 #pragma once
 #include <cstdint>
@@ -18,13 +19,16 @@ struct I8Out {
   const float* sw = nullptr;  // [N] weight row scales
 };
 
-#if defined(MINFER_Q_AVX512)
+#if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
 #define MINFER_QACT_SIMD 1
+// The ISA of the SIMD file this build compiles: "avx512-vnni" or "avx2".
+extern const char* const kActIsa;
 // q [T, Kp] codes, d [T], s [T]: identical to qm::quantize_act_block / quantize_act_static over
 // the whole row (block = Kp). scale == 0: dynamic.
 void simd_quantize_act_rows(const float* x, int64_t T, int64_t ldx, int64_t K, float scale,
                             int8_t* q, float* d, int32_t* s);
-// Σ_k xq[t, k] (codes[n, k] - 128) for all t < T, n < N; sx[t] = Σ_k xq[t, k]. il > 1: the codes
+// Σ_k xq[t, k] (codes[n, k] - 128) for all t < T, n < N; sx[t] = Σ_k xq[t, k] (the VNNI kernels
+// remove the zero point with it; the AVX2 ones sum Σ q x directly and ignore it). il > 1: the codes
 // are Quantized int8 rows interleaved by il (Quantized::interleave: 64-byte chunks, stored as
 // u - 128), read by the prefill GEMM only (T >= 8).
 void simd_matmul_i8(const int8_t* xq, const int32_t* sx, int64_t T, int64_t Kp,
