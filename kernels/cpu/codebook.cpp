@@ -222,16 +222,25 @@ inline void unpack16(const uint8_t* row, int64_t rb, int64_t k, const Unpack& u,
   hi = _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(b, u.shuf_hi), u.shift), u.mask);
 }
 
-// One group's table in f32: four registers of 8 for C <= 32, memory for the gather.
+// One group's table: for b = 4 the f16 centroids' low and high bytes (vpshufb tables), else f32
+// in four registers of 8 for C <= 32, in memory for the gather.
 struct Table {
   __m256 r[4];
+  __m128i lo8, hi8;
   alignas(32) float mem[256];
 };
 
 template <int BITS>
 inline void load_table(const uint16_t* t, Table& tb) {
   constexpr int C = 1 << BITS;
-  if constexpr (C == 4) {
+  if constexpr (C == 16) {
+    const __m128i even = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i odd = _mm_setr_epi8(1, 3, 5, 7, 9, 11, 13, 15, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(t));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(t + 8));
+    tb.lo8 = _mm_unpacklo_epi64(_mm_shuffle_epi8(a, even), _mm_shuffle_epi8(b, even));
+    tb.hi8 = _mm_unpacklo_epi64(_mm_shuffle_epi8(a, odd), _mm_shuffle_epi8(b, odd));
+  } else if constexpr (C == 4) {
     tb.r[0] = _mm256_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(t)));
   } else if constexpr (C <= 32) {
     for (int j = 0; j < C / 8; ++j)
@@ -264,6 +273,29 @@ inline __m256 lookup(__m256i i, const Table& tb) {
   }
 }
 
+// Weights k .. k + 15 of a row (k a multiple of 16) in f32, as two vectors of 8. b = 4: the 8
+// index bytes split into nibbles (low first), and vpshufb looks the 16 indices up in the f16
+// table's low and high bytes at once; the bytes interleave back to f16 and vcvtph2ps widens them.
+// Other widths: unpack16 + lookup.
+template <int BITS>
+inline void weights16(const uint8_t* row, int64_t rb, int64_t k, const Unpack& u, const Table& tb,
+                      __m256& w0, __m256& w1) {
+  if constexpr (BITS == 4) {
+    const __m128i raw = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + k / 2));
+    const __m128i m = _mm_set1_epi8(0x0f);
+    const __m128i idx =
+        _mm_unpacklo_epi8(_mm_and_si128(raw, m), _mm_and_si128(_mm_srli_epi16(raw, 4), m));
+    const __m128i l = _mm_shuffle_epi8(tb.lo8, idx), h = _mm_shuffle_epi8(tb.hi8, idx);
+    w0 = _mm256_cvtph_ps(_mm_unpacklo_epi8(l, h));
+    w1 = _mm256_cvtph_ps(_mm_unpackhi_epi8(l, h));
+  } else {
+    __m256i i0, i1;
+    unpack16<BITS>(row, rb, k, u, i0, i1);
+    w0 = lookup<BITS>(i0, tb);
+    w1 = lookup<BITS>(i1, tb);
+  }
+}
+
 // Lane masks for the first rem (0..15) of 16 weights, as the two halves.
 inline void tail_masks(int64_t rem, __m256i& m0, __m256i& m1) {
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -292,9 +324,8 @@ void decode_rows_simd(const View& v, const float* x, int64_t ldx, float* y, int6
       load_table<BITS>(v.table(n, g), tb);
       const int64_t k1 = std::min(K, (g + 1) * v.group);
       for (int64_t k = g * v.group; k < k1; k += 16) {
-        __m256i i0, i1;
-        unpack16<BITS>(r, v.rb, k, u, i0, i1);
-        const __m256 w0 = lookup<BITS>(i0, tb), w1 = lookup<BITS>(i1, tb);
+        __m256 w0, w1;
+        weights16<BITS>(r, v.rb, k, u, tb, w0, w1);
         if (k + 16 <= k1) {
           for (int t = 0; t < TT; ++t) {
             acc0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + t * ldx + k), acc0[t]);
@@ -323,9 +354,8 @@ void dequant_row_simd(const View& v, int64_t n, int64_t K, float* dst) {
     load_table<BITS>(v.table(n, g), tb);
     const int64_t k1 = std::min(K, (g + 1) * v.group);
     for (int64_t k = g * v.group; k < k1; k += 16) {
-      __m256i i0, i1;
-      unpack16<BITS>(r, v.rb, k, u, i0, i1);
-      const __m256 w0 = lookup<BITS>(i0, tb), w1 = lookup<BITS>(i1, tb);
+      __m256 w0, w1;
+      weights16<BITS>(r, v.rb, k, u, tb, w0, w1);
       if (k + 16 <= k1) {
         _mm256_storeu_ps(dst + k, w0);
         _mm256_storeu_ps(dst + k + 8, w1);
