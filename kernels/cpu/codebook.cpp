@@ -252,19 +252,20 @@ inline void load_table(const uint16_t* t, Table& tb) {
   }
 }
 
-// vpermps picks from 8 entries by the index's low 3 bits; the next index bits choose between
-// permutes with vblendvps (which reads a lane's sign bit, hence the shift to bit 31). b >= 6: a
+// b != 4 (weights16 looks 4-bit indices up by vpshufb instead). vpermps picks from 8 entries by the
+// index's low 3 bits; for b = 5, bits 3 and 4 choose among four permutes with vblendvps (which
+// reads a lane's sign bit, hence the shifts to bit 31). b >= 6: a
 // vgatherdps from the f32 table in L1 (on Zen 3 as fast as 8 scalar loads, 3-5 % ahead in decode:
 // bench_codebook --cpu-time).
 template <int BITS>
 inline __m256 lookup(__m256i i, const Table& tb) {
+  static_assert(BITS != 4, "4-bit indices go through weights16's vpshufb lookup");
   if constexpr (BITS <= 3) {
     return _mm256_permutevar8x32_ps(tb.r[0], i);
-  } else if constexpr (BITS <= 5) {
+  } else if constexpr (BITS == 5) {
     const __m256 b3 = _mm256_castsi256_ps(_mm256_slli_epi32(i, 28));
     const __m256 a = _mm256_blendv_ps(_mm256_permutevar8x32_ps(tb.r[0], i),
                                       _mm256_permutevar8x32_ps(tb.r[1], i), b3);
-    if constexpr (BITS == 4) return a;
     const __m256 c = _mm256_blendv_ps(_mm256_permutevar8x32_ps(tb.r[2], i),
                                       _mm256_permutevar8x32_ps(tb.r[3], i), b3);
     return _mm256_blendv_ps(a, c, _mm256_castsi256_ps(_mm256_slli_epi32(i, 27)));
