@@ -16,7 +16,10 @@ ifeq ($(FUZZ),1)
   # libFuzzer build (`make fuzz`, clang only): every object instrumented for coverage and
   # ASan + UBSan; the fuzzer's main() is linked into the harnesses only (tests/fuzz/).
   VARIANT := fuzz
-  OPT     := -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined
+  # -gline-tables-only: sanitizer reports and crash stacks keep function, file and line for every
+  # frame; the full -g (types and variables, for a debugger) cost 7-12% more compile time per
+  # object (docs/ci.md). `make DEBUG=1` or `make SANITIZE=1` (g++, -g) are the builds to debug in.
+  OPT     := -O1 -gline-tables-only -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined
   LDOPT   := -fsanitize=address,undefined
   # clang links its sanitizer runtimes statically into each executable, never into a shared
   # library: libminfer.so leaves __asan_* / __ubsan_* / __sanitizer_cov_* to the program that
@@ -109,9 +112,11 @@ APPLIB   := $(OBJDIR)/libminfer-app.a
 TRAINLIB := $(LIBDIR)/libminfer-train.a
 TOOLS    := $(TOOL_SRC:tools/%.cpp=$(BINDIR)/%)
 TESTBIN  := $(BINDIR)/minfer-tests
-# The unit tests without the app layer (model fetching, reports: libzip/OpenSSL) and without the
-# real-model runs: what a cross build runs under emulation (scripts/ci-arm.sh).
-UNIT_TEST_SRC := $(filter-out tests/test_model_hub.cpp tests/test_report.cpp tests/test_real_models.cpp tests/test_train.cpp,$(TEST_SRC))
+# The unit tests without the app layer (model fetching, reports: libzip/OpenSSL), without the
+# real-model runs and without training (train/, libminfer-train.a: portable C++ over the CPU ops,
+# outside the C API library): what a cross build runs under emulation (scripts/ci-arm.sh,
+# docs/ci.md). The native and sanitizer suites run every file.
+UNIT_TEST_SRC := $(filter-out tests/test_model_hub.cpp tests/test_report.cpp tests/test_real_models.cpp tests/test_train.cpp tests/test_train_%.cpp tests/test_cuda_emu_train.cpp,$(TEST_SRC))
 UNITBIN  := $(BINDIR)/minfer-unit-tests
 # The CUDA backend's sources compiled as C++ against the CPU emulation of CUDA (kernels/cuda/emu/),
 # linked into the test binary only: `make test` runs every CUDA kernel without a GPU.
@@ -219,9 +224,11 @@ $(TESTBIN): $(TEST_OBJ) $(CUEMU_OBJ) $(TRAINLIB) $(APPLIB) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CXX) $(LDFLAGS) $(TEST_OBJ) $(CUEMU_OBJ) $(TRAINLIB) $(APPLIB) $(LIB) $(LDLIBS) $(APP_LIBS) -o $@
 
-$(UNITBIN): $(UNIT_TEST_SRC:%.cpp=$(OBJDIR)/%.o) $(CUEMU_OBJ) $(TRAINLIB) $(LIB)
+# The CUDA emulation without its training ops (kernels/cuda/train_*: only the training tests call them).
+UNIT_CUEMU_OBJ := $(filter-out $(OBJDIR)/cuda-emu/kernels/cuda/train_%,$(CUEMU_OBJ))
+$(UNITBIN): $(UNIT_TEST_SRC:%.cpp=$(OBJDIR)/%.o) $(UNIT_CUEMU_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CXX) $(LDFLAGS) $(UNIT_TEST_SRC:%.cpp=$(OBJDIR)/%.o) $(CUEMU_OBJ) $(TRAINLIB) $(LIB) $(LDLIBS) -o $@
+	$(CXX) $(LDFLAGS) $(UNIT_TEST_SRC:%.cpp=$(OBJDIR)/%.o) $(UNIT_CUEMU_OBJ) $(LIB) $(LDLIBS) -o $@
 
 # Tests run from the repository root (fixtures are found by relative path).
 # TEST_ARGS passes doctest flags, e.g. make test TEST_ARGS='-tc="*gguf*"'.
@@ -230,7 +237,12 @@ $(UNITBIN): $(UNIT_TEST_SRC:%.cpp=$(OBJDIR)/%.o) $(CUEMU_OBJ) $(TRAINLIB) $(LIB)
 # once as it is. The C API test runs after them.
 TEST_JOBS ?= $(shell nproc)
 TESTLOGS  := $(patsubst %/bin,%/test-logs,$(BINDIR))
-test: $(TESTBIN) $(TOOLS) $(CAPITEST)
+# The tools the suite runs (MINFER_BIN): every one natively (the C API test compares with run-model
+# and embed, the real: cases run bench); in the fuzz build, whose `make asan-test` runs the C API
+# test on the tiny fixture only and CI leaves out the real: cases, distill alone (mpirun -np 2 in
+# test_train_parallel): the nine others are not compiled under ASan (docs/ci.md).
+TEST_TOOLS := $(if $(filter fuzz,$(VARIANT)),$(BINDIR)/distill,$(TOOLS))
+test: $(TESTBIN) $(TEST_TOOLS) $(CAPITEST)
 	bash scripts/check-layers.sh $(LIB) $(SOLIB)
 	MINFER_BIN=$(BINDIR) bash scripts/test-shards.sh -j $(TEST_JOBS) --logs $(TESTLOGS) $(TESTBIN) $(TEST_ARGS)
 	MINFER_BIN=$(BINDIR) $(if $(filter sanitize fuzz,$(VARIANT)),MINFER_CAPI_TINY_ONLY=1) $(CAPITEST)
@@ -301,9 +313,12 @@ $(BINDIR)/fuzz-%: $(OBJDIR)/tests/fuzz/fuzz_%.o $(LIB)
 
 # In the fuzz build the test and tool objects (never linked into a fuzzer) are compiled without
 # coverage hooks and at -O0: still ASan + UBSan, at 40% of the compile time of -O1 with the hooks
-# (the library they call stays -O1). The fuzz harnesses keep OPT.
+# (the library they call stays -O1). The other objects no fuzzer links (train/, app/, the CUDA
+# emulation) stay -O1 (the suite spends its time in them) without the hooks. The fuzz harnesses
+# and the library (libminfer.a, which they link) keep OPT.
 ifeq ($(VARIANT),fuzz)
-$(TEST_OBJ) $(TOOL_OBJ): OPT := -O0 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+$(TEST_OBJ) $(TOOL_OBJ): OPT := -O0 -gline-tables-only -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+$(TRAIN_OBJ) $(MPI_OBJ) $(APP_OBJ) $(CUEMU_OBJ): OPT := -O1 -gline-tables-only -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 endif
 
 fuzz-run: fuzz

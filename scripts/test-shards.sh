@@ -22,6 +22,9 @@ TEST_HEAVY=${TEST_HEAVY:-"test_real_models test_formats test_quant test_gptq tes
 # Started first, in this order (the longest, docs/ci.md); the other files follow in file order.
 TEST_SLOW=${TEST_SLOW:-"test_real_models test_formats test_quant test_gptq test_dataaware
   test_cuda_emu test_ggml_blocks test_cuda_emu_train test_lowrank test_gguf test_tokenizer"}
+# Within a TEST_HEAVY file, the cases matching these patterns ('|'-separated globs) start before
+# the file's other cases (which follow in file order): the longest under qemu and ASan.
+TEST_SLOW_CASES=${TEST_SLOW_CASES:-"quant: the repacked layout ?rows*|quant: op groups*"}
 
 jobs=$(nproc)
 logs=""
@@ -89,12 +92,14 @@ selected=$(list "${args[@]}")
 n_all=$(list | wc -l)
 n_selected=$(grep -c . <<<"$selected" || true)
 
-# Shards: "name<TAB>cases<TAB>doctest args" (args separated by the unit separator \x1f).
+# Shards: "name<TAB>cases<TAB>doctest args" (args separated by the unit separator \x1f), sorted
+# on the file's TEST_SLOW rank, then 0 for a TEST_SLOW_CASES case, 1 for the others.
 us=$'\x1f'
 declare -A heavy=() slow_rank=()
 for f in $TEST_HEAVY; do heavy[$f]=1; done
 i=0
 for f in $TEST_SLOW; do slow_rank[$f]=$((i++)); done
+IFS='|' read -r -a slow_cases <<<"$TEST_SLOW_CASES"
 shards=()
 while read -r file; do
   [ -n "$file" ] || continue
@@ -103,14 +108,21 @@ while read -r file; do
   rank=${slow_rank[$base]:-999}
   if [ -n "${heavy[$base]:-}" ]; then
     # -f / -l: the k-th selected case of this file (doctest counts after the filters).
-    for k in $(seq 1 "$n"); do
-      shards+=("$rank	$base#$k	1	-sf=*$file$us-f=$k$us-l=$k")
-    done
+    k=0
+    while IFS=$'\t' read -r _ case_name; do
+      k=$((k + 1))
+      sub=1
+      for p in "${slow_cases[@]}"; do
+        # shellcheck disable=SC2053  # p is a glob
+        [[ -n "$p" && "$case_name" == $p ]] && sub=0
+      done
+      shards+=("$rank	$sub	$base#$k	1	-sf=*$file$us-f=$k$us-l=$k")
+    done < <(grep "^$file"$'\t' <<<"$selected")
   else
-    shards+=("$rank	$base	$n	-sf=*$file")
+    shards+=("$rank	1	$base	$n	-sf=*$file")
   fi
 done < <(cut -f1 <<<"$selected" | uniq)
-mapfile -t shards < <(printf '%s\n' "${shards[@]}" | sort -s -t $'\t' -k1,1n | cut -f2-)
+mapfile -t shards < <(printf '%s\n' "${shards[@]}" | sort -s -t $'\t' -k1,1n -k2,2n | cut -f3-)
 
 run_shard() {  # name, doctest args (\x1f-separated)
   local name=$1 own

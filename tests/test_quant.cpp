@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -153,6 +154,29 @@ void matmul_f64(const float* W, const float* x, int64_t T, int64_t ldx, int64_t 
 double f32_bound(int64_t K, double mag) {
   return double(K + 16) * std::ldexp(1.0, -24) * mag + double(K) * std::ldexp(1.0, -148) + 1e-40;
 }
+
+// MINFER_TEST_QUICK=1 (scripts/ci-arm.sh: the aarch64 suite under qemu): the long sweeps below
+// take fewer token counts and thread counts, never fewer formats or shapes (docs/ci.md).
+bool quick_run() {
+  static const bool q = [] {
+    const char* e = std::getenv("MINFER_TEST_QUICK");
+    return e && std::string(e) == "1";
+  }();
+  return q;
+}
+
+// ASan builds (as in test_tokenizer.cpp: clang before 18 does not define __SANITIZE_ADDRESS__).
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kAsan = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kAsan = true;
+#else
+constexpr bool kAsan = false;
+#endif
+#else
+constexpr bool kAsan = false;
+#endif
 
 // These cases test the f32-activation kernels: the decode range's default q8 path for int8 / int4
 // (tests/test_quant_q8.cpp) is switched off while they run.
@@ -735,10 +759,16 @@ TEST_CASE("quant: op groups and the fused gate·up + SiLU·mul equal the separat
   // every row comes from the same kernel as a single linear(), so the results are identical for
   // every format, T and thread count. Groups it cannot fuse (a dense member, T above the decode
   // range) and a biased gate fall back to the separate ops.
+  // Quick runs (MINFER_TEST_QUICK=1, the aarch64 suite under qemu): 3 threads and T 1, 2, 5, 17
+  // only (on aarch64 T <= 15 is the group path, 17 the separate ops); every format stays.
   const int64_t K = 576;
   const std::vector<Fmt> fmts = all_formats();
+  const bool quick = quick_run();
+  const std::vector<int> threads_list = quick ? std::vector<int>{3} : std::vector<int>{1, 2, 3};
+  const std::vector<int64_t> Ts =
+      quick ? std::vector<int64_t>{1, 2, 5, 17} : std::vector<int64_t>{1, 2, 4, 5, 17};
   set_pool_backoff(false);  // every thread takes chunks even while the machine is busy
-  for (int threads : {1, 2, 3}) {
+  for (int threads : threads_list) {
     auto be = make_cpu_backend(threads);
     for (size_t fi = 0; fi < fmts.size(); ++fi) {
       const Fmt& f = fmts[fi];
@@ -759,7 +789,7 @@ TEST_CASE("quant: op groups and the fused gate·up + SiLU·mul equal the separat
         if (with_dense)
           for (int64_t j = 0; j < 9 * K; ++j)
             std::get<Dense>(gg.back().repr).w.data<float>()[j] = float(j % 13) * 0.01f;
-        for (int64_t T : {1, 2, 4, 5, 17}) {
+        for (int64_t T : Ts) {
           CAPTURE(threads);
           CAPTURE(f.label);
           CAPTURE(with_dense);
@@ -818,18 +848,32 @@ TEST_CASE("quant: op groups and the fused gate·up + SiLU·mul equal the separat
   CHECK(std::memcmp(y1.raw(), y2.raw(), y1.nbytes()) == 0);
 }
 
-TEST_CASE("quant: the repacked layout (rows interleaved by 4 or 8) gives the same results") {
-  // Quantized::interleave = R stores each group of R rows 64-weight chunk first, int8 codes as
-  // u - 128. Every reader (dequantize, save's row layout, the reference, the SIMD kernels at every
-  // T, op groups and the fused gate·up) must see the same matrix. The AVX-512 kernels keep each
-  // row's arithmetic (the one-token kernel of 4 interleaved rows included) and the scalar path
-  // gathers rows, so both are bit-identical to the row layout; the AVX2 kernels do not read the
-  // layout and run the layout-aware reference instead (equal to the SIMD path within f32
-  // rounding).
+namespace {
+
+// The repacked layout of the formats in `methods` (QuantSpec::method): Quantized::interleave = R
+// stores each group of R rows 64-weight chunk first, int8 codes as u - 128. Every reader
+// (dequantize, save's row layout, the reference, the SIMD kernels at every T, op groups and the
+// fused gate·up) must see the same matrix. The AVX-512 kernels keep each row's arithmetic (the
+// one-token kernel of 4 interleaved rows included) and the scalar path gathers rows, so both are
+// bit-identical to the row layout; the AVX2 kernels do not read the layout and run the
+// layout-aware reference instead (equal to the SIMD path within f32 rounding).
+// Quick runs (MINFER_TEST_QUICK=1, the aarch64 suite under qemu) take T 1, 2, 5 and 17 (one
+// token, a few, above x86's 4-token decode range and above the 16-row tile threshold: on aarch64
+// T < 16 is one portable path, 17 the tiles) on 3 threads only (chunks that split row groups,
+// and one chunk for the whole of a small N); every format, K and N stays. ASan builds take every
+// T on 3 threads (each kernel's memory accesses; the bits on 1 thread are the native run's), the
+// native run every T on 1 and 3 threads.
+void check_repacked(const std::vector<std::string>& methods) {
   const std::string isa = quantized_linear_isa();
   const bool exact = isa != "avx2";
+  const bool quick = quick_run();
+  const std::vector<int64_t> Ts =
+      quick ? std::vector<int64_t>{1, 2, 5, 17} : std::vector<int64_t>{1, 2, 3, 4, 5, 9, 17};
+  const std::vector<int> threads_list =
+      quick || kAsan ? std::vector<int>{3} : std::vector<int>{1, 3};
   set_pool_backoff(false);
-  for (const Fmt& f : all_formats())
+  for (const Fmt& f : all_formats()) {
+    if (std::find(methods.begin(), methods.end(), f.spec.method) == methods.end()) continue;
     for (int64_t K : {int64_t(64), int64_t(200), int64_t(1536)})
       for (int64_t N : {int64_t(4), int64_t(36), int64_t(200)})
         for (int32_t R : {4, 8}) {
@@ -853,16 +897,17 @@ TEST_CASE("quant: the repacked layout (rows interleaved by 4 or 8) gives the sam
           CHECK(back.interleave == 1);
           CHECK(std::memcmp(back.codes.data<uint8_t>(), g.codes.data<uint8_t>(),
                             size_t(g.codes.nbytes())) == 0);
-          for (int threads : {1, 3}) {
-            auto be = make_cpu_backend(threads);
-            for (int64_t T : {1, 2, 3, 4, 5, 9, 17}) {
+          for (int64_t T : Ts) {
+            CAPTURE(T);
+            const std::vector<float> xv = randn(T * K, uint64_t(T * 5 + K));
+            // The reference on both layouts (independent of the thread count: once per T).
+            std::vector<float> a(size_t(T * N)), b(size_t(T * N)), c(size_t(T * N));
+            quantized_linear_ref(g, xv.data(), T, K, a.data(), N, K, N);
+            quantized_linear_ref(r, xv.data(), T, K, b.data(), N, K, N);
+            CHECK(a == b);
+            for (int threads : threads_list) {
               CAPTURE(threads);
-              CAPTURE(T);
-              const std::vector<float> xv = randn(T * K, uint64_t(T * 5 + K));
-              std::vector<float> a(size_t(T * N)), b(size_t(T * N)), c(size_t(T * N));
-              quantized_linear_ref(g, xv.data(), T, K, a.data(), N, K, N);
-              quantized_linear_ref(r, xv.data(), T, K, b.data(), N, K, N);
-              CHECK(a == b);
+              auto be = make_cpu_backend(threads);
               quantized_linear(g, xv.data(), T, K, a.data(), N, K, N);
               quantized_linear(r, xv.data(), T, K, b.data(), N, K, N);
               if (exact) {
@@ -897,7 +942,49 @@ TEST_CASE("quant: the repacked layout (rows interleaved by 4 or 8) gives the sam
             }
           }
         }
+  }
   set_pool_backoff(true);
+}
+
+// The repacked-layout sweep as one case per family of QuantSpec methods (as one case it took a
+// third of the aarch64 suite's time under qemu), so that the sharded runs (scripts/test-shards.sh)
+// spread it over the cores.
+const std::vector<std::vector<std::string>> kRepackedFamilies = {
+    {"int8"}, {"int4"}, {"int3", "nf4"}, {"binary", "ternary"}};
+
+}  // namespace
+
+TEST_CASE("quant: the repacked layout (rows interleaved by 4 or 8) gives the same results: int8") {
+  check_repacked(kRepackedFamilies[0]);
+}
+
+TEST_CASE("quant: the repacked layout (rows interleaved by 4 or 8) gives the same results: int4") {
+  check_repacked(kRepackedFamilies[1]);
+}
+
+TEST_CASE(
+    "quant: the repacked layout (rows interleaved by 4 or 8) gives the same results: int3, nf4") {
+  check_repacked(kRepackedFamilies[2]);
+}
+
+TEST_CASE(
+    "quant: the repacked layout (rows interleaved by 4 or 8) gives the same results: binary, "
+    "ternary") {
+  check_repacked(kRepackedFamilies[3]);
+}
+
+TEST_CASE("quant: every format is in one repacked-layout case") {
+  for (const Fmt& f : all_formats()) {
+    CAPTURE(f.label);
+    int n = 0;
+    for (const auto& family : kRepackedFamilies)
+      n += int(std::count(family.begin(), family.end(), f.spec.method));
+    CHECK(n == 1);
+  }
+}
+
+TEST_CASE("quant: the repacked layout rejects bad factors; the CPU backend repacks at upload") {
+  const std::string isa = quantized_linear_isa();
   // Interleaving needs out a multiple of R, from the row layout; check() rejects a bad factor.
   const Linear l6 = quantize_linear(dense_of(randn(6 * 64, 3), 6, 64), all_formats()[0].spec);
   const Quantized& q6 = std::get<Quantized>(l6.repr);
