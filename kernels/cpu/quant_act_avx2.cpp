@@ -144,13 +144,6 @@ struct GArgs {
   const I8Out* out;
 };
 
-MINFER_INLINE void emit(const I8Out& o, int64_t t, int64_t n, int32_t v) {
-  if (o.c)
-    o.c[t * o.ldc + n] = v;
-  else
-    o.y[t * o.ldy + n] = float(v) * (o.d[t] * o.sw[n]);
-}
-
 struct GemvTile {
   template <int RW, int R>
   struct K {

@@ -19,6 +19,14 @@ struct I8Out {
   const float* sw = nullptr;  // [N] weight row scales
 };
 
+// One output of the integer core: the exact sum to c, or y = float(v) * (d[t] * sw[n]).
+inline void emit(const I8Out& o, int64_t t, int64_t n, int32_t v) {
+  if (o.c)
+    o.c[t * o.ldc + n] = v;
+  else
+    o.y[t * o.ldy + n] = float(v) * (o.d[t] * o.sw[n]);
+}
+
 #if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
 #define MINFER_QACT_SIMD 1
 // The ISA of the SIMD file this build compiles: "avx512-vnni" or "avx2".
