@@ -239,9 +239,10 @@ TEST_JOBS ?= $(shell nproc)
 TESTLOGS  := $(patsubst %/bin,%/test-logs,$(BINDIR))
 # The tools the suite runs (MINFER_BIN): every one natively (the C API test compares with run-model
 # and embed, the real: cases run bench); in the fuzz build, whose `make asan-test` runs the C API
-# test on the tiny fixture only and CI leaves out the real: cases, distill alone (mpirun -np 2 in
-# test_train_parallel): the nine others are not compiled under ASan (docs/ci.md).
-TEST_TOOLS := $(if $(filter fuzz,$(VARIANT)),$(BINDIR)/distill,$(TOOLS))
+# test on the tiny fixture only (greedy ids against run-model) and CI leaves out the real: cases,
+# distill (mpirun -np 2 in test_train_parallel) and run-model: the eight others are not compiled
+# under ASan (docs/ci.md).
+TEST_TOOLS := $(if $(filter fuzz,$(VARIANT)),$(BINDIR)/distill $(BINDIR)/run-model,$(TOOLS))
 test: $(TESTBIN) $(TEST_TOOLS) $(CAPITEST)
 	bash scripts/check-layers.sh $(LIB) $(SOLIB)
 	MINFER_BIN=$(BINDIR) bash scripts/test-shards.sh -j $(TEST_JOBS) --logs $(TESTLOGS) $(TESTBIN) $(TEST_ARGS)
