@@ -68,6 +68,21 @@ class Pool {
     if (!on) active_.store(threads_.load());
   }
 
+  void pin_active(int n) {
+    std::lock_guard<std::mutex> run(run_mu_);
+    if (n > 0) {
+      if (!pinned_) backoff_before_pin_ = backoff_.load();
+      pinned_ = true;
+      backoff_.store(false);
+      active_.store(std::clamp(n, 1, threads_.load()));
+    } else if (pinned_) {
+      pinned_ = false;
+      have_sample_ = false;
+      active_.store(threads_.load());
+      backoff_.store(backoff_before_pin_);
+    }
+  }
+
   int active_now() {
     std::unique_lock<std::mutex> lock(run_mu_, std::try_to_lock);
     if (lock.owns_lock()) update_load();  // else a dispatch runs and keeps the sample fresh
@@ -207,6 +222,7 @@ class Pool {
   std::atomic<bool> stop_{false};
   std::atomic<bool> backoff_{true};
   std::atomic<int> active_{1};
+  bool pinned_ = false, backoff_before_pin_ = true;  // pin_active (tests), under run_mu_
 
   // The current dispatch. next_ packs (generation << 32) | next chunk index; the job's fields are
   // written before next_ is released and read only by a thread that claimed one of its chunks.
@@ -243,6 +259,10 @@ namespace pool_detail {
 
 void run(int64_t n, int64_t chunks, ChunkFn fn, const void* ctx) {
   pool().run(n, chunks, fn, ctx);
+}
+
+void pin_active_for_testing(int n) {
+  pool().pin_active(n);
 }
 
 int64_t chunks_for(int64_t n, int64_t work_per_item, int64_t min_work) {

@@ -39,6 +39,10 @@ using ChunkFn = void (*)(const void* ctx, int64_t begin, int64_t end);
 // Runs fn over [0, n) cut into `chunks` contiguous ranges of near-equal size.
 void run(int64_t n, int64_t chunks, ChunkFn fn, const void* ctx);
 int64_t chunks_for(int64_t n, int64_t work_per_item, int64_t min_work_per_chunk);
+// For tests: n > 0 stops the load back-off's sampling and pins the active thread count to n
+// (clamped to [1, threads]), as if other processes took the rest of the cores; n <= 0 restores the
+// back-off's on/off setting from before the pin.
+void pin_active_for_testing(int n);
 }  // namespace pool_detail
 
 // Sets the pool's thread count (the caller included); n <= 0: the number of online CPUs. Starts or

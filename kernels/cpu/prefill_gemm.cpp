@@ -62,8 +62,10 @@ void prefill_sgemm(const float* x, int64_t T, int64_t ldx, const float* w, bool 
                 0.f, y, int(ldy));
     return;
   }
-  // One tile per active thread, columns in multiples of 16 (the sgemm kernels' widths).
-  const int nt = pool_active_threads();
+  // One tile per configured thread, columns in multiples of 16 (the sgemm kernels' widths). The
+  // tiles follow the configured count, not the active one, so that results never depend on the
+  // machine's load: the back-off only lets fewer threads share the same tiles.
+  const int nt = pool_threads();
   const int64_t cols = round_up((N + nt - 1) / nt, 16);
   const int64_t tiles = (N + cols - 1) / cols;
   prefill_for(tiles, prefill_threads(tiles), [&](int64_t i, int) {
@@ -76,7 +78,7 @@ void prefill_sgemm(const float* x, int64_t T, int64_t ldx, const float* w, bool 
 
 void prefill_tiles_sgemm(const float* x, int64_t T, int64_t ldx, TileFill fill, const void* ctx,
                          float* y, int64_t ldy, int64_t K, int64_t N) {
-  const int nt = pool_active_threads();
+  const int nt = pool_threads();  // configured, not active: the tiles must not follow the load
   // <= 256 KB of f32 per tile (half of a 512 KB-1 MB L2), at least one tile per thread.
   const int64_t cap = std::max<int64_t>(16, (int64_t(1) << 16) / K / 16 * 16);
   const int64_t rows = std::min(cap, round_up((N + nt - 1) / nt, 16));

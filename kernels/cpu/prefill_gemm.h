@@ -8,9 +8,10 @@
 // OpenMP threads inside one parallel region (OpenBLAS's OpenMP build runs a call made inside a
 // region on the calling thread), as many threads as the thread pool's load back-off lets take
 // part (engine/thread_pool.h pool_active_threads). Every output element is one sgemm's dot
-// product over the full K; which tile it falls in depends on the active thread count, so results
-// may differ in the last bits between thread counts (tests/test_ops.cpp compares with a
-// tolerance).
+// product over the full K; which tile it falls in (sgemm's edge kernels round differently) depends
+// on the configured thread count only, never on the active one: results are the same on an idle
+// and a busy machine, and may differ in the last bits between thread counts (tests/test_ops.cpp
+// compares those with a tolerance).
 //
 // MINFER_DENSE_PREFILL=blas keeps the previous path (one OpenBLAS sgemm on all threads) for A/B
 // timing; MINFER_ATTN_PREFILL=heads the previous prefill attention (one full [T, S] score matrix
