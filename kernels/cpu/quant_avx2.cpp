@@ -375,6 +375,52 @@ void q8_row_blocks(int64_t n, const QArgs& a, const Nf4Tables& tb, float* y, int
     y[r * ldy + n] = hsum256(_mm256_add_ps(acc[r][0], acc[r][1])) * a.q8_out_factor();
 }
 
+// int4 with groups of 32 and plain scales (int4-g32, int4-g32-asym: the format of llama.cpp's
+// Q4_0 / Q4_1): the unsigned codes u (0..15) straight into vpmaddubsw with q (|2 · 15 · 127| <
+// 2^15, exact), Σ u q per block times d_block · s_group in f32, and the zero points as one f32
+// term per row and token, Σ_g z_g s_g (d_g Σq_g) (a.xds), 8 groups per vector: Q4_1 · Q8_1's
+// split into d · Σ u q and m · s. No sign moves, subtractions or zero broadcasts per chunk.
+template <int R>
+void q8_row_g32(int64_t n, const QArgs& a, float* y, int64_t ldy) {
+  const uint8_t* wr = a.row_base(n);
+  const int64_t cs = a.chunk_stride(), nc = a.Kp / 64, ng = a.groups, nb = a.Kp / 32;
+  const float* s = a.scales + n * ng;
+  const uint8_t* z = a.zeros ? a.zeros + n * ng : nullptr;
+  const __m256i m = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  __m256 acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < nc; ++c) {
+    // Half 0 is block 2c (< ng always); half 1 past the last group is padding (q = 0).
+    const __m256 s0 = _mm256_set1_ps(s[2 * c]), s1 = _mm256_set1_ps(s[std::min(2 * c + 1, ng - 1)]);
+    const __m256i b = _mm256_loadu_si256((const __m256i*)(wr + c * cs));
+    const __m256i u0 = _mm256_and_si256(b, m), u1 = _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
+    for (int r = 0; r < R; ++r) {
+      const int8_t* q = a.xq + r * a.Kp + 64 * c;
+      const float* d = a.xd + (r * nc + c) * 16;
+      const __m256i p0 =
+          _mm256_madd_epi16(_mm256_maddubs_epi16(u0, _mm256_loadu_si256((const __m256i*)q)), ones);
+      const __m256i p1 = _mm256_madd_epi16(
+          _mm256_maddubs_epi16(u1, _mm256_loadu_si256((const __m256i*)(q + 32))), ones);
+      acc[r][0] =
+          _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_mul_ps(_mm256_loadu_ps(d), s0), acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_mul_ps(_mm256_loadu_ps(d + 8), s1),
+                                  acc[r][1]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const float* ds = a.xds + r * nb;
+    __m256 mv = _mm256_setzero_ps();
+    int64_t g = 0;
+    for (; g + 8 <= ng; g += 8) {
+      const __m256 zf = z ? _mm256_cvtepi32_ps(zext8(z + g)) : _mm256_set1_ps(8.f);
+      mv = _mm256_fmadd_ps(_mm256_mul_ps(zf, _mm256_loadu_ps(s + g)), _mm256_loadu_ps(ds + g), mv);
+    }
+    float mt = hsum256(mv);
+    for (; g < ng; ++g) mt += float(z ? z[g] : 8) * s[g] * ds[g];
+    y[r * ldy + n] = hsum256(_mm256_add_ps(acc[r][0], acc[r][1])) - mt;
+  }
+}
+
 template <QScheme S, bool SGN, template <QScheme, bool, int> class Row>
 void q8_rows_r(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   const Nf4Tables tb;
@@ -405,9 +451,17 @@ struct BlockRow {
     q8_row_blocks<S, SGN, R>(n, a, tb, y, ldy);
   }
 };
+template <QScheme S, bool SGN, int R>
+struct G32Row {
+  static void run(int64_t n, const QArgs& a, const Nf4Tables&, float* y, int64_t ldy) {
+    q8_row_g32<R>(n, a, y, ldy);
+  }
+};
 template <QScheme S, bool SGN>
 void q8_rows_t(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy) {
-  if (a.chunk_spans)
+  if (S == QScheme::Int4 && a.G == 32 && a.groups > 1 && a.scales && !a.per_tensor)
+    q8_rows_r<S, SGN, G32Row>(a, T, n0, n1, y, ldy);
+  else if (a.chunk_spans)
     q8_rows_r<S, SGN, ChunkRow>(a, T, n0, n1, y, ldy);
   else
     q8_rows_r<S, SGN, BlockRow>(a, T, n0, n1, y, ldy);
