@@ -229,15 +229,14 @@ bool q8_applies(const QArgs& a) {
   return true;
 }
 
-// x rows quantized for the q8 path (QArgs::xq / xd / xs / xds), 64-byte aligned.
+// x rows quantized for the q8 path (QArgs::xq / xd / xs), 64-byte aligned.
 struct Q8Act {
   std::vector<int8_t> qbuf;
-  std::vector<float> dbuf, dsbuf;
+  std::vector<float> dbuf;
   std::vector<int32_t> sbuf;
   int8_t* q = nullptr;
   float* d = nullptr;
   int32_t* s = nullptr;
-  float* ds = nullptr;
 };
 
 template <class V>
@@ -257,10 +256,9 @@ void quantize_q8_act(const float* x, int64_t T, int64_t ldx, int64_t K, Q8Act& o
   o.q = aligned64(o.qbuf, size_t(T * Kp));
   o.d = aligned64(o.dbuf, size_t(T * nc * 16));
   o.s = aligned64(o.sbuf, size_t(T * Kp / 4));
-  o.ds = aligned64(o.dsbuf, size_t(T * Kp / 32));
 #if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
-  simd_quantize_q8(x, T, ldx, K, o.q, o.d, o.s);
-#else
+  return simd_quantize_q8(x, T, ldx, K, o.q, o.d, o.s);
+#endif
   for (int64_t t = 0; t < T; ++t)
     for (int64_t b = 0; b < Kp / 32; ++b) {
       const int64_t k0 = b * 32, n = std::clamp<int64_t>(K - k0, 0, 32);
@@ -273,21 +271,12 @@ void quantize_q8_act(const float* x, int64_t T, int64_t ldx, int64_t K, Q8Act& o
       for (int64_t j = 0; j < 8; ++j)
         o.s[t * (Kp / 4) + k0 / 4 + j] = -(q[4 * j] + q[4 * j + 1] + q[4 * j + 2] + q[4 * j + 3]);
     }
-#endif
-  // d · Σq per block (from the negated sums of 4 codes).
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t b = 0; b < Kp / 32; ++b) {
-      int32_t sum = 0;
-      for (int64_t j = 0; j < 8; ++j) sum -= o.s[t * (Kp / 4) + b * 8 + j];
-      o.ds[t * (Kp / 32) + b] = o.d[(t * nc + b / 2) * 16 + (b % 2) * 8] * float(sum);
-    }
 }
 
 void set_q8(QArgs& a, const Q8Act& o) {
   a.xq = o.q;
   a.xd = o.d;
   a.xs = o.s;
-  a.xds = o.ds;
 }
 
 // The q8 path's reference: the same activation codes, exact integer sums per block of 32
@@ -452,13 +441,11 @@ void quantized_linear_q8(const Quantized& w, const float* x, int64_t T, int64_t 
   const int8_t* const xq = act.q;
   const float* const xd = act.d;
   const int32_t* const xs = act.s;
-  const float* const xds = act.ds;
   auto rows = [&](int64_t t0, int64_t n0, int64_t n1) {
     QArgs b = a;
     b.xq = xq + t0 * a.Kp;
     b.xd = xd + t0 * (a.Kp / 64) * 16;
     b.xs = xs + t0 * (a.Kp / 4);
-    b.xds = xds + t0 * (a.Kp / 32);
     q8_rows(b, std::min<int64_t>(4, T - t0), n0, n1, y + t0 * ldy, ldy);
   };
   if (T <= 4) {  // decode: one pass over W

@@ -53,12 +53,10 @@ struct QArgs {
   // x per block of 32 as qm::quantize_act_block, xq [T, Kp] codes, xd [T, Kp / 64, 16] the block
   // scales laid out as the kernel multiplies the int32 lanes of a 64-weight chunk (lanes 0..7 the
   // scale of its first block of 32, lanes 8..15 of its second), xs [T, Kp / 4] the negated sums of
-  // each 4 consecutive codes (one int32 lane of vpdpbusd: -z xs removes the weight zero point),
-  // xds [T, Kp / 32] each block's d · Σq in f32 (the AVX2 int4 g32 kernel's zero-point term).
+  // each 4 consecutive codes (one int32 lane of vpdpbusd: -z xs removes the weight zero point).
   const int8_t* xq = nullptr;
   const float* xd = nullptr;
   const int32_t* xs = nullptr;
-  const float* xds = nullptr;
 
   // Chunk 0 of row n, and the distance from one chunk of a row to its next.
   const uint8_t* row_base(int64_t n) const {
