@@ -68,12 +68,14 @@ std::vector<Fmt> formats() {
     q.group = g;
     return q;
   };
-  QuantSpec asym = s("int4", 128), dq = s("nf4", 64);
+  QuantSpec asym = s("int4", 128), asym32 = s("int4", 32), dq = s("nf4", 64);
   asym.asymmetric = true;
+  asym32.asymmetric = true;
   dq.double_quant = true;
   return {{"f32", s("f32")},           {"fp16", s("fp16")},
           {"int8 per-row", s("int8")}, {"int4 g128", s("int4", 128)},
-          {"int4 g128 asym", asym},    {"nf4 b64", s("nf4", 64)},
+          {"int4 g128 asym", asym},    {"int4 g32", s("int4", 32)},
+          {"int4 g32 asym", asym32},   {"nf4 b64", s("nf4", 64)},
           {"nf4 b64 dq", dq}};
 }
 

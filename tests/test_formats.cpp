@@ -119,10 +119,11 @@ struct Row {
 // Dense and Quantized formats, as the methods make them.
 std::vector<Row> method_rows() {
   std::vector<Row> r;
-  for (std::string m : {"f32",      "fp16",          "bf16",          "int8",   "int8-tensor",
-                        "int8-g32", "int4-g32",      "int4-g64-asym", "int4",   "int3",
-                        "int3-g32", "int3-g32-clip", "nf4",           "nf4-dq", "binary",
-                        "ternary",  "ternary-row",   "llm-int8",      "w8a8",   "w8a8-static"}) {
+  for (std::string m :
+       {"f32",           "fp16",          "bf16",          "int8",   "int8-tensor", "int8-g32",
+        "int4-g32",      "int4-g32-asym", "int4-g64-asym", "int4",   "int3",        "int3-g32",
+        "int3-g32-clip", "nf4",           "nf4-dq",        "binary", "ternary",     "ternary-row",
+        "llm-int8",      "w8a8",          "w8a8-static"}) {
     const CompressSpec spec = compress_spec_from_name(m);
     const bool act = spec.last().method == "llm-int8" || spec.last().method == "w8a8";
     const double half = m == "fp16" ? 0x1p-11 : m == "bf16" ? 0x1p-8 : 0;
@@ -132,8 +133,8 @@ std::vector<Row> method_rows() {
                    return compress_linear(l, spec, &st);
                  },
                  act, half});
-    r.back().int8_decode_activations =
-        m == "int4" || m == "int4-g64-asym" || m == "nf4" || m == "nf4-dq";
+    r.back().int8_decode_activations = m == "int4" || m == "int4-g32" || m == "int4-g32-asym" ||
+                                       m == "int4-g64-asym" || m == "nf4" || m == "nf4-dq";
     r.back().decode_weight_rounding = m == "nf4" || m == "nf4-dq" ? 2.6e-4 : 0;
   }
   return r;

@@ -676,6 +676,8 @@ TEST_CASE("quant: non-finite activations poison only their own row") {
 }
 
 TEST_CASE("quant: the CPU backend runs quantized linears with bias") {
+  F32Activations f32_activations;  // the reference below is the f32-activation one (g32 decode
+                                   // takes the q8 path by default on AVX2)
   const int64_t K = 96, N = 10, T = 2;
   std::vector<float> w = randn(N * K, 8);
   Tensor bias = Tensor::empty(DType::F32, {N});

@@ -1,5 +1,6 @@
 // The q8 path of int8 / int4 / NF4 weights (kernels/cpu/quant.h quantized_linear_q8): activations
-// quantized per block of 32, integer dot products per 64-weight chunk. Checked here:
+// quantized per block of 32, integer dot products per 64-weight chunk (groups of an odd number of
+// 32s, g32 / g96: each half chunk scaled by its own group). Checked here:
 //   - the reference against the f64 product of the dequantized weights and the f32 x, within the
 //     activation-rounding bound Σ_b d_b / 2 Σ_{j in b} |ŵ_j| (d_b = max|x_b| / 127 recomputed
 //     here from its definition) plus f32 rounding; NF4 also rounds its levels to
@@ -11,6 +12,8 @@
 //   - the dispatch: quantized_linear, op groups and the fused gate·up + SiLU·mul on the q8 path
 //     equal quantized_linear_q8 bit for bit, on 1 and 3 threads;
 //   - formats without the path are reported and rejected; an inf / NaN poisons only its token.
+// Every case loops over q8_formats(), which holds groups on whole chunks (g64, g128, per row) and
+// groups that split chunks (g32, g96, with and without zero points).
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -62,10 +65,18 @@ struct Fmt {
 std::vector<Fmt> q8_formats() {
   QuantSpec dq = spec("nf4", 64);
   dq.double_quant = true;
-  return {{"int8 per-channel", spec("int8")}, {"int8 per-tensor", spec("int8", 0, false, false)},
-          {"int8 g64", spec("int8", 64)},     {"int4 g64", spec("int4", 64)},
-          {"int4 g128", spec("int4", 128)},   {"int4 g128 asym", spec("int4", 128, true)},
-          {"nf4 b64", spec("nf4", 64)},       {"nf4 b128", spec("nf4", 128)},
+  return {{"int8 per-channel", spec("int8")},
+          {"int8 per-tensor", spec("int8", 0, false, false)},
+          {"int8 g64", spec("int8", 64)},
+          {"int8 g32", spec("int8", 32)},
+          {"int4 g64", spec("int4", 64)},
+          {"int4 g128", spec("int4", 128)},
+          {"int4 g128 asym", spec("int4", 128, true)},
+          {"int4 g32", spec("int4", 32)},
+          {"int4 g32 asym", spec("int4", 32, true)},
+          {"int4 g96 asym", spec("int4", 96, true)},
+          {"nf4 b64", spec("nf4", 64)},
+          {"nf4 b128", spec("nf4", 128)},
           {"nf4 b64 double-quant", dq}};
 }
 
@@ -142,8 +153,8 @@ TEST_CASE("quant q8: reference within the activation-rounding bound; SIMD equals
             const double fb = double(K + 64) * std::ldexp(1.0, -23) * mag + 1e-30;
             const double ref = yr[size_t(t * ldy + n)];
             if (!(std::fabs(ref - exact) <= bound + fb) && bad_ref++ < 3)
-              MESSAGE(f.label, " K ", K, " N ", N, " T ", T, " t ", t, " n ", n, ": ref ", ref,
-                      " exact ", exact, " bound ", bound + fb);
+              MESSAGE(std::string(f.label), " K ", K, " N ", N, " T ", T, " t ", t, " n ", n,
+                      ": ref ", ref, " exact ", exact, " bound ", bound + fb);
           }
         for (const Quantized& lq : layouts) {
           std::vector<float> y(size_t(T * ldy), -1.f);
@@ -157,8 +168,8 @@ TEST_CASE("quant q8: reference within the activation-rounding bound; SIMD equals
               const double got = y[size_t(t * ldy + n)], ref = yr[size_t(t * ldy + n)];
               if (!(std::fabs(got - ref) <= double(K + 64) * std::ldexp(1.0, -22) * mag) &&
                   bad_simd++ < 3)
-                MESSAGE(f.label, " il ", lq.interleave, " K ", K, " N ", N, " T ", T, " t ", t,
-                        " n ", n, ": kernel ", got, " reference ", ref);
+                MESSAGE(std::string(f.label), " il ", lq.interleave, " K ", K, " N ", N, " T ", T,
+                        " t ", t, " n ", n, ": kernel ", got, " reference ", ref);
             }
           }
         }
@@ -216,13 +227,15 @@ TEST_CASE("quant q8: dispatch, op groups and fused gate·up equal quantized_line
         std::vector<float> expect = ya;
         for (size_t i = 0; i < expect.size(); ++i) expect[i] = silu_mul(ya[i], yb[i]);
         CHECK(y1 == expect);
-        // Auto takes the q8 path at decode for int4 where the build has a SIMD q8 kernel (AVX-512
-        // VNNI or AVX2) and for NF4 on AVX2 (int8 keeps f32 activations: equal to the F32 path).
+        // Auto takes the q8 path at decode for int4 where the build has a SIMD q8 kernel for its
+        // groups (AVX2: all; AVX-512 VNNI: groups on whole 64-weight chunks) and for NF4 on AVX2
+        // (int8 keeps f32 activations: equal to the F32 path).
         set_quantized_act_path(QuantActPath::Auto);
         quantized_linear(qa, x.data(), T, K, y1.data(), N, K, N);
         const std::string isa = quantized_linear_isa();
-        if ((isa != "scalar" && f.spec.method == "int4") ||
-            (isa == "avx2" && f.spec.method == "nf4"))
+        const bool chunk_groups = f.spec.group == 0 || f.spec.group % 64 == 0;
+        if ((isa == "avx2" && (f.spec.method == "int4" || f.spec.method == "nf4")) ||
+            (isa == "avx512" && f.spec.method == "int4" && chunk_groups))
           CHECK(y1 == ya);
         if (f.spec.method == "int8") {
           std::vector<float> y0(size_t(T * N));
@@ -245,8 +258,7 @@ TEST_CASE("quant q8: dispatch, op groups and fused gate·up equal quantized_line
 TEST_CASE("quant q8: formats without the path; non-finite activations poison only their token") {
   ActPathGuard guard;
   const int64_t K = 200, N = 8;
-  for (const QuantSpec& s :
-       {spec("int4", 32), spec("int8", 32), spec("int4", 96), spec("ternary"), spec("binary")}) {
+  for (const QuantSpec& s : {spec("int3"), spec("int3", 32), spec("ternary"), spec("binary")}) {
     const Linear l = quantized_of(randn(N * K, 5), N, K, s);
     const Quantized& q = std::get<Quantized>(l.repr);
     CAPTURE(s.method);

@@ -67,6 +67,7 @@ QArgs make_args(const Quantized& w, int64_t K, std::vector<Span>& spans) {
   }
   a.spans = spans.data();
   a.nspans = int64_t(spans.size());
+  for (const Span& sp : spans) a.chunk_spans = a.chunk_spans && sp.k0 % 64 == 0 && sp.k1 % 64 == 0;
   return a;
 }
 
@@ -217,13 +218,14 @@ void decode_rows(const QArgs& a, const float* x, int64_t T, int64_t ldx, int64_t
 // ---- The q8 path (quant.h quantized_linear_q8).
 
 // Whether a's weights have the q8 path: int8, int4 (symmetric or not) or NF4 (plain or
-// double-quantized scales) with every span on whole 64-weight chunks (one scale per row or
-// tensor, or groups a multiple of 64).
+// double-quantized scales) with every span on whole blocks of 32 (one scale per row or tensor, or
+// groups a multiple of 32: every group size Quantized allows). Spans that split a 64-weight chunk
+// (groups of an odd number of 32s) have the AVX2 kernel and the reference, not the AVX-512 one.
 bool q8_applies(const QArgs& a) {
   if (a.scheme != QScheme::Int8 && a.scheme != QScheme::Int4 && a.scheme != QScheme::NF4)
     return false;
   for (int64_t i = 0; i < a.nspans; ++i)
-    if (a.spans[i].k0 % 64 != 0 || a.spans[i].k1 % 64 != 0) return false;
+    if (a.spans[i].k0 % 32 != 0 || a.spans[i].k1 % 32 != 0) return false;
   return true;
 }
 
@@ -322,10 +324,11 @@ void q8_ref_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, in
 }
 
 // Rows n0..n1 of y on the q8 path: the SIMD kernel where built (T <= 4), else the reference
-// (also for NF4 on AVX-512, which has no NF4 q8 kernel).
+// (also on AVX-512 for NF4 and for groups that split a 64-weight chunk, which its kernel lacks:
+// reached only when MINFER_QUANT_ACT=q8 forces the path).
 void q8_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy) {
 #if defined(MINFER_Q_AVX512)
-  if (a.scheme == QScheme::NF4) return q8_ref_rows(a, T, n0, n1, y, ldy);
+  if (a.scheme == QScheme::NF4 || !a.chunk_spans) return q8_ref_rows(a, T, n0, n1, y, ldy);
 #endif
 #if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
   return simd_decode_rows_q8(a, T, n0, n1, y, ldy);
@@ -347,8 +350,10 @@ QuantActPath act_path_now() {
 }
 
 // Whether a call of T rows on a's weights takes the q8 path: always where it applies when forced;
-// by default at decode (T <= 4) for int4 where this build has a SIMD q8 kernel (AVX-512 VNNI or
-// AVX2) and for NF4 on AVX2 (kernels measured ~3x the f32 path's there, docs/performance.md). int8
+// by default at decode (T <= 4) for int4 where this build has a SIMD q8 kernel for its groups
+// (AVX2: every group size; AVX-512 VNNI: groups on 64-weight chunks, so g32 / g96 keep f32
+// activations there, the AVX-512 kernel for them being unwritten and unmeasured) and for NF4 on
+// AVX2 (kernels measured ~3x the f32 path's there, docs/performance.md). int8
 // keeps f32 activations by default: its decode is bound by memory, not by the f32 arithmetic, and
 // the q8 path measured no faster there (docs/performance.md).
 bool use_q8(const QArgs& a, int64_t T) {
@@ -360,7 +365,7 @@ bool use_q8(const QArgs& a, int64_t T) {
       return true;
     case QuantActPath::Auto:
 #if defined(MINFER_Q_AVX512)
-      return T <= 4 && a.scheme == QScheme::Int4;
+      return T <= 4 && a.scheme == QScheme::Int4 && a.chunk_spans;
 #elif defined(MINFER_Q_AVX2)
       return T <= 4 && (a.scheme == QScheme::Int4 || a.scheme == QScheme::NF4);
 #else

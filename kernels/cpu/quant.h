@@ -44,7 +44,7 @@ bool quantized_linear_int8_act(const Quantized& w, const float* x, int64_t T, in
                                int64_t ldy, int64_t K, int64_t N);
 
 // The q8 path (int8 and int4 weights, symmetric or asymmetric, and NF4, plain or double-quantized
-// scales, with one scale per row or tensor or groups a multiple of 64): x quantized per block of
+// scales, with one scale per row or tensor or groups a multiple of 32): x quantized per block of
 // 32 to int8 as llama.cpp's q8_0 partner type does (qm::quantize_act_block: d = max|x| / 127 in
 // f32, q = round-half-even(x / d); an inf or NaN makes its block's d NaN), once per call or op
 // group; each weight chunk of 64 is integer dot products per token (AVX-512 VNNI: vpdpbusd of the
@@ -60,14 +60,15 @@ bool quantized_linear_int8_act(const Quantized& w, const float* x, int64_t T, in
 // |y_q8 - y_f32| <= Σ_b d_b / 2 Σ_{j in b} |w_j| (+ f32 rounding); NF4 adds Σ_j |x_j| |w_j| δ,
 // δ < 0.026 % the largest relative rounding of an NF4 level. Cost on SmolLM2-135M: see
 // docs/performance.md. quantized_linear (and its op groups, the fused gate·up) takes it by
-// default at T <= 4 (decode) for int4 on AVX-512 VNNI and AVX2 builds and for NF4 on AVX2 builds
-// (the AVX-512 file has no NF4 q8 kernel; int8 decode is memory-bound and measured no faster on
-// it); MINFER_QUANT_ACT=f32 turns it off, =q8 forces it for int8, int4 and NF4 at every T and on
-// every build (the reference runs where no SIMD kernel is), to measure its perplexity cost.
-// quantized_linear_q8 runs it at any T (T > 4: tiles of 16 rows kept in cache while every group
-// of 4 tokens passes; each row computed as in decode); the reference computes
-// the same codes and exact block sums, combining them in f32 in block order. Both throw for
-// weights without the path (quantized_has_q8_path false).
+// default at T <= 4 (decode) for int4 on AVX2 builds (every group size; g32 has its own kernel)
+// and on AVX-512 VNNI builds (groups on whole 64-weight chunks only: g32 / g96 have no AVX-512
+// kernel and keep f32 activations there), and for NF4 on AVX2 builds (the AVX-512 file has no NF4
+// q8 kernel; int8 decode is memory-bound and measured no faster on it); MINFER_QUANT_ACT=f32 turns
+// it off, =q8 forces it for int8, int4 and NF4 at every T and on every build (the reference runs
+// where no SIMD kernel is), to measure its perplexity cost. quantized_linear_q8 runs it at any T
+// (T > 4: tiles of 16 rows kept in cache while every group of 4 tokens passes; each row computed
+// as in decode); the reference computes the same codes and exact block sums, combining them in f32
+// in block order. Both throw for weights without the path (quantized_has_q8_path false).
 bool quantized_has_q8_path(const Quantized& w, int64_t K);
 // The q8 path's activation quantizer (SIMD where built): q [T, Kp] codes (zero past K), d [T,
 // Kp / 32] block scales; bit for bit qm::quantize_act_block(x block, n, 32, ...) per block.
@@ -78,7 +79,8 @@ void quantized_linear_q8(const Quantized& w, const float* x, int64_t T, int64_t 
 void quantized_linear_q8_ref(const Quantized& w, const float* x, int64_t T, int64_t ldx, float* y,
                              int64_t ldy, int64_t K, int64_t N);
 // Which activations quantized_linear, its op groups and the fused gate·up use for int8 / int4 /
-// NF4: Auto (q8 at T <= 4 for int4 on AVX-512 VNNI and AVX2 builds, for NF4 on AVX2), F32
+// NF4: Auto (q8 at T <= 4 for int4 on AVX2 builds and, groups on 64-weight chunks, on AVX-512
+// VNNI builds; for NF4 on AVX2), F32
 // (never), Q8 (every T). Read once from
 // MINFER_QUANT_ACT (auto | f32 | q8; anything else is an error naming the variable);
 // set_quantized_act_path overrides it for the whole process (tests, A/B in one binary).

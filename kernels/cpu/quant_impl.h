@@ -41,6 +41,10 @@ struct QArgs {
   float offset = 0;
   const Span* spans = nullptr;  // [nspans] in order, covering [0, Kp)
   int64_t nspans = 0;
+  // Every span starts and ends on a 64-weight chunk (one scale per row or tensor, or groups a
+  // multiple of 64); false for groups of an odd number of 32s (32, 96, ...), where the two halves
+  // of a chunk may belong to different groups.
+  bool chunk_spans = true;
   const float* xp = nullptr;  // [T, Kp] x copied, zero padded past K (decode kernels only)
   // Rows interleaved by il (Quantized::interleave): chunk c (64 weights, cb = 8 * bits bytes) of
   // row n at codes + (n - n % il) * rb + (c * il + n % il) * cb; int8 codes then hold u - 128.
@@ -174,15 +178,18 @@ void simd_decode_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* 
 void simd_dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst);
 #endif
 #if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
-// The q8 path (int8 / int4 weights, and NF4 on AVX2; spans on 64-weight chunks; a.xq, a.xd, a.xs
-// set): rows n0..n1 of y[T, N] for T in 1..4, single-threaded. Each int32 lane holds an exact
-// integer sum Σ w q over 4 weights of one block of 32 (w = u - z, or the NF4 level
-// qm::nf4_level(u)); the lanes times the block scales accumulate in f32, times the weight scale at
-// the end of each span, the sum times QArgs::q8_out_factor. AVX-512 VNNI: one vpdpbusd per chunk
-// and token of the unsigned codes with the activation codes, started from -z Σq (a.xs); NF4 is
-// not on it (the reference runs, MINFER_QUANT_ACT=q8 only). AVX2: vpmaddubsw of |w| with q
-// carrying w's sign, then vpmaddwd by 1 (llama.cpp's Q4_0 · Q8_0 trick; no int16 sum saturates:
-// |w| <= 128, |q| <= 127); NF4 as 128 · hi + lo, two such products.
+// The q8 path (int8 / int4 weights, and NF4 on AVX2; a.xq, a.xd, a.xs set): rows n0..n1 of
+// y[T, N] for T in 1..4, single-threaded. Each int32 lane holds an exact integer sum Σ w q over 4
+// weights of one block of 32 (w = u - z, or the NF4 level qm::nf4_level(u)); the lanes times the
+// block scales accumulate in f32, times the weight scale at the end of each span, the sum times
+// QArgs::q8_out_factor. AVX-512 VNNI: one vpdpbusd per chunk and token of the unsigned codes with
+// the activation codes, started from -z Σq (a.xs); spans on 64-weight chunks only
+// (a.chunk_spans) and no NF4 (for the others the reference runs, MINFER_QUANT_ACT=q8 only). AVX2:
+// vpmaddubsw of |w| with q carrying w's sign, then vpmaddwd by 1 (llama.cpp's Q4_0 · Q8_0 trick;
+// no int16 sum saturates: |w| <= 128, |q| <= 127); NF4 as 128 · hi + lo, two such products. AVX2
+// with groups of an odd number of 32s (!a.chunk_spans: g32, g96): each half of a chunk is one
+// block of 32 in one group, its lanes times d_block · s_group (and its own zero point), as
+// llama.cpp's Q4_1 · Q8_1 dot product scales each block of 32.
 void simd_decode_rows_q8(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy);
 // x [T, K] to the q8 path's activations (QArgs::xq / xd / xs layouts): the codes and scales of
 // qm::quantize_act_block per block of 32, bit for bit.
