@@ -84,7 +84,7 @@ void prefill_sgemm(const float* x, int64_t T, int64_t ldx, const float* w, bool 
 // tiles (the previous 256 KB, 32 rows at K = 1536) paid it 18 times for SmolLM2's down projection
 // against 2 for the f32 column tiles. And unequal shares leave one thread waiting (N = 576 on 2
 // threads: 5 tiles of 112 rows and one of 16, i.e. ~336 rows on one thread and ~240 on the other).
-// Measured in docs/performance.md ("fp16 prefill tiles").
+// Measured in docs/performance.md ("fp16 prefill: one weight tile per thread").
 using TileFill = void (*)(const void* ctx, int64_t n0, int64_t nr, float* dst);
 // At most this many bytes of f32 per tile (4 L2s of this Zen 3, 1/16 of its L3), unless 16 rows
 // are larger.
