@@ -35,7 +35,7 @@ Linear random_linear(const std::string& fmt, int64_t N, int64_t K, uint32_t seed
   Linear d = make_dense("w", w, K, N);
   if (fmt == "f32") return d;
   QuantSpec s;
-  s.method = fmt == "fp16" ? "f16" : fmt;
+  s.method = fmt;
   return quantize_linear(d, s);
 }
 

@@ -413,6 +413,57 @@ TEST_CASE("ops: prefill GEMMs give the same bits whatever number of threads the 
     }
 }
 
+// Tiles of converted / dequantized rows (F16, BF16, quantized formats): one per thread where it
+// fits in kPrefillTileBytes (2 MB of f32), so x is packed as few times as by the f32 column tiles
+// and the threads get equal work; more where not. Expected counts worked out by hand.
+TEST_CASE("ops: prefill weight tiles are one per thread for SmolLM2's shapes, equal shares else") {
+  auto tiles = [](int64_t N, int64_t K, int threads) {
+    const int64_t rows = prefill_tile_rows(N, K, threads);
+    CHECK(rows % 16 == 0);
+    CHECK(rows * K * 4 <= kPrefillTileBytes);
+    return (N + rows - 1) / rows;
+  };
+  // SmolLM2-135M on 2 threads: q / o 576 x 576, k / v 192 x 576, gate / up 1536 x 576 (768 rows
+  // of 2304 B = 1.77 MB per thread), down 576 x 1536 (288 rows of 6144 B = 1.77 MB).
+  for (auto [N, K] : {std::pair<int64_t, int64_t>{576, 576}, {192, 576}, {1536, 576}, {576, 1536}})
+    CHECK(tiles(N, K, 2) == 2);
+  CHECK(prefill_tile_rows(576, 576, 2) == 288);
+  CHECK(tiles(1536, 576, 3) == 3);
+  CHECK(prefill_tile_rows(1536, 576, 3) == 512);
+  // Its tied head, 49152 x 576: 24576 rows per thread, <= 910 rows per 2 MB tile -> 28 tiles of
+  // 878 rows each, rounded to 880: 56 tiles, 28 per thread.
+  CHECK(prefill_tile_rows(49152, 576, 2) == 880);
+  CHECK(tiles(49152, 576, 2) == 56);
+  // 600 x 2048 (<= 256 rows per tile): 1 thread 3 tiles of 200 -> 208 rows; 2 threads 2 x 2 of 160.
+  CHECK(prefill_tile_rows(600, 2048, 1) == 208);
+  CHECK(prefill_tile_rows(600, 2048, 2) == 160);
+  // Tiny or huge: at least 16 rows; fewer rows than threads still one tile.
+  CHECK(prefill_tile_rows(5, 64, 4) == 16);
+  CHECK(prefill_tile_rows(40, 1 << 20, 2) == 16);
+}
+
+// Several tiles per thread, the last one short (600 x 2048: 208 + 208 + 184 rows on 1 thread,
+// 3 x 160 + 120 on 2): every tile's rows land in their own columns of y.
+TEST_CASE("ops: prefill weight tiles, several per thread, match the reference") {
+  const int64_t T = 9, K = 2048, N = 600;
+  for (DType dt : {DType::F16, DType::BF16}) {
+    CAPTURE(dtype_name(dt));
+    Tensor w = randn({N, K}, 41, 0.5f, dt);
+    Tensor x = randn({T, K}, 42);
+    std::vector<float> ref(size_t(T * N));
+    dense_linear_ref(w, false, x.data<float>(), T, ref.data(), K, N);
+    const Linear lin = make_dense("w", w, K, N, false);
+    for (int threads : {1, 2}) {
+      CAPTURE(threads);
+      auto be = make_cpu_backend(threads);
+      set_prefill_gemm_path(PrefillGemm::Tiles);
+      Tensor y = Tensor::empty(DType::F32, {T, N});
+      be->linear(y, x, lin);
+      CHECK(max_abs_diff(y.data<float>(), ref.data(), T * N) < 1e-3f);
+    }
+  }
+}
+
 TEST_CASE("ops: prefill GEMM column tiles match the reference and one OpenBLAS sgemm") {
   for (DType dt : {DType::F32, DType::F16})
     for (bool tr : {false, true})

@@ -76,12 +76,18 @@ void prefill_sgemm(const float* x, int64_t T, int64_t ldx, const float* w, bool 
   });
 }
 
+int64_t prefill_tile_rows(int64_t N, int64_t K, int threads) {
+  const int64_t nt = std::max(1, threads);
+  const int64_t cap = std::max<int64_t>(16, kPrefillTileBytes / 4 / K / 16 * 16);
+  const int64_t per = (N + nt - 1) / nt;    // one thread's rows
+  const int64_t m = (per + cap - 1) / cap;  // tiles per thread
+  return round_up((per + m - 1) / m, 16);
+}
+
 void prefill_tiles_sgemm(const float* x, int64_t T, int64_t ldx, TileFill fill, const void* ctx,
                          float* y, int64_t ldy, int64_t K, int64_t N) {
-  const int nt = pool_threads();  // configured, not active: the tiles must not follow the load
-  // <= 256 KB of f32 per tile (half of a 512 KB-1 MB L2), at least one tile per thread.
-  const int64_t cap = std::max<int64_t>(16, (int64_t(1) << 16) / K / 16 * 16);
-  const int64_t rows = std::min(cap, round_up((N + nt - 1) / nt, 16));
+  // Configured threads, not active: the tiles (and so the results) must not follow the load.
+  const int64_t rows = prefill_tile_rows(N, K, pool_threads());
   const int64_t tiles = (N + rows - 1) / rows;
   prefill_for(tiles, prefill_threads(tiles), [&](int64_t i, int) {
     thread_local std::vector<float> tile;

@@ -75,10 +75,26 @@ void prefill_sgemm(const float* x, int64_t T, int64_t ldx, const float* w, bool 
                    float* y, int64_t ldy, int64_t K, int64_t N);
 
 // The same with W made one tile at a time: fill(ctx, n0, nr, dst) writes W's rows n0 .. n0+nr-1
-// as f32 [nr, K] into dst (a dequantized or converted copy); tiles of at most ~256 KB, so a tile
-// stays in the core's L2 between its fill and its sgemm. Used by the F16/BF16 and quantized
+// as f32 [nr, K] into dst (a dequantized or converted copy), then one single-threaded sgemm per
+// tile. Tiles of prefill_tile_rows(N, K, pool_threads()) rows. Used by the F16/BF16 and quantized
 // formats' prefill.
+//
+// Why these tiles: every sgemm call packs all of x ([T, K], 1.2 MB at T = 512, K = 576; 3.1 MB at
+// K = 1536) once, so a tile's cost has a part proportional to T·K whatever its row count; small
+// tiles (the previous 256 KB, 32 rows at K = 1536) paid it 18 times for SmolLM2's down projection
+// against 2 for the f32 column tiles. And unequal shares leave one thread waiting (N = 576 on 2
+// threads: 5 tiles of 112 rows and one of 16, i.e. ~336 rows on one thread and ~240 on the other).
+// Measured in docs/performance.md ("fp16 prefill: one weight tile per thread").
 using TileFill = void (*)(const void* ctx, int64_t n0, int64_t nr, float* dst);
+// At most this many bytes of f32 per tile (4 L2s of this Zen 3, 1/16 of its L3), unless 16 rows
+// are larger.
+constexpr int64_t kPrefillTileBytes = int64_t(2) << 20;
+// Rows per tile for N output rows of K inputs on `threads` configured threads (< 1: 1): each
+// thread's share ceil(N / threads) cut into the fewest tiles of <= kPrefillTileBytes (at least 16
+// rows), rounded up to a multiple of 16 (the sgemm kernels' widths). So each thread gets the same
+// number m of tiles, all of one size but the last (which the rounding may shorten or leave out).
+// Requires N, K > 0.
+int64_t prefill_tile_rows(int64_t N, int64_t K, int threads);
 void prefill_tiles_sgemm(const float* x, int64_t T, int64_t ldx, TileFill fill, const void* ctx,
                          float* y, int64_t ldy, int64_t K, int64_t N);
 

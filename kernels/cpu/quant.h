@@ -14,8 +14,8 @@
 //   T <= 4 (decode): one pass over W in storage order, each weight byte read once; one thread
 //     below 64K weights, else every thread on a contiguous block of rows.
 //   4 < T < 16: tiles of 16 rows kept in cache while every group of 4 x rows passes over them.
-//   T >= 16 (prefill): W dequantized one L2-sized tile of rows at a time into f32, then sgemm;
-//     tiles spread over the threads.
+//   T >= 16 (prefill): W dequantized one tile of rows (<= 2 MB of f32, an equal share per
+//     thread; kernels/cpu/prefill_gemm.h) at a time into f32, then sgemm.
 // The matrix is never dequantized as a whole.
 // Files: quant.cpp (dispatch, scalar path, prefill), quant_avx512.cpp, quant_avx2.cpp,
 // quant_impl.h.
