@@ -341,15 +341,19 @@ void q8_row(int64_t n, const QArgs& a, const Nf4Tables& tb, float* y, int64_t ld
 }
 
 // int4 and NF4 with groups on whole 64-weight chunks (g64, g128, per row or tensor; NF4 b64,
-// b128, double-quantized scales): one pass over the row's chunks with two f32 accumulators per
-// token for the whole row, each 32-weight half times d_block · s_group (as q8_row_g32). q8_row's
-// span loop (accumulators per span, added into the row's sum times s once per span) ran int4 g128
-// slower per call than g32 with its two extra multiplies per chunk.
-// The integer sums: the unsigned codes go into vpmaddubsw as they are and the zero point leaves in
-// int16, per pair of weights: Σ (u - z) q = Σ u q - Σ z q, the second a vpmaddubsw of z with q
-// (|Σ u q|, |Σ z q| <= 2 · 15 · 127 per pair: no saturation, exact). NF4 levels (qm::nf4_level =
-// 128 · hi + lo) enter as 128 · ((hi + 64) - 64) + lo, hi + 64 in 0..128 unsigned (pairs <= 2 · 128
-// · 127). The int32 lanes are q8_row's: the exact Σ of 4 consecutive weights.
+// b128, double-quantized scales), the same sums as q8_row in the same f32 order (so bit for bit its
+// outputs) with less work per chunk:
+// - the unsigned codes go into vpmaddubsw as they are and the zero point leaves in int16, per pair
+//   of weights: Σ (u - z) q = Σ u q - Σ z q, the second a vpmaddubsw of z with q (|Σ u q|, |Σ z q|
+//   <= 2 · 15 · 127 per pair: no saturation, exact), instead of the sign trick's vpsubb, vpabsb and
+//   vpsignb; NF4 levels (qm::nf4_level = 128 · hi + lo) enter as 128 · ((hi + 64) - 64) + lo, hi +
+//   64 in 0..128 unsigned (pairs <= 2 · 128 · 127). The int32 lanes are q8_row's: the exact Σ of 4
+//   consecutive weights;
+// - one flat loop over the row's chunks, a group's sums folded into the row's (times s) when its
+//   last chunk is done, instead of a loop per span.
+// Tried: two accumulators for the whole row with each half times d_block · s_group (q8_row_g32's
+// order): 5-10 % faster again per call, but another f32 order, so greedy outputs and q8 perplexity
+// move (docs/performance.md, "int4 g128 and NF4 on the AVX2 q8 path").
 template <QScheme S, bool ASYM, int R>
 void q8_row_u(int64_t n, const QArgs& a, float* y, int64_t ldy) {
   static_assert(S == QScheme::Int4 || S == QScheme::NF4);
@@ -364,13 +368,11 @@ void q8_row_u(int64_t n, const QArgs& a, float* y, int64_t ldy) {
   const Nf4Tables tb;
   const __m256i thi = _mm256_add_epi8(tb.hi, _mm256_set1_epi8(64));
   const __m256i zsym = _mm256_set1_epi8(S == QScheme::NF4 ? 64 : 8);
-  __m256 acc[R][2];
-  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  __m256 acc[R][2], f[R];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = f[r] = _mm256_setzero_ps();
   int64_t g = 0, j = 0;  // the group of chunk ci, and ci's place in it
   for (int64_t ci = 0; ci < nc; ++ci, c += cs) {
-    const __m256 sv = _mm256_set1_ps(plain ? s[g] : a.scale(n, g));
     const __m256i zv = ASYM ? _mm256_set1_epi8(char(z[g])) : zsym;
-    if (++j == cpg && g + 1 < ng) j = 0, ++g;  // the last group takes the padding chunks
     const __m256i b = _mm256_loadu_si256((const __m256i*)c);
     const __m256i u0 = _mm256_and_si256(b, m), u1 = _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
     __m256i l0, l1, h0, h1;
@@ -398,14 +400,22 @@ void q8_row_u(int64_t n, const QArgs& a, float* y, int64_t ldy) {
         p0 = _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(u0, q0), z0), one);
         p1 = _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(u1, q1), z1), one);
       }
-      acc[r][0] =
-          _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_mul_ps(_mm256_loadu_ps(d), sv), acc[r][0]);
-      acc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_mul_ps(_mm256_loadu_ps(d + 8), sv),
-                                  acc[r][1]);
+      acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_loadu_ps(d), acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_loadu_ps(d + 8), acc[r][1]);
+    }
+    if (++j == cpg && g + 1 < ng) {  // group g done (the last one, with the padding, below)
+      const __m256 sv = _mm256_set1_ps(plain ? s[g] : a.scale(n, g));
+      for (int r = 0; r < R; ++r) {
+        f[r] = _mm256_fmadd_ps(_mm256_add_ps(acc[r][0], acc[r][1]), sv, f[r]);
+        acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+      }
+      j = 0, ++g;
     }
   }
+  const __m256 sl = _mm256_set1_ps(plain ? s[g] : a.scale(n, g));
   for (int r = 0; r < R; ++r)
-    y[r * ldy + n] = hsum256(_mm256_add_ps(acc[r][0], acc[r][1])) * a.q8_out_factor();
+    y[r * ldy + n] =
+        hsum256(_mm256_fmadd_ps(_mm256_add_ps(acc[r][0], acc[r][1]), sl, f[r])) * a.q8_out_factor();
 }
 
 // The same for spans that split chunks (!a.chunk_spans: groups of an odd number of 32s, g32 the
