@@ -352,8 +352,9 @@ void q8_row(int64_t n, const QArgs& a, const Nf4Tables& tb, float* y, int64_t ld
 // - one flat loop over the row's chunks, a group's sums folded into the row's (times s) when its
 //   last chunk is done, instead of a loop per span.
 // Tried: two accumulators for the whole row with each half times d_block · s_group (q8_row_g32's
-// order): 5-10 % faster again per call, but another f32 order, so greedy outputs and q8 perplexity
-// move (docs/performance.md, "int4 g128 and NF4 on the AVX2 q8 path").
+// order): ~8 % faster for NF4 b64 (which folds after every chunk here), no faster for int4 g128,
+// and another f32 order, so greedy outputs and q8 perplexity move (docs/performance.md, "int4 g128
+// and NF4 on the AVX2 q8 path: one pass per row").
 template <QScheme S, bool ASYM, int R>
 void q8_row_u(int64_t n, const QArgs& a, float* y, int64_t ldy) {
   static_assert(S == QScheme::Int4 || S == QScheme::NF4);
