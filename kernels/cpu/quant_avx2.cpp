@@ -310,7 +310,7 @@ struct Q8Chunk {
 };
 
 // One weight row n against tokens 0..R of a.xq (any row layout: a.row_base / chunk_stride), spans
-// on whole chunks (a.chunk_spans).
+// on whole chunks (a.chunk_spans): int8 (int4 and NF4 take q8_row_u below).
 template <QScheme S, bool SGN, int R>
 void q8_row(int64_t n, const QArgs& a, const Nf4Tables& tb, float* y, int64_t ldy) {
   const uint8_t* wr = a.row_base(n);
@@ -338,6 +338,85 @@ void q8_row(int64_t n, const QArgs& a, const Nf4Tables& tb, float* y, int64_t ld
       f[r] = _mm256_fmadd_ps(_mm256_add_ps(acc[r][0], acc[r][1]), s, f[r]);
   }
   for (int r = 0; r < R; ++r) y[r * ldy + n] = hsum256(f[r]) * a.q8_out_factor();
+}
+
+// int4 and NF4 with groups on whole 64-weight chunks (g64, g128, per row or tensor; NF4 b64,
+// b128, double-quantized scales), the same sums as q8_row in the same f32 order (so bit for bit its
+// outputs) with less work per chunk:
+// - the unsigned codes go into vpmaddubsw as they are and the zero point leaves in int16, per pair
+//   of weights: Σ (u - z) q = Σ u q - Σ z q, the second a vpmaddubsw of z with q (|Σ u q|, |Σ z q|
+//   <= 2 · 15 · 127 per pair: no saturation, exact), instead of the sign trick's vpsubb, vpabsb and
+//   vpsignb; NF4 levels (qm::nf4_level = 128 · hi + lo) enter as 128 · ((hi + 64) - 64) + lo, hi +
+//   64 in 0..128 unsigned (pairs <= 2 · 128 · 127). The int32 lanes are q8_row's: the exact Σ of 4
+//   consecutive weights;
+// - one flat loop over the row's chunks, a group's sums folded into the row's (times s) when its
+//   last chunk is done, instead of a loop per span.
+// Tried: two accumulators for the whole row with each half times d_block · s_group (q8_row_g32's
+// order): ~8 % faster for NF4 b64 (which folds after every chunk here), no faster for int4 g128,
+// and another f32 order, so greedy outputs and q8 perplexity move (docs/performance.md, "int4 g128
+// and NF4 on the AVX2 q8 path: one pass per row").
+template <QScheme S, bool ASYM, int R>
+void q8_row_u(int64_t n, const QArgs& a, float* y, int64_t ldy) {
+  static_assert(S == QScheme::Int4 || S == QScheme::NF4);
+  const uint8_t* c = a.row_base(n);
+  const int64_t cs = a.chunk_stride(), nc = a.Kp / 64, ng = a.groups;
+  const int64_t cpg = std::max<int64_t>(1, a.G / 64);  // chunks per group (groups > 1: G % 64 == 0)
+  const bool plain = a.scales && !a.per_tensor;        // else a.scale(): per tensor, double quant
+  const float* s = plain ? a.scales + n * ng : nullptr;
+  const uint8_t* z = ASYM ? a.zeros + n * ng : nullptr;
+  const __m256i m = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi16(1);
+  const __m256i h128 = _mm256_set1_epi16(128);
+  const Nf4Tables tb;
+  const __m256i thi = _mm256_add_epi8(tb.hi, _mm256_set1_epi8(64));
+  const __m256i zsym = _mm256_set1_epi8(S == QScheme::NF4 ? 64 : 8);
+  __m256 acc[R][2], f[R];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = f[r] = _mm256_setzero_ps();
+  int64_t g = 0, j = 0;  // the group of chunk ci, and ci's place in it
+  for (int64_t ci = 0; ci < nc; ++ci, c += cs) {
+    const __m256i zv = ASYM ? _mm256_set1_epi8(char(z[g])) : zsym;
+    const __m256i b = _mm256_loadu_si256((const __m256i*)c);
+    const __m256i u0 = _mm256_and_si256(b, m), u1 = _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
+    __m256i l0, l1, h0, h1;
+    if constexpr (S == QScheme::NF4) {
+      l0 = _mm256_shuffle_epi8(tb.lo, u0);
+      l1 = _mm256_shuffle_epi8(tb.lo, u1);
+      h0 = _mm256_shuffle_epi8(thi, u0);
+      h1 = _mm256_shuffle_epi8(thi, u1);
+    }
+    for (int r = 0; r < R; ++r) {
+      const int8_t* q = a.xq + r * a.Kp + 64 * ci;
+      const float* d = a.xd + (r * nc + ci) * 16;  // lanes 0..7: block 0's scale, 8..15: 1's
+      const __m256i q0 = _mm256_loadu_si256((const __m256i*)q);
+      const __m256i q1 = _mm256_loadu_si256((const __m256i*)(q + 32));
+      const __m256i z0 = _mm256_maddubs_epi16(zv, q0), z1 = _mm256_maddubs_epi16(zv, q1);
+      __m256i p0, p1;
+      if constexpr (S == QScheme::NF4) {
+        p0 = _mm256_add_epi32(
+            _mm256_madd_epi16(_mm256_maddubs_epi16(l0, q0), one),
+            _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(h0, q0), z0), h128));
+        p1 = _mm256_add_epi32(
+            _mm256_madd_epi16(_mm256_maddubs_epi16(l1, q1), one),
+            _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(h1, q1), z1), h128));
+      } else {
+        p0 = _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(u0, q0), z0), one);
+        p1 = _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(u1, q1), z1), one);
+      }
+      acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_loadu_ps(d), acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_loadu_ps(d + 8), acc[r][1]);
+    }
+    if (++j == cpg && g + 1 < ng) {  // group g done (the last one, with the padding, below)
+      const __m256 sv = _mm256_set1_ps(plain ? s[g] : a.scale(n, g));
+      for (int r = 0; r < R; ++r) {
+        f[r] = _mm256_fmadd_ps(_mm256_add_ps(acc[r][0], acc[r][1]), sv, f[r]);
+        acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+      }
+      j = 0, ++g;
+    }
+  }
+  const __m256 sl = _mm256_set1_ps(plain ? s[g] : a.scale(n, g));
+  for (int r = 0; r < R; ++r)
+    y[r * ldy + n] =
+        hsum256(_mm256_fmadd_ps(_mm256_add_ps(acc[r][0], acc[r][1]), sl, f[r])) * a.q8_out_factor();
 }
 
 // The same for spans that split chunks (!a.chunk_spans: groups of an odd number of 32s, g32 the
@@ -451,11 +530,22 @@ struct G32Row {
     q8_row_g32<R>(n, a, y, ldy);
   }
 };
+template <QScheme S, bool ASYM, int R>
+struct URow {
+  static void run(int64_t n, const QArgs& a, const Nf4Tables&, float* y, int64_t ldy) {
+    q8_row_u<S, ASYM, R>(n, a, y, ldy);
+  }
+};
 template <QScheme S, bool SGN>
 void q8_rows_t(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy) {
-  if (S == QScheme::Int4 && a.G == 32 && a.groups > 1 && a.scales && !a.per_tensor)
-    q8_rows_r<S, SGN, G32Row>(a, T, n0, n1, y, ldy);
-  else if (a.chunk_spans)
+  if constexpr (S != QScheme::Int8) {
+    if (S == QScheme::Int4 && a.G == 32 && a.groups > 1 && a.scales && !a.per_tensor)
+      return q8_rows_r<S, SGN, G32Row>(a, T, n0, n1, y, ldy);
+    if (a.chunk_spans && a.zeros)  // asymmetric int4 (NF4 has no zero points)
+      return q8_rows_r<S, S == QScheme::Int4, URow>(a, T, n0, n1, y, ldy);
+    if (a.chunk_spans) return q8_rows_r<S, false, URow>(a, T, n0, n1, y, ldy);
+  }
+  if (a.chunk_spans)
     q8_rows_r<S, SGN, ChunkRow>(a, T, n0, n1, y, ldy);
   else
     q8_rows_r<S, SGN, BlockRow>(a, T, n0, n1, y, ldy);
