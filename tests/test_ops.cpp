@@ -386,11 +386,14 @@ TEST_CASE("ops: prefill attention in query blocks matches the reference and the 
 
 // The load back-off lets fewer threads take part when other processes keep the cores busy; the
 // results must not change with it (a model saved and reloaded on a busy machine must give the same
-// logits as the one in memory). Bits compared, dense f32 (column tiles) and f16 (dequantized tiles).
+// logits as the one in memory). Bits compared, dense f32 (column tiles) and f16 (dequantized
+// tiles).
 TEST_CASE("ops: prefill GEMMs give the same bits whatever number of threads the load leaves") {
   for (DType dt : {DType::F32, DType::F16})
-    for (auto [T, K, N] : {std::tuple<int64_t, int64_t, int64_t>{37, 64, 64}, {24, 70, 203},
-                           {9, 576, 193}, {16, 32, 100}}) {
+    for (auto [T, K, N] : {std::tuple<int64_t, int64_t, int64_t>{37, 64, 64},
+                           {24, 70, 203},
+                           {9, 576, 193},
+                           {16, 32, 100}}) {
       CAPTURE(dtype_name(dt));
       CAPTURE_BINDING(T);
       CAPTURE_BINDING(K);

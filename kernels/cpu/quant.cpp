@@ -138,11 +138,11 @@ void dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst) {
 
 // Prefill: W dequantized one tile of rows at a time into the calling thread's f32 buffer
 // (prefill_tile_rows: <= 2 MB, an equal share per thread) and multiplied by sgemm; tiles are
-// spread over the threads and each sgemm runs on its own thread (OpenBLAS does not fork inside an OpenMP region). The lookups cost
-// once per tile instead of once per group of x rows.
+// spread over the threads and each sgemm runs on its own thread (OpenBLAS does not fork inside an
+// OpenMP region). The lookups cost once per tile instead of once per group of x rows.
 void linear_tiles_sgemm(const QArgs& a, const float* x, int64_t T, int64_t ldx, float* y,
                         int64_t ldy, int64_t N) {
-  if (prefill_gemm_path() == PrefillGemm::Tiles) {  // on the pool's active thread count
+  if (prefill_gemm_path() == PrefillGemm::Tiles) {  // tiles by the configured thread count
     prefill_tiles_sgemm(
         x, T, ldx,
         [](const void* c, int64_t n0, int64_t nr, float* dst) {
