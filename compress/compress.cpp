@@ -68,6 +68,8 @@ const char* kind_word(MethodKind k) {
       return "quantizes";
     case MethodKind::LowRank:
       return "factorizes";
+    case MethodKind::Rotate:
+      return "rotates";
     case MethodKind::Prune:
     case MethodKind::Structured:
       return "prunes";
@@ -137,6 +139,11 @@ Linear apply_step(const Linear& l, const MethodSpec& s, const ActStats* stats) {
       MINFER_FAIL(
           "tensor '{}': '{}' is a whole-model step (prune_structured, "
           "compress/structured.h), not a per-Linear one",
+          l.name, method_spec_name(s));
+    case MethodKind::Rotate:
+      MINFER_FAIL(
+          "tensor '{}': '{}' is a whole-model step (rotate_model, compress/rotate.h), not a "
+          "per-Linear one",
           l.name, method_spec_name(s));
     case MethodKind::Gptq:
       MINFER_CHECK(!std::holds_alternative<LowRank>(l.repr),
@@ -240,7 +247,8 @@ Linear apply_step(const Linear& l, const MethodSpec& s, const ActStats* stats) {
 std::string storage_method(const CompressSpec& s) {
   for (auto it = s.steps.rbegin(); it != s.steps.rend(); ++it) {
     const MethodKind k = it->info().kind;
-    if (k != MethodKind::Structured && k != MethodKind::Prune) return it->method;
+    if (k != MethodKind::Structured && k != MethodKind::Prune && k != MethodKind::Rotate)
+      return it->method;
   }
   return "f32";
 }
@@ -489,10 +497,12 @@ bool sparse_value_format(const std::string& f) {
 
 Linear compress_linear(const Linear& l, const CompressSpec& spec, const ActStats* stats) {
   Linear q = l;
-  // Structured steps were applied to the whole model already (compress/structured.h).
+  // Structured and rotate steps were applied to the whole model already (compress/structured.h,
+  // compress/rotate.h).
   std::vector<MethodSpec> steps;
   for (const MethodSpec& step : spec.steps)
-    if (step.info().kind != MethodKind::Structured) steps.push_back(step);
+    if (step.info().kind != MethodKind::Structured && step.info().kind != MethodKind::Rotate)
+      steps.push_back(step);
   size_t i = 0;
   for (; i < steps.size() && steps[i].is_prune(); ++i) q = apply_step(q, steps[i], stats);
   if (i == 0) {
@@ -694,12 +704,22 @@ void validate_compress_spec(const CompressSpec& s) {
                    "model and must come before '{}'",
                    compress_spec_name(s), method_spec_name(s.steps[i]),
                    method_spec_name(s.steps[k]));
+  // A rotation runs after the structured steps and before every per-Linear one (run in that
+  // order by the tools: prune_structured, then rotate_model), once.
+  for (size_t i = 0; i < s.steps.size(); ++i)
+    for (size_t k = 0; k < i && s.steps[i].info().kind == MethodKind::Rotate; ++k)
+      MINFER_CHECK(s.steps[k].info().kind == MethodKind::Structured,
+                   "compression chain '{}': '{}' rotates the float model and must come before "
+                   "'{}' (only head / neuron / block removal may come before it)",
+                   compress_spec_name(s), method_spec_name(s.steps[i]),
+                   method_spec_name(s.steps[k]));
   for (size_t i = 0; i < s.steps.size(); ++i) {
     // Order: structured steps (whole model), prune steps, at most one low-rank step, then at
     // most one quantizer (or float conversion), which comes last: each takes float weights.
     auto stage = [](MethodKind k) {
       switch (k) {
         case MethodKind::Structured:
+        case MethodKind::Rotate:
           return 0;
         case MethodKind::Prune:
           return 1;
@@ -759,6 +779,11 @@ CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats
   MINFER_CHECK(m.backend().name() == "cpu",
                "compress: weights are converted on the CPU backend (model is on '{}')",
                m.backend().name());
+  for (const MethodSpec& step : spec.steps)
+    MINFER_CHECK(step.info().kind != MethodKind::Rotate || m.rotated(),
+                 "{}: the model has not been rotated; run rotate_for_spec (compress/rotate.h) "
+                 "after the structured steps and before calibrating",
+                 compress_spec_name(spec));
   std::vector<std::pair<std::string, CompressSpec>> keep;
   for (const auto& [pat, format] : spec.keep) {
     MINFER_CHECK(!pat.empty(), "--keep: empty pattern (expected PATTERN=FORMAT)");

@@ -63,6 +63,10 @@ constexpr MethodInfo kMethods[] = {
      "energy)"},
     {"lowrank-aw", MethodKind::LowRank, kOptRank,
      "SVD-LLM: SVD whitened by the calibration inputs' XtX (output error, not weight error)"},
+    {"rotate", MethodKind::Rotate, kOptR1,
+     "QuaRot-style random orthogonal rotation of the residual stream and of each attention head "
+     "(-r1: the stream only, -r2: the heads only), folded into the weights; goes first, e.g. "
+     "rotate+int4-gptq"},
     {"kmeans", MethodKind::Codebook, kOptBits | kOptGroup | kOptWeighted,
      "kmeans<b> (b = 2..8): 2^b k-means centroids per row (-g<N>: per group), -weighted: by "
      "calibration E[x^2]"},
@@ -180,6 +184,10 @@ void validate_method_spec(const MethodSpec& s) {
   MINFER_CHECK(!s.awq_scales || (m.options & kOptAwq),
                "method '{}': AWQ channel scales (-awq) are an int4-gptq / int3-gptq option",
                s.method);
+  MINFER_CHECK((s.rotate_heads && s.rotate_stream) || (m.options & kOptR1),
+               "method '{}': -r1 / -r2 (the residual stream / the heads only) are rotate options",
+               s.method);
+  MINFER_CHECK(s.rotate_heads || s.rotate_stream, "method '{}': nothing left to rotate", s.method);
   MINFER_CHECK(!s.smooth || (m.options & kOptSmooth),
                "method '{}': SmoothQuant (-sq) is a w8a8 option", s.method);
   MINFER_CHECK(!s.smooth || s.static_act,
@@ -337,8 +345,9 @@ MethodSpec method_spec_from_name(const std::string& name) {
       MINFER_CHECK(p.size() < 4, "{}: parameter reduction '{}' is out of range (1..99 %)", name, p);
       s.lowrank.percent = std::stoi(p);
       MINFER_CHECK(s.lowrank.percent >= 1, "{}: parameter reduction must be 1..99 %, got 0", name);
-    } else if (p.size() > 1 && p[0] == 'r' && std::all_of(p.begin() + 1, p.end(), ::isdigit)) {
-      need(kOptRank, p, "a lowrank");
+    } else if (p.size() > 1 && p[0] == 'r' && std::all_of(p.begin() + 1, p.end(), ::isdigit) &&
+               !((p == "r1" || p == "r2") && (m.options & kOptR1))) {
+      need(kOptRank, p, p == "r1" || p == "r2" ? "a lowrank (rank) or a rotate" : "a lowrank");
       MINFER_CHECK(p.size() < 10, "{}: rank '{}' is out of range", name, p);
       s.lowrank.rank = std::stoll(p.substr(1));
       MINFER_CHECK(s.lowrank.rank >= 1, "{}: rank must be >= 1, got 0", name);
@@ -399,6 +408,10 @@ MethodSpec method_spec_from_name(const std::string& name) {
       s.refit = p.size() == 5 ? 1 : std::stoi(p.substr(5));
       MINFER_CHECK(s.refit >= 1 && s.refit <= 16, "{}: -refit<R> takes 1..16 rounds, got {}", name,
                    s.refit);
+    } else if (p == "r1" || p == "r2") {
+      need(kOptR1, p, "a rotate");
+      MINFER_CHECK(s.rotate_heads && s.rotate_stream, "{}: give at most one of -r1, -r2", name);
+      (p == "r1" ? s.rotate_heads : s.rotate_stream) = false;
     } else if (p == "sq") {
       need(kOptSmooth, p, "a w8a8-static");
       s.smooth = true;
@@ -409,8 +422,7 @@ MethodSpec method_spec_from_name(const std::string& name) {
       MINFER_FAIL(
           "compression method '{}': unknown option '{}' (options: -g<N>, -asym, -dq, "
           "-tensor, -row, -static, -weighted, -sq, -clip, -act, -awq, -seq, -refit; lowrank: -<P>, "
-          "-r<N>, "
-          "-e<E>)",
+          "-r<N>, -e<E>; rotate: -r1, -r2)",
           name, p);
     }
   }
@@ -449,6 +461,8 @@ std::string method_spec_name(const MethodSpec& s) {
   if (s.refit == 1) n += "-refit";
   if (s.refit > 1) n += fmt::format("-refit{}", s.refit);
   if (s.sequential) n += "-seq";
+  if (s.method == "rotate" && !s.rotate_heads) n += "-r1";
+  if (s.method == "rotate" && !s.rotate_stream) n += "-r2";
   if (s.amount >= 0) n += fmt::format("-{:g}", s.amount);
   if (s.lowrank.percent) n += fmt::format("-{}", s.lowrank.percent);
   if (s.lowrank.rank) n += fmt::format("-r{}", s.lowrank.rank);

@@ -43,6 +43,8 @@ enum class MethodKind : uint8_t {
   LowRank,      // float weights -> LowRank with f32 factors (lowrank, lowrank-aw); a later
                 // Float / WeightQuant step converts each factor and keeps the LowRank
   Codebook,     // float weights -> Codebook (kmeans<b>: k-means weight sharing), comes last
+  Rotate,       // whole-model orthogonal change of basis folded into the weights (rotate:
+                // QuaRot / SpinQuant, compress/rotate.h); after structured steps, before the rest
 };
 
 // Option suffixes a method accepts (bit set).
@@ -65,6 +67,7 @@ enum MethodOption : unsigned {
   kOptSequential = 1u << 15,  // -seq: GPTQ true-sequential (each block's XᵀX from the model
                               // whose earlier blocks are already quantized)
   kOptRefit = 1u << 16,       // -refit: GPTQ group scales refitted by least squares to the codes
+  kOptR1 = 1u << 17,          // -r1 / -r2: rotate the residual stream only / the heads only
 };
 
 struct MethodInfo {
@@ -102,6 +105,8 @@ struct MethodSpec {
   int refit = 0;       // -gptq: rounds of least-squares scale refit (-refit: 1, -refit<R>: R)
   double alpha = -1;   // SmoothQuant α (-1 = 0.5), AWQ α (-1 = grid search); [0, 1]
   double damp = 0.01;  // GPTQ dampening λ / mean(diag H), (0, 1)
+  bool rotate_stream = true;  // rotate: the residual stream (R1); -r2: the heads only
+  bool rotate_heads = true;   // rotate: the per-head V / O rotation (R2); -r1: the stream only
 
   const MethodInfo& info() const;  // throws for an unregistered name
   bool is_prune() const { return info().kind == MethodKind::Prune; }

@@ -73,10 +73,16 @@ class Model {
   // embedding table is counted once.
   size_t weight_bytes() const;
 
+  // Set by compress/rotate.h's rotate_model: the weights hold an orthogonal change of basis, so a
+  // chain with a rotate step may be compressed (and calibrated) on this model.
+  bool rotated() const { return rotated_; }
+  void set_rotated() { rotated_ = true; }
+
  protected:
   Model(ModelConfig cfg, Backend& be) : cfg_(std::move(cfg)), be_(&be) {}
   ModelConfig cfg_;
   Backend* be_;
+  bool rotated_ = false;
 };
 
 // A contiguous [rows, cols] view at the start of a run-state buffer: a layer narrower than the

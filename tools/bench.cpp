@@ -31,6 +31,7 @@
 #include "app/model_hub.h"
 #include "app/report.h"
 #include "compress/compress.h"
+#include "compress/rotate.h"
 #include "compress/structured.h"
 #include "engine/cpu_load.h"
 #include "engine/progress.h"
@@ -279,6 +280,7 @@ json compress_child(const Options& o, const std::string& work, const std::string
                                 std::min(o.calib_len, m.config().max_pos), false);
   }
   Model& mc = *lm.model;
+  rotate_for_spec(mc, spec);  // before calibration (compress/rotate.h)
   ActStats stats;
   const ActStats* sp = nullptr;
   std::vector<int32_t> ids;  // calibration tokens (GPTQ -seq runs its windows again per block)

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "app/model_hub.h"
+#include "compress/rotate.h"
 #include "compress/structured.h"
 #include "models/eval.h"
 #include "models/loader.h"
@@ -215,6 +216,10 @@ int main(int argc, char** argv) {
                  "{}: head / neuron / block removal is calibrated on causal LMs only, and '{}' is "
                  "a '{}' model",
                  compress_spec_name(spec), resolved, lm.model->config().model_type);
+    // A rotation (compress/rotate.h) before any calibration: the data-aware steps see the rotated
+    // model's activations. With structured steps it runs after them (below).
+    RotateReport rot;
+    if (!structured) rot = rotate_for_spec(*lm.model, spec);
     ActStats stats;
     const ActStats* sp = nullptr;
     std::vector<int32_t> ids;  // the calibration text's tokens (causal LMs)
@@ -235,8 +240,10 @@ int main(int argc, char** argv) {
         sp = &stats;
       }
       if (!encoder) ids = lm.tokenizer->encode(ss.str(), true);
-      if (structured)  // whole-model steps first: the quantizers see the smaller model
+      if (structured) {  // whole-model steps first: the quantizers see the smaller model
         lm.model = prune_structured(*lm.model, spec, ids, calib_samples, calib_len, !quiet);
+        rot = rotate_for_spec(*lm.model, spec);  // then a rotation (compress/rotate.h)
+      }
       if (!encoder && (spec.uses_calibration() || !structured)) {
         const double tc = tool::now_s();
         stats = calibrate(*lm.model, ids, calib_samples, calib_len, !quiet, gram);
@@ -270,6 +277,9 @@ int main(int argc, char** argv) {
                           {"smooth_seconds", r.smooth_seconds},
                           {"sequential_calibration_seconds", r.sequential_seconds},
                           {"smooth_alpha", r.smooth_alpha},
+                          {"rotation_dim", rot.dim},
+                          {"rotation_head_dim", rot.head_dim},
+                          {"rotation_seconds", rot.seconds},
                           {"seconds", secs},
                           {"peak_rss_mb", tool::peak_rss_mb()}};
       nlohmann::json ts = nlohmann::json::array();
@@ -304,6 +314,11 @@ int main(int argc, char** argv) {
     if (r.sequential_seconds > 0)
       std::printf("true-sequential calibration: %.1f s (each block run on the kept windows)\n",
                   r.sequential_seconds);
+    if (rot.dim > 0 || rot.head_dim > 0)
+      std::printf("rotation:%s%s, %d linears, %.1f s%s\n",
+                  rot.dim ? fmt::format(" residual stream {0} x {0}", rot.dim).c_str() : "",
+                  rot.head_dim ? fmt::format(" heads {0} x {0}", rot.head_dim).c_str() : "",
+                  rot.linears, rot.seconds, rot.untied ? "; the tied head is now lm_head" : "");
     if (r.smooth_sites > 0) {
       std::map<double, int> hist;  // α -> consumers
       for (const auto& [name, a] : r.smooth_alpha) ++hist[a];
