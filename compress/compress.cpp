@@ -97,8 +97,18 @@ Linear step_on_factors(const Linear& l, const LowRank& lr, const MethodSpec& s) 
   return make_linear(l.name, l.in, l.out, std::move(q), l.bias);
 }
 
-// One step of a chain applied to one Linear.
+Linear apply_step_raw(const Linear& l, const MethodSpec& s, const ActStats* stats);
+
+// One step of a chain applied to one Linear; -f16s rounds the scales of the result (of each
+// factor of a LowRank, done by the step on the factors).
 Linear apply_step(const Linear& l, const MethodSpec& s, const ActStats* stats) {
+  Linear out = apply_step_raw(l, s, stats);
+  if (s.quant.f16_scales)
+    if (Quantized* q = std::get_if<Quantized>(&out.repr)) use_f16_scales(*q, out.name);
+  return out;
+}
+
+Linear apply_step_raw(const Linear& l, const MethodSpec& s, const ActStats* stats) {
   const std::vector<float>* absmax = nullptr;
   if (stats) {
     auto it = stats->absmax.find(l.name);

@@ -17,13 +17,13 @@ constexpr MethodInfo kMethods[] = {
     {"f32", MethodKind::Float, 0, "32-bit float weights (the reference)"},
     {"fp16", MethodKind::Float, 0, "IEEE half-precision weights, f32 compute"},
     {"bf16", MethodKind::Float, 0, "bfloat16 weights, f32 compute"},
-    {"int8", MethodKind::WeightQuant, kOptGroup | kOptTensor,
+    {"int8", MethodKind::WeightQuant, kOptGroup | kOptTensor | kOptF16Scales,
      "int8 absmax per output row (-tensor: per tensor, -g<N>: per group)"},
-    {"int4", MethodKind::WeightQuant, kOptGroup | kOptAsym | kOptClip,
+    {"int4", MethodKind::WeightQuant, kOptGroup | kOptAsym | kOptClip | kOptF16Scales,
      "int4 per group of 128 (-g32/-g64), symmetric or -asym with zero points, -clip: scale search"},
-    {"int3", MethodKind::WeightQuant, kOptGroup | kOptClip,
+    {"int3", MethodKind::WeightQuant, kOptGroup | kOptClip | kOptF16Scales,
      "3-bit codes -4..3 per group of 128, packed 3 bits each (3.25 bits/w), -clip"},
-    {"nf4", MethodKind::WeightQuant, kOptGroup | kOptDq | kOptClip,
+    {"nf4", MethodKind::WeightQuant, kOptGroup | kOptDq | kOptClip | kOptF16Scales,
      "NormalFloat-4 (QLoRA) per block of 64, -dq: double-quantized scales (4.127 bits/w)"},
     {"binary", MethodKind::WeightQuant, 0, "sign(w) * mean|w| per row (1 bit/w)"},
     {"ternary", MethodKind::WeightQuant, kOptRow,
@@ -44,18 +44,20 @@ constexpr MethodInfo kMethods[] = {
     {"wanda", MethodKind::Prune, kOptSparsity,
      "prune by |w| * ||x||_2 per row (Sun et al. 2023; calibration), <pct> or N:M (wanda-2:4)"},
     {"int4-gptq", MethodKind::Gptq,
-     kOptGroup | kOptActOrder | kOptClip | kOptAwq | kOptAsym | kOptSequential | kOptRefit,
+     kOptGroup | kOptActOrder | kOptClip | kOptAwq | kOptAsym | kOptSequential | kOptRefit |
+         kOptF16Scales,
      "GPTQ: int4 per group of 128 (-g<N>), rounding errors compensated on calibration XtX, "
      "-act: act-order, -clip: scale search, -awq: AWQ channel scales folded first, -asym: zero "
      "points, -seq: true-sequential calibration (each block's XtX with the earlier blocks "
      "quantized), -refit: each row's group scales refitted to its codes by least squares on XtX "
      "(-refit<R>: R rounds of sweep and refit)"},
-    {"int8-gptq", MethodKind::Gptq, kOptGroup | kOptActOrder | kOptSequential | kOptRefit,
+    {"int8-gptq", MethodKind::Gptq,
+     kOptGroup | kOptActOrder | kOptSequential | kOptRefit | kOptF16Scales,
      "GPTQ: int8 per output row (-g<N>: per group), -act, -seq, -refit"},
     {"int3-gptq", MethodKind::Gptq,
-     kOptGroup | kOptActOrder | kOptClip | kOptAwq | kOptSequential | kOptRefit,
+     kOptGroup | kOptActOrder | kOptClip | kOptAwq | kOptSequential | kOptRefit | kOptF16Scales,
      "GPTQ at 3 bits (packed codes -4..3, 3.25 bits/w at g128), -act, -clip, -awq, -seq, -refit"},
-    {"int4-awq", MethodKind::Gptq, kOptGroup | kOptAsym,
+    {"int4-awq", MethodKind::Gptq, kOptGroup | kOptAsym | kOptF16Scales,
      "AWQ: int4 per group of 128 with input-channel scales searched on calibration and folded "
      "into the previous norm / linear, then a scale (clip) search (-asym: zero points)"},
     {"lowrank", MethodKind::LowRank, kOptRank,
@@ -161,6 +163,10 @@ void validate_method_spec(const MethodSpec& s) {
   }
   MINFER_CHECK(!s.quant.asymmetric || (m.options & kOptAsym),
                "method '{}': asymmetric (zero points) is an int4 option", s.method);
+  MINFER_CHECK(!s.quant.f16_scales || (m.options & kOptF16Scales),
+               "method '{}': fp16 scales (-f16s) are an int8 / int4 / int3 / nf4 option", s.method);
+  MINFER_CHECK(!s.quant.f16_scales || (!s.quant.double_quant && s.quant.per_channel),
+               "method '{}': -f16s stores per-group scales; not with -dq or -tensor", s.method);
   MINFER_CHECK(!s.quant.double_quant || (m.options & kOptDq),
                "method '{}': double quantization is an nf4 option", s.method);
   MINFER_CHECK(s.quant.per_channel || (m.options & kOptTensor),
@@ -408,6 +414,9 @@ MethodSpec method_spec_from_name(const std::string& name) {
       s.refit = p.size() == 5 ? 1 : std::stoi(p.substr(5));
       MINFER_CHECK(s.refit >= 1 && s.refit <= 16, "{}: -refit<R> takes 1..16 rounds, got {}", name,
                    s.refit);
+    } else if (p == "f16s") {
+      need(kOptF16Scales, p, "an int8 / int4 / int3 / nf4 (and their -gptq / -awq)");
+      s.quant.f16_scales = true;
     } else if (p == "r1" || p == "r2") {
       need(kOptR1, p, "a rotate");
       MINFER_CHECK(s.rotate_heads && s.rotate_stream, "{}: give at most one of -r1, -r2", name);
@@ -422,7 +431,7 @@ MethodSpec method_spec_from_name(const std::string& name) {
       MINFER_FAIL(
           "compression method '{}': unknown option '{}' (options: -g<N>, -asym, -dq, "
           "-tensor, -row, -static, -weighted, -sq, -clip, -act, -awq, -seq, -refit; lowrank: -<P>, "
-          "-r<N>, -e<E>; rotate: -r1, -r2)",
+          "-r<N>, -e<E>; rotate: -r1, -r2; -f16s)",
           name, p);
     }
   }
@@ -452,6 +461,7 @@ std::string method_spec_name(const MethodSpec& s) {
                      s.quant.group > 0 ? s.quant.group : qscheme_info(scheme_of(s)).default_group);
   if (s.quant.asymmetric) n += "-asym";
   if (s.quant.double_quant) n += "-dq";
+  if (s.quant.f16_scales) n += "-f16s";
   if (s.method == "ternary" && s.quant.ternary_per_row) n += "-row";
   if (s.method == "w8a8" && s.static_act) n += "-static";
   if (s.smooth) n += "-sq";

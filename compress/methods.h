@@ -68,6 +68,7 @@ enum MethodOption : unsigned {
                               // whose earlier blocks are already quantized)
   kOptRefit = 1u << 16,       // -refit: GPTQ group scales refitted by least squares to the codes
   kOptR1 = 1u << 17,          // -r1 / -r2: rotate the residual stream only / the heads only
+  kOptF16Scales = 1u << 18,   // -f16s: group scales rounded to and stored as fp16
 };
 
 struct MethodInfo {

@@ -353,4 +353,23 @@ Distortion measure(const Linear& ref, const Linear& q) {
   return r;
 }
 
+void use_f16_scales(Quantized& q, const std::string& name) {
+  MINFER_CHECK(
+      q.scales.defined() && !q.scale_codes.defined() && !q.per_tensor,
+      "tensor '{}': fp16 scales (-f16s) need one f32 scale per group (not double-quantized "
+      "or per-tensor scales)",
+      name);
+  Tensor s = Tensor::empty(DType::F32, q.scales.shape(), q.scales.ndim());
+  const float* src = q.scales.data<float>();
+  float* dst = s.data<float>();
+  for (int64_t i = 0; i < s.numel(); ++i) {
+    MINFER_CHECK(std::fabs(src[i]) <= 65504.f,
+                 "tensor '{}': scale {} of group {} is beyond fp16's range (65504); drop -f16s",
+                 name, src[i], i);
+    dst[i] = f16_to_f32(f32_to_f16(src[i]));
+  }
+  q.scales = s;
+  q.f16_scales = true;
+}
+
 }  // namespace minfer

@@ -29,12 +29,19 @@ struct QuantSpec {
   bool asymmetric = false;       // int4: min/max with an integer zero point
   bool double_quant = false;     // nf4: 8-bit, block-256, mean-offset block scales (QLoRA)
   bool ternary_per_row = false;  // ternary: mean|w| per output row instead of per tensor
+  bool f16_scales = false;       // -f16s: scales rounded to fp16 after quantization, stored as F16
 };
 
 // `dense` must be a Dense F32/F16/BF16 Linear ([out, in], or [in, out] when transposed, which is
 // transposed first). Bias and name carry over. Non-finite weights are rejected with their
 // position.
 Linear quantize_linear(const Linear& dense, const QuantSpec& spec);
+
+// -f16s: rounds every scale of q to the nearest fp16 value (round to nearest even) and marks it
+// stored as F16 (Quantized::f16_scales); the codes are kept, so each weight moves by at most
+// 2^-11 of its value. Throws naming `name` for double-quantized or per-tensor scales, or a scale
+// beyond fp16's range (|s| > 65504).
+void use_f16_scales(Quantized& q, const std::string& name);
 
 // LLM.int8() (Dettmers et al. 2022, arXiv:2208.07339; struct: engine/formats/llm_int8.h). W becomes
 // int8 absmax per output row, quantized from all of W. `act_absmax` (optional, [in]: max |x| per

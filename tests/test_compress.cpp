@@ -11,6 +11,7 @@
 #include <random>
 
 #include "compress/compress.h"
+#include "engine/half.h"
 #include "engine/safetensors.h"
 #include "models/model.h"
 #include "test_util.h"
@@ -352,4 +353,71 @@ TEST_CASE("compress: broken compressed folders fail with the tensor and what was
   CHECK(is_compressed_folder(good.string()));
   save_compressed(*m, nullptr, good.string(), spec, /*force=*/true);
   CHECK(load_model(good.string(), *be) != nullptr);
+}
+
+TEST_CASE("compress: -f16s keeps the codes, rounds the scales to fp16 and stores them as F16") {
+  auto be = make_cpu_backend(2);
+  const std::vector<int32_t> ids = some_ids(12, 97);
+  for (std::string base : {"int4-g32-asym", "int4-g32", "int8"}) {
+    CAPTURE(base);
+    auto ma = load_model(kFix + "llama", *be), mb = load_model(kFix + "llama", *be);
+    const CompressSpec sa = compress_spec_from_name(base),
+                       sb = compress_spec_from_name(base + "-f16s");
+    CHECK(compress_spec_name(sb) == compress_spec_name(sa) + "-f16s");
+    compress_model(*ma, sa, nullptr, false);
+    compress_model(*mb, sb, nullptr, false);
+    const std::vector<Linear*> la = ma->linears(), lb = mb->linears();
+    int checked = 0;
+    for (size_t i = 0; i < la.size(); ++i) {
+      if (la[i]->name == "lm_head.weight") continue;  // the head: int8 by default, f32 scales
+      CAPTURE(la[i]->name);
+      const Quantized &qa = std::get<Quantized>(la[i]->repr),
+                      &qb = std::get<Quantized>(lb[i]->repr);
+      CHECK(same_bytes(qa.codes, qb.codes));
+      CHECK(same_bytes(qa.zeros, qb.zeros));
+      REQUIRE(qa.scales.numel() == qb.scales.numel());
+      for (int64_t k = 0; k < qa.scales.numel(); ++k) {
+        // The nearest fp16 value (round to nearest even), computed here through the F16C path.
+        const float want = f16_to_f32(f32_to_f16(qa.scales.data<float>()[k]));
+        REQUIRE(qb.scales.data<float>()[k] == want);
+      }
+      CHECK(linear_format(*lb[i]) == linear_format(*la[i]) + "-f16s");
+      CHECK(la[i]->weight_bytes() - lb[i]->weight_bytes() == size_t(2 * qa.scales.numel()));
+      ++checked;
+    }
+    CHECK(checked == 7 * int(ma->config().n_layers));
+    // fp16 scales move each weight by at most 2^-11 of its scale's step: the logits barely move.
+    const std::vector<float> ya = run_logits(*ma, ids), yb = run_logits(*mb, ids);
+    float amax = 0;
+    for (float v : ya) amax = std::max(amax, std::fabs(v));
+    CHECK(max_diff(ya, yb) < 2e-3f * amax);
+    CHECK(max_diff(ya, yb) > 0.f);  // something was rounded
+
+    // Saved as F16 in the file, loaded back to the same F32 values and logits.
+    test::TempDir dir("f16s");
+    const std::string out = dir / "model";
+    save_compressed(*mb, nullptr, out, sb);
+    auto file = SafetensorsFile::open(out + "/model.safetensors");
+    const std::string probe = "model.layers.0.self_attn.q_proj.weight.scales";
+    REQUIRE(file->has(probe));
+    CHECK(file->get(probe).dtype() == DType::F16);
+    CHECK(file->get("lm_head.weight.scales").dtype() == DType::F32);
+    auto back = load_model(out, *be);
+    CHECK(max_diff(run_logits(*back, ids), yb) == 0.f);
+    CHECK(back->weight_bytes() == mb->weight_bytes());
+    const size_t bytes = size_t(fs::file_size(fs::path(out) / "model.safetensors"));
+    CHECK(bytes >= mb->weight_bytes());
+    CHECK(bytes < mb->weight_bytes() + 64 * 1024);
+    for (size_t i = 0; i + 1 < la.size(); ++i)
+      CHECK(linear_format(*back->linears()[i]) == linear_format(*lb[i]));
+  }
+  // Where there is no per-group f32 scale to round, or the method has none.
+  for (const char* bad : {"nf4-dq-f16s", "int8-tensor-f16s", "binary-f16s", "kmeans4-f16s",
+                          "fp16-f16s", "w8a8-f16s"}) {
+    CAPTURE(bad);
+    CHECK_THROWS_AS(compress_spec_from_name(bad), Error);
+  }
+  CHECK_THROWS_WITH_AS(compress_spec_from_name("nf4-dq-f16s"), doctest::Contains("-f16s"), Error);
+  CHECK(compress_spec_name(compress_spec_from_name("int4-gptq-g64-asym-f16s")) ==
+        "int4-gptq-g64-asym-f16s");
 }

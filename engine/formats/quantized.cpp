@@ -6,6 +6,7 @@
 
 #include "engine/error.h"
 #include "engine/formats/meta.h"
+#include "engine/half.h"
 #include "kernels/common/quant_math.h"
 
 namespace minfer {
@@ -78,6 +79,9 @@ void FormatTraits<Quantized>::check(const Quantized& q, int64_t in, int64_t out,
                  q.scales.defined() ? dtype_name(q.scales.dtype()) : "undefined",
                  q.scales.defined() ? q.scales.shape_str() : "");
   }
+  MINFER_CHECK(!q.f16_scales || (!dq && !q.per_tensor),
+               "quantized '{}' ({}): fp16 scales are defined for per-group / per-row scales only",
+               name, s);
   if (q.asymmetric)
     MINFER_CHECK(q.zeros.defined() && q.zeros.dtype() == DType::U8 &&
                      q.zeros.numel() == out * groups && q.zeros.is_contiguous(),
@@ -197,8 +201,10 @@ void FormatTraits<Quantized>::dequantize(const Quantized& q, int64_t in, int64_t
 }
 
 size_t FormatTraits<Quantized>::bytes(const Quantized& q) {
-  return q.codes.nbytes() + q.scales.nbytes() + q.zeros.nbytes() + q.scale_codes.nbytes() +
-         q.scale_scales.nbytes() + (q.scale_codes.defined() ? sizeof(float) : 0);
+  // fp16 scales: 2 bytes each as stored (F32 in memory for the kernels).
+  return q.codes.nbytes() + q.scales.nbytes() / (q.f16_scales ? 2 : 1) + q.zeros.nbytes() +
+         q.scale_codes.nbytes() + q.scale_scales.nbytes() +
+         (q.scale_codes.defined() ? sizeof(float) : 0);
 }
 
 std::string FormatTraits<Quantized>::format(const Quantized& q, int64_t in) {
@@ -210,6 +216,7 @@ std::string FormatTraits<Quantized>::format(const Quantized& q, int64_t in) {
     s += fmt::format("-g{}", q.group);
   if (q.asymmetric) s += "-asym";
   if (q.scale_codes.defined()) s += "-dq";
+  if (q.f16_scales) s += "-f16s";
   return s;
 }
 
@@ -272,7 +279,13 @@ void FormatTraits<Quantized>::save(const Quantized& q, const std::string& name, 
   } else {
     sink.put(name + ".codes", q.codes);
   }
-  sink.put(name + ".scales", q.scales);
+  if (q.f16_scales) {
+    Tensor h = Tensor::empty(DType::F16, q.scales.shape(), q.scales.ndim());
+    f32_to_f16_n(q.scales.data<float>(), h.data<uint16_t>(), size_t(q.scales.numel()));
+    sink.put(name + ".scales", h);
+  } else {
+    sink.put(name + ".scales", q.scales);
+  }
   sink.put(name + ".zeros", q.zeros);
   sink.put(name + ".scale_codes", q.scale_codes);
   sink.put(name + ".scale_scales", q.scale_scales);
@@ -300,6 +313,14 @@ Quantized FormatTraits<Quantized>::load(const TensorSource& src, const std::stri
     q.codes = int3_from_file(q.codes, in, out, name);
   }
   q.scales = src.maybe(name + ".scales");
+  if (q.scales.defined() && q.scales.dtype() == DType::F16) {  // -f16s: F32 in memory
+    Tensor f = Tensor::empty(DType::F32, q.scales.shape(), q.scales.ndim());
+    MINFER_CHECK(q.scales.is_contiguous(), "quantized '{}': '{}.scales' is not contiguous", name,
+                 name);
+    f16_to_f32_n(q.scales.data<uint16_t>(), f.data<float>(), size_t(q.scales.numel()));
+    q.scales = f;
+    q.f16_scales = true;
+  }
   q.zeros = src.maybe(name + ".zeros");
   q.scale_codes = src.maybe(name + ".scale_codes");
   q.scale_scales = src.maybe(name + ".scale_scales");

@@ -38,6 +38,9 @@ struct Quantized {
   // scales and zero points keep their [out, groups] layout. save() and the CUDA upload read the
   // row layout (quantized_row_major).
   int32_t interleave = 1;
+  // Scales rounded to fp16 and stored as F16 in the file (4 + 16/G bits/w for int4 instead of
+  // 4 + 32/G); in memory they stay F32 (the kernels read F32), holding fp16-representable values.
+  bool f16_scales = false;
 };
 
 // Row n's codes in the row layout (Kp * bits / 8 bytes): a pointer into `codes` (interleave 1) or
