@@ -113,10 +113,12 @@ TRAINLIB := $(LIBDIR)/libminfer-train.a
 TOOLS    := $(TOOL_SRC:tools/%.cpp=$(BINDIR)/%)
 TESTBIN  := $(BINDIR)/minfer-tests
 # The unit tests without the app layer (model fetching, reports: libzip/OpenSSL), without the
-# real-model runs and without training (train/, libminfer-train.a: portable C++ over the CPU ops,
-# outside the C API library): what a cross build runs under emulation (scripts/ci-arm.sh,
-# docs/ci.md). The native and sanitizer suites run every file.
-UNIT_TEST_SRC := $(filter-out tests/test_model_hub.cpp tests/test_report.cpp tests/test_real_models.cpp tests/test_train.cpp tests/test_train_%.cpp tests/test_cuda_emu_train.cpp,$(TEST_SRC))
+# real-model runs, without training (train/, libminfer-train.a: portable C++ over the CPU ops,
+# outside the C API library) and without the CUDA emulation's own tests (test_cuda_emu.cpp: the
+# emulation is portable C++ with no SIMD; the CPU kernels it is compared with have their own
+# tests): what a cross build runs under emulation (scripts/ci-arm.sh, docs/ci.md). The native
+# and sanitizer suites run every file.
+UNIT_TEST_SRC := $(filter-out tests/test_model_hub.cpp tests/test_report.cpp tests/test_real_models.cpp tests/test_train.cpp tests/test_train_%.cpp tests/test_cuda_emu.cpp tests/test_cuda_emu_train.cpp,$(TEST_SRC))
 UNITBIN  := $(BINDIR)/minfer-unit-tests
 # The CUDA backend's sources compiled as C++ against the CPU emulation of CUDA (kernels/cuda/emu/),
 # linked into the test binary only: `make test` runs every CUDA kernel without a GPU.
@@ -224,7 +226,9 @@ $(TESTBIN): $(TEST_OBJ) $(CUEMU_OBJ) $(TRAINLIB) $(APPLIB) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CXX) $(LDFLAGS) $(TEST_OBJ) $(CUEMU_OBJ) $(TRAINLIB) $(APPLIB) $(LIB) $(LDLIBS) $(APP_LIBS) -o $@
 
-# The CUDA emulation without its training ops (kernels/cuda/train_*: only the training tests call them).
+# The CUDA emulation without its training ops (kernels/cuda/train_*: only the training tests call
+# them). The unit binary still links it: the format round trip (test_formats.cpp) runs each format
+# on the emulated CUDA backend too.
 UNIT_CUEMU_OBJ := $(filter-out $(OBJDIR)/cuda-emu/kernels/cuda/train_%,$(CUEMU_OBJ))
 $(UNITBIN): $(UNIT_TEST_SRC:%.cpp=$(OBJDIR)/%.o) $(UNIT_CUEMU_OBJ) $(LIB)
 	@mkdir -p $(dir $@)

@@ -41,22 +41,23 @@ MINFER_BIN=build/bin MINFER_CAPI_TINY_ONLY=1 timeout 600 "${QEMU[@]}" build-arm/
 t2=$(date +%s)
 echo "arm: test-capi under qemu $((t2 - t1)) s"
 
-# The doctest unit suite (every format, kernel, tokenizer, reader, the CUDA kernels under their
-# emulation) built for aarch64: the portable scalar paths where x86 runs SIMD. MINFER_TEST_QUICK:
-# the tokenizer sweeps take the first 500 WikiText lines, not the whole file (minutes under qemu),
-# the format round trip runs the emulated CUDA backend on each format's first shape only, and the
-# quant repacked-layout and op-group sweeps take 4 token counts on 3 threads (every format and
-# shape). Not in the aarch64 unit binary (Makefile UNIT_TEST_SRC): the training tests
-# (test_train_*.cpp, test_cuda_emu_train.cpp; train/ is portable C++ over the CPU ops those
-# kernels' own tests check here, checkpoints are safetensors, and it is not part of libminfer).
-# Skipped under qemu only (docs/ci.md): cases that run no architecture-specific code (the CUDA
-# emulation and the Jinja interpreter are portable C++, no SIMD) and took the longest under qemu
-# (seconds of one run, qemu sharing a loaded machine). Each still runs natively in `make test` and
-# under ASan + UBSan in `make asan-test`. The other CUDA-emulation cases stay, so the emulated
-# kernels are still built and checked on aarch64.
+# The doctest unit suite (every format, kernel, tokenizer, reader) built for aarch64: the portable
+# scalar paths where x86 runs SIMD. MINFER_TEST_QUICK: the tokenizer sweeps take the first 500
+# WikiText lines, not the whole file (minutes under qemu), the format round trip runs the emulated
+# CUDA backend on each format's first shape only, the quant repacked-layout and op-group sweeps
+# take 4 token counts on 3 threads, the q8 sweeps and the SIMD-vs-scalar case fewer token counts
+# (every format and shape). Not in the aarch64 unit binary (Makefile UNIT_TEST_SRC): the training
+# tests (test_train_*.cpp, test_cuda_emu_train.cpp; train/ is portable C++ over the CPU ops those
+# kernels' own tests check here, checkpoints are safetensors, and it is not part of libminfer) and
+# the CUDA emulation's own tests (test_cuda_emu.cpp: the emulation is portable C++ without SIMD,
+# compared there with CPU kernels that have their own tests here; the emulated kernels are still
+# built for aarch64 and run in the format round trip and the GGML block cases). Skipped under qemu
+# only (docs/ci.md): a case that runs no architecture-specific code (the Jinja interpreter is
+# portable C++, no SIMD) and took long under qemu (seconds of one run, qemu sharing a loaded
+# machine). All of these still run natively in `make test` and under ASan + UBSan in
+# `make asan-test`.
 QEMU_SKIP=(
-  "cuda-emu: the tiny-model fixtures' forwards equal the CPU backend" # 199 s: whole models
-  "chat template: deep nesting and long inputs stay bounded"          # 23 s: interpreter limits
+  "chat template: deep nesting and long inputs stay bounded" # 23 s: interpreter limits
 )
 # The suite runs as TEST_JOBS qemu processes at a time (default: every core), one per test file
 # and one per case of the long files (scripts/test-shards.sh); logs under build-arm/test-logs.
