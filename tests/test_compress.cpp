@@ -411,6 +411,18 @@ TEST_CASE("compress: -f16s keeps the codes, rounds the scales to fp16 and stores
     for (size_t i = 0; i + 1 < la.size(); ++i)
       CHECK(linear_format(*back->linears()[i]) == linear_format(*lb[i]));
   }
+  // A scale beyond fp16's range is refused by name, not written as inf (the kind of
+  // ../bugs/compress-fp16-overflow): int8 of weights up to 1e7 has scales near 78740 > 65504.
+  {
+    Tensor w = Tensor::empty(DType::F32, {4, 64});
+    for (int64_t i = 0; i < w.numel(); ++i) w.data<float>()[i] = (i % 2 ? 1e7f : -3.f);
+    const Linear l = make_dense("big.weight", w, 64, 4);
+    const std::string e =
+        test::error_of([&] { compress_linear(l, compress_spec_from_name("int8-f16s"), nullptr); });
+    CHECK(e.find("'big.weight'") != std::string::npos);
+    CHECK(e.find("65504") != std::string::npos);
+    CHECK_NOTHROW(compress_linear(l, compress_spec_from_name("int8"), nullptr));
+  }
   // Where there is no per-group f32 scale to round, or the method has none.
   for (const char* bad : {"nf4-dq-f16s", "int8-tensor-f16s", "binary-f16s", "kmeans4-f16s",
                           "fp16-f16s", "w8a8-f16s"}) {
