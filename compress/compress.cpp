@@ -856,7 +856,9 @@ CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats
   rep.smooth_seconds = smooth_seconds;
   rep.smooth_alpha = std::move(smooth_alpha);
   rep.bytes_before = bytes_before;
-  // Parameters of the model as it is (a tied head counted once with its table).
+  // Parameters of the model as it is (a tied head counted once with its table). A rotation
+  // unties the head (E diag(γ) Q is not the table E Q) but adds no parameter of the source model,
+  // so a rotated model with tied embeddings counts its head once too: bits/w stay comparable.
   int64_t params = 0, lin_params = 0;
   size_t lin_bytes = 0;
   {
@@ -865,10 +867,12 @@ CompressReport compress_model(Model& m, const CompressSpec& spec, const ActStats
       params += t.t->numel();
       if (t.embedding) seen.push_back(t.t->raw());
     }
+    const bool untied_by_rotation = m.rotated() && m.config().tie_embeddings;
     for (const Linear* w : m.linears()) {
       const Dense* d = std::get_if<Dense>(&w->repr);
-      if (!(d && std::find(seen.begin(), seen.end(), d->w.raw()) != seen.end()))
-        params += w->in * w->out;
+      const bool tied = (d && std::find(seen.begin(), seen.end(), d->w.raw()) != seen.end()) ||
+                        (untied_by_rotation && w->name == kHeadName);
+      if (!tied) params += w->in * w->out;
       params += w->bias.defined() ? w->bias.numel() : 0;
     }
   }

@@ -164,6 +164,19 @@ TEST_CASE("rotate: chained with a quantizer, saved and loaded back") {
     // A plain folder: the head is its own tensor now.
     CHECK_FALSE(back->config().tie_embeddings);
   }
+  // The untied head is not a new parameter of the source model: the same parameter count and
+  // bits/w as the unrotated chain (whose int8 head is untied from the fp16 table as well).
+  {
+    auto a = load_model(dir, *be), b = load_model(dir, *be);
+    const CompressReport ra = compress_model(*a, compress_spec_from_name("int8"), nullptr, false);
+    const CompressSpec sb = compress_spec_from_name("rotate+int8");
+    rotate_for_spec(*b, sb);
+    const CompressReport rb = compress_model(*b, sb, nullptr, false);
+    CHECK(rb.params == ra.params);
+    CHECK(rb.bytes_after == ra.bytes_after);
+    CHECK(rb.bits_per_weight == ra.bits_per_weight);
+    CHECK(rb.linear_bpw == ra.linear_bpw);
+  }
   // rotate+f32 is the f32 model (up to rounding): the same logits as the fixture itself.
   auto m0 = load_model(dir, *be);
   auto r = load_model(tmp / "rotate+f32", *be);
