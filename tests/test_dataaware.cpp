@@ -14,6 +14,7 @@
 #include "engine/backend.h"
 #include "engine/safetensors.h"
 #include "kernels/common/quant_math.h"
+#include "model_util.h"
 #include "models/eval.h"
 #include "models/model.h"
 #include "test_util.h"
@@ -41,23 +42,6 @@ double agree(const Tensor& got, const Tensor& ref) {
     same += std::fabs(got.data<float>()[i] - ref.data<float>()[i]) <=
             1e-5f * std::fabs(ref.data<float>()[i]) + 1e-7f;
   return double(same) / double(got.numel());
-}
-
-std::vector<float> logits(Model& m, const std::vector<int32_t>& ids) {
-  RunState s = m.new_state(int64_t(ids.size()), int64_t(ids.size()));
-  Tensor t = m.forward(s, ids.data(), int64_t(ids.size()), true);
-  std::vector<float> v(size_t(t.numel()));
-  m.backend().to_host(t, v.data());
-  return v;
-}
-
-double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / den);
 }
 
 }  // namespace
@@ -168,7 +152,7 @@ TEST_CASE("dataaware: AWQ and SmoothQuant folding keep the f32 logits; int3 runs
   auto be = make_cpu_backend(2);
   const std::vector<int32_t> ids = some_ids(12, 97);
   auto ref = load_model("tests/fixtures/parity/llama", *be);
-  const std::vector<float> y0 = logits(*ref, ids);
+  const std::vector<float> y0 = model_logits(*ref, ids);
   const std::vector<int32_t> calib = some_ids(256, 97, 3);
   for (auto rule : {SmoothOptions::Rule::SmoothQuant, SmoothOptions::Rule::Awq}) {
     auto m = load_model("tests/fixtures/parity/llama", *be);
@@ -179,7 +163,7 @@ TEST_CASE("dataaware: AWQ and SmoothQuant folding keep the f32 logits; int3 runs
     const SmoothReport r = smooth_model(*m, st, o);
     // Per layer: input norm, post-attention norm, v -> o, up -> down.
     CHECK(r.sites == 4 * int(m->config().n_layers));
-    CHECK(rel_diff(logits(*m, ids), y0) < 1e-5);
+    CHECK(rel_l2(model_logits(*m, ids), y0) < 1e-5);
     // The scales are not all 1 (something moved).
     bool moved = false;
     auto m0 = load_model("tests/fixtures/parity/llama", *be);
@@ -196,7 +180,7 @@ TEST_CASE("dataaware: AWQ and SmoothQuant folding keep the f32 logits; int3 runs
     auto m = load_model("tests/fixtures/parity/llama", *be);
     ActStats st = calibrate(*m, calib, 8, 32, false, true);
     compress_model(*m, compress_spec_from_name(method), &st, false);
-    return rel_diff(logits(*m, ids), y0);
+    return rel_l2(model_logits(*m, ids), y0);
   };
   const double e_rtn = err_of("int4-g32"), e_awq = err_of("int4-awq-g32"),
                e_awq_gptq = err_of("int4-gptq-g32-awq-act-clip");
@@ -288,15 +272,15 @@ TEST_CASE("dataaware: AWQ and SmoothQuant folding keep the f32 logits; int3 runs
     be->upload(*ld[i]);
   }
   CHECK(negative);
-  const std::vector<float> yq = logits(*m, ids);
+  const std::vector<float> yq = model_logits(*m, ids);
   // (the kernels' own arithmetic differs from f32 GEMM by ~5e-4 here; a mishandled
   // negative scale would be O(1)).
-  CHECK(rel_diff(yq, logits(*d, ids)) < 2e-3);
+  CHECK(rel_l2(yq, model_logits(*d, ids)) < 2e-3);
   test::TempDir dir("int3");
   save_compressed(*m, nullptr, (dir.path / "model").string(),
                   compress_spec_from_name("int3-gptq-g32-act-clip"));
   auto back = load_model((dir.path / "model").string(), *be);
-  CHECK(logits(*back, ids) == yq);
+  CHECK(model_logits(*back, ids) == yq);
 }
 
 TEST_CASE("dataaware: method names and bad input") {
@@ -514,14 +498,14 @@ TEST_CASE("dataaware: encoder calibration statistics; AWQ and GPTQ on BERT") {
     o.group = 32;
     const SmoothReport r = smooth_model(*ms, s2, o);
     CHECK(r.sites == int(c.n_layers));
-    CHECK(rel_diff(hidden(*ms), y0) < 1e-5);
+    CHECK(rel_l2(hidden(*ms), y0) < 1e-5);
   }
   // The calibrated methods beat round-to-nearest at the same group on these sequences.
   auto err_of = [&](const std::string& method) {
     auto mq = load_model(fx, *be);
     ActStats s2 = calibrate_encoder(*mq, seqs, false, true);
     compress_model(*mq, compress_spec_from_name(method), &s2, false);
-    return rel_diff(hidden(*mq), y0);
+    return rel_l2(hidden(*mq), y0);
   };
   const double e_rtn = err_of("int4-g32"), e_awq = err_of("int4-awq-g32"),
                e_gptq = err_of("int4-gptq-g32");
@@ -552,7 +536,7 @@ TEST_CASE("dataaware: partial forward runs, and GPTQ true-sequential calibration
     auto m = load_model(dir, *be);
     const int64_t V = m->config().vocab_size;
     const std::vector<int32_t> gid = some_ids(12, V);
-    const std::vector<float> y0 = logits(*m, gid);
+    const std::vector<float> y0 = model_logits(*m, gid);
     const int64_t T = int64_t(gid.size()), C = m->config().hidden;
     RunState s = m->new_state(T, T);
     s.layer_end = 1;
@@ -564,7 +548,7 @@ TEST_CASE("dataaware: partial forward runs, and GPTQ true-sequential calibration
     const Tensor t = m->forward(s2, gid.data(), T, true);
     std::vector<float> y(size_t(t.numel()));
     be->to_host(t, y.data());
-    CHECK(rel_diff(y, y0) < 1e-6);
+    CHECK(rel_l2(y, y0) < 1e-6);
     RunState bad = m->new_state(T, T);
     bad.layer_end = m->config().n_layers + 1;
     CHECK_THROWS_WITH_AS(m->forward(bad, gid.data(), T, true), doctest::Contains("blocks"), Error);

@@ -10,6 +10,7 @@
 #include "compress/compress.h"
 #include "compress/rotate.h"
 #include "engine/backend.h"
+#include "model_util.h"
 #include "models/model.h"
 #include "test_util.h"
 
@@ -17,23 +18,6 @@ using namespace minfer;
 using namespace minfer::test;
 
 namespace {
-
-std::vector<float> logits_of(Model& m, const std::vector<int32_t>& ids) {
-  RunState s = m.new_state(int64_t(ids.size()), int64_t(ids.size()));
-  Tensor t = m.forward(s, ids.data(), int64_t(ids.size()), true);
-  std::vector<float> v(size_t(t.numel()));
-  m.backend().to_host(t, v.data());
-  return v;
-}
-
-double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / den);
-}
 
 // max |AᵀA - I| of a row-major [n, n] matrix.
 double orthogonality_error(const std::vector<double>& a, int64_t n) {
@@ -96,7 +80,7 @@ TEST_CASE("rotate: the rotated model computes the same logits") {
       std::mt19937 rng(3);
       std::vector<int32_t> ids(17);
       for (int32_t& i : ids) i = int32_t(rng() % uint32_t(m0->config().vocab_size));
-      const std::vector<float> y0 = logits_of(*m0, ids);
+      const std::vector<float> y0 = model_logits(*m0, ids);
 
       auto m = load_model(dir, *be);
       const CompressSpec spec = compress_spec_from_name(method);
@@ -107,9 +91,9 @@ TEST_CASE("rotate: the rotated model computes the same logits") {
       CHECK(r.head_dim == (st.rotate_heads ? c.head_dim : 0));
       // Stream: 5 input-side + 2 output-side linears per layer and the head; heads only: v, o.
       CHECK(r.linears == (st.rotate_stream ? 7 * int(c.n_layers) + 1 : 2 * int(c.n_layers)));
-      const std::vector<float> y = logits_of(*m, ids);
-      CAPTURE(rel_diff(y, y0));
-      CHECK(rel_diff(y, y0) < 2e-6);
+      const std::vector<float> y = model_logits(*m, ids);
+      CAPTURE(rel_l2(y, y0));
+      CHECK(rel_l2(y, y0) < 2e-6);
 
       // Every linear the rotation touched has moved by O(1) relative (not a no-op).
       const std::vector<Linear*> a = m->linears(), b = m0->linears();
@@ -156,11 +140,11 @@ TEST_CASE("rotate: chained with a quantizer, saved and loaded back") {
     CHECK(compress_spec_name(spec) == method);
     rotate_for_spec(*m, spec);
     compress_model(*m, spec, nullptr, false);
-    const std::vector<float> y = logits_of(*m, ids);
+    const std::vector<float> y = model_logits(*m, ids);
     const std::string out = tmp / method;
     save_compressed(*m, nullptr, out, spec);
     auto back = load_model(out, *be);
-    CHECK(logits_of(*back, ids) == y);
+    CHECK(model_logits(*back, ids) == y);
     // A plain folder: the head is its own tensor now.
     CHECK_FALSE(back->config().tie_embeddings);
   }
@@ -180,7 +164,7 @@ TEST_CASE("rotate: chained with a quantizer, saved and loaded back") {
   // rotate+f32 is the f32 model (up to rounding): the same logits as the fixture itself.
   auto m0 = load_model(dir, *be);
   auto r = load_model(tmp / "rotate+f32", *be);
-  CHECK(rel_diff(logits_of(*r, ids), logits_of(*m0, ids)) < 2e-6);
+  CHECK(rel_l2(model_logits(*r, ids), model_logits(*m0, ids)) < 2e-6);
 }
 
 TEST_CASE("rotate: bad input") {
