@@ -619,8 +619,8 @@ TEST_CASE("quant: SIMD path agrees with the scalar path and with sgemm on dequan
   // Quick runs (MINFER_TEST_QUICK=1, the aarch64 suite under qemu): T 1, 3 and 16 (one token, a
   // few, and the 16-row threshold: on aarch64 T < 16 is one portable path, T >= 16 the tiles +
   // sgemm, where T is only sgemm's row count); every format and both data sets stay.
-  const std::vector<int64_t> Ts = quick_run() ? std::vector<int64_t>{1, 3, 16}
-                                              : std::vector<int64_t>{1, 2, 3, 4, 9, 16, 40};
+  const std::vector<int64_t> Ts =
+      quick_run() ? std::vector<int64_t>{1, 3, 16} : std::vector<int64_t>{1, 2, 3, 4, 9, 16, 40};
   auto be = make_cpu_backend(1);
   for (const Fmt& f : all_formats())
     for (int data = 0; data < 2; ++data) {
