@@ -78,11 +78,15 @@ if [ -f "$gguf" ]; then
   cc -std=c11 -O2 -Iinclude examples/generate.c -o build/bin/generate-dyn -Lbuild/lib \
     -Wl,-rpath,"$PWD/build/lib" -lminfer
   prompt="The capital of France is"
-  # f32 activations on x86 too: int4 decode takes the q8 path (8-bit activations) by default where
-  # AVX-512 VNNI is built, which aarch64 does not have; the check is that both run the same math.
-  MINFER_QUANT_ACT=f32 OMP_NUM_THREADS=2 build/bin/generate-dyn $int4 "$prompt" 16 \
+  # 8 new tokens: each is a whole decode step through every layer, about 7 s under qemu; 16 took
+  # ~115 s and ran no other code path.
+  n_gen=8
+  # f32 activations on x86 too: int4 decode takes the q8 path (8-bit activations) by default on
+  # AVX2 and AVX-512 VNNI builds, which aarch64 does not have; the check is that both run the same
+  # math.
+  MINFER_QUANT_ACT=f32 OMP_NUM_THREADS=2 build/bin/generate-dyn $int4 "$prompt" $n_gen \
     > /tmp/minfer-gen-x86.txt
-  OMP_NUM_THREADS=2 "${QEMU[@]}" build-arm/bin/generate-static $int4 "$prompt" 16 \
+  OMP_NUM_THREADS=2 "${QEMU[@]}" build-arm/bin/generate-static $int4 "$prompt" $n_gen \
     > /tmp/minfer-gen-arm.txt 2> /tmp/minfer-gen-arm.err
   cat /tmp/minfer-gen-arm.txt /tmp/minfer-gen-arm.err
   size=$(stat -c %s build-arm/bin/generate-static.stripped)
