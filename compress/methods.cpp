@@ -18,13 +18,15 @@ constexpr MethodInfo kMethods[] = {
     {"fp16", MethodKind::Float, 0, "IEEE half-precision weights, f32 compute"},
     {"bf16", MethodKind::Float, 0, "bfloat16 weights, f32 compute"},
     {"int8", MethodKind::WeightQuant, kOptGroup | kOptTensor | kOptF16Scales,
-     "int8 absmax per output row (-tensor: per tensor, -g<N>: per group)"},
+     "int8 absmax per output row (-tensor: per tensor, -g<N>: per group), -f16s: fp16 scales"},
     {"int4", MethodKind::WeightQuant, kOptGroup | kOptAsym | kOptClip | kOptF16Scales,
-     "int4 per group of 128 (-g32/-g64), symmetric or -asym with zero points, -clip: scale search"},
+     "int4 per group of 128 (-g32/-g64), symmetric or -asym with zero points, -clip: scale "
+     "search, -f16s: fp16 scales (16/G bits/w less)"},
     {"int3", MethodKind::WeightQuant, kOptGroup | kOptClip | kOptF16Scales,
-     "3-bit codes -4..3 per group of 128, packed 3 bits each (3.25 bits/w), -clip"},
+     "3-bit codes -4..3 per group of 128, packed 3 bits each (3.25 bits/w), -clip, -f16s"},
     {"nf4", MethodKind::WeightQuant, kOptGroup | kOptDq | kOptClip | kOptF16Scales,
-     "NormalFloat-4 (QLoRA) per block of 64, -dq: double-quantized scales (4.127 bits/w)"},
+     "NormalFloat-4 (QLoRA) per block of 64, -dq: double-quantized scales (4.127 bits/w), "
+     "-f16s: fp16 scales"},
     {"binary", MethodKind::WeightQuant, 0, "sign(w) * mean|w| per row (1 bit/w)"},
     {"ternary", MethodKind::WeightQuant, kOptRow,
      "BitNet b1.58 absmean {-1, 0, 1}, per tensor (-row: per row)"},
@@ -50,7 +52,7 @@ constexpr MethodInfo kMethods[] = {
      "-act: act-order, -clip: scale search, -awq: AWQ channel scales folded first, -asym: zero "
      "points, -seq: true-sequential calibration (each block's XtX with the earlier blocks "
      "quantized), -refit: each row's group scales refitted to its codes by least squares on XtX "
-     "(-refit<R>: R rounds of sweep and refit)"},
+     "(-refit<R>: R rounds of sweep and refit), -f16s: fp16 scales"},
     {"int8-gptq", MethodKind::Gptq,
      kOptGroup | kOptActOrder | kOptSequential | kOptRefit | kOptF16Scales,
      "GPTQ: int8 per output row (-g<N>: per group), -act, -seq, -refit"},
