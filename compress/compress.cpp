@@ -50,6 +50,12 @@ bool is_float_method(const std::string& m) {
   return i && i->kind == MethodKind::Float;
 }
 
+// Structured removal and rotation: whole-model steps, run by the tools before calibrating
+// (prune_structured, rotate_model), never per Linear.
+bool whole_model_step(MethodKind k) {
+  return k == MethodKind::Structured || k == MethodKind::Rotate;
+}
+
 // max |x| over a calibration's features -> a per-tensor activation scale.
 float static_act_scale(const std::vector<float>& absmax) {
   float m = 0.f;
@@ -257,8 +263,7 @@ Linear apply_step_raw(const Linear& l, const MethodSpec& s, const ActStats* stat
 std::string storage_method(const CompressSpec& s) {
   for (auto it = s.steps.rbegin(); it != s.steps.rend(); ++it) {
     const MethodKind k = it->info().kind;
-    if (k != MethodKind::Structured && k != MethodKind::Prune && k != MethodKind::Rotate)
-      return it->method;
+    if (!whole_model_step(k) && k != MethodKind::Prune) return it->method;
   }
   return "f32";
 }
@@ -511,8 +516,7 @@ Linear compress_linear(const Linear& l, const CompressSpec& spec, const ActStats
   // compress/rotate.h).
   std::vector<MethodSpec> steps;
   for (const MethodSpec& step : spec.steps)
-    if (step.info().kind != MethodKind::Structured && step.info().kind != MethodKind::Rotate)
-      steps.push_back(step);
+    if (!whole_model_step(step.info().kind)) steps.push_back(step);
   size_t i = 0;
   for (; i < steps.size() && steps[i].is_prune(); ++i) q = apply_step(q, steps[i], stats);
   if (i == 0) {
@@ -706,29 +710,26 @@ class BlockCalibrator {
 void validate_compress_spec(const CompressSpec& s) {
   MINFER_CHECK(!s.steps.empty(), "compression spec has no method");
   for (const MethodSpec& step : s.steps) validate_method_spec(step);
-  // Structured steps (whole-model transforms) run first, before any per-Linear step.
-  for (size_t i = 0; i < s.steps.size(); ++i)
-    for (size_t k = 0; k < i && s.steps[i].info().kind == MethodKind::Structured; ++k)
-      MINFER_CHECK(s.steps[k].info().kind == MethodKind::Structured,
-                   "compression chain '{}': '{}' removes heads / neurons / blocks of the whole "
-                   "model and must come before '{}'",
+  // Whole-model steps run first: structured removal, then at most one rotation (the tools run
+  // prune_structured, then rotate_model), before any per-Linear step.
+  for (size_t i = 0; i < s.steps.size(); ++i) {
+    const MethodKind k = s.steps[i].info().kind;
+    for (size_t j = 0; j < i && whole_model_step(k); ++j)
+      MINFER_CHECK(s.steps[j].info().kind == MethodKind::Structured,
+                   "compression chain '{}': '{}' {} and must come before '{}'",
                    compress_spec_name(s), method_spec_name(s.steps[i]),
-                   method_spec_name(s.steps[k]));
-  // A rotation runs after the structured steps and before every per-Linear one (run in that
-  // order by the tools: prune_structured, then rotate_model), once.
-  for (size_t i = 0; i < s.steps.size(); ++i)
-    for (size_t k = 0; k < i && s.steps[i].info().kind == MethodKind::Rotate; ++k)
-      MINFER_CHECK(s.steps[k].info().kind == MethodKind::Structured,
-                   "compression chain '{}': '{}' rotates the float model and must come before "
-                   "'{}' (only head / neuron / block removal may come before it)",
-                   compress_spec_name(s), method_spec_name(s.steps[i]),
-                   method_spec_name(s.steps[k]));
+                   k == MethodKind::Rotate
+                       ? "rotates the float model (only head / neuron / block removal may come "
+                         "before it)"
+                       : "removes heads / neurons / blocks of the whole model",
+                   method_spec_name(s.steps[j]));
+  }
   for (size_t i = 0; i < s.steps.size(); ++i) {
     // Order: structured steps (whole model), prune steps, at most one low-rank step, then at
     // most one quantizer (or float conversion), which comes last: each takes float weights.
     auto stage = [](MethodKind k) {
       switch (k) {
-        case MethodKind::Structured:
+        case MethodKind::Structured:  // whole_model_step
         case MethodKind::Rotate:
           return 0;
         case MethodKind::Prune:

@@ -40,13 +40,11 @@ Tensor float_weights(const Linear& l) {
   return dequantize_weight(l);
 }
 
+// An f32 copy of a vector of n values (a norm weight or a bias); throws naming it otherwise.
 Tensor f32_vector(const Tensor& t, int64_t n, const std::string& name) {
   MINFER_CHECK(t.defined() && t.numel() == n, "rotate: '{}' has {} values, expected {}", name,
                t.defined() ? t.numel() : 0, n);
-  Tensor f = t.to_f32();
-  Tensor o = Tensor::empty(DType::F32, {n});
-  std::copy(f.data<float>(), f.data<float>() + n, o.data<float>());
-  return o;
+  return t.to_f32();  // always a fresh copy
 }
 
 // c [m, n] = op(a) · op(b), all row-major f32 with the given leading dimensions.
@@ -144,17 +142,17 @@ RotateReport rotate_model(Model& m, uint64_t seed, bool stream, bool heads) {
   for (int64_t i = 0; i < C; ++i) ones.data<float>()[i] = 1.f;
 
   // W ← W diag(γ) Q for a linear reading the residual stream through a norm of weight γ.
-  auto rotate_input = [&](Linear& l, const float* gamma, const std::string& out_name) {
+  // (The head is renamed lm_head.weight: when tied it carried the table's name.)
+  auto rotate_input = [&](Linear& l, const float* gamma, const std::string& rename = "") {
     MINFER_CHECK(l.in == C, "rotate: '{}' reads {} features, expected the stream's {}", l.name,
                  l.in, C);
     Tensor w = float_weights(l);
     float* p = w.data<float>();
-    if (gamma)
-      for (int64_t r = 0; r < l.out; ++r)
-        for (int64_t k = 0; k < C; ++k) p[r * C + k] *= gamma[k];
+    for (int64_t r = 0; r < l.out; ++r)
+      for (int64_t k = 0; k < C; ++k) p[r * C + k] *= gamma[k];
     Tensor o = Tensor::empty(DType::F32, {l.out, C});
     gemm(false, false, l.out, C, C, p, C, q.data(), C, o.data<float>(), C);
-    l = make_dense(out_name, o, C, l.out, false, l.bias);
+    l = make_dense(rename.empty() ? l.name : rename, o, C, l.out, false, l.bias);
     be.upload(l);
     ++rep.linears;
   };
@@ -190,8 +188,7 @@ RotateReport rotate_model(Model& m, uint64_t seed, bool stream, bool heads) {
     rep.untied = hd && hd->w.raw() == table->raw();
     const Tensor gf = fold_norm("model.norm.weight");
     rotate_input(head, gf.data<float>(), "lm_head.weight");
-  }
-  if (stream) {  // E ← E Q
+    // E ← E Q
     const Tensor e = table->to_f32();
     MINFER_CHECK(e.ndim() == 2 && e.dim(1) == C,
                  "rotate: 'model.embed_tokens.weight' is not [V, {}]", C);
@@ -211,10 +208,10 @@ RotateReport rotate_model(Model& m, uint64_t seed, bool stream, bool heads) {
     if (stream) {
       const Tensor g1 = fold_norm(p + "input_layernorm.weight");
       for (const char* n : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"})
-        rotate_input(L(p + n + ".weight"), g1.data<float>(), p + n + ".weight");
+        rotate_input(L(p + n + ".weight"), g1.data<float>());
       const Tensor g2 = fold_norm(p + "post_attention_layernorm.weight");
       for (const char* n : {"mlp.gate_proj", "mlp.up_proj"})
-        rotate_input(L(p + n + ".weight"), g2.data<float>(), p + n + ".weight");
+        rotate_input(L(p + n + ".weight"), g2.data<float>());
     }
     Linear& o = L(p + "self_attn.o_proj.weight");
     if (heads) {

@@ -6,11 +6,11 @@
 //
 //   R1, the residual stream: h' = h Q for a random orthogonal Q [C, C] (QR of a Gaussian matrix,
 //   signs fixed so Q is Haar-distributed; fixed seed). RMSNorm is invariant under it once each
-//   norm's weight γ is folded into the linears that read the norm (‖h Q‖ = ‖h‖), so:
-//     input_layernorm γ1, post_attention_layernorm γ2, model.norm γf  ->  all ones
-//     W ← W diag(γ) Q         for q_proj, k_proj, v_proj (γ1), gate_proj, up_proj (γ2), lm_head
-//     (γf) W ← Qᵀ W, b ← Qᵀ b      for o_proj, down_proj (their outputs are added to the stream) E
-//     ← E Q                 the token embedding table
+//   norm's weight γ is folded into the linears that read the norm (‖h Q‖ = ‖h‖). So the norms
+//   (input_layernorm γ1, post_attention_layernorm γ2, model.norm γf) become all ones, and:
+//   - q_proj, k_proj, v_proj (γ = γ1), gate_proj, up_proj (γ2), lm_head (γf): W ← W diag(γ) Q;
+//   - o_proj, down_proj (their outputs are added to the stream): W ← Qᵀ W, b ← Qᵀ b;
+//   - the token embedding table: E ← E Q.
 //   A tied head becomes its own lm_head.weight (E diag(γf) Q); the table keeps E Q.
 //   R2, per attention head (with heads = true): v = x W_vᵀ is turned into v R per KV head and
 //   o_proj reads att R per query head, with R = H_D diag(±1) / √D (a Walsh–Hadamard matrix with
