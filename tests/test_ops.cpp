@@ -11,6 +11,7 @@
 
 #include "engine/backend.h"
 #include "engine/half.h"
+#include "engine/thread_pool.h"
 #include "kernels/cpu/dense.h"
 #include "kernels/cpu/prefill_gemm.h"
 #include "kernels/cpu/softmax.h"
@@ -382,6 +383,63 @@ TEST_CASE("ops: prefill attention in query blocks matches the reference and the 
       set_prefill_attention_path(PrefillAttention::Blocks);
     }
   }
+}
+
+TEST_CASE(
+    "ops: decode attention (split over key chunks) matches the reference on every thread count") {
+  // T <= 4 query rows take attention_decode: keys in chunks of kDecodeKeyChunk merged by their
+  // maxima. S spans several chunks and ends mid-chunk; D = 64 and 24 run the 8-key score blocks
+  // and register sums, D = 20 adds 4 leftover columns and D = 5 only the plain loops. Windows,
+  // soft-capping, a padding mask that empties whole chunks, and a window + cache that leaves a
+  // row no key (zeros).
+  struct Case {
+    const char* name;
+    int64_t H, Hkv, D, B, T, pos0, window;
+    bool causal, mask;
+    float softcap;
+  };
+  const Case cases[] = {
+      {"one token, GQA 3:1, D 64", 9, 3, 64, 1, 1, 300, 0, true, false, 0.f},
+      {"four tokens, GQA 2:1, D 20", 4, 2, 20, 1, 4, 200, 0, true, false, 0.f},
+      {"MQA, D 24, sliding window + softcap", 6, 1, 24, 1, 3, 250, 70, true, false, 30.f},
+      {"batch of 2 with padding, D 5", 2, 2, 5, 2, 2, 150, 0, false, true, 0.f},
+      {"one key chunk, D 64", 2, 1, 64, 1, 2, 7, 0, true, false, 0.f},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.name);
+    const int64_t S = c.pos0 + c.T;
+    std::vector<int32_t> mask;
+    if (c.mask)  // sequence 1 masks keys 0..99: whole chunks of it see nothing
+      for (int64_t i = 0; i < c.B * S; ++i) mask.push_back(i / S == 1 && i % S < 100 ? 0 : 1);
+    AttentionArgs a{c.H, c.Hkv, c.D, c.B, c.pos0, c.causal, c.mask ? mask.data() : nullptr, 0.f};
+    a.window = c.window;
+    a.softcap = c.softcap;
+    Tensor q = randn({c.B * c.T, c.H * c.D}, 21), k = randn({c.B * S, c.Hkv * c.D}, 22),
+           v = randn({c.B * S, c.Hkv * c.D}, 23);
+    const std::vector<float> ref = naive_attention(q, k, v, a);
+    const int64_t n = c.B * c.T * c.H * c.D;
+    std::vector<float> one;
+    for (int threads : {1, 2, 3}) {
+      CAPTURE(threads);
+      auto be = make_cpu_backend(threads);
+      set_pool_backoff(false);
+      Tensor out = Tensor::empty(DType::F32, {c.B * c.T, c.H * c.D});
+      be->attention(out, q, k, v, a);
+      CHECK(max_abs_diff(out.data<float>(), ref.data(), n) < 2e-5f);
+      if (threads == 1) one.assign(out.data<float>(), out.data<float>() + n);
+      CHECK(std::memcmp(out.data<float>(), one.data(), size_t(n) * 4) == 0);
+    }
+  }
+  // A window shorter than the tokens' distance to every cached key of a masked sequence: the row
+  // sees no key and attends to nothing.
+  std::vector<int32_t> mask(40, 1);
+  for (int i = 0; i < 40; ++i) mask[size_t(i)] = i < 39 ? 1 : 0;
+  AttentionArgs a{2, 1, 8, 1, 39, true, mask.data(), 0.f};
+  a.window = 1;  // token 39 sees only key 39, which the mask removes
+  Tensor q = randn({1, 16}, 31), k = randn({40, 8}, 32), v = randn({40, 8}, 33);
+  Tensor out = Tensor::empty(DType::F32, {1, 16});
+  make_cpu_backend(2)->attention(out, q, k, v, a);
+  for (int i = 0; i < 16; ++i) CHECK(out.data<float>()[i] == 0.f);
 }
 
 // The load back-off lets fewer threads take part when other processes keep the cores busy; the

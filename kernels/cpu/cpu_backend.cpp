@@ -17,6 +17,7 @@
 #include "engine/half.h"
 #include "engine/thread_pool.h"
 #include "kernels/cpu/act.h"
+#include "kernels/cpu/attention_decode.h"
 #include "kernels/cpu/codebook.h"
 #include "kernels/cpu/dense.h"
 #include "kernels/cpu/ggml.h"
@@ -505,59 +506,9 @@ class CpuBackend final : public Backend {
     copy(v_dst, v);
   }
 
-  // Rows of x at or under which attention runs on the thread pool with its own loops (decode);
-  // above, per head sgemm calls on OpenMP threads (prefill).
+  // Rows of x at or under which attention runs on the thread pool (attention_decode); above,
+  // per head sgemm calls or query blocks on OpenMP threads (prefill).
   static constexpr int64_t kFewRows = 4;
-
-  // One head for T <= kFewRows query rows: scores = q kᵀ · scale (masked), softmax, · v.
-  // q [T, D] (row stride ldq), k, v [S, D] (ldk, ldv), o [T, D] (ldo); sc: T * S scratch.
-  static void attention_head_few_rows(const float* q, int64_t ldq, const float* k, int64_t ldk,
-                                      const float* v, int64_t ldv, float* o, int64_t ldo, int64_t T,
-                                      int64_t S, int64_t D, float scale, const AttentionArgs& a,
-                                      int64_t b, float* sc) {
-    for (int64_t t = 0; t < T; ++t) {
-      float* row = sc + t * S;
-      const float* qt = q + t * ldq;
-      const int64_t limit = a.causal ? std::min(S, a.pos0 + t + 1) : S;
-      const int64_t first = window_first(a, t);
-      for (int64_t j = 0; j < first; ++j) row[j] = -INFINITY;
-      for (int64_t j = first; j < limit; ++j) row[j] = scale * dot(qt, k + j * ldk, D);
-      for (int64_t j = limit; j < S; ++j) row[j] = -INFINITY;
-      if (a.softcap > 0) cap_scores(row + first, limit - first, a.softcap);
-      if (a.key_mask)
-        for (int64_t j = 0; j < limit; ++j)
-          if (a.key_mask[b * S + j] == 0) row[j] = -INFINITY;
-      softmax_row(row, row, S);
-      float* ot = o + t * ldo;
-      std::fill(ot, ot + D, 0.f);
-      for (int64_t j = first; j < limit; ++j) {
-        const float p = row[j];
-        const float* vj = v + j * ldv;
-        for (int64_t d = 0; d < D; ++d) ot[d] += p * vj[d];
-      }
-    }
-  }
-
-  // The first key query row t sees: i - window + 1 within a sliding window (causal), else 0.
-  static int64_t window_first(const AttentionArgs& a, int64_t t) {
-    return a.window > 0 && a.causal ? std::max<int64_t>(0, a.pos0 + t - a.window + 1) : 0;
-  }
-  // Soft-capping of attention scores (Gemma-2): s -> cap tanh(s / cap).
-  static void cap_scores(float* row, int64_t n, float cap) {
-    for (int64_t j = 0; j < n; ++j) row[j] = std::tanh(row[j] / cap) * cap;
-  }
-
-  // Σ a[i] b[i] in 16 interleaved partial sums (vectorized by the compiler).
-  static float dot(const float* x, const float* y, int64_t n) {
-    float acc[16] = {};
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16)
-      for (int l = 0; l < 16; ++l) acc[l] += x[i + l] * y[i + l];
-    float s = 0;
-    for (int l = 0; l < 16; ++l) s += acc[l];
-    for (; i < n; ++i) s += x[i] * y[i];
-    return s;
-  }
 
   void attention(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v,
                  const AttentionArgs& a) override {
@@ -569,21 +520,9 @@ class CpuBackend final : public Backend {
     const int64_t T = ts.first, S = ts.second;
     const float scale = a.scale > 0 ? a.scale : 1.f / std::sqrt(float(D));
     const int64_t group = H / Hkv;
-    if (T <= kFewRows) {
-      // Decode: heads on the thread pool, each a pass over its S cached keys and values.
-      parallel_for(B * H, 2 * T * S * D, int64_t(1) << 15, [&](int64_t i0, int64_t i1) {
-        thread_local std::vector<float> sc;
-        sc.resize(size_t(T * S));
-        for (int64_t i = i0; i < i1; ++i) {
-          const int64_t b = i / H, h = i % H, kh = h / group;
-          attention_head_few_rows(Q.p + b * T * Q.ld + h * D, Q.ld, K.p + b * S * K.ld + kh * D,
-                                  K.ld, Vm.p + b * S * Vm.ld + kh * D, Vm.ld,
-                                  O.p + b * T * O.ld + h * D, O.ld, T, S, D, scale, a, b,
-                                  sc.data());
-        }
-      });
-      return;
-    }
+    if (T <= kFewRows)
+      return attention_decode(O.p, O.ld, Q.p, Q.ld, K.p, K.ld, Vm.p, Vm.ld, T, S, a, scale,
+                              decode_scratch_);
     if (prefill_attention_path() == PrefillAttention::Blocks)
       return attention_blocks(O, Q, K, Vm, a, T, S, scale);
     const int nt = threads_;
@@ -602,8 +541,9 @@ class CpuBackend final : public Backend {
         for (int64_t t = 0; t < T; ++t) {
           float* row = sc + t * S;
           const int64_t limit = a.causal ? a.pos0 + t + 1 : S;
-          if (a.softcap > 0) cap_scores(row, limit, a.softcap);
-          for (int64_t j = 0, first = window_first(a, t); j < first; ++j) row[j] = -INFINITY;
+          if (a.softcap > 0) cap_attention_scores(row, limit, a.softcap);
+          for (int64_t j = 0, first = attention_window_first(a, t); j < first; ++j)
+            row[j] = -INFINITY;
           for (int64_t j = limit; j < S; ++j) row[j] = -INFINITY;
           if (a.key_mask)
             for (int64_t j = 0; j < limit; ++j)
@@ -639,7 +579,7 @@ class CpuBackend final : public Backend {
       const int64_t kh = h / group, t0 = blk * kQueryBlock, t1 = std::min(T, t0 + kQueryBlock);
       const int64_t rows = t1 - t0;
       const int64_t kend = a.causal ? std::min(S, a.pos0 + t1) : S;
-      const int64_t kbeg = std::min(window_first(a, t0), kend);
+      const int64_t kbeg = std::min(attention_window_first(a, t0), kend);
       const int64_t L = kend - kbeg;
       float* sc = scratch + size_t(thread) * size_t(kQueryBlock * S);
       const float* qp = Q.p + (b * T + t0) * Q.ld + h * D;
@@ -656,10 +596,11 @@ class CpuBackend final : public Backend {
         float* row = sc + (t - t0) * L;
         // This row's keys: [first, limit) in the block's [kbeg, kend).
         const int64_t limit = (a.causal ? std::min(S, a.pos0 + t + 1) : S) - kbeg;
-        const int64_t first = std::min(window_first(a, t) - kbeg, std::max<int64_t>(limit, 0));
+        const int64_t first =
+            std::min(attention_window_first(a, t) - kbeg, std::max<int64_t>(limit, 0));
         std::fill(row, row + first, 0.f);
         if (limit > first) {
-          if (a.softcap > 0) cap_scores(row + first, limit - first, a.softcap);
+          if (a.softcap > 0) cap_attention_scores(row + first, limit - first, a.softcap);
           if (a.key_mask)
             for (int64_t j = first; j < limit; ++j)
               if (a.key_mask[b * S + kbeg + j] == 0) row[j] = -INFINITY;
@@ -676,6 +617,7 @@ class CpuBackend final : public Backend {
   int threads_ = 1;
   std::vector<float> scratch_;
   std::vector<float> attn_scratch_;
+  std::vector<float> decode_scratch_;  // attention_decode's per-chunk partial results
   std::vector<float> rope_cs_;
   std::vector<float> emb_row_;
   std::vector<float> lowrank_tmp_;  // [T, rank] between the two factors of a LowRank weight
