@@ -15,9 +15,13 @@
 # `load`: decode of both engines (llama.cpp Q8_0, minfer int8) with 0, 1 and 2 competing
 # CPU-bound processes, three runs each.
 #
+# ROUNDS > 1 repeats the whole series of pairs that many times (round r in OUT/r<r>/) and the
+# table gives each ratio's median over the rounds with its range: on a shared host one pair's
+# ratio moves by tens of percent from one minute to the next.
+#
 # Usage: bench/llamacpp.sh [build|run|load|all]   (make bench-llamacpp runs `all`)
-# Environment: THREADS (2), PREFILL (512), DECODE (128), LLAMA_REPS (llama-bench -r, 5), MODEL (the
-#              .gguf), OUT (a results folder,
+# Environment: THREADS (2), PREFILL (512), DECODE (128), LLAMA_REPS (llama-bench -r, 5), ROUNDS (1),
+#              MODEL (the .gguf), OUT (a results folder,
 #              default $LLAMACPP_CACHE/results-<UTC time>), JOBS (build jobs, 2), TEST_TEXT (bench
 #              --test-text, when WikiText-2 is not at bench's default path).
 set -euo pipefail
@@ -95,25 +99,33 @@ run_all() {
     echo "threads $THREADS, prefill $PREFILL, decode $DECODE, model $MODEL"
   } >"$OUT/info.txt"
   "$ROOT/build/bin/bench_membw" --threads "$THREADS" --json >"$OUT/membw.json"
-  local pair method type gguf
-  for pair in $PAIRS; do
-    method=${pair%%:*} type=${pair##*:}
-    gguf="$CACHE/models/$(basename "$MODEL" .gguf)-$type.gguf"
-    echo "llamacpp: $type (llama.cpp) then $method (minfer)" >&2
-    echo "{\"load_cores\": $(busy_cores)}" >"$OUT/llama-$method-load.json"
-    # Decode at the same depth on both sides: minfer's bench decodes right after its PREFILL-token
-    # prefill (the KV cache holds PREFILL tokens), so llama.cpp's generation test runs at
-    # --n-depth PREFILL too (its plain tg test starts from an empty cache, which reads no KV).
-    "$CACHE/build/bin/llama-bench" -m "$gguf" -p "$PREFILL" -n 0 -t "$THREADS" -r "${LLAMA_REPS:-5}" -o json \
-      >"$OUT/llama-$method-pp.json" 2>"$OUT/llama-$method.log"
-    "$CACHE/build/bin/llama-bench" -m "$gguf" -p 0 -n "$DECODE" -d "$PREFILL" -t "$THREADS" -r "${LLAMA_REPS:-5}" \
-      -o json >"$OUT/llama-$method-tg.json" 2>>"$OUT/llama-$method.log"
-    "$PY" -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1])) + json.load(open(sys.argv[2]))))' \
-      "$OUT/llama-$method-pp.json" "$OUT/llama-$method-tg.json" >"$OUT/llama-$method.json"
-    "$ROOT/build/bin/bench" --model "$MODEL" --methods "$method" --prefill "$PREFILL" \
-      --decode "$DECODE" --threads "$THREADS" --max-tokens 1024 --quiet \
-      ${TEST_TEXT:+--test-text "$TEST_TEXT"} \
-      --json "$OUT/minfer-$method.json" >"$OUT/minfer-$method.md" 2>"$OUT/minfer-$method.log"
+  local pair method type gguf round dir
+  for ((round = 1; round <= ${ROUNDS:-1}; round++)); do
+    dir=$OUT
+    if [ "${ROUNDS:-1}" -gt 1 ]; then
+      dir=$OUT/r$round
+      mkdir -p "$dir"
+      echo "llamacpp: round $round of $ROUNDS" >&2
+    fi
+    for pair in $PAIRS; do
+      method=${pair%%:*} type=${pair##*:}
+      gguf="$CACHE/models/$(basename "$MODEL" .gguf)-$type.gguf"
+      echo "llamacpp: $type (llama.cpp) then $method (minfer)" >&2
+      echo "{\"load_cores\": $(busy_cores)}" >"$dir/llama-$method-load.json"
+      # Decode at the same depth on both sides: minfer's bench decodes right after its PREFILL-token
+      # prefill (the KV cache holds PREFILL tokens), so llama.cpp's generation test runs at
+      # --n-depth PREFILL too (its plain tg test starts from an empty cache, which reads no KV).
+      "$CACHE/build/bin/llama-bench" -m "$gguf" -p "$PREFILL" -n 0 -t "$THREADS" -r "${LLAMA_REPS:-5}" -o json \
+        >"$dir/llama-$method-pp.json" 2>"$dir/llama-$method.log"
+      "$CACHE/build/bin/llama-bench" -m "$gguf" -p 0 -n "$DECODE" -d "$PREFILL" -t "$THREADS" -r "${LLAMA_REPS:-5}" \
+        -o json >"$dir/llama-$method-tg.json" 2>>"$dir/llama-$method.log"
+      "$PY" -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1])) + json.load(open(sys.argv[2]))))' \
+        "$dir/llama-$method-pp.json" "$dir/llama-$method-tg.json" >"$dir/llama-$method.json"
+      "$ROOT/build/bin/bench" --model "$MODEL" --methods "$method" --prefill "$PREFILL" \
+        --decode "$DECODE" --threads "$THREADS" --max-tokens 1024 --quiet \
+        ${TEST_TEXT:+--test-text "$TEST_TEXT"} \
+        --json "$dir/minfer-$method.json" >"$dir/minfer-$method.md" 2>"$dir/minfer-$method.log"
+    done
   done
   "$PY" "$ROOT/bench/llamacpp_table.py" "$OUT" "$PAIRS" | tee "$OUT/table.md"
 }
