@@ -340,9 +340,10 @@ std::string bench_busy_note(const BenchReport& r) {
 }
 
 std::string bench_markdown(const BenchReport& r) {
-  std::string s =
-      fmt::format("model {} ({}) | backend {}, {} threads | CPU {} | {} | load {:.2f}\n", r.model,
-                  r.arch, r.backend, r.threads, r.cpu.empty() ? "?" : r.cpu, r.date, r.load_avg);
+  std::string s = fmt::format(
+      "model {} ({}) | backend {}, {} threads{} | CPU {} | {} | load {:.2f}\n", r.model, r.arch,
+      r.backend, r.threads, r.kv_cache == "f32" ? "" : ", KV cache " + r.kv_cache,
+      r.cpu.empty() ? "?" : r.cpu, r.date, r.load_avg);
   if (r.encoder)
     s += fmt::format(
         "quality: mean cosine of mean-pooled embeddings to the f32 model's over {} lines of {}; "
@@ -386,6 +387,7 @@ std::string bench_json(const BenchReport& r) {
                       {"arch", r.arch},
                       {"encoder", r.encoder},
                       {"backend", r.backend},
+                      {"kv_cache", r.kv_cache},
                       {"threads", r.threads},
                       {"cpu", r.cpu},
                       {"date", r.date},
@@ -417,6 +419,7 @@ BenchReport bench_from_json(const std::string& text) {
   r.arch = get_str(j, "arch");
   r.encoder = j.value("encoder", false);
   r.backend = get_str(j, "backend");
+  if (const std::string kv = get_str(j, "kv_cache"); !kv.empty()) r.kv_cache = kv;
   r.threads = j.value("threads", 0);
   r.cpu = get_str(j, "cpu");
   r.date = get_str(j, "date");

@@ -52,6 +52,7 @@ struct BenchReport {
   std::string arch;   // llama | gpt2 | bert
   bool encoder = false;
   std::string backend;
+  std::string kv_cache = "f32";  // the causal rows' KV cache element type: f32 | f16
   int threads = 0;
   std::string cpu;   // /proc/cpuinfo "model name"
   std::string date;  // UTC, ISO 8601

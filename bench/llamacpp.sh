@@ -15,12 +15,16 @@
 # `load`: decode of both engines (llama.cpp Q8_0, minfer int8) with 0, 1 and 2 competing
 # CPU-bound processes, three runs each.
 #
+# minfer runs with an F16 KV cache (KV_CACHE=f16, bench --kv-cache), as llama.cpp does by default
+# (llama-bench's -ctk / -ctv f16): at the decode depth both read the same cache bytes per token.
+#
 # ROUNDS > 1 repeats the whole series of pairs that many times (round r in OUT/r<r>/) and the
 # table gives each ratio's median over the rounds with its range: on a shared host one pair's
 # ratio moves by tens of percent from one minute to the next.
 #
 # Usage: bench/llamacpp.sh [build|run|load|all]   (make bench-llamacpp runs `all`)
 # Environment: THREADS (2), PREFILL (512), DECODE (128), LLAMA_REPS (llama-bench -r, 5), ROUNDS (1),
+#              KV_CACHE (minfer's KV cache: f16, the default, or f32),
 #              MODEL (the .gguf), OUT (a results folder,
 #              default $LLAMACPP_CACHE/results-<UTC time>), JOBS (build jobs, 2), TEST_TEXT (bench
 #              --test-text, when WikiText-2 is not at bench's default path).
@@ -96,7 +100,7 @@ run_all() {
     echo "llama.cpp: $(cat "$CACHE/sdist-version" 2>/dev/null || echo '?')"
     "$CACHE/build/bin/llama-bench" --version 2>&1 | head -n 2 || true
     echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
-    echo "threads $THREADS, prefill $PREFILL, decode $DECODE, model $MODEL"
+    echo "threads $THREADS, prefill $PREFILL, decode $DECODE, model $MODEL, minfer KV cache ${KV_CACHE:-f16}"
   } >"$OUT/info.txt"
   "$ROOT/build/bin/bench_membw" --threads "$THREADS" --json >"$OUT/membw.json"
   local pair method type gguf round dir
@@ -122,7 +126,7 @@ run_all() {
       "$PY" -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1])) + json.load(open(sys.argv[2]))))' \
         "$dir/llama-$method-pp.json" "$dir/llama-$method-tg.json" >"$dir/llama-$method.json"
       "$ROOT/build/bin/bench" --model "$MODEL" --methods "$method" --prefill "$PREFILL" \
-        --decode "$DECODE" --threads "$THREADS" --max-tokens 1024 --quiet \
+        --decode "$DECODE" --threads "$THREADS" --max-tokens 1024 --quiet --kv-cache "${KV_CACHE:-f16}" \
         ${TEST_TEXT:+--test-text "$TEST_TEXT"} \
         --json "$dir/minfer-$method.json" >"$dir/minfer-$method.md" 2>"$dir/minfer-$method.log"
     done

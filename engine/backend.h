@@ -82,8 +82,13 @@ class Backend {
   // goes through embedding() above; a GgmlBlocks table (a GGUF token_embd kept as stored)
   // dequantizes only the rows asked for. Other formats throw NotImplemented. ids on host.
   virtual void embedding_table(Tensor& y, const Linear& table, const int32_t* ids, int64_t n) = 0;
-  // dst = src (row strides honoured on both sides).
+  // dst = src (row strides honoured on both sides). Where kv_cache_f16(), dst may also be F16
+  // (src F32, rounded to nearest even): a KV-cache write.
   virtual void copy(Tensor& dst, const Tensor& src) = 0;
+  // Whether this backend runs F16 KV caches (Model::set_kv_cache_dtype): copy, rope_kv (k_dst,
+  // v_dst) and attention (k, v) then take F16 caches, stored rounded to nearest even and read as
+  // f32. Backends without it take F32 caches only.
+  virtual bool kv_cache_f16() const { return false; }
   virtual void add(Tensor& y, const Tensor& a, const Tensor& b) = 0;  // element-wise
   virtual void mul(Tensor& y, const Tensor& a, const Tensor& b) = 0;  // element-wise
   // y = x * s (Gemma's embedding normalizer sqrt(C)). y and x may have row strides.

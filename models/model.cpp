@@ -11,6 +11,9 @@ RunState Model::new_state(int64_t max_ctx, int64_t max_tokens, int64_t logit_row
   const ModelConfig& c = cfg_;
   MINFER_CHECK(max_tokens > 0 && max_ctx >= 0, "new_state: bad sizes ctx {} tokens {}", max_ctx,
                max_tokens);
+  if (kv_dtype_ != DType::F32 && c.causal() && !be_->kv_cache_f16())
+    throw NotImplemented(fmt::format("an {} KV cache on the {} backend (it runs F32 caches only)",
+                                     dtype_name(kv_dtype_), be_->name()));
   RunState s;
   s.max_ctx = max_ctx;
   s.max_tokens = max_tokens;
@@ -18,8 +21,8 @@ RunState Model::new_state(int64_t max_ctx, int64_t max_tokens, int64_t logit_row
   if (c.causal())
     for (int64_t l = 0; l < c.n_layers; ++l) {
       const int64_t kv_l = c.kv_heads_at(l) * c.head_dim;  // pruned layers cache fewer heads
-      s.k_cache.push_back(be_->alloc({max_ctx, kv_l}));
-      s.v_cache.push_back(be_->alloc({max_ctx, kv_l}));
+      s.k_cache.push_back(be_->alloc({max_ctx, kv_l}, kv_dtype_));
+      s.v_cache.push_back(be_->alloc({max_ctx, kv_l}, kv_dtype_));
     }
   s.x = be_->alloc({max_tokens, c.hidden});
   s.xn = be_->alloc({max_tokens, c.hidden});
@@ -32,6 +35,12 @@ RunState Model::new_state(int64_t max_ctx, int64_t max_tokens, int64_t logit_row
   if (c.causal()) s.logits = be_->alloc({std::max<int64_t>(logit_rows, 1), c.vocab_size});
   s.ids.resize(size_t(max_tokens));
   return s;
+}
+
+void Model::set_kv_cache_dtype(DType t) {
+  MINFER_CHECK(t == DType::F32 || t == DType::F16, "KV cache dtype: expected F32 or F16, found {}",
+               dtype_name(t));
+  kv_dtype_ = t;
 }
 
 size_t Model::weight_bytes() const {

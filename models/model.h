@@ -48,6 +48,13 @@ class Model {
   // last token's logits are asked for, and saves max_tokens x V floats).
   RunState new_state(int64_t max_ctx, int64_t max_tokens, int64_t logit_rows = -1) const;
 
+  // Element type of the KV caches new_state allocates: F32 (default) or F16 (half the memory and
+  // the bytes a decode step reads from the cache, as llama.cpp's default f16 cache; keys and
+  // values rounded to fp16 when written). F16 needs Backend::kv_cache_f16(): new_state throws
+  // "not implemented" otherwise. Other dtypes throw.
+  void set_kv_cache_dtype(DType t);
+  DType kv_cache_dtype() const { return kv_dtype_; }
+
   // Causal LM: runs T new tokens at positions n_past.. and appends them to the KV cache.
   // Returns logits [T, V] (all_logits) or [1, V] for the last token, valid until the next call.
   virtual Tensor forward(RunState& s, const int32_t* ids, int64_t T, bool all_logits);
@@ -83,6 +90,7 @@ class Model {
   ModelConfig cfg_;
   Backend* be_;
   bool rotated_ = false;
+  DType kv_dtype_ = DType::F32;
 };
 
 // A contiguous [rows, cols] view at the start of a run-state buffer: a layer narrower than the

@@ -554,6 +554,10 @@ TEST_CASE("cuda-emu: the tiny-model fixtures' forwards equal the CPU backend") {
           worst = std::max(worst, std::fabs(v[size_t(c)] - hf.data<float>()[t * V + c]));
       }
       CHECK(worst <= 1e-4f);
+      // The CUDA backend runs F32 KV caches only: an F16 one is refused, not run wrong.
+      mg->set_kv_cache_dtype(DType::F16);
+      CHECK_THROWS_WITH_AS(mg->new_state(T, 1),
+                           doctest::Contains("not implemented: an F16 KV cache"), NotImplemented);
     }
     // BERT: a padded batch (key mask) through the encoder.
     auto mc = load_model(fix + "bert", *cpu);

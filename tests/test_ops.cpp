@@ -442,6 +442,78 @@ TEST_CASE(
   for (int i = 0; i < 16; ++i) CHECK(out.data<float>()[i] == 0.f);
 }
 
+namespace {
+// An F16 copy of an F32 [rows, cols] tensor (rounded to nearest even) and the F32 tensor of
+// exactly those rounded values.
+std::pair<Tensor, Tensor> f16_and_rounded(const Tensor& x) {
+  Tensor h = Tensor::empty(DType::F16, {x.dim(0), x.dim(1)});
+  Tensor r = Tensor::empty(DType::F32, {x.dim(0), x.dim(1)});
+  uint16_t* hp = static_cast<uint16_t*>(h.raw());
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    hp[i] = f32_to_f16(x.data<float>()[i]);
+    r.data<float>()[i] = f16_to_f32(hp[i]);
+  }
+  return {h, r};
+}
+}  // namespace
+
+TEST_CASE("ops: an F16 KV cache gives the bits of an F32 cache holding the same rounded values") {
+  // fp16 -> f32 is exact, so every path (decode: F16C loads or the scalar widening; prefill: the
+  // rows widened once) must reproduce the F32 cache's arithmetic bit for bit.
+  auto be = make_cpu_backend(2);
+  struct Case {
+    int64_t H, Hkv, D, T, pos0;
+  };
+  for (const Case& c : {Case{9, 3, 64, 1, 100}, Case{4, 2, 20, 3, 70}, Case{2, 1, 5, 2, 40},
+                        Case{6, 2, 16, 70, 9}}) {
+    CAPTURE(c.D);
+    CAPTURE(c.T);
+    const int64_t S = c.pos0 + c.T;
+    AttentionArgs a{c.H, c.Hkv, c.D, 1, c.pos0, true, nullptr, 0.f};
+    Tensor q = randn({c.T, c.H * c.D}, 41), k = randn({S, c.Hkv * c.D}, 42),
+           v = randn({S, c.Hkv * c.D}, 43);
+    auto [kh, kr] = f16_and_rounded(k);
+    auto [vh, vr] = f16_and_rounded(v);
+    Tensor o16 = Tensor::empty(DType::F32, {c.T, c.H * c.D}), o32 = o16.clone();
+    for (PrefillAttention path : {PrefillAttention::Blocks, PrefillAttention::Heads}) {
+      set_prefill_attention_path(path);
+      be->attention(o16, q, kh, vh, a);
+      be->attention(o32, q, kr, vr, a);
+      CHECK(std::memcmp(o16.raw(), o32.raw(), o16.nbytes()) == 0);
+    }
+    set_prefill_attention_path(PrefillAttention::Blocks);
+    // A cache of mixed dtypes is refused by name.
+    CHECK_THROWS_WITH_AS(be->attention(o16, q, kh, vr, a), doctest::Contains("attention v"), Error);
+  }
+  // Cache writes: rope_kv and copy into F16 slices store the F32 path's values rounded.
+  const int64_t H = 6, Hkv = 2, D = 16, pos0 = 5, T = 3, qd = H * D, kvd = Hkv * D;
+  const RopeTable rt = rope_table(10000.f, D, RopeScaling{});
+  Tensor qkv = randn({T, qd + 2 * kvd}, 44), qkv2 = qkv.clone();
+  Tensor kc = Tensor::empty(DType::F16, {pos0 + T, kvd}), vc = kc.clone();
+  Tensor kf = randn({pos0 + T, kvd}, 45), vf = randn({pos0 + T, kvd}, 46);
+  Tensor q = qkv.slice(1, 0, qd), k = qkv.slice(1, qd, kvd), v = qkv.slice(1, qd + kvd, kvd);
+  Tensor q2 = qkv2.slice(1, 0, qd), k2 = qkv2.slice(1, qd, kvd), v2 = qkv2.slice(1, qd + kvd, kvd);
+  Tensor kn = kc.slice(0, pos0, T), vn = vc.slice(0, pos0, T);
+  Tensor kfn = kf.slice(0, pos0, T), vfn = vf.slice(0, pos0, T);
+  be->rope_kv(q, k, v, kn, vn, pos0, H, Hkv, rt);
+  be->rope_kv(q2, k2, v2, kfn, vfn, pos0, H, Hkv, rt);
+  int bad = 0;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < kvd; ++i) {
+      const int64_t e = (pos0 + t) * kvd + i;
+      bad += static_cast<const uint16_t*>(kc.raw())[e] != f32_to_f16(kf.data<float>()[e]);
+      bad += static_cast<const uint16_t*>(vc.raw())[e] != f32_to_f16(vf.data<float>()[e]);
+    }
+  CHECK(bad == 0);
+  for (int64_t t = 0; t < T; ++t)  // q rotated in place as with an F32 cache
+    CHECK(std::memcmp(qkv.data<float>() + t * (qd + 2 * kvd),
+                      qkv2.data<float>() + t * (qd + 2 * kvd), size_t(qd) * 4) == 0);
+  Tensor src = randn({2, kvd}, 47), dst = Tensor::empty(DType::F16, {2, kvd});
+  be->copy(dst, src);
+  for (int64_t i = 0; i < 2 * kvd; ++i)
+    CHECK(static_cast<const uint16_t*>(dst.raw())[i] == f32_to_f16(src.data<float>()[i]));
+}
+
 // The load back-off lets fewer threads take part when other processes keep the cores busy; the
 // results must not change with it (a model saved and reloaded on a busy machine must give the same
 // logits as the one in memory). Bits compared, dense f32 (column tiles) and f16 (dequantized

@@ -257,6 +257,13 @@ TEST_CASE("report: JSON round-trips through nlohmann, NaN as null") {
   const BenchReport b = bench_from_json(text);
   CHECK(b.model == r.model);
   CHECK(b.arch == r.arch);
+  CHECK(j["kv_cache"] == "f32");
+  CHECK(b.kv_cache == "f32");
+  CHECK(bench_markdown(r).find("KV cache") == std::string::npos);  // named only when not f32
+  BenchReport h = r;
+  h.kv_cache = "f16";
+  CHECK(bench_from_json(bench_json(h)).kv_cache == "f16");
+  CHECK(bench_markdown(h).find(", KV cache f16 |") != std::string::npos);
   CHECK(b.cpu == r.cpu);
   CHECK(b.date == r.date);
   CHECK(b.threads == r.threads);

@@ -54,6 +54,7 @@ struct Options {
   int64_t calib_len = 512;
   bool keep_files = false, quiet = false;
   std::string sparse_storage = "auto";  // pruned weights: auto | sparse | bitmask | dense
+  std::string kv_cache = "f32";         // causal models' KV cache: f32 | f16
 };
 
 // ---- small helpers ----
@@ -345,6 +346,7 @@ json measure_child(const Options& o, const std::string& work, const std::string&
   MINFER_CHECK(!ids.empty(), "{}/test_ids.bin is empty", work);
   LoadedModel lm = open_model(dir, *be, /*with_tokenizer=*/false);
   Model& m = *lm.model;
+  tool::set_kv_cache(m, o.kv_cache);
   const ModelConfig& c = m.config();
   double wbytes = 0;
   for (const Linear* l : m.linears())
@@ -508,6 +510,7 @@ int main(int argc, char** argv) {
                  "says it is faster), sparse, bitmask, dense (as compress --sparse-storage)")
       ->check(CLI::IsMember({"auto", "sparse", "bitmask", "dense"}));
   app.add_option("--backend", o.backend, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  tool::add_kv_cache(app, o.kv_cache);
   app.add_option("--device", o.device, "GPU index for --backend cuda")
       ->check(CLI::NonNegativeNumber);
   app.add_flag("--quiet,-q", o.quiet, "no progress on stderr");
@@ -576,6 +579,7 @@ int main(int argc, char** argv) {
     rep.arch = info.value("arch", "");
     rep.encoder = !info.value("causal", true);
     rep.backend = info.value("backend", o.backend);
+    rep.kv_cache = o.kv_cache;
     rep.threads = info.value("threads", 0);
     rep.cpu = cpu_model();
     rep.date = utc_now();

@@ -24,6 +24,16 @@ inline void add_gguf_dtype(CLI::App& app, std::string& v) {
 inline GgufWeights gguf_weights(const std::string& v) {
   return v == "f32" ? GgufWeights::F32 : GgufWeights::Native;
 }
+// --kv-cache: the element type of a causal LM's KV cache (Model::set_kv_cache_dtype).
+inline void add_kv_cache(CLI::App& app, std::string& v) {
+  app.add_option("--kv-cache", v,
+                 "KV cache: f32 (default) | f16 (half the cache memory and the bytes a decode "
+                 "step reads from it; keys and values rounded to fp16; CPU backend)")
+      ->check(CLI::IsMember({"f32", "f16"}));
+}
+inline void set_kv_cache(Model& m, const std::string& v) {
+  m.set_kv_cache_dtype(v == "f16" ? DType::F16 : DType::F32);
+}
 // Prints the loader's line on the weight formats (GGUF only) to stderr.
 inline void say_weights(const LoadedModel& lm) {
   if (!lm.weights_summary.empty()) std::fprintf(stderr, "%s\n", lm.weights_summary.c_str());

@@ -35,8 +35,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"hf", "llama"}));
   app.add_option("--threads,-t", threads, "threads")->check(CLI::NonNegativeNumber);
   app.add_option("--backend", backend, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
-  std::string dtype = "native";
+  std::string dtype = "native", kv_cache = "f32";
   tool::add_gguf_dtype(app, dtype);
+  tool::add_kv_cache(app, kv_cache);
   app.add_option("--device", device, "GPU index")->check(CLI::NonNegativeNumber);
   app.add_flag("--json", json, "print the result as JSON");
   app.add_flag("--quiet,-q", quiet, "no progress bar");
@@ -56,6 +57,7 @@ int main(int argc, char** argv) {
     auto be = make_backend(backend, threads, device);
     LoadedModel lm = open_named_model(model, *be, true, tool::gguf_weights(dtype));
     tool::say_weights(lm);
+    tool::set_kv_cache(*lm.model, kv_cache);
     std::vector<int32_t> ids = lm.tokenizer->encode(ss.str(), true);
     const size_t all = ids.size();
     if (max_tokens > 0 && size_t(max_tokens) < ids.size()) ids.resize(size_t(max_tokens));
@@ -68,6 +70,7 @@ int main(int argc, char** argv) {
       nlohmann::json j = {{"model", lm.path},
                           {"text", text_path},
                           {"method", method},
+                          {"kv_cache", kv_cache},
                           {"ctx", ctx},
                           {"stride", stride},
                           {"text_tokens", all},

@@ -60,8 +60,9 @@ int main(int argc, char** argv) {
                  "processes keep the cores busy, unless MINFER_POOL_BACKOFF=0)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--backend", backend, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
-  std::string dtype = "native";
+  std::string dtype = "native", kv_cache = "f32";
   tool::add_gguf_dtype(app, dtype);
+  tool::add_kv_cache(app, kv_cache);
   app.add_option("--device", device, "GPU index for --backend cuda")->check(CLI::NonNegativeNumber);
   app.add_flag("--json", json,
                "print one JSON object instead of streaming text (ids, text, speeds, and margins: "
@@ -75,6 +76,7 @@ int main(int argc, char** argv) {
     LoadedModel lm = open_named_model(model, *be, true, tool::gguf_weights(dtype));
     tool::say_weights(lm);
     Model& m = *lm.model;
+    tool::set_kv_cache(m, kv_cache);
     const ModelConfig& c = m.config();
     MINFER_CHECK(c.causal(), "{}: '{}' is an encoder, run-model needs a causal LM (try embed)",
                  lm.path, c.model_type);

@@ -6,10 +6,11 @@
 #include <algorithm>
 #include <cmath>
 
+#include "engine/half.h"
 #include "engine/thread_pool.h"
 #include "kernels/cpu/softmax.h"
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #define MINFER_ATTN_AVX2 1
 #endif
@@ -17,6 +18,16 @@
 namespace minfer {
 
 namespace {
+
+#if defined(MINFER_ATTN_AVX2)
+// 8 elements of a KV-cache row as f32.
+inline __m256 load8(const float* p) {
+  return _mm256_loadu_ps(p);
+}
+inline __m256 load8(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+#endif
 
 // Σ x[i] y[i] in 16 interleaved partial sums (vectorized by the compiler).
 float dot(const float* x, const float* y, int64_t n) {
@@ -30,21 +41,34 @@ float dot(const float* x, const float* y, int64_t n) {
   return s;
 }
 
+// Row i of a KV cache as f32 values: the row itself, or fp16 widened into buf (the same
+// arithmetic then runs on both, so an F16 cache gives the bits of an F32 one holding the
+// rounded values).
+inline const float* row_f32(const float* p, int64_t n, std::vector<float>& buf) {
+  (void)n;
+  (void)buf;
+  return p;
+}
+inline const float* row_f32(const uint16_t* p, int64_t n, std::vector<float>& buf) {
+  buf.resize(size_t(n));
+  f16_to_f32_n(p, buf.data(), size_t(n));
+  return buf.data();
+}
+
 // s[j] = scale · (q · k_j) for the n key rows k_j = k + j ldk, D values each.
-void scores(const float* q, const float* k, int64_t ldk, int64_t n, int64_t D, float scale,
-            float* s) {
+template <typename E>
+void scores(const float* q, const E* k, int64_t ldk, int64_t n, int64_t D, float scale, float* s) {
   int64_t j = 0;
 #if defined(MINFER_ATTN_AVX2)
   if (D % 8 == 0) {
     const __m256 sv = _mm256_set1_ps(scale);
     for (; j + 8 <= n; j += 8) {
-      const float* kj = k + j * ldk;
+      const E* kj = k + j * ldk;
       __m256 acc[8];
       for (int u = 0; u < 8; ++u) acc[u] = _mm256_setzero_ps();
       for (int64_t d = 0; d < D; d += 8) {
         const __m256 qv = _mm256_loadu_ps(q + d);
-        for (int u = 0; u < 8; ++u)
-          acc[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kj + u * ldk + d), acc[u]);
+        for (int u = 0; u < 8; ++u) acc[u] = _mm256_fmadd_ps(qv, load8(kj + u * ldk + d), acc[u]);
       }
       // One reduction for the 8 keys: lane u of r is Σ acc[u].
       const __m256 t0 = _mm256_hadd_ps(acc[0], acc[1]), t1 = _mm256_hadd_ps(acc[2], acc[3]);
@@ -56,48 +80,52 @@ void scores(const float* q, const float* k, int64_t ldk, int64_t n, int64_t D, f
     }
   }
 #endif
-  for (; j < n; ++j) s[j] = scale * dot(q, k + j * ldk, D);
+  thread_local std::vector<float> buf;
+  for (; j < n; ++j) s[j] = scale * dot(q, row_f32(k + j * ldk, D, buf), D);
 }
 
 #if defined(MINFER_ATTN_AVX2)
 // o[0 .. 8 ND) = Σ_j p[j] v_j[0 .. 8 ND), the sums in registers.
-template <int ND>
-void pv_block(const float* p, const float* v, int64_t ldv, int64_t n, float* o) {
+template <int ND, typename E>
+void pv_block(const float* p, const E* v, int64_t ldv, int64_t n, float* o) {
   __m256 acc[ND];
   for (int u = 0; u < ND; ++u) acc[u] = _mm256_setzero_ps();
   for (int64_t j = 0; j < n; ++j) {
     const __m256 pj = _mm256_set1_ps(p[j]);
-    const float* vj = v + j * ldv;
-    for (int u = 0; u < ND; ++u) acc[u] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8 * u), acc[u]);
+    const E* vj = v + j * ldv;
+    for (int u = 0; u < ND; ++u) acc[u] = _mm256_fmadd_ps(pj, load8(vj + 8 * u), acc[u]);
   }
   for (int u = 0; u < ND; ++u) _mm256_storeu_ps(o + 8 * u, acc[u]);
 }
 #endif
 
 // o[d] = Σ_j p[j] v_j[d] for d < D over the n value rows v_j = v + j ldv.
-void pv(const float* p, const float* v, int64_t ldv, int64_t n, int64_t D, float* o) {
+template <typename E>
+void pv(const float* p, const E* v, int64_t ldv, int64_t n, int64_t D, float* o) {
   int64_t d0 = 0;
 #if defined(MINFER_ATTN_AVX2)
-  for (; d0 + 64 <= D; d0 += 64) pv_block<8>(p, v + d0, ldv, n, o + d0);
-  using Block = void (*)(const float*, const float*, int64_t, int64_t, float*);
-  static constexpr Block kBlocks[8] = {nullptr,     pv_block<1>, pv_block<2>, pv_block<3>,
-                                       pv_block<4>, pv_block<5>, pv_block<6>, pv_block<7>};
+  for (; d0 + 64 <= D; d0 += 64) pv_block<8, E>(p, v + d0, ldv, n, o + d0);
+  using Block = void (*)(const float*, const E*, int64_t, int64_t, float*);
+  static constexpr Block kBlocks[8] = {nullptr,        pv_block<1, E>, pv_block<2, E>,
+                                       pv_block<3, E>, pv_block<4, E>, pv_block<5, E>,
+                                       pv_block<6, E>, pv_block<7, E>};
   if (const int64_t nb = (D - d0) / 8; nb > 0) kBlocks[nb](p, v + d0, ldv, n, o + d0);
   d0 += (D - d0) / 8 * 8;
 #endif
   std::fill(o + d0, o + D, 0.f);
+  if (d0 == D) return;
+  thread_local std::vector<float> buf;
   for (int64_t j = 0; j < n; ++j) {
     const float pj = p[j];
-    const float* vj = v + j * ldv;
-    for (int64_t d = d0; d < D; ++d) o[d] += pj * vj[d];
+    const float* vj = row_f32(v + j * ldv + d0, D - d0, buf);  // columns d0..D
+    for (int64_t d = d0; d < D; ++d) o[d] += pj * vj[d - d0];
   }
 }
 
-}  // namespace
-
-void attention_decode(float* out, int64_t ldo, const float* q, int64_t ldq, const float* k,
-                      int64_t ldk, const float* v, int64_t ldv, int64_t T, int64_t S,
-                      const AttentionArgs& a, float scale, std::vector<float>& scratch) {
+template <typename E>
+void decode(float* out, int64_t ldo, const float* q, int64_t ldq, const E* k, int64_t ldk,
+            const E* v, int64_t ldv, int64_t T, int64_t S, const AttentionArgs& a, float scale,
+            std::vector<float>& scratch) {
   const int64_t H = a.n_heads, Hkv = a.n_kv_heads, D = a.head_dim, B = a.batch, G = H / Hkv;
   const int64_t R = G * T;  // query rows per kv head: row r is head kh G + r / T, token r % T
   const int64_t cl = kDecodeKeyChunk, nc = std::max<int64_t>(1, (S + cl - 1) / cl);
@@ -168,6 +196,19 @@ void attention_decode(float* out, int64_t ldo, const float* q, int64_t ldq, cons
         const float inv = 1.f / den;
         for (int64_t d = 0; d < D; ++d) o[d] *= inv;
       }
+}
+
+}  // namespace
+
+void attention_decode(float* out, int64_t ldo, const float* q, int64_t ldq, const float* k,
+                      int64_t ldk, const float* v, int64_t ldv, int64_t T, int64_t S,
+                      const AttentionArgs& a, float scale, std::vector<float>& scratch) {
+  decode(out, ldo, q, ldq, k, ldk, v, ldv, T, S, a, scale, scratch);
+}
+void attention_decode(float* out, int64_t ldo, const float* q, int64_t ldq, const uint16_t* k,
+                      int64_t ldk, const uint16_t* v, int64_t ldv, int64_t T, int64_t S,
+                      const AttentionArgs& a, float scale, std::vector<float>& scratch) {
+  decode(out, ldo, q, ldq, k, ldk, v, ldv, T, S, a, scale, scratch);
 }
 
 }  // namespace minfer

@@ -40,5 +40,10 @@ constexpr int64_t kDecodeKeyChunk = 32;
 void attention_decode(float* out, int64_t ldo, const float* q, int64_t ldq, const float* k,
                       int64_t ldk, const float* v, int64_t ldv, int64_t T, int64_t S,
                       const AttentionArgs& a, float scale, std::vector<float>& scratch);
+// The same with an F16 KV cache: k and v hold IEEE fp16 bits (strides in elements), widened to
+// f32 as they are read (F16C where built); the arithmetic is the f32 version's on those values.
+void attention_decode(float* out, int64_t ldo, const float* q, int64_t ldq, const uint16_t* k,
+                      int64_t ldk, const uint16_t* v, int64_t ldv, int64_t T, int64_t S,
+                      const AttentionArgs& a, float scale, std::vector<float>& scratch);
 
 }  // namespace minfer

@@ -59,6 +59,20 @@ Mat mat(const Tensor& t, const char* what) {
   return {t.data<float>(), rows, cols, ld};
 }
 
+// A 2-D F16 tensor (an F16 KV cache): fp16 bits, strides in elements.
+struct MatH {
+  uint16_t* p;
+  int64_t rows, cols, ld;
+};
+
+MatH mat16(const Tensor& t, const char* what) {
+  MINFER_CHECK(t.dtype() == DType::F16, "{}: expected an F16 KV cache, found {}", what,
+               dtype_name(t.dtype()));
+  MINFER_CHECK(t.ndim() == 2 && t.stride(-1) == 1, "{}: expected a 2-D row-major cache, found {}",
+               what, t.shape_str());
+  return {static_cast<uint16_t*>(t.raw()), t.dim(0), t.dim(1), t.stride(0)};
+}
+
 void check_same(const Mat& a, const Mat& b, const char* op) {
   MINFER_CHECK(a.rows == b.rows && a.cols == b.cols, "{}: shape mismatch [{}, {}] vs [{}, {}]", op,
                a.rows, a.cols, b.rows, b.cols);
@@ -74,6 +88,7 @@ class CpuBackend final : public Backend {
   explicit CpuBackend(int threads) { set_threads(threads); }
 
   std::string name() const override { return "cpu"; }
+  bool kv_cache_f16() const override { return true; }
 
   void set_threads(int n) override {
     threads_ = n > 0 ? n : default_threads();
@@ -348,6 +363,14 @@ class CpuBackend final : public Backend {
   }
 
   void copy(Tensor& dst, const Tensor& src) override {
+    if (dst.dtype() == DType::F16) {  // a KV-cache write: rounded to fp16
+      MatH D = mat16(dst, "copy dst");
+      Mat S = mat(src, "copy src");
+      check_same({nullptr, D.rows, D.cols, D.ld}, S, "copy");
+      for (int64_t r = 0; r < D.rows; ++r)
+        f32_to_f16_n(S.p + r * S.ld, D.p + r * D.ld, size_t(D.cols));
+      return;
+    }
     Mat D = mat(dst, "copy dst"), S = mat(src, "copy src");
     check_same(D, S, "copy");
     for (int64_t r = 0; r < D.rows; ++r)
@@ -497,6 +520,18 @@ class CpuBackend final : public Backend {
   void rope_kv(Tensor& q, Tensor& k, const Tensor& v, Tensor& k_dst, Tensor& v_dst, int64_t pos0,
                int64_t n_heads, int64_t n_kv_heads, const RopeTable& rt) override {
     Mat Q = rope_mat(q, n_heads, rt, "rope_kv q"), K = rope_mat(k, n_kv_heads, rt, "rope_kv k");
+    if (k_dst.dtype() == DType::F16) {  // an F16 cache: k rotated in place, then rounded into it
+      MatH Kd = mat16(k_dst, "rope_kv k_dst");
+      check_same({nullptr, Kd.rows, Kd.cols, Kd.ld}, K, "rope_kv k_dst");
+      MINFER_CHECK(Q.rows == K.rows, "rope_kv: q has {} rows, k {}", Q.rows, K.rows);
+      rope_table(Q.rows, pos0, rt);
+      rope_apply(Q, Q, n_heads, rt);
+      rope_apply(K, K, n_kv_heads, rt);
+      for (int64_t r = 0; r < K.rows; ++r)
+        f32_to_f16_n(K.p + r * K.ld, Kd.p + r * Kd.ld, size_t(K.cols));
+      copy(v_dst, v);
+      return;
+    }
     Mat Kd = rope_mat(k_dst, n_kv_heads, rt, "rope_kv k_dst");
     MINFER_CHECK(Q.rows == K.rows && Kd.rows == K.rows,
                  "rope_kv: q has {} rows, k {}, the cache slice {}", Q.rows, K.rows, Kd.rows);
@@ -512,14 +547,33 @@ class CpuBackend final : public Backend {
 
   void attention(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v,
                  const AttentionArgs& a) override {
-    Mat O = mat(out, "attention out"), Q = mat(q, "attention q"), K = mat(k, "attention k"),
-        Vm = mat(v, "attention v");
+    Mat O = mat(out, "attention out"), Q = mat(q, "attention q");
     const int64_t H = a.n_heads, Hkv = a.n_kv_heads, D = a.head_dim, B = a.batch;
+    const float scale = a.scale > 0 ? a.scale : 1.f / std::sqrt(float(D));
+    const int64_t group = H / Hkv;
+    Mat K, Vm;
+    if (k.dtype() == DType::F16 || v.dtype() == DType::F16) {  // an F16 KV cache
+      MatH Kh = mat16(k, "attention k"), Vh = mat16(v, "attention v");
+      const auto [T, S] = check_attention_args(O.rows, O.cols, Q.rows, Q.cols, Kh.rows, Kh.cols,
+                                               Vh.rows, Vh.cols, a);
+      if (T <= kFewRows)
+        return attention_decode(O.p, O.ld, Q.p, Q.ld, Kh.p, Kh.ld, Vh.p, Vh.ld, T, S, a, scale,
+                                decode_scratch_);
+      // Prefill: the S cached rows widened to f32 once, then the f32 paths below.
+      kv_wide_.resize(size_t(2 * Kh.rows * Kh.cols));
+      K = {kv_wide_.data(), Kh.rows, Kh.cols, Kh.cols};
+      Vm = {kv_wide_.data() + Kh.rows * Kh.cols, Vh.rows, Vh.cols, Vh.cols};
+      for (int64_t r = 0; r < Kh.rows; ++r) {
+        f16_to_f32_n(Kh.p + r * Kh.ld, K.p + r * K.ld, size_t(K.cols));
+        f16_to_f32_n(Vh.p + r * Vh.ld, Vm.p + r * Vm.ld, size_t(Vm.cols));
+      }
+    } else {
+      K = mat(k, "attention k");
+      Vm = mat(v, "attention v");
+    }
     const std::pair<int64_t, int64_t> ts =
         check_attention_args(O.rows, O.cols, Q.rows, Q.cols, K.rows, K.cols, Vm.rows, Vm.cols, a);
     const int64_t T = ts.first, S = ts.second;
-    const float scale = a.scale > 0 ? a.scale : 1.f / std::sqrt(float(D));
-    const int64_t group = H / Hkv;
     if (T <= kFewRows)
       return attention_decode(O.p, O.ld, Q.p, Q.ld, K.p, K.ld, Vm.p, Vm.ld, T, S, a, scale,
                               decode_scratch_);
@@ -618,6 +672,7 @@ class CpuBackend final : public Backend {
   std::vector<float> scratch_;
   std::vector<float> attn_scratch_;
   std::vector<float> decode_scratch_;  // attention_decode's per-chunk partial results
+  std::vector<float> kv_wide_;         // an F16 KV cache's rows widened for prefill attention
   std::vector<float> rope_cs_;
   std::vector<float> emb_row_;
   std::vector<float> lowrank_tmp_;  // [T, rank] between the two factors of a LowRank weight
