@@ -267,6 +267,20 @@ std::vector<float> naive_attention(const Tensor& q, const Tensor& k, const Tenso
       }
   return out;
 }
+
+// One attention test configuration, and its AttentionArgs over the key mask (used when c.mask).
+struct AttnCase {
+  const char* name;
+  int64_t H, Hkv, D, B, T, pos0, window;
+  bool causal, mask;
+  float softcap;
+};
+AttentionArgs attn_args(const AttnCase& c, const std::vector<int32_t>& mask) {
+  AttentionArgs a{c.H, c.Hkv, c.D, c.B, c.pos0, c.causal, c.mask ? mask.data() : nullptr, 0.f};
+  a.window = c.window;
+  a.softcap = c.softcap;
+  return a;
+}
 }  // namespace
 
 TEST_CASE("ops: attention (causal + cache offset + GQA, and bidirectional with padding)") {
@@ -338,27 +352,19 @@ TEST_CASE("softmax: the vectorized exp is within 4 ulp of std::exp, 0 below ln(F
 
 TEST_CASE("ops: prefill attention in query blocks matches the reference and the per-head path") {
   // T > 64 spans several query blocks; sizes are odd so blocks end mid-way.
-  struct Case {
-    const char* name;
-    int64_t H, Hkv, D, B, T, pos0, window;
-    bool causal, mask;
-    float softcap;
-  };
-  const Case cases[] = {
+  const AttnCase cases[] = {
       {"causal GQA", 6, 2, 16, 1, 150, 0, 0, true, false, 0.f},
       {"causal GQA after a cache", 4, 2, 8, 1, 133, 37, 0, true, false, 0.f},
       {"causal sliding window + softcap", 3, 1, 8, 1, 141, 5, 40, true, false, 30.f},
       {"bidirectional batch with padding", 2, 2, 7, 2, 70, 0, 0, false, true, 0.f},
   };
-  for (const Case& c : cases) {
+  for (const AttnCase& c : cases) {
     CAPTURE(c.name);
     const int64_t S = c.pos0 + c.T;
     std::vector<int32_t> mask;
     if (c.mask)
       for (int64_t i = 0; i < c.B * S; ++i) mask.push_back(i % S < S - 9 - 5 * (i / S) ? 1 : 0);
-    AttentionArgs a{c.H, c.Hkv, c.D, c.B, c.pos0, c.causal, c.mask ? mask.data() : nullptr, 0.f};
-    a.window = c.window;
-    a.softcap = c.softcap;
+    const AttentionArgs a = attn_args(c, mask);
     Tensor q = randn({c.B * c.T, c.H * c.D}, 11), k = randn({c.B * S, c.Hkv * c.D}, 12),
            v = randn({c.B * S, c.Hkv * c.D}, 13);
     const std::vector<float> ref = naive_attention(q, k, v, a);
@@ -392,28 +398,20 @@ TEST_CASE(
   // and register sums, D = 20 adds 4 leftover columns and D = 5 only the plain loops. Windows,
   // soft-capping, a padding mask that empties whole chunks, and a window + cache that leaves a
   // row no key (zeros).
-  struct Case {
-    const char* name;
-    int64_t H, Hkv, D, B, T, pos0, window;
-    bool causal, mask;
-    float softcap;
-  };
-  const Case cases[] = {
+  const AttnCase cases[] = {
       {"one token, GQA 3:1, D 64", 9, 3, 64, 1, 1, 300, 0, true, false, 0.f},
       {"four tokens, GQA 2:1, D 20", 4, 2, 20, 1, 4, 200, 0, true, false, 0.f},
       {"MQA, D 24, sliding window + softcap", 6, 1, 24, 1, 3, 250, 70, true, false, 30.f},
       {"batch of 2 with padding, D 5", 2, 2, 5, 2, 2, 150, 0, false, true, 0.f},
       {"one key chunk, D 64", 2, 1, 64, 1, 2, 7, 0, true, false, 0.f},
   };
-  for (const Case& c : cases) {
+  for (const AttnCase& c : cases) {
     CAPTURE(c.name);
     const int64_t S = c.pos0 + c.T;
     std::vector<int32_t> mask;
     if (c.mask)  // sequence 1 masks keys 0..99: whole chunks of it see nothing
       for (int64_t i = 0; i < c.B * S; ++i) mask.push_back(i / S == 1 && i % S < 100 ? 0 : 1);
-    AttentionArgs a{c.H, c.Hkv, c.D, c.B, c.pos0, c.causal, c.mask ? mask.data() : nullptr, 0.f};
-    a.window = c.window;
-    a.softcap = c.softcap;
+    const AttentionArgs a = attn_args(c, mask);
     Tensor q = randn({c.B * c.T, c.H * c.D}, 21), k = randn({c.B * S, c.Hkv * c.D}, 22),
            v = randn({c.B * S, c.Hkv * c.D}, 23);
     const std::vector<float> ref = naive_attention(q, k, v, a);

@@ -40,11 +40,15 @@ int default_threads() {
 
 namespace {
 
-// A 2-D f32 view: rows, cols, row stride (in floats), data.
-struct Mat {
-  float* p;
+// A 2-D view: data, rows, cols, row stride (in elements). Mat: f32; MatH: fp16 bits (an F16 KV
+// cache).
+template <typename E>
+struct View {
+  E* p;
   int64_t rows, cols, ld;
 };
+using Mat = View<float>;
+using MatH = View<uint16_t>;
 
 Mat mat(const Tensor& t, const char* what) {
   MINFER_CHECK(t.dtype() == DType::F32, "{}: expected an F32 activation, found {}", what,
@@ -59,12 +63,6 @@ Mat mat(const Tensor& t, const char* what) {
   return {t.data<float>(), rows, cols, ld};
 }
 
-// A 2-D F16 tensor (an F16 KV cache): fp16 bits, strides in elements.
-struct MatH {
-  uint16_t* p;
-  int64_t rows, cols, ld;
-};
-
 MatH mat16(const Tensor& t, const char* what) {
   MINFER_CHECK(t.dtype() == DType::F16, "{}: expected an F16 KV cache, found {}", what,
                dtype_name(t.dtype()));
@@ -73,7 +71,8 @@ MatH mat16(const Tensor& t, const char* what) {
   return {static_cast<uint16_t*>(t.raw()), t.dim(0), t.dim(1), t.stride(0)};
 }
 
-void check_same(const Mat& a, const Mat& b, const char* op) {
+template <typename A, typename B>
+void check_same(const View<A>& a, const View<B>& b, const char* op) {
   MINFER_CHECK(a.rows == b.rows && a.cols == b.cols, "{}: shape mismatch [{}, {}] vs [{}, {}]", op,
                a.rows, a.cols, b.rows, b.cols);
 }
@@ -366,7 +365,7 @@ class CpuBackend final : public Backend {
     if (dst.dtype() == DType::F16) {  // a KV-cache write: rounded to fp16
       MatH D = mat16(dst, "copy dst");
       Mat S = mat(src, "copy src");
-      check_same({nullptr, D.rows, D.cols, D.ld}, S, "copy");
+      check_same(D, S, "copy");
       for (int64_t r = 0; r < D.rows; ++r)
         f32_to_f16_n(S.p + r * S.ld, D.p + r * D.ld, size_t(D.cols));
       return;
@@ -522,7 +521,7 @@ class CpuBackend final : public Backend {
     Mat Q = rope_mat(q, n_heads, rt, "rope_kv q"), K = rope_mat(k, n_kv_heads, rt, "rope_kv k");
     if (k_dst.dtype() == DType::F16) {  // an F16 cache: k rotated in place, then rounded into it
       MatH Kd = mat16(k_dst, "rope_kv k_dst");
-      check_same({nullptr, Kd.rows, Kd.cols, Kd.ld}, K, "rope_kv k_dst");
+      check_same(Kd, K, "rope_kv k_dst");
       MINFER_CHECK(Q.rows == K.rows, "rope_kv: q has {} rows, k {}", Q.rows, K.rows);
       rope_table(Q.rows, pos0, rt);
       rope_apply(Q, Q, n_heads, rt);
