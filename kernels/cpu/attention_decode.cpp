@@ -41,8 +41,8 @@ float dot(const float* x, const float* y, int64_t n) {
   return s;
 }
 
-// Row i of a KV cache as f32 values: the row itself, or fp16 widened into buf (the same
-// arithmetic then runs on both, so an F16 cache gives the bits of an F32 one holding the
+// n values of a KV-cache row as f32: the row itself, or its fp16 values widened into buf (the
+// same arithmetic then runs on both, so an F16 cache gives the bits of an F32 one holding the
 // rounded values).
 inline const float* row_f32(const float* p, int64_t n, std::vector<float>& buf) {
   (void)n;
