@@ -236,6 +236,21 @@ bool minfer_model_is_encoder(const minfer_model* m) {
   return m && !m->lm.model->config().causal();
 }
 
+int minfer_model_set_kv_type(minfer_model* model, int32_t type) {
+  return guarded(__func__, MINFER_ERR_INTERNAL, [&] {
+    need(model != nullptr, "model is NULL");
+    if (type != MINFER_KV_F32 && type != MINFER_KV_F16)
+      api_fail(MINFER_ERR_INVALID_ARGUMENT,
+               "KV type {}: expected MINFER_KV_F32 ({}) or MINFER_KV_F16 ({})", type,
+               int(MINFER_KV_F32), int(MINFER_KV_F16));
+    Model& m = *model->lm.model;
+    if (type == MINFER_KV_F16 && !m.backend().kv_cache_f16())
+      api_fail(MINFER_ERR_UNSUPPORTED, "not implemented: an F16 KV cache on the {} backend",
+               m.backend().name());
+    m.set_kv_cache_dtype(type == MINFER_KV_F16 ? DType::F16 : DType::F32);
+  });
+}
+
 minfer_context_params minfer_context_default_params(void) {
   minfer_context_params p;
   p.n_ctx = 2048;

@@ -152,6 +152,17 @@ MINFER_API int32_t minfer_n_ctx_train(const minfer_model* model); /* positions i
 /* true for encoders (minfer_embed), false for causal LMs (minfer_decode). */
 MINFER_API bool minfer_model_is_encoder(const minfer_model* model);
 
+/* KV-cache element types (minfer_model_set_kv_type). */
+enum { MINFER_KV_F32 = 0, MINFER_KV_F16 = 1 };
+/* The element type of the KV caches of the contexts created from now on (existing contexts keep
+ * theirs): MINFER_KV_F32 (the default) or MINFER_KV_F16 (half the cache memory, and half the bytes
+ * a decode step reads from it; keys and values rounded to fp16 where they are written, as
+ * llama.cpp's default cache). Encoders have no KV cache and keep the setting unused. Returns
+ * MINFER_ERR_INVALID_ARGUMENT for a NULL model or another type, MINFER_ERR_UNSUPPORTED where the
+ * model's backend runs F32 caches only. Not to be called while another thread creates a context
+ * on the same model. */
+MINFER_API int minfer_model_set_kv_type(minfer_model* model, int32_t type);
+
 /* ---- Contexts -------------------------------------------------------------------------------- */
 
 MINFER_API minfer_context_params minfer_context_default_params(void);

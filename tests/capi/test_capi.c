@@ -57,13 +57,15 @@ static int file_exists(const char* path) {
   return f != NULL;
 }
 
-/* The "ids" array of run-model --json. Returns the count (-1 when the tool failed). */
-static int run_model_ids(const char* model, const char* prompt, int n, int32_t* ids, int cap) {
+/* The "ids" array of run-model --json with the KV cache kv (f32 | f16). Returns the count (-1
+ * when the tool failed). */
+static int run_model_ids(const char* model, const char* prompt, int n, const char* kv, int32_t* ids,
+                         int cap) {
   char cmd[4096];
   snprintf(cmd, sizeof cmd,
-           "%s/run-model --model '%s' --prompt '%s' -n %d --temp 0 --threads 1 --json "
-           "2>/dev/null",
-           bin_dir(), model, prompt, n);
+           "%s/run-model --model '%s' --prompt '%s' -n %d --temp 0 --threads 1 --kv-cache %s "
+           "--json 2>/dev/null",
+           bin_dir(), model, prompt, n, kv);
   FILE* p = popen(cmd, "r");
   if (!p) return -1;
   static char out[1 << 16];
@@ -404,6 +406,44 @@ static int thread_main(void* arg) {
   return 0;
 }
 
+/* An F16 KV cache: refused types, then greedy generation equal to run-model --kv-cache f16; the
+ * setting stays with the model until changed back. */
+static void test_kv_f16(minfer_model* m, const char* path, const char* prompt, int n) {
+  CHECK(minfer_model_set_kv_type(NULL, MINFER_KV_F16) == MINFER_ERR_INVALID_ARGUMENT);
+  CHECK(minfer_model_set_kv_type(m, 7) == MINFER_ERR_INVALID_ARGUMENT);
+  CHECK(strstr(minfer_last_error(), "KV type 7") != NULL);
+  CHECK(minfer_model_set_kv_type(m, MINFER_KV_F16) == MINFER_OK);
+  int32_t ours[64], rm[64];
+  minfer_context* c;
+  CHECK(minfer_context_new(m, NULL, &c) == MINFER_OK);
+  int got = generate(c, m, prompt, n, ours);
+  CHECK(got == n);
+  minfer_context_free(c);
+  int n_rm = run_model_ids(path, prompt, n, "f16", rm, 64);
+  CHECK(n_rm > 0);
+  CHECK(same_as_run_model(m, ours, got, rm, n_rm));
+  printf("test-capi: %s greedy with an F16 KV cache, %d tokens: %s run-model --kv-cache f16\n",
+         path, n_rm, same_as_run_model(m, ours, got, rm, n_rm) ? "identical to" : "DIFFERENT from");
+  /* The setting reaches the cache: after the same prompt the logits differ from an F32 cache's
+   * (by the fp16 rounding of the keys and values). */
+  int32_t ids[64];
+  int32_t np = minfer_tokenize(m, prompt, -1, ids, 64, true);
+  CHECK(np > 0);
+  const int32_t nv = minfer_n_vocab(m);
+  float* l16 = malloc(sizeof(float) * (size_t)nv);
+  minfer_context *c16, *c32;
+  CHECK(minfer_context_new(m, NULL, &c16) == MINFER_OK);
+  CHECK(minfer_model_set_kv_type(m, MINFER_KV_F32) == MINFER_OK);
+  CHECK(minfer_context_new(m, NULL, &c32) == MINFER_OK); /* c16 keeps its F16 cache */
+  CHECK(minfer_decode(c16, ids, np) == MINFER_OK);
+  memcpy(l16, minfer_get_logits(c16), sizeof(float) * (size_t)nv);
+  CHECK(minfer_decode(c32, ids, np) == MINFER_OK);
+  CHECK(memcmp(l16, minfer_get_logits(c32), sizeof(float) * (size_t)nv) != 0);
+  free(l16);
+  minfer_context_free(c16);
+  minfer_context_free(c32);
+}
+
 static void test_threads_and_run_model(minfer_model* m, const char* path, const char* prompt,
                                        int n) {
   int32_t ref[64];
@@ -414,7 +454,7 @@ static void test_threads_and_run_model(minfer_model* m, const char* path, const 
   minfer_context_free(c);
 
   int32_t rm[64];
-  int n_rm = run_model_ids(path, prompt, n, rm, 64);
+  int n_rm = run_model_ids(path, prompt, n, "f32", rm, 64);
   CHECK(n_rm > 0);
   CHECK(same_as_run_model(m, ref, got, rm, n_rm));
   printf("test-capi: %s greedy, %d tokens: %s run-model\n", path, n_rm,
@@ -529,6 +569,7 @@ int main(void) {
     test_decode(m);
     test_buffer(m);
     test_threads_and_run_model(m, TINY, "hello there", 20);
+    test_kv_f16(m, TINY, "hello there", 20);
     minfer_model_free(m);
   }
 
