@@ -162,6 +162,7 @@ int main(int argc, char** argv) {
                           {"prompt_tok_per_s", prompt_tps},
                           {"gen_tok_per_s", gen_tps},
                           {"peak_rss_mb", tool::peak_rss_mb()},
+                          {"kv_cache", kv_cache},
                           {"load_cores", load_cores >= 0 ? nlohmann::json(load_cores) : nullptr},
                           {"cpus", online_cpus()},
                           {"busy", busy}};
