@@ -314,11 +314,9 @@ Quantized FormatTraits<Quantized>::load(const TensorSource& src, const std::stri
   }
   q.scales = src.maybe(name + ".scales");
   if (q.scales.defined() && q.scales.dtype() == DType::F16) {  // -f16s: F32 in memory
-    Tensor f = Tensor::empty(DType::F32, q.scales.shape(), q.scales.ndim());
     MINFER_CHECK(q.scales.is_contiguous(), "quantized '{}': '{}.scales' is not contiguous", name,
                  name);
-    f16_to_f32_n(q.scales.data<uint16_t>(), f.data<float>(), size_t(q.scales.numel()));
-    q.scales = f;
+    q.scales = q.scales.to_f32();
     q.f16_scales = true;
   }
   q.zeros = src.maybe(name + ".zeros");

@@ -145,13 +145,10 @@ void decode(float* out, int64_t ldo, const float* q, int64_t ldq, const E* k, in
         const int64_t t = r % T, h = kh * G + r / T;
         const int64_t limit = a.causal ? std::min(S, a.pos0 + t + 1) : S;
         const int64_t lo = std::max(j0, attention_window_first(a, t)), hi = std::min(j1, limit);
-        float* o = ob + r * D;
+        // A chunk that leaves the row no key keeps m = -inf: the merge skips it (o unread).
         mb[r] = -INFINITY;
         lb[r] = 0.f;
-        if (lo >= hi) {
-          std::fill(o, o + D, 0.f);
-          continue;
-        }
+        if (lo >= hi) continue;
         const int64_t n = hi - lo;
         float* row = sc.data();
         scores(q + (b * T + t) * ldq + h * D, k + (b * S + lo) * ldk + kh * D, ldk, n, D, scale,
@@ -162,13 +159,10 @@ void decode(float* out, int64_t ldo, const float* q, int64_t ldq, const E* k, in
             if (a.key_mask[b * S + lo + j] == 0) row[j] = -INFINITY;
         float mx = -INFINITY;
         for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j]);
-        if (mx == -INFINITY) {  // every key of the chunk masked
-          std::fill(o, o + D, 0.f);
-          continue;
-        }
+        if (mx == -INFINITY) continue;  // every key of the chunk masked
         mb[r] = mx;
         lb[r] = exp_shift_sum(row, row, n, mx);
-        pv(row, v + (b * S + lo) * ldv + kh * D, ldv, n, D, o);
+        pv(row, v + (b * S + lo) * ldv + kh * D, ldv, n, D, ob + r * D);
       }
     }
   });

@@ -518,19 +518,10 @@ class CpuBackend final : public Backend {
 
   void rope_kv(Tensor& q, Tensor& k, const Tensor& v, Tensor& k_dst, Tensor& v_dst, int64_t pos0,
                int64_t n_heads, int64_t n_kv_heads, const RopeTable& rt) override {
+    // An F16 cache: rope, rope, then copy rounds k and v into it (Backend::rope_kv).
+    if (k_dst.dtype() == DType::F16)
+      return Backend::rope_kv(q, k, v, k_dst, v_dst, pos0, n_heads, n_kv_heads, rt);
     Mat Q = rope_mat(q, n_heads, rt, "rope_kv q"), K = rope_mat(k, n_kv_heads, rt, "rope_kv k");
-    if (k_dst.dtype() == DType::F16) {  // an F16 cache: k rotated in place, then rounded into it
-      MatH Kd = mat16(k_dst, "rope_kv k_dst");
-      check_same(Kd, K, "rope_kv k_dst");
-      MINFER_CHECK(Q.rows == K.rows, "rope_kv: q has {} rows, k {}", Q.rows, K.rows);
-      rope_table(Q.rows, pos0, rt);
-      rope_apply(Q, Q, n_heads, rt);
-      rope_apply(K, K, n_kv_heads, rt);
-      for (int64_t r = 0; r < K.rows; ++r)
-        f32_to_f16_n(K.p + r * K.ld, Kd.p + r * Kd.ld, size_t(K.cols));
-      copy(v_dst, v);
-      return;
-    }
     Mat Kd = rope_mat(k_dst, n_kv_heads, rt, "rope_kv k_dst");
     MINFER_CHECK(Q.rows == K.rows && Kd.rows == K.rows,
                  "rope_kv: q has {} rows, k {}, the cache slice {}", Q.rows, K.rows, Kd.rows);
