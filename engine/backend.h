@@ -50,7 +50,8 @@ class Backend {
   // A host tensor made usable by this backend (uploaded once for devices; identity on CPU).
   virtual Tensor upload(const Tensor& host) = 0;
   virtual void upload(Linear& w) = 0;
-  // Copy a [rows, cols] F32 tensor (row stride honoured) to a host array.
+  // Copy a [rows, cols] F32 tensor (row stride honoured) to a host array. Where kv_cache_f16(),
+  // src may also be a 2-D F16 tensor (an F16 KV cache's rows), widened exactly.
   virtual void to_host(const Tensor& src, float* dst) = 0;
   virtual void synchronize() {}
   // Installs (or with nullptr removes) an observer of linear inputs. Host backends only.

@@ -28,7 +28,7 @@ inline GgufWeights gguf_weights(const std::string& v) {
 inline void add_kv_cache(CLI::App& app, std::string& v) {
   app.add_option("--kv-cache", v,
                  "KV cache: f32 (default) | f16 (half the cache memory and the bytes a decode "
-                 "step reads from it; keys and values rounded to fp16; CPU backend)")
+                 "step reads from it; keys and values rounded to fp16; CPU and CUDA backends)")
       ->check(CLI::IsMember({"f32", "f16"}));
 }
 inline void set_kv_cache(Model& m, const std::string& v) {

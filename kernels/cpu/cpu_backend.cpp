@@ -113,6 +113,12 @@ class CpuBackend final : public Backend {
     if (Sparse24* s = std::get_if<Sparse24>(&w.repr)) sparse24_repack_for_cpu(*s);
   }
   void to_host(const Tensor& src, float* dst) override {
+    if (src.defined() && src.dtype() == DType::F16) {  // an F16 KV cache's rows
+      const MatH h = mat16(src, "to_host");
+      for (int64_t r = 0; r < h.rows; ++r)
+        f16_to_f32_n(h.p + r * h.ld, dst + r * h.cols, size_t(h.cols));
+      return;
+    }
     Mat s = mat(src, "to_host");
     for (int64_t r = 0; r < s.rows; ++r)
       std::memcpy(dst + r * s.cols, s.p + r * s.ld, size_t(s.cols) * 4);

@@ -18,6 +18,7 @@
 
 #include "engine/attention_check.h"
 #include "engine/backend.h"
+#include "engine/half.h"
 #include "kernels/common/quant_math.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/kernels.h"
@@ -139,6 +140,15 @@ DMat dmat(const Tensor& t, const char* what) {
   return {t.data<float>(), rows, cols, t.ndim() == 2 ? t.stride(0) : cols};
 }
 
+// A 2-D device view of an F16 tensor (a KV cache or a view of its rows).
+DMat16 dmat16(const Tensor& t, const char* what) {
+  MINFER_CHECK(
+      t.defined() && t.dtype() == DType::F16 && t.on_device() && t.ndim() == 2 && t.stride(-1) == 1,
+      "cuda {}: expected a 2-D F16 device tensor with contiguous rows, found {} {}", what,
+      t.defined() ? dtype_name(t.dtype()) : "undefined", t.defined() ? t.shape_str() : "");
+  return {t.data<uint16_t>(), t.dim(0), t.dim(1), t.stride(0)};
+}
+
 void check_same(const DMat& a, const DMat& b, const char* op) {
   MINFER_CHECK(a.rows == b.rows && a.cols == b.cols, "cuda {}: shape mismatch [{}, {}] vs [{}, {}]",
                op, a.rows, a.cols, b.rows, b.cols);
@@ -215,6 +225,17 @@ class CudaBackend final : public Backend {
   }
 
   void to_host(const Tensor& src, float* dst) override {
+    if (src.defined() && src.dtype() == DType::F16) {  // an F16 KV cache's rows, widened here
+      const DMat16 h = dmat16(src, "to_host");
+      std::vector<uint16_t> bits(size_t(h.rows * h.cols));
+      check_cuda(
+          cudaMemcpy2DAsync(bits.data(), size_t(h.cols) * 2, h.p, size_t(h.ld) * 2,
+                            size_t(h.cols) * 2, size_t(h.rows), cudaMemcpyDeviceToHost, stream_),
+          "to_host");
+      synchronize();
+      for (size_t i = 0; i < bits.size(); ++i) dst[i] = f16_to_f32(bits[i]);
+      return;
+    }
     DMat s = dmat(src, "to_host");
     check_cuda(cudaMemcpy2DAsync(dst, size_t(s.cols) * 4, s.p, size_t(s.ld) * 4, size_t(s.cols) * 4,
                                  size_t(s.rows), cudaMemcpyDeviceToHost, stream_),
@@ -553,7 +574,20 @@ class CudaBackend final : public Backend {
     launch_embedding(Y, table.raw(), dt, did, accumulate, stream_);
   }
 
+  // F16 KV caches (Model::set_kv_cache_dtype): copy rounds into them (rope_kv is Backend's:
+  // rope, rope, copy), attention reads them widened.
+  bool kv_cache_f16() const override { return true; }
+
   void copy(Tensor& dst, const Tensor& src) override {
+    if (dst.defined() && dst.dtype() == DType::F16) {  // a KV-cache write, rounded to fp16
+      DMat16 D = dmat16(dst, "copy dst");
+      DMat S = dmat(src, "copy src");
+      MINFER_CHECK(D.rows == S.rows && D.cols == S.cols,
+                   "cuda copy: shape mismatch [{}, {}] vs [{}, {}]", D.rows, D.cols, S.rows,
+                   S.cols);
+      if (D.rows > 0 && D.cols > 0) launch_copy_to_f16(D, S, stream_);
+      return;
+    }
     DMat D = dmat(dst, "copy dst"), S = dmat(src, "copy src");
     check_same(D, S, "copy");
     if (D.rows > 0 && D.cols > 0) launch_copy(D, S, stream_);
@@ -634,8 +668,23 @@ class CudaBackend final : public Backend {
 
   void attention(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v,
                  const AttentionArgs& a) override {
-    DMat O = dmat(out, "attention out"), Q = dmat(q, "attention q"), K = dmat(k, "attention k"),
-         Vm = dmat(v, "attention v");
+    // K and V: F32, or both F16 (an F16 KV cache's rows).
+    MINFER_CHECK(k.defined() && v.defined() && k.dtype() == v.dtype(),
+                 "cuda attention: k and v must have one dtype, found {} and {}",
+                 k.defined() ? dtype_name(k.dtype()) : "undefined",
+                 v.defined() ? dtype_name(v.dtype()) : "undefined");
+    const bool f16 = k.dtype() == DType::F16;
+    DMat O = dmat(out, "attention out"), Q = dmat(q, "attention q"), K, Vm;
+    DMat16 K16, V16;
+    if (f16) {
+      K16 = dmat16(k, "attention k");
+      V16 = dmat16(v, "attention v");
+      K = {nullptr, K16.rows, K16.cols, K16.ld};
+      Vm = {nullptr, V16.rows, V16.cols, V16.ld};
+    } else {
+      K = dmat(k, "attention k");
+      Vm = dmat(v, "attention v");
+    }
     const int64_t H = a.n_heads, Hkv = a.n_kv_heads, D = a.head_dim, B = a.batch;
     const std::pair<int64_t, int64_t> ts =
         check_attention_args(O.rows, O.cols, Q.rows, Q.cols, K.rows, K.cols, Vm.rows, Vm.cols, a);
@@ -652,6 +701,8 @@ class CudaBackend final : public Backend {
     p.q = Q.p;
     p.k = K.p;
     p.v = Vm.p;
+    p.k16 = f16 ? K16.p : nullptr;
+    p.v16 = f16 ? V16.p : nullptr;
     p.out = O.p;
     p.ldq = Q.ld;
     p.ldk = K.ld;

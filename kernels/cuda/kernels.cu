@@ -117,6 +117,15 @@ __global__ void copy_kernel(DMat y, DMat x) {
   }
 }
 
+__global__ void copy_to_f16_kernel(DMat16 y, DMat x) {
+  const int64_t n = y.rows * y.cols;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / y.cols, c = i % y.cols;
+    y.p[r * y.ld + c] = f2h(x.p[r * x.ld + c]);
+  }
+}
+
 __global__ void bias_kernel(DMat y, const float* bias) {
   const int64_t n = y.rows * y.cols;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
@@ -212,8 +221,10 @@ __global__ void attention_kernel(AttnParams a) {
   const int64_t t = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int64_t kh = h / (a.H / a.Hkv);
   const float* qp = a.q + (b * a.T + t) * a.ldq + h * a.D;
-  const float* kp = a.k + b * a.S * a.ldk + kh * a.D;
-  const float* vp = a.v + b * a.S * a.ldv + kh * a.D;
+  // Element i of this head's keys / values (i = j * ld + d), from an F32 or an F16 cache.
+  const int64_t ko = b * a.S * a.ldk + kh * a.D, vo = b * a.S * a.ldv + kh * a.D;
+  auto kat = [&](int64_t i) { return a.k16 ? h2f(a.k16[ko + i]) : a.k[ko + i]; };
+  auto vat = [&](int64_t i) { return a.v16 ? h2f(a.v16[vo + i]) : a.v[vo + i]; };
   float* op = a.out + (b * a.T + t) * a.ldo + h * a.D;
   for (int64_t d = threadIdx.x; d < a.D; d += blockDim.x) sq[d] = qp[d];
   __syncthreads();
@@ -226,7 +237,7 @@ __global__ void attention_kernel(AttnParams a) {
     float s = -INFINITY;
     if (j >= first && j < limit && (!a.key_mask || a.key_mask[b * a.S + j] != 0)) {
       float dot = 0;
-      for (int64_t d = 0; d < a.D; ++d) dot += sq[d] * kp[j * a.ldk + d];
+      for (int64_t d = 0; d < a.D; ++d) dot += sq[d] * kat(j * a.ldk + d);
       s = dot * a.scale;
       if (a.softcap > 0) s = tanhf(s / a.softcap) * a.softcap;  // Gemma-2, before the mask
     }
@@ -249,7 +260,7 @@ __global__ void attention_kernel(AttnParams a) {
   __syncthreads();
   for (int64_t d = threadIdx.x; d < a.D; d += blockDim.x) {
     float acc = 0;
-    for (int64_t j = 0; j < a.S; ++j) acc += sc[j] * vp[j * a.ldv + d];
+    for (int64_t j = 0; j < a.S; ++j) acc += sc[j] * vat(j * a.ldv + d);
     op[d] = acc;
   }
 }
@@ -623,6 +634,10 @@ void launch_unary(UnOp op, DMat y, DMat x, cudaStream_t s, float p) {
 }
 void launch_copy(DMat y, DMat x, cudaStream_t s) {
   MINFER_LAUNCH(copy_kernel, grid_for(y.rows * y.cols, kElemThreads), kElemThreads, 0, s)(y, x);
+}
+void launch_copy_to_f16(DMat16 y, DMat x, cudaStream_t s) {
+  MINFER_LAUNCH(copy_to_f16_kernel, grid_for(y.rows * y.cols, kElemThreads), kElemThreads, 0, s)
+  (y, x);
 }
 void launch_add_bias(DMat y, const float* bias, cudaStream_t s) {
   MINFER_LAUNCH(bias_kernel, grid_for(y.rows * y.cols, kElemThreads), kElemThreads, 0, s)

@@ -18,6 +18,11 @@ struct DMat {
   float* p = nullptr;
   int64_t rows = 0, cols = 0, ld = 0;
 };
+// A 2-D device view of fp16 bits (an F16 KV cache's rows; ld in elements).
+struct DMat16 {
+  uint16_t* p = nullptr;
+  int64_t rows = 0, cols = 0, ld = 0;
+};
 
 enum class BinOp { Add, Mul, SwiGLU };
 // Scale: y = p x (Gemma's embedding normalizer); Softcap: y = p tanh(x / p) (Gemma-2's logit
@@ -28,6 +33,8 @@ enum class HalfType { F16, BF16 };
 void launch_binary(BinOp op, DMat y, DMat a, DMat b, cudaStream_t s);
 void launch_unary(UnOp op, DMat y, DMat x, cudaStream_t s, float p = 0.f);
 void launch_copy(DMat y, DMat x, cudaStream_t s);
+// y = x rounded to fp16, nearest even (the CPU's f32_to_f16): a write into an F16 KV cache.
+void launch_copy_to_f16(DMat16 y, DMat x, cudaStream_t s);
 void launch_add_bias(DMat y, const float* bias, cudaStream_t s);
 void launch_layernorm(DMat y, DMat x, const float* w, const float* b, float eps, cudaStream_t s);
 void launch_rmsnorm(DMat y, DMat x, const float* w, float eps, cudaStream_t s);
@@ -39,7 +46,8 @@ void launch_embedding(DMat y, const void* table, int dtype, const int32_t* ids, 
                       cudaStream_t s);
 
 struct AttnParams {
-  const float *q, *k, *v;
+  const float *q, *k, *v;                         // k, v unused (nullptr) where k16, v16 are set
+  const uint16_t *k16 = nullptr, *v16 = nullptr;  // an F16 KV cache (fp16 bits), read widened
   float* out;
   int64_t ldq, ldk, ldv, ldo;
   int64_t H, Hkv, D, B, T, S, pos0;
