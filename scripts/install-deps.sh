@@ -2,15 +2,18 @@
 # Installs the Debian packages the build needs; skips what is present (idempotent).
 # Usage: scripts/install-deps.sh [--build | --rest]
 #   (none)   everything below (`make deps`);
-#   --build  what `make` needs: compilers, libraries, Open MPI (the Makefile looks for mpicxx);
+#   --build  what `make` needs: compilers and libraries;
 #   --rest   what only later steps need: clang with its sanitizer / libFuzzer runtimes and OpenMP
-#            (`make asan-test`, `make fuzz`) and pip (`make models`). .ci/run installs these
-#            beside the release compile, so their download and unpacking cost no wall time.
+#            (`make asan-test`, `make fuzz`), Open MPI (distill's data-parallel build: the
+#            Makefile looks for mpicxx on every run and rebuilds distill when it appears, so a
+#            `make` before it builds distill without MPI and the next `make` with it) and pip
+#            (`make models`). .ci/run installs these beside the release compile, so their
+#            download and unpacking cost little wall time.
 set -euo pipefail
 build=(g++ make libopenblas-openmp-dev liblapacke-dev doctest-dev libfmt-dev nlohmann-json3-dev
-       libutf8proc-dev libcli11-dev libzip-dev libssl-dev pkg-config
-       libopenmpi-dev openmpi-bin)  # data-parallel distill under mpirun (make MPI=1)
-rest=(clang libclang-rt-dev libomp-dev)  # clang + its libFuzzer/sanitizer runtimes + OpenMP
+       libutf8proc-dev libcli11-dev libzip-dev libssl-dev pkg-config)
+rest=(clang libclang-rt-dev libomp-dev   # clang + its libFuzzer/sanitizer runtimes + OpenMP
+      libopenmpi-dev openmpi-bin)        # data-parallel distill under mpirun (make MPI=1)
 # pip runs `make models` (app/model_hub.cpp: `python3 -m pip`, else `pip`); Debian's package
 # only where neither works already (a pyenv or venv pip is as good).
 if ! { python3 -m pip --version || pip --version; } >/dev/null 2>&1; then rest+=(python3-pip); fi
