@@ -1,0 +1,109 @@
+// make bench: decode attention (one query token) at depth S on SmolLM2-135M's shape (30 layers, 9
+// query heads over 3 KV heads of 64), through the CPU backend's attention op, with F32 and F16 KV
+// caches. Between tokens 64 MB are streamed through the caches, as a real decode's weights do, so
+// each token reads its KV cache from memory. Prints milliseconds per token (all 30 layers,
+// median and minimum of the timed tokens) and the cache bytes read per second.
+// Usage: bench_attention_decode [THREADS=2] [DEPTHS=128,512,2048] [CACHES=f32,f16] [TOKENS=25]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/half.h"
+
+using namespace minfer;
+
+namespace {
+
+volatile long g_sink;
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int threads = argc > 1 ? std::atoi(argv[1]) : 2;
+  const std::vector<std::string> depths = split(argc > 2 ? argv[2] : "128,512,2048");
+  const std::vector<std::string> caches = split(argc > 3 ? argv[3] : "f32,f16");
+  const int tokens = argc > 4 ? std::atoi(argv[4]) : 25;
+  if (threads < 1 || tokens < 1) {
+    std::fprintf(stderr, "usage: bench_attention_decode [THREADS] [DEPTHS] [CACHES] [TOKENS]\n");
+    return 2;
+  }
+  auto be = make_cpu_backend(threads);
+  const int64_t L = 30, H = 9, Hkv = 3, D = 64;
+  std::vector<char> flush(size_t(64) << 20, 1);
+  long sink = 0;
+  std::printf(
+      "decode attention, SmolLM2-135M shape (30 layers, %lld:%lld heads, D %lld), %d threads, "
+      "median of %d tokens\n",
+      (long long)H, (long long)Hkv, (long long)D, threads, tokens);
+  std::printf("%-6s %-5s %12s %12s %10s %8s\n", "depth", "cache", "ms/token", "min ms", "cache MB",
+              "GB/s");
+  for (const std::string& ds : depths) {
+    const int64_t S = std::atoll(ds.c_str());
+    if (S < 1) {
+      std::fprintf(stderr, "bench_attention_decode: bad depth '%s'\n", ds.c_str());
+      return 2;
+    }
+    for (const std::string& cs : caches) {
+      if (cs != "f32" && cs != "f16") {
+        std::fprintf(stderr, "bench_attention_decode: cache must be f32 or f16, found '%s'\n",
+                     cs.c_str());
+        return 2;
+      }
+      const bool f16 = cs == "f16";
+      const DType dt = f16 ? DType::F16 : DType::F32;
+      // Keys and values in [-1, 1) from a linear congruential sequence (cheap; any values do).
+      uint32_t state = 12345;
+      auto next = [&] {
+        state = state * 1664525u + 1013904223u;
+        return float(state >> 8) / float(1u << 23) - 1.f;
+      };
+      std::vector<Tensor> ks, vs;
+      for (int64_t l = 0; l < L; ++l) {
+        Tensor k = Tensor::empty(dt, {S, Hkv * D}), v = Tensor::empty(dt, {S, Hkv * D});
+        for (int64_t i = 0; i < k.numel(); ++i) {
+          if (f16) {
+            k.data<uint16_t>()[i] = f32_to_f16(next());
+            v.data<uint16_t>()[i] = f32_to_f16(next());
+          } else {
+            k.data<float>()[i] = next();
+            v.data<float>()[i] = next();
+          }
+        }
+        ks.push_back(k);
+        vs.push_back(v);
+      }
+      Tensor q = Tensor::empty(DType::F32, {1, H * D}), o = Tensor::empty(DType::F32, {1, H * D});
+      for (int64_t i = 0; i < q.numel(); ++i) q.data<float>()[i] = 0.1f * next();
+      const AttentionArgs a{H, Hkv, D, 1, S - 1, true, nullptr, 0.f};
+      std::vector<double> ts;
+      for (int rep = 0; rep < tokens + 2; ++rep) {
+        for (size_t i = 0; i < flush.size(); i += 64) sink += flush[i]++;
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int64_t l = 0; l < L; ++l) be->attention(o, q, ks[size_t(l)], vs[size_t(l)], a);
+        const double t =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (rep >= 2) ts.push_back(t);  // two warm-up tokens
+      }
+      std::sort(ts.begin(), ts.end());
+      const double med = ts[ts.size() / 2];
+      const double bytes = double(L) * double(S) * double(Hkv * D) * 2 * (f16 ? 2 : 4);
+      std::printf("%-6lld %-5s %12.3f %12.3f %10.1f %8.2f\n", (long long)S, cs.c_str(), med * 1e3,
+                  ts[0] * 1e3, bytes / 1e6, bytes / med / 1e9);
+    }
+  }
+  g_sink = sink;  // keeps the streaming reads
+  return 0;
+}
