@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -31,37 +32,55 @@ std::vector<std::string> split(const std::string& s) {
 
 }  // namespace
 
+// A whole positive integer, or -1.
+int64_t parse_positive(const std::string& s) {
+  char* end = nullptr;
+  const long long v = std::strtoll(s.c_str(), &end, 10);
+  return !s.empty() && end && *end == '\0' && v > 0 ? int64_t(v) : -1;
+}
+
 int main(int argc, char** argv) {
-  const int threads = argc > 1 ? std::atoi(argv[1]) : 2;
-  const std::vector<std::string> depths = split(argc > 2 ? argv[2] : "128,512,2048");
+  const char* usage =
+      "usage: bench_attention_decode [THREADS=2] [DEPTHS=128,512,2048] [CACHES=f32,f16] "
+      "[TOKENS=25]\n";
+  if (argc > 1 && (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0)) {
+    std::printf("%s", usage);
+    return 0;
+  }
+  // Every argument checked before anything runs.
+  const int64_t threads = argc > 1 ? parse_positive(argv[1]) : 2;
+  const int64_t tokens = argc > 4 ? parse_positive(argv[4]) : 25;
+  const std::vector<std::string> depth_args = split(argc > 2 ? argv[2] : "128,512,2048");
   const std::vector<std::string> caches = split(argc > 3 ? argv[3] : "f32,f16");
-  const int tokens = argc > 4 ? std::atoi(argv[4]) : 25;
-  if (threads < 1 || tokens < 1) {
-    std::fprintf(stderr, "usage: bench_attention_decode [THREADS] [DEPTHS] [CACHES] [TOKENS]\n");
+  std::vector<int64_t> depths;
+  for (const std::string& d : depth_args) depths.push_back(parse_positive(d));
+  std::string bad;
+  if (threads < 1)
+    bad = "THREADS must be a whole number >= 1, found '" + std::string(argv[1]) + "'";
+  if (tokens < 1) bad = "TOKENS must be a whole number >= 1, found '" + std::string(argv[4]) + "'";
+  for (size_t i = 0; i < depths.size(); ++i)
+    if (depths[i] < 1)
+      bad = "each depth must be a whole number >= 1, found '" + depth_args[i] + "'";
+  if (depths.empty()) bad = "no depth given";
+  for (const std::string& c : caches)
+    if (c != "f32" && c != "f16") bad = "each cache must be f32 or f16, found '" + c + "'";
+  if (caches.empty()) bad = "no cache type given";
+  if (!bad.empty()) {
+    std::fprintf(stderr, "bench_attention_decode: %s\n%s", bad.c_str(), usage);
     return 2;
   }
-  auto be = make_cpu_backend(threads);
+  auto be = make_cpu_backend(int(threads));
   const int64_t L = 30, H = 9, Hkv = 3, D = 64;
   std::vector<char> flush(size_t(64) << 20, 1);
   long sink = 0;
   std::printf(
       "decode attention, SmolLM2-135M shape (30 layers, %lld:%lld heads, D %lld), %d threads, "
       "median of %d tokens\n",
-      (long long)H, (long long)Hkv, (long long)D, threads, tokens);
+      (long long)H, (long long)Hkv, (long long)D, int(threads), int(tokens));
   std::printf("%-6s %-5s %12s %12s %10s %8s\n", "depth", "cache", "ms/token", "min ms", "cache MB",
               "GB/s");
-  for (const std::string& ds : depths) {
-    const int64_t S = std::atoll(ds.c_str());
-    if (S < 1) {
-      std::fprintf(stderr, "bench_attention_decode: bad depth '%s'\n", ds.c_str());
-      return 2;
-    }
+  for (const int64_t S : depths) {
     for (const std::string& cs : caches) {
-      if (cs != "f32" && cs != "f16") {
-        std::fprintf(stderr, "bench_attention_decode: cache must be f32 or f16, found '%s'\n",
-                     cs.c_str());
-        return 2;
-      }
       const bool f16 = cs == "f16";
       const DType dt = f16 ? DType::F16 : DType::F32;
       // Keys and values in [-1, 1) from a linear congruential sequence (cheap; any values do).
@@ -89,7 +108,7 @@ int main(int argc, char** argv) {
       for (int64_t i = 0; i < q.numel(); ++i) q.data<float>()[i] = 0.1f * next();
       const AttentionArgs a{H, Hkv, D, 1, S - 1, true, nullptr, 0.f};
       std::vector<double> ts;
-      for (int rep = 0; rep < tokens + 2; ++rep) {
+      for (int64_t rep = 0; rep < tokens + 2; ++rep) {
         for (size_t i = 0; i < flush.size(); i += 64) sink += flush[i]++;
         const auto t0 = std::chrono::steady_clock::now();
         for (int64_t l = 0; l < L; ++l) be->attention(o, q, ks[size_t(l)], vs[size_t(l)], a);

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "app/default_data.h"
 #include "app/model_hub.h"
 #include "app/report.h"
 #include "tests/test_util.h"
@@ -474,4 +475,59 @@ TEST_CASE("real: bench tool on MiniLM f32 and int8") {
   CHECK_FALSE(std::filesystem::exists(dir / "work/f32"));
   CHECK_FALSE(std::filesystem::exists(dir / "work/int8"));
   CHECK(std::filesystem::exists(svg));
+}
+
+TEST_CASE(
+    "default data: WikiText-2 from $MINFER_WIKITEXT, the working directory, or beside the "
+    "program") {
+  namespace fs = std::filesystem;
+  // The working directory and $MINFER_WIKITEXT come back however the case ends.
+  struct Restore {
+    fs::path cwd = fs::current_path();
+    bool had_env = std::getenv("MINFER_WIKITEXT") != nullptr;
+    std::string env = had_env ? std::getenv("MINFER_WIKITEXT") : "";
+    ~Restore() {
+      std::error_code ec;
+      fs::current_path(cwd, ec);
+      if (had_env)
+        ::setenv("MINFER_WIKITEXT", env.c_str(), 1);
+      else
+        ::unsetenv("MINFER_WIKITEXT");
+    }
+  } restore;
+  const fs::path saved_cwd = restore.cwd;
+  test::TempDir tmp("wikitext");
+  const fs::path dir = fs::absolute(tmp.path);  // TMPDIR may be relative (test shards)
+  auto touch = [](const fs::path& p) {
+    fs::create_directories(p.parent_path());
+    std::ofstream(p) << "text\n";
+  };
+  // $MINFER_WIKITEXT, and then only it.
+  touch(dir / "env" / "wiki.test.raw");
+  ::setenv("MINFER_WIKITEXT", (dir / "env").c_str(), 1);
+  CHECK(find_wikitext("wiki.test.raw", "pass --text FILE") ==
+        (dir / "env" / "wiki.test.raw").string());
+  const std::string env_msg = "MINFER_WIKITEXT=" + (dir / "env").string() + " has no such file";
+  CHECK_THROWS_WITH(find_wikitext("wiki.valid.raw", "pass --calib-text FILE"),
+                    doctest::Contains(env_msg.c_str()));
+  CHECK_THROWS_WITH(locate_wikitext("wiki.valid.raw"), doctest::Contains("MINFER_WIKITEXT="));
+  ::unsetenv("MINFER_WIKITEXT");
+  // From the working directory: ../shared/data first, then shared/data.
+  touch(dir / "a" / "shared" / "data" / "wikitext-2-raw" / "wiki.valid.raw");
+  fs::create_directories(dir / "a" / "checkout");
+  fs::current_path(dir / "a" / "checkout");
+  CHECK(locate_wikitext("wiki.valid.raw") == "../shared/data/wikitext-2-raw/wiki.valid.raw");
+  fs::current_path(dir / "a");
+  CHECK(locate_wikitext("wiki.valid.raw") == "shared/data/wikitext-2-raw/wiki.valid.raw");
+  // Nowhere: "" for the optional default, an error saying where it looked and what to pass.
+  fs::current_path(dir);
+  CHECK(locate_wikitext("wiki.none.raw").empty());
+  CHECK_THROWS_WITH(find_wikitext("wiki.none.raw", "pass --text FILE"),
+                    doctest::Contains("pass --text FILE, or set MINFER_WIKITEXT"));
+  // Beside the program: this test binary's folders upward, from any working directory. Only
+  // where this checkout has the data beside it (the development layout, ../shared/data).
+  const fs::path beside = fs::weakly_canonical(saved_cwd / ".." / "shared" / "data" /
+                                               "wikitext-2-raw" / "wiki.test.raw");
+  if (fs::exists(beside) && fs::exists(saved_cwd / "build" / "bin"))
+    CHECK(fs::weakly_canonical(locate_wikitext("wiki.test.raw")) == beside);
 }

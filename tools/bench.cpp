@@ -28,6 +28,7 @@
 #include <set>
 #include <sstream>
 
+#include "app/default_data.h"
 #include "app/model_hub.h"
 #include "app/report.h"
 #include "compress/compress.h"
@@ -61,11 +62,9 @@ struct Options {
 
 std::string find_text(const std::string& given, const char* file) {
   if (!given.empty()) return given;
-  for (std::string p : {std::string("../shared/data/wikitext-2-raw/") + file,
-                        std::string("shared/data/wikitext-2-raw/") + file})
-    if (fs::exists(p)) return p;
-  MINFER_FAIL("WikiText-2 {} not found under ../shared/data/wikitext-2-raw/ (pass --{}-text)", file,
-              std::string(file) == "wiki.test.raw" ? "test" : "calib");
+  return find_wikitext(file, std::string("pass --") +
+                                 (std::string(file) == "wiki.test.raw" ? "test" : "calib") +
+                                 "-text FILE");
 }
 
 std::string read_text(const std::string& path) {
@@ -492,9 +491,10 @@ int main(int argc, char** argv) {
   app.add_option("--calib-len", o.calib_len, "tokens per calibration window")
       ->check(CLI::Range(int64_t(2), int64_t(1) << 20));
   app.add_option("--test-text", o.test_text,
-                 "evaluation text (default: ../shared/data/wikitext-2-raw/wiki.test.raw)");
+                 "evaluation text (default: WikiText-2 wiki.test.raw from $MINFER_WIKITEXT, else "
+                 "../shared/data/wikitext-2-raw or beside the checkout)");
   app.add_option("--calib-text", o.calib_text,
-                 "calibration text (default: ../shared/data/wikitext-2-raw/wiki.valid.raw)");
+                 "calibration text (default: WikiText-2 wiki.valid.raw, found as --test-text's)");
   app.add_option("--json", o.json_path, "also write the rows as JSON to FILE");
   app.add_option("--plot", o.plot_path,
                  "also write a plot to FILE.svg (quality vs file size, decode speed bars)");

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "app/default_data.h"
 #include "app/model_hub.h"
 #include "app/report.h"
 #include "models/eval.h"
@@ -102,7 +103,8 @@ int main(int argc, char** argv) {
          "happens")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--eval-data", eval_data,
-                 "held-out text (default: ../shared/data/wikitext-2-raw/wiki.test.raw if present; "
+                 "held-out text (default: WikiText-2 wiki.test.raw if found: $MINFER_WIKITEXT, "
+                 "../shared/data/wikitext-2-raw or beside the checkout; "
                  "'none': no evaluation)");
   app.add_option("--eval-tokens", o.eval_tokens, "held-out tokens evaluated")
       ->check(CLI::PositiveNumber);
@@ -210,9 +212,7 @@ int main(int argc, char** argv) {
       if (eval_data == "none")
         eval_data.clear();
       else if (eval_data.empty())
-        for (const char* p : {"../shared/data/wikitext-2-raw/wiki.test.raw",
-                              "shared/data/wikitext-2-raw/wiki.test.raw"})
-          if (std::filesystem::exists(p)) eval_data = p;
+        eval_data = locate_wikitext("wiki.test.raw");  // "" when absent: no evaluation
       auto be = make_backend("cpu", threads);
       o.ops = train::make_train_ops(backend, device);
       LoadedModel t = open_named_model(teacher, *be);

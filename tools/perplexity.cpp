@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "app/default_data.h"
 #include "app/model_hub.h"
 #include "models/eval.h"
 #include "models/loader.h"
@@ -22,7 +23,8 @@ int main(int argc, char** argv) {
   app.add_option("--model,-m", model, "smollm2 | HF folder (config.json + *.safetensors) | .gguf")
       ->required();
   app.add_option("--text,-f", text_path,
-                 "text file (default: ../shared/data/wikitext-2-raw/wiki.test.raw when present)");
+                 "text file (default: WikiText-2 wiki.test.raw from $MINFER_WIKITEXT, else "
+                 "../shared/data/wikitext-2-raw or beside the checkout)");
   app.add_option("--ctx,-c", ctx, "window length in tokens")
       ->check(CLI::Range(int64_t(2), int64_t(1) << 20));
   app.add_option("--stride", stride, "window advance (default: ctx, i.e. non-overlapping)")
@@ -42,14 +44,7 @@ int main(int argc, char** argv) {
   app.add_flag("--json", json, "print the result as JSON");
   app.add_flag("--quiet,-q", quiet, "no progress bar");
   return tool::run(app, argc, argv, [&] {
-    if (text_path.empty()) {
-      for (const char* p : {"../shared/data/wikitext-2-raw/wiki.test.raw",
-                            "shared/data/wikitext-2-raw/wiki.test.raw"})
-        if (std::filesystem::exists(p)) text_path = p;
-      MINFER_CHECK(!text_path.empty(),
-                   "no --text given and WikiText-2 "
-                   "(../shared/data/wikitext-2-raw/wiki.test.raw) is not present");
-    }
+    if (text_path.empty()) text_path = find_wikitext("wiki.test.raw", "pass --text FILE");
     std::ifstream f(text_path, std::ios::binary);
     MINFER_CHECK(f.good(), "{}: cannot open text", text_path);
     std::stringstream ss;
