@@ -24,7 +24,7 @@
 #include "engine/backend.h"
 #include "engine/thread_pool.h"
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -176,7 +176,8 @@ void csr_ref(const Csr& c, const float* x, float* y) {
 }
 
 // Decode, T = 1: AVX-512 (16 kept values per step: vpgatherdd of x at the 16 columns, the values
-// widened to f32, one FMA), rows over the thread pool; the scalar reference elsewhere.
+// widened to f32, one FMA) or AVX2 (8 per step, vgatherdps), rows over the thread pool; the
+// scalar reference elsewhere.
 void csr_decode(const Csr& c, const float* x, float* y) {
 #if defined(__AVX512F__)
   parallel_for(c.N, c.K, int64_t(1) << 15, [&](int64_t n0, int64_t n1) {
@@ -199,6 +200,37 @@ void csr_decode(const Csr& c, const float* x, float* y) {
         acc = _mm512_fmadd_ps(_mm512_maskz_mov_ps(mk, wv), xv, acc);
       }
       const float s = _mm512_reduce_add_ps(acc);
+      y[n] = c.i8 ? s * c.scales[size_t(n)] : s;
+    }
+  });
+#elif defined(__AVX2__) && defined(__FMA__)
+  // AVX2: 8 kept values per step (vgatherdps of x at the 8 columns under a lane mask).
+  parallel_for(c.N, c.K, int64_t(1) << 15, [&](int64_t n0, int64_t n1) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t n = n0; n < n1; ++n) {
+      const int64_t b = c.rowptr[size_t(n)], e = c.rowptr[size_t(n + 1)];
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t i = b; i < e; i += 8) {
+        const __m256i mk =
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<int64_t>(8, e - i))), lane);
+        const __m256i idx = _mm256_cvtepu16_epi32(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(c.col.data() + i)));
+        const __m256 xv =
+            _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, idx, _mm256_castsi256_ps(mk), 4);
+        __m256 wv;
+        if (c.i8)
+          wv = _mm256_cvtepi32_ps(_mm256_sub_epi32(
+              _mm256_cvtepu8_epi32(
+                  _mm_loadl_epi64(reinterpret_cast<const __m128i*>(c.codes.data() + i))),
+              _mm256_set1_epi32(128)));
+        else
+          wv = _mm256_loadu_ps(c.vals.data() + i);
+        acc = _mm256_fmadd_ps(_mm256_and_ps(wv, _mm256_castsi256_ps(mk)), xv, acc);
+      }
+      __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_add_ss(h, _mm_movehdup_ps(h));
+      const float s = _mm_cvtss_f32(h);
       y[n] = c.i8 ? s * c.scales[size_t(n)] : s;
     }
   });
