@@ -27,13 +27,13 @@ fs::path program_dir() {
 
 const fs::path kSub = fs::path("shared") / "data" / "wikitext-2-raw";
 
-}  // namespace
-
-std::string locate_wikitext(const std::string& file) {
+// locate_wikitext, with `how` (may be empty) added to the error for a $MINFER_WIKITEXT folder
+// without the file.
+std::string lookup(const std::string& file, const std::string& how) {
   if (const char* e = std::getenv("MINFER_WIKITEXT"); e && *e) {
     const fs::path p = fs::path(e) / file;
-    MINFER_CHECK(is_file(p), "WikiText-2 {} not found: MINFER_WIKITEXT={} has no such file", file,
-                 e);
+    MINFER_CHECK(is_file(p), "WikiText-2 {} not found: MINFER_WIKITEXT={} has no such file{}{}",
+                 file, e, how.empty() ? "" : "; ", how);
     return p.string();
   }
   for (const fs::path& d : {".." / kSub, kSub})
@@ -45,8 +45,14 @@ std::string locate_wikitext(const std::string& file) {
   return "";
 }
 
+}  // namespace
+
+std::string locate_wikitext(const std::string& file) {
+  return lookup(file, "");
+}
+
 std::string find_wikitext(const std::string& file, const std::string& how) {
-  std::string p = locate_wikitext(file);
+  std::string p = lookup(file, how);
   if (!p.empty()) return p;
   const fs::path start = program_dir();
   MINFER_FAIL(

@@ -5,6 +5,7 @@
 // median and minimum of the timed tokens) and the cache bytes read per second.
 // Usage: bench_attention_decode [THREADS=2] [DEPTHS=128,512,2048] [CACHES=f32,f16] [TOKENS=25]
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -32,11 +33,12 @@ std::vector<std::string> split(const std::string& s) {
 
 }  // namespace
 
-// A whole positive integer, or -1.
-int64_t parse_positive(const std::string& s) {
+// A whole number in [1, max], or -1.
+int64_t parse_positive(const std::string& s, int64_t max) {
   char* end = nullptr;
+  errno = 0;
   const long long v = std::strtoll(s.c_str(), &end, 10);
-  return !s.empty() && end && *end == '\0' && v > 0 ? int64_t(v) : -1;
+  return !s.empty() && end && *end == '\0' && errno == 0 && v > 0 && v <= max ? int64_t(v) : -1;
 }
 
 int main(int argc, char** argv) {
@@ -48,19 +50,20 @@ int main(int argc, char** argv) {
     return 0;
   }
   // Every argument checked before anything runs.
-  const int64_t threads = argc > 1 ? parse_positive(argv[1]) : 2;
-  const int64_t tokens = argc > 4 ? parse_positive(argv[4]) : 25;
+  const int64_t threads = argc > 1 ? parse_positive(argv[1], 1024) : 2;
+  const int64_t tokens = argc > 4 ? parse_positive(argv[4], 100000) : 25;
   const std::vector<std::string> depth_args = split(argc > 2 ? argv[2] : "128,512,2048");
   const std::vector<std::string> caches = split(argc > 3 ? argv[3] : "f32,f16");
   std::vector<int64_t> depths;
-  for (const std::string& d : depth_args) depths.push_back(parse_positive(d));
+  for (const std::string& d : depth_args) depths.push_back(parse_positive(d, int64_t(1) << 20));
   std::string bad;
   if (threads < 1)
-    bad = "THREADS must be a whole number >= 1, found '" + std::string(argv[1]) + "'";
-  if (tokens < 1) bad = "TOKENS must be a whole number >= 1, found '" + std::string(argv[4]) + "'";
+    bad = "THREADS must be a whole number in [1, 1024], found '" + std::string(argv[1]) + "'";
+  if (tokens < 1)
+    bad = "TOKENS must be a whole number in [1, 100000], found '" + std::string(argv[4]) + "'";
   for (size_t i = 0; i < depths.size(); ++i)
     if (depths[i] < 1)
-      bad = "each depth must be a whole number >= 1, found '" + depth_args[i] + "'";
+      bad = "each depth must be a whole number in [1, 1048576], found '" + depth_args[i] + "'";
   if (depths.empty()) bad = "no depth given";
   for (const std::string& c : caches)
     if (c != "f32" && c != "f16") bad = "each cache must be f32 or f16, found '" + c + "'";

@@ -327,6 +327,8 @@ TEST_CASE("cuda-emu: a write into an F16 KV cache rounds as the CPU backend does
     Pair p(gb.second());
     // Ties to even (1 + 2^-11 lies halfway between 1 and 1 + 2^-10), the largest finite half,
     // overflow to inf past it, subnormal halves, signed zero and a value that flushes to zero.
+    // Under the emulation the kernel's f2h is the CPU's f32_to_f16, so this checks the write's
+    // dispatch, shape and strides; on a GPU (__float2half_rn) it checks the rounding too.
     const std::vector<float> xs = {
         0.f,   -0.f,    1.f,   1.00048828125f, 1.00146484375f, 65504.f,   65520.f, -70000.f,
         1e30f, 6.1e-5f, 3e-7f, -6e-8f,         1e-9f,          -3.14159f, 0.1f,    2.71828f};

@@ -481,6 +481,10 @@ TEST_CASE(
     "default data: WikiText-2 from $MINFER_WIKITEXT, the working directory, or beside the "
     "program") {
   namespace fs = std::filesystem;
+  // Made before `restore`, so removed after the working directory is back (TMPDIR may be
+  // relative: test shards).
+  test::TempDir tmp("wikitext");
+  const fs::path dir = fs::absolute(tmp.path);
   // The working directory and $MINFER_WIKITEXT come back however the case ends.
   struct Restore {
     fs::path cwd = fs::current_path();
@@ -496,8 +500,6 @@ TEST_CASE(
     }
   } restore;
   const fs::path saved_cwd = restore.cwd;
-  test::TempDir tmp("wikitext");
-  const fs::path dir = fs::absolute(tmp.path);  // TMPDIR may be relative (test shards)
   auto touch = [](const fs::path& p) {
     fs::create_directories(p.parent_path());
     std::ofstream(p) << "text\n";
@@ -507,7 +509,8 @@ TEST_CASE(
   ::setenv("MINFER_WIKITEXT", (dir / "env").c_str(), 1);
   CHECK(find_wikitext("wiki.test.raw", "pass --text FILE") ==
         (dir / "env" / "wiki.test.raw").string());
-  const std::string env_msg = "MINFER_WIKITEXT=" + (dir / "env").string() + " has no such file";
+  const std::string env_msg =
+      "MINFER_WIKITEXT=" + (dir / "env").string() + " has no such file; pass --calib-text FILE";
   CHECK_THROWS_WITH(find_wikitext("wiki.valid.raw", "pass --calib-text FILE"),
                     doctest::Contains(env_msg.c_str()));
   CHECK_THROWS_WITH(locate_wikitext("wiki.valid.raw"), doctest::Contains("MINFER_WIKITEXT="));

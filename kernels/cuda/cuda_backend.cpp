@@ -149,7 +149,8 @@ DMat16 dmat16(const Tensor& t, const char* what) {
   return {t.data<uint16_t>(), t.dim(0), t.dim(1), t.stride(0)};
 }
 
-void check_same(const DMat& a, const DMat& b, const char* op) {
+template <typename A, typename B>
+void check_same(const A& a, const B& b, const char* op) {
   MINFER_CHECK(a.rows == b.rows && a.cols == b.cols, "cuda {}: shape mismatch [{}, {}] vs [{}, {}]",
                op, a.rows, a.cols, b.rows, b.cols);
 }
@@ -233,7 +234,7 @@ class CudaBackend final : public Backend {
                             size_t(h.cols) * 2, size_t(h.rows), cudaMemcpyDeviceToHost, stream_),
           "to_host");
       synchronize();
-      for (size_t i = 0; i < bits.size(); ++i) dst[i] = f16_to_f32(bits[i]);
+      f16_to_f32_n(bits.data(), dst, bits.size());
       return;
     }
     DMat s = dmat(src, "to_host");
@@ -500,7 +501,7 @@ class CudaBackend final : public Backend {
     }
     // Prefill: activations rounded to the weight's 16-bit type, tensor cores, f32 accumulation.
     uint16_t* xh = scratch<uint16_t>(xh_, size_t(T * K));
-    launch_to_half(ht, X.p, T, X.ld, K, xh, stream_);
+    launch_to_half(ht, X.p, T, X.ld, K, xh, K, stream_);
     const cudaDataType dt = ht == HalfType::F16 ? CUDA_R_16F : CUDA_R_16BF;
     check_blas(cublasGemmEx(blas_, op, CUBLAS_OP_N, int(N), int(T), int(K), &one, d.w.raw(), dt,
                             lda, xh, dt, int(K), &zero, Y.p, CUDA_R_32F, int(Y.ld),
@@ -580,12 +581,11 @@ class CudaBackend final : public Backend {
 
   void copy(Tensor& dst, const Tensor& src) override {
     if (dst.defined() && dst.dtype() == DType::F16) {  // a KV-cache write, rounded to fp16
-      DMat16 D = dmat16(dst, "copy dst");
-      DMat S = dmat(src, "copy src");
-      MINFER_CHECK(D.rows == S.rows && D.cols == S.cols,
-                   "cuda copy: shape mismatch [{}, {}] vs [{}, {}]", D.rows, D.cols, S.rows,
-                   S.cols);
-      if (D.rows > 0 && D.cols > 0) launch_copy_to_f16(D, S, stream_);
+      const DMat16 D = dmat16(dst, "copy dst");
+      const DMat S = dmat(src, "copy src");
+      check_same(D, S, "copy");
+      if (D.rows > 0 && D.cols > 0)
+        launch_to_half(HalfType::F16, S.p, S.rows, S.ld, S.cols, D.p, D.ld, stream_);
       return;
     }
     DMat D = dmat(dst, "copy dst"), S = dmat(src, "copy src");

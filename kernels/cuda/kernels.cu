@@ -117,15 +117,6 @@ __global__ void copy_kernel(DMat y, DMat x) {
   }
 }
 
-__global__ void copy_to_f16_kernel(DMat16 y, DMat x) {
-  const int64_t n = y.rows * y.cols;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = i / y.cols, c = i % y.cols;
-    y.p[r * y.ld + c] = f2h(x.p[r * x.ld + c]);
-  }
-}
-
 __global__ void bias_kernel(DMat y, const float* bias) {
   const int64_t n = y.rows * y.cols;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
@@ -288,12 +279,12 @@ __global__ void dense_half_gemv_kernel(HalfType ht, const uint16_t* w, bool tran
 }
 
 __global__ void to_half_kernel(HalfType ht, const float* x, int64_t T, int64_t ldx, int64_t K,
-                               uint16_t* out) {
+                               uint16_t* out, int64_t ldo) {
   const int64_t n = T * K;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     const float v = x[(i / K) * ldx + i % K];
-    out[i] = ht == HalfType::F16 ? f2h(v) : f2bf(v);
+    out[(i / K) * ldo + i % K] = ht == HalfType::F16 ? f2h(v) : f2bf(v);
   }
 }
 
@@ -635,10 +626,6 @@ void launch_unary(UnOp op, DMat y, DMat x, cudaStream_t s, float p) {
 void launch_copy(DMat y, DMat x, cudaStream_t s) {
   MINFER_LAUNCH(copy_kernel, grid_for(y.rows * y.cols, kElemThreads), kElemThreads, 0, s)(y, x);
 }
-void launch_copy_to_f16(DMat16 y, DMat x, cudaStream_t s) {
-  MINFER_LAUNCH(copy_to_f16_kernel, grid_for(y.rows * y.cols, kElemThreads), kElemThreads, 0, s)
-  (y, x);
-}
 void launch_add_bias(DMat y, const float* bias, cudaStream_t s) {
   MINFER_LAUNCH(bias_kernel, grid_for(y.rows * y.cols, kElemThreads), kElemThreads, 0, s)
   (y, bias);
@@ -685,9 +672,9 @@ void launch_dense_half_gemv(HalfType ht, const uint16_t* w, bool transposed, con
   (ht, w, transposed, x, T, ldx, y, ldy, K, N);
 }
 void launch_to_half(HalfType ht, const float* x, int64_t T, int64_t ldx, int64_t K, uint16_t* out,
-                    cudaStream_t s) {
+                    int64_t ldo, cudaStream_t s) {
   MINFER_LAUNCH(to_half_kernel, grid_for(T * K, kElemThreads), kElemThreads, 0, s)
-  (ht, x, T, ldx, K, out);
+  (ht, x, T, ldx, K, out, ldo);
 }
 
 void launch_quantize_act(const float* x, int64_t T, int64_t ldx, int64_t K, int64_t QA, int8_t* q,

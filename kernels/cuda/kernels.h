@@ -33,8 +33,6 @@ enum class HalfType { F16, BF16 };
 void launch_binary(BinOp op, DMat y, DMat a, DMat b, cudaStream_t s);
 void launch_unary(UnOp op, DMat y, DMat x, cudaStream_t s, float p = 0.f);
 void launch_copy(DMat y, DMat x, cudaStream_t s);
-// y = x rounded to fp16, nearest even (the CPU's f32_to_f16): a write into an F16 KV cache.
-void launch_copy_to_f16(DMat16 y, DMat x, cudaStream_t s);
 void launch_add_bias(DMat y, const float* bias, cudaStream_t s);
 void launch_layernorm(DMat y, DMat x, const float* w, const float* b, float eps, cudaStream_t s);
 void launch_rmsnorm(DMat y, DMat x, const float* w, float eps, cudaStream_t s);
@@ -65,9 +63,11 @@ void launch_attention(const AttnParams& a, cudaStream_t s);
 void launch_dense_half_gemv(HalfType ht, const uint16_t* w, bool transposed, const float* x,
                             int64_t T, int64_t ldx, float* y, int64_t ldy, int64_t K, int64_t N,
                             cudaStream_t s);
-// x [T, K] (row stride ldx) -> out [T, K] contiguous 16-bit, for the cuBLAS tensor-core GEMM.
+// x [T, K] (row stride ldx) -> out [T, K] 16-bit (row stride ldo), rounded to nearest even (the
+// CPU's f32_to_f16 / f32_to_bf16): for the cuBLAS tensor-core GEMM (ldo = K) and writes into an
+// F16 KV cache.
 void launch_to_half(HalfType ht, const float* x, int64_t T, int64_t ldx, int64_t K, uint16_t* out,
-                    cudaStream_t s);
+                    int64_t ldo, cudaStream_t s);
 
 // A Quantized weight on the device (fields as engine/formats/quantized.h).
 struct QWeight {
