@@ -1,6 +1,5 @@
 // perplexity: WikiText-2 perplexity of a causal LM, the Hugging Face sliding-window way (default)
 // or llama.cpp's way (--method llama).
-#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>

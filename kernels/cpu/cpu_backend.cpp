@@ -547,15 +547,30 @@ class CpuBackend final : public Backend {
     const int64_t H = a.n_heads, Hkv = a.n_kv_heads, D = a.head_dim, B = a.batch;
     const float scale = a.scale > 0 ? a.scale : 1.f / std::sqrt(float(D));
     const int64_t group = H / Hkv;
-    Mat K, Vm;
-    if (k.dtype() == DType::F16 || v.dtype() == DType::F16) {  // an F16 KV cache
-      MatH Kh = mat16(k, "attention k"), Vh = mat16(v, "attention v");
-      const auto [T, S] = check_attention_args(O.rows, O.cols, Q.rows, Q.cols, Kh.rows, Kh.cols,
-                                               Vh.rows, Vh.cols, a);
-      if (T <= kFewRows)
-        return attention_decode(O.p, O.ld, Q.p, Q.ld, Kh.p, Kh.ld, Vh.p, Vh.ld, T, S, a, scale,
-                                decode_scratch_);
-      // Prefill: the S cached rows widened to f32 once, then the f32 paths below.
+    // An F16 KV cache (both k and v): decode reads it as stored, prefill widens the S cached rows
+    // to f32 once and runs the f32 paths below.
+    const bool f16 = k.dtype() == DType::F16 || v.dtype() == DType::F16;
+    Mat K{}, Vm{};
+    MatH Kh{}, Vh{};
+    if (f16) {
+      Kh = mat16(k, "attention k");
+      Vh = mat16(v, "attention v");
+    } else {
+      K = mat(k, "attention k");
+      Vm = mat(v, "attention v");
+    }
+    const std::pair<int64_t, int64_t> ts =
+        f16 ? check_attention_args(O.rows, O.cols, Q.rows, Q.cols, Kh.rows, Kh.cols, Vh.rows,
+                                   Vh.cols, a)
+            : check_attention_args(O.rows, O.cols, Q.rows, Q.cols, K.rows, K.cols, Vm.rows, Vm.cols,
+                                   a);
+    const int64_t T = ts.first, S = ts.second;
+    if (T <= kFewRows)
+      return f16 ? attention_decode(O.p, O.ld, Q.p, Q.ld, Kh.p, Kh.ld, Vh.p, Vh.ld, T, S, a, scale,
+                                    decode_scratch_)
+                 : attention_decode(O.p, O.ld, Q.p, Q.ld, K.p, K.ld, Vm.p, Vm.ld, T, S, a, scale,
+                                    decode_scratch_);
+    if (f16) {
       kv_wide_.resize(size_t(2 * Kh.rows * Kh.cols));
       K = {kv_wide_.data(), Kh.rows, Kh.cols, Kh.cols};
       Vm = {kv_wide_.data() + Kh.rows * Kh.cols, Vh.rows, Vh.cols, Vh.cols};
@@ -563,16 +578,7 @@ class CpuBackend final : public Backend {
         f16_to_f32_n(Kh.p + r * Kh.ld, K.p + r * K.ld, size_t(K.cols));
         f16_to_f32_n(Vh.p + r * Vh.ld, Vm.p + r * Vm.ld, size_t(Vm.cols));
       }
-    } else {
-      K = mat(k, "attention k");
-      Vm = mat(v, "attention v");
     }
-    const std::pair<int64_t, int64_t> ts =
-        check_attention_args(O.rows, O.cols, Q.rows, Q.cols, K.rows, K.cols, Vm.rows, Vm.cols, a);
-    const int64_t T = ts.first, S = ts.second;
-    if (T <= kFewRows)
-      return attention_decode(O.p, O.ld, Q.p, Q.ld, K.p, K.ld, Vm.p, Vm.ld, T, S, a, scale,
-                              decode_scratch_);
     if (prefill_attention_path() == PrefillAttention::Blocks)
       return attention_blocks(O, Q, K, Vm, a, T, S, scale);
     const int nt = threads_;
