@@ -3,8 +3,8 @@
 // it prints is what compress/compress.cpp's sparse_storage_wins table holds (docs/pruning.md).
 // 2:4 rows (sparsity "2:4", in the default list): dense vs SparseBitmask vs Sparse24 (2-bit
 // indices) on the same 2:4 weights, what sparse24_storage_wins holds. `bench_sparse THREADS csr
-// [50,70,90]`: CSR with 16-bit columns (a measured candidate, not a registered format) against
-// SparseBitmask.
+// [FORMATS] [SPARSITIES]`: SparseCsr (16-bit columns) against dense and SparseBitmask, what
+// sparse_csr_storage_wins holds.
 // Dense and sparse passes alternate; the speed-ups are medians of the per-pass ratios, so a
 // shared machine's load hits both sides alike (the absolute times stay noisy). Dense Quantized
 // weights go through the backend's upload first (rows interleaved by 4, as the model runs them).
@@ -23,10 +23,7 @@
 #include "compress/compress.h"
 #include "engine/backend.h"
 #include "engine/thread_pool.h"
-
-#if defined(__AVX512F__) || defined(__AVX2__)
-#include <immintrin.h>
-#endif
+#include "kernels/cpu/sparse_csr.h"
 
 using namespace minfer;
 using Clock = std::chrono::steady_clock;
@@ -113,182 +110,6 @@ Pair time_pair(Backend& be, const Linear& A, const Linear& B, int64_t T, int rep
   return {median(ta), median(tb), median(r)};
 }
 
-// ---- CSR with 16-bit column indices: a candidate measured here, not a registered format ----
-// (docs/pruning.md: it reads (1 - p) * (2 + b/8) bytes per weight against the bitmask's 1/8 +
-// (1 - p) b/8, more at every sparsity below 93.75 %, so it is kept only if its kernel wins.)
-// Row n's kept values are vals[rowptr[n] .. rowptr[n + 1]) at inputs col[...]; int8 values are
-// codes u (w = s_n (u - 128)), f32 values are stored as they are.
-struct Csr {
-  int64_t K = 0, N = 0;
-  std::vector<int64_t> rowptr;  // [N + 1]
-  std::vector<uint16_t> col;    // [nnz]
-  std::vector<uint8_t> codes;   // int8: [nnz] (+ 32 bytes of slack for full-vector loads)
-  std::vector<float> vals;      // f32: [nnz]
-  std::vector<float> scales;    // int8: [N]
-  bool i8 = false;
-  size_t bytes() const {
-    return rowptr.size() * 8 + col.size() * 2 +
-           (i8 ? codes.size() + scales.size() * 4 : vals.size() * 4);
-  }
-};
-
-// From a SparseBitmask (f32 or per-row int8 values): the same weights.
-Csr csr_of(const Linear& l) {
-  const SparseBitmask& sb = std::get<SparseBitmask>(l.repr);
-  Csr c;
-  c.K = l.in;
-  c.N = l.out;
-  const int64_t kb = sb.bitmask.dim(1);
-  const uint8_t* m = sb.bitmask.data<uint8_t>();
-  const Quantized* q = std::get_if<Quantized>(&sb.values->repr);
-  c.i8 = q != nullptr;
-  const Tensor dv = c.i8 ? Tensor() : std::get<Dense>(sb.values->repr).w;
-  const int64_t kv = sb.values->in;
-  c.rowptr.push_back(0);
-  for (int64_t n = 0; n < l.out; ++n) {
-    int64_t j = 0;
-    for (int64_t k = 0; k < l.in; ++k)
-      if ((m[n * kb + k / 8] >> (k % 8)) & 1) {
-        c.col.push_back(uint16_t(k));
-        if (c.i8)
-          c.codes.push_back(q->codes.data<uint8_t>()[n * q->codes.dim(1) + j]);
-        else
-          c.vals.push_back(dv.data<float>()[n * kv + j]);
-        ++j;
-      }
-    c.rowptr.push_back(int64_t(c.col.size()));
-    if (c.i8) c.scales.push_back(q->scales.data<float>()[q->per_tensor ? 0 : n]);
-  }
-  c.col.resize(c.col.size() + 16, 0);  // slack: 16-wide loads past the last row stay inside
-  c.codes.resize(c.codes.size() + 16, 128);
-  c.vals.resize(c.vals.size() + 16, 0.f);
-  return c;
-}
-
-// Scalar reference, T = 1.
-void csr_ref(const Csr& c, const float* x, float* y) {
-  for (int64_t n = 0; n < c.N; ++n) {
-    float s = 0.f;
-    for (int64_t i = c.rowptr[size_t(n)]; i < c.rowptr[size_t(n + 1)]; ++i)
-      s += (c.i8 ? float(int(c.codes[size_t(i)]) - 128) : c.vals[size_t(i)]) * x[c.col[size_t(i)]];
-    y[n] = c.i8 ? s * c.scales[size_t(n)] : s;
-  }
-}
-
-// Decode, T = 1: AVX-512 (16 kept values per step: vpgatherdd of x at the 16 columns, the values
-// widened to f32, one FMA) or AVX2 (8 per step, vgatherdps), rows over the thread pool; the
-// scalar reference elsewhere.
-void csr_decode(const Csr& c, const float* x, float* y) {
-#if defined(__AVX512F__)
-  parallel_for(c.N, c.K, int64_t(1) << 15, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n) {
-      const int64_t b = c.rowptr[size_t(n)], e = c.rowptr[size_t(n + 1)];
-      __m512 acc = _mm512_setzero_ps();
-      for (int64_t i = b; i < e; i += 16) {
-        const __mmask16 mk = e - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (e - i)) - 1);
-        const __m512i idx = _mm512_cvtepu16_epi32(
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c.col.data() + i)));
-        const __m512 xv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, idx, x, 4);
-        __m512 wv;
-        if (c.i8)
-          wv = _mm512_cvtepi32_ps(_mm512_sub_epi32(
-              _mm512_cvtepu8_epi32(
-                  _mm_loadu_si128(reinterpret_cast<const __m128i*>(c.codes.data() + i))),
-              _mm512_set1_epi32(128)));
-        else
-          wv = _mm512_loadu_ps(c.vals.data() + i);
-        acc = _mm512_fmadd_ps(_mm512_maskz_mov_ps(mk, wv), xv, acc);
-      }
-      const float s = _mm512_reduce_add_ps(acc);
-      y[n] = c.i8 ? s * c.scales[size_t(n)] : s;
-    }
-  });
-#elif defined(__AVX2__) && defined(__FMA__)
-  // AVX2: 8 kept values per step (vgatherdps of x at the 8 columns under a lane mask).
-  parallel_for(c.N, c.K, int64_t(1) << 15, [&](int64_t n0, int64_t n1) {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (int64_t n = n0; n < n1; ++n) {
-      const int64_t b = c.rowptr[size_t(n)], e = c.rowptr[size_t(n + 1)];
-      __m256 acc = _mm256_setzero_ps();
-      for (int64_t i = b; i < e; i += 8) {
-        const __m256i mk =
-            _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<int64_t>(8, e - i))), lane);
-        const __m256i idx = _mm256_cvtepu16_epi32(
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(c.col.data() + i)));
-        const __m256 xv =
-            _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, idx, _mm256_castsi256_ps(mk), 4);
-        __m256 wv;
-        if (c.i8)
-          wv = _mm256_cvtepi32_ps(_mm256_sub_epi32(
-              _mm256_cvtepu8_epi32(
-                  _mm_loadl_epi64(reinterpret_cast<const __m128i*>(c.codes.data() + i))),
-              _mm256_set1_epi32(128)));
-        else
-          wv = _mm256_loadu_ps(c.vals.data() + i);
-        acc = _mm256_fmadd_ps(_mm256_and_ps(wv, _mm256_castsi256_ps(mk)), xv, acc);
-      }
-      __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-      h = _mm_add_ss(h, _mm_movehdup_ps(h));
-      const float s = _mm_cvtss_f32(h);
-      y[n] = c.i8 ? s * c.scales[size_t(n)] : s;
-    }
-  });
-#else
-  csr_ref(c, x, y);
-#endif
-}
-
-// CSR against SparseBitmask (same weights, same value format), T = 1, weights streamed from
-// memory (>= 64 MB of copies each), alternating passes; returns {bitmask s, csr s, median ratio
-// bitmask / csr}. Checks the CSR kernel against its scalar reference first.
-Pair time_csr(Backend& be, const Linear& bm, int reps) {
-  const Csr c0 = csr_of(bm);
-  std::vector<float> x(size_t(bm.in)), y0(size_t(bm.out)), y1(size_t(bm.out));
-  for (size_t i = 0; i < x.size(); ++i) x[i] = float(i % 13) * 0.01f - 0.05f;
-  csr_ref(c0, x.data(), y0.data());
-  csr_decode(c0, x.data(), y1.data());
-  for (size_t i = 0; i < y0.size(); ++i)
-    if (!(std::fabs(y0[i] - y1[i]) <= 1e-4f * (1.f + std::fabs(y0[i])))) {
-      std::fprintf(stderr, "csr kernel disagrees with its reference at row %zu\n", i);
-      std::exit(1);
-    }
-  const size_t nc = std::max<size_t>(1, (size_t(64) << 20) / c0.bytes());
-  const size_t nb = std::max<size_t>(1, (size_t(64) << 20) / bm.weight_bytes());
-  std::vector<Csr> cs(nc, c0);
-  std::vector<Linear> bs(nb);
-  for (Linear& b : bs) b = deep_copy(bm);
-  Tensor xt = Tensor::empty(DType::F32, {1, bm.in}), yt = Tensor::empty(DType::F32, {1, bm.out});
-  std::copy(x.begin(), x.end(), xt.data<float>());
-  auto pass_b = [&] {
-    const auto t0 = Clock::now();
-    for (const Linear& b : bs) be.linear(yt, xt, b);
-    return std::chrono::duration<double>(Clock::now() - t0).count() / double(bs.size());
-  };
-  auto pass_c = [&] {
-    const auto t0 = Clock::now();
-    for (const Csr& c : cs) csr_decode(c, x.data(), y1.data());
-    return std::chrono::duration<double>(Clock::now() - t0).count() / double(cs.size());
-  };
-  pass_b();
-  pass_c();
-  std::vector<double> ta, tb, r;
-  for (int i = 0; i < reps; ++i) {
-    double a, b;
-    if (i % 2) {
-      b = pass_c();
-      a = pass_b();
-    } else {
-      a = pass_b();
-      b = pass_c();
-    }
-    ta.push_back(a);
-    tb.push_back(b);
-    r.push_back(a / b);
-  }
-  return {median(ta), median(tb), median(r)};
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -297,30 +118,75 @@ int main(int argc, char** argv) {
   const int threads = argc > 1 ? std::max(1, std::atoi(argv[1])) : 2;
   auto be = make_cpu_backend(threads);
   if (argc > 2 && std::string(argv[2]) == "csr") {
-    // bench_sparse THREADS csr [SPARSITIES]: the CSR candidate against SparseBitmask, decode.
+    // bench_sparse THREADS csr [FORMATS] [SPARSITIES]: SparseCsr (16-bit columns) against dense
+    // at the same value format and against SparseBitmask, the same pruned weights; decode (T = 1)
+    // and prefill (T = 128). The crossover it prints is what compress/compress.cpp's
+    // sparse_csr_storage_wins holds.
     std::printf(
-        "CSR (16-bit columns) vs SparseBitmask, %d threads, T = 1; ms per call; "
-        "speedup = median of bitmask / csr over 11 alternating passes\n",
-        threads);
-    std::printf("%-10s %-6s %9s %11s %9s %8s\n", "shape", "values", "sparsity", "bitmask T=1",
-                "csr T=1", "speedup");
-    const char* sps = argc > 3 ? argv[3] : "50,70,90";
-    for (const char* vf : {"int8", "f32"})
+        "SparseCsr vs dense and vs SparseBitmask, %d threads, csr decode kernel %s; medians of 11 "
+        "alternating passes (decode) / 5 (prefill); ms per call; speedup = median of other / "
+        "csr\n",
+        threads, sparse_csr_linear_isa());
+    std::printf("%-10s %-6s %9s %8s %10s %10s %10s %8s %8s %11s %11s %8s\n", "shape", "values",
+                "sparsity", "chosen", "dense T=1", "bitmsk T=1", "csr T=1", "vs dense", "vs bitm",
+                "dense T=128", "csr T=128", "vs dense");
+    const char* fl = argc > 3 ? argv[3] : "f32,int8";
+    const char* sps = argc > 4 ? argv[4] : "50,70,80,90,95";
+    std::vector<std::string> fs;
+    for (const char* p = fl; *p;) {
+      const char* e = p;
+      while (*e && *e != ',') ++e;
+      fs.emplace_back(p, e);
+      p = *e ? e + 1 : e;
+    }
+    for (const std::string& vf : fs) {
+      double crossover = -1;
       for (const char* p = sps; *p;) {
         const int pct = std::atoi(p);
         while (*p && *p != ',') ++p;
         if (*p) ++p;
+        double dd = 0, dc = 0;
         for (auto [out, in] : {std::pair<int64_t, int64_t>{1536, 576}, {576, 1536}, {576, 576}}) {
+          const Linear l = random_dense(out, in, uint32_t(out + in));
           const std::string prune = "magnitude-" + std::to_string(pct);
-          CompressSpec spec =
-              compress_spec_from_name(std::string(vf) == "f32" ? prune : prune + "+" + vf);
-          spec.sparse_storage = CompressSpec::SparseStorage::Bitmask;
-          const Linear bm = compress_linear(random_dense(out, in, uint32_t(out + in)), spec);
-          const Pair r = time_csr(*be, bm, 11);
-          std::printf("%4lldx%-5lld %-6s %8d%% %11.4f %9.4f %7.2fx\n", (long long)out,
-                      (long long)in, vf, pct, r.a * 1e3, r.b * 1e3, r.ratio);
+          const std::string chain = vf == "f32" ? prune : prune + "+" + vf;
+          const Linear pruned = prune_linear(l, method_spec_from_name(prune).prune, nullptr);
+          const Linear dense =
+              vf == "f32" ? pruned : compress_linear(pruned, compress_spec_from_name(vf));
+          CompressSpec bs = compress_spec_from_name(chain), cs = bs;
+          bs.sparse_storage = CompressSpec::SparseStorage::Bitmask;
+          cs.sparse_storage = CompressSpec::SparseStorage::Csr;
+          const Linear bm = compress_linear(l, bs), csr = compress_linear(l, cs);
+          const Linear chosen = compress_linear(l, compress_spec_from_name(chain));
+          const Pair a = time_pair(*be, dense, csr, 1, 11);
+          const Pair b = time_pair(*be, bm, csr, 1, 11);
+          const Pair pre = time_pair(*be, dense, csr, 128, 5);
+          dd += a.a;
+          dc += a.b;
+          const char* ch = std::holds_alternative<SparseCsr>(chosen.repr)       ? "csr"
+                           : std::holds_alternative<SparseBitmask>(chosen.repr) ? "bitmask"
+                                                                                : "dense";
+          std::printf(
+              "%4lldx%-5lld %-6s %8d%% %8s %10.4f %10.4f %10.4f %7.2fx %7.2fx %11.3f %11.3f "
+              "%7.2fx\n",
+              (long long)out, (long long)in, vf.c_str(), pct, ch, a.a * 1e3, b.a * 1e3, a.b * 1e3,
+              a.ratio, b.ratio, pre.a * 1e3, pre.b * 1e3, pre.ratio);
+        }
+        // As for the bitmask rows: the lowest sparsity from which every measured one decodes
+        // >= 1.1x faster as CSR (summed over the shapes).
+        if (dd >= 1.1 * dc) {
+          if (crossover < 0) crossover = pct / 100.0;
+        } else {
+          crossover = -1;
         }
       }
+      if (crossover < 0)
+        std::printf("%s values: CSR decodes >= 1.1x dense at no measured sparsity up to the last\n",
+                    vf.c_str());
+      else
+        std::printf("%s values: CSR decodes >= 1.1x dense from %.0f %% sparsity on\n", vf.c_str(),
+                    crossover * 100);
+    }
     return 0;
   }
   // SmolLM2-135M: d_model 576, d_ff 1536 (q/o 576x576, k/v 192x576, gate/up 1536x576, down

@@ -496,14 +496,55 @@ bool sparse24_storage_wins(const std::string& value_format) {
 #endif
 }
 
+bool sparse_csr_storage_wins(double sparsity, const std::string& value_format) {
+  // Lowest sparsity from which SparseCsr decodes faster than the dense format with the same values
+  // (T = 1, SmolLM2-135M shapes, weights streamed from memory; `bench_sparse THREADS csr`,
+  // docs/pruning.md), where this build's CSR decode kernel runs (kernels/cpu/sparse_csr.h):
+  //   AVX2 kernel (x86-64 builds without AVX-512 F/BW/VL, on an AVX2 CPU), measured on AMD EPYC
+  //   Zen 3, 2026-12-01, 2 threads, dense / CSR medians of alternating passes:
+  //     f32 values: 50 % 0.68-0.87x, 70 % 0.91-1.17x, 80 % 1.39-1.61x, 90 % 2.26-3.53x;
+  //     int8 values (against dense int8 repacked as the model runs it): 80 % 0.61-0.66x,
+  //     90 % 0.94-1.19x, 95 % 1.26-2.26x.
+  //   Each row starts a little below its first sparsity that won every shape, so that weights
+  //   pruned "80 %" / "95 %" (floor(p K) per row: 0.7986 / 0.9497 at K = 576) take it. Prefill
+  //   there: f32 at 80 % and int8 at 95 % (bench_sparse's T = 128 columns) are not slower either.
+  //   AVX-512 kernel: not timed against dense; on AMD EPYC Zen 4 its candidate decoded f32 values
+  //   at 90 % 1.65-2.71x the bitmask kernel, which itself ran within noise of dense f32, and int8
+  //   values at 90 % 0.69-0.78x the bitmask kernel (docs/pruning.md): f32 from 90 %, int8 never.
+  struct Crossover {
+    const char* format;
+    double min_sparsity;
+  };
+#if defined(__x86_64__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+  static constexpr Crossover kCrossover[] = {{"f32", 0.895}};
+  static const bool fast = __builtin_cpu_supports("avx512f") &&
+                           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+#else
+  static constexpr Crossover kCrossover[] = {{"f32", 0.79}, {"int8", 0.94}, {"int8-tensor", 0.94}};
+  static const bool fast = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                           __builtin_cpu_supports("f16c");
+#endif
+  if (!fast) return false;
+  for (const Crossover& c : kCrossover)
+    if (value_format == c.format) return sparsity >= c.min_sparsity;
+  return false;
+#else
+  (void)sparsity;
+  (void)value_format;
+  return false;  // the scalar kernel is not timed against dense
+#endif
+}
+
 CompressSpec::SparseStorage sparse_storage_from_name(const std::string& name) {
   using SS = CompressSpec::SparseStorage;
   if (name == "auto") return SS::Auto;
   if (name == "sparse") return SS::Sparse;
   if (name == "bitmask") return SS::Bitmask;
+  if (name == "csr") return SS::Csr;
   if (name == "dense") return SS::Dense;
-  throw Error(
-      fmt::format("--sparse-storage: expected auto, sparse, bitmask or dense, found '{}'", name));
+  throw Error(fmt::format(
+      "--sparse-storage: expected auto, sparse, bitmask, csr or dense, found '{}'", name));
 }
 
 bool sparse_value_format(const std::string& f) {
@@ -549,9 +590,39 @@ Linear compress_linear(const Linear& l, const CompressSpec& spec, const ActStats
     s24.values = Box<Linear>(std::move(vals));
     return make_linear(l.name, l.in, l.out, std::move(s24), q.bias);
   }
+  // CSR (16-bit columns, engine/formats/sparse_csr.h): asked for, the smaller sparse file where
+  // "sparse" is asked, or where its measured decode crossover says it beats dense. Its rows are
+  // padded to the longest one, so the crossover is read at the padded density out * Kv.
+  int64_t kv = 0;
+  for (int64_t n = 0; n < l.out; ++n) {
+    int64_t c = 0;
+    for (int64_t k = 0; k < l.in; ++k) c += pw[n * l.in + k] != 0.f;
+    kv = std::max(kv, c);
+  }
+  const double csr_density = double(std::max<int64_t>(kv, 1)) / double(l.in);
+  if (spec.sparse_storage == SS::Csr)
+    MINFER_CHECK(l.in <= SparseCsr::kMaxIn,
+                 "--sparse-storage csr: '{}' has {} inputs; CSR's 16-bit column indices address "
+                 "at most {} (use bitmask)",
+                 l.name, l.in, SparseCsr::kMaxIn);
+  // Bytes per weight with b-bit values: bitmask 1/8 + (1 - p) b/8, CSR (padded) density (2 + b/8).
+  const double vbytes = value_format == "f32" ? 4.0 : value_format.starts_with("int8") ? 1.0 : 2.0;
+  const bool csr_smaller = 0.125 + (1.0 - sparsity) * vbytes > csr_density * (2.0 + vbytes);
+  const bool use_csr =
+      l.in <= SparseCsr::kMaxIn && sparse_value_format(value_format) &&
+      (spec.sparse_storage == SS::Csr || (spec.sparse_storage == SS::Sparse && csr_smaller) ||
+       (spec.sparse_storage == SS::Auto &&
+        sparse_csr_storage_wins(1.0 - csr_density, value_format)));
+  if (use_csr) {
+    SparseCsr csr = sparse_csr_from_dense(pw, l.in, l.out, l.name);
+    Linear vals = *csr.values;
+    for (size_t j = i; j < steps.size(); ++j) vals = apply_step(vals, steps[j], nullptr);
+    csr.values = Box<Linear>(std::move(vals));
+    return make_linear(l.name, l.in, l.out, std::move(csr), q.bias);
+  }
   const bool sparse = spec.sparse_storage == SS::Sparse || spec.sparse_storage == SS::Bitmask
                           ? sparse_value_format(value_format)
-                      : spec.sparse_storage == SS::Dense
+                      : spec.sparse_storage == SS::Dense || spec.sparse_storage == SS::Csr
                           ? false
                           : sparse_storage_wins(sparsity, value_format);
   if (!sparse) {

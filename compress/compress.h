@@ -32,15 +32,18 @@ struct CompressSpec {
   // untied on save.
   std::string head_format;
 
-  // How pruned weights are stored: Auto = the measured decode crossover (sparse_storage_wins,
-  // sparse24_storage_wins), Sparse = a sparse format whenever its value format is supported
-  // (smaller files, compressed-tensors layout): Sparse24 (2-bit indices) after a 2:4 step,
-  // SparseBitmask otherwise; Bitmask = SparseBitmask always; Dense = the dense result of the
-  // chain (zeros stored).
+  // How pruned weights are stored: Auto = the measured decode crossovers (sparse24_storage_wins,
+  // sparse_csr_storage_wins, sparse_storage_wins, in that order), Sparse = a sparse format
+  // whenever its value format is supported (smaller files): Sparse24 (2-bit indices) after a 2:4
+  // step, otherwise the smaller of SparseBitmask (compressed-tensors layout) and SparseCsr;
+  // Bitmask = SparseBitmask always; Csr = SparseCsr always (an error for more than 65536 inputs);
+  // Dense = the dense result of the chain (zeros stored). A value format the sparse formats do not
+  // hold (int4, nf4, ...) is stored dense whatever is asked.
   enum class SparseStorage : uint8_t {
     Auto,
     Sparse,
     Bitmask,
+    Csr,
     Dense
   } sparse_storage = SparseStorage::Auto;
 
@@ -137,7 +140,11 @@ bool sparse_storage_wins(double sparsity, const std::string& value_format);
 // The measured decode crossover of the 2:4 format (Sparse24, 2-bit indices) against dense at the
 // same value format, for weights pruned 2:4 (docs/pruning.md, bench/bench_sparse.cpp 2:4 rows).
 bool sparse24_storage_wins(const std::string& value_format);
-// The storage name of the --sparse-storage option ("auto", "sparse", "bitmask", "dense");
+// The measured decode crossover of SparseCsr (16-bit columns) against dense at the same value
+// format (docs/pruning.md, `bench_sparse THREADS csr`): true when a matrix with this share of
+// zero weights (counted over the padded [N, Kv] layout) decodes faster as CSR.
+bool sparse_csr_storage_wins(double sparsity, const std::string& value_format);
+// The storage name of the --sparse-storage option ("auto", "sparse", "bitmask", "csr", "dense");
 // anything else is an error naming the option and the choices.
 CompressSpec::SparseStorage sparse_storage_from_name(const std::string& name);
 // True for the value formats SparseBitmask holds: "f32", "fp16", "bf16", "int8", "int8-tensor".

@@ -15,6 +15,7 @@
 #include "engine/formats/quantized.h"
 #include "engine/formats/sparse.h"
 #include "engine/formats/sparse24.h"
+#include "engine/formats/sparse_csr.h"
 #include "engine/formats/w8a8.h"
 #include "engine/tensor.h"
 
@@ -24,7 +25,7 @@ namespace minfer {
 // `overloaded` with one overload per alternative (or a generic lambda that calls
 // FormatTraits<R>), so adding an alternative breaks the build at every site that must handle it.
 using LinearRepr = std::variant<Dense, Quantized, Int8WithOutliers, W8A8, LowRank, SparseBitmask,
-                                Sparse24, GgmlBlocks, Codebook>;
+                                Sparse24, SparseCsr, GgmlBlocks, Codebook>;
 
 template <typename... F>
 struct overloaded : F... {

@@ -28,6 +28,7 @@ size_t dtype_size(DType t) {
     case DType::U8:
       return 1;
     case DType::I16:
+    case DType::U16:
       return 2;
     case DType::I32:
       return 4;
@@ -43,7 +44,7 @@ namespace {
 constexpr std::pair<DType, std::string_view> kNames[] = {
     {DType::F32, "F32"}, {DType::F16, "F16"},   {DType::BF16, "BF16"}, {DType::F64, "F64"},
     {DType::I8, "I8"},   {DType::U8, "U8"},     {DType::I16, "I16"},   {DType::I32, "I32"},
-    {DType::I64, "I64"}, {DType::BOOL, "BOOL"},
+    {DType::I64, "I64"}, {DType::BOOL, "BOOL"}, {DType::U16, "U16"},
 };
 }  // namespace
 

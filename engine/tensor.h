@@ -27,6 +27,7 @@ enum class DType : uint8_t {
   I32,
   I64,
   BOOL,
+  U16,  // sparse-csr's 16-bit column indices
   // Packed formats (codes of quantized representations) are stored as U8 byte tensors; their
   // meaning is carried by the Linear representation that owns them.
 };

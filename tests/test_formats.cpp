@@ -140,7 +140,7 @@ std::vector<Row> method_rows() {
   return r;
 }
 
-// Pruned weights: SparseBitmask and Sparse24 with their value formats.
+// Pruned weights: SparseBitmask, Sparse24 and SparseCsr with their value formats.
 std::vector<Row> sparse_rows() {
   std::vector<Row> r;
   // Pruned weights stored as SparseBitmask (forced, whatever the crossover table says), its
@@ -192,6 +192,28 @@ std::vector<Row> sparse_rows() {
     row.shapes = shapes24;
     r.push_back(row);
   }
+  // SparseCsr (16-bit columns; forced): every value format; per-row pruning (every row the same
+  // count, no padding) and per-layer pruning (rows of different counts, padded to the longest;
+  // kind 1's all-zero row keeps nothing).
+  for (std::string m : {"magnitude-90", "magnitude-80-layer", "magnitude-90+int8",
+                        "wanda-70+int8-tensor", "magnitude-60-layer+int8"}) {
+    CompressSpec spec = compress_spec_from_name(m);
+    spec.sparse_storage = CompressSpec::SparseStorage::Csr;
+    r.push_back({m + "(csr)", [spec](const Linear& l) {
+                   const ActStats st = stats_for(l);
+                   Linear s = compress_linear(l, spec, &st);
+                   MINFER_CHECK(std::holds_alternative<SparseCsr>(s.repr), "expected sparse-csr");
+                   return s;
+                 }});
+  }
+  for (std::string f : {"fp16", "bf16"})
+    r.push_back({"magnitude-90-layer(csr, " + f + " values)", [f](const Linear& l) {
+                   CompressSpec sp = compress_spec_from_name("magnitude-90-layer");
+                   sp.sparse_storage = CompressSpec::SparseStorage::Csr;
+                   SparseCsr c = std::get<SparseCsr>(compress_linear(l, sp).repr);
+                   c.values = Box<Linear>(compress_linear(*c.values, compress_spec_from_name(f)));
+                   return make_linear(l.name, l.in, l.out, std::move(c));
+                 }});
   return r;
 }
 

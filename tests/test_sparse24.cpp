@@ -201,8 +201,9 @@ TEST_CASE("sparse-24: built from 2:4 weights only, errors name the tensor") {
                        doctest::Contains("sparse-24 't.weight': row 1 inputs 0..3"), Error);
   // Auto / sparse / bitmask / dense storage names.
   CHECK(sparse_storage_from_name("bitmask") == CompressSpec::SparseStorage::Bitmask);
-  CHECK_THROWS_WITH_AS(sparse_storage_from_name("csr"), doctest::Contains("--sparse-storage"),
-                       Error);
+  CHECK_THROWS_WITH_AS(
+      sparse_storage_from_name("ell"),
+      doctest::Contains("expected auto, sparse, bitmask, csr or dense, found 'ell'"), Error);
   // Auto follows the measured 2:4 table; Bitmask and Dense never give Sparse24.
   const Linear d24 = make_dense("a.weight", randn_t(4, 64, 2), 64, 4);
   for (const char* chain : {"magnitude-2:4+int8", "magnitude-2:4", "magnitude-2:4+fp16"}) {

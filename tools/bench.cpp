@@ -54,7 +54,7 @@ struct Options {
   int lines = 200, reps = 2, calib_samples = 4, threads = 0, device = 0;
   int64_t calib_len = 512;
   bool keep_files = false, quiet = false;
-  std::string sparse_storage = "auto";  // pruned weights: auto | sparse | bitmask | dense
+  std::string sparse_storage = "auto";  // pruned weights: auto | sparse | bitmask | csr | dense
   std::string kv_cache = "f32";         // causal models' KV cache: f32 | f16
 };
 
@@ -507,8 +507,8 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--sparse-storage", o.sparse_storage,
                  "pruned weights of every method: auto (sparse where the measured decode crossover "
-                 "says it is faster), sparse, bitmask, dense (as compress --sparse-storage)")
-      ->check(CLI::IsMember({"auto", "sparse", "bitmask", "dense"}));
+                 "says it is faster), sparse, bitmask, csr, dense (as compress --sparse-storage)")
+      ->check(CLI::IsMember({"auto", "sparse", "bitmask", "csr", "dense"}));
   app.add_option("--backend", o.backend, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   tool::add_kv_cache(app, o.kv_cache);
   app.add_option("--device", o.device, "GPU index for --backend cuda")

@@ -189,8 +189,9 @@ std::unique_ptr<TrainLlama> compressed_student(const std::string& dir, const Mod
                mc.vocab_size, dir, tc.vocab_size);
   auto st = std::make_unique<TrainLlama>(mc, TrainMods{}, ops);
   st->load_from_model(*m, {});
-  // Pruned Linears keep their masks: a SparseBitmask or Sparse24, or any Linear of a folder whose
-  // method chain prunes (e.g. wanda-50 stored dense, wanda-50+int8): its zeros stay zero.
+  // Pruned Linears keep their masks: a SparseBitmask, Sparse24 or SparseCsr, or any Linear of a
+  // folder whose method chain prunes (e.g. wanda-50 stored dense, wanda-50+int8): its zeros stay
+  // zero.
   bool pruned = false;
   const std::string method = CompressedSource(dir).method();
   try {
@@ -209,7 +210,8 @@ std::unique_ptr<TrainLlama> compressed_student(const std::string& dir, const Mod
       continue;
     }
     if (std::holds_alternative<SparseBitmask>(l->repr) ||
-        std::holds_alternative<Sparse24>(l->repr) || pruned)
+        std::holds_alternative<Sparse24>(l->repr) || std::holds_alternative<SparseCsr>(l->repr) ||
+        pruned)
       st->params().fix_zeros(l->name);
   }
   if (!st->factors().empty()) {

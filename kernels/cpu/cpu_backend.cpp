@@ -27,6 +27,7 @@
 #include "kernels/cpu/softmax.h"
 #include "kernels/cpu/sparse.h"
 #include "kernels/cpu/sparse24.h"
+#include "kernels/cpu/sparse_csr.h"
 
 namespace minfer {
 
@@ -198,11 +199,12 @@ class CpuBackend final : public Backend {
         return;
       }
     }
-    // SparseBitmask or Sparse24 (every member the same one) on the decode path: x prepared
-    // once, one pool dispatch.
+    // SparseBitmask, Sparse24 or SparseCsr (every member the same one) on the decode path: x
+    // prepared once, one pool dispatch.
     if (!observer_ && n > 0 && X.rows <= 4 &&
         (sparse_group<SparseBitmask, SparseGroupItem>(ys, ws, n, X, sparse_linear_group) ||
-         sparse_group<Sparse24, Sparse24GroupItem>(ys, ws, n, X, sparse24_linear_group)))
+         sparse_group<Sparse24, Sparse24GroupItem>(ys, ws, n, X, sparse24_linear_group) ||
+         sparse_group<SparseCsr, SparseCsrGroupItem>(ys, ws, n, X, sparse_csr_linear_group)))
       return;
     // GGML blocks on the q8 decode path: one activation quantization, one pool dispatch.
     std::vector<const GgmlBlocks*> gs;
@@ -225,18 +227,22 @@ class CpuBackend final : public Backend {
     const auto* qg = std::get_if<Quantized>(&gate.repr);
     const auto* qu = std::get_if<Quantized>(&up.repr);
     Mat X = mat(x, "linear input");
-    // SparseBitmask / Sparse24 gate and up (the same format) on the decode path.
+    // SparseBitmask / Sparse24 / SparseCsr gate and up (the same format) on the decode path.
     const auto* sg = std::get_if<SparseBitmask>(&gate.repr);
     const auto* su = std::get_if<SparseBitmask>(&up.repr);
     const auto* tg = std::get_if<Sparse24>(&gate.repr);
     const auto* tu = std::get_if<Sparse24>(&up.repr);
-    if (!observer_ && X.rows <= 4 && ((sg && su) || (tg && tu)) && !gate.bias.defined() &&
-        !up.bias.defined() && gate.out == up.out) {
+    const auto* cg = std::get_if<SparseCsr>(&gate.repr);
+    const auto* cu = std::get_if<SparseCsr>(&up.repr);
+    if (!observer_ && X.rows <= 4 && ((sg && su) || (tg && tu) || (cg && cu)) &&
+        !gate.bias.defined() && !up.bias.defined() && gate.out == up.out) {
       Mat Y = group_out(y, X, gate), U = group_out(u, X, up);
       if (sg)
         sparse_linear_swiglu(*sg, *su, X.p, X.rows, X.ld, Y.p, Y.ld, U.p, U.ld, X.cols, Y.cols);
-      else
+      else if (tg)
         sparse24_linear_swiglu(*tg, *tu, X.p, X.rows, X.ld, Y.p, Y.ld, U.p, U.ld, X.cols, Y.cols);
+      else
+        sparse_csr_linear_swiglu(*cg, *cu, X.p, X.rows, X.ld, Y.p, Y.ld, U.p, U.ld, X.cols, Y.cols);
       return;
     }
     const Linear* ws[2] = {&gate, &up};
@@ -295,6 +301,9 @@ class CpuBackend final : public Backend {
             [&](const Sparse24& r) {
               sparse24_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out);
             },
+            [&](const SparseCsr& r) {
+              sparse_csr_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out);
+            },
             [&](const GgmlBlocks& r) { ggml_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out); },
             [&](const Codebook& r) {
               codebook_linear(r, X.p, X.rows, X.ld, Y.p, Y.ld, w.in, w.out);
@@ -351,6 +360,7 @@ class CpuBackend final : public Backend {
                    [&](const LowRank&) { unsupported("lowrank"); },
                    [&](const SparseBitmask&) { unsupported("sparse"); },
                    [&](const Sparse24&) { unsupported("sparse-24"); },
+                   [&](const SparseCsr&) { unsupported("sparse-csr"); },
                    [&](const Codebook&) { unsupported("codebook"); },
                    [&](const GgmlBlocks& r) {
                      Mat Y = mat(y, "embedding output");

@@ -93,7 +93,18 @@ struct Scratch {
 
 // A weight as the device holds it. `magic` tells our copies from another backend's.
 constexpr uint64_t kMagic = 0x6d696e6665724355ull ^ sizeof(QWeight);
-enum class LKind { Dense, Quantized, LlmInt8, W8A8, LowRank, Sparse, Sparse24, Ggml, Codebook };
+enum class LKind {
+  Dense,
+  Quantized,
+  LlmInt8,
+  W8A8,
+  LowRank,
+  Sparse,
+  Sparse24,
+  SparseCsr,
+  Ggml,
+  Codebook
+};
 struct DeviceLinear {
   uint64_t magic = kMagic;
   LKind kind = LKind::Dense;
@@ -114,6 +125,7 @@ struct DeviceLinear {
   // Sparse: the mask and the packed values (or codes) with their scales, as on the host.
   SWeight sw;
   Tensor mask, vals, vscales;
+  Tensor row_ptr;  // SparseCsr (its columns in `mask`)
   // Ggml: the blocks as stored.
   GWeight gw;
   Tensor gblocks;
@@ -363,6 +375,13 @@ class CudaBackend final : public Backend {
               // The index bytes in sw.mask ([N, kb], two group codes per byte) and the values.
               upload_sparse(LKind::Sparse24, r.idx, *r.values);
             },
+            [&](const SparseCsr& r) {
+              // The columns ([N, Kv] u16, in mask) and values as for the bitmask, plus row_ptr.
+              upload_sparse(LKind::SparseCsr, r.col, *r.values);
+              d->row_ptr = upload(r.row_ptr);
+              d->sw.row_ptr = d->row_ptr.data<int64_t>();
+              d->sw.col = d->mask.data<uint16_t>();  // [N, kb = Kv]
+            },
             [&](const GgmlBlocks& r) {
               d->kind = LKind::Ggml;
               // The device kernels read the ggml row layout (a CPU-repacked weight is
@@ -456,6 +475,9 @@ class CudaBackend final : public Backend {
       case LKind::Sparse24:
         launch_sparse24_linear(d->sw, X.p, T, X.ld, Y.p, Y.ld, stream_);
         break;
+      case LKind::SparseCsr:
+        launch_sparse_csr_linear(d->sw, X.p, T, X.ld, Y.p, Y.ld, stream_);
+        break;
       case LKind::Ggml:
         launch_ggml_linear(d->gw, X.p, T, X.ld, Y.p, Y.ld, stream_);
         break;
@@ -527,6 +549,7 @@ class CudaBackend final : public Backend {
             [&](const LowRank&) { unsupported("lowrank"); },
             [&](const SparseBitmask&) { unsupported("sparse"); },
             [&](const Sparse24&) { unsupported("sparse-24"); },
+            [&](const SparseCsr&) { unsupported("sparse-csr"); },
             [&](const Codebook&) { unsupported("codebook"); },
             [&](const GgmlBlocks&) {
               DMat Y = dmat(y, "embedding output");

@@ -505,6 +505,29 @@ __global__ void sparse24_linear_kernel(SWeight w, const float* x, int64_t T, int
   }
 }
 
+// SparseCsr: one warp per output row n and up to kTT tokens; lane l takes the row's kept weights
+// j = l, l + 32, ... (consecutive lanes read consecutive columns and values).
+__global__ void sparse_csr_linear_kernel(SWeight w, const float* x, int64_t T, int64_t ldx,
+                                         float* y, int64_t ldy) {
+  const int lane = threadIdx.x % 32;
+  const int64_t n = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
+  const int64_t t0 = int64_t(blockIdx.y) * kTT;
+  if (n >= w.N) return;
+  const int64_t nt = T - t0 < kTT ? T - t0 : kTT;
+  const int64_t c = w.row_ptr[n + 1] - w.row_ptr[n];
+  const uint16_t* col = w.col + n * w.kb;
+  float acc[kTT] = {};
+  for (int64_t j = lane; j < c; j += 32) {
+    const int64_t k = col[j];
+    const float wv = sparse_value(w, n, j);
+    for (int64_t t = 0; t < nt; ++t) acc[t] += wv * x[(t0 + t) * ldx + k];
+  }
+  for (int64_t i = 0; i < kTT; ++i) {
+    const float s = warp_sum(acc[i]);
+    if (lane == 0 && i < nt) y[(t0 + i) * ldy + n] = s;
+  }
+}
+
 // Codebook: one warp per output row n and up to kTT tokens; lane l takes weights k = l, l + 32,
 // ... (coalesced x reads; the index bytes of a 32-weight step are 4 b consecutive bytes).
 __global__ void codebook_linear_kernel(CWeight w, const float* x, int64_t T, int64_t ldx, float* y,
@@ -810,6 +833,13 @@ void launch_sparse24_linear(const SWeight& w, const float* x, int64_t T, int64_t
                             int64_t ldy, cudaStream_t s) {
   if (T == 0 || w.N == 0) return;
   MINFER_LAUNCH(sparse24_linear_kernel, rows_grid(w.N, T), kWarps * 32, 0, s)(w, x, T, ldx, y, ldy);
+}
+
+void launch_sparse_csr_linear(const SWeight& w, const float* x, int64_t T, int64_t ldx, float* y,
+                              int64_t ldy, cudaStream_t s) {
+  if (T == 0 || w.N == 0) return;
+  MINFER_LAUNCH(sparse_csr_linear_kernel, rows_grid(w.N, T), kWarps * 32, 0, s)
+  (w, x, T, ldx, y, ldy);
 }
 
 void launch_outlier_split(const float* x, int64_t T, int64_t ldx, int64_t K, float threshold,

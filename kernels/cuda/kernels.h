@@ -110,6 +110,10 @@ struct SWeight {
   int64_t ld = 0;
   const float* scales = nullptr;  // int8: [N] or [1]
   bool per_tensor = false;
+  // SparseCsr (engine/formats/sparse_csr.h): row n keeps row_ptr[n + 1] - row_ptr[n] weights at
+  // inputs col[n * kb + j] (kb = Kv; mask unused), values at [n, j] of vals as above.
+  const int64_t* row_ptr = nullptr;  // [N + 1]
+  const uint16_t* col = nullptr;     // [N, kb]
 };
 // y[T, N] = x[T, K] · Wᵀ for a SparseBitmask weight: one warp per output row, each lane a mask
 // byte, the value index from a warp prefix sum of the bytes' popcounts.
@@ -121,6 +125,12 @@ void launch_sparse_linear(const SWeight& w, const float* x, int64_t T, int64_t l
 // inputs, 4 kept values at fixed places 4 b .. 4 b + 3), x gathered at the indexed inputs.
 void launch_sparse24_linear(const SWeight& w, const float* x, int64_t T, int64_t ldx, float* y,
                             int64_t ldy, cudaStream_t s);
+
+// y[T, N] = x[T, K] · Wᵀ for a SparseCsr weight (w.row_ptr, w.col): one warp per output row, lane
+// l takes kept weights j = l, l + 32, ... (coalesced column and value reads), x gathered at the
+// columns.
+void launch_sparse_csr_linear(const SWeight& w, const float* x, int64_t T, int64_t ldx, float* y,
+                              int64_t ldy, cudaStream_t s);
 
 // A Codebook weight on the device (engine/formats/codebook.h): packed indices and f16 tables.
 struct CWeight {
