@@ -1,10 +1,11 @@
-// make bench: SparseBitmask against dense at the same value format (f32, int8), decode (T = 1)
-// and prefill (T = 128), over sparsity, on SmolLM2-135M's projection shapes. The decode crossover
-// it prints is what compress/compress.cpp's sparse_storage_wins table holds (docs/pruning.md).
-// 2:4 rows (sparsity "2:4", in the default list): dense vs SparseBitmask vs Sparse24 (2-bit
-// indices) on the same 2:4 weights, what sparse24_storage_wins holds. `bench_sparse THREADS csr
-// [FORMATS] [SPARSITIES]`: SparseCsr (16-bit columns) against dense and SparseBitmask, what
-// sparse_csr_storage_wins holds.
+// make bench: SparseBitmask and SparseCsr against dense at the same value format (f32, int8),
+// decode (T = 1) and prefill (T = 128), over sparsity, on SmolLM2-135M's projection shapes. The
+// decode crossovers it prints are what compress/compress.cpp's sparse_storage_wins and
+// sparse_csr_storage_wins tables hold (docs/pruning.md). 2:4 rows (sparsity "2:4", in the default
+// list): dense vs SparseBitmask vs Sparse24 (2-bit indices) on the same 2:4 weights, what
+// sparse24_storage_wins holds. CSR rows (50-95 %, after the others in the default run; alone with
+// `bench_sparse THREADS csr [FORMATS] [SPARSITIES]`): dense vs SparseBitmask vs SparseCsr.
+//
 // Dense and sparse passes alternate; the speed-ups are medians of the per-pass ratios, so a
 // shared machine's load hits both sides alike (the absolute times stay noisy). Dense Quantized
 // weights go through the backend's upload first (rows interleaved by 4, as the model runs them).
@@ -110,6 +111,82 @@ Pair time_pair(Backend& be, const Linear& A, const Linear& B, int64_t T, int rep
   return {median(ta), median(tb), median(r)};
 }
 
+// "a,b,c" -> {"a", "b", "c"}.
+std::vector<std::string> split(const char* s) {
+  std::vector<std::string> v;
+  std::string cur;
+  for (const char* p = s; *p; ++p)
+    if (*p == ',') {
+      v.push_back(cur);
+      cur.clear();
+    } else {
+      cur += *p;
+    }
+  if (!cur.empty()) v.push_back(cur);
+  return v;
+}
+
+// SparseCsr (16-bit columns) against dense at the same value format and against SparseBitmask,
+// the same pruned weights; decode (T = 1) and prefill (T = 128); the decode crossover printed is
+// what compress/compress.cpp's sparse_csr_storage_wins holds.
+void csr_rows(Backend& be_ref, int threads, const std::vector<std::string>& formats,
+              const std::vector<int>& pcts) {
+  Backend* be = &be_ref;
+  std::printf(
+      "SparseCsr vs dense and vs SparseBitmask, %d threads, csr decode kernel %s; medians of 11 "
+      "alternating passes (decode) / 5 (prefill); ms per call; speedup = median of other / "
+      "csr\n",
+      threads, sparse_csr_linear_isa());
+  std::printf("%-10s %-6s %9s %8s %10s %10s %10s %8s %8s %11s %11s %8s\n", "shape", "values",
+              "sparsity", "chosen", "dense T=1", "bitmsk T=1", "csr T=1", "vs dense", "vs bitm",
+              "dense T=128", "csr T=128", "vs dense");
+  for (const std::string& vf : formats) {
+    double crossover = -1;
+    for (const int pct : pcts) {
+      double dd = 0, dc = 0;
+      for (auto [out, in] : {std::pair<int64_t, int64_t>{1536, 576}, {576, 1536}, {576, 576}}) {
+        const Linear l = random_dense(out, in, uint32_t(out + in));
+        const std::string prune = "magnitude-" + std::to_string(pct);
+        const std::string chain = vf == "f32" ? prune : prune + "+" + vf;
+        const Linear pruned = prune_linear(l, method_spec_from_name(prune).prune, nullptr);
+        const Linear dense =
+            vf == "f32" ? pruned : compress_linear(pruned, compress_spec_from_name(vf));
+        CompressSpec bs = compress_spec_from_name(chain), cs = bs;
+        bs.sparse_storage = CompressSpec::SparseStorage::Bitmask;
+        cs.sparse_storage = CompressSpec::SparseStorage::Csr;
+        const Linear bm = compress_linear(l, bs), csr = compress_linear(l, cs);
+        const Linear chosen = compress_linear(l, compress_spec_from_name(chain));
+        const Pair a = time_pair(*be, dense, csr, 1, 11);
+        const Pair b = time_pair(*be, bm, csr, 1, 11);
+        const Pair pre = time_pair(*be, dense, csr, 128, 5);
+        dd += a.a;
+        dc += a.b;
+        const char* ch = std::holds_alternative<SparseCsr>(chosen.repr)       ? "csr"
+                         : std::holds_alternative<SparseBitmask>(chosen.repr) ? "bitmask"
+                                                                              : "dense";
+        std::printf(
+            "%4lldx%-5lld %-6s %8d%% %8s %10.4f %10.4f %10.4f %7.2fx %7.2fx %11.3f %11.3f "
+            "%7.2fx\n",
+            (long long)out, (long long)in, vf.c_str(), pct, ch, a.a * 1e3, b.a * 1e3, a.b * 1e3,
+            a.ratio, b.ratio, pre.a * 1e3, pre.b * 1e3, pre.ratio);
+      }
+      // As for the bitmask rows: the lowest sparsity from which every measured one decodes
+      // >= 1.1x faster as CSR (summed over the shapes).
+      if (dd >= 1.1 * dc) {
+        if (crossover < 0) crossover = pct / 100.0;
+      } else {
+        crossover = -1;
+      }
+    }
+    if (crossover < 0)
+      std::printf("%s values: CSR decodes >= 1.1x dense at no measured sparsity up to the last\n",
+                  vf.c_str());
+    else
+      std::printf("%s values: CSR decodes >= 1.1x dense from %.0f %% sparsity on\n", vf.c_str(),
+                  crossover * 100);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -117,76 +194,12 @@ int main(int argc, char** argv) {
   // steadier numbers (no waiting for a descheduled partner at the OpenMP barrier).
   const int threads = argc > 1 ? std::max(1, std::atoi(argv[1])) : 2;
   auto be = make_cpu_backend(threads);
+  // bench_sparse THREADS csr [FORMATS] [SPARSITIES]: the CSR rows alone (csr_rows).
   if (argc > 2 && std::string(argv[2]) == "csr") {
-    // bench_sparse THREADS csr [FORMATS] [SPARSITIES]: SparseCsr (16-bit columns) against dense
-    // at the same value format and against SparseBitmask, the same pruned weights; decode (T = 1)
-    // and prefill (T = 128). The crossover it prints is what compress/compress.cpp's
-    // sparse_csr_storage_wins holds.
-    std::printf(
-        "SparseCsr vs dense and vs SparseBitmask, %d threads, csr decode kernel %s; medians of 11 "
-        "alternating passes (decode) / 5 (prefill); ms per call; speedup = median of other / "
-        "csr\n",
-        threads, sparse_csr_linear_isa());
-    std::printf("%-10s %-6s %9s %8s %10s %10s %10s %8s %8s %11s %11s %8s\n", "shape", "values",
-                "sparsity", "chosen", "dense T=1", "bitmsk T=1", "csr T=1", "vs dense", "vs bitm",
-                "dense T=128", "csr T=128", "vs dense");
-    const char* fl = argc > 3 ? argv[3] : "f32,int8";
-    const char* sps = argc > 4 ? argv[4] : "50,70,80,90,95";
-    std::vector<std::string> fs;
-    for (const char* p = fl; *p;) {
-      const char* e = p;
-      while (*e && *e != ',') ++e;
-      fs.emplace_back(p, e);
-      p = *e ? e + 1 : e;
-    }
-    for (const std::string& vf : fs) {
-      double crossover = -1;
-      for (const char* p = sps; *p;) {
-        const int pct = std::atoi(p);
-        while (*p && *p != ',') ++p;
-        if (*p) ++p;
-        double dd = 0, dc = 0;
-        for (auto [out, in] : {std::pair<int64_t, int64_t>{1536, 576}, {576, 1536}, {576, 576}}) {
-          const Linear l = random_dense(out, in, uint32_t(out + in));
-          const std::string prune = "magnitude-" + std::to_string(pct);
-          const std::string chain = vf == "f32" ? prune : prune + "+" + vf;
-          const Linear pruned = prune_linear(l, method_spec_from_name(prune).prune, nullptr);
-          const Linear dense =
-              vf == "f32" ? pruned : compress_linear(pruned, compress_spec_from_name(vf));
-          CompressSpec bs = compress_spec_from_name(chain), cs = bs;
-          bs.sparse_storage = CompressSpec::SparseStorage::Bitmask;
-          cs.sparse_storage = CompressSpec::SparseStorage::Csr;
-          const Linear bm = compress_linear(l, bs), csr = compress_linear(l, cs);
-          const Linear chosen = compress_linear(l, compress_spec_from_name(chain));
-          const Pair a = time_pair(*be, dense, csr, 1, 11);
-          const Pair b = time_pair(*be, bm, csr, 1, 11);
-          const Pair pre = time_pair(*be, dense, csr, 128, 5);
-          dd += a.a;
-          dc += a.b;
-          const char* ch = std::holds_alternative<SparseCsr>(chosen.repr)       ? "csr"
-                           : std::holds_alternative<SparseBitmask>(chosen.repr) ? "bitmask"
-                                                                                : "dense";
-          std::printf(
-              "%4lldx%-5lld %-6s %8d%% %8s %10.4f %10.4f %10.4f %7.2fx %7.2fx %11.3f %11.3f "
-              "%7.2fx\n",
-              (long long)out, (long long)in, vf.c_str(), pct, ch, a.a * 1e3, b.a * 1e3, a.b * 1e3,
-              a.ratio, b.ratio, pre.a * 1e3, pre.b * 1e3, pre.ratio);
-        }
-        // As for the bitmask rows: the lowest sparsity from which every measured one decodes
-        // >= 1.1x faster as CSR (summed over the shapes).
-        if (dd >= 1.1 * dc) {
-          if (crossover < 0) crossover = pct / 100.0;
-        } else {
-          crossover = -1;
-        }
-      }
-      if (crossover < 0)
-        std::printf("%s values: CSR decodes >= 1.1x dense at no measured sparsity up to the last\n",
-                    vf.c_str());
-      else
-        std::printf("%s values: CSR decodes >= 1.1x dense from %.0f %% sparsity on\n", vf.c_str(),
-                    crossover * 100);
-    }
+    std::vector<int> pcts;
+    for (const std::string& p : split(argc > 4 ? argv[4] : "50,70,80,90,95"))
+      pcts.push_back(std::atoi(p.c_str()));
+    csr_rows(*be, threads, split(argc > 3 ? argv[3] : "f32,int8"), pcts);
     return 0;
   }
   // SmolLM2-135M: d_model 576, d_ff 1536 (q/o 576x576, k/v 192x576, gate/up 1536x576, down
@@ -194,19 +207,7 @@ int main(int argc, char** argv) {
   const std::pair<int64_t, int64_t> shapes[] = {{1536, 576}, {576, 1536}, {576, 576}};
   // argv[2]: value formats (comma separated, default f32,int8); argv[3]: sparsities in percent
   // (default 10,20,...,70) and/or "2:4" (dense vs SparseBitmask vs Sparse24 on 2:4 weights).
-  auto split = [](const char* s) {
-    std::vector<std::string> v;
-    std::string cur;
-    for (const char* p = s; *p; ++p)
-      if (*p == ',') {
-        v.push_back(cur);
-        cur.clear();
-      } else {
-        cur += *p;
-      }
-    if (!cur.empty()) v.push_back(cur);
-    return v;
-  };
+
   const std::vector<std::string> formats = split(argc > 2 ? argv[2] : "f32,int8");
   std::vector<double> sparsities;
   for (const std::string& p : split(argc > 3 ? argv[3] : "10,20,30,40,50,60,70,2:4"))
@@ -274,7 +275,9 @@ int main(int argc, char** argv) {
         dec_sparse += s1;
         std::printf("%4lldx%-5lld %-6s %8.0f%% %8s %10.4f %10.4f %7.2fx %11.3f %12.3f %7.2fx\n",
                     (long long)out, (long long)in, vf.c_str(), p * 100,
-                    std::holds_alternative<SparseBitmask>(chosen.repr) ? "sparse" : "dense",
+                    std::holds_alternative<SparseBitmask>(chosen.repr) ? "bitmask"
+                    : std::holds_alternative<SparseCsr>(chosen.repr)   ? "csr"
+                                                                       : "dense",
                     d1 * 1e3, s1 * 1e3, dec.ratio, d128 * 1e3, s128 * 1e3, pre.ratio);
       }
       // The crossover: the lowest sparsity from which every measured one decodes >= 1.1x faster
@@ -293,5 +296,7 @@ int main(int argc, char** argv) {
           "%s values: sparse decodes >= 1.1x faster (three shapes summed) from %.0f %% on\n",
           vf.c_str(), crossover * 100);
   }
+  // The CSR rows with the default formats, over the sparsities where it can win.
+  if (argc <= 2) csr_rows(*be, threads, formats, {50, 70, 80, 90, 95});
   return 0;
 }

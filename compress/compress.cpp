@@ -522,8 +522,7 @@ bool sparse_csr_storage_wins(double sparsity, const std::string& value_format) {
                            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
 #else
   static constexpr Crossover kCrossover[] = {{"f32", 0.79}, {"int8", 0.94}, {"int8-tensor", 0.94}};
-  static const bool fast = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                           __builtin_cpu_supports("f16c");
+  static const bool fast = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
   if (!fast) return false;
   for (const Crossover& c : kCrossover)
@@ -590,9 +589,9 @@ Linear compress_linear(const Linear& l, const CompressSpec& spec, const ActStats
     s24.values = Box<Linear>(std::move(vals));
     return make_linear(l.name, l.in, l.out, std::move(s24), q.bias);
   }
-  // CSR (16-bit columns, engine/formats/sparse_csr.h): asked for, the smaller sparse file where
-  // "sparse" is asked, or where its measured decode crossover says it beats dense. Its rows are
-  // padded to the longest one, so the crossover is read at the padded density out * Kv.
+  // CSR (16-bit columns, engine/formats/sparse_csr.h): asked for, or where its measured decode
+  // crossover says it beats dense. Its rows are padded to the longest one, so the crossover is
+  // read at the padded density out * Kv.
   int64_t kv = 0;
   for (int64_t n = 0; n < l.out; ++n) {
     int64_t c = 0;
@@ -605,14 +604,10 @@ Linear compress_linear(const Linear& l, const CompressSpec& spec, const ActStats
                  "--sparse-storage csr: '{}' has {} inputs; CSR's 16-bit column indices address "
                  "at most {} (use bitmask)",
                  l.name, l.in, SparseCsr::kMaxIn);
-  // Bytes per weight with b-bit values: bitmask 1/8 + (1 - p) b/8, CSR (padded) density (2 + b/8).
-  const double vbytes = value_format == "f32" ? 4.0 : value_format.starts_with("int8") ? 1.0 : 2.0;
-  const bool csr_smaller = 0.125 + (1.0 - sparsity) * vbytes > csr_density * (2.0 + vbytes);
-  const bool use_csr =
-      l.in <= SparseCsr::kMaxIn && sparse_value_format(value_format) &&
-      (spec.sparse_storage == SS::Csr || (spec.sparse_storage == SS::Sparse && csr_smaller) ||
-       (spec.sparse_storage == SS::Auto &&
-        sparse_csr_storage_wins(1.0 - csr_density, value_format)));
+  const bool use_csr = l.in <= SparseCsr::kMaxIn && sparse_value_format(value_format) &&
+                       (spec.sparse_storage == SS::Csr ||
+                        (spec.sparse_storage == SS::Auto &&
+                         sparse_csr_storage_wins(1.0 - csr_density, value_format)));
   if (use_csr) {
     SparseCsr csr = sparse_csr_from_dense(pw, l.in, l.out, l.name);
     Linear vals = *csr.values;
@@ -1121,13 +1116,19 @@ void save_compressed(Model& m, const Tokenizer* tok, const std::string& out_dir,
     json targets = json::array();
     int64_t kept = 0, total = 0;
     bool all_24 = true;  // every sparse weight written as sparse-24-bitmask
+    auto bitmask_target = [&](const Linear& w, const SparseBitmask& sb) {
+      all_24 = all_24 && std::holds_alternative<Dense>(sb.values->repr) && sparse_is_2of4(sb);
+      targets.push_back(w.name.substr(0, w.name.size() - 7));
+      total += w.in * w.out;
+      kept +=
+          int64_t(std::llround((1.0 - sparse_sparsity(sb, w.in, w.out)) * double(w.in * w.out)));
+    };
     for (Linear* w : m.linears())
       if (const auto* sb = std::get_if<SparseBitmask>(&w->repr)) {
-        all_24 = all_24 && std::holds_alternative<Dense>(sb->values->repr) && sparse_is_2of4(*sb);
-        targets.push_back(w->name.substr(0, w->name.size() - 7));
-        total += w->in * w->out;
-        kept += int64_t(
-            std::llround((1.0 - sparse_sparsity(*sb, w->in, w->out)) * double(w->in * w->out)));
+        bitmask_target(*w, *sb);
+      } else if (const auto* csr = std::get_if<SparseCsr>(&w->repr)) {
+        // Written in the bitmask layout (engine/formats/sparse_csr.h).
+        bitmask_target(*w, sparse_bitmask_from_csr(*csr, w->out));
       } else if (const auto* s24 = std::get_if<Sparse24>(&w->repr)) {
         // Written as sparse-24-bitmask (engine/formats/sparse24.h); keeps half of the weights.
         all_24 = all_24 && std::holds_alternative<Dense>(s24->values->repr);

@@ -34,9 +34,9 @@ struct CompressSpec {
 
   // How pruned weights are stored: Auto = the measured decode crossovers (sparse24_storage_wins,
   // sparse_csr_storage_wins, sparse_storage_wins, in that order), Sparse = a sparse format
-  // whenever its value format is supported (smaller files): Sparse24 (2-bit indices) after a 2:4
-  // step, otherwise the smaller of SparseBitmask (compressed-tensors layout) and SparseCsr;
-  // Bitmask = SparseBitmask always; Csr = SparseCsr always (an error for more than 65536 inputs);
+  // whenever its value format is supported (smaller files, compressed-tensors layout): Sparse24
+  // (2-bit indices) after a 2:4 step, SparseBitmask otherwise; Bitmask = SparseBitmask always;
+  // Csr = SparseCsr always (an error for more than 65536 inputs; on disk the bitmask layout);
   // Dense = the dense result of the chain (zeros stored). A value format the sparse formats do not
   // hold (int4, nf4, ...) is stored dense whatever is asked.
   enum class SparseStorage : uint8_t {

@@ -188,7 +188,7 @@ TEST_CASE("sparse-csr: op groups and the fused gate·up + SiLU·mul equal the se
   set_pool_backoff(true);
 }
 
-TEST_CASE("sparse-csr: save and load are views of the file; malformed weights are refused") {
+TEST_CASE("sparse-csr: saved in the bitmask layout, loaded back; malformed weights are refused") {
   const Linear l = csr_of(5, 64, "magnitude-80-layer+int8", 9);
   const SparseCsr& c = std::get<SparseCsr>(l.repr);
   CHECK(linear_format(l) == "csr80+int8");
@@ -197,12 +197,25 @@ TEST_CASE("sparse-csr: save and load are views of the file; malformed weights ar
   TensorSink sink{ts};
   const json meta = save_linear(l, l.name, sink);
   CHECK(meta.at("repr") == "sparse-csr");
-  // The module's name (no ".weight"), as the other sparse formats write it.
+  // On disk: the bitmask format's tensors (compressed-tensors names, the module's name), exactly
+  // what the same weights stored as a bitmask write.
+  CompressSpec bs = compress_spec_from_name("magnitude-80-layer+int8");
+  bs.sparse_storage = CompressSpec::SparseStorage::Bitmask;
+  const Linear bl = compress_linear(make_dense("blk.0.w.weight", randn_t(5, 64, 9), 64, 5), bs);
+  std::vector<std::pair<std::string, Tensor>> bts;
+  TensorSink bsink{bts};
+  save_linear(bl, bl.name, bsink);
+  REQUIRE(ts.size() == bts.size());
+  for (size_t i = 0; i < ts.size(); ++i) {
+    CAPTURE(ts[i].first);
+    CHECK(ts[i].first == bts[i].first);
+    CHECK(ts[i].second.nbytes() == bts[i].second.nbytes());
+    CHECK(std::memcmp(ts[i].second.raw(), bts[i].second.raw(), ts[i].second.nbytes()) == 0);
+  }
   std::set<std::string> names;
   for (auto& [n, t] : ts) names.insert(n);
-  CHECK(names.count("blk.0.w.row_ptr") == 1);
-  CHECK(names.count("blk.0.w.col_indices") == 1);
-  CHECK(names.count("blk.0.w.shape") == 1);
+  CHECK(names.count("blk.0.w.bitmask") == 1);
+  CHECK(names.count("blk.0.w.row_offsets") == 1);
   save_safetensors(dir / "w.safetensors", ts, {});
   const auto file = SafetensorsFile::open(dir / "w.safetensors");
   const Linear back = load_linear(FileTensors(file), l.name, json::parse(meta.dump()), 64, 5);
@@ -210,6 +223,13 @@ TEST_CASE("sparse-csr: save and load are views of the file; malformed weights ar
   CHECK(b.col.dtype() == DType::U16);
   CHECK(std::memcmp(b.col.raw(), c.col.raw(), c.col.nbytes()) == 0);
   CHECK(std::memcmp(b.row_ptr.raw(), c.row_ptr.raw(), c.row_ptr.nbytes()) == 0);
+  // The same tensors load as the bitmask format too (meta "repr": "sparse-bitmask").
+  json as_bitmask = json::parse(meta.dump());
+  as_bitmask["repr"] = "sparse-bitmask";
+  const Linear bb = load_linear(FileTensors(file), l.name, as_bitmask, 64, 5);
+  CHECK(std::holds_alternative<SparseBitmask>(bb.repr));
+  const Tensor wa = dequantize_weight(l), wb = dequantize_weight(bb);
+  CHECK(std::memcmp(wa.raw(), wb.raw(), wa.nbytes()) == 0);
 
   // Malformed: each names the tensor and what was expected.
   auto with = [&](auto edit) {
@@ -271,14 +291,13 @@ TEST_CASE("sparse-csr: storage names and choices") {
   using SS = CompressSpec::SparseStorage;
   CHECK(sparse_storage_from_name("csr") == SS::Csr);
   const Linear d = make_dense("a.weight", randn_t(8, 256, 3), 256, 8);
-  // "sparse" keeps the smaller file: the bitmask below 93.75 % sparsity with f32 values
-  // (1/8 + 4 (1 - p) < 6 (1 - p) bytes per weight), CSR above.
-  CompressSpec s = compress_spec_from_name("magnitude-50");
-  s.sparse_storage = SS::Sparse;
-  CHECK(std::holds_alternative<SparseBitmask>(compress_linear(d, s).repr));
-  s = compress_spec_from_name("magnitude-97");
-  s.sparse_storage = SS::Sparse;
-  CHECK(std::holds_alternative<SparseCsr>(compress_linear(d, s).repr));
+  // "sparse" keeps the compressed-tensors bitmask (CSR has the same file; it is a kernel choice,
+  // made at load where the CSR kernel wins).
+  for (const char* chain : {"magnitude-50", "magnitude-97"}) {
+    CompressSpec s = compress_spec_from_name(chain);
+    s.sparse_storage = SS::Sparse;
+    CHECK(std::holds_alternative<SparseBitmask>(compress_linear(d, s).repr));
+  }
   // Bitmask and Dense never give CSR; Csr always does, with any value format the values take.
   for (const char* chain : {"magnitude-97", "magnitude-97+int8"}) {
     CAPTURE(chain);
@@ -299,4 +318,47 @@ TEST_CASE("sparse-csr: storage names and choices") {
   CompressSpec i4 = compress_spec_from_name("magnitude-90+int4-g64");
   i4.sparse_storage = SS::Csr;
   CHECK(std::holds_alternative<Quantized>(compress_linear(d, i4).repr));
+}
+
+TEST_CASE("sparse-csr: a bitmask weight becomes CSR at upload where the CSR kernel beats it") {
+  auto be = make_cpu_backend(2);
+  const int64_t N = 40, K = 300;
+  int converted = 0;
+  for (const char* chain :
+       {"magnitude-90", "magnitude-90+int8", "magnitude-50", "magnitude-30+int8",
+        "magnitude-85-layer+int8-tensor", "magnitude-60-layer+fp16", "magnitude-90+bf16"}) {
+    CAPTURE(chain);
+    CompressSpec spec = compress_spec_from_name(chain);
+    spec.sparse_storage = CompressSpec::SparseStorage::Bitmask;
+    const Linear l = compress_linear(make_dense("blk.0.w.weight", randn_t(N, K, 4), K, N), spec);
+    REQUIRE(std::holds_alternative<SparseBitmask>(l.repr));
+    const Linear& vals = *std::get<SparseBitmask>(l.repr).values;
+    const bool expect = sparse_csr_beats_bitmask(1.0 - double(vals.in) / double(K), vals);
+    Linear u = l;
+    be->upload(u);
+    CHECK(std::holds_alternative<SparseCsr>(u.repr) == expect);
+    converted += expect;
+    // The same weights, bit for bit, and the CSR kernel's product of them.
+    const Tensor a = dequantize_weight(l), b = dequantize_weight(u);
+    CHECK(std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0);
+    for (int64_t T : {1, 4, 9}) {
+      CAPTURE(T);
+      const std::vector<float> x = randn(size_t(T * K), uint32_t(T));
+      Tensor xt = Tensor::empty(DType::F32, {T, K}), yt = Tensor::empty(DType::F32, {T, N});
+      std::copy(x.begin(), x.end(), xt.data<float>());
+      be->linear(yt, xt, u);
+      if (expect)
+        CHECK(bad_against_dense(l, x, T, K,
+                                std::vector<float>(yt.data<float>(), yt.data<float>() + T * N),
+                                N) == 0);
+    }
+  }
+  MESSAGE("bitmask weights converted to CSR at upload on this machine: " << converted << " of 7");
+  // More than 65536 inputs: the 16-bit columns cannot address them; the bitmask stays.
+  const int64_t big = SparseCsr::kMaxIn + 8;
+  CompressSpec spec = compress_spec_from_name("magnitude-95");
+  spec.sparse_storage = CompressSpec::SparseStorage::Bitmask;
+  Linear wide = compress_linear(make_dense("big.weight", randn_t(2, big, 5), big, 2), spec);
+  be->upload(wide);
+  CHECK(std::holds_alternative<SparseBitmask>(wide.repr));
 }

@@ -93,10 +93,10 @@ int main(int argc, char** argv) {
   std::string sparse_storage = "auto";
   app.add_option("--sparse-storage", sparse_storage,
                  "pruned weights: auto (sparse where the measured decode crossover says it is "
-                 "faster), sparse (a sparse format: 2:4 values + 2-bit indices after a 2:4 step, "
-                 "otherwise the smaller of sparse-bitmask (compressed-tensors layout) and CSR), "
-                 "bitmask (the sparse-bitmask format always), csr (CSR with 16-bit column "
-                 "indices always; at most 65536 inputs), dense")
+                 "faster), sparse (a sparse format, compressed-tensors layout: 2:4 values + 2-bit "
+                 "indices after a 2:4 step, the sparse-bitmask format otherwise), bitmask (the "
+                 "sparse-bitmask format always), csr (CSR with 16-bit column indices in memory, "
+                 "the sparse-bitmask layout on disk; at most 65536 inputs), dense")
       ->check(CLI::IsMember({"auto", "sparse", "bitmask", "csr", "dense"}));
   std::string prune_scope;
   app.add_option("--prune-scope", prune_scope,

@@ -1,6 +1,7 @@
 #include "engine/formats/sparse_csr.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 
 #include "engine/error.h"
@@ -97,41 +98,71 @@ std::string FormatTraits<SparseCsr>::format(const SparseCsr& r, int64_t in) {
 
 void FormatTraits<SparseCsr>::save(const SparseCsr& r, const std::string& weight_name,
                                    TensorSink& sink, json& meta) {
-  const std::string name = sparse_module_name(weight_name);
+  // On disk the weight is the bitmask format's (compressed-tensors sparse-bitmask, or
+  // sparse-24-bitmask for 2:4 float values): the same kept weights, the values shared.
   const int64_t out = r.row_ptr.numel() - 1;
-  Tensor shape = Tensor::empty(DType::I64, {2});
-  shape.data<int64_t>()[0] = out;
-  shape.data<int64_t>()[1] = r.in;
-  sink.put(name + ".shape", shape);
-  sink.put(name + ".row_ptr", r.row_ptr);
-  sink.put(name + ".col_indices", r.col);
-  meta["kv"] = r.values->in;
-  meta["values"] = save_linear(*r.values, name + ".values", sink);
+  FormatTraits<SparseBitmask>::save(sparse_bitmask_from_csr(r, out), weight_name, sink, meta);
 }
 
 SparseCsr FormatTraits<SparseCsr>::load(const TensorSource& src, const std::string& weight_name,
                                         const json& meta, int64_t in, int64_t out) {
-  const std::string name = sparse_module_name(weight_name);
-  const Tensor shape = src.get(name + ".shape");
-  MINFER_CHECK(shape.dtype() == DType::I64 && shape.numel() == 2 &&
-                   shape.data<int64_t>()[0] == out && shape.data<int64_t>()[1] == in,
-               "sparse-csr '{}': shape tensor must be I64 {{{}, {}}}, found {}", name, out, in,
-               describe(shape));
-  const int64_t kv = meta_field<int64_t>(meta, "kv", name);
-  MINFER_CHECK(kv >= 1 && kv <= in, "sparse-csr '{}': kv must be in [1, {}], found {}", name, in,
-               kv);
-  MINFER_CHECK(meta.contains("values"), "sparse-csr '{}': entry lacks 'values'", name);
+  MINFER_CHECK(in <= SparseCsr::kMaxIn,
+               "sparse-csr '{}': 16-bit column indices need in <= {}, found in = {}", weight_name,
+               SparseCsr::kMaxIn, in);
+  const SparseBitmask b = FormatTraits<SparseBitmask>::load(src, weight_name, meta, in, out);
+  SparseCsr r = sparse_csr_from_bitmask(b, in, out, weight_name);
+  release_mapped_pages(b.bitmask);  // the columns replace the mask in memory
+  return r;
+}
+
+SparseCsr sparse_csr_from_bitmask(const SparseBitmask& b, int64_t in, int64_t out,
+                                  const std::string& name) {
+  FormatTraits<SparseBitmask>::check(b, in, out, name);  // every row's count <= Kv
+  MINFER_CHECK(in >= 1 && in <= SparseCsr::kMaxIn,
+               "sparse-csr '{}': 16-bit column indices need 1 <= in <= {}, found in = {}", name,
+               SparseCsr::kMaxIn, in);
+  const int64_t kv = b.values->in, kb = b.bitmask.dim(1);
   SparseCsr r;
   r.in = in;
-  r.row_ptr = src.get(name + ".row_ptr");
-  r.col = src.get(name + ".col_indices");
-  MINFER_CHECK(r.col.dtype() == DType::U16 && r.col.numel() == out * kv,
-               "sparse-csr '{}': col_indices must be U16 [{}, {}], found {}", name, out, kv,
-               describe(r.col));
-  if (r.col.ndim() != 2) r.col = r.col.view({out, kv});
-  r.values = Box<Linear>(load_linear(src, name + ".values", meta["values"], kv, out));
-  check(r, in, out, name);
+  r.row_ptr = Tensor::empty(DType::I64, {out + 1});
+  r.col = Tensor::empty(DType::U16, {out, kv});
+  int64_t* rp = r.row_ptr.data<int64_t>();
+  uint16_t* col = r.col.data<uint16_t>();
+  const uint8_t* m = b.bitmask.data<uint8_t>();
+  rp[0] = 0;
+  for (int64_t n = 0; n < out; ++n) {
+    uint16_t* cr = col + n * kv;
+    int64_t j = 0;
+    for (int64_t i = 0; i < kb; ++i)
+      for (unsigned bits = m[n * kb + i]; bits; bits &= bits - 1)
+        cr[j++] = uint16_t(8 * i + std::countr_zero(bits));
+    std::fill(cr + j, cr + kv, uint16_t(0));
+    rp[n + 1] = rp[n] + j;
+  }
+  r.values = b.values;
+  FormatTraits<SparseCsr>::check(r, in, out, name);
   return r;
+}
+
+SparseBitmask sparse_bitmask_from_csr(const SparseCsr& r, int64_t out) {
+  const int64_t kb = (r.in + 7) / 8, kv = r.values->in;
+  SparseBitmask b;
+  b.in = r.in;
+  b.bitmask = Tensor::empty(DType::U8, {out, kb});
+  b.row_offsets = Tensor::empty(DType::I64, {out});
+  uint8_t* m = b.bitmask.data<uint8_t>();
+  std::fill(m, m + out * kb, uint8_t(0));
+  const int64_t* rp = r.row_ptr.data<int64_t>();
+  const uint16_t* col = r.col.data<uint16_t>();
+  for (int64_t n = 0; n < out; ++n) {
+    b.row_offsets.data<int64_t>()[n] = rp[n];
+    for (int64_t j = 0; j < rp[n + 1] - rp[n]; ++j) {
+      const int64_t k = col[n * kv + j];
+      m[n * kb + k / 8] |= uint8_t(1u << (k % 8));
+    }
+  }
+  b.values = r.values;
+  return b;
 }
 
 SparseCsr sparse_csr_from_dense(const float* w, int64_t in, int64_t out, const std::string& name) {

@@ -15,10 +15,13 @@
 // weight (a gather of x at the columns), where the bitmask kernels do work per 16 or 64 inputs,
 // so CSR is the faster sparse format at high sparsity (docs/pruning.md, bench/bench_sparse.cpp).
 //
-// Saved as `<m>.shape` (I64 [2] = {N, K}), `<m>.row_ptr` (I64 [N + 1]), `<m>.col_indices`
-// (U16 [N, Kv]) and the values child under `<m>.values` (meta "values"), `<m>` the module name
-// (sparse_module_name); loaded back as views of the file. compressed-tensors has no CSR format, so
-// this layout is minfer's own (a vLLM loader reads the bitmask formats).
+// On disk CSR is the bitmask format's layout (engine/formats/sparse.h: compressed-tensors'
+// sparse-bitmask, or sparse-24-bitmask for 2:4 float values), with "repr": "sparse-csr": the same
+// kept weights, so vLLM-style loaders read the folder, files written by the Python package load
+// as either format, and a weight converted to CSR at load (kernels/cpu/sparse_csr.h
+// sparse_csr_upload) saves back byte for byte. compressed-tensors has no CSR format. Load rebuilds
+// the columns from the mask (2 bytes per kept weight, the mask's file pages released); the values
+// stay a view of the file where every row keeps the same count.
 #pragma once
 #include "engine/formats/format.h"
 #include "engine/formats/sparse.h"
@@ -50,9 +53,10 @@ struct FormatTraits<SparseCsr> {
                          float* w);
   // "csr<pct>" (pruned share, rounded) then "+<value format>", e.g. "csr90+int8".
   static std::string format(const SparseCsr& r, int64_t in);
-  // The tensors above; meta "kv" and "values" (the child's metadata).
+  // FormatTraits<SparseBitmask>::save of the same weight (sparse_bitmask_from_csr).
   static void save(const SparseCsr& r, const std::string& name, TensorSink& sink, json& meta);
-  // The inverse; views of the file, checked.
+  // FormatTraits<SparseBitmask>::load, then sparse_csr_from_bitmask. Errors: in > 65536, and the
+  // bitmask format's.
   static SparseCsr load(const TensorSource& src, const std::string& name, const json& meta,
                         int64_t in, int64_t out);
   static std::vector<const Linear*> children(const SparseCsr& r) { return {r.values.get()}; }
@@ -62,6 +66,13 @@ struct FormatTraits<SparseCsr> {
 // Dense F32 [out, Kv]; quantize the child afterwards for other value formats. Errors name `name`:
 // in > 65536.
 SparseCsr sparse_csr_from_dense(const float* w, int64_t in, int64_t out, const std::string& name);
+// The same weight as SparseCsr: the columns built from a checked SparseBitmask's mask, the values
+// child shared (the bitmask's [N, Kv] packed values are CSR's). Errors name `name`: in > 65536,
+// and the bitmask's own check.
+SparseCsr sparse_csr_from_bitmask(const SparseBitmask& b, int64_t in, int64_t out,
+                                  const std::string& name);
+// The inverse (values shared): what save writes.
+SparseBitmask sparse_bitmask_from_csr(const SparseCsr& r, int64_t out);
 // Fraction of weights that are not kept in a SparseCsr of shape (in, out).
 double sparse_csr_sparsity(const SparseCsr& r, int64_t in, int64_t out);
 

@@ -105,12 +105,15 @@ class CpuBackend final : public Backend {
   // Repack at load: GGML Q4_0 / Q4_1 / Q8_0 and Quantized weights into the interleaved layouts
   // the AVX-512 decode kernels stream (kernels/cpu/ggml.h ggml_repack_for_cpu, kernels/cpu/quant.h
   // quantized_repack_for_cpu); 2:4 SparseBitmask weights into Sparse24 where its kernel wins
-  // (kernels/cpu/sparse24.h sparse24_upload) and Sparse24 int8 values into the run layout its AVX2
-  // kernel streams (sparse24_repack_for_cpu); everything else as it is.
+  // (kernels/cpu/sparse24.h sparse24_upload), other SparseBitmask weights into SparseCsr where its
+  // kernel beats the bitmask's (kernels/cpu/sparse_csr.h sparse_csr_upload), and Sparse24 int8
+  // values into the run layout its AVX2 kernel streams (sparse24_repack_for_cpu); everything else
+  // as it is.
   void upload(Linear& w) override {
     if (GgmlBlocks* g = std::get_if<GgmlBlocks>(&w.repr)) ggml_repack_for_cpu(*g, w.in);
     if (Quantized* q = std::get_if<Quantized>(&w.repr)) quantized_repack_for_cpu(*q);
     sparse24_upload(w);
+    sparse_csr_upload(w);
     if (Sparse24* s = std::get_if<Sparse24>(&w.repr)) sparse24_repack_for_cpu(*s);
   }
   void to_host(const Tensor& src, float* dst) override {

@@ -9,6 +9,7 @@
 
 #include "engine/error.h"
 #include "engine/thread_pool.h"
+#include "kernels/cpu/env_switch.h"
 #include "kernels/cpu/sparse_group.h"
 #include "kernels/cpu/sparse_values.h"
 
@@ -67,8 +68,9 @@ void decode_ref_rows(const SparseCsr& w, const Vals& v, const float* x, int64_t 
 
 #ifdef MINFER_CSR_AVX2
 bool cpu_has_avx2() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                         __builtin_cpu_supports("f16c");
+  // F16C is not a feature clang's __builtin_cpu_supports names; every AVX2 CPU has it (it came
+  // with Ivy Bridge and Piledriver, before AVX2).
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return ok;
 }
 
@@ -363,6 +365,34 @@ struct Fmt {
 };
 
 }  // namespace
+
+bool sparse_csr_beats_bitmask(double sparsity, const Linear& values) {
+  const Vals v = sparse_detail::sparse_values_of(values);
+  switch (best_isa()) {
+    case Isa::Avx512:
+      return v.kind == Vals::F32 && sparsity >= 0.895;
+    case Isa::Avx2:
+      return (v.kind == Vals::F32 && sparsity >= 0.5) ||
+             (v.kind == Vals::I8 && sparsity >= 0.795) ||
+             ((v.kind == Vals::F16 || v.kind == Vals::BF16) && sparsity >= 2.0);
+    case Isa::Scalar:
+      break;
+  }
+  return false;
+}
+
+bool sparse_csr_upload(Linear& w) {
+  static const bool enabled = env_switch("MINFER_SPARSE_CSR_AT_LOAD", "1", {"0", "1"}) == "1";
+  const SparseBitmask* s = std::get_if<SparseBitmask>(&w.repr);
+  if (!enabled || !s || w.in > SparseCsr::kMaxIn) return false;
+  const int64_t N = w.out, K = w.in, kv = s->values->in;
+  if (!sparse_csr_beats_bitmask(1.0 - double(kv) / double(K), *s->values)) return false;
+  const Tensor mask = s->bitmask;
+  SparseCsr r = sparse_csr_from_bitmask(*s, K, N, w.name);
+  w.repr = std::move(r);
+  release_mapped_pages(mask);  // the columns replace the mask in memory
+  return true;
+}
 
 std::vector<std::string> sparse_csr_decode_isas() {
   std::vector<std::string> r;

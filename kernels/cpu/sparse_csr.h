@@ -58,6 +58,23 @@ void sparse_csr_linear_swiglu(const SparseCsr& gate, const SparseCsr& up, const 
 void sparse_csr_linear_ref(const SparseCsr& w, const float* x, int64_t T, int64_t ldx, float* y,
                            int64_t ldy, int64_t K, int64_t N);
 
+// Whether this build's SparseCsr decode kernel, on this CPU, beats the SparseBitmask decode kernel
+// on the same weights at this sparsity (counted over the padded [N, Kv] layout) for these values
+// (`values`: the sparse child). Measured with `bench_sparse THREADS csr` (docs/pruning.md):
+//   AVX2 kernels: f32 values 1.28-1.55x the bitmask at 50 %, int8 values 1.41-1.61x at 80 %
+//     (1.02-1.14x at 70 %), fp16 / bf16 values (the bitmask's are scalar) FP16_ROW;
+//   AVX-512 kernels: f32 values 1.65-2.71x at 90 % (0.85-1.19x at 70 %), int8 never.
+bool sparse_csr_beats_bitmask(double sparsity, const Linear& values);
+
+// At load (the CPU backend's upload of a Linear, after sparse24_upload): a SparseBitmask weight
+// with at most 65536 inputs becomes SparseCsr where sparse_csr_beats_bitmask says so (e.g. a
+// compressed-tensors sparse-bitmask checkpoint at 90 % with f32 values, or our own
+// `--sparse-storage bitmask` folders): the columns built from the mask, the values child shared
+// (the bitmask's packed [N, Kv] values are CSR's), the mask's file-mapped pages released. Returns
+// whether it converted; MINFER_SPARSE_CSR_AT_LOAD=0 in the environment leaves every weight as it
+// is (to time the bitmask kernel on the same weights). Errors: a bad MINFER_SPARSE_CSR_AT_LOAD.
+bool sparse_csr_upload(Linear& w);
+
 // The decode kernel sets this build holds and this CPU runs, best first, ending with "scalar".
 std::vector<std::string> sparse_csr_decode_isas();
 // The decode path sparse_csr_linear takes here ("avx512", "avx2", "scalar"); MINFER_SPARSE_ISA
