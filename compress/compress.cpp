@@ -497,20 +497,22 @@ bool sparse24_storage_wins(const std::string& value_format) {
 }
 
 bool sparse_csr_storage_wins(double sparsity, const std::string& value_format) {
-  // Lowest sparsity from which SparseCsr decodes faster than the dense format with the same values
-  // (T = 1, SmolLM2-135M shapes, weights streamed from memory; `bench_sparse THREADS csr`,
-  // docs/pruning.md), where this build's CSR decode kernel runs (kernels/cpu/sparse_csr.h):
-  //   AVX2 kernel (x86-64 builds without AVX-512 F/BW/VL, on an AVX2 CPU), measured on AMD EPYC
-  //   Zen 3, 2026-12-01, 2 threads, dense / CSR medians of alternating passes:
-  //     f32 values: 50 % 0.68-0.87x, 70 % 0.91-1.17x, 80 % 1.39-1.61x, 90 % 2.26-3.53x;
-  //     int8 values (against dense int8 repacked as the model runs it): 80 % 0.61-0.66x,
-  //     90 % 0.94-1.19x, 95 % 1.26-2.26x.
-  //   Each row starts a little below its first sparsity that won every shape, so that weights
-  //   pruned "80 %" / "95 %" (floor(p K) per row: 0.7986 / 0.9497 at K = 576) take it. Prefill
-  //   there: f32 at 80 % and int8 at 95 % (bench_sparse's T = 128 columns) are not slower either.
-  //   AVX-512 kernel: not timed against dense; on AMD EPYC Zen 4 its candidate decoded f32 values
-  //   at 90 % 1.65-2.71x the bitmask kernel, which itself ran within noise of dense f32, and int8
-  //   values at 90 % 0.69-0.78x the bitmask kernel (docs/pruning.md): f32 from 90 %, int8 never.
+  // Lowest sparsity from which SparseCsr beats dense at the same value format in decode (T = 1)
+  // and is not slower in prefill (T = 128), SmolLM2-135M shapes, weights streamed from memory
+  // (`bench_sparse THREADS csr`, docs/pruning.md), where this build's CSR kernels run
+  // (kernels/cpu/sparse_csr.h). AVX2 kernels (x86-64 builds without AVX-512 F/BW/VL, on an AVX2
+  // CPU), AMD EPYC Zen 3, 2026-12-01, 2 threads, medians of alternating passes, three runs:
+  //   f32: 80 % decode 1.39-2.15x, prefill 0.75-1.12x (not taken: prefill slower on two shapes);
+  //        90 % decode 1.79-3.53x, prefill 1.09-2.74x;
+  //   int8 (against dense int8 repacked as the model runs it): 90 % decode 0.94-1.31x; 95 %
+  //        decode 1.26-2.26x, prefill 2.35-3.43x;
+  //   fp16 / bf16: 90 % decode 1.39-1.97x, prefill 0.89-2.61x; 95 % decode 1.61-3.70x, prefill
+  //        1.23-4.47x.
+  // Each row starts a little below its measured sparsity, so that weights pruned "90 %" / "95 %"
+  // (floor(p K) per row: 0.8993 / 0.9497 at K = 576) take it.
+  // AVX-512 kernels: not timed against dense; on AMD EPYC Zen 4 the CSR candidate decoded f32
+  // values at 90 % 1.65-2.71x the bitmask kernel, which ran within noise of dense f32, and int8
+  // at 90 % 0.69-0.78x the bitmask (docs/pruning.md): f32 from 89.5 %, nothing else.
   struct Crossover {
     const char* format;
     double min_sparsity;
@@ -521,7 +523,8 @@ bool sparse_csr_storage_wins(double sparsity, const std::string& value_format) {
   static const bool fast = __builtin_cpu_supports("avx512f") &&
                            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
 #else
-  static constexpr Crossover kCrossover[] = {{"f32", 0.79}, {"int8", 0.94}, {"int8-tensor", 0.94}};
+  static constexpr Crossover kCrossover[] = {
+      {"f32", 0.895}, {"int8", 0.945}, {"int8-tensor", 0.945}, {"fp16", 0.945}, {"bf16", 0.945}};
   static const bool fast = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
   if (!fast) return false;

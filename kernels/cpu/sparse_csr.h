@@ -15,9 +15,11 @@
 //     int8 values: y = row scale * Σ (u - 128) x, the scale applied once per row.
 //     Rows are computed one after another in blocks over the thread pool; a row's sums do not
 //     depend on the split.
-//   T > 4 (prefill): x transposed once per block of 64 token rows into xᵀ [K, 64]; per weight row
-//     the kept weights scale rows of xᵀ into 64 accumulators (an axpy per kept weight: the work
-//     is the kept weights times 64, not K times 64 as in a dense tile + sgemm).
+//   T > 4 (prefill): at most 15 % of the weights kept: x transposed once per block of 64 token
+//     rows into xᵀ [K, 64]; per weight row the kept weights scale rows of xᵀ into 64 accumulators
+//     (an axpy per kept weight: the work is the kept weights times 64, not K times 64 as in a
+//     dense tile + sgemm). More kept: 64 rows at a time scattered into an f32 tile, then sgemm
+//     (about dense speed, as the bitmask's prefill).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -60,9 +62,10 @@ void sparse_csr_linear_ref(const SparseCsr& w, const float* x, int64_t T, int64_
 
 // Whether this build's SparseCsr decode kernel, on this CPU, beats the SparseBitmask decode kernel
 // on the same weights at this sparsity (counted over the padded [N, Kv] layout) for these values
-// (`values`: the sparse child). Measured with `bench_sparse THREADS csr` (docs/pruning.md):
-//   AVX2 kernels: f32 values 1.28-1.55x the bitmask at 50 %, int8 values 1.41-1.61x at 80 %
-//     (1.02-1.14x at 70 %), fp16 / bf16 values (the bitmask's are scalar) FP16_ROW;
+// (`values`: the sparse child). Measured with `bench_sparse THREADS csr` (docs/pruning.md), decode;
+// prefill above 15 % kept runs the same tiles + sgemm as the bitmask's, below it the SpMM (faster):
+//   AVX2 kernels: f32 values 1.28-1.55x the bitmask at 50 %, int8 values 1.41-1.71x at 80 %
+//     (0.92-1.23x at 70 %), fp16 / bf16 values 11.5-23.5x from 50 % (the bitmask's are scalar);
 //   AVX-512 kernels: f32 values 1.65-2.71x at 90 % (0.85-1.19x at 70 %), int8 never.
 bool sparse_csr_beats_bitmask(double sparsity, const Linear& values);
 
