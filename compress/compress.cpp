@@ -602,7 +602,7 @@ Linear compress_linear(const Linear& l, const CompressSpec& spec, const ActStats
     kv = std::max(kv, c);
   }
   const double csr_density = double(std::max<int64_t>(kv, 1)) / double(l.in);
-  if (spec.sparse_storage == SS::Csr)
+  if (spec.sparse_storage == SS::Csr && sparse_value_format(value_format))
     MINFER_CHECK(l.in <= SparseCsr::kMaxIn,
                  "--sparse-storage csr: '{}' has {} inputs; CSR's 16-bit column indices address "
                  "at most {} (use bitmask)",

@@ -206,6 +206,18 @@ std::vector<Row> sparse_rows() {
                    return s;
                  }});
   }
+  // 2:4 weights as CSR: saved in compressed-tensors' sparse-24-bitmask layout, loaded as CSR.
+  for (std::string m : {"magnitude-2:4", "magnitude-2:4+int8"}) {
+    CompressSpec spec = compress_spec_from_name(m);
+    spec.sparse_storage = CompressSpec::SparseStorage::Csr;
+    Row row{m + "(csr)", [spec](const Linear& l) {
+              Linear s = compress_linear(l, spec);
+              MINFER_CHECK(std::holds_alternative<SparseCsr>(s.repr), "expected sparse-csr");
+              return s;
+            }};
+    row.shapes = shapes24;
+    r.push_back(row);
+  }
   for (std::string f : {"fp16", "bf16"})
     r.push_back({"magnitude-90-layer(csr, " + f + " values)", [f](const Linear& l) {
                    CompressSpec sp = compress_spec_from_name("magnitude-90-layer");

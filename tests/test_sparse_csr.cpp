@@ -125,6 +125,27 @@ TEST_CASE("sparse-csr: every decode kernel set and the prefill path against the 
       for (int64_t t = 0; t < T; ++t) CHECK(y[size_t(t * ldy + c.N + 1)] == 7.f);
     }
   }
+  // Prefill at the largest K (the SpMM path, 1 % kept).
+  {
+    const Linear l = csr_of(3, SparseCsr::kMaxIn, "magnitude-99", 77);
+    const int64_t T = 65, K = SparseCsr::kMaxIn;
+    const std::vector<float> x = randn(size_t(T * K), 78);
+    std::vector<float> y(size_t(T * 3));
+    sparse_csr_linear(std::get<SparseCsr>(l.repr), x.data(), T, K, y.data(), 3, K, 3);
+    CHECK(bad_against_dense(l, x, T, K, y, 3) == 0);
+  }
+  // A weight of another shape than the call's is refused (the kernels index x by its columns).
+  {
+    const Linear l = csr_of(4, 64, "magnitude-90", 2);
+    std::vector<float> x(size_t(5 * 64), 1.f), y(size_t(5 * 4));
+    CHECK(test::error_of([&] {
+            sparse_csr_linear(std::get<SparseCsr>(l.repr), x.data(), 5, 64, y.data(), 4, 32, 4);
+          }).find("sparse_csr_linear: the weight is [4, 64], the call asks for [4, 32]") !=
+          std::string::npos);
+    CHECK(test::error_of([&] {
+            sparse_csr_linear(std::get<SparseCsr>(l.repr), x.data(), 1, 64, y.data(), 5, 64, 5);
+          }).find("the weight is [4, 64], the call asks for [5, 64]") != std::string::npos);
+  }
   // A kernel set this machine does not have is an error naming it.
   const Linear l = csr_of(4, 64, "magnitude-90", 1);
   std::vector<float> x(64, 1.f), y(4);
@@ -285,6 +306,16 @@ TEST_CASE("sparse-csr: saved in the bitmask layout, loaded back; malformed weigh
   spec.sparse_storage = CompressSpec::SparseStorage::Sparse;
   CHECK(std::holds_alternative<SparseBitmask>(
       compress_linear(make_dense("big.weight", bt, big, 1), spec).repr));
+  CompressSpec a99 = compress_spec_from_name("magnitude-99");
+  CHECK_FALSE(std::holds_alternative<SparseCsr>(
+      compress_linear(make_dense("big.weight", bt, big, 1), a99).repr));
+  // A value format the sparse formats do not hold is stored dense even where CSR is asked.
+  CompressSpec i4 = compress_spec_from_name("magnitude-50+int4-g64");
+  i4.sparse_storage = CompressSpec::SparseStorage::Csr;
+  Tensor bt2 = Tensor::empty(DType::F32, {1, big + 63});
+  for (int64_t k = 0; k < big + 63; ++k) bt2.data<float>()[k] = float(k % 7) - 3.f;
+  CHECK(std::holds_alternative<Quantized>(
+      compress_linear(make_dense("big.weight", bt2, big + 63, 1), i4).repr));
 }
 
 TEST_CASE("sparse-csr: storage names and choices") {
@@ -332,8 +363,7 @@ TEST_CASE("sparse-csr: a bitmask weight becomes CSR at upload where the CSR kern
     spec.sparse_storage = CompressSpec::SparseStorage::Bitmask;
     const Linear l = compress_linear(make_dense("blk.0.w.weight", randn_t(N, K, 4), K, N), spec);
     REQUIRE(std::holds_alternative<SparseBitmask>(l.repr));
-    const Linear& vals = *std::get<SparseBitmask>(l.repr).values;
-    const bool expect = sparse_csr_beats_bitmask(1.0 - double(vals.in) / double(K), vals);
+    const bool expect = sparse_csr_beats_bitmask(std::get<SparseBitmask>(l.repr), K);
     Linear u = l;
     be->upload(u);
     CHECK(std::holds_alternative<SparseCsr>(u.repr) == expect);
@@ -347,7 +377,9 @@ TEST_CASE("sparse-csr: a bitmask weight becomes CSR at upload where the CSR kern
       Tensor xt = Tensor::empty(DType::F32, {T, K}), yt = Tensor::empty(DType::F32, {T, N});
       std::copy(x.begin(), x.end(), xt.data<float>());
       be->linear(yt, xt, u);
-      if (expect)
+      // int8 values left as a bitmask decode with x rounded to 16-bit codes: a looser bound.
+      const bool a16 = !expect && T <= 4 && std::string(chain).find("int8") != std::string::npos;
+      if (!a16)
         CHECK(bad_against_dense(l, x, T, K,
                                 std::vector<float>(yt.data<float>(), yt.data<float>() + T * N),
                                 N) == 0);

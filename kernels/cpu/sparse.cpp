@@ -567,21 +567,13 @@ bool simd_ok(const Vals& v) {
 #endif
 }
 
-enum class Isa { Scalar, Avx2, Avx512 };
-
-const char* isa_name(Isa i) {
-  return i == Isa::Avx512 ? "avx512" : i == Isa::Avx2 ? "avx2" : "scalar";
-}
-
-Isa isa_of(const std::string& name);
+using sparse_detail::Isa;
+using sparse_detail::isa_name;
 
 // The best decode kernel set this build holds and this CPU runs, or the one MINFER_SPARSE_ISA
 // names (avx512 | avx2 | scalar; for timing one kernel set against another).
 Isa best_isa() {
-  static const Isa forced = [] {
-    const char* e = std::getenv("MINFER_SPARSE_ISA");
-    return e && *e ? isa_of(e) : Isa(-1);
-  }();
+  static const Isa forced = sparse_detail::forced_isa(sparse_decode_isas(), "sparse", Isa(-1));
   if (forced != Isa(-1)) return forced;
 #if defined(MINFER_SPARSE_AVX512)
   return Isa::Avx512;  // built for the machine (-march): its CPU has AVX-512
@@ -687,11 +679,7 @@ void decode(const SparseBitmask& w, const Vals& v, Isa isa, const float* x, int6
 }
 
 Isa isa_of(const std::string& isa) {
-  const std::vector<std::string> have = sparse_decode_isas();
-  MINFER_CHECK(std::find(have.begin(), have.end(), isa) != have.end(),
-               "sparse decode kernel set '{}' is not built or not supported here (available: {})",
-               isa, fmt::join(have, ", "));
-  return isa == "avx512" ? Isa::Avx512 : isa == "avx2" ? Isa::Avx2 : Isa::Scalar;
+  return sparse_detail::isa_named(isa, sparse_decode_isas(), "sparse");
 }
 
 // The pieces the shared op-group drivers need (sparse_detail::decode_group, decode_swiglu in

@@ -519,26 +519,15 @@ bool cpu_has_avx2() {
 }
 #endif
 
-enum class Isa { Scalar, Avx2, Avx512 };
-
-const char* isa_name(Isa i) {
-  return i == Isa::Avx512 ? "avx512" : i == Isa::Avx2 ? "avx2" : "scalar";
-}
+using sparse_detail::Isa;
+using sparse_detail::isa_name;
 
 Isa isa_of(const std::string& isa) {
-  const std::vector<std::string> have = sparse24_decode_isas();
-  MINFER_CHECK(std::find(have.begin(), have.end(), isa) != have.end(),
-               "sparse-24 decode kernel set '{}' is not built or not supported here (available: "
-               "{})",
-               isa, fmt::join(have, ", "));
-  return isa == "avx512" ? Isa::Avx512 : isa == "avx2" ? Isa::Avx2 : Isa::Scalar;
+  return sparse_detail::isa_named(isa, sparse24_decode_isas(), "sparse-24");
 }
 
 Isa best_isa() {
-  static const Isa forced = [] {
-    const char* e = std::getenv("MINFER_SPARSE_ISA");
-    return e && *e ? isa_of(e) : Isa(-1);
-  }();
+  static const Isa forced = sparse_detail::forced_isa(sparse24_decode_isas(), "sparse-24", Isa(-1));
   if (forced != Isa(-1)) return forced;
 #if defined(MINFER_S24_AVX512)
   return Isa::Avx512;

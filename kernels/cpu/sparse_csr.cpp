@@ -12,6 +12,7 @@
 #include "engine/error.h"
 #include "engine/thread_pool.h"
 #include "kernels/cpu/env_switch.h"
+#include "kernels/cpu/sparse.h"
 #include "kernels/cpu/sparse_group.h"
 #include "kernels/cpu/sparse_values.h"
 
@@ -192,28 +193,18 @@ void rows_avx512(const SparseCsr& w, const Vals& v, const float* x, int64_t ldx,
 }
 #endif
 
-enum class Isa { Scalar, Avx2, Avx512 };
-
-const char* isa_name(Isa i) {
-  return i == Isa::Avx512 ? "avx512" : i == Isa::Avx2 ? "avx2" : "scalar";
-}
+using sparse_detail::Isa;
+using sparse_detail::isa_name;
 
 Isa isa_of(const std::string& isa) {
-  const std::vector<std::string> have = sparse_csr_decode_isas();
-  MINFER_CHECK(std::find(have.begin(), have.end(), isa) != have.end(),
-               "sparse-csr decode kernel set '{}' is not built or not supported here (available: "
-               "{})",
-               isa, fmt::join(have, ", "));
-  return isa == "avx512" ? Isa::Avx512 : isa == "avx2" ? Isa::Avx2 : Isa::Scalar;
+  return sparse_detail::isa_named(isa, sparse_csr_decode_isas(), "sparse-csr");
 }
 
 // The best decode kernel set this build holds and this CPU runs, or the one MINFER_SPARSE_ISA
 // names.
 Isa best_isa() {
-  static const Isa forced = [] {
-    const char* e = std::getenv("MINFER_SPARSE_ISA");
-    return e && *e ? isa_of(e) : Isa(-1);
-  }();
+  static const Isa forced =
+      sparse_detail::forced_isa(sparse_csr_decode_isas(), "sparse-csr", Isa(-1));
   if (forced != Isa(-1)) return forced;
 #if defined(MINFER_CSR_AVX512)
   return Isa::Avx512;  // built for the machine (-march): its CPU has AVX-512
@@ -398,33 +389,38 @@ struct Fmt {
 
 }  // namespace
 
-bool sparse_csr_beats_bitmask(double sparsity, const Linear& values) {
-  const Vals v = sparse_detail::sparse_values_of(values);
-  switch (best_isa()) {
-    case Isa::Avx512:
-      return v.kind == Vals::F32 && sparsity >= 0.895;
-    case Isa::Avx2:
-      return (v.kind == Vals::F32 && sparsity >= 0.495) ||
-             (v.kind == Vals::I8 && sparsity >= 0.795) ||
-             ((v.kind == Vals::F16 || v.kind == Vals::BF16) && sparsity >= 0.495);
-    case Isa::Scalar:
-      break;
-  }
-  return false;
+bool sparse_csr_beats_bitmask(const SparseBitmask& w, int64_t in) {
+  if (best_isa() == Isa::Scalar) return false;
+  const Vals v = sparse_detail::sparse_values_of(*w.values);
+  const double sparsity = 1.0 - double(w.values->in) / double(in);  // padded rows counted
+  const std::string bitmask_isa = sparse_linear_isa(w);
+  if (bitmask_isa == "scalar") return sparsity >= 0.495;  // fp16 / bf16 values: 11-23x on AVX2
+  if (bitmask_isa == "avx2")
+    return (v.kind == Vals::F32 && sparsity >= 0.495) || (v.kind == Vals::I8 && sparsity >= 0.795);
+  return v.kind == Vals::F32 && sparsity >= 0.895;  // the bitmask's AVX-512 VBMI2 kernels
 }
 
 bool sparse_csr_upload(Linear& w) {
   static const bool enabled = env_switch("MINFER_SPARSE_CSR_AT_LOAD", "1", {"0", "1"}) == "1";
   const SparseBitmask* s = std::get_if<SparseBitmask>(&w.repr);
   if (!enabled || !s || w.in > SparseCsr::kMaxIn) return false;
-  const int64_t N = w.out, K = w.in, kv = s->values->in;
-  if (!sparse_csr_beats_bitmask(1.0 - double(kv) / double(K), *s->values)) return false;
+  const int64_t N = w.out, K = w.in;
+  if (!sparse_csr_beats_bitmask(*s, K)) return false;
   const Tensor mask = s->bitmask;
   SparseCsr r = sparse_csr_from_bitmask(*s, K, N, w.name);
   w.repr = std::move(r);
   release_mapped_pages(mask);  // the columns replace the mask in memory
   return true;
 }
+
+namespace {
+// The kernels index x by the stored columns: W must be [N, K] exactly.
+void check_shape(const SparseCsr& w, int64_t K, int64_t N, const char* who) {
+  MINFER_CHECK(w.in == K && w.row_ptr.numel() == N + 1 && w.col.ndim() == 2 && w.col.dim(0) == N,
+               "{}: the weight is [{}, {}], the call asks for [{}, {}]", who, w.row_ptr.numel() - 1,
+               w.in, N, K);
+}
+}  // namespace
 
 std::vector<std::string> sparse_csr_decode_isas() {
   std::vector<std::string> r;
@@ -447,7 +443,10 @@ void sparse_csr_linear_decode_isa(const SparseCsr& w, const std::string& isa, co
                                   int64_t N) {
   const Isa i = isa_of(isa);
   MINFER_CHECK(T >= 1 && T <= 4 && ldx >= K && ldy >= N,
-               "sparse_csr_linear_decode_isa: T must be 1..4 (found {}), ldx >= K, ldy >= N", T);
+               "sparse_csr_linear_decode_isa: need 1 <= T <= 4, ldx >= K, ldy >= N (T {}, ldx {}, "
+               "K {}, ldy {}, N {})",
+               T, ldx, K, ldy, N);
+  check_shape(w, K, N, "sparse_csr_linear_decode_isa");
   decode(w, vals_of(w), i, x, T, ldx, y, ldy, K, N);
 }
 
@@ -456,6 +455,7 @@ void sparse_csr_linear_ref(const SparseCsr& w, const float* x, int64_t T, int64_
   MINFER_CHECK(T >= 0 && ldx >= K && ldy >= N,
                "sparse_csr_linear_ref: bad strides (T {}, ldx {} < K {} or ldy {} < N {})", T, ldx,
                K, ldy, N);
+  check_shape(w, K, N, "sparse_csr_linear_ref");
   decode_ref_rows(w, vals_of(w), x, T, ldx, y, ldy, 0, N);
 }
 
@@ -464,6 +464,7 @@ void sparse_csr_linear(const SparseCsr& w, const float* x, int64_t T, int64_t ld
   MINFER_CHECK(T >= 0 && ldx >= K && ldy >= N,
                "sparse_csr_linear: bad strides (T {}, ldx {} < K {} or ldy {} < N {})", T, ldx, K,
                ldy, N);
+  check_shape(w, K, N, "sparse_csr_linear");
   if (T == 0 || N == 0) return;
   if (T <= 4) return decode(w, vals_of(w), best_isa(), x, T, ldx, y, ldy, K, N);
   prefill(w, vals_of(w), x, T, ldx, y, ldy, K, N);
@@ -473,10 +474,12 @@ void sparse_csr_linear_group(const SparseCsrGroupItem* items, int n, const float
                              int64_t ldx, int64_t K) {
   MINFER_CHECK(n >= 0 && T >= 0 && ldx >= K,
                "sparse_csr_linear_group: {} matrices, T {}, ldx {} < K {}", n, T, ldx, K);
-  for (int i = 0; i < n; ++i)
+  for (int i = 0; i < n; ++i) {
     MINFER_CHECK(items[i].w && items[i].ldy >= items[i].N,
                  "sparse_csr_linear_group: member {} has no weight or ldy {} < N {}", i,
                  items[i].ldy, items[i].N);
+    check_shape(*items[i].w, K, items[i].N, "sparse_csr_linear_group");
+  }
   if (T == 0 || n == 0) return;
   if (T > 4) {
     for (int i = 0; i < n; ++i)
@@ -492,6 +495,8 @@ void sparse_csr_linear_swiglu(const SparseCsr& gate, const SparseCsr& up, const 
   MINFER_CHECK(T >= 0 && ldx >= K && ldy >= F && ldu >= F,
                "sparse_csr_linear_swiglu: bad strides (T {}, ldx {}, K {}, ldy {}, ldu {}, F {})",
                T, ldx, K, ldy, ldu, F);
+  check_shape(gate, K, F, "sparse_csr_linear_swiglu (gate)");
+  check_shape(up, K, F, "sparse_csr_linear_swiglu (up)");
   if (T == 0) return;
   if (T > 4) {
     sparse_csr_linear(gate, x, T, ldx, y, ldy, K, F);

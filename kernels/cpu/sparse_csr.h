@@ -29,9 +29,10 @@
 
 namespace minfer {
 
-// y[T, N] (row stride ldy) = x[T, K] (row stride ldx) · dequant(W)ᵀ, without bias. Only the kept
-// columns of x are read: an inf or NaN in a pruned column does not reach y. Errors: T < 0,
-// ldx < K, ldy < N.
+// y[T, N] (row stride ldy) = x[T, K] (row stride ldx) · dequant(W)ᵀ, without bias. Decode and the
+// SpMM prefill read only the kept columns of x (an inf or NaN in a pruned column does not reach
+// y); the tile prefill multiplies the zeros too (0 · inf = NaN, as dense). Errors: T < 0,
+// ldx < K, ldy < N, W not of shape [N, K].
 void sparse_csr_linear(const SparseCsr& w, const float* x, int64_t T, int64_t ldx, float* y,
                        int64_t ldy, int64_t K, int64_t N);
 
@@ -67,7 +68,10 @@ void sparse_csr_linear_ref(const SparseCsr& w, const float* x, int64_t T, int64_
 //   AVX2 kernels: f32 values 1.28-1.55x the bitmask at 50 %, int8 values 1.41-1.71x at 80 %
 //     (0.92-1.23x at 70 %), fp16 / bf16 values 11.5-23.5x from 50 % (the bitmask's are scalar);
 //   AVX-512 kernels: f32 values 1.65-2.71x at 90 % (0.85-1.19x at 70 %), int8 never.
-bool sparse_csr_beats_bitmask(double sparsity, const Linear& values);
+// Where the bitmask kernel that would run is scalar (fp16 / bf16 values on every ISA), CSR's SIMD
+// kernel is taken from 49.5 %; where it is AVX2 (also AVX-512 builds without the bitmask's VBMI2
+// kernels), the AVX2 rows apply.
+bool sparse_csr_beats_bitmask(const SparseBitmask& w, int64_t in);
 
 // At load (the CPU backend's upload of a Linear, after sparse24_upload): a SparseBitmask weight
 // with at most 65536 inputs becomes SparseCsr where sparse_csr_beats_bitmask says so (e.g. a

@@ -4,14 +4,43 @@
 // int8 values) once by the caller; each row is computed by the same per-row kernel as a single
 // linear(), so a group is bit-identical to one call per member.
 #pragma once
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
+#include "engine/error.h"
 #include "engine/thread_pool.h"
 #include "kernels/cpu/act.h"
 
 namespace minfer::sparse_detail {
+
+// The decode kernel sets of the sparse formats (kernels/cpu/sparse.h, sparse24.h, sparse_csr.h).
+enum class Isa { Scalar, Avx2, Avx512 };
+
+inline const char* isa_name(Isa i) {
+  return i == Isa::Avx512 ? "avx512" : i == Isa::Avx2 ? "avx2" : "scalar";
+}
+
+// The kernel set named `isa`, one of `have` (the format's *_decode_isas()); otherwise an error
+// naming `format`, the set and the available ones.
+inline Isa isa_named(const std::string& isa, const std::vector<std::string>& have,
+                     const char* format) {
+  MINFER_CHECK(std::find(have.begin(), have.end(), isa) != have.end(),
+               "{} decode kernel set '{}' is not built or not supported here (available: {})",
+               format, isa, fmt::join(have, ", "));
+  return isa == "avx512" ? Isa::Avx512 : isa == "avx2" ? Isa::Avx2 : Isa::Scalar;
+}
+
+// The set the environment variable MINFER_SPARSE_ISA names (checked as isa_named does; for timing
+// one kernel set against another), or `unset` where it is empty or absent.
+inline Isa forced_isa(const std::vector<std::string>& have, const char* format, Isa unset) {
+  const char* e = std::getenv("MINFER_SPARSE_ISA");
+  return e && *e ? isa_named(e, have, format) : unset;
+}
 
 // Work units per pool chunk of the sparse decode loops (a chunk gets at least this many inputs
 // times rows; one chunk, run inline, below it).
