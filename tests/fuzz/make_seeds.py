@@ -213,13 +213,16 @@ def seeds_compressed_folder():
     """A tiny llama compressed with several methods; each seed keeps one layer's k_proj entry
     (and the tensors it needs) so the file stays small."""
     methods = ["int8", "int4-g32", "int4-g32-asym", "nf4-dq", "binary", "ternary", "fp16",
-               "w8a8", "llm-int8", "lowrank-50+int8", "magnitude-2:4", "magnitude-50+int4-g32"]
+               "w8a8", "llm-int8", "lowrank-50+int8", "magnitude-2:4", "magnitude-50+int4-g32",
+               "magnitude-80+int8 --sparse-storage csr", "magnitude-70-layer --sparse-storage csr"]
     name = "model.layers.0.self_attn.k_proj.weight"
     with tempfile.TemporaryDirectory() as t:
-        for m in methods:
-            d = os.path.join(t, m)
+        for spec in methods:
+            m, *extra = spec.split()
+            m_name = m + ("-csr" if "csr" in extra else "")
+            d = os.path.join(t, m_name)
             r = subprocess.run(["build/bin/compress", "--model", "tests/fixtures/parity/llama",
-                                "--method", m, "--out", d], capture_output=True, text=True)
+                                "--method", m, "--out", d] + extra, capture_output=True, text=True)
             if r.returncode != 0:
                 print(f"skip {m}: {r.stderr.strip()}", file=sys.stderr)
                 continue
@@ -230,7 +233,7 @@ def seeds_compressed_folder():
             st = load_file(os.path.join(d, "model.safetensors"))
             keep = {k: v for k, v in st.items() if k.startswith(name[:-len(".weight")])}
             blob = save(keep)
-            out("compressed_folder", m.replace(":", "_"),
+            out("compressed_folder", m_name.replace(":", "_"),
                 json.dumps(cfg, indent=1).encode() + b"\0" + blob)
 
 
