@@ -576,6 +576,14 @@ Linear compress_linear(const Linear& l, const CompressSpec& spec, const ActStats
   std::string value_format = i < steps.size() ? method_spec_name(steps[i]) : "";
   if (value_format.empty()) value_format = linear_format(q);
   using SS = CompressSpec::SparseStorage;
+  // A sparse format R built from the pruned weight, the rest of the chain applied to its packed
+  // values.
+  auto sparse_linear_of = [&](auto r) {
+    Linear vals = *r.values;
+    for (size_t j = i; j < steps.size(); ++j) vals = apply_step(vals, steps[j], nullptr);
+    r.values = Box<Linear>(std::move(vals));
+    return make_linear(l.name, l.in, l.out, std::move(r), q.bias);
+  };
   // A 2:4 step (wanda-2:4, magnitude-2:4) leaves at most 2 nonzeros in every group of 4 inputs:
   // such a weight can take the 2:4 format (2-bit indices, engine/formats/sparse24.h).
   bool step24 = false;
@@ -585,13 +593,7 @@ Linear compress_linear(const Linear& l, const CompressSpec& spec, const ActStats
   const bool use24 =
       can24 && (spec.sparse_storage == SS::Sparse ||
                 (spec.sparse_storage == SS::Auto && sparse24_storage_wins(value_format)));
-  if (use24) {
-    Sparse24 s24 = sparse24_from_dense(pw, l.in, l.out, l.name);
-    Linear vals = *s24.values;
-    for (size_t j = i; j < steps.size(); ++j) vals = apply_step(vals, steps[j], nullptr);
-    s24.values = Box<Linear>(std::move(vals));
-    return make_linear(l.name, l.in, l.out, std::move(s24), q.bias);
-  }
+  if (use24) return sparse_linear_of(sparse24_from_dense(pw, l.in, l.out, l.name));
   // CSR (16-bit columns, engine/formats/sparse_csr.h): asked for, or where its measured decode
   // crossover says it beats dense. Its rows are padded to the longest one, so the crossover is
   // read at the padded density out * Kv.
@@ -611,13 +613,7 @@ Linear compress_linear(const Linear& l, const CompressSpec& spec, const ActStats
                        (spec.sparse_storage == SS::Csr ||
                         (spec.sparse_storage == SS::Auto &&
                          sparse_csr_storage_wins(1.0 - csr_density, value_format)));
-  if (use_csr) {
-    SparseCsr csr = sparse_csr_from_dense(pw, l.in, l.out, l.name);
-    Linear vals = *csr.values;
-    for (size_t j = i; j < steps.size(); ++j) vals = apply_step(vals, steps[j], nullptr);
-    csr.values = Box<Linear>(std::move(vals));
-    return make_linear(l.name, l.in, l.out, std::move(csr), q.bias);
-  }
+  if (use_csr) return sparse_linear_of(sparse_csr_from_dense(pw, l.in, l.out, l.name));
   const bool sparse = spec.sparse_storage == SS::Sparse || spec.sparse_storage == SS::Bitmask
                           ? sparse_value_format(value_format)
                       : spec.sparse_storage == SS::Dense || spec.sparse_storage == SS::Csr
@@ -627,11 +623,7 @@ Linear compress_linear(const Linear& l, const CompressSpec& spec, const ActStats
     for (size_t j = i; j < steps.size(); ++j) q = apply_step(q, steps[j], stats);
     return q;
   }
-  SparseBitmask sb = sparse_bitmask_from_dense(pw, l.in, l.out, l.name);
-  Linear vals = *sb.values;
-  for (size_t j = i; j < steps.size(); ++j) vals = apply_step(vals, steps[j], nullptr);
-  sb.values = Box<Linear>(std::move(vals));
-  return make_linear(l.name, l.in, l.out, std::move(sb), q.bias);
+  return sparse_linear_of(sparse_bitmask_from_dense(pw, l.in, l.out, l.name));
 }
 
 // ---- calibration -------------------------------------------------------------------------

@@ -805,36 +805,15 @@ namespace minfer {
 
 void sparse24_linear_group(const Sparse24GroupItem* items, int n, const float* x, int64_t T,
                            int64_t ldx, int64_t K) {
-  MINFER_CHECK(n >= 0 && T >= 0 && ldx >= K,
-               "sparse24_linear_group: {} matrices, T {}, ldx {} < K {}", n, T, ldx, K);
-  for (int i = 0; i < n; ++i)
-    MINFER_CHECK(items[i].w && items[i].ldy >= items[i].N,
-                 "sparse24_linear_group: member {} has no weight or ldy {} < N {}", i, items[i].ldy,
-                 items[i].N);
-  if (T == 0 || n == 0) return;
-  if (T > 4) {
-    for (int i = 0; i < n; ++i)
-      sparse24_linear(*items[i].w, x, T, ldx, items[i].y, items[i].ldy, K, items[i].N);
-    return;
-  }
-  sparse_detail::decode_group<Fmt>(items, n, x, T, ldx, K);
+  sparse_detail::linear_group<Fmt>(items, n, x, T, ldx, K, "sparse24_linear_group",
+                                   sparse24_linear);
 }
 
 void sparse24_linear_swiglu(const Sparse24& gate, const Sparse24& up, const float* x, int64_t T,
                             int64_t ldx, float* y, int64_t ldy, float* u, int64_t ldu, int64_t K,
                             int64_t F) {
-  MINFER_CHECK(T >= 0 && ldx >= K && ldy >= F && ldu >= F,
-               "sparse24_linear_swiglu: bad strides (T {}, ldx {}, K {}, ldy {}, ldu {}, F {})", T,
-               ldx, K, ldy, ldu, F);
-  if (T == 0) return;
-  if (T > 4) {
-    sparse24_linear(gate, x, T, ldx, y, ldy, K, F);
-    sparse24_linear(up, x, T, ldx, u, ldu, K, F);
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t c = 0; c < F; ++c) y[t * ldy + c] = silu_mul(y[t * ldy + c], u[t * ldu + c]);
-    return;
-  }
-  sparse_detail::decode_swiglu<Fmt>(gate, up, x, T, ldx, y, ldy, u, ldu, K, F);
+  sparse_detail::linear_swiglu<Fmt>(gate, up, x, T, ldx, y, ldy, u, ldu, K, F,
+                                    "sparse24_linear_swiglu", sparse24_linear);
 }
 
 }  // namespace minfer

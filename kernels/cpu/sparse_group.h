@@ -135,4 +135,45 @@ void decode_swiglu(const typename Fmt::W& gate, const typename Fmt::W& up, const
   });
 }
 
+// The op-group entry point every sparse format shares (sparse_linear_group, sparse24_linear_group,
+// sparse_csr_linear_group): the argument checks, naming `who`; T > 4 as one `linear(w, x, T, ldx,
+// y, ldy, K, N)` per member; T <= 4 through decode_group.
+template <class Fmt, class Item, class LinearFn>
+void linear_group(const Item* items, int n, const float* x, int64_t T, int64_t ldx, int64_t K,
+                  const char* who, LinearFn&& linear) {
+  MINFER_CHECK(n >= 0 && T >= 0 && ldx >= K, "{}: {} matrices, T {}, ldx {} < K {}", who, n, T, ldx,
+               K);
+  for (int i = 0; i < n; ++i)
+    MINFER_CHECK(items[i].w && items[i].ldy >= items[i].N,
+                 "{}: member {} has no weight or ldy {} < N {}", who, i, items[i].ldy, items[i].N);
+  if (T == 0 || n == 0) return;
+  if (T > 4) {
+    for (int i = 0; i < n; ++i)
+      linear(*items[i].w, x, T, ldx, items[i].y, items[i].ldy, K, items[i].N);
+    return;
+  }
+  decode_group<Fmt>(items, n, x, T, ldx, K);
+}
+
+// The fused gate·up + SiLU·mul entry point every sparse format shares: the stride checks, naming
+// `who`; T > 4 as linear, linear, then silu_mul (the unfused ops' formula); T <= 4 through
+// decode_swiglu.
+template <class Fmt, class LinearFn>
+void linear_swiglu(const typename Fmt::W& gate, const typename Fmt::W& up, const float* x,
+                   int64_t T, int64_t ldx, float* y, int64_t ldy, float* u, int64_t ldu, int64_t K,
+                   int64_t F, const char* who, LinearFn&& linear) {
+  MINFER_CHECK(T >= 0 && ldx >= K && ldy >= F && ldu >= F,
+               "{}: bad strides (T {}, ldx {}, K {}, ldy {}, ldu {}, F {})", who, T, ldx, K, ldy,
+               ldu, F);
+  if (T == 0) return;
+  if (T > 4) {
+    linear(gate, x, T, ldx, y, ldy, K, F);
+    linear(up, x, T, ldx, u, ldu, K, F);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t c = 0; c < F; ++c) y[t * ldy + c] = silu_mul(y[t * ldy + c], u[t * ldu + c]);
+    return;
+  }
+  decode_swiglu<Fmt>(gate, up, x, T, ldx, y, ldy, u, ldu, K, F);
+}
+
 }  // namespace minfer::sparse_detail
