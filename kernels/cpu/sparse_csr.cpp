@@ -1,8 +1,6 @@
 #include "kernels/cpu/sparse_csr.h"
 
-#include <cblas.h>
 #include <fmt/ranges.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -12,6 +10,7 @@
 #include "engine/error.h"
 #include "engine/thread_pool.h"
 #include "kernels/cpu/env_switch.h"
+#include "kernels/cpu/prefill_gemm.h"
 #include "kernels/cpu/sparse.h"
 #include "kernels/cpu/sparse_group.h"
 #include "kernels/cpu/sparse_values.h"
@@ -310,32 +309,31 @@ MINFER_CSR_AVX2_FN void prefill_rows_avx2(const SparseCsr& w, const Vals& v, con
 }
 #endif
 
-// Above this share of kept weights the prefill expands 64 rows at a time into an f32 tile and
-// runs sgemm (what the bitmask's prefill does, about dense speed); at or below it, the SpMM
-// above. On the AVX2 Zen 3 (bench_sparse 2 csr, T = 128) the SpMM ran 0.75-1.12x dense at 80 %
+// Above this share of kept weights the prefill scatters rows into f32 tiles and runs sgemm
+// (prefill_tiles_sgemm, the tiles the dense fp16 / quantized prefill use); at or below it, the
+// SpMM above. On the AVX2 Zen 3 (bench_sparse 2 csr, T = 128) the SpMM ran 0.75-1.12x dense at 80 %
 // sparsity and 1.09-2.74x at 90 % (f32, int8): the crossover sits between, at 85 %.
 constexpr double kSpmmMaxDensity = 0.15;
 
 void prefill_tiles(const SparseCsr& w, const Vals& v, const float* x, int64_t T, int64_t ldx,
                    float* y, int64_t ldy, int64_t K, int64_t N) {
-  constexpr int64_t R = 64;
-  const int64_t tiles = (N + R - 1) / R;
-  const int nt = omp_get_max_threads();
-#pragma omp parallel for schedule(dynamic, 1) if (tiles > 1 && nt > 1)
-  for (int64_t i = 0; i < tiles; ++i) {
-    // Each thread's tile buffer, grown once and reused.
-    static thread_local std::vector<float> buf;
-    if (buf.size() < size_t(R * K)) buf.resize(size_t(R * K));
-    float* tile = buf.data();
-    const int64_t n0 = i * R, rows = std::min(R, N - n0);
-    std::fill(tile, tile + rows * K, 0.f);
-    for (int64_t r = 0; r < rows; ++r) {
-      const Row row = row_of(w, n0 + r);
-      for (int64_t j = 0; j < row.c; ++j) tile[r * K + row.col[j]] = v.at(n0 + r, j);
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(rows), int(K), 1.f, x,
-                int(ldx), tile, int(K), 0.f, y + n0, int(ldy));
-  }
+  struct Ctx {
+    const SparseCsr* w;
+    const Vals* v;
+    int64_t K;
+  } ctx{&w, &v, K};
+  // Rows n0 .. n0 + nr - 1 as f32 [nr, K]: zeros, then each row's kept values at their columns.
+  prefill_tiles_sgemm(
+      x, T, ldx,
+      [](const void* c, int64_t n0, int64_t nr, float* dst) {
+        const Ctx& a = *static_cast<const Ctx*>(c);
+        std::fill(dst, dst + nr * a.K, 0.f);
+        for (int64_t r = 0; r < nr; ++r) {
+          const Row row = row_of(*a.w, n0 + r);
+          for (int64_t j = 0; j < row.c; ++j) dst[r * a.K + row.col[j]] = a.v->at(n0 + r, j);
+        }
+      },
+      &ctx, y, ldy, K, N);
 }
 
 void prefill(const SparseCsr& w, const Vals& v, const float* x, int64_t T, int64_t ldx, float* y,

@@ -18,8 +18,8 @@
 //   T > 4 (prefill): at most 15 % of the weights kept: x transposed once per block of 64 token
 //     rows into xᵀ [K, 64]; per weight row the kept weights scale rows of xᵀ into 64 accumulators
 //     (an axpy per kept weight: the work is the kept weights times 64, not K times 64 as in a
-//     dense tile + sgemm). More kept: 64 rows at a time scattered into an f32 tile, then sgemm
-//     (about dense speed, as the bitmask's prefill).
+//     dense tile + sgemm). More kept: rows scattered into f32 tiles, then sgemm
+//     (kernels/cpu/prefill_gemm.h prefill_tiles_sgemm, as the fp16 and quantized prefill).
 #pragma once
 #include <cstdint>
 #include <string>
