@@ -353,9 +353,12 @@ QuantActPath act_path_now() {
 // by default at decode (T <= 4) for int4 where this build has a SIMD q8 kernel for its groups
 // (AVX2: every group size; AVX-512 VNNI: groups on 64-weight chunks, so g32 / g96 keep f32
 // activations there, the AVX-512 kernel for them being unwritten and unmeasured) and for NF4 on
-// AVX2 (kernels measured ~3x the f32 path's there, docs/performance.md). int8
-// keeps f32 activations by default: its decode is bound by memory, not by the f32 arithmetic, and
-// the q8 path measured no faster there (docs/performance.md).
+// AVX2 (kernels measured ~3x the f32 path's there, docs/performance.md), and for int8 on AVX2:
+// there the f32-activation kernel (widen, convert, FMA per 8 weights) runs out of arithmetic at
+// ~25-34 GB/s even with W in cache, and the q8 path measured 1.05-1.20x its kernel speed from
+// memory and 1.09x whole-model decode (docs/performance.md, "int8 decode on the q8 path"). On
+// AVX-512 builds int8 keeps f32 activations: there its decode is bound by memory and the q8 path
+// measured no faster.
 bool use_q8(const QArgs& a, int64_t T) {
   if (!q8_applies(a)) return false;
   switch (act_path_now()) {
@@ -367,7 +370,8 @@ bool use_q8(const QArgs& a, int64_t T) {
 #if defined(MINFER_Q_AVX512)
       return T <= 4 && a.scheme == QScheme::Int4 && a.chunk_spans;
 #elif defined(MINFER_Q_AVX2)
-      return T <= 4 && (a.scheme == QScheme::Int4 || a.scheme == QScheme::NF4);
+      return T <= 4 &&
+             (a.scheme == QScheme::Int4 || a.scheme == QScheme::NF4 || a.scheme == QScheme::Int8);
 #else
       (void)T;
       return false;

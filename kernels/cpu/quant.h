@@ -6,10 +6,10 @@
 // weights dequantized in registers, exactly the values dequantize_weight gives; only the order of
 // the f32 additions (and, for int8, the group scale applied once per group instead of per weight)
 // differ from "dequantize, then f32 matmul". Exceptions, where activations are quantized to int8:
-// int4 and NF4 decode by default (the q8 path below: per-block int8 activations, llama.cpp's q8_0
-// partner type, +0.18% SmolLM2-135M WikiText-2 perplexity for int4 when forced on every linear;
-// NF4 also rounds its levels to int8, see docs/performance.md), and the
-// opt-ins MINFER_QUANT_ACT=q8 (int8 too: +0.77%) and MINFER_QUANT_PREFILL=int8
+// int4 and NF4 decode by default, and int8 decode on AVX2 builds (the q8 path below: per-block
+// int8 activations, llama.cpp's q8_0 partner type, +0.18% SmolLM2-135M WikiText-2 perplexity for
+// int4 and +0.77% for int8 when forced on every linear; NF4 also rounds its levels to int8, see
+// docs/performance.md), and the opt-ins MINFER_QUANT_ACT=q8 (every T) and MINFER_QUANT_PREFILL=int8
 // (quantized_linear_int8_act below). The f32 path:
 //   T <= 4 (decode): one pass over W in storage order, each weight byte read once; one thread
 //     below 64K weights, else every thread on a contiguous block of rows.
@@ -62,8 +62,9 @@ bool quantized_linear_int8_act(const Quantized& w, const float* x, int64_t T, in
 // docs/performance.md. quantized_linear (and its op groups, the fused gate·up) takes it by
 // default at T <= 4 (decode) for int4 on AVX2 builds (every group size; g32 has its own kernel)
 // and on AVX-512 VNNI builds (groups on whole 64-weight chunks only: g32 / g96 have no AVX-512
-// kernel and keep f32 activations there), and for NF4 on AVX2 builds (the AVX-512 file has no NF4
-// q8 kernel; int8 decode is memory-bound and measured no faster on it); MINFER_QUANT_ACT=f32 turns
+// kernel and keep f32 activations there), and for NF4 and int8 on AVX2 builds (the AVX-512 file
+// has no NF4 q8 kernel; int8 decode there is memory-bound and measured no faster on it, where on
+// AVX2 the f32-activation int8 kernel is arithmetic-bound); MINFER_QUANT_ACT=f32 turns
 // it off, =q8 forces it for int8, int4 and NF4 at every T and on every build (the reference runs
 // where no SIMD kernel is), to measure its perplexity cost. quantized_linear_q8 runs it at any T
 // (T > 4: tiles of 16 rows kept in cache while every group of 4 tokens passes; each row computed
@@ -80,7 +81,7 @@ void quantized_linear_q8_ref(const Quantized& w, const float* x, int64_t T, int6
                              int64_t ldy, int64_t K, int64_t N);
 // Which activations quantized_linear, its op groups and the fused gate·up use for int8 / int4 /
 // NF4: Auto (q8 at T <= 4 for int4 on AVX2 builds and, groups on 64-weight chunks, on AVX-512
-// VNNI builds; for NF4 on AVX2), F32
+// VNNI builds; for NF4 and int8 on AVX2), F32
 // (never), Q8 (every T). Read once from
 // MINFER_QUANT_ACT (auto | f32 | q8; anything else is an error naming the variable);
 // set_quantized_act_path overrides it for the whole process (tests, A/B in one binary).
