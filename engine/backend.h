@@ -84,12 +84,20 @@ class Backend {
   // dequantizes only the rows asked for. Other formats throw NotImplemented. ids on host.
   virtual void embedding_table(Tensor& y, const Linear& table, const int32_t* ids, int64_t n) = 0;
   // dst = src (row strides honoured on both sides). Where kv_cache_f16(), dst may also be F16
-  // (src F32, rounded to nearest even): a KV-cache write.
+  // (src F32, rounded to nearest even): a KV-cache write. Where kv_cache_head_major(), dst may
+  // also be a head-major cache slice [Hkv, T, D] (last dim contiguous) for src [T, Hkv·D]:
+  // dst[h, t, d] = src[t, h·D + d].
   virtual void copy(Tensor& dst, const Tensor& src) = 0;
   // Whether this backend runs F16 KV caches (Model::set_kv_cache_dtype): copy, rope_kv (k_dst,
   // v_dst) and attention (k, v) then take F16 caches, stored rounded to nearest even and read as
   // f32. Backends without it take F32 caches only.
   virtual bool kv_cache_f16() const { return false; }
+  // Whether this backend wants head-major KV caches, [Hkv, max_ctx, D] per layer (Model::
+  // new_state allocates them so): one KV head's keys are then one contiguous run, which a decode
+  // step's attention streams (CPU: 1.2-1.4x faster attention at 512-2048 keys,
+  // docs/performance.md). copy and rope_kv then write, and attention reads, 3-D views [Hkv, S, D]
+  // of them (batch 1). Otherwise caches are [max_ctx, Hkv·D] rows.
+  virtual bool kv_cache_head_major() const { return false; }
   virtual void add(Tensor& y, const Tensor& a, const Tensor& b) = 0;  // element-wise
   virtual void mul(Tensor& y, const Tensor& a, const Tensor& b) = 0;  // element-wise
   // y = x * s (Gemma's embedding normalizer sqrt(C)). y and x may have row strides.
@@ -111,7 +119,8 @@ class Backend {
   // sin both multiplied by rt.attention_scaling. D = rt.head_dim(). x may have a row stride.
   virtual void rope(Tensor& x, int64_t pos0, int64_t n_heads, const RopeTable& rt) = 0;
   // RoPE and the KV-cache write of one attention layer: q rotated in place (as rope(q, pos0,
-  // n_heads)), k_dst = k rotated (as rope(k, pos0, n_kv_heads)), v_dst = v. k's own contents are
+  // n_heads)), k_dst = k rotated (as rope(k, pos0, n_kv_heads)), v_dst = v (k_dst / v_dst: the
+  // cache's rows, or head-major [Hkv, T, D] slices as copy takes them). k's own contents are
   // unspecified afterwards. Equal to rope, rope, copy, copy; a backend may fuse them (CPU: the
   // cos/sin table computed once, the rotated k written straight into the cache).
   virtual void rope_kv(Tensor& q, Tensor& k, const Tensor& v, Tensor& k_dst, Tensor& v_dst,
@@ -123,6 +132,7 @@ class Backend {
   }
   // out[B*T, H*D] = softmax(cap(q kᵀ · scale) + mask) v per head, cap the optional soft-cap and
   // mask causal (within the optional window) and the key mask. q, k, v may have row strides.
+  // k, v: [B*S, Hkv*D], or where kv_cache_head_major() head-major [Hkv, S, D] views (B = 1).
   virtual void attention(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v,
                          const AttentionArgs& a) = 0;
 

@@ -76,12 +76,12 @@ class Gpt2 final : public Model {
       Tensor att = leading_view(s.att, T, A), ff = leading_view(s.ff_a, T, c.ffn_at(l));
       AttentionArgs aa{H, H, c.head_dim, 1, pos0, true, nullptr, 0.f};
       Tensor kc = s.k_cache[size_t(l)], vc = s.v_cache[size_t(l)];
-      Tensor k_new = kc.slice(0, pos0, T), v_new = vc.slice(0, pos0, T);
+      Tensor k_new = kv_positions(kc, pos0, T), v_new = kv_positions(vc, pos0, T);
       be.layernorm(xn, x, L.ln1_w, L.ln1_b, c.norm_eps);
       be.linear(qkv, xn, L.c_attn);
       be.copy(k_new, k);
       be.copy(v_new, v);
-      be.attention(att, q, kc.slice(0, 0, S), vc.slice(0, 0, S), aa);
+      be.attention(att, q, kv_positions(kc, 0, S), kv_positions(vc, 0, S), aa);
       be.linear(proj, att, L.c_proj);
       be.add(x, x, proj);
       be.layernorm(xn, x, L.ln2_w, L.ln2_b, c.norm_eps);

@@ -143,7 +143,7 @@ class Llama final : public Model {
       aa.softcap = c.attn_softcap;
       aa.window = c.window_at(l);
       Tensor kc = s.k_cache[size_t(l)], vc = s.v_cache[size_t(l)];
-      Tensor k_new = kc.slice(0, pos0, T), v_new = vc.slice(0, pos0, T);
+      Tensor k_new = kv_positions(kc, pos0, T), v_new = kv_positions(vc, pos0, T);
       be.rmsnorm(xn, x, L.attn_norm, c.norm_eps);
       {
         Tensor* ys[3] = {&q, &k, &v};
@@ -151,7 +151,7 @@ class Llama final : public Model {
         be.linear_group(ys, ws, 3, xn);  // one dispatch where the backend can (q·k·v)
       }
       be.rope_kv(q, k, v, k_new, v_new, pos0, H, Hkv, rope_);  // RoPE, rotated k into the cache
-      be.attention(att, q, kc.slice(0, 0, S), vc.slice(0, 0, S), aa);
+      be.attention(att, q, kv_positions(kc, 0, S), kv_positions(vc, 0, S), aa);
       be.linear(proj, att, L.wo);
       if (c.sandwich_norms) be.rmsnorm(proj, proj, L.post_attn_norm, c.norm_eps);
       be.add(x, x, proj);

@@ -18,11 +18,13 @@ RunState Model::new_state(int64_t max_ctx, int64_t max_tokens, int64_t logit_row
   s.max_ctx = max_ctx;
   s.max_tokens = max_tokens;
   const int64_t kv = c.n_kv_heads * c.head_dim, qd = c.n_heads * c.head_dim;
+  const bool head_major = be_->kv_cache_head_major();
   if (c.causal())
     for (int64_t l = 0; l < c.n_layers; ++l) {
-      const int64_t kv_l = c.kv_heads_at(l) * c.head_dim;  // pruned layers cache fewer heads
-      s.k_cache.push_back(be_->alloc({max_ctx, kv_l}, kv_dtype_));
-      s.v_cache.push_back(be_->alloc({max_ctx, kv_l}, kv_dtype_));
+      const int64_t hkv = c.kv_heads_at(l), D = c.head_dim;  // pruned layers cache fewer heads
+      for (std::vector<Tensor>* cache : {&s.k_cache, &s.v_cache})
+        cache->push_back(head_major ? be_->alloc({hkv, max_ctx, D}, kv_dtype_)
+                                    : be_->alloc({max_ctx, hkv * D}, kv_dtype_));
     }
   s.x = be_->alloc({max_tokens, c.hidden});
   s.xn = be_->alloc({max_tokens, c.hidden});

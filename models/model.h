@@ -14,19 +14,20 @@ namespace minfer {
 // Everything one sequence (or one encoder batch) needs while running: the KV cache and every
 // activation buffer, allocated once by Model::new_state. Nothing is allocated inside forward.
 struct RunState {
-  int64_t n_past = 0;                    // tokens already in the KV cache
-  int64_t max_ctx = 0;                   // KV cache capacity (positions)
-  int64_t max_tokens = 0;                // rows one forward call may process (B*T for encoders)
-  std::vector<Tensor> k_cache, v_cache;  // [L] x [max_ctx, Hkv*D]
-  Tensor x;                              // [max_tokens, C] residual stream
-  Tensor xn;                             // [max_tokens, C] normed input of a sub-layer
-  Tensor qkv;                            // [max_tokens, (H + 2 Hkv) D] q | k | v
-  Tensor att;                            // [max_tokens, H*D] attention output
-  Tensor proj;                           // [max_tokens, C] output projections
-  Tensor ff_a;                           // [max_tokens, F]
-  Tensor ff_b;                           // [max_tokens, F]
-  Tensor logits;                         // [logit_rows, V] (causal LMs)
-  std::vector<int32_t> ids;              // positions / token types scratch, [max_tokens]
+  int64_t n_past = 0;      // tokens already in the KV cache
+  int64_t max_ctx = 0;     // KV cache capacity (positions)
+  int64_t max_tokens = 0;  // rows one forward call may process (B*T for encoders)
+  // [L] x [max_ctx, Hkv*D], or [L] x [Hkv, max_ctx, D] where Backend::kv_cache_head_major()
+  std::vector<Tensor> k_cache, v_cache;
+  Tensor x;                  // [max_tokens, C] residual stream
+  Tensor xn;                 // [max_tokens, C] normed input of a sub-layer
+  Tensor qkv;                // [max_tokens, (H + 2 Hkv) D] q | k | v
+  Tensor att;                // [max_tokens, H*D] attention output
+  Tensor proj;               // [max_tokens, C] output projections
+  Tensor ff_a;               // [max_tokens, F]
+  Tensor ff_b;               // [max_tokens, F]
+  Tensor logits;             // [logit_rows, V] (causal LMs)
+  std::vector<int32_t> ids;  // positions / token types scratch, [max_tokens]
   // A partial run of a causal LM (block-by-block calibration, compress's GPTQ -seq): only blocks
   // [layer_begin, layer_end) run (layer_end < 0: to the last). layer_begin > 0 starts from the
   // residual stream the caller left in x (rows 0..T) instead of the embedding; layer_end before
@@ -36,6 +37,12 @@ struct RunState {
 
   void reset() { n_past = 0; }
 };
+
+// Positions [p0, p0 + n) of one layer's KV cache as the Backend's copy / rope_kv / attention take
+// them: rows of a [max_ctx, Hkv*D] cache, or [Hkv, n, D] of a head-major [Hkv, max_ctx, D] one.
+inline Tensor kv_positions(const Tensor& cache, int64_t p0, int64_t n) {
+  return cache.slice(cache.ndim() - 2, p0, n);
+}
 
 class Model {
  public:

@@ -103,13 +103,18 @@ struct Row {
   // The decode kernel (T <= 4) rounds x to 16-bit codes per row, step max|x| / 32639 (sparse
   // int8 values, kernels/cpu/sparse.h).
   bool int16_decode_activations = false;
-  // The decode kernel (T <= 4) rounds x to int8 per block of 32 (int4's and NF4's q8 path,
-  // kernels/cpu/quant.h): a step at most max|x| / 127 of the row.
+  // The decode kernel (T <= 4) may round x to int8 per block of 32 (int4's and NF4's q8 path,
+  // and int8's on AVX2 builds, kernels/cpu/quant.h): a step at most max|x| / 127 of the row.
   bool int8_decode_activations = false;
   // ... and rounds each weight by at most this fraction of itself: NF4 on the q8 path multiplies
   // the integer levels round(8192 v) (qm::nf4_level), off 8192 v by < 0.5, i.e. < 0.026 % of the
   // value at the smallest level (v = 0.0796: 651.92 -> 652; tests/test_quant_q8.cpp checks it).
   double decode_weight_rounding = 0;
+  // A lowrank_of pair of rank r (> 0 here) in a format with int8_decode_activations: its second
+  // factor U (one entry of 1 or 0.5 per row) rounds its input too, the r intermediate values V x,
+  // which are the first r outputs (their U entries are 1): half a step max_{i<r} |y_i| / 127 more
+  // per output.
+  int64_t int8_decode_inner_rank = 0;
 };
 
 // The table, in four families (one test case each, so that they run as separate processes under
@@ -134,7 +139,8 @@ std::vector<Row> method_rows() {
                  },
                  act, half});
     r.back().int8_decode_activations = m == "int4" || m == "int4-g32" || m == "int4-g32-asym" ||
-                                       m == "int4-g64-asym" || m == "nf4" || m == "nf4-dq";
+                                       m == "int4-g64-asym" || m == "nf4" || m == "nf4-dq" ||
+                                       m == "int8" || m == "int8-tensor" || m == "int8-g32";
     r.back().decode_weight_rounding = m == "nf4" || m == "nf4-dq" ? 2.6e-4 : 0;
   }
   return r;
@@ -244,6 +250,8 @@ std::vector<Row> codebook_lowrank_rows() {
   }
   r.push_back({"lowrank(f32)", [](const Linear& l) { return lowrank_of(l, 3, "f32"); }});
   r.push_back({"lowrank(int8)", [](const Linear& l) { return lowrank_of(l, 4, "int8"); }});
+  r.back().int8_decode_activations = true;  // int8 decode on the q8 path (AVX2 builds)
+  r.back().int8_decode_inner_rank = 4;
   return r;
 }
 
@@ -362,6 +370,12 @@ void round_trip_and_run(const std::vector<Row>& table) {
                        ? 0.51 * step * wsum * (1 + row.decode_weight_rounding) +
                              row.decode_weight_rounding * a
                        : 0);
+            }
+            if (row.int8_decode_inner_rank > 0 && T <= 4) {
+              double zmax = 0;
+              for (int64_t i = 0; i < row.int8_decode_inner_rank; ++i)
+                zmax = std::max(zmax, std::fabs(yr[size_t(t * N + i)]));
+              for (int64_t n = 0; n < N; ++n) tol[size_t(t * N + n)] += 0.51 * 1.01 * zmax / 127;
             }
           }
           for (Backend* be : {cpu.get(), cuda.get()}) {

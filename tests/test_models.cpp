@@ -141,6 +141,9 @@ TEST_CASE("models: an F16 KV cache decodes as its own full forward, close to HF"
     const int64_t T = ids.numel(), V = ref.dim(1);
     RunState full = m->new_state(T, T);
     REQUIRE(full.k_cache[0].dtype() == DType::F16);
+    // The CPU backend's caches are head-major, [Hkv, max_ctx, D] (kv_cache_head_major).
+    CHECK(full.k_cache[0].shape_str() ==
+          fmt::format("[{}, {}, {}]", m->config().n_kv_heads, T, m->config().head_dim));
     Tensor all = m->forward(full, ids.data<int32_t>(), T, true);
     const float to_hf = max_abs_diff(all, ref.data<float>());
     CHECK(to_hf <= 1e-2f);

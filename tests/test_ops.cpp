@@ -512,6 +512,110 @@ TEST_CASE("ops: an F16 KV cache gives the bits of an F32 cache holding the same 
     CHECK(static_cast<const uint16_t*>(dst.raw())[i] == f32_to_f16(src.data<float>()[i]));
 }
 
+namespace {
+// The rows [S, Hkv*D] of a KV cache (F32, or F16 bits where dt is F16: the values rounded) placed
+// in a head-major cache [Hkv, cap, D] of capacity cap > S (so the head stride is not S*D), and the
+// [Hkv, S, D] view of its first S positions, as Model::new_state and kv_positions make them.
+Tensor head_major_view(const Tensor& rows, int64_t Hkv, int64_t D, int64_t cap, DType dt) {
+  const int64_t S = rows.dim(0);
+  Tensor c = Tensor::empty(dt, {Hkv, cap, D});
+  std::memset(c.raw(), 0xff, c.nbytes());  // NaN everywhere past S: reading it would show
+  for (int64_t h = 0; h < Hkv; ++h)
+    for (int64_t j = 0; j < S; ++j)
+      for (int64_t d = 0; d < D; ++d) {
+        const float x = rows.data<float>()[j * Hkv * D + h * D + d];
+        const int64_t e = (h * cap + j) * D + d;
+        if (dt == DType::F16)
+          static_cast<uint16_t*>(c.raw())[e] = f32_to_f16(x);
+        else
+          c.data<float>()[e] = x;
+      }
+  return c.slice(1, 0, S);
+}
+}  // namespace
+
+TEST_CASE("ops: a head-major KV cache gives the bits of the row cache, reads and writes") {
+  // The CPU backend's caches are [Hkv, max_ctx, D] (kv_cache_head_major): one KV head's keys one
+  // contiguous run. Attention over such views must do the row cache's arithmetic exactly
+  // (decode with 1 and 3 tokens, both prefill paths, F32 and F16), and the writes (rope_kv, copy)
+  // must store exactly what they store in rows.
+  auto be = make_cpu_backend(2);
+  REQUIRE(be->kv_cache_head_major());
+  struct Case {
+    int64_t H, Hkv, D, T, pos0;
+  };
+  for (DType dt : {DType::F32, DType::F16})
+    for (const Case& c : {Case{9, 3, 64, 1, 300}, Case{4, 2, 20, 3, 70}, Case{2, 1, 5, 2, 40},
+                          Case{6, 2, 16, 70, 9}}) {
+      CAPTURE(dtype_name(dt));
+      CAPTURE(c.D);
+      CAPTURE(c.T);
+      const int64_t S = c.pos0 + c.T;
+      AttentionArgs a{c.H, c.Hkv, c.D, 1, c.pos0, true, nullptr, 0.f};
+      Tensor q = randn({c.T, c.H * c.D}, 51), k = randn({S, c.Hkv * c.D}, 52),
+             v = randn({S, c.Hkv * c.D}, 53);
+      Tensor kr = k, vr = v;
+      if (dt == DType::F16) {
+        kr = f16_and_rounded(k).first;
+        vr = f16_and_rounded(v).first;
+      }
+      Tensor kh = head_major_view(k, c.Hkv, c.D, S + 13, dt);
+      Tensor vh = head_major_view(v, c.Hkv, c.D, S + 13, dt);
+      Tensor orow = Tensor::empty(DType::F32, {c.T, c.H * c.D}), ohm = orow.clone();
+      for (PrefillAttention path : {PrefillAttention::Blocks, PrefillAttention::Heads}) {
+        set_prefill_attention_path(path);
+        be->attention(orow, q, kr, vr, a);
+        be->attention(ohm, q, kh, vh, a);
+        CHECK(std::memcmp(orow.raw(), ohm.raw(), orow.nbytes()) == 0);
+      }
+      set_prefill_attention_path(PrefillAttention::Blocks);
+    }
+  // Writes: rope_kv (F32: rotated k written straight into the cache; F16: rope, rope, copy) and
+  // copy, into head-major slices at positions pos0.. of a cache of capacity 11.
+  const int64_t H = 6, Hkv = 2, D = 16, pos0 = 5, T = 3, cap = 11, qd = H * D, kvd = Hkv * D;
+  const RopeTable rt = rope_table(10000.f, D, RopeScaling{});
+  for (DType dt : {DType::F32, DType::F16}) {
+    CAPTURE(dtype_name(dt));
+    Tensor qkv = randn({T, qd + 2 * kvd}, 54), qkv2 = qkv.clone();
+    Tensor krow = Tensor::empty(dt, {cap, kvd}), vrow = krow.clone();
+    Tensor khm = Tensor::empty(dt, {Hkv, cap, D}), vhm = khm.clone();
+    Tensor q = qkv.slice(1, 0, qd), k = qkv.slice(1, qd, kvd), v = qkv.slice(1, qd + kvd, kvd);
+    Tensor q2 = qkv2.slice(1, 0, qd), k2 = qkv2.slice(1, qd, kvd),
+           v2 = qkv2.slice(1, qd + kvd, kvd);
+    Tensor kn = krow.slice(0, pos0, T), vn = vrow.slice(0, pos0, T);
+    Tensor khn = khm.slice(1, pos0, T), vhn = vhm.slice(1, pos0, T);
+    be->rope_kv(q, k, v, kn, vn, pos0, H, Hkv, rt);
+    be->rope_kv(q2, k2, v2, khn, vhn, pos0, H, Hkv, rt);
+    const size_t es = dt == DType::F16 ? 2 : 4;
+    int bad = 0;
+    for (int64_t h = 0; h < Hkv; ++h)
+      for (int64_t t = pos0; t < pos0 + T; ++t) {
+        const size_t row = size_t(t * kvd + h * D) * es, hm = size_t((h * cap + t) * D) * es;
+        bad += std::memcmp(static_cast<const char*>(krow.raw()) + row,
+                           static_cast<const char*>(khm.raw()) + hm, size_t(D) * es) != 0;
+        bad += std::memcmp(static_cast<const char*>(vrow.raw()) + row,
+                           static_cast<const char*>(vhm.raw()) + hm, size_t(D) * es) != 0;
+      }
+    CHECK(bad == 0);
+    CHECK(std::memcmp(q.raw(), q2.raw(), size_t(qd) * 4) == 0);  // q rotated alike (row 0)
+  }
+  // Refused by name: a head-major view with batch 2, k and v in different layouts, a last dim
+  // that is not the head dim, and a write whose rows do not fill the slice.
+  Tensor q = randn({2, 2 * 8}, 55), k = randn({20, 8}, 56);
+  Tensor kh = head_major_view(k, 1, 8, 24, DType::F32), vh = kh;
+  Tensor out = Tensor::empty(DType::F32, {2, 16});
+  AttentionArgs b2{2, 1, 8, 2, 0, false, nullptr, 0.f};
+  CHECK_THROWS_WITH_AS(be->attention(out, q, kh, vh, b2), doctest::Contains("head-major"), Error);
+  AttentionArgs a{2, 1, 8, 1, 18, true, nullptr, 0.f};
+  CHECK_THROWS_WITH_AS(be->attention(out, q, kh, k, a), doctest::Contains("head-major"), Error);
+  Tensor wide = head_major_view(randn({20, 8}, 57), 2, 4, 24, DType::F32);
+  CHECK_THROWS_WITH_AS(be->attention(out, q, wide, wide, a), doctest::Contains("head-major KV"),
+                       Error);
+  Tensor dst = Tensor::empty(DType::F32, {1, 24, 8}).slice(1, 0, 3);
+  CHECK_THROWS_WITH_AS(be->copy(dst, randn({2, 8}, 58)), doctest::Contains("head-major cache"),
+                       Error);
+}
+
 // The load back-off lets fewer threads take part when other processes keep the cores busy; the
 // results must not change with it (a model saved and reloaded on a busy machine must give the same
 // logits as the one in memory). Bits compared, dense f32 (column tiles) and f16 (dequantized

@@ -124,8 +124,8 @@ void pv(const float* p, const E* v, int64_t ldv, int64_t n, int64_t D, float* o)
 
 template <typename E>
 void decode(float* out, int64_t ldo, const float* q, int64_t ldq, const E* k, int64_t ldk,
-            const E* v, int64_t ldv, int64_t T, int64_t S, const AttentionArgs& a, float scale,
-            std::vector<float>& scratch) {
+            int64_t hsk, const E* v, int64_t ldv, int64_t hsv, int64_t T, int64_t S,
+            const AttentionArgs& a, float scale, std::vector<float>& scratch) {
   const int64_t H = a.n_heads, Hkv = a.n_kv_heads, D = a.head_dim, B = a.batch, G = H / Hkv;
   const int64_t R = G * T;  // query rows per kv head: row r is head kh G + r / T, token r % T
   const int64_t cl = kDecodeKeyChunk, nc = std::max<int64_t>(1, (S + cl - 1) / cl);
@@ -151,7 +151,7 @@ void decode(float* out, int64_t ldo, const float* q, int64_t ldq, const E* k, in
         if (lo >= hi) continue;
         const int64_t n = hi - lo;
         float* row = sc.data();
-        scores(q + (b * T + t) * ldq + h * D, k + (b * S + lo) * ldk + kh * D, ldk, n, D, scale,
+        scores(q + (b * T + t) * ldq + h * D, k + (b * S + lo) * ldk + kh * hsk, ldk, n, D, scale,
                row);
         if (a.softcap > 0) cap_attention_scores(row, n, a.softcap);
         if (a.key_mask)
@@ -162,7 +162,7 @@ void decode(float* out, int64_t ldo, const float* q, int64_t ldq, const E* k, in
         if (mx == -INFINITY) continue;  // every key of the chunk masked
         mb[r] = mx;
         lb[r] = exp_shift_sum(row, row, n, mx);
-        pv(row, v + (b * S + lo) * ldv + kh * D, ldv, n, D, ob + r * D);
+        pv(row, v + (b * S + lo) * ldv + kh * hsv, ldv, n, D, ob + r * D);
       }
     }
   });
@@ -195,14 +195,15 @@ void decode(float* out, int64_t ldo, const float* q, int64_t ldq, const E* k, in
 }  // namespace
 
 void attention_decode(float* out, int64_t ldo, const float* q, int64_t ldq, const float* k,
-                      int64_t ldk, const float* v, int64_t ldv, int64_t T, int64_t S,
-                      const AttentionArgs& a, float scale, std::vector<float>& scratch) {
-  decode(out, ldo, q, ldq, k, ldk, v, ldv, T, S, a, scale, scratch);
+                      int64_t ldk, int64_t hsk, const float* v, int64_t ldv, int64_t hsv, int64_t T,
+                      int64_t S, const AttentionArgs& a, float scale, std::vector<float>& scratch) {
+  decode(out, ldo, q, ldq, k, ldk, hsk, v, ldv, hsv, T, S, a, scale, scratch);
 }
 void attention_decode(float* out, int64_t ldo, const float* q, int64_t ldq, const uint16_t* k,
-                      int64_t ldk, const uint16_t* v, int64_t ldv, int64_t T, int64_t S,
-                      const AttentionArgs& a, float scale, std::vector<float>& scratch) {
-  decode(out, ldo, q, ldq, k, ldk, v, ldv, T, S, a, scale, scratch);
+                      int64_t ldk, int64_t hsk, const uint16_t* v, int64_t ldv, int64_t hsv,
+                      int64_t T, int64_t S, const AttentionArgs& a, float scale,
+                      std::vector<float>& scratch) {
+  decode(out, ldo, q, ldq, k, ldk, hsk, v, ldv, hsv, T, S, a, scale, scratch);
 }
 
 }  // namespace minfer

@@ -29,7 +29,9 @@ constexpr int64_t kDecodeKeyChunk = 32;
 // v[b*S + j, kh*D + d], kh = h / G, with a's causal limit (key j visible to row t when j <=
 // pos0 + t), sliding window, soft-capping (before the mask) and key mask, as
 // Backend::attention; a row that sees no key gives zeros. q/out rows have strides ldq/ldo, k/v
-// rows ldk/ldv (floats).
+// rows ldk/ldv, and kv head kh starts hsk/hsv elements after kh - 1: D for a [B*S, Hkv*D] cache
+// (k[b*S + j, kh*D:] at k + (b*S + j) ldk + kh D), the head stride of a head-major [Hkv, S, D]
+// one (B = 1; key j of head kh at k + j ldk + kh hsk, ldk = D when contiguous).
 //
 // Split-K ("flash-decoding", Dao et al. 2023): the work items are (sequence, kv head, chunk of
 // kDecodeKeyChunk keys); an item reads its keys and values once for all G·T query rows of its
@@ -38,12 +40,13 @@ constexpr int64_t kDecodeKeyChunk = 32;
 // keys at a time share one horizontal reduction; the values' pass keeps its D sums in registers.
 // scratch: reused between calls (resized here).
 void attention_decode(float* out, int64_t ldo, const float* q, int64_t ldq, const float* k,
-                      int64_t ldk, const float* v, int64_t ldv, int64_t T, int64_t S,
-                      const AttentionArgs& a, float scale, std::vector<float>& scratch);
+                      int64_t ldk, int64_t hsk, const float* v, int64_t ldv, int64_t hsv, int64_t T,
+                      int64_t S, const AttentionArgs& a, float scale, std::vector<float>& scratch);
 // The same with an F16 KV cache: k and v hold IEEE fp16 bits (strides in elements), widened to
 // f32 as they are read (F16C where built); the arithmetic is the f32 version's on those values.
 void attention_decode(float* out, int64_t ldo, const float* q, int64_t ldq, const uint16_t* k,
-                      int64_t ldk, const uint16_t* v, int64_t ldv, int64_t T, int64_t S,
-                      const AttentionArgs& a, float scale, std::vector<float>& scratch);
+                      int64_t ldk, int64_t hsk, const uint16_t* v, int64_t ldv, int64_t hsv,
+                      int64_t T, int64_t S, const AttentionArgs& a, float scale,
+                      std::vector<float>& scratch);
 
 }  // namespace minfer

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "engine/attention_check.h"
@@ -20,6 +21,7 @@
 #include "kernels/cpu/attention_decode.h"
 #include "kernels/cpu/codebook.h"
 #include "kernels/cpu/dense.h"
+#include "kernels/cpu/env_switch.h"
 #include "kernels/cpu/ggml.h"
 #include "kernels/cpu/prefill_gemm.h"
 #include "kernels/cpu/quant.h"
@@ -70,6 +72,35 @@ MatH mat16(const Tensor& t, const char* what) {
   MINFER_CHECK(t.ndim() == 2 && t.stride(-1) == 1, "{}: expected a 2-D row-major cache, found {}",
                what, t.shape_str());
   return {static_cast<uint16_t*>(t.raw()), t.dim(0), t.dim(1), t.stride(0)};
+}
+
+// A KV operand of attention (or the target of a KV-cache write): 2-D rows [R, Hkv·D], head h at
+// column h·D (hs = D), or a head-major cache view [Hkv, R, D] (Backend::kv_cache_head_major):
+// head h at h·stride(0), its rows stride(1) apart. E: float (F32) or uint16_t (F16 bits).
+template <typename E>
+struct KvView {
+  E* p;
+  int64_t rows, cols, ld, hs;
+};
+template <typename E>
+KvView<E> kv_view(const Tensor& t, int64_t D, const char* what) {
+  if (t.ndim() == 3) {
+    constexpr DType want = std::is_same_v<E, float> ? DType::F32 : DType::F16;
+    MINFER_CHECK(t.dtype() == want, "{}: expected an {} KV cache, found {}", what, dtype_name(want),
+                 dtype_name(t.dtype()));
+    MINFER_CHECK(
+        t.stride(2) == 1 && t.dim(2) == D,
+        "{}: a head-major KV cache view must be [kv heads, positions, {}] with its last dim "
+        "contiguous, found {}",
+        what, D, t.shape_str());
+    return {static_cast<E*>(t.raw()), t.dim(1), t.dim(0) * D, t.stride(1), t.stride(0)};
+  }
+  View<E> m;
+  if constexpr (std::is_same_v<E, float>)
+    m = mat(t, what);
+  else
+    m = mat16(t, what);
+  return {m.p, m.rows, m.cols, m.ld, D};
 }
 
 template <typename A, typename B>
@@ -381,6 +412,7 @@ class CpuBackend final : public Backend {
   }
 
   void copy(Tensor& dst, const Tensor& src) override {
+    if (dst.ndim() == 3) return kv_write(dst, src, "copy");
     if (dst.dtype() == DType::F16) {  // a KV-cache write: rounded to fp16
       MatH D = mat16(dst, "copy dst");
       Mat S = mat(src, "copy src");
@@ -393,6 +425,34 @@ class CpuBackend final : public Backend {
     check_same(D, S, "copy");
     for (int64_t r = 0; r < D.rows; ++r)
       std::memcpy(D.p + r * D.ld, S.p + r * S.ld, size_t(D.cols) * 4);
+  }
+
+  // Head-major caches unless MINFER_KV_LAYOUT=rows (A/B timing: docs/performance.md).
+  bool kv_cache_head_major() const override {
+    static const bool heads = env_switch("MINFER_KV_LAYOUT", "heads", {"heads", "rows"}) == "heads";
+    return heads;
+  }
+
+  // src [T, Hkv·D] into a head-major KV-cache slice dst [Hkv, T, D]: dst[h, t, :] = src[t, h·D:]
+  // (an F16 cache: rounded to nearest even).
+  static void kv_write(Tensor& dst, const Tensor& src, const char* op) {
+    const Mat S = mat(src, op);
+    MINFER_CHECK(dst.dtype() == DType::F32 || dst.dtype() == DType::F16,
+                 "{}: a KV cache is F32 or F16, found {}", op, dtype_name(dst.dtype()));
+    const int64_t Hkv = dst.dim(0), T = dst.dim(1), D = dst.dim(2);
+    MINFER_CHECK(dst.stride(2) == 1 && S.rows == T && S.cols == Hkv * D,
+                 "{}: rows [{}, {}] do not match the head-major cache slice {} ([kv heads, rows, "
+                 "dim], last dim contiguous)",
+                 op, S.rows, S.cols, dst.shape_str());
+    const int64_t ld = dst.stride(1), hs = dst.stride(0);
+    for (int64_t h = 0; h < Hkv; ++h)
+      for (int64_t t = 0; t < T; ++t) {
+        const float* s = S.p + t * S.ld + h * D;
+        if (dst.dtype() == DType::F16)
+          f32_to_f16_n(s, static_cast<uint16_t*>(dst.raw()) + h * hs + t * ld, size_t(D));
+        else
+          std::memcpy(dst.data<float>() + h * hs + t * ld, s, size_t(D) * 4);
+      }
   }
 
   template <typename F>
@@ -510,15 +570,17 @@ class CpuBackend final : public Backend {
         rope_cs_[size_t((t * half + i) * 2 + 1)] = std::sin(ang) * sc;
       }
   }
-  // D = rt.head_dim(): Y = X rotated with the table in rope_cs_ (Y may be X).
-  void rope_apply(const Mat& Y, const Mat& X, int64_t n_heads, const RopeTable& rt) {
-    const int64_t head_dim = rt.head_dim(), half = head_dim / 2;
+  // D = rt.head_dim(): Y = X rotated with the table in rope_cs_ (Y may be X). Y's head h starts
+  // h·yhs after its row (yhs = 0: D, rows of heads; else a head-major cache's head stride).
+  void rope_apply(const Mat& Y, const Mat& X, int64_t n_heads, const RopeTable& rt,
+                  int64_t yhs = 0) {
+    const int64_t head_dim = rt.head_dim(), half = head_dim / 2, ys = yhs ? yhs : head_dim;
 #pragma omp parallel for if (worth_threads(X.rows * X.cols))
     for (int64_t t = 0; t < X.rows; ++t) {
       const float* cs = rope_cs_.data() + t * half * 2;
       for (int64_t h = 0; h < n_heads; ++h) {
         const float* p = X.p + t * X.ld + h * head_dim;
-        float* o = Y.p + t * Y.ld + h * head_dim;
+        float* o = Y.p + t * Y.ld + h * ys;
         for (int64_t i = 0; i < half; ++i) {
           const float c = cs[2 * i], s = cs[2 * i + 1];
           const float a = p[i], b = p[i + half];
@@ -541,12 +603,22 @@ class CpuBackend final : public Backend {
     if (k_dst.dtype() == DType::F16)
       return Backend::rope_kv(q, k, v, k_dst, v_dst, pos0, n_heads, n_kv_heads, rt);
     Mat Q = rope_mat(q, n_heads, rt, "rope_kv q"), K = rope_mat(k, n_kv_heads, rt, "rope_kv k");
-    Mat Kd = rope_mat(k_dst, n_kv_heads, rt, "rope_kv k_dst");
+    Mat Kd{};
+    int64_t khs = 0;
+    if (k_dst.ndim() == 3) {  // a head-major cache slice [Hkv, T, D]
+      const KvView<float> v = kv_view<float>(k_dst, rt.head_dim(), "rope_kv k_dst");
+      MINFER_CHECK(k_dst.dim(0) == n_kv_heads, "rope_kv k_dst: {} kv heads, expected {}",
+                   k_dst.dim(0), n_kv_heads);
+      Kd = {v.p, v.rows, v.cols, v.ld};
+      khs = v.hs;
+    } else {
+      Kd = rope_mat(k_dst, n_kv_heads, rt, "rope_kv k_dst");
+    }
     MINFER_CHECK(Q.rows == K.rows && Kd.rows == K.rows,
                  "rope_kv: q has {} rows, k {}, the cache slice {}", Q.rows, K.rows, Kd.rows);
     rope_table(Q.rows, pos0, rt);  // once for q and k
     rope_apply(Q, Q, n_heads, rt);
-    rope_apply(Kd, K, n_kv_heads, rt);  // rotated k written straight into the cache
+    rope_apply(Kd, K, n_kv_heads, rt, khs);  // rotated k written straight into the cache
     copy(v_dst, v);
   }
 
@@ -561,16 +633,20 @@ class CpuBackend final : public Backend {
     const float scale = a.scale > 0 ? a.scale : 1.f / std::sqrt(float(D));
     const int64_t group = H / Hkv;
     // An F16 KV cache (both k and v): decode reads it as stored, prefill widens the S cached rows
-    // to f32 once and runs the f32 paths below.
+    // to f32 once and runs the f32 paths below. k, v: rows [B*S, Hkv*D] or head-major [Hkv, S, D].
     const bool f16 = k.dtype() == DType::F16 || v.dtype() == DType::F16;
-    Mat K{}, Vm{};
-    MatH Kh{}, Vh{};
+    MINFER_CHECK(k.ndim() == v.ndim() && (k.ndim() != 3 || B == 1),
+                 "attention: k {} and v {} must both be rows [B*S, Hkv*D] or both head-major "
+                 "[Hkv, S, D] views of batch 1 (batch {})",
+                 k.shape_str(), v.shape_str(), B);
+    KvView<float> K{}, Vm{};
+    KvView<uint16_t> Kh{}, Vh{};
     if (f16) {
-      Kh = mat16(k, "attention k");
-      Vh = mat16(v, "attention v");
+      Kh = kv_view<uint16_t>(k, D, "attention k");
+      Vh = kv_view<uint16_t>(v, D, "attention v");
     } else {
-      K = mat(k, "attention k");
-      Vm = mat(v, "attention v");
+      K = kv_view<float>(k, D, "attention k");
+      Vm = kv_view<float>(v, D, "attention v");
     }
     const std::pair<int64_t, int64_t> ts =
         f16 ? check_attention_args(O.rows, O.cols, Q.rows, Q.cols, Kh.rows, Kh.cols, Vh.rows,
@@ -579,18 +655,20 @@ class CpuBackend final : public Backend {
                                    a);
     const int64_t T = ts.first, S = ts.second;
     if (T <= kFewRows)
-      return f16 ? attention_decode(O.p, O.ld, Q.p, Q.ld, Kh.p, Kh.ld, Vh.p, Vh.ld, T, S, a, scale,
-                                    decode_scratch_)
-                 : attention_decode(O.p, O.ld, Q.p, Q.ld, K.p, K.ld, Vm.p, Vm.ld, T, S, a, scale,
-                                    decode_scratch_);
-    if (f16) {
-      kv_wide_.resize(size_t(2 * Kh.rows * Kh.cols));
-      K = {kv_wide_.data(), Kh.rows, Kh.cols, Kh.cols};
-      Vm = {kv_wide_.data() + Kh.rows * Kh.cols, Vh.rows, Vh.cols, Vh.cols};
-      for (int64_t r = 0; r < Kh.rows; ++r) {
-        f16_to_f32_n(Kh.p + r * Kh.ld, K.p + r * K.ld, size_t(K.cols));
-        f16_to_f32_n(Vh.p + r * Vh.ld, Vm.p + r * Vm.ld, size_t(Vm.cols));
-      }
+      return f16 ? attention_decode(O.p, O.ld, Q.p, Q.ld, Kh.p, Kh.ld, Kh.hs, Vh.p, Vh.ld, Vh.hs, T,
+                                    S, a, scale, decode_scratch_)
+                 : attention_decode(O.p, O.ld, Q.p, Q.ld, K.p, K.ld, K.hs, Vm.p, Vm.ld, Vm.hs, T, S,
+                                    a, scale, decode_scratch_);
+    if (f16) {  // widened into rows [B*S, Hkv*D] whichever layout the cache has
+      const int64_t rows = Kh.rows, cols = Kh.cols, Hkv = a.n_kv_heads;
+      kv_wide_.resize(size_t(2 * rows * cols));
+      K = {kv_wide_.data(), rows, cols, cols, D};
+      Vm = {kv_wide_.data() + rows * cols, rows, cols, cols, D};
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t h = 0; h < Hkv; ++h) {
+          f16_to_f32_n(Kh.p + r * Kh.ld + h * Kh.hs, K.p + r * cols + h * D, size_t(D));
+          f16_to_f32_n(Vh.p + r * Vh.ld + h * Vh.hs, Vm.p + r * cols + h * D, size_t(D));
+        }
     }
     if (prefill_attention_path() == PrefillAttention::Blocks)
       return attention_blocks(O, Q, K, Vm, a, T, S, scale);
@@ -602,8 +680,8 @@ class CpuBackend final : public Backend {
         float* sc = attn_scratch_.data() + size_t(omp_get_thread_num()) * size_t(T * S);
         const int64_t kh = h / group;
         const float* qp = Q.p + b * T * Q.ld + h * D;
-        const float* kp = K.p + b * S * K.ld + kh * D;
-        const float* vp = Vm.p + b * S * Vm.ld + kh * D;
+        const float* kp = K.p + b * S * K.ld + kh * K.hs;
+        const float* vp = Vm.p + b * S * Vm.ld + kh * Vm.hs;
         float* op = O.p + b * T * O.ld + h * D;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(S), int(D), scale, qp,
                     int(Q.ld), kp, int(K.ld), 0.f, sc, int(S));
@@ -635,7 +713,7 @@ class CpuBackend final : public Backend {
   // own keys; then o_blk = p v over the same keys. Blocks go to the active threads (largest
   // first), each block's two sgemm calls single-threaded. Same arithmetic per output as the
   // per-head path up to the order of the softmax sum.
-  void attention_blocks(const Mat& O, const Mat& Q, const Mat& K, const Mat& Vm,
+  void attention_blocks(const Mat& O, const Mat& Q, const KvView<float>& K, const KvView<float>& Vm,
                         const AttentionArgs& a, int64_t T, int64_t S, float scale) {
     const int64_t H = a.n_heads, D = a.head_dim, B = a.batch, group = H / a.n_kv_heads;
     const int64_t nb = (T + kQueryBlock - 1) / kQueryBlock;
@@ -652,8 +730,8 @@ class CpuBackend final : public Backend {
       const int64_t L = kend - kbeg;
       float* sc = scratch + size_t(thread) * size_t(kQueryBlock * S);
       const float* qp = Q.p + (b * T + t0) * Q.ld + h * D;
-      const float* kp = K.p + (b * S + kbeg) * K.ld + kh * D;
-      const float* vp = Vm.p + (b * S + kbeg) * Vm.ld + kh * D;
+      const float* kp = K.p + (b * S + kbeg) * K.ld + kh * K.hs;
+      const float* vp = Vm.p + (b * S + kbeg) * Vm.ld + kh * Vm.hs;
       float* op = O.p + (b * T + t0) * O.ld + h * D;
       if (L <= 0) {  // no key visible to any row of the block
         for (int64_t t = 0; t < rows; ++t) std::fill(op + t * O.ld, op + t * O.ld + D, 0.f);
