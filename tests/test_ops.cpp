@@ -453,6 +453,20 @@ std::pair<Tensor, Tensor> f16_and_rounded(const Tensor& x) {
   }
   return {h, r};
 }
+
+// Attention of q over (k1, v1) and over (k2, v2), the same values in other storage, gives the
+// same bits on both prefill paths (and on the decode path where T <= 4).
+void check_same_attention_bits(Backend& be, const Tensor& q, const Tensor& k1, const Tensor& v1,
+                               const Tensor& k2, const Tensor& v2, const AttentionArgs& a) {
+  Tensor o1 = Tensor::empty(DType::F32, {q.dim(0), q.dim(1)}), o2 = o1.clone();
+  for (PrefillAttention path : {PrefillAttention::Blocks, PrefillAttention::Heads}) {
+    set_prefill_attention_path(path);
+    be.attention(o1, q, k1, v1, a);
+    be.attention(o2, q, k2, v2, a);
+    CHECK(std::memcmp(o1.raw(), o2.raw(), o1.nbytes()) == 0);
+  }
+  set_prefill_attention_path(PrefillAttention::Blocks);
+}
 }  // namespace
 
 TEST_CASE("ops: an F16 KV cache gives the bits of an F32 cache holding the same rounded values") {
@@ -472,14 +486,8 @@ TEST_CASE("ops: an F16 KV cache gives the bits of an F32 cache holding the same 
            v = randn({S, c.Hkv * c.D}, 43);
     auto [kh, kr] = f16_and_rounded(k);
     auto [vh, vr] = f16_and_rounded(v);
-    Tensor o16 = Tensor::empty(DType::F32, {c.T, c.H * c.D}), o32 = o16.clone();
-    for (PrefillAttention path : {PrefillAttention::Blocks, PrefillAttention::Heads}) {
-      set_prefill_attention_path(path);
-      be->attention(o16, q, kh, vh, a);
-      be->attention(o32, q, kr, vr, a);
-      CHECK(std::memcmp(o16.raw(), o32.raw(), o16.nbytes()) == 0);
-    }
-    set_prefill_attention_path(PrefillAttention::Blocks);
+    check_same_attention_bits(*be, q, kh, vh, kr, vr, a);
+    Tensor o16 = Tensor::empty(DType::F32, {c.T, c.H * c.D});
     // A cache of mixed dtypes is refused by name.
     CHECK_THROWS_WITH_AS(be->attention(o16, q, kh, vr, a), doctest::Contains("attention v"), Error);
   }
@@ -561,14 +569,7 @@ TEST_CASE("ops: a head-major KV cache gives the bits of the row cache, reads and
       }
       Tensor kh = head_major_view(k, c.Hkv, c.D, S + 13, dt);
       Tensor vh = head_major_view(v, c.Hkv, c.D, S + 13, dt);
-      Tensor orow = Tensor::empty(DType::F32, {c.T, c.H * c.D}), ohm = orow.clone();
-      for (PrefillAttention path : {PrefillAttention::Blocks, PrefillAttention::Heads}) {
-        set_prefill_attention_path(path);
-        be->attention(orow, q, kr, vr, a);
-        be->attention(ohm, q, kh, vh, a);
-        CHECK(std::memcmp(orow.raw(), ohm.raw(), orow.nbytes()) == 0);
-      }
-      set_prefill_attention_path(PrefillAttention::Blocks);
+      check_same_attention_bits(*be, q, kr, vr, kh, vh, a);
     }
   // Writes: rope_kv (F32: rotated k written straight into the cache; F16: rope, rope, copy) and
   // copy, into head-major slices at positions pos0.. of a cache of capacity 11.
