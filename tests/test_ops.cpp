@@ -15,6 +15,7 @@
 #include "kernels/cpu/dense.h"
 #include "kernels/cpu/prefill_gemm.h"
 #include "kernels/cpu/softmax.h"
+#include "tests/op_group_check.h"
 #include "tests/test_util.h"
 
 using namespace minfer;
@@ -615,6 +616,73 @@ TEST_CASE("ops: a head-major KV cache gives the bits of the row cache, reads and
   Tensor dst = Tensor::empty(DType::F32, {1, 24, 8}).slice(1, 0, 3);
   CHECK_THROWS_WITH_AS(be->copy(dst, randn({2, 8}, 58)), doctest::Contains("head-major cache"),
                        Error);
+}
+
+TEST_CASE(
+    "ops: f32 / fp16 / bf16 op groups and the fused gate·up + SiLU·mul: one dispatch, the same "
+    "bits") {
+  // At decode (T <= 4) the CPU backend runs a group of float matrices (q·k·v) as one pool loop over
+  // all their rows, and gate·up + SiLU·mul as one loop, each row by dense_linear's own gemv: the
+  // results must be the separate ops' bits for every dtype mix, T and thread count. T = 5, a
+  // transposed member and a biased gate take the separate ops (same bits trivially).
+  const int64_t K = 576, F = 300;
+  set_pool_backoff(false);  // every thread takes chunks even while the machine is busy
+  for (int threads : {1, 2, 3}) {
+    auto be = make_cpu_backend(threads);
+    for (DType dt : {DType::F32, DType::F16, DType::BF16}) {
+      const DType dt2 = dt == DType::F32 ? DType::F16 : DType::F32;  // a second dtype in the group
+      std::vector<Linear> g;
+      g.push_back(make_dense("q", randn({200, K}, 61, 0.5f, dt), K, 200));
+      g.push_back(make_dense("k", randn({128, K}, 62, 0.5f, dt2), K, 128));
+      g.push_back(make_dense("v", randn({130, K}, 63, 0.5f, dt), K, 130));
+      g[0].bias = randn({200}, 64);
+      const Linear gate = make_dense("gate", randn({F, K}, 65, 0.5f, dt), K, F);
+      const Linear up = make_dense("up", randn({F, K}, 66, 0.5f, dt), K, F);
+      for (int64_t T : {1, 2, 4, 5}) {
+        CAPTURE(threads);
+        CAPTURE(dtype_name(dt));
+        CAPTURE(T);
+        Tensor x = randn({T, K}, uint64_t(67 + T));
+        CHECK(test::group_mismatches(*be, g, x) == 0);
+        const std::pair<bool, bool> sw = test::swiglu_matches(*be, x, gate, up, F);
+        CHECK(sw.first);
+        CHECK(sw.second);
+        if (threads > 1 && T <= 4) {  // one pool dispatch each (separately: 3 and 2, every
+                                      // member being large enough for several chunks)
+          std::vector<Tensor> ys;
+          std::vector<Tensor*> yp;
+          std::vector<const Linear*> wp;
+          for (const Linear& l : g) {
+            ys.push_back(be->alloc({T, l.out}));
+            wp.push_back(&l);
+          }
+          for (Tensor& y : ys) yp.push_back(&y);
+          int64_t d0 = pool_stats().dispatches;
+          be->linear_group(yp.data(), wp.data(), 3, x);
+          CHECK(pool_stats().dispatches - d0 == 1);
+          Tensor y = be->alloc({T, F}), u = be->alloc({T, F});
+          d0 = pool_stats().dispatches;
+          be->linear_swiglu(y, u, x, gate, up);
+          CHECK(pool_stats().dispatches - d0 == 1);
+        }
+      }
+    }
+  }
+  set_pool_backoff(true);
+  // Declined: a transposed member, a biased gate (the separate ops, still the same bits).
+  auto be = make_cpu_backend(2);
+  std::vector<Linear> g;
+  g.push_back(make_dense("q", randn({40, K}, 71), K, 40));
+  Tensor wt = randn({K, 30}, 72);
+  g.push_back(make_dense("t", wt, K, 30, true));
+  Tensor x = randn({1, K}, 73);
+  CHECK(test::group_mismatches(*be, g, x) == 0);
+  Linear gate = make_dense("gate", randn({F, K}, 74), K, F);
+  gate.bias = randn({F}, 75);
+  const std::pair<bool, bool> sw =
+      test::swiglu_matches(*be, x, gate, make_dense("up", randn({F, K}, 76), K, F), F);
+  CHECK(sw.first);
+  CHECK(sw.second);
 }
 
 // The load back-off lets fewer threads take part when other processes keep the cores busy; the

@@ -215,8 +215,27 @@ class CpuBackend final : public Backend {
     return true;
   }
 
+  // Runs ws as one op group of float matrices (f32 / fp16 / bf16 Dense) on the decode gemv;
+  // false (nothing run) where a member is another format or dense_linear_group declines.
+  bool dense_group(Tensor* const* ys, const Linear* const* ws, int n, const Mat& X) {
+    for (int i = 0; i < n; ++i)
+      if (!std::holds_alternative<Dense>(ws[i]->repr) || ws[i]->in != X.cols) return false;
+    std::vector<DenseGroupItem> items;
+    std::vector<Mat> Ys;
+    for (int i = 0; i < n; ++i) {
+      const Dense& d = std::get<Dense>(ws[i]->repr);
+      Ys.push_back(group_out(*ys[i], X, *ws[i]));
+      items.push_back({&d.w, d.transposed, Ys.back().p, Ys.back().ld, Ys.back().cols});
+    }
+    if (!dense_linear_group(items.data(), n, X.p, X.rows, X.ld, X.cols)) return false;
+    for (int i = 0; i < n; ++i) add_bias(Ys[size_t(i)], *ws[i]);
+    return true;
+  }
+
   void linear_group(Tensor* const* ys, const Linear* const* ws, int n, const Tensor& x) override {
     Mat X = mat(x, "linear input");
+    // f32 / fp16 / bf16 on the decode path: one pool dispatch.
+    if (!observer_ && n > 0 && X.rows <= 4 && dense_group(ys, ws, n, X)) return;
     // int8 / int4 / NF4 / ... Quantized on the decode path: x copied once, one pool dispatch.
     if (!observer_ && n > 0 && X.rows <= quantized_group_max_t()) {
       std::vector<QuantGroupItem> items;
@@ -256,8 +275,9 @@ class CpuBackend final : public Backend {
 
   void linear_swiglu(Tensor& y, Tensor& u, const Tensor& x, const Linear& gate,
                      const Linear& up) override {
-    // Fused: int8/int4/... Quantized (any T; the kernel falls back above the decode range) and
-    // GGML blocks on the q8 decode path. Otherwise (biases, an observer, other formats): unfused.
+    // Fused: int8/int4/... Quantized (any T; the kernel falls back above the decode range), GGML
+    // blocks on the q8 decode path, the sparse formats and f32 / fp16 / bf16 at decode.
+    // Otherwise (biases, an observer, other formats, prefill of the others): unfused.
     const auto* qg = std::get_if<Quantized>(&gate.repr);
     const auto* qu = std::get_if<Quantized>(&up.repr);
     Mat X = mat(x, "linear input");
@@ -278,6 +298,16 @@ class CpuBackend final : public Backend {
       else
         sparse_csr_linear_swiglu(*cg, *cu, X.p, X.rows, X.ld, Y.p, Y.ld, U.p, U.ld, X.cols, Y.cols);
       return;
+    }
+    // f32 / fp16 / bf16 gate and up on the decode gemv: one pool dispatch.
+    const auto* dg = std::get_if<Dense>(&gate.repr);
+    const auto* du = std::get_if<Dense>(&up.repr);
+    if (!observer_ && X.rows <= 4 && dg && du && !dg->transposed && !du->transposed &&
+        !gate.bias.defined() && !up.bias.defined() && gate.out == up.out) {
+      Mat Y = group_out(y, X, gate), U = group_out(u, X, up);
+      if (dense_linear_swiglu(dg->w, du->w, X.p, X.rows, X.ld, Y.p, Y.ld, U.p, U.ld, X.cols,
+                              Y.cols))
+        return;
     }
     const Linear* ws[2] = {&gate, &up};
     std::vector<const GgmlBlocks*> gs;

@@ -7,6 +7,7 @@
 
 #include "engine/half.h"
 #include "engine/thread_pool.h"
+#include "kernels/cpu/act.h"
 #include "kernels/cpu/prefill_gemm.h"
 
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__) && defined(__F16C__))
@@ -129,22 +130,44 @@ void gemv_rows(DType dt, const W* w, const float* x, int64_t ldx, float* y, int6
   }
 }
 
+// Rows n0..n1 of y = x · Wᵀ for T (1..4) rows of x: gemv_rows with T a template argument.
+template <typename W>
+void gemv_range(DType dt, const W* w, const float* x, int64_t T, int64_t ldx, float* y, int64_t ldy,
+                int64_t K, int64_t n0, int64_t n1) {
+  switch (T) {
+    case 1:
+      return gemv_rows<1>(dt, w, x, ldx, y, ldy, K, n0, n1);
+    case 2:
+      return gemv_rows<2>(dt, w, x, ldx, y, ldy, K, n0, n1);
+    case 3:
+      return gemv_rows<3>(dt, w, x, ldx, y, ldy, K, n0, n1);
+    default:
+      return gemv_rows<4>(dt, w, x, ldx, y, ldy, K, n0, n1);
+  }
+}
+// The same for a weight tensor of any float dtype ([N, K], not transposed).
+void gemv_range(const Tensor& w, const float* x, int64_t T, int64_t ldx, float* y, int64_t ldy,
+                int64_t K, int64_t n0, int64_t n1) {
+  if (w.dtype() == DType::F32)
+    gemv_range(DType::F32, w.data<float>(), x, T, ldx, y, ldy, K, n0, n1);
+  else
+    gemv_range(w.dtype(), w.data<uint16_t>(), x, T, ldx, y, ldy, K, n0, n1);
+}
+
 template <typename W>
 void few_rows_gemv(DType dt, const W* w, const float* x, int64_t T, int64_t ldx, float* y,
                    int64_t ldy, int64_t K, int64_t N) {
   if (T <= 0) return;
-  parallel_for(N, K, int64_t(1) << 15, [&](int64_t n0, int64_t n1) {
-    switch (T) {
-      case 1:
-        return gemv_rows<1>(dt, w, x, ldx, y, ldy, K, n0, n1);
-      case 2:
-        return gemv_rows<2>(dt, w, x, ldx, y, ldy, K, n0, n1);
-      case 3:
-        return gemv_rows<3>(dt, w, x, ldx, y, ldy, K, n0, n1);
-      default:
-        return gemv_rows<4>(dt, w, x, ldx, y, ldy, K, n0, n1);
-    }
-  });
+  parallel_for(N, K, int64_t(1) << 15,
+               [&](int64_t n0, int64_t n1) { gemv_range(dt, w, x, T, ldx, y, ldy, K, n0, n1); });
+}
+
+// Whether dense_linear runs w on the streaming gemv for T rows (what the group entry points
+// below fuse): T <= 4, [N, K] storage, a float dtype.
+bool on_gemv(const Tensor& w, bool transposed, int64_t T) {
+  const DType dt = w.dtype();
+  return T >= 1 && T <= kMaxGemvRows && !transposed &&
+         (dt == DType::F32 || dt == DType::F16 || dt == DType::BF16);
 }
 
 }  // namespace
@@ -216,6 +239,39 @@ void dense_linear(const Tensor& w, bool transposed, const float* x, int64_t T, i
                   int(ldx), scratch.data(), int(N), k0 == 0 ? 0.f : 1.f, y, int(ldy));
     }
   }
+}
+
+bool dense_linear_group(const DenseGroupItem* items, int n, const float* x, int64_t T, int64_t ldx,
+                        int64_t K) {
+  int64_t rows = 0;
+  for (int i = 0; i < n; ++i) {
+    if (!on_gemv(*items[i].w, items[i].transposed, T) || items[i].w->dim(-1) != K) return false;
+    rows += items[i].N;
+  }
+  parallel_for(rows, K, int64_t(1) << 15, [&](int64_t b, int64_t e) {
+    int64_t off = 0;  // the first row of member i in the concatenation
+    for (int i = 0; i < n && off < e; off += items[i].N, ++i) {
+      const int64_t lo = std::max(b, off), hi = std::min(e, off + items[i].N);
+      if (lo < hi)
+        gemv_range(*items[i].w, x, T, ldx, items[i].y, items[i].ldy, K, lo - off, hi - off);
+    }
+  });
+  return true;
+}
+
+bool dense_linear_swiglu(const Tensor& gate, const Tensor& up, const float* x, int64_t T,
+                         int64_t ldx, float* y, int64_t ldy, float* u, int64_t ldu, int64_t K,
+                         int64_t N) {
+  if (!on_gemv(gate, false, T) || !on_gemv(up, false, T) || gate.dim(-1) != K || up.dim(-1) != K ||
+      gate.dim(0) != N || up.dim(0) != N)
+    return false;
+  parallel_for(N, 2 * K, int64_t(1) << 15, [&](int64_t n0, int64_t n1) {
+    gemv_range(gate, x, T, ldx, y, ldy, K, n0, n1);
+    gemv_range(up, x, T, ldx, u, ldu, K, n0, n1);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t c = n0; c < n1; ++c) y[t * ldy + c] = silu_mul(y[t * ldy + c], u[t * ldu + c]);
+  });
+  return true;
 }
 
 void dense_linear_ref(const Tensor& w, bool transposed, const float* x, int64_t T, float* y,
