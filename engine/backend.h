@@ -94,7 +94,7 @@ class Backend {
   virtual bool kv_cache_f16() const { return false; }
   // Whether this backend wants head-major KV caches, [Hkv, max_ctx, D] per layer (Model::
   // new_state allocates them so): one KV head's keys are then one contiguous run, which a decode
-  // step's attention streams (CPU: 1.2-1.4x faster attention at 512-2048 keys,
+  // step's attention streams (CPU: 1.15-1.45x faster attention at 512-2048 keys,
   // docs/performance.md). copy and rope_kv then write, and attention reads, 3-D views [Hkv, S, D]
   // of them (batch 1). Otherwise caches are [max_ctx, Hkv·D] rows.
   virtual bool kv_cache_head_major() const { return false; }

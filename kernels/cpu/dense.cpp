@@ -162,11 +162,11 @@ void few_rows_gemv(DType dt, const W* w, const float* x, int64_t T, int64_t ldx,
                [&](int64_t n0, int64_t n1) { gemv_range(dt, w, x, T, ldx, y, ldy, K, n0, n1); });
 }
 
-// Whether dense_linear runs w on the streaming gemv for T rows (what the group entry points
-// below fuse): T <= 4, [N, K] storage, a float dtype.
+// Whether dense_linear runs w on the streaming gemv for T rows (and so what the group entry
+// points below may fuse): T <= 4, [N, K] storage, a float dtype.
 bool on_gemv(const Tensor& w, bool transposed, int64_t T) {
   const DType dt = w.dtype();
-  return T >= 1 && T <= kMaxGemvRows && !transposed &&
+  return T <= kMaxGemvRows && !transposed &&
          (dt == DType::F32 || dt == DType::F16 || dt == DType::BF16);
 }
 
@@ -177,7 +177,7 @@ void dense_linear(const Tensor& w, bool transposed, const float* x, int64_t T, i
   const DType dt = w.dtype();
   if (dt == DType::F32) {
     const float* W = w.data<float>();
-    if (T <= kMaxGemvRows && !transposed) {
+    if (on_gemv(w, transposed, T)) {
       few_rows_gemv(dt, W, x, T, ldx, y, ldy, K, N);
       return;
     }
@@ -194,7 +194,7 @@ void dense_linear(const Tensor& w, bool transposed, const float* x, int64_t T, i
   MINFER_CHECK(dt == DType::F16 || dt == DType::BF16, "dense linear: unsupported dtype {}",
                dtype_name(dt));
   const uint16_t* W = w.data<uint16_t>();
-  if (!transposed && T <= kMaxGemvRows) {
+  if (on_gemv(w, transposed, T)) {
     few_rows_gemv(dt, W, x, T, ldx, y, ldy, K, N);
     return;
   }
@@ -243,6 +243,7 @@ void dense_linear(const Tensor& w, bool transposed, const float* x, int64_t T, i
 
 bool dense_linear_group(const DenseGroupItem* items, int n, const float* x, int64_t T, int64_t ldx,
                         int64_t K) {
+  if (T < 1) return false;
   int64_t rows = 0;
   for (int i = 0; i < n; ++i) {
     if (!on_gemv(*items[i].w, items[i].transposed, T) || items[i].w->dim(-1) != K) return false;
@@ -262,8 +263,8 @@ bool dense_linear_group(const DenseGroupItem* items, int n, const float* x, int6
 bool dense_linear_swiglu(const Tensor& gate, const Tensor& up, const float* x, int64_t T,
                          int64_t ldx, float* y, int64_t ldy, float* u, int64_t ldu, int64_t K,
                          int64_t N) {
-  if (!on_gemv(gate, false, T) || !on_gemv(up, false, T) || gate.dim(-1) != K || up.dim(-1) != K ||
-      gate.dim(0) != N || up.dim(0) != N)
+  if (T < 1 || !on_gemv(gate, false, T) || !on_gemv(up, false, T) || gate.dim(-1) != K ||
+      up.dim(-1) != K || gate.dim(0) != N || up.dim(0) != N)
     return false;
   parallel_for(N, 2 * K, int64_t(1) << 15, [&](int64_t n0, int64_t n1) {
     gemv_range(gate, x, T, ldx, y, ldy, K, n0, n1);
