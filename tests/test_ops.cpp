@@ -441,6 +441,43 @@ TEST_CASE(
   for (int i = 0; i < 16; ++i) CHECK(out.data<float>()[i] == 0.f);
 }
 
+TEST_CASE("ops: decode attention gives a query head the same bits alone and beside its GQA group") {
+  // attention_decode scores and sums the heads of a kv head together (up to 4 at a time, so 5 and
+  // 9 heads per kv head split into passes of 4 + 1 and 4 + 4 + 1); each head's bits must be those
+  // of the same head run alone (H = Hkv = 1) on its kv head's keys and values. D = 40 leaves a
+  // partial block of value columns for every group size, S = 77 a partial chunk and key block.
+  auto be = make_cpu_backend(2);
+  for (const int64_t G : {2, 3, 4, 5, 9}) {
+    CAPTURE(G);
+    const int64_t Hkv = 2, H = G * Hkv, D = 40, T = 2, S = 77;
+    const AttentionArgs a{H, Hkv, D, 1, S - T, true, nullptr, 0.f};
+    Tensor q = randn({T, H * D}, 41), k = randn({S, Hkv * D}, 42), v = randn({S, Hkv * D}, 43);
+    Tensor out = Tensor::empty(DType::F32, {T, H * D});
+    be->attention(out, q, k, v, a);
+    const AttentionArgs one{1, 1, D, 1, S - T, true, nullptr, 0.f};
+    for (int64_t h = 0; h < H; ++h) {
+      CAPTURE(h);
+      const int64_t kh = h / G;
+      Tensor qh = Tensor::empty(DType::F32, {T, D}), oh = Tensor::empty(DType::F32, {T, D});
+      Tensor kk = Tensor::empty(DType::F32, {S, D}), vk = Tensor::empty(DType::F32, {S, D});
+      for (int64_t t = 0; t < T; ++t)
+        std::memcpy(qh.data<float>() + t * D, q.data<float>() + t * H * D + h * D, size_t(D) * 4);
+      for (int64_t j = 0; j < S; ++j) {
+        std::memcpy(kk.data<float>() + j * D, k.data<float>() + j * Hkv * D + kh * D,
+                    size_t(D) * 4);
+        std::memcpy(vk.data<float>() + j * D, v.data<float>() + j * Hkv * D + kh * D,
+                    size_t(D) * 4);
+      }
+      be->attention(oh, qh, kk, vk, one);
+      bool same = true;
+      for (int64_t t = 0; t < T; ++t)
+        same = same && std::memcmp(oh.data<float>() + t * D, out.data<float>() + t * H * D + h * D,
+                                   size_t(D) * 4) == 0;
+      CHECK(same);
+    }
+  }
+}
+
 namespace {
 // An F16 copy of an F32 [rows, cols] tensor (rounded to nearest even) and the F32 tensor of
 // exactly those rounded values.

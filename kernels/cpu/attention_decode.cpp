@@ -1,6 +1,6 @@
-// Decode attention (attention_decode.h): split-K work items over the thread pool, 8-key score
-// blocks and register-resident value sums on AVX2 + FMA builds (AVX-512 machines take the same
-// 8-lane code), plain loops elsewhere.
+// Decode attention (attention_decode.h): split-K work items over the thread pool; the query heads
+// of a kv head scored and summed together, 4-key score blocks and register-resident value sums
+// on AVX2 + FMA builds (AVX-512 machines take the same 8-lane code), plain loops elsewhere.
 #include "kernels/cpu/attention_decode.h"
 
 #include <algorithm>
@@ -55,71 +55,155 @@ inline const float* row_f32(const uint16_t* p, int64_t n, std::vector<float>& bu
   return buf.data();
 }
 
-// s[j] = scale · (q · k_j) for the n key rows k_j = k + j ldk, D values each.
-template <typename E>
-void scores(const float* q, const E* k, int64_t ldk, int64_t n, int64_t D, float scale, float* s) {
+// NR query rows of one token that share a kv head (GQA), hence the same keys and values: each key
+// and value row is read (and an F16 one widened) once for all NR rows, not once per row (1.1-1.35x
+// on SmolLM2's 9:3 heads, docs/performance.md). Each row's sums are formed in the same order
+// whatever NR is, so a row's bits do not depend on how many rows share its pass.
+constexpr int kMaxGroupRows = 4;
+
+// s[r][j] = scale · (q[r] · k_j), r < NR, for the n key rows k_j = k + j ldk, D values each.
+template <int NR, typename E>
+void scores_rows(const float* const* q, const E* k, int64_t ldk, int64_t n, int64_t D, float scale,
+                 float* const* s) {
   int64_t j = 0;
 #if defined(MINFER_ATTN_AVX2)
   if (D % 8 == 0) {
-    const __m256 sv = _mm256_set1_ps(scale);
-    for (; j + 8 <= n; j += 8) {
+    // The keys of whole 8-key blocks, 4 at a time (NR x 4 sums in registers); the last n % 8 go to
+    // dot().
+    const __m128 sv = _mm_set1_ps(scale);
+    for (const int64_t n8 = n / 8 * 8; j < n8; j += 4) {
       const E* kj = k + j * ldk;
-      __m256 acc[8];
-      for (int u = 0; u < 8; ++u) acc[u] = _mm256_setzero_ps();
-      for (int64_t d = 0; d < D; d += 8) {
-        const __m256 qv = _mm256_loadu_ps(q + d);
-        for (int u = 0; u < 8; ++u) acc[u] = _mm256_fmadd_ps(qv, load8(kj + u * ldk + d), acc[u]);
+      __m256 acc[NR][4];
+      for (int r = 0; r < NR; ++r)
+        for (int u = 0; u < 4; ++u) acc[r][u] = _mm256_setzero_ps();
+      for (int64_t d = 0; d < D; d += 8)
+        for (int u = 0; u < 4; ++u) {
+          const __m256 kv = load8(kj + u * ldk + d);
+          for (int r = 0; r < NR; ++r)
+            acc[r][u] = _mm256_fmadd_ps(_mm256_loadu_ps(q[r] + d), kv, acc[r][u]);
+        }
+      // One reduction for 4 keys: lane u is ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)) of
+      // acc[r][u]'s lanes a0..a7.
+      for (int r = 0; r < NR; ++r) {
+        const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(acc[r][0], acc[r][1]),
+                                         _mm256_hadd_ps(acc[r][2], acc[r][3]));
+        const __m128 sum = _mm_add_ps(_mm256_castps256_ps128(u0), _mm256_extractf128_ps(u0, 1));
+        _mm_storeu_ps(s[r] + j, _mm_mul_ps(sum, sv));
       }
-      // One reduction for the 8 keys: lane u of r is Σ acc[u].
-      const __m256 t0 = _mm256_hadd_ps(acc[0], acc[1]), t1 = _mm256_hadd_ps(acc[2], acc[3]);
-      const __m256 t2 = _mm256_hadd_ps(acc[4], acc[5]), t3 = _mm256_hadd_ps(acc[6], acc[7]);
-      const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
-      const __m256 r =
-          _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
-      _mm256_storeu_ps(s + j, _mm256_mul_ps(r, sv));
     }
   }
 #endif
   thread_local std::vector<float> buf;
-  for (; j < n; ++j) s[j] = scale * dot(q, row_f32(k + j * ldk, D, buf), D);
+  for (; j < n; ++j) {
+    const float* kj = row_f32(k + j * ldk, D, buf);
+    for (int r = 0; r < NR; ++r) s[r][j] = scale * dot(q[r], kj, D);
+  }
 }
 
 #if defined(MINFER_ATTN_AVX2)
-// o[0 .. 8 ND) = Σ_j p[j] v_j[0 .. 8 ND), the sums in registers.
-template <int ND, typename E>
-void pv_block(const float* p, const E* v, int64_t ldv, int64_t n, float* o) {
-  __m256 acc[ND];
-  for (int u = 0; u < ND; ++u) acc[u] = _mm256_setzero_ps();
+// o[r][0 .. 8 ND) = Σ_j p[r][j] v_j[0 .. 8 ND), r < NR, the NR x ND sums in registers.
+template <int NR, int ND, typename E>
+void pv_rows_block(const float* const* p, const E* v, int64_t ldv, int64_t n, float* const* o,
+                   int64_t d0) {
+  __m256 acc[NR][ND];
+  for (int r = 0; r < NR; ++r)
+    for (int u = 0; u < ND; ++u) acc[r][u] = _mm256_setzero_ps();
   for (int64_t j = 0; j < n; ++j) {
-    const __m256 pj = _mm256_set1_ps(p[j]);
-    const E* vj = v + j * ldv;
-    for (int u = 0; u < ND; ++u) acc[u] = _mm256_fmadd_ps(pj, load8(vj + 8 * u), acc[u]);
+    const E* vj = v + j * ldv + d0;
+    __m256 pj[NR];
+    for (int r = 0; r < NR; ++r) pj[r] = _mm256_broadcast_ss(p[r] + j);
+    for (int u = 0; u < ND; ++u) {
+      const __m256 vv = load8(vj + 8 * u);
+      for (int r = 0; r < NR; ++r) acc[r][u] = _mm256_fmadd_ps(pj[r], vv, acc[r][u]);
+    }
   }
-  for (int u = 0; u < ND; ++u) _mm256_storeu_ps(o + 8 * u, acc[u]);
+  for (int r = 0; r < NR; ++r)
+    for (int u = 0; u < ND; ++u) _mm256_storeu_ps(o[r] + d0 + 8 * u, acc[r][u]);
 }
 #endif
 
-// o[d] = Σ_j p[j] v_j[d] for d < D over the n value rows v_j = v + j ldv.
-template <typename E>
-void pv(const float* p, const E* v, int64_t ldv, int64_t n, int64_t D, float* o) {
+// o[r][d] = Σ_j p[r][j] v_j[d], r < NR, d < D, over the n value rows v_j = v + j ldv.
+template <int NR, typename E>
+void pv_rows(const float* const* p, const E* v, int64_t ldv, int64_t n, int64_t D,
+             float* const* o) {
   int64_t d0 = 0;
 #if defined(MINFER_ATTN_AVX2)
-  for (; d0 + 64 <= D; d0 += 64) pv_block<8, E>(p, v + d0, ldv, n, o + d0);
-  using Block = void (*)(const float*, const E*, int64_t, int64_t, float*);
-  static constexpr Block kBlocks[8] = {nullptr,        pv_block<1, E>, pv_block<2, E>,
-                                       pv_block<3, E>, pv_block<4, E>, pv_block<5, E>,
-                                       pv_block<6, E>, pv_block<7, E>};
-  if (const int64_t nb = (D - d0) / 8; nb > 0) kBlocks[nb](p, v + d0, ldv, n, o + d0);
+  // Column blocks of ND x 8 with NR x ND <= 12 accumulators (8 blocks for one row).
+  constexpr int ND = NR == 1 ? 8 : 12 / NR;
+  for (; d0 + 8 * ND <= D; d0 += 8 * ND) pv_rows_block<NR, ND, E>(p, v, ldv, n, o, d0);
+  using Block = void (*)(const float* const*, const E*, int64_t, int64_t, float* const*, int64_t);
+  static constexpr Block kBlocks[8] = {
+      nullptr,
+      pv_rows_block<NR, 1, E>,
+      pv_rows_block<NR, 2, E>,
+      pv_rows_block<NR, 3, E>,
+      pv_rows_block<NR, 4, E>,
+      pv_rows_block<NR, 5, E>,
+      pv_rows_block<NR, 6, E>,
+      pv_rows_block<NR, 7, E>,
+  };  // (D - d0) / 8 < ND here: the blocks past ND - 1 are never called
+  if (const int64_t nb = (D - d0) / 8; nb > 0) kBlocks[nb](p, v, ldv, n, o, d0);
   d0 += (D - d0) / 8 * 8;
 #endif
-  std::fill(o + d0, o + D, 0.f);
+  for (int r = 0; r < NR; ++r) std::fill(o[r] + d0, o[r] + D, 0.f);
   if (d0 == D) return;
   thread_local std::vector<float> buf;
   for (int64_t j = 0; j < n; ++j) {
-    const float pj = p[j];
     const float* vj = row_f32(v + j * ldv + d0, D - d0, buf);  // columns d0..D
-    for (int64_t d = d0; d < D; ++d) o[d] += pj * vj[d - d0];
+    for (int r = 0; r < NR; ++r)
+      for (int64_t d = d0; d < D; ++d) o[r][d] += p[r][j] * vj[d - d0];
   }
+}
+
+// One group of NR query rows (heads g0 .. g0 + NR - 1 of a kv head, one token) against n keys:
+// their scores, soft-capping and key mask, the chunk's maximum m and Σ e^(s - m) per row, and
+// Σ e^(s - m) v. Row i's query is q + i D, its output o + i ldo, its m and l at m[i ld], l[i ld].
+template <typename E>
+struct GroupArgs {
+  const float* q;
+  const E* k;
+  int64_t ldk;
+  const E* v;
+  int64_t ldv;
+  int64_t n, D;
+  float scale, softcap;
+  const int32_t* key_mask;  // n flags (0: masked), or null
+  float* sc;                // kMaxGroupRows rows of scores, sc_ld apart
+  int64_t sc_ld;
+  float* o;
+  int64_t ldo;
+  float *m, *l;
+  int64_t ld;  // between rows' m and l
+};
+
+template <int NR, typename E>
+void group_rows(const GroupArgs<E>& g) {
+  const float* qs[NR];
+  float* ss[NR];
+  float* os[NR];
+  for (int r = 0; r < NR; ++r) {
+    qs[r] = g.q + r * g.D;
+    ss[r] = g.sc + r * g.sc_ld;
+    os[r] = g.o + r * g.ldo;
+  }
+  const int64_t n = g.n;
+  scores_rows<NR>(qs, g.k, g.ldk, n, g.D, g.scale, ss);
+  for (int r = 0; r < NR; ++r) {
+    float* row = ss[r];
+    if (g.softcap > 0) cap_attention_scores(row, n, g.softcap);
+    if (g.key_mask)
+      for (int64_t j = 0; j < n; ++j)
+        if (g.key_mask[j] == 0) row[j] = -INFINITY;
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j]);
+    if (mx == -INFINITY) {  // every key of the chunk masked: m stays -inf, o is not read
+      std::fill(row, row + n, 0.f);
+      continue;
+    }
+    g.m[r * g.ld] = mx;
+    g.l[r * g.ld] = exp_shift_sum(row, row, n, mx);
+  }
+  pv_rows<NR>(ss, g.v, g.ldv, n, g.D, os);
 }
 
 template <typename E>
@@ -134,35 +218,45 @@ void decode(float* out, int64_t ldo, const float* q, int64_t ldq, const E* k, in
   float* part = scratch.data();
   parallel_for(items, 2 * R * std::min(S, cl) * D, int64_t(1) << 15, [&](int64_t i0, int64_t i1) {
     thread_local std::vector<float> sc;
-    sc.resize(size_t(cl));
+    sc.resize(size_t(kMaxGroupRows * cl));
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / (Hkv * nc), kh = i / nc % Hkv, c = i % nc;
       const int64_t j0 = c * cl, j1 = std::min(S, j0 + cl);
       float* ob = part + i * per_item;
       float* mb = ob + R * D;
       float* lb = mb + R;
-      for (int64_t r = 0; r < R; ++r) {
-        const int64_t t = r % T, h = kh * G + r / T;
+      // A chunk that leaves a row no key keeps m = -inf: the merge skips it (o unread).
+      std::fill(mb, mb + R, -INFINITY);
+      std::fill(lb, lb + R, 0.f);
+      for (int64_t t = 0; t < T; ++t) {
         const int64_t limit = a.causal ? std::min(S, a.pos0 + t + 1) : S;
         const int64_t lo = std::max(j0, attention_window_first(a, t)), hi = std::min(j1, limit);
-        // A chunk that leaves the row no key keeps m = -inf: the merge skips it (o unread).
-        mb[r] = -INFINITY;
-        lb[r] = 0.f;
         if (lo >= hi) continue;
-        const int64_t n = hi - lo;
-        float* row = sc.data();
-        scores(q + (b * T + t) * ldq + h * D, k + (b * S + lo) * ldk + kh * hsk, ldk, n, D, scale,
-               row);
-        if (a.softcap > 0) cap_attention_scores(row, n, a.softcap);
-        if (a.key_mask)
-          for (int64_t j = 0; j < n; ++j)
-            if (a.key_mask[b * S + lo + j] == 0) row[j] = -INFINITY;
-        float mx = -INFINITY;
-        for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j]);
-        if (mx == -INFINITY) continue;  // every key of the chunk masked
-        mb[r] = mx;
-        lb[r] = exp_shift_sum(row, row, n, mx);
-        pv(row, v + (b * S + lo) * ldv + kh * hsv, ldv, n, D, ob + r * D);
+        // The G heads of kv head kh see the same keys at token t: rows r = g T + t, up to
+        // kMaxGroupRows at a time.
+        for (int64_t g0 = 0; g0 < G; g0 += kMaxGroupRows) {
+          const int nr = int(std::min<int64_t>(kMaxGroupRows, G - g0));
+          const GroupArgs<E> ga{q + (b * T + t) * ldq + (kh * G + g0) * D,
+                                k + (b * S + lo) * ldk + kh * hsk,
+                                ldk,
+                                v + (b * S + lo) * ldv + kh * hsv,
+                                ldv,
+                                hi - lo,
+                                D,
+                                scale,
+                                a.softcap,
+                                a.key_mask ? a.key_mask + b * S + lo : nullptr,
+                                sc.data(),
+                                cl,
+                                ob + (g0 * T + t) * D,
+                                T * D,
+                                mb + g0 * T + t,
+                                lb + g0 * T + t,
+                                T};
+          static constexpr void (*kGroups[kMaxGroupRows])(const GroupArgs<E>&) = {
+              group_rows<1, E>, group_rows<2, E>, group_rows<3, E>, group_rows<4, E>};
+          kGroups[nr - 1](ga);
+        }
       }
     }
   });

@@ -34,10 +34,12 @@ constexpr int64_t kDecodeKeyChunk = 32;
 // one (B = 1; key j of head kh at k + j ldk + kh hsk, ldk = D when contiguous).
 //
 // Split-K ("flash-decoding", Dao et al. 2023): the work items are (sequence, kv head, chunk of
-// kDecodeKeyChunk keys); an item reads its keys and values once for all G·T query rows of its
-// kv head (GQA heads share the pass) and leaves, per row, the chunk's score maximum m, Σ e^(s - m)
-// and Σ e^(s - m) v; the chunks of a row are then merged with weights e^(m_c - max m). Scores of 8
-// keys at a time share one horizontal reduction; the values' pass keeps its D sums in registers.
+// kDecodeKeyChunk keys); per token, an item scores and sums the G query heads of its kv head
+// together (up to 4 at a time: each key and value row is read, an F16 one widened, once for all
+// of them) and leaves, per row, the chunk's score maximum m, Σ e^(s - m) and Σ e^(s - m) v; the
+// chunks of a row are then merged with weights e^(m_c - max m). Scores of 4 keys share one
+// horizontal reduction; the values' pass keeps its sums in registers. A row's bits do not depend
+// on how many heads share its pass, on the cache layout, or on the thread count.
 // scratch: reused between calls (resized here).
 void attention_decode(float* out, int64_t ldo, const float* q, int64_t ldq, const float* k,
                       int64_t ldk, int64_t hsk, const float* v, int64_t ldv, int64_t hsv, int64_t T,
