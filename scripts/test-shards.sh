@@ -20,8 +20,8 @@ set -euo pipefail
 # large share of the suite natively, under qemu or under ASan (docs/ci.md).
 TEST_HEAVY=${TEST_HEAVY:-"test_real_models test_formats test_quant test_gptq test_dataaware"}
 # Started first, in this order (the longest, docs/ci.md); the other files follow in file order.
-TEST_SLOW=${TEST_SLOW:-"test_real_models test_formats test_quant test_gptq test_dataaware
-  test_cuda_emu test_ggml_blocks test_cuda_emu_train test_lowrank test_gguf test_tokenizer"}
+TEST_SLOW=${TEST_SLOW:-"test_real_models test_formats test_tokenizer test_quant test_gptq
+  test_dataaware test_cuda_emu test_ggml_blocks test_cuda_emu_train test_lowrank test_gguf"}
 # Within a TEST_HEAVY file, the cases matching these patterns ('|'-separated globs) start before
 # the file's other cases (which follow in file order): the longest under qemu and ASan.
 TEST_SLOW_CASES=${TEST_SLOW_CASES:-"quant: the repacked layout ?rows*|quant: op groups*"}

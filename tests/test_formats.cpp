@@ -297,11 +297,11 @@ std::vector<float> run(Backend& be, const Linear& l, const std::vector<float>& x
 // Each row of `table`: make the format from random and adversarial matrices, check it, save and
 // load it, run the CPU and the emulated CUDA kernel against the reference.
 void round_trip_and_run(const std::vector<Row>& table) {
-  // MINFER_TEST_QUICK=1 (the aarch64 suite under qemu, scripts/ci-arm.sh): the emulated CUDA
-  // backend, portable C++ that runs the same on every architecture, checks each format on its
-  // first shape only (emulating CUDA under qemu is most of this case's time); the CPU backend,
-  // whose scalar paths are what aarch64 runs, checks every shape. The native and sanitizer runs
-  // check both everywhere.
+  // MINFER_TEST_QUICK=1 (the aarch64 suite under qemu, scripts/ci-arm.sh, and the sanitizer
+  // runs, Makefile TEST_QUICK): the emulated CUDA backend, portable C++ that runs the same on
+  // every architecture, checks each format on its first shape only (emulating CUDA under qemu or
+  // ASan is most of this case's time); the CPU backend checks every shape. The native run checks
+  // both everywhere.
   const char* quick_env = std::getenv("MINFER_TEST_QUICK");
   const bool quick = quick_env && std::string(quick_env) == "1";
   auto cpu = make_cpu_backend(2);

@@ -155,7 +155,7 @@ double f32_bound(int64_t K, double mag) {
   return double(K + 16) * std::ldexp(1.0, -24) * mag + double(K) * std::ldexp(1.0, -148) + 1e-40;
 }
 
-// MINFER_TEST_QUICK=1 (scripts/ci-arm.sh: the aarch64 suite under qemu): the long sweeps below
+// MINFER_TEST_QUICK=1 (the aarch64 suite under qemu, the sanitizer runs): the long sweeps below
 // take fewer token counts and thread counts, never fewer formats or shapes (docs/ci.md).
 bool quick_run() {
   static const bool q = [] {
@@ -616,7 +616,7 @@ TEST_CASE("quant: SIMD path agrees with the scalar path and with sgemm on dequan
   const std::string isa = quantized_linear_isa();
   MESSAGE("quantized_linear path in this build: ", isa);
   const int64_t K = 1536, N = 70;
-  // Quick runs (MINFER_TEST_QUICK=1, the aarch64 suite under qemu): T 1, 3 and 16 (one token, a
+  // Quick runs (MINFER_TEST_QUICK=1: qemu, sanitizers): T 1, 3 and 16 (one token, a
   // few, and the 16-row threshold: on aarch64 T < 16 is one portable path, T >= 16 the tiles +
   // sgemm, where T is only sgemm's row count); every format and both data sets stay.
   const std::vector<int64_t> Ts =
@@ -766,7 +766,7 @@ TEST_CASE("quant: op groups and the fused gate·up + SiLU·mul equal the separat
   // every row comes from the same kernel as a single linear(), so the results are identical for
   // every format, T and thread count. Groups it cannot fuse (a dense member, T above the decode
   // range) and a biased gate fall back to the separate ops.
-  // Quick runs (MINFER_TEST_QUICK=1, the aarch64 suite under qemu): 3 threads and T 1, 2, 5, 17
+  // Quick runs (MINFER_TEST_QUICK=1: qemu, sanitizers): 3 threads and T 1, 2, 5, 17
   // only (on aarch64 T <= 15 is the group path, 17 the separate ops); every format stays.
   const int64_t K = 576;
   const std::vector<Fmt> fmts = all_formats();
@@ -864,7 +864,7 @@ namespace {
 // one-token kernel of 4 interleaved rows included) and the scalar path gathers rows, so both are
 // bit-identical to the row layout; the AVX2 kernels do not read the layout and run the
 // layout-aware reference instead (equal to the SIMD path within f32 rounding).
-// Quick runs (MINFER_TEST_QUICK=1, the aarch64 suite under qemu) take T 1, 2, 5 and 17 (one
+// Quick runs (MINFER_TEST_QUICK=1: qemu, sanitizers) take T 1, 2, 5 and 17 (one
 // token, a few, above x86's 4-token decode range and above the 16-row tile threshold: on aarch64
 // T < 16 is one portable path, 17 the tiles) on 3 threads only (chunks that split row groups,
 // and one chunk for the whole of a small N); every format, K and N stays. ASan builds take every

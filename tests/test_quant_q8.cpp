@@ -91,7 +91,7 @@ double nf4_level_delta() {
   return m;
 }
 
-// MINFER_TEST_QUICK=1 (scripts/ci-arm.sh: the aarch64 suite under qemu): fewer token and thread
+// MINFER_TEST_QUICK=1 (the aarch64 suite under qemu, the sanitizer runs): fewer token and thread
 // counts, every format and shape (docs/ci.md). aarch64 has no SIMD q8 kernel: its q8 path is the
 // reference, T <= 4 in one pass over W, larger T in tiles of 16 rows with tokens in groups of 4.
 bool quick_run() {
