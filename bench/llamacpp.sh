@@ -25,7 +25,7 @@
 # Usage: bench/llamacpp.sh [build|run|load|all]   (make bench-llamacpp runs `all`)
 # Environment: THREADS (2), PREFILL (512), DECODE (128), LLAMA_REPS (llama-bench -r, 5), ROUNDS (1),
 #              KV_CACHE (minfer's KV cache: f16, the default, or f32),
-#              MODEL (the .gguf), OUT (a results folder,
+#              MODEL (the .gguf), OUT (a new results folder; one that holds a run is refused,
 #              default $LLAMACPP_CACHE/results-<UTC time>), JOBS (build jobs, 2), TEST_TEXT (bench
 #              --test-text, when WikiText-2 is not at bench's default path).
 set -euo pipefail
@@ -92,8 +92,16 @@ busy_cores() {
 run_all() {
   [ -x "$ROOT/build/bin/bench" ] && [ -x "$ROOT/build/bin/bench_membw" ] ||
     { echo "llamacpp: build minfer first (make)" >&2; exit 1; }
-  make_ggufs
   OUT=${OUT:-$CACHE/results-$(date -u +%Y%m%dT%H%M%SZ)}
+  # A run never writes over earlier results: an OUT holding a run (info.txt) or round folders
+  # (r1, r2, ...: also the symlinks of a folder made to combine runs with llamacpp_table.py, which
+  # a run would write through) is refused before anything starts.
+  if [ -e "$OUT/info.txt" ] || compgen -G "$OUT/r[0-9]*" >/dev/null; then
+    echo "llamacpp: OUT=$OUT already holds results (info.txt or round folders r1, r2, ...);" \
+      "give OUT a new folder" >&2
+    exit 2
+  fi
+  make_ggufs
   mkdir -p "$OUT"
   echo "llamacpp: results in $OUT" >&2
   {
