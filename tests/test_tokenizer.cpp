@@ -36,7 +36,8 @@ const std::string kWiki = [] {
 #endif
 #endif
 // Sanitizer builds, and runs with MINFER_TEST_QUICK=1 (scripts/ci-arm.sh: the aarch64 suite
-// under qemu), check the first 500 WikiText lines and skip the whole-file encode: the hard set and
+// under qemu), check the first 500 WikiText lines and skip the whole-file encode (and time the
+// matchers' linear work on shorter runs, below): the hard set and
 // those lines run the same code; the whole sweep is the native release run's (~1 s per tokenizer
 // there, minutes under ASan or emulation).
 #if defined(MINFER_TEST_ASAN) || defined(MINFER_SANITIZE)
@@ -44,7 +45,7 @@ constexpr bool kSanitized = true;
 #else
 constexpr bool kSanitized = false;
 #endif
-bool quick_wiki() {
+bool quick_run() {
   static const bool q = kSanitized || [] {
     const char* e = std::getenv("MINFER_TEST_QUICK");
     return e && std::string(e) == "1";
@@ -190,7 +191,7 @@ void check_expected(const Tokenizer& tok, const std::string& name, bool lossless
   const auto& hashes = w["fnv"];
   const auto& full = w["full"];
   int bad = 0, roundtrip_bad = 0;
-  const size_t n = quick_wiki() ? std::min<size_t>(lines.size(), 500) : lines.size();
+  const size_t n = quick_run() ? std::min<size_t>(lines.size(), 500) : lines.size();
   for (size_t i = 0; i < n; ++i) {
     auto ids = tok.encode(lines[i]);
     bool ok = ids.size() == counts[i].get<size_t>() && fnv1a64(ids) == hashes[i].get<std::string>();
@@ -209,7 +210,7 @@ void check_expected(const Tokenizer& tok, const std::string& name, bool lossless
   CHECK(roundtrip_bad == 0);
 
   // The whole file as one text (what perplexity encodes).
-  if (quick_wiki()) return;
+  if (quick_run()) return;
   auto ids = tok.encode(text);
   CHECK(ids.size() == exp["whole"]["count"].get<size_t>());
   CHECK(fnv1a64(ids) == exp["whole"]["fnv"].get<std::string>());
@@ -385,7 +386,7 @@ TEST_CASE("tokenizer: pre-tokenizers match HF pre_tokenize_str") {
   for (const char* file : {"pretokenizers.expected.json", "pretokenizers-gguf.expected.json"}) {
     INFO("fixture ", file);
     json exp = json::parse(read_file(std::string(kFixtures) + file));
-    const bool have_wiki = std::filesystem::exists(kWiki) && !quick_wiki();
+    const bool have_wiki = std::filesystem::exists(kWiki) && !quick_run();
     const std::string wiki = have_wiki ? read_file(kWiki) : std::string();
     for (auto it = exp.begin(); it != exp.end(); ++it) {
       INFO("pre-tokenizer ", it.key(), " ", it.value()["json"].dump());
@@ -583,7 +584,7 @@ TEST_CASE("tokenizer: every GGUF pre-tokenizer splits long runs of one class in 
   // Runs of 10000 and 20000 bytes; 2500 and 5000 under the sanitizers and MINFER_TEST_QUICK (25 s
   // of the ASan suite otherwise), where a quadratic matcher (~n^2 / 2 steps) still fails both
   // bounds by far.
-  const size_t n1 = quick_wiki() ? 2500 : 10000, n2 = 2 * n1;
+  const size_t n1 = quick_run() ? 2500 : 10000, n2 = 2 * n1;
   for (const char* name : {"bpe-gpt-2",
                            "bpe-mpt",
                            "bpe-starcoder",

@@ -122,27 +122,29 @@ void pv_rows_block(const float* const* p, const E* v, int64_t ldv, int64_t n, fl
 }
 #endif
 
+#if defined(MINFER_ATTN_AVX2)
+// pv_rows_block<NR, nb> for a run-time nb in [0, NB] (0: nothing), instantiating only those.
+template <int NR, int NB, typename E>
+void pv_rows_tail(int nb, const float* const* p, const E* v, int64_t ldv, int64_t n,
+                  float* const* o, int64_t d0) {
+  if constexpr (NB > 0) {
+    if (nb == NB) return pv_rows_block<NR, NB, E>(p, v, ldv, n, o, d0);
+    pv_rows_tail<NR, NB - 1, E>(nb, p, v, ldv, n, o, d0);
+  }
+}
+#endif
+
 // o[r][d] = Σ_j p[r][j] v_j[d], r < NR, d < D, over the n value rows v_j = v + j ldv.
 template <int NR, typename E>
 void pv_rows(const float* const* p, const E* v, int64_t ldv, int64_t n, int64_t D,
              float* const* o) {
   int64_t d0 = 0;
 #if defined(MINFER_ATTN_AVX2)
-  // Column blocks of ND x 8 with NR x ND <= 12 accumulators (8 blocks for one row).
+  // Column blocks of ND x 8 with NR x ND <= 12 accumulators (8 blocks for one row), then one
+  // block of the nb < ND that are left.
   constexpr int ND = NR == 1 ? 8 : 12 / NR;
   for (; d0 + 8 * ND <= D; d0 += 8 * ND) pv_rows_block<NR, ND, E>(p, v, ldv, n, o, d0);
-  using Block = void (*)(const float* const*, const E*, int64_t, int64_t, float* const*, int64_t);
-  static constexpr Block kBlocks[8] = {
-      nullptr,
-      pv_rows_block<NR, 1, E>,
-      pv_rows_block<NR, 2, E>,
-      pv_rows_block<NR, 3, E>,
-      pv_rows_block<NR, 4, E>,
-      pv_rows_block<NR, 5, E>,
-      pv_rows_block<NR, 6, E>,
-      pv_rows_block<NR, 7, E>,
-  };  // (D - d0) / 8 < ND here: the blocks past ND - 1 are never called
-  if (const int64_t nb = (D - d0) / 8; nb > 0) kBlocks[nb](p, v, ldv, n, o, d0);
+  pv_rows_tail<NR, ND - 1, E>(int((D - d0) / 8), p, v, ldv, n, o, d0);
   d0 += (D - d0) / 8 * 8;
 #endif
   for (int r = 0; r < NR; ++r) std::fill(o[r] + d0, o[r] + D, 0.f);
