@@ -114,15 +114,12 @@ void dequant_row_ref(const QArgs& a, int64_t n, float* dst) {
   }
 }
 
-// Whether this build's SIMD kernels read a's code layout: the AVX-512 ones read the row and the
-// interleaved layouts, the AVX2 ones the row layout only (an interleaved weight there, which the
-// CPU backend never makes, runs the layout-aware reference).
+// Whether this build's SIMD kernels read a's code layout: the AVX-512 and AVX2 ones read the row
+// and the interleaved layouts (through QArgs::row_base / chunk_stride).
 [[maybe_unused]] bool simd_reads(const QArgs& a) {
-#if defined(MINFER_Q_AVX512)
+#if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
   (void)a;
   return true;
-#elif defined(MINFER_Q_AVX2)
-  return a.il == 1;
 #else
   (void)a;
   return false;
@@ -453,7 +450,7 @@ void quantized_linear_q8(const Quantized& w, const float* x, int64_t T, int64_t 
     q8_rows(b, std::min<int64_t>(4, T - t0), n0, n1, y + t0 * ldy, ldy);
   };
   if (T <= 4) {  // decode: one pass over W
-    parallel_for(N, T * a.Kp, kDecodeChunk, [&](int64_t n0, int64_t n1) { rows(0, n0, n1); });
+    parallel_rows(N, T * a.Kp, [&](int64_t n0, int64_t n1) { rows(0, n0, n1); });
     return;
   }
   // More tokens: W in tiles of 16 rows, each read from memory once and kept in cache while every
@@ -545,10 +542,31 @@ void quantized_linear(const Quantized& w, const float* x, int64_t T, int64_t ldx
   linear_tiles_sgemm(a, x, T, ldx, y, ldy, N);
 }
 
+namespace {
+
+// AVX2: whether w's decode kernel streams the interleaved layout 4 rows at a time: int8, int4 and
+// NF4 whose groups are whole 64-weight chunks (one per row or tensor, g64, g128, ...). The others
+// would read it a row at a time, measured slower than their row layout: int4 g32 (SmolLM2
+// int4-g32-asym decode 0.87x, docs/performance.md), odd multiples of 32, and the f32-path formats
+// (int3, binary, ternary).
+[[maybe_unused]] bool avx2_streams_groups(const Quantized& w) {
+  if (w.scheme != QScheme::Int8 && w.scheme != QScheme::Int4 && w.scheme != QScheme::NF4)
+    return false;
+  if (w.per_tensor || w.group % 64 == 0) return true;
+  const int64_t out = w.codes.dim(0);
+  const int64_t groups = w.scales.defined() ? w.scales.dim(1) : w.scale_codes.numel() / out;
+  return groups == 1;
+}
+
+}  // namespace
+
 bool quantized_repack_for_cpu(Quantized& w) {
-#if defined(MINFER_Q_AVX512)
+#if defined(MINFER_Q_AVX512) || defined(MINFER_Q_AVX2)
   static const bool enabled = env_switch("MINFER_QUANT_REPACK", "1", {"0", "1"}) == "1";
   if (!enabled || w.interleave != 1 || w.codes.dim(0) % 4 != 0) return false;
+#if !defined(MINFER_Q_AVX512)
+  if (!avx2_streams_groups(w)) return false;
+#endif
   Quantized r = quantized_interleave(w, 4);
   release_mapped_pages(w.codes);
   w = std::move(r);
@@ -605,7 +623,7 @@ void quantized_linear_group(const QuantGroupItem* items, int n, const float* x, 
   // lambda would be the worker's own, empty, instance).
   const QArgs* const A = args.data();
   const int64_t* const first_row = first.data();
-  parallel_for(first_row[n], qm::padded_k(K), kDecodeChunk, [&](int64_t r0, int64_t r1) {
+  parallel_rows(first_row[n], qm::padded_k(K), [&](int64_t r0, int64_t r1) {
     int m = 0;
     while (first_row[m + 1] <= r0) ++m;
     for (int64_t r = r0; r < r1; ++m) {
@@ -640,7 +658,7 @@ void quantized_linear_swiglu(const Quantized& gate, const Quantized& up, const f
   if (qg || qu) quantize_q8_act(x, T, ldx, K, act);
   if (qg) set_q8(ag, act);
   if (qu) set_q8(au, act);
-  parallel_for(F, 2 * ag.Kp, kDecodeChunk, [&](int64_t n0, int64_t n1) {
+  parallel_rows(F, 2 * ag.Kp, [&](int64_t n0, int64_t n1) {
     decode_rows(ag, x, T, ldx, n0, n1, y, ldy);
     decode_rows(au, x, T, ldx, n0, n1, u, ldu);
     silu_mul_cols(y, ldy, u, ldu, T, n0, n1);

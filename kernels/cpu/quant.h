@@ -118,16 +118,17 @@ void quantized_linear_swiglu(const Quantized& gate, const Quantized& up, const f
                              int64_t ldx, float* y, int64_t ldy, float* u, int64_t ldu, int64_t K,
                              int64_t F);
 
-// Repack at load (the CPU backend's upload of a Linear): where this build's kernels read the
-// interleaved layout (AVX-512), w becomes a host copy with its rows interleaved by 4
-// (Quantized::interleave, engine/formats/quantized.h; int8 codes stored as u - 128) and the
-// resident pages of a file-mapped original are released (release_mapped_pages), so the copy
-// replaces the mmap'd view in memory. Decode then streams one contiguous run per 4 rows and loads
-// each activation vector once for those 4 rows, with per-row arithmetic identical to the row
-// kernel (bit-identical results); prefill tiles and every other reader take the same bytes through
-// the layout-aware paths. Returns whether it repacked; anything else (AVX2, scalar builds,
-// aarch64, already interleaved, out % 4 != 0, or MINFER_QUANT_REPACK=0 in the environment) is left
-// as it is.
+// Repack at load (the CPU backend's upload of a Linear): where this build's kernels stream the
+// interleaved layout (AVX-512: every scheme; AVX2: int8, int4 and NF4 with groups of whole
+// 64-weight chunks or one scale per row or tensor), w becomes a host copy with its rows
+// interleaved by 4 (Quantized::interleave, engine/formats/quantized.h; int8 codes stored as
+// u - 128) and the resident pages of a file-mapped original are released (release_mapped_pages),
+// so the copy replaces the mmap'd view in memory. Decode then streams one contiguous run per 4 rows
+// and loads each activation vector once for those 4 rows, with per-row arithmetic identical to the
+// row kernel (bit-identical results); prefill tiles and every other reader take the same bytes
+// through the layout-aware paths. Returns whether it repacked; anything else (other schemes or
+// groups on AVX2, scalar builds, aarch64, already interleaved, out % 4 != 0, or
+// MINFER_QUANT_REPACK=0 in the environment) is left as it is.
 bool quantized_repack_for_cpu(Quantized& w);
 
 // Which path quantized_linear takes in this build: "avx512", "avx2" or "scalar".

@@ -74,21 +74,26 @@ struct RowDq {
   }
 };
 
-// 8 dequantized weights (unscaled q = u - 128 for int8) of code row c at weight k (k % 8 == 0).
-template <QScheme S>
-inline __m256 weights8(const uint8_t* c, int64_t k, const RowDq<S>& d) {
+// 8 dequantized weights (unscaled q = u - 128 for int8) at weight k (k % 8 == 0) of the row whose
+// first 64-weight chunk is at r, its chunks cs bytes apart (QArgs::row_base / chunk_stride: the row
+// layout or rows interleaved by 4; SGN: int8 codes stored as u - 128, the interleaved layout).
+template <QScheme S, bool SGN>
+inline __m256 weights8(const uint8_t* r, int64_t cs, int64_t k, const RowDq<S>& d) {
+  const uint8_t* c = r + (k >> 6) * cs;  // weight k's chunk
+  const int64_t j = k & 63;              // its place there
   if constexpr (S == QScheme::Int8) {
-    return _mm256_cvtepi32_ps(_mm256_sub_epi32(zext8(c + k), _mm256_set1_epi32(128)));
+    if constexpr (SGN)
+      return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(c + j))));
+    return _mm256_cvtepi32_ps(_mm256_sub_epi32(zext8(c + j), _mm256_set1_epi32(128)));
   } else if constexpr (S == QScheme::Int4 || S == QScheme::NF4) {
-    const int64_t base = k & ~int64_t(63), j = k & 63;
-    const __m256i b = zext8(c + base / 2 + (j & 31));
+    const __m256i b = zext8(c + (j & 31));
     return d.t.look(j & 32 ? _mm256_srli_epi32(b, 4) : b);
   } else if constexpr (S == QScheme::Int3) {
-    // Codes k..k+7 are the 24 bits at byte 3k/8 (quant_math.h ChunkQ3); a 4-byte read stays
-    // inside the 24-byte chunk except for its last 8 codes, read from one byte earlier.
-    const uint8_t* p = c + k / 64 * 24 + (k & 63) / 8 * 3;
+    // Codes j..j+7 are the 24 bits at byte 3j/8 of the chunk (quant_math.h ChunkQ3); a 4-byte
+    // read stays inside the 24-byte chunk except for its last 8 codes, read from one byte earlier.
+    const uint8_t* p = c + j / 8 * 3;
     uint32_t v;
-    if ((k & 63) != 56) {
+    if (j != 56) {
       std::memcpy(&v, p, 4);
     } else {
       std::memcpy(&v, p - 1, 4);
@@ -97,24 +102,25 @@ inline __m256 weights8(const uint8_t* c, int64_t k, const RowDq<S>& d) {
     const __m256i sh = _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21);
     return _mm256_permutevar8x32_ps(d.t.lo, _mm256_srlv_epi32(_mm256_set1_epi32(int(v)), sh));
   } else if constexpr (S == QScheme::Ternary) {
-    const int64_t base = k & ~int64_t(63), i = (k & 63) >> 4;
-    const __m256i b = zext8(c + base / 4 + (k & 15));
-    return _mm256_permutevar8x32_ps(d.t.lo, _mm256_srlv_epi32(b, _mm256_set1_epi32(int(2 * i))));
+    const __m256i b = zext8(c + (j & 15));
+    return _mm256_permutevar8x32_ps(d.t.lo,
+                                    _mm256_srlv_epi32(b, _mm256_set1_epi32(int(2 * (j >> 4)))));
   } else {
     const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    const __m256i m = _mm256_and_si256(_mm256_set1_epi32(c[k / 8]), bit);
+    const __m256i m = _mm256_and_si256(_mm256_set1_epi32(c[j / 8]), bit);
     return _mm256_blendv_ps(d.neg, d.pos, _mm256_castsi256_ps(_mm256_cmpeq_epi32(m, bit)));
   }
 }
 
-template <QScheme S>
+template <QScheme S, bool SGN>
 struct Fused {
   template <int RW, int R>
   struct K {
     static constexpr int NA = RW * R >= 4 ? 1 : RW * R == 1 ? 4 : 2;
     static void run(int64_t n0, int64_t t0, const QArgs& a, float* y, int64_t ldy) {
       const uint8_t* wr[RW];
-      for (int i = 0; i < RW; ++i) wr[i] = a.codes + (n0 + i) * a.rb;
+      for (int i = 0; i < RW; ++i) wr[i] = a.row_base(n0 + i);
+      const int64_t cs = a.chunk_stride();
       const float* xr[R];
       for (int r = 0; r < R; ++r) xr[r] = a.xp + (t0 + r) * a.Kp;
       __m256 f[RW][R], acc[RW][R][NA];
@@ -131,7 +137,7 @@ struct Fused {
           __m256 xv[R];
           for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(xr[r] + k);
           for (int i = 0; i < RW; ++i) {
-            const __m256 w = weights8<S>(wr[i], k, dq[i]);
+            const __m256 w = weights8<S, SGN>(wr[i], cs, k, dq[i]);
             for (int r = 0; r < R; ++r) acc[i][r][j] = _mm256_fmadd_ps(w, xv[r], acc[i][r][j]);
           }
         };
@@ -165,50 +171,51 @@ struct Fused {
 // one weight row at a time, so that each thread's reads stream through memory in order
 // (interleaving rows costs DRAM bandwidth: on the shared 2-core Zen 4 box, 2 or 4 rows per call
 // ran the int8 LM head at ~7 GB/s against ~15 for one); one thread below 64K weights.
-template <QScheme S, int R>
+template <QScheme S, bool SGN, int R>
 void decode_rows(const QArgs& a, int64_t n0, int64_t n1, float* y, int64_t ldy) {
-  for (int64_t n = n0; n < n1; ++n) Fused<S>::template K<1, R>::run(n, 0, a, y, ldy);
+  for (int64_t n = n0; n < n1; ++n) Fused<S, SGN>::template K<1, R>::run(n, 0, a, y, ldy);
 }
-template <QScheme S, int R>
+template <QScheme S, bool SGN, int R>
 void decode(const QArgs& a, float* y, int64_t ldy, int64_t N) {
-  parallel_for(N, a.Kp, kDecodeChunk,
-               [&](int64_t n0, int64_t n1) { decode_rows<S, R>(a, n0, n1, y, ldy); });
+  parallel_rows(N, a.Kp,
+                [&](int64_t n0, int64_t n1) { decode_rows<S, SGN, R>(a, n0, n1, y, ldy); });
 }
-template <QScheme S>
+template <QScheme S, bool SGN>
 void decode_rows_t(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   switch (T) {
     case 1:
-      return decode_rows<S, 1>(a, n0, n1, y, ldy);
+      return decode_rows<S, SGN, 1>(a, n0, n1, y, ldy);
     case 2:
-      return decode_rows<S, 2>(a, n0, n1, y, ldy);
+      return decode_rows<S, SGN, 2>(a, n0, n1, y, ldy);
     case 3:
-      return decode_rows<S, 3>(a, n0, n1, y, ldy);
+      return decode_rows<S, SGN, 3>(a, n0, n1, y, ldy);
     default:
-      return decode_rows<S, 4>(a, n0, n1, y, ldy);
+      return decode_rows<S, SGN, 4>(a, n0, n1, y, ldy);
   }
 }
 
-template <QScheme S>
+template <QScheme S, bool SGN>
 void fused(const QArgs& a, int64_t T, float* y, int64_t ldy, int64_t N) {
   switch (T) {
     case 1:
-      return decode<S, 1>(a, y, ldy, N);
+      return decode<S, SGN, 1>(a, y, ldy, N);
     case 2:
-      return decode<S, 2>(a, y, ldy, N);
+      return decode<S, SGN, 2>(a, y, ldy, N);
     case 3:
-      return decode<S, 3>(a, y, ldy, N);
+      return decode<S, SGN, 3>(a, y, ldy, N);
     case 4:
-      return decode<S, 4>(a, y, ldy, N);
+      return decode<S, SGN, 4>(a, y, ldy, N);
     default:
-      run_all<Fused<S>::template K>(N, T, a.Kp, a, y, ldy);
+      run_all<Fused<S, SGN>::template K>(N, T, a.Kp, a, y, ldy);
   }
 }
 
-template <QScheme S>
+template <QScheme S, bool SGN>
 void dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst) {
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const int64_t cs = a.chunk_stride();
   for (int64_t i = 0; i < nr; ++i) {
-    const uint8_t* c = a.codes + (n0 + i) * a.rb;
+    const uint8_t* c = a.row_base(n0 + i);
     float* o = dst + i * a.K;
     RowDq<S> dq;
     for (int64_t si = 0; si < a.nspans; ++si) {
@@ -216,7 +223,7 @@ void dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst) {
       dq.set(a, n0 + i, sp.g);
       const __m256 s = _mm256_set1_ps(dq.s);
       for (int64_t k = sp.k0; k < std::min(sp.k1, a.K); k += 8) {
-        __m256 w = weights8<S>(c, k, dq);
+        __m256 w = weights8<S, SGN>(c, cs, k, dq);
         if constexpr (S == QScheme::Int8) w = _mm256_mul_ps(w, s);  // = s * (u - 128), exactly
         if (k + 8 <= a.K)
           _mm256_storeu_ps(o + k, w);
@@ -311,33 +318,44 @@ struct Q8Chunk {
 
 // One weight row n against tokens 0..R of a.xq (any row layout: a.row_base / chunk_stride), spans
 // on whole chunks (a.chunk_spans): int8 (int4 and NF4 take q8_row_u below).
-template <QScheme S, bool SGN, int R>
-void q8_row(int64_t n, const QArgs& a, const Nf4Tables& tb, float* y, int64_t ldy) {
-  const uint8_t* wr = a.row_base(n);
+template <QScheme S, bool SGN, int RW, int R>
+void q8_row(int64_t n0, const QArgs& a, const Nf4Tables& tb, float* y, int64_t ldy) {
+  const uint8_t* wr[RW];
+  for (int i = 0; i < RW; ++i) wr[i] = a.row_base(n0 + i);
   const int64_t cs = a.chunk_stride(), nc = a.Kp / 64;
-  __m256 f[R];
-  for (int r = 0; r < R; ++r) f[r] = _mm256_setzero_ps();
+  __m256 f[RW][R];
+  for (int i = 0; i < RW; ++i)
+    for (int r = 0; r < R; ++r) f[i][r] = _mm256_setzero_ps();
   for (int64_t si = 0; si < a.nspans; ++si) {
     const Span sp = a.spans[si];
-    const __m256i z = _mm256_set1_epi8(char(S == QScheme::Int4 ? a.zero(n, sp.g) : 0));
-    __m256 acc[R][2];
-    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    __m256i z[RW];
+    for (int i = 0; i < RW; ++i)
+      z[i] = _mm256_set1_epi8(char(S == QScheme::Int4 ? a.zero(n0 + i, sp.g) : 0));
+    __m256 acc[RW][R][2];
+    for (int i = 0; i < RW; ++i)
+      for (int r = 0; r < R; ++r) acc[i][r][0] = acc[i][r][1] = _mm256_setzero_ps();
     for (int64_t k = sp.k0; k < sp.k1; k += 64) {
       const int64_t c = k >> 6;
-      const Q8Chunk<S, SGN> w(wr + c * cs, z, z, tb);
-      for (int r = 0; r < R; ++r) {
-        const float* d = a.xd + (r * nc + c) * 16;  // lanes 0..7: block 0's scale, 8..15: block 1's
-        __m256i p0, p1;
-        w.dot(a.xq + r * a.Kp + k, p0, p1);
-        acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_loadu_ps(d), acc[r][0]);
-        acc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_loadu_ps(d + 8), acc[r][1]);
+      for (int i = 0; i < RW; ++i) {
+        const Q8Chunk<S, SGN> w(wr[i] + c * cs, z[i], z[i], tb);
+        for (int r = 0; r < R; ++r) {
+          const float* d = a.xd + (r * nc + c) * 16;  // lanes 0..7: block 0's scale, 8..15: 1's
+          __m256i p0, p1;
+          w.dot(a.xq + r * a.Kp + k, p0, p1);
+          acc[i][r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_loadu_ps(d), acc[i][r][0]);
+          acc[i][r][1] =
+              _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_loadu_ps(d + 8), acc[i][r][1]);
+        }
       }
     }
-    const __m256 s = _mm256_set1_ps(a.scale(n, sp.g));
-    for (int r = 0; r < R; ++r)
-      f[r] = _mm256_fmadd_ps(_mm256_add_ps(acc[r][0], acc[r][1]), s, f[r]);
+    for (int i = 0; i < RW; ++i) {
+      const __m256 s = _mm256_set1_ps(a.scale(n0 + i, sp.g));
+      for (int r = 0; r < R; ++r)
+        f[i][r] = _mm256_fmadd_ps(_mm256_add_ps(acc[i][r][0], acc[i][r][1]), s, f[i][r]);
+    }
   }
-  for (int r = 0; r < R; ++r) y[r * ldy + n] = hsum256(f[r]) * a.q8_out_factor();
+  for (int i = 0; i < RW; ++i)
+    for (int r = 0; r < R; ++r) y[r * ldy + n0 + i] = hsum256(f[i][r]) * a.q8_out_factor();
 }
 
 // int4 and NF4 with groups on whole 64-weight chunks (g64, g128, per row or tensor; NF4 b64,
@@ -355,68 +373,91 @@ void q8_row(int64_t n, const QArgs& a, const Nf4Tables& tb, float* y, int64_t ld
 // order): ~8 % faster for NF4 b64 (which folds after every chunk here), no faster for int4 g128,
 // and another f32 order, so greedy outputs and q8 perplexity move (docs/performance.md, "int4 g128
 // and NF4 on the AVX2 q8 path: one pass per row").
-template <QScheme S, bool ASYM, int R>
-void q8_row_u(int64_t n, const QArgs& a, float* y, int64_t ldy) {
+template <QScheme S, bool ASYM, int RW, int R>
+void q8_row_u(int64_t n0, const QArgs& a, float* y, int64_t ldy) {
   static_assert(S == QScheme::Int4 || S == QScheme::NF4);
-  const uint8_t* c = a.row_base(n);
+  const uint8_t* c[RW];
+  for (int i = 0; i < RW; ++i) c[i] = a.row_base(n0 + i);
   const int64_t cs = a.chunk_stride(), nc = a.Kp / 64, ng = a.groups;
   const int64_t cpg = std::max<int64_t>(1, a.G / 64);  // chunks per group (groups > 1: G % 64 == 0)
   const bool plain = a.scales && !a.per_tensor;        // else a.scale(): per tensor, double quant
-  const float* s = plain ? a.scales + n * ng : nullptr;
-  const uint8_t* z = ASYM ? a.zeros + n * ng : nullptr;
+  const float* s = plain ? a.scales + n0 * ng : nullptr;
+  const uint8_t* z = ASYM ? a.zeros + n0 * ng : nullptr;
   const __m256i m = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi16(1);
   const __m256i h128 = _mm256_set1_epi16(128);
   const Nf4Tables tb;
   const __m256i thi = _mm256_add_epi8(tb.hi, _mm256_set1_epi8(64));
   const __m256i zsym = _mm256_set1_epi8(S == QScheme::NF4 ? 64 : 8);
-  __m256 acc[R][2], f[R];
-  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = f[r] = _mm256_setzero_ps();
+  __m256 acc[RW][R][2], f[RW][R];
+  for (int i = 0; i < RW; ++i)
+    for (int r = 0; r < R; ++r) acc[i][r][0] = acc[i][r][1] = f[i][r] = _mm256_setzero_ps();
   int64_t g = 0, j = 0;  // the group of chunk ci, and ci's place in it
-  for (int64_t ci = 0; ci < nc; ++ci, c += cs) {
-    const __m256i zv = ASYM ? _mm256_set1_epi8(char(z[g])) : zsym;
-    const __m256i b = _mm256_loadu_si256((const __m256i*)c);
-    const __m256i u0 = _mm256_and_si256(b, m), u1 = _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
-    __m256i l0, l1, h0, h1;
-    if constexpr (S == QScheme::NF4) {
-      l0 = _mm256_shuffle_epi8(tb.lo, u0);
-      l1 = _mm256_shuffle_epi8(tb.lo, u1);
-      h0 = _mm256_shuffle_epi8(thi, u0);
-      h1 = _mm256_shuffle_epi8(thi, u1);
-    }
-    for (int r = 0; r < R; ++r) {
-      const int8_t* q = a.xq + r * a.Kp + 64 * ci;
-      const float* d = a.xd + (r * nc + ci) * 16;  // lanes 0..7: block 0's scale, 8..15: 1's
-      const __m256i q0 = _mm256_loadu_si256((const __m256i*)q);
-      const __m256i q1 = _mm256_loadu_si256((const __m256i*)(q + 32));
-      const __m256i z0 = _mm256_maddubs_epi16(zv, q0), z1 = _mm256_maddubs_epi16(zv, q1);
-      __m256i p0, p1;
-      if constexpr (S == QScheme::NF4) {
-        p0 = _mm256_add_epi32(
-            _mm256_madd_epi16(_mm256_maddubs_epi16(l0, q0), one),
-            _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(h0, q0), z0), h128));
-        p1 = _mm256_add_epi32(
-            _mm256_madd_epi16(_mm256_maddubs_epi16(l1, q1), one),
-            _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(h1, q1), z1), h128));
-      } else {
-        p0 = _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(u0, q0), z0), one);
-        p1 = _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(u1, q1), z1), one);
+  for (int64_t ci = 0; ci < nc; ++ci) {
+    // Σ z q per pair of the symmetric zero point: the same for every row, once per token.
+    __m256i zq[R][2];
+    if constexpr (!ASYM)
+      for (int r = 0; r < R; ++r) {
+        const int8_t* q = a.xq + r * a.Kp + 64 * ci;
+        zq[r][0] = _mm256_maddubs_epi16(zsym, _mm256_loadu_si256((const __m256i*)q));
+        zq[r][1] = _mm256_maddubs_epi16(zsym, _mm256_loadu_si256((const __m256i*)(q + 32)));
       }
-      acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_loadu_ps(d), acc[r][0]);
-      acc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_loadu_ps(d + 8), acc[r][1]);
+    for (int i = 0; i < RW; ++i) {
+      const __m256i b = _mm256_loadu_si256((const __m256i*)(c[i] + ci * cs));
+      const __m256i u0 = _mm256_and_si256(b, m), u1 = _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
+      __m256i l0, l1, h0, h1;
+      if constexpr (S == QScheme::NF4) {
+        l0 = _mm256_shuffle_epi8(tb.lo, u0);
+        l1 = _mm256_shuffle_epi8(tb.lo, u1);
+        h0 = _mm256_shuffle_epi8(thi, u0);
+        h1 = _mm256_shuffle_epi8(thi, u1);
+      }
+      for (int r = 0; r < R; ++r) {
+        const int8_t* q = a.xq + r * a.Kp + 64 * ci;
+        const float* d = a.xd + (r * nc + ci) * 16;  // lanes 0..7: block 0's scale, 8..15: 1's
+        const __m256i q0 = _mm256_loadu_si256((const __m256i*)q);
+        const __m256i q1 = _mm256_loadu_si256((const __m256i*)(q + 32));
+        __m256i z0, z1;
+        if constexpr (ASYM) {
+          const __m256i zv = _mm256_set1_epi8(char(z[i * ng + g]));
+          z0 = _mm256_maddubs_epi16(zv, q0), z1 = _mm256_maddubs_epi16(zv, q1);
+        } else {
+          z0 = zq[r][0], z1 = zq[r][1];
+        }
+        __m256i p0, p1;
+        if constexpr (S == QScheme::NF4) {
+          p0 = _mm256_add_epi32(
+              _mm256_madd_epi16(_mm256_maddubs_epi16(l0, q0), one),
+              _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(h0, q0), z0), h128));
+          p1 = _mm256_add_epi32(
+              _mm256_madd_epi16(_mm256_maddubs_epi16(l1, q1), one),
+              _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(h1, q1), z1), h128));
+        } else {
+          p0 = _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(u0, q0), z0), one);
+          p1 = _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(u1, q1), z1), one);
+        }
+        acc[i][r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_loadu_ps(d), acc[i][r][0]);
+        acc[i][r][1] =
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_loadu_ps(d + 8), acc[i][r][1]);
+      }
     }
     if (++j == cpg && g + 1 < ng) {  // group g done (the last one, with the padding, below)
-      const __m256 sv = _mm256_set1_ps(plain ? s[g] : a.scale(n, g));
-      for (int r = 0; r < R; ++r) {
-        f[r] = _mm256_fmadd_ps(_mm256_add_ps(acc[r][0], acc[r][1]), sv, f[r]);
-        acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+      for (int i = 0; i < RW; ++i) {
+        const __m256 sv = _mm256_set1_ps(plain ? s[i * ng + g] : a.scale(n0 + i, g));
+        for (int r = 0; r < R; ++r) {
+          f[i][r] = _mm256_fmadd_ps(_mm256_add_ps(acc[i][r][0], acc[i][r][1]), sv, f[i][r]);
+          acc[i][r][0] = acc[i][r][1] = _mm256_setzero_ps();
+        }
       }
       j = 0, ++g;
     }
   }
-  const __m256 sl = _mm256_set1_ps(plain ? s[g] : a.scale(n, g));
-  for (int r = 0; r < R; ++r)
-    y[r * ldy + n] =
-        hsum256(_mm256_fmadd_ps(_mm256_add_ps(acc[r][0], acc[r][1]), sl, f[r])) * a.q8_out_factor();
+  for (int i = 0; i < RW; ++i) {
+    const __m256 sl = _mm256_set1_ps(plain ? s[i * ng + g] : a.scale(n0 + i, g));
+    for (int r = 0; r < R; ++r)
+      y[r * ldy + n0 + i] =
+          hsum256(_mm256_fmadd_ps(_mm256_add_ps(acc[i][r][0], acc[i][r][1]), sl, f[i][r])) *
+          a.q8_out_factor();
+  }
 }
 
 // The same for spans that split chunks (!a.chunk_spans: groups of an odd number of 32s, g32 the
@@ -461,79 +502,104 @@ void q8_row_blocks(int64_t n, const QArgs& a, const Nf4Tables& tb, float* y, int
 // removing it as one f32 term per row (Q4_1 · Q8_1's m · s split, Σ d s Σuq - Σ z s d Σq) measured
 // 2x faster but cancels where SmolLM2's activations are huge (the down projection's first token:
 // outputs off by 1e-4 absolute), +0.71 % WikiText-2 perplexity against +0.30 % this way.
-template <int R>
-void q8_row_g32(int64_t n, const QArgs& a, float* y, int64_t ldy) {
-  const uint8_t* wr = a.row_base(n);
+template <int RW, int R>
+void q8_row_g32(int64_t n0, const QArgs& a, float* y, int64_t ldy) {
+  const uint8_t* wr[RW];
+  for (int i = 0; i < RW; ++i) wr[i] = a.row_base(n0 + i);
   const int64_t cs = a.chunk_stride(), nc = a.Kp / 64, ng = a.groups;
-  const float* s = a.scales + n * ng;
-  const uint8_t* z = a.zeros ? a.zeros + n * ng : nullptr;
+  const float* s = a.scales + n0 * ng;
+  const uint8_t* z = a.zeros ? a.zeros + n0 * ng : nullptr;
   const __m256i m = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
-  __m256 acc[R][2];
-  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  __m256 acc[RW][R][2];
+  for (int i = 0; i < RW; ++i)
+    for (int r = 0; r < R; ++r) acc[i][r][0] = acc[i][r][1] = _mm256_setzero_ps();
   for (int64_t c = 0; c < nc; ++c) {
     // Half 0 is group 2c (< ng always); half 1 past the last group is padding (q = 0).
-    const int64_t g1 = std::min(2 * c + 1, ng - 1);
-    const __m256 s0 = _mm256_set1_ps(s[2 * c]), s1 = _mm256_set1_ps(s[g1]);
-    const __m256i z0 = z ? _mm256_set1_epi8(char(z[2 * c])) : eight;
-    const __m256i z1 = z ? _mm256_set1_epi8(char(z[g1])) : eight;
-    const __m256i b = _mm256_loadu_si256((const __m256i*)(wr + c * cs));
-    const __m256i w0 = _mm256_sub_epi8(_mm256_and_si256(b, m), z0);
-    const __m256i w1 = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(b, 4), m), z1);
-    const __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
-    for (int r = 0; r < R; ++r) {
-      const int8_t* q = a.xq + r * a.Kp + 64 * c;
-      const float* d = a.xd + (r * nc + c) * 16;
-      const __m256i p0 = q8_dot32(a0, w0, _mm256_loadu_si256((const __m256i*)q));
-      const __m256i p1 = q8_dot32(a1, w1, _mm256_loadu_si256((const __m256i*)(q + 32)));
-      acc[r][0] =
-          _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_mul_ps(_mm256_loadu_ps(d), s0), acc[r][0]);
-      acc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_mul_ps(_mm256_loadu_ps(d + 8), s1),
-                                  acc[r][1]);
+    const int64_t g0 = 2 * c, g1 = std::min(2 * c + 1, ng - 1);
+    for (int i = 0; i < RW; ++i) {
+      const __m256 s0 = _mm256_set1_ps(s[i * ng + g0]), s1 = _mm256_set1_ps(s[i * ng + g1]);
+      const __m256i z0 = z ? _mm256_set1_epi8(char(z[i * ng + g0])) : eight;
+      const __m256i z1 = z ? _mm256_set1_epi8(char(z[i * ng + g1])) : eight;
+      const __m256i b = _mm256_loadu_si256((const __m256i*)(wr[i] + c * cs));
+      const __m256i w0 = _mm256_sub_epi8(_mm256_and_si256(b, m), z0);
+      const __m256i w1 = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(b, 4), m), z1);
+      const __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
+      for (int r = 0; r < R; ++r) {
+        const int8_t* q = a.xq + r * a.Kp + 64 * c;
+        const float* d = a.xd + (r * nc + c) * 16;
+        const __m256i p0 = q8_dot32(a0, w0, _mm256_loadu_si256((const __m256i*)q));
+        const __m256i p1 = q8_dot32(a1, w1, _mm256_loadu_si256((const __m256i*)(q + 32)));
+        acc[i][r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0),
+                                       _mm256_mul_ps(_mm256_loadu_ps(d), s0), acc[i][r][0]);
+        acc[i][r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1),
+                                       _mm256_mul_ps(_mm256_loadu_ps(d + 8), s1), acc[i][r][1]);
+      }
     }
   }
-  for (int r = 0; r < R; ++r) y[r * ldy + n] = hsum256(_mm256_add_ps(acc[r][0], acc[r][1]));
+  for (int i = 0; i < RW; ++i)
+    for (int r = 0; r < R; ++r)
+      y[r * ldy + n0 + i] = hsum256(_mm256_add_ps(acc[i][r][0], acc[i][r][1]));
 }
 
-template <QScheme S, bool SGN, template <QScheme, bool, int> class Row>
-void q8_rows_r(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+// Rows n0..n1. Rows interleaved by 4 (the CPU backend's repacked layout): a group's rows together,
+// 4 for one token, 2 for two (the register budget), one for 3-4, so that one contiguous run of
+// codes streams per group and the rows' accumulator chains overlap (one row's FMA chain alone is
+// bound by its latency); each row keeps its own accumulators, so it gives the same bits whichever
+// tile holds it. The row layout: one row at a time (several rows at once there are several
+// streams through DRAM, measured slower: docs/performance.md).
+template <QScheme S, bool SGN, template <QScheme, bool, int, int> class Row, int R>
+void q8_rows_rt(const QArgs& a, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   const Nf4Tables tb;
-  for (int64_t n = n0; n < n1; ++n) switch (T) {
-      case 1:
-        Row<S, SGN, 1>::run(n, a, tb, y, ldy);
-        break;
-      case 2:
-        Row<S, SGN, 2>::run(n, a, tb, y, ldy);
-        break;
-      case 3:
-        Row<S, SGN, 3>::run(n, a, tb, y, ldy);
-        break;
-      default:
-        Row<S, SGN, 4>::run(n, a, tb, y, ldy);
-        break;
-    }
+  constexpr int RWmax = Row<S, SGN, 1, R>::kMaxRows;
+  int64_t n = n0;
+  if (a.il == 4) {
+    for (; n < n1 && n % 4 != 0; ++n) Row<S, SGN, 1, R>::run(n, a, tb, y, ldy);
+    if constexpr (RWmax >= 4)
+      for (; n + 4 <= n1; n += 4) Row<S, SGN, 4, R>::run(n, a, tb, y, ldy);
+    if constexpr (RWmax >= 2)
+      for (; n + 2 <= n1; n += 2) Row<S, SGN, 2, R>::run(n, a, tb, y, ldy);
+  }
+  for (; n < n1; ++n) Row<S, SGN, 1, R>::run(n, a, tb, y, ldy);
 }
-template <QScheme S, bool SGN, int R>
+template <QScheme S, bool SGN, template <QScheme, bool, int, int> class Row>
+void q8_rows_r(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  switch (T) {
+    case 1:
+      return q8_rows_rt<S, SGN, Row, 1>(a, n0, n1, y, ldy);
+    case 2:
+      return q8_rows_rt<S, SGN, Row, 2>(a, n0, n1, y, ldy);
+    case 3:
+      return q8_rows_rt<S, SGN, Row, 3>(a, n0, n1, y, ldy);
+    default:
+      return q8_rows_rt<S, SGN, Row, 4>(a, n0, n1, y, ldy);
+  }
+}
+template <QScheme S, bool SGN, int RW, int R>
 struct ChunkRow {
+  static constexpr int kMaxRows = R == 1 ? 4 : R == 2 ? 2 : 1;
   static void run(int64_t n, const QArgs& a, const Nf4Tables& tb, float* y, int64_t ldy) {
-    q8_row<S, SGN, R>(n, a, tb, y, ldy);
+    q8_row<S, SGN, RW, R>(n, a, tb, y, ldy);
   }
 };
-template <QScheme S, bool SGN, int R>
+template <QScheme S, bool SGN, int RW, int R>
 struct BlockRow {
+  static constexpr int kMaxRows = 1;
   static void run(int64_t n, const QArgs& a, const Nf4Tables& tb, float* y, int64_t ldy) {
     q8_row_blocks<S, SGN, R>(n, a, tb, y, ldy);
   }
 };
-template <QScheme S, bool SGN, int R>
+template <QScheme S, bool SGN, int RW, int R>
 struct G32Row {
+  static constexpr int kMaxRows = R == 1 ? 4 : R == 2 ? 2 : 1;
   static void run(int64_t n, const QArgs& a, const Nf4Tables&, float* y, int64_t ldy) {
-    q8_row_g32<R>(n, a, y, ldy);
+    q8_row_g32<RW, R>(n, a, y, ldy);
   }
 };
-template <QScheme S, bool ASYM, int R>
+template <QScheme S, bool ASYM, int RW, int R>
 struct URow {
+  static constexpr int kMaxRows = R == 1 ? 4 : R == 2 ? 2 : 1;
   static void run(int64_t n, const QArgs& a, const Nf4Tables&, float* y, int64_t ldy) {
-    q8_row_u<S, ASYM, R>(n, a, y, ldy);
+    q8_row_u<S, ASYM, RW, R>(n, a, y, ldy);
   }
 };
 template <QScheme S, bool SGN>
@@ -626,57 +692,38 @@ void simd_decode_rows_q8(const QArgs& a, int64_t T, int64_t n0, int64_t n1, floa
   }
 }
 
-void simd_linear_fused(const QArgs& a, int64_t T, float* y, int64_t ldy, int64_t N) {
-  switch (a.scheme) {
-    case QScheme::Int8:
-      return fused<QScheme::Int8>(a, T, y, ldy, N);
-    case QScheme::Int4:
-      return fused<QScheme::Int4>(a, T, y, ldy, N);
-    case QScheme::Int3:
-      return fused<QScheme::Int3>(a, T, y, ldy, N);
-    case QScheme::NF4:
-      return fused<QScheme::NF4>(a, T, y, ldy, N);
-    case QScheme::Ternary:
-      return fused<QScheme::Ternary>(a, T, y, ldy, N);
-    case QScheme::Binary:
-      return fused<QScheme::Binary>(a, T, y, ldy, N);
+// The scheme's template instance, int8 with signed codes where the rows are interleaved.
+#define MINFER_Q_DISPATCH(F, ...)                              \
+  switch (a.scheme) {                                          \
+    case QScheme::Int8:                                        \
+      return a.il != 1 ? F<QScheme::Int8, true>(__VA_ARGS__)   \
+                       : F<QScheme::Int8, false>(__VA_ARGS__); \
+    case QScheme::Int4:                                        \
+      return F<QScheme::Int4, false>(__VA_ARGS__);             \
+    case QScheme::Int3:                                        \
+      return F<QScheme::Int3, false>(__VA_ARGS__);             \
+    case QScheme::NF4:                                         \
+      return F<QScheme::NF4, false>(__VA_ARGS__);              \
+    case QScheme::Ternary:                                     \
+      return F<QScheme::Ternary, false>(__VA_ARGS__);          \
+    case QScheme::Binary:                                      \
+      return F<QScheme::Binary, false>(__VA_ARGS__);           \
   }
+
+void simd_linear_fused(const QArgs& a, int64_t T, float* y, int64_t ldy, int64_t N) {
+  MINFER_Q_DISPATCH(fused, a, T, y, ldy, N)
 }
 
 void simd_decode_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   MINFER_DCHECK(T >= 1 && T <= 4, "simd_decode_rows: T {} outside 1..4", T);
-  switch (a.scheme) {
-    case QScheme::Int8:
-      return decode_rows_t<QScheme::Int8>(a, T, n0, n1, y, ldy);
-    case QScheme::Int4:
-      return decode_rows_t<QScheme::Int4>(a, T, n0, n1, y, ldy);
-    case QScheme::Int3:
-      return decode_rows_t<QScheme::Int3>(a, T, n0, n1, y, ldy);
-    case QScheme::NF4:
-      return decode_rows_t<QScheme::NF4>(a, T, n0, n1, y, ldy);
-    case QScheme::Ternary:
-      return decode_rows_t<QScheme::Ternary>(a, T, n0, n1, y, ldy);
-    case QScheme::Binary:
-      return decode_rows_t<QScheme::Binary>(a, T, n0, n1, y, ldy);
-  }
+  MINFER_Q_DISPATCH(decode_rows_t, a, T, n0, n1, y, ldy)
 }
 
 void simd_dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst) {
-  switch (a.scheme) {
-    case QScheme::Int8:
-      return dequant_rows<QScheme::Int8>(a, n0, nr, dst);
-    case QScheme::Int4:
-      return dequant_rows<QScheme::Int4>(a, n0, nr, dst);
-    case QScheme::Int3:
-      return dequant_rows<QScheme::Int3>(a, n0, nr, dst);
-    case QScheme::NF4:
-      return dequant_rows<QScheme::NF4>(a, n0, nr, dst);
-    case QScheme::Ternary:
-      return dequant_rows<QScheme::Ternary>(a, n0, nr, dst);
-    case QScheme::Binary:
-      return dequant_rows<QScheme::Binary>(a, n0, nr, dst);
-  }
+  MINFER_Q_DISPATCH(dequant_rows, a, n0, nr, dst)
 }
+
+#undef MINFER_Q_DISPATCH
 
 }  // namespace minfer::qcpu
 

@@ -96,6 +96,17 @@ constexpr int code_bits(QScheme s) {
 // work) or more, so a matrix under 64K weights runs on one thread (waking a second costs more).
 constexpr int64_t kDecodeChunk = int64_t(1) << 15;
 
+// A decode loop over rows [0, N) on the thread pool, each row costing work_per_row: fn(n0, n1)
+// on blocks of whole groups of 4 rows, so that a thread's rows start on a group of the
+// interleaved layout (Quantized::interleave 4) and its kernels stream whole groups (a block
+// starting inside a group would read that group's first rows one at a time). Rows give the same
+// bits however they are split.
+template <class F>
+void parallel_rows(int64_t N, int64_t work_per_row, F&& fn) {
+  parallel_for(qm::ceil_div(N, 4), 4 * work_per_row, kDecodeChunk,
+               [&](int64_t g0, int64_t g1) { fn(4 * g0, std::min(N, 4 * g1)); });
+}
+
 // ---- Row tiling shared by the SIMD files. Kern<RW, R>::run(n0, t0, args...) computes
 // y[t0 .. t0+R) x [n0 .. n0+RW).
 
