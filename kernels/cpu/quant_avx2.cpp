@@ -541,6 +541,12 @@ void q8_row_g32(int64_t n0, const QArgs& a, float* y, int64_t ldy) {
       y[r * ldy + n0 + i] = hsum256(_mm256_add_ps(acc[i][r][0], acc[i][r][1]));
 }
 
+// Interleaved rows a q8 kernel takes at once for R tokens: its 2 · rows · R accumulators and the
+// codes of the rows in flight must fit AVX2's 16 ymm registers.
+constexpr int group_rows_for(int R) {
+  return R == 1 ? 4 : R == 2 ? 2 : 1;
+}
+
 // Rows n0..n1. Rows interleaved by 4 (the CPU backend's repacked layout): a group's rows together,
 // 4 for one token, 2 for two (the register budget), one for 3-4, so that one contiguous run of
 // codes streams per group and the rows' accumulator chains overlap (one row's FMA chain alone is
@@ -576,7 +582,7 @@ void q8_rows_r(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* y, int6
 }
 template <QScheme S, bool SGN, int RW, int R>
 struct ChunkRow {
-  static constexpr int kMaxRows = R == 1 ? 4 : R == 2 ? 2 : 1;
+  static constexpr int kMaxRows = group_rows_for(R);
   static void run(int64_t n, const QArgs& a, const Nf4Tables& tb, float* y, int64_t ldy) {
     q8_row<S, SGN, RW, R>(n, a, tb, y, ldy);
   }
@@ -590,14 +596,14 @@ struct BlockRow {
 };
 template <QScheme S, bool SGN, int RW, int R>
 struct G32Row {
-  static constexpr int kMaxRows = R == 1 ? 4 : R == 2 ? 2 : 1;
+  static constexpr int kMaxRows = group_rows_for(R);
   static void run(int64_t n, const QArgs& a, const Nf4Tables&, float* y, int64_t ldy) {
     q8_row_g32<RW, R>(n, a, y, ldy);
   }
 };
 template <QScheme S, bool ASYM, int RW, int R>
 struct URow {
-  static constexpr int kMaxRows = R == 1 ? 4 : R == 2 ? 2 : 1;
+  static constexpr int kMaxRows = group_rows_for(R);
   static void run(int64_t n, const QArgs& a, const Nf4Tables&, float* y, int64_t ldy) {
     q8_row_u<S, ASYM, RW, R>(n, a, y, ldy);
   }
