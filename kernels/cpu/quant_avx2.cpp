@@ -698,24 +698,6 @@ void simd_decode_rows_q8(const QArgs& a, int64_t T, int64_t n0, int64_t n1, floa
   }
 }
 
-// The scheme's template instance, int8 with signed codes where the rows are interleaved.
-#define MINFER_Q_DISPATCH(F, ...)                              \
-  switch (a.scheme) {                                          \
-    case QScheme::Int8:                                        \
-      return a.il != 1 ? F<QScheme::Int8, true>(__VA_ARGS__)   \
-                       : F<QScheme::Int8, false>(__VA_ARGS__); \
-    case QScheme::Int4:                                        \
-      return F<QScheme::Int4, false>(__VA_ARGS__);             \
-    case QScheme::Int3:                                        \
-      return F<QScheme::Int3, false>(__VA_ARGS__);             \
-    case QScheme::NF4:                                         \
-      return F<QScheme::NF4, false>(__VA_ARGS__);              \
-    case QScheme::Ternary:                                     \
-      return F<QScheme::Ternary, false>(__VA_ARGS__);          \
-    case QScheme::Binary:                                      \
-      return F<QScheme::Binary, false>(__VA_ARGS__);           \
-  }
-
 void simd_linear_fused(const QArgs& a, int64_t T, float* y, int64_t ldy, int64_t N) {
   MINFER_Q_DISPATCH(fused, a, T, y, ldy, N)
 }
@@ -728,8 +710,6 @@ void simd_decode_rows(const QArgs& a, int64_t T, int64_t n0, int64_t n1, float* 
 void simd_dequant_rows(const QArgs& a, int64_t n0, int64_t nr, float* dst) {
   MINFER_Q_DISPATCH(dequant_rows, a, n0, nr, dst)
 }
-
-#undef MINFER_Q_DISPATCH
 
 }  // namespace minfer::qcpu
 

@@ -594,24 +594,6 @@ void q8_quantize_row(const float* x, int64_t K, int64_t Kp, int8_t* q, float* dv
 
 }  // namespace
 
-// The scheme's template instance, int8 with signed codes where the rows are interleaved.
-#define MINFER_Q_DISPATCH(F, ...)                              \
-  switch (a.scheme) {                                          \
-    case QScheme::Int8:                                        \
-      return a.il != 1 ? F<QScheme::Int8, true>(__VA_ARGS__)   \
-                       : F<QScheme::Int8, false>(__VA_ARGS__); \
-    case QScheme::Int4:                                        \
-      return F<QScheme::Int4, false>(__VA_ARGS__);             \
-    case QScheme::Int3:                                        \
-      return F<QScheme::Int3, false>(__VA_ARGS__);             \
-    case QScheme::NF4:                                         \
-      return F<QScheme::NF4, false>(__VA_ARGS__);              \
-    case QScheme::Ternary:                                     \
-      return F<QScheme::Ternary, false>(__VA_ARGS__);          \
-    case QScheme::Binary:                                      \
-      return F<QScheme::Binary, false>(__VA_ARGS__);           \
-  }
-
 void simd_linear_fused(const QArgs& a, int64_t T, float* y, int64_t ldy, int64_t N) {
   MINFER_Q_DISPATCH(fused, a, T, y, ldy, N)
 }
@@ -644,8 +626,6 @@ void simd_decode_rows_q8(const QArgs& a, int64_t T, int64_t n0, int64_t n1, floa
       MINFER_FAIL("simd_decode_rows_q8: no q8 path for {}", int(a.scheme));
   }
 }
-
-#undef MINFER_Q_DISPATCH
 
 }  // namespace minfer::qcpu
 

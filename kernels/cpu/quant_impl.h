@@ -96,6 +96,25 @@ constexpr int code_bits(QScheme s) {
 // work) or more, so a matrix under 64K weights runs on one thread (waking a second costs more).
 constexpr int64_t kDecodeChunk = int64_t(1) << 15;
 
+// In the SIMD files' entry points (a QArgs named a in scope): return F<scheme, SGN>(args...) for
+// a's scheme, SGN = int8 codes stored signed (u - 128: rows interleaved, QArgs::il != 1).
+#define MINFER_Q_DISPATCH(F, ...)                              \
+  switch (a.scheme) {                                          \
+    case QScheme::Int8:                                        \
+      return a.il != 1 ? F<QScheme::Int8, true>(__VA_ARGS__)   \
+                       : F<QScheme::Int8, false>(__VA_ARGS__); \
+    case QScheme::Int4:                                        \
+      return F<QScheme::Int4, false>(__VA_ARGS__);             \
+    case QScheme::Int3:                                        \
+      return F<QScheme::Int3, false>(__VA_ARGS__);             \
+    case QScheme::NF4:                                         \
+      return F<QScheme::NF4, false>(__VA_ARGS__);              \
+    case QScheme::Ternary:                                     \
+      return F<QScheme::Ternary, false>(__VA_ARGS__);          \
+    case QScheme::Binary:                                      \
+      return F<QScheme::Binary, false>(__VA_ARGS__);           \
+  }
+
 // A decode loop over rows [0, N) on the thread pool, each row costing work_per_row: fn(n0, n1)
 // on blocks of whole groups of 4 rows, so that a thread's rows start on a group of the
 // interleaved layout (Quantized::interleave 4) and its kernels stream whole groups (a block
