@@ -554,6 +554,7 @@ namespace {
     return false;
   if (w.per_tensor || w.group % 64 == 0) return true;
   const int64_t out = w.codes.dim(0);
+  if (out == 0) return false;
   const int64_t groups = w.scales.defined() ? w.scales.dim(1) : w.scale_codes.numel() / out;
   return groups == 1;
 }
