@@ -516,44 +516,37 @@ void q8_row_blocks(int64_t n, const QArgs& a, const Nf4Tables& tb, float* y, int
 // removing it as one f32 term per row (Q4_1 · Q8_1's m · s split, Σ d s Σuq - Σ z s d Σq) measured
 // 2x faster but cancels where SmolLM2's activations are huge (the down projection's first token:
 // outputs off by 1e-4 absolute), +0.71 % WikiText-2 perplexity against +0.30 % this way.
-template <int RW, int R>
-void q8_row_g32(int64_t n0, const QArgs& a, float* y, int64_t ldy) {
-  const uint8_t* wr[RW];
-  for (int i = 0; i < RW; ++i) wr[i] = a.row_base(n0 + i);
+template <int R>
+void q8_row_g32(int64_t n, const QArgs& a, float* y, int64_t ldy) {
+  const uint8_t* wr = a.row_base(n);
   const int64_t cs = a.chunk_stride(), nc = a.Kp / 64, ng = a.groups;
-  const float* s = a.scales + n0 * ng;
-  const uint8_t* z = a.zeros ? a.zeros + n0 * ng : nullptr;
+  const float* s = a.scales + n * ng;
+  const uint8_t* z = a.zeros ? a.zeros + n * ng : nullptr;
   const __m256i m = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
-  __m256 acc[RW][R][2];
-  for (int i = 0; i < RW; ++i)
-    for (int r = 0; r < R; ++r) acc[i][r][0] = acc[i][r][1] = _mm256_setzero_ps();
+  __m256 acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
   for (int64_t c = 0; c < nc; ++c) {
     // Half 0 is group 2c (< ng always); half 1 past the last group is padding (q = 0).
-    const int64_t g0 = 2 * c, g1 = std::min(2 * c + 1, ng - 1);
-    if constexpr (RW == 4) prefetch_group_step(wr[0] + c * cs, cs);
-    for (int i = 0; i < RW; ++i) {
-      const __m256 s0 = _mm256_set1_ps(s[i * ng + g0]), s1 = _mm256_set1_ps(s[i * ng + g1]);
-      const __m256i z0 = z ? _mm256_set1_epi8(char(z[i * ng + g0])) : eight;
-      const __m256i z1 = z ? _mm256_set1_epi8(char(z[i * ng + g1])) : eight;
-      const __m256i b = _mm256_loadu_si256((const __m256i*)(wr[i] + c * cs));
-      const __m256i w0 = _mm256_sub_epi8(_mm256_and_si256(b, m), z0);
-      const __m256i w1 = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(b, 4), m), z1);
-      const __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
-      for (int r = 0; r < R; ++r) {
-        const int8_t* q = a.xq + r * a.Kp + 64 * c;
-        const float* d = a.xd + (r * nc + c) * 16;
-        const __m256i p0 = q8_dot32(a0, w0, _mm256_loadu_si256((const __m256i*)q));
-        const __m256i p1 = q8_dot32(a1, w1, _mm256_loadu_si256((const __m256i*)(q + 32)));
-        acc[i][r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0),
-                                       _mm256_mul_ps(_mm256_loadu_ps(d), s0), acc[i][r][0]);
-        acc[i][r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1),
-                                       _mm256_mul_ps(_mm256_loadu_ps(d + 8), s1), acc[i][r][1]);
-      }
+    const int64_t g1 = std::min(2 * c + 1, ng - 1);
+    const __m256 s0 = _mm256_set1_ps(s[2 * c]), s1 = _mm256_set1_ps(s[g1]);
+    const __m256i z0 = z ? _mm256_set1_epi8(char(z[2 * c])) : eight;
+    const __m256i z1 = z ? _mm256_set1_epi8(char(z[g1])) : eight;
+    const __m256i b = _mm256_loadu_si256((const __m256i*)(wr + c * cs));
+    const __m256i w0 = _mm256_sub_epi8(_mm256_and_si256(b, m), z0);
+    const __m256i w1 = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(b, 4), m), z1);
+    const __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
+    for (int r = 0; r < R; ++r) {
+      const int8_t* q = a.xq + r * a.Kp + 64 * c;
+      const float* d = a.xd + (r * nc + c) * 16;
+      const __m256i p0 = q8_dot32(a0, w0, _mm256_loadu_si256((const __m256i*)q));
+      const __m256i p1 = q8_dot32(a1, w1, _mm256_loadu_si256((const __m256i*)(q + 32)));
+      acc[r][0] =
+          _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_mul_ps(_mm256_loadu_ps(d), s0), acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_mul_ps(_mm256_loadu_ps(d + 8), s1),
+                                  acc[r][1]);
     }
   }
-  for (int i = 0; i < RW; ++i)
-    for (int r = 0; r < R; ++r)
-      y[r * ldy + n0 + i] = hsum256(_mm256_add_ps(acc[i][r][0], acc[i][r][1]));
+  for (int r = 0; r < R; ++r) y[r * ldy + n] = hsum256(_mm256_add_ps(acc[r][0], acc[r][1]));
 }
 
 // Interleaved rows a q8 kernel takes at once for R tokens: its 2 · rows · R accumulators and the
@@ -609,11 +602,13 @@ struct BlockRow {
     q8_row_blocks<S, SGN, R>(n, a, tb, y, ldy);
   }
 };
+// One row at a time: the CPU backend keeps g32 weights in the row layout on AVX2 (repacked, they
+// decoded slower, docs/performance.md); an interleaved one is read through row_base.
 template <QScheme S, bool SGN, int RW, int R>
 struct G32Row {
-  static constexpr int kMaxRows = group_rows_for(R);
+  static constexpr int kMaxRows = 1;
   static void run(int64_t n, const QArgs& a, const Nf4Tables&, float* y, int64_t ldy) {
-    q8_row_g32<RW, R>(n, a, y, ldy);
+    q8_row_g32<R>(n, a, y, ldy);
   }
 };
 template <QScheme S, bool ASYM, int RW, int R>
